@@ -1,0 +1,217 @@
+//! Types that cross the kernel/user boundary of xtrail's XDP program.
+//!
+//! Everything here is `#[repr(C)]`, fixed size and free of padding surprises: the XDP
+//! program writes these records into maps and ring buffers, and userspace reads them back
+//! byte for byte. With the `user` feature the types implement `aya::Pod`.
+#![no_std]
+
+/// Names of the maps the XDP program declares; userspace looks them up by these.
+pub mod maps {
+    pub const CONFIG: &str = "CONFIG";
+    pub const STATS: &str = "STATS";
+    pub const IPV4_TRAILS: &str = "IPV4_TRAILS";
+    pub const IPV6_TRAILS: &str = "IPV6_TRAILS";
+    pub const IPV4_CIDRS: &str = "IPV4_CIDRS";
+    pub const IPV6_CIDRS: &str = "IPV6_CIDRS";
+    pub const IPPORT_TRAILS: &str = "IPPORT_TRAILS";
+    pub const IPV4_PREFILTER: &str = "IPV4_PREFILTER";
+    pub const SUPPRESS: &str = "SUPPRESS";
+    pub const HITS: &str = "HITS";
+}
+
+/// Number of 64-bit words in the IPv4 /24 prefilter bitmap (2^24 bits).
+pub const PREFILTER_WORDS: u32 = 1 << 18;
+
+/// Sensor operating mode, stored in [`Config::mode`].
+pub mod mode {
+    /// Router: every packet continues to the stack (XDP_PASS).
+    pub const INLINE: u8 = 0;
+    /// SPAN/TAP port the sensor owns: packets nobody needs are dropped early.
+    pub const MIRROR: u8 = 1;
+}
+
+/// Flags in [`Config::flags`].
+pub mod config_flags {
+    /// Drop packets that hit an IP trail (inline mode only).
+    pub const ENFORCE: u32 = 1 << 0;
+    /// IPv4 CIDR trails are loaded: consult the LPM trie.
+    pub const HAVE_CIDR4: u32 = 1 << 1;
+    /// IPv6 CIDR trails are loaded.
+    pub const HAVE_CIDR6: u32 = 1 << 2;
+    /// IP:port trails are loaded.
+    pub const HAVE_IPPORT: u32 = 1 << 3;
+    /// IPv6 address trails are loaded.
+    pub const HAVE_IPV6: u32 = 1 << 4;
+    /// The IPv4 /24 prefilter bitmap is filled: a clear bit means no IPv4 trail can match.
+    pub const PREFILTER4: u32 = 1 << 5;
+}
+
+/// Runtime configuration, element 0 of the `CONFIG` array map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// One of [`mode`].
+    pub mode: u8,
+    /// Log level for the program's own diagnostics (0 = off, 1 = debug).
+    pub log_level: u8,
+    pub _pad: [u8; 2],
+    /// Bit set of [`config_flags`].
+    pub flags: u32,
+    /// Window in which identical hits are suppressed, in nanoseconds (0 disables).
+    pub suppress_ns: u64,
+}
+
+/// Indexes of the per-CPU counters in the `STATS` array.
+pub mod stat {
+    pub const PACKETS: u32 = 0;
+    pub const BYTES: u32 = 1;
+    pub const PASS: u32 = 2;
+    pub const DROP: u32 = 3;
+    /// Packets that hit a trail (reported or not).
+    pub const HITS: u32 = 4;
+    /// Hits written to the ring buffer.
+    pub const REPORTED: u32 = 5;
+    /// Hits on packets Maltrail does not report (non-SYN TCP, ICMP other than echo...).
+    pub const UNREPORTED: u32 = 6;
+    /// Hits suppressed as repeats within the window.
+    pub const SUPPRESSED: u32 = 7;
+    /// Hits lost because the ring buffer was full.
+    pub const RINGBUF_FULL: u32 = 8;
+    /// Frames too short or malformed to parse (passed untouched).
+    pub const PARSE_ERRORS: u32 = 9;
+    /// Packets that were not IPv4/IPv6 (ARP, LLDP, ...).
+    pub const NON_IP: u32 = 10;
+    /// IPv4/IPv6 fragments after the first (no L4 header).
+    pub const FRAGMENTS: u32 = 11;
+    /// Packets dropped because they hit a trail in enforce mode.
+    pub const ENFORCED: u32 = 12;
+    /// Lookups skipped because the prefilter said no trail can match.
+    pub const PREFILTER_SKIPS: u32 = 13;
+    /// Number of counters.
+    pub const COUNT: u32 = 14;
+
+    /// Human names, indexed like the counters.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "packets",
+        "bytes",
+        "pass",
+        "drop",
+        "hits",
+        "reported",
+        "unreported",
+        "suppressed",
+        "ringbuf_full",
+        "parse_errors",
+        "non_ip",
+        "fragments",
+        "enforced",
+        "prefilter_skips",
+    ];
+}
+
+/// What kind of trail table produced a hit.
+pub mod trail_kind {
+    pub const IP: u8 = 1;
+    pub const CIDR: u8 = 2;
+    pub const IPPORT: u8 = 3;
+}
+
+/// Which side of the packet matched.
+pub mod side {
+    pub const DST: u8 = 1;
+    pub const SRC: u8 = 2;
+}
+
+/// What the program did with a packet.
+pub mod action {
+    pub const PASS: u8 = 0;
+    pub const DROP: u8 = 1;
+}
+
+/// Key of the `IPPORT_TRAILS` hash: address (IPv4 as v4-mapped IPv6) and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpPortKey {
+    pub addr: [u8; 16],
+    /// Port in host byte order.
+    pub port: u16,
+    pub _pad: [u8; 2],
+}
+
+/// Key of the IPv4 LPM trie (prefix length, then the address in network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lpm4Key {
+    pub prefix_len: u32,
+    pub addr: [u8; 4],
+}
+
+/// Key of the IPv6 LPM trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lpm6Key {
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+}
+
+/// Key of the `SUPPRESS` LRU map: one reported hit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SuppressKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub trail_id: u32,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// A trail hit as written to the `HITS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HitRecord {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the hit.
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub rx_queue: u32,
+    pub trail_id: u32,
+    /// Source address; IPv4 as v4-mapped IPv6 (`::ffff:a.b.c.d`).
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Ports in host byte order (0 for ICMP).
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6).
+    pub proto: u8,
+    pub tcp_flags: u8,
+    /// One of [`trail_kind`].
+    pub kind: u8,
+    /// One of [`side`].
+    pub side: u8,
+    /// One of [`action`].
+    pub action: u8,
+    /// ICMP type for ICMP packets.
+    pub icmp_type: u8,
+    pub _pad: u8,
+    /// Frame length on the wire.
+    pub pkt_len: u32,
+}
+
+/// Builds the v4-mapped IPv6 form of an IPv4 address given in network order.
+#[inline(always)]
+pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for IpPortKey {}
+    unsafe impl aya::Pod for Lpm4Key {}
+    unsafe impl aya::Pod for Lpm6Key {}
+    unsafe impl aya::Pod for SuppressKey {}
+    unsafe impl aya::Pod for HitRecord {}
+}

@@ -1,0 +1,282 @@
+//! xtrail's XDP program.
+//!
+//! Per packet: parse Ethernet (up to two VLAN tags), IPv4 (with options) or IPv6 (extension
+//! headers skipped up to a bound), then TCP/UDP/ICMP/ICMPv6; look the destination and then
+//! the source up in the trail maps (IP:port, IP, CIDR); report hits Maltrail would report
+//! (TCP SYN, any UDP, ICMP echo requests) to userspace through the `HITS` ring buffer,
+//! suppressing repeats within a window; count everything in per-CPU counters.
+//! Malformed or truncated frames are passed and counted; nothing is read out of bounds.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_ktime_get_ns,
+    macros::{map, xdp},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    programs::XdpContext,
+};
+use aya_log_ebpf::debug;
+use parse::{Packet, ParseError};
+use xtrail_common::{
+    action, config_flags, mode, side, stat, trail_kind, Config, HitRecord, IpPortKey, SuppressKey,
+    PREFILTER_WORDS,
+};
+
+/// Runtime configuration (element 0).
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Per-CPU counters, indexed by `xtrail_common::stat`.
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// IPv4 address trails (network-order bytes as the key) to trail id. Sized by userspace.
+#[map]
+static IPV4_TRAILS: HashMap<[u8; 4], u32> = HashMap::with_max_entries(1, 0);
+
+/// IPv6 address trails to trail id.
+#[map]
+static IPV6_TRAILS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(1, 0);
+
+/// IPv4 CIDR trails.
+#[map]
+static IPV4_CIDRS: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(1, 0);
+
+/// IPv6 CIDR trails.
+#[map]
+static IPV6_CIDRS: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(1, 0);
+
+/// IP:port trails (IPv4 as v4-mapped IPv6).
+#[map]
+static IPPORT_TRAILS: HashMap<IpPortKey, u32> = HashMap::with_max_entries(1, 0);
+
+/// One bit per IPv4 /24 that any IPv4 trail (address, CIDR or IP:port) falls in: a clear
+/// bit lets clean traffic skip every hash and trie lookup for that address.
+#[map]
+static IPV4_PREFILTER: Array<u64> = Array::with_max_entries(PREFILTER_WORDS, 0);
+
+/// Last report time of each recent hit, to suppress repeats within the window.
+#[map]
+static SUPPRESS: LruHashMap<SuppressKey, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Trail hits for userspace.
+#[map]
+static HITS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+#[inline(always)]
+fn count(index: u32, n: u64) {
+    if let Some(p) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *p += n };
+    }
+}
+
+#[xdp]
+pub fn xtrail_xdp(ctx: XdpContext) -> u32 {
+    let cfg = match CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config::default(),
+    };
+    let verdict = process(&ctx, &cfg);
+    count(
+        if verdict == xdp_action::XDP_DROP {
+            stat::DROP
+        } else {
+            stat::PASS
+        },
+        1,
+    );
+    verdict
+}
+
+/// The default verdict for a packet that hit nothing.
+#[inline(always)]
+fn idle_verdict(cfg: &Config) -> u32 {
+    if cfg.mode == mode::MIRROR {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext, cfg: &Config) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    count(stat::PACKETS, 1);
+    count(stat::BYTES, len);
+    let pkt = match parse::parse(ctx) {
+        Ok(p) => p,
+        Err(ParseError::NotIp) => {
+            count(stat::NON_IP, 1);
+            return idle_verdict(cfg);
+        }
+        Err(ParseError::Malformed) => {
+            count(stat::PARSE_ERRORS, 1);
+            if cfg.log_level > 0 {
+                debug!(ctx, "xtrail: malformed frame, {} bytes", len);
+            }
+            return idle_verdict(cfg);
+        }
+    };
+    if pkt.fragment {
+        count(stat::FRAGMENTS, 1);
+    }
+    let hit = match lookup_packet(&pkt, cfg) {
+        Some(h) => h,
+        None => return idle_verdict(cfg),
+    };
+    count(stat::HITS, 1);
+    let enforce = cfg.mode == mode::INLINE && cfg.flags & config_flags::ENFORCE != 0;
+    let verdict = if enforce {
+        count(stat::ENFORCED, 1);
+        xdp_action::XDP_DROP
+    } else {
+        idle_verdict(cfg)
+    };
+    if !pkt.reportable() {
+        count(stat::UNREPORTED, 1);
+        return verdict;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if cfg.suppress_ns > 0 {
+        let key = SuppressKey {
+            src: pkt.src,
+            dst: pkt.dst,
+            trail_id: hit.trail_id,
+            dst_port: pkt.dst_port,
+            proto: pkt.proto,
+            _pad: 0,
+        };
+        if let Some(last) = unsafe { SUPPRESS.get(&key) } {
+            if now.wrapping_sub(*last) < cfg.suppress_ns {
+                count(stat::SUPPRESSED, 1);
+                return verdict;
+            }
+        }
+        let _ = SUPPRESS.insert(&key, &now, 0);
+    }
+    let record = HitRecord {
+        ts_ns: now,
+        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+        rx_queue: ctx.rx_queue_index(),
+        trail_id: hit.trail_id,
+        src: pkt.src,
+        dst: pkt.dst,
+        src_port: pkt.src_port,
+        dst_port: pkt.dst_port,
+        family: pkt.family,
+        proto: pkt.proto,
+        tcp_flags: pkt.tcp_flags,
+        kind: hit.kind,
+        side: hit.side,
+        action: if verdict == xdp_action::XDP_DROP && enforce {
+            action::DROP
+        } else {
+            action::PASS
+        },
+        icmp_type: pkt.icmp_type,
+        _pad: 0,
+        pkt_len: len as u32,
+    };
+    if HITS.output::<HitRecord>(&record, 0).is_ok() {
+        count(stat::REPORTED, 1);
+    } else {
+        count(stat::RINGBUF_FULL, 1);
+    }
+    verdict
+}
+
+struct Hit {
+    trail_id: u32,
+    kind: u8,
+    side: u8,
+}
+
+/// Destination first, then source, as Maltrail does.
+#[inline(always)]
+fn lookup_packet(pkt: &Packet, cfg: &Config) -> Option<Hit> {
+    if let Some((trail_id, kind)) = lookup_addr(&pkt.dst, pkt.dst_port, pkt, cfg) {
+        return Some(Hit {
+            trail_id,
+            kind,
+            side: side::DST,
+        });
+    }
+    if let Some((trail_id, kind)) = lookup_addr(&pkt.src, pkt.src_port, pkt, cfg) {
+        return Some(Hit {
+            trail_id,
+            kind,
+            side: side::SRC,
+        });
+    }
+    None
+}
+
+#[inline(always)]
+fn lookup_addr(addr: &[u8; 16], port: u16, pkt: &Packet, cfg: &Config) -> Option<(u32, u8)> {
+    let has_ports = pkt.proto == parse::IPPROTO_TCP || pkt.proto == parse::IPPROTO_UDP;
+    if pkt.family == 4 {
+        let v4 = [addr[12], addr[13], addr[14], addr[15]];
+        if cfg.flags & config_flags::PREFILTER4 != 0 {
+            let slash24 = (u32::from(v4[0]) << 16) | (u32::from(v4[1]) << 8) | u32::from(v4[2]);
+            let word = IPV4_PREFILTER.get(slash24 >> 6).copied().unwrap_or(0);
+            if (word >> (slash24 & 63)) & 1 == 0 {
+                count(stat::PREFILTER_SKIPS, 1);
+                return None;
+            }
+        }
+        if has_ports && !pkt.fragment && cfg.flags & config_flags::HAVE_IPPORT != 0 {
+            let key = IpPortKey {
+                addr: *addr,
+                port,
+                _pad: [0; 2],
+            };
+            if let Some(id) = unsafe { IPPORT_TRAILS.get(&key) } {
+                return Some((*id, trail_kind::IPPORT));
+            }
+        }
+        if let Some(id) = unsafe { IPV4_TRAILS.get(&v4) } {
+            return Some((*id, trail_kind::IP));
+        }
+        if cfg.flags & config_flags::HAVE_CIDR4 != 0 {
+            if let Some(id) = IPV4_CIDRS.get(&Key::new(32, v4)) {
+                return Some((*id, trail_kind::CIDR));
+            }
+        }
+    } else {
+        if has_ports && !pkt.fragment && cfg.flags & config_flags::HAVE_IPPORT != 0 {
+            let key = IpPortKey {
+                addr: *addr,
+                port,
+                _pad: [0; 2],
+            };
+            if let Some(id) = unsafe { IPPORT_TRAILS.get(&key) } {
+                return Some((*id, trail_kind::IPPORT));
+            }
+        }
+        if cfg.flags & config_flags::HAVE_IPV6 != 0 {
+            if let Some(id) = unsafe { IPV6_TRAILS.get(addr) } {
+                return Some((*id, trail_kind::IP));
+            }
+        }
+        if cfg.flags & config_flags::HAVE_CIDR6 != 0 {
+            if let Some(id) = IPV6_CIDRS.get(&Key::new(128, *addr)) {
+                return Some((*id, trail_kind::CIDR));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,195 @@
+//! Bounded header parsing over the XDP frame: every read is checked against `data_end`.
+
+use aya_ebpf::programs::XdpContext;
+use xtrail_common::v4_mapped;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+
+/// How many IPv6 extension headers are skipped before giving up.
+const MAX_IPV6_EXT: usize = 6;
+
+pub enum ParseError {
+    /// Not an IP packet (ARP, LLDP, ...).
+    NotIp,
+    /// Truncated or inconsistent headers.
+    Malformed,
+}
+
+/// The fields of a packet the trail lookups need.
+pub struct Packet {
+    pub family: u8,
+    pub proto: u8,
+    /// IPv4 as v4-mapped IPv6.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    /// A fragment after the first: no transport header.
+    pub fragment: bool,
+}
+
+impl Packet {
+    /// Maltrail's IP semantics: TCP SYN (without ACK), any UDP, ICMP echo requests.
+    #[inline(always)]
+    pub fn reportable(&self) -> bool {
+        if self.fragment {
+            return false;
+        }
+        match self.proto {
+            IPPROTO_TCP => self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+            IPPROTO_UDP => true,
+            IPPROTO_ICMP => self.icmp_type == ICMP_ECHO_REQUEST,
+            IPPROTO_ICMPV6 => self.icmp_type == ICMPV6_ECHO_REQUEST,
+            _ => false,
+        }
+    }
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ParseError> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let len = core::mem::size_of::<T>();
+    if start + offset + len > end {
+        return Err(ParseError::Malformed);
+    }
+    Ok((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, ParseError> {
+    // SAFETY: ptr_at checked that `size_of::<T>()` bytes at `offset` lie inside the frame.
+    Ok(unsafe { core::ptr::read_unaligned(ptr_at::<T>(ctx, offset)?) })
+}
+
+#[inline(always)]
+fn be16(ctx: &XdpContext, offset: usize) -> Result<u16, ParseError> {
+    Ok(u16::from_be(read::<u16>(ctx, offset)?))
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
+    let mut off = 12usize;
+    let mut ethertype = be16(ctx, off)?;
+    off += 2;
+    // Up to two VLAN tags (802.1ad outer, 802.1Q inner).
+    if ethertype == ETH_P_8021AD || ethertype == ETH_P_8021Q {
+        ethertype = be16(ctx, off + 2)?;
+        off += 4;
+        if ethertype == ETH_P_8021AD || ethertype == ETH_P_8021Q {
+            ethertype = be16(ctx, off + 2)?;
+            off += 4;
+        }
+    }
+    let mut pkt = Packet {
+        family: 0,
+        proto: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        src_port: 0,
+        dst_port: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        fragment: false,
+    };
+    let l4 = match ethertype {
+        ETH_P_IP => parse_ipv4(ctx, off, &mut pkt)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, off, &mut pkt)?,
+        _ => return Err(ParseError::NotIp),
+    };
+    if pkt.fragment {
+        return Ok(pkt);
+    }
+    match pkt.proto {
+        IPPROTO_TCP => {
+            pkt.src_port = be16(ctx, l4)?;
+            pkt.dst_port = be16(ctx, l4 + 2)?;
+            pkt.tcp_flags = read::<u8>(ctx, l4 + 13)?;
+        }
+        IPPROTO_UDP => {
+            pkt.src_port = be16(ctx, l4)?;
+            pkt.dst_port = be16(ctx, l4 + 2)?;
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            pkt.icmp_type = read::<u8>(ctx, l4)?;
+        }
+        _ => {}
+    }
+    Ok(pkt)
+}
+
+/// Returns the offset of the transport header.
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, ParseError> {
+    let vihl = read::<u8>(ctx, off)?;
+    if vihl >> 4 != 4 {
+        return Err(ParseError::Malformed);
+    }
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return Err(ParseError::Malformed);
+    }
+    let frag = be16(ctx, off + 6)?;
+    pkt.family = 4;
+    pkt.proto = read::<u8>(ctx, off + 9)?;
+    pkt.src = v4_mapped(read::<[u8; 4]>(ctx, off + 12)?);
+    pkt.dst = v4_mapped(read::<[u8; 4]>(ctx, off + 16)?);
+    pkt.fragment = frag & 0x1fff != 0;
+    Ok(off + ihl)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, ParseError> {
+    let v = read::<u8>(ctx, off)?;
+    if v >> 4 != 6 {
+        return Err(ParseError::Malformed);
+    }
+    pkt.family = 6;
+    let mut next = read::<u8>(ctx, off + 6)?;
+    pkt.src = read::<[u8; 16]>(ctx, off + 8)?;
+    pkt.dst = read::<[u8; 16]>(ctx, off + 24)?;
+    let mut l4 = off + 40;
+    for _ in 0..MAX_IPV6_EXT {
+        match next {
+            // Hop-by-hop, routing, destination options, mobility: length in 8-octet units.
+            0 | 43 | 60 | 135 => {
+                next = read::<u8>(ctx, l4)?;
+                let len = (read::<u8>(ctx, l4 + 1)? as usize + 1) * 8;
+                l4 += len;
+            }
+            // Fragment header: fixed 8 bytes; later fragments carry no transport header.
+            44 => {
+                next = read::<u8>(ctx, l4)?;
+                let frag = be16(ctx, l4 + 2)?;
+                if frag & 0xfff8 != 0 {
+                    pkt.fragment = true;
+                }
+                l4 += 8;
+            }
+            // Authentication header: length in 4-octet units, plus 2.
+            51 => {
+                next = read::<u8>(ctx, l4)?;
+                let len = (read::<u8>(ctx, l4 + 1)? as usize + 2) * 4;
+                l4 += len;
+            }
+            _ => break,
+        }
+    }
+    pkt.proto = next;
+    Ok(l4)
+}

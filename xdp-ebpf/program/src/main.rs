@@ -6,8 +6,8 @@
 //! (TCP SYN, any UDP, ICMP echo requests) to userspace through the `HITS` ring buffer,
 //! suppressing repeats within a window; count everything in per-CPU counters.
 //! Malformed or truncated frames are passed and counted; nothing is read out of bounds.
-#![no_std]
-#![no_main]
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
 
 mod parse;
 
@@ -143,8 +143,8 @@ fn process(ctx: &XdpContext, cfg: &Config) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     if cfg.suppress_ns > 0 {
         let key = SuppressKey {
-            src: pkt.src,
-            dst: pkt.dst,
+            src: bytes(&pkt.src),
+            dst: bytes(&pkt.dst),
             trail_id: hit.trail_id,
             dst_port: pkt.dst_port,
             proto: pkt.proto,
@@ -158,33 +158,35 @@ fn process(ctx: &XdpContext, cfg: &Config) -> u32 {
         }
         let _ = SUPPRESS.insert(&key, &now, 0);
     }
-    let record = HitRecord {
-        ts_ns: now,
-        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
-        rx_queue: ctx.rx_queue_index(),
-        trail_id: hit.trail_id,
-        src: pkt.src,
-        dst: pkt.dst,
-        src_port: pkt.src_port,
-        dst_port: pkt.dst_port,
-        family: pkt.family,
-        proto: pkt.proto,
-        tcp_flags: pkt.tcp_flags,
-        kind: hit.kind,
-        side: hit.side,
-        action: if verdict == xdp_action::XDP_DROP && enforce {
-            action::DROP
-        } else {
-            action::PASS
-        },
-        icmp_type: pkt.icmp_type,
-        _pad: 0,
-        pkt_len: len as u32,
-    };
-    if HITS.output::<HitRecord>(&record, 0).is_ok() {
-        count(stat::REPORTED, 1);
-    } else {
-        count(stat::RINGBUF_FULL, 1);
+    // Written in place in the ring buffer: a HitRecord on the stack would not fit beside
+    // the parse state in 512 bytes.
+    match HITS.reserve::<HitRecord>(0) {
+        Some(mut entry) => {
+            let r = entry.as_mut_ptr();
+            // SAFETY: `r` points at a reserved, writable HitRecord-sized slot.
+            unsafe {
+                (*r).ts_ns = now;
+                (*r).ifindex = (*ctx.ctx).ingress_ifindex;
+                (*r).rx_queue = ctx.rx_queue_index();
+                (*r).trail_id = hit.trail_id;
+                (*r).src = bytes(&pkt.src);
+                (*r).dst = bytes(&pkt.dst);
+                (*r).src_port = pkt.src_port;
+                (*r).dst_port = pkt.dst_port;
+                (*r).family = pkt.family;
+                (*r).proto = pkt.proto;
+                (*r).tcp_flags = pkt.tcp_flags;
+                (*r).kind = hit.kind;
+                (*r).side = hit.side;
+                (*r).action = if enforce { action::DROP } else { action::PASS };
+                (*r).icmp_type = pkt.icmp_type;
+                (*r)._pad = 0;
+                (*r).pkt_len = len as u32;
+            }
+            entry.submit(0);
+            count(stat::REPORTED, 1);
+        }
+        None => count(stat::RINGBUF_FULL, 1),
     }
     verdict
 }
@@ -215,13 +217,21 @@ fn lookup_packet(pkt: &Packet, cfg: &Config) -> Option<Hit> {
     None
 }
 
+/// The address words as the byte array the maps use.
 #[inline(always)]
-fn lookup_addr(addr: &[u8; 16], port: u16, pkt: &Packet, cfg: &Config) -> Option<(u32, u8)> {
+fn bytes(words: &[u32; 4]) -> [u8; 16] {
+    // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit pattern is valid.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(*words) }
+}
+
+#[inline(always)]
+fn lookup_addr(words: &[u32; 4], port: u16, pkt: &Packet, cfg: &Config) -> Option<(u32, u8)> {
     let has_ports = pkt.proto == parse::IPPROTO_TCP || pkt.proto == parse::IPPROTO_UDP;
     if pkt.family == 4 {
-        let v4 = [addr[12], addr[13], addr[14], addr[15]];
+        let v4 = words[3].to_ne_bytes();
         if cfg.flags & config_flags::PREFILTER4 != 0 {
-            let slash24 = (u32::from(v4[0]) << 16) | (u32::from(v4[1]) << 8) | u32::from(v4[2]);
+            // Network order: the first three bytes are the /24.
+            let slash24 = u32::from_be(words[3]) >> 8;
             let word = IPV4_PREFILTER.get(slash24 >> 6).copied().unwrap_or(0);
             if (word >> (slash24 & 63)) & 1 == 0 {
                 count(stat::PREFILTER_SKIPS, 1);
@@ -230,7 +240,7 @@ fn lookup_addr(addr: &[u8; 16], port: u16, pkt: &Packet, cfg: &Config) -> Option
         }
         if has_ports && !pkt.fragment && cfg.flags & config_flags::HAVE_IPPORT != 0 {
             let key = IpPortKey {
-                addr: *addr,
+                addr: bytes(words),
                 port,
                 _pad: [0; 2],
             };
@@ -249,7 +259,7 @@ fn lookup_addr(addr: &[u8; 16], port: u16, pkt: &Packet, cfg: &Config) -> Option
     } else {
         if has_ports && !pkt.fragment && cfg.flags & config_flags::HAVE_IPPORT != 0 {
             let key = IpPortKey {
-                addr: *addr,
+                addr: bytes(words),
                 port,
                 _pad: [0; 2],
             };
@@ -258,12 +268,12 @@ fn lookup_addr(addr: &[u8; 16], port: u16, pkt: &Packet, cfg: &Config) -> Option
             }
         }
         if cfg.flags & config_flags::HAVE_IPV6 != 0 {
-            if let Some(id) = unsafe { IPV6_TRAILS.get(addr) } {
+            if let Some(id) = unsafe { IPV6_TRAILS.get(bytes(words)) } {
                 return Some((*id, trail_kind::IP));
             }
         }
         if cfg.flags & config_flags::HAVE_CIDR6 != 0 {
-            if let Some(id) = IPV6_CIDRS.get(&Key::new(128, *addr)) {
+            if let Some(id) = IPV6_CIDRS.get(&Key::new(128, bytes(words))) {
                 return Some((*id, trail_kind::CIDR));
             }
         }
@@ -271,7 +281,11 @@ fn lookup_addr(addr: &[u8; 16], port: u16, pkt: &Packet, cfg: &Config) -> Option
     None
 }
 
-#[cfg(not(test))]
+/// On the host this crate is an empty binary; the real program is built for BPF.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}

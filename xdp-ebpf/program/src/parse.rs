@@ -1,7 +1,6 @@
 //! Bounded header parsing over the XDP frame: every read is checked against `data_end`.
 
 use aya_ebpf::programs::XdpContext;
-use xtrail_common::v4_mapped;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -18,6 +17,9 @@ const TCP_ACK: u8 = 0x10;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 
+/// The third word of a v4-mapped IPv6 address (`::ffff:0:0/96`), in memory order.
+pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
 /// How many IPv6 extension headers are skipped before giving up.
 const MAX_IPV6_EXT: usize = 6;
 
@@ -32,9 +34,11 @@ pub enum ParseError {
 pub struct Packet {
     pub family: u8,
     pub proto: u8,
-    /// IPv4 as v4-mapped IPv6.
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    /// Addresses as four 32-bit words in network byte order (as they sit in the packet);
+    /// IPv4 as v4-mapped IPv6 (`::ffff:a.b.c.d`). Words, not bytes: byte arrays get
+    /// scalarised into one stack slot per byte and blow the 512-byte BPF stack.
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
     pub src_port: u16,
     pub dst_port: u16,
     pub tcp_flags: u8,
@@ -71,6 +75,8 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ParseError> {
     Ok((start + offset) as *const T)
 }
 
+/// Reads a `T` at `offset`. Reads are at least two bytes wide: a one-byte bounds check
+/// compiles to a `pkt_end > ptr` comparison the verifier does not learn a range from.
 #[inline(always)]
 fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, ParseError> {
     // SAFETY: ptr_at checked that `size_of::<T>()` bytes at `offset` lie inside the frame.
@@ -99,8 +105,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
     let mut pkt = Packet {
         family: 0,
         proto: 0,
-        src: [0; 16],
-        dst: [0; 16],
+        src: [0; 4],
+        dst: [0; 4],
         src_port: 0,
         dst_port: 0,
         tcp_flags: 0,
@@ -119,14 +125,14 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
         IPPROTO_TCP => {
             pkt.src_port = be16(ctx, l4)?;
             pkt.dst_port = be16(ctx, l4 + 2)?;
-            pkt.tcp_flags = read::<u8>(ctx, l4 + 13)?;
+            pkt.tcp_flags = read::<[u8; 2]>(ctx, l4 + 12)?[1];
         }
         IPPROTO_UDP => {
             pkt.src_port = be16(ctx, l4)?;
             pkt.dst_port = be16(ctx, l4 + 2)?;
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            pkt.icmp_type = read::<u8>(ctx, l4)?;
+            pkt.icmp_type = read::<[u8; 2]>(ctx, l4)?[0];
         }
         _ => {}
     }
@@ -136,7 +142,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
 /// Returns the offset of the transport header.
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, ParseError> {
-    let vihl = read::<u8>(ctx, off)?;
+    let vihl = read::<[u8; 2]>(ctx, off)?[0];
     if vihl >> 4 != 4 {
         return Err(ParseError::Malformed);
     }
@@ -146,35 +152,36 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, P
     }
     let frag = be16(ctx, off + 6)?;
     pkt.family = 4;
-    pkt.proto = read::<u8>(ctx, off + 9)?;
-    pkt.src = v4_mapped(read::<[u8; 4]>(ctx, off + 12)?);
-    pkt.dst = v4_mapped(read::<[u8; 4]>(ctx, off + 16)?);
+    pkt.proto = read::<[u8; 2]>(ctx, off + 8)?[1];
+    pkt.src = [0, 0, V4_MAPPED_WORD, read::<u32>(ctx, off + 12)?];
+    pkt.dst = [0, 0, V4_MAPPED_WORD, read::<u32>(ctx, off + 16)?];
     pkt.fragment = frag & 0x1fff != 0;
     Ok(off + ihl)
 }
 
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, ParseError> {
-    let v = read::<u8>(ctx, off)?;
+    let v = read::<[u8; 2]>(ctx, off)?[0];
     if v >> 4 != 6 {
         return Err(ParseError::Malformed);
     }
     pkt.family = 6;
-    let mut next = read::<u8>(ctx, off + 6)?;
-    pkt.src = read::<[u8; 16]>(ctx, off + 8)?;
-    pkt.dst = read::<[u8; 16]>(ctx, off + 24)?;
+    let mut next = read::<[u8; 2]>(ctx, off + 6)?[0];
+    pkt.src = read::<[u32; 4]>(ctx, off + 8)?;
+    pkt.dst = read::<[u32; 4]>(ctx, off + 24)?;
     let mut l4 = off + 40;
     for _ in 0..MAX_IPV6_EXT {
         match next {
             // Hop-by-hop, routing, destination options, mobility: length in 8-octet units.
             0 | 43 | 60 | 135 => {
-                next = read::<u8>(ctx, l4)?;
-                let len = (read::<u8>(ctx, l4 + 1)? as usize + 1) * 8;
+                let h = read::<[u8; 2]>(ctx, l4)?;
+                next = h[0];
+                let len = (h[1] as usize + 1) * 8;
                 l4 += len;
             }
             // Fragment header: fixed 8 bytes; later fragments carry no transport header.
             44 => {
-                next = read::<u8>(ctx, l4)?;
+                next = read::<[u8; 2]>(ctx, l4)?[0];
                 let frag = be16(ctx, l4 + 2)?;
                 if frag & 0xfff8 != 0 {
                     pkt.fragment = true;
@@ -183,8 +190,9 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<usize, P
             }
             // Authentication header: length in 4-octet units, plus 2.
             51 => {
-                next = read::<u8>(ctx, l4)?;
-                let len = (read::<u8>(ctx, l4 + 1)? as usize + 2) * 4;
+                let h = read::<[u8; 2]>(ctx, l4)?;
+                next = h[0];
+                let len = (h[1] as usize + 2) * 4;
                 l4 += len;
             }
             _ => break,

@@ -1,0 +1,12 @@
+//! Traffic tooling shared by the tests, the demo and the benchmarks.
+//!
+//! - [`frames`]: builds Ethernet frames (VLAN, IPv4 with options and fragments, IPv6 with
+//!   extension headers, TCP, UDP, ICMP, ICMPv6) with correct checksums.
+//! - [`netns`]: network namespaces joined by a veth pair, torn down on drop, and raw
+//!   AF_PACKET injection from inside a namespace.
+//!
+//! Addresses for test traffic come from 198.18.0.0/15 and 2001:db8::/32; frames carrying
+//! trail addresses only ever travel between namespaces this code created.
+
+pub mod frames;
+pub mod netns;

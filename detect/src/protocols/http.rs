@@ -1,0 +1,273 @@
+//! HTTP/1.x: request line and the headers detection uses; response status line.
+//!
+//! Only the first segment of a message is looked at. The request line must end within
+//! [`MAX_LINE`] bytes; at most [`MAX_HEADERS`] header lines within [`MAX_HEAD`] bytes are
+//! read; the first occurrence of a header wins.
+
+/// Longest request or status line accepted.
+pub const MAX_LINE: usize = 8192;
+/// Bytes of the head (request line + headers) looked at.
+pub const MAX_HEAD: usize = 16384;
+/// Header lines looked at.
+pub const MAX_HEADERS: usize = 100;
+/// Longest method token accepted.
+pub const MAX_METHOD: usize = 24;
+
+/// Why a payload is not an HTTP request or response this parser accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    /// The payload does not start with a method token and a space.
+    #[error("not an HTTP request")]
+    NotRequest,
+    /// The payload does not start with `HTTP/`.
+    #[error("not an HTTP response")]
+    NotResponse,
+    /// No line end within [`MAX_LINE`] bytes (or in the segment).
+    #[error("HTTP first line not terminated")]
+    Unterminated,
+    /// The first line does not have the three space-separated parts.
+    #[error("malformed HTTP first line")]
+    BadFirstLine,
+}
+
+/// A request's first line and the headers detection uses (values trimmed, raw bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// Method, e.g. `GET`.
+    pub method: &'a str,
+    /// Request target: a path, an absolute URL (proxies) or `host:port` (`CONNECT`).
+    pub target: &'a [u8],
+    /// Version, e.g. `HTTP/1.1`.
+    pub version: &'a [u8],
+    /// `Host`.
+    pub host: Option<&'a [u8]>,
+    /// `User-Agent`.
+    pub user_agent: Option<&'a [u8]>,
+    /// `X-Forwarded-For`.
+    pub x_forwarded_for: Option<&'a [u8]>,
+    /// `X-Real-IP`.
+    pub x_real_ip: Option<&'a [u8]>,
+    /// `Forwarded`.
+    pub forwarded: Option<&'a [u8]>,
+    /// `Content-Type`.
+    pub content_type: Option<&'a [u8]>,
+    /// Bytes after the blank line ending the head; empty if the head is not complete.
+    pub body: &'a [u8],
+    /// Whether the blank line ending the head was seen.
+    pub head_complete: bool,
+}
+
+/// A response's status line, `Content-Type` and the first body bytes in the segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Response<'a> {
+    /// Version, e.g. `HTTP/1.1`.
+    pub version: &'a [u8],
+    /// Status code (0 if not three digits).
+    pub status: u16,
+    /// Reason phrase.
+    pub reason: &'a [u8],
+    /// `Content-Type`.
+    pub content_type: Option<&'a [u8]>,
+    /// `Server`.
+    pub server: Option<&'a [u8]>,
+    /// `Location`.
+    pub location: Option<&'a [u8]>,
+    /// Bytes after the blank line ending the head; empty if the head is not complete.
+    pub body: &'a [u8],
+}
+
+/// Whether a payload starts like a request: a method token (uppercase letters) and a space.
+/// Cheap; use it to decide whether to call [`parse_request`].
+pub fn looks_like_request(p: &[u8]) -> bool {
+    method_len(p).is_some()
+}
+
+fn method_len(p: &[u8]) -> Option<usize> {
+    let n = p
+        .iter()
+        .take(MAX_METHOD + 1)
+        .take_while(|b| b.is_ascii_uppercase() || **b == b'-' || **b == b'_')
+        .count();
+    (n > 0 && n <= MAX_METHOD && p.get(n) == Some(&b' ')).then_some(n)
+}
+
+/// Parses a request head.
+pub fn parse_request(p: &[u8]) -> Result<Request<'_>, HttpError> {
+    let n = method_len(p).ok_or(HttpError::NotRequest)?;
+    let (line, rest) = first_line(p)?;
+    // Maltrail's rule: exactly two spaces, the third part starting with `HTTP/`.
+    let mut parts = line.split(|b| *b == b' ');
+    let method = parts.next().ok_or(HttpError::BadFirstLine)?;
+    let target = parts.next().ok_or(HttpError::BadFirstLine)?;
+    let version = parts.next().ok_or(HttpError::BadFirstLine)?;
+    if parts.next().is_some() || target.is_empty() || !version.starts_with(b"HTTP/") {
+        return Err(HttpError::BadFirstLine);
+    }
+    let method = std::str::from_utf8(method.get(..n).unwrap_or_default())
+        .map_err(|_| HttpError::BadFirstLine)?;
+    let mut req = Request {
+        method,
+        target,
+        version,
+        ..Request::default()
+    };
+    let (body, complete) = headers(rest, |name, value| {
+        let slot = if name.eq_ignore_ascii_case(b"host") {
+            &mut req.host
+        } else if name.eq_ignore_ascii_case(b"user-agent") {
+            &mut req.user_agent
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            &mut req.x_forwarded_for
+        } else if name.eq_ignore_ascii_case(b"x-real-ip") {
+            &mut req.x_real_ip
+        } else if name.eq_ignore_ascii_case(b"forwarded") {
+            &mut req.forwarded
+        } else if name.eq_ignore_ascii_case(b"content-type") {
+            &mut req.content_type
+        } else {
+            return;
+        };
+        if slot.is_none() {
+            *slot = Some(value);
+        }
+    });
+    req.body = body;
+    req.head_complete = complete;
+    Ok(req)
+}
+
+/// Parses a response head.
+pub fn parse_response(p: &[u8]) -> Result<Response<'_>, HttpError> {
+    if !p.starts_with(b"HTTP/") {
+        return Err(HttpError::NotResponse);
+    }
+    let (line, rest) = first_line(p)?;
+    let mut parts = line.splitn(3, |b| *b == b' ');
+    let version = parts.next().ok_or(HttpError::BadFirstLine)?;
+    let code = parts.next().ok_or(HttpError::BadFirstLine)?;
+    let reason = parts.next().unwrap_or_default();
+    let status = match code {
+        [a, b, c] if code.iter().all(u8::is_ascii_digit) => {
+            u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0')
+        }
+        _ => return Err(HttpError::BadFirstLine),
+    };
+    let mut resp = Response {
+        version,
+        status,
+        reason,
+        ..Response::default()
+    };
+    let (body, _) = headers(rest, |name, value| {
+        let slot = if name.eq_ignore_ascii_case(b"content-type") {
+            &mut resp.content_type
+        } else if name.eq_ignore_ascii_case(b"server") {
+            &mut resp.server
+        } else if name.eq_ignore_ascii_case(b"location") {
+            &mut resp.location
+        } else {
+            return;
+        };
+        if slot.is_none() {
+            *slot = Some(value);
+        }
+    });
+    resp.body = body;
+    Ok(resp)
+}
+
+/// Splits off the first line (without its `\r\n` or `\n`).
+fn first_line(p: &[u8]) -> Result<(&[u8], &[u8]), HttpError> {
+    let window = p.get(..p.len().min(MAX_LINE)).unwrap_or(p);
+    let nl = memchr::memchr(b'\n', window).ok_or(HttpError::Unterminated)?;
+    let line = p.get(..nl).ok_or(HttpError::Unterminated)?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    Ok((line, p.get(nl + 1..).unwrap_or_default()))
+}
+
+/// Walks header lines, calling `f(name, value)`; returns the body and whether the head ended.
+fn headers<'a>(mut rest: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8])) -> (&'a [u8], bool) {
+    let mut budget = MAX_HEAD;
+    for _ in 0..MAX_HEADERS {
+        let window = rest.get(..rest.len().min(budget)).unwrap_or(rest);
+        let Some(nl) = memchr::memchr(b'\n', window) else {
+            return (&[], false);
+        };
+        budget = budget.saturating_sub(nl + 1);
+        let line = rest.get(..nl).unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        rest = rest.get(nl + 1..).unwrap_or_default();
+        if line.is_empty() {
+            return (rest, true);
+        }
+        if let Some(colon) = memchr::memchr(b':', line) {
+            let name = line.get(..colon).unwrap_or_default();
+            let value = trim(line.get(colon + 1..).unwrap_or_default());
+            f(name, value);
+        }
+    }
+    (&[], false)
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t'));
+    let end = v.iter().rposition(|b| !matches!(b, b' ' | b'\t'));
+    match (start, end) {
+        (Some(s), Some(e)) => v.get(s..=e).unwrap_or_default(),
+        _ => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_line_and_headers() {
+        let p = b"GET /bad/path?x=1 HTTP/1.1\r\nhost:  Evil-URL.example:8080 \r\nUser-Agent: curl/8.0\r\nX-Forwarded-For: 1.2.3.4\r\nHost: second\r\n\r\nbody";
+        let r = parse_request(p).unwrap();
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.target, b"/bad/path?x=1");
+        assert_eq!(r.host, Some(&b"Evil-URL.example:8080"[..]));
+        assert_eq!(r.user_agent, Some(&b"curl/8.0"[..]));
+        assert_eq!(r.x_forwarded_for, Some(&b"1.2.3.4"[..]));
+        assert!(r.head_complete);
+        assert_eq!(r.body, b"body");
+    }
+
+    #[test]
+    fn rejects_non_requests() {
+        assert_eq!(parse_request(b"\x16\x03\x01"), Err(HttpError::NotRequest));
+        assert_eq!(parse_request(b"GET / HTTP/1.1"), Err(HttpError::Unterminated));
+        assert_eq!(
+            parse_request(b"GET / x HTTP/1.1\r\n"),
+            Err(HttpError::BadFirstLine)
+        );
+        assert_eq!(parse_request(b"get / HTTP/1.1\r\n"), Err(HttpError::NotRequest));
+        let long = [b"GET /".as_slice(), &[b'a'; MAX_LINE], b" HTTP/1.1\r\n"].concat();
+        assert_eq!(parse_request(&long), Err(HttpError::Unterminated));
+    }
+
+    #[test]
+    fn header_count_is_bounded() {
+        let mut p = b"GET / HTTP/1.0\r\n".to_vec();
+        for _ in 0..MAX_HEADERS {
+            p.extend_from_slice(b"X-A: b\r\n");
+        }
+        p.extend_from_slice(b"Host: late\r\n\r\n");
+        let r = parse_request(&p).unwrap();
+        assert_eq!(r.host, None);
+        assert!(!r.head_complete);
+    }
+
+    #[test]
+    fn response() {
+        let r = parse_response(b"HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\n\r\n<html>")
+            .unwrap();
+        assert_eq!(r.status, 404);
+        assert_eq!(r.reason, b"Not Found");
+        assert_eq!(r.content_type, Some(&b"text/html"[..]));
+        assert_eq!(r.body, b"<html>");
+        assert!(parse_response(b"HTTP/1.1 2x0 OK\r\n").is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! Application protocols the sensor looks into: DNS queries and answers, HTTP/1.x requests and
+//! responses, TLS ClientHello server names.
+//!
+//! Each parser takes one payload slice, borrows from it, allocates nothing (DNS names are
+//! decoded into a fixed stack buffer), checks every length against the bytes it has and does a
+//! bounded amount of work. None of them reassembles streams: a message split over segments is
+//! parsed as far as the first segment goes.
+//!
+//! Tests: unit tests in each file; `tests/mutation.rs`; the `dns`, `http` and `tls` fuzz targets.
+
+pub mod dns;
+pub mod http;
+pub mod tls;

@@ -1,0 +1,190 @@
+//! TLS ClientHello: the server name (SNI).
+//!
+//! Record type 22 (handshake), handshake type 1 (ClientHello); session id, cipher suites and
+//! compression methods skipped; extensions walked to `server_name` (type 0). Every length is
+//! checked against the bytes present: a ClientHello cut by the segment end is read as far as
+//! it goes.
+
+use crate::packet::be16;
+
+/// Longest server name accepted.
+pub const MAX_SNI: usize = 255;
+
+/// Why a payload is not a ClientHello this parser accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    /// Not a TLS handshake record (type 22, version 3.x).
+    #[error("not a TLS handshake record")]
+    NotHandshake,
+    /// The handshake message is not a ClientHello.
+    #[error("not a ClientHello")]
+    NotClientHello,
+    /// A length points past the data.
+    #[error("truncated ClientHello ({0})")]
+    Truncated(&'static str),
+    /// The server name is empty, too long or not a printable ASCII host name.
+    #[error("malformed server name")]
+    BadServerName,
+}
+
+/// What the sensor takes from a ClientHello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientHello<'a> {
+    /// `client_version` (0x0303 for TLS 1.2 and 1.3).
+    pub version: u16,
+    /// The `host_name` entry of `server_name`, if present.
+    pub sni: Option<&'a str>,
+}
+
+/// Whether a payload starts like a TLS handshake record carrying a ClientHello.
+pub fn looks_like_client_hello(p: &[u8]) -> bool {
+    matches!(p, [0x16, 0x03, _, _, _, 0x01, ..])
+}
+
+/// Parses the ClientHello at the start of a TCP payload.
+pub fn parse_client_hello(p: &[u8]) -> Result<ClientHello<'_>, TlsError> {
+    match p {
+        [0x16, 0x03, ..] => {}
+        _ => return Err(TlsError::NotHandshake),
+    }
+    let record_len = usize::from(be16(p, 3).ok_or(TlsError::Truncated("record header"))?);
+    let record = p.get(5..).ok_or(TlsError::Truncated("record header"))?;
+    let record = record.get(..record_len).unwrap_or(record);
+    if record.first() != Some(&0x01) {
+        return Err(TlsError::NotClientHello);
+    }
+    let hs_len = record
+        .get(1..4)
+        .map(|b| usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]))
+        .ok_or(TlsError::Truncated("handshake header"))?;
+    let body = record.get(4..).ok_or(TlsError::Truncated("handshake header"))?;
+    let body = body.get(..hs_len).unwrap_or(body);
+
+    let version = be16(body, 0).ok_or(TlsError::Truncated("client_version"))?;
+    let mut pos = 2 + 32; // client_version, random
+    let sid_len = usize::from(*body.get(pos).ok_or(TlsError::Truncated("session_id"))?);
+    pos += 1 + sid_len;
+    let cs_len = usize::from(be16(body, pos).ok_or(TlsError::Truncated("cipher_suites"))?);
+    pos += 2 + cs_len;
+    let comp_len = usize::from(*body.get(pos).ok_or(TlsError::Truncated("compression"))?);
+    pos += 1 + comp_len;
+    let Some(ext_len) = be16(body, pos) else {
+        // No extensions at all (or cut right here): valid, but no SNI.
+        return if pos <= body.len() {
+            Ok(ClientHello { version, sni: None })
+        } else {
+            Err(TlsError::Truncated("compression"))
+        };
+    };
+    pos += 2;
+    let exts = body.get(pos..).ok_or(TlsError::Truncated("extensions"))?;
+    let exts = exts.get(..usize::from(ext_len)).unwrap_or(exts);
+
+    let mut at = 0usize;
+    while let (Some(kind), Some(len)) = (be16(exts, at), be16(exts, at + 2)) {
+        let len = usize::from(len);
+        let data = exts
+            .get(at + 4..at + 4 + len)
+            .ok_or(TlsError::Truncated("extension"))?;
+        if kind == 0 {
+            return Ok(ClientHello {
+                version,
+                sni: server_name(data)?,
+            });
+        }
+        at += 4 + len;
+    }
+    Ok(ClientHello { version, sni: None })
+}
+
+/// Reads the `host_name` from a `server_name` extension body.
+fn server_name(data: &[u8]) -> Result<Option<&str>, TlsError> {
+    let list_len = usize::from(be16(data, 0).ok_or(TlsError::Truncated("server_name"))?);
+    let list = data.get(2..).ok_or(TlsError::Truncated("server_name"))?;
+    let list = list.get(..list_len).unwrap_or(list);
+    let mut at = 0usize;
+    while let (Some(kind), Some(len)) = (list.get(at), be16(list, at + 1)) {
+        let len = usize::from(len);
+        let name = list
+            .get(at + 3..at + 3 + len)
+            .ok_or(TlsError::Truncated("server_name entry"))?;
+        if *kind == 0 {
+            if name.is_empty() || name.len() > MAX_SNI || !name.iter().all(u8::is_ascii_graphic) {
+                return Err(TlsError::BadServerName);
+            }
+            return std::str::from_utf8(name)
+                .map(Some)
+                .map_err(|_| TlsError::BadServerName);
+        }
+        at += 3 + len;
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Builds a ClientHello record with the given SNI (and a dummy extension before it).
+    pub(crate) fn client_hello(sni: &str) -> Vec<u8> {
+        let mut body = vec![0x03, 0x03];
+        body.extend_from_slice(&[7u8; 32]);
+        body.push(32);
+        body.extend_from_slice(&[1u8; 32]);
+        body.extend_from_slice(&[0, 4, 0x13, 0x01, 0x13, 0x02]);
+        body.extend_from_slice(&[1, 0]);
+        let mut exts = vec![0x00, 0x17, 0, 0]; // extended_master_secret, empty
+        let name = sni.as_bytes();
+        let entry_len = 3 + name.len();
+        exts.extend_from_slice(&[0, 0]);
+        exts.extend_from_slice(&((entry_len + 2) as u16).to_be_bytes());
+        exts.extend_from_slice(&(entry_len as u16).to_be_bytes());
+        exts.push(0);
+        exts.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        exts.extend_from_slice(name);
+        body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+        body.extend_from_slice(&exts);
+        let mut hs = vec![0x01];
+        hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        hs.extend_from_slice(&body);
+        let mut rec = vec![0x16, 0x03, 0x01];
+        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    #[test]
+    fn sni_is_found() {
+        let rec = client_hello("tls-evil.example");
+        assert!(looks_like_client_hello(&rec));
+        let ch = parse_client_hello(&rec).unwrap();
+        assert_eq!(ch.version, 0x0303);
+        assert_eq!(ch.sni, Some("tls-evil.example"));
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_or_no_sni_never_a_panic() {
+        let rec = client_hello("tls-evil.example");
+        for n in 0..rec.len() {
+            match parse_client_hello(&rec[..n]) {
+                Ok(ch) => assert_eq!(ch.sni, None, "cut at {n}"),
+                Err(_) => {}
+            }
+        }
+    }
+
+    #[test]
+    fn bad_names_and_other_records() {
+        assert_eq!(
+            parse_client_hello(&client_hello("a b")),
+            Err(TlsError::BadServerName)
+        );
+        assert_eq!(
+            parse_client_hello(b"\x17\x03\x03\x00\x01x"),
+            Err(TlsError::NotHandshake)
+        );
+        let mut rec = client_hello("x.example");
+        rec[5] = 2;
+        assert_eq!(parse_client_hello(&rec), Err(TlsError::NotClientHello));
+    }
+}

@@ -1,0 +1,481 @@
+//! Domain trails: exact names, parent-domain (suffix) matches, regex trails, the
+//! `.ip-adress.com` and `.onion.<gateway>` special cases, with Maltrail's printed trail text.
+
+use regex::{Regex, RegexSet};
+
+use super::table::{KeyHasher, StrTable};
+use super::LabelId;
+use crate::trails::classify::is_name_byte;
+
+/// Longest query name considered (DNS names are at most 253 characters).
+const MAX_NAME: usize = 253;
+
+/// Label flag: info contains `suspicious` or `sinkhole` (skipped for `ns1.`-like queries).
+pub(crate) const FLAG_SUSPICIOUS_OR_SINKHOLE: u8 = 1;
+/// Label flag: info contains `dynamic` or `free web` (skipped for the bare/`www.` name).
+pub(crate) const FLAG_DYNAMIC_OR_FREE_WEB: u8 = 2;
+
+/// The flags [`DomainTrails::lookup`] needs from a label's info.
+pub(crate) fn label_flags(info: &str) -> u8 {
+    let mut f = 0;
+    if info.contains("suspicious") || info.contains("sinkhole") {
+        f |= FLAG_SUSPICIOUS_OR_SINKHOLE;
+    }
+    if info.contains("dynamic") || info.contains("free web") {
+        f |= FLAG_DYNAMIC_OR_FREE_WEB;
+    }
+    f
+}
+
+/// A domain trail hit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainMatch {
+    /// The trail as Maltrail prints it, e.g. `(www).evil-parent.com`, `badsite.onion(.to)`.
+    pub trail: String,
+    /// The matched trail's label.
+    pub label: LabelId,
+}
+
+/// Regular-expression domain trails (static trails with regex metacharacters).
+#[derive(Debug, Default)]
+pub struct RegexTrails {
+    set: Option<RegexSet>,
+    regexes: Vec<Regex>,
+    labels: Vec<LabelId>,
+}
+
+impl RegexTrails {
+    /// Builds the set from compiled regexes and their labels (in trail order).
+    pub(crate) fn new(regexes: Vec<(Regex, LabelId)>) -> Self {
+        let (regexes, labels): (Vec<Regex>, Vec<LabelId>) = regexes.into_iter().unzip();
+        // Each pattern already compiled alone, so the set compiles too unless it hits the
+        // size limit; then matching falls back to trying each regex.
+        let set = RegexSet::new(regexes.iter().map(Regex::as_str)).ok();
+        Self {
+            set,
+            regexes,
+            labels,
+        }
+    }
+
+    /// Number of regex trails.
+    pub fn len(&self) -> usize {
+        self.regexes.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.regexes.is_empty()
+    }
+
+    /// The regex sources, in load order.
+    pub fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.regexes.iter().map(Regex::as_str)
+    }
+
+    /// Leftmost match over all regexes (first regex on ties, like one Python alternation):
+    /// (start, end, label).
+    fn search(&self, q: &str) -> Option<(usize, usize, LabelId)> {
+        let mut best: Option<(usize, usize, LabelId)> = None;
+        let mut consider = |i: usize| {
+            if let Some(m) = self.regexes[i].find(q) {
+                if best.is_none_or(|(s, _, _)| m.start() < s) {
+                    best = Some((m.start(), m.end(), self.labels[i]));
+                }
+            }
+        };
+        match &self.set {
+            Some(set) => set.matches(q).iter().for_each(&mut consider),
+            None => (0..self.regexes.len()).for_each(&mut consider),
+        }
+        best
+    }
+}
+
+/// Domain trails: an arena hash table of names plus the regex trails.
+#[derive(Debug, Default)]
+pub struct DomainTrails {
+    pub(crate) table: StrTable,
+    /// Regex domain trails, tried when no name matches.
+    pub regexes: RegexTrails,
+    /// [`label_flags`] of every label, indexed by label id.
+    pub(crate) flags: Vec<u8>,
+}
+
+/// `(?i)^([rd]?ns|nf|mx|nic)\d*\.`: a name-server or mail-exchanger looking name.
+fn is_ns_like(q: &[u8]) -> bool {
+    let rest = ["rns", "dns", "ns", "nf", "mx", "nic"]
+        .iter()
+        .find_map(|p| q.strip_prefix(p.as_bytes()));
+    let Some(rest) = rest else {
+        return false;
+    };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    rest.get(digits) == Some(&b'.')
+}
+
+/// Lowercases `query` into `buf`, drops a `:port` suffix and a trailing dot, and checks it is
+/// a DNS name (letters, digits, `-`, `_`, `.`, with at least one dot) that is not an IP.
+fn normalise<'b>(query: &str, buf: &'b mut [u8; MAX_NAME]) -> Option<&'b str> {
+    let q = query.split(':').next().unwrap_or(query);
+    let q = q.strip_suffix('.').unwrap_or(q).as_bytes();
+    if q.is_empty() || q.len() > MAX_NAME {
+        return None;
+    }
+    let out = &mut buf[..q.len()];
+    for (o, &b) in out.iter_mut().zip(q) {
+        if !is_name_byte(b) {
+            return None;
+        }
+        *o = b.to_ascii_lowercase();
+    }
+    if out.iter().all(|b| b.is_ascii_digit() || *b == b'.') {
+        return None;
+    }
+    // Maltrail's VALID_DNS_NAME_REGEX wants a dot and a non-empty last label.
+    let last_dot = out.iter().rposition(|&b| b == b'.')?;
+    if last_dot + 1 == out.len() {
+        return None;
+    }
+    std::str::from_utf8(out).ok()
+}
+
+impl DomainTrails {
+    /// Number of name trails (regex trails not included).
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether there are no name trails.
+    pub fn is_empty(&self) -> bool {
+        self.table.len() == 0
+    }
+
+    /// Heap bytes of the name table (arena and index).
+    pub fn heap_bytes(&self) -> usize {
+        self.table.heap_bytes()
+    }
+
+    /// Total length of the stored names.
+    pub fn text_bytes(&self) -> usize {
+        self.table.key_bytes()
+    }
+
+    /// Iterates over (name, label) in no particular order (for exporting to other tables).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, LabelId)> + '_ {
+        self.table
+            .iter()
+            .map(|(k, l)| (std::str::from_utf8(k).unwrap_or(""), l))
+    }
+
+    /// Exact lookup of a trail name (lowercase it first; no parent or regex matching).
+    pub fn contains(&self, name: &str) -> Option<LabelId> {
+        self.table.get(name.as_bytes())
+    }
+
+    fn flags(&self, label: LabelId) -> u8 {
+        self.flags.get(label as usize).copied().unwrap_or(0)
+    }
+
+    /// Maltrail's DNS trail check. Allocates only for the trail text of a hit.
+    ///
+    /// In order: `<name>.ip-adress.com` where `<name>` is a trail; the name or its nearest
+    /// listed parent (printed `(sub).parent.tld`), except that an `ns1.`-like name under a
+    /// suspicious/sinkhole trail and the bare or `www.` name of a dynamic-DNS/free-web trail
+    /// are skipped; the leftmost regex trail match (printed `(pre)match(suf)`); and
+    /// `<name>.onion.<gateway>` where `<name>.onion` is a trail (printed `x.onion(.to)`).
+    pub fn lookup(&self, query: &str) -> Option<DomainMatch> {
+        let mut buf = [0u8; MAX_NAME];
+        let q = normalise(query, &mut buf)?;
+        let qb = q.as_bytes();
+
+        if let Some(name) = q.strip_suffix(".ip-adress.com") {
+            if let Some(label) = self.table.get(name.as_bytes()) {
+                return Some(DomainMatch {
+                    trail: format!("{name}(.ip-adress.com)"),
+                    label,
+                });
+            }
+        }
+
+        if let Some(m) = self.suffix_walk(q) {
+            return Some(m);
+        }
+
+        if let Some((start, end, label)) = self.regexes.search(q) {
+            let mut trail = String::with_capacity(q.len() + 4);
+            if start > 0 {
+                trail.push('(');
+                trail.push_str(&q[..start]);
+                trail.push(')');
+            }
+            trail.push_str(&q[start..end]);
+            if end < q.len() {
+                trail.push('(');
+                trail.push_str(&q[end..]);
+                trail.push(')');
+            }
+            return Some(DomainMatch {
+                trail: trail.replace(".)", ")."),
+                label,
+            });
+        }
+
+        if let Some(i) = memchr::memmem::find(qb, b".onion.") {
+            let (name, gateway) = q.split_at(i + ".onion".len());
+            if let Some(label) = self.table.get(name.as_bytes()) {
+                return Some(DomainMatch {
+                    trail: format!("{name}({gateway})"),
+                    label,
+                });
+            }
+        }
+        None
+    }
+
+    /// The name itself, then each parent, longest first; every suffix hash comes from one
+    /// backwards pass over the name, so a miss allocates nothing.
+    fn suffix_walk(&self, q: &str) -> Option<DomainMatch> {
+        let qb = q.as_bytes();
+        // (start of suffix, hash), shortest suffix first. A 253-byte name has <= 127 labels.
+        let mut suffixes = [(0usize, 0u64); MAX_NAME / 2 + 1];
+        let mut n = 0;
+        let mut h = KeyHasher::new();
+        for i in (0..qb.len()).rev() {
+            h.push(qb[i]);
+            if (i == 0 || qb[i - 1] == b'.') && n < suffixes.len() {
+                suffixes[n] = (i, h.finish());
+                n += 1;
+            }
+        }
+        let ns_like = is_ns_like(qb);
+        let www = qb.starts_with(b"www.");
+        for &(start, hash) in suffixes[..n].iter().rev() {
+            let Some(label) = self.table.get_hashed(hash, &qb[start..], &[]) else {
+                continue;
+            };
+            let flags = self.flags(label);
+            // e.g. ns2.nobel.su under a suspicious nobel.su: name servers of listed domains
+            // are not themselves worth an event.
+            if ns_like && flags & FLAG_SUSPICIOUS_OR_SINKHOLE != 0 {
+                continue;
+            }
+            // e.g. noip.com (dynamic DNS): the provider's own site is not an event.
+            if (start == 0 || www) && flags & FLAG_DYNAMIC_OR_FREE_WEB != 0 {
+                continue;
+            }
+            let trail = if start == 0 {
+                q.to_owned()
+            } else {
+                // query[..start-1] is the unmatched prefix, without its dot.
+                format!("({}).{}", &q[..start - 1], &q[start..])
+            };
+            return Some(DomainMatch { trail, label });
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table with labels: 0 malware, 1 suspicious, 2 sinkhole, 3 dynamic dns, 4 free web.
+    fn trails(names: &[(&str, LabelId)], regexes: &[(&str, LabelId)]) -> DomainTrails {
+        let mut d = DomainTrails::default();
+        for (n, l) in names {
+            d.table.insert(n.as_bytes(), *l);
+        }
+        d.regexes = RegexTrails::new(
+            regexes
+                .iter()
+                .map(|(r, l)| (Regex::new(r).unwrap(), *l))
+                .collect(),
+        );
+        d.flags = [
+            "malware (test)",
+            "parking site (suspicious)",
+            "sinkhole testsink (malware)",
+            "dynamic dns (suspicious)",
+            "free web hosting",
+        ]
+        .iter()
+        .map(|i| label_flags(i))
+        .collect();
+        d.flags[3] = FLAG_DYNAMIC_OR_FREE_WEB; // dynamic only, to test rule (b) alone
+        d
+    }
+
+    fn hit(d: &DomainTrails, q: &str) -> Option<(String, LabelId)> {
+        d.lookup(q).map(|m| (m.trail, m.label))
+    }
+
+    fn s(t: &str, l: LabelId) -> Option<(String, LabelId)> {
+        Some((t.to_owned(), l))
+    }
+
+    #[test]
+    fn exact_and_parent() {
+        let d = trails(
+            &[
+                ("evil-test-domain.com", 0),
+                ("evil-parent.com", 0),
+                ("sub.evil-parent.com", 0),
+                ("evil.com", 0),
+            ],
+            &[],
+        );
+        assert_eq!(hit(&d, "evil-test-domain.com"), s("evil-test-domain.com", 0));
+        assert_eq!(hit(&d, "EVIL-test-domain.com."), s("evil-test-domain.com", 0));
+        assert_eq!(hit(&d, "evil-test-domain.com:53"), s("evil-test-domain.com", 0));
+        assert_eq!(
+            hit(&d, "www.evil-parent.com"),
+            s("(www).evil-parent.com", 0)
+        );
+        // The longest listed suffix wins.
+        assert_eq!(
+            hit(&d, "x.sub.evil-parent.com"),
+            s("(x).sub.evil-parent.com", 0)
+        );
+        assert_eq!(hit(&d, "a.b.evil.com"), s("(a.b).evil.com", 0));
+        assert_eq!(hit(&d, "notevil.com"), None);
+        assert_eq!(hit(&d, "com"), None);
+        assert_eq!(hit(&d, "evil.com.org"), None);
+        assert_eq!(d.contains("evil.com"), Some(0));
+        assert_eq!(d.contains("a.evil.com"), None);
+    }
+
+    #[test]
+    fn invalid_queries() {
+        let d = trails(&[("1.2.3.4", 0), ("evil.com", 0)], &[]);
+        assert_eq!(hit(&d, "1.2.3.4"), None);
+        assert_eq!(hit(&d, "bad name.evil.com"), None);
+        assert_eq!(hit(&d, "évil.evil.com"), None);
+        assert_eq!(hit(&d, ""), None);
+        assert_eq!(hit(&d, "."), None);
+        assert_eq!(hit(&d, &"a.".repeat(200)), None);
+        assert_eq!(hit(&d, "_dmarc.evil.com"), s("(_dmarc).evil.com", 0));
+    }
+
+    #[test]
+    fn ns_exception() {
+        let d = trails(
+            &[
+                ("nobel.su", 1),
+                ("sinky.net", 2),
+                ("evil.com", 0),
+                ("ns1.listed.org", 1),
+            ],
+            &[],
+        );
+        assert_eq!(hit(&d, "ns2.nobel.su"), None);
+        assert_eq!(hit(&d, "rns.nobel.su"), None);
+        assert_eq!(hit(&d, "dns12.nobel.su"), None);
+        assert_eq!(hit(&d, "mx.sinky.net"), None);
+        assert_eq!(hit(&d, "nic.sinky.net"), None);
+        assert_eq!(hit(&d, "nf3.sinky.net"), None);
+        assert_eq!(hit(&d, "ns1.listed.org"), None);
+        // Not ns-like, or not suspicious/sinkhole: reported.
+        assert_eq!(hit(&d, "nsa.nobel.su"), s("(nsa).nobel.su", 1));
+        assert_eq!(hit(&d, "www.nobel.su"), s("(www).nobel.su", 1));
+        assert_eq!(hit(&d, "ns1.evil.com"), s("(ns1).evil.com", 0));
+        assert_eq!(hit(&d, "nobel.su"), s("nobel.su", 1));
+    }
+
+    #[test]
+    fn dynamic_and_free_web_exception() {
+        let d = trails(&[("noip.com", 3), ("freehost.net", 4)], &[]);
+        assert_eq!(hit(&d, "noip.com"), None);
+        assert_eq!(hit(&d, "www.noip.com"), None);
+        assert_eq!(hit(&d, "freehost.net"), None);
+        assert_eq!(hit(&d, "badguy.noip.com"), s("(badguy).noip.com", 3));
+        assert_eq!(hit(&d, "x.freehost.net"), s("(x).freehost.net", 4));
+    }
+
+    #[test]
+    fn skipped_hit_keeps_walking() {
+        // www.noip.com is itself listed as malware: the exception skips noip.com only.
+        let d = trails(&[("noip.com", 3), ("x.y.noip.com", 0)], &[]);
+        assert_eq!(hit(&d, "www.x.y.noip.com"), s("(www).x.y.noip.com", 0));
+        let d = trails(&[("x.noip.com", 3), ("noip.com", 0)], &[]);
+        assert_eq!(hit(&d, "x.noip.com"), s("(x).noip.com", 0));
+    }
+
+    #[test]
+    fn ip_adress_com() {
+        let d = trails(&[("evilname", 0)], &[]);
+        assert_eq!(
+            hit(&d, "evilname.ip-adress.com"),
+            s("evilname(.ip-adress.com)", 0)
+        );
+        assert_eq!(hit(&d, "other.ip-adress.com"), None);
+    }
+
+    #[test]
+    fn regex_trails() {
+        let d = trails(
+            &[],
+            &[
+                (r"dga[0-9]+\.wildcard-test\.com", 0),
+                (r"^[a-z]{1,3}\-leboncoin\.(com|info)$", 1),
+                (r"seek[0-9]+\.(mootseek|zootseek)\.com", 2),
+            ],
+        );
+        assert_eq!(
+            hit(&d, "dga1234.wildcard-test.com"),
+            s("dga1234.wildcard-test.com", 0)
+        );
+        assert_eq!(
+            hit(&d, "www.dga1234.wildcard-test.com"),
+            s("(www).dga1234.wildcard-test.com", 0)
+        );
+        assert_eq!(
+            hit(&d, "dga1.wildcard-test.com.evil.org"),
+            s("dga1.wildcard-test.com(.evil.org)", 0)
+        );
+        assert_eq!(hit(&d, "ab-leboncoin.com"), s("ab-leboncoin.com", 1));
+        assert_eq!(hit(&d, "x.abcd-leboncoin.com"), None);
+        assert_eq!(
+            hit(&d, "a.seek12.zootseek.com"),
+            s("(a).seek12.zootseek.com", 2)
+        );
+        assert_eq!(hit(&d, "dga.wildcard-test.com"), None);
+    }
+
+    #[test]
+    fn regex_leftmost_then_first() {
+        let d = trails(&[], &[(r"b\.c", 1), (r"a\.b", 2), (r"a\.b\.c", 3)]);
+        // Leftmost start wins; on a tie, the first listed regex (like one alternation).
+        assert_eq!(hit(&d, "a.b.c"), s("a.b(.c)", 2));
+        // `.)` becomes `).`: the dot belongs to the printed prefix.
+        let d = trails(&[], &[(r"evil[0-9]", 1)]);
+        assert_eq!(hit(&d, "x.evil1.com"), s("(x).evil1(.com)", 1));
+    }
+
+    #[test]
+    fn names_win_over_regexes() {
+        let d = trails(&[("evil.com", 0)], &[(r"e[a-z]+l\.com", 1)]);
+        assert_eq!(hit(&d, "evil.com"), s("evil.com", 0));
+        assert_eq!(hit(&d, "eveel.com"), s("eveel.com", 1));
+    }
+
+    #[test]
+    fn onion_gateway() {
+        let d = trails(&[("badsite.onion", 0)], &[]);
+        assert_eq!(hit(&d, "badsite.onion.to"), s("badsite.onion(.to)", 0));
+        assert_eq!(hit(&d, "badsite.onion.ws.x"), s("badsite.onion(.ws.x)", 0));
+        // A plain parent match covers the .onion name itself and its subdomains.
+        assert_eq!(hit(&d, "badsite.onion"), s("badsite.onion", 0));
+        assert_eq!(hit(&d, "good.onion.to"), None);
+    }
+
+    #[test]
+    fn ns_like() {
+        for q in ["ns.x", "ns1.x", "rns.x", "dns22.x", "nf.x", "mx0.x", "nic.x"] {
+            assert!(is_ns_like(q.as_bytes()), "{q}");
+        }
+        for q in ["nsa.x", "ns-1.x", "x.ns1.y", "mxx.x", "ns1"] {
+            assert!(!is_ns_like(q.as_bytes()), "{q}");
+        }
+    }
+}

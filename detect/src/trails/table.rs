@@ -1,0 +1,284 @@
+//! A compact string → label hash table: one byte arena plus an open-addressing index.
+//!
+//! Why not `HashMap<String, LabelId>`: 1.4M heap strings cost a 24-byte `String` header, an
+//! allocation (with allocator rounding) and a 32-byte bucket each, about 3x the text. Here a
+//! trail is one record in a single arena (`[label: u32 LE][len: u16 LE][bytes]`), and the
+//! index is a power-of-two array of `u32` arena offsets plus one tag byte per slot (linear
+//! probing, load factor at most 0.7). That is about 1.3x the text for typical domains.
+//!
+//! Keys are hashed right to left (see [`KeyHasher`]) so a caller can hash every suffix of a
+//! name in one backwards pass, and can hash `host + path` without concatenating them.
+
+use std::fmt;
+
+use super::LabelId;
+
+/// Bytes in front of each key in the arena: label (u32 LE) and key length (u16 LE).
+const HEADER: usize = 6;
+/// Longest key a record can hold.
+pub(crate) const MAX_KEY_LEN: usize = u16::MAX as usize;
+
+/// Right-to-left FNV-1a with a murmur3 finaliser.
+///
+/// Feed bytes from the end of the key towards its start; [`KeyHasher::finish`] can be taken
+/// at any point, which gives the hash of every suffix seen so far in one pass.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeyHasher(u64);
+
+impl KeyHasher {
+    /// A hasher that has seen nothing.
+    #[inline]
+    pub(crate) const fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    /// Feeds one byte (the next one towards the start of the key).
+    #[inline]
+    pub(crate) fn push(&mut self, b: u8) {
+        self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+
+    /// Feeds `bytes` back to front, i.e. as if `bytes` were prepended to what was fed so far.
+    #[inline]
+    pub(crate) fn prepend(&mut self, bytes: &[u8]) {
+        for &b in bytes.iter().rev() {
+            self.push(b);
+        }
+    }
+
+    /// The hash of the bytes fed so far.
+    #[inline]
+    pub(crate) fn finish(self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+
+    /// Hash of a whole key.
+    #[inline]
+    pub(crate) fn hash(key: &[u8]) -> u64 {
+        let mut h = Self::new();
+        h.prepend(key);
+        h.finish()
+    }
+}
+
+/// Result of [`StrTable::insert`].
+pub(crate) enum Inserted {
+    /// The key was new.
+    New,
+    /// The key was already there, at this record offset, with this label.
+    Existing { record: u32, label: LabelId },
+    /// The arena is full (more than 4 GiB) or the key is longer than [`MAX_KEY_LEN`].
+    Full,
+}
+
+/// String → label table with an arena of records and an open-addressing index.
+#[derive(Default)]
+pub(crate) struct StrTable {
+    arena: Vec<u8>,
+    /// Arena offset + 1 of each record; 0 is an empty slot.
+    slots: Vec<u32>,
+    /// Top byte of the hash of the key in each slot: most mismatches never touch the arena.
+    tags: Vec<u8>,
+    len: usize,
+}
+
+impl fmt::Debug for StrTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StrTable")
+            .field("len", &self.len)
+            .field("arena_bytes", &self.arena.len())
+            .field("slots", &self.slots.len())
+            .finish()
+    }
+}
+
+#[inline]
+fn tag_of(h: u64) -> u8 {
+    (h >> 56) as u8
+}
+
+impl StrTable {
+    /// Number of keys.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Heap bytes held (arena plus index), for reports.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.arena.capacity() + self.slots.capacity() * 4 + self.tags.capacity()
+    }
+
+    /// Total bytes of key text.
+    pub(crate) fn key_bytes(&self) -> usize {
+        self.arena.len().saturating_sub(self.len * HEADER)
+    }
+
+    /// Releases spare arena capacity once loading is done.
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.arena.shrink_to_fit();
+    }
+
+    #[inline]
+    fn record(&self, off: usize) -> (LabelId, &[u8]) {
+        let h = &self.arena[off..off + HEADER];
+        let label = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+        let len = usize::from(u16::from_le_bytes([h[4], h[5]]));
+        (label, &self.arena[off + HEADER..off + HEADER + len])
+    }
+
+    /// Iterates over (key, label) pairs in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], LabelId)> + '_ {
+        self.slots.iter().filter(|&&s| s != 0).map(move |&s| {
+            let (label, key) = self.record(s as usize - 1);
+            (key, label)
+        })
+    }
+
+    /// Looks up the key `a ++ b` whose hash (see [`KeyHasher`]) is `h`.
+    #[inline]
+    pub(crate) fn get_hashed(&self, h: u64, a: &[u8], b: &[u8]) -> Option<LabelId> {
+        self.find(h, a, b).map(|(_, off)| self.record(off).0)
+    }
+
+    /// Looks up one key.
+    #[inline]
+    pub(crate) fn get(&self, key: &[u8]) -> Option<LabelId> {
+        self.get_hashed(KeyHasher::hash(key), key, &[])
+    }
+
+    /// (slot index, record offset) of the key `a ++ b`.
+    #[inline]
+    fn find(&self, h: u64, a: &[u8], b: &[u8]) -> Option<(usize, usize)> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let tag = tag_of(h);
+        let want = a.len() + b.len();
+        let mut i = (h as usize) & mask;
+        loop {
+            let s = self.slots[i];
+            if s == 0 {
+                return None;
+            }
+            if self.tags[i] == tag {
+                let off = s as usize - 1;
+                let (_, key) = self.record(off);
+                if key.len() == want && &key[..a.len()] == a && &key[a.len()..] == b {
+                    return Some((i, off));
+                }
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Overwrites the label of the record at `record` (from [`Inserted::Existing`]).
+    pub(crate) fn set_label(&mut self, record: u32, label: LabelId) {
+        let off = record as usize;
+        self.arena[off..off + 4].copy_from_slice(&label.to_le_bytes());
+    }
+
+    /// Inserts `key` unless present.
+    pub(crate) fn insert(&mut self, key: &[u8], label: LabelId) -> Inserted {
+        let h = KeyHasher::hash(key);
+        if let Some((_, off)) = self.find(h, key, &[]) {
+            return Inserted::Existing {
+                record: off as u32,
+                label: self.record(off).0,
+            };
+        }
+        let Ok(len) = u16::try_from(key.len()) else {
+            return Inserted::Full;
+        };
+        let off = self.arena.len();
+        // Slot values are offset + 1 in a u32.
+        if off + HEADER + key.len() >= u32::MAX as usize {
+            return Inserted::Full;
+        }
+        if (self.len + 1) * 10 > self.slots.len() * 7 {
+            self.grow();
+        }
+        self.arena.extend_from_slice(&label.to_le_bytes());
+        self.arena.extend_from_slice(&len.to_le_bytes());
+        self.arena.extend_from_slice(key);
+        self.place(h, off as u32 + 1);
+        self.len += 1;
+        Inserted::New
+    }
+
+    fn place(&mut self, h: u64, slot_value: u32) {
+        let mask = self.slots.len() - 1;
+        let mut i = (h as usize) & mask;
+        while self.slots[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = slot_value;
+        self.tags[i] = tag_of(h);
+    }
+
+    fn grow(&mut self) {
+        let new_cap = (self.slots.len() * 2).max(1024);
+        let old = std::mem::replace(&mut self.slots, vec![0; new_cap]);
+        self.tags = vec![0; new_cap];
+        for s in old.into_iter().filter(|&s| s != 0) {
+            let h = KeyHasher::hash(self.record(s as usize - 1).1);
+            self.place(h, s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_get_and_grow() {
+        let mut t = StrTable::default();
+        for i in 0..5000u32 {
+            let k = format!("host{i}.example");
+            assert!(matches!(t.insert(k.as_bytes(), i), Inserted::New));
+        }
+        assert_eq!(t.len(), 5000);
+        for i in 0..5000u32 {
+            let k = format!("host{i}.example");
+            assert_eq!(t.get(k.as_bytes()), Some(i));
+        }
+        assert_eq!(t.get(b"host5000.example"), None);
+        assert_eq!(t.iter().count(), 5000);
+        match t.insert(b"host7.example", 99) {
+            Inserted::Existing { record, label } => {
+                assert_eq!(label, 7);
+                t.set_label(record, 99);
+            }
+            _ => panic!("expected existing"),
+        }
+        assert_eq!(t.get(b"host7.example"), Some(99));
+    }
+
+    #[test]
+    fn split_keys_hash_like_whole_keys() {
+        let mut t = StrTable::default();
+        t.insert(b"evil.example/bad/path", 3);
+        let mut h = KeyHasher::new();
+        h.prepend(b"/bad/path");
+        h.prepend(b"evil.example");
+        assert_eq!(
+            t.get_hashed(h.finish(), b"evil.example", b"/bad/path"),
+            Some(3)
+        );
+        assert_eq!(t.get_hashed(h.finish(), b"evil.exampl", b"e/bad/path"), Some(3));
+        assert_eq!(t.get(b""), None);
+    }
+
+    #[test]
+    fn too_long_key_is_refused() {
+        let mut t = StrTable::default();
+        let k = vec![b'a'; MAX_KEY_LEN + 1];
+        assert!(matches!(t.insert(&k, 1), Inserted::Full));
+    }
+}

@@ -1,0 +1,22 @@
+//! xtrail-sensor's library: everything between the trail tables and the XDP program.
+//!
+//! - [`loader`]: loads the embedded XDP object with maps sized for the trail set, fills them,
+//!   writes the configuration and attaches/detaches the program.
+//! - [`maps`]: batched map filling (`BPF_MAP_UPDATE_BATCH` through the raw syscall) and the
+//!   IPv4 /24 prefilter bitmap.
+//! - [`hits`]: turns the program's ring-buffer records into events.
+//! - [`output`]: writes events as JSON lines or Maltrail lines.
+//! - [`stats`]: reads the per-CPU counters.
+//! - [`privilege`]: the up-front capability check.
+//!
+//! The binary (`src/main.rs`) owns argument parsing and the run loop.
+
+pub mod hits;
+pub mod loader;
+pub mod maps;
+pub mod output;
+pub mod privilege;
+pub mod stats;
+
+/// The XDP object built by `build.rs` from `xdp-ebpf/program`.
+pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xtrail-xdp"));

@@ -1,0 +1,316 @@
+//! Loading, configuring and attaching the XDP program.
+
+use std::time::Duration;
+
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+use xtrail_common::{config_flags, maps as names, mode, Config};
+use xtrail_detect::trails::IpTrails;
+
+use crate::maps::{self, FillError, FillReport};
+use crate::stats::Counters;
+
+/// Program name in the object (the `#[xdp]` function).
+const PROGRAM: &str = "xtrail_xdp";
+
+/// How the program treats packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// On the router: every packet continues to the stack.
+    #[default]
+    Inline,
+    /// On a SPAN/TAP port the sensor owns: uninteresting packets are dropped early.
+    Mirror,
+}
+
+/// Which XDP attach mode to ask the kernel for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttachMode {
+    /// Driver mode, falling back to generic (skb) mode with a warning.
+    #[default]
+    Auto,
+    /// Native driver mode only.
+    Driver,
+    /// Generic mode only.
+    Skb,
+}
+
+/// Options for [`Sensor::load`].
+#[derive(Clone, Debug)]
+pub struct SensorOptions {
+    pub mode: Mode,
+    /// Drop packets that hit an IP trail (inline only).
+    pub enforce: bool,
+    /// Window in which repeats of the same hit are suppressed in the kernel.
+    pub suppress: Duration,
+    /// Program diagnostics through aya-log (0 off, 1 debug).
+    pub ebpf_log_level: u8,
+}
+
+impl Default for SensorOptions {
+    fn default() -> Self {
+        SensorOptions {
+            mode: Mode::Inline,
+            enforce: false,
+            suppress: Duration::from_secs(1),
+            ebpf_log_level: 0,
+        }
+    }
+}
+
+/// Loading and attaching failures.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("--enforce needs --mode inline: a mirror port carries copies, there is nothing to block")]
+    EnforceNeedsInline,
+    #[error("loading the XDP object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the XDP object has no program {PROGRAM}")]
+    MissingProgram,
+    #[error("the XDP object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("loading the XDP program into the kernel: {0}")]
+    Program(#[source] ProgramError),
+    #[error("filling the trail maps: {0}")]
+    Fill(#[from] FillError),
+    #[error("writing the program's configuration: {0}")]
+    Config(#[source] aya::maps::MapError),
+    #[error("unknown interface {0}")]
+    UnknownInterface(String),
+    #[error("attaching XDP to {iface} in {mode} mode was refused: {source}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// One attachment.
+#[derive(Debug)]
+pub struct Attachment {
+    pub iface: String,
+    pub ifindex: u32,
+    /// `driver` or `skb`.
+    pub mode: &'static str,
+    link: aya::programs::xdp::XdpLinkId,
+}
+
+/// The loaded program, its maps and its attachments.
+pub struct Sensor {
+    ebpf: Ebpf,
+    pub fill: FillReport,
+    pub config: Config,
+    attachments: Vec<Attachment>,
+}
+
+/// The interface index of `name`, if it exists.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+/// The interface name of `index`, if it exists.
+pub fn ifname(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+impl Sensor {
+    /// Loads the program with maps sized for `ip`, fills them and writes the configuration.
+    /// Nothing is attached yet.
+    pub fn load(ip: &IpTrails, opts: &SensorOptions) -> Result<Sensor, LoadError> {
+        if opts.enforce && opts.mode != Mode::Inline {
+            return Err(LoadError::EnforceNeedsInline);
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::IPV4_TRAILS, maps::max_entries(ip.v4.len()))
+            .map_max_entries(names::IPV6_TRAILS, maps::max_entries(ip.v6.len()))
+            .map_max_entries(names::IPPORT_TRAILS, maps::max_entries(ip.ipport.len()))
+            .map_max_entries(names::IPV4_CIDRS, maps::max_entries(ip.cidr4.len()))
+            .map_max_entries(names::IPV6_CIDRS, maps::max_entries(ip.cidr6.len()))
+            .load(crate::XDP_OBJECT)?;
+        {
+            let program: &mut Xdp = ebpf
+                .program_mut(PROGRAM)
+                .ok_or(LoadError::MissingProgram)?
+                .try_into()
+                .map_err(LoadError::Program)?;
+            program.load().map_err(LoadError::Program)?;
+        }
+        let fill = maps::fill(&mut ebpf, ip)?;
+        let mut flags = 0;
+        if opts.enforce {
+            flags |= config_flags::ENFORCE;
+        }
+        if fill.cidr4 > 0 {
+            flags |= config_flags::HAVE_CIDR4;
+        }
+        if fill.cidr6 > 0 {
+            flags |= config_flags::HAVE_CIDR6;
+        }
+        if fill.ipport > 0 {
+            flags |= config_flags::HAVE_IPPORT;
+        }
+        if fill.ipv6 > 0 {
+            flags |= config_flags::HAVE_IPV6;
+        }
+        if fill.prefilter {
+            flags |= config_flags::PREFILTER4;
+        }
+        let config = Config {
+            mode: match opts.mode {
+                Mode::Inline => mode::INLINE,
+                Mode::Mirror => mode::MIRROR,
+            },
+            log_level: opts.ebpf_log_level,
+            _pad: [0; 2],
+            flags,
+            suppress_ns: u64::try_from(opts.suppress.as_nanos()).unwrap_or(u64::MAX),
+        };
+        let mut sensor = Sensor {
+            ebpf,
+            fill,
+            config,
+            attachments: Vec::new(),
+        };
+        sensor.write_config(config)?;
+        Ok(sensor)
+    }
+
+    /// Replaces the program's configuration.
+    pub fn write_config(&mut self, config: Config) -> Result<(), LoadError> {
+        let map = self
+            .ebpf
+            .map_mut(names::CONFIG)
+            .ok_or(LoadError::MissingMap(names::CONFIG))?;
+        let mut array: Array<&mut MapData, Config> =
+            Array::try_from(map).map_err(LoadError::Config)?;
+        array.set(0, config, 0).map_err(LoadError::Config)?;
+        self.config = config;
+        Ok(())
+    }
+
+    fn program(&mut self) -> Result<&mut Xdp, LoadError> {
+        self.ebpf
+            .program_mut(PROGRAM)
+            .ok_or(LoadError::MissingProgram)?
+            .try_into()
+            .map_err(LoadError::Program)
+    }
+
+    /// Attaches to `iface`; in [`AttachMode::Auto`], driver mode first, then generic mode
+    /// with a warning.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<&Attachment, LoadError> {
+        let ifindex = ifindex(iface).ok_or_else(|| LoadError::UnknownInterface(iface.into()))?;
+        let program = self.program()?;
+        let tries: &[(XdpMode, &'static str)] = match mode {
+            AttachMode::Auto => &[(XdpMode::Driver, "driver"), (XdpMode::Skb, "skb")],
+            AttachMode::Driver => &[(XdpMode::Driver, "driver")],
+            AttachMode::Skb => &[(XdpMode::Skb, "skb")],
+        };
+        let mut last = None;
+        for (i, (xdp_mode, name)) in tries.iter().enumerate() {
+            match program.attach(iface, *xdp_mode) {
+                Ok(link) => {
+                    if i > 0 {
+                        log::warn!(
+                            "{iface}: driver-mode XDP refused ({}); running in generic (skb) mode, which is slower",
+                            last.as_ref().map(|e: &ProgramError| e.to_string()).unwrap_or_default()
+                        );
+                    }
+                    self.attachments.push(Attachment {
+                        iface: iface.to_string(),
+                        ifindex,
+                        mode: name,
+                        link,
+                    });
+                    return self.attachments.last().ok_or(LoadError::MissingProgram);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(LoadError::Attach {
+            iface: iface.to_string(),
+            mode: tries.last().map(|t| t.1).unwrap_or("driver"),
+            source: last.unwrap_or(ProgramError::NotLoaded),
+        })
+    }
+
+    /// Current attachments.
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    /// Detaches from every interface.
+    pub fn detach_all(&mut self) {
+        let attachments = std::mem::take(&mut self.attachments);
+        if let Ok(program) = self.program() {
+            for a in attachments {
+                if let Err(e) = program.detach(a.link) {
+                    log::warn!("detaching XDP from {}: {e}", a.iface);
+                }
+            }
+        }
+    }
+
+    /// Takes the hit ring buffer (once).
+    pub fn take_hits(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self
+            .ebpf
+            .take_map(names::HITS)
+            .ok_or(LoadError::MissingMap(names::HITS))?;
+        RingBuf::try_from(map).map_err(LoadError::Config)
+    }
+
+    /// Starts aya-log forwarding of the program's diagnostics (when it logs at all).
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+
+    /// Reads the per-CPU counters.
+    pub fn counters(&self) -> Result<Counters, LoadError> {
+        let map = self
+            .ebpf
+            .map(names::STATS)
+            .ok_or(LoadError::MissingMap(names::STATS))?;
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(LoadError::Config)?;
+        let mut out = Counters::default();
+        for (i, slot) in out.0.iter_mut().enumerate() {
+            let values = array.get(&(i as u32), 0).map_err(LoadError::Config)?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Runs the program once over `frame` with BPF_PROG_TEST_RUN and returns its verdict.
+    pub fn test_run(&mut self, frame: &[u8]) -> Result<u32, LoadError> {
+        let program = self.program()?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        let result = program.test_run(opts).map_err(LoadError::Program)?;
+        Ok(result.return_value)
+    }
+
+    /// The underlying aya object (for tests and benchmarks).
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+}
+
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}

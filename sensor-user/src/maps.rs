@@ -1,0 +1,256 @@
+//! Filling the XDP program's trail maps from a [`TrailSet`].
+//!
+//! Hash maps are filled with `BPF_MAP_UPDATE_BATCH` through the raw `bpf(2)` syscall (aya has
+//! no batch API), in chunks; LPM tries, which have no batch support in the kernel, element by
+//! element. The IPv4 prefilter is a 2^24-bit bitmap with one bit per /24 that holds any IPv4
+//! trail, so clean traffic skips every hash and trie lookup.
+
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+
+use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData};
+use aya::Ebpf;
+use xtrail_common::{maps as names, IpPortKey, PREFILTER_WORDS};
+use xtrail_detect::trails::IpTrails;
+
+/// `BPF_MAP_UPDATE_BATCH` command number.
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+/// Elements per batch syscall.
+const BATCH: usize = 16_384;
+
+/// Map filling failures.
+#[derive(Debug, thiserror::Error)]
+pub enum FillError {
+    #[error("the XDP object has no map named {0}")]
+    MissingMap(&'static str),
+    #[error("BPF_MAP_UPDATE_BATCH on {map} failed after {done} of {total} entries: {source}")]
+    Batch {
+        map: &'static str,
+        done: usize,
+        total: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("updating {map}: {source}")]
+    Update {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// How many entries went into each map.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FillReport {
+    pub ipv4: usize,
+    pub ipv6: usize,
+    pub ipport: usize,
+    pub cidr4: usize,
+    pub cidr6: usize,
+    /// /24 blocks marked in the prefilter (0 when the prefilter is disabled).
+    pub prefilter_blocks: usize,
+    /// Whether the IPv4 prefilter is usable (no CIDR shorter than /8).
+    pub prefilter: bool,
+}
+
+fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, FillError> {
+    match ebpf.map(name) {
+        Some(
+            Map::HashMap(d)
+            | Map::LruHashMap(d)
+            | Map::Array(d)
+            | Map::LpmTrie(d)
+            | Map::PerCpuArray(d)
+            | Map::RingBuf(d),
+        ) => Ok(d),
+        _ => Err(FillError::MissingMap(name)),
+    }
+}
+
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Writes `keys[i] -> values[i]` into the map behind `fd` in batches.
+fn update_batch<K, V>(
+    fd: RawFd,
+    map: &'static str,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), FillError> {
+    debug_assert_eq!(keys.len(), values.len());
+    let total = keys.len();
+    let mut done = 0;
+    while done < total {
+        let n = BATCH.min(total - done);
+        let mut attr = BatchAttr {
+            in_batch: 0,
+            out_batch: 0,
+            keys: keys[done..].as_ptr() as u64,
+            values: values[done..].as_ptr() as u64,
+            count: n as u32,
+            map_fd: fd as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: attr points at `n` valid keys and values that outlive the call; the kernel
+        // only reads them and writes back `count`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(FillError::Batch {
+                map,
+                done: done + attr.count as usize,
+                total,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+fn batch_into<K: Copy, V: Copy>(
+    ebpf: &Ebpf,
+    map: &'static str,
+    entries: impl Iterator<Item = (K, V)>,
+) -> Result<usize, FillError> {
+    let (keys, values): (Vec<K>, Vec<V>) = entries.unzip();
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let fd = map_data(ebpf, map)?.fd().as_fd().as_raw_fd();
+    update_batch(fd, map, &keys, &values)?;
+    Ok(keys.len())
+}
+
+/// Map sizes for a trail set: every map needs at least one entry, and a little headroom.
+pub fn max_entries(count: usize) -> u32 {
+    u32::try_from(count + count / 16 + 16).unwrap_or(u32::MAX)
+}
+
+/// The /24 blocks (as `a<<16 | b<<8 | c`) that IPv4 trails cover, or None when a CIDR is too
+/// wide (shorter than /8) for the bitmap to be worth it.
+pub fn prefilter_blocks(ip: &IpTrails) -> Option<Vec<u32>> {
+    let block = |a: [u8; 4]| (u32::from(a[0]) << 16) | (u32::from(a[1]) << 8) | u32::from(a[2]);
+    let mut blocks: Vec<u32> = ip.v4.keys().map(|a| block(*a)).collect();
+    for ((addr, _port), _) in ip.ipport.iter() {
+        if addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+            blocks.push(block([addr[12], addr[13], addr[14], addr[15]]));
+        }
+    }
+    for (addr, prefix, _) in &ip.cidr4 {
+        if *prefix < 8 {
+            return None;
+        }
+        let first = block(*addr);
+        let span = if *prefix >= 24 {
+            1
+        } else {
+            1u32 << (24 - prefix)
+        };
+        let first = first & !(span - 1);
+        blocks.extend(first..first + span);
+    }
+    blocks.sort_unstable();
+    blocks.dedup();
+    Some(blocks)
+}
+
+/// Fills every trail map and the prefilter. The maps must have been sized with
+/// [`max_entries`] of the same trail set.
+pub fn fill(ebpf: &mut Ebpf, ip: &IpTrails) -> Result<FillReport, FillError> {
+    let mut report = FillReport {
+        ipv4: batch_into(ebpf, names::IPV4_TRAILS, ip.v4.iter().map(|(k, v)| (*k, *v)))?,
+        ipv6: batch_into(ebpf, names::IPV6_TRAILS, ip.v6.iter().map(|(k, v)| (*k, *v)))?,
+        ipport: batch_into(
+            ebpf,
+            names::IPPORT_TRAILS,
+            ip.ipport.iter().map(|((addr, port), v)| {
+                (
+                    IpPortKey {
+                        addr: *addr,
+                        port: *port,
+                        _pad: [0; 2],
+                    },
+                    *v,
+                )
+            }),
+        )?,
+        ..FillReport::default()
+    };
+    {
+        let map = ebpf
+            .map_mut(names::IPV4_CIDRS)
+            .ok_or(FillError::MissingMap(names::IPV4_CIDRS))?;
+        let mut trie: LpmTrie<&mut MapData, [u8; 4], u32> =
+            LpmTrie::try_from(map).map_err(|source| FillError::Update {
+                map: names::IPV4_CIDRS,
+                source,
+            })?;
+        for (addr, prefix, label) in &ip.cidr4 {
+            trie.insert(&Key::new(u32::from(*prefix), *addr), label, 0)
+                .map_err(|source| FillError::Update {
+                    map: names::IPV4_CIDRS,
+                    source,
+                })?;
+            report.cidr4 += 1;
+        }
+    }
+    {
+        let map = ebpf
+            .map_mut(names::IPV6_CIDRS)
+            .ok_or(FillError::MissingMap(names::IPV6_CIDRS))?;
+        let mut trie: LpmTrie<&mut MapData, [u8; 16], u32> =
+            LpmTrie::try_from(map).map_err(|source| FillError::Update {
+                map: names::IPV6_CIDRS,
+                source,
+            })?;
+        for (addr, prefix, label) in &ip.cidr6 {
+            trie.insert(&Key::new(u32::from(*prefix), *addr), label, 0)
+                .map_err(|source| FillError::Update {
+                    map: names::IPV6_CIDRS,
+                    source,
+                })?;
+            report.cidr6 += 1;
+        }
+    }
+    if let Some(blocks) = prefilter_blocks(ip) {
+        let mut words = vec![0u64; PREFILTER_WORDS as usize];
+        for b in &blocks {
+            words[(*b >> 6) as usize] |= 1u64 << (b & 63);
+        }
+        let indexes: Vec<u32> = (0..PREFILTER_WORDS).collect();
+        let fd = map_data(ebpf, names::IPV4_PREFILTER)?
+            .fd()
+            .as_fd()
+            .as_raw_fd();
+        update_batch(fd, names::IPV4_PREFILTER, &indexes, &words)?;
+        report.prefilter_blocks = blocks.len();
+        report.prefilter = true;
+    }
+    Ok(report)
+}
+
+/// Reads one value of an array map (used by tests and `stats`).
+pub fn array_get(ebpf: &Ebpf, name: &'static str, index: u32) -> Result<u64, FillError> {
+    let map = ebpf.map(name).ok_or(FillError::MissingMap(name))?;
+    let array: Array<&MapData, u64> =
+        Array::try_from(map).map_err(|source| FillError::Update { map: name, source })?;
+    array
+        .get(&index, 0)
+        .map_err(|source| FillError::Update { map: name, source })
+}

@@ -1,0 +1,55 @@
+//! Where events go: a JSON-lines or Maltrail-lines log on a file or stdout.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+use xtrail_detect::event::{Event, Format};
+
+/// A line-oriented event log.
+pub struct EventLog {
+    out: Box<dyn Write + Send>,
+    format: Format,
+    /// Events written.
+    pub written: u64,
+}
+
+impl EventLog {
+    /// Opens `path` for appending, or stdout for `-`.
+    pub fn open(path: &Path, format: Format) -> io::Result<EventLog> {
+        let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
+            Box::new(io::stdout())
+        } else {
+            let file: File = OpenOptions::new().create(true).append(true).open(path)?;
+            Box::new(BufWriter::new(file))
+        };
+        Ok(EventLog {
+            out,
+            format,
+            written: 0,
+        })
+    }
+
+    /// Writes into any writer (tests, replay into memory).
+    pub fn from_writer(out: Box<dyn Write + Send>, format: Format) -> EventLog {
+        EventLog {
+            out,
+            format,
+            written: 0,
+        }
+    }
+
+    /// Writes one event as a line.
+    pub fn write(&mut self, event: &Event) -> io::Result<()> {
+        let line = event.format(self.format);
+        self.out.write_all(line.as_bytes())?;
+        self.out.write_all(b"\n")?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Flushes buffered lines.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}

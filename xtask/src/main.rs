@@ -1,1 +1,93 @@
-fn main() {}
+//! `cargo xtask`: the project's driver.
+//!
+//! - `deps`: installs what building and testing need, idempotently (Debian packages, nightly
+//!   rust-src, bpf-linker 0.13.0 against the nightly toolchain's LLVM 22).
+//! - `demo`: builds everything and runs a self-contained demo on a veth pair.
+//! - `test`: runs every test, privileged ones included (as root, or they fail under CI=true).
+
+mod demo;
+mod deps;
+mod paths;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "xtrail's build, demo and test driver")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install build and test dependencies (idempotent).
+    Deps,
+    /// Build the sensor in release mode.
+    Build,
+    /// Run the demo: sensor on a veth pair, trail and clean traffic, events, summary.
+    Demo {
+        /// Trail source (default: ../shared/data/maltrail/trails-static, else the bundled set).
+        #[arg(long)]
+        trails: Option<std::path::PathBuf>,
+        /// Sensor mode: inline or mirror.
+        #[arg(long, default_value = "inline")]
+        mode: String,
+    },
+    /// Run all tests, including privileged ones.
+    Test {
+        /// Extra arguments passed to `cargo test`.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Deps => deps::ensure(),
+        Command::Build => {
+            deps::ensure()?;
+            build_release()
+        }
+        Command::Demo { trails, mode } => {
+            deps::ensure()?;
+            build_release()?;
+            demo::run(trails, &mode)
+        }
+        Command::Test { args } => {
+            deps::ensure()?;
+            test(&args)
+        }
+    }
+}
+
+/// Runs a command, echoing it, and fails on a non-zero exit.
+pub fn run(cmd: &mut std::process::Command) -> anyhow::Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status()?;
+    anyhow::ensure!(status.success(), "{cmd:?} failed: {status}");
+    Ok(())
+}
+
+fn cargo() -> std::process::Command {
+    let mut c = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(paths::workspace_root());
+    c
+}
+
+fn build_release() -> anyhow::Result<()> {
+    eprintln!("xtask: building xtrail-sensor (release)");
+    run(cargo().args(["build", "--release", "-p", "xtrail-sensor"]))
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("xtask: not root: privileged tests (XDP, netns) will be skipped (they fail under CI=true)");
+    }
+    eprintln!("xtask: running the whole test suite (unit, integration, XDP, veth end to end, corpus)");
+    run(cargo().args(["test", "--workspace"]).args(extra))?;
+    eprintln!("xtask: all tests passed");
+    Ok(())
+}

@@ -8,11 +8,32 @@
 //! - `TrailSet::ip: IpTrails` with public fields `v4`, `v6`, `ipport`, `cidr4`, `cidr6` and
 //!   `IpTrails::lookup(IpAddr, Option<u16>) -> Option<IpMatch>`.
 //! - `TrailSet::report: LoadReport` (counts per kind, malformed lines and the first few).
+//! - `TrailSet::domains: DomainTrails` (`lookup`, `contains`; regex trails inside) and
+//!   `TrailSet::urls: UrlTrails` (`lookup(host, path)`).
+//!
+//! Layout: [`classify`](self) decides what a line is, `load` walks files and builds the
+//! tables, `table` is the arena hash table behind domains and URLs, `ip`, `domain` and `url`
+//! implement the lookups. Unit tests sit beside each; `detect/tests/trails_static.rs` loads the
+//! real Maltrail tree, `detect/tests/trails_corpus.rs` the replay fixture, and
+//! `detect/benches/trails.rs` measures load and lookups.
+//!
+//! Not here: the whitelist (`crate::whitelist`), heuristics, and event formatting.
 
+use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use hashbrown::HashMap;
+
+mod classify;
+mod domain;
+mod ip;
+mod load;
+mod table;
+mod url;
+
+pub use domain::{DomainMatch, DomainTrails, RegexTrails};
+pub use url::{UrlMatch, UrlTrails};
 
 /// Index into [`TrailSet::labels`]. This is also the value stored in the kernel maps.
 pub type LabelId = u32;
@@ -21,7 +42,9 @@ pub type LabelId = u32;
 /// (e.g. `(static)`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Label {
+    /// What the trail is, e.g. `asyncrat (malware)`.
     pub info: String,
+    /// Where it comes from, e.g. `(static)`.
     pub reference: String,
 }
 
@@ -39,56 +62,226 @@ pub enum IpMatchKind {
 /// A hit in the IP tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IpMatch {
+    /// Which table matched.
     pub kind: IpMatchKind,
+    /// The matched trail's label.
     pub label: LabelId,
 }
 
 /// Address, CIDR and IP:port trails; the sensor copies them into the kernel maps.
 #[derive(Debug, Default)]
 pub struct IpTrails {
+    /// IPv4 address trails (network byte order octets).
     pub v4: HashMap<[u8; 4], LabelId>,
+    /// IPv6 address trails (never v4-mapped: those are in `v4`).
     pub v6: HashMap<[u8; 16], LabelId>,
     /// IPv4 keys are v4-mapped IPv6 (`::ffff:a.b.c.d`); port in host order.
     pub ipport: HashMap<([u8; 16], u16), LabelId>,
-    /// (network address, prefix length, label).
+    /// (network address, prefix length, label); the address is masked to the prefix.
     pub cidr4: Vec<([u8; 4], u8, LabelId)>,
+    /// (network address, prefix length, label); the address is masked to the prefix.
     pub cidr6: Vec<([u8; 16], u8, LabelId)>,
+    /// Longest-prefix index over `cidr4`/`cidr6` (see [`IpTrails::rebuild_cidr_index`]).
+    cidr_index: ip::CidrIndex,
 }
 
 /// Loading failures that stop the load (malformed lines do not: they are counted).
 #[derive(Debug, thiserror::Error)]
 pub enum TrailError {
+    /// A file or directory could not be read.
     #[error("cannot read trails from {path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
+    /// A trails CSV could not be read.
+    #[error("cannot read trails CSV {path}: {source}")]
+    Csv {
+        /// The CSV file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: csv::Error,
+    },
+}
+
+/// Why a trail line was not loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MalformedReason {
+    /// Nothing left once a URL scheme was removed.
+    #[error("empty trail")]
+    Empty,
+    /// The line is not valid UTF-8.
+    #[error("not UTF-8")]
+    NotUtf8,
+    /// An `IP:port` or `[IPv6]:port` with a bad address or port (e.g. `1.2.3.4:53:53`).
+    #[error("bad IP:port")]
+    BadIpPort,
+    /// A CIDR with a bad prefix length.
+    #[error("bad CIDR")]
+    BadCidr,
+    /// A domain with characters outside letters, digits, `-`, `_`, `.`.
+    #[error("bad domain")]
+    BadDomain,
+    /// Digits and dots that are not an IPv4 address (e.g. `182.86.133`).
+    #[error("numeric name that is not an IP")]
+    NumericDomain,
+    /// A URL whose host part is not a host name (or has a bad port).
+    #[error("bad URL host")]
+    BadUrlHost,
+    /// A regex trail that does not compile.
+    #[error("regex does not compile")]
+    BadRegex,
+    /// Longer than a trail can be (255 for domains, 65535 for URLs).
+    #[error("too long")]
+    TooLong,
+    /// A CSV row without exactly three columns.
+    #[error("CSV row without 3 columns")]
+    CsvColumns,
+}
+
+/// One malformed line, for the report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MalformedLine {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line number.
+    pub line: usize,
+    /// The trail text (comment removed, trimmed; lossy if not UTF-8).
+    pub text: String,
+    /// Why it was not loaded.
+    pub reason: MalformedReason,
 }
 
 /// Options for [`TrailSet::load`].
-#[derive(Clone, Debug, Default)]
-pub struct LoadOptions {}
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// How many malformed lines the report keeps verbatim (all are counted). Default 10.
+    pub max_malformed_examples: usize,
+}
 
-/// What a load found.
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            max_malformed_examples: 10,
+        }
+    }
+}
+
+/// What a load found. Per-kind counts are distinct trails kept (after duplicates).
 #[derive(Clone, Debug, Default)]
 pub struct LoadReport {
+    /// Files read.
     pub files: usize,
+    /// Bytes of trail source text read.
+    pub bytes: u64,
+    /// Trail lines (not empty, not comments) or CSV rows seen.
+    pub lines: usize,
+    /// IPv4 address trails.
+    pub ipv4: usize,
+    /// IPv6 address trails.
+    pub ipv6: usize,
+    /// `IP:port` and `[IPv6]:port` trails.
+    pub ipport: usize,
+    /// IPv4 CIDR trails.
+    pub cidr4: usize,
+    /// IPv6 CIDR trails.
+    pub cidr6: usize,
+    /// Domain trails.
+    pub domains: usize,
+    /// URL trails.
+    pub urls: usize,
+    /// Regex domain trails.
+    pub regexes: usize,
+    /// Distinct labels.
+    pub labels: usize,
+    /// Trails seen again (same file or another); one entry is kept.
+    pub duplicates: usize,
+    /// Duplicates whose label was replaced by a more severe one.
+    pub relabelled: usize,
+    /// Malformed lines (not loaded).
     pub malformed: usize,
+    /// The first malformed lines, up to [`LoadOptions::max_malformed_examples`].
+    pub malformed_examples: Vec<MalformedLine>,
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} files, {} trail lines ({:.1} MB): {} IPv4, {} IPv6, {} IP:port, {} CIDR \
+             ({} v4, {} v6), {} domains, {} URLs, {} regexes; {} labels; {} duplicates; \
+             {} malformed",
+            self.files,
+            self.lines,
+            self.bytes as f64 / 1e6,
+            self.ipv4,
+            self.ipv6,
+            self.ipport,
+            self.cidr4 + self.cidr6,
+            self.cidr4,
+            self.cidr6,
+            self.domains,
+            self.urls,
+            self.regexes,
+            self.labels,
+            self.duplicates,
+            self.malformed,
+        )?;
+        if let Some(m) = self.malformed_examples.first() {
+            write!(
+                f,
+                " (first: {}:{}: {:?}: {})",
+                m.path.display(),
+                m.line,
+                m.text,
+                m.reason
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Everything loaded from the trail sources.
 #[derive(Debug, Default)]
 pub struct TrailSet {
+    /// Labels, indexed by [`LabelId`].
     pub labels: Vec<Label>,
+    /// Address, IP:port and CIDR trails.
     pub ip: IpTrails,
+    /// Domain trails (names and regexes).
+    pub domains: DomainTrails,
+    /// URL trails.
+    pub urls: UrlTrails,
+    /// What the load found.
     pub report: LoadReport,
 }
 
-impl IpTrails {
-    /// Looks an address up the way the XDP program does: IP:port (when a port is given),
-    /// then the address, then the CIDR tables.
-    pub fn lookup(&self, _addr: IpAddr, _port: Option<u16>) -> Option<IpMatch> {
-        None
+/// Returned by [`TrailSet::label`] for an id that is not in [`TrailSet::labels`].
+static UNKNOWN_LABEL: Label = Label {
+    info: String::new(),
+    reference: String::new(),
+};
+
+impl TrailSet {
+    /// Loads trails from Maltrail `trails.csv` files (`*.csv`), static trail trees
+    /// (directories, walked recursively for `*.txt`) and plain list files (anything else, one
+    /// trail a line, labelled from the file name). Malformed lines are counted in the report,
+    /// never fatal; unreadable paths are.
+    pub fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<TrailSet, TrailError> {
+        load::load(paths, opts)
+    }
+
+    /// The label for `id` (an empty label if `id` is unknown).
+    pub fn label(&self, id: LabelId) -> &Label {
+        self.labels.get(id as usize).unwrap_or(&UNKNOWN_LABEL)
+    }
+
+    /// Heap bytes of the domain and URL tables (arenas and indexes).
+    pub fn name_table_bytes(&self) -> usize {
+        self.domains.heap_bytes() + self.urls.heap_bytes()
     }
 }

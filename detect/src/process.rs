@@ -1,0 +1,743 @@
+//! The per-packet detection pipeline, shared by pcap replay and the live AF_XDP workers.
+//!
+//! [`Processor::process`] takes one captured frame and emits the [`Event`]s it raises, following
+//! Maltrail's sensor semantics:
+//!
+//! - **IP trails.** TCP: connection attempts only (SYN set, ACK clear): the destination
+//!   (`IP:port` trail → `IPORT`, else address/CIDR → `IP`), else the source. Identical SYNs
+//!   (same addresses and ports) within one second are counted once. UDP other than DNS: the
+//!   destination, else the source (xtrail also reports malware-labelled destinations, which
+//!   Maltrail skips). ICMP/ICMPv6: echo requests only. Other IP protocols: the addresses.
+//!   As in Maltrail, a SYN to an `attacker`-labelled address, a SYN to a `parking site` on a
+//!   port other than 80/443, and a SYN from a `malware`-labelled address raise nothing.
+//! - **DNS** (UDP or TCP, port 53 on either side; the DNS branch owns the packet): standard
+//!   queries with a valid name. For class IN and a type other than PTR/AAAA, a resolver trail
+//!   raises `<resolver> (<query>)`; then the name is checked against the domain trails.
+//! - **HTTP requests** (TCP payload starting with a method, any port): a `Host` name sent to
+//!   an address trail raises `IP` `<dst> (<host>)`; otherwise the host name is checked against
+//!   the domain trails; then host + path against the URL trails (`URL`).
+//! - **TLS ClientHello** (any port): the server name against the domain trails.
+//!
+//! Domain checks of HTTP hosts and TLS server names raise `DNS` events with protocol `TCP`, as
+//! Maltrail's `_check_domain` does for every name it checks.
+//!
+//! Non-`DNS` events involving a whitelisted address are dropped; names that are whitelisted or
+//! end in an ignored suffix are not checked.
+//!
+//! The no-hit path allocates nothing: parsing borrows the frame, names are decoded and
+//! lowercased into fixed buffers, the lowercased URL path goes into a reused buffer.
+//! Repeated events are collapsed downstream by [`crate::throttle::Throttle`].
+//!
+//! Heuristics (scans, DNS exhaustion, NXDOMAIN floods, suspicious requests and user agents)
+//! plug in through the [`Heuristics`] trait; none are implemented here.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hashbrown::DefaultHashBuilder;
+
+use crate::event::{proto_name, Action, Details, Event, EventType, Severity};
+use crate::packet::{self, ipproto, Packet, PacketError, TcpSegment, Transport};
+use crate::protocols::{dns, http, tls};
+use crate::trails::{IpMatchKind, Label, LabelId, TrailSet};
+use crate::whitelist::Whitelist;
+
+/// Slots of the duplicate-SYN table (direct-mapped: a collision only forgets an older SYN).
+const SYN_SLOTS: usize = 4096;
+/// The DNS port.
+const DNS_PORT: u16 = 53;
+/// Longest host name looked up (HTTP `Host`, TLS SNI).
+const MAX_HOST: usize = 255;
+
+/// Settings of a [`Processor`].
+#[derive(Clone, Debug)]
+pub struct ProcessorConfig {
+    /// Sensor name written into every event.
+    pub sensor: String,
+    /// Interface name written into every event (live capture).
+    pub iface: Option<String>,
+    /// Check HTTP `Host` names against the domain trails.
+    pub check_host_domains: bool,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        ProcessorConfig {
+            sensor: String::from("xtrail"),
+            iface: None,
+            check_host_domains: true,
+        }
+    }
+}
+
+impl ProcessorConfig {
+    /// The defaults with the given sensor name.
+    pub fn with_sensor(sensor: impl Into<String>) -> Self {
+        ProcessorConfig {
+            sensor: sensor.into(),
+            ..ProcessorConfig::default()
+        }
+    }
+}
+
+/// Counters of a [`Processor`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessorStats {
+    /// Frames given to [`Processor::process`].
+    pub packets: u64,
+    /// Frames the packet parser rejected.
+    pub parse_errors: u64,
+    /// Frames of a link type the parser does not know (also counted in `parse_errors`).
+    pub unsupported_linktype: u64,
+    /// Non-first IP fragments (not inspected).
+    pub fragments: u64,
+    /// DNS messages parsed.
+    pub dns_messages: u64,
+    /// Port-53 payloads that were not valid DNS.
+    pub dns_errors: u64,
+    /// HTTP requests parsed.
+    pub http_requests: u64,
+    /// TLS ClientHellos parsed.
+    pub tls_client_hellos: u64,
+    /// SYNs skipped as repeats within the same second.
+    pub duplicate_syns: u64,
+    /// Events emitted.
+    pub events: u64,
+    /// Events dropped because an address was whitelisted.
+    pub whitelisted: u64,
+}
+
+/// What one packet is, for building its events.
+#[derive(Clone, Copy, Debug)]
+pub struct PacketContext<'s> {
+    /// Capture time, microseconds since the epoch.
+    pub ts_us: i64,
+    /// Sensor name.
+    pub sensor: &'s str,
+    /// Interface, when captured live.
+    pub iface: Option<&'s str>,
+    /// Source address.
+    pub src: IpAddr,
+    /// Source port (0 without one).
+    pub src_port: u16,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Destination port (0 without one).
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+}
+
+impl PacketContext<'_> {
+    /// An event for this packet with the given info and reference.
+    pub fn event(
+        &self,
+        kind: EventType,
+        trail: String,
+        info: &str,
+        reference: &str,
+        details: Details,
+    ) -> Event {
+        Event {
+            ts_us: self.ts_us,
+            sensor: self.sensor.to_owned(),
+            src_ip: self.src,
+            src_port: self.src_port,
+            dst_ip: self.dst,
+            dst_port: self.dst_port,
+            proto: proto_name(self.proto),
+            kind,
+            trail,
+            info: info.to_owned(),
+            reference: reference.to_owned(),
+            severity: Severity::from_info(info),
+            action: Action::Pass,
+            iface: self.iface.map(str::to_owned),
+            details,
+        }
+    }
+
+    /// An event for this packet labelled by a trail's label.
+    pub fn labelled(&self, kind: EventType, trail: String, label: &Label, details: Details) -> Event {
+        self.event(kind, trail, &label.info, &label.reference, details)
+    }
+}
+
+/// Hook for the heuristics (a later stage): each method sees what the pipeline parsed and may
+/// emit events. Every method defaults to doing nothing.
+pub trait Heuristics: Send {
+    /// Every parsed packet, before any trail check.
+    fn on_packet(&mut self, _ctx: &PacketContext<'_>, _pkt: &Packet<'_>, _out: &mut dyn FnMut(Event)) {}
+    /// A standard DNS query with a valid name (after the whitelist and ignored suffixes).
+    fn on_dns_query(
+        &mut self,
+        _ctx: &PacketContext<'_>,
+        _msg: &dns::Message<'_>,
+        _name: &str,
+        _out: &mut dyn FnMut(Event),
+    ) {
+    }
+    /// A DNS response.
+    fn on_dns_response(&mut self, _ctx: &PacketContext<'_>, _msg: &dns::Message<'_>, _out: &mut dyn FnMut(Event)) {}
+    /// An HTTP request.
+    fn on_http_request(&mut self, _ctx: &PacketContext<'_>, _req: &http::Request<'_>, _out: &mut dyn FnMut(Event)) {}
+    /// An HTTP response.
+    fn on_http_response(&mut self, _ctx: &PacketContext<'_>, _resp: &http::Response<'_>, _out: &mut dyn FnMut(Event)) {}
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct SynKey {
+    sec: i64,
+    src: IpAddr,
+    src_port: u16,
+    dst: IpAddr,
+    dst_port: u16,
+}
+
+/// The per-packet pipeline. One per worker; not shared between threads.
+pub struct Processor {
+    trails: Arc<TrailSet>,
+    whitelist: Arc<Whitelist>,
+    config: ProcessorConfig,
+    stats: ProcessorStats,
+    syns: Box<[Option<SynKey>]>,
+    hasher: DefaultHashBuilder,
+    path_buf: String,
+    heuristics: Option<Box<dyn Heuristics>>,
+}
+
+impl std::fmt::Debug for Processor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Processor")
+            .field("config", &self.config)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Emits an event unless one of its addresses is whitelisted (DNS events are exempt, as in
+/// Maltrail: a resolver's address must not hide the names asked of it).
+fn emit(wl: &Whitelist, stats: &mut ProcessorStats, out: &mut dyn FnMut(Event), event: Event) {
+    if event.kind != EventType::Dns
+        && (wl.is_ip_whitelisted(event.src_ip) || wl.is_ip_whitelisted(event.dst_ip))
+    {
+        stats.whitelisted += 1;
+        return;
+    }
+    stats.events += 1;
+    out(event);
+}
+
+impl Processor {
+    /// A pipeline over the given trails and whitelist.
+    pub fn new(trails: Arc<TrailSet>, whitelist: Arc<Whitelist>, config: ProcessorConfig) -> Self {
+        Processor {
+            trails,
+            whitelist,
+            config,
+            stats: ProcessorStats::default(),
+            syns: vec![None; SYN_SLOTS].into_boxed_slice(),
+            hasher: DefaultHashBuilder::default(),
+            path_buf: String::with_capacity(256),
+            heuristics: None,
+        }
+    }
+
+    /// Installs the heuristics stage.
+    pub fn set_heuristics(&mut self, heuristics: Box<dyn Heuristics>) {
+        self.heuristics = Some(heuristics);
+    }
+
+    /// Swaps in a new trail set (trail updates); the next packet uses it.
+    pub fn set_trails(&mut self, trails: Arc<TrailSet>) {
+        self.trails = trails;
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> &ProcessorStats {
+        &self.stats
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ProcessorConfig {
+        &self.config
+    }
+
+    /// Runs one captured frame through the pipeline; `out` receives the events it raises.
+    pub fn process(&mut self, ts_us: i64, linktype: u32, frame: &[u8], out: &mut impl FnMut(Event)) {
+        // The error is counted in the stats; callers that want it use `process_frame`.
+        let _ = self.process_frame(ts_us, linktype, frame, out);
+    }
+
+    /// Like [`Processor::process`], but says why a frame could not be parsed.
+    pub fn process_frame(
+        &mut self,
+        ts_us: i64,
+        linktype: u32,
+        frame: &[u8],
+        out: &mut dyn FnMut(Event),
+    ) -> Result<(), PacketError> {
+        self.stats.packets += 1;
+        match packet::parse(linktype, frame) {
+            Ok(pkt) => {
+                self.process_packet(ts_us, &pkt, out);
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.parse_errors += 1;
+                if matches!(e, PacketError::UnsupportedLinkType(_)) {
+                    self.stats.unsupported_linktype += 1;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs an already parsed packet through the pipeline.
+    pub fn process_packet(&mut self, ts_us: i64, pkt: &Packet<'_>, out: &mut dyn FnMut(Event)) {
+        let (src_port, dst_port) = pkt.ports();
+        // Field-by-field borrows: nothing is cloned or allocated per packet.
+        let ctx = PacketContext {
+            ts_us,
+            sensor: &self.config.sensor,
+            iface: self.config.iface.as_deref(),
+            src: pkt.src,
+            src_port,
+            dst: pkt.dst,
+            dst_port,
+            proto: pkt.proto,
+        };
+        let mut run = Run {
+            trails: &self.trails,
+            whitelist: &self.whitelist,
+            stats: &mut self.stats,
+            out,
+            check_host_domains: self.config.check_host_domains,
+            path_buf: &mut self.path_buf,
+            heuristics: self.heuristics.as_deref_mut(),
+        };
+        if let Some(h) = run.heuristics.as_deref_mut() {
+            let (wl, stats, out) = (run.whitelist, &mut *run.stats, &mut *run.out);
+            h.on_packet(&ctx, pkt, &mut |e| emit(wl, stats, out, e));
+        }
+        match pkt.transport {
+            Transport::Tcp(seg) => {
+                if seg.flags.is_syn_only() {
+                    let key = SynKey {
+                        sec: ts_us.div_euclid(1_000_000),
+                        src: pkt.src,
+                        src_port,
+                        dst: pkt.dst,
+                        dst_port,
+                    };
+                    let slot = usize::try_from(self.hasher.hash_one(key) % SYN_SLOTS as u64)
+                        .unwrap_or(0);
+                    if let Some(entry) = self.syns.get_mut(slot) {
+                        if *entry == Some(key) {
+                            run.stats.duplicate_syns += 1;
+                            return;
+                        }
+                        *entry = Some(key);
+                    }
+                    run.tcp_syn(&ctx);
+                } else if !seg.payload.is_empty() {
+                    run.tcp_payload(&ctx, &seg);
+                }
+            }
+            Transport::Udp(dgram) => {
+                if src_port == DNS_PORT || dst_port == DNS_PORT {
+                    run.dns(&ctx, dgram.payload, false);
+                } else {
+                    run.addresses(&ctx, true);
+                }
+            }
+            Transport::Icmp { icmp_type, .. } => {
+                if icmp_type == 8 {
+                    run.addresses(&ctx, false);
+                }
+            }
+            Transport::Icmpv6 { icmp_type, .. } => {
+                if icmp_type == 128 {
+                    run.addresses(&ctx, false);
+                }
+            }
+            Transport::Other(_) => run.addresses(&ctx, false),
+            Transport::Fragment => run.stats.fragments += 1,
+        }
+    }
+}
+
+/// The state one packet's checks borrow.
+struct Run<'p, 'o> {
+    trails: &'p TrailSet,
+    whitelist: &'p Whitelist,
+    stats: &'p mut ProcessorStats,
+    out: &'o mut dyn FnMut(Event),
+    check_host_domains: bool,
+    path_buf: &'p mut String,
+    heuristics: Option<&'p mut (dyn Heuristics + 'static)>,
+}
+
+impl Run<'_, '_> {
+    fn emit(&mut self, event: Event) {
+        emit(self.whitelist, self.stats, self.out, event);
+    }
+
+    fn label(&self, id: LabelId) -> &Label {
+        self.trails.label(id)
+    }
+
+    /// Trail text for an address hit: `ip`, or `ip:port` / `[v6]:port` for an IP:port trail.
+    fn ip_trail(addr: IpAddr, port: u16, kind: IpMatchKind) -> (EventType, String) {
+        match (kind, addr) {
+            (IpMatchKind::IpPort, IpAddr::V4(a)) => (EventType::IpPort, format!("{a}:{port}")),
+            (IpMatchKind::IpPort, IpAddr::V6(a)) => (EventType::IpPort, format!("[{a}]:{port}")),
+            _ => (EventType::Ip, addr.to_string()),
+        }
+    }
+
+    /// A connection attempt: destination trail, else source trail (Maltrail's label rules).
+    fn tcp_syn(&mut self, ctx: &PacketContext<'_>) {
+        let ip = &self.trails.ip;
+        if let Some(m) = ip.lookup(ctx.dst, Some(ctx.dst_port)) {
+            let info = &self.label(m.label).info;
+            let parked_elsewhere = info.contains("parking site") && !matches!(ctx.dst_port, 80 | 443);
+            if info.contains("attacker") || parked_elsewhere {
+                return;
+            }
+            let (kind, trail) = Self::ip_trail(ctx.dst, ctx.dst_port, m.kind);
+            let e = ctx.labelled(kind, trail, self.label(m.label), Details::default());
+            self.emit(e);
+        } else if let Some(m) = ip.lookup(ctx.src, Some(ctx.src_port)) {
+            // A SYN *from* a C2 address is a scanner listed twice, not an infection.
+            if self.label(m.label).info.contains("malware") || ctx.dst.is_loopback() {
+                return;
+            }
+            let (kind, trail) = Self::ip_trail(ctx.src, ctx.src_port, m.kind);
+            let e = ctx.labelled(kind, trail, self.label(m.label), Details::default());
+            self.emit(e);
+        }
+    }
+
+    /// Address check for UDP (with ports), ICMP echo requests and other protocols (without).
+    fn addresses(&mut self, ctx: &PacketContext<'_>, with_ports: bool) {
+        let ip = &self.trails.ip;
+        let port = |p: u16| with_ports.then_some(p);
+        let hit = ip
+            .lookup(ctx.dst, port(ctx.dst_port))
+            .map(|m| (ctx.dst, ctx.dst_port, m))
+            .or_else(|| ip.lookup(ctx.src, port(ctx.src_port)).map(|m| (ctx.src, ctx.src_port, m)));
+        if let Some((addr, p, m)) = hit {
+            let (kind, trail) = Self::ip_trail(addr, p, m.kind);
+            let e = ctx.labelled(kind, trail, self.label(m.label), Details::default());
+            self.emit(e);
+        }
+    }
+
+    /// A TCP segment with payload (not a connection attempt).
+    fn tcp_payload(&mut self, ctx: &PacketContext<'_>, seg: &TcpSegment<'_>) {
+        let p = seg.payload;
+        if p.starts_with(b"HTTP/") {
+            if let (Ok(resp), Some(h)) = (http::parse_response(p), self.heuristics.as_deref_mut()) {
+                let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
+                h.on_http_response(ctx, &resp, &mut |e| emit(wl, stats, out, e));
+            }
+        } else if http::looks_like_request(p) {
+            if let Ok(req) = http::parse_request(p) {
+                self.stats.http_requests += 1;
+                self.http_request(ctx, &req);
+            }
+        } else if tls::looks_like_client_hello(p) {
+            if let Ok(hello) = tls::parse_client_hello(p) {
+                self.stats.tls_client_hellos += 1;
+                if let Some(sni) = hello.sni {
+                    let mut buf = [0u8; MAX_HOST];
+                    if let Some(name) = lowercase_into(sni.as_bytes(), &mut buf) {
+                        let details = || Details {
+                            tls_sni: Some(name.to_owned()),
+                            ..Details::default()
+                        };
+                        self.check_domain(ctx, name, details);
+                    }
+                }
+            }
+        } else if ctx.src_port == DNS_PORT || ctx.dst_port == DNS_PORT {
+            self.dns(ctx, p, true);
+        }
+    }
+
+    /// A DNS message over UDP or TCP.
+    fn dns(&mut self, ctx: &PacketContext<'_>, payload: &[u8], tcp: bool) {
+        let parsed = if tcp {
+            dns::parse_tcp(payload)
+        } else {
+            dns::parse(payload)
+        };
+        let Ok(msg) = parsed else {
+            self.stats.dns_errors += 1;
+            return;
+        };
+        self.stats.dns_messages += 1;
+        let h = msg.header;
+        if h.is_response() {
+            if let Some(heur) = self.heuristics.as_deref_mut() {
+                let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
+                heur.on_dns_response(ctx, &msg, &mut |e| emit(wl, stats, out, e));
+            }
+            return;
+        }
+        // Standard query, not truncated (Maltrail: flags byte & 0xfa == 0).
+        if h.opcode() != 0 || h.is_truncated() {
+            return;
+        }
+        let Some(q) = msg.question else { return };
+        let Some(name) = q.name.as_str() else { return };
+        if !is_valid_dns_name(name) || name.contains(".intranet.") || self.whitelist.is_ignored_suffix(name)
+        {
+            return;
+        }
+        if let Some(heur) = self.heuristics.as_deref_mut() {
+            let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
+            heur.on_dns_query(ctx, &msg, name, &mut |e| emit(wl, stats, out, e));
+        }
+        let details = || Details {
+            dns_query: Some(name.to_owned()),
+            dns_qtype: Some(qtype_name(q.qtype)),
+            ..Details::default()
+        };
+        if q.qtype != dns::TYPE_PTR && q.qtype != dns::TYPE_AAAA && q.qclass == dns::CLASS_IN {
+            let ip = &self.trails.ip;
+            if let Some(m) = ip.lookup(ctx.dst, Some(ctx.dst_port)) {
+                let label = self.label(m.label);
+                let is_resolver_port = m.kind == IpMatchKind::IpPort && label.info.contains("resolver");
+                if !is_resolver_port {
+                    let kind = if m.kind == IpMatchKind::IpPort {
+                        EventType::IpPort
+                    } else {
+                        EventType::Ip
+                    };
+                    let e = ctx.labelled(kind, format!("{} ({name})", ctx.dst), label, details());
+                    self.emit(e);
+                }
+            } else if let Some(m) = ip.lookup(ctx.src, None) {
+                let e = ctx.labelled(EventType::Ip, ctx.src.to_string(), self.label(m.label), details());
+                self.emit(e);
+            }
+        }
+        self.check_domain(ctx, name, details);
+    }
+
+    /// An HTTP request: host against the address and domain trails, host + path against the
+    /// URL trails.
+    fn http_request(&mut self, ctx: &PacketContext<'_>, req: &http::Request<'_>) {
+        if let Some(heur) = self.heuristics.as_deref_mut() {
+            let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
+            heur.on_http_request(ctx, req, &mut |e| emit(wl, stats, out, e));
+        }
+        let mut host_buf = [0u8; MAX_HOST];
+        let mut url_host_buf = [0u8; MAX_HOST];
+        let dst_text;
+        let header_host = req
+            .host
+            .map(strip_port)
+            .and_then(|h| lowercase_into(h, &mut host_buf))
+            .filter(|h| !h.is_empty());
+        let details = |host: &str| Details {
+            http_method: Some(req.method.to_owned()),
+            http_host: Some(host.to_owned()),
+            http_path: Some(String::from_utf8_lossy(req.target).into_owned()),
+            http_user_agent: req.user_agent.map(|ua| String::from_utf8_lossy(ua).into_owned()),
+            ..Details::default()
+        };
+
+        let mut host: &str = match header_host {
+            Some(h) => h,
+            None => {
+                dst_text = ctx.dst.to_string();
+                &dst_text
+            }
+        };
+        if let Some(h) = header_host {
+            let starts_alpha = h.as_bytes().first().is_some_and(u8::is_ascii_alphabetic);
+            let dst_hit = if starts_alpha {
+                self.trails.ip.lookup(ctx.dst, None)
+            } else {
+                None
+            };
+            if let Some(m) = dst_hit {
+                // A name-based request to a listed address: Maltrail's host-annotated IP trail.
+                let e = ctx.labelled(
+                    EventType::Ip,
+                    format!("{} ({h})", ctx.dst),
+                    self.label(m.label),
+                    details(h),
+                );
+                self.emit(e);
+            } else if self.check_host_domains && !is_ip_literal(h) {
+                self.check_domain(ctx, h, || details(h));
+            }
+        }
+
+        // The URL: origin-form path, or the host and path of an absolute / CONNECT target.
+        let target = req.target;
+        let mut path: &[u8] = target;
+        if let Some(i) = memchr::memmem::find(target, b"://") {
+            let rest = target.get(i + 3..).unwrap_or_default();
+            let slash = memchr::memchr(b'/', rest).unwrap_or(rest.len());
+            let authority = rest.get(..slash).unwrap_or_default();
+            path = rest.get(slash..).unwrap_or_default();
+            if let Some(h) = lowercase_into(strip_port(authority), &mut url_host_buf).filter(|h| !h.is_empty()) {
+                host = h;
+                if !is_ip_literal(h) {
+                    self.check_domain(ctx, h, || details(h));
+                }
+            }
+        } else if req.method == "CONNECT" {
+            let slash = memchr::memchr(b'/', target).unwrap_or(target.len());
+            let authority = target.get(..slash).unwrap_or_default();
+            path = target.get(slash..).unwrap_or_default();
+            if let Some(h) = lowercase_into(strip_port(authority), &mut url_host_buf).filter(|h| !h.is_empty()) {
+                host = h;
+                if !is_ip_literal(h) {
+                    self.check_domain(ctx, h, || details(h));
+                }
+            }
+        }
+        if path.is_empty() {
+            path = b"/";
+        }
+        if self.whitelist.is_domain_whitelisted(host) {
+            return;
+        }
+        self.path_buf.clear();
+        self.path_buf
+            .extend(String::from_utf8_lossy(path).chars().map(|c| c.to_ascii_lowercase()));
+        if let Some(m) = self.trails.urls.lookup(Some(host), self.path_buf.as_str()) {
+            let e = ctx.labelled(EventType::Url, m.trail, self.label(m.label), details(host));
+            self.emit(e);
+        }
+    }
+
+    /// A name against the domain trails (Maltrail's `_check_domain`): `DNS` event on a hit.
+    fn check_domain(&mut self, ctx: &PacketContext<'_>, name: &str, details: impl FnOnce() -> Details) {
+        if is_ip_literal(name) || !is_valid_dns_name(name) || self.whitelist.is_domain_whitelisted(name) {
+            return;
+        }
+        let Some(m) = self.trails.domains.lookup(name) else {
+            return;
+        };
+        let label = self.label(m.label);
+        let info = label.info.as_str();
+        // Maltrail: name servers / mail exchangers of a sinkholed or suspicious domain, and
+        // the bare or www name of a dynamic-DNS / free-hosting provider, are not reported.
+        let first = name.split('.').next().unwrap_or_default();
+        if is_infrastructure_label(first) && (info.contains("suspicious") || info.contains("sinkhole")) {
+            return;
+        }
+        if (m.trail == name || first == "www") && (info.contains("dynamic") || info.contains("free web")) {
+            return;
+        }
+        let e = ctx.labelled(EventType::Dns, m.trail, label, details());
+        self.emit(e);
+    }
+}
+
+/// `ns1`, `dns`, `rns2`, `mx`, `nic3`, `nf`... (Maltrail: `\A([rd]?ns|nf|mx|nic)\d*\.`).
+fn is_infrastructure_label(label: &str) -> bool {
+    let stem = label.trim_end_matches(|c: char| c.is_ascii_digit());
+    matches!(stem, "ns" | "rns" | "dns" | "nf" | "mx" | "nic")
+}
+
+/// Maltrail's `VALID_DNS_NAME_REGEX`: `[a-z0-9.-]*\.[a-z0-9-]+` (at least two labels).
+fn is_valid_dns_name(name: &str) -> bool {
+    let Some(dot) = name.rfind('.') else {
+        return false;
+    };
+    let last = name.get(dot + 1..).unwrap_or_default();
+    !last.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !last.contains('.')
+}
+
+/// Digits and dots only (Maltrail skips such names), or an IPv6 literal.
+fn is_ip_literal(name: &str) -> bool {
+    name.bytes().all(|b| b.is_ascii_digit() || b == b'.') || name.contains(':')
+}
+
+/// `host:port` → `host`, `[v6]:port` → `v6`.
+fn strip_port(host: &[u8]) -> &[u8] {
+    if let Some(inner) = host.strip_prefix(b"[") {
+        let end = memchr::memchr(b']', inner).unwrap_or(inner.len());
+        return inner.get(..end).unwrap_or_default();
+    }
+    // More than one colon and no brackets: a bare IPv6 address.
+    match memchr::memchr_iter(b':', host).count() {
+        1 => host.get(..memchr::memchr(b':', host).unwrap_or(host.len())).unwrap_or(host),
+        _ => host,
+    }
+}
+
+/// ASCII-lowercases `src` into `buf`; `None` if it does not fit or is not UTF-8. A trailing
+/// dot is dropped.
+fn lowercase_into<'b>(src: &[u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str> {
+    let src = src.strip_suffix(b".").unwrap_or(src);
+    let out = buf.get_mut(..src.len())?;
+    for (o, i) in out.iter_mut().zip(src) {
+        *o = i.to_ascii_lowercase();
+    }
+    std::str::from_utf8(out).ok()
+}
+
+/// Query type as events show it.
+fn qtype_name(qtype: u16) -> String {
+    match qtype {
+        1 => "A".into(),
+        2 => "NS".into(),
+        5 => "CNAME".into(),
+        6 => "SOA".into(),
+        12 => "PTR".into(),
+        15 => "MX".into(),
+        16 => "TXT".into(),
+        28 => "AAAA".into(),
+        33 => "SRV".into(),
+        64 => "SVCB".into(),
+        65 => "HTTPS".into(),
+        255 => "ANY".into(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_rules() {
+        assert!(is_valid_dns_name("evil-test-domain.com"));
+        assert!(!is_valid_dns_name("localhost"));
+        assert!(!is_valid_dns_name("a.example."));
+        assert!(!is_valid_dns_name("_ldap._tcp.example.com"));
+        assert!(is_ip_literal("1.2.3.4"));
+        assert!(!is_ip_literal("1.2.3.example"));
+        assert!(is_infrastructure_label("ns2"));
+        assert!(is_infrastructure_label("mx"));
+        assert!(!is_infrastructure_label("nsa"));
+    }
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port(b"a.example:8080"), b"a.example");
+        assert_eq!(strip_port(b"[::1]:80"), b"::1");
+        assert_eq!(strip_port(b"::1"), b"::1");
+        assert_eq!(strip_port(b"a.example"), b"a.example");
+    }
+
+    #[test]
+    fn lowercasing_is_bounded() {
+        let mut buf = [0u8; MAX_HOST];
+        assert_eq!(lowercase_into(b"A.Example.", &mut buf), Some("a.example"));
+        assert_eq!(lowercase_into(&[b'a'; 300], &mut buf), None);
+    }
+}

@@ -1,0 +1,594 @@
+//! Reading trail sources (CSV, static trees, list files) into a [`TrailSet`].
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use hashbrown::hash_map::Entry;
+use hashbrown::HashMap;
+use regex::Regex;
+
+use super::classify::{classify, strip_comment, Parsed};
+use super::domain::{label_flags, DomainTrails, RegexTrails};
+use super::ip::{mask4, mask6};
+use super::table::{Inserted, StrTable};
+use super::url::UrlTrails;
+use super::{
+    IpTrails, Label, LabelId, LoadOptions, LoadReport, MalformedLine, MalformedReason, TrailError,
+    TrailSet,
+};
+
+/// Reference Maltrail gives static trails.
+const STATIC_REFERENCE: &str = "(static)";
+
+/// How bad a label is, for choosing between duplicates: malware > malicious > suspicious >
+/// anything else.
+fn severity(info: &str) -> u8 {
+    if info.contains("malware") {
+        3
+    } else if info.contains("malicious") {
+        2
+    } else if info.contains("suspicious") {
+        1
+    } else {
+        0
+    }
+}
+
+/// Maltrail's static-file label: the file stem with `_` as spaces, plus ` (category)` when
+/// the file sits in a category folder.
+pub(crate) fn static_info(file: &Path, category: Option<&str>) -> String {
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().replace('_', " "))
+        .unwrap_or_default();
+    match category {
+        Some(c) => format!("{stem} ({c})"),
+        None => stem,
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrailError + '_ {
+    move |source| TrailError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Replaces `*slot` by `new` if `new` is more severe; counts the duplicate.
+fn merge(
+    slot: &mut LabelId,
+    new: LabelId,
+    severity: &[u8],
+    report: &mut LoadReport,
+) {
+    report.duplicates += 1;
+    let sev = |l: LabelId| severity.get(l as usize).copied().unwrap_or(0);
+    if sev(new) > sev(*slot) {
+        *slot = new;
+        report.relabelled += 1;
+    }
+}
+
+struct Builder<'o> {
+    opts: &'o LoadOptions,
+    labels: Vec<Label>,
+    label_ids: HashMap<Label, LabelId>,
+    severity: Vec<u8>,
+    ip: IpTrails,
+    cidr4_pos: HashMap<([u8; 4], u8), usize>,
+    cidr6_pos: HashMap<([u8; 16], u8), usize>,
+    domains: StrTable,
+    urls: StrTable,
+    regexes: Vec<(Regex, LabelId)>,
+    regex_pos: HashMap<String, usize>,
+    report: LoadReport,
+    scratch: Vec<u8>,
+}
+
+impl<'o> Builder<'o> {
+    fn new(opts: &'o LoadOptions) -> Self {
+        Self {
+            opts,
+            labels: Vec::new(),
+            label_ids: HashMap::new(),
+            severity: Vec::new(),
+            ip: IpTrails::default(),
+            cidr4_pos: HashMap::new(),
+            cidr6_pos: HashMap::new(),
+            domains: StrTable::default(),
+            urls: StrTable::default(),
+            regexes: Vec::new(),
+            regex_pos: HashMap::new(),
+            report: LoadReport::default(),
+            scratch: Vec::with_capacity(256),
+        }
+    }
+
+    fn intern(&mut self, info: &str, reference: &str) -> LabelId {
+        let key = Label {
+            info: info.to_owned(),
+            reference: reference.to_owned(),
+        };
+        if let Some(&id) = self.label_ids.get(&key) {
+            return id;
+        }
+        let id = self.labels.len() as LabelId;
+        self.severity.push(severity(info));
+        self.labels.push(key.clone());
+        self.label_ids.insert(key, id);
+        id
+    }
+
+    fn malformed(&mut self, path: &Path, line: usize, text: &str, reason: MalformedReason) {
+        self.report.malformed += 1;
+        if self.report.malformed_examples.len() < self.opts.max_malformed_examples {
+            self.report.malformed_examples.push(MalformedLine {
+                path: path.to_owned(),
+                line,
+                text: text.to_owned(),
+                reason,
+            });
+        }
+    }
+
+    /// Adds one trail text (trimmed, comment-free, not empty).
+    fn add(&mut self, path: &Path, line: usize, text: &str, label: LabelId, allow_regex: bool) {
+        self.report.lines += 1;
+        let parsed = match classify(text, allow_regex) {
+            Ok(p) => p,
+            Err(reason) => return self.malformed(path, line, text, reason),
+        };
+        let (sev, rep) = (&self.severity[..], &mut self.report);
+        match parsed {
+            Parsed::V4(a) => match self.ip.v4.entry(a) {
+                Entry::Occupied(mut e) => merge(e.get_mut(), label, sev, rep),
+                Entry::Vacant(e) => {
+                    e.insert(label);
+                    rep.ipv4 += 1;
+                }
+            },
+            Parsed::V6(a) => match self.ip.v6.entry(a) {
+                Entry::Occupied(mut e) => merge(e.get_mut(), label, sev, rep),
+                Entry::Vacant(e) => {
+                    e.insert(label);
+                    rep.ipv6 += 1;
+                }
+            },
+            Parsed::IpPort(a, port) => match self.ip.ipport.entry((a, port)) {
+                Entry::Occupied(mut e) => merge(e.get_mut(), label, sev, rep),
+                Entry::Vacant(e) => {
+                    e.insert(label);
+                    rep.ipport += 1;
+                }
+            },
+            Parsed::Cidr4(a, p) => {
+                let net = mask4(u32::from_be_bytes(a), p).to_be_bytes();
+                match self.cidr4_pos.entry((net, p)) {
+                    Entry::Occupied(e) => merge(&mut self.ip.cidr4[*e.get()].2, label, sev, rep),
+                    Entry::Vacant(e) => {
+                        e.insert(self.ip.cidr4.len());
+                        self.ip.cidr4.push((net, p, label));
+                        rep.cidr4 += 1;
+                    }
+                }
+            }
+            Parsed::Cidr6(a, p) => {
+                let net = mask6(u128::from_be_bytes(a), p).to_be_bytes();
+                match self.cidr6_pos.entry((net, p)) {
+                    Entry::Occupied(e) => merge(&mut self.ip.cidr6[*e.get()].2, label, sev, rep),
+                    Entry::Vacant(e) => {
+                        e.insert(self.ip.cidr6.len());
+                        self.ip.cidr6.push((net, p, label));
+                        rep.cidr6 += 1;
+                    }
+                }
+            }
+            Parsed::Domain(d) => {
+                self.scratch.clear();
+                self.scratch
+                    .extend(d.bytes().map(|b| b.to_ascii_lowercase()));
+                match self.domains.insert(&self.scratch, label) {
+                    Inserted::New => self.report.domains += 1,
+                    Inserted::Existing { record, label: old } => {
+                        let mut l = old;
+                        merge(&mut l, label, &self.severity, &mut self.report);
+                        if l != old {
+                            self.domains.set_label(record, l);
+                        }
+                    }
+                    Inserted::Full => self.malformed(path, line, text, MalformedReason::TooLong),
+                }
+            }
+            Parsed::Url { host, path: p } => {
+                self.scratch.clear();
+                self.scratch
+                    .extend(host.bytes().map(|b| b.to_ascii_lowercase()));
+                self.scratch.extend_from_slice(p.as_bytes());
+                match self.urls.insert(&self.scratch, label) {
+                    Inserted::New => self.report.urls += 1,
+                    Inserted::Existing { record, label: old } => {
+                        let mut l = old;
+                        merge(&mut l, label, &self.severity, &mut self.report);
+                        if l != old {
+                            self.urls.set_label(record, l);
+                        }
+                    }
+                    Inserted::Full => self.malformed(path, line, text, MalformedReason::TooLong),
+                }
+            }
+            Parsed::Regex(r) => {
+                if let Some(&i) = self.regex_pos.get(r) {
+                    merge(&mut self.regexes[i].1, label, sev, rep);
+                    return;
+                }
+                match Regex::new(r) {
+                    Ok(re) => {
+                        self.regex_pos.insert(r.to_owned(), self.regexes.len());
+                        self.regexes.push((re, label));
+                        self.report.regexes += 1;
+                    }
+                    Err(_) => self.malformed(path, line, text, MalformedReason::BadRegex),
+                }
+            }
+        }
+    }
+
+    /// A list file: one trail a line, `#` comments, all with `label`.
+    fn load_list(&mut self, path: &Path, label: LabelId) -> Result<(), TrailError> {
+        let data = fs::read(path).map_err(io_error(path))?;
+        self.report.files += 1;
+        self.report.bytes += data.len() as u64;
+        for (i, raw) in data.split(|&b| b == b'\n').enumerate() {
+            // Cheap pre-filter: comment-only and blank lines are most of the non-trail lines.
+            let first = raw.iter().position(|b| !b.is_ascii_whitespace());
+            match first {
+                None => continue,
+                Some(f) if raw[f] == b'#' => continue,
+                Some(_) => {}
+            }
+            match std::str::from_utf8(raw) {
+                Ok(line) => {
+                    let text = strip_comment(line);
+                    if !text.is_empty() {
+                        self.add(path, i + 1, text, label, true);
+                    }
+                }
+                Err(_) => {
+                    self.report.lines += 1;
+                    let lossy = String::from_utf8_lossy(raw);
+                    let text = strip_comment(&lossy).to_owned();
+                    self.malformed(path, i + 1, &text, MalformedReason::NotUtf8);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A Maltrail `trails.csv`: `trail,info,reference` rows.
+    fn load_csv(&mut self, path: &Path) -> Result<(), TrailError> {
+        let file = fs::File::open(path).map_err(io_error(path))?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.report.files += 1;
+        self.report.bytes += size;
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(std::io::BufReader::with_capacity(1 << 16, file));
+        let mut record = csv::ByteRecord::new();
+        // Rows come grouped by feed: remember the last label instead of interning each row.
+        let mut last: Option<(Vec<u8>, Vec<u8>, LabelId)> = None;
+        loop {
+            match reader.read_byte_record(&mut record) {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(source) => {
+                    return Err(TrailError::Csv {
+                        path: path.to_owned(),
+                        source,
+                    })
+                }
+            }
+            let line = record.position().map_or(0, |p| p.line() as usize);
+            let trail_raw = record.get(0).unwrap_or_default();
+            let trail = String::from_utf8_lossy(trail_raw);
+            let trail = trail.trim();
+            if trail.starts_with('#') || (record.len() == 1 && trail.is_empty()) {
+                continue;
+            }
+            if record.len() != 3 {
+                self.report.lines += 1;
+                self.malformed(path, line, trail, MalformedReason::CsvColumns);
+                continue;
+            }
+            if std::str::from_utf8(trail_raw).is_err() {
+                self.report.lines += 1;
+                self.malformed(path, line, trail, MalformedReason::NotUtf8);
+                continue;
+            }
+            let (info, reference) = (&record[1], &record[2]);
+            let label = match &last {
+                Some((i, r, l)) if i == info && r == reference => *l,
+                _ => {
+                    let l = self.intern(
+                        &String::from_utf8_lossy(info),
+                        &String::from_utf8_lossy(reference),
+                    );
+                    last = Some((info.to_vec(), reference.to_vec(), l));
+                    l
+                }
+            };
+            if trail.is_empty() {
+                self.report.lines += 1;
+                self.malformed(path, line, trail, MalformedReason::Empty);
+                continue;
+            }
+            let allow_regex = memchr::memmem::find(reference, b"static").is_some();
+            self.add(path, line, trail, label, allow_regex);
+        }
+        Ok(())
+    }
+
+    /// A static trail tree: `category/*.txt` get `stem (category)`, root files `stem`.
+    fn load_tree(&mut self, root: &Path) -> Result<(), TrailError> {
+        let mut files = Vec::new();
+        collect_txt(root, &mut files)?;
+        for file in files {
+            let category = file
+                .parent()
+                .filter(|p| *p != root)
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned());
+            let label = self.intern(&static_info(&file, category.as_deref()), STATIC_REFERENCE);
+            self.load_list(&file, label)?;
+        }
+        Ok(())
+    }
+
+    fn load_path(&mut self, path: &Path) -> Result<(), TrailError> {
+        let meta = fs::metadata(path).map_err(io_error(path))?;
+        if meta.is_dir() {
+            self.load_tree(path)
+        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+            self.load_csv(path)
+        } else {
+            let label = self.intern(&static_info(path, None), STATIC_REFERENCE);
+            self.load_list(path, label)
+        }
+    }
+
+    fn finish(mut self) -> TrailSet {
+        self.ip.rebuild_cidr_index();
+        self.domains.shrink_to_fit();
+        self.urls.shrink_to_fit();
+        self.report.labels = self.labels.len();
+        let flags = self.labels.iter().map(|l| label_flags(&l.info)).collect();
+        TrailSet {
+            labels: self.labels,
+            ip: self.ip,
+            domains: DomainTrails {
+                table: self.domains,
+                regexes: RegexTrails::new(self.regexes),
+                flags,
+            },
+            urls: UrlTrails { table: self.urls },
+            report: self.report,
+        }
+    }
+}
+
+/// All `*.txt` files under `dir`, sorted (so "first seen" is deterministic).
+fn collect_txt(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), TrailError> {
+    let mut entries = fs::read_dir(dir)
+        .map_err(io_error(dir))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io_error(dir))?;
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            collect_txt(&p, out)?;
+        } else if p.extension().is_some_and(|e| e == "txt") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<TrailSet, TrailError> {
+    let mut b = Builder::new(opts);
+    for p in paths {
+        b.load_path(p)?;
+    }
+    Ok(b.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::trails::IpMatchKind;
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let p = std::env::temp_dir().join(format!(
+                "xtrail-trails-{name}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = fs::remove_dir_all(&p);
+            fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+
+        fn write(&self, rel: &str, text: &str) -> PathBuf {
+            let p = self.0.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, text).unwrap();
+            p
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tree() -> TempDir {
+        let d = TempDir::new("tree");
+        d.write(
+            "malware/async_rat.txt",
+            "# Reference: somewhere\n\
+             \n\
+             evil.example\n\
+             Shared.Example.\n\
+             6.6.6.6:8443\n\
+             1.2.3.4 # inline comment\n\
+             [0:0:0:0:0:ffff:2d3e:c649]:53\n\
+             evil.example/gate.php\n\
+             /c2.php\n\
+             dga[0-9]+\\.wildcard-test\\.com\n\
+             161.35.41.9:53:53\n\
+             support\u{ac}forum.org\n\
+             bad[regex\n",
+        );
+        d.write(
+            "suspicious/parking_site.txt",
+            "shared.example\n1.2.3.4\nonly-suspicious.example\n",
+        );
+        d.write("malicious/zz.txt", "shared.example\n");
+        d.write("mass_scanner.txt", "9.9.9.9 # scanner\n");
+        d.write("mass_scanner_cidr.txt", "5.63.151.7/24 # rapid7\n10.0.0.0/33\n");
+        d.write("malware/readme.md", "not.loaded.example\n");
+        d
+    }
+
+    #[test]
+    fn static_tree_labels_and_kinds() {
+        let d = tree();
+        let t = TrailSet::load(&[d.0.clone()], &LoadOptions::default()).unwrap();
+        let info = |l: LabelId| t.label(l).info.clone();
+        let r = &t.report;
+        assert_eq!(r.files, 5);
+        assert_eq!(r.ipv4, 2);
+        assert_eq!(r.ipport, 2);
+        assert_eq!(r.cidr4, 1);
+        assert_eq!(r.domains, 3);
+        assert_eq!(r.urls, 2);
+        assert_eq!(r.regexes, 1);
+        assert_eq!(r.malformed, 4);
+        assert_eq!(r.duplicates, 3);
+        assert_eq!(r.lines, 18);
+        assert_eq!(r.relabelled, 1);
+
+        let m = t.domains.lookup("evil.example").unwrap();
+        assert_eq!(info(m.label), "async rat (malware)");
+        assert_eq!(t.label(m.label).reference, "(static)");
+        // Duplicates: malware beats suspicious and malicious whatever the order.
+        assert_eq!(
+            info(t.domains.contains("shared.example").unwrap()),
+            "async rat (malware)"
+        );
+        assert_eq!(
+            info(t.ip.lookup("1.2.3.4".parse().unwrap(), None).unwrap().label),
+            "async rat (malware)"
+        );
+        assert_eq!(
+            info(t.domains.contains("only-suspicious.example").unwrap()),
+            "parking site (suspicious)"
+        );
+        let scan = t.ip.lookup("9.9.9.9".parse().unwrap(), None).unwrap();
+        assert_eq!(info(scan.label), "mass scanner");
+        let cidr = t.ip.lookup("5.63.151.200".parse().unwrap(), None).unwrap();
+        assert_eq!(cidr.kind, IpMatchKind::Cidr);
+        assert_eq!(info(cidr.label), "mass scanner cidr");
+        assert_eq!(t.ip.cidr4[0].0, [5, 63, 151, 0]);
+        // The v4-mapped [::ffff:2d3e:c649]:53 is 45.62.198.73:53.
+        let ip: IpAddr = "45.62.198.73".parse().unwrap();
+        assert_eq!(t.ip.lookup(ip, Some(53)).unwrap().kind, IpMatchKind::IpPort);
+        assert!(t.domains.lookup("dga77.wildcard-test.com").is_some());
+        assert!(t.urls.lookup(Some("evil.example"), "/gate.php").is_some());
+        assert!(t.urls.lookup(Some("x.example"), "/c2.php").is_some());
+        assert!(t.domains.contains("not.loaded.example").is_none());
+
+        let texts: Vec<_> = r
+            .malformed_examples
+            .iter()
+            .map(|m| (m.text.as_str(), m.reason, m.line))
+            .collect();
+        assert_eq!(
+            texts,
+            vec![
+                ("161.35.41.9:53:53", MalformedReason::BadIpPort, 11),
+                ("support\u{ac}forum.org", MalformedReason::BadDomain, 12),
+                ("bad[regex", MalformedReason::BadRegex, 13),
+                ("10.0.0.0/33", MalformedReason::BadCidr, 2),
+            ]
+        );
+        let shown = r.to_string();
+        assert!(shown.contains("4 malformed"), "{shown}");
+        assert!(shown.contains("161.35.41.9:53:53"), "{shown}");
+    }
+
+    #[test]
+    fn first_seen_wins_on_equal_severity() {
+        let d = TempDir::new("equal");
+        let a = d.write("a_list.txt", "same.example\n");
+        let b = d.write("b_list.txt", "same.example\n");
+        let t = TrailSet::load(&[a, b], &LoadOptions::default()).unwrap();
+        let l = t.domains.contains("same.example").unwrap();
+        assert_eq!(t.label(l).info, "a list");
+        assert_eq!(t.report.duplicates, 1);
+        assert_eq!(t.report.relabelled, 0);
+    }
+
+    #[test]
+    fn csv_file() {
+        let d = TempDir::new("csv");
+        let p = d.write(
+            "trails.csv",
+            "evil.example,malware (test),(static)\n\
+             \"quoted,name.example\",x,y\n\
+             \"a.example\",\"info, with comma\",(custom)\n\
+             dga[0-9]+\\.x\\.com,malware (test),(static)\n\
+             feed[0-9]\\.x\\.com,feed,(remote)\n\
+             too,few\n\
+             66.66.66.66,known attacker,(static)\n",
+        );
+        let t = TrailSet::load(&[p], &LoadOptions::default()).unwrap();
+        assert_eq!(t.report.lines, 7);
+        assert_eq!(t.report.malformed, 3, "{}", t.report);
+        assert_eq!(
+            t.label(t.domains.contains("a.example").unwrap()).info,
+            "info, with comma"
+        );
+        assert_eq!(t.report.regexes, 1);
+        assert_eq!(t.labels.len(), 5);
+        let m = t.ip.lookup("66.66.66.66".parse().unwrap(), None).unwrap();
+        assert_eq!(t.label(m.label).info, "known attacker");
+    }
+
+    #[test]
+    fn missing_path_is_an_error() {
+        let r = TrailSet::load(
+            &[PathBuf::from("/nonexistent/xtrail/trails")],
+            &LoadOptions::default(),
+        );
+        assert!(matches!(r, Err(TrailError::Io { .. })));
+    }
+
+    #[test]
+    fn labels_from_file_names() {
+        assert_eq!(
+            static_info(Path::new("x/malware/asyncrat.txt"), Some("malware")),
+            "asyncrat (malware)"
+        );
+        assert_eq!(
+            static_info(Path::new("mass_scanner.txt"), None),
+            "mass scanner"
+        );
+    }
+}

@@ -1,0 +1,370 @@
+//! URL trails: `host/path` and bare `/path` trails, matched against an HTTP request the way
+//! Maltrail does (a handful of candidate paths derived from the request path, each tried
+//! bare and with the Host prefixed).
+
+use std::borrow::Cow;
+
+use super::table::{KeyHasher, StrTable};
+use super::LabelId;
+
+/// Longest Host considered.
+const MAX_HOST: usize = 255;
+/// Most candidate paths one request yields.
+const MAX_CHECKS: usize = 12;
+
+/// A URL trail hit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UrlMatch {
+    /// The request URL (`host` + path) with the parts outside the matched trail in
+    /// parentheses, as Maltrail prints it: `(hostcheck.example)/malicious-login.php`,
+    /// `evil-url.example/bad/path(?x=1)`.
+    pub trail: String,
+    /// The matched trail's label.
+    pub label: LabelId,
+}
+
+/// URL trails in an arena hash table; keys are `host/path` (host lowercased, no port) or
+/// `/path`.
+#[derive(Debug, Default)]
+pub struct UrlTrails {
+    pub(crate) table: StrTable,
+}
+
+/// Maltrail's `re.sub(r"(\w+=)[^&=]+", r"\g<1>", path)`: drops parameter values.
+/// (`\w` is taken as ASCII alphanumerics, `_`, and any non-ASCII byte.)
+fn strip_param_values(path: &str) -> String {
+    let b = path.as_bytes();
+    let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        if !is_word(b[i]) {
+            let next = i + 1 + b[i + 1..].iter().take_while(|&&c| !is_word(c)).count();
+            out.push_str(&path[i..next]);
+            i = next;
+            continue;
+        }
+        let end = i + b[i..].iter().take_while(|&&c| is_word(c)).count();
+        if end < b.len() && b[end] == b'=' && end + 1 < b.len() && !matches!(b[end + 1], b'&' | b'=')
+        {
+            out.push_str(&path[i..=end]);
+            let mut k = end + 1;
+            while k < b.len() && !matches!(b[k], b'&' | b'=') {
+                k += 1;
+            }
+            i = k;
+        } else {
+            out.push_str(&path[i..end]);
+            i = end;
+        }
+    }
+    out
+}
+
+/// `url.split(check)` joined back with the non-empty pieces in parentheses.
+fn annotate(url: &str, matched: &str) -> String {
+    if matched.is_empty() {
+        return url.to_owned();
+    }
+    let mut out = String::with_capacity(url.len() + 4);
+    for (i, part) in url.split(matched).enumerate() {
+        if i > 0 {
+            out.push_str(matched);
+        }
+        if !part.is_empty() {
+            out.push('(');
+            out.push_str(part);
+            out.push(')');
+        }
+    }
+    out
+}
+
+impl UrlTrails {
+    /// Number of URL trails.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.table.len() == 0
+    }
+
+    /// Heap bytes of the table (arena and index).
+    pub fn heap_bytes(&self) -> usize {
+        self.table.heap_bytes()
+    }
+
+    /// Total length of the stored trails.
+    pub fn text_bytes(&self) -> usize {
+        self.table.key_bytes()
+    }
+
+    /// Exact lookup of a stored trail (`host/path` with a lowercase host, or `/path`).
+    pub fn contains(&self, trail: &str) -> Option<LabelId> {
+        self.table.get(trail.as_bytes())
+    }
+
+    /// Iterates over (trail, label) in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, LabelId)> + '_ {
+        self.table
+            .iter()
+            .map(|(k, l)| (std::str::from_utf8(k).unwrap_or(""), l))
+    }
+
+    /// Maltrail's URL trail check for a request with Host `host` and request target `path`
+    /// (an absolute `http://host/path` target is split into both).
+    ///
+    /// Candidates, in order: the path without trailing `/`; if there is a query, the path
+    /// without it, the path up to and including the first `=`, the path with parameter values
+    /// removed and its last segment; if the last candidate has two or more `/`, its parent
+    /// (no trailing `/`) and the first candidate's last segment (`/name`, no query). Then, as
+    /// xtrail extras, the path as sent (a trailing `/` kept) and its parent directory with the
+    /// trailing `/` (so trails like `host/dir/` are reachable; Maltrail never matches them).
+    /// Each candidate is tried bare, then with the host prefixed; finally a `host/` trail
+    /// matches any request to that host. Allocates only on a hit, or for a path with `//` or
+    /// query parameters.
+    pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<UrlMatch> {
+        if self.table.len() == 0 {
+            return None;
+        }
+        let (host, path) = match path.find("://") {
+            Some(i) if path[..i].bytes().all(|b| b.is_ascii_alphabetic()) => {
+                let rest = &path[i + 3..];
+                match rest.find('/') {
+                    Some(j) => (Some(&rest[..j]), &rest[j..]),
+                    None => (Some(rest), "/"),
+                }
+            }
+            _ => (host, path),
+        };
+
+        let mut hbuf = [0u8; MAX_HOST];
+        let host: &str = match host {
+            Some(h) => {
+                let h = h.split(':').next().unwrap_or(h).trim();
+                let h = h.strip_suffix('.').unwrap_or(h);
+                if h.len() > MAX_HOST || !h.is_ascii() {
+                    ""
+                } else {
+                    let out = &mut hbuf[..h.len()];
+                    for (o, b) in out.iter_mut().zip(h.bytes()) {
+                        *o = b.to_ascii_lowercase();
+                    }
+                    std::str::from_utf8(out).unwrap_or("")
+                }
+            }
+            None => "",
+        };
+
+        let original = path;
+        let path: Cow<'_, str> = if path.contains("//") {
+            Cow::Owned(path.replace("//", "/"))
+        } else {
+            Cow::Borrowed(path)
+        };
+        let p: &str = &path;
+        let stripped: Option<String> = if p.contains('?') {
+            Some(strip_param_values(p))
+        } else {
+            None
+        };
+
+        let mut checks: [&str; MAX_CHECKS] = [""; MAX_CHECKS];
+        let mut n = 0;
+        let mut push = |checks: &mut [&str; MAX_CHECKS], c| {
+            if n < MAX_CHECKS {
+                checks[n] = c;
+                n += 1;
+            }
+        };
+        let first = p.trim_end_matches('/');
+        push(&mut checks, first);
+        if let Some(q) = p.find('?') {
+            push(&mut checks, p[..q].trim_end_matches('/'));
+            if let Some(e) = p.find('=') {
+                push(&mut checks, &p[..=e]);
+            }
+            if let Some(s) = stripped.as_deref() {
+                if !checks.contains(&s) {
+                    push(&mut checks, s);
+                    if s.matches('/').count() > 1 {
+                        if let Some(r) = s.rfind('/') {
+                            push(&mut checks, &s[r..]);
+                        }
+                    }
+                }
+            }
+        }
+        let n_maltrail = n;
+        let last = checks[n_maltrail - 1];
+        if last.matches('/').count() > 1 {
+            if let Some(r) = last.rfind('/') {
+                push(&mut checks, &last[..r]);
+            }
+            let tail = first.rfind('/').map_or(first, |r| &first[r..]);
+            push(&mut checks, tail.split('?').next().unwrap_or(tail));
+        }
+        push(&mut checks, p);
+        let no_query = p.split('?').next().unwrap_or(p);
+        if let Some(r) = no_query.rfind('/').filter(|&r| r > 0) {
+            push(&mut checks, &no_query[..=r]);
+        }
+
+        let hb = host.as_bytes();
+        for &check in checks[..n].iter().filter(|c| !c.is_empty()) {
+            let mut h = KeyHasher::new();
+            h.prepend(check.as_bytes());
+            if let Some(label) = self.table.get_hashed(h.finish(), check.as_bytes(), &[]) {
+                return Some(self.hit(host, original, check, "", label));
+            }
+            if !hb.is_empty() {
+                h.prepend(hb);
+                if let Some(label) = self.table.get_hashed(h.finish(), hb, check.as_bytes()) {
+                    return Some(self.hit(host, original, check, host, label));
+                }
+            }
+        }
+        if !hb.is_empty() {
+            let mut h = KeyHasher::new();
+            h.prepend(b"/");
+            h.prepend(hb);
+            if let Some(label) = self.table.get_hashed(h.finish(), hb, b"/") {
+                return Some(UrlMatch {
+                    trail: format!("{host}/"),
+                    label,
+                });
+            }
+        }
+        None
+    }
+
+    fn hit(&self, host: &str, path: &str, check: &str, prefix: &str, label: LabelId) -> UrlMatch {
+        let url = format!("{host}{path}");
+        let matched = format!("{prefix}{check}");
+        UrlMatch {
+            trail: annotate(&url, &matched),
+            label,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trails(list: &[(&str, LabelId)]) -> UrlTrails {
+        let mut u = UrlTrails::default();
+        for (t, l) in list {
+            u.table.insert(t.as_bytes(), *l);
+        }
+        u
+    }
+
+    fn hit(u: &UrlTrails, host: Option<&str>, path: &str) -> Option<(String, LabelId)> {
+        u.lookup(host, path).map(|m| (m.trail, m.label))
+    }
+
+    fn s(t: &str, l: LabelId) -> Option<(String, LabelId)> {
+        Some((t.to_owned(), l))
+    }
+
+    #[test]
+    fn bare_path() {
+        let u = trails(&[("/malicious-login.php", 1)]);
+        assert_eq!(
+            hit(&u, Some("hostcheck.example"), "/malicious-login.php"),
+            s("(hostcheck.example)/malicious-login.php", 1)
+        );
+        assert_eq!(
+            hit(&u, None, "/malicious-login.php"),
+            s("/malicious-login.php", 1)
+        );
+        assert_eq!(
+            hit(&u, Some("h.example"), "/malicious-login.php?user=x"),
+            s("(h.example)/malicious-login.php(?user=x)", 1)
+        );
+        // Last segment of a deeper path.
+        assert_eq!(
+            hit(&u, Some("h.example"), "/a/b/malicious-login.php"),
+            s("(h.example/a/b)/malicious-login.php", 1)
+        );
+        assert_eq!(hit(&u, Some("h.example"), "/malicious-login.phpx"), None);
+    }
+
+    #[test]
+    fn host_and_path() {
+        let u = trails(&[("evil-url.example/bad/path", 2)]);
+        assert_eq!(
+            hit(&u, Some("evil-url.example"), "/bad/path"),
+            s("evil-url.example/bad/path", 2)
+        );
+        assert_eq!(
+            hit(&u, Some("EVIL-URL.example:8080"), "/bad/path/"),
+            s("evil-url.example/bad/path(/)", 2)
+        );
+        assert_eq!(
+            hit(&u, Some("evil-url.example"), "/bad/path?x=1"),
+            s("evil-url.example/bad/path(?x=1)", 2)
+        );
+        // Parent directory (Maltrail's, without the slash).
+        assert_eq!(
+            hit(&u, Some("evil-url.example"), "/bad/path/x.php"),
+            s("evil-url.example/bad/path(/x.php)", 2)
+        );
+        assert_eq!(hit(&u, Some("other.example"), "/bad/path"), None);
+        assert_eq!(hit(&u, None, "/bad/path"), None);
+        assert_eq!(
+            hit(&u, None, "http://evil-url.example/bad/path"),
+            s("evil-url.example/bad/path", 2)
+        );
+        assert_eq!(
+            hit(&u, Some("evil-url.example"), "//bad//path"),
+            s("(evil-url.example//bad//path)", 2)
+        );
+    }
+
+    #[test]
+    fn query_candidates() {
+        let u = trails(&[
+            ("namchoncc.co.kr/include/?ind=", 3),
+            ("/gate.php?id=&data=", 4),
+        ]);
+        assert_eq!(
+            hit(&u, Some("namchoncc.co.kr"), "/include/?ind=abc"),
+            s("namchoncc.co.kr/include/?ind=(abc)", 3)
+        );
+        assert_eq!(
+            hit(&u, Some("x.example"), "/gate.php?id=7&data=zz"),
+            s("(x.example/gate.php?id=7&data=zz)", 4)
+        );
+    }
+
+    #[test]
+    fn trailing_slash_trails_and_host_root() {
+        let u = trails(&[("4devsolutions.com/4nuak1/", 5), ("bad.example/", 6)]);
+        assert_eq!(
+            hit(&u, Some("4devsolutions.com"), "/4nuak1/"),
+            s("4devsolutions.com/4nuak1/", 5)
+        );
+        assert_eq!(
+            hit(&u, Some("4devsolutions.com"), "/4nuak1/payload.exe"),
+            s("4devsolutions.com/4nuak1/(payload.exe)", 5)
+        );
+        assert_eq!(hit(&u, Some("4devsolutions.com"), "/other/x"), None);
+        assert_eq!(
+            hit(&u, Some("bad.example"), "/anything.php"),
+            s("bad.example/", 6)
+        );
+    }
+
+    #[test]
+    fn param_values() {
+        assert_eq!(strip_param_values("/a.php?x=1&y=22"), "/a.php?x=&y=");
+        assert_eq!(strip_param_values("/a.php?x=&y=2"), "/a.php?x=&y=");
+        assert_eq!(strip_param_values("/a.php"), "/a.php");
+        assert_eq!(strip_param_values("/é.php?ü=ö"), "/é.php?ü=");
+        assert_eq!(annotate("h/a/h/b", "/h"), "(h/a)/h(/b)");
+    }
+}

@@ -1,0 +1,291 @@
+//! The whitelist: domains, IPs, CIDRs (and a few URL prefixes) that never raise an event,
+//! in Maltrail's `whitelist.txt` format, plus Maltrail's list of ignored DNS suffixes.
+//!
+//! A listed domain whitelists itself and its subdomains, never its parents. Tests are below.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use hashbrown::HashSet;
+
+use crate::trails::classify::is_name_byte;
+
+/// Last labels of DNS queries that are never checked (local, reserved or internal names).
+///
+/// Maltrail's `IGNORE_DNS_QUERY_SUFFIXES` (as of 3.x), plus `invalid` and `localhost`
+/// (RFC 6761 reserved names). Note that Maltrail ignores the real TLDs `.dev` and `.int`.
+pub const IGNORED_DNS_SUFFIXES: &[&str] = &[
+    "arpa",
+    "local",
+    "guest",
+    "intranet",
+    "int",
+    "corp",
+    "home",
+    "lan",
+    "intra",
+    "intran",
+    "workgroup",
+    "localdomain",
+    "url",
+    "alienvault",
+    "dev",
+    "example",
+    "internal",
+    "localnet",
+    "test",
+    "invalid",
+    "localhost",
+];
+
+/// Whether a DNS query name should be ignored: its last label is in
+/// [`IGNORED_DNS_SUFFIXES`], or it contains `.intranet.` (both as Maltrail does).
+pub fn is_ignored_suffix(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let last = name.rsplit('.').next().unwrap_or(name);
+    IGNORED_DNS_SUFFIXES
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(last))
+        || name
+            .as_bytes()
+            .windows(b".intranet.".len())
+            .any(|w| w.eq_ignore_ascii_case(b".intranet."))
+}
+
+/// Whitelist loading failures.
+#[derive(Debug, thiserror::Error)]
+pub enum WhitelistError {
+    /// The file could not be read.
+    #[error("cannot read whitelist {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Domains, addresses, networks and URL prefixes that must never raise an event.
+#[derive(Clone, Debug, Default)]
+pub struct Whitelist {
+    domains: HashSet<String>,
+    ips: HashSet<IpAddr>,
+    cidr4: Vec<(u32, u8)>,
+    cidr6: Vec<(u128, u8)>,
+    urls: Vec<String>,
+}
+
+impl Whitelist {
+    /// A whitelist with nothing in it.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Reads a Maltrail `whitelist.txt`.
+    pub fn load(path: &Path) -> Result<Self, WhitelistError> {
+        let text = std::fs::read(path).map_err(|source| WhitelistError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self::parse(&String::from_utf8_lossy(&text)))
+    }
+
+    /// Parses whitelist text: one entry a line, `#` comments (whole-line or inline).
+    pub fn parse(text: &str) -> Self {
+        let mut w = Self::empty();
+        for line in text.lines() {
+            w.add(line);
+        }
+        w
+    }
+
+    /// Adds one entry (a domain, IP, CIDR or `host/path` URL prefix); comments and blanks
+    /// are ignored.
+    pub fn add(&mut self, entry: &str) {
+        let e = entry.split('#').next().unwrap_or("").trim();
+        if e.is_empty() {
+            return;
+        }
+        if let Some((net, prefix)) = e.split_once('/') {
+            if let (Ok(net), Ok(prefix)) = (net.parse::<IpAddr>(), prefix.parse::<u8>()) {
+                match net {
+                    IpAddr::V4(a) if prefix <= 32 => {
+                        self.cidr4
+                            .push((crate::trails::mask4_pub(u32::from(a), prefix), prefix));
+                        return;
+                    }
+                    IpAddr::V6(a) if prefix <= 128 => {
+                        self.cidr6
+                            .push((crate::trails::mask6_pub(u128::from(a), prefix), prefix));
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+            let (host, path) = e.split_at(e.find('/').unwrap_or(e.len()));
+            self.urls.push(format!("{}{path}", host.to_ascii_lowercase()));
+            return;
+        }
+        if let Ok(ip) = e.parse::<IpAddr>() {
+            self.ips.insert(ip);
+        }
+        // IPs go in as names too: a Host header or query can be an address.
+        let e = e.strip_suffix('.').unwrap_or(e);
+        self.domains.insert(e.to_ascii_lowercase());
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.domains.len() + self.cidr4.len() + self.cidr6.len() + self.urls.len()
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `name` or one of its parents is listed (Maltrail: the name is cut at the
+    /// first character that cannot be in a DNS name, then lowercased). No allocation.
+    pub fn is_domain_whitelisted(&self, name: &str) -> bool {
+        if self.domains.is_empty() {
+            return false;
+        }
+        let end = name.bytes().position(|b| !is_name_byte(b)).unwrap_or(name.len());
+        let name = &name[..end];
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let mut buf = [0u8; 256];
+        if name.is_empty() || name.len() > buf.len() {
+            return false;
+        }
+        let out = &mut buf[..name.len()];
+        for (o, b) in out.iter_mut().zip(name.bytes()) {
+            *o = b.to_ascii_lowercase();
+        }
+        let Ok(lower) = std::str::from_utf8(out) else {
+            return false;
+        };
+        let mut rest = lower;
+        loop {
+            if self.domains.contains(rest) {
+                return true;
+            }
+            match rest.find('.') {
+                Some(i) => rest = &rest[i + 1..],
+                None => return false,
+            }
+        }
+    }
+
+    /// Whether `ip` is listed or inside a listed CIDR (a v4-mapped IPv6 address counts as
+    /// its IPv4 address).
+    pub fn is_ip_whitelisted(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        if self.ips.contains(&ip) {
+            return true;
+        }
+        match ip {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                self.cidr4
+                    .iter()
+                    .any(|&(net, p)| crate::trails::mask4_pub(a, p) == net)
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                self.cidr6
+                    .iter()
+                    .any(|&(net, p)| crate::trails::mask6_pub(a, p) == net)
+            }
+        }
+    }
+
+    /// Whether `host` + `path` starts with a listed URL prefix (e.g. `www.nirsoft.net/utils`).
+    pub fn is_url_whitelisted(&self, host: &str, path: &str) -> bool {
+        let host = host.split(':').next().unwrap_or(host);
+        self.urls.iter().any(|u| {
+            u.len() >= host.len()
+                && u.as_bytes()[..host.len()].eq_ignore_ascii_case(host.as_bytes())
+                && path.starts_with(&u[host.len()..])
+                && u[host.len()..].starts_with('/')
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "# comment\n\
+        localhost\n\
+        127.0.0.1\n\
+        ::1\n\
+        akamaihd.net\n\
+        E-X.not.fyi\n\
+        92.222.150.60   # nameserver\n\
+        www.nirsoft.net/utils\n\
+        35.184.0.0/13\n\
+        2606:4700::/32\n\
+        \n";
+
+    #[test]
+    fn domains_and_subdomains_not_parents() {
+        let w = Whitelist::parse(SAMPLE);
+        assert!(w.is_domain_whitelisted("akamaihd.net"));
+        assert!(w.is_domain_whitelisted("a.b.AKAMAIHD.net."));
+        assert!(!w.is_domain_whitelisted("net"));
+        assert!(!w.is_domain_whitelisted("xakamaihd.net"));
+        assert!(w.is_domain_whitelisted("e-x.not.fyi"));
+        assert!(!w.is_domain_whitelisted("not.fyi"));
+        assert!(w.is_domain_whitelisted("localhost"));
+        assert!(w.is_domain_whitelisted("127.0.0.1"));
+        // Cut at the first non-name character, like Maltrail.
+        assert!(w.is_domain_whitelisted("akamaihd.net:443"));
+        assert!(!w.is_domain_whitelisted(""));
+        assert!(!Whitelist::empty().is_domain_whitelisted("akamaihd.net"));
+    }
+
+    #[test]
+    fn ips_and_cidrs() {
+        let w = Whitelist::parse(SAMPLE);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(w.is_ip_whitelisted(ip("127.0.0.1")));
+        assert!(w.is_ip_whitelisted(ip("::1")));
+        assert!(w.is_ip_whitelisted(ip("92.222.150.60")));
+        assert!(w.is_ip_whitelisted(ip("35.191.255.255")));
+        assert!(w.is_ip_whitelisted(ip("::ffff:35.184.0.1")));
+        assert!(!w.is_ip_whitelisted(ip("35.192.0.0")));
+        assert!(w.is_ip_whitelisted(ip("2606:4700::1111")));
+        assert!(!w.is_ip_whitelisted(ip("2606:4701::1")));
+    }
+
+    #[test]
+    fn url_prefixes() {
+        let w = Whitelist::parse(SAMPLE);
+        assert!(w.is_url_whitelisted("www.nirsoft.net", "/utils/x.zip"));
+        assert!(w.is_url_whitelisted("WWW.nirsoft.net:80", "/utils"));
+        assert!(!w.is_url_whitelisted("www.nirsoft.net", "/other"));
+        assert!(!w.is_url_whitelisted("nirsoft.net", "/utils"));
+    }
+
+    #[test]
+    fn ignored_suffixes() {
+        for n in [
+            "1.0.168.192.in-addr.arpa",
+            "printer.local",
+            "nas.lan.",
+            "x.corp",
+            "a.intranet.example.org",
+            "foo.localhost",
+            "HOST.LOCAL",
+        ] {
+            assert!(is_ignored_suffix(n), "{n}");
+        }
+        for n in ["evil.com", "local.com", "arpa.net", "intranet.org"] {
+            assert!(!is_ignored_suffix(n), "{n}");
+        }
+    }
+}

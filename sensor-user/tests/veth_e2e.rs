@@ -1,0 +1,258 @@
+//! End to end on a veth pair: the real `xtrail-sensor run` binary attached to one end inside
+//! a fresh namespace, frames sent from the other end, events read from its log.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use xtrail_bench::frames::{tcp_flags, v4, v6, Frame};
+use xtrail_bench::netns::VethPair;
+
+const SENSOR: &str = env!("CARGO_BIN_EXE_xtrail-sensor");
+
+macro_rules! privileged {
+    () => {
+        if !common::privileged(module_path!()) {
+            return;
+        }
+    };
+}
+
+struct Running {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Running {
+    /// Starts the sensor and waits until it has attached.
+    fn start(pair: &VethPair, trails: &Path, log: &Path, extra: &[&str]) -> Running {
+        let mut cmd = pair.in_sensor_ns(SENSOR);
+        cmd.args(["run", "--iface", &pair.sensor_if, "--trails"])
+            .arg(trails)
+            .arg("--events-log")
+            .arg(log)
+            .args(["--format", "json", "--sensor-name", "e2e", "--stats-interval", "0"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start xtrail-sensor");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("sensor: {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("attached to") => break,
+                Ok(line) if line.contains("error:") => panic!("sensor failed: {line}"),
+                Ok(_) => {}
+                Err(_) => panic!("sensor did not attach in time"),
+            }
+        }
+        Running { child, stderr: rx }
+    }
+
+    /// SIGINT, wait for a clean exit, return the final stats line.
+    fn stop(mut self) -> String {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("sensor did not exit on SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "sensor exited with {status}");
+        let mut last = String::new();
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(500)) {
+            if line.contains("final stats") {
+                last = line;
+            }
+        }
+        last
+    }
+}
+
+fn events(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON event line"))
+        .collect()
+}
+
+fn wait_for_events(log: &Path, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = events(log);
+        if ev.len() >= n || Instant::now() > deadline {
+            return ev;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn counter(stats: &str, name: &str) -> u64 {
+    stats
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn write_trails(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let p = dir.join("trails.csv");
+    std::fs::write(
+        &p,
+        format!(
+            "198.19.66.66,e2e botnet (malware),(test)\n\
+             198.19.6.6:8443,e2e rat (malware),(test)\n\
+             198.19.128.0/24,e2e scanners (suspicious),(test)\n\
+             2001:db8:bad::1,e2e v6 c2 (malware),(test)\n\
+             {extra}"
+        ),
+    )
+    .expect("write trails");
+    p
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("xtrail-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+#[test]
+fn trail_traffic_is_reported_and_clean_traffic_is_not() {
+    privileged!();
+    let dir = tempdir("e2e");
+    let trails = write_trails(&dir, "");
+    let log = dir.join("events.jsonl");
+    let pair = VethPair::create("xe").expect("veth pair");
+    let sensor = Running::start(&pair, &trails, &log, &[]);
+    let inj = pair.injector().expect("injector");
+    let me = v4(&pair.peer_ip);
+    let there = v4(&pair.sensor_ip);
+    // Clean traffic first: nothing may be reported for it.
+    for i in 0..50u16 {
+        inj.send(&Frame::syn(me, 30000 + i, there, 80).build()).unwrap();
+        inj.send(&Frame::udp(me, 30000 + i, there, 53, b"x").build()).unwrap();
+    }
+    let frames = [
+        Frame::syn(me, 40000, v4("198.19.66.66"), 443),          // destination IP
+        Frame::syn(v4("198.19.66.66"), 40001, there, 22),        // source IP
+        Frame::syn(me, 40002, v4("198.19.6.6"), 8443),           // IP:port
+        Frame::syn(me, 40003, v4("198.19.128.9"), 80),           // CIDR
+        Frame::syn(v6("2001:db8::2"), 40004, v6("2001:db8:bad::1"), 443), // IPv6
+        Frame::tcp(me, 40005, v4("198.19.66.66"), 443, tcp_flags::ACK), // not reportable
+        Frame::syn(me, 40006, v4("198.19.6.6"), 8444),           // wrong port: clean
+    ];
+    for f in &frames {
+        inj.send(&f.build()).unwrap();
+    }
+    let ev = wait_for_events(&log, 5);
+    let stats = sensor.stop();
+    assert_eq!(ev.len(), 5, "events: {ev:#?}");
+    let find = |trail: &str| {
+        ev.iter()
+            .find(|e| e["trail"] == trail)
+            .unwrap_or_else(|| panic!("no event for {trail}: {ev:#?}"))
+    };
+    let dst = ev
+        .iter()
+        .find(|e| e["trail"] == "198.19.66.66" && e["dst_ip"] == "198.19.66.66")
+        .expect("destination hit");
+    assert_eq!(dst["type"], "IP");
+    assert_eq!(dst["info"], "e2e botnet (malware)");
+    assert_eq!(dst["reference"], "(test)");
+    assert_eq!(dst["proto"], "TCP");
+    assert_eq!(dst["dst_port"], 443);
+    assert_eq!(dst["severity"], "high");
+    assert_eq!(dst["action"], "pass");
+    assert_eq!(dst["sensor"], "e2e");
+    assert!(dst["ts"].as_str().unwrap().ends_with('Z'));
+    assert!(ev
+        .iter()
+        .any(|e| e["trail"] == "198.19.66.66" && e["src_ip"] == "198.19.66.66"));
+    assert_eq!(find("198.19.6.6:8443")["type"], "IPORT");
+    assert_eq!(find("198.19.128.9")["info"], "e2e scanners (suspicious)");
+    assert_eq!(find("2001:db8:bad::1")["src_ip"], "2001:db8::2");
+    assert!(counter(&stats, "packets") >= 107, "{stats}");
+    assert_eq!(counter(&stats, "reported"), 5, "{stats}");
+    assert!(!pair.sensor_has_xdp().unwrap(), "XDP program left on the interface");
+}
+
+#[test]
+fn enforce_drops_trail_packets_and_passes_the_rest() {
+    privileged!();
+    let dir = tempdir("enforce");
+    let pair = VethPair::create("xf").expect("veth pair");
+    // Give the sensor's end a second address that is a trail, so a ping to it shows whether
+    // packets to trail addresses still get through.
+    let trail_ip = pair.sensor_ip.replace(".1", ".66");
+    let out = Command::new("ip")
+        .args(["-n", &pair.sensor_ns, "addr", "add", &format!("{trail_ip}/32"), "dev", &pair.sensor_if])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let trails = write_trails(&dir, &format!("{trail_ip},e2e blocked host (malware),(test)\n"));
+    let log = dir.join("events.jsonl");
+    let ping = |dst: &str| {
+        pair.in_peer_ns("ping")
+            .args(["-c", "1", "-W", "1", dst])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    // Without the sensor, both answer.
+    assert!(ping(&pair.sensor_ip));
+    assert!(ping(&trail_ip));
+    let sensor = Running::start(&pair, &trails, &log, &["--enforce"]);
+    assert!(ping(&pair.sensor_ip), "clean traffic must pass");
+    assert!(!ping(&trail_ip), "traffic to a trail address must be dropped");
+    let ev = wait_for_events(&log, 1);
+    let stats = sensor.stop();
+    assert!(ev.iter().any(|e| e["trail"] == trail_ip.as_str() && e["action"] == "drop"), "{ev:#?}");
+    assert!(counter(&stats, "enforced") >= 1, "{stats}");
+    assert!(!pair.sensor_has_xdp().unwrap());
+    // Detached: the trail address answers again.
+    assert!(ping(&trail_ip));
+}
+
+#[test]
+fn clear_errors_for_bad_arguments() {
+    privileged!();
+    let dir = tempdir("errors");
+    let trails = write_trails(&dir, "");
+    let run = |args: &[&str]| {
+        let out = Command::new(SENSOR).args(args).output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let t = trails.to_string_lossy().into_owned();
+    assert!(run(&["run", "--iface", "nosuchif0", "--trails", &t]).contains("unknown interface nosuchif0"));
+    assert!(run(&["run", "--iface", "lo", "--trails", "/nonexistent/trails"]).contains("/nonexistent/trails"));
+    let only_domains = dir.join("domains.csv");
+    std::fs::write(&only_domains, "evil.example,x (malware),(test)\n").unwrap();
+    let msg = run(&["run", "--iface", "lo", "--trails", &only_domains.to_string_lossy()]);
+    assert!(msg.contains("no IP, CIDR or IP:port trails"), "{msg}");
+    let msg = run(&["run", "--iface", "lo", "--trails", &t, "--mode", "mirror", "--enforce"]);
+    assert!(msg.contains("--enforce needs --mode inline"), "{msg}");
+}

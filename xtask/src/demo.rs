@@ -1,0 +1,304 @@
+//! `cargo xtask demo`: the sensor on a veth pair, fed clean traffic and traffic to and from
+//! trail addresses, with the events printed as they arrive and a summary at the end.
+
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use xtrail_bench::frames::{v4, Frame};
+use xtrail_bench::netns::VethPair;
+use xtrail_detect::trails::{LoadOptions, TrailSet};
+use xtrail_detect::whitelist::Whitelist;
+
+use crate::paths;
+
+/// Trail addresses the demo sends to, picked from the loaded set.
+struct Sample {
+    ipv4: Vec<(IpAddr, String)>,
+    ipport: Vec<(IpAddr, u16, String)>,
+    cidr: Vec<(IpAddr, String)>,
+    ipv6: Vec<(IpAddr, String)>,
+}
+
+fn pick(trails: &TrailSet, whitelist: &Whitelist) -> Sample {
+    let info = |id: u32| {
+        trails
+            .labels
+            .get(id as usize)
+            .map(|l| l.info.clone())
+            .unwrap_or_default()
+    };
+    let ok = |a: IpAddr| !whitelist.is_ip_whitelisted(a);
+    let mut v4s: Vec<_> = trails.ip.v4.iter().map(|(k, v)| (IpAddr::from(*k), *v)).collect();
+    v4s.sort();
+    let mut ports: Vec<_> = trails
+        .ip
+        .ipport
+        .iter()
+        .filter_map(|((a, p), v)| {
+            let a = std::net::Ipv6Addr::from(*a);
+            a.to_ipv4_mapped().map(|a4| (IpAddr::V4(a4), *p, *v))
+        })
+        .collect();
+    ports.sort();
+    let mut cidrs: Vec<_> = trails.ip.cidr4.clone();
+    cidrs.sort();
+    let mut v6s: Vec<_> = trails.ip.v6.iter().map(|(k, v)| (IpAddr::from(*k), *v)).collect();
+    v6s.sort();
+    // Spread the picks over the sorted sets so the demo shows different families.
+    let spread = |n: usize, len: usize| -> Vec<usize> {
+        if len == 0 {
+            return Vec::new();
+        }
+        (0..n.min(len)).map(|i| i * len / n.min(len)).collect()
+    };
+    Sample {
+        ipv4: spread(4, v4s.len())
+            .into_iter()
+            .map(|i| v4s[i])
+            .filter(|(a, _)| ok(*a))
+            .map(|(a, v)| (a, info(v)))
+            .collect(),
+        ipport: spread(2, ports.len())
+            .into_iter()
+            .map(|i| ports[i])
+            .filter(|(a, _, _)| ok(*a))
+            .map(|(a, p, v)| (a, p, info(v)))
+            .collect(),
+        cidr: spread(1, cidrs.len())
+            .into_iter()
+            .map(|i| cidrs[i])
+            .map(|(a, prefix, v)| {
+                let mut host = a;
+                if prefix < 32 {
+                    host[3] |= 7;
+                }
+                (IpAddr::from(host), info(v))
+            })
+            .filter(|(a, _)| ok(*a))
+            .collect(),
+        ipv6: spread(1, v6s.len())
+            .into_iter()
+            .map(|i| v6s[i])
+            .filter(|(a, _)| ok(*a))
+            .map(|(a, v)| (a, info(v)))
+            .collect(),
+    }
+}
+
+/// Runs the demo.
+pub fn run(trails: Option<PathBuf>, mode: &str) -> anyhow::Result<()> {
+    let data = paths::maltrail_data();
+    let trails = match trails {
+        Some(p) => p,
+        None if data.join("trails-static").is_dir() => data.join("trails-static"),
+        None => {
+            eprintln!(
+                "demo: {} not found; using the bundled demo trails",
+                data.join("trails-static").display()
+            );
+            paths::workspace_root().join("xtask/demo/trails.csv")
+        }
+    };
+    let whitelist_path = data.join("data/whitelist.txt");
+    let whitelist = if whitelist_path.is_file() {
+        Whitelist::load(&whitelist_path).context("reading the whitelist")?
+    } else {
+        Whitelist::empty()
+    };
+    eprintln!("demo: loading {} to pick trail addresses for the traffic", trails.display());
+    let set = TrailSet::load(std::slice::from_ref(&trails), &LoadOptions::default())?;
+    let sample = pick(&set, &whitelist);
+    drop(set);
+
+    eprintln!("demo: creating a network namespace pair joined by a veth (198.18.0.0/15)");
+    let pair = VethPair::create("xd").context("creating the veth pair (needs root)")?;
+    eprintln!(
+        "demo: sensor side {} in {}, traffic side {} in {}",
+        pair.sensor_if, pair.sensor_ns, pair.peer_if, pair.peer_ns
+    );
+    let sensor = paths::sensor_binary();
+    let mut cmd = pair.in_sensor_ns(&sensor.to_string_lossy());
+    cmd.args(["run", "--iface", &pair.sensor_if, "--trails"])
+        .arg(&trails)
+        .args(["--mode", mode, "--events-log", "-", "--format", "json"])
+        .args(["--sensor-name", "demo", "--stats-interval", "0"]);
+    if whitelist_path.is_file() {
+        cmd.arg("--whitelist").arg(&whitelist_path);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    eprintln!("demo: starting {cmd:?}");
+    let mut child = cmd.spawn().context("starting xtrail-sensor")?;
+    let result = drive(&pair, &mut child, &sample);
+    // Whatever happened, stop the sensor before the namespaces go.
+    stop(&mut child);
+    // Let the output threads print the sensor's last lines.
+    std::thread::sleep(Duration::from_millis(300));
+    let summary = result?;
+    let detached = !pair.sensor_has_xdp().unwrap_or(true);
+    eprintln!();
+    eprintln!("demo: summary");
+    eprintln!("  trails:          {}", trails.display());
+    eprintln!("  packets sent:    {} clean, {} to or from trail addresses", summary.clean, summary.trail);
+    eprintln!("  events expected: {} (one per distinct reportable trail packet)", summary.expected);
+    eprintln!("  events received: {}", summary.events.load(Ordering::Relaxed));
+    if let Some(line) = summary.final_stats.lock().ok().and_then(|l| l.clone()) {
+        eprintln!("  kernel counters: {line}");
+    }
+    eprintln!("  XDP detached:    {}", if detached { "yes" } else { "NO" });
+    drop(pair);
+    eprintln!("demo: namespaces removed");
+    if !detached {
+        bail!("the XDP program was left on the interface");
+    }
+    if summary.events.load(Ordering::Relaxed) < summary.expected {
+        bail!("fewer events than expected");
+    }
+    Ok(())
+}
+
+struct Summary {
+    clean: usize,
+    trail: usize,
+    expected: u64,
+    events: Arc<AtomicU64>,
+    final_stats: Arc<Mutex<Option<String>>>,
+}
+
+fn stop(child: &mut Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn drive(pair: &VethPair, child: &mut Child, sample: &Sample) -> anyhow::Result<Summary> {
+    let events = Arc::new(AtomicU64::new(0));
+    let final_stats = Arc::new(Mutex::new(None));
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let stderr = child.stderr.take().context("sensor stderr")?;
+    let stdout = child.stdout.take().context("sensor stdout")?;
+    {
+        let final_stats = Arc::clone(&final_stats);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("  sensor | {line}");
+                if line.contains("attached to") {
+                    let _ = ready_tx.send(Ok(()));
+                } else if line.contains("error:") {
+                    let _ = ready_tx.send(Err(line.clone()));
+                }
+                if let Some(stats) = line.split("final stats ").nth(1) {
+                    if let Ok(mut s) = final_stats.lock() {
+                        *s = Some(stats.to_string());
+                    }
+                }
+            }
+        });
+    }
+    {
+        let events = Arc::clone(&events);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                events.fetch_add(1, Ordering::Relaxed);
+                match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(v) => eprintln!(
+                        "  EVENT  {} {} {}:{} -> {}:{} {} trail={} info=\"{}\" action={}",
+                        v["ts"].as_str().unwrap_or(""),
+                        v["type"].as_str().unwrap_or(""),
+                        v["src_ip"].as_str().unwrap_or(""),
+                        v["src_port"],
+                        v["dst_ip"].as_str().unwrap_or(""),
+                        v["dst_port"],
+                        v["proto"].as_str().unwrap_or(""),
+                        v["trail"].as_str().unwrap_or(""),
+                        v["info"].as_str().unwrap_or(""),
+                        v["action"].as_str().unwrap_or(""),
+                    ),
+                    Err(_) => eprintln!("  EVENT  {line}"),
+                }
+            }
+        });
+    }
+    match ready_rx.recv_timeout(Duration::from_secs(180)) {
+        Ok(Ok(())) => {}
+        Ok(Err(line)) => bail!("the sensor failed to start: {line}"),
+        Err(_) => bail!("the sensor did not attach within 180 s"),
+    }
+    let inj = pair.injector()?;
+    let me = v4(&pair.peer_ip);
+    let sensor_ip = v4(&pair.sensor_ip);
+    let me6: IpAddr = "2001:db8::2".parse()?;
+    let mut clean = 0;
+    let mut trail = 0;
+    let mut expected = 0u64;
+    let mut send = |f: Frame, is_trail: bool| -> anyhow::Result<()> {
+        inj.send(&f.build())?;
+        if is_trail {
+            trail += 1;
+        } else {
+            clean += 1;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        Ok(())
+    };
+    eprintln!("demo: sending clean traffic (TCP and UDP to 198.18.0.0/15)");
+    for i in 0..100u16 {
+        send(Frame::syn(me, 40000 + i, sensor_ip, 1000 + i), false)?;
+        send(Frame::udp(me, 50000 + i, sensor_ip, 5000, b"clean"), false)?;
+    }
+    eprintln!("demo: sending traffic to and from trail addresses");
+    for (a, info) in &sample.ipv4 {
+        eprintln!("demo:   {a} ({info}): SYN out, SYN in, UDP, ping, and 5 repeats (suppressed)");
+        send(Frame::syn(me, 41000, *a, 443), true)?;
+        send(Frame::syn(*a, 41001, sensor_ip, 22), true)?;
+        send(Frame::udp(me, 41002, *a, 123, b"ntp?"), true)?;
+        send(Frame::ping(me, *a), true)?;
+        for _ in 0..5 {
+            send(Frame::syn(me, 41000, *a, 443), true)?;
+        }
+        expected += 4;
+    }
+    for (a, port, info) in &sample.ipport {
+        eprintln!("demo:   {a}:{port} ({info}): SYN");
+        send(Frame::syn(me, 42000, *a, *port), true)?;
+        expected += 1;
+    }
+    for (a, info) in &sample.cidr {
+        eprintln!("demo:   {a} (inside a CIDR trail, {info}): SYN");
+        send(Frame::syn(me, 43000, *a, 80), true)?;
+        expected += 1;
+    }
+    for (a, info) in &sample.ipv6 {
+        eprintln!("demo:   {a} ({info}): IPv6 SYN");
+        send(Frame::syn(me6, 44000, *a, 443), true)?;
+        expected += 1;
+    }
+    // Let the last events arrive.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while events.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let rx = pair.sensor_rx_packets().unwrap_or(0);
+    eprintln!("demo: the sensor's interface received {rx} packets");
+    Ok(Summary {
+        clean,
+        trail,
+        expected,
+        events,
+        final_stats,
+    })
+}

@@ -399,7 +399,9 @@ mod tests {
 
     #[test]
     fn vlan_tags_come_before_the_ethertype() {
-        let f = Frame::ping(v4("198.18.0.2"), v4("66.66.66.66")).qinq(10, 20).build();
+        let f = Frame::ping(v4("198.18.0.2"), v4("66.66.66.66"))
+            .qinq(10, 20)
+            .build();
         assert_eq!(&f[12..14], &[0x88, 0xa8]);
         assert_eq!(&f[16..18], &[0x81, 0x00]);
         assert_eq!(&f[20..22], &[0x08, 0x00]);

@@ -82,8 +82,18 @@ impl VethPair {
         // From here on, Drop cleans up whatever was created.
         ip(&["netns", "add", &pair.peer_ns])?;
         ip(&[
-            "link", "add", &pair.sensor_if, "netns", &pair.sensor_ns, "type", "veth", "peer",
-            "name", &pair.peer_if, "netns", &pair.peer_ns,
+            "link",
+            "add",
+            &pair.sensor_if,
+            "netns",
+            &pair.sensor_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pair.peer_if,
+            "netns",
+            &pair.peer_ns,
         ])?;
         let mac = |m: [u8; 6]| {
             m.iter()
@@ -108,8 +118,18 @@ impl VethPair {
             ),
         ] {
             ip(&["-n", ns, "link", "set", ifname, "address", &mac(m)])?;
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", ifname])?;
-            ip(&["-n", ns, "-6", "addr", "add", &addr6, "dev", ifname, "nodad"])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                ifname,
+            ])?;
+            ip(&[
+                "-n", ns, "-6", "addr", "add", &addr6, "dev", ifname, "nodad",
+            ])?;
             ip(&["-n", ns, "link", "set", ifname, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
@@ -137,14 +157,31 @@ impl VethPair {
 
     /// Whether an XDP program is attached to the sensor's end.
     pub fn sensor_has_xdp(&self) -> Result<bool, NetnsError> {
-        let out = ip(&["-n", &self.sensor_ns, "-d", "link", "show", &self.sensor_if])?;
+        let out = ip(&[
+            "-n",
+            &self.sensor_ns,
+            "-j",
+            "-d",
+            "link",
+            "show",
+            &self.sensor_if,
+        ])?;
         let text = String::from_utf8_lossy(&out.stdout);
-        Ok(text.contains("xdp") || text.contains("prog/xdp"))
+        // iproute2 prints an "xdp" object (mode, prog id) only while a program is attached.
+        Ok(text.contains("\"xdp\":"))
     }
 
     /// Packets received on the sensor's end, from /sys inside the namespace.
     pub fn sensor_rx_packets(&self) -> Result<u64, NetnsError> {
-        let out = ip(&["-n", &self.sensor_ns, "-s", "-j", "link", "show", &self.sensor_if])?;
+        let out = ip(&[
+            "-n",
+            &self.sensor_ns,
+            "-s",
+            "-j",
+            "link",
+            "show",
+            &self.sensor_if,
+        ])?;
         let text = String::from_utf8_lossy(&out.stdout);
         // "rx":{"bytes":N,"packets":M,...}
         let packets = text
@@ -232,14 +269,7 @@ impl Injector {
     /// Sends one frame.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         // SAFETY: frame is a valid buffer of the given length.
-        let n = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-            )
-        };
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }

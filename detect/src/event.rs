@@ -133,9 +133,8 @@ pub struct Event {
     pub details: Details,
 }
 
-const RFC3339_US: &[FormatItem<'static>] = format_description!(
-    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-);
+const RFC3339_US: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
 const MALTRAIL_TS: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]");
 
@@ -185,9 +184,7 @@ impl Event {
     /// `"<ts>" <sensor> <src_ip> <src_port> <dst_ip> <dst_port> <proto> <type> <trail> <info> <reference>`.
     pub fn to_maltrail(&self) -> String {
         let mut out = String::with_capacity(160);
-        let ts = datetime(self.ts_us)
-            .format(MALTRAIL_TS)
-            .unwrap_or_default();
+        let ts = datetime(self.ts_us).format(MALTRAIL_TS).unwrap_or_default();
         let _ = write!(out, "\"{ts}\"");
         let port = |p: u16| if p == 0 { String::new() } else { p.to_string() };
         for field in [
@@ -278,8 +275,19 @@ mod tests {
     fn json_has_the_documented_fields() {
         let v: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
         for key in [
-            "ts", "sensor", "src_ip", "src_port", "dst_ip", "dst_port", "proto", "type", "trail",
-            "info", "reference", "severity", "action",
+            "ts",
+            "sensor",
+            "src_ip",
+            "src_port",
+            "dst_ip",
+            "dst_port",
+            "proto",
+            "type",
+            "trail",
+            "info",
+            "reference",
+            "severity",
+            "action",
         ] {
             assert!(v.get(key).is_some(), "missing {key}");
         }

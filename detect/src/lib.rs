@@ -6,4 +6,11 @@
 //! pcap replay drives the same code from files.
 
 pub mod event;
+pub mod packet;
+pub mod pcap;
+pub mod process;
+pub mod protocols;
+pub mod replay;
+pub mod throttle;
 pub mod trails;
+pub mod whitelist;

@@ -31,13 +31,14 @@
 //! Heuristics (scans, DNS exhaustion, NXDOMAIN floods, suspicious requests and user agents)
 //! plug in through the [`Heuristics`] trait; none are implemented here.
 
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use hashbrown::DefaultHashBuilder;
 
 use crate::event::{proto_name, Action, Details, Event, EventType, Severity};
-use crate::packet::{self, ipproto, Packet, PacketError, TcpSegment, Transport};
+use crate::packet::{self, Packet, PacketError, TcpSegment, Transport};
 use crate::protocols::{dns, http, tls};
 use crate::trails::{IpMatchKind, Label, LabelId, TrailSet};
 use crate::whitelist::Whitelist;
@@ -158,7 +159,13 @@ impl PacketContext<'_> {
     }
 
     /// An event for this packet labelled by a trail's label.
-    pub fn labelled(&self, kind: EventType, trail: String, label: &Label, details: Details) -> Event {
+    pub fn labelled(
+        &self,
+        kind: EventType,
+        trail: String,
+        label: &Label,
+        details: Details,
+    ) -> Event {
         self.event(kind, trail, &label.info, &label.reference, details)
     }
 }
@@ -167,7 +174,13 @@ impl PacketContext<'_> {
 /// emit events. Every method defaults to doing nothing.
 pub trait Heuristics: Send {
     /// Every parsed packet, before any trail check.
-    fn on_packet(&mut self, _ctx: &PacketContext<'_>, _pkt: &Packet<'_>, _out: &mut dyn FnMut(Event)) {}
+    fn on_packet(
+        &mut self,
+        _ctx: &PacketContext<'_>,
+        _pkt: &Packet<'_>,
+        _out: &mut dyn FnMut(Event),
+    ) {
+    }
     /// A standard DNS query with a valid name (after the whitelist and ignored suffixes).
     fn on_dns_query(
         &mut self,
@@ -178,11 +191,29 @@ pub trait Heuristics: Send {
     ) {
     }
     /// A DNS response.
-    fn on_dns_response(&mut self, _ctx: &PacketContext<'_>, _msg: &dns::Message<'_>, _out: &mut dyn FnMut(Event)) {}
+    fn on_dns_response(
+        &mut self,
+        _ctx: &PacketContext<'_>,
+        _msg: &dns::Message<'_>,
+        _out: &mut dyn FnMut(Event),
+    ) {
+    }
     /// An HTTP request.
-    fn on_http_request(&mut self, _ctx: &PacketContext<'_>, _req: &http::Request<'_>, _out: &mut dyn FnMut(Event)) {}
+    fn on_http_request(
+        &mut self,
+        _ctx: &PacketContext<'_>,
+        _req: &http::Request<'_>,
+        _out: &mut dyn FnMut(Event),
+    ) {
+    }
     /// An HTTP response.
-    fn on_http_response(&mut self, _ctx: &PacketContext<'_>, _resp: &http::Response<'_>, _out: &mut dyn FnMut(Event)) {}
+    fn on_http_response(
+        &mut self,
+        _ctx: &PacketContext<'_>,
+        _resp: &http::Response<'_>,
+        _out: &mut dyn FnMut(Event),
+    ) {
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -264,7 +295,13 @@ impl Processor {
     }
 
     /// Runs one captured frame through the pipeline; `out` receives the events it raises.
-    pub fn process(&mut self, ts_us: i64, linktype: u32, frame: &[u8], out: &mut impl FnMut(Event)) {
+    pub fn process(
+        &mut self,
+        ts_us: i64,
+        linktype: u32,
+        frame: &[u8],
+        out: &mut impl FnMut(Event),
+    ) {
         // The error is counted in the stats; callers that want it use `process_frame`.
         let _ = self.process_frame(ts_us, linktype, frame, out);
     }
@@ -330,8 +367,8 @@ impl Processor {
                         dst: pkt.dst,
                         dst_port,
                     };
-                    let slot = usize::try_from(self.hasher.hash_one(key) % SYN_SLOTS as u64)
-                        .unwrap_or(0);
+                    let slot =
+                        usize::try_from(self.hasher.hash_one(key) % SYN_SLOTS as u64).unwrap_or(0);
                     if let Some(entry) = self.syns.get_mut(slot) {
                         if *entry == Some(key) {
                             run.stats.duplicate_syns += 1;
@@ -401,7 +438,8 @@ impl Run<'_, '_> {
         let ip = &self.trails.ip;
         if let Some(m) = ip.lookup(ctx.dst, Some(ctx.dst_port)) {
             let info = &self.label(m.label).info;
-            let parked_elsewhere = info.contains("parking site") && !matches!(ctx.dst_port, 80 | 443);
+            let parked_elsewhere =
+                info.contains("parking site") && !matches!(ctx.dst_port, 80 | 443);
             if info.contains("attacker") || parked_elsewhere {
                 return;
             }
@@ -426,7 +464,10 @@ impl Run<'_, '_> {
         let hit = ip
             .lookup(ctx.dst, port(ctx.dst_port))
             .map(|m| (ctx.dst, ctx.dst_port, m))
-            .or_else(|| ip.lookup(ctx.src, port(ctx.src_port)).map(|m| (ctx.src, ctx.src_port, m)));
+            .or_else(|| {
+                ip.lookup(ctx.src, port(ctx.src_port))
+                    .map(|m| (ctx.src, ctx.src_port, m))
+            });
         if let Some((addr, p, m)) = hit {
             let (kind, trail) = Self::ip_trail(addr, p, m.kind);
             let e = ctx.labelled(kind, trail, self.label(m.label), Details::default());
@@ -492,7 +533,9 @@ impl Run<'_, '_> {
         }
         let Some(q) = msg.question else { return };
         let Some(name) = q.name.as_str() else { return };
-        if !is_valid_dns_name(name) || name.contains(".intranet.") || self.whitelist.is_ignored_suffix(name)
+        if !is_valid_dns_name(name)
+            || name.contains(".intranet.")
+            || crate::whitelist::is_ignored_suffix(name)
         {
             return;
         }
@@ -509,7 +552,8 @@ impl Run<'_, '_> {
             let ip = &self.trails.ip;
             if let Some(m) = ip.lookup(ctx.dst, Some(ctx.dst_port)) {
                 let label = self.label(m.label);
-                let is_resolver_port = m.kind == IpMatchKind::IpPort && label.info.contains("resolver");
+                let is_resolver_port =
+                    m.kind == IpMatchKind::IpPort && label.info.contains("resolver");
                 if !is_resolver_port {
                     let kind = if m.kind == IpMatchKind::IpPort {
                         EventType::IpPort
@@ -520,7 +564,12 @@ impl Run<'_, '_> {
                     self.emit(e);
                 }
             } else if let Some(m) = ip.lookup(ctx.src, None) {
-                let e = ctx.labelled(EventType::Ip, ctx.src.to_string(), self.label(m.label), details());
+                let e = ctx.labelled(
+                    EventType::Ip,
+                    ctx.src.to_string(),
+                    self.label(m.label),
+                    details(),
+                );
                 self.emit(e);
             }
         }
@@ -546,7 +595,9 @@ impl Run<'_, '_> {
             http_method: Some(req.method.to_owned()),
             http_host: Some(host.to_owned()),
             http_path: Some(String::from_utf8_lossy(req.target).into_owned()),
-            http_user_agent: req.user_agent.map(|ua| String::from_utf8_lossy(ua).into_owned()),
+            http_user_agent: req
+                .user_agent
+                .map(|ua| String::from_utf8_lossy(ua).into_owned()),
             ..Details::default()
         };
 
@@ -586,7 +637,9 @@ impl Run<'_, '_> {
             let slash = memchr::memchr(b'/', rest).unwrap_or(rest.len());
             let authority = rest.get(..slash).unwrap_or_default();
             path = rest.get(slash..).unwrap_or_default();
-            if let Some(h) = lowercase_into(strip_port(authority), &mut url_host_buf).filter(|h| !h.is_empty()) {
+            if let Some(h) =
+                lowercase_into(strip_port(authority), &mut url_host_buf).filter(|h| !h.is_empty())
+            {
                 host = h;
                 if !is_ip_literal(h) {
                     self.check_domain(ctx, h, || details(h));
@@ -596,7 +649,9 @@ impl Run<'_, '_> {
             let slash = memchr::memchr(b'/', target).unwrap_or(target.len());
             let authority = target.get(..slash).unwrap_or_default();
             path = target.get(slash..).unwrap_or_default();
-            if let Some(h) = lowercase_into(strip_port(authority), &mut url_host_buf).filter(|h| !h.is_empty()) {
+            if let Some(h) =
+                lowercase_into(strip_port(authority), &mut url_host_buf).filter(|h| !h.is_empty())
+            {
                 host = h;
                 if !is_ip_literal(h) {
                     self.check_domain(ctx, h, || details(h));
@@ -609,9 +664,13 @@ impl Run<'_, '_> {
         if self.whitelist.is_domain_whitelisted(host) {
             return;
         }
+        let path_text = String::from_utf8_lossy(path);
+        if self.whitelist.is_url_whitelisted(host, &path_text) {
+            return;
+        }
         self.path_buf.clear();
         self.path_buf
-            .extend(String::from_utf8_lossy(path).chars().map(|c| c.to_ascii_lowercase()));
+            .extend(path_text.chars().map(|c| c.to_ascii_lowercase()));
         if let Some(m) = self.trails.urls.lookup(Some(host), self.path_buf.as_str()) {
             let e = ctx.labelled(EventType::Url, m.trail, self.label(m.label), details(host));
             self.emit(e);
@@ -619,33 +678,27 @@ impl Run<'_, '_> {
     }
 
     /// A name against the domain trails (Maltrail's `_check_domain`): `DNS` event on a hit.
-    fn check_domain(&mut self, ctx: &PacketContext<'_>, name: &str, details: impl FnOnce() -> Details) {
-        if is_ip_literal(name) || !is_valid_dns_name(name) || self.whitelist.is_domain_whitelisted(name) {
+    fn check_domain(
+        &mut self,
+        ctx: &PacketContext<'_>,
+        name: &str,
+        details: impl FnOnce() -> Details,
+    ) {
+        if is_ip_literal(name)
+            || !is_valid_dns_name(name)
+            || self.whitelist.is_domain_whitelisted(name)
+        {
             return;
         }
         let Some(m) = self.trails.domains.lookup(name) else {
             return;
         };
+        // Maltrail's exceptions (name servers of sinkholed domains, bare dynamic-DNS
+        // providers) are applied by the lookup itself.
         let label = self.label(m.label);
-        let info = label.info.as_str();
-        // Maltrail: name servers / mail exchangers of a sinkholed or suspicious domain, and
-        // the bare or www name of a dynamic-DNS / free-hosting provider, are not reported.
-        let first = name.split('.').next().unwrap_or_default();
-        if is_infrastructure_label(first) && (info.contains("suspicious") || info.contains("sinkhole")) {
-            return;
-        }
-        if (m.trail == name || first == "www") && (info.contains("dynamic") || info.contains("free web")) {
-            return;
-        }
         let e = ctx.labelled(EventType::Dns, m.trail, label, details());
         self.emit(e);
     }
-}
-
-/// `ns1`, `dns`, `rns2`, `mx`, `nic3`, `nf`... (Maltrail: `\A([rd]?ns|nf|mx|nic)\d*\.`).
-fn is_infrastructure_label(label: &str) -> bool {
-    let stem = label.trim_end_matches(|c: char| c.is_ascii_digit());
-    matches!(stem, "ns" | "rns" | "dns" | "nf" | "mx" | "nic")
 }
 
 /// Maltrail's `VALID_DNS_NAME_REGEX`: `[a-z0-9.-]*\.[a-z0-9-]+` (at least two labels).
@@ -674,7 +727,9 @@ fn strip_port(host: &[u8]) -> &[u8] {
     }
     // More than one colon and no brackets: a bare IPv6 address.
     match memchr::memchr_iter(b':', host).count() {
-        1 => host.get(..memchr::memchr(b':', host).unwrap_or(host.len())).unwrap_or(host),
+        1 => host
+            .get(..memchr::memchr(b':', host).unwrap_or(host.len()))
+            .unwrap_or(host),
         _ => host,
     }
 }
@@ -712,32 +767,276 @@ fn qtype_name(qtype: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packet::{TcpFlags, LINKTYPE_RAW};
+    use crate::trails::LoadOptions;
 
-    #[test]
-    fn name_rules() {
-        assert!(is_valid_dns_name("evil-test-domain.com"));
-        assert!(!is_valid_dns_name("localhost"));
-        assert!(!is_valid_dns_name("a.example."));
-        assert!(!is_valid_dns_name("_ldap._tcp.example.com"));
-        assert!(is_ip_literal("1.2.3.4"));
-        assert!(!is_ip_literal("1.2.3.example"));
-        assert!(is_infrastructure_label("ns2"));
-        assert!(is_infrastructure_label("mx"));
-        assert!(!is_infrastructure_label("nsa"));
+    const TRAILS: &str = "\
+evil-test-domain.com,malware (test),(static)
+66.66.66.66,malware (test),(static)
+6.6.6.6:8443,malware (test),(static)
+198.51.100.53,known attacker,(static)
+198.51.100.54,scanner (malware),(static)
+198.51.100.91,parking site (suspicious),(static)
+9.9.9.9:53,public resolver (suspicious),(static)
+evil-url.example/bad/path,malware (test),(static)
+tls-evil.example,malware (test),(static)
+sinkholed.example,sinkhole x (malware),(static)
+";
+
+    fn processor(whitelist: &str) -> Processor {
+        let path = std::env::temp_dir().join(format!(
+            "xtrail-process-{}-{:?}.csv",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&path, TRAILS).unwrap();
+        let trails = TrailSet::load(&[path.clone()], &LoadOptions::default()).unwrap();
+        let _ = std::fs::remove_file(&path);
+        Processor::new(
+            Arc::new(trails),
+            Arc::new(Whitelist::parse(whitelist)),
+            ProcessorConfig::with_sensor("t"),
+        )
+    }
+
+    fn v4(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0];
+        let total = (20 + l4.len()) as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(l4);
+        p
+    }
+
+    fn tcp(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut t = sport.to_be_bytes().to_vec();
+        t.extend_from_slice(&dport.to_be_bytes());
+        t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        t.extend_from_slice(payload);
+        t
+    }
+
+    fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut u = sport.to_be_bytes().to_vec();
+        u.extend_from_slice(&dport.to_be_bytes());
+        u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.extend_from_slice(payload);
+        u
+    }
+
+    fn query(name: &str, qtype: u16) -> Vec<u8> {
+        let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for l in name.split('.') {
+            m.push(l.len() as u8);
+            m.extend_from_slice(l.as_bytes());
+        }
+        m.push(0);
+        m.extend_from_slice(&qtype.to_be_bytes());
+        m.extend_from_slice(&[0, 1]);
+        m
+    }
+
+    const ME: [u8; 4] = [10, 0, 0, 66];
+
+    fn run(p: &mut Processor, frames: &[Vec<u8>]) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (i, f) in frames.iter().enumerate() {
+            let ts = 1_700_000_000_000_000 + i as i64 * 1_000_000;
+            p.process(ts, LINKTYPE_RAW, f, &mut |e| {
+                let line = e.to_maltrail();
+                lines.push(
+                    line.split_once("\" ")
+                        .map_or(line.clone(), |(_, r)| r.to_owned()),
+                );
+            });
+        }
+        lines
     }
 
     #[test]
-    fn ports_are_stripped() {
-        assert_eq!(strip_port(b"a.example:8080"), b"a.example");
-        assert_eq!(strip_port(b"[::1]:80"), b"::1");
-        assert_eq!(strip_port(b"::1"), b"::1");
-        assert_eq!(strip_port(b"a.example"), b"a.example");
+    fn syn_rules() {
+        let mut p = processor("");
+        let lines = run(
+            &mut p,
+            &[
+                v4(ME, [66, 66, 66, 66], 6, &tcp(1000, 443, TcpFlags::SYN, b"")),
+                v4(ME, [6, 6, 6, 6], 6, &tcp(1001, 8443, TcpFlags::SYN, b"")),
+                // SYN-ACK, plain ACK: not connection attempts
+                v4(
+                    ME,
+                    [66, 66, 66, 66],
+                    6,
+                    &tcp(1002, 443, TcpFlags::SYN | TcpFlags::ACK, b""),
+                ),
+                v4(ME, [66, 66, 66, 66], 6, &tcp(1003, 443, TcpFlags::ACK, b"")),
+                // to an attacker, to a parked domain's address off 80/443, from malware: silent
+                v4(
+                    ME,
+                    [198, 51, 100, 53],
+                    6,
+                    &tcp(1004, 22, TcpFlags::SYN, b""),
+                ),
+                v4(
+                    ME,
+                    [198, 51, 100, 91],
+                    6,
+                    &tcp(1005, 8080, TcpFlags::SYN, b""),
+                ),
+                v4(
+                    [198, 51, 100, 54],
+                    ME,
+                    6,
+                    &tcp(1006, 22, TcpFlags::SYN, b""),
+                ),
+                // from an attacker: reported on the source
+                v4(
+                    [198, 51, 100, 53],
+                    ME,
+                    6,
+                    &tcp(1007, 22, TcpFlags::SYN, b""),
+                ),
+                v4(
+                    ME,
+                    [198, 51, 100, 91],
+                    6,
+                    &tcp(1008, 443, TcpFlags::SYN, b""),
+                ),
+            ],
+        );
+        assert_eq!(
+            lines,
+            [
+                "t 10.0.0.66 1000 66.66.66.66 443 TCP IP 66.66.66.66 \"malware (test)\" (static)",
+                "t 10.0.0.66 1001 6.6.6.6 8443 TCP IPORT 6.6.6.6:8443 \"malware (test)\" (static)",
+                "t 198.51.100.53 1007 10.0.0.66 22 TCP IP 198.51.100.53 \"known attacker\" (static)",
+                "t 10.0.0.66 1008 198.51.100.91 443 TCP IP 198.51.100.91 \"parking site (suspicious)\" (static)",
+            ]
+        );
     }
 
     #[test]
-    fn lowercasing_is_bounded() {
-        let mut buf = [0u8; MAX_HOST];
-        assert_eq!(lowercase_into(b"A.Example.", &mut buf), Some("a.example"));
-        assert_eq!(lowercase_into(&[b'a'; 300], &mut buf), None);
+    fn udp_icmp_and_fragments() {
+        let mut p = processor("");
+        let mut frag = v4(ME, [66, 66, 66, 66], 17, &udp(1, 2, b"x"));
+        frag[7] = 1;
+        let lines = run(
+            &mut p,
+            &[
+                v4(ME, [66, 66, 66, 66], 17, &udp(5000, 4444, b"x")),
+                v4(ME, [6, 6, 6, 6], 17, &udp(5001, 8443, b"quic")),
+                v4(ME, [66, 66, 66, 66], 1, &[0, 0, 0, 0, 0, 0, 0, 0]),
+                v4(ME, [66, 66, 66, 66], 1, &[8, 0, 0, 0, 0, 0, 0, 0]),
+                v4(ME, [66, 66, 66, 66], 47, &[0, 0, 8, 0]),
+                frag,
+            ],
+        );
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(lines[0].contains(" UDP IP 66.66.66.66 "));
+        assert!(lines[1].contains(" UDP IPORT 6.6.6.6:8443 "));
+        assert!(lines[2].starts_with("t 10.0.0.66 - 66.66.66.66 - ICMP IP 66.66.66.66 "));
+        assert!(lines[3].contains(" 47 IP 66.66.66.66 "));
+        assert_eq!(p.stats().fragments, 1);
+    }
+
+    #[test]
+    fn dns_rules() {
+        let mut p = processor("");
+        let mut tcp_dns = (query("evil-test-domain.com", 1).len() as u16)
+            .to_be_bytes()
+            .to_vec();
+        tcp_dns.extend_from_slice(&query("evil-test-domain.com", 1));
+        let mut response = query("evil-test-domain.com", 1);
+        response[2] = 0x81;
+        let lines = run(
+            &mut p,
+            &[
+                // resolver trail + domain trail: both
+                v4(
+                    ME,
+                    [198, 51, 100, 53],
+                    17,
+                    &udp(1, 53, &query("Evil-Test-Domain.COM", 1)),
+                ),
+                // AAAA: no resolver event, the domain still counts
+                v4(ME, [198, 51, 100, 53], 17, &udp(2, 53, &query("x.org", 28))),
+                // an IP:port trail labelled resolver is not reported
+                v4(ME, [9, 9, 9, 9], 17, &udp(3, 53, &query("y.org", 1))),
+                // over TCP
+                v4(
+                    ME,
+                    [8, 8, 8, 8],
+                    6,
+                    &tcp(4, 53, TcpFlags::ACK | TcpFlags::PSH, &tcp_dns),
+                ),
+                // responses, ignored suffixes, single labels: nothing
+                v4([8, 8, 8, 8], ME, 17, &udp(53, 5, &response)),
+                v4(
+                    ME,
+                    [198, 51, 100, 53],
+                    17,
+                    &udp(6, 53, &query("printer.local", 1)),
+                ),
+                v4(ME, [198, 51, 100, 53], 17, &udp(7, 53, &query("wpad", 1))),
+                // port-53 UDP that is not DNS does not fall back to the IP check
+                v4(ME, [66, 66, 66, 66], 17, &udp(8, 53, b"\x00")),
+            ],
+        );
+        assert_eq!(
+            lines,
+            [
+                "t 10.0.0.66 1 198.51.100.53 53 UDP IP \"198.51.100.53 (evil-test-domain.com)\" \"known attacker\" (static)",
+                "t 10.0.0.66 1 198.51.100.53 53 UDP DNS evil-test-domain.com \"malware (test)\" (static)",
+                "t 10.0.0.66 4 8.8.8.8 53 TCP DNS evil-test-domain.com \"malware (test)\" (static)",
+            ]
+        );
+    }
+
+    #[test]
+    fn whitelists() {
+        let mut p = processor("evil-test-domain.com\n10.0.0.66\n");
+        let lines = run(
+            &mut p,
+            &[
+                v4(ME, [66, 66, 66, 66], 6, &tcp(1000, 443, TcpFlags::SYN, b"")),
+                v4(
+                    ME,
+                    [8, 8, 8, 8],
+                    17,
+                    &udp(1, 53, &query("www.evil-test-domain.com", 1)),
+                ),
+            ],
+        );
+        assert!(lines.is_empty(), "{lines:#?}");
+        assert_eq!(p.stats().whitelisted, 1);
+    }
+
+    #[test]
+    fn http_and_tls() {
+        let mut p = processor("");
+        let hello = crate::protocols::tls::tests::client_hello("TLS-Evil.Example");
+        let lines = run(
+            &mut p,
+            &[
+                v4(ME, [1, 2, 3, 4], 6, &tcp(1, 8080, 0x18, b"GET /Bad/Path?x=1 HTTP/1.1\r\nHost: evil-url.example:8080\r\n\r\n")),
+                v4(ME, [1, 2, 3, 4], 6, &tcp(2, 3128, 0x18, b"GET http://evil-test-domain.com/x HTTP/1.1\r\nHost: evil-test-domain.com\r\n\r\n")),
+                v4(ME, [66, 66, 66, 66], 6, &tcp(3, 80, 0x18, b"POST /a HTTP/1.0\r\nHost: name.example\r\n\r\n")),
+                v4(ME, [66, 66, 66, 66], 6, &tcp(4, 80, 0x18, b"GET /a HTTP/1.0\r\nHost: 66.66.66.66\r\n\r\n")),
+                v4(ME, [1, 2, 3, 4], 6, &tcp(5, 443, 0x18, &hello)),
+                v4(ME, [1, 2, 3, 4], 6, &tcp(6, 443, 0x18, b"CONNECT sinkholed.example:443 HTTP/1.1\r\n\r\n")),
+            ],
+        );
+        let text = lines.join("\n");
+        for want in [
+            "1 1.2.3.4 8080 TCP URL evil-url.example/bad/path(?x=1)",
+            "2 1.2.3.4 3128 TCP DNS evil-test-domain.com ",
+            "3 66.66.66.66 80 TCP IP \"66.66.66.66 (name.example)\"",
+            "5 1.2.3.4 443 TCP DNS tls-evil.example ",
+            "6 1.2.3.4 443 TCP DNS sinkholed.example ",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert!(!text.contains(" 4 66.66.66.66"), "{text}");
     }
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use hashbrown::HashSet;
 
 use crate::trails::classify::is_name_byte;
+use crate::trails::ip::{mask4, mask6};
 
 /// Last labels of DNS queries that are never checked (local, reserved or internal names).
 ///
@@ -111,20 +112,19 @@ impl Whitelist {
             if let (Ok(net), Ok(prefix)) = (net.parse::<IpAddr>(), prefix.parse::<u8>()) {
                 match net {
                     IpAddr::V4(a) if prefix <= 32 => {
-                        self.cidr4
-                            .push((crate::trails::mask4_pub(u32::from(a), prefix), prefix));
+                        self.cidr4.push((mask4(u32::from(a), prefix), prefix));
                         return;
                     }
                     IpAddr::V6(a) if prefix <= 128 => {
-                        self.cidr6
-                            .push((crate::trails::mask6_pub(u128::from(a), prefix), prefix));
+                        self.cidr6.push((mask6(u128::from(a), prefix), prefix));
                         return;
                     }
                     _ => {}
                 }
             }
             let (host, path) = e.split_at(e.find('/').unwrap_or(e.len()));
-            self.urls.push(format!("{}{path}", host.to_ascii_lowercase()));
+            self.urls
+                .push(format!("{}{path}", host.to_ascii_lowercase()));
             return;
         }
         if let Ok(ip) = e.parse::<IpAddr>() {
@@ -151,7 +151,10 @@ impl Whitelist {
         if self.domains.is_empty() {
             return false;
         }
-        let end = name.bytes().position(|b| !is_name_byte(b)).unwrap_or(name.len());
+        let end = name
+            .bytes()
+            .position(|b| !is_name_byte(b))
+            .unwrap_or(name.len());
         let name = &name[..end];
         let name = name.strip_suffix('.').unwrap_or(name);
         let mut buf = [0u8; 256];
@@ -190,15 +193,11 @@ impl Whitelist {
         match ip {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
-                self.cidr4
-                    .iter()
-                    .any(|&(net, p)| crate::trails::mask4_pub(a, p) == net)
+                self.cidr4.iter().any(|&(net, p)| mask4(a, p) == net)
             }
             IpAddr::V6(a) => {
                 let a = u128::from(a);
-                self.cidr6
-                    .iter()
-                    .any(|&(net, p)| crate::trails::mask6_pub(a, p) == net)
+                self.cidr6.iter().any(|&(net, p)| mask6(a, p) == net)
             }
         }
     }
@@ -206,12 +205,14 @@ impl Whitelist {
     /// Whether `host` + `path` starts with a listed URL prefix (e.g. `www.nirsoft.net/utils`).
     pub fn is_url_whitelisted(&self, host: &str, path: &str) -> bool {
         let host = host.split(':').next().unwrap_or(host);
-        self.urls.iter().any(|u| {
-            u.len() >= host.len()
-                && u.as_bytes()[..host.len()].eq_ignore_ascii_case(host.as_bytes())
-                && path.starts_with(&u[host.len()..])
-                && u[host.len()..].starts_with('/')
-        })
+        self.urls
+            .iter()
+            .any(|u| match (u.get(..host.len()), u.get(host.len()..)) {
+                (Some(h), Some(p)) => {
+                    h.eq_ignore_ascii_case(host) && p.starts_with('/') && path.starts_with(p)
+                }
+                _ => false,
+            })
     }
 }
 

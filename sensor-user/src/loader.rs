@@ -62,7 +62,9 @@ impl Default for SensorOptions {
 /// Loading and attaching failures.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("--enforce needs --mode inline: a mirror port carries copies, there is nothing to block")]
+    #[error(
+        "--enforce needs --mode inline: a mirror port carries copies, there is nothing to block"
+    )]
     EnforceNeedsInline,
     #[error("loading the XDP object: {0}")]
     Load(#[from] aya::EbpfError),

@@ -17,7 +17,11 @@ use xtrail_sensor::output::EventLog;
 use xtrail_sensor::{privilege, stats};
 
 #[derive(Parser)]
-#[command(name = "xtrail-sensor", version, about = "xtrail's malicious-traffic sensor")]
+#[command(
+    name = "xtrail-sensor",
+    version,
+    about = "xtrail's malicious-traffic sensor"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -223,8 +227,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let whitelist = match &args.whitelist {
-        Some(p) => Whitelist::load(p)
-            .with_context(|| format!("reading whitelist {}", p.display()))?,
+        Some(p) => {
+            Whitelist::load(p).with_context(|| format!("reading whitelist {}", p.display()))?
+        }
         None => Whitelist::empty(),
     };
     let mut log = EventLog::open(&args.events_log, args.format)
@@ -347,7 +352,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         if !args.stats_interval.is_zero() && last_stats.elapsed() >= args.stats_interval {
             last_stats = Instant::now();
             if let Ok(c) = sensor.counters() {
-                eprintln!("xtrail-sensor: stats {c} events={} whitelisted={whitelisted}", log.written);
+                eprintln!(
+                    "xtrail-sensor: stats {c} events={} whitelisted={whitelisted}",
+                    log.written
+                );
             }
         }
     }
@@ -377,7 +385,10 @@ fn show_stats(json: bool) -> anyhow::Result<()> {
     for (id, map) in running {
         let c = stats::Counters::read(&map).context("reading counters")?;
         if json {
-            println!("{}", serde_json::json!({ "map_id": id, "counters": c.to_json() }));
+            println!(
+                "{}",
+                serde_json::json!({ "map_id": id, "counters": c.to_json() })
+            );
         } else {
             println!("map {id}: {c}");
         }

@@ -174,8 +174,16 @@ pub fn prefilter_blocks(ip: &IpTrails) -> Option<Vec<u32>> {
 /// [`max_entries`] of the same trail set.
 pub fn fill(ebpf: &mut Ebpf, ip: &IpTrails) -> Result<FillReport, FillError> {
     let mut report = FillReport {
-        ipv4: batch_into(ebpf, names::IPV4_TRAILS, ip.v4.iter().map(|(k, v)| (*k, *v)))?,
-        ipv6: batch_into(ebpf, names::IPV6_TRAILS, ip.v6.iter().map(|(k, v)| (*k, *v)))?,
+        ipv4: batch_into(
+            ebpf,
+            names::IPV4_TRAILS,
+            ip.v4.iter().map(|(k, v)| (*k, *v)),
+        )?,
+        ipv6: batch_into(
+            ebpf,
+            names::IPV6_TRAILS,
+            ip.v6.iter().map(|(k, v)| (*k, *v)),
+        )?,
         ipport: batch_into(
             ebpf,
             names::IPPORT_TRAILS,

@@ -35,7 +35,14 @@ impl Running {
             .arg(trails)
             .arg("--events-log")
             .arg(log)
-            .args(["--format", "json", "--sensor-name", "e2e", "--stats-interval", "0"])
+            .args([
+                "--format",
+                "json",
+                "--sensor-name",
+                "e2e",
+                "--stats-interval",
+                "0",
+            ])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -150,17 +157,19 @@ fn trail_traffic_is_reported_and_clean_traffic_is_not() {
     let there = v4(&pair.sensor_ip);
     // Clean traffic first: nothing may be reported for it.
     for i in 0..50u16 {
-        inj.send(&Frame::syn(me, 30000 + i, there, 80).build()).unwrap();
-        inj.send(&Frame::udp(me, 30000 + i, there, 53, b"x").build()).unwrap();
+        inj.send(&Frame::syn(me, 30000 + i, there, 80).build())
+            .unwrap();
+        inj.send(&Frame::udp(me, 30000 + i, there, 53, b"x").build())
+            .unwrap();
     }
     let frames = [
-        Frame::syn(me, 40000, v4("198.19.66.66"), 443),          // destination IP
-        Frame::syn(v4("198.19.66.66"), 40001, there, 22),        // source IP
-        Frame::syn(me, 40002, v4("198.19.6.6"), 8443),           // IP:port
-        Frame::syn(me, 40003, v4("198.19.128.9"), 80),           // CIDR
+        Frame::syn(me, 40000, v4("198.19.66.66"), 443), // destination IP
+        Frame::syn(v4("198.19.66.66"), 40001, there, 22), // source IP
+        Frame::syn(me, 40002, v4("198.19.6.6"), 8443),  // IP:port
+        Frame::syn(me, 40003, v4("198.19.128.9"), 80),  // CIDR
         Frame::syn(v6("2001:db8::2"), 40004, v6("2001:db8:bad::1"), 443), // IPv6
         Frame::tcp(me, 40005, v4("198.19.66.66"), 443, tcp_flags::ACK), // not reportable
-        Frame::syn(me, 40006, v4("198.19.6.6"), 8444),           // wrong port: clean
+        Frame::syn(me, 40006, v4("198.19.6.6"), 8444),  // wrong port: clean
     ];
     for f in &frames {
         inj.send(&f.build()).unwrap();
@@ -194,7 +203,10 @@ fn trail_traffic_is_reported_and_clean_traffic_is_not() {
     assert_eq!(find("2001:db8:bad::1")["src_ip"], "2001:db8::2");
     assert!(counter(&stats, "packets") >= 107, "{stats}");
     assert_eq!(counter(&stats, "reported"), 5, "{stats}");
-    assert!(!pair.sensor_has_xdp().unwrap(), "XDP program left on the interface");
+    assert!(
+        !pair.sensor_has_xdp().unwrap(),
+        "XDP program left on the interface"
+    );
 }
 
 #[test]
@@ -204,13 +216,27 @@ fn enforce_drops_trail_packets_and_passes_the_rest() {
     let pair = VethPair::create("xf").expect("veth pair");
     // Give the sensor's end a second address that is a trail, so a ping to it shows whether
     // packets to trail addresses still get through.
-    let trail_ip = pair.sensor_ip.replace(".1", ".66");
+    let trail_ip = format!(
+        "{}.66",
+        pair.sensor_ip.rsplit_once('.').map(|(net, _)| net).unwrap()
+    );
     let out = Command::new("ip")
-        .args(["-n", &pair.sensor_ns, "addr", "add", &format!("{trail_ip}/32"), "dev", &pair.sensor_if])
+        .args([
+            "-n",
+            &pair.sensor_ns,
+            "addr",
+            "add",
+            &format!("{trail_ip}/32"),
+            "dev",
+            &pair.sensor_if,
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
-    let trails = write_trails(&dir, &format!("{trail_ip},e2e blocked host (malware),(test)\n"));
+    let trails = write_trails(
+        &dir,
+        &format!("{trail_ip},e2e blocked host (malware),(test)\n"),
+    );
     let log = dir.join("events.jsonl");
     let ping = |dst: &str| {
         pair.in_peer_ns("ping")
@@ -226,10 +252,17 @@ fn enforce_drops_trail_packets_and_passes_the_rest() {
     assert!(ping(&trail_ip));
     let sensor = Running::start(&pair, &trails, &log, &["--enforce"]);
     assert!(ping(&pair.sensor_ip), "clean traffic must pass");
-    assert!(!ping(&trail_ip), "traffic to a trail address must be dropped");
+    assert!(
+        !ping(&trail_ip),
+        "traffic to a trail address must be dropped"
+    );
     let ev = wait_for_events(&log, 1);
     let stats = sensor.stop();
-    assert!(ev.iter().any(|e| e["trail"] == trail_ip.as_str() && e["action"] == "drop"), "{ev:#?}");
+    assert!(
+        ev.iter()
+            .any(|e| e["trail"] == trail_ip.as_str() && e["action"] == "drop"),
+        "{ev:#?}"
+    );
     assert!(counter(&stats, "enforced") >= 1, "{stats}");
     assert!(!pair.sensor_has_xdp().unwrap());
     // Detached: the trail address answers again.
@@ -247,12 +280,31 @@ fn clear_errors_for_bad_arguments() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let t = trails.to_string_lossy().into_owned();
-    assert!(run(&["run", "--iface", "nosuchif0", "--trails", &t]).contains("unknown interface nosuchif0"));
-    assert!(run(&["run", "--iface", "lo", "--trails", "/nonexistent/trails"]).contains("/nonexistent/trails"));
+    assert!(run(&["run", "--iface", "nosuchif0", "--trails", &t])
+        .contains("unknown interface nosuchif0"));
+    assert!(
+        run(&["run", "--iface", "lo", "--trails", "/nonexistent/trails"])
+            .contains("/nonexistent/trails")
+    );
     let only_domains = dir.join("domains.csv");
     std::fs::write(&only_domains, "evil.example,x (malware),(test)\n").unwrap();
-    let msg = run(&["run", "--iface", "lo", "--trails", &only_domains.to_string_lossy()]);
+    let msg = run(&[
+        "run",
+        "--iface",
+        "lo",
+        "--trails",
+        &only_domains.to_string_lossy(),
+    ]);
     assert!(msg.contains("no IP, CIDR or IP:port trails"), "{msg}");
-    let msg = run(&["run", "--iface", "lo", "--trails", &t, "--mode", "mirror", "--enforce"]);
+    let msg = run(&[
+        "run",
+        "--iface",
+        "lo",
+        "--trails",
+        &t,
+        "--mode",
+        "mirror",
+        "--enforce",
+    ]);
     assert!(msg.contains("--enforce needs --mode inline"), "{msg}");
 }

@@ -37,7 +37,13 @@ fn trails() -> IpTrails {
     }
     t.ipport.insert((v4_mapped([6, 6, 6, 6]), 8443), 3);
     t.cidr4.push(([203, 0, 113, 0], 24, 4));
-    t.cidr6.push(([0x20, 0x01, 0x0d, 0xb8, 0xbb, 0xbb, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 32, 6));
+    t.cidr6.push((
+        [
+            0x20, 0x01, 0x0d, 0xb8, 0xbb, 0xbb, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+        32,
+        6,
+    ));
     t
 }
 
@@ -119,8 +125,20 @@ fn only_maltrail_reportable_packets_are_reported() {
     privileged!();
     let mut h = Harness::inline();
     // TCP without SYN, SYN+ACK, ICMP echo reply: hits, counted, not reported.
-    h.run(&Frame::tcp(v4(CLEAN), 40000, v4(TRAIL_V4), 80, tcp_flags::ACK));
-    h.run(&Frame::tcp(v4(CLEAN), 40001, v4(TRAIL_V4), 80, tcp_flags::SYN | tcp_flags::ACK));
+    h.run(&Frame::tcp(
+        v4(CLEAN),
+        40000,
+        v4(TRAIL_V4),
+        80,
+        tcp_flags::ACK,
+    ));
+    h.run(&Frame::tcp(
+        v4(CLEAN),
+        40001,
+        v4(TRAIL_V4),
+        80,
+        tcp_flags::SYN | tcp_flags::ACK,
+    ));
     h.run(&Frame::icmp(v4(CLEAN), v4(TRAIL_V4), 0));
     assert!(h.hits().is_empty());
     assert_eq!(h.counter(stat::HITS), 3);
@@ -151,7 +169,9 @@ fn vlan_and_qinq_are_followed() {
 fn ipv4_options_shift_the_ports_for_ipport_trails() {
     privileged!();
     let mut h = Harness::inline();
-    h.run(&Frame::syn(v4(CLEAN), 40000, v4("6.6.6.6"), 8443).ipv4_options(&[1, 1, 1, 1, 1, 1, 1, 1]));
+    h.run(
+        &Frame::syn(v4(CLEAN), 40000, v4("6.6.6.6"), 8443).ipv4_options(&[1, 1, 1, 1, 1, 1, 1, 1]),
+    );
     // The same address on another port is not a trail.
     h.run(&Frame::syn(v4(CLEAN), 40000, v4("6.6.6.6"), 8444));
     let hits = h.hits();
@@ -170,9 +190,15 @@ fn ipv6_with_extension_headers_and_ipport() {
     h.run(&Frame::ping(v6(CLEAN_V6), v6("2001:db8:bbbb::7")));
     let hits = h.hits();
     assert_eq!(hits.len(), 3);
-    assert_eq!((hits[0].family, hits[0].kind, hits[0].trail_id), (6, trail_kind::IP, 2));
+    assert_eq!(
+        (hits[0].family, hits[0].kind, hits[0].trail_id),
+        (6, trail_kind::IP, 2)
+    );
     assert_eq!((hits[1].kind, hits[1].trail_id), (trail_kind::IPPORT, 5));
-    assert_eq!((hits[2].kind, hits[2].trail_id, hits[2].proto), (trail_kind::CIDR, 6, 58));
+    assert_eq!(
+        (hits[2].kind, hits[2].trail_id, hits[2].proto),
+        (trail_kind::CIDR, 6, 58)
+    );
 }
 
 #[test]
@@ -222,9 +248,15 @@ fn truncated_and_odd_frames_pass_and_are_counted() {
     privileged!();
     let mut h = Harness::inline();
     let frames = [
-        Frame::syn(v4(CLEAN), 40000, v4(TRAIL_V4), 80).ipv4_options(&[1; 8]).build(),
-        Frame::syn(v6(CLEAN_V6), 40000, v6(TRAIL_V6), 80).ipv6_ext_headers().build(),
-        Frame::udp(v4(CLEAN), 1, v4(TRAIL_V4), 2, b"x").qinq(1, 2).build(),
+        Frame::syn(v4(CLEAN), 40000, v4(TRAIL_V4), 80)
+            .ipv4_options(&[1; 8])
+            .build(),
+        Frame::syn(v6(CLEAN_V6), 40000, v6(TRAIL_V6), 80)
+            .ipv6_ext_headers()
+            .build(),
+        Frame::udp(v4(CLEAN), 1, v4(TRAIL_V4), 2, b"x")
+            .qinq(1, 2)
+            .build(),
     ];
     let mut runs = 0;
     for full in &frames {
@@ -258,7 +290,10 @@ fn mirror_mode_drops_everything_early() {
         mode: Mode::Mirror,
         ..SensorOptions::default()
     });
-    assert_eq!(h.run(&Frame::syn(v4(CLEAN), 1, v4("198.18.1.1"), 80)), XDP_DROP);
+    assert_eq!(
+        h.run(&Frame::syn(v4(CLEAN), 1, v4("198.18.1.1"), 80)),
+        XDP_DROP
+    );
     assert_eq!(h.run(&Frame::syn(v4(CLEAN), 1, v4(TRAIL_V4), 80)), XDP_DROP);
     assert_eq!(h.hits().len(), 1, "hits are still reported in mirror mode");
 }
@@ -270,7 +305,10 @@ fn enforce_drops_trail_packets_and_passes_the_rest() {
         enforce: true,
         ..SensorOptions::default()
     });
-    assert_eq!(h.run(&Frame::syn(v4(CLEAN), 1, v4("198.18.1.1"), 80)), XDP_PASS);
+    assert_eq!(
+        h.run(&Frame::syn(v4(CLEAN), 1, v4("198.18.1.1"), 80)),
+        XDP_PASS
+    );
     assert_eq!(h.run(&Frame::syn(v4(CLEAN), 1, v4(TRAIL_V4), 80)), XDP_DROP);
     // Non-reportable packets to a trail are dropped too.
     assert_eq!(

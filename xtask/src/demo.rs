@@ -34,7 +34,12 @@ fn pick(trails: &TrailSet, whitelist: &Whitelist) -> Sample {
             .unwrap_or_default()
     };
     let ok = |a: IpAddr| !whitelist.is_ip_whitelisted(a);
-    let mut v4s: Vec<_> = trails.ip.v4.iter().map(|(k, v)| (IpAddr::from(*k), *v)).collect();
+    let mut v4s: Vec<_> = trails
+        .ip
+        .v4
+        .iter()
+        .map(|(k, v)| (IpAddr::from(*k), *v))
+        .collect();
     v4s.sort();
     let mut ports: Vec<_> = trails
         .ip
@@ -48,7 +53,12 @@ fn pick(trails: &TrailSet, whitelist: &Whitelist) -> Sample {
     ports.sort();
     let mut cidrs: Vec<_> = trails.ip.cidr4.clone();
     cidrs.sort();
-    let mut v6s: Vec<_> = trails.ip.v6.iter().map(|(k, v)| (IpAddr::from(*k), *v)).collect();
+    let mut v6s: Vec<_> = trails
+        .ip
+        .v6
+        .iter()
+        .map(|(k, v)| (IpAddr::from(*k), *v))
+        .collect();
     v6s.sort();
     // Spread the picks over the sorted sets so the demo shows different families.
     let spread = |n: usize, len: usize| -> Vec<usize> {
@@ -111,7 +121,10 @@ pub fn run(trails: Option<PathBuf>, mode: &str) -> anyhow::Result<()> {
     } else {
         Whitelist::empty()
     };
-    eprintln!("demo: loading {} to pick trail addresses for the traffic", trails.display());
+    eprintln!(
+        "demo: loading {} to pick trail addresses for the traffic",
+        trails.display()
+    );
     let set = TrailSet::load(std::slice::from_ref(&trails), &LoadOptions::default())?;
     let sample = pick(&set, &whitelist);
     drop(set);
@@ -144,9 +157,18 @@ pub fn run(trails: Option<PathBuf>, mode: &str) -> anyhow::Result<()> {
     eprintln!();
     eprintln!("demo: summary");
     eprintln!("  trails:          {}", trails.display());
-    eprintln!("  packets sent:    {} clean, {} to or from trail addresses", summary.clean, summary.trail);
-    eprintln!("  events expected: {} (one per distinct reportable trail packet)", summary.expected);
-    eprintln!("  events received: {}", summary.events.load(Ordering::Relaxed));
+    eprintln!(
+        "  packets sent:    {} clean, {} to or from trail addresses",
+        summary.clean, summary.trail
+    );
+    eprintln!(
+        "  events expected: {} (one per distinct reportable trail packet)",
+        summary.expected
+    );
+    eprintln!(
+        "  events received: {}",
+        summary.events.load(Ordering::Relaxed)
+    );
     if let Some(line) = summary.final_stats.lock().ok().and_then(|l| l.clone()) {
         eprintln!("  kernel counters: {line}");
     }

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context as _};
 
 /// Debian packages: clang/m4/libelf/zlib/pkg-config/libpcap for libxdp (xsk-rs) and the eBPF
-/// build, iproute2 for namespaces and veth pairs.
+/// build, iproute2 for namespaces and veth pairs, iputils-ping for the enforce test.
 const APT_PACKAGES: &[&str] = &[
     "clang",
     "m4",
@@ -17,6 +17,7 @@ const APT_PACKAGES: &[&str] = &[
     "pkg-config",
     "libpcap-dev",
     "iproute2",
+    "iputils-ping",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -55,13 +56,23 @@ fn apt() -> anyhow::Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        eprintln!("xtask deps: Debian packages present ({})", APT_PACKAGES.join(" "));
+        eprintln!(
+            "xtask deps: Debian packages present ({})",
+            APT_PACKAGES.join(" ")
+        );
         return Ok(());
     }
-    eprintln!("xtask deps: installing Debian packages: {}", missing.join(" "));
+    eprintln!(
+        "xtask deps: installing Debian packages: {}",
+        missing.join(" ")
+    );
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("missing Debian packages ({}); run as root or `apt-get install -y {}`", missing.join(" "), missing.join(" "));
+        bail!(
+            "missing Debian packages ({}); run as root or `apt-get install -y {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
     }
     crate::run(Command::new("apt-get").args(["update", "-qq"]))?;
     crate::run(
@@ -75,8 +86,16 @@ fn apt() -> anyhow::Result<()> {
 fn nightly_rust_src() -> anyhow::Result<()> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]));
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        eprintln!("xtask deps: installing the nightly toolchain (the XDP program needs -Z build-std)");
-        crate::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        eprintln!(
+            "xtask deps: installing the nightly toolchain (the XDP program needs -Z build-std)"
+        );
+        crate::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
     let installed = output(Command::new("rustup").args([
         "component",
@@ -90,7 +109,13 @@ fn nightly_rust_src() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("xtask deps: adding rust-src to the nightly toolchain");
-    crate::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    crate::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
@@ -133,7 +158,11 @@ fn bpf_linker() -> anyhow::Result<()> {
         Command::new("cargo")
             .env("LLVM_PREFIX", &prefix)
             .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
-            .args(["--no-default-features", "--features", &format!("llvm-{major}")]),
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ]),
     )?;
     if !quiet(Command::new("bpf-linker").arg("--version")) {
         bail!("bpf-linker installed but not on PATH: add ~/.cargo/bin to PATH");

@@ -70,7 +70,8 @@ pub fn run(cmd: &mut std::process::Command) -> anyhow::Result<()> {
 }
 
 fn cargo() -> std::process::Command {
-    let mut c = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut c =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(paths::workspace_root());
     c
 }
@@ -86,7 +87,9 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     if !root {
         eprintln!("xtask: not root: privileged tests (XDP, netns) will be skipped (they fail under CI=true)");
     }
-    eprintln!("xtask: running the whole test suite (unit, integration, XDP, veth end to end, corpus)");
+    eprintln!(
+        "xtask: running the whole test suite (unit, integration, XDP, veth end to end, corpus)"
+    );
     run(cargo().args(["test", "--workspace"]).args(extra))?;
     eprintln!("xtask: all tests passed");
     Ok(())

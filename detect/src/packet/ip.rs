@@ -3,9 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::link::{IpVersion, Network};
-use super::{
-    be16, transport, Layer, Packet, PacketError, Transport, MAX_IPV6_EXTENSION_HEADERS,
-};
+use super::{be16, transport, Layer, Packet, PacketError, Transport, MAX_IPV6_EXTENSION_HEADERS};
 
 const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
@@ -18,7 +16,10 @@ const IPV6_SHIM6: u8 = 140;
 
 /// Parses the IP header the link layer pointed at, then the transport.
 pub(super) fn parse(net: Network<'_>) -> Result<Packet<'_>, PacketError> {
-    let first = *net.bytes.first().ok_or(PacketError::Truncated(Layer::Ipv4))?;
+    let first = *net
+        .bytes
+        .first()
+        .ok_or(PacketError::Truncated(Layer::Ipv4))?;
     let version = first >> 4;
     match (version, net.version) {
         (4, None | Some(IpVersion::V4)) => ipv4(net.bytes),
@@ -52,8 +53,12 @@ fn ipv4(b: &[u8]) -> Result<Packet<'_>, PacketError> {
     let payload = b.get(ihl..end).ok_or(PacketError::Truncated(Layer::Ipv4))?;
     let frag = u16::from_be_bytes([header[6], header[7]]);
     let proto = header[9];
-    let src = IpAddr::V4(Ipv4Addr::new(header[12], header[13], header[14], header[15]));
-    let dst = IpAddr::V4(Ipv4Addr::new(header[16], header[17], header[18], header[19]));
+    let src = IpAddr::V4(Ipv4Addr::new(
+        header[12], header[13], header[14], header[15],
+    ));
+    let dst = IpAddr::V4(Ipv4Addr::new(
+        header[16], header[17], header[18], header[19],
+    ));
     let transport = if frag & 0x1fff != 0 {
         Transport::Fragment
     } else {
@@ -264,7 +269,9 @@ mod tests {
         let p = v6(59, &[], &[]);
         assert!(parse_frame(super::super::LINKTYPE_IPV4, &p).is_err());
         assert_eq!(
-            parse_frame(super::super::LINKTYPE_IPV6, &p).unwrap().transport,
+            parse_frame(super::super::LINKTYPE_IPV6, &p)
+                .unwrap()
+                .transport,
             Transport::Other(&[])
         );
     }

@@ -174,7 +174,9 @@ mod tests {
         assert_eq!(n.bytes, &[0x45]);
 
         let mut f = vec![0u8; 12];
-        f.extend_from_slice(&[0x81, 0x00, 0, 1, 0x81, 0x00, 0, 2, 0x81, 0x00, 0, 3, 0x08, 0]);
+        f.extend_from_slice(&[
+            0x81, 0x00, 0, 1, 0x81, 0x00, 0, 2, 0x81, 0x00, 0, 3, 0x08, 0,
+        ]);
         assert!(matches!(
             strip(LINKTYPE_ETHERNET, &f),
             Err(PacketError::TooManyVlanTags)

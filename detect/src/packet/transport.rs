@@ -70,7 +70,9 @@ pub(super) fn parse(proto: u8, b: &[u8]) -> Result<Transport<'_>, PacketError> {
             if header_len < 20 {
                 return Err(PacketError::BadTcpDataOffset);
             }
-            let payload = b.get(header_len..).ok_or(PacketError::Truncated(Layer::Tcp))?;
+            let payload = b
+                .get(header_len..)
+                .ok_or(PacketError::Truncated(Layer::Tcp))?;
             Ok(Transport::Tcp(TcpSegment {
                 src_port,
                 dst_port,
@@ -127,7 +129,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         seg[12] = 4 << 4;
-        assert_eq!(parse(ipproto::TCP, &seg), Err(PacketError::BadTcpDataOffset));
+        assert_eq!(
+            parse(ipproto::TCP, &seg),
+            Err(PacketError::BadTcpDataOffset)
+        );
         seg[12] = 15 << 4;
         assert_eq!(
             parse(ipproto::TCP, &seg),

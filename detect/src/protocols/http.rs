@@ -238,12 +238,18 @@ mod tests {
     #[test]
     fn rejects_non_requests() {
         assert_eq!(parse_request(b"\x16\x03\x01"), Err(HttpError::NotRequest));
-        assert_eq!(parse_request(b"GET / HTTP/1.1"), Err(HttpError::Unterminated));
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1"),
+            Err(HttpError::Unterminated)
+        );
         assert_eq!(
             parse_request(b"GET / x HTTP/1.1\r\n"),
             Err(HttpError::BadFirstLine)
         );
-        assert_eq!(parse_request(b"get / HTTP/1.1\r\n"), Err(HttpError::NotRequest));
+        assert_eq!(
+            parse_request(b"get / HTTP/1.1\r\n"),
+            Err(HttpError::NotRequest)
+        );
         let long = [b"GET /".as_slice(), &[b'a'; MAX_LINE], b" HTTP/1.1\r\n"].concat();
         assert_eq!(parse_request(&long), Err(HttpError::Unterminated));
     }

@@ -18,7 +18,10 @@ pub(crate) enum Parsed<'a> {
     Domain(&'a str),
     /// `host/path` (host not yet lowercased, `:port` removed; empty for a bare path) and the
     /// path (starting with `/`).
-    Url { host: &'a str, path: &'a str },
+    Url {
+        host: &'a str,
+        path: &'a str,
+    },
     /// A regular expression over domain names (not yet compiled).
     Regex(&'a str),
 }
@@ -66,7 +69,9 @@ fn parse_prefix(s: &str, max: u8) -> Result<u8, MalformedReason> {
 fn strip_scheme(t: &str) -> &str {
     if let Some(i) = t.find("://") {
         let scheme = &t[..i];
-        if !scheme.is_empty() && scheme.len() <= 10 && scheme.bytes().all(|b| b.is_ascii_alphabetic())
+        if !scheme.is_empty()
+            && scheme.len() <= 10
+            && scheme.bytes().all(|b| b.is_ascii_alphabetic())
         {
             return &t[i + 3..];
         }
@@ -185,7 +190,9 @@ mod tests {
         assert_eq!(classify("1.2.3.4", true), Ok(Parsed::V4([1, 2, 3, 4])));
         assert_eq!(
             classify("dead::beef", true),
-            Ok(Parsed::V6("dead::beef".parse::<Ipv6Addr>().unwrap().octets()))
+            Ok(Parsed::V6(
+                "dead::beef".parse::<Ipv6Addr>().unwrap().octets()
+            ))
         );
         assert_eq!(
             classify("::ffff:1.2.3.4", true),
@@ -255,7 +262,10 @@ mod tests {
             Err(MalformedReason::BadDomain)
         );
         assert_eq!(classify("Evil.COM.", true), Ok(Parsed::Domain("Evil.COM")));
-        assert_eq!(classify("ns_1.x.com", true), Ok(Parsed::Domain("ns_1.x.com")));
+        assert_eq!(
+            classify("ns_1.x.com", true),
+            Ok(Parsed::Domain("ns_1.x.com"))
+        );
     }
 
     #[test]

@@ -325,9 +325,18 @@ mod tests {
             ],
             &[],
         );
-        assert_eq!(hit(&d, "evil-test-domain.com"), s("evil-test-domain.com", 0));
-        assert_eq!(hit(&d, "EVIL-test-domain.com."), s("evil-test-domain.com", 0));
-        assert_eq!(hit(&d, "evil-test-domain.com:53"), s("evil-test-domain.com", 0));
+        assert_eq!(
+            hit(&d, "evil-test-domain.com"),
+            s("evil-test-domain.com", 0)
+        );
+        assert_eq!(
+            hit(&d, "EVIL-test-domain.com."),
+            s("evil-test-domain.com", 0)
+        );
+        assert_eq!(
+            hit(&d, "evil-test-domain.com:53"),
+            s("evil-test-domain.com", 0)
+        );
         assert_eq!(
             hit(&d, "www.evil-parent.com"),
             s("(www).evil-parent.com", 0)
@@ -471,7 +480,9 @@ mod tests {
 
     #[test]
     fn ns_like() {
-        for q in ["ns.x", "ns1.x", "rns.x", "dns22.x", "nf.x", "mx0.x", "nic.x"] {
+        for q in [
+            "ns.x", "ns1.x", "rns.x", "dns22.x", "nf.x", "mx0.x", "nic.x",
+        ] {
             assert!(is_ns_like(q.as_bytes()), "{q}");
         }
         for q in ["nsa.x", "ns-1.x", "x.ns1.y", "mxx.x", "ns1"] {

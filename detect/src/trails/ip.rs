@@ -120,7 +120,7 @@ impl IpTrails {
                 None => v4.push((p, HashMap::from_iter([(key, l)]))),
             }
         }
-        v4.sort_by(|a, b| b.0.cmp(&a.0));
+        v4.sort_by_key(|e| std::cmp::Reverse(e.0));
         let mut v6: Vec<(u8, HashMap<u128, LabelId>)> = Vec::new();
         for &(net, p, l) in &self.cidr6 {
             let key = mask6(u128::from_be_bytes(net), p);
@@ -131,7 +131,7 @@ impl IpTrails {
                 None => v6.push((p, HashMap::from_iter([(key, l)]))),
             }
         }
-        v6.sort_by(|a, b| b.0.cmp(&a.0));
+        v6.sort_by_key(|e| std::cmp::Reverse(e.0));
         self.cidr_index = CidrIndex {
             v4,
             v6,
@@ -169,16 +169,10 @@ mod tests {
         t.cidr4.push(([10, 1, 0, 0], 16, 16));
         t.cidr4.push(([10, 1, 2, 0], 24, 24));
         t.cidr4.push(([0, 0, 0, 0], 0, 99));
-        t.cidr6.push((
-            "2001:db8::".parse::<Ipv6Addr>().unwrap().octets(),
-            32,
-            32,
-        ));
-        t.cidr6.push((
-            "2001:db8:1::".parse::<Ipv6Addr>().unwrap().octets(),
-            48,
-            48,
-        ));
+        t.cidr6
+            .push(("2001:db8::".parse::<Ipv6Addr>().unwrap().octets(), 32, 32));
+        t.cidr6
+            .push(("2001:db8:1::".parse::<Ipv6Addr>().unwrap().octets(), 48, 48));
         t
     }
 

@@ -55,12 +55,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrailError + '_ {
 }
 
 /// Replaces `*slot` by `new` if `new` is more severe; counts the duplicate.
-fn merge(
-    slot: &mut LabelId,
-    new: LabelId,
-    severity: &[u8],
-    report: &mut LoadReport,
-) {
+fn merge(slot: &mut LabelId, new: LabelId, severity: &[u8], report: &mut LoadReport) {
     report.duplicates += 1;
     let sev = |l: LabelId| severity.get(l as usize).copied().unwrap_or(0);
     if sev(new) > sev(*slot) {
@@ -348,7 +343,10 @@ impl<'o> Builder<'o> {
         let meta = fs::metadata(path).map_err(io_error(path))?;
         if meta.is_dir() {
             self.load_tree(path)
-        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+        } else if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+        {
             self.load_csv(path)
         } else {
             let label = self.intern(&static_info(path, None), STATIC_REFERENCE);
@@ -461,7 +459,10 @@ mod tests {
         );
         d.write("malicious/zz.txt", "shared.example\n");
         d.write("mass_scanner.txt", "9.9.9.9 # scanner\n");
-        d.write("mass_scanner_cidr.txt", "5.63.151.7/24 # rapid7\n10.0.0.0/33\n");
+        d.write(
+            "mass_scanner_cidr.txt",
+            "5.63.151.7/24 # rapid7\n10.0.0.0/33\n",
+        );
         d.write("malware/readme.md", "not.loaded.example\n");
         d
     }
@@ -469,7 +470,7 @@ mod tests {
     #[test]
     fn static_tree_labels_and_kinds() {
         let d = tree();
-        let t = TrailSet::load(&[d.0.clone()], &LoadOptions::default()).unwrap();
+        let t = TrailSet::load(std::slice::from_ref(&d.0), &LoadOptions::default()).unwrap();
         let info = |l: LabelId| t.label(l).info.clone();
         let r = &t.report;
         assert_eq!(r.files, 5);

@@ -20,14 +20,13 @@
 //! Not here: the whitelist (`crate::whitelist`), heuristics, and event formatting.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::path::PathBuf;
 
 use hashbrown::HashMap;
 
-mod classify;
+pub(crate) mod classify;
 mod domain;
-mod ip;
+pub(crate) mod ip;
 mod load;
 mod table;
 mod url;

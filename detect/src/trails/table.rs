@@ -192,9 +192,10 @@ impl StrTable {
                 label: self.record(off).0,
             };
         }
-        let Ok(len) = u16::try_from(key.len()) else {
+        if key.len() > MAX_KEY_LEN {
             return Inserted::Full;
-        };
+        }
+        let len = key.len() as u16;
         let off = self.arena.len();
         // Slot values are offset + 1 in a u32.
         if off + HEADER + key.len() >= u32::MAX as usize {
@@ -271,7 +272,10 @@ mod tests {
             t.get_hashed(h.finish(), b"evil.example", b"/bad/path"),
             Some(3)
         );
-        assert_eq!(t.get_hashed(h.finish(), b"evil.exampl", b"e/bad/path"), Some(3));
+        assert_eq!(
+            t.get_hashed(h.finish(), b"evil.exampl", b"e/bad/path"),
+            Some(3)
+        );
         assert_eq!(t.get(b""), None);
     }
 

@@ -12,6 +12,30 @@ const MAX_HOST: usize = 255;
 /// Most candidate paths one request yields.
 const MAX_CHECKS: usize = 12;
 
+/// Candidate paths of one request, on the stack.
+#[derive(Default)]
+struct Checks<'a> {
+    items: [&'a str; MAX_CHECKS],
+    n: usize,
+}
+
+impl<'a> Checks<'a> {
+    fn push(&mut self, c: &'a str) {
+        if self.n < MAX_CHECKS {
+            self.items[self.n] = c;
+            self.n += 1;
+        }
+    }
+
+    fn last(&self) -> &'a str {
+        self.items[self.n.saturating_sub(1)]
+    }
+
+    fn as_slice(&self) -> &[&'a str] {
+        &self.items[..self.n]
+    }
+}
+
 /// A URL trail hit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UrlMatch {
@@ -45,7 +69,10 @@ fn strip_param_values(path: &str) -> String {
             continue;
         }
         let end = i + b[i..].iter().take_while(|&&c| is_word(c)).count();
-        if end < b.len() && b[end] == b'=' && end + 1 < b.len() && !matches!(b[end + 1], b'&' | b'=')
+        if end < b.len()
+            && b[end] == b'='
+            && end + 1 < b.len()
+            && !matches!(b[end + 1], b'&' | b'=')
         {
             out.push_str(&path[i..=end]);
             let mut k = end + 1;
@@ -171,49 +198,41 @@ impl UrlTrails {
             None
         };
 
-        let mut checks: [&str; MAX_CHECKS] = [""; MAX_CHECKS];
-        let mut n = 0;
-        let mut push = |checks: &mut [&str; MAX_CHECKS], c| {
-            if n < MAX_CHECKS {
-                checks[n] = c;
-                n += 1;
-            }
-        };
+        let mut checks = Checks::default();
         let first = p.trim_end_matches('/');
-        push(&mut checks, first);
+        checks.push(first);
         if let Some(q) = p.find('?') {
-            push(&mut checks, p[..q].trim_end_matches('/'));
+            checks.push(p[..q].trim_end_matches('/'));
             if let Some(e) = p.find('=') {
-                push(&mut checks, &p[..=e]);
+                checks.push(&p[..=e]);
             }
             if let Some(s) = stripped.as_deref() {
-                if !checks.contains(&s) {
-                    push(&mut checks, s);
+                if !checks.as_slice().contains(&s) {
+                    checks.push(s);
                     if s.matches('/').count() > 1 {
                         if let Some(r) = s.rfind('/') {
-                            push(&mut checks, &s[r..]);
+                            checks.push(&s[r..]);
                         }
                     }
                 }
             }
         }
-        let n_maltrail = n;
-        let last = checks[n_maltrail - 1];
+        let last = checks.last();
         if last.matches('/').count() > 1 {
             if let Some(r) = last.rfind('/') {
-                push(&mut checks, &last[..r]);
+                checks.push(&last[..r]);
             }
             let tail = first.rfind('/').map_or(first, |r| &first[r..]);
-            push(&mut checks, tail.split('?').next().unwrap_or(tail));
+            checks.push(tail.split('?').next().unwrap_or(tail));
         }
-        push(&mut checks, p);
+        checks.push(p);
         let no_query = p.split('?').next().unwrap_or(p);
         if let Some(r) = no_query.rfind('/').filter(|&r| r > 0) {
-            push(&mut checks, &no_query[..=r]);
+            checks.push(&no_query[..=r]);
         }
 
         let hb = host.as_bytes();
-        for &check in checks[..n].iter().filter(|c| !c.is_empty()) {
+        for &check in checks.as_slice().iter().filter(|c| !c.is_empty()) {
             let mut h = KeyHasher::new();
             h.prepend(check.as_bytes());
             if let Some(label) = self.table.get_hashed(h.finish(), check.as_bytes(), &[]) {

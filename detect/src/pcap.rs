@@ -1,0 +1,706 @@
+//! Reading capture files: classic pcap (both byte orders, microsecond and nanosecond magic,
+//! and the "modified" Kuznetzov variant) and pcapng (SHB, IDB, EPB, SPB and the obsolete PB;
+//! per-interface link type, `if_tsresol` and `if_tsoffset`).
+//!
+//! [`PcapReader::next_packet`] lends each packet from one reused buffer: no allocation per
+//! packet. Record and block lengths are checked against [`MAX_RECORD`]; a file that ends in
+//! the middle of a record yields every complete packet before it and then
+//! [`PcapError::Truncated`]. After an error the reader yields nothing more.
+
+use std::fs::File;
+use std::io::{BufReader, ErrorKind, Read};
+use std::path::Path;
+
+/// Largest record (classic) or block (pcapng) accepted.
+pub const MAX_RECORD: usize = 16 * 1024 * 1024;
+/// Interfaces one pcapng section may describe.
+pub const MAX_INTERFACES: usize = 4096;
+
+const MAGIC_US: u32 = 0xa1b2_c3d4;
+const MAGIC_NS: u32 = 0xa1b2_3c4d;
+const MAGIC_MODIFIED: u32 = 0xa1b2_cd34;
+const PCAPNG_SHB: u32 = 0x0a0d_0d0a;
+const PCAPNG_BOM: u32 = 0x1a2b_3c4d;
+const BLOCK_IDB: u32 = 1;
+const BLOCK_PB: u32 = 2;
+const BLOCK_SPB: u32 = 3;
+const BLOCK_EPB: u32 = 6;
+
+/// Why a capture file could not be read (further).
+#[derive(Debug, thiserror::Error)]
+pub enum PcapError {
+    /// Reading failed.
+    #[error("read error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file starts with neither a pcap nor a pcapng magic number.
+    #[error("not a pcap or pcapng file (magic {0:#010x})")]
+    BadMagic(u32),
+    /// The file ends inside a header, record or block.
+    #[error("file truncated at byte {offset}, inside {what}")]
+    Truncated {
+        /// Offset of the incomplete header, record or block.
+        offset: u64,
+        /// What was being read.
+        what: &'static str,
+    },
+    /// A length or field is impossible.
+    #[error("corrupt {what} at byte {offset}: {why}")]
+    Corrupt {
+        /// Offset of the bad header, record or block.
+        offset: u64,
+        /// What was being read.
+        what: &'static str,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+}
+
+/// Which container the file is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileFormat {
+    /// Classic libpcap.
+    Pcap,
+    /// pcapng.
+    PcapNg,
+}
+
+/// One packet, borrowed from the reader's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PcapPacket<'a> {
+    /// Capture time, microseconds since the epoch.
+    pub ts_us: i64,
+    /// Link type of the interface it was captured on.
+    pub linktype: u32,
+    /// Captured bytes.
+    pub data: &'a [u8],
+    /// Length on the wire.
+    pub orig_len: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Interface {
+    linktype: u32,
+    /// Timestamp units per second.
+    units: u128,
+    offset_s: i64,
+}
+
+#[derive(Debug)]
+enum State {
+    Classic {
+        swapped: bool,
+        nanos: bool,
+        modified: bool,
+        linktype: u32,
+    },
+    Ng {
+        swapped: bool,
+        interfaces: Vec<Interface>,
+    },
+}
+
+/// Where the current packet sits in the buffer.
+struct Meta {
+    ts_us: i64,
+    linktype: u32,
+    start: usize,
+    len: usize,
+    orig_len: u32,
+}
+
+/// A streaming reader over a pcap or pcapng file.
+#[derive(Debug)]
+pub struct PcapReader<R> {
+    inner: R,
+    state: State,
+    buf: Vec<u8>,
+    offset: u64,
+    last_ts_us: i64,
+    done: bool,
+}
+
+/// Opens a capture file.
+pub fn open(path: &Path) -> Result<PcapReader<BufReader<File>>, PcapError> {
+    PcapReader::new(BufReader::with_capacity(1 << 16, File::open(path)?))
+}
+
+fn u16_at(b: &[u8], at: usize, swapped: bool) -> u16 {
+    let v: [u8; 2] = b
+        .get(at..at + 2)
+        .and_then(|s| s.try_into().ok())
+        .unwrap_or_default();
+    if swapped {
+        u16::from_le_bytes(v)
+    } else {
+        u16::from_be_bytes(v)
+    }
+}
+
+fn u32_at(b: &[u8], at: usize, swapped: bool) -> u32 {
+    let v: [u8; 4] = b
+        .get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .unwrap_or_default();
+    if swapped {
+        u32::from_le_bytes(v)
+    } else {
+        u32::from_be_bytes(v)
+    }
+}
+
+fn u64_at(b: &[u8], at: usize, swapped: bool) -> u64 {
+    let v: [u8; 8] = b
+        .get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .unwrap_or_default();
+    if swapped {
+        u64::from_le_bytes(v)
+    } else {
+        u64::from_be_bytes(v)
+    }
+}
+
+/// `ticks / units` seconds (+ offset) in microseconds, saturating.
+fn to_us(ticks: u128, units: u128, offset_s: i64) -> i64 {
+    let us = ticks.saturating_mul(1_000_000) / units.max(1);
+    i64::try_from(us)
+        .unwrap_or(i64::MAX)
+        .saturating_add(offset_s.saturating_mul(1_000_000))
+}
+
+impl<R: Read> PcapReader<R> {
+    /// Reads the file header (or the first pcapng section header).
+    pub fn new(mut inner: R) -> Result<Self, PcapError> {
+        let mut magic = [0u8; 4];
+        let truncated = PcapError::Truncated {
+            offset: 0,
+            what: "file header",
+        };
+        match read_full(&mut inner, &mut magic) {
+            Ok(true) => {}
+            Ok(false) => return Err(truncated),
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Err(truncated),
+            Err(e) => return Err(PcapError::Io(e)),
+        }
+        let be = u32::from_be_bytes(magic);
+        let le = u32::from_le_bytes(magic);
+        let mut reader = PcapReader {
+            inner,
+            state: State::Ng {
+                swapped: false,
+                interfaces: Vec::new(),
+            },
+            buf: Vec::with_capacity(65_536),
+            offset: 4,
+            last_ts_us: 0,
+            done: false,
+        };
+        let classic = |m: u32| matches!(m, MAGIC_US | MAGIC_NS | MAGIC_MODIFIED);
+        if be == PCAPNG_SHB {
+            reader.section_header()?;
+        } else if classic(be) || classic(le) {
+            let swapped = !classic(be);
+            let magic = if swapped { le } else { be };
+            let mut rest = [0u8; 20];
+            if !reader.read_exact_at(&mut rest, "file header")? {
+                return Err(PcapError::Truncated {
+                    offset: 4,
+                    what: "file header",
+                });
+            }
+            // version (2+2), thiszone, sigfigs, snaplen, network
+            let network = u32_at(&rest, 16, swapped);
+            reader.state = State::Classic {
+                swapped,
+                nanos: magic == MAGIC_NS,
+                modified: magic == MAGIC_MODIFIED,
+                // The upper bits may carry FCS information.
+                linktype: network & 0x0fff_ffff,
+            };
+        } else {
+            return Err(PcapError::BadMagic(be));
+        }
+        Ok(reader)
+    }
+
+    /// Which container this file is.
+    pub fn format(&self) -> FileFormat {
+        match self.state {
+            State::Classic { .. } => FileFormat::Pcap,
+            State::Ng { .. } => FileFormat::PcapNg,
+        }
+    }
+
+    /// The link type of a classic file, or of the first interface of a pcapng section.
+    pub fn linktype(&self) -> Option<u32> {
+        match &self.state {
+            State::Classic { linktype, .. } => Some(*linktype),
+            State::Ng { interfaces, .. } => interfaces.first().map(|i| i.linktype),
+        }
+    }
+
+    /// The next packet, `Ok(None)` at the end of the file.
+    pub fn next_packet(&mut self) -> Result<Option<PcapPacket<'_>>, PcapError> {
+        if self.done {
+            return Ok(None);
+        }
+        let meta = match self.advance() {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                self.done = true;
+                return Ok(None);
+            }
+            Err(e) => {
+                self.done = true;
+                return Err(e);
+            }
+        };
+        self.last_ts_us = meta.ts_us;
+        let data = self
+            .buf
+            .get(meta.start..meta.start + meta.len)
+            .unwrap_or_default();
+        Ok(Some(PcapPacket {
+            ts_us: meta.ts_us,
+            linktype: meta.linktype,
+            data,
+            orig_len: meta.orig_len,
+        }))
+    }
+
+    /// Fills `buf` completely: `Ok(false)` on a clean end of file before the first byte,
+    /// `Truncated` if the file ends part-way.
+    fn read_exact_at(&mut self, buf: &mut [u8], what: &'static str) -> Result<bool, PcapError> {
+        let start = self.offset;
+        match read_full(&mut self.inner, buf) {
+            Ok(true) => {
+                self.offset += buf.len() as u64;
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => Err(PcapError::Truncated {
+                offset: start,
+                what,
+            }),
+            Err(e) => Err(PcapError::Io(e)),
+        }
+    }
+
+    /// Reads `len` bytes into the reused buffer.
+    fn fill(&mut self, len: usize, what: &'static str, at: u64) -> Result<(), PcapError> {
+        self.buf.clear();
+        self.buf.resize(len, 0);
+        let mut buf = std::mem::take(&mut self.buf);
+        let r = self.read_exact_at(&mut buf, what);
+        self.buf = buf;
+        match r {
+            Ok(true) => Ok(()),
+            Ok(false) if len == 0 => Ok(()),
+            Ok(false) | Err(PcapError::Truncated { .. }) => {
+                Err(PcapError::Truncated { offset: at, what })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn advance(&mut self) -> Result<Option<Meta>, PcapError> {
+        loop {
+            match &self.state {
+                State::Classic {
+                    swapped,
+                    nanos,
+                    modified,
+                    linktype,
+                } => {
+                    let (swapped, nanos, modified, linktype) =
+                        (*swapped, *nanos, *modified, *linktype);
+                    let at = self.offset;
+                    let mut hdr = [0u8; 24];
+                    let hlen = if modified { 24 } else { 16 };
+                    let hdr = hdr.get_mut(..hlen).unwrap_or_default();
+                    if !self.read_exact_at(hdr, "record header")? {
+                        return Ok(None);
+                    }
+                    let sec = u32_at(hdr, 0, swapped);
+                    let frac = u32_at(hdr, 4, swapped);
+                    let incl = u32_at(hdr, 8, swapped);
+                    let orig = u32_at(hdr, 12, swapped);
+                    let incl = usize::try_from(incl).unwrap_or(usize::MAX);
+                    if incl > MAX_RECORD {
+                        return Err(PcapError::Corrupt {
+                            offset: at,
+                            what: "record header",
+                            why: "captured length too large",
+                        });
+                    }
+                    self.fill(incl, "packet record", at)?;
+                    let units: u128 = if nanos { 1_000_000_000 } else { 1_000_000 };
+                    let ts = u128::from(sec) * units + u128::from(frac);
+                    return Ok(Some(Meta {
+                        ts_us: to_us(ts, units, 0),
+                        linktype,
+                        start: 0,
+                        len: incl,
+                        orig_len: orig,
+                    }));
+                }
+                State::Ng { swapped, .. } => {
+                    let swapped = *swapped;
+                    let at = self.offset;
+                    let mut head = [0u8; 8];
+                    if !self.read_exact_at(&mut head, "block header")? {
+                        return Ok(None);
+                    }
+                    if u32::from_be_bytes([head[0], head[1], head[2], head[3]]) == PCAPNG_SHB {
+                        self.offset = at;
+                        self.section_header_after(&head)?;
+                        continue;
+                    }
+                    let kind = u32_at(&head, 0, swapped);
+                    let total = usize::try_from(u32_at(&head, 4, swapped)).unwrap_or(usize::MAX);
+                    if total < 12 || total % 4 != 0 || total > MAX_RECORD {
+                        return Err(PcapError::Corrupt {
+                            offset: at,
+                            what: "pcapng block",
+                            why: "bad block length",
+                        });
+                    }
+                    // body + trailing length
+                    self.fill(total - 8, "pcapng block", at)?;
+                    let body_len = total - 12;
+                    if u32_at(&self.buf, body_len, swapped) as usize != total {
+                        return Err(PcapError::Corrupt {
+                            offset: at,
+                            what: "pcapng block",
+                            why: "trailing length differs",
+                        });
+                    }
+                    if let Some(meta) = self.ng_block(kind, body_len, swapped, at)? {
+                        return Ok(Some(meta));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Interprets a pcapng block whose body is in `self.buf[..body_len]`.
+    fn ng_block(
+        &mut self,
+        kind: u32,
+        body_len: usize,
+        swapped: bool,
+        at: u64,
+    ) -> Result<Option<Meta>, PcapError> {
+        let corrupt = |why| PcapError::Corrupt {
+            offset: at,
+            what: "pcapng block",
+            why,
+        };
+        let body = self.buf.get(..body_len).unwrap_or_default();
+        let State::Ng { interfaces, .. } = &mut self.state else {
+            return Ok(None);
+        };
+        match kind {
+            BLOCK_IDB => {
+                if body.len() < 8 {
+                    return Err(corrupt("interface description too short"));
+                }
+                let mut iface = Interface {
+                    linktype: u32::from(u16_at(body, 0, swapped)),
+                    units: 1_000_000,
+                    offset_s: 0,
+                };
+                let mut pos = 8usize;
+                while pos + 4 <= body.len() {
+                    let code = u16_at(body, pos, swapped);
+                    let len = usize::from(u16_at(body, pos + 2, swapped));
+                    let value = body.get(pos + 4..pos + 4 + len).unwrap_or_default();
+                    match code {
+                        0 => break,
+                        9 => {
+                            if let Some(&r) = value.first() {
+                                iface.units = if r & 0x80 != 0 {
+                                    1u128.checked_shl(u32::from(r & 0x7f)).unwrap_or(0)
+                                } else {
+                                    10u128.checked_pow(u32::from(r)).unwrap_or(0)
+                                };
+                                if iface.units == 0 {
+                                    return Err(corrupt("unusable if_tsresol"));
+                                }
+                            }
+                        }
+                        14 => {
+                            iface.offset_s = u64_at(value, 0, swapped) as i64;
+                        }
+                        _ => {}
+                    }
+                    pos += 4 + len.div_ceil(4) * 4;
+                }
+                if interfaces.len() >= MAX_INTERFACES {
+                    return Err(corrupt("too many interfaces"));
+                }
+                interfaces.push(iface);
+                Ok(None)
+            }
+            BLOCK_EPB | BLOCK_PB => {
+                let (iface_id, ts_at, caplen_at, data_at) = if kind == BLOCK_EPB {
+                    (u32_at(body, 0, swapped), 4, 12, 20)
+                } else {
+                    (u32::from(u16_at(body, 0, swapped)), 4, 12, 20)
+                };
+                if body.len() < data_at {
+                    return Err(corrupt("packet block too short"));
+                }
+                let iface = usize::try_from(iface_id)
+                    .ok()
+                    .and_then(|i| interfaces.get(i))
+                    .copied()
+                    .ok_or_else(|| corrupt("unknown interface"))?;
+                let ts = u64::from(u32_at(body, ts_at, swapped)) << 32
+                    | u64::from(u32_at(body, ts_at + 4, swapped));
+                let caplen = u32_at(body, caplen_at, swapped) as usize;
+                let orig_len = u32_at(body, caplen_at + 4, swapped);
+                if caplen > body.len() - data_at {
+                    return Err(corrupt("captured length past the block"));
+                }
+                Ok(Some(Meta {
+                    ts_us: to_us(u128::from(ts), iface.units, iface.offset_s),
+                    linktype: iface.linktype,
+                    start: data_at,
+                    len: caplen,
+                    orig_len,
+                }))
+            }
+            BLOCK_SPB => {
+                let iface = *interfaces.first().ok_or_else(|| corrupt("no interface"))?;
+                let orig_len = u32_at(body, 0, swapped);
+                let len = body
+                    .len()
+                    .saturating_sub(4)
+                    .min(usize::try_from(orig_len).unwrap_or(usize::MAX));
+                Ok(Some(Meta {
+                    // A simple packet block has no timestamp: reuse the last one.
+                    ts_us: self.last_ts_us,
+                    linktype: iface.linktype,
+                    start: 4,
+                    len,
+                    orig_len,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Reads a section header block whose 4-byte type was already consumed.
+    fn section_header(&mut self) -> Result<(), PcapError> {
+        let mut rest = [0u8; 4];
+        if !self.read_exact_at(&mut rest, "section header")? {
+            return Err(PcapError::Truncated {
+                offset: 0,
+                what: "section header",
+            });
+        }
+        let mut head = [0u8; 8];
+        head[..4].copy_from_slice(&PCAPNG_SHB.to_be_bytes());
+        head[4..].copy_from_slice(&rest);
+        let at = self.offset - 8;
+        self.section_header_body(&head, at)
+    }
+
+    /// Reads a section header block whose type and length were already consumed.
+    fn section_header_after(&mut self, head: &[u8; 8]) -> Result<(), PcapError> {
+        let at = self.offset;
+        self.offset += 8;
+        self.section_header_body(head, at)
+    }
+
+    fn section_header_body(&mut self, head: &[u8; 8], at: u64) -> Result<(), PcapError> {
+        let mut bom = [0u8; 4];
+        if !self.read_exact_at(&mut bom, "section header")? {
+            return Err(PcapError::Truncated {
+                offset: at,
+                what: "section header",
+            });
+        }
+        let swapped = match (u32::from_be_bytes(bom), u32::from_le_bytes(bom)) {
+            (PCAPNG_BOM, _) => false,
+            (_, PCAPNG_BOM) => true,
+            _ => {
+                return Err(PcapError::Corrupt {
+                    offset: at,
+                    what: "section header",
+                    why: "bad byte-order magic",
+                })
+            }
+        };
+        let total = usize::try_from(u32_at(head, 4, swapped)).unwrap_or(usize::MAX);
+        if total < 28 || total % 4 != 0 || total > MAX_RECORD {
+            return Err(PcapError::Corrupt {
+                offset: at,
+                what: "section header",
+                why: "bad block length",
+            });
+        }
+        // Skip the rest of the block (version, section length, options, trailing length).
+        self.fill(total - 12, "section header", at)?;
+        self.state = State::Ng {
+            swapped,
+            interfaces: Vec::new(),
+        };
+        Ok(())
+    }
+}
+
+/// `read_exact` that tells a clean end of file (`Ok(false)`) from a partial read (error).
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
+    let mut got = 0usize;
+    while got < buf.len() {
+        match r.read(buf.get_mut(got..).unwrap_or_default()) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classic(magic: u32, le: bool, linktype: u32, recs: &[(u32, u32, &[u8])]) -> Vec<u8> {
+        let w32 = |v: u32| if le { v.to_le_bytes() } else { v.to_be_bytes() };
+        let w16 = |v: u16| if le { v.to_le_bytes() } else { v.to_be_bytes() };
+        let mut f = Vec::new();
+        f.extend_from_slice(&w32(magic));
+        f.extend_from_slice(&w16(2));
+        f.extend_from_slice(&w16(4));
+        f.extend_from_slice(&[0; 8]);
+        f.extend_from_slice(&w32(65535));
+        f.extend_from_slice(&w32(linktype));
+        for (s, frac, d) in recs {
+            f.extend_from_slice(&w32(*s));
+            f.extend_from_slice(&w32(*frac));
+            f.extend_from_slice(&w32(d.len() as u32));
+            f.extend_from_slice(&w32(d.len() as u32));
+            f.extend_from_slice(d);
+        }
+        f
+    }
+
+    type Packets = Vec<(i64, u32, Vec<u8>)>;
+
+    fn all(bytes: &[u8]) -> (Packets, Option<PcapError>) {
+        let mut r = match PcapReader::new(bytes) {
+            Ok(r) => r,
+            Err(e) => return (Vec::new(), Some(e)),
+        };
+        let mut out = Vec::new();
+        loop {
+            match r.next_packet() {
+                Ok(Some(p)) => out.push((p.ts_us, p.linktype, p.data.to_vec())),
+                Ok(None) => return (out, None),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+    }
+
+    #[test]
+    fn classic_both_orders_and_resolutions() {
+        for le in [false, true] {
+            let f = classic(MAGIC_US, le, 1, &[(10, 5, b"abc"), (11, 0, b"")]);
+            let (p, e) = all(&f);
+            assert!(e.is_none());
+            assert_eq!(p[0], (10_000_005, 1, b"abc".to_vec()));
+            assert_eq!(p[1].0, 11_000_000);
+            let f = classic(MAGIC_NS, le, 113, &[(10, 5_000, b"x")]);
+            let (p, _) = all(&f);
+            assert_eq!((p[0].0, p[0].1), (10_000_005, 113));
+        }
+    }
+
+    #[test]
+    fn truncated_file_yields_what_it_can_then_errors() {
+        let f = classic(MAGIC_US, true, 1, &[(1, 0, b"abcd"), (2, 0, b"efgh")]);
+        let (p, e) = all(&f[..f.len() - 2]);
+        assert_eq!(p.len(), 1);
+        assert!(matches!(e, Some(PcapError::Truncated { .. })), "{e:?}");
+        assert!(matches!(
+            all(b"\xd4\xc3"),
+            (_, Some(PcapError::Truncated { .. }))
+        ));
+        assert!(matches!(all(b"nope"), (_, Some(PcapError::BadMagic(_)))));
+    }
+
+    #[test]
+    fn huge_record_is_corrupt() {
+        let mut f = classic(MAGIC_US, true, 1, &[]);
+        f.extend_from_slice(&[0; 8]);
+        f.extend_from_slice(&u32::MAX.to_le_bytes());
+        f.extend_from_slice(&[0; 4]);
+        assert!(matches!(all(&f), (_, Some(PcapError::Corrupt { .. }))));
+    }
+
+    fn block(kind: u32, body: &[u8]) -> Vec<u8> {
+        let total = (12 + body.len().div_ceil(4) * 4) as u32;
+        let mut b = kind.to_le_bytes().to_vec();
+        b.extend_from_slice(&total.to_le_bytes());
+        b.extend_from_slice(body);
+        b.resize(total as usize - 4, 0);
+        b.extend_from_slice(&total.to_le_bytes());
+        b
+    }
+
+    pub(crate) fn pcapng(packets: &[(u64, &[u8])], tsresol: Option<u8>) -> Vec<u8> {
+        let mut shb = PCAPNG_BOM.to_le_bytes().to_vec();
+        shb.extend_from_slice(&[1, 0, 0, 0]);
+        shb.extend_from_slice(&u64::MAX.to_le_bytes());
+        let mut f = block(PCAPNG_SHB, &shb);
+        let mut idb = vec![1, 0, 0, 0, 0, 0, 0, 0];
+        if let Some(r) = tsresol {
+            idb.extend_from_slice(&[9, 0, 1, 0, r, 0, 0, 0]);
+        }
+        idb.extend_from_slice(&[0, 0, 0, 0]);
+        f.extend(block(BLOCK_IDB, &idb));
+        for (ts, data) in packets {
+            let mut epb = 0u32.to_le_bytes().to_vec();
+            epb.extend_from_slice(&((ts >> 32) as u32).to_le_bytes());
+            epb.extend_from_slice(&(*ts as u32).to_le_bytes());
+            epb.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            epb.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            epb.extend_from_slice(data);
+            f.extend(block(BLOCK_EPB, &epb));
+        }
+        f.extend(block(BLOCK_SPB, &[2, 0, 0, 0, b'h', b'i']));
+        f.extend(block(0x0bad, &[1, 2, 3]));
+        f
+    }
+
+    #[test]
+    fn pcapng_with_tsresol() {
+        let f = pcapng(&[(1_500_000, b"abc")], None);
+        let (p, e) = all(&f);
+        assert!(e.is_none(), "{e:?}");
+        assert_eq!(p[0], (1_500_000, 1, b"abc".to_vec()));
+        assert_eq!(p[1], (1_500_000, 1, b"hi".to_vec()));
+        let f = pcapng(&[(1_500_000_000, b"abc")], Some(9));
+        assert_eq!(all(&f).0[0].0, 1_500_000);
+        let f = pcapng(&[(3 << 20, b"abc")], Some(0x80 | 20));
+        assert_eq!(all(&f).0[0].0, 3_000_000);
+    }
+
+    #[test]
+    fn pcapng_every_truncation_is_clean() {
+        let f = pcapng(&[(1, b"abcdef"), (2, b"ghijkl")], None);
+        let (p, e) = all(&f);
+        assert_eq!(p.len(), 3);
+        assert!(e.is_none());
+        for n in 0..f.len() {
+            // Never a panic; a cut inside a block is an error, a cut between blocks is not.
+            let (p, _) = all(&f[..n]);
+            assert!(p.len() <= 3);
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The per-packet pipeline allocates nothing when a packet hits no trail: frames of every kind
+//! the pipeline inspects (TCP handshakes, DNS queries over UDP and TCP, HTTP requests, TLS
+//! ClientHellos, ICMP, IPv6) are processed under a counting allocator.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::path::Path;
+use std::sync::Arc;
+
+use xtrail_detect::process::{Processor, ProcessorConfig};
+use xtrail_detect::trails::{LoadOptions, TrailSet};
+use xtrail_detect::whitelist::Whitelist;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+fn ipv4(proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut p = vec![
+        0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0, 10, 0, 0, 5, 93, 184, 216, 34,
+    ];
+    let total = (20 + l4.len()) as u16;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(l4);
+    p
+}
+
+fn tcp(dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut t = vec![0xc3, 0x50];
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend_from_slice(payload);
+    t
+}
+
+fn udp(dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = vec![0xc3, 0x51];
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    u
+}
+
+fn dns_query(name: &str) -> Vec<u8> {
+    let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in name.split('.') {
+        m.push(l.len() as u8);
+        m.extend_from_slice(l.as_bytes());
+    }
+    m.extend_from_slice(&[0, 0, 1, 0, 1]);
+    m
+}
+
+fn client_hello(sni: &str) -> Vec<u8> {
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[7u8; 32]);
+    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+    let name = sni.as_bytes();
+    let mut ext = vec![0, 0];
+    ext.extend_from_slice(&((name.len() + 5) as u16).to_be_bytes());
+    ext.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
+    ext.push(0);
+    ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    ext.extend_from_slice(name);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1, 0];
+    hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+#[test]
+fn no_hit_path_allocates_nothing() {
+    let csv =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/maltrail/corpus/trails.csv");
+    let trails = TrailSet::load(&[csv], &LoadOptions::default()).unwrap_or_default();
+    let whitelist = Whitelist::parse("google.com\n8.8.4.4\n");
+    let mut p = Processor::new(
+        Arc::new(trails),
+        Arc::new(whitelist),
+        ProcessorConfig::default(),
+    );
+    let mut dns_tcp = (dns_query("clean.example.org").len() as u16)
+        .to_be_bytes()
+        .to_vec();
+    dns_tcp.extend_from_slice(&dns_query("clean.example.org"));
+    let mut eth_v6 = vec![0u8; 12];
+    eth_v6.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 8, 58, 64]);
+    eth_v6.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8].repeat(8));
+    eth_v6.extend_from_slice(&[128, 0, 0, 0, 0, 0, 0, 1]);
+    let frames: Vec<(u32, Vec<u8>)> = vec![
+        (101, ipv4(6, &tcp(443, 0x02, b""))),
+        (101, ipv4(6, &tcp(443, 0x12, b""))),
+        (101, ipv4(17, &udp(53, &dns_query("www.clean-site.org")))),
+        (101, ipv4(17, &udp(53, &dns_query("mail.google.com")))),
+        (101, ipv4(6, &tcp(53, 0x18, &dns_tcp))),
+        (101, ipv4(17, &udp(443, b"quic bytes"))),
+        (
+            101,
+            ipv4(
+                6,
+                &tcp(
+                    80,
+                    0x18,
+                    b"GET /index.html HTTP/1.1\r\nHost: www.clean-site.org\r\nUser-Agent: x\r\n\r\n",
+                ),
+            ),
+        ),
+        (101, ipv4(6, &tcp(443, 0x18, &client_hello("www.clean-site.org")))),
+        (101, ipv4(1, &[8, 0, 0, 0, 0, 1, 0, 1])),
+        (1, eth_v6),
+    ];
+    let mut events = 0u32;
+    let mut sink = |_e: xtrail_detect::event::Event| events += 1;
+    // Warm up: lazily grown buffers reach their size.
+    for (i, (lt, f)) in frames.iter().enumerate() {
+        p.process(i as i64, *lt, f, &mut sink);
+    }
+    let before = allocations();
+    for round in 0..100i64 {
+        for (i, (lt, f)) in frames.iter().enumerate() {
+            p.process(round * 1_000_000 + i as i64, *lt, f, &mut sink);
+        }
+    }
+    let during = allocations() - before;
+    assert_eq!(events, 0, "the frames were meant to be clean");
+    assert_eq!(p.stats().parse_errors, 0);
+    assert_eq!(during, 0, "{during} allocations on the no-hit path");
+}

@@ -11,7 +11,7 @@
 //! - `TrailSet::domains: DomainTrails` (`lookup`, `contains`; regex trails inside) and
 //!   `TrailSet::urls: UrlTrails` (`lookup(host, path)`).
 //!
-//! Layout: [`classify`](self) decides what a line is, `load` walks files and builds the
+//! Layout: `classify` decides what a line is, `load` walks files and builds the
 //! tables, `table` is the arena hash table behind domains and URLs, `ip`, `domain` and `url`
 //! implement the lookups. Unit tests sit beside each; `detect/tests/trails_static.rs` loads the
 //! real Maltrail tree, `detect/tests/trails_corpus.rs` the replay fixture, and

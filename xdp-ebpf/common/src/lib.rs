@@ -17,6 +17,23 @@ pub mod maps {
     pub const IPV4_PREFILTER: &str = "IPV4_PREFILTER";
     pub const SUPPRESS: &str = "SUPPRESS";
     pub const HITS: &str = "HITS";
+    pub const PAYLOADS: &str = "PAYLOADS";
+    pub const XSKS: &str = "XSKS";
+    pub const HTTP_PORTS: &str = "HTTP_PORTS";
+}
+
+/// Bytes of a frame copied to userspace in inline mode (the rest is cut).
+pub const PAYLOAD_CAP: usize = 1536;
+
+/// Number of 64-bit words in the HTTP port bitmap (one bit per TCP port).
+pub const HTTP_PORT_WORDS: u32 = 1024;
+
+/// Why a packet was handed to userspace.
+pub mod handoff {
+    pub const DNS: u8 = 1;
+    pub const HTTP_REQUEST: u8 = 2;
+    pub const HTTP_RESPONSE: u8 = 3;
+    pub const TLS_CLIENT_HELLO: u8 = 4;
 }
 
 /// Number of 64-bit words in the IPv4 /24 prefilter bitmap (2^24 bits).
@@ -44,6 +61,10 @@ pub mod config_flags {
     pub const HAVE_IPV6: u32 = 1 << 4;
     /// The IPv4 /24 prefilter bitmap is filled: a clear bit means no IPv4 trail can match.
     pub const PREFILTER4: u32 = 1 << 5;
+    /// Hand DNS, HTTP and TLS ClientHello packets to userspace.
+    pub const HANDOFF: u32 = 1 << 6;
+    /// Mirror mode hands packets over through the XskMap (AF_XDP) instead of copying.
+    pub const XSK: u32 = 1 << 7;
 }
 
 /// Runtime configuration, element 0 of the `CONFIG` array map.
@@ -87,8 +108,20 @@ pub mod stat {
     pub const ENFORCED: u32 = 12;
     /// Lookups skipped because the prefilter said no trail can match.
     pub const PREFILTER_SKIPS: u32 = 13;
+    /// DNS packets handed to userspace.
+    pub const HANDOFF_DNS: u32 = 14;
+    /// HTTP requests and responses handed to userspace.
+    pub const HANDOFF_HTTP: u32 = 15;
+    /// TLS ClientHellos handed to userspace.
+    pub const HANDOFF_TLS: u32 = 16;
+    /// Packets redirected to an AF_XDP socket (mirror mode).
+    pub const REDIRECTED: u32 = 17;
+    /// Packets copied to the payload ring buffer (inline mode).
+    pub const COPIED: u32 = 18;
+    /// Hand-offs that failed: no AF_XDP socket on the queue, or the ring buffer full.
+    pub const HANDOFF_FAILED: u32 = 19;
     /// Number of counters.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 20;
 
     /// Human names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -106,6 +139,12 @@ pub mod stat {
         "fragments",
         "enforced",
         "prefilter_skips",
+        "handoff_dns",
+        "handoff_http",
+        "handoff_tls",
+        "redirected",
+        "copied",
+        "handoff_failed",
     ];
 }
 
@@ -199,6 +238,24 @@ pub struct HitRecord {
     pub pkt_len: u32,
 }
 
+/// The first bytes of a frame handed to userspace through the `PAYLOADS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PayloadRecord {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub rx_queue: u32,
+    /// Frame length on the wire.
+    pub pkt_len: u32,
+    /// Bytes of `data` that hold the frame (at most [`PAYLOAD_CAP`]).
+    pub cap_len: u32,
+    /// One of [`handoff`].
+    pub kind: u8,
+    pub _pad: [u8; 7],
+    pub data: [u8; PAYLOAD_CAP],
+}
+
 /// Builds the v4-mapped IPv6 form of an IPv4 address given in network order.
 #[inline(always)]
 pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
@@ -216,4 +273,5 @@ mod pod {
     unsafe impl aya::Pod for Lpm6Key {}
     unsafe impl aya::Pod for SuppressKey {}
     unsafe impl aya::Pod for HitRecord {}
+    unsafe impl aya::Pod for PayloadRecord {}
 }

@@ -13,16 +13,16 @@ mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
     macros::{map, xdp},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, XskMap},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
 use parse::{Packet, ParseError};
 use xtrail_common::{
-    action, config_flags, mode, side, stat, trail_kind, Config, HitRecord, IpPortKey, SuppressKey,
-    PREFILTER_WORDS,
+    action, config_flags, handoff, mode, side, stat, trail_kind, Config, HitRecord, IpPortKey,
+    PayloadRecord, SuppressKey, HTTP_PORT_WORDS, PAYLOAD_CAP, PREFILTER_WORDS,
 };
 
 /// Runtime configuration (element 0).
@@ -65,6 +65,18 @@ static SUPPRESS: LruHashMap<SuppressKey, u64> = LruHashMap::with_max_entries(655
 /// Trail hits for userspace.
 #[map]
 static HITS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Inline mode: copies of the first bytes of DNS, HTTP and TLS packets for userspace.
+#[map]
+static PAYLOADS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
+
+/// Mirror mode: one AF_XDP socket per receive queue.
+#[map]
+static XSKS: XskMap = XskMap::with_max_entries(64, 0);
+
+/// One bit per TCP port on which requests are parsed as HTTP (filled by userspace).
+#[map]
+static HTTP_PORTS: Array<u64> = Array::with_max_entries(HTTP_PORT_WORDS, 0);
 
 #[inline(always)]
 fn count(index: u32, n: u64) {
@@ -124,22 +136,165 @@ fn process(ctx: &XdpContext, cfg: &Config) -> u32 {
     if pkt.fragment {
         count(stat::FRAGMENTS, 1);
     }
-    let hit = match lookup_packet(&pkt, cfg) {
-        Some(h) => h,
-        None => return idle_verdict(cfg),
-    };
-    count(stat::HITS, 1);
+    let hit = lookup_packet(&pkt, cfg);
     let enforce = cfg.mode == mode::INLINE && cfg.flags & config_flags::ENFORCE != 0;
-    let verdict = if enforce {
-        count(stat::ENFORCED, 1);
-        xdp_action::XDP_DROP
-    } else {
-        idle_verdict(cfg)
+    let mut verdict = idle_verdict(cfg);
+    if hit.is_some() {
+        count(stat::HITS, 1);
+        if enforce {
+            count(stat::ENFORCED, 1);
+            verdict = xdp_action::XDP_DROP;
+        }
+    }
+    // Names live in payloads: hand DNS, HTTP and TLS ClientHello packets to userspace.
+    // An enforced drop is not handed over: the packet goes nowhere.
+    let mut dns_handed_off = false;
+    if !(enforce && hit.is_some()) {
+        if let Some(kind) = classify(ctx, &pkt, cfg) {
+            if let Some(v) = hand_off(ctx, cfg, kind, len) {
+                if cfg.mode == mode::MIRROR {
+                    verdict = v;
+                }
+                dns_handed_off = kind == handoff::DNS;
+            }
+        }
+    }
+    let hit = match hit {
+        Some(h) => h,
+        None => return verdict,
     };
-    if !pkt.reportable() {
+    // Userspace reports IP trails of DNS packets itself, as `ip (query)`.
+    if !pkt.reportable() || dns_handed_off {
         count(stat::UNREPORTED, 1);
         return verdict;
     }
+    report(ctx, &pkt, &hit, cfg, enforce, len);
+    verdict
+}
+
+/// What kind of payload this packet carries, if userspace wants it.
+#[inline(always)]
+fn classify(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<u8> {
+    if cfg.flags & config_flags::HANDOFF == 0 || pkt.fragment || pkt.payload_off == 0 {
+        return None;
+    }
+    let is_tcp = pkt.proto == parse::IPPROTO_TCP;
+    if (pkt.dst_port == 53 || pkt.src_port == 53) && (is_tcp || pkt.proto == parse::IPPROTO_UDP)
+    {
+        // A bare TCP segment (handshake, ACK) carries no DNS message.
+        if is_tcp && parse::payload_head(ctx, pkt.payload_off) == (0, 0) {
+            return None;
+        }
+        count(stat::HANDOFF_DNS, 1);
+        return Some(handoff::DNS);
+    }
+    if !is_tcp {
+        return None;
+    }
+    let (word, word2) = parse::payload_head(ctx, pkt.payload_off);
+    if word == 0 && word2 == 0 {
+        return None;
+    }
+    let is_method = matches!(
+        word,
+        0x4745_5420 // "GET "
+            | 0x504f_5354 // "POST"
+            | 0x4845_4144 // "HEAD"
+            | 0x5055_5420 // "PUT "
+            | 0x4445_4c45 // "DELE"
+            | 0x4f50_5449 // "OPTI"
+            | 0x434f_4e4e // "CONN"
+            | 0x5041_5443 // "PATC"
+            | 0x5452_4143 // "TRAC"
+    );
+    if is_method || (word == 0x4854_5450 && http_port(pkt.src_port)) {
+        // Requests on any port; responses ("HTTP") only from the HTTP ports.
+        count(stat::HANDOFF_HTTP, 1);
+        return Some(if is_method {
+            handoff::HTTP_REQUEST
+        } else {
+            handoff::HTTP_RESPONSE
+        });
+    }
+    // TLS handshake record (0x16 0x03 x), handshake type ClientHello (1).
+    if word >> 16 == 0x1603 && (word2 >> 16) & 0xff == 0x01 {
+        count(stat::HANDOFF_TLS, 1);
+        return Some(handoff::TLS_CLIENT_HELLO);
+    }
+    // Requests that do not start a segment with a method but go to an HTTP port are not
+    // parseable as requests; nothing to hand over.
+    None
+}
+
+#[inline(always)]
+fn http_port(port: u16) -> bool {
+    let word = HTTP_PORTS.get(u32::from(port) >> 6).copied().unwrap_or(0);
+    (word >> (port & 63)) & 1 == 1
+}
+
+/// Mirror mode with sockets: redirect to this queue's AF_XDP socket. Otherwise: copy the
+/// first bytes to the payload ring buffer. Returns the verdict for a redirect.
+#[inline(always)]
+fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, len: u64) -> Option<u32> {
+    if cfg.mode == mode::MIRROR && cfg.flags & config_flags::XSK != 0 {
+        return match XSKS.redirect(ctx.rx_queue_index(), u64::from(xdp_action::XDP_DROP)) {
+            Ok(v) => {
+                count(stat::REDIRECTED, 1);
+                Some(v)
+            }
+            Err(_) => {
+                count(stat::HANDOFF_FAILED, 1);
+                None
+            }
+        };
+    }
+    let Some(mut entry) = PAYLOADS.reserve::<PayloadRecord>(0) else {
+        count(stat::HANDOFF_FAILED, 1);
+        return None;
+    };
+    let r = entry.as_mut_ptr();
+    let cap = if len > PAYLOAD_CAP as u64 {
+        PAYLOAD_CAP as u32
+    } else {
+        len as u32
+    };
+    // SAFETY: `r` points at a reserved PayloadRecord; `data` holds PAYLOAD_CAP bytes and
+    // `cap` is at most that.
+    let copied = unsafe {
+        (*r).ts_ns = bpf_ktime_get_ns();
+        (*r).ifindex = (*ctx.ctx).ingress_ifindex;
+        (*r).rx_queue = ctx.rx_queue_index();
+        (*r).pkt_len = len as u32;
+        (*r).kind = kind;
+        (*r)._pad = [0; 7];
+        // Two opaque checks: merged into one `n - 1 < CAP` test, the verifier would not
+        // learn that `n` itself is non-zero and bounded.
+        let n = core::hint::black_box(cap);
+        if n as usize > PAYLOAD_CAP {
+            -1
+        } else {
+            let n = core::hint::black_box(n);
+            if n == 0 {
+                -1
+            } else {
+                (*r).cap_len = n;
+                bpf_xdp_load_bytes(ctx.ctx, 0, (*r).data.as_mut_ptr().cast(), n)
+            }
+        }
+    };
+    if copied != 0 {
+        entry.discard(0);
+        count(stat::HANDOFF_FAILED, 1);
+        return None;
+    }
+    entry.submit(0);
+    count(stat::COPIED, 1);
+    Some(xdp_action::XDP_PASS)
+}
+
+/// Suppresses repeats, then writes the hit to the ring buffer.
+#[inline(always)]
+fn report(ctx: &XdpContext, pkt: &Packet, hit: &Hit, cfg: &Config, enforce: bool, len: u64) {
     let now = unsafe { bpf_ktime_get_ns() };
     if cfg.suppress_ns > 0 {
         let key = SuppressKey {
@@ -153,7 +308,7 @@ fn process(ctx: &XdpContext, cfg: &Config) -> u32 {
         if let Some(last) = unsafe { SUPPRESS.get(&key) } {
             if now.wrapping_sub(*last) < cfg.suppress_ns {
                 count(stat::SUPPRESSED, 1);
-                return verdict;
+                return;
             }
         }
         let _ = SUPPRESS.insert(&key, &now, 0);
@@ -188,7 +343,6 @@ fn process(ctx: &XdpContext, cfg: &Config) -> u32 {
         }
         None => count(stat::RINGBUF_FULL, 1),
     }
-    verdict
 }
 
 struct Hit {

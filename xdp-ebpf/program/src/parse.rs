@@ -45,6 +45,8 @@ pub struct Packet {
     pub icmp_type: u8,
     /// A fragment after the first: no transport header.
     pub fragment: bool,
+    /// Offset of the TCP/UDP payload in the frame (0 when there is none).
+    pub payload_off: usize,
 }
 
 impl Packet {
@@ -83,6 +85,20 @@ fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, ParseError> {
     Ok(unsafe { core::ptr::read_unaligned(ptr_at::<T>(ctx, offset)?) })
 }
 
+/// The first eight payload bytes as two big-endian words, or `(0, 0)` when the frame has
+/// fewer than eight bytes after `off`. (Words, not an `Option<[u8; 8]>`: LLVM copies the
+/// latter's undefined bytes from registers the verifier considers uninitialised.)
+#[inline(always)]
+pub fn payload_head(ctx: &XdpContext, off: usize) -> (u32, u32) {
+    if off == 0 || off > 1024 {
+        return (0, 0);
+    }
+    match (read::<u32>(ctx, off), read::<u32>(ctx, off + 4)) {
+        (Ok(a), Ok(b)) => (u32::from_be(a), u32::from_be(b)),
+        _ => (0, 0),
+    }
+}
+
 #[inline(always)]
 fn be16(ctx: &XdpContext, offset: usize) -> Result<u16, ParseError> {
     Ok(u16::from_be(read::<u16>(ctx, offset)?))
@@ -112,6 +128,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
         tcp_flags: 0,
         icmp_type: 0,
         fragment: false,
+        payload_off: 0,
     };
     let l4 = match ethertype {
         ETH_P_IP => parse_ipv4(ctx, off, &mut pkt)?,
@@ -125,11 +142,17 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
         IPPROTO_TCP => {
             pkt.src_port = be16(ctx, l4)?;
             pkt.dst_port = be16(ctx, l4 + 2)?;
-            pkt.tcp_flags = read::<[u8; 2]>(ctx, l4 + 12)?[1];
+            let h = read::<[u8; 2]>(ctx, l4 + 12)?;
+            pkt.tcp_flags = h[1];
+            let doff = ((h[0] >> 4) as usize) * 4;
+            if doff >= 20 {
+                pkt.payload_off = l4 + doff;
+            }
         }
         IPPROTO_UDP => {
             pkt.src_port = be16(ctx, l4)?;
             pkt.dst_port = be16(ctx, l4 + 2)?;
+            pkt.payload_off = l4 + 8;
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             pkt.icmp_type = read::<[u8; 2]>(ctx, l4)?[0];

@@ -202,6 +202,28 @@ impl Drop for VethPair {
     }
 }
 
+/// Runs `f` on a thread that has joined namespace `ns` (sockets it creates live there).
+pub fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<Result<T, NetnsError>> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let nsfile = std::fs::File::open(&path).map_err(|source| NetnsError::Io {
+            what: format!("opening {path}"),
+            source,
+        })?;
+        // SAFETY: setns on a valid namespace descriptor affects only this thread.
+        if unsafe { libc::setns(nsfile.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(NetnsError::Io {
+                what: format!("joining namespace {path}"),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(f())
+    })
+}
+
 /// An AF_PACKET socket bound to an interface inside a namespace.
 pub struct Injector {
     fd: OwnedFd,

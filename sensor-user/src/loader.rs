@@ -46,7 +46,15 @@ pub struct SensorOptions {
     pub suppress: Duration,
     /// Program diagnostics through aya-log (0 off, 1 debug).
     pub ebpf_log_level: u8,
+    /// Hand DNS, HTTP and TLS ClientHello packets to userspace.
+    pub handoff: bool,
+    /// TCP ports whose responses are handed over as HTTP (requests are recognised by their
+    /// method on any port).
+    pub http_ports: Vec<u16>,
 }
+
+/// Maltrail's HTTP ports.
+pub const DEFAULT_HTTP_PORTS: &[u16] = &[80, 8080, 8000, 3128, 1080, 8118];
 
 impl Default for SensorOptions {
     fn default() -> Self {
@@ -55,6 +63,8 @@ impl Default for SensorOptions {
             enforce: false,
             suppress: Duration::from_secs(1),
             ebpf_log_level: 0,
+            handoff: true,
+            http_ports: DEFAULT_HTTP_PORTS.to_vec(),
         }
     }
 }
@@ -170,6 +180,10 @@ impl Sensor {
         if fill.prefilter {
             flags |= config_flags::PREFILTER4;
         }
+        if opts.handoff {
+            flags |= config_flags::HANDOFF;
+        }
+        maps::fill_http_ports(&mut ebpf, &opts.http_ports)?;
         let config = Config {
             mode: match opts.mode {
                 Mode::Inline => mode::INLINE,
@@ -272,6 +286,15 @@ impl Sensor {
             .ebpf
             .take_map(names::HITS)
             .ok_or(LoadError::MissingMap(names::HITS))?;
+        RingBuf::try_from(map).map_err(LoadError::Config)
+    }
+
+    /// Takes the payload ring buffer (inline-mode copies of DNS/HTTP/TLS packets), once.
+    pub fn take_payloads(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self
+            .ebpf
+            .take_map(names::PAYLOADS)
+            .ok_or(LoadError::MissingMap(names::PAYLOADS))?;
         RingBuf::try_from(map).map_err(LoadError::Config)
     }
 

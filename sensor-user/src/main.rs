@@ -2,17 +2,20 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use xtrail_detect::event::Format;
+use xtrail_detect::process::ProcessorConfig;
+use xtrail_detect::replay::ReplayOptions;
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
-use xtrail_sensor::hits::{self, Clock};
-use xtrail_sensor::loader::{self, AttachMode, Mode, Sensor, SensorOptions};
+use xtrail_sensor::live::{self, LiveOptions};
+use xtrail_sensor::loader::{self, AttachMode, Mode, SensorOptions};
 use xtrail_sensor::output::EventLog;
 use xtrail_sensor::{privilege, stats};
 
@@ -104,6 +107,34 @@ enum Command {
         /// The XDP program's own diagnostics (aya-log).
         #[arg(long = "ebpf-log", value_enum, default_value = "off")]
         ebpf_log: EbpfLog,
+        /// Extra TCP port whose responses are parsed as HTTP (repeatable; Maltrail's 80,
+        /// 8080, 8000, 3128, 1080 and 8118 are always on).
+        #[arg(long = "http-port")]
+        http_ports: Vec<u16>,
+        /// Do not hand DNS/HTTP/TLS packets to userspace (IP trails only).
+        #[arg(long = "no-payloads")]
+        no_payloads: bool,
+    },
+    /// Replay pcap/pcapng files through the same parsers and matchers (no root needed).
+    Replay {
+        /// Capture file (repeatable; replayed in order).
+        #[arg(long = "pcap", required = true)]
+        pcaps: Vec<PathBuf>,
+        /// Trail source: a Maltrail trails.csv, a static trail tree, or a list file (repeatable).
+        #[arg(long = "trails", required = true)]
+        trails: Vec<PathBuf>,
+        /// Whitelist file (Maltrail's whitelist.txt format).
+        #[arg(long)]
+        whitelist: Option<PathBuf>,
+        /// Event line format.
+        #[arg(long, value_enum, default_value = "json")]
+        format: FormatArg,
+        /// Where events go: a file (appended) or - for stdout.
+        #[arg(long = "events-log", default_value = "-")]
+        events_log: PathBuf,
+        /// Sensor name in events (default: the host name).
+        #[arg(long = "sensor-name")]
+        sensor_name: Option<String>,
     },
     /// Show the kernel counters of running sensors.
     Stats {
@@ -133,6 +164,8 @@ fn main() -> ExitCode {
             stats_interval,
             duration,
             ebpf_log,
+            http_ports,
+            no_payloads,
         } => run(RunArgs {
             ifaces,
             trails,
@@ -157,7 +190,24 @@ fn main() -> ExitCode {
                 EbpfLog::Off => 0,
                 EbpfLog::Debug => 1,
             },
+            http_ports,
+            no_payloads,
         }),
+        Command::Replay {
+            pcaps,
+            trails,
+            whitelist,
+            format,
+            events_log,
+            sensor_name,
+        } => replay(
+            &pcaps,
+            &trails,
+            whitelist.as_deref(),
+            format.into(),
+            &events_log,
+            sensor_name.unwrap_or_else(hostname),
+        ),
         Command::Stats { json } => show_stats(json),
     };
     match result {
@@ -191,6 +241,8 @@ struct RunArgs {
     stats_interval: Duration,
     duration: Option<Duration>,
     ebpf_log_level: u8,
+    http_ports: Vec<u16>,
+    no_payloads: bool,
 }
 
 /// Loads trails from every source and prints what was found.
@@ -234,144 +286,80 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut log = EventLog::open(&args.events_log, args.format)
         .with_context(|| format!("opening events log {}", args.events_log.display()))?;
-
-    let started = Instant::now();
-    let mut sensor = Sensor::load(
-        &trails.ip,
-        &SensorOptions {
-            mode: args.mode,
-            enforce: args.enforce,
-            suppress: args.suppress,
-            ebpf_log_level: args.ebpf_log_level,
-        },
-    )?;
-    let f = &sensor.fill;
-    eprintln!(
-        "xtrail-sensor: maps filled in {:.2}s: {} IPv4, {} IPv6, {} IP:port, {} IPv4 CIDR, {} IPv6 CIDR; prefilter {}",
-        started.elapsed().as_secs_f64(),
-        f.ipv4,
-        f.ipv6,
-        f.ipport,
-        f.cidr4,
-        f.cidr6,
-        if f.prefilter {
-            format!("on ({} /24 blocks)", f.prefilter_blocks)
-        } else {
-            "off".to_string()
-        }
-    );
-    let mut logger = if args.ebpf_log_level > 0 {
-        sensor.take_logger()
-    } else {
-        None
-    };
-    let mut ring = sensor.take_hits()?;
-
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handler")?;
     }
-    for iface in &args.ifaces {
-        let a = sensor.attach(iface, args.xdp_mode)?;
-        eprintln!(
-            "xtrail-sensor: attached to {} ({} mode, {} mode{})",
-            a.iface,
-            a.mode,
-            match args.mode {
-                Mode::Inline => "inline",
-                Mode::Mirror => "mirror",
-            },
-            if args.enforce { ", enforcing" } else { "" }
-        );
-    }
+    let mut http_ports = loader::DEFAULT_HTTP_PORTS.to_vec();
+    http_ports.extend(&args.http_ports);
+    let opts = LiveOptions {
+        ifaces: args.ifaces,
+        sensor: SensorOptions {
+            mode: args.mode,
+            enforce: args.enforce,
+            suppress: args.suppress,
+            ebpf_log_level: args.ebpf_log_level,
+            handoff: !args.no_payloads,
+            http_ports,
+        },
+        attach: args.xdp_mode,
+        sensor_name: args.sensor_name,
+        stats_interval: args.stats_interval,
+        duration: args.duration,
+    };
+    live::run(Arc::new(trails), Arc::new(whitelist), &opts, &mut log, &stop)?;
+    Ok(())
+}
 
-    let mut clock = Clock::now();
-    let mut last_stats = Instant::now();
-    let mut last_clock = Instant::now();
-    let mut whitelisted = 0u64;
-    let run_started = Instant::now();
-    let ring_fd = std::os::fd::AsRawFd::as_raw_fd(&ring);
-    let log_fd = logger.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-    let ifnames: Vec<(u32, String)> = sensor
-        .attachments()
-        .iter()
-        .map(|a| (a.ifindex, a.iface.clone()))
-        .collect();
-    while !stop.load(Ordering::Relaxed) {
-        if let Some(d) = args.duration {
-            if run_started.elapsed() >= d {
-                break;
-            }
-        }
-        let mut fds = vec![libc::pollfd {
-            fd: ring_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        if let Some(fd) = log_fd {
-            fds.push(libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        // SAFETY: fds is a valid array of pollfd of the given length.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
-        if last_clock.elapsed() > Duration::from_secs(60) {
-            clock = Clock::now();
-            last_clock = Instant::now();
-        }
-        let mut wrote = false;
-        while let Some(item) = ring.next() {
-            let Some(rec) = hits::parse_record(&item) else {
-                continue;
-            };
-            let iface = ifnames
-                .iter()
-                .find(|(i, _)| *i == rec.ifindex)
-                .map(|(_, n)| n.clone());
-            let event = hits::to_event(&rec, &trails, &args.sensor_name, iface, &clock);
-            let trail_ip = if rec.side == xtrail_common::side::SRC {
-                event.src_ip
-            } else {
-                event.dst_ip
-            };
-            if whitelist.is_ip_whitelisted(trail_ip) {
-                whitelisted += 1;
-                continue;
-            }
-            log.write(&event).context("writing event")?;
-            wrote = true;
-        }
-        if wrote {
-            log.flush().context("writing event")?;
-        }
-        if let Some(l) = logger.as_mut() {
-            l.flush();
-        }
-        if !args.stats_interval.is_zero() && last_stats.elapsed() >= args.stats_interval {
-            last_stats = Instant::now();
-            if let Ok(c) = sensor.counters() {
-                eprintln!(
-                    "xtrail-sensor: stats {c} events={} whitelisted={whitelisted}",
-                    log.written
-                );
-            }
-        }
+fn replay(
+    pcaps: &[PathBuf],
+    trail_paths: &[PathBuf],
+    whitelist: Option<&std::path::Path>,
+    format: Format,
+    events_log: &std::path::Path,
+    sensor_name: String,
+) -> anyhow::Result<()> {
+    let trails = load_trails(trail_paths)?;
+    let whitelist = match whitelist {
+        Some(p) => Whitelist::load(p).with_context(|| format!("reading whitelist {}", p.display()))?,
+        None => Whitelist::empty(),
+    };
+    let opts = ReplayOptions {
+        processor: ProcessorConfig::with_sensor(sensor_name),
+        format,
+        ..ReplayOptions::default()
+    };
+    let started = Instant::now();
+    let mut out: Box<dyn std::io::Write> = if events_log.as_os_str() == "-" {
+        Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
+    } else {
+        Box::new(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(events_log)
+                .with_context(|| format!("opening events log {}", events_log.display()))?,
+        ))
+    };
+    let stats = xtrail_detect::replay::replay(
+        pcaps,
+        Arc::new(trails),
+        Arc::new(whitelist),
+        &opts,
+        &mut out,
+    )?;
+    let secs = started.elapsed().as_secs_f64();
+    for e in &stats.file_errors {
+        eprintln!("xtrail-sensor: warning: {} ended early: {}", e.path.display(), e.error);
     }
-    sensor.detach_all();
-    // Drain what arrived before detaching.
-    while let Some(item) = ring.next() {
-        if let Some(rec) = hits::parse_record(&item) {
-            let event = hits::to_event(&rec, &trails, &args.sensor_name, None, &clock);
-            log.write(&event).context("writing event")?;
-        }
-    }
-    log.flush().context("writing event")?;
-    let counters = sensor.counters()?;
     eprintln!(
-        "xtrail-sensor: detached; final stats {counters} events={} whitelisted={whitelisted}",
-        log.written
+        "xtrail-sensor: replayed {} file(s), {} packets, {} events, {} unparsable packets in {:.3}s ({:.0} ns/packet)",
+        stats.files,
+        stats.packets,
+        stats.events,
+        stats.parse_errors,
+        secs,
+        if stats.packets > 0 { secs * 1e9 / stats.packets as f64 } else { 0.0 }
     );
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData};
 use aya::Ebpf;
-use xtrail_common::{maps as names, IpPortKey, PREFILTER_WORDS};
+use xtrail_common::{maps as names, IpPortKey, HTTP_PORT_WORDS, PREFILTER_WORDS};
 use xtrail_detect::trails::IpTrails;
 
 /// `BPF_MAP_UPDATE_BATCH` command number.
@@ -251,6 +251,17 @@ pub fn fill(ebpf: &mut Ebpf, ip: &IpTrails) -> Result<FillReport, FillError> {
         report.prefilter = true;
     }
     Ok(report)
+}
+
+/// Sets one bit per port in the `HTTP_PORTS` bitmap.
+pub fn fill_http_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), FillError> {
+    let mut words = vec![0u64; HTTP_PORT_WORDS as usize];
+    for p in ports {
+        words[usize::from(*p >> 6)] |= 1u64 << (p & 63);
+    }
+    let indexes: Vec<u32> = (0..HTTP_PORT_WORDS).collect();
+    let fd = map_data(ebpf, names::HTTP_PORTS)?.fd().as_fd().as_raw_fd();
+    update_batch(fd, names::HTTP_PORTS, &indexes, &words)
 }
 
 /// Reads one value of an array map (used by tests and `stats`).

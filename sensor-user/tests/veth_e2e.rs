@@ -130,6 +130,9 @@ fn write_trails(dir: &Path, extra: &str) -> std::path::PathBuf {
              198.19.6.6:8443,e2e rat (malware),(test)\n\
              198.19.128.0/24,e2e scanners (suspicious),(test)\n\
              2001:db8:bad::1,e2e v6 c2 (malware),(test)\n\
+             evil-e2e-xtrail.com,e2e domain (malware),(test)\n\
+             tls-evil-e2e-xtrail.com,e2e tls (malware),(test)\n\
+             /malicious-e2e.php,e2e url (malware),(test)\n\
              {extra}"
         ),
     )
@@ -307,4 +310,98 @@ fn clear_errors_for_bad_arguments() {
         "--enforce",
     ]);
     assert!(msg.contains("--enforce needs --mode inline"), "{msg}");
+}
+
+#[test]
+fn dns_http_and_tls_names_are_matched_and_traffic_still_arrives() {
+    privileged!();
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    use xtrail_bench::frames::{dns_query, tls_client_hello};
+    use xtrail_bench::netns::in_ns;
+
+    let dir = tempdir("names");
+    let trails = write_trails(&dir, "");
+    let log = dir.join("events.jsonl");
+    let pair = VethPair::create("xn").expect("veth pair");
+    let server_ip = pair.sensor_ip.clone();
+    // Responders in the sensor's namespace: DNS on UDP 53, HTTP on 80, "TLS" on 443. Each
+    // answers a bounded number of requests, then stops.
+    let udp_ip = server_ip.clone();
+    let dns_server = in_ns(&pair.sensor_ns, move || -> usize {
+        let sock = UdpSocket::bind((udp_ip.as_str(), 53)).expect("bind 53");
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answered = 0;
+        let mut buf = [0u8; 512];
+        while answered < 3 {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else { break };
+            let mut reply = buf[..n].to_vec();
+            reply[2] |= 0x80; // QR: response (no answers: enough for the client)
+            let _ = sock.send_to(&reply, from);
+            answered += 1;
+        }
+        answered
+    });
+    let tcp_ip = server_ip.clone();
+    let tcp_server = in_ns(&pair.sensor_ns, move || -> usize {
+        let http = TcpListener::bind((tcp_ip.as_str(), 80)).expect("bind 80");
+        let tls = TcpListener::bind((tcp_ip.as_str(), 443)).expect("bind 443");
+        let mut served = 0;
+        for listener in [&http, &tls] {
+            let (mut conn, _) = listener.accept().expect("accept");
+            conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = [0u8; 2048];
+            if conn.read(&mut buf).unwrap_or(0) > 0 {
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                served += 1;
+            }
+        }
+        served
+    });
+    let sensor = Running::start(&pair, &trails, &log, &[]);
+    let client_ip = server_ip.clone();
+    let client = in_ns(&pair.peer_ns, move || -> (usize, bool, bool) {
+        let sock = UdpSocket::bind("0.0.0.0:0").expect("udp client");
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut answers = 0;
+        for (i, name) in ["evil-e2e-xtrail.com", "www.evil-e2e-xtrail.com", "clean-e2e-xtrail.com"]
+            .iter()
+            .enumerate()
+        {
+            sock.send_to(&dns_query(0x100 + i as u16, name, 1), (client_ip.as_str(), 53)).unwrap();
+            let mut buf = [0u8; 512];
+            if sock.recv_from(&mut buf).is_ok() {
+                answers += 1;
+            }
+        }
+        let mut http = TcpStream::connect((client_ip.as_str(), 80)).expect("connect 80");
+        http.write_all(b"GET /malicious-e2e.php?id=1 HTTP/1.1\r\nHost: shop-e2e.example\r\nUser-Agent: e2e\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        http.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let _ = http.read_to_string(&mut reply);
+        let mut tls = TcpStream::connect((client_ip.as_str(), 443)).expect("connect 443");
+        tls.write_all(&tls_client_hello("tls-evil-e2e-xtrail.com")).unwrap();
+        let mut tls_reply = Vec::new();
+        tls.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let _ = tls.read_to_end(&mut tls_reply);
+        (answers, reply.starts_with("HTTP/1.1 200"), !tls_reply.is_empty())
+    });
+    let (answers, http_ok, tls_ok) = client.join().unwrap().unwrap();
+    let ev = wait_for_events(&log, 4);
+    let stats = sensor.stop();
+    assert_eq!(dns_server.join().unwrap().unwrap(), 3);
+    assert_eq!(tcp_server.join().unwrap().unwrap(), 2);
+    assert_eq!(answers, 3, "DNS answers must still arrive in inline mode");
+    assert!(http_ok && tls_ok, "HTTP and TLS must still reach the server in inline mode");
+    let trails_seen: Vec<&str> = ev.iter().filter_map(|e| e["trail"].as_str()).collect();
+    assert!(trails_seen.contains(&"evil-e2e-xtrail.com"), "{ev:#?}");
+    assert!(trails_seen.contains(&"(www).evil-e2e-xtrail.com"), "{ev:#?}");
+    assert!(trails_seen.iter().any(|t| t.contains("malicious-e2e.php")), "{ev:#?}");
+    assert!(trails_seen.contains(&"tls-evil-e2e-xtrail.com"), "{ev:#?}");
+    assert!(!trails_seen.iter().any(|t| t.contains("clean-e2e")), "{ev:#?}");
+    let dns = ev.iter().find(|e| e["trail"] == "evil-e2e-xtrail.com").unwrap();
+    assert_eq!(dns["type"], "DNS");
+    assert_eq!(dns["dst_port"], 53);
+    assert!(counter(&stats, "copied") >= 5, "{stats}");
+    assert!(counter(&stats, "handoff_dns") >= 3, "{stats}");
 }

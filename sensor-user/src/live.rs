@@ -1,0 +1,211 @@
+//! The live capture loop: ring buffers in, events out.
+//!
+//! The XDP program writes trail hits to `HITS` and, in inline mode, copies of DNS, HTTP and
+//! TLS ClientHello packets to `PAYLOADS`. This loop polls both: hits become IP/IPORT events
+//! directly; payloads go through the same [`Processor`] as pcap replay (domain, URL and host
+//! matching, IP trails of DNS packets), then the [`Throttle`].
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use xtrail_common::{side, PayloadRecord, PAYLOAD_CAP};
+use xtrail_detect::event::Event;
+use xtrail_detect::process::{Processor, ProcessorConfig};
+use xtrail_detect::throttle::{Throttle, ThrottleConfig};
+use xtrail_detect::trails::TrailSet;
+use xtrail_detect::whitelist::Whitelist;
+
+use crate::hits::{self, Clock};
+use crate::loader::{AttachMode, Mode, Sensor, SensorOptions};
+use crate::output::EventLog;
+
+/// Everything a live run needs.
+pub struct LiveOptions {
+    pub ifaces: Vec<String>,
+    pub sensor: SensorOptions,
+    pub attach: AttachMode,
+    pub sensor_name: String,
+    pub stats_interval: Duration,
+    pub duration: Option<Duration>,
+}
+
+/// Totals at the end of a run.
+#[derive(Debug, Default)]
+pub struct LiveSummary {
+    pub events: u64,
+    pub whitelisted: u64,
+    pub payloads: u64,
+}
+
+/// Link type of the frames the XDP program copies (Ethernet).
+const LINKTYPE_ETHERNET: u32 = 1;
+
+/// Splits a payload ring-buffer item into its header and frame bytes.
+fn payload(item: &[u8]) -> Option<(u64, u32, &[u8])> {
+    let data_off = std::mem::offset_of!(PayloadRecord, data);
+    if item.len() < data_off {
+        return None;
+    }
+    let u64_at = |o: usize| item.get(o..o + 8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes);
+    let u32_at = |o: usize| item.get(o..o + 4).and_then(|b| b.try_into().ok()).map(u32::from_ne_bytes);
+    let ts = u64_at(std::mem::offset_of!(PayloadRecord, ts_ns))?;
+    let ifindex = u32_at(std::mem::offset_of!(PayloadRecord, ifindex))?;
+    let cap = u32_at(std::mem::offset_of!(PayloadRecord, cap_len))? as usize;
+    let frame = item.get(data_off..data_off + cap.min(PAYLOAD_CAP))?;
+    Some((ts, ifindex, frame))
+}
+
+/// Loads, attaches, and runs until `stop` is set or the duration passes; detaches on return.
+pub fn run(
+    trails: Arc<TrailSet>,
+    whitelist: Arc<Whitelist>,
+    opts: &LiveOptions,
+    log: &mut EventLog,
+    stop: &AtomicBool,
+) -> anyhow::Result<LiveSummary> {
+    let started = Instant::now();
+    let mut sensor = Sensor::load(&trails.ip, &opts.sensor)?;
+    let f = &sensor.fill;
+    eprintln!(
+        "xtrail-sensor: maps filled in {:.2}s: {} IPv4, {} IPv6, {} IP:port, {} IPv4 CIDR, {} IPv6 CIDR; prefilter {}",
+        started.elapsed().as_secs_f64(),
+        f.ipv4,
+        f.ipv6,
+        f.ipport,
+        f.cidr4,
+        f.cidr6,
+        if f.prefilter {
+            format!("on ({} /24 blocks)", f.prefilter_blocks)
+        } else {
+            "off".to_string()
+        }
+    );
+    let mut logger = if opts.sensor.ebpf_log_level > 0 {
+        sensor.take_logger()
+    } else {
+        None
+    };
+    let mut ring = sensor.take_hits()?;
+    let mut payloads = sensor.take_payloads()?;
+    for iface in &opts.ifaces {
+        let a = sensor.attach(iface, opts.attach)?;
+        eprintln!(
+            "xtrail-sensor: attached to {} ({} mode, {} mode{})",
+            a.iface,
+            a.mode,
+            match opts.sensor.mode {
+                Mode::Inline => "inline",
+                Mode::Mirror => "mirror",
+            },
+            if opts.sensor.enforce { ", enforcing" } else { "" }
+        );
+    }
+    let ifnames: Vec<(u32, String)> = sensor
+        .attachments()
+        .iter()
+        .map(|a| (a.ifindex, a.iface.clone()))
+        .collect();
+    let ifname = |index: u32| {
+        ifnames
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, n)| n.clone())
+    };
+    let mut processor = Processor::new(
+        Arc::clone(&trails),
+        Arc::clone(&whitelist),
+        ProcessorConfig::with_sensor(opts.sensor_name.clone()),
+    );
+    let mut throttle = Throttle::new(ThrottleConfig::default());
+    let mut summary = LiveSummary::default();
+    let mut clock = Clock::now();
+    let mut last_clock = Instant::now();
+    let mut last_stats = Instant::now();
+    let run_started = Instant::now();
+    let mut pending: Vec<Event> = Vec::new();
+    let fds = [Some(ring.as_raw_fd()), Some(payloads.as_raw_fd()), logger.as_ref().map(AsRawFd::as_raw_fd)];
+    let mut pollfds: Vec<libc::pollfd> = fds
+        .iter()
+        .flatten()
+        .map(|fd| libc::pollfd {
+            fd: *fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let mut finishing = false;
+    loop {
+        if !finishing {
+            let timed_out = opts.duration.is_some_and(|d| run_started.elapsed() >= d);
+            if stop.load(Ordering::Relaxed) || timed_out {
+                // Detach first, then drain what arrived before.
+                sensor.detach_all();
+                finishing = true;
+            } else {
+                // SAFETY: pollfds is a valid array of pollfd of the given length.
+                unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 200) };
+            }
+        }
+        if last_clock.elapsed() > Duration::from_secs(60) {
+            clock = Clock::now();
+            last_clock = Instant::now();
+        }
+        while let Some(item) = ring.next() {
+            let Some(rec) = hits::parse_record(&item) else {
+                continue;
+            };
+            let event = hits::to_event(&rec, &trails, &opts.sensor_name, ifname(rec.ifindex), &clock);
+            let trail_ip = if rec.side == side::SRC {
+                event.src_ip
+            } else {
+                event.dst_ip
+            };
+            if whitelist.is_ip_whitelisted(trail_ip) {
+                summary.whitelisted += 1;
+                continue;
+            }
+            pending.push(event);
+        }
+        while let Some(item) = payloads.next() {
+            let Some((ts_ns, ifindex, frame)) = payload(&item) else {
+                continue;
+            };
+            summary.payloads += 1;
+            let ts_us = clock.to_unix_us(ts_ns);
+            let iface = ifname(ifindex);
+            processor.process(ts_us, LINKTYPE_ETHERNET, frame, &mut |mut ev: Event| {
+                ev.iface.clone_from(&iface);
+                throttle.filter(ev, &mut |ev| pending.push(ev));
+            });
+        }
+        for ev in pending.drain(..) {
+            log.write(&ev).context("writing event")?;
+            summary.events += 1;
+        }
+        log.flush().context("writing event")?;
+        if let Some(l) = logger.as_mut() {
+            l.flush();
+        }
+        if finishing {
+            break;
+        }
+        if !opts.stats_interval.is_zero() && last_stats.elapsed() >= opts.stats_interval {
+            last_stats = Instant::now();
+            if let Ok(c) = sensor.counters() {
+                eprintln!(
+                    "xtrail-sensor: stats {c} events={} whitelisted={} payloads={}",
+                    summary.events, summary.whitelisted, summary.payloads
+                );
+            }
+        }
+    }
+    let counters = sensor.counters()?;
+    eprintln!(
+        "xtrail-sensor: detached; final stats {counters} events={} whitelisted={} payloads={}",
+        summary.events, summary.whitelisted, summary.payloads
+    );
+    Ok(summary)
+}

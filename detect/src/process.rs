@@ -790,7 +790,7 @@ sinkholed.example,sinkhole x (malware),(static)
             std::thread::current().id()
         ));
         std::fs::write(&path, TRAILS).unwrap();
-        let trails = TrailSet::load(&[path.clone()], &LoadOptions::default()).unwrap();
+        let trails = TrailSet::load(std::slice::from_ref(&path), &LoadOptions::default()).unwrap();
         let _ = std::fs::remove_file(&path);
         Processor::new(
             Arc::new(trails),

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +23,12 @@ struct Sample {
     ipport: Vec<(IpAddr, u16, String)>,
     cidr: Vec<(IpAddr, String)>,
     ipv6: Vec<(IpAddr, String)>,
+    /// Domain trails queried over DNS (exactly and as a `www.` subdomain).
+    domains: Vec<(String, String)>,
+    /// A `host/path` URL trail requested over HTTP.
+    url: Option<(String, String, String)>,
+    /// A domain trail sent as a TLS SNI.
+    sni: Option<(String, String)>,
 }
 
 fn pick(trails: &TrailSet, whitelist: &Whitelist) -> Sample {
@@ -67,7 +73,44 @@ fn pick(trails: &TrailSet, whitelist: &Whitelist) -> Sample {
         }
         (0..n.min(len)).map(|i| i * len / n.min(len)).collect()
     };
+    let mut names: Vec<(&str, u32)> = trails
+        .domains
+        .iter()
+        .filter(|(d, l)| {
+            d.len() < 40
+                && d.split('.').count() == 2
+                && d.bytes().all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'-')
+                && info(*l).contains("(malware)")
+                && !whitelist.is_domain_whitelisted(d)
+                && !xtrail_detect::whitelist::is_ignored_suffix(d)
+                && trails.domains.lookup(d).is_some()
+        })
+        .collect();
+    names.sort();
+    let names: Vec<(String, String)> = spread(4, names.len())
+        .into_iter()
+        .map(|i| (names[i].0.to_string(), info(names[i].1)))
+        .collect();
+    let mut urls: Vec<(&str, u32)> = trails
+        .urls
+        .iter()
+        .filter(|(u, _)| {
+            !u.starts_with('/')
+                && u.len() < 60
+                && u.split_once('/').is_some_and(|(h, p)| {
+                    h.contains('.') && !h.contains(':') && p.len() > 3 && !p.contains(['?', ' '])
+                })
+        })
+        .collect();
+    urls.sort();
+    let url = urls.get(urls.len() / 2).and_then(|(u, l)| {
+        let (host, path) = u.split_once('/')?;
+        Some((host.to_string(), format!("/{path}"), info(*l)))
+    });
     Sample {
+        domains: names.iter().take(3).cloned().collect(),
+        sni: names.get(3).cloned(),
+        url,
         ipv4: spread(4, v4s.len())
             .into_iter()
             .map(|i| v4s[i])
@@ -182,6 +225,121 @@ pub fn run(trails: Option<PathBuf>, mode: &str) -> anyhow::Result<()> {
         bail!("fewer events than expected");
     }
     Ok(())
+}
+
+/// DNS queries, an HTTP request and a TLS ClientHello for trail names, sent by real sockets
+/// in the traffic namespace to responders in the sensor's namespace (inline mode: they must
+/// still arrive). Returns how many events to expect.
+fn names_traffic(pair: &VethPair, sample: &Sample) -> anyhow::Result<u64> {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    use xtrail_bench::frames::{dns_query, tls_client_hello};
+    use xtrail_bench::netns::in_ns;
+
+    let mut queries: Vec<String> = Vec::new();
+    for (d, info) in &sample.domains {
+        eprintln!("demo:   DNS A {d} and www.{d} ({info})");
+        queries.push(d.clone());
+        queries.push(format!("www.{d}"));
+    }
+    queries.push("clean-demo-name.com".into());
+    let n_queries = queries.len();
+    let server = pair.sensor_ip.clone();
+    let ip = server.clone();
+    let dns = in_ns(&pair.sensor_ns, move || -> usize {
+        let Ok(sock) = UdpSocket::bind((ip.as_str(), 53)) else { return 0 };
+        let _ = sock.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut buf = [0u8; 512];
+        let mut answered = 0;
+        while answered < n_queries {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else { break };
+            let mut reply = buf[..n].to_vec();
+            if reply.len() > 3 {
+                reply[2] |= 0x80;
+                reply[3] |= 0x03; // NXDOMAIN: the demo resolver knows nothing
+            }
+            let _ = sock.send_to(&reply, from);
+            answered += 1;
+        }
+        answered
+    });
+    let ip = server.clone();
+    let web = in_ns(&pair.sensor_ns, move || -> usize {
+        let (Ok(http), Ok(tls)) = (
+            TcpListener::bind((ip.as_str(), 80)),
+            TcpListener::bind((ip.as_str(), 443)),
+        ) else {
+            return 0;
+        };
+        let mut served = 0;
+        for l in [&http, &tls] {
+            if let Ok((mut c, _)) = l.accept() {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 2048];
+                if c.read(&mut buf).unwrap_or(0) > 0 {
+                    let _ = c.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                    served += 1;
+                }
+            }
+        }
+        served
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let url = sample.url.clone();
+    let sni = sample.sni.clone();
+    if let Some((host, path, info)) = &url {
+        eprintln!("demo:   HTTP GET http://{host}{path} ({info})");
+    }
+    if let Some((name, info)) = &sni {
+        eprintln!("demo:   TLS ClientHello with SNI {name} ({info})");
+    }
+    let ip = server.clone();
+    let client = in_ns(&pair.peer_ns, move || -> (usize, bool, bool) {
+        let mut answers = 0;
+        if let Ok(sock) = UdpSocket::bind("0.0.0.0:0") {
+            let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
+            for (i, q) in queries.iter().enumerate() {
+                let _ = sock.send_to(&dns_query(0x4000 + i as u16, q, 1), (ip.as_str(), 53));
+                let mut buf = [0u8; 512];
+                if sock.recv_from(&mut buf).is_ok() {
+                    answers += 1;
+                }
+            }
+        }
+        let (host, path) = url
+            .map(|(h, p, _)| (h, p))
+            .unwrap_or_else(|| ("clean-demo-name.com".into(), "/".into()));
+        let mut http_ok = false;
+        if let Ok(mut c) = TcpStream::connect((ip.as_str(), 80)) {
+            let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: xtrail-demo\r\n\r\n");
+            let _ = c.write_all(req.as_bytes());
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut r = String::new();
+            let _ = c.read_to_string(&mut r);
+            http_ok = r.starts_with("HTTP/1.1");
+        }
+        let mut tls_ok = false;
+        let name = sni.map(|s| s.0).unwrap_or_else(|| "clean-demo-name.com".into());
+        if let Ok(mut c) = TcpStream::connect((ip.as_str(), 443)) {
+            let _ = c.write_all(&tls_client_hello(&name));
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut r = Vec::new();
+            let _ = c.read_to_end(&mut r);
+            tls_ok = !r.is_empty();
+        }
+        (answers, http_ok, tls_ok)
+    });
+    let (answers, http_ok, tls_ok) = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    let _ = dns.join();
+    let _ = web.join();
+    eprintln!(
+        "demo:   inline mode: {answers}/{n_queries} DNS answers, HTTP reply {}, TLS reply {} (traffic still reaches its destination)",
+        if http_ok { "received" } else { "MISSING" },
+        if tls_ok { "received" } else { "MISSING" }
+    );
+    Ok(2 * sample.domains.len() as u64 + u64::from(sample.url.is_some()) + u64::from(sample.sni.is_some()))
 }
 
 struct Summary {
@@ -308,6 +466,7 @@ fn drive(pair: &VethPair, child: &mut Child, sample: &Sample) -> anyhow::Result<
         send(Frame::syn(me6, 44000, *a, 443), true)?;
         expected += 1;
     }
+    expected += names_traffic(pair, sample)?;
     // Let the last events arrive.
     let deadline = Instant::now() + Duration::from_secs(5);
     while events.load(Ordering::Relaxed) < expected && Instant::now() < deadline {

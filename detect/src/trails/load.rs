@@ -196,9 +196,11 @@ impl<'o> Builder<'o> {
             }
             Parsed::Url { host, path: p } => {
                 self.scratch.clear();
+                // URLs match case-insensitively: the pipeline lowercases request paths.
                 self.scratch
                     .extend(host.bytes().map(|b| b.to_ascii_lowercase()));
-                self.scratch.extend_from_slice(p.as_bytes());
+                self.scratch
+                    .extend(p.bytes().map(|b| b.to_ascii_lowercase()));
                 match self.urls.insert(&self.scratch, label) {
                     Inserted::New => self.report.urls += 1,
                     Inserted::Existing { record, label: old } => {

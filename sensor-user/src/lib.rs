@@ -8,6 +8,7 @@
 //! - [`output`]: writes events as JSON lines or Maltrail lines.
 //! - [`stats`]: reads the per-CPU counters.
 //! - [`privilege`]: the up-front capability check.
+//! - [`live`]: the live loop; [`xsk`]: the AF_XDP workers of mirror mode.
 //!
 //! The binary (`src/main.rs`) owns argument parsing and the run loop.
 
@@ -18,6 +19,7 @@ pub mod maps;
 pub mod output;
 pub mod privilege;
 pub mod stats;
+pub mod xsk;
 
 /// The XDP object built by `build.rs` from `xdp-ebpf/program`.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xtrail-xdp"));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use xtrail_common::{side, PayloadRecord, PAYLOAD_CAP};
+use xtrail_common::{config_flags, side, PayloadRecord, PAYLOAD_CAP};
 use xtrail_detect::event::Event;
 use xtrail_detect::process::{Processor, ProcessorConfig};
 use xtrail_detect::throttle::{Throttle, ThrottleConfig};
@@ -21,6 +21,7 @@ use xtrail_detect::whitelist::Whitelist;
 use crate::hits::{self, Clock};
 use crate::loader::{AttachMode, Mode, Sensor, SensorOptions};
 use crate::output::EventLog;
+use crate::xsk;
 
 /// Everything a live run needs.
 pub struct LiveOptions {
@@ -30,6 +31,8 @@ pub struct LiveOptions {
     pub sensor_name: String,
     pub stats_interval: Duration,
     pub duration: Option<Duration>,
+    /// Mirror mode: receive DNS/HTTP/TLS over AF_XDP sockets (else ring-buffer copies).
+    pub afxdp: bool,
 }
 
 /// Totals at the end of a run.
@@ -114,6 +117,39 @@ pub fn run(
             .find(|(i, _)| *i == index)
             .map(|(_, n)| n.clone())
     };
+    // Mirror mode: AF_XDP workers, one per (interface, queue).
+    let (worker_tx, worker_rx) = std::sync::mpsc::sync_channel::<Event>(65_536);
+    let worker_stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    if opts.sensor.mode == Mode::Mirror && opts.afxdp && opts.sensor.handoff {
+        let ctx = xsk::WorkerContext {
+            trails: Arc::clone(&trails),
+            whitelist: Arc::clone(&whitelist),
+            sensor_name: opts.sensor_name.clone(),
+            events: worker_tx.clone(),
+            stop: Arc::clone(&worker_stop),
+        };
+        match xsk::start(&mut sensor, &ctx) {
+            Ok(w) => {
+                let mut config = sensor.config;
+                config.flags |= config_flags::XSK;
+                sensor.write_config(config)?;
+                eprintln!(
+                    "xtrail-sensor: {} AF_XDP worker(s): {}",
+                    w.len(),
+                    w.iter()
+                        .map(|w| format!("{}:{}", w.iface, w.queue))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                workers = w;
+            }
+            Err(e) => log::warn!(
+                "AF_XDP sockets unavailable ({e:#}); mirror mode hands packets over by ring-buffer copies"
+            ),
+        }
+    }
+    drop(worker_tx);
     let mut processor = Processor::new(
         Arc::clone(&trails),
         Arc::clone(&whitelist),
@@ -141,12 +177,31 @@ pub fn run(
         if !finishing {
             let timed_out = opts.duration.is_some_and(|d| run_started.elapsed() >= d);
             if stop.load(Ordering::Relaxed) || timed_out {
-                // Detach first, then drain what arrived before.
+                // Detach first, stop the workers, then drain what arrived before.
                 sensor.detach_all();
+                worker_stop.store(true, Ordering::Relaxed);
+                for w in workers.drain(..) {
+                    let name = format!("{}:{}", w.iface, w.queue);
+                    if let Err(e) = w.join() {
+                        log::error!("AF_XDP worker {name}: {e:#}");
+                    }
+                }
                 finishing = true;
             } else {
                 // SAFETY: pollfds is a valid array of pollfd of the given length.
-                unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 200) };
+                unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 50) };
+                // A worker that died is fatal: say so and stop.
+                if let Some(i) = workers.iter().position(|w| w.is_finished()) {
+                    let w = workers.swap_remove(i);
+                    let name = format!("{}:{}", w.iface, w.queue);
+                    let result = w.join();
+                    sensor.detach_all();
+                    worker_stop.store(true, Ordering::Relaxed);
+                    return Err(anyhow::anyhow!(
+                        "AF_XDP worker {name} stopped: {}",
+                        result.err().map(|e| format!("{e:#}")).unwrap_or_else(|| "no error".into())
+                    ));
+                }
             }
         }
         if last_clock.elapsed() > Duration::from_secs(60) {
@@ -180,6 +235,9 @@ pub fn run(
                 ev.iface.clone_from(&iface);
                 throttle.filter(ev, &mut |ev| pending.push(ev));
             });
+        }
+        while let Ok(ev) = worker_rx.try_recv() {
+            pending.push(ev);
         }
         for ev in pending.drain(..) {
             log.write(&ev).context("writing event")?;

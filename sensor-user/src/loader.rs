@@ -332,6 +332,11 @@ impl Sensor {
     pub fn ebpf(&self) -> &Ebpf {
         &self.ebpf
     }
+
+    /// The underlying aya object, mutably (AF_XDP socket registration).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
 }
 
 impl Drop for Sensor {

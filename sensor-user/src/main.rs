@@ -114,6 +114,9 @@ enum Command {
         /// Do not hand DNS/HTTP/TLS packets to userspace (IP trails only).
         #[arg(long = "no-payloads")]
         no_payloads: bool,
+        /// Mirror mode: copy packets through a ring buffer instead of AF_XDP sockets.
+        #[arg(long = "no-afxdp")]
+        no_afxdp: bool,
     },
     /// Replay pcap/pcapng files through the same parsers and matchers (no root needed).
     Replay {
@@ -166,6 +169,7 @@ fn main() -> ExitCode {
             ebpf_log,
             http_ports,
             no_payloads,
+            no_afxdp,
         } => run(RunArgs {
             ifaces,
             trails,
@@ -192,6 +196,7 @@ fn main() -> ExitCode {
             },
             http_ports,
             no_payloads,
+            no_afxdp,
         }),
         Command::Replay {
             pcaps,
@@ -243,6 +248,7 @@ struct RunArgs {
     ebpf_log_level: u8,
     http_ports: Vec<u16>,
     no_payloads: bool,
+    no_afxdp: bool,
 }
 
 /// Loads trails from every source and prints what was found.
@@ -306,6 +312,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         sensor_name: args.sensor_name,
         stats_interval: args.stats_interval,
         duration: args.duration,
+        afxdp: !args.no_afxdp,
     };
     live::run(Arc::new(trails), Arc::new(whitelist), &opts, &mut log, &stop)?;
     Ok(())

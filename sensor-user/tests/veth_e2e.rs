@@ -405,3 +405,43 @@ fn dns_http_and_tls_names_are_matched_and_traffic_still_arrives() {
     assert!(counter(&stats, "copied") >= 5, "{stats}");
     assert!(counter(&stats, "handoff_dns") >= 3, "{stats}");
 }
+
+#[test]
+fn mirror_mode_hands_names_to_afxdp_workers() {
+    privileged!();
+    use xtrail_bench::frames::{dns_query, tls_client_hello};
+
+    let dir = tempdir("mirror");
+    let trails = write_trails(&dir, "");
+    let log = dir.join("events.jsonl");
+    let pair = VethPair::create("xm").expect("veth pair");
+    let sensor = Running::start(&pair, &trails, &log, &["--mode", "mirror"]);
+    let inj = pair.injector().expect("injector");
+    let me = v4(&pair.peer_ip);
+    let there = v4(&pair.sensor_ip);
+    let http = b"GET /malicious-e2e.php HTTP/1.1\r\nHost: shop-e2e-xtrail.com\r\n\r\n";
+    let frames = [
+        Frame::udp(me, 40000, there, 53, &dns_query(7, "www.evil-e2e-xtrail.com", 1)),
+        Frame::tcp(me, 40001, there, 80, tcp_flags::PSH | tcp_flags::ACK).with_payload(http),
+        Frame::tcp(me, 40002, there, 443, tcp_flags::PSH | tcp_flags::ACK)
+            .with_payload(&tls_client_hello("tls-evil-e2e-xtrail.com")),
+        Frame::syn(me, 40003, v4("198.19.66.66"), 443),
+        Frame::udp(me, 40004, there, 53, &dns_query(8, "clean-e2e-xtrail.com", 1)),
+    ];
+    for f in &frames {
+        inj.send(&f.build()).unwrap();
+    }
+    let ev = wait_for_events(&log, 4);
+    let stats = sensor.stop();
+    let trails_seen: Vec<&str> = ev.iter().filter_map(|e| e["trail"].as_str()).collect();
+    assert!(trails_seen.contains(&"(www).evil-e2e-xtrail.com"), "{ev:#?}");
+    assert!(trails_seen.iter().any(|t| t.contains("malicious-e2e.php")), "{ev:#?}");
+    assert!(trails_seen.contains(&"tls-evil-e2e-xtrail.com"), "{ev:#?}");
+    assert!(trails_seen.contains(&"198.19.66.66"), "{ev:#?}");
+    assert_eq!(ev.len(), 4, "{ev:#?}");
+    assert!(ev.iter().all(|e| e["iface"] == pair.sensor_if.as_str()), "{ev:#?}");
+    assert_eq!(counter(&stats, "redirected"), 4, "{stats}");
+    assert_eq!(counter(&stats, "copied"), 0, "{stats}");
+    // Mirror mode: everything is consumed at the sensor (dropped or redirected).
+    assert_eq!(counter(&stats, "pass"), 0, "{stats}");
+}

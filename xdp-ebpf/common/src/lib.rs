@@ -20,10 +20,19 @@ pub mod maps {
     pub const PAYLOADS: &str = "PAYLOADS";
     pub const XSKS: &str = "XSKS";
     pub const HTTP_PORTS: &str = "HTTP_PORTS";
+    pub const IFSLOTS: &str = "IFSLOTS";
 }
 
-/// Bytes of a frame copied to userspace in inline mode (the rest is cut).
-pub const PAYLOAD_CAP: usize = 1536;
+/// AF_XDP sockets per interface in the `XSKS` map: the socket of queue `q` on the interface
+/// in slot `s` (see `IFSLOTS`) sits at index `s * XSK_QUEUES_PER_IFACE + q`.
+pub const XSK_QUEUES_PER_IFACE: u32 = 16;
+
+/// Interfaces one sensor can own AF_XDP sockets on.
+pub const XSK_MAX_IFACES: u32 = 16;
+
+/// Bytes of a frame copied to userspace in inline mode (the rest is cut). A power of two:
+/// the XDP program bounds the copy length with a mask the verifier understands.
+pub const PAYLOAD_CAP: usize = 2048;
 
 /// Number of 64-bit words in the HTTP port bitmap (one bit per TCP port).
 pub const HTTP_PORT_WORDS: u32 = 1024;

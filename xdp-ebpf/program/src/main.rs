@@ -23,6 +23,7 @@ use parse::{Packet, ParseError};
 use xtrail_common::{
     action, config_flags, handoff, mode, side, stat, trail_kind, Config, HitRecord, IpPortKey,
     PayloadRecord, SuppressKey, HTTP_PORT_WORDS, PAYLOAD_CAP, PREFILTER_WORDS,
+    XSK_MAX_IFACES, XSK_QUEUES_PER_IFACE,
 };
 
 /// Runtime configuration (element 0).
@@ -70,9 +71,13 @@ static HITS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 static PAYLOADS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
 
-/// Mirror mode: one AF_XDP socket per receive queue.
+/// Mirror mode: one AF_XDP socket per interface slot and receive queue.
 #[map]
-static XSKS: XskMap = XskMap::with_max_entries(64, 0);
+static XSKS: XskMap = XskMap::with_max_entries(XSK_MAX_IFACES * XSK_QUEUES_PER_IFACE, 0);
+
+/// Interface index to its slot in `XSKS`.
+#[map]
+static IFSLOTS: HashMap<u32, u32> = HashMap::with_max_entries(XSK_MAX_IFACES, 0);
 
 /// One bit per TCP port on which requests are parsed as HTTP (filled by userspace).
 #[map]
@@ -93,14 +98,12 @@ pub fn xtrail_xdp(ctx: XdpContext) -> u32 {
         None => Config::default(),
     };
     let verdict = process(&ctx, &cfg);
-    count(
-        if verdict == xdp_action::XDP_DROP {
-            stat::DROP
-        } else {
-            stat::PASS
-        },
-        1,
-    );
+    // Redirects are counted where they happen (`redirected`).
+    if verdict == xdp_action::XDP_DROP {
+        count(stat::DROP, 1);
+    } else if verdict == xdp_action::XDP_PASS {
+        count(stat::PASS, 1);
+    }
     verdict
 }
 
@@ -234,10 +237,14 @@ fn http_port(port: u16) -> bool {
 
 /// Mirror mode with sockets: redirect to this queue's AF_XDP socket. Otherwise: copy the
 /// first bytes to the payload ring buffer. Returns the verdict for a redirect.
-#[inline(always)]
+/// A separate BPF function: verified once, not once per path through `process`.
+#[inline(never)]
 fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, len: u64) -> Option<u32> {
     if cfg.mode == mode::MIRROR && cfg.flags & config_flags::XSK != 0 {
-        return match XSKS.redirect(ctx.rx_queue_index(), u64::from(xdp_action::XDP_DROP)) {
+        let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+        let slot = unsafe { IFSLOTS.get(&ifindex) }.copied().unwrap_or(0);
+        let index = slot * XSK_QUEUES_PER_IFACE + (ctx.rx_queue_index() % XSK_QUEUES_PER_IFACE);
+        return match XSKS.redirect(index, u64::from(xdp_action::XDP_DROP)) {
             Ok(v) => {
                 count(stat::REDIRECTED, 1);
                 Some(v)
@@ -267,20 +274,11 @@ fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, len: u64) -> Option<u32> {
         (*r).pkt_len = len as u32;
         (*r).kind = kind;
         (*r)._pad = [0; 7];
-        // Two opaque checks: merged into one `n - 1 < CAP` test, the verifier would not
-        // learn that `n` itself is non-zero and bounded.
-        let n = core::hint::black_box(cap);
-        if n as usize > PAYLOAD_CAP {
-            -1
-        } else {
-            let n = core::hint::black_box(n);
-            if n == 0 {
-                -1
-            } else {
-                (*r).cap_len = n;
-                bpf_xdp_load_bytes(ctx.ctx, 0, (*r).data.as_mut_ptr().cast(), n)
-            }
-        }
+        // `cap` is in [0, CAP]; `((cap - 1) & (CAP - 1)) + 1` is in [1, CAP] in a form the
+        // verifier tracks (a mask), and equals `cap` whenever `cap` is non-zero.
+        let n = (cap.wrapping_sub(1) & (PAYLOAD_CAP as u32 - 1)) + 1;
+        (*r).cap_len = n;
+        bpf_xdp_load_bytes(ctx.ctx, 0, (*r).data.as_mut_ptr().cast(), n)
     };
     if copied != 0 {
         entry.discard(0);

@@ -19,7 +19,7 @@ use xtrail_detect::trails::TrailSet;
 use xtrail_detect::whitelist::Whitelist;
 
 use crate::hits::{self, Clock};
-use crate::loader::{AttachMode, Mode, Sensor, SensorOptions};
+use crate::loader::{self, AttachMode, Mode, Sensor, SensorOptions};
 use crate::output::EventLog;
 use crate::xsk;
 
@@ -93,6 +93,44 @@ pub fn run(
     };
     let mut ring = sensor.take_hits()?;
     let mut payloads = sensor.take_payloads()?;
+    let ifaces: Vec<(String, u32)> = opts
+        .ifaces
+        .iter()
+        .map(|i| (i.clone(), loader::ifindex(i).unwrap_or(0)))
+        .collect();
+    // Mirror mode: AF_XDP workers, one per (interface, queue).
+    let (worker_tx, worker_rx) = std::sync::mpsc::sync_channel::<Event>(65_536);
+    let worker_stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    if opts.sensor.mode == Mode::Mirror && opts.afxdp && opts.sensor.handoff {
+        let ctx = xsk::WorkerContext {
+            trails: Arc::clone(&trails),
+            whitelist: Arc::clone(&whitelist),
+            sensor_name: opts.sensor_name.clone(),
+            events: worker_tx.clone(),
+            stop: Arc::clone(&worker_stop),
+        };
+        match xsk::start(&mut sensor, &ifaces, &ctx) {
+            Ok(w) => {
+                let mut config = sensor.config;
+                config.flags |= config_flags::XSK;
+                sensor.write_config(config)?;
+                eprintln!(
+                    "xtrail-sensor: {} AF_XDP worker(s): {}",
+                    w.len(),
+                    w.iter()
+                        .map(|w| format!("{}:{}", w.iface, w.queue))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                workers = w;
+            }
+            Err(e) => log::warn!(
+                "AF_XDP sockets unavailable ({e:#}); mirror mode hands packets over by ring-buffer copies"
+            ),
+        }
+    }
+    drop(worker_tx);
     for iface in &opts.ifaces {
         let a = sensor.attach(iface, opts.attach)?;
         eprintln!(
@@ -117,39 +155,6 @@ pub fn run(
             .find(|(i, _)| *i == index)
             .map(|(_, n)| n.clone())
     };
-    // Mirror mode: AF_XDP workers, one per (interface, queue).
-    let (worker_tx, worker_rx) = std::sync::mpsc::sync_channel::<Event>(65_536);
-    let worker_stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    if opts.sensor.mode == Mode::Mirror && opts.afxdp && opts.sensor.handoff {
-        let ctx = xsk::WorkerContext {
-            trails: Arc::clone(&trails),
-            whitelist: Arc::clone(&whitelist),
-            sensor_name: opts.sensor_name.clone(),
-            events: worker_tx.clone(),
-            stop: Arc::clone(&worker_stop),
-        };
-        match xsk::start(&mut sensor, &ctx) {
-            Ok(w) => {
-                let mut config = sensor.config;
-                config.flags |= config_flags::XSK;
-                sensor.write_config(config)?;
-                eprintln!(
-                    "xtrail-sensor: {} AF_XDP worker(s): {}",
-                    w.len(),
-                    w.iter()
-                        .map(|w| format!("{}:{}", w.iface, w.queue))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                );
-                workers = w;
-            }
-            Err(e) => log::warn!(
-                "AF_XDP sockets unavailable ({e:#}); mirror mode hands packets over by ring-buffer copies"
-            ),
-        }
-    }
-    drop(worker_tx);
     let mut processor = Processor::new(
         Arc::clone(&trails),
         Arc::clone(&whitelist),

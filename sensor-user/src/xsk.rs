@@ -91,14 +91,14 @@ fn unix_us_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Creates sockets on every receive queue of the attached interfaces, registers them in the
-/// `XSKS` map and starts one worker per socket.
-pub fn start(sensor: &mut Sensor, ctx: &WorkerContext) -> anyhow::Result<Vec<XskWorker>> {
-    let ifaces: Vec<(String, u32)> = sensor
-        .attachments()
-        .iter()
-        .map(|a| (a.iface.clone(), a.ifindex))
-        .collect();
+/// Creates sockets on every receive queue of `ifaces` (name, index), registers them in the
+/// `XSKS` map and starts one worker per socket. Call before attaching, so no packet is
+/// redirected to a queue without a socket.
+pub fn start(
+    sensor: &mut Sensor,
+    ifaces: &[(String, u32)],
+    ctx: &WorkerContext,
+) -> anyhow::Result<Vec<XskWorker>> {
     if ifaces.len() as u32 > XSK_MAX_IFACES {
         return Err(anyhow!("AF_XDP supports at most {XSK_MAX_IFACES} interfaces per sensor"));
     }

@@ -287,7 +287,8 @@ fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, len: u64) -> Option<u32> {
     }
     entry.submit(0);
     count(stat::COPIED, 1);
-    Some(xdp_action::XDP_PASS)
+    // A copy leaves the packet's fate to the mode: pass (inline) or drop (mirror).
+    Some(idle_verdict(cfg))
 }
 
 /// Suppresses repeats, then writes the hit to the ring buffer.

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use xtrail_common::{action, side, trail_kind, HitRecord};
+use xtrail_common::{action, side, trail_kind, FlowRecord, HitRecord};
 use xtrail_detect::event::{proto_name, Action, Details, Event, EventType, Severity};
 use xtrail_detect::trails::TrailSet;
 
@@ -108,4 +108,13 @@ pub fn to_event(
         iface,
         details: Details::default(),
     }
+}
+
+/// Parses a raw flow-start ring-buffer item.
+pub fn parse_flow(bytes: &[u8]) -> Option<FlowRecord> {
+    if bytes.len() < std::mem::size_of::<FlowRecord>() {
+        return None;
+    }
+    // SAFETY: FlowRecord is plain old data and `bytes` holds at least one.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FlowRecord>()) })
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use xtrail_common::{config_flags, side, PayloadRecord, PAYLOAD_CAP};
 use xtrail_detect::event::Event;
-use xtrail_detect::process::{Processor, ProcessorConfig};
+use xtrail_detect::process::{syn_hit_reported, Processor, ProcessorConfig};
 use xtrail_detect::throttle::{Throttle, ThrottleConfig};
 use xtrail_detect::trails::TrailSet;
 use xtrail_detect::whitelist::Whitelist;
@@ -40,7 +40,11 @@ pub struct LiveOptions {
 pub struct LiveSummary {
     pub events: u64,
     pub whitelisted: u64,
+    /// Kernel hits dropped by Maltrail's label rules (SYN to an attacker, from malware...).
+    pub filtered: u64,
     pub payloads: u64,
+    /// Flow-start records read.
+    pub flows: u64,
 }
 
 /// Link type of the frames the XDP program copies (Ethernet).
@@ -93,6 +97,7 @@ pub fn run(
     };
     let mut ring = sensor.take_hits()?;
     let mut payloads = sensor.take_payloads()?;
+    let mut flows = sensor.take_flows()?;
     let ifaces: Vec<(String, u32)> = opts
         .ifaces
         .iter()
@@ -167,7 +172,12 @@ pub fn run(
     let mut last_stats = Instant::now();
     let run_started = Instant::now();
     let mut pending: Vec<Event> = Vec::new();
-    let fds = [Some(ring.as_raw_fd()), Some(payloads.as_raw_fd()), logger.as_ref().map(AsRawFd::as_raw_fd)];
+    let fds = [
+        Some(ring.as_raw_fd()),
+        Some(payloads.as_raw_fd()),
+        Some(flows.as_raw_fd()),
+        logger.as_ref().map(AsRawFd::as_raw_fd),
+    ];
     let mut pollfds: Vec<libc::pollfd> = fds
         .iter()
         .flatten()
@@ -218,13 +228,15 @@ pub fn run(
                 continue;
             };
             let event = hits::to_event(&rec, &trails, &opts.sensor_name, ifname(rec.ifindex), &clock);
-            let trail_ip = if rec.side == side::SRC {
-                event.src_ip
-            } else {
-                event.dst_ip
-            };
-            if whitelist.is_ip_whitelisted(trail_ip) {
+            // Maltrail drops a hit when either address is whitelisted.
+            if whitelist.is_ip_whitelisted(event.src_ip) || whitelist.is_ip_whitelisted(event.dst_ip) {
                 summary.whitelisted += 1;
+                continue;
+            }
+            if rec.proto == 6
+                && !syn_hit_reported(&event.info, rec.side == side::DST, rec.dst_port, event.dst_ip.is_loopback())
+            {
+                summary.filtered += 1;
                 continue;
             }
             pending.push(event);
@@ -240,6 +252,11 @@ pub fn run(
                 ev.iface.clone_from(&iface);
                 throttle.filter(ev, &mut |ev| pending.push(ev));
             });
+        }
+        while let Some(item) = flows.next() {
+            if hits::parse_flow(&item).is_some() {
+                summary.flows += 1;
+            }
         }
         while let Ok(ev) = worker_rx.try_recv() {
             pending.push(ev);
@@ -259,16 +276,16 @@ pub fn run(
             last_stats = Instant::now();
             if let Ok(c) = sensor.counters() {
                 eprintln!(
-                    "xtrail-sensor: stats {c} events={} whitelisted={} payloads={}",
-                    summary.events, summary.whitelisted, summary.payloads
+                    "xtrail-sensor: stats {c} events={} whitelisted={} filtered={} payloads={}",
+                    summary.events, summary.whitelisted, summary.filtered, summary.payloads
                 );
             }
         }
     }
     let counters = sensor.counters()?;
     eprintln!(
-        "xtrail-sensor: detached; final stats {counters} events={} whitelisted={} payloads={}",
-        summary.events, summary.whitelisted, summary.payloads
+        "xtrail-sensor: detached; final stats {counters} events={} whitelisted={} filtered={} payloads={}",
+        summary.events, summary.whitelisted, summary.filtered, summary.payloads
     );
     Ok(summary)
 }

@@ -51,6 +51,9 @@ pub struct SensorOptions {
     /// TCP ports whose responses are handed over as HTTP (requests are recognised by their
     /// method on any port).
     pub http_ports: Vec<u16>,
+    /// Send flow-start records (scan heuristics); repeats within `flow_window` are not sent.
+    pub flows: bool,
+    pub flow_window: Duration,
 }
 
 /// Maltrail's HTTP ports.
@@ -65,6 +68,8 @@ impl Default for SensorOptions {
             ebpf_log_level: 0,
             handoff: true,
             http_ports: DEFAULT_HTTP_PORTS.to_vec(),
+            flows: true,
+            flow_window: Duration::from_secs(30),
         }
     }
 }
@@ -183,6 +188,9 @@ impl Sensor {
         if opts.handoff {
             flags |= config_flags::HANDOFF;
         }
+        if opts.flows {
+            flags |= config_flags::FLOWS;
+        }
         maps::fill_http_ports(&mut ebpf, &opts.http_ports)?;
         let config = Config {
             mode: match opts.mode {
@@ -193,6 +201,7 @@ impl Sensor {
             _pad: [0; 2],
             flags,
             suppress_ns: u64::try_from(opts.suppress.as_nanos()).unwrap_or(u64::MAX),
+            flow_ns: u64::try_from(opts.flow_window.as_nanos()).unwrap_or(u64::MAX),
         };
         let mut sensor = Sensor {
             ebpf,
@@ -286,6 +295,15 @@ impl Sensor {
             .ebpf
             .take_map(names::HITS)
             .ok_or(LoadError::MissingMap(names::HITS))?;
+        RingBuf::try_from(map).map_err(LoadError::Config)
+    }
+
+    /// Takes the flow-start ring buffer, once.
+    pub fn take_flows(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self
+            .ebpf
+            .take_map(names::FLOWS)
+            .ok_or(LoadError::MissingMap(names::FLOWS))?;
         RingBuf::try_from(map).map_err(LoadError::Config)
     }
 

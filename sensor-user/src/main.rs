@@ -74,9 +74,14 @@ enum Command {
         /// Trail source: a Maltrail trails.csv, a static trail tree, or a list file (repeatable).
         #[arg(long = "trails", required = true)]
         trails: Vec<PathBuf>,
-        /// Whitelist file (Maltrail's whitelist.txt format): no event for listed addresses.
+        /// Whitelist file (Maltrail's whitelist.txt format): no event for listed addresses
+        /// (default: $XTRAIL_WHITELIST, /etc/xtrail/whitelist.txt, or Maltrail's data beside
+        /// the installation, shared/data/maltrail/data/whitelist.txt).
         #[arg(long)]
         whitelist: Option<PathBuf>,
+        /// Use no whitelist at all.
+        #[arg(long = "no-whitelist", conflicts_with = "whitelist")]
+        no_whitelist: bool,
         /// inline (router: everything passes) or mirror (SPAN/TAP port: uninteresting packets dropped).
         #[arg(long, value_enum, default_value = "inline")]
         mode: ModeArg,
@@ -126,9 +131,12 @@ enum Command {
         /// Trail source: a Maltrail trails.csv, a static trail tree, or a list file (repeatable).
         #[arg(long = "trails", required = true)]
         trails: Vec<PathBuf>,
-        /// Whitelist file (Maltrail's whitelist.txt format).
+        /// Whitelist file (Maltrail's whitelist.txt format; default as for `run`).
         #[arg(long)]
         whitelist: Option<PathBuf>,
+        /// Use no whitelist at all.
+        #[arg(long = "no-whitelist", conflicts_with = "whitelist")]
+        no_whitelist: bool,
         /// Event line format.
         #[arg(long, value_enum, default_value = "json")]
         format: FormatArg,
@@ -157,6 +165,7 @@ fn main() -> ExitCode {
             ifaces,
             trails,
             whitelist,
+            no_whitelist,
             mode,
             enforce,
             xdp_mode,
@@ -173,7 +182,7 @@ fn main() -> ExitCode {
         } => run(RunArgs {
             ifaces,
             trails,
-            whitelist,
+            whitelist: pick_whitelist(whitelist, no_whitelist),
             mode: match mode {
                 ModeArg::Inline => Mode::Inline,
                 ModeArg::Mirror => Mode::Mirror,
@@ -202,13 +211,14 @@ fn main() -> ExitCode {
             pcaps,
             trails,
             whitelist,
+            no_whitelist,
             format,
             events_log,
             sensor_name,
         } => replay(
             &pcaps,
             &trails,
-            whitelist.as_deref(),
+            pick_whitelist(whitelist, no_whitelist).as_deref(),
             format.into(),
             &events_log,
             sensor_name.unwrap_or_else(hostname),
@@ -222,6 +232,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The whitelist to use: the flag, else the first default location that exists.
+fn pick_whitelist(flag: Option<PathBuf>, none: bool) -> Option<PathBuf> {
+    if none {
+        return None;
+    }
+    if flag.is_some() {
+        return flag;
+    }
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = std::env::var_os("XTRAIL_WHITELIST") {
+        candidates.push(PathBuf::from(p));
+    }
+    candidates.push(PathBuf::from("/etc/xtrail/whitelist.txt"));
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1) {
+            candidates.push(dir.join("shared/data/maltrail/data/whitelist.txt"));
+        }
+    }
+    let found = candidates.into_iter().find(|p| p.is_file());
+    if let Some(p) = &found {
+        eprintln!("xtrail-sensor: whitelist {}", p.display());
+    }
+    found
 }
 
 fn hostname() -> String {
@@ -307,6 +342,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             ebpf_log_level: args.ebpf_log_level,
             handoff: !args.no_payloads,
             http_ports,
+            ..SensorOptions::default()
         },
         attach: args.xdp_mode,
         sensor_name: args.sensor_name,

@@ -127,6 +127,7 @@ fn write_trails(dir: &Path, extra: &str) -> std::path::PathBuf {
         &p,
         format!(
             "198.19.66.66,e2e botnet (malware),(test)\n\
+             198.19.77.77,e2e scanner (suspicious),(test)\n\
              198.19.6.6:8443,e2e rat (malware),(test)\n\
              198.19.128.0/24,e2e scanners (suspicious),(test)\n\
              2001:db8:bad::1,e2e v6 c2 (malware),(test)\n\
@@ -167,7 +168,8 @@ fn trail_traffic_is_reported_and_clean_traffic_is_not() {
     }
     let frames = [
         Frame::syn(me, 40000, v4("198.19.66.66"), 443), // destination IP
-        Frame::syn(v4("198.19.66.66"), 40001, there, 22), // source IP
+        Frame::syn(v4("198.19.77.77"), 40001, there, 22), // source IP
+        Frame::syn(v4("198.19.66.66"), 40009, there, 22), // from malware: silent
         Frame::syn(me, 40002, v4("198.19.6.6"), 8443),  // IP:port
         Frame::syn(me, 40003, v4("198.19.128.9"), 80),  // CIDR
         Frame::syn(v6("2001:db8::2"), 40004, v6("2001:db8:bad::1"), 443), // IPv6
@@ -200,12 +202,13 @@ fn trail_traffic_is_reported_and_clean_traffic_is_not() {
     assert!(dst["ts"].as_str().unwrap().ends_with('Z'));
     assert!(ev
         .iter()
-        .any(|e| e["trail"] == "198.19.66.66" && e["src_ip"] == "198.19.66.66"));
+        .any(|e| e["trail"] == "198.19.77.77" && e["src_ip"] == "198.19.77.77"));
     assert_eq!(find("198.19.6.6:8443")["type"], "IPORT");
     assert_eq!(find("198.19.128.9")["info"], "e2e scanners (suspicious)");
     assert_eq!(find("2001:db8:bad::1")["src_ip"], "2001:db8::2");
     assert!(counter(&stats, "packets") >= 107, "{stats}");
-    assert_eq!(counter(&stats, "reported"), 5, "{stats}");
+    assert_eq!(counter(&stats, "reported"), 6, "{stats}");
+    assert_eq!(counter(&stats, "filtered"), 1, "{stats}");
     assert!(
         !pair.sensor_has_xdp().unwrap(),
         "XDP program left on the interface"

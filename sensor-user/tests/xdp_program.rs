@@ -50,13 +50,19 @@ fn trails() -> IpTrails {
 struct Harness {
     sensor: Sensor,
     ring: RingBuf<MapData>,
+    flows: RingBuf<MapData>,
 }
 
 impl Harness {
     fn new(opts: SensorOptions) -> Harness {
         let mut sensor = Sensor::load(&trails(), &opts).expect("load XDP program");
         let ring = sensor.take_hits().expect("ring buffer");
-        Harness { sensor, ring }
+        let flows = sensor.take_flows().expect("flow ring buffer");
+        Harness {
+            sensor,
+            ring,
+            flows,
+        }
     }
 
     fn inline() -> Harness {
@@ -71,6 +77,14 @@ impl Harness {
         let mut out = Vec::new();
         while let Some(item) = self.ring.next() {
             out.push(parse_record(&item).expect("record"));
+        }
+        out
+    }
+
+    fn flow_starts(&mut self) -> Vec<xtrail_common::FlowRecord> {
+        let mut out = Vec::new();
+        while let Some(item) = self.flows.next() {
+            out.push(xtrail_sensor::hits::parse_flow(&item).expect("flow record"));
         }
         out
     }
@@ -332,4 +346,31 @@ fn enforce_is_refused_in_mirror_mode() {
         },
     );
     assert!(err.is_err());
+}
+
+#[test]
+fn flow_starts_are_sent_once_per_window_and_ack_sweeps_are_not() {
+    privileged!();
+    let mut h = Harness::inline();
+    let me = v4(CLEAN);
+    let there = v4("198.18.1.1");
+    h.run(&Frame::syn(me, 1000, there, 22));
+    h.run(&Frame::syn(me, 1001, there, 22)); // same (src, dst, dport): a repeat
+    h.run(&Frame::tcp(me, 1002, there, 23, 0)); // NULL scan
+    h.run(&Frame::tcp(me, 1003, there, 24, tcp_flags::FIN)); // FIN scan
+    h.run(&Frame::tcp(me, 1004, there, 25, tcp_flags::FIN | tcp_flags::PSH | 0x20)); // XMAS
+    h.run(&Frame::udp(me, 1005, there, 161, b"x"));
+    h.run(&Frame::udp(me, 1006, there, 161, b"y")); // a repeat
+    for port in 30..40 {
+        h.run(&Frame::tcp(me, 1007, there, port, tcp_flags::ACK)); // ACK sweep: not flow starts
+    }
+    h.run(&Frame::tcp(me, 1008, there, 41, tcp_flags::SYN | tcp_flags::ACK));
+    let flows = h.flow_starts();
+    let ports: Vec<u16> = flows.iter().map(|f| f.dst_port).collect();
+    assert_eq!(ports, vec![22, 23, 24, 25, 161], "{flows:?}");
+    assert_eq!(flows[0].proto, 6);
+    assert_eq!(flows[0].src_port, 1000);
+    assert_eq!(flows[4].proto, 17);
+    assert_eq!(h.counter(stat::FLOW_STARTS), 5);
+    assert_eq!(h.counter(stat::FLOW_REPEATS), 2);
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use xtrail_bench::frames::{v4, Frame};
 use xtrail_bench::netns::VethPair;
+use xtrail_detect::process::syn_hit_reported;
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
 
@@ -449,22 +450,25 @@ fn drive(pair: &VethPair, child: &mut Child, sample: &Sample) -> anyhow::Result<
         for _ in 0..5 {
             send(Frame::syn(me, 41000, *a, 443), true)?;
         }
-        expected += 4;
+        // Maltrail's label rules: a SYN to an attacker, or from a malware host, is silent.
+        expected += 2;
+        expected += u64::from(syn_hit_reported(info, true, 443, false));
+        expected += u64::from(syn_hit_reported(info, false, 22, false));
     }
     for (a, port, info) in &sample.ipport {
         eprintln!("demo:   {a}:{port} ({info}): SYN");
         send(Frame::syn(me, 42000, *a, *port), true)?;
-        expected += 1;
+        expected += u64::from(syn_hit_reported(info, true, *port, false));
     }
     for (a, info) in &sample.cidr {
         eprintln!("demo:   {a} (inside a CIDR trail, {info}): SYN");
         send(Frame::syn(me, 43000, *a, 80), true)?;
-        expected += 1;
+        expected += u64::from(syn_hit_reported(info, true, 80, false));
     }
     for (a, info) in &sample.ipv6 {
         eprintln!("demo:   {a} ({info}): IPv6 SYN");
         send(Frame::syn(me6, 44000, *a, 443), true)?;
-        expected += 1;
+        expected += u64::from(syn_hit_reported(info, true, 443, false));
     }
     expected += names_traffic(pair, sample)?;
     // Let the last events arrive.

@@ -21,6 +21,8 @@ pub mod maps {
     pub const XSKS: &str = "XSKS";
     pub const HTTP_PORTS: &str = "HTTP_PORTS";
     pub const IFSLOTS: &str = "IFSLOTS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const FLOW_SEEN: &str = "FLOW_SEEN";
 }
 
 /// AF_XDP sockets per interface in the `XSKS` map: the socket of queue `q` on the interface
@@ -74,6 +76,8 @@ pub mod config_flags {
     pub const HANDOFF: u32 = 1 << 6;
     /// Mirror mode hands packets over through the XskMap (AF_XDP) instead of copying.
     pub const XSK: u32 = 1 << 7;
+    /// Send flow-start records (for the scan heuristics).
+    pub const FLOWS: u32 = 1 << 8;
 }
 
 /// Runtime configuration, element 0 of the `CONFIG` array map.
@@ -89,6 +93,9 @@ pub struct Config {
     pub flags: u32,
     /// Window in which identical hits are suppressed, in nanoseconds (0 disables).
     pub suppress_ns: u64,
+    /// Window in which a repeated flow start (same source, destination, port, protocol) is
+    /// not sent again, in nanoseconds.
+    pub flow_ns: u64,
 }
 
 /// Indexes of the per-CPU counters in the `STATS` array.
@@ -129,8 +136,14 @@ pub mod stat {
     pub const COPIED: u32 = 18;
     /// Hand-offs that failed: no AF_XDP socket on the queue, or the ring buffer full.
     pub const HANDOFF_FAILED: u32 = 19;
+    /// Flow-start records sent to userspace.
+    pub const FLOW_STARTS: u32 = 20;
+    /// Flow starts not sent again within the window.
+    pub const FLOW_REPEATS: u32 = 21;
+    /// Flow starts lost because the ring buffer was full.
+    pub const FLOWS_FULL: u32 = 22;
     /// Number of counters.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 23;
 
     /// Human names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -154,6 +167,9 @@ pub mod stat {
         "redirected",
         "copied",
         "handoff_failed",
+        "flow_starts",
+        "flow_repeats",
+        "flows_full",
     ];
 }
 
@@ -247,6 +263,36 @@ pub struct HitRecord {
     pub pkt_len: u32,
 }
 
+/// Key of the `FLOW_SEEN` LRU map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// A flow start (TCP SYN, a NULL/FIN/XMAS stealth probe, or the first UDP packet of a
+/// source/destination/port) as written to the `FLOWS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowRecord {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Addresses; IPv4 as v4-mapped IPv6.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// 4 or 6.
+    pub family: u8,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub _pad: u8,
+}
+
 /// The first bytes of a frame handed to userspace through the `PAYLOADS` ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -283,4 +329,6 @@ mod pod {
     unsafe impl aya::Pod for SuppressKey {}
     unsafe impl aya::Pod for HitRecord {}
     unsafe impl aya::Pod for PayloadRecord {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowRecord {}
 }

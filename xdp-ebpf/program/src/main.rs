@@ -21,7 +21,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use parse::{Packet, ParseError};
 use xtrail_common::{
-    action, config_flags, handoff, mode, side, stat, trail_kind, Config, HitRecord, IpPortKey,
+    action, config_flags, handoff, mode, side, stat, trail_kind, Config, FlowKey, FlowRecord,
+    HitRecord, IpPortKey,
     PayloadRecord, SuppressKey, HTTP_PORT_WORDS, PAYLOAD_CAP, PREFILTER_WORDS,
     XSK_MAX_IFACES, XSK_QUEUES_PER_IFACE,
 };
@@ -74,6 +75,14 @@ static PAYLOADS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
 /// Mirror mode: one AF_XDP socket per interface slot and receive queue.
 #[map]
 static XSKS: XskMap = XskMap::with_max_entries(XSK_MAX_IFACES * XSK_QUEUES_PER_IFACE, 0);
+
+/// Flow starts for the scan heuristics.
+#[map]
+static FLOWS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// When each recent flow start was last sent, so repeats within the window are not.
+#[map]
+static FLOW_SEEN: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(131_072, 0);
 
 /// Interface index to its slot in `XSKS`.
 #[map]
@@ -139,6 +148,9 @@ fn process(ctx: &XdpContext, cfg: &Config) -> u32 {
     if pkt.fragment {
         count(stat::FRAGMENTS, 1);
     }
+    if cfg.flags & config_flags::FLOWS != 0 && !pkt.fragment && pkt.is_flow_start() {
+        flow_start(&pkt, cfg);
+    }
     let hit = lookup_packet(&pkt, cfg);
     let enforce = cfg.mode == mode::INLINE && cfg.flags & config_flags::ENFORCE != 0;
     let mut verdict = idle_verdict(cfg);
@@ -173,6 +185,47 @@ fn process(ctx: &XdpContext, cfg: &Config) -> u32 {
     }
     report(ctx, &pkt, &hit, cfg, enforce, len);
     verdict
+}
+
+/// Sends a flow-start record unless the same (source, destination, port, protocol) was sent
+/// within the window. A separate BPF function, verified once.
+#[inline(never)]
+fn flow_start(pkt: &Packet, cfg: &Config) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = FlowKey {
+        src: bytes(&pkt.src),
+        dst: bytes(&pkt.dst),
+        dst_port: pkt.dst_port,
+        proto: pkt.proto,
+        _pad: 0,
+    };
+    if let Some(last) = unsafe { FLOW_SEEN.get(&key) } {
+        if now.wrapping_sub(*last) < cfg.flow_ns {
+            count(stat::FLOW_REPEATS, 1);
+            return;
+        }
+    }
+    let _ = FLOW_SEEN.insert(&key, &now, 0);
+    match FLOWS.reserve::<FlowRecord>(0) {
+        Some(mut entry) => {
+            let r = entry.as_mut_ptr();
+            // SAFETY: `r` points at a reserved FlowRecord-sized slot.
+            unsafe {
+                (*r).ts_ns = now;
+                (*r).src = key.src;
+                (*r).dst = key.dst;
+                (*r).src_port = pkt.src_port;
+                (*r).dst_port = pkt.dst_port;
+                (*r).family = pkt.family;
+                (*r).proto = pkt.proto;
+                (*r).tcp_flags = pkt.tcp_flags;
+                (*r)._pad = 0;
+            }
+            entry.submit(0);
+            count(stat::FLOW_STARTS, 1);
+        }
+        None => count(stat::FLOWS_FULL, 1),
+    }
 }
 
 /// What kind of payload this packet carries, if userspace wants it.

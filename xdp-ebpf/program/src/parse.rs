@@ -12,8 +12,11 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_PSH: u8 = 0x08;
 const TCP_ACK: u8 = 0x10;
+const TCP_URG: u8 = 0x20;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 
@@ -50,6 +53,23 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// A TCP connection attempt (SYN without ACK), a NULL / FIN / XMAS stealth probe, or a
+    /// UDP datagram (deduplicated per flow by the caller).
+    #[inline(always)]
+    pub fn is_flow_start(&self) -> bool {
+        match self.proto {
+            IPPROTO_TCP => {
+                let f = self.tcp_flags & 0x3f;
+                f & (TCP_SYN | TCP_ACK) == TCP_SYN
+                    || f == 0
+                    || f == TCP_FIN
+                    || f == TCP_FIN | TCP_PSH | TCP_URG
+            }
+            IPPROTO_UDP => true,
+            _ => false,
+        }
+    }
+
     /// Maltrail's IP semantics: TCP SYN (without ACK), any UDP, ICMP echo requests.
     #[inline(always)]
     pub fn reportable(&self) -> bool {

@@ -4,9 +4,15 @@
 //!   extension headers, TCP, UDP, ICMP, ICMPv6) with correct checksums.
 //! - [`netns`]: network namespaces joined by a veth pair, torn down on drop, and raw
 //!   AF_PACKET injection from inside a namespace.
+//! - [`gen`]: the traffic generator (batched raw-socket sends, bounded, optionally paced).
+//! - [`scenario`]: reproducible benchmark traffic mixes with known malicious items.
+//! - [`pcapw`]: a pcap writer, for the offline (replay) scenario.
 //!
 //! Addresses for test traffic come from 198.18.0.0/15 and 2001:db8::/32; frames carrying
 //! trail addresses only ever travel between namespaces this code created.
 
 pub mod frames;
+pub mod gen;
 pub mod netns;
+pub mod pcapw;
+pub mod scenario;

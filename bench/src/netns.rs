@@ -270,6 +270,15 @@ impl Injector {
                 sll.sll_family = libc::AF_PACKET as u16;
                 sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
                 sll.sll_ifindex = index as i32;
+                // Skip the qdisc: the generator measures the receiver, not tc.
+                let one: libc::c_int = 1;
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_PACKET,
+                    libc::PACKET_QDISC_BYPASS,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                );
                 if libc::bind(
                     fd.as_raw_fd(),
                     (&sll as *const libc::sockaddr_ll).cast(),
@@ -286,6 +295,35 @@ impl Injector {
             source: io::Error::other("panic"),
         })??;
         Ok(Injector { fd })
+    }
+
+    /// Sends a batch of frames with one `sendmmsg(2)`; returns how many went out.
+    pub fn send_batch(&self, frames: &[&[u8]]) -> io::Result<usize> {
+        let mut iovs: Vec<libc::iovec> = frames
+            .iter()
+            .map(|f| libc::iovec {
+                iov_base: f.as_ptr() as *mut libc::c_void,
+                iov_len: f.len(),
+            })
+            .collect();
+        // SAFETY: zeroed mmsghdr is valid; each points at one iovec that outlives the call.
+        let mut msgs: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .map(|iov| {
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_iov = iov;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        // SAFETY: msgs is a valid array of mmsghdr of the given length.
+        let n = unsafe {
+            libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as u32, 0)
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
     }
 
     /// Sends one frame.

@@ -204,7 +204,7 @@ pub fn run(
                 finishing = true;
             } else {
                 // SAFETY: pollfds is a valid array of pollfd of the given length.
-                unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 50) };
+                unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 20) };
                 // A worker that died is fatal: say so and stop.
                 if let Some(i) = workers.iter().position(|w| w.is_finished()) {
                     let w = workers.swap_remove(i);
@@ -283,9 +283,15 @@ pub fn run(
         }
     }
     let counters = sensor.counters()?;
+    let (runs, run_time) = sensor.run_stats();
     eprintln!(
-        "xtrail-sensor: detached; final stats {counters} events={} whitelisted={} filtered={} payloads={}",
-        summary.events, summary.whitelisted, summary.filtered, summary.payloads
+        "xtrail-sensor: detached; final stats {counters} events={} whitelisted={} filtered={} payloads={} flows={} xdp_runs={runs} xdp_run_ns={}",
+        summary.events,
+        summary.whitelisted,
+        summary.filtered,
+        summary.payloads,
+        summary.flows,
+        run_time.as_nanos()
     );
     Ok(summary)
 }

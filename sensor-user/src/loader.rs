@@ -337,6 +337,18 @@ impl Sensor {
         Ok(out)
     }
 
+    /// How often the program ran and for how long in total, as the kernel counts it
+    /// (zero unless `kernel.bpf_stats_enabled` is 1).
+    pub fn run_stats(&self) -> (u64, Duration) {
+        let Some(program) = self.ebpf.program(PROGRAM) else {
+            return (0, Duration::ZERO);
+        };
+        match program.info() {
+            Ok(info) => (info.run_count(), info.run_time()),
+            Err(_) => (0, Duration::ZERO),
+        }
+    }
+
     /// Runs the program once over `frame` with BPF_PROG_TEST_RUN and returns its verdict.
     pub fn test_run(&mut self, frame: &[u8]) -> Result<u32, LoadError> {
         let program = self.program()?;

@@ -122,6 +122,9 @@ enum Command {
         /// Mirror mode: copy packets through a ring buffer instead of AF_XDP sockets.
         #[arg(long = "no-afxdp")]
         no_afxdp: bool,
+        /// Do not send flow starts to userspace (disables the scan heuristics).
+        #[arg(long = "no-flow-starts")]
+        no_flow_starts: bool,
     },
     /// Replay pcap/pcapng files through the same parsers and matchers (no root needed).
     Replay {
@@ -179,6 +182,7 @@ fn main() -> ExitCode {
             http_ports,
             no_payloads,
             no_afxdp,
+            no_flow_starts,
         } => run(RunArgs {
             ifaces,
             trails,
@@ -206,6 +210,7 @@ fn main() -> ExitCode {
             http_ports,
             no_payloads,
             no_afxdp,
+            no_flow_starts,
         }),
         Command::Replay {
             pcaps,
@@ -284,6 +289,7 @@ struct RunArgs {
     http_ports: Vec<u16>,
     no_payloads: bool,
     no_afxdp: bool,
+    no_flow_starts: bool,
 }
 
 /// Loads trails from every source and prints what was found.
@@ -342,6 +348,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             ebpf_log_level: args.ebpf_log_level,
             handoff: !args.no_payloads,
             http_ports,
+            flows: !args.no_flow_starts,
             ..SensorOptions::default()
         },
         attach: args.xdp_mode,

@@ -5,6 +5,7 @@
 //! - `demo`: builds everything and runs a self-contained demo on a veth pair.
 //! - `test`: runs every test, privileged ones included (as root, or they fail under CI=true).
 
+mod bench;
 mod demo;
 mod deps;
 mod paths;
@@ -33,6 +34,24 @@ enum Command {
         #[arg(long, default_value = "inline")]
         mode: String,
     },
+    /// Benchmarks on veth pairs: throughput, cost per packet, recall; results in bench/results/.
+    Bench {
+        /// A few minutes instead of the full run.
+        #[arg(long)]
+        quick: bool,
+        /// Another sensor to measure on the same traffic (`{iface}` and `{trails}` are substituted).
+        #[arg(long)]
+        peer: Option<String>,
+        /// Seed of the generated traffic.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Only these scenarios (background, mix, storm, scale, offline, baseline); repeatable.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Extra argument for `xtrail-sensor run` (repeatable), e.g. --sensor-arg=--no-flow-starts.
+        #[arg(long = "sensor-arg", allow_hyphen_values = true)]
+        sensor_args: Vec<String>,
+    },
     /// Run all tests, including privileged ones.
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -53,6 +72,24 @@ fn main() -> anyhow::Result<()> {
             deps::ensure()?;
             build_release()?;
             demo::run(trails, &mode)
+        }
+        Command::Bench {
+            quick,
+            peer,
+            seed,
+            only,
+            sensor_args,
+        } => {
+            deps::ensure()?;
+            eprintln!("xtask: building the sensor and the libpcap baseline (release)");
+            run(cargo().args(["build", "--release", "-p", "xtrail-sensor", "-p", "xtrail-bench"]))?;
+            bench::run(&bench::BenchOptions {
+                quick,
+                peer,
+                seed,
+                only,
+                sensor_args,
+            })
         }
         Command::Test { args } => {
             deps::ensure()?;

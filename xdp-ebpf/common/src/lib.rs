@@ -25,6 +25,9 @@ pub mod maps {
     pub const FLOW_SEEN: &str = "FLOW_SEEN";
 }
 
+/// Slots of the per-CPU flow-start dedupe cache (a power of two).
+pub const FLOW_CACHE_SLOTS: u32 = 1 << 16;
+
 /// AF_XDP sockets per interface in the `XSKS` map: the socket of queue `q` on the interface
 /// in slot `s` (see `IFSLOTS`) sits at index `s * XSK_QUEUES_PER_IFACE + q`.
 pub const XSK_QUEUES_PER_IFACE: u32 = 16;
@@ -263,17 +266,6 @@ pub struct HitRecord {
     pub pkt_len: u32,
 }
 
-/// Key of the `FLOW_SEEN` LRU map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    pub dst_port: u16,
-    pub proto: u8,
-    pub _pad: u8,
-}
-
 /// A flow start (TCP SYN, a NULL/FIN/XMAS stealth probe, or the first UDP packet of a
 /// source/destination/port) as written to the `FLOWS` ring buffer.
 #[repr(C)]
@@ -329,6 +321,5 @@ mod pod {
     unsafe impl aya::Pod for SuppressKey {}
     unsafe impl aya::Pod for HitRecord {}
     unsafe impl aya::Pod for PayloadRecord {}
-    unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowRecord {}
 }

@@ -21,8 +21,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use parse::{Packet, ParseError};
 use xtrail_common::{
-    action, config_flags, handoff, mode, side, stat, trail_kind, Config, FlowKey, FlowRecord,
-    HitRecord, IpPortKey,
+    action, config_flags, handoff, mode, side, stat, trail_kind, Config, FlowRecord, HitRecord,
+    IpPortKey, FLOW_CACHE_SLOTS,
     PayloadRecord, SuppressKey, HTTP_PORT_WORDS, PAYLOAD_CAP, PREFILTER_WORDS,
     XSK_MAX_IFACES, XSK_QUEUES_PER_IFACE,
 };
@@ -80,9 +80,12 @@ static XSKS: XskMap = XskMap::with_max_entries(XSK_MAX_IFACES * XSK_QUEUES_PER_I
 #[map]
 static FLOWS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
-/// When each recent flow start was last sent, so repeats within the window are not.
+/// Recently sent flow starts, per CPU, direct-mapped by a hash of (source, destination,
+/// port, protocol): each slot holds the hash's upper half and the send time in seconds. An
+/// array slot costs one memory access where an LRU hash update takes locks; a collision only
+/// means a flow start is sent again.
 #[map]
-static FLOW_SEEN: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(131_072, 0);
+static FLOW_SEEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
 /// Interface index to its slot in `XSKS`.
 #[map]
@@ -91,6 +94,23 @@ static IFSLOTS: HashMap<u32, u32> = HashMap::with_max_entries(XSK_MAX_IFACES, 0)
 /// One bit per TCP port on which requests are parsed as HTTP (filled by userspace).
 #[map]
 static HTTP_PORTS: Array<u64> = Array::with_max_entries(HTTP_PORT_WORDS, 0);
+
+/// `bpf_ringbuf_query` flag: bytes not yet consumed.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Submit flags: do not wake the reader / wake it.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+/// Waking the reader on every record costs microseconds; wake it only once this much is
+/// pending (userspace also polls with a short timeout, which bounds the latency).
+#[inline(always)]
+fn wakeup_flags(ring: &RingBuf, threshold: u64) -> u64 {
+    if ring.query(BPF_RB_AVAIL_DATA) >= threshold {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
 
 #[inline(always)]
 fn count(index: u32, n: u64) {
@@ -192,28 +212,38 @@ fn process(ctx: &XdpContext, cfg: &Config) -> u32 {
 #[inline(never)]
 fn flow_start(pkt: &Packet, cfg: &Config) {
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = FlowKey {
-        src: bytes(&pkt.src),
-        dst: bytes(&pkt.dst),
-        dst_port: pkt.dst_port,
-        proto: pkt.proto,
-        _pad: 0,
-    };
-    if let Some(last) = unsafe { FLOW_SEEN.get(&key) } {
-        if now.wrapping_sub(*last) < cfg.flow_ns {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ (u64::from(pkt.dst_port) << 8 | u64::from(pkt.proto));
+    let mix = |h: u64, w: u32| (h ^ u64::from(w)).wrapping_mul(0x0100_0000_01b3).rotate_left(29);
+    h = mix(h, pkt.src[0]);
+    h = mix(h, pkt.src[1]);
+    h = mix(h, pkt.src[2]);
+    h = mix(h, pkt.src[3]);
+    h = mix(h, pkt.dst[0]);
+    h = mix(h, pkt.dst[1]);
+    h = mix(h, pkt.dst[2]);
+    h = mix(h, pkt.dst[3]);
+    h ^= h >> 31;
+    let slot = (h as u32) & (FLOW_CACHE_SLOTS - 1);
+    let tag = h >> 32;
+    let now_s = now / 1_000_000_000;
+    let window_s = cfg.flow_ns / 1_000_000_000;
+    if let Some(p) = FLOW_SEEN.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
+        let v = unsafe { *p };
+        if v >> 32 == tag && now_s.wrapping_sub(v & 0xffff_ffff) < window_s {
             count(stat::FLOW_REPEATS, 1);
             return;
         }
+        unsafe { *p = (tag << 32) | (now_s & 0xffff_ffff) };
     }
-    let _ = FLOW_SEEN.insert(&key, &now, 0);
     match FLOWS.reserve::<FlowRecord>(0) {
         Some(mut entry) => {
             let r = entry.as_mut_ptr();
             // SAFETY: `r` points at a reserved FlowRecord-sized slot.
             unsafe {
                 (*r).ts_ns = now;
-                (*r).src = key.src;
-                (*r).dst = key.dst;
+                (*r).src = bytes(&pkt.src);
+                (*r).dst = bytes(&pkt.dst);
                 (*r).src_port = pkt.src_port;
                 (*r).dst_port = pkt.dst_port;
                 (*r).family = pkt.family;
@@ -221,7 +251,7 @@ fn flow_start(pkt: &Packet, cfg: &Config) {
                 (*r).tcp_flags = pkt.tcp_flags;
                 (*r)._pad = 0;
             }
-            entry.submit(0);
+            entry.submit(wakeup_flags(&FLOWS, 64 * 1024));
             count(stat::FLOW_STARTS, 1);
         }
         None => count(stat::FLOWS_FULL, 1),
@@ -338,7 +368,7 @@ fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, len: u64) -> Option<u32> {
         count(stat::HANDOFF_FAILED, 1);
         return None;
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags(&PAYLOADS, 256 * 1024));
     count(stat::COPIED, 1);
     // A copy leaves the packet's fate to the mode: pass (inline) or drop (mirror).
     Some(idle_verdict(cfg))
@@ -390,7 +420,7 @@ fn report(ctx: &XdpContext, pkt: &Packet, hit: &Hit, cfg: &Config, enforce: bool
                 (*r)._pad = 0;
                 (*r).pkt_len = len as u32;
             }
-            entry.submit(0);
+            entry.submit(wakeup_flags(&HITS, 16 * 1024));
             count(stat::REPORTED, 1);
         }
         None => count(stat::RINGBUF_FULL, 1),

@@ -1,0 +1,187 @@
+//! Benchmark traffic, reproducible from a seed, with the malicious items it carries known so
+//! recall can be measured.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::frames::{dns_query, tcp_flags, tls_client_hello, Frame};
+use crate::gen::Rng;
+
+/// Trail material the scenarios draw malicious items from.
+#[derive(Clone, Debug, Default)]
+pub struct TrailPicks {
+    /// IPv4 address trails.
+    pub ips: Vec<Ipv4Addr>,
+    /// Domain trails.
+    pub domains: Vec<String>,
+    /// URL trails as (host, path).
+    pub urls: Vec<(String, String)>,
+}
+
+/// What kind of malicious item was injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ItemKind {
+    Ip,
+    Dns,
+    Url,
+    Sni,
+}
+
+/// One injected malicious item: an event whose trail contains `needle` is expected.
+#[derive(Clone, Debug)]
+pub struct Item {
+    pub kind: ItemKind,
+    pub needle: String,
+}
+
+/// A scenario's frames and the malicious items among them.
+#[derive(Clone, Debug, Default)]
+pub struct Traffic {
+    pub frames: Vec<Vec<u8>>,
+    pub items: Vec<Item>,
+    /// Frames per class: background, dns, http, tls, ip-trail.
+    pub classes: [usize; 5],
+}
+
+fn client(rng: &mut Rng) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, rng.below(250) as u8 + 1, rng.below(250) as u8 + 1))
+}
+
+/// A random public-looking IPv4 address that is not a trail.
+fn clean_server(rng: &mut Rng, is_trail: &dyn Fn(Ipv4Addr) -> bool) -> IpAddr {
+    loop {
+        let a = Ipv4Addr::from(rng.next_u64() as u32);
+        let o = a.octets();
+        let special = o[0] == 0 || o[0] == 10 || o[0] == 127 || o[0] >= 224 || (o[0] == 198 && o[1] & 0xfe == 18);
+        if !special && !is_trail(a) {
+            return IpAddr::V4(a);
+        }
+    }
+}
+
+fn background(rng: &mut Rng, is_trail: &dyn Fn(Ipv4Addr) -> bool) -> Vec<u8> {
+    let src = client(rng);
+    let dst = clean_server(rng, is_trail);
+    let sport = 1024 + rng.below(60000) as u16;
+    if rng.chance(0.5) {
+        let flags = if rng.chance(0.1) {
+            tcp_flags::SYN
+        } else {
+            tcp_flags::ACK | tcp_flags::PSH
+        };
+        Frame::tcp(src, sport, dst, [443, 80, 22, 25, 8443][rng.below(5) as usize], flags)
+            .with_payload(&[0u8; 32])
+            .build()
+    } else {
+        Frame::udp(src, sport, dst, 1024 + rng.below(60000) as u16, &[0u8; 48]).build()
+    }
+}
+
+/// Scenario 1: TCP and UDP to clean addresses only (the XDP fast path).
+pub fn background_only(seed: u64, n: usize, is_trail: &dyn Fn(Ipv4Addr) -> bool) -> Traffic {
+    let mut rng = Rng::new(seed);
+    let frames: Vec<Vec<u8>> = (0..n).map(|_| background(&mut rng, is_trail)).collect();
+    Traffic {
+        classes: [n, 0, 0, 0, 0],
+        frames,
+        items: Vec::new(),
+    }
+}
+
+/// Scenario 2: ~70% background, 15% DNS, 10% HTTP, 3% TLS ClientHello, 2% to IP trails; about
+/// `malicious_share` of the DNS names, URLs and SNIs are drawn from the trails (with `www.`
+/// subdomains for half the domains). Each malicious item appears once.
+pub fn mix(
+    seed: u64,
+    n: usize,
+    picks: &TrailPicks,
+    malicious_share: f64,
+    is_trail: &dyn Fn(Ipv4Addr) -> bool,
+) -> Traffic {
+    let mut rng = Rng::new(seed);
+    let mut t = Traffic::default();
+    let (mut d, mut u, mut ip) = (0usize, 0usize, 0usize);
+    for i in 0..n {
+        let r = rng.below(1000);
+        let src = client(&mut rng);
+        let sport = 1024 + rng.below(60000) as u16;
+        let frame = if r < 700 {
+            t.classes[0] += 1;
+            background(&mut rng, is_trail)
+        } else if r < 850 {
+            t.classes[1] += 1;
+            let resolver = clean_server(&mut rng, is_trail);
+            let name = if rng.chance(malicious_share) && d < picks.domains.len() {
+                let base = &picks.domains[d];
+                d += 1;
+                let name = if d % 2 == 0 { format!("www.{base}") } else { base.clone() };
+                t.items.push(Item { kind: ItemKind::Dns, needle: base.clone() });
+                name
+            } else {
+                format!("h{}.cdn{}.bench-clean.net", rng.below(100_000), rng.below(100))
+            };
+            Frame::udp(src, sport, resolver, 53, &dns_query(i as u16, &name, 1)).build()
+        } else if r < 950 {
+            t.classes[2] += 1;
+            let server = clean_server(&mut rng, is_trail);
+            let (host, path) = if rng.chance(malicious_share) && u < picks.urls.len() {
+                let (h, p) = picks.urls[u].clone();
+                u += 1;
+                t.items.push(Item { kind: ItemKind::Url, needle: p.trim_end_matches('/').to_string() });
+                (h, p)
+            } else {
+                ("www.bench-clean.net".to_string(), format!("/static/{}.js", rng.below(1_000_000)))
+            };
+            let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: Mozilla/5.0\r\nAccept: */*\r\n\r\n");
+            Frame::tcp(src, sport, server, 80, tcp_flags::PSH | tcp_flags::ACK)
+                .with_payload(req.as_bytes())
+                .build()
+        } else if r < 980 {
+            t.classes[3] += 1;
+            let server = clean_server(&mut rng, is_trail);
+            let sni = if rng.chance(malicious_share) && d < picks.domains.len() {
+                let name = picks.domains[d].clone();
+                d += 1;
+                t.items.push(Item { kind: ItemKind::Sni, needle: name.clone() });
+                name
+            } else {
+                format!("api{}.bench-clean.net", rng.below(10_000))
+            };
+            Frame::tcp(src, sport, server, 443, tcp_flags::PSH | tcp_flags::ACK)
+                .with_payload(&tls_client_hello(&sni))
+                .build()
+        } else {
+            t.classes[4] += 1;
+            if ip < picks.ips.len() {
+                let a = picks.ips[ip];
+                ip += 1;
+                t.items.push(Item { kind: ItemKind::Ip, needle: a.to_string() });
+                Frame::syn(src, sport, IpAddr::V4(a), 443).build()
+            } else {
+                background(&mut rng, is_trail)
+            }
+        };
+        t.frames.push(frame);
+    }
+    t
+}
+
+/// Scenario 3: every packet is a SYN to an IP trail, from ever-changing sources.
+pub fn storm(seed: u64, n: usize, picks: &TrailPicks) -> Traffic {
+    let mut rng = Rng::new(seed);
+    let mut t = Traffic::default();
+    if picks.ips.is_empty() {
+        return t;
+    }
+    for _ in 0..n {
+        let a = picks.ips[rng.below(picks.ips.len() as u64) as usize];
+        let f = Frame::syn(client(&mut rng), 1024 + rng.below(60000) as u16, IpAddr::V4(a), 443);
+        t.frames.push(f.build());
+    }
+    t.classes[4] = n;
+    t
+}
+
+/// Whether an event's trail text satisfies an item.
+pub fn matches(item: &Item, trail: &str) -> bool {
+    trail.contains(&item.needle) || trail.replace(['(', ')'], "").contains(&item.needle)
+}

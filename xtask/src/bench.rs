@@ -1,0 +1,853 @@
+//! `cargo xtask bench`: throughput, cost per packet and detection under load, on veth pairs.
+//!
+//! A benchmark, not a test: it reports figures and plots and never fails on a number. Each
+//! scenario runs the release sensor on one end of a fresh veth pair and the generator
+//! (`xtrail_bench::gen`) on the other; results go to `bench/results/` as JSON, a Markdown
+//! table and SVG plots.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use xtrail_bench::gen::{self, SendReport};
+use xtrail_bench::netns::{in_ns, VethPair};
+use xtrail_bench::scenario::{self, TrailPicks, Traffic};
+use xtrail_detect::trails::{LoadOptions, TrailSet};
+use xtrail_detect::whitelist::{is_ignored_suffix, Whitelist};
+
+use crate::paths;
+
+/// Options of a bench run.
+pub struct BenchOptions {
+    pub quick: bool,
+    pub peer: Option<String>,
+    pub seed: u64,
+    /// Run only the scenarios whose name starts with one of these.
+    pub only: Vec<String>,
+    /// Extra arguments for `xtrail-sensor run`.
+    pub sensor_args: Vec<String>,
+}
+
+/// One measured run.
+#[derive(Clone, Debug, Default)]
+struct Run {
+    scenario: String,
+    sensor: String,
+    mode: String,
+    trails: String,
+    trail_count: usize,
+    offered_rate: Option<u64>,
+    offered: u64,
+    send_pps: f64,
+    received: u64,
+    xdp_packets: u64,
+    handed: u64,
+    events: u64,
+    reported: u64,
+    suppressed: u64,
+    ringbuf_full: u64,
+    handoff_failed: u64,
+    injected: usize,
+    detected: usize,
+    xdp_ns_per_packet: f64,
+    softirq_ns_per_packet: f64,
+    user_ns_per_packet: f64,
+    user_ns_per_handed: f64,
+    rss_mb: f64,
+    load_s: f64,
+    fill_s: f64,
+}
+
+impl Run {
+    fn recall(&self) -> Option<f64> {
+        (self.injected > 0).then(|| self.detected as f64 / self.injected as f64)
+    }
+
+    fn loss(&self) -> u64 {
+        self.offered.saturating_sub(self.xdp_packets.min(self.received))
+    }
+
+    fn json(&self) -> String {
+        let f = |x: f64| if x.is_finite() { format!("{x:.3}") } else { "null".into() };
+        format!(
+            concat!(
+                "{{\"scenario\":\"{}\",\"sensor\":\"{}\",\"mode\":\"{}\",\"trails\":\"{}\",\"trail_count\":{},",
+                "\"offered_rate\":{},\"offered\":{},\"send_pps\":{},\"received\":{},\"xdp_packets\":{},",
+                "\"handed_to_userspace\":{},\"events\":{},\"reported\":{},\"suppressed\":{},\"ringbuf_full\":{},",
+                "\"handoff_failed\":{},\"injected\":{},\"detected\":{},\"recall\":{},\"xdp_ns_per_packet\":{},",
+                "\"softirq_ns_per_packet\":{},\"user_ns_per_packet\":{},\"user_ns_per_handed\":{},",
+                "\"rss_mb\":{},\"trail_load_s\":{},\"map_fill_s\":{}}}"
+            ),
+            self.scenario,
+            self.sensor,
+            self.mode,
+            self.trails,
+            self.trail_count,
+            self.offered_rate.map(|r| r.to_string()).unwrap_or("null".into()),
+            self.offered,
+            f(self.send_pps),
+            self.received,
+            self.xdp_packets,
+            self.handed,
+            self.events,
+            self.reported,
+            self.suppressed,
+            self.ringbuf_full,
+            self.handoff_failed,
+            self.injected,
+            self.detected,
+            self.recall().map(f).unwrap_or("null".into()),
+            f(self.xdp_ns_per_packet),
+            f(self.softirq_ns_per_packet),
+            f(self.user_ns_per_packet),
+            f(self.user_ns_per_handed),
+            f(self.rss_mb),
+            f(self.load_s),
+            f(self.fill_s),
+        )
+    }
+}
+
+/// Clock ticks of one process (utime + stime) from /proc/PID/stat.
+fn proc_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the ")".
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// Total softirq ticks over all CPUs from /proc/stat.
+fn softirq_ticks() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(7).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn tick_ns() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    1e9 / if hz > 0 { hz as f64 } else { 100.0 }
+}
+
+fn counter(stats: &str, name: &str) -> u64 {
+    stats
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn seconds_after(line: &str, marker: &str) -> f64 {
+    line.split(marker)
+        .nth(1)
+        .and_then(|s| s.split('s').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Picks malicious items from the trail set, deterministically.
+fn picks(trails: &TrailSet, whitelist: &Whitelist, n: usize) -> TrailPicks {
+    let info = |id: u32| trails.labels.get(id as usize).map(|l| l.info.as_str()).unwrap_or("");
+    let mut ips: Vec<Ipv4Addr> = trails
+        .ip
+        .v4
+        .iter()
+        .filter(|(a, l)| {
+            let a = Ipv4Addr::from(**a);
+            !whitelist.is_ip_whitelisted(IpAddr::V4(a))
+                && xtrail_detect::process::syn_hit_reported(info(**l), true, 443, false)
+                && !a.is_private()
+                && !a.is_loopback()
+        })
+        .map(|(a, _)| Ipv4Addr::from(*a))
+        .collect();
+    ips.sort();
+    let mut domains: Vec<String> = trails
+        .domains
+        .iter()
+        .filter(|(d, _)| {
+            d.len() < 48
+                && d.contains('.')
+                && !d.starts_with('.')
+                && d.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+                && !whitelist.is_domain_whitelisted(d)
+                && !is_ignored_suffix(d)
+                && trails.domains.lookup(d).is_some_and(|m| m.trail == *d)
+                && trails.domains.lookup(&format!("www.{d}")).is_some()
+        })
+        .map(|(d, _)| d.to_string())
+        .collect();
+    domains.sort();
+    let mut urls: Vec<(String, String)> = trails
+        .urls
+        .iter()
+        .filter_map(|(u, _)| {
+            let (h, p) = u.split_once('/')?;
+            let ok = h.contains('.')
+                && !h.contains(':')
+                && p.len() > 3
+                && !p.contains(['?', ' ', '%'])
+                && !whitelist.is_domain_whitelisted(h)
+                && p.bytes().all(|b| b.is_ascii_graphic());
+            ok.then(|| (h.to_string(), format!("/{p}")))
+        })
+        .collect();
+    urls.sort();
+    let spread = |len: usize| -> Vec<usize> {
+        let k = n.min(len);
+        (0..k).map(|i| i * len / k.max(1)).collect()
+    };
+    TrailPicks {
+        ips: spread(ips.len()).into_iter().map(|i| ips[i]).collect(),
+        domains: spread(domains.len()).into_iter().map(|i| domains[i].clone()).collect(),
+        urls: spread(urls.len()).into_iter().map(|i| urls[i].clone()).collect(),
+    }
+}
+
+/// Writes a trails.csv with the picks plus `n` other trails of the set (trail scale).
+fn subset_csv(trails: &TrailSet, picks: &TrailPicks, n: usize, path: &Path) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let label = |id: u32| {
+        trails
+            .labels
+            .get(id as usize)
+            .map(|l| (l.info.replace('"', ""), l.reference.clone()))
+            .unwrap_or_default()
+    };
+    for a in &picks.ips {
+        writeln!(out, "{a},bench ip (malware),(bench)")?;
+    }
+    for d in &picks.domains {
+        writeln!(out, "{d},bench domain (malware),(bench)")?;
+    }
+    for (h, p) in &picks.urls {
+        writeln!(out, "{h}{p},bench url (malware),(bench)")?;
+    }
+    let mut written = 0;
+    let per = n / 3;
+    for (a, l) in trails.ip.v4.iter().take(per) {
+        let (i, r) = label(*l);
+        writeln!(out, "{},\"{i}\",{r}", Ipv4Addr::from(*a))?;
+        written += 1;
+    }
+    for (d, l) in trails.domains.iter().take(per) {
+        let (i, r) = label(l);
+        writeln!(out, "{d},\"{i}\",{r}")?;
+        written += 1;
+    }
+    for (u, l) in trails.urls.iter().take(n.saturating_sub(written)) {
+        if u.contains([',', '"']) {
+            continue;
+        }
+        let (i, r) = label(l);
+        writeln!(out, "{u},\"{i}\",{r}")?;
+    }
+    Ok(())
+}
+
+struct Sensor {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    load_s: f64,
+    fill_s: f64,
+}
+
+fn start_sensor(
+    pair: &VethPair,
+    trails: &Path,
+    mode: &str,
+    log: &Path,
+    extra: &[String],
+) -> anyhow::Result<Sensor> {
+    let mut cmd = pair.in_sensor_ns(&paths::sensor_binary().to_string_lossy());
+    cmd.args(["run", "--iface", &pair.sensor_if, "--trails"])
+        .arg(trails)
+        .args(["--mode", mode, "--events-log"])
+        .arg(log)
+        .args(["--format", "json", "--stats-interval", "0", "--sensor-name", "bench"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().context("starting xtrail-sensor")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut load_s, mut fill_s) = (0.0, 0.0);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .context("the sensor did not attach")?;
+        if line.contains("trails loaded in") {
+            load_s = seconds_after(&line, "trails loaded in");
+        }
+        if line.contains("maps filled in") {
+            fill_s = seconds_after(&line, "maps filled in");
+        }
+        if line.contains("error:") {
+            bail!("sensor: {line}");
+        }
+        if line.contains("attached to") {
+            break;
+        }
+    }
+    Ok(Sensor {
+        child,
+        lines: rx,
+        load_s,
+        fill_s,
+    })
+}
+
+fn stop_child(child: &mut Child) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn send(pair: &VethPair, traffic: &Traffic, count: u64, rate: Option<u64>) -> anyhow::Result<SendReport> {
+    let frames = traffic.frames.clone();
+    let ns = pair.peer_ns.clone();
+    let ifname = pair.peer_if.clone();
+    let handle = in_ns(&pair.peer_ns, move || -> anyhow::Result<SendReport> {
+        let inj = xtrail_bench::netns::Injector::open(&ns, &ifname)?;
+        Ok(gen::blast(&inj, &frames, count, rate, Duration::from_secs(60))?)
+    });
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("generator thread panicked"))??
+}
+
+struct Case<'a> {
+    scenario: &'a str,
+    mode: &'a str,
+    trails: &'a Path,
+    trails_name: String,
+    trail_count: usize,
+    traffic: &'a Traffic,
+    count: u64,
+    rate: Option<u64>,
+    extra: &'a [String],
+}
+
+fn run_xtrail(case: &Case<'_>, tmp: &Path) -> anyhow::Result<Run> {
+    let pair = VethPair::create("xb")?;
+    let log = tmp.join(format!("events-{}-{}.jsonl", case.scenario, std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let mut sensor = start_sensor(&pair, case.trails, case.mode, &log, case.extra)?;
+    let pid = sensor.child.id();
+    let rx0 = pair.sensor_rx_packets()?;
+    let (t0, s0) = (proc_ticks(pid), softirq_ticks());
+    let report = send(&pair, case.traffic, case.count, case.rate)?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let (t1, s1) = (proc_ticks(pid), softirq_ticks());
+    let rss = rss_mb(pid);
+    let rx1 = pair.sensor_rx_packets()?;
+    stop_child(&mut sensor.child);
+    let mut stats = String::new();
+    while let Ok(line) = sensor.lines.recv_timeout(Duration::from_millis(500)) {
+        if line.contains("final stats") {
+            stats = line;
+        }
+    }
+    let events: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            l.split("\"trail\":\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .map(str::to_string)
+        })
+        .collect();
+    let _ = std::fs::remove_file(&log);
+    let missed: Vec<&scenario::Item> = case
+        .traffic
+        .items
+        .iter()
+        .filter(|item| !events.iter().any(|t| scenario::matches(item, t)))
+        .collect();
+    for m in missed.iter().take(5) {
+        eprintln!("bench:   missed {:?} {}", m.kind, m.needle);
+    }
+    let detected = case.traffic.items.len() - missed.len();
+    let packets = counter(&stats, "packets");
+    let handed = counter(&stats, "copied") + counter(&stats, "redirected");
+    let runs = counter(&stats, "xdp_runs");
+    let run_ns = counter(&stats, "xdp_run_ns");
+    let tick = tick_ns();
+    Ok(Run {
+        scenario: case.scenario.into(),
+        sensor: "xtrail".into(),
+        mode: case.mode.into(),
+        trails: case.trails_name.clone(),
+        trail_count: case.trail_count,
+        offered_rate: case.rate,
+        offered: report.sent,
+        send_pps: report.pps(),
+        received: rx1.saturating_sub(rx0),
+        xdp_packets: packets,
+        handed,
+        events: events.len() as u64,
+        reported: counter(&stats, "reported"),
+        suppressed: counter(&stats, "suppressed"),
+        ringbuf_full: counter(&stats, "ringbuf_full"),
+        handoff_failed: counter(&stats, "handoff_failed"),
+        injected: case.traffic.items.len(),
+        detected,
+        xdp_ns_per_packet: if runs > 0 { run_ns as f64 / runs as f64 } else { f64::NAN },
+        softirq_ns_per_packet: (s1 - s0) as f64 * tick / packets.max(1) as f64,
+        user_ns_per_packet: (t1 - t0) as f64 * tick / packets.max(1) as f64,
+        user_ns_per_handed: (t1 - t0) as f64 * tick / handed.max(1) as f64,
+        rss_mb: rss,
+        load_s: sensor.load_s,
+        fill_s: sensor.fill_s,
+    })
+}
+
+/// A libpcap sensor (ours, or `--peer`) on the same traffic: its CPU per packet processed.
+fn run_other(
+    name: &str,
+    command: &str,
+    traffic: &Traffic,
+    count: u64,
+    trails: &Path,
+) -> anyhow::Result<Run> {
+    let pair = VethPair::create("xc")?;
+    let cmdline = command
+        .replace("{iface}", &pair.sensor_if)
+        .replace("{trails}", &trails.to_string_lossy());
+    let mut cmd = pair.in_sensor_ns("sh");
+    cmd.args(["-c", &format!("exec {cmdline}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().with_context(|| format!("starting {cmdline}"))?;
+    // Give it time to load and start capturing.
+    std::thread::sleep(Duration::from_secs(if name == "pcap-baseline" { 3 } else { 10 }));
+    let pid = child.id();
+    let rx0 = pair.sensor_rx_packets()?;
+    let t0 = proc_ticks(pid);
+    let report = send(&pair, traffic, count, None)?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let t1 = proc_ticks(pid);
+    let rss = rss_mb(pid);
+    let rx1 = pair.sensor_rx_packets()?;
+    stop_child(&mut child);
+    let mut out = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut s, &mut out);
+    }
+    let processed = counter(&out, "processed");
+    let received = rx1.saturating_sub(rx0);
+    let processed = if processed > 0 { processed } else { received };
+    Ok(Run {
+        scenario: "background".into(),
+        sensor: name.into(),
+        mode: "capture".into(),
+        trails: trails.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        offered: report.sent,
+        send_pps: report.pps(),
+        received,
+        xdp_packets: processed,
+        user_ns_per_packet: (t1 - t0) as f64 * tick_ns() / processed.max(1) as f64,
+        xdp_ns_per_packet: f64::NAN,
+        softirq_ns_per_packet: f64::NAN,
+        user_ns_per_handed: f64::NAN,
+        rss_mb: rss,
+        ..Run::default()
+    })
+}
+
+fn replay_offline(traffic: &Traffic, trails: &Path, tmp: &Path, trail_count: usize) -> anyhow::Result<Run> {
+    let pcap = tmp.join("mix.pcap");
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&pcap)?);
+        xtrail_bench::pcapw::write_header(&mut w)?;
+        let t0: i64 = 1_790_000_000_000_000;
+        for (i, f) in traffic.frames.iter().enumerate() {
+            xtrail_bench::pcapw::write_packet(&mut w, t0 + i as i64 * 10, f)?;
+        }
+    }
+    let out = Command::new(paths::sensor_binary())
+        .args(["replay", "--pcap"])
+        .arg(&pcap)
+        .arg("--trails")
+        .arg(trails)
+        .args(["--events-log", "/dev/null", "--format", "json"])
+        .output()
+        .context("running xtrail-sensor replay")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().find(|l| l.contains("ns/packet")).unwrap_or("").to_string();
+    let ns = line
+        .rsplit('(')
+        .next()
+        .and_then(|s| s.split(" ns/packet").next())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or(f64::NAN);
+    let load = err
+        .lines()
+        .find(|l| l.contains("trails loaded in"))
+        .map(|l| seconds_after(l, "trails loaded in"))
+        .unwrap_or(0.0);
+    let _ = std::fs::remove_file(&pcap);
+    Ok(Run {
+        scenario: "offline replay".into(),
+        sensor: "xtrail".into(),
+        mode: "replay".into(),
+        trails: trails.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        trail_count,
+        offered: traffic.frames.len() as u64,
+        xdp_packets: traffic.frames.len() as u64,
+        user_ns_per_packet: ns,
+        xdp_ns_per_packet: f64::NAN,
+        softirq_ns_per_packet: f64::NAN,
+        user_ns_per_handed: f64::NAN,
+        send_pps: f64::NAN,
+        load_s: load,
+        ..Run::default()
+    })
+}
+
+/// Runs the benchmark.
+pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
+    let data = paths::maltrail_data();
+    let full = data.join("trails-static");
+    let full = if full.is_dir() {
+        full
+    } else {
+        eprintln!("bench: {} not found; using the bundled demo trails", full.display());
+        paths::workspace_root().join("xtask/demo/trails.csv")
+    };
+    let wl_path = data.join("data/whitelist.txt");
+    let whitelist = if wl_path.is_file() { Whitelist::load(&wl_path)? } else { Whitelist::empty() };
+    eprintln!("bench: loading {} to draw traffic from", full.display());
+    let set = TrailSet::load(std::slice::from_ref(&full), &LoadOptions::default())?;
+    let full_count = set.report.ipv4 + set.report.ipv6 + set.report.ipport + set.report.cidr4
+        + set.report.cidr6 + set.report.domains + set.report.urls + set.report.regexes;
+    let picks = picks(&set, &whitelist, if opts.quick { 60 } else { 200 });
+    let is_trail = |a: Ipv4Addr| set.ip.lookup(IpAddr::V4(a), None).is_some();
+    let n_frames = if opts.quick { 20_000 } else { 50_000 };
+    let count = if opts.quick { 300_000 } else { 2_000_000 };
+    let background = scenario::background_only(opts.seed, n_frames, &is_trail);
+    let mix = scenario::mix(opts.seed + 1, n_frames, &picks, 0.01, &is_trail);
+    let storm = scenario::storm(opts.seed + 2, n_frames, &picks);
+    let tmp = std::env::temp_dir().join(format!("xtrail-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let results_dir = paths::workspace_root().join("bench/results");
+    std::fs::create_dir_all(&results_dir)?;
+
+    // Per-program run time and count from the kernel (restored afterwards).
+    let stats_knob = "/proc/sys/kernel/bpf_stats_enabled";
+    let old_knob = std::fs::read_to_string(stats_knob).unwrap_or_else(|_| "0".into());
+    let _ = std::fs::write(stats_knob, "1");
+
+    let mut runs: Vec<Run> = Vec::new();
+    let full_name = full.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let wanted = |name: &str| opts.only.is_empty() || opts.only.iter().any(|o| name.starts_with(o.as_str()));
+    let mut record = |r: anyhow::Result<Run>, what: &str| match r {
+        Ok(r) => {
+            eprintln!(
+                "bench: {what}: offered {} ({:.0} pps), xdp {} , handed {}, events {}, recall {}, xdp {:.1} ns/pkt, user {:.1} ns/pkt",
+                r.offered,
+                r.send_pps,
+                r.xdp_packets,
+                r.handed,
+                r.events,
+                r.recall().map(|x| format!("{:.3}", x)).unwrap_or("-".into()),
+                r.xdp_ns_per_packet,
+                r.user_ns_per_packet
+            );
+            runs.push(r);
+        }
+        Err(e) => eprintln!("bench: {what}: failed: {e:#}"),
+    };
+    let case = |scenario: &'static str, mode: &'static str, traffic: &'static Traffic, rate| Case {
+        scenario,
+        mode,
+        trails: &full,
+        trails_name: full_name.clone(),
+        trail_count: full_count,
+        traffic,
+        count,
+        rate,
+        extra: &opts.sensor_args,
+    };
+    // Leak the scenarios for the closures' lifetimes (one process, one run).
+    let background: &'static Traffic = Box::leak(Box::new(background));
+    let mix: &'static Traffic = Box::leak(Box::new(mix));
+    let storm: &'static Traffic = Box::leak(Box::new(storm));
+
+    for mode in ["inline", "mirror"] {
+        if wanted("background") {
+            record(run_xtrail(&case("background", mode, background, None), &tmp), &format!("background/{mode}"));
+        }
+    }
+    let rates: Vec<Option<u64>> = if opts.quick {
+        vec![Some(100_000), None]
+    } else {
+        vec![Some(50_000), Some(100_000), Some(200_000), Some(400_000), None]
+    };
+    for mode in ["inline", "mirror"] {
+        for rate in rates.iter().filter(|_| wanted("mix")) {
+            record(
+                run_xtrail(&case("mix", mode, mix, *rate), &tmp),
+                &format!("mix/{mode}/{}", rate.map(|r| r.to_string()).unwrap_or("max".into())),
+            );
+        }
+    }
+    if wanted("storm") {
+        record(run_xtrail(&case("storm", "inline", storm, None), &tmp), "storm/inline");
+    }
+
+    // Trail scale: the mix against subsets and the full set.
+    let sizes: &[usize] = if opts.quick { &[10_000] } else { &[10_000, 100_000] };
+    for &n in sizes.iter().filter(|_| wanted("scale")) {
+        let csv = tmp.join(format!("trails-{n}.csv"));
+        subset_csv(&set, &picks, n, &csv)?;
+        let c = Case {
+            scenario: "trail scale",
+            mode: "inline",
+            trails: &csv,
+            trails_name: format!("{n} trails"),
+            trail_count: n,
+            traffic: mix,
+            count,
+            rate: None,
+            extra: &opts.sensor_args,
+        };
+        record(run_xtrail(&c, &tmp), &format!("scale/{n}"));
+    }
+    if wanted("offline") {
+        record(replay_offline(mix, &full, &tmp, full_count), "offline replay");
+    }
+
+    // The yardstick: a libpcap sensor on the same background traffic.
+    let baseline = paths::workspace_root().join("target/release/xtrail-pcap-baseline");
+    if wanted("baseline") {
+        record(
+        run_other(
+            "pcap-baseline",
+            &format!("{} --iface {{iface}} --trails {{trails}} --duration 120", baseline.display()),
+            background,
+            count,
+            &full,
+        ),
+        "pcap-baseline",
+        );
+    }
+    if let Some(peer) = &opts.peer {
+        record(run_other("peer", peer, background, count, &full), "peer");
+    }
+    let _ = std::fs::write(stats_knob, old_knob.trim());
+    drop(set);
+    let _ = std::fs::remove_dir_all(&tmp);
+
+    let when = Command::new("date").args(["-u", "+%FT%TZ"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let machine = machine();
+    write_results(&results_dir, &runs, &when, &machine, opts)?;
+    eprintln!("bench: results in {}", results_dir.display());
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    // SAFETY: sysconf has no preconditions.
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
+}
+
+fn fmt_ns(x: f64) -> String {
+    if x.is_finite() { format!("{x:.0}") } else { "-".into() }
+}
+
+fn write_results(dir: &Path, runs: &[Run], when: &str, machine: &str, opts: &BenchOptions) -> anyhow::Result<()> {
+    let json = format!(
+        "{{\"taken\":\"{when}\",\"machine\":\"{}\",\"quick\":{},\"seed\":{},\"runs\":[\n{}\n]}}\n",
+        machine.replace('"', "'"),
+        opts.quick,
+        opts.seed,
+        runs.iter().map(Run::json).collect::<Vec<_>>().join(",\n")
+    );
+    std::fs::write(dir.join("latest.json"), json)?;
+    let mut md = String::new();
+    md.push_str(&format!("Taken {when} on {machine}{}.\n\n", if opts.quick { " (`--quick`)" } else { "" }));
+    md.push_str("| scenario | sensor | mode | trails | offered rate | offered | sent pps | received | XDP | to userspace | events | recall | XDP ns/pkt | softirq ns/pkt | user ns/pkt | user ns/handed | RSS MB | load s |\n");
+    md.push_str("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in runs {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} |\n",
+            r.scenario,
+            r.sensor,
+            r.mode,
+            r.trails,
+            r.offered_rate.map(|x| x.to_string()).unwrap_or("max".into()),
+            r.offered,
+            fmt_ns(r.send_pps),
+            r.received,
+            r.xdp_packets,
+            r.handed,
+            r.events,
+            r.recall().map(|x| format!("{x:.3}")).unwrap_or("-".into()),
+            fmt_ns(r.xdp_ns_per_packet),
+            fmt_ns(r.softirq_ns_per_packet),
+            fmt_ns(r.user_ns_per_packet),
+            if r.handed > 0 { fmt_ns(r.user_ns_per_handed) } else { "-".into() },
+            r.rss_mb,
+            r.load_s,
+        ));
+    }
+    // Headline ratios.
+    let xdp_bg = runs.iter().find(|r| r.scenario == "background" && r.sensor == "xtrail" && r.mode == "inline");
+    let pcap_bg = runs.iter().find(|r| r.sensor == "pcap-baseline");
+    md.push('\n');
+    if let (Some(x), Some(p)) = (xdp_bg, pcap_bg) {
+        let x_cost = x.xdp_ns_per_packet;
+        let p_cost = p.user_ns_per_packet;
+        if x_cost.is_finite() && x_cost > 0.0 && p_cost.is_finite() {
+            md.push_str(&format!(
+                "- Background traffic, CPU per packet: xtrail XDP {x_cost:.0} ns vs libpcap baseline {p_cost:.0} ns (userspace only, kernel capture cost not counted): **{:.1}x** packets per second per core.\n",
+                p_cost / x_cost
+            ));
+        }
+    }
+    if let Some(peer) = runs.iter().find(|r| r.sensor == "peer") {
+        if let Some(x) = xdp_bg {
+            md.push_str(&format!(
+                "- `--peer`: {:.0} ns/packet vs xtrail XDP {:.0} ns/packet: {:.1}x.\n",
+                peer.user_ns_per_packet,
+                x.xdp_ns_per_packet,
+                peer.user_ns_per_packet / x.xdp_ns_per_packet
+            ));
+        }
+    }
+    let best = runs
+        .iter()
+        .filter(|r| r.scenario == "mix" && r.loss() == 0 && r.recall() == Some(1.0))
+        .map(|r| r.send_pps)
+        .fold(0.0f64, f64::max);
+    md.push_str(&format!("- Mix: highest sent rate with no loss and full recall: {best:.0} pps.\n"));
+    if let Some(r) = runs.iter().find(|r| r.scenario == "offline replay") {
+        md.push_str(&format!(
+            "- Offline replay of the mix with {} trails: {:.0} ns/packet.\n",
+            r.trail_count, r.user_ns_per_packet
+        ));
+    }
+    std::fs::write(dir.join("latest.md"), &md)?;
+    plots(dir, runs)?;
+    println!("{md}");
+    Ok(())
+}
+
+/// Hand-written SVG plots (no plotting dependency).
+fn plots(dir: &Path, runs: &[Run]) -> anyhow::Result<()> {
+    let mut series: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
+    for r in runs.iter().filter(|r| r.scenario == "mix") {
+        series
+            .entry(r.mode.clone())
+            .or_default()
+            .push((r.send_pps, r.xdp_packets.min(r.received) as f64 / r.offered.max(1) as f64 * r.send_pps, r.recall().unwrap_or(0.0)));
+    }
+    let line_chart = |title: &str, ylabel: &str, pick: &dyn Fn(&(f64, f64, f64)) -> f64, ymax: f64| {
+        let (w, h, l, b) = (640.0, 400.0, 70.0, 50.0);
+        let xmax = series.values().flatten().map(|p| p.0).fold(1.0f64, f64::max) * 1.05;
+        let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='{}' y='20' text-anchor='middle' font-size='14'>{title}</text>\n", w / 2.0);
+        s.push_str(&format!("<line x1='{l}' y1='{}' x2='{}' y2='{}' stroke='black'/><line x1='{l}' y1='30' x2='{l}' y2='{}' stroke='black'/>\n", h - b, w - 20.0, h - b, h - b));
+        s.push_str(&format!("<text x='{}' y='{}' text-anchor='middle'>offered rate (pps)</text><text x='15' y='{}' transform='rotate(-90 15 {})' text-anchor='middle'>{ylabel}</text>\n", w / 2.0, h - 10.0, h / 2.0, h / 2.0));
+        for i in 0..=4 {
+            let fx = xmax * i as f64 / 4.0;
+            let x = l + (w - l - 20.0) * i as f64 / 4.0;
+            s.push_str(&format!("<text x='{x}' y='{}' text-anchor='middle'>{:.0}k</text>\n", h - b + 15.0, fx / 1000.0));
+            let fy = ymax * i as f64 / 4.0;
+            let y = h - b - (h - b - 30.0) * i as f64 / 4.0;
+            s.push_str(&format!("<text x='{}' y='{}' text-anchor='end'>{}</text>\n", l - 5.0, y + 4.0, if ymax > 10.0 { format!("{:.0}k", fy / 1000.0) } else { format!("{fy:.2}") }));
+        }
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let color = ["#1f77b4", "#d62728", "#2ca02c"][i % 3];
+            let mut pts = pts.clone();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let path: Vec<String> = pts
+                .iter()
+                .map(|p| {
+                    let x = l + (w - l - 20.0) * p.0 / xmax;
+                    let y = h - b - (h - b - 30.0) * (pick(p) / ymax).min(1.0);
+                    format!("{x:.1},{y:.1}")
+                })
+                .collect();
+            s.push_str(&format!("<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>\n", path.join(" ")));
+            s.push_str(&format!("<text x='{}' y='{}' fill='{color}'>{name}</text>\n", w - 120.0, 45.0 + 15.0 * i as f64));
+        }
+        s.push_str("</svg>\n");
+        s
+    };
+    let ymax = series.values().flatten().map(|p| p.1).fold(1.0f64, f64::max) * 1.1;
+    std::fs::write(dir.join("throughput.svg"), line_chart("Mix: packets processed by XDP vs offered", "processed (pps)", &|p| p.1, ymax))?;
+    std::fs::write(dir.join("recall.svg"), line_chart("Mix: recall vs offered rate", "recall", &|p| p.2, 1.0))?;
+    // Cost per packet by scenario (bars).
+    let bars: Vec<(String, f64)> = runs
+        .iter()
+        .filter(|r| r.offered_rate.is_none())
+        .map(|r| {
+            let cost = if r.xdp_ns_per_packet.is_finite() {
+                r.xdp_ns_per_packet + r.user_ns_per_packet.max(0.0)
+            } else {
+                r.user_ns_per_packet
+            };
+            (format!("{} {} {}", r.scenario, r.sensor, r.mode), cost)
+        })
+        .filter(|(_, c)| c.is_finite())
+        .collect();
+    let (w, bh) = (720.0, 26.0);
+    let h = 50.0 + bh * bars.len() as f64;
+    let max = bars.iter().map(|b| b.1).fold(1.0f64, f64::max);
+    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='{}' y='20' text-anchor='middle' font-size='14'>CPU per packet (ns): XDP + userspace, or userspace for capture sensors</text>\n", w / 2.0);
+    for (i, (name, cost)) in bars.iter().enumerate() {
+        let y = 35.0 + bh * i as f64;
+        let len = (w - 320.0) * cost / max;
+        s.push_str(&format!("<text x='250' y='{}' text-anchor='end'>{name}</text><rect x='255' y='{y}' width='{len:.1}' height='{}' fill='#1f77b4'/><text x='{}' y='{}'>{cost:.0}</text>\n", y + 16.0, bh - 6.0, 260.0 + len, y + 16.0));
+    }
+    s.push_str("</svg>\n");
+    std::fs::write(dir.join("cost.svg"), s)?;
+    Ok(())
+}

@@ -159,10 +159,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    let cli = Cli::parse();
+    // The XDP program's aya-log records arrive at debug level.
+    let level = match &cli.command {
+        Command::Run {
+            ebpf_log: EbpfLog::Debug,
+            ..
+        } => "info,xtrail_xdp=debug",
+        _ => "info",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_target(false)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Run {
             ifaces,

@@ -620,6 +620,22 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
             record(run_xtrail(&case("background", mode, background, None), &tmp), &format!("background/{mode}"));
         }
     }
+    if wanted("background") {
+        // The same without flow-start records: the cost of the scan heuristics' feed.
+        let no_flows: Vec<String> = opts
+            .sensor_args
+            .iter()
+            .cloned()
+            .chain(["--no-flow-starts".to_string()])
+            .collect();
+        let mut c = case("background", "inline", background, None);
+        c.extra = &no_flows;
+        let r = run_xtrail(&c, &tmp).map(|mut r| {
+            r.mode = "inline, no flow starts".into();
+            r
+        });
+        record(r, "background/inline/no-flow-starts");
+    }
     let rates: Vec<Option<u64>> = if opts.quick {
         vec![Some(100_000), None]
     } else {

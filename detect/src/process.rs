@@ -29,7 +29,7 @@
 //! Repeated events are collapsed downstream by [`crate::throttle::Throttle`].
 //!
 //! Heuristics (scans, DNS exhaustion, NXDOMAIN floods, suspicious requests and user agents)
-//! plug in through the [`Heuristics`] trait; none are implemented here.
+//! plug in through the [`Heuristics`] trait; they live in [`crate::heuristics`].
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -38,6 +38,7 @@ use std::sync::Arc;
 use hashbrown::DefaultHashBuilder;
 
 use crate::event::{proto_name, Action, Details, Event, EventType, Severity};
+use crate::heuristics::FlowStart;
 use crate::packet::{self, Packet, PacketError, TcpSegment, Transport};
 use crate::protocols::{dns, http, tls};
 use crate::trails::{IpMatchKind, Label, LabelId, TrailSet};
@@ -170,9 +171,20 @@ impl PacketContext<'_> {
     }
 }
 
-/// Hook for the heuristics (a later stage): each method sees what the pipeline parsed and may
-/// emit events. Every method defaults to doing nothing.
+/// Hook for the heuristics stage ([`crate::heuristics::MaltrailHeuristics`]): each method
+/// sees what the pipeline parsed and may emit events. Every method defaults to doing nothing.
 pub trait Heuristics: Send {
+    /// The sensor name and interface events carry (called by [`Processor::set_heuristics`]).
+    fn set_context(&mut self, _sensor: &str, _iface: Option<&str>) {}
+    /// The current trails (called on install and on every trail update).
+    fn set_trails(&mut self, _trails: &Arc<TrailSet>) {}
+    /// A flow start reported by the kernel (live capture); see
+    /// [`crate::heuristics::FlowStart`].
+    fn on_flow_start(&mut self, _flow: &FlowStart, _out: &mut dyn FnMut(Event)) {}
+    /// Entries held by the stage's bounded tables (for stats and the flood tests).
+    fn state_entries(&self) -> usize {
+        0
+    }
     /// Every parsed packet, before any trail check.
     fn on_packet(
         &mut self,
@@ -246,6 +258,24 @@ impl std::fmt::Debug for Processor {
     }
 }
 
+/// Maltrail's label rules for a TCP connection attempt that hit an IP trail (shared by
+/// replay and the live sensor's kernel hits): a SYN to an `attacker`, or to a `parking site`
+/// on a port other than 80/443, raises nothing; a SYN *from* a `malware` address (a scanner
+/// listed twice, not an infection) or towards loopback raises nothing.
+pub fn syn_hit_reported(
+    info: &str,
+    matched_dst: bool,
+    dst_port: u16,
+    dst_is_loopback: bool,
+) -> bool {
+    if matched_dst {
+        let parked_elsewhere = info.contains("parking site") && !matches!(dst_port, 80 | 443);
+        !(info.contains("attacker") || parked_elsewhere)
+    } else {
+        !(info.contains("malware") || dst_is_loopback)
+    }
+}
+
 /// Emits an event unless one of its addresses is whitelisted (DNS events are exempt, as in
 /// Maltrail: a resolver's address must not hide the names asked of it).
 fn emit(wl: &Whitelist, stats: &mut ProcessorStats, out: &mut dyn FnMut(Event), event: Event) {
@@ -274,13 +304,38 @@ impl Processor {
         }
     }
 
-    /// Installs the heuristics stage.
-    pub fn set_heuristics(&mut self, heuristics: Box<dyn Heuristics>) {
+    /// Installs the heuristics stage (e.g. [`crate::heuristics::MaltrailHeuristics`]); it
+    /// is given this pipeline's sensor name, interface and trails.
+    pub fn set_heuristics(&mut self, mut heuristics: Box<dyn Heuristics>) {
+        heuristics.set_context(&self.config.sensor, self.config.iface.as_deref());
+        heuristics.set_trails(&self.trails);
         self.heuristics = Some(heuristics);
+    }
+
+    /// Whether a heuristics stage is installed.
+    pub fn has_heuristics(&self) -> bool {
+        self.heuristics.is_some()
+    }
+
+    /// Entries held by the heuristics stage's bounded tables (0 without one).
+    pub fn heuristics_state_entries(&self) -> usize {
+        self.heuristics.as_deref().map_or(0, |h| h.state_entries())
+    }
+
+    /// A flow start from the kernel (live capture) through the installed heuristics; events
+    /// with a whitelisted address are dropped as for packets.
+    pub fn on_flow_start(&mut self, flow: &FlowStart, out: &mut dyn FnMut(Event)) {
+        if let Some(h) = self.heuristics.as_deref_mut() {
+            let (wl, stats) = (&*self.whitelist, &mut self.stats);
+            h.on_flow_start(flow, &mut |e| emit(wl, stats, out, e));
+        }
     }
 
     /// Swaps in a new trail set (trail updates); the next packet uses it.
     pub fn set_trails(&mut self, trails: Arc<TrailSet>) {
+        if let Some(h) = self.heuristics.as_deref_mut() {
+            h.set_trails(&trails);
+        }
         self.trails = trails;
     }
 
@@ -438,17 +493,15 @@ impl Run<'_, '_> {
         let ip = &self.trails.ip;
         if let Some(m) = ip.lookup(ctx.dst, Some(ctx.dst_port)) {
             let info = &self.label(m.label).info;
-            let parked_elsewhere =
-                info.contains("parking site") && !matches!(ctx.dst_port, 80 | 443);
-            if info.contains("attacker") || parked_elsewhere {
+            if !syn_hit_reported(info, true, ctx.dst_port, ctx.dst.is_loopback()) {
                 return;
             }
             let (kind, trail) = Self::ip_trail(ctx.dst, ctx.dst_port, m.kind);
             let e = ctx.labelled(kind, trail, self.label(m.label), Details::default());
             self.emit(e);
         } else if let Some(m) = ip.lookup(ctx.src, Some(ctx.src_port)) {
-            // A SYN *from* a C2 address is a scanner listed twice, not an infection.
-            if self.label(m.label).info.contains("malware") || ctx.dst.is_loopback() {
+            let info = &self.label(m.label).info;
+            if !syn_hit_reported(info, false, ctx.dst_port, ctx.dst.is_loopback()) {
                 return;
             }
             let (kind, trail) = Self::ip_trail(ctx.src, ctx.src_port, m.kind);
@@ -853,6 +906,37 @@ sinkholed.example,sinkhole x (malware),(static)
             });
         }
         lines
+    }
+
+    #[test]
+    fn name_rules() {
+        assert!(is_valid_dns_name("evil-test-domain.com"));
+        assert!(!is_valid_dns_name("localhost"));
+        assert!(!is_valid_dns_name("a.example."));
+        assert!(!is_valid_dns_name("_ldap._tcp.example.com"));
+        assert!(is_ip_literal("1.2.3.4"));
+        assert!(!is_ip_literal("1.2.3.example"));
+    }
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port(b"a.example:8080"), b"a.example");
+        assert_eq!(strip_port(b"[::1]:80"), b"::1");
+        assert_eq!(strip_port(b"::1"), b"::1");
+        assert_eq!(strip_port(b"a.example"), b"a.example");
+    }
+
+    #[test]
+    fn lowercasing_is_bounded() {
+        let mut buf = [0u8; MAX_HOST];
+        assert_eq!(lowercase_into(b"A.Example.", &mut buf), Some("a.example"));
+        assert_eq!(lowercase_into(&[b'a'; 300], &mut buf), None);
+    }
+
+    #[test]
+    fn processor_is_send() {
+        fn send<T: Send>() {}
+        send::<Processor>();
     }
 
     #[test]

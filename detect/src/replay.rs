@@ -1,12 +1,17 @@
 //! Pcap replay: capture files through the same [`Processor`] and [`Throttle`] the live
 //! sensor uses, with time taken from the packets, events written one per line.
+//!
+//! The heuristics ([`MaltrailHeuristics`]) are installed by default, with scans fed from the
+//! packets and every window on the pcap's clock; pending throttle summaries are written at
+//! the end.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::event::Format;
+use crate::event::{Event, Format};
+use crate::heuristics::{HeuristicsConfig, HeuristicsError, MaltrailHeuristics, UaPatterns};
 use crate::pcap::{self, PcapError};
 use crate::process::{Processor, ProcessorConfig, ProcessorStats};
 use crate::throttle::{Throttle, ThrottleConfig, ThrottleStats};
@@ -20,8 +25,14 @@ pub struct ReplayOptions {
     pub processor: ProcessorConfig,
     /// Output line format.
     pub format: Format,
-    /// Repeat collapsing; `None` writes every event.
+    /// Repeat collapsing and summarizing; `None` writes every event.
     pub throttle: Option<ThrottleConfig>,
+    /// Heuristics settings; `None` runs trails only. The default is
+    /// [`HeuristicsConfig::replay`] (scans fed from packets).
+    pub heuristics: Option<HeuristicsConfig>,
+    /// Suspicious user-agent patterns; `None` loads [`UaPatterns::load_default`] (no
+    /// patterns when no file is found).
+    pub ua_patterns: Option<Arc<UaPatterns>>,
 }
 
 impl Default for ReplayOptions {
@@ -30,6 +41,8 @@ impl Default for ReplayOptions {
             processor: ProcessorConfig::default(),
             format: Format::Json,
             throttle: Some(ThrottleConfig::default()),
+            heuristics: Some(HeuristicsConfig::replay()),
+            ua_patterns: None,
         }
     }
 }
@@ -85,6 +98,9 @@ pub enum ReplayError {
         #[source]
         source: PcapError,
     },
+    /// The heuristics could not be set up.
+    #[error(transparent)]
+    Heuristics(#[from] HeuristicsError),
     /// Writing events failed.
     #[error("cannot write events: {0}")]
     Write(#[from] std::io::Error),
@@ -98,7 +114,15 @@ pub fn replay<W: Write + ?Sized>(
     opts: &ReplayOptions,
     writer: &mut W,
 ) -> Result<ReplayStats, ReplayError> {
-    let mut processor = Processor::new(trails, whitelist, opts.processor.clone());
+    let mut processor = Processor::new(trails, Arc::clone(&whitelist), opts.processor.clone());
+    if let Some(config) = &opts.heuristics {
+        let ua = match &opts.ua_patterns {
+            Some(ua) => Arc::clone(ua),
+            None => Arc::new(UaPatterns::load_default()?),
+        };
+        let heuristics = MaltrailHeuristics::new(config.clone(), whitelist, ua)?;
+        processor.set_heuristics(Box::new(heuristics));
+    }
     let mut throttle = opts.throttle.map(Throttle::new);
     let mut stats = ReplayStats::default();
     let mut write_error: Option<std::io::Error> = None;
@@ -114,6 +138,14 @@ pub fn replay<W: Write + ?Sized>(
         )?;
         if let Some(e) = write_error.take() {
             return Err(ReplayError::Write(e));
+        }
+    }
+    if let Some(t) = throttle.as_mut() {
+        let mut summaries = Vec::new();
+        t.finish(&mut |e| summaries.push(e));
+        for e in summaries {
+            write_event(writer, &e, opts.format)?;
+            stats.events += 1;
         }
     }
     writer.flush()?;
@@ -154,16 +186,18 @@ fn replay_file<W: Write + ?Sized>(
         stats.packets += 1;
         let lt = stats.per_linktype.entry(pkt.linktype).or_default();
         lt.packets += 1;
-        let mut sink = |event: crate::event::Event| {
-            if write_error.is_some() || !throttle.as_mut().is_none_or(|t| t.admit(&event)) {
+        let mut write = |event: Event| {
+            if write_error.is_some() {
                 return;
             }
-            let mut line = event.format(format);
-            line.push('\n');
-            match writer.write_all(line.as_bytes()) {
+            match write_event(writer, &event, format) {
                 Ok(()) => stats.events += 1,
                 Err(e) => *write_error = Some(e),
             }
+        };
+        let mut sink = |event: Event| match throttle.as_mut() {
+            Some(t) => t.filter(event, &mut write),
+            None => write(event),
         };
         if processor
             .process_frame(pkt.ts_us, pkt.linktype, pkt.data, &mut sink)
@@ -176,4 +210,14 @@ fn replay_file<W: Write + ?Sized>(
         }
     }
     Ok(())
+}
+
+fn write_event<W: Write + ?Sized>(
+    writer: &mut W,
+    event: &Event,
+    format: Format,
+) -> std::io::Result<()> {
+    let mut line = event.format(format);
+    line.push('\n');
+    writer.write_all(line.as_bytes())
 }

@@ -1,26 +1,61 @@
-//! Collapses repeated events: the same (source, destination, destination port, protocol,
-//! type, trail) within one time window (default: the same second, as Maltrail's log
-//! throttling) is passed once.
+//! Event throttling, a separate stage after [`crate::process::Processor`] so live capture and
+//! replay share it. Two steps, both configurable ([`ThrottleConfig`]):
 //!
-//! A separate stage after [`crate::process::Processor`], so live capture and replay share it.
-//! Memory is bounded: at most [`ThrottleConfig::capacity`] keys are remembered; when full, the
-//! oldest is forgotten (and counted). Keys of past windows are dropped when the window moves.
-//! Time comes from the events, so replayed pcaps are throttled by their own clock.
+//! 1. **Collapse**: the same (source, destination, destination port, protocol, type, trail)
+//!    within one window (default: the same second, as Maltrail's log throttling) passes once.
+//! 2. **Summarize** (like Maltrail's `summarize` mode): at most
+//!    [`SummarizeConfig::max_events`] (3) events per (source, trail) per
+//!    [`SummarizeConfig::window_us`] (60 s) pass; later ones in the window are held back and
+//!    counted. When the window ends, one **summary event** reports them: a copy of the last
+//!    held-back event (its time, addresses, ports, type, trail and reference) whose info is the
+//!    original info followed by ` (summary: N more in 60s)`, e.g.
+//!    `"malware (test) (summary: 27 more in 60s)"`. A summary is written when the next event
+//!    of that key arrives after its window, when time (taken from events, or given to
+//!    [`Throttle::flush`]) passes the window's end, or at [`Throttle::finish`].
+//!
+//! Memory is bounded: at most [`ThrottleConfig::capacity`] collapse keys (when full the oldest
+//! is forgotten and counted) and [`SummarizeConfig::capacity`] summarize keys (when full,
+//! finished windows are summarized and dropped; if none is finished, the event passes
+//! unsummarized and is counted as an overflow: nothing is lost). Time comes from the events,
+//! so replayed pcaps are throttled by their own clock.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
 
-use hashbrown::HashSet;
+use hashbrown::{HashMap, HashSet};
 
-use crate::event::{Event, EventType};
+use crate::event::{Event, EventType, Severity};
+
+/// Settings of the summarize step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SummarizeConfig {
+    /// Events of one (source, trail) passed per window (3).
+    pub max_events: u32,
+    /// Window length in microseconds (60 s), starting at the key's first event.
+    pub window_us: i64,
+    /// (source, trail) keys remembered at most.
+    pub capacity: usize,
+}
+
+impl Default for SummarizeConfig {
+    fn default() -> Self {
+        SummarizeConfig {
+            max_events: 3,
+            window_us: 60_000_000,
+            capacity: 65_536,
+        }
+    }
+}
 
 /// Settings of a [`Throttle`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ThrottleConfig {
-    /// Window length in microseconds; windows are aligned to multiples of it.
+    /// Collapse window length in microseconds; windows are aligned to multiples of it.
     pub window_us: i64,
-    /// Keys remembered at most.
+    /// Collapse keys remembered at most.
     pub capacity: usize,
+    /// The summarize step; `None` turns it off.
+    pub summarize: Option<SummarizeConfig>,
 }
 
 impl Default for ThrottleConfig {
@@ -28,6 +63,7 @@ impl Default for ThrottleConfig {
         ThrottleConfig {
             window_us: 1_000_000,
             capacity: 65_536,
+            summarize: Some(SummarizeConfig::default()),
         }
     }
 }
@@ -35,12 +71,18 @@ impl Default for ThrottleConfig {
 /// Counters of a [`Throttle`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThrottleStats {
-    /// Events passed on.
+    /// Events passed on (summaries not included).
     pub passed: u64,
-    /// Events collapsed into an earlier one.
+    /// Events collapsed into an identical one of the same window.
     pub suppressed: u64,
-    /// Keys forgotten early because the table was full.
+    /// Collapse keys forgotten early because the table was full.
     pub evicted: u64,
+    /// Events held back by the summarize step (reported in summaries).
+    pub summarized: u64,
+    /// Summary events written.
+    pub summaries: u64,
+    /// Events passed unsummarized because the summarize table was full.
+    pub overflow: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -66,6 +108,15 @@ impl Key {
     }
 }
 
+/// One (source, trail) window of the summarize step.
+#[derive(Debug)]
+struct Summary {
+    start_us: i64,
+    passed: u32,
+    held: u64,
+    last: Option<Event>,
+}
+
 /// The throttle stage.
 #[derive(Debug)]
 pub struct Throttle {
@@ -73,6 +124,9 @@ pub struct Throttle {
     window: Option<i64>,
     seen: HashSet<Key>,
     order: VecDeque<Key>,
+    summaries: HashMap<(IpAddr, String), Summary>,
+    /// Last second at which finished summarize windows were swept.
+    swept_sec: Option<i64>,
     stats: ThrottleStats,
 }
 
@@ -82,23 +136,42 @@ impl Default for Throttle {
     }
 }
 
+/// What the summarize step decided for one event.
+enum Verdict {
+    Pass,
+    Hold,
+}
+
 impl Throttle {
-    /// A throttle with the given settings (a zero window or capacity is raised to 1).
+    /// A throttle with the given settings (zero windows, capacities or limits are raised to 1).
     pub fn new(config: ThrottleConfig) -> Self {
         Throttle {
             config: ThrottleConfig {
                 window_us: config.window_us.max(1),
                 capacity: config.capacity.max(1),
+                summarize: config.summarize.map(|s| SummarizeConfig {
+                    max_events: s.max_events.max(1),
+                    window_us: s.window_us.max(1),
+                    capacity: s.capacity.max(1),
+                }),
             },
             window: None,
             seen: HashSet::new(),
             order: VecDeque::new(),
+            summaries: HashMap::new(),
+            swept_sec: None,
             stats: ThrottleStats::default(),
         }
     }
 
-    /// Whether `event` should be passed on (and remembers it if so).
-    pub fn admit(&mut self, event: &Event) -> bool {
+    /// The settings.
+    pub fn config(&self) -> &ThrottleConfig {
+        &self.config
+    }
+
+    /// The collapse step alone: whether `event` is not an identical repeat within the window
+    /// (and remembers it if so).
+    fn collapse(&mut self, event: &Event) -> bool {
         let window = event.ts_us.div_euclid(self.config.window_us);
         if self.window != Some(window) {
             self.window = Some(window);
@@ -118,31 +191,143 @@ impl Throttle {
         }
         self.order.push_back(key.clone());
         self.seen.insert(key);
-        self.stats.passed += 1;
         true
     }
 
-    /// Passes `event` to `out` unless it repeats one already passed in this window.
+    /// Whether `event` should be passed on now. Events held back by the summarize step return
+    /// `false` and are reported later by a summary, which only [`Throttle::filter`],
+    /// [`Throttle::flush`] and [`Throttle::finish`] write: prefer those.
+    pub fn admit(&mut self, event: &Event) -> bool {
+        if !self.collapse(event) {
+            return false;
+        }
+        let pass = matches!(self.summarize(event, &mut |_| {}), Verdict::Pass);
+        if pass {
+            self.stats.passed += 1;
+        }
+        pass
+    }
+
+    /// Passes `event` to `out` unless it repeats one of this second or its (source, trail)
+    /// already passed its share of the summarize window; writes due summaries first.
     pub fn filter(&mut self, event: Event, out: &mut impl FnMut(Event)) {
-        if self.admit(&event) {
+        self.flush(event.ts_us, out);
+        if !self.collapse(&event) {
+            return;
+        }
+        if let Verdict::Pass = self.summarize(&event, &mut *out) {
+            self.stats.passed += 1;
             out(event);
         }
     }
 
-    /// Keys currently remembered.
+    /// The summarize step for an event that survived the collapse. A finished window of the
+    /// same key is summarized to `out` first.
+    fn summarize(&mut self, event: &Event, out: &mut dyn FnMut(Event)) -> Verdict {
+        let Some(cfg) = self.config.summarize else {
+            return Verdict::Pass;
+        };
+        let key = (event.src_ip, event.trail.clone());
+        if !self.summaries.contains_key(&key) && self.summaries.len() >= cfg.capacity {
+            self.sweep(event.ts_us, out);
+            if self.summaries.len() >= cfg.capacity {
+                self.stats.overflow += 1;
+                return Verdict::Pass;
+            }
+        }
+        let s = self.summaries.entry(key).or_insert(Summary {
+            start_us: event.ts_us,
+            passed: 0,
+            held: 0,
+            last: None,
+        });
+        if event.ts_us.saturating_sub(s.start_us) >= cfg.window_us {
+            if let Some(summary) = summary_event(s, cfg.window_us) {
+                self.stats.summaries += 1;
+                out(summary);
+            }
+            *s = Summary {
+                start_us: event.ts_us,
+                passed: 0,
+                held: 0,
+                last: None,
+            };
+        }
+        if s.passed < cfg.max_events {
+            s.passed += 1;
+            Verdict::Pass
+        } else {
+            s.held += 1;
+            s.last = Some(event.clone());
+            self.stats.summarized += 1;
+            Verdict::Hold
+        }
+    }
+
+    /// Writes the summaries of windows that ended by `now_us` and forgets those keys. Cheap
+    /// to call often: the table is walked at most once per second of `now_us`. The live
+    /// sensor calls it periodically with the wall clock so summaries are not delayed until
+    /// the next event.
+    pub fn flush(&mut self, now_us: i64, out: &mut impl FnMut(Event)) {
+        let sec = now_us.div_euclid(1_000_000);
+        if self.swept_sec.is_some_and(|s| s >= sec) {
+            return;
+        }
+        self.swept_sec = Some(sec);
+        self.sweep(now_us, out);
+    }
+
+    fn sweep(&mut self, now_us: i64, out: &mut dyn FnMut(Event)) {
+        let Some(cfg) = self.config.summarize else {
+            return;
+        };
+        let stats = &mut self.stats;
+        self.summaries.retain(|_, s| {
+            if now_us.saturating_sub(s.start_us) < cfg.window_us {
+                return true;
+            }
+            if let Some(summary) = summary_event(s, cfg.window_us) {
+                stats.summaries += 1;
+                out(summary);
+            }
+            false
+        });
+    }
+
+    /// Writes every pending summary (end of a replay, shutdown) and forgets all keys.
+    pub fn finish(&mut self, out: &mut impl FnMut(Event)) {
+        self.sweep(i64::MAX, out);
+    }
+
+    /// Collapse keys currently remembered.
     pub fn len(&self) -> usize {
         self.seen.len()
     }
 
-    /// Whether no key is remembered.
+    /// Whether no collapse key is remembered.
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
+    }
+
+    /// Summarize keys currently remembered.
+    pub fn summarize_len(&self) -> usize {
+        self.summaries.len()
     }
 
     /// The counters so far.
     pub fn stats(&self) -> ThrottleStats {
         self.stats
     }
+}
+
+/// The summary of a window with held-back events.
+fn summary_event(s: &mut Summary, window_us: i64) -> Option<Event> {
+    let mut e = s.last.take()?;
+    let secs = window_us / 1_000_000;
+    e.info = format!("{} (summary: {} more in {secs}s)", e.info, s.held);
+    e.severity = Severity::from_info(&e.info);
+    s.held = 0;
+    Some(e)
 }
 
 #[cfg(test)]
@@ -182,7 +367,7 @@ mod tests {
             ThrottleStats {
                 passed: 3,
                 suppressed: 1,
-                evicted: 0
+                ..ThrottleStats::default()
             }
         );
     }
@@ -192,6 +377,7 @@ mod tests {
         let mut t = Throttle::new(ThrottleConfig {
             window_us: 1_000_000,
             capacity: 100,
+            summarize: None,
         });
         for i in 0..10_000 {
             assert!(t.admit(&ev(1_000_000, 1, &format!("d{i}.example"))));
@@ -201,5 +387,85 @@ mod tests {
         // The newest keys are still remembered, the oldest are not.
         assert!(!t.admit(&ev(1_000_000, 1, "d9999.example")));
         assert!(t.admit(&ev(1_000_000, 1, "d0.example")));
+    }
+
+    fn collect(t: &mut Throttle, events: impl IntoIterator<Item = Event>) -> Vec<Event> {
+        let mut out = Vec::new();
+        for e in events {
+            t.filter(e, &mut |e| out.push(e));
+        }
+        out
+    }
+
+    #[test]
+    fn three_per_minute_then_one_summary() {
+        let mut t = Throttle::default();
+        let s = 1_000_000;
+        // 30 events of one (source, trail), one a second.
+        let mut out = collect(&mut t, (0..30).map(|i| ev(i * s, 1, "a.example")));
+        assert_eq!(out.len(), 3);
+        // The next event after the window writes the summary, then passes.
+        out.extend(collect(&mut t, [ev(61 * s, 1, "a.example")]));
+        assert_eq!(out.len(), 5, "{out:#?}");
+        assert_eq!(out[3].info, "malware (summary: 27 more in 60s)");
+        assert_eq!(out[3].ts_us, 29 * s);
+        assert_eq!(out[4].info, "malware");
+        let st = t.stats();
+        assert_eq!((st.passed, st.summarized, st.summaries), (4, 27, 1));
+    }
+
+    #[test]
+    fn at_and_around_the_limit() {
+        let s = 1_000_000;
+        for (n, want) in [(2, 2), (3, 3), (4, 4)] {
+            let mut t = Throttle::default();
+            let mut out = collect(&mut t, (0..n).map(|i| ev(i * s, 1, "b.example")));
+            t.finish(&mut |e| out.push(e));
+            // Up to 3 pass; a 4th is reported by a summary.
+            assert_eq!(out.len(), want, "{n}");
+            assert_eq!(
+                out.iter().filter(|e| e.info.contains("summary")).count(),
+                usize::from(n > 3)
+            );
+        }
+    }
+
+    #[test]
+    fn summaries_are_flushed_by_time_and_keyed_by_source_and_trail() {
+        let s = 1_000_000;
+        let mut t = Throttle::default();
+        let mut out = collect(&mut t, (0..5).map(|i| ev(i * s, 1, "c.example")));
+        // Another source with the same trail has its own budget.
+        let mut other = ev(5 * s, 1, "c.example");
+        other.src_ip = "10.0.0.2".parse().unwrap();
+        out.extend(collect(&mut t, [other]));
+        assert_eq!(out.len(), 4);
+        t.flush(59 * s, &mut |e| out.push(e));
+        assert_eq!(out.len(), 4);
+        t.flush(61 * s, &mut |e| out.push(e));
+        assert_eq!(out.len(), 5);
+        assert!(out[4].info.ends_with("(summary: 2 more in 60s)"));
+        assert_eq!(t.summarize_len(), 1);
+    }
+
+    #[test]
+    fn summarize_table_is_bounded() {
+        let mut t = Throttle::new(ThrottleConfig {
+            summarize: Some(SummarizeConfig {
+                capacity: 100,
+                ..SummarizeConfig::default()
+            }),
+            ..ThrottleConfig::default()
+        });
+        let mut passed = 0;
+        for i in 0..10_000 {
+            t.filter(ev(1_000_000 + i, 1, &format!("d{i}.example")), &mut |_| {
+                passed += 1
+            });
+            assert!(t.summarize_len() <= 100);
+        }
+        // Nothing is lost: overflowing keys pass unsummarized.
+        assert_eq!(passed, 10_000);
+        assert_eq!(t.stats().overflow, 9_900);
     }
 }

@@ -3,8 +3,8 @@
 //! `expect` substring must appear among the event lines; an empty `expect` means no event;
 //! `mixed_soup` is differential (the IP, IP:port and DNS trail events of the cases it mixes).
 //!
-//! Heuristic cases belong to the heuristics stage: they are reported but do not fail the test,
-//! except those with an empty `expect`, which must already stay silent.
+//! Every case is asserted, heuristic ones included (replay installs the heuristics and runs
+//! them on the pcap's timestamps; user agents come from Maltrail's `ua.txt`).
 //!
 //! Without the corpus the test is skipped, unless `CI=true`, where it fails.
 
@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use xtrail_detect::event::Format;
+use xtrail_detect::heuristics::UaPatterns;
 use xtrail_detect::replay::{replay, ReplayOptions};
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
@@ -29,24 +30,6 @@ const DIFFERENTIAL: &[(&str, &[&str])] = &[(
         "evilname(.ip-adress.com)",
     ],
 )];
-
-/// Cases that need the heuristics stage (the next issue).
-const HEURISTIC: &[&str] = &[
-    "port_scan",
-    "stealth_scan_null",
-    "stealth_scan_fin",
-    "stealth_scan_xmas",
-    "ack_sweep_no_fp",
-    "udp_scan",
-    "infection_scan",
-    "web_scan",
-    "dns_nxdomain_flood",
-    "dns_dga_labels",
-    "dns_exhaustion",
-    "http_heuristics",
-    "http_responses",
-    "dns_responses",
-];
 
 fn shared_data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/maltrail")
@@ -69,8 +52,15 @@ struct Outcome {
 }
 
 fn run_case(dir: &Path, trails: &Arc<TrailSet>, wl: &Arc<Whitelist>, pcap: &str) -> Outcome {
+    let ua_path = shared_data().join("data/ua.txt");
+    let ua = if ua_path.is_file() {
+        UaPatterns::load(&ua_path).expect("ua.txt loads")
+    } else {
+        UaPatterns::empty()
+    };
     let opts = ReplayOptions {
         format: Format::Maltrail,
+        ua_patterns: Some(Arc::new(ua)),
         ..ReplayOptions::default()
     };
     let mut out = Vec::new();
@@ -127,7 +117,6 @@ fn maltrail_corpus() {
     });
 
     let mut failures = Vec::new();
-    let mut pending = Vec::new();
     let mut passed = 0usize;
     let cases = manifest.as_array().expect("manifest is a list");
     for case in cases {
@@ -172,19 +161,15 @@ fn maltrail_corpus() {
         if ok {
             passed += 1;
             println!("PASS {name}");
-        } else if HEURISTIC.contains(&name) && !expect.is_empty() {
-            pending.push(name);
-            println!("PENDING (heuristics) {name}: {why}");
+            for line in &out.lines {
+                println!("    {line}");
+            }
         } else {
             println!("FAIL {name}: {why}");
             failures.push(format!("{name}: {why}"));
         }
     }
-    println!(
-        "{passed}/{} corpus cases pass; {} pending on heuristics: {pending:?}",
-        cases.len(),
-        pending.len()
-    );
+    println!("{passed}/{} corpus cases pass", cases.len());
     assert!(
         failures.is_empty(),
         "corpus failures:\n{}",

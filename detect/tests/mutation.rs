@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use xtrail_detect::heuristics::{HeuristicsConfig, MaltrailHeuristics, UaPatterns};
 use xtrail_detect::packet;
 use xtrail_detect::pcap::PcapReader;
 use xtrail_detect::process::{Processor, ProcessorConfig};
@@ -239,15 +240,35 @@ fn mutate(rng: &mut Rng, frames: &[(u32, Vec<u8>)], base: &[u8]) -> Vec<u8> {
     f
 }
 
+/// The pipeline with the heuristics installed (scans from packets, Maltrail's user agents),
+/// so mutated frames reach every heuristic too.
 fn processor() -> Processor {
     let dir = corpus_dir();
     let trails =
         TrailSet::load(&[dir.join("trails.csv")], &LoadOptions::default()).unwrap_or_default();
-    Processor::new(
+    let wl = Arc::new(Whitelist::empty());
+    let mut p = Processor::new(
         Arc::new(trails),
-        Arc::new(Whitelist::empty()),
+        Arc::clone(&wl),
         ProcessorConfig::default(),
-    )
+    );
+    let ua_path = dir.join("../data/ua.txt");
+    let ua = UaPatterns::load(&ua_path).unwrap_or_else(|_| UaPatterns::empty());
+    let config = HeuristicsConfig {
+        // Low thresholds: mutated traffic trips the alert paths as well.
+        port_scan_threshold: 2,
+        udp_scan_threshold: 2,
+        infection_scan_threshold: 2,
+        web_scan_threshold: 2,
+        dns_exhaustion_threshold: 3,
+        nxdomain_per_hour_threshold: 2,
+        long_domain_threshold: 4,
+        check_missing_host: true,
+        ..HeuristicsConfig::replay()
+    };
+    let h = MaltrailHeuristics::new(config, wl, Arc::new(ua)).expect("heuristics build");
+    p.set_heuristics(Box::new(h));
+    p
 }
 
 #[test]

@@ -148,7 +148,7 @@ fn sample_trails_with_labels() {
         .unwrap();
     assert_eq!(
         (m.trail.as_str(), info(m.label)),
-        ("regionsnews.net/OEqhU8Lg5", "emotet (malware)")
+        ("regionsnews.net/oeqhu8lg5", "emotet (malware)")
     );
     assert!(t
         .urls

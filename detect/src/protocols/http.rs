@@ -72,6 +72,8 @@ pub struct Response<'a> {
     pub server: Option<&'a [u8]>,
     /// `Location`.
     pub location: Option<&'a [u8]>,
+    /// The header lines (after the status line, up to the blank line or the segment's end).
+    pub head: &'a [u8],
     /// Bytes after the blank line ending the head; empty if the head is not complete.
     pub body: &'a [u8],
 }
@@ -158,7 +160,7 @@ pub fn parse_response(p: &[u8]) -> Result<Response<'_>, HttpError> {
         reason,
         ..Response::default()
     };
-    let (body, _) = headers(rest, |name, value| {
+    let (body, complete) = headers(rest, |name, value| {
         let slot = if name.eq_ignore_ascii_case(b"content-type") {
             &mut resp.content_type
         } else if name.eq_ignore_ascii_case(b"server") {
@@ -173,6 +175,12 @@ pub fn parse_response(p: &[u8]) -> Result<Response<'_>, HttpError> {
         }
     });
     resp.body = body;
+    let head_len = if complete {
+        rest.len().saturating_sub(body.len())
+    } else {
+        rest.len().min(MAX_HEAD)
+    };
+    resp.head = rest.get(..head_len).unwrap_or_default();
     Ok(resp)
 }
 

@@ -150,11 +150,15 @@ impl UrlTrails {
     /// xtrail extras, the path as sent (a trailing `/` kept) and its parent directory with the
     /// trailing `/` (so trails like `host/dir/` are reachable; Maltrail never matches them).
     /// Each candidate is tried bare, then with the host prefixed; finally a `host/` trail
-    /// matches any request to that host. Allocates only on a hit, or for a path with `//` or
-    /// query parameters.
+    /// matches any request to that host. Matching is case-insensitive (trails are stored
+    /// lowercased). Allocates only on a hit, or for a path with `//`, query parameters or
+    /// upper-case letters.
     pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<UrlMatch> {
         if self.table.len() == 0 {
             return None;
+        }
+        if path.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.lookup(host, &path.to_ascii_lowercase());
         }
         let (host, path) = match path.find("://") {
             Some(i) if path[..i].bytes().all(|b| b.is_ascii_alphabetic()) => {

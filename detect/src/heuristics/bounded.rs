@@ -1,0 +1,224 @@
+//! State the network can grow, kept bounded.
+//!
+//! [`BoundedMap`] is a two-generation cache: new keys go into the young generation; when it
+//! holds half the capacity, the old generation is dropped (its keys counted as evicted) and
+//! the young one becomes old. A key found in the old generation moves back to the young one.
+//! The result behaves like an approximate LRU with O(1) work per operation and never more than
+//! `capacity` entries, whatever the traffic. Flooding it with new keys only pushes out keys that
+//! were not touched for half a capacity's worth of insertions.
+//!
+//! [`DistinctWindow`] counts distinct items (ports, addresses, path segments) seen for one key
+//! within a sliding time window, remembering at most `threshold + 1` of them.
+
+use std::borrow::Borrow;
+use std::hash::Hash;
+
+use hashbrown::HashMap;
+
+/// A map holding at most `capacity` entries (see the module documentation).
+#[derive(Debug)]
+pub struct BoundedMap<K, V> {
+    young: HashMap<K, V>,
+    old: HashMap<K, V>,
+    half: usize,
+    evicted: u64,
+}
+
+impl<K: Hash + Eq, V> BoundedMap<K, V> {
+    /// A map that never holds more than `capacity` entries (at least 2).
+    pub fn new(capacity: usize) -> Self {
+        BoundedMap {
+            young: HashMap::new(),
+            old: HashMap::new(),
+            half: (capacity / 2).max(1),
+            evicted: 0,
+        }
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.young.len() + self.old.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most entries ever held.
+    pub fn capacity(&self) -> usize {
+        self.half * 2
+    }
+
+    /// Entries dropped to make room so far.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Makes room for one more young entry.
+    fn rotate_if_full(&mut self) {
+        if self.young.len() >= self.half {
+            std::mem::swap(&mut self.young, &mut self.old);
+            self.evicted += self.young.len() as u64;
+            // `clear` keeps the allocation: a steady flood reuses the same tables.
+            self.young.clear();
+        }
+    }
+
+    /// The value of `key`, refreshing it (moving it to the young generation).
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if self.young.contains_key(key) {
+            return self.young.get_mut(key);
+        }
+        let (k, v) = self.old.remove_entry(key)?;
+        self.rotate_if_full();
+        Some(self.young.entry(k).or_insert(v))
+    }
+
+    /// The value of `key`, inserting `make()` under `make_key()` when absent. Always `Some`;
+    /// an `Option` only so that no code path can panic.
+    pub fn get_or_insert_with<Q>(
+        &mut self,
+        key: &Q,
+        make_key: impl FnOnce() -> K,
+        make: impl FnOnce() -> V,
+    ) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if !self.young.contains_key(key) {
+            let (k, v) = match self.old.remove_entry(key) {
+                Some(kv) => kv,
+                None => (make_key(), make()),
+            };
+            self.rotate_if_full();
+            self.young.insert(k, v);
+        }
+        self.young.get_mut(key)
+    }
+
+    /// The values held, in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.young.values().chain(self.old.values())
+    }
+
+    /// Removes `key`.
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.young.remove(key).or_else(|| self.old.remove(key))
+    }
+
+    /// Keeps only the entries for which `keep` is true.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+        self.young.retain(&mut keep);
+        self.old.retain(&mut keep);
+    }
+
+    /// Drops everything.
+    pub fn clear(&mut self) {
+        self.young.clear();
+        self.old.clear();
+    }
+}
+
+/// Distinct items seen for one key in a sliding window, and when the key last alerted.
+#[derive(Clone, Debug, Default)]
+pub struct DistinctWindow {
+    /// (item, last time seen in µs); at most `threshold + 1` entries.
+    items: Vec<(u64, i64)>,
+    last_alert: Option<i64>,
+}
+
+impl DistinctWindow {
+    /// Records `item` at `ts_us`; true when more than `threshold` distinct items were seen
+    /// within `window_us` and the key has not alerted within the last `window_us` (one alert
+    /// per key per window). After an alert the count starts again.
+    pub fn observe(&mut self, item: u64, ts_us: i64, window_us: i64, threshold: usize) -> bool {
+        self.items
+            .retain(|&(_, seen)| ts_us.saturating_sub(seen) < window_us);
+        if let Some(slot) = self.items.iter_mut().find(|(i, _)| *i == item) {
+            slot.1 = slot.1.max(ts_us);
+        } else if self.items.len() <= threshold {
+            self.items.push((item, ts_us));
+        }
+        let quiet = self
+            .last_alert
+            .is_none_or(|at| ts_us.saturating_sub(at) >= window_us);
+        if self.items.len() > threshold && quiet {
+            self.last_alert = Some(ts_us);
+            self.items.clear();
+            return true;
+        }
+        false
+    }
+
+    /// Distinct items currently remembered.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether no item is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_is_bounded_and_keeps_recent_keys() {
+        let mut m: BoundedMap<u32, u32> = BoundedMap::new(100);
+        for i in 0..10_000 {
+            *m.get_or_insert_with(&i, || i, || 0).unwrap() += 1;
+            assert!(m.len() <= 100);
+        }
+        assert!(m.evicted() >= 9_900);
+        assert!(m.get_mut(&9_999).is_some());
+        assert!(m.get_mut(&0).is_none());
+    }
+
+    #[test]
+    fn touched_keys_survive_a_flood() {
+        let mut m: BoundedMap<u32, u32> = BoundedMap::new(64);
+        m.get_or_insert_with(&7, || 7, || 1);
+        for i in 1000..11_000 {
+            m.get_or_insert_with(&i, || i, || 0);
+            if i % 16 == 0 {
+                assert!(m.get_mut(&7).is_some(), "lost at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn window_counts_distinct_items_in_time() {
+        let mut w = DistinctWindow::default();
+        let s = 1_000_000;
+        for p in 0..10 {
+            assert!(!w.observe(p, p as i64 * s, 30 * s, 10));
+        }
+        // Repeats do not count.
+        assert!(!w.observe(3, 10 * s, 30 * s, 10));
+        // The 11th distinct item alerts.
+        assert!(w.observe(10, 11 * s, 30 * s, 10));
+        // One alert per window: 11 more soon after stay silent.
+        for p in 100..111 {
+            assert!(!w.observe(p, 12 * s, 30 * s, 10));
+        }
+        assert!(w.len() <= 11);
+        // Items older than the window are forgotten.
+        let mut w = DistinctWindow::default();
+        for p in 0..20 {
+            assert!(!w.observe(p, p as i64 * 31 * s, 30 * s, 10));
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! DNS exhaustion (random-subdomain / water-torture attacks, DNS tunnels): at least the
+//! threshold (Maltrail: 1000) distinct subdomains of one base domain within the window
+//! (60 s). One event per base domain per window.
+//!
+//! Bounded: at most `max_domains` base domains are tracked (a two-generation map), and each
+//! remembers at most `threshold` subdomain hashes (8 bytes each).
+
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashSet};
+
+use super::bounded::BoundedMap;
+use super::names::split_base;
+
+/// Info of the event.
+pub const INFO: &str = "potential dns exhaustion (suspicious)";
+
+/// Base domains of reputation lists queried with many distinct names by design.
+const LOOKUP_SERVICES: &[&str] = &[
+    "spamhaus.org",
+    "spamcop.net",
+    "sorbs.net",
+    "barracudacentral.org",
+    "surbl.org",
+    "uribl.com",
+    "mailspike.net",
+    "senderscore.com",
+    "dnswl.org",
+    "abuseat.org",
+    "team-cymru.org",
+    "cymru.com",
+];
+
+#[derive(Debug)]
+struct Window {
+    start_us: i64,
+    subdomains: HashSet<u64>,
+    alerted: bool,
+}
+
+/// The per-base-domain subdomain sets.
+#[derive(Debug)]
+pub struct DnsExhaustion {
+    domains: BoundedMap<String, Window>,
+    hasher: DefaultHashBuilder,
+}
+
+impl DnsExhaustion {
+    /// Tracks at most `max_domains` base domains.
+    pub fn new(max_domains: usize) -> Self {
+        DnsExhaustion {
+            domains: BoundedMap::new(max_domains),
+            hasher: DefaultHashBuilder::default(),
+        }
+    }
+
+    /// Subdomain hashes remembered over all base domains.
+    pub fn subdomains(&self) -> usize {
+        self.domains.values().map(|w| w.subdomains.len()).sum()
+    }
+
+    /// Base domains tracked.
+    pub fn domains(&self) -> usize {
+        self.domains.len()
+    }
+
+    /// Counts a query for `name`; returns the trail when its base domain just reached the
+    /// threshold of distinct subdomains within the window.
+    pub fn observe(
+        &mut self,
+        name: &str,
+        ts_us: i64,
+        threshold: usize,
+        window_us: i64,
+    ) -> Option<String> {
+        let (sub, base) = split_base(name);
+        if sub.is_empty() || is_excluded(sub, base) {
+            return None;
+        }
+        let item = self.hasher.hash_one(sub);
+        let w = self.domains.get_or_insert_with(
+            base,
+            || base.to_owned(),
+            || Window {
+                start_us: ts_us,
+                subdomains: HashSet::new(),
+                alerted: false,
+            },
+        )?;
+        if ts_us.saturating_sub(w.start_us) > window_us {
+            w.start_us = ts_us;
+            w.subdomains.clear();
+            w.alerted = false;
+        }
+        if w.alerted {
+            return None;
+        }
+        if w.subdomains.len() < threshold {
+            w.subdomains.insert(item);
+        }
+        if w.subdomains.len() >= threshold.max(1) && !w.alerted {
+            w.alerted = true;
+            // The set is no longer needed this window: give the memory back.
+            w.subdomains = HashSet::new();
+            return Some(format!("({sub}).{base}"));
+        }
+        None
+    }
+}
+
+/// Reverse-address style names (`1-2-3-4.isp.example`), reputation-list lookups (a label
+/// ending in `bl`, such as `dnsbl`, `rbl`, `sbl-xbl`) and known lookup services.
+fn is_excluded(sub: &str, base: &str) -> bool {
+    let first = sub.split('.').next().unwrap_or(sub);
+    let dashed_address = first.split('-').count() == 4
+        && first
+            .split('-')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    dashed_address
+        || sub
+            .split('.')
+            .chain(base.split('.'))
+            .any(|l| l.ends_with("bl"))
+        || LOOKUP_SERVICES.contains(&base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000;
+
+    fn run(e: &mut DnsExhaustion, n: usize, base: &str, ts: i64) -> Vec<String> {
+        (0..n)
+            .filter_map(|i| e.observe(&format!("s{i}.{base}"), ts, 1000, 60 * S))
+            .collect()
+    }
+
+    #[test]
+    fn threshold() {
+        let mut e = DnsExhaustion::new(64);
+        assert!(run(&mut e, 999, "tunnel.com", 0).is_empty());
+        // Repeats do not count.
+        assert!(run(&mut e, 999, "tunnel.com", S).is_empty());
+        assert_eq!(
+            e.observe("s999.tunnel.com", 2 * S, 1000, 60 * S).as_deref(),
+            Some("(s999).tunnel.com")
+        );
+        // Once per window.
+        assert_eq!(e.observe("s1000.tunnel.com", 3 * S, 1000, 60 * S), None);
+        // Above the threshold in a later window: again.
+        let mut e = DnsExhaustion::new(64);
+        let hits = run(&mut e, 1001, "other.net", 0);
+        assert_eq!(hits, ["(s999).other.net"]);
+    }
+
+    #[test]
+    fn the_window_slides_on() {
+        let mut e = DnsExhaustion::new(64);
+        for i in 0..1500 {
+            let ts = i as i64 * S / 10; // 1500 names over 150 s: ~600 per window
+            assert_eq!(e.observe(&format!("s{i}.slow.com"), ts, 1000, 60 * S), None);
+        }
+    }
+
+    #[test]
+    fn exclusions() {
+        assert!(is_excluded("1-2-3-4", "isp.com"));
+        assert!(is_excluded("4.3.2.1.zen", "spamhaus.org"));
+        assert!(is_excluded("x.dnsbl", "example.org"));
+        assert!(!is_excluded("s1", "tunnel.com"));
+        assert!(!is_excluded("1-2-3", "isp.com"));
+    }
+}

@@ -1,0 +1,249 @@
+//! Scan heuristics over flow starts: port scan (TCP SYN and NULL/FIN/XMAS probes), UDP scan
+//! and infection scan (one source sweeping many hosts on a worm-prone port).
+//!
+//! A flow start comes from the kernel in live capture (the XDP program de-duplicates them)
+//! or from every packet in replay ([`flow_start_of`]). Each key has a sliding window of
+//! [`super::HeuristicsConfig::scan_window_us`] and alerts at most once per window; time is the
+//! flow start's own timestamp, so replay follows the pcap's clock.
+//!
+//! Not flagged: ACK, RST or SYN-ACK packets (an ACK sweep is not a port scan), destinations on
+//! loopback, multicast or broadcast addresses, whitelisted sources, and UDP that looks like a
+//! reply (from a port below 1024 to an ephemeral one, or the reverse of a flow seen).
+
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+
+use hashbrown::DefaultHashBuilder;
+
+use super::bounded::{BoundedMap, DistinctWindow};
+use super::HeuristicsConfig;
+use crate::packet::{ipproto, Packet, TcpFlags, Transport};
+
+/// TCP flag bits that make up a probe's flag set (ECE/CWR ignored).
+const CORE_FLAGS: u8 = 0x3f;
+/// `nmap -sX`: FIN, PSH and URG.
+pub const XMAS: u8 = TcpFlags::FIN | TcpFlags::PSH | TcpFlags::URG;
+
+/// The start of a flow, as the XDP program reports it in live capture: a TCP SYN without ACK,
+/// a NULL / FIN / XMAS stealth probe, or the first UDP packet of a (source, destination,
+/// destination port) seen recently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowStart {
+    /// Time, microseconds since the epoch.
+    pub ts_us: i64,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+    /// IP protocol (6 TCP, 17 UDP).
+    pub proto: u8,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
+}
+
+/// Whether TCP flags open a flow or probe a port: SYN without ACK, or the NULL, FIN and XMAS
+/// stealth sets. ACK, RST and everything else in an established flow are not.
+pub fn is_probe_flags(flags: u8) -> bool {
+    let f = flags & CORE_FLAGS;
+    let syn_only = f & TcpFlags::SYN != 0 && f & (TcpFlags::ACK | TcpFlags::RST) == 0;
+    syn_only || f == 0 || f == TcpFlags::FIN || f == XMAS
+}
+
+/// The flow start a replayed packet stands for, if any (TCP probes and every UDP datagram;
+/// the scan windows count distinct ports, so repeats cost nothing).
+pub fn flow_start_of(ts_us: i64, pkt: &Packet<'_>) -> Option<FlowStart> {
+    let (src_port, dst_port) = pkt.ports();
+    let tcp_flags = match pkt.transport {
+        Transport::Tcp(seg) if is_probe_flags(seg.flags.0) => seg.flags.0,
+        Transport::Udp(_) => 0,
+        _ => return None,
+    };
+    Some(FlowStart {
+        ts_us,
+        src: pkt.src,
+        dst: pkt.dst,
+        src_port,
+        dst_port,
+        proto: pkt.proto,
+        tcp_flags,
+    })
+}
+
+/// What a flow start raised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanAlert {
+    /// More than the threshold of TCP ports on one destination.
+    PortScan,
+    /// More than the threshold of UDP ports on one destination.
+    UdpScan,
+    /// More than the threshold of destinations on one infection-prone port.
+    Infection,
+}
+
+/// The scan windows.
+#[derive(Debug)]
+pub struct ScanState {
+    tcp: BoundedMap<(IpAddr, IpAddr), DistinctWindow>,
+    udp: BoundedMap<(IpAddr, IpAddr), DistinctWindow>,
+    infection: BoundedMap<(IpAddr, u16), DistinctWindow>,
+    /// UDP flows seen (source, source port, destination, destination port): a datagram in the
+    /// opposite direction is a reply, not a probe.
+    udp_flows: BoundedMap<(IpAddr, u16, IpAddr, u16), i64>,
+    hasher: DefaultHashBuilder,
+}
+
+impl ScanState {
+    /// Empty windows, each table bounded by `config.max_scan_keys`.
+    pub fn new(config: &HeuristicsConfig) -> Self {
+        ScanState {
+            tcp: BoundedMap::new(config.max_scan_keys),
+            udp: BoundedMap::new(config.max_scan_keys),
+            infection: BoundedMap::new(config.max_scan_keys),
+            udp_flows: BoundedMap::new(config.max_scan_keys),
+            hasher: DefaultHashBuilder::default(),
+        }
+    }
+
+    /// Entries held by the tables (for the bounds tests and stats).
+    pub fn entries(&self) -> usize {
+        self.tcp.len() + self.udp.len() + self.infection.len() + self.udp_flows.len()
+    }
+
+    /// Counts one flow start; returns the alerts it raises (at most one per kind).
+    pub fn observe(
+        &mut self,
+        config: &HeuristicsConfig,
+        f: &FlowStart,
+        mut alert: impl FnMut(ScanAlert),
+    ) {
+        if !is_scan_target(f.dst) {
+            return;
+        }
+        let window = config.scan_window_us;
+        match f.proto {
+            ipproto::TCP => {
+                if !is_probe_flags(f.tcp_flags) {
+                    return;
+                }
+                let w = self.tcp.get_or_insert_with(
+                    &(f.src, f.dst),
+                    || (f.src, f.dst),
+                    DistinctWindow::default,
+                );
+                if w.is_some_and(|w| {
+                    w.observe(
+                        u64::from(f.dst_port),
+                        f.ts_us,
+                        window,
+                        config.port_scan_threshold,
+                    )
+                }) {
+                    alert(ScanAlert::PortScan);
+                }
+                if config.infection_ports.contains(&f.dst_port) {
+                    let item = self.hasher.hash_one(f.dst);
+                    let w = self.infection.get_or_insert_with(
+                        &(f.src, f.dst_port),
+                        || (f.src, f.dst_port),
+                        DistinctWindow::default,
+                    );
+                    if w.is_some_and(|w| {
+                        w.observe(item, f.ts_us, window, config.infection_scan_threshold)
+                    }) {
+                        alert(ScanAlert::Infection);
+                    }
+                }
+            }
+            ipproto::UDP => {
+                if self.is_udp_reply(f) {
+                    return;
+                }
+                let w = self.udp.get_or_insert_with(
+                    &(f.src, f.dst),
+                    || (f.src, f.dst),
+                    DistinctWindow::default,
+                );
+                if w.is_some_and(|w| {
+                    w.observe(
+                        u64::from(f.dst_port),
+                        f.ts_us,
+                        window,
+                        config.udp_scan_threshold,
+                    )
+                }) {
+                    alert(ScanAlert::UdpScan);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A reply rather than a probe: from a service port to an ephemeral one, or the reverse of
+    /// a flow already seen (which is then remembered either way).
+    fn is_udp_reply(&mut self, f: &FlowStart) -> bool {
+        if f.src_port < 1024 && f.dst_port >= 1024 {
+            return true;
+        }
+        if self
+            .udp_flows
+            .get_mut(&(f.dst, f.dst_port, f.src, f.src_port))
+            .is_some()
+        {
+            return true;
+        }
+        let key = (f.src, f.src_port, f.dst, f.dst_port);
+        if let Some(seen) = self.udp_flows.get_or_insert_with(&key, || key, || f.ts_us) {
+            *seen = f.ts_us;
+        }
+        false
+    }
+}
+
+/// Destinations a scan can be aimed at: not loopback, unspecified, multicast or broadcast.
+fn is_scan_target(dst: IpAddr) -> bool {
+    match dst {
+        IpAddr::V4(a) => {
+            !(a.is_loopback() || a.is_unspecified() || a.is_multicast() || a.is_broadcast())
+        }
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => is_scan_target(IpAddr::V4(v4)),
+            None => !(a.is_loopback() || a.is_unspecified() || a.is_multicast()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_flag_sets() {
+        assert!(is_probe_flags(TcpFlags::SYN));
+        assert!(is_probe_flags(TcpFlags::SYN | 0xc0)); // ECN-setup SYN
+        assert!(is_probe_flags(0)); // NULL
+        assert!(is_probe_flags(TcpFlags::FIN));
+        assert!(is_probe_flags(XMAS));
+        assert!(!is_probe_flags(TcpFlags::ACK));
+        assert!(!is_probe_flags(TcpFlags::SYN | TcpFlags::ACK));
+        assert!(!is_probe_flags(TcpFlags::RST));
+        assert!(!is_probe_flags(TcpFlags::FIN | TcpFlags::ACK));
+        assert!(!is_probe_flags(TcpFlags::PSH | TcpFlags::ACK));
+    }
+
+    #[test]
+    fn scan_targets() {
+        let t = |s: &str| is_scan_target(s.parse().unwrap());
+        assert!(t("198.51.100.7"));
+        assert!(t("10.0.0.1"));
+        assert!(!t("127.0.0.1"));
+        assert!(!t("255.255.255.255"));
+        assert!(!t("224.0.0.251"));
+        assert!(!t("::1"));
+        assert!(!t("::ffff:127.0.0.1"));
+        assert!(!t("ff02::fb"));
+    }
+}

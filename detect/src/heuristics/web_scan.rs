@@ -1,0 +1,88 @@
+//! Web scan: more than the threshold (Maltrail: 10) distinct first path segments requested by
+//! one source from one destination within the scan window (content discovery tools walking a
+//! word list). One alert per (source, destination) per window.
+
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+
+use hashbrown::DefaultHashBuilder;
+
+use super::bounded::{BoundedMap, DistinctWindow};
+
+/// Info of the event.
+pub const INFO: &str = "potential web scanning";
+
+/// The per-(source, destination) windows.
+#[derive(Debug)]
+pub struct WebScan {
+    windows: BoundedMap<(IpAddr, IpAddr), DistinctWindow>,
+    hasher: DefaultHashBuilder,
+}
+
+impl WebScan {
+    /// At most `max_keys` (source, destination) pairs.
+    pub fn new(max_keys: usize) -> Self {
+        WebScan {
+            windows: BoundedMap::new(max_keys),
+            hasher: DefaultHashBuilder::default(),
+        }
+    }
+
+    /// Pairs tracked.
+    pub fn len(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// Whether no pair is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty()
+    }
+
+    /// Counts a request for `path` (without query); true when the pair passes the threshold.
+    pub fn observe(
+        &mut self,
+        src: IpAddr,
+        dst: IpAddr,
+        path: &[u8],
+        ts_us: i64,
+        window_us: i64,
+        threshold: usize,
+    ) -> bool {
+        let item = self.hasher.hash_one(first_segment(path));
+        let w =
+            self.windows
+                .get_or_insert_with(&(src, dst), || (src, dst), DistinctWindow::default);
+        w.is_some_and(|w| w.observe(item, ts_us, window_us, threshold))
+    }
+}
+
+/// `/a/b` → `a`; `/a` → `a`; `/` → ``.
+pub fn first_segment(path: &[u8]) -> &[u8] {
+    let p = path.strip_prefix(b"/").unwrap_or(path);
+    let end = memchr::memchr(b'/', p).unwrap_or(p.len());
+    p.get(..end).unwrap_or(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold() {
+        let (a, b) = (
+            "203.0.113.9".parse().unwrap(),
+            "198.51.100.7".parse().unwrap(),
+        );
+        let mut w = WebScan::new(64);
+        for i in 0..10 {
+            let p = format!("/scan{i}/x");
+            assert!(!w.observe(a, b, p.as_bytes(), 0, 30_000_000, 10));
+            // Same first segment again: not a new one.
+            let p = format!("/scan{i}/y");
+            assert!(!w.observe(a, b, p.as_bytes(), 0, 30_000_000, 10));
+        }
+        assert!(w.observe(a, b, b"/scan10/x", 0, 30_000_000, 10));
+        assert_eq!(first_segment(b"/a/b"), b"a");
+        assert_eq!(first_segment(b"/"), b"");
+    }
+}

@@ -377,6 +377,14 @@ pub fn dns_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
     p
 }
 
+/// A DNS response to a query for `name` with rcode NXDOMAIN and no answers.
+pub fn dns_nxdomain(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut p = dns_query(id, name, qtype);
+    p[2] = 0x81; // QR, RD
+    p[3] = 0x83; // RA, rcode 3
+    p
+}
+
 /// A TLS 1.2-style ClientHello record carrying `sni` in the server_name extension.
 pub fn tls_client_hello(sni: &str) -> Vec<u8> {
     let name = sni.as_bytes();

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use xtrail_common::{config_flags, side, PayloadRecord, PAYLOAD_CAP};
 use xtrail_detect::event::Event;
+use xtrail_detect::heuristics::{FlowStart, HeuristicsConfig, MaltrailHeuristics, UaPatterns};
 use xtrail_detect::process::{syn_hit_reported, Processor, ProcessorConfig};
 use xtrail_detect::throttle::{Throttle, ThrottleConfig};
 use xtrail_detect::trails::TrailSet;
@@ -33,6 +34,40 @@ pub struct LiveOptions {
     pub duration: Option<Duration>,
     /// Mirror mode: receive DNS/HTTP/TLS over AF_XDP sockets (else ring-buffer copies).
     pub afxdp: bool,
+    /// Heuristics (scans, DNS, HTTP); `None` runs trails only.
+    pub heuristics: Option<HeuristicsConfig>,
+    /// Suspicious user-agent patterns for the heuristics.
+    pub ua: Arc<UaPatterns>,
+}
+
+/// A Processor for live capture, with the heuristics installed when they are on.
+pub fn live_processor(
+    trails: &Arc<TrailSet>,
+    whitelist: &Arc<Whitelist>,
+    opts: &LiveOptions,
+    iface: Option<String>,
+) -> anyhow::Result<Processor> {
+    let mut p = Processor::new(
+        Arc::clone(trails),
+        Arc::clone(whitelist),
+        ProcessorConfig {
+            iface,
+            ..ProcessorConfig::with_sensor(opts.sensor_name.clone())
+        },
+    );
+    if let Some(cfg) = &opts.heuristics {
+        let h = MaltrailHeuristics::new(cfg.clone(), Arc::clone(whitelist), Arc::clone(&opts.ua))
+            .context("setting up the heuristics")?;
+        p.set_heuristics(Box::new(h));
+    }
+    Ok(p)
+}
+
+fn unix_us_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 /// Totals at the end of a run.
@@ -112,6 +147,8 @@ pub fn run(
             trails: Arc::clone(&trails),
             whitelist: Arc::clone(&whitelist),
             sensor_name: opts.sensor_name.clone(),
+            heuristics: opts.heuristics.clone(),
+            ua: Arc::clone(&opts.ua),
             events: worker_tx.clone(),
             stop: Arc::clone(&worker_stop),
         };
@@ -160,12 +197,11 @@ pub fn run(
             .find(|(i, _)| *i == index)
             .map(|(_, n)| n.clone())
     };
-    let mut processor = Processor::new(
-        Arc::clone(&trails),
-        Arc::clone(&whitelist),
-        ProcessorConfig::with_sensor(opts.sensor_name.clone()),
-    );
+    // One processor for the payload ring (inline mode) and the flow starts (both modes): a
+    // single heuristics instance sees every flow start, so scan counts are not split.
+    let mut processor = live_processor(&trails, &whitelist, opts, None)?;
     let mut throttle = Throttle::new(ThrottleConfig::default());
+    let mut last_flush = Instant::now();
     let mut summary = LiveSummary::default();
     let mut clock = Clock::now();
     let mut last_clock = Instant::now();
@@ -254,9 +290,29 @@ pub fn run(
             });
         }
         while let Some(item) = flows.next() {
-            if hits::parse_flow(&item).is_some() {
-                summary.flows += 1;
-            }
+            let Some(rec) = hits::parse_flow(&item) else {
+                continue;
+            };
+            summary.flows += 1;
+            let flow = FlowStart {
+                ts_us: clock.to_unix_us(rec.ts_ns),
+                src: hits::addr(rec.family, rec.src),
+                dst: hits::addr(rec.family, rec.dst),
+                src_port: rec.src_port,
+                dst_port: rec.dst_port,
+                proto: rec.proto,
+                tcp_flags: rec.tcp_flags,
+            };
+            processor.on_flow_start(&flow, &mut |ev: Event| {
+                throttle.filter(ev, &mut |ev| pending.push(ev));
+            });
+        }
+        // Summaries of throttled events come out when their window closes.
+        if finishing {
+            throttle.finish(&mut |ev| pending.push(ev));
+        } else if last_flush.elapsed() >= Duration::from_secs(1) {
+            last_flush = Instant::now();
+            throttle.flush(unix_us_now(), &mut |ev| pending.push(ev));
         }
         while let Ok(ev) = worker_rx.try_recv() {
             pending.push(ev);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use xtrail_detect::event::Format;
+use xtrail_detect::heuristics::{HeuristicsConfig, UaPatterns};
 use xtrail_detect::process::ProcessorConfig;
 use xtrail_detect::replay::ReplayOptions;
 use xtrail_detect::trails::{LoadOptions, TrailSet};
@@ -62,6 +63,45 @@ impl From<FormatArg> for Format {
 enum EbpfLog {
     Off,
     Debug,
+}
+
+/// Heuristics flags shared by `run` and `replay`.
+#[derive(clap::Args, Clone)]
+struct HeuristicArgs {
+    /// Suspicious user-agent patterns (Maltrail's ua.txt; default: $XTRAIL_UA_FILE or
+    /// shared/data/maltrail/data/ua.txt beside the installation).
+    #[arg(long = "ua-file")]
+    ua_file: Option<PathBuf>,
+    /// Trails only: no scan, DNS or HTTP heuristics.
+    #[arg(long = "no-heuristics")]
+    no_heuristics: bool,
+    /// Flag HTTP requests without a Host header (Maltrail's optional check).
+    #[arg(long = "check-missing-host")]
+    check_missing_host: bool,
+}
+
+impl HeuristicArgs {
+    fn ua(&self) -> anyhow::Result<Arc<UaPatterns>> {
+        let ua = match &self.ua_file {
+            Some(p) => UaPatterns::load(p).with_context(|| format!("reading {}", p.display()))?,
+            None => UaPatterns::load_default().context("reading the user-agent patterns")?,
+        };
+        ua.prepare();
+        Ok(Arc::new(ua))
+    }
+
+    fn config(&self, live: bool) -> Option<HeuristicsConfig> {
+        if self.no_heuristics {
+            return None;
+        }
+        let mut c = if live {
+            HeuristicsConfig::live()
+        } else {
+            HeuristicsConfig::replay()
+        };
+        c.check_missing_host = self.check_missing_host;
+        Some(c)
+    }
 }
 
 #[derive(Subcommand)]
@@ -125,6 +165,8 @@ enum Command {
         /// Do not send flow starts to userspace (disables the scan heuristics).
         #[arg(long = "no-flow-starts")]
         no_flow_starts: bool,
+        #[command(flatten)]
+        heuristics: HeuristicArgs,
     },
     /// Replay pcap/pcapng files through the same parsers and matchers (no root needed).
     Replay {
@@ -149,6 +191,8 @@ enum Command {
         /// Sensor name in events (default: the host name).
         #[arg(long = "sensor-name")]
         sensor_name: Option<String>,
+        #[command(flatten)]
+        heuristics: HeuristicArgs,
     },
     /// Show the kernel counters of running sensors.
     Stats {
@@ -191,6 +235,7 @@ fn main() -> ExitCode {
             no_payloads,
             no_afxdp,
             no_flow_starts,
+            heuristics,
         } => run(RunArgs {
             ifaces,
             trails,
@@ -219,6 +264,7 @@ fn main() -> ExitCode {
             no_payloads,
             no_afxdp,
             no_flow_starts,
+            heuristics,
         }),
         Command::Replay {
             pcaps,
@@ -228,6 +274,7 @@ fn main() -> ExitCode {
             format,
             events_log,
             sensor_name,
+            heuristics,
         } => replay(
             &pcaps,
             &trails,
@@ -235,6 +282,7 @@ fn main() -> ExitCode {
             format.into(),
             &events_log,
             sensor_name.unwrap_or_else(hostname),
+            &heuristics,
         ),
         Command::Stats { json } => show_stats(json),
     };
@@ -298,6 +346,7 @@ struct RunArgs {
     no_payloads: bool,
     no_afxdp: bool,
     no_flow_starts: bool,
+    heuristics: HeuristicArgs,
 }
 
 /// Loads trails from every source and prints what was found.
@@ -364,6 +413,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         stats_interval: args.stats_interval,
         duration: args.duration,
         afxdp: !args.no_afxdp,
+        heuristics: args.heuristics.config(true),
+        ua: args.heuristics.ua()?,
     };
     live::run(Arc::new(trails), Arc::new(whitelist), &opts, &mut log, &stop)?;
     Ok(())
@@ -376,6 +427,7 @@ fn replay(
     format: Format,
     events_log: &std::path::Path,
     sensor_name: String,
+    heuristics: &HeuristicArgs,
 ) -> anyhow::Result<()> {
     let trails = load_trails(trail_paths)?;
     let whitelist = match whitelist {
@@ -385,6 +437,8 @@ fn replay(
     let opts = ReplayOptions {
         processor: ProcessorConfig::with_sensor(sensor_name),
         format,
+        heuristics: heuristics.config(false),
+        ua_patterns: Some(heuristics.ua()?),
         ..ReplayOptions::default()
     };
     let started = Instant::now();

@@ -19,6 +19,7 @@ use xsk_rs::config::{BindFlags, Interface, LibxdpFlags, SocketConfig, UmemConfig
 use xsk_rs::{FrameDesc, Socket, Umem};
 use xtrail_common::{maps as names, XSK_MAX_IFACES, XSK_QUEUES_PER_IFACE};
 use xtrail_detect::event::Event;
+use xtrail_detect::heuristics::{HeuristicsConfig, MaltrailHeuristics, UaPatterns};
 use xtrail_detect::process::{Processor, ProcessorConfig};
 use xtrail_detect::throttle::{Throttle, ThrottleConfig};
 use xtrail_detect::trails::TrailSet;
@@ -80,6 +81,8 @@ pub struct WorkerContext {
     pub trails: Arc<TrailSet>,
     pub whitelist: Arc<Whitelist>,
     pub sensor_name: String,
+    pub heuristics: Option<HeuristicsConfig>,
+    pub ua: Arc<UaPatterns>,
     pub events: SyncSender<Event>,
     pub stop: Arc<AtomicBool>,
 }
@@ -174,6 +177,13 @@ fn spawn_one(
                     ..ProcessorConfig::with_sensor(ctx.sensor_name.clone())
                 },
             );
+            // Per-worker DNS/HTTP heuristics (scans are fed centrally from flow starts).
+            if let Some(cfg) = &ctx.heuristics {
+                let h = MaltrailHeuristics::new(cfg.clone(), Arc::clone(&ctx.whitelist), Arc::clone(&ctx.ua))
+                    .map_err(|e| anyhow!("setting up the heuristics: {e}"))?;
+                processor.set_heuristics(Box::new(h));
+            }
+            let mut last_flush = std::time::Instant::now();
             let mut throttle = Throttle::new(ThrottleConfig::default());
             let mut batch: Vec<FrameDesc> = free.drain(..RX_BATCH.min(free.len())).collect();
             if batch.len() < RX_BATCH {
@@ -184,7 +194,16 @@ fn spawn_one(
                 // SAFETY: `batch` descriptors belong to this UMEM.
                 let n = unsafe { rx.poll_and_consume(&mut batch, 100) }
                     .context("polling the AF_XDP socket")?;
+                if last_flush.elapsed() >= std::time::Duration::from_secs(1) {
+                    last_flush = std::time::Instant::now();
+                    throttle.flush(unix_us_now(), &mut |ev| events.push(ev));
+                }
                 if n == 0 {
+                    for ev in events.drain(..) {
+                        if ctx.events.send(ev).is_err() {
+                            return Ok(());
+                        }
+                    }
                     continue;
                 }
                 let now = unix_us_now();
@@ -215,6 +234,10 @@ fn spawn_one(
                         return Ok(());
                     }
                 }
+            }
+            throttle.finish(&mut |ev| events.push(ev));
+            for ev in events.drain(..) {
+                let _ = ctx.events.send(ev);
             }
             drop(umem);
             Ok(())

@@ -448,3 +448,53 @@ fn mirror_mode_hands_names_to_afxdp_workers() {
     // Mirror mode: everything is consumed at the sensor (dropped or redirected).
     assert_eq!(counter(&stats, "pass"), 0, "{stats}");
 }
+
+#[test]
+fn port_scan_and_nxdomain_burst_are_flagged_live() {
+    privileged!();
+    use xtrail_bench::frames::dns_nxdomain;
+
+    let dir = tempdir("heur");
+    let trails = write_trails(&dir, "");
+    let log = dir.join("events.jsonl");
+    let pair = VethPair::create("xh").expect("veth pair");
+    let sensor = Running::start(&pair, &trails, &log, &[]);
+    let inj = pair.injector().expect("injector");
+    let scanner = v4("198.18.222.9");
+    let there = v4(&pair.sensor_ip);
+    // An ACK sweep first: not a scan.
+    for port in 2000..2030u16 {
+        inj.send(&Frame::tcp(scanner, 40000, there, port, tcp_flags::ACK).build()).unwrap();
+    }
+    // A SYN scan over 20 ports.
+    for port in 1000..1020u16 {
+        inj.send(&Frame::syn(scanner, 40000 + port, there, port).build()).unwrap();
+    }
+    // 25 NXDOMAIN answers for names under one base domain.
+    let resolver = v4("198.18.222.53");
+    for i in 0..25u16 {
+        let name = format!("q{i}.nx-e2e-xtrail.com");
+        let f = Frame::udp(resolver, 53, there, 33000 + i, &dns_nxdomain(i, &name, 1));
+        inj.send(&f.build()).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ev = Vec::new();
+    while Instant::now() < deadline {
+        ev = events(&log);
+        let infos: Vec<&str> = ev.iter().filter_map(|e| e["info"].as_str()).collect();
+        if infos.iter().any(|i| i.contains("port scanning")) && infos.iter().any(|i| i.contains("no such domain")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stats = sensor.stop();
+    let scans: Vec<_> = ev.iter().filter(|e| e["info"].as_str().is_some_and(|i| i.contains("port scanning"))).collect();
+    assert_eq!(scans.len(), 1, "{ev:#?}");
+    assert_eq!(scans[0]["src_ip"], "198.18.222.9");
+    assert_eq!(scans[0]["reference"], "(heuristic)");
+    assert!(
+        ev.iter().any(|e| e["info"].as_str().is_some_and(|i| i.contains("excessive no such domain"))),
+        "{ev:#?}"
+    );
+    assert!(counter(&stats, "flow_starts") >= 20, "{stats}");
+}

@@ -437,7 +437,8 @@ fn drive(pair: &VethPair, child: &mut Child, sample: &Sample) -> anyhow::Result<
     };
     eprintln!("demo: sending clean traffic (TCP and UDP to 198.18.0.0/15)");
     for i in 0..100u16 {
-        send(Frame::syn(me, 40000 + i, sensor_ip, 1000 + i), false)?;
+        // Many connections to two services: ordinary traffic, not a scan.
+        send(Frame::syn(me, 40000 + i, sensor_ip, [80, 443][usize::from(i % 2)]), false)?;
         send(Frame::udp(me, 50000 + i, sensor_ip, 5000, b"clean"), false)?;
     }
     eprintln!("demo: sending traffic to and from trail addresses");
@@ -471,6 +472,12 @@ fn drive(pair: &VethPair, child: &mut Child, sample: &Sample) -> anyhow::Result<
         expected += u64::from(syn_hit_reported(info, true, 443, false));
     }
     expected += names_traffic(pair, sample)?;
+    eprintln!("demo: a port scan: SYNs from 198.18.222.9 to 20 ports (heuristic: potential port scanning)");
+    let scanner = v4("198.18.222.9");
+    for port in 1000..1020u16 {
+        send(Frame::syn(scanner, 40000 + port, sensor_ip, port), false)?;
+    }
+    expected += 1;
     // Let the last events arrive.
     let deadline = Instant::now() + Duration::from_secs(5);
     while events.load(Ordering::Relaxed) < expected && Instant::now() < deadline {

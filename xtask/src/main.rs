@@ -127,7 +127,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     eprintln!(
         "xtask: running the whole test suite (unit, integration, XDP, veth end to end, corpus)"
     );
-    run(cargo().args(["test", "--workspace"]).args(extra))?;
+    run(cargo().args(["test", "--workspace", "--no-fail-fast"]).args(extra))?;
     eprintln!("xtask: all tests passed");
     Ok(())
 }

@@ -1,0 +1,185 @@
+//! The collector's settings: command-line flags, optionally a TOML config file (flags win;
+//! tokens from both are accepted).
+//!
+//! ```toml
+//! data_dir = "/var/lib/xtrail-collector"
+//! grpc = "0.0.0.0:50051"
+//! http = "127.0.0.1:8338"
+//! sensor_tokens = ["..."]
+//! subscriber_tokens = ["..."]
+//! tls_cert = "/etc/xtrail/collector.crt"
+//! tls_key = "/etc/xtrail/collector.key"
+//! retention_days = 30
+//! retention_bytes = 20_000_000_000
+//! max_batch_events = 10000
+//! subscriber_buffer = 1024
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use serde::Deserialize;
+
+use crate::ingest::BatchLimits;
+use crate::retention::Retention;
+
+/// Flags of the server (the default command).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// Directory for the event store (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long, value_name = "ADDR")]
+    pub grpc: Option<SocketAddr>,
+    /// HTTP listen address for /api and /metrics [default: 127.0.0.1:8338].
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Token a sensor must present to publish (repeatable).
+    #[arg(long = "sensor-token", value_name = "T")]
+    pub sensor_tokens: Vec<String>,
+    /// Token a subscriber must present to subscribe or query (repeatable).
+    #[arg(long = "subscriber-token", value_name = "T")]
+    pub subscriber_tokens: Vec<String>,
+    /// TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Delete events older than this many days.
+    #[arg(long, value_name = "N")]
+    pub retention_days: Option<u64>,
+    /// Keep the store under this many bytes, deleting the oldest events.
+    #[arg(long, value_name = "N")]
+    pub retention_bytes: Option<u64>,
+    /// Most events accepted in one batch [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_batch_events: Option<usize>,
+    /// Committed batches a subscriber may fall behind before it is told to resume
+    /// [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub subscriber_buffer: Option<usize>,
+}
+
+/// The config file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    grpc: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    #[serde(default)]
+    sensor_tokens: Vec<String>,
+    #[serde(default)]
+    subscriber_tokens: Vec<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    retention_days: Option<u64>,
+    retention_bytes: Option<u64>,
+    max_batch_events: Option<usize>,
+    subscriber_buffer: Option<usize>,
+}
+
+/// Everything the server needs, checked.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Event store directory.
+    pub data_dir: PathBuf,
+    /// gRPC address.
+    pub grpc: SocketAddr,
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// Sensor tokens.
+    pub sensor_tokens: Vec<String>,
+    /// Subscriber tokens.
+    pub subscriber_tokens: Vec<String>,
+    /// (certificate, key) PEM files.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Retention limits.
+    pub retention: Retention,
+    /// Batch limits.
+    pub limits: BatchLimits,
+    /// Live ring size, in committed batches.
+    pub subscriber_buffer: usize,
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config {}", path.display()))
+}
+
+impl ServerConfig {
+    /// Merges flags over the config file and checks the result.
+    pub fn from_args(args: ServeArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let Some(data_dir) = args.data_dir.or(file.data_dir) else {
+            bail!("--data-dir is required (or data_dir in the config file)");
+        };
+        let mut sensor_tokens = args.sensor_tokens;
+        sensor_tokens.extend(file.sensor_tokens);
+        let mut subscriber_tokens = args.subscriber_tokens;
+        subscriber_tokens.extend(file.subscriber_tokens);
+        for t in sensor_tokens.iter().chain(&subscriber_tokens) {
+            if t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bail!("tokens must be non-empty and contain no spaces or control characters");
+            }
+        }
+        if sensor_tokens.iter().any(|t| subscriber_tokens.contains(t)) {
+            bail!("a token cannot be both a sensor token and a subscriber token");
+        }
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => bail!("TLS needs both a certificate and a key"),
+        };
+        let max_events = args
+            .max_batch_events
+            .or(file.max_batch_events)
+            .unwrap_or(BatchLimits::default().max_events);
+        if max_events == 0 {
+            bail!("--max-batch-events must be positive");
+        }
+        let subscriber_buffer = args
+            .subscriber_buffer
+            .or(file.subscriber_buffer)
+            .unwrap_or(1024);
+        if subscriber_buffer == 0 {
+            bail!("--subscriber-buffer must be positive");
+        }
+        Ok(ServerConfig {
+            data_dir,
+            grpc: args
+                .grpc
+                .or(file.grpc)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
+            http: args
+                .http
+                .or(file.http)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8338))),
+            sensor_tokens,
+            subscriber_tokens,
+            tls,
+            retention: Retention {
+                max_age_days: args.retention_days.or(file.retention_days),
+                max_bytes: args.retention_bytes.or(file.retention_bytes),
+            },
+            limits: BatchLimits {
+                max_events,
+                ..BatchLimits::default()
+            },
+            subscriber_buffer,
+        })
+    }
+}

@@ -1,0 +1,181 @@
+//! The HTTP side, on the HTTP port: `/api/events` (query pages as JSON, the same filters as
+//! gRPC), `/api/health`, and `/metrics` (Prometheus text). `/api/events` takes the
+//! subscriber token in `authorization: Bearer T` like gRPC; health and metrics are open
+//! (they carry no events) so that probes and scrapers need no secret.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tonic::Code;
+use xtrail_proto::json::event_to_json;
+use xtrail_proto::v1::{self, QueryRequest};
+
+use crate::auth::{Role, Tokens};
+use crate::filter::apply_filter_term;
+use crate::subscribe::Hub;
+
+/// What the HTTP handlers share.
+#[derive(Clone, Debug)]
+pub struct HttpState {
+    /// Storage and counters.
+    pub hub: Hub,
+    /// Tokens (the subscriber role guards `/api/events`).
+    pub tokens: Tokens,
+}
+
+/// The routes.
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/api/events", get(events))
+        .route("/api/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+fn status_to_http(s: &tonic::Status) -> Response {
+    let code = match s.code() {
+        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(code, s.message())
+}
+
+/// Parses a time: RFC 3339 (`2026-08-07T09:14:22Z`) or microseconds since the epoch.
+pub fn parse_time(v: &str) -> Result<i64, String> {
+    if let Ok(us) = v.parse::<i64>() {
+        return Ok(us);
+    }
+    let t = OffsetDateTime::parse(v, &Rfc3339)
+        .map_err(|_| format!("{v:?} is neither RFC 3339 nor microseconds since the epoch"))?;
+    i64::try_from(t.unix_timestamp_nanos() / 1000).map_err(|_| format!("{v:?} is out of range"))
+}
+
+/// Builds a query request from URL parameters: the filter keys of `--filter`, plus `from`,
+/// `to`, `limit`, `page`, `order` (`newest` or `oldest`).
+pub fn query_from_params(pairs: &[(String, String)]) -> Result<QueryRequest, String> {
+    let mut req = QueryRequest::default();
+    let mut filter = v1::Filter::default();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "from" => req.from_ts_us = parse_time(v).map_err(|e| format!("from: {e}"))?,
+            "to" => req.to_ts_us = parse_time(v).map_err(|e| format!("to: {e}"))?,
+            "limit" => {
+                req.limit = v
+                    .parse()
+                    .map_err(|_| format!("limit: {v:?} is not a number"))?;
+            }
+            "page" | "page_token" => req.page_token.clone_from(v),
+            "order" => {
+                req.order = match v.as_str() {
+                    "newest" | "desc" => v1::Order::NewestFirst as i32,
+                    "oldest" | "asc" => v1::Order::OldestFirst as i32,
+                    _ => return Err(format!("order: {v:?} is not newest or oldest")),
+                }
+            }
+            key => {
+                if !apply_filter_term(&mut filter, key, v).map_err(|e| e.to_string())? {
+                    return Err(format!("unknown parameter {key:?}"));
+                }
+            }
+        }
+    }
+    req.filter = Some(filter);
+    Ok(req)
+}
+
+async fn events(
+    State(s): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Err(status) = s.tokens.check(Role::Subscriber, auth) {
+        crate::metrics::inc(&s.hub.metrics.auth_failures);
+        return status_to_http(&status);
+    }
+    let req = match query_from_params(&pairs) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match crate::query::query(&s.hub, req).await {
+        Ok(page) => {
+            let events: Vec<_> = page.events.iter().map(event_to_json).collect();
+            let next = (!page.next_page_token.is_empty()).then_some(page.next_page_token);
+            Json(json!({ "events": events, "next_page": next })).into_response()
+        }
+        Err(status) => status_to_http(&status),
+    }
+}
+
+async fn health(State(s): State<Arc<HttpState>>) -> Response {
+    let storage = Arc::clone(&s.hub.storage);
+    match tokio::task::spawn_blocking(move || storage.stats()).await {
+        Ok(Ok(st)) => Json(json!({
+            "status": "ok",
+            "last_cursor": st.last_cursor,
+            "storage_bytes": st.used_bytes,
+            "subscribers": s.hub.metrics.subscribers.load(Ordering::Relaxed),
+            "ingest_streams": s.hub.metrics.ingest_streams.load(Ordering::Relaxed),
+        }))
+        .into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "error", "error": e.to_string() })),
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn metrics(State(s): State<Arc<HttpState>>) -> Response {
+    let storage = Arc::clone(&s.hub.storage);
+    let st = tokio::task::spawn_blocking(move || storage.stats())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.hub.metrics.render(st.used_bytes, st.last_cursor),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_become_a_query() {
+        let p = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let q = query_from_params(&[
+            p("from", "2026-08-07T09:14:22Z"),
+            p("limit", "5"),
+            p("type", "DNS"),
+            p("src", "198.18.0.0/15"),
+            p("order", "oldest"),
+        ])
+        .unwrap();
+        assert_eq!(q.from_ts_us, 1_786_094_062_000_000);
+        assert_eq!(q.limit, 5);
+        assert_eq!(q.filter.unwrap().types, ["DNS"]);
+        assert!(query_from_params(&[p("bogus", "1")]).is_err());
+        assert!(query_from_params(&[p("from", "yesterday")]).is_err());
+    }
+}

@@ -1,0 +1,28 @@
+//! xtrail-collector: receives events from sensors, stores each exactly once, and serves them
+//! to SIEMs, the HTTP API and the dashboard.
+//!
+//! The flow, one module per stage:
+//! - [`auth`]: bearer tokens, one set per role (sensor, subscriber);
+//! - [`ingest`]: `Ingest.Publish` streams, batch checks, the single writer thread that
+//!   commits, broadcasts live, then acknowledges;
+//! - [`storage`]: the [`storage::Storage`] trait and its SQLite implementation;
+//! - [`subscribe`]: `Events.Subscribe`, stored then live, gapless, lag-aware;
+//! - [`query`]: `Events.Query` pages; [`http`]: `/api/events`, `/api/health`, `/metrics`;
+//! - [`filter`]: the filters shared by all of them; [`retention`]: age and size limits;
+//! - [`server`]: wiring; [`config`]: flags and config file; [`client`]: `subscribe` command.
+//!
+//! Tests: unit tests per module; `collector/tests/` drives the real binary over loopback
+//! (end to end with the publisher, SIGKILL mid-stream, bad input, a Python grpcio client).
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod filter;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod query;
+pub mod retention;
+pub mod server;
+pub mod storage;
+pub mod subscribe;

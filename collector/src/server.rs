@@ -1,0 +1,188 @@
+//! Wires the collector together: storage, the writer, gRPC (Ingest, Events, health,
+//! reflection; TLS when configured) and HTTP, until shutdown.
+
+use std::future::{Future, IntoFuture as _};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use xtrail_proto::v1::events_server::EventsServer;
+use xtrail_proto::v1::ingest_server::IngestServer;
+
+use crate::auth::{Role, Tokens};
+use crate::config::ServerConfig;
+use crate::http::{router, HttpState};
+use crate::ingest::{IngestService, Writer};
+use crate::metrics::Metrics;
+use crate::storage::sqlite::SqliteStorage;
+use crate::storage::Storage;
+use crate::subscribe::{EventsService, Hub};
+
+/// How long a shutdown waits for open streams to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Addresses actually bound (useful with port 0).
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    /// gRPC.
+    pub grpc: SocketAddr,
+    /// HTTP.
+    pub http: SocketAddr,
+}
+
+/// Runs the collector until `shutdown` completes. `on_bound` is called once both listeners
+/// are bound.
+pub async fn serve(
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound),
+) -> anyhow::Result<()> {
+    let storage: Arc<dyn Storage> = Arc::new(
+        SqliteStorage::open(&cfg.data_dir)
+            .with_context(|| format!("opening the event store in {}", cfg.data_dir.display()))?,
+    );
+    let metrics = Arc::new(Metrics::default());
+    let last = storage
+        .stats()
+        .context("reading the event store")?
+        .last_cursor;
+    let last_cursor = Arc::new(AtomicU64::new(last));
+    let (live, _) = broadcast::channel(cfg.subscriber_buffer);
+    let writer = Writer::spawn(
+        Arc::clone(&storage),
+        live.clone(),
+        Arc::clone(&last_cursor),
+        Arc::clone(&metrics),
+    )
+    .context("starting the writer thread")?;
+    let hub = Hub {
+        storage: Arc::clone(&storage),
+        live,
+        last_cursor,
+        metrics: Arc::clone(&metrics),
+    };
+    cfg.retention.spawn(
+        Arc::clone(&storage),
+        Arc::clone(&metrics),
+        Duration::from_secs(60),
+    );
+
+    let tokens = Tokens::new(cfg.sensor_tokens.clone(), cfg.subscriber_tokens.clone());
+    if tokens.is_open(Role::Sensor) {
+        log::warn!("no --sensor-token: anyone who can reach the gRPC port may publish");
+    }
+    if tokens.is_open(Role::Subscriber) {
+        log::warn!("no --subscriber-token: anyone who can reach the ports may read events");
+    }
+
+    let ingest = IngestServer::new(IngestService::new(writer, cfg.limits, Arc::clone(&metrics)))
+        .max_decoding_message_size(cfg.limits.max_bytes + (1 << 20));
+    let ingest = InterceptedService::new(
+        ingest,
+        tokens.interceptor(Role::Sensor, Arc::clone(&metrics)),
+    );
+    let events = EventsServer::new(EventsService { hub: hub.clone() })
+        .max_decoding_message_size(1 << 20)
+        .max_encoding_message_size(64 << 20);
+    let events = InterceptedService::new(
+        events,
+        tokens.interceptor(Role::Subscriber, Arc::clone(&metrics)),
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in ["xtrail.v1.Ingest", "xtrail.v1.Events"] {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(xtrail_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(xtrail_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building the reflection service")?;
+
+    let grpc_listener = TcpListener::bind(cfg.grpc)
+        .await
+        .with_context(|| format!("binding gRPC on {}", cfg.grpc))?;
+    let http_listener = TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| format!("binding HTTP on {}", cfg.http))?;
+    let bound = Bound {
+        grpc: grpc_listener.local_addr()?,
+        http: http_listener.local_addr()?,
+    };
+
+    let mut builder = Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    if let Some((cert, key)) = &cfg.tls {
+        let cert = std::fs::read(cert)
+            .with_context(|| format!("reading TLS certificate {}", cert.display()))?;
+        let key =
+            std::fs::read(key).with_context(|| format!("reading TLS key {}", key.display()))?;
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+            .context("TLS configuration")?;
+    }
+
+    let (stop_tx, _) = broadcast::channel::<()>(1);
+    let stop_grpc = {
+        let mut rx = stop_tx.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+    let stop_http = {
+        let mut rx = stop_tx.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+    // Graceful shutdown waits for open streams; sensors and subscribers keep theirs open
+    // for ever, so after a grace period the collector stops regardless (nothing is lost:
+    // unacknowledged batches are resent, subscribers resume from their cursor).
+    let grace_over = {
+        let mut rx = stop_tx.subscribe();
+        async move {
+            let _ = rx.recv().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(());
+    });
+
+    let grpc = builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(ingest)
+        .add_service(events)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stop_grpc);
+    let http_state = Arc::new(HttpState { hub, tokens });
+    let http = axum::serve(http_listener, router(http_state)).with_graceful_shutdown(stop_http);
+
+    on_bound(bound);
+    tokio::select! {
+        (g, h) = async { tokio::join!(grpc, http.into_future()) } => {
+            g.context("gRPC server")?;
+            h.context("HTTP server")?;
+        }
+        () = grace_over => log::info!("streams still open after {SHUTDOWN_GRACE:?}; closing them"),
+    }
+    Ok(())
+}

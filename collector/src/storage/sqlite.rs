@@ -1,0 +1,487 @@
+//! Embedded SQLite storage: one file `events.db` in the data directory, WAL journal,
+//! `synchronous=FULL` (a commit is on disk when it returns, so an acknowledged batch
+//! survives a crash or a power cut), one transaction per batch.
+//!
+//! Each row keeps the filterable fields in columns (addresses as 16-byte keys so that a CIDR
+//! is a range scan over an index) and the whole event as its protobuf encoding, so nothing
+//! the sensor sent is lost. `cursor` is an AUTOINCREMENT rowid: increasing in commit order
+//! and never reused, even after retention deletes everything.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use prost::Message as _;
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension as _};
+use xtrail_proto::v1;
+
+use super::{Committed, Order, QuerySpec, Storage, StorageError, StorageStats};
+use crate::filter::{ip_key, EventFilter};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    cursor    INTEGER PRIMARY KEY AUTOINCREMENT,
+    sensor_id TEXT    NOT NULL,
+    seq       INTEGER NOT NULL,
+    ts_us     INTEGER NOT NULL,
+    sensor    TEXT    NOT NULL,
+    src_ip    BLOB    NOT NULL,
+    dst_ip    BLOB    NOT NULL,
+    type      TEXT    NOT NULL,
+    trail     TEXT    NOT NULL,
+    info      TEXT    NOT NULL,
+    severity  INTEGER NOT NULL,
+    body      BLOB    NOT NULL,
+    UNIQUE (sensor_id, seq)
+);
+CREATE INDEX IF NOT EXISTS events_ts     ON events (ts_us);
+CREATE INDEX IF NOT EXISTS events_src    ON events (src_ip);
+CREATE INDEX IF NOT EXISTS events_dst    ON events (dst_ip);
+CREATE INDEX IF NOT EXISTS events_trail  ON events (trail);
+CREATE INDEX IF NOT EXISTS events_sensor ON events (sensor);
+CREATE TABLE IF NOT EXISTS sensors (
+    sensor_id TEXT PRIMARY KEY,
+    max_seq   INTEGER NOT NULL
+);
+";
+
+const COLUMNS: &str = "cursor, sensor_id, seq, body";
+
+/// SQLite-backed [`Storage`].
+#[derive(Debug)]
+pub struct SqliteStorage {
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    path: std::path::PathBuf,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SqliteStorage {
+    /// Opens (creating if needed) `events.db` under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StorageError::Dir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join("events.db");
+        let conn = Connection::open(&path)?;
+        // auto_vacuum must be chosen before the first table exists; incremental lets
+        // retention give pages back to the file system.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStorage {
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            path,
+        })
+    }
+
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let conn = lock(&self.readers).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.busy_timeout(std::time::Duration::from_secs(10))?;
+                c
+            }
+        };
+        let out = f(&conn);
+        let mut pool = lock(&self.readers);
+        if pool.len() < 8 {
+            pool.push(conn);
+        }
+        out
+    }
+}
+
+fn key_of(ip: &str) -> Vec<u8> {
+    ip.parse::<IpAddr>()
+        .map(|ip| ip_key(ip).to_vec())
+        .unwrap_or_else(|_| vec![0; 16])
+}
+
+fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn decode_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, i64, Vec<u8>)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+fn to_event(
+    (cursor, sensor_id, seq, body): (i64, String, i64, Vec<u8>),
+) -> Result<v1::Event, StorageError> {
+    let cursor = u64::try_from(cursor).unwrap_or(0);
+    let mut ev = v1::Event::decode(body.as_slice()).map_err(|_| StorageError::Corrupt(cursor))?;
+    ev.cursor = cursor;
+    ev.sensor_id = sensor_id;
+    ev.seq = u64::try_from(seq).unwrap_or(0);
+    Ok(ev)
+}
+
+/// Appends the filter's conditions (`AND ...`) and their parameters.
+fn push_filter(f: &EventFilter, sql: &mut String, params: &mut Vec<Value>) {
+    if f.min_severity > 0 {
+        sql.push_str(" AND severity >= ?");
+        params.push(Value::Integer(i64::from(f.min_severity)));
+    }
+    let mut push_in = |col: &str, values: &[String], sql: &mut String| {
+        if values.is_empty() {
+            return;
+        }
+        sql.push_str(&format!(" AND {col} IN ("));
+        for (i, v) in values.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ",?" });
+            params.push(Value::Text(v.clone()));
+        }
+        sql.push(')');
+    };
+    push_in("type", &f.types, sql);
+    push_in("sensor", &f.sensors, sql);
+    for (col, ranges) in [("src_ip", &f.src), ("dst_ip", &f.dst)] {
+        if ranges.is_empty() {
+            continue;
+        }
+        sql.push_str(" AND (");
+        for (i, r) in ranges.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(" OR ");
+            }
+            sql.push_str(&format!("{col} BETWEEN ? AND ?"));
+            params.push(Value::Blob(r.lo.to_vec()));
+            params.push(Value::Blob(r.hi.to_vec()));
+        }
+        sql.push(')');
+    }
+    for (col, needle) in [("trail", &f.trail), ("info", &f.info)] {
+        if let Some(n) = needle {
+            sql.push_str(&format!(" AND instr(lower({col}), ?) > 0"));
+            params.push(Value::Text(n.clone()));
+        }
+    }
+}
+
+impl Storage for SqliteStorage {
+    fn insert_batch(
+        &self,
+        sensor_id: &str,
+        events: Vec<v1::Event>,
+    ) -> Result<Committed, StorageError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction()?;
+        let high_water: u64 = tx
+            .query_row(
+                "SELECT max_seq FROM sensors WHERE sensor_id = ?",
+                [sensor_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .map_or(0, |v| u64::try_from(v).unwrap_or(0));
+        let mut out = Committed {
+            committed_seq: events.iter().map(|e| e.seq).max().unwrap_or(high_water),
+            ..Committed::default()
+        };
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO events
+                 (sensor_id, seq, ts_us, sensor, src_ip, dst_ip, type, trail, info, severity, body)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )?;
+            let mut body = Vec::with_capacity(512);
+            for mut ev in events {
+                if ev.seq <= high_water {
+                    out.duplicates += 1;
+                    continue;
+                }
+                ev.cursor = 0;
+                ev.sensor_id.clear();
+                body.clear();
+                // Encoding into a Vec cannot fail.
+                let _ = ev.encode(&mut body);
+                let changed = insert.execute(params![
+                    sensor_id,
+                    as_i64(ev.seq),
+                    ev.ts_us,
+                    ev.sensor,
+                    key_of(&ev.src_ip),
+                    key_of(&ev.dst_ip),
+                    ev.r#type,
+                    ev.trail,
+                    ev.info,
+                    ev.severity,
+                    body,
+                ])?;
+                if changed == 0 {
+                    out.duplicates += 1;
+                    continue;
+                }
+                ev.cursor = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
+                ev.sensor_id = sensor_id.to_string();
+                out.stored.push(ev);
+            }
+        }
+        if out.committed_seq > high_water {
+            tx.execute(
+                "INSERT INTO sensors (sensor_id, max_seq) VALUES (?1, ?2)
+                 ON CONFLICT (sensor_id) DO UPDATE SET max_seq = max(max_seq, ?2)",
+                params![sensor_id, as_i64(out.committed_seq)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn read_after(
+        &self,
+        after_cursor: u64,
+        min_ts_us: Option<i64>,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<v1::Event>, StorageError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM events WHERE cursor > ?");
+        let mut params = vec![Value::Integer(as_i64(after_cursor))];
+        if let Some(ts) = min_ts_us {
+            sql.push_str(" AND ts_us >= ?");
+            params.push(Value::Integer(ts));
+        }
+        push_filter(filter, &mut sql, &mut params);
+        sql.push_str(" ORDER BY cursor LIMIT ?");
+        params.push(Value::Integer(as_i64(limit as u64)));
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(params), decode_row)?;
+            rows.map(|r| to_event(r?)).collect()
+        })
+    }
+
+    fn query(&self, spec: &QuerySpec) -> Result<Vec<v1::Event>, StorageError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM events WHERE 1");
+        let mut params = Vec::new();
+        if let Some(ts) = spec.from_ts_us {
+            sql.push_str(" AND ts_us >= ?");
+            params.push(Value::Integer(ts));
+        }
+        if let Some(ts) = spec.to_ts_us {
+            sql.push_str(" AND ts_us < ?");
+            params.push(Value::Integer(ts));
+        }
+        if let Some(c) = spec.after_cursor {
+            sql.push_str(match spec.order {
+                Order::NewestFirst => " AND cursor < ?",
+                Order::OldestFirst => " AND cursor > ?",
+            });
+            params.push(Value::Integer(as_i64(c)));
+        }
+        push_filter(&spec.filter, &mut sql, &mut params);
+        sql.push_str(match spec.order {
+            Order::NewestFirst => " ORDER BY cursor DESC LIMIT ?",
+            Order::OldestFirst => " ORDER BY cursor ASC LIMIT ?",
+        });
+        params.push(Value::Integer(as_i64(spec.limit as u64)));
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(params), decode_row)?;
+            rows.map(|r| to_event(r?)).collect()
+        })
+    }
+
+    fn stats(&self) -> Result<StorageStats, StorageError> {
+        self.with_reader(|conn| {
+            let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+            let last: Option<i64> = conn
+                .query_row(
+                    "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(StorageStats {
+                used_bytes: u64::try_from((pages - free) * page_size).unwrap_or(0),
+                last_cursor: last.map_or(0, |v| u64::try_from(v).unwrap_or(0)),
+            })
+        })
+    }
+
+    fn enforce_retention(
+        &self,
+        older_than_ts_us: Option<i64>,
+        max_bytes: Option<u64>,
+    ) -> Result<u64, StorageError> {
+        let mut deleted = 0u64;
+        if let Some(ts) = older_than_ts_us {
+            // In chunks, so ingest is never locked out for long.
+            loop {
+                let n = lock(&self.writer).execute(
+                    "DELETE FROM events WHERE cursor IN
+                     (SELECT cursor FROM events WHERE ts_us < ? LIMIT 5000)",
+                    [ts],
+                )?;
+                deleted += n as u64;
+                if n < 5000 {
+                    break;
+                }
+            }
+        }
+        if let Some(max) = max_bytes {
+            for _ in 0..10_000 {
+                let used = self.stats()?.used_bytes;
+                if used <= max {
+                    break;
+                }
+                let rows: i64 =
+                    lock(&self.writer)
+                        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+                if rows == 0 {
+                    break;
+                }
+                // Delete the share of rows the excess represents (at least a chunk).
+                let excess = (used - max) as f64 / used as f64;
+                let n = ((rows as f64 * excess).ceil() as i64).clamp(100, 5000);
+                deleted += lock(&self.writer).execute(
+                    "DELETE FROM events WHERE cursor IN
+                     (SELECT cursor FROM events ORDER BY cursor LIMIT ?)",
+                    [n],
+                )? as u64;
+            }
+        }
+        if deleted > 0 {
+            let conn = lock(&self.writer);
+            conn.execute_batch("PRAGMA incremental_vacuum;")?;
+            let _: rusqlite::Result<(i64, i64, i64)> =
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                });
+        }
+        Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::parse_filter_args;
+
+    fn ev(seq: u64, ts: i64, src: &str) -> v1::Event {
+        v1::Event {
+            seq,
+            ts_us: ts,
+            sensor: "gw".into(),
+            src_ip: src.into(),
+            dst_ip: "198.18.1.1".into(),
+            r#type: "IP".into(),
+            trail: format!("t{seq}"),
+            info: "x (malware)".into(),
+            severity: 3,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn exactly_once_and_cursor_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        let c = s
+            .insert_batch("a", (1..=10).map(|i| ev(i, 1, "198.18.0.1")).collect())
+            .unwrap();
+        assert_eq!((c.stored.len(), c.duplicates, c.committed_seq), (10, 0, 10));
+        let c = s
+            .insert_batch("a", (5..=12).map(|i| ev(i, 1, "198.18.0.1")).collect())
+            .unwrap();
+        assert_eq!((c.stored.len(), c.duplicates), (2, 6));
+        let c = s
+            .insert_batch("b", (1..=3).map(|i| ev(i, 1, "198.18.0.1")).collect())
+            .unwrap();
+        assert_eq!(c.stored.len(), 3);
+        let all = s.read_after(0, None, &EventFilter::default(), 100).unwrap();
+        assert_eq!(all.len(), 15);
+        assert!(all.windows(2).all(|w| w[1].cursor > w[0].cursor));
+        assert_eq!(s.stats().unwrap().last_cursor, all[14].cursor);
+        // Retention deletes, a late resend stays a duplicate.
+        assert_eq!(s.enforce_retention(Some(2), None).unwrap(), 15);
+        let c = s
+            .insert_batch("a", (1..=12).map(|i| ev(i, 1, "198.18.0.1")).collect())
+            .unwrap();
+        assert_eq!((c.stored.len(), c.duplicates), (0, 12));
+    }
+
+    #[test]
+    fn filters_push_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        let batch = vec![
+            ev(1, 10, "198.18.0.1"),
+            ev(2, 20, "10.9.9.9"),
+            ev(3, 30, "2001:db8::1"),
+        ];
+        s.insert_batch("a", batch).unwrap();
+        let f = EventFilter::compile(Some(
+            &parse_filter_args(&["src=198.18.0.0/15".into()]).unwrap(),
+        ))
+        .unwrap();
+        let got = s.read_after(0, None, &f, 10).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].src_ip, "198.18.0.1");
+        let f = EventFilter::compile(Some(
+            &parse_filter_args(&["src=2001:db8::/32".into(), "trail=T3".into()]).unwrap(),
+        ))
+        .unwrap();
+        assert_eq!(s.read_after(0, None, &f, 10).unwrap().len(), 1);
+        assert_eq!(
+            s.read_after(0, Some(20), &EventFilter::default(), 10)
+                .unwrap()
+                .len(),
+            2
+        );
+        let page = s
+            .query(&QuerySpec {
+                filter: EventFilter::default(),
+                from_ts_us: Some(10),
+                to_ts_us: Some(30),
+                after_cursor: None,
+                limit: 1,
+                order: Order::NewestFirst,
+            })
+            .unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].seq, 2);
+    }
+
+    #[test]
+    fn size_retention_shrinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        for b in 0..20u64 {
+            s.insert_batch(
+                "a",
+                (1..=500)
+                    .map(|i| ev(b * 1000 + i, 1, "198.18.0.1"))
+                    .collect(),
+            )
+            .unwrap();
+        }
+        let before = s.stats().unwrap().used_bytes;
+        s.enforce_retention(None, Some(before / 2)).unwrap();
+        assert!(s.stats().unwrap().used_bytes <= before / 2);
+        let left = s
+            .read_after(0, None, &EventFilter::default(), 100_000)
+            .unwrap();
+        assert!(!left.is_empty() && left.len() < 10_000);
+        assert_eq!(left.last().unwrap().seq, 19 * 1000 + 500, "newest kept");
+    }
+}

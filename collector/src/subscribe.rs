@@ -1,0 +1,212 @@
+//! `xtrail.v1.Events/Subscribe`: stored events from the start point, then live ones, in
+//! cursor order, without gaps, and without ever slowing ingest.
+//!
+//! How the hand-over from stored to live events avoids gaps: the subscription joins the
+//! live channel *before* reading storage. The writer commits a batch, raises `last_cursor`,
+//! then broadcasts it. So every batch is either in storage when a read runs, or still to
+//! come on the channel (or both: duplicates are skipped by cursor). While catching up, the
+//! channel is drained and ignored (what it carried was committed before the next read); the
+//! catch-up ends on a short page, and from then on the channel alone feeds the stream.
+//!
+//! The live channel is a bounded ring (`tokio::sync::broadcast`): the writer never waits
+//! for a subscriber. One that falls more than the ring behind is ended with
+//! `RESOURCE_EXHAUSTED`, its resume point in the message and in the `xtrail-last-cursor`
+//! trailer; it resumes with `after_cursor` and catches up from storage.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Request, Response, Status};
+use xtrail_proto::v1::{self, subscribe_request::Start, SubscribeRequest};
+
+use crate::filter::EventFilter;
+use crate::ingest::LiveBatch;
+use crate::metrics::{inc, GaugeGuard, Metrics};
+use crate::storage::Storage;
+
+/// Stored events read per page while catching up.
+const PAGE: usize = 1000;
+/// Events buffered per subscriber before it counts as slow.
+const OUT_BUFFER: usize = 1024;
+/// Trailer carrying the resume cursor of a lagged subscriber.
+pub const LAST_CURSOR_TRAILER: &str = "xtrail-last-cursor";
+
+/// Everything a subscription needs.
+#[derive(Clone)]
+pub struct Hub {
+    /// The store.
+    pub storage: Arc<dyn Storage>,
+    /// Live committed batches.
+    pub live: broadcast::Sender<LiveBatch>,
+    /// Highest committed cursor.
+    pub last_cursor: Arc<AtomicU64>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+/// The event stream of one subscription.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Status>> + Send>>;
+
+/// Starts a subscription; fails at once (INVALID_ARGUMENT) on a malformed filter.
+pub fn subscribe(hub: &Hub, req: &SubscribeRequest) -> Result<EventStream, Status> {
+    let filter = EventFilter::compile(req.filter.as_ref())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    // Join the live channel first, then decide the start (see the module doc).
+    let rx = hub.live.subscribe();
+    let (pos, min_ts) = match req.start {
+        None => (hub.last_cursor.load(Ordering::SeqCst), None),
+        Some(Start::AfterCursor(c)) => (c, None),
+        Some(Start::SinceTsUs(ts)) => (0, Some(ts)),
+    };
+    let (tx, out) = mpsc::channel(OUT_BUFFER);
+    let hub = hub.clone();
+    tokio::spawn(async move {
+        let metrics = Arc::clone(&hub.metrics);
+        let _open = GaugeGuard::new(&metrics.subscribers);
+        run(hub, filter, pos, min_ts, rx, tx).await;
+    });
+    Ok(Box::pin(ReceiverStream::new(out)))
+}
+
+type Tx = mpsc::Sender<Result<v1::Event, Status>>;
+
+async fn send(tx: &Tx, metrics: &Metrics, ev: v1::Event) -> bool {
+    if tx.send(Ok(ev)).await.is_err() {
+        return false;
+    }
+    inc(&metrics.subscribe_events);
+    true
+}
+
+async fn run(
+    hub: Hub,
+    filter: EventFilter,
+    mut pos: u64,
+    min_ts: Option<i64>,
+    mut rx: broadcast::Receiver<LiveBatch>,
+    tx: Tx,
+) {
+    let filter = Arc::new(filter);
+    // Catch up from storage.
+    loop {
+        loop {
+            match rx.try_recv() {
+                Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Closed) => return,
+            }
+        }
+        let storage = Arc::clone(&hub.storage);
+        let f = Arc::clone(&filter);
+        let page =
+            tokio::task::spawn_blocking(move || storage.read_after(pos, min_ts, &f, PAGE)).await;
+        let page = match page {
+            Ok(Ok(page)) => page,
+            Ok(Err(e)) => {
+                inc(&hub.metrics.storage_errors);
+                let _ = tx
+                    .send(Err(Status::unavailable(format!("storage: {e}"))))
+                    .await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx
+                    .send(Err(Status::internal(format!("reader task: {e}"))))
+                    .await;
+                return;
+            }
+        };
+        let short = page.len() < PAGE;
+        for ev in page {
+            pos = ev.cursor;
+            if !send(&tx, &hub.metrics, ev).await {
+                return;
+            }
+        }
+        if short {
+            break;
+        }
+    }
+    // Follow live.
+    loop {
+        tokio::select! {
+            got = rx.recv() => match got {
+                Ok(batch) => {
+                    for ev in batch.iter() {
+                        if ev.cursor <= pos {
+                            continue;
+                        }
+                        pos = ev.cursor;
+                        if min_ts.is_some_and(|t| ev.ts_us < t) || !filter.matches(ev) {
+                            continue;
+                        }
+                        if !send(&tx, &hub.metrics, ev.clone()).await {
+                            return;
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    inc(&hub.metrics.subscribers_lagged);
+                    let mut md = MetadataMap::new();
+                    if let Ok(v) = pos.to_string().parse() {
+                        md.insert(LAST_CURSOR_TRAILER, v);
+                    }
+                    let status = Status::with_metadata(
+                        Code::ResourceExhausted,
+                        format!(
+                            "subscriber fell behind ({missed} batches skipped); resume with after_cursor={pos}"
+                        ),
+                        md,
+                    );
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+                Err(RecvError::Closed) => {
+                    let _ = tx.send(Err(Status::unavailable("collector is shutting down"))).await;
+                    return;
+                }
+            },
+            () = tx.closed() => return,
+        }
+    }
+}
+
+/// The Events service: Subscribe here, Query in `query`.
+#[derive(Clone, Debug)]
+pub struct EventsService {
+    /// Shared state.
+    pub hub: Hub,
+}
+
+#[tonic::async_trait]
+impl v1::events_server::Events for EventsService {
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        subscribe(&self.hub, request.get_ref()).map(Response::new)
+    }
+
+    async fn query(
+        &self,
+        request: Request<v1::QueryRequest>,
+    ) -> Result<Response<v1::QueryResponse>, Status> {
+        crate::query::query(&self.hub, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}

@@ -1,0 +1,209 @@
+//! The background sender: one thread, one current-thread tokio runtime, one
+//! `Ingest.Publish` stream at a time. It reads the spool from the first unacknowledged
+//! event, keeps up to `max_in_flight` batches unacknowledged, records each acknowledgement
+//! in the spool, and on any error reconnects with backoff and starts again from the first
+//! unacknowledged event.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use xtrail_proto::v1::ingest_client::IngestClient;
+use xtrail_proto::v1::PublishRequest;
+
+use crate::backoff::Backoff;
+use crate::spool::SpoolReader;
+use crate::{PublishError, PublisherConfig, Shared};
+
+/// How to open a channel: endpoint (with TLS) and the authorization header, validated when
+/// the publisher starts so that a typo fails there and not in a log line later.
+#[derive(Clone, Debug)]
+pub(crate) struct Connect {
+    endpoint: Endpoint,
+    auth: Option<MetadataValue<Ascii>>,
+}
+
+impl Connect {
+    pub fn new(cfg: &PublisherConfig) -> Result<Self, PublishError> {
+        let mut endpoint = Endpoint::from_shared(cfg.url.clone())
+            .map_err(|e| PublishError::Config(format!("collector URL {:?}: {e}", cfg.url)))?
+            .connect_timeout(cfg.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10));
+        if cfg.url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().with_webpki_roots();
+            if let Some(ca) = &cfg.ca_cert {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    PublishError::Config(format!("reading CA certificate {}: {e}", ca.display()))
+                })?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            if let Some(domain) = &cfg.tls_domain {
+                tls = tls.domain_name(domain.clone());
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| PublishError::Config(format!("TLS: {e}")))?;
+        } else if !cfg.url.starts_with("http://") {
+            return Err(PublishError::Config(format!(
+                "collector URL {:?} must start with http:// or https://",
+                cfg.url
+            )));
+        }
+        let auth = if cfg.token.is_empty() {
+            None
+        } else {
+            Some(format!("Bearer {}", cfg.token).parse().map_err(|_| {
+                PublishError::Config("token contains characters not allowed in a header".into())
+            })?)
+        };
+        Ok(Connect { endpoint, auth })
+    }
+}
+
+/// The sender thread's body.
+pub(crate) fn run(shared: Arc<Shared>, cfg: PublisherConfig, connect: Connect) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            shared.set_error(Some(format!("cannot start the sender runtime: {e}")));
+            log::error!("xtrail-publish: cannot start the sender runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        if let Some(every) = cfg.fsync_interval {
+            tokio::spawn(fsync_loop(Arc::clone(&shared), every));
+        }
+        let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
+        while !shared.stop.load(Ordering::SeqCst) {
+            let result = session(&shared, &cfg, &connect, &mut backoff).await;
+            shared.connected.store(false, Ordering::SeqCst);
+            if let Err(e) = result {
+                log::warn!("xtrail-publish: {e}");
+                shared.set_error(Some(e));
+                let delay = backoff.next_delay();
+                let until = tokio::time::Instant::now() + delay;
+                while tokio::time::Instant::now() < until && !shared.stop.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+}
+
+async fn fsync_loop(shared: Arc<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let s = Arc::clone(&shared);
+        let res = tokio::task::spawn_blocking(move || s.spool.sync()).await;
+        if let Ok(Err(e)) = res {
+            log::warn!("xtrail-publish: {e}");
+        }
+    }
+}
+
+/// One stream: returns Ok when asked to stop, Err (a message) when the stream broke.
+async fn session(
+    shared: &Shared,
+    cfg: &PublisherConfig,
+    connect: &Connect,
+    backoff: &mut Backoff,
+) -> Result<(), String> {
+    let channel = connect
+        .endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("connecting to {}: {}", cfg.url, error_chain(&e)))?;
+    let auth = connect.auth.clone();
+    let mut client = IngestClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        if let Some(v) = &auth {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    })
+    .max_encoding_message_size(64 << 20);
+    let (tx, rx) = tokio::sync::mpsc::channel(cfg.max_in_flight + 1);
+    let mut acks = client
+        .publish(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| {
+            format!(
+                "collector refused the stream: {}: {}",
+                s.code(),
+                s.message()
+            )
+        })?
+        .into_inner();
+    shared.connects.fetch_add(1, Ordering::Relaxed);
+    shared.connected.store(true, Ordering::SeqCst);
+
+    let spool = &shared.spool;
+    let mut reader = SpoolReader::new(spool.acked_seq() + 1);
+    // (last seq, event count) of each batch sent and not yet acknowledged.
+    let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        while in_flight.len() < cfg.max_in_flight {
+            let batch = reader
+                .next_batch(spool, cfg.batch_max_events, cfg.batch_max_bytes)
+                .map_err(|e| e.to_string())?;
+            let Some(last) = batch.last().map(|e| e.seq) else {
+                break;
+            };
+            let n = batch.len() as u64;
+            let req = PublishRequest {
+                sensor_id: cfg.sensor_id.clone(),
+                events: batch,
+            };
+            tx.send(req)
+                .await
+                .map_err(|_| "the collector closed the stream".to_string())?;
+            shared.sent.fetch_add(n, Ordering::Relaxed);
+            in_flight.push_back((last, n));
+        }
+        tokio::select! {
+            msg = acks.message() => match msg {
+                Ok(Some(ack)) => {
+                    // Count first: `flush` returns as soon as the spool shows the ack.
+                    while let Some(&(last, n)) = in_flight.front() {
+                        if last > ack.committed_seq {
+                            break;
+                        }
+                        shared.acked.fetch_add(n, Ordering::SeqCst);
+                        in_flight.pop_front();
+                    }
+                    spool.ack(ack.committed_seq).map_err(|e| e.to_string())?;
+                    backoff.reset();
+                    shared.set_error(None);
+                }
+                Ok(None) => return Err("the collector ended the stream".into()),
+                Err(s) => return Err(format!("collector: {}: {}", s.code(), s.message())),
+            },
+            () = shared.notify.notified(), if in_flight.len() < cfg.max_in_flight => {}
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

@@ -114,6 +114,19 @@ pub fn replay<W: Write + ?Sized>(
     opts: &ReplayOptions,
     writer: &mut W,
 ) -> Result<ReplayStats, ReplayError> {
+    replay_with(paths, trails, whitelist, opts, writer, &mut |_| {})
+}
+
+/// Like [`replay`], and also hands every written event to `on_event` (e.g. to publish it to
+/// a collector).
+pub fn replay_with<W: Write + ?Sized>(
+    paths: &[PathBuf],
+    trails: Arc<TrailSet>,
+    whitelist: Arc<Whitelist>,
+    opts: &ReplayOptions,
+    writer: &mut W,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<ReplayStats, ReplayError> {
     let mut processor = Processor::new(trails, Arc::clone(&whitelist), opts.processor.clone());
     if let Some(config) = &opts.heuristics {
         let ua = match &opts.ua_patterns {
@@ -133,6 +146,7 @@ pub fn replay<W: Write + ?Sized>(
             &mut throttle,
             opts.format,
             writer,
+            on_event,
             &mut stats,
             &mut write_error,
         )?;
@@ -145,6 +159,7 @@ pub fn replay<W: Write + ?Sized>(
         t.finish(&mut |e| summaries.push(e));
         for e in summaries {
             write_event(writer, &e, opts.format)?;
+            on_event(&e);
             stats.events += 1;
         }
     }
@@ -163,6 +178,7 @@ fn replay_file<W: Write + ?Sized>(
     throttle: &mut Option<Throttle>,
     format: Format,
     writer: &mut W,
+    on_event: &mut dyn FnMut(&Event),
     stats: &mut ReplayStats,
     write_error: &mut Option<std::io::Error>,
 ) -> Result<(), ReplayError> {
@@ -191,7 +207,10 @@ fn replay_file<W: Write + ?Sized>(
                 return;
             }
             match write_event(writer, &event, format) {
-                Ok(()) => stats.events += 1,
+                Ok(()) => {
+                    on_event(&event);
+                    stats.events += 1;
+                }
                 Err(e) => *write_error = Some(e),
             }
         };

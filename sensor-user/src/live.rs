@@ -23,6 +23,7 @@ use crate::hits::{self, Clock};
 use crate::loader::{self, AttachMode, Mode, Sensor, SensorOptions};
 use crate::output::EventLog;
 use crate::xsk;
+use xtrail_publish::Publisher;
 
 /// Everything a live run needs.
 pub struct LiveOptions {
@@ -38,6 +39,8 @@ pub struct LiveOptions {
     pub heuristics: Option<HeuristicsConfig>,
     /// Suspicious user-agent patterns for the heuristics.
     pub ua: Arc<UaPatterns>,
+    /// Streams events to a collector, when configured.
+    pub publisher: Option<Arc<Publisher>>,
 }
 
 /// A Processor for live capture, with the heuristics installed when they are on.
@@ -80,6 +83,8 @@ pub struct LiveSummary {
     pub payloads: u64,
     /// Flow-start records read.
     pub flows: u64,
+    /// Events that could not be spooled for the collector.
+    pub publish_errors: u64,
 }
 
 /// Link type of the frames the XDP program copies (Ethernet).
@@ -319,6 +324,12 @@ pub fn run(
         }
         for ev in pending.drain(..) {
             log.write(&ev).context("writing event")?;
+            if let Some(p) = &opts.publisher {
+                if let Err(e) = p.publish(&ev) {
+                    summary.publish_errors += 1;
+                    log::error!("spooling an event for the collector: {e}");
+                }
+            }
             summary.events += 1;
         }
         log.flush().context("writing event")?;
@@ -336,6 +347,13 @@ pub fn run(
                     summary.events, summary.whitelisted, summary.filtered, summary.payloads
                 );
             }
+        }
+    }
+    if let Some(p) = &opts.publisher {
+        // Best effort: what is not acknowledged stays in the spool for the next start.
+        match p.flush(Duration::from_secs(5)) {
+            Ok(()) => eprintln!("xtrail-sensor: collector acknowledged every event"),
+            Err(e) => eprintln!("xtrail-sensor: {e}; the rest stays in the spool and is sent on the next start"),
         }
     }
     let counters = sensor.counters()?;

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use xtrail_detect::event::Format;
 use xtrail_detect::heuristics::{HeuristicsConfig, UaPatterns};
 use xtrail_detect::process::ProcessorConfig;
+use xtrail_publish::{Publisher, PublisherConfig};
 use xtrail_detect::replay::ReplayOptions;
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
@@ -63,6 +64,74 @@ impl From<FormatArg> for Format {
 enum EbpfLog {
     Off,
     Debug,
+}
+
+/// Collector flags shared by `run` and `replay`.
+#[derive(clap::Args, Clone)]
+struct CollectorArgs {
+    /// Stream events to an xtrail collector (e.g. http://127.0.0.1:50051), in addition to
+    /// the local log. Events wait in an on-disk spool until the collector acknowledges them.
+    #[arg(long)]
+    collector: Option<String>,
+    /// Bearer token for the collector (or $XTRAIL_TOKEN).
+    #[arg(long, env = "XTRAIL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Where the spool lives (default /var/lib/xtrail, or ~/.local/state/xtrail when not root).
+    #[arg(long = "state-dir")]
+    state_dir: Option<PathBuf>,
+    /// Spool bound in bytes; when full, the oldest events are dropped and the drop reported.
+    #[arg(long = "spool-max-bytes", default_value_t = 1 << 30)]
+    spool_max_bytes: u64,
+    /// CA certificate for an https:// collector.
+    #[arg(long = "collector-ca")]
+    collector_ca: Option<PathBuf>,
+}
+
+impl CollectorArgs {
+    /// Starts the publisher when `--collector` is given.
+    fn start(&self, sensor: &str, kind: &str) -> anyhow::Result<Option<Arc<Publisher>>> {
+        let Some(url) = &self.collector else {
+            return Ok(None);
+        };
+        let state = self.state_dir.clone().unwrap_or_else(|| {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0 {
+                PathBuf::from("/var/lib/xtrail")
+            } else {
+                std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("."))
+                    .join(".local/state/xtrail")
+            }
+        });
+        let spool = state.join(format!("spool-{kind}-{sensor}"));
+        std::fs::create_dir_all(&spool)
+            .with_context(|| format!("creating the spool directory {}", spool.display()))?;
+        let mut config = PublisherConfig::new(
+            url.clone(),
+            self.token.clone().unwrap_or_default(),
+            sensor.to_string(),
+            spool.clone(),
+        );
+        config.spool_max_bytes = self.spool_max_bytes;
+        config.ca_cert = self.collector_ca.clone();
+        let publisher = Publisher::start(config).context("starting the collector publisher")?;
+        let report = publisher.open_report();
+        eprintln!(
+            "xtrail-sensor: publishing to {url} (spool {}, {} pending from before{})",
+            spool.display(),
+            report.pending,
+            if report.corrupt_regions > 0 {
+                format!(
+                    "; {} corrupt region(s), {} bytes skipped",
+                    report.corrupt_regions, report.corrupt_bytes
+                )
+            } else {
+                String::new()
+            }
+        );
+        Ok(Some(Arc::new(publisher)))
+    }
 }
 
 /// Heuristics flags shared by `run` and `replay`.
@@ -167,6 +236,8 @@ enum Command {
         no_flow_starts: bool,
         #[command(flatten)]
         heuristics: HeuristicArgs,
+        #[command(flatten)]
+        collector: CollectorArgs,
     },
     /// Replay pcap/pcapng files through the same parsers and matchers (no root needed).
     Replay {
@@ -193,6 +264,8 @@ enum Command {
         sensor_name: Option<String>,
         #[command(flatten)]
         heuristics: HeuristicArgs,
+        #[command(flatten)]
+        collector: CollectorArgs,
     },
     /// Show the kernel counters of running sensors.
     Stats {
@@ -236,6 +309,7 @@ fn main() -> ExitCode {
             no_afxdp,
             no_flow_starts,
             heuristics,
+            collector,
         } => run(RunArgs {
             ifaces,
             trails,
@@ -265,6 +339,7 @@ fn main() -> ExitCode {
             no_afxdp,
             no_flow_starts,
             heuristics,
+            collector,
         }),
         Command::Replay {
             pcaps,
@@ -275,6 +350,7 @@ fn main() -> ExitCode {
             events_log,
             sensor_name,
             heuristics,
+            collector,
         } => replay(
             &pcaps,
             &trails,
@@ -283,6 +359,7 @@ fn main() -> ExitCode {
             &events_log,
             sensor_name.unwrap_or_else(hostname),
             &heuristics,
+            &collector,
         ),
         Command::Stats { json } => show_stats(json),
     };
@@ -347,6 +424,7 @@ struct RunArgs {
     no_afxdp: bool,
     no_flow_starts: bool,
     heuristics: HeuristicArgs,
+    collector: CollectorArgs,
 }
 
 /// Loads trails from every source and prints what was found.
@@ -409,12 +487,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             ..SensorOptions::default()
         },
         attach: args.xdp_mode,
-        sensor_name: args.sensor_name,
+        sensor_name: args.sensor_name.clone(),
         stats_interval: args.stats_interval,
         duration: args.duration,
         afxdp: !args.no_afxdp,
         heuristics: args.heuristics.config(true),
         ua: args.heuristics.ua()?,
+        publisher: args.collector.start(&args.sensor_name, "run")?,
     };
     live::run(Arc::new(trails), Arc::new(whitelist), &opts, &mut log, &stop)?;
     Ok(())
@@ -428,7 +507,9 @@ fn replay(
     events_log: &std::path::Path,
     sensor_name: String,
     heuristics: &HeuristicArgs,
+    collector: &CollectorArgs,
 ) -> anyhow::Result<()> {
+    let publisher = collector.start(&sensor_name, "replay")?;
     let trails = load_trails(trail_paths)?;
     let whitelist = match whitelist {
         Some(p) => Whitelist::load(p).with_context(|| format!("reading whitelist {}", p.display()))?,
@@ -453,13 +534,33 @@ fn replay(
                 .with_context(|| format!("opening events log {}", events_log.display()))?,
         ))
     };
-    let stats = xtrail_detect::replay::replay(
+    let mut publish_errors = 0u64;
+    let stats = xtrail_detect::replay::replay_with(
         pcaps,
         Arc::new(trails),
         Arc::new(whitelist),
         &opts,
         &mut out,
+        &mut |ev| {
+            if let Some(p) = &publisher {
+                if p.publish(ev).is_err() {
+                    publish_errors += 1;
+                }
+            }
+        },
     )?;
+    drop(out);
+    if let Some(p) = &publisher {
+        if publish_errors > 0 {
+            bail!("{publish_errors} event(s) could not be written to the spool");
+        }
+        eprintln!("xtrail-sensor: waiting for the collector to acknowledge {} event(s)", p.stats().pending);
+        p.flush(Duration::from_secs(120)).context(
+            "the collector did not acknowledge every event; the rest stay in the spool and are sent on the next run",
+        )?;
+        let s = p.stats();
+        eprintln!("xtrail-sensor: collector acknowledged {} event(s)", s.acked);
+    }
     let secs = started.elapsed().as_secs_f64();
     for e in &stats.file_errors {
         eprintln!("xtrail-sensor: warning: {} ended early: {}", e.path.display(), e.error);

@@ -1,0 +1,259 @@
+//! The sensor's events reach a real collector process and a real subscriber: replay imports
+//! a pcap's detections, and a live sensor killed with a non-empty spool resends it after a
+//! restart, with every event stored once.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use xtrail_bench::frames::{v4, Frame};
+use xtrail_bench::netns::VethPair;
+
+const SENSOR: &str = env!("CARGO_BIN_EXE_xtrail-sensor");
+const SENSOR_TOKEN: &str = "sensor-secret";
+const SUB_TOKEN: &str = "siem-secret";
+
+/// The collector binary next to this test's target directory (built if missing).
+fn collector_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("xtrail-collector");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "xtrail-collector"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .expect("cargo build");
+        assert!(status.success());
+    }
+    bin
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("xtrail-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+struct Collector {
+    child: Child,
+    grpc: String,
+}
+
+impl Collector {
+    /// Starts the collector, inside network namespace `ns` when given.
+    fn start(data: &Path, grpc: &str, ns: Option<&str>) -> Collector {
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(collector_bin());
+                c
+            }
+            None => Command::new(collector_bin()),
+        };
+        let mut child = cmd
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--grpc", grpc, "--http", "127.0.0.1:0"])
+            .args(["--sensor-token", SENSOR_TOKEN, "--subscriber-token", SUB_TOKEN])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start collector");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("collector output");
+        let grpc = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("grpc="))
+            .expect("listening line")
+            .to_string();
+        Collector { child, grpc }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Everything stored, from cursor 0, through the reference subscriber.
+fn subscribe_all(url: &str, n: usize, ns: Option<&str>) -> Vec<serde_json::Value> {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(collector_bin());
+            c
+        }
+        None => Command::new(collector_bin()),
+    };
+    let out = cmd
+        .args(["subscribe", "--collector", url, "--token", SUB_TOKEN, "--from", "0"])
+        .args(["--max-events", &n.to_string()])
+        .stderr(Stdio::null())
+        .output()
+        .expect("subscribe");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+fn corpus() -> Option<PathBuf> {
+    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/maltrail/corpus"));
+    if p.is_dir() {
+        return Some(p);
+    }
+    assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true and {} is missing", p.display());
+    eprintln!("SKIPPED: {} not found", p.display());
+    None
+}
+
+#[test]
+fn replay_imports_detections_into_the_collector() {
+    let Some(corpus) = corpus() else { return };
+    let dir = tempdir("replay-collector");
+    let collector = Collector::start(&dir.join("data"), "127.0.0.1:0", None);
+    let log = dir.join("events.jsonl");
+    let out = Command::new(SENSOR)
+        .args(["replay", "--pcap"])
+        .arg(corpus.join("mixed_soup.pcap"))
+        .arg("--pcap")
+        .arg(corpus.join("http_heuristics.pcap"))
+        .arg("--trails")
+        .arg(corpus.join("trails.csv"))
+        .arg("--events-log")
+        .arg(&log)
+        .args(["--format", "json", "--sensor-name", "replay-e2e"])
+        .args(["--collector", &collector.url(), "--token", SENSOR_TOKEN, "--state-dir"])
+        .arg(dir.join("state"))
+        .output()
+        .expect("replay");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let local: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(local.len() >= 10, "{local:#?}");
+    let stored = subscribe_all(&collector.url(), local.len(), None);
+    assert_eq!(stored.len(), local.len());
+    for (a, b) in local.iter().zip(&stored) {
+        for key in ["ts", "src_ip", "src_port", "dst_ip", "dst_port", "proto", "type", "trail", "info", "reference", "severity", "action"] {
+            assert_eq!(a[key], b[key], "field {key}: {a} vs {b}");
+        }
+        assert_eq!(b["sensor_id"], "replay-e2e");
+    }
+    // In order: sequence numbers increase.
+    let seqs: Vec<u64> = stored.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[test]
+fn killed_sensor_resends_its_spool_after_restart() {
+    if !common::privileged("killed_sensor_resends_its_spool_after_restart") {
+        return;
+    }
+    let dir = tempdir("spool-restart");
+    let trails = dir.join("trails.csv");
+    let mut lines = String::new();
+    for i in 1..=40 {
+        lines.push_str(&format!("198.19.70.{i},spool test (malware),(test)\n"));
+    }
+    std::fs::write(&trails, lines).unwrap();
+    // A port nothing listens on yet (the sensor's namespace is fresh): the collector comes
+    // up later, on that port.
+    let port = 40000 + (std::process::id() % 20000) as u16;
+    let grpc = format!("127.0.0.1:{port}");
+    let url = format!("http://{grpc}");
+    let pair = VethPair::create("xs").expect("veth pair");
+    let start_sensor = |log: &Path| -> (Child, std::sync::mpsc::Receiver<String>) {
+        let mut child = pair
+            .in_sensor_ns(SENSOR)
+            .args(["run", "--iface", &pair.sensor_if, "--trails"])
+            .arg(&trails)
+            .arg("--events-log")
+            .arg(log)
+            .args(["--sensor-name", "spool-e2e", "--stats-interval", "0", "--no-heuristics"])
+            .args(["--collector", &url, "--token", SENSOR_TOKEN, "--state-dir"])
+            .arg(dir.join("state"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sensor");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("sensor: {l}");
+                let _ = tx.send(l);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) if l.contains("attached to") => break,
+                Ok(l) if l.contains("xtrail-sensor: error:") => panic!("{l}"),
+                Ok(_) => {}
+                Err(_) => panic!("sensor did not attach"),
+            }
+        }
+        (child, rx)
+    };
+    let log1 = dir.join("events1.jsonl");
+    let (mut sensor, _rx) = start_sensor(&log1);
+    let inj = pair.injector().unwrap();
+    let me = v4(&pair.peer_ip);
+    for i in 1..=40u8 {
+        inj.send(&Frame::syn(me, 40000, v4(&format!("198.19.70.{i}")), 443).build()).unwrap();
+    }
+    // Wait until all 40 are in the local log (and so in the spool), then SIGKILL.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&log1).unwrap_or_default().lines().count() < 40 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read_to_string(&log1).unwrap().lines().count(), 40);
+    sensor.kill().unwrap();
+    sensor.wait().unwrap();
+
+    // The sensor runs in its namespace, so the collector listens on that namespace's loopback.
+    let collector = Collector::start(&dir.join("data"), &grpc, Some(&pair.sensor_ns));
+    let log2 = dir.join("events2.jsonl");
+    let (mut sensor, rx) = start_sensor(&log2);
+    // 5 more after the restart.
+    for i in 1..=5u8 {
+        inj.send(&Frame::syn(me, 40001, v4(&format!("198.19.70.{i}")), 8443).build()).unwrap();
+    }
+    let stored_deadline = Instant::now() + Duration::from_secs(30);
+    let mut stored = Vec::new();
+    while Instant::now() < stored_deadline {
+        stored = subscribe_all(&collector.url(), 45, Some(&pair.sensor_ns));
+        if stored.len() >= 45 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(sensor.id() as i32, libc::SIGINT) };
+    let _ = sensor.wait();
+    while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
+    assert_eq!(stored.len(), 45, "every event once: {stored:#?}");
+    let mut keys: Vec<(String, u64)> = stored
+        .iter()
+        .map(|e| (e["trail"].as_str().unwrap().to_string(), e["dst_port"].as_u64().unwrap()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 45, "no duplicates");
+}

@@ -2,7 +2,7 @@
 //! may publish (Ingest), a subscriber token may subscribe and query (Events, HTTP API).
 //!
 //! - no or malformed `authorization` metadata, or an unknown token: `UNAUTHENTICATED`;
-//! - a valid token of the other role: `PERMISSION_DENIED` (it is known, just not allowed);
+//! - a valid token of the other role: `UNAUTHENTICATED` too, with a message naming its role;
 //! - a role with no token configured is open (the collector warns at start).
 
 use std::sync::Arc;
@@ -90,8 +90,10 @@ impl Tokens {
             Role::Sensor => Role::Subscriber,
             Role::Subscriber => Role::Sensor,
         };
+        // The contract: a token of the wrong role is a wrong token (UNAUTHENTICATED),
+        // with a message that says which role it belongs to.
         if self.of(other).iter().any(|t| same(t, token)) {
-            return Err(Status::permission_denied(format!(
+            return Err(Status::unauthenticated(format!(
                 "this is a {} token; this call needs a {} token",
                 other.name(),
                 role.name()
@@ -151,7 +153,7 @@ mod tests {
             Code::Unauthenticated
         );
         let e = t.check(Role::Sensor, Some("Bearer u1")).unwrap_err();
-        assert_eq!(e.code(), Code::PermissionDenied);
+        assert_eq!(e.code(), Code::Unauthenticated);
         assert!(e.message().contains("subscriber token"));
         assert!(Tokens::default().check(Role::Sensor, None).is_ok());
     }

@@ -79,14 +79,14 @@ fn tokens_roles_filters_and_batches_are_checked() {
         let e = publish_once(&url, Some(SUB_TOKEN), batch(151..=151))
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+        assert_eq!(e.code(), Code::Unauthenticated, "{e}");
         assert!(e.message().contains("subscriber token"), "{e}");
         let mut c = events_client(&url).await;
         let e = c
             .subscribe(with_token(SubscribeRequest::default(), SENSOR_TOKEN))
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+        assert_eq!(e.code(), Code::Unauthenticated, "{e}");
         let e = c
             .subscribe(tonic::Request::new(SubscribeRequest::default()))
             .await
@@ -207,7 +207,7 @@ fn tokens_roles_filters_and_batches_are_checked() {
 
     // The HTTP API checks the same things.
     assert_eq!(collector.http_get("/api/events", None).0, 401);
-    assert_eq!(collector.http_get("/api/events", Some(SENSOR_TOKEN)).0, 403);
+    assert_eq!(collector.http_get("/api/events", Some(SENSOR_TOKEN)).0, 401);
     let (code, body) = collector.http_get("/api/events?src=10.0.0.0/33", Some(SUB_TOKEN));
     assert_eq!(code, 400);
     assert!(body.contains("src_cidrs"), "{body}");

@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context as _};
 
 /// Debian packages: clang/m4/libelf/zlib/pkg-config/libpcap for libxdp (xsk-rs) and the eBPF
-/// build, iproute2 for namespaces and veth pairs, iputils-ping for the enforce test.
+/// build, iproute2 for namespaces and veth pairs, iputils-ping for the enforce test, openssl
+/// for the collector's TLS test certificates.
 const APT_PACKAGES: &[&str] = &[
     "clang",
     "m4",
@@ -18,6 +19,7 @@ const APT_PACKAGES: &[&str] = &[
     "libpcap-dev",
     "iproute2",
     "iputils-ping",
+    "openssl",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -42,6 +44,7 @@ pub fn ensure() -> anyhow::Result<()> {
     apt()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    python_grpc()?;
     eprintln!("xtask deps: all dependencies present");
     Ok(())
 }
@@ -81,6 +84,16 @@ fn apt() -> anyhow::Result<()> {
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing),
     )
+}
+
+/// grpcio for the test that subscribes from Python (the contract is not Rust-only).
+fn python_grpc() -> anyhow::Result<()> {
+    if quiet(Command::new("python3").args(["-c", "import grpc, grpc_tools"])) {
+        eprintln!("xtask deps: Python grpcio and grpcio-tools present");
+        return Ok(());
+    }
+    eprintln!("xtask deps: installing Python grpcio and grpcio-tools (for the Python subscriber test)");
+    crate::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "grpcio", "grpcio-tools"]))
 }
 
 fn nightly_rust_src() -> anyhow::Result<()> {

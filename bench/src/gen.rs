@@ -73,7 +73,10 @@ pub fn blast(
         }
         match inj.send_batch(&batch) {
             Ok(n) => report.sent += n as u64,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS) => {
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.raw_os_error() == Some(libc::ENOBUFS) =>
+            {
                 report.errors += 1;
                 std::thread::yield_now();
             }

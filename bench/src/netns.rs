@@ -317,9 +317,8 @@ impl Injector {
             })
             .collect();
         // SAFETY: msgs is a valid array of mmsghdr of the given length.
-        let n = unsafe {
-            libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as u32, 0)
-        };
+        let n =
+            unsafe { libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as u32, 0) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }

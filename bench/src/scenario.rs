@@ -43,7 +43,12 @@ pub struct Traffic {
 }
 
 fn client(rng: &mut Rng) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(198, 18, rng.below(250) as u8 + 1, rng.below(250) as u8 + 1))
+    IpAddr::V4(Ipv4Addr::new(
+        198,
+        18,
+        rng.below(250) as u8 + 1,
+        rng.below(250) as u8 + 1,
+    ))
 }
 
 /// A random public-looking IPv4 address that is not a trail.
@@ -51,7 +56,11 @@ fn clean_server(rng: &mut Rng, is_trail: &dyn Fn(Ipv4Addr) -> bool) -> IpAddr {
     loop {
         let a = Ipv4Addr::from(rng.next_u64() as u32);
         let o = a.octets();
-        let special = o[0] == 0 || o[0] == 10 || o[0] == 127 || o[0] >= 224 || (o[0] == 198 && o[1] & 0xfe == 18);
+        let special = o[0] == 0
+            || o[0] == 10
+            || o[0] == 127
+            || o[0] >= 224
+            || (o[0] == 198 && o[1] & 0xfe == 18);
         if !special && !is_trail(a) {
             return IpAddr::V4(a);
         }
@@ -68,9 +77,15 @@ fn background(rng: &mut Rng, is_trail: &dyn Fn(Ipv4Addr) -> bool) -> Vec<u8> {
         } else {
             tcp_flags::ACK | tcp_flags::PSH
         };
-        Frame::tcp(src, sport, dst, [443, 80, 22, 25, 8443][rng.below(5) as usize], flags)
-            .with_payload(&[0u8; 32])
-            .build()
+        Frame::tcp(
+            src,
+            sport,
+            dst,
+            [443, 80, 22, 25, 8443][rng.below(5) as usize],
+            flags,
+        )
+        .with_payload(&[0u8; 32])
+        .build()
     } else {
         Frame::udp(src, sport, dst, 1024 + rng.below(60000) as u16, &[0u8; 48]).build()
     }
@@ -113,11 +128,22 @@ pub fn mix(
             let name = if rng.chance(malicious_share) && d < picks.domains.len() {
                 let base = &picks.domains[d];
                 d += 1;
-                let name = if d % 2 == 0 { format!("www.{base}") } else { base.clone() };
-                t.items.push(Item { kind: ItemKind::Dns, needle: base.clone() });
+                let name = if d % 2 == 0 {
+                    format!("www.{base}")
+                } else {
+                    base.clone()
+                };
+                t.items.push(Item {
+                    kind: ItemKind::Dns,
+                    needle: base.clone(),
+                });
                 name
             } else {
-                format!("h{}.cdn{}.bench-clean.net", rng.below(100_000), rng.below(100))
+                format!(
+                    "h{}.cdn{}.bench-clean.net",
+                    rng.below(100_000),
+                    rng.below(100)
+                )
             };
             Frame::udp(src, sport, resolver, 53, &dns_query(i as u16, &name, 1)).build()
         } else if r < 950 {
@@ -126,10 +152,16 @@ pub fn mix(
             let (host, path) = if rng.chance(malicious_share) && u < picks.urls.len() {
                 let (h, p) = picks.urls[u].clone();
                 u += 1;
-                t.items.push(Item { kind: ItemKind::Url, needle: p.trim_end_matches('/').to_string() });
+                t.items.push(Item {
+                    kind: ItemKind::Url,
+                    needle: p.trim_end_matches('/').to_string(),
+                });
                 (h, p)
             } else {
-                ("www.bench-clean.net".to_string(), format!("/static/{}.js", rng.below(1_000_000)))
+                (
+                    "www.bench-clean.net".to_string(),
+                    format!("/static/{}.js", rng.below(1_000_000)),
+                )
             };
             let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: Mozilla/5.0\r\nAccept: */*\r\n\r\n");
             Frame::tcp(src, sport, server, 80, tcp_flags::PSH | tcp_flags::ACK)
@@ -141,7 +173,10 @@ pub fn mix(
             let sni = if rng.chance(malicious_share) && d < picks.domains.len() {
                 let name = picks.domains[d].clone();
                 d += 1;
-                t.items.push(Item { kind: ItemKind::Sni, needle: name.clone() });
+                t.items.push(Item {
+                    kind: ItemKind::Sni,
+                    needle: name.clone(),
+                });
                 name
             } else {
                 format!("api{}.bench-clean.net", rng.below(10_000))
@@ -154,7 +189,10 @@ pub fn mix(
             if ip < picks.ips.len() {
                 let a = picks.ips[ip];
                 ip += 1;
-                t.items.push(Item { kind: ItemKind::Ip, needle: a.to_string() });
+                t.items.push(Item {
+                    kind: ItemKind::Ip,
+                    needle: a.to_string(),
+                });
                 Frame::syn(src, sport, IpAddr::V4(a), 443).build()
             } else {
                 background(&mut rng, is_trail)
@@ -174,7 +212,12 @@ pub fn storm(seed: u64, n: usize, picks: &TrailPicks) -> Traffic {
     }
     for _ in 0..n {
         let a = picks.ips[rng.below(picks.ips.len() as u64) as usize];
-        let f = Frame::syn(client(&mut rng), 1024 + rng.below(60000) as u16, IpAddr::V4(a), 443);
+        let f = Frame::syn(
+            client(&mut rng),
+            1024 + rng.below(60000) as u16,
+            IpAddr::V4(a),
+            443,
+        );
         t.frames.push(f.build());
     }
     t.classes[4] = n;

@@ -172,6 +172,7 @@ pub fn replay_with<W: Write + ?Sized>(
     Ok(stats)
 }
 
+#[allow(clippy::too_many_arguments)] // the replay's state, threaded through one function
 fn replay_file<W: Write + ?Sized>(
     path: &Path,
     processor: &mut Processor,

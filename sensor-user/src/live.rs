@@ -96,8 +96,16 @@ fn payload(item: &[u8]) -> Option<(u64, u32, &[u8])> {
     if item.len() < data_off {
         return None;
     }
-    let u64_at = |o: usize| item.get(o..o + 8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes);
-    let u32_at = |o: usize| item.get(o..o + 4).and_then(|b| b.try_into().ok()).map(u32::from_ne_bytes);
+    let u64_at = |o: usize| {
+        item.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_ne_bytes)
+    };
+    let u32_at = |o: usize| {
+        item.get(o..o + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_ne_bytes)
+    };
     let ts = u64_at(std::mem::offset_of!(PayloadRecord, ts_ns))?;
     let ifindex = u32_at(std::mem::offset_of!(PayloadRecord, ifindex))?;
     let cap = u32_at(std::mem::offset_of!(PayloadRecord, cap_len))? as usize;
@@ -188,7 +196,11 @@ pub fn run(
                 Mode::Inline => "inline",
                 Mode::Mirror => "mirror",
             },
-            if opts.sensor.enforce { ", enforcing" } else { "" }
+            if opts.sensor.enforce {
+                ", enforcing"
+            } else {
+                ""
+            }
         );
     }
     let ifnames: Vec<(u32, String)> = sensor
@@ -255,7 +267,10 @@ pub fn run(
                     worker_stop.store(true, Ordering::Relaxed);
                     return Err(anyhow::anyhow!(
                         "AF_XDP worker {name} stopped: {}",
-                        result.err().map(|e| format!("{e:#}")).unwrap_or_else(|| "no error".into())
+                        result
+                            .err()
+                            .map(|e| format!("{e:#}"))
+                            .unwrap_or_else(|| "no error".into())
                     ));
                 }
             }
@@ -268,14 +283,27 @@ pub fn run(
             let Some(rec) = hits::parse_record(&item) else {
                 continue;
             };
-            let event = hits::to_event(&rec, &trails, &opts.sensor_name, ifname(rec.ifindex), &clock);
+            let event = hits::to_event(
+                &rec,
+                &trails,
+                &opts.sensor_name,
+                ifname(rec.ifindex),
+                &clock,
+            );
             // Maltrail drops a hit when either address is whitelisted.
-            if whitelist.is_ip_whitelisted(event.src_ip) || whitelist.is_ip_whitelisted(event.dst_ip) {
+            if whitelist.is_ip_whitelisted(event.src_ip)
+                || whitelist.is_ip_whitelisted(event.dst_ip)
+            {
                 summary.whitelisted += 1;
                 continue;
             }
             if rec.proto == 6
-                && !syn_hit_reported(&event.info, rec.side == side::DST, rec.dst_port, event.dst_ip.is_loopback())
+                && !syn_hit_reported(
+                    &event.info,
+                    rec.side == side::DST,
+                    rec.dst_port,
+                    event.dst_ip.is_loopback(),
+                )
             {
                 summary.filtered += 1;
                 continue;
@@ -353,7 +381,9 @@ pub fn run(
         // Best effort: what is not acknowledged stays in the spool for the next start.
         match p.flush(Duration::from_secs(5)) {
             Ok(()) => eprintln!("xtrail-sensor: collector acknowledged every event"),
-            Err(e) => eprintln!("xtrail-sensor: {e}; the rest stays in the spool and is sent on the next start"),
+            Err(e) => eprintln!(
+                "xtrail-sensor: {e}; the rest stays in the spool and is sent on the next start"
+            ),
         }
     }
     let counters = sensor.counters()?;

@@ -6,16 +6,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use xtrail_detect::event::Format;
 use xtrail_detect::heuristics::{HeuristicsConfig, UaPatterns};
 use xtrail_detect::process::ProcessorConfig;
-use xtrail_publish::{Publisher, PublisherConfig};
 use xtrail_detect::replay::ReplayOptions;
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
+use xtrail_publish::{Publisher, PublisherConfig};
 use xtrail_sensor::live::{self, LiveOptions};
 use xtrail_sensor::loader::{self, AttachMode, Mode, SensorOptions};
 use xtrail_sensor::output::EventLog;
@@ -351,16 +350,16 @@ fn main() -> ExitCode {
             sensor_name,
             heuristics,
             collector,
-        } => replay(
-            &pcaps,
-            &trails,
-            pick_whitelist(whitelist, no_whitelist).as_deref(),
-            format.into(),
-            &events_log,
-            sensor_name.unwrap_or_else(hostname),
-            &heuristics,
-            &collector,
-        ),
+        } => replay(ReplayArgs {
+            pcaps,
+            trails,
+            whitelist: pick_whitelist(whitelist, no_whitelist),
+            format: format.into(),
+            events_log,
+            sensor_name: sensor_name.unwrap_or_else(hostname),
+            heuristics,
+            collector,
+        }),
         Command::Stats { json } => show_stats(json),
     };
     match result {
@@ -495,24 +494,50 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         ua: args.heuristics.ua()?,
         publisher: args.collector.start(&args.sensor_name, "run")?,
     };
-    live::run(Arc::new(trails), Arc::new(whitelist), &opts, &mut log, &stop)?;
+    live::run(
+        Arc::new(trails),
+        Arc::new(whitelist),
+        &opts,
+        &mut log,
+        &stop,
+    )?;
     Ok(())
 }
 
-fn replay(
-    pcaps: &[PathBuf],
-    trail_paths: &[PathBuf],
-    whitelist: Option<&std::path::Path>,
+struct ReplayArgs {
+    pcaps: Vec<PathBuf>,
+    trails: Vec<PathBuf>,
+    whitelist: Option<PathBuf>,
     format: Format,
-    events_log: &std::path::Path,
+    events_log: PathBuf,
     sensor_name: String,
-    heuristics: &HeuristicArgs,
-    collector: &CollectorArgs,
-) -> anyhow::Result<()> {
+    heuristics: HeuristicArgs,
+    collector: CollectorArgs,
+}
+
+fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let ReplayArgs {
+        pcaps,
+        trails: trail_paths,
+        whitelist,
+        format,
+        events_log,
+        sensor_name,
+        heuristics,
+        collector,
+    } = args;
+    let (pcaps, trail_paths, whitelist, events_log) = (
+        &pcaps[..],
+        &trail_paths[..],
+        whitelist.as_deref(),
+        events_log.as_path(),
+    );
     let publisher = collector.start(&sensor_name, "replay")?;
     let trails = load_trails(trail_paths)?;
     let whitelist = match whitelist {
-        Some(p) => Whitelist::load(p).with_context(|| format!("reading whitelist {}", p.display()))?,
+        Some(p) => {
+            Whitelist::load(p).with_context(|| format!("reading whitelist {}", p.display()))?
+        }
         None => Whitelist::empty(),
     };
     let opts = ReplayOptions {
@@ -554,7 +579,10 @@ fn replay(
         if publish_errors > 0 {
             bail!("{publish_errors} event(s) could not be written to the spool");
         }
-        eprintln!("xtrail-sensor: waiting for the collector to acknowledge {} event(s)", p.stats().pending);
+        eprintln!(
+            "xtrail-sensor: waiting for the collector to acknowledge {} event(s)",
+            p.stats().pending
+        );
         p.flush(Duration::from_secs(120)).context(
             "the collector did not acknowledge every event; the rest stay in the spool and are sent on the next run",
         )?;
@@ -563,7 +591,11 @@ fn replay(
     }
     let secs = started.elapsed().as_secs_f64();
     for e in &stats.file_errors {
-        eprintln!("xtrail-sensor: warning: {} ended early: {}", e.path.display(), e.error);
+        eprintln!(
+            "xtrail-sensor: warning: {} ended early: {}",
+            e.path.display(),
+            e.error
+        );
     }
     eprintln!(
         "xtrail-sensor: replayed {} file(s), {} packets, {} events, {} unparsable packets in {:.3}s ({:.0} ns/packet)",

@@ -103,7 +103,9 @@ pub fn start(
     ctx: &WorkerContext,
 ) -> anyhow::Result<Vec<XskWorker>> {
     if ifaces.len() as u32 > XSK_MAX_IFACES {
-        return Err(anyhow!("AF_XDP supports at most {XSK_MAX_IFACES} interfaces per sensor"));
+        return Err(anyhow!(
+            "AF_XDP supports at most {XSK_MAX_IFACES} interfaces per sensor"
+        ));
     }
     let mut workers = Vec::new();
     for (slot, (iface, ifindex)) in ifaces.iter().enumerate() {
@@ -148,10 +150,7 @@ fn spawn_one(
         .map_err(|e| anyhow!("creating the socket: {e}"))?;
     let (mut fq, _cq) = fq_cq.context("the socket has no fill queue")?;
     {
-        let map = sensor
-            .ebpf_mut()
-            .map_mut(names::XSKS)
-            .context("XSKS map")?;
+        let map = sensor.ebpf_mut().map_mut(names::XSKS).context("XSKS map")?;
         let mut xsks: XskMap<&mut MapData> = XskMap::try_from(map)?;
         xsks.set(slot * XSK_QUEUES_PER_IFACE + queue, rx.fd().as_raw_fd(), 0)?;
     }
@@ -160,7 +159,10 @@ fn spawn_one(
     // SAFETY: the descriptors belong to this UMEM and are not in use.
     let filled = unsafe { fq.produce(&descs) };
     if filled != descs.len() {
-        return Err(anyhow!("the fill queue took {filled} of {} frames", descs.len()));
+        return Err(anyhow!(
+            "the fill queue took {filled} of {} frames",
+            descs.len()
+        ));
     }
     let counters = Arc::new(WorkerCounters::default());
     let c = Arc::clone(&counters);
@@ -179,8 +181,12 @@ fn spawn_one(
             );
             // Per-worker DNS/HTTP heuristics (scans are fed centrally from flow starts).
             if let Some(cfg) = &ctx.heuristics {
-                let h = MaltrailHeuristics::new(cfg.clone(), Arc::clone(&ctx.whitelist), Arc::clone(&ctx.ua))
-                    .map_err(|e| anyhow!("setting up the heuristics: {e}"))?;
+                let h = MaltrailHeuristics::new(
+                    cfg.clone(),
+                    Arc::clone(&ctx.whitelist),
+                    Arc::clone(&ctx.ua),
+                )
+                .map_err(|e| anyhow!("setting up the heuristics: {e}"))?;
                 processor.set_heuristics(Box::new(h));
             }
             let mut last_flush = std::time::Instant::now();
@@ -219,7 +225,8 @@ fn spawn_one(
                 let mut given = unsafe { fq.produce(&batch[..n]) };
                 while given < n && !ctx.stop.load(Ordering::Relaxed) {
                     if fq.needs_wakeup() {
-                        fq.wakeup(rx.fd_mut(), 10).context("waking the fill queue")?;
+                        fq.wakeup(rx.fd_mut(), 10)
+                            .context("waking the fill queue")?;
                     }
                     // SAFETY: as above.
                     given = unsafe { fq.produce(&batch[..n]) };

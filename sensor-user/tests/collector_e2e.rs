@@ -59,7 +59,12 @@ impl Collector {
             .arg("--data-dir")
             .arg(data)
             .args(["--grpc", grpc, "--http", "127.0.0.1:0"])
-            .args(["--sensor-token", SENSOR_TOKEN, "--subscriber-token", SUB_TOKEN])
+            .args([
+                "--sensor-token",
+                SENSOR_TOKEN,
+                "--subscriber-token",
+                SUB_TOKEN,
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -99,7 +104,15 @@ fn subscribe_all(url: &str, n: usize, ns: Option<&str>) -> Vec<serde_json::Value
         None => Command::new(collector_bin()),
     };
     let out = cmd
-        .args(["subscribe", "--collector", url, "--token", SUB_TOKEN, "--from", "0"])
+        .args([
+            "subscribe",
+            "--collector",
+            url,
+            "--token",
+            SUB_TOKEN,
+            "--from",
+            "0",
+        ])
         .args(["--max-events", &n.to_string()])
         .stderr(Stdio::null())
         .output()
@@ -111,11 +124,18 @@ fn subscribe_all(url: &str, n: usize, ns: Option<&str>) -> Vec<serde_json::Value
 }
 
 fn corpus() -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/maltrail/corpus"));
+    let p = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/maltrail/corpus"
+    ));
     if p.is_dir() {
         return Some(p);
     }
-    assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true and {} is missing", p.display());
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "CI=true and {} is missing",
+        p.display()
+    );
     eprintln!("SKIPPED: {} not found", p.display());
     None
 }
@@ -136,11 +156,21 @@ fn replay_imports_detections_into_the_collector() {
         .arg("--events-log")
         .arg(&log)
         .args(["--format", "json", "--sensor-name", "replay-e2e"])
-        .args(["--collector", &collector.url(), "--token", SENSOR_TOKEN, "--state-dir"])
+        .args([
+            "--collector",
+            &collector.url(),
+            "--token",
+            SENSOR_TOKEN,
+            "--state-dir",
+        ])
         .arg(dir.join("state"))
         .output()
         .expect("replay");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let local: Vec<serde_json::Value> = std::fs::read_to_string(&log)
         .unwrap()
         .lines()
@@ -150,7 +180,20 @@ fn replay_imports_detections_into_the_collector() {
     let stored = subscribe_all(&collector.url(), local.len(), None);
     assert_eq!(stored.len(), local.len());
     for (a, b) in local.iter().zip(&stored) {
-        for key in ["ts", "src_ip", "src_port", "dst_ip", "dst_port", "proto", "type", "trail", "info", "reference", "severity", "action"] {
+        for key in [
+            "ts",
+            "src_ip",
+            "src_port",
+            "dst_ip",
+            "dst_port",
+            "proto",
+            "type",
+            "trail",
+            "info",
+            "reference",
+            "severity",
+            "action",
+        ] {
             assert_eq!(a[key], b[key], "field {key}: {a} vs {b}");
         }
         assert_eq!(b["sensor_id"], "replay-e2e");
@@ -185,7 +228,13 @@ fn killed_sensor_resends_its_spool_after_restart() {
             .arg(&trails)
             .arg("--events-log")
             .arg(log)
-            .args(["--sensor-name", "spool-e2e", "--stats-interval", "0", "--no-heuristics"])
+            .args([
+                "--sensor-name",
+                "spool-e2e",
+                "--stats-interval",
+                "0",
+                "--no-heuristics",
+            ])
             .args(["--collector", &url, "--token", SENSOR_TOKEN, "--state-dir"])
             .arg(dir.join("state"))
             .stdout(Stdio::null())
@@ -216,11 +265,18 @@ fn killed_sensor_resends_its_spool_after_restart() {
     let inj = pair.injector().unwrap();
     let me = v4(&pair.peer_ip);
     for i in 1..=40u8 {
-        inj.send(&Frame::syn(me, 40000, v4(&format!("198.19.70.{i}")), 443).build()).unwrap();
+        inj.send(&Frame::syn(me, 40000, v4(&format!("198.19.70.{i}")), 443).build())
+            .unwrap();
     }
     // Wait until all 40 are in the local log (and so in the spool), then SIGKILL.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(&log1).unwrap_or_default().lines().count() < 40 && Instant::now() < deadline {
+    while std::fs::read_to_string(&log1)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 40
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(std::fs::read_to_string(&log1).unwrap().lines().count(), 40);
@@ -233,7 +289,8 @@ fn killed_sensor_resends_its_spool_after_restart() {
     let (mut sensor, rx) = start_sensor(&log2);
     // 5 more after the restart.
     for i in 1..=5u8 {
-        inj.send(&Frame::syn(me, 40001, v4(&format!("198.19.70.{i}")), 8443).build()).unwrap();
+        inj.send(&Frame::syn(me, 40001, v4(&format!("198.19.70.{i}")), 8443).build())
+            .unwrap();
     }
     let stored_deadline = Instant::now() + Duration::from_secs(30);
     let mut stored = Vec::new();
@@ -251,7 +308,12 @@ fn killed_sensor_resends_its_spool_after_restart() {
     assert_eq!(stored.len(), 45, "every event once: {stored:#?}");
     let mut keys: Vec<(String, u64)> = stored
         .iter()
-        .map(|e| (e["trail"].as_str().unwrap().to_string(), e["dst_port"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["trail"].as_str().unwrap().to_string(),
+                e["dst_port"].as_u64().unwrap(),
+            )
+        })
         .collect();
     keys.sort();
     keys.dedup();

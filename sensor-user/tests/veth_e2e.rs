@@ -333,11 +333,14 @@ fn dns_http_and_tls_names_are_matched_and_traffic_still_arrives() {
     let udp_ip = server_ip.clone();
     let dns_server = in_ns(&pair.sensor_ns, move || -> usize {
         let sock = UdpSocket::bind((udp_ip.as_str(), 53)).expect("bind 53");
-        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let mut answered = 0;
         let mut buf = [0u8; 512];
         while answered < 3 {
-            let Ok((n, from)) = sock.recv_from(&mut buf) else { break };
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                break;
+            };
             let mut reply = buf[..n].to_vec();
             reply[2] |= 0x80; // QR: response (no answers: enough for the client)
             let _ = sock.send_to(&reply, from);
@@ -352,7 +355,8 @@ fn dns_http_and_tls_names_are_matched_and_traffic_still_arrives() {
         let mut served = 0;
         for listener in [&http, &tls] {
             let (mut conn, _) = listener.accept().expect("accept");
-            conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
             let mut buf = [0u8; 2048];
             if conn.read(&mut buf).unwrap_or(0) > 0 {
                 let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
@@ -367,11 +371,19 @@ fn dns_http_and_tls_names_are_matched_and_traffic_still_arrives() {
         let sock = UdpSocket::bind("0.0.0.0:0").expect("udp client");
         sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let mut answers = 0;
-        for (i, name) in ["evil-e2e-xtrail.com", "www.evil-e2e-xtrail.com", "clean-e2e-xtrail.com"]
-            .iter()
-            .enumerate()
+        for (i, name) in [
+            "evil-e2e-xtrail.com",
+            "www.evil-e2e-xtrail.com",
+            "clean-e2e-xtrail.com",
+        ]
+        .iter()
+        .enumerate()
         {
-            sock.send_to(&dns_query(0x100 + i as u16, name, 1), (client_ip.as_str(), 53)).unwrap();
+            sock.send_to(
+                &dns_query(0x100 + i as u16, name, 1),
+                (client_ip.as_str(), 53),
+            )
+            .unwrap();
             let mut buf = [0u8; 512];
             if sock.recv_from(&mut buf).is_ok() {
                 answers += 1;
@@ -383,11 +395,16 @@ fn dns_http_and_tls_names_are_matched_and_traffic_still_arrives() {
         http.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let _ = http.read_to_string(&mut reply);
         let mut tls = TcpStream::connect((client_ip.as_str(), 443)).expect("connect 443");
-        tls.write_all(&tls_client_hello("tls-evil-e2e-xtrail.com")).unwrap();
+        tls.write_all(&tls_client_hello("tls-evil-e2e-xtrail.com"))
+            .unwrap();
         let mut tls_reply = Vec::new();
         tls.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let _ = tls.read_to_end(&mut tls_reply);
-        (answers, reply.starts_with("HTTP/1.1 200"), !tls_reply.is_empty())
+        (
+            answers,
+            reply.starts_with("HTTP/1.1 200"),
+            !tls_reply.is_empty(),
+        )
     });
     let (answers, http_ok, tls_ok) = client.join().unwrap().unwrap();
     let ev = wait_for_events(&log, 4);
@@ -395,14 +412,29 @@ fn dns_http_and_tls_names_are_matched_and_traffic_still_arrives() {
     assert_eq!(dns_server.join().unwrap().unwrap(), 3);
     assert_eq!(tcp_server.join().unwrap().unwrap(), 2);
     assert_eq!(answers, 3, "DNS answers must still arrive in inline mode");
-    assert!(http_ok && tls_ok, "HTTP and TLS must still reach the server in inline mode");
+    assert!(
+        http_ok && tls_ok,
+        "HTTP and TLS must still reach the server in inline mode"
+    );
     let trails_seen: Vec<&str> = ev.iter().filter_map(|e| e["trail"].as_str()).collect();
     assert!(trails_seen.contains(&"evil-e2e-xtrail.com"), "{ev:#?}");
-    assert!(trails_seen.contains(&"(www).evil-e2e-xtrail.com"), "{ev:#?}");
-    assert!(trails_seen.iter().any(|t| t.contains("malicious-e2e.php")), "{ev:#?}");
+    assert!(
+        trails_seen.contains(&"(www).evil-e2e-xtrail.com"),
+        "{ev:#?}"
+    );
+    assert!(
+        trails_seen.iter().any(|t| t.contains("malicious-e2e.php")),
+        "{ev:#?}"
+    );
     assert!(trails_seen.contains(&"tls-evil-e2e-xtrail.com"), "{ev:#?}");
-    assert!(!trails_seen.iter().any(|t| t.contains("clean-e2e")), "{ev:#?}");
-    let dns = ev.iter().find(|e| e["trail"] == "evil-e2e-xtrail.com").unwrap();
+    assert!(
+        !trails_seen.iter().any(|t| t.contains("clean-e2e")),
+        "{ev:#?}"
+    );
+    let dns = ev
+        .iter()
+        .find(|e| e["trail"] == "evil-e2e-xtrail.com")
+        .unwrap();
     assert_eq!(dns["type"], "DNS");
     assert_eq!(dns["dst_port"], 53);
     assert!(counter(&stats, "copied") >= 5, "{stats}");
@@ -424,12 +456,24 @@ fn mirror_mode_hands_names_to_afxdp_workers() {
     let there = v4(&pair.sensor_ip);
     let http = b"GET /malicious-e2e.php HTTP/1.1\r\nHost: shop-e2e-xtrail.com\r\n\r\n";
     let frames = [
-        Frame::udp(me, 40000, there, 53, &dns_query(7, "www.evil-e2e-xtrail.com", 1)),
+        Frame::udp(
+            me,
+            40000,
+            there,
+            53,
+            &dns_query(7, "www.evil-e2e-xtrail.com", 1),
+        ),
         Frame::tcp(me, 40001, there, 80, tcp_flags::PSH | tcp_flags::ACK).with_payload(http),
         Frame::tcp(me, 40002, there, 443, tcp_flags::PSH | tcp_flags::ACK)
             .with_payload(&tls_client_hello("tls-evil-e2e-xtrail.com")),
         Frame::syn(me, 40003, v4("198.19.66.66"), 443),
-        Frame::udp(me, 40004, there, 53, &dns_query(8, "clean-e2e-xtrail.com", 1)),
+        Frame::udp(
+            me,
+            40004,
+            there,
+            53,
+            &dns_query(8, "clean-e2e-xtrail.com", 1),
+        ),
     ];
     for f in &frames {
         inj.send(&f.build()).unwrap();
@@ -437,12 +481,21 @@ fn mirror_mode_hands_names_to_afxdp_workers() {
     let ev = wait_for_events(&log, 4);
     let stats = sensor.stop();
     let trails_seen: Vec<&str> = ev.iter().filter_map(|e| e["trail"].as_str()).collect();
-    assert!(trails_seen.contains(&"(www).evil-e2e-xtrail.com"), "{ev:#?}");
-    assert!(trails_seen.iter().any(|t| t.contains("malicious-e2e.php")), "{ev:#?}");
+    assert!(
+        trails_seen.contains(&"(www).evil-e2e-xtrail.com"),
+        "{ev:#?}"
+    );
+    assert!(
+        trails_seen.iter().any(|t| t.contains("malicious-e2e.php")),
+        "{ev:#?}"
+    );
     assert!(trails_seen.contains(&"tls-evil-e2e-xtrail.com"), "{ev:#?}");
     assert!(trails_seen.contains(&"198.19.66.66"), "{ev:#?}");
     assert_eq!(ev.len(), 4, "{ev:#?}");
-    assert!(ev.iter().all(|e| e["iface"] == pair.sensor_if.as_str()), "{ev:#?}");
+    assert!(
+        ev.iter().all(|e| e["iface"] == pair.sensor_if.as_str()),
+        "{ev:#?}"
+    );
     assert_eq!(counter(&stats, "redirected"), 4, "{stats}");
     assert_eq!(counter(&stats, "copied"), 0, "{stats}");
     // Mirror mode: everything is consumed at the sensor (dropped or redirected).
@@ -464,11 +517,13 @@ fn port_scan_and_nxdomain_burst_are_flagged_live() {
     let there = v4(&pair.sensor_ip);
     // An ACK sweep first: not a scan.
     for port in 2000..2030u16 {
-        inj.send(&Frame::tcp(scanner, 40000, there, port, tcp_flags::ACK).build()).unwrap();
+        inj.send(&Frame::tcp(scanner, 40000, there, port, tcp_flags::ACK).build())
+            .unwrap();
     }
     // A SYN scan over 20 ports.
     for port in 1000..1020u16 {
-        inj.send(&Frame::syn(scanner, 40000 + port, there, port).build()).unwrap();
+        inj.send(&Frame::syn(scanner, 40000 + port, there, port).build())
+            .unwrap();
     }
     // 25 NXDOMAIN answers for names under one base domain.
     let resolver = v4("198.18.222.53");
@@ -482,18 +537,29 @@ fn port_scan_and_nxdomain_burst_are_flagged_live() {
     while Instant::now() < deadline {
         ev = events(&log);
         let infos: Vec<&str> = ev.iter().filter_map(|e| e["info"].as_str()).collect();
-        if infos.iter().any(|i| i.contains("port scanning")) && infos.iter().any(|i| i.contains("no such domain")) {
+        if infos.iter().any(|i| i.contains("port scanning"))
+            && infos.iter().any(|i| i.contains("no such domain"))
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     let stats = sensor.stop();
-    let scans: Vec<_> = ev.iter().filter(|e| e["info"].as_str().is_some_and(|i| i.contains("port scanning"))).collect();
+    let scans: Vec<_> = ev
+        .iter()
+        .filter(|e| {
+            e["info"]
+                .as_str()
+                .is_some_and(|i| i.contains("port scanning"))
+        })
+        .collect();
     assert_eq!(scans.len(), 1, "{ev:#?}");
     assert_eq!(scans[0]["src_ip"], "198.18.222.9");
     assert_eq!(scans[0]["reference"], "(heuristic)");
     assert!(
-        ev.iter().any(|e| e["info"].as_str().is_some_and(|i| i.contains("excessive no such domain"))),
+        ev.iter().any(|e| e["info"]
+            .as_str()
+            .is_some_and(|i| i.contains("excessive no such domain"))),
         "{ev:#?}"
     );
     assert!(counter(&stats, "flow_starts") >= 20, "{stats}");

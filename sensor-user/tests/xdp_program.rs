@@ -358,13 +358,25 @@ fn flow_starts_are_sent_once_per_window_and_ack_sweeps_are_not() {
     h.run(&Frame::syn(me, 1001, there, 22)); // same (src, dst, dport): a repeat
     h.run(&Frame::tcp(me, 1002, there, 23, 0)); // NULL scan
     h.run(&Frame::tcp(me, 1003, there, 24, tcp_flags::FIN)); // FIN scan
-    h.run(&Frame::tcp(me, 1004, there, 25, tcp_flags::FIN | tcp_flags::PSH | 0x20)); // XMAS
+    h.run(&Frame::tcp(
+        me,
+        1004,
+        there,
+        25,
+        tcp_flags::FIN | tcp_flags::PSH | 0x20,
+    )); // XMAS
     h.run(&Frame::udp(me, 1005, there, 161, b"x"));
     h.run(&Frame::udp(me, 1006, there, 161, b"y")); // a repeat
     for port in 30..40 {
         h.run(&Frame::tcp(me, 1007, there, port, tcp_flags::ACK)); // ACK sweep: not flow starts
     }
-    h.run(&Frame::tcp(me, 1008, there, 41, tcp_flags::SYN | tcp_flags::ACK));
+    h.run(&Frame::tcp(
+        me,
+        1008,
+        there,
+        41,
+        tcp_flags::SYN | tcp_flags::ACK,
+    ));
     let flows = h.flow_starts();
     let ports: Vec<u16> = flows.iter().map(|f| f.dst_port).collect();
     assert_eq!(ports, vec![22, 23, 24, 25, 161], "{flows:?}");

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use xtrail_bench::gen::{self, SendReport};
 use xtrail_bench::netns::{in_ns, VethPair};
-use xtrail_bench::scenario::{self, TrailPicks, Traffic};
+use xtrail_bench::scenario::{self, Traffic, TrailPicks};
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::{is_ignored_suffix, Whitelist};
 
@@ -69,11 +69,18 @@ impl Run {
     }
 
     fn loss(&self) -> u64 {
-        self.offered.saturating_sub(self.xdp_packets.min(self.received))
+        self.offered
+            .saturating_sub(self.xdp_packets.min(self.received))
     }
 
     fn json(&self) -> String {
-        let f = |x: f64| if x.is_finite() { format!("{x:.3}") } else { "null".into() };
+        let f = |x: f64| {
+            if x.is_finite() {
+                format!("{x:.3}")
+            } else {
+                "null".into()
+            }
+        };
         format!(
             concat!(
                 "{{\"scenario\":\"{}\",\"sensor\":\"{}\",\"mode\":\"{}\",\"trails\":\"{}\",\"trail_count\":{},",
@@ -173,7 +180,13 @@ fn seconds_after(line: &str, marker: &str) -> f64 {
 
 /// Picks malicious items from the trail set, deterministically.
 fn picks(trails: &TrailSet, whitelist: &Whitelist, n: usize) -> TrailPicks {
-    let info = |id: u32| trails.labels.get(id as usize).map(|l| l.info.as_str()).unwrap_or("");
+    let info = |id: u32| {
+        trails
+            .labels
+            .get(id as usize)
+            .map(|l| l.info.as_str())
+            .unwrap_or("")
+    };
     let mut ips: Vec<Ipv4Addr> = trails
         .ip
         .v4
@@ -195,7 +208,8 @@ fn picks(trails: &TrailSet, whitelist: &Whitelist, n: usize) -> TrailPicks {
             d.len() < 48
                 && d.contains('.')
                 && !d.starts_with('.')
-                && d.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+                && d.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
                 && !whitelist.is_domain_whitelisted(d)
                 && !is_ignored_suffix(d)
                 && trails.domains.lookup(d).is_some_and(|m| m.trail == *d)
@@ -225,8 +239,14 @@ fn picks(trails: &TrailSet, whitelist: &Whitelist, n: usize) -> TrailPicks {
     };
     TrailPicks {
         ips: spread(ips.len()).into_iter().map(|i| ips[i]).collect(),
-        domains: spread(domains.len()).into_iter().map(|i| domains[i].clone()).collect(),
-        urls: spread(urls.len()).into_iter().map(|i| urls[i].clone()).collect(),
+        domains: spread(domains.len())
+            .into_iter()
+            .map(|i| domains[i].clone())
+            .collect(),
+        urls: spread(urls.len())
+            .into_iter()
+            .map(|i| urls[i].clone())
+            .collect(),
     }
 }
 
@@ -290,7 +310,14 @@ fn start_sensor(
         .arg(trails)
         .args(["--mode", mode, "--events-log"])
         .arg(log)
-        .args(["--format", "json", "--stats-interval", "0", "--sensor-name", "bench"])
+        .args([
+            "--format",
+            "json",
+            "--stats-interval",
+            "0",
+            "--sensor-name",
+            "bench",
+        ])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -343,13 +370,24 @@ fn stop_child(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn send(pair: &VethPair, traffic: &Traffic, count: u64, rate: Option<u64>) -> anyhow::Result<SendReport> {
+fn send(
+    pair: &VethPair,
+    traffic: &Traffic,
+    count: u64,
+    rate: Option<u64>,
+) -> anyhow::Result<SendReport> {
     let frames = traffic.frames.clone();
     let ns = pair.peer_ns.clone();
     let ifname = pair.peer_if.clone();
     let handle = in_ns(&pair.peer_ns, move || -> anyhow::Result<SendReport> {
         let inj = xtrail_bench::netns::Injector::open(&ns, &ifname)?;
-        Ok(gen::blast(&inj, &frames, count, rate, Duration::from_secs(60))?)
+        Ok(gen::blast(
+            &inj,
+            &frames,
+            count,
+            rate,
+            Duration::from_secs(60),
+        )?)
     });
     handle
         .join()
@@ -370,7 +408,11 @@ struct Case<'a> {
 
 fn run_xtrail(case: &Case<'_>, tmp: &Path) -> anyhow::Result<Run> {
     let pair = VethPair::create("xb")?;
-    let log = tmp.join(format!("events-{}-{}.jsonl", case.scenario, std::process::id()));
+    let log = tmp.join(format!(
+        "events-{}-{}.jsonl",
+        case.scenario,
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&log);
     let mut sensor = start_sensor(&pair, case.trails, case.mode, &log, case.extra)?;
     let pid = sensor.child.id();
@@ -433,7 +475,11 @@ fn run_xtrail(case: &Case<'_>, tmp: &Path) -> anyhow::Result<Run> {
         handoff_failed: counter(&stats, "handoff_failed"),
         injected: case.traffic.items.len(),
         detected,
-        xdp_ns_per_packet: if runs > 0 { run_ns as f64 / runs as f64 } else { f64::NAN },
+        xdp_ns_per_packet: if runs > 0 {
+            run_ns as f64 / runs as f64
+        } else {
+            f64::NAN
+        },
         softirq_ns_per_packet: (s1 - s0) as f64 * tick / packets.max(1) as f64,
         user_ns_per_packet: (t1 - t0) as f64 * tick / packets.max(1) as f64,
         user_ns_per_handed: (t1 - t0) as f64 * tick / handed.max(1) as f64,
@@ -461,7 +507,11 @@ fn run_other(
         .stderr(Stdio::null());
     let mut child = cmd.spawn().with_context(|| format!("starting {cmdline}"))?;
     // Give it time to load and start capturing.
-    std::thread::sleep(Duration::from_secs(if name == "pcap-baseline" { 3 } else { 10 }));
+    std::thread::sleep(Duration::from_secs(if name == "pcap-baseline" {
+        3
+    } else {
+        10
+    }));
     let pid = child.id();
     let rx0 = pair.sensor_rx_packets()?;
     let t0 = proc_ticks(pid);
@@ -482,7 +532,10 @@ fn run_other(
         scenario: "background".into(),
         sensor: name.into(),
         mode: "capture".into(),
-        trails: trails.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        trails: trails
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         offered: report.sent,
         send_pps: report.pps(),
         received,
@@ -496,7 +549,12 @@ fn run_other(
     })
 }
 
-fn replay_offline(traffic: &Traffic, trails: &Path, tmp: &Path, trail_count: usize) -> anyhow::Result<Run> {
+fn replay_offline(
+    traffic: &Traffic,
+    trails: &Path,
+    tmp: &Path,
+    trail_count: usize,
+) -> anyhow::Result<Run> {
     let pcap = tmp.join("mix.pcap");
     {
         let mut w = std::io::BufWriter::new(std::fs::File::create(&pcap)?);
@@ -515,7 +573,11 @@ fn replay_offline(traffic: &Traffic, trails: &Path, tmp: &Path, trail_count: usi
         .output()
         .context("running xtrail-sensor replay")?;
     let err = String::from_utf8_lossy(&out.stderr);
-    let line = err.lines().find(|l| l.contains("ns/packet")).unwrap_or("").to_string();
+    let line = err
+        .lines()
+        .find(|l| l.contains("ns/packet"))
+        .unwrap_or("")
+        .to_string();
     let ns = line
         .rsplit('(')
         .next()
@@ -532,7 +594,10 @@ fn replay_offline(traffic: &Traffic, trails: &Path, tmp: &Path, trail_count: usi
         scenario: "offline replay".into(),
         sensor: "xtrail".into(),
         mode: "replay".into(),
-        trails: trails.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        trails: trails
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         trail_count,
         offered: traffic.frames.len() as u64,
         xdp_packets: traffic.frames.len() as u64,
@@ -553,15 +618,28 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     let full = if full.is_dir() {
         full
     } else {
-        eprintln!("bench: {} not found; using the bundled demo trails", full.display());
+        eprintln!(
+            "bench: {} not found; using the bundled demo trails",
+            full.display()
+        );
         paths::workspace_root().join("xtask/demo/trails.csv")
     };
     let wl_path = data.join("data/whitelist.txt");
-    let whitelist = if wl_path.is_file() { Whitelist::load(&wl_path)? } else { Whitelist::empty() };
+    let whitelist = if wl_path.is_file() {
+        Whitelist::load(&wl_path)?
+    } else {
+        Whitelist::empty()
+    };
     eprintln!("bench: loading {} to draw traffic from", full.display());
     let set = TrailSet::load(std::slice::from_ref(&full), &LoadOptions::default())?;
-    let full_count = set.report.ipv4 + set.report.ipv6 + set.report.ipport + set.report.cidr4
-        + set.report.cidr6 + set.report.domains + set.report.urls + set.report.regexes;
+    let full_count = set.report.ipv4
+        + set.report.ipv6
+        + set.report.ipport
+        + set.report.cidr4
+        + set.report.cidr6
+        + set.report.domains
+        + set.report.urls
+        + set.report.regexes;
     let picks = picks(&set, &whitelist, if opts.quick { 60 } else { 200 });
     let is_trail = |a: Ipv4Addr| set.ip.lookup(IpAddr::V4(a), None).is_some();
     let n_frames = if opts.quick { 20_000 } else { 50_000 };
@@ -580,8 +658,12 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     let _ = std::fs::write(stats_knob, "1");
 
     let mut runs: Vec<Run> = Vec::new();
-    let full_name = full.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    let wanted = |name: &str| opts.only.is_empty() || opts.only.iter().any(|o| name.starts_with(o.as_str()));
+    let full_name = full
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let wanted =
+        |name: &str| opts.only.is_empty() || opts.only.iter().any(|o| name.starts_with(o.as_str()));
     let mut record = |r: anyhow::Result<Run>, what: &str| match r {
         Ok(r) => {
             eprintln!(
@@ -617,7 +699,10 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
 
     for mode in ["inline", "mirror"] {
         if wanted("background") {
-            record(run_xtrail(&case("background", mode, background, None), &tmp), &format!("background/{mode}"));
+            record(
+                run_xtrail(&case("background", mode, background, None), &tmp),
+                &format!("background/{mode}"),
+            );
         }
     }
     if wanted("background") {
@@ -639,22 +724,38 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     let rates: Vec<Option<u64>> = if opts.quick {
         vec![Some(100_000), None]
     } else {
-        vec![Some(50_000), Some(100_000), Some(200_000), Some(400_000), None]
+        vec![
+            Some(50_000),
+            Some(100_000),
+            Some(200_000),
+            Some(400_000),
+            None,
+        ]
     };
     for mode in ["inline", "mirror"] {
         for rate in rates.iter().filter(|_| wanted("mix")) {
             record(
                 run_xtrail(&case("mix", mode, mix, *rate), &tmp),
-                &format!("mix/{mode}/{}", rate.map(|r| r.to_string()).unwrap_or("max".into())),
+                &format!(
+                    "mix/{mode}/{}",
+                    rate.map(|r| r.to_string()).unwrap_or("max".into())
+                ),
             );
         }
     }
     if wanted("storm") {
-        record(run_xtrail(&case("storm", "inline", storm, None), &tmp), "storm/inline");
+        record(
+            run_xtrail(&case("storm", "inline", storm, None), &tmp),
+            "storm/inline",
+        );
     }
 
     // Trail scale: the mix against subsets and the full set.
-    let sizes: &[usize] = if opts.quick { &[10_000] } else { &[10_000, 100_000] };
+    let sizes: &[usize] = if opts.quick {
+        &[10_000]
+    } else {
+        &[10_000, 100_000]
+    };
     for &n in sizes.iter().filter(|_| wanted("scale")) {
         let csv = tmp.join(format!("trails-{n}.csv"));
         subset_csv(&set, &picks, n, &csv)?;
@@ -672,21 +773,27 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
         record(run_xtrail(&c, &tmp), &format!("scale/{n}"));
     }
     if wanted("offline") {
-        record(replay_offline(mix, &full, &tmp, full_count), "offline replay");
+        record(
+            replay_offline(mix, &full, &tmp, full_count),
+            "offline replay",
+        );
     }
 
     // The yardstick: a libpcap sensor on the same background traffic.
     let baseline = paths::workspace_root().join("target/release/xtrail-pcap-baseline");
     if wanted("baseline") {
         record(
-        run_other(
+            run_other(
+                "pcap-baseline",
+                &format!(
+                    "{} --iface {{iface}} --trails {{trails}} --duration 120",
+                    baseline.display()
+                ),
+                background,
+                count,
+                &full,
+            ),
             "pcap-baseline",
-            &format!("{} --iface {{iface}} --trails {{trails}} --duration 120", baseline.display()),
-            background,
-            count,
-            &full,
-        ),
-        "pcap-baseline",
         );
     }
     if let Some(peer) = &opts.peer {
@@ -696,7 +803,11 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     drop(set);
     let _ = std::fs::remove_dir_all(&tmp);
 
-    let when = Command::new("date").args(["-u", "+%FT%TZ"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let when = Command::new("date")
+        .args(["-u", "+%FT%TZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let machine = machine();
     write_results(&results_dir, &runs, &when, &machine, opts)?;
     eprintln!("bench: results in {}", results_dir.display());
@@ -706,7 +817,11 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     // SAFETY: sysconf has no preconditions.
@@ -715,10 +830,20 @@ fn machine() -> String {
 }
 
 fn fmt_ns(x: f64) -> String {
-    if x.is_finite() { format!("{x:.0}") } else { "-".into() }
+    if x.is_finite() {
+        format!("{x:.0}")
+    } else {
+        "-".into()
+    }
 }
 
-fn write_results(dir: &Path, runs: &[Run], when: &str, machine: &str, opts: &BenchOptions) -> anyhow::Result<()> {
+fn write_results(
+    dir: &Path,
+    runs: &[Run],
+    when: &str,
+    machine: &str,
+    opts: &BenchOptions,
+) -> anyhow::Result<()> {
     let json = format!(
         "{{\"taken\":\"{when}\",\"machine\":\"{}\",\"quick\":{},\"seed\":{},\"runs\":[\n{}\n]}}\n",
         machine.replace('"', "'"),
@@ -728,9 +853,14 @@ fn write_results(dir: &Path, runs: &[Run], when: &str, machine: &str, opts: &Ben
     );
     std::fs::write(dir.join("latest.json"), json)?;
     let mut md = String::new();
-    md.push_str(&format!("Taken {when} on {machine}{}.\n\n", if opts.quick { " (`--quick`)" } else { "" }));
+    md.push_str(&format!(
+        "Taken {when} on {machine}{}.\n\n",
+        if opts.quick { " (`--quick`)" } else { "" }
+    ));
     md.push_str("| scenario | sensor | mode | trails | offered rate | offered | sent pps | received | XDP | to userspace | events | recall | XDP ns/pkt | softirq ns/pkt | user ns/pkt | user ns/handed | RSS MB | load s |\n");
-    md.push_str("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str(
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
     for r in runs {
         md.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} |\n",
@@ -755,7 +885,9 @@ fn write_results(dir: &Path, runs: &[Run], when: &str, machine: &str, opts: &Ben
         ));
     }
     // Headline ratios.
-    let xdp_bg = runs.iter().find(|r| r.scenario == "background" && r.sensor == "xtrail" && r.mode == "inline");
+    let xdp_bg = runs
+        .iter()
+        .find(|r| r.scenario == "background" && r.sensor == "xtrail" && r.mode == "inline");
     let pcap_bg = runs.iter().find(|r| r.sensor == "pcap-baseline");
     md.push('\n');
     if let (Some(x), Some(p)) = (xdp_bg, pcap_bg) {
@@ -783,7 +915,9 @@ fn write_results(dir: &Path, runs: &[Run], when: &str, machine: &str, opts: &Ben
         .filter(|r| r.scenario == "mix" && r.loss() == 0 && r.recall() == Some(1.0))
         .map(|r| r.send_pps)
         .fold(0.0f64, f64::max);
-    md.push_str(&format!("- Mix: highest sent rate with no loss and full recall: {best:.0} pps.\n"));
+    md.push_str(&format!(
+        "- Mix: highest sent rate with no loss and full recall: {best:.0} pps.\n"
+    ));
     if let Some(r) = runs.iter().find(|r| r.scenario == "offline replay") {
         md.push_str(&format!(
             "- Offline replay of the mix with {} trails: {:.0} ns/packet.\n",
@@ -800,24 +934,46 @@ fn write_results(dir: &Path, runs: &[Run], when: &str, machine: &str, opts: &Ben
 fn plots(dir: &Path, runs: &[Run]) -> anyhow::Result<()> {
     let mut series: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
     for r in runs.iter().filter(|r| r.scenario == "mix") {
-        series
-            .entry(r.mode.clone())
-            .or_default()
-            .push((r.send_pps, r.xdp_packets.min(r.received) as f64 / r.offered.max(1) as f64 * r.send_pps, r.recall().unwrap_or(0.0)));
+        series.entry(r.mode.clone()).or_default().push((
+            r.send_pps,
+            r.xdp_packets.min(r.received) as f64 / r.offered.max(1) as f64 * r.send_pps,
+            r.recall().unwrap_or(0.0),
+        ));
     }
-    let line_chart = |title: &str, ylabel: &str, pick: &dyn Fn(&(f64, f64, f64)) -> f64, ymax: f64| {
+    let line_chart = |title: &str,
+                      ylabel: &str,
+                      pick: &dyn Fn(&(f64, f64, f64)) -> f64,
+                      ymax: f64| {
         let (w, h, l, b) = (640.0, 400.0, 70.0, 50.0);
-        let xmax = series.values().flatten().map(|p| p.0).fold(1.0f64, f64::max) * 1.05;
+        let xmax = series
+            .values()
+            .flatten()
+            .map(|p| p.0)
+            .fold(1.0f64, f64::max)
+            * 1.05;
         let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='{}' y='20' text-anchor='middle' font-size='14'>{title}</text>\n", w / 2.0);
         s.push_str(&format!("<line x1='{l}' y1='{}' x2='{}' y2='{}' stroke='black'/><line x1='{l}' y1='30' x2='{l}' y2='{}' stroke='black'/>\n", h - b, w - 20.0, h - b, h - b));
         s.push_str(&format!("<text x='{}' y='{}' text-anchor='middle'>offered rate (pps)</text><text x='15' y='{}' transform='rotate(-90 15 {})' text-anchor='middle'>{ylabel}</text>\n", w / 2.0, h - 10.0, h / 2.0, h / 2.0));
         for i in 0..=4 {
             let fx = xmax * i as f64 / 4.0;
             let x = l + (w - l - 20.0) * i as f64 / 4.0;
-            s.push_str(&format!("<text x='{x}' y='{}' text-anchor='middle'>{:.0}k</text>\n", h - b + 15.0, fx / 1000.0));
+            s.push_str(&format!(
+                "<text x='{x}' y='{}' text-anchor='middle'>{:.0}k</text>\n",
+                h - b + 15.0,
+                fx / 1000.0
+            ));
             let fy = ymax * i as f64 / 4.0;
             let y = h - b - (h - b - 30.0) * i as f64 / 4.0;
-            s.push_str(&format!("<text x='{}' y='{}' text-anchor='end'>{}</text>\n", l - 5.0, y + 4.0, if ymax > 10.0 { format!("{:.0}k", fy / 1000.0) } else { format!("{fy:.2}") }));
+            s.push_str(&format!(
+                "<text x='{}' y='{}' text-anchor='end'>{}</text>\n",
+                l - 5.0,
+                y + 4.0,
+                if ymax > 10.0 {
+                    format!("{:.0}k", fy / 1000.0)
+                } else {
+                    format!("{fy:.2}")
+                }
+            ));
         }
         for (i, (name, pts)) in series.iter().enumerate() {
             let color = ["#1f77b4", "#d62728", "#2ca02c"][i % 3];
@@ -831,15 +987,38 @@ fn plots(dir: &Path, runs: &[Run]) -> anyhow::Result<()> {
                     format!("{x:.1},{y:.1}")
                 })
                 .collect();
-            s.push_str(&format!("<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>\n", path.join(" ")));
-            s.push_str(&format!("<text x='{}' y='{}' fill='{color}'>{name}</text>\n", w - 120.0, 45.0 + 15.0 * i as f64));
+            s.push_str(&format!(
+                "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>\n",
+                path.join(" ")
+            ));
+            s.push_str(&format!(
+                "<text x='{}' y='{}' fill='{color}'>{name}</text>\n",
+                w - 120.0,
+                45.0 + 15.0 * i as f64
+            ));
         }
         s.push_str("</svg>\n");
         s
     };
-    let ymax = series.values().flatten().map(|p| p.1).fold(1.0f64, f64::max) * 1.1;
-    std::fs::write(dir.join("throughput.svg"), line_chart("Mix: packets processed by XDP vs offered", "processed (pps)", &|p| p.1, ymax))?;
-    std::fs::write(dir.join("recall.svg"), line_chart("Mix: recall vs offered rate", "recall", &|p| p.2, 1.0))?;
+    let ymax = series
+        .values()
+        .flatten()
+        .map(|p| p.1)
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    std::fs::write(
+        dir.join("throughput.svg"),
+        line_chart(
+            "Mix: packets processed by XDP vs offered",
+            "processed (pps)",
+            &|p| p.1,
+            ymax,
+        ),
+    )?;
+    std::fs::write(
+        dir.join("recall.svg"),
+        line_chart("Mix: recall vs offered rate", "recall", &|p| p.2, 1.0),
+    )?;
     // Cost per packet by scenario (bars).
     let bars: Vec<(String, f64)> = runs
         .iter()

@@ -80,7 +80,8 @@ fn pick(trails: &TrailSet, whitelist: &Whitelist) -> Sample {
         .filter(|(d, l)| {
             d.len() < 40
                 && d.split('.').count() == 2
-                && d.bytes().all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'-')
+                && d.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'-')
                 && info(*l).contains("(malware)")
                 && !whitelist.is_domain_whitelisted(d)
                 && !xtrail_detect::whitelist::is_ignored_suffix(d)
@@ -248,12 +249,16 @@ fn names_traffic(pair: &VethPair, sample: &Sample) -> anyhow::Result<u64> {
     let server = pair.sensor_ip.clone();
     let ip = server.clone();
     let dns = in_ns(&pair.sensor_ns, move || -> usize {
-        let Ok(sock) = UdpSocket::bind((ip.as_str(), 53)) else { return 0 };
+        let Ok(sock) = UdpSocket::bind((ip.as_str(), 53)) else {
+            return 0;
+        };
         let _ = sock.set_read_timeout(Some(Duration::from_secs(5)));
         let mut buf = [0u8; 512];
         let mut answered = 0;
         while answered < n_queries {
-            let Ok((n, from)) = sock.recv_from(&mut buf) else { break };
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                break;
+            };
             let mut reply = buf[..n].to_vec();
             if reply.len() > 3 {
                 reply[2] |= 0x80;
@@ -312,7 +317,8 @@ fn names_traffic(pair: &VethPair, sample: &Sample) -> anyhow::Result<u64> {
             .unwrap_or_else(|| ("clean-demo-name.com".into(), "/".into()));
         let mut http_ok = false;
         if let Ok(mut c) = TcpStream::connect((ip.as_str(), 80)) {
-            let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: xtrail-demo\r\n\r\n");
+            let req =
+                format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: xtrail-demo\r\n\r\n");
             let _ = c.write_all(req.as_bytes());
             let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
             let mut r = String::new();
@@ -320,7 +326,9 @@ fn names_traffic(pair: &VethPair, sample: &Sample) -> anyhow::Result<u64> {
             http_ok = r.starts_with("HTTP/1.1");
         }
         let mut tls_ok = false;
-        let name = sni.map(|s| s.0).unwrap_or_else(|| "clean-demo-name.com".into());
+        let name = sni
+            .map(|s| s.0)
+            .unwrap_or_else(|| "clean-demo-name.com".into());
         if let Ok(mut c) = TcpStream::connect((ip.as_str(), 443)) {
             let _ = c.write_all(&tls_client_hello(&name));
             let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
@@ -340,7 +348,9 @@ fn names_traffic(pair: &VethPair, sample: &Sample) -> anyhow::Result<u64> {
         if http_ok { "received" } else { "MISSING" },
         if tls_ok { "received" } else { "MISSING" }
     );
-    Ok(2 * sample.domains.len() as u64 + u64::from(sample.url.is_some()) + u64::from(sample.sni.is_some()))
+    Ok(2 * sample.domains.len() as u64
+        + u64::from(sample.url.is_some())
+        + u64::from(sample.sni.is_some()))
 }
 
 struct Summary {
@@ -438,7 +448,10 @@ fn drive(pair: &VethPair, child: &mut Child, sample: &Sample) -> anyhow::Result<
     eprintln!("demo: sending clean traffic (TCP and UDP to 198.18.0.0/15)");
     for i in 0..100u16 {
         // Many connections to two services: ordinary traffic, not a scan.
-        send(Frame::syn(me, 40000 + i, sensor_ip, [80, 443][usize::from(i % 2)]), false)?;
+        send(
+            Frame::syn(me, 40000 + i, sensor_ip, [80, 443][usize::from(i % 2)]),
+            false,
+        )?;
         send(Frame::udp(me, 50000 + i, sensor_ip, 5000, b"clean"), false)?;
     }
     eprintln!("demo: sending traffic to and from trail addresses");

@@ -92,8 +92,17 @@ fn python_grpc() -> anyhow::Result<()> {
         eprintln!("xtask deps: Python grpcio and grpcio-tools present");
         return Ok(());
     }
-    eprintln!("xtask deps: installing Python grpcio and grpcio-tools (for the Python subscriber test)");
-    crate::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "grpcio", "grpcio-tools"]))
+    eprintln!(
+        "xtask deps: installing Python grpcio and grpcio-tools (for the Python subscriber test)"
+    );
+    crate::run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "grpcio",
+        "grpcio-tools",
+    ]))
 }
 
 fn nightly_rust_src() -> anyhow::Result<()> {

@@ -82,7 +82,14 @@ fn main() -> anyhow::Result<()> {
         } => {
             deps::ensure()?;
             eprintln!("xtask: building the sensor and the libpcap baseline (release)");
-            run(cargo().args(["build", "--release", "-p", "xtrail-sensor", "-p", "xtrail-bench"]))?;
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "xtrail-sensor",
+                "-p",
+                "xtrail-bench",
+            ]))?;
             bench::run(&bench::BenchOptions {
                 quick,
                 peer,
@@ -127,7 +134,9 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     eprintln!(
         "xtask: running the whole test suite (unit, integration, XDP, veth end to end, corpus)"
     );
-    run(cargo().args(["test", "--workspace", "--no-fail-fast"]).args(extra))?;
+    run(cargo()
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(extra))?;
     eprintln!("xtask: all tests passed");
     Ok(())
 }

@@ -8,6 +8,9 @@
 //! Malformed or truncated frames are passed and counted; nothing is read out of bounds.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Map keys are built on the stack and passed by reference on purpose: the helpers take a
+// pointer, and a by-value argument would be copied again first.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod parse;
 
@@ -22,9 +25,8 @@ use aya_log_ebpf::debug;
 use parse::{Packet, ParseError};
 use xtrail_common::{
     action, config_flags, handoff, mode, side, stat, trail_kind, Config, FlowRecord, HitRecord,
-    IpPortKey, FLOW_CACHE_SLOTS,
-    PayloadRecord, SuppressKey, HTTP_PORT_WORDS, PAYLOAD_CAP, PREFILTER_WORDS,
-    XSK_MAX_IFACES, XSK_QUEUES_PER_IFACE,
+    IpPortKey, PayloadRecord, SuppressKey, FLOW_CACHE_SLOTS, HTTP_PORT_WORDS, PAYLOAD_CAP,
+    PREFILTER_WORDS, XSK_MAX_IFACES, XSK_QUEUES_PER_IFACE,
 };
 
 /// Runtime configuration (element 0).
@@ -213,7 +215,11 @@ fn process(ctx: &XdpContext, cfg: &Config) -> u32 {
 fn flow_start(pkt: &Packet, cfg: &Config) {
     let now = unsafe { bpf_ktime_get_ns() };
     let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ (u64::from(pkt.dst_port) << 8 | u64::from(pkt.proto));
-    let mix = |h: u64, w: u32| (h ^ u64::from(w)).wrapping_mul(0x0100_0000_01b3).rotate_left(29);
+    let mix = |h: u64, w: u32| {
+        (h ^ u64::from(w))
+            .wrapping_mul(0x0100_0000_01b3)
+            .rotate_left(29)
+    };
     h = mix(h, pkt.src[0]);
     h = mix(h, pkt.src[1]);
     h = mix(h, pkt.src[2]);
@@ -265,8 +271,7 @@ fn classify(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<u8> {
         return None;
     }
     let is_tcp = pkt.proto == parse::IPPROTO_TCP;
-    if (pkt.dst_port == 53 || pkt.src_port == 53) && (is_tcp || pkt.proto == parse::IPPROTO_UDP)
-    {
+    if (pkt.dst_port == 53 || pkt.src_port == 53) && (is_tcp || pkt.proto == parse::IPPROTO_UDP) {
         // A bare TCP segment (handshake, ACK) carries no DNS message.
         if is_tcp && parse::payload_head(ctx, pkt.payload_off) == (0, 0) {
             return None;

@@ -11,6 +11,7 @@
 //! Addresses for test traffic come from 198.18.0.0/15 and 2001:db8::/32; frames carrying
 //! trail addresses only ever travel between namespaces this code created.
 
+pub mod child;
 pub mod frames;
 pub mod gen;
 pub mod netns;

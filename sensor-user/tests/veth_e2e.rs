@@ -70,19 +70,9 @@ impl Running {
 
     /// SIGINT, wait for a clean exit, return the final stats line.
     fn stop(mut self) -> String {
-        // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("sensor did not exit on SIGINT");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status =
+            xtrail_bench::child::interrupt_and_wait(&mut self.child, Duration::from_secs(15))
+                .expect("sensor did not exit on SIGINT");
         assert!(status.success(), "sensor exited with {status}");
         let mut last = String::new();
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(500)) {

@@ -357,17 +357,7 @@ fn start_sensor(
 }
 
 fn stop_child(child: &mut Child) {
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    xtrail_bench::child::interrupt_and_wait(child, Duration::from_secs(20));
 }
 
 fn send(

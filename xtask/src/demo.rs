@@ -362,17 +362,7 @@ struct Summary {
 }
 
 fn stop(child: &mut Child) {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    xtrail_bench::child::interrupt_and_wait(child, Duration::from_secs(10));
 }
 
 fn drive(pair: &VethPair, child: &mut Child, sample: &Sample) -> anyhow::Result<Summary> {

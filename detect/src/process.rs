@@ -18,8 +18,8 @@
 //!   the domain trails; then host + path against the URL trails (`URL`).
 //! - **TLS ClientHello** (any port): the server name against the domain trails.
 //!
-//! Domain checks of HTTP hosts and TLS server names raise `DNS` events with protocol `TCP`, as
-//! Maltrail's `_check_domain` does for every name it checks.
+//! Domain checks of TLS server names raise `DNS` events with protocol `TCP`, as Maltrail's
+//! `_check_domain` does; HTTP `Host` names that hit a domain trail raise `HTTP` events.
 //!
 //! Non-`DNS` events involving a whitelisted address are dropped; names that are whitelisted or
 //! end in an ignored suffix are not checked.
@@ -678,7 +678,7 @@ impl Run<'_, '_> {
                 );
                 self.emit(e);
             } else if self.check_host_domains && !is_ip_literal(h) {
-                self.check_domain(ctx, h, || details(h));
+                self.check_host(ctx, h, || details(h));
             }
         }
 
@@ -695,7 +695,7 @@ impl Run<'_, '_> {
             {
                 host = h;
                 if !is_ip_literal(h) {
-                    self.check_domain(ctx, h, || details(h));
+                    self.check_host(ctx, h, || details(h));
                 }
             }
         } else if req.method == "CONNECT" {
@@ -707,7 +707,7 @@ impl Run<'_, '_> {
             {
                 host = h;
                 if !is_ip_literal(h) {
-                    self.check_domain(ctx, h, || details(h));
+                    self.check_host(ctx, h, || details(h));
                 }
             }
         }
@@ -730,11 +730,33 @@ impl Run<'_, '_> {
         }
     }
 
-    /// A name against the domain trails (Maltrail's `_check_domain`): `DNS` event on a hit.
+    /// A name against the domain trails (Maltrail's `_check_domain`): a `DNS` event on a hit
+    /// (`HTTP` for an HTTP `Host`, see [`Processor::check_host`]).
     fn check_domain(
         &mut self,
         ctx: &PacketContext<'_>,
         name: &str,
+        details: impl FnOnce() -> Details,
+    ) {
+        self.check_name(ctx, name, EventType::Dns, details);
+    }
+
+    /// An HTTP `Host` (or absolute-URL / CONNECT authority) against the domain trails: an
+    /// `HTTP` event on a hit.
+    fn check_host(
+        &mut self,
+        ctx: &PacketContext<'_>,
+        name: &str,
+        details: impl FnOnce() -> Details,
+    ) {
+        self.check_name(ctx, name, EventType::Http, details);
+    }
+
+    fn check_name(
+        &mut self,
+        ctx: &PacketContext<'_>,
+        name: &str,
+        kind: EventType,
         details: impl FnOnce() -> Details,
     ) {
         if is_ip_literal(name)
@@ -749,7 +771,7 @@ impl Run<'_, '_> {
         // Maltrail's exceptions (name servers of sinkholed domains, bare dynamic-DNS
         // providers) are applied by the lookup itself.
         let label = self.label(m.label);
-        let e = ctx.labelled(EventType::Dns, m.trail, label, details());
+        let e = ctx.labelled(kind, m.trail, label, details());
         self.emit(e);
     }
 }
@@ -1114,10 +1136,10 @@ sinkholed.example,sinkhole x (malware),(static)
         let text = lines.join("\n");
         for want in [
             "1 1.2.3.4 8080 TCP URL evil-url.example/bad/path(?x=1)",
-            "2 1.2.3.4 3128 TCP DNS evil-test-domain.com ",
+            "2 1.2.3.4 3128 TCP HTTP evil-test-domain.com ",
             "3 66.66.66.66 80 TCP IP \"66.66.66.66 (name.example)\"",
             "5 1.2.3.4 443 TCP DNS tls-evil.example ",
-            "6 1.2.3.4 443 TCP DNS sinkholed.example ",
+            "6 1.2.3.4 443 TCP HTTP sinkholed.example ",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

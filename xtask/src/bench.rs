@@ -61,6 +61,10 @@ struct Run {
     rss_mb: f64,
     load_s: f64,
     fill_s: f64,
+    /// Busy CPU time of the whole machine (all CPUs, all modes) per packet offered: with the
+    /// generator's share the same in every run, differences between runs are what each
+    /// sensor costs.
+    busy_ns_per_packet: f64,
 }
 
 impl Run {
@@ -88,7 +92,7 @@ impl Run {
                 "\"handed_to_userspace\":{},\"events\":{},\"reported\":{},\"suppressed\":{},\"ringbuf_full\":{},",
                 "\"handoff_failed\":{},\"injected\":{},\"detected\":{},\"recall\":{},\"xdp_ns_per_packet\":{},",
                 "\"softirq_ns_per_packet\":{},\"user_ns_per_packet\":{},\"user_ns_per_handed\":{},",
-                "\"rss_mb\":{},\"trail_load_s\":{},\"map_fill_s\":{}}}"
+                "\"rss_mb\":{},\"trail_load_s\":{},\"map_fill_s\":{},\"busy_ns_per_packet\":{}}}"
             ),
             self.scenario,
             self.sensor,
@@ -116,6 +120,7 @@ impl Run {
             f(self.rss_mb),
             f(self.load_s),
             f(self.fill_s),
+            f(self.busy_ns_per_packet),
         )
     }
 }
@@ -140,6 +145,24 @@ fn softirq_ticks() -> u64 {
             s.lines()
                 .next()
                 .and_then(|l| l.split_whitespace().nth(7).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Busy ticks of all CPUs (everything but idle and iowait) from /proc/stat.
+fn busy_ticks() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines().next().map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .take(8)
+                    .enumerate()
+                    .filter(|(i, _)| *i != 3 && *i != 4)
+                    .filter_map(|(_, v)| v.parse::<u64>().ok())
+                    .sum()
+            })
         })
         .unwrap_or(0)
 }
@@ -407,8 +430,9 @@ fn run_xtrail(case: &Case<'_>, tmp: &Path) -> anyhow::Result<Run> {
     let mut sensor = start_sensor(&pair, case.trails, case.mode, &log, case.extra)?;
     let pid = sensor.child.id();
     let rx0 = pair.sensor_rx_packets()?;
-    let (t0, s0) = (proc_ticks(pid), softirq_ticks());
+    let (t0, s0, b0) = (proc_ticks(pid), softirq_ticks(), busy_ticks());
     let report = send(&pair, case.traffic, case.count, case.rate)?;
+    let b1 = busy_ticks();
     std::thread::sleep(Duration::from_millis(1500));
     let (t1, s1) = (proc_ticks(pid), softirq_ticks());
     let rss = rss_mb(pid);
@@ -476,6 +500,7 @@ fn run_xtrail(case: &Case<'_>, tmp: &Path) -> anyhow::Result<Run> {
         rss_mb: rss,
         load_s: sensor.load_s,
         fill_s: sensor.fill_s,
+        busy_ns_per_packet: (b1 - b0) as f64 * tick / report.sent.max(1) as f64,
     })
 }
 
@@ -504,8 +529,9 @@ fn run_other(
     }));
     let pid = child.id();
     let rx0 = pair.sensor_rx_packets()?;
-    let t0 = proc_ticks(pid);
+    let (t0, b0) = (proc_ticks(pid), busy_ticks());
     let report = send(&pair, traffic, count, None)?;
+    let b1 = busy_ticks();
     std::thread::sleep(Duration::from_millis(1500));
     let t1 = proc_ticks(pid);
     let rss = rss_mb(pid);
@@ -535,6 +561,7 @@ fn run_other(
         softirq_ns_per_packet: f64::NAN,
         user_ns_per_handed: f64::NAN,
         rss_mb: rss,
+        busy_ns_per_packet: (b1 - b0) as f64 * tick_ns() / report.sent.max(1) as f64,
         ..Run::default()
     })
 }
@@ -597,6 +624,7 @@ fn replay_offline(
         user_ns_per_handed: f64::NAN,
         send_pps: f64::NAN,
         load_s: load,
+        busy_ns_per_packet: f64::NAN,
         ..Run::default()
     })
 }
@@ -771,6 +799,13 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
 
     // The yardstick: a libpcap sensor on the same background traffic.
     let baseline = paths::workspace_root().join("target/release/xtrail-pcap-baseline");
+    if wanted("baseline") || wanted("background") {
+        // Nothing attached: the machine's cost of the traffic itself (generator, veth, stack).
+        record(
+            run_other("none", "sleep 120", background, count, &full),
+            "no sensor",
+        );
+    }
     if wanted("baseline") {
         record(
             run_other(
@@ -853,7 +888,7 @@ fn write_results(
     );
     for r in runs {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} |\n",
             r.scenario,
             r.sensor,
             r.mode,
@@ -870,6 +905,7 @@ fn write_results(
             fmt_ns(r.softirq_ns_per_packet),
             fmt_ns(r.user_ns_per_packet),
             if r.handed > 0 { fmt_ns(r.user_ns_per_handed) } else { "-".into() },
+            fmt_ns(r.busy_ns_per_packet),
             r.rss_mb,
             r.load_s,
         ));
@@ -887,6 +923,24 @@ fn write_results(
             md.push_str(&format!(
                 "- Background traffic, CPU per packet: xtrail XDP {x_cost:.0} ns vs libpcap baseline {p_cost:.0} ns (userspace only, kernel capture cost not counted): **{:.1}x** packets per second per core.\n",
                 p_cost / x_cost
+            ));
+        }
+    }
+    let none = runs
+        .iter()
+        .find(|r| r.sensor == "none")
+        .map(|r| r.busy_ns_per_packet);
+    if let (Some(none), Some(p)) = (none, pcap_bg) {
+        for x in runs
+            .iter()
+            .filter(|r| r.scenario == "background" && r.sensor == "xtrail")
+        {
+            let xo = x.busy_ns_per_packet - none;
+            let po = p.busy_ns_per_packet - none;
+            md.push_str(&format!(
+                "- Background, whole-machine CPU each sensor adds per packet (busy time minus the no-sensor run's {none:.0} ns): xtrail {} {xo:.0} ns, libpcap baseline {po:.0} ns: **{:.1}x**.\n",
+                x.mode,
+                if xo > 0.0 { po / xo } else { f64::INFINITY }
             ));
         }
     }

@@ -882,9 +882,9 @@ fn write_results(
         "Taken {when} on {machine}{}.\n\n",
         if opts.quick { " (`--quick`)" } else { "" }
     ));
-    md.push_str("| scenario | sensor | mode | trails | offered rate | offered | sent pps | received | XDP | to userspace | events | recall | XDP ns/pkt | softirq ns/pkt | user ns/pkt | user ns/handed | RSS MB | load s |\n");
+    md.push_str("| scenario | sensor | mode | trails | offered rate | offered | sent pps | received | XDP | to userspace | events | recall | XDP ns/pkt | softirq ns/pkt | user ns/pkt | user ns/handed | machine busy ns/pkt | RSS MB | load s |\n");
     md.push_str(
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in runs {
         md.push_str(&format!(

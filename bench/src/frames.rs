@@ -414,6 +414,14 @@ pub fn tls_client_hello(sni: &str) -> Vec<u8> {
     rec
 }
 
+/// A QUIC v1 client Initial datagram (UDP payload) whose ClientHello names `sni`.
+pub fn quic_client_initial(sni: &str) -> Vec<u8> {
+    let hello = tls_client_hello(sni);
+    let dcid = [0x83, 0x94, 0xc8, 0xf0, 0x3e, 0x51, 0x57, 0x08];
+    xtrail_detect::protocols::quic::client_initial(&dcid, hello.get(5..).unwrap_or_default())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

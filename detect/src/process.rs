@@ -16,7 +16,9 @@
 //! - **HTTP requests** (TCP payload starting with a method, any port): a `Host` name sent to
 //!   an address trail raises `IP` `<dst> (<host>)`; otherwise the host name is checked against
 //!   the domain trails; then host + path against the URL trails (`URL`).
-//! - **TLS ClientHello** (any port): the server name against the domain trails.
+//! - **TLS ClientHello** (any port): the server name against the domain trails; likewise the
+//!   ClientHello inside a QUIC v1/v2 client Initial (UDP, any port), decrypted with the
+//!   Initial keys every observer can derive.
 //!
 //! Domain checks of TLS server names raise `DNS` events with protocol `TCP`, as Maltrail's
 //! `_check_domain` does; HTTP `Host` names that hit a domain trail raise `HTTP` events.
@@ -40,7 +42,7 @@ use hashbrown::DefaultHashBuilder;
 use crate::event::{proto_name, Action, Details, Event, EventType, Severity};
 use crate::heuristics::FlowStart;
 use crate::packet::{self, Packet, PacketError, TcpSegment, Transport};
-use crate::protocols::{dns, http, tls};
+use crate::protocols::{dns, http, quic, tls};
 use crate::trails::{IpMatchKind, Label, LabelId, TrailSet};
 use crate::whitelist::Whitelist;
 
@@ -441,6 +443,9 @@ impl Processor {
                     run.dns(&ctx, dgram.payload, false);
                 } else {
                     run.addresses(&ctx, true);
+                    if quic::looks_like_initial(dgram.payload) {
+                        run.quic_initial(&ctx, dgram.payload);
+                    }
                 }
             }
             Transport::Icmp { icmp_type, .. } => {
@@ -627,6 +632,22 @@ impl Run<'_, '_> {
             }
         }
         self.check_domain(ctx, name, details);
+    }
+
+    /// A QUIC client Initial: the ClientHello's server name against the domain trails.
+    fn quic_initial(&mut self, ctx: &PacketContext<'_>, p: &[u8]) {
+        let Ok(Some(sni)) = quic::initial_sni(p) else {
+            return;
+        };
+        self.stats.tls_client_hellos += 1;
+        let mut buf = [0u8; MAX_HOST];
+        if let Some(name) = lowercase_into(sni.as_bytes(), &mut buf) {
+            let details = || Details {
+                tls_sni: Some(name.to_owned()),
+                ..Details::default()
+            };
+            self.check_domain(ctx, name, details);
+        }
     }
 
     /// An HTTP request: host against the address and domain trails, host + path against the

@@ -19,7 +19,7 @@ fn maps(c: &mut Criterion) {
     }
     let tree =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/maltrail/trails-static");
-    let Ok(trails) = TrailSet::load(&[tree.clone()], &LoadOptions::default()) else {
+    let Ok(trails) = TrailSet::load(std::slice::from_ref(&tree), &LoadOptions::default()) else {
         eprintln!("skipping map benchmarks: no trails at {}", tree.display());
         return;
     };

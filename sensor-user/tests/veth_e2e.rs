@@ -124,6 +124,7 @@ fn write_trails(dir: &Path, extra: &str) -> std::path::PathBuf {
              evil-e2e-xtrail.com,e2e domain (malware),(test)\n\
              tls-evil-e2e-xtrail.com,e2e tls (malware),(test)\n\
              /malicious-e2e.php,e2e url (malware),(test)\n\
+             quic-evil-e2e-xtrail.com,e2e quic (malware),(test)\n\
              {extra}"
         ),
     )
@@ -379,6 +380,8 @@ fn dns_http_and_tls_names_are_matched_and_traffic_still_arrives() {
                 answers += 1;
             }
         }
+        let quic = xtrail_bench::frames::quic_client_initial("quic-evil-e2e-xtrail.com");
+        sock.send_to(&quic, (client_ip.as_str(), 443)).unwrap();
         let mut http = TcpStream::connect((client_ip.as_str(), 80)).expect("connect 80");
         http.write_all(b"GET /malicious-e2e.php?id=1 HTTP/1.1\r\nHost: shop-e2e.example\r\nUser-Agent: e2e\r\n\r\n").unwrap();
         let mut reply = String::new();
@@ -397,7 +400,7 @@ fn dns_http_and_tls_names_are_matched_and_traffic_still_arrives() {
         )
     });
     let (answers, http_ok, tls_ok) = client.join().unwrap().unwrap();
-    let ev = wait_for_events(&log, 4);
+    let ev = wait_for_events(&log, 5);
     let stats = sensor.stop();
     assert_eq!(dns_server.join().unwrap().unwrap(), 3);
     assert_eq!(tcp_server.join().unwrap().unwrap(), 2);
@@ -434,7 +437,7 @@ fn dns_http_and_tls_names_are_matched_and_traffic_still_arrives() {
 #[test]
 fn mirror_mode_hands_names_to_afxdp_workers() {
     privileged!();
-    use xtrail_bench::frames::{dns_query, tls_client_hello};
+    use xtrail_bench::frames::{dns_query, quic_client_initial, tls_client_hello};
 
     let dir = tempdir("mirror");
     let trails = write_trails(&dir, "");
@@ -464,11 +467,18 @@ fn mirror_mode_hands_names_to_afxdp_workers() {
             53,
             &dns_query(8, "clean-e2e-xtrail.com", 1),
         ),
+        Frame::udp(
+            me,
+            40005,
+            there,
+            443,
+            &quic_client_initial("quic-evil-e2e-xtrail.com"),
+        ),
     ];
     for f in &frames {
         inj.send(&f.build()).unwrap();
     }
-    let ev = wait_for_events(&log, 4);
+    let ev = wait_for_events(&log, 5);
     let stats = sensor.stop();
     let trails_seen: Vec<&str> = ev.iter().filter_map(|e| e["trail"].as_str()).collect();
     assert!(
@@ -480,13 +490,14 @@ fn mirror_mode_hands_names_to_afxdp_workers() {
         "{ev:#?}"
     );
     assert!(trails_seen.contains(&"tls-evil-e2e-xtrail.com"), "{ev:#?}");
+    assert!(trails_seen.contains(&"quic-evil-e2e-xtrail.com"), "{ev:#?}");
     assert!(trails_seen.contains(&"198.19.66.66"), "{ev:#?}");
-    assert_eq!(ev.len(), 4, "{ev:#?}");
+    assert_eq!(ev.len(), 5, "{ev:#?}");
     assert!(
         ev.iter().all(|e| e["iface"] == pair.sensor_if.as_str()),
         "{ev:#?}"
     );
-    assert_eq!(counter(&stats, "redirected"), 4, "{stats}");
+    assert_eq!(counter(&stats, "redirected"), 5, "{stats}");
     assert_eq!(counter(&stats, "copied"), 0, "{stats}");
     // Mirror mode: everything is consumed at the sensor (dropped or redirected).
     assert_eq!(counter(&stats, "pass"), 0, "{stats}");

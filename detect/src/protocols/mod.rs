@@ -1,5 +1,5 @@
 //! Application protocols the sensor looks into: DNS queries and answers, HTTP/1.x requests and
-//! responses, TLS ClientHello server names.
+//! responses, TLS ClientHello server names, QUIC Initial server names.
 //!
 //! Each parser takes one payload slice, borrows from it, allocates nothing (DNS names are
 //! decoded into a fixed stack buffer), checks every length against the bytes it has and does a
@@ -10,4 +10,5 @@
 
 pub mod dns;
 pub mod http;
+pub mod quic;
 pub mod tls;

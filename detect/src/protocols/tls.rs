@@ -50,6 +50,12 @@ pub fn parse_client_hello(p: &[u8]) -> Result<ClientHello<'_>, TlsError> {
     let record_len = usize::from(be16(p, 3).ok_or(TlsError::Truncated("record header"))?);
     let record = p.get(5..).ok_or(TlsError::Truncated("record header"))?;
     let record = record.get(..record_len).unwrap_or(record);
+    parse_handshake(record)
+}
+
+/// Parses a ClientHello handshake message (type 1, 3-byte length, body) without a record
+/// header: what a QUIC Initial's CRYPTO frames carry.
+pub fn parse_handshake(record: &[u8]) -> Result<ClientHello<'_>, TlsError> {
     if record.first() != Some(&0x01) {
         return Err(TlsError::NotClientHello);
     }

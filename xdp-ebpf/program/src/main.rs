@@ -280,6 +280,21 @@ fn classify(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<u8> {
         return Some(handoff::DNS);
     }
     if !is_tcp {
+        // A QUIC v1/v2 client Initial (long header, fixed bit, Initial type): its
+        // ClientHello's server name is readable by anyone.
+        if pkt.proto != parse::IPPROTO_UDP {
+            return None;
+        }
+        let (word, word2) = parse::payload_head(ctx, pkt.payload_off);
+        let b0 = word >> 24;
+        let version = (word << 8) | (word2 >> 24);
+        let initial = b0 & 0xc0 == 0xc0
+            && ((version == 1 && (b0 >> 4) & 3 == 0)
+                || (version == 0x6b33_43cf && (b0 >> 4) & 3 == 1));
+        if initial {
+            count(stat::HANDOFF_TLS, 1);
+            return Some(handoff::TLS_CLIENT_HELLO);
+        }
         return None;
     }
     let (word, word2) = parse::payload_head(ctx, pkt.payload_off);

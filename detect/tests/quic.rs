@@ -1,0 +1,93 @@
+//! A QUIC client Initial whose ClientHello names a trail domain raises an event, as the TLS
+//! ClientHello does (the corpus trails list `quic-evil.example`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use xtrail_detect::process::{Processor, ProcessorConfig};
+use xtrail_detect::protocols::quic;
+use xtrail_detect::trails::{LoadOptions, TrailSet};
+use xtrail_detect::whitelist::Whitelist;
+
+/// A ClientHello handshake message (no record header) naming `sni`.
+fn client_hello(sni: &str) -> Vec<u8> {
+    let n = sni.as_bytes();
+    let mut ext = vec![0, 0];
+    ext.extend_from_slice(&((n.len() + 5) as u16).to_be_bytes());
+    ext.extend_from_slice(&((n.len() + 3) as u16).to_be_bytes());
+    ext.push(0);
+    ext.extend_from_slice(&(n.len() as u16).to_be_bytes());
+    ext.extend_from_slice(n);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[9; 32]);
+    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1, 0];
+    hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    hs.extend_from_slice(&body);
+    hs
+}
+
+/// Ethernet + IPv4 + UDP around a payload (checksums left zero: the pipeline does not check).
+fn udp_frame(src: [u8; 4], dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+    let total = 20 + 8 + payload.len();
+    f.extend_from_slice(&[
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&50000u16.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn quic_initial_sni_hits_a_domain_trail() {
+    let csv = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/maltrail/corpus/trails.csv"
+    ));
+    let trails = if csv.is_file() {
+        TrailSet::load(&[csv], &LoadOptions::default()).unwrap()
+    } else {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true and no corpus"
+        );
+        let p = std::env::temp_dir().join(format!("quic-trails-{}.csv", std::process::id()));
+        std::fs::write(&p, "quic-evil.example,malware (test),(static)\n").unwrap();
+        TrailSet::load(&[p], &LoadOptions::default()).unwrap()
+    };
+    let mut p = Processor::new(
+        Arc::new(trails),
+        Arc::new(Whitelist::empty()),
+        ProcessorConfig::with_sensor("t"),
+    );
+    let dgram = quic::client_initial(&[7; 8], &client_hello("quic-evil.example")).unwrap();
+    let clean = quic::client_initial(&[8; 8], &client_hello("www.example-clean.org")).unwrap();
+    let mut lines = Vec::new();
+    for (i, d) in [dgram, clean].iter().enumerate() {
+        let frame = udp_frame([10, 0, 0, 5], [192, 0, 2, 10 + i as u8], 443, d);
+        p.process(1_790_000_000_000_000, 1, &frame, &mut |e| {
+            lines.push(e.to_maltrail())
+        });
+    }
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("UDP DNS quic-evil.example"), "{lines:?}");
+}

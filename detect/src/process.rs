@@ -20,8 +20,8 @@
 //!   ClientHello inside a QUIC v1/v2 client Initial (UDP, any port), decrypted with the
 //!   Initial keys every observer can derive.
 //!
-//! Domain checks of TLS server names raise `DNS` events with protocol `TCP`, as Maltrail's
-//! `_check_domain` does; HTTP `Host` names that hit a domain trail raise `HTTP` events.
+//! Domain checks of HTTP hosts and TLS server names raise `DNS` events with protocol `TCP`, as
+//! Maltrail's `_check_domain` does for every name it checks.
 //!
 //! Non-`DNS` events involving a whitelisted address are dropped; names that are whitelisted or
 //! end in an ignored suffix are not checked.
@@ -751,8 +751,7 @@ impl Run<'_, '_> {
         }
     }
 
-    /// A name against the domain trails (Maltrail's `_check_domain`): a `DNS` event on a hit
-    /// (`HTTP` for an HTTP `Host`, see [`Processor::check_host`]).
+    /// A name against the domain trails (Maltrail's `_check_domain`): a `DNS` event on a hit.
     fn check_domain(
         &mut self,
         ctx: &PacketContext<'_>,
@@ -762,15 +761,16 @@ impl Run<'_, '_> {
         self.check_name(ctx, name, EventType::Dns, details);
     }
 
-    /// An HTTP `Host` (or absolute-URL / CONNECT authority) against the domain trails: an
-    /// `HTTP` event on a hit.
+    /// An HTTP `Host` (or absolute-URL / CONNECT authority) against the domain trails: a
+    /// `DNS` event on a hit, as Maltrail's `_check_domain` reports every name it checks (SIEM
+    /// rules written for Maltrail rely on it).
     fn check_host(
         &mut self,
         ctx: &PacketContext<'_>,
         name: &str,
         details: impl FnOnce() -> Details,
     ) {
-        self.check_name(ctx, name, EventType::Http, details);
+        self.check_name(ctx, name, EventType::Dns, details);
     }
 
     fn check_name(
@@ -1157,10 +1157,10 @@ sinkholed.example,sinkhole x (malware),(static)
         let text = lines.join("\n");
         for want in [
             "1 1.2.3.4 8080 TCP URL evil-url.example/bad/path(?x=1)",
-            "2 1.2.3.4 3128 TCP HTTP evil-test-domain.com ",
+            "2 1.2.3.4 3128 TCP DNS evil-test-domain.com ",
             "3 66.66.66.66 80 TCP IP \"66.66.66.66 (name.example)\"",
             "5 1.2.3.4 443 TCP DNS tls-evil.example ",
-            "6 1.2.3.4 443 TCP HTTP sinkholed.example ",
+            "6 1.2.3.4 443 TCP DNS sinkholed.example ",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

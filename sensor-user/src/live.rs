@@ -41,6 +41,8 @@ pub struct LiveOptions {
     pub ua: Arc<UaPatterns>,
     /// Streams events to a collector, when configured.
     pub publisher: Option<Arc<Publisher>>,
+    /// Apply Maltrail's SYN label rules to kernel hits (as replay does).
+    pub maltrail_syn_rules: bool,
 }
 
 /// A Processor for live capture, with the heuristics installed when they are on.
@@ -297,7 +299,11 @@ pub fn run(
                 summary.whitelisted += 1;
                 continue;
             }
-            if rec.proto == 6
+            // Maltrail's label rules for SYNs (nothing for a SYN to an `attacker` or *from* a
+            // `malware` host) always apply to pcap replay, for parity with its corpus; live,
+            // every reportable hit is reported unless --maltrail-syn-rules asks for them.
+            if opts.maltrail_syn_rules
+                && rec.proto == 6
                 && !syn_hit_reported(
                     &event.info,
                     rec.side == side::DST,

@@ -233,6 +233,10 @@ enum Command {
         /// Do not send flow starts to userspace (disables the scan heuristics).
         #[arg(long = "no-flow-starts")]
         no_flow_starts: bool,
+        /// Apply Maltrail's SYN label rules to IP hits, as replay does: no event for a SYN to
+        /// an `attacker` or a `parking site` (off ports 80/443), or from a `malware` host.
+        #[arg(long = "maltrail-syn-rules")]
+        maltrail_syn_rules: bool,
         #[command(flatten)]
         heuristics: HeuristicArgs,
         #[command(flatten)]
@@ -307,6 +311,7 @@ fn main() -> ExitCode {
             no_payloads,
             no_afxdp,
             no_flow_starts,
+            maltrail_syn_rules,
             heuristics,
             collector,
         } => run(RunArgs {
@@ -337,6 +342,7 @@ fn main() -> ExitCode {
             no_payloads,
             no_afxdp,
             no_flow_starts,
+            maltrail_syn_rules,
             heuristics,
             collector,
         }),
@@ -422,6 +428,7 @@ struct RunArgs {
     no_payloads: bool,
     no_afxdp: bool,
     no_flow_starts: bool,
+    maltrail_syn_rules: bool,
     heuristics: HeuristicArgs,
     collector: CollectorArgs,
 }
@@ -493,6 +500,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         heuristics: args.heuristics.config(true),
         ua: args.heuristics.ua()?,
         publisher: args.collector.start(&args.sensor_name, "run")?,
+        maltrail_syn_rules: args.maltrail_syn_rules,
     };
     live::run(
         Arc::new(trails),

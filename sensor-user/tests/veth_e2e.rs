@@ -160,7 +160,7 @@ fn trail_traffic_is_reported_and_clean_traffic_is_not() {
     let frames = [
         Frame::syn(me, 40000, v4("198.19.66.66"), 443), // destination IP
         Frame::syn(v4("198.19.77.77"), 40001, there, 22), // source IP
-        Frame::syn(v4("198.19.66.66"), 40009, there, 22), // from malware: silent
+        Frame::syn(v4("198.19.66.66"), 40009, there, 22), // from a malware host: reported live
         Frame::syn(me, 40002, v4("198.19.6.6"), 8443),  // IP:port
         Frame::syn(me, 40003, v4("198.19.128.9"), 80),  // CIDR
         Frame::syn(v6("2001:db8::2"), 40004, v6("2001:db8:bad::1"), 443), // IPv6
@@ -170,9 +170,9 @@ fn trail_traffic_is_reported_and_clean_traffic_is_not() {
     for f in &frames {
         inj.send(&f.build()).unwrap();
     }
-    let ev = wait_for_events(&log, 5);
+    let ev = wait_for_events(&log, 6);
     let stats = sensor.stop();
-    assert_eq!(ev.len(), 5, "events: {ev:#?}");
+    assert_eq!(ev.len(), 6, "events: {ev:#?}");
     let find = |trail: &str| {
         ev.iter()
             .find(|e| e["trail"] == trail)
@@ -199,7 +199,7 @@ fn trail_traffic_is_reported_and_clean_traffic_is_not() {
     assert_eq!(find("2001:db8:bad::1")["src_ip"], "2001:db8::2");
     assert!(counter(&stats, "packets") >= 107, "{stats}");
     assert_eq!(counter(&stats, "reported"), 6, "{stats}");
-    assert_eq!(counter(&stats, "filtered"), 1, "{stats}");
+    assert_eq!(counter(&stats, "filtered"), 0, "{stats}");
     assert!(
         !pair.sensor_has_xdp().unwrap(),
         "XDP program left on the interface"
@@ -564,4 +564,28 @@ fn port_scan_and_nxdomain_burst_are_flagged_live() {
         "{ev:#?}"
     );
     assert!(counter(&stats, "flow_starts") >= 20, "{stats}");
+}
+
+#[test]
+fn maltrail_syn_rules_are_opt_in_live() {
+    privileged!();
+    let dir = tempdir("synrules");
+    let trails = write_trails(&dir, "");
+    let log = dir.join("events.jsonl");
+    let pair = VethPair::create("xr").expect("veth pair");
+    let sensor = Running::start(&pair, &trails, &log, &["--maltrail-syn-rules"]);
+    let inj = pair.injector().expect("injector");
+    let there = v4(&pair.sensor_ip);
+    // From a malware host: silent under Maltrail's rules; from a scanner: reported.
+    inj.send(&Frame::syn(v4("198.19.66.66"), 40000, there, 22).build())
+        .unwrap();
+    inj.send(&Frame::syn(v4("198.19.77.77"), 40001, there, 22).build())
+        .unwrap();
+    let ev = wait_for_events(&log, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = sensor.stop();
+    let ev2 = events(&log);
+    assert_eq!(ev2.len(), 1, "{ev:#?}");
+    assert_eq!(ev2[0]["trail"], "198.19.77.77");
+    assert_eq!(counter(&stats, "filtered"), 1, "{stats}");
 }

@@ -385,33 +385,9 @@ pub fn dns_nxdomain(id: u16, name: &str, qtype: u16) -> Vec<u8> {
     p
 }
 
-/// A TLS 1.2-style ClientHello record carrying `sni` in the server_name extension.
+/// A TLS ClientHello record carrying `sni` in the server_name extension.
 pub fn tls_client_hello(sni: &str) -> Vec<u8> {
-    let name = sni.as_bytes();
-    let mut sni_ext = Vec::new();
-    let list_len = (name.len() + 3) as u16;
-    sni_ext.extend_from_slice(&0u16.to_be_bytes()); // server_name
-    sni_ext.extend_from_slice(&(list_len + 2).to_be_bytes());
-    sni_ext.extend_from_slice(&list_len.to_be_bytes());
-    sni_ext.push(0); // host_name
-    sni_ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    sni_ext.extend_from_slice(name);
-    let mut body = Vec::new();
-    body.extend_from_slice(&[0x03, 0x03]);
-    body.extend_from_slice(&[0x42; 32]); // random
-    body.push(0); // session id
-    body.extend_from_slice(&4u16.to_be_bytes());
-    body.extend_from_slice(&[0x13, 0x01, 0xc0, 0x2f]);
-    body.extend_from_slice(&[1, 0]); // compression: null
-    body.extend_from_slice(&(sni_ext.len() as u16).to_be_bytes());
-    body.extend_from_slice(&sni_ext);
-    let mut hs = vec![1u8];
-    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    hs.extend_from_slice(&body);
-    let mut rec = vec![0x16, 0x03, 0x01];
-    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-    rec.extend_from_slice(&hs);
-    rec
+    xtrail_detect::protocols::tls::client_hello_record(sni)
 }
 
 /// A QUIC v1 client Initial datagram (UDP payload) whose ClientHello names `sni`.

@@ -28,32 +28,10 @@ fn dns_query(name: &str) -> Vec<u8> {
     p
 }
 
-fn client_hello(sni: &str) -> Vec<u8> {
-    let n = sni.as_bytes();
-    let mut ext = vec![0, 0];
-    ext.extend_from_slice(&((n.len() + 5) as u16).to_be_bytes());
-    ext.extend_from_slice(&((n.len() + 3) as u16).to_be_bytes());
-    ext.push(0);
-    ext.extend_from_slice(&(n.len() as u16).to_be_bytes());
-    ext.extend_from_slice(n);
-    let mut body = vec![3, 3];
-    body.extend_from_slice(&[7; 32]);
-    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
-    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-    body.extend_from_slice(&ext);
-    let mut hs = vec![1, 0];
-    hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    hs.extend_from_slice(&body);
-    let mut rec = vec![0x16, 3, 1];
-    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-    rec.extend_from_slice(&hs);
-    rec
-}
-
 fn parsers(c: &mut Criterion) {
     let q = dns_query("a.b.some-host.example-cdn.net");
     let req = b"GET /static/js/app.min.js?v=12345 HTTP/1.1\r\nHost: www.example-shop.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36\r\nAccept: */*\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n\r\n";
-    let hello = client_hello("api.example-service.com");
+    let hello = tls::client_hello_record("api.example-service.com");
     let mut g = c.benchmark_group("parse");
     g.bench_function("dns_query", |b| {
         b.iter(|| dns::parse(black_box(&q)).is_ok())

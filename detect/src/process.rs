@@ -699,7 +699,7 @@ impl Run<'_, '_> {
                 );
                 self.emit(e);
             } else if self.check_host_domains && !is_ip_literal(h) {
-                self.check_host(ctx, h, || details(h));
+                self.check_domain(ctx, h, || details(h));
             }
         }
 
@@ -716,7 +716,7 @@ impl Run<'_, '_> {
             {
                 host = h;
                 if !is_ip_literal(h) {
-                    self.check_host(ctx, h, || details(h));
+                    self.check_domain(ctx, h, || details(h));
                 }
             }
         } else if req.method == "CONNECT" {
@@ -728,7 +728,7 @@ impl Run<'_, '_> {
             {
                 host = h;
                 if !is_ip_literal(h) {
-                    self.check_host(ctx, h, || details(h));
+                    self.check_domain(ctx, h, || details(h));
                 }
             }
         }
@@ -751,33 +751,13 @@ impl Run<'_, '_> {
         }
     }
 
-    /// A name against the domain trails (Maltrail's `_check_domain`): a `DNS` event on a hit.
+    /// A name against the domain trails (Maltrail's `_check_domain`): a `DNS` event on a hit,
+    /// for DNS queries, HTTP hosts and TLS/QUIC server names alike (SIEM rules written for
+    /// Maltrail rely on that type).
     fn check_domain(
         &mut self,
         ctx: &PacketContext<'_>,
         name: &str,
-        details: impl FnOnce() -> Details,
-    ) {
-        self.check_name(ctx, name, EventType::Dns, details);
-    }
-
-    /// An HTTP `Host` (or absolute-URL / CONNECT authority) against the domain trails: a
-    /// `DNS` event on a hit, as Maltrail's `_check_domain` reports every name it checks (SIEM
-    /// rules written for Maltrail rely on it).
-    fn check_host(
-        &mut self,
-        ctx: &PacketContext<'_>,
-        name: &str,
-        details: impl FnOnce() -> Details,
-    ) {
-        self.check_name(ctx, name, EventType::Dns, details);
-    }
-
-    fn check_name(
-        &mut self,
-        ctx: &PacketContext<'_>,
-        name: &str,
-        kind: EventType,
         details: impl FnOnce() -> Details,
     ) {
         if is_ip_literal(name)
@@ -792,7 +772,7 @@ impl Run<'_, '_> {
         // Maltrail's exceptions (name servers of sinkholed domains, bare dynamic-DNS
         // providers) are applied by the lookup itself.
         let label = self.label(m.label);
-        let e = ctx.labelled(kind, m.trail, label, details());
+        let e = ctx.labelled(EventType::Dns, m.trail, label, details());
         self.emit(e);
     }
 }

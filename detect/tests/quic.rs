@@ -5,28 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use xtrail_detect::process::{Processor, ProcessorConfig};
-use xtrail_detect::protocols::quic;
+use xtrail_detect::protocols::{quic, tls};
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
 
 /// A ClientHello handshake message (no record header) naming `sni`.
 fn client_hello(sni: &str) -> Vec<u8> {
-    let n = sni.as_bytes();
-    let mut ext = vec![0, 0];
-    ext.extend_from_slice(&((n.len() + 5) as u16).to_be_bytes());
-    ext.extend_from_slice(&((n.len() + 3) as u16).to_be_bytes());
-    ext.push(0);
-    ext.extend_from_slice(&(n.len() as u16).to_be_bytes());
-    ext.extend_from_slice(n);
-    let mut body = vec![3, 3];
-    body.extend_from_slice(&[9; 32]);
-    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
-    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-    body.extend_from_slice(&ext);
-    let mut hs = vec![1, 0];
-    hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    hs.extend_from_slice(&body);
-    hs
+    tls::client_hello_record(sni)[5..].to_vec()
 }
 
 /// Ethernet + IPv4 + UDP around a payload (checksums left zero: the pipeline does not check).

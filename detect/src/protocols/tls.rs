@@ -105,6 +105,33 @@ pub fn parse_handshake(record: &[u8]) -> Result<ClientHello<'_>, TlsError> {
     Ok(ClientHello { version, sni: None })
 }
 
+/// Builds a minimal TLS 1.2/1.3-style ClientHello record naming `sni`: for tests, benchmarks
+/// and traffic generators (a QUIC Initial carries the same message without the 5-byte
+/// record header).
+pub fn client_hello_record(sni: &str) -> Vec<u8> {
+    let name = sni.as_bytes();
+    let mut ext = vec![0, 0];
+    ext.extend_from_slice(&((name.len() + 5) as u16).to_be_bytes());
+    ext.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
+    ext.push(0);
+    ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    ext.extend_from_slice(name);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[0x42; 32]); // random
+    body.push(0); // session id
+    body.extend_from_slice(&[0, 4, 0x13, 0x01, 0xc0, 0x2f]); // cipher suites
+    body.extend_from_slice(&[1, 0]); // compression: null
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
 /// Reads the `host_name` from a `server_name` extension body.
 fn server_name(data: &[u8]) -> Result<Option<&str>, TlsError> {
     let list_len = usize::from(be16(data, 0).ok_or(TlsError::Truncated("server_name"))?);

@@ -68,6 +68,9 @@ pub struct FileError {
 /// What a replay did.
 #[derive(Debug, Default)]
 pub struct ReplayStats {
+    /// Time spent reading and processing packets (set-up such as compiling the heuristics'
+    /// patterns excluded).
+    pub elapsed: std::time::Duration,
     /// Files opened.
     pub files: usize,
     /// Packets read.
@@ -137,6 +140,7 @@ pub fn replay_with<W: Write + ?Sized>(
         processor.set_heuristics(Box::new(heuristics));
     }
     let mut throttle = opts.throttle.map(Throttle::new);
+    let started = std::time::Instant::now();
     let mut stats = ReplayStats::default();
     let mut write_error: Option<std::io::Error> = None;
     for path in paths {
@@ -164,6 +168,7 @@ pub fn replay_with<W: Write + ?Sized>(
         }
     }
     writer.flush()?;
+    stats.elapsed = started.elapsed();
     stats.processor = processor.stats().clone();
     stats.parse_errors = stats.processor.parse_errors;
     if let Some(t) = &throttle {

@@ -371,7 +371,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("xtrail-sensor: error: {e:#}");
+            eprintln!("xtrail-sensor: error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -400,6 +400,22 @@ fn pick_whitelist(flag: Option<PathBuf>, none: bool) -> Option<PathBuf> {
         eprintln!("xtrail-sensor: whitelist {}", p.display());
     }
     found
+}
+
+/// The error and its causes on one line, skipping a cause its parent already quotes.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn hostname() -> String {
@@ -555,7 +571,6 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         ua_patterns: Some(heuristics.ua()?),
         ..ReplayOptions::default()
     };
-    let started = Instant::now();
     let mut out: Box<dyn std::io::Write> = if events_log.as_os_str() == "-" {
         Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
     } else {
@@ -597,7 +612,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         let s = p.stats();
         eprintln!("xtrail-sensor: collector acknowledged {} event(s)", s.acked);
     }
-    let secs = started.elapsed().as_secs_f64();
+    let secs = stats.elapsed.as_secs_f64();
     for e in &stats.file_errors {
         eprintln!(
             "xtrail-sensor: warning: {} ended early: {}",

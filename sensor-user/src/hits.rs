@@ -39,6 +39,14 @@ impl Clock {
     }
 }
 
+/// Wall-clock microseconds since the Unix epoch, now.
+pub fn unix_us_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 /// An address from the record's 16-byte form (IPv4 is v4-mapped).
 pub fn addr(family: u8, bytes: [u8; 16]) -> IpAddr {
     if family == 4 {

@@ -45,34 +45,40 @@ pub struct LiveOptions {
     pub maltrail_syn_rules: bool,
 }
 
-/// A Processor for live capture, with the heuristics installed when they are on.
-pub fn live_processor(
-    trails: &Arc<TrailSet>,
-    whitelist: &Arc<Whitelist>,
-    opts: &LiveOptions,
-    iface: Option<String>,
-) -> anyhow::Result<Processor> {
-    let mut p = Processor::new(
-        Arc::clone(trails),
-        Arc::clone(whitelist),
-        ProcessorConfig {
-            iface,
-            ..ProcessorConfig::with_sensor(opts.sensor_name.clone())
-        },
-    );
-    if let Some(cfg) = &opts.heuristics {
-        let h = MaltrailHeuristics::new(cfg.clone(), Arc::clone(whitelist), Arc::clone(&opts.ua))
-            .context("setting up the heuristics")?;
-        p.set_heuristics(Box::new(h));
-    }
-    Ok(p)
+/// What every live [`Processor`] is built from: the main loop's (payload ring and flow starts)
+/// and each AF_XDP worker's.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub trails: Arc<TrailSet>,
+    pub whitelist: Arc<Whitelist>,
+    pub sensor_name: String,
+    /// Heuristics (scans, DNS, HTTP); `None` runs trails only.
+    pub heuristics: Option<HeuristicsConfig>,
+    pub ua: Arc<UaPatterns>,
 }
 
-fn unix_us_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+impl Pipeline {
+    /// A Processor for live capture on `iface`, with the heuristics installed when they are on.
+    pub fn processor(&self, iface: Option<String>) -> anyhow::Result<Processor> {
+        let mut p = Processor::new(
+            Arc::clone(&self.trails),
+            Arc::clone(&self.whitelist),
+            ProcessorConfig {
+                iface,
+                ..ProcessorConfig::with_sensor(self.sensor_name.clone())
+            },
+        );
+        if let Some(cfg) = &self.heuristics {
+            let h = MaltrailHeuristics::new(
+                cfg.clone(),
+                Arc::clone(&self.whitelist),
+                Arc::clone(&self.ua),
+            )
+            .context("setting up the heuristics")?;
+            p.set_heuristics(Box::new(h));
+        }
+        Ok(p)
+    }
 }
 
 /// Totals at the end of a run.
@@ -123,6 +129,13 @@ pub fn run(
     log: &mut EventLog,
     stop: &AtomicBool,
 ) -> anyhow::Result<LiveSummary> {
+    let pipeline = Pipeline {
+        trails: Arc::clone(&trails),
+        whitelist: Arc::clone(&whitelist),
+        sensor_name: opts.sensor_name.clone(),
+        heuristics: opts.heuristics.clone(),
+        ua: Arc::clone(&opts.ua),
+    };
     let started = Instant::now();
     let mut sensor = Sensor::load(&trails.ip, &opts.sensor)?;
     let f = &sensor.fill;
@@ -159,11 +172,7 @@ pub fn run(
     let mut workers = Vec::new();
     if opts.sensor.mode == Mode::Mirror && opts.afxdp && opts.sensor.handoff {
         let ctx = xsk::WorkerContext {
-            trails: Arc::clone(&trails),
-            whitelist: Arc::clone(&whitelist),
-            sensor_name: opts.sensor_name.clone(),
-            heuristics: opts.heuristics.clone(),
-            ua: Arc::clone(&opts.ua),
+            pipeline: pipeline.clone(),
             events: worker_tx.clone(),
             stop: Arc::clone(&worker_stop),
         };
@@ -218,7 +227,7 @@ pub fn run(
     };
     // One processor for the payload ring (inline mode) and the flow starts (both modes): a
     // single heuristics instance sees every flow start, so scan counts are not split.
-    let mut processor = live_processor(&trails, &whitelist, opts, None)?;
+    let mut processor = pipeline.processor(None)?;
     let mut throttle = Throttle::new(ThrottleConfig::default());
     let mut last_flush = Instant::now();
     let mut summary = LiveSummary::default();
@@ -351,7 +360,7 @@ pub fn run(
             throttle.finish(&mut |ev| pending.push(ev));
         } else if last_flush.elapsed() >= Duration::from_secs(1) {
             last_flush = Instant::now();
-            throttle.flush(unix_us_now(), &mut |ev| pending.push(ev));
+            throttle.flush(hits::unix_us_now(), &mut |ev| pending.push(ev));
         }
         while let Ok(ev) = worker_rx.try_recv() {
             pending.push(ev);

@@ -19,12 +19,10 @@ use xsk_rs::config::{BindFlags, Interface, LibxdpFlags, SocketConfig, UmemConfig
 use xsk_rs::{FrameDesc, Socket, Umem};
 use xtrail_common::{maps as names, XSK_MAX_IFACES, XSK_QUEUES_PER_IFACE};
 use xtrail_detect::event::Event;
-use xtrail_detect::heuristics::{HeuristicsConfig, MaltrailHeuristics, UaPatterns};
-use xtrail_detect::process::{Processor, ProcessorConfig};
 use xtrail_detect::throttle::{Throttle, ThrottleConfig};
-use xtrail_detect::trails::TrailSet;
-use xtrail_detect::whitelist::Whitelist;
 
+use crate::hits::unix_us_now;
+use crate::live::Pipeline;
 use crate::loader::Sensor;
 
 /// UMEM frames per socket.
@@ -78,20 +76,11 @@ pub fn rx_queues(iface: &str) -> u32 {
 /// What every worker needs.
 #[derive(Clone)]
 pub struct WorkerContext {
-    pub trails: Arc<TrailSet>,
-    pub whitelist: Arc<Whitelist>,
-    pub sensor_name: String,
-    pub heuristics: Option<HeuristicsConfig>,
-    pub ua: Arc<UaPatterns>,
+    /// Each worker builds its own Processor (and DNS/HTTP heuristics) from it; scans are fed
+    /// centrally from the flow starts.
+    pub pipeline: Pipeline,
     pub events: SyncSender<Event>,
     pub stop: Arc<AtomicBool>,
-}
-
-fn unix_us_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 /// Creates sockets on every receive queue of `ifaces` (name, index), registers them in the
@@ -171,24 +160,7 @@ fn spawn_one(
     let handle = std::thread::Builder::new()
         .name(format!("xsk-{iface}-{queue}"))
         .spawn(move || -> anyhow::Result<()> {
-            let mut processor = Processor::new(
-                Arc::clone(&ctx.trails),
-                Arc::clone(&ctx.whitelist),
-                ProcessorConfig {
-                    iface: Some(iface_name.clone()),
-                    ..ProcessorConfig::with_sensor(ctx.sensor_name.clone())
-                },
-            );
-            // Per-worker DNS/HTTP heuristics (scans are fed centrally from flow starts).
-            if let Some(cfg) = &ctx.heuristics {
-                let h = MaltrailHeuristics::new(
-                    cfg.clone(),
-                    Arc::clone(&ctx.whitelist),
-                    Arc::clone(&ctx.ua),
-                )
-                .map_err(|e| anyhow!("setting up the heuristics: {e}"))?;
-                processor.set_heuristics(Box::new(h));
-            }
+            let mut processor = ctx.pipeline.processor(Some(iface_name.clone()))?;
             let mut last_flush = std::time::Instant::now();
             let mut throttle = Throttle::new(ThrottleConfig::default());
             let mut batch: Vec<FrameDesc> = free.drain(..RX_BATCH.min(free.len())).collect();

@@ -362,19 +362,9 @@ pub fn v6(s: &str) -> IpAddr {
     IpAddr::V6(s.parse::<Ipv6Addr>().expect("IPv6 literal"))
 }
 
-/// A minimal DNS query payload for `name` with the given qtype (1 = A).
+/// A DNS query payload for `name` with the given qtype (1 = A).
 pub fn dns_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    let mut p = Vec::with_capacity(32 + name.len());
-    p.extend_from_slice(&id.to_be_bytes());
-    p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        p.push(label.len() as u8);
-        p.extend_from_slice(label.as_bytes());
-    }
-    p.push(0);
-    p.extend_from_slice(&qtype.to_be_bytes());
-    p.extend_from_slice(&1u16.to_be_bytes());
-    p
+    xtrail_detect::protocols::dns::query_message(id, name, qtype)
 }
 
 /// A DNS response to a query for `name` with rcode NXDOMAIN and no answers.

@@ -19,13 +19,7 @@ use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
 
 fn dns_query(name: &str) -> Vec<u8> {
-    let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in name.split('.') {
-        p.push(label.len() as u8);
-        p.extend_from_slice(label.as_bytes());
-    }
-    p.extend_from_slice(&[0, 0, 1, 0, 1]);
-    p
+    xtrail_detect::protocols::dns::query_message(0x1234, name, 1)
 }
 
 fn parsers(c: &mut Criterion) {

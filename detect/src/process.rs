@@ -903,15 +903,7 @@ sinkholed.example,sinkhole x (malware),(static)
     }
 
     fn query(name: &str, qtype: u16) -> Vec<u8> {
-        let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-        for l in name.split('.') {
-            m.push(l.len() as u8);
-            m.extend_from_slice(l.as_bytes());
-        }
-        m.push(0);
-        m.extend_from_slice(&qtype.to_be_bytes());
-        m.extend_from_slice(&[0, 1]);
-        m
+        dns::query_message(0x1234, name, qtype)
     }
 
     const ME: [u8; 4] = [10, 0, 0, 66];

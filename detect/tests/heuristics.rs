@@ -101,10 +101,7 @@ fn dns_name(m: &mut Vec<u8>, name: &str) {
 }
 
 fn query(name: &str) -> Vec<u8> {
-    let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    dns_name(&mut m, name);
-    m.extend_from_slice(&[0, 1, 0, 1]);
-    m
+    xtrail_detect::protocols::dns::query_message(0x1234, name, 1)
 }
 
 /// A response with the given rcode and A answers.

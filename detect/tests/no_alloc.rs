@@ -72,13 +72,7 @@ fn udp(dport: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 fn dns_query(name: &str) -> Vec<u8> {
-    let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for l in name.split('.') {
-        m.push(l.len() as u8);
-        m.extend_from_slice(l.as_bytes());
-    }
-    m.extend_from_slice(&[0, 0, 1, 0, 1]);
-    m
+    xtrail_detect::protocols::dns::query_message(0x1234, name, 1)
 }
 
 fn client_hello(sni: &str) -> Vec<u8> {

@@ -411,20 +411,28 @@ fn skip_name(msg: &[u8], pos: usize) -> Result<usize, DnsError> {
     walk_name(msg, pos, |_| Ok(()))
 }
 
+/// Builds a standard recursive query for `name` (class IN): for tests, benchmarks and
+/// traffic generators.
+pub fn query_message(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut m = Vec::with_capacity(18 + name.len());
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.push(0);
+    m.extend_from_slice(&qtype.to_be_bytes());
+    m.extend_from_slice(&CLASS_IN.to_be_bytes());
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn query(name: &str, qtype: u16) -> Vec<u8> {
-        let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-        for l in name.split('.') {
-            m.push(l.len() as u8);
-            m.extend_from_slice(l.as_bytes());
-        }
-        m.push(0);
-        m.extend_from_slice(&qtype.to_be_bytes());
-        m.extend_from_slice(&CLASS_IN.to_be_bytes());
-        m
+        query_message(0x1234, name, qtype)
     }
 
     #[test]

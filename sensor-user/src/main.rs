@@ -17,7 +17,7 @@ use xtrail_detect::whitelist::Whitelist;
 use xtrail_publish::{Publisher, PublisherConfig};
 use xtrail_sensor::live::{self, LiveOptions};
 use xtrail_sensor::loader::{self, AttachMode, Mode, SensorOptions};
-use xtrail_sensor::output::EventLog;
+use xtrail_sensor::output::{open_output, EventLog};
 use xtrail_sensor::{privilege, stats};
 
 #[derive(Parser)]
@@ -63,6 +63,56 @@ impl From<FormatArg> for Format {
 enum EbpfLog {
     Off,
     Debug,
+}
+
+/// Trail and whitelist flags shared by `run` and `replay`.
+#[derive(clap::Args, Clone)]
+struct TrailArgs {
+    /// Trail source: a Maltrail trails.csv, a static trail tree, or a list file (repeatable).
+    #[arg(long = "trails", required = true)]
+    trails: Vec<PathBuf>,
+    /// Whitelist file (Maltrail's whitelist.txt format): no event for listed addresses
+    /// (default: $XTRAIL_WHITELIST, /etc/xtrail/whitelist.txt, or Maltrail's data beside the
+    /// installation, shared/data/maltrail/data/whitelist.txt).
+    #[arg(long)]
+    whitelist: Option<PathBuf>,
+    /// Use no whitelist at all.
+    #[arg(long = "no-whitelist", conflicts_with = "whitelist")]
+    no_whitelist: bool,
+}
+
+impl TrailArgs {
+    /// Loads the trails and the whitelist.
+    fn load(&self) -> anyhow::Result<(TrailSet, Whitelist)> {
+        let trails = load_trails(&self.trails)?;
+        let whitelist = match pick_whitelist(self.whitelist.clone(), self.no_whitelist) {
+            Some(p) => {
+                Whitelist::load(&p).with_context(|| format!("reading whitelist {}", p.display()))?
+            }
+            None => Whitelist::empty(),
+        };
+        Ok((trails, whitelist))
+    }
+}
+
+/// Event output flags shared by `run` and `replay`.
+#[derive(clap::Args, Clone)]
+struct OutputArgs {
+    /// Where events go: a file (appended) or - for stdout.
+    #[arg(long = "events-log", default_value = "-")]
+    events_log: PathBuf,
+    /// Event line format.
+    #[arg(long, value_enum, default_value = "json")]
+    format: FormatArg,
+    /// Sensor name in events (default: the host name).
+    #[arg(long = "sensor-name")]
+    sensor_name: Option<String>,
+}
+
+impl OutputArgs {
+    fn sensor_name(&self) -> String {
+        self.sensor_name.clone().unwrap_or_else(hostname)
+    }
 }
 
 /// Collector flags shared by `run` and `replay`.
@@ -179,17 +229,8 @@ enum Command {
         /// Interface to attach to (repeatable).
         #[arg(long = "iface", required = true)]
         ifaces: Vec<String>,
-        /// Trail source: a Maltrail trails.csv, a static trail tree, or a list file (repeatable).
-        #[arg(long = "trails", required = true)]
-        trails: Vec<PathBuf>,
-        /// Whitelist file (Maltrail's whitelist.txt format): no event for listed addresses
-        /// (default: $XTRAIL_WHITELIST, /etc/xtrail/whitelist.txt, or Maltrail's data beside
-        /// the installation, shared/data/maltrail/data/whitelist.txt).
-        #[arg(long)]
-        whitelist: Option<PathBuf>,
-        /// Use no whitelist at all.
-        #[arg(long = "no-whitelist", conflicts_with = "whitelist")]
-        no_whitelist: bool,
+        #[command(flatten)]
+        trails: TrailArgs,
         /// inline (router: everything passes) or mirror (SPAN/TAP port: uninteresting packets dropped).
         #[arg(long, value_enum, default_value = "inline")]
         mode: ModeArg,
@@ -199,15 +240,8 @@ enum Command {
         /// XDP attach mode: auto tries driver mode, then falls back to generic (skb) mode.
         #[arg(long = "xdp-mode", value_enum, default_value = "auto")]
         xdp_mode: XdpModeArg,
-        /// Where events go: a file (appended) or - for stdout.
-        #[arg(long = "events-log", default_value = "-")]
-        events_log: PathBuf,
-        /// Event line format.
-        #[arg(long, value_enum, default_value = "json")]
-        format: FormatArg,
-        /// Sensor name in events (default: the host name).
-        #[arg(long = "sensor-name")]
-        sensor_name: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
         /// Window, in milliseconds, in which repeats of one hit are suppressed in the kernel.
         #[arg(long = "suppress-ms", default_value_t = 1000)]
         suppress_ms: u64,
@@ -247,24 +281,10 @@ enum Command {
         /// Capture file (repeatable; replayed in order).
         #[arg(long = "pcap", required = true)]
         pcaps: Vec<PathBuf>,
-        /// Trail source: a Maltrail trails.csv, a static trail tree, or a list file (repeatable).
-        #[arg(long = "trails", required = true)]
-        trails: Vec<PathBuf>,
-        /// Whitelist file (Maltrail's whitelist.txt format; default as for `run`).
-        #[arg(long)]
-        whitelist: Option<PathBuf>,
-        /// Use no whitelist at all.
-        #[arg(long = "no-whitelist", conflicts_with = "whitelist")]
-        no_whitelist: bool,
-        /// Event line format.
-        #[arg(long, value_enum, default_value = "json")]
-        format: FormatArg,
-        /// Where events go: a file (appended) or - for stdout.
-        #[arg(long = "events-log", default_value = "-")]
-        events_log: PathBuf,
-        /// Sensor name in events (default: the host name).
-        #[arg(long = "sensor-name")]
-        sensor_name: Option<String>,
+        #[command(flatten)]
+        trails: TrailArgs,
+        #[command(flatten)]
+        output: OutputArgs,
         #[command(flatten)]
         heuristics: HeuristicArgs,
         #[command(flatten)]
@@ -295,14 +315,10 @@ fn main() -> ExitCode {
         Command::Run {
             ifaces,
             trails,
-            whitelist,
-            no_whitelist,
             mode,
             enforce,
             xdp_mode,
-            events_log,
-            format,
-            sensor_name,
+            output,
             suppress_ms,
             stats_interval,
             duration,
@@ -317,7 +333,6 @@ fn main() -> ExitCode {
         } => run(RunArgs {
             ifaces,
             trails,
-            whitelist: pick_whitelist(whitelist, no_whitelist),
             mode: match mode {
                 ModeArg::Inline => Mode::Inline,
                 ModeArg::Mirror => Mode::Mirror,
@@ -328,9 +343,7 @@ fn main() -> ExitCode {
                 XdpModeArg::Driver => AttachMode::Driver,
                 XdpModeArg::Skb => AttachMode::Skb,
             },
-            events_log,
-            format: format.into(),
-            sensor_name: sensor_name.unwrap_or_else(hostname),
+            output,
             suppress: Duration::from_millis(suppress_ms),
             stats_interval: Duration::from_secs(stats_interval),
             duration: (duration > 0).then(|| Duration::from_secs(duration)),
@@ -349,20 +362,13 @@ fn main() -> ExitCode {
         Command::Replay {
             pcaps,
             trails,
-            whitelist,
-            no_whitelist,
-            format,
-            events_log,
-            sensor_name,
+            output,
             heuristics,
             collector,
         } => replay(ReplayArgs {
             pcaps,
             trails,
-            whitelist: pick_whitelist(whitelist, no_whitelist),
-            format: format.into(),
-            events_log,
-            sensor_name: sensor_name.unwrap_or_else(hostname),
+            output,
             heuristics,
             collector,
         }),
@@ -428,14 +434,11 @@ fn hostname() -> String {
 
 struct RunArgs {
     ifaces: Vec<String>,
-    trails: Vec<PathBuf>,
-    whitelist: Option<PathBuf>,
+    trails: TrailArgs,
     mode: Mode,
     enforce: bool,
     xdp_mode: AttachMode,
-    events_log: PathBuf,
-    format: Format,
-    sensor_name: String,
+    output: OutputArgs,
     suppress: Duration,
     stats_interval: Duration,
     duration: Option<Duration>,
@@ -471,25 +474,22 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             bail!("unknown interface {iface}");
         }
     }
-    let trails = load_trails(&args.trails)?;
+    let (trails, whitelist) = args.trails.load()?;
     if trails.ip.is_empty() {
         bail!(
             "no IP, CIDR or IP:port trails in {}: the XDP fast path has nothing to look for",
             args.trails
+                .trails
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         );
     }
-    let whitelist = match &args.whitelist {
-        Some(p) => {
-            Whitelist::load(p).with_context(|| format!("reading whitelist {}", p.display()))?
-        }
-        None => Whitelist::empty(),
-    };
-    let mut log = EventLog::open(&args.events_log, args.format)
-        .with_context(|| format!("opening events log {}", args.events_log.display()))?;
+    let sensor_name = args.output.sensor_name();
+    let events_log = &args.output.events_log;
+    let mut log = EventLog::open(events_log, args.output.format.into())
+        .with_context(|| format!("opening events log {}", events_log.display()))?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handler")?;
@@ -509,13 +509,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             ..SensorOptions::default()
         },
         attach: args.xdp_mode,
-        sensor_name: args.sensor_name.clone(),
+        sensor_name: sensor_name.clone(),
         stats_interval: args.stats_interval,
         duration: args.duration,
         afxdp: !args.no_afxdp,
         heuristics: args.heuristics.config(true),
         ua: args.heuristics.ua()?,
-        publisher: args.collector.start(&args.sensor_name, "run")?,
+        publisher: args.collector.start(&sensor_name, "run")?,
         maltrail_syn_rules: args.maltrail_syn_rules,
     };
     live::run(
@@ -530,61 +530,30 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
 struct ReplayArgs {
     pcaps: Vec<PathBuf>,
-    trails: Vec<PathBuf>,
-    whitelist: Option<PathBuf>,
-    format: Format,
-    events_log: PathBuf,
-    sensor_name: String,
+    trails: TrailArgs,
+    output: OutputArgs,
     heuristics: HeuristicArgs,
     collector: CollectorArgs,
 }
 
 fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    let ReplayArgs {
-        pcaps,
-        trails: trail_paths,
-        whitelist,
-        format,
-        events_log,
-        sensor_name,
-        heuristics,
-        collector,
-    } = args;
-    let (pcaps, trail_paths, whitelist, events_log) = (
-        &pcaps[..],
-        &trail_paths[..],
-        whitelist.as_deref(),
-        events_log.as_path(),
-    );
-    let publisher = collector.start(&sensor_name, "replay")?;
-    let trails = load_trails(trail_paths)?;
-    let whitelist = match whitelist {
-        Some(p) => {
-            Whitelist::load(p).with_context(|| format!("reading whitelist {}", p.display()))?
-        }
-        None => Whitelist::empty(),
-    };
+    let sensor_name = args.output.sensor_name();
+    let publisher = args.collector.start(&sensor_name, "replay")?;
+    let (trails, whitelist) = args.trails.load()?;
+    let heuristics = &args.heuristics;
     let opts = ReplayOptions {
         processor: ProcessorConfig::with_sensor(sensor_name),
-        format,
+        format: args.output.format.into(),
         heuristics: heuristics.config(false),
         ua_patterns: Some(heuristics.ua()?),
         ..ReplayOptions::default()
     };
-    let mut out: Box<dyn std::io::Write> = if events_log.as_os_str() == "-" {
-        Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
-    } else {
-        Box::new(std::io::BufWriter::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(events_log)
-                .with_context(|| format!("opening events log {}", events_log.display()))?,
-        ))
-    };
+    let events_log = &args.output.events_log;
+    let mut out = open_output(events_log)
+        .with_context(|| format!("opening events log {}", events_log.display()))?;
     let mut publish_errors = 0u64;
     let stats = xtrail_detect::replay::replay_with(
-        pcaps,
+        &args.pcaps,
         Arc::new(trails),
         Arc::new(whitelist),
         &opts,

@@ -6,6 +6,15 @@ use std::path::Path;
 
 use xtrail_detect::event::{Event, Format};
 
+/// Opens `path` for appending, or stdout for `-`; buffered either way (callers flush).
+pub fn open_output(path: &Path) -> io::Result<Box<dyn Write + Send>> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(BufWriter::new(io::stdout())));
+    }
+    let file: File = OpenOptions::new().create(true).append(true).open(path)?;
+    Ok(Box::new(BufWriter::new(file)))
+}
+
 /// A line-oriented event log.
 pub struct EventLog {
     out: Box<dyn Write + Send>,
@@ -17,14 +26,8 @@ pub struct EventLog {
 impl EventLog {
     /// Opens `path` for appending, or stdout for `-`.
     pub fn open(path: &Path, format: Format) -> io::Result<EventLog> {
-        let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
-            Box::new(io::stdout())
-        } else {
-            let file: File = OpenOptions::new().create(true).append(true).open(path)?;
-            Box::new(BufWriter::new(file))
-        };
         Ok(EventLog {
-            out,
+            out: open_output(path)?,
             format,
             written: 0,
         })

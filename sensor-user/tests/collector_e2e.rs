@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use xtrail_bench::child::spawn_watched;
 use xtrail_bench::frames::{v4, Frame};
 use xtrail_bench::netns::VethPair;
 
@@ -222,9 +223,8 @@ fn killed_sensor_resends_its_spool_after_restart() {
     let url = format!("http://{grpc}");
     let pair = VethPair::create("xs").expect("veth pair");
     let start_sensor = |log: &Path| -> (Child, std::sync::mpsc::Receiver<String>) {
-        let mut child = pair
-            .in_sensor_ns(SENSOR)
-            .args(["run", "--iface", &pair.sensor_if, "--trails"])
+        let mut cmd = pair.in_sensor_ns(SENSOR);
+        cmd.args(["run", "--iface", &pair.sensor_if, "--trails"])
             .arg(&trails)
             .arg("--events-log")
             .arg(log)
@@ -237,28 +237,16 @@ fn killed_sensor_resends_its_spool_after_restart() {
             ])
             .args(["--collector", &url, "--token", SENSOR_TOKEN, "--state-dir"])
             .arg(dir.join("state"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("sensor");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("sensor: {l}");
-                let _ = tx.send(l);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(l) if l.contains("attached to") => break,
-                Ok(l) if l.contains("xtrail-sensor: error:") => panic!("{l}"),
-                Ok(_) => {}
-                Err(_) => panic!("sensor did not attach"),
-            }
+            .stdout(Stdio::null());
+        let w = spawn_watched(&mut cmd, Some("sensor: ")).expect("sensor");
+        if let Err(e) = w.wait_for(
+            "attached to",
+            "xtrail-sensor: error:",
+            Duration::from_secs(60),
+        ) {
+            panic!("sensor did not attach: {e}");
         }
-        (child, rx)
+        (w.child, w.lines)
     };
     let log1 = dir.join("events1.jsonl");
     let (mut sensor, _rx) = start_sensor(&log1);

@@ -3,12 +3,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use xtrail_bench::child::{spawn_watched, Watched};
 use xtrail_bench::frames::{tcp_flags, v4, v6, Frame};
 use xtrail_bench::netns::VethPair;
 
@@ -44,27 +44,12 @@ impl Running {
                 "0",
             ])
             .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start xtrail-sensor");
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("sensor: {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains("attached to") => break,
-                Ok(line) if line.contains("error:") => panic!("sensor failed: {line}"),
-                Ok(_) => {}
-                Err(_) => panic!("sensor did not attach in time"),
-            }
+            .stdout(Stdio::null());
+        let watched = spawn_watched(&mut cmd, Some("sensor: ")).expect("start xtrail-sensor");
+        if let Err(e) = watched.wait_for("attached to", "error:", Duration::from_secs(60)) {
+            panic!("sensor did not attach: {e}");
         }
+        let Watched { child, lines: rx } = watched;
         Running { child, stderr: rx }
     }
 

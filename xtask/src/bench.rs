@@ -6,14 +6,15 @@
 //! table and SVG plots.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
+use xtrail_bench::child::{spawn_watched, Watched};
 use xtrail_bench::gen::{self, SendReport};
 use xtrail_bench::netns::{in_ns, VethPair};
 use xtrail_bench::scenario::{self, Traffic, TrailPicks};
@@ -342,35 +343,19 @@ fn start_sensor(
             "bench",
         ])
         .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().context("starting xtrail-sensor")?;
-    let stderr = child.stderr.take().context("stderr")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let (mut load_s, mut fill_s) = (0.0, 0.0);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .context("the sensor did not attach")?;
-        if line.contains("trails loaded in") {
-            load_s = seconds_after(&line, "trails loaded in");
-        }
-        if line.contains("maps filled in") {
-            fill_s = seconds_after(&line, "maps filled in");
-        }
-        if line.contains("error:") {
-            bail!("sensor: {line}");
-        }
-        if line.contains("attached to") {
-            break;
-        }
-    }
+        .stdout(Stdio::null());
+    let watched = spawn_watched(&mut cmd, None).context("starting xtrail-sensor")?;
+    let seen = watched
+        .wait_for("attached to", "error:", Duration::from_secs(180))
+        .map_err(|e| anyhow::anyhow!("the sensor did not attach: {e}"))?;
+    let seconds = |marker: &str| {
+        seen.iter()
+            .find(|l| l.contains(marker))
+            .map(|l| seconds_after(l, marker))
+            .unwrap_or(0.0)
+    };
+    let (load_s, fill_s) = (seconds("trails loaded in"), seconds("maps filled in"));
+    let Watched { child, lines: rx } = watched;
     Ok(Sensor {
         child,
         lines: rx,

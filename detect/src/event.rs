@@ -165,6 +165,24 @@ pub fn proto_name(proto: u8) -> String {
     }
 }
 
+/// The fields every JSON event line carries (others, like `iface` and the protocol details,
+/// appear when they apply).
+pub const JSON_FIELDS: [&str; 13] = [
+    "ts",
+    "sensor",
+    "src_ip",
+    "src_port",
+    "dst_ip",
+    "dst_port",
+    "proto",
+    "type",
+    "trail",
+    "info",
+    "reference",
+    "severity",
+    "action",
+];
+
 /// Output line formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -274,21 +292,7 @@ mod tests {
     #[test]
     fn json_has_the_documented_fields() {
         let v: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
-        for key in [
-            "ts",
-            "sensor",
-            "src_ip",
-            "src_port",
-            "dst_ip",
-            "dst_port",
-            "proto",
-            "type",
-            "trail",
-            "info",
-            "reference",
-            "severity",
-            "action",
-        ] {
+        for key in JSON_FIELDS {
             assert!(v.get(key).is_some(), "missing {key}");
         }
         assert_eq!(v["ts"], "2026-08-07T09:14:22.117034Z");

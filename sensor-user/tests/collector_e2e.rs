@@ -181,20 +181,7 @@ fn replay_imports_detections_into_the_collector() {
     let stored = subscribe_all(&collector.url(), local.len(), None);
     assert_eq!(stored.len(), local.len());
     for (a, b) in local.iter().zip(&stored) {
-        for key in [
-            "ts",
-            "src_ip",
-            "src_port",
-            "dst_ip",
-            "dst_port",
-            "proto",
-            "type",
-            "trail",
-            "info",
-            "reference",
-            "severity",
-            "action",
-        ] {
+        for key in xtrail_detect::event::JSON_FIELDS {
             assert_eq!(a[key], b[key], "field {key}: {a} vs {b}");
         }
         assert_eq!(b["sensor_id"], "replay-e2e");

@@ -10,7 +10,7 @@
 //! loopback, multicast or broadcast addresses, whitelisted sources, and UDP that looks like a
 //! reply (from a port below 1024 to an ephemeral one, or the reverse of a flow seen).
 
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 
 use hashbrown::DefaultHashBuilder;
@@ -129,31 +129,22 @@ impl ScanState {
                 if !is_probe_flags(f.tcp_flags) {
                     return;
                 }
-                let w = self.tcp.get_or_insert_with(
-                    &(f.src, f.dst),
-                    || (f.src, f.dst),
-                    DistinctWindow::default,
-                );
-                if w.is_some_and(|w| {
-                    w.observe(
-                        u64::from(f.dst_port),
-                        f.ts_us,
-                        window,
-                        config.port_scan_threshold,
-                    )
-                }) {
+                let item = u64::from(f.dst_port);
+                if count_distinct(
+                    &mut self.tcp,
+                    (f.src, f.dst),
+                    item,
+                    f.ts_us,
+                    window,
+                    config.port_scan_threshold,
+                ) {
                     alert(ScanAlert::PortScan);
                 }
                 if config.infection_ports.contains(&f.dst_port) {
                     let item = self.hasher.hash_one(f.dst);
-                    let w = self.infection.get_or_insert_with(
-                        &(f.src, f.dst_port),
-                        || (f.src, f.dst_port),
-                        DistinctWindow::default,
-                    );
-                    if w.is_some_and(|w| {
-                        w.observe(item, f.ts_us, window, config.infection_scan_threshold)
-                    }) {
+                    let key = (f.src, f.dst_port);
+                    let threshold = config.infection_scan_threshold;
+                    if count_distinct(&mut self.infection, key, item, f.ts_us, window, threshold) {
                         alert(ScanAlert::Infection);
                     }
                 }
@@ -162,19 +153,15 @@ impl ScanState {
                 if self.is_udp_reply(f) {
                     return;
                 }
-                let w = self.udp.get_or_insert_with(
-                    &(f.src, f.dst),
-                    || (f.src, f.dst),
-                    DistinctWindow::default,
-                );
-                if w.is_some_and(|w| {
-                    w.observe(
-                        u64::from(f.dst_port),
-                        f.ts_us,
-                        window,
-                        config.udp_scan_threshold,
-                    )
-                }) {
+                let item = u64::from(f.dst_port);
+                if count_distinct(
+                    &mut self.udp,
+                    (f.src, f.dst),
+                    item,
+                    f.ts_us,
+                    window,
+                    config.udp_scan_threshold,
+                ) {
                     alert(ScanAlert::UdpScan);
                 }
             }
@@ -246,4 +233,19 @@ mod tests {
         assert!(!t("::ffff:127.0.0.1"));
         assert!(!t("ff02::fb"));
     }
+}
+
+/// Adds `item` to the sliding window kept for `key` (creating it, within the table's bound);
+/// true when the window's distinct count crosses `threshold`.
+fn count_distinct<K: Hash + Eq + Clone>(
+    table: &mut BoundedMap<K, DistinctWindow>,
+    key: K,
+    item: u64,
+    ts_us: i64,
+    window_us: i64,
+    threshold: usize,
+) -> bool {
+    table
+        .get_or_insert_with(&key, || key.clone(), DistinctWindow::default)
+        .is_some_and(|w| w.observe(item, ts_us, window_us, threshold))
 }

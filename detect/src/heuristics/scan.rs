@@ -203,6 +203,21 @@ fn is_scan_target(dst: IpAddr) -> bool {
     }
 }
 
+/// Adds `item` to the sliding window kept for `key` (creating it, within the table's bound);
+/// true when the window's distinct count crosses `threshold`.
+fn count_distinct<K: Hash + Eq + Clone>(
+    table: &mut BoundedMap<K, DistinctWindow>,
+    key: K,
+    item: u64,
+    ts_us: i64,
+    window_us: i64,
+    threshold: usize,
+) -> bool {
+    table
+        .get_or_insert_with(&key, || key.clone(), DistinctWindow::default)
+        .is_some_and(|w| w.observe(item, ts_us, window_us, threshold))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,19 +248,4 @@ mod tests {
         assert!(!t("::ffff:127.0.0.1"));
         assert!(!t("ff02::fb"));
     }
-}
-
-/// Adds `item` to the sliding window kept for `key` (creating it, within the table's bound);
-/// true when the window's distinct count crosses `threshold`.
-fn count_distinct<K: Hash + Eq + Clone>(
-    table: &mut BoundedMap<K, DistinctWindow>,
-    key: K,
-    item: u64,
-    ts_us: i64,
-    window_us: i64,
-    threshold: usize,
-) -> bool {
-    table
-        .get_or_insert_with(&key, || key.clone(), DistinctWindow::default)
-        .is_some_and(|w| w.observe(item, ts_us, window_us, threshold))
 }

@@ -13,6 +13,12 @@
 //! retention_bytes = 20_000_000_000
 //! max_batch_events = 10000
 //! subscriber_buffer = 1024
+//! max_http_connections = 1024
+//! max_http_connections_per_source = 64
+//! http_idle_seconds = 15
+//! max_grpc_connections = 8192
+//! max_grpc_connections_per_source = 1024
+//! grpc_idle_seconds = 90
 //! ```
 
 use std::net::SocketAddr;
@@ -21,6 +27,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 use serde::Deserialize;
 
+use std::time::Duration;
+
+use crate::conn::ConnLimits;
 use crate::ingest::BatchLimits;
 use crate::retention::Retention;
 
@@ -64,6 +73,24 @@ pub struct ServeArgs {
     /// [default: 1024].
     #[arg(long, value_name = "N")]
     pub subscriber_buffer: Option<usize>,
+    /// Open HTTP connections at most [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_http_connections: Option<usize>,
+    /// Open HTTP connections from one source address at most [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_http_connections_per_source: Option<usize>,
+    /// Close an HTTP connection idle for this long [default: 15].
+    #[arg(long, value_name = "SECS")]
+    pub http_idle_seconds: Option<u64>,
+    /// Open gRPC connections at most [default: 8192].
+    #[arg(long, value_name = "N")]
+    pub max_grpc_connections: Option<usize>,
+    /// Open gRPC connections from one source address at most [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_grpc_connections_per_source: Option<usize>,
+    /// Close a gRPC connection idle for this long [default: 90].
+    #[arg(long, value_name = "SECS")]
+    pub grpc_idle_seconds: Option<u64>,
 }
 
 /// The config file.
@@ -83,6 +110,12 @@ struct FileConfig {
     retention_bytes: Option<u64>,
     max_batch_events: Option<usize>,
     subscriber_buffer: Option<usize>,
+    max_http_connections: Option<usize>,
+    max_http_connections_per_source: Option<usize>,
+    http_idle_seconds: Option<u64>,
+    max_grpc_connections: Option<usize>,
+    max_grpc_connections_per_source: Option<usize>,
+    grpc_idle_seconds: Option<u64>,
 }
 
 /// Everything the server needs, checked.
@@ -106,6 +139,10 @@ pub struct ServerConfig {
     pub limits: BatchLimits,
     /// Live ring size, in committed batches.
     pub subscriber_buffer: usize,
+    /// HTTP connection limits.
+    pub http_conns: ConnLimits,
+    /// gRPC connection limits.
+    pub grpc_conns: ConnLimits,
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -158,7 +195,38 @@ impl ServerConfig {
         if subscriber_buffer == 0 {
             bail!("--subscriber-buffer must be positive");
         }
+        let conns = |max: Option<usize>,
+                     per_source: Option<usize>,
+                     idle: Option<u64>,
+                     d: ConnLimits|
+         -> anyhow::Result<ConnLimits> {
+            let c = ConnLimits {
+                max: max.unwrap_or(d.max),
+                per_source: per_source.unwrap_or(d.per_source),
+                idle: idle.map_or(d.idle, Duration::from_secs),
+            };
+            if c.max == 0 || c.per_source == 0 || c.idle.is_zero() {
+                bail!("connection limits and idle timeouts must be positive");
+            }
+            Ok(c)
+        };
+        let http_conns = conns(
+            args.max_http_connections.or(file.max_http_connections),
+            args.max_http_connections_per_source
+                .or(file.max_http_connections_per_source),
+            args.http_idle_seconds.or(file.http_idle_seconds),
+            ConnLimits::HTTP,
+        )?;
+        let grpc_conns = conns(
+            args.max_grpc_connections.or(file.max_grpc_connections),
+            args.max_grpc_connections_per_source
+                .or(file.max_grpc_connections_per_source),
+            args.grpc_idle_seconds.or(file.grpc_idle_seconds),
+            ConnLimits::GRPC,
+        )?;
         Ok(ServerConfig {
+            http_conns,
+            grpc_conns,
             data_dir,
             grpc: args
                 .grpc

@@ -12,6 +12,13 @@ use xtrail_proto::v1;
 const MAX_LIST: usize = 256;
 const MAX_TEXT: usize = 1024;
 
+/// The one case fold of the collector: live filtering, stored-event queries (SQLite's
+/// `xfold`) and filter terms all go through it, so a filter gives the same answer whenever
+/// it runs. Unicode lowercase (`İSTANBUL` and `istanbul`, `ÄRGER` and `ärger` meet).
+pub fn fold(s: &str) -> String {
+    s.to_lowercase()
+}
+
 /// A malformed filter; the message says which field and why.
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("filter: {0}")]
@@ -101,7 +108,7 @@ fn text(field: &str, value: &str) -> Result<Option<String>, FilterError> {
             "{field}: longer than {MAX_TEXT} bytes"
         )));
     }
-    Ok((!value.is_empty()).then(|| value.to_lowercase()))
+    Ok((!value.is_empty()).then(|| fold(value)))
 }
 
 fn short(v: &str) -> Result<String, String> {
@@ -162,7 +169,7 @@ impl EventFilter {
         let has = |needle: &Option<String>, hay: &str| {
             needle
                 .as_ref()
-                .is_none_or(|n| hay.to_lowercase().contains(n.as_str()))
+                .is_none_or(|n| fold(hay).contains(n.as_str()))
         };
         has(&self.trail, &e.trail) && has(&self.info, &e.info)
     }

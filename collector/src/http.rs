@@ -1,12 +1,16 @@
 //! The HTTP side, on the HTTP port: `/api/events` (query pages as JSON, the same filters as
-//! gRPC), `/api/health`, and `/metrics` (Prometheus text). `/api/events` takes the
+//! gRPC; text fields cut to [`LIST_FIELD_BYTES`] with `"truncated": true`), `/api/events/N`
+//! (one event whole, by cursor), `/api/health` (200 when ingesting, 503 with the reason when
+//! the store refuses writes), and `/metrics` (Prometheus text). The event routes take the
 //! subscriber token in `authorization: Bearer T` like gRPC; health and metrics are open
 //! (they carry no events) so that probes and scrapers need no secret.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,28 +20,47 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tonic::Code;
 use xtrail_proto::json::event_to_json;
+use xtrail_proto::limits;
 use xtrail_proto::v1::{self, QueryRequest};
 
-use crate::auth::{Role, Tokens};
+use crate::auth::{Auth, Role};
+use crate::conn::Peer;
 use crate::filter::apply_filter_term;
+use crate::health::Health;
 use crate::subscribe::Hub;
+
+/// Longest text field in an event list; `/api/events/N` has the whole event.
+pub const LIST_FIELD_BYTES: u32 = 512;
 
 /// What the HTTP handlers share.
 #[derive(Clone, Debug)]
 pub struct HttpState {
     /// Storage and counters.
     pub hub: Hub,
-    /// Tokens (the subscriber role guards `/api/events`).
-    pub tokens: Tokens,
+    /// Who may read events.
+    pub auth: Auth,
+    /// Whether the store accepts writes.
+    pub health: Arc<Health>,
 }
 
-/// The routes.
+/// The routes, with the peer address as connect info (for throttling failed logins).
 pub fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/api/events", get(events))
+        .route("/api/events/{cursor}", get(event_detail))
         .route("/api/health", get(health))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+fn authorize(s: &HttpState, headers: &HeaderMap, peer: SocketAddr) -> Result<(), Response> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    s.auth
+        .check(Role::Subscriber, auth, Some(peer.ip()))
+        .map(|_| ())
+        .map_err(|status| status_to_http(&status))
 }
 
 fn error(code: StatusCode, msg: impl Into<String>) -> Response {
@@ -49,6 +72,7 @@ fn status_to_http(s: &tonic::Status) -> Response {
         Code::InvalidArgument => StatusCode::BAD_REQUEST,
         Code::Unauthenticated => StatusCode::UNAUTHORIZED,
         Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(code, s.message())
@@ -99,15 +123,12 @@ pub fn query_from_params(pairs: &[(String, String)]) -> Result<QueryRequest, Str
 
 async fn events(
     State(s): State<Arc<HttpState>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if let Err(status) = s.tokens.check(Role::Subscriber, auth) {
-        crate::metrics::inc(&s.hub.metrics.auth_failures);
-        return status_to_http(&status);
+    if let Err(r) = authorize(&s, &headers, peer) {
+        return r;
     }
     let req = match query_from_params(&pairs) {
         Ok(r) => r,
@@ -115,7 +136,18 @@ async fn events(
     };
     match crate::query::query(&s.hub, req).await {
         Ok(page) => {
-            let events: Vec<_> = page.events.iter().map(event_to_json).collect();
+            let events: Vec<_> = page
+                .events
+                .into_iter()
+                .map(|mut e| {
+                    let cut = limits::truncate_fields_to(&mut e, LIST_FIELD_BYTES) > 0;
+                    let mut j = event_to_json(&e);
+                    if cut {
+                        j["truncated"] = true.into();
+                    }
+                    j
+                })
+                .collect();
             let next = (!page.next_page_token.is_empty()).then_some(page.next_page_token);
             Json(json!({ "events": events, "next_page": next })).into_response()
         }
@@ -123,20 +155,55 @@ async fn events(
     }
 }
 
+async fn event_detail(
+    State(s): State<Arc<HttpState>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(cursor): Path<String>,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers, peer) {
+        return r;
+    }
+    let Ok(cursor) = cursor.parse::<u64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{cursor:?} is not a cursor"),
+        );
+    };
+    let storage = Arc::clone(&s.hub.storage);
+    match tokio::task::spawn_blocking(move || storage.get(cursor)).await {
+        Ok(Ok(Some(e))) => Json(event_to_json(&e)).into_response(),
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, format!("no stored event {cursor}")),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("storage: {e}")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
 async fn health(State(s): State<Arc<HttpState>>) -> Response {
+    let common = json!({
+        "subscribers": s.hub.metrics.subscribers.load(Ordering::Relaxed),
+        "ingest_streams": s.hub.metrics.ingest_streams.load(Ordering::Relaxed),
+    });
+    if let Some(reason) = s.health.problem() {
+        let mut body = json!({ "status": "failing", "ingest": false, "reason": reason });
+        body["subscribers"] = common["subscribers"].clone();
+        body["ingest_streams"] = common["ingest_streams"].clone();
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     let storage = Arc::clone(&s.hub.storage);
     match tokio::task::spawn_blocking(move || storage.stats()).await {
         Ok(Ok(st)) => Json(json!({
             "status": "ok",
+            "ingest": true,
             "last_cursor": st.last_cursor,
             "storage_bytes": st.used_bytes,
-            "subscribers": s.hub.metrics.subscribers.load(Ordering::Relaxed),
-            "ingest_streams": s.hub.metrics.ingest_streams.load(Ordering::Relaxed),
+            "subscribers": common["subscribers"],
+            "ingest_streams": common["ingest_streams"],
         }))
         .into_response(),
         Ok(Err(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "error", "error": e.to_string() })),
+            Json(json!({ "status": "failing", "ingest": false, "reason": e.to_string() })),
         )
             .into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -152,7 +219,9 @@ async fn metrics(State(s): State<Arc<HttpState>>) -> Response {
         .unwrap_or_default();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.hub.metrics.render(st.used_bytes, st.last_cursor),
+        s.hub
+            .metrics
+            .render(st.used_bytes, st.last_cursor, s.health.problem().is_none()),
     )
         .into_response()
 }

@@ -19,6 +19,10 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use xtrail_proto::v1::{self, ingest_server::Ingest, PublishRequest, PublishResponse};
 
+use xtrail_proto::limits;
+
+use crate::auth::{Auth, Principal};
+use crate::health::Health;
 use crate::metrics::{add, inc, GaugeGuard, Metrics};
 use crate::storage::{Storage, StorageError};
 
@@ -37,8 +41,61 @@ pub struct BatchLimits {
 impl Default for BatchLimits {
     fn default() -> Self {
         BatchLimits {
-            max_events: 10_000,
-            max_bytes: 16 << 20,
+            max_events: limits::DEFAULT_MAX_BATCH_EVENTS as usize,
+            max_bytes: limits::DEFAULT_MAX_BATCH_BYTES as usize,
+        }
+    }
+}
+
+impl BatchLimits {
+    /// What `GetLimits` answers.
+    pub fn advertised(&self) -> v1::Limits {
+        v1::Limits {
+            max_batch_events: u32::try_from(self.max_events).unwrap_or(u32::MAX),
+            max_batch_bytes: self.max_bytes as u64,
+            ..limits::default_limits()
+        }
+    }
+}
+
+/// Why a batch was refused, for the status code and the metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// What kind of limit or rule.
+    pub reason: RefusalReason,
+    /// What is wrong, naming the limit.
+    pub message: String,
+}
+
+/// The kinds of refusal, each counted in `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// More events or bytes than a batch may hold.
+    BatchSize,
+    /// A field or an event over its limit.
+    FieldSize,
+    /// Sequence numbers out of range, not increasing, or going back within a stream.
+    Sequence,
+    /// The sensor id or name is not the caller's to use.
+    Identity,
+    /// Anything else malformed.
+    Malformed,
+}
+
+impl Refusal {
+    fn new(reason: RefusalReason, message: impl Into<String>) -> Self {
+        Refusal {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// The gRPC status.
+    pub fn status(&self) -> Status {
+        match self.reason {
+            RefusalReason::BatchSize => Status::resource_exhausted(self.message.clone()),
+            RefusalReason::Identity => Status::permission_denied(self.message.clone()),
+            _ => Status::invalid_argument(self.message.clone()),
         }
     }
 }
@@ -80,6 +137,7 @@ impl Writer {
         live: broadcast::Sender<LiveBatch>,
         last_cursor: Arc<AtomicU64>,
         metrics: Arc<Metrics>,
+        health: Arc<Health>,
     ) -> std::io::Result<Writer> {
         let (tx, mut rx) = mpsc::channel::<Job>(64);
         std::thread::Builder::new()
@@ -108,8 +166,16 @@ impl Writer {
                         }
                         ack
                     });
-                    if result.is_err() {
-                        inc(&metrics.storage_errors);
+                    match &result {
+                        Ok(_) => health.storage_ok(),
+                        Err(StorageError::Conflict { .. }) => {
+                            inc(&metrics.ingest_rejected);
+                            inc(&metrics.rejected_conflict);
+                        }
+                        Err(e) => {
+                            inc(&metrics.storage_errors);
+                            health.storage_failed(&e.to_string());
+                        }
                     }
                     let _ = job.reply.send(result);
                 }
@@ -130,6 +196,10 @@ impl Writer {
             .map_err(|_| Status::unavailable("collector is shutting down"))?;
         match wait.await {
             Ok(Ok(ack)) => Ok(ack),
+            Ok(Err(e @ StorageError::Conflict { .. })) => {
+                log::error!("refused a batch: {e}");
+                Err(Status::failed_precondition(e.to_string()))
+            }
             Ok(Err(e)) => {
                 log::error!("storing a batch: {e}");
                 Err(Status::unavailable(format!("storage failed: {e}")))
@@ -139,69 +209,148 @@ impl Writer {
     }
 }
 
-/// Checks a batch; the error says what is wrong. Fills each event's `sensor` from the
-/// sensor id when empty.
+/// What a stream has established: who publishes, under which key, up to which seq.
+#[derive(Debug, Default)]
+pub struct StreamState {
+    /// The `sensor_id` of the first batch.
+    pub sensor_id: Option<String>,
+    /// The highest seq of the batches so far.
+    pub last_seq: u64,
+}
+
+/// The storage key of a publisher: a per-sensor credential's events are keyed under its
+/// name, so no other credential can touch them; a shared token's under the id it sends.
+pub fn sensor_key(principal: &Principal, sensor_id: &str) -> String {
+    match principal {
+        Principal::Sensor(name) => format!("{name}/{sensor_id}"),
+        _ => sensor_id.to_string(),
+    }
+}
+
+/// Checks a batch against the limits, the caller's identity and the stream so far; the
+/// refusal names the limit. Fills each event's `sensor` (the credential's name, or the
+/// sensor id) when empty.
 pub fn validate_batch(
     req: &mut PublishRequest,
     limits: BatchLimits,
-    stream_sensor: Option<&str>,
-) -> Result<(), String> {
+    principal: &Principal,
+    stream: &StreamState,
+) -> Result<(), Refusal> {
+    use RefusalReason::*;
     if req.sensor_id.is_empty() {
-        return Err("sensor_id is empty".into());
+        return Err(Refusal::new(Malformed, "sensor_id is empty"));
     }
-    if req.sensor_id.len() > 256 {
-        return Err("sensor_id is longer than 256 bytes".into());
+    if req.sensor_id.len() > 256 || req.sensor_id.contains('/') {
+        return Err(Refusal::new(
+            Malformed,
+            "sensor_id must be at most 256 bytes and contain no '/'",
+        ));
     }
-    if let Some(first) = stream_sensor {
-        if first != req.sensor_id {
-            return Err(format!(
-                "sensor_id changed within a stream ({first:?} then {:?})",
-                req.sensor_id
+    if let Some(first) = &stream.sensor_id {
+        if *first != req.sensor_id {
+            return Err(Refusal::new(
+                Identity,
+                format!(
+                    "sensor_id changed within a stream ({first:?} then {:?})",
+                    req.sensor_id
+                ),
             ));
         }
     }
     if req.events.len() > limits.max_events {
-        return Err(format!(
-            "batch of {} events exceeds the limit of {}",
-            req.events.len(),
-            limits.max_events
+        return Err(Refusal::new(
+            BatchSize,
+            format!(
+                "batch of {} events exceeds the limit of {} events (GetLimits)",
+                req.events.len(),
+                limits.max_events
+            ),
         ));
     }
     let size = req.encoded_len();
     if size > limits.max_bytes {
-        return Err(format!(
-            "batch of {size} bytes exceeds the limit of {} bytes",
-            limits.max_bytes
+        return Err(Refusal::new(
+            BatchSize,
+            format!(
+                "batch of {size} bytes exceeds the limit of {} bytes (GetLimits)",
+                limits.max_bytes
+            ),
         ));
     }
-    let mut prev = 0u64;
+    let mut prev = stream.last_seq;
     for (i, ev) in req.events.iter_mut().enumerate() {
-        let at = |what: String| format!("event {i} (seq {}): {what}", ev.seq);
+        let seq = ev.seq;
+        let at = |what: String| format!("event {i} (seq {seq}): {what}");
         if ev.seq == 0 || ev.seq > i64::MAX as u64 {
-            return Err(at("seq must be between 1 and 2^63-1".into()));
+            return Err(Refusal::new(
+                Sequence,
+                at("seq must be between 1 and 2^63-1".into()),
+            ));
         }
         if ev.seq <= prev {
-            return Err(at(format!(
-                "seq must increase within a batch (previous {prev})"
-            )));
+            return Err(Refusal::new(
+                Sequence,
+                at(if i == 0 {
+                    format!("seq must increase within a stream, also across batches (the previous batch ended at {prev})")
+                } else {
+                    format!("seq must increase within a batch (previous {prev})")
+                }),
+            ));
         }
         prev = ev.seq;
+        let event_bytes = ev.encoded_len();
+        if event_bytes > limits::MAX_EVENT_BYTES as usize {
+            return Err(Refusal::new(
+                FieldSize,
+                at(format!(
+                    "event of {event_bytes} bytes exceeds the limit of {} bytes",
+                    limits::MAX_EVENT_BYTES
+                )),
+            ));
+        }
+        limits::check_fields(ev).map_err(|e| Refusal::new(FieldSize, at(e)))?;
         for (name, ip) in [("src_ip", &ev.src_ip), ("dst_ip", &ev.dst_ip)] {
             if ip.parse::<IpAddr>().is_err() {
-                return Err(at(format!("{name} {ip:?} is not an IP address")));
+                return Err(Refusal::new(
+                    Malformed,
+                    at(format!("{name} {ip:?} is not an IP address")),
+                ));
             }
         }
         if ev.src_port > 65535 || ev.dst_port > 65535 {
-            return Err(at("port above 65535".into()));
+            return Err(Refusal::new(Malformed, at("port above 65535".into())));
         }
         if ev.r#type.is_empty() || ev.r#type.len() > 32 {
-            return Err(at("type must be 1 to 32 bytes".into()));
+            return Err(Refusal::new(
+                Malformed,
+                at("type must be 1 to 32 bytes".into()),
+            ));
         }
         if v1::Severity::try_from(ev.severity).is_err() {
-            return Err(at(format!("unknown severity {}", ev.severity)));
+            return Err(Refusal::new(
+                Malformed,
+                at(format!("unknown severity {}", ev.severity)),
+            ));
         }
-        if ev.sensor.is_empty() {
-            ev.sensor.clone_from(&req.sensor_id);
+        match principal {
+            Principal::Sensor(name) => {
+                if ev.sensor.is_empty() {
+                    ev.sensor.clone_from(name);
+                } else if ev.sensor != *name {
+                    return Err(Refusal::new(
+                        Identity,
+                        at(format!(
+                            "this credential publishes as sensor {name:?}, not {:?}",
+                            ev.sensor
+                        )),
+                    ));
+                }
+            }
+            _ => {
+                if ev.sensor.is_empty() {
+                    ev.sensor.clone_from(&req.sensor_id);
+                }
+            }
         }
     }
     Ok(())
@@ -213,16 +362,33 @@ pub struct IngestService {
     writer: Writer,
     limits: BatchLimits,
     metrics: Arc<Metrics>,
+    auth: Auth,
 }
 
 impl IngestService {
-    /// A service committing through `writer`.
-    pub fn new(writer: Writer, limits: BatchLimits, metrics: Arc<Metrics>) -> Self {
+    /// A service committing through `writer`; `auth` rechecks per-sensor credentials
+    /// (revocation) on every batch.
+    pub fn new(writer: Writer, limits: BatchLimits, metrics: Arc<Metrics>, auth: Auth) -> Self {
         IngestService {
             writer,
             limits,
             metrics,
+            auth,
         }
+    }
+
+    fn refuse(&self, sensor_id: &str, r: &Refusal) -> Status {
+        let m = &self.metrics;
+        inc(&m.ingest_rejected);
+        inc(match r.reason {
+            RefusalReason::BatchSize => &m.rejected_batch_size,
+            RefusalReason::FieldSize => &m.rejected_field_size,
+            RefusalReason::Sequence => &m.rejected_sequence,
+            RefusalReason::Identity => &m.rejected_identity,
+            RefusalReason::Malformed => &m.rejected_malformed,
+        });
+        log::warn!("refused a batch from {sensor_id:?}: {}", r.message);
+        r.status()
     }
 }
 
@@ -236,36 +402,65 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<Self::PublishStream>, Status> {
+        let principal = request
+            .extensions()
+            .get::<Principal>()
+            .cloned()
+            .unwrap_or(Principal::AnySensor);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let svc = self.clone();
         tokio::spawn(async move {
             let _open = GaugeGuard::new(&svc.metrics.ingest_streams);
-            let mut sensor: Option<String> = None;
+            let mut stream = StreamState::default();
             loop {
                 let mut batch = match inbound.message().await {
                     Ok(Some(b)) => b,
                     Ok(None) => break,
                     Err(status) => {
-                        log::debug!("publish stream ended: {status}");
+                        // A message over the decoding limit is refused out loud; a broken
+                        // connection just ends the stream.
+                        if status.code() == tonic::Code::OutOfRange {
+                            let r = Refusal::new(
+                                RefusalReason::BatchSize,
+                                format!(
+                                    "batch exceeds the limit of {} bytes (GetLimits): {}",
+                                    svc.limits.max_bytes,
+                                    status.message()
+                                ),
+                            );
+                            let who = stream.sensor_id.clone().unwrap_or_default();
+                            let _ = tx.send(Err(svc.refuse(&who, &r))).await;
+                        } else {
+                            log::debug!("publish stream ended: {status}");
+                        }
                         break;
                     }
                 };
-                if let Err(why) = validate_batch(&mut batch, svc.limits, sensor.as_deref()) {
-                    inc(&svc.metrics.ingest_rejected);
-                    log::warn!("refused a batch from {:?}: {why}", batch.sensor_id);
-                    let _ = tx.send(Err(Status::invalid_argument(why))).await;
+                if !svc.auth.still_valid(&principal) {
+                    inc(&svc.metrics.auth_failures);
+                    let _ = tx
+                        .send(Err(Status::unauthenticated(
+                            "this sensor credential was revoked",
+                        )))
+                        .await;
                     break;
                 }
-                if sensor.is_none() {
-                    sensor = Some(batch.sensor_id.clone());
+                if let Err(r) = validate_batch(&mut batch, svc.limits, &principal, &stream) {
+                    let _ = tx.send(Err(svc.refuse(&batch.sensor_id, &r))).await;
+                    break;
                 }
-                if batch.events.is_empty() {
+                if stream.sensor_id.is_none() {
+                    stream.sensor_id = Some(batch.sensor_id.clone());
+                }
+                let Some(last) = batch.events.last().map(|e| e.seq) else {
                     continue;
-                }
+                };
+                stream.last_seq = last;
+                let key = sensor_key(&principal, &batch.sensor_id);
                 let reply = svc
                     .writer
-                    .write(batch.sensor_id, batch.events)
+                    .write(key, batch.events)
                     .await
                     .map(|ack| PublishResponse {
                         committed_seq: ack.committed_seq,
@@ -279,6 +474,13 @@ impl Ingest for IngestService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_limits(
+        &self,
+        _request: Request<v1::GetLimitsRequest>,
+    ) -> Result<Response<v1::Limits>, Status> {
+        Ok(Response::new(self.limits.advertised()))
     }
 }
 
@@ -306,22 +508,59 @@ mod tests {
     #[test]
     fn batches_are_checked() {
         let l = BatchLimits::default();
+        let any = Principal::AnySensor;
+        let fresh = StreamState::default();
         let mut b = batch(&[1, 2, 3]);
-        assert!(validate_batch(&mut b, l, None).is_ok());
+        assert!(validate_batch(&mut b, l, &any, &fresh).is_ok());
         assert_eq!(b.events[0].sensor, "s");
-        assert!(validate_batch(&mut batch(&[2, 1]), l, None)
-            .unwrap_err()
-            .contains("increase"));
-        assert!(validate_batch(&mut batch(&[0]), l, None).is_err());
+        let e = validate_batch(&mut batch(&[2, 1]), l, &any, &fresh).unwrap_err();
+        assert_eq!(e.reason, RefusalReason::Sequence);
+        assert!(validate_batch(&mut batch(&[0]), l, &any, &fresh).is_err());
         let small = BatchLimits { max_events: 2, ..l };
-        assert!(validate_batch(&mut batch(&[1, 2, 3]), small, None)
-            .unwrap_err()
-            .contains("exceeds"));
+        let e = validate_batch(&mut batch(&[1, 2, 3]), small, &any, &fresh).unwrap_err();
+        assert_eq!(e.status().code(), tonic::Code::ResourceExhausted);
+        assert!(e.message.contains("limit of 2 events"));
         let mut b = batch(&[1]);
         b.events[0].src_ip = "x".into();
-        assert!(validate_batch(&mut b, l, None)
+        assert!(validate_batch(&mut b, l, &any, &fresh)
             .unwrap_err()
+            .message
             .contains("src_ip"));
-        assert!(validate_batch(&mut batch(&[1]), l, Some("other")).is_err());
+        let other = StreamState {
+            sensor_id: Some("other".into()),
+            last_seq: 0,
+        };
+        assert!(validate_batch(&mut batch(&[1]), l, &any, &other).is_err());
+        // Backwards across batches of one stream.
+        let after5 = StreamState {
+            sensor_id: Some("s".into()),
+            last_seq: 5,
+        };
+        let e = validate_batch(&mut batch(&[3, 4]), l, &any, &after5).unwrap_err();
+        assert_eq!(e.status().code(), tonic::Code::InvalidArgument);
+        assert!(e.message.contains("across batches"), "{}", e.message);
+        // Oversize fields name the field and the limit.
+        let mut b = batch(&[1]);
+        b.events[0].info = "x".repeat(20_000);
+        let e = validate_batch(&mut b, l, &any, &fresh).unwrap_err();
+        assert_eq!(e.reason, RefusalReason::FieldSize);
+        assert!(
+            e.message.contains("info") && e.message.contains("1024"),
+            "{}",
+            e.message
+        );
+        // A per-sensor credential publishes only as itself.
+        let gw = Principal::Sensor("gw".into());
+        let mut b = batch(&[1]);
+        assert!(validate_batch(&mut b, l, &gw, &fresh).is_ok());
+        assert_eq!(b.events[0].sensor, "gw");
+        let mut b = batch(&[1]);
+        b.events[0].sensor = "victim".into();
+        let e = validate_batch(&mut b, l, &gw, &fresh).unwrap_err();
+        assert_eq!(e.status().code(), tonic::Code::PermissionDenied);
+        assert_eq!(sensor_key(&gw, "abc"), "gw/abc");
+        let mut b = batch(&[1]);
+        b.sensor_id = "gw/abc".into();
+        assert!(validate_batch(&mut b, l, &any, &fresh).is_err());
     }
 }

@@ -2,7 +2,8 @@
 //! to SIEMs, the HTTP API and the dashboard.
 //!
 //! The flow, one module per stage:
-//! - [`auth`]: bearer tokens, one set per role (sensor, subscriber);
+//! - [`auth`]: per-sensor credentials, shared tokens per role, failure throttling;
+//! - [`conn`]: connection limits and idle timeouts per listener; [`health`]: storage health;
 //! - [`ingest`]: `Ingest.Publish` streams, batch checks, the single writer thread that
 //!   commits, broadcasts live, then acknowledges;
 //! - [`storage`]: the [`storage::Storage`] trait and its SQLite implementation;
@@ -17,7 +18,9 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod filter;
+pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

@@ -3,10 +3,23 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
+use xtrail_collector::auth::CredentialStore;
 use xtrail_collector::client::{self, SubscribeArgs};
 use xtrail_collector::config::{ServeArgs, ServerConfig};
 use xtrail_collector::server;
+
+fn format_rfc3339(us: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| us.to_string())
+}
 
 /// xtrail's collector: gRPC ingest from sensors with exactly-once storage, subscriptions for
 /// SIEMs, an HTTP JSON API and Prometheus metrics.
@@ -27,6 +40,89 @@ struct Cli {
 enum Command {
     /// Subscribe to a collector and print events as JSON lines.
     Subscribe(SubscribeArgs),
+    /// Per-sensor credentials: `add` prints a new token (once), `revoke` ends one, `list`.
+    Sensor {
+        #[command(subcommand)]
+        action: SensorAction,
+        /// The collector's data directory (where `credentials.db` lives).
+        #[arg(long, value_name = "DIR", global = true)]
+        data_dir: Option<PathBuf>,
+        /// The collector's config file (its data_dir is used).
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SensorAction {
+    /// Creates a credential that may publish only as sensor NAME; prints its token.
+    Add {
+        /// Sensor name (1-64 of A-Z a-z 0-9 . _ -), as the sensor's --sensor-name.
+        name: String,
+    },
+    /// Revokes NAME's credential; its open streams end within seconds.
+    Revoke {
+        /// Sensor name.
+        name: String,
+    },
+    /// Lists credentials (never their tokens).
+    List,
+}
+
+fn sensor_command(
+    action: SensorAction,
+    data_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let cfg = ServerConfig::from_args(ServeArgs {
+        data_dir,
+        config,
+        ..ServeArgs::default()
+    })?;
+    let store = CredentialStore::open(&cfg.data_dir)?;
+    match action {
+        SensorAction::Add { name } => {
+            let token = store.add(&name)?;
+            println!("{token}");
+            eprintln!(
+                "xtrail-collector: credential for sensor {name:?} created; give the token to that sensor (--token or $XTRAIL_TOKEN, with --sensor-name {name}); it is not shown again"
+            );
+        }
+        SensorAction::Revoke { name } => {
+            store.revoke(&name)?;
+            eprintln!("xtrail-collector: credential of sensor {name:?} revoked");
+        }
+        SensorAction::List => {
+            for c in store.list()? {
+                let state = match c.revoked_us {
+                    Some(t) => format!("revoked {}", format_rfc3339(t)),
+                    None => "active".into(),
+                };
+                println!(
+                    "{}\tcreated {}\t{state}",
+                    c.name,
+                    format_rfc3339(c.created_us)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Raises the open-file limit to its hard maximum: the connection limits, not the process
+/// limit, should be what refuses a flood.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write/read the struct we pass, nothing else.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -56,7 +152,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Some(Command::Subscribe(args)) => rt.block_on(client::run(args)),
+        Some(Command::Sensor {
+            action,
+            data_dir,
+            config,
+        }) => sensor_command(action, data_dir, config),
         None => {
+            raise_nofile();
             let cfg = ServerConfig::from_args(cli.serve)?;
             rt.block_on(server::serve(cfg, shutdown_signal(), |bound| {
                 log::info!("gRPC on {}, HTTP on {}", bound.grpc, bound.http);

@@ -32,6 +32,30 @@ pub struct Metrics {
     pub retention_deleted: AtomicU64,
     /// Storage errors.
     pub storage_errors: AtomicU64,
+    /// Refused batches by reason (their sum is `ingest_rejected`).
+    pub rejected_batch_size: AtomicU64,
+    /// A field or an event over its limit.
+    pub rejected_field_size: AtomicU64,
+    /// Bad or regressing sequence numbers.
+    pub rejected_sequence: AtomicU64,
+    /// Publishing as another sensor.
+    pub rejected_identity: AtomicU64,
+    /// Other malformed batches.
+    pub rejected_malformed: AtomicU64,
+    /// A stored (sensor, seq) resent with other content.
+    pub rejected_conflict: AtomicU64,
+    /// Authentication attempts refused because their source failed too often.
+    pub auth_throttled: AtomicU64,
+    /// Connections refused by a connection limit, per listener.
+    pub conn_refused_http: AtomicU64,
+    /// gRPC connections refused by a connection limit.
+    pub conn_refused_grpc: AtomicU64,
+    /// Connections closed for being idle (or too slow to send a request).
+    pub conn_idle_closed: AtomicU64,
+    /// Open connections, per listener.
+    pub conn_open_http: AtomicU64,
+    /// Open gRPC connections.
+    pub conn_open_grpc: AtomicU64,
 }
 
 /// Increments a counter by one.
@@ -64,7 +88,7 @@ impl Drop for GaugeGuard<'_> {
 
 impl Metrics {
     /// The Prometheus exposition, with the storage figures passed in.
-    pub fn render(&self, storage_bytes: u64, last_cursor: u64) -> String {
+    pub fn render(&self, storage_bytes: u64, last_cursor: u64, healthy: bool) -> String {
         let mut out = String::with_capacity(2048);
         let mut m = |name: &str, kind: &str, help: &str, v: u64| {
             let _ = writeln!(
@@ -157,6 +181,44 @@ impl Metrics {
             "Storage errors.",
             g(&self.storage_errors),
         );
+        for (reason, c) in [
+            ("batch_size", &self.rejected_batch_size),
+            ("field_size", &self.rejected_field_size),
+            ("sequence", &self.rejected_sequence),
+            ("identity", &self.rejected_identity),
+            ("malformed", &self.rejected_malformed),
+            ("conflict", &self.rejected_conflict),
+        ] {
+            let _ = writeln!(
+                out,
+                "xtrail_ingest_rejected_by_reason_total{{reason=\"{reason}\"}} {}",
+                g(c)
+            );
+        }
+        let mut m = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        };
+        m(
+            "xtrail_auth_throttled_total",
+            "counter",
+            "Authentication attempts refused because their source failed too often.",
+            g(&self.auth_throttled),
+        );
+        m(
+            "xtrail_connections_idle_closed_total",
+            "counter",
+            "Connections closed for idling or sending too slowly.",
+            g(&self.conn_idle_closed),
+        );
+        m(
+            "xtrail_healthy",
+            "gauge",
+            "1 when the store accepts writes, 0 when ingest is failing (see /api/health).",
+            u64::from(healthy),
+        );
         m(
             "xtrail_storage_bytes",
             "gauge",
@@ -169,6 +231,17 @@ impl Metrics {
             "Highest cursor assigned.",
             last_cursor,
         );
+        for (listener, refused, open) in [
+            ("http", &self.conn_refused_http, &self.conn_open_http),
+            ("grpc", &self.conn_refused_grpc, &self.conn_open_grpc),
+        ] {
+            let _ = writeln!(
+                out,
+                "xtrail_connections_refused_total{{listener=\"{listener}\"}} {}\nxtrail_connections_open{{listener=\"{listener}\"}} {}",
+                g(refused),
+                g(open)
+            );
+        }
         out
     }
 }

@@ -1,6 +1,7 @@
 //! `xtrail.v1.Events/Query` (and the HTTP API's `/api/events`): one page of stored events
 //! by time range and filter, newest or oldest first, continued with a page token (the last
-//! cursor of the previous page).
+//! cursor of the previous page). A page holds at most `limit` events and about
+//! [`crate::storage::PAGE_MAX_BYTES`] of them; `next_page_token` is set whenever it was cut.
 
 use std::sync::Arc;
 
@@ -73,8 +74,7 @@ pub fn spec(req: &QueryRequest) -> Result<QuerySpec, Status> {
 pub async fn query(hub: &Hub, req: QueryRequest) -> Result<QueryResponse, Status> {
     let spec = spec(&req)?;
     let storage = Arc::clone(&hub.storage);
-    let limit = spec.limit;
-    let events = tokio::task::spawn_blocking(move || storage.query(&spec))
+    let page = tokio::task::spawn_blocking(move || storage.query(&spec))
         .await
         .map_err(|e| Status::internal(format!("query task: {e}")))?
         .map_err(|e| {
@@ -82,8 +82,8 @@ pub async fn query(hub: &Hub, req: QueryRequest) -> Result<QueryResponse, Status
             Status::unavailable(format!("storage: {e}"))
         })?;
     inc(&hub.metrics.queries);
-    let next_page_token = if events.len() == limit {
-        events
+    let next_page_token = if page.more {
+        page.events
             .last()
             .map(|e| e.cursor.to_string())
             .unwrap_or_default()
@@ -91,7 +91,7 @@ pub async fn query(hub: &Hub, req: QueryRequest) -> Result<QueryResponse, Status
         String::new()
     };
     Ok(QueryResponse {
-        events,
+        events: page.events,
         next_page_token,
     })
 }

@@ -10,17 +10,19 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use xtrail_proto::v1::events_server::EventsServer;
 use xtrail_proto::v1::ingest_server::IngestServer;
 
-use crate::auth::{Role, Tokens};
+use crate::auth::{Auth, CredentialStore, Role};
 use crate::config::ServerConfig;
+use crate::conn::{GrpcIncoming, HttpListener, Listener, Peer, Tracker};
+use crate::health::Health;
 use crate::http::{router, HttpState};
 use crate::ingest::{IngestService, Writer};
 use crate::metrics::Metrics;
+use crate::storage::retrying::RetryingStorage;
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::Storage;
 use crate::subscribe::{EventsService, Hub};
@@ -44,22 +46,43 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
-    let storage: Arc<dyn Storage> = Arc::new(
-        SqliteStorage::open(&cfg.data_dir)
-            .with_context(|| format!("opening the event store in {}", cfg.data_dir.display()))?,
-    );
     let metrics = Arc::new(Metrics::default());
-    let last = storage
-        .stats()
-        .context("reading the event store")?
-        .last_cursor;
-    let last_cursor = Arc::new(AtomicU64::new(last));
+    let health = Arc::new(Health::default());
+    let last_cursor = Arc::new(AtomicU64::new(0));
+    // A store that cannot be opened (a full disk) does not stop the collector: it serves
+    // health (red, with the reason) and keeps trying; sensors keep spooling meanwhile.
+    let storage: Arc<dyn Storage> = {
+        let last_cursor = Arc::clone(&last_cursor);
+        let health = Arc::clone(&health);
+        Arc::new(RetryingStorage::open(
+            cfg.data_dir.clone(),
+            move |opened: &SqliteStorage| {
+                if let Ok(st) = opened.stats() {
+                    last_cursor.fetch_max(st.last_cursor, std::sync::atomic::Ordering::SeqCst);
+                }
+                health.storage_ok();
+            },
+        ))
+    };
+    if let Err(e) = storage.stats() {
+        log::error!(
+            "the event store in {} cannot be used now: {e}; starting without ingest, retrying",
+            cfg.data_dir.display()
+        );
+        health.storage_failed(&e.to_string());
+    }
+    health.spawn_prober(Arc::clone(&storage));
+    let credentials =
+        Arc::new(CredentialStore::open(&cfg.data_dir).with_context(|| {
+            format!("opening the credential store in {}", cfg.data_dir.display())
+        })?);
     let (live, _) = broadcast::channel(cfg.subscriber_buffer);
     let writer = Writer::spawn(
         Arc::clone(&storage),
         live.clone(),
         Arc::clone(&last_cursor),
         Arc::clone(&metrics),
+        Arc::clone(&health),
     )
     .context("starting the writer thread")?;
     let hub = Hub {
@@ -74,33 +97,56 @@ pub async fn serve(
         Duration::from_secs(60),
     );
 
-    let tokens = Tokens::new(cfg.sensor_tokens.clone(), cfg.subscriber_tokens.clone());
-    if tokens.is_open(Role::Sensor) {
-        log::warn!("no --sensor-token: anyone who can reach the gRPC port may publish");
+    let auth = Auth::new(
+        cfg.sensor_tokens.clone(),
+        cfg.subscriber_tokens.clone(),
+        Some(credentials),
+        Arc::clone(&metrics),
+    );
+    if auth.is_open(Role::Sensor) {
+        log::warn!("no sensor credential and no --sensor-token: anyone who can reach the gRPC port may publish under any name");
+    } else if auth.has_shared_sensor_tokens() {
+        log::warn!("shared --sensor-token configured (lab use): its holders may publish under any sensor name; give each sensor its own credential with `xtrail-collector sensor add NAME`");
     }
-    if tokens.is_open(Role::Subscriber) {
+    if auth.is_open(Role::Subscriber) {
         log::warn!("no --subscriber-token: anyone who can reach the ports may read events");
     }
 
-    let ingest = IngestServer::new(IngestService::new(writer, cfg.limits, Arc::clone(&metrics)))
-        .max_decoding_message_size(cfg.limits.max_bytes + (1 << 20));
-    let ingest = InterceptedService::new(
-        ingest,
-        tokens.interceptor(Role::Sensor, Arc::clone(&metrics)),
-    );
+    let ingest = IngestServer::new(IngestService::new(
+        writer,
+        cfg.limits,
+        Arc::clone(&metrics),
+        auth.clone(),
+    ))
+    .max_decoding_message_size(cfg.limits.max_bytes);
+    let ingest = InterceptedService::new(ingest, auth.interceptor(Role::Sensor));
     let events = EventsServer::new(EventsService { hub: hub.clone() })
         .max_decoding_message_size(1 << 20)
         .max_encoding_message_size(64 << 20);
-    let events = InterceptedService::new(
-        events,
-        tokens.interceptor(Role::Subscriber, Arc::clone(&metrics)),
-    );
+    let events = InterceptedService::new(events, auth.interceptor(Role::Subscriber));
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    for name in ["xtrail.v1.Ingest", "xtrail.v1.Events"] {
-        health
-            .set_service_status(name, tonic_health::ServingStatus::Serving)
-            .await;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("xtrail.v1.Events", tonic_health::ServingStatus::Serving)
+        .await;
+    // Ingest follows the store: NOT_SERVING while commits fail.
+    {
+        let mut changes = health.watch();
+        tokio::spawn(async move {
+            loop {
+                let status = if changes.borrow_and_update().is_none() {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                reporter
+                    .set_service_status("xtrail.v1.Ingest", status)
+                    .await;
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
     }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(xtrail_proto::FILE_DESCRIPTOR_SET)
@@ -172,9 +218,23 @@ pub async fn serve(
         .add_service(reflection_alpha)
         .add_service(ingest)
         .add_service(events)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stop_grpc);
-    let http_state = Arc::new(HttpState { hub, tokens });
-    let http = axum::serve(http_listener, router(http_state)).with_graceful_shutdown(stop_http);
+        .serve_with_incoming_shutdown(
+            GrpcIncoming::new(
+                grpc_listener,
+                Tracker::new(Listener::Grpc, cfg.grpc_conns, Arc::clone(&metrics)),
+            ),
+            stop_grpc,
+        );
+    let http_state = Arc::new(HttpState { hub, auth, health });
+    let http_listener = HttpListener {
+        listener: http_listener,
+        tracker: Tracker::new(Listener::Http, cfg.http_conns, Arc::clone(&metrics)),
+    };
+    let http = axum::serve(
+        http_listener,
+        router(http_state).into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(stop_http);
 
     on_bound(bound);
     tokio::select! {

@@ -128,8 +128,8 @@ async fn run(
                 return;
             }
         };
-        let short = page.len() < PAGE;
-        for ev in page {
+        let short = !page.more;
+        for ev in page.events {
             pos = ev.cursor;
             if !send(&tx, &hub.metrics, ev).await {
                 return;

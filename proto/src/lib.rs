@@ -7,6 +7,7 @@
 //!   clients (`ingest_client::IngestClient`, `events_client::EventsClient`) and servers.
 //! - [`convert`]: the sensor's [`xtrail_detect::event::Event`] to and from [`v1::Event`].
 //! - [`json`]: a [`v1::Event`] as the sensor's JSON line, plus its storage identity.
+//! - [`limits`]: what a batch and an event may hold (field limits, truncation).
 //! - [`FILE_DESCRIPTOR_SET`]: for the gRPC reflection service.
 //!
 //! Tests: `cargo test -p xtrail-proto` (conversions); the contracts themselves are exercised
@@ -14,6 +15,7 @@
 
 pub mod convert;
 pub mod json;
+pub mod limits;
 
 /// Generated code for the `xtrail.v1` package.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -5,11 +5,16 @@
 //!
 //! Contract every implementation keeps:
 //! - `insert_batch` is atomic and durable when it returns (the collector acknowledges the
-//!   batch to the sensor right after), stores each (sensor_id, seq) at most once, and assigns
-//!   cursors that increase in commit order and are never reused.
-//! - An event with a seq at or below the highest seq already stored for its sensor is a
-//!   duplicate, even if retention has deleted the original since.
+//!   batch to the sensor right after), stores each (sensor key, seq) at most once, and
+//!   assigns cursors that increase in commit order and are never reused.
+//! - An event whose (sensor key, seq) is stored already is a duplicate only if it is the
+//!   same event (a resend); different content under a stored (key, seq) fails the whole
+//!   batch with [`StorageError::Conflict`]. There is no per-sensor high-water mark: a seq
+//!   far ahead cannot make later events look like duplicates. Exactly-once holds for the
+//!   events still in the store (a resend of one that retention deleted is stored again).
+//! - Pages are bounded in bytes as well as in events ([`PAGE_MAX_BYTES`]).
 
+pub mod retrying;
 pub mod sqlite;
 
 use thiserror::Error;
@@ -26,6 +31,17 @@ pub enum StorageError {
     /// A stored row could not be decoded.
     #[error("stored event at cursor {0} is unreadable")]
     Corrupt(u64),
+    /// The same (sensor key, seq) was stored before with other content.
+    #[error("sequence number {seq} of sensor {sensor:?} was stored before with different content: two publishers share one identity")]
+    Conflict {
+        /// The sensor key.
+        sensor: String,
+        /// The sequence number.
+        seq: u64,
+    },
+    /// The store cannot be opened now (disk full, unreadable); the collector retries.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     /// Opening the data directory failed.
     #[error("data directory {path}: {source}")]
     Dir {
@@ -45,6 +61,18 @@ pub struct Committed {
     pub duplicates: u32,
     /// The highest seq of the batch (all of it is now stored).
     pub committed_seq: u64,
+}
+
+/// Most encoded event bytes one page (a query page, a subscriber catch-up read) holds.
+pub const PAGE_MAX_BYTES: usize = 4 << 20;
+
+/// One page of stored events.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// The events, in the requested order.
+    pub events: Vec<v1::Event>,
+    /// Whether the page was cut by its event or byte limit (more may follow).
+    pub more: bool,
 }
 
 /// Which way a query pages.
@@ -87,22 +115,28 @@ pub trait Storage: Send + Sync + 'static {
     /// Stores a batch from one sensor in one transaction (see the module contract).
     fn insert_batch(
         &self,
-        sensor_id: &str,
+        sensor_key: &str,
         events: Vec<v1::Event>,
     ) -> Result<Committed, StorageError>;
 
     /// Stored events with cursor > `after_cursor` (and time >= `min_ts_us`) that pass the
-    /// filter, in cursor order, at most `limit`.
+    /// filter, in cursor order, at most `limit` and about [`PAGE_MAX_BYTES`].
     fn read_after(
         &self,
         after_cursor: u64,
         min_ts_us: Option<i64>,
         filter: &EventFilter,
         limit: usize,
-    ) -> Result<Vec<v1::Event>, StorageError>;
+    ) -> Result<Page, StorageError>;
 
-    /// One page of a query.
-    fn query(&self, spec: &QuerySpec) -> Result<Vec<v1::Event>, StorageError>;
+    /// One page of a query, at most `spec.limit` events and about [`PAGE_MAX_BYTES`].
+    fn query(&self, spec: &QuerySpec) -> Result<Page, StorageError>;
+
+    /// One stored event by cursor.
+    fn get(&self, cursor: u64) -> Result<Option<v1::Event>, StorageError>;
+
+    /// A small durable write, to find out whether the store accepts writes again.
+    fn probe(&self) -> Result<(), StorageError>;
 
     /// Size and last cursor.
     fn stats(&self) -> Result<StorageStats, StorageError>;

@@ -12,12 +12,15 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use prost::Message as _;
+use rusqlite::functions::FunctionFlags;
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension as _};
 use xtrail_proto::v1;
 
-use super::{Committed, Order, QuerySpec, Storage, StorageError, StorageStats};
-use crate::filter::{ip_key, EventFilter};
+use super::{
+    Committed, Order, Page, QuerySpec, Storage, StorageError, StorageStats, PAGE_MAX_BYTES,
+};
+use crate::filter::{fold, ip_key, EventFilter};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -40,9 +43,9 @@ CREATE INDEX IF NOT EXISTS events_src    ON events (src_ip);
 CREATE INDEX IF NOT EXISTS events_dst    ON events (dst_ip);
 CREATE INDEX IF NOT EXISTS events_trail  ON events (trail);
 CREATE INDEX IF NOT EXISTS events_sensor ON events (sensor);
-CREATE TABLE IF NOT EXISTS sensors (
-    sensor_id TEXT PRIMARY KEY,
-    max_seq   INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value ANY
 );
 ";
 
@@ -76,6 +79,7 @@ impl SqliteStorage {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        register_fold(&conn)?;
         Ok(SqliteStorage {
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
@@ -96,6 +100,7 @@ impl SqliteStorage {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.busy_timeout(std::time::Duration::from_secs(10))?;
+                register_fold(&c)?;
                 c
             }
         };
@@ -131,6 +136,49 @@ fn to_event(
     ev.sensor_id = sensor_id;
     ev.seq = u64::try_from(seq).unwrap_or(0);
     Ok(ev)
+}
+
+/// Runs a page query, stopping at `limit` rows or [`PAGE_MAX_BYTES`] of event bodies.
+fn read_page(
+    conn: &Connection,
+    sql: &str,
+    params: Vec<Value>,
+    limit: usize,
+) -> Result<Page, StorageError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    let mut page = Page::default();
+    let mut bytes = 0usize;
+    while let Some(row) = rows.next()? {
+        let (cursor, sensor_id, seq, body) = decode_row(row)?;
+        bytes += body.len() + sensor_id.len();
+        page.events.push(to_event((cursor, sensor_id, seq, body))?);
+        if page.events.len() >= limit || bytes >= PAGE_MAX_BYTES {
+            page.more = true;
+            break;
+        }
+    }
+    Ok(page)
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Registers `xfold(text)`: the collector's one case fold ([`fold`]), so that stored and
+/// live events are filtered alike.
+fn register_fold(conn: &Connection) -> rusqlite::Result<()> {
+    conn.create_scalar_function(
+        "xfold",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let s: String = ctx.get(0)?;
+            Ok(fold(&s))
+        },
+    )
 }
 
 /// Appends the filter's conditions (`AND ...`) and their parameters.
@@ -169,7 +217,7 @@ fn push_filter(f: &EventFilter, sql: &mut String, params: &mut Vec<Value>) {
     }
     for (col, needle) in [("trail", &f.trail), ("info", &f.info)] {
         if let Some(n) = needle {
-            sql.push_str(&format!(" AND instr(lower({col}), ?) > 0"));
+            sql.push_str(&format!(" AND instr(xfold({col}), ?) > 0"));
             params.push(Value::Text(n.clone()));
         }
     }
@@ -178,21 +226,13 @@ fn push_filter(f: &EventFilter, sql: &mut String, params: &mut Vec<Value>) {
 impl Storage for SqliteStorage {
     fn insert_batch(
         &self,
-        sensor_id: &str,
+        sensor_key: &str,
         events: Vec<v1::Event>,
     ) -> Result<Committed, StorageError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction()?;
-        let high_water: u64 = tx
-            .query_row(
-                "SELECT max_seq FROM sensors WHERE sensor_id = ?",
-                [sensor_id],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()?
-            .map_or(0, |v| u64::try_from(v).unwrap_or(0));
         let mut out = Committed {
-            committed_seq: events.iter().map(|e| e.seq).max().unwrap_or(high_water),
+            committed_seq: events.iter().map(|e| e.seq).max().unwrap_or(0),
             ..Committed::default()
         };
         {
@@ -201,19 +241,17 @@ impl Storage for SqliteStorage {
                  (sensor_id, seq, ts_us, sensor, src_ip, dst_ip, type, trail, info, severity, body)
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )?;
+            let mut stored_body =
+                tx.prepare_cached("SELECT body FROM events WHERE sensor_id = ? AND seq = ?")?;
             let mut body = Vec::with_capacity(512);
             for mut ev in events {
-                if ev.seq <= high_water {
-                    out.duplicates += 1;
-                    continue;
-                }
                 ev.cursor = 0;
                 ev.sensor_id.clear();
                 body.clear();
                 // Encoding into a Vec cannot fail.
                 let _ = ev.encode(&mut body);
                 let changed = insert.execute(params![
-                    sensor_id,
+                    sensor_key,
                     as_i64(ev.seq),
                     ev.ts_us,
                     ev.sensor,
@@ -226,20 +264,23 @@ impl Storage for SqliteStorage {
                     body,
                 ])?;
                 if changed == 0 {
+                    // Already stored: a resend is the same event to the byte; anything else
+                    // is a second publisher using this identity, and is refused whole.
+                    let before: Vec<u8> =
+                        stored_body.query_row(params![sensor_key, as_i64(ev.seq)], |r| r.get(0))?;
+                    if before != body {
+                        return Err(StorageError::Conflict {
+                            sensor: sensor_key.to_string(),
+                            seq: ev.seq,
+                        });
+                    }
                     out.duplicates += 1;
                     continue;
                 }
                 ev.cursor = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
-                ev.sensor_id = sensor_id.to_string();
+                ev.sensor_id = sensor_key.to_string();
                 out.stored.push(ev);
             }
-        }
-        if out.committed_seq > high_water {
-            tx.execute(
-                "INSERT INTO sensors (sensor_id, max_seq) VALUES (?1, ?2)
-                 ON CONFLICT (sensor_id) DO UPDATE SET max_seq = max(max_seq, ?2)",
-                params![sensor_id, as_i64(out.committed_seq)],
-            )?;
         }
         tx.commit()?;
         Ok(out)
@@ -251,7 +292,7 @@ impl Storage for SqliteStorage {
         min_ts_us: Option<i64>,
         filter: &EventFilter,
         limit: usize,
-    ) -> Result<Vec<v1::Event>, StorageError> {
+    ) -> Result<Page, StorageError> {
         let mut sql = format!("SELECT {COLUMNS} FROM events WHERE cursor > ?");
         let mut params = vec![Value::Integer(as_i64(after_cursor))];
         if let Some(ts) = min_ts_us {
@@ -261,14 +302,10 @@ impl Storage for SqliteStorage {
         push_filter(filter, &mut sql, &mut params);
         sql.push_str(" ORDER BY cursor LIMIT ?");
         params.push(Value::Integer(as_i64(limit as u64)));
-        self.with_reader(|conn| {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(params), decode_row)?;
-            rows.map(|r| to_event(r?)).collect()
-        })
+        self.with_reader(|conn| read_page(conn, &sql, params, limit))
     }
 
-    fn query(&self, spec: &QuerySpec) -> Result<Vec<v1::Event>, StorageError> {
+    fn query(&self, spec: &QuerySpec) -> Result<Page, StorageError> {
         let mut sql = format!("SELECT {COLUMNS} FROM events WHERE 1");
         let mut params = Vec::new();
         if let Some(ts) = spec.from_ts_us {
@@ -292,11 +329,27 @@ impl Storage for SqliteStorage {
             Order::OldestFirst => " ORDER BY cursor ASC LIMIT ?",
         });
         params.push(Value::Integer(as_i64(spec.limit as u64)));
+        self.with_reader(|conn| read_page(conn, &sql, params, spec.limit))
+    }
+
+    fn get(&self, cursor: u64) -> Result<Option<v1::Event>, StorageError> {
         self.with_reader(|conn| {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(params), decode_row)?;
-            rows.map(|r| to_event(r?)).collect()
+            let row = conn
+                .prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE cursor = ?"))?
+                .query_row([as_i64(cursor)], decode_row)
+                .optional()?;
+            row.map(to_event).transpose()
         })
+    }
+
+    fn probe(&self) -> Result<(), StorageError> {
+        let conn = lock(&self.writer);
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('probe', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = ?1",
+            [now_us()],
+        )?;
+        Ok(())
     }
 
     fn stats(&self) -> Result<StorageStats, StorageError> {
@@ -408,16 +461,33 @@ mod tests {
             .insert_batch("b", (1..=3).map(|i| ev(i, 1, "198.18.0.1")).collect())
             .unwrap();
         assert_eq!(c.stored.len(), 3);
-        let all = s.read_after(0, None, &EventFilter::default(), 100).unwrap();
+        let all = s
+            .read_after(0, None, &EventFilter::default(), 100)
+            .unwrap()
+            .events;
         assert_eq!(all.len(), 15);
         assert!(all.windows(2).all(|w| w[1].cursor > w[0].cursor));
         assert_eq!(s.stats().unwrap().last_cursor, all[14].cursor);
-        // Retention deletes, a late resend stays a duplicate.
-        assert_eq!(s.enforce_retention(Some(2), None).unwrap(), 15);
+        // The same seq with other content is a second publisher, refused whole.
+        let mut other = ev(11, 1, "198.18.0.1");
+        other.trail = "not what was stored".into();
+        let before = s.stats().unwrap().last_cursor;
+        assert!(matches!(
+            s.insert_batch("a", vec![ev(13, 1, "198.18.0.1"), other]),
+            Err(StorageError::Conflict { seq: 11, .. })
+        ));
+        assert_eq!(
+            s.stats().unwrap().last_cursor,
+            before,
+            "nothing of it stored"
+        );
+        // A huge seq moves nothing: later, lower seqs are stored.
         let c = s
-            .insert_batch("a", (1..=12).map(|i| ev(i, 1, "198.18.0.1")).collect())
+            .insert_batch("a", vec![ev(i64::MAX as u64, 1, "198.18.0.1")])
             .unwrap();
-        assert_eq!((c.stored.len(), c.duplicates), (0, 12));
+        assert_eq!(c.stored.len(), 1);
+        let c = s.insert_batch("a", vec![ev(13, 1, "198.18.0.1")]).unwrap();
+        assert_eq!(c.stored.len(), 1);
     }
 
     #[test]
@@ -434,17 +504,18 @@ mod tests {
             &parse_filter_args(&["src=198.18.0.0/15".into()]).unwrap(),
         ))
         .unwrap();
-        let got = s.read_after(0, None, &f, 10).unwrap();
+        let got = s.read_after(0, None, &f, 10).unwrap().events;
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].src_ip, "198.18.0.1");
         let f = EventFilter::compile(Some(
             &parse_filter_args(&["src=2001:db8::/32".into(), "trail=T3".into()]).unwrap(),
         ))
         .unwrap();
-        assert_eq!(s.read_after(0, None, &f, 10).unwrap().len(), 1);
+        assert_eq!(s.read_after(0, None, &f, 10).unwrap().events.len(), 1);
         assert_eq!(
             s.read_after(0, Some(20), &EventFilter::default(), 10)
                 .unwrap()
+                .events
                 .len(),
             2
         );
@@ -457,7 +528,8 @@ mod tests {
                 limit: 1,
                 order: Order::NewestFirst,
             })
-            .unwrap();
+            .unwrap()
+            .events;
         assert_eq!(page.len(), 1);
         assert_eq!(page[0].seq, 2);
     }
@@ -480,7 +552,8 @@ mod tests {
         assert!(s.stats().unwrap().used_bytes <= before / 2);
         let left = s
             .read_after(0, None, &EventFilter::default(), 100_000)
-            .unwrap();
+            .unwrap()
+            .events;
         assert!(!left.is_empty() && left.len() < 10_000);
         assert_eq!(left.last().unwrap().seq, 19 * 1000 + 500, "newest kept");
     }

@@ -28,19 +28,23 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Starts the binary on `data_dir`; `grpc` None binds port 0.
+    /// Starts the binary on `data_dir` with the shared test tokens; `grpc` None binds
+    /// port 0.
     pub fn start(data_dir: &Path, grpc: Option<SocketAddr>, extra: &[&str]) -> Collector {
+        let mut args = vec!["--sensor-token", SENSOR_TOKEN];
+        args.extend_from_slice(extra);
+        Collector::start_bare(data_dir, grpc, &args)
+    }
+
+    /// Starts the binary with only the subscriber token: sensors need a per-sensor
+    /// credential (`sensor add`) unless `extra` gives a shared one.
+    pub fn start_bare(data_dir: &Path, grpc: Option<SocketAddr>, extra: &[&str]) -> Collector {
         let grpc_arg = grpc.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
         let mut child = Command::new(env!("CARGO_BIN_EXE_xtrail-collector"))
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--grpc", &grpc_arg, "--http", "127.0.0.1:0"])
-            .args([
-                "--sensor-token",
-                SENSOR_TOKEN,
-                "--subscriber-token",
-                SUB_TOKEN,
-            ])
+            .args(["--subscriber-token", SUB_TOKEN])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -122,6 +126,23 @@ impl Collector {
             .unwrap_or_default();
         (status, body)
     }
+}
+
+/// `xtrail-collector sensor ACTION NAME --data-dir DIR`: its stdout (the token for `add`).
+pub fn sensor_cmd(data_dir: &Path, action: &str, name: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtrail-collector"))
+        .args(["sensor", action])
+        .args((name != "--").then_some(name))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .expect("run sensor command");
+    assert!(
+        out.status.success(),
+        "sensor {action} {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 impl Drop for Collector {

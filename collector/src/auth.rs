@@ -221,8 +221,11 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 #[derive(Debug, Default)]
 struct Cache {
+    store: Option<Arc<CredentialStore>>,
     by_hash: HashMap<Vec<u8>, String>,
     loaded: Option<Instant>,
+    /// The store could not be read: the sensor role fails closed.
+    unreadable: bool,
 }
 
 #[derive(Debug, Default)]
@@ -250,24 +253,25 @@ fn source_key(ip: IpAddr) -> IpAddr {
 pub struct Auth {
     sensor: Arc<Vec<String>>,
     subscriber: Arc<Vec<String>>,
-    credentials: Option<Arc<CredentialStore>>,
+    credentials_dir: Option<PathBuf>,
     cache: Arc<Mutex<Cache>>,
     failures: Arc<Mutex<Failures>>,
     metrics: Arc<Metrics>,
 }
 
 impl Auth {
-    /// Shared tokens for each role, and the per-sensor credential store.
+    /// Shared tokens for each role, and the directory of the per-sensor credential store
+    /// (opened when it can be: a full disk does not keep the collector from starting).
     pub fn new(
         sensor: Vec<String>,
         subscriber: Vec<String>,
-        credentials: Option<Arc<CredentialStore>>,
+        credentials_dir: Option<PathBuf>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Auth {
             sensor: Arc::new(sensor),
             subscriber: Arc::new(subscriber),
-            credentials,
+            credentials_dir,
             cache: Arc::default(),
             failures: Arc::default(),
             metrics,
@@ -278,12 +282,35 @@ impl Auth {
     fn credentials(&self, max_age: Duration) -> MutexGuard<'_, Cache> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let stale = cache.loaded.is_none_or(|t| t.elapsed() >= max_age);
-        if let (true, Some(store)) = (stale, &self.credentials) {
-            match store.active() {
-                Ok(map) => cache.by_hash = map,
-                Err(e) => log::error!("reading sensor credentials: {e}"),
+        let Some(dir) = self.credentials_dir.as_deref().filter(|_| stale) else {
+            return cache;
+        };
+        cache.loaded = Some(Instant::now());
+        if cache.store.is_none() {
+            match CredentialStore::open(dir) {
+                Ok(s) => cache.store = Some(Arc::new(s)),
+                Err(e) => {
+                    if !cache.unreadable {
+                        log::error!("sensor credentials unavailable, refusing them until they can be read: {e}");
+                    }
+                    cache.unreadable = true;
+                    return cache;
+                }
             }
-            cache.loaded = Some(Instant::now());
+        }
+        let read = cache.store.as_ref().map(|s| s.active());
+        match read {
+            Some(Ok(map)) => {
+                cache.by_hash = map;
+                cache.unreadable = false;
+            }
+            Some(Err(e)) => {
+                if !cache.unreadable {
+                    log::error!("reading sensor credentials: {e}");
+                }
+                cache.unreadable = true;
+            }
+            None => {}
         }
         cache
     }
@@ -445,11 +472,11 @@ mod tests {
     use super::*;
     use tonic::Code;
 
-    fn auth(store: Option<Arc<CredentialStore>>) -> Auth {
+    fn auth(dir: Option<&Path>) -> Auth {
         Auth::new(
             vec!["s1".into()],
             vec!["u1".into()],
-            store,
+            dir.map(Path::to_path_buf),
             Arc::new(Metrics::default()),
         )
     }
@@ -480,11 +507,11 @@ mod tests {
     #[test]
     fn credentials_bind_a_name_and_revoke() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(CredentialStore::open(dir.path()).unwrap());
+        let store = CredentialStore::open(dir.path()).unwrap();
         let token = store.add("gw-1").unwrap();
         assert!(matches!(store.add("gw-1"), Err(CredentialError::Exists(_))));
         assert!(store.add("bad name").is_err());
-        let t = auth(Some(Arc::clone(&store)));
+        let t = auth(Some(dir.path()));
         let p = t
             .check(Role::Sensor, Some(&format!("Bearer {token}")), None)
             .unwrap();

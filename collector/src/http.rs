@@ -53,14 +53,14 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
-fn authorize(s: &HttpState, headers: &HeaderMap, peer: SocketAddr) -> Result<(), Response> {
+fn authorize(s: &HttpState, headers: &HeaderMap, peer: SocketAddr) -> Result<(), Box<Response>> {
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     s.auth
         .check(Role::Subscriber, auth, Some(peer.ip()))
         .map(|_| ())
-        .map_err(|status| status_to_http(&status))
+        .map_err(|status| Box::new(status_to_http(&status)))
 }
 
 fn error(code: StatusCode, msg: impl Into<String>) -> Response {
@@ -128,7 +128,7 @@ async fn events(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
     if let Err(r) = authorize(&s, &headers, peer) {
-        return r;
+        return *r;
     }
     let req = match query_from_params(&pairs) {
         Ok(r) => r,
@@ -162,7 +162,7 @@ async fn event_detail(
     Path(cursor): Path<String>,
 ) -> Response {
     if let Err(r) = authorize(&s, &headers, peer) {
-        return r;
+        return *r;
     }
     let Ok(cursor) = cursor.parse::<u64>() else {
         return error(

@@ -15,7 +15,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use xtrail_proto::v1::events_server::EventsServer;
 use xtrail_proto::v1::ingest_server::IngestServer;
 
-use crate::auth::{Auth, CredentialStore, Role};
+use crate::auth::{Auth, Role};
 use crate::config::ServerConfig;
 use crate::conn::{GrpcIncoming, HttpListener, Listener, Peer, Tracker};
 use crate::health::Health;
@@ -64,18 +64,15 @@ pub async fn serve(
             },
         ))
     };
-    if let Err(e) = storage.stats() {
+    // A store that opens but cannot take a write (a full disk) is red from the start.
+    if let Err(e) = storage.stats().and_then(|_| storage.probe()) {
         log::error!(
-            "the event store in {} cannot be used now: {e}; starting without ingest, retrying",
+            "the event store in {} cannot take writes now: {e}; serving without ingest until it can",
             cfg.data_dir.display()
         );
         health.storage_failed(&e.to_string());
     }
     health.spawn_prober(Arc::clone(&storage));
-    let credentials =
-        Arc::new(CredentialStore::open(&cfg.data_dir).with_context(|| {
-            format!("opening the credential store in {}", cfg.data_dir.display())
-        })?);
     let (live, _) = broadcast::channel(cfg.subscriber_buffer);
     let writer = Writer::spawn(
         Arc::clone(&storage),
@@ -100,7 +97,7 @@ pub async fn serve(
     let auth = Auth::new(
         cfg.sensor_tokens.clone(),
         cfg.subscriber_tokens.clone(),
-        Some(credentials),
+        Some(cfg.data_dir.clone()),
         Arc::clone(&metrics),
     );
     if auth.is_open(Role::Sensor) {

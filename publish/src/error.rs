@@ -35,6 +35,11 @@ pub enum PublishError {
         /// The last connection or stream error, if any.
         last_error: Option<String>,
     },
+    /// The collector refused this publisher's credential (UNAUTHENTICATED or
+    /// PERMISSION_DENIED): retrying cannot help until the token or the collector's sensor
+    /// list changes. The events stay spooled.
+    #[error("the collector refused the credential: {0}")]
+    Refused(String),
     /// The background sender could not be started.
     #[error("starting the sender thread: {0}")]
     Thread(std::io::Error),

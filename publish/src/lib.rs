@@ -9,10 +9,23 @@
 //! exactly-once in the collector's storage.
 //!
 //! The spool is bounded ([`PublisherConfig::spool_max_bytes`], 1 GiB by default): when full,
-//! the oldest events are dropped, counted in [`Stats::dropped`] and reported to the
-//! collector as a `SPOOL_DROP` event. A torn or corrupt spool tail is detected on start,
-//! logged, counted ([`Stats::corrupt_regions`]) and cut off; the good records before it are
-//! kept and sent. See [`spool`] for the file format.
+//! the oldest events are dropped, counted once in [`Stats::dropped`] and reported to the
+//! collector as a `SPOOL_DROP` event whose `trail` is the count (the counts of the reports
+//! the collector receives add up to exactly the events lost). A torn or corrupt spool tail is
+//! detected on start, logged, counted ([`Stats::corrupt_regions`]) and cut off; the good
+//! records before it are kept and sent. See [`spool`] for the file format.
+//!
+//! Identity: events are published as stream [`Publisher::stream_id`] with sequence numbers
+//! from a counter persisted in the spool (never reused, see [`spool`]); a sensor makes its
+//! stream ids from its persistent [`identity`] with [`PublisherConfig::stream_suffix`], so
+//! two sensors with one name, or two spools on one host, never collide at the collector.
+//!
+//! The collector's word: on each connection the sender asks `Ingest/GetLimits` (an older
+//! collector's UNIMPLEMENTED means the defaults) and splits batches to the smaller of its own
+//! and the collector's limits; fields are cut to [`xtrail_proto::limits`] before spooling
+//! ([`Stats::truncated`]). A refused credential (UNAUTHENTICATED, PERMISSION_DENIED) is
+//! counted ([`Stats::auth_refused`]), retried with backoff, and ends [`Publisher::flush`] at
+//! once with [`PublishError::Refused`].
 //!
 //! Usable from plain threads: nothing here needs the caller to run an async runtime.
 //!
@@ -38,6 +51,7 @@
 
 mod backoff;
 mod error;
+pub mod identity;
 mod sender;
 pub mod spool;
 
@@ -52,7 +66,7 @@ use xtrail_proto::v1;
 
 pub use backoff::Backoff;
 pub use error::PublishError;
-pub use spool::{OpenReport, Spool};
+pub use spool::{drop_report_count, OpenReport, Spool, SpoolConfig};
 
 /// Default spool bound: 1 GiB.
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
@@ -66,16 +80,24 @@ pub struct PublisherConfig {
     pub url: String,
     /// Sensor token, sent as `authorization: Bearer <token>`; empty sends none.
     pub token: String,
-    /// This sensor's stable id. With the sequence number it identifies every event forever,
-    /// so it must not change across restarts, and two sensors must not share one.
+    /// The stream id (`PublishRequest.sensor_id`), or its prefix with `stream_suffix`. With
+    /// the sequence number it identifies every event forever, so it must not change across
+    /// restarts, and two publishers must not share one.
     pub sensor_id: String,
+    /// Publish as `<sensor_id>-<random suffix>`, the suffix made when the spool is created
+    /// and kept in it: a lost spool (whose counter starts again) then never reuses a
+    /// (stream, seq). The sensor sets this; off by default (the stream id is `sensor_id`).
+    pub stream_suffix: bool,
+    /// The sensor name in the spool's own `SPOOL_DROP` reports (empty: `sensor_id`). Events
+    /// published carry their own `sensor` field.
+    pub sensor_name: String,
     /// Spool directory (created if missing); one publisher per directory.
     pub spool_dir: PathBuf,
     /// Spool bound in bytes; the oldest events are dropped past it. Default 1 GiB.
     pub spool_max_bytes: u64,
-    /// Events per batch (the collector refuses more than its limit, 10000 by default).
+    /// Events per batch at most; lowered to the collector's limit (`GetLimits`).
     pub batch_max_events: usize,
-    /// Approximate bytes per batch.
+    /// Encoded bytes per batch at most; lowered to the collector's limit.
     pub batch_max_bytes: usize,
     /// Batches sent and not yet acknowledged, at most.
     pub max_in_flight: usize,
@@ -100,6 +122,8 @@ impl Default for PublisherConfig {
             url: String::new(),
             token: String::new(),
             sensor_id: String::new(),
+            stream_suffix: false,
+            sensor_name: String::new(),
             spool_dir: PathBuf::new(),
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             batch_max_events: 1000,
@@ -142,7 +166,8 @@ pub struct Stats {
     pub sent: u64,
     /// Events the collector acknowledged as committed.
     pub acked: u64,
-    /// Unacknowledged events dropped because the spool was full.
+    /// Real events lost (dropped unacknowledged) because the spool was full, each counted
+    /// once; a dropped `SPOOL_DROP` report is not counted, its count moves to the next one.
     pub dropped: u64,
     /// Events in the spool waiting for an acknowledgement now (including any left from a
     /// previous run).
@@ -161,6 +186,12 @@ pub struct Stats {
     pub connected: bool,
     /// The last connection or stream error.
     pub last_error: Option<String>,
+    /// Times the collector refused the credential (UNAUTHENTICATED, PERMISSION_DENIED).
+    pub auth_refused: u64,
+    /// The last refusal: the collector's code and message.
+    pub last_refusal: Option<String>,
+    /// Events with a field cut to the limits of [`xtrail_proto::limits`] before spooling.
+    pub truncated: u64,
 }
 
 /// State shared by the publishing threads and the sender.
@@ -175,6 +206,16 @@ pub(crate) struct Shared {
     pub connected: AtomicBool,
     pub last_error: Mutex<Option<String>>,
     pub report: OpenReport,
+    pub auth_refused: AtomicU64,
+    pub last_refusal: Mutex<Option<String>>,
+    /// Whether the last word from the collector was a refusal (cleared by an accepted
+    /// stream or an acknowledgement).
+    pub refused_now: AtomicBool,
+    pub truncated: AtomicU64,
+}
+
+fn read_locked(m: &Mutex<Option<String>>) -> Option<String> {
+    m.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 impl Shared {
@@ -183,10 +224,14 @@ impl Shared {
     }
 
     fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        read_locked(&self.last_error)
+    }
+
+    /// Records a refusal of the credential.
+    pub fn refused(&self, why: String) {
+        *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        self.auth_refused.fetch_add(1, Ordering::SeqCst);
+        self.refused_now.store(true, Ordering::SeqCst);
     }
 }
 
@@ -221,8 +266,17 @@ impl Publisher {
             ));
         }
         let connect = sender::Connect::new(&config)?;
-        let (spool, report) =
-            Spool::open(&config.spool_dir, config.spool_max_bytes, &config.sensor_id)?;
+        let spool_config = SpoolConfig {
+            max_bytes: config.spool_max_bytes,
+            sensor_name: if config.sensor_name.is_empty() {
+                config.sensor_id.clone()
+            } else {
+                config.sensor_name.clone()
+            },
+            stream_id: config.sensor_id.clone(),
+            stream_suffix: config.stream_suffix,
+        };
+        let (spool, report) = Spool::open(&config.spool_dir, &spool_config)?;
         if report.corrupt_regions > 0 {
             log::warn!(
                 "spool {}: {} corrupt region(s), {} bytes cut off; {} events kept to resend",
@@ -242,6 +296,10 @@ impl Publisher {
             connected: AtomicBool::new(false),
             last_error: Mutex::new(None),
             report,
+            auth_refused: AtomicU64::new(0),
+            last_refusal: Mutex::new(None),
+            refused_now: AtomicBool::new(false),
+            truncated: AtomicU64::new(0),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -260,8 +318,12 @@ impl Publisher {
         self.publish_wire(v1::Event::from(event))
     }
 
-    /// Spools an event already in wire form (its `seq` is overwritten).
+    /// Spools an event already in wire form (its `seq` is overwritten; a field over the
+    /// limits of [`xtrail_proto::limits`] is cut, and counted in [`Stats::truncated`]).
     pub fn publish_wire(&self, mut event: v1::Event) -> Result<u64, PublishError> {
+        if xtrail_proto::limits::truncate_fields(&mut event) > 0 {
+            self.shared.truncated.fetch_add(1, Ordering::Relaxed);
+        }
         let seq = self.shared.spool.append(&mut event)?;
         self.shared.notify.notify_one();
         Ok(seq)
@@ -284,7 +346,15 @@ impl Publisher {
             connects: s.connects.load(Ordering::Relaxed),
             connected: s.connected.load(Ordering::Relaxed),
             last_error: s.last_error(),
+            auth_refused: s.auth_refused.load(Ordering::Relaxed),
+            last_refusal: read_locked(&s.last_refusal),
+            truncated: s.truncated.load(Ordering::Relaxed),
         }
+    }
+
+    /// The stream id events are published under (`PublishRequest.sensor_id`).
+    pub fn stream_id(&self) -> &str {
+        self.shared.spool.stream_id()
     }
 
     /// What opening the spool found (events left to resend, corruption cut off).
@@ -293,7 +363,9 @@ impl Publisher {
     }
 
     /// Waits until the collector has acknowledged every event published before this call,
-    /// or `timeout` passes (then [`PublishError::FlushTimeout`]; the events stay spooled).
+    /// or `timeout` passes (then [`PublishError::FlushTimeout`]), or the collector refuses
+    /// the credential (then at once [`PublishError::Refused`]). Either way the events stay
+    /// spooled.
     pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
         let spool = &self.shared.spool;
         let target = spool.last_assigned();
@@ -301,6 +373,11 @@ impl Publisher {
         loop {
             if spool.acked_seq() >= target || spool.pending() == 0 {
                 return Ok(());
+            }
+            if self.shared.refused_now.load(Ordering::SeqCst) {
+                return Err(PublishError::Refused(
+                    read_locked(&self.shared.last_refusal).unwrap_or_default(),
+                ));
             }
             if Instant::now() >= deadline {
                 return Err(PublishError::FlushTimeout {

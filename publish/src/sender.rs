@@ -1,8 +1,11 @@
 //! The background sender: one thread, one current-thread tokio runtime, one
-//! `Ingest.Publish` stream at a time. It reads the spool from the first unacknowledged
-//! event, keeps up to `max_in_flight` batches unacknowledged, records each acknowledgement
-//! in the spool, and on any error reconnects with backoff and starts again from the first
-//! unacknowledged event.
+//! `Ingest.Publish` stream at a time. On each connection it asks the collector's limits
+//! (`Ingest.GetLimits`; UNIMPLEMENTED from an older collector means the defaults), then reads
+//! the spool from the first unacknowledged event in batches within both its own and the
+//! collector's limits, keeps up to `max_in_flight` batches unacknowledged, records each
+//! acknowledgement in the spool, and on any error reconnects with backoff and starts again
+//! from the first unacknowledged event. A refused credential is recorded as such (see
+//! `Shared::refused`) and retried like any error.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -12,8 +15,9 @@ use std::time::Duration;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::{Code, Status};
 use xtrail_proto::v1::ingest_client::IngestClient;
-use xtrail_proto::v1::PublishRequest;
+use xtrail_proto::v1::{GetLimitsRequest, Limits, PublishRequest};
 
 use crate::backoff::Backoff;
 use crate::spool::SpoolReader;
@@ -88,7 +92,18 @@ pub(crate) fn run(shared: Arc<Shared>, cfg: PublisherConfig, connect: Connect) {
             let result = session(&shared, &cfg, &connect, &mut backoff).await;
             shared.connected.store(false, Ordering::SeqCst);
             if let Err(e) = result {
-                log::warn!("xtrail-publish: {e}");
+                let e = match e {
+                    SessionError::Refused(why) => {
+                        // Counted and reported by the caller (Stats, flush): no log per retry.
+                        log::debug!("xtrail-publish: collector refused the credential: {why}");
+                        shared.refused(why.clone());
+                        format!("collector refused the credential: {why}")
+                    }
+                    SessionError::Other(e) => {
+                        log::warn!("xtrail-publish: {e}");
+                        e
+                    }
+                };
                 shared.set_error(Some(e));
                 let delay = backoff.next_delay();
                 let until = tokio::time::Instant::now() + delay;
@@ -112,18 +127,57 @@ async fn fsync_loop(shared: Arc<Shared>, every: Duration) {
     }
 }
 
-/// One stream: returns Ok when asked to stop, Err (a message) when the stream broke.
+/// Why a stream ended.
+enum SessionError {
+    /// The collector refused the credential.
+    Refused(String),
+    /// Anything else: connection, stream, storage, a refused batch.
+    Other(String),
+}
+
+impl From<String> for SessionError {
+    fn from(e: String) -> Self {
+        SessionError::Other(e)
+    }
+}
+
+/// A status from the collector, sorted into a refusal or another error.
+fn status_error(context: &str, s: &Status) -> SessionError {
+    match s.code() {
+        Code::Unauthenticated | Code::PermissionDenied => {
+            SessionError::Refused(format!("{:?}: {}", s.code(), s.message()))
+        }
+        code => SessionError::Other(format!("{context}: {code:?}: {}", s.message())),
+    }
+}
+
+/// Batch bounds: ours, lowered to the collector's. Room is left for the request's own
+/// fields (the stream id) beside the events.
+fn batch_bounds(cfg: &PublisherConfig, limits: &Limits) -> (usize, usize) {
+    let events = match usize::try_from(limits.max_batch_events) {
+        Ok(0) | Err(_) => cfg.batch_max_events,
+        Ok(n) => cfg.batch_max_events.min(n),
+    };
+    let bytes = match usize::try_from(limits.max_batch_bytes) {
+        Ok(0) | Err(_) => cfg.batch_max_bytes,
+        Ok(n) => cfg.batch_max_bytes.min(n.saturating_sub(1024).max(1)),
+    };
+    (events.max(1), bytes)
+}
+
+/// One stream: returns Ok when asked to stop, Err when the stream broke.
 async fn session(
     shared: &Shared,
     cfg: &PublisherConfig,
     connect: &Connect,
     backoff: &mut Backoff,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let channel = connect
         .endpoint
         .connect()
         .await
         .map_err(|e| format!("connecting to {}: {}", cfg.url, error_chain(&e)))?;
+    let spool = &shared.spool;
     let auth = connect.auth.clone();
     let mut client = IngestClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
         if let Some(v) = &auth {
@@ -132,22 +186,28 @@ async fn session(
         Ok(req)
     })
     .max_encoding_message_size(64 << 20);
+    let limits = match client.get_limits(GetLimitsRequest {}).await {
+        Ok(l) => l.into_inner(),
+        Err(s) if s.code() == Code::Unimplemented => xtrail_proto::limits::default_limits(),
+        Err(s) => return Err(status_error("collector: GetLimits", &s)),
+    };
+    let (batch_events, batch_bytes) = batch_bounds(cfg, &limits);
+    log::debug!(
+        "xtrail-publish: collector limits {} events / {} bytes per batch; sending batches of at most {batch_events} events / {batch_bytes} bytes",
+        limits.max_batch_events,
+        limits.max_batch_bytes
+    );
     let (tx, rx) = tokio::sync::mpsc::channel(cfg.max_in_flight + 1);
     let mut acks = client
         .publish(ReceiverStream::new(rx))
         .await
-        .map_err(|s| {
-            format!(
-                "collector refused the stream: {}: {}",
-                s.code(),
-                s.message()
-            )
-        })?
+        .map_err(|s| status_error("collector refused the stream", &s))?
         .into_inner();
     shared.connects.fetch_add(1, Ordering::Relaxed);
     shared.connected.store(true, Ordering::SeqCst);
+    shared.refused_now.store(false, Ordering::SeqCst);
+    let stream_id = spool.stream_id().to_string();
 
-    let spool = &shared.spool;
     let mut reader = SpoolReader::new(spool.acked_seq() + 1);
     // (last seq, event count) of each batch sent and not yet acknowledged.
     let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
@@ -157,14 +217,14 @@ async fn session(
         }
         while in_flight.len() < cfg.max_in_flight {
             let batch = reader
-                .next_batch(spool, cfg.batch_max_events, cfg.batch_max_bytes)
+                .next_batch(spool, batch_events, batch_bytes)
                 .map_err(|e| e.to_string())?;
             let Some(last) = batch.last().map(|e| e.seq) else {
                 break;
             };
             let n = batch.len() as u64;
             let req = PublishRequest {
-                sensor_id: cfg.sensor_id.clone(),
+                sensor_id: stream_id.clone(),
                 events: batch,
             };
             tx.send(req)
@@ -187,9 +247,10 @@ async fn session(
                     spool.ack(ack.committed_seq).map_err(|e| e.to_string())?;
                     backoff.reset();
                     shared.set_error(None);
+                    shared.refused_now.store(false, Ordering::SeqCst);
                 }
-                Ok(None) => return Err("the collector ended the stream".into()),
-                Err(s) => return Err(format!("collector: {}: {}", s.code(), s.message())),
+                Ok(None) => return Err("the collector ended the stream".to_string().into()),
+                Err(s) => return Err(status_error("collector", &s)),
             },
             () = shared.notify.notified(), if in_flight.len() < cfg.max_in_flight => {}
             () = tokio::time::sleep(Duration::from_millis(200)) => {}

@@ -8,6 +8,15 @@
 //!   numbers in a segment are contiguous; the last segment is the one being appended to.
 //! - `acked`: the highest sequence number the collector acknowledged, as decimal text,
 //!   replaced atomically (write + rename).
+//! - `next_seq`: the sequence high mark, decimal: every sequence number this spool ever
+//!   assigned is below it. Reserved ahead in blocks of [`SEQ_RESERVE`] (write, fsync,
+//!   rename) before any number of the block is used, so a number is never assigned twice,
+//!   even after every segment was acknowledged and deleted or a tail was cut off; a restart
+//!   continues above the mark (sequence numbers have gaps, never repeats).
+//! - `stream-id`: the stream id this spool publishes under (`PublishRequest.sensor_id`):
+//!   the configured id plus, with [`SpoolConfig::stream_suffix`], a random suffix made when
+//!   the file is created. Kept with the counter, so a lost spool directory (whose counter
+//!   starts again at 1) also loses its stream id and never reuses a (stream, seq).
 //! - `LOCK`: held (advisory lock) while a publisher owns the spool.
 //!
 //! Appends go straight to the file (one `write` per event, no userspace buffer), so a killed
@@ -17,8 +26,11 @@
 //! loss reported, and every good record before it kept.
 //!
 //! Bounded: when an append would push the spool over its byte limit, the oldest segments are
-//! deleted, their unacknowledged events counted as dropped, and a synthetic `SPOOL_DROP`
-//! event reporting the drop is appended.
+//! deleted and a synthetic `SPOOL_DROP` event reporting the loss is appended. Real events are
+//! counted once: a deleted `SPOOL_DROP` report is not a lost event, its count is carried into
+//! the next report, so the counts of the reports that reach the collector add up to exactly
+//! the real events lost. A report's `trail` is that count in decimal (machine-readable);
+//! its `info` says `spool full: N events dropped (T since start)`.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -33,6 +45,8 @@ use xtrail_proto::v1;
 use crate::error::PublishError;
 
 const MAGIC: &[u8; 8] = b"XTSPOOL1";
+/// Sequence numbers reserved (persisted in `next_seq`) at a time.
+pub const SEQ_RESERVE: u64 = 4096;
 const RECORD_HEADER: u64 = 8;
 /// A record bigger than this is treated as corruption (an event is a few hundred bytes).
 pub(crate) const MAX_RECORD: u32 = 1 << 20;
@@ -48,6 +62,19 @@ pub struct OpenReport {
     pub corrupt_bytes: u64,
 }
 
+/// Who the spool publishes as.
+#[derive(Clone, Debug, Default)]
+pub struct SpoolConfig {
+    /// Byte bound; the oldest events are dropped past it.
+    pub max_bytes: u64,
+    /// The `sensor` field of the spool's own `SPOOL_DROP` reports.
+    pub sensor_name: String,
+    /// The stream id, or its prefix with `stream_suffix`.
+    pub stream_id: String,
+    /// Append `-<8 random hex digits>`, made when the spool's `stream-id` file is created.
+    pub stream_suffix: bool,
+}
+
 #[derive(Debug)]
 struct Segment {
     first_seq: u64,
@@ -56,6 +83,8 @@ struct Segment {
     /// Valid length of the file, header included.
     len: u64,
     path: PathBuf,
+    /// The `SPOOL_DROP` reports in the segment: (seq, real events it reports lost).
+    reports: Vec<(u64, u64)>,
 }
 
 impl Segment {
@@ -82,10 +111,15 @@ struct Inner {
     /// Write handle of the last segment.
     active: Option<File>,
     next_seq: u64,
+    /// Persisted in `next_seq`: every seq assigned is below it.
+    seq_mark: u64,
     acked_seq: u64,
     total_bytes: u64,
     dirty: bool,
-    dropped: u64,
+    /// Real events lost since open (reports not counted).
+    lost: u64,
+    /// Lost events no report in the spool carries yet (including counts of deleted reports).
+    unreported: u64,
     spooled: u64,
     _lock: File,
     buf: Vec<u8>,
@@ -95,6 +129,7 @@ struct Inner {
 #[derive(Clone, Debug)]
 pub struct Spool {
     inner: Arc<Mutex<Inner>>,
+    stream_id: Arc<str>,
 }
 
 fn now_us() -> u64 {
@@ -183,6 +218,7 @@ fn scan_segment(
     let mut offset = MAGIC.len() as u64;
     let mut count = 0u64;
     let mut problem = None;
+    let mut reports = Vec::new();
     loop {
         match read_record(&mut r, offset, file_len) {
             ReadOutcome::End => break,
@@ -190,6 +226,9 @@ fn scan_segment(
                 if ev.seq != first_seq + count {
                     problem = Some("out-of-sequence record");
                     break;
+                }
+                if ev.r#type == xtrail_proto::SPOOL_DROP_TYPE {
+                    reports.push((ev.seq, drop_report_count(&ev)));
                 }
                 count += 1;
                 offset += n;
@@ -216,18 +255,86 @@ fn scan_segment(
         count,
         len: offset,
         path: path.to_path_buf(),
+        reports,
     });
     Ok((seg, cut, report))
 }
 
+/// Reads a decimal file; `None` if it does not exist or does not parse (logged).
+fn read_number(path: &Path) -> Result<Option<u64>, PublishError> {
+    match fs::read_to_string(path) {
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(n) => Ok(Some(n)),
+            Err(_) => {
+                log::warn!("{}: unreadable, ignored", path.display());
+                Ok(None)
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path, "reading")(e)),
+    }
+}
+
+/// Replaces `dir/name` with `text` atomically (write, optionally fsync, rename).
+fn replace_file(dir: &Path, name: &str, text: &str, durable: bool) -> Result<(), PublishError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    let mut f = File::create(&tmp).map_err(io_err(&tmp, "creating"))?;
+    f.write_all(text.as_bytes())
+        .map_err(io_err(&tmp, "writing"))?;
+    if durable {
+        f.sync_all().map_err(io_err(&tmp, "syncing"))?;
+    }
+    drop(f);
+    fs::rename(&tmp, &path).map_err(io_err(&path, "replacing"))?;
+    if durable {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// The real events a `SPOOL_DROP` report says were lost (its `trail`, decimal; 0 for a
+/// report in an older format).
+pub fn drop_report_count(ev: &v1::Event) -> u64 {
+    ev.trail.parse().unwrap_or(0)
+}
+
+/// The spool's stream id: the one in `stream-id` if it belongs to `cfg.stream_id`, else a
+/// new one (persisted).
+fn stream_id(dir: &Path, cfg: &SpoolConfig) -> Result<String, PublishError> {
+    if !cfg.stream_suffix {
+        return Ok(cfg.stream_id.clone());
+    }
+    let path = dir.join("stream-id");
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            if id
+                .strip_prefix(cfg.stream_id.as_str())
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|suffix| !suffix.is_empty() && !suffix.contains('-'))
+            {
+                return Ok(id.to_string());
+            }
+            log::warn!(
+                "{}: stream id {id:?} is not one of {:?}; starting a new stream",
+                path.display(),
+                cfg.stream_id
+            );
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&path, "reading")(e)),
+    }
+    let id = format!("{}-{}", cfg.stream_id, crate::identity::random_hex(4));
+    replace_file(dir, "stream-id", &format!("{id}\n"), true)?;
+    Ok(id)
+}
+
 impl Spool {
-    /// Opens (or creates) the spool in `dir`, bounded to `max_bytes`. Fails if another
-    /// publisher holds it.
-    pub fn open(
-        dir: &Path,
-        max_bytes: u64,
-        sensor_name: &str,
-    ) -> Result<(Spool, OpenReport), PublishError> {
+    /// Opens (or creates) the spool in `dir`. Fails if another publisher holds it.
+    pub fn open(dir: &Path, cfg: &SpoolConfig) -> Result<(Spool, OpenReport), PublishError> {
         fs::create_dir_all(dir).map_err(io_err(dir, "creating spool directory"))?;
         let lock_path = dir.join("LOCK");
         let lock = OpenOptions::new()
@@ -239,18 +346,15 @@ impl Spool {
         lock.try_lock()
             .map_err(|_| PublishError::SpoolBusy(dir.to_path_buf()))?;
 
+        let stream_id = stream_id(dir, cfg)?;
         let acked_path = dir.join("acked");
-        let acked_seq = match fs::read_to_string(&acked_path) {
-            Ok(text) => text.trim().parse::<u64>().unwrap_or_else(|_| {
-                log::warn!(
-                    "{}: unreadable, resending the whole spool",
-                    acked_path.display()
-                );
-                0
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(io_err(&acked_path, "reading")(e)),
-        };
+        let acked_seq = read_number(&acked_path)?.unwrap_or_else(|| {
+            if acked_path.exists() {
+                log::warn!("{}: resending the whole spool", acked_path.display());
+            }
+            0
+        });
+        let seq_mark = read_number(&dir.join("next_seq"))?.unwrap_or(0);
 
         let mut firsts = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_err(dir, "listing spool"))? {
@@ -269,6 +373,8 @@ impl Spool {
         let mut segments = VecDeque::new();
         let mut max_seen = acked_seq;
         for first in firsts {
+            // Even an empty segment's name says its first seq was about to be used.
+            max_seen = max_seen.max(first.saturating_sub(1));
             let path = segment_path(dir, first);
             let (seg, cut, problem) = scan_segment(&path, first)?;
             if let Some(problem) = problem {
@@ -292,23 +398,25 @@ impl Spool {
                 }
             }
         }
-        // Sequence numbers must never repeat, even if the spool was lost or its tail was cut
-        // off: never start below the clock in microseconds.
-        let next_seq = (max_seen + 1).max(now_us());
+        // Never below anything assigned before: what the segments and acknowledgements show,
+        // and the persisted high mark (which also covers records cut off or dropped).
+        let next_seq = (max_seen + 1).max(seq_mark).max(1);
         let total_bytes = segments.iter().map(|s| s.len).sum();
-        let segment_bytes = (max_bytes / 16).clamp(4096, 64 << 20);
+        let segment_bytes = (cfg.max_bytes / 16).clamp(4096, 64 << 20);
         let inner = Inner {
             dir: dir.to_path_buf(),
-            max_bytes,
+            max_bytes: cfg.max_bytes,
             segment_bytes,
-            sensor_name: sensor_name.to_string(),
+            sensor_name: cfg.sensor_name.clone(),
             segments,
             active: None,
             next_seq,
+            seq_mark,
             acked_seq,
             total_bytes,
             dirty: false,
-            dropped: 0,
+            lost: 0,
+            unreported: 0,
             spooled: 0,
             _lock: lock,
             buf: Vec::with_capacity(512),
@@ -316,9 +424,15 @@ impl Spool {
         Ok((
             Spool {
                 inner: Arc::new(Mutex::new(inner)),
+                stream_id: stream_id.into(),
             },
             report,
         ))
+    }
+
+    /// The stream id to publish under (`PublishRequest.sensor_id`).
+    pub fn stream_id(&self) -> &str {
+        &self.stream_id
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -359,10 +473,10 @@ impl Spool {
         self.lock().total_bytes
     }
 
-    /// (events appended since open, events dropped since open).
+    /// (events appended since open, including drop reports; real events lost since open).
     pub fn counters(&self) -> (u64, u64) {
         let inner = self.lock();
-        (inner.spooled, inner.dropped)
+        (inner.spooled, inner.lost)
     }
 
     /// Segments to read, oldest first.
@@ -388,10 +502,7 @@ impl Spool {
             inner.acked_seq = seq.min(inner.next_seq - 1);
             (inner.dir.clone(), inner.acked_seq)
         };
-        let tmp = dir.join("acked.tmp");
-        let path = dir.join("acked");
-        fs::write(&tmp, format!("{acked}\n")).map_err(io_err(&tmp, "writing"))?;
-        fs::rename(&tmp, &path).map_err(io_err(&path, "replacing"))?;
+        replace_file(&dir, "acked", &format!("{acked}\n"), false)?;
         let mut inner = self.lock();
         inner.remove_acked()
     }
@@ -425,6 +536,22 @@ impl Spool {
 
 impl Inner {
     fn append(&mut self, event: &mut v1::Event) -> Result<u64, PublishError> {
+        let rec_len = self.encode(event)?;
+        if self.total_bytes + rec_len > self.max_bytes {
+            self.drop_oldest(rec_len + 512)?;
+            if self.unreported > 0 {
+                self.append_drop_report()?;
+                // Re-encode: the drop report reused the buffer and took this sequence number.
+                return self.append(event);
+            }
+        }
+        self.write_record(rec_len)?;
+        self.spooled += 1;
+        Ok(event.seq)
+    }
+
+    /// Encodes `event` with the next sequence number into `buf` as a record; its length.
+    fn encode(&mut self, event: &mut v1::Event) -> Result<u64, PublishError> {
         event.seq = self.next_seq;
         self.buf.clear();
         self.buf.extend_from_slice(&[0u8; 8]);
@@ -435,25 +562,25 @@ impl Inner {
         if len > MAX_RECORD as usize {
             return Err(PublishError::EventTooLarge(len));
         }
-        let rec_len = self.buf.len() as u64;
-        if self.total_bytes + rec_len > self.max_bytes {
-            let dropped = self.drop_oldest(rec_len + 512)?;
-            if dropped > 0 {
-                self.append_drop_report(dropped)?;
-                // Re-encode: the drop report reused the buffer and took this sequence number.
-                return self.append(event);
-            }
-        }
         let len32 = u32::try_from(len).map_err(|_| PublishError::EventTooLarge(len))?;
         let crc = crc32fast::hash(&self.buf[8..]);
         self.buf[0..4].copy_from_slice(&len32.to_le_bytes());
         self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
-        self.write_record(rec_len)?;
-        self.spooled += 1;
-        Ok(event.seq)
+        Ok(self.buf.len() as u64)
+    }
+
+    /// Persists a new sequence high mark before any number at or above the old one is used.
+    fn reserve_seqs(&mut self) -> Result<(), PublishError> {
+        let mark = self.next_seq + SEQ_RESERVE;
+        replace_file(&self.dir, "next_seq", &format!("{mark}\n"), true)?;
+        self.seq_mark = mark;
+        Ok(())
     }
 
     fn write_record(&mut self, rec_len: u64) -> Result<(), PublishError> {
+        if self.next_seq >= self.seq_mark {
+            self.reserve_seqs()?;
+        }
         let needs_new = match self.segments.back() {
             None => true,
             Some(s) => self.active.is_none() || s.len + rec_len > self.segment_bytes,
@@ -520,16 +647,17 @@ impl Inner {
             count: 0,
             len: MAGIC.len() as u64,
             path,
+            reports: Vec::new(),
         });
         self.total_bytes += MAGIC.len() as u64;
         self.active = Some(file);
         Ok(())
     }
 
-    /// Deletes oldest segments until `need` more bytes fit; returns how many unacknowledged
-    /// events went with them.
-    fn drop_oldest(&mut self, need: u64) -> Result<u64, PublishError> {
-        let mut dropped = 0;
+    /// Deletes oldest segments until `need` more bytes fit, counting the real events lost
+    /// with them once and carrying the counts of deleted reports into `unreported`.
+    fn drop_oldest(&mut self, need: u64) -> Result<(), PublishError> {
+        let mut lost = 0;
         while self.total_bytes + need > self.max_bytes {
             if self.segments.len() <= 1 {
                 // Only the active segment is left: close it so it can go too.
@@ -545,22 +673,33 @@ impl Inner {
                 break;
             };
             if let Some(last) = seg.last_seq() {
-                dropped += last.saturating_sub(self.acked_seq.max(seg.first_seq - 1));
+                let floor = self.acked_seq.max(seg.first_seq - 1);
+                let unacked = last.saturating_sub(floor);
+                let (reports, carried) = seg
+                    .reports
+                    .iter()
+                    .filter(|(seq, _)| *seq > floor)
+                    .fold((0, 0), |(n, sum), (_, count)| (n + 1, sum + count));
+                let real = unacked.saturating_sub(reports);
+                lost += real;
+                self.unreported += real + carried;
             }
             self.total_bytes -= seg.len;
             fs::remove_file(&seg.path).map_err(io_err(&seg.path, "dropping segment"))?;
         }
-        if dropped > 0 {
-            self.dropped += dropped;
-            log::warn!(
-                "spool full ({} bytes): dropped the {dropped} oldest unacknowledged events",
+        if lost > 0 {
+            self.lost += lost;
+            log::debug!(
+                "spool full ({} bytes): dropped the {lost} oldest unacknowledged events",
                 self.max_bytes
             );
         }
-        Ok(dropped)
+        Ok(())
     }
 
-    fn append_drop_report(&mut self, dropped: u64) -> Result<(), PublishError> {
+    /// Appends a `SPOOL_DROP` report carrying every lost event not yet reported.
+    fn append_drop_report(&mut self) -> Result<(), PublishError> {
+        let count = self.unreported;
         let ts_us = i64::try_from(now_us()).unwrap_or(i64::MAX);
         let mut report = v1::Event {
             ts_us,
@@ -569,28 +708,22 @@ impl Inner {
             dst_ip: "0.0.0.0".into(),
             proto: String::new(),
             r#type: xtrail_proto::SPOOL_DROP_TYPE.into(),
-            trail: "spool".into(),
+            trail: count.to_string(),
             info: format!(
-                "spool full: {dropped} unacknowledged events dropped ({} in total since start)",
-                self.dropped
+                "spool full: {count} events dropped ({} since start)",
+                self.lost
             ),
             reference: "(xtrail)".into(),
             severity: v1::Severity::High as i32,
             action: v1::Action::Pass as i32,
             ..Default::default()
         };
-        report.seq = self.next_seq;
-        self.buf.clear();
-        self.buf.extend_from_slice(&[0u8; 8]);
-        report
-            .encode(&mut self.buf)
-            .map_err(|_| PublishError::EventTooLarge(usize::MAX))?;
-        let len = u32::try_from(self.buf.len() - 8).unwrap_or(u32::MAX);
-        let crc = crc32fast::hash(&self.buf[8..]);
-        self.buf[0..4].copy_from_slice(&len.to_le_bytes());
-        self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
-        let rec_len = self.buf.len() as u64;
+        let rec_len = self.encode(&mut report)?;
         self.write_record(rec_len)?;
+        if let Some(seg) = self.segments.back_mut() {
+            seg.reports.push((report.seq, count));
+        }
+        self.unreported = 0;
         self.spooled += 1;
         Ok(())
     }
@@ -646,7 +779,10 @@ impl SpoolReader {
         }
     }
 
-    /// Up to `max_events` events (and about `max_bytes`) from where the reader is.
+    /// Up to `max_events` events and at most `max_bytes` of records (at least one record
+    /// though) from where the reader is. A record's size bounds its event's encoded size in a
+    /// `PublishRequest`, so the batch encodes to at most `max_bytes` plus the request's own
+    /// fields.
     pub fn next_batch(
         &mut self,
         spool: &Spool,
@@ -658,7 +794,8 @@ impl SpoolReader {
         let views = spool.views();
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        while out.len() < max_events && bytes < max_bytes {
+        let mut full = false;
+        while out.len() < max_events && !full {
             // The segment holding `want`: the last one starting at or before it, or the first
             // one after it (what lay between was dropped).
             let idx = views
@@ -678,7 +815,7 @@ impl SpoolReader {
             let Some((_, file, offset)) = self.file.as_mut() else {
                 break;
             };
-            while out.len() < max_events && bytes < max_bytes && *offset < view.len {
+            while out.len() < max_events && !full && *offset < view.len {
                 let n = (view.len - *offset).min(CHUNK);
                 self.chunk.resize(n as usize, 0);
                 file.read_exact_at(&mut self.chunk, *offset)
@@ -686,16 +823,20 @@ impl SpoolReader {
                 let mut slice: &[u8] = &self.chunk;
                 let chunk_end = *offset + n;
                 let mut progressed = false;
-                while out.len() < max_events && bytes < max_bytes {
+                while out.len() < max_events {
                     match read_record(&mut slice, *offset, chunk_end) {
                         ReadOutcome::Record(ev, n) => {
-                            *offset += n;
-                            progressed = true;
                             if ev.seq >= self.want {
+                                if !out.is_empty() && bytes + n as usize > max_bytes {
+                                    full = true; // left unread for the next batch
+                                    break;
+                                }
                                 self.want = ev.seq + 1;
                                 bytes += n as usize;
                                 out.push(*ev);
                             }
+                            *offset += n;
+                            progressed = true;
                         }
                         ReadOutcome::End => break,
                         ReadOutcome::Corrupt(_) if chunk_end < view.len && progressed => {
@@ -711,7 +852,7 @@ impl SpoolReader {
                     }
                 }
             }
-            if *offset < view.len {
+            if full || *offset < view.len {
                 break; // batch full
             }
             match views.get(idx + 1) {
@@ -738,6 +879,18 @@ mod tests {
         }
     }
 
+    fn open(dir: &Path, max_bytes: u64) -> Result<(Spool, OpenReport), PublishError> {
+        Spool::open(
+            dir,
+            &SpoolConfig {
+                max_bytes,
+                sensor_name: "s".into(),
+                stream_id: "sid".into(),
+                stream_suffix: true,
+            },
+        )
+    }
+
     fn read_all(spool: &Spool, from: u64) -> Vec<v1::Event> {
         let mut r = SpoolReader::new(from);
         let mut all = Vec::new();
@@ -753,7 +906,7 @@ mod tests {
     #[test]
     fn append_read_ack_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, rep) = Spool::open(dir.path(), 1 << 20, "s").unwrap();
+        let (spool, rep) = open(dir.path(), 1 << 20).unwrap();
         assert_eq!(rep, OpenReport::default());
         let mut seqs = Vec::new();
         for i in 0..100 {
@@ -766,7 +919,7 @@ mod tests {
         spool.ack(seqs[49]).unwrap();
         assert_eq!(spool.pending(), 50);
         drop(spool);
-        let (spool, rep) = Spool::open(dir.path(), 1 << 20, "s").unwrap();
+        let (spool, rep) = open(dir.path(), 1 << 20).unwrap();
         assert_eq!(rep.pending, 50);
         let rest = read_all(&spool, spool.acked_seq() + 1);
         assert_eq!(rest.len(), 50);
@@ -777,36 +930,109 @@ mod tests {
     #[test]
     fn second_opener_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (_spool, _) = Spool::open(dir.path(), 1 << 20, "s").unwrap();
+        let (_spool, _) = open(dir.path(), 1 << 20).unwrap();
         assert!(matches!(
-            Spool::open(dir.path(), 1 << 20, "s"),
+            open(dir.path(), 1 << 20),
             Err(PublishError::SpoolBusy(_))
         ));
     }
 
     #[test]
-    fn full_spool_drops_oldest_and_reports() {
+    fn full_spool_counts_each_lost_event_once() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(dir.path(), 64 * 1024, "s").unwrap();
-        for i in 0..5000 {
+        let (spool, _) = open(dir.path(), 64 * 1024).unwrap();
+        let n = 20_000;
+        for i in 0..n {
             spool.append(&mut ev(i)).unwrap();
         }
         assert!(spool.bytes() <= 64 * 1024, "{}", spool.bytes());
-        let (_, dropped) = spool.counters();
-        assert!(dropped > 0);
+        let (spooled, lost) = spool.counters();
         let all = read_all(&spool, 0);
-        assert!(all
+        let reports: Vec<_> = all
             .iter()
-            .any(|e| e.r#type == xtrail_proto::SPOOL_DROP_TYPE));
-        assert_eq!(all.last().unwrap().trail, "trail-4999");
+            .filter(|e| e.r#type == xtrail_proto::SPOOL_DROP_TYPE)
+            .collect();
+        // Enough drops that reports themselves were dropped and their counts carried on.
+        assert!(spooled - u64::from(n) > reports.len() as u64, "{spooled}");
+        let kept = all.len() - reports.len();
+        let reported: u64 = reports.iter().map(|e| drop_report_count(e)).sum();
+        assert_eq!(reported, lost);
+        assert_eq!(kept as u64 + lost, u64::from(n));
+        assert!(reports[0]
+            .info
+            .starts_with(&format!("spool full: {} events dropped", reports[0].trail)));
+        assert_eq!(all.last().unwrap().trail, format!("trail-{}", n - 1));
         assert!(all.windows(2).all(|w| w[1].seq > w[0].seq));
         assert_eq!(all.len() as u64, spool.pending());
     }
 
     #[test]
+    fn sequence_numbers_are_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = open(dir.path(), 1 << 20).unwrap();
+        let id = spool.stream_id().to_string();
+        assert!(id.starts_with("sid-") && id.len() == 12, "{id}");
+        let mut last = 0;
+        for i in 0..10 {
+            last = spool.append(&mut ev(i)).unwrap();
+        }
+        assert_eq!(last, 10, "a new spool counts from 1");
+        spool.ack(last).unwrap();
+        drop(spool);
+        // Everything acknowledged: the segments go on open; the count goes on.
+        let (spool, rep) = open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(rep.pending, 0);
+        assert_eq!(spool.stream_id(), id);
+        let seq = spool.append(&mut ev(10)).unwrap();
+        assert!(seq > last);
+        last = seq;
+        drop(spool);
+        // Sent but never acknowledged and then lost (cut off, deleted): still not reused.
+        for e in fs::read_dir(dir.path()).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "seg") || p.ends_with("acked") {
+                fs::remove_file(p).unwrap();
+            }
+        }
+        let (spool, _) = open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(spool.stream_id(), id);
+        assert!(spool.append(&mut ev(11)).unwrap() > last);
+        drop(spool);
+        // The spool directory lost: its stream id goes with it.
+        fs::remove_dir_all(dir.path()).unwrap();
+        let (spool, _) = open(dir.path(), 1 << 20).unwrap();
+        assert_ne!(spool.stream_id(), id);
+        assert_eq!(spool.append(&mut ev(12)).unwrap(), 1);
+    }
+
+    #[test]
+    fn batches_stay_within_the_byte_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = open(dir.path(), 1 << 20).unwrap();
+        for i in 0..1000 {
+            spool.append(&mut ev(i)).unwrap();
+        }
+        let mut r = SpoolReader::new(0);
+        let mut total = 0;
+        loop {
+            let b = r.next_batch(&spool, 10_000, 2000).unwrap();
+            if b.is_empty() {
+                break;
+            }
+            let req = v1::PublishRequest {
+                sensor_id: String::new(),
+                events: b,
+            };
+            assert!(req.encoded_len() <= 2000, "{}", req.encoded_len());
+            total += req.events.len();
+        }
+        assert_eq!(total, 1000);
+    }
+
+    #[test]
     fn truncated_tail_keeps_good_records() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(dir.path(), 1 << 20, "s").unwrap();
+        let (spool, _) = open(dir.path(), 1 << 20).unwrap();
         for i in 0..10 {
             spool.append(&mut ev(i)).unwrap();
         }
@@ -816,7 +1042,7 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&seg).unwrap();
         f.set_len(len - 5).unwrap();
         drop(f);
-        let (spool, rep) = Spool::open(dir.path(), 1 << 20, "s").unwrap();
+        let (spool, rep) = open(dir.path(), 1 << 20).unwrap();
         assert_eq!(rep.corrupt_regions, 1);
         assert_eq!(rep.pending, 9);
         let all = read_all(&spool, 0);

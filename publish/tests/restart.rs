@@ -83,6 +83,7 @@ fn stored(data_dir: &Path) -> Vec<v1::Event> {
         .unwrap()
         .read_after(0, None, &EventFilter::default(), 1_000_000)
         .unwrap()
+        .events
 }
 
 fn event(i: u32) -> Event {

@@ -1,5 +1,7 @@
 //! `xtrail-sensor`: live XDP capture (`run`), pcap replay (`replay`), kernel counters (`stats`).
 
+mod collector_link;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -14,11 +16,13 @@ use xtrail_detect::process::ProcessorConfig;
 use xtrail_detect::replay::ReplayOptions;
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
-use xtrail_publish::{Publisher, PublisherConfig};
+use xtrail_publish::PublishError;
 use xtrail_sensor::live::{self, LiveOptions};
 use xtrail_sensor::loader::{self, AttachMode, Mode, SensorOptions};
 use xtrail_sensor::output::{open_output, EventLog};
 use xtrail_sensor::{privilege, stats};
+
+use crate::collector_link::{CollectorLink, LinkOptions};
 
 #[derive(Parser)]
 #[command(
@@ -125,7 +129,8 @@ struct CollectorArgs {
     /// Bearer token for the collector (or $XTRAIL_TOKEN).
     #[arg(long, env = "XTRAIL_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Where the spool lives (default /var/lib/xtrail, or ~/.local/state/xtrail when not root).
+    /// Where the sensor's identity and spools live (default /var/lib/xtrail, or
+    /// ~/.local/state/xtrail when not root).
     #[arg(long = "state-dir")]
     state_dir: Option<PathBuf>,
     /// Spool bound in bytes; when full, the oldest events are dropped and the drop reported.
@@ -137,49 +142,22 @@ struct CollectorArgs {
 }
 
 impl CollectorArgs {
-    /// Starts the publisher when `--collector` is given.
-    fn start(&self, sensor: &str, kind: &str) -> anyhow::Result<Option<Arc<Publisher>>> {
+    /// Starts the collector link when `--collector` is given; `command` is `run` or
+    /// `replay` (each has its own spool and stream).
+    fn start(&self, sensor: &str, command: &str) -> anyhow::Result<Option<CollectorLink>> {
         let Some(url) = &self.collector else {
             return Ok(None);
         };
-        let state = self.state_dir.clone().unwrap_or_else(|| {
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } == 0 {
-                PathBuf::from("/var/lib/xtrail")
-            } else {
-                std::env::var_os("HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("."))
-                    .join(".local/state/xtrail")
-            }
-        });
-        let spool = state.join(format!("spool-{kind}-{sensor}"));
-        std::fs::create_dir_all(&spool)
-            .with_context(|| format!("creating the spool directory {}", spool.display()))?;
-        let mut config = PublisherConfig::new(
-            url.clone(),
-            self.token.clone().unwrap_or_default(),
-            sensor.to_string(),
-            spool.clone(),
-        );
-        config.spool_max_bytes = self.spool_max_bytes;
-        config.ca_cert = self.collector_ca.clone();
-        let publisher = Publisher::start(config).context("starting the collector publisher")?;
-        let report = publisher.open_report();
-        eprintln!(
-            "xtrail-sensor: publishing to {url} (spool {}, {} pending from before{})",
-            spool.display(),
-            report.pending,
-            if report.corrupt_regions > 0 {
-                format!(
-                    "; {} corrupt region(s), {} bytes skipped",
-                    report.corrupt_regions, report.corrupt_bytes
-                )
-            } else {
-                String::new()
-            }
-        );
-        Ok(Some(Arc::new(publisher)))
+        CollectorLink::start(&LinkOptions {
+            url,
+            token: self.token.as_deref().unwrap_or_default(),
+            sensor_name: sensor,
+            command,
+            state_dir: collector_link::state_dir(self.state_dir.as_deref()),
+            spool_max_bytes: self.spool_max_bytes,
+            ca_cert: self.collector_ca.clone(),
+        })
+        .map(Some)
     }
 }
 
@@ -290,11 +268,15 @@ enum Command {
         #[command(flatten)]
         collector: CollectorArgs,
     },
-    /// Show the kernel counters of running sensors.
+    /// Show the sensor identity of a state directory and the kernel counters of running
+    /// sensors.
     Stats {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// The state directory whose identity to show (default as for --collector).
+        #[arg(long = "state-dir")]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -372,7 +354,7 @@ fn main() -> ExitCode {
             heuristics,
             collector,
         }),
-        Command::Stats { json } => show_stats(json),
+        Command::Stats { json, state_dir } => show_stats(json, state_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -496,6 +478,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let mut http_ports = loader::DEFAULT_HTTP_PORTS.to_vec();
     http_ports.extend(&args.http_ports);
+    // Kept to the end: dropping it stops the reporter after live::run's last flush.
+    let link = args.collector.start(&sensor_name, "run")?;
     let opts = LiveOptions {
         ifaces: args.ifaces,
         sensor: SensorOptions {
@@ -515,7 +499,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         afxdp: !args.no_afxdp,
         heuristics: args.heuristics.config(true),
         ua: args.heuristics.ua()?,
-        publisher: args.collector.start(&sensor_name, "run")?,
+        publisher: link.as_ref().map(CollectorLink::publisher),
         maltrail_syn_rules: args.maltrail_syn_rules,
     };
     live::run(
@@ -538,7 +522,8 @@ struct ReplayArgs {
 
 fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let sensor_name = args.output.sensor_name();
-    let publisher = args.collector.start(&sensor_name, "replay")?;
+    let link = args.collector.start(&sensor_name, "replay")?;
+    let publisher = link.as_ref().map(CollectorLink::publisher);
     let (trails, whitelist) = args.trails.load()?;
     let heuristics = &args.heuristics;
     let opts = ReplayOptions {
@@ -575,9 +560,18 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             "xtrail-sensor: waiting for the collector to acknowledge {} event(s)",
             p.stats().pending
         );
-        p.flush(Duration::from_secs(120)).context(
-            "the collector did not acknowledge every event; the rest stay in the spool and are sent on the next run",
-        )?;
+        let spool = link.as_ref().map(|l| l.spool().display().to_string());
+        let spool = spool.unwrap_or_default();
+        match p.flush(Duration::from_secs(120)) {
+            Ok(()) => {}
+            Err(e @ PublishError::Refused(_)) => bail!(
+                "{e}; the {} event(s) stay in the spool {spool} and are sent by the next replay with a token the collector accepts",
+                p.stats().pending
+            ),
+            Err(e) => bail!(
+                "{e}; the collector did not acknowledge every event: the rest stay in the spool {spool} and are sent on the next replay"
+            ),
+        }
         let s = p.stats();
         eprintln!("xtrail-sensor: collector acknowledged {} event(s)", s.acked);
     }
@@ -601,7 +595,23 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn show_stats(json: bool) -> anyhow::Result<()> {
+fn show_stats(json: bool, state_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let state = collector_link::state_dir(state_dir.as_deref());
+    let id = xtrail_publish::identity::read(&state)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "state_dir": state.display().to_string(), "identity": id })
+        );
+    } else {
+        match &id {
+            Some(id) => println!("identity {id} (state dir {})", state.display()),
+            None => println!(
+                "identity: none yet in {} (made on the first start with --collector)",
+                state.display()
+            ),
+        }
+    }
     privilege::check()?;
     let running = stats::find_running();
     if running.is_empty() {

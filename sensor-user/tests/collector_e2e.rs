@@ -1,6 +1,9 @@
 //! The sensor's events reach a real collector process and a real subscriber: replay imports
-//! a pcap's detections, and a live sensor killed with a non-empty spool resends it after a
-//! restart, with every event stored once.
+//! a pcap's detections under the sensor's persistent identity (shown by `stats`), a replay
+//! whose token the collector refuses fails at once with the reason and keeps its events
+//! spooled, a live sensor with a refused token keeps running and says so on stderr, and a
+//! live sensor killed with a non-empty spool resends it after a restart, with every event
+//! stored once.
 
 mod common;
 
@@ -180,15 +183,165 @@ fn replay_imports_detections_into_the_collector() {
     assert!(local.len() >= 10, "{local:#?}");
     let stored = subscribe_all(&collector.url(), local.len(), None);
     assert_eq!(stored.len(), local.len());
+    // The stream id: the identity kept in the state directory, the command, the spool's
+    // suffix; `stats` shows the identity.
+    let identity = std::fs::read_to_string(dir.join("state/identity")).unwrap();
+    let identity = identity.trim();
+    assert_eq!(identity.len(), 32, "{identity}");
+    let stats = Command::new(SENSOR)
+        .args(["stats", "--state-dir"])
+        .arg(dir.join("state"))
+        .output()
+        .expect("stats");
+    assert!(
+        String::from_utf8_lossy(&stats.stdout).contains(&format!("identity {identity}")),
+        "{}",
+        String::from_utf8_lossy(&stats.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("identity {identity}")), "{stderr}");
+    let stream = format!("{identity}-replay-");
     for (a, b) in local.iter().zip(&stored) {
         for key in xtrail_detect::event::JSON_FIELDS {
             assert_eq!(a[key], b[key], "field {key}: {a} vs {b}");
         }
-        assert_eq!(b["sensor_id"], "replay-e2e");
+        assert_eq!(b["sensor"], "replay-e2e");
+        assert!(
+            b["sensor_id"].as_str().unwrap().starts_with(&stream),
+            "{}",
+            b["sensor_id"]
+        );
     }
     // In order: sequence numbers increase.
     let seqs: Vec<u64> = stored.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[test]
+fn replay_with_a_refused_token_fails_with_the_reason_and_keeps_its_events() {
+    let Some(corpus) = corpus() else { return };
+    let dir = tempdir("replay-refused");
+    let collector = Collector::start(&dir.join("data"), "127.0.0.1:0", None);
+    let started = Instant::now();
+    let out = Command::new(SENSOR)
+        .args(["replay", "--pcap"])
+        .arg(corpus.join("mixed_soup.pcap"))
+        .arg("--trails")
+        .arg(corpus.join("trails.csv"))
+        .args([
+            "--events-log",
+            "/dev/null",
+            "--sensor-name",
+            "replay-refused",
+        ])
+        .args([
+            "--collector",
+            &collector.url(),
+            "--token",
+            "wrong",
+            "--state-dir",
+        ])
+        .arg(dir.join("state"))
+        .output()
+        .expect("replay");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    // At once, not after the 120 s flush timeout.
+    assert!(started.elapsed() < Duration::from_secs(60), "{stderr}");
+    assert!(
+        stderr.contains("xtrail-sensor: error: the collector refused the credential")
+            && stderr.contains("Unauthenticated"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("stay in the spool"), "{stderr}");
+    // The events are in the spool, waiting for a token the collector accepts.
+    let spooled: u64 = std::fs::read_dir(dir.join("state/spool-replay-replay-refused"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(spooled > 8, "{spooled} bytes spooled");
+    // Nothing stored: a subscriber from the start sees nothing within 2 s.
+    let mut sub = Command::new(collector_bin())
+        .args([
+            "subscribe",
+            "--collector",
+            &collector.url(),
+            "--token",
+            SUB_TOKEN,
+        ])
+        .args(["--from", "0", "--max-events", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("subscribe");
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = sub.kill();
+    let got = sub.wait_with_output().unwrap();
+    assert!(
+        got.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&got.stdout)
+    );
+}
+
+#[test]
+fn live_sensor_with_a_refused_token_keeps_running_and_says_why() {
+    if !common::privileged("live_sensor_with_a_refused_token_keeps_running_and_says_why") {
+        return;
+    }
+    let dir = tempdir("run-refused");
+    let trails = dir.join("trails.csv");
+    std::fs::write(&trails, "198.19.71.1,refused test (malware),(test)\n").unwrap();
+    let pair = VethPair::create("xr").expect("veth pair");
+    let collector = Collector::start(&dir.join("data"), "127.0.0.1:0", Some(&pair.sensor_ns));
+    let mut cmd = pair.in_sensor_ns(SENSOR);
+    cmd.args(["run", "--iface", &pair.sensor_if, "--trails"])
+        .arg(&trails)
+        .args(["--events-log", "/dev/null", "--sensor-name", "run-refused"])
+        .args(["--stats-interval", "0", "--no-heuristics"])
+        .args([
+            "--collector",
+            &collector.url(),
+            "--token",
+            "wrong",
+            "--state-dir",
+        ])
+        .arg(dir.join("state"))
+        .stdout(Stdio::null());
+    let w = spawn_watched(&mut cmd, Some("sensor: ")).expect("sensor");
+    let mut lines = w
+        .wait_for(
+            "attached to",
+            "xtrail-sensor: error:",
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("sensor did not attach: {e}"));
+    let inj = pair.injector().unwrap();
+    inj.send(&Frame::syn(v4(&pair.peer_ip), 40000, v4("198.19.71.1"), 443).build())
+        .unwrap();
+    const REFUSED: &str = "xtrail-sensor: the collector refused the token (";
+    let refused = if lines.iter().any(|l| l.contains(REFUSED)) {
+        Ok(lines)
+    } else {
+        w.wait_for(REFUSED, "xtrail-sensor: error:", Duration::from_secs(30))
+            .map(|more| {
+                lines.extend(more);
+                lines
+            })
+    };
+    // Still running: a refused token is retried, not fatal.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut child = w.child;
+    assert!(child.try_wait().unwrap().is_none(), "the sensor exited");
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = child.wait();
+    let lines = refused.unwrap_or_else(|e| panic!("no refusal on stderr: {e}"));
+    let line = lines.iter().find(|l| l.contains(REFUSED)).unwrap();
+    assert!(line.contains("Unauthenticated"), "{line}");
+    assert!(line.contains("refusal(s) since start"), "{line}");
 }
 
 #[test]

@@ -73,6 +73,14 @@ impl RegexTrails {
         self.regexes.iter().map(Regex::as_str)
     }
 
+    /// (regex source, label), in load order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, LabelId)> {
+        self.regexes
+            .iter()
+            .map(Regex::as_str)
+            .zip(self.labels.iter().copied())
+    }
+
     /// Leftmost match over all regexes (first regex on ties, like one Python alternation):
     /// (start, end, label).
     fn search(&self, q: &str) -> Option<(usize, usize, LabelId)> {

@@ -19,6 +19,7 @@
 //!
 //! Not here: the whitelist (`crate::whitelist`), heuristics, and event formatting.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -28,10 +29,12 @@ pub(crate) mod classify;
 mod domain;
 pub(crate) mod ip;
 mod load;
+mod maltrail;
 mod table;
 mod url;
 
 pub use domain::{DomainMatch, DomainTrails, RegexTrails};
+pub use maltrail::{Ipv4Ranges, StaticFilters};
 pub use url::{UrlMatch, UrlTrails};
 
 /// Index into [`TrailSet::labels`]. This is also the value stored in the kernel maps.
@@ -96,6 +99,28 @@ pub enum TrailError {
         #[source]
         source: std::io::Error,
     },
+    /// A folder of a trail tree is reached again (a symlink loop).
+    #[error("trail tree loops: {path} is {first} again (symbolic link loop?)")]
+    Loop {
+        /// The folder reached again.
+        path: PathBuf,
+        /// Where it was first reached.
+        first: PathBuf,
+    },
+    /// A trail tree nested deeper than a trail tree can reasonably be.
+    #[error("trail tree too deep at {path}")]
+    TooDeep {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// A trail source that is not a regular file or folder (FIFO, socket, device).
+    #[error("trail source {path} is {kind}, not a regular file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
     /// A trails CSV could not be read.
     #[error("cannot read trails CSV {path}: {source}")]
     Csv {
@@ -108,7 +133,7 @@ pub enum TrailError {
 }
 
 /// Why a trail line was not loaded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, thiserror::Error)]
 pub enum MalformedReason {
     /// Nothing left once a URL scheme was removed.
     #[error("empty trail")]
@@ -140,6 +165,16 @@ pub enum MalformedReason {
     /// A CSV row without exactly three columns.
     #[error("CSV row without 3 columns")]
     CsvColumns,
+    /// A line longer than [`LoadOptions::max_line_bytes`] (refused unread).
+    #[error("line too long")]
+    LineTooLong,
+    /// Regex metacharacters that do not make a plausible domain pattern (or a pattern over the
+    /// size and nesting limits).
+    #[error("regex refused (not a domain pattern, or too complex)")]
+    RegexRefused,
+    /// Non-ASCII text that IDNA cannot encode (non-ASCII paths, bad labels).
+    #[error("not ASCII and not IDNA-encodable")]
+    NotAscii,
 }
 
 /// One malformed line, for the report.
@@ -149,7 +184,7 @@ pub struct MalformedLine {
     pub path: PathBuf,
     /// 1-based line number.
     pub line: usize,
-    /// The trail text (comment removed, trimmed; lossy if not UTF-8).
+    /// The trail text (comment removed, trimmed; lossy if not UTF-8), at most 80 characters.
     pub text: String,
     /// Why it was not loaded.
     pub reason: MalformedReason,
@@ -160,13 +195,33 @@ pub struct MalformedLine {
 pub struct LoadOptions {
     /// How many malformed lines the report keeps verbatim (all are counted). Default 10.
     pub max_malformed_examples: usize,
+    /// Lines (or CSV rows) longer than this are refused unread. Default 4 KiB (the static
+    /// tree's longest line is under 1 KiB).
+    pub max_line_bytes: usize,
+    /// Maltrail's updater filters for static trees and list files (whitelist, bogon and CDN
+    /// ranges). Default: the built-in bogon ranges only; see
+    /// [`LoadOptions::with_maltrail_data`].
+    pub static_filters: StaticFilters,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             max_malformed_examples: 10,
+            max_line_bytes: 4096,
+            static_filters: StaticFilters::default(),
         }
+    }
+}
+
+impl LoadOptions {
+    /// Defaults plus the filters read from a Maltrail data folder (`whitelist.txt`,
+    /// `bogon_ranges.txt`, `cdn_ranges.txt`), as Maltrail's updater applies them.
+    pub fn with_maltrail_data(dir: &std::path::Path) -> Result<Self, TrailError> {
+        Ok(Self {
+            static_filters: StaticFilters::from_maltrail_data(dir)?,
+            ..Self::default()
+        })
     }
 }
 
@@ -203,6 +258,12 @@ pub struct LoadReport {
     pub relabelled: usize,
     /// Malformed lines (not loaded).
     pub malformed: usize,
+    /// Malformed lines per reason.
+    pub malformed_reasons: BTreeMap<MalformedReason, usize>,
+    /// Static trails dropped as whitelisted (or `127.`, `192.168.`, `localhost` prefixed).
+    pub dropped_whitelisted: usize,
+    /// Static address trails dropped for a bogon or CDN address.
+    pub dropped_bogon_cdn: usize,
     /// The first malformed lines, up to [`LoadOptions::max_malformed_examples`].
     pub malformed_examples: Vec<MalformedLine>,
 }
@@ -213,7 +274,7 @@ impl fmt::Display for LoadReport {
             f,
             "{} files, {} trail lines ({:.1} MB): {} IPv4, {} IPv6, {} IP:port, {} CIDR \
              ({} v4, {} v6), {} domains, {} URLs, {} regexes; {} labels; {} duplicates; \
-             {} malformed",
+             {} malformed, {} whitelisted, {} bogon/CDN",
             self.files,
             self.lines,
             self.bytes as f64 / 1e6,
@@ -229,7 +290,17 @@ impl fmt::Display for LoadReport {
             self.labels,
             self.duplicates,
             self.malformed,
+            self.dropped_whitelisted,
+            self.dropped_bogon_cdn,
         )?;
+        if !self.malformed_reasons.is_empty() {
+            let reasons: Vec<String> = self
+                .malformed_reasons
+                .iter()
+                .map(|(r, n)| format!("{n} {r}"))
+                .collect();
+            write!(f, " ({})", reasons.join(", "))?;
+        }
         if let Some(m) = self.malformed_examples.first() {
             write!(
                 f,

@@ -3,7 +3,8 @@
 //! Everything that decides *what* is malicious and *how it is reported*, with no kernel and
 //! no privilege: trail loading and lookup tables ([`trails`]), the per-packet pipeline
 //! ([`process`]), Maltrail's heuristics ([`heuristics`]), the event model and its output
-//! formats ([`event`]) and event throttling ([`throttle`]). The sensor binary wires these to
+//! formats ([`event`]) and event throttling ([`throttle`]), assembled in one place: the
+//! [`pipeline::Detector`] that replay and every live capture path feed. The sensor binary wires these to
 //! the XDP program and AF_XDP sockets; pcap replay ([`replay`]) drives the same code from
 //! files, heuristics included, on the pcap's own clock.
 //!
@@ -20,6 +21,7 @@ pub mod event;
 pub mod heuristics;
 pub mod packet;
 pub mod pcap;
+pub mod pipeline;
 pub mod process;
 pub mod protocols;
 pub mod replay;

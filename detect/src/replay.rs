@@ -1,5 +1,5 @@
-//! Pcap replay: capture files through the same [`Processor`] and [`Throttle`] the live
-//! sensor uses, with time taken from the packets, events written one per line.
+//! Pcap replay: capture files through the same [`Detector`] the live sensor feeds (see
+//! [`crate::pipeline`]), with time taken from the packets, events written one per line.
 //!
 //! The heuristics ([`MaltrailHeuristics`]) are installed by default, with scans fed from the
 //! packets and every window on the pcap's clock; pending throttle summaries are written at
@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::event::{Event, Format};
-use crate::heuristics::{HeuristicsConfig, HeuristicsError, MaltrailHeuristics, UaPatterns};
+use crate::heuristics::{HeuristicsConfig, HeuristicsError, UaPatterns};
 use crate::pcap::{self, PcapError};
-use crate::process::{Processor, ProcessorConfig, ProcessorStats};
-use crate::throttle::{Throttle, ThrottleConfig, ThrottleStats};
+use crate::pipeline::{Detector, DetectorConfig, DetectorStats, FloodConfig};
+use crate::process::{ProcessorConfig, ProcessorStats};
+use crate::throttle::{ThrottleConfig, ThrottleStats};
 use crate::trails::TrailSet;
 use crate::whitelist::Whitelist;
 
@@ -33,6 +34,8 @@ pub struct ReplayOptions {
     /// Suspicious user-agent patterns; `None` loads [`UaPatterns::load_default`] (no
     /// patterns when no file is found).
     pub ua_patterns: Option<Arc<UaPatterns>>,
+    /// The flood guard; `None` leaves the event rate unbounded.
+    pub flood: Option<FloodConfig>,
 }
 
 impl Default for ReplayOptions {
@@ -43,6 +46,7 @@ impl Default for ReplayOptions {
             throttle: Some(ThrottleConfig::default()),
             heuristics: Some(HeuristicsConfig::replay()),
             ua_patterns: None,
+            flood: Some(FloodConfig::default()),
         }
     }
 }
@@ -87,6 +91,8 @@ pub struct ReplayStats {
     pub processor: ProcessorStats,
     /// The throttle's counters.
     pub throttle: ThrottleStats,
+    /// Every stage's counters.
+    pub detector: DetectorStats,
 }
 
 /// Why a replay stopped.
@@ -130,24 +136,33 @@ pub fn replay_with<W: Write + ?Sized>(
     writer: &mut W,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<ReplayStats, ReplayError> {
-    let mut processor = Processor::new(trails, Arc::clone(&whitelist), opts.processor.clone());
-    if let Some(config) = &opts.heuristics {
-        let ua = match &opts.ua_patterns {
-            Some(ua) => Arc::clone(ua),
-            None => Arc::new(UaPatterns::load_default()?),
-        };
-        let heuristics = MaltrailHeuristics::new(config.clone(), whitelist, ua)?;
-        processor.set_heuristics(Box::new(heuristics));
-    }
-    let mut throttle = opts.throttle.map(Throttle::new);
+    let heuristics = match &opts.heuristics {
+        Some(config) => {
+            let ua = match &opts.ua_patterns {
+                Some(ua) => Arc::clone(ua),
+                None => Arc::new(UaPatterns::load_default()?),
+            };
+            Some((config.clone(), ua))
+        }
+        None => None,
+    };
+    let mut detector = Detector::new(DetectorConfig {
+        trails,
+        whitelist,
+        processor: opts.processor.clone(),
+        heuristics,
+        throttle: opts.throttle,
+        flood: opts.flood,
+        // Replay's packets carry their own SYNs: the processor applies the label rules.
+        maltrail_syn_rules: false,
+    })?;
     let started = std::time::Instant::now();
     let mut stats = ReplayStats::default();
     let mut write_error: Option<std::io::Error> = None;
     for path in paths {
         replay_file(
             path,
-            &mut processor,
-            &mut throttle,
+            &mut detector,
             opts.format,
             writer,
             on_event,
@@ -158,30 +173,25 @@ pub fn replay_with<W: Write + ?Sized>(
             return Err(ReplayError::Write(e));
         }
     }
-    if let Some(t) = throttle.as_mut() {
-        let mut summaries = Vec::new();
-        t.finish(&mut |e| summaries.push(e));
-        for e in summaries {
-            write_event(writer, &e, opts.format)?;
-            on_event(&e);
-            stats.events += 1;
-        }
+    let mut summaries = Vec::new();
+    detector.finish(&mut |e| summaries.push(e));
+    for e in summaries {
+        write_event(writer, &e, opts.format)?;
+        on_event(&e);
+        stats.events += 1;
     }
     writer.flush()?;
     stats.elapsed = started.elapsed();
-    stats.processor = processor.stats().clone();
+    stats.detector = detector.stats();
+    stats.processor = stats.detector.processor.clone();
     stats.parse_errors = stats.processor.parse_errors;
-    if let Some(t) = &throttle {
-        stats.throttle = t.stats();
-    }
+    stats.throttle = stats.detector.throttle;
     Ok(stats)
 }
 
-#[allow(clippy::too_many_arguments)] // the replay's state, threaded through one function
 fn replay_file<W: Write + ?Sized>(
     path: &Path,
-    processor: &mut Processor,
-    throttle: &mut Option<Throttle>,
+    detector: &mut Detector,
     format: Format,
     writer: &mut W,
     on_event: &mut dyn FnMut(&Event),
@@ -220,12 +230,8 @@ fn replay_file<W: Write + ?Sized>(
                 Err(e) => *write_error = Some(e),
             }
         };
-        let mut sink = |event: Event| match throttle.as_mut() {
-            Some(t) => t.filter(event, &mut write),
-            None => write(event),
-        };
-        if processor
-            .process_frame(pkt.ts_us, pkt.linktype, pkt.data, &mut sink)
+        if detector
+            .frame(pkt.ts_us, pkt.linktype, None, pkt.data, &mut write)
             .is_err()
         {
             lt.parse_errors += 1;

@@ -1,21 +1,21 @@
-//! The live capture loop: ring buffers in, events out.
-//!
-//! The XDP program writes trail hits to `HITS` and, in inline mode, copies of DNS, HTTP and
-//! TLS ClientHello packets to `PAYLOADS`. This loop polls both: hits become IP/IPORT events
-//! directly; payloads go through the same [`Processor`] as pcap replay (domain, URL and host
-//! matching, IP trails of DNS packets), then the [`Throttle`].
+//! The live capture loop: transport only. The XDP program writes trail hits to `HITS`, flow
+//! starts to `FLOWS` and, in inline mode, copies of DNS, HTTP and TLS packets to `PAYLOADS`;
+//! in mirror mode AF_XDP transport threads ([`crate::xsk`]) bring those packets over a
+//! bounded queue. Everything goes into the sensor's one [`Detector`] (the same pipeline
+//! replay uses), whose events go to the log and the collector. No detection logic lives here.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use xtrail_common::{config_flags, side, PayloadRecord, PAYLOAD_CAP};
 use xtrail_detect::event::Event;
-use xtrail_detect::heuristics::{FlowStart, HeuristicsConfig, MaltrailHeuristics, UaPatterns};
-use xtrail_detect::process::{syn_hit_reported, Processor, ProcessorConfig};
-use xtrail_detect::throttle::{Throttle, ThrottleConfig};
+use xtrail_detect::heuristics::{FlowStart, HeuristicsConfig, UaPatterns};
+use xtrail_detect::pipeline::{Detector, DetectorConfig, FloodConfig, KernelHit};
+use xtrail_detect::process::ProcessorConfig;
+use xtrail_detect::throttle::ThrottleConfig;
 use xtrail_detect::trails::TrailSet;
 use xtrail_detect::whitelist::Whitelist;
 
@@ -35,64 +35,85 @@ pub struct LiveOptions {
     pub duration: Option<Duration>,
     /// Mirror mode: receive DNS/HTTP/TLS over AF_XDP sockets (else ring-buffer copies).
     pub afxdp: bool,
+    /// AF_XDP transport threads (mirror mode); sockets are spread over them.
+    pub workers: usize,
     /// Heuristics (scans, DNS, HTTP); `None` runs trails only.
     pub heuristics: Option<HeuristicsConfig>,
     /// Suspicious user-agent patterns for the heuristics.
     pub ua: Arc<UaPatterns>,
+    /// The throttle; `None` writes every event.
+    pub throttle: Option<ThrottleConfig>,
+    /// The flood guard; `None` leaves the event rate unbounded.
+    pub flood: Option<FloodConfig>,
     /// Streams events to a collector, when configured.
     pub publisher: Option<Arc<Publisher>>,
     /// Apply Maltrail's SYN label rules to kernel hits (as replay does).
     pub maltrail_syn_rules: bool,
 }
 
-/// What every live [`Processor`] is built from: the main loop's (payload ring and flow starts)
-/// and each AF_XDP worker's.
-#[derive(Clone)]
-pub struct Pipeline {
-    pub trails: Arc<TrailSet>,
-    pub whitelist: Arc<Whitelist>,
-    pub sensor_name: String,
-    /// Heuristics (scans, DNS, HTTP); `None` runs trails only.
-    pub heuristics: Option<HeuristicsConfig>,
-    pub ua: Arc<UaPatterns>,
-}
+/// Frames the AF_XDP transport may queue for the detector.
+const FRAME_QUEUE: usize = 65_536;
 
-impl Pipeline {
-    /// A Processor for live capture on `iface`, with the heuristics installed when they are on.
-    pub fn processor(&self, iface: Option<String>) -> anyhow::Result<Processor> {
-        let mut p = Processor::new(
-            Arc::clone(&self.trails),
-            Arc::clone(&self.whitelist),
-            ProcessorConfig {
-                iface,
-                ..ProcessorConfig::with_sensor(self.sensor_name.clone())
-            },
-        );
-        if let Some(cfg) = &self.heuristics {
-            let h = MaltrailHeuristics::new(
-                cfg.clone(),
-                Arc::clone(&self.whitelist),
-                Arc::clone(&self.ua),
-            )
-            .context("setting up the heuristics")?;
-            p.set_heuristics(Box::new(h));
-        }
-        Ok(p)
-    }
-}
-
-/// Totals at the end of a run.
+/// Totals at the end of a run. Every packet handed to userspace is accounted for:
+/// `payloads + xsk_frames = processed + queue_full + malformed_records`, and the detector's
+/// own counters say how many of the processed ones failed to parse.
 #[derive(Debug, Default)]
 pub struct LiveSummary {
     pub events: u64,
+    /// Kernel hits dropped for a whitelisted address.
     pub whitelisted: u64,
     /// Kernel hits dropped by Maltrail's label rules (SYN to an attacker, from malware...).
     pub filtered: u64,
+    /// Ring-buffer copies read (inline).
     pub payloads: u64,
+    /// Frames the AF_XDP transport received (mirror).
+    pub xsk_frames: u64,
+    /// Frames dropped because the detector's queue was full.
+    pub queue_full: u64,
+    /// Handed-over packets run through the detector.
+    pub processed: u64,
+    /// Of those, frames the parser rejected.
+    pub parse_errors: u64,
+    /// Ring-buffer records too short to read.
+    pub malformed_records: u64,
     /// Flow-start records read.
     pub flows: u64,
     /// Events that could not be spooled for the collector.
     pub publish_errors: u64,
+}
+
+impl LiveSummary {
+    /// `key=value` pairs for the stats line and the stats file.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "events": self.events,
+            "whitelisted": self.whitelisted,
+            "filtered": self.filtered,
+            "payloads": self.payloads,
+            "xsk_frames": self.xsk_frames,
+            "queue_full": self.queue_full,
+            "processed": self.processed,
+            "parse_errors": self.parse_errors,
+            "malformed_records": self.malformed_records,
+            "flows": self.flows,
+            "publish_errors": self.publish_errors,
+        })
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "events={} whitelisted={} filtered={} payloads={} xsk_frames={} queue_full={} processed={} parse_errors={} flows={}",
+            self.events,
+            self.whitelisted,
+            self.filtered,
+            self.payloads,
+            self.xsk_frames,
+            self.queue_full,
+            self.processed,
+            self.parse_errors,
+            self.flows
+        )
+    }
 }
 
 /// Link type of the frames the XDP program copies (Ethernet).
@@ -121,6 +142,36 @@ fn payload(item: &[u8]) -> Option<(u64, u32, &[u8])> {
     Some((ts, ifindex, frame))
 }
 
+/// Where a running sensor writes its userspace counters for `xtrail-sensor stats`.
+pub const STATS_DIR: &str = "/run/xtrail";
+
+fn write_stats_file(summary: &LiveSummary, detector: &Detector, kernel: Option<String>) {
+    let path = std::path::Path::new(STATS_DIR).join(format!("sensor-{}.json", std::process::id()));
+    let d = detector.stats();
+    let body = serde_json::json!({
+        "pid": std::process::id(),
+        "userspace": summary.to_json(),
+        "detector": {
+            "frames": d.processor.packets,
+            "parse_errors": d.processor.parse_errors,
+            "kernel_hits": d.kernel_hits,
+            "flow_starts": d.flow_starts,
+            "throttle_suppressed": d.throttle.suppressed,
+            "throttle_summarized": d.throttle.summarized,
+            "flood_aggregated": d.flood.aggregated,
+            "flood_over_budget": d.flood.over_budget,
+            "flood_unreported": d.flood.unreported,
+            "events": d.events,
+        },
+        "kernel": kernel,
+    });
+    let _ = std::fs::create_dir_all(STATS_DIR);
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, body.to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
+    }
+}
+
 /// Loads, attaches, and runs until `stop` is set or the duration passes; detaches on return.
 pub fn run(
     trails: Arc<TrailSet>,
@@ -129,15 +180,23 @@ pub fn run(
     log: &mut EventLog,
     stop: &AtomicBool,
 ) -> anyhow::Result<LiveSummary> {
-    let pipeline = Pipeline {
+    let mut detector = Detector::new(DetectorConfig {
         trails: Arc::clone(&trails),
-        whitelist: Arc::clone(&whitelist),
-        sensor_name: opts.sensor_name.clone(),
-        heuristics: opts.heuristics.clone(),
-        ua: Arc::clone(&opts.ua),
-    };
+        whitelist,
+        processor: ProcessorConfig::with_sensor(opts.sensor_name.clone()),
+        heuristics: opts.heuristics.clone().map(|h| (h, Arc::clone(&opts.ua))),
+        throttle: opts.throttle,
+        flood: opts.flood,
+        maltrail_syn_rules: opts.maltrail_syn_rules,
+    })
+    .context("setting up the heuristics")?;
     let started = Instant::now();
-    let mut sensor = Sensor::load(&trails.ip, &opts.sensor)?;
+    let use_xsk = opts.sensor.mode == Mode::Mirror && opts.afxdp && opts.sensor.handoff;
+    let mut sensor_opts = opts.sensor.clone();
+    if use_xsk {
+        sensor_opts.xsk_queues = xsk::queue_stride(&opts.ifaces)?;
+    }
+    let mut sensor = Sensor::load(&trails.ip, &sensor_opts)?;
     let f = &sensor.fill;
     eprintln!(
         "xtrail-sensor: maps filled in {:.2}s: {} IPv4, {} IPv6, {} IP:port, {} IPv4 CIDR, {} IPv6 CIDR; prefilter {}",
@@ -166,26 +225,34 @@ pub fn run(
         .iter()
         .map(|i| (i.clone(), loader::ifindex(i).unwrap_or(0)))
         .collect();
-    // Mirror mode: AF_XDP workers, one per (interface, queue).
-    let (worker_tx, worker_rx) = std::sync::mpsc::sync_channel::<Event>(65_536);
-    let worker_stop = Arc::new(AtomicBool::new(false));
+    // Mirror mode: AF_XDP transport threads feed frames to this loop's detector.
+    let (frame_tx, frame_rx) = std::sync::mpsc::sync_channel::<xsk::Frame>(FRAME_QUEUE);
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(FRAME_QUEUE);
+    let transport = xsk::TransportContext {
+        frames: frame_tx,
+        recycled: Arc::new(Mutex::new(recycle_rx)),
+        counters: Arc::default(),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
     let mut workers = Vec::new();
-    if opts.sensor.mode == Mode::Mirror && opts.afxdp && opts.sensor.handoff {
-        let ctx = xsk::WorkerContext {
-            pipeline: pipeline.clone(),
-            events: worker_tx.clone(),
-            stop: Arc::clone(&worker_stop),
-        };
-        match xsk::start(&mut sensor, &ifaces, &ctx) {
+    if use_xsk {
+        match xsk::start(
+            &mut sensor,
+            &ifaces,
+            sensor_opts.xsk_queues,
+            opts.workers,
+            &transport,
+        ) {
             Ok(w) => {
                 let mut config = sensor.config;
                 config.flags |= config_flags::XSK;
                 sensor.write_config(config)?;
                 eprintln!(
-                    "xtrail-sensor: {} AF_XDP worker(s): {}",
+                    "xtrail-sensor: {} AF_XDP socket(s) on {} worker thread(s): {}",
+                    w.iter().map(|w| w.sockets.len()).sum::<usize>(),
                     w.len(),
                     w.iter()
-                        .map(|w| format!("{}:{}", w.iface, w.queue))
+                        .map(|w| w.sockets.join(","))
                         .collect::<Vec<_>>()
                         .join(" ")
                 );
@@ -196,7 +263,9 @@ pub fn run(
             ),
         }
     }
-    drop(worker_tx);
+    let counters = Arc::clone(&transport.counters);
+    let stop_workers = Arc::clone(&transport.stop);
+    drop(transport);
     for iface in &opts.ifaces {
         let a = sensor.attach(iface, opts.attach)?;
         eprintln!(
@@ -223,17 +292,13 @@ pub fn run(
         ifnames
             .iter()
             .find(|(i, _)| *i == index)
-            .map(|(_, n)| n.clone())
+            .map(|(_, n)| n.as_str())
     };
-    // One processor for the payload ring (inline mode) and the flow starts (both modes): a
-    // single heuristics instance sees every flow start, so scan counts are not split.
-    let mut processor = pipeline.processor(None)?;
-    let mut throttle = Throttle::new(ThrottleConfig::default());
-    let mut last_flush = Instant::now();
     let mut summary = LiveSummary::default();
     let mut clock = Clock::now();
     let mut last_clock = Instant::now();
     let mut last_stats = Instant::now();
+    let mut last_tick = Instant::now();
     let run_started = Instant::now();
     let mut pending: Vec<Event> = Vec::new();
     let fds = [
@@ -256,11 +321,11 @@ pub fn run(
         if !finishing {
             let timed_out = opts.duration.is_some_and(|d| run_started.elapsed() >= d);
             if stop.load(Ordering::Relaxed) || timed_out {
-                // Detach first, stop the workers, then drain what arrived before.
+                // Detach first, stop the transport, then drain what arrived before.
                 sensor.detach_all();
-                worker_stop.store(true, Ordering::Relaxed);
+                stop_workers.store(true, Ordering::Relaxed);
                 for w in workers.drain(..) {
-                    let name = format!("{}:{}", w.iface, w.queue);
+                    let name = w.sockets.join(",");
                     if let Err(e) = w.join() {
                         log::error!("AF_XDP worker {name}: {e:#}");
                     }
@@ -272,10 +337,10 @@ pub fn run(
                 // A worker that died is fatal: say so and stop.
                 if let Some(i) = workers.iter().position(|w| w.is_finished()) {
                     let w = workers.swap_remove(i);
-                    let name = format!("{}:{}", w.iface, w.queue);
+                    let name = w.sockets.join(",");
                     let result = w.join();
                     sensor.detach_all();
-                    worker_stop.store(true, Ordering::Relaxed);
+                    stop_workers.store(true, Ordering::Relaxed);
                     return Err(anyhow::anyhow!(
                         "AF_XDP worker {name} stopped: {}",
                         result
@@ -290,55 +355,55 @@ pub fn run(
             clock = Clock::now();
             last_clock = Instant::now();
         }
+        let mut out = |ev: Event| pending.push(ev);
         while let Some(item) = ring.next() {
             let Some(rec) = hits::parse_record(&item) else {
+                summary.malformed_records += 1;
                 continue;
             };
             let event = hits::to_event(
                 &rec,
                 &trails,
                 &opts.sensor_name,
-                ifname(rec.ifindex),
+                ifname(rec.ifindex).map(String::from),
                 &clock,
             );
-            // Maltrail drops a hit when either address is whitelisted.
-            if whitelist.is_ip_whitelisted(event.src_ip)
-                || whitelist.is_ip_whitelisted(event.dst_ip)
-            {
-                summary.whitelisted += 1;
-                continue;
-            }
-            // Maltrail's label rules for SYNs (nothing for a SYN to an `attacker` or *from* a
-            // `malware` host) always apply to pcap replay, for parity with its corpus; live,
-            // every reportable hit is reported unless --maltrail-syn-rules asks for them.
-            if opts.maltrail_syn_rules
-                && rec.proto == 6
-                && !syn_hit_reported(
-                    &event.info,
-                    rec.side == side::DST,
-                    rec.dst_port,
-                    event.dst_ip.is_loopback(),
-                )
-            {
-                summary.filtered += 1;
-                continue;
-            }
-            pending.push(event);
+            let hit = KernelHit {
+                event,
+                syn: rec.proto == 6,
+                trail_is_dst: rec.side == side::DST,
+            };
+            detector.kernel_hit(hit, &mut out);
         }
         while let Some(item) = payloads.next() {
             let Some((ts_ns, ifindex, frame)) = payload(&item) else {
+                summary.malformed_records += 1;
                 continue;
             };
             summary.payloads += 1;
+            summary.processed += 1;
             let ts_us = clock.to_unix_us(ts_ns);
-            let iface = ifname(ifindex);
-            processor.process(ts_us, LINKTYPE_ETHERNET, frame, &mut |mut ev: Event| {
-                ev.iface.clone_from(&iface);
-                throttle.filter(ev, &mut |ev| pending.push(ev));
-            });
+            if detector
+                .frame(ts_us, LINKTYPE_ETHERNET, ifname(ifindex), frame, &mut out)
+                .is_err()
+            {
+                summary.parse_errors += 1;
+            }
+        }
+        while let Ok(frame) = frame_rx.try_recv() {
+            summary.processed += 1;
+            let iface = ifaces.get(frame.iface).map(|(n, _)| n.as_str());
+            if detector
+                .frame(frame.ts_us, LINKTYPE_ETHERNET, iface, &frame.data, &mut out)
+                .is_err()
+            {
+                summary.parse_errors += 1;
+            }
+            let _ = recycle_tx.try_send(frame.data);
         }
         while let Some(item) = flows.next() {
             let Some(rec) = hits::parse_flow(&item) else {
+                summary.malformed_records += 1;
                 continue;
             };
             summary.flows += 1;
@@ -351,19 +416,14 @@ pub fn run(
                 proto: rec.proto,
                 tcp_flags: rec.tcp_flags,
             };
-            processor.on_flow_start(&flow, &mut |ev: Event| {
-                throttle.filter(ev, &mut |ev| pending.push(ev));
-            });
+            detector.flow_start(&flow, &mut out);
         }
-        // Summaries of throttled events come out when their window closes.
+        // Summaries (throttle, floods, rate budget) come out when their window closes.
         if finishing {
-            throttle.finish(&mut |ev| pending.push(ev));
-        } else if last_flush.elapsed() >= Duration::from_secs(1) {
-            last_flush = Instant::now();
-            throttle.flush(hits::unix_us_now(), &mut |ev| pending.push(ev));
-        }
-        while let Ok(ev) = worker_rx.try_recv() {
-            pending.push(ev);
+            detector.finish(&mut out);
+        } else if last_tick.elapsed() >= Duration::from_secs(1) {
+            last_tick = Instant::now();
+            detector.tick(hits::unix_us_now(), &mut out);
         }
         for ev in pending.drain(..) {
             log.write(&ev).context("writing event")?;
@@ -379,16 +439,19 @@ pub fn run(
         if let Some(l) = logger.as_mut() {
             l.flush();
         }
+        summary.xsk_frames = counters.frames.load(Ordering::Relaxed);
+        summary.queue_full = counters.queue_full.load(Ordering::Relaxed);
+        let d = detector.stats();
+        summary.whitelisted = d.hits_whitelisted;
+        summary.filtered = d.hits_filtered;
         if finishing {
             break;
         }
         if !opts.stats_interval.is_zero() && last_stats.elapsed() >= opts.stats_interval {
             last_stats = Instant::now();
             if let Ok(c) = sensor.counters() {
-                eprintln!(
-                    "xtrail-sensor: stats {c} events={} whitelisted={} filtered={} payloads={}",
-                    summary.events, summary.whitelisted, summary.filtered, summary.payloads
-                );
+                eprintln!("xtrail-sensor: stats {c} {}", summary.line());
+                write_stats_file(&summary, &detector, Some(c.to_string()));
             }
         }
     }
@@ -403,13 +466,16 @@ pub fn run(
     }
     let counters = sensor.counters()?;
     let (runs, run_time) = sensor.run_stats();
+    let d = detector.stats();
+    let _ = std::fs::remove_file(
+        std::path::Path::new(STATS_DIR).join(format!("sensor-{}.json", std::process::id())),
+    );
     eprintln!(
-        "xtrail-sensor: detached; final stats {counters} events={} whitelisted={} filtered={} payloads={} flows={} xdp_runs={runs} xdp_run_ns={}",
-        summary.events,
-        summary.whitelisted,
-        summary.filtered,
-        summary.payloads,
-        summary.flows,
+        "xtrail-sensor: detached; final stats {counters} {} throttled={} flood_aggregated={} over_budget={} xdp_runs={runs} xdp_run_ns={}",
+        summary.line(),
+        d.throttle.suppressed + d.throttle.summarized,
+        d.flood.aggregated,
+        d.flood.over_budget,
         run_time.as_nanos()
     );
     Ok(summary)

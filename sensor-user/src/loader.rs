@@ -5,7 +5,7 @@ use std::time::Duration;
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
-use xtrail_common::{config_flags, maps as names, mode, Config};
+use xtrail_common::{config_flags, maps as names, mode, Config, XSK_MAX_IFACES, XSK_MAX_QUEUES};
 use xtrail_detect::trails::IpTrails;
 
 use crate::maps::{self, FillError, FillReport};
@@ -54,7 +54,16 @@ pub struct SensorOptions {
     /// Send flow-start records (scan heuristics); repeats within `flow_window` are not sent.
     pub flows: bool,
     pub flow_window: Duration,
+    /// Size of the `HITS` ring buffer in bytes (a power of two, at least a page); tests
+    /// shrink it to fill it.
+    pub hit_ring_bytes: u32,
+    /// AF_XDP socket slots per interface in `XSKS` (the largest receive-queue count of the
+    /// interfaces, mirror mode); the map holds `XSK_MAX_IFACES` times this many.
+    pub xsk_queues: u32,
 }
+
+/// The `HITS` ring buffer's default size (4 MiB).
+pub const DEFAULT_HIT_RING_BYTES: u32 = 1 << 22;
 
 /// Maltrail's HTTP ports.
 pub const DEFAULT_HTTP_PORTS: &[u16] = &[80, 8080, 8000, 3128, 1080, 8118];
@@ -70,6 +79,8 @@ impl Default for SensorOptions {
             http_ports: DEFAULT_HTTP_PORTS.to_vec(),
             flows: true,
             flow_window: Duration::from_secs(30),
+            hit_ring_bytes: DEFAULT_HIT_RING_BYTES,
+            xsk_queues: 1,
         }
     }
 }
@@ -156,6 +167,11 @@ impl Sensor {
             .map_max_entries(names::IPPORT_TRAILS, maps::max_entries(ip.ipport.len()))
             .map_max_entries(names::IPV4_CIDRS, maps::max_entries(ip.cidr4.len()))
             .map_max_entries(names::IPV6_CIDRS, maps::max_entries(ip.cidr6.len()))
+            .map_max_entries(names::HITS, opts.hit_ring_bytes)
+            .map_max_entries(
+                names::XSKS,
+                XSK_MAX_IFACES * opts.xsk_queues.clamp(1, XSK_MAX_QUEUES),
+            )
             .load(crate::XDP_OBJECT)?;
         {
             let program: &mut Xdp = ebpf
@@ -202,6 +218,8 @@ impl Sensor {
             flags,
             suppress_ns: u64::try_from(opts.suppress.as_nanos()).unwrap_or(u64::MAX),
             flow_ns: u64::try_from(opts.flow_window.as_nanos()).unwrap_or(u64::MAX),
+            xsk_queues: opts.xsk_queues,
+            _pad2: 0,
         };
         let mut sensor = Sensor {
             ebpf,

@@ -12,8 +12,10 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use xtrail_detect::event::Format;
 use xtrail_detect::heuristics::{HeuristicsConfig, UaPatterns};
+use xtrail_detect::pipeline::FloodConfig;
 use xtrail_detect::process::ProcessorConfig;
 use xtrail_detect::replay::ReplayOptions;
+use xtrail_detect::throttle::ThrottleConfig;
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
 use xtrail_publish::PublishError;
@@ -501,6 +503,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         ua: args.heuristics.ua()?,
         publisher: link.as_ref().map(CollectorLink::publisher),
         maltrail_syn_rules: args.maltrail_syn_rules,
+        workers: 1,
+        throttle: Some(ThrottleConfig::default()),
+        flood: Some(FloodConfig::default()),
     };
     live::run(
         Arc::new(trails),

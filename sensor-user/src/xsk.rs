@@ -1,63 +1,79 @@
-//! AF_XDP workers for mirror mode: one socket and one thread per (interface, receive queue).
+//! AF_XDP transport for mirror mode: one socket per (interface, receive queue), served by a
+//! fixed number of transport threads (`--workers`). Transport only: each thread takes frames
+//! from its sockets, copies them into recycled buffers, hands them to the sensor's one
+//! [`xtrail_detect::pipeline::Detector`] over a bounded queue and gives the UMEM frames back
+//! to the fill queue. A frame that finds the queue full is dropped and counted
+//! (`queue_full`), never silently.
 //!
-//! The XDP program redirects DNS, HTTP and TLS ClientHello packets into the socket of the
-//! queue they arrived on. Each worker runs to completion: poll, take a batch of frames, run
-//! each through its own [`Processor`] and [`Throttle`], give the frames back to the fill
-//! queue. Nothing is shared between workers on the packet path; events (rare) go to the main
-//! loop over a bounded channel.
+//! Every receive queue the interface has gets a socket (the real count, from sysfs), and the
+//! `XSKS` map is sized from it at load, so no queue's packets are misdelivered.
 
 use std::num::NonZeroU32;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::{anyhow, Context as _};
 use aya::maps::{HashMap, MapData, XskMap};
-use xsk_rs::config::{BindFlags, Interface, LibxdpFlags, SocketConfig, UmemConfig};
-use xsk_rs::{FrameDesc, Socket, Umem};
-use xtrail_common::{maps as names, XSK_MAX_IFACES, XSK_QUEUES_PER_IFACE};
-use xtrail_detect::event::Event;
-use xtrail_detect::throttle::{Throttle, ThrottleConfig};
+use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, SocketConfig, UmemConfig};
+use xsk_rs::{FillQueue, FrameDesc, RxQueue, Socket, Umem};
+use xtrail_common::{maps as names, XSK_MAX_IFACES, XSK_MAX_QUEUES};
 
 use crate::hits::unix_us_now;
-use crate::live::Pipeline;
 use crate::loader::Sensor;
 
-/// UMEM frames per socket.
-const FRAMES: u32 = 4096;
-/// Frames handed to the fill queue at a time (at most the fill-queue size).
-const FILL_BATCH: usize = 2048;
-/// Frames taken from the RX ring per poll.
+/// UMEM frames per socket: more per socket when there are few.
+fn frames_per_socket(sockets: usize) -> u32 {
+    if sockets <= 4 {
+        4096
+    } else {
+        512
+    }
+}
+/// Frames taken from one RX ring per pass.
 const RX_BATCH: usize = 64;
 
-/// Counters shared with the main loop (relaxed atomics, written once per batch).
-#[derive(Debug, Default)]
-pub struct WorkerCounters {
-    pub frames: AtomicU64,
-    pub events: AtomicU64,
+/// A frame on its way to the detector.
+#[derive(Debug)]
+pub struct Frame {
+    /// Arrival time, microseconds since the epoch.
+    pub ts_us: i64,
+    /// Index of the interface in the sensor's interface list.
+    pub iface: usize,
+    /// The frame, Ethernet header first.
+    pub data: Vec<u8>,
 }
 
-/// A running worker.
+/// Counters of the transport (relaxed atomics).
+#[derive(Debug, Default)]
+pub struct TransportCounters {
+    /// Frames received from the sockets.
+    pub frames: AtomicU64,
+    /// Frames dropped because the detector's queue was full.
+    pub queue_full: AtomicU64,
+}
+
+/// A running transport thread.
 pub struct XskWorker {
-    pub iface: String,
-    pub queue: u32,
-    pub counters: Arc<WorkerCounters>,
+    /// "iface:queue" of each socket it serves.
+    pub sockets: Vec<String>,
     handle: JoinHandle<anyhow::Result<()>>,
 }
 
 impl XskWorker {
-    /// Whether the worker thread has ended.
+    /// Whether the thread has ended.
     pub fn is_finished(&self) -> bool {
         self.handle.is_finished()
     }
 
-    /// Waits for the worker; its error (or panic) is reported loudly.
+    /// Waits for the thread; its error (or panic) is reported loudly.
     pub fn join(self) -> anyhow::Result<()> {
+        let name = self.sockets.join(",");
         self.handle
             .join()
-            .map_err(|_| anyhow!("AF_XDP worker {}:{} panicked", self.iface, self.queue))?
+            .map_err(|_| anyhow!("AF_XDP worker {name} panicked"))?
     }
 }
 
@@ -73,30 +89,55 @@ pub fn rx_queues(iface: &str) -> u32 {
         .max(1)
 }
 
-/// What every worker needs.
-#[derive(Clone)]
-pub struct WorkerContext {
-    /// Each worker builds its own Processor (and DNS/HTTP heuristics) from it; scans are fed
-    /// centrally from the flow starts.
-    pub pipeline: Pipeline,
-    pub events: SyncSender<Event>,
-    pub stop: Arc<AtomicBool>,
-}
-
-/// Creates sockets on every receive queue of `ifaces` (name, index), registers them in the
-/// `XSKS` map and starts one worker per socket. Call before attaching, so no packet is
-/// redirected to a queue without a socket.
-pub fn start(
-    sensor: &mut Sensor,
-    ifaces: &[(String, u32)],
-    ctx: &WorkerContext,
-) -> anyhow::Result<Vec<XskWorker>> {
+/// The `XSKS` stride the interfaces need: their largest queue count, or a clear error.
+pub fn queue_stride(ifaces: &[String]) -> anyhow::Result<u32> {
     if ifaces.len() as u32 > XSK_MAX_IFACES {
         return Err(anyhow!(
             "AF_XDP supports at most {XSK_MAX_IFACES} interfaces per sensor"
         ));
     }
-    let mut workers = Vec::new();
+    let most = ifaces.iter().map(|i| rx_queues(i)).max().unwrap_or(1);
+    if most > XSK_MAX_QUEUES {
+        return Err(anyhow!(
+            "an interface has {most} receive queues; AF_XDP here supports at most {XSK_MAX_QUEUES}"
+        ));
+    }
+    Ok(most)
+}
+
+/// One socket with its UMEM and rings.
+struct Xsk {
+    name: String,
+    iface: usize,
+    umem: Umem,
+    rx: RxQueue,
+    fq: FillQueue,
+    batch: Vec<FrameDesc>,
+}
+
+/// What the transport threads share.
+#[derive(Clone)]
+pub struct TransportContext {
+    /// Frames to the detector.
+    pub frames: SyncSender<Frame>,
+    /// Buffers the detector is done with, for reuse.
+    pub recycled: Arc<Mutex<Receiver<Vec<u8>>>>,
+    pub counters: Arc<TransportCounters>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Creates a socket on every receive queue of `ifaces` (name, index), registers them in the
+/// `XSKS` map at `slot * stride + queue`, and starts `workers` threads serving them. Call
+/// before attaching, so no packet is redirected to a queue without a socket.
+pub fn start(
+    sensor: &mut Sensor,
+    ifaces: &[(String, u32)],
+    stride: u32,
+    workers: usize,
+    ctx: &TransportContext,
+) -> anyhow::Result<Vec<XskWorker>> {
+    let total: usize = ifaces.iter().map(|(i, _)| rx_queues(i) as usize).sum();
+    let mut sockets = Vec::with_capacity(total);
     for (slot, (iface, ifindex)) in ifaces.iter().enumerate() {
         {
             let map = sensor
@@ -106,28 +147,62 @@ pub fn start(
             let mut slots: HashMap<&mut MapData, u32, u32> = HashMap::try_from(map)?;
             slots.insert(ifindex, slot as u32, 0)?;
         }
-        let queues = rx_queues(iface).min(XSK_QUEUES_PER_IFACE);
-        for queue in 0..queues {
-            let worker = spawn_one(sensor, ctx, iface, slot as u32, queue)
-                .with_context(|| format!("AF_XDP socket on {iface} queue {queue}"))?;
-            workers.push(worker);
+        for queue in 0..rx_queues(iface) {
+            let xsk = open_one(
+                sensor,
+                iface,
+                slot,
+                slot as u32 * stride + queue,
+                queue,
+                total,
+            )
+            .with_context(|| format!("AF_XDP socket on {iface} queue {queue}"))?;
+            sockets.push(xsk);
         }
     }
-    Ok(workers)
+    let workers = workers.clamp(1, sockets.len().max(1));
+    let mut groups: Vec<Vec<Xsk>> = (0..workers).map(|_| Vec::new()).collect();
+    for (i, s) in sockets.into_iter().enumerate() {
+        groups[i % workers].push(s);
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, group)| {
+            let names: Vec<String> = group.iter().map(|s| s.name.clone()).collect();
+            let ctx = ctx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("xsk-{i}"))
+                .spawn(move || serve(group, &ctx))
+                .context("starting an AF_XDP worker")?;
+            Ok(XskWorker {
+                sockets: names,
+                handle,
+            })
+        })
+        .collect()
 }
 
-fn spawn_one(
+fn open_one(
     sensor: &mut Sensor,
-    ctx: &WorkerContext,
     iface: &str,
-    slot: u32,
+    iface_idx: usize,
+    index: u32,
     queue: u32,
-) -> anyhow::Result<XskWorker> {
-    let frames = NonZeroU32::new(FRAMES).context("frame count")?;
-    let (umem, mut descs) = Umem::new(UmemConfig::default(), frames, false)
-        .map_err(|e| anyhow!("creating UMEM: {e}"))?;
+    total: usize,
+) -> anyhow::Result<Xsk> {
+    let frames = NonZeroU32::new(frames_per_socket(total)).context("frame count")?;
+    let umem_config = UmemConfig::builder()
+        .frame_size(FrameSize::new(2048).map_err(|e| anyhow!("frame size: {e}"))?)
+        .fill_queue_size(frames.get().next_power_of_two().try_into()?)
+        .comp_queue_size(64.try_into()?)
+        .build()
+        .map_err(|e| anyhow!("UMEM config: {e}"))?;
+    let (umem, mut descs) =
+        Umem::new(umem_config, frames, false).map_err(|e| anyhow!("creating UMEM: {e}"))?;
     let config = SocketConfig::builder()
         .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+        .rx_queue_size(frames.get().next_power_of_two().try_into()?)
         // No XDP_COPY/XDP_ZEROCOPY: the kernel uses zero-copy where the driver has it.
         .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
         .build();
@@ -135,16 +210,16 @@ fn spawn_one(
         .parse()
         .map_err(|_| anyhow!("bad interface name {iface}"))?;
     // SAFETY: the UMEM outlives the socket (both move into the worker together).
-    let (_tx, mut rx, fq_cq) = unsafe { Socket::new(config, &umem, &name, queue) }
+    let (_tx, rx, fq_cq) = unsafe { Socket::new(config, &umem, &name, queue) }
         .map_err(|e| anyhow!("creating the socket: {e}"))?;
     let (mut fq, _cq) = fq_cq.context("the socket has no fill queue")?;
     {
         let map = sensor.ebpf_mut().map_mut(names::XSKS).context("XSKS map")?;
         let mut xsks: XskMap<&mut MapData> = XskMap::try_from(map)?;
-        xsks.set(slot * XSK_QUEUES_PER_IFACE + queue, rx.fd().as_raw_fd(), 0)?;
+        xsks.set(index, rx.fd().as_raw_fd(), 0)?;
     }
-    // Hand the kernel frames to receive into (the fill queue takes at most its size).
-    let mut free: Vec<FrameDesc> = descs.split_off(FILL_BATCH.min(descs.len()));
+    // Keep a receive batch of descriptors; the rest go to the fill queue.
+    let batch: Vec<FrameDesc> = descs.split_off(descs.len() - RX_BATCH);
     // SAFETY: the descriptors belong to this UMEM and are not in use.
     let filled = unsafe { fq.produce(&descs) };
     if filled != descs.len() {
@@ -153,79 +228,90 @@ fn spawn_one(
             descs.len()
         ));
     }
-    let counters = Arc::new(WorkerCounters::default());
-    let c = Arc::clone(&counters);
-    let ctx = ctx.clone();
-    let iface_name = iface.to_string();
-    let handle = std::thread::Builder::new()
-        .name(format!("xsk-{iface}-{queue}"))
-        .spawn(move || -> anyhow::Result<()> {
-            let mut processor = ctx.pipeline.processor(Some(iface_name.clone()))?;
-            let mut last_flush = std::time::Instant::now();
-            let mut throttle = Throttle::new(ThrottleConfig::default());
-            let mut batch: Vec<FrameDesc> = free.drain(..RX_BATCH.min(free.len())).collect();
-            if batch.len() < RX_BATCH {
-                return Err(anyhow!("not enough UMEM frames for a receive batch"));
-            }
-            let mut events: Vec<Event> = Vec::with_capacity(16);
-            while !ctx.stop.load(Ordering::Relaxed) {
-                // SAFETY: `batch` descriptors belong to this UMEM.
-                let n = unsafe { rx.poll_and_consume(&mut batch, 100) }
-                    .context("polling the AF_XDP socket")?;
-                if last_flush.elapsed() >= std::time::Duration::from_secs(1) {
-                    last_flush = std::time::Instant::now();
-                    throttle.flush(unix_us_now(), &mut |ev| events.push(ev));
-                }
-                if n == 0 {
-                    for ev in events.drain(..) {
-                        if ctx.events.send(ev).is_err() {
-                            return Ok(());
-                        }
-                    }
-                    continue;
-                }
-                let now = unix_us_now();
-                for desc in &batch[..n] {
-                    // SAFETY: the kernel handed this frame to us and will not touch it until
-                    // it is back on the fill queue.
-                    let data = unsafe { umem.data(desc) };
-                    processor.process(now, 1, data.contents(), &mut |ev| {
-                        throttle.filter(ev, &mut |ev| events.push(ev));
-                    });
-                }
-                // SAFETY: the frames were consumed above; give them back to the kernel.
-                let mut given = unsafe { fq.produce(&batch[..n]) };
-                while given < n && !ctx.stop.load(Ordering::Relaxed) {
-                    if fq.needs_wakeup() {
-                        fq.wakeup(rx.fd_mut(), 10)
-                            .context("waking the fill queue")?;
-                    }
-                    // SAFETY: as above.
-                    given = unsafe { fq.produce(&batch[..n]) };
-                }
-                if fq.needs_wakeup() {
-                    fq.wakeup(rx.fd_mut(), 0).context("waking the fill queue")?;
-                }
-                c.frames.fetch_add(n as u64, Ordering::Relaxed);
-                for ev in events.drain(..) {
-                    c.events.fetch_add(1, Ordering::Relaxed);
-                    if ctx.events.send(ev).is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-            throttle.finish(&mut |ev| events.push(ev));
-            for ev in events.drain(..) {
-                let _ = ctx.events.send(ev);
-            }
-            drop(umem);
-            Ok(())
-        })
-        .context("starting the worker thread")?;
-    Ok(XskWorker {
-        iface: iface.to_string(),
-        queue,
-        counters,
-        handle,
+    Ok(Xsk {
+        name: format!("{iface}:{queue}"),
+        iface: iface_idx,
+        umem,
+        rx,
+        fq,
+        batch,
     })
+}
+
+/// One transport thread: drain its sockets, hand frames over, refill, wait when idle.
+fn serve(mut group: Vec<Xsk>, ctx: &TransportContext) -> anyhow::Result<()> {
+    let mut pollfds: Vec<libc::pollfd> = group
+        .iter()
+        .map(|s| libc::pollfd {
+            fd: s.rx.fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let mut got = 0;
+        for s in &mut group {
+            got += drain(s, ctx)?;
+        }
+        if got == 0 {
+            // SAFETY: pollfds is a valid array of pollfd of the given length.
+            unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 100) };
+        }
+    }
+    Ok(())
+}
+
+fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
+    // SAFETY: the batch's descriptors belong to this socket's UMEM.
+    let n = unsafe { s.rx.consume(&mut s.batch) };
+    if n == 0 {
+        if s.fq.needs_wakeup() {
+            s.fq.wakeup(s.rx.fd_mut(), 0)
+                .context("waking the fill queue")?;
+        }
+        return Ok(0);
+    }
+    let now = unix_us_now();
+    for desc in &s.batch[..n] {
+        // SAFETY: the kernel handed this frame to us and will not touch it until it is back
+        // on the fill queue.
+        let data = unsafe { s.umem.data(desc) };
+        let bytes = data.contents();
+        let mut buf = ctx
+            .recycled
+            .lock()
+            .ok()
+            .and_then(|r| r.try_recv().ok())
+            .unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(bytes);
+        let frame = Frame {
+            ts_us: now,
+            iface: s.iface,
+            data: buf,
+        };
+        match ctx.frames.try_send(frame) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                ctx.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => return Ok(n),
+        }
+    }
+    ctx.counters.frames.fetch_add(n as u64, Ordering::Relaxed);
+    // SAFETY: the frames were copied out above; give them back to the kernel.
+    let mut given = unsafe { s.fq.produce(&s.batch[..n]) };
+    while given < n && !ctx.stop.load(Ordering::Relaxed) {
+        if s.fq.needs_wakeup() {
+            s.fq.wakeup(s.rx.fd_mut(), 10)
+                .context("waking the fill queue")?;
+        }
+        // SAFETY: as above.
+        given = unsafe { s.fq.produce(&s.batch[..n]) };
+    }
+    if s.fq.needs_wakeup() {
+        s.fq.wakeup(s.rx.fd_mut(), 0)
+            .context("waking the fill queue")?;
+    }
+    Ok(n)
 }

@@ -28,9 +28,12 @@ pub mod maps {
 /// Slots of the per-CPU flow-start dedupe cache (a power of two).
 pub const FLOW_CACHE_SLOTS: u32 = 1 << 16;
 
-/// AF_XDP sockets per interface in the `XSKS` map: the socket of queue `q` on the interface
-/// in slot `s` (see `IFSLOTS`) sits at index `s * XSK_QUEUES_PER_IFACE + q`.
-pub const XSK_QUEUES_PER_IFACE: u32 = 16;
+/// Receive queues per interface the `XSKS` map can hold at most: the socket of queue `q` on
+/// the interface in slot `s` (see `IFSLOTS`) sits at index `s * Config::xsk_queues + q`,
+/// where `xsk_queues` is the largest real queue count of the sensor's interfaces (the map
+/// is sized from it at load). A packet from a queue at or above `xsk_queues` is never
+/// redirected (it would be misdelivered): it is copied to the payload ring instead.
+pub const XSK_MAX_QUEUES: u32 = 4096;
 
 /// Interfaces one sensor can own AF_XDP sockets on.
 pub const XSK_MAX_IFACES: u32 = 16;
@@ -99,6 +102,9 @@ pub struct Config {
     /// Window in which a repeated flow start (same source, destination, port, protocol) is
     /// not sent again, in nanoseconds.
     pub flow_ns: u64,
+    /// Stride of `XSKS` per interface slot: the receive queues each interface has sockets for.
+    pub xsk_queues: u32,
+    pub _pad2: u32,
 }
 
 /// Indexes of the per-CPU counters in the `STATS` array.

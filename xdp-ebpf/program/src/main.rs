@@ -26,7 +26,7 @@ use parse::{Packet, ParseError};
 use xtrail_common::{
     action, config_flags, handoff, mode, side, stat, trail_kind, Config, FlowRecord, HitRecord,
     IpPortKey, PayloadRecord, SuppressKey, FLOW_CACHE_SLOTS, HTTP_PORT_WORDS, PAYLOAD_CAP,
-    PREFILTER_WORDS, XSK_MAX_IFACES, XSK_QUEUES_PER_IFACE,
+    PREFILTER_WORDS, XSK_MAX_IFACES,
 };
 
 /// Runtime configuration (element 0).
@@ -76,7 +76,8 @@ static PAYLOADS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
 
 /// Mirror mode: one AF_XDP socket per interface slot and receive queue.
 #[map]
-static XSKS: XskMap = XskMap::with_max_entries(XSK_MAX_IFACES * XSK_QUEUES_PER_IFACE, 0);
+/// Sized at load to interfaces × `Config::xsk_queues`.
+static XSKS: XskMap = XskMap::with_max_entries(XSK_MAX_IFACES, 0);
 
 /// Flow starts for the scan heuristics.
 #[map]
@@ -345,18 +346,25 @@ fn http_port(port: u16) -> bool {
 fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, len: u64) -> Option<u32> {
     if cfg.mode == mode::MIRROR && cfg.flags & config_flags::XSK != 0 {
         let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-        let slot = unsafe { IFSLOTS.get(&ifindex) }.copied().unwrap_or(0);
-        let index = slot * XSK_QUEUES_PER_IFACE + (ctx.rx_queue_index() % XSK_QUEUES_PER_IFACE);
-        return match XSKS.redirect(index, u64::from(xdp_action::XDP_DROP)) {
-            Ok(v) => {
-                count(stat::REDIRECTED, 1);
-                Some(v)
-            }
-            Err(_) => {
-                count(stat::HANDOFF_FAILED, 1);
-                None
-            }
-        };
+        let queue = ctx.rx_queue_index();
+        // A queue without a socket slot is never redirected (the kernel would refuse the
+        // frame at a socket bound to another queue): it goes by ring-buffer copy below.
+        if let (Some(slot), true) = (
+            unsafe { IFSLOTS.get(&ifindex) }.copied(),
+            queue < cfg.xsk_queues,
+        ) {
+            let index = slot * cfg.xsk_queues + queue;
+            return match XSKS.redirect(index, u64::from(xdp_action::XDP_DROP)) {
+                Ok(v) => {
+                    count(stat::REDIRECTED, 1);
+                    Some(v)
+                }
+                Err(_) => {
+                    count(stat::HANDOFF_FAILED, 1);
+                    None
+                }
+            };
+        }
     }
     let Some(mut entry) = PAYLOADS.reserve::<PayloadRecord>(0) else {
         count(stat::HANDOFF_FAILED, 1);
@@ -394,31 +402,35 @@ fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, len: u64) -> Option<u32> {
     Some(idle_verdict(cfg))
 }
 
-/// Suppresses repeats, then writes the hit to the ring buffer.
+/// Suppresses repeats, then writes the hit to the ring buffer. A hit is recorded in
+/// `SUPPRESS` only once its ring-buffer slot is reserved: a hit lost to a full ring must not
+/// suppress its repeats, or the loss would hide them for the whole window.
 #[inline(always)]
 fn report(ctx: &XdpContext, pkt: &Packet, hit: &Hit, cfg: &Config, enforce: bool, len: u64) {
     let now = unsafe { bpf_ktime_get_ns() };
+    let key = SuppressKey {
+        src: bytes(&pkt.src),
+        dst: bytes(&pkt.dst),
+        trail_id: hit.trail_id,
+        dst_port: pkt.dst_port,
+        proto: pkt.proto,
+        _pad: 0,
+    };
     if cfg.suppress_ns > 0 {
-        let key = SuppressKey {
-            src: bytes(&pkt.src),
-            dst: bytes(&pkt.dst),
-            trail_id: hit.trail_id,
-            dst_port: pkt.dst_port,
-            proto: pkt.proto,
-            _pad: 0,
-        };
         if let Some(last) = unsafe { SUPPRESS.get(&key) } {
             if now.wrapping_sub(*last) < cfg.suppress_ns {
                 count(stat::SUPPRESSED, 1);
                 return;
             }
         }
-        let _ = SUPPRESS.insert(&key, &now, 0);
     }
     // Written in place in the ring buffer: a HitRecord on the stack would not fit beside
     // the parse state in 512 bytes.
     match HITS.reserve::<HitRecord>(0) {
         Some(mut entry) => {
+            if cfg.suppress_ns > 0 {
+                let _ = SUPPRESS.insert(&key, &now, 0);
+            }
             let r = entry.as_mut_ptr();
             // SAFETY: `r` points at a reserved, writable HitRecord-sized slot.
             unsafe {
@@ -483,7 +495,10 @@ fn bytes(words: &[u32; 4]) -> [u8; 16] {
 #[inline(always)]
 fn lookup_addr(words: &[u32; 4], port: u16, pkt: &Packet, cfg: &Config) -> Option<(u32, u8)> {
     let has_ports = pkt.proto == parse::IPPROTO_TCP || pkt.proto == parse::IPPROTO_UDP;
-    if pkt.family == 4 {
+    // An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is looked up as the IPv4 address, as
+    // replay does (`IpTrails::lookup`): IPv4 trails are stored only in the IPv4 maps.
+    let v4_mapped = words[0] == 0 && words[1] == 0 && words[2] == parse::V4_MAPPED_WORD;
+    if pkt.family == 4 || v4_mapped {
         let v4 = words[3].to_ne_bytes();
         if cfg.flags & config_flags::PREFILTER4 != 0 {
             // Network order: the first three bytes are the /24.

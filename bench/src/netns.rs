@@ -63,6 +63,12 @@ impl VethPair {
     /// Creates `<tag>s<N>` and `<tag>p<N>` namespaces and the veth between them.
     /// `tag` should be short (interface names are limited to 15 bytes).
     pub fn create(tag: &str) -> Result<VethPair, NetnsError> {
+        VethPair::create_with_queues(tag, 1)
+    }
+
+    /// Like [`VethPair::create`], with `queues` receive and transmit queues on each end
+    /// (flows are spread over them by the sender's queue selection).
+    pub fn create_with_queues(tag: &str, queues: u32) -> Result<VethPair, NetnsError> {
         let n = (std::process::id() % 10_000) * 100 + COUNTER.fetch_add(1, Ordering::Relaxed) % 100;
         let subnet = n % 250;
         let pair = VethPair {
@@ -81,12 +87,17 @@ impl VethPair {
         ip(&["netns", "add", &pair.sensor_ns])?;
         // From here on, Drop cleans up whatever was created.
         ip(&["netns", "add", &pair.peer_ns])?;
+        let q = queues.max(1).to_string();
         ip(&[
             "link",
             "add",
             &pair.sensor_if,
             "netns",
             &pair.sensor_ns,
+            "numrxqueues",
+            &q,
+            "numtxqueues",
+            &q,
             "type",
             "veth",
             "peer",
@@ -94,6 +105,10 @@ impl VethPair {
             &pair.peer_if,
             "netns",
             &pair.peer_ns,
+            "numrxqueues",
+            &q,
+            "numtxqueues",
+            &q,
         ])?;
         let mac = |m: [u8; 6]| {
             m.iter()

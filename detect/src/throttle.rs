@@ -27,7 +27,8 @@ use hashbrown::{HashMap, HashSet};
 use crate::event::{Event, EventType, Severity};
 
 /// Settings of the summarize step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SummarizeConfig {
     /// Events of one (source, trail) passed per window (3).
     pub max_events: u32,
@@ -48,7 +49,8 @@ impl Default for SummarizeConfig {
 }
 
 /// Settings of a [`Throttle`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ThrottleConfig {
     /// Collapse window length in microseconds; windows are aligned to multiples of it.
     pub window_us: i64,

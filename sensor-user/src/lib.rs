@@ -12,6 +12,7 @@
 //!
 //! The binary (`src/main.rs`) owns argument parsing and the run loop.
 
+pub mod config;
 pub mod hits;
 pub mod live;
 pub mod loader;

@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use xtrail_detect::event::Format;
-use xtrail_detect::heuristics::{HeuristicsConfig, UaPatterns};
-use xtrail_detect::pipeline::FloodConfig;
+use xtrail_detect::heuristics::UaPatterns;
+
 use xtrail_detect::process::ProcessorConfig;
 use xtrail_detect::replay::ReplayOptions;
-use xtrail_detect::throttle::ThrottleConfig;
+
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
 use xtrail_publish::PublishError;
+use xtrail_sensor::config::{Overrides, SensorConfig};
 use xtrail_sensor::live::{self, LiveOptions};
 use xtrail_sensor::loader::{self, AttachMode, Mode, SensorOptions};
 use xtrail_sensor::output::{open_output, EventLog};
@@ -74,8 +75,9 @@ enum EbpfLog {
 /// Trail and whitelist flags shared by `run` and `replay`.
 #[derive(clap::Args, Clone)]
 struct TrailArgs {
-    /// Trail source: a Maltrail trails.csv, a static trail tree, or a list file (repeatable).
-    #[arg(long = "trails", required = true)]
+    /// Trail source: a Maltrail trails.csv, a static trail tree, or a list file (repeatable;
+    /// replaces the config file's `trails`).
+    #[arg(long = "trails")]
     trails: Vec<PathBuf>,
     /// Whitelist file (Maltrail's whitelist.txt format): no event for listed addresses
     /// (default: $XTRAIL_WHITELIST, /etc/xtrail/whitelist.txt, or Maltrail's data beside the
@@ -87,18 +89,69 @@ struct TrailArgs {
     no_whitelist: bool,
 }
 
-impl TrailArgs {
-    /// Loads the trails and the whitelist.
-    fn load(&self) -> anyhow::Result<(TrailSet, Whitelist)> {
-        let trails = load_trails(&self.trails)?;
-        let whitelist = match pick_whitelist(self.whitelist.clone(), self.no_whitelist) {
-            Some(p) => {
-                Whitelist::load(&p).with_context(|| format!("reading whitelist {}", p.display()))?
-            }
-            None => Whitelist::empty(),
-        };
-        Ok((trails, whitelist))
-    }
+/// The configuration file and the pipeline flags shared by `run`, `replay` and `config`.
+#[derive(clap::Args, Clone)]
+struct ConfigArgs {
+    /// Sensor configuration file (TOML; default /etc/xtrail/sensor.toml when it exists).
+    /// Flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// AF_XDP transport threads in mirror mode [default: 1].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Events per second the sensor writes at most, sustained; the overflow is summarised
+    /// per trail [default: 2000].
+    #[arg(long = "event-budget", value_name = "N")]
+    event_budget: Option<u32>,
+    /// No per-trail flood aggregation and no event budget.
+    #[arg(long = "no-flood-guard")]
+    no_flood_guard: bool,
+}
+
+/// Merges the configuration file and the flags, checked once.
+fn resolve_config(
+    cfg: &ConfigArgs,
+    trails: &TrailArgs,
+    heuristics: &HeuristicArgs,
+    sensor_name: Option<String>,
+    maltrail_syn_rules: bool,
+) -> anyhow::Result<SensorConfig> {
+    let o = Overrides {
+        sensor_name,
+        trails: trails.trails.clone(),
+        whitelist: trails.whitelist.clone(),
+        no_whitelist: trails.no_whitelist,
+        ua_file: heuristics.ua_file.clone(),
+        no_heuristics: heuristics.no_heuristics,
+        check_missing_host: heuristics.check_missing_host,
+        workers: cfg.workers,
+        maltrail_syn_rules,
+        event_budget: cfg.event_budget,
+        no_flood_guard: cfg.no_flood_guard,
+    };
+    Ok(SensorConfig::resolve(cfg.config.as_deref(), &o)?)
+}
+
+/// Loads the trails and the whitelist a configuration names.
+fn load_detection(cfg: &SensorConfig) -> anyhow::Result<(TrailSet, Whitelist)> {
+    let trails = load_trails(cfg.require_trails()?)?;
+    let whitelist = match pick_whitelist(cfg.whitelist.clone(), cfg.no_whitelist) {
+        Some(p) => {
+            Whitelist::load(&p).with_context(|| format!("reading whitelist {}", p.display()))?
+        }
+        None => Whitelist::empty(),
+    };
+    Ok((trails, whitelist))
+}
+
+/// The user-agent patterns a configuration names (or the default file).
+fn load_ua(cfg: &SensorConfig) -> anyhow::Result<Arc<UaPatterns>> {
+    let ua = match &cfg.ua_file {
+        Some(p) => UaPatterns::load(p).with_context(|| format!("reading {}", p.display()))?,
+        None => UaPatterns::load_default().context("reading the user-agent patterns")?,
+    };
+    ua.prepare();
+    Ok(Arc::new(ua))
 }
 
 /// Event output flags shared by `run` and `replay`.
@@ -115,10 +168,9 @@ struct OutputArgs {
     sensor_name: Option<String>,
 }
 
-impl OutputArgs {
-    fn sensor_name(&self) -> String {
-        self.sensor_name.clone().unwrap_or_else(hostname)
-    }
+/// The sensor name a configuration gives, or the host name.
+fn sensor_name(cfg: &SensorConfig) -> String {
+    cfg.sensor_name.clone().unwrap_or_else(hostname)
 }
 
 /// Collector flags shared by `run` and `replay`.
@@ -178,30 +230,6 @@ struct HeuristicArgs {
     check_missing_host: bool,
 }
 
-impl HeuristicArgs {
-    fn ua(&self) -> anyhow::Result<Arc<UaPatterns>> {
-        let ua = match &self.ua_file {
-            Some(p) => UaPatterns::load(p).with_context(|| format!("reading {}", p.display()))?,
-            None => UaPatterns::load_default().context("reading the user-agent patterns")?,
-        };
-        ua.prepare();
-        Ok(Arc::new(ua))
-    }
-
-    fn config(&self, live: bool) -> Option<HeuristicsConfig> {
-        if self.no_heuristics {
-            return None;
-        }
-        let mut c = if live {
-            HeuristicsConfig::live()
-        } else {
-            HeuristicsConfig::replay()
-        };
-        c.check_missing_host = self.check_missing_host;
-        Some(c)
-    }
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Attach to interfaces and report trail hits live.
@@ -255,6 +283,8 @@ enum Command {
         heuristics: HeuristicArgs,
         #[command(flatten)]
         collector: CollectorArgs,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
     /// Replay pcap/pcapng files through the same parsers and matchers (no root needed).
     Replay {
@@ -269,6 +299,26 @@ enum Command {
         heuristics: HeuristicArgs,
         #[command(flatten)]
         collector: CollectorArgs,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// The effective configuration: the config file with the flags over it, checked.
+    Config {
+        /// Print it as TOML (the format of the file).
+        #[arg(long)]
+        print: bool,
+        #[command(flatten)]
+        trails: TrailArgs,
+        /// Sensor name in events (default: the host name).
+        #[arg(long = "sensor-name")]
+        sensor_name: Option<String>,
+        #[command(flatten)]
+        heuristics: HeuristicArgs,
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// As `run --maltrail-syn-rules`.
+        #[arg(long = "maltrail-syn-rules")]
+        maltrail_syn_rules: bool,
     },
     /// Show the sensor identity of a state directory and the kernel counters of running
     /// sensors.
@@ -314,6 +364,7 @@ fn main() -> ExitCode {
             maltrail_syn_rules,
             heuristics,
             collector,
+            config,
         } => run(RunArgs {
             ifaces,
             trails,
@@ -342,6 +393,7 @@ fn main() -> ExitCode {
             maltrail_syn_rules,
             heuristics,
             collector,
+            config,
         }),
         Command::Replay {
             pcaps,
@@ -349,12 +401,35 @@ fn main() -> ExitCode {
             output,
             heuristics,
             collector,
+            config,
         } => replay(ReplayArgs {
             pcaps,
             trails,
             output,
             heuristics,
             collector,
+            config,
+        }),
+        Command::Config {
+            print,
+            trails,
+            sensor_name,
+            heuristics,
+            config,
+            maltrail_syn_rules,
+        } => resolve_config(
+            &config,
+            &trails,
+            &heuristics,
+            sensor_name,
+            maltrail_syn_rules,
+        )
+        .map(|c| {
+            if print {
+                print!("{}", c.to_toml());
+            } else {
+                eprintln!("xtrail-sensor: configuration is valid (--print shows it)");
+            }
         }),
         Command::Stats { json, state_dir } => show_stats(json, state_dir),
     };
@@ -434,6 +509,7 @@ struct RunArgs {
     maltrail_syn_rules: bool,
     heuristics: HeuristicArgs,
     collector: CollectorArgs,
+    config: ConfigArgs,
 }
 
 /// Loads trails from every source and prints what was found.
@@ -458,19 +534,25 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             bail!("unknown interface {iface}");
         }
     }
-    let (trails, whitelist) = args.trails.load()?;
+    let cfg = resolve_config(
+        &args.config,
+        &args.trails,
+        &args.heuristics,
+        args.output.sensor_name.clone(),
+        args.maltrail_syn_rules,
+    )?;
+    let (trails, whitelist) = load_detection(&cfg)?;
     if trails.ip.is_empty() {
         bail!(
             "no IP, CIDR or IP:port trails in {}: the XDP fast path has nothing to look for",
-            args.trails
-                .trails
+            cfg.trails
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         );
     }
-    let sensor_name = args.output.sensor_name();
+    let sensor_name = sensor_name(&cfg);
     let events_log = &args.output.events_log;
     let mut log = EventLog::open(events_log, args.output.format.into())
         .with_context(|| format!("opening events log {}", events_log.display()))?;
@@ -499,13 +581,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         stats_interval: args.stats_interval,
         duration: args.duration,
         afxdp: !args.no_afxdp,
-        heuristics: args.heuristics.config(true),
-        ua: args.heuristics.ua()?,
+        heuristics: cfg.heuristics_for(true),
+        ua: load_ua(&cfg)?,
         publisher: link.as_ref().map(CollectorLink::publisher),
-        maltrail_syn_rules: args.maltrail_syn_rules,
-        workers: 1,
-        throttle: Some(ThrottleConfig::default()),
-        flood: Some(FloodConfig::default()),
+        maltrail_syn_rules: cfg.maltrail_syn_rules,
+        workers: cfg.workers,
+        throttle: cfg.throttle(),
+        flood: cfg.flood(),
     };
     live::run(
         Arc::new(trails),
@@ -523,20 +605,28 @@ struct ReplayArgs {
     output: OutputArgs,
     heuristics: HeuristicArgs,
     collector: CollectorArgs,
+    config: ConfigArgs,
 }
 
 fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    let sensor_name = args.output.sensor_name();
+    let cfg = resolve_config(
+        &args.config,
+        &args.trails,
+        &args.heuristics,
+        args.output.sensor_name.clone(),
+        false,
+    )?;
+    let sensor_name = sensor_name(&cfg);
     let link = args.collector.start(&sensor_name, "replay")?;
     let publisher = link.as_ref().map(CollectorLink::publisher);
-    let (trails, whitelist) = args.trails.load()?;
-    let heuristics = &args.heuristics;
+    let (trails, whitelist) = load_detection(&cfg)?;
     let opts = ReplayOptions {
         processor: ProcessorConfig::with_sensor(sensor_name),
         format: args.output.format.into(),
-        heuristics: heuristics.config(false),
-        ua_patterns: Some(heuristics.ua()?),
-        ..ReplayOptions::default()
+        heuristics: cfg.heuristics_for(false),
+        ua_patterns: Some(load_ua(&cfg)?),
+        throttle: cfg.throttle(),
+        flood: cfg.flood(),
     };
     let events_log = &args.output.events_log;
     let mut out = open_output(events_log)
@@ -631,6 +721,42 @@ fn show_stats(json: bool, state_dir: Option<PathBuf>) -> anyhow::Result<()> {
             );
         } else {
             println!("map {id}: {c}");
+        }
+    }
+    // Userspace counters of running sensors (written every --stats-interval).
+    let files = std::fs::read_dir(live::STATS_DIR)
+        .into_iter()
+        .flatten()
+        .flatten();
+    for entry in files {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let pid = v["pid"].as_u64().unwrap_or(0);
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if json {
+            println!("{v}");
+        } else {
+            let pairs = |o: &serde_json::Value| {
+                o.as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default()
+            };
+            println!(
+                "sensor pid {pid}: userspace {} detector {}",
+                pairs(&v["userspace"]),
+                pairs(&v["detector"])
+            );
         }
     }
     Ok(())

@@ -20,6 +20,7 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "openssl",
+    "tcpreplay",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -126,10 +126,13 @@ pub enum HeuristicsError {
 
 /// Thresholds and bounds. [`Default`] is Maltrail's defaults with scans fed from packets
 /// (replay); [`HeuristicsConfig::live`] takes scans from kernel flow starts instead.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HeuristicsConfig {
     /// Feed the scan heuristics from every packet (replay, or live without the kernel's
     /// flow-start records). Off in live capture, where flow starts come from the kernel.
+    /// Set by the capture path, not configurable.
+    #[serde(skip)]
     pub scans_from_packets: bool,
     /// Sliding window of the scan heuristics (30 s).
     pub scan_window_us: i64,

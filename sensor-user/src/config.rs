@@ -1,0 +1,311 @@
+//! The sensor's one configuration: a TOML file (`--config FILE`, else
+//! `/etc/xtrail/sensor.toml` when it exists), command-line flags over it, checked once into
+//! [`SensorConfig`], from which `run` and `replay` build their pipeline. `xtrail-sensor
+//! config --print` shows the result.
+//!
+//! ```toml
+//! sensor_name = "gw-1"
+//! trails = ["/var/lib/xtrail/trails.csv"]
+//! whitelist = "/etc/xtrail/whitelist.txt"
+//! ua_file = "/etc/xtrail/ua.txt"
+//! workers = 2                 # AF_XDP transport threads (mirror mode)
+//! maltrail_syn_rules = false
+//!
+//! [heuristics]                # Maltrail's thresholds; windows in microseconds
+//! port_scan_threshold = 10
+//! nxdomain_per_hour_threshold = 20
+//!
+//! [throttle]                  # collapse identical events, summarize repeats
+//! window_us = 1000000
+//! [throttle.summarize]
+//! max_events = 3
+//! window_us = 60000000
+//!
+//! [flood]                     # per-trail aggregation and the sensor's event budget
+//! sources_per_trail = 50
+//! budget_per_sec = 2000
+//! burst = 10000
+//! ```
+//!
+//! Every detection setting is here; nothing about detection depends on where the binary is
+//! installed except the documented fallbacks for the whitelist and user-agent files when
+//! neither the file nor a flag names them.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use xtrail_detect::heuristics::HeuristicsConfig;
+use xtrail_detect::pipeline::FloodConfig;
+use xtrail_detect::throttle::ThrottleConfig;
+
+/// Where the configuration is read from when `--config` is not given (if it exists).
+pub const DEFAULT_PATH: &str = "/etc/xtrail/sensor.toml";
+
+/// The effective configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SensorConfig {
+    /// Sensor name in events (default: the host name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensor_name: Option<String>,
+    /// Trail sources: Maltrail trails.csv files, static trail trees, list files.
+    pub trails: Vec<PathBuf>,
+    /// Whitelist file (Maltrail's format).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub whitelist: Option<PathBuf>,
+    /// Use no whitelist.
+    pub no_whitelist: bool,
+    /// Suspicious user-agent patterns (Maltrail's ua.txt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ua_file: Option<PathBuf>,
+    /// AF_XDP transport threads in mirror mode.
+    pub workers: usize,
+    /// Maltrail's SYN label rules for live kernel hits.
+    pub maltrail_syn_rules: bool,
+    /// Trails only: no heuristics.
+    pub no_heuristics: bool,
+    /// Heuristic thresholds and bounds.
+    pub heuristics: HeuristicsConfig,
+    /// Write every event (no collapse, no summaries).
+    pub no_throttle: bool,
+    /// Collapse and summarize settings.
+    pub throttle: ThrottleConfig,
+    /// No flood guard (no per-trail aggregation, no event budget).
+    pub no_flood_guard: bool,
+    /// Per-trail aggregation and the event budget.
+    pub flood: FloodConfig,
+}
+
+impl Default for SensorConfig {
+    fn default() -> Self {
+        SensorConfig {
+            sensor_name: None,
+            trails: Vec::new(),
+            whitelist: None,
+            no_whitelist: false,
+            ua_file: None,
+            workers: 1,
+            maltrail_syn_rules: false,
+            no_heuristics: false,
+            heuristics: HeuristicsConfig::default(),
+            no_throttle: false,
+            throttle: ThrottleConfig::default(),
+            no_flood_guard: false,
+            flood: FloodConfig::default(),
+        }
+    }
+}
+
+/// What the command line says over the file (unset = the file's value).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--sensor-name`.
+    pub sensor_name: Option<String>,
+    /// `--trails` (replaces the file's list when given).
+    pub trails: Vec<PathBuf>,
+    /// `--whitelist`.
+    pub whitelist: Option<PathBuf>,
+    /// `--no-whitelist`.
+    pub no_whitelist: bool,
+    /// `--ua-file`.
+    pub ua_file: Option<PathBuf>,
+    /// `--no-heuristics`.
+    pub no_heuristics: bool,
+    /// `--check-missing-host`.
+    pub check_missing_host: bool,
+    /// `--workers`.
+    pub workers: Option<usize>,
+    /// `--maltrail-syn-rules`.
+    pub maltrail_syn_rules: bool,
+    /// `--event-budget` (events per second).
+    pub event_budget: Option<u32>,
+    /// `--no-flood-guard`.
+    pub no_flood_guard: bool,
+}
+
+/// A configuration that cannot be used; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (TOML's message, naming the key).
+        message: String,
+    },
+    /// A setting is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl SensorConfig {
+    /// Reads `path` (or the default file when it exists), applies the flags, and checks.
+    pub fn resolve(path: Option<&Path>, o: &Overrides) -> Result<SensorConfig, ConfigError> {
+        let default = Path::new(DEFAULT_PATH);
+        let path = path.or_else(|| default.is_file().then_some(default));
+        let mut c = match path {
+            Some(p) => Self::read(p)?,
+            None => SensorConfig::default(),
+        };
+        if o.sensor_name.is_some() {
+            c.sensor_name.clone_from(&o.sensor_name);
+        }
+        if !o.trails.is_empty() {
+            c.trails.clone_from(&o.trails);
+        }
+        if o.whitelist.is_some() {
+            c.whitelist.clone_from(&o.whitelist);
+            c.no_whitelist = false;
+        }
+        if o.no_whitelist {
+            c.no_whitelist = true;
+            c.whitelist = None;
+        }
+        if o.ua_file.is_some() {
+            c.ua_file.clone_from(&o.ua_file);
+        }
+        c.no_heuristics |= o.no_heuristics;
+        c.heuristics.check_missing_host |= o.check_missing_host;
+        if let Some(w) = o.workers {
+            c.workers = w;
+        }
+        c.maltrail_syn_rules |= o.maltrail_syn_rules;
+        if let Some(b) = o.event_budget {
+            c.flood.budget_per_sec = b;
+        }
+        c.no_flood_guard |= o.no_flood_guard;
+        c.check()?;
+        Ok(c)
+    }
+
+    /// Parses a file.
+    pub fn read(path: &Path) -> Result<SensorConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Range checks, each naming its setting.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.workers == 0 || self.workers > 1024 {
+            return bad("workers must be between 1 and 1024");
+        }
+        let h = &self.heuristics;
+        if h.scan_window_us <= 0 || h.dns_exhaustion_window_us <= 0 {
+            return bad("heuristics windows must be positive");
+        }
+        if h.max_scan_keys == 0 || h.max_nxdomain_counters == 0 || h.max_exhaustion_domains == 0 {
+            return bad("heuristics table sizes must be positive");
+        }
+        let t = &self.throttle;
+        if t.window_us <= 0 || t.capacity == 0 {
+            return bad("throttle.window_us and throttle.capacity must be positive");
+        }
+        if let Some(s) = &t.summarize {
+            if s.window_us <= 0 || s.capacity == 0 || s.max_events == 0 {
+                return bad("throttle.summarize values must be positive");
+            }
+        }
+        let f = &self.flood;
+        if f.window_us <= 0 || f.capacity == 0 || f.sources_per_trail == 0 {
+            return bad(
+                "flood.window_us, flood.capacity and flood.sources_per_trail must be positive",
+            );
+        }
+        if f.budget_per_sec == 0 || f.burst == 0 {
+            return bad(
+                "flood.budget_per_sec and flood.burst must be positive (or set no_flood_guard)",
+            );
+        }
+        Ok(())
+    }
+
+    /// The trails, or an error saying where to give them.
+    pub fn require_trails(&self) -> Result<&[PathBuf], ConfigError> {
+        if self.trails.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no trails: give --trails PATH or `trails = [...]` in the config file".into(),
+            ));
+        }
+        Ok(&self.trails)
+    }
+
+    /// The heuristics for a capture path (`live`: scans from kernel flow starts).
+    pub fn heuristics_for(&self, live: bool) -> Option<HeuristicsConfig> {
+        (!self.no_heuristics).then(|| HeuristicsConfig {
+            scans_from_packets: !live,
+            ..self.heuristics.clone()
+        })
+    }
+
+    /// The throttle, if on.
+    pub fn throttle(&self) -> Option<ThrottleConfig> {
+        (!self.no_throttle).then_some(self.throttle)
+    }
+
+    /// The flood guard, if on.
+    pub fn flood(&self) -> Option<FloodConfig> {
+        (!self.no_flood_guard).then_some(self.flood)
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags_then_checks() {
+        let dir = std::env::temp_dir().join(format!("xtrail-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("sensor.toml");
+        std::fs::write(
+            &p,
+            "sensor_name = \"gw\"\ntrails = [\"/a.csv\"]\nworkers = 3\n[heuristics]\nport_scan_threshold = 5\n[flood]\nbudget_per_sec = 10\n",
+        )
+        .unwrap();
+        let c = SensorConfig::resolve(Some(&p), &Overrides::default()).unwrap();
+        assert_eq!(c.sensor_name.as_deref(), Some("gw"));
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.heuristics.port_scan_threshold, 5);
+        assert_eq!(c.flood.budget_per_sec, 10);
+        let o = Overrides {
+            workers: Some(1),
+            trails: vec!["/b.csv".into()],
+            ..Overrides::default()
+        };
+        let c = SensorConfig::resolve(Some(&p), &o).unwrap();
+        assert_eq!(
+            (c.workers, c.trails.clone()),
+            (1, vec![PathBuf::from("/b.csv")])
+        );
+        // The printed form reads back to the same configuration.
+        assert_eq!(toml::from_str::<SensorConfig>(&c.to_toml()).unwrap(), c);
+        std::fs::write(&p, "colour = 1\n").unwrap();
+        let e = SensorConfig::resolve(Some(&p), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+        std::fs::write(&p, "workers = 0\n").unwrap();
+        let e = SensorConfig::resolve(Some(&p), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("workers"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

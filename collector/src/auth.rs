@@ -233,8 +233,8 @@ struct Failures {
     by_source: HashMap<IpAddr, (Instant, u32)>,
 }
 
-/// The source key for throttling: IPv4 as is, IPv6 by its /64.
-fn source_key(ip: IpAddr) -> IpAddr {
+/// The source key for per-source limits: IPv4 as is (also IPv4-mapped), IPv6 by its /64.
+pub fn source_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use tokio::time::Sleep;
 
+use crate::auth::source_key;
 use crate::metrics::{inc, Metrics};
 
 /// How often a listener logs refusals.
@@ -74,20 +75,6 @@ pub struct Tracker {
     which: Listener,
     counts: Mutex<Counts>,
     metrics: Arc<Metrics>,
-}
-
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut o = v6.octets();
-                o[8..].fill(0);
-                IpAddr::from(o)
-            }
-        },
-        v4 => v4,
-    }
 }
 
 impl Tracker {

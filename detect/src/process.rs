@@ -10,15 +10,17 @@
 //!   Maltrail skips). ICMP/ICMPv6: echo requests only. Other IP protocols: the addresses.
 //!   As in Maltrail, a SYN to an `attacker`-labelled address, a SYN to a `parking site` on a
 //!   port other than 80/443, and a SYN from a `malware`-labelled address raise nothing.
-//! - **DNS** (UDP or TCP, port 53 on either side; the DNS branch owns the packet): standard
-//!   queries with a valid name. For class IN and a type other than PTR/AAAA, a resolver trail
+//! - **DNS** (UDP or TCP, port 53 on either side; the DNS branch owns a packet that is a DNS
+//!   message, [`dns::Header::is_plausible`]; any other UDP datagram on 53 gets the IP check
+//!   of UDP, unlike Maltrail): standard queries with a valid name. For class IN and a type other than PTR/AAAA, a resolver trail
 //!   raises `<resolver> (<query>)`; then the name is checked against the domain trails.
 //! - **HTTP requests** (TCP payload starting with a method, any port): a `Host` name sent to
 //!   an address trail raises `IP` `<dst> (<host>)`; otherwise the host name is checked against
 //!   the domain trails; then host + path against the URL trails (`URL`).
 //! - **TLS ClientHello** (any port): the server name against the domain trails; likewise the
 //!   ClientHello inside a QUIC v1/v2 client Initial (UDP, any port), decrypted with the
-//!   Initial keys every observer can derive.
+//!   Initial keys every observer can derive. A ClientHello that spans TCP segments or QUIC
+//!   Initials is reassembled first ([`crate::protocols::reassembly`], bounded).
 //!
 //! Domain checks of HTTP hosts and TLS server names raise `DNS` events with protocol `TCP`, as
 //! Maltrail's `_check_domain` does for every name it checks.
@@ -42,8 +44,11 @@ use hashbrown::DefaultHashBuilder;
 use crate::event::{proto_name, Action, Details, Event, EventType, Severity};
 use crate::heuristics::FlowStart;
 use crate::packet::{self, Packet, PacketError, TcpSegment, Transport};
+use crate::protocols::reassembly::{
+    CryptoReassembler, Flight, FlowKey, HelloReassembler, ReassemblyStats,
+};
 use crate::protocols::{dns, http, quic, tls};
-use crate::trails::{IpMatchKind, Label, LabelId, TrailSet};
+use crate::trails::{IpMatchKind, Label, LabelId, TrailSet, UrlCandidates};
 use crate::whitelist::Whitelist;
 
 /// Slots of the duplicate-SYN table (direct-mapped: a collision only forgets an older SYN).
@@ -62,6 +67,11 @@ pub struct ProcessorConfig {
     pub iface: Option<String>,
     /// Check HTTP `Host` names against the domain trails.
     pub check_host_domains: bool,
+    /// Also try the URL candidates Maltrail never derives ([`UrlCandidates::WithExtras`]:
+    /// the path with its trailing `/`, and its parent directory with the `/`, so `host/dir/`
+    /// trails are reachable and a bare `/dir/` trail matches any file under it on any host).
+    /// Off by default: exactly Maltrail's candidates.
+    pub url_extra_candidates: bool,
 }
 
 impl Default for ProcessorConfig {
@@ -70,6 +80,7 @@ impl Default for ProcessorConfig {
             sensor: String::from("xtrail"),
             iface: None,
             check_host_domains: true,
+            url_extra_candidates: false,
         }
     }
 }
@@ -103,6 +114,10 @@ pub struct ProcessorStats {
     pub http_requests: u64,
     /// TLS ClientHellos parsed.
     pub tls_client_hellos: u64,
+    /// ClientHellos reassembled from several TCP segments, and the bounds hit doing so.
+    pub tls_reassembly: ReassemblyStats,
+    /// ClientHellos joined from several QUIC Initial packets, and the bounds hit doing so.
+    pub quic_reassembly: ReassemblyStats,
     /// SYNs skipped as repeats within the same second.
     pub duplicate_syns: u64,
     /// Events emitted.
@@ -249,6 +264,10 @@ pub struct Processor {
     hasher: DefaultHashBuilder,
     path_buf: String,
     heuristics: Option<Box<dyn Heuristics>>,
+    /// ClientHellos that span TCP segments, per flow until complete (bounded).
+    tls_flows: HelloReassembler,
+    /// ClientHellos that span QUIC Initial packets, per connection until complete (bounded).
+    quic_flows: CryptoReassembler,
 }
 
 impl std::fmt::Debug for Processor {
@@ -303,6 +322,8 @@ impl Processor {
             hasher: DefaultHashBuilder::default(),
             path_buf: String::with_capacity(256),
             heuristics: None,
+            tls_flows: HelloReassembler::default(),
+            quic_flows: CryptoReassembler::default(),
         }
     }
 
@@ -407,6 +428,11 @@ impl Processor {
             stats: &mut self.stats,
             out,
             check_host_domains: self.config.check_host_domains,
+            url_candidates: if self.config.url_extra_candidates {
+                UrlCandidates::WithExtras
+            } else {
+                UrlCandidates::Maltrail
+            },
             path_buf: &mut self.path_buf,
             heuristics: self.heuristics.as_deref_mut(),
         };
@@ -435,16 +461,46 @@ impl Processor {
                     }
                     run.tcp_syn(&ctx);
                 } else if !seg.payload.is_empty() {
-                    run.tcp_payload(&ctx, &seg);
+                    // A ClientHello longer than its segment waits for the rest of its record.
+                    let key = FlowKey {
+                        src: pkt.src,
+                        src_port,
+                        dst: pkt.dst,
+                        dst_port,
+                    };
+                    match self.tls_flows.on_segment(key, ts_us, seg.seq, seg.payload) {
+                        Flight::Ready(hello) => run.client_hello(&ctx, hello),
+                        Flight::Buffered => {}
+                        Flight::Untracked => run.tcp_payload(&ctx, &seg),
+                    }
+                    run.stats.tls_reassembly = self.tls_flows.stats().clone();
                 }
             }
             Transport::Udp(dgram) => {
                 if src_port == DNS_PORT || dst_port == DNS_PORT {
-                    run.dns(&ctx, dgram.payload, false);
+                    // Port 53 is no free pass: what is not a DNS message (a tunnel, C2 on 53)
+                    // is checked as any UDP datagram.
+                    if !run.dns(&ctx, dgram.payload, false) {
+                        run.addresses(&ctx, true);
+                    }
                 } else {
                     run.addresses(&ctx, true);
-                    if quic::looks_like_initial(dgram.payload) {
-                        run.quic_initial(&ctx, dgram.payload);
+                    if quic::looks_like_initial(dgram.payload)
+                        && !run.quic_initial(&ctx, dgram.payload)
+                    {
+                        // A ClientHello over several Initials: joined per connection.
+                        let key = FlowKey {
+                            src: pkt.src,
+                            src_port,
+                            dst: pkt.dst,
+                            dst_port,
+                        };
+                        if let Flight::Ready(hello) =
+                            self.quic_flows.on_initial(key, ts_us, dgram.payload)
+                        {
+                            run.quic_hello(&ctx, hello);
+                        }
+                        run.stats.quic_reassembly = self.quic_flows.stats().clone();
                     }
                 }
             }
@@ -471,6 +527,7 @@ struct Run<'p, 'o> {
     stats: &'p mut ProcessorStats,
     out: &'o mut dyn FnMut(Event),
     check_host_domains: bool,
+    url_candidates: UrlCandidates,
     path_buf: &'p mut String,
     heuristics: Option<&'p mut (dyn Heuristics + 'static)>,
 }
@@ -547,34 +604,42 @@ impl Run<'_, '_> {
                 self.http_request(ctx, &req);
             }
         } else if tls::looks_like_client_hello(p) {
-            if let Ok(hello) = tls::parse_client_hello(p) {
-                self.stats.tls_client_hellos += 1;
-                if let Some(sni) = hello.sni {
-                    let mut buf = [0u8; MAX_HOST];
-                    if let Some(name) = lowercase_into(sni.as_bytes(), &mut buf) {
-                        let details = || Details {
-                            tls_sni: Some(name.to_owned()),
-                            ..Details::default()
-                        };
-                        self.check_domain(ctx, name, details);
-                    }
-                }
-            }
+            self.client_hello(ctx, p);
         } else if ctx.src_port == DNS_PORT || ctx.dst_port == DNS_PORT {
             self.dns(ctx, p, true);
         }
     }
 
-    /// A DNS message over UDP or TCP.
-    fn dns(&mut self, ctx: &PacketContext<'_>, payload: &[u8], tcp: bool) {
+    /// A TLS ClientHello (one segment's, or reassembled): the server name against the domain
+    /// trails.
+    fn client_hello(&mut self, ctx: &PacketContext<'_>, p: &[u8]) {
+        if let Ok(hello) = tls::parse_client_hello(p) {
+            self.stats.tls_client_hellos += 1;
+            if let Some(sni) = hello.sni {
+                let mut buf = [0u8; MAX_HOST];
+                if let Some(name) = lowercase_into(sni.as_bytes(), &mut buf) {
+                    let details = || Details {
+                        tls_sni: Some(name.to_owned()),
+                        ..Details::default()
+                    };
+                    self.check_domain(ctx, name, details);
+                }
+            }
+        }
+    }
+
+    /// A DNS message over UDP or TCP. False when the payload is not a DNS message
+    /// ([`dns::Header::is_plausible`] and a parseable question): the caller then checks the
+    /// addresses as for any datagram, as the XDP program does.
+    fn dns(&mut self, ctx: &PacketContext<'_>, payload: &[u8], tcp: bool) -> bool {
         let parsed = if tcp {
             dns::parse_tcp(payload)
         } else {
             dns::parse(payload)
         };
-        let Ok(msg) = parsed else {
+        let Some(msg) = parsed.ok().filter(|m| m.header.is_plausible()) else {
             self.stats.dns_errors += 1;
-            return;
+            return false;
         };
         self.stats.dns_messages += 1;
         let h = msg.header;
@@ -583,19 +648,21 @@ impl Run<'_, '_> {
                 let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
                 heur.on_dns_response(ctx, &msg, &mut |e| emit(wl, stats, out, e));
             }
-            return;
+            return true;
         }
         // Standard query, not truncated (Maltrail: flags byte & 0xfa == 0).
         if h.opcode() != 0 || h.is_truncated() {
-            return;
+            return true;
         }
-        let Some(q) = msg.question else { return };
-        let Some(name) = q.name.as_str() else { return };
+        let Some(q) = msg.question else { return true };
+        let Some(name) = q.name.as_str() else {
+            return true;
+        };
         if !is_valid_dns_name(name)
             || name.contains(".intranet.")
             || crate::whitelist::is_ignored_suffix(name)
         {
-            return;
+            return true;
         }
         if let Some(heur) = self.heuristics.as_deref_mut() {
             let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
@@ -632,13 +699,28 @@ impl Run<'_, '_> {
             }
         }
         self.check_domain(ctx, name, details);
+        true
     }
 
     /// A QUIC client Initial: the ClientHello's server name against the domain trails.
-    fn quic_initial(&mut self, ctx: &PacketContext<'_>, p: &[u8]) {
+    /// False when the datagram alone names no server (the caller tries reassembly).
+    fn quic_initial(&mut self, ctx: &PacketContext<'_>, p: &[u8]) -> bool {
         let Ok(Some(sni)) = quic::initial_sni(p) else {
-            return;
+            return false;
         };
+        self.quic_server_name(ctx, &sni);
+        true
+    }
+
+    /// A ClientHello joined from several QUIC Initials (a handshake message, no record
+    /// header).
+    fn quic_hello(&mut self, ctx: &PacketContext<'_>, hello: &[u8]) {
+        if let Ok(tls::ClientHello { sni: Some(sni), .. }) = tls::parse_handshake(hello) {
+            self.quic_server_name(ctx, sni);
+        }
+    }
+
+    fn quic_server_name(&mut self, ctx: &PacketContext<'_>, sni: &str) {
         self.stats.tls_client_hellos += 1;
         let mut buf = [0u8; MAX_HOST];
         if let Some(name) = lowercase_into(sni.as_bytes(), &mut buf) {
@@ -745,7 +827,11 @@ impl Run<'_, '_> {
         self.path_buf.clear();
         self.path_buf
             .extend(path_text.chars().map(|c| c.to_ascii_lowercase()));
-        if let Some(m) = self.trails.urls.lookup(Some(host), self.path_buf.as_str()) {
+        if let Some(m) = self.trails.urls.lookup_candidates(
+            Some(host),
+            self.path_buf.as_str(),
+            self.url_candidates,
+        ) {
             let e = ctx.labelled(EventType::Url, m.trail, self.label(m.label), details(host));
             self.emit(e);
         }
@@ -1078,7 +1164,7 @@ sinkholed.example,sinkhole x (malware),(static)
                     &udp(6, 53, &query("printer.local", 1)),
                 ),
                 v4(ME, [198, 51, 100, 53], 17, &udp(7, 53, &query("wpad", 1))),
-                // port-53 UDP that is not DNS does not fall back to the IP check
+                // port-53 UDP that is not DNS is no free pass: the IP check as for any UDP
                 v4(ME, [66, 66, 66, 66], 17, &udp(8, 53, b"\x00")),
             ],
         );
@@ -1088,6 +1174,7 @@ sinkholed.example,sinkhole x (malware),(static)
                 "t 10.0.0.66 1 198.51.100.53 53 UDP IP \"198.51.100.53 (evil-test-domain.com)\" \"known attacker\" (static)",
                 "t 10.0.0.66 1 198.51.100.53 53 UDP DNS evil-test-domain.com \"malware (test)\" (static)",
                 "t 10.0.0.66 4 8.8.8.8 53 TCP DNS evil-test-domain.com \"malware (test)\" (static)",
+                "t 10.0.0.66 8 66.66.66.66 53 UDP IP 66.66.66.66 \"malware (test)\" (static)",
             ]
         );
     }

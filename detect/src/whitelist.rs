@@ -11,16 +11,23 @@ use hashbrown::HashSet;
 use crate::trails::classify::is_name_byte;
 use crate::trails::ip::{mask4, mask6};
 
-/// Last labels of DNS queries that are never checked (local, reserved or internal names).
+/// Last labels of DNS queries that are never checked: names that cannot resolve on the
+/// public internet (reserved, private-use, or never-delegated labels), plus `arpa`.
 ///
-/// Maltrail's `IGNORE_DNS_QUERY_SUFFIXES` (as of 3.x), plus `invalid` and `localhost`
-/// (RFC 6761 reserved names). Note that Maltrail ignores the real TLDs `.dev` and `.int`.
+/// Maltrail's `IGNORE_DNS_QUERY_SUFFIXES` (settings.py, 3.x) minus the delegated TLDs `dev`
+/// and `int`, plus `invalid` and `localhost`. Maltrail's list ignores `.dev` and `.int`,
+/// which silences every trail under them (7,921 `.dev` domain trails built from the static
+/// tree: `pages.dev`, `workers.dev`, ...); xtrail checks them. Every other entry is absent from
+/// the public suffix list's TLDs, so no registrable name ends in it.
 pub const IGNORED_DNS_SUFFIXES: &[&str] = &[
+    // The infrastructure TLD: reverse lookups (`in-addr.arpa`, `ip6.arpa`) and ENUM,
+    // not host names a trail names.
     "arpa",
+    // mDNS (RFC 6762).
     "local",
+    // Never delegated; common home/office router and guest-network suffixes.
     "guest",
     "intranet",
-    "int",
     "corp",
     "home",
     "lan",
@@ -28,19 +35,22 @@ pub const IGNORED_DNS_SUFFIXES: &[&str] = &[
     "intran",
     "workgroup",
     "localdomain",
+    "localnet",
+    // Never delegated; Maltrail ignores them (search-list artefacts, vendor appliances).
     "url",
     "alienvault",
-    "dev",
-    "example",
+    // Reserved for private use (ICANN, 2024).
     "internal",
-    "localnet",
+    // Reserved names (RFC 2606, RFC 6761).
+    "example",
     "test",
     "invalid",
     "localhost",
 ];
 
 /// Whether a DNS query name should be ignored: its last label is in
-/// [`IGNORED_DNS_SUFFIXES`], or it contains `.intranet.` (both as Maltrail does).
+/// [`IGNORED_DNS_SUFFIXES`], or it contains `.intranet.` (as Maltrail does, except that
+/// the real TLDs `.dev` and `.int` are checked).
 pub fn is_ignored_suffix(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
     let last = name.rsplit('.').next().unwrap_or(name);
@@ -285,7 +295,17 @@ mod tests {
         ] {
             assert!(is_ignored_suffix(n), "{n}");
         }
-        for n in ["evil.com", "local.com", "arpa.net", "intranet.org"] {
+        // Delegated TLDs are never ignored (Maltrail ignores `.dev` and `.int`).
+        for n in [
+            "evil.com",
+            "local.com",
+            "arpa.net",
+            "intranet.org",
+            "evil.pages.dev",
+            "x.workers.dev.",
+            "DEV",
+            "bad.who.int",
+        ] {
             assert!(!is_ignored_suffix(n), "{n}");
         }
     }

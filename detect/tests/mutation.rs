@@ -114,6 +114,18 @@ fn synthetic_frames() -> Vec<(u32, Vec<u8>)> {
         ),
     );
     let tls_hello = ipv4(6, &tcp(443, 0x18, &client_hello("tls-evil.example")));
+    // A QUIC client Initial (its ClientHello is decrypted without checking the tag, so
+    // mutations reach the frame and ClientHello parsers).
+    let quic_initial = {
+        let hello = client_hello("quic-evil.example");
+        let dgram = xtrail_detect::protocols::quic::client_initial(&[7; 8], &hello[5..])
+            .expect("QUIC Initial");
+        let mut u = vec![0xc3, 0x51, 0x01, 0xbb];
+        u.extend_from_slice(&((8 + dgram.len()) as u16).to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.extend_from_slice(&dgram);
+        ipv4(17, &u)
+    };
     let dns_over_tcp = ipv4(6, &tcp(53, 0x18, &dns_tcp));
     let mut pppoe = vec![0x11, 0, 0, 1];
     pppoe.extend_from_slice(&((syn.len() + 2) as u16).to_be_bytes());
@@ -150,6 +162,7 @@ fn synthetic_frames() -> Vec<(u32, Vec<u8>)> {
         (276, sll2),
         (0, null),
         (101, tls_hello),
+        (101, quic_initial),
     ]
 }
 
@@ -306,6 +319,7 @@ fn unmutated_synthetic_frames_hit_their_trails() {
         "TCP DNS evil-test-domain.com",
         "UDP DNS badsite.onion(.to)",
         "TCP DNS tls-evil.example",
+        "UDP DNS quic-evil.example",
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }

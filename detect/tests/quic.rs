@@ -76,3 +76,43 @@ fn quic_initial_sni_hits_a_domain_trail() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("UDP DNS quic-evil.example"), "{lines:?}");
 }
+
+/// A capture cut at a snap length (the IP and UDP lengths still say the full datagram) and a
+/// datagram whose tag no longer verifies still raise the event: the tag is not checked.
+#[test]
+fn cut_and_modified_initials_still_hit() {
+    let p = std::env::temp_dir().join(format!("quic-cut-trails-{}.csv", std::process::id()));
+    std::fs::write(&p, "quic-evil.example,malware (test),(static)\n").unwrap();
+    let trails = TrailSet::load(std::slice::from_ref(&p), &LoadOptions::default()).unwrap();
+    let _ = std::fs::remove_file(&p);
+    let mut proc = Processor::new(
+        Arc::new(trails),
+        Arc::new(Whitelist::empty()),
+        ProcessorConfig::with_sensor("t"),
+    );
+    let hello = client_hello("quic-evil.example");
+    let dgram = quic::client_initial(&[7; 8], &hello).unwrap();
+    // Ethernet 14 + IPv4 20 + UDP 8, then the Initial's header (26 bytes with an 8-byte DCID),
+    // the CRYPTO frame header (4) and the ClientHello, whose last extension is the SNI.
+    let snap = 14 + 20 + 8 + 26 + 4 + hello.len();
+    let full = udp_frame([10, 0, 0, 5], [192, 0, 2, 10], 443, &dgram);
+    let mut tampered = full.clone();
+    let at = tampered.len() - 1;
+    tampered[at] ^= 0xff;
+    let mut lines = Vec::new();
+    for (i, frame) in [&full[..snap], &tampered[..]].into_iter().enumerate() {
+        proc.process(
+            1_790_000_000_000_000 + i as i64 * 2_000_000,
+            1,
+            frame,
+            &mut |e| lines.push(e.to_maltrail()),
+        );
+    }
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("UDP DNS quic-evil.example")),
+        "{lines:?}"
+    );
+}

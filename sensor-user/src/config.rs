@@ -36,6 +36,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use xtrail_detect::heuristics::HeuristicsConfig;
 use xtrail_detect::pipeline::FloodConfig;
+use xtrail_detect::process::ProcessorConfig;
 use xtrail_detect::throttle::ThrottleConfig;
 
 /// Where the configuration is read from when `--config` is not given (if it exists).
@@ -62,6 +63,8 @@ pub struct SensorConfig {
     pub workers: usize,
     /// Maltrail's SYN label rules for live kernel hits.
     pub maltrail_syn_rules: bool,
+    /// URL candidates beyond Maltrail's (a `/dir/` trail matching any file under it).
+    pub url_extra_candidates: bool,
     /// Trails only: no heuristics.
     pub no_heuristics: bool,
     /// Heuristic thresholds and bounds.
@@ -86,6 +89,7 @@ impl Default for SensorConfig {
             ua_file: None,
             workers: 1,
             maltrail_syn_rules: false,
+            url_extra_candidates: false,
             no_heuristics: false,
             heuristics: HeuristicsConfig::default(),
             no_throttle: false,
@@ -121,6 +125,8 @@ pub struct Overrides {
     pub event_budget: Option<u32>,
     /// `--no-flood-guard`.
     pub no_flood_guard: bool,
+    /// `--url-extra-candidates`.
+    pub url_extra_candidates: bool,
 }
 
 /// A configuration that cannot be used; the message names the setting.
@@ -183,6 +189,7 @@ impl SensorConfig {
             c.flood.budget_per_sec = b;
         }
         c.no_flood_guard |= o.no_flood_guard;
+        c.url_extra_candidates |= o.url_extra_candidates;
         c.check()?;
         Ok(c)
     }
@@ -251,6 +258,14 @@ impl SensorConfig {
             scans_from_packets: !live,
             ..self.heuristics.clone()
         })
+    }
+
+    /// The per-packet settings for sensor `name`.
+    pub fn processor(&self, name: String) -> ProcessorConfig {
+        ProcessorConfig {
+            url_extra_candidates: self.url_extra_candidates,
+            ..ProcessorConfig::with_sensor(name)
+        }
     }
 
     /// The throttle, if on.

@@ -31,6 +31,8 @@ pub struct LiveOptions {
     pub sensor: SensorOptions,
     pub attach: AttachMode,
     pub sensor_name: String,
+    /// Per-packet settings (sensor name, URL candidates).
+    pub processor: ProcessorConfig,
     pub stats_interval: Duration,
     pub duration: Option<Duration>,
     /// Mirror mode: receive DNS/HTTP/TLS over AF_XDP sockets (else ring-buffer copies).
@@ -154,6 +156,8 @@ fn write_stats_file(summary: &LiveSummary, detector: &Detector, kernel: Option<S
         "detector": {
             "frames": d.processor.packets,
             "parse_errors": d.processor.parse_errors,
+            "tls_reassembly": d.processor.tls_reassembly,
+            "quic_reassembly": d.processor.quic_reassembly,
             "kernel_hits": d.kernel_hits,
             "flow_starts": d.flow_starts,
             "throttle_suppressed": d.throttle.suppressed,
@@ -183,7 +187,7 @@ pub fn run(
     let mut detector = Detector::new(DetectorConfig {
         trails: Arc::clone(&trails),
         whitelist,
-        processor: ProcessorConfig::with_sensor(opts.sensor_name.clone()),
+        processor: opts.processor.clone(),
         heuristics: opts.heuristics.clone().map(|h| (h, Arc::clone(&opts.ua))),
         throttle: opts.throttle,
         flood: opts.flood,

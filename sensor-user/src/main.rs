@@ -13,7 +13,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use xtrail_detect::event::Format;
 use xtrail_detect::heuristics::UaPatterns;
 
-use xtrail_detect::process::ProcessorConfig;
 use xtrail_detect::replay::ReplayOptions;
 
 use xtrail_detect::trails::{LoadOptions, TrailSet};
@@ -106,6 +105,9 @@ struct ConfigArgs {
     /// No per-trail flood aggregation and no event budget.
     #[arg(long = "no-flood-guard")]
     no_flood_guard: bool,
+    /// URL candidates beyond Maltrail's: a `/dir/` trail also matches any file under it.
+    #[arg(long = "url-extra-candidates")]
+    url_extra_candidates: bool,
 }
 
 /// Merges the configuration file and the flags, checked once.
@@ -128,6 +130,7 @@ fn resolve_config(
         maltrail_syn_rules,
         event_budget: cfg.event_budget,
         no_flood_guard: cfg.no_flood_guard,
+        url_extra_candidates: cfg.url_extra_candidates,
     };
     Ok(SensorConfig::resolve(cfg.config.as_deref(), &o)?)
 }
@@ -578,6 +581,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         attach: args.xdp_mode,
         sensor_name: sensor_name.clone(),
+        processor: cfg.processor(sensor_name.clone()),
         stats_interval: args.stats_interval,
         duration: args.duration,
         afxdp: !args.no_afxdp,
@@ -621,7 +625,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let publisher = link.as_ref().map(CollectorLink::publisher);
     let (trails, whitelist) = load_detection(&cfg)?;
     let opts = ReplayOptions {
-        processor: ProcessorConfig::with_sensor(sensor_name),
+        processor: cfg.processor(sensor_name),
         format: args.output.format.into(),
         heuristics: cfg.heuristics_for(false),
         ua_patterns: Some(load_ua(&cfg)?),

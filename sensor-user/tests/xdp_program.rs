@@ -3,12 +3,19 @@
 mod common;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
-use xtrail_bench::frames::{tcp_flags, v4, v6, Frame};
-use xtrail_common::{side, stat, trail_kind, v4_mapped, HitRecord};
-use xtrail_detect::trails::IpTrails;
+use xtrail_bench::frames::{
+    chrome_client_hello, chrome_sni_offset, dns_query, tcp_flags, v4, v6, Frame,
+};
+use xtrail_common::{handoff, side, stat, trail_kind, v4_mapped, HitRecord, PayloadRecord};
+use xtrail_detect::event::Event;
+use xtrail_detect::packet::LINKTYPE_ETHERNET;
+use xtrail_detect::process::{Processor, ProcessorConfig};
+use xtrail_detect::trails::{IpTrails, LoadOptions, TrailSet};
+use xtrail_detect::whitelist::Whitelist;
 use xtrail_sensor::hits::parse_record;
 use xtrail_sensor::loader::{Mode, Sensor, SensorOptions};
 
@@ -385,4 +392,271 @@ fn flow_starts_are_sent_once_per_window_and_ack_sweeps_are_not() {
     assert_eq!(flows[4].proto, 17);
     assert_eq!(h.counter(stat::FLOW_STARTS), 5);
     assert_eq!(h.counter(stat::FLOW_REPEATS), 2);
+}
+
+/// Issue 10 item 6: an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) hits the IPv4 trails
+/// (address, CIDR, IP:port) as replay's `IpTrails::lookup` does; the hit keeps family 6,
+/// so live and replay print the same `::ffff:a.b.c.d` trail.
+#[test]
+fn v4_mapped_ipv6_addresses_are_looked_up_as_ipv4() {
+    privileged!();
+    // Outside every IPv6 trail of `trails()` (2001:db8::/32 is a CIDR trail).
+    const ULA: &str = "fd00::2";
+    let mut h = Harness::inline();
+    h.run(&Frame::syn(v6(ULA), 40000, v6("::ffff:66.66.66.66"), 80));
+    h.run(&Frame::syn(v6("::ffff:66.66.66.66"), 40001, v6(ULA), 22));
+    h.run(&Frame::udp(
+        v6(ULA),
+        40002,
+        v6("::ffff:203.0.113.9"),
+        9999,
+        b"x",
+    ));
+    h.run(&Frame::syn(v6(ULA), 40003, v6("::ffff:6.6.6.6"), 8443));
+    // Not mapped: the IPv4-compatible form and an address merely ending in the trail.
+    h.run(&Frame::syn(v6(ULA), 40004, v6("::66.66.66.66"), 80));
+    h.run(&Frame::syn(v6(ULA), 40005, v6("fd00::ffff:4242:4242"), 80));
+    let hits = h.hits();
+    let got: Vec<(u8, u8, u32, u8)> = hits
+        .iter()
+        .map(|r| (r.family, r.kind, r.trail_id, r.side))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (6, trail_kind::IP, 1, side::DST),
+            (6, trail_kind::IP, 1, side::SRC),
+            (6, trail_kind::CIDR, 4, side::DST),
+            (6, trail_kind::IPPORT, 3, side::DST),
+        ],
+        "{hits:?}"
+    );
+    assert_eq!(hits[0].dst, octets(v6("::ffff:66.66.66.66")));
+    // Replay's table agrees on every address above.
+    let t = trails();
+    for (addr, port, hit) in [
+        ("::ffff:66.66.66.66", 80, true),
+        ("::ffff:203.0.113.9", 9999, true),
+        ("::ffff:6.6.6.6", 8443, true),
+        ("::66.66.66.66", 80, false),
+        ("fd00::ffff:4242:4242", 80, false),
+    ] {
+        assert_eq!(t.lookup(v6(addr), Some(port)).is_some(), hit, "{addr}");
+    }
+}
+
+/// Issue 10 item 8: a hit lost to a full `HITS` ring is not recorded in `SUPPRESS`, so the
+/// next identical packet after the reader drained the ring is reported.
+#[test]
+fn a_hit_lost_to_a_full_ring_does_not_suppress_its_repeat() {
+    privileged!();
+    let mut h = Harness::new(SensorOptions {
+        suppress: Duration::from_secs(60),
+        hit_ring_bytes: 4096,
+        ..SensorOptions::default()
+    });
+    // Fill the one-page ring with distinct hits (one destination port each) without reading.
+    let mut sent = 0u16;
+    while h.counter(stat::RINGBUF_FULL) == 0 {
+        assert!(sent < 1000, "a 4 KiB ring never filled");
+        h.run(&Frame::syn(v4(CLEAN), 40000, v4(TRAIL_V4), 1000 + sent));
+        sent += 1;
+    }
+    let lost_port = 1000 + sent - 1;
+    let lost = Frame::syn(v4(CLEAN), 40000, v4(TRAIL_V4), lost_port);
+    // Still full: the repeat is lost again, not suppressed.
+    h.run(&lost);
+    assert_eq!(h.counter(stat::RINGBUF_FULL), 2);
+    assert_eq!(h.counter(stat::SUPPRESSED), 0);
+    let drained = h.hits();
+    assert_eq!(drained.len(), usize::from(sent - 1));
+    assert!(drained.iter().all(|r| r.dst_port != lost_port));
+    // After the drain the same packet is reported once, and then suppressed as usual.
+    h.run(&lost);
+    h.run(&lost);
+    let hits = h.hits();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0].dst_port, lost_port);
+    assert_eq!(h.counter(stat::SUPPRESSED), 1);
+    // A hit that was reported before the ring filled stays suppressed.
+    h.run(&Frame::syn(v4(CLEAN), 40000, v4(TRAIL_V4), 1000));
+    assert!(h.hits().is_empty());
+    assert_eq!(h.counter(stat::SUPPRESSED), 2);
+}
+
+/// The frames the program copied to the `PAYLOADS` ring: (kind, frame).
+fn copied(ring: &mut RingBuf<MapData>) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        assert!(item.len() >= std::mem::size_of::<PayloadRecord>());
+        // SAFETY: the ring holds PayloadRecords (plain old data).
+        let rec = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PayloadRecord>()) };
+        out.push((rec.kind, rec.data[..rec.cap_len as usize].to_vec()));
+    }
+    out
+}
+
+/// A replay-side pipeline over `66.66.66.66` and a TLS domain trail, to run copied frames
+/// through exactly as the live payload reader does.
+fn processor() -> Processor {
+    let path = std::env::temp_dir().join(format!("xtrail-xdp-{}.csv", std::process::id()));
+    std::fs::write(
+        &path,
+        "66.66.66.66,malware (test),(test)\ntls-split-xdp.example,tls (malware),(test)\n",
+    )
+    .unwrap();
+    let trails = TrailSet::load(std::slice::from_ref(&path), &LoadOptions::default()).unwrap();
+    let _ = std::fs::remove_file(&path);
+    Processor::new(
+        Arc::new(trails),
+        Arc::new(Whitelist::parse("")),
+        ProcessorConfig::with_sensor("t"),
+    )
+}
+
+fn events(p: &mut Processor, frames: &[Vec<u8>]) -> Vec<Event> {
+    let mut out = Vec::new();
+    for f in frames {
+        p.process(1_700_000_000_000_000, LINKTYPE_ETHERNET, f, &mut |e| {
+            out.push(e)
+        });
+    }
+    out
+}
+
+/// Issue 10 item 5: port 53 is no free pass. A datagram to or from an IP trail on port 53
+/// without a plausible DNS header is reported by the kernel as any datagram; a DNS query is
+/// handed over (userspace reports `ip (query)`); a plausible header that does not parse is
+/// handed over and userspace reports the IP event, as replay does.
+#[test]
+fn port_53_without_a_dns_message_is_reported_as_ip() {
+    privileged!();
+    // No suppression: the datagrams below differ only in their source port.
+    let mut h = Harness::new(SensorOptions {
+        suppress: Duration::ZERO,
+        ..SensorOptions::default()
+    });
+    let mut ring = h.sensor.take_payloads().expect("payload ring");
+    let trail = v4(TRAIL_V4);
+    let me = v4(CLEAN);
+    // Not DNS: too short, no question, two questions, an unassigned opcode (3).
+    let mut two_q = dns_query(7, "a.example", 1);
+    two_q[5] = 2;
+    let mut opcode3 = dns_query(8, "a.example", 1);
+    opcode3[2] = 3 << 3;
+    for (i, p) in [
+        b"\x00".to_vec(),
+        b"\x17\x03\x03\x00\x20tunnelled bytes, not dns".to_vec(),
+        two_q,
+        opcode3,
+    ]
+    .iter()
+    .enumerate()
+    {
+        h.run(&Frame::udp(me, 40000 + i as u16, trail, 53, p));
+    }
+    // From a trail's port 53 (a C2 "answering" from 53).
+    h.run(&Frame::udp(trail, 53, me, 40100, b"\xde\xad\xbe\xef"));
+    let hits = h.hits();
+    assert_eq!(hits.len(), 5, "{hits:?}");
+    assert!(hits.iter().all(|r| r.trail_id == 1 && r.proto == 17));
+    assert_eq!(hits[4].side, side::SRC);
+    assert_eq!(h.counter(stat::PORT53_NOT_DNS), 5);
+    assert_eq!(h.counter(stat::HANDOFF_DNS), 0);
+    assert!(copied(&mut ring).is_empty());
+    // A DNS query to the trail: handed over, not reported by the kernel.
+    h.run(&Frame::udp(
+        me,
+        40200,
+        trail,
+        53,
+        &dns_query(9, "www.clean-name.net", 1),
+    ));
+    // A plausible header (one question, QUERY) whose question does not parse.
+    let mut broken = dns_query(10, "c.example", 1);
+    broken.truncate(14);
+    h.run(&Frame::udp(me, 40201, trail, 53, &broken));
+    assert!(h.hits().is_empty());
+    assert_eq!(h.counter(stat::HANDOFF_DNS), 2);
+    assert_eq!(h.counter(stat::PORT53_NOT_DNS), 5);
+    let frames: Vec<Vec<u8>> = copied(&mut ring).into_iter().map(|(_, f)| f).collect();
+    assert_eq!(frames.len(), 2);
+    let ev = events(&mut processor(), &frames);
+    let got: Vec<(&str, u16)> = ev.iter().map(|e| (e.trail.as_str(), e.src_port)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("66.66.66.66 (www.clean-name.net)", 40200),
+            ("66.66.66.66", 40201)
+        ],
+        "{ev:#?}"
+    );
+    // Replay reports the kernel-reported datagrams the same way.
+    let f = Frame::udp(me, 40000, trail, 53, b"\x00").build();
+    let ev = events(&mut processor(), &[f]);
+    assert_eq!(ev.len(), 1);
+    assert_eq!((ev[0].trail.as_str(), ev[0].dst_port), ("66.66.66.66", 53));
+}
+
+/// Sets the TCP sequence number of an IPv4 frame without options (checksum left stale:
+/// neither the XDP program nor the parsers check it).
+fn with_seq(mut frame: Vec<u8>, seq: u32) -> Vec<u8> {
+    frame[38..42].copy_from_slice(&seq.to_be_bytes());
+    frame
+}
+
+/// Issue 10 item 3, kernel side: a ClientHello record longer than its segment makes the
+/// program follow the flow and copy its next segments (until the record's end) to
+/// userspace, which reassembles the name from the second segment.
+#[test]
+fn the_segments_of_a_split_client_hello_are_handed_over() {
+    privileged!();
+    let mut h = Harness::inline();
+    let mut ring = h.sensor.take_payloads().expect("payload ring");
+    let (me, there) = (v4(CLEAN), v4("198.18.1.1"));
+    let sni = "tls-split-xdp.example";
+    let hello = chrome_client_hello(sni);
+    assert!(chrome_sni_offset(&hello, sni) > 1448);
+    let seg = |sport: u16, seq: u32, data: &[u8]| {
+        with_seq(
+            Frame::tcp(me, sport, there, 443, tcp_flags::ACK | tcp_flags::PSH)
+                .with_payload(data)
+                .build(),
+            seq,
+        )
+    };
+    let isn = 0xffff_fc00u32; // the record crosses the sequence-number wrap
+    let first = seg(50000, isn, &hello[..1448]);
+    let second = seg(50000, isn.wrapping_add(1448), &hello[1448..]);
+    let after = seg(
+        50000,
+        isn.wrapping_add(hello.len() as u32),
+        b"\x17\x03\x03\x00\x10later",
+    );
+    let other_flow = seg(50001, isn.wrapping_add(1448), &hello[1448..]);
+    for f in [&first, &other_flow, &second, &after] {
+        assert_eq!(h.sensor.test_run(f).expect("run"), XDP_PASS);
+    }
+    let got = copied(&mut ring);
+    let kinds: Vec<u8> = got.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        kinds,
+        vec![handoff::TLS_CLIENT_HELLO, handoff::TLS_CONTINUATION]
+    );
+    assert_eq!(h.counter(stat::TLS_FLOWS_TRACKED), 1);
+    assert_eq!(h.counter(stat::TLS_CONTINUATIONS), 1);
+    // The copies, as the live reader feeds them to the pipeline: the name is found.
+    let frames: Vec<Vec<u8>> = got.into_iter().map(|(_, f)| f).collect();
+    let mut p = processor();
+    let ev = events(&mut p, &frames);
+    assert_eq!(ev.len(), 1, "{ev:#?}");
+    assert_eq!(ev[0].trail, sni);
+    assert_eq!(ev[0].details.tls_sni.as_deref(), Some(sni));
+    assert_eq!(p.stats().tls_reassembly.completed, 1);
+    // The first segment alone names nothing: without the continuation there is no event.
+    assert!(events(&mut processor(), &frames[..1]).is_empty());
+    // A ClientHello that fits its segment starts no follow-up.
+    let small = seg(50002, 1, &xtrail_bench::frames::tls_client_hello(sni));
+    h.sensor.test_run(&small).expect("run");
+    assert_eq!(h.counter(stat::TLS_FLOWS_TRACKED), 1);
 }

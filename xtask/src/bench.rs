@@ -341,6 +341,9 @@ fn start_sensor(
             "0",
             "--sensor-name",
             "bench",
+            // Recall is scored on every injected item: the output-rate guard (a product
+            // setting, tested on its own) would hide items by design.
+            "--no-flood-guard",
         ])
         .args(extra)
         .stdout(Stdio::null());

@@ -153,6 +153,15 @@ impl Header {
     pub fn rcode(&self) -> u8 {
         (self.flags & 0x000f) as u8
     }
+
+    /// Whether this header can start a DNS message the sensor treats as DNS: exactly one
+    /// question and an assigned opcode (QUERY, IQUERY, STATUS, NOTIFY, UPDATE). Anything else
+    /// on port 53 (a tunnel, C2 using the port) is checked as a plain datagram. The XDP
+    /// program applies the same test to a UDP payload before handing it over as DNS
+    /// (`dns_plausible` in `xdp-ebpf/program/src/main.rs`): keep them equal.
+    pub fn is_plausible(&self) -> bool {
+        self.qdcount == 1 && matches!(self.opcode(), 0 | 1 | 2 | 4 | 5)
+    }
 }
 
 /// The first question of a message.

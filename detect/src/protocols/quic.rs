@@ -3,10 +3,17 @@
 //! A client's first packet is encrypted with keys derived from its Destination Connection ID
 //! alone, so any observer can read it: HKDF over the version's public salt gives the key,
 //! IV and header-protection key; header protection is removed with AES-ECB over a sample of
-//! the ciphertext; the payload is opened with AES-128-GCM; its CRYPTO frames hold the
-//! ClientHello. Only what one datagram carries is read (a ClientHello split over several
-//! Initial packets is read as far as the first goes). Every length is checked; a packet
-//! that does not decrypt is simply not an Initial this parser can read.
+//! the ciphertext; the payload is decrypted with AES-128-GCM's keystream (AES-CTR from
+//! counter block `nonce || 2`); its CRYPTO frames hold the ClientHello.
+//!
+//! The AEAD tag is not checked (nor does Maltrail check it): a passive observer cannot rely
+//! on it, since a capture cut at a snap length loses it and a middlebox-modified datagram
+//! fails it, while the ClientHello is still there in the clear once the keystream is applied.
+//! Whatever ciphertext is present is decrypted and its frames parsed as far as they go; the
+//! `server_name` extension must be complete to be reported. [`initial_sni`] reads what one
+//! datagram carries, at most [`MAX_DATAGRAM`] bytes; a ClientHello split over several
+//! Initial packets is joined per connection by `reassembly::CryptoReassembler`. Every length
+//! is checked.
 
 use aes::cipher::{generic_array::GenericArray, BlockEncrypt, KeyInit};
 use aes::Aes128;
@@ -31,7 +38,9 @@ const VERSION_V1: u32 = 0x0000_0001;
 const VERSION_V2: u32 = 0x6b33_43cf;
 
 /// Largest datagram looked at.
-const MAX_DATAGRAM: usize = 2048;
+pub const MAX_DATAGRAM: usize = 2048;
+/// Length of the AEAD tag that ends a complete packet.
+const TAG_LEN: usize = 16;
 
 /// Why a datagram's server name could not be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -42,9 +51,6 @@ pub enum QuicError {
     /// A length points past the data.
     #[error("truncated QUIC Initial ({0})")]
     Truncated(&'static str),
-    /// The payload did not decrypt (not a client Initial, or corrupted).
-    #[error("QUIC Initial did not decrypt")]
-    Decrypt,
     /// The CRYPTO data is not a ClientHello this parser reads.
     #[error("no ClientHello in the QUIC Initial")]
     NoClientHello,
@@ -125,6 +131,20 @@ pub fn hp_mask(hp: &[u8; 16], sample: &[u8; 16]) -> [u8; 16] {
 
 /// Decrypts a client Initial and returns the server name of the ClientHello it carries.
 pub fn initial_sni(datagram: &[u8]) -> Result<Option<String>, QuicError> {
+    let (_, payload) = decrypt_initial(datagram)?;
+    let crypto = crypto_stream(&payload)?;
+    match tls::parse_handshake(&crypto) {
+        Ok(hello) => Ok(hello.sni.map(str::to_owned)),
+        Err(tls::TlsError::NotClientHello) => Err(QuicError::NoClientHello),
+        // A ClientHello cut at the datagram's end: read as far as it goes.
+        Err(_) => Ok(None),
+    }
+}
+
+/// A client Initial's Destination Connection ID and its decrypted frames (the tag is not
+/// checked): what [`initial_sni`] reads, and what `reassembly::CryptoReassembler` joins
+/// across the Initial packets of one connection.
+pub(crate) fn decrypt_initial(datagram: &[u8]) -> Result<(&[u8], Vec<u8>), QuicError> {
     if !looks_like_initial(datagram) {
         return Err(QuicError::NotInitial);
     }
@@ -152,93 +172,63 @@ pub fn initial_sni(datagram: &[u8]) -> Result<Option<String>, QuicError> {
     let end = pn_offset
         .checked_add(length)
         .ok_or(QuicError::Truncated("length"))?;
-    let packet = p.get(..end).ok_or(QuicError::Truncated("payload"))?;
+    // A cut datagram (snap length) keeps what it has; the tag, if complete, is not checked.
+    let packet = p.get(..end.min(p.len())).unwrap_or(p);
     let sample: [u8; 16] = packet
         .get(pn_offset + 4..pn_offset + 20)
         .and_then(|s| s.try_into().ok())
         .ok_or(QuicError::Truncated("sample"))?;
     let (key, iv, hp) = client_initial_keys(version, dcid).ok_or(QuicError::NotInitial)?;
     let mask = hp_mask(&hp, &sample);
-    let mut header = packet
-        .get(..pn_offset + 4)
-        .ok_or(QuicError::Truncated("pn"))?
-        .to_vec();
-    header[0] ^= mask[0] & 0x0f;
-    let pn_len = usize::from(header[0] & 0x03) + 1;
-    header.truncate(pn_offset + pn_len);
+    let first = packet[0] ^ (mask[0] & 0x0f);
+    let pn_len = usize::from(first & 0x03) + 1;
+    let pn_bytes = packet
+        .get(pn_offset..pn_offset + pn_len)
+        .ok_or(QuicError::Truncated("pn"))?;
     let mut pn: u64 = 0;
-    for i in 0..pn_len {
-        header[pn_offset + i] ^= mask[1 + i];
-        pn = (pn << 8) | u64::from(header[pn_offset + i]);
+    for (b, m) in pn_bytes.iter().zip(&mask[1..]) {
+        pn = (pn << 8) | u64::from(b ^ m);
     }
     let mut nonce = iv;
     for (i, b) in pn.to_be_bytes().iter().enumerate() {
         nonce[4 + i] ^= b;
     }
+    // The ciphertext ends before the tag of a complete packet, or where the capture ends.
+    let ct_end = packet.len().min(end.saturating_sub(TAG_LEN));
     let mut payload = packet
-        .get(pn_offset + pn_len..)
+        .get(pn_offset + pn_len..ct_end)
+        .filter(|c| !c.is_empty())
         .ok_or(QuicError::Truncated("payload"))?
         .to_vec();
-    if payload.len() < 16 {
-        return Err(QuicError::Truncated("payload"));
-    }
-    let tag_at = payload.len() - 16;
-    let tag = GenericArray::clone_from_slice(&payload[tag_at..]);
-    payload.truncate(tag_at);
-    let aead = Aes128Gcm::new(GenericArray::from_slice(&key));
-    aead.decrypt_in_place_detached(
-        GenericArray::from_slice(&nonce),
-        &header,
-        &mut payload,
-        &tag,
-    )
-    .map_err(|_| QuicError::Decrypt)?;
-    let crypto = crypto_stream(&payload)?;
-    match tls::parse_handshake(&crypto) {
-        Ok(hello) => Ok(hello.sni.map(str::to_owned)),
-        Err(tls::TlsError::NotClientHello) => Err(QuicError::NoClientHello),
-        // A ClientHello cut at the datagram's end: read as far as it goes.
-        Err(_) => Ok(None),
+    gcm_keystream_xor(&key, &nonce, &mut payload);
+    Ok((dcid, payload))
+}
+
+/// Applies AES-128-GCM's payload keystream (RFC 9001 AEAD_AES_128_GCM without the tag):
+/// AES-CTR over the counter block `nonce || ctr`, `ctr` starting at 2 (J0 = `nonce || 1`
+/// for a 96-bit nonce, and the payload starts at J0 + 1), incremented modulo 2^32.
+fn gcm_keystream_xor(key: &[u8; 16], nonce: &[u8; 12], data: &mut [u8]) {
+    let cipher = Aes128::new(GenericArray::from_slice(key));
+    let mut counter: u32 = 2;
+    for chunk in data.chunks_mut(16) {
+        let mut block = GenericArray::from([0u8; 16]);
+        block[..12].copy_from_slice(nonce);
+        block[12..].copy_from_slice(&counter.to_be_bytes());
+        cipher.encrypt_block(&mut block);
+        for (d, k) in chunk.iter_mut().zip(block.iter()) {
+            *d ^= k;
+        }
+        counter = counter.wrapping_add(1);
     }
 }
 
 /// Reassembles the contiguous CRYPTO data from offset 0 out of the frames of one packet.
+///
+/// Frames are read as far as they go: the tag is not checked, so a cut or corrupted packet
+/// ends in a truncated frame or garbage; what was read before it is kept, and a CRYPTO frame
+/// cut at the end of the data contributes the bytes that are there.
 fn crypto_stream(frames: &[u8]) -> Result<Vec<u8>, QuicError> {
-    let mut pieces: Vec<(usize, &[u8])> = Vec::new();
-    let mut pos = 0usize;
-    while pos < frames.len() {
-        let kind = varint(frames, &mut pos).ok_or(QuicError::Truncated("frame"))?;
-        match kind {
-            0x00 | 0x01 => {} // PADDING, PING
-            0x02 | 0x03 => {
-                // ACK: largest, delay, range count, first range, ranges (+ ECN counts).
-                let mut fields = [0u64; 4];
-                for f in &mut fields {
-                    *f = varint(frames, &mut pos).ok_or(QuicError::Truncated("ack"))?;
-                }
-                for _ in 0..fields[2].min(256) * 2 {
-                    varint(frames, &mut pos).ok_or(QuicError::Truncated("ack"))?;
-                }
-                if kind == 0x03 {
-                    for _ in 0..3 {
-                        varint(frames, &mut pos).ok_or(QuicError::Truncated("ack"))?;
-                    }
-                }
-            }
-            0x06 => {
-                let offset =
-                    varint(frames, &mut pos).ok_or(QuicError::Truncated("crypto"))? as usize;
-                let len = varint(frames, &mut pos).ok_or(QuicError::Truncated("crypto"))? as usize;
-                let data = frames
-                    .get(pos..pos + len)
-                    .ok_or(QuicError::Truncated("crypto"))?;
-                pieces.push((offset, data));
-                pos += len;
-            }
-            0x1c | 0x1d => break, // CONNECTION_CLOSE: nothing more of interest
-            _ => break,           // frames not allowed in Initial packets
-        }
-    }
+    let mut pieces = crypto_pieces(frames);
     pieces.sort_by_key(|(o, _)| *o);
     let mut out: Vec<u8> = Vec::new();
     for (offset, data) in pieces {
@@ -256,14 +246,80 @@ fn crypto_stream(frames: &[u8]) -> Result<Vec<u8>, QuicError> {
     Ok(out)
 }
 
+/// The CRYPTO frames of one packet's decrypted frames, as (offset, data), in packet order.
+pub(crate) fn crypto_pieces(frames: &[u8]) -> Vec<(usize, &[u8])> {
+    let mut pieces: Vec<(usize, &[u8])> = Vec::new();
+    let mut pos = 0usize;
+    while pos < frames.len() {
+        let Some(kind) = varint(frames, &mut pos) else {
+            break;
+        };
+        match kind {
+            0x00 | 0x01 => {} // PADDING, PING
+            0x02 | 0x03 => {
+                // ACK: largest, delay, range count, first range, ranges (+ ECN counts).
+                let mut skip_ack = || -> Option<()> {
+                    let mut fields = [0u64; 4];
+                    for f in &mut fields {
+                        *f = varint(frames, &mut pos)?;
+                    }
+                    let ecn = if kind == 0x03 { 3 } else { 0 };
+                    for _ in 0..fields[2].min(256) * 2 + ecn {
+                        varint(frames, &mut pos)?;
+                    }
+                    Some(())
+                };
+                if skip_ack().is_none() {
+                    break;
+                }
+            }
+            0x06 => {
+                let (Some(offset), Some(len)) =
+                    (varint(frames, &mut pos), varint(frames, &mut pos))
+                else {
+                    break;
+                };
+                let (Ok(offset), Ok(len)) = (usize::try_from(offset), usize::try_from(len)) else {
+                    break;
+                };
+                let rest = frames.get(pos..).unwrap_or_default();
+                // Cut at the end of the data (snap length): keep the bytes that are there.
+                let data = rest.get(..len).unwrap_or(rest);
+                pieces.push((offset, data));
+                pos = pos.saturating_add(len);
+            }
+            0x1c | 0x1d => break, // CONNECTION_CLOSE: nothing more of interest
+            _ => break,           // frames not allowed in Initial packets (or garbage)
+        }
+    }
+    pieces
+}
+
 /// Builds a QUIC v1 client Initial carrying `crypto` (a TLS handshake message) in one CRYPTO
 /// frame, padded past 1100 bytes and protected as a client would: for tests and traffic
 /// generators.
 pub fn client_initial(dcid: &[u8], crypto: &[u8]) -> Option<Vec<u8>> {
+    client_initial_pieces(dcid, 2, &[(0, crypto)])
+}
+
+/// Builds a QUIC v1 client Initial with packet number `pn` carrying one CRYPTO frame per
+/// `(offset, data)` piece, in the given order (Chrome splits and shuffles its ClientHello
+/// over several frames and, with a post-quantum key share, over two Initials), padded past
+/// 1100 bytes: for tests and traffic generators.
+pub fn client_initial_pieces(dcid: &[u8], pn: u16, pieces: &[(usize, &[u8])]) -> Option<Vec<u8>> {
     let (key, iv, hp) = client_initial_keys(VERSION_V1, dcid)?;
-    let mut frames = vec![0x06, 0x00];
-    frames.extend_from_slice(&(0x4000u16 | crypto.len() as u16).to_be_bytes());
-    frames.extend_from_slice(crypto);
+    let mut frames = Vec::new();
+    for (offset, crypto) in pieces {
+        frames.push(0x06);
+        // Offsets as short as they go (0 is one byte), lengths as two bytes.
+        if *offset < 64 {
+            frames.push(*offset as u8);
+        } else {
+            frames.extend_from_slice(&(0x4000u16 | u16::try_from(*offset).ok()?).to_be_bytes());
+        }
+        frames.extend_from_slice(&(0x4000u16 | u16::try_from(crypto.len()).ok()?).to_be_bytes());
+        frames.extend_from_slice(crypto);
+    }
     let pn_len = 2usize;
     while frames.len() < 1100 {
         frames.push(0);
@@ -275,9 +331,10 @@ pub fn client_initial(dcid: &[u8], crypto: &[u8]) -> Option<Vec<u8>> {
     header.push(0); // token length
     header.extend_from_slice(&(0x4000u16 | length as u16).to_be_bytes());
     let pn_offset = header.len();
-    header.extend_from_slice(&[0x00, 0x02]); // packet number 2
+    header.extend_from_slice(&pn.to_be_bytes());
     let mut nonce = iv;
-    nonce[11] ^= 2;
+    nonce[10] ^= (pn >> 8) as u8;
+    nonce[11] ^= pn as u8;
     let aead = Aes128Gcm::new(GenericArray::from_slice(&key));
     let mut payload = frames;
     let tag = aead
@@ -328,6 +385,68 @@ pub(crate) mod tests {
         );
     }
 
+    /// A client Initial naming `sni` and the datagram length at which its `server_name`
+    /// extension (the ClientHello's last) ends.
+    fn initial_and_sni_end(sni: &str) -> (Vec<u8>, usize) {
+        let record = crate::protocols::tls::tests::client_hello(sni);
+        let handshake = &record[5..];
+        let dcid = [1, 2, 3, 4, 5, 6, 7, 8];
+        let p = client_initial(&dcid, handshake).unwrap();
+        // first byte, version, dcid length + dcid, scid length, token length, 2-byte length,
+        // 2-byte packet number, then the CRYPTO frame header (type, offset, 2-byte length).
+        let sni_end = 1 + 4 + 1 + dcid.len() + 1 + 1 + 2 + 2 + 4 + handshake.len();
+        (p, sni_end)
+    }
+
+    #[test]
+    fn a_corrupted_tag_still_yields_the_sni() {
+        let (mut p, _) = initial_and_sni_end("tag-evil.example");
+        let last = p.len() - 1;
+        p[last] ^= 0xff;
+        p[last - 15] ^= 0x01;
+        assert_eq!(
+            initial_sni(&p).unwrap().as_deref(),
+            Some("tag-evil.example")
+        );
+        // A middlebox-modified byte in the padding fails the tag too; the name is intact.
+        let mut q = initial_and_sni_end("tag-evil.example").0;
+        q[600] ^= 0x5a;
+        assert_eq!(
+            initial_sni(&q).unwrap().as_deref(),
+            Some("tag-evil.example")
+        );
+    }
+
+    #[test]
+    fn an_initial_cut_after_the_sni_extension_still_yields_it() {
+        let (p, sni_end) = initial_and_sni_end("snaplen-evil.example");
+        assert!(sni_end < p.len() - 16);
+        // Every cut from right after the extension to the full datagram.
+        for len in sni_end..=p.len() {
+            assert_eq!(
+                initial_sni(&p[..len]).unwrap().as_deref(),
+                Some("snaplen-evil.example"),
+                "cut at {len}"
+            );
+        }
+        // One byte short: the extension is incomplete, so no name (and no error to panic on).
+        for len in sni_end - 4..sni_end {
+            assert_eq!(initial_sni(&p[..len]), Ok(None), "cut at {len}");
+        }
+    }
+
+    #[test]
+    fn gcm_keystream_matches_aes_gcm() {
+        let (key, iv, _) = client_initial_keys(VERSION_V1, &hex("8394c8f03e515708")).unwrap();
+        let plain: Vec<u8> = (0..100u8).collect();
+        let mut sealed = plain.clone();
+        Aes128Gcm::new(GenericArray::from_slice(&key))
+            .encrypt_in_place_detached(GenericArray::from_slice(&iv), b"aad", &mut sealed)
+            .unwrap();
+        gcm_keystream_xor(&key, &iv, &mut sealed);
+        assert_eq!(sealed, plain);
+    }
+
     #[test]
     fn garbage_and_cut_packets_are_errors_not_panics() {
         let record = crate::protocols::tls::tests::client_hello("a.example");
@@ -335,9 +454,35 @@ pub(crate) mod tests {
         for len in 0..p.len() {
             let _ = initial_sni(&p[..len]);
         }
-        let mut bad = p.clone();
-        bad[200] ^= 0xff;
-        assert_eq!(initial_sni(&bad), Err(QuicError::Decrypt));
         assert_eq!(initial_sni(b"\\x40hello"), Err(QuicError::NotInitial));
+        // Deterministic mutations: byte flips anywhere (header, lengths, frames, name) and
+        // random payloads behind a valid-looking header. The name, when one is reported, is
+        // what the ClientHello says or a mutation of it; nothing panics.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..3000 {
+            let mut m = p.clone();
+            for _ in 0..=next() % 4 {
+                let at = (next() % m.len() as u64) as usize;
+                m[at] ^= (next() as u8) | 1;
+            }
+            let cut = m.len() - (next() % 64) as usize;
+            let _ = initial_sni(&m[..cut]);
+        }
+        for _ in 0..300 {
+            let len = 26 + (next() % 1500) as usize;
+            let mut g: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            g[..6].copy_from_slice(&[0xc0, 0, 0, 0, 1, 8]);
+            g[14] = 0; // scid
+            g[15] = 0; // token
+            let _ = initial_sni(&g);
+            g[16] = 0x40 | (next() as u8 & 0x3f);
+            let _ = initial_sni(&g);
+        }
     }
 }

@@ -35,7 +35,7 @@ mod url;
 
 pub use domain::{DomainMatch, DomainTrails, RegexTrails};
 pub use maltrail::{Ipv4Ranges, StaticFilters};
-pub use url::{UrlMatch, UrlTrails};
+pub use url::{UrlCandidates, UrlMatch, UrlTrails};
 
 /// Index into [`TrailSet::labels`]. This is also the value stored in the kernel maps.
 pub type LabelId = u32;

@@ -1,6 +1,8 @@
 //! URL trails: `host/path` and bare `/path` trails, matched against an HTTP request the way
 //! Maltrail does (a handful of candidate paths derived from the request path, each tried
-//! bare and with the Host prefixed).
+//! bare and with the Host prefixed). [`UrlCandidates::WithExtras`] adds two candidate kinds
+//! Maltrail never tries (opt-in: they raise events on clean traffic; see
+//! `tests/url_candidates_fp.rs` for the measured rate).
 
 use std::borrow::Cow;
 
@@ -34,6 +36,18 @@ impl<'a> Checks<'a> {
     fn as_slice(&self) -> &[&'a str] {
         &self.items[..self.n]
     }
+}
+
+/// Which candidate paths a request yields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UrlCandidates {
+    /// Exactly Maltrail's candidates (sensor.py, `_process_packet`): the default.
+    #[default]
+    Maltrail,
+    /// Maltrail's, then the path as sent (a trailing `/` kept) and its parent directory with
+    /// the trailing `/`: trails like `host/dir/` become reachable, and a bare `/dir/` trail
+    /// matches any file under that directory on any host.
+    WithExtras,
 }
 
 /// A URL trail hit.
@@ -141,24 +155,35 @@ impl UrlTrails {
     }
 
     /// Maltrail's URL trail check for a request with Host `host` and request target `path`
-    /// (an absolute `http://host/path` target is split into both).
-    ///
-    /// Candidates, in order: the path without trailing `/`; if there is a query, the path
-    /// without it, the path up to and including the first `=`, the path with parameter values
-    /// removed and its last segment; if the last candidate has two or more `/`, its parent
-    /// (no trailing `/`) and the first candidate's last segment (`/name`, no query). Then, as
-    /// xtrail extras, the path as sent (a trailing `/` kept) and its parent directory with the
-    /// trailing `/` (so trails like `host/dir/` are reachable; Maltrail never matches them).
-    /// Each candidate is tried bare, then with the host prefixed; finally a `host/` trail
-    /// matches any request to that host. Matching is case-insensitive (trails are stored
-    /// lowercased). Allocates only on a hit, or for a path with `//`, query parameters or
-    /// upper-case letters.
+    /// (an absolute `http://host/path` target is split into both): exactly Maltrail's
+    /// candidates, [`UrlCandidates::Maltrail`].
     pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<UrlMatch> {
+        self.lookup_candidates(host, path, UrlCandidates::Maltrail)
+    }
+
+    /// The URL trail check with the given candidate set.
+    ///
+    /// Maltrail's candidates (sensor.py), in order: the path without trailing `/`; if there
+    /// is a query, the path without it, the path up to and including the first `=`, and the
+    /// path with parameter values removed (if not already a candidate) with, when it has two
+    /// or more `/`, its last segment; then, if the last candidate has two or more `/`, its
+    /// parent (no trailing `/`) and the first candidate's last segment (`/name`, no query).
+    /// [`UrlCandidates::WithExtras`] appends the path as sent (a trailing `/` kept) and its
+    /// parent directory with the trailing `/`. Each candidate is tried bare, then with the
+    /// host prefixed; finally a `host/` trail matches any request to that host. Matching is
+    /// case-insensitive (trails are stored lowercased). Allocates only on a hit, or for a
+    /// path with `//`, query parameters or upper-case letters.
+    pub fn lookup_candidates(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        candidates: UrlCandidates,
+    ) -> Option<UrlMatch> {
         if self.table.len() == 0 {
             return None;
         }
         if path.bytes().any(|b| b.is_ascii_uppercase()) {
-            return self.lookup(host, &path.to_ascii_lowercase());
+            return self.lookup_candidates(host, &path.to_ascii_lowercase(), candidates);
         }
         let (host, path) = match path.find("://") {
             Some(i) if path[..i].bytes().all(|b| b.is_ascii_alphabetic()) => {
@@ -229,10 +254,12 @@ impl UrlTrails {
             let tail = first.rfind('/').map_or(first, |r| &first[r..]);
             checks.push(tail.split('?').next().unwrap_or(tail));
         }
-        checks.push(p);
-        let no_query = p.split('?').next().unwrap_or(p);
-        if let Some(r) = no_query.rfind('/').filter(|&r| r > 0) {
-            checks.push(&no_query[..=r]);
+        if candidates == UrlCandidates::WithExtras {
+            checks.push(p);
+            let no_query = p.split('?').next().unwrap_or(p);
+            if let Some(r) = no_query.rfind('/').filter(|&r| r > 0) {
+                checks.push(&no_query[..=r]);
+            }
         }
 
         let hb = host.as_bytes();
@@ -364,22 +391,75 @@ mod tests {
         );
     }
 
+    fn hit_extra(u: &UrlTrails, host: Option<&str>, path: &str) -> Option<(String, LabelId)> {
+        u.lookup_candidates(host, path, UrlCandidates::WithExtras)
+            .map(|m| (m.trail, m.label))
+    }
+
     #[test]
     fn trailing_slash_trails_and_host_root() {
         let u = trails(&[("4devsolutions.com/4nuak1/", 5), ("bad.example/", 6)]);
+        // Maltrail strips the trailing `/` of every candidate: `host/dir/` is unreachable.
+        assert_eq!(hit(&u, Some("4devsolutions.com"), "/4nuak1/"), None);
         assert_eq!(
-            hit(&u, Some("4devsolutions.com"), "/4nuak1/"),
+            hit(&u, Some("4devsolutions.com"), "/4nuak1/payload.exe"),
+            None
+        );
+        assert_eq!(
+            hit_extra(&u, Some("4devsolutions.com"), "/4nuak1/"),
             s("4devsolutions.com/4nuak1/", 5)
         );
         assert_eq!(
-            hit(&u, Some("4devsolutions.com"), "/4nuak1/payload.exe"),
+            hit_extra(&u, Some("4devsolutions.com"), "/4nuak1/payload.exe"),
             s("4devsolutions.com/4nuak1/(payload.exe)", 5)
         );
-        assert_eq!(hit(&u, Some("4devsolutions.com"), "/other/x"), None);
+        assert_eq!(hit_extra(&u, Some("4devsolutions.com"), "/other/x"), None);
+        // The `host/` trail is Maltrail's own last check.
         assert_eq!(
             hit(&u, Some("bad.example"), "/anything.php"),
             s("bad.example/", 6)
         );
+    }
+
+    #[test]
+    fn bare_directory_trails_only_with_extras() {
+        let u = trails(&[("/wp-content/uploads/", 7)]);
+        assert_eq!(
+            hit(&u, Some("blog.example"), "/wp-content/uploads/logo.png"),
+            None
+        );
+        assert_eq!(
+            hit_extra(&u, Some("blog.example"), "/wp-content/uploads/logo.png"),
+            s("(blog.example)/wp-content/uploads/(logo.png)", 7)
+        );
+    }
+
+    /// Every candidate Maltrail derives (sensor.py), each reachable by default.
+    #[test]
+    fn maltrail_candidates_each_reachable() {
+        // (trail, host, request path)
+        let cases = [
+            ("/a/b/c.php", "h.example", "/a/b/c.php/"), // path, trailing `/` stripped
+            ("/a/b/c.php", "h.example", "/a/b/c.php?x=1"), // path without the query
+            ("/a/b/c.php?x=", "h.example", "/a/b/c.php?x=1&y=2"), // up to the first `=`
+            ("/a/c.php?x=&y=", "h.example", "/a/c.php?x=1&y=2"), // values removed
+            ("/c.php?x=&y=", "h.example", "/a/c.php?x=1&y=2"), // its last segment
+            ("/a/b", "h.example", "/a/b/c.php"),        // parent directory
+            ("/c.php", "h.example", "/a/b/c.php"),      // last segment
+            ("h.example/a/b", "h.example", "/a/b/c.php"), // each with the host
+        ];
+        for (trail, host, path) in cases {
+            let u = trails(&[(trail, 9)]);
+            assert!(
+                hit(&u, Some(host), path).is_some(),
+                "{trail} not reached by {host}{path}"
+            );
+        }
+        // Not candidates in Maltrail: the bare parent directory with its `/`, a grandparent.
+        for (trail, path) in [("/a/b/", "/a/b/c.php"), ("/a", "/a/b/c.php")] {
+            let u = trails(&[(trail, 9)]);
+            assert_eq!(hit(&u, Some("h.example"), path), None, "{trail}");
+        }
     }
 
     #[test]

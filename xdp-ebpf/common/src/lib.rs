@@ -51,6 +51,20 @@ pub mod handoff {
     pub const HTTP_REQUEST: u8 = 2;
     pub const HTTP_RESPONSE: u8 = 3;
     pub const TLS_CLIENT_HELLO: u8 = 4;
+    /// A later segment of a ClientHello longer than its first segment (see `TLS_FLOWS`).
+    pub const TLS_CONTINUATION: u8 = 5;
+}
+
+/// Bounds of the XDP program's `TLS_FLOWS` map, which remembers TCP flows whose ClientHello
+/// record is longer than its first segment so that their next segments are handed over too;
+/// userspace reassembles with the same bounds (`xtrail_detect::protocols::reassembly`).
+pub mod tls_flow {
+    /// Flows remembered (an LRU map: the least recently used is evicted).
+    pub const SLOTS: u32 = 65_536;
+    /// Bytes of a ClientHello record followed per flow, record header included.
+    pub const MAX_BYTES: u32 = 16 * 1024;
+    /// How long a flow is followed after its first segment.
+    pub const TIMEOUT_NS: u64 = 10_000_000_000;
 }
 
 /// Number of 64-bit words in the IPv4 /24 prefilter bitmap (2^24 bits).
@@ -151,8 +165,19 @@ pub mod stat {
     pub const FLOW_REPEATS: u32 = 21;
     /// Flow starts lost because the ring buffer was full.
     pub const FLOWS_FULL: u32 = 22;
+    /// UDP port-53 packets without a plausible DNS header (not handed over as DNS; their
+    /// trail hits are reported like any datagram's).
+    pub const PORT53_NOT_DNS: u32 = 23;
+    /// TCP ClientHellos longer than their segment: flows whose next segments are handed over.
+    pub const TLS_FLOWS_TRACKED: u32 = 24;
+    /// Later segments of such ClientHellos handed over.
+    pub const TLS_CONTINUATIONS: u32 = 25;
+    /// Followed flows that did not complete within `tls_flow::TIMEOUT_NS`.
+    pub const TLS_FLOWS_EXPIRED: u32 = 26;
+    /// ClientHello records longer than `tls_flow::MAX_BYTES` (followed up to the bound).
+    pub const TLS_FLOWS_CAPPED: u32 = 27;
     /// Number of counters.
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 28;
 
     /// Human names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -179,6 +204,11 @@ pub mod stat {
         "flow_starts",
         "flow_repeats",
         "flows_full",
+        "port53_not_dns",
+        "tls_flows_tracked",
+        "tls_continuations",
+        "tls_flows_expired",
+        "tls_flows_capped",
     ];
 }
 

@@ -24,9 +24,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use parse::{Packet, ParseError};
 use xtrail_common::{
-    action, config_flags, handoff, mode, side, stat, trail_kind, Config, FlowRecord, HitRecord,
-    IpPortKey, PayloadRecord, SuppressKey, FLOW_CACHE_SLOTS, HTTP_PORT_WORDS, PAYLOAD_CAP,
-    PREFILTER_WORDS, XSK_MAX_IFACES,
+    action, config_flags, handoff, mode, side, stat, tls_flow, trail_kind, Config, FlowRecord,
+    HitRecord, IpPortKey, PayloadRecord, SuppressKey, FLOW_CACHE_SLOTS, HTTP_PORT_WORDS,
+    PAYLOAD_CAP, PREFILTER_WORDS, XSK_MAX_IFACES,
 };
 
 /// Runtime configuration (element 0).
@@ -89,6 +89,38 @@ static FLOWS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 /// means a flow start is sent again.
 #[map]
 static FLOW_SEEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+
+/// A TCP flow (one direction) whose ClientHello record is longer than its first segment.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TlsFlowKey {
+    src: [u8; 16],
+    dst: [u8; 16],
+    src_port: u16,
+    dst_port: u16,
+}
+
+/// Where such a flow's ClientHello ends, and until when it is followed.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TlsFlow {
+    /// Sequence number just past the record (at most `tls_flow::MAX_BYTES` from its start).
+    end_seq: u32,
+    _pad: u32,
+    expires_ns: u64,
+}
+
+/// Flows whose next segments are handed over until their ClientHello is complete, so that
+/// userspace can reassemble a ClientHello that spans segments (post-quantum key shares make
+/// it ~1.8 KB: two segments).
+#[map]
+static TLS_FLOWS: LruHashMap<TlsFlowKey, TlsFlow> =
+    LruHashMap::with_max_entries(tls_flow::SLOTS, 0);
+
+/// Until when (`bpf_ktime_get_ns`) any `TLS_FLOWS` entry may be live: while none can be,
+/// TCP segments skip the map lookup.
+#[map]
+static TLS_FLOWS_UNTIL: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Interface index to its slot in `XSKS`.
 #[map]
@@ -273,8 +305,19 @@ fn classify(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<u8> {
     }
     let is_tcp = pkt.proto == parse::IPPROTO_TCP;
     if (pkt.dst_port == 53 || pkt.src_port == 53) && (is_tcp || pkt.proto == parse::IPPROTO_UDP) {
+        let (word, word2) = parse::payload_head(ctx, pkt.payload_off);
         // A bare TCP segment (handshake, ACK) carries no DNS message.
-        if is_tcp && parse::payload_head(ctx, pkt.payload_off) == (0, 0) {
+        if is_tcp && (word, word2) == (0, 0) {
+            return None;
+        }
+        // Port 53 is no free pass: a datagram without a plausible DNS header (a tunnel, C2 on
+        // 53) is not DNS; its trail hit is reported here like any datagram's. The test is
+        // `Header::is_plausible` of xtrail_detect's DNS parser (keep them equal), so what
+        // fails here fails in userspace (and replay) too: 12 bytes, one question, an
+        // assigned opcode. What passes but does not parse, userspace reports.
+        let seg = ((ctx.data_end() - ctx.data()) as u64).saturating_sub(pkt.payload_off as u64);
+        if !is_tcp && !dns_plausible(word, word2, seg) {
+            count(stat::PORT53_NOT_DNS, 1);
             return None;
         }
         count(stat::HANDOFF_DNS, 1);
@@ -323,14 +366,112 @@ fn classify(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<u8> {
             handoff::HTTP_RESPONSE
         });
     }
+    let seg = ((ctx.data_end() - ctx.data()) as u64).saturating_sub(pkt.payload_off as u64);
     // TLS handshake record (0x16 0x03 x), handshake type ClientHello (1).
     if word >> 16 == 0x1603 && (word2 >> 16) & 0xff == 0x01 {
         count(stat::HANDOFF_TLS, 1);
+        // A record longer than this segment: follow the flow (even if the hand-off below
+        // fails: userspace then ignores the continuations it gets).
+        tls_track(pkt, ((word & 0xff) << 8 | word2 >> 24) + 5, seg);
         return Some(handoff::TLS_CLIENT_HELLO);
+    }
+    if tls_continues(pkt, seg) {
+        count(stat::TLS_CONTINUATIONS, 1);
+        return Some(handoff::TLS_CONTINUATION);
     }
     // Requests that do not start a segment with a method but go to an HTTP port are not
     // parseable as requests; nothing to hand over.
     None
+}
+
+/// A UDP payload (`seg` bytes) that starts like a DNS message: at least the 12-byte header,
+/// exactly one question, opcode QUERY, IQUERY, STATUS, NOTIFY or UPDATE (`word`, `word2`:
+/// its first 8 bytes as from `payload_head`). Scalars only, and a function of its own: the
+/// verifier walks it once instead of once per path through `process`.
+#[inline(never)]
+fn dns_plausible(word: u32, word2: u32, seg: u64) -> bool {
+    // Opcodes 0, 1, 2, 4, 5 as a bit mask.
+    let opcode_ok = (0b11_0111u32 >> ((word >> 11) & 0x0f)) & 1;
+    let one_question = u32::from(word2 >> 16 == 1);
+    let long_enough = u32::from(seg >= 12);
+    opcode_ok & one_question & long_enough == 1
+}
+
+/// The flow key of a TCP packet in `TLS_FLOWS`.
+#[inline(always)]
+fn tls_flow_key(pkt: &Packet) -> TlsFlowKey {
+    TlsFlowKey {
+        src: bytes(&pkt.src),
+        dst: bytes(&pkt.dst),
+        src_port: pkt.src_port,
+        dst_port: pkt.dst_port,
+    }
+}
+
+/// After a ClientHello's first segment (`seg` payload bytes) was handed over: if its record
+/// (`record` bytes, header included) is longer than the segment, remember the flow so that
+/// its next segments are handed over too, up to `tls_flow::MAX_BYTES` and for
+/// `tls_flow::TIMEOUT_NS`. (Scalars in, no packet access: verified once as its own function.)
+#[inline(never)]
+fn tls_track(pkt: &Packet, record: u32, seg: u64) {
+    if u64::from(record) <= seg {
+        return;
+    }
+    let mut want = record;
+    if want > tls_flow::MAX_BYTES {
+        count(stat::TLS_FLOWS_CAPPED, 1);
+        want = tls_flow::MAX_BYTES;
+        if u64::from(want) <= seg {
+            return;
+        }
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let flow = TlsFlow {
+        end_seq: pkt.tcp_seq.wrapping_add(want),
+        _pad: 0,
+        expires_ns: now + tls_flow::TIMEOUT_NS,
+    };
+    if TLS_FLOWS.insert(&tls_flow_key(pkt), &flow, 0).is_ok() {
+        count(stat::TLS_FLOWS_TRACKED, 1);
+        if let Some(p) = TLS_FLOWS_UNTIL.get_ptr_mut(0) {
+            // SAFETY: a u64 slot of an array map; a racing writer also writes a time a flow
+            // may be live until, and a torn order only costs a lookup.
+            unsafe { *p = flow.expires_ns };
+        }
+    }
+}
+
+/// Whether this TCP segment (`seg` payload bytes) continues a followed ClientHello (see
+/// `tls_track`); forgets the flow once the segment reaches the record's end, or when it
+/// expired.
+#[inline(never)]
+fn tls_continues(pkt: &Packet, seg: u64) -> bool {
+    if seg == 0 || pkt.proto != parse::IPPROTO_TCP {
+        return false;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if TLS_FLOWS_UNTIL.get(0).copied().unwrap_or(0) < now {
+        return false;
+    }
+    let key = tls_flow_key(pkt);
+    let Some(flow) = (unsafe { TLS_FLOWS.get(&key) }).copied() else {
+        return false;
+    };
+    if flow.expires_ns < now {
+        let _ = TLS_FLOWS.remove(&key);
+        count(stat::TLS_FLOWS_EXPIRED, 1);
+        return false;
+    }
+    // Sequence arithmetic modulo 2^32: bytes left before the record's end.
+    let left = flow.end_seq.wrapping_sub(pkt.tcp_seq) as i32;
+    if left <= 0 {
+        let _ = TLS_FLOWS.remove(&key);
+        return false;
+    }
+    if seg >= left as u64 {
+        let _ = TLS_FLOWS.remove(&key);
+    }
+    true
 }
 
 #[inline(always)]

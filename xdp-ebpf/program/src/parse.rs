@@ -46,6 +46,8 @@ pub struct Packet {
     pub dst_port: u16,
     pub tcp_flags: u8,
     pub icmp_type: u8,
+    /// TCP sequence number (host order; 0 for other protocols).
+    pub tcp_seq: u32,
     /// A fragment after the first: no transport header.
     pub fragment: bool,
     /// Offset of the TCP/UDP payload in the frame (0 when there is none).
@@ -147,6 +149,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
         dst_port: 0,
         tcp_flags: 0,
         icmp_type: 0,
+        tcp_seq: 0,
         fragment: false,
         payload_off: 0,
     };
@@ -162,6 +165,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
         IPPROTO_TCP => {
             pkt.src_port = be16(ctx, l4)?;
             pkt.dst_port = be16(ctx, l4 + 2)?;
+            pkt.tcp_seq = u32::from_be(read::<u32>(ctx, l4 + 4)?);
             let h = read::<[u8; 2]>(ctx, l4 + 12)?;
             pkt.tcp_flags = h[1];
             let doff = ((h[0] >> 4) as usize) * 4;

@@ -1,0 +1,471 @@
+//! One pipeline, whatever the path: one pcap (IP hits with a SYN burst from one source to many
+//! ports of one trail address, UDP hits from many sources, DNS/HTTP/TLS trail hits, an
+//! NXDOMAIN flood, a port scan, a web scan) gives the same events (type, trail, addresses,
+//! ports, protocol, info with summary lines; timestamps aside) from `replay`, from
+//! `run --mode inline` on a veth with the pcap sent by tcpreplay, and from `run --mode
+//! mirror` on a 32-queue veth with 1 and with 4 AF_XDP worker threads. Also a storm: spoofed
+//! SYNs from thousands of sources to trail addresses leave the sensor as a bounded number of
+//! events, with aggregates that name the trails and the counts.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use xtrail_bench::child::{interrupt_and_wait, spawn_watched, Watched};
+use xtrail_bench::frames::{dns_nxdomain, dns_query, tcp_flags, tls_client_hello, v4, Frame};
+use xtrail_bench::netns::VethPair;
+
+const SENSOR: &str = env!("CARGO_BIN_EXE_xtrail-sensor");
+
+macro_rules! privileged {
+    () => {
+        if !common::privileged(module_path!()) {
+            return;
+        }
+    };
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("xtrail-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write_trails(dir: &Path) -> PathBuf {
+    let p = dir.join("trails.csv");
+    std::fs::write(
+        &p,
+        "198.19.66.66,diff botnet (malware),(test)\n\
+         198.19.67.67,diff c2 (malware),(test)\n\
+         evil-diff-xtrail.com,diff domain (malware),(test)\n\
+         tls-evil-diff-xtrail.com,diff tls (malware),(test)\n\
+         /malicious-diff.php,diff url (malware),(test)\n",
+    )
+    .unwrap();
+    p
+}
+
+/// Writes a classic pcap (Ethernet, microsecond timestamps).
+fn write_pcap(path: &Path, frames: &[(i64, Vec<u8>)]) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let mut h = Vec::new();
+    h.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    h.extend_from_slice(&2u16.to_le_bytes());
+    h.extend_from_slice(&4u16.to_le_bytes());
+    h.extend_from_slice(&0i32.to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.extend_from_slice(&65_535u32.to_le_bytes());
+    h.extend_from_slice(&1u32.to_le_bytes());
+    f.write_all(&h).unwrap();
+    for (ts_us, data) in frames {
+        let mut r = Vec::new();
+        r.extend_from_slice(&((ts_us / 1_000_000) as u32).to_le_bytes());
+        r.extend_from_slice(&((ts_us % 1_000_000) as u32).to_le_bytes());
+        r.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        r.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        r.extend_from_slice(data);
+        f.write_all(&r).unwrap();
+    }
+}
+
+fn http(path: &str, host: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: Mozilla/5.0\r\nAccept: */*\r\n\r\n")
+        .into_bytes()
+}
+
+/// The mixed pcap, about 0.7 s of traffic.
+fn build_pcap(path: &Path, macs: ([u8; 6], [u8; 6])) {
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    let push = |frames: &mut Vec<Vec<u8>>, f: Frame| frames.push(f.macs(macs.0, macs.1).build());
+    // A SYN burst from one source to 101 ports of one trail address.
+    for port in 1000..=1100u16 {
+        push(
+            &mut frames,
+            Frame::syn(v4("198.18.200.10"), 40_000, v4("198.19.66.66"), port),
+        );
+    }
+    // UDP to a trail address from 20 sources.
+    for i in 1..=20u8 {
+        let src = v4(&format!("198.18.210.{i}"));
+        push(
+            &mut frames,
+            Frame::udp(src, 5000 + u16::from(i), v4("198.19.67.67"), 9999, b"x"),
+        );
+    }
+    // Names: DNS, HTTP URL, TLS SNI.
+    push(
+        &mut frames,
+        Frame::udp(
+            v4("198.18.201.1"),
+            33_333,
+            v4("198.18.202.53"),
+            53,
+            &dns_query(7, "evil-diff-xtrail.com", 1),
+        ),
+    );
+    push(
+        &mut frames,
+        Frame::tcp(
+            v4("198.18.201.2"),
+            44_444,
+            v4("198.18.202.80"),
+            80,
+            tcp_flags::PSH | tcp_flags::ACK,
+        )
+        .with_payload(&http("/malicious-diff.php?x=1", "shop.example.org")),
+    );
+    push(
+        &mut frames,
+        Frame::tcp(
+            v4("198.18.201.3"),
+            45_555,
+            v4("198.18.202.44"),
+            443,
+            tcp_flags::PSH | tcp_flags::ACK,
+        )
+        .with_payload(&tls_client_hello("tls-evil-diff-xtrail.com")),
+    );
+    // An NXDOMAIN flood towards one client (one flow: the same client port).
+    for i in 0..30u16 {
+        let name = format!("q{i}zz.nx-diff-xtrail.com");
+        push(
+            &mut frames,
+            Frame::udp(
+                v4("198.18.202.53"),
+                53,
+                v4("198.18.201.4"),
+                40_000,
+                &dns_nxdomain(100 + i, &name, 1),
+            ),
+        );
+    }
+    // A port scan of a clean host.
+    for port in [
+        21, 22, 23, 25, 53, 80, 110, 111, 135, 139, 143, 443, 445, 993, 995, 3306, 3389, 5900,
+        8080, 8443,
+    ] {
+        push(
+            &mut frames,
+            Frame::syn(v4("198.18.203.5"), 41_000, v4("198.18.202.9"), port),
+        );
+    }
+    // A web scan: many first path segments from one client.
+    for (i, seg) in [
+        "admin",
+        "wp-login.php",
+        "phpmyadmin",
+        ".env",
+        "backup",
+        "config",
+        "cgi-bin",
+        "login",
+        "manager",
+        "console",
+        "shell",
+        "test",
+        "old",
+        "api",
+        "debug",
+    ]
+    .iter()
+    .enumerate()
+    {
+        push(
+            &mut frames,
+            Frame::tcp(
+                v4("198.18.203.6"),
+                50_000 + i as u16,
+                v4("198.18.202.80"),
+                80,
+                tcp_flags::PSH | tcp_flags::ACK,
+            )
+            .with_payload(&http(&format!("/{seg}"), "victim.example.org")),
+        );
+    }
+    let t0 = 1_786_094_062_000_000i64;
+    let stamped: Vec<(i64, Vec<u8>)> = frames
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| (t0 + i as i64 * 3_000, f))
+        .collect();
+    write_pcap(path, &stamped);
+}
+
+type Key = (String, String, String, u64, String, u64, String, String);
+
+/// The comparable part of each event, counted.
+fn event_set(log: &Path) -> BTreeMap<Key, usize> {
+    let mut out = BTreeMap::new();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON event line");
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        let key = (
+            s("type"),
+            s("trail"),
+            s("src_ip"),
+            n("src_port"),
+            s("dst_ip"),
+            n("dst_port"),
+            s("proto"),
+            s("info"),
+        );
+        *out.entry(key).or_insert(0) += 1;
+    }
+    out
+}
+
+fn replay(pcap: &Path, trails: &Path, log: &Path) {
+    let st = Command::new(SENSOR)
+        .args(["replay", "--pcap"])
+        .arg(pcap)
+        .arg("--trails")
+        .arg(trails)
+        .args(["--no-whitelist", "--sensor-name", "diff", "--events-log"])
+        .arg(log)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Runs the sensor on `pair`, sends `pcap` with tcpreplay from the peer, stops the sensor.
+fn live(pair: &VethPair, pcap: &Path, trails: &Path, log: &Path, extra: &[&str]) -> String {
+    let mut cmd = pair.in_sensor_ns(SENSOR);
+    cmd.args(["run", "--iface", &pair.sensor_if, "--trails"])
+        .arg(trails)
+        .arg("--events-log")
+        .arg(log)
+        .args([
+            "--format",
+            "json",
+            "--sensor-name",
+            "diff",
+            "--no-whitelist",
+            "--maltrail-syn-rules",
+            "--stats-interval",
+            "0",
+        ])
+        .args(extra)
+        .stdout(Stdio::null());
+    let watched = spawn_watched(&mut cmd, Some("sensor: ")).expect("start xtrail-sensor");
+    watched
+        .wait_for("attached to", "error:", Duration::from_secs(60))
+        .expect("sensor attached");
+    let xdebug = format!("--intf1={}", pair.peer_if);
+    let out = pair
+        .in_peer_ns("tcpreplay")
+        .args(["-q", &xdebug])
+        .arg(pcap)
+        .output()
+        .expect("tcpreplay (Debian package tcpreplay; `cargo xtask deps` installs it)");
+    assert!(
+        out.status.success(),
+        "tcpreplay: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Let the last packets through the pipeline, then stop (summaries are written at exit).
+    std::thread::sleep(Duration::from_millis(1500));
+    let Watched { mut child, lines } = watched;
+    let status = interrupt_and_wait(&mut child, Duration::from_secs(20)).expect("sensor exit");
+    assert!(status.success(), "sensor exited with {status}");
+    let mut last = String::new();
+    while let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
+        if line.contains("final stats") {
+            last = line;
+        }
+    }
+    last
+}
+
+fn counter(stats: &str, name: &str) -> u64 {
+    stats
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn diff(a: &BTreeMap<Key, usize>, b: &BTreeMap<Key, usize>) -> String {
+    let mut s = String::new();
+    for (k, n) in a {
+        if b.get(k) != Some(n) {
+            s.push_str(&format!(
+                "  only/more in first ({n} vs {:?}): {k:?}\n",
+                b.get(k)
+            ));
+        }
+    }
+    for (k, n) in b {
+        if !a.contains_key(k) {
+            s.push_str(&format!("  only in second ({n}): {k:?}\n"));
+        }
+    }
+    s
+}
+
+#[test]
+fn replay_inline_and_mirror_on_32_queues_give_the_same_events() {
+    privileged!();
+    let dir = tempdir("diff");
+    let trails = write_trails(&dir);
+    let pair = VethPair::create_with_queues("df", 32).expect("veth with 32 queues");
+    let pcap = dir.join("mix.pcap");
+    build_pcap(&pcap, (pair.peer_mac, pair.sensor_mac));
+
+    let replayed = dir.join("replay.json");
+    replay(&pcap, &trails, &replayed);
+    let want = event_set(&replayed);
+    // The pcap raises every kind it is built for.
+    let infos: Vec<&str> = want.keys().map(|k| k.7.as_str()).collect();
+    for needle in [
+        "diff botnet (malware) (summary: 98 more in 60s)",
+        "diff c2 (malware)",
+        "diff domain (malware)",
+        "diff url (malware)",
+        "diff tls (malware)",
+        "excessive no such domain",
+        "potential port scanning",
+        "potential web scanning",
+    ] {
+        assert!(
+            infos.iter().any(|i| i.contains(needle)),
+            "replay lacks {needle:?}: {want:#?}"
+        );
+    }
+
+    let inline_log = dir.join("inline.json");
+    let stats = live(&pair, &pcap, &trails, &inline_log, &["--mode", "inline"]);
+    let got = event_set(&inline_log);
+    assert!(
+        got == want,
+        "inline differs from replay:\n{}\n{stats}",
+        diff(&want, &got)
+    );
+
+    for workers in ["1", "4"] {
+        let log = dir.join(format!("mirror-{workers}.json"));
+        let stats = live(
+            &pair,
+            &pcap,
+            &trails,
+            &log,
+            &["--mode", "mirror", "--workers", workers],
+        );
+        assert_eq!(counter(&stats, "queue_full"), 0, "{stats}");
+        assert_eq!(counter(&stats, "handoff_failed"), 0, "{stats}");
+        let got = event_set(&log);
+        assert!(
+            got == want,
+            "mirror with {workers} worker(s) differs from replay:\n{}\n{stats}",
+            diff(&want, &got)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_spoofed_syn_storm_leaves_the_sensor_as_a_bounded_stream() {
+    privileged!();
+    let dir = tempdir("storm");
+    let trails = write_trails(&dir);
+    let pair = VethPair::create("st").expect("veth");
+    let log = dir.join("storm.json");
+    let mut cmd = pair.in_sensor_ns(SENSOR);
+    cmd.args(["run", "--iface", &pair.sensor_if, "--trails"])
+        .arg(&trails)
+        .arg("--events-log")
+        .arg(&log)
+        .args([
+            "--format",
+            "json",
+            "--no-whitelist",
+            "--stats-interval",
+            "0",
+            "--event-budget",
+            "500",
+        ])
+        .stdout(Stdio::null());
+    let watched = spawn_watched(&mut cmd, Some("sensor: ")).expect("start");
+    watched
+        .wait_for("attached to", "error:", Duration::from_secs(60))
+        .expect("attached");
+    // 60,000 SYNs from 60,000 spoofed sources to two trail addresses, about 2 s.
+    let inj = pair.injector().expect("injector");
+    let mut sent = 0u64;
+    let started = std::time::Instant::now();
+    for chunk in 0..600u32 {
+        let frames: Vec<Vec<u8>> = (0..100u32)
+            .map(|i| {
+                let n = chunk * 100 + i;
+                let src = v4(&format!("198.18.{}.{}", 100 + (n >> 8) % 100, n & 0xff));
+                let dst = if n % 2 == 0 {
+                    "198.19.66.66"
+                } else {
+                    "198.19.67.67"
+                };
+                Frame::syn(src, 1024 + (n % 50_000) as u16, v4(dst), 443)
+                    .macs(pair.peer_mac, pair.sensor_mac)
+                    .build()
+            })
+            .collect();
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        sent += inj.send_batch(&refs).unwrap_or(0) as u64;
+        if started.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let Watched {
+        mut child,
+        lines: stderr,
+    } = watched;
+    let status = interrupt_and_wait(&mut child, Duration::from_secs(20)).expect("exit");
+    assert!(status.success());
+    let mut last = String::new();
+    while let Ok(line) = stderr.recv_timeout(Duration::from_millis(500)) {
+        if line.contains("final stats") {
+            last = line;
+        }
+    }
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(sent >= 50_000, "sent {sent}");
+    // Bounded: about the first 50 sources of each trail, then one aggregate per trail.
+    assert!(
+        lines.len() <= 150,
+        "{} events for {sent} SYNs\n{last}",
+        lines.len()
+    );
+    for trail in ["198.19.66.66", "198.19.67.67"] {
+        let agg: Vec<&str> = lines
+            .iter()
+            .filter(|e| e["trail"] == trail)
+            .filter_map(|e| e["info"].as_str())
+            .filter(|i| i.contains("flood:"))
+            .collect();
+        assert_eq!(agg.len(), 1, "{trail}: {agg:?}");
+        let n: u64 = agg[0]
+            .split("flood: ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap();
+        let passed = lines.iter().filter(|e| e["trail"] == trail).count() as u64 - 1;
+        let reported = counter(&last, "reported");
+        assert!(
+            n + passed > 0 && n + passed <= reported,
+            "{n} + {passed} vs {reported}\n{last}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -27,9 +27,11 @@
 //! burst = 10000
 //! ```
 //!
-//! Every detection setting is here; nothing about detection depends on where the binary is
-//! installed except the documented fallbacks for the whitelist and user-agent files when
-//! neither the file nor a flag names them.
+//! Every detection setting is here. The data files are resolved once, here, and printed by
+//! `config --print`: a flag or the file, else `$XTRAIL_WHITELIST` / `$XTRAIL_UA_FILE`, else
+//! `/etc/xtrail/whitelist.txt` / `/etc/xtrail/ua.txt`, else (a development tree) Maltrail's
+//! data folder `shared/data/maltrail/data/` in a folder above the executable. The pipeline
+//! is built from the resolved paths only.
 
 use std::path::{Path, PathBuf};
 
@@ -98,6 +100,22 @@ impl Default for SensorConfig {
             flood: FloodConfig::default(),
         }
     }
+}
+
+/// The first of `$env`, `/etc/xtrail/NAME`, `shared/data/maltrail/data/NAME` above the
+/// executable that is a file.
+fn default_data_file(env: &str, name: &str) -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = std::env::var_os(env) {
+        candidates.push(PathBuf::from(p));
+    }
+    candidates.push(Path::new("/etc/xtrail").join(name));
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1) {
+            candidates.push(dir.join("shared/data/maltrail/data").join(name));
+        }
+    }
+    candidates.into_iter().find(|p| p.is_file())
 }
 
 /// What the command line says over the file (unset = the file's value).
@@ -190,8 +208,20 @@ impl SensorConfig {
         }
         c.no_flood_guard |= o.no_flood_guard;
         c.url_extra_candidates |= o.url_extra_candidates;
+        c.resolve_data_files();
         c.check()?;
         Ok(c)
+    }
+
+    /// Fills the whitelist and user-agent paths the file and flags left open from the
+    /// default locations (see the module doc).
+    pub fn resolve_data_files(&mut self) {
+        if self.whitelist.is_none() && !self.no_whitelist {
+            self.whitelist = default_data_file("XTRAIL_WHITELIST", "whitelist.txt");
+        }
+        if self.ua_file.is_none() {
+            self.ua_file = default_data_file("XTRAIL_UA_FILE", "ua.txt");
+        }
     }
 
     /// Parses a file.

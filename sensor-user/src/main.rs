@@ -79,8 +79,8 @@ struct TrailArgs {
     #[arg(long = "trails")]
     trails: Vec<PathBuf>,
     /// Whitelist file (Maltrail's whitelist.txt format): no event for listed addresses
-    /// (default: $XTRAIL_WHITELIST, /etc/xtrail/whitelist.txt, or Maltrail's data beside the
-    /// installation, shared/data/maltrail/data/whitelist.txt).
+    /// (default: the config file's, $XTRAIL_WHITELIST, /etc/xtrail/whitelist.txt, or in a
+    /// development tree shared/data/maltrail/data/whitelist.txt above the executable).
     #[arg(long)]
     whitelist: Option<PathBuf>,
     /// Use no whitelist at all.
@@ -138,9 +138,10 @@ fn resolve_config(
 /// Loads the trails and the whitelist a configuration names.
 fn load_detection(cfg: &SensorConfig) -> anyhow::Result<(TrailSet, Whitelist)> {
     let trails = load_trails(cfg.require_trails()?)?;
-    let whitelist = match pick_whitelist(cfg.whitelist.clone(), cfg.no_whitelist) {
+    let whitelist = match &cfg.whitelist {
         Some(p) => {
-            Whitelist::load(&p).with_context(|| format!("reading whitelist {}", p.display()))?
+            eprintln!("xtrail-sensor: whitelist {}", p.display());
+            Whitelist::load(p).with_context(|| format!("reading whitelist {}", p.display()))?
         }
         None => Whitelist::empty(),
     };
@@ -151,7 +152,7 @@ fn load_detection(cfg: &SensorConfig) -> anyhow::Result<(TrailSet, Whitelist)> {
 fn load_ua(cfg: &SensorConfig) -> anyhow::Result<Arc<UaPatterns>> {
     let ua = match &cfg.ua_file {
         Some(p) => UaPatterns::load(p).with_context(|| format!("reading {}", p.display()))?,
-        None => UaPatterns::load_default().context("reading the user-agent patterns")?,
+        None => UaPatterns::empty(),
     };
     ua.prepare();
     Ok(Arc::new(ua))
@@ -221,8 +222,9 @@ impl CollectorArgs {
 /// Heuristics flags shared by `run` and `replay`.
 #[derive(clap::Args, Clone)]
 struct HeuristicArgs {
-    /// Suspicious user-agent patterns (Maltrail's ua.txt; default: $XTRAIL_UA_FILE or
-    /// shared/data/maltrail/data/ua.txt beside the installation).
+    /// Suspicious user-agent patterns (Maltrail's ua.txt; default: the config file's,
+    /// $XTRAIL_UA_FILE, /etc/xtrail/ua.txt, or in a development tree
+    /// shared/data/maltrail/data/ua.txt above the executable).
     #[arg(long = "ua-file")]
     ua_file: Option<PathBuf>,
     /// Trails only: no scan, DNS or HTTP heuristics.
@@ -443,31 +445,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The whitelist to use: the flag, else the first default location that exists.
-fn pick_whitelist(flag: Option<PathBuf>, none: bool) -> Option<PathBuf> {
-    if none {
-        return None;
-    }
-    if flag.is_some() {
-        return flag;
-    }
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(p) = std::env::var_os("XTRAIL_WHITELIST") {
-        candidates.push(PathBuf::from(p));
-    }
-    candidates.push(PathBuf::from("/etc/xtrail/whitelist.txt"));
-    if let Ok(exe) = std::env::current_exe() {
-        for dir in exe.ancestors().skip(1) {
-            candidates.push(dir.join("shared/data/maltrail/data/whitelist.txt"));
-        }
-    }
-    let found = candidates.into_iter().find(|p| p.is_file());
-    if let Some(p) = &found {
-        eprintln!("xtrail-sensor: whitelist {}", p.display());
-    }
-    found
 }
 
 /// The error and its causes on one line, skipping a cause its parent already quotes.

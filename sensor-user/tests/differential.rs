@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use xtrail_bench::child::{interrupt_and_wait, spawn_watched, Watched};
 use xtrail_bench::frames::{dns_nxdomain, dns_query, tcp_flags, tls_client_hello, v4, Frame};
 use xtrail_bench::netns::VethPair;
 
@@ -236,27 +235,9 @@ fn replay(pcap: &Path, trails: &Path, log: &Path) {
 
 /// Runs the sensor on `pair`, sends `pcap` with tcpreplay from the peer, stops the sensor.
 fn live(pair: &VethPair, pcap: &Path, trails: &Path, log: &Path, extra: &[&str]) -> String {
-    let mut cmd = pair.in_sensor_ns(SENSOR);
-    cmd.args(["run", "--iface", &pair.sensor_if, "--trails"])
-        .arg(trails)
-        .arg("--events-log")
-        .arg(log)
-        .args([
-            "--format",
-            "json",
-            "--sensor-name",
-            "diff",
-            "--no-whitelist",
-            "--maltrail-syn-rules",
-            "--stats-interval",
-            "0",
-        ])
-        .args(extra)
-        .stdout(Stdio::null());
-    let watched = spawn_watched(&mut cmd, Some("sensor: ")).expect("start xtrail-sensor");
-    watched
-        .wait_for("attached to", "error:", Duration::from_secs(60))
-        .expect("sensor attached");
+    let mut args = vec!["--no-whitelist", "--maltrail-syn-rules"];
+    args.extend_from_slice(extra);
+    let watched = common::start_sensor(pair, trails, log, "diff", &args);
     let xdebug = format!("--intf1={}", pair.peer_if);
     let out = pair
         .in_peer_ns("tcpreplay")
@@ -271,16 +252,7 @@ fn live(pair: &VethPair, pcap: &Path, trails: &Path, log: &Path, extra: &[&str])
     );
     // Let the last packets through the pipeline, then stop (summaries are written at exit).
     std::thread::sleep(Duration::from_millis(1500));
-    let Watched { mut child, lines } = watched;
-    let status = interrupt_and_wait(&mut child, Duration::from_secs(20)).expect("sensor exit");
-    assert!(status.success(), "sensor exited with {status}");
-    let mut last = String::new();
-    while let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
-        if line.contains("final stats") {
-            last = line;
-        }
-    }
-    last
+    common::stop_sensor(watched)
 }
 
 fn counter(stats: &str, name: &str) -> u64 {
@@ -376,25 +348,13 @@ fn a_spoofed_syn_storm_leaves_the_sensor_as_a_bounded_stream() {
     let trails = write_trails(&dir);
     let pair = VethPair::create("st").expect("veth");
     let log = dir.join("storm.json");
-    let mut cmd = pair.in_sensor_ns(SENSOR);
-    cmd.args(["run", "--iface", &pair.sensor_if, "--trails"])
-        .arg(&trails)
-        .arg("--events-log")
-        .arg(&log)
-        .args([
-            "--format",
-            "json",
-            "--no-whitelist",
-            "--stats-interval",
-            "0",
-            "--event-budget",
-            "500",
-        ])
-        .stdout(Stdio::null());
-    let watched = spawn_watched(&mut cmd, Some("sensor: ")).expect("start");
-    watched
-        .wait_for("attached to", "error:", Duration::from_secs(60))
-        .expect("attached");
+    let watched = common::start_sensor(
+        &pair,
+        &trails,
+        &log,
+        "storm",
+        &["--no-whitelist", "--event-budget", "500"],
+    );
     // 60,000 SYNs from 60,000 spoofed sources to two trail addresses, about 2 s.
     let inj = pair.injector().expect("injector");
     let mut sent = 0u64;
@@ -422,18 +382,7 @@ fn a_spoofed_syn_storm_leaves_the_sensor_as_a_bounded_stream() {
         std::thread::sleep(Duration::from_millis(3));
     }
     std::thread::sleep(Duration::from_millis(1500));
-    let Watched {
-        mut child,
-        lines: stderr,
-    } = watched;
-    let status = interrupt_and_wait(&mut child, Duration::from_secs(20)).expect("exit");
-    assert!(status.success());
-    let mut last = String::new();
-    while let Ok(line) = stderr.recv_timeout(Duration::from_millis(500)) {
-        if line.contains("final stats") {
-            last = line;
-        }
-    }
+    let last = common::stop_sensor(watched);
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
         .unwrap_or_default()
         .lines()

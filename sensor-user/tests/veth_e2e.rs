@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use xtrail_bench::child::{spawn_watched, Watched};
+use xtrail_bench::child::Watched;
 use xtrail_bench::frames::{tcp_flags, v4, v6, Frame};
 use xtrail_bench::netns::VethPair;
 
@@ -30,26 +30,7 @@ struct Running {
 impl Running {
     /// Starts the sensor and waits until it has attached.
     fn start(pair: &VethPair, trails: &Path, log: &Path, extra: &[&str]) -> Running {
-        let mut cmd = pair.in_sensor_ns(SENSOR);
-        cmd.args(["run", "--iface", &pair.sensor_if, "--trails"])
-            .arg(trails)
-            .arg("--events-log")
-            .arg(log)
-            .args([
-                "--format",
-                "json",
-                "--sensor-name",
-                "e2e",
-                "--stats-interval",
-                "0",
-            ])
-            .args(extra)
-            .stdout(Stdio::null());
-        let watched = spawn_watched(&mut cmd, Some("sensor: ")).expect("start xtrail-sensor");
-        if let Err(e) = watched.wait_for("attached to", "error:", Duration::from_secs(60)) {
-            panic!("sensor did not attach: {e}");
-        }
-        let Watched { child, lines: rx } = watched;
+        let Watched { child, lines: rx } = common::start_sensor(pair, trails, log, "e2e", extra);
         Running { child, stderr: rx }
     }
 

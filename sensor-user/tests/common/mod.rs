@@ -15,3 +15,51 @@ pub fn privileged(test: &str) -> bool {
         }
     }
 }
+
+/// Starts `xtrail-sensor run` on the sensor end of `pair` (JSON events to `log` under sensor
+/// name `name`, no periodic stats, then `extra`) and waits until it has attached.
+pub fn start_sensor(
+    pair: &xtrail_bench::netns::VethPair,
+    trails: &std::path::Path,
+    log: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+) -> xtrail_bench::child::Watched {
+    let mut cmd = pair.in_sensor_ns(env!("CARGO_BIN_EXE_xtrail-sensor"));
+    cmd.args(["run", "--iface", &pair.sensor_if, "--trails"])
+        .arg(trails)
+        .arg("--events-log")
+        .arg(log)
+        .args([
+            "--format",
+            "json",
+            "--sensor-name",
+            name,
+            "--stats-interval",
+            "0",
+        ])
+        .args(extra)
+        .stdout(std::process::Stdio::null());
+    let watched = xtrail_bench::child::spawn_watched(&mut cmd, Some("sensor: "))
+        .expect("start xtrail-sensor");
+    if let Err(e) = watched.wait_for("attached to", "error:", std::time::Duration::from_secs(60)) {
+        panic!("sensor did not attach: {e}");
+    }
+    watched
+}
+
+/// SIGINT, a clean exit, and the sensor's final stats line.
+pub fn stop_sensor(watched: xtrail_bench::child::Watched) -> String {
+    let xtrail_bench::child::Watched { mut child, lines } = watched;
+    let status =
+        xtrail_bench::child::interrupt_and_wait(&mut child, std::time::Duration::from_secs(20))
+            .expect("sensor did not exit on SIGINT");
+    assert!(status.success(), "sensor exited with {status}");
+    let mut last = String::new();
+    while let Ok(line) = lines.recv_timeout(std::time::Duration::from_millis(500)) {
+        if line.contains("final stats") {
+            last = line;
+        }
+    }
+    last
+}

@@ -824,6 +824,13 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     let _ = std::fs::write(stats_knob, old_knob.trim());
     drop(set);
     let _ = std::fs::remove_dir_all(&tmp);
+    let mut notes = Vec::new();
+    if wanted("urlfp") {
+        match url_candidates_fp() {
+            Ok(line) => notes.push(line),
+            Err(e) => eprintln!("bench: URL candidate false positives: {e:#}"),
+        }
+    }
 
     let when = Command::new("date")
         .args(["-u", "+%FT%TZ"])
@@ -831,7 +838,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let machine = machine();
-    write_results(&results_dir, &runs, &when, &machine, opts)?;
+    write_results(&results_dir, &runs, &when, &machine, opts, &notes)?;
     eprintln!("bench: results in {}", results_dir.display());
     Ok(())
 }
@@ -859,12 +866,39 @@ fn fmt_ns(x: f64) -> String {
     }
 }
 
+/// False positives of the URL candidates on clean traffic (the full static tree against
+/// 5,000 generated benign requests, Maltrail's candidates and `--url-extra-candidates`),
+/// measured by `detect/tests/url_candidates_fp.rs` in release mode: its summary line.
+fn url_candidates_fp() -> anyhow::Result<String> {
+    let out = Command::new("cargo")
+        .current_dir(paths::workspace_root())
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "xtrail-detect",
+            "--test",
+            "url_candidates_fp",
+            "--",
+            "--nocapture",
+        ])
+        .output()
+        .context("running the URL candidate measurement")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("URL trails:"))
+        .context("the measurement printed no summary")?;
+    Ok(format!("- URL candidates on clean traffic: {line}."))
+}
+
 fn write_results(
     dir: &Path,
     runs: &[Run],
     when: &str,
     machine: &str,
     opts: &BenchOptions,
+    notes: &[String],
 ) -> anyhow::Result<()> {
     let json = format!(
         "{{\"taken\":\"{when}\",\"machine\":\"{}\",\"quick\":{},\"seed\":{},\"runs\":[\n{}\n]}}\n",
@@ -964,6 +998,10 @@ fn write_results(
             "- Offline replay of the mix (5 passes) with {} trails: {:.0} ns/packet.\n",
             r.trail_count, r.user_ns_per_packet
         ));
+    }
+    for n in notes {
+        md.push_str(n);
+        md.push('\n');
     }
     std::fs::write(dir.join("latest.md"), &md)?;
     plots(dir, runs)?;

@@ -7,6 +7,7 @@
 //!
 //! `cargo run --release -p xtrail-collector --example ingest_bench -- [EVENTS] [RATE] [SUBSCRIBERS]`
 //! (defaults 200000 events, 20000 events/s for the latency run, 4 subscribers).
+//! `XTRAIL_BENCH_DATABASE=postgres://...` measures the PostgreSQL store instead of SQLite.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -69,6 +70,7 @@ fn main() -> anyhow::Result<()> {
 
     let cfg = ServerConfig::from_args(ServeArgs {
         data_dir: Some(data.path().to_path_buf()),
+        database: std::env::var("XTRAIL_BENCH_DATABASE").ok(),
         grpc: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         ..ServeArgs::default()

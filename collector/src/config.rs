@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! data_dir = "/var/lib/xtrail-collector"
+//! database = "postgres://xtrail:secret@db.example:5432/xtrail"  # default: SQLite in data_dir
 //! grpc = "0.0.0.0:50051"
 //! http = "127.0.0.1:8338"
 //! sensor_tokens = ["..."]
@@ -39,6 +40,10 @@ pub struct ServeArgs {
     /// Directory for the event store (created if missing).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Keep events in PostgreSQL (`postgres://user:password@host:port/dbname`) instead of
+    /// SQLite in the data directory; several collectors may share one database.
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
     /// gRPC listen address [default: 127.0.0.1:50051].
     #[arg(long, value_name = "ADDR")]
     pub grpc: Option<SocketAddr>,
@@ -98,6 +103,7 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
+    database: Option<String>,
     grpc: Option<SocketAddr>,
     http: Option<SocketAddr>,
     #[serde(default)]
@@ -116,6 +122,9 @@ struct FileConfig {
     max_grpc_connections: Option<usize>,
     max_grpc_connections_per_source: Option<usize>,
     grpc_idle_seconds: Option<u64>,
+    /// `[[exporter]]` tables.
+    #[serde(default)]
+    exporter: Vec<crate::export::ExporterFile>,
 }
 
 /// Everything the server needs, checked.
@@ -123,6 +132,8 @@ struct FileConfig {
 pub struct ServerConfig {
     /// Event store directory.
     pub data_dir: PathBuf,
+    /// PostgreSQL URL of the event store; `None`: SQLite in `data_dir`.
+    pub database: Option<String>,
     /// gRPC address.
     pub grpc: SocketAddr,
     /// HTTP address.
@@ -143,6 +154,8 @@ pub struct ServerConfig {
     pub http_conns: ConnLimits,
     /// gRPC connection limits.
     pub grpc_conns: ConnLimits,
+    /// Exporters (`[[exporter]]` tables of the config file).
+    pub exporters: Vec<crate::export::ExporterConfig>,
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -161,6 +174,14 @@ impl ServerConfig {
         let Some(data_dir) = args.data_dir.or(file.data_dir) else {
             bail!("--data-dir is required (or data_dir in the config file)");
         };
+        let database = args.database.or(file.database);
+        if let Some(url) = &database {
+            if !crate::storage::postgres::is_postgres_url(url) {
+                bail!("--database takes a postgres:// or postgresql:// URL");
+            }
+            url.parse::<postgres::Config>()
+                .map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+        }
         let mut sensor_tokens = args.sensor_tokens;
         sensor_tokens.extend(file.sensor_tokens);
         let mut subscriber_tokens = args.subscriber_tokens;
@@ -224,10 +245,13 @@ impl ServerConfig {
             args.grpc_idle_seconds.or(file.grpc_idle_seconds),
             ConnLimits::GRPC,
         )?;
+        let exporters = crate::export::check_all(file.exporter)?;
         Ok(ServerConfig {
+            exporters,
             http_conns,
             grpc_conns,
             data_dir,
+            database,
             grpc: args
                 .grpc
                 .or(file.grpc)

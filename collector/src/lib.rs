@@ -6,9 +6,12 @@
 //! - [`conn`]: connection limits and idle timeouts per listener; [`health`]: storage health;
 //! - [`ingest`]: `Ingest.Publish` streams, batch checks, the single writer thread that
 //!   commits, broadcasts live, then acknowledges;
-//! - [`storage`]: the [`storage::Storage`] trait and its SQLite implementation;
+//! - [`storage`]: the [`storage::Storage`] trait and its SQLite and PostgreSQL
+//!   implementations;
 //! - [`subscribe`]: `Events.Subscribe`, stored then live, gapless, lag-aware;
 //! - [`query`]: `Events.Query` pages; [`http`]: `/api/events`, `/api/health`, `/metrics`;
+//! - [`export`]: exporters (syslog CEF/JSON, Maltrail, ECS/EVE files), each an internal
+//!   subscriber with its own queue and persisted cursor;
 //! - [`filter`]: the filters shared by all of them; [`retention`]: age and size limits;
 //! - [`server`]: wiring; [`config`]: flags and config file; [`client`]: `subscribe` command.
 //!
@@ -19,6 +22,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod conn;
+pub mod export;
 pub mod filter;
 pub mod health;
 pub mod http;

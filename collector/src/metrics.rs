@@ -56,6 +56,8 @@ pub struct Metrics {
     pub conn_open_http: AtomicU64,
     /// Open gRPC connections.
     pub conn_open_grpc: AtomicU64,
+    /// Exporter counters (rendered with labels).
+    pub exporters: crate::export::ExportRegistry,
 }
 
 /// Increments a counter by one.
@@ -242,6 +244,7 @@ impl Metrics {
                 g(open)
             );
         }
+        self.exporters.render(&mut out, last_cursor);
         out
     }
 }

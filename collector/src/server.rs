@@ -23,12 +23,13 @@ use crate::http::{router, HttpState};
 use crate::ingest::{IngestService, Writer};
 use crate::metrics::Metrics;
 use crate::storage::retrying::RetryingStorage;
-use crate::storage::sqlite::SqliteStorage;
 use crate::storage::Storage;
 use crate::subscribe::{EventsService, Hub};
 
 /// How long a shutdown waits for open streams to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often a subscriber looks for events other collectors committed to a shared store.
+const POLL_SHARED_STORE: Duration = Duration::from_millis(200);
 
 /// Addresses actually bound (useful with port 0).
 #[derive(Clone, Copy, Debug)]
@@ -54,15 +55,16 @@ pub async fn serve(
     let storage: Arc<dyn Storage> = {
         let last_cursor = Arc::clone(&last_cursor);
         let health = Arc::clone(&health);
-        Arc::new(RetryingStorage::open(
-            cfg.data_dir.clone(),
-            move |opened: &SqliteStorage| {
-                if let Ok(st) = opened.stats() {
-                    last_cursor.fetch_max(st.last_cursor, std::sync::atomic::Ordering::SeqCst);
-                }
-                health.storage_ok();
-            },
-        ))
+        let on_open = move |opened: &dyn Storage| {
+            if let Ok(st) = opened.stats() {
+                last_cursor.fetch_max(st.last_cursor, std::sync::atomic::Ordering::SeqCst);
+            }
+            health.storage_ok();
+        };
+        Arc::new(match &cfg.database {
+            Some(url) => RetryingStorage::postgres(url.clone(), on_open),
+            None => RetryingStorage::open(cfg.data_dir.clone(), on_open),
+        })
     };
     // A store that opens but cannot take a write (a full disk) is red from the start.
     if let Err(e) = storage.stats().and_then(|_| storage.probe()) {
@@ -87,7 +89,12 @@ pub async fn serve(
         live,
         last_cursor,
         metrics: Arc::clone(&metrics),
+        // Other collectors may commit to a shared PostgreSQL store: subscribers follow the
+        // store itself (see `subscribe`).
+        poll_storage: cfg.database.as_ref().map(|_| POLL_SHARED_STORE),
     };
+    crate::export::spawn_all(&cfg.exporters, &hub, &cfg.data_dir)
+        .context("starting the exporters")?;
     cfg.retention.spawn(
         Arc::clone(&storage),
         Arc::clone(&metrics),

@@ -12,6 +12,14 @@
 //! for a subscriber. One that falls more than the ring behind is ended with
 //! `RESOURCE_EXHAUSTED`, its resume point in the message and in the `xtrail-last-cursor`
 //! trailer; it resumes with `after_cursor` and catches up from storage.
+//!
+//! A store shared by several collectors (PostgreSQL) commits events this collector's writer
+//! never sees, so the live channel cannot be the source there: with
+//! [`Hub::poll_storage`] set, a subscription keeps reading storage after its cursor after
+//! the catch-up too, woken by every local commit (the channel, used only as a doorbell)
+//! and at least every poll interval. Storage shows every reader a prefix of the cursor
+//! sequence (see `storage`), so reading after the last cursor sent never skips an event.
+//! A slow subscriber there is never ended: it simply reads further behind.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +56,9 @@ pub struct Hub {
     pub last_cursor: Arc<AtomicU64>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// `Some(interval)` when other collectors may write to the same store: subscribers then
+    /// take every event from storage (see the module doc).
+    pub poll_storage: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -65,6 +76,7 @@ pub fn subscribe(hub: &Hub, req: &SubscribeRequest) -> Result<EventStream, Statu
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     // Join the live channel first, then decide the start (see the module doc).
     let rx = hub.live.subscribe();
+    let live_only = req.start.is_none();
     let (pos, min_ts) = match req.start {
         None => (hub.last_cursor.load(Ordering::SeqCst), None),
         Some(Start::AfterCursor(c)) => (c, None),
@@ -75,7 +87,7 @@ pub fn subscribe(hub: &Hub, req: &SubscribeRequest) -> Result<EventStream, Statu
     tokio::spawn(async move {
         let metrics = Arc::clone(&hub.metrics);
         let _open = GaugeGuard::new(&metrics.subscribers);
-        run(hub, filter, pos, min_ts, rx, tx).await;
+        run(hub, filter, pos, min_ts, rx, tx, live_only).await;
     });
     Ok(Box::pin(ReceiverStream::new(out)))
 }
@@ -97,8 +109,13 @@ async fn run(
     min_ts: Option<i64>,
     mut rx: broadcast::Receiver<LiveBatch>,
     tx: Tx,
+    live_only: bool,
 ) {
     let filter = Arc::new(filter);
+    if hub.poll_storage.is_some() {
+        follow_storage(hub, filter, pos, min_ts, rx, tx, live_only).await;
+        return;
+    }
     // Catch up from storage.
     loop {
         loop {
@@ -179,6 +196,97 @@ async fn run(
                 }
             },
             () = tx.closed() => return,
+        }
+    }
+}
+
+/// Reads storage in a blocking task.
+async fn blocking<T: Send + 'static>(
+    hub: &Hub,
+    f: impl FnOnce(&dyn Storage) -> Result<T, crate::storage::StorageError> + Send + 'static,
+) -> Result<T, Status> {
+    let storage = Arc::clone(&hub.storage);
+    match tokio::task::spawn_blocking(move || f(storage.as_ref())).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            inc(&hub.metrics.storage_errors);
+            Err(Status::unavailable(format!("storage: {e}")))
+        }
+        Err(e) => Err(Status::internal(format!("reader task: {e}"))),
+    }
+}
+
+/// Follows a shared store: reads after `pos` until a short page, then waits for a local
+/// commit or the poll interval, and again.
+async fn follow_storage(
+    hub: Hub,
+    filter: Arc<EventFilter>,
+    mut pos: u64,
+    min_ts: Option<i64>,
+    mut rx: broadcast::Receiver<LiveBatch>,
+    tx: Tx,
+    live_only: bool,
+) {
+    let every = hub
+        .poll_storage
+        .unwrap_or(std::time::Duration::from_millis(200));
+    let fail = |status: Status| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(Err(status)).await;
+        }
+    };
+    if live_only {
+        // Live only: from the newest event any collector committed.
+        match blocking(&hub, |s| s.last_cursor()).await {
+            Ok(c) => pos = pos.max(c),
+            Err(st) => return fail(st).await,
+        }
+    }
+    loop {
+        // Everything committed after `pos`, page by page. `horizon` is read first: every
+        // cursor up to it is final (committed or never), so after a short page the
+        // subscription may move past non-matching events up to it.
+        loop {
+            let horizon = match blocking(&hub, |s| s.last_cursor()).await {
+                Ok(h) => h,
+                Err(st) => return fail(st).await,
+            };
+            let f = Arc::clone(&filter);
+            let page = match blocking(&hub, move |s| s.read_after(pos, min_ts, &f, PAGE)).await {
+                Ok(p) => p,
+                Err(st) => return fail(st).await,
+            };
+            let short = !page.more;
+            for ev in page.events {
+                pos = ev.cursor;
+                if !send(&tx, &hub.metrics, ev).await {
+                    return;
+                }
+            }
+            if short {
+                pos = pos.max(horizon);
+                break;
+            }
+        }
+        tokio::select! {
+            got = rx.recv() => match got {
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => {
+                    return fail(Status::unavailable("collector is shutting down")).await;
+                }
+            },
+            () = tokio::time::sleep(every) => {}
+            () = tx.closed() => return,
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Closed) => {
+                    return fail(Status::unavailable("collector is shutting down")).await;
+                }
+            }
         }
     }
 }

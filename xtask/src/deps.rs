@@ -9,7 +9,8 @@ use anyhow::{bail, Context as _};
 
 /// Debian packages: clang/m4/libelf/zlib/pkg-config/libpcap for libxdp (xsk-rs) and the eBPF
 /// build, iproute2 for namespaces and veth pairs, iputils-ping for the enforce test, openssl
-/// for the collector's TLS test certificates.
+/// for the collector's TLS test certificates, rsyslog as the collector's syslog export
+/// receiver.
 const APT_PACKAGES: &[&str] = &[
     "clang",
     "m4",
@@ -21,6 +22,8 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "openssl",
     "tcpreplay",
+    "rsyslog",
+    "postgresql",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,7 +1,7 @@
 //! Where events are kept. [`Storage`] is the interface the rest of the collector uses; the
-//! embedded SQLite implementation ([`sqlite::SqliteStorage`]) is the default, and a server
-//! database (PostgreSQL, for several collectors sharing one store) can implement the same
-//! trait.
+//! embedded SQLite implementation ([`sqlite::SqliteStorage`]) is the default, and
+//! [`postgres::PgStorage`] keeps events in a PostgreSQL server, which several collectors can
+//! share.
 //!
 //! Contract every implementation keeps:
 //! - `insert_batch` is atomic and durable when it returns (the collector acknowledges the
@@ -13,7 +13,11 @@
 //!   far ahead cannot make later events look like duplicates. Exactly-once holds for the
 //!   events still in the store (a resend of one that retention deleted is stored again).
 //! - Pages are bounded in bytes as well as in events ([`PAGE_MAX_BYTES`]).
+//! - Every reader sees a prefix of the cursor sequence: once a cursor is visible, no event
+//!   with a lower cursor can appear later (so a reader that saw cursor N may continue after
+//!   N). SQLite has one writer; PostgreSQL assigns cursors under a lock held to the commit.
 
+pub mod postgres;
 pub mod retrying;
 pub mod sqlite;
 
@@ -28,6 +32,9 @@ pub enum StorageError {
     /// The database reported an error.
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The PostgreSQL server reported an error (or cannot be reached).
+    #[error("postgres: {0}")]
+    Pg(#[from] ::postgres::Error),
     /// A stored row could not be decoded.
     #[error("stored event at cursor {0} is unreadable")]
     Corrupt(u64),
@@ -140,6 +147,12 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Size and last cursor.
     fn stats(&self) -> Result<StorageStats, StorageError>;
+
+    /// The highest cursor committed and visible to readers (cheaper than [`Storage::stats`]
+    /// where the size is costly to find).
+    fn last_cursor(&self) -> Result<u64, StorageError> {
+        Ok(self.stats()?.last_cursor)
+    }
 
     /// Deletes events older than `older_than_ts_us`, then the oldest events until the store
     /// uses at most `max_bytes`. Returns how many were deleted.

@@ -2,7 +2,8 @@
 //! create its WAL index, or the schema cannot be written) still starts, reports the reason
 //! through every call (so health is red and ingest answers `UNAVAILABLE`), and opens the
 //! store as soon as a call finds it possible again (at most one attempt per
-//! [`RETRY_EVERY`]).
+//! [`RETRY_EVERY`]). The same holds for a PostgreSQL server that is down or unreachable at
+//! start.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use xtrail_proto::v1;
 
+use super::postgres::{redact, PgStorage};
 use super::sqlite::SqliteStorage;
 use super::{Committed, Page, QuerySpec, Storage, StorageError, StorageStats};
 use crate::filter::EventFilter;
@@ -17,17 +19,20 @@ use crate::filter::EventFilter;
 /// Least time between two attempts to open the store.
 pub const RETRY_EVERY: Duration = Duration::from_millis(500);
 
-type OnOpen = Box<dyn Fn(&SqliteStorage) + Send + Sync>;
+type OnOpen = Box<dyn Fn(&dyn Storage) + Send + Sync>;
+type Opener = Box<dyn Fn() -> Result<Arc<dyn Storage>, StorageError> + Send + Sync>;
 
 struct State {
-    store: Option<Arc<SqliteStorage>>,
+    store: Option<Arc<dyn Storage>>,
     last_try: Option<Instant>,
     last_error: String,
 }
 
-/// [`SqliteStorage`], opened on first possible use.
+/// A store ([`SqliteStorage`] or [`PgStorage`]), opened on first possible use.
 pub struct RetryingStorage {
-    dir: PathBuf,
+    /// What is opened, for messages (never a password).
+    what: String,
+    opener: Opener,
     state: Mutex<State>,
     on_open: OnOpen,
 }
@@ -35,16 +40,39 @@ pub struct RetryingStorage {
 impl std::fmt::Debug for RetryingStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RetryingStorage")
-            .field("dir", &self.dir)
+            .field("what", &self.what)
             .finish_non_exhaustive()
     }
 }
 
 impl RetryingStorage {
-    /// Tries to open the store in `dir` now; `on_open` runs once when it opens.
-    pub fn open(dir: PathBuf, on_open: impl Fn(&SqliteStorage) + Send + Sync + 'static) -> Self {
+    /// Tries to open the SQLite store in `dir` now; `on_open` runs once when it opens.
+    pub fn open(dir: PathBuf, on_open: impl Fn(&dyn Storage) + Send + Sync + 'static) -> Self {
+        Self::with_opener(
+            format!("the event store in {}", dir.display()),
+            move || Ok(Arc::new(SqliteStorage::open(&dir)?) as Arc<dyn Storage>),
+            on_open,
+        )
+    }
+
+    /// Tries to connect to the PostgreSQL database `url` now; `on_open` runs once when it
+    /// opens.
+    pub fn postgres(url: String, on_open: impl Fn(&dyn Storage) + Send + Sync + 'static) -> Self {
+        Self::with_opener(
+            format!("the event store {}", redact(&url)),
+            move || Ok(Arc::new(PgStorage::open(&url)?) as Arc<dyn Storage>),
+            on_open,
+        )
+    }
+
+    fn with_opener(
+        what: String,
+        opener: impl Fn() -> Result<Arc<dyn Storage>, StorageError> + Send + Sync + 'static,
+        on_open: impl Fn(&dyn Storage) + Send + Sync + 'static,
+    ) -> Self {
         let s = RetryingStorage {
-            dir,
+            what,
+            opener: Box::new(opener),
             state: Mutex::new(State {
                 store: None,
                 last_try: None,
@@ -56,7 +84,7 @@ impl RetryingStorage {
         s
     }
 
-    fn store(&self) -> Result<Arc<SqliteStorage>, StorageError> {
+    fn store(&self) -> Result<Arc<dyn Storage>, StorageError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = &st.store {
             return Ok(Arc::clone(s));
@@ -65,15 +93,14 @@ impl RetryingStorage {
             return Err(StorageError::Unavailable(st.last_error.clone()));
         }
         st.last_try = Some(Instant::now());
-        match SqliteStorage::open(&self.dir) {
+        match (self.opener)() {
             Ok(s) => {
-                let s = Arc::new(s);
-                (self.on_open)(&s);
+                (self.on_open)(s.as_ref());
                 st.store = Some(Arc::clone(&s));
                 Ok(s)
             }
             Err(e) => {
-                st.last_error = format!("opening the event store in {}: {e}", self.dir.display());
+                st.last_error = format!("opening {}: {e}", self.what);
                 Err(StorageError::Unavailable(st.last_error.clone()))
             }
         }
@@ -114,6 +141,10 @@ impl Storage for RetryingStorage {
 
     fn stats(&self) -> Result<StorageStats, StorageError> {
         self.store()?.stats()
+    }
+
+    fn last_cursor(&self) -> Result<u64, StorageError> {
+        self.store()?.last_cursor()
     }
 
     fn enforce_retention(

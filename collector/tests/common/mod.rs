@@ -2,6 +2,8 @@
 //! data directories, sample events, and a resuming subscriber.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -232,8 +232,9 @@ impl Event {
     }
 }
 
-/// Empty values are `-`; values with a space or `"` are quoted with inner quotes doubled.
-fn push_maltrail_value(out: &mut String, value: &str) {
+/// Appends one value of a Maltrail event line: empty values are `-`; values with a space or
+/// `"` are quoted with inner quotes doubled (shared with the collector's Maltrail exporter).
+pub fn push_maltrail_value(out: &mut String, value: &str) {
     if value.is_empty() {
         out.push('-');
     } else if value.contains([' ', '"']) {

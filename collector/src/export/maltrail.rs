@@ -12,6 +12,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use xtrail_detect::event::push_maltrail_value;
 
 use anyhow::{bail, Context as _};
 use time::macros::format_description;
@@ -43,20 +44,6 @@ impl MaltrailConfig {
     }
 }
 
-/// Empty values are `-`; values with a space or `"` are quoted, inner quotes doubled (as
-/// the sensor writes them).
-fn push_value(out: &mut String, value: &str) {
-    if value.is_empty() {
-        out.push('-');
-    } else if value.contains([' ', '"']) {
-        out.push('"');
-        out.push_str(&value.replace('"', "\"\""));
-        out.push('"');
-    } else {
-        out.push_str(value);
-    }
-}
-
 /// The Maltrail event line of a wire event (no line break).
 pub fn event_line(e: &v1::Event) -> String {
     let ts = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(e.ts_us) * 1000)
@@ -82,7 +69,7 @@ pub fn event_line(e: &v1::Event) -> String {
     ] {
         out.push(' ');
         // Line breaks would split the event in the server's log.
-        push_value(&mut out, &field.replace(['\r', '\n'], " "));
+        push_maltrail_value(&mut out, &field.replace(['\r', '\n'], " "));
     }
     out
 }

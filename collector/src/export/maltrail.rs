@@ -12,11 +12,11 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use xtrail_detect::event::push_maltrail_value;
 
 use anyhow::{bail, Context as _};
 use time::macros::format_description;
 use tokio::net::UdpSocket;
+use xtrail_detect::event::push_maltrail_value;
 use xtrail_proto::v1;
 
 use super::syslog::split_host;

@@ -258,6 +258,9 @@ enum Command {
         /// Window, in milliseconds, in which repeats of one hit are suppressed in the kernel.
         #[arg(long = "suppress-ms", default_value_t = 1000)]
         suppress_ms: u64,
+        /// Size of the kernel's hit ring buffer in bytes (a power of two; tests shrink it).
+        #[arg(long = "hit-ring-bytes", hide = true)]
+        hit_ring_bytes: Option<u32>,
         /// Print the kernel counters to stderr every N seconds (0: only at exit).
         #[arg(long = "stats-interval", default_value_t = 10)]
         stats_interval: u64,
@@ -359,6 +362,7 @@ fn main() -> ExitCode {
             xdp_mode,
             output,
             suppress_ms,
+            hit_ring_bytes,
             stats_interval,
             duration,
             ebpf_log,
@@ -385,6 +389,7 @@ fn main() -> ExitCode {
             },
             output,
             suppress: Duration::from_millis(suppress_ms),
+            hit_ring_bytes,
             stats_interval: Duration::from_secs(stats_interval),
             duration: (duration > 0).then(|| Duration::from_secs(duration)),
             ebpf_log_level: match ebpf_log {
@@ -479,6 +484,7 @@ struct RunArgs {
     xdp_mode: AttachMode,
     output: OutputArgs,
     suppress: Duration,
+    hit_ring_bytes: Option<u32>,
     stats_interval: Duration,
     duration: Option<Duration>,
     ebpf_log_level: u8,
@@ -550,6 +556,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             mode: args.mode,
             enforce: args.enforce,
             suppress: args.suppress,
+            hit_ring_bytes: args
+                .hit_ring_bytes
+                .unwrap_or(loader::DEFAULT_HIT_RING_BYTES),
             ebpf_log_level: args.ebpf_log_level,
             handoff: !args.no_payloads,
             http_ports,

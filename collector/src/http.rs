@@ -1,6 +1,7 @@
 //! The HTTP side, on the HTTP port: `/api/events` (query pages as JSON, the same filters as
 //! gRPC; text fields cut to [`LIST_FIELD_BYTES`] with `"truncated": true`), `/api/events/N`
-//! (one event whole, by cursor), `/api/health` (200 when ingesting, 503 with the reason when
+//! (one event whole, by cursor), `/api/blocklist` (source addresses as text for firewalls,
+//! [`crate::blocklist`]), `/api/health` (200 when ingesting, 503 with the reason when
 //! the store refuses writes), and `/metrics` (Prometheus text). The event routes take the
 //! subscriber token in `authorization: Bearer T` like gRPC; health and metrics are open
 //! (they carry no events) so that probes and scrapers need no secret.
@@ -48,6 +49,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/api/events", get(events))
         .route("/api/events/{cursor}", get(event_detail))
+        .route("/api/blocklist", get(blocklist))
         .route("/api/health", get(health))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -179,6 +181,68 @@ async fn event_detail(
     }
 }
 
+/// Reads `minutes` (default [`crate::blocklist::DEFAULT_MINUTES`], 1 to
+/// [`crate::blocklist::MAX_MINUTES`]) and filter terms; anything else is refused.
+pub fn blocklist_params(pairs: &[(String, String)]) -> Result<(u32, v1::Filter), String> {
+    use crate::blocklist::{DEFAULT_MINUTES, MAX_MINUTES};
+    let mut minutes = DEFAULT_MINUTES;
+    let mut filter = v1::Filter::default();
+    for (k, v) in pairs {
+        if k == "minutes" {
+            minutes = v
+                .parse()
+                .ok()
+                .filter(|m| (1..=MAX_MINUTES).contains(m))
+                .ok_or_else(|| format!("minutes: {v:?} is not 1-{MAX_MINUTES}"))?;
+        } else if !apply_filter_term(&mut filter, k, v).map_err(|e| e.to_string())? {
+            return Err(format!("unknown parameter {k:?}"));
+        }
+    }
+    Ok((minutes, filter))
+}
+
+async fn blocklist(
+    State(s): State<Arc<HttpState>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    use crate::blocklist::MAX_SOURCES;
+    if let Err(r) = authorize(&s, &headers, peer) {
+        return *r;
+    }
+    let (minutes, filter) = match blocklist_params(&pairs) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let filter = match crate::filter::EventFilter::compile(Some(&filter)) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let now_us =
+        i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
+    let storage = Arc::clone(&s.hub.storage);
+    let built = tokio::task::spawn_blocking(move || {
+        crate::blocklist::build(storage.as_ref(), &filter, minutes, now_us, MAX_SOURCES)
+    })
+    .await;
+    match built {
+        Ok(Ok(list)) => {
+            crate::metrics::inc(&s.hub.metrics.queries);
+            (
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                list.render(minutes, now_us, MAX_SOURCES),
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => {
+            crate::metrics::inc(&s.hub.metrics.storage_errors);
+            error(StatusCode::SERVICE_UNAVAILABLE, format!("storage: {e}"))
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
 async fn health(State(s): State<Arc<HttpState>>) -> Response {
     let common = json!({
         "subscribers": s.hub.metrics.subscribers.load(Ordering::Relaxed),
@@ -246,5 +310,20 @@ mod tests {
         assert_eq!(q.filter.unwrap().types, ["DNS"]);
         assert!(query_from_params(&[p("bogus", "1")]).is_err());
         assert!(query_from_params(&[p("from", "yesterday")]).is_err());
+    }
+
+    #[test]
+    fn blocklist_params_are_checked() {
+        let p = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let (m, f) = blocklist_params(&[p("type", "DNS"), p("min_severity", "high")]).unwrap();
+        assert_eq!(m, 60);
+        assert_eq!(f.types, ["DNS"]);
+        assert_eq!(
+            blocklist_params(&[p("minutes", "10080")]).unwrap().0,
+            10_080
+        );
+        assert!(blocklist_params(&[p("minutes", "10081")]).is_err());
+        assert!(blocklist_params(&[p("minutes", "0")]).is_err());
+        assert!(blocklist_params(&[p("limit", "5")]).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! `xtrail.v1.Ingest/Publish`: batches in, acknowledgements out.
 //!
 //! Every batch is checked, then handed to the single writer thread, which commits it in one
-//! transaction, publishes the newly stored events to live subscribers (in commit order,
+//! transaction (shared with the batches queued behind it: group commit), publishes the newly stored events to live subscribers (in commit order,
 //! which is cursor order), and only then lets the stream acknowledge the batch. A batch that
 //! was already stored (a sensor resending after a lost acknowledgement) is acknowledged
 //! again and stored once.
@@ -117,6 +117,11 @@ struct Job {
     reply: oneshot::Sender<Result<Ack, StorageError>>,
 }
 
+/// Most batches one group commit takes from the queue.
+const GROUP_MAX_BATCHES: usize = 64;
+/// A group takes no further batch once it holds this many events.
+const GROUP_MAX_EVENTS: usize = 20_000;
+
 /// Handle to the writer thread.
 #[derive(Clone, Debug)]
 pub struct Writer {
@@ -143,41 +148,65 @@ impl Writer {
         std::thread::Builder::new()
             .name("xtrail-writer".into())
             .spawn(move || {
-                while let Some(job) = rx.blocking_recv() {
-                    let started = Instant::now();
-                    let result = storage.insert_batch(&job.sensor_id, job.events);
-                    let result = result.map(|c| {
-                        let ack = Ack {
-                            committed_seq: c.committed_seq,
-                            stored: u32::try_from(c.stored.len()).unwrap_or(u32::MAX),
-                            duplicates: c.duplicates,
-                        };
-                        add(&metrics.ingest_events, u64::from(ack.stored));
-                        add(&metrics.ingest_duplicates, u64::from(ack.duplicates));
-                        inc(&metrics.ingest_batches);
-                        add(
-                            &metrics.ingest_commit_us,
-                            u64::try_from(started.elapsed().as_micros()).unwrap_or(0),
-                        );
-                        if let Some(last) = c.stored.last() {
-                            last_cursor.store(last.cursor, Ordering::SeqCst);
-                            // No receivers is fine: nobody is subscribed.
-                            let _ = live.send(Arc::new(c.stored));
-                        }
-                        ack
-                    });
-                    match &result {
-                        Ok(_) => health.storage_ok(),
-                        Err(StorageError::Conflict { .. }) => {
-                            inc(&metrics.ingest_rejected);
-                            inc(&metrics.rejected_conflict);
-                        }
-                        Err(e) => {
-                            inc(&metrics.storage_errors);
-                            health.storage_failed(&e.to_string());
+                while let Some(first) = rx.blocking_recv() {
+                    // Group commit: the batches queued behind the first (several streams,
+                    // or one stream's batches in flight) share its transaction and its
+                    // sync; each is still acknowledged only after that commit.
+                    let mut jobs = vec![first];
+                    let mut events = jobs[0].events.len();
+                    while jobs.len() < GROUP_MAX_BATCHES && events < GROUP_MAX_EVENTS {
+                        match rx.try_recv() {
+                            Ok(job) => {
+                                events += job.events.len();
+                                jobs.push(job);
+                            }
+                            Err(_) => break,
                         }
                     }
-                    let _ = job.reply.send(result);
+                    let started = Instant::now();
+                    let mut replies = Vec::with_capacity(jobs.len());
+                    let batches = jobs
+                        .into_iter()
+                        .map(|job| {
+                            replies.push(job.reply);
+                            (job.sensor_id, job.events)
+                        })
+                        .collect();
+                    let results = storage.insert_batches(batches);
+                    add(
+                        &metrics.ingest_commit_us,
+                        u64::try_from(started.elapsed().as_micros()).unwrap_or(0),
+                    );
+                    for (result, reply) in results.into_iter().zip(replies) {
+                        let result = result.map(|c| {
+                            let ack = Ack {
+                                committed_seq: c.committed_seq,
+                                stored: u32::try_from(c.stored.len()).unwrap_or(u32::MAX),
+                                duplicates: c.duplicates,
+                            };
+                            add(&metrics.ingest_events, u64::from(ack.stored));
+                            add(&metrics.ingest_duplicates, u64::from(ack.duplicates));
+                            inc(&metrics.ingest_batches);
+                            if let Some(last) = c.stored.last() {
+                                last_cursor.store(last.cursor, Ordering::SeqCst);
+                                // No receivers is fine: nobody is subscribed.
+                                let _ = live.send(Arc::new(c.stored));
+                            }
+                            ack
+                        });
+                        match &result {
+                            Ok(_) => health.storage_ok(),
+                            Err(StorageError::Conflict { .. }) => {
+                                inc(&metrics.ingest_rejected);
+                                inc(&metrics.rejected_conflict);
+                            }
+                            Err(e) => {
+                                inc(&metrics.storage_errors);
+                                health.storage_failed(&e.to_string());
+                            }
+                        }
+                        let _ = reply.send(result);
+                    }
                 }
             })?;
         Ok(Writer { tx })

@@ -9,8 +9,9 @@
 //! - [`storage`]: the [`storage::Storage`] trait and its SQLite and PostgreSQL
 //!   implementations;
 //! - [`subscribe`]: `Events.Subscribe`, stored then live, gapless, lag-aware;
-//! - [`query`]: `Events.Query` pages; [`http`]: `/api/events`, `/api/health`, `/metrics`;
-//! - [`export`]: exporters (syslog CEF/JSON, Maltrail, ECS/EVE files), each an internal
+//! - [`query`]: `Events.Query` pages; [`http`]: `/api/events`, `/api/blocklist`
+//!   ([`blocklist`]), `/api/health`, `/metrics`;
+//! - [`export`]: exporters (syslog CEF/JSON, Maltrail, ECS/EVE files, webhooks), each an internal
 //!   subscriber with its own queue and persisted cursor;
 //! - [`filter`]: the filters shared by all of them; [`retention`]: age and size limits;
 //! - [`server`]: wiring; [`config`]: flags and config file; [`client`]: `subscribe` command.
@@ -19,6 +20,7 @@
 //! (end to end with the publisher, SIGKILL mid-stream, bad input, a Python grpcio client).
 
 pub mod auth;
+pub mod blocklist;
 pub mod client;
 pub mod config;
 pub mod conn;

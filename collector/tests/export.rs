@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{sample, tempdir, Collector, SENSOR_TOKEN};
+use common::{sample, tempdir, Collector, SENSOR_TOKEN, SUB_TOKEN};
 use xtrail_detect::event::{Event, Severity};
 use xtrail_publish::{Publisher, PublisherConfig};
 
@@ -676,4 +676,572 @@ path = "{}"
         ),
         0
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Webhooks, TLS syslog, blocklist: receivers in the test process.
+
+/// What a test HTTP receiver got: (path, JSON body) per request it answered 2xx; the next
+/// `fail` requests get a 500 instead.
+#[derive(Default)]
+struct HookState {
+    got: Mutex<Vec<(String, serde_json::Value)>>,
+    fail: std::sync::atomic::AtomicU32,
+    refused: std::sync::atomic::AtomicU32,
+}
+
+impl HookState {
+    fn bodies(&self, path: &str) -> Vec<serde_json::Value> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p.starts_with(path))
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+}
+
+/// A minimal HTTP/1.1 server (keep-alive, content-length bodies) over any stream.
+async fn serve_http<S>(stream: S, state: Arc<HookState>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::io::BufReader::new(stream);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if s.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let mut lines = head.lines();
+        let request = lines.next().unwrap_or_default().to_string();
+        let mut len = 0usize;
+        let mut ctype = String::new();
+        for l in lines {
+            let (k, v) = l.split_once(':').unwrap();
+            match k.to_ascii_lowercase().as_str() {
+                "content-length" => len = v.trim().parse().unwrap(),
+                "content-type" => ctype = v.trim().to_string(),
+                _ => {}
+            }
+        }
+        let mut body = vec![0u8; len];
+        if s.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        assert!(request.starts_with("POST "), "{request}");
+        assert_eq!(ctype, "application/json");
+        let path = request.split(' ').nth(1).unwrap().to_string();
+        let failing = state
+            .fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let answer = if failing {
+            state.refused.fetch_add(1, Ordering::SeqCst);
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\n\r\nbusy"
+        } else {
+            let j: serde_json::Value = serde_json::from_slice(&body).expect("JSON body");
+            state.got.lock().unwrap().push((path, j));
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        };
+        if s.get_mut().write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs `f` on a fresh two-thread tokio runtime in the background, for the test's life.
+fn background<F: std::future::Future<Output = ()> + Send + 'static>(f: F) {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f);
+    });
+}
+
+/// A plain HTTP receiver on a free port.
+fn http_receiver(state: Arc<HookState>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap();
+    background(async move {
+        let l = tokio::net::TcpListener::from_std(l).unwrap();
+        loop {
+            let (c, _) = l.accept().await.unwrap();
+            tokio::spawn(serve_http(c, Arc::clone(&state)));
+        }
+    });
+    addr
+}
+
+/// Test certificates: a CA and a server certificate for localhost / 127.0.0.1 signed by
+/// it (`ca.pem`, `c.pem`, `k.pem`), and an unrelated CA (`other-ca.pem`). None when
+/// openssl is missing.
+fn make_certs(dir: &Path) -> Option<()> {
+    let script = "set -e
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \\
+            -subj /CN=xtrail-test-ca -keyout ca.key -out ca.pem
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \\
+            -subj /CN=xtrail-other-ca -keyout other-ca.key -out other-ca.pem
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
+            -subj /CN=localhost -keyout k.pem -out c.csr
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf
+        openssl x509 -req -in c.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \\
+            -extfile ext.cnf -out c.pem";
+    let made = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .stderr(Stdio::null())
+        .status();
+    made.is_ok_and(|s| s.success()).then_some(())
+}
+
+fn tls_acceptor(dir: &Path) -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("c.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("k.pem")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+/// A TLS listener on a free port handing each accepted stream to `serve`; counts failed
+/// handshakes.
+fn tls_listener<F, Fut>(
+    acceptor: tokio_rustls::TlsAcceptor,
+    handshake_failures: Arc<std::sync::atomic::AtomicU32>,
+    serve: F,
+) -> SocketAddr
+where
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap();
+    background(async move {
+        let l = tokio::net::TcpListener::from_std(l).unwrap();
+        let serve = Arc::new(serve);
+        loop {
+            let (c, _) = l.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            let failures = Arc::clone(&handshake_failures);
+            let serve = Arc::clone(&serve);
+            tokio::spawn(async move {
+                match acceptor.accept(c).await {
+                    Ok(s) => serve(s).await,
+                    Err(_) => {
+                        failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Events for the webhook test: `sample(i)`, except that events 0..10 share one source
+/// and one trail, a second apart, all high (a throttle of 60 s lets the first through).
+fn webhook_events(n: u32, first: u32) -> Vec<Event> {
+    (first..first + n)
+        .map(|i| {
+            let mut e = sample(i);
+            if i < 10 {
+                e.src_ip = "198.18.200.1".parse().unwrap();
+                e.trail = "repeat.evil.example".into();
+                e.severity = Severity::High;
+                e.ts_us = 1_786_094_062_000_000 + i64::from(i) * 1_000_000;
+            }
+            e
+        })
+        .collect()
+}
+
+#[test]
+fn webhook_bodies_floor_throttle_retries_and_restart() {
+    use std::sync::atomic::Ordering;
+    let state = Arc::new(HookState::default());
+    state.fail.store(3, Ordering::SeqCst); // the first three POSTs get a 500
+    let addr = http_receiver(Arc::clone(&state));
+    let dir = tempdir("export-webhook");
+    let config = dir.path().join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[exporter]]
+kind = "webhook"
+name = "hook"
+target = "http://{addr}/hook/s3cret?k=1"
+start = "oldest"
+min_severity = "medium"
+throttle_seconds = 60
+headers = {{ authorization = "Bearer hook-token" }}
+batch = 7
+[[exporter]]
+kind = "webhook"
+name = "chat"
+target = "http://{addr}/chat"
+start = "oldest"
+filter = ["type=DNS"]
+template = '{{"text": "{{trail}} {{info}} from {{src_ip}}", "severity": "{{severity}}", "port": {{src_port}}, "cursor": {{cursor}}}}'
+"#
+        ),
+    )
+    .unwrap();
+    let data = tempdir("export-webhook-data");
+    let spool = tempdir("export-webhook-spool");
+    let args = ["--config", config.to_str().unwrap()];
+    let mut collector = Collector::start(data.path(), None, &args);
+    let grpc = collector.grpc;
+    const N: u32 = 40;
+    let events = webhook_events(N, 0);
+    publish_all(&collector.url(), spool.path(), &events);
+
+    // Expected: severity >= medium, and of the ten repeats only the first.
+    let wanted: Vec<&Event> = events
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| e.severity != Severity::Low && (*i == 0 || *i >= 10))
+        .map(|(_, e)| e)
+        .collect();
+    let dns: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == xtrail_detect::event::EventType::Dns)
+        .collect();
+    wait_for("the webhooks", Duration::from_secs(60), || {
+        state.bodies("/hook/").len() >= wanted.len() && state.bodies("/chat").len() >= dns.len()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let hook = state.bodies("/hook/s3cret?k=1");
+    assert_eq!(hook.len(), wanted.len(), "one POST per event, none twice");
+    for (j, e) in hook.iter().zip(&wanted) {
+        // The default body: the event as /api/events shows it, in cursor order.
+        assert_eq!(j["src_ip"], e.src_ip.to_string());
+        assert_eq!(j["trail"], e.trail.as_str());
+        assert_eq!(j["info"], e.info.as_str());
+        assert_eq!(j["dst_port"], e.dst_port);
+        assert_eq!(j["sensor"], "gw-test");
+        assert_ne!(j["severity"], "low");
+    }
+    let chat = state.bodies("/chat");
+    assert_eq!(chat.len(), dns.len());
+    for (j, e) in chat.iter().zip(&dns) {
+        assert_eq!(
+            j["text"],
+            format!("{} {} from {}", e.trail, e.info, e.src_ip),
+            "{j}"
+        );
+        assert_eq!(j["port"], e.src_port);
+        assert!(j["cursor"].as_u64().unwrap() > 0);
+    }
+    assert_eq!(state.refused.load(Ordering::SeqCst), 3);
+    let m = collector.http_get("/metrics", None).1;
+    let hook_metric =
+        |m: &str, name: &str| metric(m, &format!("{name}{{exporter=\"hook\",kind=\"webhook\"}}"));
+    let failed = hook_metric(&m, "xtrail_export_failed_total")
+        + metric(
+            &m,
+            "xtrail_export_failed_total{exporter=\"chat\",kind=\"webhook\"}",
+        );
+    assert_eq!(failed, 3, "{m}");
+    assert!(hook_metric(&m, "xtrail_export_retries_total") >= 1);
+    assert_eq!(hook_metric(&m, "xtrail_export_throttled_total"), 9);
+    assert_eq!(hook_metric(&m, "xtrail_export_up"), 1);
+    assert_eq!(hook_metric(&m, "xtrail_export_lag_cursors"), 0);
+
+    // Restart (SIGKILL): the exporters resume after their cursors; only new events follow.
+    let last_cursor = hook.last().unwrap()["cursor"].as_u64().unwrap();
+    collector.kill9();
+    collector = Collector::start(data.path(), Some(grpc), &args);
+    let more = webhook_events(20, 100);
+    publish_all(&collector.url(), spool.path(), &more);
+    let more_wanted = more.iter().filter(|e| e.severity != Severity::Low).count();
+    wait_for(
+        "the webhooks after a restart",
+        Duration::from_secs(60),
+        || state.bodies("/hook/").len() >= wanted.len() + more_wanted,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let hook = state.bodies("/hook/");
+    let again: Vec<_> = hook[wanted.len()..]
+        .iter()
+        .filter(|j| j["cursor"].as_u64().unwrap() <= last_cursor)
+        .collect();
+    assert!(
+        again.len() <= 7,
+        "more than one batch sent again: {again:?}"
+    );
+    let new: HashSet<String> = hook[wanted.len()..]
+        .iter()
+        .filter(|j| j["cursor"].as_u64().unwrap() > last_cursor)
+        .map(|j| j["trail"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(new.len(), more_wanted);
+    drop(collector);
+}
+
+#[test]
+fn syslog_over_tls_verifies_the_ca_and_webhook_https() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let certs = tempdir("export-tls-certs");
+    if make_certs(certs.path()).is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "openssl is missing (CI=true)"
+        );
+        eprintln!("SKIP syslog_over_tls...: openssl could not make test certificates");
+        return;
+    }
+    let acceptor = tls_acceptor(certs.path());
+    // Syslog receiver: RFC 6587 octet-counted RFC 5424 messages over TLS.
+    let messages = Arc::new(Mutex::new(Vec::<String>::new()));
+    let syslog_failures = Arc::new(AtomicU32::new(0));
+    let syslog_addr = {
+        let messages = Arc::clone(&messages);
+        tls_listener(acceptor.clone(), Arc::clone(&syslog_failures), move |s| {
+            let messages = Arc::clone(&messages);
+            async move {
+                use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+                let mut r = tokio::io::BufReader::new(s);
+                loop {
+                    let mut len = Vec::new();
+                    if r.read_until(b' ', &mut len).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let n: usize = String::from_utf8_lossy(&len)
+                        .trim()
+                        .parse()
+                        .expect("length");
+                    let mut msg = vec![0u8; n];
+                    if r.read_exact(&mut msg).await.is_err() {
+                        return;
+                    }
+                    messages
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8(msg).unwrap());
+                }
+            }
+        })
+    };
+    // HTTPS webhook receiver with the same certificate.
+    let hooks = Arc::new(HookState::default());
+    let https_failures = Arc::new(AtomicU32::new(0));
+    let https_addr = {
+        let hooks = Arc::clone(&hooks);
+        tls_listener(acceptor, Arc::clone(&https_failures), move |s| {
+            serve_http(s, Arc::clone(&hooks))
+        })
+    };
+    let ca = certs.path().join("ca.pem");
+    let other = certs.path().join("other-ca.pem");
+    let (sp, hp) = (syslog_addr.port(), https_addr.port());
+    let dir = tempdir("export-tls");
+    let config = dir.path().join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[exporter]]
+kind = "syslog"
+name = "tls-good"
+target = "tls://127.0.0.1:{sp}"
+tls_ca = "{ca}"
+tls_server_name = "localhost"
+format = "json"
+hostname = "xtrail-test"
+start = "oldest"
+[[exporter]]
+kind = "syslog"
+name = "tls-wrong-ca"
+target = "tls://127.0.0.1:{sp}"
+tls_ca = "{other}"
+tls_server_name = "localhost"
+start = "oldest"
+[[exporter]]
+kind = "webhook"
+name = "https-good"
+target = "https://localhost:{hp}/good"
+tls_ca = "{ca}"
+start = "oldest"
+[[exporter]]
+kind = "webhook"
+name = "https-default-roots"
+target = "https://localhost:{hp}/default"
+start = "oldest"
+[[exporter]]
+kind = "webhook"
+name = "https-insecure"
+target = "https://localhost:{hp}/insecure"
+insecure_skip_verify = true
+start = "oldest"
+"#,
+            ca = ca.display(),
+            other = other.display()
+        ),
+    )
+    .unwrap();
+    let data = tempdir("export-tls-data");
+    let spool = tempdir("export-tls-spool");
+    let collector = Collector::start(data.path(), None, &["--config", config.to_str().unwrap()]);
+    const N: u32 = 25;
+    let events: Vec<Event> = (0..N).map(sample).collect();
+    publish_all(&collector.url(), spool.path(), &events);
+    wait_for("the TLS receivers", Duration::from_secs(60), || {
+        messages.lock().unwrap().len() >= N as usize
+            && hooks.bodies("/good").len() >= N as usize
+            && hooks.bodies("/insecure").len() >= N as usize
+    });
+    // Every message an RFC 5424 header and the event as JSON.
+    let got = messages.lock().unwrap().clone();
+    assert_eq!(got.len(), N as usize);
+    let mut seen = HashSet::new();
+    for m in &got {
+        assert!(m.starts_with('<') && m.contains(">1 "), "{m}");
+        // <PRI>1 TIMESTAMP HOSTNAME APP-NAME - MSGID - MSG
+        let f: Vec<&str> = m.splitn(8, ' ').collect();
+        assert_eq!(f[2], "xtrail-test");
+        assert_eq!(f[3], "xtrail");
+        assert_eq!((f[4], f[6]), ("-", "-"));
+        let j: serde_json::Value = serde_json::from_str(f[7]).expect(m);
+        let e = &events[j["trail"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("trail-")
+            .trim_end_matches(".evil.example")
+            .parse::<usize>()
+            .unwrap()];
+        assert_eq!(f[1], xtrail_detect::event::format_rfc3339(e.ts_us));
+        assert_eq!(f[5], e.kind.as_str());
+        seen.insert(j["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seen.len(), N as usize);
+    // The wrong CA and the default roots refuse the test certificate: nothing sent.
+    wait_for(
+        "the refused exporters to fail",
+        Duration::from_secs(30),
+        || {
+            let m = collector.http_get("/metrics", None).1;
+            metric(
+                &m,
+                "xtrail_export_failed_total{exporter=\"tls-wrong-ca\",kind=\"syslog\"}",
+            ) >= 2
+                && metric(
+                    &m,
+                    "xtrail_export_failed_total{exporter=\"https-default-roots\",kind=\"webhook\"}",
+                ) >= 2
+        },
+    );
+    let m = collector.http_get("/metrics", None).1;
+    for (name, kind, up, sent) in [
+        ("tls-good", "syslog", 1, u64::from(N)),
+        ("tls-wrong-ca", "syslog", 0, 0),
+        ("https-good", "webhook", 1, u64::from(N)),
+        ("https-default-roots", "webhook", 0, 0),
+        ("https-insecure", "webhook", 1, u64::from(N)),
+    ] {
+        let series = |s: &str| format!("{s}{{exporter=\"{name}\",kind=\"{kind}\"}}");
+        assert_eq!(metric(&m, &series("xtrail_export_up")), up, "{name}");
+        assert_eq!(
+            metric(&m, &series("xtrail_export_sent_total")),
+            sent,
+            "{name}"
+        );
+    }
+    assert!(hooks.bodies("/default").is_empty());
+    assert!(syslog_failures.load(Ordering::SeqCst) >= 2);
+    assert!(https_failures.load(Ordering::SeqCst) >= 2);
+}
+
+#[test]
+fn blocklist_lists_recent_sources_by_filter() {
+    let data = tempdir("blocklist-data");
+    let spool = tempdir("blocklist-spool");
+    let collector = Collector::start(data.path(), None, &[]);
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros(),
+    )
+    .unwrap();
+    let min = 60_000_000i64;
+    let ev = |i: u32, src: &str, minutes_ago: i64, sev: Severity| {
+        let mut e = sample(i);
+        e.src_ip = src.parse().unwrap();
+        e.ts_us = now - minutes_ago * min;
+        e.severity = sev;
+        e
+    };
+    let events = vec![
+        ev(0, "198.18.0.1", 5, Severity::High),    // DNS, now
+        ev(1, "198.18.0.2", 10, Severity::High),   // HTTP, now
+        ev(4, "198.18.0.3", 90, Severity::High),   // DNS, previous hour: cleared
+        ev(8, "2001:db8::1", 20, Severity::Low),   // DNS, now, low
+        ev(12, "198.18.0.4", 300, Severity::High), // DNS, 5 h ago
+        ev(16, "198.18.0.1", 100, Severity::High), // DNS, previous hour, still listed
+    ];
+    publish_all(&collector.url(), spool.path(), &events);
+    let get = |q: &str| collector.http_get(&format!("/api/blocklist{q}"), Some(SUB_TOKEN));
+    let (status, body) = get("");
+    assert_eq!(status, 200, "{body}");
+    let listed = |body: &str| -> Vec<String> {
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(String::from)
+            .collect()
+    };
+    let cleared = |body: &str| -> Vec<String> {
+        body.lines()
+            .filter_map(|l| l.strip_prefix("# cleared "))
+            .map(String::from)
+            .collect()
+    };
+    assert!(
+        body.starts_with("# xtrail blocklist minutes=60 since="),
+        "{body}"
+    );
+    assert_eq!(
+        listed(&body),
+        ["198.18.0.1", "198.18.0.2", "2001:db8::1"],
+        "{body}"
+    );
+    assert_eq!(cleared(&body), ["198.18.0.3"], "{body}");
+    let (_, body) = get("?type=DNS&min_severity=high");
+    assert_eq!(listed(&body), ["198.18.0.1"], "{body}");
+    assert_eq!(cleared(&body), ["198.18.0.3"], "{body}");
+    let (_, body) = get("?minutes=360&src=198.18.0.0/24");
+    assert_eq!(
+        listed(&body),
+        ["198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.0.4"],
+        "{body}"
+    );
+    assert!(cleared(&body).is_empty());
+    assert_eq!(get("?minutes=20000").0, 400);
+    assert_eq!(get("?colour=red").0, 400);
+    assert_eq!(collector.http_get("/api/blocklist", None).0, 401);
+    assert_eq!(collector.http_get("/api/blocklist", Some("wrong")).0, 401);
 }

@@ -483,3 +483,45 @@ fn two_stores_on_one_database_commit_in_cursor_order() {
     assert!(seen.windows(2).all(|w| w[1].2 > w[0].2), "cursor order");
     assert_eq!(all(reader.as_ref()).len(), total);
 }
+
+#[test]
+fn group_commit_keeps_each_batch_apart() {
+    let Some(pg) = PgServer::start("groups") else {
+        return;
+    };
+    let s = PgStorage::open(&pg.create_db("groups")).unwrap();
+    s.insert_batch("a", vec![ev(1, T0, "198.18.0.1")]).unwrap();
+    let mut conflicting = ev(1, T0, "198.18.0.1");
+    conflicting.trail = "other".into();
+    let out = s.insert_batches(vec![
+        (
+            "b".into(),
+            (1..=3).map(|i| ev(i, T0, "198.18.0.1")).collect(),
+        ),
+        ("a".into(), vec![ev(2, T0, "198.18.0.1"), conflicting]),
+        (
+            "a".into(),
+            vec![ev(1, T0, "198.18.0.1"), ev(3, T0 + DAY_US, "198.18.0.1")],
+        ),
+        ("c".into(), vec![]),
+        ("c".into(), vec![ev(7, T0, "198.18.0.1")]),
+    ]);
+    assert_eq!(out.len(), 5);
+    assert!(matches!(out[1], Err(StorageError::Conflict { seq: 1, .. })));
+    let ok: Vec<_> = out.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(
+        ok.iter()
+            .map(|c| (c.stored.len(), c.duplicates))
+            .collect::<Vec<_>>(),
+        [(3, 0), (1, 1), (0, 0), (1, 0)]
+    );
+    // Cursors increase in the order given; nothing of the refused batch is stored.
+    let cursors: Vec<u64> = ok
+        .iter()
+        .flat_map(|c| c.stored.iter().map(|e| e.cursor))
+        .collect();
+    assert!(cursors.windows(2).all(|w| w[1] > w[0]), "{cursors:?}");
+    let stored = all(&s);
+    assert_eq!(stored.len(), 6);
+    assert!(!stored.iter().any(|e| e.sensor_id == "a" && e.seq == 2));
+}

@@ -21,6 +21,7 @@ use xtrail_bench::scenario::{self, Traffic, TrailPicks};
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::{is_ignored_suffix, Whitelist};
 
+use crate::bench_ingest::{self, IngestRun};
 use crate::paths;
 
 /// Options of a bench run.
@@ -823,6 +824,12 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     }
     let _ = std::fs::write(stats_knob, old_knob.trim());
     drop(set);
+    // The collector: events/s stored and sensor→subscriber latency, SQLite and PostgreSQL.
+    let ingest = if wanted("ingest") {
+        bench_ingest::run(opts.quick, &tmp)
+    } else {
+        Vec::new()
+    };
     let _ = std::fs::remove_dir_all(&tmp);
     let mut notes = Vec::new();
     if wanted("urlfp") {
@@ -838,7 +845,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let machine = machine();
-    write_results(&results_dir, &runs, &when, &machine, opts, &notes)?;
+    write_results(&results_dir, &runs, &ingest, &when, &machine, opts, &notes)?;
     eprintln!("bench: results in {}", results_dir.display());
     Ok(())
 }
@@ -895,17 +902,23 @@ fn url_candidates_fp() -> anyhow::Result<String> {
 fn write_results(
     dir: &Path,
     runs: &[Run],
+    ingest: &[IngestRun],
     when: &str,
     machine: &str,
     opts: &BenchOptions,
     notes: &[String],
 ) -> anyhow::Result<()> {
     let json = format!(
-        "{{\"taken\":\"{when}\",\"machine\":\"{}\",\"quick\":{},\"seed\":{},\"runs\":[\n{}\n]}}\n",
+        "{{\"taken\":\"{when}\",\"machine\":\"{}\",\"quick\":{},\"seed\":{},\"runs\":[\n{}\n],\"ingest\":[\n{}\n]}}\n",
         machine.replace('"', "'"),
         opts.quick,
         opts.seed,
-        runs.iter().map(Run::json).collect::<Vec<_>>().join(",\n")
+        runs.iter().map(Run::json).collect::<Vec<_>>().join(",\n"),
+        ingest
+            .iter()
+            .map(IngestRun::json)
+            .collect::<Vec<_>>()
+            .join(",\n")
     );
     std::fs::write(dir.join("latest.json"), json)?;
     let mut md = String::new();
@@ -1002,6 +1015,14 @@ fn write_results(
     for n in notes {
         md.push_str(n);
         md.push('\n');
+    }
+    if !ingest.is_empty() {
+        md.push_str("\nCollector ingest (`collector/examples/ingest_bench.rs`: publisher, collector and live subscribers in one process on loopback; events/s stored publishing as fast as possible, latency sensor→subscriber at a steady rate):\n\n");
+        md.push_str("| store | collectors | events | events/s stored | latency at events/s | subscribers | p50 ms | p99 ms | max ms |\n");
+        md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for r in ingest {
+            md.push_str(&r.markdown_row());
+        }
     }
     std::fs::write(dir.join("latest.md"), &md)?;
     plots(dir, runs)?;

@@ -6,6 +6,7 @@
 //! - `test`: runs every test, privileged ones included (as root, or they fail under CI=true).
 
 mod bench;
+mod bench_ingest;
 mod demo;
 mod deps;
 mod paths;
@@ -45,7 +46,7 @@ enum Command {
         /// Seed of the generated traffic.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Only these scenarios (background, mix, storm, scale, offline, baseline); repeatable.
+        /// Only these scenarios (background, mix, storm, scale, offline, baseline, ingest); repeatable.
         #[arg(long)]
         only: Vec<String>,
         /// Extra argument for `xtrail-sensor run` (repeatable), e.g. --sensor-arg=--no-flow-starts.

@@ -16,27 +16,32 @@
 //! persisted cursor, so at most the batch that was in flight is sent again. A target that is
 //! down stalls only its own deliverer: the queue fills and the reader waits; it holds no
 //! events but the queue's, and the live ring never waits for it. Ingest and the other
-//! exporters are not slowed; once the target is back the exporter reads on from storage. Retention is the one limit: events deleted before an
-//! exporter reached them are not exported.
+//! exporters are not slowed; once the target is back the exporter reads on from storage.
+//! Retention is the one limit: events deleted before an exporter reached them are not
+//! exported.
 //!
 //! Kinds: [`syslog`] (RFC 5424 / RFC 3164, UDP / TCP / TLS, CEF ([`cef`]) or JSON bodies),
 //! [`maltrail`] (Maltrail's `LOG_SERVER` UDP lines), [`file`] (ECS or Suricata-EVE JSON
-//! lines, rotated by size and time, optionally gzipped).
+//! lines, rotated by size and time, optionally gzipped), [`webhook`] (an HTTP POST per
+//! event, JSON or a template, throttled per source and trail).
 //!
 //! Metrics per exporter (`/metrics`, label `exporter`): `xtrail_export_sent_total`,
 //! `xtrail_export_failed_total`, `xtrail_export_retries_total`,
 //! `xtrail_export_truncated_total`, `xtrail_export_cursor`, `xtrail_export_lag_cursors`,
-//! `xtrail_export_queue_batches`, `xtrail_export_up`.
+//! `xtrail_export_queue_batches`, `xtrail_export_up`, `xtrail_export_throttled_total`.
 //!
 //! Tests: unit tests per file; `collector/tests/export.rs` runs the real collector fed by
-//! the stock publisher against a real rsyslog, UDP sockets and files.
+//! the stock publisher against a real rsyslog, UDP sockets, files, a local HTTP server
+//! (webhook) and a rustls TLS syslog receiver.
 
 pub mod cef;
 pub mod cursor;
 pub mod file;
 pub mod maltrail;
 pub mod syslog;
+pub mod webhook;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -73,12 +78,12 @@ const IDLE_PERSIST: Duration = Duration::from_secs(1);
 #[derive(Deserialize, Debug, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct ExporterFile {
-    /// `syslog`, `maltrail` or `file`.
+    /// `syslog`, `maltrail`, `file` or `webhook`.
     pub kind: String,
     /// Unique name: cursor file and metrics label (1-64 of `A-Z a-z 0-9 . _ -`).
     pub name: String,
     /// syslog: `udp://HOST:PORT`, `tcp://HOST:PORT`, `tls://HOST:PORT`; maltrail:
-    /// `HOST:PORT` (UDP).
+    /// `HOST:PORT` (UDP); webhook: `https://...` or `http://...` URL.
     pub target: Option<String>,
     /// syslog: `cef` (default) or `json`; file: `ecs` (default) or `eve`.
     pub format: Option<String>,
@@ -87,6 +92,9 @@ pub struct ExporterFile {
     /// Filter terms, as `--filter` (`min_severity=high`, `type=DNS,HTTP`, `src=CIDR`...).
     #[serde(default)]
     pub filter: Vec<String>,
+    /// Any kind: severity floor (`low`, `medium`, `high`), the same as a `min_severity=`
+    /// filter term.
+    pub min_severity: Option<String>,
     /// Where a new exporter (no cursor yet) starts: `now` (default) or `oldest`.
     pub start: Option<String>,
     /// Batches queued between reader and deliverer.
@@ -116,6 +124,14 @@ pub struct ExporterFile {
     pub keep: Option<usize>,
     /// file: gzip rotated files.
     pub gzip: Option<bool>,
+    /// webhook: body template (JSON with `{field}` placeholders); default the event JSON.
+    pub template: Option<String>,
+    /// webhook: at most one POST per (source, trail) per this many seconds of event time.
+    pub throttle_seconds: Option<u64>,
+    /// webhook: extra request headers (`authorization = "Bearer ..."`).
+    pub headers: Option<BTreeMap<String, String>>,
+    /// webhook over https: accept any certificate (a warning is logged).
+    pub insecure_skip_verify: Option<bool>,
 }
 
 /// Where a new exporter starts.
@@ -136,6 +152,8 @@ pub enum Kind {
     Maltrail(maltrail::MaltrailConfig),
     /// JSON lines files.
     File(file::FileConfig),
+    /// HTTP POST per event.
+    Webhook(webhook::WebhookConfig),
 }
 
 impl Kind {
@@ -144,6 +162,7 @@ impl Kind {
             Kind::Syslog(_) => "syslog",
             Kind::Maltrail(_) => "maltrail",
             Kind::File(_) => "file",
+            Kind::Webhook(_) => "webhook",
         }
     }
 }
@@ -196,7 +215,20 @@ impl ExporterFile {
             bail!("exporter name {name:?}: 1-64 of A-Z a-z 0-9 . _ - (not starting with .)");
         }
         let ctx = |what: &str| format!("exporter {name:?}: {what}");
-        let filter = parse_filter_args(&self.filter).with_context(|| ctx("filter"))?;
+        let mut terms = self.filter.clone();
+        if let Some(floor) = &self.min_severity {
+            if terms.iter().any(|t| {
+                let key = t.split('=').next().unwrap_or("").trim();
+                key == "min_severity" || key == "severity"
+            }) {
+                bail!(
+                    "{}",
+                    ctx("min_severity is set both as an option and in filter")
+                );
+            }
+            terms.push(format!("min_severity={floor}"));
+        }
+        let filter = parse_filter_args(&terms).with_context(|| ctx("filter"))?;
         let start = match self.start.as_deref() {
             None | Some("now") => StartAt::Now,
             Some("oldest") => StartAt::Oldest,
@@ -215,9 +247,14 @@ impl ExporterFile {
                 maltrail::MaltrailConfig::check(&self).with_context(|| ctx("maltrail"))?,
             ),
             "file" => Kind::File(file::FileConfig::check(&self).with_context(|| ctx("file"))?),
+            "webhook" => {
+                Kind::Webhook(webhook::WebhookConfig::check(&self).with_context(|| ctx("webhook"))?)
+            }
             other => bail!(
                 "{}",
-                ctx(&format!("unknown kind {other:?} (syslog, maltrail, file)"))
+                ctx(&format!(
+                    "unknown kind {other:?} (syslog, maltrail, file, webhook)"
+                ))
             ),
         };
         Ok(ExporterConfig {
@@ -253,6 +290,10 @@ impl ExporterFile {
         opt(self.rotate_seconds.is_some(), "rotate_seconds");
         opt(self.keep.is_some(), "keep");
         opt(self.gzip.is_some(), "gzip");
+        opt(self.template.is_some(), "template");
+        opt(self.throttle_seconds.is_some(), "throttle_seconds");
+        opt(self.headers.is_some(), "headers");
+        opt(self.insecure_skip_verify.is_some(), "insecure_skip_verify");
         v
     }
 
@@ -324,6 +365,8 @@ pub struct ExporterStats {
     pub queued: AtomicU64,
     /// 1 after a successful delivery, 0 after a failed one.
     pub up: AtomicU64,
+    /// Events skipped by a throttle (webhook).
+    pub throttled: AtomicU64,
 }
 
 /// Every exporter's counters, rendered with the collector's metrics.
@@ -352,7 +395,7 @@ impl ExportRegistry {
             return;
         }
         type Get = fn(&ExporterStats, u64) -> u64;
-        let series: [(&str, &str, &str, Get); 8] = [
+        let series: [(&str, &str, &str, Get); 9] = [
             (
                 "xtrail_export_sent_total",
                 "counter",
@@ -400,6 +443,12 @@ impl ExportRegistry {
                 "gauge",
                 "1 when the last delivery succeeded.",
                 |s, _| s.up.load(Ordering::Relaxed),
+            ),
+            (
+                "xtrail_export_throttled_total",
+                "counter",
+                "Events not sent because of a throttle (counted in sent as well).",
+                |s, _| s.throttled.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, get) in series {
@@ -504,6 +553,14 @@ fn spawn_one(c: &ExporterConfig, hub: &Hub, dir: &Path) -> anyhow::Result<()> {
         Kind::File(k) => {
             tokio::spawn(deliver_loop(
                 file::FileSink::new(k.clone()),
+                rx,
+                stats,
+                cursor_file,
+            ));
+        }
+        Kind::Webhook(k) => {
+            tokio::spawn(deliver_loop(
+                webhook::WebhookSink::new(k.clone(), &c.name),
                 rx,
                 stats,
                 cursor_file,

@@ -280,7 +280,8 @@ pub fn split_host(address: &str) -> anyhow::Result<&str> {
     Ok(host)
 }
 
-fn load_roots(ca: Option<&PathBuf>) -> anyhow::Result<rustls::RootCertStore> {
+/// Trusted roots: the PEM certificates of `ca`, or the webpki roots.
+pub(crate) fn load_roots(ca: Option<&PathBuf>) -> anyhow::Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(path) => {

@@ -126,6 +126,21 @@ pub trait Storage: Send + Sync + 'static {
         events: Vec<v1::Event>,
     ) -> Result<Committed, StorageError>;
 
+    /// Stores several batches (of one or several sensors) as a group: each batch keeps the
+    /// contract of [`Storage::insert_batch`] (a conflict refuses that batch only), the
+    /// results come back in the order given, and cursors increase in that order. An
+    /// implementation may commit the group in one transaction (group commit: one durable
+    /// write for all); the default commits each batch on its own.
+    fn insert_batches(
+        &self,
+        batches: Vec<(String, Vec<v1::Event>)>,
+    ) -> Vec<Result<Committed, StorageError>> {
+        batches
+            .into_iter()
+            .map(|(key, events)| self.insert_batch(&key, events))
+            .collect()
+    }
+
     /// Stored events with cursor > `after_cursor` (and time >= `min_ts_us`) that pass the
     /// filter, in cursor order, at most `limit` and about [`PAGE_MAX_BYTES`].
     fn read_after(

@@ -116,6 +116,25 @@ impl Storage for RetryingStorage {
         self.store()?.insert_batch(sensor_key, events)
     }
 
+    fn insert_batches(
+        &self,
+        batches: Vec<(String, Vec<v1::Event>)>,
+    ) -> Vec<Result<Committed, StorageError>> {
+        match self.store() {
+            Ok(store) => store.insert_batches(batches),
+            Err(e) => {
+                let text = match e {
+                    StorageError::Unavailable(text) => text,
+                    other => other.to_string(),
+                };
+                batches
+                    .iter()
+                    .map(|_| Err(StorageError::Unavailable(text.clone())))
+                    .collect()
+            }
+        }
+    }
+
     fn read_after(
         &self,
         after_cursor: u64,

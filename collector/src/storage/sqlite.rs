@@ -1,6 +1,9 @@
 //! Embedded SQLite storage: one file `events.db` in the data directory, WAL journal,
 //! `synchronous=FULL` (a commit is on disk when it returns, so an acknowledged batch
-//! survives a crash or a power cut), one transaction per batch.
+//! survives a crash or a power cut), one transaction per batch, or per group of batches
+//! queued together ([`Storage::insert_batches`], savepoints keep a conflict to its batch).
+//! A thread of its own copies the WAL back into the database (passive checkpoints), off
+//! the writer's path.
 //!
 //! Each row keeps the filterable fields in columns (addresses as 16-byte keys so that a CIDR
 //! is a range scan over an index) and the whole event as its protobuf encoding, so nothing
@@ -41,7 +44,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_ts     ON events (ts_us);
 CREATE INDEX IF NOT EXISTS events_src    ON events (src_ip);
 CREATE INDEX IF NOT EXISTS events_dst    ON events (dst_ip);
-CREATE INDEX IF NOT EXISTS events_trail  ON events (trail);
+-- No index on trail: its filter is a substring match (instr), which no index serves.
+DROP INDEX IF EXISTS events_trail;
 CREATE INDEX IF NOT EXISTS events_sensor ON events (sensor);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -57,6 +61,64 @@ pub struct SqliteStorage {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     path: std::path::PathBuf,
+    _checkpointer: Checkpointer,
+}
+
+/// Copies the WAL back into the database from its own thread and connection (a passive
+/// checkpoint every [`CHECKPOINT_EVERY`]), so that the writer's commits do not do it.
+/// Stopped and joined on drop.
+#[derive(Debug)]
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl Checkpointer {
+    fn spawn(path: &Path) -> Checkpointer {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let path = path.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("xtrail-checkpoint".into())
+            .spawn(move || {
+                let conn = match Connection::open_with_flags(
+                    &path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                ) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // The writer's own checkpoints (wal_autocheckpoint) still run.
+                        log::warn!("sqlite checkpoint thread: {e}");
+                        return;
+                    }
+                };
+                let _ = conn.pragma_update(None, "synchronous", "FULL");
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    // A failure (disk full) is the writer's to report; the next round retries.
+                    let _: rusqlite::Result<(i64, i64, i64)> =
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        });
+                }
+            })
+            .ok();
+        Checkpointer {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -77,12 +139,19 @@ impl SqliteStorage {
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Index pages stay in memory between commits (64 MiB at most; with the default
+        // 2 MiB commits read back index pages they had just written).
+        conn.pragma_update(None, "cache_size", -65536)?;
+        // The checkpoint thread copies the WAL back; the writer does it itself only if
+        // the WAL passes 64 MiB (the thread cannot keep up, or is gone).
+        conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
         register_fold(&conn)?;
         Ok(SqliteStorage {
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
+            _checkpointer: Checkpointer::spawn(&path),
             path,
         })
     }
@@ -223,67 +292,144 @@ fn push_filter(f: &EventFilter, sql: &mut String, params: &mut Vec<Value>) {
     }
 }
 
+/// Inserts one batch inside the caller's transaction (see [`Storage::insert_batch`]):
+/// clears each event's `cursor` and `sensor_id` (they are not part of the stored body) and
+/// returns the cursor of each event newly stored (`None` for a duplicate). The events are
+/// left in place, so a failed group can be committed again batch by batch.
+fn insert_rows(
+    conn: &Connection,
+    sensor_key: &str,
+    events: &mut [v1::Event],
+) -> Result<Vec<Option<u64>>, StorageError> {
+    let mut insert = conn.prepare_cached(
+        "INSERT OR IGNORE INTO events
+         (sensor_id, seq, ts_us, sensor, src_ip, dst_ip, type, trail, info, severity, body)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?;
+    let mut stored_body =
+        conn.prepare_cached("SELECT body FROM events WHERE sensor_id = ? AND seq = ?")?;
+    let mut body = Vec::with_capacity(512);
+    let mut cursors = Vec::with_capacity(events.len());
+    for ev in events.iter_mut() {
+        ev.cursor = 0;
+        ev.sensor_id.clear();
+        body.clear();
+        // Encoding into a Vec cannot fail.
+        let _ = ev.encode(&mut body);
+        let changed = insert.execute(params![
+            sensor_key,
+            as_i64(ev.seq),
+            ev.ts_us,
+            ev.sensor,
+            key_of(&ev.src_ip),
+            key_of(&ev.dst_ip),
+            ev.r#type,
+            ev.trail,
+            ev.info,
+            ev.severity,
+            body,
+        ])?;
+        if changed == 0 {
+            // Already stored: a resend is the same event to the byte; anything else is a
+            // second publisher using this identity, and is refused whole.
+            let before: Vec<u8> =
+                stored_body.query_row(params![sensor_key, as_i64(ev.seq)], |r| r.get(0))?;
+            if before != body {
+                return Err(StorageError::Conflict {
+                    sensor: sensor_key.to_string(),
+                    seq: ev.seq,
+                });
+            }
+            cursors.push(None);
+            continue;
+        }
+        cursors.push(Some(u64::try_from(conn.last_insert_rowid()).unwrap_or(0)));
+    }
+    Ok(cursors)
+}
+
+/// One batch of a group: the cursors [`insert_rows`] assigned, or its refusal.
+type BatchOutcome = Result<Vec<Option<u64>>, StorageError>;
+
+/// What a committed batch produced, from [`insert_rows`]' cursors.
+fn committed(sensor_key: &str, events: Vec<v1::Event>, cursors: &[Option<u64>]) -> Committed {
+    let mut out = Committed {
+        committed_seq: events.iter().map(|e| e.seq).max().unwrap_or(0),
+        stored: Vec::with_capacity(events.len()),
+        duplicates: 0,
+    };
+    for (mut ev, cursor) in events.into_iter().zip(cursors) {
+        match cursor {
+            Some(c) => {
+                ev.cursor = *c;
+                ev.sensor_id = sensor_key.to_string();
+                out.stored.push(ev);
+            }
+            None => out.duplicates += 1,
+        }
+    }
+    out
+}
+
 impl Storage for SqliteStorage {
     fn insert_batch(
         &self,
         sensor_key: &str,
-        events: Vec<v1::Event>,
+        mut events: Vec<v1::Event>,
     ) -> Result<Committed, StorageError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction()?;
-        let mut out = Committed {
-            committed_seq: events.iter().map(|e| e.seq).max().unwrap_or(0),
-            ..Committed::default()
-        };
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO events
-                 (sensor_id, seq, ts_us, sensor, src_ip, dst_ip, type, trail, info, severity, body)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )?;
-            let mut stored_body =
-                tx.prepare_cached("SELECT body FROM events WHERE sensor_id = ? AND seq = ?")?;
-            let mut body = Vec::with_capacity(512);
-            for mut ev in events {
-                ev.cursor = 0;
-                ev.sensor_id.clear();
-                body.clear();
-                // Encoding into a Vec cannot fail.
-                let _ = ev.encode(&mut body);
-                let changed = insert.execute(params![
-                    sensor_key,
-                    as_i64(ev.seq),
-                    ev.ts_us,
-                    ev.sensor,
-                    key_of(&ev.src_ip),
-                    key_of(&ev.dst_ip),
-                    ev.r#type,
-                    ev.trail,
-                    ev.info,
-                    ev.severity,
-                    body,
-                ])?;
-                if changed == 0 {
-                    // Already stored: a resend is the same event to the byte; anything else
-                    // is a second publisher using this identity, and is refused whole.
-                    let before: Vec<u8> =
-                        stored_body.query_row(params![sensor_key, as_i64(ev.seq)], |r| r.get(0))?;
-                    if before != body {
-                        return Err(StorageError::Conflict {
-                            sensor: sensor_key.to_string(),
-                            seq: ev.seq,
-                        });
-                    }
-                    out.duplicates += 1;
-                    continue;
-                }
-                ev.cursor = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
-                ev.sensor_id = sensor_key.to_string();
-                out.stored.push(ev);
-            }
-        }
+        let cursors = insert_rows(&tx, sensor_key, &mut events)?;
         tx.commit()?;
-        Ok(out)
+        Ok(committed(sensor_key, events, &cursors))
+    }
+
+    /// Group commit: every batch in one transaction (one WAL sync for all), each inside a
+    /// savepoint so that a conflict refuses its own batch only. If anything else fails, the
+    /// group is rolled back and each batch is committed on its own, so that each gets its
+    /// own outcome.
+    fn insert_batches(
+        &self,
+        mut batches: Vec<(String, Vec<v1::Event>)>,
+    ) -> Vec<Result<Committed, StorageError>> {
+        if batches.len() <= 1 {
+            return batches
+                .into_iter()
+                .map(|(key, events)| self.insert_batch(&key, events))
+                .collect();
+        }
+        let grouped = {
+            let mut conn = lock(&self.writer);
+            (|| -> Result<Vec<BatchOutcome>, StorageError> {
+                let mut tx = conn.transaction()?;
+                let mut out = Vec::with_capacity(batches.len());
+                for (key, events) in &mut batches {
+                    let sp = tx.savepoint()?;
+                    match insert_rows(&sp, key, events) {
+                        Ok(cursors) => {
+                            sp.commit()?;
+                            out.push(Ok(cursors));
+                        }
+                        // Dropping the savepoint rolls this batch back.
+                        Err(e @ StorageError::Conflict { .. }) => out.push(Err(e)),
+                        Err(e) => return Err(e),
+                    }
+                }
+                tx.commit()?;
+                Ok(out)
+            })()
+        };
+        match grouped {
+            Ok(out) => batches
+                .into_iter()
+                .zip(out)
+                .map(|((key, events), r)| r.map(|cursors| committed(&key, events, &cursors)))
+                .collect(),
+            Err(_) => batches
+                .into_iter()
+                .map(|(key, events)| self.insert_batch(&key, events))
+                .collect(),
+        }
     }
 
     fn read_after(
@@ -488,6 +634,49 @@ mod tests {
         assert_eq!(c.stored.len(), 1);
         let c = s.insert_batch("a", vec![ev(13, 1, "198.18.0.1")]).unwrap();
         assert_eq!(c.stored.len(), 1);
+    }
+
+    #[test]
+    fn group_commit_keeps_each_batch_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        s.insert_batch("a", vec![ev(1, 1, "198.18.0.1")]).unwrap();
+        let mut conflicting = ev(1, 1, "198.18.0.1");
+        conflicting.trail = "other".into();
+        let out = s.insert_batches(vec![
+            (
+                "b".into(),
+                (1..=3).map(|i| ev(i, 1, "198.18.0.1")).collect(),
+            ),
+            ("a".into(), vec![ev(2, 1, "198.18.0.1"), conflicting]),
+            (
+                "a".into(),
+                vec![ev(1, 1, "198.18.0.1"), ev(3, 1, "198.18.0.1")],
+            ),
+            ("c".into(), vec![ev(7, 1, "198.18.0.1")]),
+        ]);
+        assert_eq!(out.len(), 4);
+        assert!(matches!(out[1], Err(StorageError::Conflict { seq: 1, .. })));
+        let ok: Vec<&Committed> = out.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(
+            ok.iter()
+                .map(|c| (c.stored.len(), c.duplicates))
+                .collect::<Vec<_>>(),
+            [(3, 0), (1, 1), (1, 0)]
+        );
+        // Cursors increase in the order given; nothing of the refused batch is stored.
+        let cursors: Vec<u64> = ok
+            .iter()
+            .flat_map(|c| c.stored.iter().map(|e| e.cursor))
+            .collect();
+        assert!(cursors.windows(2).all(|w| w[1] > w[0]), "{cursors:?}");
+        let all = s
+            .read_after(0, None, &EventFilter::default(), 100)
+            .unwrap()
+            .events;
+        assert_eq!(all.len(), 6);
+        assert!(!all.iter().any(|e| e.sensor_id == "a" && e.seq == 2));
+        assert_eq!(all.last().unwrap().cursor, *cursors.last().unwrap());
     }
 
     #[test]

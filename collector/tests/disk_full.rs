@@ -205,15 +205,20 @@ fn a_full_disk_turns_health_red_and_loses_nothing() {
         rt.block_on(ingest_status(&collector.url())),
         ServingStatus::NotServing
     );
-    // A collector whose store cannot even be created starts too, red with the reason.
-    let fresh = Collector::start(&fs.path().join("fresh"), None, &[]);
+    // A collector whose store cannot even be created starts too, red with the reason: on
+    // a tmpfs of its own, filled to the last byte.
+    let tiny = Tmpfs::mount("512k");
+    let tiny_filler = tiny.path().join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k", "count=1024"])
+        .arg(format!("of={}", tiny_filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    let fresh = Collector::start(&tiny.path().join("fresh"), None, &[]);
     let (code, body) = fresh.http_get("/api/health", None);
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("event store"), "{body}");
-    // Space returns: the filler goes and the file system grows (the other collector's
-    // resend and its WAL must not eat the room the fresh store needs to open).
-    std::fs::remove_file(&filler).unwrap();
-    fs.resize("512m");
+    std::fs::remove_file(&tiny_filler).unwrap();
     assert!(
         wait_for(Duration::from_secs(10), || fresh
             .http_get("/api/health", None)
@@ -221,6 +226,9 @@ fn a_full_disk_turns_health_red_and_loses_nothing() {
             == 200),
         "the fresh store never opened"
     );
+    drop(fresh);
+    // Space returns for the restarted collector too.
+    std::fs::remove_file(&filler).unwrap();
     publisher
         .flush(Duration::from_secs(120))
         .expect("acknowledged after space returned");

@@ -722,18 +722,7 @@ async fn deliver_loop<S: Sink>(
     }
 }
 
-/// Cuts `s` to at most `max` bytes at a character boundary; true when it cut.
-pub fn truncate_utf8(s: &mut String, max: usize) -> bool {
-    if s.len() <= max {
-        return false;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.truncate(end);
-    true
-}
+pub use xtrail_proto::limits::truncate_utf8;
 
 #[cfg(test)]
 mod tests {

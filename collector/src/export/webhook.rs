@@ -38,6 +38,7 @@ use tokio_rustls::rustls::client::danger::{
 };
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{DigitallySignedStruct, SignatureScheme};
+use xtrail_detect::event::JSON_FIELDS;
 use xtrail_proto::v1;
 
 use super::syslog::load_roots;
@@ -52,21 +53,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most response-body bytes read (and 200 of them quoted in an error).
 const MAX_RESPONSE: usize = 64 * 1024;
 
-/// Fields a template may name: the keys of `event_to_json`.
-pub const TEMPLATE_FIELDS: [&str; 24] = [
-    "ts",
-    "sensor",
-    "src_ip",
-    "src_port",
-    "dst_ip",
-    "dst_port",
-    "proto",
-    "type",
-    "trail",
-    "info",
-    "reference",
-    "severity",
-    "action",
+/// Fields a template may name besides the ones every event line carries
+/// ([`xtrail_detect::event::JSON_FIELDS`]): the keys `event_to_json` adds when they apply.
+pub const OPTIONAL_TEMPLATE_FIELDS: [&str; 11] = [
     "iface",
     "dns_query",
     "dns_qtype",
@@ -79,6 +68,11 @@ pub const TEMPLATE_FIELDS: [&str; 24] = [
     "seq",
     "cursor",
 ];
+
+/// Every field a template may name: the keys of `event_to_json`.
+pub fn template_fields() -> impl Iterator<Item = &'static str> {
+    JSON_FIELDS.into_iter().chain(OPTIONAL_TEMPLATE_FIELDS)
+}
 
 /// A body template: literal JSON text and `{field}` placeholders.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +87,7 @@ enum Part {
 }
 
 impl Template {
-    /// Parses `{name}` placeholders (`name` one of [`TEMPLATE_FIELDS`]); any other brace is
+    /// Parses `{name}` placeholders (`name` one of [`template_fields`]); any other brace is
     /// literal text. The result must be JSON for an event with every field set.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let mut parts = Vec::new();
@@ -108,10 +102,10 @@ impl Template {
                 .count();
             if name_len > 0 && after[name_len..].starts_with('}') {
                 let name = &after[..name_len];
-                let Some(field) = TEMPLATE_FIELDS.iter().find(|f| **f == name) else {
+                let Some(field) = template_fields().find(|f| *f == name) else {
                     bail!(
                         "template: unknown field {{{name}}} (fields: {})",
-                        TEMPLATE_FIELDS.join(", ")
+                        template_fields().collect::<Vec<_>>().join(", ")
                     );
                 };
                 if !lit.is_empty() {

@@ -70,6 +70,19 @@ pub struct Committed {
     pub committed_seq: u64,
 }
 
+/// The 16-byte storage key of an address (`::ffff:a.b.c.d` for IPv4; zeros if unparsable:
+/// ingest validated every address before it gets here).
+pub(crate) fn key_of(ip: &str) -> Vec<u8> {
+    ip.parse::<std::net::IpAddr>()
+        .map(|ip| crate::filter::ip_key(ip).to_vec())
+        .unwrap_or_else(|_| vec![0; 16])
+}
+
+/// A u64 as SQL's i64 (saturating).
+pub(crate) fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 /// Most encoded event bytes one page (a query page, a subscriber catch-up read) holds.
 pub const PAGE_MAX_BYTES: usize = 4 << 20;
 

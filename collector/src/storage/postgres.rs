@@ -36,7 +36,6 @@
 //! spawn per call there, which is small next to a round trip to the server.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
 use std::str::FromStr as _;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -49,9 +48,10 @@ use sha2::{Digest as _, Sha256};
 use xtrail_proto::v1;
 
 use super::{
-    Committed, Order, Page, QuerySpec, Storage, StorageError, StorageStats, PAGE_MAX_BYTES,
+    as_i64, key_of, Committed, Order, Page, QuerySpec, Storage, StorageError, StorageStats,
+    PAGE_MAX_BYTES,
 };
-use crate::filter::{fold, ip_key, EventFilter};
+use crate::filter::{fold, EventFilter};
 
 /// Microseconds in a day: the partition width.
 const DAY_US: i64 = 86_400_000_000;
@@ -159,16 +159,6 @@ pub fn redact(url: &str) -> String {
         ),
         Err(_) => "postgres://(unparsable)".into(),
     }
-}
-
-fn key_of(ip: &str) -> Vec<u8> {
-    ip.parse::<IpAddr>()
-        .map(|ip| ip_key(ip).to_vec())
-        .unwrap_or_else(|_| vec![0; 16])
-}
-
-fn as_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// The partition of a day: its name and bounds (`None` = unbounded at that end).

@@ -10,7 +10,6 @@
 //! the sensor sent is lost. `cursor` is an AUTOINCREMENT rowid: increasing in commit order
 //! and never reused, even after retention deletes everything.
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
@@ -21,9 +20,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension as _};
 use xtrail_proto::v1;
 
 use super::{
-    Committed, Order, Page, QuerySpec, Storage, StorageError, StorageStats, PAGE_MAX_BYTES,
+    as_i64, key_of, Committed, Order, Page, QuerySpec, Storage, StorageError, StorageStats,
+    PAGE_MAX_BYTES,
 };
-use crate::filter::{fold, ip_key, EventFilter};
+use crate::filter::{fold, EventFilter};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -180,16 +180,6 @@ impl SqliteStorage {
         }
         out
     }
-}
-
-fn key_of(ip: &str) -> Vec<u8> {
-    ip.parse::<IpAddr>()
-        .map(|ip| ip_key(ip).to_vec())
-        .unwrap_or_else(|_| vec![0; 16])
-}
-
-fn as_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 fn decode_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, i64, Vec<u8>)> {

@@ -116,6 +116,8 @@ pub struct FloodGuard {
     last_ts: Option<i64>,
     overflow: HashMap<(EventType, String), Overflow>,
     overflow_start: Option<i64>,
+    /// Last second at which finished windows were swept.
+    swept_sec: Option<i64>,
     stats: FloodStats,
 }
 
@@ -129,6 +131,7 @@ impl FloodGuard {
             last_ts: None,
             overflow: HashMap::new(),
             overflow_start: None,
+            swept_sec: None,
             stats: FloodStats::default(),
         }
     }
@@ -208,8 +211,18 @@ impl FloodGuard {
         o.last = Some(event);
     }
 
-    /// Writes the reports of windows that ended by `now_us`.
+    /// Writes the reports of windows that ended by `now_us`. Cheap to call per event: the
+    /// table is walked at most once per second of `now_us` (as the throttle does).
     pub fn flush(&mut self, now_us: i64, out: &mut dyn FnMut(Event)) {
+        let sec = now_us.div_euclid(1_000_000);
+        if self.swept_sec.is_some_and(|s| s >= sec) {
+            return;
+        }
+        self.swept_sec = Some(sec);
+        self.sweep(now_us, out);
+    }
+
+    fn sweep(&mut self, now_us: i64, out: &mut dyn FnMut(Event)) {
         let window = self.config.window_us;
         let stats = &mut self.stats;
         self.trails.retain(|_, w| {
@@ -255,7 +268,7 @@ impl FloodGuard {
 
     /// Writes every pending report.
     pub fn finish(&mut self, out: &mut dyn FnMut(Event)) {
-        self.flush(i64::MAX, out);
+        self.sweep(i64::MAX, out);
         self.report_overflow(out);
     }
 

@@ -443,15 +443,19 @@ pub fn run(
         if let Some(l) = logger.as_mut() {
             l.flush();
         }
-        summary.xsk_frames = counters.frames.load(Ordering::Relaxed);
-        summary.queue_full = counters.queue_full.load(Ordering::Relaxed);
-        let d = detector.stats();
-        summary.whitelisted = d.hits_whitelisted;
-        summary.filtered = d.hits_filtered;
+        let stats_due =
+            !opts.stats_interval.is_zero() && last_stats.elapsed() >= opts.stats_interval;
+        if finishing || stats_due {
+            summary.xsk_frames = counters.frames.load(Ordering::Relaxed);
+            summary.queue_full = counters.queue_full.load(Ordering::Relaxed);
+            let d = detector.stats();
+            summary.whitelisted = d.hits_whitelisted;
+            summary.filtered = d.hits_filtered;
+        }
         if finishing {
             break;
         }
-        if !opts.stats_interval.is_zero() && last_stats.elapsed() >= opts.stats_interval {
+        if stats_due {
             last_stats = Instant::now();
             if let Ok(c) = sensor.counters() {
                 eprintln!("xtrail-sensor: stats {c} {}", summary.line());

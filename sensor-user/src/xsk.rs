@@ -272,15 +272,15 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
         return Ok(0);
     }
     let now = unix_us_now();
+    // One lock per batch for the recycled buffers, not one per frame.
+    let recycled = ctx.recycled.lock().ok();
     for desc in &s.batch[..n] {
         // SAFETY: the kernel handed this frame to us and will not touch it until it is back
         // on the fill queue.
         let data = unsafe { s.umem.data(desc) };
         let bytes = data.contents();
-        let mut buf = ctx
-            .recycled
-            .lock()
-            .ok()
+        let mut buf = recycled
+            .as_ref()
             .and_then(|r| r.try_recv().ok())
             .unwrap_or_default();
         buf.clear();
@@ -298,6 +298,7 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
             Err(TrySendError::Disconnected(_)) => return Ok(n),
         }
     }
+    drop(recycled);
     ctx.counters.frames.fetch_add(n as u64, Ordering::Relaxed);
     // SAFETY: the frames were copied out above; give them back to the kernel.
     let mut given = unsafe { s.fq.produce(&s.batch[..n]) };

@@ -427,12 +427,8 @@ impl Auth {
                     return Ok(Principal::AnySensor);
                 }
                 let h = hash(token);
-                let found = |c: &Cache| {
-                    c.by_hash
-                        .iter()
-                        .find(|(k, _)| same(k, &h))
-                        .map(|(_, name)| Principal::Sensor(name.clone()))
-                };
+                // Keyed by the token's SHA-256: a lookup, no constant-time scan needed.
+                let found = |c: &Cache| c.by_hash.get(&h).map(|n| Principal::Sensor(n.clone()));
                 // A token just added with `sensor add` is found after one reread.
                 if let Some(p) = found(&self.credentials(REFRESH)) {
                     return Ok(p);

@@ -11,15 +11,7 @@ use xtrail_collector::client::{self, SubscribeArgs};
 use xtrail_collector::config::{ServeArgs, ServerConfig};
 use xtrail_collector::server;
 
-fn format_rfc3339(us: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| us.to_string())
-}
+use xtrail_detect::event::format_rfc3339;
 
 /// xtrail's collector: gRPC ingest from sensors with exactly-once storage, subscriptions for
 /// SIEMs, an HTTP JSON API and Prometheus metrics.

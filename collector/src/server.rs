@@ -56,8 +56,8 @@ pub async fn serve(
         let last_cursor = Arc::clone(&last_cursor);
         let health = Arc::clone(&health);
         let on_open = move |opened: &dyn Storage| {
-            if let Ok(st) = opened.stats() {
-                last_cursor.fetch_max(st.last_cursor, std::sync::atomic::Ordering::SeqCst);
+            if let Ok(last) = opened.last_cursor() {
+                last_cursor.fetch_max(last, std::sync::atomic::Ordering::SeqCst);
             }
             health.storage_ok();
         };

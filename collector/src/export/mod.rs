@@ -492,7 +492,7 @@ pub fn spawn_all(configs: &[ExporterConfig], hub: &Hub, data_dir: &Path) -> anyh
 
 fn spawn_one(c: &ExporterConfig, hub: &Hub, dir: &Path) -> anyhow::Result<()> {
     let cursor_file = CursorFile::new(dir, &c.name);
-    let stored_last = hub.storage.stats().ok().map(|s| s.last_cursor);
+    let stored_last = hub.storage.last_cursor().ok();
     let start = match cursor_file
         .load()
         .with_context(|| format!("exporter {:?}", c.name))?

@@ -6,7 +6,7 @@
 //! start.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use xtrail_proto::v1;
@@ -23,7 +23,6 @@ type OnOpen = Box<dyn Fn(&dyn Storage) + Send + Sync>;
 type Opener = Box<dyn Fn() -> Result<Arc<dyn Storage>, StorageError> + Send + Sync>;
 
 struct State {
-    store: Option<Arc<dyn Storage>>,
     last_try: Option<Instant>,
     last_error: String,
 }
@@ -33,6 +32,9 @@ pub struct RetryingStorage {
     /// What is opened, for messages (never a password).
     what: String,
     opener: Opener,
+    /// The store once open: read without a lock on every call.
+    opened: OnceLock<Arc<dyn Storage>>,
+    /// Attempts while it is not.
     state: Mutex<State>,
     on_open: OnOpen,
 }
@@ -73,8 +75,8 @@ impl RetryingStorage {
         let s = RetryingStorage {
             what,
             opener: Box::new(opener),
+            opened: OnceLock::new(),
             state: Mutex::new(State {
-                store: None,
                 last_try: None,
                 last_error: String::new(),
             }),
@@ -84,10 +86,13 @@ impl RetryingStorage {
         s
     }
 
-    fn store(&self) -> Result<Arc<dyn Storage>, StorageError> {
+    fn store(&self) -> Result<&dyn Storage, StorageError> {
+        if let Some(s) = self.opened.get() {
+            return Ok(s.as_ref());
+        }
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = &st.store {
-            return Ok(Arc::clone(s));
+        if let Some(s) = self.opened.get() {
+            return Ok(s.as_ref());
         }
         if st.last_try.is_some_and(|t| t.elapsed() < RETRY_EVERY) {
             return Err(StorageError::Unavailable(st.last_error.clone()));
@@ -96,8 +101,7 @@ impl RetryingStorage {
         match (self.opener)() {
             Ok(s) => {
                 (self.on_open)(s.as_ref());
-                st.store = Some(Arc::clone(&s));
-                Ok(s)
+                Ok(self.opened.get_or_init(|| s).as_ref())
             }
             Err(e) => {
                 st.last_error = format!("opening {}: {e}", self.what);

@@ -115,10 +115,33 @@ fn a_sensor_cannot_silence_another() {
         assert_eq!(e.expect("refused").code(), Code::Unauthenticated);
     });
     assert_eq!(collector.stored_counts(), (2001, 2001));
-    // Revocation ends the credential within seconds, open streams included.
+    // Revocation ends the credential within seconds, open streams included: a stream
+    // opened before the revocation gets its next batch refused.
+    let rt2 = rt();
+    let (tx, mut acks) = rt2.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut c = ingest_client(&url).await;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        tx.send(batch("v-id", "victim", [2500])).await.unwrap();
+        let mut acks = c
+            .publish(with_token(stream, &victim))
+            .await
+            .expect("stream opened")
+            .into_inner();
+        let ack = acks.message().await.expect("ack").expect("ack");
+        assert_eq!(ack.stored, 1);
+        (tx, acks)
+    });
     sensor_cmd(data.path(), "revoke", "victim");
     std::thread::sleep(Duration::from_secs(3));
-    rt().block_on(async {
+    rt2.block_on(async {
+        tx.send(batch("v-id", "victim", [2501])).await.unwrap();
+        let e = acks
+            .message()
+            .await
+            .expect_err("refused on the open stream");
+        assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+        assert!(e.message().contains("revoked"), "{e}");
         let (_, e) = publish(&url, &victim, vec![batch("v-id", "victim", [3000])]).await;
         assert_eq!(e.expect("revoked").code(), Code::Unauthenticated);
     });

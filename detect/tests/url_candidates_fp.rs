@@ -351,6 +351,12 @@ fn extra_url_candidates_false_positives_on_clean_traffic() {
     eprintln!("trails hit with the extras: {extra_trails:#?}");
     // The extras only add candidates after Maltrail's: never fewer hits.
     assert!(extra >= maltrail, "{extra} < {maltrail}");
+    // The figure the README quotes: no false positive on this clean set, either way.
+    assert_eq!(
+        (maltrail, extra),
+        (0, 0),
+        "{maltrail_trails:#?} {extra_trails:#?}"
+    );
 
     // What the extras reach that Maltrail cannot: trails ending in `/` below a host root
     // (`host/dir/`) or bare directory trails (`/dir/`), which match any file under them.

@@ -253,7 +253,11 @@ fn replay_with_a_refused_token_fails_with_the_reason_and_keeps_its_events() {
             && stderr.contains("Unauthenticated"),
         "{stderr}"
     );
-    assert!(stderr.contains("stay in the spool"), "{stderr}");
+    // The exit message itself (the link's periodic line says "stay in the spool" too).
+    assert!(
+        stderr.contains("are sent by the next replay with a token the collector accepts"),
+        "{stderr}"
+    );
     // The events are in the spool, waiting for a token the collector accepts.
     let spooled: u64 = std::fs::read_dir(dir.join("state/spool-replay-replay-refused"))
         .unwrap()
@@ -277,6 +281,12 @@ fn replay_with_a_refused_token_fails_with_the_reason_and_keeps_its_events() {
         .spawn()
         .expect("subscribe");
     std::thread::sleep(Duration::from_secs(2));
+    // Still connected and waiting: an empty output below means nothing stored, not a
+    // subscriber that failed.
+    assert!(
+        sub.try_wait().expect("subscriber status").is_none(),
+        "the subscriber exited"
+    );
     let _ = sub.kill();
     let got = sub.wait_with_output().unwrap();
     assert!(

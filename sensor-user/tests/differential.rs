@@ -255,12 +255,13 @@ fn live(pair: &VethPair, pcap: &Path, trails: &Path, log: &Path, extra: &[&str])
     common::stop_sensor(watched)
 }
 
+/// A counter of the sensor's final stats line; a missing counter (or line) fails the test.
 fn counter(stats: &str, name: &str) -> u64 {
     stats
         .split_whitespace()
         .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("no counter {name} in the final stats: {stats:?}"))
 }
 
 fn diff(a: &BTreeMap<Key, usize>, b: &BTreeMap<Key, usize>) -> String {
@@ -331,6 +332,14 @@ fn replay_inline_and_mirror_on_32_queues_give_the_same_events() {
         );
         assert_eq!(counter(&stats, "queue_full"), 0, "{stats}");
         assert_eq!(counter(&stats, "handoff_failed"), 0, "{stats}");
+        // The frames really came over AF_XDP, not by the ring-buffer fallback.
+        assert!(counter(&stats, "xsk_frames") > 0, "{stats}");
+        assert_eq!(counter(&stats, "copied"), 0, "{stats}");
+        assert_eq!(
+            counter(&stats, "redirected"),
+            counter(&stats, "xsk_frames"),
+            "{stats}"
+        );
         let got = event_set(&log);
         assert!(
             got == want,

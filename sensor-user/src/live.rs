@@ -385,24 +385,13 @@ pub fn run(
                 continue;
             };
             summary.payloads += 1;
-            summary.processed += 1;
             let ts_us = clock.to_unix_us(ts_ns);
-            if detector
-                .frame(ts_us, LINKTYPE_ETHERNET, ifname(ifindex), frame, &mut out)
-                .is_err()
-            {
-                summary.parse_errors += 1;
-            }
+            // A frame the parser rejects is counted by the detector (`parse_errors`).
+            let _ = detector.frame(ts_us, LINKTYPE_ETHERNET, ifname(ifindex), frame, &mut out);
         }
         while let Ok(frame) = frame_rx.try_recv() {
-            summary.processed += 1;
             let iface = ifaces.get(frame.iface).map(|(n, _)| n.as_str());
-            if detector
-                .frame(frame.ts_us, LINKTYPE_ETHERNET, iface, &frame.data, &mut out)
-                .is_err()
-            {
-                summary.parse_errors += 1;
-            }
+            let _ = detector.frame(frame.ts_us, LINKTYPE_ETHERNET, iface, &frame.data, &mut out);
             let _ = recycle_tx.try_send(frame.data);
         }
         while let Some(item) = flows.next() {
@@ -451,6 +440,8 @@ pub fn run(
             let d = detector.stats();
             summary.whitelisted = d.hits_whitelisted;
             summary.filtered = d.hits_filtered;
+            summary.processed = d.processor.packets;
+            summary.parse_errors = d.processor.parse_errors;
         }
         if finishing {
             break;

@@ -274,14 +274,15 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
     let now = unix_us_now();
     // One lock per batch for the recycled buffers, not one per frame.
     let recycled = ctx.recycled.lock().ok();
+    let mut spare: Option<Vec<u8>> = None;
     for desc in &s.batch[..n] {
         // SAFETY: the kernel handed this frame to us and will not touch it until it is back
         // on the fill queue.
         let data = unsafe { s.umem.data(desc) };
         let bytes = data.contents();
-        let mut buf = recycled
-            .as_ref()
-            .and_then(|r| r.try_recv().ok())
+        let mut buf = spare
+            .take()
+            .or_else(|| recycled.as_ref().and_then(|r| r.try_recv().ok()))
             .unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(bytes);
@@ -292,8 +293,10 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
         };
         match ctx.frames.try_send(frame) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+            Err(TrySendError::Full(frame)) => {
                 ctx.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+                // Keep the buffer for the next frame rather than dropping it.
+                spare = Some(frame.data);
             }
             Err(TrySendError::Disconnected(_)) => return Ok(n),
         }

@@ -891,7 +891,14 @@ fn url_candidates_fp() -> anyhow::Result<String> {
         ])
         .output()
         .context("running the URL candidate measurement")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        anyhow::bail!(
+            "the measurement failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The test prints its summary on stderr.
+    let text = String::from_utf8_lossy(&out.stderr);
     let line = text
         .lines()
         .find(|l| l.starts_with("URL trails:"))

@@ -19,6 +19,7 @@
 //! Tests: unit tests per module; `collector/tests/` drives the real binary over loopback
 //! (end to end with the publisher, SIGKILL mid-stream, bad input, a Python grpcio client).
 
+pub mod access;
 pub mod auth;
 pub mod blocklist;
 pub mod client;

@@ -93,6 +93,9 @@ impl RegexTrails {
             }
         };
         match &self.set {
+            // `is_match` first: a miss (nearly every name) allocates nothing and stops at the
+            // first state that cannot match; `matches` builds its result set on the heap.
+            Some(set) if !set.is_match(q) => {}
             Some(set) => set.matches(q).iter().for_each(&mut consider),
             None => (0..self.regexes.len()).for_each(&mut consider),
         }

@@ -69,6 +69,11 @@ struct Builder<'o> {
     opts: &'o LoadOptions,
     labels: Vec<Label>,
     label_ids: HashMap<Label, LabelId>,
+    /// Per label, the index in `sources` of the file that defined it first.
+    label_sources: Vec<u32>,
+    /// Files that defined labels, each once.
+    sources: Vec<PathBuf>,
+    source_ids: HashMap<PathBuf, u32>,
     severity: Vec<u8>,
     ip: IpTrails,
     cidr4_pos: HashMap<([u8; 4], u8), usize>,
@@ -195,6 +200,9 @@ impl<'o> Builder<'o> {
             opts,
             labels: Vec::new(),
             label_ids: HashMap::new(),
+            label_sources: Vec::new(),
+            sources: Vec::new(),
+            source_ids: HashMap::new(),
             severity: Vec::new(),
             ip: IpTrails::default(),
             cidr4_pos: HashMap::new(),
@@ -210,7 +218,8 @@ impl<'o> Builder<'o> {
         }
     }
 
-    fn intern(&mut self, info: &str, reference: &str) -> LabelId {
+    /// The label for (`info`, `reference`); a new one remembers `file` as its source.
+    fn intern(&mut self, info: &str, reference: &str, file: &Path) -> LabelId {
         let key = Label {
             info: info.to_owned(),
             reference: reference.to_owned(),
@@ -219,6 +228,16 @@ impl<'o> Builder<'o> {
             return id;
         }
         let id = self.labels.len() as LabelId;
+        let source = match self.source_ids.get(file) {
+            Some(&s) => s,
+            None => {
+                let s = self.sources.len() as u32;
+                self.sources.push(file.to_owned());
+                self.source_ids.insert(file.to_owned(), s);
+                s
+            }
+        };
+        self.label_sources.push(source);
         self.severity.push(severity(info));
         self.labels.push(key.clone());
         self.label_ids.insert(key, id);
@@ -536,6 +555,7 @@ impl<'o> Builder<'o> {
                     let l = self.intern(
                         &String::from_utf8_lossy(info),
                         &String::from_utf8_lossy(reference),
+                        path,
                     );
                     last = Some((info.to_vec(), reference.to_vec(), l));
                     l
@@ -565,7 +585,11 @@ impl<'o> Builder<'o> {
                 .filter(|p| *p != root)
                 .and_then(|p| p.file_name())
                 .map(|n| n.to_string_lossy().into_owned());
-            let label = self.intern(&static_info(&file, category.as_deref()), STATIC_REFERENCE);
+            let label = self.intern(
+                &static_info(&file, category.as_deref()),
+                STATIC_REFERENCE,
+                &file,
+            );
             self.load_list(&file, label)?;
         }
         self.flush_static();
@@ -587,7 +611,7 @@ impl<'o> Builder<'o> {
         {
             self.load_csv(path)
         } else {
-            let label = self.intern(&static_info(path, None), STATIC_REFERENCE);
+            let label = self.intern(&static_info(path, None), STATIC_REFERENCE, path);
             self.load_list(path, label)?;
             self.flush_static();
             Ok(())
@@ -599,6 +623,8 @@ impl<'o> Builder<'o> {
         self.domains.shrink_to_fit();
         self.urls.shrink_to_fit();
         self.report.labels = self.labels.len();
+        self.report.sources = self.sources;
+        self.report.label_sources = self.label_sources;
         let flags = self.labels.iter().map(|l| label_flags(&l.info)).collect();
         TrailSet {
             labels: self.labels,
@@ -717,6 +743,38 @@ fn collect_txt(
     Ok(())
 }
 
+/// A set from final `trail,info,reference` rows (see [`TrailSet::from_rows`]).
+pub(crate) fn from_rows<'a>(
+    rows: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+    opts: &LoadOptions,
+) -> TrailSet {
+    let mut b = Builder::new(opts);
+    let path = PathBuf::from("(rows)");
+    let mut last: Option<(&str, &str, LabelId)> = None;
+    for (n, (trail, info, reference)) in rows.into_iter().enumerate() {
+        let label = match last {
+            Some((i, r, l)) if i == info && r == reference => l,
+            _ => {
+                let l = b.intern(info, reference, &path);
+                last = Some((info, reference, l));
+                l
+            }
+        };
+        let trail = trail.trim();
+        b.report.lines += 1;
+        if trail.is_empty() {
+            b.malformed(&path, n + 1, trail, MalformedReason::Empty);
+            continue;
+        }
+        if trail.len() > opts.max_line_bytes {
+            b.malformed(&path, n + 1, trail, MalformedReason::LineTooLong);
+            continue;
+        }
+        b.add(&path, n + 1, trail, label, reference.contains("static"));
+    }
+    b.finish()
+}
+
 pub(crate) fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<TrailSet, TrailError> {
     let mut b = Builder::new(opts);
     for p in paths {
@@ -814,6 +872,10 @@ mod tests {
         let m = t.domains.lookup("evil.example").unwrap();
         assert_eq!(info(m.label), "async rat (malware)");
         assert_eq!(t.label(m.label).reference, "(static)");
+        assert_eq!(
+            t.label_source(m.label),
+            Some(d.0.join("malware/async_rat.txt").as_path())
+        );
         // Duplicates: malware beats suspicious and malicious whatever the order.
         assert_eq!(
             info(t.domains.contains("shared.example").unwrap()),
@@ -895,6 +957,11 @@ mod tests {
         assert_eq!(t.labels.len(), 5);
         let m = t.ip.lookup("66.66.66.66".parse().unwrap(), None).unwrap();
         assert_eq!(t.label(m.label).info, "known attacker");
+        assert_eq!(
+            t.label_source(m.label),
+            Some(d.0.join("trails.csv").as_path())
+        );
+        assert_eq!(t.report.sources.len(), 1);
     }
 
     #[test]

@@ -355,6 +355,18 @@ fn idna(name: &str) -> Option<String> {
     Some(out)
 }
 
+/// The first post-processing step alone: lowercase (IDNA for non-ASCII). `None` when the
+/// key cannot be encoded (Maltrail then keeps it as it is).
+pub(crate) fn post_process_case(key: &str) -> Option<String> {
+    if key.is_ascii() {
+        Some(key.to_ascii_lowercase())
+    } else if key.contains('/') {
+        None
+    } else {
+        idna(key)
+    }
+}
+
 /// Maltrail's post-processing of a merged key: lowercase (IDNA for non-ASCII), drop
 /// dotted quads with an octet over 255, strip `www.` (names), cut `?query` (not for bare
 /// paths), collapse `//`. An error: the key is dropped (Maltrail drops it too).

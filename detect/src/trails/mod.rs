@@ -4,12 +4,17 @@
 //! - `TrailSet::load(&[PathBuf], &LoadOptions) -> Result<TrailSet, TrailError>`: each path is a
 //!   Maltrail `trails.csv` (`trail,info,reference`), a Maltrail static trail tree (folder), or
 //!   a plain list file (one trail a line, labelled from its file name).
-//! - `TrailSet::labels: Vec<Label>`, indexed by `LabelId` (u32): `info` and `reference`.
+//! - `TrailSet::labels: Vec<Label>`, indexed by `LabelId` (u32): `info` and `reference`;
+//!   `TrailSet::label_source(LabelId)` names the file that defined a label.
 //! - `TrailSet::ip: IpTrails` with public fields `v4`, `v6`, `ipport`, `cidr4`, `cidr6` and
 //!   `IpTrails::lookup(IpAddr, Option<u16>) -> Option<IpMatch>`.
 //! - `TrailSet::report: LoadReport` (counts per kind, malformed lines and the first few).
 //! - `TrailSet::domains: DomainTrails` (`lookup`, `contains`; regex trails inside) and
 //!   `TrailSet::urls: UrlTrails` (`lookup(host, path)`).
+//! - `CompiledSet::open(&Path, Option<&[u8; 32]>) -> Result<CompiledSet, CompiledError>`: a
+//!   compiled set file (`compiled`), verified, memory-mapped; `trails()`/`into_trails()`
+//!   give the `TrailSet`, `version()` its version, `ip_tables()` the kernel-map arrays.
+//! - `update::Merge`: Maltrail's updater merge across sources, then `TrailSet::from_rows`.
 //!
 //! Layout: `classify` decides what a line is, `load` walks files and builds the
 //! tables, `table` is the arena hash table behind domains and URLs, `ip`, `domain` and `url`
@@ -26,15 +31,20 @@ use std::path::PathBuf;
 use hashbrown::HashMap;
 
 pub(crate) mod classify;
+pub mod compiled;
+pub mod delta;
 mod domain;
 pub(crate) mod ip;
 mod load;
 mod maltrail;
 mod table;
+pub mod update;
 mod url;
 
+pub use compiled::{CompileOptions, CompiledError, CompiledSet, IpTables};
 pub use domain::{DomainMatch, DomainTrails, RegexTrails};
 pub use maltrail::{Ipv4Ranges, StaticFilters};
+pub use update::{Merge, Row, UpdateOptions, UpdateReport};
 pub use url::{UrlCandidates, UrlMatch, UrlTrails};
 
 /// Index into [`TrailSet::labels`]. This is also the value stored in the kernel maps.
@@ -266,6 +276,11 @@ pub struct LoadReport {
     pub dropped_bogon_cdn: usize,
     /// The first malformed lines, up to [`LoadOptions::max_malformed_examples`].
     pub malformed_examples: Vec<MalformedLine>,
+    /// The files labels came from (a trails CSV, a list file, a file of a static tree).
+    pub sources: Vec<PathBuf>,
+    /// Per label (indexed by [`LabelId`]), the index in `sources` of the file that defined
+    /// it first (see [`TrailSet::label_source`]).
+    pub label_sources: Vec<u32>,
 }
 
 impl fmt::Display for LoadReport {
@@ -348,6 +363,13 @@ impl TrailSet {
     /// The label for `id` (an empty label if `id` is unknown).
     pub fn label(&self, id: LabelId) -> &Label {
         self.labels.get(id as usize).unwrap_or(&UNKNOWN_LABEL)
+    }
+
+    /// The file that defined label `id` first (for "why is this listed" answers; a label
+    /// shared by several files names the first one read).
+    pub fn label_source(&self, id: LabelId) -> Option<&std::path::Path> {
+        let s = *self.report.label_sources.get(id as usize)?;
+        self.report.sources.get(s as usize).map(PathBuf::as_path)
     }
 
     /// Heap bytes of the domain and URL tables (arenas and indexes).

@@ -76,23 +76,69 @@ pub(crate) enum Inserted {
     Full,
 }
 
+/// Read-only bytes a table can live in (a memory-mapped compiled trail set).
+pub(crate) type SharedBytes = std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// Where a table's arena and index live.
+enum Store {
+    /// Built in memory (loading from text).
+    Owned {
+        arena: Vec<u8>,
+        /// Arena offset + 1 of each record; 0 is an empty slot.
+        slots: Vec<u32>,
+        /// Top byte of the hash of the key in each slot: most mismatches never touch the arena.
+        tags: Vec<u8>,
+    },
+    /// Searched in place inside shared bytes (a compiled set); copied out on first change.
+    Mapped {
+        bytes: SharedBytes,
+        arena: std::ops::Range<usize>,
+        /// Byte range of the `u32` slots (4-aligned in memory, checked on construction).
+        slots: std::ops::Range<usize>,
+        tags: std::ops::Range<usize>,
+    },
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::Owned {
+            arena: Vec::new(),
+            slots: Vec::new(),
+            tags: Vec::new(),
+        }
+    }
+}
+
 /// String → label table with an arena of records and an open-addressing index.
 #[derive(Default)]
 pub(crate) struct StrTable {
-    arena: Vec<u8>,
-    /// Arena offset + 1 of each record; 0 is an empty slot.
-    slots: Vec<u32>,
-    /// Top byte of the hash of the key in each slot: most mismatches never touch the arena.
-    tags: Vec<u8>,
+    store: Store,
     len: usize,
+}
+
+/// Why shared bytes do not hold a table.
+#[derive(Debug, thiserror::Error)]
+#[error("trail table: {0}")]
+pub(crate) struct LayoutError(pub(crate) &'static str);
+
+/// The slots of a mapped table as `u32`s (`None` if misaligned; checked at construction).
+fn slots_of(b: &[u8]) -> &[u32] {
+    // SAFETY: every bit pattern is a valid u32; align_to only returns the aligned middle.
+    let (pre, mid, post) = unsafe { b.align_to::<u32>() };
+    if pre.is_empty() && post.is_empty() {
+        mid
+    } else {
+        &[]
+    }
 }
 
 impl fmt::Debug for StrTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StrTable")
             .field("len", &self.len)
-            .field("arena_bytes", &self.arena.len())
-            .field("slots", &self.slots.len())
+            .field("arena_bytes", &self.arena().len())
+            .field("slots", &self.slots().len())
+            .field("mapped", &matches!(self.store, Store::Mapped { .. }))
             .finish()
     }
 }
@@ -103,46 +149,142 @@ fn tag_of(h: u64) -> u8 {
 }
 
 impl StrTable {
+    /// A table searched in place in `bytes`: the arena, slot and tag byte ranges of a table
+    /// written from [`StrTable::parts`], holding `len` keys. Records are bounds-checked on
+    /// access, so damaged bytes give misses, never a panic.
+    pub(crate) fn mapped(
+        bytes: SharedBytes,
+        arena: std::ops::Range<usize>,
+        slots: std::ops::Range<usize>,
+        tags: std::ops::Range<usize>,
+        len: usize,
+    ) -> Result<Self, LayoutError> {
+        let all = (*bytes).as_ref();
+        for r in [&arena, &slots, &tags] {
+            if r.start > r.end || r.end > all.len() {
+                return Err(LayoutError("section out of bounds"));
+            }
+        }
+        let n = (slots.end - slots.start) / 4;
+        if !slots.len().is_multiple_of(4) || (n != 0 && slots_of(&all[slots.clone()]).len() != n) {
+            return Err(LayoutError("slots misaligned"));
+        }
+        if tags.len() != n || (n != 0 && !n.is_power_of_two()) || len > n {
+            return Err(LayoutError("index size"));
+        }
+        if cfg!(target_endian = "big") {
+            return Err(LayoutError("compiled tables need a little-endian host"));
+        }
+        Ok(Self {
+            store: Store::Mapped {
+                bytes,
+                arena,
+                slots,
+                tags,
+            },
+            len,
+        })
+    }
+
+    /// The arena, slots and tags, for writing a compiled set.
+    pub(crate) fn parts(&self) -> (&[u8], &[u32], &[u8]) {
+        (self.arena(), self.slots(), self.tags())
+    }
+
+    #[inline]
+    fn arena(&self) -> &[u8] {
+        match &self.store {
+            Store::Owned { arena, .. } => arena,
+            Store::Mapped { bytes, arena, .. } => &(**bytes).as_ref()[arena.clone()],
+        }
+    }
+
+    #[inline]
+    fn slots(&self) -> &[u32] {
+        match &self.store {
+            Store::Owned { slots, .. } => slots,
+            Store::Mapped { bytes, slots, .. } => slots_of(&(**bytes).as_ref()[slots.clone()]),
+        }
+    }
+
+    #[inline]
+    fn tags(&self) -> &[u8] {
+        match &self.store {
+            Store::Owned { tags, .. } => tags,
+            Store::Mapped { bytes, tags, .. } => &(**bytes).as_ref()[tags.clone()],
+        }
+    }
+
+    /// The owned arena, slots and tags; a mapped table is copied out first.
+    fn owned_mut(&mut self) -> (&mut Vec<u8>, &mut Vec<u32>, &mut Vec<u8>) {
+        if let Store::Mapped { .. } = self.store {
+            let (a, s, t) = self.parts();
+            self.store = Store::Owned {
+                arena: a.to_vec(),
+                slots: s.to_vec(),
+                tags: t.to_vec(),
+            };
+        }
+        match &mut self.store {
+            Store::Owned { arena, slots, tags } => (arena, slots, tags),
+            Store::Mapped { .. } => unreachable!("converted above"),
+        }
+    }
+
     /// Number of keys.
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    /// Heap bytes held (arena plus index), for reports.
+    /// Heap bytes held (arena plus index), for reports; 0 for a mapped table.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.arena.capacity() + self.slots.capacity() * 4 + self.tags.capacity()
+        match &self.store {
+            Store::Owned { arena, slots, tags } => {
+                arena.capacity() + slots.capacity() * 4 + tags.capacity()
+            }
+            Store::Mapped { .. } => 0,
+        }
     }
 
     /// Total bytes of key text.
     pub(crate) fn key_bytes(&self) -> usize {
-        self.arena.len().saturating_sub(self.len * HEADER)
+        self.arena().len().saturating_sub(self.len * HEADER)
     }
 
     /// Releases spare arena capacity once loading is done.
     pub(crate) fn shrink_to_fit(&mut self) {
-        self.arena.shrink_to_fit();
+        if let Store::Owned { arena, .. } = &mut self.store {
+            arena.shrink_to_fit();
+        }
     }
 
+    /// (label, key) of the record at `off`; `None` if the record is out of bounds.
     #[inline]
-    fn record(&self, off: usize) -> (LabelId, &[u8]) {
-        let h = &self.arena[off..off + HEADER];
+    fn record(&self, off: usize) -> Option<(LabelId, &[u8])> {
+        let arena = self.arena();
+        let h = arena.get(off..off.checked_add(HEADER)?)?;
         let label = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
         let len = usize::from(u16::from_le_bytes([h[4], h[5]]));
-        (label, &self.arena[off + HEADER..off + HEADER + len])
+        Some((label, arena.get(off + HEADER..off + HEADER + len)?))
     }
 
     /// Iterates over (key, label) pairs in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], LabelId)> + '_ {
-        self.slots.iter().filter(|&&s| s != 0).map(move |&s| {
-            let (label, key) = self.record(s as usize - 1);
-            (key, label)
-        })
+        self.slots()
+            .iter()
+            .filter(|&&s| s != 0)
+            .filter_map(move |&s| {
+                let (label, key) = self.record(s as usize - 1)?;
+                Some((key, label))
+            })
     }
 
     /// Looks up the key `a ++ b` whose hash (see [`KeyHasher`]) is `h`.
     #[inline]
     pub(crate) fn get_hashed(&self, h: u64, a: &[u8], b: &[u8]) -> Option<LabelId> {
-        self.find(h, a, b).map(|(_, off)| self.record(off).0)
+        self.find(h, a, b)
+            .and_then(|(_, off)| self.record(off))
+            .map(|r| r.0)
     }
 
     /// Looks up one key.
@@ -154,33 +296,40 @@ impl StrTable {
     /// (slot index, record offset) of the key `a ++ b`.
     #[inline]
     fn find(&self, h: u64, a: &[u8], b: &[u8]) -> Option<(usize, usize)> {
-        if self.slots.is_empty() {
+        let (slots, tags) = (self.slots(), self.tags());
+        if slots.is_empty() || tags.len() != slots.len() {
             return None;
         }
-        let mask = self.slots.len() - 1;
+        let mask = slots.len() - 1;
         let tag = tag_of(h);
         let want = a.len() + b.len();
         let mut i = (h as usize) & mask;
-        loop {
-            let s = self.slots[i];
+        // Bounded: a full index (only possible in damaged bytes) must not loop forever.
+        for _ in 0..slots.len() {
+            let s = slots[i];
             if s == 0 {
                 return None;
             }
-            if self.tags[i] == tag {
+            if tags[i] == tag {
                 let off = s as usize - 1;
-                let (_, key) = self.record(off);
-                if key.len() == want && &key[..a.len()] == a && &key[a.len()..] == b {
-                    return Some((i, off));
+                if let Some((_, key)) = self.record(off) {
+                    if key.len() == want && &key[..a.len()] == a && &key[a.len()..] == b {
+                        return Some((i, off));
+                    }
                 }
             }
             i = (i + 1) & mask;
         }
+        None
     }
 
     /// Overwrites the label of the record at `record` (from [`Inserted::Existing`]).
     pub(crate) fn set_label(&mut self, record: u32, label: LabelId) {
         let off = record as usize;
-        self.arena[off..off + 4].copy_from_slice(&label.to_le_bytes());
+        let (arena, _, _) = self.owned_mut();
+        if let Some(b) = arena.get_mut(off..off + 4) {
+            b.copy_from_slice(&label.to_le_bytes());
+        }
     }
 
     /// Inserts `key` unless present.
@@ -189,45 +338,48 @@ impl StrTable {
         if let Some((_, off)) = self.find(h, key, &[]) {
             return Inserted::Existing {
                 record: off as u32,
-                label: self.record(off).0,
+                label: self.record(off).map_or(0, |r| r.0),
             };
         }
         if key.len() > MAX_KEY_LEN {
             return Inserted::Full;
         }
         let len = key.len() as u16;
-        let off = self.arena.len();
+        let off = self.arena().len();
         // Slot values are offset + 1 in a u32.
         if off + HEADER + key.len() >= u32::MAX as usize {
             return Inserted::Full;
         }
-        if (self.len + 1) * 10 > self.slots.len() * 7 {
+        if (self.len + 1) * 10 > self.slots().len() * 7 {
             self.grow();
         }
-        self.arena.extend_from_slice(&label.to_le_bytes());
-        self.arena.extend_from_slice(&len.to_le_bytes());
-        self.arena.extend_from_slice(key);
+        let (arena, _, _) = self.owned_mut();
+        arena.extend_from_slice(&label.to_le_bytes());
+        arena.extend_from_slice(&len.to_le_bytes());
+        arena.extend_from_slice(key);
         self.place(h, off as u32 + 1);
         self.len += 1;
         Inserted::New
     }
 
     fn place(&mut self, h: u64, slot_value: u32) {
-        let mask = self.slots.len() - 1;
+        let (_, slots, tags) = self.owned_mut();
+        let mask = slots.len() - 1;
         let mut i = (h as usize) & mask;
-        while self.slots[i] != 0 {
+        while slots[i] != 0 {
             i = (i + 1) & mask;
         }
-        self.slots[i] = slot_value;
-        self.tags[i] = tag_of(h);
+        slots[i] = slot_value;
+        tags[i] = tag_of(h);
     }
 
     fn grow(&mut self) {
-        let new_cap = (self.slots.len() * 2).max(1024);
-        let old = std::mem::replace(&mut self.slots, vec![0; new_cap]);
-        self.tags = vec![0; new_cap];
+        let new_cap = (self.slots().len() * 2).max(1024);
+        let (_, slots, tags) = self.owned_mut();
+        let old = std::mem::replace(slots, vec![0; new_cap]);
+        *tags = vec![0; new_cap];
         for s in old.into_iter().filter(|&s| s != 0) {
-            let h = KeyHasher::hash(self.record(s as usize - 1).1);
+            let h = KeyHasher::hash(self.record(s as usize - 1).map_or(&[][..], |r| r.1));
             self.place(h, s);
         }
     }

@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "xtrail/v1/event.proto",
     "xtrail/v1/ingest.proto",
     "xtrail/v1/events.proto",
+    "xtrail/v1/trails.proto",
 ];
 
 fn main() -> anyhow::Result<()> {

@@ -129,6 +129,9 @@ pub struct Event {
     /// Interface the packet arrived on, when captured live.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iface: Option<String>,
+    /// Version of the trail set the event was matched with (empty: not known, not written).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub trail_set_version: String,
     #[serde(skip_serializing_if = "Details::is_empty", flatten)]
     pub details: Details,
 }
@@ -266,6 +269,7 @@ mod tests {
             severity: Severity::High,
             action: Action::Pass,
             iface: None,
+            trail_set_version: String::new(),
             details: Details::default(),
         }
     }

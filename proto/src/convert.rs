@@ -123,6 +123,7 @@ impl From<&Event> for v1::Event {
             seq: 0,
             sensor_id: String::new(),
             cursor: 0,
+            trail_set_version: e.trail_set_version.clone(),
         }
     }
 }
@@ -188,6 +189,7 @@ impl TryFrom<&v1::Event> for Event {
             severity,
             action,
             iface: e.iface.clone(),
+            trail_set_version: e.trail_set_version.clone(),
             details: Details {
                 dns_query: dns.query,
                 dns_qtype: dns.qtype,
@@ -221,6 +223,7 @@ mod tests {
             severity: Severity::High,
             action: Action::Drop,
             iface: Some("eth0".into()),
+            trail_set_version: String::new(),
             details: Details {
                 dns_query: None,
                 dns_qtype: Some("A".into()),

@@ -4,7 +4,8 @@
 //! them at build time (protox, no protoc) and adds what every user of the contracts needs:
 //!
 //! - [`v1`]: the generated messages (`Event`, `PublishRequest`, `SubscribeRequest`, ...),
-//!   clients (`ingest_client::IngestClient`, `events_client::EventsClient`) and servers.
+//!   clients (`ingest_client::IngestClient`, `events_client::EventsClient`,
+//!   `trails_client::TrailsClient`) and servers.
 //! - [`convert`]: the sensor's [`xtrail_detect::event::Event`] to and from [`v1::Event`].
 //! - [`json`]: a [`v1::Event`] as the sensor's JSON line, plus its storage identity.
 //! - [`limits`]: what a batch and an event may hold (field limits, truncation).

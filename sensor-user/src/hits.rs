@@ -114,6 +114,7 @@ pub fn to_event(
             Action::Pass
         },
         iface,
+        trail_set_version: String::new(),
         details: Details::default(),
     }
 }

@@ -10,6 +10,7 @@ use xtrail_detect::trails::IpTrails;
 
 use crate::maps::{self, FillError, FillReport};
 use crate::stats::Counters;
+use crate::trail_maps::{Capacity, KernelTrailSets, TrailMapError};
 
 /// Program name in the object (the `#[xdp]` function).
 const PROGRAM: &str = "xtrail_xdp";
@@ -106,6 +107,8 @@ pub enum LoadError {
     Config(#[source] aya::maps::MapError),
     #[error("unknown interface {0}")]
     UnknownInterface(String),
+    #[error("trail maps: {0}")]
+    TrailMaps(#[from] TrailMapError),
     #[error("attaching XDP to {iface} in {mode} mode was refused: {source}")]
     Attach {
         iface: String,
@@ -129,6 +132,8 @@ pub struct Attachment {
 pub struct Sensor {
     ebpf: Ebpf,
     pub fill: FillReport,
+    /// Size of each trail map (both sets): reloads must fit in it.
+    pub capacity: Capacity,
     pub config: Config,
     attachments: Vec<Attachment>,
 }
@@ -161,12 +166,14 @@ impl Sensor {
         if opts.enforce && opts.mode != Mode::Inline {
             return Err(LoadError::EnforceNeedsInline);
         }
+        // Room for two sets (a reload fills one beside the other), with headroom to grow.
+        let capacity = Capacity::for_set(ip);
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::IPV4_TRAILS, maps::max_entries(ip.v4.len()))
-            .map_max_entries(names::IPV6_TRAILS, maps::max_entries(ip.v6.len()))
-            .map_max_entries(names::IPPORT_TRAILS, maps::max_entries(ip.ipport.len()))
-            .map_max_entries(names::IPV4_CIDRS, maps::max_entries(ip.cidr4.len()))
-            .map_max_entries(names::IPV6_CIDRS, maps::max_entries(ip.cidr6.len()))
+            .map_max_entries(names::IPV4_TRAILS, capacity.ipv4)
+            .map_max_entries(names::IPV6_TRAILS, capacity.ipv6)
+            .map_max_entries(names::IPPORT_TRAILS, capacity.ipport)
+            .map_max_entries(names::IPV4_CIDRS, capacity.cidr4)
+            .map_max_entries(names::IPV6_CIDRS, capacity.cidr6)
             .map_max_entries(names::HITS, opts.hit_ring_bytes)
             .map_max_entries(
                 names::XSKS,
@@ -181,7 +188,8 @@ impl Sensor {
                 .map_err(LoadError::Program)?;
             program.load().map_err(LoadError::Program)?;
         }
-        let fill = maps::fill(&mut ebpf, ip)?;
+        // Trail set 0, made the active one below.
+        let (fill, _) = KernelTrailSets::of(&ebpf, 0, capacity)?.fill(0, ip)?;
         let mut flags = 0;
         if opts.enforce {
             flags |= config_flags::ENFORCE;
@@ -224,11 +232,21 @@ impl Sensor {
         let mut sensor = Sensor {
             ebpf,
             fill,
+            capacity,
             config,
             attachments: Vec::new(),
         };
         sensor.write_config(config)?;
+        // Set 0 is filled: make it the one packets use.
+        let flags = sensor.fill.set_flags();
+        sensor.trail_sets()?.select(0, flags)?;
         Ok(sensor)
+    }
+
+    /// The two trail map sets, for reloads on another thread (set 0 is active after
+    /// [`Sensor::load`]; a [`KernelTrailSets`] tracks switches itself from then on).
+    pub fn trail_sets(&self) -> Result<KernelTrailSets, LoadError> {
+        Ok(KernelTrailSets::of(&self.ebpf, 0, self.capacity)?)
     }
 
     /// Replaces the program's configuration.

@@ -1,15 +1,14 @@
-//! Filling the XDP program's trail maps from a [`TrailSet`].
-//!
-//! Hash maps are filled with `BPF_MAP_UPDATE_BATCH` through the raw `bpf(2)` syscall (aya has
-//! no batch API), in chunks; LPM tries, which have no batch support in the kernel, element by
-//! element. The IPv4 prefilter is a 2^24-bit bitmap with one bit per /24 that holds any IPv4
-//! trail, so clean traffic skips every hash and trie lookup.
+//! Map filling helpers: batched updates (`BPF_MAP_UPDATE_BATCH` through the raw `bpf(2)`
+//! syscall; aya has no batch API), the HTTP port bitmap, and the IPv4 prefilter's blocks (a
+//! 2^24-bit bitmap with one bit per /24 that holds any IPv4 trail, so clean traffic skips
+//! every hash and trie lookup). The trail maps themselves are filled by
+//! [`crate::trail_maps`], which also swaps them on a reload.
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
-use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData};
+use aya::maps::{Array, Map, MapData};
 use aya::Ebpf;
-use xtrail_common::{maps as names, IpPortKey, HTTP_PORT_WORDS, PREFILTER_WORDS};
+use xtrail_common::{maps as names, HTTP_PORT_WORDS};
 use xtrail_detect::trails::IpTrails;
 
 /// `BPF_MAP_UPDATE_BATCH` command number.
@@ -123,20 +122,6 @@ fn update_batch<K, V>(
     Ok(())
 }
 
-fn batch_into<K: Copy, V: Copy>(
-    ebpf: &Ebpf,
-    map: &'static str,
-    entries: impl Iterator<Item = (K, V)>,
-) -> Result<usize, FillError> {
-    let (keys, values): (Vec<K>, Vec<V>) = entries.unzip();
-    if keys.is_empty() {
-        return Ok(0);
-    }
-    let fd = map_data(ebpf, map)?.fd().as_fd().as_raw_fd();
-    update_batch(fd, map, &keys, &values)?;
-    Ok(keys.len())
-}
-
 /// Map sizes for a trail set: every map needs at least one entry, and a little headroom.
 pub fn max_entries(count: usize) -> u32 {
     u32::try_from(count + count / 16 + 16).unwrap_or(u32::MAX)
@@ -168,89 +153,6 @@ pub fn prefilter_blocks(ip: &IpTrails) -> Option<Vec<u32>> {
     blocks.sort_unstable();
     blocks.dedup();
     Some(blocks)
-}
-
-/// Fills every trail map and the prefilter. The maps must have been sized with
-/// [`max_entries`] of the same trail set.
-pub fn fill(ebpf: &mut Ebpf, ip: &IpTrails) -> Result<FillReport, FillError> {
-    let mut report = FillReport {
-        ipv4: batch_into(
-            ebpf,
-            names::IPV4_TRAILS,
-            ip.v4.iter().map(|(k, v)| (*k, *v)),
-        )?,
-        ipv6: batch_into(
-            ebpf,
-            names::IPV6_TRAILS,
-            ip.v6.iter().map(|(k, v)| (*k, *v)),
-        )?,
-        ipport: batch_into(
-            ebpf,
-            names::IPPORT_TRAILS,
-            ip.ipport.iter().map(|((addr, port), v)| {
-                (
-                    IpPortKey {
-                        addr: *addr,
-                        port: *port,
-                        _pad: [0; 2],
-                    },
-                    *v,
-                )
-            }),
-        )?,
-        ..FillReport::default()
-    };
-    {
-        let map = ebpf
-            .map_mut(names::IPV4_CIDRS)
-            .ok_or(FillError::MissingMap(names::IPV4_CIDRS))?;
-        let mut trie: LpmTrie<&mut MapData, [u8; 4], u32> =
-            LpmTrie::try_from(map).map_err(|source| FillError::Update {
-                map: names::IPV4_CIDRS,
-                source,
-            })?;
-        for (addr, prefix, label) in &ip.cidr4 {
-            trie.insert(&Key::new(u32::from(*prefix), *addr), label, 0)
-                .map_err(|source| FillError::Update {
-                    map: names::IPV4_CIDRS,
-                    source,
-                })?;
-            report.cidr4 += 1;
-        }
-    }
-    {
-        let map = ebpf
-            .map_mut(names::IPV6_CIDRS)
-            .ok_or(FillError::MissingMap(names::IPV6_CIDRS))?;
-        let mut trie: LpmTrie<&mut MapData, [u8; 16], u32> =
-            LpmTrie::try_from(map).map_err(|source| FillError::Update {
-                map: names::IPV6_CIDRS,
-                source,
-            })?;
-        for (addr, prefix, label) in &ip.cidr6 {
-            trie.insert(&Key::new(u32::from(*prefix), *addr), label, 0)
-                .map_err(|source| FillError::Update {
-                    map: names::IPV6_CIDRS,
-                    source,
-                })?;
-            report.cidr6 += 1;
-        }
-    }
-    if let Some(blocks) = prefilter_blocks(ip) {
-        let mut words = vec![0u64; PREFILTER_WORDS as usize];
-        for b in &blocks {
-            words[(*b >> 6) as usize] |= 1u64 << (b & 63);
-        }
-        let indexes: Vec<u32> = (0..PREFILTER_WORDS).collect();
-        let fd = map_data(ebpf, names::IPV4_PREFILTER)?
-            .fd()
-            .as_fd()
-            .as_raw_fd();
-        update_batch(fd, names::IPV4_PREFILTER, &indexes, &words)?;
-        report.prefilter_blocks = blocks.len();
-        report.prefilter = true;
-    }
-    Ok(report)
 }
 
 /// Sets one bit per port in the `HTTP_PORTS` bitmap.

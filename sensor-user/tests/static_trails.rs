@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use aya::maps::{HashMap, MapData};
 use xtrail_bench::frames::{v4, Frame};
-use xtrail_common::{maps as names, IpPortKey};
+use xtrail_common::{maps as names, IpPortKey, TrailKey4, TrailKey6};
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_sensor::hits::parse_record;
 use xtrail_sensor::loader::{Sensor, SensorOptions};
@@ -54,12 +54,17 @@ fn full_static_tree_goes_into_the_maps() {
 
     // Every 500th entry of each table is in its map with the same label.
     let ebpf = sensor.ebpf();
-    let v4map: HashMap<&MapData, [u8; 4], u32> =
+    // The start set is trail set 0 (the set index leads every key).
+    let v4map: HashMap<&MapData, TrailKey4, u32> =
         HashMap::try_from(ebpf.map(names::IPV4_TRAILS).unwrap()).unwrap();
     let mut sample_v4 = Vec::new();
     for (i, (addr, label)) in ip.v4.iter().enumerate() {
         if i % 500 == 0 {
-            assert_eq!(v4map.get(addr, 0).expect("IPv4 trail in map"), *label);
+            let key = TrailKey4 {
+                set: 0,
+                addr: *addr,
+            };
+            assert_eq!(v4map.get(&key, 0).expect("IPv4 trail in map"), *label);
             sample_v4.push((*addr, *label));
         }
     }
@@ -70,15 +75,20 @@ fn full_static_tree_goes_into_the_maps() {
             let key = IpPortKey {
                 addr: *addr,
                 port: *port,
-                _pad: [0; 2],
+                set: 0,
+                _pad: 0,
             };
             assert_eq!(portmap.get(&key, 0).expect("IP:port trail in map"), *label);
         }
     }
-    let v6map: HashMap<&MapData, [u8; 16], u32> =
+    let v6map: HashMap<&MapData, TrailKey6, u32> =
         HashMap::try_from(ebpf.map(names::IPV6_TRAILS).unwrap()).unwrap();
     for (addr, label) in ip.v6.iter().step_by(100) {
-        assert_eq!(v6map.get(addr, 0).expect("IPv6 trail in map"), *label);
+        let key = TrailKey6 {
+            set: 0,
+            addr: *addr,
+        };
+        assert_eq!(v6map.get(&key, 0).expect("IPv6 trail in map"), *label);
     }
 
     // A SYN to each sampled IPv4 trail hits it, with the label the loader gave it.

@@ -23,6 +23,30 @@ pub mod maps {
     pub const IFSLOTS: &str = "IFSLOTS";
     pub const FLOWS: &str = "FLOWS";
     pub const FLOW_SEEN: &str = "FLOW_SEEN";
+    /// The active trail map set and its flags (see [`super::trail_set`]).
+    pub const TRAIL_SET: &str = "TRAIL_SET";
+}
+
+/// The `TRAIL_SET` selector: one `u32` the XDP program reads once per packet. Two trail
+/// sets, 0 and 1, live side by side in the same maps: the set index is part of every trail
+/// key ([`TrailKey4`], [`TrailKey6`], [`IpPortKey::set`], the LPM keys) and selects the
+/// half of the prefilter. Bit 0 of the selector is the active set; the set's own
+/// `HAVE_*`/`PREFILTER4` bits of [`config_flags`] ride along, so a reload switches set and
+/// flags with one aligned 4-byte write and no packet sees a half-filled set.
+pub mod trail_set {
+    /// The active set's index.
+    pub const INDEX: u32 = 1;
+    /// Flags that describe a set's contents (the rest of `config_flags` is not per set).
+    pub const FLAG_MASK: u32 = super::config_flags::HAVE_CIDR4
+        | super::config_flags::HAVE_CIDR6
+        | super::config_flags::HAVE_IPPORT
+        | super::config_flags::HAVE_IPV6
+        | super::config_flags::PREFILTER4;
+
+    /// The selector value for set `index` with `flags`.
+    pub const fn value(index: u8, flags: u32) -> u32 {
+        (index as u32 & INDEX) | (flags & FLAG_MASK)
+    }
 }
 
 /// Slots of the per-CPU flow-start dedupe cache (a power of two).
@@ -238,23 +262,46 @@ pub struct IpPortKey {
     pub addr: [u8; 16],
     /// Port in host byte order.
     pub port: u16,
-    pub _pad: [u8; 2],
+    /// The trail set (0 or 1, see [`trail_set`]).
+    pub set: u8,
+    pub _pad: u8,
 }
 
-/// Key of the IPv4 LPM trie (prefix length, then the address in network order).
+/// Key of the `IPV4_TRAILS` hash, and the data of an `IPV4_CIDRS` LPM key (whose prefix
+/// length then counts the 32 bits of `set` too).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TrailKey4 {
+    /// The trail set (0 or 1, see [`trail_set`]).
+    pub set: u32,
+    /// Network byte order.
+    pub addr: [u8; 4],
+}
+
+/// Key of the `IPV6_TRAILS` hash and data of an `IPV6_CIDRS` LPM key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TrailKey6 {
+    /// The trail set (0 or 1, see [`trail_set`]).
+    pub set: u32,
+    pub addr: [u8; 16],
+}
+
+/// Key of the IPv4 LPM trie: prefix length (32 set bits plus the CIDR's), then the set and
+/// the address in network order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lpm4Key {
     pub prefix_len: u32,
-    pub addr: [u8; 4],
+    pub data: TrailKey4,
 }
 
-/// Key of the IPv6 LPM trie.
+/// Key of the IPv6 LPM trie (as [`Lpm4Key`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lpm6Key {
     pub prefix_len: u32,
-    pub addr: [u8; 16],
+    pub data: TrailKey6,
 }
 
 /// Key of the `SUPPRESS` LRU map: one reported hit.
@@ -297,7 +344,8 @@ pub struct HitRecord {
     pub action: u8,
     /// ICMP type for ICMP packets.
     pub icmp_type: u8,
-    pub _pad: u8,
+    /// The trail map set (0 or 1) that matched: `trail_id` is a label of that set's trails.
+    pub trail_set: u8,
     /// Frame length on the wire.
     pub pkt_len: u32,
 }
@@ -352,6 +400,8 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for IpPortKey {}
+    unsafe impl aya::Pod for TrailKey4 {}
+    unsafe impl aya::Pod for TrailKey6 {}
     unsafe impl aya::Pod for Lpm4Key {}
     unsafe impl aya::Pod for Lpm6Key {}
     unsafe impl aya::Pod for SuppressKey {}

@@ -24,9 +24,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use parse::{Packet, ParseError};
 use xtrail_common::{
-    action, config_flags, handoff, mode, side, stat, tls_flow, trail_kind, Config, FlowRecord,
-    HitRecord, IpPortKey, PayloadRecord, SuppressKey, FLOW_CACHE_SLOTS, HTTP_PORT_WORDS,
-    PAYLOAD_CAP, PREFILTER_WORDS, XSK_MAX_IFACES,
+    action, config_flags, handoff, mode, side, stat, tls_flow, trail_kind, trail_set, Config,
+    FlowRecord, HitRecord, IpPortKey, PayloadRecord, SuppressKey, TrailKey4, TrailKey6,
+    FLOW_CACHE_SLOTS, HTTP_PORT_WORDS, PAYLOAD_CAP, PREFILTER_WORDS, XSK_MAX_IFACES,
 };
 
 /// Runtime configuration (element 0).
@@ -37,30 +37,46 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-/// IPv4 address trails (network-order bytes as the key) to trail id. Sized by userspace.
+// Two trail sets, 0 and 1, share these maps: the set index is part of every key (and picks
+// the half of the prefilter). A reload fills the inactive set beside the active one and
+// switches with one write to `TRAIL_SET`, so no packet is ever checked against a half-filled
+// set. Hash maps are not preallocated: memory follows what is filled (the old set and its
+// successor coexist only during a reload), and userspace sizes them for both sets with
+// headroom for sets that grow.
+
+/// The active set and its flags (`xtrail_common::trail_set`), element 0; read once per
+/// packet.
 #[map]
-static IPV4_TRAILS: HashMap<[u8; 4], u32> = HashMap::with_max_entries(1, 0);
+static TRAIL_SET: Array<u32> = Array::with_max_entries(1, 0);
+
+/// IPv4 address trails to trail id. Sized by userspace.
+#[map]
+static IPV4_TRAILS: HashMap<TrailKey4, u32> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 /// IPv6 address trails to trail id.
 #[map]
-static IPV6_TRAILS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(1, 0);
+static IPV6_TRAILS: HashMap<TrailKey6, u32> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
-/// IPv4 CIDR trails.
+/// IPv4 CIDR trails (prefix lengths count the 32 bits of the set index).
 #[map]
-static IPV4_CIDRS: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(1, 0);
+static IPV4_CIDRS: LpmTrie<TrailKey4, u32> = LpmTrie::with_max_entries(1, 0);
 
 /// IPv6 CIDR trails.
 #[map]
-static IPV6_CIDRS: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(1, 0);
+static IPV6_CIDRS: LpmTrie<TrailKey6, u32> = LpmTrie::with_max_entries(1, 0);
 
 /// IP:port trails (IPv4 as v4-mapped IPv6).
 #[map]
-static IPPORT_TRAILS: HashMap<IpPortKey, u32> = HashMap::with_max_entries(1, 0);
+static IPPORT_TRAILS: HashMap<IpPortKey, u32> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
-/// One bit per IPv4 /24 that any IPv4 trail (address, CIDR or IP:port) falls in: a clear
-/// bit lets clean traffic skip every hash and trie lookup for that address.
+/// Per set, one bit per IPv4 /24 that any IPv4 trail (address, CIDR or IP:port) falls in: a
+/// clear bit lets clean traffic skip every hash and trie lookup for that address. Set 1's
+/// bitmap follows set 0's.
 #[map]
-static IPV4_PREFILTER: Array<u64> = Array::with_max_entries(PREFILTER_WORDS, 0);
+static IPV4_PREFILTER: Array<u64> = Array::with_max_entries(2 * PREFILTER_WORDS, 0);
+
+/// `BPF_F_NO_PREALLOC`: hash map elements are allocated as they are inserted.
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Last report time of each recent hit, to suppress repeats within the window.
 #[map]
@@ -161,7 +177,9 @@ pub fn xtrail_xdp(ctx: XdpContext) -> u32 {
         Some(c) => *c,
         None => Config::default(),
     };
-    let verdict = process(&ctx, &cfg);
+    // Once per packet: every lookup of this packet uses the same set.
+    let set = TRAIL_SET.get(0).copied().unwrap_or(0);
+    let verdict = process(&ctx, &cfg, set);
     // Redirects are counted where they happen (`redirected`).
     if verdict == xdp_action::XDP_DROP {
         count(stat::DROP, 1);
@@ -182,7 +200,7 @@ fn idle_verdict(cfg: &Config) -> u32 {
 }
 
 #[inline(always)]
-fn process(ctx: &XdpContext, cfg: &Config) -> u32 {
+fn process(ctx: &XdpContext, cfg: &Config, set: u32) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     count(stat::PACKETS, 1);
     count(stat::BYTES, len);
@@ -206,7 +224,7 @@ fn process(ctx: &XdpContext, cfg: &Config) -> u32 {
     if cfg.flags & config_flags::FLOWS != 0 && !pkt.fragment && pkt.is_flow_start() {
         flow_start(&pkt, cfg);
     }
-    let hit = lookup_packet(&pkt, cfg);
+    let hit = lookup_packet(&pkt, set);
     let enforce = cfg.mode == mode::INLINE && cfg.flags & config_flags::ENFORCE != 0;
     let mut verdict = idle_verdict(cfg);
     if hit.is_some() {
@@ -590,7 +608,7 @@ fn report(ctx: &XdpContext, pkt: &Packet, hit: &Hit, cfg: &Config, enforce: bool
                 (*r).side = hit.side;
                 (*r).action = if enforce { action::DROP } else { action::PASS };
                 (*r).icmp_type = pkt.icmp_type;
-                (*r)._pad = 0;
+                (*r).trail_set = hit.set;
                 (*r).pkt_len = len as u32;
             }
             entry.submit(wakeup_flags(&HITS, 16 * 1024));
@@ -604,23 +622,28 @@ struct Hit {
     trail_id: u32,
     kind: u8,
     side: u8,
+    /// The map set that matched.
+    set: u8,
 }
 
-/// Destination first, then source, as Maltrail does.
+/// Destination first, then source, as Maltrail does, in the trail set `set` selects.
 #[inline(always)]
-fn lookup_packet(pkt: &Packet, cfg: &Config) -> Option<Hit> {
-    if let Some((trail_id, kind)) = lookup_addr(&pkt.dst, pkt.dst_port, pkt, cfg) {
+fn lookup_packet(pkt: &Packet, set: u32) -> Option<Hit> {
+    let index = set & trail_set::INDEX;
+    if let Some((trail_id, kind)) = lookup_addr(&pkt.dst, pkt.dst_port, pkt, set) {
         return Some(Hit {
             trail_id,
             kind,
             side: side::DST,
+            set: index as u8,
         });
     }
-    if let Some((trail_id, kind)) = lookup_addr(&pkt.src, pkt.src_port, pkt, cfg) {
+    if let Some((trail_id, kind)) = lookup_addr(&pkt.src, pkt.src_port, pkt, set) {
         return Some(Hit {
             trail_id,
             kind,
             side: side::SRC,
+            set: index as u8,
         });
     }
     None
@@ -633,28 +656,37 @@ fn bytes(words: &[u32; 4]) -> [u8; 16] {
     unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(*words) }
 }
 
+/// One address in the trail set `set` (the `TRAIL_SET` value: index and flags).
 #[inline(always)]
-fn lookup_addr(words: &[u32; 4], port: u16, pkt: &Packet, cfg: &Config) -> Option<(u32, u8)> {
+fn lookup_addr(words: &[u32; 4], port: u16, pkt: &Packet, set: u32) -> Option<(u32, u8)> {
+    let index = set & trail_set::INDEX;
     let has_ports = pkt.proto == parse::IPPROTO_TCP || pkt.proto == parse::IPPROTO_UDP;
     // An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is looked up as the IPv4 address, as
     // replay does (`IpTrails::lookup`): IPv4 trails are stored only in the IPv4 maps.
     let v4_mapped = words[0] == 0 && words[1] == 0 && words[2] == parse::V4_MAPPED_WORD;
     if pkt.family == 4 || v4_mapped {
-        let v4 = words[3].to_ne_bytes();
-        if cfg.flags & config_flags::PREFILTER4 != 0 {
+        let v4 = TrailKey4 {
+            set: index,
+            addr: words[3].to_ne_bytes(),
+        };
+        if set & config_flags::PREFILTER4 != 0 {
             // Network order: the first three bytes are the /24.
             let slash24 = u32::from_be(words[3]) >> 8;
-            let word = IPV4_PREFILTER.get(slash24 >> 6).copied().unwrap_or(0);
+            let word = IPV4_PREFILTER
+                .get(index * PREFILTER_WORDS + (slash24 >> 6))
+                .copied()
+                .unwrap_or(0);
             if (word >> (slash24 & 63)) & 1 == 0 {
                 count(stat::PREFILTER_SKIPS, 1);
                 return None;
             }
         }
-        if has_ports && !pkt.fragment && cfg.flags & config_flags::HAVE_IPPORT != 0 {
+        if has_ports && !pkt.fragment && set & config_flags::HAVE_IPPORT != 0 {
             let key = IpPortKey {
                 addr: bytes(words),
                 port,
-                _pad: [0; 2],
+                set: index as u8,
+                _pad: 0,
             };
             if let Some(id) = unsafe { IPPORT_TRAILS.get(&key) } {
                 return Some((*id, trail_kind::IPPORT));
@@ -663,29 +695,34 @@ fn lookup_addr(words: &[u32; 4], port: u16, pkt: &Packet, cfg: &Config) -> Optio
         if let Some(id) = unsafe { IPV4_TRAILS.get(&v4) } {
             return Some((*id, trail_kind::IP));
         }
-        if cfg.flags & config_flags::HAVE_CIDR4 != 0 {
-            if let Some(id) = IPV4_CIDRS.get(&Key::new(32, v4)) {
+        if set & config_flags::HAVE_CIDR4 != 0 {
+            if let Some(id) = IPV4_CIDRS.get(&Key::new(64, v4)) {
                 return Some((*id, trail_kind::CIDR));
             }
         }
     } else {
-        if has_ports && !pkt.fragment && cfg.flags & config_flags::HAVE_IPPORT != 0 {
+        if has_ports && !pkt.fragment && set & config_flags::HAVE_IPPORT != 0 {
             let key = IpPortKey {
                 addr: bytes(words),
                 port,
-                _pad: [0; 2],
+                set: index as u8,
+                _pad: 0,
             };
             if let Some(id) = unsafe { IPPORT_TRAILS.get(&key) } {
                 return Some((*id, trail_kind::IPPORT));
             }
         }
-        if cfg.flags & config_flags::HAVE_IPV6 != 0 {
-            if let Some(id) = unsafe { IPV6_TRAILS.get(bytes(words)) } {
+        let v6 = TrailKey6 {
+            set: index,
+            addr: bytes(words),
+        };
+        if set & config_flags::HAVE_IPV6 != 0 {
+            if let Some(id) = unsafe { IPV6_TRAILS.get(&v6) } {
                 return Some((*id, trail_kind::IP));
             }
         }
-        if cfg.flags & config_flags::HAVE_CIDR6 != 0 {
-            if let Some(id) = IPV6_CIDRS.get(&Key::new(128, bytes(words))) {
+        if set & config_flags::HAVE_CIDR6 != 0 {
+            if let Some(id) = IPV6_CIDRS.get(&Key::new(160, v6)) {
                 return Some((*id, trail_kind::CIDR));
             }
         }

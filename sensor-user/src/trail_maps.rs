@@ -1,0 +1,566 @@
+//! The XDP program's two trail sets and the switch between them (hot reload).
+//!
+//! Sets 0 and 1 share the trail maps: the set index is part of every key
+//! (`xtrail_common::{TrailKey4, TrailKey6, IpPortKey}`, the LPM keys) and picks the half of
+//! the prefilter bitmap. The program reads the one-element `TRAIL_SET` array once per packet
+//! to pick a set (`xtrail_common::trail_set`). A reload fills the inactive set while the
+//! active one keeps matching, switches with one 4-byte write, waits until no packet can
+//! still be inside the old set (XDP runs under RCU and lasts microseconds; the wait is
+//! [`GRACE`]), then deletes the old set's entries so their memory is freed (the hash maps
+//! are not preallocated). No packet is ever matched against a half-filled set.
+//!
+//! [`KernelTrailSets`] holds duplicates of the maps' descriptors, so a reload runs on a
+//! thread of its own through the raw `bpf(2)` syscall while the live loop keeps the
+//! [`aya::Ebpf`] object.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use aya::maps::{Map, MapData};
+use aya::Ebpf;
+use xtrail_common::{
+    maps as names, trail_set, IpPortKey, Lpm4Key, Lpm6Key, TrailKey4, TrailKey6, PREFILTER_WORDS,
+};
+use xtrail_detect::trails::IpTrails;
+
+use crate::maps::{prefilter_blocks, FillReport};
+
+/// How long a switched-out set is kept before it is emptied: far longer than any one XDP
+/// program run, which is what may still be looking at it.
+pub const GRACE: Duration = Duration::from_millis(50);
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// Elements per batch syscall.
+const BATCH: usize = 16_384;
+
+/// Trail map failures.
+#[derive(Debug, thiserror::Error)]
+pub enum TrailMapError {
+    #[error("the XDP object has no map named {0}")]
+    MissingMap(&'static str),
+    #[error("duplicating the descriptor of map {map}: {source}")]
+    Dup {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op} on map {map} failed: {source}")]
+    Syscall {
+        op: &'static str,
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the new set has {count} {what} trails but the maps were sized for {capacity} at start; restart the sensor to load it"
+    )]
+    Capacity {
+        what: &'static str,
+        count: usize,
+        capacity: u32,
+    },
+}
+
+/// Map size for a kind of trail: both sets at once (during a reload), each of which may
+/// grow by half (plus a margin) over the set the sensor started with and still be swapped in
+/// without a restart. The hash maps are not preallocated, so the headroom costs only bucket
+/// heads (16 bytes per slot).
+pub fn reload_capacity(count: usize) -> u32 {
+    u32::try_from(2 * (count + count / 2 + 1024)).unwrap_or(u32::MAX)
+}
+
+/// `max_entries` of each trail map (room for both sets).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capacity {
+    pub ipv4: u32,
+    pub ipv6: u32,
+    pub ipport: u32,
+    pub cidr4: u32,
+    pub cidr6: u32,
+}
+
+impl Capacity {
+    /// The capacity [`reload_capacity`] gives a start set.
+    pub fn for_set(ip: &IpTrails) -> Capacity {
+        Capacity {
+            ipv4: reload_capacity(ip.v4.len()),
+            ipv6: reload_capacity(ip.v6.len()),
+            ipport: reload_capacity(ip.ipport.len()),
+            cidr4: reload_capacity(ip.cidr4.len()),
+            cidr6: reload_capacity(ip.cidr6.len()),
+        }
+    }
+
+    /// Refuses a set that does not fit beside another as large.
+    pub fn check(&self, ip: &IpTrails) -> Result<(), TrailMapError> {
+        let fits = |what, count: usize, capacity: u32| {
+            let capacity = capacity / 2;
+            if count > capacity as usize {
+                Err(TrailMapError::Capacity {
+                    what,
+                    count,
+                    capacity,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        fits("IPv4", ip.v4.len(), self.ipv4)?;
+        fits("IPv6", ip.v6.len(), self.ipv6)?;
+        fits("IP:port", ip.ipport.len(), self.ipport)?;
+        fits("IPv4 CIDR", ip.cidr4.len(), self.cidr4)?;
+        fits("IPv6 CIDR", ip.cidr6.len(), self.cidr6)
+    }
+}
+
+/// One map: its name (for errors), descriptor and key size.
+#[derive(Debug)]
+struct MapFd {
+    name: &'static str,
+    fd: OwnedFd,
+    key_size: usize,
+}
+
+impl MapFd {
+    fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// The trail maps (both sets live in each).
+#[derive(Debug)]
+struct TrailFds {
+    ipv4: MapFd,
+    ipv6: MapFd,
+    ipport: MapFd,
+    cidr4: MapFd,
+    cidr6: MapFd,
+    prefilter: MapFd,
+}
+
+fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, TrailMapError> {
+    match ebpf.map(name) {
+        Some(Map::HashMap(d) | Map::LpmTrie(d) | Map::Array(d)) => Ok(d),
+        _ => Err(TrailMapError::MissingMap(name)),
+    }
+}
+
+fn dup(ebpf: &Ebpf, name: &'static str, key_size: usize) -> Result<MapFd, TrailMapError> {
+    let fd = map_data(ebpf, name)?
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| TrailMapError::Dup { map: name, source })?;
+    Ok(MapFd { name, fd, key_size })
+}
+
+impl TrailFds {
+    fn of(ebpf: &Ebpf) -> Result<TrailFds, TrailMapError> {
+        use std::mem::size_of;
+        Ok(TrailFds {
+            ipv4: dup(ebpf, names::IPV4_TRAILS, size_of::<TrailKey4>())?,
+            ipv6: dup(ebpf, names::IPV6_TRAILS, size_of::<TrailKey6>())?,
+            ipport: dup(ebpf, names::IPPORT_TRAILS, size_of::<IpPortKey>())?,
+            cidr4: dup(ebpf, names::IPV4_CIDRS, size_of::<Lpm4Key>())?,
+            cidr6: dup(ebpf, names::IPV6_CIDRS, size_of::<Lpm6Key>())?,
+            prefilter: dup(ebpf, names::IPV4_PREFILTER, 4)?,
+        })
+    }
+}
+
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// `bpf(cmd, attr)`.
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<()> {
+    // SAFETY: `attr` is a valid, initialised bpf_attr prefix for `cmd` whose pointers (set
+    // by the callers) point at buffers that outlive the call and are as large as the map's
+    // key and value sizes times the count.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn syscall_err(op: &'static str, map: &MapFd) -> impl FnOnce(std::io::Error) -> TrailMapError {
+    let name = map.name;
+    move |source| TrailMapError::Syscall {
+        op,
+        map: name,
+        source,
+    }
+}
+
+/// Writes `keys[i] -> values[i]` in batches.
+fn update_batch<K, V>(map: &MapFd, keys: &[K], values: &[V]) -> Result<(), TrailMapError> {
+    let mut done = 0;
+    while done < keys.len() {
+        let n = BATCH.min(keys.len() - done);
+        let mut attr = BatchAttr {
+            in_batch: 0,
+            out_batch: 0,
+            keys: keys[done..].as_ptr() as u64,
+            values: values[done..].as_ptr() as u64,
+            count: n as u32,
+            map_fd: map.raw() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        bpf(BPF_MAP_UPDATE_BATCH, &mut attr).map_err(syscall_err("BPF_MAP_UPDATE_BATCH", map))?;
+        done += n;
+    }
+    Ok(())
+}
+
+fn update_elem<K, V>(map: &MapFd, key: &K, value: &V) -> Result<(), TrailMapError> {
+    let mut attr = ElemAttr {
+        map_fd: map.raw() as u32,
+        _pad: 0,
+        key: key as *const K as u64,
+        value: value as *const V as u64,
+        flags: 0,
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map_err(syscall_err("BPF_MAP_UPDATE_ELEM", map))
+}
+
+/// Every key of a map, back to back.
+fn all_keys(map: &MapFd) -> Result<Vec<u8>, TrailMapError> {
+    let size = map.key_size;
+    let mut keys: Vec<u8> = Vec::new();
+    let mut next = vec![0u8; size];
+    loop {
+        let prev = keys.len().checked_sub(size).map(|o| keys[o..].as_ptr());
+        let mut attr = ElemAttr {
+            map_fd: map.raw() as u32,
+            _pad: 0,
+            key: prev.map_or(0, |p| p as u64),
+            value: next.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(()) => keys.extend_from_slice(&next),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(keys),
+            Err(e) => return Err(syscall_err("BPF_MAP_GET_NEXT_KEY", map)(e)),
+        }
+    }
+}
+
+/// Deletes `keys` (all present) in batches.
+fn delete_batch<K>(map: &MapFd, keys: &[K]) -> Result<(), TrailMapError> {
+    for chunk in keys.chunks(BATCH) {
+        let mut attr = BatchAttr {
+            in_batch: 0,
+            out_batch: 0,
+            keys: chunk.as_ptr() as u64,
+            values: 0,
+            count: chunk.len() as u32,
+            map_fd: map.raw() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        bpf(BPF_MAP_DELETE_BATCH, &mut attr).map_err(syscall_err("BPF_MAP_DELETE_BATCH", map))?;
+    }
+    Ok(())
+}
+
+fn delete_elem<K>(map: &MapFd, key: &K) -> Result<(), TrailMapError> {
+    let mut attr = ElemAttr {
+        map_fd: map.raw() as u32,
+        _pad: 0,
+        key: key as *const K as u64,
+        value: 0,
+        flags: 0,
+    };
+    bpf(BPF_MAP_DELETE_ELEM, &mut attr).map_err(syscall_err("BPF_MAP_DELETE_ELEM", map))
+}
+
+/// Deletes the keys `of_set` picks: batch deletes for a hash map, one by one for an LPM
+/// trie; returns how many.
+fn delete_where(
+    map: &MapFd,
+    batch: bool,
+    of_set: impl Fn(&[u8]) -> bool,
+) -> Result<usize, TrailMapError> {
+    let size = map.key_size;
+    let keys: Vec<u8> = all_keys(map)?
+        .chunks(size)
+        .filter(|k| of_set(k))
+        .flatten()
+        .copied()
+        .collect();
+    let n = keys.len() / size;
+    if batch {
+        // Whole keys of `size` bytes each, passed as raw bytes (the kernel reads key_size).
+        for chunk in keys.chunks(BATCH * size) {
+            let mut attr = BatchAttr {
+                in_batch: 0,
+                out_batch: 0,
+                keys: chunk.as_ptr() as u64,
+                values: 0,
+                count: (chunk.len() / size) as u32,
+                map_fd: map.raw() as u32,
+                elem_flags: 0,
+                flags: 0,
+            };
+            bpf(BPF_MAP_DELETE_BATCH, &mut attr)
+                .map_err(syscall_err("BPF_MAP_DELETE_BATCH", map))?;
+        }
+    } else {
+        for key in keys.chunks(size) {
+            // The slice's first byte is the key (`key_size` bytes follow).
+            delete_elem(map, &key[0])?;
+        }
+    }
+    Ok(n)
+}
+
+/// Fills set `index` (empty) from `ip`; returns what went in and the set's `TRAIL_SET`
+/// flags.
+fn fill_set(maps: &TrailFds, index: u8, ip: &IpTrails) -> Result<(FillReport, u32), TrailMapError> {
+    let set = u32::from(index & 1);
+    let (k, v): (Vec<TrailKey4>, Vec<u32>) = ip
+        .v4
+        .iter()
+        .map(|(addr, v)| (TrailKey4 { set, addr: *addr }, *v))
+        .unzip();
+    update_batch(&maps.ipv4, &k, &v)?;
+    let (k, v): (Vec<TrailKey6>, Vec<u32>) = ip
+        .v6
+        .iter()
+        .map(|(addr, v)| (TrailKey6 { set, addr: *addr }, *v))
+        .unzip();
+    update_batch(&maps.ipv6, &k, &v)?;
+    let (k, v): (Vec<IpPortKey>, Vec<u32>) = ip
+        .ipport
+        .iter()
+        .map(|((addr, port), v)| {
+            (
+                IpPortKey {
+                    addr: *addr,
+                    port: *port,
+                    set: index & 1,
+                    _pad: 0,
+                },
+                *v,
+            )
+        })
+        .unzip();
+    update_batch(&maps.ipport, &k, &v)?;
+    // LPM prefixes count the 32 bits of the set index in front of the address.
+    for (addr, prefix, label) in &ip.cidr4 {
+        let key = Lpm4Key {
+            prefix_len: 32 + u32::from(*prefix),
+            data: TrailKey4 { set, addr: *addr },
+        };
+        update_elem(&maps.cidr4, &key, label)?;
+    }
+    for (addr, prefix, label) in &ip.cidr6 {
+        let key = Lpm6Key {
+            prefix_len: 32 + u32::from(*prefix),
+            data: TrailKey6 { set, addr: *addr },
+        };
+        update_elem(&maps.cidr6, &key, label)?;
+    }
+    let mut report = FillReport {
+        ipv4: ip.v4.len(),
+        ipv6: ip.v6.len(),
+        ipport: ip.ipport.len(),
+        cidr4: ip.cidr4.len(),
+        cidr6: ip.cidr6.len(),
+        ..FillReport::default()
+    };
+    // The whole bitmap is written, so nothing of a previous set's bits survives.
+    let mut words = vec![0u64; PREFILTER_WORDS as usize];
+    if let Some(blocks) = prefilter_blocks(ip) {
+        for b in &blocks {
+            words[(*b >> 6) as usize] |= 1u64 << (b & 63);
+        }
+        report.prefilter_blocks = blocks.len();
+        report.prefilter = true;
+    }
+    let base = set * PREFILTER_WORDS;
+    let indexes: Vec<u32> = (base..base + PREFILTER_WORDS).collect();
+    update_batch(&maps.prefilter, &indexes, &words)?;
+    let flags = report.set_flags();
+    Ok((report, flags))
+}
+
+impl FillReport {
+    /// The `config_flags` bits that describe this set (the `TRAIL_SET` flags).
+    pub fn set_flags(&self) -> u32 {
+        use xtrail_common::config_flags as f;
+        let mut flags = 0;
+        if self.cidr4 > 0 {
+            flags |= f::HAVE_CIDR4;
+        }
+        if self.cidr6 > 0 {
+            flags |= f::HAVE_CIDR6;
+        }
+        if self.ipport > 0 {
+            flags |= f::HAVE_IPPORT;
+        }
+        if self.ipv6 > 0 {
+            flags |= f::HAVE_IPV6;
+        }
+        if self.prefilter {
+            flags |= f::PREFILTER4;
+        }
+        flags
+    }
+}
+
+/// Both trail map sets of a loaded program and its `TRAIL_SET` selector.
+#[derive(Debug)]
+pub struct KernelTrailSets {
+    maps: TrailFds,
+    selector: MapFd,
+    active: u8,
+    capacity: Capacity,
+}
+
+impl KernelTrailSets {
+    /// The sets of a loaded program whose set `active` is in use and whose maps were sized
+    /// with `capacity`.
+    pub fn of(ebpf: &Ebpf, active: u8, capacity: Capacity) -> Result<Self, TrailMapError> {
+        Ok(KernelTrailSets {
+            maps: TrailFds::of(ebpf)?,
+            selector: dup(ebpf, names::TRAIL_SET, 4)?,
+            active,
+            capacity,
+        })
+    }
+
+    /// The set packets are matched against now.
+    pub fn active(&self) -> u8 {
+        self.active
+    }
+
+    /// The maps' capacity.
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
+    /// Fills set `index` (which must be empty and inactive) without switching to it. The
+    /// start fill of a freshly loaded program is `fill(0, ..)` then `select(0, ..)`.
+    pub fn fill(&self, index: u8, ip: &IpTrails) -> Result<(FillReport, u32), TrailMapError> {
+        self.capacity.check(ip)?;
+        fill_set(&self.maps, index, ip)
+    }
+
+    /// Makes set `index` (filled, with `flags`) the one every following packet uses.
+    pub fn select(&mut self, index: u8, flags: u32) -> Result<(), TrailMapError> {
+        let value = trail_set::value(index, flags);
+        update_elem(&self.selector, &0u32, &value)?;
+        self.active = index & 1;
+        Ok(())
+    }
+
+    /// Deletes the entries of set `index` (inactive), which was filled from `ip`: by their
+    /// keys, in batches; if that fails (the maps do not hold what `ip` says), by walking the
+    /// maps ([`KernelTrailSets::clear`]). Returns how many entries went.
+    pub fn clear_filled(&self, index: u8, ip: &IpTrails) -> Result<usize, TrailMapError> {
+        match self.delete_known(index, ip) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                log::warn!("emptying trail set {index} by its keys: {e}; walking the maps");
+                self.clear(index)
+            }
+        }
+    }
+
+    fn delete_known(&self, index: u8, ip: &IpTrails) -> Result<usize, TrailMapError> {
+        let set = u32::from(index & 1);
+        let m = &self.maps;
+        let v4: Vec<TrailKey4> = ip
+            .v4
+            .keys()
+            .map(|addr| TrailKey4 { set, addr: *addr })
+            .collect();
+        delete_batch(&m.ipv4, &v4)?;
+        let v6: Vec<TrailKey6> = ip
+            .v6
+            .keys()
+            .map(|addr| TrailKey6 { set, addr: *addr })
+            .collect();
+        delete_batch(&m.ipv6, &v6)?;
+        let ipport: Vec<IpPortKey> = ip
+            .ipport
+            .keys()
+            .map(|(addr, port)| IpPortKey {
+                addr: *addr,
+                port: *port,
+                set: index & 1,
+                _pad: 0,
+            })
+            .collect();
+        delete_batch(&m.ipport, &ipport)?;
+        for (addr, prefix, _) in &ip.cidr4 {
+            let key = Lpm4Key {
+                prefix_len: 32 + u32::from(*prefix),
+                data: TrailKey4 { set, addr: *addr },
+            };
+            delete_elem(&m.cidr4, &key)?;
+        }
+        for (addr, prefix, _) in &ip.cidr6 {
+            let key = Lpm6Key {
+                prefix_len: 32 + u32::from(*prefix),
+                data: TrailKey6 { set, addr: *addr },
+            };
+            delete_elem(&m.cidr6, &key)?;
+        }
+        Ok(v4.len() + v6.len() + ipport.len() + ip.cidr4.len() + ip.cidr6.len())
+    }
+
+    /// Deletes the entries of set `index` (inactive) whatever they are, by walking the maps;
+    /// returns how many. (Its prefilter half is rewritten whole by the next fill.)
+    pub fn clear(&self, index: u8) -> Result<usize, TrailMapError> {
+        let set = u32::from(index & 1);
+        let m = &self.maps;
+        // Key layouts: `TrailKey*` and the LPM data start with the set as a native u32 (the
+        // LPM key after its prefix length); `IpPortKey` has it as byte 18.
+        let u32_at = |k: &[u8], o: usize| {
+            k.get(o..o + 4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_ne_bytes)
+        };
+        let ipport_set = std::mem::offset_of!(IpPortKey, set);
+        Ok(delete_where(&m.ipv4, true, |k| u32_at(k, 0) == Some(set))?
+            + delete_where(&m.ipv6, true, |k| u32_at(k, 0) == Some(set))?
+            + delete_where(&m.ipport, true, |k| {
+                k.get(ipport_set).copied() == Some(set as u8)
+            })?
+            + delete_where(&m.cidr4, false, |k| u32_at(k, 4) == Some(set))?
+            + delete_where(&m.cidr6, false, |k| u32_at(k, 4) == Some(set))?)
+    }
+}

@@ -1,0 +1,218 @@
+//! Trail set deltas, with a real collector over loopback: a sensor's puller that stores
+//! version 1 gets version 2 as a delta (counted, rebuilt byte for byte); a damaged delta or
+//! one checked against another key is refused; a damaged stored base makes the delta fail
+//! its checks and the whole set is fetched instead. No privileges needed.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use xtrail_detect::trails::{compiled, CompileOptions, LoadOptions, TrailSet};
+use xtrail_sensor::trail_pull::{self, PullOptions};
+
+const TOKEN: &str = "delta-secret";
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("xtrail-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn collector_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("xtrail-collector");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "xtrail-collector"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .expect("cargo build");
+        assert!(status.success());
+    }
+    bin
+}
+
+/// A trails CSV of 20 000 addresses and 5 000 domains; rows whose index is a multiple of
+/// `every` (when non-zero) get another address/domain, as a feed update would.
+fn csv(dir: &Path, name: &str, every: usize, salt: u32) -> PathBuf {
+    let mut text = String::new();
+    for i in 0..20_000u32 {
+        let changed = every != 0 && (i as usize).is_multiple_of(every);
+        let ip = Ipv4Addr::from(0xC612_0000 + i * 3 + if changed { 1 + salt } else { 0 });
+        text.push_str(&format!("{ip},delta test {} (malware),(test)\n", i % 50));
+    }
+    for i in 0..5_000u32 {
+        let changed = every != 0 && (i as usize).is_multiple_of(every);
+        let d = if changed {
+            format!("n{salt}x{i}.example-bad.test")
+        } else {
+            format!("d{i}.example-bad.test")
+        };
+        text.push_str(&format!("{d},delta domain {} (malware),(test)\n", i % 20));
+    }
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn compile(source: &Path, seed: &[u8; 32], built_at: u64, out: &Path) -> (String, Vec<u8>) {
+    let set = TrailSet::load(&[source.to_path_buf()], &LoadOptions::default()).unwrap();
+    let bytes = compiled::write(
+        &set,
+        &CompileOptions {
+            built_at,
+            signing_key: Some(*seed),
+            meta: serde_json::json!({}),
+        },
+    );
+    let version = compiled::read_header(&bytes).unwrap().version;
+    compiled::write_atomic(out, &bytes).unwrap();
+    (version, bytes)
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}
+
+struct Collector(Child);
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends SIGHUP and waits until the collector serves `version`.
+fn install(c: &Collector, http: &str, version: &str) {
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(
+        unsafe { libc::kill(c.0.id() as libc::pid_t, libc::SIGHUP) },
+        0
+    );
+    let want = format!("xtrail_trail_set_served{{version=\"{version}\"}} 1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http_get(http, "/metrics").contains(&want) {
+        assert!(
+            Instant::now() < deadline,
+            "the collector never served {version}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn deltas_rebuild_the_set_and_bad_ones_fall_back_to_the_whole_set() {
+    let dir = tempdir("trail-delta");
+    let (seed, public) = compiled::generate_key().unwrap();
+    let (_, wrong) = compiled::generate_key().unwrap();
+    let served = dir.join("served.xtrails");
+    let (v1, _) = compile(&csv(&dir, "v1.csv", 0, 0), &seed, 1_700_000_000, &served);
+
+    let mut child = Command::new(collector_bin())
+        .arg("--data-dir")
+        .arg(dir.join("collector"))
+        .args(["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(["--sensor-token", TOKEN])
+        .arg("--trail-set")
+        .arg(&served)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start collector");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let collector = Collector(child);
+    let addr = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+            .to_string()
+    };
+    let http = addr("http=");
+    let o = PullOptions {
+        url: format!("http://{}", addr("grpc=")),
+        token: TOKEN.into(),
+        ca_cert: None,
+        sensor_name: "delta-1".into(),
+        state_dir: dir.join("state"),
+        public_key: public,
+    };
+    let stored = trail_pull::stored_set(&o.state_dir);
+
+    // First pull: nothing stored, the whole set.
+    let p = trail_pull::pull(&o).expect("first pull");
+    assert!(!p.via_delta);
+    assert_eq!(p.version, v1);
+
+    // 1% of the rows change: a delta, rebuilt byte for byte.
+    let (v2, b2) = compile(&csv(&dir, "v2.csv", 100, 0), &seed, 1_700_000_100, &served);
+    install(&collector, &http, &v2);
+    let p = trail_pull::pull(&o).expect("second pull");
+    assert!(p.via_delta, "no delta used");
+    assert_eq!(p.version, v2);
+    assert_eq!(std::fs::read(&stored).unwrap(), b2);
+    assert_eq!(trail_pull::DELTAS_APPLIED.load(Ordering::Relaxed), 1);
+
+    // A damaged delta, or a good one checked with another key, is refused.
+    let (v3, b3) = compile(&csv(&dir, "v3.csv", 100, 1), &seed, 1_700_000_200, &served);
+    install(&collector, &http, &v3);
+    let (info, d) = trail_pull::fetch_delta_once(&o, &v2).expect("delta v2 -> v3");
+    assert_eq!(info.version, v3);
+    eprintln!(
+        "delta v2 -> v3: {} bytes for a {}-byte set",
+        d.len(),
+        info.size
+    );
+    assert!((d.len() as u64) < info.size);
+    assert_eq!(
+        trail_pull::rebuild(&b2, &d, &info, &public).expect("good delta"),
+        b3
+    );
+    assert!(trail_pull::rebuild(&b2, &d, &info, &wrong).is_err());
+    for at in [d.len() / 3, d.len() / 2, d.len() - 1] {
+        let mut bad = d.clone();
+        bad[at] ^= 0x5a;
+        assert!(
+            trail_pull::rebuild(&b2, &bad, &info, &public).is_err(),
+            "damage at {at} accepted"
+        );
+    }
+
+    // The stored base damaged (same header, other body): the delta fails its checks, the
+    // puller discards it and fetches the whole set.
+    let mut damaged = std::fs::read(&stored).unwrap();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0xff;
+    std::fs::write(&stored, &damaged).unwrap();
+    let p = trail_pull::pull(&o).expect("pull after damage");
+    assert!(!p.via_delta);
+    assert_eq!(p.version, v3);
+    assert_eq!(std::fs::read(&stored).unwrap(), b3);
+    assert_eq!(trail_pull::DELTAS_DISCARDED.load(Ordering::Relaxed), 1);
+
+    let metrics = http_get(&http, "/metrics");
+    assert!(
+        metrics.contains("xtrail_trail_deltas_served_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("xtrail_trail_sets_served_total 2"),
+        "{metrics}"
+    );
+}

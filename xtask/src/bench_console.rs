@@ -1,0 +1,79 @@
+//! The console API scenario of `cargo xtask bench` (`--only console`):
+//! `collector/examples/console_bench.rs` stores a fixture of 1,000,000 realistic events
+//! (200,000 with `--quick`) into a fresh SQLite store, starts a collector on it (which
+//! aggregates them into threats at start), and measures p50/p95/max of every console API
+//! call over loopback HTTP. Results: `bench/results/console.json` and `console.md`; one
+//! summary line goes into `latest.md`. Goal: p95 < 100 ms for every call.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Context as _;
+
+use crate::paths;
+
+/// Runs the scenario; returns the summary line for `latest.md` (None if it failed).
+pub fn run(quick: bool, results_dir: &Path) -> Option<String> {
+    match measure(quick, results_dir) {
+        Ok(line) => Some(line),
+        Err(e) => {
+            eprintln!("bench: console: failed: {e:#}");
+            None
+        }
+    }
+}
+
+fn measure(quick: bool, results_dir: &Path) -> anyhow::Result<String> {
+    let events: u64 = if quick { 200_000 } else { 1_000_000 };
+    crate::run(crate::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "xtrail-collector",
+        "--example",
+        "console_bench",
+    ]))
+    .context("building the console_bench example")?;
+    let exe = paths::workspace_root().join("target/release/examples/console_bench");
+    eprintln!("bench: console: {events} events (fixture, aggregation, then the API calls)");
+    let out = Command::new(&exe)
+        .args([events.to_string(), "40".into()])
+        .output()
+        .context("running console_bench")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(
+        out.status.success(),
+        "console_bench failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = text
+        .lines()
+        .find_map(|l| l.strip_prefix("json: "))
+        .context("console_bench printed no json line")?;
+    let v: serde_json::Value = serde_json::from_str(json).context("console_bench json")?;
+    std::fs::write(results_dir.join("console.json"), format!("{json}\n"))?;
+    let mut md = format!(
+        "# Console API with {} stored events\n\n`cargo xtask bench --only console` (`collector/examples/console_bench.rs`): a fixture of {} events over 7 days (5,000 sources, 3,300 trails, heuristics, DNS exhaustion) stored with the collector's SQLite writer in {:.1} s; the collector aggregates them at start into {} threats in {:.1} s; each call then requested 40 times over loopback HTTP, one connection per request (subscriber token).\n\n",
+        v["events"], v["events"], v["fixture_s"].as_f64().unwrap_or(0.0), v["threats"],
+        v["aggregate_s"].as_f64().unwrap_or(0.0)
+    );
+    md.push_str("| call | p50 ms | p95 ms | max ms | first byte p95 ms | bytes |\n|---|---:|---:|---:|---:|---:|\n");
+    for c in v["calls"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        md.push_str(&format!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {} |\n",
+            c["call"].as_str().unwrap_or(""),
+            c["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            c["p95_ms"].as_f64().unwrap_or(f64::NAN),
+            c["max_ms"].as_f64().unwrap_or(f64::NAN),
+            c["first_byte_p95_ms"].as_f64().unwrap_or(f64::NAN),
+            c["bytes"]
+        ));
+    }
+    std::fs::write(results_dir.join("console.md"), &md)?;
+    eprint!("{md}");
+    let worst = v["worst_p95_ms"].as_f64().unwrap_or(f64::NAN);
+    Ok(format!(
+        "- Console API with {} stored events ({} threats): worst p95 {worst:.1} ms over every call (full exports of the view stream: their first byte; goal < 100 ms; `console.md`).",
+        v["events"], v["threats"]
+    ))
+}

@@ -1,10 +1,13 @@
 //! Exporters against real receivers: the collector (real process) fed by the stock
 //! publisher, exporting to a real rsyslog (RFC 5424 and 3164, UDP and TCP, CEF and JSON
-//! bodies, checked field by field), a Maltrail-style UDP listener, ECS/EVE files; and a
-//! dead TCP target that neither slows ingest nor loses events, across a collector restart.
+//! bodies, checked field by field), a Maltrail-style UDP listener, ECS/EVE files; a dead TCP
+//! target that neither slows ingest nor loses events, across a collector restart; and
+//! rsyslog over TCP and TLS plus an HTTPS webhook stopped for 30 s in the middle of a stream.
 //!
-//! rsyslog: skipped with a message when `rsyslogd` is missing, unless `CI=true` (then the
-//! test fails; `cargo xtask deps` installs it).
+//! rsyslog and the TLS syslog receiver run in a network namespace the test creates (a veth
+//! pair to the root namespace, a /30 in 198.19.252.0/22); the collector exports to the
+//! namespace's address. Those tests need root, and rsyslog: without them they are skipped
+//! with a message, unless `CI=true` (then they fail; `cargo xtask deps` installs rsyslog).
 
 mod common;
 
@@ -16,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::netns::{require_root, Netns};
 use common::{sample, tempdir, Collector, SENSOR_TOKEN, SUB_TOKEN};
 use xtrail_detect::event::{Event, Severity};
 use xtrail_publish::{Publisher, PublisherConfig};
@@ -201,6 +205,11 @@ fn syslog_to_rsyslog_cef_and_json_maltrail_and_files() {
         eprintln!("SKIP syslog_to_rsyslog...: rsyslogd not installed (apt-get install rsyslog)");
         return;
     };
+    if !require_root("syslog_to_rsyslog_cef_and_json_maltrail_and_files") {
+        return;
+    }
+    let ns = Netns::create();
+    let rip = ns.ns_ip;
     let dir = tempdir("export-rsyslog");
     let out = dir.path();
     let [udp5424, tcp5424, udp3164, tcp3164] = [free_port(), free_port(), free_port(), free_port()];
@@ -219,7 +228,7 @@ fn syslog_to_rsyslog_cef_and_json_maltrail_and_files() {
     ] {
         c.push_str(&format!(
             "ruleset(name=\"{name}\") {{ action(type=\"omfile\" file=\"{}\" template=\"fields\") }}\n\
-             input(type=\"{kind}\" address=\"127.0.0.1\" port=\"{port}\" ruleset=\"{name}\")\n",
+             input(type=\"{kind}\" address=\"{rip}\" port=\"{port}\" ruleset=\"{name}\")\n",
             out.join(format!("{name}.log")).display()
         ));
     }
@@ -235,7 +244,7 @@ fn syslog_to_rsyslog_cef_and_json_maltrail_and_files() {
         String::from_utf8_lossy(&check.stderr)
     );
     let _rsyslog = Rsyslog(
-        Command::new(&rsyslogd)
+        ns.command(&rsyslogd)
             .arg("-n")
             .arg("-f")
             .arg(&conf)
@@ -247,8 +256,7 @@ fn syslog_to_rsyslog_cef_and_json_maltrail_and_files() {
             .expect("start rsyslogd"),
     );
     wait_for("rsyslog's TCP ports", Duration::from_secs(20), || {
-        TcpStream::connect(("127.0.0.1", tcp5424)).is_ok()
-            && TcpStream::connect(("127.0.0.1", tcp3164)).is_ok()
+        TcpStream::connect((rip, tcp5424)).is_ok() && TcpStream::connect((rip, tcp3164)).is_ok()
     });
     std::thread::sleep(Duration::from_millis(300));
 
@@ -269,25 +277,25 @@ fn syslog_to_rsyslog_cef_and_json_maltrail_and_files() {
 [[exporter]]
 kind = "syslog"
 name = "udp5424"
-target = "udp://127.0.0.1:{udp5424}"
+target = "udp://{rip}:{udp5424}"
 hostname = "xtrail-test"
 start = "oldest"
 [[exporter]]
 kind = "syslog"
 name = "tcp5424"
-target = "tcp://127.0.0.1:{tcp5424}"
+target = "tcp://{rip}:{tcp5424}"
 hostname = "xtrail-test"
 [[exporter]]
 kind = "syslog"
 name = "udp3164"
-target = "udp://127.0.0.1:{udp3164}"
+target = "udp://{rip}:{udp3164}"
 protocol = "rfc3164"
 hostname = "xtrail-test"
 filter = ["min_severity=high"]
 [[exporter]]
 kind = "syslog"
 name = "tcp3164json"
-target = "tcp://127.0.0.1:{tcp3164}"
+target = "tcp://{rip}:{tcp3164}"
 protocol = "rfc3164"
 format = "json"
 facility = "authpriv"
@@ -827,9 +835,10 @@ fn tls_acceptor(dir: &Path) -> tokio_rustls::TlsAcceptor {
     tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
 }
 
-/// A TLS listener on a free port handing each accepted stream to `serve`; counts failed
+/// A TLS server on listener `l` handing each accepted stream to `serve`; counts failed
 /// handshakes.
 fn tls_listener<F, Fut>(
+    l: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     handshake_failures: Arc<std::sync::atomic::AtomicU32>,
     serve: F,
@@ -838,7 +847,6 @@ where
     F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
     let addr = l.local_addr().unwrap();
     background(async move {
@@ -1015,44 +1023,57 @@ fn syslog_over_tls_verifies_the_ca_and_webhook_https() {
         eprintln!("SKIP syslog_over_tls...: openssl could not make test certificates");
         return;
     }
+    if !require_root("syslog_over_tls_verifies_the_ca_and_webhook_https") {
+        return;
+    }
+    // The syslog receiver listens in a network namespace; the webhook on loopback.
+    let ns = Netns::create();
+    let rip = ns.ns_ip;
     let acceptor = tls_acceptor(certs.path());
     // Syslog receiver: RFC 6587 octet-counted RFC 5424 messages over TLS.
     let messages = Arc::new(Mutex::new(Vec::<String>::new()));
     let syslog_failures = Arc::new(AtomicU32::new(0));
     let syslog_addr = {
         let messages = Arc::clone(&messages);
-        tls_listener(acceptor.clone(), Arc::clone(&syslog_failures), move |s| {
-            let messages = Arc::clone(&messages);
-            async move {
-                use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
-                let mut r = tokio::io::BufReader::new(s);
-                loop {
-                    let mut len = Vec::new();
-                    if r.read_until(b' ', &mut len).await.unwrap_or(0) == 0 {
-                        return;
+        let l = ns.tcp_listener(0);
+        tls_listener(
+            l,
+            acceptor.clone(),
+            Arc::clone(&syslog_failures),
+            move |s| {
+                let messages = Arc::clone(&messages);
+                async move {
+                    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+                    let mut r = tokio::io::BufReader::new(s);
+                    loop {
+                        let mut len = Vec::new();
+                        if r.read_until(b' ', &mut len).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let n: usize = String::from_utf8_lossy(&len)
+                            .trim()
+                            .parse()
+                            .expect("length");
+                        let mut msg = vec![0u8; n];
+                        if r.read_exact(&mut msg).await.is_err() {
+                            return;
+                        }
+                        messages
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8(msg).unwrap());
                     }
-                    let n: usize = String::from_utf8_lossy(&len)
-                        .trim()
-                        .parse()
-                        .expect("length");
-                    let mut msg = vec![0u8; n];
-                    if r.read_exact(&mut msg).await.is_err() {
-                        return;
-                    }
-                    messages
-                        .lock()
-                        .unwrap()
-                        .push(String::from_utf8(msg).unwrap());
                 }
-            }
-        })
+            },
+        )
     };
     // HTTPS webhook receiver with the same certificate.
     let hooks = Arc::new(HookState::default());
     let https_failures = Arc::new(AtomicU32::new(0));
     let https_addr = {
         let hooks = Arc::clone(&hooks);
-        tls_listener(acceptor, Arc::clone(&https_failures), move |s| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        tls_listener(l, acceptor, Arc::clone(&https_failures), move |s| {
             serve_http(s, Arc::clone(&hooks))
         })
     };
@@ -1068,7 +1089,7 @@ fn syslog_over_tls_verifies_the_ca_and_webhook_https() {
 [[exporter]]
 kind = "syslog"
 name = "tls-good"
-target = "tls://127.0.0.1:{sp}"
+target = "tls://{rip}:{sp}"
 tls_ca = "{ca}"
 tls_server_name = "localhost"
 format = "json"
@@ -1077,7 +1098,7 @@ start = "oldest"
 [[exporter]]
 kind = "syslog"
 name = "tls-wrong-ca"
-target = "tls://127.0.0.1:{sp}"
+target = "tls://{rip}:{sp}"
 tls_ca = "{other}"
 tls_server_name = "localhost"
 start = "oldest"
@@ -1244,4 +1265,333 @@ fn blocklist_lists_recent_sources_by_filter() {
     assert_eq!(get("?colour=red").0, 400);
     assert_eq!(collector.http_get("/api/blocklist", None).0, 401);
     assert_eq!(collector.http_get("/api/blocklist", Some("wrong")).0, 401);
+}
+
+// ---------------------------------------------------------------------------------------
+// Receivers down for 30 s in the middle of a stream.
+
+/// An HTTPS webhook receiver on `port` that can be stopped (listener and open connections
+/// closed) and started again on the same port.
+struct StoppableHttps {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StoppableHttps {
+    fn start(acceptor: tokio_rustls::TlsAcceptor, port: u16, state: Arc<HookState>) -> Self {
+        let l = TcpListener::bind(("127.0.0.1", port)).expect("bind the HTTPS port again");
+        l.set_nonblocking(true).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(l).unwrap();
+                let accept = async {
+                    loop {
+                        let Ok((c, _)) = l.accept().await else {
+                            continue;
+                        };
+                        let (acceptor, state) = (acceptor.clone(), Arc::clone(&state));
+                        tokio::spawn(async move {
+                            if let Ok(s) = acceptor.accept(c).await {
+                                serve_http(s, state).await;
+                            }
+                        });
+                    }
+                };
+                tokio::select! {
+                    () = accept => {}
+                    _ = rx => {}
+                }
+            });
+            // Dropping the runtime aborts the connection tasks: their sockets close.
+            rt.shutdown_timeout(Duration::from_secs(1));
+        });
+        StoppableHttps {
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for StoppableHttps {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// rsyslogd with `conf` in namespace `ns`, up once `ports` accept connections there.
+fn start_rsyslog(ns: &Netns, rsyslogd: &Path, conf: &Path, pid: &Path, ports: &[u16]) -> Rsyslog {
+    let r = Rsyslog(
+        ns.command(rsyslogd)
+            .args(["-n", "-f"])
+            .arg(conf)
+            .arg("-i")
+            .arg(pid)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start rsyslogd"),
+    );
+    wait_for("rsyslog's ports", Duration::from_secs(20), || {
+        ports
+            .iter()
+            .all(|p| TcpStream::connect((ns.ns_ip, *p)).is_ok())
+    });
+    r
+}
+
+/// SIGTERM (rsyslog writes out what it has read), then reap.
+fn stop_rsyslog(mut r: Rsyslog) {
+    let pid = libc::pid_t::try_from(r.0.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let _ = r.0.wait();
+}
+
+/// rsyslog over TCP and over TLS (GnuTLS driver) receiving CEF, and an HTTPS webhook, all
+/// stopped for 30 s in the middle of a stream of events: events published before, during
+/// and after the outage all arrive, every CEF field checked, duplicates at most one batch
+/// per exporter.
+///
+/// The receivers are stopped when they have taken everything sent so far (rsyslog with
+/// SIGTERM, as a service stop does). Syslog over TCP has no application acknowledgement:
+/// bytes a receiver's kernel acknowledged but the receiver never read (a crash) cannot be
+/// known lost by any sender; that case is not claimed.
+#[test]
+fn receivers_down_for_30s_mid_stream_lose_nothing() {
+    let Some(rsyslogd) = rsyslogd() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "rsyslogd is missing (CI=true): run `cargo xtask deps`"
+        );
+        eprintln!("SKIP receivers_down...: rsyslogd not installed (apt-get install rsyslog)");
+        return;
+    };
+    let gtls = ["/usr/lib/x86_64-linux-gnu/rsyslog", "/usr/lib/rsyslog"]
+        .iter()
+        .any(|d| Path::new(d).join("lmnsd_gtls.so").exists());
+    let dir = tempdir("export-outage");
+    let out = dir.path();
+    if !gtls || make_certs(out).is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "rsyslog-gnutls or openssl is missing (CI=true): run `cargo xtask deps`"
+        );
+        eprintln!("SKIP receivers_down...: rsyslog-gnutls or openssl missing");
+        return;
+    }
+    if !require_root("receivers_down_for_30s_mid_stream_lose_nothing") {
+        return;
+    }
+    let ns = Netns::create();
+    let rip = ns.ns_ip;
+    let (tcp, tls, https) = (free_port(), free_port(), free_port());
+    let conf = out.join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "global(workDirectory=\"{d}\" maxMessageSize=\"64k\" \
+               defaultNetstreamDriverCAFile=\"{d}/ca.pem\" \
+               defaultNetstreamDriverCertFile=\"{d}/c.pem\" \
+               defaultNetstreamDriverKeyFile=\"{d}/k.pem\")\n\
+             module(load=\"imtcp\")\n\
+             template(name=\"fields\" type=\"list\") {{ property(name=\"pri\") constant(value=\"\\t\") property(name=\"hostname\") constant(value=\"\\t\") property(name=\"app-name\") constant(value=\"\\t\") property(name=\"msgid\") constant(value=\"\\t\") property(name=\"timereported\" dateFormat=\"rfc3339\") constant(value=\"\\t\") property(name=\"msg\") constant(value=\"\\n\") }}\n\
+             ruleset(name=\"tcp\") {{ action(type=\"omfile\" file=\"{d}/tcp.log\" template=\"fields\") }}\n\
+             ruleset(name=\"tls\") {{ action(type=\"omfile\" file=\"{d}/tls.log\" template=\"fields\") }}\n\
+             input(type=\"imtcp\" address=\"{rip}\" port=\"{tcp}\" ruleset=\"tcp\")\n\
+             input(type=\"imtcp\" address=\"{rip}\" port=\"{tls}\" ruleset=\"tls\" \
+               streamDriver.name=\"gtls\" streamDriver.mode=\"1\" streamDriver.authMode=\"anon\")\n",
+            d = out.display()
+        ),
+    )
+    .unwrap();
+    let check = Command::new(&rsyslogd)
+        .args(["-N1", "-f"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "rsyslog config: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let pid = out.join("rsyslogd.pid");
+    let rsyslog = start_rsyslog(&ns, &rsyslogd, &conf, &pid, &[tcp, tls]);
+    let acceptor = tls_acceptor(out);
+    let hooks = Arc::new(HookState::default());
+    let mut receiver = StoppableHttps::start(acceptor.clone(), https, Arc::clone(&hooks));
+
+    let config = out.join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[exporter]]
+kind = "syslog"
+name = "tcp"
+target = "tcp://{rip}:{tcp}"
+hostname = "xtrail-test"
+start = "oldest"
+[[exporter]]
+kind = "syslog"
+name = "tls"
+target = "tls://{rip}:{tls}"
+tls_ca = "{ca}"
+tls_server_name = "localhost"
+hostname = "xtrail-test"
+start = "oldest"
+[[exporter]]
+kind = "webhook"
+name = "https"
+target = "https://localhost:{https}/hook"
+tls_ca = "{ca}"
+start = "oldest"
+"#,
+            ca = out.join("ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let data = tempdir("export-outage-data");
+    let spool = tempdir("export-outage-spool");
+    let collector = Collector::start(data.path(), None, &["--config", config.to_str().unwrap()]);
+    const N: u32 = 300;
+    let events = syslog_events(N);
+    let by_trail: HashMap<&str, &Event> = events.iter().map(|e| (e.trail.as_str(), e)).collect();
+    let mut cfg = PublisherConfig::new(collector.url(), SENSOR_TOKEN, "gw-test", spool.path());
+    cfg.batch_max_events = 50;
+    let publisher = Publisher::start(cfg).unwrap();
+    let publish = |range: std::ops::Range<u32>| {
+        for i in range {
+            publisher.publish(&events[i as usize]).unwrap();
+        }
+        publisher.flush(Duration::from_secs(60)).expect("flush");
+    };
+    let log = |n: &str| out.join(format!("{n}.log"));
+    let cef_of = |l: &str| {
+        l.splitn(6, '\t')
+            .nth(5)
+            .unwrap_or_default()
+            .trim_start()
+            .to_string()
+    };
+    let distinct = |name: &str| -> HashSet<String> {
+        lines(&log(name))
+            .iter()
+            .map(|l| parse_cef(&cef_of(l)).1["trail"].clone())
+            .collect()
+    };
+    let hook_trails = || -> HashSet<String> {
+        hooks
+            .bodies("/hook")
+            .iter()
+            .map(|j| j["trail"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let all_have = |n: usize| {
+        distinct("tcp").len() >= n && distinct("tls").len() >= n && hook_trails().len() >= n
+    };
+
+    // Before: 100 events reach all three receivers.
+    publish(0..100);
+    wait_for("the first 100 events", Duration::from_secs(60), || {
+        all_have(100)
+    });
+
+    // The receivers stop; 150 events arrive over the next 30 s while they are down.
+    stop_rsyslog(rsyslog);
+    receiver.stop();
+    let down = Instant::now();
+    for chunk in 0..10u32 {
+        publish(100 + chunk * 15..100 + (chunk + 1) * 15);
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let m = collector.http_get("/metrics", None).1;
+    for (name, kind) in [("tcp", "syslog"), ("tls", "syslog"), ("https", "webhook")] {
+        let series = |s: &str| format!("{s}{{exporter=\"{name}\",kind=\"{kind}\"}}");
+        assert_eq!(metric(&m, &series("xtrail_export_up")), 0, "{name}\n{m}");
+        assert!(
+            metric(&m, &series("xtrail_export_lag_cursors")) > 0,
+            "{name}"
+        );
+    }
+    assert!(distinct("tcp").len() == 100 && hook_trails().len() == 100);
+    let outage = down.elapsed();
+    assert!(outage >= Duration::from_secs(30), "{outage:?}");
+
+    // After: the receivers return on the same ports; 50 more events; everything arrives.
+    let rsyslog = start_rsyslog(&ns, &rsyslogd, &conf, &pid, &[tcp, tls]);
+    let _receiver = StoppableHttps::start(acceptor, https, Arc::clone(&hooks));
+    publish(250..N);
+    wait_for(
+        "every event after the outage",
+        Duration::from_secs(120),
+        || all_have(N as usize),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    drop(publisher);
+    for name in ["tcp", "tls"] {
+        let got = lines(&log(name));
+        let mut seen = HashSet::new();
+        for l in &got {
+            let f: Vec<&str> = l.splitn(6, '\t').collect();
+            let cef = cef_of(l);
+            let (_, x) = parse_cef(&cef);
+            let e = by_trail[x["trail"].as_str()];
+            check_cef(&cef, e);
+            assert_eq!(
+                f[0],
+                (16 * 8 + syslog_severity(e.severity)).to_string(),
+                "{l}"
+            );
+            assert_eq!(
+                (f[1], f[2], f[3]),
+                ("xtrail-test", "xtrail", e.kind.as_str())
+            );
+            assert_eq!(f[4], xtrail_detect::event::format_rfc3339(e.ts_us), "{l}");
+            seen.insert(e.trail.clone());
+        }
+        assert_eq!(seen.len(), N as usize, "{name}: every event");
+        assert!(
+            got.len() - seen.len() <= xtrail_collector::export::DEFAULT_BATCH,
+            "{name}: {} duplicates, more than one batch",
+            got.len() - seen.len()
+        );
+    }
+    let bodies = hooks.bodies("/hook");
+    for j in &bodies {
+        let e = by_trail[j["trail"].as_str().unwrap()];
+        assert_eq!(j["src_ip"], e.src_ip.to_string());
+        assert_eq!(j["info"], e.info.as_str());
+    }
+    assert_eq!(hook_trails().len(), N as usize);
+    assert!(bodies.len() - N as usize <= xtrail_collector::export::DEFAULT_BATCH);
+    let m = collector.http_get("/metrics", None).1;
+    for (name, kind) in [("tcp", "syslog"), ("tls", "syslog"), ("https", "webhook")] {
+        let series = |s: &str| format!("{s}{{exporter=\"{name}\",kind=\"{kind}\"}}");
+        assert_eq!(metric(&m, &series("xtrail_export_up")), 1, "{name}");
+        assert_eq!(
+            metric(&m, &series("xtrail_export_lag_cursors")),
+            0,
+            "{name}"
+        );
+        assert!(
+            metric(&m, &series("xtrail_export_failed_total")) >= 1,
+            "{name}"
+        );
+    }
+    drop(rsyslog);
 }

@@ -1,8 +1,11 @@
 //! `xtrail.v1.Ingest/Publish`: batches in, acknowledgements out.
 //!
 //! Every batch is checked, then handed to the single writer thread, which commits it in one
-//! transaction (shared with the batches queued behind it: group commit), publishes the newly stored events to live subscribers (in commit order,
-//! which is cursor order), and only then lets the stream acknowledge the batch. A batch that
+//! transaction (shared with the batches queued behind it: group commit), publishes the
+//! newly stored events to live subscribers (in commit order, which is cursor order), and
+//! only then lets the stream acknowledge the batch. A stream keeps reading, checking and
+//! queueing its next batches (up to 8) while earlier ones commit; its
+//! acknowledgements go out in order, each after its own commit. A batch that
 //! was already stored (a sensor resending after a lost acknowledgement) is acknowledged
 //! again and stored once.
 
@@ -117,10 +120,19 @@ struct Job {
     reply: oneshot::Sender<Result<Ack, StorageError>>,
 }
 
+/// Batches one stream may have queued for commit ahead of its acknowledgements.
+const PIPELINE: usize = 8;
 /// Most batches one group commit takes from the queue.
 const GROUP_MAX_BATCHES: usize = 64;
 /// A group takes no further batch once it holds this many events.
 const GROUP_MAX_EVENTS: usize = 20_000;
+/// A group of at least this many events (bulk publishing, not a trickle) waits up to
+/// [`COMMIT_DELAY`] for more batches while it holds fewer than [`GROUP_TARGET_EVENTS`].
+const GROUP_BULK_EVENTS: usize = 500;
+/// See [`GROUP_BULK_EVENTS`].
+const GROUP_TARGET_EVENTS: usize = 4_000;
+/// Longest a bulk group waits for more batches before it commits.
+const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Handle to the writer thread.
 #[derive(Clone, Debug)]
@@ -154,11 +166,20 @@ impl Writer {
                     // sync; each is still acknowledged only after that commit.
                     let mut jobs = vec![first];
                     let mut events = jobs[0].events.len();
+                    // Under load (a group of bulk batches), wait up to COMMIT_DELAY for
+                    // more: each commit is a sync, costly in time and in CPU.
+                    let waiting_since = Instant::now();
                     while jobs.len() < GROUP_MAX_BATCHES && events < GROUP_MAX_EVENTS {
                         match rx.try_recv() {
                             Ok(job) => {
                                 events += job.events.len();
                                 jobs.push(job);
+                            }
+                            Err(mpsc::error::TryRecvError::Empty)
+                                if (GROUP_BULK_EVENTS..GROUP_TARGET_EVENTS).contains(&events)
+                                    && waiting_since.elapsed() < COMMIT_DELAY =>
+                            {
+                                std::thread::sleep(COMMIT_DELAY / 8);
                             }
                             Err(_) => break,
                         }
@@ -214,6 +235,17 @@ impl Writer {
 
     /// Commits a batch and waits for the outcome.
     pub async fn write(&self, sensor_id: String, events: Vec<v1::Event>) -> Result<Ack, Status> {
+        self.submit(sensor_id, events).await?.outcome().await
+    }
+
+    /// Queues a batch for commit (waiting only for room in the queue) and returns the
+    /// handle to its outcome, so that a stream can read and queue its next batch while this
+    /// one commits (the batches of one stream then share group commits).
+    pub async fn submit(
+        &self,
+        sensor_id: String,
+        events: Vec<v1::Event>,
+    ) -> Result<PendingAck, Status> {
         let (reply, wait) = oneshot::channel();
         self.tx
             .send(Job {
@@ -223,7 +255,18 @@ impl Writer {
             })
             .await
             .map_err(|_| Status::unavailable("collector is shutting down"))?;
-        match wait.await {
+        Ok(PendingAck(wait))
+    }
+}
+
+/// The outcome of a queued batch, once committed ([`Writer::submit`]).
+#[derive(Debug)]
+pub struct PendingAck(oneshot::Receiver<Result<Ack, StorageError>>);
+
+impl PendingAck {
+    /// Waits for the commit.
+    pub async fn outcome(self) -> Result<Ack, Status> {
+        match self.0.await {
             Ok(Ok(ack)) => Ok(ack),
             Ok(Err(e @ StorageError::Conflict { .. })) => {
                 log::error!("refused a batch: {e}");
@@ -392,9 +435,17 @@ pub struct IngestService {
     limits: BatchLimits,
     metrics: Arc<Metrics>,
     auth: Auth,
+    /// Where heartbeats go (`console.db`); `None`: UNIMPLEMENTED.
+    heartbeats: Option<Arc<crate::console::db::ConsoleDb>>,
 }
 
 impl IngestService {
+    /// Keeps sensor heartbeats in `db` (the console's sensors page).
+    pub fn with_heartbeats(mut self, db: Arc<crate::console::db::ConsoleDb>) -> Self {
+        self.heartbeats = Some(db);
+        self
+    }
+
     /// A service committing through `writer`; `auth` rechecks per-sensor credentials
     /// (revocation) on every batch.
     pub fn new(writer: Writer, limits: BatchLimits, metrics: Arc<Metrics>, auth: Auth) -> Self {
@@ -403,6 +454,7 @@ impl IngestService {
             limits,
             metrics,
             auth,
+            heartbeats: None,
         }
     }
 
@@ -438,6 +490,26 @@ impl Ingest for IngestService {
             .unwrap_or(Principal::AnySensor);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
+        // Batches queued for commit, acknowledged in order by the task below; the reader
+        // goes on reading (and queueing) up to PIPELINE batches ahead of the acks.
+        let (pending_tx, mut pending_rx) = mpsc::channel::<Result<PendingAck, Status>>(PIPELINE);
+        tokio::spawn(async move {
+            while let Some(next) = pending_rx.recv().await {
+                let reply = match next {
+                    Ok(pending) => pending.outcome().await.map(|ack| PublishResponse {
+                        committed_seq: ack.committed_seq,
+                        stored: ack.stored,
+                        duplicates: ack.duplicates,
+                    }),
+                    Err(status) => Err(status),
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    // Dropping the receiver stops the reader at its next batch.
+                    break;
+                }
+            }
+        });
         let svc = self.clone();
         tokio::spawn(async move {
             let _open = GaugeGuard::new(&svc.metrics.ingest_streams);
@@ -459,7 +531,7 @@ impl Ingest for IngestService {
                                 ),
                             );
                             let who = stream.sensor_id.clone().unwrap_or_default();
-                            let _ = tx.send(Err(svc.refuse(&who, &r))).await;
+                            let _ = pending_tx.send(Err(svc.refuse(&who, &r))).await;
                         } else {
                             log::debug!("publish stream ended: {status}");
                         }
@@ -468,7 +540,7 @@ impl Ingest for IngestService {
                 };
                 if !svc.auth.still_valid(&principal) {
                     inc(&svc.metrics.auth_failures);
-                    let _ = tx
+                    let _ = pending_tx
                         .send(Err(Status::unauthenticated(
                             "this sensor credential was revoked",
                         )))
@@ -476,7 +548,7 @@ impl Ingest for IngestService {
                     break;
                 }
                 if let Err(r) = validate_batch(&mut batch, svc.limits, &principal, &stream) {
-                    let _ = tx.send(Err(svc.refuse(&batch.sensor_id, &r))).await;
+                    let _ = pending_tx.send(Err(svc.refuse(&batch.sensor_id, &r))).await;
                     break;
                 }
                 if stream.sensor_id.is_none() {
@@ -487,17 +559,9 @@ impl Ingest for IngestService {
                 };
                 stream.last_seq = last;
                 let key = sensor_key(&principal, &batch.sensor_id);
-                let reply = svc
-                    .writer
-                    .write(key, batch.events)
-                    .await
-                    .map(|ack| PublishResponse {
-                        committed_seq: ack.committed_seq,
-                        stored: ack.stored,
-                        duplicates: ack.duplicates,
-                    });
-                let failed = reply.is_err();
-                if tx.send(reply).await.is_err() || failed {
+                let queued = svc.writer.submit(key, batch.events).await;
+                let failed = queued.is_err();
+                if pending_tx.send(queued).await.is_err() || failed {
                     break;
                 }
             }
@@ -510,6 +574,25 @@ impl Ingest for IngestService {
         _request: Request<v1::GetLimitsRequest>,
     ) -> Result<Response<v1::Limits>, Status> {
         Ok(Response::new(self.limits.advertised()))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let principal = request
+            .extensions()
+            .get::<Principal>()
+            .cloned()
+            .unwrap_or(Principal::AnySensor);
+        let Some(db) = self.heartbeats.clone() else {
+            return Err(Status::unimplemented("heartbeats are not kept here"));
+        };
+        if !self.auth.still_valid(&principal) {
+            return Err(Status::unauthenticated("this sensor credential was revoked"));
+        }
+        crate::console::sensors::heartbeat(db, &principal, request.into_inner()).await?;
+        Ok(Response::new(v1::HeartbeatResponse {}))
     }
 }
 

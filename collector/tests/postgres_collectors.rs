@@ -6,7 +6,9 @@
 //!   that fails over from the first collector to the second), the first collector SIGKILLed
 //!   mid-stream and restarted: every event stored exactly once, and a subscriber on the
 //!   surviving collector sees all of them, in cursor order, including those the other
-//!   collector committed.
+//!   collector committed;
+//! - one publisher given both collectors' URLs (`fallback_urls`): the first SIGKILLed, it
+//!   goes on to the second, and back to the first once restarted: every event stored once.
 
 mod common;
 
@@ -259,5 +261,88 @@ fn two_collectors_one_killed_every_event_once_subscriber_sees_all_in_order() {
     assert_eq!(
         again.iter().map(|e| e.cursor).collect::<Vec<_>>(),
         got.iter().map(|e| e.cursor).collect::<Vec<_>>()
+    );
+}
+
+/// `xtrail_ingest_events_total` of a collector (events it stored since it started).
+fn ingested(c: &Collector) -> u64 {
+    let (_, m) = c.http_get("/metrics", None);
+    m.lines()
+        .find_map(|l| l.strip_prefix("xtrail_ingest_events_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn publisher_with_both_urls_fails_over_and_back_every_event_once() {
+    const N: u32 = 3000;
+    let Some(pg) = PgServer::start("failover") else {
+        return;
+    };
+    let url = pg.create_db("failover");
+    let (data_a, data_b) = (tempdir("pg-fo-a"), tempdir("pg-fo-b"));
+    let mut a = Collector::start(data_a.path(), None, &["--database", &url]);
+    let b = Collector::start(data_b.path(), None, &["--database", &url]);
+    let a_addr = a.grpc;
+    let spool = tempdir("pg-fo-spool");
+    let mut cfg = PublisherConfig::new(a.url(), SENSOR_TOKEN, "sensor-fo", spool.path());
+    cfg.fallback_urls = vec![b.url()];
+    cfg.failback_after = Duration::from_secs(1);
+    cfg.backoff_max = Duration::from_millis(300);
+    cfg.batch_max_events = 100;
+    let publisher = Publisher::start(cfg).unwrap();
+
+    // Phase 1: on A.
+    for n in 0..N {
+        publisher.publish(&sample(n)).unwrap();
+    }
+    publisher
+        .flush(Duration::from_secs(120))
+        .expect("flush on A");
+    assert_eq!(
+        ingested(&a),
+        u64::from(N),
+        "the first URL is used while it serves"
+    );
+    assert_eq!(ingested(&b), 0);
+
+    // Phase 2: A killed mid-stream; the publisher goes on to B.
+    for n in N..2 * N {
+        publisher.publish(&sample(n)).unwrap();
+        if n == N + N / 4 {
+            a.kill9();
+        }
+    }
+    publisher
+        .flush(Duration::from_secs(120))
+        .expect("flush with the first collector dead");
+    assert!(ingested(&b) > 0, "B took over");
+    assert_eq!(
+        pg_counts(&pg, "failover"),
+        (2 * i64::from(N), 2 * i64::from(N))
+    );
+
+    // Phase 3: A back; after `failback_after` the publisher returns to it.
+    let a = Collector::start(data_a.path(), Some(a_addr), &["--database", &url]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut n = 2 * N;
+    while ingested(&a) == 0 && Instant::now() < deadline {
+        publisher.publish(&sample(n)).unwrap();
+        n += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        ingested(&a) > 0,
+        "back on the first URL once it serves again"
+    );
+    publisher
+        .flush(Duration::from_secs(120))
+        .expect("flush after failback");
+    let stats = publisher.stats();
+    assert_eq!((stats.pending, stats.dropped), (0, 0), "{stats:?}");
+    assert_eq!(
+        pg_counts(&pg, "failover"),
+        (i64::from(n), i64::from(n)),
+        "every event stored once across both collectors"
     );
 }

@@ -3,6 +3,8 @@
 //!
 //! Field limits are bytes of UTF-8; truncation cuts at a character boundary.
 
+use std::ops::ControlFlow;
+
 use crate::v1;
 
 /// Events per batch, by default.
@@ -40,47 +42,49 @@ pub fn default_limits() -> v1::Limits {
     }
 }
 
-/// Every text field of an event with its name and byte limit, mutably.
-fn fields_mut(ev: &mut v1::Event) -> Vec<(&'static str, &mut String, u32)> {
-    let mut out: Vec<(&'static str, &mut String, u32)> = vec![
-        ("sensor", &mut ev.sensor, MAX_NAME_BYTES),
-        ("proto", &mut ev.proto, MAX_NAME_BYTES),
-        ("type", &mut ev.r#type, MAX_NAME_BYTES),
-        ("trail", &mut ev.trail, MAX_TRAIL_BYTES),
-        ("info", &mut ev.info, MAX_INFO_BYTES),
-        ("reference", &mut ev.reference, MAX_REFERENCE_BYTES),
-    ];
+/// Calls `f` with every text field of an event, its name and byte limit, until `f` breaks
+/// (no allocation: ingest runs this on every event).
+fn each_field_mut<B>(
+    ev: &mut v1::Event,
+    mut f: impl FnMut(&'static str, &mut String, u32) -> ControlFlow<B>,
+) -> ControlFlow<B> {
+    f("sensor", &mut ev.sensor, MAX_NAME_BYTES)?;
+    f("proto", &mut ev.proto, MAX_NAME_BYTES)?;
+    f("type", &mut ev.r#type, MAX_NAME_BYTES)?;
+    f("trail", &mut ev.trail, MAX_TRAIL_BYTES)?;
+    f("info", &mut ev.info, MAX_INFO_BYTES)?;
+    f("reference", &mut ev.reference, MAX_REFERENCE_BYTES)?;
     if let Some(s) = ev.iface.as_mut() {
-        out.push(("iface", s, MAX_NAME_BYTES));
+        f("iface", s, MAX_NAME_BYTES)?;
     }
     if let Some(d) = ev.dns.as_mut() {
         if let Some(s) = d.query.as_mut() {
-            out.push(("dns.query", s, MAX_NAME_BYTES));
+            f("dns.query", s, MAX_NAME_BYTES)?;
         }
         if let Some(s) = d.qtype.as_mut() {
-            out.push(("dns.qtype", s, MAX_NAME_BYTES));
+            f("dns.qtype", s, MAX_NAME_BYTES)?;
         }
     }
     if let Some(h) = ev.http.as_mut() {
         if let Some(s) = h.method.as_mut() {
-            out.push(("http.method", s, MAX_NAME_BYTES));
+            f("http.method", s, MAX_NAME_BYTES)?;
         }
         if let Some(s) = h.host.as_mut() {
-            out.push(("http.host", s, MAX_NAME_BYTES));
+            f("http.host", s, MAX_NAME_BYTES)?;
         }
         if let Some(s) = h.path.as_mut() {
-            out.push(("http.path", s, MAX_URL_BYTES));
+            f("http.path", s, MAX_URL_BYTES)?;
         }
         if let Some(s) = h.user_agent.as_mut() {
-            out.push(("http.user_agent", s, MAX_USER_AGENT_BYTES));
+            f("http.user_agent", s, MAX_USER_AGENT_BYTES)?;
         }
     }
     if let Some(t) = ev.tls.as_mut() {
         if let Some(s) = t.sni.as_mut() {
-            out.push(("tls.sni", s, MAX_NAME_BYTES));
+            f("tls.sni", s, MAX_NAME_BYTES)?;
         }
     }
-    out
+    ControlFlow::Continue(())
 }
 
 /// Cuts `s` to at most `max` bytes at a character boundary; whether it cut.
@@ -104,24 +108,29 @@ pub fn truncate_fields(ev: &mut v1::Event) -> usize {
 /// Truncates every field to its limit or `cap` bytes, whichever is lower (lists show
 /// previews); returns how many fields were cut.
 pub fn truncate_fields_to(ev: &mut v1::Event, cap: u32) -> usize {
-    fields_mut(ev)
-        .into_iter()
-        .map(|(_, s, max)| truncate_utf8(s, max.min(cap) as usize))
-        .filter(|cut| *cut)
-        .count()
+    let mut cut = 0;
+    let _ = each_field_mut::<()>(ev, |_, s, max| {
+        cut += usize::from(truncate_utf8(s, max.min(cap) as usize));
+        ControlFlow::Continue(())
+    });
+    cut
 }
 
 /// The first field over its limit, as a message naming the field and the limit.
 pub fn check_fields(ev: &mut v1::Event) -> Result<(), String> {
-    for (name, s, max) in fields_mut(ev) {
+    match each_field_mut(ev, |name, s, max| {
         if s.len() > max as usize {
-            return Err(format!(
+            ControlFlow::Break(format!(
                 "field {name} is {} bytes, over the limit of {max} bytes",
                 s.len()
-            ));
+            ))
+        } else {
+            ControlFlow::Continue(())
         }
+    }) {
+        ControlFlow::Break(e) => Err(e),
+        ControlFlow::Continue(()) => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]

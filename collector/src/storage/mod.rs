@@ -72,10 +72,10 @@ pub struct Committed {
 
 /// The 16-byte storage key of an address (`::ffff:a.b.c.d` for IPv4; zeros if unparsable:
 /// ingest validated every address before it gets here).
-pub(crate) fn key_of(ip: &str) -> Vec<u8> {
+pub(crate) fn key_of(ip: &str) -> [u8; 16] {
     ip.parse::<std::net::IpAddr>()
-        .map(|ip| crate::filter::ip_key(ip).to_vec())
-        .unwrap_or_else(|_| vec![0; 16])
+        .map(crate::filter::ip_key)
+        .unwrap_or([0; 16])
 }
 
 /// A u64 as SQL's i64 (saturating).

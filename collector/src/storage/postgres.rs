@@ -29,20 +29,23 @@
 //! durable on the server when `insert_batch` returns. No TLS to the server (yet): use a
 //! unix socket, loopback or a trusted network.
 //!
+//! Writes: one transaction per group of batches ([`Storage::insert_batches`], the
+//! writer's group commit), 5 round trips whatever its size, prepared statements with array
+//! parameters (`unnest`); a group where a batch conflicts is stored batch by batch instead.
+//!
 //! The `postgres` client runs its own small runtime per connection and cannot be driven
-//! from a thread inside a tokio runtime context; every public entry point that finds
-//! itself on such a thread runs its work on a short-lived scoped thread
-//! ([`off_runtime`]). The writer thread and `spawn_blocking` callers mostly pay a thread
-//! spawn per call there, which is small next to a round trip to the server.
+//! from a thread inside a tokio runtime context: calls from such threads (subscribers and
+//! queries call from `spawn_blocking`) run on 4 long-lived I/O threads; the writer thread
+//! (outside any runtime) calls directly.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr as _;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ::postgres::error::SqlState;
 use ::postgres::types::ToSql;
-use ::postgres::{Client, Config, NoTls, Row};
+use ::postgres::{Client, Config, NoTls, Row, Statement};
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use xtrail_proto::v1;
@@ -109,25 +112,83 @@ const COLUMNS: &str = "cursor, sensor_id, seq, body";
 
 /// PostgreSQL-backed [`Storage`].
 pub struct PgStorage {
+    inner: Arc<PgInner>,
+    /// Runs the blocking client for callers on a tokio runtime thread.
+    io: Mutex<Option<std::sync::mpsc::Sender<IoJob>>>,
+}
+
+/// A call queued for the I/O threads.
+type IoJob = Box<dyn FnOnce(&PgInner) + Send>;
+/// Threads running the blocking client for callers inside a tokio runtime (subscribers,
+/// queries: `spawn_blocking` threads); at most this many calls run at once.
+const IO_THREADS: usize = 4;
+
+/// The connections and what the methods share.
+struct PgInner {
     config: Config,
-    writer: Mutex<Option<Client>>,
+    writer: Mutex<Option<WriterConn>>,
     readers: Mutex<Vec<Client>>,
     /// Days whose partition this process knows to exist (cleared on an insert error: another
     /// collector's retention may have dropped one).
     partitions: Mutex<HashSet<i64>>,
 }
 
+/// The writer connection with its prepared statements.
+struct WriterConn {
+    client: Client,
+    claim: Statement,
+    digests: Statement,
+    cursors: Statement,
+    insert: Statement,
+}
+
+impl WriterConn {
+    fn new(mut client: Client) -> Result<Self, StorageError> {
+        let claim = client.prepare(
+            "INSERT INTO xtrail_keys (sensor_id, seq, ts_us, digest)
+             SELECT k, s, t, d FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bytea[])
+                  AS u(k, s, t, d)
+             ON CONFLICT DO NOTHING RETURNING sensor_id, seq",
+        )?;
+        let digests = client.prepare(
+            "SELECT k.sensor_id, k.seq, k.digest
+             FROM xtrail_keys k JOIN unnest($1::text[], $2::int8[]) AS u(s, q)
+                  ON k.sensor_id = u.s AND k.seq = u.q",
+        )?;
+        // The lock (a CTE, evaluated once and before any row) is held to the commit.
+        let cursors = client.prepare(
+            "WITH l AS (SELECT pg_advisory_xact_lock($2))
+             SELECT nextval('xtrail_cursor') FROM l, generate_series(1, $1::int8)",
+        )?;
+        let insert = client.prepare(
+            "INSERT INTO xtrail_events
+             (cursor, sensor_id, seq, ts_us, sensor, src_ip, dst_ip, type, trail_folded,
+              info_folded, severity, body)
+             SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::text[],
+                                  $6::bytea[], $7::bytea[], $8::text[], $9::text[],
+                                  $10::text[], $11::int4[], $12::bytea[])",
+        )?;
+        Ok(WriterConn {
+            client,
+            claim,
+            digests,
+            cursors,
+            insert,
+        })
+    }
+}
+
 impl std::fmt::Debug for PgStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStorage")
-            .field("hosts", &self.config.get_hosts())
-            .field("dbname", &self.config.get_dbname())
+            .field("hosts", &self.inner.config.get_hosts())
+            .field("dbname", &self.inner.config.get_dbname())
             .finish_non_exhaustive()
     }
 }
 
 /// Runs `f` where the blocking `postgres` client may run: here when this thread is outside
-/// any tokio runtime, else on a scoped thread.
+/// any tokio runtime, else on a scoped thread (for the rare calls: open, drop).
 fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     if tokio::runtime::Handle::try_current().is_err() {
         return f();
@@ -259,15 +320,111 @@ struct Prepared {
     ev: v1::Event,
     body: Vec<u8>,
     digest: Vec<u8>,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+/// Encodes and digests a batch for insertion (clearing `cursor` and `sensor_id`, which are
+/// not part of the stored body).
+fn prepare(events: Vec<v1::Event>) -> Vec<Prepared> {
+    events
+        .into_iter()
+        .map(|mut ev| {
+            ev.cursor = 0;
+            ev.sensor_id.clear();
+            let body = ev.encode_to_vec();
+            let digest = Sha256::digest(&body).to_vec();
+            let (src, dst) = (key_of(&ev.src_ip), key_of(&ev.dst_ip));
+            Prepared {
+                ev,
+                body,
+                digest,
+                src,
+                dst,
+            }
+        })
+        .collect()
+}
+
+/// What a committed batch produced: `stored` holds (index in the batch, cursor).
+fn committed(
+    sensor_key: &str,
+    prepared: Vec<Prepared>,
+    stored: Vec<(usize, u64)>,
+    duplicates: u32,
+) -> Committed {
+    let committed_seq = prepared.iter().map(|p| p.ev.seq).max().unwrap_or(0);
+    let mut out = Committed {
+        committed_seq,
+        duplicates,
+        stored: Vec::with_capacity(stored.len()),
+    };
+    let mut prepared: Vec<Option<Prepared>> = prepared.into_iter().map(Some).collect();
+    for (i, cursor) in stored {
+        let Some(p) = prepared.get_mut(i).and_then(Option::take) else {
+            continue;
+        };
+        let mut ev = p.ev;
+        ev.cursor = cursor;
+        ev.sensor_id = sensor_key.to_string();
+        out.stored.push(ev);
+    }
+    out
 }
 
 impl PgStorage {
     /// Connects to `url` (`postgres://user:password@host:port/dbname`, or any form the
     /// `postgres` crate accepts) and creates the tables if needed.
     pub fn open(url: &str) -> Result<Self, StorageError> {
-        off_runtime(|| Self::open_here(url))
+        let inner = Arc::new(off_runtime(|| PgInner::open_here(url))?);
+        let (tx, rx) = std::sync::mpsc::channel::<IoJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..IO_THREADS {
+            let (inner, rx) = (Arc::clone(&inner), Arc::clone(&rx));
+            std::thread::Builder::new()
+                .name(format!("xtrail-pg-{i}"))
+                .spawn(move || loop {
+                    let job = lock(&rx).recv();
+                    let Ok(job) = job else {
+                        return;
+                    };
+                    // A panicking call fails that call (its reply is dropped), not the thread.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&inner)));
+                })
+                .map_err(|e| StorageError::Unavailable(format!("postgres I/O thread: {e}")))?;
+        }
+        Ok(PgStorage {
+            inner,
+            io: Mutex::new(Some(tx)),
+        })
     }
 
+    /// Runs `f`: here when this thread may block on the client (the writer thread, any
+    /// thread outside a tokio runtime), else on one of the I/O threads, waiting for it.
+    fn run<X: Send + 'static>(
+        &self,
+        f: impl FnOnce(&PgInner) -> Result<X, StorageError> + Send + 'static,
+    ) -> Result<X, StorageError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return f(&self.inner);
+        }
+        let (reply, wait) = std::sync::mpsc::sync_channel(1);
+        let job: IoJob = Box::new(move |inner| {
+            let _ = reply.send(f(inner));
+        });
+        let sent = lock(&self.io).as_ref().map(|tx| tx.send(job));
+        match sent {
+            Some(Ok(())) => wait.recv().unwrap_or_else(|_| {
+                Err(StorageError::Unavailable(
+                    "postgres I/O thread failed".into(),
+                ))
+            }),
+            _ => Err(StorageError::Unavailable("postgres store closed".into())),
+        }
+    }
+}
+
+impl PgInner {
     fn open_here(url: &str) -> Result<Self, StorageError> {
         let mut config = Config::from_str(url)?;
         if config.get_connect_timeout().is_none() {
@@ -276,7 +433,7 @@ impl PgStorage {
         if config.get_application_name().is_none() {
             config.application_name("xtrail-collector");
         }
-        let s = PgStorage {
+        let s = PgInner {
             config,
             writer: Mutex::new(None),
             readers: Mutex::new(Vec::new()),
@@ -289,7 +446,7 @@ impl PgStorage {
             tx.batch_execute(SCHEMA)?;
             tx.commit()?;
         }
-        *lock(&s.writer) = Some(client);
+        *lock(&s.writer) = Some(WriterConn::new(client)?);
         Ok(s)
     }
 
@@ -303,15 +460,15 @@ impl PgStorage {
     /// Runs `f` with the writer connection, reconnecting if it was lost.
     fn with_writer<T>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T, StorageError>,
+        f: impl FnOnce(&mut WriterConn) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
         let mut slot = lock(&self.writer);
-        if slot.as_ref().is_none_or(Client::is_closed) {
-            *slot = Some(self.connect()?);
+        if slot.as_ref().is_none_or(|w| w.client.is_closed()) {
+            *slot = Some(WriterConn::new(self.connect()?)?);
         }
-        let client = slot.as_mut().expect("connected above");
-        let out = f(client);
-        if client.is_closed() {
+        let conn = slot.as_mut().expect("connected above");
+        let out = f(conn);
+        if conn.client.is_closed() {
             *slot = None;
         }
         out
@@ -472,14 +629,8 @@ impl PgStorage {
             .iter()
             .map(|&i| prepared[i].ev.sensor.as_str())
             .collect();
-        let col_src: Vec<Vec<u8>> = new
-            .iter()
-            .map(|&i| key_of(&prepared[i].ev.src_ip))
-            .collect();
-        let col_dst: Vec<Vec<u8>> = new
-            .iter()
-            .map(|&i| key_of(&prepared[i].ev.dst_ip))
-            .collect();
+        let col_src: Vec<&[u8]> = new.iter().map(|&i| prepared[i].src.as_slice()).collect();
+        let col_dst: Vec<&[u8]> = new.iter().map(|&i| prepared[i].dst.as_slice()).collect();
         let col_type: Vec<&str> = new
             .iter()
             .map(|&i| prepared[i].ev.r#type.as_str())
@@ -621,65 +772,241 @@ fn read_page(
 
 impl Drop for PgStorage {
     fn drop(&mut self) {
+        // The I/O threads end (dropping their references) once their queue is closed.
+        lock(&self.io).take();
         // Closing a client blocks on its runtime, which panics on a runtime thread.
-        let writer = lock(&self.writer).take();
-        let readers = std::mem::take(&mut *lock(&self.readers));
+        let writer = lock(&self.inner.writer).take();
+        let readers = std::mem::take(&mut *lock(&self.inner.readers));
         off_runtime(move || drop((writer, readers)));
     }
 }
 
-/// The [`Storage`] methods, run where the client may block (see [`off_runtime`]).
-impl PgStorage {
-    fn insert_batch_here(
+/// The [`Storage`] methods, run where the client may block (see [`PgStorage::run`]).
+impl PgInner {
+    /// Stores a group of batches (see [`Storage::insert_batches`]): in one transaction when
+    /// no batch conflicts, else each batch in its own (so that a conflict refuses its own
+    /// batch only), also when the group fails otherwise.
+    fn insert_batches_here(
+        &self,
+        batches: Vec<(String, Vec<v1::Event>)>,
+    ) -> Vec<Result<Committed, StorageError>> {
+        let batches: Vec<(String, Vec<Prepared>)> = batches
+            .into_iter()
+            .map(|(key, events)| (key, prepare(events)))
+            .collect();
+        let grouped = self.with_writer(|w| match self.insert_group(w, &batches) {
+            // A partition dropped by another collector's retention after this one cached
+            // it: forget the cache and try once more.
+            Err(StorageError::Pg(e)) if e.code() == Some(&SqlState::CHECK_VIOLATION) => {
+                lock(&self.partitions).clear();
+                self.insert_group(w, &batches)
+            }
+            other => other,
+        });
+        match grouped {
+            Ok(Some(outcomes)) => batches
+                .into_iter()
+                .zip(outcomes)
+                .map(|((key, prepared), (stored, duplicates))| {
+                    Ok(committed(&key, prepared, stored, duplicates))
+                })
+                .collect(),
+            other => {
+                if other.is_err() {
+                    lock(&self.partitions).clear();
+                }
+                batches
+                    .into_iter()
+                    .map(|(key, prepared)| self.insert_one(&key, prepared))
+                    .collect()
+            }
+        }
+    }
+
+    /// One batch in its own transaction.
+    fn insert_one(
         &self,
         sensor_key: &str,
-        events: Vec<v1::Event>,
+        prepared: Vec<Prepared>,
     ) -> Result<Committed, StorageError> {
-        let committed_seq = events.iter().map(|e| e.seq).max().unwrap_or(0);
-        let prepared: Vec<Prepared> = events
-            .into_iter()
-            .map(|mut ev| {
-                ev.cursor = 0;
-                ev.sensor_id.clear();
-                let body = ev.encode_to_vec();
-                let digest = Sha256::digest(&body).to_vec();
-                Prepared { ev, body, digest }
-            })
-            .collect();
-        let outcome = self.with_writer(|client| {
-            match self.insert_once(client, sensor_key, &prepared) {
-                // A partition dropped by another collector's retention after this one
-                // cached it: forget the cache and try once more.
-                Err(StorageError::Pg(e)) if e.code() == Some(&SqlState::CHECK_VIOLATION) => {
-                    lock(&self.partitions).clear();
-                    self.insert_once(client, sensor_key, &prepared)
-                }
-                other => other,
-            }
-        });
-        let (stored, duplicates) = match outcome {
-            Ok(v) => v,
+        let outcome =
+            self.with_writer(
+                |w| match self.insert_once(&mut w.client, sensor_key, &prepared) {
+                    Err(StorageError::Pg(e)) if e.code() == Some(&SqlState::CHECK_VIOLATION) => {
+                        lock(&self.partitions).clear();
+                        self.insert_once(&mut w.client, sensor_key, &prepared)
+                    }
+                    other => other,
+                },
+            );
+        match outcome {
+            Ok((stored, duplicates)) => Ok(committed(sensor_key, prepared, stored, duplicates)),
             Err(e) => {
                 lock(&self.partitions).clear();
-                return Err(e);
+                Err(e)
             }
-        };
-        let mut out = Committed {
-            committed_seq,
-            duplicates,
-            ..Committed::default()
-        };
-        let mut prepared: Vec<Option<Prepared>> = prepared.into_iter().map(Some).collect();
-        for (i, cursor) in stored {
-            let Some(p) = prepared[i].take() else {
-                continue;
-            };
-            let mut ev = p.ev;
-            ev.cursor = cursor;
-            ev.sensor_id = sensor_key.to_string();
-            out.stored.push(ev);
         }
-        Ok(out)
+    }
+
+    /// The group in one transaction, with the prepared statements: keys claimed in one
+    /// statement, digests of the keys stored before (resends) in one, cursors and rows in
+    /// one each. `None` (rolled back) if a batch conflicts.
+    #[allow(clippy::type_complexity)]
+    fn insert_group(
+        &self,
+        w: &mut WriterConn,
+        batches: &[(String, Vec<Prepared>)],
+    ) -> Result<Option<Vec<(Vec<(usize, u64)>, u32)>>, StorageError> {
+        let mut days: Vec<i64> = batches
+            .iter()
+            .flat_map(|(_, b)| b.iter().map(|p| p.ev.ts_us.div_euclid(DAY_US)))
+            .collect();
+        days.sort_unstable();
+        days.dedup();
+        self.ensure_partitions(&mut w.client, &days)?;
+
+        let total: usize = batches.iter().map(|(_, b)| b.len()).sum();
+        let mut keys: Vec<&str> = Vec::with_capacity(total);
+        let mut seqs: Vec<i64> = Vec::with_capacity(total);
+        let mut ts: Vec<i64> = Vec::with_capacity(total);
+        let mut digests: Vec<&[u8]> = Vec::with_capacity(total);
+        for (key, batch) in batches {
+            for p in batch {
+                keys.push(key);
+                seqs.push(as_i64(p.ev.seq));
+                ts.push(p.ev.ts_us);
+                digests.push(&p.digest);
+            }
+        }
+        let mut tx = w.client.transaction()?;
+        // Claim the keys; a key another transaction holds uncommitted waits for its outcome.
+        let claimed_rows = tx.query(&w.claim, &[&keys, &seqs, &ts, &digests])?;
+        // Every key claimed (the usual case): every event is new.
+        let all_new = claimed_rows.len() == total;
+        let mut claimed: HashSet<(String, i64)> = HashSet::new();
+        let mut before: HashMap<(String, i64), Vec<u8>> = HashMap::new();
+        if !all_new {
+            claimed = claimed_rows
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+                .collect();
+            let (mut ok, mut oq) = (Vec::new(), Vec::new());
+            for (k, q) in keys.iter().zip(&seqs) {
+                if !claimed.contains(&((*k).to_string(), *q)) {
+                    ok.push(*k);
+                    oq.push(*q);
+                }
+            }
+            before = tx
+                .query(&w.digests, &[&ok, &oq])?
+                .iter()
+                .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+                .collect();
+        }
+        // Decide per event: new, a duplicate (same digest), or a conflict.
+        let mut in_group: HashMap<(&str, i64), &[u8]> = HashMap::new();
+        let mut decided: Vec<(Vec<usize>, u32)> = Vec::with_capacity(batches.len());
+        for (key, batch) in batches {
+            if all_new {
+                decided.push(((0..batch.len()).collect(), 0));
+                continue;
+            }
+            let mut new = Vec::with_capacity(batch.len());
+            let mut duplicates = 0u32;
+            for (i, p) in batch.iter().enumerate() {
+                let seq = as_i64(p.ev.seq);
+                let earlier = match in_group.get(&(key.as_str(), seq)) {
+                    Some(d) => Some(*d),
+                    None if claimed.contains(&(key.clone(), seq)) => None,
+                    None => before.get(&(key.clone(), seq)).map(Vec::as_slice),
+                };
+                match earlier {
+                    None => {
+                        in_group.insert((key.as_str(), seq), &p.digest);
+                        new.push(i);
+                    }
+                    Some(d) if d == p.digest.as_slice() => duplicates += 1,
+                    // Rolled back (dropping `tx`); each batch is then stored on its own.
+                    Some(_) => return Ok(None),
+                }
+            }
+            decided.push((new, duplicates));
+        }
+        let n_new: usize = decided.iter().map(|(n, _)| n.len()).sum();
+        if n_new == 0 {
+            tx.commit()?;
+            return Ok(Some(
+                decided.into_iter().map(|(_, d)| (Vec::new(), d)).collect(),
+            ));
+        }
+        // From here to the commit, no other collector assigns cursors.
+        let mut cursors: Vec<i64> = tx
+            .query(
+                &w.cursors,
+                &[&i64::try_from(n_new).unwrap_or(i64::MAX), &INSERT_LOCK],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        cursors.sort_unstable();
+        let mut col_key: Vec<&str> = Vec::with_capacity(n_new);
+        let mut col_seq: Vec<i64> = Vec::with_capacity(n_new);
+        let mut col_ts: Vec<i64> = Vec::with_capacity(n_new);
+        let mut col_sensor: Vec<&str> = Vec::with_capacity(n_new);
+        let mut col_src: Vec<&[u8]> = Vec::with_capacity(n_new);
+        let mut col_dst: Vec<&[u8]> = Vec::with_capacity(n_new);
+        let mut col_type: Vec<&str> = Vec::with_capacity(n_new);
+        let mut col_trail: Vec<String> = Vec::with_capacity(n_new);
+        let mut col_info: Vec<String> = Vec::with_capacity(n_new);
+        let mut col_sev: Vec<i32> = Vec::with_capacity(n_new);
+        let mut col_body: Vec<&[u8]> = Vec::with_capacity(n_new);
+        for ((key, batch), (new, _)) in batches.iter().zip(&decided) {
+            for &i in new {
+                let p = &batch[i];
+                col_key.push(key);
+                col_seq.push(as_i64(p.ev.seq));
+                col_ts.push(p.ev.ts_us);
+                col_sensor.push(&p.ev.sensor);
+                col_src.push(&p.src);
+                col_dst.push(&p.dst);
+                col_type.push(&p.ev.r#type);
+                col_trail.push(fold(&p.ev.trail));
+                col_info.push(fold(&p.ev.info));
+                col_sev.push(p.ev.severity);
+                col_body.push(&p.body);
+            }
+        }
+        tx.execute(
+            &w.insert,
+            &[
+                &cursors,
+                &col_key,
+                &col_seq,
+                &col_ts,
+                &col_sensor,
+                &col_src,
+                &col_dst,
+                &col_type,
+                &col_trail,
+                &col_info,
+                &col_sev,
+                &col_body,
+            ],
+        )?;
+        tx.commit()?;
+        let mut next = cursors.into_iter().map(|c| u64::try_from(c).unwrap_or(0));
+        Ok(Some(
+            decided
+                .into_iter()
+                .map(|(new, duplicates)| {
+                    let stored = new
+                        .into_iter()
+                        .map(|i| (i, next.next().unwrap_or(0)))
+                        .collect();
+                    (stored, duplicates)
+                })
+                .collect(),
+        ))
     }
 
     fn read_after_here(
@@ -743,8 +1070,8 @@ impl PgStorage {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-        self.with_writer(|c| {
-            c.execute(
+        self.with_writer(|w| {
+            w.client.execute(
                 "INSERT INTO xtrail_meta (key, value) VALUES ('probe', $1)
                  ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                 &[&now],
@@ -830,7 +1157,24 @@ impl Storage for PgStorage {
         sensor_key: &str,
         events: Vec<v1::Event>,
     ) -> Result<Committed, StorageError> {
-        off_runtime(|| self.insert_batch_here(sensor_key, events))
+        self.insert_batches(vec![(sensor_key.to_string(), events)])
+            .pop()
+            .unwrap_or_else(|| Err(StorageError::Unavailable("no outcome".into())))
+    }
+
+    /// Group commit: the batches in one transaction (one round trip per step for all of
+    /// them, one durable commit); see [`PgInner::insert_batches_here`].
+    fn insert_batches(
+        &self,
+        batches: Vec<(String, Vec<v1::Event>)>,
+    ) -> Vec<Result<Committed, StorageError>> {
+        let n = batches.len();
+        match self.run(move |s| Ok(s.insert_batches_here(batches))) {
+            Ok(out) => out,
+            Err(e) => (0..n)
+                .map(|_| Err(StorageError::Unavailable(e.to_string())))
+                .collect(),
+        }
     }
 
     fn read_after(
@@ -840,27 +1184,29 @@ impl Storage for PgStorage {
         filter: &EventFilter,
         limit: usize,
     ) -> Result<Page, StorageError> {
-        off_runtime(|| self.read_after_here(after_cursor, min_ts_us, filter, limit))
+        let filter = filter.clone();
+        self.run(move |s| s.read_after_here(after_cursor, min_ts_us, &filter, limit))
     }
 
     fn query(&self, spec: &QuerySpec) -> Result<Page, StorageError> {
-        off_runtime(|| self.query_here(spec))
+        let spec = spec.clone();
+        self.run(move |s| s.query_here(&spec))
     }
 
     fn get(&self, cursor: u64) -> Result<Option<v1::Event>, StorageError> {
-        off_runtime(|| self.get_here(cursor))
+        self.run(move |s| s.get_here(cursor))
     }
 
     fn probe(&self) -> Result<(), StorageError> {
-        off_runtime(|| self.probe_here())
+        self.run(PgInner::probe_here)
     }
 
     fn stats(&self) -> Result<StorageStats, StorageError> {
-        off_runtime(|| self.stats_here())
+        self.run(PgInner::stats_here)
     }
 
     fn last_cursor(&self) -> Result<u64, StorageError> {
-        off_runtime(|| self.last_cursor_here())
+        self.run(PgInner::last_cursor_here)
     }
 
     fn enforce_retention(
@@ -868,6 +1214,6 @@ impl Storage for PgStorage {
         older_than_ts_us: Option<i64>,
         max_bytes: Option<u64>,
     ) -> Result<u64, StorageError> {
-        off_runtime(|| self.enforce_retention_here(older_than_ts_us, max_bytes))
+        self.run(move |s| s.enforce_retention_here(older_than_ts_us, max_bytes))
     }
 }

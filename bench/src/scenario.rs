@@ -3,6 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use xtrail_detect::trails::TrailSet;
+use xtrail_detect::whitelist::{is_ignored_suffix, Whitelist};
+
 use crate::frames::{dns_query, tcp_flags, tls_client_hello, Frame};
 use crate::gen::Rng;
 
@@ -88,6 +91,78 @@ fn background(rng: &mut Rng, is_trail: &dyn Fn(Ipv4Addr) -> bool) -> Vec<u8> {
         .build()
     } else {
         Frame::udp(src, sport, dst, 1024 + rng.below(60000) as u16, &[0u8; 48]).build()
+    }
+}
+
+/// Picks malicious items from the trail set, deterministically.
+pub fn picks(trails: &TrailSet, whitelist: &Whitelist, n: usize) -> TrailPicks {
+    let info = |id: u32| {
+        trails
+            .labels
+            .get(id as usize)
+            .map(|l| l.info.as_str())
+            .unwrap_or("")
+    };
+    let mut ips: Vec<Ipv4Addr> = trails
+        .ip
+        .v4
+        .iter()
+        .filter(|(a, l)| {
+            let a = Ipv4Addr::from(**a);
+            !whitelist.is_ip_whitelisted(IpAddr::V4(a))
+                && xtrail_detect::process::syn_hit_reported(info(**l), true, 443, false)
+                && !a.is_private()
+                && !a.is_loopback()
+        })
+        .map(|(a, _)| Ipv4Addr::from(*a))
+        .collect();
+    ips.sort();
+    let mut domains: Vec<String> = trails
+        .domains
+        .iter()
+        .filter(|(d, _)| {
+            d.len() < 48
+                && d.contains('.')
+                && !d.starts_with('.')
+                && d.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+                && !whitelist.is_domain_whitelisted(d)
+                && !is_ignored_suffix(d)
+                && trails.domains.lookup(d).is_some_and(|m| m.trail == *d)
+                && trails.domains.lookup(&format!("www.{d}")).is_some()
+        })
+        .map(|(d, _)| d.to_string())
+        .collect();
+    domains.sort();
+    let mut urls: Vec<(String, String)> = trails
+        .urls
+        .iter()
+        .filter_map(|(u, _)| {
+            let (h, p) = u.split_once('/')?;
+            let ok = h.contains('.')
+                && !h.contains(':')
+                && p.len() > 3
+                && !p.contains(['?', ' ', '%'])
+                && !whitelist.is_domain_whitelisted(h)
+                && p.bytes().all(|b| b.is_ascii_graphic());
+            ok.then(|| (h.to_string(), format!("/{p}")))
+        })
+        .collect();
+    urls.sort();
+    let spread = |len: usize| -> Vec<usize> {
+        let k = n.min(len);
+        (0..k).map(|i| i * len / k.max(1)).collect()
+    };
+    TrailPicks {
+        ips: spread(ips.len()).into_iter().map(|i| ips[i]).collect(),
+        domains: spread(domains.len())
+            .into_iter()
+            .map(|i| domains[i].clone())
+            .collect(),
+        urls: spread(urls.len())
+            .into_iter()
+            .map(|i| urls[i].clone())
+            .collect(),
     }
 }
 

@@ -2,7 +2,16 @@
 //! (`Processor::process`) over the frames of Maltrail's corpus with the full static trail
 //! tree loaded (the cost replay and the live workers pay per packet).
 //!
-//! `cargo bench -p xtrail-detect --bench parse`; the pipeline group needs
+//! - `handoff/*`: one clean frame of each kind (TCP, UDP, DNS query, HTTP request, TLS
+//!   ClientHello) as a transport hands it to the live sensor's [`Detector`] (Ethernet frame,
+//!   interface name), full static tree, whitelist, heuristics as live (scans from the kernel),
+//!   throttle and flood guard; cycling over 4,096 distinct frames per kind.
+//! - `replay/mix_one_pass`: one pass of an in-memory pcap of the mix (70% background, 15% DNS,
+//!   10% HTTP, 5% TLS; or the file `XTRAIL_BENCH_PCAP` names, e.g. the bench's own mix from
+//!   `cargo run --release -p xtrail-bench --example mix_pcap`) through a fresh replay
+//!   `Detector` (heuristics as in replay); building the detector is excluded.
+//!
+//! `cargo bench -p xtrail-detect --bench parse`; the pipeline groups need
 //! `shared/data/maltrail` beside the workspace (skipped with a message otherwise).
 
 use std::hint::black_box;
@@ -10,13 +19,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use xtrail_detect::heuristics::{HeuristicsConfig, MaltrailHeuristics, UaPatterns};
+use xtrail_detect::packet::LINKTYPE_ETHERNET;
 use xtrail_detect::pcap;
+use xtrail_detect::pipeline::{Detector, DetectorConfig, FloodConfig};
 use xtrail_detect::process::{Processor, ProcessorConfig};
 use xtrail_detect::protocols::{dns, http, tls};
+use xtrail_detect::throttle::ThrottleConfig;
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
+
+#[path = "../tests/common/clean_traffic.rs"]
+mod clean_traffic;
+
+use clean_traffic::{CleanTraffic, KINDS};
 
 fn dns_query(name: &str) -> Vec<u8> {
     xtrail_detect::protocols::dns::query_message(0x1234, name, 1)
@@ -100,5 +117,133 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parsers, pipeline);
+/// The full static tree, its whitelist and ua.txt, or `None` (with a message).
+fn shared() -> Option<(Arc<TrailSet>, Arc<Whitelist>, Arc<UaPatterns>)> {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/maltrail");
+    let trails = match TrailSet::load(&[data.join("trails-static")], &LoadOptions::default()) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            eprintln!("skipping: no static tree at {}: {e}", data.display());
+            return None;
+        }
+    };
+    let whitelist = Arc::new(
+        Whitelist::load(&data.join("data/whitelist.txt")).unwrap_or_else(|_| Whitelist::empty()),
+    );
+    let ua = Arc::new(UaPatterns::load(&data.join("data/ua.txt")).unwrap_or_default());
+    Some((trails, whitelist, ua))
+}
+
+fn detector(
+    trails: &Arc<TrailSet>,
+    whitelist: &Arc<Whitelist>,
+    ua: &Arc<UaPatterns>,
+    heuristics: HeuristicsConfig,
+) -> Option<Detector> {
+    Detector::new(DetectorConfig {
+        trails: Arc::clone(trails),
+        whitelist: Arc::clone(whitelist),
+        processor: ProcessorConfig::with_sensor("bench"),
+        heuristics: Some((heuristics, Arc::clone(ua))),
+        throttle: Some(ThrottleConfig::default()),
+        flood: Some(FloodConfig::default()),
+        maltrail_syn_rules: true,
+    })
+    .map_err(|e| eprintln!("skipping: {e}"))
+    .ok()
+}
+
+fn handoff_and_replay(c: &mut Criterion) {
+    let Some((trails, whitelist, ua)) = shared() else {
+        return;
+    };
+    let mut traffic = CleanTraffic::new(11, &trails, 2_000, 20_000, 4_000);
+
+    let mut g = c.benchmark_group("handoff");
+    g.throughput(Throughput::Elements(1));
+    for kind in KINDS {
+        let Some(mut d) = detector(&trails, &whitelist, &ua, HeuristicsConfig::live()) else {
+            return;
+        };
+        let frames: Vec<Vec<u8>> = (0..4096).map(|_| traffic.frame(kind)).collect();
+        let mut ts = 1_790_000_000_000_000i64;
+        let mut i = 0usize;
+        g.bench_function(format!("{kind:?}").to_lowercase(), |b| {
+            b.iter(|| {
+                ts += 10;
+                i = (i + 1) % frames.len();
+                let f = black_box(&frames[i]);
+                let mut n = 0u32;
+                let _ = d.frame(ts, LINKTYPE_ETHERNET, Some("eth0"), f, &mut |_e| n += 1);
+                n
+            })
+        });
+    }
+    g.finish();
+
+    // The pcap, in memory: the file named by XTRAIL_BENCH_PCAP, else a generated mix.
+    let pcap_bytes = match std::env::var_os("XTRAIL_BENCH_PCAP") {
+        Some(p) => match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("skipping replay: {}: {e}", PathBuf::from(p).display());
+                return;
+            }
+        },
+        None => {
+            let mut b = Vec::new();
+            b.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+            b.extend_from_slice(&2u16.to_le_bytes());
+            b.extend_from_slice(&4u16.to_le_bytes());
+            b.extend_from_slice(&[0; 8]);
+            b.extend_from_slice(&65_535u32.to_le_bytes());
+            b.extend_from_slice(&LINKTYPE_ETHERNET.to_le_bytes());
+            let t0: i64 = 1_790_000_000_000_000;
+            for i in 0..100_000i64 {
+                let (_, f) = traffic.mixed();
+                let ts = t0 + i * 10;
+                b.extend_from_slice(&((ts / 1_000_000) as u32).to_le_bytes());
+                b.extend_from_slice(&((ts % 1_000_000) as u32).to_le_bytes());
+                b.extend_from_slice(&(f.len() as u32).to_le_bytes());
+                b.extend_from_slice(&(f.len() as u32).to_le_bytes());
+                b.extend_from_slice(&f);
+            }
+            b
+        }
+    };
+    let packets = {
+        let mut n = 0u64;
+        if let Ok(mut r) = pcap::PcapReader::new(pcap_bytes.as_slice()) {
+            while let Ok(Some(_)) = r.next_packet() {
+                n += 1;
+            }
+        }
+        n
+    };
+    let mut g = c.benchmark_group("replay");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(packets));
+    g.bench_function("mix_one_pass", |b| {
+        b.iter_batched(
+            || detector(&trails, &whitelist, &ua, HeuristicsConfig::replay()),
+            |d| {
+                // The detector is returned, so criterion drops it after the timing.
+                let Some(mut d) = d else { return (None, 0) };
+                let mut events = 0u64;
+                if let Ok(mut r) = pcap::PcapReader::new(pcap_bytes.as_slice()) {
+                    while let Ok(Some(p)) = r.next_packet() {
+                        let _ = d.frame(p.ts_us, p.linktype, None, p.data, &mut |_e| events += 1);
+                    }
+                }
+                d.finish(&mut |_e| events += 1);
+                (Some(d), events)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parsers, pipeline, handoff_and_replay);
 criterion_main!(benches);

@@ -80,8 +80,14 @@ fn run() -> Result<(), String> {
         eprintln!("replay: warning: {}: {}", fe.path.display(), fe.error);
     }
     eprintln!(
-        "replay: {} file(s), {} packets, {} events, {} parse errors, {} suppressed",
-        stats.files, stats.packets, stats.events, stats.parse_errors, stats.throttle.suppressed
+        "replay: {} file(s), {} packets, {} events, {} parse errors, {} suppressed in {:.3}s ({:.0} ns/packet)",
+        stats.files,
+        stats.packets,
+        stats.events,
+        stats.parse_errors,
+        stats.throttle.suppressed,
+        stats.elapsed.as_secs_f64(),
+        stats.elapsed.as_nanos() as f64 / stats.packets.max(1) as f64
     );
     Ok(())
 }

@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod process;
 pub mod protocols;
 pub mod replay;
+pub mod shared_trails;
 pub mod throttle;
 pub mod trails;
 pub mod whitelist;

@@ -34,6 +34,7 @@ use crate::heuristics::{
 };
 use crate::packet::PacketError;
 use crate::process::{syn_hit_reported, Processor, ProcessorConfig, ProcessorStats};
+use crate::shared_trails::SharedTrails;
 use crate::throttle::{Throttle, ThrottleConfig, ThrottleStats};
 use crate::trails::TrailSet;
 use crate::whitelist::Whitelist;
@@ -107,6 +108,17 @@ struct Overflow {
     last: Option<Event>,
 }
 
+/// A borrowed `(kind, trail)` key: looks up the guard's tables without copying the trail
+/// (hashes as the owned tuple does).
+#[derive(Hash)]
+struct TrailKeyRef<'a>(EventType, &'a str);
+
+impl hashbrown::Equivalent<(EventType, String)> for TrailKeyRef<'_> {
+    fn equivalent(&self, key: &(EventType, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
 /// The flood guard stage.
 #[derive(Debug)]
 pub struct FloodGuard {
@@ -145,44 +157,52 @@ impl FloodGuard {
     /// over budget; writes due reports first.
     pub fn filter(&mut self, event: Event, out: &mut dyn FnMut(Event)) {
         self.flush(event.ts_us, out);
-        if !self.aggregate(&event) {
-            return;
+        if let Some(event) = self.aggregate(event) {
+            self.spend(event, out);
         }
-        self.spend(event, out);
     }
 
-    /// The per-trail step: false when the event was absorbed.
-    fn aggregate(&mut self, event: &Event) -> bool {
+    /// The per-trail step: the event back when it passes, `None` when it was absorbed (it
+    /// becomes the aggregate's last event: moved, not copied).
+    fn aggregate(&mut self, event: Event) -> Option<Event> {
         let cfg = self.config;
-        let key = (event.kind, event.trail.clone());
-        if !self.trails.contains_key(&key) && self.trails.len() >= cfg.capacity {
-            self.stats.table_full += 1;
-            return true;
+        let key = TrailKeyRef(event.kind, &event.trail);
+        if !self.trails.contains_key(&key) {
+            if self.trails.len() >= cfg.capacity {
+                self.stats.table_full += 1;
+                return Some(event);
+            }
+            self.trails.insert(
+                (event.kind, event.trail.clone()),
+                TrailWindow {
+                    start_us: event.ts_us,
+                    sources: HashSet::new(),
+                    flood: None,
+                },
+            );
         }
-        let w = self.trails.entry(key).or_insert_with(|| TrailWindow {
-            start_us: event.ts_us,
-            sources: HashSet::new(),
-            flood: None,
-        });
+        let w = self
+            .trails
+            .get_mut(&TrailKeyRef(event.kind, &event.trail))?;
         if let Some((absorbed, sample, last)) = w.flood.as_mut() {
             *absorbed += 1;
             if sample.len() < cfg.sample && !sample.contains(&event.src_ip) {
                 sample.push(event.src_ip);
             }
             w.sources.insert(event.src_ip);
-            *last = event.clone();
+            *last = event;
             self.stats.aggregated += 1;
-            return false;
+            return None;
         }
         if w.sources.len() <= cfg.sources_per_trail {
             w.sources.insert(event.src_ip);
         }
         if w.sources.len() > cfg.sources_per_trail {
-            w.flood = Some((1, vec![event.src_ip], event.clone()));
+            w.flood = Some((1, vec![event.src_ip], event));
             self.stats.aggregated += 1;
-            return false;
+            return None;
         }
-        true
+        Some(event)
     }
 
     /// The budget step.
@@ -201,14 +221,22 @@ impl FloodGuard {
         }
         self.stats.over_budget += 1;
         self.overflow_start.get_or_insert(event.ts_us);
-        let key = (event.kind, event.trail.clone());
-        if !self.overflow.contains_key(&key) && self.overflow.len() >= cfg.max_overflow_reports {
-            self.stats.unreported += 1;
-            return;
+        let key = TrailKeyRef(event.kind, &event.trail);
+        if !self.overflow.contains_key(&key) {
+            if self.overflow.len() >= cfg.max_overflow_reports {
+                self.stats.unreported += 1;
+                return;
+            }
+            self.overflow
+                .insert((event.kind, event.trail.clone()), Overflow::default());
         }
-        let o = self.overflow.entry(key).or_default();
-        o.count += 1;
-        o.last = Some(event);
+        if let Some(o) = self
+            .overflow
+            .get_mut(&TrailKeyRef(event.kind, &event.trail))
+        {
+            o.count += 1;
+            o.last = Some(event);
+        }
     }
 
     /// Writes the reports of windows that ended by `now_us`. Cheap to call per event: the
@@ -375,6 +403,14 @@ pub struct Detector {
     hits_filtered: u64,
     flow_starts: u64,
     events: u64,
+    /// The reloadable set this detector follows (hot reload), if any.
+    shared: Option<SharedTrails>,
+    /// Version of the set in use; written into events (empty: not known).
+    trail_set_version: String,
+    /// The `SharedTrails` generation of the set in use.
+    trail_generation: u64,
+    /// Trail sets taken from `shared`.
+    trail_swaps: u64,
 }
 
 impl std::fmt::Debug for Detector {
@@ -408,12 +444,62 @@ impl Detector {
             hits_filtered: 0,
             flow_starts: 0,
             events: 0,
+            shared: None,
+            trail_set_version: String::new(),
+            trail_generation: 0,
+            trail_swaps: 0,
         })
     }
 
     /// Swaps in a new trail set; the next packet uses it.
     pub fn set_trails(&mut self, trails: Arc<TrailSet>) {
         self.processor.set_trails(trails);
+    }
+
+    /// Follows `shared` from now on: before each packet, a new set stored there is taken
+    /// (one atomic load per packet when nothing changed), so a packet is matched against
+    /// one whole set. Its version goes into the events.
+    pub fn follow(&mut self, shared: SharedTrails) {
+        self.trail_generation = shared.generation();
+        let current = shared.load();
+        self.processor.set_trails(Arc::clone(&current.trails));
+        self.trail_set_version.clone_from(&current.version);
+        self.shared = Some(shared);
+    }
+
+    /// Version of the trail set in use (empty when not following a [`SharedTrails`]).
+    pub fn trail_set_version(&self) -> &str {
+        &self.trail_set_version
+    }
+
+    /// Counts the sets stored in the followed [`SharedTrails`] up to the one in use (1 for
+    /// the start set, +1 per reload; 0 when not following one): a number for gauges, where
+    /// [`Detector::trail_set_version`] is the set's name.
+    pub fn trail_set_generation(&self) -> u64 {
+        self.trail_generation
+    }
+
+    /// Trail sets taken over from the followed [`SharedTrails`] since the start.
+    pub fn trail_swaps(&self) -> u64 {
+        self.trail_swaps
+    }
+
+    /// Takes a newer set from the followed [`SharedTrails`], between packets (done before
+    /// each packet anyway; a live loop also calls it when idle, so the old set is dropped).
+    #[inline]
+    pub fn refresh_trails(&mut self) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let generation = shared.generation();
+        if generation == self.trail_generation {
+            return;
+        }
+        let current = shared.load();
+        self.processor.set_trails(Arc::clone(&current.trails));
+        self.trail_set_version.clone_from(&current.version);
+        self.trail_generation = generation;
+        self.trail_swaps += 1;
     }
 
     /// One captured frame; `iface` (live capture) is written into its events.
@@ -425,17 +511,21 @@ impl Detector {
         frame: &[u8],
         out: &mut dyn FnMut(Event),
     ) -> Result<(), PacketError> {
+        self.refresh_trails();
         let Detector {
             processor,
             throttle,
             flood,
             events,
+            trail_set_version,
             ..
         } = self;
+        let version = &*trail_set_version;
         processor.process_frame(ts_us, linktype, frame, &mut |mut ev: Event| {
             if let Some(i) = iface {
                 ev.iface = Some(i.to_string());
             }
+            ev.trail_set_version = version.to_string();
             release(throttle, flood, events, ev, out);
         })
     }
@@ -443,17 +533,24 @@ impl Detector {
     /// A flow start from the kernel (live scans).
     pub fn flow_start(&mut self, flow: &FlowStart, out: &mut dyn FnMut(Event)) {
         self.flow_starts += 1;
+        self.refresh_trails();
         let Detector {
             processor,
             throttle,
             flood,
             events,
+            trail_set_version,
             ..
         } = self;
-        processor.on_flow_start(flow, &mut |ev| release(throttle, flood, events, ev, out));
+        let version = &*trail_set_version;
+        processor.on_flow_start(flow, &mut |mut ev| {
+            ev.trail_set_version = version.to_string();
+            release(throttle, flood, events, ev, out)
+        });
     }
 
-    /// A trail hit the kernel found.
+    /// A trail hit the kernel found (its event carries the version of the kernel map set
+    /// that matched, set by the caller).
     pub fn kernel_hit(&mut self, hit: KernelHit, out: &mut dyn FnMut(Event)) {
         self.kernel_hits += 1;
         let ev = hit.event;
@@ -487,6 +584,8 @@ impl Detector {
 
     /// Time passes (live: the wall clock, about once a second): due summaries come out.
     pub fn tick(&mut self, now_us: i64, out: &mut dyn FnMut(Event)) {
+        // A reload between packets is taken here too, so an idle detector frees the old set.
+        self.refresh_trails();
         let Detector {
             throttle,
             flood,
@@ -610,6 +709,7 @@ mod tests {
             severity: Severity::High,
             action: Action::Pass,
             iface: None,
+            trail_set_version: String::new(),
             details: Details::default(),
         }
     }

@@ -172,6 +172,7 @@ impl PacketContext<'_> {
             severity: Severity::from_info(info),
             action: Action::Pass,
             iface: self.iface.map(str::to_owned),
+            trail_set_version: String::new(),
             details,
         }
     }
@@ -664,7 +665,10 @@ impl Run<'_, '_> {
         {
             return true;
         }
-        if let Some(heur) = self.heuristics.as_deref_mut() {
+        // One whitelist check serves the heuristics (whose contract is a name after the
+        // whitelist) and the domain trails.
+        let whitelisted = self.whitelist.is_domain_whitelisted(name);
+        if let Some(heur) = self.heuristics.as_deref_mut().filter(|_| !whitelisted) {
             let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
             heur.on_dns_query(ctx, &msg, name, &mut |e| emit(wl, stats, out, e));
         }
@@ -698,7 +702,10 @@ impl Run<'_, '_> {
                 self.emit(e);
             }
         }
-        self.check_domain(ctx, name, details);
+        // `check_domain` without its checks: the name is valid and `whitelisted` is known.
+        if !whitelisted && !is_ip_literal(name) {
+            self.lookup_domain(ctx, name, details);
+        }
         true
     }
 
@@ -764,6 +771,8 @@ impl Run<'_, '_> {
                 &dst_text
             }
         };
+        // The Host name's whitelist verdict, asked once (the URL check below needs it too).
+        let mut host_whitelisted: Option<(&str, bool)> = None;
         if let Some(h) = header_host {
             let starts_alpha = h.as_bytes().first().is_some_and(u8::is_ascii_alphabetic);
             let dst_hit = if starts_alpha {
@@ -781,7 +790,12 @@ impl Run<'_, '_> {
                 );
                 self.emit(e);
             } else if self.check_host_domains && !is_ip_literal(h) {
-                self.check_domain(ctx, h, || details(h));
+                // `check_domain`, keeping the whitelist verdict.
+                let whitelisted = self.whitelist.is_domain_whitelisted(h);
+                host_whitelisted = Some((h, whitelisted));
+                if !whitelisted && is_valid_dns_name(h) {
+                    self.lookup_domain(ctx, h, || details(h));
+                }
             }
         }
 
@@ -817,7 +831,11 @@ impl Run<'_, '_> {
         if path.is_empty() {
             path = b"/";
         }
-        if self.whitelist.is_domain_whitelisted(host) {
+        let whitelisted = match host_whitelisted.take() {
+            Some((h, w)) if h == host => w,
+            _ => self.whitelist.is_domain_whitelisted(host),
+        };
+        if whitelisted {
             return;
         }
         let path_text = String::from_utf8_lossy(path);
@@ -852,6 +870,16 @@ impl Run<'_, '_> {
         {
             return;
         }
+        self.lookup_domain(ctx, name, details);
+    }
+
+    /// The lookup step of [`Run::check_domain`], for a name already checked.
+    fn lookup_domain(
+        &mut self,
+        ctx: &PacketContext<'_>,
+        name: &str,
+        details: impl FnOnce() -> Details,
+    ) {
         let Some(m) = self.trails.domains.lookup(name) else {
             return;
         };

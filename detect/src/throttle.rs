@@ -353,6 +353,7 @@ mod tests {
             severity: Severity::High,
             action: Action::Pass,
             iface: None,
+            trail_set_version: String::new(),
             details: Details::default(),
         }
     }

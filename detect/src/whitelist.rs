@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use hashbrown::HashSet;
+use hashbrown::{HashSet, HashTable};
 
 use crate::trails::classify::is_name_byte;
 use crate::trails::ip::{mask4, mask6};
@@ -57,10 +57,33 @@ pub fn is_ignored_suffix(name: &str) -> bool {
     IGNORED_DNS_SUFFIXES
         .iter()
         .any(|s| s.eq_ignore_ascii_case(last))
-        || name
-            .as_bytes()
-            .windows(b".intranet.".len())
-            .any(|w| w.eq_ignore_ascii_case(b".intranet."))
+        || memchr::memchr_iter(b'.', name.as_bytes()).any(|i| {
+            name.as_bytes()
+                .get(i..i + b".intranet.".len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(b".intranet."))
+        })
+}
+
+const SUFFIX_HASH_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a over the bytes from the last to the first, so the hash of every suffix of a name
+/// is a prefix of one pass.
+fn suffix_hash_step(h: u64, b: u8) -> u64 {
+    (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+/// Spreads the state over the high bits the table's control bytes use.
+fn suffix_hash_finish(h: u64) -> u64 {
+    (h ^ (h >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// The table key of a (lowercase) name.
+fn suffix_hash(name: &[u8]) -> u64 {
+    suffix_hash_finish(
+        name.iter()
+            .rev()
+            .fold(SUFFIX_HASH_SEED, |h, &b| suffix_hash_step(h, b)),
+    )
 }
 
 /// Whitelist loading failures.
@@ -80,7 +103,9 @@ pub enum WhitelistError {
 /// Domains, addresses, networks and URL prefixes that must never raise an event.
 #[derive(Clone, Debug, Default)]
 pub struct Whitelist {
-    domains: HashSet<String>,
+    /// Lowercase names, keyed by [`suffix_hash`] so that every parent of a name is probed
+    /// with a hash from one backwards pass over it.
+    domains: HashTable<Box<str>>,
     ips: HashSet<IpAddr>,
     cidr4: Vec<(u32, u8)>,
     cidr6: Vec<(u128, u8)>,
@@ -141,8 +166,12 @@ impl Whitelist {
             self.ips.insert(ip);
         }
         // IPs go in as names too: a Host header or query can be an address.
-        let e = e.strip_suffix('.').unwrap_or(e);
-        self.domains.insert(e.to_ascii_lowercase());
+        let e = e.strip_suffix('.').unwrap_or(e).to_ascii_lowercase();
+        let hash = suffix_hash(e.as_bytes());
+        if self.domains.find(hash, |d| **d == *e).is_none() {
+            self.domains
+                .insert_unique(hash, e.into_boxed_str(), |d| suffix_hash(d.as_bytes()));
+        }
     }
 
     /// Number of entries.
@@ -161,33 +190,32 @@ impl Whitelist {
         if self.domains.is_empty() {
             return false;
         }
-        let end = name
-            .bytes()
-            .position(|b| !is_name_byte(b))
-            .unwrap_or(name.len());
-        let name = &name[..end];
-        let name = name.strip_suffix('.').unwrap_or(name);
-        let mut buf = [0u8; 256];
-        if name.is_empty() || name.len() > buf.len() {
+        let b = name.as_bytes();
+        let end = b.iter().position(|&c| !is_name_byte(c)).unwrap_or(b.len());
+        let n = b.get(..end).unwrap_or_default();
+        let n = n.strip_suffix(b".").unwrap_or(n);
+        if n.is_empty() || n.len() > 256 {
             return false;
         }
-        let out = &mut buf[..name.len()];
-        for (o, b) in out.iter_mut().zip(name.bytes()) {
-            *o = b.to_ascii_lowercase();
-        }
-        let Ok(lower) = std::str::from_utf8(out) else {
-            return false;
-        };
-        let mut rest = lower;
-        loop {
-            if self.domains.contains(rest) {
-                return true;
+        // The name, then each parent (the part after each dot): one backwards pass hashes
+        // every suffix; a probe compares bytes only on a hash match.
+        let mut h = SUFFIX_HASH_SEED;
+        for i in (0..n.len()).rev() {
+            h = suffix_hash_step(h, n[i].to_ascii_lowercase());
+            if i == 0 || n[i - 1] == b'.' {
+                let suffix = &n[i..];
+                if self
+                    .domains
+                    .find(suffix_hash_finish(h), |d| {
+                        d.as_bytes().eq_ignore_ascii_case(suffix)
+                    })
+                    .is_some()
+                {
+                    return true;
+                }
             }
-            match rest.find('.') {
-                Some(i) => rest = &rest[i + 1..],
-                None => return false,
-            }
         }
+        false
     }
 
     /// Whether `ip` is listed or inside a listed CIDR (a v4-mapped IPv6 address counts as

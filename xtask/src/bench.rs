@@ -19,7 +19,7 @@ use xtrail_bench::gen::{self, SendReport};
 use xtrail_bench::netns::{in_ns, VethPair};
 use xtrail_bench::scenario::{self, Traffic, TrailPicks};
 use xtrail_detect::trails::{LoadOptions, TrailSet};
-use xtrail_detect::whitelist::{is_ignored_suffix, Whitelist};
+use xtrail_detect::whitelist::Whitelist;
 
 use crate::bench_ingest::{self, IngestRun};
 use crate::paths;
@@ -201,78 +201,6 @@ fn seconds_after(line: &str, marker: &str) -> f64 {
         .and_then(|s| s.split('s').next())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0.0)
-}
-
-/// Picks malicious items from the trail set, deterministically.
-fn picks(trails: &TrailSet, whitelist: &Whitelist, n: usize) -> TrailPicks {
-    let info = |id: u32| {
-        trails
-            .labels
-            .get(id as usize)
-            .map(|l| l.info.as_str())
-            .unwrap_or("")
-    };
-    let mut ips: Vec<Ipv4Addr> = trails
-        .ip
-        .v4
-        .iter()
-        .filter(|(a, l)| {
-            let a = Ipv4Addr::from(**a);
-            !whitelist.is_ip_whitelisted(IpAddr::V4(a))
-                && xtrail_detect::process::syn_hit_reported(info(**l), true, 443, false)
-                && !a.is_private()
-                && !a.is_loopback()
-        })
-        .map(|(a, _)| Ipv4Addr::from(*a))
-        .collect();
-    ips.sort();
-    let mut domains: Vec<String> = trails
-        .domains
-        .iter()
-        .filter(|(d, _)| {
-            d.len() < 48
-                && d.contains('.')
-                && !d.starts_with('.')
-                && d.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-                && !whitelist.is_domain_whitelisted(d)
-                && !is_ignored_suffix(d)
-                && trails.domains.lookup(d).is_some_and(|m| m.trail == *d)
-                && trails.domains.lookup(&format!("www.{d}")).is_some()
-        })
-        .map(|(d, _)| d.to_string())
-        .collect();
-    domains.sort();
-    let mut urls: Vec<(String, String)> = trails
-        .urls
-        .iter()
-        .filter_map(|(u, _)| {
-            let (h, p) = u.split_once('/')?;
-            let ok = h.contains('.')
-                && !h.contains(':')
-                && p.len() > 3
-                && !p.contains(['?', ' ', '%'])
-                && !whitelist.is_domain_whitelisted(h)
-                && p.bytes().all(|b| b.is_ascii_graphic());
-            ok.then(|| (h.to_string(), format!("/{p}")))
-        })
-        .collect();
-    urls.sort();
-    let spread = |len: usize| -> Vec<usize> {
-        let k = n.min(len);
-        (0..k).map(|i| i * len / k.max(1)).collect()
-    };
-    TrailPicks {
-        ips: spread(ips.len()).into_iter().map(|i| ips[i]).collect(),
-        domains: spread(domains.len())
-            .into_iter()
-            .map(|i| domains[i].clone())
-            .collect(),
-        urls: spread(urls.len())
-            .into_iter()
-            .map(|i| urls[i].clone())
-            .collect(),
-    }
 }
 
 /// Writes a trails.csv with the picks plus `n` other trails of the set (trail scale).
@@ -555,6 +483,11 @@ fn run_other(
     })
 }
 
+/// Offline replay: one pass of `xtrail-sensor replay` over a pcap of the mix, as the sensor
+/// reports it (the time from the first packet read to the last event written; loading the
+/// trails and building the pipeline excluded). One pass over distinct frames, so the regex
+/// engines' warm-up and cold caches count as they would on a real capture, not the same
+/// frames looped through a warm pipeline.
 fn replay_offline(
     traffic: &Traffic,
     trails: &Path,
@@ -572,14 +505,10 @@ fn replay_offline(
             xtrail_bench::pcapw::write_packet(&mut w, t0 + i as i64 * 10, f)?;
         }
     }
-    // Five passes: a sensor runs for long, so the steady state counts, not the first pass
-    // that warms the regex engines' lazy DFAs.
-    let mut cmd = Command::new(paths::sensor_binary());
-    cmd.arg("replay");
-    for _ in 0..5 {
-        cmd.arg("--pcap").arg(&pcap);
-    }
-    let out = cmd
+    let out = Command::new(paths::sensor_binary())
+        .arg("replay")
+        .arg("--pcap")
+        .arg(&pcap)
         .arg("--trails")
         .arg(trails)
         .args(["--events-log", "/dev/null", "--format", "json"])
@@ -614,8 +543,8 @@ fn replay_offline(
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default(),
         trail_count,
-        offered: 5 * traffic.frames.len() as u64,
-        xdp_packets: 5 * traffic.frames.len() as u64,
+        offered: traffic.frames.len() as u64,
+        xdp_packets: traffic.frames.len() as u64,
         user_ns_per_packet: ns,
         xdp_ns_per_packet: f64::NAN,
         softirq_ns_per_packet: f64::NAN,
@@ -629,6 +558,12 @@ fn replay_offline(
 
 /// Runs the benchmark.
 pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
+    if !opts.only.is_empty() && opts.only.iter().all(|o| "ingest".starts_with(o.as_str())) {
+        return ingest_only(opts);
+    }
+    if !opts.only.is_empty() && opts.only.iter().all(|o| "startup".starts_with(o.as_str())) {
+        return crate::bench_startup::only(opts.quick);
+    }
     let data = paths::maltrail_data();
     let full = data.join("trails-static");
     let full = if full.is_dir() {
@@ -656,7 +591,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
         + set.report.domains
         + set.report.urls
         + set.report.regexes;
-    let picks = picks(&set, &whitelist, if opts.quick { 60 } else { 200 });
+    let picks = scenario::picks(&set, &whitelist, if opts.quick { 60 } else { 200 });
     let is_trail = |a: Ipv4Addr| set.ip.lookup(IpAddr::V4(a), None).is_some();
     let n_frames = if opts.quick { 20_000 } else { 50_000 };
     let count = if opts.quick { 300_000 } else { 2_000_000 };
@@ -667,6 +602,16 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&tmp)?;
     let results_dir = paths::workspace_root().join("bench/results");
     std::fs::create_dir_all(&results_dir)?;
+    // The console API (no privilege, no traffic): its own results file, a line in latest.md.
+    let console = |o: &String| "console".starts_with(o.as_str());
+    let console_note = if opts.only.is_empty() || opts.only.iter().any(console) {
+        crate::bench_console::run(opts.quick, &results_dir)
+    } else {
+        None
+    };
+    if !opts.only.is_empty() && opts.only.iter().all(console) {
+        return Ok(());
+    }
 
     // Per-program run time and count from the kernel (restored afterwards).
     let stats_knob = "/proc/sys/kernel/bpf_stats_enabled";
@@ -789,8 +734,12 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
         record(run_xtrail(&c, &tmp), &format!("scale/{n}"));
     }
     if wanted("offline") {
+        // Its own, longer mix (the same generator and seed, so it starts with the live
+        // runs' frames): one pass over distinct packets.
+        let n = if opts.quick { 200_000 } else { 1_000_000 };
+        let long = scenario::mix(opts.seed + 1, n, &picks, 0.01, &is_trail);
         record(
-            replay_offline(mix, &full, &tmp, full_count),
+            replay_offline(&long, &full, &tmp, full_count),
             "offline replay",
         );
     }
@@ -830,8 +779,24 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    // Sensor start with the full static tree: CSV vs compiled set.
+    let startup = if wanted("startup") {
+        match crate::bench_startup::measure(opts.quick, &tmp) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("bench: startup: failed: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let _ = std::fs::remove_dir_all(&tmp);
     let mut notes = Vec::new();
+    notes.extend(console_note);
+    if let Some(r) = &startup {
+        notes.push(crate::bench_startup::line(r));
+    }
     if wanted("urlfp") {
         match url_candidates_fp() {
             Ok(line) => notes.push(line),
@@ -846,7 +811,30 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
         .unwrap_or_default();
     let machine = machine();
     write_results(&results_dir, &runs, &ingest, &when, &machine, opts, &notes)?;
+    if let Some(r) = &startup {
+        crate::bench_startup::write(&results_dir, r)?;
+    }
     eprintln!("bench: results in {}", results_dir.display());
+    Ok(())
+}
+
+/// `--only ingest`: the collector scenario alone (no trails, no veth pairs); its figures
+/// replace the ingest section of the results, the other scenarios' stay.
+fn ingest_only(opts: &BenchOptions) -> anyhow::Result<()> {
+    let tmp = std::env::temp_dir().join(format!("xtrail-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let ingest = bench_ingest::run(opts.quick, &tmp);
+    let _ = std::fs::remove_dir_all(&tmp);
+    anyhow::ensure!(!ingest.is_empty(), "no ingest figure was taken");
+    let when = Command::new("date")
+        .args(["-u", "+%FT%TZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let dir = paths::workspace_root().join("bench/results");
+    std::fs::create_dir_all(&dir)?;
+    bench_ingest::write_merged(&dir, &ingest, &when)?;
+    eprintln!("bench: ingest figures in {}", dir.display());
     Ok(())
 }
 
@@ -916,16 +904,12 @@ fn write_results(
     notes: &[String],
 ) -> anyhow::Result<()> {
     let json = format!(
-        "{{\"taken\":\"{when}\",\"machine\":\"{}\",\"quick\":{},\"seed\":{},\"runs\":[\n{}\n],\"ingest\":[\n{}\n]}}\n",
+        "{{\"taken\":\"{when}\",\"machine\":\"{}\",\"quick\":{},\"seed\":{},\"runs\":[\n{}\n],\"ingest\":{}}}\n",
         machine.replace('"', "'"),
         opts.quick,
         opts.seed,
         runs.iter().map(Run::json).collect::<Vec<_>>().join(",\n"),
-        ingest
-            .iter()
-            .map(IngestRun::json)
-            .collect::<Vec<_>>()
-            .join(",\n")
+        bench_ingest::json(ingest)
     );
     std::fs::write(dir.join("latest.json"), json)?;
     let mut md = String::new();
@@ -1015,8 +999,8 @@ fn write_results(
     ));
     if let Some(r) = runs.iter().find(|r| r.scenario == "offline replay") {
         md.push_str(&format!(
-            "- Offline replay of the mix (5 passes) with {} trails: {:.0} ns/packet.\n",
-            r.trail_count, r.user_ns_per_packet
+            "- Offline replay of the mix (one pass over {} packets, set-up excluded) with {} trails: {:.0} ns/packet.\n",
+            r.offered, r.trail_count, r.user_ns_per_packet
         ));
     }
     for n in notes {
@@ -1024,12 +1008,7 @@ fn write_results(
         md.push('\n');
     }
     if !ingest.is_empty() {
-        md.push_str("\nCollector ingest (`collector/examples/ingest_bench.rs`: publisher, collector and live subscribers in one process on loopback; events/s stored publishing as fast as possible, latency sensor→subscriber at a steady rate):\n\n");
-        md.push_str("| store | collectors | events | events/s stored | latency at events/s | subscribers | p50 ms | p99 ms | max ms |\n");
-        md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-        for r in ingest {
-            md.push_str(&r.markdown_row());
-        }
+        md.push_str(&bench_ingest::markdown(ingest));
     }
     std::fs::write(dir.join("latest.md"), &md)?;
     plots(dir, runs)?;

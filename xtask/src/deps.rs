@@ -9,8 +9,9 @@ use anyhow::{bail, Context as _};
 
 /// Debian packages: clang/m4/libelf/zlib/pkg-config/libpcap for libxdp (xsk-rs) and the eBPF
 /// build, iproute2 for namespaces and veth pairs, iputils-ping for the enforce test, openssl
-/// for the collector's TLS test certificates, rsyslog as the collector's syslog export
-/// receiver.
+/// for the collector's TLS test certificates, rsyslog (with its GnuTLS driver, for syslog
+/// over TLS) as the collector's syslog export receiver, chromium for the console's browser tests (driven over the DevTools protocol, no
+/// chromedriver).
 const APT_PACKAGES: &[&str] = &[
     "clang",
     "m4",
@@ -23,7 +24,9 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     "tcpreplay",
     "rsyslog",
+    "rsyslog-gnutls",
     "postgresql",
+    "chromium",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -6,7 +6,9 @@
 //! - `test`: runs every test, privileged ones included (as root, or they fail under CI=true).
 
 mod bench;
+mod bench_console;
 mod bench_ingest;
+mod bench_startup;
 mod demo;
 mod deps;
 mod paths;
@@ -46,7 +48,7 @@ enum Command {
         /// Seed of the generated traffic.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Only these scenarios (background, mix, storm, scale, offline, baseline, ingest); repeatable.
+        /// Only these scenarios (background, mix, storm, scale, offline, baseline, ingest, console, startup); repeatable.
         #[arg(long)]
         only: Vec<String>,
         /// Extra argument for `xtrail-sensor run` (repeatable), e.g. --sensor-arg=--no-flow-starts.
@@ -82,15 +84,20 @@ fn main() -> anyhow::Result<()> {
             sensor_args,
         } => {
             deps::ensure()?;
-            eprintln!("xtask: building the sensor and the libpcap baseline (release)");
-            run(cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "xtrail-sensor",
-                "-p",
-                "xtrail-bench",
-            ]))?;
+            // The collector's ingest scenario alone builds what it needs itself.
+            let ingest_only =
+                !only.is_empty() && only.iter().all(|o| "ingest".starts_with(o.as_str()));
+            if !ingest_only {
+                eprintln!("xtask: building the sensor and the libpcap baseline (release)");
+                run(cargo().args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "xtrail-sensor",
+                    "-p",
+                    "xtrail-bench",
+                ]))?;
+            }
             bench::run(&bench::BenchOptions {
                 quick,
                 peer,

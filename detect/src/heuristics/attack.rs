@@ -231,6 +231,10 @@ impl AttackPatterns {
 
     /// The first family whose patterns match `text` (URL-decoded).
     pub fn classify(&self, text: &[u8]) -> Option<&'static str> {
+        // A clean request (nearly all) is rejected without building the match set.
+        if !self.set.is_match(text) {
+            return None;
+        }
         let first = self.set.matches(text).iter().next()?;
         FAMILIES.get(first).map(|(name, _)| *name)
     }

@@ -11,15 +11,17 @@
 //! within a sliding time window, remembering at most `threshold + 1` of them.
 
 use std::borrow::Borrow;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 
-use hashbrown::HashMap;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
-/// A map holding at most `capacity` entries (see the module documentation).
+/// A map holding at most `capacity` entries (see the module documentation). Each operation
+/// hashes its key once (both generations share the hasher).
 #[derive(Debug)]
 pub struct BoundedMap<K, V> {
-    young: HashMap<K, V>,
-    old: HashMap<K, V>,
+    young: HashTable<(K, V)>,
+    old: HashTable<(K, V)>,
+    hasher: DefaultHashBuilder,
     half: usize,
     evicted: u64,
 }
@@ -28,8 +30,9 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
     /// A map that never holds more than `capacity` entries (at least 2).
     pub fn new(capacity: usize) -> Self {
         BoundedMap {
-            young: HashMap::new(),
-            old: HashMap::new(),
+            young: HashTable::new(),
+            old: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
             half: (capacity / 2).max(1),
             evicted: 0,
         }
@@ -55,6 +58,10 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
         self.evicted
     }
 
+    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
     /// Makes room for one more young entry.
     fn rotate_if_full(&mut self) {
         if self.young.len() >= self.half {
@@ -65,18 +72,30 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
         }
     }
 
+    /// Inserts into the young generation (room already made).
+    fn insert_young(&mut self, hash: u64, entry: (K, V)) -> &mut V {
+        let hasher = &self.hasher;
+        &mut self
+            .young
+            .insert_unique(hash, entry, |(k, _)| hasher.hash_one(k))
+            .into_mut()
+            .1
+    }
+
     /// The value of `key`, refreshing it (moving it to the young generation).
     pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        if self.young.contains_key(key) {
-            return self.young.get_mut(key);
+        let hash = self.hash(key);
+        let eq = |(k, _): &(K, V)| k.borrow() == key;
+        if self.young.find(hash, eq).is_some() {
+            return self.young.find_mut(hash, eq).map(|(_, v)| v);
         }
-        let (k, v) = self.old.remove_entry(key)?;
+        let (entry, _) = self.old.find_entry(hash, eq).ok()?.remove();
         self.rotate_if_full();
-        Some(self.young.entry(k).or_insert(v))
+        Some(self.insert_young(hash, entry))
     }
 
     /// The value of `key`, inserting `make()` under `make_key()` when absent. Always `Some`;
@@ -91,20 +110,22 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        if !self.young.contains_key(key) {
-            let (k, v) = match self.old.remove_entry(key) {
-                Some(kv) => kv,
-                None => (make_key(), make()),
-            };
-            self.rotate_if_full();
-            self.young.insert(k, v);
+        let hash = self.hash(key);
+        let eq = |(k, _): &(K, V)| k.borrow() == key;
+        if self.young.find(hash, eq).is_some() {
+            return self.young.find_mut(hash, eq).map(|(_, v)| v);
         }
-        self.young.get_mut(key)
+        let entry = match self.old.find_entry(hash, eq) {
+            Ok(e) => e.remove().0,
+            Err(_) => (make_key(), make()),
+        };
+        self.rotate_if_full();
+        Some(self.insert_young(hash, entry))
     }
 
     /// The values held, in no particular order.
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.young.values().chain(self.old.values())
+        self.young.iter().chain(self.old.iter()).map(|(_, v)| v)
     }
 
     /// Removes `key`.
@@ -113,13 +134,18 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.young.remove(key).or_else(|| self.old.remove(key))
+        let hash = self.hash(key);
+        let eq = |(k, _): &(K, V)| k.borrow() == key;
+        match self.young.find_entry(hash, eq) {
+            Ok(e) => Some(e.remove().0 .1),
+            Err(_) => self.old.find_entry(hash, eq).ok().map(|e| e.remove().0 .1),
+        }
     }
 
     /// Keeps only the entries for which `keep` is true.
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
-        self.young.retain(&mut keep);
-        self.old.retain(&mut keep);
+        self.young.retain(|(k, v)| keep(k, v));
+        self.old.retain(|(k, v)| keep(k, v));
     }
 
     /// Drops everything.
@@ -129,45 +155,97 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
     }
 }
 
+/// Items a window keeps inline before it spills to the heap: most keys (a host pair, a
+/// source and port) see one or two items, so a new key allocates nothing.
+const INLINE_ITEMS: usize = 4;
+
 /// Distinct items seen for one key in a sliding window, and when the key last alerted.
 #[derive(Clone, Debug, Default)]
 pub struct DistinctWindow {
-    /// (item, last time seen in µs); at most `threshold + 1` entries.
-    items: Vec<(u64, i64)>,
+    /// (item, last time seen in µs), the first [`INLINE_ITEMS`] of them; at most
+    /// `threshold + 1` entries over `inline` and `spill`.
+    inline: [(u64, i64); INLINE_ITEMS],
+    inline_len: u8,
+    spill: Vec<(u64, i64)>,
     last_alert: Option<i64>,
 }
 
 impl DistinctWindow {
     /// Records `item` at `ts_us`; true when more than `threshold` distinct items were seen
     /// within `window_us` and the key has not alerted within the last `window_us` (one alert
-    /// per key per window). After an alert the count starts again.
+    /// per key per window). After an alert the count starts again. Allocates only when a key
+    /// holds more than [`INLINE_ITEMS`] items at once.
     pub fn observe(&mut self, item: u64, ts_us: i64, window_us: i64, threshold: usize) -> bool {
-        self.items
-            .retain(|&(_, seen)| ts_us.saturating_sub(seen) < window_us);
-        if let Some(slot) = self.items.iter_mut().find(|(i, _)| *i == item) {
+        self.retain_recent(ts_us, window_us);
+        if let Some(slot) = self.find_mut(item) {
             slot.1 = slot.1.max(ts_us);
-        } else if self.items.len() <= threshold {
-            self.items.push((item, ts_us));
+        } else if self.len() <= threshold {
+            if usize::from(self.inline_len) < INLINE_ITEMS {
+                if let Some(slot) = self.inline.get_mut(usize::from(self.inline_len)) {
+                    *slot = (item, ts_us);
+                    self.inline_len += 1;
+                }
+            } else {
+                self.spill.push((item, ts_us));
+            }
         }
         let quiet = self
             .last_alert
             .is_none_or(|at| ts_us.saturating_sub(at) >= window_us);
-        if self.items.len() > threshold && quiet {
+        if self.len() > threshold && quiet {
             self.last_alert = Some(ts_us);
-            self.items.clear();
+            self.inline_len = 0;
+            self.spill.clear();
             return true;
         }
         false
     }
 
+    /// Forgets items not seen within the window.
+    fn retain_recent(&mut self, ts_us: i64, window_us: i64) {
+        let recent = |seen: i64| ts_us.saturating_sub(seen) < window_us;
+        let n = usize::from(self.inline_len);
+        let mut kept = 0;
+        let old = self.inline;
+        for e in old.iter().take(n) {
+            if recent(e.1) {
+                self.inline[kept] = *e;
+                kept += 1;
+            }
+        }
+        // Refill the inline slots from the spill, so the spill empties first.
+        while kept < INLINE_ITEMS {
+            match self.spill.pop() {
+                Some(e) if recent(e.1) => {
+                    self.inline[kept] = e;
+                    kept += 1;
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        self.inline_len = kept as u8;
+        if !self.spill.is_empty() {
+            self.spill.retain(|&(_, seen)| recent(seen));
+        }
+    }
+
+    fn find_mut(&mut self, item: u64) -> Option<&mut (u64, i64)> {
+        let n = usize::from(self.inline_len);
+        self.inline[..n]
+            .iter_mut()
+            .chain(self.spill.iter_mut())
+            .find(|(i, _)| *i == item)
+    }
+
     /// Distinct items currently remembered.
     pub fn len(&self) -> usize {
-        self.items.len()
+        usize::from(self.inline_len) + self.spill.len()
     }
 
     /// Whether no item is remembered.
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.len() == 0
     }
 }
 

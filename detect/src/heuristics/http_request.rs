@@ -108,6 +108,16 @@ pub fn direct_download_extension(target: &[u8], max_stem: usize) -> Option<Strin
         return None;
     }
     let path = path_of(target);
+    // Most paths end in no listed extension: rejected on the bytes, without the lowercase
+    // copy (an ASCII extension and the `/` and `.` before it read the same in the lossy text).
+    let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+    let ext = memchr::memrchr(b'.', name).and_then(|i| name.get(i + 1..))?;
+    if !DIRECT_DOWNLOAD_EXTENSIONS
+        .iter()
+        .any(|e| e.as_bytes().eq_ignore_ascii_case(ext))
+    {
+        return None;
+    }
     let lower = String::from_utf8_lossy(path).to_ascii_lowercase();
     if DIRECT_DOWNLOAD_ALLOWED.iter().any(|a| lower.contains(a)) {
         return None;

@@ -60,6 +60,7 @@ pub mod scan;
 pub mod user_agent;
 pub mod web_scan;
 
+use std::borrow::Cow;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -494,7 +495,8 @@ pub fn is_local_address(ip: IpAddr) -> bool {
 }
 
 /// `host:port` → `host`, `[v6]:port` → `v6`; lowercase text (lossy), at most 255 bytes.
-fn host_text(host: &[u8]) -> String {
+/// Valid UTF-8 (every real host name) is lowercased into `buf`, without allocating.
+fn host_text<'b>(host: &[u8], buf: &'b mut [u8; 255]) -> Cow<'b, str> {
     let h = if let Some(inner) = host.strip_prefix(b"[") {
         inner
             .get(..memchr::memchr(b']', inner).unwrap_or(inner.len()))
@@ -506,7 +508,15 @@ fn host_text(host: &[u8]) -> String {
         host
     };
     let h = h.get(..h.len().min(255)).unwrap_or(h);
-    String::from_utf8_lossy(h).to_ascii_lowercase()
+    if let Some(out) = buf.get_mut(..h.len()) {
+        for (o, b) in out.iter_mut().zip(h) {
+            *o = b.to_ascii_lowercase();
+        }
+        if let Ok(text) = std::str::from_utf8(out) {
+            return Cow::Borrowed(text);
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(h).to_ascii_lowercase())
 }
 
 /// Request bytes as trail text, at most [`MAX_TRAIL`] bytes.
@@ -547,9 +557,10 @@ impl Heuristics for MaltrailHeuristics {
         name: &str,
         out: &mut dyn FnMut(Event),
     ) {
-        if !self.checkable_name(name) {
-            return;
-        }
+        // The pipeline passes a valid name (letters, digits, `-`, `.`, two labels or more),
+        // not under an ignored suffix, not whitelisted (the trait's contract): what
+        // `checkable_name` would check again.
+        debug_assert!(self.checkable_name(name));
         let details = || Details {
             dns_query: Some(name.to_owned()),
             ..Details::default()
@@ -642,17 +653,24 @@ impl Heuristics for MaltrailHeuristics {
         if self.whitelist.is_ip_whitelisted(ctx.src) {
             return;
         }
-        let header_host = req.host.map(host_text).filter(|h| !h.is_empty());
+        let mut host_buf = [0u8; 255];
+        let header_host = req
+            .host
+            .map(|h| host_text(h, &mut host_buf))
+            .filter(|h| !h.is_empty());
         if header_host
             .as_deref()
             .is_some_and(|h| self.whitelist.is_domain_whitelisted(h))
         {
             return;
         }
-        let host = header_host.clone().unwrap_or_else(|| ctx.dst.to_string());
+        let host: Cow<'_, str> = match &header_host {
+            Some(h) => Cow::Borrowed(h),
+            None => Cow::Owned(ctx.dst.to_string()),
+        };
         let details = || Details {
             http_method: Some(req.method.to_owned()),
-            http_host: Some(host.clone()),
+            http_host: Some(host.to_string()),
             http_path: Some(trail_text(req.target)),
             http_user_agent: req.user_agent.map(trail_text),
             ..Details::default()
@@ -792,8 +810,10 @@ mod tests {
 
     #[test]
     fn hosts() {
-        assert_eq!(host_text(b"Example.COM:8080"), "example.com");
-        assert_eq!(host_text(b"[::1]:80"), "::1");
-        assert_eq!(host_text(b"1.2.3.4"), "1.2.3.4");
+        let mut buf = [0u8; 255];
+        assert_eq!(host_text(b"Example.COM:8080", &mut buf), "example.com");
+        assert_eq!(host_text(b"[::1]:80", &mut buf), "::1");
+        assert_eq!(host_text(b"1.2.3.4", &mut buf), "1.2.3.4");
+        assert_eq!(host_text(b"a\xffB", &mut buf), "a\u{fffd}b");
     }
 }

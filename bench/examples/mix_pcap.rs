@@ -1,0 +1,59 @@
+//! Writes the bench's realistic mix (`scenario::mix`, the same picks and seed as
+//! `cargo xtask bench`) to a pcap, for profiling and timing the replay path without the
+//! veth runs.
+//!
+//! ```text
+//! cargo run --release -p xtrail-bench --example mix_pcap -- TRAILS WHITELIST FRAMES OUT.pcap [SEED]
+//! ```
+//! `SEED` is the bench's `--seed` (default 1); the mix uses `SEED + 1` as the bench does.
+
+use std::io::BufWriter;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use xtrail_bench::{pcapw, scenario};
+use xtrail_detect::trails::{LoadOptions, TrailSet};
+use xtrail_detect::whitelist::Whitelist;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mix_pcap: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [trails, whitelist, frames, out, rest @ ..] = args.as_slice() else {
+        return Err("usage: mix_pcap TRAILS WHITELIST FRAMES OUT.pcap [SEED]".into());
+    };
+    let n: usize = frames.parse().map_err(|e| format!("FRAMES: {e}"))?;
+    let seed: u64 = match rest.first() {
+        Some(s) => s.parse().map_err(|e| format!("SEED: {e}"))?,
+        None => 1,
+    };
+    let set = TrailSet::load(&[PathBuf::from(trails)], &LoadOptions::default())
+        .map_err(|e| e.to_string())?;
+    let wl = Whitelist::load(std::path::Path::new(whitelist)).map_err(|e| e.to_string())?;
+    let picks = scenario::picks(&set, &wl, 200);
+    let is_trail = |a: Ipv4Addr| set.ip.lookup(IpAddr::V4(a), None).is_some();
+    let mix = scenario::mix(seed + 1, n, &picks, 0.01, &is_trail);
+    let file = std::fs::File::create(out).map_err(|e| format!("{out}: {e}"))?;
+    let mut w = BufWriter::new(file);
+    pcapw::write_header(&mut w).map_err(|e| e.to_string())?;
+    let t0: i64 = 1_790_000_000_000_000;
+    for (i, f) in mix.frames.iter().enumerate() {
+        pcapw::write_packet(&mut w, t0 + i as i64 * 10, f).map_err(|e| e.to_string())?;
+    }
+    eprintln!(
+        "mix_pcap: {} frames (background, dns, http, tls, ip-trail: {:?}), {} malicious items -> {out}",
+        mix.frames.len(),
+        mix.classes,
+        mix.items.len()
+    );
+    Ok(())
+}

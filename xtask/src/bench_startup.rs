@@ -1,0 +1,255 @@
+//! Sensor start (`cargo xtask bench --only startup`): time from `xtrail-sensor run` to
+//! "attached" and to the first event for an injected trail hit ("detecting"), and the
+//! sensor's peak RSS (`VmHWM`), with Maltrail's full static tree as its `trails.csv`
+//! (`reference/trails.csv`) and as a compiled set of the same trails. Goals (issue #13):
+//! detecting within 0.2 s with the compiled set, peak RSS at most half the CSV's size.
+//! Figures go to `bench/results/startup.{json,md}` and a line of `latest.md`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use xtrail_bench::child::{interrupt_and_wait, spawn_watched, Watched};
+use xtrail_bench::frames::Frame;
+use xtrail_bench::netns::VethPair;
+use xtrail_detect::trails::{compiled, CompileOptions, LoadOptions, TrailSet};
+
+use crate::paths;
+
+/// One source's figures (medians over the runs; RSS the largest).
+pub struct StartupRun {
+    pub source: String,
+    pub file_mb: f64,
+    pub runs: usize,
+    pub attached_s: f64,
+    pub detecting_s: f64,
+    pub peak_rss_mb: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// `VmHWM` of the sensor (the `ip netns exec` child execs it, same pid).
+fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// One start: (attached s, detecting s, peak RSS MB).
+fn start_once(trails: &Path, hits: &[Ipv4Addr], tmp: &Path) -> anyhow::Result<(f64, f64, f64)> {
+    let pair = VethPair::create("xst").context("veth pair")?;
+    let log = tmp.join("startup-events.jsonl");
+    let _ = std::fs::remove_file(&log);
+    let mut cmd = pair.in_sensor_ns(&paths::sensor_binary().to_string_lossy());
+    cmd.args(["run", "--iface", &pair.sensor_if, "--trails"])
+        .arg(trails)
+        .arg("--events-log")
+        .arg(&log)
+        .args(["--format", "json", "--stats-interval", "0"])
+        .args(["--sensor-name", "bench", "--no-flood-guard"])
+        .stdout(Stdio::null());
+    let t0 = Instant::now();
+    let watched = spawn_watched(&mut cmd, None).context("starting xtrail-sensor")?;
+    let attached = watched.wait_for("attached to", "error:", Duration::from_secs(120));
+    let attached_s = t0.elapsed().as_secs_f64();
+    let Watched { mut child, lines } = watched;
+    if let Err(e) = attached {
+        interrupt_and_wait(&mut child, Duration::from_secs(10));
+        anyhow::bail!("the sensor did not attach: {e}");
+    }
+    // Trail hits, one every 2 ms, until the first event (at most 5 s).
+    let inj = pair.injector().context("injector")?;
+    let me = IpAddr::V4(pair.peer_ip.parse().context("peer address")?);
+    let mut detecting_s = None;
+    for (i, hit) in hits.iter().cycle().take(2_500).enumerate() {
+        let f = Frame::syn(me, 20_000 + (i % 40_000) as u16, IpAddr::V4(*hit), 443).build();
+        let _ = inj.send(&f);
+        if std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
+            detecting_s = Some(t0.elapsed().as_secs_f64());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let rss = peak_rss_mb(child.id());
+    interrupt_and_wait(&mut child, Duration::from_secs(20));
+    drop(lines);
+    let detecting_s = detecting_s.context("no event for the injected trail hits within 5 s")?;
+    Ok((attached_s, detecting_s, rss))
+}
+
+/// Measures both sources; `Err` when the reference CSV is missing or a start fails.
+pub fn measure(quick: bool, tmp: &Path) -> anyhow::Result<Vec<StartupRun>> {
+    let csv = paths::maltrail_data().join("reference/trails.csv");
+    anyhow::ensure!(csv.is_file(), "{} not found", csv.display());
+    eprintln!("bench: startup: compiling {}", csv.display());
+    let set = TrailSet::load(std::slice::from_ref(&csv), &LoadOptions::default())?;
+    let built_at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let bytes = compiled::write(
+        &set,
+        &CompileOptions {
+            built_at,
+            signing_key: None,
+            meta: serde_json::json!({"bench": "startup"}),
+        },
+    );
+    let set_path = tmp.join("trails.xtrails");
+    compiled::write_atomic(&set_path, &bytes)?;
+    drop(bytes);
+    // Hits: IPv4 trails spread over the table (a few may be whitelisted).
+    let step = (set.ip.v4.len() / 32).max(1);
+    let hits: Vec<Ipv4Addr> = set
+        .ip
+        .v4
+        .iter()
+        .step_by(step)
+        .map(|(a, _)| Ipv4Addr::from(*a))
+        .filter(|a| !a.is_private() && !a.is_loopback())
+        .take(32)
+        .collect();
+    anyhow::ensure!(!hits.is_empty(), "no IPv4 trail to inject");
+    drop(set);
+    // The sensor's own start and memory (XDP program load, BPF maps, ring buffer) with one
+    // trail, to tell them from what the trail set costs.
+    let one = tmp.join("one-trail.csv");
+    std::fs::write(&one, format!("{},bench (malware),(bench)\n", hits[0]))?;
+    let n = if quick { 1 } else { 3 };
+    let mut out = Vec::new();
+    let sources: [(&str, PathBuf); 3] = [
+        ("one trail", one),
+        ("trails.csv", csv),
+        ("compiled", set_path),
+    ];
+    for (name, path) in sources {
+        let file_mb = std::fs::metadata(&path).map_or(0.0, |m| m.len() as f64 / 1048576.0);
+        let (mut a, mut d, mut r) = (Vec::new(), Vec::new(), 0f64);
+        for i in 0..n {
+            let (att, det, rss) = start_once(&path, &hits, tmp)
+                .with_context(|| format!("start {} with {name}", i + 1))?;
+            eprintln!(
+                "bench: startup: {name}: attached {att:.3} s, detecting {det:.3} s, peak RSS {rss:.1} MB"
+            );
+            a.push(att);
+            d.push(det);
+            r = r.max(rss);
+        }
+        out.push(StartupRun {
+            source: name.into(),
+            file_mb,
+            runs: n,
+            attached_s: median(a),
+            detecting_s: median(d),
+            peak_rss_mb: r,
+        });
+    }
+    Ok(out)
+}
+
+fn json(runs: &[StartupRun], when: &str) -> String {
+    let rows: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            format!(
+                "{{\"source\":\"{}\",\"file_mb\":{:.1},\"runs\":{},\"attached_s\":{:.3},\"detecting_s\":{:.3},\"peak_rss_mb\":{:.1}}}",
+                r.source, r.file_mb, r.runs, r.attached_s, r.detecting_s, r.peak_rss_mb
+            )
+        })
+        .collect();
+    format!(
+        "{{\"taken\":\"{when}\",\"startup\":[\n{}\n]}}\n",
+        rows.join(",\n")
+    )
+}
+
+/// The one-line summary for `latest.md` (starts with `- Sensor start`).
+pub fn line(runs: &[StartupRun]) -> String {
+    let csv_mb = runs
+        .iter()
+        .find(|r| r.source == "trails.csv")
+        .map_or(0.0, |r| r.file_mb);
+    let base = runs.iter().find(|r| r.source == "one trail");
+    let ratio = |mb: f64| if csv_mb > 0.0 { mb / csv_mb } else { 0.0 };
+    let parts: Vec<String> = runs
+        .iter()
+        .map(|r| match base {
+            Some(b) if r.source != b.source => format!(
+                "{} {:.2} s to attached, {:.2} s to detecting, peak RSS {:.0} MB ({:.2}x the CSV; the set itself +{:.2} s, +{:.0} MB = {:.2}x)",
+                r.source,
+                r.attached_s,
+                r.detecting_s,
+                r.peak_rss_mb,
+                ratio(r.peak_rss_mb),
+                r.detecting_s - b.detecting_s,
+                r.peak_rss_mb - b.peak_rss_mb,
+                ratio(r.peak_rss_mb - b.peak_rss_mb)
+            ),
+            _ => format!(
+                "{} {:.2} s to attached, {:.2} s to detecting, peak RSS {:.0} MB",
+                r.source, r.attached_s, r.detecting_s, r.peak_rss_mb
+            ),
+        })
+        .collect();
+    format!(
+        "- Sensor start with the full static tree ({csv_mb:.1} MB trails.csv; goal with the compiled set: ≤ 0.2 s, RSS ≤ 0.5x): {}.",
+        parts.join("; ")
+    )
+}
+
+/// Writes `startup.json`, `startup.md` and the `- Sensor start` line of `latest.md`.
+pub fn write(dir: &Path, runs: &[StartupRun]) -> anyhow::Result<String> {
+    let when = Command::new("date")
+        .args(["-u", "+%FT%TZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    std::fs::write(dir.join("startup.json"), json(runs, &when))?;
+    let mut md = format!(
+        "# Sensor start, taken {when}\n\nTime from `xtrail-sensor run` to \"attached\" and to the first event for injected trail hits, and peak RSS (VmHWM), medians of the runs (RSS: largest). \"one trail\" is the sensor's own cost (XDP program load and verification, BPF maps, the mapped hit ring); the rows below include it.\n\n| trails | file MB | runs | attached s | detecting s | peak RSS MB |\n|---|---|---|---|---|---|\n"
+    );
+    for r in runs {
+        md.push_str(&format!(
+            "| {} | {:.1} | {} | {:.3} | {:.3} | {:.1} |\n",
+            r.source, r.file_mb, r.runs, r.attached_s, r.detecting_s, r.peak_rss_mb
+        ));
+    }
+    std::fs::write(dir.join("startup.md"), md)?;
+    let l = line(runs);
+    let latest = dir.join("latest.md");
+    let old = std::fs::read_to_string(&latest).unwrap_or_default();
+    let mut lines: Vec<&str> = old
+        .lines()
+        .filter(|x| !x.starts_with("- Sensor start"))
+        .collect();
+    // Before the collector's section (which `--only ingest` rewrites), else at the end.
+    let at = lines
+        .iter()
+        .position(|x| x.starts_with("Collector ingest"))
+        .unwrap_or(lines.len());
+    lines.insert(at, &l);
+    std::fs::write(&latest, lines.join("\n") + "\n")?;
+    Ok(l)
+}
+
+/// `--only startup`: measures and writes; the other scenarios' figures stay.
+pub fn only(quick: bool) -> anyhow::Result<()> {
+    let tmp = std::env::temp_dir().join(format!("xtrail-bench-startup-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let runs = measure(quick, &tmp);
+    let _ = std::fs::remove_dir_all(&tmp);
+    let dir = paths::workspace_root().join("bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let l = write(&dir, &runs?)?;
+    println!("{l}");
+    Ok(())
+}

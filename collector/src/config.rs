@@ -20,6 +20,15 @@
 //! max_grpc_connections = 8192
 //! max_grpc_connections_per_source = 1024
 //! grpc_idle_seconds = 90
+//! trails = ["/var/lib/xtrail/trails.csv"]     # for /api/check (as the sensor's --trails)
+//! trail_set = "/var/lib/xtrail/trails.xtrails" # compiled, signed set served to sensors
+//! whitelist = "/etc/xtrail/whitelist.txt"
+//! maltrail_data = "/opt/maltrail/misc"         # optional: Maltrail's updater filters
+//! http_tls_cert = "/etc/xtrail/console.crt"   # HTTPS on the HTTP port
+//! http_tls_key = "/etc/xtrail/console.key"
+//! session_idle_seconds = 1800                # console sessions
+//! session_max_seconds = 43200
+//! threat_flood_sources = 64                  # console: sources per trail and hour before a flood
 //! ```
 
 use std::net::SocketAddr;
@@ -96,6 +105,39 @@ pub struct ServeArgs {
     /// Close a gRPC connection idle for this long [default: 90].
     #[arg(long, value_name = "SECS")]
     pub grpc_idle_seconds: Option<u64>,
+    /// Trail source for `/api/check`, as the sensor's --trails: a trails.csv, a static trail
+    /// tree or a list file (repeatable; replaces the config file's list).
+    #[arg(long = "trails", value_name = "PATH")]
+    pub trails: Vec<PathBuf>,
+    /// Maltrail whitelist file consulted by `/api/check`.
+    #[arg(long, value_name = "FILE")]
+    pub whitelist: Option<PathBuf>,
+    /// Compiled, signed trail set (`xtrail-trails build`) served to sensors over the
+    /// `Trails` gRPC service and used by `/api/check`; reread on SIGHUP and when it changes.
+    #[arg(long = "trail-set", value_name = "PATH")]
+    pub trail_set: Option<PathBuf>,
+    /// Maltrail's data folder (whitelist.txt, bogon_ranges.txt, cdn_ranges.txt): static
+    /// trails are filtered as Maltrail's updater does; its whitelist.txt is the default
+    /// whitelist.
+    #[arg(long, value_name = "DIR")]
+    pub maltrail_data: Option<PathBuf>,
+    /// PEM certificate chain: serve the HTTP port (API, console) over TLS (needs
+    /// --http-tls-key).
+    #[arg(long, value_name = "PATH", requires = "http_tls_key")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// PEM private key for --http-tls-cert.
+    #[arg(long, value_name = "PATH", requires = "http_tls_cert")]
+    pub http_tls_key: Option<PathBuf>,
+    /// End a console session unused for this long [default: 1800].
+    #[arg(long, value_name = "SECS")]
+    pub session_idle_seconds: Option<u64>,
+    /// End a console session this long after login regardless [default: 43200].
+    #[arg(long, value_name = "SECS")]
+    pub session_max_seconds: Option<u64>,
+    /// Console grouping: more distinct sources than this on one trail within an hour make
+    /// one flood threat [default: 64].
+    #[arg(long, value_name = "N")]
+    pub threat_flood_sources: Option<usize>,
 }
 
 /// The config file.
@@ -122,6 +164,16 @@ struct FileConfig {
     max_grpc_connections: Option<usize>,
     max_grpc_connections_per_source: Option<usize>,
     grpc_idle_seconds: Option<u64>,
+    #[serde(default)]
+    trails: Vec<PathBuf>,
+    whitelist: Option<PathBuf>,
+    trail_set: Option<PathBuf>,
+    maltrail_data: Option<PathBuf>,
+    http_tls_cert: Option<PathBuf>,
+    http_tls_key: Option<PathBuf>,
+    session_idle_seconds: Option<u64>,
+    session_max_seconds: Option<u64>,
+    threat_flood_sources: Option<usize>,
     /// `[[exporter]]` tables.
     #[serde(default)]
     exporter: Vec<crate::export::ExporterFile>,
@@ -156,6 +208,16 @@ pub struct ServerConfig {
     pub grpc_conns: ConnLimits,
     /// Exporters (`[[exporter]]` tables of the config file).
     pub exporters: Vec<crate::export::ExporterConfig>,
+    /// Trails for `/api/check` (none: it answers 503).
+    pub trails: crate::trails::TrailConfig,
+    /// The compiled trail set served to sensors (`--trail-set`).
+    pub trail_set: Option<PathBuf>,
+    /// (certificate, key) PEM files of the HTTP port.
+    pub http_tls: Option<(PathBuf, PathBuf)>,
+    /// Console session lifetimes (and `secure` when the HTTP port has TLS).
+    pub console_sessions: crate::console::session::SessionSettings,
+    /// Console threat grouping.
+    pub threats: crate::console::threats::ThreatsConfig,
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -246,8 +308,68 @@ impl ServerConfig {
             ConnLimits::GRPC,
         )?;
         let exporters = crate::export::check_all(file.exporter)?;
+        let trail_set = args.trail_set.or(file.trail_set);
+        let trails = crate::trails::TrailConfig {
+            paths: if args.trails.is_empty() {
+                file.trails
+            } else {
+                args.trails
+            },
+            whitelist: args.whitelist.or(file.whitelist),
+            maltrail_data: args.maltrail_data.or(file.maltrail_data),
+        };
+        for p in trails
+            .paths
+            .iter()
+            .chain(&trails.whitelist)
+            .chain(&trails.maltrail_data)
+        {
+            if !p.exists() {
+                bail!("{} does not exist (--trails, --whitelist, --maltrail-data)", p.display());
+            }
+        }
+        let http_tls = match (
+            args.http_tls_cert.or(file.http_tls_cert),
+            args.http_tls_key.or(file.http_tls_key),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => bail!("HTTP TLS needs both --http-tls-cert and --http-tls-key"),
+        };
+        let default_sessions = crate::console::session::SessionSettings::default();
+        let console_sessions = crate::console::session::SessionSettings {
+            idle: args
+                .session_idle_seconds
+                .or(file.session_idle_seconds)
+                .map_or(default_sessions.idle, Duration::from_secs),
+            absolute: args
+                .session_max_seconds
+                .or(file.session_max_seconds)
+                .map_or(default_sessions.absolute, Duration::from_secs),
+            secure: http_tls.is_some(),
+        };
+        if console_sessions.idle.is_zero() || console_sessions.absolute.is_zero() {
+            bail!("session lifetimes must be positive");
+        }
+        if let Some(p) = &trail_set {
+            if !p.is_file() {
+                bail!("--trail-set {} is not a file", p.display());
+            }
+        }
         Ok(ServerConfig {
             exporters,
+            trails,
+            trail_set,
+            http_tls,
+            console_sessions,
+            threats: crate::console::threats::ThreatsConfig {
+                flood_sources: args
+                    .threat_flood_sources
+                    .or(file.threat_flood_sources)
+                    .unwrap_or(crate::console::threats::ThreatsConfig::default().flood_sources)
+                    .max(1),
+                ..Default::default()
+            },
             http_conns,
             grpc_conns,
             data_dir,

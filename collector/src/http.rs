@@ -1,10 +1,12 @@
 //! The HTTP side, on the HTTP port: `/api/events` (query pages as JSON, the same filters as
 //! gRPC; text fields cut to [`LIST_FIELD_BYTES`] with `"truncated": true`), `/api/events/N`
 //! (one event whole, by cursor), `/api/blocklist` (source addresses as text for firewalls,
-//! [`crate::blocklist`]), `/api/health` (200 when ingesting, 503 with the reason when
-//! the store refuses writes), and `/metrics` (Prometheus text). The event routes take the
-//! subscriber token in `authorization: Bearer T` like gRPC; health and metrics are open
-//! (they carry no events) so that probes and scrapers need no secret.
+//! [`crate::blocklist`]), `/api/check?q=` (is an indicator listed, [`crate::check`]),
+//! `/api/health` (200 when ingesting, 503 with the reason when the store refuses writes),
+//! and `/metrics` (Prometheus text). The event routes and `/api/check` take the subscriber
+//! token in `authorization: Bearer T` like gRPC (`/api/check` also a console session);
+//! health and metrics are open (they carry no events) so that probes and scrapers need no
+//! secret.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -42,6 +44,14 @@ pub struct HttpState {
     pub auth: Auth,
     /// Whether the store accepts writes.
     pub health: Arc<Health>,
+    /// The trail set `/api/check` answers from.
+    pub trails: Arc<crate::trails::TrailHolder>,
+    /// The trail set served to sensors and which sensor runs which version.
+    pub trail_dist: Arc<crate::trail_dist::TrailDist>,
+    /// The console: users, sessions, audit log (`console.db`).
+    pub console: Arc<crate::console::Console>,
+    /// Threat aggregates and triage (`threats.db`); None if they could not be opened.
+    pub threats: Option<Arc<crate::console::threats::Threats>>,
 }
 
 /// The routes, with the peer address as connect info (for throttling failed logins).
@@ -50,8 +60,15 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/api/events", get(events))
         .route("/api/events/{cursor}", get(event_detail))
         .route("/api/blocklist", get(blocklist))
+        .route("/api/check", get(check))
         .route("/api/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(crate::console::router())
+        .merge(crate::console::assets::router())
+        .merge(crate::console::api::router())
+        .layer(axum::middleware::map_response(
+            crate::console::security_headers,
+        ))
         .with_state(state)
 }
 
@@ -243,6 +260,57 @@ async fn blocklist(
     }
 }
 
+/// `GET /api/check?q=INDICATOR` ([`crate::check`]): the subscriber token as for
+/// `/api/events`, or a console session; 400 for a bad or missing `q`, 503 while no trail set
+/// is loaded.
+async fn check(
+    State(s): State<Arc<HttpState>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    // A signed-in console user (session cookie, no bearer token sent) may ask too.
+    let console_user = !headers.contains_key(header::AUTHORIZATION)
+        && matches!(
+            crate::console::session::session_of(&s, &headers).await,
+            Ok(Some(_))
+        );
+    if !console_user {
+        if let Err(r) = authorize(&s, &headers, peer) {
+            return *r;
+        }
+    }
+    let mut q = None;
+    for (k, v) in &pairs {
+        match (k.as_str(), &q) {
+            ("q", None) => q = Some(v.as_str()),
+            ("q", Some(_)) => return error(StatusCode::BAD_REQUEST, "give q once"),
+            _ => return error(StatusCode::BAD_REQUEST, format!("unknown parameter {k:?}")),
+        }
+    }
+    let Some(q) = q else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "missing q: /api/check?q=<IP, IP:port, domain or URL>",
+        );
+    };
+    let ind = match crate::check::parse_query(q) {
+        Ok(i) => i,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let snap = match s.trails.current() {
+        Ok(snap) => snap,
+        Err(why) => return error(StatusCode::SERVICE_UNAVAILABLE, why.to_string()),
+    };
+    let answer = crate::check::check(&snap.trails, &s.trails.whitelist(), q, &ind);
+    let mut body = serde_json::to_value(&answer).unwrap_or_default();
+    body["trails"] = json!({
+        "version": snap.version,
+        "installed": xtrail_detect::event::format_rfc3339(snap.installed_us),
+    });
+    Json(body).into_response()
+}
+
 async fn health(State(s): State<Arc<HttpState>>) -> Response {
     let common = json!({
         "subscribers": s.hub.metrics.subscribers.load(Ordering::Relaxed),
@@ -281,11 +349,20 @@ async fn metrics(State(s): State<Arc<HttpState>>) -> Response {
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
+    let mut text = s
+        .hub
+        .metrics
+        .render(st.used_bytes, st.last_cursor, s.health.problem().is_none());
+    let db = Arc::clone(&s.console.db);
+    if let Ok(sensors) =
+        tokio::task::spawn_blocking(move || crate::console::sensors::render_metrics(&db)).await
+    {
+        text.push_str(&sensors);
+    }
+    text.push_str(&s.trail_dist.render_metrics());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.hub
-            .metrics
-            .render(st.used_bytes, st.last_cursor, s.health.problem().is_none()),
+        text,
     )
         .into_response()
 }

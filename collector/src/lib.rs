@@ -13,7 +13,10 @@
 //!   ([`blocklist`]), `/api/health`, `/metrics`;
 //! - [`export`]: exporters (syslog CEF/JSON, Maltrail, ECS/EVE files, webhooks), each an internal
 //!   subscriber with its own queue and persisted cursor;
+//! - [`check`]: `/api/check`, indicator lookups against the [`trails`] holder;
 //! - [`filter`]: the filters shared by all of them; [`retention`]: age and size limits;
+//! - [`console`]: the analyst console on the HTTP port (users, sessions, audit log, sensor
+//!   heartbeats, threats, the page); `console::tls` serves the HTTP port over TLS;
 //! - [`server`]: wiring; [`config`]: flags and config file; [`client`]: `subscribe` command.
 //!
 //! Tests: unit tests per module; `collector/tests/` drives the real binary over loopback
@@ -22,9 +25,11 @@
 pub mod access;
 pub mod auth;
 pub mod blocklist;
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod conn;
+pub mod console;
 pub mod export;
 pub mod filter;
 pub mod health;
@@ -36,3 +41,5 @@ pub mod retention;
 pub mod server;
 pub mod storage;
 pub mod subscribe;
+pub mod trail_dist;
+pub mod trails;

@@ -43,6 +43,115 @@ enum Command {
         #[arg(long, value_name = "FILE", global = true)]
         config: Option<PathBuf>,
     },
+    /// Console users: `add` and `passwd` read the password from the first line of standard
+    /// input; `del`; `list`.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+        /// The collector's data directory (where `console.db` lives).
+        #[arg(long, value_name = "DIR", global = true)]
+        data_dir: Option<PathBuf>,
+        /// The collector's config file (its data_dir is used).
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserAction {
+    /// Adds a console user; the password is the first line of standard input.
+    Add {
+        /// User name (1-64 of A-Z a-z 0-9 . _ @ -).
+        name: String,
+        /// admin (everything, users and audit log), analyst (reads and triages) or viewer
+        /// (reads).
+        #[arg(long, value_name = "ROLE")]
+        role: xtrail_collector::access::Role,
+        /// Networks the user may see (CIDR,CIDR,...; IPv4 and IPv6); default: all.
+        #[arg(long, value_name = "CIDR,...")]
+        scope: Option<String>,
+    },
+    /// Sets a user's password (first line of standard input); ends the user's sessions.
+    Passwd {
+        /// User name.
+        name: String,
+    },
+    /// Deletes a user; ends the user's sessions.
+    Del {
+        /// User name.
+        name: String,
+    },
+    /// Lists users (never their hashes).
+    List,
+}
+
+/// The first line of standard input, without its line end; an empty one is refused.
+fn password_from_stdin() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_string();
+    if pw.is_empty() {
+        anyhow::bail!("no password: give it as the first line of standard input");
+    }
+    Ok(pw)
+}
+
+fn user_command(
+    action: UserAction,
+    data_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use xtrail_collector::console::{audit, db::ConsoleDb, users};
+    let cfg = ServerConfig::from_args(ServeArgs {
+        data_dir,
+        config,
+        ..ServeArgs::default()
+    })?;
+    let db = ConsoleDb::open(&cfg.data_dir)?;
+    let log = |action: &str, detail: String| {
+        if let Err(e) = audit::append(&db, "cli", None, action, &detail) {
+            eprintln!("xtrail-collector: warning: audit log: {e}");
+        }
+    };
+    match action {
+        UserAction::Add { name, role, scope } => {
+            let scope = xtrail_collector::access::Scope::parse(scope.as_deref().unwrap_or(""))
+                .map_err(anyhow::Error::msg)?;
+            let pw = password_from_stdin()?;
+            users::add(&db, &name, &pw, role, &scope)?;
+            log(
+                "user_add",
+                format!("{name} role={} scope={scope}", role.as_str()),
+            );
+            eprintln!(
+                "xtrail-collector: user {name:?} added ({}, scope {scope})",
+                role.as_str()
+            );
+        }
+        UserAction::Passwd { name } => {
+            let pw = password_from_stdin()?;
+            users::passwd(&db, &name, &pw)?;
+            log("user_passwd", name.clone());
+            eprintln!("xtrail-collector: password of {name:?} changed; its sessions ended");
+        }
+        UserAction::Del { name } => {
+            users::delete(&db, &name)?;
+            log("user_del", name.clone());
+            eprintln!("xtrail-collector: user {name:?} deleted; its sessions ended");
+        }
+        UserAction::List => {
+            for u in users::list(&db)? {
+                println!(
+                    "{}\t{}\t{}\tcreated {}",
+                    u.name,
+                    u.role.as_str(),
+                    u.scope,
+                    format_rfc3339(u.created_us)
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -149,6 +258,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             config,
         }) => sensor_command(action, data_dir, config),
+        Some(Command::User {
+            action,
+            data_dir,
+            config,
+        }) => user_command(action, data_dir, config),
         None => {
             raise_nofile();
             let cfg = ServerConfig::from_args(cli.serve)?;

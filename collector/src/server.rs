@@ -14,6 +14,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use xtrail_proto::v1::events_server::EventsServer;
 use xtrail_proto::v1::ingest_server::IngestServer;
+use xtrail_proto::v1::trails_server::TrailsServer;
 
 use crate::auth::{Auth, Role};
 use crate::config::ServerConfig;
@@ -116,18 +117,34 @@ pub async fn serve(
         log::warn!("no --subscriber-token: anyone who can reach the ports may read events");
     }
 
+    let console = crate::console::Console::new(&cfg.data_dir, cfg.console_sessions);
+    crate::console::sensors::spawn_follower(&hub, Arc::clone(&console.db));
     let ingest = IngestServer::new(IngestService::new(
         writer,
         cfg.limits,
         Arc::clone(&metrics),
         auth.clone(),
-    ))
+    )
+    .with_heartbeats(Arc::clone(&console.db)))
     .max_decoding_message_size(cfg.limits.max_bytes);
     let ingest = InterceptedService::new(ingest, auth.interceptor(Role::Sensor));
     let events = EventsServer::new(EventsService { hub: hub.clone() })
         .max_decoding_message_size(1 << 20)
         .max_encoding_message_size(64 << 20);
     let events = InterceptedService::new(events, auth.interceptor(Role::Subscriber));
+    // Trail distribution: sensors fetch the set with their own credential.
+    let trail_holder = crate::trails::spawn_initial_load(&cfg.trails);
+    let trail_dist = Arc::new(crate::trail_dist::TrailDist::default());
+    if let Some(path) = &cfg.trail_set {
+        trail_dist
+            .follow(path.clone(), Arc::clone(&trail_holder))
+            .context("--trail-set")?;
+    }
+    let trails_service = TrailsServer::new(crate::trail_dist::TrailsService {
+        dist: Arc::clone(&trail_dist),
+    })
+    .max_encoding_message_size(4 << 20);
+    let trails_service = InterceptedService::new(trails_service, auth.interceptor(Role::Sensor));
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
@@ -163,6 +180,11 @@ pub async fn serve(
         .build_v1alpha()
         .context("building the reflection service")?;
 
+    // Read before binding: a bad certificate is an error at start, not at the first client.
+    let http_tls = match &cfg.http_tls {
+        Some((cert, key)) => Some(crate::console::tls::acceptor(cert, key)?),
+        None => None,
+    };
     let grpc_listener = TcpListener::bind(cfg.grpc)
         .await
         .with_context(|| format!("binding gRPC on {}", cfg.grpc))?;
@@ -222,6 +244,7 @@ pub async fn serve(
         .add_service(reflection_alpha)
         .add_service(ingest)
         .add_service(events)
+        .add_service(trails_service)
         .serve_with_incoming_shutdown(
             GrpcIncoming::new(
                 grpc_listener,
@@ -229,10 +252,29 @@ pub async fn serve(
             ),
             stop_grpc,
         );
-    let http_state = Arc::new(HttpState { hub, auth, health });
-    let http_listener = HttpListener {
-        listener: http_listener,
-        tracker: Tracker::new(Listener::Http, cfg.http_conns, Arc::clone(&metrics)),
+    // Threat aggregation follows the store from its persisted cursor (catching up first).
+    let threats = crate::console::threats::Threats::spawn(
+        &hub,
+        &cfg.data_dir,
+        cfg.threats,
+    )
+    .map_err(|e| log::error!("threat aggregation not started: {e}"))
+    .ok();
+    let http_state = Arc::new(HttpState {
+        threats,
+        trails: trail_holder,
+        trail_dist,
+        hub,
+        auth,
+        health,
+        console,
+    });
+    let http_listener = crate::console::tls::MaybeTlsListener {
+        inner: HttpListener {
+            listener: http_listener,
+            tracker: Tracker::new(Listener::Http, cfg.http_conns, Arc::clone(&metrics)),
+        },
+        tls: http_tls,
     };
     let http = axum::serve(
         http_listener,

@@ -51,6 +51,7 @@
 
 mod backoff;
 mod error;
+pub mod heartbeat;
 pub mod identity;
 mod sender;
 pub mod spool;
@@ -66,6 +67,8 @@ use xtrail_proto::v1;
 
 pub use backoff::Backoff;
 pub use error::PublishError;
+pub use heartbeat::{HeartbeatConfig, SensorStatus};
+pub use xtrail_proto::v1::SensorCounters;
 pub use spool::{drop_report_count, OpenReport, Spool, SpoolConfig};
 
 /// Default spool bound: 1 GiB.
@@ -78,6 +81,14 @@ pub const MIN_SPOOL_MAX_BYTES: u64 = 64 * 1024;
 pub struct PublisherConfig {
     /// Collector gRPC URL: `http://host:50051`, or `https://...` for TLS.
     pub url: String,
+    /// More collectors (of one shared store), tried in turn after `url` when the current
+    /// one is unreachable, ends the stream, or reports `NOT_SERVING` (gRPC health of
+    /// `xtrail.v1.Ingest`). Unacknowledged events are resent to the next one, which
+    /// stores only what is new. Same token and TLS settings for all.
+    pub fallback_urls: Vec<String>,
+    /// While on a fallback, go back to `url` after this long (the stream is ended and
+    /// what is unacknowledged resent there). Default 60 s.
+    pub failback_after: Duration,
     /// Sensor token, sent as `authorization: Bearer <token>`; empty sends none.
     pub token: String,
     /// The stream id (`PublishRequest.sensor_id`), or its prefix with `stream_suffix`. With
@@ -120,6 +131,8 @@ impl Default for PublisherConfig {
     fn default() -> Self {
         PublisherConfig {
             url: String::new(),
+            fallback_urls: Vec::new(),
+            failback_after: Duration::from_secs(60),
             token: String::new(),
             sensor_id: String::new(),
             stream_suffix: false,
@@ -212,6 +225,14 @@ pub(crate) struct Shared {
     /// stream or an acknowledgement).
     pub refused_now: AtomicBool,
     pub truncated: AtomicU64,
+    /// The channel of the current stream (heartbeats share it); `None` while disconnected.
+    pub channel: Mutex<Option<tonic::transport::Channel>>,
+    /// What the sensor last reported for its heartbeats.
+    pub status: Mutex<SensorStatus>,
+    /// Heartbeats the collector accepted.
+    pub heartbeats: AtomicU64,
+    /// When the publisher started.
+    pub started: Instant,
 }
 
 fn read_locked(m: &Mutex<Option<String>>) -> Option<String> {
@@ -242,6 +263,8 @@ impl Shared {
 pub struct Publisher {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    connect: sender::Connect,
+    heartbeat: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Publisher {
@@ -300,16 +323,56 @@ impl Publisher {
             last_refusal: Mutex::new(None),
             refused_now: AtomicBool::new(false),
             truncated: AtomicU64::new(0),
+            channel: Mutex::new(None),
+            status: Mutex::new(SensorStatus::default()),
+            heartbeats: AtomicU64::new(0),
+            started: Instant::now(),
         });
         let thread_shared = Arc::clone(&shared);
+        let sender_connect = connect.clone();
         let thread = std::thread::Builder::new()
             .name("xtrail-publish".into())
-            .spawn(move || sender::run(thread_shared, config, connect))
+            .spawn(move || sender::run(thread_shared, config, sender_connect))
             .map_err(PublishError::Thread)?;
         Ok(Publisher {
             shared,
             thread: Some(thread),
+            connect,
+            heartbeat: Mutex::new(None),
         })
+    }
+
+    /// Starts sending `Ingest.Heartbeat` every `config.interval` on the publisher's
+    /// connection, until the publisher stops (see [`heartbeat`]). Once per publisher.
+    pub fn start_heartbeats(&self, config: HeartbeatConfig) -> Result<(), PublishError> {
+        if config.interval.is_zero() {
+            return Err(PublishError::Config(
+                "the heartbeat interval must be positive".into(),
+            ));
+        }
+        let mut slot = self.heartbeat.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
+            return Err(PublishError::Config("heartbeats already started".into()));
+        }
+        let shared = Arc::clone(&self.shared);
+        let connect = self.connect.clone();
+        *slot = Some(
+            std::thread::Builder::new()
+                .name("xtrail-heartbeat".into())
+                .spawn(move || heartbeat::run(shared, config, connect))
+                .map_err(PublishError::Thread)?,
+        );
+        Ok(())
+    }
+
+    /// Sets what the next heartbeats report (the sensor's counters and trail set).
+    pub fn set_status(&self, status: SensorStatus) {
+        *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+
+    /// Heartbeats the collector accepted so far.
+    pub fn heartbeats_sent(&self) -> u64 {
+        self.shared.heartbeats.load(Ordering::Relaxed)
     }
 
     /// Spools one sensor event for the collector and returns its sequence number. Does not
@@ -400,6 +463,14 @@ impl Publisher {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.notify.notify_one();
         if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let beat = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = beat {
             let _ = t.join();
         }
     }

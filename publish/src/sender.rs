@@ -6,16 +6,24 @@
 //! acknowledgement in the spool, and on any error reconnects with backoff and starts again
 //! from the first unacknowledged event. A refused credential is recorded as such (see
 //! `Shared::refused`) and retried like any error.
+//!
+//! Several collector URLs (`url`, then `fallback_urls`): a stream that cannot be opened,
+//! breaks, or finds the collector `NOT_SERVING` moves on to the next URL at once; the
+//! backoff applies after each full round of the list. On a fallback the stream is ended
+//! after `failback_after` and `url` tried again.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 use xtrail_proto::v1::ingest_client::IngestClient;
 use xtrail_proto::v1::{GetLimitsRequest, Limits, PublishRequest};
 
@@ -23,42 +31,22 @@ use crate::backoff::Backoff;
 use crate::spool::SpoolReader;
 use crate::{PublishError, PublisherConfig, Shared};
 
-/// How to open a channel: endpoint (with TLS) and the authorization header, validated when
-/// the publisher starts so that a typo fails there and not in a log line later.
+/// How to open a channel: the endpoints (with TLS), `url` first, and the authorization
+/// header, validated when the publisher starts so that a typo fails there and not in a log
+/// line later.
 #[derive(Clone, Debug)]
 pub(crate) struct Connect {
-    endpoint: Endpoint,
-    auth: Option<MetadataValue<Ascii>>,
+    /// (URL, endpoint), tried in turn.
+    targets: Vec<(String, Endpoint)>,
+    pub(crate) auth: Option<MetadataValue<Ascii>>,
 }
 
 impl Connect {
     pub fn new(cfg: &PublisherConfig) -> Result<Self, PublishError> {
-        let mut endpoint = Endpoint::from_shared(cfg.url.clone())
-            .map_err(|e| PublishError::Config(format!("collector URL {:?}: {e}", cfg.url)))?
-            .connect_timeout(cfg.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10));
-        if cfg.url.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new().with_webpki_roots();
-            if let Some(ca) = &cfg.ca_cert {
-                let pem = std::fs::read(ca).map_err(|e| {
-                    PublishError::Config(format!("reading CA certificate {}: {e}", ca.display()))
-                })?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
-            if let Some(domain) = &cfg.tls_domain {
-                tls = tls.domain_name(domain.clone());
-            }
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| PublishError::Config(format!("TLS: {e}")))?;
-        } else if !cfg.url.starts_with("http://") {
-            return Err(PublishError::Config(format!(
-                "collector URL {:?} must start with http:// or https://",
-                cfg.url
-            )));
-        }
+        let targets = std::iter::once(&cfg.url)
+            .chain(&cfg.fallback_urls)
+            .map(|url| Ok((url.clone(), endpoint(cfg, url)?)))
+            .collect::<Result<Vec<_>, PublishError>>()?;
         let auth = if cfg.token.is_empty() {
             None
         } else {
@@ -66,8 +54,38 @@ impl Connect {
                 PublishError::Config("token contains characters not allowed in a header".into())
             })?)
         };
-        Ok(Connect { endpoint, auth })
+        Ok(Connect { targets, auth })
     }
+}
+
+/// One collector's endpoint, with the TLS settings of `cfg`.
+fn endpoint(cfg: &PublisherConfig, url: &str) -> Result<Endpoint, PublishError> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| PublishError::Config(format!("collector URL {url:?}: {e}")))?
+        .connect_timeout(cfg.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().with_webpki_roots();
+        if let Some(ca) = &cfg.ca_cert {
+            let pem = std::fs::read(ca).map_err(|e| {
+                PublishError::Config(format!("reading CA certificate {}: {e}", ca.display()))
+            })?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        if let Some(domain) = &cfg.tls_domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| PublishError::Config(format!("TLS: {e}")))?;
+    } else if !url.starts_with("http://") {
+        return Err(PublishError::Config(format!(
+            "collector URL {url:?} must start with http:// or https://"
+        )));
+    }
+    Ok(endpoint)
 }
 
 /// The sender thread's body.
@@ -88,9 +106,30 @@ pub(crate) fn run(shared: Arc<Shared>, cfg: PublisherConfig, connect: Connect) {
             tokio::spawn(fsync_loop(Arc::clone(&shared), every));
         }
         let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
+        let mut current = 0;
         while !shared.stop.load(Ordering::SeqCst) {
-            let result = session(&shared, &cfg, &connect, &mut backoff).await;
+            // On a fallback, end the stream after a while to try `url` again.
+            let failback = (current > 0).then(|| Instant::now() + cfg.failback_after);
+            let result = session(&shared, &cfg, &connect, current, &mut backoff, failback).await;
             shared.connected.store(false, Ordering::SeqCst);
+            *shared.channel.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            match &result {
+                Ok(Ended::FailBack) => {
+                    log::info!(
+                        "xtrail-publish: back to {} after {:?} on {}",
+                        connect.targets[0].0,
+                        cfg.failback_after,
+                        connect.targets[current].0
+                    );
+                    current = 0;
+                    continue;
+                }
+                Ok(Ended::Stopped) => {}
+                Err(_) if connect.targets.len() > 1 => {
+                    current = (current + 1) % connect.targets.len();
+                }
+                Err(_) => {}
+            }
             if let Err(e) = result {
                 let e = match e {
                     SessionError::Refused(why) => {
@@ -105,6 +144,11 @@ pub(crate) fn run(shared: Arc<Shared>, cfg: PublisherConfig, connect: Connect) {
                     }
                 };
                 shared.set_error(Some(e));
+                if current != 0 {
+                    // Next URL of the round at once; the backoff after a full round.
+                    log::info!("xtrail-publish: trying {}", connect.targets[current].0);
+                    continue;
+                }
                 let delay = backoff.next_delay();
                 let until = tokio::time::Instant::now() + delay;
                 while tokio::time::Instant::now() < until && !shared.stop.load(Ordering::SeqCst) {
@@ -125,6 +169,14 @@ async fn fsync_loop(shared: Arc<Shared>, every: Duration) {
             log::warn!("xtrail-publish: {e}");
         }
     }
+}
+
+/// Why a stream ended without an error.
+enum Ended {
+    /// Asked to stop.
+    Stopped,
+    /// On a fallback URL for `failback_after`: time to try `url` again.
+    FailBack,
 }
 
 /// Why a stream ended.
@@ -165,20 +217,34 @@ fn batch_bounds(cfg: &PublisherConfig, limits: &Limits) -> (usize, usize) {
     (events.max(1), bytes)
 }
 
-/// One stream: returns Ok when asked to stop, Err when the stream broke.
+/// One stream to `connect.targets[target]`: returns Ok when asked to stop or at
+/// `failback`, Err when the stream broke or the collector is not serving.
 async fn session(
     shared: &Shared,
     cfg: &PublisherConfig,
     connect: &Connect,
+    target: usize,
     backoff: &mut Backoff,
-) -> Result<(), SessionError> {
-    let channel = connect
-        .endpoint
+    failback: Option<Instant>,
+) -> Result<Ended, SessionError> {
+    let (url, endpoint) = &connect.targets[target];
+    let channel = endpoint
         .connect()
         .await
-        .map_err(|e| format!("connecting to {}: {}", cfg.url, error_chain(&e)))?;
+        .map_err(|e| format!("connecting to {url}: {}", error_chain(&e)))?;
+    // A collector whose store fails says NOT_SERVING: go to the next one. Any other answer
+    // (no health service: an older collector) lets the stream itself tell.
+    let check = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "xtrail.v1.Ingest".into(),
+        })
+        .await;
+    if check.is_ok_and(|r| r.get_ref().status() == ServingStatus::NotServing) {
+        return Err(format!("collector {url}: NOT_SERVING").into());
+    }
     let spool = &shared.spool;
     let auth = connect.auth.clone();
+    let channel_for_heartbeats = channel.clone();
     let mut client = IngestClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
         if let Some(v) = &auth {
             req.metadata_mut().insert("authorization", v.clone());
@@ -205,6 +271,7 @@ async fn session(
         .into_inner();
     shared.connects.fetch_add(1, Ordering::Relaxed);
     shared.connected.store(true, Ordering::SeqCst);
+    *shared.channel.lock().unwrap_or_else(|p| p.into_inner()) = Some(channel_for_heartbeats);
     shared.refused_now.store(false, Ordering::SeqCst);
     let stream_id = spool.stream_id().to_string();
 
@@ -213,7 +280,10 @@ async fn session(
     let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
     loop {
         if shared.stop.load(Ordering::SeqCst) {
-            return Ok(());
+            return Ok(Ended::Stopped);
+        }
+        if failback.is_some_and(|at| Instant::now() >= at) {
+            return Ok(Ended::FailBack);
         }
         while in_flight.len() < cfg.max_in_flight {
             let batch = reader
@@ -253,7 +323,10 @@ async fn session(
                 Err(s) => return Err(status_error("collector", &s)),
             },
             () = shared.notify.notified(), if in_flight.len() < cfg.max_in_flight => {}
-            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                // Idle: write the last acknowledgement that waited for the interval.
+                spool.persist_acked(false).map_err(|e| e.to_string())?;
+            }
         }
     }
 }

@@ -7,7 +7,10 @@
 //!   endian), the payload being a protobuf `xtrail.v1.Event` whose `seq` is set. Sequence
 //!   numbers in a segment are contiguous; the last segment is the one being appended to.
 //! - `acked`: the highest sequence number the collector acknowledged, as decimal text,
-//!   replaced atomically (write + rename).
+//!   replaced atomically (write + rename). Written at most every [`ACK_PERSIST_EVERY`],
+//!   before a segment is deleted, and on [`Spool::sync`] (the fsync timer, shutdown), not
+//!   per acknowledgement: after a crash it may be behind, and the events after it are resent
+//!   (the collector recognises them as duplicates: at worst a resend, never a loss).
 //! - `next_seq`: the sequence high mark, decimal: every sequence number this spool ever
 //!   assigned is below it. Reserved ahead in blocks of [`SEQ_RESERVE`] (write, fsync,
 //!   rename) before any number of the block is used, so a number is never assigned twice,
@@ -37,7 +40,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
 use xtrail_proto::v1;
@@ -45,6 +48,9 @@ use xtrail_proto::v1;
 use crate::error::PublishError;
 
 const MAGIC: &[u8; 8] = b"XTSPOOL1";
+/// Longest time an acknowledgement waits to be written to the `acked` file (unless a
+/// segment is deleted or the spool synced first).
+pub const ACK_PERSIST_EVERY: Duration = Duration::from_millis(100);
 /// Sequence numbers reserved (persisted in `next_seq`) at a time.
 pub const SEQ_RESERVE: u64 = 4096;
 const RECORD_HEADER: u64 = 8;
@@ -130,6 +136,16 @@ struct Inner {
 pub struct Spool {
     inner: Arc<Mutex<Inner>>,
     stream_id: Arc<str>,
+    /// Serialises writes of the `acked` file; taken before `inner`, never while holding it.
+    acked_file: Arc<Mutex<AckedFile>>,
+}
+
+/// What the `acked` file holds, and when it was written.
+#[derive(Debug)]
+struct AckedFile {
+    dir: PathBuf,
+    written: u64,
+    at: Instant,
 }
 
 fn now_us() -> u64 {
@@ -425,6 +441,14 @@ impl Spool {
             Spool {
                 inner: Arc::new(Mutex::new(inner)),
                 stream_id: stream_id.into(),
+                acked_file: Arc::new(Mutex::new(AckedFile {
+                    dir: dir.to_path_buf(),
+                    written: acked_seq,
+                    // The first acknowledgement after opening is written at once.
+                    at: Instant::now()
+                        .checked_sub(ACK_PERSIST_EVERY)
+                        .unwrap_or_else(Instant::now),
+                })),
             },
             report,
         ))
@@ -492,23 +516,44 @@ impl Spool {
             .collect()
     }
 
-    /// Records an acknowledgement: persists it, then deletes fully acknowledged segments.
+    /// Records an acknowledgement, then deletes fully acknowledged segments. The `acked`
+    /// file is written at most every [`ACK_PERSIST_EVERY`], and always before a segment
+    /// is deleted (so no segment goes while the file still says it is unacknowledged).
     pub fn ack(&self, seq: u64) -> Result<(), PublishError> {
-        let (dir, acked) = {
+        let segment_done = {
             let mut inner = self.lock();
             if seq <= inner.acked_seq {
                 return Ok(());
             }
             inner.acked_seq = seq.min(inner.next_seq - 1);
-            (inner.dir.clone(), inner.acked_seq)
+            inner.has_acked_segment()
         };
-        replace_file(&dir, "acked", &format!("{acked}\n"), false)?;
+        self.persist_acked(!segment_done)?;
         let mut inner = self.lock();
         inner.remove_acked()
     }
 
-    /// Flushes appended records to stable storage if anything was appended since last time.
+    /// Writes the acknowledged seq to the `acked` file if it is behind; with `lazy`, only
+    /// if the last write is older than [`ACK_PERSIST_EVERY`].
+    pub(crate) fn persist_acked(&self, lazy: bool) -> Result<(), PublishError> {
+        let mut file = self.acked_file.lock().unwrap_or_else(|p| p.into_inner());
+        if lazy && file.at.elapsed() < ACK_PERSIST_EVERY {
+            return Ok(());
+        }
+        let acked = self.acked_seq();
+        if acked <= file.written {
+            return Ok(());
+        }
+        replace_file(&file.dir, "acked", &format!("{acked}\n"), false)?;
+        file.written = acked;
+        file.at = Instant::now();
+        Ok(())
+    }
+
+    /// Writes the `acked` file if it is behind, then flushes appended records to stable
+    /// storage if anything was appended since last time.
     pub fn sync(&self) -> Result<(), PublishError> {
+        self.persist_acked(false)?;
         let (file, path) = {
             let mut inner = self.lock();
             if !inner.dirty {
@@ -728,6 +773,15 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether [`Inner::remove_acked`] would close or delete a segment.
+    fn has_acked_segment(&self) -> bool {
+        let acked = |s: &Segment| s.last_seq().is_none_or(|l| l <= self.acked_seq);
+        let active_done = self.segments.back().is_some_and(|s| {
+            s.last_seq().is_some_and(|l| l <= self.acked_seq) && s.len > self.segment_bytes / 4
+        });
+        active_done || (self.segments.len() > 1 && self.segments.front().is_some_and(acked))
+    }
+
     fn remove_acked(&mut self) -> Result<(), PublishError> {
         // Close a fully acknowledged active segment once it is worth a new file.
         let active_done = self.segments.back().is_some_and(|s| {
@@ -925,6 +979,40 @@ mod tests {
         assert_eq!(rest.len(), 50);
         assert_eq!(rest[0].seq, seqs[50]);
         assert!(spool.append(&mut ev(1)).unwrap() > seqs[99]);
+    }
+
+    #[test]
+    fn acked_file_lags_at_most_to_a_resend() {
+        let dir = tempfile::tempdir().unwrap();
+        let acked_file = || std::fs::read_to_string(dir.path().join("acked")).unwrap();
+        let (spool, _) = open(dir.path(), 64 * 1024).unwrap();
+        let seqs: Vec<u64> = (0..100)
+            .map(|i| spool.append(&mut ev(i)).unwrap())
+            .collect();
+        spool.ack(seqs[9]).unwrap();
+        spool.ack(seqs[19]).unwrap();
+        spool.ack(seqs[29]).unwrap();
+        // The first is written at once, the next wait for the interval or a sync.
+        assert_eq!(acked_file(), format!("{}\n", seqs[9]));
+        drop(spool); // a crash: no sync
+        let (spool, rep) = open(dir.path(), 64 * 1024).unwrap();
+        assert_eq!((spool.acked_seq(), rep.pending), (seqs[9], 90));
+        spool.ack(seqs[19]).unwrap();
+        spool.ack(seqs[29]).unwrap();
+        spool.sync().unwrap();
+        assert_eq!(acked_file(), format!("{}\n", seqs[29]));
+        // Deleting segments writes the file first, whatever the interval.
+        let more: Vec<u64> = (0..2000)
+            .map(|i| spool.append(&mut ev(i)).unwrap())
+            .collect();
+        let last = *more.last().unwrap();
+        spool.ack(last - 1).unwrap();
+        assert!(acked_file().trim().parse::<u64>().unwrap() >= last - 1);
+        std::thread::sleep(ACK_PERSIST_EVERY);
+        spool.ack(last).unwrap();
+        drop(spool);
+        let (spool, rep) = open(dir.path(), 64 * 1024).unwrap();
+        assert_eq!((spool.acked_seq(), rep.pending), (last, 0));
     }
 
     #[test]

@@ -102,6 +102,7 @@ fn event(i: u32) -> Event {
         severity: Severity::Medium,
         action: Action::Pass,
         iface: None,
+        trail_set_version: String::new(),
         details: Details::default(),
     }
 }

@@ -2,7 +2,9 @@
 //! publisher, and a reporter that says on stderr, at most every 30 s each (with counts),
 //! when the collector refuses the token and when a full spool loses events. Neither is
 //! fatal here (`run` keeps retrying; `replay` ends on the refusal through `flush`), so the
-//! lines do not use the fatal `xtrail-sensor: error:` prefix.
+//! lines do not use the fatal `xtrail-sensor: error:` prefix. The publisher also sends a
+//! heartbeat with the sensor's counters every `--heartbeat-seconds` during `run` (whose
+//! loop sets them with `Publisher::set_status`; a replay sends none).
 //!
 //! State directory layout (`--state-dir`):
 //! - `identity`: the sensor's persistent identity, 32 hex digits, made on first use;
@@ -18,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use xtrail_publish::{identity, Publisher, PublisherConfig, Stats};
+use xtrail_publish::{identity, HeartbeatConfig, Publisher, PublisherConfig, Stats};
 
 /// How often the reporter says the same kind of thing again.
 const REPORT_EVERY: Duration = Duration::from_secs(30);
@@ -42,7 +44,8 @@ pub fn state_dir(flag: Option<&Path>) -> PathBuf {
 
 /// What the sensor needs to publish.
 pub struct LinkOptions<'a> {
-    pub url: &'a str,
+    /// Collector URLs, tried in turn (at least one).
+    pub urls: &'a [String],
     pub token: &'a str,
     pub sensor_name: &'a str,
     /// `run` or `replay`: each has its own spool and stream.
@@ -50,6 +53,8 @@ pub struct LinkOptions<'a> {
     pub state_dir: PathBuf,
     pub spool_max_bytes: u64,
     pub ca_cert: Option<PathBuf>,
+    /// Time between heartbeats (`Ingest.Heartbeat`, the console's sensors page).
+    pub heartbeat: Duration,
 }
 
 /// A running publisher and its reporter; dropping it stops both (what is not acknowledged
@@ -69,18 +74,31 @@ impl CollectorLink {
         let spool = o
             .state_dir
             .join(format!("spool-{}-{}", o.command, o.sensor_name));
+        let (url, fallbacks) = o.urls.split_first().context("no collector URL")?;
         let mut config =
-            PublisherConfig::new(o.url, o.token, format!("{id}-{}", o.command), spool.clone());
+            PublisherConfig::new(url, o.token, format!("{id}-{}", o.command), spool.clone());
+        config.fallback_urls = fallbacks.to_vec();
         config.stream_suffix = true;
         config.sensor_name = o.sensor_name.to_string();
         config.spool_max_bytes = o.spool_max_bytes;
         config.ca_cert = o.ca_cert.clone();
         let publisher =
             Arc::new(Publisher::start(config).context("starting the collector publisher")?);
+        // A replay is a one-off: it would only show as a silent sensor afterwards.
+        if o.command == "run" {
+            publisher
+                .start_heartbeats(HeartbeatConfig {
+                    sensor_name: o.sensor_name.to_string(),
+                    identity: id.to_string(),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    interval: o.heartbeat,
+                })
+                .context("starting the heartbeats")?;
+        }
         let report = publisher.open_report();
         eprintln!(
             "xtrail-sensor: publishing to {} as sensor {} (identity {id}, stream {}; spool {}, {} pending from before{})",
-            o.url,
+            o.urls.join(", "),
             o.sensor_name,
             publisher.stream_id(),
             spool.display(),

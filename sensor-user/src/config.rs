@@ -9,7 +9,13 @@
 //! whitelist = "/etc/xtrail/whitelist.txt"
 //! ua_file = "/etc/xtrail/ua.txt"
 //! workers = 2                 # AF_XDP transport threads (mirror mode)
+//! metrics = "127.0.0.1:9465"  # `run`: Prometheus text at http://ADDR/metrics
 //! maltrail_syn_rules = false
+//! collectors = ["http://10.0.0.5:50051", "http://10.0.0.6:50051"]  # tried in turn
+//! watch_trails = true         # `run`: reload when a trail source changes
+//! trail_min_ratio = 0.5       # refuse a reloaded set smaller than this share of the current
+//! trails_from_collector = true            # `run`: take signed sets from the collector
+//! trails_public_key = "/etc/xtrail/trails.pub"  # 64 hex digits, or a file holding them
 //!
 //! [heuristics]                # Maltrail's thresholds; windows in microseconds
 //! port_scan_threshold = 10
@@ -63,10 +69,29 @@ pub struct SensorConfig {
     pub ua_file: Option<PathBuf>,
     /// AF_XDP transport threads in mirror mode.
     pub workers: usize,
+    /// `run`: serve the counters in the Prometheus text format at `http://ADDR/metrics`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Maltrail's SYN label rules for live kernel hits.
     pub maltrail_syn_rules: bool,
+    /// Collector gRPC URLs (collectors of one store), tried in turn: the first while it
+    /// serves, the next when it cannot be reached or is not serving. `--collector` flags
+    /// replace the list.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub collectors: Vec<String>,
     /// URL candidates beyond Maltrail's (a `/dir/` trail matching any file under it).
     pub url_extra_candidates: bool,
+    /// `run`: reload when a trail source changes (`--watch-trails`).
+    pub watch_trails: bool,
+    /// A reloaded set below this share of the current one is refused (`--trail-min-ratio`,
+    /// Maltrail's `TRAIL_RELOAD_MIN_RATIO`).
+    pub trail_min_ratio: f64,
+    /// `run`: take the trail set from the collector (`--trails-from-collector`).
+    pub trails_from_collector: bool,
+    /// ed25519 key compiled sets must be signed with: 64 hex digits or a file holding them
+    /// (`--trails-public-key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trails_public_key: Option<String>,
     /// Trails only: no heuristics.
     pub no_heuristics: bool,
     /// Heuristic thresholds and bounds.
@@ -90,8 +115,14 @@ impl Default for SensorConfig {
             no_whitelist: false,
             ua_file: None,
             workers: 1,
+            metrics: None,
             maltrail_syn_rules: false,
+            collectors: Vec::new(),
             url_extra_candidates: false,
+            watch_trails: false,
+            trail_min_ratio: 0.5,
+            trails_from_collector: false,
+            trails_public_key: None,
             no_heuristics: false,
             heuristics: HeuristicsConfig::default(),
             no_throttle: false,
@@ -137,6 +168,8 @@ pub struct Overrides {
     pub check_missing_host: bool,
     /// `--workers`.
     pub workers: Option<usize>,
+    /// `--metrics`.
+    pub metrics: Option<std::net::SocketAddr>,
     /// `--maltrail-syn-rules`.
     pub maltrail_syn_rules: bool,
     /// `--event-budget` (events per second).
@@ -145,6 +178,14 @@ pub struct Overrides {
     pub no_flood_guard: bool,
     /// `--url-extra-candidates`.
     pub url_extra_candidates: bool,
+    /// `--watch-trails`.
+    pub watch_trails: bool,
+    /// `--trail-min-ratio`.
+    pub trail_min_ratio: Option<f64>,
+    /// `--trails-from-collector`.
+    pub trails_from_collector: bool,
+    /// `--trails-public-key`.
+    pub trails_public_key: Option<String>,
 }
 
 /// A configuration that cannot be used; the message names the setting.
@@ -202,12 +243,23 @@ impl SensorConfig {
         if let Some(w) = o.workers {
             c.workers = w;
         }
+        if o.metrics.is_some() {
+            c.metrics = o.metrics;
+        }
         c.maltrail_syn_rules |= o.maltrail_syn_rules;
         if let Some(b) = o.event_budget {
             c.flood.budget_per_sec = b;
         }
         c.no_flood_guard |= o.no_flood_guard;
         c.url_extra_candidates |= o.url_extra_candidates;
+        c.watch_trails |= o.watch_trails;
+        if let Some(r) = o.trail_min_ratio {
+            c.trail_min_ratio = r;
+        }
+        c.trails_from_collector |= o.trails_from_collector;
+        if o.trails_public_key.is_some() {
+            c.trails_public_key.clone_from(&o.trails_public_key);
+        }
         c.resolve_data_files();
         c.check()?;
         Ok(c)
@@ -241,6 +293,14 @@ impl SensorConfig {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.workers == 0 || self.workers > 1024 {
             return bad("workers must be between 1 and 1024");
+        }
+        if !(0.0..=1.0).contains(&self.trail_min_ratio) {
+            return bad("trail_min_ratio (--trail-min-ratio) must be between 0 and 1");
+        }
+        if self.trails_from_collector && self.trails_public_key.is_none() {
+            return bad(
+                "trails_from_collector (--trails-from-collector) needs trails_public_key (--trails-public-key)",
+            );
         }
         let h = &self.heuristics;
         if h.scan_window_us <= 0 || h.dns_exhaustion_window_us <= 0 {
@@ -325,16 +385,18 @@ mod tests {
         let p = dir.join("sensor.toml");
         std::fs::write(
             &p,
-            "sensor_name = \"gw\"\ntrails = [\"/a.csv\"]\nworkers = 3\n[heuristics]\nport_scan_threshold = 5\n[flood]\nbudget_per_sec = 10\n",
+            "sensor_name = \"gw\"\ntrails = [\"/a.csv\"]\nworkers = 3\nmetrics = \"127.0.0.1:9465\"\n[heuristics]\nport_scan_threshold = 5\n[flood]\nbudget_per_sec = 10\n",
         )
         .unwrap();
         let c = SensorConfig::resolve(Some(&p), &Overrides::default()).unwrap();
         assert_eq!(c.sensor_name.as_deref(), Some("gw"));
         assert_eq!(c.workers, 3);
+        assert_eq!(c.metrics, Some("127.0.0.1:9465".parse().unwrap()));
         assert_eq!(c.heuristics.port_scan_threshold, 5);
         assert_eq!(c.flood.budget_per_sec, 10);
         let o = Overrides {
             workers: Some(1),
+            metrics: Some("127.0.0.1:1".parse().unwrap()),
             trails: vec!["/b.csv".into()],
             ..Overrides::default()
         };
@@ -343,6 +405,7 @@ mod tests {
             (c.workers, c.trails.clone()),
             (1, vec![PathBuf::from("/b.csv")])
         );
+        assert_eq!(c.metrics, Some("127.0.0.1:1".parse().unwrap()));
         // The printed form reads back to the same configuration.
         assert_eq!(toml::from_str::<SensorConfig>(&c.to_toml()).unwrap(), c);
         std::fs::write(&p, "colour = 1\n").unwrap();
@@ -351,6 +414,46 @@ mod tests {
         std::fs::write(&p, "workers = 0\n").unwrap();
         let e = SensorConfig::resolve(Some(&p), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("workers"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn reload_keys_from_the_file_and_the_flags() {
+        let dir = std::env::temp_dir().join(format!("xtrail-cfg-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("sensor.toml");
+        let key = "ab".repeat(32);
+        std::fs::write(
+            &p,
+            format!("watch_trails = true\ntrail_min_ratio = 0.25\ntrails_from_collector = true\ntrails_public_key = \"{key}\"\n"),
+        )
+        .unwrap();
+        let c = SensorConfig::resolve(Some(&p), &Overrides::default()).unwrap();
+        assert!(c.watch_trails && c.trails_from_collector);
+        assert_eq!(c.trail_min_ratio, 0.25);
+        assert_eq!(c.trails_public_key.as_deref(), Some(key.as_str()));
+        assert_eq!(toml::from_str::<SensorConfig>(&c.to_toml()).unwrap(), c);
+        // Flags override the file.
+        let o = Overrides {
+            trail_min_ratio: Some(0.75),
+            trails_public_key: Some("/etc/xtrail/other.pub".into()),
+            ..Overrides::default()
+        };
+        let c = SensorConfig::resolve(Some(&p), &o).unwrap();
+        assert_eq!(c.trail_min_ratio, 0.75);
+        assert_eq!(
+            c.trails_public_key.as_deref(),
+            Some("/etc/xtrail/other.pub")
+        );
+        // Defaults, and the checks.
+        let d = SensorConfig::default();
+        assert!(!d.watch_trails && !d.trails_from_collector && d.trail_min_ratio == 0.5);
+        std::fs::write(&p, "trail_min_ratio = 1.5\n").unwrap();
+        let e = SensorConfig::resolve(Some(&p), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("trail_min_ratio"), "{e}");
+        std::fs::write(&p, "trails_from_collector = true\n").unwrap();
+        let e = SensorConfig::resolve(Some(&p), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("trails_public_key"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

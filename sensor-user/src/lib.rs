@@ -6,7 +6,11 @@
 //!   IPv4 /24 prefilter bitmap.
 //! - [`hits`]: turns the program's ring-buffer records into events.
 //! - [`output`]: writes events as JSON lines or Maltrail lines.
-//! - [`stats`]: reads the per-CPU counters.
+//! - [`stats`]: reads the per-CPU counters; [`metrics`]: serves them and the pipeline's
+//!   counters to Prometheus (`run --metrics ADDR`).
+//! - [`trail_maps`]: the two kernel trail map sets and the switch between them;
+//!   [`reload`]: hot reload of the trail set (SIGHUP, watched files, collector pushes);
+//!   [`trail_pull`]: signed trail sets from the collector's `Trails` service.
 //! - [`privilege`]: the up-front capability check.
 //! - [`live`]: the live loop; [`xsk`]: the AF_XDP workers of mirror mode.
 //!
@@ -17,9 +21,13 @@ pub mod hits;
 pub mod live;
 pub mod loader;
 pub mod maps;
+pub mod metrics;
 pub mod output;
 pub mod privilege;
+pub mod reload;
 pub mod stats;
+pub mod trail_maps;
+pub mod trail_pull;
 pub mod xsk;
 
 /// The XDP object built by `build.rs` from `xdp-ebpf/program`.

@@ -15,6 +15,7 @@ use xtrail_detect::event::Event;
 use xtrail_detect::heuristics::{FlowStart, HeuristicsConfig, UaPatterns};
 use xtrail_detect::pipeline::{Detector, DetectorConfig, FloodConfig, KernelHit};
 use xtrail_detect::process::ProcessorConfig;
+use xtrail_detect::shared_trails::{SharedTrails, VersionedTrails};
 use xtrail_detect::throttle::ThrottleConfig;
 use xtrail_detect::trails::TrailSet;
 use xtrail_detect::whitelist::Whitelist;
@@ -22,6 +23,8 @@ use xtrail_detect::whitelist::Whitelist;
 use crate::hits::{self, Clock};
 use crate::loader::{self, AttachMode, Mode, Sensor, SensorOptions};
 use crate::output::EventLog;
+use crate::reload::{HitSets, ReloadOptions, Reloader};
+use crate::trail_pull::{PullOptions, TrailPuller};
 use crate::xsk;
 use xtrail_publish::Publisher;
 
@@ -51,7 +54,19 @@ pub struct LiveOptions {
     pub publisher: Option<Arc<Publisher>>,
     /// Apply Maltrail's SYN label rules to kernel hits (as replay does).
     pub maltrail_syn_rules: bool,
+    /// Version of the trail set the run starts with (events carry it).
+    pub trail_set_version: String,
+    /// Hot reload of the trails (SIGHUP, watched files, collector pushes); `None`: the set
+    /// is fixed for the run.
+    pub reload: Option<ReloadOptions>,
+    /// Follow the collector's trail sets (needs `reload`).
+    pub trail_pull: Option<PullOptions>,
+    /// Serves the counters to Prometheus (`--metrics`); the loop refreshes its page.
+    pub metrics: Option<crate::metrics::MetricsServer>,
 }
+
+/// How often the loop refreshes the metrics page.
+const METRICS_EVERY: Duration = Duration::from_secs(1);
 
 /// Frames the AF_XDP transport may queue for the detector.
 const FRAME_QUEUE: usize = 65_536;
@@ -201,6 +216,35 @@ pub fn run(
         sensor_opts.xsk_queues = xsk::queue_stride(&opts.ifaces)?;
     }
     let mut sensor = Sensor::load(&trails.ip, &sensor_opts)?;
+    // The set in use: the detector follows it, kernel hits are labelled by map set.
+    let first = Arc::new(VersionedTrails::new(
+        opts.trail_set_version.clone(),
+        Arc::clone(&trails),
+    ));
+    let shared = SharedTrails::new(VersionedTrails::new(
+        first.version.clone(),
+        Arc::clone(&trails),
+    ));
+    detector.follow(shared.clone());
+    let hit_sets = Arc::new(HitSets::new(first));
+    drop(trails);
+    let reloader = match &opts.reload {
+        Some(r) => Some(Reloader::start(
+            r.clone(),
+            sensor.trail_sets()?,
+            shared.clone(),
+            Arc::clone(&hit_sets),
+        )?),
+        None => None,
+    };
+    let puller = match (&opts.trail_pull, &opts.reload) {
+        (Some(p), Some(r)) => Some(TrailPuller::start(
+            p.clone(),
+            Arc::clone(&r.inbox),
+            shared.clone(),
+        )?),
+        _ => None,
+    };
     let f = &sensor.fill;
     eprintln!(
         "xtrail-sensor: maps filled in {:.2}s: {} IPv4, {} IPv6, {} IP:port, {} IPv4 CIDR, {} IPv6 CIDR; prefilter {}",
@@ -303,6 +347,10 @@ pub fn run(
     let mut last_clock = Instant::now();
     let mut last_stats = Instant::now();
     let mut last_tick = Instant::now();
+    let mut last_metrics: Option<Instant> = None;
+    // When the heartbeat status (counters for the collector) was last set.
+    let mut last_status: Option<Instant> = None;
+    let mut event_counts = crate::metrics::EventCounts::default();
     let run_started = Instant::now();
     let mut pending: Vec<Event> = Vec::new();
     let fds = [
@@ -365,13 +413,16 @@ pub fn run(
                 summary.malformed_records += 1;
                 continue;
             };
-            let event = hits::to_event(
+            // The labels of the map set that matched (the record says which).
+            let set = hit_sets.get(rec.trail_set).unwrap_or_else(|| shared.load());
+            let mut event = hits::to_event(
                 &rec,
-                &trails,
+                &set.trails,
                 &opts.sensor_name,
                 ifname(rec.ifindex).map(String::from),
                 &clock,
             );
+            event.trail_set_version.clone_from(&set.version);
             let hit = KernelHit {
                 event,
                 syn: rec.proto == 6,
@@ -411,6 +462,10 @@ pub fn run(
             };
             detector.flow_start(&flow, &mut out);
         }
+        // Every ring buffer was read empty and the detector holds the newest set: a reload
+        // may now drop a switched-out set.
+        detector.refresh_trails();
+        hit_sets.drained();
         // Summaries (throttle, floods, rate budget) come out when their window closes.
         if finishing {
             detector.finish(&mut out);
@@ -427,14 +482,38 @@ pub fn run(
                 }
             }
             summary.events += 1;
+            event_counts.count(&ev);
         }
         log.flush().context("writing event")?;
         if let Some(l) = logger.as_mut() {
             l.flush();
         }
+        if let Some(p) = opts
+            .publisher
+            .as_ref()
+            .filter(|_| last_status.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)))
+        {
+            last_status = Some(Instant::now());
+            let kernel = sensor.counters().ok();
+            let k = |i: u32| kernel.as_ref().map_or(0, |c| c.get(i));
+            p.set_status(xtrail_publish::SensorStatus {
+                trail_set_version: detector.trail_set_version().to_string(),
+                counters: xtrail_publish::SensorCounters {
+                    processed: k(xtrail_common::stat::PACKETS),
+                    events: summary.events,
+                    drops: summary.publish_errors,
+                    ringbuf_full: k(xtrail_common::stat::RINGBUF_FULL),
+                    handoff_failed: k(xtrail_common::stat::HANDOFF_FAILED),
+                    parse_errors: detector.stats().processor.parse_errors,
+                    uptime_s: 0,
+                },
+            });
+        }
         let stats_due =
             !opts.stats_interval.is_zero() && last_stats.elapsed() >= opts.stats_interval;
-        if finishing || stats_due {
+        let metrics_due = opts.metrics.is_some()
+            && (finishing || last_metrics.is_none_or(|t| t.elapsed() >= METRICS_EVERY));
+        if finishing || stats_due || metrics_due {
             summary.xsk_frames = counters.frames.load(Ordering::Relaxed);
             summary.queue_full = counters.queue_full.load(Ordering::Relaxed);
             let d = detector.stats();
@@ -442,6 +521,18 @@ pub fn run(
             summary.filtered = d.hits_filtered;
             summary.processed = d.processor.packets;
             summary.parse_errors = d.processor.parse_errors;
+            if let (true, Some(m)) = (metrics_due, &opts.metrics) {
+                last_metrics = Some(Instant::now());
+                let kernel = sensor.counters().ok();
+                m.publish(crate::metrics::render(&crate::metrics::Sample {
+                    kernel: kernel.as_ref(),
+                    summary: &summary,
+                    detector: &d,
+                    events: &event_counts,
+                    trail_set_generation: detector.trail_set_generation(),
+                    state_entries: detector.state_entries(),
+                }));
+            }
         }
         if finishing {
             break;
@@ -449,7 +540,11 @@ pub fn run(
         if stats_due {
             last_stats = Instant::now();
             if let Ok(c) = sensor.counters() {
-                eprintln!("xtrail-sensor: stats {c} {}", summary.line());
+                eprintln!(
+                    "xtrail-sensor: stats {c} {} trail_set_version={}",
+                    summary.line(),
+                    detector.trail_set_version()
+                );
                 write_stats_file(&summary, &detector, Some(c.to_string()));
             }
         }
@@ -463,6 +558,12 @@ pub fn run(
             ),
         }
     }
+    // The reloader stops before the maps it writes go away.
+    let reloads = reloader.as_ref().map_or(0, |r| {
+        r.stats.reloads.load(std::sync::atomic::Ordering::Relaxed)
+    });
+    drop(puller);
+    drop(reloader);
     let counters = sensor.counters()?;
     let (runs, run_time) = sensor.run_stats();
     let d = detector.stats();
@@ -470,11 +571,12 @@ pub fn run(
         std::path::Path::new(STATS_DIR).join(format!("sensor-{}.json", std::process::id())),
     );
     eprintln!(
-        "xtrail-sensor: detached; final stats {counters} {} throttled={} flood_aggregated={} over_budget={} xdp_runs={runs} xdp_run_ns={}",
+        "xtrail-sensor: detached; final stats {counters} {} throttled={} flood_aggregated={} over_budget={} trail_reloads={reloads} trail_set_version={} xdp_runs={runs} xdp_run_ns={}",
         summary.line(),
         d.throttle.suppressed + d.throttle.summarized,
         d.flood.aggregated,
         d.flood.over_budget,
+        shared.load().version,
         run_time.as_nanos()
     );
     Ok(summary)

@@ -15,13 +15,15 @@ use xtrail_detect::heuristics::UaPatterns;
 
 use xtrail_detect::replay::ReplayOptions;
 
-use xtrail_detect::trails::{LoadOptions, TrailSet};
+use xtrail_detect::trails::{compiled, CompiledSet, LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
 use xtrail_publish::PublishError;
 use xtrail_sensor::config::{Overrides, SensorConfig};
 use xtrail_sensor::live::{self, LiveOptions};
 use xtrail_sensor::loader::{self, AttachMode, Mode, SensorOptions};
 use xtrail_sensor::output::{open_output, EventLog};
+use xtrail_sensor::reload::{self, ReloadOptions};
+use xtrail_sensor::trail_pull::{self, PullOptions};
 use xtrail_sensor::{privilege, stats};
 
 use crate::collector_link::{CollectorLink, LinkOptions};
@@ -108,6 +110,10 @@ struct ConfigArgs {
     /// URL candidates beyond Maltrail's: a `/dir/` trail also matches any file under it.
     #[arg(long = "url-extra-candidates")]
     url_extra_candidates: bool,
+    /// `run`: serve the kernel and pipeline counters in the Prometheus text format at
+    /// http://ADDR/metrics (e.g. 127.0.0.1:9465).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// Merges the configuration file and the flags, checked once.
@@ -117,8 +123,13 @@ fn resolve_config(
     heuristics: &HeuristicArgs,
     sensor_name: Option<String>,
     maltrail_syn_rules: bool,
+    reload: Option<&ReloadArgs>,
 ) -> anyhow::Result<SensorConfig> {
     let o = Overrides {
+        watch_trails: reload.is_some_and(|r| r.watch_trails),
+        trail_min_ratio: reload.and_then(|r| r.trail_min_ratio),
+        trails_from_collector: reload.is_some_and(|r| r.trails_from_collector),
+        trails_public_key: reload.and_then(|r| r.trails_public_key.clone()),
         sensor_name,
         trails: trails.trails.clone(),
         whitelist: trails.whitelist.clone(),
@@ -127,6 +138,7 @@ fn resolve_config(
         no_heuristics: heuristics.no_heuristics,
         check_missing_host: heuristics.check_missing_host,
         workers: cfg.workers,
+        metrics: cfg.metrics,
         maltrail_syn_rules,
         event_budget: cfg.event_budget,
         no_flood_guard: cfg.no_flood_guard,
@@ -182,8 +194,10 @@ fn sensor_name(cfg: &SensorConfig) -> String {
 struct CollectorArgs {
     /// Stream events to an xtrail collector (e.g. http://127.0.0.1:50051), in addition to
     /// the local log. Events wait in an on-disk spool until the collector acknowledges them.
+    /// Repeat for several collectors of one store, tried in turn (the first while it
+    /// serves); replaces the config file's `collectors`.
     #[arg(long)]
-    collector: Option<String>,
+    collector: Vec<String>,
     /// Bearer token for the collector (or $XTRAIL_TOKEN).
     #[arg(long, env = "XTRAIL_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -197,23 +211,43 @@ struct CollectorArgs {
     /// CA certificate for an https:// collector.
     #[arg(long = "collector-ca")]
     collector_ca: Option<PathBuf>,
+    /// Seconds between heartbeats to the collector (its sensors page flags a sensor silent
+    /// for 3 of them).
+    #[arg(long = "heartbeat-seconds", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    heartbeat_seconds: u64,
 }
 
 impl CollectorArgs {
-    /// Starts the collector link when `--collector` is given; `command` is `run` or
+    /// The collector URLs: the `--collector` flags, else the config file's `collectors`.
+    fn urls(&self, cfg: &SensorConfig) -> Vec<String> {
+        if self.collector.is_empty() {
+            cfg.collectors.clone()
+        } else {
+            self.collector.clone()
+        }
+    }
+
+    /// Starts the collector link when a collector URL is given; `command` is `run` or
     /// `replay` (each has its own spool and stream).
-    fn start(&self, sensor: &str, command: &str) -> anyhow::Result<Option<CollectorLink>> {
-        let Some(url) = &self.collector else {
+    fn start(
+        &self,
+        cfg: &SensorConfig,
+        sensor: &str,
+        command: &str,
+    ) -> anyhow::Result<Option<CollectorLink>> {
+        let urls = self.urls(cfg);
+        if urls.is_empty() {
             return Ok(None);
-        };
+        }
         CollectorLink::start(&LinkOptions {
-            url,
+            urls: &urls,
             token: self.token.as_deref().unwrap_or_default(),
             sensor_name: sensor,
             command,
             state_dir: collector_link::state_dir(self.state_dir.as_deref()),
             spool_max_bytes: self.spool_max_bytes,
             ca_cert: self.collector_ca.clone(),
+            heartbeat: Duration::from_secs(self.heartbeat_seconds),
         })
         .map(Some)
     }
@@ -233,6 +267,29 @@ struct HeuristicArgs {
     /// Flag HTTP requests without a Host header (Maltrail's optional check).
     #[arg(long = "check-missing-host")]
     check_missing_host: bool,
+}
+
+/// Hot reload flags of `run` (SIGHUP always reloads from the trail sources); each has a
+/// config file key of the same name with `_` (`watch_trails`, ...), which the flag overrides.
+#[derive(clap::Args, Clone)]
+struct ReloadArgs {
+    /// Reload when a trail source changes (its modification time or size, polled every
+    /// second; the reload waits for one quiet second).
+    #[arg(long = "watch-trails")]
+    watch_trails: bool,
+    /// A reloaded set with fewer trails than this share of the current one is refused and
+    /// the current set kept (Maltrail's TRAIL_RELOAD_MIN_RATIO; default 0.5).
+    #[arg(long = "trail-min-ratio", value_name = "RATIO")]
+    trail_min_ratio: Option<f64>,
+    /// Take the trail set from the collector (`--collector`): fetched at start when none is
+    /// stored in the state directory yet, then hot-swapped whenever the collector serves a
+    /// new one. Needs --trails-public-key; without --trails the stored set is the source.
+    #[arg(long = "trails-from-collector")]
+    trails_from_collector: bool,
+    /// ed25519 public key (64 hex digits, or a file holding them) that compiled trail sets
+    /// must be signed with; unsigned or altered sets are refused and the current set kept.
+    #[arg(long = "trails-public-key", value_name = "KEY")]
+    trails_public_key: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -293,6 +350,8 @@ enum Command {
         collector: CollectorArgs,
         #[command(flatten)]
         config: ConfigArgs,
+        #[command(flatten)]
+        reload: ReloadArgs,
     },
     /// Replay pcap/pcapng files through the same parsers and matchers (no root needed).
     Replay {
@@ -324,6 +383,8 @@ enum Command {
         heuristics: HeuristicArgs,
         #[command(flatten)]
         config: ConfigArgs,
+        #[command(flatten)]
+        reload: ReloadArgs,
         /// As `run --maltrail-syn-rules`.
         #[arg(long = "maltrail-syn-rules")]
         maltrail_syn_rules: bool,
@@ -374,6 +435,7 @@ fn main() -> ExitCode {
             heuristics,
             collector,
             config,
+            reload,
         } => run(RunArgs {
             ifaces,
             trails,
@@ -404,6 +466,7 @@ fn main() -> ExitCode {
             heuristics,
             collector,
             config,
+            reload,
         }),
         Command::Replay {
             pcaps,
@@ -426,6 +489,7 @@ fn main() -> ExitCode {
             sensor_name,
             heuristics,
             config,
+            reload,
             maltrail_syn_rules,
         } => resolve_config(
             &config,
@@ -433,6 +497,7 @@ fn main() -> ExitCode {
             &heuristics,
             sensor_name,
             maltrail_syn_rules,
+            Some(&reload),
         )
         .map(|c| {
             if print {
@@ -496,11 +561,32 @@ struct RunArgs {
     heuristics: HeuristicArgs,
     collector: CollectorArgs,
     config: ConfigArgs,
+    reload: ReloadArgs,
 }
 
 /// Loads trails from every source and prints what was found.
 fn load_trails(paths: &[PathBuf]) -> anyhow::Result<TrailSet> {
     let started = Instant::now();
+    // A compiled set (`xtrail-trails build`, found by its magic bytes) is memory-mapped, not
+    // parsed; it holds a whole set, so it is the only source.
+    if let Some(p) = paths.iter().find(|p| compiled::is_compiled(p)) {
+        if paths.len() > 1 {
+            bail!(
+                "{} is a compiled trail set: give it as the only --trails source",
+                p.display()
+            );
+        }
+        let set = CompiledSet::open(p, None)
+            .with_context(|| format!("opening compiled trail set {}", p.display()))?;
+        eprintln!(
+            "xtrail-sensor: compiled trail set {} version {} opened in {:.3}s: {}",
+            p.display(),
+            set.version(),
+            started.elapsed().as_secs_f64(),
+            set.trails().report
+        );
+        return Ok(set.into_trails());
+    }
     let trails = TrailSet::load(paths, &LoadOptions::default())?;
     eprintln!(
         "xtrail-sensor: trails loaded in {:.2}s: {}",
@@ -520,13 +606,50 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             bail!("unknown interface {iface}");
         }
     }
-    let cfg = resolve_config(
+    let mut cfg = resolve_config(
         &args.config,
         &args.trails,
         &args.heuristics,
         args.output.sensor_name.clone(),
         args.maltrail_syn_rules,
+        Some(&args.reload),
     )?;
+    let public_key = cfg
+        .trails_public_key
+        .as_deref()
+        .map(trail_pull::read_public_key)
+        .transpose()?;
+    let trail_pull = if cfg.trails_from_collector {
+        let urls = args.collector.urls(&cfg);
+        let (Some(url), Some(key)) = (urls.first(), public_key) else {
+            bail!("--trails-from-collector needs --collector and --trails-public-key");
+        };
+        let o = PullOptions {
+            url: url.clone(),
+            token: args.collector.token.clone().unwrap_or_default(),
+            ca_cert: args.collector.collector_ca.clone(),
+            sensor_name: sensor_name(&cfg),
+            state_dir: collector_link::state_dir(args.collector.state_dir.as_deref()),
+            public_key: key,
+        };
+        if cfg.trails.is_empty() {
+            let stored = trail_pull::stored_set(&o.state_dir);
+            if !stored.is_file() {
+                trail_pull::pull_once(&o).context("first trail set from the collector")?;
+            }
+            cfg.trails = vec![stored];
+        }
+        Some(o)
+    } else {
+        None
+    };
+    // A compiled source must carry a good signature when a key is configured.
+    if let Some(key) = &public_key {
+        for p in cfg.trails.iter().filter(|p| compiled::is_compiled(p)) {
+            compiled::verify_file(p, Some(key))
+                .with_context(|| format!("trail set {} refused", p.display()))?;
+        }
+    }
     let (trails, whitelist) = load_detection(&cfg)?;
     if trails.ip.is_empty() {
         bail!(
@@ -549,8 +672,21 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut http_ports = loader::DEFAULT_HTTP_PORTS.to_vec();
     http_ports.extend(&args.http_ports);
     // Kept to the end: dropping it stops the reporter after live::run's last flush.
-    let link = args.collector.start(&sensor_name, "run")?;
+    let link = args.collector.start(&cfg, &sensor_name, "run")?;
+    let metrics = match cfg.metrics {
+        Some(addr) => {
+            let m = xtrail_sensor::metrics::MetricsServer::start(addr)
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            eprintln!(
+                "xtrail-sensor: metrics on http://{}/metrics",
+                m.local_addr()
+            );
+            Some(m)
+        }
+        None => None,
+    };
     let opts = LiveOptions {
+        metrics,
         ifaces: args.ifaces,
         sensor: SensorOptions {
             mode: args.mode,
@@ -578,6 +714,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         workers: cfg.workers,
         throttle: cfg.throttle(),
         flood: cfg.flood(),
+        trail_set_version: reload::version_of_sources(&cfg.trails),
+        reload: Some(ReloadOptions {
+            sources: cfg.trails.clone(),
+            min_ratio: cfg.trail_min_ratio,
+            watch: cfg.watch_trails,
+            public_key,
+            ..ReloadOptions::default()
+        }),
+        trail_pull,
     };
     live::run(
         Arc::new(trails),
@@ -605,9 +750,10 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         &args.heuristics,
         args.output.sensor_name.clone(),
         false,
+        None,
     )?;
     let sensor_name = sensor_name(&cfg);
-    let link = args.collector.start(&sensor_name, "replay")?;
+    let link = args.collector.start(&cfg, &sensor_name, "replay")?;
     let publisher = link.as_ref().map(CollectorLink::publisher);
     let (trails, whitelist) = load_detection(&cfg)?;
     let opts = ReplayOptions {

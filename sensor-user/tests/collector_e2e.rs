@@ -384,6 +384,8 @@ fn killed_sensor_resends_its_spool_after_restart() {
                 "--stats-interval",
                 "0",
                 "--no-heuristics",
+                "--heartbeat-seconds",
+                "1",
             ])
             .args(["--collector", &url, "--token", SENSOR_TOKEN, "--state-dir"])
             .arg(dir.join("state"))
@@ -439,11 +441,43 @@ fn killed_sensor_resends_its_spool_after_restart() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The running sensor heartbeats with its kernel and userspace counters (the console's
+    // sensors page reads them from console.db).
+    let heartbeat_deadline = Instant::now() + Duration::from_secs(20);
+    let mut heartbeat: Option<(String, String, serde_json::Value)> = None;
+    while Instant::now() < heartbeat_deadline {
+        heartbeat = rusqlite::Connection::open(dir.join("data").join("console.db"))
+            .ok()
+            .and_then(|db| {
+                db.query_row(
+                    "SELECT identity, trail_set_version, counters FROM sensor_heartbeats
+                     WHERE name = 'spool-e2e'",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, String>(2)?)),
+                )
+                .ok()
+            })
+            .map(|(id, tsv, c)| (id, tsv, serde_json::from_str(&c).unwrap_or_default()));
+        if heartbeat.as_ref().is_some_and(|(_, _, c)| {
+            c["processed"].as_u64() >= Some(5) && c["events"].as_u64() >= Some(5)
+        }) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // SAFETY: kill(2) on our child.
     unsafe { libc::kill(sensor.id() as i32, libc::SIGINT) };
     let _ = sensor.wait();
     while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
     assert_eq!(stored.len(), 45, "every event once: {stored:#?}");
+    let (identity, _tsv, counters) = heartbeat.expect("a heartbeat from the running sensor");
+    assert_eq!(
+        identity.len(),
+        32,
+        "the state directory's identity: {identity:?}"
+    );
+    assert!(counters["processed"].as_u64() >= Some(5), "{counters}");
+    assert!(counters["events"].as_u64() >= Some(5), "{counters}");
     let mut keys: Vec<(String, u64)> = stored
         .iter()
         .map(|e| {

@@ -145,6 +145,7 @@ mod tests {
             severity: Severity::High,
             action: Action::Pass,
             iface: None,
+            trail_set_version: String::new(),
             details: Details::default(),
         };
         let wire = v1::Event::from(&sensor_event);

@@ -579,7 +579,9 @@ fn spawn_one(c: &ExporterConfig, hub: &Hub, dir: &Path) -> anyhow::Result<()> {
 /// doorbell: every commit wakes the reader, which then reads storage again, so a slow or
 /// dead target never makes it miss anything (it simply reads further behind), and events
 /// other collectors commit to a shared store are found by polling (`Hub::poll_storage`).
-async fn read_loop(
+/// Shared with the console's threat aggregation (`console::threats`), which follows the
+/// store the same way; only `stats.name` and `stats.queued` are used here.
+pub(crate) async fn read_loop(
     hub: Hub,
     filter: EventFilter,
     mut pos: u64,

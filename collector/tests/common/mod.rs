@@ -2,6 +2,7 @@
 //! data directories, sample events, and a resuming subscriber.
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod pg;
 
 use std::io::{BufRead as _, BufReader};
@@ -214,6 +215,7 @@ pub fn sample(i: u32) -> Event {
             Action::Pass
         },
         iface: i.is_multiple_of(2).then(|| "eth0".into()),
+        trail_set_version: String::new(),
         details,
     }
 }

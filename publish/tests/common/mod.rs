@@ -166,6 +166,7 @@ pub fn event(sensor: &str, i: u32) -> Event {
         severity: Severity::Medium,
         action: Action::Pass,
         iface: None,
+        trail_set_version: String::new(),
         details: Details::default(),
     }
 }

@@ -48,10 +48,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let old = compile(src.clone().into(), 1_700_000_000)?;
     let new = compile(b, 1_700_000_100)?;
     let t = Instant::now();
-    let d = delta::diff(&old, &new);
+    let delta_bytes = delta::diff(&old, &new);
+    let d = &delta_bytes;
     let diff_time = t.elapsed();
     let t = Instant::now();
-    let rebuilt = delta::apply(&old, &d, 1 << 31)?;
+    let rebuilt = delta::apply(&old, d, 1 << 31)?;
     let apply_time = t.elapsed();
     assert_eq!(rebuilt, new);
     println!(
@@ -80,7 +81,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let mut literal = vec![0usize; 32];
-    let (mut at, mut pos) = (8 + 32 + 32 + 8, 0usize);
+    let mut d = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::DeflateDecoder::new(&delta_bytes[8 + 32 + 32 + 8..]),
+        &mut d,
+    )?;
+    let (mut at, mut pos) = (0, 0usize);
     while at < d.len() {
         if d[at] == 0 {
             pos += u32_at(&d, at + 9) as usize;

@@ -215,4 +215,6 @@ fn deltas_rebuild_the_set_and_bad_ones_fall_back_to_the_whole_set() {
         metrics.contains("xtrail_trail_sets_served_total 2"),
         "{metrics}"
     );
+    drop(collector);
+    let _ = std::fs::remove_dir_all(&dir);
 }

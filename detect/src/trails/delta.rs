@@ -10,18 +10,19 @@
 //! Format (integers little-endian):
 //!
 //! ```text
-//! magic "XTDELTA1", SHA-256 of the base (32), SHA-256 of the target (32), target length (u64)
-//! then ops to the end: 0, offset (u64), length (u32)   copy from the base
-//!                      1, length (u32), bytes          literal bytes
+//! magic "XTDELTA2", SHA-256 of the base (32), SHA-256 of the target (32), target length (u64)
+//! then, deflate-compressed to the end, ops: 0, offset (u64), length (u32)   copy from the base
+//!                                           1, length (u32), bytes          literal bytes
 //! ```
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::io::{Read as _, Write as _};
 
 use sha2::{Digest, Sha256};
 
 /// First bytes of a delta.
-pub const MAGIC: &[u8; 8] = b"XTDELTA1";
+pub const MAGIC: &[u8; 8] = b"XTDELTA2";
 const HEAD: usize = 8 + 32 + 32 + 8;
 const MIN_CHUNK: usize = 64;
 const MAX_CHUNK: usize = 4096;
@@ -125,11 +126,12 @@ pub fn diff(base: &[u8], target: &[u8]) -> Vec<u8> {
         }
         s = e;
     }
-    let mut out = Vec::with_capacity(HEAD + target.len() / 8);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&Sha256::digest(base));
-    out.extend_from_slice(&Sha256::digest(target));
-    out.extend_from_slice(&(target.len() as u64).to_le_bytes());
+    let mut head = Vec::with_capacity(HEAD);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&Sha256::digest(base));
+    head.extend_from_slice(&Sha256::digest(target));
+    head.extend_from_slice(&(target.len() as u64).to_le_bytes());
+    let mut out = Vec::with_capacity(target.len() / 8);
     for op in ops {
         match op {
             Op::Copy(off, len) => {
@@ -147,7 +149,10 @@ pub fn diff(base: &[u8], target: &[u8]) -> Vec<u8> {
             }
         }
     }
-    out
+    let mut z = flate2::write::DeflateEncoder::new(head, flate2::Compression::new(6));
+    // Writing to a Vec cannot fail.
+    let _ = z.write_all(&out);
+    z.finish().unwrap_or_default()
 }
 
 /// The SHA-256 of the base a delta was made against.
@@ -172,8 +177,17 @@ pub fn apply(base: &[u8], delta: &[u8], max_len: u64) -> Result<Vec<u8>, DeltaEr
     if target_len > max_len {
         return Err(DeltaError::TooLarge(target_len));
     }
+    // The ops are at most the target's bytes plus 13 per op (one per 64 target bytes at
+    // least, else merged): bound the inflated size accordingly.
+    let limit = target_len.saturating_mul(2).saturating_add(1 << 20);
+    let mut ops = Vec::new();
+    flate2::read::DeflateDecoder::new(&delta[HEAD..])
+        .take(limit)
+        .read_to_end(&mut ops)
+        .map_err(|_| DeltaError::Malformed)?;
+    let delta = ops.as_slice();
     let mut out = Vec::with_capacity(target_len as usize);
-    let mut at = HEAD;
+    let mut at = 0;
     let take = |at: &mut usize, n: usize| -> Result<&[u8], DeltaError> {
         let b = delta.get(*at..*at + n).ok_or(DeltaError::Malformed)?;
         *at += n;
@@ -273,10 +287,13 @@ mod tests {
             DeltaError::Malformed
         );
         // A copy op pointing past the base.
-        let mut oob = d[..HEAD].to_vec();
-        oob.push(0);
-        oob.extend_from_slice(&(u64::MAX - 2).to_le_bytes());
-        oob.extend_from_slice(&8u32.to_le_bytes());
+        let mut op = vec![0u8];
+        op.extend_from_slice(&(u64::MAX - 2).to_le_bytes());
+        op.extend_from_slice(&8u32.to_le_bytes());
+        let mut z =
+            flate2::write::DeflateEncoder::new(d[..HEAD].to_vec(), flate2::Compression::fast());
+        z.write_all(&op).unwrap();
+        let oob = z.finish().unwrap();
         assert_eq!(
             apply(&base, &oob, 1 << 20).unwrap_err(),
             DeltaError::OutOfBounds

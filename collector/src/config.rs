@@ -325,7 +325,10 @@ impl ServerConfig {
             .chain(&trails.maltrail_data)
         {
             if !p.exists() {
-                bail!("{} does not exist (--trails, --whitelist, --maltrail-data)", p.display());
+                bail!(
+                    "{} does not exist (--trails, --whitelist, --maltrail-data)",
+                    p.display()
+                );
             }
         }
         let http_tls = match (

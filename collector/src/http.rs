@@ -349,10 +349,10 @@ async fn metrics(State(s): State<Arc<HttpState>>) -> Response {
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
-    let mut text = s
-        .hub
-        .metrics
-        .render(st.used_bytes, st.last_cursor, s.health.problem().is_none());
+    let mut text =
+        s.hub
+            .metrics
+            .render(st.used_bytes, st.last_cursor, s.health.problem().is_none());
     let db = Arc::clone(&s.console.db);
     if let Ok(sensors) =
         tokio::task::spawn_blocking(move || crate::console::sensors::render_metrics(&db)).await
@@ -360,11 +360,7 @@ async fn metrics(State(s): State<Arc<HttpState>>) -> Response {
         text.push_str(&sensors);
     }
     text.push_str(&s.trail_dist.render_metrics());
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 #[cfg(test)]

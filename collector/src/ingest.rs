@@ -589,7 +589,9 @@ impl Ingest for IngestService {
             return Err(Status::unimplemented("heartbeats are not kept here"));
         };
         if !self.auth.still_valid(&principal) {
-            return Err(Status::unauthenticated("this sensor credential was revoked"));
+            return Err(Status::unauthenticated(
+                "this sensor credential was revoked",
+            ));
         }
         crate::console::sensors::heartbeat(db, &principal, request.into_inner()).await?;
         Ok(Response::new(v1::HeartbeatResponse {}))

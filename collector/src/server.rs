@@ -119,13 +119,10 @@ pub async fn serve(
 
     let console = crate::console::Console::new(&cfg.data_dir, cfg.console_sessions);
     crate::console::sensors::spawn_follower(&hub, Arc::clone(&console.db));
-    let ingest = IngestServer::new(IngestService::new(
-        writer,
-        cfg.limits,
-        Arc::clone(&metrics),
-        auth.clone(),
+    let ingest = IngestServer::new(
+        IngestService::new(writer, cfg.limits, Arc::clone(&metrics), auth.clone())
+            .with_heartbeats(Arc::clone(&console.db)),
     )
-    .with_heartbeats(Arc::clone(&console.db)))
     .max_decoding_message_size(cfg.limits.max_bytes);
     let ingest = InterceptedService::new(ingest, auth.interceptor(Role::Sensor));
     let events = EventsServer::new(EventsService { hub: hub.clone() })
@@ -253,13 +250,9 @@ pub async fn serve(
             stop_grpc,
         );
     // Threat aggregation follows the store from its persisted cursor (catching up first).
-    let threats = crate::console::threats::Threats::spawn(
-        &hub,
-        &cfg.data_dir,
-        cfg.threats,
-    )
-    .map_err(|e| log::error!("threat aggregation not started: {e}"))
-    .ok();
+    let threats = crate::console::threats::Threats::spawn(&hub, &cfg.data_dir, cfg.threats)
+        .map_err(|e| log::error!("threat aggregation not started: {e}"))
+        .ok();
     let http_state = Arc::new(HttpState {
         threats,
         trails: trail_holder,

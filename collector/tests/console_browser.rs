@@ -5,7 +5,7 @@
 //! filter with the query language, open a detail, triage as one analyst and see it as
 //! another, a viewer cannot change anything, a scoped user never sees an address outside
 //! the scope (page, detail, exports, live stream), a live update arrives, XSS payloads in
-//! trail/URL/user agent stay inert text, the sensors page, logout. Screenshots of the main
+//! trail/URL/user agent stay inert text, the sensors page, the admin's audit log, logout. Screenshots of the main
 //! views go to `target/console-screenshots/`.
 //!
 //! Also, without a browser: static routes serve only the embedded files (path traversal
@@ -21,7 +21,6 @@ use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cdp::{Browser, Page};
@@ -356,12 +355,21 @@ fn sensor_binary() -> PathBuf {
         let target_dir = profile_dir.parent().expect("target dir");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "-p", "xtrail-sensor", "--bin", "xtrail-sensor", "--target-dir"]);
+        build.args([
+            "build",
+            "-p",
+            "xtrail-sensor",
+            "--bin",
+            "xtrail-sensor",
+            "--target-dir",
+        ]);
         build.arg(target_dir);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }
-        let status = build.status().expect("running cargo build -p xtrail-sensor");
+        let status = build
+            .status()
+            .expect("running cargo build -p xtrail-sensor");
         assert!(status.success(), "cargo build -p xtrail-sensor failed");
     }
     assert!(sensor.exists(), "{} missing", sensor.display());
@@ -546,6 +554,7 @@ fn console_in_a_real_browser() {
     add_user(data.path(), "bob", "analyst", None);
     add_user(data.path(), "vera", "viewer", None);
     add_user(data.path(), "sam", "analyst", Some(SCOPE));
+    add_user(data.path(), "ada", "admin", None);
     let collector = Collector::start(data.path(), None, &[]);
     let base = format!("http://{}", collector.http);
     publish(&collector, spool.path(), &morning_events());
@@ -987,11 +996,45 @@ fn console_in_a_real_browser() {
     alice.screenshot(&shots.join("sensors.png"));
     drop(east);
 
+    // --- Audit log: an admin view, hidden from everyone else. ---------------------------
+    assert_eq!(
+        alice.js("document.querySelector('#nav-audit').hidden"),
+        true,
+        "an analyst has no audit log tab"
+    );
+    let refused = alice.js("fetch('/api/audit').then((r) => r.status)");
+    assert_eq!(refused, 403, "the audit API is for admins");
+    alice.clear_errors(); // the 403 is logged by the browser
+    let ada = browser.new_user_page(1440, 900);
+    login_ok(&ada, &base, "ada");
+    ada.wait_for("!document.querySelector('#nav-audit').hidden", WAIT);
+    ada.js("document.querySelector('#nav-audit').click(); true");
+    ada.wait_for(
+        "!document.querySelector('#view-audit').hidden && \
+         (document.querySelectorAll('#audit-rows tr[data-action]').length > 0 || !document.querySelector('#audit-error').hidden)",
+        WAIT,
+    );
+    let audit = ada.js("document.querySelector('#audit').innerText");
+    let audit = audit.as_str().unwrap_or_default();
+    // alice's refused password, her sign-in, her triage change with its note.
+    for needle in ["login_failed", "alice", "triage", "investigating", "ada"] {
+        assert!(
+            audit.contains(needle),
+            "audit log lacks {needle:?}: {audit}"
+        );
+    }
+    assert_eq!(
+        ada.js("document.querySelectorAll('#audit-rows tr[data-action=\"triage\"]').length > 0"),
+        true
+    );
+    ada.screenshot(&shots.join("audit.png"));
+
     for (p, who) in [
         (&alice, "alice"),
         (&bob, "bob"),
         (&vera, "vera"),
         (&sam, "sam"),
+        (&ada, "ada"),
     ] {
         assert_clean(p, who);
         let inj = injected(p);

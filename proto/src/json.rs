@@ -66,7 +66,10 @@ pub fn event_to_json(e: &v1::Event) -> Value {
     m.insert("seq".into(), e.seq.into());
     m.insert("cursor".into(), e.cursor.into());
     if !e.trail_set_version.is_empty() {
-        m.insert("trail_set_version".into(), e.trail_set_version.clone().into());
+        m.insert(
+            "trail_set_version".into(),
+            e.trail_set_version.clone().into(),
+        );
     }
     Value::Object(m)
 }

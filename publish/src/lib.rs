@@ -68,8 +68,8 @@ use xtrail_proto::v1;
 pub use backoff::Backoff;
 pub use error::PublishError;
 pub use heartbeat::{HeartbeatConfig, SensorStatus};
-pub use xtrail_proto::v1::SensorCounters;
 pub use spool::{drop_report_count, OpenReport, Spool, SpoolConfig};
+pub use xtrail_proto::v1::SensorCounters;
 
 /// Default spool bound: 1 GiB.
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;

@@ -297,8 +297,8 @@ struct Summary<'a> {
     count: u64,
     total_count: u64,
     sensors: &'a [String],
-    sources: Vec<&'a str>,
-    destinations: Vec<&'a str>,
+    sources: Vec<std::borrow::Cow<'a, str>>,
+    destinations: Vec<std::borrow::Cow<'a, str>>,
     sources_truncated: bool,
     destinations_truncated: bool,
     ports: &'a [u32],
@@ -310,16 +310,31 @@ struct Summary<'a> {
     notes: u32,
 }
 
-/// The addresses of a list inside the scope.
+/// Most addresses of a list shown past the listed ones (in-scope addresses of a scoped
+/// viewer past the list's cut-off).
+const MORE_SHOWN: usize = 100;
+
+/// The addresses of a list inside the scope; for a scoped viewer also its in-scope
+/// addresses past the list (from the threat's sorted membership index).
 fn addrs<'a>(
     list: &'a super::threats::Bounded<super::threats::Addr>,
+    more: &'a [std::net::IpAddr],
     scope: &Scope,
-) -> Vec<&'a str> {
-    list.items
+) -> Vec<std::borrow::Cow<'a, str>> {
+    let mut out: Vec<std::borrow::Cow<'a, str>> = list
+        .items
         .iter()
         .filter(|a| scope.allows(&a.ip))
-        .map(|a| a.text.as_str())
-        .collect()
+        .map(|a| a.text.as_str().into())
+        .collect();
+    if !scope.is_all() {
+        out.extend(
+            super::threats::in_scope(more, scope)
+                .take(MORE_SHOWN)
+                .map(|ip| ip.to_string().into()),
+        );
+    }
+    out
 }
 
 impl<'a> Summary<'a> {
@@ -337,8 +352,8 @@ impl<'a> Summary<'a> {
             count,
             total_count: t.count,
             sensors: &t.sensors.items,
-            sources: addrs(&t.sources, scope),
-            destinations: addrs(&t.destinations, scope),
+            sources: addrs(&t.sources, &t.more_sources, scope),
+            destinations: addrs(&t.destinations, &t.more_destinations, scope),
             sources_truncated: t.sources.truncated,
             destinations_truncated: t.destinations.truncated,
             ports: &t.ports.items,
@@ -1056,8 +1071,8 @@ async fn export_csv(
             &t.trail,
             &t.info,
             &t.reference,
-            &addrs(&t.sources, scope).join(" "),
-            &addrs(&t.destinations, scope).join(" "),
+            &addrs(&t.sources, &t.more_sources, scope).join(" "),
+            &addrs(&t.destinations, &t.more_destinations, scope).join(" "),
             &joined(&t.ports.items),
             &t.protocols.items.join(" "),
             &t.sensors.items.join(" "),

@@ -19,6 +19,7 @@ pub mod api;
 pub mod assets;
 pub mod audit;
 pub mod db;
+pub mod follow;
 pub mod search;
 pub mod sensors;
 pub mod session;

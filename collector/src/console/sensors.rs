@@ -31,7 +31,6 @@ use super::now_us;
 use super::session::{api_error, Authed};
 use crate::auth::{valid_sensor_name, Principal};
 use crate::export::{Chunk, ExporterStats};
-use crate::filter::EventFilter;
 use crate::http::HttpState;
 use crate::subscribe::Hub;
 
@@ -387,14 +386,7 @@ pub fn spawn_follower(hub: &Hub, db: Arc<ConsoleDb>) {
             ..Default::default()
         });
         let (tx, mut rx) = mpsc::channel::<Chunk>(4);
-        tokio::spawn(crate::export::read_loop(
-            hub,
-            EventFilter::default(),
-            start,
-            READ_PAGE,
-            tx,
-            stats,
-        ));
+        tokio::spawn(super::follow::follow_loop(hub, start, READ_PAGE, tx, stats));
         while let Some(chunk) = rx.recv().await {
             let db = Arc::clone(&db);
             let done = tokio::task::spawn_blocking(move || apply_chunk(&db, &chunk)).await;

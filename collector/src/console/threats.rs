@@ -1,9 +1,9 @@
 //! Server-side grouping of stored events into threats (Maltrail's keys), so that the
 //! console never ships raw events to a browser to group them.
 //!
-//! A follower task reads the store in cursor order (the exporters' reader,
-//! `export::read_loop`, shared: the live ring as a doorbell, polling for a shared
-//! PostgreSQL store) and folds every event into its threat:
+//! A follower task reads every stored event in cursor order (`console::follow`: from the
+//! store while catching up, then the writer's live batches without reading them back;
+//! polling for a shared PostgreSQL store) and folds every event into its threat:
 //!
 //! | kind | key | when |
 //! |---|---|---|
@@ -41,7 +41,6 @@ use xtrail_proto::v1;
 use super::search::{End, Subject, TextField};
 use crate::access::Scope;
 use crate::export::{Chunk, ExporterStats};
-use crate::filter::EventFilter;
 use crate::subscribe::Hub;
 
 /// The aggregates' file in the data directory.
@@ -204,6 +203,14 @@ pub struct Threat {
     /// The trail defanged (the IOC list), computed with [`Threat::refold`].
     #[serde(skip)]
     pub defanged: String,
+    /// Sources past the listed ones (sorted, distinct; table `threat_addrs`): the membership
+    /// index of a scoped view, so a threat is visible and `src:` matches by every source,
+    /// not only by the first `max_list`.
+    #[serde(skip)]
+    pub more_sources: Vec<IpAddr>,
+    /// Destinations past the listed ones, likewise.
+    #[serde(skip)]
+    pub more_destinations: Vec<IpAddr>,
 }
 
 impl Threat {
@@ -246,7 +253,7 @@ impl Threat {
         out
     }
 
-    /// Whether any listed source or destination is inside `scope`.
+    /// Whether any source or destination is inside `scope` (listed or past the list).
     pub fn visible(&self, scope: &Scope) -> bool {
         scope.is_all()
             || self
@@ -255,6 +262,9 @@ impl Threat {
                 .iter()
                 .chain(&self.destinations.items)
                 .any(|a| scope.allows(&a.ip))
+            || [&self.more_sources, &self.more_destinations]
+                .into_iter()
+                .any(|more| in_scope(more, scope).next().is_some())
     }
 
     /// Recomputes [`Threat::folded`].
@@ -293,6 +303,36 @@ impl Threat {
         match self.hours.binary_search_by_key(&hour, |(h, _)| *h) {
             Ok(i) => self.hours[i].1 = self.hours[i].1.saturating_add(1),
             Err(i) => self.hours.insert(i, (hour, 1)),
+        }
+    }
+}
+
+/// The addresses of a sorted list inside `scope`, by a binary search per network.
+pub fn in_scope<'a>(sorted: &'a [IpAddr], scope: &'a Scope) -> impl Iterator<Item = &'a IpAddr> {
+    let all: &[IpAddr] = if scope.is_all() { sorted } else { &[] };
+    all.iter().chain(scope.networks().iter().flat_map(move |n| {
+        let (lo, hi) = (n.network(), n.broadcast());
+        let start = sorted.partition_point(|a| *a < lo);
+        sorted[start..].iter().take_while(move |a| **a <= hi)
+    }))
+}
+
+/// Adds an address to a bounded list or, past its cap, to the sorted overflow; true when
+/// it is new in the overflow.
+fn add_addr(list: &mut Bounded<Addr>, more: &mut Vec<IpAddr>, a: Addr, cap: usize) -> bool {
+    if list.items.contains(&a) {
+        return false;
+    }
+    if list.items.len() < cap {
+        list.items.push(a);
+        return false;
+    }
+    list.truncated = true;
+    match more.binary_search(&a.ip) {
+        Ok(_) => false,
+        Err(i) => {
+            more.insert(i, a.ip);
+            true
         }
     }
 }
@@ -424,8 +464,8 @@ impl Subject for ThreatView<'_> {
                     || f(&t.reference)
                     || f(&t.r#type)
                     || t.sensors.items.iter().any(|s| f(s))
-                    || self.any_addr(End::Src, &mut |_, a| f(a))
-                    || self.any_addr(End::Dst, &mut |_, a| f(a))
+                    || self.any_addr_text(End::Src, f)
+                    || self.any_addr_text(End::Dst, f)
                     || tr
                         .is_some_and(|x| f(&x.assignee) || x.tags.iter().any(|s| f(s)) || f(status))
             }
@@ -433,13 +473,24 @@ impl Subject for ThreatView<'_> {
     }
 
     fn any_addr(&self, end: End, f: &mut dyn FnMut(IpAddr, &str) -> bool) -> bool {
-        let list = match end {
-            End::Src => &self.threat.sources.items,
-            End::Dst => &self.threat.destinations.items,
+        let (list, more) = match end {
+            End::Src => (&self.threat.sources.items, &self.threat.more_sources),
+            End::Dst => (
+                &self.threat.destinations.items,
+                &self.threat.more_destinations,
+            ),
         };
         list.iter()
             .filter(|a| self.scope.allows(&a.ip))
             .any(|a| f(a.ip, &a.text))
+            || in_scope(more, self.scope).any(|ip| {
+                // Formatted on the stack: a `src:` CIDR over a flood's many addresses.
+                let mut buf = [0u8; 64];
+                let mut w = &mut buf[..];
+                let _ = std::io::Write::write_fmt(&mut w, format_args!("{ip}"));
+                let n = 64 - w.len();
+                f(*ip, std::str::from_utf8(&buf[..n]).unwrap_or_default())
+            })
     }
 
     fn any_port(&self, f: &mut dyn FnMut(u32) -> bool) -> bool {
@@ -458,7 +509,8 @@ impl Subject for ThreatView<'_> {
         let in_addrs = if self.scope.is_all() {
             t.folded_addrs.contains(needle)
         } else {
-            self.any_addr(End::Src, &mut |_, a| ci(a)) || self.any_addr(End::Dst, &mut |_, a| ci(a))
+            self.any_addr_text(End::Src, &mut |a| ci(a))
+                || self.any_addr_text(End::Dst, &mut |a| ci(a))
         };
         Some(
             t.folded.contains(needle)
@@ -468,6 +520,24 @@ impl Subject for ThreatView<'_> {
                     .triage
                     .is_some_and(|x| ci(&x.assignee) || x.tags.iter().any(|s| ci(s))),
         )
+    }
+}
+
+impl ThreatView<'_> {
+    /// Whether `f` holds for an address as text (bare words): the listed ones inside the
+    /// scope and, for a scoped viewer, its in-scope addresses past the list.
+    fn any_addr_text(&self, end: End, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        let (list, more) = match end {
+            End::Src => (&self.threat.sources.items, &self.threat.more_sources),
+            End::Dst => (
+                &self.threat.destinations.items,
+                &self.threat.more_destinations,
+            ),
+        };
+        list.iter()
+            .filter(|a| self.scope.allows(&a.ip))
+            .any(|a| f(&a.text))
+            || (!self.scope.is_all() && in_scope(more, self.scope).any(|ip| f(&ip.to_string())))
     }
 }
 
@@ -553,6 +623,9 @@ impl std::fmt::Debug for Threats {
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS threat_addrs (
+    row INTEGER NOT NULL, side INTEGER NOT NULL, ip TEXT NOT NULL,
+    PRIMARY KEY (row, side, ip)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS threats (
     row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, data TEXT NOT NULL, cursors BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS threat_hours (
@@ -641,10 +714,34 @@ pub fn load(c: &Connection) -> Result<Index, ThreatsError> {
             );
         }
     }
+    {
+        // Addresses past the lists (side 0 source, 1 destination).
+        let mut st = c.prepare("SELECT row, side, ip FROM threat_addrs")?;
+        let mut q = st.query([])?;
+        while let Some(r) = q.next()? {
+            let row: i64 = r.get(0)?;
+            let side: i64 = r.get(1)?;
+            let ip: String = r.get(2)?;
+            if let (Some(&i), Ok(ip)) = (rows.get(&row), ip.parse::<IpAddr>()) {
+                let t = Arc::make_mut(&mut idx.list[i]);
+                if side == 0 {
+                    &mut t.more_sources
+                } else {
+                    &mut t.more_destinations
+                }
+                .push(ip);
+            }
+        }
+    }
     // Derived state: search text, spans, totals.
     let list = std::mem::take(&mut idx.list);
     for mut t in list {
-        Arc::make_mut(&mut t).refold();
+        let m = Arc::make_mut(&mut t);
+        m.more_sources.sort_unstable();
+        m.more_sources.dedup();
+        m.more_destinations.sort_unstable();
+        m.more_destinations.dedup();
+        m.refold();
         idx.spans.push((t.first_seen, t.last_seen));
         idx.add_totals(&t.hours, t.severity, 1);
         idx.list.push(t);
@@ -774,20 +871,35 @@ fn new_threat(key: String, kind: &str, e: &v1::Event) -> Threat {
         folded: String::new(),
         folded_addrs: String::new(),
         defanged: String::new(),
+        more_sources: Vec::new(),
+        more_destinations: Vec::new(),
     }
 }
 
-fn fold_event(t: &mut Threat, e: &v1::Event, cfg: &ThreatsConfig) {
+/// Folds one event into a threat; addresses new past the lists go to `more` (side 0
+/// source, 1 destination) to be stored.
+fn fold_event(t: &mut Threat, e: &v1::Event, cfg: &ThreatsConfig, more: &mut Vec<(u8, IpAddr)>) {
     t.count += 1;
     t.severity = t.severity.max(e.severity);
     t.first_seen = t.first_seen.min(e.ts_us);
     t.last_seen = t.last_seen.max(e.ts_us);
     t.sensors.add(e.sensor.clone(), cfg.max_list);
     if let Ok(a) = Addr::try_from(e.src_ip.clone()) {
-        t.sources.add(a, cfg.max_list);
+        let ip = a.ip;
+        if add_addr(&mut t.sources, &mut t.more_sources, a, cfg.max_list) {
+            more.push((0, ip));
+        }
     }
     if let Ok(a) = Addr::try_from(e.dst_ip.clone()) {
-        t.destinations.add(a, cfg.max_list);
+        let ip = a.ip;
+        if add_addr(
+            &mut t.destinations,
+            &mut t.more_destinations,
+            a,
+            cfg.max_list,
+        ) {
+            more.push((1, ip));
+        }
     }
     if e.dst_port != 0 {
         t.ports.add(e.dst_port, cfg.max_list);
@@ -840,9 +952,8 @@ impl Threats {
             ..Default::default()
         });
         let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(crate::export::read_loop(
+        tokio::spawn(super::follow::follow_loop(
             hub.clone(),
-            EventFilter::default(),
             start,
             READ_PAGE,
             tx,
@@ -891,21 +1002,23 @@ impl Follower {
     fn apply(&mut self, events: &[v1::Event], upto: u64) -> Result<(), ThreatsError> {
         let cfg = self.threats.config;
         // Each changed threat with its new counts per hour.
-        let mut changed: HashMap<String, (Threat, Vec<(i64, u32)>)> = HashMap::new();
+        #[allow(clippy::type_complexity)]
+        let mut changed: HashMap<String, (Threat, Vec<(i64, u32)>, Vec<(u8, IpAddr)>)> =
+            HashMap::new();
         {
             let idx = self.threats.read();
             for e in events {
                 let Some((key, kind)) = key_of(e, &mut self.floods, &cfg) else {
                     continue;
                 };
-                let (t, deltas) = changed.entry(key).or_insert_with_key(|key| {
+                let (t, deltas, more) = changed.entry(key).or_insert_with_key(|key| {
                     let t = match idx.by_key.get(key) {
                         Some(&i) => (*idx.list[i]).clone(),
                         None => new_threat(key.clone(), kind, e),
                     };
-                    (t, Vec::new())
+                    (t, Vec::new(), Vec::new())
                 });
-                fold_event(t, e, &cfg);
+                fold_event(t, e, &cfg, more);
                 let hour = e.ts_us.div_euclid(HOUR_US);
                 match deltas.iter_mut().find(|(h, _)| *h == hour) {
                     Some((_, n)) => *n += 1,
@@ -923,7 +1036,10 @@ impl Follower {
                 "INSERT INTO threat_hours (row, hour, count) VALUES (?, ?, ?)
                  ON CONFLICT (row, hour) DO UPDATE SET count = count + excluded.count",
             )?;
-            for (t, deltas) in changed.values_mut() {
+            let mut addrs = tx.prepare_cached(
+                "INSERT OR IGNORE INTO threat_addrs (row, side, ip) VALUES (?, ?, ?)",
+            )?;
+            for (t, deltas, more) in changed.values_mut() {
                 let data = serde_json::to_string(&*t)
                     .map_err(|e| ThreatsError::Corrupt(t.row, e.to_string()))?;
                 let cursors: Vec<u8> = t.cursors.iter().flat_map(|c| c.to_le_bytes()).collect();
@@ -936,6 +1052,9 @@ impl Follower {
                 for (hour, n) in deltas.iter() {
                     hours.execute(params![t.row, hour, n])?;
                 }
+                for (side, ip) in more.iter() {
+                    addrs.execute(params![t.row, side, ip.to_string()])?;
+                }
             }
             tx.execute(
                 "INSERT INTO meta (k, v) VALUES ('cursor', ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
@@ -943,10 +1062,10 @@ impl Follower {
             )?;
         }
         tx.commit()?;
-        let ids: Vec<String> = changed.values().map(|(t, _)| t.id.clone()).collect();
+        let ids: Vec<String> = changed.values().map(|(t, _, _)| t.id.clone()).collect();
         {
             let mut idx = self.threats.write();
-            for (t, deltas) in changed.into_values() {
+            for (t, deltas, _) in changed.into_values() {
                 let old = idx.by_key.get(&t.key).map(|&i| Arc::clone(&idx.list[i]));
                 if let Some(old) = old.filter(|o| o.severity != t.severity) {
                     idx.add_totals(&old.hours, old.severity, -1);
@@ -1191,5 +1310,55 @@ mod tests {
             .get(&id_of("t\u{1f}198.18.0.1\u{1f}bad.example"))
             .unwrap();
         assert!(!first.visible(&scoped));
+    }
+
+    #[test]
+    fn addresses_past_the_list_keep_a_threat_visible_to_its_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ThreatsConfig {
+            flood_sources: 3,
+            max_list: 2,
+            ..Default::default()
+        };
+        let t0 = 1_786_000_000_000_000;
+        let evs: Vec<_> = (0..10)
+            .map(|i| {
+                let src = format!("198.18.0.{}", i + 1);
+                ev(i + 1, &src, "bad.example", "spam", "(x)", t0)
+            })
+            .collect();
+        let key = id_of("f\u{1f}bad.example");
+        let only_late = Scope::parse("198.18.0.9/32").unwrap();
+        let elsewhere = Scope::parse("198.18.5.0/24").unwrap();
+        {
+            let mut f = follower(dir.path(), cfg);
+            f.apply(&evs, 10).unwrap();
+            let idx = f.threats.read();
+            let flood = idx.get(&key).unwrap();
+            assert_eq!(flood.sources.items.len(), 2);
+            assert!(flood.sources.truncated);
+            assert_eq!(flood.more_sources.len(), 5, "{:?}", flood.more_sources);
+            assert!(flood.visible(&only_late), "in scope past the list");
+            assert!(!flood.visible(&elsewhere));
+            let wide = Scope::parse("198.18.0.8/31").unwrap();
+            let inside: Vec<String> = in_scope(&flood.more_sources, &wide)
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(inside, ["198.18.0.8", "198.18.0.9"]);
+            let q = crate::console::search::parse("src:198.18.0.9").unwrap();
+            let view = ThreatView {
+                threat: flood,
+                triage: None,
+                scope: &only_late,
+            };
+            assert!(q.matches(&view));
+        }
+        // The index is stored: the same after a restart.
+        let f = follower(dir.path(), cfg);
+        let idx = f.threats.read();
+        let flood = idx.get(&key).unwrap();
+        assert_eq!(flood.more_sources.len(), 5);
+        assert!(flood.visible(&only_late));
+        assert!(!flood.visible(&elsewhere));
     }
 }

@@ -330,6 +330,20 @@ fn none_yet() -> Status {
     Status::not_found("this collector serves no trail set (start it with --trail-set PATH)")
 }
 
+/// Records the asking sensor's version and answers the set being served, refusing a request
+/// for a version that is no longer it.
+fn requested(dist: &TrailDist, r: &FetchRequest) -> Result<Arc<Served>, Status> {
+    dist.record(&r.sensor, &r.running_version);
+    let set = dist.current().ok_or_else(none_yet)?;
+    if !r.version.is_empty() && r.version != set.info.version {
+        return Err(Status::failed_precondition(format!(
+            "version {} is no longer served (now {})",
+            r.version, set.info.version
+        )));
+    }
+    Ok(set)
+}
+
 #[tonic::async_trait]
 impl Trails for TrailsService {
     async fn current(
@@ -349,14 +363,7 @@ impl Trails for TrailsService {
         request: Request<FetchRequest>,
     ) -> Result<Response<Self::FetchStream>, Status> {
         let r = request.into_inner();
-        self.dist.record(&r.sensor, &r.running_version);
-        let set = self.dist.current().ok_or_else(none_yet)?;
-        if !r.version.is_empty() && r.version != set.info.version {
-            return Err(Status::failed_precondition(format!(
-                "version {} is no longer served (now {})",
-                r.version, set.info.version
-            )));
-        }
+        let set = requested(&self.dist, &r)?;
         self.dist.sets_served.fetch_add(1, Ordering::Relaxed);
         let info = set.info.clone();
         Ok(Response::new(chunked(set, info, false)))
@@ -369,14 +376,7 @@ impl Trails for TrailsService {
         request: Request<FetchRequest>,
     ) -> Result<Response<Self::FetchDeltaStream>, Status> {
         let r = request.into_inner();
-        self.dist.record(&r.sensor, &r.running_version);
-        let set = self.dist.current().ok_or_else(none_yet)?;
-        if !r.version.is_empty() && r.version != set.info.version {
-            return Err(Status::failed_precondition(format!(
-                "version {} is no longer served (now {})",
-                r.version, set.info.version
-            )));
-        }
+        let set = requested(&self.dist, &r)?;
         let dist = Arc::clone(&self.dist);
         let target = Arc::clone(&set);
         let base = r.running_version.clone();

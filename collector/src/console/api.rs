@@ -77,6 +77,15 @@ fn threats_of(s: &HttpState) -> Result<Arc<Threats>, Response> {
     })
 }
 
+/// The aggregates and the view parameters of a request, or the answer that refuses it.
+fn view(
+    s: &HttpState,
+    pairs: &[(String, String)],
+    default_span_us: i64,
+) -> Result<(Arc<Threats>, ViewParams), Response> {
+    Ok((threats_of(s)?, params(pairs, default_span_us)?))
+}
+
 fn bad(msg: impl Into<String>) -> Response {
     api_error(StatusCode::BAD_REQUEST, msg)
 }
@@ -401,12 +410,8 @@ async fn list(
     Authed(viewer): Authed,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
-    let threats = match threats_of(&s) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let p = match params(&pairs, 24 * HOUR_US) {
-        Ok(p) => p,
+    let (threats, p) = match view(&s, &pairs, 24 * HOUR_US) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let applied = threats.applied.load(std::sync::atomic::Ordering::SeqCst);
@@ -475,12 +480,8 @@ async fn detail(
     Path(id): Path<String>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
-    let threats = match threats_of(&s) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let p = match params(&pairs, i64::MAX / 4) {
-        Ok(p) => p,
+    let (threats, p) = match view(&s, &pairs, i64::MAX / 4) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let scope = viewer.scope.clone();
@@ -800,12 +801,8 @@ async fn stats_daily(
     Authed(viewer): Authed,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
-    let threats = match threats_of(&s) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let p = match params(&pairs, 120 * 24 * HOUR_US) {
-        Ok(p) => p,
+    let (threats, p) = match view(&s, &pairs, 120 * 24 * HOUR_US) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     const DAY: i64 = 24 * HOUR_US;
@@ -837,12 +834,8 @@ async fn stats_timeline(
     Authed(viewer): Authed,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
-    let threats = match threats_of(&s) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let p = match params(&pairs, 24 * HOUR_US) {
-        Ok(p) => p,
+    let (threats, p) = match view(&s, &pairs, 24 * HOUR_US) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let start = p.from.div_euclid(HOUR_US) * HOUR_US;

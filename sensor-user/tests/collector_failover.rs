@@ -7,25 +7,12 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+mod common;
+use common::{collector_bin, tempdir};
+
 const SENSOR: &str = env!("CARGO_BIN_EXE_xtrail-sensor");
 const SENSOR_TOKEN: &str = "sensor-secret";
 const SUB_TOKEN: &str = "siem-secret";
-
-/// The collector binary next to this test's target directory (built if missing).
-fn collector_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("xtrail-collector");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "xtrail-collector"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .status()
-            .expect("cargo build");
-        assert!(status.success());
-    }
-    bin
-}
 
 struct Collector(Child, String);
 
@@ -124,13 +111,6 @@ fn replay(dir: &Path, corpus: &Path, how: &[String]) -> usize {
         .expect("events log")
         .lines()
         .count()
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("xtrail-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! runs which version (`xtrail_sensor_trail_set` on `/metrics`).
 
 mod common;
+use common::{collector_bin, tempdir};
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -28,28 +29,6 @@ macro_rules! privileged {
             return;
         }
     };
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("xtrail-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn collector_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("xtrail-collector");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "xtrail-collector"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .status()
-            .expect("cargo build");
-        assert!(status.success());
-    }
-    bin
 }
 
 fn hex(b: &[u8]) -> String {

@@ -3,9 +3,10 @@
 //! reported twice, new trails live within 2 s and removed ones gone.
 
 mod common;
+use common::tempdir;
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,13 +29,6 @@ const OLD: &str = "198.19.20.1";
 /// Only in the sets of odd swaps.
 const NEW: &str = "198.19.30.1";
 const SWAPS: usize = 10;
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("xtrail-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
 
 /// Writes set A (stable + OLD) or B (stable + NEW), with filler so the sets are alike in
 /// size; written beside and renamed, as an updater does.

@@ -9,7 +9,7 @@
 //!   message is reported as an IP event; a DNS query keeps `ip (query)`;
 //! - IPv4-mapped IPv6 addresses hit IPv4 trails.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use xtrail_bench::frames::{
@@ -18,17 +18,13 @@ use xtrail_bench::frames::{
 };
 use xtrail_bench::pcapw;
 
+mod common;
+use common::tempdir;
+
 const SENSOR: &str = env!("CARGO_BIN_EXE_xtrail-sensor");
 const TRAILS: &str = "198.19.66.66,replay botnet (malware),(test)\n\
                       tls-split-replay.example,replay tls (malware),(test)\n\
                       quic-split-replay.example,replay quic (malware),(test)\n";
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("xtrail-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
 
 /// Writes `frames` (one per 10 ms) to a pcap and replays it; returns the JSON events.
 fn replay(dir: &Path, name: &str, frames: &[Vec<u8>]) -> Vec<serde_json::Value> {

@@ -13,29 +13,10 @@ use std::time::{Duration, Instant};
 use xtrail_detect::trails::{compiled, CompileOptions, LoadOptions, TrailSet};
 use xtrail_sensor::trail_pull::{self, PullOptions};
 
+mod common;
+use common::{collector_bin, tempdir};
+
 const TOKEN: &str = "delta-secret";
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("xtrail-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn collector_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("xtrail-collector");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "xtrail-collector"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .status()
-            .expect("cargo build");
-        assert!(status.success());
-    }
-    bin
-}
 
 /// A trails CSV of 20 000 addresses and 5 000 domains; rows whose index is a multiple of
 /// `every` (when non-zero) get another address/domain, as a feed update would.

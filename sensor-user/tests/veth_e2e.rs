@@ -2,6 +2,7 @@
 //! a fresh namespace, frames sent from the other end, events read from its log.
 
 mod common;
+use common::tempdir;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -96,13 +97,6 @@ fn write_trails(dir: &Path, extra: &str) -> std::path::PathBuf {
     )
     .expect("write trails");
     p
-}
-
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("xtrail-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
 }
 
 #[test]

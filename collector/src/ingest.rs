@@ -233,11 +233,6 @@ impl Writer {
         Ok(Writer { tx })
     }
 
-    /// Commits a batch and waits for the outcome.
-    pub async fn write(&self, sensor_id: String, events: Vec<v1::Event>) -> Result<Ack, Status> {
-        self.submit(sensor_id, events).await?.outcome().await
-    }
-
     /// Queues a batch for commit (waiting only for room in the queue) and returns the
     /// handle to its outcome, so that a stream can read and queue its next batch while this
     /// one commits (the batches of one stream then share group commits).

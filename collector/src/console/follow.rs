@@ -10,9 +10,7 @@
 //! shared with other collectors (`Hub::poll_storage`) is read from storage throughout
 //! (`export::read_loop`), as the channel carries only this collector's commits.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
@@ -42,51 +40,11 @@ pub(crate) async fn follow_loop(
         // Catch up from storage: drain the channel (what it carried is committed, so the
         // read below sees it), read pages until a short one.
         loop {
-            loop {
-                match rx.try_recv() {
-                    Ok(_) | Err(TryRecvError::Lagged(_)) => {}
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Closed) => return,
-                }
-            }
-            let committed = hub.last_cursor.load(Ordering::SeqCst);
-            let storage = Arc::clone(&hub.storage);
-            let f = Arc::clone(&all);
-            let page =
-                tokio::task::spawn_blocking(move || storage.read_after(pos, None, &f, batch)).await;
-            let page = match page {
-                Ok(Ok(p)) => p,
-                Ok(Err(e)) => {
-                    inc(&hub.metrics.storage_errors);
-                    log::warn!("{}: reading the store: {e}; retrying", stats.name);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                Err(e) => {
-                    log::error!("{}: reader task: {e}", stats.name);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            let more = page.more;
-            let mut upto = page.events.last().map_or(pos, |e| e.cursor);
-            if !more {
-                // Everything up to `committed` was visible to the read.
-                upto = upto.max(committed);
-            }
-            if upto > pos {
-                pos = upto;
-                inc(&stats.queued);
-                let chunk = Chunk {
-                    events: page.events,
-                    upto,
-                };
-                if tx.send(chunk).await.is_err() {
-                    return;
-                }
-            }
-            if !more {
-                break;
+            match crate::export::read_step(&hub, &mut rx, &all, &mut pos, batch, &tx, &stats).await
+            {
+                Some(true) => {}
+                Some(false) => break,
+                None => return,
             }
         }
         // Live: the committed batches as the writer broadcasts them.

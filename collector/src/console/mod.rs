@@ -109,11 +109,6 @@ impl Console {
     }
 }
 
-/// The signed-in console page ([`assets::console_page`]).
-pub fn console_page() -> Response {
-    assets::console_page()
-}
-
 /// AUTH's console routes: `/`, `/login`, `/logout`, `/api/session`, `/api/audit`,
 /// `/api/sensors`.
 pub fn router() -> Router<Arc<HttpState>> {

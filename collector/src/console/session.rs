@@ -33,12 +33,12 @@ use axum::{Form, Json};
 use rusqlite::{params, OptionalExtension as _};
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 
 use super::db::{ConsoleDb, DbError};
 use super::{audit, hex, now_us, random_bytes, users};
 use crate::access::{Role, Scope, Viewer};
 use crate::auth::source_key;
+use crate::auth::{hash, same};
 use crate::conn::Peer;
 use crate::http::HttpState;
 
@@ -87,10 +87,6 @@ pub struct Session {
     pub csrf: String,
 }
 
-fn id_hash(id: &str) -> Vec<u8> {
-    Sha256::digest(id.as_bytes()).to_vec()
-}
-
 fn us(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
@@ -103,7 +99,7 @@ pub fn create(db: &ConsoleDb, user: &str) -> Result<(String, String), DbError> {
     db.with(|c| {
         c.execute(
             "INSERT INTO sessions (id_hash, user, csrf, created_us, last_us) VALUES (?, ?, ?, ?, ?)",
-            params![id_hash(&id), user, csrf, now, now],
+            params![hash(&id), user, csrf, now, now],
         )
         .map_err(DbError::from)
     })?;
@@ -138,7 +134,7 @@ pub fn lookup(
     id: &str,
     settings: &SessionSettings,
 ) -> Result<Option<Session>, DbError> {
-    let h = id_hash(id);
+    let h = hash(id);
     let now = now_us();
     db.with(|c| {
         let row = c
@@ -273,10 +269,6 @@ fn cross_site(headers: &HeaderMap) -> bool {
 
 fn state_changing(m: &Method) -> bool {
     !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
-}
-
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Who is asking, for a request: a live cookie session or a subscriber token.
@@ -506,7 +498,7 @@ pub async fn login(
     let outcome = tokio::task::spawn_blocking(move || -> Result<_, String> {
         // Whatever id the client sent is never adopted: it is deleted.
         for id in &sent_ids {
-            destroy(&db, &id_hash(id)).map_err(|e| e.to_string())?;
+            destroy(&db, &hash(id)).map_err(|e| e.to_string())?;
         }
         let _ = purge(&db, &settings);
         if n.is_empty() || pw.is_empty() {

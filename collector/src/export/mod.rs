@@ -575,12 +575,75 @@ fn spawn_one(c: &ExporterConfig, hub: &Hub, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One read of the store after `*pos`: drains the live doorbell (every commit it signalled
+/// is visible to the read), reads a page through `filter` (retrying storage errors every
+/// second), queues it as a [`Chunk`] and moves `*pos`. With a store only this collector
+/// writes, a short page means everything up to the last commit was seen, so the cursor
+/// may move past filtered-out events. Answers whether more is waiting, or `None` when the
+/// ring or the receiver is gone. Shared by [`read_loop`] and the console's followers.
+pub(crate) async fn read_step(
+    hub: &Hub,
+    rx: &mut tokio::sync::broadcast::Receiver<crate::ingest::LiveBatch>,
+    filter: &Arc<EventFilter>,
+    pos: &mut u64,
+    batch: usize,
+    tx: &mpsc::Sender<Chunk>,
+    stats: &ExporterStats,
+) -> Option<bool> {
+    loop {
+        loop {
+            match rx.try_recv() {
+                Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Closed) => return None,
+            }
+        }
+        let committed = hub.last_cursor.load(Ordering::SeqCst);
+        let storage = Arc::clone(&hub.storage);
+        let f = Arc::clone(filter);
+        let from = *pos;
+        let page =
+            tokio::task::spawn_blocking(move || storage.read_after(from, None, &f, batch)).await;
+        let page = match page {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                inc(&hub.metrics.storage_errors);
+                log::warn!("{:?}: reading the store: {e}; retrying", stats.name);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => {
+                log::error!("{:?}: reader task: {e}", stats.name);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let more = page.more;
+        let mut upto = page.events.last().map_or(*pos, |e| e.cursor);
+        if !more && hub.poll_storage.is_none() {
+            upto = upto.max(committed);
+        }
+        if upto > *pos {
+            *pos = upto;
+            inc(&stats.queued);
+            let chunk = Chunk {
+                events: page.events,
+                upto,
+            };
+            if tx.send(chunk).await.is_err() {
+                return None;
+            }
+        }
+        return Some(more);
+    }
+}
+
 /// Reads the store after `pos` and queues what passes the filter. The live ring is only a
 /// doorbell: every commit wakes the reader, which then reads storage again, so a slow or
 /// dead target never makes it miss anything (it simply reads further behind), and events
 /// other collectors commit to a shared store are found by polling (`Hub::poll_storage`).
-/// Shared with the console's threat aggregation (`console::threats`), which follows the
-/// store the same way; only `stats.name` and `stats.queued` are used here.
+/// The console's followers (`console::follow`) use it on a shared store and its
+/// [`read_step`] to catch up; only `stats.name` and `stats.queued` are used here.
 pub(crate) async fn read_loop(
     hub: Hub,
     filter: EventFilter,
@@ -592,58 +655,10 @@ pub(crate) async fn read_loop(
     let filter = Arc::new(filter);
     let mut rx = hub.live.subscribe();
     loop {
-        // Every commit signalled so far is visible to the read below.
-        loop {
-            match rx.try_recv() {
-                Ok(_) | Err(TryRecvError::Lagged(_)) => {}
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Closed) => return,
-            }
-        }
-        // With a store only this collector writes, everything up to `committed` is visible
-        // to the read: a short page means the events between the last one returned and
-        // `committed` were filtered out, and the cursor may move past them.
-        let committed = hub.last_cursor.load(Ordering::SeqCst);
-        let storage = Arc::clone(&hub.storage);
-        let f = Arc::clone(&filter);
-        let page =
-            tokio::task::spawn_blocking(move || storage.read_after(pos, None, &f, batch)).await;
-        let page = match page {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                inc(&hub.metrics.storage_errors);
-                log::warn!(
-                    "exporter {:?}: reading the store: {e}; retrying",
-                    stats.name
-                );
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            Err(e) => {
-                log::error!("exporter {:?}: reader task: {e}", stats.name);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        let more = match read_step(&hub, &mut rx, &filter, &mut pos, batch, &tx, &stats).await {
+            Some(more) => more,
+            None => return,
         };
-        let more = page.more;
-        let mut upto = page.events.last().map_or(pos, |e| e.cursor);
-        if !more && hub.poll_storage.is_none() {
-            upto = upto.max(committed);
-        }
-        if upto > pos {
-            pos = upto;
-            inc(&stats.queued);
-            if tx
-                .send(Chunk {
-                    events: page.events,
-                    upto,
-                })
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
         if more {
             continue;
         }

@@ -563,5 +563,6 @@ fn signatures_and_indicator_files() {
     .status
     .success());
     let o = bin(&["verify", s(&unsigned), "--public-key", &public]);
+    assert!(!o.status.success(), "an unsigned set verified with a key");
     assert!(String::from_utf8_lossy(&o.stderr).contains("not signed"));
 }

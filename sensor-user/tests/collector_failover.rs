@@ -14,7 +14,7 @@ const SENSOR: &str = env!("CARGO_BIN_EXE_xtrail-sensor");
 const SENSOR_TOKEN: &str = "sensor-secret";
 const SUB_TOKEN: &str = "siem-secret";
 
-struct Collector(Child, String);
+struct Collector(Child, String, String);
 
 impl Collector {
     fn start(data: &Path) -> Collector {
@@ -40,8 +40,13 @@ impl Collector {
             .split_whitespace()
             .find_map(|w| w.strip_prefix("grpc="))
             .expect("listening line");
+        let http = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http="))
+            .expect("listening line")
+            .to_string();
         let url = format!("http://{grpc}");
-        Collector(child, url)
+        Collector(child, url, http)
     }
 
     /// The first `n` stored events (JSON lines) from cursor 0 (waits for them).
@@ -56,6 +61,24 @@ impl Collector {
             .lines()
             .map(str::to_string)
             .collect()
+    }
+}
+
+impl Collector {
+    /// How many events the collector stores in all (`GET /api/events`, one page).
+    fn count(&self) -> usize {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.2).expect("http");
+        write!(
+            s,
+            "GET /api/events?limit=10000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SUB_TOKEN}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).expect("response");
+        let body = raw.split_once("\r\n\r\n").expect("head").1;
+        let v: serde_json::Value = serde_json::from_str(body).expect("JSON body");
+        v["events"].as_array().expect("events").len()
     }
 }
 
@@ -135,6 +158,7 @@ fn replay_goes_on_to_the_next_collector_when_the_first_is_unreachable() {
     );
     assert!(n >= 5, "{n} events");
     assert_eq!(live.stored(n).len(), n);
+    assert_eq!(live.count(), n, "stored once");
 
     // Repeated flags (they replace the file's list).
     let two = dir.join("two");
@@ -156,5 +180,6 @@ fn replay_goes_on_to_the_next_collector_when_the_first_is_unreachable() {
         })
         .collect();
     assert_eq!(keys.len(), 2 * n, "each replay's events stored once");
+    assert_eq!(live.count(), 2 * n, "nothing stored twice");
     let _ = std::fs::remove_dir_all(&dir);
 }

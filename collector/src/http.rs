@@ -50,8 +50,9 @@ pub struct HttpState {
     pub trail_dist: Arc<crate::trail_dist::TrailDist>,
     /// The console: users, sessions, audit log (`console.db`).
     pub console: Arc<crate::console::Console>,
-    /// Threat aggregates and triage (`threats.db`); None if they could not be opened.
-    pub threats: Option<Arc<crate::console::threats::Threats>>,
+    /// Threat aggregates and triage (`threats.db`); empty until they could be opened (the
+    /// server retries while the disk is full or the file unreadable).
+    pub threats: Arc<std::sync::OnceLock<Arc<crate::console::threats::Threats>>>,
 }
 
 /// The routes, with the peer address as connect info (for throttling failed logins).

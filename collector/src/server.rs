@@ -29,6 +29,8 @@ use crate::subscribe::{EventsService, Hub};
 
 /// How long a shutdown waits for open streams to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often threat aggregation is retried when `threats.db` could not be opened at start.
+const THREATS_RETRY: Duration = Duration::from_secs(5);
 /// How often a subscriber looks for events other collectors committed to a shared store.
 const POLL_SHARED_STORE: Duration = Duration::from_millis(200);
 
@@ -249,10 +251,39 @@ pub async fn serve(
             ),
             stop_grpc,
         );
-    // Threat aggregation follows the store from its persisted cursor (catching up first).
-    let threats = crate::console::threats::Threats::spawn(&hub, &cfg.data_dir, cfg.threats)
-        .map_err(|e| log::error!("threat aggregation not started: {e}"))
-        .ok();
+    // Threat aggregation follows the store from its persisted cursor (catching up first);
+    // if `threats.db` cannot be opened (a full disk), retried until it can.
+    let threats = Arc::new(std::sync::OnceLock::new());
+    match crate::console::threats::Threats::spawn(&hub, &cfg.data_dir, cfg.threats) {
+        Ok(t) => {
+            let _ = threats.set(t);
+        }
+        Err(e) => {
+            log::error!(
+                "threat aggregation not started: {e}; retrying every {}s",
+                THREATS_RETRY.as_secs()
+            );
+            let (slot, hub, dir, config) = (
+                Arc::clone(&threats),
+                hub.clone(),
+                cfg.data_dir.clone(),
+                cfg.threats,
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(THREATS_RETRY).await;
+                    match crate::console::threats::Threats::spawn(&hub, &dir, config) {
+                        Ok(t) => {
+                            log::info!("threat aggregation started");
+                            let _ = slot.set(t);
+                            return;
+                        }
+                        Err(e) => log::debug!("threat aggregation still not started: {e}"),
+                    }
+                }
+            });
+        }
+    }
     let http_state = Arc::new(HttpState {
         threats,
         trails: trail_holder,

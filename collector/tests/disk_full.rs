@@ -165,8 +165,9 @@ fn a_full_disk_turns_health_red_and_loses_nothing() {
     drop(collector);
 
     // Restarted on a full disk: it starts, red with the reason, and ingests once space
-    // returns.
-    fs.resize("64m");
+    // returns. (The store holds about 40 MB by now, its WAL and the console's threats
+    // database included: 128 MB leaves room for the rest once the filler goes.)
+    fs.resize("128m");
     let filler = fs.path().join("filler");
     let _ = Command::new("dd")
         .args(["if=/dev/zero", "bs=1M", "count=200"])
@@ -225,6 +226,15 @@ fn a_full_disk_turns_health_red_and_loses_nothing() {
             .0
             == 200),
         "the fresh store never opened"
+    );
+    // The console's threat aggregation, refused at start, follows once it can.
+    assert!(
+        wait_for(Duration::from_secs(15), || fresh
+            .http_get("/api/threats", Some(SUB_TOKEN))
+            .0
+            == 200),
+        "threat aggregation never started on the fresh store: {:?}",
+        fresh.http_get("/api/threats", Some(SUB_TOKEN))
     );
     drop(fresh);
     // Space returns for the restarted collector too.

@@ -113,9 +113,17 @@ fn metrics_endpoint_serves_kernel_and_pipeline_counters() {
     let pair = VethPair::create("xm").expect("veth pair");
     let sensor = common::start_sensor(&pair, &trails, &log, "metrics", &["--metrics", METRICS]);
 
-    // The page exists from the start (the loop renders one on its first pass).
-    let (status, first) = get(&pair.sensor_ns, "/metrics");
-    assert_eq!(status, "HTTP/1.1 200 OK");
+    // The address answers from the start (an empty page); the loop's first pass, right
+    // after the attach, renders the first full page: polled, bounded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        let (status, page) = get(&pair.sensor_ns, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        if !page.is_empty() || Instant::now() > deadline {
+            break page;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     check_prometheus_text(&first);
 
     let inj = pair.injector().expect("injector");

@@ -69,10 +69,10 @@ pub fn router() -> Router<Arc<HttpState>> {
 }
 
 fn threats_of(s: &HttpState) -> Result<Arc<Threats>, Response> {
-    s.threats.clone().ok_or_else(|| {
+    s.threats.get().cloned().ok_or_else(|| {
         api_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "threat aggregation is not running (see the collector's log)",
+            "threat aggregation is not running yet (see the collector's log)",
         )
     })
 }

@@ -145,6 +145,10 @@ impl SqliteStorage {
         // The checkpoint thread copies the WAL back; the writer does it itself only if
         // the WAL passes 64 MiB (the thread cannot keep up, or is gone).
         conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
+        // A burst (readers holding old snapshots) can grow the WAL file far past what it
+        // holds later; once a checkpoint resets it, it is cut back to 16 MiB, so a disk
+        // that filled gets that space back.
+        conn.pragma_update(None, "journal_size_limit", 16 << 20)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
         register_fold(&conn)?;

@@ -98,12 +98,6 @@ pub struct CredentialStore {
     conn: Mutex<Connection>,
 }
 
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
 pub(crate) fn hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
@@ -171,7 +165,7 @@ impl CredentialStore {
         }
         conn.execute(
             "INSERT INTO sensor_credentials (name, token_hash, created_us) VALUES (?, ?, ?)",
-            params![name, hash(&token), now_us()],
+            params![name, hash(&token), crate::now_us()],
         )?;
         Ok(token)
     }
@@ -180,7 +174,7 @@ impl CredentialStore {
     pub fn revoke(&self, name: &str) -> Result<(), CredentialError> {
         let n = self.lock().execute(
             "UPDATE sensor_credentials SET revoked_us = ? WHERE name = ? AND revoked_us IS NULL",
-            params![now_us(), name],
+            params![crate::now_us(), name],
         )?;
         if n == 0 {
             return Err(CredentialError::Unknown(name.to_string()));

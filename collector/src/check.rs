@@ -66,17 +66,12 @@ impl Indicator {
     }
 }
 
-/// Characters of a DNS name as the trails store them.
-fn is_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
-}
-
 fn parse_host(h: &str) -> Result<String, BadQuery> {
     let h = h.strip_suffix('.').unwrap_or(h);
     if h.is_empty() {
         return Err(bad("empty host"));
     }
-    if h.len() > 253 || !h.chars().all(is_name_char) {
+    if h.len() > 253 || !h.bytes().all(xtrail_detect::trails::is_name_byte) {
         return Err(bad(format!(
             "{h:?} is not a host name (letters, digits, '-', '_', '.'; IDNs in punycode)"
         )));

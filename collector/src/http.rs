@@ -237,8 +237,7 @@ async fn blocklist(
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let now_us =
-        i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
+    let now_us = crate::now_us();
     let storage = Arc::clone(&s.hub.storage);
     let built = tokio::task::spawn_blocking(move || {
         crate::blocklist::build(storage.as_ref(), &filter, minutes, now_us, MAX_SOURCES)

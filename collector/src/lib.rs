@@ -43,3 +43,10 @@ pub mod storage;
 pub mod subscribe;
 pub mod trail_dist;
 pub mod trails;
+
+/// Microseconds since the epoch, now (0 before 1970, saturating far in the future).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}

@@ -96,18 +96,24 @@ fn password_from_stdin() -> anyhow::Result<String> {
     Ok(pw)
 }
 
+/// The data directory an administrative command works on: `--data-dir`, else the config
+/// file's, else the default (the same rules as `serve`).
+fn admin_data_dir(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let cfg = ServerConfig::from_args(ServeArgs {
+        data_dir,
+        config,
+        ..ServeArgs::default()
+    })?;
+    Ok(cfg.data_dir)
+}
+
 fn user_command(
     action: UserAction,
     data_dir: Option<PathBuf>,
     config: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     use xtrail_collector::console::{audit, db::ConsoleDb, users};
-    let cfg = ServerConfig::from_args(ServeArgs {
-        data_dir,
-        config,
-        ..ServeArgs::default()
-    })?;
-    let db = ConsoleDb::open(&cfg.data_dir)?;
+    let db = ConsoleDb::open(&admin_data_dir(data_dir, config)?)?;
     let log = |action: &str, detail: String| {
         if let Err(e) = audit::append(&db, "cli", None, action, &detail) {
             eprintln!("xtrail-collector: warning: audit log: {e}");
@@ -175,12 +181,7 @@ fn sensor_command(
     data_dir: Option<PathBuf>,
     config: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let cfg = ServerConfig::from_args(ServeArgs {
-        data_dir,
-        config,
-        ..ServeArgs::default()
-    })?;
-    let store = CredentialStore::open(&cfg.data_dir)?;
+    let store = CredentialStore::open(&admin_data_dir(data_dir, config)?)?;
     match action {
         SensorAction::Add { name } => {
             let token = store.add(&name)?;

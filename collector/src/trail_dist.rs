@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -73,12 +73,6 @@ pub struct TrailDist {
     sets_served: AtomicU64,
 }
 
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
 /// Reads and checks a compiled set file (format, length, checksum).
 pub fn read_set(path: &Path) -> anyhow::Result<Served> {
     use anyhow::Context as _;
@@ -90,7 +84,7 @@ pub fn read_set(path: &Path) -> anyhow::Result<Served> {
         size: bytes.len() as u64,
         sha256: Sha256::digest(&bytes).to_vec(),
         signed: header.signer.is_some(),
-        installed_us: now_us(),
+        installed_us: crate::now_us(),
     };
     Ok(Served { info, bytes })
 }
@@ -173,7 +167,7 @@ impl TrailDist {
                 sensor.to_string(),
                 SensorVersion {
                     version: version.to_string(),
-                    seen_us: now_us(),
+                    seen_us: crate::now_us(),
                 },
             );
         }
@@ -229,7 +223,9 @@ impl TrailDist {
             path.display()
         );
         self.install(first);
-        check_holder(&path, &holder);
+        if let Some(c) = self.current() {
+            check_holder(&path, &c, &holder);
+        }
         let sighup = Arc::new(AtomicBool::new(false));
         signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&sighup))?;
         let me = Arc::clone(self);
@@ -276,7 +272,9 @@ impl TrailDist {
                         path.display()
                     );
                     self.install(set);
-                    check_holder(path, holder);
+                    if let Some(c) = self.current() {
+                        check_holder(path, &c, holder);
+                    }
                 }
                 Err(e) => {
                     log::error!("trail set not changed, still serving the current one: {e:#}")
@@ -286,10 +284,20 @@ impl TrailDist {
     }
 }
 
-/// Installs the set at `path` for `/api/check` (the file was just checked).
-fn check_holder(path: &Path, holder: &TrailHolder) {
+/// Installs the set at `path` for `/api/check`, if it is still the one just served (a file
+/// replaced in between is left to the watcher, which sees it change and reloads both).
+fn check_holder(path: &Path, served: &Served, holder: &TrailHolder) {
     match CompiledSet::open(path, None) {
         Ok(set) => {
+            let same = compiled::read_header(&served.bytes)
+                .is_ok_and(|h| h.body_sha256 == set.header().body_sha256);
+            if !same {
+                log::warn!(
+                    "{} changed while it was loaded; /api/check keeps its set until the next reload",
+                    path.display()
+                );
+                return;
+            }
             let version = set.version().to_string();
             holder.replace(Arc::new(set.into_trails()), version);
         }

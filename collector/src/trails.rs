@@ -116,7 +116,7 @@ impl TrailHolder {
         let snap = Snapshot {
             trails,
             version,
-            installed_us: now_us(),
+            installed_us: crate::now_us(),
         };
         self.write().current = Ok(snap);
     }
@@ -131,7 +131,7 @@ impl TrailHolder {
         s.current = Ok(Snapshot {
             trails,
             version,
-            installed_us: now_us(),
+            installed_us: crate::now_us(),
         });
         true
     }
@@ -158,12 +158,6 @@ impl TrailHolder {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// Loads the configured trails and whitelist, as the sensor does.
@@ -203,8 +197,10 @@ pub fn spawn_initial_load(cfg: &TrailConfig) -> Arc<TrailHolder> {
                         trails.report
                     );
                     h.replace_whitelist(Arc::new(whitelist));
-                    let version =
-                        format!("local {}", xtrail_detect::event::format_rfc3339(now_us()));
+                    let version = format!(
+                        "local {}",
+                        xtrail_detect::event::format_rfc3339(crate::now_us())
+                    );
                     if !h.install_if_empty(Arc::new(trails), version) {
                         log::info!("a newer trail set arrived during the start-up load; kept it");
                     }

@@ -30,6 +30,19 @@ pub enum EventType {
 }
 
 impl EventType {
+    /// Every type, in the order Maltrail lists them.
+    pub const ALL: [EventType; 9] = [
+        EventType::Ip,
+        EventType::IpPort,
+        EventType::Dns,
+        EventType::Url,
+        EventType::Http,
+        EventType::Ua,
+        EventType::Port,
+        EventType::Path,
+        EventType::Cert,
+    ];
+
     /// The name used in both output formats.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -46,18 +46,8 @@ pub enum ConvertError {
 
 /// Parses an event type name (`DNS`, `IPORT`, ...), case-insensitively.
 pub fn parse_event_type(name: &str) -> Option<EventType> {
-    const ALL: [EventType; 9] = [
-        EventType::Ip,
-        EventType::IpPort,
-        EventType::Dns,
-        EventType::Url,
-        EventType::Http,
-        EventType::Ua,
-        EventType::Port,
-        EventType::Path,
-        EventType::Cert,
-    ];
-    ALL.into_iter()
+    EventType::ALL
+        .into_iter()
         .find(|t| t.as_str().eq_ignore_ascii_case(name))
 }
 

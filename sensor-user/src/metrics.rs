@@ -36,23 +36,11 @@ const MAX_REQUEST: usize = 8192;
 /// Distinct heuristic labels kept apart; more are counted as `other`.
 const MAX_HEURISTICS: usize = 64;
 
-/// Event types in the order they are rendered.
-const TYPES: [EventType; 9] = [
-    EventType::Ip,
-    EventType::IpPort,
-    EventType::Dns,
-    EventType::Url,
-    EventType::Http,
-    EventType::Ua,
-    EventType::Port,
-    EventType::Path,
-    EventType::Cert,
-];
 
 /// Events written, per type and per heuristic; owned by the live loop (no locking).
 #[derive(Clone, Debug, Default)]
 pub struct EventCounts {
-    by_type: [u64; TYPES.len()],
+    by_type: [u64; EventType::ALL.len()],
     heuristics: Vec<(String, u64)>,
     other_heuristics: u64,
 }
@@ -64,7 +52,7 @@ impl EventCounts {
     }
 
     fn count_parts(&mut self, kind: EventType, reference: &str, info: &str) {
-        if let Some(i) = TYPES.iter().position(|t| *t == kind) {
+        if let Some(i) = EventType::ALL.iter().position(|t| *t == kind) {
             self.by_type[i] += 1;
         }
         if reference != HEURISTIC_REFERENCE {
@@ -316,7 +304,7 @@ pub fn render(s: &Sample<'_>) -> String {
         "counter",
         "Events written, by event type",
     );
-    for (t, n) in TYPES.iter().zip(s.events.by_type) {
+    for (t, n) in EventType::ALL.iter().zip(s.events.by_type) {
         let _ = writeln!(
             p.0,
             "xtrail_sensor_events_total{{type=\"{}\"}} {n}",

@@ -11,7 +11,6 @@
 //! acknowledgement; a batch counts as sent when the kernel took its datagrams.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 
 use anyhow::{bail, Context as _};
 use time::macros::format_description;
@@ -103,14 +102,7 @@ impl Sink for MaltrailSink {
                 .await?
                 .next()
                 .ok_or_else(|| SinkError(format!("{} resolves to no address", self.cfg.address)))?;
-            let local: SocketAddr = if addr.is_ipv4() {
-                "0.0.0.0:0".parse().expect("literal")
-            } else {
-                "[::]:0".parse().expect("literal")
-            };
-            let s = UdpSocket::bind(local).await?;
-            s.connect(addr).await?;
-            self.socket = Some(s);
+            self.socket = Some(super::connected_udp(addr).await?);
         }
         let s = self.socket.as_ref().expect("opened above");
         for e in events {

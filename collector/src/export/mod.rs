@@ -184,6 +184,20 @@ pub struct ExporterConfig {
     pub kind: Kind,
 }
 
+/// A UDP socket bound to any local address of `addr`'s family and connected to it.
+pub(crate) async fn connected_udp(
+    addr: std::net::SocketAddr,
+) -> std::io::Result<tokio::net::UdpSocket> {
+    let local = if addr.is_ipv4() {
+        std::net::SocketAddr::from(([0u8; 4], 0))
+    } else {
+        std::net::SocketAddr::from(([0u16; 8], 0))
+    };
+    let s = tokio::net::UdpSocket::bind(local).await?;
+    s.connect(addr).await?;
+    Ok(s)
+}
+
 /// The collector's host name (syslog HOSTNAME, ECS `observer.name`).
 pub fn host_name() -> String {
     let mut buf = [0u8; 256];

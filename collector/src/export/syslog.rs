@@ -343,16 +343,7 @@ impl SyslogSink {
             Ok::<_, SinkError>(s)
         };
         Ok(match &self.cfg.transport {
-            Transport::Udp => {
-                let local: SocketAddr = if addr.is_ipv4() {
-                    "0.0.0.0:0".parse().expect("literal")
-                } else {
-                    "[::]:0".parse().expect("literal")
-                };
-                let s = UdpSocket::bind(local).await?;
-                s.connect(addr).await?;
-                Conn::Udp(s)
-            }
+            Transport::Udp => Conn::Udp(super::connected_udp(addr).await?),
             Transport::Tcp => Conn::Tcp(tcp().await?),
             Transport::Tls { ca, server_name } => {
                 if self.tls.is_none() {

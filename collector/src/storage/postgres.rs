@@ -1067,9 +1067,7 @@ impl PgInner {
     }
 
     fn probe_here(&self) -> Result<(), StorageError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let now = crate::now_us();
         self.with_writer(|w| {
             w.client.execute(
                 "INSERT INTO xtrail_meta (key, value) VALUES ('probe', $1)

@@ -224,12 +224,6 @@ fn read_page(
     Ok(page)
 }
 
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
 /// Registers `xfold(text)`: the collector's one case fold ([`fold`]), so that stored and
 /// live events are filtered alike.
 fn register_fold(conn: &Connection) -> rusqlite::Result<()> {
@@ -487,7 +481,7 @@ impl Storage for SqliteStorage {
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('probe', ?1)
              ON CONFLICT (key) DO UPDATE SET value = ?1",
-            [now_us()],
+            [crate::now_us()],
         )?;
         Ok(())
     }

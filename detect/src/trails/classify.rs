@@ -43,7 +43,7 @@ fn is_regex_meta(b: u8) -> bool {
 }
 
 /// A DNS-name character as trails and queries use them (`_` appears in real names).
-pub(crate) fn is_name_byte(b: u8) -> bool {
+pub fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')
 }
 

@@ -41,6 +41,7 @@ mod table;
 pub mod update;
 mod url;
 
+pub use classify::is_name_byte;
 pub use compiled::{CompileOptions, CompiledError, CompiledSet, IpTables};
 pub use domain::{DomainMatch, DomainTrails, RegexTrails};
 pub use maltrail::{Ipv4Ranges, StaticFilters};

@@ -405,8 +405,8 @@ pub struct Detector {
     events: u64,
     /// The reloadable set this detector follows (hot reload), if any.
     shared: Option<SharedTrails>,
-    /// Version of the set in use; written into events (empty: not known).
-    trail_set_version: String,
+    /// Version of the set in use; written into the events that leave (empty: not known).
+    trail_set_version: Arc<str>,
     /// The `SharedTrails` generation of the set in use.
     trail_generation: u64,
     /// Trail sets taken from `shared`.
@@ -445,7 +445,7 @@ impl Detector {
             flow_starts: 0,
             events: 0,
             shared: None,
-            trail_set_version: String::new(),
+            trail_set_version: Arc::from(""),
             trail_generation: 0,
             trail_swaps: 0,
         })
@@ -463,7 +463,7 @@ impl Detector {
         self.trail_generation = shared.generation();
         let current = shared.load();
         self.processor.set_trails(Arc::clone(&current.trails));
-        self.trail_set_version.clone_from(&current.version);
+        self.trail_set_version = Arc::from(current.version.as_str());
         self.shared = Some(shared);
     }
 
@@ -497,7 +497,9 @@ impl Detector {
         }
         let current = shared.load();
         self.processor.set_trails(Arc::clone(&current.trails));
-        self.trail_set_version.clone_from(&current.version);
+        if *current.version != *self.trail_set_version {
+            self.trail_set_version = Arc::from(current.version.as_str());
+        }
         self.trail_generation = generation;
         self.trail_swaps += 1;
     }
@@ -520,13 +522,12 @@ impl Detector {
             trail_set_version,
             ..
         } = self;
-        let version = &*trail_set_version;
+        let mut out = |ev: Event| stamp(trail_set_version, ev, out);
         processor.process_frame(ts_us, linktype, frame, &mut |mut ev: Event| {
             if let Some(i) = iface {
                 ev.iface = Some(i.to_string());
             }
-            ev.trail_set_version = version.to_string();
-            release(throttle, flood, events, ev, out);
+            release(throttle, flood, events, ev, &mut out);
         })
     }
 
@@ -542,10 +543,9 @@ impl Detector {
             trail_set_version,
             ..
         } = self;
-        let version = &*trail_set_version;
-        processor.on_flow_start(flow, &mut |mut ev| {
-            ev.trail_set_version = version.to_string();
-            release(throttle, flood, events, ev, out)
+        let mut out = |ev: Event| stamp(trail_set_version, ev, out);
+        processor.on_flow_start(flow, &mut |ev| {
+            release(throttle, flood, events, ev, &mut out)
         });
     }
 
@@ -573,12 +573,13 @@ impl Detector {
             self.hits_filtered += 1;
             return;
         }
+        let version = &*self.trail_set_version;
         release(
             &mut self.throttle,
             &mut self.flood,
             &mut self.events,
             ev,
-            out,
+            &mut |ev| stamp(version, ev, out),
         );
     }
 
@@ -590,8 +591,10 @@ impl Detector {
             throttle,
             flood,
             events,
+            trail_set_version,
             ..
         } = self;
+        let out = &mut |ev: Event| stamp(trail_set_version, ev, out);
         let mut to_flood = |ev: Event| pass_flood(flood, events, ev, out);
         if let Some(t) = throttle.as_mut() {
             t.flush(now_us, &mut to_flood);
@@ -610,8 +613,10 @@ impl Detector {
             throttle,
             flood,
             events,
+            trail_set_version,
             ..
         } = self;
+        let out = &mut |ev: Event| stamp(trail_set_version, ev, out);
         if let Some(t) = throttle.as_mut() {
             t.finish(&mut |ev: Event| pass_flood(flood, events, ev, out));
         }
@@ -654,6 +659,16 @@ impl Detector {
                 .map_or(0, |t| t.len() + t.summarize_len())
             + self.flood.as_ref().map_or(0, FloodGuard::len)
     }
+}
+
+/// Writes the version of the trail set in use into an event leaving the pipeline (after the
+/// throttle and the flood guard, so a dropped event costs no copy); kernel hits come with the
+/// version of the map set that matched and keep it.
+fn stamp(version: &str, mut ev: Event, out: &mut dyn FnMut(Event)) {
+    if ev.trail_set_version.is_empty() && !version.is_empty() {
+        ev.trail_set_version = version.to_owned();
+    }
+    out(ev);
 }
 
 /// Throttle, then flood guard, then out.
@@ -712,6 +727,62 @@ mod tests {
             trail_set_version: String::new(),
             details: Details::default(),
         }
+    }
+
+    #[test]
+    fn events_leaving_carry_the_set_version_kernel_hits_keep_theirs() {
+        use crate::shared_trails::VersionedTrails;
+        use crate::trails::LoadOptions;
+        let path = std::env::temp_dir().join(format!("xtrail-pipeline-{}.csv", std::process::id()));
+        std::fs::write(&path, "66.66.66.66,malware (test),(static)\n").unwrap();
+        let trails =
+            Arc::new(TrailSet::load(std::slice::from_ref(&path), &LoadOptions::default()).unwrap());
+        let _ = std::fs::remove_file(&path);
+        let mut d = Detector::new(DetectorConfig {
+            trails: Arc::clone(&trails),
+            whitelist: Arc::new(Whitelist::empty()),
+            processor: ProcessorConfig::default(),
+            heuristics: None,
+            throttle: Some(ThrottleConfig::default()),
+            flood: None,
+            maltrail_syn_rules: true,
+        })
+        .unwrap();
+        d.follow(SharedTrails::new(Arc::new(VersionedTrails::new(
+            "v1", trails,
+        ))));
+        // UDP 10.0.0.1:5000 -> 66.66.66.66:4444 (raw IPv4), twice: the throttle drops the
+        // repeat.
+        let mut frame = vec![
+            0x45, 0, 0, 29, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 66, 66, 66, 66,
+        ];
+        frame.extend_from_slice(&[0x13, 0x88, 0x11, 0x5c, 0, 9, 0, 0, b'x']);
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            d.frame(
+                1_000_000,
+                crate::packet::LINKTYPE_RAW,
+                None,
+                &frame,
+                &mut |e| out.push(e),
+            )
+            .unwrap();
+        }
+        assert_eq!(out.len(), 1, "{out:#?}");
+        assert_eq!(out[0].trail_set_version, "v1");
+        assert_eq!(d.stats().throttle.suppressed, 1);
+        let mut hit = ev(2_000_000, "198.18.0.9", "198.19.0.1");
+        hit.trail_set_version = "kernel-set".into();
+        d.kernel_hit(
+            KernelHit {
+                event: hit,
+                syn: false,
+                trail_is_dst: true,
+            },
+            &mut |e| out.push(e),
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].trail_set_version, "kernel-set");
     }
 
     #[test]

@@ -228,11 +228,12 @@ pub trait Heuristics: Send {
         _out: &mut dyn FnMut(Event),
     ) {
     }
-    /// An HTTP request.
+    /// An HTTP request, with its `Host` as the pipeline read it (see [`HttpHost`]).
     fn on_http_request(
         &mut self,
         _ctx: &PacketContext<'_>,
         _req: &http::Request<'_>,
+        _host: &HttpHost<'_>,
         _out: &mut dyn FnMut(Event),
     ) {
     }
@@ -244,6 +245,18 @@ pub trait Heuristics: Send {
         _out: &mut dyn FnMut(Event),
     ) {
     }
+}
+
+/// An HTTP request's `Host` header as the pipeline read it once: port stripped, lowercased,
+/// with its whitelist verdict, so the heuristics do not redo either.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpHost<'a> {
+    /// The host name; `None` when the request has none, or when its text is not what the
+    /// heuristics read (longer than 255 bytes, not UTF-8, or ending in a dot): they then
+    /// read `Host` themselves.
+    pub name: Option<&'a str>,
+    /// [`Whitelist::is_domain_whitelisted`] of `name`.
+    pub whitelisted: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -623,7 +636,7 @@ impl Run<'_, '_> {
                         tls_sni: Some(name.to_owned()),
                         ..Details::default()
                     };
-                    self.check_domain(ctx, name, details);
+                    self.check_domain(ctx, name, None, details);
                 }
             }
         }
@@ -659,10 +672,8 @@ impl Run<'_, '_> {
         let Some(name) = q.name.as_str() else {
             return true;
         };
-        if !is_valid_dns_name(name)
-            || name.contains(".intranet.")
-            || crate::whitelist::is_ignored_suffix(name)
-        {
+        // `is_ignored_suffix` also covers names containing `.intranet.`.
+        if !is_valid_dns_name(name) || crate::whitelist::is_ignored_suffix(name) {
             return true;
         }
         // One whitelist check serves the heuristics (whose contract is a name after the
@@ -702,10 +713,7 @@ impl Run<'_, '_> {
                 self.emit(e);
             }
         }
-        // `check_domain` without its checks: the name is valid and `whitelisted` is known.
-        if !whitelisted && !is_ip_literal(name) {
-            self.lookup_domain(ctx, name, details);
-        }
+        self.check_domain(ctx, name, Some(whitelisted), details);
         true
     }
 
@@ -735,25 +743,34 @@ impl Run<'_, '_> {
                 tls_sni: Some(name.to_owned()),
                 ..Details::default()
             };
-            self.check_domain(ctx, name, details);
+            self.check_domain(ctx, name, None, details);
         }
     }
 
     /// An HTTP request: host against the address and domain trails, host + path against the
     /// URL trails.
     fn http_request(&mut self, ctx: &PacketContext<'_>, req: &http::Request<'_>) {
-        if let Some(heur) = self.heuristics.as_deref_mut() {
-            let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
-            heur.on_http_request(ctx, req, &mut |e| emit(wl, stats, out, e));
-        }
         let mut host_buf = [0u8; MAX_HOST];
         let mut url_host_buf = [0u8; MAX_HOST];
         let dst_text;
-        let header_host = req
-            .host
-            .map(strip_port)
+        let raw_host = req.host.map(strip_port);
+        let header_host = raw_host
             .and_then(|h| lowercase_into(h, &mut host_buf))
             .filter(|h| !h.is_empty());
+        // The Host name's whitelist verdict, asked once: the heuristics, the domain check and
+        // the URL check all need it.
+        let header_whitelisted =
+            header_host.is_some_and(|h| self.whitelist.is_domain_whitelisted(h));
+        if let Some(heur) = self.heuristics.as_deref_mut() {
+            // `lowercase_into` drops a trailing dot, which the heuristics keep.
+            let same_text = raw_host.is_some_and(|h| !h.ends_with(b"."));
+            let host = HttpHost {
+                name: header_host.filter(|_| same_text),
+                whitelisted: header_whitelisted,
+            };
+            let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
+            heur.on_http_request(ctx, req, &host, &mut |e| emit(wl, stats, out, e));
+        }
         let details = |host: &str| Details {
             http_method: Some(req.method.to_owned()),
             http_host: Some(host.to_owned()),
@@ -764,15 +781,14 @@ impl Run<'_, '_> {
             ..Details::default()
         };
 
-        let mut host: &str = match header_host {
-            Some(h) => h,
+        // The name the URL check uses, and its whitelist verdict once known.
+        let (mut host, mut whitelisted): (&str, Option<bool>) = match header_host {
+            Some(h) => (h, Some(header_whitelisted)),
             None => {
                 dst_text = ctx.dst.to_string();
-                &dst_text
+                (&dst_text, None)
             }
         };
-        // The Host name's whitelist verdict, asked once (the URL check below needs it too).
-        let mut host_whitelisted: Option<(&str, bool)> = None;
         if let Some(h) = header_host {
             let starts_alpha = h.as_bytes().first().is_some_and(u8::is_ascii_alphabetic);
             let dst_hit = if starts_alpha {
@@ -789,53 +805,40 @@ impl Run<'_, '_> {
                     details(h),
                 );
                 self.emit(e);
-            } else if self.check_host_domains && !is_ip_literal(h) {
-                // `check_domain`, keeping the whitelist verdict.
-                let whitelisted = self.whitelist.is_domain_whitelisted(h);
-                host_whitelisted = Some((h, whitelisted));
-                if !whitelisted && is_valid_dns_name(h) {
-                    self.lookup_domain(ctx, h, || details(h));
-                }
+            } else if self.check_host_domains {
+                self.check_domain(ctx, h, Some(header_whitelisted), || details(h));
             }
         }
 
         // The URL: origin-form path, or the host and path of an absolute / CONNECT target.
         let target = req.target;
         let mut path: &[u8] = target;
-        if let Some(i) = memchr::memmem::find(target, b"://") {
+        let authority = if let Some(i) = memchr::memmem::find(target, b"://") {
             let rest = target.get(i + 3..).unwrap_or_default();
             let slash = memchr::memchr(b'/', rest).unwrap_or(rest.len());
-            let authority = rest.get(..slash).unwrap_or_default();
             path = rest.get(slash..).unwrap_or_default();
-            if let Some(h) =
-                lowercase_into(strip_port(authority), &mut url_host_buf).filter(|h| !h.is_empty())
-            {
-                host = h;
-                if !is_ip_literal(h) {
-                    self.check_domain(ctx, h, || details(h));
-                }
-            }
+            rest.get(..slash)
         } else if req.method == "CONNECT" {
             let slash = memchr::memchr(b'/', target).unwrap_or(target.len());
-            let authority = target.get(..slash).unwrap_or_default();
             path = target.get(slash..).unwrap_or_default();
-            if let Some(h) =
-                lowercase_into(strip_port(authority), &mut url_host_buf).filter(|h| !h.is_empty())
-            {
-                host = h;
-                if !is_ip_literal(h) {
-                    self.check_domain(ctx, h, || details(h));
-                }
-            }
+            target.get(..slash)
+        } else {
+            None
+        };
+        if let Some(h) = authority
+            .and_then(|a| lowercase_into(strip_port(a), &mut url_host_buf))
+            .filter(|h| !h.is_empty())
+        {
+            let known = header_host
+                .filter(|hh| *hh == h)
+                .map(|_| header_whitelisted);
+            whitelisted = Some(self.check_domain(ctx, h, known, || details(h)));
+            host = h;
         }
         if path.is_empty() {
             path = b"/";
         }
-        let whitelisted = match host_whitelisted.take() {
-            Some((h, w)) if h == host => w,
-            _ => self.whitelist.is_domain_whitelisted(host),
-        };
-        if whitelisted {
+        if whitelisted.unwrap_or_else(|| self.whitelist.is_domain_whitelisted(host)) {
             return;
         }
         let path_text = String::from_utf8_lossy(path);
@@ -857,23 +860,24 @@ impl Run<'_, '_> {
 
     /// A name against the domain trails (Maltrail's `_check_domain`): a `DNS` event on a hit,
     /// for DNS queries, HTTP hosts and TLS/QUIC server names alike (SIEM rules written for
-    /// Maltrail rely on that type).
+    /// Maltrail rely on that type). IP literals, invalid and whitelisted names are not looked
+    /// up. `whitelisted` is the name's whitelist verdict when the caller has it; the verdict
+    /// is returned (asked at most once), for callers that need it again.
     fn check_domain(
         &mut self,
         ctx: &PacketContext<'_>,
         name: &str,
+        whitelisted: Option<bool>,
         details: impl FnOnce() -> Details,
-    ) {
-        if is_ip_literal(name)
-            || !is_valid_dns_name(name)
-            || self.whitelist.is_domain_whitelisted(name)
-        {
-            return;
+    ) -> bool {
+        let whitelisted = whitelisted.unwrap_or_else(|| self.whitelist.is_domain_whitelisted(name));
+        if !whitelisted && !is_ip_literal(name) && is_valid_dns_name(name) {
+            self.lookup_domain(ctx, name, details);
         }
-        self.lookup_domain(ctx, name, details);
+        whitelisted
     }
 
-    /// The lookup step of [`Run::check_domain`], for a name already checked.
+    /// The lookup step of [`Run::check_domain`].
     fn lookup_domain(
         &mut self,
         ctx: &PacketContext<'_>,

@@ -284,16 +284,26 @@ impl Throttle {
             return;
         };
         let stats = &mut self.stats;
+        let mut due = Vec::new();
         self.summaries.retain(|_, s| {
             if now_us.saturating_sub(s.start_us) < cfg.window_us {
                 return true;
             }
             if let Some(summary) = summary_event(s, cfg.window_us) {
                 stats.summaries += 1;
-                out(summary);
+                due.push(summary);
             }
             false
         });
+        // In time order (the table's order differs from run to run): a replay writes the
+        // same lines every time.
+        due.sort_by(|a, b| {
+            (a.ts_us, a.src_ip, &a.trail, a.src_port)
+                .cmp(&(b.ts_us, b.src_ip, &b.trail, b.src_port))
+        });
+        for summary in due {
+            out(summary);
+        }
     }
 
     /// Writes every pending summary (end of a replay, shutdown) and forgets all keys.

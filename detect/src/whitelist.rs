@@ -110,7 +110,13 @@ pub struct Whitelist {
     cidr4: Vec<(u32, u8)>,
     cidr6: Vec<(u128, u8)>,
     urls: Vec<String>,
+    /// One bit per IPv4 /16 that holds a listed IPv4 address or network (empty: none
+    /// listed): most addresses are answered by one bit, without hashing.
+    v4_blocks: Vec<u64>,
 }
+
+/// Words of [`Whitelist::v4_blocks`]: 2^16 bits.
+const V4_BLOCK_WORDS: usize = (1 << 16) / 64;
 
 impl Whitelist {
     /// A whitelist with nothing in it.
@@ -147,7 +153,13 @@ impl Whitelist {
             if let (Ok(net), Ok(prefix)) = (net.parse::<IpAddr>(), prefix.parse::<u8>()) {
                 match net {
                     IpAddr::V4(a) if prefix <= 32 => {
-                        self.cidr4.push((mask4(u32::from(a), prefix), prefix));
+                        let net = mask4(u32::from(a), prefix);
+                        self.cidr4.push((net, prefix));
+                        // A network wider than a /16 covers 2^(16 - prefix) blocks.
+                        let first = net >> 16;
+                        for b in 0..1u32 << 16u8.saturating_sub(prefix) {
+                            self.mark_v4_block(first.wrapping_add(b));
+                        }
                         return;
                     }
                     IpAddr::V6(a) if prefix <= 128 => {
@@ -163,6 +175,9 @@ impl Whitelist {
             return;
         }
         if let Ok(ip) = e.parse::<IpAddr>() {
+            if let IpAddr::V4(a) = ip {
+                self.mark_v4_block(u32::from(a) >> 16);
+            }
             self.ips.insert(ip);
         }
         // IPs go in as names too: a Host header or query can be an address.
@@ -171,6 +186,15 @@ impl Whitelist {
         if self.domains.find(hash, |d| **d == *e).is_none() {
             self.domains
                 .insert_unique(hash, e.into_boxed_str(), |d| suffix_hash(d.as_bytes()));
+        }
+    }
+
+    fn mark_v4_block(&mut self, block: u32) {
+        if self.v4_blocks.is_empty() {
+            self.v4_blocks = vec![0; V4_BLOCK_WORDS];
+        }
+        if let Some(w) = self.v4_blocks.get_mut((block >> 6) as usize) {
+            *w |= 1 << (block & 63);
         }
     }
 
@@ -225,6 +249,16 @@ impl Whitelist {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
+        if let IpAddr::V4(a) = ip {
+            let block = u32::from(a) >> 16;
+            let listed = self
+                .v4_blocks
+                .get((block >> 6) as usize)
+                .is_some_and(|w| (w >> (block & 63)) & 1 == 1);
+            if !listed {
+                return false;
+            }
+        }
         if self.ips.contains(&ip) {
             return true;
         }
@@ -299,6 +333,21 @@ mod tests {
         assert!(!w.is_ip_whitelisted(ip("35.192.0.0")));
         assert!(w.is_ip_whitelisted(ip("2606:4700::1111")));
         assert!(!w.is_ip_whitelisted(ip("2606:4701::1")));
+    }
+
+    #[test]
+    fn v4_prefilter_covers_wide_networks() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(!Whitelist::empty().is_ip_whitelisted(ip("1.2.3.4")));
+        let all = Whitelist::parse("0.0.0.0/0\n");
+        assert!(all.is_ip_whitelisted(ip("1.2.3.4")));
+        assert!(all.is_ip_whitelisted(ip("255.255.255.255")));
+        let w = Whitelist::parse("10.0.0.0/8\n198.18.7.9\n");
+        assert!(w.is_ip_whitelisted(ip("10.255.1.1")));
+        assert!(!w.is_ip_whitelisted(ip("11.0.0.1")));
+        assert!(w.is_ip_whitelisted(ip("198.18.7.9")));
+        assert!(!w.is_ip_whitelisted(ip("198.18.7.10")));
+        assert!(!w.is_ip_whitelisted(ip("198.19.7.9")));
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub use user_agent::UaPatterns;
 
 use crate::event::{Details, Event, EventType};
 use crate::packet::Packet;
-use crate::process::{Heuristics, PacketContext};
+use crate::process::{Heuristics, HttpHost, PacketContext};
 use crate::protocols::{dns, http};
 use crate::trails::TrailSet;
 use crate::whitelist::{is_ignored_suffix, Whitelist};
@@ -648,22 +648,34 @@ impl Heuristics for MaltrailHeuristics {
         &mut self,
         ctx: &PacketContext<'_>,
         req: &http::Request<'_>,
+        host: &HttpHost<'_>,
         out: &mut dyn FnMut(Event),
     ) {
         if self.whitelist.is_ip_whitelisted(ctx.src) {
             return;
         }
         let mut host_buf = [0u8; 255];
-        let header_host = req
-            .host
-            .map(|h| host_text(h, &mut host_buf))
-            .filter(|h| !h.is_empty());
-        if header_host
-            .as_deref()
-            .is_some_and(|h| self.whitelist.is_domain_whitelisted(h))
-        {
-            return;
-        }
+        // The pipeline's reading of `Host` (and its whitelist verdict), else our own.
+        let header_host: Option<Cow<'_, str>> = match host.name {
+            Some(name) => {
+                if host.whitelisted {
+                    return;
+                }
+                Some(Cow::Borrowed(name))
+            }
+            None => {
+                let h = req
+                    .host
+                    .map(|h| host_text(h, &mut host_buf))
+                    .filter(|h| !h.is_empty());
+                if h.as_deref()
+                    .is_some_and(|h| self.whitelist.is_domain_whitelisted(h))
+                {
+                    return;
+                }
+                h
+            }
+        };
         let host: Cow<'_, str> = match &header_host {
             Some(h) => Cow::Borrowed(h),
             None => Cow::Owned(ctx.dst.to_string()),

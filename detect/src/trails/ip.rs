@@ -17,6 +17,27 @@ pub(crate) struct CidrIndex {
     v6: Vec<(u8, HashMap<u128, LabelId>)>,
     v4_len: usize,
     v6_len: usize,
+    /// IPv4 prefilter: one bit per /[`V4_BLOCK_BITS`] block that holds an IPv4 address,
+    /// IPv4 IP:port or IPv4 CIDR trail. A clear bit answers an IPv4 lookup without touching
+    /// the hash tables (most addresses of real traffic are in no listed block). Empty: not
+    /// built.
+    v4_blocks: Vec<u64>,
+    /// `v4` and `ipport` sizes the prefilter was built from: tables changed since (by a
+    /// caller that did not rebuild) turn it off.
+    v4_count: usize,
+    ipport_count: usize,
+}
+
+/// Prefix length of the IPv4 prefilter's blocks: 2^20 bits, 128 KiB.
+const V4_BLOCK_BITS: u32 = 20;
+
+/// The v4-mapped IPv6 prefix (`::ffff:0:0/96`) of IPv4 keys in `ipport`.
+const V4_MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+
+fn set_block(bits: &mut [u64], block: u32) {
+    if let Some(w) = bits.get_mut((block >> 6) as usize) {
+        *w |= 1 << (block & 63);
+    }
 }
 
 /// The network address of `addr` under a `prefix`-bit mask.
@@ -46,6 +67,11 @@ impl IpTrails {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
+        if let IpAddr::V4(v4) = addr {
+            if !self.v4_may_match(v4) {
+                return None;
+            }
+        }
         if let Some(port) = port {
             let key = match addr {
                 IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
@@ -74,6 +100,24 @@ impl IpTrails {
     }
 
     /// Label of the longest IPv4 CIDR trail containing `addr`.
+    /// False when no IPv4 trail (address, IP:port or CIDR) can match `addr`: its block's bit
+    /// is clear in the prefilter. True when it may, or without a current prefilter.
+    #[inline]
+    fn v4_may_match(&self, addr: Ipv4Addr) -> bool {
+        let ix = &self.cidr_index;
+        if ix.v4_blocks.is_empty()
+            || ix.v4_count != self.v4.len()
+            || ix.ipport_count != self.ipport.len()
+            || ix.v4_len != self.cidr4.len()
+        {
+            return true;
+        }
+        let block = u32::from(addr) >> (32 - V4_BLOCK_BITS);
+        ix.v4_blocks
+            .get((block >> 6) as usize)
+            .is_none_or(|w| (w >> (block & 63)) & 1 == 1)
+    }
+
     pub fn cidr4_lookup(&self, addr: Ipv4Addr) -> Option<LabelId> {
         let a = u32::from(addr);
         if self.cidr_index.v4_len == self.cidr4.len() {
@@ -132,11 +176,35 @@ impl IpTrails {
             }
         }
         v6.sort_by_key(|e| std::cmp::Reverse(e.0));
+        let mut bits = vec![0u64; (1usize << V4_BLOCK_BITS) / 64];
+        let shift = 32 - V4_BLOCK_BITS;
+        for a in self.v4.keys() {
+            set_block(&mut bits, u32::from_be_bytes(*a) >> shift);
+        }
+        for (k, _) in self.ipport.keys() {
+            if let (Some(V4_MAPPED), Some(&[a, b, c, d])) = (
+                k.get(..12).and_then(|p| <[u8; 12]>::try_from(p).ok()),
+                k.get(12..16),
+            ) {
+                set_block(&mut bits, u32::from_be_bytes([a, b, c, d]) >> shift);
+            }
+        }
+        for &(net, p, _) in &self.cidr4 {
+            let first = mask4(u32::from_be_bytes(net), p) >> shift;
+            // A prefix shorter than a block covers 2^(block bits - p) blocks.
+            let span = 1u64 << V4_BLOCK_BITS.saturating_sub(u32::from(p.min(32)));
+            for b in 0..span {
+                set_block(&mut bits, first.wrapping_add(b as u32));
+            }
+        }
         self.cidr_index = CidrIndex {
             v4,
             v6,
             v4_len: self.cidr4.len(),
             v6_len: self.cidr6.len(),
+            v4_blocks: bits,
+            v4_count: self.v4.len(),
+            ipport_count: self.ipport.len(),
         };
     }
 
@@ -221,6 +289,41 @@ mod tests {
         check(&t);
         assert_eq!(t.len(), 10);
         assert!(!t.is_empty());
+    }
+
+    #[test]
+    fn prefilter_rules_out_unlisted_blocks_only() {
+        let mut t = trails();
+        // Without the /0, the prefilter has clear bits.
+        t.cidr4.retain(|c| c.1 != 0);
+        t.rebuild_cidr_index();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(t.cidr_index.v4_blocks.iter().any(|w| *w != u64::MAX));
+        assert_eq!(t.lookup(ip("66.66.66.66"), None).map(|m| m.label), Some(1));
+        assert_eq!(
+            t.lookup(ip("6.6.6.6"), Some(8443)).map(|m| m.label),
+            Some(3)
+        );
+        assert_eq!(t.lookup(ip("6.6.6.6"), None), None);
+        assert_eq!(t.lookup(ip("10.200.3.4"), None).map(|m| m.label), Some(10));
+        assert_eq!(t.lookup(ip("10.1.2.3"), None).map(|m| m.label), Some(24));
+        assert_eq!(
+            t.lookup(ip("::ffff:10.1.2.3"), None).map(|m| m.label),
+            Some(24)
+        );
+        assert_eq!(t.lookup(ip("66.66.67.66"), None), None);
+        assert!(!t.v4_may_match(Ipv4Addr::new(198, 18, 0, 1)));
+        // Tables changed after the rebuild: the prefilter steps aside.
+        t.v4.insert([198, 18, 0, 1], 7);
+        assert_eq!(t.lookup(ip("198.18.0.1"), None).map(|m| m.label), Some(7));
+        t.ipport.insert(
+            (Ipv4Addr::new(198, 19, 0, 1).to_ipv6_mapped().octets(), 53),
+            8,
+        );
+        assert_eq!(
+            t.lookup(ip("198.19.0.1"), Some(53)).map(|m| m.label),
+            Some(8)
+        );
     }
 
     #[test]

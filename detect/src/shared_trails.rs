@@ -43,10 +43,10 @@ pub struct SharedTrails {
 }
 
 impl SharedTrails {
-    /// Starts with `first`.
-    pub fn new(first: VersionedTrails) -> Self {
+    /// Starts with `first` (shared, not copied: the kernel hit labels may hold it too).
+    pub fn new(first: Arc<VersionedTrails>) -> Self {
         SharedTrails {
-            current: Arc::new(ArcSwap::from_pointee(first)),
+            current: Arc::new(ArcSwap::new(first)),
             generation: Arc::new(AtomicU64::new(1)),
         }
     }
@@ -64,8 +64,8 @@ impl SharedTrails {
     }
 
     /// Installs `next`; returns the set it replaces.
-    pub fn store(&self, next: VersionedTrails) -> Arc<VersionedTrails> {
-        let previous = self.current.swap(Arc::new(next));
+    pub fn store(&self, next: Arc<VersionedTrails>) -> Arc<VersionedTrails> {
+        let previous = self.current.swap(next);
         self.generation.fetch_add(1, Ordering::AcqRel);
         previous
     }
@@ -77,10 +77,10 @@ mod tests {
 
     #[test]
     fn store_swaps_the_set_and_its_version() {
-        let shared = SharedTrails::new(VersionedTrails::new("a", Arc::default()));
+        let shared = SharedTrails::new(Arc::new(VersionedTrails::new("a", Arc::default())));
         let follower = shared.clone();
         let g = follower.generation();
-        let old = shared.store(VersionedTrails::new("b", Arc::default()));
+        let old = shared.store(Arc::new(VersionedTrails::new("b", Arc::default())));
         assert_eq!(old.version, "a");
         assert!(follower.generation() > g);
         assert_eq!(follower.load().version, "b");

@@ -10,7 +10,7 @@ use xtrail_detect::trails::IpTrails;
 
 use crate::maps::{self, FillError, FillReport};
 use crate::stats::Counters;
-use crate::trail_maps::{Capacity, KernelTrailSets, TrailMapError};
+use crate::trail_maps::{Capacity, KernelTrailSets, PrefilterHalf, TrailMapError};
 
 /// Program name in the object (the `#[xdp]` function).
 const PROGRAM: &str = "xtrail_xdp";
@@ -134,8 +134,32 @@ pub struct Sensor {
     pub fill: FillReport,
     /// Size of each trail map (both sets): reloads must fit in it.
     pub capacity: Capacity,
+    /// What the prefilter halves hold after the start fill (handed to [`KernelTrailSets`]).
+    prefilter: [PrefilterHalf; 2],
     pub config: Config,
     attachments: Vec<Attachment>,
+}
+
+/// A loader being made on another thread ([`prepare`]).
+static PREPARED: std::sync::Mutex<Option<std::thread::JoinHandle<EbpfLoader<'static>>>> =
+    std::sync::Mutex::new(None);
+
+/// Starts making the next [`Sensor::load`]'s loader on another thread: `EbpfLoader::new`
+/// reads and parses the kernel's BTF (5 MB, tens of milliseconds), which can go on while
+/// the trails load.
+pub fn prepare() {
+    let handle = std::thread::Builder::new()
+        .name("xtrail-btf".into())
+        .spawn(EbpfLoader::new);
+    if let (Ok(h), Ok(mut slot)) = (handle, PREPARED.lock()) {
+        *slot = Some(h);
+    }
+}
+
+/// The loader [`prepare`] made, or a new one.
+fn ebpf_loader() -> EbpfLoader<'static> {
+    let prepared = PREPARED.lock().ok().and_then(|mut s| s.take());
+    prepared.and_then(|h| h.join().ok()).unwrap_or_default()
 }
 
 /// The interface index of `name`, if it exists.
@@ -168,7 +192,18 @@ impl Sensor {
         }
         // Room for two sets (a reload fills one beside the other), with headroom to grow.
         let capacity = Capacity::for_set(ip);
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = ebpf_loader();
+        // A ring nothing writes to gets one page: userspace maps every ring's data twice,
+        // so the 16 MiB payload ring alone costs 32 MiB of RSS.
+        // SAFETY: sysconf has no preconditions.
+        let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        if !opts.handoff {
+            loader.map_max_entries(names::PAYLOADS, page);
+        }
+        if !opts.flows {
+            loader.map_max_entries(names::FLOWS, page);
+        }
+        let mut ebpf = loader
             .map_max_entries(names::IPV4_TRAILS, capacity.ipv4)
             .map_max_entries(names::IPV6_TRAILS, capacity.ipv6)
             .map_max_entries(names::IPPORT_TRAILS, capacity.ipport)
@@ -180,16 +215,24 @@ impl Sensor {
                 XSK_MAX_IFACES * opts.xsk_queues.clamp(1, XSK_MAX_QUEUES),
             )
             .load(crate::XDP_OBJECT)?;
-        {
-            let program: &mut Xdp = ebpf
-                .program_mut(PROGRAM)
-                .ok_or(LoadError::MissingProgram)?
-                .try_into()
-                .map_err(LoadError::Program)?;
-            program.load().map_err(LoadError::Program)?;
-        }
-        // Trail set 0, made the active one below.
-        let (fill, _) = KernelTrailSets::of(&ebpf, 0, capacity)?.fill(0, ip)?;
+        // The maps exist: trail set 0 (made the active one below) is filled while the kernel
+        // verifies the program on another thread (neither needs the other).
+        let mut sets = KernelTrailSets::of(&ebpf, 0, capacity)?
+            .with_prefilter([PrefilterHalf::Zero, PrefilterHalf::Zero]);
+        let (verified, filled) = std::thread::scope(|s| {
+            let verified = s.spawn(|| -> Result<(), LoadError> {
+                let program: &mut Xdp = ebpf
+                    .program_mut(PROGRAM)
+                    .ok_or(LoadError::MissingProgram)?
+                    .try_into()
+                    .map_err(LoadError::Program)?;
+                program.load().map_err(LoadError::Program)
+            });
+            let filled = sets.fill(0, ip);
+            (verified.join(), filled)
+        });
+        verified.unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+        let (fill, _) = filled?;
         let mut flags = 0;
         if opts.enforce {
             flags |= config_flags::ENFORCE;
@@ -233,6 +276,7 @@ impl Sensor {
             ebpf,
             fill,
             capacity,
+            prefilter: sets.prefilter().clone(),
             config,
             attachments: Vec::new(),
         };
@@ -246,7 +290,8 @@ impl Sensor {
     /// The two trail map sets, for reloads on another thread (set 0 is active after
     /// [`Sensor::load`]; a [`KernelTrailSets`] tracks switches itself from then on).
     pub fn trail_sets(&self) -> Result<KernelTrailSets, LoadError> {
-        Ok(KernelTrailSets::of(&self.ebpf, 0, self.capacity)?)
+        Ok(KernelTrailSets::of(&self.ebpf, 0, self.capacity)?
+            .with_prefilter(self.prefilter.clone()))
     }
 
     /// Replaces the program's configuration.

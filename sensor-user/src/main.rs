@@ -15,7 +15,7 @@ use xtrail_detect::heuristics::UaPatterns;
 
 use xtrail_detect::replay::ReplayOptions;
 
-use xtrail_detect::trails::{compiled, CompiledSet, LoadOptions, TrailSet};
+use xtrail_detect::trails::{compiled, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
 use xtrail_publish::PublishError;
 use xtrail_sensor::config::{Overrides, SensorConfig};
@@ -147,22 +147,38 @@ fn resolve_config(
     Ok(SensorConfig::resolve(cfg.config.as_deref(), &o)?)
 }
 
-/// Loads the trails and the whitelist a configuration names.
-fn load_detection(cfg: &SensorConfig) -> anyhow::Result<(TrailSet, Whitelist)> {
-    let trails = load_trails(cfg.require_trails()?)?;
-    let whitelist = match &cfg.whitelist {
-        Some(p) => {
-            eprintln!("xtrail-sensor: whitelist {}", p.display());
-            Whitelist::load(p).with_context(|| format!("reading whitelist {}", p.display()))?
-        }
-        None => Whitelist::empty(),
-    };
-    Ok((trails, whitelist))
+/// Loads the trails (with `public_key`, a compiled set must be signed by it) and the
+/// whitelist a configuration names, side by side; returns the set's version too.
+fn load_detection(
+    cfg: &SensorConfig,
+    public_key: Option<&[u8; 32]>,
+) -> anyhow::Result<(TrailSet, String, Whitelist)> {
+    let paths = cfg.require_trails()?;
+    std::thread::scope(|s| {
+        let whitelist = s.spawn(|| match &cfg.whitelist {
+            Some(p) => {
+                eprintln!("xtrail-sensor: whitelist {}", p.display());
+                Whitelist::load(p).with_context(|| format!("reading whitelist {}", p.display()))
+            }
+            None => Ok(Whitelist::empty()),
+        });
+        let trails = load_trails(paths, public_key);
+        let whitelist = whitelist
+            .join()
+            .map_err(|_| anyhow::anyhow!("the whitelist loader panicked"))?;
+        let (trails, version) = trails?;
+        Ok((trails, version, whitelist?))
+    })
 }
 
 /// The user-agent patterns a configuration names (or the default file).
 fn load_ua(cfg: &SensorConfig) -> anyhow::Result<Arc<UaPatterns>> {
-    let ua = match &cfg.ua_file {
+    load_ua_file(cfg.ua_file.as_deref())
+}
+
+/// The user-agent patterns of `file` (none without one), compiled.
+fn load_ua_file(file: Option<&std::path::Path>) -> anyhow::Result<Arc<UaPatterns>> {
+    let ua = match file {
         Some(p) => UaPatterns::load(p).with_context(|| format!("reading {}", p.display()))?,
         None => UaPatterns::empty(),
     };
@@ -564,36 +580,42 @@ struct RunArgs {
     reload: ReloadArgs,
 }
 
-/// Loads trails from every source and prints what was found.
-fn load_trails(paths: &[PathBuf]) -> anyhow::Result<TrailSet> {
+/// Loads trails from every source as a reload does ([`reload::load_sources`]: a compiled
+/// set is opened and checked once, its version read from its header) and prints what was
+/// found; returns the set and its version.
+fn load_trails(
+    paths: &[PathBuf],
+    public_key: Option<&[u8; 32]>,
+) -> anyhow::Result<(TrailSet, String)> {
     let started = Instant::now();
     // A compiled set (`xtrail-trails build`, found by its magic bytes) is memory-mapped, not
     // parsed; it holds a whole set, so it is the only source.
-    if let Some(p) = paths.iter().find(|p| compiled::is_compiled(p)) {
-        if paths.len() > 1 {
-            bail!(
-                "{} is a compiled trail set: give it as the only --trails source",
-                p.display()
-            );
-        }
-        let set = CompiledSet::open(p, None)
-            .with_context(|| format!("opening compiled trail set {}", p.display()))?;
-        eprintln!(
-            "xtrail-sensor: compiled trail set {} version {} opened in {:.3}s: {}",
-            p.display(),
-            set.version(),
-            started.elapsed().as_secs_f64(),
-            set.trails().report
+    let compiled = paths.iter().find(|p| compiled::is_compiled(p));
+    if let (Some(p), true) = (compiled, paths.len() > 1) {
+        bail!(
+            "{} is a compiled trail set: give it as the only --trails source",
+            p.display()
         );
-        return Ok(set.into_trails());
     }
-    let trails = TrailSet::load(paths, &LoadOptions::default())?;
-    eprintln!(
-        "xtrail-sensor: trails loaded in {:.2}s: {}",
-        started.elapsed().as_secs_f64(),
-        trails.report
-    );
-    Ok(trails)
+    let (trails, version) =
+        reload::load_sources(paths, public_key).map_err(|e| match compiled {
+            Some(p) => anyhow::anyhow!("trail set {} refused: {e}", p.display()),
+            None => anyhow::Error::new(e),
+        })?;
+    match compiled {
+        Some(p) => eprintln!(
+            "xtrail-sensor: compiled trail set {} version {version} opened in {:.3}s: {}",
+            p.display(),
+            started.elapsed().as_secs_f64(),
+            trails.report
+        ),
+        None => eprintln!(
+            "xtrail-sensor: trails loaded in {:.2}s: {}",
+            started.elapsed().as_secs_f64(),
+            trails.report
+        ),
+    }
+    Ok((trails, version))
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -601,6 +623,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("--enforce needs --mode inline: a mirror port carries copies, there is nothing to block");
     }
     privilege::check()?;
+    // The kernel's BTF is read for the XDP loader while the trails load.
+    loader::prepare();
     for iface in &args.ifaces {
         if loader::ifindex(iface).is_none() {
             bail!("unknown interface {iface}");
@@ -643,14 +667,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    // A compiled source must carry a good signature when a key is configured.
-    if let Some(key) = &public_key {
-        for p in cfg.trails.iter().filter(|p| compiled::is_compiled(p)) {
-            compiled::verify_file(p, Some(key))
-                .with_context(|| format!("trail set {} refused", p.display()))?;
-        }
-    }
-    let (trails, whitelist) = load_detection(&cfg)?;
+    // The user-agent patterns compile meanwhile.
+    let ua_file = cfg.ua_file.clone();
+    let ua = std::thread::spawn(move || load_ua_file(ua_file.as_deref()));
+    // A compiled source must carry a good signature when a key is configured (checked as it
+    // is opened).
+    let (trails, trail_set_version, whitelist) = load_detection(&cfg, public_key.as_ref())?;
     if trails.ip.is_empty() {
         bail!(
             "no IP, CIDR or IP:port trails in {}: the XDP fast path has nothing to look for",
@@ -708,13 +730,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         duration: args.duration,
         afxdp: !args.no_afxdp,
         heuristics: cfg.heuristics_for(true),
-        ua: load_ua(&cfg)?,
+        ua: ua
+            .join()
+            .map_err(|_| anyhow::anyhow!("the user-agent pattern loader panicked"))??,
         publisher: link.as_ref().map(CollectorLink::publisher),
         maltrail_syn_rules: cfg.maltrail_syn_rules,
         workers: cfg.workers,
         throttle: cfg.throttle(),
         flood: cfg.flood(),
-        trail_set_version: reload::version_of_sources(&cfg.trails),
+        trail_set_version,
         reload: Some(ReloadOptions {
             sources: cfg.trails.clone(),
             min_ratio: cfg.trail_min_ratio,
@@ -755,7 +779,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let sensor_name = sensor_name(&cfg);
     let link = args.collector.start(&cfg, &sensor_name, "replay")?;
     let publisher = link.as_ref().map(CollectorLink::publisher);
-    let (trails, whitelist) = load_detection(&cfg)?;
+    let (trails, _, whitelist) = load_detection(&cfg, None)?;
     let opts = ReplayOptions {
         processor: cfg.processor(sensor_name),
         format: args.output.format.into(),

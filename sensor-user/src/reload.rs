@@ -85,22 +85,6 @@ fn newest_mtime_us(sources: &[PathBuf]) -> u64 {
         .max(1)
 }
 
-/// The version of a set loaded from `sources`: a compiled set's own version, else
-/// [`version_of`].
-pub fn version_of_sources(sources: &[PathBuf]) -> String {
-    if let [p] = sources {
-        if compiled::is_compiled(p) {
-            if let Ok(h) = std::fs::read(p)
-                .map_err(|e| e.to_string())
-                .and_then(|b| compiled::read_header(&b).map_err(|e| e.to_string()))
-            {
-                return h.version;
-            }
-        }
-    }
-    version_of(sources)
-}
-
 /// Loads a set from `sources` as `run` does: one compiled set (checked, and with a key
 /// its signature required), or trail text files and trees.
 pub fn load_sources(
@@ -455,10 +439,7 @@ impl Worker {
         let fill_time = fill_started.elapsed();
         // Labels for the new map set's hits first, then the detector's set, then the kernel.
         self.hits.put(to, Some(Arc::clone(&next)));
-        self.shared.store(VersionedTrails::new(
-            next.version.clone(),
-            Arc::clone(&next.trails),
-        ));
+        self.shared.store(Arc::clone(&next));
         drop(current);
         self.kernel.select(to, flags)?;
         self.stats.set_version(&next.version);

@@ -345,26 +345,73 @@ fn delete_where(
     Ok(n)
 }
 
-/// Fills set `index` (empty) from `ip`; returns what went in and the set's `TRAIL_SET`
-/// flags.
-fn fill_set(maps: &TrailFds, index: u8, ip: &IpTrails) -> Result<(FillReport, u32), TrailMapError> {
+/// Writes `(key, value)` pairs made by `make` from `items` in batches, building at most one
+/// batch of keys and values at a time (a whole set's keys at once would add its size to
+/// the peak RSS).
+fn update_chunked<T, K: Copy, V: Copy>(
+    map: &MapFd,
+    items: impl Iterator<Item = T>,
+    make: impl Fn(T) -> (K, V),
+) -> Result<(), TrailMapError> {
+    let mut keys: Vec<K> = Vec::with_capacity(BATCH);
+    let mut values: Vec<V> = Vec::with_capacity(BATCH);
+    for item in items {
+        let (k, v) = make(item);
+        keys.push(k);
+        values.push(v);
+        if keys.len() == BATCH {
+            update_batch(map, &keys, &values)?;
+            keys.clear();
+            values.clear();
+        }
+    }
+    update_batch(map, &keys, &values)
+}
+
+/// What a half of the prefilter bitmap holds, as far as this process knows.
+#[derive(Clone, Debug, Default)]
+pub enum PrefilterHalf {
+    /// Unknown: the next fill rewrites every word of it.
+    #[default]
+    Unknown,
+    /// All zero (a freshly loaded program).
+    Zero,
+    /// Zero except at these word indexes (relative to the half).
+    Words(Vec<u32>),
+}
+
+/// The prefilter words of a set: (index within the half, bits), sorted by index, non-zero.
+fn prefilter_words(blocks: &[u32]) -> Vec<(u32, u64)> {
+    let mut words: Vec<(u32, u64)> = Vec::new();
+    let mut sorted = blocks.to_vec();
+    sorted.sort_unstable();
+    for b in sorted {
+        let (i, bit) = (b >> 6, 1u64 << (b & 63));
+        match words.last_mut() {
+            Some((last, bits)) if *last == i => *bits |= bit,
+            _ => words.push((i, bit)),
+        }
+    }
+    words
+}
+
+/// Fills set `index` (empty) from `ip`; returns what went in, the set's `TRAIL_SET` flags
+/// and what its prefilter half now holds. `half` is what that half held before: only the
+/// words that change are written (the whole half, 262,144 single-element updates and
+/// 80 ms, only when it is unknown). Half of the IP:port trails, the largest table of
+/// Maltrail's static tree, go in on a second thread beside the others.
+fn fill_set(
+    maps: &TrailFds,
+    index: u8,
+    ip: &IpTrails,
+    half: &PrefilterHalf,
+) -> Result<(FillReport, u32, PrefilterHalf), TrailMapError> {
     let set = u32::from(index & 1);
-    let (k, v): (Vec<TrailKey4>, Vec<u32>) = ip
-        .v4
-        .iter()
-        .map(|(addr, v)| (TrailKey4 { set, addr: *addr }, *v))
-        .unzip();
-    update_batch(&maps.ipv4, &k, &v)?;
-    let (k, v): (Vec<TrailKey6>, Vec<u32>) = ip
-        .v6
-        .iter()
-        .map(|(addr, v)| (TrailKey6 { set, addr: *addr }, *v))
-        .unzip();
-    update_batch(&maps.ipv6, &k, &v)?;
-    let (k, v): (Vec<IpPortKey>, Vec<u32>) = ip
-        .ipport
-        .iter()
-        .map(|((addr, port), v)| {
+    // IP:port trails in two halves, one on each thread.
+    let half_ports = ip.ipport.len() / 2;
+    let ipport = |skip: usize, take: usize| {
+        let items = ip.ipport.iter().skip(skip).take(take);
+        update_chunked(&maps.ipport, items, |((addr, port), v)| {
             (
                 IpPortKey {
                     addr: *addr,
@@ -375,45 +422,87 @@ fn fill_set(maps: &TrailFds, index: u8, ip: &IpTrails) -> Result<(FillReport, u3
                 *v,
             )
         })
-        .unzip();
-    update_batch(&maps.ipport, &k, &v)?;
-    // LPM prefixes count the 32 bits of the set index in front of the address.
-    for (addr, prefix, label) in &ip.cidr4 {
-        let key = Lpm4Key {
-            prefix_len: 32 + u32::from(*prefix),
-            data: TrailKey4 { set, addr: *addr },
-        };
-        update_elem(&maps.cidr4, &key, label)?;
-    }
-    for (addr, prefix, label) in &ip.cidr6 {
-        let key = Lpm6Key {
-            prefix_len: 32 + u32::from(*prefix),
-            data: TrailKey6 { set, addr: *addr },
-        };
-        update_elem(&maps.cidr6, &key, label)?;
-    }
-    let mut report = FillReport {
-        ipv4: ip.v4.len(),
-        ipv6: ip.v6.len(),
-        ipport: ip.ipport.len(),
-        cidr4: ip.cidr4.len(),
-        cidr6: ip.cidr6.len(),
-        ..FillReport::default()
     };
-    // The whole bitmap is written, so nothing of a previous set's bits survives.
-    let mut words = vec![0u64; PREFILTER_WORDS as usize];
-    if let Some(blocks) = prefilter_blocks(ip) {
-        for b in &blocks {
-            words[(*b >> 6) as usize] |= 1u64 << (b & 63);
+    let rest = || -> Result<(FillReport, PrefilterHalf), TrailMapError> {
+        update_chunked(&maps.ipv4, ip.v4.iter(), |(addr, v)| {
+            (TrailKey4 { set, addr: *addr }, *v)
+        })?;
+        update_chunked(&maps.ipv6, ip.v6.iter(), |(addr, v)| {
+            (TrailKey6 { set, addr: *addr }, *v)
+        })?;
+        // LPM prefixes count the 32 bits of the set index in front of the address.
+        for (addr, prefix, label) in &ip.cidr4 {
+            let key = Lpm4Key {
+                prefix_len: 32 + u32::from(*prefix),
+                data: TrailKey4 { set, addr: *addr },
+            };
+            update_elem(&maps.cidr4, &key, label)?;
         }
-        report.prefilter_blocks = blocks.len();
-        report.prefilter = true;
-    }
-    let base = set * PREFILTER_WORDS;
-    let indexes: Vec<u32> = (base..base + PREFILTER_WORDS).collect();
-    update_batch(&maps.prefilter, &indexes, &words)?;
+        for (addr, prefix, label) in &ip.cidr6 {
+            let key = Lpm6Key {
+                prefix_len: 32 + u32::from(*prefix),
+                data: TrailKey6 { set, addr: *addr },
+            };
+            update_elem(&maps.cidr6, &key, label)?;
+        }
+        let mut report = FillReport {
+            ipv4: ip.v4.len(),
+            ipv6: ip.v6.len(),
+            ipport: ip.ipport.len(),
+            cidr4: ip.cidr4.len(),
+            cidr6: ip.cidr6.len(),
+            ..FillReport::default()
+        };
+        let words = match prefilter_blocks(ip) {
+            Some(blocks) => {
+                report.prefilter_blocks = blocks.len();
+                report.prefilter = true;
+                prefilter_words(&blocks)
+            }
+            None => Vec::new(),
+        };
+        let base = set * PREFILTER_WORDS;
+        // Every word of the half that must change: the old set's words (zeroed unless the
+        // new set sets them) and the new set's.
+        let (indexes, values): (Vec<u32>, Vec<u64>) = match half {
+            PrefilterHalf::Unknown => {
+                let mut all = vec![0u64; PREFILTER_WORDS as usize];
+                for (i, bits) in &words {
+                    all[*i as usize] = *bits;
+                }
+                ((base..base + PREFILTER_WORDS).collect(), all)
+            }
+            PrefilterHalf::Zero | PrefilterHalf::Words(_) => {
+                let old: &[u32] = match half {
+                    PrefilterHalf::Words(w) => w,
+                    _ => &[],
+                };
+                let mut change: Vec<(u32, u64)> = old
+                    .iter()
+                    .filter(|i| words.binary_search_by_key(*i, |w| w.0).is_err())
+                    .map(|i| (*i, 0))
+                    .chain(words.iter().copied())
+                    .collect();
+                change.sort_unstable_by_key(|w| w.0);
+                change.into_iter().map(|(i, bits)| (base + i, bits)).unzip()
+            }
+        };
+        update_batch(&maps.prefilter, &indexes, &values)?;
+        ipport(half_ports, usize::MAX)?;
+        Ok((
+            report,
+            PrefilterHalf::Words(words.into_iter().map(|w| w.0).collect()),
+        ))
+    };
+    let (ports, rest) = std::thread::scope(|s| {
+        let ports = s.spawn(|| ipport(0, half_ports));
+        let rest = rest();
+        (ports.join(), rest)
+    });
+    ports.unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+    let (report, half) = rest?;
     let flags = report.set_flags();
-    Ok((report, flags))
+    Ok((report, flags, half))
 }
 
 impl FillReport {
@@ -447,6 +536,8 @@ pub struct KernelTrailSets {
     selector: MapFd,
     active: u8,
     capacity: Capacity,
+    /// What each half of the prefilter bitmap holds.
+    prefilter: [PrefilterHalf; 2],
 }
 
 impl KernelTrailSets {
@@ -458,7 +549,20 @@ impl KernelTrailSets {
             selector: dup(ebpf, names::TRAIL_SET, 4)?,
             active,
             capacity,
+            prefilter: Default::default(),
         })
+    }
+
+    /// Says what the prefilter halves hold (a freshly created map: both
+    /// [`PrefilterHalf::Zero`]), so that fills write only the words that change.
+    pub fn with_prefilter(mut self, halves: [PrefilterHalf; 2]) -> Self {
+        self.prefilter = halves;
+        self
+    }
+
+    /// What the prefilter halves hold, as far as this handle knows.
+    pub fn prefilter(&self) -> &[PrefilterHalf; 2] {
+        &self.prefilter
     }
 
     /// The set packets are matched against now.
@@ -473,9 +577,14 @@ impl KernelTrailSets {
 
     /// Fills set `index` (which must be empty and inactive) without switching to it. The
     /// start fill of a freshly loaded program is `fill(0, ..)` then `select(0, ..)`.
-    pub fn fill(&self, index: u8, ip: &IpTrails) -> Result<(FillReport, u32), TrailMapError> {
+    pub fn fill(&mut self, index: u8, ip: &IpTrails) -> Result<(FillReport, u32), TrailMapError> {
         self.capacity.check(ip)?;
-        fill_set(&self.maps, index, ip)
+        let half = usize::from(index & 1);
+        // Unknown until the fill succeeds (a failed one leaves some words written).
+        let before = std::mem::take(&mut self.prefilter[half]);
+        let (report, flags, after) = fill_set(&self.maps, index, ip, &before)?;
+        self.prefilter[half] = after;
+        Ok((report, flags))
     }
 
     /// Makes set `index` (filled, with `flags`) the one every following packet uses.

@@ -42,17 +42,7 @@ pub static DELTAS_DISCARDED: AtomicU64 = AtomicU64::new(0);
 
 /// Reads an ed25519 public key: 64 hex digits, or a file holding them.
 pub fn read_public_key(text: &str) -> anyhow::Result<[u8; 32]> {
-    let parse = |t: &str| -> Option<[u8; 32]> {
-        let t = t.trim();
-        if t.len() != 64 {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(t.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
-        Some(out)
-    };
+    let parse = compiled::parse_key_hex;
     if let Some(k) = parse(text) {
         return Ok(k);
     }
@@ -227,18 +217,38 @@ where
     Ok(bytes)
 }
 
-/// Rebuilds the set `info` announces from `base` and `delta`, and checks it as a full
-/// transfer: size, SHA-256 and the signature with `public_key`.
+/// Rebuilds the set `info` announces from `base` and `delta`, and checks it: the delta's
+/// own checksum of its result (`delta::apply`), the announced size and version, and the
+/// set's checksum and signature with `public_key` (two passes over the bytes, not four).
 pub fn rebuild(
     base: &[u8],
     delta_bytes: &[u8],
     info: &TrailSetInfo,
     public_key: &[u8; 32],
 ) -> anyhow::Result<Vec<u8>> {
+    rebuild_checked(base, delta_bytes, info, public_key).map(|(bytes, _)| bytes)
+}
+
+/// [`rebuild`], with the verified header.
+fn rebuild_checked(
+    base: &[u8],
+    delta_bytes: &[u8],
+    info: &TrailSetInfo,
+    public_key: &[u8; 32],
+) -> anyhow::Result<(Vec<u8>, compiled::Header)> {
     let bytes = delta::apply(base, delta_bytes, info.size.min(MAX_SET_BYTES))?;
-    check_announced(&bytes, info)?;
-    compiled::verify_bytes(&bytes, Some(public_key))?;
-    Ok(bytes)
+    if bytes.len() as u64 != info.size {
+        bail!("{} of {} bytes rebuilt", bytes.len(), info.size);
+    }
+    let header = compiled::verify_bytes(&bytes, Some(public_key))?;
+    if header.version != info.version {
+        bail!(
+            "the delta rebuilt version {}, not the announced {}",
+            header.version,
+            info.version
+        );
+    }
+    Ok((bytes, header))
 }
 
 /// The stored set's bytes if it is version `running`.
@@ -252,13 +262,14 @@ fn stored_base(o: &PullOptions, running: &str) -> Option<Vec<u8>> {
 }
 
 /// The set `info` announces: by delta from the stored set when possible, else whole.
-/// Returns the bytes and whether a delta was used.
+/// Returns the bytes, their header when a delta rebuilt them (already verified), and
+/// whether a delta was used.
 async fn obtain<S>(
     c: &mut TrailsClient<S>,
     o: &PullOptions,
     running: &str,
     info: &TrailSetInfo,
-) -> anyhow::Result<(Vec<u8>, bool)>
+) -> anyhow::Result<(Vec<u8>, Option<compiled::Header>, bool)>
 where
     S: tonic::client::GrpcService<tonic::body::Body>,
     S::Error: Into<tonic::codegen::StdError>,
@@ -270,15 +281,15 @@ where
         // announced, signed set is discarded. Either way the whole set is fetched.
         match fetch_delta(c, o, running, info).await {
             Err(e) => log::info!("no delta for trail set {}: {e:#}", info.version),
-            Ok(d) => match rebuild(&base, &d, info, &o.public_key) {
-                Ok(bytes) => {
+            Ok(d) => match rebuild_checked(&base, &d, info, &o.public_key) {
+                Ok((bytes, header)) => {
                     DELTAS_APPLIED.fetch_add(1, Ordering::Relaxed);
                     eprintln!(
                         "xtrail-sensor: trail set {} rebuilt from a {}-byte delta against {running}",
                         info.version,
                         d.len()
                     );
-                    return Ok((bytes, true));
+                    return Ok((bytes, Some(header), true));
                 }
                 Err(e) => {
                     DELTAS_DISCARDED.fetch_add(1, Ordering::Relaxed);
@@ -290,12 +301,20 @@ where
             },
         }
     }
-    Ok((fetch(c, o, running, info).await?, false))
+    Ok((fetch(c, o, running, info).await?, None, false))
 }
 
-/// Verifies `bytes` with the key and installs them; returns the version.
-fn verify_and_store(o: &PullOptions, bytes: &[u8]) -> anyhow::Result<(PathBuf, String)> {
-    let header = compiled::verify_bytes(bytes, Some(&o.public_key))?;
+/// Verifies `bytes` with the key (unless `verified` is their header, already checked) and
+/// installs them; returns the version.
+fn verify_and_store(
+    o: &PullOptions,
+    bytes: &[u8],
+    verified: Option<compiled::Header>,
+) -> anyhow::Result<(PathBuf, String)> {
+    let header = match verified {
+        Some(h) => h,
+        None => compiled::verify_bytes(bytes, Some(&o.public_key))?,
+    };
     let path = stored_set(&o.state_dir);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -372,8 +391,8 @@ async fn follow_once(
         if info.version == running || refused.as_deref() == Some(info.version.as_str()) {
             continue;
         }
-        let (bytes, _) = obtain(&mut c, o, &running, &info).await?;
-        let (path, version) = match verify_and_store(o, &bytes) {
+        let (bytes, verified, _) = obtain(&mut c, o, &running, &info).await?;
+        let (path, version) = match verify_and_store(o, &bytes, verified) {
             Ok(v) => v,
             Err(e) => {
                 eprintln!(
@@ -444,8 +463,8 @@ pub fn pull(o: &PullOptions) -> anyhow::Result<Pulled> {
             })
             .await?
             .into_inner();
-        let (bytes, via_delta) = obtain(&mut c, o, &running, &info).await?;
-        let (path, version) = verify_and_store(o, &bytes)
+        let (bytes, verified, via_delta) = obtain(&mut c, o, &running, &info).await?;
+        let (path, version) = verify_and_store(o, &bytes, verified)
             .with_context(|| format!("trail set {} from the collector refused", info.version))?;
         eprintln!(
             "xtrail-sensor: trail set {version} received from the collector ({} bytes, signature good)",

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use aya::maps::{MapData, RingBuf};
 use xtrail_bench::frames::{v4, v6, Frame};
-use xtrail_common::{trail_kind, v4_mapped};
+use xtrail_common::{stat, trail_kind, v4_mapped};
 use xtrail_detect::trails::IpTrails;
 use xtrail_sensor::hits::parse_record;
 use xtrail_sensor::loader::{Sensor, SensorOptions};
@@ -145,4 +145,40 @@ fn a_set_filled_beside_the_active_one_is_switched_in_whole() {
         other => panic!("want a capacity refusal, got {other:?}"),
     }
     assert_eq!(sets.clear(1).expect("nothing to clear"), 0);
+}
+
+/// Fills write only the prefilter words that change: after A, B and then C in set 0, the
+/// /24s of A that C does not have are skipped by the prefilter again (their bits cleared),
+/// and C's are looked up.
+#[test]
+fn refills_clear_the_prefilter_bits_of_the_set_before() {
+    if !common::privileged(module_path!()) {
+        return;
+    }
+    let opts = SensorOptions {
+        suppress: std::time::Duration::ZERO,
+        ..SensorOptions::default()
+    };
+    let mut sensor = Sensor::load(&set_a(), &opts).expect("load");
+    let mut ring = sensor.take_hits().expect("ring");
+    let mut sets = sensor.trail_sets().expect("trail sets");
+    let (_, flags) = sets.fill(1, &set_b()).expect("fill set 1");
+    sets.select(1, flags).expect("switch to B");
+    sets.clear_filled(0, &set_a()).expect("empty set 0");
+    let mut c = IpTrails::default();
+    c.v4.insert([198, 19, 9, 9], 11);
+    let (fill, flags) = sets.fill(0, &c).expect("fill set 0 with C");
+    assert!(fill.prefilter);
+    sets.select(0, flags).expect("switch to C");
+    let skips = |s: &Sensor| s.counters().expect("counters").get(stat::PREFILTER_SKIPS);
+    assert_eq!(
+        hit(&mut sensor, &mut ring, "198.19.9.9", 80),
+        Some((11, trail_kind::IP, 0))
+    );
+    // Destination and source both skipped: A's /24s are gone from the bitmap.
+    for gone in ["203.0.113.9", "198.19.1.1", "198.19.6.6"] {
+        let before = skips(&sensor);
+        assert_eq!(hit(&mut sensor, &mut ring, gone, 8443), None, "{gone}");
+        assert_eq!(skips(&sensor) - before, 2, "{gone} not skipped");
+    }
 }

@@ -222,6 +222,37 @@ fn ipv6_with_extension_headers_and_ipport() {
     );
 }
 
+/// Every kind of IPv6 extension header the program walks (hop-by-hop, routing, AH,
+/// destination options; the transport header is then read at an offset the verifier knows
+/// nothing of), and a fragment header of a later fragment.
+#[test]
+fn ipv6_extension_header_chains_and_fragments() {
+    privileged!();
+    let mut h = Harness::inline();
+    let mut udp = Frame::udp(v6(CLEAN_V6), 40002, v6(TRAIL_V6), 443, b"abc");
+    udp.ipv6_ext = vec![0, 43, 51, 60];
+    h.run(&udp);
+    let hits = h.hits();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        (
+            hits[0].kind,
+            hits[0].trail_id,
+            hits[0].dst_port,
+            hits[0].src_port
+        ),
+        (trail_kind::IPPORT, 5, 443, 40002)
+    );
+    // A fragment header with a non-zero offset: counted, hit, not reported.
+    let mut later = Frame::udp(v6(CLEAN_V6), 40003, v6(TRAIL_V6), 53, b"abc");
+    later.ipv6_ext = vec![60, 44];
+    h.run(&later);
+    assert!(h.hits().is_empty());
+    assert_eq!(h.counter(stat::FRAGMENTS), 1);
+    assert_eq!(h.counter(stat::HITS), 2);
+    assert_eq!(h.counter(stat::PARSE_ERRORS), 0);
+}
+
 #[test]
 fn cidr_trails_hit_and_prefilter_skips_clean_traffic() {
     privileged!();

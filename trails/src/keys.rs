@@ -19,23 +19,7 @@ pub enum KeyError {
     Format(String),
 }
 
-/// 32 bytes from 64 hex digits.
-pub fn parse_hex(text: &str) -> Option<[u8; 32]> {
-    let t = text.trim();
-    if t.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(t.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-/// Lower-case hex.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use xtrail_detect::trails::compiled::{hex, parse_key_hex as parse_hex};
 
 /// Reads a key: a file holding 64 hex digits, or the 64 hex digits themselves.
 pub fn read_key(arg: &str) -> Result<[u8; 32], KeyError> {

@@ -156,6 +156,14 @@ pub fn measure(quick: bool, tmp: &Path) -> anyhow::Result<Vec<StartupRun>> {
     Ok(out)
 }
 
+/// The 1-minute load average (`/proc/loadavg`), to say how busy the machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default()
+}
+
 fn json(runs: &[StartupRun], when: &str) -> String {
     let rows: Vec<String> = runs
         .iter()
@@ -167,7 +175,8 @@ fn json(runs: &[StartupRun], when: &str) -> String {
         })
         .collect();
     format!(
-        "{{\"taken\":\"{when}\",\"startup\":[\n{}\n]}}\n",
+        "{{\"taken\":\"{when}\",\"load_average\":\"{}\",\"startup\":[\n{}\n]}}\n",
+        load_average(),
         rows.join(",\n")
     )
 }
@@ -215,7 +224,8 @@ pub fn write(dir: &Path, runs: &[StartupRun]) -> anyhow::Result<String> {
         .unwrap_or_default();
     std::fs::write(dir.join("startup.json"), json(runs, &when))?;
     let mut md = format!(
-        "# Sensor start, taken {when}\n\nTime from `xtrail-sensor run` to \"attached\" and to the first event for injected trail hits, and peak RSS (VmHWM), medians of the runs (RSS: largest). \"one trail\" is the sensor's own cost (XDP program load and verification, BPF maps, the mapped hit ring); the rows below include it.\n\n| trails | file MB | runs | attached s | detecting s | peak RSS MB |\n|---|---|---|---|---|---|\n"
+        "# Sensor start, taken {when} (1-minute load average at the end: {})\n\nTime from `xtrail-sensor run` to \"attached\" and to the first event for injected trail hits, and peak RSS (VmHWM), medians of the runs (RSS: largest). \"one trail\" is the sensor's own cost (XDP program load and verification, BPF maps, the three mapped ring buffers, whose data pages count twice); the rows below include it.\n\n| trails | file MB | runs | attached s | detecting s | peak RSS MB |\n|---|---|---|---|---|---|\n",
+        load_average()
     );
     for r in runs {
         md.push_str(&format!(

@@ -396,8 +396,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CompiledError> {
     result.map_err(io)
 }
 
-fn hex(b: &[u8]) -> String {
+/// Lower-case hex (versions, key files).
+pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// 32 bytes (an ed25519 key) from 64 hex digits, surrounding white space ignored.
+pub fn parse_key_hex(text: &str) -> Option<[u8; 32]> {
+    let t = text.trim();
+    if t.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(t.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 fn version_time(secs: u64) -> String {

@@ -22,7 +22,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
-use parse::{Packet, ParseError};
+use parse::Packet;
 use xtrail_common::{
     action, config_flags, handoff, mode, side, stat, tls_flow, trail_kind, trail_set, Config,
     FlowRecord, HitRecord, IpPortKey, PayloadRecord, SuppressKey, TrailKey4, TrailKey6,
@@ -102,9 +102,15 @@ static FLOWS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 /// Recently sent flow starts, per CPU, direct-mapped by a hash of (source, destination,
 /// port, protocol): each slot holds the hash's upper half and the send time in seconds. An
 /// array slot costs one memory access where an LRU hash update takes locks; a collision only
-/// means a flow start is sent again.
+/// means a flow start is sent again. Stored as blocks of `FLOW_SEEN_BLOCK` slots: a per-CPU
+/// array allocates each element on its own, and 65,536 one-word elements took 60-70 ms to
+/// create at start; 16 elements of 32 KiB (the largest per-CPU value) take well under 1 ms.
 #[map]
-static FLOW_SEEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+static FLOW_SEEN: PerCpuArray<[u64; FLOW_SEEN_BLOCK]> =
+    PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS / FLOW_SEEN_BLOCK as u32, 0);
+
+/// Slots per `FLOW_SEEN` element (a power of two; 32 KiB).
+const FLOW_SEEN_BLOCK: usize = 4096;
 
 /// A TCP flow (one direction) whose ClientHello record is longer than its first segment.
 #[repr(C)]
@@ -137,6 +143,10 @@ static TLS_FLOWS: LruHashMap<TlsFlowKey, TlsFlow> =
 /// TCP segments skip the map lookup.
 #[map]
 static TLS_FLOWS_UNTIL: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The packet being processed, per CPU (see `parse::parse_into`).
+#[map]
+static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 
 /// Interface index to its slot in `XSKS`.
 #[map]
@@ -204,27 +214,34 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     count(stat::PACKETS, 1);
     count(stat::BYTES, len);
-    let pkt = match parse::parse(ctx) {
-        Ok(p) => p,
-        Err(ParseError::NotIp) => {
+    let Some(slot) = PACKET.get_ptr_mut(0) else {
+        return idle_verdict(cfg);
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; nothing else uses it during this run.
+    let status = parse::parse_into(ctx.ctx, unsafe { &mut *slot });
+    // SAFETY: as above; read back from map memory, so the verifier knows nothing of it.
+    let pkt: &Packet = unsafe { &*slot };
+    match status {
+        0 => {}
+        1 => {
             count(stat::NON_IP, 1);
             return idle_verdict(cfg);
         }
-        Err(ParseError::Malformed) => {
+        _ => {
             count(stat::PARSE_ERRORS, 1);
             if cfg.log_level > 0 {
                 debug!(ctx, "xtrail: malformed frame, {} bytes", len);
             }
             return idle_verdict(cfg);
         }
-    };
+    }
     if pkt.fragment {
         count(stat::FRAGMENTS, 1);
     }
     if cfg.flags & config_flags::FLOWS != 0 && !pkt.fragment && pkt.is_flow_start() {
-        flow_start(&pkt, cfg);
+        flow_start(pkt, cfg);
     }
-    let hit = lookup_packet(&pkt, set);
+    let hit = lookup_packet(pkt, set);
     let enforce = cfg.mode == mode::INLINE && cfg.flags & config_flags::ENFORCE != 0;
     let mut verdict = idle_verdict(cfg);
     if hit.is_some() {
@@ -238,7 +255,7 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32) -> u32 {
     // An enforced drop is not handed over: the packet goes nowhere.
     let mut dns_handed_off = false;
     if !(enforce && hit.is_some()) {
-        if let Some(kind) = classify(ctx, &pkt, cfg) {
+        if let Some(kind) = classify(ctx, pkt, cfg) {
             if let Some(v) = hand_off(ctx, cfg, kind, len) {
                 if cfg.mode == mode::MIRROR {
                     verdict = v;
@@ -256,7 +273,7 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32) -> u32 {
         count(stat::UNREPORTED, 1);
         return verdict;
     }
-    report(ctx, &pkt, &hit, cfg, enforce, len);
+    report(ctx, pkt, &hit, cfg, enforce, len);
     verdict
 }
 
@@ -284,7 +301,11 @@ fn flow_start(pkt: &Packet, cfg: &Config) {
     let tag = h >> 32;
     let now_s = now / 1_000_000_000;
     let window_s = cfg.flow_ns / 1_000_000_000;
-    if let Some(p) = FLOW_SEEN.get_ptr_mut(slot) {
+    let block = FLOW_SEEN.get_ptr_mut(slot / FLOW_SEEN_BLOCK as u32);
+    // SAFETY: the slot's index within its block is masked below the block's length.
+    let slot_ptr =
+        block.map(|b| unsafe { (b as *mut u64).add(slot as usize & (FLOW_SEEN_BLOCK - 1)) });
+    if let Some(p) = slot_ptr {
         // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
         let v = unsafe { *p };
         if v >> 32 == tag && now_s.wrapping_sub(v & 0xffff_ffff) < window_s {

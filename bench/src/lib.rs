@@ -5,6 +5,7 @@
 //! - [`netns`]: network namespaces joined by a veth pair, torn down on drop, and raw
 //!   AF_PACKET injection from inside a namespace.
 //! - [`gen`]: the traffic generator (batched raw-socket sends, bounded, optionally paced).
+//! - [`flows`]: per-flow rewriting of template frames, the NIC-like generator's sequence.
 //! - [`scenario`]: reproducible benchmark traffic mixes with known malicious items.
 //! - [`pcapw`]: a pcap writer, for the offline (replay) scenario.
 //!
@@ -12,6 +13,7 @@
 //! trail addresses only ever travel between namespaces this code created.
 
 pub mod child;
+pub mod flows;
 pub mod frames;
 pub mod gen;
 pub mod netns;

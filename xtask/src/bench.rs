@@ -128,7 +128,7 @@ impl Run {
 }
 
 /// Clock ticks of one process (utime + stime) from /proc/PID/stat.
-fn proc_ticks(pid: u32) -> u64 {
+pub(crate) fn proc_ticks(pid: u32) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0;
     };
@@ -152,7 +152,7 @@ fn softirq_ticks() -> u64 {
 }
 
 /// Busy ticks of all CPUs (everything but idle and iowait) from /proc/stat.
-fn busy_ticks() -> u64 {
+pub(crate) fn busy_ticks() -> u64 {
     std::fs::read_to_string("/proc/stat")
         .ok()
         .and_then(|s| {
@@ -181,7 +181,7 @@ fn rss_mb(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn tick_ns() -> f64 {
+pub(crate) fn tick_ns() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     1e9 / if hz > 0 { hz as f64 } else { 100.0 }
@@ -244,14 +244,14 @@ fn subset_csv(trails: &TrailSet, picks: &TrailPicks, n: usize, path: &Path) -> a
     Ok(())
 }
 
-struct Sensor {
-    child: Child,
+pub(crate) struct Sensor {
+    pub(crate) child: Child,
     lines: mpsc::Receiver<String>,
     load_s: f64,
     fill_s: f64,
 }
 
-fn start_sensor(
+pub(crate) fn start_sensor(
     pair: &VethPair,
     trails: &Path,
     mode: &str,
@@ -296,7 +296,7 @@ fn start_sensor(
     })
 }
 
-fn stop_child(child: &mut Child) {
+pub(crate) fn stop_child(child: &mut Child) {
     xtrail_bench::child::interrupt_and_wait(child, Duration::from_secs(20));
 }
 
@@ -658,6 +658,42 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     let mix: &'static Traffic = Box::leak(Box::new(mix));
     let storm: &'static Traffic = Box::leak(Box::new(storm));
 
+    // NIC-like delivery at fixed rates (its own results file, summary lines in latest.md).
+    let nic_only = !opts.only.is_empty() && opts.only.iter().all(|o| "nic".starts_with(o.as_str()));
+    let mut nic_notes = Vec::new();
+    if wanted("nic") {
+        // The mix as templates: fewer frames, more malicious items among them.
+        let nic_mix = scenario::mix(opts.seed + 3, 4093, &picks, 0.05, &is_trail);
+        let when = Command::new("date")
+            .args(["-u", "+%FT%TZ"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let inputs = crate::bench_nic::NicInputs {
+            quick: opts.quick,
+            trails: &full,
+            trails_name: full_name.clone(),
+            background,
+            mix: &nic_mix,
+            sensor_args: &opts.sensor_args,
+            peer: opts.peer.as_deref(),
+            tmp: &tmp,
+        };
+        match crate::bench_nic::run(&inputs, &results_dir, &when) {
+            Ok(lines) => nic_notes = lines,
+            Err(e) => eprintln!("bench: nic: failed: {e:#}"),
+        }
+    }
+    if nic_only {
+        let _ = std::fs::write(stats_knob, old_knob.trim());
+        let _ = std::fs::remove_dir_all(&tmp);
+        eprintln!(
+            "bench: NIC figures in {}",
+            results_dir.join("nic.md").display()
+        );
+        return Ok(());
+    }
+
     for mode in ["inline", "mirror"] {
         if wanted("background") {
             record(
@@ -794,6 +830,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     let mut notes = Vec::new();
     notes.extend(console_note);
+    notes.extend(nic_notes);
     if let Some(r) = &startup {
         notes.push(crate::bench_startup::line(r));
     }
@@ -838,7 +875,7 @@ fn ingest_only(opts: &BenchOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -8,6 +8,7 @@
 mod bench;
 mod bench_console;
 mod bench_ingest;
+mod bench_nic;
 mod bench_startup;
 mod demo;
 mod deps;
@@ -48,7 +49,7 @@ enum Command {
         /// Seed of the generated traffic.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Only these scenarios (background, mix, storm, scale, offline, baseline, ingest, console, startup); repeatable.
+        /// Only these scenarios (background, mix, storm, scale, offline, baseline, nic, ingest, console, startup); repeatable.
         #[arg(long)]
         only: Vec<String>,
         /// Extra argument for `xtrail-sensor run` (repeatable), e.g. --sensor-arg=--no-flow-starts.
@@ -88,7 +89,7 @@ fn main() -> anyhow::Result<()> {
             let ingest_only =
                 !only.is_empty() && only.iter().all(|o| "ingest".starts_with(o.as_str()));
             if !ingest_only {
-                eprintln!("xtask: building the sensor and the libpcap baseline (release)");
+                eprintln!("xtask: building the sensor, the libpcap baseline and the NIC-like generator (release)");
                 run(cargo().args([
                     "build",
                     "--release",
@@ -96,6 +97,8 @@ fn main() -> anyhow::Result<()> {
                     "xtrail-sensor",
                     "-p",
                     "xtrail-bench",
+                    "-p",
+                    "xtrail-nicgen",
                 ]))?;
             }
             bench::run(&bench::BenchOptions {

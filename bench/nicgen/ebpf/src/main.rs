@@ -1,0 +1,247 @@
+//! The NIC-like traffic generator's XDP programs.
+//!
+//! `nicgen` is run by userspace with `BPF_PROG_RUN` in live-frames mode
+//! (`BPF_F_TEST_XDP_LIVE_FRAMES`): the kernel hands it page-pool frames one after another and
+//! sends what it redirects on as `xdp_frame`s, the way a NIC driver's receive path does. Per
+//! frame it keeps `window` flows open at once (round robin over slots), starts a new flow in
+//! a slot when the slot's flow has sent all its packets, writes the flow's template into the
+//! frame, gives the frame the flow's source address (198.18.0.0/15) and source port with
+//! the checksums updated incrementally, and redirects it to the configured interface.
+//!
+//! `noop` and `array_read` measure, with `BPF_PROG_TEST_RUN` repeat, what one array map
+//! read per packet costs (the sensor's trail-set selector is one).
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_get_smp_processor_id, bpf_redirect, bpf_xdp_adjust_tail, bpf_xdp_store_bytes},
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+
+/// Largest template frame (bytes). Keep in step with `xtrail_nicgen::MAX_FRAME`.
+const MAX_FRAME: usize = 2048;
+/// Most flows open at once per CPU. Keep in step with `xtrail_nicgen::MAX_WINDOW`.
+const MAX_WINDOW: u32 = 4096;
+
+/// Generator settings (element 0). Layout shared with `xtrail_nicgen::GenConfig`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GenConfig {
+    /// Interface frames are redirected to.
+    pub ifindex: u32,
+    /// Templates in `TEMPLATES`.
+    pub templates: u32,
+    /// Flows open at once (slots), at most `MAX_WINDOW`.
+    pub window: u32,
+    pub _pad: u32,
+}
+
+/// One template frame. Layout shared with `xtrail_nicgen::Template`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Template {
+    /// Frame length.
+    pub len: u32,
+    /// Packets per flow of this template.
+    pub packets: u32,
+    /// Offset of the IPv4 header, or 0: send the frame as it is.
+    pub l3: u16,
+    /// Offset of the TCP/UDP source port.
+    pub sport_off: u16,
+    /// Offset of the TCP/UDP checksum, or 0 (none, or a UDP checksum of 0).
+    pub csum_off: u16,
+    /// 1 when the checksum is UDP's (0 must be written as 0xffff).
+    pub udp: u16,
+    /// The template's source address and port and checksums, as 16-bit words read in
+    /// memory order (one's complement sums do not care about byte order).
+    pub src_words: [u16; 2],
+    pub sport: u16,
+    pub ip_csum: u16,
+    pub l4_csum: u16,
+    pub _pad: u16,
+    pub data: [u8; MAX_FRAME],
+}
+
+/// One open flow of a slot.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Slot {
+    pub flow: u64,
+    pub template: u32,
+    pub left: u32,
+}
+
+#[map]
+static CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
+
+/// The templates, sized by userspace.
+#[map]
+static TEMPLATES: Array<Template> = Array::with_max_entries(1, 0);
+
+/// Per CPU: element 0 counts frames written, element 1 flows started.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// Per CPU: the flow each slot is sending.
+#[map]
+static SLOTS: PerCpuArray<Slot> = PerCpuArray::with_max_entries(MAX_WINDOW, 0);
+
+/// For `array_read`: one u32, like the sensor's `TRAIL_SET`.
+#[map]
+static ONE_WORD: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Adds the change from `old` to `new` to a one's complement checksum (RFC 1624, eq. 3).
+#[inline(always)]
+fn csum_add(sum: u32, old: u16, new: u16) -> u32 {
+    sum + u32::from(!old) + u32::from(new)
+}
+
+#[inline(always)]
+fn csum_finish(csum: u16, sum: u32) -> u16 {
+    let mut s = u32::from(!csum) + sum;
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
+}
+
+#[xdp]
+pub fn nicgen(ctx: XdpContext) -> u32 {
+    generate(&ctx).unwrap_or(xdp_action::XDP_ABORTED)
+}
+
+#[inline(always)]
+fn generate(ctx: &XdpContext) -> Option<u32> {
+    let cfg = *CONFIG.get(0)?;
+    let n = COUNTERS.get_ptr_mut(0)?;
+    let flows = COUNTERS.get_ptr_mut(1)?;
+    // SAFETY: per-CPU slots; only this CPU touches them while the program runs.
+    let seq = unsafe {
+        let v = *n;
+        *n = v + 1;
+        v
+    };
+    let window = if cfg.window == 0 || cfg.window > MAX_WINDOW {
+        1
+    } else {
+        cfg.window
+    };
+    // `checked_rem`: a remainder the compiler cannot prove safe would link a panic.
+    let slot = SLOTS.get_ptr_mut(seq.checked_rem(u64::from(window)).unwrap_or(0) as u32)?;
+    // SAFETY: as above (per-CPU).
+    let (flow, index) = unsafe {
+        if (*slot).left == 0 {
+            let f = *flows;
+            *flows = f + 1;
+            (*slot).flow = f;
+            (*slot).template = f.checked_rem(u64::from(cfg.templates)).unwrap_or(0) as u32;
+            (*slot).left = 0;
+        }
+        ((*slot).flow, (*slot).template)
+    };
+    let t = TEMPLATES.get(index)?;
+    if (unsafe { (*slot).left }) == 0 {
+        // SAFETY: as above (per-CPU).
+        unsafe { (*slot).left = if t.packets == 0 { 1 } else { t.packets } };
+    }
+    // SAFETY: as above (per-CPU).
+    unsafe { (*slot).left -= 1 };
+    let len = t.len as usize;
+    if len == 0 || len > MAX_FRAME {
+        return None;
+    }
+    // Resize the frame to the template's length, then write the template.
+    let cur = ctx.data_end() - ctx.data();
+    let delta = len as i64 - cur as i64;
+    if delta != 0 {
+        // SAFETY: the helper checks the new length against the frame's room.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta as i32) } != 0 {
+            return None;
+        }
+    }
+    // SAFETY: `t.data` is a map value of MAX_FRAME bytes and `len` is at most that.
+    if unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, t.data.as_ptr() as *mut _, len as u32) } != 0 {
+        return None;
+    }
+    if t.l3 != 0 {
+        // Each CPU numbers its flows on its own: the CPU goes into the low bits.
+        let cpu = u64::from(unsafe { bpf_get_smp_processor_id() } & 7);
+        let key = flow * 8 + cpu;
+        let host = (key & 0x1_ffff) as u32;
+        let src: u32 = 0xc612_0000 | if host == 0 { 1 } else { host };
+        let src_be = src.to_be_bytes();
+        let sport = (1024 + ((key >> 17).wrapping_mul(7919) + key) % 64_000) as u16;
+        let sport_be = sport.to_be_bytes();
+        let w0 = u16::from_ne_bytes([src_be[0], src_be[1]]);
+        let w1 = u16::from_ne_bytes([src_be[2], src_be[3]]);
+        let wp = u16::from_ne_bytes(sport_be);
+        let addr_sum = csum_add(csum_add(0, t.src_words[0], w0), t.src_words[1], w1);
+        let mut ip_csum = csum_finish(t.ip_csum, addr_sum).to_ne_bytes();
+        let mut addr = src_be;
+        let mut port = sport_be;
+        let l3 = u32::from(t.l3);
+        // SAFETY (all four): stack buffers of the stated sizes; the helper checks offsets.
+        unsafe {
+            if bpf_xdp_store_bytes(ctx.ctx, l3 + 12, addr.as_mut_ptr() as *mut _, 4) != 0
+                || bpf_xdp_store_bytes(ctx.ctx, l3 + 10, ip_csum.as_mut_ptr() as *mut _, 2) != 0
+                || bpf_xdp_store_bytes(
+                    ctx.ctx,
+                    u32::from(t.sport_off),
+                    port.as_mut_ptr() as *mut _,
+                    2,
+                ) != 0
+            {
+                return None;
+            }
+        }
+        if t.csum_off != 0 {
+            let l4 = csum_finish(t.l4_csum, csum_add(addr_sum, t.sport, wp));
+            let l4 = if l4 == 0 && t.udp != 0 { 0xffff } else { l4 };
+            let mut l4 = l4.to_ne_bytes();
+            // SAFETY: as above.
+            if unsafe {
+                bpf_xdp_store_bytes(ctx.ctx, u32::from(t.csum_off), l4.as_mut_ptr() as *mut _, 2)
+            } != 0
+            {
+                return None;
+            }
+        }
+    }
+    // SAFETY: a helper call with scalar arguments.
+    Some(unsafe { bpf_redirect(cfg.ifindex, 0) } as u32)
+}
+
+/// Does nothing: the floor of a test run.
+#[xdp]
+pub fn noop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// One array map read, as the sensor's program reads its trail-set selector per packet.
+#[xdp]
+pub fn array_read(_ctx: XdpContext) -> u32 {
+    let v = ONE_WORD.get(0).copied().unwrap_or(0);
+    // The value decides the verdict, so the read is not optimised away.
+    if v == 0xdead_beef {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// On the host this crate is an empty binary; the real programs are built for BPF.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,248 @@
+//! `xtrail-nicgen`: the bench's NIC-like traffic generator and XDP cost probe.
+//!
+//! - `send`: frames from a pcap as templates, injected with `BPF_PROG_RUN` live frames into
+//!   an interface of the current network namespace (run it with `ip netns exec`), flat out
+//!   or at a fixed rate. Prints one JSON line: frames sent, calls, seconds, pps.
+//! - `xdp-cost`: `BPF_PROG_TEST_RUN` repeat on a loaded XDP program (the sensor's, by id)
+//!   over each frame of a pcap; with `--flow-starts-every-run`, the program's `CONFIG` flow
+//!   window is set to 0 during that frame's runs (and restored) so every run sends a
+//!   flow-start record. Also the cost of one array map read. Prints one JSON line.
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aya::maps::{Array, Map, MapData, PerCpuArray};
+use aya::programs::ProgramInfo;
+use clap::{Parser, Subcommand};
+use xtrail_common::{stat, Config};
+use xtrail_nicgen::{map_read_cost, read_pcap, test_run, Generator, Template};
+
+#[derive(Parser)]
+#[command(
+    name = "xtrail-nicgen",
+    about = "NIC-like traffic generator (BPF_PROG_RUN live frames)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Send frames into an interface of this network namespace.
+    Send {
+        #[arg(long)]
+        iface: String,
+        /// Template frames (pcap).
+        #[arg(long)]
+        frames: PathBuf,
+        #[arg(long)]
+        count: u64,
+        /// Frames per second (flat out without).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Packets per flow of background templates (all-zero payload).
+        #[arg(long, default_value_t = 8)]
+        flow_packets: u32,
+        /// Flows open at once, interleaved.
+        #[arg(long, default_value_t = 256)]
+        window: u32,
+        /// Frames per live-frames batch.
+        #[arg(long, default_value_t = 64)]
+        batch: u32,
+        /// Pacing interval in microseconds.
+        #[arg(long, default_value_t = 1000)]
+        tick_us: u64,
+        #[arg(long, default_value_t = 120)]
+        max_seconds: u64,
+        /// Number of the first flow (runs that must not repeat flows start further on).
+        #[arg(long, default_value_t = 0)]
+        first_flow: u64,
+        /// CPU to run on (flows are numbered per CPU).
+        #[arg(long, default_value_t = 0)]
+        cpu: usize,
+    },
+    /// Turn GRO on (or off) on an interface of this namespace, as `ethtool -K IF gro on`.
+    Gro {
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        off: bool,
+    },
+    /// Run count and run time of a loaded program (bpf_stats) as JSON.
+    ProgStats {
+        #[arg(long)]
+        id: u32,
+    },
+    /// Cost per packet of a loaded XDP program, by BPF_PROG_TEST_RUN repeat.
+    XdpCost {
+        #[arg(long)]
+        prog_id: u32,
+        /// Frames to run (pcap), named by --names in order.
+        #[arg(long)]
+        frames: PathBuf,
+        #[arg(long, value_delimiter = ',')]
+        names: Vec<String>,
+        /// Names of frames to run with the flow window at 0 (a flow-start record every run).
+        #[arg(long, value_delimiter = ',')]
+        flow_starts_every_run: Vec<String>,
+        #[arg(long, default_value_t = 200_000)]
+        repeat: u32,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Send {
+            iface,
+            frames,
+            count,
+            rate,
+            flow_packets,
+            window,
+            batch,
+            tick_us,
+            max_seconds,
+            first_flow,
+            cpu,
+        } => {
+            xtrail_nicgen::pin_to_cpu(cpu).context("pinning to the CPU")?;
+            let bytes =
+                std::fs::read(&frames).with_context(|| format!("reading {}", frames.display()))?;
+            let frames = read_pcap(&bytes).context("not a pcap file")?;
+            let templates = frames
+                .iter()
+                .enumerate()
+                .map(|(i, f)| Template::from_frame(i, f, flow_packets))
+                .collect::<Result<Vec<_>, _>>()?;
+            let name = std::ffi::CString::new(iface.clone())?;
+            // SAFETY: a valid NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            anyhow::ensure!(ifindex != 0, "no interface {iface} in this namespace");
+            let mut g = Generator::load(ifindex, &templates, window, first_flow)?.with_batch(batch);
+            let r = g.run(
+                count,
+                rate,
+                Duration::from_micros(tick_us.max(50)),
+                Duration::from_secs(max_seconds),
+            )?;
+            println!(
+                "{{\"sent\":{},\"calls\":{},\"seconds\":{:.6},\"pps\":{:.0}}}",
+                r.sent,
+                r.calls,
+                r.elapsed.as_secs_f64(),
+                r.pps()
+            );
+            Ok(())
+        }
+        Cmd::Gro { iface, off } => {
+            xtrail_nicgen::set_gro(&iface, !off).with_context(|| format!("GRO on {iface}"))?;
+            Ok(())
+        }
+        Cmd::ProgStats { id } => {
+            let (runs, ns) =
+                xtrail_nicgen::prog_stats(id).with_context(|| format!("no program {id}"))?;
+            println!("{{\"run_cnt\":{runs},\"run_time_ns\":{ns}}}");
+            Ok(())
+        }
+        Cmd::XdpCost {
+            prog_id,
+            frames,
+            names,
+            flow_starts_every_run,
+            repeat,
+        } => xdp_cost(prog_id, &frames, &names, &flow_starts_every_run, repeat),
+    }
+}
+
+/// The program's map named `name`.
+fn map_of(info: &ProgramInfo, name: &str) -> anyhow::Result<MapData> {
+    for id in info.map_ids()?.unwrap_or_default() {
+        let m = MapData::from_id(id)?;
+        if m.info()?.name_as_str() == Some(name) {
+            return Ok(m);
+        }
+    }
+    anyhow::bail!("program {} has no map {name}", info.id())
+}
+
+fn stat_sum(stats: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    stats.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
+fn xdp_cost(
+    prog_id: u32,
+    frames: &std::path::Path,
+    names: &[String],
+    every_run: &[String],
+    repeat: u32,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(frames)?;
+    let frames = read_pcap(&bytes).context("not a pcap file")?;
+    let info = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == prog_id)
+        .with_context(|| format!("no loaded program with id {prog_id}"))?;
+    let fd = info.fd()?;
+    let mut config: Array<MapData, Config> = Array::try_from(Map::Array(map_of(&info, "CONFIG")?))?;
+    let stats: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(map_of(&info, "STATS")?))?;
+    let mut out = Vec::new();
+    for (i, frame) in frames.iter().enumerate() {
+        let name = names.get(i).cloned().unwrap_or_else(|| format!("frame{i}"));
+        let every = every_run.contains(&name);
+        let saved = config.get(&0, 0)?;
+        // Fewer runs per call when each sends a record: the sensor drains the ring between
+        // calls, so records are written, not refused as `flows_full`.
+        let (per_call, calls) = if every {
+            (10_000u32, (repeat / 10_000).max(1))
+        } else {
+            (repeat, 5)
+        };
+        if every {
+            config.set(
+                0,
+                Config {
+                    flow_ns: 0,
+                    ..saved
+                },
+                0,
+            )?;
+        }
+        let (starts0, full0) = (
+            stat_sum(&stats, stat::FLOW_STARTS),
+            stat_sum(&stats, stat::FLOWS_FULL),
+        );
+        let mut durations = Vec::new();
+        let mut verdict = 0;
+        for _ in 0..calls {
+            let (v, d) = test_run(fd.as_fd(), frame, per_call)?;
+            verdict = v;
+            durations.push(d);
+            if every {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if every {
+            config.set(0, saved, 0)?;
+        }
+        let starts = stat_sum(&stats, stat::FLOW_STARTS) - starts0;
+        let full = stat_sum(&stats, stat::FLOWS_FULL) - full0;
+        durations.sort_unstable();
+        let median = durations[durations.len() / 2];
+        let min = durations[0];
+        out.push(format!(
+            "{{\"frame\":\"{name}\",\"flow_window_0\":{every},\"runs\":{},\"ns_median\":{median},\"ns_min\":{min},\"verdict\":{verdict},\"flow_starts\":{starts},\"flows_full\":{full}}}",
+            u64::from(per_call) * calls as u64
+        ));
+    }
+    let (noop, read) = map_read_cost(repeat)?;
+    println!(
+        "{{\"program\":\"{}\",\"frames\":[{}],\"noop_ns\":{noop},\"array_read_ns\":{read}}}",
+        info.name_as_str().unwrap_or("?"),
+        out.join(",")
+    );
+    Ok(())
+}

@@ -1,0 +1,771 @@
+//! `cargo xtask bench --only nic`: the machine CPU each sensor adds per packet at fixed
+//! offered rates, on NIC-like delivery and on the AF_PACKET path.
+//!
+//! NIC-like delivery: `xtrail-nicgen send` (bench/nicgen) runs an XDP program with
+//! `BPF_PROG_RUN` in live-frames mode in the peer namespace and redirects its frames into the
+//! veth, so the sensor's end receives `xdp_frame`s as from a NIC driver (no skb, no veth
+//! skb-to-xdp copy). The AF_PACKET path sends the same frame sequence (`xtrail_bench::flows`)
+//! with batched `sendmmsg`. GRO is on at the receiving end in every run (it gives the veth
+//! NAPI without an XDP program). Per run, sampled at the same instants before the send and
+//! after a 0.5 s drain: busy time of the whole machine (/proc/stat), the sensor's process CPU,
+//! packets received on the sensor's end, the XDP program's run count and run time
+//! (bpf_stats). What a sensor adds per packet is its run's busy time per delivered packet
+//! minus the no-sensor run's, same delivery, traffic and rate. Results: bench/results/nic.json
+//! and nic.md.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use xtrail_bench::flows::FlowFrames;
+use xtrail_bench::frames::{tcp_flags, v4, Frame};
+use xtrail_bench::gen;
+use xtrail_bench::netns::{in_ns, Injector, VethPair};
+use xtrail_bench::scenario::{self, Traffic};
+
+use crate::bench::{busy_ticks, proc_ticks, start_sensor, stop_child, tick_ns};
+use crate::paths;
+
+/// Wait after a send before sampling: the sensor finishes what is queued.
+const DRAIN: Duration = Duration::from_millis(500);
+/// Packets per flow of background traffic.
+const FLOW_PACKETS: u32 = 8;
+/// Flows open at once (interleaved).
+const WINDOW: u32 = 256;
+/// Templates per single-protocol scenario: a prime, so (source, template) pairs repeat only
+/// after 251 cycles of the generator's source addresses.
+const TEMPLATES: usize = 251;
+/// Templates of the mix (prime, as above).
+const MIX_TEMPLATES: usize = 4093;
+
+/// What the NIC scenarios need from the bench.
+pub struct NicInputs<'a> {
+    pub quick: bool,
+    pub trails: &'a Path,
+    pub trails_name: String,
+    pub background: &'a Traffic,
+    pub mix: &'a Traffic,
+    pub sensor_args: &'a [String],
+    pub peer: Option<&'a str>,
+    pub tmp: &'a Path,
+}
+
+/// One measured run.
+#[derive(Clone, Debug, Default)]
+struct NicRun {
+    delivery: &'static str,
+    scenario: &'static str,
+    sensor: String,
+    mode: String,
+    rate: u64,
+    sent: u64,
+    send_pps: f64,
+    delivered: u64,
+    /// Whole-machine busy time per packet.
+    busy_ns_per_packet: f64,
+    /// CPU of the packet path only: generator, softirq, ksoftirqd, sensor process.
+    path_ns_per_packet: f64,
+    added_path_ns_per_packet: Option<f64>,
+    added_ns_per_packet: Option<f64>,
+    process_ns_per_packet: f64,
+    xdp_runs: u64,
+    xdp_ns_per_run: Option<f64>,
+    injected: usize,
+    detected: Option<usize>,
+    load: String,
+}
+
+impl NicRun {
+    fn json(&self) -> String {
+        let f = |x: f64| {
+            if x.is_finite() {
+                format!("{x:.1}")
+            } else {
+                "null".into()
+            }
+        };
+        let o = |x: Option<f64>| x.map(f).unwrap_or("null".into());
+        format!(
+            concat!(
+                "{{\"delivery\":\"{}\",\"scenario\":\"{}\",\"sensor\":\"{}\",\"mode\":\"{}\",",
+                "\"offered_rate\":{},\"sent\":{},\"send_pps\":{},\"delivered\":{},",
+                "\"busy_ns_per_packet\":{},\"added_busy_ns_per_packet\":{},\"path_ns_per_packet\":{},\"added_path_ns_per_packet\":{},\"sensor_process_ns_per_packet\":{},",
+                "\"xdp_runs\":{},\"xdp_ns_per_run\":{},\"injected\":{},\"detected\":{},\"load\":\"{}\"}}"
+            ),
+            self.delivery,
+            self.scenario,
+            self.sensor,
+            self.mode,
+            self.rate,
+            self.sent,
+            f(self.send_pps),
+            self.delivered,
+            f(self.busy_ns_per_packet),
+            o(self.added_ns_per_packet),
+            f(self.path_ns_per_packet),
+            o(self.added_path_ns_per_packet),
+            f(self.process_ns_per_packet),
+            self.xdp_runs,
+            o(self.xdp_ns_per_run),
+            self.injected,
+            self.detected
+                .map(|d| d.to_string())
+                .unwrap_or("null".into()),
+            self.load,
+        )
+    }
+}
+
+fn nicgen() -> PathBuf {
+    paths::workspace_root().join("target/release/xtrail-nicgen")
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn write_pcap(path: &Path, frames: &[Vec<u8>]) -> anyhow::Result<()> {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    xtrail_bench::pcapw::write_header(&mut w)?;
+    for (i, f) in frames.iter().enumerate() {
+        xtrail_bench::pcapw::write_packet(&mut w, i as i64, f)?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Splits background frames by kind: UDP, TCP ACK (with PSH), TCP SYN.
+fn by_kind(background: &Traffic) -> [Vec<Vec<u8>>; 3] {
+    let mut out: [Vec<Vec<u8>>; 3] = Default::default();
+    for f in &background.frames {
+        if f.len() < 48 || f[12..14] != [0x08, 0x00] || f[14] != 0x45 {
+            continue;
+        }
+        let k = match (f[23], f[47]) {
+            (17, _) => 0,
+            (6, fl) if fl & tcp_flags::SYN != 0 => 2,
+            (6, fl) if fl & tcp_flags::ACK != 0 => 1,
+            _ => continue,
+        };
+        if out[k].len() < TEMPLATES {
+            out[k].push(f.clone());
+        }
+    }
+    out
+}
+
+/// The sensor's XDP program id on its interface (from iproute2's JSON), if one is attached.
+fn xdp_prog_id(pair: &VethPair) -> Option<u32> {
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            &pair.sensor_ns,
+            "-j",
+            "-d",
+            "link",
+            "show",
+            &pair.sensor_if,
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let xdp = text.split("\"xdp\":").nth(1)?;
+    xdp.split("\"id\":")
+        .nth(1)?
+        .split([',', '}'])
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// (run count, run time ns) of a program from bpf_stats.
+fn prog_stats(id: Option<u32>) -> Option<(u64, u64)> {
+    let id = id?;
+    let out = Command::new(nicgen())
+        .args(["prog-stats", "--id", &id.to_string()])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let num = |k: &str| -> Option<u64> {
+        text.split(&format!("\"{k}\":"))
+            .nth(1)?
+            .split([',', '}'])
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((num("run_cnt")?, num("run_time_ns")?))
+}
+
+/// CPU time (ns) of everything on the packet path that is not the sensor process: this
+/// process and its waited-for children (the generator: its `BPF_PROG_RUN` calls run the
+/// receive path in softirq context, charged to it or to the softirq column), the irq and
+/// softirq columns of /proc/stat, and the ksoftirqd threads. Unlike whole-machine busy time
+/// it does not count other work on a shared machine, nor saturate when that work fills
+/// every CPU.
+fn path_cpu_ns() -> u64 {
+    let tick = tick_ns();
+    let mut ns = 0u64;
+    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+        // SAFETY: getrusage fills the zeroed struct it is given.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(who, &mut ru) } == 0 {
+            for tv in [ru.ru_utime, ru.ru_stime] {
+                ns += tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
+            }
+        }
+    }
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    if let Some(cpu) = stat.lines().next() {
+        // cpu user nice system idle iowait irq softirq ...
+        let f: Vec<u64> = cpu
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        ns += ((f.get(5).copied().unwrap_or(0) + f.get(6).copied().unwrap_or(0)) as f64 * tick)
+            as u64;
+    }
+    for pid in ksoftirqd_pids() {
+        ns += (proc_ticks(pid) as f64 * tick) as u64;
+    }
+    ns
+}
+
+fn ksoftirqd_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.starts_with("ksoftirqd/"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A sensor under measurement: ours (inline or mirror), a libpcap one, or nothing.
+enum Under {
+    None,
+    Xtrail(crate::bench::Sensor),
+    Process(Child),
+}
+
+impl Under {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Under::None => None,
+            Under::Xtrail(s) => Some(s.child.id()),
+            Under::Process(c) => Some(c.id()),
+        }
+    }
+
+    fn stop(&mut self) {
+        match self {
+            Under::None => {}
+            Under::Xtrail(s) => stop_child(&mut s.child),
+            Under::Process(c) => stop_child(c),
+        }
+    }
+}
+
+struct Scenario<'a> {
+    name: &'static str,
+    pcap: PathBuf,
+    frames: &'a [Vec<u8>],
+    items: &'a [scenario::Item],
+}
+
+/// Sends one run's traffic; returns (sent, seconds).
+fn send(
+    pair: &VethPair,
+    delivery: &str,
+    sc: &Scenario<'_>,
+    count: u64,
+    rate: u64,
+    first_flow: u64,
+) -> anyhow::Result<(u64, f64)> {
+    if delivery == "nic" {
+        let out = pair
+            .in_peer_ns(&nicgen().to_string_lossy())
+            .args(["send", "--iface", &pair.peer_if, "--frames"])
+            .arg(&sc.pcap)
+            .args([
+                "--count",
+                &count.to_string(),
+                "--rate",
+                &rate.to_string(),
+                "--flow-packets",
+                &FLOW_PACKETS.to_string(),
+                "--window",
+                &WINDOW.to_string(),
+                "--first-flow",
+                &first_flow.to_string(),
+                "--max-seconds",
+                "60",
+            ])
+            .output()
+            .context("running xtrail-nicgen send")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "xtrail-nicgen send: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let num = |k: &str| -> f64 {
+            text.split(&format!("\"{k}\":"))
+                .nth(1)
+                .and_then(|s| s.split([',', '}']).next())
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        return Ok((num("sent") as u64, num("seconds")));
+    }
+    let frames = sc.frames.to_vec();
+    let (ns, ifname) = (pair.peer_ns.clone(), pair.peer_if.clone());
+    let handle = in_ns(&pair.peer_ns, move || -> anyhow::Result<(u64, f64)> {
+        // The same CPU as the NIC-like generator.
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; only this thread is affected.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+        let inj = Injector::open(&ns, &ifname)?;
+        let mut flows = FlowFrames::new(&frames, FLOW_PACKETS, WINDOW, first_flow, 0);
+        let r = gen::blast_flows(&inj, &mut flows, count, Some(rate), Duration::from_secs(60))?;
+        Ok((r.sent, r.elapsed.as_secs_f64()))
+    });
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("generator thread panicked"))??
+}
+
+/// Events (trail field values) written to the log since byte `from`.
+fn events_since(log: &Path, from: &mut u64) -> Vec<String> {
+    let text = std::fs::read(log).unwrap_or_default();
+    let start = (*from as usize).min(text.len());
+    *from = text.len() as u64;
+    String::from_utf8_lossy(&text[start..])
+        .lines()
+        .filter_map(|l| {
+            l.split("\"trail\":\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// Runs everything and writes nic.json / nic.md; returns the Markdown summary lines.
+pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Vec<String>> {
+    anyhow::ensure!(
+        nicgen().is_file(),
+        "{} not built (cargo build --release -p xtrail-nicgen)",
+        nicgen().display()
+    );
+    let [udp, ack, syn] = by_kind(inp.background);
+    let mix_frames: Vec<Vec<u8>> = inp.mix.frames.iter().take(MIX_TEMPLATES).cloned().collect();
+    let mut scenarios = Vec::new();
+    for (name, frames, items) in [
+        ("udp", &udp[..], &[][..]),
+        ("tcp-ack", &ack[..], &[][..]),
+        ("tcp-syn", &syn[..], &[][..]),
+        ("mix", &mix_frames[..], &inp.mix.items[..]),
+    ] {
+        let pcap = inp.tmp.join(format!("nic-{name}.pcap"));
+        write_pcap(&pcap, frames)?;
+        scenarios.push(Scenario {
+            name,
+            pcap,
+            frames,
+            items,
+        });
+    }
+    let rates: &[u64] = &[500_000, 1_000_000];
+    let seconds = if inp.quick { 1.0 } else { 3.0 };
+    let baseline = paths::workspace_root().join("target/release/xtrail-pcap-baseline");
+    let mut sensors: Vec<(String, String)> = vec![
+        ("none".into(), "-".into()),
+        ("xtrail".into(), "inline".into()),
+        ("xtrail".into(), "mirror".into()),
+        ("pcap-baseline".into(), "capture".into()),
+    ];
+    if inp.peer.is_some() {
+        sensors.push(("peer".into(), "capture".into()));
+    }
+    let stats_knob = "/proc/sys/kernel/bpf_stats_enabled";
+    let old_knob = std::fs::read_to_string(stats_knob).unwrap_or_else(|_| "0".into());
+    let _ = std::fs::write(stats_knob, "1");
+    let mut runs: Vec<NicRun> = Vec::new();
+    let mut threaded = String::new();
+    let mut cost_json = None;
+    for (sensor, mode) in &sensors {
+        let pair = VethPair::create("xn")?;
+        let gro = pair
+            .in_sensor_ns(&nicgen().to_string_lossy())
+            .args(["gro", "--iface", &pair.sensor_if])
+            .status()?;
+        anyhow::ensure!(gro.success(), "turning GRO on at the receiving veth failed");
+        if threaded.is_empty() {
+            threaded = pair
+                .in_sensor_ns("cat")
+                .arg(format!("/sys/class/net/{}/threaded", pair.sensor_if))
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+        }
+        let log = inp.tmp.join(format!("nic-events-{sensor}-{mode}.jsonl"));
+        let _ = std::fs::remove_file(&log);
+        let mut under = match sensor.as_str() {
+            "none" => Under::None,
+            "xtrail" => Under::Xtrail(start_sensor(
+                &pair,
+                inp.trails,
+                mode,
+                &log,
+                inp.sensor_args,
+            )?),
+            other => {
+                let cmdline = if other == "peer" {
+                    inp.peer.unwrap_or_default().to_string()
+                } else {
+                    format!(
+                        "{} --iface {{iface}} --trails {{trails}} --duration 900",
+                        baseline.display()
+                    )
+                };
+                let cmdline = cmdline
+                    .replace("{iface}", &pair.sensor_if)
+                    .replace("{trails}", &inp.trails.to_string_lossy());
+                let child = pair
+                    .in_sensor_ns("sh")
+                    .args(["-c", &format!("exec {cmdline}")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .with_context(|| format!("starting {cmdline}"))?;
+                std::thread::sleep(Duration::from_secs(if other == "peer" { 10 } else { 3 }));
+                Under::Process(child)
+            }
+        };
+        let prog = xdp_prog_id(&pair);
+        let mut log_at = 0u64;
+        let mut first_flow = 0u64;
+        for delivery in ["nic", "afpacket"] {
+            for sc in &scenarios {
+                for &rate in rates {
+                    let count = (rate as f64 * seconds) as u64;
+                    let pid = under.pid();
+                    let (b0, c0, p0, rx0, x0) = (
+                        busy_ticks(),
+                        path_cpu_ns(),
+                        pid.map(proc_ticks).unwrap_or(0),
+                        pair.sensor_rx_packets()?,
+                        prog_stats(prog),
+                    );
+                    let sent = send(&pair, delivery, sc, count, rate, first_flow);
+                    std::thread::sleep(DRAIN);
+                    let (b1, c1, p1, rx1, x1) = (
+                        busy_ticks(),
+                        path_cpu_ns(),
+                        pid.map(proc_ticks).unwrap_or(0),
+                        pair.sensor_rx_packets()?,
+                        prog_stats(prog),
+                    );
+                    let (sent, secs) = match sent {
+                        Ok(s) => s,
+                        Err(e) => {
+                            eprintln!(
+                                "bench: nic {delivery}/{}/{sensor} {mode}/{rate}: failed: {e:#}",
+                                sc.name
+                            );
+                            continue;
+                        }
+                    };
+                    first_flow += sent;
+                    let delivered = rx1.saturating_sub(rx0);
+                    let per = |ticks: u64| ticks as f64 * tick_ns() / delivered.max(1) as f64;
+                    let (xdp_runs, xdp_ns) = match (x0, x1) {
+                        (Some((c0, t0)), Some((c1, t1))) if c1 > c0 => {
+                            (c1 - c0, Some((t1 - t0) as f64 / (c1 - c0) as f64))
+                        }
+                        _ => (0, None),
+                    };
+                    let detected = if sensor == "xtrail" && !sc.items.is_empty() {
+                        let events = events_since(&log, &mut log_at);
+                        let sent_items: Vec<&scenario::Item> = if sent >= MIX_TEMPLATES as u64 {
+                            sc.items.iter().collect()
+                        } else {
+                            Vec::new()
+                        };
+                        Some(
+                            sent_items
+                                .iter()
+                                .filter(|i| events.iter().any(|t| scenario::matches(i, t)))
+                                .count(),
+                        )
+                    } else {
+                        let _ = events_since(&log, &mut log_at);
+                        None
+                    };
+                    let r = NicRun {
+                        delivery,
+                        scenario: sc.name,
+                        sensor: sensor.clone(),
+                        mode: mode.clone(),
+                        rate,
+                        sent,
+                        send_pps: sent as f64 / secs.max(1e-9),
+                        delivered,
+                        busy_ns_per_packet: per(b1 - b0),
+                        path_ns_per_packet: (c1 - c0) as f64 / delivered.max(1) as f64
+                            + if pid.is_some() { per(p1 - p0) } else { 0.0 },
+                        added_path_ns_per_packet: None,
+                        added_ns_per_packet: None,
+                        process_ns_per_packet: if pid.is_some() {
+                            per(p1 - p0)
+                        } else {
+                            f64::NAN
+                        },
+                        xdp_runs,
+                        xdp_ns_per_run: xdp_ns,
+                        injected: sc.items.len(),
+                        detected,
+                        load: loadavg(),
+                    };
+                    eprintln!(
+                        "bench: nic {delivery}/{}/{sensor} {mode}/{rate}: sent {} ({:.0} pps), delivered {}, busy {:.0} ns/pkt, process {:.0} ns/pkt, xdp {} ns/run, load {}",
+                        sc.name,
+                        r.sent,
+                        r.send_pps,
+                        r.delivered,
+                        r.busy_ns_per_packet,
+                        r.process_ns_per_packet,
+                        r.xdp_ns_per_run.map(|x| format!("{x:.0}")).unwrap_or("-".into()),
+                        r.load
+                    );
+                    runs.push(r);
+                }
+            }
+        }
+        if sensor == "xtrail" && mode == "inline" {
+            if let Some(id) = prog {
+                // bpf_stats off while test runs time the program: its two clock reads per
+                // run would be counted in.
+                let _ = std::fs::write(stats_knob, "0");
+                let cost = xdp_cost(id, inp.tmp);
+                let _ = std::fs::write(stats_knob, "1");
+                match cost {
+                    Ok(j) => cost_json = Some(j),
+                    Err(e) => eprintln!("bench: nic: XDP cost by test run failed: {e:#}"),
+                }
+            }
+        }
+        under.stop();
+        let _ = std::fs::remove_file(&log);
+        drop(pair);
+    }
+    let _ = std::fs::write(stats_knob, old_knob.trim());
+    // What each sensor adds: its busy time per packet minus the no-sensor run's.
+    let base: Vec<NicRun> = runs
+        .iter()
+        .filter(|r| r.sensor == "none")
+        .cloned()
+        .collect();
+    for r in runs.iter_mut().filter(|r| r.sensor != "none") {
+        if let Some(b) = base
+            .iter()
+            .find(|b| b.delivery == r.delivery && b.scenario == r.scenario && b.rate == r.rate)
+        {
+            r.added_ns_per_packet = Some(r.busy_ns_per_packet - b.busy_ns_per_packet);
+            r.added_path_ns_per_packet = Some(r.path_ns_per_packet - b.path_ns_per_packet);
+        }
+    }
+    write(results, &runs, cost_json.as_deref(), &threaded, when, inp)
+}
+
+/// BPF_PROG_TEST_RUN repeat on the sensor's loaded program (full trail maps, inline
+/// config): a clean TCP ACK, a clean UDP packet and SYN whose flow start is already sent
+/// (the cache hit), and a UDP packet with the flow window at 0 (a flow-start record every
+/// run); plus the cost of one array map read.
+fn xdp_cost(prog: u32, tmp: &Path) -> anyhow::Result<String> {
+    let server = v4("203.0.113.77");
+    let frames = vec![
+        Frame::tcp(v4("198.18.9.9"), 40000, server, 443, tcp_flags::ACK)
+            .with_payload(&[0u8; 32])
+            .build(),
+        Frame::udp(v4("198.18.9.9"), 40000, server, 5000, &[0u8; 48]).build(),
+        Frame::syn(v4("198.18.9.9"), 40001, server, 443).build(),
+        Frame::udp(v4("198.18.9.10"), 40000, server, 5001, &[0u8; 48]).build(),
+    ];
+    let pcap = tmp.join("nic-xdp-cost.pcap");
+    write_pcap(&pcap, &frames)?;
+    let out = Command::new(nicgen())
+        .args(["xdp-cost", "--prog-id", &prog.to_string(), "--frames"])
+        .arg(&pcap)
+        .args([
+            "--names",
+            "tcp_ack,udp_flow_seen,syn_flow_seen,udp_flow_start",
+            "--flow-starts-every-run",
+            "udp_flow_start",
+            "--repeat",
+            "200000",
+        ])
+        .output()
+        .context("running xtrail-nicgen xdp-cost")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "xtrail-nicgen xdp-cost: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg, paced, from CPU 0. Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (all-zero payload) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow. GRO is on at the receiving veth in every run (NAPI without an XDP program). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (utime+stime), packets received on the sensor's veth, and the sensor XDP program's run_cnt/run_time_ns (kernel.bpf_stats_enabled=1). busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the bench process and its waited-for children (the generator process, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program included, in softirq context), the irq and softirq columns of /proc/stat, the ksoftirqd threads, and the sensor process (tick-based accounting: each tick is charged to what runs, so other work on the machine is not counted); added_path_ns_per_packet = that minus the no-sensor run's; added_busy_ns_per_packet = busy minus the no-sensor run's, same delivery, traffic and rate. One sensor process per sensor configuration serves all its runs; each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps; the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record, 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns): figures net of it are the program's own cost. array_read_ns - noop_ns is one array map read per packet (the trail-set selector the two-set keys added).";
+
+fn write(
+    dir: &Path,
+    runs: &[NicRun],
+    cost: Option<&str>,
+    threaded: &str,
+    when: &str,
+    inp: &NicInputs<'_>,
+) -> anyhow::Result<Vec<String>> {
+    let machine = crate::bench::machine();
+    let json = format!(
+        "{{\"taken\":\"{when}\",\"machine\":\"{}\",\"quick\":{},\"trails\":\"{}\",\"threaded_napi\":\"{threaded}\",\"method\":\"{}\",\"runs\":[\n{}\n],\"xdp_cost\":{}}}\n",
+        machine.replace('"', "'"),
+        inp.quick,
+        inp.trails_name,
+        METHOD,
+        runs.iter().map(NicRun::json).collect::<Vec<_>>().join(",\n"),
+        cost.unwrap_or("null")
+    );
+    std::fs::write(dir.join("nic.json"), json)?;
+    let mut md = format!(
+        "NIC-like and AF_PACKET delivery at fixed rates, taken {when} on {machine}{} with {}; threaded NAPI on the receiving veth: {}.\n\n",
+        if inp.quick { " (`--quick`)" } else { "" },
+        inp.trails_name,
+        if threaded.is_empty() { "unknown" } else { threaded }
+    );
+    md.push_str("CPU per delivered packet (ns). Path: generator, softirq, ksoftirqd and sensor process time (tick-accounted, so other work on the machine is not counted); added: minus the no-sensor run's with the same delivery, traffic and rate. Machine busy: all CPUs' busy time (/proc/stat), valid only while the machine is otherwise idle (see load, 2 cores). XDP ns/run: bpf_stats.\n\n");
+    md.push_str("| delivery | traffic | rate | sensor | sent pps | delivered | path ns/pkt | **added path ns/pkt** | machine busy ns/pkt | added busy ns/pkt | sensor process ns/pkt | XDP ns/run | recall | load |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for r in runs {
+        md.push_str(&format!(
+            "| {} | {} | {}k | {}{} | {:.0} | {} | {:.0} | {} | {:.0} | {} | {} | {} | {} | {} |\n",
+            r.delivery,
+            r.scenario,
+            r.rate / 1000,
+            r.sensor,
+            if r.mode == "-" {
+                String::new()
+            } else {
+                format!(" {}", r.mode)
+            },
+            r.send_pps,
+            r.delivered,
+            r.path_ns_per_packet,
+            r.added_path_ns_per_packet
+                .map(|x| format!("{x:+.0}"))
+                .unwrap_or("-".into()),
+            r.busy_ns_per_packet,
+            r.added_ns_per_packet
+                .map(|x| format!("{x:+.0}"))
+                .unwrap_or("-".into()),
+            if r.process_ns_per_packet.is_finite() {
+                format!("{:.0}", r.process_ns_per_packet)
+            } else {
+                "-".into()
+            },
+            r.xdp_ns_per_run
+                .map(|x| format!("{x:.0}"))
+                .unwrap_or("-".into()),
+            match r.detected {
+                Some(d) if r.injected > 0 => format!("{d}/{}", r.injected),
+                _ => "-".into(),
+            },
+            r.load
+        ));
+    }
+    let mut summary = Vec::new();
+    if let Some(c) = cost {
+        let num = |frame: &str, key: &str| -> Option<f64> {
+            let part = c.split(&format!("\"frame\":\"{frame}\"")).nth(1)?;
+            part.split(&format!("\"{key}\":"))
+                .nth(1)?
+                .split([',', '}'])
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let top = |key: &str| -> Option<f64> {
+            c.split(&format!("\"{key}\":"))
+                .nth(1)?
+                .split([',', '}'])
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let fmt = |x: Option<f64>| x.map(|v| format!("{v:.0}")).unwrap_or("-".into());
+        let floor = top("noop_ns");
+        let net = |frame: &str| -> String {
+            match (num(frame, "ns_median"), floor) {
+                (Some(x), Some(f)) => format!("{:.0} ns ({x:.0} − {f:.0})", x - f),
+                _ => "-".into(),
+            }
+        };
+        let line = format!(
+            "- XDP program by BPF_PROG_TEST_RUN repeat (full trail maps, inline; net of the test-run floor): clean TCP ACK {} (goal ≤ 25), UDP with its flow start already sent {}, SYN likewise {}, UDP writing a flow-start record every run {} (goal ≤ 45; {} records written, {} refused as ring full); one array map read {:.1} ns (array_read {} − noop {}).",
+            net("tcp_ack"),
+            net("udp_flow_seen"),
+            net("syn_flow_seen"),
+            net("udp_flow_start"),
+            fmt(num("udp_flow_start", "flow_starts")),
+            fmt(num("udp_flow_start", "flows_full")),
+            top("array_read_ns").unwrap_or(f64::NAN) - top("noop_ns").unwrap_or(f64::NAN),
+            fmt(top("array_read_ns")),
+            fmt(top("noop_ns")),
+        );
+        md.push('\n');
+        md.push_str(&line);
+        md.push('\n');
+        summary.push(line);
+    }
+    for delivery in ["nic", "afpacket"] {
+        let mut parts = Vec::new();
+        for r in runs.iter().filter(|r| {
+            r.delivery == delivery && r.rate == 500_000 && r.added_path_ns_per_packet.is_some()
+        }) {
+            parts.push(format!(
+                "{} {} {:+.0}",
+                r.scenario,
+                if r.sensor == "xtrail" {
+                    r.mode.clone()
+                } else {
+                    r.sensor.clone()
+                },
+                r.added_path_ns_per_packet.unwrap_or(f64::NAN)
+            ));
+        }
+        if !parts.is_empty() {
+            summary.push(format!(
+                "- {delivery} delivery at 500k pps, packet-path CPU each sensor adds per packet (ns): {} (bench/results/nic.md).",
+                parts.join(", ")
+            ));
+        }
+    }
+    std::fs::write(dir.join("nic.md"), &md)?;
+    println!("{md}");
+    Ok(summary)
+}

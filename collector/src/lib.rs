@@ -35,6 +35,7 @@ pub mod filter;
 pub mod health;
 pub mod http;
 pub mod ingest;
+pub mod live;
 pub mod metrics;
 pub mod query;
 pub mod retention;

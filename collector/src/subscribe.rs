@@ -35,6 +35,7 @@ use xtrail_proto::v1::{self, subscribe_request::Start, SubscribeRequest};
 
 use crate::filter::EventFilter;
 use crate::ingest::LiveBatch;
+use crate::live::Outgoing;
 use crate::metrics::{inc, GaugeGuard, Metrics};
 use crate::storage::Storage;
 
@@ -67,8 +68,8 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-/// The event stream of one subscription.
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Status>> + Send>>;
+/// The event stream of one subscription (live events share their encoding, `live`).
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<Outgoing, Status>> + Send>>;
 
 /// Starts a subscription; fails at once (INVALID_ARGUMENT) on a malformed filter.
 pub fn subscribe(hub: &Hub, req: &SubscribeRequest) -> Result<EventStream, Status> {
@@ -92,9 +93,9 @@ pub fn subscribe(hub: &Hub, req: &SubscribeRequest) -> Result<EventStream, Statu
     Ok(Box::pin(ReceiverStream::new(out)))
 }
 
-type Tx = mpsc::Sender<Result<v1::Event, Status>>;
+type Tx = mpsc::Sender<Result<Outgoing, Status>>;
 
-async fn send(tx: &Tx, metrics: &Metrics, ev: v1::Event) -> bool {
+async fn send(tx: &Tx, metrics: &Metrics, ev: Outgoing) -> bool {
     if tx.send(Ok(ev)).await.is_err() {
         return false;
     }
@@ -148,7 +149,7 @@ async fn run(
         let short = !page.more;
         for ev in page.events {
             pos = ev.cursor;
-            if !send(&tx, &hub.metrics, ev).await {
+            if !send(&tx, &hub.metrics, Outgoing::Stored(Box::new(ev))).await {
                 return;
             }
         }
@@ -161,7 +162,7 @@ async fn run(
         tokio::select! {
             got = rx.recv() => match got {
                 Ok(batch) => {
-                    for ev in batch.iter() {
+                    for (i, ev) in batch.iter().enumerate() {
                         if ev.cursor <= pos {
                             continue;
                         }
@@ -169,7 +170,8 @@ async fn run(
                         if min_ts.is_some_and(|t| ev.ts_us < t) || !filter.matches(ev) {
                             continue;
                         }
-                        if !send(&tx, &hub.metrics, ev.clone()).await {
+                        let out = Outgoing::Live(Arc::clone(&batch), i);
+                        if !send(&tx, &hub.metrics, out).await {
                             return;
                         }
                     }
@@ -260,7 +262,7 @@ async fn follow_storage(
             let short = !page.more;
             for ev in page.events {
                 pos = ev.cursor;
-                if !send(&tx, &hub.metrics, ev).await {
+                if !send(&tx, &hub.metrics, Outgoing::Stored(Box::new(ev))).await {
                     return;
                 }
             }
@@ -291,7 +293,8 @@ async fn follow_storage(
     }
 }
 
-/// The Events service: Subscribe here, Query in `query`.
+/// The Events service: Query (in `query`); Subscribe is served by
+/// [`crate::live::EventsRoutes`] with shared encodings and never reaches this one.
 #[derive(Clone, Debug)]
 pub struct EventsService {
     /// Shared state.
@@ -300,13 +303,15 @@ pub struct EventsService {
 
 #[tonic::async_trait]
 impl v1::events_server::Events for EventsService {
-    type SubscribeStream = EventStream;
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Status>> + Send>>;
 
     async fn subscribe(
         &self,
-        request: Request<SubscribeRequest>,
+        _request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        subscribe(&self.hub, request.get_ref()).map(Response::new)
+        Err(Status::internal(
+            "Subscribe is routed by live::EventsRoutes",
+        ))
     }
 
     async fn query(

@@ -142,6 +142,9 @@ impl SqliteStorage {
         // Index pages stay in memory between commits (64 MiB at most; with the default
         // 2 MiB commits read back index pages they had just written).
         conn.pragma_update(None, "cache_size", -65536)?;
+        // Group commit keeps each batch in a savepoint, whose journal of changed pages is
+        // then kept in memory rather than in a temporary file.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         // The checkpoint thread copies the WAL back; the writer does it itself only if
         // the WAL passes 64 MiB (the thread cannot keep up, or is gone).
         conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
@@ -283,7 +286,9 @@ fn push_filter(f: &EventFilter, sql: &mut String, params: &mut Vec<Value>) {
 /// Inserts one batch inside the caller's transaction (see [`Storage::insert_batch`]):
 /// clears each event's `cursor` and `sensor_id` (they are not part of the stored body) and
 /// returns the cursor of each event newly stored (`None` for a duplicate). The events are
-/// left in place, so a failed group can be committed again batch by batch.
+/// left in place, so a failed group can be committed again batch by batch. One cached
+/// single-row statement per event: multi-row INSERTs with RETURNING measured slower
+/// (13 against 10 us of CPU per event, `insert_rows` of 4 x 1000 events).
 fn insert_rows(
     conn: &Connection,
     sensor_key: &str,

@@ -30,7 +30,7 @@ use crate::metrics::{add, inc, GaugeGuard, Metrics};
 use crate::storage::{Storage, StorageError};
 
 /// Live events as they are committed: one shared batch per commit.
-pub type LiveBatch = Arc<Vec<v1::Event>>;
+pub type LiveBatch = Arc<crate::live::LiveEvents>;
 
 /// Limits on what one batch may hold.
 #[derive(Clone, Copy, Debug)]
@@ -211,7 +211,8 @@ impl Writer {
                             if let Some(last) = c.stored.last() {
                                 last_cursor.store(last.cursor, Ordering::SeqCst);
                                 // No receivers is fine: nobody is subscribed.
-                                let _ = live.send(Arc::new(c.stored));
+                                let batch = crate::live::LiveEvents::new(c.stored);
+                                let _ = live.send(Arc::new(batch));
                             }
                             ack
                         });
@@ -432,12 +433,23 @@ pub struct IngestService {
     auth: Auth,
     /// Where heartbeats go (`console.db`); `None`: UNIMPLEMENTED.
     heartbeats: Option<Arc<crate::console::db::ConsoleDb>>,
+    /// Whose suppression list heartbeats answer with (`console::suppress`).
+    suppressions: Option<Arc<std::sync::OnceLock<Arc<crate::console::threats::Threats>>>>,
 }
 
 impl IngestService {
     /// Keeps sensor heartbeats in `db` (the console's sensors page).
     pub fn with_heartbeats(mut self, db: Arc<crate::console::db::ConsoleDb>) -> Self {
         self.heartbeats = Some(db);
+        self
+    }
+
+    /// Answers heartbeats with the suppression list of `threats` when it changed.
+    pub fn with_suppressions(
+        mut self,
+        threats: Arc<std::sync::OnceLock<Arc<crate::console::threats::Threats>>>,
+    ) -> Self {
+        self.suppressions = Some(threats);
         self
     }
 
@@ -450,6 +462,7 @@ impl IngestService {
             metrics,
             auth,
             heartbeats: None,
+            suppressions: None,
         }
     }
 
@@ -588,8 +601,13 @@ impl Ingest for IngestService {
                 "this sensor credential was revoked",
             ));
         }
-        crate::console::sensors::heartbeat(db, &principal, request.into_inner()).await?;
-        Ok(Response::new(v1::HeartbeatResponse {}))
+        let req = request.into_inner();
+        let version = req.suppressions_version.clone();
+        crate::console::sensors::heartbeat(db, &principal, req).await?;
+        Ok(Response::new(match &self.suppressions {
+            Some(t) => crate::console::suppress::heartbeat_reply(t, &version),
+            None => v1::HeartbeatResponse::default(),
+        }))
     }
 }
 

@@ -12,7 +12,6 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
-use xtrail_proto::v1::events_server::EventsServer;
 use xtrail_proto::v1::ingest_server::IngestServer;
 use xtrail_proto::v1::trails_server::TrailsServer;
 
@@ -25,7 +24,7 @@ use crate::ingest::{IngestService, Writer};
 use crate::metrics::Metrics;
 use crate::storage::retrying::RetryingStorage;
 use crate::storage::Storage;
-use crate::subscribe::{EventsService, Hub};
+use crate::subscribe::Hub;
 
 /// How long a shutdown waits for open streams to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -120,16 +119,18 @@ pub async fn serve(
     }
 
     let console = crate::console::Console::new(&cfg.data_dir, cfg.console_sessions);
+    // Threat aggregates and triage, set below once `threats.db` opens; heartbeats answer
+    // with its suppression list.
+    let threats = Arc::new(std::sync::OnceLock::new());
     crate::console::sensors::spawn_follower(&hub, Arc::clone(&console.db));
     let ingest = IngestServer::new(
         IngestService::new(writer, cfg.limits, Arc::clone(&metrics), auth.clone())
-            .with_heartbeats(Arc::clone(&console.db)),
+            .with_heartbeats(Arc::clone(&console.db))
+            .with_suppressions(Arc::clone(&threats)),
     )
     .max_decoding_message_size(cfg.limits.max_bytes);
     let ingest = InterceptedService::new(ingest, auth.interceptor(Role::Sensor));
-    let events = EventsServer::new(EventsService { hub: hub.clone() })
-        .max_decoding_message_size(1 << 20)
-        .max_encoding_message_size(64 << 20);
+    let events = crate::live::EventsRoutes::new(hub.clone());
     let events = InterceptedService::new(events, auth.interceptor(Role::Subscriber));
     // Trail distribution: sensors fetch the set with their own credential.
     let trail_holder = crate::trails::spawn_initial_load(&cfg.trails);
@@ -253,7 +254,6 @@ pub async fn serve(
         );
     // Threat aggregation follows the store from its persisted cursor (catching up first);
     // if `threats.db` cannot be opened (a full disk), retried until it can.
-    let threats = Arc::new(std::sync::OnceLock::new());
     match crate::console::threats::Threats::spawn(&hub, &cfg.data_dir, cfg.threats) {
         Ok(t) => {
             let _ = threats.set(t);

@@ -637,6 +637,7 @@ fn heartbeats_fill_the_sensors_page_and_silence_is_flagged() {
             trail_set_version: String::new(),
             interval_s: 1,
             counters: None,
+            ..Default::default()
         };
         client
             .heartbeat(with_token(req, &token))

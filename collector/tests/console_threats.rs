@@ -576,6 +576,34 @@ fn threats_search_triage_scope_exports_live_and_restart() {
         .filter(|e| e["action"] == "triage")
         .count();
     assert_eq!(triage_entries, 3, "{audit}");
+    // Taking an entry off the list (what sensors get with their next heartbeat): analysts
+    // and admins only, CSRF-checked, audited; a second time it is not found.
+    let off = "/api/suppressions?kind=trail&value=198.19.5.5";
+    assert_eq!(vic.raw("DELETE", off, "").0, 403, "a viewer may not");
+    assert_eq!(no_csrf.raw("DELETE", off, "").0, 403, "CSRF");
+    let (st, v) = bob.raw("DELETE", off, "");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(bob.raw("DELETE", off, "").0, 404);
+    assert_eq!(
+        bob.raw(
+            "DELETE",
+            "/api/suppressions?kind=source&value=evil.example",
+            ""
+        )
+        .0,
+        400
+    );
+    let (_, sup) = bob.get("/api/suppressions");
+    assert_eq!(sup["suppressions"].as_array().unwrap().len(), 1, "{sup}");
+    let (_, audit) = admin.get("/api/audit?limit=50");
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "unsuppress" && e["user"] == "bob"),
+        "{audit}"
+    );
 
     // Exports of the current view.
     let (st, csv) = ann.get_text("/api/threats.csv?q=evil");

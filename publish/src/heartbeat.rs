@@ -3,15 +3,17 @@
 //! channel of the current `Publish` stream; nothing is sent while disconnected, which is
 //! what the collector's "silent" flag is for). The sensor sets its counters with
 //! [`crate::Publisher::set_status`]; the publisher adds its own (events spooled, events
-//! dropped by a full spool). An older collector's UNIMPLEMENTED is logged once.
+//! dropped by a full spool). An older collector's UNIMPLEMENTED is logged once. The
+//! answer carries the collector's suppression list when it differs from the version the
+//! request names; [`crate::Publisher::suppressions`] hands it to the sensor.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message as _;
 use tonic::Code;
-use xtrail_proto::v1::ingest_client::IngestClient;
-use xtrail_proto::v1::{HeartbeatRequest, SensorCounters};
+use xtrail_proto::v1::{HeartbeatRequest, SensorCounters, SuppressionList};
 
 use crate::sender::Connect;
 use crate::Shared;
@@ -60,6 +62,59 @@ pub(crate) fn request(shared: &Shared, cfg: &HeartbeatConfig) -> HeartbeatReques
         trail_set_version: status.trail_set_version,
         interval_s: u32::try_from(cfg.interval.as_secs().clamp(1, 3600)).unwrap_or(10),
         counters: Some(counters),
+        suppressions_version: shared
+            .suppressions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|l| l.version.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// The file in the spool directory that keeps the last suppression list across restarts.
+pub(crate) const SUPPRESSIONS_FILE: &str = "suppressions.pb";
+
+/// The list an earlier run kept, if any (a damaged file is reported and ignored: the next
+/// heartbeat brings the current list).
+pub(crate) fn load_suppressions(path: &std::path::Path) -> Option<Arc<SuppressionList>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            log::warn!("xtrail-publish: reading {}: {e}", path.display());
+            return None;
+        }
+    };
+    match SuppressionList::decode(bytes.as_slice()) {
+        Ok(list) => {
+            log::info!(
+                "xtrail-publish: suppression list {} ({} entries) kept from the last run",
+                list.version,
+                list.entries.len()
+            );
+            Some(Arc::new(list))
+        }
+        Err(e) => {
+            log::warn!(
+                "xtrail-publish: {} is damaged ({e}); ignored",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// Keeps `list` for the next run (written beside, then renamed over the old one).
+fn save_suppressions(path: &std::path::Path, list: &SuppressionList) {
+    let tmp = path.with_extension("pb.tmp");
+    let written =
+        std::fs::write(&tmp, list.encode_to_vec()).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        log::warn!(
+            "xtrail-publish: keeping the suppression list in {}: {e} (it is still applied)",
+            path.display()
+        );
     }
 }
 
@@ -94,18 +149,24 @@ pub(crate) fn run(shared: Arc<Shared>, cfg: HeartbeatConfig, connect: Connect) {
                 continue;
             };
             next = tokio::time::Instant::now() + cfg.interval;
-            let auth = connect.auth.clone();
-            let mut client =
-                IngestClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-                    if let Some(v) = &auth {
-                        req.metadata_mut().insert("authorization", v.clone());
-                    }
-                    Ok(req)
-                });
+            let mut client = connect.ingest(channel);
             let req = request(&shared, &cfg);
             match tokio::time::timeout(Duration::from_secs(5), client.heartbeat(req)).await {
-                Ok(Ok(_)) => {
+                Ok(Ok(answer)) => {
                     shared.heartbeats.fetch_add(1, Ordering::Relaxed);
+                    // A new suppression list (only sent when it changed) replaces ours.
+                    if let Some(list) = answer.into_inner().suppressions {
+                        log::info!(
+                            "xtrail-publish: suppression list {} ({} entries) from the collector",
+                            list.version,
+                            list.entries.len()
+                        );
+                        save_suppressions(&shared.suppressions_file, &list);
+                        *shared
+                            .suppressions
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(list));
+                    }
                 }
                 Ok(Err(s)) if s.code() == Code::Unimplemented => {
                     if !said_unimplemented {
@@ -124,4 +185,37 @@ pub(crate) fn run(shared: Arc<Shared>, cfg: HeartbeatConfig, connect: Connect) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xtrail_proto::v1::{Suppression, SuppressionKind};
+
+    #[test]
+    fn a_kept_list_is_there_at_the_next_start_and_damage_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = SuppressionList {
+            version: "v7".into(),
+            entries: vec![Suppression {
+                kind: SuppressionKind::Trail as i32,
+                value: "evil.example".into(),
+            }],
+        };
+        let file = dir.path().join(SUPPRESSIONS_FILE);
+        assert!(load_suppressions(&file).is_none());
+        save_suppressions(&file, &list);
+        // A publisher started on that spool has it before any heartbeat (no collector here).
+        let publisher = crate::Publisher::start(crate::PublisherConfig::new(
+            "http://127.0.0.1:9",
+            "token",
+            "kept",
+            dir.path(),
+        ))
+        .unwrap();
+        assert_eq!(publisher.suppressions().as_deref(), Some(&list));
+        drop(publisher);
+        std::fs::write(&file, b"\xff\xff\xff not protobuf").unwrap();
+        assert!(load_suppressions(&file).is_none());
+    }
 }

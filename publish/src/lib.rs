@@ -231,6 +231,11 @@ pub(crate) struct Shared {
     pub status: Mutex<SensorStatus>,
     /// Heartbeats the collector accepted.
     pub heartbeats: AtomicU64,
+    /// The collector's suppression list, from the last heartbeat answer that carried one
+    /// (or, until then, the one kept in the spool directory by an earlier run).
+    pub suppressions: Mutex<Option<Arc<v1::SuppressionList>>>,
+    /// Where the list is kept across restarts (`suppressions.pb` in the spool directory).
+    pub suppressions_file: PathBuf,
     /// When the publisher started.
     pub started: Instant,
 }
@@ -309,6 +314,7 @@ impl Publisher {
                 report.pending
             );
         }
+        let suppressions_file = config.spool_dir.join(heartbeat::SUPPRESSIONS_FILE);
         let shared = Arc::new(Shared {
             spool,
             notify: tokio::sync::Notify::new(),
@@ -326,6 +332,8 @@ impl Publisher {
             channel: Mutex::new(None),
             status: Mutex::new(SensorStatus::default()),
             heartbeats: AtomicU64::new(0),
+            suppressions: Mutex::new(heartbeat::load_suppressions(&suppressions_file)),
+            suppressions_file,
             started: Instant::now(),
         });
         let thread_shared = Arc::clone(&shared);
@@ -373,6 +381,17 @@ impl Publisher {
     /// Heartbeats the collector accepted so far.
     pub fn heartbeats_sent(&self) -> u64 {
         self.shared.heartbeats.load(Ordering::Relaxed)
+    }
+
+    /// The collector's suppression list (events the sensor must not report), as the last
+    /// heartbeat answer that carried one gave it; `None` before the first (or from a
+    /// collector that has none). A new list has a new `version`.
+    pub fn suppressions(&self) -> Option<Arc<v1::SuppressionList>> {
+        self.shared
+            .suppressions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Spools one sensor event for the collector and returns its sequence number. Does not

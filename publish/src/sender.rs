@@ -41,7 +41,30 @@ pub(crate) struct Connect {
     pub(crate) auth: Option<MetadataValue<Ascii>>,
 }
 
+/// Adds the sensor's token (if any) to every request of a client.
+#[derive(Clone, Debug)]
+pub(crate) struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
 impl Connect {
+    /// An `Ingest` client on `channel` that sends the sensor's token.
+    pub(crate) fn ingest(
+        &self,
+        channel: tonic::transport::Channel,
+    ) -> IngestClient<
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+    > {
+        IngestClient::with_interceptor(channel, Bearer(self.auth.clone()))
+    }
+
     pub fn new(cfg: &PublisherConfig) -> Result<Self, PublishError> {
         let targets = std::iter::once(&cfg.url)
             .chain(&cfg.fallback_urls)
@@ -243,15 +266,8 @@ async fn session(
         return Err(format!("collector {url}: NOT_SERVING").into());
     }
     let spool = &shared.spool;
-    let auth = connect.auth.clone();
     let channel_for_heartbeats = channel.clone();
-    let mut client = IngestClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-        if let Some(v) = &auth {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    })
-    .max_encoding_message_size(64 << 20);
+    let mut client = connect.ingest(channel).max_encoding_message_size(64 << 20);
     let limits = match client.get_limits(GetLimitsRequest {}).await {
         Ok(l) => l.into_inner(),
         Err(s) if s.code() == Code::Unimplemented => xtrail_proto::limits::default_limits(),

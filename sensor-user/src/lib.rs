@@ -11,7 +11,8 @@
 //! - [`trail_maps`]: the two kernel trail map sets and the switch between them;
 //!   [`reload`]: hot reload of the trail set (SIGHUP, watched files, collector pushes);
 //!   [`trail_pull`]: signed trail sets from the collector's `Trails` service.
-//! - [`privilege`]: the up-front capability check.
+//! - [`privilege`]: the up-front capability check; [`suppress`]: the collector's
+//!   suppression list applied to events.
 //! - [`live`]: the live loop; [`xsk`]: the AF_XDP workers of mirror mode.
 //!
 //! The binary (`src/main.rs`) owns argument parsing and the run loop.
@@ -26,6 +27,7 @@ pub mod output;
 pub mod privilege;
 pub mod reload;
 pub mod stats;
+pub mod suppress;
 pub mod trail_maps;
 pub mod trail_pull;
 pub mod xsk;

@@ -68,6 +68,9 @@ pub struct LiveOptions {
 /// How often the loop refreshes the metrics page.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
 
+/// How often the loop looks for a new suppression list while no events come.
+const SUPPRESSIONS_EVERY: Duration = Duration::from_millis(250);
+
 /// Frames the AF_XDP transport may queue for the detector.
 const FRAME_QUEUE: usize = 65_536;
 
@@ -97,6 +100,10 @@ pub struct LiveSummary {
     pub flows: u64,
     /// Events that could not be spooled for the collector.
     pub publish_errors: u64,
+    /// Events not reported for the collector's suppression list: their trail, their source
+    /// (`crate::suppress`).
+    pub suppressed_trail: u64,
+    pub suppressed_source: u64,
 }
 
 impl LiveSummary {
@@ -114,12 +121,14 @@ impl LiveSummary {
             "malformed_records": self.malformed_records,
             "flows": self.flows,
             "publish_errors": self.publish_errors,
+            "suppressed_trail": self.suppressed_trail,
+            "suppressed_source": self.suppressed_source,
         })
     }
 
     fn line(&self) -> String {
         format!(
-            "events={} whitelisted={} filtered={} payloads={} xsk_frames={} queue_full={} processed={} parse_errors={} flows={}",
+            "events={} whitelisted={} filtered={} payloads={} xsk_frames={} queue_full={} processed={} parse_errors={} flows={} suppressed_trail={} suppressed_source={}",
             self.events,
             self.whitelisted,
             self.filtered,
@@ -128,7 +137,9 @@ impl LiveSummary {
             self.queue_full,
             self.processed,
             self.parse_errors,
-            self.flows
+            self.flows,
+            self.suppressed_trail,
+            self.suppressed_source
         )
     }
 }
@@ -199,32 +210,39 @@ pub fn run(
     log: &mut EventLog,
     stop: &AtomicBool,
 ) -> anyhow::Result<LiveSummary> {
-    let mut detector = Detector::new(DetectorConfig {
-        trails: Arc::clone(&trails),
-        whitelist,
-        processor: opts.processor.clone(),
-        heuristics: opts.heuristics.clone().map(|h| (h, Arc::clone(&opts.ua))),
-        throttle: opts.throttle,
-        flood: opts.flood,
-        maltrail_syn_rules: opts.maltrail_syn_rules,
-    })
-    .context("setting up the heuristics")?;
     let started = Instant::now();
     let use_xsk = opts.sensor.mode == Mode::Mirror && opts.afxdp && opts.sensor.handoff;
     let mut sensor_opts = opts.sensor.clone();
     if use_xsk {
         sensor_opts.xsk_queues = xsk::queue_stride(&opts.ifaces)?;
     }
-    let mut sensor = Sensor::load(&trails.ip, &sensor_opts)?;
-    // The set in use: the detector follows it, kernel hits are labelled by map set.
+    // The detector is set up while the XDP program loads and its maps fill.
+    let (detector, sensor) = std::thread::scope(|s| {
+        let detector = s.spawn(|| {
+            Detector::new(DetectorConfig {
+                trails: Arc::clone(&trails),
+                whitelist,
+                processor: opts.processor.clone(),
+                heuristics: opts.heuristics.clone().map(|h| (h, Arc::clone(&opts.ua))),
+                throttle: opts.throttle,
+                flood: opts.flood,
+                maltrail_syn_rules: opts.maltrail_syn_rules,
+            })
+        });
+        let sensor = Sensor::load(&trails.ip, &sensor_opts);
+        (detector.join(), sensor)
+    });
+    let mut detector = detector
+        .map_err(|_| anyhow::anyhow!("setting up the detector panicked"))?
+        .context("setting up the heuristics")?;
+    let mut sensor = sensor?;
+    // The set in use: the detector follows it, kernel hits are labelled by map set (one
+    // `VersionedTrails` for both).
     let first = Arc::new(VersionedTrails::new(
         opts.trail_set_version.clone(),
         Arc::clone(&trails),
     ));
-    let shared = SharedTrails::new(VersionedTrails::new(
-        first.version.clone(),
-        Arc::clone(&trails),
-    ));
+    let shared = SharedTrails::new(Arc::clone(&first));
     detector.follow(shared.clone());
     let hit_sets = Arc::new(HitSets::new(first));
     drop(trails);
@@ -353,6 +371,8 @@ pub fn run(
     let mut event_counts = crate::metrics::EventCounts::default();
     let run_started = Instant::now();
     let mut pending: Vec<Event> = Vec::new();
+    let mut suppressions = crate::suppress::Suppressions::default();
+    let mut last_suppressions = Instant::now();
     let fds = [
         Some(ring.as_raw_fd()),
         Some(payloads.as_raw_fd()),
@@ -473,7 +493,26 @@ pub fn run(
             last_tick = Instant::now();
             detector.tick(hits::unix_us_now(), &mut out);
         }
+        // The collector's suppression list: a new version is installed before these events
+        // (and looked for at least every SUPPRESSIONS_EVERY while none come).
+        if !pending.is_empty() || last_suppressions.elapsed() >= SUPPRESSIONS_EVERY {
+            last_suppressions = Instant::now();
+            if let Some(list) = opts.publisher.as_ref().and_then(|p| p.suppressions()) {
+                if suppressions.install(&list) {
+                    let (trails, sources) = suppressions.len();
+                    eprintln!(
+                        "xtrail-sensor: suppression list {} from the collector: {trails} trail(s), {sources} source(s) not reported",
+                        list.version
+                    );
+                }
+            }
+        }
         for ev in pending.drain(..) {
+            if suppressions.suppresses(&ev) {
+                summary.suppressed_trail = suppressions.by_trail;
+                summary.suppressed_source = suppressions.by_source;
+                continue;
+            }
             log.write(&ev).context("writing event")?;
             if let Some(p) = &opts.publisher {
                 if let Err(e) = p.publish(&ev) {

@@ -36,7 +36,6 @@ const MAX_REQUEST: usize = 8192;
 /// Distinct heuristic labels kept apart; more are counted as `other`.
 const MAX_HEURISTICS: usize = 64;
 
-
 /// Events written, per type and per heuristic; owned by the live loop (no locking).
 #[derive(Clone, Debug, Default)]
 pub struct EventCounts {
@@ -131,7 +130,7 @@ pub fn render(s: &Sample<'_>) -> String {
     let u = s.summary;
     let d = s.detector;
     let pr = &d.processor;
-    let counters: [(&str, &str, u64); 34] = [
+    let counters: [(&str, &str, u64); 36] = [
         (
             "payloads",
             "Ring-buffer packet copies read (inline mode)",
@@ -157,6 +156,16 @@ pub fn render(s: &Sample<'_>) -> String {
             "publish_errors",
             "Events that could not be spooled for the collector",
             u.publish_errors,
+        ),
+        (
+            "events_suppressed_trail",
+            "Events not reported: their trail is on the collector's suppression list",
+            u.suppressed_trail,
+        ),
+        (
+            "events_suppressed_source",
+            "Events not reported: their source is on the collector's suppression list",
+            u.suppressed_source,
         ),
         (
             "processed",

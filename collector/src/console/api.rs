@@ -27,6 +27,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use xtrail_detect::event::format_rfc3339;
 use xtrail_proto::json::{event_to_json, severity_name};
 
+// Sparkline points; in-scope addresses shown past a list's cut-off.
+use super::rows::{MORE_SHOWN, SPARK};
 use super::search::{self, Expr};
 use super::session::{api_error, Authed};
 use super::threats::{EventView, Index, Threat, ThreatView, Threats, Triage, HOUR_US};
@@ -40,8 +42,6 @@ const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1000;
 /// Most rows of an export.
 const MAX_EXPORT: usize = 100_000;
-/// Sparkline points.
-const SPARK: usize = 24;
 /// Related threats per list in a detail.
 const RELATED: usize = 20;
 /// Longest range of the daily heatmap (days).
@@ -61,7 +61,10 @@ pub fn router() -> Router<Arc<HttpState>> {
         .route("/api/threats/{id}", get(detail))
         .route("/api/threats/{id}/triage", post(triage_one))
         .route("/api/iocs", get(iocs))
-        .route("/api/suppressions", get(suppressions))
+        .route(
+            "/api/suppressions",
+            get(suppressions).delete(super::suppress::api_remove),
+        )
         .route("/api/stats/daily", get(stats_daily))
         .route("/api/stats/timeline", get(stats_timeline))
         .route("/api/live", get(live))
@@ -216,23 +219,24 @@ struct Row {
     key: (i64, i64),
 }
 
-/// Threats visible to `scope` with events in the range that match the query: the total,
-/// and the rows sorted (only the first `need` when given: a page needs no full sort).
-fn select(idx: &Index, scope: &Scope, p: &ViewParams, need: Option<usize>) -> (usize, Vec<Row>) {
+/// Threats of the index at `start..end` that a view shows (see [`select`]).
+fn select_part(idx: &Index, scope: &Scope, p: &ViewParams, start: usize, end: usize) -> Vec<Row> {
     let (lo, hi) = (p.from.saturating_sub(HOUR_US), p.to.saturating_add(HOUR_US));
     let (lo_hour, hi_hour) = super::threats::hour_span(p.from, p.to);
     let mut rows: Vec<Row> = Vec::new();
-    for (i, &(first, last)) in idx.spans.iter().enumerate() {
+    for (i, span) in idx.spans.iter().enumerate().take(end).skip(start) {
+        let (first, last) = (span.first, span.last);
         if last < lo || first >= hi {
             continue;
         }
         let t = &idx.list[i];
-        if !t.visible(scope) {
+        if !scope.is_all() && !t.visible(scope) {
             continue;
         }
-        // A threat wholly inside the range counts whole (its hours stay untouched).
+        // A threat wholly inside the range counts whole (neither it nor its hours are
+        // touched: an unscoped view without a query sorted by time reads `spans` alone).
         let count = if first.div_euclid(HOUR_US) >= lo_hour && last.div_euclid(HOUR_US) < hi_hour {
-            t.count
+            span.count
         } else {
             t.count_in(p.from, p.to)
         };
@@ -253,13 +257,38 @@ fn select(idx: &Index, scope: &Scope, p: &ViewParams, need: Option<usize>) -> (u
             continue;
         }
         let key = match p.sort {
-            Sort::LastSeen => (t.last_seen, 0),
-            Sort::FirstSeen => (t.first_seen, 0),
-            Sort::Count => (i64::try_from(count).unwrap_or(i64::MAX), t.last_seen),
-            Sort::Severity => (i64::from(t.severity), t.last_seen),
+            Sort::LastSeen => (last, 0),
+            Sort::FirstSeen => (first, 0),
+            Sort::Count => (i64::try_from(count).unwrap_or(i64::MAX), last),
+            Sort::Severity => (i64::from(t.severity), last),
         };
         rows.push(Row { i, count, key });
     }
+    rows
+}
+
+/// Threats in the index from which a view is split over two threads (the scan is bound by
+/// memory latency: one pointer chase per threat).
+const PARALLEL_SELECT: usize = 16_384;
+
+/// Threats visible to `scope` with events in the range that match the query: the total,
+/// and the rows sorted (only the first `need` when given: a page needs no full sort).
+fn select(idx: &Index, scope: &Scope, p: &ViewParams, need: Option<usize>) -> (usize, Vec<Row>) {
+    let n = idx.spans.len();
+    let mut rows = if n < PARALLEL_SELECT {
+        select_part(idx, scope, p, 0, n)
+    } else {
+        std::thread::scope(|s| {
+            let second = s.spawn(|| select_part(idx, scope, p, n / 2, n));
+            let mut rows = select_part(idx, scope, p, 0, n / 2);
+            rows.extend(
+                second
+                    .join()
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            );
+            rows
+        })
+    };
     let total = rows.len();
     let desc = p.desc;
     let cmp = |a: &Row, b: &Row| {
@@ -318,10 +347,6 @@ struct Summary<'a> {
     tags: &'a [String],
     notes: u32,
 }
-
-/// Most addresses of a list shown past the listed ones (in-scope addresses of a scoped
-/// viewer past the list's cut-off).
-const MORE_SHOWN: usize = 100;
 
 /// The addresses of a list inside the scope; for a scoped viewer also its in-scope
 /// addresses past the list (from the threat's sorted membership index).
@@ -656,7 +681,7 @@ async fn change(
             };
             let res = {
                 let mut c = threats.db();
-                triage::apply(
+                let r = triage::apply(
                     &mut c,
                     &id,
                     &old,
@@ -664,7 +689,14 @@ async fn change(
                     &viewer.name,
                     super::now_us(),
                     suppress_value.as_deref(),
-                )
+                );
+                // The sensors' copy follows with their next heartbeat.
+                match r {
+                    Ok(done) if suppress_value.is_some() => {
+                        threats.suppressions.reload(&c).map(|()| done)
+                    }
+                    r => r,
+                }
             };
             match res {
                 Ok((new, what)) => {
@@ -911,9 +943,16 @@ struct Snap {
 const FIRST_CHUNK: usize = 16 * 1024;
 const CHUNK: usize = 256 * 1024;
 
+/// Rows of an export from which two threads write it.
+const PARALLEL_EXPORT: usize = 4096;
+
+/// Writes one export row (`scratch` is reused between rows).
+type RowWriter = fn(&mut Vec<u8>, &mut String, usize, &Snap, &Scope, &ViewParams);
+
 /// Streams an export as a chunked body: the rows are selected under the index's read lock
-/// (shared pointers, no copies), the lock is released, and a blocking task renders them
-/// chunk by chunk while the first chunks are already on the wire.
+/// (shared pointers, no copies), the lock is released, and a blocking task writes them
+/// straight into byte chunks ([`super::rows`]) while the first chunks are already on the
+/// wire.
 async fn export_stream(
     s: &HttpState,
     viewer: Viewer,
@@ -921,7 +960,7 @@ async fn export_stream(
     headers: [(header::HeaderName, &'static str); 2],
     head: &'static str,
     tail: &'static str,
-    row: fn(&mut String, usize, &Snap, &Scope, &ViewParams),
+    row: RowWriter,
 ) -> Response {
     let threats = match threats_of(s) {
         Ok(t) => t,
@@ -942,7 +981,11 @@ async fn export_stream(
                 let t = &idx.list[r.i];
                 Snap {
                     t: Arc::clone(t),
-                    tr: idx.triage.get(&t.id).cloned(),
+                    tr: if idx.triage.is_empty() {
+                        None
+                    } else {
+                        idx.triage.get(&t.id).cloned()
+                    },
                     count: r.count,
                 }
             })
@@ -954,23 +997,62 @@ async fn export_stream(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(4);
+    let (tx, rx) = mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     tokio::task::spawn_blocking(move || {
-        let mut out = String::with_capacity(FIRST_CHUNK + 4096);
-        out.push_str(head);
-        let mut limit = FIRST_CHUNK;
-        for (i, snap) in snaps.iter().enumerate() {
-            row(&mut out, i, snap, &scope, &p);
-            if out.len() >= limit {
-                let chunk = std::mem::replace(&mut out, String::with_capacity(CHUNK + 4096));
-                if tx.blocking_send(Ok(chunk)).is_err() {
-                    return; // the client went away
+        // A long export is written by two threads: this one streams the first half while
+        // a helper writes the second half's chunks, sent once the first half is out.
+        let half = if snaps.len() >= PARALLEL_EXPORT {
+            snaps.len() / 2
+        } else {
+            snaps.len()
+        };
+        std::thread::scope(|s| {
+            let second = (half < snaps.len()).then(|| {
+                s.spawn(|| {
+                    let mut chunks = Vec::new();
+                    let mut out = Vec::with_capacity(CHUNK + 4096);
+                    let mut scratch = String::new();
+                    for (i, snap) in snaps.iter().enumerate().skip(half) {
+                        row(&mut out, &mut scratch, i, snap, &scope, &p);
+                        if out.len() >= CHUNK {
+                            chunks.push(std::mem::replace(
+                                &mut out,
+                                Vec::with_capacity(CHUNK + 4096),
+                            ));
+                        }
+                    }
+                    chunks.push(out);
+                    chunks
+                })
+            });
+            let mut out = Vec::with_capacity(FIRST_CHUNK + 4096);
+            let mut scratch = String::new();
+            out.extend_from_slice(head.as_bytes());
+            let mut limit = FIRST_CHUNK;
+            for (i, snap) in snaps.iter().enumerate().take(half) {
+                row(&mut out, &mut scratch, i, snap, &scope, &p);
+                if out.len() >= limit {
+                    let chunk = std::mem::replace(&mut out, Vec::with_capacity(CHUNK + 4096));
+                    if tx.blocking_send(Ok(chunk)).is_err() {
+                        return; // the client went away (the helper finishes on its own)
+                    }
+                    limit = CHUNK;
                 }
-                limit = CHUNK;
             }
-        }
-        out.push_str(tail);
-        let _ = tx.blocking_send(Ok(out));
+            if let Some(second) = second {
+                let chunks = second
+                    .join()
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+                for chunk in chunks {
+                    let done = std::mem::replace(&mut out, chunk);
+                    if !done.is_empty() && tx.blocking_send(Ok(done)).is_err() {
+                        return;
+                    }
+                }
+            }
+            out.extend_from_slice(tail.as_bytes());
+            let _ = tx.blocking_send(Ok(out));
+        });
     });
     (
         headers,
@@ -984,15 +1066,19 @@ async fn export_json(
     Authed(viewer): Authed,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
-    fn row(out: &mut String, i: usize, snap: &Snap, scope: &Scope, p: &ViewParams) {
-        let tr = snap.tr.as_ref().unwrap_or(&NO_TRIAGE);
-        let summary = Summary::new(&snap.t, tr, scope, snap.count, p.from, p.to);
-        if let Ok(text) = serde_json::to_string(&summary) {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&text);
+    fn row(
+        out: &mut Vec<u8>,
+        _: &mut String,
+        i: usize,
+        snap: &Snap,
+        scope: &Scope,
+        p: &ViewParams,
+    ) {
+        if i > 0 {
+            out.push(b',');
         }
+        let tr = snap.tr.as_ref().unwrap_or(&NO_TRIAGE);
+        super::rows::json_row(out, &snap.t, tr, scope, snap.count, p.from, p.to);
     }
     export_stream(
         &s,
@@ -1012,74 +1098,21 @@ async fn export_json(
     .await
 }
 
-/// Appends one CSV cell: quoted when needed; a leading `= + - @` (a spreadsheet formula)
-/// is prefixed with `'`.
-fn csv_cell(out: &mut String, v: &str) {
-    let formula = v.starts_with(['=', '+', '-', '@', '\t', '\r']);
-    let quote = v.contains([',', '"', '\n', '\r']);
-    if quote {
-        out.push('"');
-    }
-    if formula {
-        out.push('\'');
-    }
-    if quote {
-        out.push_str(&v.replace('"', "\"\""));
-        out.push('"');
-    } else {
-        out.push_str(v);
-    }
-}
-
-/// Space-separated values.
-fn joined<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
-    let mut s = String::new();
-    for (i, x) in items.into_iter().enumerate() {
-        if i > 0 {
-            s.push(' ');
-        }
-        s.push_str(&x.to_string());
-    }
-    s
-}
-
-const CSV_HEADER: &str = "id,kind,severity,first_seen,last_seen,count,type,trail,info,reference,sources,destinations,ports,protocols,sensors,status,assignee,tags\r\n";
-
 async fn export_csv(
     State(s): State<Arc<HttpState>>,
     Authed(viewer): Authed,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
-    fn row(out: &mut String, _: usize, snap: &Snap, scope: &Scope, _: &ViewParams) {
-        let t = &snap.t;
+    fn row(
+        out: &mut Vec<u8>,
+        scratch: &mut String,
+        _: usize,
+        snap: &Snap,
+        scope: &Scope,
+        _: &ViewParams,
+    ) {
         let tr = snap.tr.as_ref().unwrap_or(&NO_TRIAGE);
-        let cells: [&str; 18] = [
-            &t.id,
-            &t.kind,
-            severity_name(t.severity),
-            &format_rfc3339(t.first_seen),
-            &format_rfc3339(t.last_seen),
-            &snap.count.to_string(),
-            &t.r#type,
-            &t.trail,
-            &t.info,
-            &t.reference,
-            &addrs(&t.sources, &t.more_sources, scope).join(" "),
-            &addrs(&t.destinations, &t.more_destinations, scope).join(" "),
-            &joined(&t.ports.items),
-            &t.protocols.items.join(" "),
-            &t.sensors.items.join(" "),
-            tr.status(),
-            &tr.assignee,
-            &tr.tags.join(" "),
-        ];
-        for (i, c) in cells.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            csv_cell(out, c);
-        }
-        out.push_str("\r\n");
+        super::rows::csv_row(out, scratch, &snap.t, tr, scope, snap.count);
     }
     export_stream(
         &s,
@@ -1092,7 +1125,7 @@ async fn export_csv(
                 "attachment; filename=\"threats.csv\"",
             ),
         ],
-        CSV_HEADER,
+        super::rows::CSV_HEADER,
         "",
         row,
     )
@@ -1163,15 +1196,17 @@ async fn live(State(s): State<Arc<HttpState>>, Authed(viewer): Authed) -> Respon
                     .take(LIVE_PER_BATCH)
                     .map(|t| {
                         let to = super::now_us().max(t.last_seen + 1);
-                        summary(
+                        // Straight to text (no `Value` in between): once per change and
+                        // client, as the summary depends on the viewer's scope.
+                        let s = Summary::new(
                             t,
                             triage_ref(&idx, &t.id),
                             &viewer.scope,
                             t.count,
                             to - 24 * HOUR_US,
                             to,
-                        )
-                        .to_string()
+                        );
+                        serde_json::to_string(&s).unwrap_or_default()
                     })
                     .collect()
             };
@@ -1206,9 +1241,9 @@ mod tests {
         assert_eq!(defang("198.18.0.1"), "198[.]18[.]0[.]1");
         assert_eq!(defang("2001:db8::1"), "2001[:]db8[:][:]1");
         let cell = |v: &str| {
-            let mut s = String::new();
-            csv_cell(&mut s, v);
-            s
+            let mut s = Vec::new();
+            super::super::rows::csv_cell(&mut s, v);
+            String::from_utf8(s).unwrap()
         };
         assert_eq!(cell("a,b"), "\"a,b\"");
         assert_eq!(cell("=cmd()"), "'=cmd()");
@@ -1219,5 +1254,65 @@ mod tests {
             1_786_094_062_000_000
         );
         assert!(parse_time("soon").is_err());
+    }
+
+    /// The export's JSON rows are the API's summaries, byte for byte, scoped or not.
+    #[test]
+    fn export_rows_are_the_summaries() {
+        let mut t: Threat = serde_json::from_value(json!({
+            "id": "abc", "key": "k", "kind": "trail", "type": "DNS",
+            "trail": "evil\"<script>\u{1}.example", "info": "malware\nx", "reference": "(ref)",
+            "severity": 3, "first_seen": 1_786_094_062_123_456i64,
+            "last_seen": 1_786_097_662_000_001i64, "count": 42,
+            "sensors": {"items": ["s1", "s\"2"]},
+            "sources": {"items": ["198.18.0.1", "198.19.0.1", "2001:db8::1"], "truncated": true},
+            "destinations": {"items": ["198.18.9.9"]},
+            "ports": {"items": [53, 443]}, "protocols": {"items": ["UDP"]}
+        }))
+        .unwrap();
+        t.hours = vec![(1_786_094_062 / 3600, 40), (1_786_097_662 / 3600, 2)];
+        t.more_sources = vec!["198.18.0.7".parse().unwrap(), "198.19.5.5".parse().unwrap()];
+        let tr = Triage {
+            status: "investigating".into(),
+            assignee: "ann".into(),
+            tags: vec!["a".into(), "b,c".into()],
+            notes: 2,
+        };
+        // Rendered per row, and from the parts rendered when the threat is stored.
+        let mut stored = t.clone();
+        stored.refold();
+        let scoped = Scope::parse("198.18.0.0/16").unwrap();
+        for t in [&t, &stored] {
+            for scope in [Scope::all(), scoped.clone()] {
+                for triage in [&tr, &NO_TRIAGE] {
+                    let (from, to) = (1_786_000_000_000_000, 1_786_100_000_000_000);
+                    let want = serde_json::to_string(&Summary::new(t, triage, &scope, 7, from, to))
+                        .unwrap();
+                    let mut got = Vec::new();
+                    super::super::rows::json_row(&mut got, t, triage, &scope, 7, from, to);
+                    assert_eq!(String::from_utf8(got).unwrap(), want);
+                }
+            }
+        }
+        // CSV rows: the same with and without the stored parts.
+        for scope in [Scope::all(), scoped] {
+            for triage in [&tr, &NO_TRIAGE] {
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                let mut scratch = String::new();
+                super::super::rows::csv_row(&mut a, &mut scratch, &t, triage, &scope, 7);
+                super::super::rows::csv_row(&mut b, &mut scratch, &stored, triage, &scope, 7);
+                assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+            }
+        }
+        let mut row = Vec::new();
+        super::super::rows::csv_row(&mut row, &mut String::new(), &stored, &tr, &Scope::all(), 7);
+        // The columns of `CSV_HEADER`, in its order.
+        assert_eq!(
+            String::from_utf8(row).unwrap(),
+            "abc,trail,high,2026-08-07T09:14:22.123456Z,2026-08-07T10:14:22.000001Z,7,DNS,\
+             \"evil\"\"<script>\u{1}.example\",\"malware\nx\",(ref),\
+             198.18.0.1 198.19.0.1 2001:db8::1,198.18.9.9,53 443,UDP,\"s1 s\"\"2\",\
+             investigating,ann,\"a b,c\"\r\n"
+        );
     }
 }

@@ -9,7 +9,8 @@
 //!   port; [`db`]: `console.db`;
 //! - [`threats`]: events grouped into threats by a follower of the store (`threats.db`);
 //!   [`search`]: the query language; [`triage`]: shared triage and suppressions; [`api`]:
-//!   the threat routes (`/api/threats...`, stats, exports, IOCs, `/api/live`).
+//!   the threat routes (`/api/threats...`, stats, exports, IOCs, `/api/live`); [`suppress`]:
+//!   the suppression list sensors receive with their heartbeats; [`rows`]: export rows.
 //!
 //! Console state lives in one SQLite file, `console.db`, in the data directory (also when
 //! events are in PostgreSQL), opened in WAL mode so the `user` command and the server can
@@ -20,9 +21,11 @@ pub mod assets;
 pub mod audit;
 pub mod db;
 pub mod follow;
+pub mod rows;
 pub mod search;
 pub mod sensors;
 pub mod session;
+pub mod suppress;
 pub mod threats;
 pub mod tls;
 pub mod triage;

@@ -418,6 +418,7 @@ mod tests {
                 drops: 2,
                 ..Default::default()
             }),
+            ..Default::default()
         };
         let gw = Principal::Sensor("gw".into());
         heartbeat(Arc::clone(&db), &gw, req("", 5)).await.unwrap();

@@ -53,6 +53,10 @@ const DNS_EXHAUSTION: &str = "potential dns exhaustion";
 const APPLY_MAX: usize = 50_000;
 /// Events per page read from the store.
 const READ_PAGE: usize = 2_000;
+/// Least time between two applied transactions while events keep coming: each applies
+/// every threat its events touched (a copy, a JSON row, an index update), so under load
+/// a threat's many events share one write instead of one per chunk.
+const APPLY_EVERY: Duration = Duration::from_millis(250);
 
 /// Grouping settings.
 #[derive(Clone, Copy, Debug)]
@@ -211,6 +215,9 @@ pub struct Threat {
     /// Destinations past the listed ones, likewise.
     #[serde(skip)]
     pub more_destinations: Vec<IpAddr>,
+    /// The export rows' parts of an unscoped view, computed with [`Threat::refold`].
+    #[serde(skip)]
+    pub rendered: super::rows::Rendered,
 }
 
 impl Threat {
@@ -235,8 +242,15 @@ impl Threat {
     /// Counts per equal slice of `[from_us, to_us)` (`n` slices), by hour.
     pub fn sparkline(&self, from_us: i64, to_us: i64, n: usize) -> Vec<u64> {
         let mut out = vec![0u64; n];
+        self.sparkline_into(from_us, to_us, &mut out);
+        out
+    }
+
+    /// [`Threat::sparkline`] into `out` (zeroed by the caller), one slice per element.
+    pub fn sparkline_into(&self, from_us: i64, to_us: i64, out: &mut [u64]) {
+        let n = out.len();
         if n == 0 || from_us >= to_us {
-            return out;
+            return;
         }
         let span = i128::from(to_us) - i128::from(from_us);
         let (lo, hi) = hour_span(from_us, to_us);
@@ -250,7 +264,6 @@ impl Threat {
             let i = (i128::from(t) - i128::from(from_us)) * n as i128 / span;
             out[usize::try_from(i).unwrap_or(0).min(n - 1)] += u64::from(*c);
         }
-        out
     }
 
     /// Whether any source or destination is inside `scope` (listed or past the list).
@@ -297,6 +310,7 @@ impl Threat {
         if self.defanged.is_empty() {
             self.defanged = super::api::defang(&self.trail);
         }
+        self.rendered = super::rows::Rendered::of(self);
     }
 
     fn add_hour(&mut self, hour: i64) {
@@ -317,23 +331,44 @@ pub fn in_scope<'a>(sorted: &'a [IpAddr], scope: &'a Scope) -> impl Iterator<Ite
     }))
 }
 
-/// Adds an address to a bounded list or, past its cap, to the sorted overflow; true when
-/// it is new in the overflow.
-fn add_addr(list: &mut Bounded<Addr>, more: &mut Vec<IpAddr>, a: Addr, cap: usize) -> bool {
-    if list.items.contains(&a) {
+/// Adds an address (`ip`, written as `text`) to a bounded list or, past its cap, to the
+/// sorted overflow; true when it is new in the overflow. Copies `text` only when listed.
+fn add_addr(
+    list: &mut Bounded<Addr>,
+    more: &mut Vec<IpAddr>,
+    ip: IpAddr,
+    text: &str,
+    cap: usize,
+) -> bool {
+    if list.items.iter().any(|a| a.ip == ip && a.text == text) {
         return false;
     }
     if list.items.len() < cap {
-        list.items.push(a);
+        list.items.push(Addr {
+            ip,
+            text: text.to_string(),
+        });
         return false;
     }
     list.truncated = true;
-    match more.binary_search(&a.ip) {
+    match more.binary_search(&ip) {
         Ok(_) => false,
         Err(i) => {
-            more.insert(i, a.ip);
+            more.insert(i, ip);
             true
         }
+    }
+}
+
+/// [`Bounded::add`] for text, copying it only when it is new.
+fn add_text(list: &mut Bounded<String>, v: &str, cap: usize) {
+    if list.items.iter().any(|x| x == v) {
+        return;
+    }
+    if list.items.len() < cap {
+        list.items.push(v.to_string());
+    } else {
+        list.truncated = true;
     }
 }
 
@@ -374,14 +409,35 @@ impl Triage {
     }
 }
 
+/// A threat's times and count, kept contiguous in [`Index::spans`].
+#[derive(Clone, Copy, Debug)]
+pub struct Span {
+    /// First event time, µs.
+    pub first: i64,
+    /// Last event time, µs.
+    pub last: i64,
+    /// Events.
+    pub count: u64,
+}
+
+impl Span {
+    fn of(t: &Threat) -> Span {
+        Span {
+            first: t.first_seen,
+            last: t.last_seen,
+            count: t.count,
+        }
+    }
+}
+
 /// Every aggregate, in memory.
 #[derive(Debug, Default)]
 pub struct Index {
     /// Threats (their position never changes).
     pub list: Vec<Arc<Threat>>,
-    /// (first, last) seen of each threat, by position (a time filter without following
-    /// every pointer).
-    pub spans: Vec<(i64, i64)>,
+    /// First and last seen and count of each threat, by position (a time filter and the
+    /// rows of an unscoped view without following every pointer).
+    pub spans: Vec<Span>,
     /// Events per hour of all threats by their highest severity (low, medium, high): the
     /// heatmap and timeline of an unscoped, unfiltered view.
     pub totals: std::collections::BTreeMap<i64, [u64; 3]>,
@@ -406,7 +462,7 @@ impl Index {
 
     fn put(&mut self, mut t: Threat) {
         t.refold();
-        let span = (t.first_seen, t.last_seen);
+        let span = Span::of(&t);
         let t = Arc::new(t);
         match self.by_key.get(&t.key) {
             Some(&i) => {
@@ -613,6 +669,8 @@ pub struct Threats {
     pub applied: AtomicU64,
     /// Settings.
     pub config: ThreatsConfig,
+    /// The suppression list as sensors receive it (reloaded on every change).
+    pub suppressions: super::suppress::Feed,
 }
 
 impl std::fmt::Debug for Threats {
@@ -742,7 +800,7 @@ pub fn load(c: &Connection) -> Result<Index, ThreatsError> {
         m.more_destinations.sort_unstable();
         m.more_destinations.dedup();
         m.refold();
-        idx.spans.push((t.first_seen, t.last_seen));
+        idx.spans.push(Span::of(&t));
         idx.add_totals(&t.hours, t.severity, 1);
         idx.list.push(t);
     }
@@ -755,10 +813,13 @@ pub fn load(c: &Connection) -> Result<Index, ThreatsError> {
     Ok(idx)
 }
 
-/// Flood windows: distinct sources per (trail, hour), bounded to the threshold.
+/// Flood windows: distinct sources per (hour, trail), bounded to the threshold. Keyed by
+/// hour first so that an event's lookup borrows its trail (no allocation per event).
 #[derive(Default)]
 struct Floods {
-    windows: HashMap<(String, i64), (HashSet<IpAddr>, bool)>,
+    windows: HashMap<i64, HashMap<String, (HashSet<IpAddr>, bool)>>,
+    /// Trails in `windows`, all hours.
+    trails: usize,
     newest_hour: i64,
 }
 
@@ -767,12 +828,20 @@ impl Floods {
     fn flooding(&mut self, trail: &str, hour: i64, src: Option<IpAddr>, n: usize) -> bool {
         if hour > self.newest_hour {
             self.newest_hour = hour;
-            if self.windows.len() > 10_000 {
+            if self.trails > 10_000 {
                 let keep = hour - 2;
-                self.windows.retain(|(_, h), _| *h >= keep);
+                self.windows.retain(|h, _| *h >= keep);
+                self.trails = self.windows.values().map(HashMap::len).sum();
             }
         }
-        let w = self.windows.entry((trail.to_string(), hour)).or_default();
+        let trails = self.windows.entry(hour).or_default();
+        let w = match trails.get_mut(trail) {
+            Some(w) => w,
+            None => {
+                self.trails += 1;
+                trails.entry(trail.to_string()).or_default()
+            }
+        };
         if w.1 {
             return true;
         }
@@ -798,7 +867,11 @@ impl Floods {
         f.newest_hour = newest;
         for t in &idx.list {
             for (h, _) in t.hours.iter().rev().take_while(|(h, _)| *h >= newest - 1) {
-                let w = f.windows.entry((t.trail.clone(), *h)).or_default();
+                let trails = f.windows.entry(*h).or_default();
+                if !trails.contains_key(&t.trail) {
+                    f.trails += 1;
+                }
+                let w = trails.entry(t.trail.clone()).or_default();
                 match t.kind.as_str() {
                     "flood" => w.1 = true,
                     "trail" => {
@@ -814,32 +887,47 @@ impl Floods {
     }
 }
 
-/// The grouping key, kind and display trail of an event (None: not a threat, e.g. a
-/// sensor's spool report).
+/// Writes the grouping key of an event into `key` (cleared first) and returns its kind
+/// (None: not a threat, e.g. a sensor's spool report). `src` is the event's source, parsed.
 fn key_of(
     e: &v1::Event,
+    src: Option<IpAddr>,
     floods: &mut Floods,
     cfg: &ThreatsConfig,
-) -> Option<(String, &'static str)> {
+    key: &mut String,
+) -> Option<&'static str> {
+    key.clear();
     if e.r#type == "SPOOL_DROP" {
         return None;
     }
-    if e.info.starts_with(DNS_EXHAUSTION) {
+    let (parts, kind): ([&str; 3], &'static str) = if e.info.starts_with(DNS_EXHAUSTION) {
         let base = e
             .trail
             .strip_prefix('(')
             .and_then(|t| t.split_once(")."))
             .map_or(e.trail.as_str(), |(_, b)| b);
-        return Some((format!("x\u{1f}{}\u{1f}{base}", e.info), "dns_exhaustion"));
+        (["x", &e.info, base], "dns_exhaustion")
+    } else if e.reference == HEURISTIC_REF {
+        (["h", &e.src_ip, &e.info], "heuristic")
+    } else if floods.flooding(
+        &e.trail,
+        e.ts_us.div_euclid(HOUR_US),
+        src,
+        cfg.flood_sources,
+    ) {
+        (["f", &e.trail, ""], "flood")
+    } else {
+        (["t", &e.src_ip, &e.trail], "trail")
+    };
+    let [tag, a, b] = parts;
+    key.push_str(tag);
+    key.push('\u{1f}');
+    key.push_str(a);
+    if kind != "flood" {
+        key.push('\u{1f}');
+        key.push_str(b);
     }
-    if e.reference == HEURISTIC_REF {
-        return Some((format!("h\u{1f}{}\u{1f}{}", e.src_ip, e.info), "heuristic"));
-    }
-    let hour = e.ts_us.div_euclid(HOUR_US);
-    if floods.flooding(&e.trail, hour, e.src_ip.parse().ok(), cfg.flood_sources) {
-        return Some((format!("f\u{1f}{}", e.trail), "flood"));
-    }
-    Some((format!("t\u{1f}{}\u{1f}{}", e.src_ip, e.trail), "trail"))
+    Some(kind)
 }
 
 fn new_threat(key: String, kind: &str, e: &v1::Event) -> Threat {
@@ -873,29 +961,43 @@ fn new_threat(key: String, kind: &str, e: &v1::Event) -> Threat {
         defanged: String::new(),
         more_sources: Vec::new(),
         more_destinations: Vec::new(),
+        rendered: Default::default(),
     }
 }
 
 /// Folds one event into a threat; addresses new past the lists go to `more` (side 0
-/// source, 1 destination) to be stored.
-fn fold_event(t: &mut Threat, e: &v1::Event, cfg: &ThreatsConfig, more: &mut Vec<(u8, IpAddr)>) {
+/// source, 1 destination) to be stored. `src` is the event's source, parsed. Nothing is
+/// copied for a value already listed (the common case: a threat's events repeat them).
+fn fold_event(
+    t: &mut Threat,
+    e: &v1::Event,
+    src: Option<IpAddr>,
+    cfg: &ThreatsConfig,
+    more: &mut Vec<(u8, IpAddr)>,
+) {
     t.count += 1;
     t.severity = t.severity.max(e.severity);
     t.first_seen = t.first_seen.min(e.ts_us);
     t.last_seen = t.last_seen.max(e.ts_us);
-    t.sensors.add(e.sensor.clone(), cfg.max_list);
-    if let Ok(a) = Addr::try_from(e.src_ip.clone()) {
-        let ip = a.ip;
-        if add_addr(&mut t.sources, &mut t.more_sources, a, cfg.max_list) {
+    add_text(&mut t.sensors, &e.sensor, cfg.max_list);
+    if let Some(ip) = src {
+        if add_addr(
+            &mut t.sources,
+            &mut t.more_sources,
+            ip,
+            &e.src_ip,
+            cfg.max_list,
+        ) {
             more.push((0, ip));
         }
     }
-    if let Ok(a) = Addr::try_from(e.dst_ip.clone()) {
-        let ip = a.ip;
+    let listed = t.destinations.items.iter().any(|a| a.text == e.dst_ip);
+    if let (false, Ok(ip)) = (listed, e.dst_ip.parse::<IpAddr>()) {
         if add_addr(
             &mut t.destinations,
             &mut t.more_destinations,
-            a,
+            ip,
+            &e.dst_ip,
             cfg.max_list,
         ) {
             more.push((1, ip));
@@ -905,7 +1007,7 @@ fn fold_event(t: &mut Threat, e: &v1::Event, cfg: &ThreatsConfig, more: &mut Vec
         t.ports.add(e.dst_port, cfg.max_list);
     }
     if !e.proto.is_empty() {
-        t.protocols.add(e.proto.clone(), cfg.max_list);
+        add_text(&mut t.protocols, &e.proto, cfg.max_list);
     }
     t.cursors.push_back(e.cursor);
     while t.cursors.len() > cfg.keep_cursors {
@@ -925,6 +1027,7 @@ impl Threats {
         let writer = open_db(data_dir)?;
         let idx = load(&writer)?;
         let reader = open_db(data_dir)?;
+        let suppressions = super::suppress::Feed::load(&reader)?;
         let start = idx.cursor;
         if let Ok(last) = hub.storage.last_cursor() {
             if start > last {
@@ -945,6 +1048,7 @@ impl Threats {
             changes,
             applied: AtomicU64::new(start),
             config,
+            suppressions,
         });
         let stats = Arc::new(ExporterStats {
             name: "console-threats".into(),
@@ -1007,18 +1111,23 @@ impl Follower {
             HashMap::new();
         {
             let idx = self.threats.read();
+            let mut key = String::new();
             for e in events {
-                let Some((key, kind)) = key_of(e, &mut self.floods, &cfg) else {
+                let src = e.src_ip.parse::<IpAddr>().ok();
+                let Some(kind) = key_of(e, src, &mut self.floods, &cfg, &mut key) else {
                     continue;
                 };
-                let (t, deltas, more) = changed.entry(key).or_insert_with_key(|key| {
-                    let t = match idx.by_key.get(key) {
+                if !changed.contains_key(key.as_str()) {
+                    let t = match idx.by_key.get(key.as_str()) {
                         Some(&i) => (*idx.list[i]).clone(),
                         None => new_threat(key.clone(), kind, e),
                     };
-                    (t, Vec::new(), Vec::new())
-                });
-                fold_event(t, e, &cfg, more);
+                    changed.insert(key.clone(), (t, Vec::new(), Vec::new()));
+                }
+                let Some((t, deltas, more)) = changed.get_mut(key.as_str()) else {
+                    continue;
+                };
+                fold_event(t, e, src, &cfg, more);
                 let hour = e.ts_us.div_euclid(HOUR_US);
                 match deltas.iter_mut().find(|(h, _)| *h == hour) {
                     Some((_, n)) => *n += 1,
@@ -1084,22 +1193,29 @@ impl Follower {
     }
 }
 
-/// Applies what the reader queues: several chunks at once while catching up (up to
-/// [`APPLY_MAX`] events per transaction), retrying a failed transaction until it commits.
+/// Applies what the reader queues: several chunks at once (up to [`APPLY_MAX`] events
+/// per transaction; while events keep coming, what arrives within [`APPLY_EVERY`] of the
+/// previous transaction), retrying a failed transaction until it commits.
 async fn follow(mut f: Follower, mut rx: mpsc::Receiver<Chunk>, stats: Arc<ExporterStats>) {
+    let mut last_applied = tokio::time::Instant::now() - APPLY_EVERY;
     while let Some(first) = rx.recv().await {
         stats.queued.fetch_sub(1, Ordering::Relaxed);
         let mut events = first.events;
         let mut upto = first.upto;
+        let due = last_applied + APPLY_EVERY;
         while events.len() < APPLY_MAX {
-            match rx.try_recv() {
-                Ok(c) => {
-                    stats.queued.fetch_sub(1, Ordering::Relaxed);
-                    events.extend(c.events);
-                    upto = c.upto;
+            let next = match rx.try_recv() {
+                Ok(c) => Some(c),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                // Keep receiving (the reader must not stall on a full channel) until due.
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    tokio::time::timeout_at(due, rx.recv()).await.ok().flatten()
                 }
-                Err(_) => break,
-            }
+            };
+            let Some(c) = next else { break };
+            stats.queued.fetch_sub(1, Ordering::Relaxed);
+            events.extend(c.events);
+            upto = c.upto;
         }
         let events = Arc::new(events);
         loop {
@@ -1112,6 +1228,7 @@ async fn follow(mut f: Follower, mut rx: mpsc::Receiver<Chunk>, stats: Arc<Expor
             match res {
                 Ok((back, Ok(()))) => {
                     f = back;
+                    last_applied = tokio::time::Instant::now();
                     break;
                 }
                 Ok((back, Err(e))) => {
@@ -1168,6 +1285,7 @@ mod tests {
                 changes: broadcast::channel(4).0,
                 applied: AtomicU64::new(0),
                 config: cfg,
+                suppressions: super::super::suppress::Feed::load(&conn).unwrap(),
             }),
             conn,
             floods,

@@ -1,6 +1,8 @@
 //! A small Chrome DevTools Protocol client for the console's browser tests: starts Debian's
 //! headless `chromium` (never downloads one), talks CDP over one WebSocket (tungstenite,
 //! blocking, loopback only), one isolated browser context per user (own cookies).
+//! Shared by `console_browser.rs` and the console bench (`examples/console_bench.rs`
+//! includes this file as its `cdp` module).
 #![allow(dead_code)]
 
 use std::cell::RefCell;
@@ -311,6 +313,22 @@ impl Page {
                 json!({ "origin": origin, "permissions": permissions, "browserContextId": self.context }),
             )
             .expect("grant permissions");
+    }
+
+    /// Starts loading a URL (does not wait).
+    pub fn navigate(&self, url: &str) {
+        self.call("Page.navigate", json!({ "url": url }))
+            .expect("navigate");
+    }
+
+    /// Runs `source` in every new document of this page before its own scripts (outside
+    /// the page's CSP): probes such as the console bench's render timer.
+    pub fn on_new_document(&self, source: &str) {
+        self.call(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": source }),
+        )
+        .expect("addScriptToEvaluateOnNewDocument");
     }
 
     /// Loads a URL and waits until the document is complete.

@@ -173,8 +173,12 @@ fn xdp_prog_id(pair: &VethPair) -> Option<u32> {
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let xdp = text.split("\"xdp\":").nth(1)?;
-    xdp.split("\"id\":")
+    json_field(text.split("\"xdp\":").nth(1)?, "id")
+}
+
+/// The first value of `"key":` in one-line JSON `text` (a number or a bare word), parsed.
+fn json_field<T: std::str::FromStr>(text: &str, key: &str) -> Option<T> {
+    text.split(&format!("\"{key}\":"))
         .nth(1)?
         .split([',', '}'])
         .next()?
@@ -191,16 +195,10 @@ fn prog_stats(id: Option<u32>) -> Option<(u64, u64)> {
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let num = |k: &str| -> Option<u64> {
-        text.split(&format!("\"{k}\":"))
-            .nth(1)?
-            .split([',', '}'])
-            .next()?
-            .trim()
-            .parse()
-            .ok()
-    };
-    Some((num("run_cnt")?, num("run_time_ns")?))
+    Some((
+        json_field(&text, "run_cnt")?,
+        json_field(&text, "run_time_ns")?,
+    ))
 }
 
 /// CPU time (ns) of everything on the packet path that is not the sensor process: this
@@ -320,13 +318,7 @@ fn send(
             String::from_utf8_lossy(&out.stderr).trim()
         );
         let text = String::from_utf8_lossy(&out.stdout);
-        let num = |k: &str| -> f64 {
-            text.split(&format!("\"{k}\":"))
-                .nth(1)
-                .and_then(|s| s.split([',', '}']).next())
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0.0)
-        };
+        let num = |k: &str| -> f64 { json_field(&text, k).unwrap_or(0.0) };
         return Ok((num("sent") as u64, num("seconds")));
     }
     let frames = sc.frames.to_vec();
@@ -699,24 +691,9 @@ fn write(
     let mut summary = Vec::new();
     if let Some(c) = cost {
         let num = |frame: &str, key: &str| -> Option<f64> {
-            let part = c.split(&format!("\"frame\":\"{frame}\"")).nth(1)?;
-            part.split(&format!("\"{key}\":"))
-                .nth(1)?
-                .split([',', '}'])
-                .next()?
-                .trim()
-                .parse()
-                .ok()
+            json_field(c.split(&format!("\"frame\":\"{frame}\"")).nth(1)?, key)
         };
-        let top = |key: &str| -> Option<f64> {
-            c.split(&format!("\"{key}\":"))
-                .nth(1)?
-                .split([',', '}'])
-                .next()?
-                .trim()
-                .parse()
-                .ok()
-        };
+        let top = |key: &str| -> Option<f64> { json_field(c, key) };
         let fmt = |x: Option<f64>| x.map(|v| format!("{v:.0}")).unwrap_or("-".into());
         let floor = top("noop_ns");
         let net = |frame: &str| -> String {

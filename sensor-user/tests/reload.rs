@@ -63,6 +63,28 @@ fn events(log: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// One SYN to OLD and one to NEW, the events the sensor wrote for them (waited for,
+/// bounded), then the sensor stopped: (events, its final stats line).
+fn probe_old_and_new(
+    pair: &VethPair,
+    log: &Path,
+    watched: xtrail_bench::child::Watched,
+) -> (Vec<serde_json::Value>, String) {
+    let inj = pair.injector().expect("injector");
+    let me = v4(&pair.peer_ip);
+    inj.send(&Frame::syn(me, 20001, v4(OLD), 443).build())
+        .unwrap();
+    inj.send(&Frame::syn(me, 20002, v4(NEW), 443).build())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events(log).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = common::stop_sensor(watched);
+    (events(log), stats)
+}
+
 fn sighup(pid: u32) {
     // SAFETY: kill(2) with a valid signal on our own child.
     let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
@@ -282,19 +304,7 @@ fn a_shrunk_empty_or_unreadable_set_is_refused_and_the_current_kept() {
         .wait_for("refused", "trails reloaded", Duration::from_secs(30))
         .expect("missing file refused");
     // The start set still detects: OLD is in, NEW is not.
-    let inj = pair.injector().expect("injector");
-    let me = v4(&pair.peer_ip);
-    inj.send(&Frame::syn(me, 20001, v4(OLD), 443).build())
-        .unwrap();
-    inj.send(&Frame::syn(me, 20002, v4(NEW), 443).build())
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while events(&log).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let stats = common::stop_sensor(watched);
-    let ev = events(&log);
+    let (ev, stats) = probe_old_and_new(&pair, &log, watched);
     assert_eq!(ev.len(), 1, "{ev:#?}");
     assert_eq!(ev[0]["trail"], OLD);
     assert!(stats.contains("trail_reloads=0"), "{stats}");
@@ -324,19 +334,7 @@ fn a_watched_trails_file_is_reloaded_when_it_changes() {
         line.last().unwrap().contains("(trail file changed)"),
         "{line:?}"
     );
-    let inj = pair.injector().expect("injector");
-    let me = v4(&pair.peer_ip);
-    inj.send(&Frame::syn(me, 20001, v4(NEW), 443).build())
-        .unwrap();
-    inj.send(&Frame::syn(me, 20002, v4(OLD), 443).build())
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while events(&log).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let stats = common::stop_sensor(watched);
-    let ev = events(&log);
+    let (ev, stats) = probe_old_and_new(&pair, &log, watched);
     assert_eq!(ev.len(), 1, "{ev:#?}");
     assert_eq!(ev[0]["trail"], NEW);
     assert!(stats.contains("trail_reloads=1"), "{stats}");

@@ -252,38 +252,12 @@ pub async fn serve(
             ),
             stop_grpc,
         );
-    // Threat aggregation follows the store from its persisted cursor (catching up first);
-    // if `threats.db` cannot be opened (a full disk), retried until it can.
-    match crate::console::threats::Threats::spawn(&hub, &cfg.data_dir, cfg.threats) {
-        Ok(t) => {
-            let _ = threats.set(t);
-        }
-        Err(e) => {
-            log::error!(
-                "threat aggregation not started: {e}; retrying every {}s",
-                THREATS_RETRY.as_secs()
-            );
-            let (slot, hub, dir, config) = (
-                Arc::clone(&threats),
-                hub.clone(),
-                cfg.data_dir.clone(),
-                cfg.threats,
-            );
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(THREATS_RETRY).await;
-                    match crate::console::threats::Threats::spawn(&hub, &dir, config) {
-                        Ok(t) => {
-                            log::info!("threat aggregation started");
-                            let _ = slot.set(t);
-                            return;
-                        }
-                        Err(e) => log::debug!("threat aggregation still not started: {e}"),
-                    }
-                }
-            });
-        }
-    }
+    start_threats(
+        Arc::clone(&threats),
+        hub.clone(),
+        cfg.data_dir.clone(),
+        cfg.threats,
+    );
     let http_state = Arc::new(HttpState {
         threats,
         trails: trail_holder,
@@ -315,4 +289,38 @@ pub async fn serve(
         () = grace_over => log::info!("streams still open after {SHUTDOWN_GRACE:?}; closing them"),
     }
     Ok(())
+}
+
+/// Starts threat aggregation, which follows the store from its persisted cursor (catching up
+/// first), into `slot`. The first try is made here, before the HTTP server starts, so
+/// `/api/threats` answers at once; if `threats.db` cannot be opened (a full disk), it is
+/// retried every [`THREATS_RETRY`] until it can.
+fn start_threats(
+    slot: Arc<std::sync::OnceLock<Arc<crate::console::threats::Threats>>>,
+    hub: Hub,
+    data_dir: std::path::PathBuf,
+    config: crate::console::threats::ThreatsConfig,
+) {
+    let try_start = move || {
+        crate::console::threats::Threats::spawn(&hub, &data_dir, config).map(|t| {
+            let _ = slot.set(t);
+        })
+    };
+    let Err(e) = try_start() else { return };
+    log::error!(
+        "threat aggregation not started: {e}; retrying every {}s",
+        THREATS_RETRY.as_secs()
+    );
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(THREATS_RETRY).await;
+            match try_start() {
+                Ok(()) => {
+                    log::info!("threat aggregation started");
+                    return;
+                }
+                Err(e) => log::debug!("threat aggregation still not started: {e}"),
+            }
+        }
+    });
 }

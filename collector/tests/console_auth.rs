@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{tempdir, with_token, Collector, SENSOR_TOKEN, SUB_TOKEN};
+use common::{make_certs, tempdir, with_token, Collector, SENSOR_TOKEN, SUB_TOKEN};
 use serde_json::Value;
 use xtrail_proto::v1;
 
@@ -164,6 +164,31 @@ fn sign_in(c: &Collector, user: &str, pw: &str) -> String {
     r.session_cookie().expect("session cookie")
 }
 
+/// `POST /login` as ana (password "correct horse") with an `Origin` header.
+fn login_with_origin(c: &Collector, origin: &str) -> Resp {
+    http(
+        c.http,
+        "POST",
+        "/login",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Origin", origin),
+        ],
+        "username=ana&password=correct+horse",
+    )
+}
+
+/// `POST /logout` with `headers` and `body`.
+fn logout(c: &Collector, headers: &[(&str, &str)], body: &str) -> Resp {
+    http(c.http, "POST", "/logout", headers, body)
+}
+
+/// `GET path` with the subscriber token as a bearer token.
+fn get_as_subscriber(c: &Collector, path: &str) -> Resp {
+    let bearer = format!("Bearer {SUB_TOKEN}");
+    http(c.http, "GET", path, &[("Authorization", &bearer)], "")
+}
+
 /// `xtrail-collector user ARGS --data-dir DIR` with `stdin`: (success, stderr).
 fn user_cmd(dir: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
     let mut child = Command::new(BIN)
@@ -275,29 +300,11 @@ fn users_login_cookies_fixation_csrf_logout() {
     assert!(!bad.body.to_lowercase().contains("unknown user"));
 
     // Another site cannot sign a browser in.
-    let r = http(
-        c.http,
-        "POST",
-        "/login",
-        &[
-            ("Content-Type", "application/x-www-form-urlencoded"),
-            ("Origin", "https://evil.example"),
-        ],
-        "username=ana&password=correct+horse",
-    );
+    let r = login_with_origin(&c, "https://evil.example");
     assert_eq!(r.status, 403, "{r:?}");
     assert!(r.session_cookie().is_none());
     let same_site = format!("http://{}", c.http);
-    let r = http(
-        c.http,
-        "POST",
-        "/login",
-        &[
-            ("Content-Type", "application/x-www-form-urlencoded"),
-            ("Origin", &same_site),
-        ],
-        "username=ana&password=correct+horse",
-    );
+    let r = login_with_origin(&c, &same_site);
     assert_eq!(r.status, 303, "{r:?}");
 
     // Fixation: a session id the client brings is never adopted.
@@ -344,36 +351,22 @@ fn users_login_cookies_fixation_csrf_logout() {
     // CSRF: a state change on a cookie session needs the session's token.
     let form = ("Content-Type", "application/x-www-form-urlencoded");
     let ck = cookie(&id);
-    let r = http(c.http, "POST", "/logout", &[("Cookie", &ck), form], "");
+    let r = logout(&c, &[("Cookie", &ck), form], "");
     assert_eq!(r.status, 403, "{r:?}");
-    let r = http(
-        c.http,
-        "POST",
-        "/logout",
+    let r = logout(
+        &c,
         &[("Cookie", &ck), form],
         &format!("csrf={}", "0".repeat(64)),
     );
     assert_eq!(r.status, 403);
-    let r = http(
-        c.http,
-        "POST",
-        "/logout",
-        &[("Cookie", &ck), ("x-csrf-token", "nope")],
-        "",
-    );
+    let r = logout(&c, &[("Cookie", &ck), ("x-csrf-token", "nope")], "");
     assert_eq!(r.status, 403);
     // Another session's token does not do either.
     let vic_csrf = get(&c, "/api/session", Some(&vic)).json()["csrf"]
         .as_str()
         .unwrap()
         .to_string();
-    let r = http(
-        c.http,
-        "POST",
-        "/logout",
-        &[("Cookie", &ck), ("x-csrf-token", &vic_csrf)],
-        "",
-    );
+    let r = logout(&c, &[("Cookie", &ck), ("x-csrf-token", &vic_csrf)], "");
     assert_eq!(r.status, 403);
     // The extractor every console API takes checks it too (THREATS' triage).
     let json = ("Content-Type", "application/json");
@@ -392,22 +385,14 @@ fn users_login_cookies_fixation_csrf_logout() {
     assert_eq!(get(&c, "/api/session", Some(&id)).status, 200);
 
     // Logout with the form field: the session ends, the cookie is cleared.
-    let r = http(
-        c.http,
-        "POST",
-        "/logout",
-        &[("Cookie", &ck), form],
-        &format!("csrf={csrf}"),
-    );
+    let r = logout(&c, &[("Cookie", &ck), form], &format!("csrf={csrf}"));
     assert_eq!(r.status, 303, "{r:?}");
     assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
     assert_eq!(get(&c, "/api/session", Some(&id)).status, 401);
     assert!(get(&c, "/", Some(&id)).body.contains("action=\"/login\""));
     // Logout with the header.
-    let r = http(
-        c.http,
-        "POST",
-        "/logout",
+    let r = logout(
+        &c,
         &[("Cookie", &cookie(&vic)), ("x-csrf-token", &vic_csrf)],
         "",
     );
@@ -436,36 +421,17 @@ fn bearer_tokens_roles_and_the_audit_log() {
         assert!(r.json()["error"].is_string());
     }
     // The subscriber token works, as an unrestricted analyst.
-    let bearer = format!("Bearer {SUB_TOKEN}");
-    let r = http(
-        c.http,
-        "GET",
-        "/api/sensors",
-        &[("Authorization", &bearer)],
-        "",
-    );
+    let r = get_as_subscriber(&c, "/api/sensors");
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.json()["sensors"].is_array());
-    let r = http(
-        c.http,
-        "GET",
-        "/api/session",
-        &[("Authorization", &bearer)],
-        "",
-    );
+    let r = get_as_subscriber(&c, "/api/session");
     assert_eq!(r.json()["user"], "token:subscriber");
     assert_eq!(r.json()["role"], "analyst");
     // The audit log is for admins.
     let _ = login(&c, "ana", "not it");
     let vic = sign_in(&c, "vic", "viewer pw");
     assert_eq!(get(&c, "/api/audit", Some(&vic)).status, 403);
-    let r = http(
-        c.http,
-        "GET",
-        "/api/audit",
-        &[("Authorization", &bearer)],
-        "",
-    );
+    let r = get_as_subscriber(&c, "/api/audit");
     assert_eq!(r.status, 403);
     let ana = sign_in(&c, "ana", "admin pw");
     let r = get(&c, "/api/audit?limit=50", Some(&ana));
@@ -596,14 +562,7 @@ fn sessions_survive_a_restart_and_end_with_the_user_or_by_age() {
 }
 
 fn sensors(c: &Collector) -> Vec<Value> {
-    let bearer = format!("Bearer {SUB_TOKEN}");
-    let r = http(
-        c.http,
-        "GET",
-        "/api/sensors",
-        &[("Authorization", &bearer)],
-        "",
-    );
+    let r = get_as_subscriber(c, "/api/sensors");
     assert_eq!(r.status, 200, "{r:?}");
     r.json()["sensors"].as_array().unwrap().clone()
 }
@@ -735,23 +694,6 @@ fn heartbeats_fill_the_sensors_page_and_silence_is_flagged() {
     assert!(m.contains("xtrail_sensors_silent 1"), "{m}");
 }
 
-fn make_certs(dir: &Path) -> Option<()> {
-    let script = "set -e
-        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \\
-            -subj /CN=xtrail-test-ca -keyout ca.key -out ca.pem
-        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
-            -subj /CN=localhost -keyout k.pem -out c.csr
-        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf
-        openssl x509 -req -in c.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \\
-            -extfile ext.cnf -out c.pem";
-    let made = Command::new("sh")
-        .args(["-c", script])
-        .current_dir(dir)
-        .stderr(Stdio::null())
-        .status();
-    made.is_ok_and(|s| s.success()).then_some(())
-}
-
 /// One HTTPS request trusting `ca.pem` of `dir`.
 fn https(
     dir: &Path,
@@ -788,6 +730,18 @@ fn https(
     parse_response(&raw)
 }
 
+/// `POST /login` as ana (password "ana pw") over HTTPS.
+fn https_login(dir: &Path, addr: SocketAddr) -> Resp {
+    https(
+        dir,
+        addr,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        "username=ana&password=ana+pw",
+    )
+}
+
 #[test]
 fn tls_on_the_http_port() {
     let dir = tempdir("console-tls");
@@ -817,14 +771,7 @@ fn tls_on_the_http_port() {
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains("action=\"/login\""));
     assert_security_headers(&r);
-    let r = https(
-        certs.path(),
-        c.http,
-        "POST",
-        "/login",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        "username=ana&password=ana+pw",
-    );
+    let r = https_login(certs.path(), c.http);
     assert_eq!(r.status, 303, "{r:?}");
     let set = r.header("set-cookie").unwrap();
     assert!(
@@ -872,14 +819,7 @@ fn tls_on_the_http_port() {
     )
     .unwrap();
     let c = Collector::start(dir.path(), None, &["--config", conf.to_str().unwrap()]);
-    let r = https(
-        certs.path(),
-        c.http,
-        "POST",
-        "/login",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        "username=ana&password=ana+pw",
-    );
+    let r = https_login(certs.path(), c.http);
     assert_eq!(r.status, 303, "{r:?}");
     let set = r.header("set-cookie").unwrap();
     assert!(

@@ -20,24 +20,7 @@ fn publisher_to_subscriber_every_event_once_in_order_with_all_fields() {
     let rt = tokio::runtime::Runtime::new().unwrap();
 
     // A live-only subscriber, joined before anything is published.
-    let live = rt.block_on(async {
-        let mut c = events_client(&collector.url()).await;
-        c.subscribe(with_token(SubscribeRequest::default(), SUB_TOKEN))
-            .await
-            .expect("live subscribe")
-            .into_inner()
-    });
-    let live_task = rt.spawn(async move {
-        let mut s = live;
-        let mut got = Vec::new();
-        while got.len() < N as usize {
-            match tokio::time::timeout(Duration::from_secs(60), s.message()).await {
-                Ok(Ok(Some(ev))) => got.push(ev),
-                _ => break,
-            }
-        }
-        got
-    });
+    let live_task = live_subscriber(&rt, &collector.url(), N as usize);
 
     let mut cfg = PublisherConfig::new(collector.url(), SENSOR_TOKEN, "sensor-a", spool.path());
     cfg.batch_max_events = 250;
@@ -229,20 +212,7 @@ fn tls_publish_and_subscribe() {
         certs.path().join("k.pem"),
     );
     // A test CA and a server certificate for localhost / 127.0.0.1 signed by it.
-    let script = "set -e
-        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \\
-            -subj /CN=xtrail-test-ca -keyout ca.key -out ca.pem
-        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
-            -subj /CN=localhost -keyout k.pem -out c.csr
-        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf
-        openssl x509 -req -in c.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \\
-            -extfile ext.cnf -out c.pem";
-    let made = std::process::Command::new("sh")
-        .args(["-c", script])
-        .current_dir(certs.path())
-        .stderr(std::process::Stdio::null())
-        .status();
-    if !made.is_ok_and(|s| s.success()) {
+    if make_certs(certs.path()).is_none() {
         eprintln!("SKIPPED tls_publish_and_subscribe: openssl could not make test certificates");
         return;
     }

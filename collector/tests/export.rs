@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::netns::{require_root, Netns};
-use common::{sample, tempdir, Collector, SENSOR_TOKEN, SUB_TOKEN};
+use common::{make_certs, sample, tempdir, Collector, SENSOR_TOKEN, SUB_TOKEN};
 use xtrail_detect::event::{Event, Severity};
 use xtrail_publish::{Publisher, PublisherConfig};
 
@@ -55,6 +55,48 @@ fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .map(|t| t.lines().map(String::from).collect())
         .unwrap_or_default()
+}
+
+/// Writes `exporters` (TOML) to `dir/collector.toml` and starts a collector with it on a
+/// data directory of its own; returns it, that directory and a spool directory for
+/// publishers (both named after `tag`).
+fn start_exporting(
+    dir: &Path,
+    tag: &str,
+    exporters: &str,
+) -> (Collector, tempfile::TempDir, tempfile::TempDir) {
+    let config = dir.join("collector.toml");
+    std::fs::write(&config, exporters).unwrap();
+    let data = tempdir(&format!("{tag}-data"));
+    let spool = tempdir(&format!("{tag}-spool"));
+    let collector = Collector::start(data.path(), None, &["--config", config.to_str().unwrap()]);
+    (collector, data, spool)
+}
+
+/// The collector of [`start_exporting`] (stopped) started again: the same data directory,
+/// configuration and gRPC port.
+fn start_again(stopped: &Collector, dir: &Path) -> Collector {
+    let config = dir.join("collector.toml");
+    Collector::start(
+        &stopped.data_dir,
+        Some(stopped.grpc),
+        &["--config", config.to_str().unwrap()],
+    )
+}
+
+/// Skips the test for a missing program or package, except under `CI=true`, where it
+/// fails with `ci_message`.
+fn skip_unless_ci(ci_message: &str, skip_message: &str) {
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{ci_message}");
+    eprintln!("SKIP {skip_message}");
+}
+
+/// The value of metric `name` of exporter `exporter` of `kind` on metrics page `m`.
+fn export_metric(m: &str, name: &str, exporter: &str, kind: &str) -> u64 {
+    metric(
+        m,
+        &format!("{name}{{exporter=\"{exporter}\",kind=\"{kind}\"}}"),
+    )
 }
 
 /// rsyslogd, killed on drop.
@@ -198,11 +240,10 @@ fn syslog_events(n: u32) -> Vec<Event> {
 #[test]
 fn syslog_to_rsyslog_cef_and_json_maltrail_and_files() {
     let Some(rsyslogd) = rsyslogd() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "rsyslogd is missing (CI=true): run `cargo xtask deps`"
+        skip_unless_ci(
+            "rsyslogd is missing (CI=true): run `cargo xtask deps`",
+            "syslog_to_rsyslog...: rsyslogd not installed (apt-get install rsyslog)",
         );
-        eprintln!("SKIP syslog_to_rsyslog...: rsyslogd not installed (apt-get install rsyslog)");
         return;
     };
     if !require_root("syslog_to_rsyslog_cef_and_json_maltrail_and_files") {
@@ -232,32 +273,9 @@ fn syslog_to_rsyslog_cef_and_json_maltrail_and_files() {
             out.join(format!("{name}.log")).display()
         ));
     }
-    std::fs::write(&conf, c).unwrap();
-    let check = Command::new(&rsyslogd)
-        .args(["-N1", "-f"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "rsyslog config: {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let _rsyslog = Rsyslog(
-        ns.command(&rsyslogd)
-            .arg("-n")
-            .arg("-f")
-            .arg(&conf)
-            .arg("-i")
-            .arg(out.join("rsyslogd.pid"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start rsyslogd"),
-    );
-    wait_for("rsyslog's TCP ports", Duration::from_secs(20), || {
-        TcpStream::connect((rip, tcp5424)).is_ok() && TcpStream::connect((rip, tcp3164)).is_ok()
-    });
+    write_rsyslog_conf(&rsyslogd, &conf, &c);
+    let pid = out.join("rsyslogd.pid");
+    let _rsyslog = start_rsyslog(&ns, &rsyslogd, &conf, &pid, &[tcp5424, tcp3164]);
     std::thread::sleep(Duration::from_millis(300));
 
     // A Maltrail server's UDP collector, played by a socket.
@@ -267,13 +285,10 @@ fn syslog_to_rsyslog_cef_and_json_maltrail_and_files() {
         .unwrap();
     let maltrail_addr = maltrail.local_addr().unwrap();
 
-    let config = out.join("collector.toml");
     let ecs = out.join("files/ecs.json");
     let eve = out.join("files/eve.json");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let exporters = format!(
+        r#"
 [[exporter]]
 kind = "syslog"
 name = "udp5424"
@@ -319,14 +334,10 @@ path = "{eve}"
 format = "eve"
 filter = ["type=DNS"]
 "#,
-            ecs = ecs.display(),
-            eve = eve.display(),
-        ),
-    )
-    .unwrap();
-    let data = tempdir("export-data");
-    let spool = tempdir("export-spool");
-    let collector = Collector::start(data.path(), None, &["--config", config.to_str().unwrap()]);
+        ecs = ecs.display(),
+        eve = eve.display(),
+    );
+    let (collector, _data, spool) = start_exporting(out, "export-rsyslog", &exporters);
     const N: u32 = 60;
     let events = syslog_events(N);
     publish_all(&collector.url(), spool.path(), &events);
@@ -556,11 +567,8 @@ fn dead_target_does_not_slow_ingest_and_restart_resumes() {
     let dir = tempdir("export-dead");
     let port = free_port(); // nothing listens here yet
     let ecs = dir.path().join("ecs.json");
-    let config = dir.path().join("collector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let exporters = format!(
+        r#"
 [[exporter]]
 kind = "syslog"
 name = "siem"
@@ -572,14 +580,9 @@ kind = "file"
 name = "ecs"
 path = "{}"
 "#,
-            ecs.display()
-        ),
-    )
-    .unwrap();
-    let data = tempdir("export-dead-data");
-    let spool = tempdir("export-dead-spool");
-    let args = ["--config", config.to_str().unwrap()];
-    let mut collector = Collector::start(data.path(), None, &args);
+        ecs.display()
+    );
+    let (mut collector, _data, spool) = start_exporting(dir.path(), "export-dead", &exporters);
     let grpc: SocketAddr = collector.grpc;
 
     // 10k events while the syslog target is down: ingest and the file exporter go on.
@@ -592,35 +595,18 @@ path = "{}"
         lines(&ecs).len() == 10_000
     });
     let m = collector.http_get("/metrics", None).1;
-    assert!(
-        metric(
-            &m,
-            "xtrail_export_failed_total{exporter=\"siem\",kind=\"syslog\"}"
-        ) >= 1
-    );
+    assert!(export_metric(&m, "xtrail_export_failed_total", "siem", "syslog") >= 1);
+    assert_eq!(export_metric(&m, "xtrail_export_up", "siem", "syslog"), 0);
     assert_eq!(
-        metric(&m, "xtrail_export_up{exporter=\"siem\",kind=\"syslog\"}"),
+        export_metric(&m, "xtrail_export_sent_total", "siem", "syslog"),
         0
     );
     assert_eq!(
-        metric(
-            &m,
-            "xtrail_export_sent_total{exporter=\"siem\",kind=\"syslog\"}"
-        ),
-        0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "xtrail_export_lag_cursors{exporter=\"siem\",kind=\"syslog\"}"
-        ),
+        export_metric(&m, "xtrail_export_lag_cursors", "siem", "syslog"),
         10_000
     );
     assert_eq!(
-        metric(
-            &m,
-            "xtrail_export_lag_cursors{exporter=\"ecs\",kind=\"file\"}"
-        ),
+        export_metric(&m, "xtrail_export_lag_cursors", "ecs", "file"),
         0
     );
     eprintln!("10k events ingested in {ingest_time:?} with the syslog target down");
@@ -655,7 +641,7 @@ path = "{}"
     for e in &second {
         publisher.publish(e).unwrap();
     }
-    collector = Collector::start(data.path(), Some(grpc), &args);
+    collector = start_again(&collector, dir.path());
     publisher
         .flush(Duration::from_secs(120))
         .expect("flush after restart");
@@ -673,15 +659,9 @@ path = "{}"
         total - 12_000
     );
     let m = collector.http_get("/metrics", None).1;
+    assert_eq!(export_metric(&m, "xtrail_export_up", "siem", "syslog"), 1);
     assert_eq!(
-        metric(&m, "xtrail_export_up{exporter=\"siem\",kind=\"syslog\"}"),
-        1
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "xtrail_export_lag_cursors{exporter=\"siem\",kind=\"syslog\"}"
-        ),
+        export_metric(&m, "xtrail_export_lag_cursors", "siem", "syslog"),
         0
     );
 }
@@ -794,28 +774,6 @@ fn http_receiver(state: Arc<HookState>) -> SocketAddr {
     addr
 }
 
-/// Test certificates: a CA and a server certificate for localhost / 127.0.0.1 signed by
-/// it (`ca.pem`, `c.pem`, `k.pem`), and an unrelated CA (`other-ca.pem`). None when
-/// openssl is missing.
-fn make_certs(dir: &Path) -> Option<()> {
-    let script = "set -e
-        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \\
-            -subj /CN=xtrail-test-ca -keyout ca.key -out ca.pem
-        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \\
-            -subj /CN=xtrail-other-ca -keyout other-ca.key -out other-ca.pem
-        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
-            -subj /CN=localhost -keyout k.pem -out c.csr
-        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf
-        openssl x509 -req -in c.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \\
-            -extfile ext.cnf -out c.pem";
-    let made = Command::new("sh")
-        .args(["-c", script])
-        .current_dir(dir)
-        .stderr(Stdio::null())
-        .status();
-    made.is_ok_and(|s| s.success()).then_some(())
-}
-
 fn tls_acceptor(dir: &Path) -> tokio_rustls::TlsAcceptor {
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject as _;
@@ -894,11 +852,8 @@ fn webhook_bodies_floor_throttle_retries_and_restart() {
     state.fail.store(3, Ordering::SeqCst); // the first three POSTs get a 500
     let addr = http_receiver(Arc::clone(&state));
     let dir = tempdir("export-webhook");
-    let config = dir.path().join("collector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let exporters = format!(
+        r#"
 [[exporter]]
 kind = "webhook"
 name = "hook"
@@ -916,14 +871,8 @@ start = "oldest"
 filter = ["type=DNS"]
 template = '{{"text": "{{trail}} {{info}} from {{src_ip}}", "severity": "{{severity}}", "port": {{src_port}}, "cursor": {{cursor}}}}'
 "#
-        ),
-    )
-    .unwrap();
-    let data = tempdir("export-webhook-data");
-    let spool = tempdir("export-webhook-spool");
-    let args = ["--config", config.to_str().unwrap()];
-    let mut collector = Collector::start(data.path(), None, &args);
-    let grpc = collector.grpc;
+    );
+    let (mut collector, _data, spool) = start_exporting(dir.path(), "export-webhook", &exporters);
     const N: u32 = 40;
     let events = webhook_events(N, 0);
     publish_all(&collector.url(), spool.path(), &events);
@@ -967,13 +916,9 @@ template = '{{"text": "{{trail}} {{info}} from {{src_ip}}", "severity": "{{sever
     }
     assert_eq!(state.refused.load(Ordering::SeqCst), 3);
     let m = collector.http_get("/metrics", None).1;
-    let hook_metric =
-        |m: &str, name: &str| metric(m, &format!("{name}{{exporter=\"hook\",kind=\"webhook\"}}"));
+    let hook_metric = |m: &str, name: &str| export_metric(m, name, "hook", "webhook");
     let failed = hook_metric(&m, "xtrail_export_failed_total")
-        + metric(
-            &m,
-            "xtrail_export_failed_total{exporter=\"chat\",kind=\"webhook\"}",
-        );
+        + export_metric(&m, "xtrail_export_failed_total", "chat", "webhook");
     assert_eq!(failed, 3, "{m}");
     assert!(hook_metric(&m, "xtrail_export_retries_total") >= 1);
     assert_eq!(hook_metric(&m, "xtrail_export_throttled_total"), 9);
@@ -983,7 +928,7 @@ template = '{{"text": "{{trail}} {{info}} from {{src_ip}}", "severity": "{{sever
     // Restart (SIGKILL): the exporters resume after their cursors; only new events follow.
     let last_cursor = hook.last().unwrap()["cursor"].as_u64().unwrap();
     collector.kill9();
-    collector = Collector::start(data.path(), Some(grpc), &args);
+    collector = start_again(&collector, dir.path());
     let more = webhook_events(20, 100);
     publish_all(&collector.url(), spool.path(), &more);
     let more_wanted = more.iter().filter(|e| e.severity != Severity::Low).count();
@@ -1016,11 +961,10 @@ fn syslog_over_tls_verifies_the_ca_and_webhook_https() {
     use std::sync::atomic::{AtomicU32, Ordering};
     let certs = tempdir("export-tls-certs");
     if make_certs(certs.path()).is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "openssl is missing (CI=true)"
+        skip_unless_ci(
+            "openssl is missing (CI=true)",
+            "syslog_over_tls...: openssl could not make test certificates",
         );
-        eprintln!("SKIP syslog_over_tls...: openssl could not make test certificates");
         return;
     }
     if !require_root("syslog_over_tls_verifies_the_ca_and_webhook_https") {
@@ -1081,11 +1025,8 @@ fn syslog_over_tls_verifies_the_ca_and_webhook_https() {
     let other = certs.path().join("other-ca.pem");
     let (sp, hp) = (syslog_addr.port(), https_addr.port());
     let dir = tempdir("export-tls");
-    let config = dir.path().join("collector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let exporters = format!(
+        r#"
 [[exporter]]
 kind = "syslog"
 name = "tls-good"
@@ -1120,14 +1061,10 @@ target = "https://localhost:{hp}/insecure"
 insecure_skip_verify = true
 start = "oldest"
 "#,
-            ca = ca.display(),
-            other = other.display()
-        ),
-    )
-    .unwrap();
-    let data = tempdir("export-tls-data");
-    let spool = tempdir("export-tls-spool");
-    let collector = Collector::start(data.path(), None, &["--config", config.to_str().unwrap()]);
+        ca = ca.display(),
+        other = other.display()
+    );
+    let (collector, _data, spool) = start_exporting(dir.path(), "export-tls", &exporters);
     const N: u32 = 25;
     let events: Vec<Event> = (0..N).map(sample).collect();
     publish_all(&collector.url(), spool.path(), &events);
@@ -1166,13 +1103,12 @@ start = "oldest"
         Duration::from_secs(30),
         || {
             let m = collector.http_get("/metrics", None).1;
-            metric(
-                &m,
-                "xtrail_export_failed_total{exporter=\"tls-wrong-ca\",kind=\"syslog\"}",
-            ) >= 2
-                && metric(
+            export_metric(&m, "xtrail_export_failed_total", "tls-wrong-ca", "syslog") >= 2
+                && export_metric(
                     &m,
-                    "xtrail_export_failed_total{exporter=\"https-default-roots\",kind=\"webhook\"}",
+                    "xtrail_export_failed_total",
+                    "https-default-roots",
+                    "webhook",
                 ) >= 2
         },
     );
@@ -1184,10 +1120,13 @@ start = "oldest"
         ("https-default-roots", "webhook", 0, 0),
         ("https-insecure", "webhook", 1, u64::from(N)),
     ] {
-        let series = |s: &str| format!("{s}{{exporter=\"{name}\",kind=\"{kind}\"}}");
-        assert_eq!(metric(&m, &series("xtrail_export_up")), up, "{name}");
         assert_eq!(
-            metric(&m, &series("xtrail_export_sent_total")),
+            export_metric(&m, "xtrail_export_up", name, kind),
+            up,
+            "{name}"
+        );
+        assert_eq!(
+            export_metric(&m, "xtrail_export_sent_total", name, kind),
             sent,
             "{name}"
         );
@@ -1333,6 +1272,21 @@ impl Drop for StoppableHttps {
     }
 }
 
+/// Writes rsyslog configuration `text` to `conf`, checked by `rsyslogd -N1`.
+fn write_rsyslog_conf(rsyslogd: &Path, conf: &Path, text: &str) {
+    std::fs::write(conf, text).unwrap();
+    let check = Command::new(rsyslogd)
+        .args(["-N1", "-f"])
+        .arg(conf)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "rsyslog config: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
 /// rsyslogd with `conf` in namespace `ns`, up once `ports` accept connections there.
 fn start_rsyslog(ns: &Netns, rsyslogd: &Path, conf: &Path, pid: &Path, ports: &[u16]) -> Rsyslog {
     let r = Rsyslog(
@@ -1374,11 +1328,10 @@ fn stop_rsyslog(mut r: Rsyslog) {
 #[test]
 fn receivers_down_for_30s_mid_stream_lose_nothing() {
     let Some(rsyslogd) = rsyslogd() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "rsyslogd is missing (CI=true): run `cargo xtask deps`"
+        skip_unless_ci(
+            "rsyslogd is missing (CI=true): run `cargo xtask deps`",
+            "receivers_down...: rsyslogd not installed (apt-get install rsyslog)",
         );
-        eprintln!("SKIP receivers_down...: rsyslogd not installed (apt-get install rsyslog)");
         return;
     };
     let gtls = ["/usr/lib/x86_64-linux-gnu/rsyslog", "/usr/lib/rsyslog"]
@@ -1387,11 +1340,10 @@ fn receivers_down_for_30s_mid_stream_lose_nothing() {
     let dir = tempdir("export-outage");
     let out = dir.path();
     if !gtls || make_certs(out).is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "rsyslog-gnutls or openssl is missing (CI=true): run `cargo xtask deps`"
+        skip_unless_ci(
+            "rsyslog-gnutls or openssl is missing (CI=true): run `cargo xtask deps`",
+            "receivers_down...: rsyslog-gnutls or openssl missing",
         );
-        eprintln!("SKIP receivers_down...: rsyslog-gnutls or openssl missing");
         return;
     }
     if !require_root("receivers_down_for_30s_mid_stream_lose_nothing") {
@@ -1401,45 +1353,29 @@ fn receivers_down_for_30s_mid_stream_lose_nothing() {
     let rip = ns.ns_ip;
     let (tcp, tls, https) = (free_port(), free_port(), free_port());
     let conf = out.join("rsyslog.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "global(workDirectory=\"{d}\" maxMessageSize=\"64k\" \
-               defaultNetstreamDriverCAFile=\"{d}/ca.pem\" \
-               defaultNetstreamDriverCertFile=\"{d}/c.pem\" \
-               defaultNetstreamDriverKeyFile=\"{d}/k.pem\")\n\
-             module(load=\"imtcp\")\n\
-             template(name=\"fields\" type=\"list\") {{ property(name=\"pri\") constant(value=\"\\t\") property(name=\"hostname\") constant(value=\"\\t\") property(name=\"app-name\") constant(value=\"\\t\") property(name=\"msgid\") constant(value=\"\\t\") property(name=\"timereported\" dateFormat=\"rfc3339\") constant(value=\"\\t\") property(name=\"msg\") constant(value=\"\\n\") }}\n\
-             ruleset(name=\"tcp\") {{ action(type=\"omfile\" file=\"{d}/tcp.log\" template=\"fields\") }}\n\
-             ruleset(name=\"tls\") {{ action(type=\"omfile\" file=\"{d}/tls.log\" template=\"fields\") }}\n\
-             input(type=\"imtcp\" address=\"{rip}\" port=\"{tcp}\" ruleset=\"tcp\")\n\
-             input(type=\"imtcp\" address=\"{rip}\" port=\"{tls}\" ruleset=\"tls\" \
-               streamDriver.name=\"gtls\" streamDriver.mode=\"1\" streamDriver.authMode=\"anon\")\n",
-            d = out.display()
-        ),
-    )
-    .unwrap();
-    let check = Command::new(&rsyslogd)
-        .args(["-N1", "-f"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "rsyslog config: {}",
-        String::from_utf8_lossy(&check.stderr)
+    let text = format!(
+        "global(workDirectory=\"{d}\" maxMessageSize=\"64k\" \
+           defaultNetstreamDriverCAFile=\"{d}/ca.pem\" \
+           defaultNetstreamDriverCertFile=\"{d}/c.pem\" \
+           defaultNetstreamDriverKeyFile=\"{d}/k.pem\")\n\
+         module(load=\"imtcp\")\n\
+         template(name=\"fields\" type=\"list\") {{ property(name=\"pri\") constant(value=\"\\t\") property(name=\"hostname\") constant(value=\"\\t\") property(name=\"app-name\") constant(value=\"\\t\") property(name=\"msgid\") constant(value=\"\\t\") property(name=\"timereported\" dateFormat=\"rfc3339\") constant(value=\"\\t\") property(name=\"msg\") constant(value=\"\\n\") }}\n\
+         ruleset(name=\"tcp\") {{ action(type=\"omfile\" file=\"{d}/tcp.log\" template=\"fields\") }}\n\
+         ruleset(name=\"tls\") {{ action(type=\"omfile\" file=\"{d}/tls.log\" template=\"fields\") }}\n\
+         input(type=\"imtcp\" address=\"{rip}\" port=\"{tcp}\" ruleset=\"tcp\")\n\
+         input(type=\"imtcp\" address=\"{rip}\" port=\"{tls}\" ruleset=\"tls\" \
+           streamDriver.name=\"gtls\" streamDriver.mode=\"1\" streamDriver.authMode=\"anon\")\n",
+        d = out.display()
     );
+    write_rsyslog_conf(&rsyslogd, &conf, &text);
     let pid = out.join("rsyslogd.pid");
     let rsyslog = start_rsyslog(&ns, &rsyslogd, &conf, &pid, &[tcp, tls]);
     let acceptor = tls_acceptor(out);
     let hooks = Arc::new(HookState::default());
     let mut receiver = StoppableHttps::start(acceptor.clone(), https, Arc::clone(&hooks));
 
-    let config = out.join("collector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let exporters = format!(
+        r#"
 [[exporter]]
 kind = "syslog"
 name = "tcp"
@@ -1461,13 +1397,9 @@ target = "https://localhost:{https}/hook"
 tls_ca = "{ca}"
 start = "oldest"
 "#,
-            ca = out.join("ca.pem").display()
-        ),
-    )
-    .unwrap();
-    let data = tempdir("export-outage-data");
-    let spool = tempdir("export-outage-spool");
-    let collector = Collector::start(data.path(), None, &["--config", config.to_str().unwrap()]);
+        ca = out.join("ca.pem").display()
+    );
+    let (collector, _data, spool) = start_exporting(out, "export-outage", &exporters);
     const N: u32 = 300;
     let events = syslog_events(N);
     let by_trail: HashMap<&str, &Event> = events.iter().map(|e| (e.trail.as_str(), e)).collect();
@@ -1521,10 +1453,13 @@ start = "oldest"
     }
     let m = collector.http_get("/metrics", None).1;
     for (name, kind) in [("tcp", "syslog"), ("tls", "syslog"), ("https", "webhook")] {
-        let series = |s: &str| format!("{s}{{exporter=\"{name}\",kind=\"{kind}\"}}");
-        assert_eq!(metric(&m, &series("xtrail_export_up")), 0, "{name}\n{m}");
+        assert_eq!(
+            export_metric(&m, "xtrail_export_up", name, kind),
+            0,
+            "{name}\n{m}"
+        );
         assert!(
-            metric(&m, &series("xtrail_export_lag_cursors")) > 0,
+            export_metric(&m, "xtrail_export_lag_cursors", name, kind) > 0,
             "{name}"
         );
     }
@@ -1581,15 +1516,18 @@ start = "oldest"
     assert!(bodies.len() - N as usize <= xtrail_collector::export::DEFAULT_BATCH);
     let m = collector.http_get("/metrics", None).1;
     for (name, kind) in [("tcp", "syslog"), ("tls", "syslog"), ("https", "webhook")] {
-        let series = |s: &str| format!("{s}{{exporter=\"{name}\",kind=\"{kind}\"}}");
-        assert_eq!(metric(&m, &series("xtrail_export_up")), 1, "{name}");
         assert_eq!(
-            metric(&m, &series("xtrail_export_lag_cursors")),
+            export_metric(&m, "xtrail_export_up", name, kind),
+            1,
+            "{name}"
+        );
+        assert_eq!(
+            export_metric(&m, "xtrail_export_lag_cursors", name, kind),
             0,
             "{name}"
         );
         assert!(
-            metric(&m, &series("xtrail_export_failed_total")) >= 1,
+            export_metric(&m, "xtrail_export_failed_total", name, kind) >= 1,
             "{name}"
         );
     }

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use common::pg::PgServer;
 use common::*;
 use xtrail_detect::event::Event;
-use xtrail_proto::v1::SubscribeRequest;
 use xtrail_publish::{Publisher, PublisherConfig};
 
 /// (rows, distinct (sensor_id, seq)) in the shared store.
@@ -50,24 +49,7 @@ fn collector_on_postgres_stores_every_event_once() {
         "no SQLite store when PostgreSQL is selected"
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let live = rt.block_on(async {
-        let mut c = events_client(&collector.url()).await;
-        c.subscribe(with_token(SubscribeRequest::default(), SUB_TOKEN))
-            .await
-            .expect("live subscribe")
-            .into_inner()
-    });
-    let live_task = rt.spawn(async move {
-        let mut s = live;
-        let mut got = Vec::new();
-        while got.len() < N as usize {
-            match tokio::time::timeout(Duration::from_secs(60), s.message()).await {
-                Ok(Ok(Some(ev))) => got.push(ev),
-                _ => break,
-            }
-        }
-        got
-    });
+    let live_task = live_subscriber(&rt, &collector.url(), N as usize);
 
     let mut cfg = PublisherConfig::new(collector.url(), SENSOR_TOKEN, "sensor-pg", spool.path());
     cfg.batch_max_events = 250;

@@ -80,6 +80,23 @@ fn metric(c: &Collector, line_start: &str) -> u64 {
         .unwrap_or_else(|| panic!("no metric {line_start} in\n{body}"))
 }
 
+/// Asserts that a publish was refused with `code`, the message saying each of `says`.
+fn assert_refused(e: Option<tonic::Status>, code: Code, says: &[&str]) {
+    let e = e.expect("refused");
+    assert_eq!(e.code(), code, "{e}");
+    for s in says {
+        assert!(e.message().contains(s), "{e}");
+    }
+}
+
+/// Batches refused for `reason` (`xtrail_ingest_rejected_by_reason_total`).
+fn rejected(c: &Collector, reason: &str) -> u64 {
+    metric(
+        c,
+        &format!("xtrail_ingest_rejected_by_reason_total{{reason=\"{reason}\"}}"),
+    )
+}
+
 #[test]
 fn a_sensor_cannot_silence_another() {
     let data = tempdir("trust-identity");
@@ -91,9 +108,7 @@ fn a_sensor_cannot_silence_another() {
     rt().block_on(async {
         // A per-sensor credential cannot publish under another name...
         let (_, e) = publish(&url, &attacker, vec![batch("v-id", "victim", [1])]).await;
-        let e = e.expect("refused");
-        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
-        assert!(e.message().contains("\"attacker\""), "{e}");
+        assert_refused(e, Code::PermissionDenied, &["\"attacker\""]);
         // ...and the victim's id with a huge seq under its own name touches only its own keys.
         let (a, e) = publish(
             &url,
@@ -199,11 +214,10 @@ fn one_identity_used_twice_is_refused_not_dropped() {
         }
         let (a, e) = publish(&url, SENSOR_TOKEN, vec![other]).await;
         assert!(a.is_empty(), "nothing acknowledged: {a:?}");
-        let e = e.expect("refused");
-        assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
-        assert!(
-            e.message().contains("two publishers share one identity"),
-            "{e}"
+        assert_refused(
+            e,
+            Code::FailedPrecondition,
+            &["two publishers share one identity"],
         );
         // A true resend is acknowledged as duplicates and stored once.
         let (a, e) = publish(&url, SENSOR_TOKEN, vec![batch("gw", "gw", 1..=100)]).await;
@@ -211,13 +225,7 @@ fn one_identity_used_twice_is_refused_not_dropped() {
         assert_eq!((a[0].stored, a[0].duplicates), (0, 100));
     });
     assert_eq!(collector.stored_counts(), (100, 100));
-    assert_eq!(
-        metric(
-            &collector,
-            "xtrail_ingest_rejected_by_reason_total{reason=\"conflict\"}"
-        ),
-        1
-    );
+    assert_eq!(rejected(&collector, "conflict"), 1);
 }
 
 #[test]
@@ -234,17 +242,13 @@ fn sequence_size_and_field_limits_say_no() {
         )
         .await;
         assert_eq!(a.len(), 1, "the first batch is stored and acknowledged");
-        let e = e.expect("refused");
-        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
-        assert!(e.message().contains("across batches"), "{e}");
+        assert_refused(e, Code::InvalidArgument, &["across batches"]);
         // A 17 MiB batch: refused out loud, naming the limit (not a silent OK).
         let mut big = batch("s", "s", 100..=100);
         big.events[0].info = "x".repeat(17 << 20);
         let (a, e) = publish(&url, SENSOR_TOKEN, vec![big]).await;
         assert!(a.is_empty());
-        let e = e.expect("refused");
-        assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
-        assert!(e.message().contains("16777216 bytes"), "{e}");
+        assert_refused(e, Code::ResourceExhausted, &["16777216 bytes"]);
         // A 15 MiB field: refused, naming the field and its limit.
         let mut fat = batch("s", "s", 200..=200);
         fat.events[0].info = "x".repeat(15 << 20);
@@ -258,35 +262,12 @@ fn sequence_size_and_field_limits_say_no() {
         assert_eq!(limits.max_info_bytes, 1024);
         fat.events[0].info = "x".repeat(limits.max_info_bytes as usize + 1);
         let (_, e) = publish(&url, SENSOR_TOKEN, vec![fat]).await;
-        let e = e.expect("refused");
-        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
-        assert!(
-            e.message().contains("info") && e.message().contains("1024 bytes"),
-            "{e}"
-        );
+        assert_refused(e, Code::InvalidArgument, &["info", "1024 bytes"]);
     });
     assert_eq!(collector.stored_counts(), (11, 11));
-    assert_eq!(
-        metric(
-            &collector,
-            "xtrail_ingest_rejected_by_reason_total{reason=\"batch_size\"}"
-        ),
-        1
-    );
-    assert_eq!(
-        metric(
-            &collector,
-            "xtrail_ingest_rejected_by_reason_total{reason=\"field_size\"}"
-        ),
-        1
-    );
-    assert_eq!(
-        metric(
-            &collector,
-            "xtrail_ingest_rejected_by_reason_total{reason=\"sequence\"}"
-        ),
-        1
-    );
+    assert_eq!(rejected(&collector, "batch_size"), 1);
+    assert_eq!(rejected(&collector, "field_size"), 1);
+    assert_eq!(rejected(&collector, "sequence"), 1);
 }
 
 #[test]

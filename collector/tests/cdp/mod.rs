@@ -263,6 +263,7 @@ impl Browser {
             conn: Rc::clone(&self.conn),
             session,
             context: ctx,
+            expected: RefCell::default(),
         }
     }
 }
@@ -294,6 +295,8 @@ pub struct Page {
     session: String,
     /// Its browser context (cookie jar, permissions).
     context: String,
+    /// Errors the test makes the page log on purpose: each one all of these substrings.
+    expected: RefCell<Vec<Vec<String>>>,
 }
 
 impl Page {
@@ -425,24 +428,31 @@ impl Page {
             .collect()
     }
 
-    /// Console errors, uncaught exceptions and CSP violations of this page so far.
+    /// Console errors (failed requests included), uncaught exceptions and CSP violations of
+    /// this page so far, but for those declared with [`Page::expect_error`].
     pub fn errors(&self) -> Vec<String> {
         self.drain();
         let c = self.conn.borrow();
+        let expected = self.expected.borrow();
         c.errors
             .iter()
-            .filter(|(s, _)| *s == self.session)
+            .filter(|(s, m)| {
+                *s == self.session
+                    && !expected
+                        .iter()
+                        .any(|parts| parts.iter().all(|p| m.contains(p.as_str())))
+            })
             .map(|(_, m)| m.clone())
             .collect()
     }
 
-    /// Forgets the errors recorded so far (for an expected one, such as a 401).
-    pub fn clear_errors(&self) {
-        self.drain();
-        self.conn
+    /// Declares an error the page is expected to log (one with every one of `parts` in its
+    /// text, such as the status and path of a request refused on purpose): [`Page::errors`]
+    /// leaves such errors out, whether they came before this call or come after it.
+    pub fn expect_error(&self, parts: &[&str]) {
+        self.expected
             .borrow_mut()
-            .errors
-            .retain(|(s, _)| *s != self.session);
+            .push(parts.iter().map(|p| (*p).to_string()).collect());
     }
 
     /// Reads pending events without waiting.

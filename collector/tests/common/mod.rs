@@ -154,6 +154,28 @@ impl Drop for Collector {
     }
 }
 
+/// Test certificates: a CA and a server certificate for localhost / 127.0.0.1 signed by
+/// it (`ca.pem`, `c.pem`, `k.pem`), and an unrelated CA (`other-ca.pem`). None when
+/// openssl is missing.
+pub fn make_certs(dir: &Path) -> Option<()> {
+    let script = "set -e
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \\
+            -subj /CN=xtrail-test-ca -keyout ca.key -out ca.pem
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \\
+            -subj /CN=xtrail-other-ca -keyout other-ca.key -out other-ca.pem
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
+            -subj /CN=localhost -keyout k.pem -out c.csr
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf
+        openssl x509 -req -in c.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \\
+            -extfile ext.cnf -out c.pem";
+    let made = std::process::Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .status();
+    made.is_ok_and(|s| s.success()).then_some(())
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 pub fn tempdir(tag: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -242,6 +264,32 @@ pub async fn events_client(url: &str) -> EventsClient<Channel> {
 
 pub async fn ingest_client(url: &str) -> IngestClient<Channel> {
     IngestClient::new(channel(url).await)
+}
+
+/// A live-only subscriber, joined before this returns: a task on `rt` collecting up to `n`
+/// events (each waited for at most 60 s).
+pub fn live_subscriber(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    n: usize,
+) -> tokio::task::JoinHandle<Vec<v1::Event>> {
+    let mut s = rt.block_on(async {
+        let mut c = events_client(url).await;
+        c.subscribe(with_token(SubscribeRequest::default(), SUB_TOKEN))
+            .await
+            .expect("live subscribe")
+            .into_inner()
+    });
+    rt.spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < n {
+            match tokio::time::timeout(Duration::from_secs(60), s.message()).await {
+                Ok(Ok(Some(ev))) => got.push(ev),
+                _ => break,
+            }
+        }
+        got
+    })
 }
 
 /// Subscribes from `after` and collects events until `want` arrived or `deadline`; on a

@@ -813,7 +813,7 @@ impl Run<'_, '_> {
         // The URL: origin-form path, or the host and path of an absolute / CONNECT target.
         let target = req.target;
         let mut path: &[u8] = target;
-        let authority = if let Some(i) = memchr::memmem::find(target, b"://") {
+        let authority = if let Some(i) = crate::protocols::http::find_scheme_sep(target) {
             let rest = target.get(i + 3..).unwrap_or_default();
             let slash = memchr::memchr(b'/', rest).unwrap_or(rest.len());
             path = rest.get(slash..).unwrap_or_default();
@@ -846,8 +846,9 @@ impl Run<'_, '_> {
             return;
         }
         self.path_buf.clear();
-        self.path_buf
-            .extend(path_text.chars().map(|c| c.to_ascii_lowercase()));
+        self.path_buf.push_str(&path_text);
+        // ASCII letters only, as `char::to_ascii_lowercase` per character would.
+        self.path_buf.make_ascii_lowercase();
         if let Some(m) = self.trails.urls.lookup_candidates(
             Some(host),
             self.path_buf.as_str(),
@@ -897,7 +898,7 @@ impl Run<'_, '_> {
 
 /// Maltrail's `VALID_DNS_NAME_REGEX`: `[a-z0-9.-]*\.[a-z0-9-]+` (at least two labels).
 fn is_valid_dns_name(name: &str) -> bool {
-    let Some(dot) = name.rfind('.') else {
+    let Some(dot) = memchr::memrchr(b'.', name.as_bytes()) else {
         return false;
     };
     let last = name.get(dot + 1..).unwrap_or_default();
@@ -910,7 +911,8 @@ fn is_valid_dns_name(name: &str) -> bool {
 
 /// Digits and dots only (Maltrail skips such names), or an IPv6 literal.
 fn is_ip_literal(name: &str) -> bool {
-    name.bytes().all(|b| b.is_ascii_digit() || b == b'.') || name.contains(':')
+    name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        || memchr::memchr(b':', name.as_bytes()).is_some()
 }
 
 /// `host:port` → `host`, `[v6]:port` → `v6`.

@@ -203,6 +203,9 @@ fn replay_file<W: Write + ?Sized>(
         source,
     })?;
     stats.files += 1;
+    // This file's current link type's counters, added to `per_linktype` when the type changes
+    // and at the end: no map lookup per packet.
+    let mut current: Option<(u32, LinktypeStats)> = None;
     loop {
         let pkt = match reader.next_packet() {
             Ok(Some(p)) => p,
@@ -216,7 +219,10 @@ fn replay_file<W: Write + ?Sized>(
             }
         };
         stats.packets += 1;
-        let lt = stats.per_linktype.entry(pkt.linktype).or_default();
+        if current.is_some_and(|(t, _)| t != pkt.linktype) {
+            add_linktype(stats, current.take());
+        }
+        let (_, lt) = current.get_or_insert((pkt.linktype, LinktypeStats::default()));
         lt.packets += 1;
         let mut write = |event: Event| {
             if write_error.is_some() {
@@ -240,7 +246,16 @@ fn replay_file<W: Write + ?Sized>(
             break;
         }
     }
+    add_linktype(stats, current);
     Ok(())
+}
+
+fn add_linktype(stats: &mut ReplayStats, counters: Option<(u32, LinktypeStats)>) {
+    if let Some((linktype, c)) = counters {
+        let lt = stats.per_linktype.entry(linktype).or_default();
+        lt.packets += c.packets;
+        lt.parse_errors += c.parse_errors;
+    }
 }
 
 fn write_event<W: Write + ?Sized>(

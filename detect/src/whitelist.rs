@@ -53,7 +53,8 @@ pub const IGNORED_DNS_SUFFIXES: &[&str] = &[
 /// the real TLDs `.dev` and `.int` are checked).
 pub fn is_ignored_suffix(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
-    let last = name.rsplit('.').next().unwrap_or(name);
+    // `.` is never part of a multi-byte UTF-8 sequence: the index is a character boundary.
+    let last = memchr::memrchr(b'.', name.as_bytes()).map_or(name, |i| &name[i + 1..]);
     IGNORED_DNS_SUFFIXES
         .iter()
         .any(|s| s.eq_ignore_ascii_case(last))

@@ -62,21 +62,24 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
         self.hasher.hash_one(key)
     }
 
-    /// Makes room for one more young entry.
-    fn rotate_if_full(&mut self) {
-        if self.young.len() >= self.half {
-            std::mem::swap(&mut self.young, &mut self.old);
-            self.evicted += self.young.len() as u64;
+    /// Makes room for one more young entry and inserts it; `young` is `self.young`, borrowed
+    /// apart from the other fields so a lookup's borrow can carry on into the insertion.
+    fn rotate_and_insert<'a>(
+        young: &'a mut HashTable<(K, V)>,
+        old: &mut HashTable<(K, V)>,
+        hasher: &DefaultHashBuilder,
+        half: usize,
+        evicted: &mut u64,
+        hash: u64,
+        entry: (K, V),
+    ) -> &'a mut V {
+        if young.len() >= half {
+            std::mem::swap(young, old);
+            *evicted += young.len() as u64;
             // `clear` keeps the allocation: a steady flood reuses the same tables.
-            self.young.clear();
+            young.clear();
         }
-    }
-
-    /// Inserts into the young generation (room already made).
-    fn insert_young(&mut self, hash: u64, entry: (K, V)) -> &mut V {
-        let hasher = &self.hasher;
-        &mut self
-            .young
+        &mut young
             .insert_unique(hash, entry, |(k, _)| hasher.hash_one(k))
             .into_mut()
             .1
@@ -90,12 +93,22 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
     {
         let hash = self.hash(key);
         let eq = |(k, _): &(K, V)| k.borrow() == key;
-        if self.young.find(hash, eq).is_some() {
-            return self.young.find_mut(hash, eq).map(|(_, v)| v);
-        }
-        let (entry, _) = self.old.find_entry(hash, eq).ok()?.remove();
-        self.rotate_if_full();
-        Some(self.insert_young(hash, entry))
+        let BoundedMap {
+            young,
+            old,
+            hasher,
+            half,
+            evicted,
+        } = self;
+        // One probe of the young generation: its miss hands the table back for the insertion.
+        let young = match young.find_entry(hash, eq) {
+            Ok(e) => return Some(&mut e.into_mut().1),
+            Err(absent) => absent.into_table(),
+        };
+        let (entry, _) = old.find_entry(hash, eq).ok()?.remove();
+        Some(Self::rotate_and_insert(
+            young, old, hasher, *half, evicted, hash, entry,
+        ))
     }
 
     /// The value of `key`, inserting `make()` under `make_key()` when absent. Always `Some`;
@@ -112,15 +125,24 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
     {
         let hash = self.hash(key);
         let eq = |(k, _): &(K, V)| k.borrow() == key;
-        if self.young.find(hash, eq).is_some() {
-            return self.young.find_mut(hash, eq).map(|(_, v)| v);
-        }
-        let entry = match self.old.find_entry(hash, eq) {
+        let BoundedMap {
+            young,
+            old,
+            hasher,
+            half,
+            evicted,
+        } = self;
+        let young = match young.find_entry(hash, eq) {
+            Ok(e) => return Some(&mut e.into_mut().1),
+            Err(absent) => absent.into_table(),
+        };
+        let entry = match old.find_entry(hash, eq) {
             Ok(e) => e.remove().0,
             Err(_) => (make_key(), make()),
         };
-        self.rotate_if_full();
-        Some(self.insert_young(hash, entry))
+        Some(Self::rotate_and_insert(
+            young, old, hasher, *half, evicted, hash, entry,
+        ))
     }
 
     /// The values held, in no particular order.
@@ -156,8 +178,10 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
 }
 
 /// Items a window keeps inline before it spills to the heap: most keys (a host pair, a
-/// source and port) see one or two items, so a new key allocates nothing.
-const INLINE_ITEMS: usize = 4;
+/// source and port) see one or two items, so a new key allocates nothing. Three keeps a
+/// window at 88 bytes: with a host-pair key, a scan table's entry is two cache lines' worth,
+/// and a table of new keys (each packet a new pair) writes less per insertion.
+const INLINE_ITEMS: usize = 3;
 
 /// Distinct items seen for one key in a sliding window, and when the key last alerted.
 #[derive(Clone, Debug, Default)]
@@ -166,8 +190,11 @@ pub struct DistinctWindow {
     /// `threshold + 1` entries over `inline` and `spill`.
     inline: [(u64, i64); INLINE_ITEMS],
     inline_len: u8,
+    /// Whether `last_alert` holds a time (kept apart from it: an `Option<i64>` would take
+    /// 16 bytes).
+    alerted: bool,
     spill: Vec<(u64, i64)>,
-    last_alert: Option<i64>,
+    last_alert: i64,
 }
 
 impl DistinctWindow {
@@ -189,11 +216,10 @@ impl DistinctWindow {
                 self.spill.push((item, ts_us));
             }
         }
-        let quiet = self
-            .last_alert
-            .is_none_or(|at| ts_us.saturating_sub(at) >= window_us);
+        let quiet = !self.alerted || ts_us.saturating_sub(self.last_alert) >= window_us;
         if self.len() > threshold && quiet {
-            self.last_alert = Some(ts_us);
+            self.alerted = true;
+            self.last_alert = ts_us;
             self.inline_len = 0;
             self.spill.clear();
             return true;
@@ -298,5 +324,14 @@ mod tests {
         for p in 0..20 {
             assert!(!w.observe(p, p as i64 * 31 * s, 30 * s, 10));
         }
+    }
+
+    #[test]
+    fn window_entries_stay_small() {
+        // Scan tables insert one per new host pair: keep the entry within two cache lines.
+        assert!(std::mem::size_of::<DistinctWindow>() <= 88);
+        assert!(
+            std::mem::size_of::<((std::net::IpAddr, std::net::IpAddr), DistinctWindow)>() <= 128
+        );
     }
 }

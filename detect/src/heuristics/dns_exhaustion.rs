@@ -111,17 +111,17 @@ impl DnsExhaustion {
 /// Reverse-address style names (`1-2-3-4.isp.example`), reputation-list lookups (a label
 /// ending in `bl`, such as `dnsbl`, `rbl`, `sbl-xbl`) and known lookup services.
 fn is_excluded(sub: &str, base: &str) -> bool {
-    let first = sub.split('.').next().unwrap_or(sub);
-    let dashed_address = first.split('-').count() == 4
+    let sb = sub.as_bytes();
+    let first = sb
+        .get(..memchr::memchr(b'.', sb).unwrap_or(sb.len()))
+        .unwrap_or(sb);
+    // Four non-empty runs of digits joined by `-`.
+    let dashed_address = first.split(|&b| b == b'-').count() == 4
         && first
-            .split('-')
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    dashed_address
-        || sub
-            .split('.')
-            .chain(base.split('.'))
-            .any(|l| l.ends_with("bl"))
-        || LOOKUP_SERVICES.contains(&base)
+            .split(|&b| b == b'-')
+            .all(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
+    let bl_label = |name: &[u8]| name.split(|&b| b == b'.').any(|l| l.ends_with(b"bl"));
+    dashed_address || bl_label(sb) || bl_label(base.as_bytes()) || LOOKUP_SERVICES.contains(&base)
 }
 
 #[cfg(test)]

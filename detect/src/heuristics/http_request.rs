@@ -36,7 +36,7 @@ const ARCHITECTURES: &[&str] = &[
 /// The path of a request target without query or fragment: origin form as is, the path of an
 /// absolute form.
 pub fn path_of(target: &[u8]) -> &[u8] {
-    let path = match memchr::memmem::find(target, b"://") {
+    let path = match crate::protocols::http::find_scheme_sep(target) {
         Some(i) => {
             let rest = target.get(i + 3..).unwrap_or_default();
             rest.get(memchr::memchr(b'/', rest).unwrap_or(rest.len())..)
@@ -78,7 +78,7 @@ pub fn is_iot_binary_path(path: &[u8]) -> bool {
 
 /// Whether an absolute-form target is an open-proxy probe.
 pub fn is_proxy_probe(target: &[u8]) -> bool {
-    let Some(scheme_end) = memchr::memmem::find(target, b"://") else {
+    let Some(scheme_end) = crate::protocols::http::find_scheme_sep(target) else {
         return false;
     };
     let scheme = target.get(..scheme_end).unwrap_or_default();

@@ -3,10 +3,15 @@
 /// The base domain (last two labels) and the rest: `a.b.example.com` → (`a.b`, `example.com`);
 /// `example.com` → (`""`, `example.com`); a single label → (`""`, label).
 pub fn split_base(name: &str) -> (&str, &str) {
-    let Some(last_dot) = name.rfind('.') else {
+    // Byte search: `.` is never part of a multi-byte UTF-8 sequence.
+    let b = name.as_bytes();
+    let Some(last_dot) = memchr::memrchr(b'.', b) else {
         return ("", name);
     };
-    match name.get(..last_dot).and_then(|head| head.rfind('.')) {
+    match b
+        .get(..last_dot)
+        .and_then(|head| memchr::memrchr(b'.', head))
+    {
         Some(dot) => (
             name.get(..dot).unwrap_or_default(),
             name.get(dot + 1..).unwrap_or_default(),

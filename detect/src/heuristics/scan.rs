@@ -90,9 +90,13 @@ pub struct ScanState {
     tcp: BoundedMap<(IpAddr, IpAddr), DistinctWindow>,
     udp: BoundedMap<(IpAddr, IpAddr), DistinctWindow>,
     infection: BoundedMap<(IpAddr, u16), DistinctWindow>,
-    /// UDP flows seen (source, source port, destination, destination port): a datagram in the
-    /// opposite direction is a reply, not a probe.
-    udp_flows: BoundedMap<(IpAddr, u16, IpAddr, u16), i64>,
+    /// UDP flows seen: a datagram in the opposite direction is a reply, not a probe. Keyed
+    /// by the endpoint pair in canonical order ([`flow_pair`]) with the direction seen as
+    /// the value, so one lookup answers both "seen this way" and "seen the other way".
+    /// A pair holds one direction only (a reverse datagram is a reply and inserts nothing),
+    /// so the entries, and what a full table evicts, are those of a table keyed by
+    /// direction.
+    udp_flows: BoundedMap<FlowPair, u8>,
     hasher: DefaultHashBuilder,
 }
 
@@ -175,18 +179,38 @@ impl ScanState {
         if f.src_port < 1024 && f.dst_port >= 1024 {
             return true;
         }
-        if self
-            .udp_flows
-            .get_mut(&(f.dst, f.dst_port, f.src, f.src_port))
-            .is_some()
-        {
-            return true;
+        let (key, forward) = flow_pair(f);
+        let this_way = if forward { SEEN_FORWARD } else { SEEN_BACKWARD };
+        let Some(seen) = self.udp_flows.get_or_insert_with(&key, || key, || 0) else {
+            return false;
+        };
+        if *seen == 0 {
+            // New: remembered in this direction.
+            *seen = this_way;
+            return false;
         }
-        let key = (f.src, f.src_port, f.dst, f.dst_port);
-        if let Some(seen) = self.udp_flows.get_or_insert_with(&key, || key, || f.ts_us) {
-            *seen = f.ts_us;
-        }
-        false
+        // Seen before: a reply if it was the other way, or a flow between one endpoint and
+        // itself (its own reverse). Either way the entry was refreshed by the lookup.
+        *seen != this_way || key.0 == key.1
+    }
+}
+
+/// [`ScanState::udp_flows`] value of a pair first seen from its first endpoint.
+const SEEN_FORWARD: u8 = 1;
+/// ... and from its second endpoint.
+const SEEN_BACKWARD: u8 = 2;
+
+/// Two UDP endpoints, the lower (address, port) first.
+type FlowPair = ((IpAddr, u16), (IpAddr, u16));
+
+/// The flow's endpoint pair in canonical order, and whether the datagram goes from the
+/// first endpoint to the second.
+fn flow_pair(f: &FlowStart) -> (FlowPair, bool) {
+    let (a, b) = ((f.src, f.src_port), (f.dst, f.dst_port));
+    if a <= b {
+        ((a, b), true)
+    } else {
+        ((b, a), false)
     }
 }
 
@@ -247,5 +271,37 @@ mod tests {
         assert!(!t("::1"));
         assert!(!t("::ffff:127.0.0.1"));
         assert!(!t("ff02::fb"));
+    }
+
+    #[test]
+    fn udp_replies_either_way() {
+        let config = HeuristicsConfig::default();
+        let mut s = ScanState::new(&config);
+        let a: IpAddr = "198.18.0.1".parse().unwrap();
+        let b: IpAddr = "198.18.0.2".parse().unwrap();
+        let flow = |src, src_port, dst, dst_port| FlowStart {
+            ts_us: 0,
+            src,
+            dst,
+            src_port,
+            dst_port,
+            proto: ipproto::UDP,
+            tcp_flags: 0,
+        };
+        // Either endpoint may speak first; the other direction is then a reply.
+        for (x, y) in [(a, b), (b, a)] {
+            let mut s = ScanState::new(&config);
+            assert!(!s.is_udp_reply(&flow(x, 5000, y, 6000)));
+            assert!(!s.is_udp_reply(&flow(x, 5000, y, 6000)));
+            assert!(s.is_udp_reply(&flow(y, 6000, x, 5000)));
+            assert!(!s.is_udp_reply(&flow(x, 5000, y, 6000)));
+            assert_eq!(s.udp_flows.len(), 1);
+        }
+        // A flow to itself: its second datagram is its own reverse.
+        assert!(!s.is_udp_reply(&flow(a, 5000, a, 5000)));
+        assert!(s.is_udp_reply(&flow(a, 5000, a, 5000)));
+        // Service port to ephemeral port: a reply without a lookup.
+        assert!(s.is_udp_reply(&flow(b, 53, a, 40000)));
+        assert_eq!(s.udp_flows.len(), 1);
     }
 }

@@ -217,6 +217,18 @@ fn headers<'a>(mut rest: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8])) -> (&'
     (&[], false)
 }
 
+/// Index of the first `://` in `b` (a URL's scheme separator). Searches for `:` and checks
+/// what follows: cheaper than setting up a substring searcher per request, and a request
+/// target holds few colons.
+pub(crate) fn find_scheme_sep(b: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b':', b).find(|&i| b.get(i + 1..i + 3) == Some(b"//".as_slice()))
+}
+
+/// Whether `b` holds `//`.
+pub(crate) fn has_double_slash(b: &[u8]) -> bool {
+    memchr::memchr_iter(b'/', b).any(|i| b.get(i + 1) == Some(&b'/'))
+}
+
 fn trim(v: &[u8]) -> &[u8] {
     let start = v.iter().position(|b| !matches!(b, b' ' | b'\t'));
     let end = v.iter().rposition(|b| !matches!(b, b' ' | b'\t'));
@@ -229,6 +241,26 @@ fn trim(v: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scheme_separator_and_double_slash() {
+        for t in [
+            &b"http://a/b"[..],
+            b"/x:y/http://z",
+            b":::/:///",
+            b"/a:/b",
+            b"",
+            b":",
+            b"://",
+        ] {
+            assert_eq!(find_scheme_sep(t), memchr::memmem::find(t, b"://"), "{t:?}");
+            assert_eq!(
+                has_double_slash(t),
+                memchr::memmem::find(t, b"//").is_some(),
+                "{t:?}"
+            );
+        }
+    }
 
     #[test]
     fn request_line_and_headers() {

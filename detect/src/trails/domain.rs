@@ -9,6 +9,8 @@ use crate::trails::classify::is_name_byte;
 
 /// Longest query name considered (DNS names are at most 253 characters).
 const MAX_NAME: usize = 253;
+/// Suffixes of a name whose index entries are prefetched before the suffix walk.
+const PREFETCH_SUFFIXES: usize = 8;
 
 /// Label flag: info contains `suspicious` or `sinkhole` (skipped for `ns1.`-like queries).
 pub(crate) const FLAG_SUSPICIOUS_OR_SINKHOLE: u8 = 1;
@@ -232,7 +234,11 @@ impl DomainTrails {
             });
         }
 
-        if let Some(i) = memchr::memmem::find(qb, b".onion.") {
+        // Each dot tried for `.onion.` (a name has few): cheaper than building a substring
+        // searcher per name.
+        let onion = memchr::memchr_iter(b'.', qb)
+            .find(|&i| qb.get(i..).is_some_and(|rest| rest.starts_with(b".onion.")));
+        if let Some(i) = onion {
             let (name, gateway) = q.split_at(i + ".onion".len());
             if let Some(label) = self.table.get(name.as_bytes()) {
                 return Some(DomainMatch {
@@ -244,46 +250,68 @@ impl DomainTrails {
         None
     }
 
-    /// The name itself, then each parent, longest first; every suffix hash comes from one
-    /// backwards pass over the name, so a miss allocates nothing.
+    /// The name itself, then each parent, longest first: the longest listed suffix that
+    /// passes the exceptions. Every suffix hash comes from one backwards pass over the name
+    /// (shortest suffix first, the last acceptable hit kept), so a miss allocates nothing.
     fn suffix_walk(&self, q: &str) -> Option<DomainMatch> {
         let qb = q.as_bytes();
-        // (start of suffix, hash), shortest suffix first. A 253-byte name has <= 127 labels.
-        let mut suffixes = [(0usize, 0u64); MAX_NAME / 2 + 1];
-        let mut n = 0;
-        let mut h = KeyHasher::new();
-        for i in (0..qb.len()).rev() {
-            h.push(qb[i]);
-            if (i == 0 || qb[i - 1] == b'.') && n < suffixes.len() {
-                suffixes[n] = (i, h.finish());
-                n += 1;
-            }
-        }
         let ns_like = is_ns_like(qb);
         let www = qb.starts_with(b"www.");
-        for &(start, hash) in suffixes[..n].iter().rev() {
+        // The shortest PREFETCH_SUFFIXES suffixes (start, hash) first, their index entries
+        // prefetched so that the probes (each likely a cache miss in a table of a million
+        // names) overlap; a name with more labels carries on with the same backwards pass.
+        let mut suffixes = [(0usize, 0u64); PREFETCH_SUFFIXES];
+        let mut n = 0;
+        let mut h = KeyHasher::new();
+        let mut i = qb.len();
+        while i > 0 && n < PREFETCH_SUFFIXES {
+            i -= 1;
+            h.push(qb[i]);
+            if i == 0 || qb[i - 1] == b'.' {
+                if let Some(slot) = suffixes.get_mut(n) {
+                    *slot = (i, h.finish());
+                    n += 1;
+                }
+            }
+        }
+        let suffixes = suffixes.get(..n).unwrap_or_default();
+        self.table.prefetch(suffixes.iter().map(|&(_, hash)| hash));
+        // Shortest first, the last acceptable hit kept: the longest one.
+        let mut best: Option<(usize, LabelId)> = None;
+        let mut consider = |start: usize, hash: u64| {
             let Some(label) = self.table.get_hashed(hash, &qb[start..], &[]) else {
-                continue;
+                return;
             };
             let flags = self.flags(label);
             // e.g. ns2.nobel.su under a suspicious nobel.su: name servers of listed domains
             // are not themselves worth an event.
             if ns_like && flags & FLAG_SUSPICIOUS_OR_SINKHOLE != 0 {
-                continue;
+                return;
             }
             // e.g. noip.com (dynamic DNS): the provider's own site is not an event.
             if (start == 0 || www) && flags & FLAG_DYNAMIC_OR_FREE_WEB != 0 {
-                continue;
+                return;
             }
-            let trail = if start == 0 {
-                q.to_owned()
-            } else {
-                // query[..start-1] is the unmatched prefix, without its dot.
-                format!("({}).{}", &q[..start - 1], &q[start..])
-            };
-            return Some(DomainMatch { trail, label });
+            best = Some((start, label));
+        };
+        for &(start, hash) in suffixes {
+            consider(start, hash);
         }
-        None
+        while i > 0 {
+            i -= 1;
+            h.push(qb[i]);
+            if i == 0 || qb[i - 1] == b'.' {
+                consider(i, h.finish());
+            }
+        }
+        let (start, label) = best?;
+        let trail = if start == 0 {
+            q.to_owned()
+        } else {
+            // query[..start-1] is the unmatched prefix, without its dot.
+            format!("({}).{}", &q[..start - 1], &q[start..])
+        };
+        Some(DomainMatch { trail, label })
     }
 }
 
@@ -419,6 +447,22 @@ mod tests {
         assert_eq!(hit(&d, "www.x.y.noip.com"), s("(www).x.y.noip.com", 0));
         let d = trails(&[("x.noip.com", 3), ("noip.com", 0)], &[]);
         assert_eq!(hit(&d, "x.noip.com"), s("(x).noip.com", 0));
+    }
+
+    #[test]
+    fn names_with_more_labels_than_prefetched() {
+        // Suffixes past the first PREFETCH_SUFFIXES are walked as well, longest still first.
+        let d = trails(&[("a.b.c.d.e.f.g.h.i.evil.com", 0), ("i.evil.com", 1)], &[]);
+        let long = "x.y.z.a.b.c.d.e.f.g.h.i.evil.com";
+        assert!(long.split('.').count() > PREFETCH_SUFFIXES + 2);
+        assert_eq!(hit(&d, long), s("(x.y.z).a.b.c.d.e.f.g.h.i.evil.com", 0));
+        assert_eq!(
+            hit(&d, "x.y.z.a.b.c.d.e.f.g.h2.i.evil.com"),
+            s("(x.y.z.a.b.c.d.e.f.g.h2).i.evil.com", 1)
+        );
+        let d = trails(&[(long, 2)], &[]);
+        assert_eq!(hit(&d, long), s(long, 2));
+        assert_eq!(hit(&d, &long[2..]), None);
     }
 
     #[test]

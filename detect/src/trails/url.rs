@@ -102,6 +102,11 @@ fn strip_param_values(path: &str) -> String {
     out
 }
 
+/// Whether `s` holds two `/` or more.
+fn two_slashes(s: &str) -> bool {
+    memchr::memchr_iter(b'/', s.as_bytes()).nth(1).is_some()
+}
+
 /// `url.split(check)` joined back with the non-empty pieces in parentheses.
 fn annotate(url: &str, matched: &str) -> String {
     if matched.is_empty() {
@@ -185,10 +190,12 @@ impl UrlTrails {
         if path.bytes().any(|b| b.is_ascii_uppercase()) {
             return self.lookup_candidates(host, &path.to_ascii_lowercase(), candidates);
         }
-        let (host, path) = match path.find("://") {
+        // Byte searches below: `/`, `?`, `=` and `:` are never part of a multi-byte UTF-8
+        // sequence, so every index found is a character boundary.
+        let (host, path) = match crate::protocols::http::find_scheme_sep(path.as_bytes()) {
             Some(i) if path[..i].bytes().all(|b| b.is_ascii_alphabetic()) => {
                 let rest = &path[i + 3..];
-                match rest.find('/') {
+                match memchr::memchr(b'/', rest.as_bytes()) {
                     Some(j) => (Some(&rest[..j]), &rest[j..]),
                     None => (Some(rest), "/"),
                 }
@@ -199,7 +206,7 @@ impl UrlTrails {
         let mut hbuf = [0u8; MAX_HOST];
         let host: &str = match host {
             Some(h) => {
-                let h = h.split(':').next().unwrap_or(h).trim();
+                let h = h[..memchr::memchr(b':', h.as_bytes()).unwrap_or(h.len())].trim();
                 let h = h.strip_suffix('.').unwrap_or(h);
                 if h.len() > MAX_HOST || !h.is_ascii() {
                     ""
@@ -215,31 +222,28 @@ impl UrlTrails {
         };
 
         let original = path;
-        let path: Cow<'_, str> = if path.contains("//") {
+        let path: Cow<'_, str> = if crate::protocols::http::has_double_slash(path.as_bytes()) {
             Cow::Owned(path.replace("//", "/"))
         } else {
             Cow::Borrowed(path)
         };
         let p: &str = &path;
-        let stripped: Option<String> = if p.contains('?') {
-            Some(strip_param_values(p))
-        } else {
-            None
-        };
+        let query = memchr::memchr(b'?', p.as_bytes());
+        let stripped: Option<String> = query.map(|_| strip_param_values(p));
 
         let mut checks = Checks::default();
         let first = p.trim_end_matches('/');
         checks.push(first);
-        if let Some(q) = p.find('?') {
+        if let Some(q) = query {
             checks.push(p[..q].trim_end_matches('/'));
-            if let Some(e) = p.find('=') {
+            if let Some(e) = memchr::memchr(b'=', p.as_bytes()) {
                 checks.push(&p[..=e]);
             }
             if let Some(s) = stripped.as_deref() {
                 if !checks.as_slice().contains(&s) {
                     checks.push(s);
-                    if s.matches('/').count() > 1 {
-                        if let Some(r) = s.rfind('/') {
+                    if two_slashes(s) {
+                        if let Some(r) = memchr::memrchr(b'/', s.as_bytes()) {
                             checks.push(&s[r..]);
                         }
                     }
@@ -247,12 +251,13 @@ impl UrlTrails {
             }
         }
         let last = checks.last();
-        if last.matches('/').count() > 1 {
-            if let Some(r) = last.rfind('/') {
+        if two_slashes(last) {
+            if let Some(r) = memchr::memrchr(b'/', last.as_bytes()) {
                 checks.push(&last[..r]);
             }
-            let tail = first.rfind('/').map_or(first, |r| &first[r..]);
-            checks.push(tail.split('?').next().unwrap_or(tail));
+            let tail = memchr::memrchr(b'/', first.as_bytes()).map_or(first, |r| &first[r..]);
+            let tail_end = memchr::memchr(b'?', tail.as_bytes()).unwrap_or(tail.len());
+            checks.push(&tail[..tail_end]);
         }
         if candidates == UrlCandidates::WithExtras {
             checks.push(p);
@@ -263,24 +268,57 @@ impl UrlTrails {
         }
 
         let hb = host.as_bytes();
-        for &check in checks.as_slice().iter().filter(|c| !c.is_empty()) {
+        // Every key's hash first, each key's index entries prefetched, then the probes in
+        // Maltrail's order: the table's cache misses overlap instead of queueing.
+        // (bare, with host) per check.
+        let mut hashes = [(0u64, 0u64); MAX_CHECKS];
+        let mut wanted = [0u64; 2 * MAX_CHECKS + 1];
+        let mut n = 0;
+        let mut want = |h: u64| {
+            if let Some(slot) = wanted.get_mut(n) {
+                *slot = h;
+                n += 1;
+            }
+        };
+        for (&check, slot) in checks.as_slice().iter().zip(hashes.iter_mut()) {
             let mut h = KeyHasher::new();
             h.prepend(check.as_bytes());
-            if let Some(label) = self.table.get_hashed(h.finish(), check.as_bytes(), &[]) {
+            slot.0 = h.finish();
+            h.prepend(hb);
+            slot.1 = h.finish();
+            if !check.is_empty() {
+                want(slot.0);
+                if !hb.is_empty() {
+                    want(slot.1);
+                }
+            }
+        }
+        let host_root = {
+            let mut h = KeyHasher::new();
+            h.prepend(b"/");
+            h.prepend(hb);
+            h.finish()
+        };
+        if !hb.is_empty() {
+            want(host_root);
+        }
+        self.table
+            .prefetch(wanted.get(..n).unwrap_or_default().iter().copied());
+        for (&check, &(bare, with_host)) in checks.as_slice().iter().zip(hashes.iter()) {
+            if check.is_empty() {
+                continue;
+            }
+            if let Some(label) = self.table.get_hashed(bare, check.as_bytes(), &[]) {
                 return Some(self.hit(host, original, check, "", label));
             }
             if !hb.is_empty() {
-                h.prepend(hb);
-                if let Some(label) = self.table.get_hashed(h.finish(), hb, check.as_bytes()) {
+                if let Some(label) = self.table.get_hashed(with_host, hb, check.as_bytes()) {
                     return Some(self.hit(host, original, check, host, label));
                 }
             }
         }
         if !hb.is_empty() {
-            let mut h = KeyHasher::new();
-            h.prepend(b"/");
-            h.prepend(hb);
-            if let Some(label) = self.table.get_hashed(h.finish(), hb, b"/") {
+            if let Some(label) = self.table.get_hashed(host_root, hb, b"/") {
                 return Some(UrlMatch {
                     trail: format!("{host}/"),
                     label,

@@ -108,13 +108,13 @@ pub fn picks(trails: &TrailSet, whitelist: &Whitelist, n: usize) -> TrailPicks {
         .v4
         .iter()
         .filter(|(a, l)| {
-            let a = Ipv4Addr::from(**a);
+            let a = Ipv4Addr::from(*a);
             !whitelist.is_ip_whitelisted(IpAddr::V4(a))
-                && xtrail_detect::process::syn_hit_reported(info(**l), true, 443, false)
+                && xtrail_detect::process::syn_hit_reported(info(*l), true, 443, false)
                 && !a.is_private()
                 && !a.is_loopback()
         })
-        .map(|(a, _)| Ipv4Addr::from(*a))
+        .map(|(a, _)| Ipv4Addr::from(a))
         .collect();
     ips.sort();
     let mut domains: Vec<String> = trails

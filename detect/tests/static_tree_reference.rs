@@ -83,15 +83,15 @@ fn loaded(t: &TrailSet) -> HashMap<String, (String, String)> {
         (l.info.clone(), l.reference.clone())
     };
     for (a, l) in &t.ip.v4 {
-        out.insert(Ipv4Addr::from(*a).to_string(), label(*l));
+        out.insert(Ipv4Addr::from(a).to_string(), label(l));
     }
     for (a, l) in &t.ip.v6 {
         out.insert(Ipv6Addr::from(*a).to_string(), label(*l));
     }
     for ((a, p), l) in &t.ip.ipport {
         out.insert(
-            format!("{}:{p}", ip_text(IpAddr::V6(Ipv6Addr::from(*a)))),
-            label(*l),
+            format!("{}:{p}", ip_text(IpAddr::V6(Ipv6Addr::from(a)))),
+            label(l),
         );
     }
     for (a, p, l) in &t.ip.cidr4 {

@@ -8,8 +8,8 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use aya::maps::{Array, Map, MapData};
 use aya::Ebpf;
-use xtrail_common::{maps as names, HTTP_PORT_WORDS};
-use xtrail_detect::trails::IpTrails;
+use xtrail_common::{maps as names, HTTP_PORT_WORDS, PREFILTER_WORDS};
+use xtrail_detect::trails::{iptable, IpTrails};
 
 /// `BPF_MAP_UPDATE_BATCH` command number.
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
@@ -49,6 +49,10 @@ pub struct FillReport {
     pub prefilter_blocks: usize,
     /// Whether the IPv4 prefilter is usable (no CIDR shorter than /8).
     pub prefilter: bool,
+    /// `log2` of the buckets of the set's IPv4 address table.
+    pub v4_bits: u32,
+    /// `log2` of the buckets of the set's IPv4 IP:port table.
+    pub ipport4_bits: u32,
 }
 
 fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, FillError> {
@@ -127,32 +131,47 @@ pub fn max_entries(count: usize) -> u32 {
     u32::try_from(count + count / 16 + 16).unwrap_or(u32::MAX)
 }
 
-/// The /24 blocks (as `a<<16 | b<<8 | c`) that IPv4 trails cover, or None when a CIDR is too
-/// wide (shorter than /8) for the bitmap to be worth it.
-pub fn prefilter_blocks(ip: &IpTrails) -> Option<Vec<u32>> {
+/// The IPv4 prefilter of a set: its non-zero words (index, bits), in index order, one bit
+/// per /24 block (`a<<16 | b<<8 | c`) that an IPv4 trail covers, and the number of blocks;
+/// None when a CIDR is too wide (shorter than /8) for the bitmap to be worth it. Built in a
+/// 2 MiB bitmap (no sort of the ~300,000 keys of Maltrail's static tree).
+pub fn prefilter_words(ip: &IpTrails) -> Option<(Vec<(u32, u64)>, usize)> {
+    if ip.cidr4.iter().any(|(_, prefix, _)| *prefix < 8) {
+        return None;
+    }
     let block = |a: [u8; 4]| (u32::from(a[0]) << 16) | (u32::from(a[1]) << 8) | u32::from(a[2]);
-    let mut blocks: Vec<u32> = ip.v4.keys().map(|a| block(*a)).collect();
-    for ((addr, _port), _) in ip.ipport.iter() {
-        if addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
-            blocks.push(block([addr[12], addr[13], addr[14], addr[15]]));
+    let mut bits = vec![0u64; PREFILTER_WORDS as usize];
+    let mut set = |b: u32| {
+        if let Some(w) = bits.get_mut((b >> 6) as usize) {
+            *w |= 1 << (b & 63);
         }
+    };
+    // Straight from the tables' key words: no per-entry conversion.
+    for (k, _) in ip.v4.table().iter().chain(ip.ipport.v4_table().iter()) {
+        set(block(iptable::key_addr(k)));
     }
     for (addr, prefix, _) in &ip.cidr4 {
-        if *prefix < 8 {
-            return None;
-        }
-        let first = block(*addr);
         let span = if *prefix >= 24 {
             1
         } else {
             1u32 << (24 - prefix)
         };
-        let first = first & !(span - 1);
-        blocks.extend(first..first + span);
+        let first = block(*addr) & !(span - 1);
+        for b in first..first + span {
+            set(b);
+        }
     }
-    blocks.sort_unstable();
-    blocks.dedup();
-    Some(blocks)
+    let mut blocks = 0;
+    let words = bits
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| **w != 0)
+        .map(|(i, w)| {
+            blocks += w.count_ones() as usize;
+            (i as u32, *w)
+        })
+        .collect();
+    Some((words, blocks))
 }
 
 /// Sets one bit per port in the `HTTP_PORTS` bitmap.

@@ -1,8 +1,13 @@
 //! The XDP program's two trail sets and the switch between them (hot reload).
 //!
-//! Sets 0 and 1 share the trail maps: the set index is part of every key
-//! (`xtrail_common::{TrailKey4, TrailKey6, IpPortKey}`, the LPM keys) and picks the half of
-//! the prefilter bitmap. The program reads the one-element `TRAIL_SET` array once per packet
+//! Sets 0 and 1 share the trail maps: the set index is part of every hash and LPM key
+//! (`xtrail_common::{TrailKey6, IpPortKey}`, the LPM keys), picks the half of the
+//! prefilter bitmap, and the elements of the IPv4 tables' array maps (set `s`'s bucket `i`
+//! is element `2i + s`, `xtrail_common::trail_table`). The IPv4 address and IP:port tables
+//! are cuckoo tables built in userspace (`xtrail_detect::trails::iptable`, ready-made in a
+//! compiled set): filling them is one batch of array writes straight from their buckets,
+//! and their sizes ride in the `TRAIL_SET` value; a set's old buckets need no emptying (the
+//! next fill overwrites every bucket the new set's size covers). The program reads the one-element `TRAIL_SET` array once per packet
 //! to pick a set (`xtrail_common::trail_set`). A reload fills the inactive set while the
 //! active one keeps matching, switches with one 4-byte write, waits until no packet can
 //! still be inside the old set (XDP runs under RCU and lasts microseconds; the wait is
@@ -21,14 +26,16 @@ use aya::Ebpf;
 use xtrail_common::{
     maps as names, trail_set, IpPortKey, Lpm4Key, Lpm6Key, TrailKey4, TrailKey6, PREFILTER_WORDS,
 };
+use xtrail_detect::trails::iptable::{self, CuckooTable};
 use xtrail_detect::trails::IpTrails;
 
-use crate::maps::{prefilter_blocks, FillReport};
+use crate::maps::{prefilter_words, FillReport};
 
 /// How long a switched-out set is kept before it is emptied: far longer than any one XDP
 /// program run, which is what may still be looking at it.
 pub const GRACE: Duration = Duration::from_millis(50);
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
@@ -73,30 +80,86 @@ pub fn reload_capacity(count: usize) -> u32 {
     u32::try_from(2 * (count + count / 2 + 1024)).unwrap_or(u32::MAX)
 }
 
-/// `max_entries` of each trail map (room for both sets).
+/// `log2` of the buckets per set of an IPv4 table map for a start table: room for the
+/// [`reload_capacity`] headroom (half again, plus 1,024) at the tables' fill limit, and
+/// never less than the table itself.
+pub fn table_bits(table: &CuckooTable) -> u32 {
+    let n = table.len();
+    iptable::bits_for(n + n / 2 + 1024).max(table.bits())
+}
+
+/// Trails both sets of a table map with `2^bits` buckets per set hold (at the fill limit).
+fn table_trails(bits: u32) -> u32 {
+    let per_set = (iptable::BUCKET_SLOTS << bits) * iptable::MAX_LOAD_PERCENT / 100;
+    u32::try_from(2 * per_set).unwrap_or(u32::MAX)
+}
+
+/// The size of each trail map (room for both sets).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Capacity {
+    /// IPv4 address trails both sets hold (the table map has `2^v4_bits` buckets per set).
     pub ipv4: u32,
+    /// `log2` of the IPv4 address table map's buckets per set.
+    pub v4_bits: u32,
     pub ipv6: u32,
+    /// IPv4 IP:port trails both sets hold (`2^ipport4_bits` buckets per set).
+    pub ipport4: u32,
+    /// `log2` of the IPv4 IP:port table map's buckets per set.
+    pub ipport4_bits: u32,
+    /// IPv6 IP:port trails (a hash map).
     pub ipport: u32,
     pub cidr4: u32,
     pub cidr6: u32,
 }
 
 impl Capacity {
-    /// The capacity [`reload_capacity`] gives a start set.
+    /// The capacity [`reload_capacity`] and [`table_bits`] give a start set.
     pub fn for_set(ip: &IpTrails) -> Capacity {
+        let v4_bits = table_bits(ip.v4.table());
+        let ipport4_bits = table_bits(ip.ipport.v4_table());
         Capacity {
-            ipv4: reload_capacity(ip.v4.len()),
+            ipv4: table_trails(v4_bits),
+            v4_bits,
             ipv6: reload_capacity(ip.v6.len()),
-            ipport: reload_capacity(ip.ipport.len()),
+            ipport4: table_trails(ipport4_bits),
+            ipport4_bits,
+            ipport: reload_capacity(ip.ipport.v6().len()),
             cidr4: reload_capacity(ip.cidr4.len()),
             cidr6: reload_capacity(ip.cidr6.len()),
         }
     }
 
-    /// Refuses a set that does not fit beside another as large.
+    /// `max_entries` of the IPv4 address table map (both sets).
+    pub fn v4_elements(&self) -> u32 {
+        2 << self.v4_bits
+    }
+
+    /// `max_entries` of the IPv4 IP:port table map (both sets).
+    pub fn ipport4_elements(&self) -> u32 {
+        2 << self.ipport4_bits
+    }
+
+    /// Refuses a set that does not fit beside another as large (a table larger than the
+    /// map's half counts as too many trails).
     pub fn check(&self, ip: &IpTrails) -> Result<(), TrailMapError> {
+        let table = |what, t: &CuckooTable, bits: u32, capacity: u32| {
+            if t.bits() > bits {
+                Err(TrailMapError::Capacity {
+                    what,
+                    count: t.len(),
+                    capacity: capacity / 2,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        table("IPv4", ip.v4.table(), self.v4_bits, self.ipv4)?;
+        table(
+            "IPv4 IP:port",
+            ip.ipport.v4_table(),
+            self.ipport4_bits,
+            self.ipport4,
+        )?;
         let fits = |what, count: usize, capacity: u32| {
             let capacity = capacity / 2;
             if count > capacity as usize {
@@ -111,7 +174,8 @@ impl Capacity {
         };
         fits("IPv4", ip.v4.len(), self.ipv4)?;
         fits("IPv6", ip.v6.len(), self.ipv6)?;
-        fits("IP:port", ip.ipport.len(), self.ipport)?;
+        fits("IPv4 IP:port", ip.ipport.v4_table().len(), self.ipport4)?;
+        fits("IPv6 IP:port", ip.ipport.v6().len(), self.ipport)?;
         fits("IPv4 CIDR", ip.cidr4.len(), self.cidr4)?;
         fits("IPv6 CIDR", ip.cidr6.len(), self.cidr6)
     }
@@ -134,7 +198,8 @@ impl MapFd {
 /// The trail maps (both sets live in each).
 #[derive(Debug)]
 struct TrailFds {
-    ipv4: MapFd,
+    v4_table: MapFd,
+    ipport4_table: MapFd,
     ipv6: MapFd,
     ipport: MapFd,
     cidr4: MapFd,
@@ -162,7 +227,8 @@ impl TrailFds {
     fn of(ebpf: &Ebpf) -> Result<TrailFds, TrailMapError> {
         use std::mem::size_of;
         Ok(TrailFds {
-            ipv4: dup(ebpf, names::IPV4_TRAILS, size_of::<TrailKey4>())?,
+            v4_table: dup(ebpf, names::IPV4_TABLE, 4)?,
+            ipport4_table: dup(ebpf, names::IPPORT4_TABLE, 4)?,
             ipv6: dup(ebpf, names::IPV6_TRAILS, size_of::<TrailKey6>())?,
             ipport: dup(ebpf, names::IPPORT_TRAILS, size_of::<IpPortKey>())?,
             cidr4: dup(ebpf, names::IPV4_CIDRS, size_of::<Lpm4Key>())?,
@@ -252,6 +318,57 @@ fn update_elem<K, V>(map: &MapFd, key: &K, value: &V) -> Result<(), TrailMapErro
         flags: 0,
     };
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map_err(syscall_err("BPF_MAP_UPDATE_ELEM", map))
+}
+
+/// Zeroes set `index`'s buckets of a table map of `elements` (both sets); returns how many
+/// trails they held. One lookup per bucket: for [`KernelTrailSets::clear`] only.
+fn clear_table(map: &MapFd, index: u8, elements: u32) -> Result<usize, TrailMapError> {
+    let set = u32::from(index & 1);
+    let mut held = 0;
+    let mut used: Vec<u32> = Vec::new();
+    let mut bucket: iptable::Bucket = [0; 16];
+    for i in 0..elements / 2 {
+        let key = (i << 1) | set;
+        let mut attr = ElemAttr {
+            map_fd: map.raw() as u32,
+            _pad: 0,
+            key: &key as *const u32 as u64,
+            value: bucket.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map_err(syscall_err("BPF_MAP_LOOKUP_ELEM", map))?;
+        let n = iptable::bucket_used(&bucket);
+        if n > 0 {
+            held += n;
+            used.push(key);
+        }
+    }
+    let zeros = vec![[0u32; 16]; used.len()];
+    update_batch(map, &used, &zeros)?;
+    Ok(held)
+}
+
+/// Writes LPM trie entries: one batch where the kernel supports batches on tries, else one
+/// by one.
+fn update_lpm<K: Copy>(map: &MapFd, entries: &[(K, u32)]) -> Result<(), TrailMapError> {
+    let keys: Vec<K> = entries.iter().map(|e| e.0).collect();
+    let values: Vec<u32> = entries.iter().map(|e| e.1).collect();
+    match update_batch(map, &keys, &values) {
+        Ok(()) => Ok(()),
+        Err(TrailMapError::Syscall { source, .. })
+            if matches!(
+                source.raw_os_error(),
+                // 524: the kernel's ENOTSUPP (not in libc).
+                Some(libc::EINVAL | 524 | libc::EOPNOTSUPP)
+            ) =>
+        {
+            for (k, v) in entries {
+                update_elem(map, k, v)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Every key of a map, back to back.
@@ -380,26 +497,26 @@ pub enum PrefilterHalf {
     Words(Vec<u32>),
 }
 
-/// The prefilter words of a set: (index within the half, bits), sorted by index, non-zero.
-fn prefilter_words(blocks: &[u32]) -> Vec<(u32, u64)> {
-    let mut words: Vec<(u32, u64)> = Vec::new();
-    let mut sorted = blocks.to_vec();
-    sorted.sort_unstable();
-    for b in sorted {
-        let (i, bit) = (b >> 6, 1u64 << (b & 63));
-        match words.last_mut() {
-            Some((last, bits)) if *last == i => *bits |= bit,
-            _ => words.push((i, bit)),
-        }
+/// Writes set `index`'s half of a table map: every bucket of `table` (from wherever its
+/// buckets are: a compiled set's mapping needs no copy), in batches.
+fn fill_table(map: &MapFd, index: u8, table: &CuckooTable) -> Result<(), TrailMapError> {
+    let buckets = table.buckets();
+    let set = u32::from(index & 1);
+    let mut keys: Vec<u32> = Vec::with_capacity(BATCH.min(buckets.len()));
+    for (n, chunk) in buckets.chunks(BATCH).enumerate() {
+        let first = (n * BATCH) as u32;
+        keys.clear();
+        keys.extend((0..chunk.len() as u32).map(|i| ((first + i) << 1) | set));
+        update_batch(map, &keys, chunk)?;
     }
-    words
+    Ok(())
 }
 
 /// Fills set `index` (empty) from `ip`; returns what went in, the set's `TRAIL_SET` flags
 /// and what its prefilter half now holds. `half` is what that half held before: only the
 /// words that change are written (the whole half, 262,144 single-element updates and
-/// 80 ms, only when it is unknown). Half of the IP:port trails, the largest table of
-/// Maltrail's static tree, go in on a second thread beside the others.
+/// 80 ms, only when it is unknown). The IPv4 IP:port table, the largest of Maltrail's
+/// static tree, goes in on a second thread beside the others.
 fn fill_set(
     maps: &TrailFds,
     index: u8,
@@ -407,11 +524,14 @@ fn fill_set(
     half: &PrefilterHalf,
 ) -> Result<(FillReport, u32, PrefilterHalf), TrailMapError> {
     let set = u32::from(index & 1);
-    // IP:port trails in two halves, one on each thread.
-    let half_ports = ip.ipport.len() / 2;
-    let ipport = |skip: usize, take: usize| {
-        let items = ip.ipport.iter().skip(skip).take(take);
-        update_chunked(&maps.ipport, items, |((addr, port), v)| {
+    // The prefilter first, while a compiled set's table pages are resident from opening it.
+    let prefilter = prefilter_words(ip);
+    let rest = || -> Result<(FillReport, PrefilterHalf), TrailMapError> {
+        fill_table(&maps.v4_table, index, ip.v4.table())?;
+        update_chunked(&maps.ipv6, ip.v6.iter(), |(addr, v)| {
+            (TrailKey6 { set, addr: *addr }, *v)
+        })?;
+        update_chunked(&maps.ipport, ip.ipport.v6().iter(), |((addr, port), v)| {
             (
                 IpPortKey {
                     addr: *addr,
@@ -421,43 +541,43 @@ fn fill_set(
                 },
                 *v,
             )
-        })
-    };
-    let rest = || -> Result<(FillReport, PrefilterHalf), TrailMapError> {
-        update_chunked(&maps.ipv4, ip.v4.iter(), |(addr, v)| {
-            (TrailKey4 { set, addr: *addr }, *v)
-        })?;
-        update_chunked(&maps.ipv6, ip.v6.iter(), |(addr, v)| {
-            (TrailKey6 { set, addr: *addr }, *v)
         })?;
         // LPM prefixes count the 32 bits of the set index in front of the address.
-        for (addr, prefix, label) in &ip.cidr4 {
-            let key = Lpm4Key {
-                prefix_len: 32 + u32::from(*prefix),
-                data: TrailKey4 { set, addr: *addr },
-            };
-            update_elem(&maps.cidr4, &key, label)?;
-        }
-        for (addr, prefix, label) in &ip.cidr6 {
-            let key = Lpm6Key {
-                prefix_len: 32 + u32::from(*prefix),
-                data: TrailKey6 { set, addr: *addr },
-            };
-            update_elem(&maps.cidr6, &key, label)?;
-        }
+        let cidr4: Vec<(Lpm4Key, u32)> = ip
+            .cidr4
+            .iter()
+            .map(|(addr, prefix, label)| {
+                let data = TrailKey4 { set, addr: *addr };
+                let prefix_len = 32 + u32::from(*prefix);
+                (Lpm4Key { prefix_len, data }, *label)
+            })
+            .collect();
+        update_lpm(&maps.cidr4, &cidr4)?;
+        let cidr6: Vec<(Lpm6Key, u32)> = ip
+            .cidr6
+            .iter()
+            .map(|(addr, prefix, label)| {
+                let data = TrailKey6 { set, addr: *addr };
+                let prefix_len = 32 + u32::from(*prefix);
+                (Lpm6Key { prefix_len, data }, *label)
+            })
+            .collect();
+        update_lpm(&maps.cidr6, &cidr6)?;
         let mut report = FillReport {
             ipv4: ip.v4.len(),
             ipv6: ip.v6.len(),
             ipport: ip.ipport.len(),
             cidr4: ip.cidr4.len(),
             cidr6: ip.cidr6.len(),
+            v4_bits: ip.v4.table().bits(),
+            ipport4_bits: ip.ipport.v4_table().bits(),
             ..FillReport::default()
         };
-        let words = match prefilter_blocks(ip) {
-            Some(blocks) => {
-                report.prefilter_blocks = blocks.len();
+        let words = match prefilter {
+            Some((words, blocks)) => {
+                report.prefilter_blocks = blocks;
                 report.prefilter = true;
-                prefilter_words(&blocks)
+                words
             }
             None => Vec::new(),
         };
@@ -488,17 +608,20 @@ fn fill_set(
             }
         };
         update_batch(&maps.prefilter, &indexes, &values)?;
-        ipport(half_ports, usize::MAX)?;
         Ok((
             report,
             PrefilterHalf::Words(words.into_iter().map(|w| w.0).collect()),
         ))
     };
     let (ports, rest) = std::thread::scope(|s| {
-        let ports = s.spawn(|| ipport(0, half_ports));
+        let ports = s.spawn(|| fill_table(&maps.ipport4_table, index, ip.ipport.v4_table()));
         let rest = rest();
         (ports.join(), rest)
     });
+    // A compiled set's buckets were read through its mapping: drop those pages from the
+    // resident set (lookups fault back in the few they touch).
+    ip.v4.table().release_pages();
+    ip.ipport.v4_table().release_pages();
     ports.unwrap_or_else(|p| std::panic::resume_unwind(p))?;
     let (report, half) = rest?;
     let flags = report.set_flags();
@@ -525,7 +648,7 @@ impl FillReport {
         if self.prefilter {
             flags |= f::PREFILTER4;
         }
-        flags
+        flags | trail_set::table_bits(self.v4_bits, self.ipport4_bits)
     }
 }
 
@@ -611,12 +734,6 @@ impl KernelTrailSets {
     fn delete_known(&self, index: u8, ip: &IpTrails) -> Result<usize, TrailMapError> {
         let set = u32::from(index & 1);
         let m = &self.maps;
-        let v4: Vec<TrailKey4> = ip
-            .v4
-            .keys()
-            .map(|addr| TrailKey4 { set, addr: *addr })
-            .collect();
-        delete_batch(&m.ipv4, &v4)?;
         let v6: Vec<TrailKey6> = ip
             .v6
             .keys()
@@ -625,6 +742,7 @@ impl KernelTrailSets {
         delete_batch(&m.ipv6, &v6)?;
         let ipport: Vec<IpPortKey> = ip
             .ipport
+            .v6()
             .keys()
             .map(|(addr, port)| IpPortKey {
                 addr: *addr,
@@ -648,11 +766,29 @@ impl KernelTrailSets {
             };
             delete_elem(&m.cidr6, &key)?;
         }
-        Ok(v4.len() + v6.len() + ipport.len() + ip.cidr4.len() + ip.cidr6.len())
+        // The IPv4 tables are arrays: zero the buckets `ip`'s tables filled, so that the
+        // set is empty as with the hash maps (nothing is freed).
+        for (map, table) in [
+            (&m.v4_table, ip.v4.table()),
+            (&m.ipport4_table, ip.ipport.v4_table()),
+        ] {
+            let used: Vec<u32> = table
+                .buckets()
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| iptable::bucket_used(b) > 0)
+                .map(|(i, _)| ((i as u32) << 1) | set)
+                .collect();
+            let zeros = vec![[0u32; 16]; used.len()];
+            update_batch(map, &used, &zeros)?;
+            table.release_pages();
+        }
+        Ok(ip.v4.len() + v6.len() + ip.ipport.len() + ip.cidr4.len() + ip.cidr6.len())
     }
 
-    /// Deletes the entries of set `index` (inactive) whatever they are, by walking the maps;
-    /// returns how many. (Its prefilter half is rewritten whole by the next fill.)
+    /// Deletes the entries of set `index` (inactive) whatever they are, by walking the maps
+    /// (and zeroing its IPv4 table buckets, one lookup per bucket); returns how many. (Its
+    /// prefilter half is rewritten whole by the next fill.)
     pub fn clear(&self, index: u8) -> Result<usize, TrailMapError> {
         let set = u32::from(index & 1);
         let m = &self.maps;
@@ -664,12 +800,79 @@ impl KernelTrailSets {
                 .map(u32::from_ne_bytes)
         };
         let ipport_set = std::mem::offset_of!(IpPortKey, set);
-        Ok(delete_where(&m.ipv4, true, |k| u32_at(k, 0) == Some(set))?
-            + delete_where(&m.ipv6, true, |k| u32_at(k, 0) == Some(set))?
-            + delete_where(&m.ipport, true, |k| {
-                k.get(ipport_set).copied() == Some(set as u8)
-            })?
-            + delete_where(&m.cidr4, false, |k| u32_at(k, 4) == Some(set))?
-            + delete_where(&m.cidr6, false, |k| u32_at(k, 4) == Some(set))?)
+        Ok(
+            clear_table(&m.v4_table, index, self.capacity.v4_elements())?
+                + clear_table(&m.ipport4_table, index, self.capacity.ipport4_elements())?
+                + delete_where(&m.ipv6, true, |k| u32_at(k, 0) == Some(set))?
+                + delete_where(&m.ipport, true, |k| {
+                    k.get(ipport_set).copied() == Some(set as u8)
+                })?
+                + delete_where(&m.cidr4, false, |k| u32_at(k, 4) == Some(set))?
+                + delete_where(&m.cidr6, false, |k| u32_at(k, 4) == Some(set))?,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xtrail_common::trail_table;
+
+    /// The XDP program's table constants are the builder's.
+    #[test]
+    fn kernel_and_builder_tables_agree() {
+        assert_eq!(trail_table::HASH, iptable::HASH);
+        assert_eq!(trail_table::SLOTS, iptable::BUCKET_SLOTS);
+        assert_eq!(trail_table::KIND_IP, iptable::KIND_IP);
+        assert_eq!(trail_table::KIND_PORT, iptable::KIND_PORT);
+        const { assert!(iptable::MAX_BITS <= trail_set::BITS_MASK) };
+        for (i, addr) in [[6u8, 6, 6, 7], [198, 19, 0, 1], [255, 0, 0, 9]]
+            .iter()
+            .enumerate()
+        {
+            let native = u32::from_ne_bytes(*addr);
+            let port = 8443 + i as u16;
+            assert_eq!(trail_table::v4_key(native), iptable::v4_key(*addr));
+            assert_eq!(
+                trail_table::ipport_key(native, port),
+                iptable::ipport_key(*addr, port)
+            );
+            for bits in [1, 13, 17, 30] {
+                let k = iptable::ipport_key(*addr, port);
+                for which in 0..2 {
+                    assert_eq!(
+                        trail_table::bucket(k, bits, which) as usize,
+                        iptable::bucket(k, bits, which)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn capacity_refuses_tables_larger_than_a_half() {
+        let mut start = IpTrails::default();
+        start.v4.insert([198, 19, 1, 1], 1);
+        let cap = Capacity::for_set(&start);
+        assert_eq!(cap.v4_elements(), 2 << cap.v4_bits);
+        assert!(cap.check(&start).is_ok());
+        let mut big = IpTrails::default();
+        for i in 0..=cap.ipv4 / 2 {
+            big.v4.insert(i.to_be_bytes(), 1);
+        }
+        assert!(matches!(
+            cap.check(&big),
+            Err(TrailMapError::Capacity { what: "IPv4", .. })
+        ));
+        let flags = FillReport {
+            v4_bits: 13,
+            ipport4_bits: 17,
+            ..FillReport::default()
+        }
+        .set_flags();
+        let v = trail_set::value(1, flags);
+        assert_eq!((v >> trail_set::V4_BITS_SHIFT) & trail_set::BITS_MASK, 13);
+        assert_eq!((v >> trail_set::PORT_BITS_SHIFT) & trail_set::BITS_MASK, 17);
+        assert_eq!(v & trail_set::INDEX, 1);
     }
 }

@@ -6,10 +6,10 @@ mod common;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData};
 use xtrail_bench::frames::{v4, Frame};
-use xtrail_common::{maps as names, IpPortKey, TrailKey4, TrailKey6};
-use xtrail_detect::trails::{LoadOptions, TrailSet};
+use xtrail_common::{maps as names, IpPortKey, TrailKey6};
+use xtrail_detect::trails::{iptable, LoadOptions, TrailSet};
 use xtrail_sensor::hits::parse_record;
 use xtrail_sensor::loader::{Sensor, SensorOptions};
 
@@ -54,31 +54,50 @@ fn full_static_tree_goes_into_the_maps() {
 
     // Every 500th entry of each table is in its map with the same label.
     let ebpf = sensor.ebpf();
-    // The start set is trail set 0 (the set index leads every key).
-    let v4map: HashMap<&MapData, TrailKey4, u32> =
-        HashMap::try_from(ebpf.map(names::IPV4_TRAILS).unwrap()).unwrap();
+    // The start set is trail set 0: IPv4 tables' buckets at even elements, the set index
+    // leading every hash key.
+    let in_table = |name: &'static str, bits: u32, key: u64| -> Option<u32> {
+        let map: Array<&MapData, iptable::Bucket> =
+            Array::try_from(ebpf.map(name).unwrap()).unwrap();
+        (0..2).find_map(|which| {
+            let b = map
+                .get(&((iptable::bucket(key, bits, which) as u32) << 1), 0)
+                .unwrap();
+            iptable::bucket_label(&b, key)
+        })
+    };
     let mut sample_v4 = Vec::new();
     for (i, (addr, label)) in ip.v4.iter().enumerate() {
         if i % 500 == 0 {
-            let key = TrailKey4 {
-                set: 0,
-                addr: *addr,
-            };
-            assert_eq!(v4map.get(&key, 0).expect("IPv4 trail in map"), *label);
-            sample_v4.push((*addr, *label));
+            let key = iptable::v4_key(addr);
+            let found = in_table(names::IPV4_TABLE, f.v4_bits, key);
+            assert_eq!(found.expect("IPv4 trail in map"), label);
+            sample_v4.push((addr, label));
         }
     }
     let portmap: HashMap<&MapData, IpPortKey, u32> =
         HashMap::try_from(ebpf.map(names::IPPORT_TRAILS).unwrap()).unwrap();
     for (i, ((addr, port), label)) in ip.ipport.iter().enumerate() {
         if i % 500 == 0 {
-            let key = IpPortKey {
-                addr: *addr,
-                port: *port,
-                set: 0,
-                _pad: 0,
+            let found = match std::net::Ipv6Addr::from(addr).to_ipv4_mapped() {
+                Some(a) => in_table(
+                    names::IPPORT4_TABLE,
+                    f.ipport4_bits,
+                    iptable::ipport_key(a.octets(), port),
+                ),
+                None => portmap
+                    .get(
+                        &IpPortKey {
+                            addr,
+                            port,
+                            set: 0,
+                            _pad: 0,
+                        },
+                        0,
+                    )
+                    .ok(),
             };
-            assert_eq!(portmap.get(&key, 0).expect("IP:port trail in map"), *label);
+            assert_eq!(found.expect("IP:port trail in map"), label);
         }
     }
     let v6map: HashMap<&MapData, TrailKey6, u32> =
@@ -109,5 +128,5 @@ fn full_static_tree_goes_into_the_maps() {
         .iter()
         .position(|l| l.info == "asyncrat (malware)")
         .expect("asyncrat label") as u32;
-    assert!(ip.ipport.values().any(|l| *l == asyncrat) || ip.v4.values().any(|l| *l == asyncrat));
+    assert!(ip.ipport.values().any(|l| l == asyncrat) || ip.v4.values().any(|l| l == asyncrat));
 }

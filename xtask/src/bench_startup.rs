@@ -114,7 +114,7 @@ pub fn measure(quick: bool, tmp: &Path) -> anyhow::Result<Vec<StartupRun>> {
         .v4
         .iter()
         .step_by(step)
-        .map(|(a, _)| Ipv4Addr::from(*a))
+        .map(|(a, _)| Ipv4Addr::from(a))
         .filter(|a| !a.is_private() && !a.is_loopback())
         .take(32)
         .collect();

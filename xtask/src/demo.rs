@@ -44,7 +44,7 @@ fn pick(trails: &TrailSet, whitelist: &Whitelist) -> Sample {
         .ip
         .v4
         .iter()
-        .map(|(k, v)| (IpAddr::from(*k), *v))
+        .map(|(k, v)| (IpAddr::from(k), v))
         .collect();
     v4s.sort();
     let mut ports: Vec<_> = trails
@@ -52,8 +52,8 @@ fn pick(trails: &TrailSet, whitelist: &Whitelist) -> Sample {
         .ipport
         .iter()
         .filter_map(|((a, p), v)| {
-            let a = std::net::Ipv6Addr::from(*a);
-            a.to_ipv4_mapped().map(|a4| (IpAddr::V4(a4), *p, *v))
+            let a = std::net::Ipv6Addr::from(a);
+            a.to_ipv4_mapped().map(|a4| (IpAddr::V4(a4), p, v))
         })
         .collect();
     ports.sort();

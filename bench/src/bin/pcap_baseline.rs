@@ -40,7 +40,7 @@ fn run() -> Result<(), String> {
     let iface = iface.ok_or("--iface is required")?;
     let trails = trails.ok_or("--trails is required")?;
     let set = TrailSet::load(&[trails], &LoadOptions::default()).map_err(|e| e.to_string())?;
-    let v4: HashSet<[u8; 4]> = set.ip.v4.keys().copied().collect();
+    let v4: HashSet<[u8; 4]> = set.ip.v4.keys().collect();
     let v6: HashSet<[u8; 16]> = set.ip.v6.keys().copied().collect();
     drop(set);
     let stop = Arc::new(AtomicBool::new(false));

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! header, 256 bytes
-//!   0  magic "XTRAILS\0"          8  format (u32, 1)        12 flags (u32, bit 0: signed)
+//!   0  magic "XTRAILS\0"          8  format (u32, 2)        12 flags (u32, bit 0: signed)
 //!   16 body length (u64)          24 SHA-256 of the body (32 bytes)
 //!   56 signer's ed25519 public key (32, zero if unsigned)
 //!   88 ed25519 signature over the header with these 64 bytes zeroed (zero if unsigned)
@@ -15,10 +15,20 @@
 //!   section count (u32), 0 (u32), then per section: id (u32), 0 (u32), offset (u64), length (u64)
 //! ```
 //!
-//! IP tables are stored as sorted arrays of addresses (and ports, prefixes) and of label ids,
-//! read in place ([`CompiledSet::ip_tables`]). They are not the kernel maps' keys: those
-//! carry the index of the trail set (0 or 1) they belong to, added when the sensor fills
-//! the maps (`sensor-user/src/trail_maps.rs`).
+//! IPv4 address and IPv4 `IP:port` trails (the bulk) are stored as ready-made cuckoo tables
+//! ([`super::iptable`]), the very buckets the XDP program's array maps hold: opening a set
+//! builds nothing for them, userspace looks up in place in the mapping, and the sensor
+//! fills the kernel maps straight from the mapped bytes. The `Tables` section holds their
+//! sizes: `log2` bucket count (u32) and key count (u32), IPv4 then `IP:port`.
+//! The other IP trails (IPv6, IPv6 `IP:port`, CIDRs: a few thousand) are stored as sorted
+//! arrays of addresses (and ports, prefixes) and of label ids ([`CompiledSet::ip_tables`]),
+//! copied into hash maps at open. They are not the kernel maps' keys: those carry the index
+//! of the trail set (0 or 1) they belong to, added when the sensor fills the maps
+//! (`sensor-user/src/trail_maps.rs`).
+//!
+//! Format 1 (sorted IPv4 arrays, hash maps built at every open) is refused with a message
+//! that says to rebuild the set (`xtrail-trails build`); sets are build artefacts, so no
+//! reader for the old layout is kept.
 //! Domain and URL tables are [`super::table::StrTable`]s (arena, slots, tags), searched in
 //! place: opening a set touches only the header, the labels, the regexes and the IP arrays.
 //! The body checksum is computed with `read(2)`, not through the mapping, so verifying does
@@ -34,6 +44,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use super::domain::{label_flags, DomainTrails, RegexTrails};
+use super::iptable::{CuckooTable, IpPortTrails, V4Trails};
 use super::table::{KeyHasher, SharedBytes, StrTable};
 use super::url::UrlTrails;
 use super::{IpTrails, Label, LabelId, LoadReport, TrailSet};
@@ -41,7 +52,7 @@ use super::{IpTrails, Label, LabelId, LoadReport, TrailSet};
 /// First bytes of a compiled set.
 pub const MAGIC: &[u8; 8] = b"XTRAILS\0";
 /// Format version this code reads and writes.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 /// Header size; the body starts here.
 pub const HEADER_LEN: usize = 256;
 const MAX_VERSION: usize = 64;
@@ -52,9 +63,8 @@ const SIG_RANGE: std::ops::Range<usize> = 88..152;
 #[repr(u32)]
 enum Section {
     Labels = 1,
-    V4Keys,
-    V4Labels,
-    V6Keys,
+    /// Format 1's sorted IPv4 arrays (ids 2 and 3) are gone: the tables replace them.
+    V6Keys = 4,
     V6Labels,
     IpPortKeys,
     IpPortLabels,
@@ -71,6 +81,12 @@ enum Section {
     Regexes,
     Counts,
     Meta,
+    /// Buckets of the IPv4 address table.
+    V4Table,
+    /// Buckets of the IPv4 `IP:port` table.
+    IpPortTable,
+    /// Sizes of the two tables.
+    Tables,
 }
 
 /// Why a compiled set was refused.
@@ -127,19 +143,20 @@ pub struct Header {
     pub signer: Option<[u8; 32]>,
 }
 
-/// IP tables of a compiled set, sorted by key, read in place. The kernel maps' keys add the
-/// trail set index to these (see `sensor-user/src/trail_maps.rs`).
+/// IP tables of a compiled set, read in place: the IPv4 cuckoo tables' buckets, and the
+/// other kinds sorted by key. The kernel maps' keys add the trail set index to the sorted
+/// ones (see `sensor-user/src/trail_maps.rs`).
 #[derive(Clone, Copy, Debug)]
 pub struct IpTables<'a> {
-    /// IPv4 addresses (network order).
-    pub v4_keys: &'a [[u8; 4]],
-    /// Labels of `v4_keys`.
-    pub v4_labels: &'a [u32],
+    /// IPv4 address trails ([`super::iptable`] buckets).
+    pub v4_table: &'a [super::iptable::Bucket],
+    /// IPv4 `IP:port` trails ([`super::iptable`] buckets).
+    pub ipport4_table: &'a [super::iptable::Bucket],
     /// IPv6 addresses.
     pub v6_keys: &'a [[u8; 16]],
     /// Labels of `v6_keys`.
     pub v6_labels: &'a [u32],
-    /// Address (v4-mapped for IPv4), port (LE), 2 zero bytes ([`ipport_key`]).
+    /// IPv6 `IP:port` trails: address, port (LE), 2 zero bytes ([`ipport_key`]).
     pub ipport_keys: &'a [[u8; 20]],
     /// Labels of `ipport_keys`.
     pub ipport_labels: &'a [u32],
@@ -228,12 +245,21 @@ pub fn write(set: &TrailSet, opts: &CompileOptions) -> Vec<u8> {
     }
     sections.push((Section::Labels, labels));
 
-    let mut v4: Vec<([u8; 4], u32)> = set.ip.v4.iter().map(|(k, v)| (*k, *v)).collect();
-    v4.sort_unstable();
-    sections.push((Section::V4Keys, v4.iter().flat_map(|e| e.0).collect()));
-    let mut b = Vec::new();
-    put_u32s(&mut b, v4.iter().map(|e| e.1));
-    sections.push((Section::V4Labels, b));
+    // The IPv4 tables are rebuilt from sorted keys, so equal content gives equal bytes.
+    let canonical = |t: &CuckooTable| {
+        let mut keys: Vec<(u64, u32)> = t.iter().collect();
+        keys.sort_unstable();
+        CuckooTable::build(keys.into_iter())
+    };
+    let v4 = canonical(set.ip.v4.table());
+    let port4 = canonical(set.ip.ipport.v4_table());
+    let mut sizes = Vec::new();
+    for t in [&v4, &port4] {
+        put_u32s(&mut sizes, [t.bits(), t.len() as u32].into_iter());
+    }
+    sections.push((Section::Tables, sizes));
+    sections.push((Section::V4Table, v4.bucket_bytes().to_vec()));
+    sections.push((Section::IpPortTable, port4.bucket_bytes().to_vec()));
 
     let mut v6: Vec<([u8; 16], u32)> = set.ip.v6.iter().map(|(k, v)| (*k, *v)).collect();
     v6.sort_unstable();
@@ -243,7 +269,7 @@ pub fn write(set: &TrailSet, opts: &CompileOptions) -> Vec<u8> {
     sections.push((Section::V6Labels, b));
 
     let mut ipport: Vec<(([u8; 16], u16), u32)> =
-        set.ip.ipport.iter().map(|(k, v)| (*k, *v)).collect();
+        set.ip.ipport.v6().iter().map(|(k, v)| (*k, *v)).collect();
     ipport.sort_unstable();
     let mut keys = Vec::with_capacity(ipport.len() * 20);
     for ((a, p), _) in &ipport {
@@ -449,7 +475,7 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, CompiledError> {
     let format = u32_at(bytes, 8);
     if format != FORMAT {
         return Err(CompiledError::Format(format!(
-            "format {format}, this build reads {FORMAT}"
+            "format {format}, this build reads {FORMAT}: rebuild the set with `xtrail-trails build`"
         )));
     }
     if u64_at(bytes, 152) != KeyHasher::hash(b"xtrail") {
@@ -568,11 +594,13 @@ impl CompiledSet {
     /// the [`TrailSet`] around the mapping (IP hash maps are built from the arrays; name
     /// tables are searched in place).
     pub fn open(path: &Path, public_key: Option<&[u8; 32]>) -> Result<CompiledSet, CompiledError> {
+        let started = std::time::Instant::now();
         let mut f = File::open(path).map_err(|source| CompiledError::Io {
             path: path.to_owned(),
             source,
         })?;
         let (header, _) = verify_open_file(path, &mut f, public_key)?;
+        let verified = started.elapsed();
         // SAFETY: the mapping is read-only and private to this process. Sets are replaced by
         // rename (a new inode), never rewritten in place, so the mapped bytes do not change
         // under us; every read through the mapping is bounds-checked.
@@ -586,7 +614,14 @@ impl CompiledSet {
         // Lookups touch a few scattered pages each: no readahead or fault-around, so the
         // resident set holds the pages traffic uses, not their neighbourhoods. Advisory only.
         let _ = map.advise(memmap2::Advice::Random);
-        Self::from_map(header, Arc::new(map))
+        let set = Self::from_map(header, Arc::new(map));
+        log::debug!(
+            "{}: checksum verified in {:.3}s, opened in {:.3}s",
+            path.display(),
+            verified.as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+        set
     }
 
     fn from_map(header: Header, map: Arc<memmap2::Mmap>) -> Result<CompiledSet, CompiledError> {
@@ -627,12 +662,13 @@ impl CompiledSet {
         Ok(set)
     }
 
-    /// The IP arrays were copied into hash maps: drop their pages from this process's
+    /// The small IP arrays were copied into hash maps: drop their pages from this process's
     /// resident set (the file stays in the page cache; [`CompiledSet::ip_tables`] faults
-    /// them back in when a map is filled).
+    /// them back in when a map is filled). The IPv4 tables are used in place; the sensor
+    /// drops their pages after filling the kernel maps ([`CuckooTable::release_pages`]).
     fn release_ip_pages(&self) {
         let page = 4096;
-        let first = self.range(Section::V4Keys).start;
+        let first = self.range(Section::V6Keys).start;
         let last = self.range(Section::Cidr6Labels).end;
         let start = first.div_ceil(page) * page;
         let end = last / page * page;
@@ -682,8 +718,8 @@ impl CompiledSet {
     /// The IP tables as sorted arrays, straight from the mapping.
     pub fn ip_tables(&self) -> IpTables<'_> {
         IpTables {
-            v4_keys: self.records::<4>(Section::V4Keys),
-            v4_labels: self.u32s(Section::V4Labels),
+            v4_table: self.trails.ip.v4.table().buckets(),
+            ipport4_table: self.trails.ip.ipport.v4_table().buckets(),
             v6_keys: self.records::<16>(Section::V6Keys),
             v6_labels: self.u32s(Section::V6Labels),
             ipport_keys: self.records::<20>(Section::IpPortKeys),
@@ -705,25 +741,32 @@ impl CompiledSet {
                 Err(CompiledError::Layout("IP keys and labels differ in length"))
             }
         };
-        same(t.v4_keys.len(), t.v4_labels.len())?;
         same(t.v6_keys.len(), t.v6_labels.len())?;
         same(t.ipport_keys.len(), t.ipport_labels.len())?;
         same(t.cidr4_keys.len(), t.cidr4_labels.len())?;
         same(t.cidr6_keys.len(), t.cidr6_labels.len())?;
         let mut ip = IpTrails::default();
-        ip.v4.reserve(t.v4_keys.len());
-        ip.v4
-            .extend(t.v4_keys.iter().copied().zip(t.v4_labels.iter().copied()));
+        let sizes = self.section(Section::Tables);
+        let table = |s: Section, at: usize| {
+            CuckooTable::mapped(
+                self.map.clone(),
+                self.range(s),
+                u32_at(sizes, at),
+                u32_at(sizes, at + 4) as usize,
+            )
+            .ok_or(CompiledError::Layout("IPv4 table size"))
+        };
+        ip.v4 = V4Trails::from_table(table(Section::V4Table, 0)?);
         ip.v6.reserve(t.v6_keys.len());
         ip.v6
             .extend(t.v6_keys.iter().copied().zip(t.v6_labels.iter().copied()));
-        ip.ipport.reserve(t.ipport_keys.len());
+        let mut port6 = hashbrown::HashMap::with_capacity(t.ipport_keys.len());
         for (k, l) in t.ipport_keys.iter().zip(t.ipport_labels) {
             let mut a = [0u8; 16];
             a.copy_from_slice(&k[..16]);
-            ip.ipport
-                .insert((a, u16::from_le_bytes([k[16], k[17]])), *l);
+            port6.insert((a, u16::from_le_bytes([k[16], k[17]])), *l);
         }
+        ip.ipport = IpPortTrails::from_parts(table(Section::IpPortTable, 8)?, port6);
         for (k, l) in t.cidr4_keys.iter().zip(t.cidr4_labels) {
             let p = u32_at(k, 0).min(32) as u8;
             ip.cidr4.push(([k[4], k[5], k[6], k[7]], p, *l));
@@ -888,6 +931,7 @@ pub fn ipport_key(addr: std::net::IpAddr, port: u16) -> [u8; 20] {
 mod tests {
     use super::*;
     use crate::trails::LoadOptions;
+    use std::net::Ipv4Addr;
 
     fn sample() -> TrailSet {
         TrailSet::from_rows(
@@ -947,11 +991,14 @@ mod tests {
         assert!(t.ip.lookup(ip("2001:db8::1"), Some(53)).is_some());
         assert!(t.ip.lookup(ip("2001:db8::2"), None).is_some());
         assert!(t.ip.lookup(ip("5.63.151.9"), None).is_some());
-        assert_eq!(c.ip_tables().ipport_keys.len(), 2);
+        assert_eq!(c.ip_tables().ipport_keys.len(), 1);
         assert!(c
             .ip_tables()
             .ipport_keys
-            .contains(&ipport_key(ip("6.6.6.7"), 8443)));
+            .contains(&ipport_key(ip("2001:db8::1"), 53)));
+        assert_eq!(c.ip_tables().ipport4_table.len(), 2);
+        assert_eq!(t.ip.ipport.v4_table().len(), 1);
+        assert_eq!(t.ip.v4.table().heap_bytes(), 0, "looked up in place");
         // Same content, same bytes.
         assert_eq!(write(&set, &opts), write(&c.into_trails(), &opts));
 
@@ -997,6 +1044,57 @@ mod tests {
             CompiledSet::open(&d.join("text"), None),
             Err(CompiledError::Format(_))
         ));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn format_1_is_refused_with_a_rebuild_hint() {
+        let mut bytes = write(&sample(), &CompileOptions::default());
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        match verify_bytes(&bytes, None) {
+            Err(CompiledError::Format(m)) => assert!(m.contains("xtrail-trails build"), "{m}"),
+            other => panic!("want a format refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ipv4_tables_are_read_in_place() {
+        let mut set = sample();
+        for i in 0..5_000u32 {
+            set.ip.v4.insert((0x0b00_0000 + i * 5).to_be_bytes(), 1);
+            set.ip.ipport.insert(
+                (
+                    Ipv4Addr::from(0x0c00_0000 + i).to_ipv6_mapped().octets(),
+                    80,
+                ),
+                2,
+            );
+        }
+        let d = temp("tables");
+        let p = d.join("set.xtrails");
+        write_file(&set, &CompileOptions::default(), &p).unwrap();
+        let c = CompiledSet::open(&p, None).unwrap();
+        let ip = &c.trails().ip;
+        assert_eq!(ip.v4, set.ip.v4);
+        assert_eq!(ip.ipport, set.ip.ipport);
+        assert_eq!(ip.v4.table().heap_bytes(), 0);
+        assert_eq!(ip.ipport.v4_table().heap_bytes(), 0);
+        assert_eq!(
+            c.ip_tables().ipport4_table.len(),
+            1 << ip.ipport.v4_table().bits()
+        );
+        for i in (0..5_000u32).step_by(7) {
+            let a = Ipv4Addr::from(0x0b00_0000 + i * 5);
+            assert_eq!(ip.lookup(a.into(), None).map(|m| m.label), Some(1));
+            let a = Ipv4Addr::from(0x0c00_0000 + i);
+            assert_eq!(ip.lookup(a.into(), Some(80)).map(|m| m.label), Some(2));
+            assert_eq!(ip.lookup(a.into(), Some(81)), None);
+        }
+        // A set built from the opened one (as deltas do) copies the mapped table on write.
+        let mut t = c.into_trails();
+        t.ip.v4.insert([11, 0, 0, 1], 3);
+        assert_eq!(t.ip.v4.get(&[11, 0, 0, 1]), Some(3));
+        assert_eq!(t.ip.v4.len(), set.ip.v4.len() + 1);
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hashbrown::HashMap;
 
-use super::{IpMatch, IpMatchKind, IpTrails, LabelId};
+use super::{iptable, IpMatch, IpMatchKind, IpTrails, LabelId};
 
 /// Per-prefix-length hash maps over the CIDR vectors, longest prefix first.
 ///
@@ -30,9 +30,6 @@ pub(crate) struct CidrIndex {
 
 /// Prefix length of the IPv4 prefilter's blocks: 2^20 bits, 128 KiB.
 const V4_BLOCK_BITS: u32 = 20;
-
-/// The v4-mapped IPv6 prefix (`::ffff:0:0/96`) of IPv4 keys in `ipport`.
-const V4_MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 
 fn set_block(bits: &mut [u64], block: u32) {
     if let Some(w) = bits.get_mut((block >> 6) as usize) {
@@ -77,7 +74,7 @@ impl IpTrails {
                 IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
                 IpAddr::V6(v6) => v6.octets(),
             };
-            if let Some(&label) = self.ipport.get(&(key, port)) {
+            if let Some(label) = self.ipport.get(&(key, port)) {
                 return Some(IpMatch {
                     kind: IpMatchKind::IpPort,
                     label,
@@ -89,7 +86,7 @@ impl IpTrails {
             IpAddr::V4(v4) => self
                 .v4
                 .get(&v4.octets())
-                .map(|&l| hit(IpMatchKind::Ip, l))
+                .map(|l| hit(IpMatchKind::Ip, l))
                 .or_else(|| self.cidr4_lookup(v4).map(|l| hit(IpMatchKind::Cidr, l))),
             IpAddr::V6(v6) => self
                 .v6
@@ -178,16 +175,8 @@ impl IpTrails {
         v6.sort_by_key(|e| std::cmp::Reverse(e.0));
         let mut bits = vec![0u64; (1usize << V4_BLOCK_BITS) / 64];
         let shift = 32 - V4_BLOCK_BITS;
-        for a in self.v4.keys() {
-            set_block(&mut bits, u32::from_be_bytes(*a) >> shift);
-        }
-        for (k, _) in self.ipport.keys() {
-            if let (Some(V4_MAPPED), Some(&[a, b, c, d])) = (
-                k.get(..12).and_then(|p| <[u8; 12]>::try_from(p).ok()),
-                k.get(12..16),
-            ) {
-                set_block(&mut bits, u32::from_be_bytes([a, b, c, d]) >> shift);
-            }
+        for (k, _) in self.v4.table().iter().chain(self.ipport.v4_table().iter()) {
+            set_block(&mut bits, u32::from_be_bytes(iptable::key_addr(k)) >> shift);
         }
         for &(net, p, _) in &self.cidr4 {
             let first = mask4(u32::from_be_bytes(net), p) >> shift;

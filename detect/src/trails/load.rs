@@ -265,10 +265,13 @@ impl<'o> Builder<'o> {
         };
         let (sev, rep) = (&self.severity[..], &mut self.report);
         match parsed {
-            Parsed::V4(a) => match self.ip.v4.entry(a) {
-                Entry::Occupied(mut e) => merge(e.get_mut(), label, sev, rep),
-                Entry::Vacant(e) => {
-                    e.insert(label);
+            Parsed::V4(a) => match self.ip.v4.get(&a) {
+                Some(mut l) => {
+                    merge(&mut l, label, sev, rep);
+                    self.ip.v4.insert(a, l);
+                }
+                None => {
+                    self.ip.v4.insert(a, label);
                     rep.ipv4 += 1;
                 }
             },
@@ -279,10 +282,13 @@ impl<'o> Builder<'o> {
                     rep.ipv6 += 1;
                 }
             },
-            Parsed::IpPort(a, port) => match self.ip.ipport.entry((a, port)) {
-                Entry::Occupied(mut e) => merge(e.get_mut(), label, sev, rep),
-                Entry::Vacant(e) => {
-                    e.insert(label);
+            Parsed::IpPort(a, port) => match self.ip.ipport.get(&(a, port)) {
+                Some(mut l) => {
+                    merge(&mut l, label, sev, rep);
+                    self.ip.ipport.insert((a, port), l);
+                }
+                None => {
+                    self.ip.ipport.insert((a, port), label);
                     rep.ipport += 1;
                 }
             },

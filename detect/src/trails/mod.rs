@@ -7,18 +7,22 @@
 //! - `TrailSet::labels: Vec<Label>`, indexed by `LabelId` (u32): `info` and `reference`;
 //!   `TrailSet::label_source(LabelId)` names the file that defined a label.
 //! - `TrailSet::ip: IpTrails` with public fields `v4`, `v6`, `ipport`, `cidr4`, `cidr6` and
-//!   `IpTrails::lookup(IpAddr, Option<u16>) -> Option<IpMatch>`.
+//!   `IpTrails::lookup(IpAddr, Option<u16>) -> Option<IpMatch>`. `v4` ([`V4Trails`]) and
+//!   `ipport` ([`IpPortTrails`]) keep their IPv4 trails in cuckoo tables (`iptable`, the
+//!   kernel's layout) with map-like calls (`insert`, `get`, `len`, `iter` of owned pairs).
 //! - `TrailSet::report: LoadReport` (counts per kind, malformed lines and the first few).
 //! - `TrailSet::domains: DomainTrails` (`lookup`, `contains`; regex trails inside) and
 //!   `TrailSet::urls: UrlTrails` (`lookup(host, path)`).
 //! - `CompiledSet::open(&Path, Option<&[u8; 32]>) -> Result<CompiledSet, CompiledError>`: a
 //!   compiled set file (`compiled`), verified, memory-mapped; `trails()`/`into_trails()`
-//!   give the `TrailSet`, `version()` its version, `ip_tables()` the kernel-map arrays.
+//!   give the `TrailSet`, `version()` its version, `ip_tables()` the kernel-map arrays and
+//!   the IPv4 tables' buckets.
 //! - `update::Merge`: Maltrail's updater merge across sources, then `TrailSet::from_rows`.
 //!
 //! Layout: `classify` decides what a line is, `load` walks files and builds the
-//! tables, `table` is the arena hash table behind domains and URLs, `ip`, `domain` and `url`
-//! implement the lookups. Unit tests sit beside each; `detect/tests/trails_static.rs` loads the
+//! tables, `table` is the arena hash table behind domains and URLs, `iptable` the cuckoo
+//! tables behind IPv4 and IPv4 IP:port trails, `ip`, `domain` and `url` implement the
+//! lookups. Unit tests sit beside each; `detect/tests/trails_static.rs` loads the
 //! real Maltrail tree, `detect/tests/trails_corpus.rs` the replay fixture, and
 //! `detect/benches/trails.rs` measures load and lookups.
 //!
@@ -35,6 +39,7 @@ pub mod compiled;
 pub mod delta;
 mod domain;
 pub(crate) mod ip;
+pub mod iptable;
 mod load;
 mod maltrail;
 mod table;
@@ -44,6 +49,7 @@ mod url;
 pub use classify::is_name_byte;
 pub use compiled::{CompileOptions, CompiledError, CompiledSet, IpTables};
 pub use domain::{DomainMatch, DomainTrails, RegexTrails};
+pub use iptable::{CuckooTable, IpPortTrails, V4Trails};
 pub use maltrail::{Ipv4Ranges, StaticFilters};
 pub use update::{Merge, Row, UpdateOptions, UpdateReport};
 pub use url::{UrlCandidates, UrlMatch, UrlTrails};
@@ -84,12 +90,14 @@ pub struct IpMatch {
 /// Address, CIDR and IP:port trails; the sensor copies them into the kernel maps.
 #[derive(Debug, Default)]
 pub struct IpTrails {
-    /// IPv4 address trails (network byte order octets).
-    pub v4: HashMap<[u8; 4], LabelId>,
+    /// IPv4 address trails (network byte order octets), in a cuckoo table
+    /// ([`iptable`]: the kernel's and a compiled set's layout).
+    pub v4: V4Trails,
     /// IPv6 address trails (never v4-mapped: those are in `v4`).
     pub v6: HashMap<[u8; 16], LabelId>,
-    /// IPv4 keys are v4-mapped IPv6 (`::ffff:a.b.c.d`); port in host order.
-    pub ipport: HashMap<([u8; 16], u16), LabelId>,
+    /// IPv4 keys are v4-mapped IPv6 (`::ffff:a.b.c.d`); port in host order. IPv4 ones are
+    /// in a cuckoo table like `v4`.
+    pub ipport: IpPortTrails,
     /// (network address, prefix length, label); the address is masked to the prefix.
     pub cidr4: Vec<([u8; 4], u8, LabelId)>,
     /// (network address, prefix length, label); the address is masked to the prefix.

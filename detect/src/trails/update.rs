@@ -328,17 +328,17 @@ pub fn set_rows(set: &TrailSet) -> Vec<Row> {
         out.push((k, i, r));
     };
     for (a, l) in &set.ip.v4 {
-        push(Ipv4Addr::from(*a).to_string(), *l);
+        push(Ipv4Addr::from(a).to_string(), l);
     }
     for (a, l) in &set.ip.v6 {
         push(Ipv6Addr::from(*a).to_string(), *l);
     }
     for ((a, p), l) in &set.ip.ipport {
-        let k = match Ipv6Addr::from(*a).to_ipv4_mapped() {
+        let k = match Ipv6Addr::from(a).to_ipv4_mapped() {
             Some(v4) => format!("{v4}:{p}"),
-            None => format!("[{}]:{p}", Ipv6Addr::from(*a)),
+            None => format!("[{}]:{p}", Ipv6Addr::from(a)),
         };
-        push(k, *l);
+        push(k, l);
     }
     for (a, p, l) in &set.ip.cidr4 {
         push(format!("{}/{p}", Ipv4Addr::from(*a)), *l);

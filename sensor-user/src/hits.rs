@@ -2,7 +2,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use xtrail_common::{action, side, trail_kind, FlowRecord, HitRecord};
+use xtrail_common::{
+    action, side, trail_kind, FlowRecord, HitRecord, PayloadHeader, PAYLOAD_CAP, PAYLOAD_HEADER_LEN,
+};
 use xtrail_detect::event::{proto_name, Action, Details, Event, EventType, Severity};
 use xtrail_detect::trails::TrailSet;
 
@@ -126,4 +128,89 @@ pub fn parse_flow(bytes: &[u8]) -> Option<FlowRecord> {
     }
     // SAFETY: FlowRecord is plain old data and `bytes` holds at least one.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FlowRecord>()) })
+}
+
+/// A frame handed over through the `PAYLOADS` ring, borrowed from the ring record: the
+/// frame is parsed in place, never copied.
+#[derive(Clone, Copy, Debug)]
+pub struct Handoff<'a> {
+    /// `bpf_ktime_get_ns()` at the hand-off.
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    /// Frame length on the wire (`frame` may be cut shorter).
+    pub pkt_len: u32,
+    /// One of `xtrail_common::handoff`.
+    pub kind: u8,
+    /// The frame's first bytes, Ethernet header first.
+    pub frame: &'a [u8],
+}
+
+/// Splits a `PAYLOADS` record (a [`PayloadHeader`] and the frame's first `cap_len` bytes)
+/// into header fields and frame; `None` for a record shorter than it says. Allocates nothing.
+pub fn parse_payload(item: &[u8]) -> Option<Handoff<'_>> {
+    let head = item.get(..PAYLOAD_HEADER_LEN)?;
+    // SAFETY: PayloadHeader is plain old data and `head` holds exactly one.
+    let h = unsafe { std::ptr::read_unaligned(head.as_ptr().cast::<PayloadHeader>()) };
+    let cap = (h.cap_len as usize).min(PAYLOAD_CAP);
+    let frame = item.get(PAYLOAD_HEADER_LEN..PAYLOAD_HEADER_LEN + cap)?;
+    Some(Handoff {
+        ts_ns: h.ts_ns,
+        ifindex: h.ifindex,
+        pkt_len: h.pkt_len,
+        kind: h.kind,
+        frame,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(cap_len: u32, frame: &[u8], extra: usize) -> Vec<u8> {
+        let h = PayloadHeader {
+            ts_ns: 42,
+            ifindex: 7,
+            rx_queue: 0,
+            pkt_len: 1500,
+            cap_len,
+            kind: xtrail_common::handoff::DNS,
+            _pad: [0; 7],
+        };
+        // SAFETY: PayloadHeader is plain old data.
+        let bytes: [u8; PAYLOAD_HEADER_LEN] = unsafe { std::mem::transmute(h) };
+        let mut v = bytes.to_vec();
+        v.extend_from_slice(frame);
+        v.resize(v.len() + extra, 0xee);
+        v
+    }
+
+    #[test]
+    fn the_frame_is_the_cap_len_bytes_after_the_header() {
+        assert_eq!(PAYLOAD_HEADER_LEN, 32);
+        let frame: Vec<u8> = (0..90u8).collect();
+        // A record of a size class (128 here) is longer than its frame: the rest is not frame.
+        let rec = record(90, &frame, 38);
+        let h = parse_payload(&rec).unwrap();
+        assert_eq!((h.ts_ns, h.ifindex, h.pkt_len), (42, 7, 1500));
+        assert_eq!(h.kind, xtrail_common::handoff::DNS);
+        assert_eq!(h.frame, &frame[..]);
+    }
+
+    #[test]
+    fn record_sizes_match_the_ring_sizing_docs() {
+        // `xtrail_common::ring` and `run --help` size the rings by these.
+        assert_eq!(std::mem::size_of::<HitRecord>(), 72);
+        assert_eq!(std::mem::size_of::<FlowRecord>(), 48);
+        assert_eq!(
+            std::mem::size_of::<xtrail_common::PayloadRecord<128>>(),
+            PAYLOAD_HEADER_LEN + 128
+        );
+    }
+
+    #[test]
+    fn a_record_shorter_than_it_says_is_refused() {
+        assert!(parse_payload(&record(91, &[0; 90], 0)).is_none());
+        assert!(parse_payload(&[0; 31]).is_none());
+        assert!(parse_payload(&record(0, &[], 0)).is_some_and(|h| h.frame.is_empty()));
+    }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use xtrail_common::{config_flags, side, PayloadRecord, PAYLOAD_CAP};
+use xtrail_common::{config_flags, side};
 use xtrail_detect::event::Event;
 use xtrail_detect::heuristics::{FlowStart, HeuristicsConfig, UaPatterns};
 use xtrail_detect::pipeline::{Detector, DetectorConfig, FloodConfig, KernelHit};
@@ -63,6 +63,57 @@ pub struct LiveOptions {
     pub trail_pull: Option<PullOptions>,
     /// Serves the counters to Prometheus (`--metrics`); the loop refreshes its page.
     pub metrics: Option<crate::metrics::MetricsServer>,
+}
+
+/// Ring buffer sizes (`run` flags). Each ring costs twice its size in resident memory (the
+/// kernel maps its data pages twice into the reader). A full ring loses records, every one
+/// counted: `handoff_failed` (payloads), `ringbuf_full` (hits), `flows_full` (flow starts),
+/// in the stats line, `xtrail-sensor stats` and the metrics.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RingArgs {
+    /// KiB of the ring that carries DNS/HTTP/TLS packets to userspace (a power of two, at
+    /// least the page size; default 4096). A record takes 40 bytes plus its frame's size
+    /// class (128, 256, 512, 1024 or 2048 bytes): a DNS query 168 bytes, an HTTP request head
+    /// ~552, a full-size frame 2,088. Size it for what arrives while the reader is away (it
+    /// polls every 20 ms, woken at 256 KiB pending): 50k hand-offs/s of 552 bytes put
+    /// ~540 KiB in it per 20 ms. A full ring drops hand-offs, counted as `handoff_failed`;
+    /// give a busy link 16384 or more. Resident memory: twice the size.
+    #[arg(long = "payload-ring-kib", value_parser = parse_ring_kib)]
+    pub payload_ring_kib: Option<u32>,
+    /// KiB of the trail-hit ring (80 bytes a hit; default 512: ~6.5k hits; a full ring
+    /// drops hits, counted as `ringbuf_full`).
+    #[arg(long = "hit-ring-kib", value_parser = parse_ring_kib)]
+    pub hit_ring_kib: Option<u32>,
+    /// KiB of the flow-start ring (56 bytes a flow start; default 1024: ~18.7k; a full ring
+    /// drops flow starts, counted as `flows_full`).
+    #[arg(long = "flow-ring-kib", value_parser = parse_ring_kib)]
+    pub flow_ring_kib: Option<u32>,
+}
+
+impl RingArgs {
+    /// Sets the sizes given in `opts` (the rest keep their defaults).
+    pub fn apply(&self, opts: &mut SensorOptions) {
+        if let Some(k) = self.payload_ring_kib {
+            opts.payload_ring_bytes = k << 10;
+        }
+        if let Some(k) = self.hit_ring_kib {
+            opts.hit_ring_bytes = k << 10;
+        }
+        if let Some(k) = self.flow_ring_kib {
+            opts.flow_ring_bytes = k << 10;
+        }
+    }
+}
+
+/// A ring size in KiB: a power of two from 4 (one page) to 1 GiB.
+pub fn parse_ring_kib(s: &str) -> Result<u32, String> {
+    let k: u32 = s.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if !k.is_power_of_two() || !(4..=1 << 20).contains(&k) {
+        return Err(format!(
+            "{k} KiB: a ring buffer is a power of two of KiB, from 4 (a page) to 1048576"
+        ));
+    }
+    Ok(k)
 }
 
 /// How often the loop refreshes the metrics page.
@@ -147,27 +198,23 @@ impl LiveSummary {
 /// Link type of the frames the XDP program copies (Ethernet).
 const LINKTYPE_ETHERNET: u32 = 1;
 
-/// Splits a payload ring-buffer item into its header and frame bytes.
-fn payload(item: &[u8]) -> Option<(u64, u32, &[u8])> {
-    let data_off = std::mem::offset_of!(PayloadRecord, data);
-    if item.len() < data_off {
-        return None;
-    }
-    let u64_at = |o: usize| {
-        item.get(o..o + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_ne_bytes)
+/// Runs one `PAYLOADS` record's frame through the detector, in place; false for a malformed
+/// record. Allocates nothing itself (the detector allocates nothing per clean frame after
+/// warm-up: `tests/handoff_no_alloc.rs`).
+pub fn hand_over<'n>(
+    item: &[u8],
+    clock: &Clock,
+    ifname: &impl Fn(u32) -> Option<&'n str>,
+    detector: &mut Detector,
+    out: &mut impl FnMut(Event),
+) -> bool {
+    let Some(h) = hits::parse_payload(item) else {
+        return false;
     };
-    let u32_at = |o: usize| {
-        item.get(o..o + 4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_ne_bytes)
-    };
-    let ts = u64_at(std::mem::offset_of!(PayloadRecord, ts_ns))?;
-    let ifindex = u32_at(std::mem::offset_of!(PayloadRecord, ifindex))?;
-    let cap = u32_at(std::mem::offset_of!(PayloadRecord, cap_len))? as usize;
-    let frame = item.get(data_off..data_off + cap.min(PAYLOAD_CAP))?;
-    Some((ts, ifindex, frame))
+    let ts_us = clock.to_unix_us(h.ts_ns);
+    // A frame the parser rejects is counted by the detector (`parse_errors`).
+    let _ = detector.frame(ts_us, LINKTYPE_ETHERNET, ifname(h.ifindex), h.frame, out);
+    true
 }
 
 /// Where a running sensor writes its userspace counters for `xtrail-sensor stats`.
@@ -291,9 +338,12 @@ pub fn run(
         .iter()
         .map(|i| (i.clone(), loader::ifindex(i).unwrap_or(0)))
         .collect();
-    // Mirror mode: AF_XDP transport threads feed frames to this loop's detector.
-    let (frame_tx, frame_rx) = std::sync::mpsc::sync_channel::<xsk::Frame>(FRAME_QUEUE);
-    let (recycle_tx, recycle_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(FRAME_QUEUE);
+    // Mirror mode: AF_XDP transport threads feed frames to this loop's detector. A bounded
+    // channel initialises every slot when made (3 MiB for two of 65,536), so without AF_XDP
+    // the channels hold nothing.
+    let queue = if use_xsk { FRAME_QUEUE } else { 0 };
+    let (frame_tx, frame_rx) = std::sync::mpsc::sync_channel::<xsk::Frame>(queue);
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(queue);
     let transport = xsk::TransportContext {
         frames: frame_tx,
         recycled: Arc::new(Mutex::new(recycle_rx)),
@@ -450,15 +500,14 @@ pub fn run(
             };
             detector.kernel_hit(hit, &mut out);
         }
+        // Every record pending is read per wake-up; each frame is parsed where it lies in the
+        // ring (no copy, no allocation here) and its slot released when the item drops.
         while let Some(item) = payloads.next() {
-            let Some((ts_ns, ifindex, frame)) = payload(&item) else {
+            if hand_over(&item, &clock, &ifname, &mut detector, &mut out) {
+                summary.payloads += 1;
+            } else {
                 summary.malformed_records += 1;
-                continue;
-            };
-            summary.payloads += 1;
-            let ts_us = clock.to_unix_us(ts_ns);
-            // A frame the parser rejects is counted by the detector (`parse_errors`).
-            let _ = detector.frame(ts_us, LINKTYPE_ETHERNET, ifname(ifindex), frame, &mut out);
+            }
         }
         while let Ok(frame) = frame_rx.try_recv() {
             let iface = ifaces.get(frame.iface).map(|(n, _)| n.as_str());
@@ -619,4 +668,36 @@ pub fn run(
         run_time.as_nanos()
     );
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_sizes_are_powers_of_two_of_kib() {
+        assert_eq!(parse_ring_kib("4"), Ok(4));
+        assert_eq!(parse_ring_kib("16384"), Ok(16384));
+        for bad in ["0", "2", "3000", "2097152", "-1", "4k", ""] {
+            assert!(parse_ring_kib(bad).is_err(), "{bad}");
+        }
+        let mut opts = SensorOptions::default();
+        assert_eq!(opts.payload_ring_bytes, 4 << 20);
+        assert_eq!(opts.hit_ring_bytes, 512 << 10);
+        assert_eq!(opts.flow_ring_bytes, 1 << 20);
+        RingArgs {
+            payload_ring_kib: Some(16384),
+            hit_ring_kib: None,
+            flow_ring_kib: Some(64),
+        }
+        .apply(&mut opts);
+        assert_eq!(
+            (
+                opts.payload_ring_bytes,
+                opts.hit_ring_bytes,
+                opts.flow_ring_bytes
+            ),
+            (16 << 20, 512 << 10, 64 << 10)
+        );
+    }
 }

@@ -58,13 +58,17 @@ pub struct SensorOptions {
     /// Size of the `HITS` ring buffer in bytes (a power of two, at least a page); tests
     /// shrink it to fill it.
     pub hit_ring_bytes: u32,
+    /// Sizes of the `PAYLOADS` and `FLOWS` ring buffers in bytes (powers of two, at least a
+    /// page; `run --payload-ring-kib/--flow-ring-kib`).
+    pub payload_ring_bytes: u32,
+    pub flow_ring_bytes: u32,
     /// AF_XDP socket slots per interface in `XSKS` (the largest receive-queue count of the
     /// interfaces, mirror mode); the map holds `XSK_MAX_IFACES` times this many.
     pub xsk_queues: u32,
 }
 
-/// The `HITS` ring buffer's default size (4 MiB).
-pub const DEFAULT_HIT_RING_BYTES: u32 = 1 << 22;
+/// The `HITS` ring buffer's default size (512 KiB).
+pub const DEFAULT_HIT_RING_BYTES: u32 = xtrail_common::ring::HITS_BYTES;
 
 /// Maltrail's HTTP ports.
 pub const DEFAULT_HTTP_PORTS: &[u16] = &[80, 8080, 8000, 3128, 1080, 8118];
@@ -81,6 +85,8 @@ impl Default for SensorOptions {
             flows: true,
             flow_window: Duration::from_secs(30),
             hit_ring_bytes: DEFAULT_HIT_RING_BYTES,
+            payload_ring_bytes: xtrail_common::ring::PAYLOADS_BYTES,
+            flow_ring_bytes: xtrail_common::ring::FLOWS_BYTES,
             xsk_queues: 1,
         }
     }
@@ -146,11 +152,16 @@ static PREPARED: std::sync::Mutex<Option<std::thread::JoinHandle<EbpfLoader<'sta
 
 /// Starts making the next [`Sensor::load`]'s loader on another thread: `EbpfLoader::new`
 /// reads and parses the kernel's BTF (5 MB, tens of milliseconds), which can go on while
-/// the trails load.
+/// the trails load. The program needs no CO-RE relocation, so the parsed BTF is dropped
+/// there and then: its megabytes are free before the trail set is built.
 pub fn prepare() {
     let handle = std::thread::Builder::new()
         .name("xtrail-btf".into())
-        .spawn(EbpfLoader::new);
+        .spawn(|| {
+            let mut loader = EbpfLoader::new();
+            loader.btf(None);
+            loader
+        });
     if let (Ok(h), Ok(mut slot)) = (handle, PREPARED.lock()) {
         *slot = Some(h);
     }
@@ -192,19 +203,24 @@ impl Sensor {
         }
         // Room for two sets (a reload fills one beside the other), with headroom to grow.
         let capacity = Capacity::for_set(ip);
+        let started = std::time::Instant::now();
         let mut loader = ebpf_loader();
+        let btf_wait = started.elapsed();
+        // The program has no CO-RE relocations (it reads no kernel structure), so the kernel
+        // BTF `EbpfLoader::new` parsed is not needed: dropping it here frees its memory
+        // before the maps are created and filled. (aya 0.14 parses it in `new` regardless;
+        // `prepare` does that on another thread.)
+        loader.btf(None);
         // A ring nothing writes to gets one page: userspace maps every ring's data twice,
-        // so the 16 MiB payload ring alone costs 32 MiB of RSS.
+        // so a ring costs twice its size in RSS.
         // SAFETY: sysconf has no preconditions.
         let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        if !opts.handoff {
-            loader.map_max_entries(names::PAYLOADS, page);
-        }
-        if !opts.flows {
-            loader.map_max_entries(names::FLOWS, page);
-        }
+        let ring = |on: bool, bytes: u32| if on { bytes.max(page) } else { page };
+        loader.map_max_entries(names::PAYLOADS, ring(opts.handoff, opts.payload_ring_bytes));
+        loader.map_max_entries(names::FLOWS, ring(opts.flows, opts.flow_ring_bytes));
         let mut ebpf = loader
-            .map_max_entries(names::IPV4_TRAILS, capacity.ipv4)
+            .map_max_entries(names::IPV4_TABLE, capacity.v4_elements())
+            .map_max_entries(names::IPPORT4_TABLE, capacity.ipport4_elements())
             .map_max_entries(names::IPV6_TRAILS, capacity.ipv6)
             .map_max_entries(names::IPPORT_TRAILS, capacity.ipport)
             .map_max_entries(names::IPV4_CIDRS, capacity.cidr4)
@@ -215,24 +231,37 @@ impl Sensor {
                 XSK_MAX_IFACES * opts.xsk_queues.clamp(1, XSK_MAX_QUEUES),
             )
             .load(crate::XDP_OBJECT)?;
+        let created = started.elapsed();
         // The maps exist: trail set 0 (made the active one below) is filled while the kernel
         // verifies the program on another thread (neither needs the other).
         let mut sets = KernelTrailSets::of(&ebpf, 0, capacity)?
             .with_prefilter([PrefilterHalf::Zero, PrefilterHalf::Zero]);
         let (verified, filled) = std::thread::scope(|s| {
-            let verified = s.spawn(|| -> Result<(), LoadError> {
+            let verified = s.spawn(|| -> Result<std::time::Duration, LoadError> {
                 let program: &mut Xdp = ebpf
                     .program_mut(PROGRAM)
                     .ok_or(LoadError::MissingProgram)?
                     .try_into()
                     .map_err(LoadError::Program)?;
-                program.load().map_err(LoadError::Program)
+                program.load().map_err(LoadError::Program)?;
+                Ok(started.elapsed())
             });
-            let filled = sets.fill(0, ip);
+            let filled = sets.fill(0, ip).map(|f| (f, started.elapsed()));
             (verified.join(), filled)
         });
-        verified.unwrap_or_else(|p| std::panic::resume_unwind(p))?;
-        let (fill, _) = filled?;
+        let verified = verified.unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+        let ((fill, _), filled) = filled?;
+        log::debug!(
+            "program load: BTF loader ready at {:.3}s, maps created at {:.3}s, trail set 0 filled at {:.3}s, program verified at {:.3}s ({} instructions verified)",
+            btf_wait.as_secs_f64(),
+            created.as_secs_f64(),
+            filled.as_secs_f64(),
+            verified.as_secs_f64(),
+            ebpf.program(PROGRAM)
+                .and_then(|p| p.info().ok())
+                .and_then(|i| i.verified_instruction_count())
+                .unwrap_or(0)
+        );
         let mut flags = 0;
         if opts.enforce {
             flags |= config_flags::ENFORCE;

@@ -334,6 +334,8 @@ enum Command {
         /// Size of the kernel's hit ring buffer in bytes (a power of two; tests shrink it).
         #[arg(long = "hit-ring-bytes", hide = true)]
         hit_ring_bytes: Option<u32>,
+        #[command(flatten)]
+        rings: xtrail_sensor::live::RingArgs,
         /// Print the kernel counters to stderr every N seconds (0: only at exit).
         #[arg(long = "stats-interval", default_value_t = 10)]
         stats_interval: u64,
@@ -418,6 +420,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // One malloc arena for all threads: start-up work on helper threads (aya's kernel BTF
+    // parse, trail loading) frees megabytes that later allocations then reuse instead of
+    // growing other arenas (4 MB less peak RSS at start). The per-packet path does not
+    // allocate, so threads do not contend for the arena there.
+    // SAFETY: mallopt only tunes the allocator; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let cli = Cli::parse();
     // The XDP program's aya-log records arrive at debug level.
     let level = match &cli.command {
@@ -440,6 +450,7 @@ fn main() -> ExitCode {
             output,
             suppress_ms,
             hit_ring_bytes,
+            rings,
             stats_interval,
             duration,
             ebpf_log,
@@ -468,6 +479,7 @@ fn main() -> ExitCode {
             output,
             suppress: Duration::from_millis(suppress_ms),
             hit_ring_bytes,
+            rings,
             stats_interval: Duration::from_secs(stats_interval),
             duration: (duration > 0).then(|| Duration::from_secs(duration)),
             ebpf_log_level: match ebpf_log {
@@ -566,6 +578,7 @@ struct RunArgs {
     output: OutputArgs,
     suppress: Duration,
     hit_ring_bytes: Option<u32>,
+    rings: xtrail_sensor::live::RingArgs,
     stats_interval: Duration,
     duration: Option<Duration>,
     ebpf_log_level: u8,
@@ -707,22 +720,24 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let mut sensor = SensorOptions {
+        mode: args.mode,
+        enforce: args.enforce,
+        suppress: args.suppress,
+        ebpf_log_level: args.ebpf_log_level,
+        handoff: !args.no_payloads,
+        http_ports,
+        flows: !args.no_flow_starts,
+        ..SensorOptions::default()
+    };
+    args.rings.apply(&mut sensor);
+    if let Some(bytes) = args.hit_ring_bytes {
+        sensor.hit_ring_bytes = bytes;
+    }
     let opts = LiveOptions {
         metrics,
         ifaces: args.ifaces,
-        sensor: SensorOptions {
-            mode: args.mode,
-            enforce: args.enforce,
-            suppress: args.suppress,
-            hit_ring_bytes: args
-                .hit_ring_bytes
-                .unwrap_or(loader::DEFAULT_HIT_RING_BYTES),
-            ebpf_log_level: args.ebpf_log_level,
-            handoff: !args.no_payloads,
-            http_ports,
-            flows: !args.no_flow_starts,
-            ..SensorOptions::default()
-        },
+        sensor,
         attach: args.xdp_mode,
         sensor_name: sensor_name.clone(),
         processor: cfg.processor(sensor_name.clone()),

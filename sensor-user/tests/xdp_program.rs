@@ -10,7 +10,9 @@ use aya::maps::{MapData, RingBuf};
 use xtrail_bench::frames::{
     chrome_client_hello, chrome_sni_offset, dns_query, tcp_flags, v4, v6, Frame,
 };
-use xtrail_common::{handoff, side, stat, trail_kind, v4_mapped, HitRecord, PayloadRecord};
+use xtrail_common::{
+    handoff, payload_class, side, stat, trail_kind, v4_mapped, HitRecord, PAYLOAD_HEADER_LEN,
+};
 use xtrail_detect::event::Event;
 use xtrail_detect::packet::LINKTYPE_ETHERNET;
 use xtrail_detect::process::{Processor, ProcessorConfig};
@@ -519,10 +521,13 @@ fn a_hit_lost_to_a_full_ring_does_not_suppress_its_repeat() {
 fn copied(ring: &mut RingBuf<MapData>) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
-        assert!(item.len() >= std::mem::size_of::<PayloadRecord>());
-        // SAFETY: the ring holds PayloadRecords (plain old data).
-        let rec = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PayloadRecord>()) };
-        out.push((rec.kind, rec.data[..rec.cap_len as usize].to_vec()));
+        let rec = xtrail_sensor::hits::parse_payload(&item).expect("a whole payload record");
+        // A record is the header and the smallest size class that holds the frame.
+        assert_eq!(
+            item.len(),
+            PAYLOAD_HEADER_LEN + payload_class(rec.frame.len())
+        );
+        out.push((rec.kind, rec.frame.to_vec()));
     }
     out
 }
@@ -690,4 +695,59 @@ fn the_segments_of_a_split_client_hello_are_handed_over() {
     let small = seg(50002, 1, &xtrail_bench::frames::tls_client_hello(sni));
     h.sensor.test_run(&small).expect("run");
     assert_eq!(h.counter(stat::TLS_FLOWS_TRACKED), 1);
+}
+
+/// Issue 12/13: a payload record takes the smallest size class that holds its frame (not
+/// 2 KiB whatever the frame), and a full payload ring loses hand-offs only as counted
+/// `handoff_failed`, never silently.
+#[test]
+fn payload_records_are_frame_sized_and_a_full_ring_counts_every_loss() {
+    privileged!();
+    let mut h = Harness::new(SensorOptions {
+        payload_ring_bytes: 4096,
+        ..SensorOptions::default()
+    });
+    let mut ring = h.sensor.take_payloads().expect("payload ring");
+    let query = Frame::udp(
+        v4(CLEAN),
+        40000,
+        v4("198.18.1.1"),
+        53,
+        &dns_query(7, "www.example.com", 1),
+    )
+    .build();
+    assert!(query.len() < 100, "{}", query.len());
+    // Ring header (8) + PayloadHeader (32) + the 128-byte class.
+    let record = 8 + PAYLOAD_HEADER_LEN + 128;
+    let mut sent = 0u64;
+    while h.counter(stat::HANDOFF_FAILED) == 0 {
+        assert!(sent < 1000, "a one-page payload ring never filled");
+        h.sensor.test_run(&query).expect("test run");
+        sent += 1;
+    }
+    for _ in 0..9 {
+        h.sensor.test_run(&query).expect("test run");
+    }
+    sent += 9;
+    let got = copied(&mut ring);
+    // A one-page ring holds as many records as fit in it (a 2 KiB record each, before).
+    assert_eq!(got.len(), 4096 / record, "record {record} bytes");
+    assert!(got.iter().all(|(k, f)| *k == handoff::DNS && *f == query));
+    assert_eq!(h.counter(stat::COPIED), got.len() as u64);
+    assert_eq!(h.counter(stat::HANDOFF_DNS), sent);
+    assert_eq!(
+        h.counter(stat::HANDOFF_FAILED) + h.counter(stat::COPIED),
+        sent
+    );
+    // Drained, the ring takes records again, up to the 2 KiB cap for a long frame.
+    let mut get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    get.resize(3000, b' ');
+    let long_get = Frame::tcp(v4(CLEAN), 40001, v4("198.18.1.1"), 80, tcp_flags::ACK)
+        .with_payload(&get)
+        .build();
+    h.sensor.test_run(&long_get).expect("test run");
+    let got = copied(&mut ring);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, handoff::HTTP_REQUEST);
+    assert_eq!(got[0].1, long_get[..xtrail_common::PAYLOAD_CAP]);
 }

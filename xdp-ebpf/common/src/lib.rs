@@ -9,11 +9,14 @@
 pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     pub const STATS: &str = "STATS";
-    pub const IPV4_TRAILS: &str = "IPV4_TRAILS";
     pub const IPV6_TRAILS: &str = "IPV6_TRAILS";
     pub const IPV4_CIDRS: &str = "IPV4_CIDRS";
     pub const IPV6_CIDRS: &str = "IPV6_CIDRS";
     pub const IPPORT_TRAILS: &str = "IPPORT_TRAILS";
+    /// IPv4 address trails: cuckoo table buckets (see [`super::trail_table`]).
+    pub const IPV4_TABLE: &str = "IPV4_TABLE";
+    /// IPv4 IP:port trails: cuckoo table buckets.
+    pub const IPPORT4_TABLE: &str = "IPPORT4_TABLE";
     pub const IPV4_PREFILTER: &str = "IPV4_PREFILTER";
     pub const SUPPRESS: &str = "SUPPRESS";
     pub const HITS: &str = "HITS";
@@ -43,9 +46,60 @@ pub mod trail_set {
         | super::config_flags::HAVE_IPV6
         | super::config_flags::PREFILTER4;
 
-    /// The selector value for set `index` with `flags`.
+    /// Bits 16-20: `log2` of the bucket count of the set's IPv4 address table.
+    pub const V4_BITS_SHIFT: u32 = 16;
+    /// Bits 24-28: `log2` of the bucket count of the set's IPv4 IP:port table.
+    pub const PORT_BITS_SHIFT: u32 = 24;
+    /// Mask of a table's bits after shifting.
+    pub const BITS_MASK: u32 = 31;
+
+    /// The selector value for set `index` with `flags` (which carry the tables' sizes).
     pub const fn value(index: u8, flags: u32) -> u32 {
-        (index as u32 & INDEX) | (flags & FLAG_MASK)
+        (index as u32 & INDEX)
+            | (flags & (FLAG_MASK | BITS_MASK << V4_BITS_SHIFT | BITS_MASK << PORT_BITS_SHIFT))
+    }
+
+    /// The flag bits that give a set's table sizes.
+    pub const fn table_bits(v4_bits: u32, port_bits: u32) -> u32 {
+        (v4_bits & BITS_MASK) << V4_BITS_SHIFT | (port_bits & BITS_MASK) << PORT_BITS_SHIFT
+    }
+}
+
+/// The IPv4 trail tables (`IPV4_TABLE`, `IPPORT4_TABLE`): bucketized two-choice (cuckoo)
+/// hash tables in array maps, one [`Bucket`] per element, built by userspace
+/// (`xtrail_detect::trails::iptable`, which must agree with every constant here). Set `s`'s
+/// bucket `i` is element `2 * i + s`; a set's table has `2^bits` buckets, `bits` (≥ 1) in
+/// its `TRAIL_SET` value. A key lives in bucket [`bucket`]`(key, bits, 0)` or `(.., 1)`.
+pub mod trail_table {
+    /// Slots per bucket: per slot three words, the key's low half (the address as loaded
+    /// from the packet), its high half (port and kind; never 0 in a used slot) and the label.
+    pub const SLOTS: usize = 5;
+    /// One bucket (64 bytes: five 12-byte slots and a zero word).
+    pub type Bucket = [u32; 16];
+    /// The multiply-shift constants.
+    pub const HASH: [u64; 2] = [0x9E37_79B9_7F4A_7C15, 0xC2B2_AE3D_27D4_EB4F];
+    /// Kind tag of an IPv4 address key.
+    pub const KIND_IP: u64 = 1 << 48;
+    /// Kind tag of an IPv4 IP:port key.
+    pub const KIND_PORT: u64 = 2 << 48;
+
+    /// Key of an address (`addr`: its network-order bytes loaded as a native `u32`).
+    #[inline(always)]
+    pub const fn v4_key(addr: u32) -> u64 {
+        addr as u64 | KIND_IP
+    }
+
+    /// Key of an address and port (host order).
+    #[inline(always)]
+    pub const fn ipport_key(addr: u32, port: u16) -> u64 {
+        addr as u64 | (port as u64) << 32 | KIND_PORT
+    }
+
+    /// Bucket `which` of `key` in a table of `2^bits` buckets: the top `bits` bits of
+    /// `key * HASH[which]`.
+    #[inline(always)]
+    pub const fn bucket(key: u64, bits: u32, which: usize) -> u64 {
+        key.wrapping_mul(HASH[which & 1]) >> (64 - bits)
     }
 }
 
@@ -65,6 +119,23 @@ pub const XSK_MAX_IFACES: u32 = 16;
 /// Bytes of a frame copied to userspace in inline mode (the rest is cut). A power of two:
 /// the XDP program bounds the copy length with a mask the verifier understands.
 pub const PAYLOAD_CAP: usize = 2048;
+
+/// Default sizes of the ring buffers, in bytes (each a power-of-two multiple of the page
+/// size; userspace may size them at load). The kernel maps a ring's data pages twice into
+/// the reader, so a ring costs twice its size in resident memory.
+pub mod ring {
+    /// `PAYLOADS`: records of 8 (ring header) + 32 (`PayloadHeader`) + the frame's size
+    /// class (`payload_class`: 128 to 2048 bytes): a DNS query takes 168 bytes, so 4 MiB
+    /// hold ~25k of them, ~7.6k HTTP request heads of up to 512 bytes (the fixed 2,088-byte
+    /// records of old needed 16 MiB for 8k records of any size).
+    pub const PAYLOADS_BYTES: u32 = 4 << 20;
+    /// `HITS`: 80 bytes per hit (ring header + `HitRecord`): ~6.5k hits; hits are already
+    /// de-duplicated in the kernel (`SUPPRESS`).
+    pub const HITS_BYTES: u32 = 512 << 10;
+    /// `FLOWS`: 56 bytes per flow start (ring header + `FlowRecord`): ~18.7k flow starts;
+    /// repeats within the flow window are not sent.
+    pub const FLOWS_BYTES: u32 = 1 << 20;
+}
 
 /// Number of 64-bit words in the HTTP port bitmap (one bit per TCP port).
 pub const HTTP_PORT_WORDS: u32 = 1024;
@@ -255,7 +326,8 @@ pub mod action {
     pub const DROP: u8 = 1;
 }
 
-/// Key of the `IPPORT_TRAILS` hash: address (IPv4 as v4-mapped IPv6) and port.
+/// Key of the `IPPORT_TRAILS` hash (IPv6 IP:port trails; IPv4 ones are in `IPPORT4_TABLE`,
+/// [`trail_table`]): address and port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct IpPortKey {
@@ -267,8 +339,8 @@ pub struct IpPortKey {
     pub _pad: u8,
 }
 
-/// Key of the `IPV4_TRAILS` hash, and the data of an `IPV4_CIDRS` LPM key (whose prefix
-/// length then counts the 32 bits of `set` too).
+/// The data of an `IPV4_CIDRS` LPM key (whose prefix length then counts the 32 bits of
+/// `set` too). IPv4 address trails are in `IPV4_TABLE` ([`trail_table`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TrailKey4 {
@@ -369,22 +441,52 @@ pub struct FlowRecord {
     pub _pad: u8,
 }
 
-/// The first bytes of a frame handed to userspace through the `PAYLOADS` ring buffer.
+/// The header of a frame handed to userspace through the `PAYLOADS` ring buffer. A record
+/// is this header followed by the frame's first `cap_len` bytes: records are as long as
+/// what they carry, not `PAYLOAD_CAP`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct PayloadRecord {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PayloadHeader {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
     pub ts_ns: u64,
     pub ifindex: u32,
     pub rx_queue: u32,
     /// Frame length on the wire.
     pub pkt_len: u32,
-    /// Bytes of `data` that hold the frame (at most [`PAYLOAD_CAP`]).
+    /// Bytes of the frame that follow the header (at most [`PAYLOAD_CAP`]).
     pub cap_len: u32,
     /// One of [`handoff`].
     pub kind: u8,
     pub _pad: [u8; 7],
-    pub data: [u8; PAYLOAD_CAP],
+}
+
+/// Bytes of [`PayloadHeader`]: the frame starts at this offset of a `PAYLOADS` record.
+pub const PAYLOAD_HEADER_LEN: usize = core::mem::size_of::<PayloadHeader>();
+
+/// A `PAYLOADS` record of size class `N`: the header and room for `N` frame bytes, of which
+/// `header.cap_len` are the frame. The XDP program reserves the smallest class that holds
+/// the frame ([`payload_class`]): `bpf_ringbuf_reserve` needs a size the verifier knows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PayloadRecord<const N: usize = PAYLOAD_CAP> {
+    pub header: PayloadHeader,
+    pub data: [u8; N],
+}
+
+/// Frame bytes of the smallest payload record class that holds `cap` bytes: 128, 256, 512,
+/// 1024 or [`PAYLOAD_CAP`].
+pub const fn payload_class(cap: usize) -> usize {
+    if cap <= 128 {
+        128
+    } else if cap <= 256 {
+        256
+    } else if cap <= 512 {
+        512
+    } else if cap <= 1024 {
+        1024
+    } else {
+        PAYLOAD_CAP
+    }
 }
 
 /// Builds the v4-mapped IPv6 form of an IPv4 address given in network order.
@@ -406,6 +508,7 @@ mod pod {
     unsafe impl aya::Pod for Lpm6Key {}
     unsafe impl aya::Pod for SuppressKey {}
     unsafe impl aya::Pod for HitRecord {}
-    unsafe impl aya::Pod for PayloadRecord {}
+    unsafe impl aya::Pod for PayloadHeader {}
+    unsafe impl<const N: usize> aya::Pod for PayloadRecord<N> {}
     unsafe impl aya::Pod for FlowRecord {}
 }

@@ -24,9 +24,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use parse::Packet;
 use xtrail_common::{
-    action, config_flags, handoff, mode, side, stat, tls_flow, trail_kind, trail_set, Config,
-    FlowRecord, HitRecord, IpPortKey, PayloadRecord, SuppressKey, TrailKey4, TrailKey6,
-    FLOW_CACHE_SLOTS, HTTP_PORT_WORDS, PAYLOAD_CAP, PREFILTER_WORDS, XSK_MAX_IFACES,
+    action, config_flags, handoff, mode, side, stat, tls_flow, trail_kind, trail_set, trail_table,
+    Config, FlowRecord, HitRecord, IpPortKey, PayloadHeader, PayloadRecord, SuppressKey, TrailKey4,
+    TrailKey6, FLOW_CACHE_SLOTS, HTTP_PORT_WORDS, PAYLOAD_CAP, PREFILTER_WORDS, XSK_MAX_IFACES,
 };
 
 /// Runtime configuration (element 0).
@@ -49,9 +49,14 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 #[map]
 static TRAIL_SET: Array<u32> = Array::with_max_entries(1, 0);
 
-/// IPv4 address trails to trail id. Sized by userspace.
+/// IPv4 address trails: a cuckoo table per set (`xtrail_common::trail_table`; set `s`'s
+/// bucket `i` is element `2i + s`). Sized by userspace.
 #[map]
-static IPV4_TRAILS: HashMap<TrailKey4, u32> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+static IPV4_TABLE: Array<trail_table::Bucket> = Array::with_max_entries(2, 0);
+
+/// IPv4 IP:port trails: a cuckoo table per set, laid out as `IPV4_TABLE`.
+#[map]
+static IPPORT4_TABLE: Array<trail_table::Bucket> = Array::with_max_entries(2, 0);
 
 /// IPv6 address trails to trail id.
 #[map]
@@ -65,7 +70,7 @@ static IPV4_CIDRS: LpmTrie<TrailKey4, u32> = LpmTrie::with_max_entries(1, 0);
 #[map]
 static IPV6_CIDRS: LpmTrie<TrailKey6, u32> = LpmTrie::with_max_entries(1, 0);
 
-/// IP:port trails (IPv4 as v4-mapped IPv6).
+/// IPv6 IP:port trails (IPv4 ones are in `IPPORT4_TABLE`).
 #[map]
 static IPPORT_TRAILS: HashMap<IpPortKey, u32> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
@@ -82,13 +87,15 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 #[map]
 static SUPPRESS: LruHashMap<SuppressKey, u64> = LruHashMap::with_max_entries(65536, 0);
 
-/// Trail hits for userspace.
+/// Trail hits for userspace. (Ring sizes here are defaults; userspace sizes them at load.)
 #[map]
-static HITS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+static HITS: RingBuf = RingBuf::with_byte_size(xtrail_common::ring::HITS_BYTES, 0);
 
-/// Inline mode: copies of the first bytes of DNS, HTTP and TLS packets for userspace.
+/// Inline mode (and mirror mode without AF_XDP): copies of the first bytes of DNS, HTTP and
+/// TLS packets for userspace, one record each of the smallest size class that holds the
+/// frame (`PayloadRecord<N>`: header + 128 to 2048 bytes).
 #[map]
-static PAYLOADS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
+static PAYLOADS: RingBuf = RingBuf::with_byte_size(xtrail_common::ring::PAYLOADS_BYTES, 0);
 
 /// Mirror mode: one AF_XDP socket per interface slot and receive queue.
 #[map]
@@ -97,7 +104,7 @@ static XSKS: XskMap = XskMap::with_max_entries(XSK_MAX_IFACES, 0);
 
 /// Flow starts for the scan heuristics.
 #[map]
-static FLOWS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+static FLOWS: RingBuf = RingBuf::with_byte_size(xtrail_common::ring::FLOWS_BYTES, 0);
 
 /// Recently sent flow starts, per CPU, direct-mapped by a hash of (source, destination,
 /// port, protocol): each slot holds the hash's upper half and the send time in seconds. An
@@ -162,15 +169,25 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
-/// Waking the reader on every record costs microseconds; wake it only once this much is
-/// pending (userspace also polls with a short timeout, which bounds the latency).
+/// Waking the reader costs microseconds (an irq_work and a wake-up), so records are
+/// submitted without a wake-up except the one that takes the pending bytes across a multiple
+/// of `2^shift` (userspace also polls every 20 ms, which bounds the latency). Waking on
+/// every record while more than the threshold is pending, as before, cost each record ~6 us
+/// once the reader fell behind, just when it could least afford it. `record`: the bytes this
+/// record occupies (ring header included).
 #[inline(always)]
-fn wakeup_flags(ring: &RingBuf, threshold: u64) -> u64 {
-    if ring.query(BPF_RB_AVAIL_DATA) >= threshold {
+fn wakeup_flags(ring: &RingBuf, shift: u32, record: u64) -> u64 {
+    let avail = ring.query(BPF_RB_AVAIL_DATA);
+    if avail >> shift != avail.saturating_sub(record) >> shift {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     }
+}
+
+/// Bytes of a ring record: the kernel's 8-byte header and `T`, rounded up to 8.
+const fn ring_bytes<T>() -> u64 {
+    ((8 + core::mem::size_of::<T>() as u64) + 7) & !7
 }
 
 #[inline(always)]
@@ -329,7 +346,8 @@ fn flow_start(pkt: &Packet, cfg: &Config) {
                 (*r).tcp_flags = pkt.tcp_flags;
                 (*r)._pad = 0;
             }
-            entry.submit(wakeup_flags(&FLOWS, 64 * 1024));
+            // Woken per 64 KiB of flow starts.
+            entry.submit(wakeup_flags(&FLOWS, 16, ring_bytes::<FlowRecord>()));
             count(stat::FLOW_STARTS, 1);
         }
         None => count(stat::FLOWS_FULL, 1),
@@ -546,40 +564,85 @@ fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, len: u64) -> Option<u32> {
             };
         }
     }
-    let Some(mut entry) = PAYLOADS.reserve::<PayloadRecord>(0) else {
-        count(stat::HANDOFF_FAILED, 1);
-        return None;
-    };
-    let r = entry.as_mut_ptr();
     let cap = if len > PAYLOAD_CAP as u64 {
         PAYLOAD_CAP as u32
     } else {
         len as u32
     };
-    // SAFETY: `r` points at a reserved PayloadRecord; `data` holds PAYLOAD_CAP bytes and
-    // `cap` is at most that.
-    let copied = unsafe {
-        (*r).ts_ns = bpf_ktime_get_ns();
-        (*r).ifindex = (*ctx.ctx).ingress_ifindex;
-        (*r).rx_queue = ctx.rx_queue_index();
-        (*r).pkt_len = len as u32;
-        (*r).kind = kind;
-        (*r)._pad = [0; 7];
-        // `cap` is in [0, CAP]; `((cap - 1) & (CAP - 1)) + 1` is in [1, CAP] in a form the
-        // verifier tracks (a mask), and equals `cap` whenever `cap` is non-zero.
-        let n = (cap.wrapping_sub(1) & (PAYLOAD_CAP as u32 - 1)) + 1;
-        (*r).cap_len = n;
-        bpf_xdp_load_bytes(ctx.ctx, 0, (*r).data.as_mut_ptr().cast(), n)
+    // `cap` is in [0, CAP]; `((cap - 1) & (CAP - 1)) + 1` is in [1, CAP] in a form the
+    // verifier tracks (a mask), and equals `cap` whenever `cap` is non-zero.
+    let n = (cap.wrapping_sub(1) & (PAYLOAD_CAP as u32 - 1)) + 1;
+    let header = PayloadHeader {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        // SAFETY: the context pointer is valid for this run.
+        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+        rx_queue: ctx.rx_queue_index(),
+        pkt_len: len as u32,
+        cap_len: n,
+        kind,
+        _pad: [0; 7],
     };
-    if copied != 0 {
-        entry.discard(0);
+    if !reserve_class(ctx, &header, n) {
         count(stat::HANDOFF_FAILED, 1);
         return None;
     }
-    entry.submit(wakeup_flags(&PAYLOADS, 256 * 1024));
     count(stat::COPIED, 1);
     // A copy leaves the packet's fate to the mode: pass (inline) or drop (mirror).
     Some(idle_verdict(cfg))
+}
+
+/// The reader is woken per `2^PAYLOADS_WAKEUP_SHIFT` (256 KiB) of payload records.
+const PAYLOADS_WAKEUP_SHIFT: u32 = 18;
+
+/// Reserves the smallest size class that holds `n` frame bytes (as
+/// `xtrail_common::payload_class`) and copies them in place. (Measured against staging the
+/// record in a per-CPU slot and `bpf_ringbuf_output` of its exact length: that costs a
+/// second copy, ~15-20 ns more per DNS packet by BPF_PROG_TEST_RUN, for records ~25%
+/// smaller.)
+#[inline(always)]
+fn reserve_class(ctx: &XdpContext, header: &PayloadHeader, n: u32) -> bool {
+    if n <= 128 {
+        reserve_in::<128>(ctx, header, n)
+    } else if n <= 256 {
+        reserve_in::<256>(ctx, header, n)
+    } else if n <= 512 {
+        reserve_in::<512>(ctx, header, n)
+    } else if n <= 1024 {
+        reserve_in::<1024>(ctx, header, n)
+    } else {
+        reserve_in::<PAYLOAD_CAP>(ctx, header, n)
+    }
+}
+
+/// Writes one record of class `N` (`n` <= `N` frame bytes) into a reserved `PAYLOADS` slot.
+#[inline(always)]
+fn reserve_in<const N: usize>(ctx: &XdpContext, header: &PayloadHeader, n: u32) -> bool {
+    let Some(mut entry) = PAYLOADS.reserve::<PayloadRecord<N>>(0) else {
+        return false;
+    };
+    let r = entry.as_mut_ptr();
+    // `n` is in [1, N] (N a power of two), in a form the verifier tracks; read through a
+    // volatile load so that the compiler cannot drop the mask for the caller's branch (which
+    // the verifier does not connect to this register).
+    // SAFETY: a read of a local.
+    let n = unsafe { core::ptr::read_volatile(&n) };
+    let n = (n.wrapping_sub(1) & (N as u32 - 1)) + 1;
+    // SAFETY: `r` points at a reserved PayloadRecord<N>; `data` holds N bytes, `n` at most N.
+    let loaded = unsafe {
+        (*r).header = *header;
+        (*r).header.cap_len = n;
+        bpf_xdp_load_bytes(ctx.ctx, 0, (*r).data.as_mut_ptr().cast(), n)
+    };
+    if loaded != 0 {
+        entry.discard(0);
+        return false;
+    }
+    entry.submit(wakeup_flags(
+        &PAYLOADS,
+        PAYLOADS_WAKEUP_SHIFT,
+        ring_bytes::<PayloadRecord<N>>(),
+    ));
+    true
 }
 
 /// Suppresses repeats, then writes the hit to the ring buffer. A hit is recorded in
@@ -632,7 +695,8 @@ fn report(ctx: &XdpContext, pkt: &Packet, hit: &Hit, cfg: &Config, enforce: bool
                 (*r).trail_set = hit.set;
                 (*r).pkt_len = len as u32;
             }
-            entry.submit(wakeup_flags(&HITS, 16 * 1024));
+            // Woken per 16 KiB of hits.
+            entry.submit(wakeup_flags(&HITS, 14, ring_bytes::<HitRecord>()));
             count(stat::REPORTED, 1);
         }
         None => count(stat::RINGBUF_FULL, 1),
@@ -690,6 +754,7 @@ fn lookup_addr(words: &[u32; 4], port: u16, pkt: &Packet, set: u32) -> Option<(u
             set: index,
             addr: words[3].to_ne_bytes(),
         };
+        let bits = |shift: u32| (set >> shift) & trail_set::BITS_MASK;
         if set & config_flags::PREFILTER4 != 0 {
             // Network order: the first three bytes are the /24.
             let slash24 = u32::from_be(words[3]) >> 8;
@@ -703,18 +768,15 @@ fn lookup_addr(words: &[u32; 4], port: u16, pkt: &Packet, set: u32) -> Option<(u
             }
         }
         if has_ports && !pkt.fragment && set & config_flags::HAVE_IPPORT != 0 {
-            let key = IpPortKey {
-                addr: bytes(words),
-                port,
-                set: index as u8,
-                _pad: 0,
-            };
-            if let Some(id) = unsafe { IPPORT_TRAILS.get(&key) } {
-                return Some((*id, trail_kind::IPPORT));
+            let key = trail_table::ipport_key(words[3], port);
+            let bits = bits(trail_set::PORT_BITS_SHIFT);
+            if let Some(id) = table_get(&IPPORT4_TABLE, key, bits, index) {
+                return Some((id, trail_kind::IPPORT));
             }
         }
-        if let Some(id) = unsafe { IPV4_TRAILS.get(&v4) } {
-            return Some((*id, trail_kind::IP));
+        let key = trail_table::v4_key(words[3]);
+        if let Some(id) = table_get(&IPV4_TABLE, key, bits(trail_set::V4_BITS_SHIFT), index) {
+            return Some((id, trail_kind::IP));
         }
         if set & config_flags::HAVE_CIDR4 != 0 {
             if let Some(id) = IPV4_CIDRS.get(&Key::new(64, v4)) {
@@ -747,6 +809,35 @@ fn lookup_addr(words: &[u32; 4], port: u16, pkt: &Packet, set: u32) -> Option<(u
                 return Some((*id, trail_kind::CIDR));
             }
         }
+    }
+    None
+}
+
+/// The label of `key` in set `index`'s cuckoo table of `2^bits` buckets: at most two array
+/// lookups (inlined by the verifier) and ten compares.
+#[inline(always)]
+fn table_get(table: &Array<trail_table::Bucket>, key: u64, bits: u32, index: u32) -> Option<u32> {
+    let first = trail_table::bucket(key, bits, 0) as u32;
+    if let Some(l) = slot_of(table.get((first << 1) | index)?, key) {
+        return Some(l);
+    }
+    let second = trail_table::bucket(key, bits, 1) as u32;
+    slot_of(table.get((second << 1) | index)?, key)
+}
+
+/// The label in the slot of `bucket` that holds `key`. Each match returns at once: the
+/// verifier walks one path per slot. (Per-slot match flags combined without branches
+/// were compiled to a branch per slot anyway, each with its outcome a known constant:
+/// 2^10 paths per table and over the verifier's limit.)
+#[inline(always)]
+fn slot_of(bucket: &trail_table::Bucket, key: u64) -> Option<u32> {
+    let mut s = 0;
+    while s < trail_table::SLOTS {
+        // One 64-bit compare per slot.
+        if (u64::from(bucket[3 * s + 1]) << 32 | u64::from(bucket[3 * s])) == key {
+            return Some(bucket[3 * s + 2]);
+        }
+        s += 1;
     }
     None
 }

@@ -7,10 +7,11 @@
 //! count and a duration.
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::flows::FlowFrames;
 use crate::netns::Injector;
+use crate::pace::{self, Pacer};
 
 /// Frames per `sendmmsg` call.
 pub const BATCH: usize = 64;
@@ -28,12 +29,26 @@ pub struct SendReport {
 impl SendReport {
     /// Achieved send rate in packets per second.
     pub fn pps(&self) -> f64 {
-        let s = self.elapsed.as_secs_f64();
-        if s > 0.0 {
-            self.sent as f64 / s
-        } else {
-            0.0
+        pace::rate(self.sent, self.elapsed)
+    }
+}
+
+/// A wait for the next paced frame shorter than this is spun, not slept.
+const SPIN: Duration = Duration::from_micros(200);
+
+/// One `sendmmsg` of `batch`: the frames the kernel took. A full socket (`EWOULDBLOCK`,
+/// `ENOBUFS`) takes none and counts an error in `report`.
+fn send_batch(inj: &Injector, batch: &[&[u8]], report: &mut SendReport) -> io::Result<usize> {
+    match inj.send_batch(batch) {
+        Ok(n) => Ok(n),
+        Err(e)
+            if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS) =>
+        {
+            report.errors += 1;
+            std::thread::yield_now();
+            Ok(0)
         }
+        Err(e) => Err(e),
     }
 }
 
@@ -49,22 +64,13 @@ pub fn blast(
     if frames.is_empty() {
         return Ok(SendReport::default());
     }
-    let start = Instant::now();
+    let pacer = Pacer::start(rate_pps);
     let mut report = SendReport::default();
     let mut next = 0usize;
     let mut batch: Vec<&[u8]> = Vec::with_capacity(BATCH);
-    while report.sent < count && start.elapsed() < max_duration {
-        if let Some(rate) = rate_pps {
-            // Pace: packet i is due at start + i / rate.
-            let due = Duration::from_secs_f64(report.sent as f64 / rate as f64);
-            let now = start.elapsed();
-            if due > now {
-                let wait = due - now;
-                if wait > Duration::from_micros(200) {
-                    std::thread::sleep(wait);
-                }
-                continue;
-            }
+    while report.sent < count && pacer.elapsed() < max_duration {
+        if !pacer.ready(report.sent, SPIN) {
+            continue;
         }
         batch.clear();
         let want = (count - report.sent).min(BATCH as u64) as usize;
@@ -72,19 +78,9 @@ pub fn blast(
             batch.push(&frames[next]);
             next = (next + 1) % frames.len();
         }
-        match inj.send_batch(&batch) {
-            Ok(n) => report.sent += n as u64,
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.raw_os_error() == Some(libc::ENOBUFS) =>
-            {
-                report.errors += 1;
-                std::thread::yield_now();
-            }
-            Err(e) => return Err(e),
-        }
+        report.sent += send_batch(inj, &batch, &mut report)? as u64;
     }
-    report.elapsed = start.elapsed();
+    report.elapsed = pacer.elapsed();
     Ok(report)
 }
 
@@ -98,22 +94,14 @@ pub fn blast_flows(
     rate_pps: Option<u64>,
     max_duration: Duration,
 ) -> io::Result<SendReport> {
-    let start = Instant::now();
+    let pacer = Pacer::start(rate_pps);
     let mut report = SendReport::default();
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(2048)).collect();
     let mut ready = 0usize;
     let mut sent_of_batch = 0usize;
-    while report.sent < count && start.elapsed() < max_duration {
-        if let Some(rate) = rate_pps {
-            let due = Duration::from_secs_f64(report.sent as f64 / rate as f64);
-            let now = start.elapsed();
-            if due > now {
-                let wait = due - now;
-                if wait > Duration::from_micros(200) {
-                    std::thread::sleep(wait);
-                }
-                continue;
-            }
+    while report.sent < count && pacer.elapsed() < max_duration {
+        if !pacer.ready(report.sent, SPIN) {
+            continue;
         }
         if sent_of_batch == ready {
             ready = (count - report.sent).min(BATCH as u64) as usize;
@@ -126,23 +114,26 @@ pub fn blast_flows(
             .iter()
             .map(Vec::as_slice)
             .collect();
-        match inj.send_batch(&batch) {
-            Ok(n) => {
-                report.sent += n as u64;
-                sent_of_batch += n;
-            }
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.raw_os_error() == Some(libc::ENOBUFS) =>
-            {
-                report.errors += 1;
-                std::thread::yield_now();
-            }
-            Err(e) => return Err(e),
+        let n = send_batch(inj, &batch, &mut report)?;
+        report.sent += n as u64;
+        sent_of_batch += n;
+    }
+    report.elapsed = pacer.elapsed();
+    Ok(report)
+}
+
+/// Pins the calling thread to CPU `cpu` (generators send from a fixed CPU, so runs compare).
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only
+    // touch it and this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
         }
     }
-    report.elapsed = start.elapsed();
-    Ok(report)
+    Ok(())
 }
 
 /// A small deterministic PRNG (SplitMix64): scenarios are reproducible from a seed.

@@ -5,6 +5,7 @@
 //! - [`netns`]: network namespaces joined by a veth pair, torn down on drop, and raw
 //!   AF_PACKET injection from inside a namespace.
 //! - [`gen`]: the traffic generator (batched raw-socket sends, bounded, optionally paced).
+//! - [`pace`]: when each frame of a paced run is due (both generators).
 //! - [`flows`]: per-flow rewriting of template frames, the NIC-like generator's sequence.
 //! - [`scenario`]: reproducible benchmark traffic mixes with known malicious items.
 //! - [`pcapw`]: a pcap writer, for the offline (replay) scenario.
@@ -17,5 +18,6 @@ pub mod flows;
 pub mod frames;
 pub mod gen;
 pub mod netns;
+pub mod pace;
 pub mod pcapw;
 pub mod scenario;

@@ -6,127 +6,29 @@
 //! stored once.
 
 mod common;
-use common::{collector_bin, tempdir};
+use common::{collector_bin, corpus, spawn_attached, tempdir, Collector, SENSOR_TOKEN, SUB_TOKEN};
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use xtrail_bench::child::spawn_watched;
 use xtrail_bench::frames::{v4, Frame};
 use xtrail_bench::netns::VethPair;
 
 const SENSOR: &str = env!("CARGO_BIN_EXE_xtrail-sensor");
-const SENSOR_TOKEN: &str = "sensor-secret";
-const SUB_TOKEN: &str = "siem-secret";
-
-struct Collector {
-    child: Child,
-    grpc: String,
-}
-
-impl Collector {
-    /// Starts the collector, inside network namespace `ns` when given.
-    fn start(data: &Path, grpc: &str, ns: Option<&str>) -> Collector {
-        let mut cmd = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(collector_bin());
-                c
-            }
-            None => Command::new(collector_bin()),
-        };
-        let mut child = cmd
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--grpc", grpc, "--http", "127.0.0.1:0"])
-            .args([
-                "--sensor-token",
-                SENSOR_TOKEN,
-                "--subscriber-token",
-                SUB_TOKEN,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start collector");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("collector output");
-        let grpc = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("grpc="))
-            .expect("listening line")
-            .to_string();
-        Collector { child, grpc }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.grpc)
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Everything stored, from cursor 0, through the reference subscriber.
 fn subscribe_all(url: &str, n: usize, ns: Option<&str>) -> Vec<serde_json::Value> {
-    let mut cmd = match ns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(collector_bin());
-            c
-        }
-        None => Command::new(collector_bin()),
-    };
-    let out = cmd
-        .args([
-            "subscribe",
-            "--collector",
-            url,
-            "--token",
-            SUB_TOKEN,
-            "--from",
-            "0",
-        ])
-        .args(["--max-events", &n.to_string()])
-        .stderr(Stdio::null())
-        .output()
-        .expect("subscribe");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    common::subscribe(url, SUB_TOKEN, n, ns)
+        .iter()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect()
-}
-
-fn corpus() -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data/maltrail/corpus"
-    ));
-    if p.is_dir() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var("CI").map_or(true, |v| v != "true"),
-        "CI=true and {} is missing",
-        p.display()
-    );
-    eprintln!("SKIPPED: {} not found", p.display());
-    None
 }
 
 #[test]
 fn replay_imports_detections_into_the_collector() {
     let Some(corpus) = corpus() else { return };
     let dir = tempdir("replay-collector");
-    let collector = Collector::start(&dir.join("data"), "127.0.0.1:0", None);
+    let collector = Collector::with_tokens(None, &dir.join("data"), "127.0.0.1:0");
     let log = dir.join("events.jsonl");
     let out = Command::new(SENSOR)
         .args(["replay", "--pcap"])
@@ -199,7 +101,7 @@ fn replay_imports_detections_into_the_collector() {
 fn replay_with_a_refused_token_fails_with_the_reason_and_keeps_its_events() {
     let Some(corpus) = corpus() else { return };
     let dir = tempdir("replay-refused");
-    let collector = Collector::start(&dir.join("data"), "127.0.0.1:0", None);
+    let collector = Collector::with_tokens(None, &dir.join("data"), "127.0.0.1:0");
     let started = Instant::now();
     let out = Command::new(SENSOR)
         .args(["replay", "--pcap"])
@@ -283,7 +185,7 @@ fn live_sensor_with_a_refused_token_keeps_running_and_says_why() {
     let trails = dir.join("trails.csv");
     std::fs::write(&trails, "198.19.71.1,refused test (malware),(test)\n").unwrap();
     let pair = VethPair::create("xr").expect("veth pair");
-    let collector = Collector::start(&dir.join("data"), "127.0.0.1:0", Some(&pair.sensor_ns));
+    let collector = Collector::with_tokens(Some(&pair.sensor_ns), &dir.join("data"), "127.0.0.1:0");
     let mut cmd = pair.in_sensor_ns(SENSOR);
     cmd.args(["run", "--iface", &pair.sensor_if, "--trails"])
         .arg(&trails)
@@ -298,14 +200,7 @@ fn live_sensor_with_a_refused_token_keeps_running_and_says_why() {
         ])
         .arg(dir.join("state"))
         .stdout(Stdio::null());
-    let w = spawn_watched(&mut cmd, Some("sensor: ")).expect("sensor");
-    let mut lines = w
-        .wait_for(
-            "attached to",
-            "xtrail-sensor: error:",
-            Duration::from_secs(60),
-        )
-        .unwrap_or_else(|e| panic!("sensor did not attach: {e}"));
+    let (w, mut lines) = spawn_attached(&mut cmd, "xtrail-sensor: error:", Duration::from_secs(60));
     let inj = pair.injector().unwrap();
     inj.send(&Frame::syn(v4(&pair.peer_ip), 40000, v4("198.19.71.1"), 443).build())
         .unwrap();
@@ -368,14 +263,7 @@ fn killed_sensor_resends_its_spool_after_restart() {
             .args(["--collector", &url, "--token", SENSOR_TOKEN, "--state-dir"])
             .arg(dir.join("state"))
             .stdout(Stdio::null());
-        let w = spawn_watched(&mut cmd, Some("sensor: ")).expect("sensor");
-        if let Err(e) = w.wait_for(
-            "attached to",
-            "xtrail-sensor: error:",
-            Duration::from_secs(60),
-        ) {
-            panic!("sensor did not attach: {e}");
-        }
+        let (w, _) = spawn_attached(&mut cmd, "xtrail-sensor: error:", Duration::from_secs(60));
         (w.child, w.lines)
     };
     let log1 = dir.join("events1.jsonl");
@@ -402,7 +290,7 @@ fn killed_sensor_resends_its_spool_after_restart() {
     sensor.wait().unwrap();
 
     // The sensor runs in its namespace, so the collector listens on that namespace's loopback.
-    let collector = Collector::start(&dir.join("data"), &grpc, Some(&pair.sensor_ns));
+    let collector = Collector::with_tokens(Some(&pair.sensor_ns), &dir.join("data"), &grpc);
     let log2 = dir.join("events2.jsonl");
     let (mut sensor, rx) = start_sensor(&log2);
     // 5 more after the restart.

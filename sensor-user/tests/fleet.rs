@@ -6,17 +6,16 @@
 //! runs which version (`xtrail_sensor_trail_set` on `/metrics`).
 
 mod common;
-use common::{collector_bin, tempdir};
+use common::{compile_signed, events, spawn_attached, tempdir, Collector};
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use xtrail_bench::child::Watched;
 use xtrail_bench::frames::{v4, Frame};
-use xtrail_bench::netns::{in_ns, VethPair};
-use xtrail_detect::trails::{compiled, CompileOptions, LoadOptions, TrailSet};
+use xtrail_bench::netns::VethPair;
+use xtrail_detect::trails::compiled;
 
 const TOKEN: &str = "fleet-secret";
 const STABLE: &str = "198.19.10.1";
@@ -46,49 +45,6 @@ fn csv(dir: &Path, name: &str, extra: &str) -> PathBuf {
     p
 }
 
-/// Compiles `source` signed with `seed` into `out`; returns the version.
-fn compile(source: &Path, seed: &[u8; 32], built_at: u64, out: &Path) -> String {
-    let set = TrailSet::load(&[source.to_path_buf()], &LoadOptions::default()).unwrap();
-    let bytes = compiled::write(
-        &set,
-        &CompileOptions {
-            built_at,
-            signing_key: Some(*seed),
-            meta: serde_json::json!({}),
-        },
-    );
-    let version = compiled::read_header(&bytes).unwrap().version;
-    compiled::write_atomic(out, &bytes).unwrap();
-    version
-}
-
-fn events(log: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON event line"))
-        .collect()
-}
-
-/// `GET path` on `addr` from inside namespace `ns`.
-fn http_get(ns: &str, addr: String, path: &'static str) -> String {
-    in_ns(ns, move || {
-        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        body
-    })
-    .join()
-    .expect("thread")
-    .expect("namespace")
-}
-
 #[test]
 fn signed_sets_reach_the_fleet_and_a_wrong_key_refuses_them() {
     privileged!();
@@ -96,7 +52,7 @@ fn signed_sets_reach_the_fleet_and_a_wrong_key_refuses_them() {
     let (seed, public) = compiled::generate_key().unwrap();
     let (_, wrong) = compiled::generate_key().unwrap();
     let set_path = dir.join("served.xtrails");
-    let v1 = compile(&csv(&dir, "a.csv", OLD), &seed, 1_700_000_000, &set_path);
+    let (v1, _) = compile_signed(&csv(&dir, "a.csv", OLD), &seed, 1_700_000_000, &set_path);
 
     // Three veth pairs; every sensor end moves into the first pair's sensor namespace, where
     // the collector listens on loopback.
@@ -121,31 +77,18 @@ fn signed_sets_reach_the_fleet_and_a_wrong_key_refuses_them() {
         ]);
         ok(&["-n", &ns, "link", "set", &p.sensor_if, "up"]);
     }
-    let mut collector: Child = Command::new("ip")
-        .args(["netns", "exec", &ns])
-        .arg(collector_bin())
-        .arg("--data-dir")
-        .arg(dir.join("collector"))
-        .args(["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-        .args(["--sensor-token", TOKEN])
-        .arg("--trail-set")
-        .arg(&set_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start collector");
-    let mut line = String::new();
-    BufReader::new(collector.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap_or_else(|| panic!("no {k} in {line:?}"))
-            .to_string()
-    };
-    let url = format!("http://{}", addr("grpc="));
-    let http = addr("http=");
+    let collector = Collector::start(
+        Some(&ns),
+        &dir.join("collector"),
+        "127.0.0.1:0",
+        &[
+            "--sensor-token",
+            TOKEN,
+            "--trail-set",
+            set_path.to_str().unwrap(),
+        ],
+    );
+    let url = collector.url();
 
     // Sensors 1 and 2 take their set from the collector; sensor 3 has its own and the
     // wrong key.
@@ -168,10 +111,7 @@ fn signed_sets_reach_the_fleet_and_a_wrong_key_refuses_them() {
         if i == 2 {
             cmd.arg("--trails").arg(&own);
         }
-        let w = xtrail_bench::child::spawn_watched(&mut cmd, Some("sensor: ")).unwrap();
-        let lines = w
-            .wait_for("attached to", "error:", Duration::from_secs(90))
-            .unwrap_or_else(|e| panic!("{name} did not attach: {e}"));
+        let (w, lines) = spawn_attached(&mut cmd, "error:", Duration::from_secs(90));
         start_lines.push(lines);
         sensors.push((w, log));
     }
@@ -200,14 +140,10 @@ fn signed_sets_reach_the_fleet_and_a_wrong_key_refuses_them() {
     );
 
     // A new signed set on the collector: SIGHUP makes it reread the file at once.
-    let v2 = compile(&csv(&dir, "b.csv", NEW), &seed, 1_700_000_100, &set_path);
+    let (v2, _) = compile_signed(&csv(&dir, "b.csv", NEW), &seed, 1_700_000_100, &set_path);
     assert_ne!(v1, v2);
     let swapped_at = Instant::now();
-    // SAFETY: kill(2) on our own child.
-    assert_eq!(
-        unsafe { libc::kill(collector.id() as libc::pid_t, libc::SIGHUP) },
-        0
-    );
+    common::sighup(collector.child.id());
     for (w, _) in &sensors[..2] {
         let l = w
             .wait_for(
@@ -241,12 +177,11 @@ fn signed_sets_reach_the_fleet_and_a_wrong_key_refuses_them() {
     }
     std::thread::sleep(Duration::from_millis(500));
     // The collector knows who runs what (the sensors report after each install).
-    let metrics = http_get(&ns, http, "/metrics");
+    let metrics = common::http_get(Some(&ns), &collector.http, "/metrics");
     for (w, _) in sensors {
         common::stop_sensor(w);
     }
-    let _ = collector.kill();
-    let _ = collector.wait();
+    drop(collector);
     for (i, want, not) in [(1, NEW, OLD), (2, NEW, OLD), (3, OLD, NEW)] {
         let ev = events(&dir.join(format!("fleet-{i}.jsonl")));
         assert!(

@@ -3,7 +3,7 @@
 //! reported twice, new trails live within 2 s and removed ones gone.
 
 mod common;
-use common::tempdir;
+use common::{events, sighup, tempdir};
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use xtrail_bench::child::Watched;
 use xtrail_bench::frames::{v4, Frame};
 use xtrail_bench::netns::VethPair;
 
@@ -55,20 +56,12 @@ fn write_set(path: &Path, with_new: bool, filler: usize) {
     std::fs::rename(&tmp, path).expect("rename trails");
 }
 
-fn events(log: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON event line"))
-        .collect()
-}
-
 /// One SYN to OLD and one to NEW, the events the sensor wrote for them (waited for,
 /// bounded), then the sensor stopped: (events, its final stats line).
 fn probe_old_and_new(
     pair: &VethPair,
     log: &Path,
-    watched: xtrail_bench::child::Watched,
+    watched: Watched,
 ) -> (Vec<serde_json::Value>, String) {
     let inj = pair.injector().expect("injector");
     let me = v4(&pair.peer_ip);
@@ -85,10 +78,21 @@ fn probe_old_and_new(
     (events(log), stats)
 }
 
-fn sighup(pid: u32) {
-    // SAFETY: kill(2) with a valid signal on our own child.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
-    assert_eq!(rc, 0, "SIGHUP to the sensor");
+/// The sensor's next reload (`trails reloaded`): its stderr lines up to it; `what` names it
+/// in the panic when a refusal comes first or nothing within 30 s.
+fn next_reload(watched: &Watched, what: &str) -> Vec<String> {
+    watched
+        .wait_for("trails reloaded", "refused", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// SIGHUP, then the sensor's refusal of the set (`refused`): its stderr lines up to it;
+/// `what` names it in the panic when a reload comes first or nothing within 30 s.
+fn refused_after_sighup(watched: &Watched, what: &str) -> Vec<String> {
+    sighup(watched.child.id());
+    watched
+        .wait_for("refused", "trails reloaded", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// Packets the generator sent: source port -> (destination, send time).
@@ -156,9 +160,7 @@ fn trails_swapped_ten_times_under_traffic_lose_and_repeat_nothing() {
         write_set(&trails, with_new, 1000 + i);
         let hup = Instant::now();
         sighup(pid);
-        let line = watched
-            .wait_for("trails reloaded", "refused", Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("swap {i}: {e}"));
+        let line = next_reload(&watched, &format!("swap {i}"));
         let done = Instant::now();
         reload_lines.push(line.last().cloned().unwrap_or_default());
         swaps.push((with_new, hup, done));
@@ -284,25 +286,15 @@ fn a_shrunk_empty_or_unreadable_set_is_refused_and_the_current_kept() {
         "refuse",
         &["--suppress-ms", "0", "--no-flood-guard", "--no-heuristics"],
     );
-    let pid = watched.child.id();
     // Shrinks to 4 of 103 trails: refused. Empty: refused. Gone: refused.
     write_set(&trails, true, 1);
-    sighup(pid);
-    let e = watched
-        .wait_for("refused", "trails reloaded", Duration::from_secs(30))
-        .expect("shrunk set refused");
+    let e = refused_after_sighup(&watched, "shrunk set refused");
     assert!(e.last().unwrap().contains("fewer than 0.5"), "{e:?}");
     std::fs::write(&trails, "").unwrap();
-    sighup(pid);
-    let e = watched
-        .wait_for("refused", "trails reloaded", Duration::from_secs(30))
-        .expect("empty set refused");
+    let e = refused_after_sighup(&watched, "empty set refused");
     assert!(e.last().unwrap().contains("empty"), "{e:?}");
     std::fs::remove_file(&trails).unwrap();
-    sighup(pid);
-    watched
-        .wait_for("refused", "trails reloaded", Duration::from_secs(30))
-        .expect("missing file refused");
+    refused_after_sighup(&watched, "missing file refused");
     // The start set still detects: OLD is in, NEW is not.
     let (ev, stats) = probe_old_and_new(&pair, &log, watched);
     assert_eq!(ev.len(), 1, "{ev:#?}");
@@ -327,9 +319,7 @@ fn a_watched_trails_file_is_reloaded_when_it_changes() {
     );
     // Rewritten (by rename, as an updater does): picked up without a signal.
     write_set(&trails, true, 11);
-    let line = watched
-        .wait_for("trails reloaded", "refused", Duration::from_secs(30))
-        .expect("reload on change");
+    let line = next_reload(&watched, "reload on change");
     assert!(
         line.last().unwrap().contains("(trail file changed)"),
         "{line:?}"

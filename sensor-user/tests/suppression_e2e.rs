@@ -7,22 +7,20 @@
 //! Needs root (skips without it, fails under CI=true).
 
 mod common;
-use common::{collector_bin, tempdir};
+use common::{collector_bin, spawn_attached, tempdir, Collector, SENSOR_TOKEN};
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use xtrail_bench::child::{spawn_watched, Watched};
+use xtrail_bench::child::Watched;
 use xtrail_bench::frames::{v4, Frame};
 use xtrail_bench::netns::{in_ns, Injector, VethPair};
 
 const SENSOR: &str = env!("CARGO_BIN_EXE_xtrail-sensor");
-const SENSOR_TOKEN: &str = "sensor-secret";
-const SUB_TOKEN: &str = "siem-secret";
 const PASSWORD: &str = "correct horse battery";
 /// How long a change may take to reach the sensor: heartbeats every second here.
 const DELIVERY: Duration = Duration::from_secs(15);
@@ -30,50 +28,6 @@ const DELIVERY: Duration = Duration::from_secs(15);
 const SUPPRESSED_TRAIL: &str = "198.19.72.1";
 const KEPT_TRAIL: &str = "198.19.72.2";
 const SOURCE_TRAIL: &str = "198.19.72.3";
-
-struct Collector {
-    child: Child,
-    grpc: String,
-    http: SocketAddr,
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The collector inside namespace `ns`, on its loopback.
-fn start_collector(data: &Path, ns: &str) -> Collector {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(collector_bin())
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-        .args(["--sensor-token", SENSOR_TOKEN])
-        .args(["--subscriber-token", SUB_TOKEN])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start collector");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("collector output");
-    let word = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap_or_else(|| panic!("no {k} in {line:?}"))
-            .to_string()
-    };
-    Collector {
-        grpc: word("grpc="),
-        http: word("http=").parse().expect("http address"),
-        child,
-    }
-}
 
 fn add_user(data: &Path, name: &str, role: &str) {
     let mut child = Command::new(collector_bin())
@@ -292,7 +246,8 @@ fn false_positive_suppressions_reach_the_sensor_and_can_be_lifted() {
     let ns = pair.sensor_ns.clone();
     let data = dir.join("data");
     add_user(&data, "ann", "analyst");
-    let collector = start_collector(&data, &ns);
+    let collector = Collector::with_tokens(Some(&ns), &data, "127.0.0.1:0");
+    let http: SocketAddr = collector.http.parse().expect("http address");
     let log = dir.join("events.jsonl");
     let metrics: SocketAddr = "127.0.0.1:19477".parse().unwrap();
     let mut cmd = pair.in_sensor_ns(SENSOR);
@@ -308,18 +263,11 @@ fn false_positive_suppressions_reach_the_sensor_and_can_be_lifted() {
             "--metrics",
             &metrics.to_string(),
         ])
-        .args(["--collector", &format!("http://{}", collector.grpc)])
+        .args(["--collector", &collector.url()])
         .args(["--token", SENSOR_TOKEN, "--state-dir"])
         .arg(dir.join("state"))
         .stdout(Stdio::null());
-    let sensor = spawn_watched(&mut cmd, Some("sensor: ")).expect("sensor");
-    if let Err(e) = sensor.wait_for(
-        "attached to",
-        "xtrail-sensor: error:",
-        Duration::from_secs(60),
-    ) {
-        panic!("sensor did not attach: {e}");
-    }
+    let (sensor, _) = spawn_attached(&mut cmd, "xtrail-sensor: error:", Duration::from_secs(60));
     // The first heartbeat brings the (empty) list.
     wait_installed(&sensor, 0, 0);
 
@@ -338,7 +286,7 @@ fn false_positive_suppressions_reach_the_sensor_and_can_be_lifted() {
     wait_logged(&log, SOURCE_TRAIL, other, 1001);
 
     // An analyst marks the first threat a false positive and suppresses its trail.
-    let ann = Analyst::login(&ns, collector.http, "ann");
+    let ann = Analyst::login(&ns, http, "ann");
     let id = ann.threat(SUPPRESSED_TRAIL, &peer);
     let (st, v) = ann.call(
         "POST",
@@ -421,18 +369,7 @@ fn false_positive_suppressions_reach_the_sensor_and_can_be_lifted() {
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     let counted = loop {
-        let page = in_ns(&ns, move || {
-            let mut s = TcpStream::connect(metrics).expect("metrics");
-            s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out);
-            out
-        })
-        .join()
-        .unwrap()
-        .unwrap();
+        let page = common::http_get(Some(&ns), &metrics.to_string(), "/metrics");
         let counted = (
             metric(&page, "xtrail_sensor_events_suppressed_trail_total"),
             metric(&page, "xtrail_sensor_events_suppressed_source_total"),

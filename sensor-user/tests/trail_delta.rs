@@ -3,18 +3,16 @@
 //! one checked against another key is refused; a damaged stored base makes the delta fail
 //! its checks and the whole set is fetched instead. No privileges needed.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use xtrail_detect::trails::{compiled, CompileOptions, LoadOptions, TrailSet};
+use xtrail_detect::trails::compiled;
 use xtrail_sensor::trail_pull::{self, PullOptions};
 
 mod common;
-use common::{collector_bin, tempdir};
+use common::{compile_signed, http_get, tempdir, Collector};
 
 const TOKEN: &str = "delta-secret";
 
@@ -41,52 +39,12 @@ fn csv(dir: &Path, name: &str, every: usize, salt: u32) -> PathBuf {
     p
 }
 
-fn compile(source: &Path, seed: &[u8; 32], built_at: u64, out: &Path) -> (String, Vec<u8>) {
-    let set = TrailSet::load(&[source.to_path_buf()], &LoadOptions::default()).unwrap();
-    let bytes = compiled::write(
-        &set,
-        &CompileOptions {
-            built_at,
-            signing_key: Some(*seed),
-            meta: serde_json::json!({}),
-        },
-    );
-    let version = compiled::read_header(&bytes).unwrap().version;
-    compiled::write_atomic(out, &bytes).unwrap();
-    (version, bytes)
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body
-}
-
-struct Collector(Child);
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Sends SIGHUP and waits until the collector serves `version`.
-fn install(c: &Collector, http: &str, version: &str) {
-    // SAFETY: kill(2) on our own child.
-    assert_eq!(
-        unsafe { libc::kill(c.0.id() as libc::pid_t, libc::SIGHUP) },
-        0
-    );
+fn install(c: &Collector, version: &str) {
+    common::sighup(c.child.id());
     let want = format!("xtrail_trail_set_served{{version=\"{version}\"}} 1");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !http_get(http, "/metrics").contains(&want) {
+    while !http_get(None, &c.http, "/metrics").contains(&want) {
         assert!(
             Instant::now() < deadline,
             "the collector never served {version}"
@@ -101,33 +59,21 @@ fn deltas_rebuild_the_set_and_bad_ones_fall_back_to_the_whole_set() {
     let (seed, public) = compiled::generate_key().unwrap();
     let (_, wrong) = compiled::generate_key().unwrap();
     let served = dir.join("served.xtrails");
-    let (v1, _) = compile(&csv(&dir, "v1.csv", 0, 0), &seed, 1_700_000_000, &served);
+    let (v1, _) = compile_signed(&csv(&dir, "v1.csv", 0, 0), &seed, 1_700_000_000, &served);
 
-    let mut child = Command::new(collector_bin())
-        .arg("--data-dir")
-        .arg(dir.join("collector"))
-        .args(["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-        .args(["--sensor-token", TOKEN])
-        .arg("--trail-set")
-        .arg(&served)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start collector");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let collector = Collector(child);
-    let addr = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap_or_else(|| panic!("no {k} in {line:?}"))
-            .to_string()
-    };
-    let http = addr("http=");
+    let collector = Collector::start(
+        None,
+        &dir.join("collector"),
+        "127.0.0.1:0",
+        &[
+            "--sensor-token",
+            TOKEN,
+            "--trail-set",
+            served.to_str().unwrap(),
+        ],
+    );
     let o = PullOptions {
-        url: format!("http://{}", addr("grpc=")),
+        url: collector.url(),
         token: TOKEN.into(),
         ca_cert: None,
         sensor_name: "delta-1".into(),
@@ -142,8 +88,8 @@ fn deltas_rebuild_the_set_and_bad_ones_fall_back_to_the_whole_set() {
     assert_eq!(p.version, v1);
 
     // 1% of the rows change: a delta, rebuilt byte for byte.
-    let (v2, b2) = compile(&csv(&dir, "v2.csv", 100, 0), &seed, 1_700_000_100, &served);
-    install(&collector, &http, &v2);
+    let (v2, b2) = compile_signed(&csv(&dir, "v2.csv", 100, 0), &seed, 1_700_000_100, &served);
+    install(&collector, &v2);
     let p = trail_pull::pull(&o).expect("second pull");
     assert!(p.via_delta, "no delta used");
     assert_eq!(p.version, v2);
@@ -151,8 +97,8 @@ fn deltas_rebuild_the_set_and_bad_ones_fall_back_to_the_whole_set() {
     assert_eq!(trail_pull::DELTAS_APPLIED.load(Ordering::Relaxed), 1);
 
     // A damaged delta, or a good one checked with another key, is refused.
-    let (v3, b3) = compile(&csv(&dir, "v3.csv", 100, 1), &seed, 1_700_000_200, &served);
-    install(&collector, &http, &v3);
+    let (v3, b3) = compile_signed(&csv(&dir, "v3.csv", 100, 1), &seed, 1_700_000_200, &served);
+    install(&collector, &v3);
     let (info, d) = trail_pull::fetch_delta_once(&o, &v2).expect("delta v2 -> v3");
     assert_eq!(info.version, v3);
     eprintln!(
@@ -192,7 +138,7 @@ fn deltas_rebuild_the_set_and_bad_ones_fall_back_to_the_whole_set() {
     assert_eq!(std::fs::read(&stored).unwrap(), b3);
     assert_eq!(trail_pull::DELTAS_DISCARDED.load(Ordering::Relaxed), 1);
 
-    let metrics = http_get(&http, "/metrics");
+    let metrics = http_get(None, &collector.http, "/metrics");
     assert!(
         metrics.contains("xtrail_trail_deltas_served_total 3"),
         "{metrics}"

@@ -37,22 +37,45 @@ fn set_b() -> IpTrails {
     t
 }
 
-/// (trail id, kind, set) of the hit a SYN from 198.18.0.2 to `dst:port` raises, if any.
-fn hit(
-    sensor: &mut Sensor,
-    ring: &mut RingBuf<MapData>,
-    dst: &str,
-    port: u16,
-) -> Option<(u32, u8, u8)> {
-    let frame = if dst.contains(':') {
-        Frame::syn(v6("2001:db8::2"), 40000, v6(dst), port)
-    } else {
-        Frame::syn(v4("198.18.0.2"), 40000, v4(dst), port)
-    };
-    sensor.test_run(&frame.build()).expect("test run");
-    let item = ring.next()?;
-    let r = parse_record(&item).expect("record");
-    Some((r.trail_id, r.kind, r.trail_set))
+/// A sensor loaded with set A (no suppression) and its ring of hit records.
+struct Probe {
+    sensor: Sensor,
+    ring: RingBuf<MapData>,
+}
+
+/// What a probe raises: (trail id, kind, set) of the hit, or None.
+type Hit = Option<(u32, u8, u8)>;
+
+impl Probe {
+    fn load() -> Probe {
+        let opts = SensorOptions {
+            suppress: std::time::Duration::ZERO,
+            ..SensorOptions::default()
+        };
+        let mut sensor = Sensor::load(&set_a(), &opts).expect("load");
+        let ring = sensor.take_hits().expect("ring");
+        Probe { sensor, ring }
+    }
+
+    /// The hit a SYN from 198.18.0.2 (2001:db8::2) to `dst:port` raises, if any.
+    fn hit(&mut self, dst: &str, port: u16) -> Hit {
+        let frame = if dst.contains(':') {
+            Frame::syn(v6("2001:db8::2"), 40000, v6(dst), port)
+        } else {
+            Frame::syn(v4("198.18.0.2"), 40000, v4(dst), port)
+        };
+        self.sensor.test_run(&frame.build()).expect("test run");
+        let item = self.ring.next()?;
+        let r = parse_record(&item).expect("record");
+        Some((r.trail_id, r.kind, r.trail_set))
+    }
+
+    /// Probes each `(dst, port)` in turn and asserts the hit it raises.
+    fn expect(&mut self, want: &[(&str, u16, Hit)]) {
+        for &(dst, port, hit) in want {
+            assert_eq!(self.hit(dst, port), hit, "{dst}:{port}");
+        }
+    }
 }
 
 #[test]
@@ -60,61 +83,40 @@ fn a_set_filled_beside_the_active_one_is_switched_in_whole() {
     if !common::privileged(module_path!()) {
         return;
     }
-    let opts = SensorOptions {
-        suppress: std::time::Duration::ZERO,
-        ..SensorOptions::default()
-    };
-    let mut sensor = Sensor::load(&set_a(), &opts).expect("load");
-    let mut ring = sensor.take_hits().expect("ring");
-    let mut sets = sensor.trail_sets().expect("trail sets");
+    let mut p = Probe::load();
+    let mut sets = p.sensor.trail_sets().expect("trail sets");
     assert_eq!(sets.active(), 0);
-    assert_eq!(
-        hit(&mut sensor, &mut ring, "198.19.1.1", 80),
-        Some((1, trail_kind::IP, 0))
-    );
-    assert_eq!(
-        hit(&mut sensor, &mut ring, "198.19.6.6", 8443),
-        Some((2, trail_kind::IPPORT, 0))
-    );
+    p.expect(&[
+        ("198.19.1.1", 80, Some((1, trail_kind::IP, 0))),
+        ("198.19.6.6", 8443, Some((2, trail_kind::IPPORT, 0))),
+    ]);
 
     // Set B filled beside A: nothing changes until the switch.
     let (fill, flags) = sets.fill(1, &set_b()).expect("fill set 1");
     assert_eq!((fill.ipv4, fill.cidr4, fill.ipport), (2, 1, 0));
-    assert_eq!(hit(&mut sensor, &mut ring, "198.19.2.2", 80), None);
-    assert_eq!(hit(&mut sensor, &mut ring, "198.51.100.9", 80), None);
-    assert_eq!(
-        hit(&mut sensor, &mut ring, "203.0.113.9", 80),
-        Some((3, trail_kind::CIDR, 0))
-    );
+    p.expect(&[
+        ("198.19.2.2", 80, None),
+        ("198.51.100.9", 80, None),
+        ("203.0.113.9", 80, Some((3, trail_kind::CIDR, 0))),
+    ]);
 
     // One write: every lookup now uses B, and the record says so.
     sets.select(1, flags).expect("switch");
-    assert_eq!(
-        hit(&mut sensor, &mut ring, "198.19.1.1", 80),
-        Some((7, trail_kind::IP, 1))
-    );
-    assert_eq!(
-        hit(&mut sensor, &mut ring, "198.19.2.2", 80),
-        Some((8, trail_kind::IP, 1))
-    );
-    assert_eq!(
-        hit(&mut sensor, &mut ring, "198.51.100.9", 80),
-        Some((9, trail_kind::CIDR, 1))
-    );
-    assert_eq!(hit(&mut sensor, &mut ring, "203.0.113.9", 80), None);
-    assert_eq!(hit(&mut sensor, &mut ring, "198.19.6.6", 8443), None);
-    assert_eq!(hit(&mut sensor, &mut ring, "2001:db8::a", 443), None);
+    p.expect(&[
+        ("198.19.1.1", 80, Some((7, trail_kind::IP, 1))),
+        ("198.19.2.2", 80, Some((8, trail_kind::IP, 1))),
+        ("198.51.100.9", 80, Some((9, trail_kind::CIDR, 1))),
+        ("203.0.113.9", 80, None),
+        ("198.19.6.6", 8443, None),
+        ("2001:db8::a", 443, None),
+    ]);
 
     // Emptying A removes exactly its entries (3 hash, 1 CIDR) and leaves B whole.
     assert_eq!(sets.clear(0).expect("clear set 0"), 4);
-    assert_eq!(
-        hit(&mut sensor, &mut ring, "198.19.2.2", 80),
-        Some((8, trail_kind::IP, 1))
-    );
-    assert_eq!(
-        hit(&mut sensor, &mut ring, "198.51.100.9", 80),
-        Some((9, trail_kind::CIDR, 1))
-    );
+    p.expect(&[
+        ("198.19.2.2", 80, Some((8, trail_kind::IP, 1))),
+        ("198.51.100.9", 80, Some((9, trail_kind::CIDR, 1))),
+    ]);
 
     // And back to a fresh set 0.
     let (_, flags) = sets.fill(0, &set_a()).expect("refill set 0");
@@ -122,15 +124,11 @@ fn a_set_filled_beside_the_active_one_is_switched_in_whole() {
     // By its keys, as a reload does.
     assert_eq!(sets.clear_filled(1, &set_b()).expect("clear set 1"), 3);
     assert_eq!(sets.clear(1).expect("set 1 is empty"), 0);
-    assert_eq!(
-        hit(&mut sensor, &mut ring, "198.19.1.1", 80),
-        Some((1, trail_kind::IP, 0))
-    );
-    assert_eq!(
-        hit(&mut sensor, &mut ring, "2001:db8::a", 443),
-        Some((4, trail_kind::IP, 0))
-    );
-    assert_eq!(hit(&mut sensor, &mut ring, "198.19.2.2", 80), None);
+    p.expect(&[
+        ("198.19.1.1", 80, Some((1, trail_kind::IP, 0))),
+        ("2001:db8::a", 443, Some((4, trail_kind::IP, 0))),
+        ("198.19.2.2", 80, None),
+    ]);
 
     // A set larger than the maps hold beside another is refused before any write.
     let mut big = IpTrails::default();
@@ -155,13 +153,8 @@ fn refills_clear_the_prefilter_bits_of_the_set_before() {
     if !common::privileged(module_path!()) {
         return;
     }
-    let opts = SensorOptions {
-        suppress: std::time::Duration::ZERO,
-        ..SensorOptions::default()
-    };
-    let mut sensor = Sensor::load(&set_a(), &opts).expect("load");
-    let mut ring = sensor.take_hits().expect("ring");
-    let mut sets = sensor.trail_sets().expect("trail sets");
+    let mut p = Probe::load();
+    let mut sets = p.sensor.trail_sets().expect("trail sets");
     let (_, flags) = sets.fill(1, &set_b()).expect("fill set 1");
     sets.select(1, flags).expect("switch to B");
     sets.clear_filled(0, &set_a()).expect("empty set 0");
@@ -171,14 +164,11 @@ fn refills_clear_the_prefilter_bits_of_the_set_before() {
     assert!(fill.prefilter);
     sets.select(0, flags).expect("switch to C");
     let skips = |s: &Sensor| s.counters().expect("counters").get(stat::PREFILTER_SKIPS);
-    assert_eq!(
-        hit(&mut sensor, &mut ring, "198.19.9.9", 80),
-        Some((11, trail_kind::IP, 0))
-    );
+    p.expect(&[("198.19.9.9", 80, Some((11, trail_kind::IP, 0)))]);
     // Destination and source both skipped: A's /24s are gone from the bitmap.
     for gone in ["203.0.113.9", "198.19.1.1", "198.19.6.6"] {
-        let before = skips(&sensor);
-        assert_eq!(hit(&mut sensor, &mut ring, gone, 8443), None, "{gone}");
-        assert_eq!(skips(&sensor) - before, 2, "{gone} not skipped");
+        let before = skips(&p.sensor);
+        assert_eq!(p.hit(gone, 8443), None, "{gone}");
+        assert_eq!(skips(&p.sensor) - before, 2, "{gone} not skipped");
     }
 }

@@ -2,11 +2,10 @@
 //! a fresh namespace, frames sent from the other end, events read from its log.
 
 mod common;
-use common::tempdir;
+use common::{events, tempdir};
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use xtrail_bench::child::Watched;
@@ -23,40 +22,19 @@ macro_rules! privileged {
     };
 }
 
-struct Running {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-}
+/// A running sensor named "e2e".
+struct Running(Watched);
 
 impl Running {
     /// Starts the sensor and waits until it has attached.
     fn start(pair: &VethPair, trails: &Path, log: &Path, extra: &[&str]) -> Running {
-        let Watched { child, lines: rx } = common::start_sensor(pair, trails, log, "e2e", extra);
-        Running { child, stderr: rx }
+        Running(common::start_sensor(pair, trails, log, "e2e", extra))
     }
 
     /// SIGINT, wait for a clean exit, return the final stats line.
-    fn stop(mut self) -> String {
-        let status =
-            xtrail_bench::child::interrupt_and_wait(&mut self.child, Duration::from_secs(15))
-                .expect("sensor did not exit on SIGINT");
-        assert!(status.success(), "sensor exited with {status}");
-        let mut last = String::new();
-        while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(500)) {
-            if line.contains("final stats") {
-                last = line;
-            }
-        }
-        last
+    fn stop(self) -> String {
+        common::stop_sensor(self.0)
     }
-}
-
-fn events(log: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON event line"))
-        .collect()
 }
 
 fn wait_for_events(log: &Path, n: usize) -> Vec<serde_json::Value> {
@@ -99,14 +77,22 @@ fn write_trails(dir: &Path, extra: &str) -> std::path::PathBuf {
     p
 }
 
+/// The sensor started on a fresh veth pair named `veth` with the test trails (and rows
+/// `extra_trails`) and `args`, writing its events to a log in a directory named after
+/// `tag`: (the log, the pair, the sensor).
+fn live(tag: &str, extra_trails: &str, veth: &str, args: &[&str]) -> (PathBuf, VethPair, Running) {
+    let dir = tempdir(tag);
+    let trails = write_trails(&dir, extra_trails);
+    let log = dir.join("events.jsonl");
+    let pair = VethPair::create(veth).expect("veth pair");
+    let sensor = Running::start(&pair, &trails, &log, args);
+    (log, pair, sensor)
+}
+
 #[test]
 fn trail_traffic_is_reported_and_clean_traffic_is_not() {
     privileged!();
-    let dir = tempdir("e2e");
-    let trails = write_trails(&dir, "");
-    let log = dir.join("events.jsonl");
-    let pair = VethPair::create("xe").expect("veth pair");
-    let sensor = Running::start(&pair, &trails, &log, &[]);
+    let (log, pair, sensor) = live("e2e", "", "xe", &[]);
     let inj = pair.injector().expect("injector");
     let me = v4(&pair.peer_ip);
     let there = v4(&pair.sensor_ip);
@@ -399,11 +385,7 @@ fn mirror_mode_hands_names_to_afxdp_workers() {
     privileged!();
     use xtrail_bench::frames::{dns_query, quic_client_initial, tls_client_hello};
 
-    let dir = tempdir("mirror");
-    let trails = write_trails(&dir, "");
-    let log = dir.join("events.jsonl");
-    let pair = VethPair::create("xm").expect("veth pair");
-    let sensor = Running::start(&pair, &trails, &log, &["--mode", "mirror"]);
+    let (log, pair, sensor) = live("mirror", "", "xm", &["--mode", "mirror"]);
     let inj = pair.injector().expect("injector");
     let me = v4(&pair.peer_ip);
     let there = v4(&pair.sensor_ip);
@@ -468,11 +450,7 @@ fn port_scan_and_nxdomain_burst_are_flagged_live() {
     privileged!();
     use xtrail_bench::frames::dns_nxdomain;
 
-    let dir = tempdir("heur");
-    let trails = write_trails(&dir, "");
-    let log = dir.join("events.jsonl");
-    let pair = VethPair::create("xh").expect("veth pair");
-    let sensor = Running::start(&pair, &trails, &log, &[]);
+    let (log, pair, sensor) = live("heur", "", "xh", &[]);
     let inj = pair.injector().expect("injector");
     let scanner = v4("198.18.222.9");
     let there = v4(&pair.sensor_ip);
@@ -529,11 +507,7 @@ fn port_scan_and_nxdomain_burst_are_flagged_live() {
 #[test]
 fn maltrail_syn_rules_are_opt_in_live() {
     privileged!();
-    let dir = tempdir("synrules");
-    let trails = write_trails(&dir, "");
-    let log = dir.join("events.jsonl");
-    let pair = VethPair::create("xr").expect("veth pair");
-    let sensor = Running::start(&pair, &trails, &log, &["--maltrail-syn-rules"]);
+    let (log, pair, sensor) = live("synrules", "", "xr", &["--maltrail-syn-rules"]);
     let inj = pair.injector().expect("injector");
     let there = v4(&pair.sensor_ip);
     // From a malware host: silent under Maltrail's rules; from a scanner: reported.
@@ -558,11 +532,7 @@ fn maltrail_syn_rules_are_opt_in_live() {
 fn port_53_without_a_dns_message_is_reported_live() {
     privileged!();
     use xtrail_bench::frames::dns_query;
-    let dir = tempdir("p53");
-    let trails = write_trails(&dir, "");
-    let log = dir.join("events.jsonl");
-    let pair = VethPair::create("x5").expect("veth pair");
-    let sensor = Running::start(&pair, &trails, &log, &[]);
+    let (log, pair, sensor) = live("p53", "", "x5", &[]);
     let inj = pair.injector().expect("injector");
     let trail = v4("198.19.66.66");
     let mut broken = dns_query(3, "broken-e2e.net", 1);
@@ -702,11 +672,12 @@ fn split_quic_client_hello_is_joined_live() {
     use xtrail_bench::netns::in_ns;
 
     let sni = "quic-split-e2e-xtrail.com";
-    let dir = tempdir("qsplit");
-    let trails = write_trails(&dir, &format!("{sni},e2e split quic (malware),(test)\n"));
-    let log = dir.join("events.jsonl");
-    let pair = VethPair::create("xq").expect("veth pair");
-    let sensor = Running::start(&pair, &trails, &log, &[]);
+    let (log, pair, sensor) = live(
+        "qsplit",
+        &format!("{sni},e2e split quic (malware),(test)\n"),
+        "xq",
+        &[],
+    );
     let server_ip = pair.sensor_ip.clone();
     let client = in_ns(&pair.peer_ns, move || {
         let sock = UdpSocket::bind("0.0.0.0:0").expect("udp client");
@@ -729,11 +700,7 @@ fn split_quic_client_hello_is_joined_live() {
 #[test]
 fn v4_mapped_ipv6_addresses_hit_ipv4_trails_live() {
     privileged!();
-    let dir = tempdir("v4m");
-    let trails = write_trails(&dir, "");
-    let log = dir.join("events.jsonl");
-    let pair = VethPair::create("vm").expect("veth pair");
-    let sensor = Running::start(&pair, &trails, &log, &[]);
+    let (log, pair, sensor) = live("v4m", "", "vm", &[]);
     let inj = pair.injector().expect("injector");
     inj.send(&Frame::syn(v6("2001:db8::2"), 41000, v6("::ffff:198.19.66.66"), 443).build())
         .unwrap();
@@ -756,14 +723,10 @@ fn v4_mapped_ipv6_addresses_hit_ipv4_trails_live() {
 #[test]
 fn hits_lost_to_a_full_ring_are_reported_when_repeated_live() {
     privileged!();
-    let dir = tempdir("ringfull");
-    let trails = write_trails(&dir, "");
-    let log = dir.join("events.jsonl");
-    let pair = VethPair::create("rf").expect("veth pair");
-    let sensor = Running::start(
-        &pair,
-        &trails,
-        &log,
+    let (log, pair, sensor) = live(
+        "ringfull",
+        "",
+        "rf",
         &[
             "--hit-ring-bytes",
             "4096",

@@ -80,13 +80,7 @@ impl Run {
     }
 
     fn json(&self) -> String {
-        let f = |x: f64| {
-            if x.is_finite() {
-                format!("{x:.3}")
-            } else {
-                "null".into()
-            }
-        };
+        let f = |x: f64| json_num(x, 3);
         format!(
             concat!(
                 "{{\"scenario\":\"{}\",\"sensor\":\"{}\",\"mode\":\"{}\",\"trails\":\"{}\",\"trail_count\":{},",
@@ -225,8 +219,8 @@ fn subset_csv(trails: &TrailSet, picks: &TrailPicks, n: usize, path: &Path) -> a
     let mut written = 0;
     let per = n / 3;
     for (a, l) in trails.ip.v4.iter().take(per) {
-        let (i, r) = label(*l);
-        writeln!(out, "{},\"{i}\",{r}", Ipv4Addr::from(*a))?;
+        let (i, r) = label(l);
+        writeln!(out, "{},\"{i}\",{r}", Ipv4Addr::from(a))?;
         written += 1;
     }
     for (d, l) in trails.domains.iter().take(per) {
@@ -361,16 +355,7 @@ fn run_xtrail(case: &Case<'_>, tmp: &Path) -> anyhow::Result<Run> {
             stats = line;
         }
     }
-    let events: Vec<String> = std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            l.split("\"trail\":\"")
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .map(str::to_string)
-        })
-        .collect();
+    let events = logged_trails(&std::fs::read_to_string(&log).unwrap_or_default());
     let _ = std::fs::remove_file(&log);
     let missed: Vec<&scenario::Item> = case
         .traffic
@@ -873,6 +858,27 @@ fn ingest_only(opts: &BenchOptions) -> anyhow::Result<()> {
     bench_ingest::write_merged(&dir, &ingest, &when)?;
     eprintln!("bench: ingest figures in {}", dir.display());
     Ok(())
+}
+
+/// The trail of each JSON event line of a sensor's events log `text`.
+pub(crate) fn logged_trails(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            l.split("\"trail\":\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// `x` with `places` decimals as a JSON number; `null` when it is not finite.
+pub(crate) fn json_num(x: f64, places: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.places$}")
+    } else {
+        "null".into()
+    }
 }
 
 pub(crate) fn machine() -> String {

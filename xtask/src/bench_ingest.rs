@@ -33,11 +33,7 @@ pub struct IngestRun {
 }
 
 fn num(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.3}")
-    } else {
-        "null".into()
-    }
+    crate::bench::json_num(x, 3)
 }
 
 impl IngestRun {

@@ -79,13 +79,7 @@ struct NicRun {
 
 impl NicRun {
     fn json(&self) -> String {
-        let f = |x: f64| {
-            if x.is_finite() {
-                format!("{x:.1}")
-            } else {
-                "null".into()
-            }
-        };
+        let f = |x: f64| crate::bench::json_num(x, 1);
         let o = |x: Option<f64>| x.map(f).unwrap_or("null".into());
         format!(
             concat!(
@@ -310,27 +304,17 @@ fn send(
                 "--max-seconds",
                 "60",
             ])
-            .output()
-            .context("running xtrail-nicgen send")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "xtrail-nicgen send: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
+            .output();
+        let text = nicgen_stdout(out, "send")?;
         let num = |k: &str| -> f64 { json_field(&text, k).unwrap_or(0.0) };
         return Ok((num("sent") as u64, num("seconds")));
     }
     let frames = sc.frames.to_vec();
     let (ns, ifname) = (pair.peer_ns.clone(), pair.peer_if.clone());
     let handle = in_ns(&pair.peer_ns, move || -> anyhow::Result<(u64, f64)> {
-        // The same CPU as the NIC-like generator.
-        // SAFETY: a zeroed cpu_set_t is a valid empty set; only this thread is affected.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(0, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        }
+        // The same CPU as the NIC-like generator; not fatal when it fails (the run is only
+        // less comparable).
+        let _ = gen::pin_to_cpu(0);
         let inj = Injector::open(&ns, &ifname)?;
         let mut flows = FlowFrames::new(&frames, FLOW_PACKETS, WINDOW, first_flow, 0);
         let r = gen::blast_flows(&inj, &mut flows, count, Some(rate), Duration::from_secs(60))?;
@@ -346,15 +330,128 @@ fn events_since(log: &Path, from: &mut u64) -> Vec<String> {
     let text = std::fs::read(log).unwrap_or_default();
     let start = (*from as usize).min(text.len());
     *from = text.len() as u64;
-    String::from_utf8_lossy(&text[start..])
-        .lines()
-        .filter_map(|l| {
-            l.split("\"trail\":\"")
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .map(str::to_string)
+    crate::bench::logged_trails(&String::from_utf8_lossy(&text[start..]))
+}
+
+/// Counters sampled before and after a run.
+struct Sample {
+    busy_ticks: u64,
+    path_ns: u64,
+    process_ticks: u64,
+    rx_packets: u64,
+    xdp: Option<(u64, u64)>,
+}
+
+impl Sample {
+    fn take(pair: &VethPair, pid: Option<u32>, prog: Option<u32>) -> anyhow::Result<Sample> {
+        Ok(Sample {
+            busy_ticks: busy_ticks(),
+            path_ns: path_cpu_ns(),
+            process_ticks: pid.map(proc_ticks).unwrap_or(0),
+            rx_packets: pair.sensor_rx_packets()?,
+            xdp: prog_stats(prog),
         })
-        .collect()
+    }
+}
+
+/// One run: a delivery of one scenario at one rate, with one sensor under measurement.
+struct Run<'a> {
+    pair: &'a VethPair,
+    delivery: &'static str,
+    sc: &'a Scenario<'a>,
+    sensor: &'a str,
+    mode: &'a str,
+    rate: u64,
+    count: u64,
+    /// The sensor process, if any.
+    pid: Option<u32>,
+    /// The sensor's XDP program, if any.
+    prog: Option<u32>,
+    /// The sensor's events log.
+    log: &'a Path,
+}
+
+impl Run<'_> {
+    /// Sends the run's traffic from flow `first_flow` on (moved past what was sent) and
+    /// measures it; reads the log's new events from `log_at`. None when the send failed
+    /// (said on stderr).
+    fn measure(&self, first_flow: &mut u64, log_at: &mut u64) -> anyhow::Result<Option<NicRun>> {
+        let (delivery, sc, sensor, mode, rate) =
+            (self.delivery, self.sc, self.sensor, self.mode, self.rate);
+        let before = Sample::take(self.pair, self.pid, self.prog)?;
+        let sent = send(self.pair, delivery, sc, self.count, rate, *first_flow);
+        std::thread::sleep(DRAIN);
+        let after = Sample::take(self.pair, self.pid, self.prog)?;
+        let (sent, secs) = match sent {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!(
+                    "bench: nic {delivery}/{}/{sensor} {mode}/{rate}: failed: {e:#}",
+                    sc.name
+                );
+                return Ok(None);
+            }
+        };
+        *first_flow += sent;
+        let delivered = after.rx_packets.saturating_sub(before.rx_packets);
+        let per = |ticks: u64| ticks as f64 * tick_ns() / delivered.max(1) as f64;
+        let (xdp_runs, xdp_ns) = match (before.xdp, after.xdp) {
+            (Some((c0, t0)), Some((c1, t1))) if c1 > c0 => {
+                (c1 - c0, Some((t1 - t0) as f64 / (c1 - c0) as f64))
+            }
+            _ => (0, None),
+        };
+        let events = events_since(self.log, log_at);
+        let detected = (sensor == "xtrail" && !sc.items.is_empty()).then(|| {
+            let sent_items: Vec<&scenario::Item> = if sent >= MIX_TEMPLATES as u64 {
+                sc.items.iter().collect()
+            } else {
+                Vec::new()
+            };
+            sent_items
+                .iter()
+                .filter(|i| events.iter().any(|t| scenario::matches(i, t)))
+                .count()
+        });
+        let process = per(after.process_ticks - before.process_ticks);
+        let r = NicRun {
+            delivery,
+            scenario: sc.name,
+            sensor: sensor.to_string(),
+            mode: mode.to_string(),
+            rate,
+            sent,
+            send_pps: sent as f64 / secs.max(1e-9),
+            delivered,
+            busy_ns_per_packet: per(after.busy_ticks - before.busy_ticks),
+            path_ns_per_packet: (after.path_ns - before.path_ns) as f64 / delivered.max(1) as f64
+                + if self.pid.is_some() { process } else { 0.0 },
+            added_path_ns_per_packet: None,
+            added_ns_per_packet: None,
+            process_ns_per_packet: if self.pid.is_some() {
+                process
+            } else {
+                f64::NAN
+            },
+            xdp_runs,
+            xdp_ns_per_run: xdp_ns,
+            injected: sc.items.len(),
+            detected,
+            load: loadavg(),
+        };
+        eprintln!(
+            "bench: nic {delivery}/{}/{sensor} {mode}/{rate}: sent {} ({:.0} pps), delivered {}, busy {:.0} ns/pkt, process {:.0} ns/pkt, xdp {} ns/run, load {}",
+            sc.name,
+            r.sent,
+            r.send_pps,
+            r.delivered,
+            r.busy_ns_per_packet,
+            r.process_ns_per_packet,
+            r.xdp_ns_per_run.map(|x| format!("{x:.0}")).unwrap_or("-".into()),
+            r.load
+        );
+        Ok(Some(r))
+    }
 }
 
 /// Runs everything and writes nic.json / nic.md; returns the Markdown summary lines.
@@ -452,101 +549,27 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
         let prog = xdp_prog_id(&pair);
         let mut log_at = 0u64;
         let mut first_flow = 0u64;
-        for delivery in ["nic", "afpacket"] {
-            for sc in &scenarios {
-                for &rate in rates {
-                    let count = (rate as f64 * seconds) as u64;
-                    let pid = under.pid();
-                    let (b0, c0, p0, rx0, x0) = (
-                        busy_ticks(),
-                        path_cpu_ns(),
-                        pid.map(proc_ticks).unwrap_or(0),
-                        pair.sensor_rx_packets()?,
-                        prog_stats(prog),
-                    );
-                    let sent = send(&pair, delivery, sc, count, rate, first_flow);
-                    std::thread::sleep(DRAIN);
-                    let (b1, c1, p1, rx1, x1) = (
-                        busy_ticks(),
-                        path_cpu_ns(),
-                        pid.map(proc_ticks).unwrap_or(0),
-                        pair.sensor_rx_packets()?,
-                        prog_stats(prog),
-                    );
-                    let (sent, secs) = match sent {
-                        Ok(s) => s,
-                        Err(e) => {
-                            eprintln!(
-                                "bench: nic {delivery}/{}/{sensor} {mode}/{rate}: failed: {e:#}",
-                                sc.name
-                            );
-                            continue;
-                        }
-                    };
-                    first_flow += sent;
-                    let delivered = rx1.saturating_sub(rx0);
-                    let per = |ticks: u64| ticks as f64 * tick_ns() / delivered.max(1) as f64;
-                    let (xdp_runs, xdp_ns) = match (x0, x1) {
-                        (Some((c0, t0)), Some((c1, t1))) if c1 > c0 => {
-                            (c1 - c0, Some((t1 - t0) as f64 / (c1 - c0) as f64))
-                        }
-                        _ => (0, None),
-                    };
-                    let detected = if sensor == "xtrail" && !sc.items.is_empty() {
-                        let events = events_since(&log, &mut log_at);
-                        let sent_items: Vec<&scenario::Item> = if sent >= MIX_TEMPLATES as u64 {
-                            sc.items.iter().collect()
-                        } else {
-                            Vec::new()
-                        };
-                        Some(
-                            sent_items
-                                .iter()
-                                .filter(|i| events.iter().any(|t| scenario::matches(i, t)))
-                                .count(),
-                        )
-                    } else {
-                        let _ = events_since(&log, &mut log_at);
-                        None
-                    };
-                    let r = NicRun {
-                        delivery,
-                        scenario: sc.name,
-                        sensor: sensor.clone(),
-                        mode: mode.clone(),
-                        rate,
-                        sent,
-                        send_pps: sent as f64 / secs.max(1e-9),
-                        delivered,
-                        busy_ns_per_packet: per(b1 - b0),
-                        path_ns_per_packet: (c1 - c0) as f64 / delivered.max(1) as f64
-                            + if pid.is_some() { per(p1 - p0) } else { 0.0 },
-                        added_path_ns_per_packet: None,
-                        added_ns_per_packet: None,
-                        process_ns_per_packet: if pid.is_some() {
-                            per(p1 - p0)
-                        } else {
-                            f64::NAN
-                        },
-                        xdp_runs,
-                        xdp_ns_per_run: xdp_ns,
-                        injected: sc.items.len(),
-                        detected,
-                        load: loadavg(),
-                    };
-                    eprintln!(
-                        "bench: nic {delivery}/{}/{sensor} {mode}/{rate}: sent {} ({:.0} pps), delivered {}, busy {:.0} ns/pkt, process {:.0} ns/pkt, xdp {} ns/run, load {}",
-                        sc.name,
-                        r.sent,
-                        r.send_pps,
-                        r.delivered,
-                        r.busy_ns_per_packet,
-                        r.process_ns_per_packet,
-                        r.xdp_ns_per_run.map(|x| format!("{x:.0}")).unwrap_or("-".into()),
-                        r.load
-                    );
-                    runs.push(r);
-                }
+        // The runs of this sensor: every delivery, scenario and rate.
+        let plan = ["nic", "afpacket"].into_iter().flat_map(|delivery| {
+            scenarios
+                .iter()
+                .flat_map(move |sc| rates.iter().map(move |&rate| (delivery, sc, rate)))
+        });
+        for (delivery, sc, rate) in plan {
+            let run = Run {
+                pair: &pair,
+                delivery,
+                sc,
+                sensor,
+                mode,
+                rate,
+                count: (rate as f64 * seconds) as u64,
+                pid: under.pid(),
+                prog,
+                log: &log,
+            };
+            if let Some(r) = run.measure(&mut first_flow, &mut log_at)? {
+                runs.push(r);
             }
         }
         if sensor == "xtrail" && mode == "inline" {
@@ -612,11 +635,20 @@ fn xdp_cost(prog: u32, tmp: &Path) -> anyhow::Result<String> {
             "--repeat",
             "200000",
         ])
-        .output()
-        .context("running xtrail-nicgen xdp-cost")?;
+        .output();
+    nicgen_stdout(out, "xdp-cost")
+}
+
+/// The trimmed standard output of `xtrail-nicgen COMMAND`, or its error (standard error)
+/// when it failed.
+fn nicgen_stdout(
+    out: std::io::Result<std::process::Output>,
+    command: &str,
+) -> anyhow::Result<String> {
+    let out = out.with_context(|| format!("running xtrail-nicgen {command}"))?;
     anyhow::ensure!(
         out.status.success(),
-        "xtrail-nicgen xdp-cost: {}",
+        "xtrail-nicgen {command}: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())

@@ -14,11 +14,12 @@
 //! Needs root (or CAP_BPF + CAP_NET_ADMIN). The privileged test is `tests/deliver.rs`.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aya::maps::{Array, PerCpuArray};
 use aya::programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
+use xtrail_bench::pace::Pacer;
 
 /// Largest template frame; as in the XDP program.
 pub const MAX_FRAME: usize = 2048;
@@ -156,12 +157,7 @@ pub struct GenReport {
 
 impl GenReport {
     pub fn pps(&self) -> f64 {
-        let s = self.elapsed.as_secs_f64();
-        if s > 0.0 {
-            self.sent as f64 / s
-        } else {
-            0.0
-        }
+        xtrail_bench::pace::rate(self.sent, self.elapsed)
     }
 }
 
@@ -288,30 +284,23 @@ impl Generator {
         max_duration: Duration,
     ) -> Result<GenReport, GenError> {
         let before = self.written()?;
-        let start = Instant::now();
+        let pacer = Pacer::start(rate);
         let mut report = GenReport::default();
         let mut queued = 0u64;
         // Flat out: large calls; each returns after its frames are through.
         let chunk = 16_384u64;
-        while queued < count && start.elapsed() < max_duration {
-            let n = match rate {
-                None => (count - queued).min(chunk),
-                Some(r) => {
-                    let due = ((start.elapsed().as_secs_f64() * r as f64) as u64).min(count);
-                    if due <= queued {
-                        let next = Duration::from_secs_f64((queued + 1) as f64 / r as f64);
-                        let wait = next.saturating_sub(start.elapsed()).max(tick);
-                        std::thread::sleep(wait.min(tick));
-                        continue;
-                    }
-                    (due - queued).min(chunk * 4)
-                }
-            };
+        while queued < count && pacer.elapsed() < max_duration {
+            let due = pacer.due(count);
+            if due <= queued {
+                std::thread::sleep(tick);
+                continue;
+            }
+            let n = (due - queued).min(if pacer.is_paced() { chunk * 4 } else { chunk });
             self.inject(n as u32)?;
             queued += n;
             report.calls += 1;
         }
-        report.elapsed = start.elapsed();
+        report.elapsed = pacer.elapsed();
         report.sent = self.written()? - before;
         Ok(report)
     }
@@ -483,15 +472,4 @@ pub fn threaded_napi(ifname: &str) -> Option<bool> {
 
 /// Pins the calling thread to one CPU: the generator numbers flows per CPU, and a paced run
 /// that moved between CPUs would leave flows unfinished.
-pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only
-    // touch it and this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
+pub use xtrail_bench::gen::pin_to_cpu;

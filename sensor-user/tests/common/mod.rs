@@ -40,12 +40,23 @@ pub fn start_sensor(
         ])
         .args(extra)
         .stdout(std::process::Stdio::null());
-    let watched = xtrail_bench::child::spawn_watched(&mut cmd, Some("sensor: "))
-        .expect("start xtrail-sensor");
-    if let Err(e) = watched.wait_for("attached to", "error:", std::time::Duration::from_secs(60)) {
-        panic!("sensor did not attach: {e}");
+    spawn_attached(&mut cmd, "error:", std::time::Duration::from_secs(60)).0
+}
+
+/// Spawns the sensor command `cmd` (stderr watched, echoed as "sensor: ") and waits up to
+/// `timeout` until it has attached; panics when a line with `failed` comes first. Returns
+/// it and the lines it wrote until then.
+pub fn spawn_attached(
+    cmd: &mut std::process::Command,
+    failed: &str,
+    timeout: std::time::Duration,
+) -> (xtrail_bench::child::Watched, Vec<String>) {
+    let watched =
+        xtrail_bench::child::spawn_watched(cmd, Some("sensor: ")).expect("start xtrail-sensor");
+    match watched.wait_for("attached to", failed, timeout) {
+        Ok(lines) => (watched, lines),
+        Err(e) => panic!("sensor did not attach: {e}"),
     }
-    watched
 }
 
 /// SIGINT, a clean exit, and the sensor's final stats line.
@@ -89,4 +100,195 @@ pub fn collector_bin() -> std::path::PathBuf {
         assert!(status.success());
     }
     bin
+}
+
+/// The reference corpus (pcaps and trails), or None (the test skipped with a message) when
+/// it is missing; under `CI=true` a missing corpus fails the test.
+pub fn corpus() -> Option<std::path::PathBuf> {
+    let p = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/maltrail/corpus"
+    ));
+    if p.is_dir() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "CI=true and {} is missing",
+        p.display()
+    );
+    eprintln!("SKIPPED: {} not found", p.display());
+    None
+}
+
+/// The JSON events in log `log` (none while it does not exist).
+pub fn events(log: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON event line"))
+        .collect()
+}
+
+/// SIGHUP to our own child `pid` (a sensor's or a collector's reload).
+pub fn sighup(pid: u32) {
+    // SAFETY: kill(2) with a valid signal on our own child.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(rc, 0, "SIGHUP to {pid}");
+}
+
+/// `GET path` on `addr` (inside network namespace `ns` when given): the raw answer.
+pub fn http_get(ns: Option<&str>, addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let (addr, path) = (addr.to_string(), path.to_string());
+    let get = move || {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("read timeout");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    };
+    match ns {
+        Some(ns) => xtrail_bench::netns::in_ns(ns, get)
+            .join()
+            .expect("thread")
+            .expect("namespace"),
+        None => get(),
+    }
+}
+
+/// Compiles trails CSV `source` into a set signed with `seed`, written to `out`:
+/// (its version, its bytes).
+pub fn compile_signed(
+    source: &std::path::Path,
+    seed: &[u8; 32],
+    built_at: u64,
+    out: &std::path::Path,
+) -> (String, Vec<u8>) {
+    use xtrail_detect::trails::{compiled, CompileOptions, LoadOptions, TrailSet};
+    let set = TrailSet::load(&[source.to_path_buf()], &LoadOptions::default()).expect("trails");
+    let bytes = compiled::write(
+        &set,
+        &CompileOptions {
+            built_at,
+            signing_key: Some(*seed),
+            meta: serde_json::json!({}),
+        },
+    );
+    let version = compiled::read_header(&bytes).expect("header").version;
+    compiled::write_atomic(out, &bytes).expect("write set");
+    (version, bytes)
+}
+
+/// The collector binary, run inside network namespace `ns` when given.
+fn collector_cmd(ns: Option<&str>) -> std::process::Command {
+    match ns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(collector_bin());
+            c
+        }
+        None => std::process::Command::new(collector_bin()),
+    }
+}
+
+/// The shared sensor token of [`Collector::with_tokens`].
+pub const SENSOR_TOKEN: &str = "sensor-secret";
+/// The subscriber token of [`Collector::with_tokens`].
+pub const SUB_TOKEN: &str = "siem-secret";
+
+/// A collector process on loopback ports (of network namespace `ns` when given); killed on
+/// drop.
+pub struct Collector {
+    pub child: std::process::Child,
+    /// The gRPC address.
+    pub grpc: String,
+    /// The HTTP address.
+    pub http: String,
+}
+
+impl Collector {
+    /// Starts the collector binary on `data` (inside namespace `ns` when given), gRPC on
+    /// `grpc` (`127.0.0.1:0` for any port), HTTP on any port, with `args` after those, and
+    /// waits for the line that says where it listens.
+    pub fn start<S: AsRef<std::ffi::OsStr>>(
+        ns: Option<&str>,
+        data: &std::path::Path,
+        grpc: &str,
+        args: &[S],
+    ) -> Collector {
+        use std::io::BufRead as _;
+        let mut child = collector_cmd(ns)
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--grpc", grpc, "--http", "127.0.0.1:0"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start collector");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("collector output");
+        let word = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+                .to_string()
+        };
+        Collector {
+            grpc: word("grpc="),
+            http: word("http="),
+            child,
+        }
+    }
+
+    /// [`Collector::start`] with the shared [`SENSOR_TOKEN`] and [`SUB_TOKEN`].
+    pub fn with_tokens(ns: Option<&str>, data: &std::path::Path, grpc: &str) -> Collector {
+        Collector::start(
+            ns,
+            data,
+            grpc,
+            &[
+                "--sensor-token",
+                SENSOR_TOKEN,
+                "--subscriber-token",
+                SUB_TOKEN,
+            ],
+        )
+    }
+
+    /// The gRPC URL sensors are given.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first `n` events the collector at `url` stores, from cursor 0, as JSON lines
+/// through the reference subscriber (run inside namespace `ns` when given) with `token`.
+pub fn subscribe(url: &str, token: &str, n: usize, ns: Option<&str>) -> Vec<String> {
+    let out = collector_cmd(ns)
+        .args(["subscribe", "--collector", url, "--token", token])
+        .args(["--from", "0", "--max-events", &n.to_string()])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .expect("subscribe");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }

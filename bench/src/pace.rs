@@ -1,0 +1,103 @@
+//! Pacing for the traffic generators: frame `i` of a run at `rate` frames per second is due
+//! `i / rate` after the run's start. Shared by the raw-socket generator ([`crate::gen`])
+//! and the NIC-like one (`xtrail-nicgen`), so that both offer traffic on the same schedule.
+
+use std::time::{Duration, Instant};
+
+/// A run's clock: when it started and at what rate it sends.
+#[derive(Clone, Copy, Debug)]
+pub struct Pacer {
+    start: Instant,
+    /// Frames per second; None sends flat out.
+    rate: Option<u64>,
+}
+
+impl Pacer {
+    /// A run starting now, at `rate` frames per second or flat out (None; a rate of 0 is
+    /// taken as flat out).
+    pub fn start(rate: Option<u64>) -> Pacer {
+        Pacer {
+            start: Instant::now(),
+            rate: rate.filter(|&r| r > 0),
+        }
+    }
+
+    /// Whether the run is paced (not flat out).
+    pub fn is_paced(&self) -> bool {
+        self.rate.is_some()
+    }
+
+    /// Time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Whether frame `sent` (counted from 0) is due. When it is not, sleeps until it is if
+    /// that is longer than `spin` (a shorter wait is spun by the caller asking again), and
+    /// says false.
+    pub fn ready(&self, sent: u64, spin: Duration) -> bool {
+        let Some(rate) = self.rate else {
+            return true;
+        };
+        let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+        let now = self.start.elapsed();
+        if due <= now {
+            return true;
+        }
+        if due - now > spin {
+            std::thread::sleep(due - now);
+        }
+        false
+    }
+
+    /// How many of a run's `count` frames are due by now: all of them flat out, else every
+    /// frame whose time has come.
+    pub fn due(&self, count: u64) -> u64 {
+        match self.rate {
+            None => count,
+            Some(rate) => {
+                let due = (self.start.elapsed().as_secs_f64() * rate as f64) as u64 + 1;
+                due.min(count)
+            }
+        }
+    }
+}
+
+/// Frames per second of `frames` sent in `elapsed` (0 for no time).
+pub fn rate(frames: u64, elapsed: Duration) -> f64 {
+    let s = elapsed.as_secs_f64();
+    if s > 0.0 {
+        frames as f64 / s
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_out_everything_is_due_at_once() {
+        let p = Pacer::start(None);
+        assert!(p.ready(1_000_000, Duration::ZERO));
+        assert_eq!(p.due(500), 500);
+        assert!(Pacer::start(Some(0)).ready(7, Duration::ZERO));
+    }
+
+    #[test]
+    fn paced_frames_come_due_one_by_one() {
+        // One frame a second: the first is due at the start, the second a second later (a
+        // spin threshold longer than that wait means no sleep here).
+        let p = Pacer::start(Some(1));
+        assert!(p.ready(0, Duration::from_secs(3600)));
+        assert!(!p.ready(1, Duration::from_secs(3600)));
+        assert_eq!(p.due(10), 1);
+    }
+
+    #[test]
+    fn rate_of_no_time_is_zero() {
+        assert_eq!(rate(10, Duration::ZERO), 0.0);
+        assert_eq!(rate(10, Duration::from_secs(2)), 5.0);
+    }
+}

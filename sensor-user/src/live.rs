@@ -28,6 +28,21 @@ use crate::trail_pull::{PullOptions, TrailPuller};
 use crate::xsk;
 use xtrail_publish::Publisher;
 
+/// User-agent patterns compiling on another thread (taken once by [`run`]).
+pub type PendingUa = Mutex<Option<std::thread::JoinHandle<anyhow::Result<Arc<UaPatterns>>>>>;
+
+/// The patterns of a [`PendingUa`], waiting for them.
+fn take_ua(pending: &PendingUa) -> anyhow::Result<Arc<UaPatterns>> {
+    let handle = pending
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the user-agent pattern loader panicked"))?
+        .take()
+        .context("the user-agent patterns were taken already")?;
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("the user-agent pattern loader panicked"))?
+}
+
 /// Everything a live run needs.
 pub struct LiveOptions {
     pub ifaces: Vec<String>,
@@ -44,8 +59,9 @@ pub struct LiveOptions {
     pub workers: usize,
     /// Heuristics (scans, DNS, HTTP); `None` runs trails only.
     pub heuristics: Option<HeuristicsConfig>,
-    /// Suspicious user-agent patterns for the heuristics.
-    pub ua: Arc<UaPatterns>,
+    /// Suspicious user-agent patterns for the heuristics, possibly still compiling: the
+    /// detector's set-up waits for them, the XDP program's load does not.
+    pub ua: PendingUa,
     /// The throttle; `None` writes every event.
     pub throttle: Option<ThrottleConfig>,
     /// The flood guard; `None` leaves the event rate unbounded.
@@ -265,23 +281,24 @@ pub fn run(
     }
     // The detector is set up while the XDP program loads and its maps fill.
     let (detector, sensor) = std::thread::scope(|s| {
-        let detector = s.spawn(|| {
+        let detector = s.spawn(|| -> anyhow::Result<Detector> {
+            let ua = take_ua(&opts.ua)?;
             Detector::new(DetectorConfig {
                 trails: Arc::clone(&trails),
                 whitelist,
                 processor: opts.processor.clone(),
-                heuristics: opts.heuristics.clone().map(|h| (h, Arc::clone(&opts.ua))),
+                heuristics: opts.heuristics.clone().map(|h| (h, ua)),
                 throttle: opts.throttle,
                 flood: opts.flood,
                 maltrail_syn_rules: opts.maltrail_syn_rules,
             })
+            .context("setting up the heuristics")
         });
         let sensor = Sensor::load(&trails.ip, &sensor_opts);
         (detector.join(), sensor)
     });
-    let mut detector = detector
-        .map_err(|_| anyhow::anyhow!("setting up the detector panicked"))?
-        .context("setting up the heuristics")?;
+    let mut detector =
+        detector.map_err(|_| anyhow::anyhow!("setting up the detector panicked"))??;
     let mut sensor = sensor?;
     // The set in use: the detector follows it, kernel hits are labelled by map set (one
     // `VersionedTrails` for both).

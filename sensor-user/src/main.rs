@@ -745,9 +745,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         duration: args.duration,
         afxdp: !args.no_afxdp,
         heuristics: cfg.heuristics_for(true),
-        ua: ua
-            .join()
-            .map_err(|_| anyhow::anyhow!("the user-agent pattern loader panicked"))??,
+        ua: std::sync::Mutex::new(Some(ua)),
         publisher: link.as_ref().map(CollectorLink::publisher),
         maltrail_syn_rules: cfg.maltrail_syn_rules,
         workers: cfg.workers,

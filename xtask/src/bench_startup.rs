@@ -18,14 +18,19 @@ use xtrail_detect::trails::{compiled, CompileOptions, LoadOptions, TrailSet};
 
 use crate::paths;
 
-/// One source's figures (medians over the runs; RSS the largest).
+/// One source's figures (medians over the runs, and the largest peak RSS).
 pub struct StartupRun {
     pub source: String,
     pub file_mb: f64,
     pub runs: usize,
     pub attached_s: f64,
     pub detecting_s: f64,
+    /// Largest `VmHWM` of the runs.
     pub peak_rss_mb: f64,
+    /// Median `VmHWM`.
+    pub median_peak_rss_mb: f64,
+    /// Median `VmRSS` once detecting (what the running sensor holds).
+    pub rss_mb: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -33,20 +38,25 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// `VmHWM` of the sensor (the `ip netns exec` child execs it, same pid).
-fn peak_rss_mb(pid: u32) -> f64 {
+/// A `/proc/PID/status` memory field (`VmHWM:`, `VmRSS:`) of the sensor in MB (the
+/// `ip netns exec` child execs it, same pid).
+fn status_mb(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// One start: (attached s, detecting s, peak RSS MB).
-fn start_once(trails: &Path, hits: &[Ipv4Addr], tmp: &Path) -> anyhow::Result<(f64, f64, f64)> {
+/// One start: (attached s, detecting s, peak RSS MB, RSS MB once detecting).
+fn start_once(
+    trails: &Path,
+    hits: &[Ipv4Addr],
+    tmp: &Path,
+) -> anyhow::Result<(f64, f64, f64, f64)> {
     let pair = VethPair::create("xst").context("veth pair")?;
     let log = tmp.join("startup-events.jsonl");
     let _ = std::fs::remove_file(&log);
@@ -80,11 +90,12 @@ fn start_once(trails: &Path, hits: &[Ipv4Addr], tmp: &Path) -> anyhow::Result<(f
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let rss = peak_rss_mb(child.id());
+    let peak = status_mb(child.id(), "VmHWM:");
+    let rss = status_mb(child.id(), "VmRSS:");
     interrupt_and_wait(&mut child, Duration::from_secs(20));
     drop(lines);
     let detecting_s = detecting_s.context("no event for the injected trail hits within 5 s")?;
-    Ok((attached_s, detecting_s, rss))
+    Ok((attached_s, detecting_s, peak, rss))
 }
 
 /// Measures both sources; `Err` when the reference CSV is missing or a start fails.
@@ -124,7 +135,7 @@ pub fn measure(quick: bool, tmp: &Path) -> anyhow::Result<Vec<StartupRun>> {
     // trail, to tell them from what the trail set costs.
     let one = tmp.join("one-trail.csv");
     std::fs::write(&one, format!("{},bench (malware),(bench)\n", hits[0]))?;
-    let n = if quick { 1 } else { 3 };
+    let n = if quick { 1 } else { 5 };
     let mut out = Vec::new();
     let sources: [(&str, PathBuf); 3] = [
         ("one trail", one),
@@ -133,24 +144,28 @@ pub fn measure(quick: bool, tmp: &Path) -> anyhow::Result<Vec<StartupRun>> {
     ];
     for (name, path) in sources {
         let file_mb = std::fs::metadata(&path).map_or(0.0, |m| m.len() as f64 / 1048576.0);
-        let (mut a, mut d, mut r) = (Vec::new(), Vec::new(), 0f64);
+        let (mut a, mut d, mut peaks, mut rss) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for i in 0..n {
-            let (att, det, rss) = start_once(&path, &hits, tmp)
+            let (att, det, peak, held) = start_once(&path, &hits, tmp)
                 .with_context(|| format!("start {} with {name}", i + 1))?;
             eprintln!(
-                "bench: startup: {name}: attached {att:.3} s, detecting {det:.3} s, peak RSS {rss:.1} MB"
+                "bench: startup: {name}: attached {att:.3} s, detecting {det:.3} s, peak RSS {peak:.1} MB, RSS {held:.1} MB"
             );
             a.push(att);
             d.push(det);
-            r = r.max(rss);
+            peaks.push(peak);
+            rss.push(held);
         }
+        let worst = peaks.iter().copied().fold(0f64, f64::max);
         out.push(StartupRun {
             source: name.into(),
             file_mb,
             runs: n,
             attached_s: median(a),
             detecting_s: median(d),
-            peak_rss_mb: r,
+            peak_rss_mb: worst,
+            median_peak_rss_mb: median(peaks),
+            rss_mb: median(rss),
         });
     }
     Ok(out)
@@ -169,8 +184,8 @@ fn json(runs: &[StartupRun], when: &str) -> String {
         .iter()
         .map(|r| {
             format!(
-                "{{\"source\":\"{}\",\"file_mb\":{:.1},\"runs\":{},\"attached_s\":{:.3},\"detecting_s\":{:.3},\"peak_rss_mb\":{:.1}}}",
-                r.source, r.file_mb, r.runs, r.attached_s, r.detecting_s, r.peak_rss_mb
+                "{{\"source\":\"{}\",\"file_mb\":{:.1},\"runs\":{},\"attached_s\":{:.3},\"detecting_s\":{:.3},\"peak_rss_mb\":{:.1},\"median_peak_rss_mb\":{:.1},\"rss_mb\":{:.1}}}",
+                r.source, r.file_mb, r.runs, r.attached_s, r.detecting_s, r.peak_rss_mb, r.median_peak_rss_mb, r.rss_mb
             )
         })
         .collect();
@@ -193,10 +208,14 @@ pub fn line(runs: &[StartupRun]) -> String {
         .iter()
         .map(|r| match base {
             Some(b) if r.source != b.source => format!(
-                "{} {:.2} s to attached, {:.2} s to detecting, peak RSS {:.0} MB ({:.2}x the CSV; the set itself +{:.2} s, +{:.0} MB = {:.2}x)",
+                "{} {:.2} s to attached, {:.2} s to detecting, RSS {:.0} MB once detecting ({:.2}x the CSV), peak RSS median {:.0} MB ({:.2}x), largest {:.0} MB ({:.2}x; the set itself +{:.2} s, +{:.0} MB = {:.2}x)",
                 r.source,
                 r.attached_s,
                 r.detecting_s,
+                r.rss_mb,
+                ratio(r.rss_mb),
+                r.median_peak_rss_mb,
+                ratio(r.median_peak_rss_mb),
                 r.peak_rss_mb,
                 ratio(r.peak_rss_mb),
                 r.detecting_s - b.detecting_s,
@@ -224,13 +243,20 @@ pub fn write(dir: &Path, runs: &[StartupRun]) -> anyhow::Result<String> {
         .unwrap_or_default();
     std::fs::write(dir.join("startup.json"), json(runs, &when))?;
     let mut md = format!(
-        "# Sensor start, taken {when} (1-minute load average at the end: {})\n\nTime from `xtrail-sensor run` to \"attached\" and to the first event for injected trail hits, and peak RSS (VmHWM), medians of the runs (RSS: largest). \"one trail\" is the sensor's own cost (XDP program load and verification, BPF maps, the three mapped ring buffers, whose data pages count twice); the rows below include it.\n\n| trails | file MB | runs | attached s | detecting s | peak RSS MB |\n|---|---|---|---|---|---|\n",
+        "# Sensor start, taken {when} (1-minute load average at the end: {})\n\nTime from `xtrail-sensor run` to \"attached\" and to the first event for injected trail hits, RSS once detecting (VmRSS, median) and peak RSS (VmHWM: median and largest of the runs); times are medians. \"one trail\" is the sensor's own cost (XDP program load and verification, BPF maps, the three mapped ring buffers, whose data pages count twice); the rows below include it.\n\n| trails | file MB | runs | attached s | detecting s | RSS MB | peak RSS MB (median) | peak RSS MB (largest) |\n|---|---|---|---|---|---|---|---|\n",
         load_average()
     );
     for r in runs {
         md.push_str(&format!(
-            "| {} | {:.1} | {} | {:.3} | {:.3} | {:.1} |\n",
-            r.source, r.file_mb, r.runs, r.attached_s, r.detecting_s, r.peak_rss_mb
+            "| {} | {:.1} | {} | {:.3} | {:.3} | {:.1} | {:.1} | {:.1} |\n",
+            r.source,
+            r.file_mb,
+            r.runs,
+            r.attached_s,
+            r.detecting_s,
+            r.rss_mb,
+            r.median_peak_rss_mb,
+            r.peak_rss_mb
         ));
     }
     std::fs::write(dir.join("startup.md"), md)?;

@@ -1,5 +1,6 @@
 //! Issue 12: the live hand-off path allocates nothing per record after warm-up. Payload
-//! records laid out as the `PAYLOADS` ring presents them (header, frame, rounded up to 8)
+//! records laid out as the `PAYLOADS` ring presents them (header, then the frame; the ring's
+//! size-class padding past `cap_len` is never read, so the records here stop at the frame)
 //! are decoded and run through the detector by `live::hand_over`, the function the live
 //! loop calls per record, under a counting allocator. Needs no privilege.
 
@@ -128,6 +129,7 @@ fn the_live_hand_off_path_allocates_nothing_per_record() {
         }
     }
     assert!(pending.is_empty(), "clean traffic: {:?}", pending.first());
+    let seen = detector.stats().processor;
     let before = allocations();
     let mut handed = 0u64;
     for _ in 0..50 {
@@ -139,6 +141,13 @@ fn the_live_hand_off_path_allocates_nothing_per_record() {
     }
     let allocated = allocations() - before;
     assert_eq!(handed, 50 * records.len() as u64);
+    // Every record went through the detector's parsers, not only the record decoder.
+    let now = detector.stats().processor;
+    assert_eq!(now.packets - seen.packets, handed);
+    assert_eq!(now.parse_errors, seen.parse_errors);
+    assert_eq!(now.dns_messages - seen.dns_messages, 50 * 64);
+    assert_eq!(now.http_requests - seen.http_requests, 50 * 64);
+    assert_eq!(now.tls_client_hellos - seen.tls_client_hellos, 50 * 64);
     assert_eq!(
         allocated, 0,
         "{allocated} allocations over {handed} hand-offs"

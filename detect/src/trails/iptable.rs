@@ -561,7 +561,7 @@ mod tests {
             assert_eq!(t.get(k), Some(l), "{k:x}");
         }
         for i in 100_000..200_000u32 {
-            let (k, _) = keys(i + 1).last().unwrap();
+            let k = ipport_key((i * 7919).to_be_bytes(), (i % 50_000) as u16);
             assert_eq!(t.get(k), None);
             assert_eq!(t.get(v4_key((i * 7919).to_be_bytes())), None);
         }
@@ -576,13 +576,15 @@ mod tests {
 
     #[test]
     fn full_buckets_displace_and_grow() {
-        // Keys that share their first bucket: every insertion past 4 moves residents.
+        // Keys that share both their buckets: the two buckets hold 10, so the 11th and 12th
+        // can only go in after residents move or the table grows.
         let mut t = CuckooTable::with_bits(4);
         let mut same = Vec::new();
         let mut i = 0u32;
         while same.len() < 12 {
             let k = v4_key(i.to_be_bytes());
-            if bucket(k, 4, 0) == 3 {
+            let (a, b) = (bucket(k, 4, 0), bucket(k, 4, 1));
+            if (a, b) == (3, 5) || (a, b) == (5, 3) {
                 same.push(k);
             }
             i += 1;
@@ -593,6 +595,10 @@ mod tests {
         for (n, k) in same.iter().enumerate() {
             assert_eq!(t.get(*k), Some(n as u32));
         }
+        assert!(
+            t.bits() > 4,
+            "12 keys on one bucket pair fit only after growing"
+        );
         // Replacing a label keeps the count.
         assert_eq!(t.insert(same[0], 99), Some(0));
         assert_eq!(t.len(), 12);

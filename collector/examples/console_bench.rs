@@ -264,14 +264,7 @@ fn fixture(dir: &std::path::Path, n: u64, now: i64) -> anyhow::Result<f64> {
 }
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let buf = read_all(&mut s, &mut None);
+    let buf = get_bytes(addr, path);
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = text
@@ -281,9 +274,8 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// The status of `path`, after reading the whole answer (bytes, no decoding: the time is
-/// the server's and the wire's, not this client's).
-fn get_status(addr: SocketAddr, path: &str) -> u16 {
+/// The whole answer to a GET of `path` with the subscriber token, as bytes.
+fn get_bytes(addr: SocketAddr, path: &str) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60))).ok();
     write!(
@@ -291,8 +283,14 @@ fn get_status(addr: SocketAddr, path: &str) -> u16 {
         "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
     )
     .expect("write");
-    let buf = read_all(&mut s, &mut None);
-    buf.get(9..12)
+    read_all(&mut s, &mut None)
+}
+
+/// The status of `path`, after reading the whole answer (bytes, no decoding: the time is
+/// the server's and the wire's, not this client's).
+fn get_status(addr: SocketAddr, path: &str) -> u16 {
+    get_bytes(addr, path)
+        .get(9..12)
         .and_then(|s| std::str::from_utf8(s).ok())
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)

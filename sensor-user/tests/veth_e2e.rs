@@ -728,8 +728,8 @@ fn hits_lost_to_a_full_ring_are_reported_when_repeated_live() {
         "",
         "rf",
         &[
-            "--hit-ring-bytes",
-            "4096",
+            "--hit-ring-kib",
+            "4",
             "--suppress-ms",
             "60000",
             "--no-flood-guard",

@@ -81,8 +81,8 @@ pub struct LiveOptions {
     pub metrics: Option<crate::metrics::MetricsServer>,
 }
 
-/// Ring buffer sizes (`run` flags). Each ring costs twice its size in resident memory (the
-/// kernel maps its data pages twice into the reader). A full ring loses records, every one
+/// Ring buffer sizes (`run` flags). Each ring holds its size in kernel memory; RSS shows it
+/// twice (the kernel maps its data pages twice into the reader). A full ring loses records, every one
 /// counted: `handoff_failed` (payloads), `ringbuf_full` (hits), `flows_full` (flow starts),
 /// in the stats line, `xtrail-sensor stats` and the metrics.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -91,9 +91,10 @@ pub struct RingArgs {
     /// least the page size; default 4096). A record takes 40 bytes plus its frame's size
     /// class (128, 256, 512, 1024 or 2048 bytes): a DNS query 168 bytes, an HTTP request head
     /// ~552, a full-size frame 2,088. Size it for what arrives while the reader is away (it
-    /// polls every 20 ms, woken at 256 KiB pending): 50k hand-offs/s of 552 bytes put
+    /// polls every 20 ms and is woken early at 256 KiB pending, which a ring of 256 KiB or
+    /// less never reaches): 50k hand-offs/s of 552 bytes put
     /// ~540 KiB in it per 20 ms. A full ring drops hand-offs, counted as `handoff_failed`;
-    /// give a busy link 16384 or more. Resident memory: twice the size.
+    /// give a busy link 16384 or more. RSS shows twice the size.
     #[arg(long = "payload-ring-kib", value_parser = parse_ring_kib)]
     pub payload_ring_kib: Option<u32>,
     /// KiB of the trail-hit ring (80 bytes a hit; default 512: ~6.5k hits; a full ring

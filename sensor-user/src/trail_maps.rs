@@ -788,7 +788,7 @@ impl KernelTrailSets {
 
     /// Deletes the entries of set `index` (inactive) whatever they are, by walking the maps
     /// (and zeroing its IPv4 table buckets, one lookup per bucket); returns how many. (Its
-    /// prefilter half is rewritten whole by the next fill.)
+    /// prefilter half becomes unknown, so the next fill rewrites it whole.)
     pub fn clear(&self, index: u8) -> Result<usize, TrailMapError> {
         let set = u32::from(index & 1);
         let m = &self.maps;

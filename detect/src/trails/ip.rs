@@ -96,7 +96,6 @@ impl IpTrails {
         }
     }
 
-    /// Label of the longest IPv4 CIDR trail containing `addr`.
     /// False when no IPv4 trail (address, IP:port or CIDR) can match `addr`: its block's bit
     /// is clear in the prefilter. True when it may, or without a current prefilter.
     #[inline]
@@ -115,6 +114,7 @@ impl IpTrails {
             .is_none_or(|w| (w >> (block & 63)) & 1 == 1)
     }
 
+    /// Label of the longest IPv4 CIDR trail containing `addr`.
     pub fn cidr4_lookup(&self, addr: Ipv4Addr) -> Option<LabelId> {
         let a = u32::from(addr);
         if self.cidr_index.v4_len == self.cidr4.len() {

@@ -122,7 +122,7 @@ pub const PAYLOAD_CAP: usize = 2048;
 
 /// Default sizes of the ring buffers, in bytes (each a power-of-two multiple of the page
 /// size; userspace may size them at load). The kernel maps a ring's data pages twice into
-/// the reader, so a ring costs twice its size in resident memory.
+/// the reader, so RSS shows a ring at twice its size.
 pub mod ring {
     /// `PAYLOADS`: records of 8 (ring header) + 32 (`PayloadHeader`) + the frame's size
     /// class (`payload_class`: 128 to 2048 bytes): a DNS query takes 168 bytes, so 4 MiB

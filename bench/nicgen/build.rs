@@ -9,6 +9,9 @@ fn main() -> anyhow::Result<()> {
         .join("ebpf")
         .canonicalize()
         .context("bench/nicgen/ebpf not found")?;
+    // The program's shared types live next to it (aya-build watches only `ebpf/`).
+    let common = std::path::Path::new(&manifest_dir).join("common");
+    println!("cargo:rerun-if-changed={}", common.display());
     let root = root.to_str().context("non-UTF-8 path")?.to_owned();
     aya_build::build_ebpf(
         [aya_build::Package {

@@ -9,6 +9,7 @@
 //! - [`flows`]: per-flow rewriting of template frames, the NIC-like generator's sequence.
 //! - [`scenario`]: reproducible benchmark traffic mixes with known malicious items.
 //! - [`pcapw`]: a pcap writer, for the offline (replay) scenario.
+//! - [`http`]: a minimal HTTP/1.1 client for the tests of the collector's and sensor's ports.
 //!
 //! Addresses for test traffic come from 198.18.0.0/15 and 2001:db8::/32; frames carrying
 //! trail addresses only ever travel between namespaces this code created.
@@ -17,6 +18,7 @@ pub mod child;
 pub mod flows;
 pub mod frames;
 pub mod gen;
+pub mod http;
 pub mod netns;
 pub mod pace;
 pub mod pcapw;

@@ -264,14 +264,8 @@ fn fixture(dir: &std::path::Path, n: u64, now: i64) -> anyhow::Result<f64> {
 }
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let buf = get_bytes(addr, path);
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let r = xtrail_bench::http::parse(&get_bytes(addr, path));
+    (r.status, r.body)
 }
 
 /// The whole answer to a GET of `path` with the subscriber token, as bytes.

@@ -103,6 +103,18 @@ async fn send(tx: &Tx, metrics: &Metrics, ev: Outgoing) -> bool {
     true
 }
 
+/// Sends events read from storage, moving `pos` to each one's cursor: false when the
+/// subscriber is gone.
+async fn send_stored(tx: &Tx, metrics: &Metrics, events: Vec<v1::Event>, pos: &mut u64) -> bool {
+    for ev in events {
+        *pos = ev.cursor;
+        if !send(tx, metrics, Outgoing::Stored(Box::new(ev))).await {
+            return false;
+        }
+    }
+    true
+}
+
 async fn run(
     hub: Hub,
     filter: EventFilter,
@@ -126,32 +138,17 @@ async fn run(
                 Err(TryRecvError::Closed) => return,
             }
         }
-        let storage = Arc::clone(&hub.storage);
         let f = Arc::clone(&filter);
-        let page =
-            tokio::task::spawn_blocking(move || storage.read_after(pos, min_ts, &f, PAGE)).await;
-        let page = match page {
-            Ok(Ok(page)) => page,
-            Ok(Err(e)) => {
-                inc(&hub.metrics.storage_errors);
-                let _ = tx
-                    .send(Err(Status::unavailable(format!("storage: {e}"))))
-                    .await;
-                return;
-            }
-            Err(e) => {
-                let _ = tx
-                    .send(Err(Status::internal(format!("reader task: {e}"))))
-                    .await;
+        let page = match blocking(&hub, move |s| s.read_after(pos, min_ts, &f, PAGE)).await {
+            Ok(page) => page,
+            Err(st) => {
+                let _ = tx.send(Err(st)).await;
                 return;
             }
         };
         let short = !page.more;
-        for ev in page.events {
-            pos = ev.cursor;
-            if !send(&tx, &hub.metrics, Outgoing::Stored(Box::new(ev))).await {
-                return;
-            }
+        if !send_stored(&tx, &hub.metrics, page.events, &mut pos).await {
+            return;
         }
         if short {
             break;
@@ -260,11 +257,8 @@ async fn follow_storage(
                 Err(st) => return fail(st).await,
             };
             let short = !page.more;
-            for ev in page.events {
-                pos = ev.cursor;
-                if !send(&tx, &hub.metrics, Outgoing::Stored(Box::new(ev))).await {
-                    return;
-                }
+            if !send_stored(&tx, &hub.metrics, page.events, &mut pos).await {
+                return;
             }
             if short {
                 pos = pos.max(horizon);

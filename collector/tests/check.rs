@@ -197,7 +197,7 @@ fn check_without_trails_is_503() {
 /// A signed-in console user may ask without a token.
 #[test]
 fn check_accepts_a_console_session() {
-    use std::io::{Read as _, Write as _};
+    use std::io::Write as _;
     let dir = tempdir("check-console");
     let list = dir.path().join("bad_hosts.txt");
     std::fs::write(&list, "listed-domain.example\n").unwrap();
@@ -224,43 +224,35 @@ fn check_accepts_a_console_session() {
     let list_s = list.display().to_string();
     let c = Collector::start(&data, None, &["--trails", &list_s]);
     wait_loaded(&c);
-    let raw = |req: String| -> String {
-        let mut s = std::net::TcpStream::connect(c.http).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        s.write_all(req.as_bytes()).unwrap();
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).unwrap();
-        buf
-    };
-    let body = "username=ana&password=correct+horse+battery+staple";
-    let resp = raw(format!(
-        "POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    ));
+    let resp = xtrail_bench::http::request(
+        c.http,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        "username=ana&password=correct+horse+battery+staple",
+    )
+    .unwrap();
     let cookie = resp
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .starts_with("set-cookie: xtrail_session=")
-                .then(|| {
-                    l["set-cookie: ".len()..]
-                        .split(';')
-                        .next()
-                        .unwrap()
-                        .to_string()
-                })
-        })
-        .unwrap_or_else(|| panic!("no session cookie: {resp}"));
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .filter_map(|(_, v)| v.split(';').next())
+        .find(|c| c.starts_with("xtrail_session="))
+        .unwrap_or_else(|| panic!("no session cookie: {resp:?}"))
+        .to_string();
     let get = |cookie: &str| {
-        raw(format!(
-            "GET /api/check?q=listed-domain.example HTTP/1.1\r\nHost: x\r\n\
-             Connection: close\r\nCookie: {cookie}\r\n\r\n"
-        ))
+        xtrail_bench::http::request(
+            c.http,
+            "GET",
+            "/api/check?q=listed-domain.example",
+            &[("Cookie", cookie)],
+            "",
+        )
+        .unwrap()
     };
     let ok = get(&cookie);
-    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
-    assert!(ok.contains("\"listed\":true"), "{ok}");
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert!(ok.body.contains("\"listed\":true"), "{ok:?}");
     let refused = get("xtrail_session=0000");
-    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    assert_eq!(refused.status, 401, "{refused:?}");
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -16,72 +16,26 @@ use xtrail_proto::v1;
 
 const BIN: &str = env!("CARGO_BIN_EXE_xtrail-collector");
 
-/// An HTTP answer.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+use xtrail_bench::http::{exchange, Response as Resp};
+
+/// What these tests read from an answer besides status, headers and body.
+trait ConsoleAnswer {
+    fn json(&self) -> Value;
+    /// The session id of a `Set-Cookie: xtrail_session=...`.
+    fn session_cookie(&self) -> Option<String>;
 }
 
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
+impl ConsoleAnswer for Resp {
     fn json(&self) -> Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 
-    /// The session id of a `Set-Cookie: xtrail_session=...`.
     fn session_cookie(&self) -> Option<String> {
         let c = self.header("set-cookie")?;
         let v = c.strip_prefix("xtrail_session=")?.split(';').next()?;
         (!v.is_empty()).then(|| v.to_string())
     }
-}
-
-fn parse_response(raw: &[u8]) -> Resp {
-    let text = String::from_utf8_lossy(raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.get(9..12))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Resp {
-        status,
-        headers,
-        body: body.to_string(),
-    }
-}
-
-fn request_text(
-    host: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> String {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() || method == "POST" {
-        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    req
 }
 
 /// One request from `source` (a loopback address) to `addr`.
@@ -105,11 +59,7 @@ fn http_from(
     let mut s = stream.into_std().unwrap();
     s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(request_text(addr, method, path, headers, body).as_bytes())
-        .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read http");
-    parse_response(&raw)
+    exchange(&mut s, &addr.to_string(), method, path, headers, body).expect("http")
 }
 
 fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
@@ -722,12 +672,8 @@ fn https(
     sock.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let mut tls = rustls::Stream::new(&mut conn, &mut sock);
-    tls.write_all(request_text(addr, method, path, headers, body).as_bytes())
-        .unwrap();
-    let mut raw = Vec::new();
     // A close without close_notify still leaves the whole answer read.
-    let _ = tls.read_to_end(&mut raw);
-    parse_response(&raw)
+    exchange(&mut tls, &addr.to_string(), method, path, headers, body).unwrap_or_default()
 }
 
 /// `POST /login` as ana (password "ana pw") over HTTPS.
@@ -789,14 +735,10 @@ fn tls_on_the_http_port() {
     );
     assert_eq!(r.json()["user"], "ana");
     // Plain HTTP on the TLS port gets no HTTP answer.
-    let mut s = std::net::TcpStream::connect(c.http).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
+    let plain = xtrail_bench::http::get(c.http, "/");
     assert!(
-        !raw.starts_with(b"HTTP/"),
-        "plain HTTP answered on the TLS port"
+        plain.as_ref().map_or(true, |r| r.status == 0),
+        "plain HTTP answered on the TLS port: {plain:?}"
     );
     // Connection limits still apply on the TLS listener: the metrics count it open.
     let r = https(certs.path(), c.http, "GET", "/metrics", &[], "");

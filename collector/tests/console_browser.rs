@@ -17,14 +17,14 @@
 mod cdp;
 mod common;
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cdp::{Browser, Page};
-use common::{tempdir, Collector, SENSOR_TOKEN};
+use common::{now_us, tempdir, Collector, SENSOR_TOKEN};
 use xtrail_detect::event::{Action, Details, Event, EventType, Severity};
 use xtrail_detect::protocols::{dns, tls};
 use xtrail_publish::{HeartbeatConfig, Publisher, PublisherConfig, SensorStatus};
@@ -43,13 +43,6 @@ const XSS_UA: &str = "Mozilla/5.0 <script>alert('ua')</script>";
 const PCAP_XSS_PATH: &str = "/login/<script>alert('pcap')</script>";
 const PCAP_XSS_UA: &str = "Mozilla/5.0 <img src=x onerror=alert('pcap-ua')>";
 const XSS_INFO: &str = "<b onmouseover=alert('info')>bold</b> agent";
-
-fn now_us() -> i64 {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970");
-    i64::try_from(d.as_micros()).expect("time fits")
-}
 
 #[allow(clippy::too_many_arguments)]
 fn event(
@@ -206,13 +199,7 @@ fn morning_events() -> Vec<Event> {
 
 fn publish(collector: &Collector, spool: &Path, events: &[Event]) {
     let cfg = PublisherConfig::new(collector.url(), SENSOR_TOKEN, "sensor-a", spool);
-    let publisher = Publisher::start(cfg).expect("publisher");
-    for e in events {
-        publisher.publish(e).expect("publish");
-    }
-    publisher
-        .flush(Duration::from_secs(60))
-        .expect("events acknowledged by the collector");
+    common::publish_all(cfg, events, Duration::from_secs(60));
 }
 
 // --- A capture replayed through the sensor's replay pipeline --------------------------
@@ -1051,21 +1038,16 @@ fn console_in_a_real_browser() {
     assert_eq!(bob_session, 200);
 }
 
-/// One raw HTTP/1.1 GET (the path sent exactly as given): (status, headers, body).
+/// One HTTP/1.1 GET (the path sent exactly as given): (status, header lines lowercased
+/// as `name: value`, body).
 fn raw_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_string())
+    let r = xtrail_bench::http::get(addr, path).expect("GET");
+    let head = r
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {}\n", v.to_ascii_lowercase()))
+        .collect();
+    (r.status, head, r.body)
 }
 
 #[test]

@@ -6,73 +6,27 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
+use xtrail_bench::http::Response;
 use xtrail_detect::event::{Action, Details, Event, EventType, Severity};
-use xtrail_publish::{Publisher, PublisherConfig};
+use xtrail_publish::PublisherConfig;
 
 const HOUR: i64 = 3_600_000_000;
 
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64
-}
-
-/// One HTTP/1.1 exchange: (status, headers lowercased, body).
+/// One HTTP/1.1 exchange.
 fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
-) -> (u16, Vec<(String, String)>, String) {
-    let mut s = TcpStream::connect(addr).expect("connect http");
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read http");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").expect("http head");
-    let status = head[9..12].parse().unwrap();
-    let hdrs: Vec<(String, String)> = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let chunked = hdrs
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    (status, hdrs, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+) -> Response {
+    xtrail_bench::http::request(addr, method, path, headers, body).expect("http")
 }
 
 /// A signed-in console user (or the subscriber token).
@@ -86,19 +40,19 @@ struct Client {
 impl Client {
     fn login(addr: SocketAddr, user: &str, password: &str) -> Client {
         let body = format!("username={user}&password={password}");
-        let (status, hdrs, _) = http(
+        let r = http(
             addr,
             "POST",
             "/login",
             &[("Content-Type", "application/x-www-form-urlencoded")],
             &body,
         );
-        assert_eq!(status, 303, "login {user}");
-        let cookie = hdrs
-            .iter()
-            .find(|(k, _)| k == "set-cookie")
-            .map(|(_, v)| v.split(';').next().unwrap().to_string())
-            .expect("session cookie");
+        assert_eq!(r.status, 303, "login {user}");
+        let cookie = r
+            .header("set-cookie")
+            .and_then(|v| v.split(';').next())
+            .expect("session cookie")
+            .to_string();
         let mut c = Client {
             addr,
             cookie: Some(cookie),
@@ -136,8 +90,8 @@ impl Client {
         let owned = self.headers();
         let mut h: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
         h.push(("Content-Type", "application/json"));
-        let (st, _, b) = http(self.addr, method, path, &h, body);
-        (st, b)
+        let r = http(self.addr, method, path, &h, body);
+        (r.status, r.body)
     }
 
     fn get(&self, path: &str) -> (u16, Value) {
@@ -333,11 +287,7 @@ fn fixture(now: i64) -> Vec<Event> {
 
 fn publish(grpc: SocketAddr, spool: &std::path::Path, events: &[Event]) {
     let cfg = PublisherConfig::new(format!("http://{grpc}"), SENSOR_TOKEN, "edge-1", spool);
-    let p = Publisher::start(cfg).unwrap();
-    for e in events {
-        p.publish(e).unwrap();
-    }
-    p.flush(Duration::from_secs(60)).expect("flush");
+    publish_all(cfg, events, Duration::from_secs(60));
 }
 
 /// Waits until every stored event is aggregated.
@@ -394,8 +344,8 @@ fn threats_search_triage_scope_exports_live_and_restart() {
     publish(collector.grpc, spool.path(), &fixture(now));
 
     // Unauthenticated: 401.
-    let (st, _, _) = http(collector.http, "GET", "/api/threats", &[], "");
-    assert_eq!(st, 401);
+    let r = http(collector.http, "GET", "/api/threats", &[], "");
+    assert_eq!(r.status, 401);
 
     let ann = Client::login(collector.http, "ann", "pw-ann-secret");
     wait_aggregated(&ann);

@@ -24,12 +24,8 @@ fn publisher_to_subscriber_every_event_once_in_order_with_all_fields() {
 
     let mut cfg = PublisherConfig::new(collector.url(), SENSOR_TOKEN, "sensor-a", spool.path());
     cfg.batch_max_events = 250;
-    let publisher = Publisher::start(cfg).unwrap();
     let originals: Vec<Event> = (0..N).map(sample).collect();
-    for e in &originals {
-        publisher.publish(e).unwrap();
-    }
-    publisher.flush(Duration::from_secs(60)).expect("flush");
+    let publisher = publish_all(cfg, &originals, Duration::from_secs(60));
     let stats = publisher.stats();
     assert_eq!(stats.acked, u64::from(N), "{stats:?}");
     assert_eq!(stats.pending, 0);
@@ -43,22 +39,8 @@ fn publisher_to_subscriber_every_event_once_in_order_with_all_fields() {
         Duration::from_secs(60),
     ));
     let live = rt.block_on(live_task).unwrap();
-    for (name, got) in [("replay", &replayed), ("live", &live)] {
-        assert_eq!(got.len(), N as usize, "{name}: count");
-        assert!(
-            got.windows(2).all(|w| w[1].cursor > w[0].cursor),
-            "{name}: cursor order"
-        );
-        assert!(
-            got.windows(2).all(|w| w[1].seq > w[0].seq),
-            "{name}: seq order"
-        );
-        for (wire, orig) in got.iter().zip(&originals) {
-            assert_eq!(wire.sensor_id, "sensor-a");
-            let back = Event::try_from(wire).expect("valid event");
-            assert_eq!(&back, orig, "{name}: fields of cursor {}", wire.cursor);
-        }
-    }
+    assert_received("replay", &replayed, &originals, "sensor-a");
+    assert_received("live", &live, &originals, "sensor-a");
     assert_eq!(collector.stored_counts(), (i64::from(N), i64::from(N)));
 
     // Since-time start, with a filter, matches the query API.

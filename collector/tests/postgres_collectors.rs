@@ -53,12 +53,8 @@ fn collector_on_postgres_stores_every_event_once() {
 
     let mut cfg = PublisherConfig::new(collector.url(), SENSOR_TOKEN, "sensor-pg", spool.path());
     cfg.batch_max_events = 250;
-    let publisher = Publisher::start(cfg).unwrap();
     let originals: Vec<Event> = (0..N).map(sample).collect();
-    for e in &originals {
-        publisher.publish(e).unwrap();
-    }
-    publisher.flush(Duration::from_secs(120)).expect("flush");
+    let publisher = common::publish_all(cfg, &originals, Duration::from_secs(120));
     assert_eq!(publisher.stats().acked, u64::from(N));
     assert_eq!(pg_counts(&pg, "e2e"), (i64::from(N), i64::from(N)));
 
@@ -69,18 +65,8 @@ fn collector_on_postgres_stores_every_event_once() {
         Duration::from_secs(60),
     ));
     let live = rt.block_on(live_task).unwrap();
-    for (name, got) in [("replay", &replayed), ("live", &live)] {
-        assert_eq!(got.len(), N as usize, "{name}: count");
-        assert!(
-            got.windows(2).all(|w| w[1].cursor > w[0].cursor),
-            "{name}: cursor order"
-        );
-        for (wire, orig) in got.iter().zip(&originals) {
-            assert_eq!(wire.sensor_id, "sensor-pg");
-            let back = Event::try_from(wire).expect("valid event");
-            assert_eq!(&back, orig, "{name}: fields of cursor {}", wire.cursor);
-        }
-    }
+    assert_received("replay", &replayed, &originals, "sensor-pg");
+    assert_received("live", &live, &originals, "sensor-pg");
     // The HTTP API reads the same store.
     let (status, body) =
         collector.http_get("/api/events?limit=5&trail=TRAIL-2999", Some(SUB_TOKEN));

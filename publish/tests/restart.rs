@@ -2,6 +2,8 @@
 //! non-empty spool resends without duplicates; a truncated spool tail is reported and the
 //! good records before it are sent; a full spool drops the oldest and reports it.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use xtrail_collector::config::{ServeArgs, ServerConfig};
 use xtrail_collector::filter::EventFilter;
 use xtrail_collector::storage::sqlite::SqliteStorage;
 use xtrail_collector::storage::Storage;
-use xtrail_detect::event::{Action, Details, Event, EventType, Severity};
+use xtrail_detect::event::Event;
 use xtrail_proto::v1;
 use xtrail_publish::{Publisher, PublisherConfig};
 
@@ -86,25 +88,9 @@ fn stored(data_dir: &Path) -> Vec<v1::Event> {
         .events
 }
 
+/// Sample event `i` of sensor "gw".
 fn event(i: u32) -> Event {
-    Event {
-        ts_us: 1_786_094_062_000_000 + i64::from(i),
-        sensor: "gw".into(),
-        src_ip: "198.18.0.1".parse().unwrap(),
-        src_port: 1234,
-        dst_ip: "198.19.0.1".parse().unwrap(),
-        dst_port: 80,
-        proto: "TCP".into(),
-        kind: EventType::Url,
-        trail: format!("trail-{i}"),
-        info: "suspicious".into(),
-        reference: "(static)".into(),
-        severity: Severity::Medium,
-        action: Action::Pass,
-        iface: None,
-        trail_set_version: String::new(),
-        details: Details::default(),
-    }
+    common::event("gw", i)
 }
 
 fn config(url: &str, spool: &Path) -> PublisherConfig {

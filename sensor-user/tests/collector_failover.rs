@@ -13,17 +13,16 @@ const SENSOR: &str = env!("CARGO_BIN_EXE_xtrail-sensor");
 
 /// How many events `c` stores in all (`GET /api/events`, one page).
 fn count(c: &Collector) -> usize {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(&c.http).expect("http");
-    write!(
-        s,
-        "GET /api/events?limit=10000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SUB_TOKEN}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("response");
-    let body = raw.split_once("\r\n\r\n").expect("head").1;
-    let v: serde_json::Value = serde_json::from_str(body).expect("JSON body");
+    let auth = format!("Bearer {SUB_TOKEN}");
+    let r = common::http(
+        None,
+        &c.http,
+        "GET",
+        "/api/events?limit=10000",
+        &[("Authorization", &auth)],
+        "",
+    );
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("JSON body");
     v["events"].as_array().expect("events").len()
 }
 

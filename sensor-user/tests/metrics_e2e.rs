@@ -7,33 +7,18 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use xtrail_bench::frames::{dns_query, v4, Frame};
-use xtrail_bench::netns::{in_ns, VethPair};
+use xtrail_bench::netns::VethPair;
 
 /// Inside the sensor's namespace (its own loopback): a fixed port cannot collide.
 const METRICS: &str = "127.0.0.1:9465";
 
-/// GET `path` from the metrics address inside namespace `ns`: (status line, body).
-fn get(ns: &str, path: &str) -> (String, String) {
-    let path = path.to_string();
-    in_ns(ns, move || -> std::io::Result<(String, String)> {
-        let mut s = TcpStream::connect(METRICS)?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: sensor\r\n\r\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head.lines().next().unwrap_or_default().to_string();
-        Ok((status, body.to_string()))
-    })
-    .join()
-    .expect("scraper thread")
-    .expect("join namespace")
-    .expect("scrape")
+/// GET `path` from the metrics address inside namespace `ns`: (status, body).
+fn get(ns: &str, path: &str) -> (u16, String) {
+    let r = common::http(Some(ns), METRICS, "GET", path, &[], "");
+    (r.status, r.body)
 }
 
 /// Every line a `# HELP`/`# TYPE` comment or `name{labels} value`; each series once; each
@@ -118,7 +103,7 @@ fn metrics_endpoint_serves_kernel_and_pipeline_counters() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let first = loop {
         let (status, page) = get(&pair.sensor_ns, "/metrics");
-        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(status, 200);
         if !page.is_empty() || Instant::now() > deadline {
             break page;
         }
@@ -195,7 +180,7 @@ fn metrics_endpoint_serves_kernel_and_pipeline_counters() {
         );
     }
     let (status, _) = get(&pair.sensor_ns, "/");
-    assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+    assert_eq!(status, 404);
 
     let stats = common::stop_sensor(sensor);
     assert!(stats.contains("final stats"), "{stats}");

@@ -9,8 +9,8 @@
 mod common;
 use common::{collector_bin, spawn_attached, tempdir, Collector, SENSOR_TOKEN};
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use xtrail_bench::child::Watched;
 use xtrail_bench::frames::{v4, Frame};
-use xtrail_bench::netns::{in_ns, Injector, VethPair};
+use xtrail_bench::netns::{Injector, VethPair};
 
 const SENSOR: &str = env!("CARGO_BIN_EXE_xtrail-sensor");
 const PASSWORD: &str = "correct horse battery";
@@ -42,61 +42,6 @@ fn add_user(data: &Path, name: &str, role: &str) {
     assert!(child.wait().unwrap().success(), "user add {name}");
 }
 
-/// One HTTP/1.1 exchange inside namespace `ns`: (status, headers lowercased, body).
-fn http(
-    ns: &str,
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, String)],
-    body: &str,
-) -> (u16, Vec<(String, String)>, String) {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    let raw = in_ns(ns, move || {
-        let mut s = TcpStream::connect(addr).expect("connect http");
-        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
-        s.write_all(req.as_bytes()).expect("write http");
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).expect("read http");
-        raw
-    })
-    .join()
-    .expect("http thread")
-    .expect("namespace");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").expect("http head");
-    let status = head[9..12].parse().expect("status");
-    let hdrs: Vec<(String, String)> = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let body = if hdrs
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
-    {
-        let mut out = String::new();
-        let mut s = rest;
-        while let Some((size, r)) = s.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 || r.len() < n {
-                break;
-            }
-            out.push_str(&r[..n]);
-            s = r[n..].trim_start_matches("\r\n");
-        }
-        out
-    } else {
-        rest.to_string()
-    };
-    (status, hdrs, body)
-}
-
 /// A signed-in console user.
 struct Analyst {
     ns: String,
@@ -107,23 +52,20 @@ struct Analyst {
 
 impl Analyst {
     fn login(ns: &str, addr: SocketAddr, user: &str) -> Analyst {
-        let (st, hdrs, _) = http(
-            ns,
-            addr,
+        let r = common::http(
+            Some(ns),
+            &addr.to_string(),
             "POST",
             "/login",
-            &[(
-                "Content-Type",
-                "application/x-www-form-urlencoded".to_string(),
-            )],
+            &[("Content-Type", "application/x-www-form-urlencoded")],
             &format!("username={user}&password={}", PASSWORD.replace(' ', "+")),
         );
-        assert_eq!(st, 303, "login {user}");
-        let cookie = hdrs
-            .iter()
-            .find(|(k, _)| k == "set-cookie")
-            .map(|(_, v)| v.split(';').next().unwrap().to_string())
-            .expect("session cookie");
+        assert_eq!(r.status, 303, "login {user}");
+        let cookie = r
+            .header("set-cookie")
+            .and_then(|v| v.split(';').next())
+            .expect("session cookie")
+            .to_string();
         let mut a = Analyst {
             ns: ns.into(),
             addr,
@@ -138,12 +80,22 @@ impl Analyst {
 
     fn call(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
         let h = [
-            ("Cookie", self.cookie.clone()),
-            ("x-csrf-token", self.csrf.clone()),
-            ("Content-Type", "application/json".to_string()),
+            ("Cookie", self.cookie.as_str()),
+            ("x-csrf-token", self.csrf.as_str()),
+            ("Content-Type", "application/json"),
         ];
-        let (st, _, b) = http(&self.ns, self.addr, method, path, &h, body);
-        (st, serde_json::from_str(&b).unwrap_or(Value::String(b)))
+        let r = common::http(
+            Some(&self.ns),
+            &self.addr.to_string(),
+            method,
+            path,
+            &h,
+            body,
+        );
+        (
+            r.status,
+            serde_json::from_str(&r.body).unwrap_or(Value::String(r.body)),
+        )
     }
 
     /// The id of the threat of `trail` from `src`, once aggregated (bounded wait).

@@ -549,6 +549,9 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     if !opts.only.is_empty() && opts.only.iter().all(|o| "startup".starts_with(o.as_str())) {
         return crate::bench_startup::only(opts.quick);
     }
+    if !opts.only.is_empty() && opts.only.iter().all(|o| "reload".starts_with(o.as_str())) {
+        return crate::bench_reload::only(opts.quick);
+    }
     let data = paths::maltrail_data();
     let full = data.join("trails-static");
     let full = if full.is_dir() {
@@ -649,11 +652,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     if wanted("nic") {
         // The mix as templates: fewer frames, more malicious items among them.
         let nic_mix = scenario::mix(opts.seed + 3, 4093, &picks, 0.05, &is_trail);
-        let when = Command::new("date")
-            .args(["-u", "+%FT%TZ"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
+        let when = crate::host::utc_now();
         let inputs = crate::bench_nic::NicInputs {
             quick: opts.quick,
             trails: &full,
@@ -826,11 +825,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
         }
     }
 
-    let when = Command::new("date")
-        .args(["-u", "+%FT%TZ"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let when = crate::host::utc_now();
     let machine = machine();
     write_results(&results_dir, &runs, &ingest, &when, &machine, opts, &notes)?;
     if let Some(r) = &startup {
@@ -848,11 +843,7 @@ fn ingest_only(opts: &BenchOptions) -> anyhow::Result<()> {
     let ingest = bench_ingest::run(opts.quick, &tmp);
     let _ = std::fs::remove_dir_all(&tmp);
     anyhow::ensure!(!ingest.is_empty(), "no ingest figure was taken");
-    let when = Command::new("date")
-        .args(["-u", "+%FT%TZ"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let when = crate::host::utc_now();
     let dir = paths::workspace_root().join("bench/results");
     std::fs::create_dir_all(&dir)?;
     bench_ingest::write_merged(&dir, &ingest, &when)?;

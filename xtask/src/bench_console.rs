@@ -37,9 +37,9 @@ fn measure(quick: bool, results_dir: &Path) -> anyhow::Result<String> {
     ]))
     .context("building the console_bench example")?;
     let exe = paths::workspace_root().join("target/release/examples/console_bench");
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into());
+    let load = Some(crate::host::loadavg(3))
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "unknown".into());
     eprintln!("bench: console: {events} events (fixture, aggregation, then the API calls)");
     let out = Command::new(&exe)
         .args([events.to_string(), "40".into()])

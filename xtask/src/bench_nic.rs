@@ -116,12 +116,6 @@ fn nicgen() -> PathBuf {
     paths::workspace_root().join("target/release/xtrail-nicgen")
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 fn write_pcap(path: &Path, frames: &[Vec<u8>]) -> anyhow::Result<()> {
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
     xtrail_bench::pcapw::write_header(&mut w)?;
@@ -316,7 +310,7 @@ fn send(
         // less comparable).
         let _ = gen::pin_to_cpu(0);
         let inj = Injector::open(&ns, &ifname)?;
-        let mut flows = FlowFrames::new(&frames, FLOW_PACKETS, WINDOW, first_flow, 0);
+        let mut flows = FlowFrames::new(&frames, FLOW_PACKETS, WINDOW, first_flow, 0)?;
         let r = gen::blast_flows(&inj, &mut flows, count, Some(rate), Duration::from_secs(60))?;
         Ok((r.sent, r.elapsed.as_secs_f64()))
     });
@@ -437,7 +431,7 @@ impl Run<'_> {
             xdp_ns_per_run: xdp_ns,
             injected: sc.items.len(),
             detected,
-            load: loadavg(),
+            load: crate::host::loadavg(3),
         };
         eprintln!(
             "bench: nic {delivery}/{}/{sensor} {mode}/{rate}: sent {} ({:.0} pps), delivered {}, busy {:.0} ns/pkt, process {:.0} ns/pkt, xdp {} ns/run, load {}",

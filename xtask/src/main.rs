@@ -9,10 +9,13 @@ mod bench;
 mod bench_console;
 mod bench_ingest;
 mod bench_nic;
+mod bench_reload;
 mod bench_startup;
 mod demo;
 mod deps;
+mod host;
 mod paths;
+mod results;
 
 use clap::{Parser, Subcommand};
 
@@ -49,7 +52,7 @@ enum Command {
         /// Seed of the generated traffic.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Only these scenarios (background, mix, storm, scale, offline, baseline, nic, ingest, console, startup); repeatable.
+        /// Only these scenarios (background, mix, storm, scale, offline, baseline, nic, ingest, console, startup, reload); repeatable.
         #[arg(long)]
         only: Vec<String>,
         /// Extra argument for `xtrail-sensor run` (repeatable), e.g. --sensor-arg=--no-flow-starts.

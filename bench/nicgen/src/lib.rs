@@ -14,17 +14,15 @@
 //! Needs root (or CAP_BPF + CAP_NET_ADMIN). The privileged test is `tests/deliver.rs`.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::{Array, PerCpuArray};
 use aya::programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use xtrail_bench::pace::Pacer;
+pub use xtrail_nicgen_common::{GenConfig, Template, MAX_FRAME, MAX_WINDOW};
 
-/// Largest template frame; as in the XDP program.
-pub const MAX_FRAME: usize = 2048;
-/// Most flows open at once; as in the XDP program.
-pub const MAX_WINDOW: u32 = 4096;
 /// Frames per batch of a live-frames run (the kernel's default is 64).
 pub const DEFAULT_BATCH: u32 = 64;
 
@@ -45,104 +43,26 @@ pub enum GenError {
     TestRun(std::io::Error),
 }
 
-/// Generator settings; layout shared with the XDP program.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct GenConfig {
-    pub ifindex: u32,
-    pub templates: u32,
-    pub window: u32,
-    pub _pad: u32,
+/// Template frames from Ethernet frames ([`Template::from_frame`]), numbered for errors.
+pub fn templates(frames: &[Vec<u8>], flow_packets: u32) -> Result<Vec<Template>, GenError> {
+    frames
+        .iter()
+        .enumerate()
+        .map(|(index, f)| {
+            Template::from_frame(f, flow_packets)
+                .map_err(|e| GenError::Template { index, why: e.0 })
+        })
+        .collect()
 }
 
-// SAFETY: repr(C), plain integers, no padding.
-unsafe impl aya::Pod for GenConfig {}
-
-/// One template frame; layout shared with the XDP program.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Template {
-    pub len: u32,
-    pub packets: u32,
-    pub l3: u16,
-    pub sport_off: u16,
-    pub csum_off: u16,
-    pub udp: u16,
-    pub src_words: [u16; 2],
-    pub sport: u16,
-    pub ip_csum: u16,
-    pub l4_csum: u16,
-    pub _pad: u16,
-    pub data: [u8; MAX_FRAME],
-}
-
-// SAFETY: repr(C), plain integers and bytes; the fields add up to a multiple of 4 bytes.
-unsafe impl aya::Pod for Template {}
-
-const _: () = assert!(std::mem::size_of::<Template>() == 28 + MAX_FRAME);
-
-fn word(b: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes([b[at], b[at + 1]])
-}
-
-impl Template {
-    /// A template from an Ethernet frame. Untagged IPv4 TCP and UDP frames (not fragments)
-    /// get per-flow source addresses and ports; anything else is sent as it is. A frame
-    /// whose payload is all zeros (background traffic) is sent `flow_packets` times per flow,
-    /// any other (DNS, HTTP, TLS) once.
-    pub fn from_frame(index: usize, frame: &[u8], flow_packets: u32) -> Result<Template, GenError> {
-        let bad = |why| GenError::Template { index, why };
-        if frame.len() < 14 || frame.len() > MAX_FRAME {
-            return Err(bad("frame shorter than Ethernet or longer than MAX_FRAME"));
-        }
-        let mut t = Template {
-            len: frame.len() as u32,
-            packets: 1,
-            l3: 0,
-            sport_off: 0,
-            csum_off: 0,
-            udp: 0,
-            src_words: [0; 2],
-            sport: 0,
-            ip_csum: 0,
-            l4_csum: 0,
-            _pad: 0,
-            data: [0; MAX_FRAME],
-        };
-        t.data[..frame.len()].copy_from_slice(frame);
-        let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
-        if ethertype != 0x0800 || frame.len() < 34 {
-            return Ok(t);
-        }
-        let l3 = 14usize;
-        let ihl = usize::from(frame[l3] & 0x0f) * 4;
-        let proto = frame[l3 + 9];
-        let frag = u16::from_be_bytes([frame[l3 + 6], frame[l3 + 7]]) & 0x3fff;
-        let l4 = l3 + ihl;
-        let (csum_at, hdr) = match proto {
-            6 => (l4 + 16, 20),
-            17 => (l4 + 6, 8),
-            _ => return Ok(t),
-        };
-        if frag != 0 || ihl < 20 || frame.len() < l4 + hdr {
-            return Ok(t);
-        }
-        if frame[l4 + hdr..].iter().all(|&b| b == 0) {
-            t.packets = flow_packets.max(1);
-        }
-        t.l3 = l3 as u16;
-        t.sport_off = l4 as u16;
-        t.src_words = [word(frame, l3 + 12), word(frame, l3 + 14)];
-        t.sport = word(frame, l4);
-        t.ip_csum = word(frame, l3 + 10);
-        t.l4_csum = word(frame, csum_at);
-        t.udp = u16::from(proto == 17);
-        // A UDP checksum of 0 means none: leave it so.
-        if !(proto == 17 && t.l4_csum == 0) {
-            t.csum_off = csum_at as u16;
-        }
-        Ok(t)
+/// The frames of a pcap or pcapng file, in order.
+pub fn read_pcap(path: &Path) -> Result<Vec<Vec<u8>>, xtrail_detect::pcap::PcapError> {
+    let mut cap = xtrail_detect::pcap::open(path)?;
+    let mut frames = Vec::new();
+    while let Some(p) = cap.next_packet()? {
+        frames.push(p.data.to_vec());
     }
+    Ok(frames)
 }
 
 /// What a generator run sent.
@@ -180,7 +100,7 @@ fn xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, GenErr
 }
 
 impl Generator {
-    /// Loads the program with `templates` (from [`Template::from_frame`]) to redirect into
+    /// Loads the program with `templates` (from [`templates`]) to redirect into
     /// interface `ifindex` of the calling thread's network namespace; `window` flows are
     /// open at once.
     /// Flows are numbered from `first_flow` (a run that must not repeat an earlier run's
@@ -389,33 +309,6 @@ pub fn prog_stats(id: u32) -> Option<(u64, u64)> {
         .map(|p| (p.run_count(), p.run_time().as_nanos() as u64))
 }
 
-/// Reads a pcap file (as `xtrail_bench::pcapw` writes them) into frames.
-pub fn read_pcap(bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
-    let magic = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?);
-    let le = match magic {
-        0xa1b2_c3d4 | 0xa1b2_3c4d => true,
-        0xd4c3_b2a1 | 0x4d3c_b2a1 => false,
-        _ => return None,
-    };
-    let u32_at = |at: usize| -> Option<u32> {
-        let b: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
-        Some(if le {
-            u32::from_le_bytes(b)
-        } else {
-            u32::from_be_bytes(b)
-        })
-    };
-    let mut at = 24;
-    let mut frames = Vec::new();
-    while at + 16 <= bytes.len() {
-        let caplen = u32_at(at + 8)? as usize;
-        let data = bytes.get(at + 16..at + 16 + caplen)?;
-        frames.push(data.to_vec());
-        at += 16 + caplen;
-    }
-    Some(frames)
-}
-
 /// Turns GRO on or off on `ifname` in the calling thread's network namespace (what
 /// `ethtool -K IF gro on` does, through the `SIOCETHTOOL` ioctl). On a veth, GRO on gives the
 /// receiving end its NAPI context without an XDP program: frames redirected into its peer
@@ -460,14 +353,6 @@ pub fn set_gro(ifname: &str, on: bool) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Whether `ifname` processes NAPI in a kernel thread (`/sys/class/net/IF/threaded`), as the
-/// calling process sees /sys; `None` when unreadable.
-pub fn threaded_napi(ifname: &str) -> Option<bool> {
-    std::fs::read_to_string(format!("/sys/class/net/{ifname}/threaded"))
-        .ok()
-        .map(|s| s.trim() != "0")
 }
 
 /// Pins the calling thread to one CPU: the generator numbers flows per CPU, and a paced run

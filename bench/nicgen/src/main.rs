@@ -17,7 +17,7 @@ use aya::maps::{Array, Map, MapData, PerCpuArray};
 use aya::programs::ProgramInfo;
 use clap::{Parser, Subcommand};
 use xtrail_common::{stat, Config};
-use xtrail_nicgen::{map_read_cost, read_pcap, test_run, Generator, Template};
+use xtrail_nicgen::{map_read_cost, read_pcap, templates, test_run, Generator};
 
 #[derive(Parser)]
 #[command(
@@ -109,14 +109,9 @@ fn main() -> anyhow::Result<()> {
             cpu,
         } => {
             xtrail_nicgen::pin_to_cpu(cpu).context("pinning to the CPU")?;
-            let bytes =
-                std::fs::read(&frames).with_context(|| format!("reading {}", frames.display()))?;
-            let frames = read_pcap(&bytes).context("not a pcap file")?;
-            let templates = frames
-                .iter()
-                .enumerate()
-                .map(|(i, f)| Template::from_frame(i, f, flow_packets))
-                .collect::<Result<Vec<_>, _>>()?;
+            let frames =
+                read_pcap(&frames).with_context(|| format!("reading {}", frames.display()))?;
+            let templates = templates(&frames, flow_packets)?;
             let name = std::ffi::CString::new(iface.clone())?;
             // SAFETY: a valid NUL-terminated name.
             let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -179,8 +174,7 @@ fn xdp_cost(
     every_run: &[String],
     repeat: u32,
 ) -> anyhow::Result<()> {
-    let bytes = std::fs::read(frames)?;
-    let frames = read_pcap(&bytes).context("not a pcap file")?;
+    let frames = read_pcap(frames).with_context(|| format!("reading {}", frames.display()))?;
     let info = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .find(|p| p.id() == prog_id)
@@ -239,8 +233,10 @@ fn xdp_cost(
         ));
     }
     let (noop, read) = map_read_cost(repeat)?;
+    // The verifier's processed-instruction count: what the program costs at load.
+    let verified = info.verified_instruction_count().unwrap_or(0);
     println!(
-        "{{\"program\":\"{}\",\"frames\":[{}],\"noop_ns\":{noop},\"array_read_ns\":{read}}}",
+        "{{\"program\":\"{}\",\"verified_insns\":{verified},\"frames\":[{}],\"noop_ns\":{noop},\"array_read_ns\":{read}}}",
         info.name_as_str().unwrap_or("?"),
         out.join(",")
     );

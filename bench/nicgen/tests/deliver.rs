@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use xtrail_bench::frames::{checksum, tcp_flags, v4, Frame};
 use xtrail_bench::netns::{in_ns, VethPair};
-use xtrail_nicgen::{set_gro, Generator, Template};
+use xtrail_nicgen::{set_gro, templates, Generator};
 
 fn root_or_skip() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -118,12 +118,9 @@ fn delivers_exactly_n_frames_with_valid_checksums() {
         .with_payload(&[0u8; 32])
         .build(),
     ];
-    let mut expected = xtrail_bench::flows::FlowFrames::new(&frames, FLOW_PACKETS, 16, 0, 0);
-    let templates: Vec<Template> = frames
-        .iter()
-        .enumerate()
-        .map(|(i, f)| Template::from_frame(i, f, FLOW_PACKETS).expect("template"))
-        .collect();
+    let mut expected =
+        xtrail_bench::flows::FlowFrames::new(&frames, FLOW_PACKETS, 16, 0, 0).expect("templates");
+    let templates = templates(&frames, FLOW_PACKETS).expect("templates");
     let sensor_if = pair.sensor_if.clone();
     let receiver = in_ns(&pair.sensor_ns, move || {
         let fd = capture(&sensor_if);

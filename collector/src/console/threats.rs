@@ -529,13 +529,7 @@ impl Subject for ThreatView<'_> {
     }
 
     fn any_addr(&self, end: End, f: &mut dyn FnMut(IpAddr, &str) -> bool) -> bool {
-        let (list, more) = match end {
-            End::Src => (&self.threat.sources.items, &self.threat.more_sources),
-            End::Dst => (
-                &self.threat.destinations.items,
-                &self.threat.more_destinations,
-            ),
-        };
+        let (list, more) = self.end(end);
         list.iter()
             .filter(|a| self.scope.allows(&a.ip))
             .any(|a| f(a.ip, &a.text))
@@ -580,16 +574,21 @@ impl Subject for ThreatView<'_> {
 }
 
 impl ThreatView<'_> {
-    /// Whether `f` holds for an address as text (bare words): the listed ones inside the
-    /// scope and, for a scoped viewer, its in-scope addresses past the list.
-    fn any_addr_text(&self, end: End, f: &mut dyn FnMut(&str) -> bool) -> bool {
-        let (list, more) = match end {
+    /// One end's listed addresses and its sorted addresses past the list.
+    fn end(&self, end: End) -> (&[Addr], &[IpAddr]) {
+        match end {
             End::Src => (&self.threat.sources.items, &self.threat.more_sources),
             End::Dst => (
                 &self.threat.destinations.items,
                 &self.threat.more_destinations,
             ),
-        };
+        }
+    }
+
+    /// Whether `f` holds for an address as text (bare words): the listed ones inside the
+    /// scope and, for a scoped viewer, its in-scope addresses past the list.
+    fn any_addr_text(&self, end: End, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        let (list, more) = self.end(end);
         list.iter()
             .filter(|a| self.scope.allows(&a.ip))
             .any(|a| f(&a.text))

@@ -111,23 +111,54 @@ impl Collector {
 
     /// GET a path on the HTTP port: (status, body).
     pub fn http_get(&self, path: &str, token: Option<&str>) -> (u16, String) {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect(self.http).expect("connect http");
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).expect("read http");
-        let status = buf[9..12].parse().unwrap_or(0);
-        let body = buf
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let r = xtrail_bench::http::request(self.http, "GET", path, &headers, "").expect("http");
+        (r.status, r.body)
+    }
+}
+
+/// Publishes `events` through a real publisher (`cfg`) and waits up to `flush` for the
+/// collector to acknowledge them all; the publisher, for its stats.
+pub fn publish_all(
+    cfg: xtrail_publish::PublisherConfig,
+    events: &[Event],
+    flush: Duration,
+) -> xtrail_publish::Publisher {
+    let p = xtrail_publish::Publisher::start(cfg).expect("publisher");
+    for e in events {
+        p.publish(e).expect("publish");
+    }
+    p.flush(flush)
+        .expect("events acknowledged by the collector");
+    p
+}
+
+/// Now, in microseconds since the epoch (event time).
+pub fn now_us() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(d.as_micros()).expect("time fits")
+}
+
+/// Checks what subscriber `name` received: every event of `sent` once, in cursor and
+/// sequence order, from sensor identity `sensor_id`, field for field.
+pub fn assert_received(name: &str, got: &[v1::Event], sent: &[Event], sensor_id: &str) {
+    assert_eq!(got.len(), sent.len(), "{name}: count");
+    assert!(
+        got.windows(2).all(|w| w[1].cursor > w[0].cursor),
+        "{name}: cursor order"
+    );
+    assert!(
+        got.windows(2).all(|w| w[1].seq > w[0].seq),
+        "{name}: seq order"
+    );
+    for (wire, orig) in got.iter().zip(sent) {
+        assert_eq!(wire.sensor_id, sensor_id);
+        let back = Event::try_from(wire).expect("valid event");
+        assert_eq!(&back, orig, "{name}: fields of cursor {}", wire.cursor);
     }
 }
 

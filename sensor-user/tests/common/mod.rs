@@ -137,30 +137,25 @@ pub fn sighup(pid: u32) {
     assert_eq!(rc, 0, "SIGHUP to {pid}");
 }
 
-/// `GET path` on `addr` (inside network namespace `ns` when given): the raw answer.
-pub fn http_get(ns: Option<&str>, addr: &str, path: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let (addr, path) = (addr.to_string(), path.to_string());
-    let get = move || {
-        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .expect("read timeout");
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .expect("request");
-        let mut answer = String::new();
-        let _ = s.read_to_string(&mut answer);
-        answer
-    };
+/// One HTTP/1.1 request to `addr` (from inside network namespace `ns` when given).
+pub fn http(
+    ns: Option<&str>,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> xtrail_bench::http::Response {
     match ns {
-        Some(ns) => xtrail_bench::netns::in_ns(ns, get)
-            .join()
-            .expect("thread")
-            .expect("namespace"),
-        None => get(),
+        Some(ns) => xtrail_bench::http::request_in(ns, addr, method, path, headers, body),
+        None => xtrail_bench::http::request(addr, method, path, headers, body),
     }
+    .unwrap_or_else(|e| panic!("{method} http://{addr}{path}: {e}"))
+}
+
+/// `GET path` on `addr` (from inside network namespace `ns` when given): the body.
+pub fn http_get(ns: Option<&str>, addr: &str, path: &str) -> String {
+    http(ns, addr, "GET", path, &[], "").body
 }
 
 /// Compiles trails CSV `source` into a set signed with `seed`, written to `out`:

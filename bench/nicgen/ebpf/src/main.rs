@@ -20,50 +20,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-
-/// Largest template frame (bytes). Keep in step with `xtrail_nicgen::MAX_FRAME`.
-const MAX_FRAME: usize = 2048;
-/// Most flows open at once per CPU. Keep in step with `xtrail_nicgen::MAX_WINDOW`.
-const MAX_WINDOW: u32 = 4096;
-
-/// Generator settings (element 0). Layout shared with `xtrail_nicgen::GenConfig`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct GenConfig {
-    /// Interface frames are redirected to.
-    pub ifindex: u32,
-    /// Templates in `TEMPLATES`.
-    pub templates: u32,
-    /// Flows open at once (slots), at most `MAX_WINDOW`.
-    pub window: u32,
-    pub _pad: u32,
-}
-
-/// One template frame. Layout shared with `xtrail_nicgen::Template`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Template {
-    /// Frame length.
-    pub len: u32,
-    /// Packets per flow of this template.
-    pub packets: u32,
-    /// Offset of the IPv4 header, or 0: send the frame as it is.
-    pub l3: u16,
-    /// Offset of the TCP/UDP source port.
-    pub sport_off: u16,
-    /// Offset of the TCP/UDP checksum, or 0 (none, or a UDP checksum of 0).
-    pub csum_off: u16,
-    /// 1 when the checksum is UDP's (0 must be written as 0xffff).
-    pub udp: u16,
-    /// The template's source address and port and checksums, as 16-bit words read in
-    /// memory order (one's complement sums do not care about byte order).
-    pub src_words: [u16; 2],
-    pub sport: u16,
-    pub ip_csum: u16,
-    pub l4_csum: u16,
-    pub _pad: u16,
-    pub data: [u8; MAX_FRAME],
-}
+use xtrail_nicgen_common::{GenConfig, Rewrite, Template, MAX_FRAME, MAX_WINDOW};
 
 /// One open flow of a slot.
 #[repr(C)]
@@ -92,21 +49,6 @@ static SLOTS: PerCpuArray<Slot> = PerCpuArray::with_max_entries(MAX_WINDOW, 0);
 /// For `array_read`: one u32, like the sensor's `TRAIL_SET`.
 #[map]
 static ONE_WORD: Array<u32> = Array::with_max_entries(1, 0);
-
-/// Adds the change from `old` to `new` to a one's complement checksum (RFC 1624, eq. 3).
-#[inline(always)]
-fn csum_add(sum: u32, old: u16, new: u16) -> u32 {
-    sum + u32::from(!old) + u32::from(new)
-}
-
-#[inline(always)]
-fn csum_finish(csum: u16, sum: u32) -> u16 {
-    let mut s = u32::from(!csum) + sum;
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    !(s as u16)
-}
 
 #[xdp]
 pub fn nicgen(ctx: XdpContext) -> u32 {
@@ -167,21 +109,14 @@ fn generate(ctx: &XdpContext) -> Option<u32> {
         return None;
     }
     if t.l3 != 0 {
-        // Each CPU numbers its flows on its own: the CPU goes into the low bits.
-        let cpu = u64::from(unsafe { bpf_get_smp_processor_id() } & 7);
-        let key = flow * 8 + cpu;
-        let host = (key & 0x1_ffff) as u32;
-        let src: u32 = 0xc612_0000 | if host == 0 { 1 } else { host };
-        let src_be = src.to_be_bytes();
-        let sport = (1024 + ((key >> 17).wrapping_mul(7919) + key) % 64_000) as u16;
-        let sport_be = sport.to_be_bytes();
-        let w0 = u16::from_ne_bytes([src_be[0], src_be[1]]);
-        let w1 = u16::from_ne_bytes([src_be[2], src_be[3]]);
-        let wp = u16::from_ne_bytes(sport_be);
-        let addr_sum = csum_add(csum_add(0, t.src_words[0], w0), t.src_words[1], w1);
-        let mut ip_csum = csum_finish(t.ip_csum, addr_sum).to_ne_bytes();
-        let mut addr = src_be;
-        let mut port = sport_be;
+        // SAFETY: a helper call without arguments.
+        let cpu = u64::from(unsafe { bpf_get_smp_processor_id() });
+        let Rewrite {
+            mut addr,
+            mut ip_csum,
+            mut port,
+            mut l4_csum,
+        } = t.rewrite(flow, cpu);
         let l3 = u32::from(t.l3);
         // SAFETY (all four): stack buffers of the stated sizes; the helper checks offsets.
         unsafe {
@@ -198,12 +133,14 @@ fn generate(ctx: &XdpContext) -> Option<u32> {
             }
         }
         if t.csum_off != 0 {
-            let l4 = csum_finish(t.l4_csum, csum_add(addr_sum, t.sport, wp));
-            let l4 = if l4 == 0 && t.udp != 0 { 0xffff } else { l4 };
-            let mut l4 = l4.to_ne_bytes();
             // SAFETY: as above.
             if unsafe {
-                bpf_xdp_store_bytes(ctx.ctx, u32::from(t.csum_off), l4.as_mut_ptr() as *mut _, 2)
+                bpf_xdp_store_bytes(
+                    ctx.ctx,
+                    u32::from(t.csum_off),
+                    l4_csum.as_mut_ptr() as *mut _,
+                    2,
+                )
             } != 0
             {
                 return None;

@@ -1,0 +1,203 @@
+//! What the NIC-like generator's XDP program (`bench/nicgen/ebpf`) and its userspace share:
+//! the map value layouts ([`GenConfig`], [`Template`]), how a frame becomes a template
+//! ([`Template::from_frame`]) and how a template is rewritten per flow
+//! ([`Template::rewrite`]). The loader (`xtrail-nicgen`) fills the maps with these types and
+//! `xtrail_bench::flows` reproduces the program's frame sequence with the same rewrite.
+//!
+//! `#[repr(C)]` and fixed size; with the `user` feature the map types implement `aya::Pod`.
+#![no_std]
+
+/// Largest template frame (bytes).
+pub const MAX_FRAME: usize = 2048;
+/// Most flows open at once per CPU.
+pub const MAX_WINDOW: u32 = 4096;
+
+/// Generator settings (element 0 of `CONFIG`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GenConfig {
+    /// Interface frames are redirected to.
+    pub ifindex: u32,
+    /// Templates in `TEMPLATES`.
+    pub templates: u32,
+    /// Flows open at once (slots), at most [`MAX_WINDOW`].
+    pub window: u32,
+    pub _pad: u32,
+}
+
+/// One template frame (an element of `TEMPLATES`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Template {
+    /// Frame length.
+    pub len: u32,
+    /// Packets per flow of this template.
+    pub packets: u32,
+    /// Offset of the IPv4 header, or 0: send the frame as it is.
+    pub l3: u16,
+    /// Offset of the TCP/UDP source port.
+    pub sport_off: u16,
+    /// Offset of the TCP/UDP checksum, or 0 (none, or a UDP checksum of 0).
+    pub csum_off: u16,
+    /// 1 when the checksum is UDP's (0 must be written as 0xffff).
+    pub udp: u16,
+    /// The template's source address and port and checksums, as 16-bit words read in
+    /// memory order (one's complement sums do not care about byte order).
+    pub src_words: [u16; 2],
+    pub sport: u16,
+    pub ip_csum: u16,
+    pub l4_csum: u16,
+    pub _pad: u16,
+    pub data: [u8; MAX_FRAME],
+}
+
+const _: () = assert!(core::mem::size_of::<Template>() == 28 + MAX_FRAME);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), plain integers, no padding.
+unsafe impl aya::Pod for GenConfig {}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), plain integers and bytes; the fields add up to a multiple of 4 bytes.
+unsafe impl aya::Pod for Template {}
+
+/// Why a frame cannot be a template.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TemplateError(pub &'static str);
+
+impl core::fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl core::error::Error for TemplateError {}
+
+/// The bytes a flow's frame gets in place of the template's, at the template's offsets:
+/// `addr` at `l3 + 12`, `ip_csum` at `l3 + 10`, `port` at `sport_off`, and `l4_csum` at
+/// `csum_off` when that is not 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rewrite {
+    pub addr: [u8; 4],
+    pub ip_csum: [u8; 2],
+    pub port: [u8; 2],
+    pub l4_csum: [u8; 2],
+}
+
+fn word(b: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([b[at], b[at + 1]])
+}
+
+/// Adds the change from `old` to `new` to a one's complement sum (RFC 1624, eq. 3).
+#[inline(always)]
+fn csum_add(sum: u32, old: u16, new: u16) -> u32 {
+    sum + u32::from(!old) + u32::from(new)
+}
+
+/// Applies a sum of changes to checksum `csum`.
+#[inline(always)]
+fn csum_finish(csum: u16, sum: u32) -> u16 {
+    let mut s = u32::from(!csum) + sum;
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
+}
+
+/// The source address (198.18.0.0/15, big-endian) and source port of flow `flow` as CPU
+/// `cpu` numbers it: each CPU numbers its flows on its own, the CPU goes into the low bits.
+#[inline(always)]
+pub fn flow_source(flow: u64, cpu: u64) -> ([u8; 4], u16) {
+    let key = flow * 8 + (cpu & 7);
+    let host = (key & 0x1_ffff) as u32;
+    let src: u32 = 0xc612_0000 | if host == 0 { 1 } else { host };
+    let sport = (1024 + ((key >> 17).wrapping_mul(7919) + key) % 64_000) as u16;
+    (src.to_be_bytes(), sport)
+}
+
+impl Template {
+    /// A template from an Ethernet frame. Untagged IPv4 TCP and UDP frames (not fragments)
+    /// get per-flow source addresses and ports; anything else is sent as it is. A frame
+    /// whose payload is all zeros (background traffic) is sent `flow_packets` times per flow,
+    /// any other (DNS, HTTP, TLS) once.
+    pub fn from_frame(frame: &[u8], flow_packets: u32) -> Result<Template, TemplateError> {
+        if frame.len() < 14 || frame.len() > MAX_FRAME {
+            return Err(TemplateError(
+                "frame shorter than Ethernet or longer than MAX_FRAME",
+            ));
+        }
+        let mut t = Template {
+            len: frame.len() as u32,
+            packets: 1,
+            l3: 0,
+            sport_off: 0,
+            csum_off: 0,
+            udp: 0,
+            src_words: [0; 2],
+            sport: 0,
+            ip_csum: 0,
+            l4_csum: 0,
+            _pad: 0,
+            data: [0; MAX_FRAME],
+        };
+        t.data[..frame.len()].copy_from_slice(frame);
+        let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+        if ethertype != 0x0800 || frame.len() < 34 {
+            return Ok(t);
+        }
+        let l3 = 14usize;
+        let ihl = usize::from(frame[l3] & 0x0f) * 4;
+        let proto = frame[l3 + 9];
+        let frag = u16::from_be_bytes([frame[l3 + 6], frame[l3 + 7]]) & 0x3fff;
+        let l4 = l3 + ihl;
+        let (csum_at, hdr) = match proto {
+            6 => (l4 + 16, 20),
+            17 => (l4 + 6, 8),
+            _ => return Ok(t),
+        };
+        if frag != 0 || ihl < 20 || frame.len() < l4 + hdr {
+            return Ok(t);
+        }
+        if frame[l4 + hdr..].iter().all(|&b| b == 0) {
+            t.packets = flow_packets.max(1);
+        }
+        t.l3 = l3 as u16;
+        t.sport_off = l4 as u16;
+        t.src_words = [word(frame, l3 + 12), word(frame, l3 + 14)];
+        t.sport = word(frame, l4);
+        t.ip_csum = word(frame, l3 + 10);
+        t.l4_csum = word(frame, csum_at);
+        t.udp = u16::from(proto == 17);
+        // A UDP checksum of 0 means none: leave it so.
+        if !(proto == 17 && t.l4_csum == 0) {
+            t.csum_off = csum_at as u16;
+        }
+        Ok(t)
+    }
+
+    /// The template's frame bytes.
+    pub fn frame(&self) -> &[u8] {
+        &self.data[..(self.len as usize).min(MAX_FRAME)]
+    }
+
+    /// What flow `flow` of CPU `cpu` writes over this template (meaningful when `l3` is not
+    /// 0): its source address and port, with both checksums updated incrementally.
+    #[inline(always)]
+    pub fn rewrite(&self, flow: u64, cpu: u64) -> Rewrite {
+        let (addr, sport) = flow_source(flow, cpu);
+        let port = sport.to_be_bytes();
+        let w0 = u16::from_ne_bytes([addr[0], addr[1]]);
+        let w1 = u16::from_ne_bytes([addr[2], addr[3]]);
+        let wp = u16::from_ne_bytes(port);
+        let addr_sum = csum_add(csum_add(0, self.src_words[0], w0), self.src_words[1], w1);
+        let ip_csum = csum_finish(self.ip_csum, addr_sum).to_ne_bytes();
+        let l4 = csum_finish(self.l4_csum, csum_add(addr_sum, self.sport, wp));
+        let l4 = if l4 == 0 && self.udp != 0 { 0xffff } else { l4 };
+        Rewrite {
+            addr,
+            ip_csum,
+            port,
+            l4_csum: l4.to_ne_bytes(),
+        }
+    }
+}

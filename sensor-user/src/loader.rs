@@ -151,15 +151,25 @@ static PREPARED: std::sync::Mutex<Option<std::thread::JoinHandle<EbpfLoader<'sta
     std::sync::Mutex::new(None);
 
 /// Starts making the next [`Sensor::load`]'s loader on another thread: `EbpfLoader::new`
-/// reads and parses the kernel's BTF (5 MB, tens of milliseconds), which can go on while
-/// the trails load. The program needs no CO-RE relocation, so the parsed BTF is dropped
-/// there and then: its megabytes are free before the trail set is built.
+/// reads and parses the kernel's BTF (5 MB, tens of milliseconds; aya 0.14 has no way to
+/// make a loader without it), which can go on while the trails load. The program needs no
+/// CO-RE relocation, so the parsed BTF is dropped there and then: its megabytes are free
+/// before the trail set is built. The same thread then probes the kernel's BPF features
+/// (aya does it once, with a dozen small program and map loads, at the first load).
 pub fn prepare() {
     let handle = std::thread::Builder::new()
         .name("xtrail-btf".into())
         .spawn(|| {
             let mut loader = EbpfLoader::new();
             loader.btf(None);
+            // The parsed BTF's ~16 MB of freed heap go back to the system now, not when the
+            // allocator next trims its top (the trail set is being built meanwhile).
+            // SAFETY: malloc_trim has no preconditions.
+            unsafe { libc::malloc_trim(0) };
+            crate::startup::mark("btf_parsed");
+            let _ = aya::features();
+            crate::startup::mark("bpf_features_probed");
+            crate::startup::thread_cpu("btf_and_features");
             loader
         });
     if let (Ok(h), Ok(mut slot)) = (handle, PREPARED.lock()) {
@@ -218,6 +228,7 @@ impl Sensor {
         let ring = |on: bool, bytes: u32| if on { bytes.max(page) } else { page };
         loader.map_max_entries(names::PAYLOADS, ring(opts.handoff, opts.payload_ring_bytes));
         loader.map_max_entries(names::FLOWS, ring(opts.flows, opts.flow_ring_bytes));
+        crate::startup::mark("ebpf_loader_ready");
         let mut ebpf = loader
             .map_max_entries(names::IPV4_TABLE, capacity.v4_elements())
             .map_max_entries(names::IPPORT4_TABLE, capacity.ipport4_elements())
@@ -232,6 +243,7 @@ impl Sensor {
             )
             .load(crate::XDP_OBJECT)?;
         let created = started.elapsed();
+        crate::startup::mark("maps_created");
         // The maps exist: trail set 0 (made the active one below) is filled while the kernel
         // verifies the program on another thread (neither needs the other).
         let mut sets = KernelTrailSets::of(&ebpf, 0, capacity)?
@@ -244,9 +256,13 @@ impl Sensor {
                     .try_into()
                     .map_err(LoadError::Program)?;
                 program.load().map_err(LoadError::Program)?;
+                crate::startup::mark("program_verified");
+                crate::startup::thread_cpu("verifier");
                 Ok(started.elapsed())
             });
             let filled = sets.fill(0, ip).map(|f| (f, started.elapsed()));
+            crate::startup::mark("set0_filled");
+            crate::startup::thread_cpu("main_to_set0_filled");
             (verified.join(), filled)
         });
         let verified = verified.unwrap_or_else(|p| std::panic::resume_unwind(p))?;
@@ -299,7 +315,12 @@ impl Sensor {
             suppress_ns: u64::try_from(opts.suppress.as_nanos()).unwrap_or(u64::MAX),
             flow_ns: u64::try_from(opts.flow_window.as_nanos()).unwrap_or(u64::MAX),
             xsk_queues: opts.xsk_queues,
-            _pad2: 0,
+            // Reader wake-ups per an eighth of each ring (at most the default thresholds).
+            wake_shifts: xtrail_common::wake::shifts(
+                ring(opts.handoff, opts.payload_ring_bytes),
+                opts.hit_ring_bytes,
+                ring(opts.flows, opts.flow_ring_bytes),
+            ),
         };
         let mut sensor = Sensor {
             ebpf,

@@ -23,20 +23,17 @@
 use std::sync::Arc;
 
 use hashbrown::HashMap;
+use xtrail_common::trail_table;
 
-/// Slots per bucket.
-pub const BUCKET_SLOTS: usize = 5;
+/// Slots per bucket. The layout, hash constants and key kinds are the XDP program's
+/// (`xtrail_common::trail_table`, the one definition).
+pub const BUCKET_SLOTS: usize = trail_table::SLOTS;
 /// A bucket: per slot, the key's low and high words and the label; one zero word.
-pub type Bucket = [u32; 16];
+pub use trail_table::Bucket;
 /// Bytes per bucket.
 pub const BUCKET_BYTES: usize = std::mem::size_of::<Bucket>();
-/// The two multiply-shift constants (odd). The XDP program uses the same
-/// (`xtrail_common::trail_table`).
-pub const HASH: [u64; 2] = [0x9E37_79B9_7F4A_7C15, 0xC2B2_AE3D_27D4_EB4F];
-/// Kind tag of an IPv4 address key.
-pub const KIND_IP: u64 = 1 << 48;
-/// Kind tag of an IPv4 `IP:port` key.
-pub const KIND_PORT: u64 = 2 << 48;
+/// The two multiply-shift constants (odd), kind tags of IPv4 address and `IP:port` keys.
+pub use trail_table::{HASH, KIND_IP, KIND_PORT};
 /// Largest table: 2^30 buckets.
 pub const MAX_BITS: u32 = 30;
 /// Most moves one insertion makes before the table grows.
@@ -47,13 +44,13 @@ pub const MAX_LOAD_PERCENT: usize = 90;
 /// Key of an IPv4 address trail (`addr` in network order).
 #[inline]
 pub fn v4_key(addr: [u8; 4]) -> u64 {
-    u64::from(u32::from_le_bytes(addr)) | KIND_IP
+    trail_table::v4_key(u32::from_le_bytes(addr))
 }
 
 /// Key of an IPv4 `IP:port` trail (`addr` in network order, `port` in host order).
 #[inline]
 pub fn ipport_key(addr: [u8; 4], port: u16) -> u64 {
-    u64::from(u32::from_le_bytes(addr)) | (u64::from(port) << 32) | KIND_PORT
+    trail_table::ipport_key(u32::from_le_bytes(addr), port)
 }
 
 /// The address of a key (network order).
@@ -95,7 +92,7 @@ fn set_slot(b: &mut Bucket, s: usize, key: u64, label: u32) {
 /// Bucket `which` (0 or 1) of `key` in a table of `2^bits` buckets (`1 ≤ bits ≤ 63`).
 #[inline]
 pub fn bucket(key: u64, bits: u32, which: usize) -> usize {
-    (key.wrapping_mul(HASH[which & 1]) >> (64 - bits.clamp(1, 63))) as usize
+    trail_table::bucket(key, bits.clamp(1, 63), which) as usize
 }
 
 /// The smallest `bits` whose table holds `n` keys within [`MAX_LOAD_PERCENT`].
@@ -103,6 +100,22 @@ pub fn bits_for(n: usize) -> u32 {
     let slots_needed = n.saturating_mul(100).div_ceil(MAX_LOAD_PERCENT);
     let buckets = slots_needed.div_ceil(BUCKET_SLOTS).max(2);
     buckets.next_power_of_two().trailing_zeros().min(MAX_BITS)
+}
+
+/// Drops this process's resident pages of the whole pages inside `range` of a read-only
+/// file mapping (the file stays in the page cache; later reads fault back in only the pages
+/// they touch). Advisory: errors are ignored.
+pub(crate) fn release_mapped(map: &memmap2::Mmap, range: std::ops::Range<usize>) {
+    let page = 4096;
+    let start = range.start.div_ceil(page) * page;
+    let end = range.end.min(map.len()) / page * page;
+    if end > start {
+        // SAFETY: a private, read-only file mapping: MADV_DONTNEED only drops this
+        // process's page table entries; later reads fault the same file bytes back in.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
 }
 
 /// A table that failed to hold its keys (more than 2^[`MAX_BITS`] buckets' worth).
@@ -231,18 +244,8 @@ impl CuckooTable {
     /// Drops this process's resident pages of a mapped table (the kernel copy was filled
     /// from them); later lookups fault back in only the pages they touch. No-op when owned.
     pub fn release_pages(&self) {
-        let Store::Mapped { map, range } = &self.store else {
-            return;
-        };
-        let page = 4096;
-        let start = range.start.div_ceil(page) * page;
-        let end = range.end / page * page;
-        if end > start {
-            // SAFETY: a private, read-only file mapping: MADV_DONTNEED only drops this
-            // process's page table entries; later reads fault the same file bytes back in.
-            let _ = unsafe {
-                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
-            };
+        if let Store::Mapped { map, range } = &self.store {
+            release_mapped(map, range.clone());
         }
     }
 
@@ -495,6 +498,12 @@ impl IpPortTrails {
             Some(a) => self.v4.get(ipport_key(a, key.1)),
             None => self.v6.get(key).copied(),
         }
+    }
+
+    /// Label of an IPv4 (address, port) trail, without the IPv4-mapped key.
+    #[inline]
+    pub fn get_v4(&self, addr: [u8; 4], port: u16) -> Option<u32> {
+        self.v4.get(ipport_key(addr, port))
     }
 
     /// Whether (address, port) is a trail.

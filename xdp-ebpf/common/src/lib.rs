@@ -213,7 +213,59 @@ pub struct Config {
     pub flow_ns: u64,
     /// Stride of `XSKS` per interface slot: the receive queues each interface has sockets for.
     pub xsk_queues: u32,
-    pub _pad2: u32,
+    /// Per ring (indexed by [`wake`]), `log2` of the pending bytes per reader wake-up (see
+    /// [`wake::shift_for`]); 0 means the ring's default ([`wake::DEFAULT_SHIFTS`]).
+    pub wake_shifts: [u8; 4],
+}
+
+/// Reader wake-ups of the ring buffers. A record is submitted without waking the reader
+/// (which polls every 20 ms) unless it takes the ring's pending bytes across a multiple of
+/// `2^shift`: a wake-up costs microseconds, so it is spent once per that many bytes.
+pub mod wake {
+    /// Index of the `PAYLOADS` ring in [`super::Config::wake_shifts`].
+    pub const PAYLOADS: usize = 0;
+    /// Index of the `HITS` ring.
+    pub const HITS: usize = 1;
+    /// Index of the `FLOWS` ring.
+    pub const FLOWS: usize = 2;
+    /// The largest thresholds: 256 KiB of payloads, 16 KiB of hits, 64 KiB of flow starts
+    /// (index 3 is unused).
+    pub const DEFAULT_SHIFTS: [u32; 4] = [18, 14, 16, 16];
+    /// A ring is woken at least per this fraction of its size (`2^-FRACTION_SHIFT`).
+    pub const FRACTION_SHIFT: u32 = 3;
+
+    /// The threshold of ring `which` when it holds `ring_bytes` (a power of two): an eighth
+    /// of the ring, at most the default (which the default rings' eighth exceeds), at least
+    /// 256 bytes.
+    pub const fn shift_for(which: usize, ring_bytes: u32) -> u8 {
+        let log2 = if ring_bytes == 0 {
+            0
+        } else {
+            31 - ring_bytes.leading_zeros()
+        };
+        let fraction = log2.saturating_sub(FRACTION_SHIFT);
+        let default = DEFAULT_SHIFTS[which & 3];
+        let s = if fraction < default {
+            fraction
+        } else {
+            default
+        };
+        if s < 8 {
+            8
+        } else {
+            s as u8
+        }
+    }
+
+    /// [`super::Config::wake_shifts`] for rings of these sizes in bytes.
+    pub const fn shifts(payloads: u32, hits: u32, flows: u32) -> [u8; 4] {
+        [
+            shift_for(PAYLOADS, payloads),
+            shift_for(HITS, hits),
+            shift_for(FLOWS, flows),
+            0,
+        ]
+    }
 }
 
 /// Indexes of the per-CPU counters in the `STATS` array.
@@ -427,7 +479,7 @@ pub struct HitRecord {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowRecord {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    /// `bpf_ktime_get_coarse_ns()`: CLOCK_MONOTONIC at tick resolution (1-10 ms).
     pub ts_ns: u64,
     /// Addresses; IPv4 as v4-mapped IPv6.
     pub src: [u8; 16],
@@ -511,4 +563,32 @@ mod pod {
     unsafe impl aya::Pod for PayloadHeader {}
     unsafe impl<const N: usize> aya::Pod for PayloadRecord<N> {}
     unsafe impl aya::Pod for FlowRecord {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ring, wake};
+
+    #[test]
+    fn wake_thresholds_follow_ring_sizes() {
+        // The default rings keep the fixed thresholds of before.
+        assert_eq!(
+            wake::shifts(ring::PAYLOADS_BYTES, ring::HITS_BYTES, ring::FLOWS_BYTES),
+            [18, 14, 16, 0]
+        );
+        // Larger rings: never above the defaults.
+        assert_eq!(wake::shifts(1 << 30, 1 << 30, 1 << 30), [18, 14, 16, 0]);
+        // The smallest rings (one 4 KiB page): an eighth, 512 bytes.
+        assert_eq!(wake::shifts(4096, 4096, 4096), [9, 9, 9, 0]);
+        // 64 KiB rings: 8 KiB.
+        assert_eq!(wake::shift_for(wake::HITS, 64 << 10), 13);
+        // Never below 256 bytes, whatever userspace passes.
+        assert_eq!(wake::shift_for(wake::FLOWS, 0), 8);
+        assert_eq!(wake::shift_for(wake::FLOWS, 1024), 8);
+    }
+
+    #[test]
+    fn config_layout_is_unchanged() {
+        assert_eq!(core::mem::size_of::<super::Config>(), 32);
+    }
 }

@@ -16,7 +16,7 @@ mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_load_bytes},
     macros::{map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, XskMap},
     programs::XdpContext,
@@ -25,8 +25,9 @@ use aya_log_ebpf::debug;
 use parse::Packet;
 use xtrail_common::{
     action, config_flags, handoff, mode, side, stat, tls_flow, trail_kind, trail_set, trail_table,
-    Config, FlowRecord, HitRecord, IpPortKey, PayloadHeader, PayloadRecord, SuppressKey, TrailKey4,
-    TrailKey6, FLOW_CACHE_SLOTS, HTTP_PORT_WORDS, PAYLOAD_CAP, PREFILTER_WORDS, XSK_MAX_IFACES,
+    wake, Config, FlowRecord, HitRecord, IpPortKey, PayloadHeader, PayloadRecord, SuppressKey,
+    TrailKey4, TrailKey6, FLOW_CACHE_SLOTS, HTTP_PORT_WORDS, PAYLOAD_CAP, PREFILTER_WORDS,
+    XSK_MAX_IFACES,
 };
 
 /// Runtime configuration (element 0).
@@ -185,6 +186,18 @@ fn wakeup_flags(ring: &RingBuf, shift: u32, record: u64) -> u64 {
     }
 }
 
+/// The wake-up threshold (`log2` bytes) of ring `which` (`xtrail_common::wake`) as
+/// userspace set it for the ring's size, or the default for its largest rings.
+#[inline(always)]
+fn wake_shift(cfg: &Config, which: usize) -> u32 {
+    let s = u32::from(cfg.wake_shifts[which & 3]);
+    if s == 0 {
+        wake::DEFAULT_SHIFTS[which & 3]
+    } else {
+        s
+    }
+}
+
 /// Bytes of a ring record: the kernel's 8-byte header and `T`, rounded up to 8.
 const fn ring_bytes<T>() -> u64 {
     ((8 + core::mem::size_of::<T>() as u64) + 7) & !7
@@ -295,29 +308,31 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32) -> u32 {
 }
 
 /// Sends a flow-start record unless the same (source, destination, port, protocol) was sent
-/// within the window. A separate BPF function, verified once.
+/// within the window. A separate BPF function, verified once. Time is the coarse clock
+/// (`bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC at tick resolution, a few ns to read where
+/// `bpf_ktime_get_ns` costs ~20-30 ns on a VM), kept in units of 2^20 ns (~1.05 ms) so
+/// that the window test needs no division.
 #[inline(never)]
 fn flow_start(pkt: &Packet, cfg: &Config) {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ (u64::from(pkt.dst_port) << 8 | u64::from(pkt.proto));
-    let mix = |h: u64, w: u32| {
-        (h ^ u64::from(w))
-            .wrapping_mul(0x0100_0000_01b3)
-            .rotate_left(29)
-    };
-    h = mix(h, pkt.src[0]);
-    h = mix(h, pkt.src[1]);
-    h = mix(h, pkt.src[2]);
-    h = mix(h, pkt.src[3]);
-    h = mix(h, pkt.dst[0]);
-    h = mix(h, pkt.dst[1]);
-    h = mix(h, pkt.dst[2]);
-    h = mix(h, pkt.dst[3]);
-    h ^= h >> 31;
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // Two multiply rounds for IPv4 (its other address words are constant), three more for
+    // IPv6; the words of the two addresses are paired into 64-bit lanes.
+    let mix = |h: u64, w: u64| (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31);
+    let lane = |lo: u32, hi: u32| u64::from(lo) | u64::from(hi) << 32;
+    let mut h = mix(0x243f_6a88_85a3_08d3, lane(pkt.src[3], pkt.dst[3]));
+    if pkt.family != 4 {
+        h = mix(h, lane(pkt.src[0], pkt.dst[0]));
+        h = mix(h, lane(pkt.src[1], pkt.dst[1]));
+        h = mix(h, lane(pkt.src[2], pkt.dst[2]));
+    }
+    h = (h ^ (u64::from(pkt.dst_port) << 8 | u64::from(pkt.proto)))
+        .wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    h ^= h >> 29;
     let slot = (h as u32) & (FLOW_CACHE_SLOTS - 1);
     let tag = h >> 32;
-    let now_s = now / 1_000_000_000;
-    let window_s = cfg.flow_ns / 1_000_000_000;
+    let now_u = (now >> 20) as u32;
+    let window_u = (cfg.flow_ns >> 20).min(u64::from(u32::MAX)) as u32;
     let block = FLOW_SEEN.get_ptr_mut(slot / FLOW_SEEN_BLOCK as u32);
     // SAFETY: the slot's index within its block is masked below the block's length.
     let slot_ptr =
@@ -325,11 +340,12 @@ fn flow_start(pkt: &Packet, cfg: &Config) {
     if let Some(p) = slot_ptr {
         // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
         let v = unsafe { *p };
-        if v >> 32 == tag && now_s.wrapping_sub(v & 0xffff_ffff) < window_s {
+        if v >> 32 == tag && now_u.wrapping_sub(v as u32) < window_u {
             count(stat::FLOW_REPEATS, 1);
             return;
         }
-        unsafe { *p = (tag << 32) | (now_s & 0xffff_ffff) };
+        // SAFETY: as above.
+        unsafe { *p = (tag << 32) | u64::from(now_u) };
     }
     match FLOWS.reserve::<FlowRecord>(0) {
         Some(mut entry) => {
@@ -346,8 +362,11 @@ fn flow_start(pkt: &Packet, cfg: &Config) {
                 (*r).tcp_flags = pkt.tcp_flags;
                 (*r)._pad = 0;
             }
-            // Woken per 64 KiB of flow starts.
-            entry.submit(wakeup_flags(&FLOWS, 16, ring_bytes::<FlowRecord>()));
+            entry.submit(wakeup_flags(
+                &FLOWS,
+                wake_shift(cfg, wake::FLOWS),
+                ring_bytes::<FlowRecord>(),
+            ));
             count(stat::FLOW_STARTS, 1);
         }
         None => count(stat::FLOWS_FULL, 1),
@@ -582,7 +601,7 @@ fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, len: u64) -> Option<u32> {
         kind,
         _pad: [0; 7],
     };
-    if !reserve_class(ctx, &header, n) {
+    if !reserve_class(ctx, &header, n, wake_shift(cfg, wake::PAYLOADS)) {
         count(stat::HANDOFF_FAILED, 1);
         return None;
     }
@@ -591,32 +610,34 @@ fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, len: u64) -> Option<u32> {
     Some(idle_verdict(cfg))
 }
 
-/// The reader is woken per `2^PAYLOADS_WAKEUP_SHIFT` (256 KiB) of payload records.
-const PAYLOADS_WAKEUP_SHIFT: u32 = 18;
-
 /// Reserves the smallest size class that holds `n` frame bytes (as
 /// `xtrail_common::payload_class`) and copies them in place. (Measured against staging the
 /// record in a per-CPU slot and `bpf_ringbuf_output` of its exact length: that costs a
 /// second copy, ~15-20 ns more per DNS packet by BPF_PROG_TEST_RUN, for records ~25%
 /// smaller.)
 #[inline(always)]
-fn reserve_class(ctx: &XdpContext, header: &PayloadHeader, n: u32) -> bool {
+fn reserve_class(ctx: &XdpContext, header: &PayloadHeader, n: u32, shift: u32) -> bool {
     if n <= 128 {
-        reserve_in::<128>(ctx, header, n)
+        reserve_in::<128>(ctx, header, n, shift)
     } else if n <= 256 {
-        reserve_in::<256>(ctx, header, n)
+        reserve_in::<256>(ctx, header, n, shift)
     } else if n <= 512 {
-        reserve_in::<512>(ctx, header, n)
+        reserve_in::<512>(ctx, header, n, shift)
     } else if n <= 1024 {
-        reserve_in::<1024>(ctx, header, n)
+        reserve_in::<1024>(ctx, header, n, shift)
     } else {
-        reserve_in::<PAYLOAD_CAP>(ctx, header, n)
+        reserve_in::<PAYLOAD_CAP>(ctx, header, n, shift)
     }
 }
 
 /// Writes one record of class `N` (`n` <= `N` frame bytes) into a reserved `PAYLOADS` slot.
 #[inline(always)]
-fn reserve_in<const N: usize>(ctx: &XdpContext, header: &PayloadHeader, n: u32) -> bool {
+fn reserve_in<const N: usize>(
+    ctx: &XdpContext,
+    header: &PayloadHeader,
+    n: u32,
+    shift: u32,
+) -> bool {
     let Some(mut entry) = PAYLOADS.reserve::<PayloadRecord<N>>(0) else {
         return false;
     };
@@ -639,7 +660,7 @@ fn reserve_in<const N: usize>(ctx: &XdpContext, header: &PayloadHeader, n: u32) 
     }
     entry.submit(wakeup_flags(
         &PAYLOADS,
-        PAYLOADS_WAKEUP_SHIFT,
+        shift,
         ring_bytes::<PayloadRecord<N>>(),
     ));
     true
@@ -695,8 +716,11 @@ fn report(ctx: &XdpContext, pkt: &Packet, hit: &Hit, cfg: &Config, enforce: bool
                 (*r).trail_set = hit.set;
                 (*r).pkt_len = len as u32;
             }
-            // Woken per 16 KiB of hits.
-            entry.submit(wakeup_flags(&HITS, 14, ring_bytes::<HitRecord>()));
+            entry.submit(wakeup_flags(
+                &HITS,
+                wake_shift(cfg, wake::HITS),
+                ring_bytes::<HitRecord>(),
+            ));
             count(stat::REPORTED, 1);
         }
         None => count(stat::RINGBUF_FULL, 1),
@@ -715,6 +739,15 @@ struct Hit {
 #[inline(always)]
 fn lookup_packet(pkt: &Packet, set: u32) -> Option<Hit> {
     let index = set & trail_set::INDEX;
+    // Most IPv4 traffic: both /24s clear in the prefilter, one counter update and done.
+    if pkt.family == 4
+        && set & config_flags::PREFILTER4 != 0
+        && !prefilter_has(pkt.dst[3], index)
+        && !prefilter_has(pkt.src[3], index)
+    {
+        count(stat::PREFILTER_SKIPS, 2);
+        return None;
+    }
     if let Some((trail_id, kind)) = lookup_addr(&pkt.dst, pkt.dst_port, pkt, set) {
         return Some(Hit {
             trail_id,
@@ -755,17 +788,9 @@ fn lookup_addr(words: &[u32; 4], port: u16, pkt: &Packet, set: u32) -> Option<(u
             addr: words[3].to_ne_bytes(),
         };
         let bits = |shift: u32| (set >> shift) & trail_set::BITS_MASK;
-        if set & config_flags::PREFILTER4 != 0 {
-            // Network order: the first three bytes are the /24.
-            let slash24 = u32::from_be(words[3]) >> 8;
-            let word = IPV4_PREFILTER
-                .get(index * PREFILTER_WORDS + (slash24 >> 6))
-                .copied()
-                .unwrap_or(0);
-            if (word >> (slash24 & 63)) & 1 == 0 {
-                count(stat::PREFILTER_SKIPS, 1);
-                return None;
-            }
+        if set & config_flags::PREFILTER4 != 0 && !prefilter_has(words[3], index) {
+            count(stat::PREFILTER_SKIPS, 1);
+            return None;
         }
         if has_ports && !pkt.fragment && set & config_flags::HAVE_IPPORT != 0 {
             let key = trail_table::ipport_key(words[3], port);
@@ -811,6 +836,19 @@ fn lookup_addr(words: &[u32; 4], port: u16, pkt: &Packet, set: u32) -> Option<(u
         }
     }
     None
+}
+
+/// Whether set `index`'s prefilter has the bit of the /24 of `addr` (network order, as
+/// loaded from the packet): an IPv4 trail may match it.
+#[inline(always)]
+fn prefilter_has(addr: u32, index: u32) -> bool {
+    // Network order: the first three bytes are the /24.
+    let slash24 = u32::from_be(addr) >> 8;
+    let word = IPV4_PREFILTER
+        .get(index * PREFILTER_WORDS + (slash24 >> 6))
+        .copied()
+        .unwrap_or(0);
+    (word >> (slash24 & 63)) & 1 == 1
 }
 
 /// The label of `key` in set `index`'s cuckoo table of `2^bits` buckets: at most two array

@@ -2,13 +2,13 @@
 //! and the "modified" Kuznetzov variant) and pcapng (SHB, IDB, EPB, SPB and the obsolete PB;
 //! per-interface link type, `if_tsresol` and `if_tsoffset`).
 //!
-//! [`PcapReader::next_packet`] lends each packet from one reused buffer: no allocation per
-//! packet. Record and block lengths are checked against [`MAX_RECORD`]; a file that ends in
+//! [`PcapReader::next_packet`] lends each packet from one reused buffer that the file is read
+//! into in large chunks: no allocation and no copy per packet. Record and block lengths are checked against [`MAX_RECORD`]; a file that ends in
 //! the middle of a record yields every complete packet before it and then
 //! [`PcapError::Truncated`]. After an error the reader yields nothing more.
 
 use std::fs::File;
-use std::io::{BufReader, ErrorKind, Read};
+use std::io::{ErrorKind, Read};
 use std::path::Path;
 
 /// Largest record (classic) or block (pcapng) accepted.
@@ -108,20 +108,32 @@ struct Meta {
     orig_len: u32,
 }
 
+/// Bytes read from the file at a time (the buffer grows for a longer record).
+const CHUNK: usize = 256 * 1024;
+
 /// A streaming reader over a pcap or pcapng file.
 #[derive(Debug)]
 pub struct PcapReader<R> {
     inner: R,
     state: State,
+    /// Bytes read from `inner`; `buf[pos..end]` not consumed yet.
     buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    /// Where the current record (the last [`PcapReader::fill`]) starts in `buf`, and its
+    /// length.
+    rec: usize,
+    rec_len: usize,
+    /// `inner` returned end of file.
+    eof: bool,
     offset: u64,
     last_ts_us: i64,
     done: bool,
 }
 
-/// Opens a capture file.
-pub fn open(path: &Path) -> Result<PcapReader<BufReader<File>>, PcapError> {
-    PcapReader::new(BufReader::with_capacity(1 << 16, File::open(path)?))
+/// Opens a capture file (read in [`CHUNK`]s by the reader itself: no `BufReader` needed).
+pub fn open(path: &Path) -> Result<PcapReader<File>, PcapError> {
+    PcapReader::new(File::open(path)?)
 }
 
 fn u16_at(b: &[u8], at: usize, swapped: bool) -> u16 {
@@ -162,6 +174,10 @@ fn u64_at(b: &[u8], at: usize, swapped: bool) -> u64 {
 
 /// `ticks / units` seconds (+ offset) in microseconds, saturating.
 fn to_us(ticks: u128, units: u128, offset_s: i64) -> i64 {
+    // Microsecond ticks without offset (classic pcap, pcapng's default): no 128-bit division.
+    if units == 1_000_000 && offset_s == 0 {
+        return i64::try_from(ticks).unwrap_or(i64::MAX);
+    }
     let us = ticks.saturating_mul(1_000_000) / units.max(1);
     i64::try_from(us)
         .unwrap_or(i64::MAX)
@@ -190,7 +206,12 @@ impl<R: Read> PcapReader<R> {
                 swapped: false,
                 interfaces: Vec::new(),
             },
-            buf: Vec::with_capacity(65_536),
+            buf: Vec::new(),
+            pos: 0,
+            end: 0,
+            rec: 0,
+            rec_len: 0,
+            eof: false,
             offset: 4,
             last_ts_us: 0,
             done: false,
@@ -257,7 +278,7 @@ impl<R: Read> PcapReader<R> {
         };
         self.last_ts_us = meta.ts_us;
         let data = self
-            .buf
+            .record()
             .get(meta.start..meta.start + meta.len)
             .unwrap_or_default();
         Ok(Some(PcapPacket {
@@ -268,39 +289,94 @@ impl<R: Read> PcapReader<R> {
         }))
     }
 
+    /// Makes `buf[pos..end]` hold at least `n` bytes, reading more from `inner` (fewer only
+    /// at the end of the file); returns how many it holds.
+    fn ensure(&mut self, n: usize) -> std::io::Result<usize> {
+        if self.end - self.pos >= n || self.eof {
+            return Ok(self.end - self.pos);
+        }
+        // Keep the unconsumed tail, then read as much as the buffer holds.
+        self.buf.copy_within(self.pos..self.end, 0);
+        self.end -= self.pos;
+        self.pos = 0;
+        let want = n.max(CHUNK);
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        while self.end < n {
+            match self
+                .inner
+                .read(self.buf.get_mut(self.end..).unwrap_or_default())
+            {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(got) => self.end += got,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.end - self.pos)
+    }
+
+    /// Takes the next `len` bytes: `Ok(false)` on a clean end of file before the first byte,
+    /// `Truncated` if the file ends part-way.
+    fn take(&mut self, len: usize, what: &'static str) -> Result<bool, PcapError> {
+        let start = self.offset;
+        let have = self.ensure(len)?;
+        if have < len {
+            return if have == 0 {
+                Ok(false)
+            } else {
+                self.pos = self.end;
+                Err(PcapError::Truncated {
+                    offset: start,
+                    what,
+                })
+            };
+        }
+        self.pos += len;
+        self.offset += len as u64;
+        Ok(true)
+    }
+
     /// Fills `buf` completely: `Ok(false)` on a clean end of file before the first byte,
     /// `Truncated` if the file ends part-way.
     fn read_exact_at(&mut self, buf: &mut [u8], what: &'static str) -> Result<bool, PcapError> {
-        let start = self.offset;
-        match read_full(&mut self.inner, buf) {
-            Ok(true) => {
-                self.offset += buf.len() as u64;
-                Ok(true)
-            }
-            Ok(false) => Ok(false),
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => Err(PcapError::Truncated {
-                offset: start,
-                what,
-            }),
-            Err(e) => Err(PcapError::Io(e)),
+        if !self.take(buf.len(), what)? {
+            return Ok(false);
         }
+        let src = self
+            .buf
+            .get(self.pos - buf.len()..self.pos)
+            .unwrap_or_default();
+        buf.copy_from_slice(src);
+        Ok(true)
     }
 
-    /// Reads `len` bytes into the reused buffer.
+    /// Takes the next `len` bytes as the current record ([`PcapReader::record`]), in place.
     fn fill(&mut self, len: usize, what: &'static str, at: u64) -> Result<(), PcapError> {
-        self.buf.clear();
-        self.buf.resize(len, 0);
-        let mut buf = std::mem::take(&mut self.buf);
-        let r = self.read_exact_at(&mut buf, what);
-        self.buf = buf;
-        match r {
-            Ok(true) => Ok(()),
+        self.rec_len = 0;
+        match self.take(len, what) {
+            Ok(true) => {
+                self.rec = self.pos - len;
+                self.rec_len = len;
+                Ok(())
+            }
             Ok(false) if len == 0 => Ok(()),
             Ok(false) | Err(PcapError::Truncated { .. }) => {
                 Err(PcapError::Truncated { offset: at, what })
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The bytes of the last [`PcapReader::fill`].
+    fn record(&self) -> &[u8] {
+        self.buf
+            .get(self.rec..self.rec + self.rec_len)
+            .unwrap_or_default()
     }
 
     fn advance(&mut self) -> Result<Option<Meta>, PcapError> {
@@ -368,7 +444,7 @@ impl<R: Read> PcapReader<R> {
                     // body + trailing length
                     self.fill(total - 8, "pcapng block", at)?;
                     let body_len = total - 12;
-                    if u32_at(&self.buf, body_len, swapped) as usize != total {
+                    if u32_at(self.record(), body_len, swapped) as usize != total {
                         return Err(PcapError::Corrupt {
                             offset: at,
                             what: "pcapng block",
@@ -383,7 +459,7 @@ impl<R: Read> PcapReader<R> {
         }
     }
 
-    /// Interprets a pcapng block whose body is in `self.buf[..body_len]`.
+    /// Interprets a pcapng block whose body is in `self.record()[..body_len]`.
     fn ng_block(
         &mut self,
         kind: u32,
@@ -396,7 +472,11 @@ impl<R: Read> PcapReader<R> {
             what: "pcapng block",
             why,
         };
-        let body = self.buf.get(..body_len).unwrap_or_default();
+        let body = self
+            .buf
+            .get(self.rec..self.rec + self.rec_len)
+            .and_then(|r| r.get(..body_len))
+            .unwrap_or_default();
         let State::Ng { interfaces, .. } = &mut self.state else {
             return Ok(None);
         };

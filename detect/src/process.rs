@@ -35,6 +35,7 @@
 //! Heuristics (scans, DNS exhaustion, NXDOMAIN floods, suspicious requests and user agents)
 //! plug in through the [`Heuristics`] trait; they live in [`crate::heuristics`].
 
+use std::borrow::Cow;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -247,15 +248,14 @@ pub trait Heuristics: Send {
     }
 }
 
-/// An HTTP request's `Host` header as the pipeline read it once: port stripped, lowercased,
-/// with its whitelist verdict, so the heuristics do not redo either.
+/// An HTTP request's `Host` header as the pipeline read it once: port stripped (`[v6]:port`
+/// to `v6`), lowercased, at most 255 bytes, not UTF-8 replaced lossily; with its whitelist
+/// verdict, so the heuristics redo neither.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HttpHost<'a> {
-    /// The host name; `None` when the request has none, or when its text is not what the
-    /// heuristics read (longer than 255 bytes, not UTF-8, or ending in a dot): they then
-    /// read `Host` themselves.
+    /// The host text; `None` when the request has none (or an empty one).
     pub name: Option<&'a str>,
-    /// [`Whitelist::is_domain_whitelisted`] of `name`.
+    /// [`Whitelist::is_domain_whitelisted`] of `name` (false without one).
     pub whitelisted: bool,
 }
 
@@ -753,20 +753,41 @@ impl Run<'_, '_> {
         let mut host_buf = [0u8; MAX_HOST];
         let mut url_host_buf = [0u8; MAX_HOST];
         let dst_text;
+        // `Host`, read once: the heuristics' text (port stripped, lowercased, at most 255
+        // bytes, lossy) and the trails' name (the same with a trailing dot dropped, when the
+        // text is the whole name).
         let raw_host = req.host.map(strip_port);
-        let header_host = raw_host
-            .and_then(|h| lowercase_into(h, &mut host_buf))
+        let host_text = raw_host
+            .map(|h| host_text(h, &mut host_buf))
             .filter(|h| !h.is_empty());
+        let header_host = match (&host_text, raw_host) {
+            (Some(Cow::Borrowed(t)), Some(raw)) if raw.len() <= MAX_HOST => {
+                Some(t.strip_suffix('.').unwrap_or(t))
+            }
+            // One byte over, a trailing dot: the text is the name without it.
+            (Some(Cow::Borrowed(t)), Some(raw))
+                if raw.len() == MAX_HOST + 1 && raw.ends_with(b".") =>
+            {
+                Some(*t)
+            }
+            _ => None,
+        }
+        .filter(|h| !h.is_empty());
         // The Host name's whitelist verdict, asked once: the heuristics, the domain check and
         // the URL check all need it.
         let header_whitelisted =
             header_host.is_some_and(|h| self.whitelist.is_domain_whitelisted(h));
         if let Some(heur) = self.heuristics.as_deref_mut() {
-            // `lowercase_into` drops a trailing dot, which the heuristics keep.
-            let same_text = raw_host.is_some_and(|h| !h.ends_with(b"."));
+            let text = host_text.as_deref();
+            // The verdict is the name's when the text is the name (no trailing dot).
+            let whitelisted = if text == header_host {
+                header_whitelisted
+            } else {
+                text.is_some_and(|t| self.whitelist.is_domain_whitelisted(t))
+            };
             let host = HttpHost {
-                name: header_host.filter(|_| same_text),
-                whitelisted: header_whitelisted,
+                name: text,
+                whitelisted,
             };
             let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
             heur.on_http_request(ctx, req, &host, &mut |e| emit(wl, stats, out, e));
@@ -930,6 +951,22 @@ fn strip_port(host: &[u8]) -> &[u8] {
     }
 }
 
+/// `Host` text as events and the heuristics show it: `host` (port already stripped) at most
+/// [`MAX_HOST`] bytes, lowercased; valid UTF-8 (every real host name) into `buf`, without
+/// allocating, else lossily.
+fn host_text<'b>(host: &[u8], buf: &'b mut [u8; MAX_HOST]) -> Cow<'b, str> {
+    let h = host.get(..host.len().min(MAX_HOST)).unwrap_or(host);
+    if let Some(out) = buf.get_mut(..h.len()) {
+        for (o, b) in out.iter_mut().zip(h) {
+            *o = b.to_ascii_lowercase();
+        }
+        if let Ok(text) = std::str::from_utf8(out) {
+            return Cow::Borrowed(text);
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(h).to_ascii_lowercase())
+}
+
 /// ASCII-lowercases `src` into `buf`; `None` if it does not fit or is not UTF-8. A trailing
 /// dot is dropped.
 fn lowercase_into<'b>(src: &[u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str> {
@@ -1059,6 +1096,16 @@ sinkholed.example,sinkhole x (malware),(static)
         assert_eq!(strip_port(b"[::1]:80"), b"::1");
         assert_eq!(strip_port(b"::1"), b"::1");
         assert_eq!(strip_port(b"a.example"), b"a.example");
+    }
+
+    #[test]
+    fn hosts() {
+        let text = |h: &[u8]| host_text(strip_port(h), &mut [0u8; MAX_HOST]).into_owned();
+        assert_eq!(text(b"Example.COM:8080"), "example.com");
+        assert_eq!(text(b"[::1]:80"), "::1");
+        assert_eq!(text(b"1.2.3.4"), "1.2.3.4");
+        assert_eq!(text(b"a\xffB"), "a\u{fffd}b");
+        assert_eq!(text(&[b'a'; 300]).len(), MAX_HOST);
     }
 
     #[test]

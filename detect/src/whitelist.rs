@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use hashbrown::{HashSet, HashTable};
 
 use crate::trails::classify::is_name_byte;
-use crate::trails::ip::{mask4, mask6};
+use crate::trails::ip::{mask4, mask6, v4_blocks};
 
 /// Last labels of DNS queries that are never checked: names that cannot resolve on the
 /// public internet (reserved, private-use, or never-delegated labels), plus `arpa`.
@@ -116,8 +116,8 @@ pub struct Whitelist {
     v4_blocks: Vec<u64>,
 }
 
-/// Words of [`Whitelist::v4_blocks`]: 2^16 bits.
-const V4_BLOCK_WORDS: usize = (1 << 16) / 64;
+/// Prefix length of [`Whitelist::v4_blocks`]' blocks: 2^16 bits, 8 KiB.
+const V4_BLOCK_BITS: u32 = 16;
 
 impl Whitelist {
     /// A whitelist with nothing in it.
@@ -156,11 +156,7 @@ impl Whitelist {
                     IpAddr::V4(a) if prefix <= 32 => {
                         let net = mask4(u32::from(a), prefix);
                         self.cidr4.push((net, prefix));
-                        // A network wider than a /16 covers 2^(16 - prefix) blocks.
-                        let first = net >> 16;
-                        for b in 0..1u32 << 16u8.saturating_sub(prefix) {
-                            self.mark_v4_block(first.wrapping_add(b));
-                        }
+                        self.mark_v4(net, prefix);
                         return;
                     }
                     IpAddr::V6(a) if prefix <= 128 => {
@@ -177,7 +173,7 @@ impl Whitelist {
         }
         if let Ok(ip) = e.parse::<IpAddr>() {
             if let IpAddr::V4(a) = ip {
-                self.mark_v4_block(u32::from(a) >> 16);
+                self.mark_v4(u32::from(a), 32);
             }
             self.ips.insert(ip);
         }
@@ -190,13 +186,11 @@ impl Whitelist {
         }
     }
 
-    fn mark_v4_block(&mut self, block: u32) {
+    fn mark_v4(&mut self, net: u32, prefix: u8) {
         if self.v4_blocks.is_empty() {
-            self.v4_blocks = vec![0; V4_BLOCK_WORDS];
+            self.v4_blocks = vec![0; v4_blocks::words(V4_BLOCK_BITS)];
         }
-        if let Some(w) = self.v4_blocks.get_mut((block >> 6) as usize) {
-            *w |= 1 << (block & 63);
-        }
+        v4_blocks::mark(&mut self.v4_blocks, V4_BLOCK_BITS, net, prefix);
     }
 
     /// Number of entries.
@@ -250,13 +244,9 @@ impl Whitelist {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
+        // Empty bitmap: no IPv4 address or network is listed.
         if let IpAddr::V4(a) = ip {
-            let block = u32::from(a) >> 16;
-            let listed = self
-                .v4_blocks
-                .get((block >> 6) as usize)
-                .is_some_and(|w| (w >> (block & 63)) & 1 == 1);
-            if !listed {
+            if v4_blocks::test(&self.v4_blocks, V4_BLOCK_BITS, u32::from(a)) != Some(true) {
                 return false;
             }
         }

@@ -494,31 +494,6 @@ pub fn is_local_address(ip: IpAddr) -> bool {
     }
 }
 
-/// `host:port` → `host`, `[v6]:port` → `v6`; lowercase text (lossy), at most 255 bytes.
-/// Valid UTF-8 (every real host name) is lowercased into `buf`, without allocating.
-fn host_text<'b>(host: &[u8], buf: &'b mut [u8; 255]) -> Cow<'b, str> {
-    let h = if let Some(inner) = host.strip_prefix(b"[") {
-        inner
-            .get(..memchr::memchr(b']', inner).unwrap_or(inner.len()))
-            .unwrap_or_default()
-    } else if memchr::memchr_iter(b':', host).count() == 1 {
-        host.get(..memchr::memchr(b':', host).unwrap_or(host.len()))
-            .unwrap_or(host)
-    } else {
-        host
-    };
-    let h = h.get(..h.len().min(255)).unwrap_or(h);
-    if let Some(out) = buf.get_mut(..h.len()) {
-        for (o, b) in out.iter_mut().zip(h) {
-            *o = b.to_ascii_lowercase();
-        }
-        if let Ok(text) = std::str::from_utf8(out) {
-            return Cow::Borrowed(text);
-        }
-    }
-    Cow::Owned(String::from_utf8_lossy(h).to_ascii_lowercase())
-}
-
 /// Request bytes as trail text, at most [`MAX_TRAIL`] bytes.
 fn trail_text(b: &[u8]) -> String {
     String::from_utf8_lossy(b.get(..b.len().min(MAX_TRAIL)).unwrap_or(b)).into_owned()
@@ -654,28 +629,11 @@ impl Heuristics for MaltrailHeuristics {
         if self.whitelist.is_ip_whitelisted(ctx.src) {
             return;
         }
-        let mut host_buf = [0u8; 255];
-        // The pipeline's reading of `Host` (and its whitelist verdict), else our own.
-        let header_host: Option<Cow<'_, str>> = match host.name {
-            Some(name) => {
-                if host.whitelisted {
-                    return;
-                }
-                Some(Cow::Borrowed(name))
-            }
-            None => {
-                let h = req
-                    .host
-                    .map(|h| host_text(h, &mut host_buf))
-                    .filter(|h| !h.is_empty());
-                if h.as_deref()
-                    .is_some_and(|h| self.whitelist.is_domain_whitelisted(h))
-                {
-                    return;
-                }
-                h
-            }
-        };
+        // The pipeline read `Host` once (and asked the whitelist about it).
+        if host.whitelisted {
+            return;
+        }
+        let header_host = host.name;
         let host: Cow<'_, str> = match &header_host {
             Some(h) => Cow::Borrowed(h),
             None => Cow::Owned(ctx.dst.to_string()),
@@ -744,9 +702,7 @@ impl Heuristics for MaltrailHeuristics {
             return;
         }
         if !local_dst
-            && header_host
-                .as_deref()
-                .is_some_and(http_request::is_numeric_host)
+            && header_host.is_some_and(http_request::is_numeric_host)
             && http_request::is_iot_binary_path(path)
         {
             let e = ctx.event(
@@ -818,14 +774,5 @@ mod tests {
         for a in ["198.51.100.99", "8.8.8.8", "2001:db8::1", "::ffff:8.8.8.8"] {
             assert!(!is_local_address(a.parse().unwrap()), "{a}");
         }
-    }
-
-    #[test]
-    fn hosts() {
-        let mut buf = [0u8; 255];
-        assert_eq!(host_text(b"Example.COM:8080", &mut buf), "example.com");
-        assert_eq!(host_text(b"[::1]:80", &mut buf), "::1");
-        assert_eq!(host_text(b"1.2.3.4", &mut buf), "1.2.3.4");
-        assert_eq!(host_text(b"a\xffB", &mut buf), "a\u{fffd}b");
     }
 }

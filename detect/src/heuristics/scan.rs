@@ -10,12 +10,12 @@
 //! loopback, multicast or broadcast addresses, whitelisted sources, and UDP that looks like a
 //! reply (from a port below 1024 to an ephemeral one, or the reverse of a flow seen).
 
-use std::hash::{BuildHasher, Hash};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 
 use hashbrown::DefaultHashBuilder;
 
-use super::bounded::{BoundedMap, DistinctWindow};
+use super::bounded::{BoundedMap, CompactKey, WindowMap};
 use super::HeuristicsConfig;
 use crate::packet::{ipproto, Packet, TcpFlags, Transport};
 
@@ -87,9 +87,9 @@ pub enum ScanAlert {
 /// The scan windows.
 #[derive(Debug)]
 pub struct ScanState {
-    tcp: BoundedMap<(IpAddr, IpAddr), DistinctWindow>,
-    udp: BoundedMap<(IpAddr, IpAddr), DistinctWindow>,
-    infection: BoundedMap<(IpAddr, u16), DistinctWindow>,
+    tcp: WindowMap<(IpAddr, IpAddr)>,
+    udp: WindowMap<(IpAddr, IpAddr)>,
+    infection: WindowMap<(IpAddr, u16)>,
     /// UDP flows seen: a datagram in the opposite direction is a reply, not a probe. Keyed
     /// by the endpoint pair in canonical order ([`flow_pair`]) with the direction seen as
     /// the value, so one lookup answers both "seen this way" and "seen the other way".
@@ -104,9 +104,9 @@ impl ScanState {
     /// Empty windows, each table bounded by `config.max_scan_keys`.
     pub fn new(config: &HeuristicsConfig) -> Self {
         ScanState {
-            tcp: BoundedMap::new(config.max_scan_keys),
-            udp: BoundedMap::new(config.max_scan_keys),
-            infection: BoundedMap::new(config.max_scan_keys),
+            tcp: WindowMap::new(config.max_scan_keys),
+            udp: WindowMap::new(config.max_scan_keys),
+            infection: WindowMap::new(config.max_scan_keys),
             udp_flows: BoundedMap::new(config.max_scan_keys),
             hasher: DefaultHashBuilder::default(),
         }
@@ -229,8 +229,8 @@ fn is_scan_target(dst: IpAddr) -> bool {
 
 /// Adds `item` to the sliding window kept for `key` (creating it, within the table's bound);
 /// true when the window's distinct count crosses `threshold`.
-fn count_distinct<K: Hash + Eq + Clone>(
-    table: &mut BoundedMap<K, DistinctWindow>,
+fn count_distinct<K: CompactKey>(
+    table: &mut WindowMap<K>,
     key: K,
     item: u64,
     ts_us: i64,
@@ -238,8 +238,8 @@ fn count_distinct<K: Hash + Eq + Clone>(
     threshold: usize,
 ) -> bool {
     table
-        .get_or_insert_with(&key, || key.clone(), DistinctWindow::default)
-        .is_some_and(|w| w.observe(item, ts_us, window_us, threshold))
+        .get_or_insert(&key)
+        .observe(item, ts_us, window_us, threshold)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use hashbrown::DefaultHashBuilder;
 
-use super::bounded::{BoundedMap, DistinctWindow};
+use super::bounded::WindowMap;
 
 /// Info of the event.
 pub const INFO: &str = "potential web scanning";
@@ -15,7 +15,7 @@ pub const INFO: &str = "potential web scanning";
 /// The per-(source, destination) windows.
 #[derive(Debug)]
 pub struct WebScan {
-    windows: BoundedMap<(IpAddr, IpAddr), DistinctWindow>,
+    windows: WindowMap<(IpAddr, IpAddr)>,
     hasher: DefaultHashBuilder,
 }
 
@@ -23,7 +23,7 @@ impl WebScan {
     /// At most `max_keys` (source, destination) pairs.
     pub fn new(max_keys: usize) -> Self {
         WebScan {
-            windows: BoundedMap::new(max_keys),
+            windows: WindowMap::new(max_keys),
             hasher: DefaultHashBuilder::default(),
         }
     }
@@ -49,10 +49,9 @@ impl WebScan {
         threshold: usize,
     ) -> bool {
         let item = self.hasher.hash_one(first_segment(path));
-        let w =
-            self.windows
-                .get_or_insert_with(&(src, dst), || (src, dst), DistinctWindow::default);
-        w.is_some_and(|w| w.observe(item, ts_us, window_us, threshold))
+        self.windows
+            .get_or_insert(&(src, dst))
+            .observe(item, ts_us, window_us, threshold)
     }
 }
 

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! header, 256 bytes
-//!   0  magic "XTRAILS\0"          8  format (u32, 2)        12 flags (u32, bit 0: signed)
+//!   0  magic "XTRAILS\0"          8  format (u32, 3)        12 flags (u32, bit 0: signed)
 //!   16 body length (u64)          24 SHA-256 of the body (32 bytes)
 //!   56 signer's ed25519 public key (32, zero if unsigned)
 //!   88 ed25519 signature over the header with these 64 bytes zeroed (zero if unsigned)
@@ -17,9 +17,9 @@
 //!
 //! IPv4 address and IPv4 `IP:port` trails (the bulk) are stored as ready-made cuckoo tables
 //! ([`super::iptable`]), the very buckets the XDP program's array maps hold: opening a set
-//! copies nothing of them (it reads every bucket once, ~4.5 MiB for Maltrail's static tree,
-//! to build the 128 KiB IPv4 block prefilter), userspace looks up in place in the mapping, and the sensor
-//! fills the kernel maps straight from the mapped bytes. The `Tables` section holds their
+//! neither copies nor reads them (the 128 KiB IPv4 block prefilter userspace lookups start
+//! with is stored ready-made too, the `V4Blocks` section), userspace looks up in place in the
+//! mapping, and the sensor fills the kernel maps straight from the mapped bytes. The `Tables` section holds their
 //! sizes: `log2` bucket count (u32) and key count (u32), IPv4 then `IP:port`.
 //! The other IP trails (IPv6, IPv6 `IP:port`, CIDRs: a few thousand) are stored as sorted
 //! arrays of addresses (and ports, prefixes) and of label ids ([`CompiledSet::ip_tables`]),
@@ -27,14 +27,17 @@
 //! of the trail set (0 or 1) they belong to, added when the sensor fills the maps
 //! (`sensor-user/src/trail_maps.rs`).
 //!
-//! Format 1 (sorted IPv4 arrays, hash maps built at every open) is refused with a message
-//! that says to rebuild the set (`xtrail-trails build`); sets are build artefacts, so no
-//! reader for the old layout is kept.
+//! Formats 1 (sorted IPv4 arrays, hash maps built at every open) and 2 (no stored
+//! prefilter: every open read both IPv4 tables to build it) are refused with a message that
+//! says to rebuild the set (`xtrail-trails build`); sets are build artefacts, so no reader
+//! for an old layout is kept.
 //! Domain and URL tables are [`super::table::StrTable`]s (arena, slots, tags), searched in
 //! place: opening a set touches only the header, the labels, the regexes and the IP arrays
 //! and tables.
 //! The body checksum is computed with `read(2)`, not through the mapping, so verifying does
-//! not make the whole file resident.
+//! not make the whole file resident. [`CompiledSet::open_checking`] computes it on another
+//! thread while the caller goes on with the (not yet trusted) set: the sensor fills its
+//! kernel maps meanwhile and waits for the verdict before it attaches.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -54,7 +57,7 @@ use super::{IpTrails, Label, LabelId, LoadReport, TrailSet};
 /// First bytes of a compiled set.
 pub const MAGIC: &[u8; 8] = b"XTRAILS\0";
 /// Format version this code reads and writes.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 /// Header size; the body starts here.
 pub const HEADER_LEN: usize = 256;
 const MAX_VERSION: usize = 64;
@@ -89,6 +92,8 @@ enum Section {
     IpPortTable,
     /// Sizes of the two tables.
     Tables,
+    /// The userspace IPv4 prefilter's bitmap ([`IpTrails::v4_block_bits`], u64 LE words).
+    V4Blocks,
 }
 
 /// Why a compiled set was refused.
@@ -262,6 +267,11 @@ pub fn write(set: &TrailSet, opts: &CompileOptions) -> Vec<u8> {
     sections.push((Section::Tables, sizes));
     sections.push((Section::V4Table, v4.bucket_bytes().to_vec()));
     sections.push((Section::IpPortTable, port4.bucket_bytes().to_vec()));
+    let mut blocks = Vec::new();
+    for w in set.ip.v4_block_bits() {
+        blocks.extend_from_slice(&w.to_le_bytes());
+    }
+    sections.push((Section::V4Blocks, blocks));
 
     let mut v6: Vec<([u8; 16], u32)> = set.ip.v6.iter().map(|(k, v)| (*k, *v)).collect();
     v6.sort_unstable();
@@ -555,6 +565,18 @@ fn verify_open_file(
     f: &mut File,
     public_key: Option<&[u8; 32]>,
 ) -> Result<(Header, Vec<u8>), CompiledError> {
+    let (header, h) = check_open_header(path, f, public_key)?;
+    check_body(path, f, &header)?;
+    Ok((header, h))
+}
+
+/// Magic, format, signature (with a key) and length of an open set file; returns the
+/// header and the header bytes. The body is not read.
+fn check_open_header(
+    path: &Path,
+    f: &mut File,
+    public_key: Option<&[u8; 32]>,
+) -> Result<(Header, Vec<u8>), CompiledError> {
     let io = |source| CompiledError::Io {
         path: path.to_owned(),
         source,
@@ -574,20 +596,50 @@ fn verify_open_file(
     if len != HEADER_LEN as u64 + header.body_len {
         return Err(CompiledError::Checksum);
     }
+    Ok((header, h))
+}
+
+/// The body's SHA-256 against the header's, read with `pread(2)` from the body's start (the
+/// file offset is neither used nor moved).
+fn check_body(path: &Path, f: &File, header: &Header) -> Result<(), CompiledError> {
+    use std::os::unix::fs::FileExt as _;
+    let io = |source| CompiledError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut at = HEADER_LEN as u64;
     loop {
-        let n = f.read(&mut buf).map_err(io)?;
+        let n = f.read_at(&mut buf, at).map_err(io)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
+        at += n as u64;
     }
     let hash: [u8; 32] = hasher.finalize().into();
-    if hash != header.body_sha256 {
+    if hash != header.body_sha256 || at != HEADER_LEN as u64 + header.body_len {
         return Err(CompiledError::Checksum);
     }
-    Ok((header, h))
+    Ok(())
+}
+
+/// The body checksum of a set [`CompiledSet::open_checking`] opened, computed on its own
+/// thread. Nothing of the set may be trusted (attached, used for detection) before
+/// [`PendingCheck::wait`] returned `Ok`.
+#[derive(Debug)]
+pub struct PendingCheck {
+    handle: std::thread::JoinHandle<Result<(), CompiledError>>,
+}
+
+impl PendingCheck {
+    /// The verdict: `Err(Checksum)` for a truncated or altered body.
+    pub fn wait(self) -> Result<(), CompiledError> {
+        self.handle
+            .join()
+            .unwrap_or(Err(CompiledError::Layout("the checksum thread panicked")))
+    }
 }
 
 impl CompiledSet {
@@ -597,12 +649,41 @@ impl CompiledSet {
     /// tables are searched in place; the few IPv6 and CIDR trails are copied into maps).
     pub fn open(path: &Path, public_key: Option<&[u8; 32]>) -> Result<CompiledSet, CompiledError> {
         let started = std::time::Instant::now();
-        let mut f = File::open(path).map_err(|source| CompiledError::Io {
+        let (set, check) = Self::open_checking(path, public_key)?;
+        check.wait()?;
+        log::debug!(
+            "{}: opened and checksum verified in {:.3}s",
+            path.display(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(set)
+    }
+
+    /// [`CompiledSet::open`] with the body checksum computed on another thread meanwhile:
+    /// the header, its signature (with `public_key`) and the length are checked here, the
+    /// set is built from the mapping (every read bounds-checked, so a damaged body gives an
+    /// error, not a fault), and the [`PendingCheck`] says whether the body is the one the
+    /// header (and signature) vouch for. The caller must wait for it before the set is used
+    /// for anything that counts. A body that fails to build is reported as the checksum's
+    /// verdict when that fails too (a tampered set is refused as `Checksum` either way).
+    pub fn open_checking(
+        path: &Path,
+        public_key: Option<&[u8; 32]>,
+    ) -> Result<(CompiledSet, PendingCheck), CompiledError> {
+        let started = std::time::Instant::now();
+        let io = |source| CompiledError::Io {
             path: path.to_owned(),
             source,
-        })?;
-        let (header, _) = verify_open_file(path, &mut f, public_key)?;
-        let verified = started.elapsed();
+        };
+        let mut f = File::open(path).map_err(io)?;
+        let (header, _) = check_open_header(path, &mut f, public_key)?;
+        let hashed = f.try_clone().map_err(io)?;
+        let (p, h) = (path.to_owned(), header.clone());
+        let handle = std::thread::Builder::new()
+            .name("xtrail-sha256".into())
+            .spawn(move || check_body(&p, &hashed, &h))
+            .map_err(io)?;
+        let check = PendingCheck { handle };
         // SAFETY: the mapping is read-only and private to this process. Sets are replaced by
         // rename (a new inode), never rewritten in place, so the mapped bytes do not change
         // under us; every read through the mapping is bounds-checked.
@@ -616,14 +697,17 @@ impl CompiledSet {
         // Lookups touch a few scattered pages each: no readahead or fault-around, so the
         // resident set holds the pages traffic uses, not their neighbourhoods. Advisory only.
         let _ = map.advise(memmap2::Advice::Random);
-        let set = Self::from_map(header, Arc::new(map));
-        log::debug!(
-            "{}: checksum verified in {:.3}s, opened in {:.3}s",
-            path.display(),
-            verified.as_secs_f64(),
-            started.elapsed().as_secs_f64()
-        );
-        set
+        match Self::from_map(header, Arc::new(map)) {
+            Ok(set) => {
+                log::debug!(
+                    "{}: built in {:.3}s (checksum pending)",
+                    path.display(),
+                    started.elapsed().as_secs_f64()
+                );
+                Ok((set, check))
+            }
+            Err(e) => Err(check.wait().err().unwrap_or(e)),
+        }
     }
 
     fn from_map(header: Header, map: Arc<memmap2::Mmap>) -> Result<CompiledSet, CompiledError> {
@@ -669,22 +753,9 @@ impl CompiledSet {
     /// them back in when a map is filled). The IPv4 tables are used in place; the sensor
     /// drops their pages after filling the kernel maps ([`CuckooTable::release_pages`]).
     fn release_ip_pages(&self) {
-        let page = 4096;
         let first = self.range(Section::V6Keys).start;
         let last = self.range(Section::Cidr6Labels).end;
-        let start = first.div_ceil(page) * page;
-        let end = last / page * page;
-        if end > start {
-            // SAFETY: a private, read-only file mapping: MADV_DONTNEED only drops this
-            // process's page table entries; later reads fault the same file bytes back in.
-            let _ = unsafe {
-                self.map.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    start,
-                    end - start,
-                )
-            };
-        }
+        super::iptable::release_mapped(&self.map, first..last.max(first));
     }
 
     fn range(&self, s: Section) -> std::ops::Range<usize> {
@@ -779,7 +850,15 @@ impl CompiledSet {
             a.copy_from_slice(&k[4..20]);
             ip.cidr6.push((a, p, *l));
         }
-        ip.rebuild_cidr_index();
+        let blocks = self.section(Section::V4Blocks);
+        if blocks.len() != super::ip::V4_BLOCK_WORDS * 8 {
+            return Err(CompiledError::Layout("IPv4 prefilter size"));
+        }
+        let words = blocks
+            .chunks_exact(8)
+            .map(|w| u64_at(w, 0))
+            .collect::<Vec<u64>>();
+        ip.rebuild_cidr_index_with(words);
 
         let counts = self.section(Section::Counts);
         let shared: SharedBytes = self.map.clone();
@@ -1057,13 +1136,52 @@ mod tests {
     }
 
     #[test]
-    fn format_1_is_refused_with_a_rebuild_hint() {
-        let mut bytes = write(&sample(), &CompileOptions::default());
-        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
-        match verify_bytes(&bytes, None) {
-            Err(CompiledError::Format(m)) => assert!(m.contains("xtrail-trails build"), "{m}"),
-            other => panic!("want a format refusal, got {other:?}"),
+    fn formats_1_and_2_are_refused_with_a_rebuild_hint() {
+        for old in [1u32, 2] {
+            let mut bytes = write(&sample(), &CompileOptions::default());
+            bytes[8..12].copy_from_slice(&old.to_le_bytes());
+            match verify_bytes(&bytes, None) {
+                Err(CompiledError::Format(m)) => {
+                    assert!(m.contains("xtrail-trails build"), "{m}")
+                }
+                other => panic!("want a format refusal, got {other:?}"),
+            }
         }
+    }
+
+    #[test]
+    fn a_deferred_checksum_refuses_altered_bodies() {
+        let d = temp("deferred");
+        let p = d.join("set.xtrails");
+        write_file(&sample(), &CompileOptions::default(), &p).unwrap();
+        let (set, check) = CompiledSet::open_checking(&p, None).unwrap();
+        check.wait().unwrap();
+        assert!(set
+            .trails()
+            .ip
+            .lookup("6.6.6.6".parse().unwrap(), None)
+            .is_some());
+        let good = std::fs::read(&p).unwrap();
+        // A byte of the metadata: the set builds, the pending check refuses it.
+        let mut bytes = good.clone();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 1;
+        std::fs::write(&p, &bytes).unwrap();
+        let (_, check) = CompiledSet::open_checking(&p, None).unwrap();
+        assert!(matches!(check.wait(), Err(CompiledError::Checksum)));
+        // The section directory: the build fails, and the refusal is still the checksum's.
+        let mut bytes = good.clone();
+        bytes[HEADER_LEN + 8 + 8] ^= 0x80;
+        std::fs::write(&p, &bytes).unwrap();
+        assert!(matches!(
+            CompiledSet::open_checking(&p, None),
+            Err(CompiledError::Checksum)
+        ));
+        assert!(matches!(
+            CompiledSet::open(&p, None),
+            Err(CompiledError::Checksum)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -1084,6 +1202,15 @@ mod tests {
         write_file(&set, &CompileOptions::default(), &p).unwrap();
         let c = CompiledSet::open(&p, None).unwrap();
         let ip = &c.trails().ip;
+        // The stored prefilter is the one the tables give, with bits clear.
+        assert_eq!(ip.v4_prefilter(), &set.ip.v4_block_bits()[..]);
+        assert!(ip.v4_prefilter().iter().any(|w| *w != u64::MAX));
+        assert_eq!(
+            ip.lookup("11.0.0.0".parse().unwrap(), None)
+                .map(|m| m.label),
+            Some(1)
+        );
+        assert_eq!(ip.lookup("99.0.0.1".parse().unwrap(), None), None);
         assert_eq!(ip.v4, set.ip.v4);
         assert_eq!(ip.ipport, set.ip.ipport);
         assert_eq!(ip.v4.table().heap_bytes(), 0);

@@ -30,10 +30,44 @@ pub(crate) struct CidrIndex {
 
 /// Prefix length of the IPv4 prefilter's blocks: 2^20 bits, 128 KiB.
 const V4_BLOCK_BITS: u32 = 20;
+/// Words of the IPv4 prefilter's bitmap.
+pub(crate) const V4_BLOCK_WORDS: usize = v4_blocks::words(V4_BLOCK_BITS);
 
-fn set_block(bits: &mut [u64], block: u32) {
-    if let Some(w) = bits.get_mut((block >> 6) as usize) {
-        *w |= 1 << (block & 63);
+/// The IPv4 block prefilter, shared by the IP trails and the whitelist: a bitmap with one
+/// bit per block of addresses sharing their first `block_bits` bits (`2^block_bits / 64`
+/// words), set for every block that holds a listed address or overlaps a listed network, so
+/// a clear bit answers a lookup without hashing.
+pub(crate) mod v4_blocks {
+    use super::mask4;
+
+    /// Words of a bitmap of `block_bits`-bit blocks.
+    pub(crate) const fn words(block_bits: u32) -> usize {
+        (1usize << block_bits) / 64
+    }
+
+    /// Sets the bit of every block `net/prefix` overlaps (one for an address, `prefix` 32).
+    pub(crate) fn mark(bits: &mut [u64], block_bits: u32, net: u32, prefix: u8) {
+        let first = mask4(net, prefix) >> (32 - block_bits);
+        // A prefix shorter than a block covers 2^(block bits - prefix) blocks.
+        let span = 1u64 << block_bits.saturating_sub(u32::from(prefix.min(32)));
+        for b in 0..span {
+            let block = first.wrapping_add(b as u32);
+            if let Some(w) = bits.get_mut((block >> 6) as usize) {
+                *w |= 1 << (block & 63);
+            }
+        }
+    }
+
+    /// Whether `addr`'s block bit is set; `None` when `bits` is not a bitmap of
+    /// `block_bits`-bit blocks (e.g. empty: none built).
+    #[inline]
+    pub(crate) fn test(bits: &[u64], block_bits: u32, addr: u32) -> Option<bool> {
+        if bits.len() != words(block_bits) {
+            return None;
+        }
+        let block = addr >> (32 - block_bits);
+        bits.get((block >> 6) as usize)
+            .map(|w| (w >> (block & 63)) & 1 == 1)
     }
 }
 
@@ -70,11 +104,11 @@ impl IpTrails {
             }
         }
         if let Some(port) = port {
-            let key = match addr {
-                IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-                IpAddr::V6(v6) => v6.octets(),
+            let label = match addr {
+                IpAddr::V4(v4) => self.ipport.get_v4(v4.octets(), port),
+                IpAddr::V6(v6) => self.ipport.get(&(v6.octets(), port)),
             };
-            if let Some(label) = self.ipport.get(&(key, port)) {
+            if let Some(label) = label {
                 return Some(IpMatch {
                     kind: IpMatchKind::IpPort,
                     label,
@@ -101,17 +135,13 @@ impl IpTrails {
     #[inline]
     fn v4_may_match(&self, addr: Ipv4Addr) -> bool {
         let ix = &self.cidr_index;
-        if ix.v4_blocks.is_empty()
-            || ix.v4_count != self.v4.len()
+        if ix.v4_count != self.v4.len()
             || ix.ipport_count != self.ipport.len()
             || ix.v4_len != self.cidr4.len()
         {
             return true;
         }
-        let block = u32::from(addr) >> (32 - V4_BLOCK_BITS);
-        ix.v4_blocks
-            .get((block >> 6) as usize)
-            .is_none_or(|w| (w >> (block & 63)) & 1 == 1)
+        v4_blocks::test(&ix.v4_blocks, V4_BLOCK_BITS, u32::from(addr)) != Some(false)
     }
 
     /// Label of the longest IPv4 CIDR trail containing `addr`.
@@ -151,6 +181,32 @@ impl IpTrails {
     /// Rebuilds the CIDR lookup index from `cidr4` and `cidr6` (the loader does this; call it
     /// after editing those vectors by hand, or lookups fall back to a linear scan).
     pub fn rebuild_cidr_index(&mut self) {
+        let blocks = self.v4_block_bits();
+        self.rebuild_cidr_index_with(blocks);
+    }
+
+    /// The IPv4 prefilter's bitmap (one bit per /[`V4_BLOCK_BITS`] block holding an IPv4
+    /// trail of any kind): what a compiled set stores, so opening one reads no table.
+    pub fn v4_block_bits(&self) -> Vec<u64> {
+        let mut bits = vec![0u64; V4_BLOCK_WORDS];
+        for (k, _) in self.v4.table().iter().chain(self.ipport.v4_table().iter()) {
+            let addr = u32::from_be_bytes(iptable::key_addr(k));
+            v4_blocks::mark(&mut bits, V4_BLOCK_BITS, addr, 32);
+        }
+        for &(net, p, _) in &self.cidr4 {
+            v4_blocks::mark(&mut bits, V4_BLOCK_BITS, u32::from_be_bytes(net), p);
+        }
+        bits
+    }
+
+    /// [`IpTrails::rebuild_cidr_index`] with the prefilter bitmap given ([`IpTrails::v4_block_bits`]
+    /// of these trails; a bitmap of another size leaves the prefilter off).
+    pub fn rebuild_cidr_index_with(&mut self, v4_blocks: Vec<u64>) {
+        let v4_blocks = if v4_blocks.len() == V4_BLOCK_WORDS {
+            v4_blocks
+        } else {
+            Vec::new()
+        };
         let mut v4: Vec<(u8, HashMap<u32, LabelId>)> = Vec::new();
         for &(net, p, l) in &self.cidr4 {
             let key = mask4(u32::from_be_bytes(net), p);
@@ -173,28 +229,21 @@ impl IpTrails {
             }
         }
         v6.sort_by_key(|e| std::cmp::Reverse(e.0));
-        let mut bits = vec![0u64; (1usize << V4_BLOCK_BITS) / 64];
-        let shift = 32 - V4_BLOCK_BITS;
-        for (k, _) in self.v4.table().iter().chain(self.ipport.v4_table().iter()) {
-            set_block(&mut bits, u32::from_be_bytes(iptable::key_addr(k)) >> shift);
-        }
-        for &(net, p, _) in &self.cidr4 {
-            let first = mask4(u32::from_be_bytes(net), p) >> shift;
-            // A prefix shorter than a block covers 2^(block bits - p) blocks.
-            let span = 1u64 << V4_BLOCK_BITS.saturating_sub(u32::from(p.min(32)));
-            for b in 0..span {
-                set_block(&mut bits, first.wrapping_add(b as u32));
-            }
-        }
         self.cidr_index = CidrIndex {
             v4,
             v6,
             v4_len: self.cidr4.len(),
             v6_len: self.cidr6.len(),
-            v4_blocks: bits,
+            v4_blocks,
             v4_count: self.v4.len(),
             ipport_count: self.ipport.len(),
         };
+    }
+
+    /// The IPv4 prefilter's bitmap in use (empty: none).
+    #[cfg(test)]
+    pub(crate) fn v4_prefilter(&self) -> &[u64] {
+        &self.cidr_index.v4_blocks
     }
 
     /// Number of IP trails of all kinds.

@@ -265,15 +265,17 @@ impl<'o> Builder<'o> {
         };
         let (sev, rep) = (&self.severity[..], &mut self.report);
         match parsed {
-            Parsed::V4(a) => match self.ip.v4.get(&a) {
-                Some(mut l) => {
+            // One probe per line: the insert hands back a duplicate's label, put back only
+            // when it outranks the new one.
+            Parsed::V4(a) => match self.ip.v4.insert(a, label) {
+                Some(prev) => {
+                    let mut l = prev;
                     merge(&mut l, label, sev, rep);
-                    self.ip.v4.insert(a, l);
+                    if l != label {
+                        self.ip.v4.insert(a, l);
+                    }
                 }
-                None => {
-                    self.ip.v4.insert(a, label);
-                    rep.ipv4 += 1;
-                }
+                None => rep.ipv4 += 1,
             },
             Parsed::V6(a) => match self.ip.v6.entry(a) {
                 Entry::Occupied(mut e) => merge(e.get_mut(), label, sev, rep),
@@ -282,15 +284,15 @@ impl<'o> Builder<'o> {
                     rep.ipv6 += 1;
                 }
             },
-            Parsed::IpPort(a, port) => match self.ip.ipport.get(&(a, port)) {
-                Some(mut l) => {
+            Parsed::IpPort(a, port) => match self.ip.ipport.insert((a, port), label) {
+                Some(prev) => {
+                    let mut l = prev;
                     merge(&mut l, label, sev, rep);
-                    self.ip.ipport.insert((a, port), l);
+                    if l != label {
+                        self.ip.ipport.insert((a, port), l);
+                    }
                 }
-                None => {
-                    self.ip.ipport.insert((a, port), label);
-                    rep.ipport += 1;
-                }
+                None => rep.ipport += 1,
             },
             Parsed::Cidr4(a, p) => {
                 let net = mask4(u32::from_be_bytes(a), p).to_be_bytes();
@@ -424,22 +426,24 @@ impl<'o> Builder<'o> {
             return self.malformed(&path, line, text, MalformedReason::Empty);
         }
         let line = u32::try_from(line).unwrap_or(u32::MAX);
-        if let Some(r) = self.pending.get_mut(key.as_ref()) {
-            r.label = label;
-            r.file = file;
-            r.line = line;
-            return;
-        }
         let pos = self.pending.len() as u32;
-        self.pending.insert(
-            key.into_owned().into_boxed_str(),
-            Raw {
-                pos,
-                label,
-                file,
-                line,
-            },
-        );
+        // One probe: the key is copied only when new.
+        match self.pending.entry_ref(key.as_ref()) {
+            hashbrown::hash_map::EntryRef::Occupied(mut e) => {
+                let r = e.get_mut();
+                r.label = label;
+                r.file = file;
+                r.line = line;
+            }
+            hashbrown::hash_map::EntryRef::Vacant(e) => {
+                e.insert(Raw {
+                    pos,
+                    label,
+                    file,
+                    line,
+                });
+            }
+        }
     }
 
     /// Runs Maltrail's merge and post-processing over the staged static keys, then adds the

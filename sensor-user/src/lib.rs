@@ -13,7 +13,8 @@
 //!   [`trail_pull`]: signed trail sets from the collector's `Trails` service.
 //! - [`privilege`]: the up-front capability check; [`suppress`]: the collector's
 //!   suppression list applied to events.
-//! - [`live`]: the live loop; [`xsk`]: the AF_XDP workers of mirror mode.
+//! - [`live`]: the live loop; [`xsk`]: the AF_XDP workers of mirror mode; [`startup`]: the
+//!   start's phase timings.
 //!
 //! The binary (`src/main.rs`) owns argument parsing and the run loop.
 
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod output;
 pub mod privilege;
 pub mod reload;
+pub mod startup;
 pub mod stats;
 pub mod suppress;
 pub mod trail_maps;

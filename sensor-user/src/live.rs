@@ -72,6 +72,11 @@ pub struct LiveOptions {
     pub maltrail_syn_rules: bool,
     /// Version of the trail set the run starts with (events carry it).
     pub trail_set_version: String,
+    /// The body checksum of the compiled set the run starts with, still being computed
+    /// ([`crate::reload::load_sources_checking`]): the XDP program loads and its maps fill
+    /// meanwhile; the run waits for it before anything is attached or detected, and stops
+    /// with the refusal if it fails.
+    pub trail_check: Mutex<Option<crate::reload::TrailCheck>>,
     /// Hot reload of the trails (SIGHUP, watched files, collector pushes); `None`: the set
     /// is fixed for the run.
     pub reload: Option<ReloadOptions>,
@@ -91,8 +96,8 @@ pub struct RingArgs {
     /// least the page size; default 4096). A record takes 40 bytes plus its frame's size
     /// class (128, 256, 512, 1024 or 2048 bytes): a DNS query 168 bytes, an HTTP request head
     /// ~552, a full-size frame 2,088. Size it for what arrives while the reader is away (it
-    /// polls every 20 ms and is woken early at 256 KiB pending, which a ring of 256 KiB or
-    /// less never reaches): 50k hand-offs/s of 552 bytes put
+    /// polls every 20 ms and is woken early per an eighth of the ring pending, at most per
+    /// 256 KiB): 50k hand-offs/s of 552 bytes put
     /// ~540 KiB in it per 20 ms. A full ring drops hand-offs, counted as `handoff_failed`;
     /// give a busy link 16384 or more. RSS shows twice the size.
     #[arg(long = "payload-ring-kib", value_parser = parse_ring_kib)]
@@ -138,6 +143,15 @@ const METRICS_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the loop looks for a new suppression list while no events come.
 const SUPPRESSIONS_EVERY: Duration = Duration::from_millis(250);
+
+/// The live loop's poll timeout: the XDP program wakes the reader only per so many pending
+/// bytes of a ring, so a few records wait for it (at most this long).
+const POLL_MS: i32 = 20;
+/// For this long after attaching, the loop polls every [`START_POLL_MS`] instead, so the
+/// first hits after a start are reported within milliseconds rather than a full poll
+/// period (a few hundred extra wake-ups, once).
+const START_POLL: Duration = Duration::from_secs(1);
+const START_POLL_MS: i32 = 2;
 
 /// Frames the AF_XDP transport may queue for the detector.
 const FRAME_QUEUE: usize = 65_536;
@@ -284,7 +298,7 @@ pub fn run(
     let (detector, sensor) = std::thread::scope(|s| {
         let detector = s.spawn(|| -> anyhow::Result<Detector> {
             let ua = take_ua(&opts.ua)?;
-            Detector::new(DetectorConfig {
+            let d = Detector::new(DetectorConfig {
                 trails: Arc::clone(&trails),
                 whitelist,
                 processor: opts.processor.clone(),
@@ -293,11 +307,26 @@ pub fn run(
                 flood: opts.flood,
                 maltrail_syn_rules: opts.maltrail_syn_rules,
             })
-            .context("setting up the heuristics")
+            .context("setting up the heuristics");
+            crate::startup::mark("detector_ready");
+            crate::startup::thread_cpu("detector_with_ua_wait");
+            d
         });
         let sensor = Sensor::load(&trails.ip, &sensor_opts);
+        crate::startup::mark("sensor_loaded");
         (detector.join(), sensor)
     });
+    // Nothing is attached and no packet was seen: the set is used from here on only if its
+    // checksum holds (the program and its maps go away with `sensor` otherwise). Checked
+    // before the load's own errors: a damaged set may fail to load, and is refused as such.
+    let check = opts.trail_check.lock().ok().and_then(|mut c| c.take());
+    if let Some(check) = check {
+        let path = check.path().display().to_string();
+        check
+            .wait()
+            .map_err(|e| anyhow::anyhow!("trail set {path} refused: {e}"))?;
+        crate::startup::mark("checksum_verified");
+    }
     let mut detector =
         detector.map_err(|_| anyhow::anyhow!("setting up the detector panicked"))??;
     let mut sensor = sensor?;
@@ -328,6 +357,7 @@ pub fn run(
         )?),
         _ => None,
     };
+    crate::startup::mark("reloader_started");
     let f = &sensor.fill;
     eprintln!(
         "xtrail-sensor: maps filled in {:.2}s: {} IPv4, {} IPv6, {} IP:port, {} IPv4 CIDR, {} IPv6 CIDR; prefilter {}",
@@ -400,6 +430,7 @@ pub fn run(
     let counters = Arc::clone(&transport.counters);
     let stop_workers = Arc::clone(&transport.stop);
     drop(transport);
+    crate::startup::mark("rings_mapped");
     for iface in &opts.ifaces {
         let a = sensor.attach(iface, opts.attach)?;
         eprintln!(
@@ -417,6 +448,9 @@ pub fn run(
             }
         );
     }
+    crate::startup::mark("attached");
+    crate::startup::thread_cpu("main_to_attached");
+    crate::startup::log_phases();
     let ifnames: Vec<(u32, String)> = sensor
         .attachments()
         .iter()
@@ -472,8 +506,13 @@ pub fn run(
                 }
                 finishing = true;
             } else {
+                let timeout = if run_started.elapsed() < START_POLL {
+                    START_POLL_MS
+                } else {
+                    POLL_MS
+                };
                 // SAFETY: pollfds is a valid array of pollfd of the given length.
-                unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 20) };
+                unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, timeout) };
                 // A worker that died is fatal: say so and stop.
                 if let Some(i) = workers.iter().position(|w| w.is_finished()) {
                     let w = workers.swap_remove(i);

@@ -24,7 +24,7 @@ use xtrail_sensor::loader::{self, AttachMode, Mode, SensorOptions};
 use xtrail_sensor::output::{open_output, EventLog};
 use xtrail_sensor::reload::{self, ReloadOptions};
 use xtrail_sensor::trail_pull::{self, PullOptions};
-use xtrail_sensor::{privilege, stats};
+use xtrail_sensor::{privilege, startup, stats};
 
 use crate::collector_link::{CollectorLink, LinkOptions};
 
@@ -148,17 +148,23 @@ fn resolve_config(
 }
 
 /// Loads the trails (with `public_key`, a compiled set must be signed by it) and the
-/// whitelist a configuration names, side by side; returns the set's version too.
+/// whitelist a configuration names, side by side; returns the set's version too, and a
+/// compiled set's body checksum still being computed (`run` waits for it before it
+/// attaches; `None` when nothing is pending).
 fn load_detection(
     cfg: &SensorConfig,
     public_key: Option<&[u8; 32]>,
-) -> anyhow::Result<(TrailSet, String, Whitelist)> {
+) -> anyhow::Result<(TrailSet, String, Whitelist, Option<reload::TrailCheck>)> {
     let paths = cfg.require_trails()?;
     std::thread::scope(|s| {
         let whitelist = s.spawn(|| match &cfg.whitelist {
             Some(p) => {
                 eprintln!("xtrail-sensor: whitelist {}", p.display());
-                Whitelist::load(p).with_context(|| format!("reading whitelist {}", p.display()))
+                let w = Whitelist::load(p)
+                    .with_context(|| format!("reading whitelist {}", p.display()));
+                startup::mark("whitelist_loaded");
+                startup::thread_cpu("whitelist");
+                w
             }
             None => Ok(Whitelist::empty()),
         });
@@ -166,8 +172,8 @@ fn load_detection(
         let whitelist = whitelist
             .join()
             .map_err(|_| anyhow::anyhow!("the whitelist loader panicked"))?;
-        let (trails, version) = trails?;
-        Ok((trails, version, whitelist?))
+        let (trails, version, check) = trails?;
+        Ok((trails, version, whitelist?, check))
     })
 }
 
@@ -183,6 +189,8 @@ fn load_ua_file(file: Option<&std::path::Path>) -> anyhow::Result<Arc<UaPatterns
         None => UaPatterns::empty(),
     };
     ua.prepare();
+    startup::mark("ua_patterns_compiled");
+    startup::thread_cpu("ua_patterns");
     Ok(Arc::new(ua))
 }
 
@@ -427,7 +435,13 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
+    startup::begin();
     let cli = Cli::parse();
+    // `run`: the XDP loader (the kernel's BTF, the kernel's BPF features) is made on another
+    // thread from now on, beside everything before the program's load.
+    if matches!(cli.command, Command::Run { .. }) {
+        loader::prepare();
+    }
     // The XDP program's aya-log records arrive at debug level.
     let level = match &cli.command {
         Command::Run {
@@ -589,13 +603,14 @@ struct RunArgs {
     reload: ReloadArgs,
 }
 
-/// Loads trails from every source as a reload does ([`reload::load_sources`]: a compiled
-/// set is opened and checked once, its version read from its header) and prints what was
-/// found; returns the set and its version.
+/// Loads trails from every source as a reload does ([`reload::load_sources_checking`]: a
+/// compiled set is opened once, its version read from its header, its header and signature
+/// checked, its body checksum computed on another thread) and prints what was found;
+/// returns the set, its version and the pending checksum.
 fn load_trails(
     paths: &[PathBuf],
     public_key: Option<&[u8; 32]>,
-) -> anyhow::Result<(TrailSet, String)> {
+) -> anyhow::Result<(TrailSet, String, Option<reload::TrailCheck>)> {
     let started = Instant::now();
     // A compiled set (`xtrail-trails build`, found by its magic bytes) is memory-mapped, not
     // parsed; it holds a whole set, so it is the only source.
@@ -606,14 +621,16 @@ fn load_trails(
             p.display()
         );
     }
-    let (trails, version) =
-        reload::load_sources(paths, public_key).map_err(|e| match compiled {
+    let (trails, version, check) =
+        reload::load_sources_checking(paths, public_key).map_err(|e| match compiled {
             Some(p) => anyhow::anyhow!("trail set {} refused: {e}", p.display()),
             None => anyhow::Error::new(e),
         })?;
+    startup::mark("trails_opened");
+    startup::thread_cpu("main_to_trails_opened");
     match compiled {
         Some(p) => eprintln!(
-            "xtrail-sensor: compiled trail set {} version {version} opened in {:.3}s: {}",
+            "xtrail-sensor: compiled trail set {} version {version} opened in {:.3}s (checksum checked before attaching): {}",
             p.display(),
             started.elapsed().as_secs_f64(),
             trails.report
@@ -624,7 +641,19 @@ fn load_trails(
             trails.report
         ),
     }
-    Ok((trails, version))
+    Ok((trails, version, check))
+}
+
+/// Waits for a compiled set's body checksum; a refusal reads as at the set's opening.
+fn trail_check(check: Option<reload::TrailCheck>) -> anyhow::Result<()> {
+    match check {
+        Some(c) => {
+            let path = c.path().display().to_string();
+            c.wait()
+                .map_err(|e| anyhow::anyhow!("trail set {path} refused: {e}"))
+        }
+        None => Ok(()),
+    }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -632,8 +661,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("--enforce needs --mode inline: a mirror port carries copies, there is nothing to block");
     }
     privilege::check()?;
-    // The kernel's BTF is read for the XDP loader while the trails load.
-    loader::prepare();
     for iface in &args.ifaces {
         if loader::ifindex(iface).is_none() {
             bail!("unknown interface {iface}");
@@ -681,8 +708,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let ua = std::thread::spawn(move || load_ua_file(ua_file.as_deref()));
     // A compiled source must carry a good signature when a key is configured (checked as it
     // is opened).
-    let (trails, trail_set_version, whitelist) = load_detection(&cfg, public_key.as_ref())?;
+    let (trails, trail_set_version, whitelist, check) = load_detection(&cfg, public_key.as_ref())?;
     if trails.ip.is_empty() {
+        // Said of a set whose checksum holds only.
+        trail_check(check)?;
         bail!(
             "no IP, CIDR or IP:port trails in {}: the XDP fast path has nothing to look for",
             cfg.trails
@@ -745,6 +774,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         throttle: cfg.throttle(),
         flood: cfg.flood(),
         trail_set_version,
+        trail_check: std::sync::Mutex::new(check),
         reload: Some(ReloadOptions {
             sources: cfg.trails.clone(),
             min_ratio: cfg.trail_min_ratio,
@@ -785,7 +815,8 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let sensor_name = sensor_name(&cfg);
     let link = args.collector.start(&cfg, &sensor_name, "replay")?;
     let publisher = link.as_ref().map(CollectorLink::publisher);
-    let (trails, _, whitelist) = load_detection(&cfg, None)?;
+    let (trails, _, whitelist, check) = load_detection(&cfg, None)?;
+    trail_check(check)?;
     let opts = ReplayOptions {
         processor: cfg.processor(sensor_name),
         format: args.output.format.into(),

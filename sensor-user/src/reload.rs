@@ -7,7 +7,9 @@
 //!    set keeps matching meanwhile);
 //! 2. refuses it, keeping the current set, if it failed to load, is empty, or shrank below
 //!    [`ReloadOptions::min_ratio`] of the current one (Maltrail's `TRAIL_RELOAD_MIN_RATIO`);
-//! 3. fills the inactive kernel map set ([`KernelTrailSets`]) and publishes the new set to
+//! 3. fills the inactive kernel map set ([`KernelTrailSets`]; a compiled set's body checksum
+//!    is still being computed meanwhile, and a set that fails it is refused before anything
+//!    of it is used) and publishes the new set to
 //!    userspace: [`HitSets`] (labels of kernel hits, by map set) and [`SharedTrails`] (the
 //!    detector's set, taken between two packets);
 //! 4. switches the kernel to the new map set with one write;
@@ -18,6 +20,8 @@
 //! reload is logged.
 
 use std::collections::VecDeque;
+use std::io::Read as _;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -91,6 +95,20 @@ pub fn load_sources(
     sources: &[PathBuf],
     public_key: Option<&[u8; 32]>,
 ) -> Result<(TrailSet, String), ReloadError> {
+    let (trails, version, check) = load_sources_checking(sources, public_key)?;
+    if let Some(check) = check {
+        check.wait()?;
+    }
+    Ok((trails, version))
+}
+
+/// [`load_sources`] with a compiled set's body checksum still being computed on another
+/// thread: the set must not be used for detection (nor its kernel maps attached) before
+/// [`TrailCheck::wait`] returned `Ok`. `None` for text sources (nothing pending).
+pub fn load_sources_checking(
+    sources: &[PathBuf],
+    public_key: Option<&[u8; 32]>,
+) -> Result<(TrailSet, String, Option<TrailCheck>), ReloadError> {
     if let Some(p) = sources.iter().find(|p| compiled::is_compiled(p)) {
         if sources.len() > 1 {
             return Err(ReloadError::Load(format!(
@@ -98,15 +116,40 @@ pub fn load_sources(
                 p.display()
             )));
         }
-        let set = CompiledSet::open(p, public_key)
+        let (set, check) = CompiledSet::open_checking(p, public_key)
             .map_err(|e| ReloadError::Load(format!("{}: {e}", p.display())))?;
         let version = set.version().to_string();
-        return Ok((set.into_trails(), version));
+        let check = TrailCheck {
+            path: p.clone(),
+            check,
+        };
+        return Ok((set.into_trails(), version, Some(check)));
     }
     let version = version_of(sources);
     let trails = TrailSet::load(sources, &LoadOptions::default())
         .map_err(|e| ReloadError::Load(e.to_string()))?;
-    Ok((trails, version))
+    Ok((trails, version, None))
+}
+
+/// A compiled set's body checksum being computed ([`load_sources_checking`]).
+#[derive(Debug)]
+pub struct TrailCheck {
+    path: PathBuf,
+    check: compiled::PendingCheck,
+}
+
+impl TrailCheck {
+    /// The set file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The verdict, as [`load_sources`] words a refusal.
+    pub fn wait(self) -> Result<(), ReloadError> {
+        self.check
+            .wait()
+            .map_err(|e| ReloadError::Load(format!("{}: {e}", self.path.display())))
+    }
 }
 
 /// (modification time, size) of every source, to notice a change.
@@ -245,6 +288,7 @@ impl ReloadStats {
 pub struct Reloader {
     thread: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    sighup: Option<signal_hook::SigId>,
     pub stats: Arc<ReloadStats>,
 }
 
@@ -255,8 +299,13 @@ struct Worker {
     hits: Arc<HitSets>,
     stats: Arc<ReloadStats>,
     stop: Arc<AtomicBool>,
-    sighup: Arc<AtomicBool>,
+    /// A byte arrives per SIGHUP (written by the signal handler); reads time out after
+    /// [`POLL`], so the thread wakes at once for a signal and every [`POLL`] otherwise.
+    sighup: UnixStream,
 }
+
+/// How often the reload thread looks at its inbox and the watched sources.
+const POLL: Duration = Duration::from_millis(20);
 
 /// Resident set size and its peak since the last reset, in KiB (`/proc/self/status`).
 pub fn rss_kib() -> (u64, u64) {
@@ -299,8 +348,9 @@ impl Reloader {
         hits: Arc<HitSets>,
     ) -> anyhow::Result<Reloader> {
         let stop = Arc::new(AtomicBool::new(false));
-        let sighup = Arc::new(AtomicBool::new(false));
-        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&sighup))?;
+        let (sighup, handler_end) = UnixStream::pair()?;
+        sighup.set_read_timeout(Some(POLL))?;
+        let sig = signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, handler_end)?;
         let stats = Arc::new(ReloadStats::default());
         stats.set_version(&shared.load().version);
         let worker = Worker {
@@ -318,6 +368,7 @@ impl Reloader {
         Ok(Reloader {
             thread: Some(thread),
             stop,
+            sighup: Some(sig),
             stats,
         })
     }
@@ -326,6 +377,9 @@ impl Reloader {
 impl Drop for Reloader {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(sig) = self.sighup.take() {
+            signal_hook::low_level::unregister(sig);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -333,16 +387,19 @@ impl Drop for Reloader {
 }
 
 impl Worker {
+    /// Waits up to [`POLL`] for SIGHUP; several signals since the last call count once.
+    fn wait_sighup(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(self.sighup.read(&mut buf), Ok(n) if n > 0)
+    }
+
     fn run(mut self) {
         let mut seen = stamp(&self.opts.sources);
         let mut changed_at: Option<Instant> = None;
         let mut last_poll = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             let mut request = self.opts.inbox.pop();
-            if request.is_none() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if request.is_none() && self.sighup.swap(false, Ordering::Relaxed) {
+            if request.is_none() && self.wait_sighup() {
                 request = Some(Request::Sources("SIGHUP"));
             }
             if request.is_none()
@@ -400,40 +457,58 @@ impl Worker {
     fn reload(&mut self, request: Request) -> Result<String, ReloadError> {
         let load_started = Instant::now();
         let current = self.shared.load();
-        let (version, trails) = match request {
+        // A compiled set's checksum is still being computed while the inactive kernel set
+        // is filled (never selected before the check passed); userspace gets it after.
+        let (version, trails, check) = match request {
             Request::Sources(_) => {
-                let (trails, version) =
-                    load_sources(&self.opts.sources, self.opts.public_key.as_ref())?;
-                (version, trails)
+                let (trails, version, check) =
+                    load_sources_checking(&self.opts.sources, self.opts.public_key.as_ref())?;
+                (version, trails, check)
             }
             Request::Install {
                 version, trails, ..
-            } => (version, *trails),
+            } => (version, *trails, None),
         };
         let load_time = load_started.elapsed();
         let new = trail_count(&trails.report);
         let old = trail_count(&current.trails.report);
-        if new == 0 {
-            return Err(ReloadError::Empty);
-        }
-        if (new as f64) < (old as f64) * self.opts.min_ratio {
-            return Err(ReloadError::Shrunk {
+        let refusal = if new == 0 {
+            Some(ReloadError::Empty)
+        } else if (new as f64) < (old as f64) * self.opts.min_ratio {
+            Some(ReloadError::Shrunk {
                 new,
                 current: old,
                 ratio: self.opts.min_ratio,
-            });
+            })
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            // A corrupt body may read as a tiny set: its checksum is the truer reason.
+            if let Some(c) = check {
+                c.wait()?;
+            }
+            return Err(refusal);
         }
         let next = Arc::new(VersionedTrails::new(version, Arc::new(trails)));
         let from = self.kernel.active();
         let to = from ^ 1;
         let fill_started = Instant::now();
-        let (fill, flags) = match self.kernel.fill(to, &next.trails.ip) {
+        let filled = self
+            .kernel
+            .fill(to, &next.trails.ip)
+            .map_err(ReloadError::from)
+            .and_then(|f| match check {
+                Some(c) => c.wait().map(|()| f),
+                None => Ok(f),
+            });
+        let (fill, flags) = match filled {
             Ok(f) => f,
             Err(e) => {
                 if let Err(c) = self.kernel.clear(to) {
                     log::error!("emptying the inactive trail map set: {c}");
                 }
-                return Err(e.into());
+                return Err(e);
             }
         };
         let fill_time = fill_started.elapsed();
@@ -442,6 +517,7 @@ impl Worker {
         self.shared.store(Arc::clone(&next));
         drop(current);
         self.kernel.select(to, flags)?;
+        let live = load_started.elapsed();
         self.stats.set_version(&next.version);
         let version = next.version.clone();
         let report = next.trails.report.to_string();
@@ -458,13 +534,14 @@ impl Worker {
         self.hits.put(from, None);
         release_freed_memory();
         Ok(format!(
-            "version {version} in map set {to}: {report}; load {:.2}s, kernel fill {:.3}s ({} IPv4, {} IPv6, {} IP:port, {} CIDR), old set emptied ({cleared} entries) in {:.3}s",
+            "version {version} in map set {to}: {report}; load {:.3}s, kernel fill {:.3}s ({} IPv4, {} IPv6, {} IP:port, {} CIDR), new set live after {:.3}s, old set emptied ({cleared} entries) in {:.3}s",
             load_time.as_secs_f64(),
             fill_time.as_secs_f64(),
             fill.ipv4,
             fill.ipv6,
             fill.ipport,
             fill.cidr4 + fill.cidr6,
+            live.as_secs_f64(),
             clear_started.elapsed().as_secs_f64()
         ))
     }

@@ -6,13 +6,18 @@
 //! is element `2i + s`, `xtrail_common::trail_table`). The IPv4 address and IP:port tables
 //! are cuckoo tables built in userspace (`xtrail_detect::trails::iptable`, ready-made in a
 //! compiled set): filling them is one batch of array writes straight from their buckets,
-//! and their sizes ride in the `TRAIL_SET` value; a set's old buckets need no emptying (the
-//! next fill overwrites every bucket the new set's size covers). The program reads the one-element `TRAIL_SET` array once per packet
-//! to pick a set (`xtrail_common::trail_set`). A reload fills the inactive set while the
-//! active one keeps matching, switches with one 4-byte write, waits until no packet can
-//! still be inside the old set (XDP runs under RCU and lasts microseconds; the wait is
-//! [`GRACE`]), then deletes the old set's entries so their memory is freed (the hash maps
-//! are not preallocated). No packet is ever matched against a half-filled set.
+//! and their sizes ride in the `TRAIL_SET` value. A set's table buckets are never emptied:
+//! a fill writes every one of the `2^bits` buckets its tables have (empty ones as zeros),
+//! and lookups read only buckets below the `2^bits` of the selected set's `TRAIL_SET`
+//! value, so buckets of a larger set before stay in the array unread (the arrays are
+//! preallocated: zeroing them would free nothing). The program reads the one-element
+//! `TRAIL_SET` array once per packet to pick a set (`xtrail_common::trail_set`). A reload
+//! fills the inactive set while the active one keeps matching, switches with one 4-byte
+//! write, waits until no packet can still be inside the old set (XDP runs under RCU and
+//! lasts microseconds; the wait is [`GRACE`]), then deletes the old set's hash and LPM
+//! entries in batches, so their memory is freed (those maps are not preallocated) and the
+//! next fill of that set starts from none. No packet is ever matched against a half-filled
+//! set.
 //!
 //! [`KernelTrailSets`] holds duplicates of the maps' descriptors, so a reload runs on a
 //! thread of its own through the raw `bpf(2)` syscall while the live loop keeps the
@@ -35,10 +40,10 @@ use crate::maps::{prefilter_words, FillReport};
 /// program run, which is what may still be looking at it.
 pub const GRACE: Duration = Duration::from_millis(50);
 
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Elements per batch syscall.
@@ -320,32 +325,13 @@ fn update_elem<K, V>(map: &MapFd, key: &K, value: &V) -> Result<(), TrailMapErro
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map_err(syscall_err("BPF_MAP_UPDATE_ELEM", map))
 }
 
-/// Zeroes set `index`'s buckets of a table map of `elements` (both sets); returns how many
-/// trails they held. One lookup per bucket: for [`KernelTrailSets::clear`] only.
-fn clear_table(map: &MapFd, index: u8, elements: u32) -> Result<usize, TrailMapError> {
-    let set = u32::from(index & 1);
-    let mut held = 0;
-    let mut used: Vec<u32> = Vec::new();
-    let mut bucket: iptable::Bucket = [0; 16];
-    for i in 0..elements / 2 {
-        let key = (i << 1) | set;
-        let mut attr = ElemAttr {
-            map_fd: map.raw() as u32,
-            _pad: 0,
-            key: &key as *const u32 as u64,
-            value: bucket.as_mut_ptr() as u64,
-            flags: 0,
-        };
-        bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map_err(syscall_err("BPF_MAP_LOOKUP_ELEM", map))?;
-        let n = iptable::bucket_used(&bucket);
-        if n > 0 {
-            held += n;
-            used.push(key);
-        }
-    }
-    let zeros = vec![[0u32; 16]; used.len()];
-    update_batch(map, &used, &zeros)?;
-    Ok(held)
+/// Whether a batch call failed because the map type has no batch operations.
+fn no_batch(e: &std::io::Error) -> bool {
+    // 524: the kernel's ENOTSUPP (not in libc).
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | 524 | libc::EOPNOTSUPP)
+    )
 }
 
 /// Writes LPM trie entries: one batch where the kernel supports batches on tries, else one
@@ -355,13 +341,7 @@ fn update_lpm<K: Copy>(map: &MapFd, entries: &[(K, u32)]) -> Result<(), TrailMap
     let values: Vec<u32> = entries.iter().map(|e| e.1).collect();
     match update_batch(map, &keys, &values) {
         Ok(()) => Ok(()),
-        Err(TrailMapError::Syscall { source, .. })
-            if matches!(
-                source.raw_os_error(),
-                // 524: the kernel's ENOTSUPP (not in libc).
-                Some(libc::EINVAL | 524 | libc::EOPNOTSUPP)
-            ) =>
-        {
+        Err(TrailMapError::Syscall { source, .. }) if no_batch(&source) => {
             for (k, v) in entries {
                 update_elem(map, k, v)?;
             }
@@ -371,8 +351,46 @@ fn update_lpm<K: Copy>(map: &MapFd, entries: &[(K, u32)]) -> Result<(), TrailMap
     }
 }
 
-/// Every key of a map, back to back.
+/// Every key of a map, back to back: in batches (`BPF_MAP_LOOKUP_BATCH`) where the kernel
+/// has them for the map type, else one `BPF_MAP_GET_NEXT_KEY` per key. The trail hash and
+/// LPM maps' values are `u32` labels.
 fn all_keys(map: &MapFd) -> Result<Vec<u8>, TrailMapError> {
+    let size = map.key_size;
+    let mut keys: Vec<u8> = Vec::new();
+    let mut batch = vec![0u8; size * BATCH];
+    let mut values = vec![0u32; BATCH];
+    // The resume token: a bucket index for hash maps, a key for the generic (LPM) walk.
+    let mut token = [[0u8; 64]; 2];
+    let mut first = true;
+    loop {
+        let [from, to] = &mut token;
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { from.as_ptr() as u64 },
+            out_batch: to.as_mut_ptr() as u64,
+            keys: batch.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: map.raw() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        let done = match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) if first && no_batch(&e) => return all_keys_one_by_one(map),
+            Err(e) => return Err(syscall_err("BPF_MAP_LOOKUP_BATCH", map)(e)),
+        };
+        let n = (attr.count as usize).min(BATCH);
+        keys.extend_from_slice(&batch[..n * size]);
+        if done {
+            return Ok(keys);
+        }
+        token.swap(0, 1);
+        first = false;
+    }
+}
+
+fn all_keys_one_by_one(map: &MapFd) -> Result<Vec<u8>, TrailMapError> {
     let size = map.key_size;
     let mut keys: Vec<u8> = Vec::new();
     let mut next = vec![0u8; size];
@@ -393,42 +411,61 @@ fn all_keys(map: &MapFd) -> Result<Vec<u8>, TrailMapError> {
     }
 }
 
-/// Deletes `keys` (all present) in batches.
-fn delete_batch<K>(map: &MapFd, keys: &[K]) -> Result<(), TrailMapError> {
-    for chunk in keys.chunks(BATCH) {
+/// Deletes `keys` (whole keys of the map's key size, back to back, all present) in
+/// batches; one by one where the kernel has no batch delete for the map type.
+fn delete_keys(map: &MapFd, keys: &[u8]) -> Result<usize, TrailMapError> {
+    let size = map.key_size;
+    let n = keys.len() / size;
+    for (i, chunk) in keys[..n * size].chunks(BATCH * size).enumerate() {
         let mut attr = BatchAttr {
             in_batch: 0,
             out_batch: 0,
             keys: chunk.as_ptr() as u64,
             values: 0,
-            count: chunk.len() as u32,
+            count: (chunk.len() / size) as u32,
             map_fd: map.raw() as u32,
             elem_flags: 0,
             flags: 0,
         };
-        bpf(BPF_MAP_DELETE_BATCH, &mut attr).map_err(syscall_err("BPF_MAP_DELETE_BATCH", map))?;
+        match bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
+            Ok(()) => {}
+            Err(e) if i == 0 && attr.count == 0 && no_batch(&e) => {
+                for key in keys[..n * size].chunks(size) {
+                    delete_elem(map, key.as_ptr())?;
+                }
+                return Ok(n);
+            }
+            Err(e) => return Err(syscall_err("BPF_MAP_DELETE_BATCH", map)(e)),
+        }
     }
-    Ok(())
+    Ok(n)
 }
 
-fn delete_elem<K>(map: &MapFd, key: &K) -> Result<(), TrailMapError> {
+/// Deletes typed keys (`K` is the map's key type).
+fn delete_typed<K: Copy>(map: &MapFd, keys: &[K]) -> Result<usize, TrailMapError> {
+    debug_assert_eq!(std::mem::size_of::<K>(), map.key_size);
+    // SAFETY: the key types are `repr(C)` plain data without padding bytes
+    // (`xtrail_common`'s map keys), so their memory is `size_of_val(keys)` initialised bytes.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(keys.as_ptr().cast::<u8>(), std::mem::size_of_val(keys))
+    };
+    delete_keys(map, bytes)
+}
+
+/// `key` points at `map.key_size` bytes.
+fn delete_elem(map: &MapFd, key: *const u8) -> Result<(), TrailMapError> {
     let mut attr = ElemAttr {
         map_fd: map.raw() as u32,
         _pad: 0,
-        key: key as *const K as u64,
+        key: key as u64,
         value: 0,
         flags: 0,
     };
     bpf(BPF_MAP_DELETE_ELEM, &mut attr).map_err(syscall_err("BPF_MAP_DELETE_ELEM", map))
 }
 
-/// Deletes the keys `of_set` picks: batch deletes for a hash map, one by one for an LPM
-/// trie; returns how many.
-fn delete_where(
-    map: &MapFd,
-    batch: bool,
-    of_set: impl Fn(&[u8]) -> bool,
-) -> Result<usize, TrailMapError> {
+/// Deletes the keys `of_set` picks, in batches; returns how many.
+fn delete_where(map: &MapFd, of_set: impl Fn(&[u8]) -> bool) -> Result<usize, TrailMapError> {
     let size = map.key_size;
     let keys: Vec<u8> = all_keys(map)?
         .chunks(size)
@@ -436,30 +473,7 @@ fn delete_where(
         .flatten()
         .copied()
         .collect();
-    let n = keys.len() / size;
-    if batch {
-        // Whole keys of `size` bytes each, passed as raw bytes (the kernel reads key_size).
-        for chunk in keys.chunks(BATCH * size) {
-            let mut attr = BatchAttr {
-                in_batch: 0,
-                out_batch: 0,
-                keys: chunk.as_ptr() as u64,
-                values: 0,
-                count: (chunk.len() / size) as u32,
-                map_fd: map.raw() as u32,
-                elem_flags: 0,
-                flags: 0,
-            };
-            bpf(BPF_MAP_DELETE_BATCH, &mut attr)
-                .map_err(syscall_err("BPF_MAP_DELETE_BATCH", map))?;
-        }
-    } else {
-        for key in keys.chunks(size) {
-            // The slice's first byte is the key (`key_size` bytes follow).
-            delete_elem(map, &key[0])?;
-        }
-    }
-    Ok(n)
+    delete_keys(map, &keys)
 }
 
 /// Writes `(key, value)` pairs made by `make` from `items` in batches, building at most one
@@ -698,8 +712,9 @@ impl KernelTrailSets {
         self.capacity
     }
 
-    /// Fills set `index` (which must be empty and inactive) without switching to it. The
-    /// start fill of a freshly loaded program is `fill(0, ..)` then `select(0, ..)`.
+    /// Fills set `index` (inactive, its hash and LPM entries deleted; its table buckets
+    /// may hold anything) without switching to it. The start fill of a freshly loaded
+    /// program is `fill(0, ..)` then `select(0, ..)`.
     pub fn fill(&mut self, index: u8, ip: &IpTrails) -> Result<(FillReport, u32), TrailMapError> {
         self.capacity.check(ip)?;
         let half = usize::from(index & 1);
@@ -718,9 +733,10 @@ impl KernelTrailSets {
         Ok(())
     }
 
-    /// Deletes the entries of set `index` (inactive), which was filled from `ip`: by their
-    /// keys, in batches; if that fails (the maps do not hold what `ip` says), by walking the
-    /// maps ([`KernelTrailSets::clear`]). Returns how many entries went.
+    /// Deletes the hash and LPM entries of set `index` (inactive), which was filled from
+    /// `ip`: by their keys, in batches; if that fails (the maps do not hold what `ip` says),
+    /// by walking the maps ([`KernelTrailSets::clear`]). Returns how many entries went. The
+    /// IPv4 tables' buckets are left as they are (see the module doc).
     pub fn clear_filled(&self, index: u8, ip: &IpTrails) -> Result<usize, TrailMapError> {
         match self.delete_known(index, ip) {
             Ok(n) => Ok(n),
@@ -739,7 +755,8 @@ impl KernelTrailSets {
             .keys()
             .map(|addr| TrailKey6 { set, addr: *addr })
             .collect();
-        delete_batch(&m.ipv6, &v6)?;
+        let mut n = delete_typed(&m.ipv6, &v6)?;
+        drop(v6);
         let ipport: Vec<IpPortKey> = ip
             .ipport
             .v6()
@@ -751,44 +768,33 @@ impl KernelTrailSets {
                 _pad: 0,
             })
             .collect();
-        delete_batch(&m.ipport, &ipport)?;
-        for (addr, prefix, _) in &ip.cidr4 {
-            let key = Lpm4Key {
+        n += delete_typed(&m.ipport, &ipport)?;
+        drop(ipport);
+        let cidr4: Vec<Lpm4Key> = ip
+            .cidr4
+            .iter()
+            .map(|(addr, prefix, _)| Lpm4Key {
                 prefix_len: 32 + u32::from(*prefix),
                 data: TrailKey4 { set, addr: *addr },
-            };
-            delete_elem(&m.cidr4, &key)?;
-        }
-        for (addr, prefix, _) in &ip.cidr6 {
-            let key = Lpm6Key {
+            })
+            .collect();
+        n += delete_typed(&m.cidr4, &cidr4)?;
+        drop(cidr4);
+        let cidr6: Vec<Lpm6Key> = ip
+            .cidr6
+            .iter()
+            .map(|(addr, prefix, _)| Lpm6Key {
                 prefix_len: 32 + u32::from(*prefix),
                 data: TrailKey6 { set, addr: *addr },
-            };
-            delete_elem(&m.cidr6, &key)?;
-        }
-        // The IPv4 tables are arrays: zero the buckets `ip`'s tables filled, so that the
-        // set is empty as with the hash maps (nothing is freed).
-        for (map, table) in [
-            (&m.v4_table, ip.v4.table()),
-            (&m.ipport4_table, ip.ipport.v4_table()),
-        ] {
-            let used: Vec<u32> = table
-                .buckets()
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| iptable::bucket_used(b) > 0)
-                .map(|(i, _)| ((i as u32) << 1) | set)
-                .collect();
-            let zeros = vec![[0u32; 16]; used.len()];
-            update_batch(map, &used, &zeros)?;
-            table.release_pages();
-        }
-        Ok(ip.v4.len() + v6.len() + ip.ipport.len() + ip.cidr4.len() + ip.cidr6.len())
+            })
+            .collect();
+        n += delete_typed(&m.cidr6, &cidr6)?;
+        Ok(n)
     }
 
-    /// Deletes the entries of set `index` (inactive) whatever they are, by walking the maps
-    /// (and zeroing its IPv4 table buckets, one lookup per bucket); returns how many. (Its
-    /// prefilter half becomes unknown, so the next fill rewrites it whole.)
+    /// Deletes the hash and LPM entries of set `index` (inactive) whatever they are, by
+    /// walking the maps in batches; returns how many. The IPv4 tables' buckets are left as
+    /// they are: the next fill of the set writes every bucket its size covers.
     pub fn clear(&self, index: u8) -> Result<usize, TrailMapError> {
         let set = u32::from(index & 1);
         let m = &self.maps;
@@ -800,16 +806,10 @@ impl KernelTrailSets {
                 .map(u32::from_ne_bytes)
         };
         let ipport_set = std::mem::offset_of!(IpPortKey, set);
-        Ok(
-            clear_table(&m.v4_table, index, self.capacity.v4_elements())?
-                + clear_table(&m.ipport4_table, index, self.capacity.ipport4_elements())?
-                + delete_where(&m.ipv6, true, |k| u32_at(k, 0) == Some(set))?
-                + delete_where(&m.ipport, true, |k| {
-                    k.get(ipport_set).copied() == Some(set as u8)
-                })?
-                + delete_where(&m.cidr4, false, |k| u32_at(k, 4) == Some(set))?
-                + delete_where(&m.cidr6, false, |k| u32_at(k, 4) == Some(set))?,
-        )
+        Ok(delete_where(&m.ipv6, |k| u32_at(k, 0) == Some(set))?
+            + delete_where(&m.ipport, |k| k.get(ipport_set).copied() == Some(set as u8))?
+            + delete_where(&m.cidr4, |k| u32_at(k, 4) == Some(set))?
+            + delete_where(&m.cidr6, |k| u32_at(k, 4) == Some(set))?)
     }
 }
 

@@ -1,14 +1,16 @@
 //! IPv4 address and IP:port trails through the kernel's cuckoo tables (BPF_PROG_TEST_RUN,
 //! root, no interface): thousands of each (full buckets, moved residents) found with their
 //! labels in set 0 filled from a compiled set's mapping, in set 1 built in memory with
-//! another table size, across switches both ways; addresses and ports not listed miss.
+//! another table size, across switches both ways; addresses and ports not listed miss; a
+//! small set refilled over a larger set's never-emptied buckets sees only its own trails;
+//! a reloaded compiled set failing its checksum after its kernel fill is refused.
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::maps::{MapData, RingBuf};
-use xtrail_bench::frames::{v4, Frame};
+use xtrail_bench::frames::{v4, v6, Frame};
 use xtrail_common::{trail_kind, v4_mapped};
 use xtrail_detect::trails::compiled::{self, CompileOptions};
 use xtrail_detect::trails::{CompiledSet, IpTrails, TrailSet};
@@ -47,6 +49,15 @@ impl Probe {
     /// (label, kind, set) of the hit a SYN to `dst:port` raises.
     fn hit(&mut self, dst: [u8; 4], port: u16) -> Option<(u32, u8, u8)> {
         let frame = Frame::syn(v4("198.18.0.2"), 40000, Ipv4Addr::from(dst).into(), port);
+        self.sensor.test_run(&frame.build()).expect("test run");
+        let item = self.ring.next()?;
+        let r = parse_record(&item).expect("record");
+        Some((r.trail_id, r.kind, r.trail_set))
+    }
+
+    /// (label, kind, set) of the hit a SYN to `[dst]:port` raises.
+    fn hit_v6(&mut self, dst: [u8; 16], port: u16) -> Option<(u32, u8, u8)> {
+        let frame = Frame::syn(v6("2001:db8::2"), 40000, Ipv6Addr::from(dst).into(), port);
         self.sensor.test_run(&frame.build()).expect("test run");
         let item = self.ring.next()?;
         let r = parse_record(&item).expect("record");
@@ -123,5 +134,157 @@ fn ipv4_tables_hit_in_both_sets_across_switches() {
     sets.select(0, flags).expect("switch to A");
     p.expect_set(na, 0, 100, 0);
     assert_eq!(p.hit(v4_addr(0, 1), 9), None, "B is gone");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A small set refilled into the half of a larger one whose table buckets were never
+/// emptied (as a reload does: only the hash and LPM entries of a switched-out set are
+/// deleted): set A (20,000 IPv4 and IP:port trails, an IPv6 trail, a CIDR) in set 0, B in
+/// set 1, then C (A's first 50 trails relabelled) into set 0 over A's stale buckets. Every
+/// trail of C hits with C's label; none of A's others, nor its IPv6 trail or CIDR, hits.
+#[test]
+fn a_small_set_over_a_larger_stale_table_sees_only_its_own_trails() {
+    if !common::privileged(module_path!()) {
+        return;
+    }
+    let (na, nb, nc) = (20_000, 3_000, 50);
+    let mut a = trails(na, 0, 100);
+    let v6_trail = [
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a,
+    ];
+    a.v6.insert(v6_trail, 7);
+    a.cidr4.push(([203, 0, 113, 0], 24, 8));
+    let b = trails(nb, 1, 50_000);
+    let c = trails(nc, 0, 900_000);
+    assert!(a.v4.table().bits() > c.v4.table().bits());
+    assert!(a.ipport.v4_table().bits() > c.ipport.v4_table().bits());
+
+    let opts = SensorOptions {
+        suppress: std::time::Duration::ZERO,
+        ..SensorOptions::default()
+    };
+    let mut sensor = Sensor::load(&a, &opts).expect("load");
+    let ring = sensor.take_hits().expect("ring");
+    let mut sets = sensor.trail_sets().expect("trail sets");
+    let mut p = Probe { sensor, ring };
+    p.expect_set(na, 0, 100, 0);
+    assert_eq!(
+        p.hit([203, 0, 113, 9], 9),
+        Some((8, trail_kind::CIDR, 0)),
+        "A's CIDR"
+    );
+
+    // B into set 1, switch, empty A as a reload does (its tables stay as they are).
+    let (_, flags) = sets.fill(1, &b).expect("fill set 1");
+    sets.select(1, flags).expect("switch to B");
+    assert_eq!(sets.clear_filled(0, &a).expect("empty set 0"), 2);
+    p.expect_set(nb, 1, 50_000, 1);
+
+    // C into set 0, over A's buckets.
+    let (_, flags) = sets.fill(0, &c).expect("fill set 0 with C");
+    sets.select(0, flags).expect("switch to C");
+    assert_eq!(sets.clear_filled(1, &b).expect("empty set 1"), 0);
+    for i in 0..nc {
+        assert_eq!(
+            p.hit(v4_addr(i, 0), 9),
+            Some((900_000 + i, trail_kind::IP, 0)),
+            "C's trail {i}"
+        );
+        let (addr, port) = port_trail(i, 0);
+        assert_eq!(
+            p.hit(addr, port),
+            Some((900_000 + nc + i, trail_kind::IPPORT, 0)),
+            "C's IP:port trail {i}"
+        );
+    }
+    for i in nc..na {
+        let addr = v4_addr(i, 0);
+        assert_eq!(p.hit(addr, 9), None, "A's trail {addr:?}");
+        let (addr, port) = port_trail(i, 0);
+        assert_eq!(p.hit(addr, port), None, "A's {addr:?}:{port}");
+    }
+    assert_eq!(p.hit([203, 0, 113, 9], 9), None, "A's CIDR");
+    assert_eq!(p.hit_v6(v6_trail, 443), None, "A's IPv6 trail");
+    assert_eq!(p.hit(v4_addr(0, 1), 9), None, "B is gone");
+}
+
+/// A reload from a compiled set whose body fails its checksum is refused after the inactive
+/// kernel set was filled from it (the checksum is computed meanwhile): the current set keeps
+/// matching in its map set, and the next good set fills and switches in as usual.
+#[test]
+fn a_reloaded_set_failing_its_checksum_is_refused_after_the_fill() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use xtrail_detect::shared_trails::{SharedTrails, VersionedTrails};
+    use xtrail_sensor::reload::{HitSets, Inbox, ReloadOptions, Reloader, Request};
+
+    if !common::privileged(module_path!()) {
+        return;
+    }
+    let (na, nc) = (3_000, 4_000);
+    let dir = common::tempdir("trail-tables-check");
+    let path = dir.join("set.xtrails");
+    let a = TrailSet {
+        ip: trails(na, 0, 100),
+        ..TrailSet::default()
+    };
+    let opts = SensorOptions {
+        suppress: Duration::ZERO,
+        ..SensorOptions::default()
+    };
+    let mut sensor = Sensor::load(&a.ip, &opts).expect("load");
+    let ring = sensor.take_hits().expect("ring");
+    let first = Arc::new(VersionedTrails::new("a", Arc::new(a)));
+    let hits = Arc::new(HitSets::new(Arc::clone(&first)));
+    let inbox = Arc::new(Inbox::default());
+    let reloader = Reloader::start(
+        ReloadOptions {
+            sources: vec![path.clone()],
+            inbox: Arc::clone(&inbox),
+            ..ReloadOptions::default()
+        },
+        sensor.trail_sets().expect("trail sets"),
+        SharedTrails::new(first),
+        Arc::clone(&hits),
+    )
+    .expect("reloader");
+    let mut p = Probe { sensor, ring };
+    // Waits (the live loop's part: drains) until the reloader counted one more outcome.
+    let settle = |hits: &HitSets, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "no reload outcome within 30 s");
+            hits.drained();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+
+    // C with a byte of its body (in its IPv4 tables) flipped.
+    let c = TrailSet {
+        ip: trails(nc, 1, 70_000),
+        ..TrailSet::default()
+    };
+    let mut bytes = compiled::write(&c, &CompileOptions::default());
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    compiled::write_atomic(&path, &bytes).expect("write the bad set");
+    inbox.push(Request::Sources("test"));
+    let stats = Arc::clone(&reloader.stats);
+    settle(&hits, &|| {
+        stats.refused.load(std::sync::atomic::Ordering::Relaxed) == 1
+    });
+    assert_eq!(stats.reloads.load(std::sync::atomic::Ordering::Relaxed), 0);
+    p.expect_set(na, 0, 100, 0);
+    assert_eq!(p.hit(v4_addr(0, 1), 9), None, "nothing of the bad set");
+
+    // The good C: filled into the same map set and switched in.
+    compiled::write_file(&c, &CompileOptions::default(), &path).expect("write C");
+    inbox.push(Request::Sources("test"));
+    settle(&hits, &|| {
+        stats.reloads.load(std::sync::atomic::Ordering::Relaxed) == 1
+    });
+    p.expect_set(nc, 1, 70_000, 1);
+    assert_eq!(p.hit(v4_addr(0, 0), 9), None, "A is gone");
+    drop(reloader);
     let _ = std::fs::remove_dir_all(&dir);
 }

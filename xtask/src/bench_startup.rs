@@ -3,11 +3,13 @@
 //! sensor's peak RSS (`VmHWM`), with Maltrail's full static tree as its `trails.csv`
 //! (`reference/trails.csv`) and as a compiled set of the same trails. Goals (issue #13):
 //! detecting within 0.2 s with the compiled set, peak RSS at most half the CSV's size.
-//! Figures go to `bench/results/startup.{json,md}` and a line of `latest.md`.
+//! Figures go to `bench/results/startup.{json,md}` and a line of `latest.md`, with the
+//! sensor's own timing of each phase of its start (median seconds since its start, from its
+//! `start phases` debug line; less sensitive to other load than the wall-clock figures).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
@@ -31,6 +33,51 @@ pub struct StartupRun {
     pub median_peak_rss_mb: f64,
     /// Median `VmRSS` once detecting (what the running sensor holds).
     pub rss_mb: f64,
+    /// The sensor's start phases: (name, median seconds since its start), in order.
+    pub phases: Vec<(String, f64)>,
+}
+
+/// The pairs of the sensor's `start phases (s since start): name=0.012 ...` line.
+fn parse_phases(line: &str) -> Vec<(String, f64)> {
+    let Some((_, rest)) = line.split_once("start phases (s since start):") else {
+        return Vec::new();
+    };
+    rest.split_whitespace()
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            let v = v.trim_end_matches(')');
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Per phase, the median over the runs that have it, ordered by that median.
+fn median_phases(runs: &[Vec<(String, f64)>]) -> Vec<(String, f64)> {
+    let mut names: Vec<&str> = Vec::new();
+    for r in runs {
+        for (n, _) in r {
+            if !names.contains(&n.as_str()) {
+                names.push(n);
+            }
+        }
+    }
+    let mut out: Vec<(String, f64)> = names
+        .iter()
+        .map(|n| {
+            let v = runs
+                .iter()
+                .filter_map(|r| r.iter().find(|(k, _)| k == n).map(|(_, s)| *s))
+                .collect();
+            (n.to_string(), median(v))
+        })
+        .collect();
+    // Phases by time, then the threads' CPU times (`cpu.` names).
+    out.sort_by(|a, b| {
+        (a.0.starts_with("cpu."), a.1)
+            .partial_cmp(&(b.0.starts_with("cpu."), b.1))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    out
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -51,12 +98,16 @@ fn status_mb(pid: u32, field: &str) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// One start: (attached s, detecting s, peak RSS MB, RSS MB once detecting).
+/// The sensor's start phases: (name, seconds since its start).
+type Phases = Vec<(String, f64)>;
+
+/// One start: (attached s, detecting s, peak RSS MB, RSS MB once detecting, the sensor's
+/// start phases).
 fn start_once(
     trails: &Path,
     hits: &[Ipv4Addr],
     tmp: &Path,
-) -> anyhow::Result<(f64, f64, f64, f64)> {
+) -> anyhow::Result<(f64, f64, f64, f64, Phases)> {
     let pair = VethPair::create("xst").context("veth pair")?;
     let log = tmp.join("startup-events.jsonl");
     let _ = std::fs::remove_file(&log);
@@ -67,7 +118,12 @@ fn start_once(
         .arg(&log)
         .args(["--format", "json", "--stats-interval", "0"])
         .args(["--sensor-name", "bench", "--no-flood-guard"])
+        .env("RUST_LOG", "info,xtrail_sensor::startup=debug")
         .stdout(Stdio::null());
+    // The injector (a packet socket in the peer's namespace, 20-40 ms to set up) is made
+    // before the sensor starts: its set-up is not the sensor's.
+    let inj = pair.injector().context("injector")?;
+    let me = IpAddr::V4(pair.peer_ip.parse().context("peer address")?);
     let t0 = Instant::now();
     let watched = spawn_watched(&mut cmd, None).context("starting xtrail-sensor")?;
     let attached = watched.wait_for("attached to", "error:", Duration::from_secs(120));
@@ -78,12 +134,13 @@ fn start_once(
         anyhow::bail!("the sensor did not attach: {e}");
     }
     // Trail hits, one every 2 ms, until the first event (at most 5 s).
-    let inj = pair.injector().context("injector")?;
-    let me = IpAddr::V4(pair.peer_ip.parse().context("peer address")?);
     let mut detecting_s = None;
+    // When the first hit left the injector (the bench's own set-up after "attached").
+    let mut first_sent = None;
     for (i, hit) in hits.iter().cycle().take(2_500).enumerate() {
         let f = Frame::syn(me, 20_000 + (i % 40_000) as u16, IpAddr::V4(*hit), 443).build();
         let _ = inj.send(&f);
+        first_sent.get_or_insert_with(|| t0.elapsed().as_secs_f64());
         if std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
             detecting_s = Some(t0.elapsed().as_secs_f64());
             break;
@@ -92,10 +149,21 @@ fn start_once(
     }
     let peak = status_mb(child.id(), "VmHWM:");
     let rss = status_mb(child.id(), "VmRSS:");
+    // The phases line follows "attached".
+    let mut phases = Vec::new();
+    while let Ok(l) = lines.recv_timeout(Duration::from_millis(500)) {
+        phases = parse_phases(&l);
+        if !phases.is_empty() {
+            break;
+        }
+    }
     interrupt_and_wait(&mut child, Duration::from_secs(20));
     drop(lines);
     let detecting_s = detecting_s.context("no event for the injected trail hits within 5 s")?;
-    Ok((attached_s, detecting_s, peak, rss))
+    if let Some(sent) = first_sent {
+        phases.push(("bench.first_hit_sent".into(), sent));
+    }
+    Ok((attached_s, detecting_s, peak, rss, phases))
 }
 
 /// Measures both sources; `Err` when the reference CSV is missing or a start fails.
@@ -145,12 +213,15 @@ pub fn measure(quick: bool, tmp: &Path) -> anyhow::Result<Vec<StartupRun>> {
     for (name, path) in sources {
         let file_mb = std::fs::metadata(&path).map_or(0.0, |m| m.len() as f64 / 1048576.0);
         let (mut a, mut d, mut peaks, mut rss) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut phases = Vec::new();
         for i in 0..n {
-            let (att, det, peak, held) = start_once(&path, &hits, tmp)
+            let (att, det, peak, held, ph) = start_once(&path, &hits, tmp)
                 .with_context(|| format!("start {} with {name}", i + 1))?;
             eprintln!(
-                "bench: startup: {name}: attached {att:.3} s, detecting {det:.3} s, peak RSS {peak:.1} MB, RSS {held:.1} MB"
+                "bench: startup: {name}: attached {att:.3} s, detecting {det:.3} s, peak RSS {peak:.1} MB, RSS {held:.1} MB; phases {}",
+                ph.iter().map(|(k, v)| format!("{k}={v:.3}")).collect::<Vec<_>>().join(" ")
             );
+            phases.push(ph);
             a.push(att);
             d.push(det);
             peaks.push(peak);
@@ -166,32 +237,30 @@ pub fn measure(quick: bool, tmp: &Path) -> anyhow::Result<Vec<StartupRun>> {
             peak_rss_mb: worst,
             median_peak_rss_mb: median(peaks),
             rss_mb: median(rss),
+            phases: median_phases(&phases),
         });
     }
     Ok(out)
-}
-
-/// The 1-minute load average (`/proc/loadavg`), to say how busy the machine was.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_string))
-        .unwrap_or_default()
 }
 
 fn json(runs: &[StartupRun], when: &str) -> String {
     let rows: Vec<String> = runs
         .iter()
         .map(|r| {
+            let phases: Vec<String> = r
+                .phases
+                .iter()
+                .map(|(k, v)| format!("{{\"phase\":\"{k}\",\"s\":{v:.3}}}"))
+                .collect();
             format!(
-                "{{\"source\":\"{}\",\"file_mb\":{:.1},\"runs\":{},\"attached_s\":{:.3},\"detecting_s\":{:.3},\"peak_rss_mb\":{:.1},\"median_peak_rss_mb\":{:.1},\"rss_mb\":{:.1}}}",
-                r.source, r.file_mb, r.runs, r.attached_s, r.detecting_s, r.peak_rss_mb, r.median_peak_rss_mb, r.rss_mb
+                "{{\"source\":\"{}\",\"file_mb\":{:.1},\"runs\":{},\"attached_s\":{:.3},\"detecting_s\":{:.3},\"peak_rss_mb\":{:.1},\"median_peak_rss_mb\":{:.1},\"rss_mb\":{:.1},\"phases\":[{}]}}",
+                r.source, r.file_mb, r.runs, r.attached_s, r.detecting_s, r.peak_rss_mb, r.median_peak_rss_mb, r.rss_mb, phases.join(",")
             )
         })
         .collect();
     format!(
         "{{\"taken\":\"{when}\",\"load_average\":\"{}\",\"startup\":[\n{}\n]}}\n",
-        load_average(),
+        crate::host::loadavg(1),
         rows.join(",\n")
     )
 }
@@ -236,15 +305,11 @@ pub fn line(runs: &[StartupRun]) -> String {
 
 /// Writes `startup.json`, `startup.md` and the `- Sensor start` line of `latest.md`.
 pub fn write(dir: &Path, runs: &[StartupRun]) -> anyhow::Result<String> {
-    let when = Command::new("date")
-        .args(["-u", "+%FT%TZ"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let when = crate::host::utc_now();
     std::fs::write(dir.join("startup.json"), json(runs, &when))?;
     let mut md = format!(
-        "# Sensor start, taken {when} (1-minute load average at the end: {})\n\nTime from `xtrail-sensor run` to \"attached\" and to the first event for injected trail hits, RSS once detecting (VmRSS, median) and peak RSS (VmHWM: median and largest of the runs); times are medians. \"one trail\" is the sensor's own cost (XDP program load and verification, BPF maps, the three mapped ring buffers, whose data pages count twice); the rows below include it.\n\n| trails | file MB | runs | attached s | detecting s | RSS MB | peak RSS MB (median) | peak RSS MB (largest) |\n|---|---|---|---|---|---|---|---|\n",
-        load_average()
+        "# Sensor start, taken {when} (1-minute load average at the end: {})\n\nTime from `xtrail-sensor run` to \"attached\" and to the first event for injected trail hits (sent every 2 ms from the moment \"attached\" is read, by an injector set up before the sensor starts), RSS once detecting (VmRSS, median) and peak RSS (VmHWM: median and largest of the runs); times are medians. \"one trail\" is the sensor's own cost (XDP program load and verification, BPF maps, the three mapped ring buffers, whose data pages count twice); the rows below include it.\n\n| trails | file MB | runs | attached s | detecting s | RSS MB | peak RSS MB (median) | peak RSS MB (largest) |\n|---|---|---|---|---|---|---|---|\n",
+        crate::host::loadavg(1)
     );
     for r in runs {
         md.push_str(&format!(
@@ -259,21 +324,34 @@ pub fn write(dir: &Path, runs: &[StartupRun]) -> anyhow::Result<String> {
             r.peak_rss_mb
         ));
     }
+    md.push_str("\nThe sensor's start phases (its `start phases` debug line): when each step finished, in seconds since the process started, median of the runs; `cpu.` rows: the CPU time (user and system) of the thread that did a step, up to that step. Threads overlap: the BTF/feature probe, the trail set (and its checksum thread), the whitelist and the user-agent patterns, then the program's verification beside the maps' fill and the detector's set-up.\n\n| phase |");
+    for r in runs {
+        md.push_str(&format!(" {} |", r.source));
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---|".repeat(runs.len()));
+    md.push('\n');
+    let mut names: Vec<&str> = Vec::new();
+    for r in runs.iter().rev() {
+        for (n, _) in &r.phases {
+            if !names.contains(&n.as_str()) {
+                names.push(n);
+            }
+        }
+    }
+    for n in names {
+        md.push_str(&format!("| {n} |"));
+        for r in runs {
+            match r.phases.iter().find(|(k, _)| k == n) {
+                Some((_, v)) => md.push_str(&format!(" {v:.3} |")),
+                None => md.push_str(" |"),
+            }
+        }
+        md.push('\n');
+    }
     std::fs::write(dir.join("startup.md"), md)?;
     let l = line(runs);
-    let latest = dir.join("latest.md");
-    let old = std::fs::read_to_string(&latest).unwrap_or_default();
-    let mut lines: Vec<&str> = old
-        .lines()
-        .filter(|x| !x.starts_with("- Sensor start"))
-        .collect();
-    // Before the collector's section (which `--only ingest` rewrites), else at the end.
-    let at = lines
-        .iter()
-        .position(|x| x.starts_with("Collector ingest"))
-        .unwrap_or(lines.len());
-    lines.insert(at, &l);
-    std::fs::write(&latest, lines.join("\n") + "\n")?;
+    crate::results::set_latest_line(dir, "- Sensor start", &l)?;
     Ok(l)
 }
 

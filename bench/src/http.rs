@@ -52,10 +52,13 @@ pub fn request_text(
     req
 }
 
-/// Parses a whole answer.
-pub fn parse(raw: &[u8]) -> Response {
-    let text = String::from_utf8_lossy(raw);
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+/// Parses a whole answer; a malformed chunked body is an error (`InvalidData`).
+pub fn parse(raw: &[u8]) -> io::Result<Response> {
+    let (head, rest) = match find(raw, b"\r\n\r\n") {
+        Some(at) => (&raw[..at], &raw[at + 4..]),
+        None => (raw, &raw[raw.len()..]),
+    };
+    let head = String::from_utf8_lossy(head);
     let mut lines = head.lines();
     let status = lines
         .next()
@@ -70,33 +73,49 @@ pub fn parse(raw: &[u8]) -> Response {
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
     let body = if chunked {
-        dechunk(rest)
+        dechunk(rest)?
     } else {
-        rest.to_string()
+        rest.to_vec()
     };
-    Response {
+    Ok(Response {
         status,
         headers,
-        body,
-    }
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Decodes a chunked body on its bytes (a chunk may end inside a character), up to the
+/// last chunk; chunk extensions (`5;name=value`) are ignored, trailers dropped.
+fn dechunk(mut s: &[u8]) -> io::Result<Vec<u8>> {
+    let bad =
+        |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("chunked body: {what}"));
+    let mut out = Vec::new();
+    loop {
+        let eol = find(s, b"\r\n").ok_or_else(|| bad("a chunk size line without its end"))?;
+        let line = String::from_utf8_lossy(&s[..eol]);
+        let size = line.split(';').next().unwrap_or("").trim();
+        let n =
+            usize::from_str_radix(size, 16).map_err(|_| bad(&format!("chunk size {size:?}")))?;
+        s = &s[eol + 2..];
+        if n == 0 {
+            return Ok(out);
         }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
+        if s.len() < n + 2 || &s[n..n + 2] != b"\r\n" {
+            return Err(bad(&format!("a chunk of {n} bytes cut short")));
+        }
+        out.extend_from_slice(&s[..n]);
+        s = &s[n + 2..];
     }
-    out
 }
 
 /// Sends a request over an open connection (plain or TLS) and reads the answer to its end.
-/// A connection closed without a clean end (a TLS close without close_notify) still leaves
-/// what was read.
+/// A connection closed without a clean end (a TLS close without close_notify, or a reset
+/// by a server that did not read the whole request) still leaves what was read; any other
+/// read error (a timeout halfway) is returned.
 pub fn exchange<S: Read + Write>(
     stream: &mut S,
     host: &str,
@@ -108,11 +127,15 @@ pub fn exchange<S: Read + Write>(
     stream.write_all(request_text(host, method, path, headers, body).as_bytes())?;
     let mut raw = Vec::new();
     if let Err(e) = stream.read_to_end(&mut raw) {
-        if raw.is_empty() {
+        let ended = matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+        );
+        if raw.is_empty() || !ended {
             return Err(e);
         }
     }
-    Ok(parse(&raw))
+    parse(&raw)
 }
 
 /// One request to `addr` on a new connection, waiting at most [`TIMEOUT`] for the answer.
@@ -169,13 +192,22 @@ mod tests {
     fn parses_chunked_answers_and_headers() {
         let r = parse(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n\
-              5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
-        );
+              5\r\nhello\r\n3;ext=1\r\n w\xc3\r\n2\r\n\xa9d\r\n0\r\n\r\n",
+        )
+        .expect("parse");
         assert_eq!(r.status, 200);
         assert_eq!(r.header("content-type"), Some("text/plain"));
         assert_eq!(r.header("Content-Type"), Some("text/plain"));
-        assert_eq!(r.body, "hello world");
-        assert_eq!(parse(b"garbage").status, 0);
+        assert_eq!(r.body, "hello w\u{e9}d");
+        assert_eq!(parse(b"garbage").expect("parse").status, 0);
+        for cut in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        ] {
+            let e = parse(cut).expect_err("a malformed chunked body is an error");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        }
     }
 
     #[test]

@@ -264,7 +264,7 @@ fn fixture(dir: &std::path::Path, n: u64, now: i64) -> anyhow::Result<f64> {
 }
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let r = xtrail_bench::http::parse(&get_bytes(addr, path));
+    let r = xtrail_bench::http::parse(&get_bytes(addr, path)).expect("a well-formed answer");
     (r.status, r.body)
 }
 

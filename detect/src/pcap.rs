@@ -3,7 +3,8 @@
 //! per-interface link type, `if_tsresol` and `if_tsoffset`).
 //!
 //! [`PcapReader::next_packet`] lends each packet from one reused buffer that the file is read
-//! into in large chunks: no allocation and no copy per packet. Record and block lengths are checked against [`MAX_RECORD`]; a file that ends in
+//! into in large chunks: no allocation and no copy per packet. Record and block lengths are
+//! checked against [`MAX_RECORD`]; a file that ends in
 //! the middle of a record yields every complete packet before it and then
 //! [`PcapError::Truncated`]. After an error the reader yields nothing more.
 
@@ -131,7 +132,7 @@ pub struct PcapReader<R> {
     done: bool,
 }
 
-/// Opens a capture file (read in [`CHUNK`]s by the reader itself: no `BufReader` needed).
+/// Opens a capture file (read in 256 KiB chunks by the reader itself: no `BufReader` needed).
 pub fn open(path: &Path) -> Result<PcapReader<File>, PcapError> {
     PcapReader::new(File::open(path)?)
 }
@@ -673,7 +674,11 @@ mod tests {
     type Packets = Vec<(i64, u32, Vec<u8>)>;
 
     fn all(bytes: &[u8]) -> (Packets, Option<PcapError>) {
-        let mut r = match PcapReader::new(bytes) {
+        all_from(bytes)
+    }
+
+    fn all_from(from: impl Read) -> (Packets, Option<PcapError>) {
+        let mut r = match PcapReader::new(from) {
             Ok(r) => r,
             Err(e) => return (Vec::new(), Some(e)),
         };
@@ -698,6 +703,57 @@ mod tests {
             let f = classic(MAGIC_NS, le, 113, &[(10, 5_000, b"x")]);
             let (p, _) = all(&f);
             assert_eq!((p[0].0, p[0].1), (10_000_005, 113));
+        }
+    }
+
+    /// A reader that hands out 1 to 7 bytes per `read`, so records and headers straddle
+    /// every possible chunk refill.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.1 = self.1 % 7 + 1;
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn records_across_chunks_and_short_reads_read_as_in_one_piece() {
+        // Past several chunks: small records, one larger than a chunk, small ones again.
+        let big = vec![0xabu8; CHUNK + CHUNK / 5];
+        let small: Vec<Vec<u8>> = (0..3_000u32)
+            .map(|i| vec![i as u8; (i % 300) as usize])
+            .collect();
+        for (magic, le) in [(MAGIC_US, true), (MAGIC_US, false), (MAGIC_NS, true)] {
+            let mut recs: Vec<(u32, u32, &[u8])> =
+                small.iter().map(|d| (7, 999, d.as_slice())).collect();
+            recs.insert(1_500, (8, 1, big.as_slice()));
+            let f = classic(magic, le, 1, &recs);
+            let (whole, e) = all(&f);
+            assert!(e.is_none(), "{e:?}");
+            assert_eq!(whole.len(), recs.len());
+            assert_eq!(whole[1_500].2.len(), big.len());
+            let (trickled, e) = all_from(Trickle(&f, 0));
+            assert!(e.is_none(), "{e:?}");
+            assert!(trickled == whole, "short reads read differently");
+            // Cut at points around chunk edges and inside the large record: the same
+            // packets, then the same error, either way.
+            for cut in [
+                CHUNK - 3,
+                CHUNK + 17,
+                2 * CHUNK + 1,
+                f.len() - 1,
+                f.len() - 299,
+            ] {
+                let (a, ea) = all(&f[..cut]);
+                let (b, eb) = all_from(Trickle(&f[..cut], 0));
+                assert!(a == b, "cut at {cut}: packets differ");
+                assert_eq!(format!("{ea:?}"), format!("{eb:?}"), "cut at {cut}");
+                assert!(matches!(ea, Some(PcapError::Truncated { .. })), "{ea:?}");
+            }
         }
     }
 

@@ -249,7 +249,7 @@ pub trait Heuristics: Send {
 }
 
 /// An HTTP request's `Host` header as the pipeline read it once: port stripped (`[v6]:port`
-/// to `v6`), lowercased, at most 255 bytes, not UTF-8 replaced lossily; with its whitelist
+/// to `v6`), lowercased, at most 255 bytes, bytes that are not UTF-8 replaced (lossy); with its whitelist
 /// verdict, so the heuristics redo neither.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HttpHost<'a> {

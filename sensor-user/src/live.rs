@@ -319,7 +319,11 @@ pub fn run(
     // Nothing is attached and no packet was seen: the set is used from here on only if its
     // checksum holds (the program and its maps go away with `sensor` otherwise). Checked
     // before the load's own errors: a damaged set may fail to load, and is refused as such.
-    let check = opts.trail_check.lock().ok().and_then(|mut c| c.take());
+    let check = opts
+        .trail_check
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
     if let Some(check) = check {
         let path = check.path().display().to_string();
         check

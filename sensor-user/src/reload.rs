@@ -274,6 +274,8 @@ pub struct ReloadStats {
     pub refused: AtomicU64,
     /// Version of the set in use.
     pub version: Mutex<String>,
+    /// Why the last refused reload was refused (empty before any).
+    pub last_refusal: Mutex<String>,
 }
 
 impl ReloadStats {
@@ -387,7 +389,8 @@ impl Drop for Reloader {
 }
 
 impl Worker {
-    /// Waits up to [`POLL`] for SIGHUP; several signals since the last call count once.
+    /// Waits up to [`POLL`] for SIGHUP; several signals since the last call (up to 64) count
+    /// once.
     fn wait_sighup(&mut self) -> bool {
         let mut buf = [0u8; 64];
         matches!(self.sighup.read(&mut buf), Ok(n) if n > 0)
@@ -445,6 +448,9 @@ impl Worker {
                 );
             }
             Err(e) => {
+                if let Ok(mut g) = self.stats.last_refusal.lock() {
+                    *g = e.to_string();
+                }
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 eprintln!(
                     "xtrail-sensor: trail reload ({why}) refused, keeping version {}: {e}",
@@ -497,12 +503,13 @@ impl Worker {
         let filled = self
             .kernel
             .fill(to, &next.trails.ip)
-            .map_err(ReloadError::from)
-            .and_then(|f| match check {
-                Some(c) => c.wait().map(|()| f),
-                None => Ok(f),
-            });
-        let (fill, flags) = match filled {
+            .map_err(ReloadError::from);
+        // A corrupt body may fail the fill too: its checksum is the truer reason.
+        let checked = match check {
+            Some(c) => c.wait(),
+            None => Ok(()),
+        };
+        let (fill, flags) = match checked.and(filled) {
             Ok(f) => f,
             Err(e) => {
                 if let Err(c) = self.kernel.clear(to) {

@@ -429,7 +429,7 @@ fn delete_keys(map: &MapFd, keys: &[u8]) -> Result<usize, TrailMapError> {
         };
         match bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
             Ok(()) => {}
-            Err(e) if i == 0 && attr.count == 0 && no_batch(&e) => {
+            Err(e) if i == 0 && no_batch(&e) => {
                 for key in keys[..n * size].chunks(size) {
                     delete_elem(map, key.as_ptr())?;
                 }
@@ -675,6 +675,9 @@ pub struct KernelTrailSets {
     capacity: Capacity,
     /// What each half of the prefilter bitmap holds.
     prefilter: [PrefilterHalf; 2],
+    /// Per half: it may hold hash and LPM entries (a fill, even a failed one, since the last
+    /// successful emptying); the next fill of such a half empties it first.
+    filled: std::cell::Cell<[bool; 2]>,
 }
 
 impl KernelTrailSets {
@@ -687,6 +690,7 @@ impl KernelTrailSets {
             active,
             capacity,
             prefilter: Default::default(),
+            filled: Default::default(),
         })
     }
 
@@ -712,17 +716,28 @@ impl KernelTrailSets {
         self.capacity
     }
 
-    /// Fills set `index` (inactive, its hash and LPM entries deleted; its table buckets
-    /// may hold anything) without switching to it. The start fill of a freshly loaded
-    /// program is `fill(0, ..)` then `select(0, ..)`.
+    /// Fills set `index` (inactive; its table buckets may hold anything) without switching
+    /// to it. Hash and LPM entries a former fill left there (its emptying failed or never
+    /// ran) are deleted first. The start fill of a freshly loaded program is `fill(0, ..)`
+    /// then `select(0, ..)`.
     pub fn fill(&mut self, index: u8, ip: &IpTrails) -> Result<(FillReport, u32), TrailMapError> {
         self.capacity.check(ip)?;
         let half = usize::from(index & 1);
+        if self.filled.get()[half] {
+            self.clear(index)?;
+        }
+        self.set_filled(index, true);
         // Unknown until the fill succeeds (a failed one leaves some words written).
         let before = std::mem::take(&mut self.prefilter[half]);
         let (report, flags, after) = fill_set(&self.maps, index, ip, &before)?;
         self.prefilter[half] = after;
         Ok((report, flags))
+    }
+
+    fn set_filled(&self, index: u8, filled: bool) {
+        let mut f = self.filled.get();
+        f[usize::from(index & 1)] = filled;
+        self.filled.set(f);
     }
 
     /// Makes set `index` (filled, with `flags`) the one every following packet uses.
@@ -739,7 +754,10 @@ impl KernelTrailSets {
     /// IPv4 tables' buckets are left as they are (see the module doc).
     pub fn clear_filled(&self, index: u8, ip: &IpTrails) -> Result<usize, TrailMapError> {
         match self.delete_known(index, ip) {
-            Ok(n) => Ok(n),
+            Ok(n) => {
+                self.set_filled(index, false);
+                Ok(n)
+            }
             Err(e) => {
                 log::warn!("emptying trail set {index} by its keys: {e}; walking the maps");
                 self.clear(index)
@@ -806,10 +824,12 @@ impl KernelTrailSets {
                 .map(u32::from_ne_bytes)
         };
         let ipport_set = std::mem::offset_of!(IpPortKey, set);
-        Ok(delete_where(&m.ipv6, |k| u32_at(k, 0) == Some(set))?
+        let n = delete_where(&m.ipv6, |k| u32_at(k, 0) == Some(set))?
             + delete_where(&m.ipport, |k| k.get(ipport_set).copied() == Some(set as u8))?
             + delete_where(&m.cidr4, |k| u32_at(k, 4) == Some(set))?
-            + delete_where(&m.cidr6, |k| u32_at(k, 4) == Some(set))?)
+            + delete_where(&m.cidr6, |k| u32_at(k, 4) == Some(set))?;
+        self.set_filled(index, false);
+        Ok(n)
     }
 }
 

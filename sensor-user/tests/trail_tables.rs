@@ -208,11 +208,58 @@ fn a_small_set_over_a_larger_stale_table_sees_only_its_own_trails() {
     assert_eq!(p.hit(v4_addr(0, 1), 9), None, "B is gone");
 }
 
-/// A reload from a compiled set whose body fails its checksum is refused after the inactive
-/// kernel set was filled from it (the checksum is computed meanwhile): the current set keeps
-/// matching in its map set, and the next good set fills and switches in as usual.
+/// A half filled again before its emptying ran (a reload whose emptying failed, or a fill
+/// that failed halfway) is emptied by that fill first: the IPv6 trail and CIDR of the set
+/// before are not reported once the new set is selected.
 #[test]
-fn a_reloaded_set_failing_its_checksum_is_refused_after_the_fill() {
+fn a_refill_without_emptying_drops_the_former_entries() {
+    if !common::privileged(module_path!()) {
+        return;
+    }
+    let a = trails(300, 0, 100);
+    let mut x = trails(200, 1, 5_000);
+    let v6_trail = [
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0b,
+    ];
+    x.v6.insert(v6_trail, 7);
+    x.cidr4.push(([203, 0, 113, 0], 24, 8));
+    // Y has IPv6 and CIDR trails too, in the same block, so neither the set's flags nor
+    // its prefilter hide what X left.
+    let mut y = trails(200, 1, 9_000);
+    let mut y_v6 = v6_trail;
+    y_v6[15] = 0x0c;
+    y.v6.insert(y_v6, 17);
+    y.cidr4.push(([203, 0, 113, 128], 25, 18));
+    let opts = SensorOptions {
+        suppress: std::time::Duration::ZERO,
+        ..SensorOptions::default()
+    };
+    let mut sensor = Sensor::load(&a, &opts).expect("load");
+    let ring = sensor.take_hits().expect("ring");
+    let mut sets = sensor.trail_sets().expect("trail sets");
+    let mut p = Probe { sensor, ring };
+    sets.fill(1, &x).expect("fill set 1 with X");
+    let (_, flags) = sets
+        .fill(1, &y)
+        .expect("fill set 1 with Y, X never emptied");
+    sets.select(1, flags).expect("switch to Y");
+    p.expect_set(200, 1, 9_000, 1);
+    assert_eq!(
+        p.hit([203, 0, 113, 200], 9),
+        Some((18, trail_kind::CIDR, 1)),
+        "Y's CIDR"
+    );
+    assert_eq!(p.hit_v6(y_v6, 443).map(|h| h.0), Some(17), "Y's IPv6 trail");
+    assert_eq!(p.hit([203, 0, 113, 9], 9), None, "X's CIDR");
+    assert_eq!(p.hit_v6(v6_trail, 443), None, "X's IPv6 trail");
+}
+
+/// A reload from a compiled set whose body fails its checksum (computed while the inactive
+/// kernel set is filled from it) is refused for its checksum: the current set keeps
+/// matching in its map set, nothing of the bad set stays in the inactive one, and the next
+/// good set fills and switches in as usual.
+#[test]
+fn a_reloaded_set_failing_its_checksum_is_refused() {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
     use xtrail_detect::shared_trails::{SharedTrails, VersionedTrails};
@@ -274,6 +321,8 @@ fn a_reloaded_set_failing_its_checksum_is_refused_after_the_fill() {
         stats.refused.load(std::sync::atomic::Ordering::Relaxed) == 1
     });
     assert_eq!(stats.reloads.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let why = stats.last_refusal.lock().expect("stats").clone();
+    assert!(why.contains("checksum"), "refused for its checksum: {why}");
     p.expect_set(na, 0, 100, 0);
     assert_eq!(p.hit(v4_addr(0, 1), 9), None, "nothing of the bad set");
 

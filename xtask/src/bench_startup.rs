@@ -324,7 +324,7 @@ pub fn write(dir: &Path, runs: &[StartupRun]) -> anyhow::Result<String> {
             r.peak_rss_mb
         ));
     }
-    md.push_str("\nThe sensor's start phases (its `start phases` debug line): when each step finished, in seconds since the process started, median of the runs; `cpu.` rows: the CPU time (user and system) of the thread that did a step, up to that step. Threads overlap: the BTF/feature probe, the trail set (and its checksum thread), the whitelist and the user-agent patterns, then the program's verification beside the maps' fill and the detector's set-up.\n\n| phase |");
+    md.push_str("\nThe sensor's start phases (its `start phases` debug line): when each step finished, in seconds since the process started, median of the runs (`bench.first_hit_sent`: when the bench sent its first trail hit, counted from the sensor's spawn); `cpu.` rows: the CPU time (user and system) of the thread that did a step, up to that step. Threads overlap: the BTF/feature probe, the trail set (and its checksum thread), the whitelist and the user-agent patterns, then the program's verification beside the maps' fill and the detector's set-up.\n\n| phase |");
     for r in runs {
         md.push_str(&format!(" {} |", r.source));
     }

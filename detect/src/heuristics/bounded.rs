@@ -9,6 +9,11 @@
 //!
 //! [`DistinctWindow`] counts distinct items (ports, addresses, path segments) seen for one key
 //! within a sliding time window, remembering at most `threshold + 1` of them.
+//!
+//! [`WindowMap`] is a [`BoundedMap`] of [`DistinctWindow`]s for the scan heuristics, its keys
+//! packed by [`CompactKey`]: IPv4 keys in 8 bytes (one 64-byte line per entry), others in a
+//! second table that shares the generations and the count, so it keeps and evicts exactly
+//! what a `BoundedMap` would.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};

@@ -19,8 +19,8 @@
 //! ([`super::iptable`]), the very buckets the XDP program's array maps hold: opening a set
 //! neither copies nor reads them (the 128 KiB IPv4 block prefilter userspace lookups start
 //! with is stored ready-made too, the `V4Blocks` section), userspace looks up in place in the
-//! mapping, and the sensor fills the kernel maps straight from the mapped bytes. The `Tables` section holds their
-//! sizes: `log2` bucket count (u32) and key count (u32), IPv4 then `IP:port`.
+//! mapping, and the sensor fills the kernel maps straight from the mapped bytes. The
+//! `Tables` section holds their sizes: `log2` bucket count (u32) and key count (u32), IPv4 then `IP:port`.
 //! The other IP trails (IPv6, IPv6 `IP:port`, CIDRs: a few thousand) are stored as sorted
 //! arrays of addresses (and ports, prefixes) and of label ids ([`CompiledSet::ip_tables`]),
 //! copied into hash maps at open. They are not the kernel maps' keys: those carry the index
@@ -32,8 +32,8 @@
 //! says to rebuild the set (`xtrail-trails build`); sets are build artefacts, so no reader
 //! for an old layout is kept.
 //! Domain and URL tables are [`super::table::StrTable`]s (arena, slots, tags), searched in
-//! place: opening a set touches only the header, the labels, the regexes and the IP arrays
-//! and tables.
+//! place: opening a set touches only the header, the labels, the regexes, the prefilter and
+//! the other IP arrays.
 //! The body checksum is computed with `read(2)`, not through the mapping, so verifying does
 //! not make the whole file resident. [`CompiledSet::open_checking`] computes it on another
 //! thread while the caller goes on with the (not yet trusted) set: the sensor fills its

@@ -185,7 +185,7 @@ impl IpTrails {
         self.rebuild_cidr_index_with(blocks);
     }
 
-    /// The IPv4 prefilter's bitmap (one bit per /[`V4_BLOCK_BITS`] block holding an IPv4
+    /// The IPv4 prefilter's bitmap (one bit per /`V4_BLOCK_BITS` block holding an IPv4
     /// trail of any kind): what a compiled set stores, so opening one reads no table.
     pub fn v4_block_bits(&self) -> Vec<u64> {
         let mut bits = vec![0u64; V4_BLOCK_WORDS];
@@ -199,9 +199,10 @@ impl IpTrails {
         bits
     }
 
-    /// [`IpTrails::rebuild_cidr_index`] with the prefilter bitmap given ([`IpTrails::v4_block_bits`]
-    /// of these trails; a bitmap of another size leaves the prefilter off).
-    pub fn rebuild_cidr_index_with(&mut self, v4_blocks: Vec<u64>) {
+    /// [`IpTrails::rebuild_cidr_index`] with the prefilter bitmap given
+    /// ([`IpTrails::v4_block_bits`] of these trails; a bitmap of another size leaves the
+    /// prefilter off).
+    pub(crate) fn rebuild_cidr_index_with(&mut self, v4_blocks: Vec<u64>) {
         let v4_blocks = if v4_blocks.len() == V4_BLOCK_WORDS {
             v4_blocks
         } else {

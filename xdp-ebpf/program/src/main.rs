@@ -108,7 +108,8 @@ static XSKS: XskMap = XskMap::with_max_entries(XSK_MAX_IFACES, 0);
 static FLOWS: RingBuf = RingBuf::with_byte_size(xtrail_common::ring::FLOWS_BYTES, 0);
 
 /// Recently sent flow starts, per CPU, direct-mapped by a hash of (source, destination,
-/// port, protocol): each slot holds the hash's upper half and the send time in seconds. An
+/// port, protocol): each slot holds the hash's upper half and the send time (coarse clock,
+/// in 2^20 ns units truncated to 32 bits, so it wraps every ~52 days). An
 /// array slot costs one memory access where an LRU hash update takes locks; a collision only
 /// means a flow start is sent again. Stored as blocks of `FLOW_SEEN_BLOCK` slots: a per-CPU
 /// array allocates each element on its own, and 65,536 one-word elements took 60-70 ms to

@@ -169,8 +169,12 @@ fn ptr_at<T>(ctx: &impl Bounds, offset: usize) -> Result<*const T, ParseError> {
 /// x86-64 and arm64 JITs do.
 #[inline(always)]
 fn read<T: Copy>(ctx: &impl Bounds, offset: usize) -> Result<T, ParseError> {
-    // SAFETY: ptr_at checked that `size_of::<T>()` bytes at `offset` lie inside the frame;
-    // a BPF load has no alignment requirement on packet memory (above).
+    // SAFETY: ptr_at checked that `size_of::<T>()` bytes at `offset` lie inside the frame.
+    // The pointer may be misaligned for `T`, which Rust's rules do not allow for `read`: this
+    // relies on the BPF backend compiling it to one plain load (the eBPF build is always
+    // release, so no alignment debug check is emitted) and on the kernel accepting
+    // misaligned packet loads (x86-64 and arm64 JITs; a strict-alignment kernel refuses
+    // the program at load rather than misbehaving).
     Ok(unsafe { core::ptr::read(ptr_at::<T>(ctx, offset)?) })
 }
 

@@ -2,8 +2,9 @@
 //! root, no interface): thousands of each (full buckets, moved residents) found with their
 //! labels in set 0 filled from a compiled set's mapping, in set 1 built in memory with
 //! another table size, across switches both ways; addresses and ports not listed miss; a
-//! small set refilled over a larger set's never-emptied buckets sees only its own trails;
-//! a reloaded compiled set failing its checksum after its kernel fill is refused.
+//! small set refilled over a larger set's never-emptied buckets sees only its own trails; a
+//! set filled again before its emptying ran loses the former entries; a reloaded compiled
+//! set failing its checksum is refused for it.
 
 mod common;
 
@@ -16,6 +17,7 @@ use xtrail_detect::trails::compiled::{self, CompileOptions};
 use xtrail_detect::trails::{CompiledSet, IpTrails, TrailSet};
 use xtrail_sensor::hits::parse_record;
 use xtrail_sensor::loader::{Sensor, SensorOptions};
+use xtrail_sensor::trail_maps::KernelTrailSets;
 
 /// `n` IPv4 trails (10.0.0.0/9 for `base` 0, 10.128.0.0/9 for 1) labelled from `label`, and
 /// as many IP:port trails on 172.16.0.0/12 addresses.
@@ -46,6 +48,18 @@ struct Probe {
 }
 
 impl Probe {
+    /// A sensor loaded with `ip` in set 0 (hits not suppressed), and its trail sets.
+    fn load(ip: &IpTrails) -> (Probe, KernelTrailSets) {
+        let opts = SensorOptions {
+            suppress: std::time::Duration::ZERO,
+            ..SensorOptions::default()
+        };
+        let mut sensor = Sensor::load(ip, &opts).expect("load");
+        let ring = sensor.take_hits().expect("ring");
+        let sets = sensor.trail_sets().expect("trail sets");
+        (Probe { sensor, ring }, sets)
+    }
+
     /// (label, kind, set) of the hit a SYN to `dst:port` raises.
     fn hit(&mut self, dst: [u8; 4], port: u16) -> Option<(u32, u8, u8)> {
         let frame = Frame::syn(v4("198.18.0.2"), 40000, Ipv4Addr::from(dst).into(), port);
@@ -110,14 +124,7 @@ fn ipv4_tables_hit_in_both_sets_across_switches() {
     let b = trails(nb, 1, 50_000);
     assert_ne!(a.ip.v4.table().bits(), b.v4.table().bits());
 
-    let opts = SensorOptions {
-        suppress: std::time::Duration::ZERO,
-        ..SensorOptions::default()
-    };
-    let mut sensor = Sensor::load(&a.ip, &opts).expect("load");
-    let ring = sensor.take_hits().expect("ring");
-    let mut sets = sensor.trail_sets().expect("trail sets");
-    let mut p = Probe { sensor, ring };
+    let (mut p, mut sets) = Probe::load(&a.ip);
     p.expect_set(na, 0, 100, 0);
     assert_eq!(p.hit(v4_addr(1, 1), 9), None, "B not loaded yet");
 
@@ -159,14 +166,7 @@ fn a_small_set_over_a_larger_stale_table_sees_only_its_own_trails() {
     assert!(a.v4.table().bits() > c.v4.table().bits());
     assert!(a.ipport.v4_table().bits() > c.ipport.v4_table().bits());
 
-    let opts = SensorOptions {
-        suppress: std::time::Duration::ZERO,
-        ..SensorOptions::default()
-    };
-    let mut sensor = Sensor::load(&a, &opts).expect("load");
-    let ring = sensor.take_hits().expect("ring");
-    let mut sets = sensor.trail_sets().expect("trail sets");
-    let mut p = Probe { sensor, ring };
+    let (mut p, mut sets) = Probe::load(&a);
     p.expect_set(na, 0, 100, 0);
     assert_eq!(
         p.hit([203, 0, 113, 9], 9),
@@ -230,14 +230,7 @@ fn a_refill_without_emptying_drops_the_former_entries() {
     y_v6[15] = 0x0c;
     y.v6.insert(y_v6, 17);
     y.cidr4.push(([203, 0, 113, 128], 25, 18));
-    let opts = SensorOptions {
-        suppress: std::time::Duration::ZERO,
-        ..SensorOptions::default()
-    };
-    let mut sensor = Sensor::load(&a, &opts).expect("load");
-    let ring = sensor.take_hits().expect("ring");
-    let mut sets = sensor.trail_sets().expect("trail sets");
-    let mut p = Probe { sensor, ring };
+    let (mut p, mut sets) = Probe::load(&a);
     sets.fill(1, &x).expect("fill set 1 with X");
     let (_, flags) = sets
         .fill(1, &y)
@@ -256,8 +249,8 @@ fn a_refill_without_emptying_drops_the_former_entries() {
 
 /// A reload from a compiled set whose body fails its checksum (computed while the inactive
 /// kernel set is filled from it) is refused for its checksum: the current set keeps
-/// matching in its map set, nothing of the bad set stays in the inactive one, and the next
-/// good set fills and switches in as usual.
+/// matching in its map set, nothing of the bad set is reported, and the next good set
+/// fills and switches in as usual.
 #[test]
 fn a_reloaded_set_failing_its_checksum_is_refused() {
     use std::sync::Arc;
@@ -275,12 +268,7 @@ fn a_reloaded_set_failing_its_checksum_is_refused() {
         ip: trails(na, 0, 100),
         ..TrailSet::default()
     };
-    let opts = SensorOptions {
-        suppress: Duration::ZERO,
-        ..SensorOptions::default()
-    };
-    let mut sensor = Sensor::load(&a.ip, &opts).expect("load");
-    let ring = sensor.take_hits().expect("ring");
+    let (mut p, sets) = Probe::load(&a.ip);
     let first = Arc::new(VersionedTrails::new("a", Arc::new(a)));
     let hits = Arc::new(HitSets::new(Arc::clone(&first)));
     let inbox = Arc::new(Inbox::default());
@@ -290,12 +278,11 @@ fn a_reloaded_set_failing_its_checksum_is_refused() {
             inbox: Arc::clone(&inbox),
             ..ReloadOptions::default()
         },
-        sensor.trail_sets().expect("trail sets"),
+        sets,
         SharedTrails::new(first),
         Arc::clone(&hits),
     )
     .expect("reloader");
-    let mut p = Probe { sensor, ring };
     // Waits (the live loop's part: drains) until the reloader counted one more outcome.
     let settle = |hits: &HitSets, done: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -292,13 +292,5 @@ pub fn write(dir: &Path, r: &ReloadRun) -> anyhow::Result<String> {
 
 /// `--only reload`: measures and writes; the other scenarios' figures stay.
 pub fn only(quick: bool) -> anyhow::Result<()> {
-    let tmp = std::env::temp_dir().join(format!("xtrail-bench-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp)?;
-    let run = measure(quick, &tmp);
-    let _ = std::fs::remove_dir_all(&tmp);
-    let dir = paths::workspace_root().join("bench/results");
-    std::fs::create_dir_all(&dir)?;
-    let l = write(&dir, &run?)?;
-    println!("{l}");
-    Ok(())
+    crate::results::run_only("reload", |tmp| measure(quick, tmp), write)
 }

@@ -357,13 +357,5 @@ pub fn write(dir: &Path, runs: &[StartupRun]) -> anyhow::Result<String> {
 
 /// `--only startup`: measures and writes; the other scenarios' figures stay.
 pub fn only(quick: bool) -> anyhow::Result<()> {
-    let tmp = std::env::temp_dir().join(format!("xtrail-bench-startup-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp)?;
-    let runs = measure(quick, &tmp);
-    let _ = std::fs::remove_dir_all(&tmp);
-    let dir = paths::workspace_root().join("bench/results");
-    std::fs::create_dir_all(&dir)?;
-    let l = write(&dir, &runs?)?;
-    println!("{l}");
-    Ok(())
+    crate::results::run_only("startup", |tmp| measure(quick, tmp), |dir, r| write(dir, r))
 }

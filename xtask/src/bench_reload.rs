@@ -12,12 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use xtrail_bench::child::{interrupt_and_wait, spawn_watched, Watched};
 use xtrail_bench::netns::VethPair;
-use xtrail_detect::trails::{compiled, CompileOptions, LoadOptions, TrailSet};
 
 use crate::paths;
 
@@ -174,25 +173,9 @@ fn reloads(binary: &Path, set: &Path, n: usize) -> anyhow::Result<Vec<Reload>> {
 /// Compiles the reference tree and measures the reloads of the sensor binary
 /// (`XTRAIL_BENCH_SENSOR` or the release build).
 pub fn measure(quick: bool, tmp: &Path) -> anyhow::Result<ReloadRun> {
-    let csv = paths::maltrail_data().join("reference/trails.csv");
-    anyhow::ensure!(csv.is_file(), "{} not found", csv.display());
-    let set = TrailSet::load(std::slice::from_ref(&csv), &LoadOptions::default())?;
-    let built_at = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let bytes = compiled::write(
-        &set,
-        &CompileOptions {
-            built_at,
-            signing_key: None,
-            meta: serde_json::json!({"bench": "reload"}),
-        },
-    );
+    let (_, path, set, len) = crate::bench_startup::compile_reference("reload", tmp)?;
     drop(set);
-    let path = tmp.join("trails.xtrails");
-    compiled::write_atomic(&path, &bytes)?;
-    let file_mb = bytes.len() as f64 / 1048576.0;
-    drop(bytes);
+    let file_mb = len as f64 / 1048576.0;
     let binary = std::env::var_os("XTRAIL_BENCH_SENSOR")
         .map(PathBuf::from)
         .unwrap_or_else(paths::sensor_binary);

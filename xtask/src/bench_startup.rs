@@ -166,11 +166,15 @@ fn start_once(
     Ok((attached_s, detecting_s, peak, rss, phases))
 }
 
-/// Measures both sources; `Err` when the reference CSV is missing or a start fails.
-pub fn measure(quick: bool, tmp: &Path) -> anyhow::Result<Vec<StartupRun>> {
+/// The reference `trails.csv` loaded and compiled (unsigned) into `tmp/trails.xtrails` for
+/// bench `bench`: (the CSV, the compiled file, the set, the file's size in bytes).
+pub fn compile_reference(
+    bench: &str,
+    tmp: &Path,
+) -> anyhow::Result<(PathBuf, PathBuf, TrailSet, usize)> {
     let csv = paths::maltrail_data().join("reference/trails.csv");
     anyhow::ensure!(csv.is_file(), "{} not found", csv.display());
-    eprintln!("bench: startup: compiling {}", csv.display());
+    eprintln!("bench: {bench}: compiling {}", csv.display());
     let set = TrailSet::load(std::slice::from_ref(&csv), &LoadOptions::default())?;
     let built_at = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -180,12 +184,17 @@ pub fn measure(quick: bool, tmp: &Path) -> anyhow::Result<Vec<StartupRun>> {
         &CompileOptions {
             built_at,
             signing_key: None,
-            meta: serde_json::json!({"bench": "startup"}),
+            meta: serde_json::json!({ "bench": bench }),
         },
     );
-    let set_path = tmp.join("trails.xtrails");
-    compiled::write_atomic(&set_path, &bytes)?;
-    drop(bytes);
+    let path = tmp.join("trails.xtrails");
+    compiled::write_atomic(&path, &bytes)?;
+    Ok((csv, path, set, bytes.len()))
+}
+
+/// Measures both sources; `Err` when the reference CSV is missing or a start fails.
+pub fn measure(quick: bool, tmp: &Path) -> anyhow::Result<Vec<StartupRun>> {
+    let (csv, set_path, set, _) = compile_reference("startup", tmp)?;
     // Hits: IPv4 trails spread over the table (a few may be whitelisted).
     let step = (set.ip.v4.len() / 32).max(1);
     let hits: Vec<Ipv4Addr> = set

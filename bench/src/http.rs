@@ -29,6 +29,11 @@ impl Response {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+
+    /// The `name=value` of the first cookie the answer sets (a console session).
+    pub fn cookie(&self) -> Option<&str> {
+        self.header("set-cookie").and_then(|v| v.split(';').next())
+    }
 }
 
 /// The text of a request to `host`; `Content-Length` is sent with a body and with any

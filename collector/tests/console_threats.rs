@@ -48,11 +48,7 @@ impl Client {
             &body,
         );
         assert_eq!(r.status, 303, "login {user}");
-        let cookie = r
-            .header("set-cookie")
-            .and_then(|v| v.split(';').next())
-            .expect("session cookie")
-            .to_string();
+        let cookie = r.cookie().expect("session cookie").to_string();
         let mut c = Client {
             addr,
             cookie: Some(cookie),

@@ -61,11 +61,7 @@ impl Analyst {
             &format!("username={user}&password={}", PASSWORD.replace(' ', "+")),
         );
         assert_eq!(r.status, 303, "login {user}");
-        let cookie = r
-            .header("set-cookie")
-            .and_then(|v| v.split(';').next())
-            .expect("session cookie")
-            .to_string();
+        let cookie = r.cookie().expect("session cookie").to_string();
         let mut a = Analyst {
             ns: ns.into(),
             addr,

@@ -744,7 +744,12 @@ fn hits_lost_to_a_full_ring_are_reported_when_repeated_live() {
         })
         .collect();
     let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    // The reader is stalled while the first burst arrives, so the 4 KiB ring fills however
+    // fast this machine drains it (the XDP program keeps running in the kernel).
+    let pid = sensor.0.child.id();
+    common::signal(pid, libc::SIGSTOP);
     inj.send_batch(&refs).unwrap();
+    common::signal(pid, libc::SIGCONT);
     std::thread::sleep(Duration::from_millis(300));
     for round in 0..5 {
         for chunk in refs.chunks(10) {

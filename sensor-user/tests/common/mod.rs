@@ -132,9 +132,15 @@ pub fn events(log: &std::path::Path) -> Vec<serde_json::Value> {
 
 /// SIGHUP to our own child `pid` (a sensor's or a collector's reload).
 pub fn sighup(pid: u32) {
+    signal(pid, libc::SIGHUP);
+}
+
+/// Sends `sig` to our own child `pid` (SIGSTOP / SIGCONT stall and resume its readers while
+/// the XDP program keeps running).
+pub fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) with a valid signal on our own child.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
-    assert_eq!(rc, 0, "SIGHUP to {pid}");
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "signal {sig} to {pid}");
 }
 
 /// One HTTP/1.1 request to `addr` (from inside network namespace `ns` when given).

@@ -121,13 +121,24 @@ pub fn to_event(
     }
 }
 
-/// Parses a raw flow-start ring-buffer item.
+/// Parses a raw flow-start ring-buffer item's first record.
 pub fn parse_flow(bytes: &[u8]) -> Option<FlowRecord> {
     if bytes.len() < std::mem::size_of::<FlowRecord>() {
         return None;
     }
     // SAFETY: FlowRecord is plain old data and `bytes` holds at least one.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FlowRecord>()) })
+}
+
+/// The flow starts of a raw flow-start ring-buffer item: a batch of 1 to
+/// `xtrail_common::FLOW_BATCH` records back to back (`None` for an item that is not a
+/// whole number of them).
+pub fn parse_flows(bytes: &[u8]) -> Option<impl Iterator<Item = FlowRecord> + '_> {
+    let size = std::mem::size_of::<FlowRecord>();
+    if bytes.is_empty() || !bytes.len().is_multiple_of(size) {
+        return None;
+    }
+    Some(bytes.chunks_exact(size).filter_map(parse_flow))
 }
 
 /// A frame handed over through the `PAYLOADS` ring, borrowed from the ring record: the
@@ -205,6 +216,33 @@ mod tests {
             std::mem::size_of::<xtrail_common::PayloadRecord<128>>(),
             PAYLOAD_HEADER_LEN + 128
         );
+    }
+
+    #[test]
+    fn a_flow_record_is_a_batch_of_whole_flow_starts() {
+        let one = FlowRecord {
+            dst_port: 22,
+            ..FlowRecord::default()
+        };
+        let two = FlowRecord {
+            dst_port: 23,
+            ..FlowRecord::default()
+        };
+        let mut item = Vec::new();
+        for r in [one, two] {
+            // SAFETY: FlowRecord is plain old data.
+            item.extend_from_slice(unsafe {
+                std::slice::from_raw_parts((&r as *const FlowRecord).cast::<u8>(), 48)
+            });
+        }
+        let ports: Vec<u16> = parse_flows(&item)
+            .expect("batch")
+            .map(|r| r.dst_port)
+            .collect();
+        assert_eq!(ports, [22, 23]);
+        assert!(parse_flows(&item[..47]).is_none());
+        assert!(parse_flows(&item[..50]).is_none());
+        assert!(parse_flows(&[]).is_none());
     }
 
     #[test]

@@ -106,8 +106,8 @@ pub struct RingArgs {
     /// drops hits, counted as `ringbuf_full`).
     #[arg(long = "hit-ring-kib", value_parser = parse_ring_kib)]
     pub hit_ring_kib: Option<u32>,
-    /// KiB of the flow-start ring (56 bytes a flow start; default 1024: ~18.7k; a full ring
-    /// drops flow starts, counted as `flows_full`).
+    /// KiB of the flow-start ring (48 bytes a flow start, sent in batches of up to 16 per
+    /// CPU; default 1024: ~21k; a full ring drops flow starts, counted as `flows_full`).
     #[arg(long = "flow-ring-kib", value_parser = parse_ring_kib)]
     pub flow_ring_kib: Option<u32>,
 }
@@ -145,13 +145,10 @@ const METRICS_EVERY: Duration = Duration::from_secs(1);
 const SUPPRESSIONS_EVERY: Duration = Duration::from_millis(250);
 
 /// The live loop's poll timeout: the XDP program wakes the reader only per so many pending
-/// bytes of a ring, so a few records wait for it (at most this long).
+/// bytes of a ring, so a few payload or flow records wait for it (at most this long). A hit
+/// that lands in a `HITS` ring the loop has read empty wakes it at once
+/// (`xtrail_common::wake`).
 const POLL_MS: i32 = 20;
-/// For this long after attaching, the loop polls every [`START_POLL_MS`] instead, so the
-/// first hits after a start are reported within milliseconds rather than a full poll
-/// period (a few hundred extra wake-ups, once).
-const START_POLL: Duration = Duration::from_secs(1);
-const START_POLL_MS: i32 = 2;
 
 /// Frames the AF_XDP transport may queue for the detector.
 const FRAME_QUEUE: usize = 65_536;
@@ -246,6 +243,19 @@ pub fn hand_over<'n>(
     // A frame the parser rejects is counted by the detector (`parse_errors`).
     let _ = detector.frame(ts_us, LINKTYPE_ETHERNET, ifname(h.ifindex), h.frame, out);
     true
+}
+
+/// The detector's view of a flow-start record.
+fn flow_start(rec: &xtrail_common::FlowRecord, clock: &Clock) -> FlowStart {
+    FlowStart {
+        ts_us: clock.to_unix_us(rec.ts_ns),
+        src: hits::addr(rec.family, rec.src),
+        dst: hits::addr(rec.family, rec.dst),
+        src_port: rec.src_port,
+        dst_port: rec.dst_port,
+        proto: rec.proto,
+        tcp_flags: rec.tcp_flags,
+    }
 }
 
 /// Where a running sensor writes its userspace counters for `xtrail-sensor stats`.
@@ -510,13 +520,8 @@ pub fn run(
                 }
                 finishing = true;
             } else {
-                let timeout = if run_started.elapsed() < START_POLL {
-                    START_POLL_MS
-                } else {
-                    POLL_MS
-                };
                 // SAFETY: pollfds is a valid array of pollfd of the given length.
-                unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, timeout) };
+                unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, POLL_MS) };
                 // A worker that died is fatal: say so and stop.
                 if let Some(i) = workers.iter().position(|w| w.is_finished()) {
                     let w = workers.swap_remove(i);
@@ -575,22 +580,28 @@ pub fn run(
             let _ = detector.frame(frame.ts_us, LINKTYPE_ETHERNET, iface, &frame.data, &mut out);
             let _ = recycle_tx.try_send(frame.data);
         }
+        // Each record is a batch of a CPU's flow starts (`xtrail_common::FlowBatch`).
         while let Some(item) = flows.next() {
-            let Some(rec) = hits::parse_flow(&item) else {
+            let Some(batch) = hits::parse_flows(&item) else {
                 summary.malformed_records += 1;
                 continue;
             };
-            summary.flows += 1;
-            let flow = FlowStart {
-                ts_us: clock.to_unix_us(rec.ts_ns),
-                src: hits::addr(rec.family, rec.src),
-                dst: hits::addr(rec.family, rec.dst),
-                src_port: rec.src_port,
-                dst_port: rec.dst_port,
-                proto: rec.proto,
-                tcp_flags: rec.tcp_flags,
-            };
-            detector.flow_start(&flow, &mut out);
+            for rec in batch {
+                summary.flows += 1;
+                detector.flow_start(&flow_start(&rec, &clock), &mut out);
+            }
+        }
+        // Detached: what the CPUs' batches still hold was never sent; take it from the map.
+        if finishing {
+            match sensor.take_pending_flows() {
+                Ok(pending) => {
+                    for rec in &pending {
+                        summary.flows += 1;
+                        detector.flow_start(&flow_start(rec, &clock), &mut out);
+                    }
+                }
+                Err(e) => log::warn!("reading the flow starts not yet sent: {e}"),
+            }
         }
         // Every ring buffer was read empty and the detector holds the newest set: a reload
         // may now drop a switched-out set.

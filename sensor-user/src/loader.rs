@@ -438,6 +438,17 @@ impl Sensor {
         RingBuf::try_from(map).map_err(LoadError::Config)
     }
 
+    /// Takes the flow starts the program's per-CPU batches still hold, emptying them
+    /// ([`maps::take_flow_batches`]): only once the program cannot run (after
+    /// [`Sensor::detach_all`], or between test runs).
+    pub fn take_pending_flows(&mut self) -> Result<Vec<xtrail_common::FlowRecord>, LoadError> {
+        let map = self
+            .ebpf
+            .map_mut(names::FLOW_BATCH)
+            .ok_or(LoadError::MissingMap(names::FLOW_BATCH))?;
+        maps::take_flow_batches(map).map_err(LoadError::Config)
+    }
+
     /// Takes the payload ring buffer (inline-mode copies of DNS/HTTP/TLS packets), once.
     pub fn take_payloads(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         let map = self

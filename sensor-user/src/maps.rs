@@ -6,9 +6,11 @@
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
-use aya::maps::{Array, Map, MapData};
+use aya::maps::{Array, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
-use xtrail_common::{maps as names, HTTP_PORT_WORDS, PREFILTER_WORDS};
+use xtrail_common::{
+    maps as names, FlowBatch, FlowRecord, FLOW_BATCH, HTTP_PORT_WORDS, PREFILTER_WORDS,
+};
 use xtrail_detect::trails::{iptable, IpTrails};
 
 /// `BPF_MAP_UPDATE_BATCH` command number.
@@ -193,4 +195,26 @@ pub fn array_get(ebpf: &Ebpf, name: &'static str, index: u32) -> Result<u64, Fil
     array
         .get(&index, 0)
         .map_err(|source| FillError::Update { map: name, source })
+}
+
+/// The flow starts the XDP program's per-CPU batches hold (`xtrail_common::FlowBatch`), CPU
+/// by CPU, each batch emptied. Only while the program cannot run (after it is detached, or
+/// between test runs): a run on a CPU meanwhile would race the read and the emptying.
+pub fn take_flow_batches(map: &mut Map) -> Result<Vec<FlowRecord>, MapError> {
+    let mut array: PerCpuArray<&mut MapData, FlowBatch> = PerCpuArray::try_from(map)?;
+    let values = array.get(&0, 0)?;
+    let mut out = Vec::new();
+    let mut emptied = Vec::with_capacity(values.len());
+    for batch in values.iter() {
+        out.extend_from_slice(&batch.records[..(batch.len as usize).min(FLOW_BATCH)]);
+        emptied.push(FlowBatch { len: 0, ..*batch });
+    }
+    let emptied = PerCpuValues::try_from(emptied).map_err(|io_error| {
+        MapError::SyscallError(aya::sys::SyscallError {
+            call: "nr_cpus",
+            io_error,
+        })
+    })?;
+    array.set(0, emptied, 0)?;
+    Ok(out)
 }

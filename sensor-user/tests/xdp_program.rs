@@ -93,8 +93,14 @@ impl Harness {
     fn flow_starts(&mut self) -> Vec<xtrail_common::FlowRecord> {
         let mut out = Vec::new();
         while let Some(item) = self.flows.next() {
-            out.push(xtrail_sensor::hits::parse_flow(&item).expect("flow record"));
+            out.extend(xtrail_sensor::hits::parse_flows(&item).expect("flow records"));
         }
+        // What the batch of the CPU the test runs ran on still holds (none run meanwhile).
+        out.extend(
+            self.sensor
+                .take_pending_flows()
+                .expect("pending flow starts"),
+        );
         out
     }
 
@@ -425,6 +431,95 @@ fn flow_starts_are_sent_once_per_window_and_ack_sweeps_are_not() {
     assert_eq!(flows[4].proto, 17);
     assert_eq!(h.counter(stat::FLOW_STARTS), 5);
     assert_eq!(h.counter(stat::FLOW_REPEATS), 2);
+}
+
+/// Pins the calling thread to one CPU: the program batches flow starts per CPU, and a test
+/// that counts batches must not see its runs spread over two.
+fn pin_to_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning the test thread to CPU 0"
+        );
+    }
+}
+
+/// Flow starts travel in per-CPU batches of `FLOW_BATCH`: a full batch is one ring record,
+/// a partial one is sent at the CPU's next packet once the coarse clock moved on, and what a
+/// batch holds is taken from the map after the runs. Every flow start arrives once, in
+/// order; a batch a full ring refuses moves its records from `flow_starts` to `flows_full`.
+#[test]
+fn flow_starts_are_batched_per_cpu_and_each_arrives_once() {
+    privileged!();
+    pin_to_one_cpu();
+    let batch = xtrail_common::FLOW_BATCH;
+    let me = v4(CLEAN);
+    let there = v4("198.18.1.2");
+    let mut h = Harness::inline();
+    let n = batch + 3;
+    for port in 0..n as u16 {
+        h.run(&Frame::syn(me, 1000, there, 2000 + port));
+    }
+    let mut records = Vec::new();
+    while let Some(item) = h.flows.next() {
+        records.push(
+            xtrail_sensor::hits::parse_flows(&item)
+                .expect("batch")
+                .count(),
+        );
+    }
+    // Batches of at most FLOW_BATCH: one full one, unless the coarse clock ticked during
+    // the runs (which sends a partial batch early).
+    assert!(
+        records.iter().all(|&c| (1..=batch).contains(&c)),
+        "{records:?}"
+    );
+    assert!(!records.is_empty() && records.len() <= 3, "{records:?}");
+    let pending = h.sensor.take_pending_flows().expect("pending");
+    assert_eq!(records.iter().sum::<usize>() + pending.len(), n);
+    assert_eq!(h.counter(stat::FLOW_STARTS), n as u64);
+    assert!(h.sensor.take_pending_flows().expect("pending").is_empty());
+
+    // A lone flow start is sent by a later packet that starts no flow once the coarse
+    // clock (ticks of 1-10 ms) has moved on.
+    h.run(&Frame::syn(me, 1001, there, 3000));
+    std::thread::sleep(Duration::from_millis(30));
+    h.run(&Frame::tcp(me, 1001, there, 3000, tcp_flags::ACK));
+    let mut sent = Vec::new();
+    while let Some(item) = h.flows.next() {
+        sent.extend(
+            xtrail_sensor::hits::parse_flows(&item)
+                .expect("batch")
+                .map(|r| r.dst_port),
+        );
+    }
+    assert_eq!(sent, [3000]);
+    assert!(h.sensor.take_pending_flows().expect("pending").is_empty());
+
+    // A one-page ring takes a few full batches (8 bytes of ring header and 48 per flow start
+    // each), and the reader is away: what it took arrives in order, the rest is counted
+    // lost, none twice.
+    let fit = 4096 / (8 + 48 * batch);
+    let mut h = Harness::new(SensorOptions {
+        flow_ring_bytes: 4096,
+        ..SensorOptions::default()
+    });
+    for port in 0..(8 * batch) as u16 {
+        h.run(&Frame::syn(me, 1002, there, 4000 + port));
+    }
+    let got = h.flow_starts();
+    let ports: Vec<u16> = got.iter().map(|r| r.dst_port).collect();
+    let k = ports.len();
+    let expected: Vec<u16> = (0..k as u16).map(|p| 4000 + p).collect();
+    assert_eq!(ports, expected);
+    // `fit` full batches, fewer flow starts if the clock ticked and sent a partial batch.
+    assert!(k <= fit * batch && k > 0, "{k}");
+    assert_eq!(h.counter(stat::FLOW_STARTS), k as u64);
+    assert_eq!(h.counter(stat::FLOWS_FULL), (8 * batch - k) as u64);
 }
 
 /// Issue 10 item 6: an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) hits the IPv4 trails

@@ -26,6 +26,8 @@ pub mod maps {
     pub const IFSLOTS: &str = "IFSLOTS";
     pub const FLOWS: &str = "FLOWS";
     pub const FLOW_SEEN: &str = "FLOW_SEEN";
+    /// Per-CPU flow starts not yet sent (see [`super::FlowBatch`]).
+    pub const FLOW_BATCH: &str = "FLOW_BATCH";
     /// The active trail map set and its flags (see [`super::trail_set`]).
     pub const TRAIL_SET: &str = "TRAIL_SET";
 }
@@ -132,8 +134,9 @@ pub mod ring {
     /// `HITS`: 80 bytes per hit (ring header + `HitRecord`): ~6.5k hits; hits are already
     /// de-duplicated in the kernel (`SUPPRESS`).
     pub const HITS_BYTES: u32 = 512 << 10;
-    /// `FLOWS`: 56 bytes per flow start (ring header + `FlowRecord`): ~18.7k flow starts;
-    /// repeats within the flow window are not sent.
+    /// `FLOWS`: 48 bytes per flow start (`FlowRecord`), sent in records of up to
+    /// [`super::FLOW_BATCH`] of them plus an 8-byte ring header: ~21k flow starts; repeats
+    /// within the flow window are not sent.
     pub const FLOWS_BYTES: u32 = 1 << 20;
 }
 
@@ -220,7 +223,10 @@ pub struct Config {
 
 /// Reader wake-ups of the ring buffers. A record is submitted without waking the reader
 /// (which polls every 20 ms) unless it takes the ring's pending bytes across a multiple of
-/// `2^shift`: a wake-up costs microseconds, so it is spent once per that many bytes.
+/// `2^shift`: a wake-up costs microseconds, so it is spent once per that many bytes. The
+/// `HITS` ring also wakes its reader for a record that lands in a ring the reader has read
+/// empty, so a lone hit is reported at once (hits are rare; the payload and flow rings,
+/// whose records come at packet rates, do not).
 pub mod wake {
     /// Index of the `PAYLOADS` ring in [`super::Config::wake_shifts`].
     pub const PAYLOADS: usize = 0;
@@ -306,7 +312,8 @@ pub mod stat {
     pub const COPIED: u32 = 18;
     /// Hand-offs that failed: no AF_XDP socket on the queue, or the ring buffer full.
     pub const HANDOFF_FAILED: u32 = 19;
-    /// Flow-start records sent to userspace.
+    /// Flow-start records sent to userspace, or waiting in a CPU's [`super::FlowBatch`] to
+    /// be (those a full ring refuses are moved to `FLOWS_FULL`).
     pub const FLOW_STARTS: u32 = 20;
     /// Flow starts not sent again within the window.
     pub const FLOW_REPEATS: u32 = 21;
@@ -479,7 +486,8 @@ pub struct HitRecord {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowRecord {
-    /// `bpf_ktime_get_coarse_ns()`: CLOCK_MONOTONIC at tick resolution (1-10 ms).
+    /// `bpf_ktime_get_coarse_ns()`: CLOCK_MONOTONIC at tick resolution (1-10 ms), read
+    /// once per tick and CPU (so up to a tick late, see [`FlowBatch::clock_ns`]).
     pub ts_ns: u64,
     /// Addresses; IPv4 as v4-mapped IPv6.
     pub src: [u8; 16],
@@ -491,6 +499,32 @@ pub struct FlowRecord {
     pub proto: u8,
     pub tcp_flags: u8,
     pub _pad: u8,
+}
+
+/// Flow starts per `FLOWS` ring record, at most (a power of two). The XDP program collects
+/// a CPU's flow starts in its [`FlowBatch`] and sends them as one record of `n`
+/// [`FlowRecord`]s (the record's length says `n`): one ring reservation and commit per
+/// batch instead of per flow start.
+pub const FLOW_BATCH: usize = 16;
+
+/// A CPU's flow starts not yet sent (element 0 of the per-CPU `FLOW_BATCH` map). The batch
+/// is sent when it is full, or at the CPU's next packet once the kernel's tick counter has
+/// moved on from `tick` (1-10 ms); what a CPU holds when the program is detached,
+/// userspace takes from the map itself. Only the program on that CPU writes it while
+/// attached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FlowBatch {
+    /// Records held, below [`FLOW_BATCH`] between runs.
+    pub len: u32,
+    /// The kernel's tick counter (`jiffies`, truncated) at the batch's first record.
+    pub tick: u32,
+    /// `jiffies` when `clock_ns` was read: the coarse clock only moves on with the tick, so
+    /// the program reads it again (a helper call) only once the tick changed.
+    pub clock_jiffies: u64,
+    /// `bpf_ktime_get_coarse_ns()` as read at `clock_jiffies`.
+    pub clock_ns: u64,
+    pub records: [FlowRecord; FLOW_BATCH],
 }
 
 /// The header of a frame handed to userspace through the `PAYLOADS` ring buffer. A record
@@ -563,6 +597,7 @@ mod pod {
     unsafe impl aya::Pod for PayloadHeader {}
     unsafe impl<const N: usize> aya::Pod for PayloadRecord<N> {}
     unsafe impl aya::Pod for FlowRecord {}
+    unsafe impl aya::Pod for FlowBatch {}
 }
 
 #[cfg(test)]

@@ -380,6 +380,52 @@ impl<R: Read> PcapReader<R> {
             .unwrap_or_default()
     }
 
+    /// The next classic record when its header and data are already in the buffer (nearly
+    /// every record): read in place, as [`PcapReader::advance`]'s general path would read
+    /// it. `None` leaves everything to that path (refills, ends of file, corrupt lengths).
+    #[inline]
+    fn classic_buffered(
+        &mut self,
+        hlen: usize,
+        swapped: bool,
+        nanos: bool,
+        linktype: u32,
+    ) -> Option<Meta> {
+        let avail = self.buf.get(self.pos..self.end)?;
+        let hdr: &[u8; 16] = avail.get(..16)?.try_into().ok()?;
+        let word = |i: usize| {
+            let b = [hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]];
+            if swapped {
+                u32::from_le_bytes(b)
+            } else {
+                u32::from_be_bytes(b)
+            }
+        };
+        let incl = usize::try_from(word(8)).ok()?;
+        if incl > MAX_RECORD || avail.len() < hlen + incl {
+            return None;
+        }
+        let (sec, frac, orig_len) = (word(0), word(4), word(12));
+        let ts_us = if nanos {
+            let units = 1_000_000_000;
+            to_us(u128::from(sec) * units + u128::from(frac), units, 0)
+        } else {
+            // What `to_us` gives for microsecond ticks, without 128-bit arithmetic.
+            i64::from(sec) * 1_000_000 + i64::from(frac)
+        };
+        self.rec = self.pos + hlen;
+        self.rec_len = incl;
+        self.pos += hlen + incl;
+        self.offset += (hlen + incl) as u64;
+        Some(Meta {
+            ts_us,
+            linktype,
+            start: 0,
+            len: incl,
+            orig_len,
+        })
+    }
+
     fn advance(&mut self) -> Result<Option<Meta>, PcapError> {
         loop {
             match &self.state {
@@ -391,9 +437,12 @@ impl<R: Read> PcapReader<R> {
                 } => {
                     let (swapped, nanos, modified, linktype) =
                         (*swapped, *nanos, *modified, *linktype);
+                    let hlen = if modified { 24 } else { 16 };
+                    if let Some(meta) = self.classic_buffered(hlen, swapped, nanos, linktype) {
+                        return Ok(Some(meta));
+                    }
                     let at = self.offset;
                     let mut hdr = [0u8; 24];
-                    let hlen = if modified { 24 } else { 16 };
                     let hdr = hdr.get_mut(..hlen).unwrap_or_default();
                     if !self.read_exact_at(hdr, "record header")? {
                         return Ok(None);

@@ -10,15 +10,16 @@
 //! [`DistinctWindow`] counts distinct items (ports, addresses, path segments) seen for one key
 //! within a sliding time window, remembering at most `threshold + 1` of them.
 //!
-//! [`WindowMap`] is a [`BoundedMap`] of [`DistinctWindow`]s for the scan heuristics, its keys
-//! packed by [`CompactKey`]: IPv4 keys in 8 bytes (one 64-byte line per entry), others in a
-//! second table that shares the generations and the count, so it keeps and evicts exactly
-//! what a `BoundedMap` would.
+//! [`PackedMap`] is a [`BoundedMap`] whose keys are packed by [`CompactKey`] when they can
+//! be (IPv4), others in a second table that shares the generations and the count, so it
+//! keeps and evicts exactly what a `BoundedMap` would. [`WindowMap`], the scan heuristics'
+//! [`DistinctWindow`]s, stores an IPv4 key in 8 bytes and its window in one 64-byte line.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 
+use hashbrown::hash_table::Entry;
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 /// A map holding at most `capacity` entries (see the module documentation). Each operation
@@ -183,15 +184,15 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
     }
 }
 
-/// A key a [`WindowMap`] stores in 8 bytes when it can (IPv4: nearly every key).
-pub trait CompactKey: Hash + Eq + Clone {
-    /// The key in 8 bytes, or `None` when it does not fit (IPv6). A key is always stored
-    /// the same way, and two keys compact to one value only when they are equal.
-    fn compact(&self) -> Option<u64>;
+/// A key a [`PackedMap`] stores packed as `P` when it can (IPv4: nearly every key).
+pub trait CompactKey<P>: Hash + Eq + Clone {
+    /// The key packed, or `None` when it does not fit (IPv6). A key is always stored the
+    /// same way, and two keys pack to one value only when they are equal.
+    fn compact(&self) -> Option<P>;
 }
 
-/// A (source, destination) host pair: two IPv4 addresses fit.
-impl CompactKey for (IpAddr, IpAddr) {
+/// A (source, destination) host pair: two IPv4 addresses fit in 8 bytes.
+impl CompactKey<u64> for (IpAddr, IpAddr) {
     #[inline]
     fn compact(&self) -> Option<u64> {
         match *self {
@@ -203,8 +204,8 @@ impl CompactKey for (IpAddr, IpAddr) {
     }
 }
 
-/// An (address, port): an IPv4 address fits.
-impl CompactKey for (IpAddr, u16) {
+/// An (address, port): an IPv4 address fits in 8 bytes.
+impl CompactKey<u64> for (IpAddr, u16) {
     #[inline]
     fn compact(&self) -> Option<u64> {
         match *self {
@@ -214,33 +215,75 @@ impl CompactKey for (IpAddr, u16) {
     }
 }
 
-/// An IPv4 key and its window: one cache line.
+/// An entry of a [`PackedMap`]'s packed table: a packed key and its value, laid out as the
+/// table wants it (a scan window's entry is one aligned cache line, [`WindowLine`]).
+pub trait PackedEntry {
+    /// The packed key.
+    type Key: Copy + Eq + Hash;
+    /// The value (`Default` is a new key's).
+    type Value: Default;
+    /// An entry.
+    fn new(key: Self::Key, value: Self::Value) -> Self;
+    /// Its key.
+    fn key(&self) -> Self::Key;
+    /// Its value.
+    fn value_mut(&mut self) -> &mut Self::Value;
+    /// Its value, the entry dropped.
+    fn into_value(self) -> Self::Value;
+}
+
+/// An IPv4 scan key and its window: one cache line.
 #[derive(Debug)]
 #[repr(C, align(64))]
-struct Line {
+pub struct WindowLine {
     key: u64,
     window: DistinctWindow,
 }
 
-/// A [`BoundedMap`] of [`DistinctWindow`]s (the same two generations, bound and evictions:
-/// the generations count both kinds of key together), whose compact keys ([`CompactKey`])
-/// are stored in 8 bytes, each entry one aligned cache line: scan tables take a new key per
-/// packet under a flood of new host pairs, and their misses are most of a replay's cost.
+impl PackedEntry for WindowLine {
+    type Key = u64;
+    type Value = DistinctWindow;
+    #[inline]
+    fn new(key: u64, window: DistinctWindow) -> Self {
+        WindowLine { key, window }
+    }
+    #[inline]
+    fn key(&self) -> u64 {
+        self.key
+    }
+    #[inline]
+    fn value_mut(&mut self) -> &mut DistinctWindow {
+        &mut self.window
+    }
+    #[inline]
+    fn into_value(self) -> DistinctWindow {
+        self.window
+    }
+}
+
+/// The scan heuristics' windows: IPv4 keys in one 64-byte line per entry.
+pub type WindowMap<K> = PackedMap<K, WindowLine>;
+
+/// A [`BoundedMap`] (the same two generations, bound and evictions: the generations count
+/// both kinds of key together) whose compact keys ([`CompactKey`]) are stored packed, in
+/// entries of type `E`; keys that do not pack go into a second table. Scan tables take a new
+/// key per packet under a flood of new host pairs, and their hashing and cache misses are
+/// most of a replay's cost.
 #[derive(Debug)]
-pub struct WindowMap<K> {
-    young: HashTable<Line>,
-    old: HashTable<Line>,
-    young_wide: HashTable<(K, DistinctWindow)>,
-    old_wide: HashTable<(K, DistinctWindow)>,
+pub struct PackedMap<K, E: PackedEntry> {
+    young: HashTable<E>,
+    old: HashTable<E>,
+    young_wide: HashTable<(K, E::Value)>,
+    old_wide: HashTable<(K, E::Value)>,
     hasher: DefaultHashBuilder,
     half: usize,
     evicted: u64,
 }
 
-impl<K: CompactKey> WindowMap<K> {
+impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
     /// A map that never holds more than `capacity` entries (at least 2).
     pub fn new(capacity: usize) -> Self {
-        WindowMap {
+        PackedMap {
             young: HashTable::new(),
             old: HashTable::new(),
             young_wide: HashTable::new(),
@@ -266,17 +309,24 @@ impl<K: CompactKey> WindowMap<K> {
         self.evicted
     }
 
-    /// The window of `key`, refreshed (moved to the young generation), or a new one.
-    pub fn get_or_insert(&mut self, key: &K) -> &mut DistinctWindow {
+    /// The value of `key`, refreshed (moved to the young generation), or a new default one.
+    #[inline]
+    pub fn get_or_insert(&mut self, key: &K) -> &mut E::Value {
         match key.compact() {
-            Some(c) => self.compact_entry(c),
+            Some(c) => self.packed_entry(c),
             None => self.wide_entry(key),
         }
     }
 
-    fn compact_entry(&mut self, c: u64) -> &mut DistinctWindow {
+    /// [`PackedMap::get_or_insert`] of the key whose [`CompactKey::compact`] is `Some(c)`,
+    /// for a caller that packs the key itself without building it.
+    pub fn get_or_insert_packed(&mut self, c: E::Key) -> &mut E::Value {
+        self.packed_entry(c)
+    }
+
+    fn packed_entry(&mut self, c: E::Key) -> &mut E::Value {
         let hash = self.hasher.hash_one(c);
-        let WindowMap {
+        let PackedMap {
             young,
             old,
             young_wide,
@@ -285,28 +335,41 @@ impl<K: CompactKey> WindowMap<K> {
             half,
             evicted,
         } = self;
-        let young = match young.find_entry(hash, |l| l.key == c) {
-            Ok(e) => return &mut e.into_mut().window,
+        if young.len() + young_wide.len() < *half {
+            // No turn-over due: one probe of the young generation finds the key or the
+            // slot a new one goes in.
+            return match young.entry(hash, |e| e.key() == c, |e| hasher.hash_one(e.key())) {
+                Entry::Occupied(e) => e.into_mut().value_mut(),
+                Entry::Vacant(slot) => {
+                    let value = match old.find_entry(hash, |e| e.key() == c) {
+                        Ok(e) => e.remove().0.into_value(),
+                        Err(_) => E::Value::default(),
+                    };
+                    slot.insert(E::new(c, value)).into_mut().value_mut()
+                }
+            };
+        }
+        let young = match young.find_entry(hash, |e| e.key() == c) {
+            Ok(e) => return e.into_mut().value_mut(),
             Err(absent) => absent.into_table(),
         };
-        let window = match old.find_entry(hash, |l| l.key == c) {
-            Ok(e) => e.remove().0.window,
-            Err(_) => DistinctWindow::default(),
+        let value = match old.find_entry(hash, |e| e.key() == c) {
+            Ok(e) => e.remove().0.into_value(),
+            Err(_) => E::Value::default(),
         };
         if young.len() + young_wide.len() >= *half {
             turn_over(young, old, evicted);
             turn_over(young_wide, old_wide, evicted);
         }
-        let line = Line { key: c, window };
-        &mut young
-            .insert_unique(hash, line, |l| hasher.hash_one(l.key))
+        young
+            .insert_unique(hash, E::new(c, value), |e| hasher.hash_one(e.key()))
             .into_mut()
-            .window
+            .value_mut()
     }
 
-    fn wide_entry(&mut self, key: &K) -> &mut DistinctWindow {
+    fn wide_entry(&mut self, key: &K) -> &mut E::Value {
         let hash = self.hasher.hash_one(key);
-        let WindowMap {
+        let PackedMap {
             young,
             old,
             young_wide,
@@ -321,7 +384,7 @@ impl<K: CompactKey> WindowMap<K> {
         };
         let entry = match old_wide.find_entry(hash, |(k, _)| k == key) {
             Ok(e) => e.remove().0,
-            Err(_) => (key.clone(), DistinctWindow::default()),
+            Err(_) => (key.clone(), E::Value::default()),
         };
         if young.len() + young_wide.len() >= *half {
             turn_over(young, old, evicted);
@@ -505,7 +568,7 @@ mod tests {
     fn window_entries_stay_small() {
         // Scan tables insert one per new host pair: an IPv4 entry is one cache line.
         assert!(std::mem::size_of::<DistinctWindow>() <= 56);
-        assert_eq!(std::mem::size_of::<Line>(), 64);
+        assert_eq!(std::mem::size_of::<WindowLine>(), 64);
     }
 
     #[test]

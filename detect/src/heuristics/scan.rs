@@ -11,11 +11,11 @@
 //! reply (from a port below 1024 to an ephemeral one, or the reverse of a flow seen).
 
 use std::hash::BuildHasher;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use hashbrown::DefaultHashBuilder;
 
-use super::bounded::{BoundedMap, CompactKey, WindowMap};
+use super::bounded::{CompactKey, PackedEntry, PackedMap, WindowMap};
 use super::HeuristicsConfig;
 use crate::packet::{ipproto, Packet, TcpFlags, Transport};
 
@@ -95,8 +95,8 @@ pub struct ScanState {
     /// the value, so one lookup answers both "seen this way" and "seen the other way".
     /// A pair holds one direction only (a reverse datagram is a reply and inserts nothing),
     /// so the entries, and what a full table evicts, are those of a table keyed by
-    /// direction.
-    udp_flows: BoundedMap<FlowPair, u8>,
+    /// direction. IPv4 pairs are packed in 16-byte entries ([`FlowEntry`]).
+    udp_flows: PackedMap<FlowPair, FlowEntry>,
     hasher: DefaultHashBuilder,
 }
 
@@ -107,7 +107,7 @@ impl ScanState {
             tcp: WindowMap::new(config.max_scan_keys),
             udp: WindowMap::new(config.max_scan_keys),
             infection: WindowMap::new(config.max_scan_keys),
-            udp_flows: BoundedMap::new(config.max_scan_keys),
+            udp_flows: PackedMap::new(config.max_scan_keys),
             hasher: DefaultHashBuilder::default(),
         }
     }
@@ -179,11 +179,24 @@ impl ScanState {
         if f.src_port < 1024 && f.dst_port >= 1024 {
             return true;
         }
-        let (key, forward) = flow_pair(f);
-        let this_way = if forward { SEEN_FORWARD } else { SEEN_BACKWARD };
-        let Some(seen) = self.udp_flows.get_or_insert_with(&key, || key, || 0) else {
-            return false;
+        let (seen, forward, to_itself) = match (f.src, f.dst) {
+            // IPv4 (nearly all): ordered and packed as `flow_pair` and `compact` would, on
+            // the packed endpoints (an IPv4 address orders as its `u32`).
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let (x, y) = (endpoint48(s, f.src_port), endpoint48(d, f.dst_port));
+                let bits = if x <= y {
+                    pack_flow(x, y)
+                } else {
+                    pack_flow(y, x)
+                };
+                (self.udp_flows.get_or_insert_packed(bits), x <= y, x == y)
+            }
+            _ => {
+                let (key, forward) = flow_pair(f);
+                (self.udp_flows.get_or_insert(&key), forward, key.0 == key.1)
+            }
         };
+        let this_way = if forward { SEEN_FORWARD } else { SEEN_BACKWARD };
         if *seen == 0 {
             // New: remembered in this direction.
             *seen = this_way;
@@ -191,7 +204,7 @@ impl ScanState {
         }
         // Seen before: a reply if it was the other way, or a flow between one endpoint and
         // itself (its own reverse). Either way the entry was refreshed by the lookup.
-        *seen != this_way || key.0 == key.1
+        *seen != this_way || to_itself
     }
 }
 
@@ -202,6 +215,63 @@ const SEEN_BACKWARD: u8 = 2;
 
 /// Two UDP endpoints, the lower (address, port) first.
 type FlowPair = ((IpAddr, u16), (IpAddr, u16));
+
+/// Two IPv4 UDP endpoints packed, each (address, port) in 48 bits: `.0` holds the first's
+/// and the second's top 16 bits, `.1` the second's low 32 bits.
+type FlowBits = (u64, u32);
+
+impl CompactKey<FlowBits> for FlowPair {
+    #[inline]
+    fn compact(&self) -> Option<FlowBits> {
+        match *self {
+            ((IpAddr::V4(a), pa), (IpAddr::V4(b), pb)) => {
+                Some(pack_flow(endpoint48(a, pa), endpoint48(b, pb)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// An IPv4 endpoint in 48 bits, ordered as the (address, port) it stands for.
+#[inline]
+fn endpoint48(addr: Ipv4Addr, port: u16) -> u64 {
+    u64::from(u32::from(addr)) << 16 | u64::from(port)
+}
+
+/// Two 48-bit endpoints as [`FlowBits`].
+#[inline]
+fn pack_flow(a: u64, b: u64) -> FlowBits {
+    (a << 16 | b >> 32, b as u32)
+}
+
+/// A packed IPv4 pair in [`ScanState::udp_flows`] and the direction it was seen in.
+#[derive(Debug)]
+struct FlowEntry {
+    hi: u64,
+    lo: u32,
+    seen: u8,
+}
+
+impl PackedEntry for FlowEntry {
+    type Key = FlowBits;
+    type Value = u8;
+    #[inline]
+    fn new((hi, lo): FlowBits, seen: u8) -> Self {
+        FlowEntry { hi, lo, seen }
+    }
+    #[inline]
+    fn key(&self) -> FlowBits {
+        (self.hi, self.lo)
+    }
+    #[inline]
+    fn value_mut(&mut self) -> &mut u8 {
+        &mut self.seen
+    }
+    #[inline]
+    fn into_value(self) -> u8 {
+        self.seen
+    }
+}
 
 /// The flow's endpoint pair in canonical order, and whether the datagram goes from the
 /// first endpoint to the second.
@@ -229,7 +299,7 @@ fn is_scan_target(dst: IpAddr) -> bool {
 
 /// Adds `item` to the sliding window kept for `key` (creating it, within the table's bound);
 /// true when the window's distinct count crosses `threshold`.
-fn count_distinct<K: CompactKey>(
+fn count_distinct<K: CompactKey<u64>>(
     table: &mut WindowMap<K>,
     key: K,
     item: u64,
@@ -303,5 +373,54 @@ mod tests {
         // Service port to ephemeral port: a reply without a lookup.
         assert!(s.is_udp_reply(&flow(b, 53, a, 40000)));
         assert_eq!(s.udp_flows.len(), 1);
+    }
+
+    #[test]
+    fn packed_flow_table_is_a_bounded_map() {
+        // The same pairs through the packed table and a BoundedMap, IPv4 and IPv6 mixed: the
+        // same values, the same count and evictions after every step.
+        use super::super::bounded::BoundedMap;
+        let v4 = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(i.wrapping_mul(0x9e37_79b9)));
+        let v6 = |i: u32| IpAddr::from(std::net::Ipv6Addr::from(u128::from(i) << 64));
+        let v4_of = |a: IpAddr| match a {
+            IpAddr::V4(a) => a,
+            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        };
+        let mut p: PackedMap<FlowPair, FlowEntry> = PackedMap::new(64);
+        let mut b: BoundedMap<FlowPair, u8> = BoundedMap::new(64);
+        let mut rng = 11u64;
+        for step in 0..20_000u32 {
+            rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let r = (rng >> 33) as u32;
+            let x = if r.is_multiple_of(7) {
+                v6(r % 61)
+            } else {
+                v4(r % 61)
+            };
+            let key = (
+                (x, (r % 5) as u16 * 0x1111),
+                (v4(r % 3), u16::MAX - (r % 4) as u16),
+            );
+            let got = p.get_or_insert(&key);
+            let want = b.get_or_insert_with(&key, || key, || 0).unwrap();
+            assert_eq!(*got, *want, "step {step}");
+            let v = (step % 3) as u8;
+            *got = v;
+            *want = v;
+            assert_eq!(p.len(), b.len(), "step {step}");
+            assert_eq!(p.evicted(), b.evicted(), "step {step}");
+        }
+        // IPv4 endpoints order as their packed 48 bits, as `is_udp_reply` relies on.
+        for i in 0..2_000u32 {
+            let (a, b) = ((v4(i % 37), (i % 7) as u16), (v4(i % 41), (i % 5) as u16));
+            let (x, y) = (endpoint48(v4_of(a.0), a.1), endpoint48(v4_of(b.0), b.1));
+            assert_eq!(a <= b, x <= y, "{a:?} {b:?}");
+            assert_eq!(a == b, x == y);
+        }
+        // Distinct pairs pack apart; only IPv4 pairs pack.
+        let a = |i: u32, port: u16| (v4(i), port);
+        assert_ne!((a(1, 2), a(3, 4)).compact(), (a(3, 4), a(1, 2)).compact());
+        assert_ne!((a(1, 2), a(3, 4)).compact(), (a(1, 3), a(3, 4)).compact());
+        assert_eq!(((v6(1), 2), a(3, 4)).compact(), None);
     }
 }

@@ -132,10 +132,13 @@ pub fn parse_flow(bytes: &[u8]) -> Option<FlowRecord> {
 
 /// The flow starts of a raw flow-start ring-buffer item: a batch of 1 to
 /// `xtrail_common::FLOW_BATCH` records back to back (`None` for an item that is not a
-/// whole number of them).
+/// whole number of them, or holds more than a batch).
 pub fn parse_flows(bytes: &[u8]) -> Option<impl Iterator<Item = FlowRecord> + '_> {
     let size = std::mem::size_of::<FlowRecord>();
-    if bytes.is_empty() || !bytes.len().is_multiple_of(size) {
+    if bytes.is_empty()
+        || !bytes.len().is_multiple_of(size)
+        || bytes.len() > size * xtrail_common::FLOW_BATCH
+    {
         return None;
     }
     Some(bytes.chunks_exact(size).filter_map(parse_flow))
@@ -243,6 +246,13 @@ mod tests {
         assert!(parse_flows(&item[..47]).is_none());
         assert!(parse_flows(&item[..50]).is_none());
         assert!(parse_flows(&[]).is_none());
+        let full: Vec<u8> = item[..48].repeat(xtrail_common::FLOW_BATCH);
+        assert_eq!(
+            parse_flows(&full).expect("a full batch").count(),
+            xtrail_common::FLOW_BATCH
+        );
+        let over: Vec<u8> = item[..48].repeat(xtrail_common::FLOW_BATCH + 1);
+        assert!(parse_flows(&over).is_none());
     }
 
     #[test]

@@ -149,6 +149,10 @@ const SUPPRESSIONS_EVERY: Duration = Duration::from_millis(250);
 /// that lands in a `HITS` ring the loop has read empty wakes it at once
 /// (`xtrail_common::wake`).
 const POLL_MS: i32 = 20;
+/// How often the live loop sends what the CPUs' flow-start batches hold
+/// (`Sensor::flush_flows`): a flow start on a CPU that sees no further packet waits at most
+/// about this long (plus a poll) for the reader.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
 /// Frames the AF_XDP transport may queue for the detector.
 const FRAME_QUEUE: usize = 65_536;
@@ -177,6 +181,8 @@ pub struct LiveSummary {
     pub malformed_records: u64,
     /// Flow-start records read.
     pub flows: u64,
+    /// CPUs whose flow-start batch the loop sent by a flush run (`Sensor::flush_flows`).
+    pub flow_flushes: u64,
     /// Events that could not be spooled for the collector.
     pub publish_errors: u64,
     /// Events not reported for the collector's suppression list: their trail, their source
@@ -199,6 +205,7 @@ impl LiveSummary {
             "parse_errors": self.parse_errors,
             "malformed_records": self.malformed_records,
             "flows": self.flows,
+            "flow_flushes": self.flow_flushes,
             "publish_errors": self.publish_errors,
             "suppressed_trail": self.suppressed_trail,
             "suppressed_source": self.suppressed_source,
@@ -489,6 +496,7 @@ pub fn run(
     let mut pending: Vec<Event> = Vec::new();
     let mut suppressions = crate::suppress::Suppressions::default();
     let mut last_suppressions = Instant::now();
+    let mut last_flush = Instant::now();
     let fds = [
         Some(ring.as_raw_fd()),
         Some(payloads.as_raw_fd()),
@@ -511,6 +519,13 @@ pub fn run(
             if stop.load(Ordering::Relaxed) || timed_out {
                 // Detach first, stop the transport, then drain what arrived before.
                 sensor.detach_all();
+                // A program run still in flight on some CPU could send a flow-start batch
+                // after the last drain below, or append to a batch between the map read and
+                // its emptying (`take_pending_flows`): wait for every run to finish first.
+                if let Err(e) = crate::maps::wait_for_running_programs() {
+                    log::warn!("waiting for the XDP program's last runs: {e}; sleeping instead");
+                    std::thread::sleep(Duration::from_millis(POLL_MS as u64));
+                }
                 stop_workers.store(true, Ordering::Relaxed);
                 for w in workers.drain(..) {
                     let name = w.sockets.join(",");
@@ -536,6 +551,14 @@ pub fn run(
                             .map(|e| format!("{e:#}"))
                             .unwrap_or_else(|| "no error".into())
                     ));
+                }
+                // A CPU that sees no further packet holds its flow starts: send them.
+                if last_flush.elapsed() >= FLUSH_EVERY {
+                    last_flush = Instant::now();
+                    match sensor.flush_flows() {
+                        Ok(n) => summary.flow_flushes += n as u64,
+                        Err(e) => log::warn!("sending the CPUs' pending flow starts: {e}"),
+                    }
                 }
             }
         }

@@ -14,6 +14,9 @@ use crate::trail_maps::{Capacity, KernelTrailSets, PrefilterHalf, TrailMapError}
 
 /// Program name in the object (the `#[xdp]` function).
 const PROGRAM: &str = "xtrail_xdp";
+/// The object's second program: sends the current CPU's flow-start batch (never attached,
+/// run by [`Sensor::flush_flows`]).
+const FLUSH_PROGRAM: &str = "xtrail_flush";
 
 /// How the program treats packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -101,8 +104,8 @@ pub enum LoadError {
     EnforceNeedsInline,
     #[error("loading the XDP object: {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("the XDP object has no program {PROGRAM}")]
-    MissingProgram,
+    #[error("the XDP object has no program {0}")]
+    MissingProgram(&'static str),
     #[error("the XDP object has no map {0}")]
     MissingMap(&'static str),
     #[error("loading the XDP program into the kernel: {0}")]
@@ -111,6 +114,10 @@ pub enum LoadError {
     Fill(#[from] FillError),
     #[error("writing the program's configuration: {0}")]
     Config(#[source] aya::maps::MapError),
+    #[error("{0}")]
+    FlowBatches(#[from] maps::FlowBatchError),
+    #[error("pinning the thread to a CPU to flush its flow starts: {0}")]
+    Affinity(#[source] std::io::Error),
     #[error("unknown interface {0}")]
     UnknownInterface(String),
     #[error("trail maps: {0}")]
@@ -252,10 +259,16 @@ impl Sensor {
             let verified = s.spawn(|| -> Result<std::time::Duration, LoadError> {
                 let program: &mut Xdp = ebpf
                     .program_mut(PROGRAM)
-                    .ok_or(LoadError::MissingProgram)?
+                    .ok_or(LoadError::MissingProgram(PROGRAM))?
                     .try_into()
                     .map_err(LoadError::Program)?;
                 program.load().map_err(LoadError::Program)?;
+                let flush: &mut Xdp = ebpf
+                    .program_mut(FLUSH_PROGRAM)
+                    .ok_or(LoadError::MissingProgram(FLUSH_PROGRAM))?
+                    .try_into()
+                    .map_err(LoadError::Program)?;
+                flush.load().map_err(LoadError::Program)?;
                 crate::startup::mark("program_verified");
                 crate::startup::thread_cpu("verifier");
                 Ok(started.elapsed())
@@ -360,7 +373,7 @@ impl Sensor {
     fn program(&mut self) -> Result<&mut Xdp, LoadError> {
         self.ebpf
             .program_mut(PROGRAM)
-            .ok_or(LoadError::MissingProgram)?
+            .ok_or(LoadError::MissingProgram(PROGRAM))?
             .try_into()
             .map_err(LoadError::Program)
     }
@@ -391,7 +404,10 @@ impl Sensor {
                         mode: name,
                         link,
                     });
-                    return self.attachments.last().ok_or(LoadError::MissingProgram);
+                    return self
+                        .attachments
+                        .last()
+                        .ok_or(LoadError::MissingProgram(PROGRAM));
                 }
                 Err(e) => last = Some(e),
             }
@@ -446,7 +462,7 @@ impl Sensor {
             .ebpf
             .map_mut(names::FLOW_BATCH)
             .ok_or(LoadError::MissingMap(names::FLOW_BATCH))?;
-        maps::take_flow_batches(map).map_err(LoadError::Config)
+        Ok(maps::take_flow_batches(map)?)
     }
 
     /// Takes the payload ring buffer (inline-mode copies of DNS/HTTP/TLS packets), once.
@@ -498,6 +514,84 @@ impl Sensor {
         opts.data_in = Some(frame);
         let result = program.test_run(opts).map_err(LoadError::Program)?;
         Ok(result.return_value)
+    }
+
+    /// Sends the flow starts each CPU's batch holds to the `FLOWS` ring, by running the
+    /// object's `xtrail_flush` program once (BPF_PROG_TEST_RUN, a 14-byte frame) on each
+    /// CPU whose batch holds records, the calling thread pinned to that CPU in turn (its
+    /// affinity is restored after). The per-CPU map read that picks the CPUs is only a hint
+    /// (the attached program may change a batch meanwhile); the flush itself runs on the CPU
+    /// with bottom halves disabled, so it never interleaves with that CPU's NAPI run of the
+    /// program (see `xtrail_flush`). Returns how many CPUs it ran on.
+    pub fn flush_flows(&mut self) -> Result<usize, LoadError> {
+        let cpus: Vec<usize> = {
+            let map = self
+                .ebpf
+                .map(names::FLOW_BATCH)
+                .ok_or(LoadError::MissingMap(names::FLOW_BATCH))?;
+            let array: PerCpuArray<&MapData, xtrail_common::FlowBatch> =
+                PerCpuArray::try_from(map).map_err(LoadError::Config)?;
+            let values = array.get(&0, 0).map_err(LoadError::Config)?;
+            values
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.len != 0)
+                .map(|(cpu, _)| cpu)
+                .collect()
+        };
+        if cpus.is_empty() {
+            return Ok(0);
+        }
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(FLUSH_PROGRAM)
+            .ok_or(LoadError::MissingProgram(FLUSH_PROGRAM))?
+            .try_into()
+            .map_err(LoadError::Program)?;
+        let frame = [0u8; 14];
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity writes at most
+        // its size into it.
+        let mut original: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; pid 0 is the calling thread.
+        if unsafe {
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut original)
+        } != 0
+        {
+            return Err(LoadError::Affinity(std::io::Error::last_os_error()));
+        }
+        let mut ran = 0;
+        let mut result = Ok(());
+        for cpu in cpus {
+            if cpu >= libc::CPU_SETSIZE as usize {
+                break;
+            }
+            // SAFETY: as above; CPU_SET writes one bit, its index checked below CPU_SETSIZE;
+            // sched_setaffinity only reads the set.
+            let pinned = unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+            };
+            // Not allowed here (offline, outside the cpuset): nothing runs there either, its
+            // batch waits for detach.
+            if !pinned {
+                continue;
+            }
+            let mut opts = TestRunOptions::new();
+            opts.data_in = Some(&frame);
+            if let Err(e) = program.test_run(opts) {
+                result = Err(LoadError::Program(e));
+                break;
+            }
+            ran += 1;
+        }
+        // SAFETY: `original` is the set sched_getaffinity filled in; only read.
+        if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &original) }
+            != 0
+        {
+            return Err(LoadError::Affinity(std::io::Error::last_os_error()));
+        }
+        result.map(|()| ran)
     }
 
     /// The underlying aya object (for tests and benchmarks).

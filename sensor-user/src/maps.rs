@@ -197,10 +197,22 @@ pub fn array_get(ebpf: &Ebpf, name: &'static str, index: u32) -> Result<u64, Fil
         .map_err(|source| FillError::Update { map: name, source })
 }
 
+/// Reading and emptying the per-CPU flow-start batches failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowBatchError {
+    #[error("reading or emptying the flow-start batches: {0}")]
+    Map(#[from] MapError),
+    /// The emptied values are one per possible CPU, as read; aya checks that count against
+    /// /sys/devices/system/cpu/possible again, which can only fail to be read here.
+    #[error("building the emptied per-CPU flow-start batches (possible CPUs): {0}")]
+    PerCpuValues(#[source] std::io::Error),
+}
+
 /// The flow starts the XDP program's per-CPU batches hold (`xtrail_common::FlowBatch`), CPU
-/// by CPU, each batch emptied. Only while the program cannot run (after it is detached, or
-/// between test runs): a run on a CPU meanwhile would race the read and the emptying.
-pub fn take_flow_batches(map: &mut Map) -> Result<Vec<FlowRecord>, MapError> {
+/// by CPU, each batch emptied. Only while the program cannot run (after it is detached and
+/// [`wait_for_running_programs`] returned, or between test runs): a run on a CPU meanwhile
+/// would race the read and the emptying.
+pub fn take_flow_batches(map: &mut Map) -> Result<Vec<FlowRecord>, FlowBatchError> {
     let mut array: PerCpuArray<&mut MapData, FlowBatch> = PerCpuArray::try_from(map)?;
     let values = array.get(&0, 0)?;
     let mut out = Vec::new();
@@ -209,12 +221,93 @@ pub fn take_flow_batches(map: &mut Map) -> Result<Vec<FlowRecord>, MapError> {
         out.extend_from_slice(&batch.records[..(batch.len as usize).min(FLOW_BATCH)]);
         emptied.push(FlowBatch { len: 0, ..*batch });
     }
-    let emptied = PerCpuValues::try_from(emptied).map_err(|io_error| {
-        MapError::SyscallError(aya::sys::SyscallError {
-            call: "nr_cpus",
-            io_error,
-        })
-    })?;
+    let emptied = PerCpuValues::try_from(emptied).map_err(FlowBatchError::PerCpuValues)?;
     array.set(0, emptied, 0)?;
     Ok(out)
+}
+
+/// `BPF_MAP_CREATE`, `BPF_MAP_UPDATE_ELEM` command numbers and the map types used below.
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+
+/// The leading fields of `union bpf_attr` for `BPF_MAP_CREATE` (the rest zero).
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    _rest: [u64; 12],
+}
+
+/// `union bpf_attr` for `BPF_MAP_UPDATE_ELEM`.
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+    _rest: [u64; 8],
+}
+
+fn bpf(cmd: libc::c_long, attr: *const u8, size: usize) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` points to a `size`-byte, fully initialized bpf_attr prefix the kernel
+    // only reads for these commands.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size as libc::c_uint) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn map_create(map_type: u32, inner_map_fd: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    let attr = MapCreateAttr {
+        map_type,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        inner_map_fd,
+        ..MapCreateAttr::default()
+    };
+    let fd = bpf(
+        BPF_MAP_CREATE,
+        (&attr as *const MapCreateAttr).cast(),
+        std::mem::size_of::<MapCreateAttr>(),
+    )?;
+    // SAFETY: BPF_MAP_CREATE returned a new file descriptor this process owns.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Waits until every BPF program run that started before the call has finished (an RCU
+/// grace period): after detaching the XDP program, no instance still running on some CPU
+/// can then write a ring or a map behind the reader's back. Updating an element of a
+/// map-in-map makes the kernel call `synchronize_rcu()` before the syscall returns
+/// (`maybe_wait_bpf_programs` in kernel/bpf/syscall.c), and an XDP run is an RCU read-side
+/// section (it runs under `rcu_read_lock` in softirq context), so this is exact rather than
+/// a guess at how long a run takes. Costs two tiny maps, created and closed here.
+pub fn wait_for_running_programs() -> std::io::Result<()> {
+    let inner = map_create(BPF_MAP_TYPE_ARRAY, 0)?;
+    let outer = map_create(BPF_MAP_TYPE_ARRAY_OF_MAPS, inner.as_raw_fd() as u32)?;
+    let key = 0u32;
+    let value = inner.as_raw_fd() as u32;
+    let attr = MapElemAttr {
+        map_fd: outer.as_raw_fd() as u32,
+        key: &key as *const u32 as u64,
+        value: &value as *const u32 as u64,
+        ..MapElemAttr::default()
+    };
+    bpf(
+        BPF_MAP_UPDATE_ELEM,
+        (&attr as *const MapElemAttr).cast(),
+        std::mem::size_of::<MapElemAttr>(),
+    )?;
+    Ok(())
 }

@@ -487,7 +487,7 @@ pub struct HitRecord {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowRecord {
     /// `bpf_ktime_get_coarse_ns()`: CLOCK_MONOTONIC at tick resolution (1-10 ms), read
-    /// once per tick and CPU (so up to a tick late, see [`FlowBatch::clock_ns`]).
+    /// about once per tick and CPU (so up to a tick late, see [`FlowBatch::clock_ns`]).
     pub ts_ns: u64,
     /// Addresses; IPv4 as v4-mapped IPv6.
     pub src: [u8; 16],
@@ -508,9 +508,11 @@ pub struct FlowRecord {
 pub const FLOW_BATCH: usize = 16;
 
 /// A CPU's flow starts not yet sent (element 0 of the per-CPU `FLOW_BATCH` map). The batch
-/// is sent when it is full, or at the CPU's next packet once the kernel's tick counter has
-/// moved on from `tick` (1-10 ms); what a CPU holds when the program is detached,
-/// userspace takes from the map itself. Only the program on that CPU writes it while
+/// is sent when it is full, or at the CPU's next frame once the kernel's tick counter has
+/// moved on from `tick` (1-10 ms), or by the object's `xtrail_flush` program, which
+/// userspace runs on each CPU whose batch holds records every 250 ms; what a CPU holds when
+/// the program is detached, userspace takes from the map itself. Only programs running on
+/// that CPU (never two at once: both run with bottom halves disabled) write it while
 /// attached.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -520,9 +522,12 @@ pub struct FlowBatch {
     /// The kernel's tick counter (`jiffies`, truncated) at the batch's first record.
     pub tick: u32,
     /// `jiffies` when `clock_ns` was read: the coarse clock only moves on with the tick, so
-    /// the program reads it again (a helper call) only once the tick changed.
+    /// the program reads it again (a helper call) only once the tick changed. The tick bumps
+    /// `jiffies` just before it moves the clock, so a read that returns `clock_ns` unchanged
+    /// does not update this: the next packet reads the clock again, and no stale time is
+    /// kept for a whole tick.
     pub clock_jiffies: u64,
-    /// `bpf_ktime_get_coarse_ns()` as read at `clock_jiffies`.
+    /// `bpf_ktime_get_coarse_ns()` as last read (at `clock_jiffies`).
     pub clock_ns: u64,
     pub records: [FlowRecord; FLOW_BATCH],
 }

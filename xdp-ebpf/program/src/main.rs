@@ -206,7 +206,8 @@ fn hit_wakeup_flags(shift: u32) -> u64 {
         BPF_RB_FORCE_WAKEUP
     } else {
         // Neither flag: `bpf_ringbuf_commit` wakes the reader iff its consumer position is
-        // this record's, checked race-free at the commit.
+        // this record's. Not racy though the reader may move meanwhile: a reader about to
+        // sleep re-checks for pending data in `poll` after it registered for the wake-up.
         0
     }
 }
@@ -255,6 +256,32 @@ pub fn xtrail_xdp(ctx: XdpContext) -> u32 {
     verdict
 }
 
+/// Sends this CPU's flow-start batch if it holds records, whatever the frame (a second
+/// program of this object, sharing its maps). Never attached: userspace runs it with
+/// BPF_PROG_TEST_RUN on each CPU whose batch holds records, every 250 ms
+/// (`Sensor::flush_flows`), so a flow start on a CPU that sees no more packets waits about
+/// that long, not until its next packet. Safe beside the attached program on the same CPU:
+/// the kernel's `bpf_test_run` (net/bpf/test_run.c, as in 6.18) runs a program with
+/// migration disabled and each run inside `local_bh_disable()`/`local_bh_enable()`, so no
+/// NAPI (softirq) run of `xtrail_xdp` on this CPU interleaves with it, as two NAPI runs on
+/// one CPU never do.
+#[xdp]
+pub fn xtrail_flush(_ctx: XdpContext) -> u32 {
+    let cfg = match CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config::default(),
+    };
+    if let Some(batch) = FLOW_BATCH_MAP.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array; with bottom halves disabled nothing
+        // else on this CPU uses it during this run (see above).
+        let batch = unsafe { &mut *batch };
+        if batch.len != 0 {
+            send_flows(batch, &cfg);
+        }
+    }
+    xdp_action::XDP_PASS
+}
+
 /// The default verdict for a packet that hit nothing.
 #[inline(always)]
 fn idle_verdict(cfg: &Config) -> u32 {
@@ -281,12 +308,19 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32) -> u32 {
         0 => {}
         1 => {
             count(stat::NON_IP, 1);
+            // Any frame sends a stale batch, not only an IP one (one per-CPU read).
+            if cfg.flags & config_flags::FLOWS != 0 {
+                flush_stale_flows(cfg);
+            }
             return idle_verdict(cfg);
         }
         _ => {
             count(stat::PARSE_ERRORS, 1);
             if cfg.log_level > 0 {
                 debug!(ctx, "xtrail: malformed frame, {} bytes", len);
+            }
+            if cfg.flags & config_flags::FLOWS != 0 {
+                flush_stale_flows(cfg);
             }
             return idle_verdict(cfg);
         }
@@ -342,7 +376,7 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32) -> u32 {
 /// within the window. Inline: a flow start already sent, the common case, makes no call
 /// (measured ~8 ns less per such packet than as a BPF function of its own); the append is
 /// a BPF function of its own (`add_flow`). Time is the coarse clock (`coarse_now`: CLOCK_MONOTONIC
-/// at tick resolution, read once per tick; `bpf_ktime_get_ns` costs ~20-30 ns on a VM),
+/// at tick resolution, read about once per tick; `bpf_ktime_get_ns` costs ~20-30 ns on a VM),
 /// kept in units of 2^20 ns (~1.05 ms) so that the window test needs no division.
 #[inline(always)]
 fn flow_start(pkt: &Packet, cfg: &Config) {
@@ -351,7 +385,7 @@ fn flow_start(pkt: &Packet, cfg: &Config) {
     };
     // SAFETY: this CPU's slot of a per-CPU array; nothing else uses it during this run.
     let batch = unsafe { &mut *batch };
-    let now = coarse_now(batch);
+    let (now, tick) = coarse_now(batch);
     // Two multiply rounds for IPv4 (its other address words are constant), three more for
     // IPv6; the words of the two addresses are paired into 64-bit lanes.
     let mix = |h: u64, w: u64| (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31);
@@ -378,7 +412,7 @@ fn flow_start(pkt: &Packet, cfg: &Config) {
         let v = unsafe { *p };
         if v >> 32 == tag && now_u.wrapping_sub(v as u32) < window_u {
             count(stat::FLOW_REPEATS, 1);
-            if batch.len != 0 && batch.tick != jiffies() {
+            if batch.len != 0 && batch.tick != tick {
                 send_flows(batch, cfg);
             }
             return;
@@ -386,15 +420,14 @@ fn flow_start(pkt: &Packet, cfg: &Config) {
         // SAFETY: as above.
         unsafe { *p = (tag << 32) | u64::from(now_u) };
     }
-    add_flow(pkt, batch, now, cfg);
+    add_flow(pkt, batch, now, tick, cfg);
 }
 
 /// Appends a flow start to this CPU's batch, and sends the batch when it is full or the
 /// kernel's tick moved on since its first record. A BPF function of its own: the common
 /// case, a flow start already sent, stays inline in the caller.
 #[inline(never)]
-fn add_flow(pkt: &Packet, batch: &mut FlowBatch, now: u64, cfg: &Config) {
-    let tick = jiffies();
+fn add_flow(pkt: &Packet, batch: &mut FlowBatch, now: u64, tick: u32, cfg: &Config) {
     // Below FLOW_BATCH between runs; masked so the verifier knows it.
     let i = batch.len as usize & (FLOW_BATCH - 1);
     if i == 0 {
@@ -417,22 +450,26 @@ fn add_flow(pkt: &Packet, batch: &mut FlowBatch, now: u64, cfg: &Config) {
     }
 }
 
-/// The coarse clock, read through this CPU's cache in `batch`: again only once `jiffies`
-/// moved on (the coarse clock advances with the tick), so most packets make no helper call.
-/// A read between the tick's `jiffies` update and its clock update keeps the old time for
-/// that tick: the time may be a tick late, as a coarse clock may be.
+/// The coarse clock, read through this CPU's cache in `batch`, and `jiffies` (truncated):
+/// the clock is read again only once `jiffies` moved on (the coarse clock advances with the
+/// tick), so most packets make no helper call. The tick bumps `jiffies_64` before
+/// `update_wall_time()` moves the coarse clock: a read in that gap returns the old time, so
+/// the tick is cached only once the clock read differs from the cached one (until then every
+/// packet reads it again; after a NOHZ idle spell the old time may be seconds old).
 #[inline(always)]
-fn coarse_now(batch: &mut FlowBatch) -> u64 {
+fn coarse_now(batch: &mut FlowBatch) -> (u64, u32) {
     // SAFETY: a helper without arguments, inlined by the verifier as a load of `jiffies`.
     let j = unsafe { bpf_jiffies64() };
     if batch.clock_jiffies == j {
-        return batch.clock_ns;
+        return (batch.clock_ns, j as u32);
     }
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    batch.clock_jiffies = j;
-    batch.clock_ns = now;
-    now
+    if now != batch.clock_ns {
+        batch.clock_jiffies = j;
+        batch.clock_ns = now;
+    }
+    (now, j as u32)
 }
 
 /// The kernel's tick counter, truncated: `bpf_jiffies64` is a helper the verifier replaces
@@ -443,7 +480,7 @@ fn jiffies() -> u32 {
     unsafe { bpf_jiffies64() as u32 }
 }
 
-/// A packet that starts no flow: sends this CPU's flow starts if the coarse clock has
+/// A frame that starts no flow: sends this CPU's flow starts if the coarse clock has
 /// moved on since the first of them (so a lone flow start waits about a clock tick, not for
 /// the batch to fill). One per-CPU read while the batch is empty.
 #[inline(always)]

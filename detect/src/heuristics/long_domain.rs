@@ -12,6 +12,10 @@ const ALLOWED_KEYWORDS: &[&str] = &["blogspot"];
 
 /// The trail to report for `name`, if its first label is suspiciously long.
 pub fn check(name: &str, threshold: usize) -> Option<String> {
+    // The first label is no longer than the name: most names end here, without a search.
+    if name.len() <= threshold {
+        return None;
+    }
     let first = name.split('.').next().unwrap_or(name);
     if first.len() <= threshold || first.contains('-') {
         return None;

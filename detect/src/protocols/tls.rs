@@ -147,9 +147,9 @@ fn server_name(data: &[u8]) -> Result<Option<&str>, TlsError> {
             if name.is_empty() || name.len() > MAX_SNI || !name.iter().all(u8::is_ascii_graphic) {
                 return Err(TlsError::BadServerName);
             }
-            return std::str::from_utf8(name)
-                .map(Some)
-                .map_err(|_| TlsError::BadServerName);
+            // SAFETY: every byte is ASCII (checked just above), hence the bytes are UTF-8;
+            // saves a second validation pass per ClientHello.
+            return Ok(Some(unsafe { std::str::from_utf8_unchecked(name) }));
         }
         at += 3 + len;
     }

@@ -42,9 +42,22 @@ fn is_regex_meta(b: u8) -> bool {
     )
 }
 
+/// [`is_name_byte`] of every byte: one load per byte in the per-name loops.
+static NAME_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
+        i += 1;
+    }
+    t
+};
+
 /// A DNS-name character as trails and queries use them (`_` appears in real names).
+#[inline]
 pub fn is_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')
+    NAME_BYTES[usize::from(b)]
 }
 
 fn parse_port(s: &str) -> Option<u16> {

@@ -127,30 +127,87 @@ fn is_ns_like(q: &[u8]) -> bool {
     rest.get(digits) == Some(&b'.')
 }
 
-/// Lowercases `query` into `buf`, drops a `:port` suffix and a trailing dot, and checks it is
-/// a DNS name (letters, digits, `-`, `_`, `.`, with at least one dot) that is not an IP.
-fn normalise<'b>(query: &str, buf: &'b mut [u8; MAX_NAME]) -> Option<&'b str> {
-    let q = query.split(':').next().unwrap_or(query);
-    let q = q.strip_suffix('.').unwrap_or(q).as_bytes();
-    if q.is_empty() || q.len() > MAX_NAME {
-        return None;
-    }
-    let out = &mut buf[..q.len()];
-    for (o, &b) in out.iter_mut().zip(q) {
-        if !is_name_byte(b) {
+/// A query name after [`Name::parse`]: lowercased, `:port` and a trailing dot dropped, with
+/// the hashes of its shortest suffixes that start a label, from one backwards pass.
+struct Name<'b> {
+    text: &'b str,
+    /// (start, hash) of the shortest [`PREFETCH_SUFFIXES`] label suffixes, shortest first.
+    suffixes: [(usize, u64); PREFETCH_SUFFIXES],
+    n: usize,
+    /// Where the pass stopped recording (the start of the last recorded suffix) and the
+    /// hasher state there: a name with more labels carries on from it.
+    rest: (usize, KeyHasher),
+    /// Start of the leftmost `onion` label that has a label on each side.
+    onion: Option<usize>,
+}
+
+impl<'b> Name<'b> {
+    /// Lowercases `query` into `buf`, drops a `:port` suffix and a trailing dot, and checks it
+    /// is a DNS name (letters, digits, `-`, `_`, `.`, with at least one dot and a non-empty
+    /// last label) that is not an IP; hashes its suffixes in the same (backwards) pass.
+    #[inline]
+    fn parse(query: &str, buf: &'b mut [u8; MAX_NAME]) -> Option<Self> {
+        let q = query.as_bytes();
+        let q = q.get(..memchr::memchr(b':', q).unwrap_or(q.len()))?;
+        let q = q.strip_suffix(b".").unwrap_or(q);
+        // Maltrail's VALID_DNS_NAME_REGEX wants a non-empty last label.
+        if q.is_empty() || q.len() > MAX_NAME || q.last() == Some(&b'.') {
             return None;
         }
-        *o = b.to_ascii_lowercase();
+        let out = buf.get_mut(..q.len())?;
+        let mut suffixes = [(0usize, 0u64); PREFETCH_SUFFIXES];
+        let mut n = 0;
+        let mut rest = (0, KeyHasher::new());
+        let mut h = KeyHasher::new();
+        let mut digits_and_dots = true;
+        let mut dotted = false;
+        let mut onion = None;
+        // End (exclusive) of the label to the right of the bytes read so far: the dot found
+        // last, or the end of the name.
+        let mut label_end = q.len();
+        for i in (0..q.len()).rev() {
+            let b = q[i];
+            if !is_name_byte(b) {
+                return None;
+            }
+            let l = b.to_ascii_lowercase();
+            out[i] = l;
+            digits_and_dots &= l.is_ascii_digit() || l == b'.';
+            h.push(l);
+            if i == 0 || q[i - 1] == b'.' {
+                if n < PREFETCH_SUFFIXES {
+                    suffixes[n] = (i, h.finish());
+                    n += 1;
+                    rest = (i, h);
+                }
+                if i > 0 {
+                    dotted = true;
+                    // `.onion.` at i - 1 (the leftmost one wins: the pass goes leftwards).
+                    if label_end < q.len() && label_end - i == 5 && out[i..label_end] == *b"onion" {
+                        onion = Some(i);
+                    }
+                }
+            }
+            if l == b'.' {
+                label_end = i;
+            }
+        }
+        if digits_and_dots || !dotted {
+            return None;
+        }
+        debug_assert!(out.is_ascii());
+        // SAFETY: every byte of `out` passed `is_name_byte` (ASCII letters, digits, `.`, `-`,
+        // `_`) or is such a byte lowercased: ASCII, hence UTF-8. Skips a validation pass per
+        // name.
+        let text = unsafe { std::str::from_utf8_unchecked(out) };
+        Some(Name {
+            text,
+            suffixes,
+            n,
+            rest,
+            onion,
+        })
     }
-    if out.iter().all(|b| b.is_ascii_digit() || *b == b'.') {
-        return None;
-    }
-    // Maltrail's VALID_DNS_NAME_REGEX wants a dot and a non-empty last label.
-    let last_dot = out.iter().rposition(|&b| b == b'.')?;
-    if last_dot + 1 == out.len() {
-        return None;
-    }
-    std::str::from_utf8(out).ok()
 }
 
 impl DomainTrails {
@@ -199,19 +256,19 @@ impl DomainTrails {
     /// `<name>.onion.<gateway>` where `<name>.onion` is a trail (printed `x.onion(.to)`).
     pub fn lookup(&self, query: &str) -> Option<DomainMatch> {
         let mut buf = [0u8; MAX_NAME];
-        let q = normalise(query, &mut buf)?;
-        let qb = q.as_bytes();
+        let name = Name::parse(query, &mut buf)?;
+        let q = name.text;
 
-        if let Some(name) = q.strip_suffix(".ip-adress.com") {
-            if let Some(label) = self.table.get(name.as_bytes()) {
+        if let Some(prefix) = q.strip_suffix(".ip-adress.com") {
+            if let Some(label) = self.table.get(prefix.as_bytes()) {
                 return Some(DomainMatch {
-                    trail: format!("{name}(.ip-adress.com)"),
+                    trail: format!("{prefix}(.ip-adress.com)"),
                     label,
                 });
             }
         }
 
-        if let Some(m) = self.suffix_walk(q) {
+        if let Some(m) = self.suffix_walk(&name) {
             return Some(m);
         }
 
@@ -234,15 +291,12 @@ impl DomainTrails {
             });
         }
 
-        // Each dot tried for `.onion.` (a name has few): cheaper than building a substring
-        // searcher per name.
-        let onion = memchr::memchr_iter(b'.', qb)
-            .find(|&i| qb.get(i..).is_some_and(|rest| rest.starts_with(b".onion.")));
-        if let Some(i) = onion {
-            let (name, gateway) = q.split_at(i + ".onion".len());
-            if let Some(label) = self.table.get(name.as_bytes()) {
+        // `<name>.onion.<gateway>`: the leftmost `.onion.`, found by the parse.
+        if let Some(i) = name.onion {
+            let (onion, gateway) = q.split_at(i + "onion".len());
+            if let Some(label) = self.table.get(onion.as_bytes()) {
                 return Some(DomainMatch {
-                    trail: format!("{name}({gateway})"),
+                    trail: format!("{onion}({gateway})"),
                     label,
                 });
             }
@@ -251,30 +305,17 @@ impl DomainTrails {
     }
 
     /// The name itself, then each parent, longest first: the longest listed suffix that
-    /// passes the exceptions. Every suffix hash comes from one backwards pass over the name
+    /// passes the exceptions. The suffix hashes come from the parse's backwards pass
     /// (shortest suffix first, the last acceptable hit kept), so a miss allocates nothing.
-    fn suffix_walk(&self, q: &str) -> Option<DomainMatch> {
+    fn suffix_walk(&self, name: &Name<'_>) -> Option<DomainMatch> {
+        let q = name.text;
         let qb = q.as_bytes();
         let ns_like = is_ns_like(qb);
         let www = qb.starts_with(b"www.");
-        // The shortest PREFETCH_SUFFIXES suffixes (start, hash) first, their index entries
-        // prefetched so that the probes (each likely a cache miss in a table of a million
-        // names) overlap; a name with more labels carries on with the same backwards pass.
-        let mut suffixes = [(0usize, 0u64); PREFETCH_SUFFIXES];
-        let mut n = 0;
-        let mut h = KeyHasher::new();
-        let mut i = qb.len();
-        while i > 0 && n < PREFETCH_SUFFIXES {
-            i -= 1;
-            h.push(qb[i]);
-            if i == 0 || qb[i - 1] == b'.' {
-                if let Some(slot) = suffixes.get_mut(n) {
-                    *slot = (i, h.finish());
-                    n += 1;
-                }
-            }
-        }
-        let suffixes = suffixes.get(..n).unwrap_or_default();
+        // The shortest PREFETCH_SUFFIXES suffixes first, their index entries prefetched so
+        // that the probes (each likely a cache miss in a table of a million names) overlap;
+        // a name with more labels carries on with the same backwards pass.
+        let suffixes = name.suffixes.get(..name.n).unwrap_or_default();
         self.table.prefetch(suffixes.iter().map(|&(_, hash)| hash));
         // Shortest first, the last acceptable hit kept: the longest one.
         let mut best: Option<(usize, LabelId)> = None;
@@ -297,6 +338,7 @@ impl DomainTrails {
         for &(start, hash) in suffixes {
             consider(start, hash);
         }
+        let (mut i, mut h) = name.rest;
         while i > 0 {
             i -= 1;
             h.push(qb[i]);
@@ -542,6 +584,89 @@ mod tests {
         }
         for q in ["nsa.x", "ns-1.x", "x.ns1.y", "mxx.x", "ns1"] {
             assert!(!is_ns_like(q.as_bytes()), "{q}");
+        }
+    }
+
+    /// The separate passes `Name::parse` replaced (normalise, then the onion search), as the
+    /// reference: (name, start of the `onion` label of the leftmost `.onion.`).
+    fn parse_reference(query: &str) -> Option<(String, Option<usize>)> {
+        let q = query.split(':').next().unwrap_or(query);
+        let q = q.strip_suffix('.').unwrap_or(q).as_bytes();
+        if q.is_empty() || q.len() > MAX_NAME || !q.iter().all(|&b| is_name_byte(b)) {
+            return None;
+        }
+        let out = q.to_ascii_lowercase();
+        if out.iter().all(|b| b.is_ascii_digit() || *b == b'.') {
+            return None;
+        }
+        let last_dot = out.iter().rposition(|&b| b == b'.')?;
+        if last_dot + 1 == out.len() {
+            return None;
+        }
+        let onion = memchr::memchr_iter(b'.', &out)
+            .find(|&i| {
+                out.get(i..)
+                    .is_some_and(|rest| rest.starts_with(b".onion."))
+            })
+            .map(|i| i + 1);
+        Some((String::from_utf8(out).ok()?, onion))
+    }
+
+    #[test]
+    fn parse_matches_the_reference() {
+        let long = format!("{}.com", "a.".repeat(130));
+        let names = [
+            "",
+            ".",
+            "..",
+            "a",
+            "a.",
+            "a..",
+            ".a",
+            "a.b",
+            "A.B.",
+            "a.b:53",
+            "a.b.:8080",
+            ":a.b",
+            "1.2.3.4",
+            "1.2.3.4.",
+            "1.2.3.a",
+            "a_b.c-d.e",
+            "a b.c",
+            "ü.com",
+            "a.b..",
+            "x.onion.to",
+            "a.onion.b.onion.c",
+            "onion.to",
+            "a.onion",
+            "a.ONION.to",
+            "a..onion.to",
+            "a.onion..to",
+            "b.xonion.to",
+            "a.b.c.d.e.f.g.h.i.j.k.l",
+            &long,
+        ];
+        for q in names {
+            let mut buf = [0u8; MAX_NAME];
+            let name = Name::parse(q, &mut buf);
+            if let Some(n) = &name {
+                // The shortest label suffixes, shortest first, with their table hashes.
+                let t = n.text.as_bytes();
+                let starts: Vec<usize> = (0..t.len())
+                    .rev()
+                    .filter(|&i| i == 0 || t[i - 1] == b'.')
+                    .take(PREFETCH_SUFFIXES)
+                    .collect();
+                let got: Vec<(usize, u64)> = n.suffixes[..n.n].to_vec();
+                let want: Vec<(usize, u64)> = starts
+                    .iter()
+                    .map(|&i| (i, KeyHasher::hash(&t[i..])))
+                    .collect();
+                assert_eq!(got, want, "{q:?}");
+                assert_eq!(n.rest.0, *starts.last().unwrap_or(&0), "{q:?}");
+            }
+            let got = name.map(|n| (n.text.to_owned(), n.onion));
+            assert_eq!(got, parse_reference(q), "{q:?}");
         }
     }
 }

@@ -1,0 +1,94 @@
+//! Runs clean frames of one kind through a live-configured [`Detector`] (full static tree,
+//! whitelist, ua.txt, heuristics as live), for instruction counts and profiles of the
+//! hand-off path: `perf stat -e instructions:u`, or valgrind's callgrind with
+//! `--toggle-collect='*run_frames*'`.
+//!
+//! `cargo run --release -p xtrail-detect --example handoff_profile -- KIND [FRAMES] [DATA]`,
+//! KIND one of tcp, udp, dns, http, tls; FRAMES (default 100,000) are run after one warm-up
+//! pass over the 4,096 distinct frames (as `benches/parse.rs` cycles them); DATA is the
+//! Maltrail data tree (default `../shared/data/maltrail` beside the workspace). Prints the
+//! events raised (0 for clean traffic) and the wall time per measured frame.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use xtrail_detect::heuristics::{HeuristicsConfig, UaPatterns};
+use xtrail_detect::packet::LINKTYPE_ETHERNET;
+use xtrail_detect::pipeline::{Detector, DetectorConfig, FloodConfig};
+use xtrail_detect::process::ProcessorConfig;
+use xtrail_detect::throttle::ThrottleConfig;
+use xtrail_detect::trails::{LoadOptions, TrailSet};
+use xtrail_detect::whitelist::Whitelist;
+
+#[path = "../tests/common/clean_traffic.rs"]
+mod clean_traffic;
+
+use clean_traffic::{CleanTraffic, KINDS};
+
+/// The warm-up pass (lazy regex compiles, table pages): not measured.
+#[inline(never)]
+fn warm_up(d: &mut Detector, frames: &[Vec<u8>], ts: &mut i64) -> u64 {
+    let mut n = 0u64;
+    for f in frames {
+        *ts += 10;
+        let _ = d.frame(*ts, LINKTYPE_ETHERNET, Some("eth0"), f, &mut |_e| n += 1);
+    }
+    n
+}
+
+/// The measured loop, kept out of line so that callgrind can toggle on it.
+#[inline(never)]
+fn run_frames(d: &mut Detector, frames: &[Vec<u8>], count: usize, ts: &mut i64) -> u64 {
+    let mut n = 0u64;
+    for i in 0..count {
+        *ts += 10;
+        let f = black_box(&frames[i % frames.len()]);
+        let _ = d.frame(*ts, LINKTYPE_ETHERNET, Some("eth0"), f, &mut |_e| n += 1);
+    }
+    n
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let kind_arg = args.next().unwrap_or_else(|| "dns".into());
+    let count: usize = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(100_000);
+    let data = args.next().map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/maltrail")
+    });
+    let kind = KINDS
+        .into_iter()
+        .find(|k| format!("{k:?}").eq_ignore_ascii_case(&kind_arg))
+        .ok_or_else(|| format!("unknown kind {kind_arg}"))?;
+    let trails = Arc::new(TrailSet::load(
+        &[data.join("trails-static")],
+        &LoadOptions::default(),
+    )?);
+    let whitelist = Arc::new(Whitelist::load(&data.join("data/whitelist.txt"))?);
+    let ua = Arc::new(UaPatterns::load(&data.join("data/ua.txt"))?);
+    let mut d = Detector::new(DetectorConfig {
+        trails: Arc::clone(&trails),
+        whitelist,
+        processor: ProcessorConfig::with_sensor("bench"),
+        heuristics: Some((HeuristicsConfig::live(), ua)),
+        throttle: Some(ThrottleConfig::default()),
+        flood: Some(FloodConfig::default()),
+        maltrail_syn_rules: true,
+    })?;
+    let mut traffic = CleanTraffic::new(11, &trails, 2_000, 20_000, 4_000);
+    let frames: Vec<Vec<u8>> = (0..4096).map(|_| traffic.frame(kind)).collect();
+    let mut ts = 1_790_000_000_000_000i64;
+    let warm = warm_up(&mut d, &frames, &mut ts);
+    let t0 = std::time::Instant::now();
+    let events = run_frames(&mut d, &frames, count, &mut ts);
+    let ns = t0.elapsed().as_nanos() as f64 / count.max(1) as f64;
+    println!(
+        "{kind:?}: {count} frames, {} events, {ns:.0} ns/frame",
+        warm + events
+    );
+    Ok(())
+}

@@ -18,6 +18,14 @@ const PROGRAM: &str = "xtrail_xdp";
 /// run by [`Sensor::flush_flows`]).
 const FLUSH_PROGRAM: &str = "xtrail_flush";
 
+/// The object's XDP program `name`.
+fn xdp_program<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut Xdp, LoadError> {
+    ebpf.program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?
+        .try_into()
+        .map_err(LoadError::Program)
+}
+
 /// How the program treats packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -257,18 +265,11 @@ impl Sensor {
             .with_prefilter([PrefilterHalf::Zero, PrefilterHalf::Zero]);
         let (verified, filled) = std::thread::scope(|s| {
             let verified = s.spawn(|| -> Result<std::time::Duration, LoadError> {
-                let program: &mut Xdp = ebpf
-                    .program_mut(PROGRAM)
-                    .ok_or(LoadError::MissingProgram(PROGRAM))?
-                    .try_into()
-                    .map_err(LoadError::Program)?;
-                program.load().map_err(LoadError::Program)?;
-                let flush: &mut Xdp = ebpf
-                    .program_mut(FLUSH_PROGRAM)
-                    .ok_or(LoadError::MissingProgram(FLUSH_PROGRAM))?
-                    .try_into()
-                    .map_err(LoadError::Program)?;
-                flush.load().map_err(LoadError::Program)?;
+                for name in [PROGRAM, FLUSH_PROGRAM] {
+                    xdp_program(&mut ebpf, name)?
+                        .load()
+                        .map_err(LoadError::Program)?;
+                }
                 crate::startup::mark("program_verified");
                 crate::startup::thread_cpu("verifier");
                 Ok(started.elapsed())
@@ -371,11 +372,7 @@ impl Sensor {
     }
 
     fn program(&mut self) -> Result<&mut Xdp, LoadError> {
-        self.ebpf
-            .program_mut(PROGRAM)
-            .ok_or(LoadError::MissingProgram(PROGRAM))?
-            .try_into()
-            .map_err(LoadError::Program)
+        xdp_program(&mut self.ebpf, PROGRAM)
     }
 
     /// Attaches to `iface`; in [`AttachMode::Auto`], driver mode first, then generic mode
@@ -542,12 +539,7 @@ impl Sensor {
         if cpus.is_empty() {
             return Ok(0);
         }
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(FLUSH_PROGRAM)
-            .ok_or(LoadError::MissingProgram(FLUSH_PROGRAM))?
-            .try_into()
-            .map_err(LoadError::Program)?;
+        let program = xdp_program(&mut self.ebpf, FLUSH_PROGRAM)?;
         let frame = [0u8; 14];
         // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity writes at most
         // its size into it.

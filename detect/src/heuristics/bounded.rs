@@ -319,8 +319,9 @@ impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
     }
 
     /// [`PackedMap::get_or_insert`] of the key whose [`CompactKey::compact`] is `Some(c)`,
-    /// for a caller that packs the key itself without building it.
-    pub fn get_or_insert_packed(&mut self, c: E::Key) -> &mut E::Value {
+    /// for a caller that packs the key itself without building it (`c` must be what
+    /// `compact()` gives for that key, or the key would be held twice).
+    pub(crate) fn get_or_insert_packed(&mut self, c: E::Key) -> &mut E::Value {
         self.packed_entry(c)
     }
 

@@ -379,6 +379,7 @@ mod tests {
     fn packed_flow_table_is_a_bounded_map() {
         // The same pairs through the packed table and a BoundedMap, IPv4 and IPv6 mixed: the
         // same values, the same count and evictions after every step.
+        assert_eq!(std::mem::size_of::<FlowEntry>(), 16);
         use super::super::bounded::BoundedMap;
         let v4 = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(i.wrapping_mul(0x9e37_79b9)));
         let v6 = |i: u32| IpAddr::from(std::net::Ipv6Addr::from(u128::from(i) << 64));

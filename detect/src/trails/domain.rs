@@ -137,7 +137,7 @@ struct Name<'b> {
     /// Where the pass stopped recording (the start of the last recorded suffix) and the
     /// hasher state there: a name with more labels carries on from it.
     rest: (usize, KeyHasher),
-    /// Start of the leftmost `onion` label that has a label on each side.
+    /// Start of the leftmost `onion` label with a dot on each side.
     onion: Option<usize>,
 }
 

@@ -239,9 +239,15 @@ fn live(pair: &VethPair, pcap: &Path, trails: &Path, log: &Path, extra: &[&str])
     args.extend_from_slice(extra);
     let watched = common::start_sensor(pair, trails, log, "diff", &args);
     let xdebug = format!("--intf1={}", pair.peer_if);
+    // One CPU sends the whole pcap, and so receives it (veth runs the receive path on the
+    // sending CPU): the kernel batches flow starts per CPU, so packets spread over CPUs reach
+    // the scan heuristics in batch order, not packet order (README, scan heuristics), and a
+    // scan event could name another port than the replay's.
+    // SAFETY: sched_getcpu(3) takes no arguments and only returns a number.
+    let cpu = unsafe { libc::sched_getcpu() }.max(0).to_string();
     let out = pair
-        .in_peer_ns("tcpreplay")
-        .args(["-q", &xdebug])
+        .in_peer_ns("taskset")
+        .args(["-c", &cpu, "tcpreplay", "-q", &xdebug])
         .arg(pcap)
         .output()
         .expect("tcpreplay (Debian package tcpreplay; `cargo xtask deps` installs it)");

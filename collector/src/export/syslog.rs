@@ -11,7 +11,11 @@
 //! - UDP: one datagram per message, no acknowledgement (a batch counts as sent when the
 //!   kernel took it). TCP/TLS: a batch counts as sent when the receiving host's TCP has
 //!   acknowledged every byte of it (the socket's send queue is empty, `TIOCOUTQ`); a broken
-//!   connection is reopened and the whole batch sent again.
+//!   connection is reopened and the whole batch sent again. A connection the receiver
+//!   closed is noticed before writing (TCP: end of stream; TLS: close or end of stream), and
+//!   one it resets while bytes wait for acknowledgement fails the batch at once (the kernel
+//!   never drains the unacknowledged count of a reset socket, so waiting on it alone would
+//!   hang until [`WRITE_TIMEOUT`]).
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
@@ -20,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls;
@@ -36,7 +40,8 @@ use crate::metrics::inc;
 /// 8 KiB).
 pub const DEFAULT_MAX_MESSAGE: usize = 8192;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a batch to be written and acknowledged by the receiver's TCP.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Transport.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -379,6 +384,18 @@ impl SyslogSink {
                 Err(_) => self.conn = None,
             }
         }
+        // Same for TLS, through rustls (the socket may hold post-handshake messages such as
+        // TLS 1.3 session tickets, which rustls consumes): polled once, never waited on.
+        if let Some(Conn::Tls(s)) = &mut self.conn {
+            let mut probe = [0u8; 1];
+            if tokio::time::timeout(Duration::ZERO, s.read(&mut probe))
+                .await
+                .is_ok()
+            {
+                // close_notify, end of stream, an error, or data a receiver never sends
+                self.conn = None;
+            }
+        }
         if self.conn.is_none() {
             self.conn = Some(self.connect().await?);
         }
@@ -413,7 +430,9 @@ impl SyslogSink {
 }
 
 /// Waits until the peer's TCP acknowledged everything written to `fd` (Linux `TIOCOUTQ`:
-/// bytes not yet acknowledged).
+/// bytes not yet acknowledged). Fails at once when the connection is reset or closed
+/// (`SO_ERROR` set, or state `TCP_CLOSE`): the unacknowledged count of such a socket never
+/// drops to zero.
 async fn wait_acknowledged(fd: std::os::fd::RawFd) -> Result<(), SinkError> {
     let started = Instant::now();
     let mut pause = Duration::from_micros(200);
@@ -427,6 +446,11 @@ async fn wait_acknowledged(fd: std::os::fd::RawFd) -> Result<(), SinkError> {
         if unacked == 0 {
             return Ok(());
         }
+        if let Some(e) = connection_broken(fd)? {
+            return Err(SinkError(format!(
+                "connection lost with {unacked} bytes not acknowledged by the receiver: {e}"
+            )));
+        }
         if started.elapsed() > WRITE_TIMEOUT {
             return Err(SinkError(format!(
                 "{unacked} bytes not acknowledged by the receiver after {}s",
@@ -436,6 +460,52 @@ async fn wait_acknowledged(fd: std::os::fd::RawFd) -> Result<(), SinkError> {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(50));
     }
+}
+
+/// Why the TCP connection of `fd` can no longer deliver (a pending socket error, or the
+/// `TCP_CLOSE` state a reset leaves), or `None` while it is open.
+fn connection_broken(fd: std::os::fd::RawFd) -> Result<Option<std::io::Error>, SinkError> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: fd is an open socket owned by the caller; SO_ERROR writes one c_int and `len`
+    // holds its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    if err != 0 {
+        return Ok(Some(std::io::Error::from_raw_os_error(err)));
+    }
+    // SAFETY: tcp_info is plain integers; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: fd is an open TCP socket owned by the caller; TCP_INFO writes at most `len`
+    // bytes into `info`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // TCP_CLOSE is 7 in the kernel's enum (include/net/tcp_states.h).
+    const TCP_CLOSE: u8 = 7;
+    Ok((info.tcpi_state == TCP_CLOSE).then(|| {
+        std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection closed")
+    }))
 }
 
 impl Sink for SyslogSink {

@@ -15,7 +15,7 @@
 //!   closed is noticed before writing (TCP: end of stream; TLS: close or end of stream), and
 //!   one it resets while bytes wait for acknowledgement fails the batch at once (the kernel
 //!   never drains the unacknowledged count of a reset socket, so waiting on it alone would
-//!   hang until [`WRITE_TIMEOUT`]).
+//!   hang for the whole 30 s write timeout).
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
@@ -41,7 +41,7 @@ use crate::metrics::inc;
 pub const DEFAULT_MAX_MESSAGE: usize = 8192;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a batch to be written and acknowledged by the receiver's TCP.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Transport.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -503,9 +503,8 @@ fn connection_broken(fd: std::os::fd::RawFd) -> Result<Option<std::io::Error>, S
     }
     // TCP_CLOSE is 7 in the kernel's enum (include/net/tcp_states.h).
     const TCP_CLOSE: u8 = 7;
-    Ok((info.tcpi_state == TCP_CLOSE).then(|| {
-        std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection closed")
-    }))
+    Ok((info.tcpi_state == TCP_CLOSE)
+        .then(|| std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection closed")))
 }
 
 impl Sink for SyslogSink {
@@ -602,6 +601,27 @@ mod tests {
         big.info = "x".repeat(1000);
         let (m, cut) = c.message(&big);
         assert!(cut && m.len() == 480);
+    }
+
+    /// A receiver that is gone when a batch is written (its kernel answers with a reset)
+    /// fails the wait for acknowledgement at once instead of after WRITE_TIMEOUT.
+    #[tokio::test]
+    async fn a_reset_connection_fails_the_acknowledgement_wait() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (peer, _) = l.accept().unwrap();
+        drop(peer);
+        std::thread::sleep(Duration::from_millis(100));
+        std::io::Write::write_all(&mut c, &[b'x'; 300]).unwrap();
+        let r = tokio::time::timeout(WRITE_TIMEOUT / 2, wait_acknowledged(c.as_raw_fd()))
+            .await
+            .expect("noticed before the write timeout");
+        assert!(r.is_err());
+        // An open connection is acknowledged.
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_peer, _) = l.accept().unwrap();
+        std::io::Write::write_all(&mut c, &[b'x'; 300]).unwrap();
+        assert!(wait_acknowledged(c.as_raw_fd()).await.is_ok());
     }
 
     #[test]

@@ -185,7 +185,12 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 /// record occupies (ring header included).
 #[inline(always)]
 fn wakeup_flags(ring: &RingBuf, shift: u32, record: u64) -> u64 {
-    let avail = ring.query(BPF_RB_AVAIL_DATA);
+    crossing_flags(ring.query(BPF_RB_AVAIL_DATA), shift, record)
+}
+
+/// The rule of [`wakeup_flags`] for pending bytes `avail` that include this record's.
+#[inline(always)]
+fn crossing_flags(avail: u64, shift: u32, record: u64) -> u64 {
     if avail >> shift != avail.saturating_sub(record) >> shift {
         BPF_RB_FORCE_WAKEUP
     } else {
@@ -507,15 +512,14 @@ fn send_flows(batch: &mut FlowBatch, cfg: &Config) {
     let n = (batch.len.wrapping_sub(1) & (FLOW_BATCH as u32 - 1)) + 1;
     batch.len = 0;
     let size = u64::from(n) * core::mem::size_of::<FlowRecord>() as u64;
-    // The wake-up rule of `wakeup_flags`, from the pending bytes before this record.
-    let shift = wake_shift(cfg, wake::FLOWS);
-    let before = FLOWS.query(BPF_RB_AVAIL_DATA);
-    let after = before + ((8 + size + 7) & !7);
-    let flags = if before >> shift != after >> shift {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
+    // The wake-up rule of `wakeup_flags`; `output` reserves after this query, so the
+    // record's bytes are added to what is pending.
+    let record = (8 + size + 7) & !7;
+    let flags = crossing_flags(
+        FLOWS.query(BPF_RB_AVAIL_DATA) + record,
+        wake_shift(cfg, wake::FLOWS),
+        record,
+    );
     // SAFETY: `n` records of the batch, all written (`len` counted them).
     let records = unsafe { core::slice::from_raw_parts(batch.records.as_ptr(), n as usize) };
     if FLOWS.output::<[FlowRecord]>(records, flags).is_err() {

@@ -226,9 +226,8 @@ pub fn take_flow_batches(map: &mut Map) -> Result<Vec<FlowRecord>, FlowBatchErro
     Ok(out)
 }
 
-/// `BPF_MAP_CREATE`, `BPF_MAP_UPDATE_ELEM` command numbers and the map types used below.
+/// `BPF_MAP_CREATE` command number and the map types used below.
 const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
 
@@ -245,31 +244,8 @@ struct MapCreateAttr {
     _rest: [u64; 12],
 }
 
-/// `union bpf_attr` for `BPF_MAP_UPDATE_ELEM`.
-#[repr(C)]
-#[derive(Default)]
-struct MapElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-    _rest: [u64; 8],
-}
-
-fn bpf(cmd: libc::c_long, attr: *const u8, size: usize) -> std::io::Result<libc::c_long> {
-    // SAFETY: `attr` points to a `size`-byte, fully initialized bpf_attr prefix the kernel
-    // only reads for these commands.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size as libc::c_uint) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
 fn map_create(map_type: u32, inner_map_fd: u32) -> std::io::Result<std::os::fd::OwnedFd> {
-    let attr = MapCreateAttr {
+    let mut attr = MapCreateAttr {
         map_type,
         key_size: 4,
         value_size: 4,
@@ -277,11 +253,7 @@ fn map_create(map_type: u32, inner_map_fd: u32) -> std::io::Result<std::os::fd::
         inner_map_fd,
         ..MapCreateAttr::default()
     };
-    let fd = bpf(
-        BPF_MAP_CREATE,
-        (&attr as *const MapCreateAttr).cast(),
-        std::mem::size_of::<MapCreateAttr>(),
-    )?;
+    let fd = crate::trail_maps::bpf_ret(BPF_MAP_CREATE, &mut attr)?;
     // SAFETY: BPF_MAP_CREATE returned a new file descriptor this process owns.
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as RawFd) })
 }
@@ -296,18 +268,5 @@ fn map_create(map_type: u32, inner_map_fd: u32) -> std::io::Result<std::os::fd::
 pub fn wait_for_running_programs() -> std::io::Result<()> {
     let inner = map_create(BPF_MAP_TYPE_ARRAY, 0)?;
     let outer = map_create(BPF_MAP_TYPE_ARRAY_OF_MAPS, inner.as_raw_fd() as u32)?;
-    let key = 0u32;
-    let value = inner.as_raw_fd() as u32;
-    let attr = MapElemAttr {
-        map_fd: outer.as_raw_fd() as u32,
-        key: &key as *const u32 as u64,
-        value: &value as *const u32 as u64,
-        ..MapElemAttr::default()
-    };
-    bpf(
-        BPF_MAP_UPDATE_ELEM,
-        (&attr as *const MapElemAttr).cast(),
-        std::mem::size_of::<MapElemAttr>(),
-    )?;
-    Ok(())
+    crate::trail_maps::update_elem_fd(outer.as_raw_fd(), &0u32, &(inner.as_raw_fd() as u32))
 }

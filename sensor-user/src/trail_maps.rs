@@ -266,6 +266,11 @@ struct BatchAttr {
 
 /// `bpf(cmd, attr)`.
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<()> {
+    bpf_ret(cmd, attr).map(drop)
+}
+
+/// `bpf(cmd, attr)` and what it returns (a new file descriptor for `BPF_MAP_CREATE`).
+pub(crate) fn bpf_ret<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid, initialised bpf_attr prefix for `cmd` whose pointers (set
     // by the callers) point at buffers that outlive the call and are as large as the map's
     // key and value sizes times the count.
@@ -280,7 +285,7 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<()> {
     if rc < 0 {
         Err(std::io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(rc)
     }
 }
 
@@ -315,14 +320,19 @@ fn update_batch<K, V>(map: &MapFd, keys: &[K], values: &[V]) -> Result<(), Trail
 }
 
 fn update_elem<K, V>(map: &MapFd, key: &K, value: &V) -> Result<(), TrailMapError> {
+    update_elem_fd(map.raw(), key, value).map_err(syscall_err("BPF_MAP_UPDATE_ELEM", map))
+}
+
+/// `BPF_MAP_UPDATE_ELEM` of `key -> value` on the map behind `fd`.
+pub(crate) fn update_elem_fd<K, V>(fd: RawFd, key: &K, value: &V) -> std::io::Result<()> {
     let mut attr = ElemAttr {
-        map_fd: map.raw() as u32,
+        map_fd: fd as u32,
         _pad: 0,
         key: key as *const K as u64,
         value: value as *const V as u64,
         flags: 0,
     };
-    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map_err(syscall_err("BPF_MAP_UPDATE_ELEM", map))
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
 }
 
 /// Whether a batch call failed because the map type has no batch operations.

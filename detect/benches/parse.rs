@@ -23,17 +23,18 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use xtrail_detect::heuristics::{HeuristicsConfig, MaltrailHeuristics, UaPatterns};
 use xtrail_detect::packet::LINKTYPE_ETHERNET;
 use xtrail_detect::pcap;
-use xtrail_detect::pipeline::{Detector, DetectorConfig, FloodConfig};
 use xtrail_detect::process::{Processor, ProcessorConfig};
 use xtrail_detect::protocols::{dns, http, tls};
-use xtrail_detect::throttle::ThrottleConfig;
-use xtrail_detect::trails::{LoadOptions, TrailSet};
+use xtrail_detect::trails::TrailSet;
 use xtrail_detect::whitelist::Whitelist;
 
 #[path = "../tests/common/clean_traffic.rs"]
 mod clean_traffic;
+#[path = "../tests/common/live_detector.rs"]
+mod live_detector;
 
 use clean_traffic::{CleanTraffic, KINDS};
+use live_detector::detector;
 
 fn dns_query(name: &str) -> Vec<u8> {
     xtrail_detect::protocols::dns::query_message(0x1234, name, 1)
@@ -58,20 +59,9 @@ fn parsers(c: &mut Criterion) {
 
 fn pipeline(c: &mut Criterion) {
     let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/maltrail");
-    if !data.join("trails-static").is_dir() {
-        eprintln!("skipping pipeline benchmarks: no {}", data.display());
+    let Some((trails, whitelist, ua)) = live_detector::shared(&data) else {
         return;
-    }
-    let trails = match TrailSet::load(&[data.join("trails-static")], &LoadOptions::default()) {
-        Ok(t) => Arc::new(t),
-        Err(e) => {
-            eprintln!("skipping pipeline benchmarks: {e}");
-            return;
-        }
     };
-    let whitelist = Arc::new(
-        Whitelist::load(&data.join("data/whitelist.txt")).unwrap_or_else(|_| Whitelist::empty()),
-    );
     // Every frame of the corpus (DNS, HTTP, TLS, scans, plain TCP/UDP/ICMP).
     let mut frames: Vec<(u32, Vec<u8>)> = Vec::new();
     if let Ok(dir) = std::fs::read_dir(data.join("corpus")) {
@@ -95,10 +85,11 @@ fn pipeline(c: &mut Criterion) {
             ProcessorConfig::default(),
         );
         if heur {
-            let ua = Arc::new(UaPatterns::load(&data.join("data/ua.txt")).unwrap_or_default());
-            if let Ok(h) =
-                MaltrailHeuristics::new(HeuristicsConfig::live(), Arc::clone(&whitelist), ua)
-            {
+            if let Ok(h) = MaltrailHeuristics::new(
+                HeuristicsConfig::live(),
+                Arc::clone(&whitelist),
+                Arc::clone(&ua),
+            ) {
                 p.set_heuristics(Box::new(h));
             }
         }
@@ -119,38 +110,9 @@ fn pipeline(c: &mut Criterion) {
 
 /// The full static tree, its whitelist and ua.txt, or `None` (with a message).
 fn shared() -> Option<(Arc<TrailSet>, Arc<Whitelist>, Arc<UaPatterns>)> {
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/maltrail");
-    let trails = match TrailSet::load(&[data.join("trails-static")], &LoadOptions::default()) {
-        Ok(t) => Arc::new(t),
-        Err(e) => {
-            eprintln!("skipping: no static tree at {}: {e}", data.display());
-            return None;
-        }
-    };
-    let whitelist = Arc::new(
-        Whitelist::load(&data.join("data/whitelist.txt")).unwrap_or_else(|_| Whitelist::empty()),
-    );
-    let ua = Arc::new(UaPatterns::load(&data.join("data/ua.txt")).unwrap_or_default());
-    Some((trails, whitelist, ua))
-}
-
-fn detector(
-    trails: &Arc<TrailSet>,
-    whitelist: &Arc<Whitelist>,
-    ua: &Arc<UaPatterns>,
-    heuristics: HeuristicsConfig,
-) -> Option<Detector> {
-    Detector::new(DetectorConfig {
-        trails: Arc::clone(trails),
-        whitelist: Arc::clone(whitelist),
-        processor: ProcessorConfig::with_sensor("bench"),
-        heuristics: Some((heuristics, Arc::clone(ua))),
-        throttle: Some(ThrottleConfig::default()),
-        flood: Some(FloodConfig::default()),
-        maltrail_syn_rules: true,
-    })
-    .map_err(|e| eprintln!("skipping: {e}"))
-    .ok()
+    live_detector::shared(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/maltrail"),
+    )
 }
 
 fn handoff_and_replay(c: &mut Criterion) {

@@ -11,18 +11,15 @@
 
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use xtrail_detect::heuristics::{HeuristicsConfig, UaPatterns};
+use xtrail_detect::heuristics::HeuristicsConfig;
 use xtrail_detect::packet::LINKTYPE_ETHERNET;
-use xtrail_detect::pipeline::{Detector, DetectorConfig, FloodConfig};
-use xtrail_detect::process::ProcessorConfig;
-use xtrail_detect::throttle::ThrottleConfig;
-use xtrail_detect::trails::{LoadOptions, TrailSet};
-use xtrail_detect::whitelist::Whitelist;
+use xtrail_detect::pipeline::Detector;
 
 #[path = "../tests/common/clean_traffic.rs"]
 mod clean_traffic;
+#[path = "../tests/common/live_detector.rs"]
+mod live_detector;
 
 use clean_traffic::{CleanTraffic, KINDS};
 
@@ -64,21 +61,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .into_iter()
         .find(|k| format!("{k:?}").eq_ignore_ascii_case(&kind_arg))
         .ok_or_else(|| format!("unknown kind {kind_arg}"))?;
-    let trails = Arc::new(TrailSet::load(
-        &[data.join("trails-static")],
-        &LoadOptions::default(),
-    )?);
-    let whitelist = Arc::new(Whitelist::load(&data.join("data/whitelist.txt"))?);
-    let ua = Arc::new(UaPatterns::load(&data.join("data/ua.txt"))?);
-    let mut d = Detector::new(DetectorConfig {
-        trails: Arc::clone(&trails),
-        whitelist,
-        processor: ProcessorConfig::with_sensor("bench"),
-        heuristics: Some((HeuristicsConfig::live(), ua)),
-        throttle: Some(ThrottleConfig::default()),
-        flood: Some(FloodConfig::default()),
-        maltrail_syn_rules: true,
-    })?;
+    let Some((trails, whitelist, ua)) = live_detector::shared(&data) else {
+        return Err("no Maltrail data".into());
+    };
+    let mut d = live_detector::detector(&trails, &whitelist, &ua, HeuristicsConfig::live())
+        .ok_or("no detector")?;
     let mut traffic = CleanTraffic::new(11, &trails, 2_000, 20_000, 4_000);
     let frames: Vec<Vec<u8>> = (0..4096).map(|_| traffic.frame(kind)).collect();
     let mut ts = 1_790_000_000_000_000i64;

@@ -564,8 +564,8 @@ impl Sensor {
                 libc::CPU_SET(cpu, &mut set);
                 libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
             };
-            // Not allowed here (offline, outside the cpuset): nothing runs there either, its
-            // batch waits for detach.
+            // Not allowed here (offline, or outside the sensor's CPU affinity: packets are
+            // still processed there): its batch waits for that CPU's next frame or detach.
             if !pinned {
                 continue;
             }

@@ -465,46 +465,38 @@ async fn wait_acknowledged(fd: std::os::fd::RawFd) -> Result<(), SinkError> {
 /// Why the TCP connection of `fd` can no longer deliver (a pending socket error, or the
 /// `TCP_CLOSE` state a reset leaves), or `None` while it is open.
 fn connection_broken(fd: std::os::fd::RawFd) -> Result<Option<std::io::Error>, SinkError> {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: fd is an open socket owned by the caller; SO_ERROR writes one c_int and `len`
-    // holds its size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
+    // SAFETY: SO_ERROR is one c_int.
+    let err: libc::c_int = unsafe { sockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR)? };
     if err != 0 {
         return Ok(Some(std::io::Error::from_raw_os_error(err)));
     }
-    // SAFETY: tcp_info is plain integers; all zeroes is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: fd is an open TCP socket owned by the caller; TCP_INFO writes at most `len`
-    // bytes into `info`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
+    // SAFETY: TCP_INFO is a tcp_info, plain integers.
+    let info: libc::tcp_info = unsafe { sockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO)? };
     // TCP_CLOSE is 7 in the kernel's enum (include/net/tcp_states.h).
     const TCP_CLOSE: u8 = 7;
     Ok((info.tcpi_state == TCP_CLOSE)
         .then(|| std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection closed")))
+}
+
+/// `getsockopt(fd, level, name)` into a `T`.
+///
+/// # Safety
+/// `T` must be the option's type, valid when all zeroes.
+unsafe fn sockopt<T>(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> Result<T, SinkError> {
+    // SAFETY: the caller guarantees all zeroes is a valid T.
+    let mut value: T = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: fd is an open socket owned by the caller; the kernel writes at most `len`
+    // bytes into `value`.
+    let rc = unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut T).cast(), &mut len) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(value)
 }
 
 impl Sink for SyslogSink {

@@ -1,7 +1,7 @@
-//! Map filling helpers: batched updates (`BPF_MAP_UPDATE_BATCH` through the raw `bpf(2)`
-//! syscall; aya has no batch API), the HTTP port bitmap, and the IPv4 prefilter's blocks (a
-//! 2^24-bit bitmap with one bit per /24 that holds any IPv4 trail, so clean traffic skips
-//! every hash and trie lookup). The trail maps themselves are filled by
+//! Map filling helpers: the HTTP port bitmap (one batched update through
+//! [`crate::trail_maps`]' `bpf(2)` wrapper; aya has no batch API) and the IPv4 prefilter's
+//! blocks (a 2^24-bit bitmap with one bit per /24 that holds any IPv4 trail, so clean
+//! traffic skips every hash and trie lookup). The trail maps themselves are filled by
 //! [`crate::trail_maps`], which also swaps them on a reload.
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -12,11 +12,6 @@ use xtrail_common::{
     maps as names, FlowBatch, FlowRecord, FLOW_BATCH, HTTP_PORT_WORDS, PREFILTER_WORDS,
 };
 use xtrail_detect::trails::{iptable, IpTrails};
-
-/// `BPF_MAP_UPDATE_BATCH` command number.
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-/// Elements per batch syscall.
-const BATCH: usize = 16_384;
 
 /// Map filling failures.
 #[derive(Debug, thiserror::Error)]
@@ -69,63 +64,6 @@ fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, FillE
         ) => Ok(d),
         _ => Err(FillError::MissingMap(name)),
     }
-}
-
-#[repr(C)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// Writes `keys[i] -> values[i]` into the map behind `fd` in batches.
-fn update_batch<K, V>(
-    fd: RawFd,
-    map: &'static str,
-    keys: &[K],
-    values: &[V],
-) -> Result<(), FillError> {
-    debug_assert_eq!(keys.len(), values.len());
-    let total = keys.len();
-    let mut done = 0;
-    while done < total {
-        let n = BATCH.min(total - done);
-        let mut attr = BatchAttr {
-            in_batch: 0,
-            out_batch: 0,
-            keys: keys[done..].as_ptr() as u64,
-            values: values[done..].as_ptr() as u64,
-            count: n as u32,
-            map_fd: fd as u32,
-            elem_flags: 0,
-            flags: 0,
-        };
-        // SAFETY: attr points at `n` valid keys and values that outlive the call; the kernel
-        // only reads them and writes back `count`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(FillError::Batch {
-                map,
-                done: done + attr.count as usize,
-                total,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        done += n;
-    }
-    Ok(())
 }
 
 /// Map sizes for a trail set: every map needs at least one entry, and a little headroom.
@@ -184,7 +122,14 @@ pub fn fill_http_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), FillError> 
     }
     let indexes: Vec<u32> = (0..HTTP_PORT_WORDS).collect();
     let fd = map_data(ebpf, names::HTTP_PORTS)?.fd().as_fd().as_raw_fd();
-    update_batch(fd, names::HTTP_PORTS, &indexes, &words)
+    crate::trail_maps::update_batch_fd(fd, &indexes, &words).map_err(|(done, source)| {
+        FillError::Batch {
+            map: names::HTTP_PORTS,
+            done,
+            total: indexes.len(),
+            source,
+        }
+    })
 }
 
 /// Reads one value of an array map (used by tests and `stats`).

@@ -300,6 +300,18 @@ fn syscall_err(op: &'static str, map: &MapFd) -> impl FnOnce(std::io::Error) -> 
 
 /// Writes `keys[i] -> values[i]` in batches.
 fn update_batch<K, V>(map: &MapFd, keys: &[K], values: &[V]) -> Result<(), TrailMapError> {
+    update_batch_fd(map.raw(), keys, values)
+        .map_err(|(_, e)| syscall_err("BPF_MAP_UPDATE_BATCH", map)(e))
+}
+
+/// `BPF_MAP_UPDATE_BATCH` of `keys[i] -> values[i]` on the map behind `fd`, in batches; on
+/// failure, how many entries went in before it and the error.
+pub(crate) fn update_batch_fd<K, V>(
+    fd: RawFd,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), (usize, std::io::Error)> {
+    debug_assert_eq!(keys.len(), values.len());
     let mut done = 0;
     while done < keys.len() {
         let n = BATCH.min(keys.len() - done);
@@ -309,11 +321,11 @@ fn update_batch<K, V>(map: &MapFd, keys: &[K], values: &[V]) -> Result<(), Trail
             keys: keys[done..].as_ptr() as u64,
             values: values[done..].as_ptr() as u64,
             count: n as u32,
-            map_fd: map.raw() as u32,
+            map_fd: fd as u32,
             elem_flags: 0,
             flags: 0,
         };
-        bpf(BPF_MAP_UPDATE_BATCH, &mut attr).map_err(syscall_err("BPF_MAP_UPDATE_BATCH", map))?;
+        bpf(BPF_MAP_UPDATE_BATCH, &mut attr).map_err(|e| (done + attr.count as usize, e))?;
         done += n;
     }
     Ok(())

@@ -482,14 +482,9 @@ impl Sensor {
             .ebpf
             .map(names::STATS)
             .ok_or(LoadError::MissingMap(names::STATS))?;
-        let array: PerCpuArray<&MapData, u64> =
+        let array: PerCpuArray<&MapData, xtrail_common::PerCpuStats> =
             PerCpuArray::try_from(map).map_err(LoadError::Config)?;
-        let mut out = Counters::default();
-        for (i, slot) in out.0.iter_mut().enumerate() {
-            let values = array.get(&(i as u32), 0).map_err(LoadError::Config)?;
-            *slot = values.iter().sum();
-        }
-        Ok(out)
+        Counters::read(&array).map_err(LoadError::Config)
     }
 
     /// How often the program ran and for how long in total, as the kernel counts it

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use aya::maps::{MapData, PerCpuArray};
-use xtrail_common::stat;
+use xtrail_common::{stat, PerCpuStats};
 
 /// Counter totals, indexed like `xtrail_common::stat`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -11,13 +11,23 @@ pub struct Counters(pub [u64; stat::COUNT as usize]);
 
 impl Counters {
     /// Reads and sums the per-CPU values of the `STATS` map.
-    pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<Counters, aya::maps::MapError> {
+    pub fn read<T: std::borrow::Borrow<MapData>>(
+        map: &PerCpuArray<T, PerCpuStats>,
+    ) -> Result<Counters, aya::maps::MapError> {
+        Ok(Counters::sum(map.get(&0, 0)?.iter()))
+    }
+
+    /// The sums over CPUs of their counters.
+    fn sum<'a>(cpus: impl Iterator<Item = &'a PerCpuStats>) -> Counters {
         let mut out = [0u64; stat::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let values = map.get(&(i as u32), 0)?;
-            *slot = values.iter().sum();
+        for cpu in cpus {
+            for (slot, v) in out.iter_mut().zip(cpu.counters.iter()) {
+                // Wrapping, as the program adds (it takes `flow_starts` back out with a
+                // negative count when a batch is refused).
+                *slot = slot.wrapping_add(*v);
+            }
         }
-        Ok(Counters(out))
+        Counters(out)
     }
 
     /// The value of one counter.
@@ -55,12 +65,12 @@ impl fmt::Display for Counters {
 }
 
 /// Finds the `STATS` maps of running xtrail sensors among the kernel's loaded maps.
-pub fn find_running() -> Vec<(u32, PerCpuArray<MapData, u64>)> {
+pub fn find_running() -> Vec<(u32, PerCpuArray<MapData, PerCpuStats>)> {
     let mut found = Vec::new();
     for info in aya::maps::loaded_maps().flatten() {
         let is_stats = info.name_as_str() == Some(xtrail_common::maps::STATS)
-            && info.max_entries() == stat::COUNT
-            && info.value_size() == 8
+            && info.max_entries() == 1
+            && info.value_size() as usize == std::mem::size_of::<PerCpuStats>()
             && info.key_size() == 4;
         if !is_stats {
             continue;
@@ -73,4 +83,28 @@ pub fn find_running() -> Vec<(u32, PerCpuArray<MapData, u64>)> {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_each_counter_over_cpus() {
+        let mut a = PerCpuStats {
+            counters: [0; stat::COUNT as usize],
+        };
+        let mut b = a;
+        a.counters[stat::PACKETS as usize] = 3;
+        b.counters[stat::PACKETS as usize] = 4;
+        // A counter that wrapped below zero on one CPU (the program adds with wrapping) still
+        // sums right.
+        a.counters[stat::FLOW_STARTS as usize] = 16;
+        b.counters[stat::FLOW_STARTS as usize] = 5u64.wrapping_neg();
+        let c = Counters::sum([a, b].iter());
+        assert_eq!(c.get(stat::PACKETS), 7);
+        assert_eq!(c.get(stat::FLOW_STARTS), 11);
+        assert_eq!(c.get(stat::BYTES), 0);
+        assert_eq!(c.pairs().count(), stat::COUNT as usize);
+    }
 }

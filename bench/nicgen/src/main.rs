@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use aya::programs::ProgramInfo;
 use clap::{Parser, Subcommand};
-use xtrail_common::{stat, Config};
+use xtrail_common::{stat, Config, PerCpuStats};
 use xtrail_nicgen::{map_read_cost, read_pcap, templates, test_run, Generator};
 
 #[derive(Parser)]
@@ -163,8 +163,15 @@ fn map_of(info: &ProgramInfo, name: &str) -> anyhow::Result<MapData> {
     anyhow::bail!("program {} has no map {name}", info.id())
 }
 
-fn stat_sum(stats: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
-    stats.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+fn stat_sum(stats: &PerCpuArray<MapData, PerCpuStats>, index: u32) -> u64 {
+    stats
+        .get(&0, 0)
+        .map(|v| {
+            v.iter()
+                .map(|c| c.counters[index as usize])
+                .fold(0u64, u64::wrapping_add)
+        })
+        .unwrap_or(0)
 }
 
 fn xdp_cost(
@@ -181,7 +188,7 @@ fn xdp_cost(
         .with_context(|| format!("no loaded program with id {prog_id}"))?;
     let fd = info.fd()?;
     let mut config: Array<MapData, Config> = Array::try_from(Map::Array(map_of(&info, "CONFIG")?))?;
-    let stats: PerCpuArray<MapData, u64> =
+    let stats: PerCpuArray<MapData, PerCpuStats> =
         PerCpuArray::try_from(Map::PerCpuArray(map_of(&info, "STATS")?))?;
     let mut out = Vec::new();
     for (i, frame) in frames.iter().enumerate() {

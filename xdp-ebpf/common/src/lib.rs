@@ -274,7 +274,16 @@ pub mod wake {
     }
 }
 
-/// Indexes of the per-CPU counters in the `STATS` array.
+/// The value of the per-CPU `STATS` array's one element: every counter of a CPU, indexed by
+/// [`stat`]. One element, not one per counter: the XDP program looks it up once per packet
+/// and increments the counters in place (a clean packet made four lookups, one per counter).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PerCpuStats {
+    pub counters: [u64; stat::COUNT as usize],
+}
+
+/// Indexes of the per-CPU counters in [`PerCpuStats::counters`] (the `STATS` map's value).
 pub mod stat {
     pub const PACKETS: u32 = 0;
     pub const BYTES: u32 = 1;
@@ -603,6 +612,7 @@ mod pod {
     unsafe impl<const N: usize> aya::Pod for PayloadRecord<N> {}
     unsafe impl aya::Pod for FlowRecord {}
     unsafe impl aya::Pod for FlowBatch {}
+    unsafe impl aya::Pod for PerCpuStats {}
 }
 
 #[cfg(test)]

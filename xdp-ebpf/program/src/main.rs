@@ -26,17 +26,17 @@ use parse::Packet;
 use xtrail_common::{
     action, config_flags, handoff, mode, side, stat, tls_flow, trail_kind, trail_set, trail_table,
     wake, Config, FlowBatch, FlowRecord, HitRecord, IpPortKey, PayloadHeader, PayloadRecord,
-    SuppressKey, TrailKey4, TrailKey6, FLOW_BATCH, FLOW_CACHE_SLOTS, HTTP_PORT_WORDS, PAYLOAD_CAP,
-    PREFILTER_WORDS, XSK_MAX_IFACES,
+    PerCpuStats, SuppressKey, TrailKey4, TrailKey6, FLOW_BATCH, FLOW_CACHE_SLOTS, HTTP_PORT_WORDS,
+    PAYLOAD_CAP, PREFILTER_WORDS, XSK_MAX_IFACES,
 };
 
 /// Runtime configuration (element 0).
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-/// Per-CPU counters, indexed by `xtrail_common::stat`.
+/// Per-CPU counters: one `PerCpuStats` (element 0), indexed by `xtrail_common::stat`.
 #[map]
-static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+static STATS: PerCpuArray<PerCpuStats> = PerCpuArray::with_max_entries(1, 0);
 
 // Two trail sets, 0 and 1, share these maps: the set index is part of every key (and picks
 // the half of the prefilter). A reload fills the inactive set beside the active one and
@@ -159,9 +159,21 @@ static TLS_FLOWS: LruHashMap<TlsFlowKey, TlsFlow> =
 #[map]
 static TLS_FLOWS_UNTIL: Array<u64> = Array::with_max_entries(1, 0);
 
-/// The packet being processed, per CPU (see `parse::parse_into`).
+/// The packet being processed (see `parse::parse_into`) and the flow-batch hint, per CPU.
 #[map]
-static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
+static PACKET: PerCpuArray<CpuScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// A CPU's `PACKET` slot.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CpuScratch {
+    pkt: Packet,
+    /// Non-zero whenever this CPU's `FLOW_BATCH` may hold records: set by every append, cleared
+    /// by a frame that finds the batch empty. While it is zero, a frame that starts no flow
+    /// skips the batch lookup (`flush_stale_flows`). Only a hint that it may be non-empty:
+    /// the flush program and userspace empty the batch without clearing it.
+    flows_pending: u32,
+}
 
 /// Interface index to its slot in `XSKS`.
 #[map]
@@ -234,29 +246,47 @@ const fn ring_bytes<T>() -> u64 {
     ((8 + core::mem::size_of::<T>() as u64) + 7) & !7
 }
 
-#[inline(always)]
-fn count(index: u32, n: u64) {
-    if let Some(p) = STATS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
-        // Wrapping: `send_flows` takes records back out with a negative `n`.
-        unsafe { *p = (*p).wrapping_add(n) };
+/// This CPU's counters (its `STATS` value), looked up once per run and passed down, so
+/// that each count is one add in place.
+#[derive(Clone, Copy)]
+struct Stats(*mut PerCpuStats);
+
+impl Stats {
+    /// This CPU's counters (`None` never happens: element 0 of a per-CPU array).
+    #[inline(always)]
+    fn get() -> Option<Stats> {
+        STATS.get_ptr_mut(0).map(Stats)
+    }
+
+    /// Adds `n` to counter `index` (one of `xtrail_common::stat`). Wrapping: `send_flows`
+    /// takes records back out with a negative `n`.
+    #[inline(always)]
+    fn add(self, index: u32, n: u64) {
+        // SAFETY: this CPU's slot of a per-CPU array; only this CPU writes it while this
+        // program runs.
+        if let Some(c) = unsafe { (*self.0).counters.get_mut(index as usize) } {
+            *c = c.wrapping_add(n);
+        }
     }
 }
 
 #[xdp]
 pub fn xtrail_xdp(ctx: XdpContext) -> u32 {
-    let cfg = match CONFIG.get(0) {
-        Some(c) => *c,
-        None => Config::default(),
+    // Read in place, not copied: element 0 of an array always exists.
+    let Some(cfg) = CONFIG.get(0) else {
+        return xdp_action::XDP_PASS;
     };
     // Once per packet: every lookup of this packet uses the same set.
     let set = TRAIL_SET.get(0).copied().unwrap_or(0);
-    let verdict = process(&ctx, &cfg, set);
+    let Some(stats) = Stats::get() else {
+        return idle_verdict(cfg);
+    };
+    let verdict = process(&ctx, cfg, set, stats);
     // Redirects are counted where they happen (`redirected`).
     if verdict == xdp_action::XDP_DROP {
-        count(stat::DROP, 1);
+        stats.add(stat::DROP, 1);
     } else if verdict == xdp_action::XDP_PASS {
-        count(stat::PASS, 1);
+        stats.add(stat::PASS, 1);
     }
     verdict
 }
@@ -298,55 +328,57 @@ fn idle_verdict(cfg: &Config) -> u32 {
 }
 
 #[inline(always)]
-fn process(ctx: &XdpContext, cfg: &Config, set: u32) -> u32 {
+fn process(ctx: &XdpContext, cfg: &Config, set: u32, stats: Stats) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    count(stat::PACKETS, 1);
-    count(stat::BYTES, len);
+    stats.add(stat::PACKETS, 1);
+    stats.add(stat::BYTES, len);
     let Some(slot) = PACKET.get_ptr_mut(0) else {
         return idle_verdict(cfg);
     };
     // SAFETY: this CPU's slot of a per-CPU array; nothing else uses it during this run.
-    let status = parse::parse_into(ctx.ctx, unsafe { &mut *slot });
+    let status = parse::parse_into(ctx.ctx, unsafe { &mut (*slot).pkt });
     // SAFETY: as above; read back from map memory, so the verifier knows nothing of it.
-    let pkt: &Packet = unsafe { &*slot };
+    let pkt: &Packet = unsafe { &(*slot).pkt };
+    // SAFETY: as above; a field `parse_into` does not touch.
+    let pending = unsafe { &mut (*slot).flows_pending };
     match status {
         0 => {}
         1 => {
-            count(stat::NON_IP, 1);
-            // Any frame sends a stale batch, not only an IP one (one per-CPU read).
+            stats.add(stat::NON_IP, 1);
+            // Any frame sends a stale batch, not only an IP one.
             if cfg.flags & config_flags::FLOWS != 0 {
-                flush_stale_flows(cfg);
+                flush_stale_flows(cfg, pending);
             }
             return idle_verdict(cfg);
         }
         _ => {
-            count(stat::PARSE_ERRORS, 1);
+            stats.add(stat::PARSE_ERRORS, 1);
             if cfg.log_level > 0 {
                 debug!(ctx, "xtrail: malformed frame, {} bytes", len);
             }
             if cfg.flags & config_flags::FLOWS != 0 {
-                flush_stale_flows(cfg);
+                flush_stale_flows(cfg, pending);
             }
             return idle_verdict(cfg);
         }
     }
     if pkt.fragment {
-        count(stat::FRAGMENTS, 1);
+        stats.add(stat::FRAGMENTS, 1);
     }
     if cfg.flags & config_flags::FLOWS != 0 {
         if !pkt.fragment && pkt.is_flow_start() {
-            flow_start(pkt, cfg);
+            flow_start(pkt, cfg, stats, pending);
         } else {
-            flush_stale_flows(cfg);
+            flush_stale_flows(cfg, pending);
         }
     }
-    let hit = lookup_packet(pkt, set);
+    let hit = lookup_packet(pkt, set, stats);
     let enforce = cfg.mode == mode::INLINE && cfg.flags & config_flags::ENFORCE != 0;
     let mut verdict = idle_verdict(cfg);
     if hit.is_some() {
-        count(stat::HITS, 1);
+        stats.add(stat::HITS, 1);
         if enforce {
-            count(stat::ENFORCED, 1);
+            stats.add(stat::ENFORCED, 1);
             verdict = xdp_action::XDP_DROP;
         }
     }
@@ -354,7 +386,7 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32) -> u32 {
     // An enforced drop is not handed over: the packet goes nowhere.
     let mut dns_handed_off = false;
     if !(enforce && hit.is_some()) {
-        if let Some(kind) = classify(ctx, pkt, cfg) {
+        if let Some(kind) = classify(ctx, pkt, cfg, stats) {
             if let Some(v) = hand_off(ctx, cfg, kind, len) {
                 if cfg.mode == mode::MIRROR {
                     verdict = v;
@@ -369,22 +401,22 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32) -> u32 {
     };
     // Userspace reports IP trails of DNS packets itself, as `ip (query)`.
     if !pkt.reportable() || dns_handed_off {
-        count(stat::UNREPORTED, 1);
+        stats.add(stat::UNREPORTED, 1);
         return verdict;
     }
-    report(ctx, pkt, &hit, cfg, enforce, len);
+    report(ctx, pkt, &hit, cfg, enforce, len, stats);
     verdict
 }
 
 /// Adds a flow-start record to this CPU's batch (sent by `send_flows` when full or once the
 /// kernel's tick moved on) unless the same (source, destination, port, protocol) was sent
 /// within the window. Inline: a flow start already sent, the common case, makes no call
-/// (measured ~8 ns less per such packet than as a BPF function of its own); the append is
-/// a BPF function of its own (`add_flow`). Time is the coarse clock (`coarse_now`: CLOCK_MONOTONIC
-/// at tick resolution, read about once per tick; `bpf_ktime_get_ns` costs ~20-30 ns on a VM),
+/// (measured ~8 ns less per such packet than as a BPF function of its own), and so does the
+/// append (`add_flow`) until the batch is sent. Time is the coarse clock (`coarse_now`:
+/// CLOCK_MONOTONIC at tick resolution, read about once per tick; `bpf_ktime_get_ns` costs ~20-30 ns on a VM),
 /// kept in units of 2^20 ns (~1.05 ms) so that the window test needs no division.
 #[inline(always)]
-fn flow_start(pkt: &Packet, cfg: &Config) {
+fn flow_start(pkt: &Packet, cfg: &Config, stats: Stats, pending: &mut u32) {
     let Some(batch) = FLOW_BATCH_MAP.get_ptr_mut(0) else {
         return;
     };
@@ -416,7 +448,7 @@ fn flow_start(pkt: &Packet, cfg: &Config) {
         // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
         let v = unsafe { *p };
         if v >> 32 == tag && now_u.wrapping_sub(v as u32) < window_u {
-            count(stat::FLOW_REPEATS, 1);
+            stats.add(stat::FLOW_REPEATS, 1);
             if batch.len != 0 && batch.tick != tick {
                 send_flows(batch, cfg);
             }
@@ -425,14 +457,17 @@ fn flow_start(pkt: &Packet, cfg: &Config) {
         // SAFETY: as above.
         unsafe { *p = (tag << 32) | u64::from(now_u) };
     }
-    add_flow(pkt, batch, now, tick, cfg);
+    add_flow(pkt, batch, now, tick, cfg, stats);
+    *pending = 1;
 }
 
 /// Appends a flow start to this CPU's batch, and sends the batch when it is full or the
-/// kernel's tick moved on since its first record. A BPF function of its own: the common
-/// case, a flow start already sent, stays inline in the caller.
-#[inline(never)]
-fn add_flow(pkt: &Packet, batch: &mut FlowBatch, now: u64, tick: u32, cfg: &Config) {
+/// kernel's tick moved on since its first record. Inline: as a BPF function of its own (as
+/// it was) it cost ~10 ns more per flow start by BPF_PROG_TEST_RUN (a call and a return
+/// through the return thunk of AMD's SRSO mitigation), for ~1,500 fewer instructions of
+/// verification. Its addresses are stored word by word (`parse::set_words`).
+#[inline(always)]
+fn add_flow(pkt: &Packet, batch: &mut FlowBatch, now: u64, tick: u32, cfg: &Config, stats: Stats) {
     // Below FLOW_BATCH between runs; masked so the verifier knows it.
     let i = batch.len as usize & (FLOW_BATCH - 1);
     if i == 0 {
@@ -440,8 +475,14 @@ fn add_flow(pkt: &Packet, batch: &mut FlowBatch, now: u64, tick: u32, cfg: &Conf
     }
     let r = &mut batch.records[i];
     r.ts_ns = now;
-    r.src = bytes(&pkt.src);
-    r.dst = bytes(&pkt.dst);
+    // Word by word (`FlowRecord`'s addresses are 4-byte aligned): a `[u8; 16]` assignment
+    // compiles to a call to a byte-wise `memmove` here.
+    // SAFETY: `[u8; 16]` and `[u32; 4]` have the same size; `src` and `dst` sit at offsets 8
+    // and 24 of a record whose alignment is 8.
+    unsafe {
+        parse::set_words(&mut *r.src.as_mut_ptr().cast::<[u32; 4]>(), pkt.src);
+        parse::set_words(&mut *r.dst.as_mut_ptr().cast::<[u32; 4]>(), pkt.dst);
+    }
     r.src_port = pkt.src_port;
     r.dst_port = pkt.dst_port;
     r.family = pkt.family;
@@ -449,7 +490,7 @@ fn add_flow(pkt: &Packet, batch: &mut FlowBatch, now: u64, tick: u32, cfg: &Conf
     r.tcp_flags = pkt.tcp_flags;
     r._pad = 0;
     batch.len = i as u32 + 1;
-    count(stat::FLOW_STARTS, 1);
+    stats.add(stat::FLOW_STARTS, 1);
     if i + 1 == FLOW_BATCH || batch.tick != tick {
         send_flows(batch, cfg);
     }
@@ -487,19 +528,24 @@ fn jiffies() -> u32 {
 
 /// A frame that starts no flow: sends this CPU's flow starts if the coarse clock has
 /// moved on since the first of them (so a lone flow start waits about a clock tick, not for
-/// the batch to fill). One per-CPU read while the batch is empty.
+/// the batch to fill). No map lookup while `pending` (`CpuScratch::flows_pending`) is clear.
 #[inline(always)]
-fn flush_stale_flows(cfg: &Config) {
+fn flush_stale_flows(cfg: &Config, pending: &mut u32) {
+    if *pending == 0 {
+        return;
+    }
     let Some(batch) = FLOW_BATCH_MAP.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's slot of a per-CPU array; nothing else uses it during this run.
     let batch = unsafe { &mut *batch };
     if batch.len == 0 {
+        *pending = 0;
         return;
     }
     if batch.tick != jiffies() {
         send_flows(batch, cfg);
+        *pending = 0;
     }
 }
 
@@ -523,14 +569,17 @@ fn send_flows(batch: &mut FlowBatch, cfg: &Config) {
     // SAFETY: `n` records of the batch, all written (`len` counted them).
     let records = unsafe { core::slice::from_raw_parts(batch.records.as_ptr(), n as usize) };
     if FLOWS.output::<[FlowRecord]>(records, flags).is_err() {
-        count(stat::FLOWS_FULL, u64::from(n));
-        count(stat::FLOW_STARTS, u64::from(n).wrapping_neg());
+        // Rare: its own lookup of the counters rather than an argument on every path here.
+        if let Some(stats) = Stats::get() {
+            stats.add(stat::FLOWS_FULL, u64::from(n));
+            stats.add(stat::FLOW_STARTS, u64::from(n).wrapping_neg());
+        }
     }
 }
 
 /// What kind of payload this packet carries, if userspace wants it.
 #[inline(always)]
-fn classify(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<u8> {
+fn classify(ctx: &XdpContext, pkt: &Packet, cfg: &Config, stats: Stats) -> Option<u8> {
     if cfg.flags & config_flags::HANDOFF == 0 || pkt.fragment || pkt.payload_off == 0 {
         return None;
     }
@@ -548,10 +597,10 @@ fn classify(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<u8> {
         // assigned opcode. What passes but does not parse, userspace reports.
         let seg = ((ctx.data_end() - ctx.data()) as u64).saturating_sub(pkt.payload_off as u64);
         if !is_tcp && !dns_plausible(word, word2, seg) {
-            count(stat::PORT53_NOT_DNS, 1);
+            stats.add(stat::PORT53_NOT_DNS, 1);
             return None;
         }
-        count(stat::HANDOFF_DNS, 1);
+        stats.add(stat::HANDOFF_DNS, 1);
         return Some(handoff::DNS);
     }
     if !is_tcp {
@@ -567,7 +616,7 @@ fn classify(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<u8> {
             && ((version == 1 && (b0 >> 4) & 3 == 0)
                 || (version == 0x6b33_43cf && (b0 >> 4) & 3 == 1));
         if initial {
-            count(stat::HANDOFF_TLS, 1);
+            stats.add(stat::HANDOFF_TLS, 1);
             return Some(handoff::TLS_CLIENT_HELLO);
         }
         return None;
@@ -590,7 +639,7 @@ fn classify(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<u8> {
     );
     if is_method || (word == 0x4854_5450 && http_port(pkt.src_port)) {
         // Requests on any port; responses ("HTTP") only from the HTTP ports.
-        count(stat::HANDOFF_HTTP, 1);
+        stats.add(stat::HANDOFF_HTTP, 1);
         return Some(if is_method {
             handoff::HTTP_REQUEST
         } else {
@@ -600,14 +649,14 @@ fn classify(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<u8> {
     let seg = ((ctx.data_end() - ctx.data()) as u64).saturating_sub(pkt.payload_off as u64);
     // TLS handshake record (0x16 0x03 x), handshake type ClientHello (1).
     if word >> 16 == 0x1603 && (word2 >> 16) & 0xff == 0x01 {
-        count(stat::HANDOFF_TLS, 1);
+        stats.add(stat::HANDOFF_TLS, 1);
         // A record longer than this segment: follow the flow (even if the hand-off below
         // fails: userspace then ignores the continuations it gets).
-        tls_track(pkt, ((word & 0xff) << 8 | word2 >> 24) + 5, seg);
+        tls_track(pkt, ((word & 0xff) << 8 | word2 >> 24) + 5, seg, stats);
         return Some(handoff::TLS_CLIENT_HELLO);
     }
-    if tls_continues(pkt, seg) {
-        count(stat::TLS_CONTINUATIONS, 1);
+    if tls_flows_may_be_live() && tls_continues(pkt, seg, stats) {
+        stats.add(stat::TLS_CONTINUATIONS, 1);
         return Some(handoff::TLS_CONTINUATION);
     }
     // Requests that do not start a segment with a method but go to an HTTP port are not
@@ -644,13 +693,13 @@ fn tls_flow_key(pkt: &Packet) -> TlsFlowKey {
 /// its next segments are handed over too, up to `tls_flow::MAX_BYTES` and for
 /// `tls_flow::TIMEOUT_NS`. (Scalars in, no packet access: verified once as its own function.)
 #[inline(never)]
-fn tls_track(pkt: &Packet, record: u32, seg: u64) {
+fn tls_track(pkt: &Packet, record: u32, seg: u64, stats: Stats) {
     if u64::from(record) <= seg {
         return;
     }
     let mut want = record;
     if want > tls_flow::MAX_BYTES {
-        count(stat::TLS_FLOWS_CAPPED, 1);
+        stats.add(stat::TLS_FLOWS_CAPPED, 1);
         want = tls_flow::MAX_BYTES;
         if u64::from(want) <= seg {
             return;
@@ -663,7 +712,7 @@ fn tls_track(pkt: &Packet, record: u32, seg: u64) {
         expires_ns: now + tls_flow::TIMEOUT_NS,
     };
     if TLS_FLOWS.insert(&tls_flow_key(pkt), &flow, 0).is_ok() {
-        count(stat::TLS_FLOWS_TRACKED, 1);
+        stats.add(stat::TLS_FLOWS_TRACKED, 1);
         if let Some(p) = TLS_FLOWS_UNTIL.get_ptr_mut(0) {
             // SAFETY: a u64 slot of an array map; a racing writer also writes a time a flow
             // may be live until, and a torn order only costs a lookup.
@@ -672,11 +721,22 @@ fn tls_track(pkt: &Packet, record: u32, seg: u64) {
     }
 }
 
+/// Whether any `TLS_FLOWS` entry may still be live, decided without the fine clock nor a
+/// call to `tls_continues` for most segments: the coarse clock (CLOCK_MONOTONIC as of the
+/// last tick) never runs ahead of `bpf_ktime_get_ns`, so a time it has passed, the fine clock
+/// has passed too, and `tls_continues` would say no.
+#[inline(always)]
+fn tls_flows_may_be_live() -> bool {
+    let until = TLS_FLOWS_UNTIL.get(0).copied().unwrap_or(0);
+    // SAFETY: a helper without arguments.
+    until != 0 && until >= unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 /// Whether this TCP segment (`seg` payload bytes) continues a followed ClientHello (see
 /// `tls_track`); forgets the flow once the segment reaches the record's end, or when it
 /// expired.
 #[inline(never)]
-fn tls_continues(pkt: &Packet, seg: u64) -> bool {
+fn tls_continues(pkt: &Packet, seg: u64, stats: Stats) -> bool {
     if seg == 0 || pkt.proto != parse::IPPROTO_TCP {
         return false;
     }
@@ -690,7 +750,7 @@ fn tls_continues(pkt: &Packet, seg: u64) -> bool {
     };
     if flow.expires_ns < now {
         let _ = TLS_FLOWS.remove(&key);
-        count(stat::TLS_FLOWS_EXPIRED, 1);
+        stats.add(stat::TLS_FLOWS_EXPIRED, 1);
         return false;
     }
     // Sequence arithmetic modulo 2^32: bytes left before the record's end.
@@ -716,6 +776,9 @@ fn http_port(port: u16) -> bool {
 /// A separate BPF function: verified once, not once per path through `process`.
 #[inline(never)]
 fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, len: u64) -> Option<u32> {
+    // Its own lookup of the counters: with its returned `Option` in memory, one more argument
+    // would exceed the five a BPF function takes.
+    let stats = Stats::get()?;
     if cfg.mode == mode::MIRROR && cfg.flags & config_flags::XSK != 0 {
         let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
         let queue = ctx.rx_queue_index();
@@ -728,11 +791,11 @@ fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, len: u64) -> Option<u32> {
             let index = slot * cfg.xsk_queues + queue;
             return match XSKS.redirect(index, u64::from(xdp_action::XDP_DROP)) {
                 Ok(v) => {
-                    count(stat::REDIRECTED, 1);
+                    stats.add(stat::REDIRECTED, 1);
                     Some(v)
                 }
                 Err(_) => {
-                    count(stat::HANDOFF_FAILED, 1);
+                    stats.add(stat::HANDOFF_FAILED, 1);
                     None
                 }
             };
@@ -757,10 +820,10 @@ fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, len: u64) -> Option<u32> {
         _pad: [0; 7],
     };
     if !reserve_class(ctx, &header, n, wake_shift(cfg, wake::PAYLOADS)) {
-        count(stat::HANDOFF_FAILED, 1);
+        stats.add(stat::HANDOFF_FAILED, 1);
         return None;
     }
-    count(stat::COPIED, 1);
+    stats.add(stat::COPIED, 1);
     // A copy leaves the packet's fate to the mode: pass (inline) or drop (mirror).
     Some(idle_verdict(cfg))
 }
@@ -805,8 +868,7 @@ fn reserve_in<const N: usize>(
     let n = (n.wrapping_sub(1) & (N as u32 - 1)) + 1;
     // SAFETY: `r` points at a reserved PayloadRecord<N>; `data` holds N bytes, `n` at most N.
     let loaded = unsafe {
-        (*r).header = *header;
-        (*r).header.cap_len = n;
+        write_header(&mut (*r).header, header, n);
         bpf_xdp_load_bytes(ctx.ctx, 0, (*r).data.as_mut_ptr().cast(), n)
     };
     if loaded != 0 {
@@ -821,11 +883,42 @@ fn reserve_in<const N: usize>(
     true
 }
 
+/// `*to = *header` with `cap_len` `n`, field by field: the copy of a whole header compiles
+/// to a call to a byte-wise `memset` for the seven zero bytes of `_pad` (a BPF call and a
+/// return, ~10 ns per hand-off where returns go through a return thunk).
+#[inline(always)]
+fn write_header(to: &mut PayloadHeader, header: &PayloadHeader, n: u32) {
+    to.ts_ns = header.ts_ns;
+    to.ifindex = header.ifindex;
+    to.rx_queue = header.rx_queue;
+    to.pkt_len = header.pkt_len;
+    to.cap_len = n;
+    to.kind = header.kind;
+    let pad = to._pad.as_mut_ptr();
+    // SAFETY: `_pad` is bytes 25 to 31 of an 8-aligned header: a byte at 25, a 2-aligned
+    // u16 at 26 and a 4-aligned u32 at 28, all inside it; volatile so that LLVM does not
+    // merge them back into a `memset`.
+    unsafe {
+        core::ptr::write_volatile(pad, 0u8);
+        core::ptr::write_volatile(pad.add(1).cast::<u16>(), 0);
+        core::ptr::write_volatile(pad.add(3).cast::<u32>(), 0);
+    }
+}
+
 /// Suppresses repeats, then writes the hit to the ring buffer. A hit is recorded in
 /// `SUPPRESS` only once its ring-buffer slot is reserved: a hit lost to a full ring must not
 /// suppress its repeats, or the loss would hide them for the whole window.
 #[inline(always)]
-fn report(ctx: &XdpContext, pkt: &Packet, hit: &Hit, cfg: &Config, enforce: bool, len: u64) {
+#[allow(clippy::too_many_arguments)]
+fn report(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    hit: &Hit,
+    cfg: &Config,
+    enforce: bool,
+    len: u64,
+    stats: Stats,
+) {
     let now = unsafe { bpf_ktime_get_ns() };
     let key = SuppressKey {
         src: bytes(&pkt.src),
@@ -838,7 +931,7 @@ fn report(ctx: &XdpContext, pkt: &Packet, hit: &Hit, cfg: &Config, enforce: bool
     if cfg.suppress_ns > 0 {
         if let Some(last) = unsafe { SUPPRESS.get(&key) } {
             if now.wrapping_sub(*last) < cfg.suppress_ns {
-                count(stat::SUPPRESSED, 1);
+                stats.add(stat::SUPPRESSED, 1);
                 return;
             }
         }
@@ -872,9 +965,9 @@ fn report(ctx: &XdpContext, pkt: &Packet, hit: &Hit, cfg: &Config, enforce: bool
                 (*r).pkt_len = len as u32;
             }
             entry.submit(hit_wakeup_flags(wake_shift(cfg, wake::HITS)));
-            count(stat::REPORTED, 1);
+            stats.add(stat::REPORTED, 1);
         }
-        None => count(stat::RINGBUF_FULL, 1),
+        None => stats.add(stat::RINGBUF_FULL, 1),
     }
 }
 
@@ -888,18 +981,24 @@ struct Hit {
 
 /// Destination first, then source, as Maltrail does, in the trail set `set` selects.
 #[inline(always)]
-fn lookup_packet(pkt: &Packet, set: u32) -> Option<Hit> {
+fn lookup_packet(pkt: &Packet, set: u32, stats: Stats) -> Option<Hit> {
     let index = set & trail_set::INDEX;
-    // Most IPv4 traffic: both /24s clear in the prefilter, one counter update and done.
-    if pkt.family == 4
-        && set & config_flags::PREFILTER4 != 0
-        && !prefilter_has(pkt.dst[3], index)
-        && !prefilter_has(pkt.src[3], index)
-    {
-        count(stat::PREFILTER_SKIPS, 2);
-        return None;
+    // The prefilter's answers for the two addresses as read here (`None`: not read), so that
+    // `lookup_addr` does not read a word again.
+    let (mut dst_has, mut src_has) = (None, None);
+    if pkt.family == 4 && set & config_flags::PREFILTER4 != 0 {
+        let dst = prefilter_has(pkt.dst[3], index);
+        dst_has = Some(dst);
+        if !dst {
+            // Most IPv4 traffic: both /24s clear, one counter update and done.
+            if !prefilter_has(pkt.src[3], index) {
+                stats.add(stat::PREFILTER_SKIPS, 2);
+                return None;
+            }
+            src_has = Some(true);
+        }
     }
-    if let Some((trail_id, kind)) = lookup_addr(&pkt.dst, pkt.dst_port, pkt, set) {
+    if let Some((trail_id, kind)) = lookup_addr(&pkt.dst, pkt.dst_port, pkt, set, stats, dst_has) {
         return Some(Hit {
             trail_id,
             kind,
@@ -907,7 +1006,7 @@ fn lookup_packet(pkt: &Packet, set: u32) -> Option<Hit> {
             set: index as u8,
         });
     }
-    if let Some((trail_id, kind)) = lookup_addr(&pkt.src, pkt.src_port, pkt, set) {
+    if let Some((trail_id, kind)) = lookup_addr(&pkt.src, pkt.src_port, pkt, set, stats, src_has) {
         return Some(Hit {
             trail_id,
             kind,
@@ -925,9 +1024,17 @@ fn bytes(words: &[u32; 4]) -> [u8; 16] {
     unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(*words) }
 }
 
-/// One address in the trail set `set` (the `TRAIL_SET` value: index and flags).
+/// One address in the trail set `set` (the `TRAIL_SET` value: index and flags);
+/// `prefiltered`: the prefilter's answer for it when the caller read it already.
 #[inline(always)]
-fn lookup_addr(words: &[u32; 4], port: u16, pkt: &Packet, set: u32) -> Option<(u32, u8)> {
+fn lookup_addr(
+    words: &[u32; 4],
+    port: u16,
+    pkt: &Packet,
+    set: u32,
+    stats: Stats,
+    prefiltered: Option<bool>,
+) -> Option<(u32, u8)> {
     let index = set & trail_set::INDEX;
     let has_ports = pkt.proto == parse::IPPROTO_TCP || pkt.proto == parse::IPPROTO_UDP;
     // An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is looked up as the IPv4 address, as
@@ -939,8 +1046,10 @@ fn lookup_addr(words: &[u32; 4], port: u16, pkt: &Packet, set: u32) -> Option<(u
             addr: words[3].to_ne_bytes(),
         };
         let bits = |shift: u32| (set >> shift) & trail_set::BITS_MASK;
-        if set & config_flags::PREFILTER4 != 0 && !prefilter_has(words[3], index) {
-            count(stat::PREFILTER_SKIPS, 1);
+        if set & config_flags::PREFILTER4 != 0
+            && !prefiltered.unwrap_or_else(|| prefilter_has(words[3], index))
+        {
+            stats.add(stat::PREFILTER_SKIPS, 1);
             return None;
         }
         if has_ports && !pkt.fragment && set & config_flags::HAVE_IPPORT != 0 {

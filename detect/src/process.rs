@@ -49,7 +49,7 @@ use crate::protocols::reassembly::{
     CryptoReassembler, Flight, FlowKey, HelloReassembler, ReassemblyStats,
 };
 use crate::protocols::{dns, http, quic, tls};
-use crate::trails::{IpMatchKind, Label, LabelId, TrailSet, UrlCandidates};
+use crate::trails::{DomainMatch, IpMatchKind, Label, LabelId, TrailSet, UrlCandidates};
 use crate::whitelist::Whitelist;
 
 /// Slots of the duplicate-SYN table (direct-mapped: a collision only forgets an older SYN).
@@ -676,9 +676,10 @@ impl Run<'_, '_> {
         if !is_valid_dns_name(name) || crate::whitelist::is_ignored_suffix(name) {
             return true;
         }
-        // One whitelist check serves the heuristics (whose contract is a name after the
-        // whitelist) and the domain trails.
-        let whitelisted = self.whitelist.is_domain_whitelisted(name);
+        // One pass over the name gives its whitelist verdict (the heuristics' contract is a
+        // name after the whitelist) and its domain trail hit (a pure lookup: reported last,
+        // after the heuristics' and the address events).
+        let (whitelisted, hit) = self.trails.domains.lookup_whitelisted(name, self.whitelist);
         if let Some(heur) = self.heuristics.as_deref_mut().filter(|_| !whitelisted) {
             let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
             heur.on_dns_query(ctx, &msg, name, &mut |e| emit(wl, stats, out, e));
@@ -713,7 +714,7 @@ impl Run<'_, '_> {
                 self.emit(e);
             }
         }
-        self.check_domain(ctx, name, Some(whitelisted), details);
+        self.report_domain_hit(ctx, name, hit, details);
         true
     }
 
@@ -775,8 +776,14 @@ impl Run<'_, '_> {
         .filter(|h| !h.is_empty());
         // The Host name's whitelist verdict, asked once: the heuristics, the domain check and
         // the URL check all need it.
-        let header_whitelisted =
-            header_host.is_some_and(|h| self.whitelist.is_domain_whitelisted(h));
+        // With the domain check on, the verdict and the trail hit come from one pass.
+        let (header_whitelisted, header_hit) = match header_host {
+            Some(h) if self.check_host_domains => {
+                self.trails.domains.lookup_whitelisted(h, self.whitelist)
+            }
+            Some(h) => (self.whitelist.is_domain_whitelisted(h), None),
+            None => (false, None),
+        };
         if let Some(heur) = self.heuristics.as_deref_mut() {
             let text = host_text.as_deref();
             // The verdict is the name's when the text is the name (no trailing dot).
@@ -827,7 +834,7 @@ impl Run<'_, '_> {
                 );
                 self.emit(e);
             } else if self.check_host_domains {
-                self.check_domain(ctx, h, Some(header_whitelisted), || details(h));
+                self.report_domain_hit(ctx, h, header_hit, || details(h));
             }
         }
 
@@ -853,29 +860,51 @@ impl Run<'_, '_> {
             let known = header_host
                 .filter(|hh| *hh == h)
                 .map(|_| header_whitelisted);
-            whitelisted = Some(self.check_domain(ctx, h, known, || details(h)));
+            whitelisted = self.check_domain(ctx, h, known, || details(h));
             host = h;
         }
         if path.is_empty() {
             path = b"/";
         }
-        if whitelisted.unwrap_or_else(|| self.whitelist.is_domain_whitelisted(host)) {
+        // The whitelists are asked only on a URL trail hit (they can only drop it).
+        if whitelisted == Some(true) {
             return;
         }
         let path_text = String::from_utf8_lossy(path);
-        if self.whitelist.is_url_whitelisted(host, &path_text) {
-            return;
-        }
         self.path_buf.clear();
         self.path_buf.push_str(&path_text);
         // ASCII letters only, as `char::to_ascii_lowercase` per character would.
         self.path_buf.make_ascii_lowercase();
-        if let Some(m) = self.trails.urls.lookup_candidates(
+        let Some(m) = self.trails.urls.lookup_candidates(
             Some(host),
             self.path_buf.as_str(),
             self.url_candidates,
-        ) {
-            let e = ctx.labelled(EventType::Url, m.trail, self.label(m.label), details(host));
+        ) else {
+            return;
+        };
+        if whitelisted.unwrap_or_else(|| self.whitelist.is_domain_whitelisted(host))
+            || self.whitelist.is_url_whitelisted(host, &path_text)
+        {
+            return;
+        }
+        let e = ctx.labelled(EventType::Url, m.trail, self.label(m.label), details(host));
+        self.emit(e);
+    }
+
+    /// Reports a hit of [`DomainTrails::lookup_whitelisted`] (`None` for a whitelisted name)
+    /// as [`Run::check_domain`] would: not for IP literals or invalid names.
+    ///
+    /// [`DomainTrails::lookup_whitelisted`]: crate::trails::DomainTrails::lookup_whitelisted
+    fn report_domain_hit(
+        &mut self,
+        ctx: &PacketContext<'_>,
+        name: &str,
+        hit: Option<DomainMatch>,
+        details: impl FnOnce() -> Details,
+    ) {
+        if let Some(m) = hit.filter(|_| !is_ip_literal(name) && is_valid_dns_name(name)) {
+            let label = self.label(m.label);
+            let e = ctx.labelled(EventType::Dns, m.trail, label, details());
             self.emit(e);
         }
     }
@@ -883,37 +912,32 @@ impl Run<'_, '_> {
     /// A name against the domain trails (Maltrail's `_check_domain`): a `DNS` event on a hit,
     /// for DNS queries, HTTP hosts and TLS/QUIC server names alike (SIEM rules written for
     /// Maltrail rely on that type). IP literals, invalid and whitelisted names are not looked
-    /// up. `whitelisted` is the name's whitelist verdict when the caller has it; the verdict
-    /// is returned (asked at most once), for callers that need it again.
+    /// up. `whitelisted` is the name's whitelist verdict when the caller has it; without one,
+    /// the whitelist is asked only on a trail hit (a whitelisted name never raises an event,
+    /// so asking after the lookup is equivalent, and most names miss). Returns the verdict
+    /// when known (given or asked), for callers that need it again.
     fn check_domain(
         &mut self,
         ctx: &PacketContext<'_>,
         name: &str,
         whitelisted: Option<bool>,
         details: impl FnOnce() -> Details,
-    ) -> bool {
-        let whitelisted = whitelisted.unwrap_or_else(|| self.whitelist.is_domain_whitelisted(name));
-        if !whitelisted && !is_ip_literal(name) && is_valid_dns_name(name) {
-            self.lookup_domain(ctx, name, details);
+    ) -> Option<bool> {
+        if whitelisted == Some(true) || is_ip_literal(name) || !is_valid_dns_name(name) {
+            return whitelisted;
         }
-        whitelisted
-    }
-
-    /// The lookup step of [`Run::check_domain`].
-    fn lookup_domain(
-        &mut self,
-        ctx: &PacketContext<'_>,
-        name: &str,
-        details: impl FnOnce() -> Details,
-    ) {
         let Some(m) = self.trails.domains.lookup(name) else {
-            return;
+            return whitelisted;
         };
-        // Maltrail's exceptions (name servers of sinkholed domains, bare dynamic-DNS
-        // providers) are applied by the lookup itself.
-        let label = self.label(m.label);
-        let e = ctx.labelled(EventType::Dns, m.trail, label, details());
-        self.emit(e);
+        let whitelisted = whitelisted.unwrap_or_else(|| self.whitelist.is_domain_whitelisted(name));
+        if !whitelisted {
+            // Maltrail's exceptions (name servers of sinkholed domains, bare dynamic-DNS
+            // providers) are applied by the lookup itself.
+            let label = self.label(m.label);
+            let e = ctx.labelled(EventType::Dns, m.trail, label, details());
+            self.emit(e);
+        }
+        Some(whitelisted)
     }
 }
 

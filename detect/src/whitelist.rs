@@ -10,6 +10,7 @@ use hashbrown::{HashSet, HashTable};
 
 use crate::trails::classify::is_name_byte;
 use crate::trails::ip::{mask4, mask6, v4_blocks};
+use crate::trails::KeyHasher;
 
 /// Last labels of DNS queries that are never checked: names that cannot resolve on the
 /// public internet (reserved, private-use, or never-delegated labels), plus `arpa`.
@@ -54,34 +55,57 @@ pub const IGNORED_DNS_SUFFIXES: &[&str] = &[
 pub fn is_ignored_suffix(name: &str) -> bool {
     let name = name.as_bytes();
     let name = name.strip_suffix(b".").unwrap_or(name);
-    // One pass over the labels (names are short: a plain split beats a search per dot): a
-    // label with a dot on each side that is `intranet`, else the last label.
-    let mut labels = name.split(|&b| b == b'.');
-    let mut label = labels.next().unwrap_or_default();
-    let mut first = true;
-    for next in labels {
-        if !first && label.eq_ignore_ascii_case(b"intranet") {
-            return true;
-        }
-        first = false;
-        label = next;
+    // Plain loops: names are short, shorter than a vectorised search's set-up.
+    let Some(last_dot) = name.iter().rposition(|&b| b == b'.') else {
+        return is_ignored_label(name);
+    };
+    if is_ignored_label(name.get(last_dot + 1..).unwrap_or_default()) {
+        return true;
     }
-    IGNORED_DNS_SUFFIXES
-        .iter()
-        .any(|s| s.as_bytes().eq_ignore_ascii_case(label))
+    // `intranet` with a dot on each side: a label after some dot, before the last one
+    // (most labels are ruled out by the byte after the dot).
+    let inner = name.get(..last_dot + 1).unwrap_or_default();
+    inner.iter().enumerate().any(|(d, &b)| {
+        b == b'.'
+            && inner
+                .get(d + 1..d + 10)
+                .is_some_and(|l| l[8] == b'.' && l[..8].eq_ignore_ascii_case(b"intranet"))
+    })
 }
 
-const SUFFIX_HASH_SEED: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// FNV-1a over the bytes from the last to the first, so the hash of every suffix of a name
-/// is a prefix of one pass.
-fn suffix_hash_step(h: u64, b: u8) -> u64 {
-    (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-}
-
-/// Spreads the state over the high bits the table's control bytes use.
-fn suffix_hash_finish(h: u64) -> u64 {
-    (h ^ (h >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+/// Whether `label` is one of [`IGNORED_DNS_SUFFIXES`] (ASCII case-insensitive): one
+/// comparison after a dispatch on the length, instead of one per entry.
+fn is_ignored_label(label: &[u8]) -> bool {
+    const LONGEST: usize = 11;
+    let mut buf = [0u8; LONGEST];
+    let Some(out) = buf.get_mut(..label.len()) else {
+        return false;
+    };
+    for (o, b) in out.iter_mut().zip(label) {
+        *o = b.to_ascii_lowercase();
+    }
+    matches!(
+        &*out,
+        b"arpa"
+            | b"local"
+            | b"guest"
+            | b"intranet"
+            | b"corp"
+            | b"home"
+            | b"lan"
+            | b"intra"
+            | b"intran"
+            | b"workgroup"
+            | b"localdomain"
+            | b"localnet"
+            | b"url"
+            | b"alienvault"
+            | b"internal"
+            | b"example"
+            | b"test"
+            | b"invalid"
+            | b"localhost"
+    )
 }
 
 /// Bits in [`Whitelist::domain_bloom`]: 2^16 (8 KiB), about 6% of them set by Maltrail's
@@ -95,13 +119,11 @@ fn bloom_bit(hash: u64) -> usize {
     ((hash >> 24) & ((1 << BLOOM_BITS) - 1)) as usize
 }
 
-/// The table key of a (lowercase) name.
+/// The table key of a (lowercase) name: the trail tables' right-to-left hash, so that the
+/// suffix hashes a domain trail lookup computes serve the whitelist as well
+/// ([`Whitelist::is_listed_suffixes`]).
 fn suffix_hash(name: &[u8]) -> u64 {
-    suffix_hash_finish(
-        name.iter()
-            .rev()
-            .fold(SUFFIX_HASH_SEED, |h, &b| suffix_hash_step(h, b)),
-    )
+    KeyHasher::hash(name)
 }
 
 /// Whitelist loading failures.
@@ -245,28 +267,42 @@ impl Whitelist {
         }
         // The name, then each parent (the part after each dot): one backwards pass hashes
         // every suffix; a probe compares bytes only on a hash match.
-        let bloom = self.domain_bloom.as_slice();
-        let mut h = SUFFIX_HASH_SEED;
+        let mut h = KeyHasher::new();
         for i in (0..n.len()).rev() {
-            h = suffix_hash_step(h, n[i].to_ascii_lowercase());
-            if i == 0 || n[i - 1] == b'.' {
-                let hash = suffix_hash_finish(h);
-                let bit = bloom_bit(hash);
-                let maybe = bloom
-                    .get(bit / 64)
-                    .is_some_and(|w| w & (1 << (bit % 64)) != 0);
-                let suffix = &n[i..];
-                if maybe
-                    && self
-                        .domains
-                        .find(hash, |d| d.as_bytes().eq_ignore_ascii_case(suffix))
-                        .is_some()
-                {
-                    return true;
-                }
+            h.push(n[i].to_ascii_lowercase());
+            if (i == 0 || n[i - 1] == b'.') && self.suffix_listed(h.finish(), &n[i..]) {
+                return true;
             }
         }
         false
+    }
+
+    /// Whether the suffix `suffix` (any case) with table hash `hash` is listed.
+    #[inline]
+    fn suffix_listed(&self, hash: u64, suffix: &[u8]) -> bool {
+        let bit = bloom_bit(hash);
+        let maybe = self
+            .domain_bloom
+            .get(bit / 64)
+            .is_some_and(|w| w & (1 << (bit % 64)) != 0);
+        maybe
+            && self
+                .domains
+                .find(hash, |d| d.as_bytes().eq_ignore_ascii_case(suffix))
+                .is_some()
+    }
+
+    /// [`Whitelist::is_domain_whitelisted`] for a name already cut, lowercased and
+    /// stripped of its trailing dot (`text`), given the table hash of every suffix of it that
+    /// starts a label (`suffixes`: start, hash), as a domain trail lookup computes them: no
+    /// second pass over the name.
+    pub(crate) fn is_listed_suffixes(&self, text: &[u8], suffixes: &[(usize, u64)]) -> bool {
+        if self.domains.is_empty() || text.is_empty() || text.len() > 256 {
+            return false;
+        }
+        suffixes
+            .iter()
+            .any(|&(start, hash)| self.suffix_listed(hash, text.get(start..).unwrap_or_default()))
     }
 
     /// Whether `ip` is listed or inside a listed CIDR (a v4-mapped IPv6 address counts as
@@ -407,6 +443,21 @@ mod tests {
             "bad.who.int",
         ] {
             assert!(!is_ignored_suffix(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn ignored_labels_are_the_list() {
+        for s in IGNORED_DNS_SUFFIXES {
+            assert!(is_ignored_label(s.as_bytes()), "{s}");
+            assert!(is_ignored_label(s.to_ascii_uppercase().as_bytes()), "{s}");
+            assert!(!is_ignored_label(format!("{s}x").as_bytes()), "{s}");
+            assert!(
+                !is_ignored_label(&s.as_bytes()[1..]) || IGNORED_DNS_SUFFIXES.contains(&&s[1..])
+            );
+        }
+        for l in ["", "com", "dev", "int", "localhostx", "xlocaldomain"] {
+            assert!(!is_ignored_label(l.as_bytes()), "{l}");
         }
     }
 

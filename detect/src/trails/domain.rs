@@ -3,9 +3,10 @@
 
 use regex::{Regex, RegexSet};
 
+use super::regex_prefilter::{RegexPrefilter, Trigrams, ALL_TRIGRAMS};
 use super::table::{KeyHasher, StrTable};
 use super::LabelId;
-use crate::trails::classify::is_name_byte;
+use crate::whitelist::Whitelist;
 
 /// Longest query name considered (DNS names are at most 253 characters).
 const MAX_NAME: usize = 253;
@@ -42,6 +43,8 @@ pub struct DomainMatch {
 #[derive(Debug, Default)]
 pub struct RegexTrails {
     set: Option<RegexSet>,
+    /// The regexes' required literals: most names run no regex at all.
+    prefilter: Option<RegexPrefilter>,
     regexes: Vec<Regex>,
     labels: Vec<LabelId>,
 }
@@ -53,8 +56,14 @@ impl RegexTrails {
         // Each pattern already compiled alone, so the set compiles too unless it hits the
         // size limit; then matching falls back to trying each regex.
         let set = RegexSet::new(regexes.iter().map(Regex::as_str)).ok();
+        let prefilter = if regexes.is_empty() {
+            None
+        } else {
+            RegexPrefilter::new(regexes.iter().map(Regex::as_str))
+        };
         Self {
             set,
+            prefilter,
             regexes,
             labels,
         }
@@ -83,9 +92,22 @@ impl RegexTrails {
             .zip(self.labels.iter().copied())
     }
 
+    /// The trigram bitmap [`Name::parse`] tests: the literals' when every regex has a
+    /// required literal, else one that passes every name.
+    fn trigrams(&self) -> &Trigrams {
+        self.prefilter
+            .as_ref()
+            .filter(|f| f.all_filtered())
+            .map_or(&ALL_TRIGRAMS, RegexPrefilter::trigrams)
+    }
+
     /// Leftmost match over all regexes (first regex on ties, like one Python alternation):
-    /// (start, end, label).
-    fn search(&self, q: &str) -> Option<(usize, usize, LabelId)> {
+    /// (start, end, label). `maybe` false: the parse found no window of a required literal
+    /// (see [`RegexTrails::trigrams`]), so nothing can match.
+    fn search(&self, q: &str, maybe: bool) -> Option<(usize, usize, LabelId)> {
+        if !maybe {
+            return None;
+        }
         let mut best: Option<(usize, usize, LabelId)> = None;
         let mut consider = |i: usize| {
             if let Some(m) = self.regexes[i].find(q) {
@@ -94,6 +116,12 @@ impl RegexTrails {
                 }
             }
         };
+        if let Some(f) = &self.prefilter {
+            // Only the regexes whose required literal the name contains (and those without
+            // one), in trail order: the same leftmost-first result as trying them all.
+            f.candidates(q.as_bytes()).iter().for_each(&mut consider);
+            return best;
+        }
         match &self.set {
             // `is_match` first: a miss (nearly every name) allocates nothing and stops at the
             // first state that cannot match; `matches` builds its result set on the heap.
@@ -127,6 +155,22 @@ fn is_ns_like(q: &[u8]) -> bool {
     rest.get(digits) == Some(&b'.')
 }
 
+/// Each byte lowercased when it is a name byte
+/// ([`is_name_byte`](crate::trails::classify::is_name_byte)), else 0: the parse's
+/// check and lowercasing in one load.
+static NAME_LOWER: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_') {
+            t[i] = b.to_ascii_lowercase();
+        }
+        i += 1;
+    }
+    t
+};
+
 /// A query name after [`Name::parse`]: lowercased, `:port` and a trailing dot dropped, with
 /// the hashes of its shortest suffixes that start a label, from one backwards pass.
 struct Name<'b> {
@@ -139,6 +183,9 @@ struct Name<'b> {
     rest: (usize, KeyHasher),
     /// Start of the leftmost `onion` label with a dot on each side.
     onion: Option<usize>,
+    /// Whether a three-byte window of the name may start a regex trail's required literal
+    /// (always true for names of three bytes or more under [`ALL_TRIGRAMS`]).
+    regex_hint: bool,
 }
 
 impl<'b> Name<'b> {
@@ -146,7 +193,7 @@ impl<'b> Name<'b> {
     /// is a DNS name (letters, digits, `-`, `_`, `.`, with at least one dot and a non-empty
     /// last label) that is not an IP; hashes its suffixes in the same (backwards) pass.
     #[inline]
-    fn parse(query: &str, buf: &'b mut [u8; MAX_NAME]) -> Option<Self> {
+    fn parse(query: &str, buf: &'b mut [u8; MAX_NAME], trigrams: &Trigrams) -> Option<Self> {
         let q = query.as_bytes();
         let q = q.get(..memchr::memchr(b':', q).unwrap_or(q.len()))?;
         let q = q.strip_suffix(b".").unwrap_or(q);
@@ -159,45 +206,56 @@ impl<'b> Name<'b> {
         let mut n = 0;
         let mut rest = (0, KeyHasher::new());
         let mut h = KeyHasher::new();
-        let mut digits_and_dots = true;
+        let mut not_digit_or_dot = false;
         let mut dotted = false;
         let mut onion = None;
+        let mut window = Trigrams::START;
+        let mut regex_hint = std::ptr::eq(trigrams, &ALL_TRIGRAMS);
         // End (exclusive) of the label to the right of the bytes read so far: the dot found
         // last, or the end of the name.
         let mut label_end = q.len();
         for i in (0..q.len()).rev() {
-            let b = q[i];
-            if !is_name_byte(b) {
+            let l = NAME_LOWER[usize::from(q[i])];
+            if l == 0 {
                 return None;
             }
-            let l = b.to_ascii_lowercase();
             out[i] = l;
-            digits_and_dots &= l.is_ascii_digit() || l == b'.';
-            h.push(l);
-            if i == 0 || q[i - 1] == b'.' {
-                if n < PREFETCH_SUFFIXES {
-                    suffixes[n] = (i, h.finish());
-                    n += 1;
-                    rest = (i, h);
-                }
-                if i > 0 {
-                    dotted = true;
-                    // `.onion.` at i - 1 (the leftmost one wins: the pass goes leftwards).
-                    if label_end < q.len() && label_end - i == 5 && out[i..label_end] == *b"onion" {
-                        onion = Some(i);
-                    }
-                }
-            }
+            window = Trigrams::push(window, l);
+            regex_hint |= trigrams.test(window);
+            // Name bytes from `.` to `9` are `.` and the digits (`/` is not a name byte).
+            not_digit_or_dot |= l.wrapping_sub(b'.') > b'9' - b'.';
             if l == b'.' {
+                // The label right of this dot starts at i + 1: its suffix is hashed whole.
+                let start = i + 1;
+                if n < PREFETCH_SUFFIXES {
+                    suffixes[n] = (start, h.finish());
+                    n += 1;
+                    rest = (start, h);
+                }
+                dotted = true;
+                // `.onion.` at i (the leftmost one wins: the pass goes leftwards).
+                if label_end < q.len()
+                    && label_end - start == 5
+                    && out.get(start..label_end) == Some(b"onion")
+                {
+                    onion = Some(start);
+                }
                 label_end = i;
             }
+            h.push(l);
         }
-        if digits_and_dots || !dotted {
+        // The whole name: the longest suffix.
+        if n < PREFETCH_SUFFIXES {
+            suffixes[n] = (0, h.finish());
+            n += 1;
+            rest = (0, h);
+        }
+        if !not_digit_or_dot || !dotted {
             return None;
         }
         debug_assert!(out.is_ascii());
-        // SAFETY: every byte of `out` passed `is_name_byte` (ASCII letters, digits, `.`, `-`,
-        // `_`) or is such a byte lowercased: ASCII, hence UTF-8. Skips a validation pass per
+        // SAFETY: every byte of `out` is a non-zero NAME_LOWER entry (ASCII letters, digits,
+        // `.`, `-`, `_`, lowercased): ASCII, hence UTF-8. Skips a validation pass per
         // name.
         let text = unsafe { std::str::from_utf8_unchecked(out) };
         Some(Name {
@@ -206,6 +264,7 @@ impl<'b> Name<'b> {
             n,
             rest,
             onion,
+            regex_hint,
         })
     }
 }
@@ -256,7 +315,40 @@ impl DomainTrails {
     /// `<name>.onion.<gateway>` where `<name>.onion` is a trail (printed `x.onion(.to)`).
     pub fn lookup(&self, query: &str) -> Option<DomainMatch> {
         let mut buf = [0u8; MAX_NAME];
-        let name = Name::parse(query, &mut buf)?;
+        let name = Name::parse(query, &mut buf, self.regexes.trigrams())?;
+        self.lookup_parsed(&name)
+    }
+
+    /// `query`'s whitelist verdict ([`Whitelist::is_domain_whitelisted`]) and, unless it is
+    /// whitelisted, its [`DomainTrails::lookup`] result, from one pass over the name: the
+    /// whitelist is probed with the suffix hashes the lookup computes anyway.
+    pub fn lookup_whitelisted(
+        &self,
+        query: &str,
+        whitelist: &Whitelist,
+    ) -> (bool, Option<DomainMatch>) {
+        let mut buf = [0u8; MAX_NAME];
+        let Some(name) = Name::parse(query, &mut buf, self.regexes.trigrams()) else {
+            // Not a name the trails can hold (IP literal, invalid bytes, no dot, ...): the
+            // whitelist reads such text its own way.
+            return (whitelist.is_domain_whitelisted(query), None);
+        };
+        // The parse's text is the whitelist's reading of the query (cut at `:`, lowercased,
+        // no trailing dot); its hashes cover every label when the name has at most
+        // PREFETCH_SUFFIXES labels.
+        let whitelisted = if name.rest.0 == 0 {
+            whitelist.is_listed_suffixes(name.text.as_bytes(), &name.suffixes[..name.n])
+        } else {
+            whitelist.is_domain_whitelisted(query)
+        };
+        if whitelisted {
+            return (true, None);
+        }
+        (false, self.lookup_parsed(&name))
+    }
+
+    /// [`DomainTrails::lookup`] after the parse.
+    fn lookup_parsed(&self, name: &Name<'_>) -> Option<DomainMatch> {
         let q = name.text;
 
         if let Some(prefix) = q.strip_suffix(".ip-adress.com") {
@@ -268,11 +360,11 @@ impl DomainTrails {
             }
         }
 
-        if let Some(m) = self.suffix_walk(&name) {
+        if let Some(m) = self.suffix_walk(name) {
             return Some(m);
         }
 
-        if let Some((start, end, label)) = self.regexes.search(q) {
+        if let Some((start, end, label)) = self.regexes.search(q, name.regex_hint) {
             let mut trail = String::with_capacity(q.len() + 4);
             if start > 0 {
                 trail.push('(');
@@ -360,6 +452,7 @@ impl DomainTrails {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trails::classify::is_name_byte;
 
     /// A table with labels: 0 malware, 1 suspicious, 2 sinkhole, 3 dynamic dns, 4 free web.
     fn trails(names: &[(&str, LabelId)], regexes: &[(&str, LabelId)]) -> DomainTrails {
@@ -575,6 +668,44 @@ mod tests {
         assert_eq!(hit(&d, "good.onion.to"), None);
     }
 
+    /// The one-pass verdict and hit agree with asking the whitelist and the lookup apart.
+    #[test]
+    fn lookup_whitelisted_matches_separate_calls() {
+        let d = trails(&[("evil.com", 0), ("a.b.c.d.e.f.g.h.i.j.bad.org", 0)], &[]);
+        let w = Whitelist::parse("good.evil.com\nsafe.org\n1.2.3.4\nx_y.net\n");
+        let long = "x.a.b.c.d.e.f.g.h.i.j.bad.org";
+        for q in [
+            "evil.com",
+            "EVIL.com.",
+            "good.evil.com",
+            "x.GOOD.evil.com:80",
+            "safe.org",
+            "a.b.c.d.e.f.g.h.i.j.k.safe.org",
+            long,
+            "1.2.3.4",
+            "x_y.net",
+            "bad name.evil.com",
+            "",
+            "com",
+        ] {
+            let wl = w.is_domain_whitelisted(q);
+            let want = (wl, if wl { None } else { d.lookup(q) });
+            assert_eq!(d.lookup_whitelisted(q, &w), want, "{q}");
+        }
+    }
+
+    #[test]
+    fn name_lower_is_name_byte_lowercased() {
+        for b in 0..=255u8 {
+            let want = if is_name_byte(b) {
+                b.to_ascii_lowercase()
+            } else {
+                0
+            };
+            assert_eq!(NAME_LOWER[usize::from(b)], want, "{b}");
+        }
+    }
+
     #[test]
     fn ns_like() {
         for q in [
@@ -648,7 +779,7 @@ mod tests {
         ];
         for q in names {
             let mut buf = [0u8; MAX_NAME];
-            let name = Name::parse(q, &mut buf);
+            let name = Name::parse(q, &mut buf, &ALL_TRIGRAMS);
             if let Some(n) = &name {
                 // The shortest label suffixes, shortest first, with their table hashes.
                 let t = n.text.as_bytes();

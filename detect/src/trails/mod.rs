@@ -42,7 +42,9 @@ pub(crate) mod ip;
 pub mod iptable;
 mod load;
 mod maltrail;
+mod regex_prefilter;
 mod table;
+pub(crate) use table::KeyHasher;
 pub mod update;
 mod url;
 

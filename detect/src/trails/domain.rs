@@ -117,6 +117,11 @@ impl RegexTrails {
             }
         };
         if let Some(f) = &self.prefilter {
+            // Regexes without a required literal are candidates for every name: the set's
+            // `is_match` rules out the common miss before they run one by one.
+            if !f.all_filtered() && self.set.as_ref().is_some_and(|set| !set.is_match(q)) {
+                return None;
+            }
             // Only the regexes whose required literal the name contains (and those without
             // one), in trail order: the same leftmost-first result as trying them all.
             f.candidates(q.as_bytes()).iter().for_each(&mut consider);
@@ -671,10 +676,39 @@ mod tests {
     /// The one-pass verdict and hit agree with asking the whitelist and the lookup apart.
     #[test]
     fn lookup_whitelisted_matches_separate_calls() {
-        let d = trails(&[("evil.com", 0), ("a.b.c.d.e.f.g.h.i.j.bad.org", 0)], &[]);
+        let names = [("evil.com", 0), ("a.b.c.d.e.f.g.h.i.j.bad.org", 0)];
+        // Regexes with a required literal only (the trigram hint decides), and then one
+        // without a usable literal too (every name is a candidate).
+        let literal = [("nutqauytva[0-9a-z]+\\.com", 1)];
+        let mixed = [
+            ("nutqauytva[0-9a-z]+\\.com", 1),
+            ("(?i)^[a-z]{2}\\.[0-9]+\\.net$", 2),
+        ];
+        for d in [
+            trails(&names, &[]),
+            trails(&names, &literal),
+            trails(&names, &mixed),
+        ] {
+            check_lookup_whitelisted(&d);
+        }
+        assert!(trails(&names, &literal)
+            .lookup("www.nutqauytvax.com")
+            .is_some());
+        let d = trails(&names, &mixed);
+        assert!(d.lookup("AB.12.NET").is_some() && d.lookup("abc.12.net").is_none());
+    }
+
+    fn check_lookup_whitelisted(d: &DomainTrails) {
         let w = Whitelist::parse("good.evil.com\nsafe.org\n1.2.3.4\nx_y.net\n");
         let long = "x.a.b.c.d.e.f.g.h.i.j.bad.org";
         for q in [
+            "ab",
+            "A.NUTQAUYTVA1.COM.",
+            "nutqauytva1.com:443",
+            "www.nutqauytvax.com",
+            "ab.12.net",
+            "AB.12.NET",
+            "abc.12.net",
             "evil.com",
             "EVIL.com.",
             "good.evil.com",

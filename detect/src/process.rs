@@ -903,10 +903,21 @@ impl Run<'_, '_> {
         details: impl FnOnce() -> Details,
     ) {
         if let Some(m) = hit.filter(|_| !is_ip_literal(name) && is_valid_dns_name(name)) {
-            let label = self.label(m.label);
-            let e = ctx.labelled(EventType::Dns, m.trail, label, details());
-            self.emit(e);
+            self.emit_domain_hit(ctx, m, details);
         }
+    }
+
+    /// The `DNS` event of a domain trail hit (Maltrail's exceptions, name servers of sinkholed
+    /// domains and bare dynamic-DNS providers, are applied by the lookup itself).
+    fn emit_domain_hit(
+        &mut self,
+        ctx: &PacketContext<'_>,
+        m: DomainMatch,
+        details: impl FnOnce() -> Details,
+    ) {
+        let label = self.label(m.label);
+        let e = ctx.labelled(EventType::Dns, m.trail, label, details());
+        self.emit(e);
     }
 
     /// A name against the domain trails (Maltrail's `_check_domain`): a `DNS` event on a hit,
@@ -931,11 +942,7 @@ impl Run<'_, '_> {
         };
         let whitelisted = whitelisted.unwrap_or_else(|| self.whitelist.is_domain_whitelisted(name));
         if !whitelisted {
-            // Maltrail's exceptions (name servers of sinkholed domains, bare dynamic-DNS
-            // providers) are applied by the lookup itself.
-            let label = self.label(m.label);
-            let e = ctx.labelled(EventType::Dns, m.trail, label, details());
-            self.emit(e);
+            self.emit_domain_hit(ctx, m, details);
         }
         Some(whitelisted)
     }

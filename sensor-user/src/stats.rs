@@ -105,6 +105,11 @@ mod tests {
         assert_eq!(c.get(stat::PACKETS), 7);
         assert_eq!(c.get(stat::FLOW_STARTS), 11);
         assert_eq!(c.get(stat::BYTES), 0);
-        assert_eq!(c.pairs().count(), stat::COUNT as usize);
+        // Each counter under its own name, in the stats line as in the JSON.
+        let names: std::collections::HashSet<_> = c.pairs().map(|(name, _)| name).collect();
+        assert_eq!(names.len(), stat::COUNT as usize);
+        let packets = stat::NAMES[stat::PACKETS as usize];
+        assert!(c.to_string().contains(&format!("{packets}=7")));
+        assert_eq!(c.to_json()[packets], 7);
     }
 }

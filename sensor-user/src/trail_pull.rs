@@ -146,20 +146,29 @@ where
         .into_inner();
     let mut bytes = Vec::with_capacity(info.size as usize);
     while let Some(chunk) = stream.message().await? {
-        if chunk.offset != bytes.len() as u64 {
-            bail!(
-                "chunk at {} where {} was expected",
-                chunk.offset,
-                bytes.len()
-            );
-        }
-        if bytes.len() as u64 + chunk.data.len() as u64 > info.size {
-            bail!("more bytes than the announced {}", info.size);
-        }
-        bytes.extend_from_slice(&chunk.data);
+        append_chunk(&mut bytes, chunk.offset, &chunk.data, info.size, "")?;
     }
     check_announced(&bytes, info)?;
     Ok(bytes)
+}
+
+/// Appends one streamed chunk: it must start where the bytes so far end and stay within
+/// `announced` (`what` names the stream in the errors).
+fn append_chunk(
+    bytes: &mut Vec<u8>,
+    offset: u64,
+    data: &[u8],
+    announced: u64,
+    what: &str,
+) -> anyhow::Result<()> {
+    if offset != bytes.len() as u64 {
+        bail!("{what}chunk at {offset} where {} was expected", bytes.len());
+    }
+    if bytes.len() as u64 + data.len() as u64 > announced {
+        bail!("more {what}bytes than the announced {announced}");
+    }
+    bytes.extend_from_slice(data);
+    Ok(())
 }
 
 /// Checks `bytes` against the announced size and SHA-256.
@@ -198,18 +207,11 @@ where
     let mut bytes = Vec::new();
     let mut total = None;
     while let Some(chunk) = stream.message().await? {
-        if chunk.offset != bytes.len() as u64 {
-            bail!(
-                "delta chunk at {} where {} was expected",
-                chunk.offset,
-                bytes.len()
-            );
-        }
         let t = *total.get_or_insert(chunk.delta_size);
-        if t > MAX_SET_BYTES || bytes.len() as u64 + chunk.data.len() as u64 > t {
+        if t > MAX_SET_BYTES {
             bail!("more delta bytes than the announced {t}");
         }
-        bytes.extend_from_slice(&chunk.data);
+        append_chunk(&mut bytes, chunk.offset, &chunk.data, t, "delta ")?;
     }
     if total != Some(bytes.len() as u64) {
         bail!("{} delta bytes received of {total:?}", bytes.len());

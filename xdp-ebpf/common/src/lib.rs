@@ -496,7 +496,8 @@ pub struct HitRecord {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowRecord {
     /// `bpf_ktime_get_coarse_ns()`: CLOCK_MONOTONIC at tick resolution (1-10 ms), read
-    /// about once per tick and CPU (so up to a tick late, see [`FlowBatch::clock_ns`]).
+    /// about once per tick and CPU and cached (so up to a tick late: the tick bumps `jiffies`
+    /// just before it moves the coarse clock, and a read in between returns the old time).
     pub ts_ns: u64,
     /// Addresses; IPv4 as v4-mapped IPv6.
     pub src: [u8; 16],
@@ -530,14 +531,6 @@ pub struct FlowBatch {
     pub len: u32,
     /// The kernel's tick counter (`jiffies`, truncated) at the batch's first record.
     pub tick: u32,
-    /// `jiffies` when `clock_ns` was read: the coarse clock only moves on with the tick, so
-    /// the program reads it again (a helper call) only once the tick changed. The tick bumps
-    /// `jiffies` just before it moves the clock, so a read that returns `clock_ns` unchanged
-    /// does not update this: the next packet reads the clock again, and no stale time is
-    /// kept for a whole tick.
-    pub clock_jiffies: u64,
-    /// `bpf_ktime_get_coarse_ns()` as last read (at `clock_jiffies`).
-    pub clock_ns: u64,
     pub records: [FlowRecord; FLOW_BATCH],
 }
 

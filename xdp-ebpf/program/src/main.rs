@@ -144,6 +144,7 @@ struct TlsFlow {
     /// Sequence number just past the record (at most `tls_flow::MAX_BYTES` from its start).
     end_seq: u32,
     _pad: u32,
+    /// Coarse clock (`coarse_now`).
     expires_ns: u64,
 }
 
@@ -154,12 +155,13 @@ struct TlsFlow {
 static TLS_FLOWS: LruHashMap<TlsFlowKey, TlsFlow> =
     LruHashMap::with_max_entries(tls_flow::SLOTS, 0);
 
-/// Until when (`bpf_ktime_get_ns`) any `TLS_FLOWS` entry may be live: while none can be,
-/// TCP segments skip the map lookup.
+/// Until when (coarse clock, `coarse_now`) any `TLS_FLOWS` entry may be live: while none can
+/// be, TCP segments skip the call to `tls_continues` and its map lookup.
 #[map]
 static TLS_FLOWS_UNTIL: Array<u64> = Array::with_max_entries(1, 0);
 
-/// The packet being processed (see `parse::parse_into`) and the flow-batch hint, per CPU.
+/// The packet being processed (see `parse::parse_into`) and what a CPU keeps between
+/// packets (`CpuState`), per CPU: one lookup per packet for both.
 #[map]
 static PACKET: PerCpuArray<CpuScratch> = PerCpuArray::with_max_entries(1, 0);
 
@@ -168,11 +170,27 @@ static PACKET: PerCpuArray<CpuScratch> = PerCpuArray::with_max_entries(1, 0);
 #[derive(Clone, Copy)]
 struct CpuScratch {
     pkt: Packet,
-    /// Non-zero whenever this CPU's `FLOW_BATCH` may hold records: set by every append, cleared
-    /// by a frame that finds the batch empty. While it is zero, a frame that starts no flow
-    /// skips the batch lookup (`flush_stale_flows`). Only a hint that it may be non-empty:
-    /// the flush program and userspace empty the batch without clearing it.
+    state: CpuState,
+}
+
+/// What a CPU's packets leave for its next ones.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CpuState {
+    /// Non-zero while this CPU's `FLOW_BATCH` holds records as far as this program knows: set
+    /// by an append that leaves records, cleared by a send and by a frame that finds the batch
+    /// empty. While it is zero, a frame that starts no flow skips the batch lookup
+    /// (`flush_stale_flows`). Only a hint that it may be non-empty: the flush program and
+    /// userspace empty the batch without clearing it.
     flows_pending: u32,
+    _pad: u32,
+    /// `parse::forget`'s word for `hand_off`'s answer.
+    scratch: u64,
+    /// `jiffies` when `clock_ns` was read: the coarse clock only moves on with the tick, so
+    /// it is read again (a helper call) only once the tick changed (see `coarse_now`).
+    clock_jiffies: u64,
+    /// `bpf_ktime_get_coarse_ns()` as last read (at `clock_jiffies`).
+    clock_ns: u64,
 }
 
 /// Interface index to its slot in `XSKS`.
@@ -340,14 +358,14 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32, stats: Stats) -> u32 {
     // SAFETY: as above; read back from map memory, so the verifier knows nothing of it.
     let pkt: &Packet = unsafe { &(*slot).pkt };
     // SAFETY: as above; a field `parse_into` does not touch.
-    let pending = unsafe { &mut (*slot).flows_pending };
+    let state = unsafe { &mut (*slot).state };
     match status {
         0 => {}
         1 => {
             stats.add(stat::NON_IP, 1);
             // Any frame sends a stale batch, not only an IP one.
             if cfg.flags & config_flags::FLOWS != 0 {
-                flush_stale_flows(cfg, pending);
+                flush_stale_flows(cfg, state);
             }
             return idle_verdict(cfg);
         }
@@ -357,7 +375,7 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32, stats: Stats) -> u32 {
                 debug!(ctx, "xtrail: malformed frame, {} bytes", len);
             }
             if cfg.flags & config_flags::FLOWS != 0 {
-                flush_stale_flows(cfg, pending);
+                flush_stale_flows(cfg, state);
             }
             return idle_verdict(cfg);
         }
@@ -367,9 +385,9 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32, stats: Stats) -> u32 {
     }
     if cfg.flags & config_flags::FLOWS != 0 {
         if !pkt.fragment && pkt.is_flow_start() {
-            flow_start(pkt, cfg, stats, pending);
+            flow_start(pkt, cfg, stats, state);
         } else {
-            flush_stale_flows(cfg, pending);
+            flush_stale_flows(cfg, state);
         }
     }
     let hit = lookup_packet(pkt, set, stats);
@@ -386,8 +404,12 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32, stats: Stats) -> u32 {
     // An enforced drop is not handed over: the packet goes nowhere.
     let mut dns_handed_off = false;
     if !(enforce && hit.is_some()) {
-        if let Some(kind) = classify(ctx, pkt, cfg, stats) {
-            if let Some(v) = hand_off(ctx, cfg, kind, len) {
+        if let Some(kind) = classify(ctx, pkt, cfg, stats, state) {
+            // Through map memory: the verifier then walks on from the call once, not once per
+            // constant `hand_off` returns (39,469 instructions verified, 43,789 without).
+            let v = hand_off(ctx, cfg, kind, stats);
+            let v = parse::forget(&mut state.scratch, u64::from(v)) as u32;
+            if v != NOT_HANDED_OFF {
                 if cfg.mode == mode::MIRROR {
                     verdict = v;
                 }
@@ -413,16 +435,17 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32, stats: Stats) -> u32 {
 /// within the window. Inline: a flow start already sent, the common case, makes no call
 /// (measured ~8 ns less per such packet than as a BPF function of its own), and so does the
 /// append (`add_flow`) until the batch is sent. Time is the coarse clock (`coarse_now`:
-/// CLOCK_MONOTONIC at tick resolution, read about once per tick; `bpf_ktime_get_ns` costs ~20-30 ns on a VM),
-/// kept in units of 2^20 ns (~1.05 ms) so that the window test needs no division.
+/// CLOCK_MONOTONIC at tick resolution, read about once per tick; `bpf_ktime_get_ns` costs
+/// ~20-30 ns on a VM), kept in units of 2^20 ns (~1.05 ms) so that the window test needs no
+/// division.
 #[inline(always)]
-fn flow_start(pkt: &Packet, cfg: &Config, stats: Stats, pending: &mut u32) {
+fn flow_start(pkt: &Packet, cfg: &Config, stats: Stats, state: &mut CpuState) {
     let Some(batch) = FLOW_BATCH_MAP.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's slot of a per-CPU array; nothing else uses it during this run.
     let batch = unsafe { &mut *batch };
-    let (now, tick) = coarse_now(batch);
+    let (now, tick) = coarse_now(state);
     // Two multiply rounds for IPv4 (its other address words are constant), three more for
     // IPv6; the words of the two addresses are paired into 64-bit lanes.
     let mix = |h: u64, w: u64| (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31);
@@ -451,6 +474,7 @@ fn flow_start(pkt: &Packet, cfg: &Config, stats: Stats, pending: &mut u32) {
             stats.add(stat::FLOW_REPEATS, 1);
             if batch.len != 0 && batch.tick != tick {
                 send_flows(batch, cfg);
+                state.flows_pending = 0;
             }
             return;
         }
@@ -458,7 +482,8 @@ fn flow_start(pkt: &Packet, cfg: &Config, stats: Stats, pending: &mut u32) {
         unsafe { *p = (tag << 32) | u64::from(now_u) };
     }
     add_flow(pkt, batch, now, tick, cfg, stats);
-    *pending = 1;
+    // Empty again when the append sent the batch.
+    state.flows_pending = batch.len;
 }
 
 /// Appends a flow start to this CPU's batch, and sends the batch when it is full or the
@@ -496,24 +521,24 @@ fn add_flow(pkt: &Packet, batch: &mut FlowBatch, now: u64, tick: u32, cfg: &Conf
     }
 }
 
-/// The coarse clock, read through this CPU's cache in `batch`, and `jiffies` (truncated):
+/// The coarse clock, read through this CPU's cache in `state`, and `jiffies` (truncated):
 /// the clock is read again only once `jiffies` moved on (the coarse clock advances with the
 /// tick), so most packets make no helper call. The tick bumps `jiffies_64` before
 /// `update_wall_time()` moves the coarse clock: a read in that gap returns the old time, so
 /// the tick is cached only once the clock read differs from the cached one (until then every
 /// packet reads it again; after a NOHZ idle spell the old time may be seconds old).
 #[inline(always)]
-fn coarse_now(batch: &mut FlowBatch) -> (u64, u32) {
+fn coarse_now(state: &mut CpuState) -> (u64, u32) {
     // SAFETY: a helper without arguments, inlined by the verifier as a load of `jiffies`.
     let j = unsafe { bpf_jiffies64() };
-    if batch.clock_jiffies == j {
-        return (batch.clock_ns, j as u32);
+    if state.clock_jiffies == j {
+        return (state.clock_ns, j as u32);
     }
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if now != batch.clock_ns {
-        batch.clock_jiffies = j;
-        batch.clock_ns = now;
+    if now != state.clock_ns {
+        state.clock_jiffies = j;
+        state.clock_ns = now;
     }
     (now, j as u32)
 }
@@ -528,10 +553,10 @@ fn jiffies() -> u32 {
 
 /// A frame that starts no flow: sends this CPU's flow starts if the coarse clock has
 /// moved on since the first of them (so a lone flow start waits about a clock tick, not for
-/// the batch to fill). No map lookup while `pending` (`CpuScratch::flows_pending`) is clear.
+/// the batch to fill). No map lookup while `CpuState::flows_pending` is clear.
 #[inline(always)]
-fn flush_stale_flows(cfg: &Config, pending: &mut u32) {
-    if *pending == 0 {
+fn flush_stale_flows(cfg: &Config, state: &mut CpuState) {
+    if state.flows_pending == 0 {
         return;
     }
     let Some(batch) = FLOW_BATCH_MAP.get_ptr_mut(0) else {
@@ -540,12 +565,12 @@ fn flush_stale_flows(cfg: &Config, pending: &mut u32) {
     // SAFETY: this CPU's slot of a per-CPU array; nothing else uses it during this run.
     let batch = unsafe { &mut *batch };
     if batch.len == 0 {
-        *pending = 0;
+        state.flows_pending = 0;
         return;
     }
     if batch.tick != jiffies() {
         send_flows(batch, cfg);
-        *pending = 0;
+        state.flows_pending = 0;
     }
 }
 
@@ -579,7 +604,13 @@ fn send_flows(batch: &mut FlowBatch, cfg: &Config) {
 
 /// What kind of payload this packet carries, if userspace wants it.
 #[inline(always)]
-fn classify(ctx: &XdpContext, pkt: &Packet, cfg: &Config, stats: Stats) -> Option<u8> {
+fn classify(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    cfg: &Config,
+    stats: Stats,
+    state: &mut CpuState,
+) -> Option<u8> {
     if cfg.flags & config_flags::HANDOFF == 0 || pkt.fragment || pkt.payload_off == 0 {
         return None;
     }
@@ -652,10 +683,21 @@ fn classify(ctx: &XdpContext, pkt: &Packet, cfg: &Config, stats: Stats) -> Optio
         stats.add(stat::HANDOFF_TLS, 1);
         // A record longer than this segment: follow the flow (even if the hand-off below
         // fails: userspace then ignores the continuations it gets).
-        tls_track(pkt, ((word & 0xff) << 8 | word2 >> 24) + 5, seg, stats);
+        tls_track(
+            pkt,
+            ((word & 0xff) << 8 | word2 >> 24) + 5,
+            seg,
+            stats,
+            state,
+        );
         return Some(handoff::TLS_CLIENT_HELLO);
     }
-    if tls_flows_may_be_live() && tls_continues(pkt, seg, stats) {
+    // Until when a followed ClientHello may be live, ruled out here without a clock read or
+    // a call for most segments: against this CPU's last coarse time, which is never ahead of
+    // the clock, so what it has passed the clock has passed too (`tls_continues` reads the
+    // clock itself).
+    let until = TLS_FLOWS_UNTIL.get(0).copied().unwrap_or(0);
+    if until != 0 && until >= state.clock_ns && tls_continues(pkt, seg, stats, state, until) {
         stats.add(stat::TLS_CONTINUATIONS, 1);
         return Some(handoff::TLS_CONTINUATION);
     }
@@ -691,9 +733,10 @@ fn tls_flow_key(pkt: &Packet) -> TlsFlowKey {
 /// After a ClientHello's first segment (`seg` payload bytes) was handed over: if its record
 /// (`record` bytes, header included) is longer than the segment, remember the flow so that
 /// its next segments are handed over too, up to `tls_flow::MAX_BYTES` and for
-/// `tls_flow::TIMEOUT_NS`. (Scalars in, no packet access: verified once as its own function.)
+/// `tls_flow::TIMEOUT_NS` of the coarse clock (`coarse_now`). (No packet access: verified as
+/// a function of its own, not once per path through `process`.)
 #[inline(never)]
-fn tls_track(pkt: &Packet, record: u32, seg: u64, stats: Stats) {
+fn tls_track(pkt: &Packet, record: u32, seg: u64, stats: Stats, state: &mut CpuState) {
     if u64::from(record) <= seg {
         return;
     }
@@ -705,7 +748,7 @@ fn tls_track(pkt: &Packet, record: u32, seg: u64, stats: Stats) {
             return;
         }
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let (now, _) = coarse_now(state);
     let flow = TlsFlow {
         end_seq: pkt.tcp_seq.wrapping_add(want),
         _pad: 0,
@@ -721,27 +764,17 @@ fn tls_track(pkt: &Packet, record: u32, seg: u64, stats: Stats) {
     }
 }
 
-/// Whether any `TLS_FLOWS` entry may still be live, decided without the fine clock nor a
-/// call to `tls_continues` for most segments: the coarse clock (CLOCK_MONOTONIC as of the
-/// last tick) never runs ahead of `bpf_ktime_get_ns`, so a time it has passed, the fine clock
-/// has passed too, and `tls_continues` would say no.
-#[inline(always)]
-fn tls_flows_may_be_live() -> bool {
-    let until = TLS_FLOWS_UNTIL.get(0).copied().unwrap_or(0);
-    // SAFETY: a helper without arguments.
-    until != 0 && until >= unsafe { bpf_ktime_get_coarse_ns() }
-}
-
 /// Whether this TCP segment (`seg` payload bytes) continues a followed ClientHello (see
 /// `tls_track`); forgets the flow once the segment reaches the record's end, or when it
-/// expired.
+/// expired. `until`: `TLS_FLOWS_UNTIL` as the caller read it. Time is the coarse clock
+/// (`coarse_now`), read once here.
 #[inline(never)]
-fn tls_continues(pkt: &Packet, seg: u64, stats: Stats) -> bool {
+fn tls_continues(pkt: &Packet, seg: u64, stats: Stats, state: &mut CpuState, until: u64) -> bool {
     if seg == 0 || pkt.proto != parse::IPPROTO_TCP {
         return false;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
-    if TLS_FLOWS_UNTIL.get(0).copied().unwrap_or(0) < now {
+    let (now, _) = coarse_now(state);
+    if until < now {
         return false;
     }
     let key = tls_flow_key(pkt);
@@ -771,14 +804,17 @@ fn http_port(port: u16) -> bool {
     (word >> (port & 63)) & 1 == 1
 }
 
+/// `hand_off`'s answer when the packet was not handed over.
+const NOT_HANDED_OFF: u32 = u32::MAX;
+
 /// Mirror mode with sockets: redirect to this queue's AF_XDP socket. Otherwise: copy the
-/// first bytes to the payload ring buffer. Returns the verdict for a redirect.
+/// first bytes to the payload ring buffer. Returns the verdict for the packet handed over,
+/// or `NOT_HANDED_OFF` (a plain `u32`, not an `Option`: that would be returned through
+/// memory, and its pointer would be a sixth argument where a BPF function takes five).
 /// A separate BPF function: verified once, not once per path through `process`.
 #[inline(never)]
-fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, len: u64) -> Option<u32> {
-    // Its own lookup of the counters: with its returned `Option` in memory, one more argument
-    // would exceed the five a BPF function takes.
-    let stats = Stats::get()?;
+fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, stats: Stats) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
     if cfg.mode == mode::MIRROR && cfg.flags & config_flags::XSK != 0 {
         let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
         let queue = ctx.rx_queue_index();
@@ -792,11 +828,11 @@ fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, len: u64) -> Option<u32> {
             return match XSKS.redirect(index, u64::from(xdp_action::XDP_DROP)) {
                 Ok(v) => {
                     stats.add(stat::REDIRECTED, 1);
-                    Some(v)
+                    v
                 }
                 Err(_) => {
                     stats.add(stat::HANDOFF_FAILED, 1);
-                    None
+                    NOT_HANDED_OFF
                 }
             };
         }
@@ -821,11 +857,11 @@ fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, len: u64) -> Option<u32> {
     };
     if !reserve_class(ctx, &header, n, wake_shift(cfg, wake::PAYLOADS)) {
         stats.add(stat::HANDOFF_FAILED, 1);
-        return None;
+        return NOT_HANDED_OFF;
     }
     stats.add(stat::COPIED, 1);
     // A copy leaves the packet's fate to the mode: pass (inline) or drop (mirror).
-    Some(idle_verdict(cfg))
+    idle_verdict(cfg)
 }
 
 /// Reserves the smallest size class that holds `n` frame bytes (as

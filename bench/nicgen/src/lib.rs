@@ -274,6 +274,36 @@ pub fn test_run(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> Result<(u32,
     Ok((attr.retval, attr.duration))
 }
 
+/// The test-run floor: a loaded XDP program that only returns `XDP_PASS`, run beside each
+/// measurement so that a figure net of it is paired with a floor taken at the same moment.
+pub struct Floor {
+    fd: std::os::fd::OwnedFd,
+    _ebpf: Ebpf,
+}
+
+impl Floor {
+    pub fn load() -> Result<Floor, GenError> {
+        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        let fd = loaded_fd(&mut ebpf, "noop")?;
+        Ok(Floor { fd, _ebpf: ebpf })
+    }
+
+    /// The kernel's average ns per run of the floor over `repeat` runs of `frame`.
+    pub fn run(&self, frame: &[u8], repeat: u32) -> Result<u32, GenError> {
+        test_run(self.fd.as_fd(), frame, repeat).map(|(_, d)| d)
+    }
+}
+
+/// Loads the object's XDP program `name` and returns an owned fd of it.
+fn loaded_fd(ebpf: &mut Ebpf, name: &'static str) -> Result<std::os::fd::OwnedFd, GenError> {
+    let p = xdp(ebpf, name)?;
+    p.load()?;
+    p.fd()?
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(GenError::TestRun)
+}
+
 /// What one array map read costs per packet: (`noop` ns, `array_read` ns), each the
 /// kernel's average over `repeat` test runs.
 pub fn map_read_cost(repeat: u32) -> Result<(f64, f64), GenError> {
@@ -281,13 +311,7 @@ pub fn map_read_cost(repeat: u32) -> Result<(f64, f64), GenError> {
     let frame = [0u8; 64];
     let mut out = [0.0; 2];
     for (i, name) in ["noop", "array_read"].into_iter().enumerate() {
-        let p = xdp(&mut ebpf, name)?;
-        p.load()?;
-        let fd = p
-            .fd()?
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(GenError::TestRun)?;
+        let fd = loaded_fd(&mut ebpf, name)?;
         // Several rounds; the lowest average is the least disturbed by other work.
         let best = (0..5)
             .map(|_| test_run(fd.as_fd(), &frame, repeat).map(|(_, d)| d))

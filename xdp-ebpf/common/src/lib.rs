@@ -496,8 +496,9 @@ pub struct HitRecord {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowRecord {
     /// `bpf_ktime_get_coarse_ns()`: CLOCK_MONOTONIC at tick resolution (1-10 ms), read
-    /// about once per tick and CPU and cached (so up to a tick late: the tick bumps `jiffies`
-    /// just before it moves the coarse clock, and a read in between returns the old time).
+    /// about once per tick and CPU and cached: up to about two ticks late (the tick bumps
+    /// `jiffies` just before it moves the coarse clock; a CPU whose first packet of a tick
+    /// reads in between caches the previous tick's time for this tick).
     pub ts_ns: u64,
     /// Addresses; IPv4 as v4-mapped IPv6.
     pub src: [u8; 16],

@@ -683,13 +683,7 @@ fn classify(
         stats.add(stat::HANDOFF_TLS, 1);
         // A record longer than this segment: follow the flow (even if the hand-off below
         // fails: userspace then ignores the continuations it gets).
-        tls_track(
-            pkt,
-            ((word & 0xff) << 8 | word2 >> 24) + 5,
-            seg,
-            stats,
-            state,
-        );
+        tls_track(pkt, ((word & 0xff) << 8 | word2 >> 24) + 5, seg, stats);
         return Some(handoff::TLS_CLIENT_HELLO);
     }
     // Until when a followed ClientHello may be live, ruled out here without a clock read or
@@ -733,10 +727,13 @@ fn tls_flow_key(pkt: &Packet) -> TlsFlowKey {
 /// After a ClientHello's first segment (`seg` payload bytes) was handed over: if its record
 /// (`record` bytes, header included) is longer than the segment, remember the flow so that
 /// its next segments are handed over too, up to `tls_flow::MAX_BYTES` and for
-/// `tls_flow::TIMEOUT_NS` of the coarse clock (`coarse_now`). (No packet access: verified as
-/// a function of its own, not once per path through `process`.)
+/// `tls_flow::TIMEOUT_NS`. The window starts at the precise time (one helper call on this
+/// rare path): the checks compare it with the coarse clock, which is never ahead, so a
+/// window can end late by a tick but never early (a CPU's cached coarse time may be old).
+/// (No packet access: verified as a function of its own, not once per path through
+/// `process`.)
 #[inline(never)]
-fn tls_track(pkt: &Packet, record: u32, seg: u64, stats: Stats, state: &mut CpuState) {
+fn tls_track(pkt: &Packet, record: u32, seg: u64, stats: Stats) {
     if u64::from(record) <= seg {
         return;
     }
@@ -748,7 +745,8 @@ fn tls_track(pkt: &Packet, record: u32, seg: u64, stats: Stats, state: &mut CpuS
             return;
         }
     }
-    let (now, _) = coarse_now(state);
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     let flow = TlsFlow {
         end_seq: pkt.tcp_seq.wrapping_add(want),
         _pad: 0,
@@ -757,9 +755,13 @@ fn tls_track(pkt: &Packet, record: u32, seg: u64, stats: Stats, state: &mut CpuS
     if TLS_FLOWS.insert(&tls_flow_key(pkt), &flow, 0).is_ok() {
         stats.add(stat::TLS_FLOWS_TRACKED, 1);
         if let Some(p) = TLS_FLOWS_UNTIL.get_ptr_mut(0) {
-            // SAFETY: a u64 slot of an array map; a racing writer also writes a time a flow
-            // may be live until, and a torn order only costs a lookup.
-            unsafe { *p = flow.expires_ns };
+            // SAFETY: a u64 slot of an array map. Only ever raised: a racing writer also
+            // writes a time a flow may be live until, and a lost race only costs lookups.
+            unsafe {
+                if *p < flow.expires_ns {
+                    *p = flow.expires_ns;
+                }
+            }
         }
     }
 }

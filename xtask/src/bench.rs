@@ -28,6 +28,8 @@ use crate::paths;
 pub struct BenchOptions {
     pub quick: bool,
     pub peer: Option<String>,
+    /// Offline replay by another sensor (`{pcap}` substituted).
+    pub peer_replay: Option<String>,
     pub seed: u64,
     /// Run only the scenarios whose name starts with one of these.
     pub only: Vec<String>,
@@ -67,6 +69,8 @@ struct Run {
     /// generator's share the same in every run, differences between runs are what each
     /// sensor costs.
     busy_ns_per_packet: f64,
+    /// `--peer-replay`: CPU of its processes per packet, set-up excluded.
+    replay_cpu_ns_per_packet: Option<f64>,
 }
 
 impl Run {
@@ -88,7 +92,8 @@ impl Run {
                 "\"handed_to_userspace\":{},\"events\":{},\"reported\":{},\"suppressed\":{},\"ringbuf_full\":{},",
                 "\"handoff_failed\":{},\"injected\":{},\"detected\":{},\"recall\":{},\"xdp_ns_per_packet\":{},",
                 "\"softirq_ns_per_packet\":{},\"user_ns_per_packet\":{},\"user_ns_per_handed\":{},",
-                "\"rss_mb\":{},\"trail_load_s\":{},\"map_fill_s\":{},\"busy_ns_per_packet\":{}}}"
+                "\"rss_mb\":{},\"trail_load_s\":{},\"map_fill_s\":{},\"busy_ns_per_packet\":{},",
+                "\"replay_cpu_ns_per_packet\":{}}}"
             ),
             self.scenario,
             self.sensor,
@@ -117,6 +122,7 @@ impl Run {
             f(self.load_s),
             f(self.fill_s),
             f(self.busy_ns_per_packet),
+            self.replay_cpu_ns_per_packet.map(f).unwrap_or("null".into()),
         )
     }
 }
@@ -294,6 +300,186 @@ pub(crate) fn stop_child(child: &mut Child) {
     xtrail_bench::child::interrupt_and_wait(child, Duration::from_secs(20));
 }
 
+/// What the bench waits for on a `--peer`'s output (stdout or stderr) before measuring:
+/// Maltrail's sensor prints `[^] running...` once its trails are loaded, its capture open and
+/// its worker processes started.
+pub(crate) const PEER_READY: &str = "running";
+/// How long a `--peer` may take to print [`PEER_READY`] (Maltrail loads the 1.6M trails of
+/// the reference set in Python, then zero-fills its capture ring).
+const PEER_START: Duration = Duration::from_secs(600);
+/// How long after a send a `--peer`'s log is complete: Maltrail writes the events whose
+/// info holds one of its CONDENSE_ON_INFO_KEYWORDS ("scanner", "attacker", ...) merged,
+/// every CONDENSED_EVENTS_FLUSH_PERIOD (10 s), and drops what is pending when it stops.
+pub(crate) const PEER_LOG_FLUSH: Duration = Duration::from_secs(11);
+
+/// A capture sensor started from a command line: `--peer`, the libpcap baseline, or
+/// nothing (`sleep`). `{iface}`, `{trails}` and `{log}` are substituted.
+pub(crate) struct Other {
+    pub(crate) child: Child,
+    /// The file the command was given for `{log}` (events in Maltrail's line format), when
+    /// it takes one: its events are scored like xtrail's.
+    pub(crate) log: Option<PathBuf>,
+    /// The peer's output lines, kept read so that it never blocks on a full pipe.
+    _output: Option<mpsc::Receiver<String>>,
+}
+
+impl Other {
+    /// Starts `command` for sensor `name` in the sensor's namespace of `pair` and waits
+    /// until it captures: for the peer until it prints [`PEER_READY`], else 3 s. `stdout`
+    /// receives the baseline's output (the peer's goes to the watcher).
+    pub(crate) fn start(
+        pair: &VethPair,
+        name: &str,
+        command: &str,
+        trails: &Path,
+        log: &Path,
+        stdout: Stdio,
+    ) -> anyhow::Result<Other> {
+        let takes_log = command.contains("{log}");
+        let cmdline = command
+            .replace("{iface}", &pair.sensor_if)
+            .replace("{trails}", &trails.to_string_lossy())
+            .replace("{log}", &log.to_string_lossy());
+        let mut cmd = pair.in_sensor_ns("sh");
+        let mut other = if name == "peer" {
+            cmd.args(["-c", &format!("exec {cmdline} 1>&2")])
+                .stdout(Stdio::null());
+            let watched =
+                spawn_watched(&mut cmd, None).with_context(|| format!("starting {cmdline}"))?;
+            let ready = watched.wait_for(PEER_READY, "\u{0}", PEER_START);
+            let mut other = Other {
+                child: watched.child,
+                log: None,
+                _output: Some(watched.lines),
+            };
+            if let Err(e) = ready {
+                other.stop();
+                anyhow::bail!("the peer exited or printed no {PEER_READY:?} line: {e}");
+            }
+            other
+        } else {
+            cmd.args(["-c", &format!("exec {cmdline}")])
+                .stdout(stdout)
+                .stderr(Stdio::null());
+            Other {
+                child: cmd.spawn().with_context(|| format!("starting {cmdline}"))?,
+                log: None,
+                _output: None,
+            }
+        };
+        std::thread::sleep(Duration::from_secs(if name == "peer" { 2 } else { 3 }));
+        other.log = takes_log.then(|| log.to_path_buf());
+        Ok(other)
+    }
+
+    /// Stops the sensor and whatever processes it forked: SIGINT, then SIGTERM after 5 s
+    /// (Python ignores SIGINT when started with it ignored), SIGKILL after 20 s; then
+    /// SIGKILL for any descendant left (a Maltrail worker whose parent was killed would
+    /// poll its ring forever).
+    pub(crate) fn stop(&mut self) {
+        let tree = process_tree(self.child.id());
+        let pid = self.child.id() as i32;
+        let started = std::time::Instant::now();
+        let mut sent_term = false;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            let waited = started.elapsed();
+            if waited > Duration::from_secs(20) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            if waited > Duration::from_secs(5) && !sent_term {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                sent_term = true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for pid in tree.into_iter().skip(1) {
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                // SAFETY: kill(2) on a descendant of our own child, listed before it stopped.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// `pid` and its descendants, from the parent pids in /proc (a sensor that forks workers,
+/// such as Maltrail's with PROCESS_COUNT above 1).
+pub(crate) fn process_tree(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(|p| {
+                    let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+                    let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?;
+                    Some((p, ppid.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree
+}
+
+/// Clock ticks of a process tree: utime + stime of `pid` and its descendants, plus the
+/// children's time they have reaped (cutime + cstime), so a worker that exits mid-run still
+/// counts.
+pub(crate) fn tree_ticks(pid: u32) -> u64 {
+    process_tree(pid)
+        .into_iter()
+        .map(|p| {
+            let reaped = std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .map(|stat| {
+                    let f: Vec<u64> = stat
+                        .rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .split_whitespace()
+                        .skip(13)
+                        .take(2)
+                        .filter_map(|v| v.parse().ok())
+                        .collect();
+                    f.iter().sum::<u64>()
+                })
+                .unwrap_or(0);
+            proc_ticks(p) + reaped
+        })
+        .sum()
+}
+
+/// Waits after a send until the process tree of `pid` stops using CPU (at most two clock
+/// ticks in 250 ms: an idle Maltrail's worker polling its ring takes about one), at most
+/// `max`; returns the time waited. A capture sensor that queues
+/// packets in userspace (Maltrail's ring between its capture process and its workers)
+/// goes on working after the traffic ends, and that work is part of what the traffic cost.
+pub(crate) fn settle(pid: u32, max: Duration) -> Duration {
+    let step = Duration::from_millis(250);
+    let started = std::time::Instant::now();
+    let mut last = tree_ticks(pid);
+    loop {
+        std::thread::sleep(step);
+        let now = tree_ticks(pid);
+        if now.saturating_sub(last) <= 2 || started.elapsed() >= max {
+            return started.elapsed();
+        }
+        last = now;
+    }
+}
+
 fn send(
     pair: &VethPair,
     traffic: &Traffic,
@@ -403,51 +589,69 @@ fn run_xtrail(case: &Case<'_>, tmp: &Path) -> anyhow::Result<Run> {
         load_s: sensor.load_s,
         fill_s: sensor.fill_s,
         busy_ns_per_packet: (b1 - b0) as f64 * tick / report.sent.max(1) as f64,
+        replay_cpu_ns_per_packet: None,
     })
 }
 
-/// A libpcap sensor (ours, or `--peer`) on the same traffic: its CPU per packet processed.
+/// A libpcap sensor (ours, or `--peer`) on the same traffic: its CPU per packet processed,
+/// and its recall when the traffic holds items and the command takes `{log}`. Its CPU is its
+/// process tree's (Maltrail forks workers), sampled once that tree stops working after the
+/// send (at least 1.5 s, at most 60 s): what it queued is part of the cost. The machine's
+/// busy time covers the send only, like the runs it is compared with.
 fn run_other(
     name: &str,
     command: &str,
+    scenario_name: &str,
     traffic: &Traffic,
     count: u64,
     trails: &Path,
+    tmp: &Path,
 ) -> anyhow::Result<Run> {
     let pair = VethPair::create("xc")?;
-    let cmdline = command
-        .replace("{iface}", &pair.sensor_if)
-        .replace("{trails}", &trails.to_string_lossy());
-    let mut cmd = pair.in_sensor_ns("sh");
-    cmd.args(["-c", &format!("exec {cmdline}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().with_context(|| format!("starting {cmdline}"))?;
-    // Give it time to load and start capturing.
-    std::thread::sleep(Duration::from_secs(if name == "pcap-baseline" {
-        3
-    } else {
-        10
-    }));
-    let pid = child.id();
+    let log = tmp.join(format!("events-{name}-{scenario_name}.log"));
+    let _ = std::fs::remove_file(&log);
+    let mut other = Other::start(&pair, name, command, trails, &log, Stdio::piped())?;
+    let pid = other.child.id();
     let rx0 = pair.sensor_rx_packets()?;
-    let (t0, b0) = (proc_ticks(pid), busy_ticks());
-    let report = send(&pair, traffic, count, None)?;
+    let (t0, b0) = (tree_ticks(pid), busy_ticks());
+    let report = send(&pair, traffic, count, None);
+    // Whole-machine busy time over the send only, as for xtrail's runs and the no-sensor
+    // run it is compared with; the sensor's own CPU also after it.
     let b1 = busy_ticks();
     std::thread::sleep(Duration::from_millis(1500));
-    let t1 = proc_ticks(pid);
+    let max = Duration::from_secs(60);
+    if settle(pid, max) >= max {
+        eprintln!("bench: {name}/{scenario_name}: still busy {max:?} after the send: its CPU is undercounted");
+    }
+    let t1 = tree_ticks(pid);
     let rss = rss_mb(pid);
     let rx1 = pair.sensor_rx_packets()?;
-    stop_child(&mut child);
+    if other.log.is_some() && !traffic.items.is_empty() {
+        std::thread::sleep(PEER_LOG_FLUSH);
+    }
+    other.stop();
+    let report = report?;
     let mut out = String::new();
-    if let Some(mut s) = child.stdout.take() {
+    if let Some(mut s) = other.child.stdout.take() {
         let _ = std::io::Read::read_to_string(&mut s, &mut out);
     }
     let processed = counter(&out, "processed");
     let received = rx1.saturating_sub(rx0);
     let processed = if processed > 0 { processed } else { received };
+    let detected = match &other.log {
+        Some(log) if !traffic.items.is_empty() => {
+            let events = logged_trails(&std::fs::read_to_string(log).unwrap_or_default());
+            traffic
+                .items
+                .iter()
+                .filter(|item| events.iter().any(|t| scenario::matches(item, t)))
+                .count()
+        }
+        _ => 0,
+    };
+    let _ = std::fs::remove_file(&log);
     Ok(Run {
-        scenario: "background".into(),
+        scenario: scenario_name.into(),
         sensor: name.into(),
         mode: "capture".into(),
         trails: trails
@@ -458,6 +662,12 @@ fn run_other(
         send_pps: report.pps(),
         received,
         xdp_packets: processed,
+        injected: if other.log.is_some() {
+            traffic.items.len()
+        } else {
+            0
+        },
+        detected,
         user_ns_per_packet: (t1 - t0) as f64 * tick_ns() / processed.max(1) as f64,
         xdp_ns_per_packet: f64::NAN,
         softirq_ns_per_packet: f64::NAN,
@@ -473,27 +683,59 @@ fn run_other(
 /// trails and building the pipeline excluded). One pass over distinct frames, so the regex
 /// engines' warm-up and cold caches count as they would on a real capture, not the same
 /// frames looped through a warm pipeline.
+/// With `peer_replay`, the same pcap is then replayed by that command ([`peer_replay`]).
 fn replay_offline(
     traffic: &Traffic,
     trails: &Path,
     tmp: &Path,
     trail_count: usize,
-) -> anyhow::Result<Run> {
+    peer_replay: Option<&str>,
+) -> (anyhow::Result<Run>, Option<anyhow::Result<Run>>) {
     // XTRAIL_BENCH_PCAP keeps the mix as a pcap for profiling the replay path.
     let keep = std::env::var_os("XTRAIL_BENCH_PCAP").map(PathBuf::from);
     let pcap = keep.clone().unwrap_or_else(|| tmp.join("mix.pcap"));
-    {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&pcap)?);
-        xtrail_bench::pcapw::write_header(&mut w)?;
-        let t0: i64 = 1_790_000_000_000_000;
-        for (i, f) in traffic.frames.iter().enumerate() {
-            xtrail_bench::pcapw::write_packet(&mut w, t0 + i as i64 * 10, f)?;
-        }
+    let written = write_replay_pcap(&pcap, &traffic.frames);
+    let ours =
+        written.and_then(|()| replay_xtrail(&pcap, traffic.frames.len(), trails, trail_count));
+    let peer = peer_replay.map(|command| {
+        peer_replay_run(
+            command,
+            &pcap,
+            traffic.frames.len(),
+            trails,
+            tmp,
+            trail_count,
+        )
+    });
+    if keep.is_none() {
+        let _ = std::fs::remove_file(&pcap);
     }
+    (ours, peer)
+}
+
+/// Writes `frames` to `path` as a pcap, 10 µs apart.
+fn write_replay_pcap(path: &Path, frames: &[Vec<u8>]) -> anyhow::Result<()> {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    xtrail_bench::pcapw::write_header(&mut w)?;
+    let t0: i64 = 1_790_000_000_000_000;
+    for (i, f) in frames.iter().enumerate() {
+        xtrail_bench::pcapw::write_packet(&mut w, t0 + i as i64 * 10, f)?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// One pass of `xtrail-sensor replay` over `pcap` (`packets` frames).
+fn replay_xtrail(
+    pcap: &Path,
+    packets: usize,
+    trails: &Path,
+    trail_count: usize,
+) -> anyhow::Result<Run> {
     let out = Command::new(paths::sensor_binary())
         .arg("replay")
         .arg("--pcap")
-        .arg(&pcap)
+        .arg(pcap)
         .arg("--trails")
         .arg(trails)
         .args(["--events-log", "/dev/null", "--format", "json"])
@@ -516,9 +758,6 @@ fn replay_offline(
         .find(|l| l.contains("trails loaded in"))
         .map(|l| seconds_after(l, "trails loaded in"))
         .unwrap_or(0.0);
-    if keep.is_none() {
-        let _ = std::fs::remove_file(&pcap);
-    }
     Ok(Run {
         scenario: "offline replay".into(),
         sensor: "xtrail".into(),
@@ -528,8 +767,8 @@ fn replay_offline(
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default(),
         trail_count,
-        offered: traffic.frames.len() as u64,
-        xdp_packets: traffic.frames.len() as u64,
+        offered: packets as u64,
+        xdp_packets: packets as u64,
         user_ns_per_packet: ns,
         xdp_ns_per_packet: f64::NAN,
         softirq_ns_per_packet: f64::NAN,
@@ -539,6 +778,85 @@ fn replay_offline(
         busy_ns_per_packet: f64::NAN,
         ..Run::default()
     })
+}
+
+/// Offline replay by `--peer-replay` (`{pcap}`, `{trails}`, `{log}` substituted; Maltrail:
+/// `sensor.py -r`) of the same pcap, one pass, with set-up excluded two ways. Wall: from its
+/// [`PEER_READY`] line (printed once trails are loaded and workers started) to its exit
+/// (Maltrail notices the end of the file within its 1 s poll). CPU: its process tree's
+/// (getrusage of our waited-for children) minus that of a run on a pcap with no packet.
+fn peer_replay_run(
+    command: &str,
+    pcap: &Path,
+    packets: usize,
+    trails: &Path,
+    tmp: &Path,
+    trail_count: usize,
+) -> anyhow::Result<Run> {
+    let log = tmp.join("peer-replay.log");
+    let once = |pcap: &Path| -> anyhow::Result<(f64, f64)> {
+        let cmdline = command
+            .replace("{pcap}", &pcap.to_string_lossy())
+            .replace("{trails}", &trails.to_string_lossy())
+            .replace("{log}", &log.to_string_lossy());
+        let cpu0 = children_cpu_ns();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("exec {cmdline} 1>&2")])
+            .stdout(Stdio::null());
+        let watched =
+            spawn_watched(&mut cmd, None).with_context(|| format!("starting {cmdline}"))?;
+        let ready = watched.wait_for(PEER_READY, "\u{0}", PEER_START);
+        let started = std::time::Instant::now();
+        let Watched { mut child, lines } = watched;
+        // Keep its output read until it exits.
+        let drain = std::thread::spawn(move || lines.iter().count());
+        let status = child.wait()?;
+        let wall = started.elapsed().as_nanos() as f64;
+        let _ = drain.join();
+        ready.map_err(|e| anyhow::anyhow!("{cmdline}: no {PEER_READY:?} line: {e}"))?;
+        anyhow::ensure!(status.success(), "{cmdline} failed: {status}");
+        Ok((wall, children_cpu_ns().saturating_sub(cpu0) as f64))
+    };
+    let empty = tmp.join("empty.pcap");
+    write_replay_pcap(&empty, &[])?;
+    let (wall, cpu) = once(pcap)?;
+    let (_, cpu_setup) = once(&empty)?;
+    let _ = std::fs::remove_file(&empty);
+    let _ = std::fs::remove_file(&log);
+    let n = packets.max(1) as f64;
+    Ok(Run {
+        scenario: "offline replay".into(),
+        sensor: "peer".into(),
+        mode: "replay".into(),
+        trails: trails
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        trail_count,
+        offered: packets as u64,
+        xdp_packets: packets as u64,
+        user_ns_per_packet: wall / n,
+        replay_cpu_ns_per_packet: Some((cpu - cpu_setup) / n),
+        user_ns_per_handed: f64::NAN,
+        xdp_ns_per_packet: f64::NAN,
+        softirq_ns_per_packet: f64::NAN,
+        send_pps: f64::NAN,
+        busy_ns_per_packet: f64::NAN,
+        ..Run::default()
+    })
+}
+
+/// CPU time (ns) of this process's waited-for children (getrusage).
+fn children_cpu_ns() -> u64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return 0;
+    }
+    [ru.ru_utime, ru.ru_stime]
+        .iter()
+        .map(|tv| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000)
+        .sum()
 }
 
 /// Runs the benchmark.
@@ -758,10 +1076,12 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
         // runs' frames): one pass over distinct packets.
         let n = if opts.quick { 200_000 } else { 1_000_000 };
         let long = scenario::mix(opts.seed + 1, n, &picks, 0.01, &is_trail);
-        record(
-            replay_offline(&long, &full, &tmp, full_count),
-            "offline replay",
-        );
+        let (ours, peer) =
+            replay_offline(&long, &full, &tmp, full_count, opts.peer_replay.as_deref());
+        record(ours, "offline replay");
+        if let Some(peer) = peer {
+            record(peer, "peer offline replay");
+        }
     }
 
     // The yardstick: a libpcap sensor on the same background traffic.
@@ -769,7 +1089,15 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     if wanted("baseline") || wanted("background") {
         // Nothing attached: the machine's cost of the traffic itself (generator, veth, stack).
         record(
-            run_other("none", "sleep 120", background, count, &full),
+            run_other(
+                "none",
+                "sleep 120",
+                "background",
+                background,
+                count,
+                &full,
+                &tmp,
+            ),
             "no sensor",
         );
     }
@@ -781,15 +1109,24 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
                     "{} --iface {{iface}} --trails {{trails}} --duration 120",
                     baseline.display()
                 ),
+                "background",
                 background,
                 count,
                 &full,
+                &tmp,
             ),
             "pcap-baseline",
         );
     }
     if let Some(peer) = &opts.peer {
-        record(run_other("peer", peer, background, count, &full), "peer");
+        // The peer on the background (its CPU) and on the mix at the highest rate (its
+        // recall, scored when the command takes {log}).
+        for (name, traffic) in [("background", background), ("mix", mix)] {
+            record(
+                run_other("peer", peer, name, traffic, count, &full, &tmp),
+                &format!("peer/{name}"),
+            );
+        }
     }
     let _ = std::fs::write(stats_knob, old_knob.trim());
     drop(set);
@@ -851,7 +1188,8 @@ fn ingest_only(opts: &BenchOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The trail of each JSON event line of a sensor's events log `text`.
+/// The trail of each event line of a sensor's events log `text`: xtrail's JSON lines, or
+/// Maltrail's own lines as a `--peer` writes them to `{log}`.
 pub(crate) fn logged_trails(text: &str) -> Vec<String> {
     text.lines()
         .filter_map(|l| {
@@ -859,8 +1197,44 @@ pub(crate) fn logged_trails(text: &str) -> Vec<String> {
                 .nth(1)
                 .and_then(|s| s.split('"').next())
                 .map(str::to_string)
+                .or_else(|| maltrail_field(l, MALTRAIL_TRAIL))
         })
         .collect()
+}
+
+/// Index of the trail in a Maltrail event line: `"<time>" <sensor> <src_ip> <src_port>
+/// <dst_ip> <dst_port> <proto> <type> <trail> <info> <reference>`.
+const MALTRAIL_TRAIL: usize = 8;
+
+/// Field `index` of a Maltrail event line (values separated by spaces; one with a space or
+/// `"` is quoted, inner `"` doubled): the reading side of `xtrail_detect`'s
+/// `push_maltrail_value`. None when the line has fewer fields (not an event line).
+fn maltrail_field(line: &str, index: usize) -> Option<String> {
+    let mut chars = line.chars().peekable();
+    let mut at = 0;
+    loop {
+        while chars.next_if_eq(&' ').is_some() {}
+        let first = *chars.peek()?;
+        let mut value = String::new();
+        if first == '"' {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') if chars.next_if_eq(&'"').is_some() => value.push('"'),
+                    Some('"') | None => break,
+                    Some(c) => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ' ') {
+                value.push(c);
+            }
+        }
+        if at == index {
+            return Some(value);
+        }
+        at += 1;
+    }
 }
 
 /// `x` with `places` decimals as a JSON number; `null` when it is not finite.
@@ -1013,15 +1387,43 @@ fn write_results(
             ));
         }
     }
-    if let Some(peer) = runs.iter().find(|r| r.sensor == "peer") {
-        if let Some(x) = xdp_bg {
+    let peer_bg = runs
+        .iter()
+        .find(|r| r.sensor == "peer" && r.scenario == "background");
+    if let (Some(none), Some(p)) = (none, peer_bg) {
+        // Like with like: each sensor's whole-machine busy time per packet offered, minus
+        // the no-sensor run's, on the same background traffic at the same (highest) rate.
+        let po = p.busy_ns_per_packet - none;
+        for x in runs
+            .iter()
+            .filter(|r| r.scenario == "background" && r.sensor == "xtrail")
+        {
+            let xo = x.busy_ns_per_packet - none;
             md.push_str(&format!(
-                "- `--peer`: {:.0} ns/packet vs xtrail XDP {:.0} ns/packet: {:.1}x.\n",
-                peer.user_ns_per_packet,
-                x.xdp_ns_per_packet,
-                peer.user_ns_per_packet / x.xdp_ns_per_packet
+                "- Background, whole-machine CPU added per packet during the send, xtrail {} vs `--peer`: {xo:.0} ns vs {po:.0} ns: xtrail/peer **{:.2}** (the peer's process tree, the time it worked on after the send included: {:.0} ns/packet).\n",
+                x.mode,
+                if po > 0.0 { xo / po } else { f64::NAN },
+                p.user_ns_per_packet
             ));
         }
+    }
+    if let Some(p) = runs
+        .iter()
+        .find(|r| r.sensor == "peer" && r.scenario == "mix" && r.injected > 0)
+    {
+        let x = runs.iter().find(|r| {
+            r.scenario == "mix"
+                && r.sensor == "xtrail"
+                && r.mode == "inline"
+                && r.offered_rate.is_none()
+        });
+        md.push_str(&format!(
+            "- Mix at the highest rate, recall: `--peer` {}/{}{}.\n",
+            p.detected,
+            p.injected,
+            x.map(|x| format!(", xtrail inline {}/{}", x.detected, x.injected))
+                .unwrap_or_default()
+        ));
     }
     let best = runs
         .iter()
@@ -1031,11 +1433,24 @@ fn write_results(
     md.push_str(&format!(
         "- Mix: highest sent rate with no loss and full recall: {best:.0} pps.\n"
     ));
-    if let Some(r) = runs.iter().find(|r| r.scenario == "offline replay") {
+    let replay = |sensor: &str| {
+        runs.iter()
+            .find(|r| r.scenario == "offline replay" && r.sensor == sensor)
+    };
+    if let Some(r) = replay("xtrail") {
         md.push_str(&format!(
             "- Offline replay of the mix (one pass over {} packets, set-up excluded) with {} trails: {:.0} ns/packet.\n",
             r.offered, r.trail_count, r.user_ns_per_packet
         ));
+        if let Some(p) = replay("peer") {
+            md.push_str(&format!(
+                "- `--peer-replay` on the same pcap: {:.0} ns/packet wall from its start line to its exit (within its 1 s end-of-file poll), {:.0} ns/packet CPU of its processes net of a run on an empty pcap: xtrail/peer **{:.2}** (wall), **{:.2}** (CPU).\n",
+                p.user_ns_per_packet,
+                p.replay_cpu_ns_per_packet.unwrap_or(f64::NAN),
+                r.user_ns_per_packet / p.user_ns_per_packet,
+                r.user_ns_per_packet / p.replay_cpu_ns_per_packet.unwrap_or(f64::NAN)
+            ));
+        }
     }
     for n in notes {
         md.push_str(n);
@@ -1165,4 +1580,23 @@ fn plots(dir: &Path, runs: &[Run]) -> anyhow::Result<()> {
     s.push_str("</svg>\n");
     std::fs::write(dir.join("cost.svg"), s)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trails_of_maltrail_and_json_event_lines() {
+        let log = concat!(
+            "\"2026-08-07 09:14:22.117034\" gw 10.13.13.2 57809 1.1.1.1 53 UDP DNS malware.example \"asyncrat (malware)\" (static)\n",
+            "\"2026-08-07 09:14:23.000001\" gw 10.0.0.1 80 10.0.0.2 - TCP URL \"evil.example(/a \"\"b\"\")\" \"x (suspicious)\" (heuristic)\n",
+            "{\"ts\":\"x\",\"trail\":\"66.66.66.66\",\"info\":\"y\"}\n",
+            "[i] not an event\n",
+        );
+        assert_eq!(
+            logged_trails(log),
+            ["malware.example", "evil.example(/a \"b\")", "66.66.66.66"]
+        );
+    }
 }

@@ -15,7 +15,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -25,11 +25,19 @@ use xtrail_bench::gen;
 use xtrail_bench::netns::{in_ns, Injector, VethPair};
 use xtrail_bench::scenario::{self, Traffic};
 
-use crate::bench::{busy_ticks, proc_ticks, start_sensor, stop_child, tick_ns};
+use crate::bench::{
+    busy_ticks, proc_ticks, settle, start_sensor, stop_child, tick_ns, tree_ticks, Other,
+    PEER_LOG_FLUSH,
+};
 use crate::paths;
 
 /// Wait after a send before sampling: the sensor finishes what is queued.
 const DRAIN: Duration = Duration::from_millis(500);
+/// At most this long more for a capture sensor's process tree to stop working after a
+/// send (`crate::bench::settle`): Maltrail queues up to 10% of memory in its capture ring.
+const SETTLE_MAX: Duration = Duration::from_secs(60);
+/// The extra rate run with `--peer`, for every sensor: one a Python sensor can follow.
+const PEER_RATE: u64 = 50_000;
 /// Packets per flow of background traffic.
 const FLOW_PACKETS: u32 = 8;
 /// Flows open at once (interleaved).
@@ -74,6 +82,8 @@ struct NicRun {
     xdp_ns_per_run: Option<f64>,
     injected: usize,
     detected: Option<usize>,
+    /// Seconds a capture sensor went on working after the drain (0 for the others).
+    settle_s: f64,
     load: String,
 }
 
@@ -86,7 +96,7 @@ impl NicRun {
                 "{{\"delivery\":\"{}\",\"scenario\":\"{}\",\"sensor\":\"{}\",\"mode\":\"{}\",",
                 "\"offered_rate\":{},\"sent\":{},\"send_pps\":{},\"delivered\":{},",
                 "\"busy_ns_per_packet\":{},\"added_busy_ns_per_packet\":{},\"path_ns_per_packet\":{},\"added_path_ns_per_packet\":{},\"sensor_process_ns_per_packet\":{},",
-                "\"xdp_runs\":{},\"xdp_ns_per_run\":{},\"injected\":{},\"detected\":{},\"load\":\"{}\"}}"
+                "\"xdp_runs\":{},\"xdp_ns_per_run\":{},\"injected\":{},\"detected\":{},\"settle_s\":{},\"load\":\"{}\"}}"
             ),
             self.delivery,
             self.scenario,
@@ -107,6 +117,7 @@ impl NicRun {
             self.detected
                 .map(|d| d.to_string())
                 .unwrap_or("null".into()),
+            f(self.settle_s),
             self.load,
         )
     }
@@ -238,11 +249,12 @@ fn ksoftirqd_pids() -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// A sensor under measurement: ours (inline or mirror), a libpcap one, or nothing.
+/// A sensor under measurement: ours (inline or mirror), a libpcap one (the baseline or
+/// `--peer`), or nothing.
 enum Under {
     None,
     Xtrail(crate::bench::Sensor),
-    Process(Child),
+    Process(Other),
 }
 
 impl Under {
@@ -250,7 +262,7 @@ impl Under {
         match self {
             Under::None => None,
             Under::Xtrail(s) => Some(s.child.id()),
-            Under::Process(c) => Some(c.id()),
+            Under::Process(o) => Some(o.child.id()),
         }
     }
 
@@ -258,7 +270,7 @@ impl Under {
         match self {
             Under::None => {}
             Under::Xtrail(s) => stop_child(&mut s.child),
-            Under::Process(c) => stop_child(c),
+            Under::Process(o) => o.stop(),
         }
     }
 }
@@ -341,7 +353,7 @@ impl Sample {
         Ok(Sample {
             busy_ticks: busy_ticks(),
             path_ns: path_cpu_ns(),
-            process_ticks: pid.map(proc_ticks).unwrap_or(0),
+            process_ticks: pid.map(tree_ticks).unwrap_or(0),
             rx_packets: pair.sensor_rx_packets()?,
             xdp: prog_stats(prog),
         })
@@ -363,6 +375,10 @@ struct Run<'a> {
     prog: Option<u32>,
     /// The sensor's events log.
     log: &'a Path,
+    /// A capture sensor: sampled after its process tree stops working (`settle`).
+    capture: bool,
+    /// Its events are scored: xtrail's, and a `--peer`'s given `{log}`.
+    scored: bool,
 }
 
 impl Run<'_> {
@@ -375,6 +391,16 @@ impl Run<'_> {
         let before = Sample::take(self.pair, self.pid, self.prog)?;
         let sent = send(self.pair, delivery, sc, self.count, rate, *first_flow);
         std::thread::sleep(DRAIN);
+        let settle_s = match self.pid {
+            Some(pid) if self.capture => {
+                let waited = settle(pid, SETTLE_MAX);
+                if waited >= SETTLE_MAX {
+                    eprintln!("bench: nic {delivery}/{}/{sensor}/{rate}: still busy {SETTLE_MAX:?} after the send: its CPU is undercounted", sc.name);
+                }
+                waited.as_secs_f64()
+            }
+            _ => 0.0,
+        };
         let after = Sample::take(self.pair, self.pid, self.prog)?;
         let (sent, secs) = match sent {
             Ok(s) => s,
@@ -395,8 +421,11 @@ impl Run<'_> {
             }
             _ => (0, None),
         };
+        if self.scored && self.capture && !sc.items.is_empty() {
+            std::thread::sleep(PEER_LOG_FLUSH);
+        }
         let events = events_since(self.log, log_at);
-        let detected = (sensor == "xtrail" && !sc.items.is_empty()).then(|| {
+        let detected = (self.scored && !sc.items.is_empty()).then(|| {
             let sent_items: Vec<&scenario::Item> = if sent >= MIX_TEMPLATES as u64 {
                 sc.items.iter().collect()
             } else {
@@ -431,6 +460,7 @@ impl Run<'_> {
             xdp_ns_per_run: xdp_ns,
             injected: sc.items.len(),
             detected,
+            settle_s,
             load: crate::host::loadavg(3),
         };
         eprintln!(
@@ -473,7 +503,11 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
             items,
         });
     }
-    let rates: &[u64] = &[500_000, 1_000_000];
+    let rates: &[u64] = if inp.peer.is_some() {
+        &[PEER_RATE, 500_000, 1_000_000]
+    } else {
+        &[500_000, 1_000_000]
+    };
     let seconds = if inp.quick { 1.0 } else { 3.0 };
     let baseline = paths::workspace_root().join("target/release/xtrail-pcap-baseline");
     let mut sensors: Vec<(String, String)> = vec![
@@ -506,7 +540,10 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
                 .unwrap_or_default();
         }
-        let log = inp.tmp.join(format!("nic-events-{sensor}-{mode}.jsonl"));
+        let log = inp.tmp.join(format!(
+            "nic-events-{sensor}-{mode}.{}",
+            if sensor == "xtrail" { "jsonl" } else { "log" }
+        ));
         let _ = std::fs::remove_file(&log);
         let mut under = match sensor.as_str() {
             "none" => Under::None,
@@ -526,21 +563,22 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
                         baseline.display()
                     )
                 };
-                let cmdline = cmdline
-                    .replace("{iface}", &pair.sensor_if)
-                    .replace("{trails}", &inp.trails.to_string_lossy());
-                let child = pair
-                    .in_sensor_ns("sh")
-                    .args(["-c", &format!("exec {cmdline}")])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .with_context(|| format!("starting {cmdline}"))?;
-                std::thread::sleep(Duration::from_secs(if other == "peer" { 10 } else { 3 }));
-                Under::Process(child)
+                Under::Process(Other::start(
+                    &pair,
+                    other,
+                    &cmdline,
+                    inp.trails,
+                    &log,
+                    Stdio::null(),
+                )?)
             }
         };
         let prog = xdp_prog_id(&pair);
+        let scored = match &under {
+            Under::Xtrail(_) => true,
+            Under::Process(o) => o.log.is_some(),
+            Under::None => false,
+        };
         let mut log_at = 0u64;
         let mut first_flow = 0u64;
         // The runs of this sensor: every delivery, scenario and rate.
@@ -561,6 +599,8 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
                 pid: under.pid(),
                 prog,
                 log: &log,
+                capture: matches!(under, Under::Process(_)),
+                scored,
             };
             if let Some(r) = run.measure(&mut first_flow, &mut log_at)? {
                 runs.push(r);
@@ -648,7 +688,44 @@ fn nicgen_stdout(
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg, paced, from CPU 0. Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (all-zero payload) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow. GRO is on at the receiving veth in every run (NAPI without an XDP program). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (utime+stime), packets received on the sensor's veth, and the sensor XDP program's run_cnt/run_time_ns (kernel.bpf_stats_enabled=1). busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the bench process and its waited-for children (the generator process, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program included, in softirq context), the irq and softirq columns of /proc/stat, the ksoftirqd threads, and the sensor process (tick-based accounting: each tick is charged to what runs, so other work on the machine is not counted); added_path_ns_per_packet = that minus the no-sensor run's; added_busy_ns_per_packet = busy minus the no-sensor run's, same delivery, traffic and rate. One sensor process per sensor configuration serves all its runs; each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps; the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns): figures net of it are the program's own cost. array_read_ns - noop_ns is one array map read per packet (the trail-set selector the two-set keys added).";
+const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg, paced, from CPU 0. Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (all-zero payload) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow. GRO is on at the receiving veth in every run (NAPI without an XDP program). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (utime+stime), packets received on the sensor's veth, and the sensor XDP program's run_cnt/run_time_ns (kernel.bpf_stats_enabled=1). busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the bench process and its waited-for children (the generator process, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program included, in softirq context), the irq and softirq columns of /proc/stat, the ksoftirqd threads, and the sensor process (tick-based accounting: each tick is charged to what runs, so other work on the machine is not counted); added_path_ns_per_packet = that minus the no-sensor run's; added_busy_ns_per_packet = busy minus the no-sensor run's, same delivery, traffic and rate. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s; see peer_method). One sensor process per sensor configuration serves all its runs; each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps; the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_ns - noop_ns is one array map read per packet (the trail-set selector the two-set keys added).";
+
+/// Each xtrail run with the `--peer` run of the same delivery, traffic and rate.
+fn peer_pairs(runs: &[NicRun]) -> Vec<(&NicRun, &NicRun)> {
+    runs.iter()
+        .filter(|x| x.sensor == "xtrail")
+        .filter_map(|x| {
+            runs.iter()
+                .find(|p| {
+                    p.sensor == "peer"
+                        && p.delivery == x.delivery
+                        && p.scenario == x.scenario
+                        && p.rate == x.rate
+                })
+                .map(|p| (x, p))
+        })
+        .collect()
+}
+
+/// `x / peer`, when the peer's figure is positive.
+fn ratio(x: Option<f64>, peer: Option<f64>) -> Option<f64> {
+    match (x, peer) {
+        (Some(x), Some(p)) if p > 0.0 && x.is_finite() => Some(x / p),
+        _ => None,
+    }
+}
+
+/// The xtrail/peer ratios of one pair: (added path, whole path, added busy).
+fn pair_ratios(x: &NicRun, p: &NicRun) -> [Option<f64>; 3] {
+    [
+        ratio(x.added_path_ns_per_packet, p.added_path_ns_per_packet),
+        ratio(Some(x.path_ns_per_packet), Some(p.path_ns_per_packet)),
+        ratio(x.added_ns_per_packet, p.added_ns_per_packet),
+    ]
+}
+
+/// How a `--peer` is measured (nic.json `peer_method`).
+const PEER_METHOD: &str = "The --peer command runs in the sensor's namespace with {iface} (its end of the veth), {trails} (the trail source xtrail loads) and {log} (a file for its events in Maltrail's line format) substituted; the bench waits until it prints a line containing 'running' (at most 600 s) and 2 s more. It is measured like the libpcap baseline: the same deliveries, traffic and rates, plus a 50k pps rate for every sensor. Its CPU is its whole process tree's (utime+stime of the process and its descendants, plus the reaped children's cutime+cstime: Maltrail forks PROCESS_COUNT-1 workers). After each send and the 0.5 s drain, the samples wait until that tree stops working (at most two clock ticks in 250 ms, at most 60 s; settle_s): Maltrail queues captured packets in a ring for its workers and processes them after the traffic ends. Its recall: the trail field of each event line it wrote to {log} during the run, read 11 s after the sample (Maltrail writes events whose info holds one of its condensing keywords merged every 10 s), matched to the injected items by the same rule as xtrail's events (xtrail_bench::scenario::matches). peer_ratios: xtrail / peer for the same delivery, traffic and rate: added_path_ratio = added_path_ns_per_packet ratio (goal of issue #12 for inline: <= 0.20), path_ratio = path_ns_per_packet ratio (mirror: whole CPU per packet, goal <= 0.25), added_busy_ratio = added_busy_ns_per_packet ratio (whole machine; valid only when otherwise idle).";
 
 fn write(
     dir: &Path,
@@ -659,13 +736,46 @@ fn write(
     inp: &NicInputs<'_>,
 ) -> anyhow::Result<Vec<String>> {
     let machine = crate::bench::machine();
+    let pairs = peer_pairs(runs);
+    let num = |x: Option<f64>, places: usize| {
+        x.map(|v| crate::bench::json_num(v, places))
+            .unwrap_or("null".into())
+    };
+    let peer_json = pairs
+        .iter()
+        .map(|(x, p)| {
+            let [added, path, busy] = pair_ratios(x, p);
+            format!(
+                "{{\"delivery\":\"{}\",\"scenario\":\"{}\",\"offered_rate\":{},\"xtrail_mode\":\"{}\",\"added_path_ratio\":{},\"path_ratio\":{},\"added_busy_ratio\":{},\"injected\":{},\"xtrail_detected\":{},\"peer_detected\":{}}}",
+                x.delivery,
+                x.scenario,
+                x.rate,
+                x.mode,
+                num(added, 3),
+                num(path, 3),
+                num(busy, 3),
+                x.injected,
+                num(x.detected.map(|d| d as f64), 0),
+                num(p.detected.map(|d| d as f64), 0),
+            )
+        })
+        .collect::<Vec<_>>();
     let json = format!(
-        "{{\"taken\":\"{when}\",\"machine\":\"{}\",\"quick\":{},\"trails\":\"{}\",\"threaded_napi\":\"{threaded}\",\"method\":\"{}\",\"runs\":[\n{}\n],\"xdp_cost\":{}}}\n",
+        "{{\"taken\":\"{when}\",\"machine\":\"{}\",\"quick\":{},\"trails\":\"{}\",\"threaded_napi\":\"{threaded}\",\"method\":\"{}\",\"peer\":{},\"peer_method\":{},\"runs\":[\n{}\n],\"peer_ratios\":[\n{}\n],\"xdp_cost\":{}}}\n",
         machine.replace('"', "'"),
         inp.quick,
         inp.trails_name,
         METHOD,
+        inp.peer
+            .map(|c| serde_json::Value::String(c.to_string()).to_string())
+            .unwrap_or("null".into()),
+        if inp.peer.is_some() {
+            serde_json::Value::String(PEER_METHOD.to_string()).to_string()
+        } else {
+            "null".into()
+        },
         runs.iter().map(NicRun::json).collect::<Vec<_>>().join(",\n"),
+        peer_json.join(",\n"),
         cost.unwrap_or("null")
     );
     std::fs::write(dir.join("nic.json"), json)?;
@@ -722,9 +832,12 @@ fn write(
         let top = |key: &str| -> Option<f64> { json_field(c, key) };
         let fmt = |x: Option<f64>| x.map(|v| format!("{v:.0}")).unwrap_or("-".into());
         let floor = top("noop_ns");
+        // The median of each call net of a floor run just before it (nicgen's
+        // net_ns_median); the gross median and the run's lowest floor in brackets.
         let net = |frame: &str| -> String {
-            match (num(frame, "ns_median"), floor) {
-                (Some(x), Some(f)) => format!("{:.0} ns ({x:.0} − {f:.0})", x - f),
+            match (num(frame, "net_ns_median"), num(frame, "ns_median"), floor) {
+                (Some(n), Some(x), Some(f)) => format!("{n:.0} ns (median {x:.0}; floor ≥ {f:.0})"),
+                (None, Some(x), Some(f)) => format!("{:.0} ns ({x:.0} − {f:.0})", x - f),
                 _ => "-".into(),
             }
         };
@@ -766,6 +879,81 @@ fn write(
                 "- {delivery} delivery at 500k pps, packet-path CPU each sensor adds per packet (ns): {} (bench/results/nic.md).",
                 parts.join(", ")
             ));
+        }
+    }
+    if !pairs.is_empty() {
+        md.push_str("\nxtrail against `--peer` (");
+        md.push_str(&inp.peer.unwrap_or_default().replace('|', "\\|"));
+        md.push_str("), like with like: the same delivery, traffic and rate, in this run. Ratios are xtrail / peer (below 1: xtrail costs less). Added path: packet-path CPU each adds per packet (issue #12, inline: goal ≤ 0.20); path: the whole packet path per packet (mirror: goal ≤ 0.25); added busy: whole-machine busy time added (valid only on an otherwise idle machine). Recall on the mix: items detected / injected. Peer settle: seconds the peer went on working after the send (sampled after it).\n\n| delivery | traffic | rate | xtrail | added path ns/pkt xtrail / peer | **added path ratio** | path ns/pkt xtrail / peer | **path ratio** | added busy ratio | recall xtrail / peer | peer settle s |\n|---|---|---:|---|---:|---:|---:|---:|---:|---|---:|\n");
+        let fmt = |x: Option<f64>, places: usize| {
+            x.map(|v| format!("{v:.places$}")).unwrap_or("-".into())
+        };
+        for (x, p) in &pairs {
+            let [added, path, busy] = pair_ratios(x, p);
+            let recall = |r: &NicRun| match r.detected {
+                Some(d) if r.injected > 0 => format!("{d}/{}", r.injected),
+                _ => "-".into(),
+            };
+            md.push_str(&format!(
+                "| {} | {} | {}k | {} | {} / {} | {} | {:.0} / {:.0} | {} | {} | {} / {} | {:.1} |\n",
+                x.delivery,
+                x.scenario,
+                x.rate / 1000,
+                x.mode,
+                fmt(x.added_path_ns_per_packet, 0),
+                fmt(p.added_path_ns_per_packet, 0),
+                fmt(added, 3),
+                x.path_ns_per_packet,
+                p.path_ns_per_packet,
+                fmt(path, 3),
+                fmt(busy, 3),
+                recall(x),
+                recall(p),
+                p.settle_s,
+            ));
+        }
+        for delivery in ["nic", "afpacket"] {
+            for mode in ["inline", "mirror"] {
+                let parts: Vec<String> = pairs
+                    .iter()
+                    .filter(|(x, _)| x.delivery == delivery && x.mode == mode)
+                    .map(|(x, p)| {
+                        let [added, path, _] = pair_ratios(x, p);
+                        format!(
+                            "{} {}k {}",
+                            x.scenario,
+                            x.rate / 1000,
+                            fmt(if mode == "inline" { added } else { path }, 2)
+                        )
+                    })
+                    .collect();
+                if !parts.is_empty() {
+                    summary.push(format!(
+                        "- {delivery} delivery, xtrail {mode} / `--peer`, {} per packet: {} (goal ≤ {}; bench/results/nic.md).",
+                        if mode == "inline" { "packet-path CPU added" } else { "whole packet-path CPU" },
+                        parts.join(", "),
+                        if mode == "inline" { "0.20" } else { "0.25" },
+                    ));
+                }
+            }
+        }
+        if let Some(line) = pairs
+            .iter()
+            .filter(|(x, p)| x.mode == "inline" && x.detected.is_some() && p.detected.is_some())
+            .map(|(x, p)| {
+                format!(
+                    "{} {}k {}/{} vs {}/{}",
+                    x.delivery,
+                    x.rate / 1000,
+                    x.detected.unwrap_or(0),
+                    x.injected,
+                    p.detected.unwrap_or(0),
+                    p.injected
+                )
+            })
+            .reduce(|a, b| format!("{a}, {b}"))
+        {
+            summary.push(format!("- Mix recall, xtrail inline vs `--peer`: {line}."));
         }
     }
     std::fs::write(dir.join("nic.md"), &md)?;

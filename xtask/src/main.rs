@@ -46,9 +46,20 @@ enum Command {
         /// A few minutes instead of the full run.
         #[arg(long)]
         quick: bool,
-        /// Another sensor to measure on the same traffic (`{iface}` and `{trails}` are substituted).
+        /// Another sensor to measure on the same traffic, e.g. a wrapper that runs Maltrail's
+        /// sensor on an interface (README, "Maltrail beside xtrail"). Substituted: `{iface}` (its
+        /// end of the veth), `{trails}` (xtrail's trail source), `{log}` (a file for its events
+        /// as Maltrail event lines: given, its recall is scored like xtrail's). It is measured
+        /// once it prints a line containing "running" (at most 600 s), its process tree's CPU
+        /// counted; NIC runs add a 50k pps rate and xtrail/peer ratios.
         #[arg(long)]
         peer: Option<String>,
+        /// Another sensor's offline replay of the offline scenario's pcap, timed like xtrail's
+        /// (set-up excluded), e.g. the same wrapper with Maltrail's offline mode. Substituted:
+        /// `{pcap}`, `{trails}`, `{log}`; it must print "running" once set up, and exit at the
+        /// end of the file.
+        #[arg(long)]
+        peer_replay: Option<String>,
         /// Seed of the generated traffic.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -83,6 +94,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench {
             quick,
             peer,
+            peer_replay,
             seed,
             only,
             sensor_args,
@@ -107,6 +119,7 @@ fn main() -> anyhow::Result<()> {
             bench::run(&bench::BenchOptions {
                 quick,
                 peer,
+                peer_replay,
                 seed,
                 only,
                 sensor_args,

@@ -651,16 +651,20 @@ impl Run<'_, '_> {
         } else {
             dns::parse(payload)
         };
-        let Some(msg) = parsed.ok().filter(|m| m.header.is_plausible()) else {
-            self.stats.dns_errors += 1;
-            return false;
+        // Borrowed, not moved: the message holds the question's 254-byte name.
+        let msg = match &parsed {
+            Ok(m) if m.header.is_plausible() => m,
+            _ => {
+                self.stats.dns_errors += 1;
+                return false;
+            }
         };
         self.stats.dns_messages += 1;
         let h = msg.header;
         if h.is_response() {
             if let Some(heur) = self.heuristics.as_deref_mut() {
                 let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
-                heur.on_dns_response(ctx, &msg, &mut |e| emit(wl, stats, out, e));
+                heur.on_dns_response(ctx, msg, &mut |e| emit(wl, stats, out, e));
             }
             return true;
         }
@@ -668,21 +672,20 @@ impl Run<'_, '_> {
         if h.opcode() != 0 || h.is_truncated() {
             return true;
         }
-        let Some(q) = msg.question else { return true };
-        let Some(name) = q.name.as_str() else {
+        let Some(q) = &msg.question else { return true };
+        // `is_ignored_suffix` also covers names containing `.intranet.`.
+        let Some(name) =
+            valid_dns_name(q.name.as_bytes()).filter(|n| !crate::whitelist::is_ignored_suffix(n))
+        else {
             return true;
         };
-        // `is_ignored_suffix` also covers names containing `.intranet.`.
-        if !is_valid_dns_name(name) || crate::whitelist::is_ignored_suffix(name) {
-            return true;
-        }
         // One pass over the name gives its whitelist verdict (the heuristics' contract is a
         // name after the whitelist) and its domain trail hit (a pure lookup: reported last,
         // after the heuristics' and the address events).
         let (whitelisted, hit) = self.trails.domains.lookup_whitelisted(name, self.whitelist);
         if let Some(heur) = self.heuristics.as_deref_mut().filter(|_| !whitelisted) {
             let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
-            heur.on_dns_query(ctx, &msg, name, &mut |e| emit(wl, stats, out, e));
+            heur.on_dns_query(ctx, msg, name, &mut |e| emit(wl, stats, out, e));
         }
         let details = || Details {
             dns_query: Some(name.to_owned()),
@@ -834,7 +837,8 @@ impl Run<'_, '_> {
                 );
                 self.emit(e);
             } else if self.check_host_domains {
-                self.report_domain_hit(ctx, h, header_hit, || details(h));
+                // Cloned on a hit only: an absolute URL naming the same host reports it again.
+                self.report_domain_hit(ctx, h, header_hit.clone(), || details(h));
             }
         }
 
@@ -857,10 +861,19 @@ impl Run<'_, '_> {
             .and_then(|a| lowercase_into(strip_port(a), &mut url_host_buf))
             .filter(|h| !h.is_empty())
         {
-            let known = header_host
-                .filter(|hh| *hh == h)
-                .map(|_| header_whitelisted);
-            whitelisted = self.check_domain(ctx, h, known, || details(h));
+            if header_host == Some(h) && self.check_host_domains {
+                // The Host name again: its verdict and trail hit are known (one lookup for
+                // both), and its hit is reported again as `check_domain` would.
+                whitelisted = Some(header_whitelisted);
+                if !header_whitelisted {
+                    self.report_domain_hit(ctx, h, header_hit.clone(), || details(h));
+                }
+            } else {
+                let known = header_host
+                    .filter(|hh| *hh == h)
+                    .map(|_| header_whitelisted);
+                whitelisted = self.check_domain(ctx, h, known, || details(h));
+            }
             host = h;
         }
         if path.is_empty() {
@@ -870,7 +883,12 @@ impl Run<'_, '_> {
         if whitelisted == Some(true) {
             return;
         }
-        let path_text = String::from_utf8_lossy(path);
+        // Validation alone for a UTF-8 path (nearly all): the lossy decoder's chunking costs
+        // more.
+        let path_text = match std::str::from_utf8(path) {
+            Ok(p) => Cow::Borrowed(p),
+            Err(_) => String::from_utf8_lossy(path),
+        };
         self.path_buf.clear();
         self.path_buf.push_str(&path_text);
         // ASCII letters only, as `char::to_ascii_lowercase` per character would.
@@ -950,15 +968,27 @@ impl Run<'_, '_> {
 
 /// Maltrail's `VALID_DNS_NAME_REGEX`: `[a-z0-9.-]*\.[a-z0-9-]+` (at least two labels).
 fn is_valid_dns_name(name: &str) -> bool {
-    let Some(dot) = memchr::memrchr(b'.', name.as_bytes()) else {
-        return false;
-    };
-    let last = name.get(dot + 1..).unwrap_or_default();
-    !last.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && !last.contains('.')
+    valid_dns_name(name.as_bytes()).is_some()
+}
+
+/// `name` as text when [`is_valid_dns_name`] holds: one pass over the bytes, which also
+/// proves them ASCII (no separate UTF-8 validation).
+fn valid_dns_name(name: &[u8]) -> Option<&str> {
+    let mut last_dot = None;
+    for (i, &b) in name.iter().enumerate() {
+        if !(b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+            return None;
+        }
+        if b == b'.' {
+            last_dot = Some(i);
+        }
+    }
+    // A non-empty last label after the last dot.
+    last_dot.filter(|&d| d + 1 < name.len())?;
+    debug_assert!(name.is_ascii());
+    // SAFETY: every byte was checked above to be an ASCII letter, digit, `-` or `.`: ASCII,
+    // hence UTF-8.
+    Some(unsafe { std::str::from_utf8_unchecked(name) })
 }
 
 /// Digits and dots only (Maltrail skips such names), or an IPv6 literal.
@@ -1119,6 +1149,29 @@ sinkholed.example,sinkhole x (malware),(static)
         assert!(!is_valid_dns_name("_ldap._tcp.example.com"));
         assert!(is_ip_literal("1.2.3.4"));
         assert!(!is_ip_literal("1.2.3.example"));
+        // The one-pass form against the memrchr-based one it replaced.
+        let reference = |name: &str| {
+            let Some(dot) = memchr::memrchr(b'.', name.as_bytes()) else {
+                return false;
+            };
+            let last = &name[dot + 1..];
+            !last.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        };
+        for name in [
+            "", ".", "a.", ".a", "a.b", "a..b", "A-1.B", "a_b.c", "a.b_", "ü.com", "a.b.c.",
+            "1.2.3.4", "x:80.com", "a b.c", "-.-",
+        ] {
+            assert_eq!(is_valid_dns_name(name), reference(name), "{name:?}");
+            assert_eq!(
+                valid_dns_name(name.as_bytes()).is_some(),
+                reference(name),
+                "{name:?}"
+            );
+        }
+        assert_eq!(valid_dns_name(&[b'a', b'.', 0xff]), None);
     }
 
     #[test]
@@ -1336,5 +1389,13 @@ sinkholed.example,sinkhole x (malware),(static)
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
         assert!(!text.contains(" 4 66.66.66.66"), "{text}");
+        // An absolute URL naming the Host's name: its hit is reported for the header and
+        // for the URL (one lookup serves both).
+        assert_eq!(
+            text.matches("2 1.2.3.4 3128 TCP DNS evil-test-domain.com ")
+                .count(),
+            2,
+            "{text}"
+        );
     }
 }

@@ -73,39 +73,60 @@ pub fn is_ignored_suffix(name: &str) -> bool {
     })
 }
 
-/// Whether `label` is one of [`IGNORED_DNS_SUFFIXES`] (ASCII case-insensitive): one
-/// comparison after a dispatch on the length, instead of one per entry.
+/// Bytes of a label packed into a `u128` by [`pack_label`]: one byte is left for the length.
+const PACKED_LABEL: usize = 15;
+
+/// `label`'s bytes (lowercase), zero-padded, with its length in the top byte: two labels
+/// pack equal exactly when they are equal (a label holding a zero byte keeps its length).
+const fn pack_label(label: &[u8]) -> u128 {
+    let mut b = [0u8; 16];
+    let mut i = 0;
+    while i < label.len() && i < PACKED_LABEL {
+        b[i] = label[i].to_ascii_lowercase();
+        i += 1;
+    }
+    b[PACKED_LABEL] = label.len() as u8;
+    u128::from_le_bytes(b)
+}
+
+/// Entries of one length in [`IGNORED_BY_LEN`] at most.
+const IGNORED_PER_LEN: usize = 4;
+
+/// [`IGNORED_DNS_SUFFIXES`] packed ([`pack_label`]) and grouped by length, built from the
+/// list at compile time (which fails if an entry is too long to pack, not lowercase, or one
+/// of more than [`IGNORED_PER_LEN`] of its length): (count, entries) per length.
+const IGNORED_BY_LEN: [(usize, [u128; IGNORED_PER_LEN]); PACKED_LABEL + 1] = {
+    let mut t = [(0usize, [0u128; IGNORED_PER_LEN]); PACKED_LABEL + 1];
+    let mut i = 0;
+    while i < IGNORED_DNS_SUFFIXES.len() {
+        let s = IGNORED_DNS_SUFFIXES[i].as_bytes();
+        assert!(s.len() <= PACKED_LABEL, "ignored suffix too long to pack");
+        let mut j = 0;
+        while j < s.len() {
+            assert!(!s[j].is_ascii_uppercase(), "ignored suffixes are lowercase");
+            j += 1;
+        }
+        let (n, entries) = &mut t[s.len()];
+        assert!(
+            *n < IGNORED_PER_LEN,
+            "too many ignored suffixes of one length"
+        );
+        entries[*n] = pack_label(s);
+        *n += 1;
+        i += 1;
+    }
+    t
+};
+
+/// Whether `label` is one of [`IGNORED_DNS_SUFFIXES`] (ASCII case-insensitive): its
+/// lowercased 16-byte word compared with the few entries of its length, no string
+/// comparisons.
 fn is_ignored_label(label: &[u8]) -> bool {
-    const LONGEST: usize = 11;
-    let mut buf = [0u8; LONGEST];
-    let Some(out) = buf.get_mut(..label.len()) else {
+    let Some((n, entries)) = IGNORED_BY_LEN.get(label.len()) else {
         return false;
     };
-    for (o, b) in out.iter_mut().zip(label) {
-        *o = b.to_ascii_lowercase();
-    }
-    matches!(
-        &*out,
-        b"arpa"
-            | b"local"
-            | b"guest"
-            | b"intranet"
-            | b"corp"
-            | b"home"
-            | b"lan"
-            | b"intra"
-            | b"intran"
-            | b"workgroup"
-            | b"localdomain"
-            | b"localnet"
-            | b"url"
-            | b"alienvault"
-            | b"internal"
-            | b"example"
-            | b"test"
-            | b"invalid"
-            | b"localhost"
-    )
+    let packed = pack_label(label);
+    entries.iter().take(*n).any(|&e| e == packed)
 }
 
 /// Bits in [`Whitelist::domain_bloom`]: 2^16 (8 KiB), about 6% of them set by Maltrail's
@@ -458,6 +479,30 @@ mod tests {
         }
         for l in ["", "com", "dev", "int", "localhostx", "xlocaldomain"] {
             assert!(!is_ignored_label(l.as_bytes()), "{l}");
+        }
+        // The other direction: a label is ignored only when the list holds it. Every prefix,
+        // suffix and padded variant of every entry against the list itself.
+        let mut labels: Vec<Vec<u8>> = vec![b"local\0".to_vec(), b"\0local".to_vec(), vec![0; 16]];
+        for s in IGNORED_DNS_SUFFIXES {
+            let b = s.as_bytes();
+            for i in 0..=b.len() {
+                labels.push(b[..i].to_vec());
+                labels.push(b[i..].to_vec());
+            }
+            let mut long = s.to_ascii_uppercase().into_bytes();
+            long.resize(16, b'x');
+            labels.push(long);
+        }
+        for l in labels {
+            let want = IGNORED_DNS_SUFFIXES
+                .iter()
+                .any(|s| s.as_bytes().eq_ignore_ascii_case(&l));
+            assert_eq!(
+                is_ignored_label(&l),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(&l)
+            );
         }
     }
 

@@ -255,6 +255,16 @@ fn decode_once(src: &[u8], out: &mut Vec<u8>, limit: usize) {
     out.clear();
     let mut i = 0;
     while i < src.len() && out.len() < limit {
+        // Bytes up to the next `%` or `+` stand for themselves: copied as one run (most
+        // targets are a single run).
+        let rest = src.get(i..).unwrap_or_default();
+        let run = memchr::memchr2(b'%', b'+', rest).unwrap_or(rest.len());
+        if run > 0 {
+            let take = run.min(limit - out.len());
+            out.extend_from_slice(rest.get(..take).unwrap_or_default());
+            i += take;
+            continue;
+        }
         let b = src.get(i).copied().unwrap_or(0);
         let hex = |j: usize| src.get(j).and_then(|c| (*c as char).to_digit(16));
         match b {
@@ -282,6 +292,53 @@ mod tests {
         let (mut out, mut scratch) = (Vec::new(), Vec::new());
         url_decode_into(s.as_bytes(), &mut out, &mut scratch, 4096);
         p.classify(&out)
+    }
+
+    /// The byte-at-a-time form the run copy replaced, as the reference.
+    fn decode_reference(src: &[u8], out: &mut Vec<u8>, limit: usize) {
+        out.clear();
+        let mut i = 0;
+        while i < src.len() && out.len() < limit {
+            let b = src[i];
+            let hex = |j: usize| src.get(j).and_then(|c| (*c as char).to_digit(16));
+            match b {
+                b'%' => match (hex(i + 1), hex(i + 2)) {
+                    (Some(h), Some(l)) => {
+                        out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                },
+                b'+' => out.push(b' '),
+                _ => out.push(b),
+            }
+            i += 1;
+        }
+    }
+
+    #[test]
+    fn decoding_matches_the_reference() {
+        let inputs: [&[u8]; 10] = [
+            b"",
+            b"/static/1.js",
+            b"a%20b+c%2541%zz%",
+            b"%",
+            b"%4",
+            b"++%2b%2B",
+            b"/x?q=%3Cscript%3E&y=1+2",
+            b"abc%41def%4",
+            b"\xff%ff%00+",
+            b"%%%41%",
+        ];
+        for src in inputs {
+            for limit in [0, 1, 2, 3, 5, 8, 100] {
+                let (mut got, mut want) = (Vec::new(), Vec::new());
+                decode_once(src, &mut got, limit);
+                decode_reference(src, &mut want, limit);
+                assert_eq!(got, want, "{src:?} {limit}");
+            }
+        }
     }
 
     #[test]

@@ -3,14 +3,15 @@
 /// The base domain (last two labels) and the rest: `a.b.example.com` → (`a.b`, `example.com`);
 /// `example.com` → (`""`, `example.com`); a single label → (`""`, label).
 pub fn split_base(name: &str) -> (&str, &str) {
-    // Byte search: `.` is never part of a multi-byte UTF-8 sequence.
+    // Byte search: `.` is never part of a multi-byte UTF-8 sequence. Plain loops: the last
+    // two labels are short, shorter than a vectorised search's set-up.
     let b = name.as_bytes();
-    let Some(last_dot) = memchr::memrchr(b'.', b) else {
+    let Some(last_dot) = b.iter().rposition(|&c| c == b'.') else {
         return ("", name);
     };
     match b
         .get(..last_dot)
-        .and_then(|head| memchr::memrchr(b'.', head))
+        .and_then(|head| head.iter().rposition(|&c| c == b'.'))
     {
         Some(dot) => (
             name.get(..dot).unwrap_or_default(),

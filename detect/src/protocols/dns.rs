@@ -233,18 +233,23 @@ pub fn parse(msg: &[u8]) -> Result<Message<'_>, DnsError> {
         nscount: be(8),
         arcount: be(10),
     };
-    let mut question = None;
+    // Built in place: the question's 254-byte name is decoded where it ends up, not moved.
+    let mut message = Message {
+        header,
+        question: None,
+        msg,
+        answers_at: None,
+    };
     let mut pos = 12usize;
-    let mut answers_at = None;
     if header.qdcount > 0 {
-        let (name, next) = read_name(msg, pos)?;
-        let qtype = read_u16(msg, next)?;
-        let qclass = read_u16(msg, next + 2)?;
-        question = Some(Question {
-            name,
-            qtype,
-            qclass,
+        let q = message.question.insert(Question {
+            name: Name::default(),
+            qtype: 0,
+            qclass: 0,
         });
+        let next = walk_name(msg, pos, |l| q.name.push_label(l))?;
+        q.qtype = read_u16(msg, next)?;
+        q.qclass = read_u16(msg, next + 2)?;
         pos = next + 4;
         let mut complete = true;
         for _ in 1..header.qdcount.min(MAX_QUESTIONS) {
@@ -257,17 +262,12 @@ pub fn parse(msg: &[u8]) -> Result<Message<'_>, DnsError> {
             }
         }
         if complete && header.qdcount <= MAX_QUESTIONS {
-            answers_at = Some(pos);
+            message.answers_at = Some(pos);
         }
     } else {
-        answers_at = Some(pos);
+        message.answers_at = Some(pos);
     }
-    Ok(Message {
-        header,
-        question,
-        msg,
-        answers_at,
-    })
+    Ok(message)
 }
 
 /// Parses a DNS message carried over TCP (2-byte length prefix). A message longer than the

@@ -42,13 +42,17 @@ fn is_regex_meta(b: u8) -> bool {
     )
 }
 
-/// [`is_name_byte`] of every byte: one load per byte in the per-name loops.
-static NAME_BYTES: [bool; 256] = {
-    let mut t = [false; 256];
+/// Each byte lowercased when it is a name byte ([`is_name_byte`]), else 0: the one table
+/// of the name-byte predicate, so that the per-name loops check and lowercase a byte with
+/// one load.
+static NAME_LOWER: [u8; 256] = {
+    let mut t = [0u8; 256];
     let mut i = 0;
     while i < 256 {
         let b = i as u8;
-        t[i] = b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_') {
+            t[i] = b.to_ascii_lowercase();
+        }
         i += 1;
     }
     t
@@ -57,7 +61,13 @@ static NAME_BYTES: [bool; 256] = {
 /// A DNS-name character as trails and queries use them (`_` appears in real names).
 #[inline]
 pub fn is_name_byte(b: u8) -> bool {
-    NAME_BYTES[usize::from(b)]
+    NAME_LOWER[usize::from(b)] != 0
+}
+
+/// `b` lowercased when it is a name byte ([`is_name_byte`]), else 0.
+#[inline]
+pub(crate) fn name_byte_lower(b: u8) -> u8 {
+    NAME_LOWER[usize::from(b)]
 }
 
 fn parse_port(s: &str) -> Option<u16> {
@@ -298,6 +308,16 @@ mod tests {
             ("host:99999/x", MalformedReason::BadUrlHost),
         ] {
             assert_eq!(classify(line, true), Err(why), "{line}");
+        }
+    }
+
+    #[test]
+    fn name_bytes() {
+        for b in 0..=255u8 {
+            let name = b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
+            assert_eq!(is_name_byte(b), name, "{b}");
+            let want = if name { b.to_ascii_lowercase() } else { 0 };
+            assert_eq!(name_byte_lower(b), want, "{b}");
         }
     }
 

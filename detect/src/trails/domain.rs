@@ -3,7 +3,8 @@
 
 use regex::{Regex, RegexSet};
 
-use super::regex_prefilter::{RegexPrefilter, Trigrams, ALL_TRIGRAMS};
+use super::classify::name_byte_lower;
+use super::regex_prefilter::{RegexPrefilter, Trigrams};
 use super::table::{KeyHasher, StrTable};
 use super::LabelId;
 use crate::whitelist::Whitelist;
@@ -93,12 +94,12 @@ impl RegexTrails {
     }
 
     /// The trigram bitmap [`Name::parse`] tests: the literals' when every regex has a
-    /// required literal, else one that passes every name.
-    fn trigrams(&self) -> &Trigrams {
+    /// required literal, else `None` (every name may match one).
+    fn trigrams(&self) -> Option<&Trigrams> {
         self.prefilter
             .as_ref()
             .filter(|f| f.all_filtered())
-            .map_or(&ALL_TRIGRAMS, RegexPrefilter::trigrams)
+            .map(RegexPrefilter::trigrams)
     }
 
     /// Leftmost match over all regexes (first regex on ties, like one Python alternation):
@@ -160,22 +161,6 @@ fn is_ns_like(q: &[u8]) -> bool {
     rest.get(digits) == Some(&b'.')
 }
 
-/// Each byte lowercased when it is a name byte
-/// ([`is_name_byte`](crate::trails::classify::is_name_byte)), else 0: the parse's
-/// check and lowercasing in one load.
-static NAME_LOWER: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_') {
-            t[i] = b.to_ascii_lowercase();
-        }
-        i += 1;
-    }
-    t
-};
-
 /// A query name after [`Name::parse`]: lowercased, `:port` and a trailing dot dropped, with
 /// the hashes of its shortest suffixes that start a label, from one backwards pass.
 struct Name<'b> {
@@ -189,7 +174,7 @@ struct Name<'b> {
     /// Start of the leftmost `onion` label with a dot on each side.
     onion: Option<usize>,
     /// Whether a three-byte window of the name may start a regex trail's required literal
-    /// (always true for names of three bytes or more under [`ALL_TRIGRAMS`]).
+    /// (always true without a trigram bitmap).
     regex_hint: bool,
 }
 
@@ -198,7 +183,27 @@ impl<'b> Name<'b> {
     /// is a DNS name (letters, digits, `-`, `_`, `.`, with at least one dot and a non-empty
     /// last label) that is not an IP; hashes its suffixes in the same (backwards) pass.
     #[inline]
-    fn parse(query: &str, buf: &'b mut [u8; MAX_NAME], trigrams: &Trigrams) -> Option<Self> {
+    fn parse(
+        query: &str,
+        buf: &'b mut [u8; MAX_NAME],
+        trigrams: Option<&Trigrams>,
+    ) -> Option<Self> {
+        // One loop per case, the bitmap test compiled in or out: no per-byte branch on it.
+        match trigrams {
+            Some(t) => Self::parse_with(query, buf, false, |w| t.test(w)),
+            None => Self::parse_with(query, buf, true, |_| false),
+        }
+    }
+
+    /// [`Name::parse`] with `may_start_literal` the trigram test of a window, and
+    /// `regex_hint` its start value.
+    #[inline]
+    fn parse_with(
+        query: &str,
+        buf: &'b mut [u8; MAX_NAME],
+        mut regex_hint: bool,
+        may_start_literal: impl Fn(u32) -> bool,
+    ) -> Option<Self> {
         let q = query.as_bytes();
         let q = q.get(..memchr::memchr(b':', q).unwrap_or(q.len()))?;
         let q = q.strip_suffix(b".").unwrap_or(q);
@@ -215,18 +220,17 @@ impl<'b> Name<'b> {
         let mut dotted = false;
         let mut onion = None;
         let mut window = Trigrams::START;
-        let mut regex_hint = std::ptr::eq(trigrams, &ALL_TRIGRAMS);
         // End (exclusive) of the label to the right of the bytes read so far: the dot found
         // last, or the end of the name.
         let mut label_end = q.len();
         for i in (0..q.len()).rev() {
-            let l = NAME_LOWER[usize::from(q[i])];
+            let l = name_byte_lower(q[i]);
             if l == 0 {
                 return None;
             }
             out[i] = l;
             window = Trigrams::push(window, l);
-            regex_hint |= trigrams.test(window);
+            regex_hint |= may_start_literal(window);
             // Name bytes from `.` to `9` are `.` and the digits (`/` is not a name byte).
             not_digit_or_dot |= l.wrapping_sub(b'.') > b'9' - b'.';
             if l == b'.' {
@@ -259,7 +263,7 @@ impl<'b> Name<'b> {
             return None;
         }
         debug_assert!(out.is_ascii());
-        // SAFETY: every byte of `out` is a non-zero NAME_LOWER entry (ASCII letters, digits,
+        // SAFETY: every byte of `out` is a non-zero `name_byte_lower` (ASCII letters, digits,
         // `.`, `-`, `_`, lowercased): ASCII, hence UTF-8. Skips a validation pass per
         // name.
         let text = unsafe { std::str::from_utf8_unchecked(out) };
@@ -729,18 +733,6 @@ mod tests {
     }
 
     #[test]
-    fn name_lower_is_name_byte_lowercased() {
-        for b in 0..=255u8 {
-            let want = if is_name_byte(b) {
-                b.to_ascii_lowercase()
-            } else {
-                0
-            };
-            assert_eq!(NAME_LOWER[usize::from(b)], want, "{b}");
-        }
-    }
-
-    #[test]
     fn ns_like() {
         for q in [
             "ns.x", "ns1.x", "rns.x", "dns22.x", "nf.x", "mx0.x", "nic.x",
@@ -813,7 +805,7 @@ mod tests {
         ];
         for q in names {
             let mut buf = [0u8; MAX_NAME];
-            let name = Name::parse(q, &mut buf, &ALL_TRIGRAMS);
+            let name = Name::parse(q, &mut buf, None);
             if let Some(n) = &name {
                 // The shortest label suffixes, shortest first, with their table hashes.
                 let t = n.text.as_bytes();

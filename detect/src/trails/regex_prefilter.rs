@@ -29,9 +29,6 @@ pub(crate) struct Trigrams([u64; TRIGRAM_WORDS]);
 /// Words of the trigram bitmap.
 const TRIGRAM_WORDS: usize = (1 << TRIGRAM_BITS) / 64;
 
-/// Every bit set: every window passes (no filtering).
-pub(crate) static ALL_TRIGRAMS: Trigrams = Trigrams([u64::MAX; TRIGRAM_WORDS]);
-
 impl std::fmt::Debug for Trigrams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let set: u32 = self.0.iter().map(|w| w.count_ones()).sum();

@@ -646,13 +646,14 @@ impl Run<'_, '_> {
     /// ([`dns::Header::is_plausible`] and a parseable question): the caller then checks the
     /// addresses as for any datagram, as the XDP program does.
     fn dns(&mut self, ctx: &PacketContext<'_>, payload: &[u8], tcp: bool) -> bool {
+        // Built in `slot`, never moved: the message holds the question's 254-byte name.
+        let mut slot = None;
         let parsed = if tcp {
-            dns::parse_tcp(payload)
+            dns::parse_tcp_into(payload, &mut slot)
         } else {
-            dns::parse(payload)
+            dns::parse_into(payload, &mut slot)
         };
-        // Borrowed, not moved: the message holds the question's 254-byte name.
-        let msg = match &parsed {
+        let msg: &dns::Message<'_> = match parsed {
             Ok(m) if m.header.is_plausible() => m,
             _ => {
                 self.stats.dns_errors += 1;
@@ -673,10 +674,7 @@ impl Run<'_, '_> {
             return true;
         }
         let Some(q) = &msg.question else { return true };
-        // `is_ignored_suffix` also covers names containing `.intranet.`.
-        let Some(name) =
-            valid_dns_name(q.name.as_bytes()).filter(|n| !crate::whitelist::is_ignored_suffix(n))
-        else {
+        let Some(name) = scan_dns_name::<true>(q.name.as_bytes()) else {
             return true;
         };
         // One pass over the name gives its whitelist verdict (the heuristics' contract is a
@@ -883,11 +881,16 @@ impl Run<'_, '_> {
         if whitelisted == Some(true) {
             return;
         }
-        // Validation alone for a UTF-8 path (nearly all): the lossy decoder's chunking costs
-        // more.
-        let path_text = match std::str::from_utf8(path) {
-            Ok(p) => Cow::Borrowed(p),
-            Err(_) => String::from_utf8_lossy(path),
+        // An ASCII test alone for an ASCII path (nearly all), validation for other UTF-8: the
+        // lossy decoder's chunking costs more.
+        let path_text = if path.is_ascii() {
+            // SAFETY: ASCII is UTF-8.
+            Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(path) })
+        } else {
+            match std::str::from_utf8(path) {
+                Ok(p) => Cow::Borrowed(p),
+                Err(_) => String::from_utf8_lossy(path),
+            }
         };
         self.path_buf.clear();
         self.path_buf.push_str(&path_text);
@@ -974,17 +977,31 @@ fn is_valid_dns_name(name: &str) -> bool {
 /// `name` as text when [`is_valid_dns_name`] holds: one pass over the bytes, which also
 /// proves them ASCII (no separate UTF-8 validation).
 fn valid_dns_name(name: &[u8]) -> Option<&str> {
+    scan_dns_name::<false>(name)
+}
+
+/// [`valid_dns_name`]; with `UNIGNORED`, also `None` when
+/// [`is_ignored_suffix`](crate::whitelist::is_ignored_suffix) holds, from the same pass (a
+/// `.intranet.` is looked for at each dot).
+#[inline(always)]
+fn scan_dns_name<const UNIGNORED: bool>(name: &[u8]) -> Option<&str> {
     let mut last_dot = None;
     for (i, &b) in name.iter().enumerate() {
         if !(b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
             return None;
         }
         if b == b'.' {
+            if UNIGNORED && crate::whitelist::is_intranet_at(name, i) {
+                return None;
+            }
             last_dot = Some(i);
         }
     }
     // A non-empty last label after the last dot.
-    last_dot.filter(|&d| d + 1 < name.len())?;
+    let d = last_dot.filter(|&d| d + 1 < name.len())?;
+    if UNIGNORED && crate::whitelist::is_ignored_label(name.get(d + 1..).unwrap_or_default()) {
+        return None;
+    }
     debug_assert!(name.is_ascii());
     // SAFETY: every byte was checked above to be an ASCII letter, digit, `-` or `.`: ASCII,
     // hence UTF-8.
@@ -1017,24 +1034,33 @@ fn strip_port(host: &[u8]) -> &[u8] {
 /// allocating, else lossily.
 fn host_text<'b>(host: &[u8], buf: &'b mut [u8; MAX_HOST]) -> Cow<'b, str> {
     let h = host.get(..host.len().min(MAX_HOST)).unwrap_or(host);
-    if let Some(out) = buf.get_mut(..h.len()) {
-        for (o, b) in out.iter_mut().zip(h) {
-            *o = b.to_ascii_lowercase();
-        }
-        if let Ok(text) = std::str::from_utf8(out) {
-            return Cow::Borrowed(text);
-        }
+    match lower_into(h, buf) {
+        Some(text) => Cow::Borrowed(text),
+        None => Cow::Owned(String::from_utf8_lossy(h).to_ascii_lowercase()),
     }
-    Cow::Owned(String::from_utf8_lossy(h).to_ascii_lowercase())
 }
 
 /// ASCII-lowercases `src` into `buf`; `None` if it does not fit or is not UTF-8. A trailing
 /// dot is dropped.
 fn lowercase_into<'b>(src: &[u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str> {
-    let src = src.strip_suffix(b".").unwrap_or(src);
+    lower_into(src.strip_suffix(b".").unwrap_or(src), buf)
+}
+
+/// ASCII-lowercases `src` into the start of `buf` as text; `None` if it does not fit or is
+/// not UTF-8. The copy notes whether every byte is ASCII (every real host name), which then
+/// needs no UTF-8 validation.
+#[inline]
+fn lower_into<'b>(src: &[u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str> {
     let out = buf.get_mut(..src.len())?;
-    for (o, i) in out.iter_mut().zip(src) {
-        *o = i.to_ascii_lowercase();
+    let mut high = 0u8;
+    for (o, &b) in out.iter_mut().zip(src) {
+        high |= b;
+        *o = b.to_ascii_lowercase();
+    }
+    if high.is_ascii() {
+        // SAFETY: `out` holds `src`'s bytes lowercased, all ASCII (their OR has the top bit
+        // clear): ASCII is UTF-8.
+        return Some(unsafe { std::str::from_utf8_unchecked(out) });
     }
     std::str::from_utf8(out).ok()
 }
@@ -1172,6 +1198,32 @@ sinkholed.example,sinkhole x (malware),(static)
             );
         }
         assert_eq!(valid_dns_name(&[b'a', b'.', 0xff]), None);
+        // The fused query-name check against the two checks it replaced.
+        for name in [
+            "",
+            ".",
+            "a.b",
+            "a.local",
+            "a.LOCAL",
+            "a.local.",
+            "a.intranet.b",
+            "a.Intranet.b.c",
+            "intranet.a.b",
+            "a.intranet",
+            "a..intranet.b",
+            "x.intranetx.b",
+            "a.corp.com",
+            "a.b.localdomain",
+            "ü.local",
+            "a_b.local",
+            "x.in-addr.arpa",
+            "evil.com",
+            "a.dev",
+        ] {
+            let separate =
+                valid_dns_name(name.as_bytes()).filter(|n| !crate::whitelist::is_ignored_suffix(n));
+            assert_eq!(scan_dns_name::<true>(name.as_bytes()), separate, "{name:?}");
+        }
     }
 
     #[test]

@@ -62,15 +62,18 @@ pub fn is_ignored_suffix(name: &str) -> bool {
     if is_ignored_label(name.get(last_dot + 1..).unwrap_or_default()) {
         return true;
     }
-    // `intranet` with a dot on each side: a label after some dot, before the last one
-    // (most labels are ruled out by the byte after the dot).
-    let inner = name.get(..last_dot + 1).unwrap_or_default();
-    inner.iter().enumerate().any(|(d, &b)| {
-        b == b'.'
-            && inner
-                .get(d + 1..d + 10)
-                .is_some_and(|l| l[8] == b'.' && l[..8].eq_ignore_ascii_case(b"intranet"))
-    })
+    // `intranet` with a dot on each side: a label after some dot, before the last one.
+    name.iter()
+        .enumerate()
+        .any(|(d, &b)| b == b'.' && is_intranet_at(name, d))
+}
+
+/// Whether `.intranet.` (ASCII case-insensitive) starts at the dot `name[dot]`: most labels
+/// are ruled out by the byte after the dot.
+#[inline]
+pub(crate) fn is_intranet_at(name: &[u8], dot: usize) -> bool {
+    name.get(dot + 1..dot + 10)
+        .is_some_and(|l| l[8] == b'.' && l[..8].eq_ignore_ascii_case(b"intranet"))
 }
 
 /// Bytes of a label packed into a `u128` by [`pack_label`]: one byte is left for the length.
@@ -121,7 +124,7 @@ const IGNORED_BY_LEN: [(usize, [u128; IGNORED_PER_LEN]); PACKED_LABEL + 1] = {
 /// Whether `label` is one of [`IGNORED_DNS_SUFFIXES`] (ASCII case-insensitive): its
 /// lowercased 16-byte word compared with the few entries of its length, no string
 /// comparisons.
-fn is_ignored_label(label: &[u8]) -> bool {
+pub(crate) fn is_ignored_label(label: &[u8]) -> bool {
     let Some((n, entries)) = IGNORED_BY_LEN.get(label.len()) else {
         return false;
     };

@@ -103,19 +103,27 @@ pub fn is_proxy_probe(target: &[u8]) -> bool {
 /// parameters, a file name whose stem is at most `max_stem` characters, an extension in
 /// [`DIRECT_DOWNLOAD_EXTENSIONS`].
 pub fn direct_download_extension(target: &[u8], max_stem: usize) -> Option<String> {
-    let query = memchr::memchr(b'?', target).and_then(|i| target.get(i..));
-    if query.is_some_and(|q| memchr::memchr(b'=', q).is_some()) {
+    direct_download_extension_in(target, path_of(target), max_stem)
+}
+
+/// [`direct_download_extension`] with `path` the target's [`path_of`], known to the caller.
+pub fn direct_download_extension_in(target: &[u8], path: &[u8], max_stem: usize) -> Option<String> {
+    // Most paths end in no listed extension: rejected on the bytes first, without the query
+    // search or the lowercase copy (an ASCII extension and the `/` and `.` before it read the
+    // same in the lossy text). One backwards pass: the extension ends the last segment.
+    let dot = path.iter().rposition(|&b| b == b'.' || b == b'/')?;
+    if path.get(dot) != Some(&b'.') {
         return None;
     }
-    let path = path_of(target);
-    // Most paths end in no listed extension: rejected on the bytes, without the lowercase
-    // copy (an ASCII extension and the `/` and `.` before it read the same in the lossy text).
-    let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
-    let ext = memchr::memrchr(b'.', name).and_then(|i| name.get(i + 1..))?;
+    let ext = path.get(dot + 1..).unwrap_or_default();
     if !DIRECT_DOWNLOAD_EXTENSIONS
         .iter()
         .any(|e| e.as_bytes().eq_ignore_ascii_case(ext))
     {
+        return None;
+    }
+    let query = memchr::memchr(b'?', target).and_then(|i| target.get(i..));
+    if query.is_some_and(|q| memchr::memchr(b'=', q).is_some()) {
         return None;
     }
     let lower = String::from_utf8_lossy(path).to_ascii_lowercase();
@@ -184,5 +192,64 @@ mod tests {
         assert_eq!(direct_download_extension(b"/setup.zip", 9), None);
         assert_eq!(direct_download_extension(b"/cgi-bin/x.exe", 9), None);
         assert_eq!(direct_download_extension(b"/.exe", 9), None);
+    }
+
+    /// The form the extension-first one replaced, as the reference.
+    fn direct_download_reference(target: &[u8], max_stem: usize) -> Option<String> {
+        let query = memchr::memchr(b'?', target).and_then(|i| target.get(i..));
+        if query.is_some_and(|q| memchr::memchr(b'=', q).is_some()) {
+            return None;
+        }
+        let path = path_of(target);
+        let lower = String::from_utf8_lossy(path).to_ascii_lowercase();
+        if DIRECT_DOWNLOAD_ALLOWED.iter().any(|a| lower.contains(a)) {
+            return None;
+        }
+        let name = lower.rsplit('/').next().unwrap_or(&lower);
+        let (stem, ext) = name.rsplit_once('.')?;
+        if stem.is_empty() || stem.len() > max_stem || !DIRECT_DOWNLOAD_EXTENSIONS.contains(&ext) {
+            return None;
+        }
+        Some(ext.to_owned())
+    }
+
+    #[test]
+    fn direct_downloads_match_the_reference() {
+        let targets: [&[u8]; 24] = [
+            b"",
+            b"/",
+            b".",
+            b"/.",
+            b"/a.",
+            b"/a.exe",
+            b"/A.EXE",
+            b"/a.b/c",
+            b"/a.exe/",
+            b"/a.exe?x",
+            b"/a.exe?x=1",
+            b"/a?b.exe",
+            b"/a?x=1.exe",
+            b"/a.exe#f=1",
+            b"http://h.example/a.exe",
+            b"http://h.example",
+            b"http://h.exe",
+            b"a.exe",
+            b"/d.ll/x.dll",
+            b"/\xff.exe",
+            b"/1234567890.exe",
+            b"/cgi-bin/x.exe",
+            b"/x.tar.exe",
+            b"/x..exe",
+        ];
+        for t in targets {
+            for max_stem in [0, 1, 9] {
+                assert_eq!(
+                    direct_download_extension(t, max_stem),
+                    direct_download_reference(t, max_stem),
+                    "{:?}",
+                    String::from_utf8_lossy(t)
+                );
+            }
+        }
     }
 }

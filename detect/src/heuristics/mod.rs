@@ -725,8 +725,9 @@ impl Heuristics for MaltrailHeuristics {
             }
         }
         if !local_dst {
-            if let Some(ext) = http_request::direct_download_extension(
+            if let Some(ext) = http_request::direct_download_extension_in(
                 req.target,
+                path,
                 self.config.direct_download_max_stem,
             ) {
                 let info = format!("direct .{ext} download (suspicious)");

@@ -220,6 +220,17 @@ pub struct Message<'a> {
 
 /// Parses a DNS message carried over UDP.
 pub fn parse(msg: &[u8]) -> Result<Message<'_>, DnsError> {
+    let mut slot = None;
+    parse_into(msg, &mut slot)?;
+    slot.ok_or(DnsError::Truncated)
+}
+
+/// [`parse`] into `slot`, which then holds the message: built where the caller keeps it, the
+/// question's 254-byte name decoded in place, never moved.
+pub fn parse_into<'a, 's>(
+    msg: &'a [u8],
+    slot: &'s mut Option<Message<'a>>,
+) -> Result<&'s mut Message<'a>, DnsError> {
     let h: &[u8; 12] = msg
         .get(..12)
         .and_then(|h| h.try_into().ok())
@@ -233,13 +244,12 @@ pub fn parse(msg: &[u8]) -> Result<Message<'_>, DnsError> {
         nscount: be(8),
         arcount: be(10),
     };
-    // Built in place: the question's 254-byte name is decoded where it ends up, not moved.
-    let mut message = Message {
+    let message = slot.insert(Message {
         header,
         question: None,
         msg,
         answers_at: None,
-    };
+    });
     let mut pos = 12usize;
     if header.qdcount > 0 {
         let q = message.question.insert(Question {
@@ -273,12 +283,25 @@ pub fn parse(msg: &[u8]) -> Result<Message<'_>, DnsError> {
 /// Parses a DNS message carried over TCP (2-byte length prefix). A message longer than the
 /// segment is parsed as far as the segment goes.
 pub fn parse_tcp(payload: &[u8]) -> Result<Message<'_>, DnsError> {
+    parse(tcp_message(payload)?)
+}
+
+/// [`parse_tcp`] into `slot`, as [`parse_into`].
+pub fn parse_tcp_into<'a, 's>(
+    payload: &'a [u8],
+    slot: &'s mut Option<Message<'a>>,
+) -> Result<&'s mut Message<'a>, DnsError> {
+    parse_into(tcp_message(payload)?, slot)
+}
+
+/// The message in a TCP payload: after the length prefix, at most that long.
+fn tcp_message(payload: &[u8]) -> Result<&[u8], DnsError> {
     let len = usize::from(read_u16(payload, 0)?);
     if len == 0 {
         return Err(DnsError::BadTcpLength);
     }
     let body = payload.get(2..).ok_or(DnsError::Truncated)?;
-    parse(body.get(..len).unwrap_or(body))
+    Ok(body.get(..len).unwrap_or(body))
 }
 
 impl<'a> Message<'a> {

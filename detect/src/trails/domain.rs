@@ -196,8 +196,9 @@ impl<'b> Name<'b> {
     }
 
     /// [`Name::parse`] with `may_start_literal` the trigram test of a window, and
-    /// `regex_hint` its start value.
-    #[inline]
+    /// `regex_hint` its start value. Always inlined: the `Name` is then built in the
+    /// caller's frame instead of copied out of this one.
+    #[inline(always)]
     fn parse_with(
         query: &str,
         buf: &'b mut [u8; MAX_NAME],

@@ -781,9 +781,10 @@ fn replay_xtrail(
 }
 
 /// Offline replay by `--peer-replay` (`{pcap}`, `{trails}`, `{log}` substituted; Maltrail:
-/// `sensor.py -r`) of the same pcap, one pass, with set-up excluded two ways. Wall: from its
+/// its `-r PCAP`) of the same pcap, one pass, with set-up excluded two ways. Wall: from its
 /// [`PEER_READY`] line (printed once trails are loaded and workers started) to its exit
-/// (Maltrail notices the end of the file within its 1 s poll). CPU: its process tree's
+/// (which includes its own end-of-run work; Maltrail's Python sensor notices the end of the
+/// file within a 1 s poll). CPU: its process tree's
 /// (getrusage of our waited-for children) minus that of a run on a pcap with no packet.
 fn peer_replay_run(
     command: &str,
@@ -1444,7 +1445,7 @@ fn write_results(
         ));
         if let Some(p) = replay("peer") {
             md.push_str(&format!(
-                "- `--peer-replay` on the same pcap: {:.0} ns/packet wall from its start line to its exit (within its 1 s end-of-file poll), {:.0} ns/packet CPU of its processes net of a run on an empty pcap: xtrail/peer **{:.2}** (wall), **{:.2}** (CPU).\n",
+                "- `--peer-replay` on the same pcap: {:.0} ns/packet wall from its start line to its exit (its end-of-run work included), {:.0} ns/packet CPU of its processes net of a run on an empty pcap: xtrail/peer **{:.2}** (wall), **{:.2}** (CPU).\n",
                 p.user_ns_per_packet,
                 p.replay_cpu_ns_per_packet.unwrap_or(f64::NAN),
                 r.user_ns_per_packet / p.user_ns_per_packet,

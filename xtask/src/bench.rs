@@ -759,8 +759,17 @@ fn replay_xtrail(
         .map(|l| seconds_after(l, "trails loaded in"))
         .unwrap_or(0.0);
     Ok(Run {
+        user_ns_per_packet: ns,
+        load_s: load,
+        ..replay_run("xtrail", trails, trail_count, packets)
+    })
+}
+
+/// The fields every offline replay run shares (one pass of `packets` over `trails`).
+fn replay_run(sensor: &str, trails: &Path, trail_count: usize, packets: usize) -> Run {
+    Run {
         scenario: "offline replay".into(),
-        sensor: "xtrail".into(),
+        sensor: sensor.into(),
         mode: "replay".into(),
         trails: trails
             .file_name()
@@ -769,15 +778,13 @@ fn replay_xtrail(
         trail_count,
         offered: packets as u64,
         xdp_packets: packets as u64,
-        user_ns_per_packet: ns,
         xdp_ns_per_packet: f64::NAN,
         softirq_ns_per_packet: f64::NAN,
         user_ns_per_handed: f64::NAN,
         send_pps: f64::NAN,
-        load_s: load,
         busy_ns_per_packet: f64::NAN,
         ..Run::default()
-    })
+    }
 }
 
 /// Offline replay by `--peer-replay` (`{pcap}`, `{trails}`, `{log}` substituted; Maltrail:
@@ -826,24 +833,9 @@ fn peer_replay_run(
     let _ = std::fs::remove_file(&log);
     let n = packets.max(1) as f64;
     Ok(Run {
-        scenario: "offline replay".into(),
-        sensor: "peer".into(),
-        mode: "replay".into(),
-        trails: trails
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        trail_count,
-        offered: packets as u64,
-        xdp_packets: packets as u64,
         user_ns_per_packet: wall / n,
         replay_cpu_ns_per_packet: Some((cpu - cpu_setup) / n),
-        user_ns_per_handed: f64::NAN,
-        xdp_ns_per_packet: f64::NAN,
-        softirq_ns_per_packet: f64::NAN,
-        send_pps: f64::NAN,
-        busy_ns_per_packet: f64::NAN,
-        ..Run::default()
+        ..replay_run("peer", trails, trail_count, packets)
     })
 }
 

@@ -862,6 +862,76 @@ fn the_segments_of_a_split_client_hello_are_handed_over() {
     assert_eq!(h.counter(stat::TLS_FLOWS_TRACKED), 1);
 }
 
+/// A followed ClientHello whose window has passed is forgotten and counted at its next
+/// segment, which is not handed over; a flow still in its window is followed (the window's
+/// end is written by the program, so the test moves it into the past through the map).
+#[test]
+fn an_expired_client_hello_flow_is_forgotten_and_counted() {
+    privileged!();
+    let mut h = Harness::inline();
+    let mut ring = h.sensor.take_payloads().expect("payload ring");
+    let (me, there) = (v4(CLEAN), v4("198.18.1.1"));
+    let hello = chrome_client_hello("tls-expired-xdp.example");
+    let seg = |sport: u16, seq: u32, data: &[u8]| {
+        with_seq(
+            Frame::tcp(me, sport, there, 443, tcp_flags::ACK | tcp_flags::PSH)
+                .with_payload(data)
+                .build(),
+            seq,
+        )
+    };
+    // Two flows tracked; the first one's window is moved into the past.
+    for sport in [50010, 50011] {
+        h.sensor
+            .test_run(&seg(sport, 1000, &hello[..1448]))
+            .expect("run");
+    }
+    assert_eq!(h.counter(stat::TLS_FLOWS_TRACKED), 2);
+    {
+        // TlsFlowKey (src, dst: 16 bytes each; ports) -> TlsFlow (end_seq, pad, expires_ns).
+        let mut flows: aya::maps::HashMap<_, [u8; 36], [u8; 16]> =
+            aya::maps::HashMap::try_from(h.sensor.ebpf_mut().map_mut("TLS_FLOWS").expect("map"))
+                .expect("TLS_FLOWS as a hash map");
+        let entries: Vec<([u8; 36], [u8; 16])> = flows.iter().map(|e| e.expect("entry")).collect();
+        assert_eq!(entries.len(), 2);
+        let (key, mut value) = entries
+            .into_iter()
+            .find(|(k, _)| {
+                // The port as the program keeps it (either byte order).
+                let port = u16::from_ne_bytes([k[32], k[33]]);
+                port == 50010 || port == 50010u16.swap_bytes()
+            })
+            .expect("the first flow");
+        value[8..16].copy_from_slice(&1u64.to_ne_bytes());
+        flows.insert(key, value, 0).expect("update");
+    }
+    for sport in [50010, 50011] {
+        assert_eq!(
+            h.sensor
+                .test_run(&seg(sport, 1000 + 1448, &hello[1448..]))
+                .expect("run"),
+            XDP_PASS
+        );
+    }
+    let kinds: Vec<u8> = copied(&mut ring).iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            handoff::TLS_CLIENT_HELLO,
+            handoff::TLS_CLIENT_HELLO,
+            handoff::TLS_CONTINUATION
+        ]
+    );
+    assert_eq!(h.counter(stat::TLS_FLOWS_EXPIRED), 1);
+    assert_eq!(h.counter(stat::TLS_CONTINUATIONS), 1);
+    // Forgotten: a later segment of the expired flow is neither followed nor counted again.
+    h.sensor
+        .test_run(&seg(50010, 1000 + 1448, &hello[1448..]))
+        .expect("run");
+    assert!(copied(&mut ring).is_empty());
+    assert_eq!(h.counter(stat::TLS_FLOWS_EXPIRED), 1);
+}
+
 /// Issue 12/13: a payload record takes the smallest size class that holds its frame (not
 /// 2 KiB whatever the frame), and a full payload ring loses hand-offs only as counted
 /// `handoff_failed`, never silently.

@@ -144,7 +144,8 @@ struct TlsFlow {
     /// Sequence number just past the record (at most `tls_flow::MAX_BYTES` from its start).
     end_seq: u32,
     _pad: u32,
-    /// Coarse clock (`coarse_now`).
+    /// `bpf_ktime_get_ns` at the first segment plus `tls_flow::TIMEOUT_NS`; compared with the
+    /// coarse clock (`coarse_now`), which is never ahead of it.
     expires_ns: u64,
 }
 
@@ -155,7 +156,7 @@ struct TlsFlow {
 static TLS_FLOWS: LruHashMap<TlsFlowKey, TlsFlow> =
     LruHashMap::with_max_entries(tls_flow::SLOTS, 0);
 
-/// Until when (coarse clock, `coarse_now`) any `TLS_FLOWS` entry may be live: while none can
+/// Until when any `TLS_FLOWS` entry may be live (the latest `expires_ns`, only ever raised): while none can
 /// be, TCP segments skip the call to `tls_continues` and its map lookup.
 #[map]
 static TLS_FLOWS_UNTIL: Array<u64> = Array::with_max_entries(1, 0);

@@ -156,8 +156,8 @@ struct TlsFlow {
 static TLS_FLOWS: LruHashMap<TlsFlowKey, TlsFlow> =
     LruHashMap::with_max_entries(tls_flow::SLOTS, 0);
 
-/// Until when any `TLS_FLOWS` entry may be live (the latest `expires_ns`, only ever raised): while none can
-/// be, TCP segments skip the call to `tls_continues` and its map lookup.
+/// Until when any `TLS_FLOWS` entry may be live (the latest `expires_ns`, only ever raised):
+/// while none can be, TCP segments skip the call to `tls_continues` and its map lookup.
 #[map]
 static TLS_FLOWS_UNTIL: Array<u64> = Array::with_max_entries(1, 0);
 

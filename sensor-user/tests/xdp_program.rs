@@ -806,6 +806,16 @@ fn with_seq(mut frame: Vec<u8>, seq: u32) -> Vec<u8> {
     frame
 }
 
+/// A TCP data segment (ACK+PSH) from `me:sport` to `there:443` at sequence number `seq`.
+fn tls_segment(me: IpAddr, there: IpAddr, sport: u16, seq: u32, data: &[u8]) -> Vec<u8> {
+    with_seq(
+        Frame::tcp(me, sport, there, 443, tcp_flags::ACK | tcp_flags::PSH)
+            .with_payload(data)
+            .build(),
+        seq,
+    )
+}
+
 /// Issue 10 item 3, kernel side: a ClientHello record longer than its segment makes the
 /// program follow the flow and copy its next segments (until the record's end) to
 /// userspace, which reassembles the name from the second segment.
@@ -818,14 +828,7 @@ fn the_segments_of_a_split_client_hello_are_handed_over() {
     let sni = "tls-split-xdp.example";
     let hello = chrome_client_hello(sni);
     assert!(chrome_sni_offset(&hello, sni) > 1448);
-    let seg = |sport: u16, seq: u32, data: &[u8]| {
-        with_seq(
-            Frame::tcp(me, sport, there, 443, tcp_flags::ACK | tcp_flags::PSH)
-                .with_payload(data)
-                .build(),
-            seq,
-        )
-    };
+    let seg = |sport: u16, seq: u32, data: &[u8]| tls_segment(me, there, sport, seq, data);
     let isn = 0xffff_fc00u32; // the record crosses the sequence-number wrap
     let first = seg(50000, isn, &hello[..1448]);
     let second = seg(50000, isn.wrapping_add(1448), &hello[1448..]);
@@ -872,14 +875,7 @@ fn an_expired_client_hello_flow_is_forgotten_and_counted() {
     let mut ring = h.sensor.take_payloads().expect("payload ring");
     let (me, there) = (v4(CLEAN), v4("198.18.1.1"));
     let hello = chrome_client_hello("tls-expired-xdp.example");
-    let seg = |sport: u16, seq: u32, data: &[u8]| {
-        with_seq(
-            Frame::tcp(me, sport, there, 443, tcp_flags::ACK | tcp_flags::PSH)
-                .with_payload(data)
-                .build(),
-            seq,
-        )
-    };
+    let seg = |sport: u16, seq: u32, data: &[u8]| tls_segment(me, there, sport, seq, data);
     // Two flows tracked; the first one's window is moved into the past.
     for sport in [50010, 50011] {
         h.sensor

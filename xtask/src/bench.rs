@@ -129,14 +129,23 @@ impl Run {
 
 /// Clock ticks of one process (utime + stime) from /proc/PID/stat.
 pub(crate) fn proc_ticks(pid: u32) -> u64 {
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the ")".
+    stat_ticks(pid, 11)
+}
+
+/// The sum of two tick fields of `/proc/PID/stat` at `at` and `at + 1` (counted after the
+/// ")" that ends the command name); 0 for a process that is gone.
+fn stat_ticks(pid: u32, at: usize) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0;
     };
     let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the ")".
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    after
+        .split_whitespace()
+        .skip(at)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum()
 }
 
 /// Total softirq ticks over all CPUs from /proc/stat.
@@ -440,24 +449,8 @@ pub(crate) fn process_tree(pid: u32) -> Vec<u32> {
 pub(crate) fn tree_ticks(pid: u32) -> u64 {
     process_tree(pid)
         .into_iter()
-        .map(|p| {
-            let reaped = std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .map(|stat| {
-                    let f: Vec<u64> = stat
-                        .rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .split_whitespace()
-                        .skip(13)
-                        .take(2)
-                        .filter_map(|v| v.parse().ok())
-                        .collect();
-                    f.iter().sum::<u64>()
-                })
-                .unwrap_or(0);
-            proc_ticks(p) + reaped
-        })
+        // utime + stime, and cutime + cstime (fields 16, 17) of its reaped children.
+        .map(|p| proc_ticks(p) + stat_ticks(p, 13))
         .sum()
 }
 

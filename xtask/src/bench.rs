@@ -1452,6 +1452,29 @@ fn write_results(
 }
 
 /// Hand-written SVG plots (no plotting dependency).
+/// A horizontal bar chart (SVG) of named values; negative values extend left of zero.
+pub(crate) fn bar_chart(title: &str, bars: &[(String, f64)]) -> String {
+    let (w, bh) = (760.0, 22.0);
+    let h = 50.0 + bh * bars.len() as f64;
+    let max = bars.iter().map(|b| b.1).fold(1.0f64, f64::max);
+    let min = bars.iter().map(|b| b.1).fold(0.0f64, f64::min);
+    let (x0, span) = (265.0, w - 340.0);
+    let zero = x0 + span * -min / (max - min);
+    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='{}' y='20' text-anchor='middle' font-size='14'>{title}</text>\n", w / 2.0);
+    for (i, (name, v)) in bars.iter().enumerate() {
+        let y = 35.0 + bh * i as f64;
+        let len = span * v.abs() / (max - min);
+        let x = if *v < 0.0 { zero - len } else { zero };
+        s.push_str(&format!("<text x='{}' y='{}' text-anchor='end'>{name}</text><rect x='{x:.1}' y='{y}' width='{len:.1}' height='{}' fill='{}'/><text x='{}' y='{}'>{v:.0}</text>\n", x0 - 5.0, y + 15.0, bh - 6.0, if *v < 0.0 { "#2ca02c" } else { "#1f77b4" }, if *v < 0.0 { zero + 5.0 } else { zero + len + 5.0 }, y + 15.0));
+    }
+    s.push_str(&format!(
+        "<line x1='{zero:.1}' y1='30' x2='{zero:.1}' y2='{}' stroke='black'/>\n",
+        h - 10.0
+    ));
+    s.push_str("</svg>\n");
+    s
+}
+
 fn plots(dir: &Path, runs: &[Run]) -> anyhow::Result<()> {
     let mut series: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
     for r in runs.iter().filter(|r| r.scenario == "mix") {
@@ -1554,16 +1577,10 @@ fn plots(dir: &Path, runs: &[Run]) -> anyhow::Result<()> {
         })
         .filter(|(_, c)| c.is_finite())
         .collect();
-    let (w, bh) = (720.0, 26.0);
-    let h = 50.0 + bh * bars.len() as f64;
-    let max = bars.iter().map(|b| b.1).fold(1.0f64, f64::max);
-    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='{}' y='20' text-anchor='middle' font-size='14'>CPU per packet (ns): XDP + userspace, or userspace for capture sensors</text>\n", w / 2.0);
-    for (i, (name, cost)) in bars.iter().enumerate() {
-        let y = 35.0 + bh * i as f64;
-        let len = (w - 320.0) * cost / max;
-        s.push_str(&format!("<text x='250' y='{}' text-anchor='end'>{name}</text><rect x='255' y='{y}' width='{len:.1}' height='{}' fill='#1f77b4'/><text x='{}' y='{}'>{cost:.0}</text>\n", y + 16.0, bh - 6.0, 260.0 + len, y + 16.0));
-    }
-    s.push_str("</svg>\n");
+    let s = bar_chart(
+        "CPU per packet (ns): XDP + userspace, or userspace for capture sensors",
+        &bars,
+    );
     std::fs::write(dir.join("cost.svg"), s)?;
     Ok(())
 }

@@ -6,12 +6,14 @@
 //! veth, so the sensor's end receives `xdp_frame`s as from a NIC driver (no skb, no veth
 //! skb-to-xdp copy). The AF_PACKET path sends the same frame sequence (`xtrail_bench::flows`)
 //! with batched `sendmmsg`. GRO is on at the receiving end in every run (it gives the veth
-//! NAPI without an XDP program). Per run, sampled at the same instants before the send and
-//! after a 0.5 s drain: busy time of the whole machine (/proc/stat), the sensor's process CPU,
-//! packets received on the sensor's end, the XDP program's run count and run time
-//! (bpf_stats). What a sensor adds per packet is its run's busy time per delivered packet
-//! minus the no-sensor run's, same delivery, traffic and rate. Results: bench/results/nic.json
-//! and nic.md.
+//! NAPI without an XDP program). Every sensor runs on its own veth pair throughout; rounds
+//! send each delivery, traffic and rate to every sensor back to back, bpf_stats off. Per run,
+//! sampled at the same instants before the send and after a 0.5 s drain: the packet path's
+//! CPU (generator, ksoftirqd, sensor process tree), busy time of the whole machine
+//! (/proc/stat), packets received on the sensor's end. What a sensor adds per packet is the
+//! median over rounds of its run's path CPU per delivered packet minus the same round's
+//! no-sensor run. XDP ns/run comes from a short pass with bpf_stats on. Results:
+//! bench/results/nic.json and nic.md.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,11 @@ const DRAIN: Duration = Duration::from_millis(500);
 const SETTLE_MAX: Duration = Duration::from_secs(60);
 /// The extra rate run with `--peer`, for every sensor: one a Python sensor can follow.
 const PEER_RATE: u64 = 50_000;
+/// Rounds of a full run: every sensor is measured once per round on each delivery, traffic
+/// and rate, the sensors back to back; rows are medians over the rounds.
+const ROUNDS: usize = 3;
+/// Seconds of traffic per run of the bpf_stats pass (XDP ns/run).
+const XDP_PASS_SECONDS: f64 = 0.5;
 /// Packets per flow of background traffic.
 const FLOW_PACKETS: u32 = 8;
 /// Flows open at once (interleaved).
@@ -85,6 +92,12 @@ struct NicRun {
     /// Seconds a capture sensor went on working after the drain (0 for the others).
     settle_s: f64,
     load: String,
+    /// The round this run belongs to (raw runs).
+    round: usize,
+    /// Rounds aggregated into this row.
+    rounds: usize,
+    /// Added path ns/packet of each round (aggregated rows of a sensor).
+    added_path_rounds: Vec<f64>,
 }
 
 impl NicRun {
@@ -96,7 +109,8 @@ impl NicRun {
                 "{{\"delivery\":\"{}\",\"scenario\":\"{}\",\"sensor\":\"{}\",\"mode\":\"{}\",",
                 "\"offered_rate\":{},\"sent\":{},\"send_pps\":{},\"delivered\":{},",
                 "\"busy_ns_per_packet\":{},\"added_busy_ns_per_packet\":{},\"path_ns_per_packet\":{},\"added_path_ns_per_packet\":{},\"sensor_process_ns_per_packet\":{},",
-                "\"xdp_runs\":{},\"xdp_ns_per_run\":{},\"injected\":{},\"detected\":{},\"settle_s\":{},\"load\":\"{}\"}}"
+                "\"xdp_runs\":{},\"xdp_ns_per_run\":{},\"injected\":{},\"detected\":{},\"settle_s\":{},\"load\":\"{}\",",
+                "\"rounds\":{},\"added_path_ns_per_packet_rounds\":[{}]}}"
             ),
             self.delivery,
             self.scenario,
@@ -119,6 +133,12 @@ impl NicRun {
                 .unwrap_or("null".into()),
             f(self.settle_s),
             self.load,
+            self.rounds,
+            self.added_path_rounds
+                .iter()
+                .map(|x| f(*x))
+                .collect::<Vec<_>>()
+                .join(","),
         )
     }
 }
@@ -201,11 +221,13 @@ fn prog_stats(id: Option<u32>) -> Option<(u64, u64)> {
 }
 
 /// CPU time (ns) of everything on the packet path that is not the sensor process: this
-/// process and its waited-for children (the generator: its `BPF_PROG_RUN` calls run the
-/// receive path in softirq context, charged to it or to the softirq column), the irq and
-/// softirq columns of /proc/stat, and the ksoftirqd threads. Unlike whole-machine busy time
-/// it does not count other work on a shared machine, nor saturate when that work fills
-/// every CPU.
+/// process and its waited-for children (the generator: its `BPF_PROG_RUN` calls and
+/// `sendmmsg` run the receive path, softirq included, in its context) and the ksoftirqd
+/// threads. Not the irq/softirq columns of /proc/stat: without IRQ time accounting a tick
+/// in softirq is charged both to that column and to the task it interrupted, so adding them
+/// counts the receive path twice (measured here: the generator's own time alone matches
+/// whole-machine busy time on an idle machine). Unlike whole-machine busy time it does not
+/// count other work on a shared machine, nor saturate when that work fills every CPU.
 fn path_cpu_ns() -> u64 {
     let tick = tick_ns();
     let mut ns = 0u64;
@@ -217,17 +239,6 @@ fn path_cpu_ns() -> u64 {
                 ns += tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
             }
         }
-    }
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    if let Some(cpu) = stat.lines().next() {
-        // cpu user nice system idle iowait irq softirq ...
-        let f: Vec<u64> = cpu
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        ns += ((f.get(5).copied().unwrap_or(0) + f.get(6).copied().unwrap_or(0)) as f64 * tick)
-            as u64;
     }
     for pid in ksoftirqd_pids() {
         ns += (proc_ticks(pid) as f64 * tick) as u64;
@@ -462,6 +473,9 @@ impl Run<'_> {
             detected,
             settle_s,
             load: crate::host::loadavg(3),
+            round: 0,
+            rounds: 1,
+            added_path_rounds: Vec::new(),
         };
         eprintln!(
             "bench: nic {delivery}/{}/{sensor} {mode}/{rate}: sent {} ({:.0} pps), delivered {}, busy {:.0} ns/pkt, process {:.0} ns/pkt, xdp {} ns/run, load {}",
@@ -476,6 +490,19 @@ impl Run<'_> {
         );
         Ok(Some(r))
     }
+}
+
+/// A sensor under measurement on its own veth pair, kept running through every round.
+struct Sut {
+    sensor: String,
+    mode: String,
+    pair: VethPair,
+    under: Under,
+    prog: Option<u32>,
+    log: PathBuf,
+    scored: bool,
+    log_at: u64,
+    first_flow: u64,
 }
 
 /// Runs everything and writes nic.json / nic.md; returns the Markdown summary lines.
@@ -508,8 +535,7 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
     } else {
         &[500_000, 1_000_000]
     };
-    let seconds = if inp.quick { 1.0 } else { 3.0 };
-    let baseline = paths::workspace_root().join("target/release/xtrail-pcap-baseline");
+    let (seconds, rounds) = if inp.quick { (1.0, 1) } else { (2.0, ROUNDS) };
     let mut sensors: Vec<(String, String)> = vec![
         ("none".into(), "-".into()),
         ("xtrail".into(), "inline".into()),
@@ -519,127 +545,248 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
     if inp.peer.is_some() {
         sensors.push(("peer".into(), "capture".into()));
     }
-    let stats_knob = "/proc/sys/kernel/bpf_stats_enabled";
-    let old_knob = std::fs::read_to_string(stats_knob).unwrap_or_else(|_| "0".into());
-    let _ = std::fs::write(stats_knob, "1");
-    let mut runs: Vec<NicRun> = Vec::new();
+    // Every sensor starts on its own veth pair and runs until the end, so that the rounds
+    // can alternate between them (the sensors not under measurement idle meanwhile; the
+    // path CPU counts only the processes of the one measured).
+    let mut suts = Vec::new();
     let mut threaded = String::new();
-    let mut cost_json = None;
     for (sensor, mode) in &sensors {
-        let pair = VethPair::create("xn")?;
-        let gro = pair
-            .in_sensor_ns(&nicgen().to_string_lossy())
-            .args(["gro", "--iface", &pair.sensor_if])
-            .status()?;
-        anyhow::ensure!(gro.success(), "turning GRO on at the receiving veth failed");
+        let sut = start_sut(inp, sensor, mode)?;
         if threaded.is_empty() {
-            threaded = pair
+            threaded = sut
+                .pair
                 .in_sensor_ns("cat")
-                .arg(format!("/sys/class/net/{}/threaded", pair.sensor_if))
+                .arg(format!("/sys/class/net/{}/threaded", sut.pair.sensor_if))
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
                 .unwrap_or_default();
         }
-        let log = inp.tmp.join(format!(
-            "nic-events-{sensor}-{mode}.{}",
-            if sensor == "xtrail" { "jsonl" } else { "log" }
-        ));
-        let _ = std::fs::remove_file(&log);
-        let mut under = match sensor.as_str() {
-            "none" => Under::None,
-            "xtrail" => Under::Xtrail(start_sensor(
-                &pair,
-                inp.trails,
-                mode,
-                &log,
-                inp.sensor_args,
-            )?),
-            other => {
-                let cmdline = if other == "peer" {
-                    inp.peer.unwrap_or_default().to_string()
-                } else {
-                    format!(
-                        "{} --iface {{iface}} --trails {{trails}} --duration 900",
-                        baseline.display()
-                    )
-                };
-                Under::Process(Other::start(
-                    &pair,
-                    other,
-                    &cmdline,
-                    inp.trails,
-                    &log,
-                    Stdio::null(),
-                )?)
-            }
-        };
-        let prog = xdp_prog_id(&pair);
-        let scored = match &under {
-            Under::Xtrail(_) => true,
-            Under::Process(o) => o.log.is_some(),
-            Under::None => false,
-        };
-        let mut log_at = 0u64;
-        let mut first_flow = 0u64;
-        // The runs of this sensor: every delivery, scenario and rate.
-        let plan = ["nic", "afpacket"].into_iter().flat_map(|delivery| {
+        suts.push(sut);
+    }
+    let stats_knob = "/proc/sys/kernel/bpf_stats_enabled";
+    let old_knob = std::fs::read_to_string(stats_knob).unwrap_or_else(|_| "0".into());
+    // bpf_stats off while CPU is measured: its two clock reads per program run (for every
+    // sensor's programs, the capture sensors' socket filters included) are not part of
+    // any sensor's cost. XDP ns/run comes from a separate pass below.
+    let _ = std::fs::write(stats_knob, "0");
+    let plan: Vec<(&'static str, &Scenario<'_>, u64)> = ["nic", "afpacket"]
+        .into_iter()
+        .flat_map(|delivery| {
             scenarios
                 .iter()
                 .flat_map(move |sc| rates.iter().map(move |&rate| (delivery, sc, rate)))
-        });
-        for (delivery, sc, rate) in plan {
-            let run = Run {
-                pair: &pair,
-                delivery,
-                sc,
-                sensor,
-                mode,
-                rate,
-                count: (rate as f64 * seconds) as u64,
-                pid: under.pid(),
-                prog,
-                log: &log,
-                capture: matches!(under, Under::Process(_)),
-                scored,
-            };
-            if let Some(r) = run.measure(&mut first_flow, &mut log_at)? {
-                runs.push(r);
-            }
-        }
-        if sensor == "xtrail" && mode == "inline" {
-            if let Some(id) = prog {
-                // bpf_stats off while test runs time the program: its two clock reads per
-                // run would be counted in.
-                let _ = std::fs::write(stats_knob, "0");
-                let cost = xdp_cost(id, inp.tmp);
-                let _ = std::fs::write(stats_knob, "1");
-                match cost {
-                    Ok(j) => cost_json = Some(j),
-                    Err(e) => eprintln!("bench: nic: XDP cost by test run failed: {e:#}"),
+        })
+        .collect();
+    let mut raw: Vec<NicRun> = Vec::new();
+    for round in 0..rounds {
+        for &(delivery, sc, rate) in &plan {
+            // Every sensor back to back on the same traffic, in an order that turns each
+            // round.
+            for i in 0..suts.len() {
+                let k = (i + round) % suts.len();
+                let sut = &mut suts[k];
+                let run = Run {
+                    pair: &sut.pair,
+                    delivery,
+                    sc,
+                    sensor: &sut.sensor,
+                    mode: &sut.mode,
+                    rate,
+                    count: (rate as f64 * seconds) as u64,
+                    pid: sut.under.pid(),
+                    prog: sut.prog,
+                    log: &sut.log,
+                    capture: matches!(sut.under, Under::Process(_)),
+                    // Recall is scored in the first round (a capture sensor's log is read
+                    // seconds after the run: see PEER_LOG_FLUSH).
+                    scored: sut.scored && round == 0,
+                };
+                if let Some(mut r) = run.measure(&mut sut.first_flow, &mut sut.log_at)? {
+                    r.round = round;
+                    raw.push(r);
                 }
             }
         }
-        under.stop();
-        let _ = std::fs::remove_file(&log);
-        drop(pair);
     }
-    let _ = std::fs::write(stats_knob, old_knob.trim());
-    // What each sensor adds: its busy time per packet minus the no-sensor run's.
-    let base: Vec<NicRun> = runs
+    let mut cost_json = None;
+    if let Some(id) = suts
         .iter()
-        .filter(|r| r.sensor == "none")
-        .cloned()
-        .collect();
-    for r in runs.iter_mut().filter(|r| r.sensor != "none") {
-        if let Some(b) = base
-            .iter()
-            .find(|b| b.delivery == r.delivery && b.scenario == r.scenario && b.rate == r.rate)
-        {
-            r.added_ns_per_packet = Some(r.busy_ns_per_packet - b.busy_ns_per_packet);
-            r.added_path_ns_per_packet = Some(r.path_ns_per_packet - b.path_ns_per_packet);
+        .find(|s| s.sensor == "xtrail" && s.mode == "inline")
+        .and_then(|s| s.prog)
+    {
+        // Still with bpf_stats off: its two clock reads per run would be counted in.
+        match xdp_cost(id, inp.tmp) {
+            Ok(j) => cost_json = Some(j),
+            Err(e) => eprintln!("bench: nic: XDP cost by test run failed: {e:#}"),
         }
     }
+    // XDP ns/run under each run's traffic: a shorter pass with bpf_stats on, xtrail only.
+    let _ = std::fs::write(stats_knob, "1");
+    let mut xdp_pass: Vec<NicRun> = Vec::new();
+    for &(delivery, sc, rate) in &plan {
+        for sut in suts.iter_mut().filter(|s| s.prog.is_some()) {
+            let run = Run {
+                pair: &sut.pair,
+                delivery,
+                sc,
+                sensor: &sut.sensor,
+                mode: &sut.mode,
+                rate,
+                count: (rate as f64 * XDP_PASS_SECONDS) as u64,
+                pid: sut.under.pid(),
+                prog: sut.prog,
+                log: &sut.log,
+                capture: false,
+                scored: false,
+            };
+            if let Some(r) = run.measure(&mut sut.first_flow, &mut sut.log_at)? {
+                xdp_pass.push(r);
+            }
+        }
+    }
+    let _ = std::fs::write(stats_knob, old_knob.trim());
+    for mut sut in suts {
+        sut.under.stop();
+        let _ = std::fs::remove_file(&sut.log);
+    }
+    let runs = aggregate(&raw, &xdp_pass, rounds);
     write(results, &runs, cost_json.as_deref(), &threaded, when, inp)
+}
+
+/// Creates a veth pair (GRO on at the sensor's end) and starts `sensor` on it.
+fn start_sut(inp: &NicInputs<'_>, sensor: &str, mode: &str) -> anyhow::Result<Sut> {
+    let pair = VethPair::create("xn")?;
+    let gro = pair
+        .in_sensor_ns(&nicgen().to_string_lossy())
+        .args(["gro", "--iface", &pair.sensor_if])
+        .status()?;
+    anyhow::ensure!(gro.success(), "turning GRO on at the receiving veth failed");
+    let log = inp.tmp.join(format!(
+        "nic-events-{sensor}-{mode}.{}",
+        if sensor == "xtrail" { "jsonl" } else { "log" }
+    ));
+    let _ = std::fs::remove_file(&log);
+    let under = match sensor {
+        "none" => Under::None,
+        "xtrail" => Under::Xtrail(start_sensor(
+            &pair,
+            inp.trails,
+            mode,
+            &log,
+            inp.sensor_args,
+        )?),
+        other => {
+            let cmdline = if other == "peer" {
+                inp.peer.unwrap_or_default().to_string()
+            } else {
+                let baseline = paths::workspace_root().join("target/release/xtrail-pcap-baseline");
+                format!(
+                    "{} --iface {{iface}} --trails {{trails}} --duration 3600",
+                    baseline.display()
+                )
+            };
+            Under::Process(Other::start(
+                &pair,
+                other,
+                &cmdline,
+                inp.trails,
+                &log,
+                Stdio::null(),
+            )?)
+        }
+    };
+    let prog = xdp_prog_id(&pair);
+    let scored = match &under {
+        Under::Xtrail(_) => true,
+        Under::Process(o) => o.log.is_some(),
+        Under::None => false,
+    };
+    Ok(Sut {
+        sensor: sensor.to_string(),
+        mode: mode.to_string(),
+        pair,
+        under,
+        prog,
+        log,
+        scored,
+        log_at: 0,
+        first_flow: 0,
+    })
+}
+
+/// The median of `v` (NaN when empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One row per sensor, delivery, traffic and rate: the medians over the rounds, what each
+/// sensor adds as the median of its per-round differences from the no-sensor run of the
+/// same round, recall from the first round, XDP ns/run from the bpf_stats pass.
+fn aggregate(raw: &[NicRun], xdp_pass: &[NicRun], rounds: usize) -> Vec<NicRun> {
+    let same = |a: &NicRun, b: &NicRun| {
+        a.delivery == b.delivery && a.scenario == b.scenario && a.rate == b.rate
+    };
+    let mut out: Vec<NicRun> = Vec::new();
+    for r in raw {
+        if out
+            .iter()
+            .any(|o| same(o, r) && o.sensor == r.sensor && o.mode == r.mode)
+        {
+            continue;
+        }
+        let mine: Vec<&NicRun> = raw
+            .iter()
+            .filter(|x| same(x, r) && x.sensor == r.sensor && x.mode == r.mode)
+            .collect();
+        let none_of = |x: &NicRun| {
+            raw.iter()
+                .find(|b| same(b, x) && b.sensor == "none" && b.round == x.round)
+        };
+        let med = |f: &dyn Fn(&NicRun) -> f64| median(mine.iter().map(|x| f(x)).collect());
+        let added_path: Vec<f64> = mine
+            .iter()
+            .filter_map(|x| Some(x.path_ns_per_packet - none_of(x)?.path_ns_per_packet))
+            .collect();
+        let added_busy: Vec<f64> = mine
+            .iter()
+            .filter_map(|x| Some(x.busy_ns_per_packet - none_of(x)?.busy_ns_per_packet))
+            .collect();
+        let first = mine.iter().find(|x| x.round == 0).copied().unwrap_or(r);
+        let xdp = xdp_pass
+            .iter()
+            .find(|x| same(x, r) && x.sensor == r.sensor && x.mode == r.mode);
+        let is_sensor = r.sensor != "none";
+        out.push(NicRun {
+            sent: mine.iter().map(|x| x.sent).sum::<u64>() / mine.len().max(1) as u64,
+            send_pps: med(&|x| x.send_pps),
+            delivered: mine.iter().map(|x| x.delivered).sum::<u64>() / mine.len().max(1) as u64,
+            busy_ns_per_packet: med(&|x| x.busy_ns_per_packet),
+            path_ns_per_packet: med(&|x| x.path_ns_per_packet),
+            added_path_ns_per_packet: (is_sensor && !added_path.is_empty())
+                .then(|| median(added_path.clone())),
+            added_ns_per_packet: (is_sensor && !added_busy.is_empty()).then(|| median(added_busy)),
+            added_path_rounds: if is_sensor { added_path } else { Vec::new() },
+            process_ns_per_packet: med(&|x| x.process_ns_per_packet),
+            xdp_runs: xdp.map_or(0, |x| x.xdp_runs),
+            xdp_ns_per_run: xdp.and_then(|x| x.xdp_ns_per_run),
+            detected: first.detected,
+            settle_s: mine.iter().map(|x| x.settle_s).fold(0.0, f64::max),
+            load: first.load.clone(),
+            rounds,
+            ..r.clone()
+        });
+    }
+    out
 }
 
 /// BPF_PROG_TEST_RUN repeat on the sensor's loaded program (full trail maps, inline
@@ -688,7 +835,7 @@ fn nicgen_stdout(
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg, paced, from CPU 0. Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (all-zero payload) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow. GRO is on at the receiving veth in every run (NAPI without an XDP program). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (utime+stime), packets received on the sensor's veth, and the sensor XDP program's run_cnt/run_time_ns (kernel.bpf_stats_enabled=1). busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the bench process and its waited-for children (the generator process, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program included, in softirq context), the irq and softirq columns of /proc/stat, the ksoftirqd threads, and the sensor process (tick-based accounting: each tick is charged to what runs, so other work on the machine is not counted); added_path_ns_per_packet = that minus the no-sensor run's; added_busy_ns_per_packet = busy minus the no-sensor run's, same delivery, traffic and rate. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s; see peer_method). One sensor process per sensor configuration serves all its runs; each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps; the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_ns - noop_ns is one array map read per packet (the trail-set selector the two-set keys added).";
+const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg, paced, from CPU 0. Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (all-zero payload) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow. GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it) runs on its own veth pair from the start to the end; a full run has 3 rounds (--quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round). kernel.bpf_stats_enabled=0 during these runs (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (utime+stime), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the bench process and its waited-for children (the generator process, whose BPF_PROG_RUN or sendmmsg calls run the receive path, the sensor's XDP program and the stack included, in softirq context in its own time), the ksoftirqd threads, and the sensor process tree (tick-based accounting: each tick is charged to what runs, so other work on the machine is not counted; the irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice). Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. xdp_ns_per_run and xdp_runs: a separate pass after the rounds, xtrail only, 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program). Recall: scored in the first round. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps; the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_ns - noop_ns is one array map read per packet (the trail-set selector the two-set keys added).";
 
 /// Each xtrail run with the `--peer` run of the same delivery, traffic and rate.
 fn peer_pairs(runs: &[NicRun]) -> Vec<(&NicRun, &NicRun)> {
@@ -785,7 +932,7 @@ fn write(
         inp.trails_name,
         if threaded.is_empty() { "unknown" } else { threaded }
     );
-    md.push_str("CPU per delivered packet (ns). Path: generator, softirq, ksoftirqd and sensor process time (tick-accounted, so other work on the machine is not counted); added: minus the no-sensor run's with the same delivery, traffic and rate. Machine busy: all CPUs' busy time (/proc/stat), valid only while the machine is otherwise idle (see load, 2 cores). XDP ns/run: bpf_stats.\n\n");
+    md.push_str(&format!("CPU per delivered packet (ns; nic.svg plots the added path at 500k pps), medians over {} round(s), bpf_stats off. Path: the generator's time (the receive path runs in softirq in its context), ksoftirqd and the sensor's process tree (tick-accounted, so other work on the machine is not counted); added: minus the same round's no-sensor run with the same delivery, traffic and rate (median over rounds; each round's in brackets). Machine busy: all CPUs' busy time (/proc/stat), valid only while the machine is otherwise idle (see load, 2 cores). XDP ns/run: a separate pass with bpf_stats on.\n\n", runs.first().map_or(1, |r| r.rounds)));
     md.push_str("| delivery | traffic | rate | sensor | sent pps | delivered | path ns/pkt | **added path ns/pkt** | machine busy ns/pkt | added busy ns/pkt | sensor process ns/pkt | XDP ns/run | recall | load |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in runs {
         md.push_str(&format!(
@@ -803,7 +950,18 @@ fn write(
             r.delivered,
             r.path_ns_per_packet,
             r.added_path_ns_per_packet
-                .map(|x| format!("{x:+.0}"))
+                .map(|x| if r.added_path_rounds.len() > 1 {
+                    format!(
+                        "{x:+.0} [{}]",
+                        r.added_path_rounds
+                            .iter()
+                            .map(|v| format!("{v:+.0}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    )
+                } else {
+                    format!("{x:+.0}")
+                })
                 .unwrap_or("-".into()),
             r.busy_ns_per_packet,
             r.added_ns_per_packet
@@ -956,7 +1114,92 @@ fn write(
             summary.push(format!("- Mix recall, xtrail inline vs `--peer`: {line}."));
         }
     }
+    // CPU each sensor adds per packet at 500k pps, by delivery, traffic and sensor.
+    let bars: Vec<(String, f64)> = ["nic", "afpacket"]
+        .iter()
+        .flat_map(|d| {
+            runs.iter()
+                .filter(move |r| r.delivery == *d && r.rate == 500_000)
+        })
+        .filter_map(|r| {
+            Some((
+                format!(
+                    "{} {} {}",
+                    r.delivery,
+                    r.scenario,
+                    if r.sensor == "xtrail" {
+                        format!("xtrail {}", r.mode)
+                    } else {
+                        r.sensor.clone()
+                    }
+                ),
+                r.added_path_ns_per_packet?,
+            ))
+        })
+        .collect();
+    std::fs::write(
+        dir.join("nic.svg"),
+        crate::bench::bar_chart(
+            "Packet-path CPU each sensor adds per packet (ns), 500k pps offered",
+            &bars,
+        ),
+    )?;
     std::fs::write(dir.join("nic.md"), &md)?;
     println!("{md}");
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(sensor: &str, round: usize, path: f64) -> NicRun {
+        NicRun {
+            delivery: "nic",
+            scenario: "udp",
+            sensor: sensor.into(),
+            mode: "-".into(),
+            rate: 500_000,
+            path_ns_per_packet: path,
+            busy_ns_per_packet: path,
+            round,
+            rounds: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(vec![f64::NAN]).is_nan());
+    }
+
+    #[test]
+    fn what_a_sensor_adds_is_paired_with_the_same_rounds_baseline() {
+        // The baseline drifts by round; the sensor adds 100 in every round.
+        let raw = vec![
+            run("none", 0, 1000.0),
+            run("x", 0, 1100.0),
+            run("none", 1, 1300.0),
+            run("x", 1, 1400.0),
+            run("none", 2, 900.0),
+            run("x", 2, 1000.0),
+        ];
+        let rows = aggregate(&raw, &[], 3);
+        assert_eq!(rows.len(), 2);
+        let x = rows.iter().find(|r| r.sensor == "x").unwrap();
+        assert_eq!(x.added_path_ns_per_packet, Some(100.0));
+        assert_eq!(x.added_path_rounds, vec![100.0, 100.0, 100.0]);
+        assert_eq!(x.path_ns_per_packet, 1100.0);
+        let none = rows.iter().find(|r| r.sensor == "none").unwrap();
+        assert_eq!(none.added_path_ns_per_packet, None);
+    }
+
+    #[test]
+    fn bars_below_zero_extend_left() {
+        let svg = crate::bench::bar_chart("t", &[("a".into(), 100.0), ("b".into(), -50.0)]);
+        assert_eq!(svg.matches("<rect x=").count(), 2);
+        assert!(svg.contains("fill='#2ca02c'"));
+    }
 }

@@ -40,6 +40,9 @@ const DRAIN: Duration = Duration::from_millis(500);
 const SETTLE_MAX: Duration = Duration::from_secs(60);
 /// The extra rate run with `--peer`, for every sensor: one a Python sensor can follow.
 const PEER_RATE: u64 = 50_000;
+/// The delivery floor: `xtrail-nicgen sink`, an XDP program that drops every frame, the
+/// least any receiver costs (the generator and the delivery alone).
+const FLOOR: &str = "xdp-drop";
 /// Rounds of a full run: every sensor is measured once per round on each delivery, traffic
 /// and rate, the sensors back to back; rows are medians over the rounds.
 const ROUNDS: usize = 3;
@@ -538,6 +541,7 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
     let (seconds, rounds) = if inp.quick { (1.0, 1) } else { (2.0, ROUNDS) };
     let mut sensors: Vec<(String, String)> = vec![
         ("none".into(), "-".into()),
+        (FLOOR.into(), "floor".into()),
         ("xtrail".into(), "inline".into()),
         ("xtrail".into(), "mirror".into()),
         ("pcap-baseline".into(), "capture".into()),
@@ -678,6 +682,8 @@ fn start_sut(inp: &NicInputs<'_>, sensor: &str, mode: &str) -> anyhow::Result<Su
         other => {
             let cmdline = if other == "peer" {
                 inp.peer.unwrap_or_default().to_string()
+            } else if other == FLOOR {
+                format!("{} sink --iface {{iface}}", nicgen().display())
             } else {
                 let baseline = paths::workspace_root().join("target/release/xtrail-pcap-baseline");
                 format!(
@@ -835,7 +841,7 @@ fn nicgen_stdout(
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg, paced, from CPU 0. Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (all-zero payload) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow. GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it) runs on its own veth pair from the start to the end; a full run has 3 rounds (--quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round). kernel.bpf_stats_enabled=0 during these runs (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (utime+stime), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the bench process and its waited-for children (the generator process, whose BPF_PROG_RUN or sendmmsg calls run the receive path, the sensor's XDP program and the stack included, in softirq context in its own time), the ksoftirqd threads, and the sensor process tree (tick-based accounting: each tick is charged to what runs, so other work on the machine is not counted; the irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice). Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. xdp_ns_per_run and xdp_runs: a separate pass after the rounds, xtrail only, 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program). Recall: scored in the first round. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps; the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_ns - noop_ns is one array map read per packet (the trail-set selector the two-set keys added).";
+const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg, paced, from CPU 0. Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (all-zero payload) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow. GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has 3 rounds (--quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round). kernel.bpf_stats_enabled=0 during these runs (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (utime+stime), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the bench process and its waited-for children (the generator process, whose BPF_PROG_RUN or sendmmsg calls run the receive path, the sensor's XDP program and the stack included, in softirq context in its own time), the ksoftirqd threads, and the sensor process tree (tick-based accounting: each tick is charged to what runs, so other work on the machine is not counted; the irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice). Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. xdp_ns_per_run and xdp_runs: a separate pass after the rounds, xtrail only, 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program). Recall: scored in the first round. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps; the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_ns - noop_ns is one array map read per packet (the trail-set selector the two-set keys added).";
 
 /// Each xtrail run with the `--peer` run of the same delivery, traffic and rate.
 fn peer_pairs(runs: &[NicRun]) -> Vec<(&NicRun, &NicRun)> {
@@ -862,17 +868,26 @@ fn ratio(x: Option<f64>, peer: Option<f64>) -> Option<f64> {
     }
 }
 
-/// The xtrail/peer ratios of one pair: (added path, whole path, added busy).
-fn pair_ratios(x: &NicRun, p: &NicRun) -> [Option<f64>; 3] {
+/// The xtrail/peer ratios of one pair: (added path, whole path, added busy, whole path net
+/// of the delivery floor's).
+fn pair_ratios(runs: &[NicRun], x: &NicRun, p: &NicRun) -> [Option<f64>; 4] {
+    let floor = runs.iter().find(|f| {
+        f.sensor == FLOOR
+            && f.delivery == x.delivery
+            && f.scenario == x.scenario
+            && f.rate == x.rate
+    });
+    let net = |r: &NicRun| floor.map(|f| r.path_ns_per_packet - f.path_ns_per_packet);
     [
         ratio(x.added_path_ns_per_packet, p.added_path_ns_per_packet),
         ratio(Some(x.path_ns_per_packet), Some(p.path_ns_per_packet)),
         ratio(x.added_ns_per_packet, p.added_ns_per_packet),
+        ratio(net(x), net(p)),
     ]
 }
 
 /// How a `--peer` is measured (nic.json `peer_method`).
-const PEER_METHOD: &str = "The --peer command runs in the sensor's namespace with {iface} (its end of the veth), {trails} (the trail source xtrail loads) and {log} (a file for its events in Maltrail's line format) substituted; the bench waits until it prints a line containing 'running' (at most 600 s) and 2 s more. It is measured like the libpcap baseline: the same deliveries, traffic and rates, plus a 50k pps rate for every sensor. Its CPU is its whole process tree's (utime+stime of the process and its descendants, plus the reaped children's cutime+cstime: Maltrail's Python sensor forks PROCESS_COUNT-1 workers; its Rust sensor runs worker threads). After each send and the 0.5 s drain, the samples wait until that tree stops working (at most two clock ticks in 250 ms, at most 60 s; settle_s): Maltrail queues captured packets in a ring for its workers and processes them after the traffic ends. Its recall: the trail field of each event line it wrote to {log} during the run, read 11 s after the sample (Maltrail writes events whose info holds one of its condensing keywords merged every 10 s), matched to the injected items by the same rule as xtrail's events (xtrail_bench::scenario::matches). peer_ratios: xtrail / peer for the same delivery, traffic and rate: added_path_ratio = added_path_ns_per_packet ratio (goal of issue #12 for inline: <= 0.20), path_ratio = path_ns_per_packet ratio (mirror: whole CPU per packet, goal <= 0.25), added_busy_ratio = added_busy_ns_per_packet ratio (whole machine; valid only when otherwise idle).";
+const PEER_METHOD: &str = "The --peer command runs in the sensor's namespace with {iface} (its end of the veth), {trails} (the trail source xtrail loads) and {log} (a file for its events in Maltrail's line format) substituted; the bench waits until it prints a line containing 'running' (at most 600 s) and 2 s more. It is measured like the libpcap baseline: the same deliveries, traffic and rates, plus a 50k pps rate for every sensor. Its CPU is its whole process tree's (utime+stime of the process and its descendants, plus the reaped children's cutime+cstime: Maltrail's Python sensor forks PROCESS_COUNT-1 workers; its Rust sensor runs worker threads). After each send and the 0.5 s drain, the samples wait until that tree stops working (at most two clock ticks in 250 ms, at most 60 s; settle_s): Maltrail queues captured packets in a ring for its workers and processes them after the traffic ends. Its recall: the trail field of each event line it wrote to {log} during the run, read 11 s after the sample (Maltrail writes events whose info holds one of its condensing keywords merged every 10 s), matched to the injected items by the same rule as xtrail's events (xtrail_bench::scenario::matches). peer_ratios: xtrail / peer for the same delivery, traffic and rate: added_path_ratio = added_path_ns_per_packet ratio (goal of issue #12 for inline: <= 0.20), path_ratio = path_ns_per_packet ratio (mirror: whole CPU per packet, goal <= 0.25), added_busy_ratio = added_busy_ns_per_packet ratio (whole machine; valid only when otherwise idle), path_net_of_floor_ratio = the path_ns_per_packet ratio with the xdp-drop run's path (the delivery floor: generator and delivery to a program that drops every frame) taken off both.";
 
 fn write(
     dir: &Path,
@@ -891,9 +906,9 @@ fn write(
     let peer_json = pairs
         .iter()
         .map(|(x, p)| {
-            let [added, path, busy] = pair_ratios(x, p);
+            let [added, path, busy, net] = pair_ratios(runs, x, p);
             format!(
-                "{{\"delivery\":\"{}\",\"scenario\":\"{}\",\"offered_rate\":{},\"xtrail_mode\":\"{}\",\"added_path_ratio\":{},\"path_ratio\":{},\"added_busy_ratio\":{},\"injected\":{},\"xtrail_detected\":{},\"peer_detected\":{}}}",
+                "{{\"delivery\":\"{}\",\"scenario\":\"{}\",\"offered_rate\":{},\"xtrail_mode\":\"{}\",\"added_path_ratio\":{},\"path_ratio\":{},\"added_busy_ratio\":{},\"path_net_of_floor_ratio\":{},\"injected\":{},\"xtrail_detected\":{},\"peer_detected\":{}}}",
                 x.delivery,
                 x.scenario,
                 x.rate,
@@ -901,6 +916,7 @@ fn write(
                 num(added, 3),
                 num(path, 3),
                 num(busy, 3),
+                num(net, 3),
                 x.injected,
                 num(x.detected.map(|d| d as f64), 0),
                 num(p.detected.map(|d| d as f64), 0),
@@ -932,7 +948,7 @@ fn write(
         inp.trails_name,
         if threaded.is_empty() { "unknown" } else { threaded }
     );
-    md.push_str(&format!("CPU per delivered packet (ns; nic.svg plots the added path at 500k pps), medians over {} round(s), bpf_stats off. Path: the generator's time (the receive path runs in softirq in its context), ksoftirqd and the sensor's process tree (tick-accounted, so other work on the machine is not counted); added: minus the same round's no-sensor run with the same delivery, traffic and rate (median over rounds; each round's in brackets). Machine busy: all CPUs' busy time (/proc/stat), valid only while the machine is otherwise idle (see load, 2 cores). XDP ns/run: a separate pass with bpf_stats on.\n\n", runs.first().map_or(1, |r| r.rounds)));
+    md.push_str(&format!("CPU per delivered packet (ns; nic.svg plots the added path at 500k pps), medians over {} round(s), bpf_stats off. Path: the generator's time (the receive path runs in softirq in its context), ksoftirqd and the sensor's process tree (tick-accounted, so other work on the machine is not counted); added: minus the same round's no-sensor run with the same delivery, traffic and rate (median over rounds; each round's in brackets). Machine busy: all CPUs' busy time (/proc/stat), valid only while the machine is otherwise idle (see load, 2 cores). XDP ns/run: a separate pass with bpf_stats on, its own two clock reads per run included (the xdp-drop row's program only returns). xdp-drop: the delivery floor, an XDP program that drops every frame (the generator and the delivery alone).\n\n", runs.first().map_or(1, |r| r.rounds)));
     md.push_str("| delivery | traffic | rate | sensor | sent pps | delivered | path ns/pkt | **added path ns/pkt** | machine busy ns/pkt | added busy ns/pkt | sensor process ns/pkt | XDP ns/run | recall | load |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in runs {
         md.push_str(&format!(
@@ -1042,18 +1058,18 @@ fn write(
     if !pairs.is_empty() {
         md.push_str("\nxtrail against `--peer` (");
         md.push_str(&inp.peer.unwrap_or_default().replace('|', "\\|"));
-        md.push_str("), like with like: the same delivery, traffic and rate, in this run. Ratios are xtrail / peer (below 1: xtrail costs less). Added path: packet-path CPU each adds per packet (issue #12, inline: goal ≤ 0.20); path: the whole packet path per packet (mirror: goal ≤ 0.25); added busy: whole-machine busy time added (valid only on an otherwise idle machine). Recall on the mix: items detected / injected. Peer settle: seconds the peer went on working after the send (sampled after it).\n\n| delivery | traffic | rate | xtrail | added path ns/pkt xtrail / peer | **added path ratio** | path ns/pkt xtrail / peer | **path ratio** | added busy ratio | recall xtrail / peer | peer settle s |\n|---|---|---:|---|---:|---:|---:|---:|---:|---|---:|\n");
+        md.push_str("), like with like: the same delivery, traffic and rate, in this run. Ratios are xtrail / peer (below 1: xtrail costs less). Added path: packet-path CPU each adds per packet (issue #12, inline: goal ≤ 0.20); path: the whole packet path per packet (mirror: goal ≤ 0.25); added busy: whole-machine busy time added (valid only on an otherwise idle machine); path net of floor: the whole path minus the delivery floor's (xdp-drop: the generator and the delivery to an XDP program that drops every frame, which no sensor can go below; a NIC does that part in hardware and its driver). Recall on the mix: items detected / injected. Peer settle: seconds the peer went on working after the send (sampled after it).\n\n| delivery | traffic | rate | xtrail | added path ns/pkt xtrail / peer | **added path ratio** | path ns/pkt xtrail / peer | **path ratio** | path net of floor ratio | added busy ratio | recall xtrail / peer | peer settle s |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|\n");
         let fmt = |x: Option<f64>, places: usize| {
             x.map(|v| format!("{v:.places$}")).unwrap_or("-".into())
         };
         for (x, p) in &pairs {
-            let [added, path, busy] = pair_ratios(x, p);
+            let [added, path, busy, net] = pair_ratios(runs, x, p);
             let recall = |r: &NicRun| match r.detected {
                 Some(d) if r.injected > 0 => format!("{d}/{}", r.injected),
                 _ => "-".into(),
             };
             md.push_str(&format!(
-                "| {} | {} | {}k | {} | {} / {} | {} | {:.0} / {:.0} | {} | {} | {} / {} | {:.1} |\n",
+                "| {} | {} | {}k | {} | {} / {} | {} | {:.0} / {:.0} | {} | {} | {} | {} / {} | {:.1} |\n",
                 x.delivery,
                 x.scenario,
                 x.rate / 1000,
@@ -1064,6 +1080,7 @@ fn write(
                 x.path_ns_per_packet,
                 p.path_ns_per_packet,
                 fmt(path, 3),
+                fmt(net, 3),
                 fmt(busy, 3),
                 recall(x),
                 recall(p),
@@ -1076,7 +1093,7 @@ fn write(
                     .iter()
                     .filter(|(x, _)| x.delivery == delivery && x.mode == mode)
                     .map(|(x, p)| {
-                        let [added, path, _] = pair_ratios(x, p);
+                        let [added, path, _, _] = pair_ratios(runs, x, p);
                         format!(
                             "{} {}k {}",
                             x.scenario,

@@ -294,6 +294,22 @@ impl Floor {
     }
 }
 
+/// `drop_all` attached (driver mode) to interface `iface` of this namespace; detached when
+/// dropped.
+pub struct Sink {
+    _ebpf: Ebpf,
+}
+
+impl Sink {
+    pub fn attach(iface: &str) -> Result<Sink, GenError> {
+        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        let p = xdp(&mut ebpf, "drop_all")?;
+        p.load()?;
+        p.attach(iface, aya::programs::XdpMode::Driver)?;
+        Ok(Sink { _ebpf: ebpf })
+    }
+}
+
 /// Loads the object's XDP program `name` and returns an owned fd of it.
 fn loaded_fd(ebpf: &mut Ebpf, name: &'static str) -> Result<std::os::fd::OwnedFd, GenError> {
     let p = xdp(ebpf, name)?;

@@ -74,6 +74,12 @@ enum Cmd {
         #[arg(long)]
         off: bool,
     },
+    /// Attach an XDP program that drops every frame to an interface of this namespace (the
+    /// bench's delivery floor); prints "running" and holds it until killed.
+    Sink {
+        #[arg(long)]
+        iface: String,
+    },
     /// Run count and run time of a loaded program (bpf_stats) as JSON.
     ProgStats {
         #[arg(long)]
@@ -96,6 +102,15 @@ enum Cmd {
     },
 }
 
+/// The index of interface `iface` of this network namespace.
+fn ifindex(iface: &str) -> anyhow::Result<u32> {
+    let name = std::ffi::CString::new(iface)?;
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    anyhow::ensure!(ifindex != 0, "no interface {iface} in this namespace");
+    Ok(ifindex)
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Send {
@@ -115,11 +130,8 @@ fn main() -> anyhow::Result<()> {
             let frames =
                 read_pcap(&frames).with_context(|| format!("reading {}", frames.display()))?;
             let templates = templates(&frames, flow_packets)?;
-            let name = std::ffi::CString::new(iface.clone())?;
-            // SAFETY: a valid NUL-terminated name.
-            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-            anyhow::ensure!(ifindex != 0, "no interface {iface} in this namespace");
-            let mut g = Generator::load(ifindex, &templates, window, first_flow)?.with_batch(batch);
+            let mut g = Generator::load(ifindex(&iface)?, &templates, window, first_flow)?
+                .with_batch(batch);
             let r = g.run(
                 count,
                 rate,
@@ -138,6 +150,13 @@ fn main() -> anyhow::Result<()> {
         Cmd::Gro { iface, off } => {
             xtrail_nicgen::set_gro(&iface, !off).with_context(|| format!("GRO on {iface}"))?;
             Ok(())
+        }
+        Cmd::Sink { iface } => {
+            let _sink = xtrail_nicgen::Sink::attach(&iface)?;
+            println!("[nicgen] dropping every frame on {iface}: running");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
         }
         Cmd::ProgStats { id } => {
             let (runs, ns) =

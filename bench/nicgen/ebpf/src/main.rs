@@ -157,6 +157,13 @@ pub fn noop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Drops every frame: attached by `xtrail-nicgen sink`, the least a receiver can cost (the
+/// bench's delivery floor).
+#[xdp]
+pub fn drop_all(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
 /// One array map read, as the sensor's program reads its trail-set selector per packet.
 #[xdp]
 pub fn array_read(_ctx: XdpContext) -> u32 {

@@ -7,6 +7,8 @@
 //!   over each frame of a pcap; with `--flow-starts-every-run`, the program's `CONFIG` flow
 //!   window is set to 0 during that frame's runs (and restored) so every run sends a
 //!   flow-start record. Also the cost of one array map read. Prints one JSON line.
+//! - `sink`: an XDP program that drops every frame, attached to an interface until killed
+//!   (the bench's delivery floor).
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;

@@ -202,3 +202,63 @@ fn delivers_exactly_n_frames_with_valid_checksums() {
     );
     assert!(sources.values().all(|&n| n == FLOW_PACKETS));
 }
+
+/// The delivery floor: with `Sink` on the receiving end every frame arrives (the veth counts
+/// it) and none reaches the stack or a packet tap.
+#[test]
+fn the_sink_drops_every_frame_it_receives() {
+    if !root_or_skip() {
+        return;
+    }
+    const N: u64 = 16 * 8 * 40;
+    let pair = VethPair::create("nk").expect("veth pair");
+    let sensor_if = pair.sensor_if.clone();
+    let sink = in_ns(&pair.sensor_ns, move || {
+        xtrail_nicgen::Sink::attach(&sensor_if)
+    })
+    .join()
+    .expect("thread")
+    .expect("namespace")
+    .expect("the sink attaches in driver mode");
+    let frames = [Frame::udp(v4("198.18.7.2"), 40000, v4("203.0.113.9"), 5000, &[0u8; 48]).build()];
+    let templates = templates(&frames, 8).expect("templates");
+    let sensor_if = pair.sensor_if.clone();
+    let receiver = in_ns(&pair.sensor_ns, move || {
+        let fd = capture(&sensor_if);
+        let mut buf = vec![0u8; 4096];
+        let mut seen = 0u64;
+        // Reads until 1 s passes without a frame (the socket's timeout).
+        loop {
+            // SAFETY: `buf` is a valid buffer of its length.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                break seen;
+            }
+            let f = &buf[..n as usize];
+            if f.len() >= 34 && f[12..14] == [0x08, 0x00] && f[30..33] == [203, 0, 113] {
+                seen += 1;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let rx0 = pair.sensor_rx_packets().expect("rx counter");
+    let peer_if = pair.peer_if.clone();
+    let report = in_ns(&pair.peer_ns, move || {
+        let name = std::ffi::CString::new(peer_if).expect("name");
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        xtrail_nicgen::pin_to_cpu(0).expect("pinning");
+        let mut g = Generator::load(ifindex, &templates, 16, 0).expect("generator loads");
+        g.run(N, None, Duration::from_millis(1), Duration::from_secs(30))
+            .expect("generator runs")
+    })
+    .join()
+    .expect("thread")
+    .expect("namespace");
+    assert_eq!(report.sent, N);
+    let seen = receiver.join().expect("thread").expect("namespace");
+    let rx = pair.sensor_rx_packets().expect("rx counter") - rx0;
+    drop(sink);
+    assert!(rx >= N, "frames counted on the receiving veth: {rx} of {N}");
+    assert_eq!(seen, 0, "frames that got past the sink to a packet tap");
+}

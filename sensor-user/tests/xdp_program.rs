@@ -928,6 +928,60 @@ fn an_expired_client_hello_flow_is_forgotten_and_counted() {
     assert_eq!(h.counter(stat::TLS_FLOWS_EXPIRED), 1);
 }
 
+/// `TLS_FLOWS_UNTIL` gates the per-segment look-up of followed ClientHellos: while it says no
+/// tracked flow can still be live, a data segment is not looked up (so not followed, even if
+/// an entry is left), and once it is raised again the same segment is.
+#[test]
+fn the_tls_flows_until_gate_skips_the_lookup_only_while_no_flow_can_be_live() {
+    privileged!();
+    let mut h = Harness::inline();
+    let mut ring = h.sensor.take_payloads().expect("payload ring");
+    let (me, there) = (v4(CLEAN), v4("198.18.1.1"));
+    let hello = chrome_client_hello("tls-gate-xdp.example");
+    let seg = |seq: u32, data: &[u8]| tls_segment(me, there, 50020, seq, data);
+    h.sensor.test_run(&seg(1000, &hello[..1448])).expect("run");
+    assert_eq!(h.counter(stat::TLS_FLOWS_TRACKED), 1);
+    assert_eq!(
+        copied(&mut ring).len(),
+        1,
+        "the first segment is handed over"
+    );
+    let mut set_until = |h: &mut Harness, v: u64| {
+        let mut until: aya::maps::Array<_, u64> = aya::maps::Array::try_from(
+            h.sensor.ebpf_mut().map_mut("TLS_FLOWS_UNTIL").expect("map"),
+        )
+        .expect("TLS_FLOWS_UNTIL as an array");
+        let before = until.get(&0, 0).expect("read");
+        until.set(0, v, 0).expect("update");
+        before
+    };
+    // Closed (a time long past): the continuation goes by unlooked-at.
+    let live_until = set_until(&mut h, 1);
+    assert!(
+        live_until > 1,
+        "raised when the flow was tracked: {live_until}"
+    );
+    let rest = &hello[1448..];
+    assert_eq!(
+        h.sensor.test_run(&seg(1000 + 1448, rest)).expect("run"),
+        XDP_PASS
+    );
+    assert!(
+        copied(&mut ring).is_empty(),
+        "followed with the gate closed"
+    );
+    assert_eq!(h.counter(stat::TLS_CONTINUATIONS), 0);
+    // Open again: the flow, still tracked, is followed.
+    set_until(&mut h, live_until);
+    assert_eq!(
+        h.sensor.test_run(&seg(1000 + 1448, rest)).expect("run"),
+        XDP_PASS
+    );
+    let kinds: Vec<u8> = copied(&mut ring).iter().map(|(k, _)| *k).collect();
+    assert_eq!(kinds, vec![handoff::TLS_CONTINUATION]);
+    assert_eq!(h.counter(stat::TLS_CONTINUATIONS), 1);
+}
+
 /// Issue 12/13: a payload record takes the smallest size class that holds its frame (not
 /// 2 KiB whatever the frame), and a full payload ring loses hand-offs only as counted
 /// `handoff_failed`, never silently.

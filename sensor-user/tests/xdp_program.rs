@@ -946,7 +946,7 @@ fn the_tls_flows_until_gate_skips_the_lookup_only_while_no_flow_can_be_live() {
         1,
         "the first segment is handed over"
     );
-    let mut set_until = |h: &mut Harness, v: u64| {
+    let set_until = |h: &mut Harness, v: u64| {
         let mut until: aya::maps::Array<_, u64> = aya::maps::Array::try_from(
             h.sensor.ebpf_mut().map_mut("TLS_FLOWS_UNTIL").expect("map"),
         )

@@ -592,6 +592,34 @@ fn a_lone_flow_start_is_sent_by_the_flush_run() {
     assert_eq!(count, 1);
 }
 
+/// A repeat of a flow (no new flow start) sends the CPU's batch once the tick moved on
+/// since its first record, and that batch is then gone: neither the next frame nor the
+/// flush run sends it again.
+#[test]
+fn a_repeat_sends_a_stale_batch_once() {
+    privileged!();
+    let mut h = Harness::inline();
+    let syn = Frame::syn(v4(CLEAN), 1003, v4("198.18.1.4"), 5002);
+    h.run(&syn);
+    assert!(ring_ports(&mut h).is_empty());
+    std::thread::sleep(Duration::from_millis(30));
+    h.run(&syn);
+    assert_eq!(h.counter(stat::FLOW_REPEATS), 1);
+    assert_eq!(ring_ports(&mut h), [vec![5002]]);
+    std::thread::sleep(Duration::from_millis(30));
+    h.run(&Frame::tcp(
+        v4(CLEAN),
+        1004,
+        v4("198.18.1.4"),
+        80,
+        tcp_flags::ACK,
+    ));
+    assert!(ring_ports(&mut h).is_empty());
+    assert_eq!(h.sensor.flush_flows().expect("flush"), 0);
+    assert!(h.sensor.take_pending_flows().expect("pending").is_empty());
+    assert_eq!(h.counter(stat::FLOW_STARTS), 1);
+}
+
 /// Issue 10 item 6: an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) hits the IPv4 trails
 /// (address, CIDR, IP:port) as replay's `IpTrails::lookup` does; the hit keeps family 6,
 /// so live and replay print the same `::ffff:a.b.c.d` trail.

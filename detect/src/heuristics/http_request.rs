@@ -22,6 +22,10 @@ pub const DIRECT_DOWNLOAD_EXTENSIONS: &[&str] = &[
     "pyz", "scr", "sct", "vsto", "wbk", "xpi",
 ];
 
+/// Shortest and longest of [`DIRECT_DOWNLOAD_EXTENSIONS`] (a test checks): other lengths are
+/// rejected without comparing.
+const DIRECT_DOWNLOAD_EXTENSION_LEN: std::ops::RangeInclusive<usize> = 3..=5;
+
 /// Path parts of software repositories and server scripts that serve such files routinely.
 const DIRECT_DOWNLOAD_ALLOWED: &[&str] = &["/cgi-bin/", "/_vti_bin/", "/scripts/", "/softpaq/"];
 
@@ -78,13 +82,16 @@ pub fn is_iot_binary_path(path: &[u8]) -> bool {
 
 /// Whether an absolute-form target is an open-proxy probe.
 pub fn is_proxy_probe(target: &[u8]) -> bool {
-    let Some(scheme_end) = crate::protocols::http::find_scheme_sep(target) else {
+    // The first `://` ends an `http` or `https` scheme: it sits right after one (a scheme
+    // holds no `:`), so no search is needed.
+    let scheme_end = [4, 5].into_iter().find(|&n| {
+        let scheme = target.get(..n).unwrap_or_default();
+        target.get(n..n + 3) == Some(b"://".as_slice())
+            && (scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https"))
+    });
+    let Some(scheme_end) = scheme_end else {
         return false;
     };
-    let scheme = target.get(..scheme_end).unwrap_or_default();
-    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
-        return false;
-    }
     let url = target.get(scheme_end + 3..).unwrap_or_default();
     let url = url.get(..url.len().min(512)).unwrap_or(url);
     [
@@ -116,9 +123,10 @@ pub fn direct_download_extension_in(target: &[u8], path: &[u8], max_stem: usize)
         return None;
     }
     let ext = path.get(dot + 1..).unwrap_or_default();
-    if !DIRECT_DOWNLOAD_EXTENSIONS
-        .iter()
-        .any(|e| e.as_bytes().eq_ignore_ascii_case(ext))
+    if !DIRECT_DOWNLOAD_EXTENSION_LEN.contains(&ext.len())
+        || !DIRECT_DOWNLOAD_EXTENSIONS
+            .iter()
+            .any(|e| e.as_bytes().eq_ignore_ascii_case(ext))
     {
         return None;
     }
@@ -170,6 +178,60 @@ mod tests {
         assert!(is_proxy_probe(b"HTTP://x.example/echo"));
         assert!(!is_proxy_probe(b"/proxycheck"));
         assert!(!is_proxy_probe(b"http://www.example.com/index.html"));
+    }
+
+    /// The form that searched for the first `://`, as the reference.
+    fn proxy_probe_reference(target: &[u8]) -> bool {
+        let Some(scheme_end) = crate::protocols::http::find_scheme_sep(target) else {
+            return false;
+        };
+        let scheme = target.get(..scheme_end).unwrap_or_default();
+        if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+            return false;
+        }
+        let url = target.get(scheme_end + 3..).unwrap_or_default();
+        let url = url.get(..url.len().min(512)).unwrap_or(url);
+        ["probe", "proxy", "echo", "check", "azenv", "judge"]
+            .iter()
+            .any(|w| {
+                url.windows(w.len())
+                    .any(|x| x.eq_ignore_ascii_case(w.as_bytes()))
+            })
+    }
+
+    #[test]
+    fn proxy_probes_match_the_reference() {
+        for t in [
+            &b"http://proxycheck.example/"[..],
+            b"https://x/echo",
+            b"HTTPS://x/judge",
+            b"http:/x/echo",
+            b"http:://x/echo",
+            b"httpx://x/echo",
+            b"ftp://x/echo",
+            b"/a?u=http://x/echo",
+            b"http",
+            b"https:/",
+            b"xhttp://x/echo",
+            b"http://",
+        ] {
+            assert_eq!(
+                is_proxy_probe(t),
+                proxy_probe_reference(t),
+                "{:?}",
+                String::from_utf8_lossy(t)
+            );
+        }
+    }
+
+    #[test]
+    fn extension_lengths() {
+        let lens = DIRECT_DOWNLOAD_EXTENSIONS.iter().map(|e| e.len());
+        assert_eq!(
+            lens.clone().min()..=lens.max(),
+            Some(*DIRECT_DOWNLOAD_EXTENSION_LEN.start())
+                ..=Some(*DIRECT_DOWNLOAD_EXTENSION_LEN.end())
+        );
     }
 
     #[test]

@@ -113,24 +113,17 @@ pub fn parse_request(p: &[u8]) -> Result<Request<'_>, HttpError> {
         version,
         ..Request::default()
     };
-    let (body, complete) = headers(rest, |name, value| {
-        let slot = if name.eq_ignore_ascii_case(b"host") {
-            &mut req.host
-        } else if name.eq_ignore_ascii_case(b"user-agent") {
-            &mut req.user_agent
-        } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            &mut req.x_forwarded_for
-        } else if name.eq_ignore_ascii_case(b"x-real-ip") {
-            &mut req.x_real_ip
-        } else if name.eq_ignore_ascii_case(b"forwarded") {
-            &mut req.forwarded
-        } else if name.eq_ignore_ascii_case(b"content-type") {
-            &mut req.content_type
-        } else {
-            return;
+    let (body, complete) = headers(rest, &REQUEST_HEADERS, |i, value| {
+        let slot = match i {
+            0 => &mut req.host,
+            1 => &mut req.user_agent,
+            2 => &mut req.x_forwarded_for,
+            3 => &mut req.x_real_ip,
+            4 => &mut req.forwarded,
+            _ => &mut req.content_type,
         };
         if slot.is_none() {
-            *slot = Some(value);
+            *slot = Some(trim(value));
         }
     });
     req.body = body;
@@ -160,18 +153,14 @@ pub fn parse_response(p: &[u8]) -> Result<Response<'_>, HttpError> {
         reason,
         ..Response::default()
     };
-    let (body, complete) = headers(rest, |name, value| {
-        let slot = if name.eq_ignore_ascii_case(b"content-type") {
-            &mut resp.content_type
-        } else if name.eq_ignore_ascii_case(b"server") {
-            &mut resp.server
-        } else if name.eq_ignore_ascii_case(b"location") {
-            &mut resp.location
-        } else {
-            return;
+    let (body, complete) = headers(rest, &RESPONSE_HEADERS, |i, value| {
+        let slot = match i {
+            0 => &mut resp.content_type,
+            1 => &mut resp.server,
+            _ => &mut resp.location,
         };
         if slot.is_none() {
-            *slot = Some(value);
+            *slot = Some(trim(value));
         }
     });
     resp.body = body;
@@ -193,8 +182,28 @@ fn first_line(p: &[u8]) -> Result<(&[u8], &[u8]), HttpError> {
     Ok((line, p.get(nl + 1..).unwrap_or_default()))
 }
 
-/// Walks header lines, calling `f(name, value)`; returns the body and whether the head ended.
-fn headers<'a>(mut rest: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8])) -> (&'a [u8], bool) {
+/// The request headers [`parse_request`] keeps, lowercase, in its slots' order.
+const REQUEST_HEADERS: [&[u8]; 6] = [
+    b"host",
+    b"user-agent",
+    b"x-forwarded-for",
+    b"x-real-ip",
+    b"forwarded",
+    b"content-type",
+];
+
+/// The response headers [`parse_response`] keeps, lowercase, in its slots' order.
+const RESPONSE_HEADERS: [&[u8]; 3] = [b"content-type", b"server", b"location"];
+
+/// Walks header lines, calling `f(i, value)` for a line named `names[i]` (ASCII
+/// case-insensitively; the name is what precedes the line's first `:`), the value untrimmed
+/// (see [`trim`]); returns the body and whether the head ended. A name is tested where its
+/// `:` would be: no search for the `:` of each line.
+fn headers<'a>(
+    mut rest: &'a [u8],
+    names: &[&[u8]],
+    mut f: impl FnMut(usize, &'a [u8]),
+) -> (&'a [u8], bool) {
     let mut budget = MAX_HEAD;
     for _ in 0..MAX_HEADERS {
         let window = rest.get(..rest.len().min(budget)).unwrap_or(rest);
@@ -208,10 +217,16 @@ fn headers<'a>(mut rest: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8])) -> (&'
         if line.is_empty() {
             return (rest, true);
         }
-        if let Some(colon) = memchr::memchr(b':', line) {
-            let name = line.get(..colon).unwrap_or_default();
-            let value = trim(line.get(colon + 1..).unwrap_or_default());
-            f(name, value);
+        // A name holds no `:`, so a line named `name` is `name` then `:`.
+        let named = names.iter().position(|name| {
+            line.get(name.len()) == Some(&b':')
+                && line
+                    .get(..name.len())
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        });
+        if let Some(i) = named {
+            let colon = names.get(i).map_or(0, |n| n.len());
+            f(i, line.get(colon + 1..).unwrap_or_default());
         }
     }
     (&[], false)
@@ -224,11 +239,7 @@ pub(crate) fn find_scheme_sep(b: &[u8]) -> Option<usize> {
     memchr::memchr_iter(b':', b).find(|&i| b.get(i + 1..i + 3) == Some(b"//".as_slice()))
 }
 
-/// Whether `b` holds `//`.
-pub(crate) fn has_double_slash(b: &[u8]) -> bool {
-    memchr::memchr_iter(b'/', b).any(|i| b.get(i + 1) == Some(&b'/'))
-}
-
+/// A header value without the spaces and tabs around it.
 fn trim(v: &[u8]) -> &[u8] {
     let start = v.iter().position(|b| !matches!(b, b' ' | b'\t'));
     let end = v.iter().rposition(|b| !matches!(b, b' ' | b'\t'));
@@ -243,7 +254,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scheme_separator_and_double_slash() {
+    fn scheme_separator() {
         for t in [
             &b"http://a/b"[..],
             b"/x:y/http://z",
@@ -254,11 +265,72 @@ mod tests {
             b"://",
         ] {
             assert_eq!(find_scheme_sep(t), memchr::memmem::find(t, b"://"), "{t:?}");
-            assert_eq!(
-                has_double_slash(t),
-                memchr::memmem::find(t, b"//").is_some(),
-                "{t:?}"
-            );
+        }
+    }
+
+    /// What a header walk saw: (name index, untrimmed value) per kept line, the body and
+    /// whether the head ended.
+    type Walk<'a> = (Vec<(usize, &'a [u8])>, &'a [u8], bool);
+
+    /// The walk as it was (each line's name up to its first `:`, compared with each kept
+    /// name), as the reference.
+    fn headers_reference<'a>(mut rest: &'a [u8], names: &[&[u8]]) -> Walk<'a> {
+        let mut seen = Vec::new();
+        let mut budget = MAX_HEAD;
+        for _ in 0..MAX_HEADERS {
+            let window = rest.get(..rest.len().min(budget)).unwrap_or(rest);
+            let Some(nl) = memchr::memchr(b'\n', window) else {
+                return (seen, &[], false);
+            };
+            budget = budget.saturating_sub(nl + 1);
+            let line = rest.get(..nl).unwrap_or_default();
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            rest = rest.get(nl + 1..).unwrap_or_default();
+            if line.is_empty() {
+                return (seen, rest, true);
+            }
+            if let Some(colon) = memchr::memchr(b':', line) {
+                let name = &line[..colon];
+                if let Some(i) = names.iter().position(|n| name.eq_ignore_ascii_case(n)) {
+                    seen.push((i, &line[colon + 1..]));
+                }
+            }
+        }
+        (seen, &[], false)
+    }
+
+    #[test]
+    fn header_walk_matches_the_reference() {
+        let huge = [&b"X: "[..], &[b'a'; MAX_HEAD], b"\r\nHost: h\r\n\r\n"].concat();
+        let heads: [&[u8]; 16] = [
+            b"",
+            b"\r\n",
+            b"Host: a\r\n\r\nbody",
+            b"HOST:a\nUser-Agent: \t x \t\nhost: b\n\nbody",
+            b"no colon\r\nHost: a:8080\r\n\r\n",
+            b":\r\n:x\r\nHost::b\r\nHost :c\r\n Host: d\r\n\r\n",
+            b"Host: a\r\nunterminated",
+            b"Host\r\n: x\nHost\n\n",
+            b"Hostx: a\r\nHos: b\r\nhost: c\r\r\n\r\n",
+            b"X-Forwarded-For: 1.2.3.4\r\nX-Real-IP: 5.6.7.8\r\nForwarded: for=x\r\n\r\n",
+            b"Content-Type: text/html\r\nServer: s\r\nLocation: /x\r\n\r\n",
+            b"Content-Type:\r\nServer\r\n",
+            b"user-agent:a:b\r\n\r\n",
+            b"User-Agent\xff: x\r\nUser-Agent: \xff\r\n\r\n",
+            b"A: b\r\r\n\r\n",
+            &huge,
+        ];
+        for h in heads {
+            for names in [&REQUEST_HEADERS[..], &RESPONSE_HEADERS[..]] {
+                let mut seen = Vec::new();
+                let (body, complete) = headers(h, names, |i, v| seen.push((i, v)));
+                assert_eq!(
+                    (seen, body, complete),
+                    headers_reference(h, names),
+                    "{:?}",
+                    String::from_utf8_lossy(h)
+                );
+            }
         }
     }
 

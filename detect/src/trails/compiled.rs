@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! header, 256 bytes
-//!   0  magic "XTRAILS\0"          8  format (u32, 3)        12 flags (u32, bit 0: signed)
+//!   0  magic "XTRAILS\0"          8  format (u32, 4)        12 flags (u32, bit 0: signed)
 //!   16 body length (u64)          24 SHA-256 of the body (32 bytes)
 //!   56 signer's ed25519 public key (32, zero if unsigned)
 //!   88 ed25519 signature over the header with these 64 bytes zeroed (zero if unsigned)
@@ -27,13 +27,15 @@
 //! of the trail set (0 or 1) they belong to, added when the sensor fills the maps
 //! (`sensor-user/src/trail_maps.rs`).
 //!
-//! Formats 1 (sorted IPv4 arrays, hash maps built at every open) and 2 (no stored
-//! prefilter: every open read both IPv4 tables to build it) are refused with a message that
-//! says to rebuild the set (`xtrail-trails build`); sets are build artefacts, so no reader
-//! for an old layout is kept.
+//! Formats 1 (sorted IPv4 arrays, hash maps built at every open), 2 (no stored
+//! prefilter: every open read both IPv4 tables to build it) and 3 (no stored URL filter) are
+//! refused with a message that says to rebuild the set (`xtrail-trails build`); sets are
+//! build artefacts, so no reader for an old layout is kept.
 //! Domain and URL tables are [`super::table::StrTable`]s (arena, slots, tags), searched in
 //! place: opening a set touches only the header, the labels, the regexes, the prefilter and
-//! the other IP arrays.
+//! the other IP arrays. The URL table's probe filter (the `UrlFilter` section: a bit per
+//! hash of each URL trail and of its `host/` prefix, u64 LE words) is stored ready-made
+//! too and read in place: building it at open would read every URL trail.
 //! The body checksum is computed with `read(2)`, not through the mapping, so verifying does
 //! not make the whole file resident. [`CompiledSet::open_checking`] computes it on another
 //! thread while the caller goes on with the (not yet trusted) set: the sensor fills its
@@ -51,13 +53,13 @@ use sha2::{Digest, Sha256};
 use super::domain::{label_flags, DomainTrails, RegexTrails};
 use super::iptable::{CuckooTable, IpPortTrails, V4Trails};
 use super::table::{KeyHasher, SharedBytes, StrTable};
-use super::url::UrlTrails;
+use super::url::{filter_words, UrlTrails};
 use super::{IpTrails, Label, LabelId, LoadReport, TrailSet};
 
 /// First bytes of a compiled set.
 pub const MAGIC: &[u8; 8] = b"XTRAILS\0";
 /// Format version this code reads and writes.
-pub const FORMAT: u32 = 3;
+pub const FORMAT: u32 = 4;
 /// Header size; the body starts here.
 pub const HEADER_LEN: usize = 256;
 const MAX_VERSION: usize = 64;
@@ -94,6 +96,8 @@ enum Section {
     Tables,
     /// The userspace IPv4 prefilter's bitmap ([`IpTrails::v4_block_bits`], u64 LE words).
     V4Blocks,
+    /// The URL table's probe filter (`url::filter_words`, u64 LE words).
+    UrlFilter,
 }
 
 /// Why a compiled set was refused.
@@ -341,6 +345,11 @@ pub fn write(set: &TrailSet, opts: &CompileOptions) -> Vec<u8> {
         sections.push((ids[1], b));
         sections.push((ids[2], tags.to_vec()));
     }
+    let mut filter = Vec::new();
+    for w in filter_words(&urls) {
+        filter.extend_from_slice(&w.to_le_bytes());
+    }
+    sections.push((Section::UrlFilter, filter));
 
     let mut rx = Vec::new();
     put_u32s(&mut rx, std::iter::once(set.domains.regexes.len() as u32));
@@ -910,7 +919,8 @@ impl CompiledSet {
                 regexes: RegexTrails::new(regexes),
                 flags,
             },
-            urls: UrlTrails { table: urls },
+            urls: UrlTrails::mapped(urls, shared, self.range(Section::UrlFilter))
+                .map_err(|e| CompiledError::Layout(e.0))?,
             report,
         })
     }
@@ -1087,6 +1097,7 @@ mod tests {
         );
         assert_eq!(t.ip.ipport.v4_table().len(), 1);
         assert_eq!(t.ip.v4.table().heap_bytes(), 0, "looked up in place");
+        assert_eq!(t.urls.heap_bytes(), 0, "URL table and filter read in place");
         // Same content, same bytes.
         assert_eq!(write(&set, &opts), write(&c.into_trails(), &opts));
 
@@ -1136,8 +1147,8 @@ mod tests {
     }
 
     #[test]
-    fn formats_1_and_2_are_refused_with_a_rebuild_hint() {
-        for old in [1u32, 2] {
+    fn formats_1_to_3_are_refused_with_a_rebuild_hint() {
+        for old in [1u32, 2, 3] {
             let mut bytes = write(&sample(), &CompileOptions::default());
             bytes[8..12].copy_from_slice(&old.to_le_bytes());
             match verify_bytes(&bytes, None) {

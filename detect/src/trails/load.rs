@@ -644,7 +644,7 @@ impl<'o> Builder<'o> {
                 regexes: RegexTrails::new(self.regexes),
                 flags,
             },
-            urls: UrlTrails { table: self.urls },
+            urls: UrlTrails::new(self.urls),
             report: self.report,
         }
     }

@@ -5,8 +5,9 @@
 //! `tests/url_candidates_fp.rs` for the measured rate).
 
 use std::borrow::Cow;
+use std::ops::Range;
 
-use super::table::{KeyHasher, StrTable};
+use super::table::{KeyHasher, LayoutError, SharedBytes, StrTable};
 use super::LabelId;
 
 /// Longest Host considered.
@@ -66,6 +67,133 @@ pub struct UrlMatch {
 #[derive(Debug, Default)]
 pub struct UrlTrails {
     pub(crate) table: StrTable,
+    /// Rules out probes that cannot hit; built with the table, or stored beside it.
+    filter: KeyFilter,
+}
+
+/// A URL table's probe filter: one bit per hash of each stored key and of each key's `host/`
+/// prefix (the key up to its first `/`, when that is not its first byte). A clear bit proves
+/// such a key absent, or no key naming that host, so its probe (and the hashing of the
+/// host-prefixed candidates) is skipped; a set bit may be a collision and only costs the
+/// probe. It answers for the table it was built from only: for another number of keys (none
+/// built, or keys added since) it rules nothing out.
+#[derive(Default)]
+struct KeyFilter {
+    words: FilterWords,
+    /// Keys of the table it was built from.
+    keys: usize,
+}
+
+/// Where a filter's `u64` words live.
+enum FilterWords {
+    Owned(Vec<u64>),
+    /// In place in a compiled set (8-aligned, a power of two of words: checked when made).
+    Mapped {
+        bytes: SharedBytes,
+        range: Range<usize>,
+    },
+}
+
+impl Default for FilterWords {
+    fn default() -> Self {
+        FilterWords::Owned(Vec::new())
+    }
+}
+
+impl std::fmt::Debug for KeyFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyFilter")
+            .field("keys", &self.keys)
+            .field("words", &self.words().len())
+            .field("mapped", &matches!(self.words, FilterWords::Mapped { .. }))
+            .finish()
+    }
+}
+
+/// Filter bits per entry (a key, or a key's `host/` prefix): about 94% or more of absent
+/// hashes meet a clear bit.
+const FILTER_BITS_PER_ENTRY: usize = 16;
+
+/// `bytes` as `u64`s, or empty when not 8-aligned.
+fn words_of(bytes: &[u8]) -> &[u64] {
+    // SAFETY: every bit pattern is a valid u64; align_to only returns the aligned middle.
+    let (pre, mid, post) = unsafe { bytes.align_to::<u64>() };
+    if pre.is_empty() && post.is_empty() {
+        mid
+    } else {
+        &[]
+    }
+}
+
+/// The `host/` prefix of a stored key: up to and including its first `/`, unless that
+/// starts the key.
+fn host_prefix(key: &[u8]) -> Option<&[u8]> {
+    let i = memchr::memchr(b'/', key).filter(|&i| i > 0)?;
+    key.get(..=i)
+}
+
+/// Word index and mask of hash `h` in `n` words (`n` a power of two): bits the table's slot
+/// index and tag do not use first.
+#[inline]
+fn filter_bit(n: usize, h: u64) -> (usize, u64) {
+    let i = ((h >> 32) as usize) & (n * 64).wrapping_sub(1);
+    (i / 64, 1 << (i % 64))
+}
+
+/// The filter words of `table` (a power of two of them, at least one), as
+/// [`UrlTrails::mapped`] expects them stored.
+pub(crate) fn filter_words(table: &StrTable) -> Vec<u64> {
+    let entries = table.len()
+        + table
+            .iter()
+            .filter(|(k, _)| host_prefix(k).is_some())
+            .count();
+    let n = (entries * FILTER_BITS_PER_ENTRY)
+        .next_power_of_two()
+        .max(64)
+        / 64;
+    let mut words = vec![0u64; n];
+    let mut set = |h: u64| {
+        let (w, m) = filter_bit(n, h);
+        if let Some(word) = words.get_mut(w) {
+            *word |= m;
+        }
+    };
+    for (key, _) in table.iter() {
+        set(KeyHasher::hash(key));
+        if let Some(p) = host_prefix(key) {
+            set(KeyHasher::hash(p));
+        }
+    }
+    words
+}
+
+impl KeyFilter {
+    fn words(&self) -> &[u64] {
+        match &self.words {
+            FilterWords::Owned(w) => w,
+            FilterWords::Mapped { bytes, range } => {
+                words_of((**bytes).as_ref().get(range.clone()).unwrap_or_default())
+            }
+        }
+    }
+
+    /// The words when they answer for a table of `keys` keys.
+    #[inline]
+    fn for_table(&self, keys: usize) -> Option<&[u64]> {
+        let w = self.words();
+        (self.keys == keys && !w.is_empty()).then_some(w)
+    }
+}
+
+/// Whether a key (or `host/` prefix) hashing to `h` may be stored: `words` from
+/// [`KeyFilter::for_table`], `None` ruling nothing out.
+#[inline]
+fn may_hold(words: Option<&[u64]>, h: u64) -> bool {
+    words.is_none_or(|w| {
+        let (i, m) = filter_bit(w.len(), h);
+        w.get(i).is_none_or(|&word| word & m != 0)
+    })
 }
 
 /// Maltrail's `re.sub(r"(\w+=)[^&=]+", r"\g<1>", path)`: drops parameter values.
@@ -102,9 +230,28 @@ fn strip_param_values(path: &str) -> String {
     out
 }
 
-/// Whether `s` holds two `/` or more.
-fn two_slashes(s: &str) -> bool {
-    memchr::memchr_iter(b'/', s.as_bytes()).nth(1).is_some()
+/// The index of the last `/` of `s` when it holds two or more. (Byte loops: candidate paths
+/// are short, and a `memchr` call per slash costs more.)
+fn last_of_two_slashes(s: &[u8]) -> Option<usize> {
+    let r = s.iter().rposition(|&b| b == b'/')?;
+    s.get(..r)?.contains(&b'/').then_some(r)
+}
+
+/// Whether `p` holds `//`, and where its first `?` is, in one pass (the first answer stops
+/// it: such a path is rewritten and searched again).
+fn scan_path(p: &[u8]) -> (bool, Option<usize>) {
+    let mut query = None;
+    let mut prev = 0u8;
+    for (i, &b) in p.iter().enumerate() {
+        if b == b'/' && prev == b'/' {
+            return (true, query);
+        }
+        if b == b'?' && query.is_none() {
+            query = Some(i);
+        }
+        prev = b;
+    }
+    (false, query)
 }
 
 /// `url.split(check)` joined back with the non-empty pieces in parentheses.
@@ -127,6 +274,42 @@ fn annotate(url: &str, matched: &str) -> String {
 }
 
 impl UrlTrails {
+    /// URL trails of a table built in memory (its probe filter built here).
+    pub(crate) fn new(table: StrTable) -> Self {
+        let filter = KeyFilter {
+            words: FilterWords::Owned(filter_words(&table)),
+            keys: table.len(),
+        };
+        Self { table, filter }
+    }
+
+    /// URL trails of a table in a compiled set, with its probe filter stored there: `range`
+    /// of `bytes` holds [`filter_words`] of the table (u64 LE, 8-aligned).
+    pub(crate) fn mapped(
+        table: StrTable,
+        bytes: SharedBytes,
+        range: Range<usize>,
+    ) -> Result<Self, LayoutError> {
+        let all = (*bytes).as_ref();
+        let stored = all.get(range.clone()).unwrap_or_default();
+        let n = words_of(stored).len();
+        if range.start > range.end
+            || range.end > all.len()
+            || n * 8 != stored.len()
+            || !n.is_power_of_two()
+        {
+            return Err(LayoutError("URL filter size"));
+        }
+        if cfg!(target_endian = "big") {
+            return Err(LayoutError("compiled tables need a little-endian host"));
+        }
+        let filter = KeyFilter {
+            words: FilterWords::Mapped { bytes, range },
+            keys: table.len(),
+        };
+        Ok(Self { table, filter })
+    }
+
     /// Number of URL trails.
     pub fn len(&self) -> usize {
         self.table.len()
@@ -137,9 +320,13 @@ impl UrlTrails {
         self.table.len() == 0
     }
 
-    /// Heap bytes of the table (arena and index).
+    /// Heap bytes of the table (arena and index) and of its probe filter; 0 if mapped.
     pub fn heap_bytes(&self) -> usize {
-        self.table.heap_bytes()
+        let filter = match &self.filter.words {
+            FilterWords::Owned(w) => w.capacity() * 8,
+            FilterWords::Mapped { .. } => 0,
+        };
+        self.table.heap_bytes() + filter
     }
 
     /// Total length of the stored trails.
@@ -190,8 +377,8 @@ impl UrlTrails {
         if path.bytes().any(|b| b.is_ascii_uppercase()) {
             return self.lookup_candidates(host, &path.to_ascii_lowercase(), candidates);
         }
-        // Byte searches below: `/`, `?`, `=` and `:` are never part of a multi-byte UTF-8
-        // sequence, so every index found is a character boundary.
+        // Byte searches here and below: `/`, `?`, `=` and `:` are never part of a multi-byte
+        // UTF-8 sequence, so every index found is a character boundary.
         let (host, path) = match crate::protocols::http::find_scheme_sep(path.as_bytes()) {
             Some(i) if path[..i].bytes().all(|b| b.is_ascii_alphabetic()) => {
                 let rest = &path[i + 3..];
@@ -202,8 +389,29 @@ impl UrlTrails {
             }
             _ => (host, path),
         };
+        self.lookup_path(host, path, candidates)
+    }
 
+    /// [`UrlTrails::lookup_candidates`] for a path whose ASCII letters are lowercase and
+    /// whose absolute URL, if any, is split off already: it starts with `/` or holds no
+    /// `://` (the HTTP pipeline's request path). Neither is searched for again.
+    pub(crate) fn lookup_path(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        candidates: UrlCandidates,
+    ) -> Option<UrlMatch> {
+        debug_assert!(!path.bytes().any(|b| b.is_ascii_uppercase()));
+        debug_assert!(
+            path.starts_with('/')
+                || crate::protocols::http::find_scheme_sep(path.as_bytes()).is_none()
+        );
+        if self.table.len() == 0 {
+            return None;
+        }
         let mut hbuf = [0u8; MAX_HOST];
+        // Whether the host holds a `/` (see `host_named` below).
+        let mut host_slash = false;
         let host: &str = match host {
             Some(h) => {
                 let h = h[..memchr::memchr(b':', h.as_bytes()).unwrap_or(h.len())].trim();
@@ -214,6 +422,7 @@ impl UrlTrails {
                     let out = &mut hbuf[..h.len()];
                     for (o, b) in out.iter_mut().zip(h.bytes()) {
                         *o = b.to_ascii_lowercase();
+                        host_slash |= b == b'/';
                     }
                     debug_assert!(out.is_ascii());
                     // SAFETY: `out` holds the bytes of `h`, checked ASCII above, lowercased:
@@ -225,13 +434,15 @@ impl UrlTrails {
         };
 
         let original = path;
-        let path: Cow<'_, str> = if crate::protocols::http::has_double_slash(path.as_bytes()) {
-            Cow::Owned(path.replace("//", "/"))
-        } else {
-            Cow::Borrowed(path)
+        let (path, query): (Cow<'_, str>, _) = match scan_path(path.as_bytes()) {
+            (true, _) => {
+                let p = path.replace("//", "/");
+                let query = memchr::memchr(b'?', p.as_bytes());
+                (Cow::Owned(p), query)
+            }
+            (false, query) => (Cow::Borrowed(path), query),
         };
         let p: &str = &path;
-        let query = memchr::memchr(b'?', p.as_bytes());
         let stripped: Option<String> = query.map(|_| strip_param_values(p));
 
         let mut checks = Checks::default();
@@ -245,21 +456,25 @@ impl UrlTrails {
             if let Some(s) = stripped.as_deref() {
                 if !checks.as_slice().contains(&s) {
                     checks.push(s);
-                    if two_slashes(s) {
-                        if let Some(r) = memchr::memrchr(b'/', s.as_bytes()) {
-                            checks.push(&s[r..]);
-                        }
+                    if let Some(r) = last_of_two_slashes(s.as_bytes()) {
+                        checks.push(&s[r..]);
                     }
                 }
             }
         }
         let last = checks.last();
-        if two_slashes(last) {
-            if let Some(r) = memchr::memrchr(b'/', last.as_bytes()) {
-                checks.push(&last[..r]);
-            }
-            let tail = memchr::memrchr(b'/', first.as_bytes()).map_or(first, |r| &first[r..]);
-            let tail_end = memchr::memchr(b'?', tail.as_bytes()).unwrap_or(tail.len());
+        if let Some(r) = last_of_two_slashes(last.as_bytes()) {
+            checks.push(&last[..r]);
+            let first_slash = if last == first {
+                Some(r)
+            } else {
+                memchr::memrchr(b'/', first.as_bytes())
+            };
+            let tail = first_slash.map_or(first, |r| &first[r..]);
+            // Without a query in the path, none in its tail either.
+            let tail_end = query
+                .and_then(|_| memchr::memchr(b'?', tail.as_bytes()))
+                .unwrap_or(tail.len());
             checks.push(&tail[..tail_end]);
         }
         if candidates == UrlCandidates::WithExtras {
@@ -271,10 +486,22 @@ impl UrlTrails {
         }
 
         let hb = host.as_bytes();
-        // Every key's hash first, each key's index entries prefetched, then the probes in
-        // Maltrail's order: the table's cache misses overlap instead of queueing.
-        // (bare, with host) per check.
-        let mut hashes = [(0u64, 0u64); MAX_CHECKS];
+        let filter = self.filter.for_table(self.table.len());
+        // `host/` is the key of Maltrail's last check, and the filter's entry for "some trail
+        // names this host": a host-prefixed candidate `host` + `/...` cannot be stored
+        // otherwise. (A host holding `/`, or a candidate not starting with `/`, splits
+        // elsewhere: those are looked up on their own bits.)
+        let host_root = {
+            let mut h = KeyHasher::new();
+            h.prepend(b"/");
+            h.prepend(hb);
+            h.finish()
+        };
+        let host_named = !hb.is_empty() && (host_slash || may_hold(filter, host_root));
+        // Every surviving key's hash first, each key's index entries prefetched, then the
+        // probes in Maltrail's order: the table's cache misses overlap instead of queueing.
+        // (bare, with host) per check; `None` where the filter rules the key out.
+        let mut hashes = [(None, None); MAX_CHECKS];
         let mut wanted = [0u64; 2 * MAX_CHECKS + 1];
         let mut n = 0;
         let mut want = |h: u64| {
@@ -282,51 +509,49 @@ impl UrlTrails {
                 *slot = h;
                 n += 1;
             }
+            Some(h)
         };
         for (&check, slot) in checks.as_slice().iter().zip(hashes.iter_mut()) {
-            let mut h = KeyHasher::new();
-            h.prepend(check.as_bytes());
-            slot.0 = h.finish();
-            h.prepend(hb);
-            slot.1 = h.finish();
-            if !check.is_empty() {
-                want(slot.0);
-                if !hb.is_empty() {
-                    want(slot.1);
-                }
-            }
-        }
-        let host_root = {
-            let mut h = KeyHasher::new();
-            h.prepend(b"/");
-            h.prepend(hb);
-            h.finish()
-        };
-        if !hb.is_empty() {
-            want(host_root);
-        }
-        self.table
-            .prefetch(wanted.get(..n).unwrap_or_default().iter().copied());
-        for (&check, &(bare, with_host)) in checks.as_slice().iter().zip(hashes.iter()) {
             if check.is_empty() {
                 continue;
             }
-            if let Some(label) = self.table.get_hashed(bare, check.as_bytes(), &[]) {
-                return Some(self.hit(host, original, check, "", label));
+            let mut h = KeyHasher::new();
+            h.prepend(check.as_bytes());
+            let bare = h.finish();
+            if may_hold(filter, bare) {
+                slot.0 = want(bare);
             }
-            if !hb.is_empty() {
-                if let Some(label) = self.table.get_hashed(with_host, hb, check.as_bytes()) {
-                    return Some(self.hit(host, original, check, host, label));
+            if host_named || (!hb.is_empty() && !check.starts_with('/')) {
+                h.prepend(hb);
+                let with_host = h.finish();
+                if may_hold(filter, with_host) {
+                    slot.1 = want(with_host);
                 }
             }
         }
-        if !hb.is_empty() {
-            if let Some(label) = self.table.get_hashed(host_root, hb, b"/") {
-                return Some(UrlMatch {
-                    trail: format!("{host}/"),
-                    label,
-                });
+        let host_root = if host_named && may_hold(filter, host_root) {
+            want(host_root)
+        } else {
+            None
+        };
+        self.table
+            .prefetch(wanted.get(..n).unwrap_or_default().iter().copied());
+        for (&check, &(bare, with_host)) in checks.as_slice().iter().zip(hashes.iter()) {
+            if let Some(label) = bare.and_then(|h| self.table.get_hashed(h, check.as_bytes(), &[]))
+            {
+                return Some(self.hit(host, original, check, "", label));
             }
+            if let Some(label) =
+                with_host.and_then(|h| self.table.get_hashed(h, hb, check.as_bytes()))
+            {
+                return Some(self.hit(host, original, check, host, label));
+            }
+        }
+        if let Some(label) = host_root.and_then(|h| self.table.get_hashed(h, hb, b"/")) {
+            return Some(UrlMatch {
+                trail: format!("{host}/"),
+                label,
+            });
         }
         None
     }
@@ -346,11 +571,11 @@ mod tests {
     use super::*;
 
     fn trails(list: &[(&str, LabelId)]) -> UrlTrails {
-        let mut u = UrlTrails::default();
+        let mut table = StrTable::default();
         for (t, l) in list {
-            u.table.insert(t.as_bytes(), *l);
+            table.insert(t.as_bytes(), *l);
         }
-        u
+        UrlTrails::new(table)
     }
 
     fn hit(u: &UrlTrails, host: Option<&str>, path: &str) -> Option<(String, LabelId)> {
@@ -500,6 +725,84 @@ mod tests {
         for (trail, path) in [("/a/b/", "/a/b/c.php"), ("/a", "/a/b/c.php")] {
             let u = trails(&[(trail, 9)]);
             assert_eq!(hit(&u, Some("h.example"), path), None, "{trail}");
+        }
+    }
+
+    /// The filter's host entry is `host/`: keys that split elsewhere are still found.
+    #[test]
+    fn filter_keeps_keys_split_elsewhere() {
+        let u = trails(&[("a/b/c.php", 1), ("h.examplex.php", 2), ("/p.php", 3)]);
+        // A Host holding `/`: the stored key's host part is `a`, not `a/b`.
+        assert_eq!(hit(&u, Some("a/b"), "/c.php"), s("a/b/c.php", 1));
+        // A target not starting with `/`: the key holds no `/` at all.
+        assert_eq!(hit(&u, Some("h.example"), "x.php"), s("h.examplex.php", 2));
+        // A host no trail names still meets the bare trails.
+        assert_eq!(
+            hit(&u, Some("z.example"), "/p.php"),
+            s("(z.example)/p.php", 3)
+        );
+        assert_eq!(hit(&u, Some("z.example"), "/c.php"), None);
+    }
+
+    /// The filter rules out what is absent, never what is stored; keys added after it was
+    /// built bypass it.
+    #[test]
+    fn filter_answers_for_its_table_only() {
+        let mut table = StrTable::default();
+        for i in 0..2000 {
+            table.insert(format!("h{i}.example/p{i}.php").as_bytes(), i);
+            table.insert(format!("/bare{i}.php").as_bytes(), i);
+        }
+        let mut u = UrlTrails::new(table);
+        let words = u.filter.for_table(u.len()).unwrap();
+        for (k, _) in u.table.iter() {
+            assert!(may_hold(Some(words), KeyHasher::hash(k)));
+            if let Some(p) = host_prefix(k) {
+                assert!(may_hold(Some(words), KeyHasher::hash(p)));
+            }
+        }
+        let absent = (0..10_000)
+            .filter(|i| !may_hold(Some(words), KeyHasher::hash(format!("/x{i}").as_bytes())))
+            .count();
+        assert!(absent > 9_000, "{absent} of 10,000 absent keys ruled out");
+        for i in (0..2000).step_by(97) {
+            assert_eq!(
+                hit(&u, Some(&format!("h{i}.example")), &format!("/p{i}.php")),
+                s(&format!("h{i}.example/p{i}.php"), i)
+            );
+        }
+        u.table.insert(b"late.example/x.php", 7);
+        assert!(u.filter.for_table(u.len()).is_none());
+        assert_eq!(
+            hit(&u, Some("late.example"), "/x.php"),
+            s("late.example/x.php", 7)
+        );
+    }
+
+    #[test]
+    fn path_scans() {
+        for p in [
+            "",
+            "/",
+            "//",
+            "/a//b?c",
+            "/a?b//c",
+            "/a/b?c?d",
+            "?",
+            "/a/b/c.php",
+        ] {
+            let b = p.as_bytes();
+            let (double, query) = scan_path(b);
+            assert_eq!(double, memchr::memmem::find(b, b"//").is_some(), "{p}");
+            if !double {
+                assert_eq!(query, memchr::memchr(b'?', b), "{p}");
+            }
+            let two = memchr::memchr_iter(b'/', b).nth(1).is_some();
+            assert_eq!(
+                last_of_two_slashes(b),
+                memchr::memrchr(b'/', b).filter(|_| two),
+                "{p}"
+            );
         }
     }
 

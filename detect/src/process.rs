@@ -896,7 +896,9 @@ impl Run<'_, '_> {
         self.path_buf.push_str(&path_text);
         // ASCII letters only, as `char::to_ascii_lowercase` per character would.
         self.path_buf.make_ascii_lowercase();
-        let Some(m) = self.trails.urls.lookup_candidates(
+        // Lowercased, and the absolute URL split above: `path` starts with `/` or holds no
+        // `://`.
+        let Some(m) = self.trails.urls.lookup_path(
             Some(host),
             self.path_buf.as_str(),
             self.url_candidates,
@@ -987,7 +989,7 @@ fn valid_dns_name(name: &[u8]) -> Option<&str> {
 fn scan_dns_name<const UNIGNORED: bool>(name: &[u8]) -> Option<&str> {
     let mut last_dot = None;
     for (i, &b) in name.iter().enumerate() {
-        if !(b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        if !DNS_NAME_BYTE[usize::from(b)] {
             return None;
         }
         if b == b'.' {
@@ -1007,6 +1009,19 @@ fn scan_dns_name<const UNIGNORED: bool>(name: &[u8]) -> Option<&str> {
     // hence UTF-8.
     Some(unsafe { std::str::from_utf8_unchecked(name) })
 }
+
+/// The bytes [`scan_dns_name`] accepts: ASCII letters, digits, `-` and `.` (one load per
+/// byte instead of four range tests).
+static DNS_NAME_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || b == b'-' || b == b'.';
+        i += 1;
+    }
+    t
+};
 
 /// Digits and dots only (Maltrail skips such names), or an IPv6 literal.
 fn is_ip_literal(name: &str) -> bool {

@@ -301,19 +301,25 @@ impl Whitelist {
         false
     }
 
-    /// Whether the suffix `suffix` (any case) with table hash `hash` is listed.
-    #[inline]
+    /// Whether the suffix `suffix` (any case) with table hash `hash` is listed. The bloom
+    /// test (most suffixes end there) is inlined into the callers' loops, the table probe is
+    /// not.
+    #[inline(always)]
     fn suffix_listed(&self, hash: u64, suffix: &[u8]) -> bool {
         let bit = bloom_bit(hash);
         let maybe = self
             .domain_bloom
             .get(bit / 64)
             .is_some_and(|w| w & (1 << (bit % 64)) != 0);
-        maybe
-            && self
-                .domains
-                .find(hash, |d| d.as_bytes().eq_ignore_ascii_case(suffix))
-                .is_some()
+        maybe && self.suffix_in_table(hash, suffix)
+    }
+
+    /// The table probe of [`Whitelist::suffix_listed`], past the bloom test.
+    #[inline(never)]
+    fn suffix_in_table(&self, hash: u64, suffix: &[u8]) -> bool {
+        self.domains
+            .find(hash, |d| d.as_bytes().eq_ignore_ascii_case(suffix))
+            .is_some()
     }
 
     /// [`Whitelist::is_domain_whitelisted`] for a name already cut, lowercased and

@@ -74,7 +74,7 @@ impl DnsExhaustion {
         window_us: i64,
     ) -> Option<String> {
         let (sub, base) = split_base(name);
-        if sub.is_empty() || is_excluded(sub, base) {
+        if sub.is_empty() || is_excluded(name, sub, base) {
             return None;
         }
         let item = self.hasher.hash_one(sub);
@@ -109,13 +109,15 @@ impl DnsExhaustion {
 }
 
 /// Reverse-address style names (`1-2-3-4.isp.example`), reputation-list lookups (a label
-/// ending in `bl`, such as `dnsbl`, `rbl`, `sbl-xbl`) and known lookup services. Plain byte
-/// loops: names are short, and most are ruled out by their first byte or two.
-fn is_excluded(sub: &str, base: &str) -> bool {
-    let sb = sub.as_bytes();
-    is_dashed_address(sb)
-        || has_bl_label(sb)
-        || has_bl_label(base.as_bytes())
+/// ending in `bl`, such as `dnsbl`, `rbl`, `sbl-xbl`) and known lookup services, for `name`
+/// split by [`split_base`] into `sub` and `base`. No string splitting: names are short, and
+/// most are ruled out by their first byte or two and the bytes before their dots.
+fn is_excluded(name: &str, sub: &str, base: &str) -> bool {
+    debug_assert!(name.len() == sub.len() + 1 + base.len());
+    // A label of `sub` or of `base` ends in `bl` exactly when one of `name` does (`sub`'s
+    // last label ends at the dot before `base`): one pass over the name.
+    is_dashed_address(sub.as_bytes())
+        || has_bl_label(name.as_bytes())
         || LOOKUP_SERVICES.contains(&base)
 }
 
@@ -135,13 +137,49 @@ fn is_dashed_address(name: &[u8]) -> bool {
 }
 
 /// Whether a `.`-separated label of `name` ends in `bl`: `bl` before a dot or at the end.
+/// The dots are found eight bytes at a time: a name has a few, and only those are looked
+/// behind.
 fn has_bl_label(name: &[u8]) -> bool {
-    name.ends_with(b"bl")
-        || name
-            .iter()
-            .enumerate()
-            .skip(2)
-            .any(|(i, &b)| b == b'.' && name.get(i - 2..i) == Some(b"bl"))
+    if name.ends_with(b"bl") {
+        return true;
+    }
+    let bl_before = |dot: usize| dot >= 2 && name.get(dot - 2..dot) == Some(b"bl");
+    let mut chunks = name.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or_default());
+        if dots(word, |j| bl_before(at + j)) {
+            return true;
+        }
+        at += 8;
+    }
+    // The last bytes, zero-padded (a zero byte is not a dot).
+    let mut tail = [0u8; 8];
+    let rest = chunks.remainder();
+    tail.get_mut(..rest.len())
+        .unwrap_or_default()
+        .copy_from_slice(rest);
+    dots(u64::from_le_bytes(tail), |j| bl_before(at + j))
+}
+
+/// Whether `found` holds for the index of some `.` byte of `word` (little-endian bytes). The
+/// zero-byte test on `word ^ "........"` may also flag a byte above a flagged one (a borrow):
+/// each candidate is checked to be a dot.
+#[inline]
+fn dots(word: u64, mut found: impl FnMut(usize) -> bool) -> bool {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    const DOTS: u64 = u64::from_le_bytes([b'.'; 8]);
+    let v = word ^ DOTS;
+    let mut m = v.wrapping_sub(ONES) & !v & HIGHS;
+    while m != 0 {
+        let j = (m.trailing_zeros() / 8) as usize;
+        if (word >> (j * 8)) as u8 == b'.' && found(j) {
+            return true;
+        }
+        m &= m - 1;
+    }
+    false
 }
 
 #[cfg(test)]
@@ -185,11 +223,12 @@ mod tests {
 
     #[test]
     fn exclusions() {
-        assert!(is_excluded("1-2-3-4", "isp.com"));
-        assert!(is_excluded("4.3.2.1.zen", "spamhaus.org"));
-        assert!(is_excluded("x.dnsbl", "example.org"));
-        assert!(!is_excluded("s1", "tunnel.com"));
-        assert!(!is_excluded("1-2-3", "isp.com"));
+        let excluded = |sub: &str, base: &str| is_excluded(&format!("{sub}.{base}"), sub, base);
+        assert!(excluded("1-2-3-4", "isp.com"));
+        assert!(excluded("4.3.2.1.zen", "spamhaus.org"));
+        assert!(excluded("x.dnsbl", "example.org"));
+        assert!(!excluded("s1", "tunnel.com"));
+        assert!(!excluded("1-2-3", "isp.com"));
     }
 
     /// The split-based form the byte loops replaced, as the reference.
@@ -207,6 +246,26 @@ mod tests {
             || bl_label(sb)
             || bl_label(base.as_bytes())
             || LOOKUP_SERVICES.contains(&base)
+    }
+
+    #[test]
+    fn bl_labels_match_the_reference() {
+        let reference = |name: &[u8]| name.split(|&b| b == b'.').any(|l| l.ends_with(b"bl"));
+        let parts = [
+            "", ".", "bl", "b", "l", "x", "..", "bl.", ".bl", "blx", "ü", "\x2e",
+        ];
+        for a in parts {
+            for b in parts {
+                for c in parts {
+                    for pad in ["", "abcdefg", "abcdefgh.", "1234567.x"] {
+                        for name in [format!("{pad}{a}{b}{c}"), format!("{a}{b}{pad}{c}")] {
+                            let n = name.as_bytes();
+                            assert_eq!(has_bl_label(n), reference(n), "{name:?}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -255,7 +314,7 @@ mod tests {
         for sub in subs {
             for base in bases {
                 assert_eq!(
-                    is_excluded(sub, base),
+                    is_excluded(&format!("{sub}.{base}"), sub, base),
                     excluded_reference(sub, base),
                     "{sub:?} {base:?}"
                 );

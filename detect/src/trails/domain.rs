@@ -217,14 +217,17 @@ impl<'b> Name<'b> {
         let mut n = 0;
         let mut rest = (0, KeyHasher::new());
         let mut h = KeyHasher::new();
-        let mut not_digit_or_dot = false;
-        let mut dotted = false;
         let mut onion = None;
         let mut window = Trigrams::START;
         // End (exclusive) of the label to the right of the bytes read so far: the dot found
         // last, or the end of the name.
         let mut label_end = q.len();
-        for i in (0..q.len()).rev() {
+        // Only the work each byte needs (the digits-only test and the dot flag come after
+        // the pass), and a plain countdown (a reversed range compiled to more loop
+        // bookkeeping): the loop's state stays in registers.
+        let mut i = q.len();
+        while i > 0 {
+            i -= 1;
             let l = name_byte_lower(q[i]);
             if l == 0 {
                 return None;
@@ -232,8 +235,6 @@ impl<'b> Name<'b> {
             out[i] = l;
             window = Trigrams::push(window, l);
             regex_hint |= may_start_literal(window);
-            // Name bytes from `.` to `9` are `.` and the digits (`/` is not a name byte).
-            not_digit_or_dot |= l.wrapping_sub(b'.') > b'9' - b'.';
             if l == b'.' {
                 // The label right of this dot starts at i + 1: its suffix is hashed whole.
                 let start = i + 1;
@@ -242,7 +243,6 @@ impl<'b> Name<'b> {
                     n += 1;
                     rest = (start, h);
                 }
-                dotted = true;
                 // `.onion.` at i (the leftmost one wins: the pass goes leftwards).
                 if label_end < q.len()
                     && label_end - start == 5
@@ -254,12 +254,17 @@ impl<'b> Name<'b> {
             }
             h.push(l);
         }
+        // A dot seen: the first one always records its suffix.
+        let dotted = n > 0;
         // The whole name: the longest suffix.
         if n < PREFETCH_SUFFIXES {
             suffixes[n] = (0, h.finish());
             n += 1;
             rest = (0, h);
         }
+        // Name bytes from `.` to `9` are `.` and the digits (`/` is not a name byte); most
+        // names stop at their first byte.
+        let not_digit_or_dot = out.iter().any(|&l| l.wrapping_sub(b'.') > b'9' - b'.');
         if !not_digit_or_dot || !dotted {
             return None;
         }

@@ -956,11 +956,12 @@ fn an_expired_client_hello_flow_is_forgotten_and_counted() {
     assert_eq!(h.counter(stat::TLS_FLOWS_EXPIRED), 1);
 }
 
-/// `TLS_FLOWS_UNTIL` gates the per-segment look-up of followed ClientHellos: while it says no
-/// tracked flow can still be live, a data segment is not looked up (so not followed, even if
-/// an entry is left), and once it is raised again the same segment is.
+/// `TLS_FLOWS_UNTIL` decides whether tracked ClientHellos are followed at all: while it says
+/// no tracked flow can still be live, a data segment is not followed (even if an entry is
+/// left), and once it is raised again the same segment is. (That the gate also skips the
+/// map look-up is not observable from here.)
 #[test]
-fn the_tls_flows_until_gate_skips_the_lookup_only_while_no_flow_can_be_live() {
+fn tls_flows_until_decides_whether_tracked_client_hellos_are_followed() {
     privileged!();
     let mut h = Harness::inline();
     let mut ring = h.sensor.take_payloads().expect("payload ring");

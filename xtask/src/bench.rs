@@ -1451,7 +1451,6 @@ fn write_results(
     Ok(())
 }
 
-/// Hand-written SVG plots (no plotting dependency).
 /// A horizontal bar chart (SVG) of named values; negative values extend left of zero.
 pub(crate) fn bar_chart(title: &str, bars: &[(String, f64)]) -> String {
     let (w, bh) = (760.0, 22.0);
@@ -1475,6 +1474,7 @@ pub(crate) fn bar_chart(title: &str, bars: &[(String, f64)]) -> String {
     s
 }
 
+/// Hand-written SVG plots (no plotting dependency).
 fn plots(dir: &Path, runs: &[Run]) -> anyhow::Result<()> {
     let mut series: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
     for r in runs.iter().filter(|r| r.scenario == "mix") {

@@ -101,6 +101,8 @@ struct NicRun {
     rounds: usize,
     /// Added path ns/packet of each round (aggregated rows of a sensor).
     added_path_rounds: Vec<f64>,
+    /// (round, path ns/packet) of each round (aggregated rows).
+    path_rounds: Vec<(usize, f64)>,
 }
 
 impl NicRun {
@@ -223,26 +225,32 @@ fn prog_stats(id: Option<u32>) -> Option<(u64, u64)> {
     ))
 }
 
-/// CPU time (ns) of everything on the packet path that is not the sensor process: this
-/// process and its waited-for children (the generator: its `BPF_PROG_RUN` calls and
-/// `sendmmsg` run the receive path, softirq included, in its context) and the ksoftirqd
-/// threads. Not the irq/softirq columns of /proc/stat: without IRQ time accounting a tick
-/// in softirq is charged both to that column and to the task it interrupted, so adding them
-/// counts the receive path twice (measured here: the generator's own time alone matches
-/// whole-machine busy time on an idle machine). Unlike whole-machine busy time it does not
-/// count other work on a shared machine, nor saturate when that work fills every CPU.
+/// User + system CPU (ns) of `who` (`RUSAGE_CHILDREN`, `RUSAGE_THREAD`, ...).
+fn rusage_ns(who: libc::c_int) -> u64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
+        return 0;
+    }
+    [ru.ru_utime, ru.ru_stime]
+        .iter()
+        .map(|tv| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000)
+        .sum()
+}
+
+/// CPU time (ns) of the packet path outside the sensor process and the AF_PACKET generator
+/// thread (which `send` times itself): the bench's waited-for children (the NIC-like
+/// generator: its `BPF_PROG_RUN` calls run the receive path, softirq included, in its
+/// context; the `ip` commands every run's samples use, sensor or not) and the ksoftirqd
+/// threads. Not the bench's own threads (samples, settling), and not the irq/softirq
+/// columns of /proc/stat: without IRQ time accounting a tick in softirq is charged both to
+/// that column and to the task it interrupted, so adding them counts the receive path twice
+/// (measured here: the generator's own time alone matches whole-machine busy time on an
+/// idle machine). Unlike whole-machine busy time it does not count other work on a shared
+/// machine, nor saturate when that work fills every CPU.
 fn path_cpu_ns() -> u64 {
     let tick = tick_ns();
-    let mut ns = 0u64;
-    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
-        // SAFETY: getrusage fills the zeroed struct it is given.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        if unsafe { libc::getrusage(who, &mut ru) } == 0 {
-            for tv in [ru.ru_utime, ru.ru_stime] {
-                ns += tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
-            }
-        }
-    }
+    let mut ns = rusage_ns(libc::RUSAGE_CHILDREN);
     for pid in ksoftirqd_pids() {
         ns += (proc_ticks(pid) as f64 * tick) as u64;
     }
@@ -272,6 +280,16 @@ enum Under {
 }
 
 impl Under {
+    /// How the sensor process ended, if it has.
+    fn exited(&mut self) -> Option<String> {
+        let child = match self {
+            Under::None => return None,
+            Under::Xtrail(s) => &mut s.child,
+            Under::Process(o) => &mut o.child,
+        };
+        child.try_wait().ok().flatten().map(|st| st.to_string())
+    }
+
     fn pid(&self) -> Option<u32> {
         match self {
             Under::None => None,
@@ -304,7 +322,7 @@ fn send(
     count: u64,
     rate: u64,
     first_flow: u64,
-) -> anyhow::Result<(u64, f64)> {
+) -> anyhow::Result<(u64, f64, u64)> {
     if delivery == "nic" {
         let out = pair
             .in_peer_ns(&nicgen().to_string_lossy())
@@ -327,18 +345,26 @@ fn send(
             .output();
         let text = nicgen_stdout(out, "send")?;
         let num = |k: &str| -> f64 { json_field(&text, k).unwrap_or(0.0) };
-        return Ok((num("sent") as u64, num("seconds")));
+        // The generator is a child process: its CPU is in `path_cpu_ns`.
+        return Ok((num("sent") as u64, num("seconds"), 0));
     }
     let frames = sc.frames.to_vec();
     let (ns, ifname) = (pair.peer_ns.clone(), pair.peer_if.clone());
-    let handle = in_ns(&pair.peer_ns, move || -> anyhow::Result<(u64, f64)> {
+    let handle = in_ns(&pair.peer_ns, move || -> anyhow::Result<(u64, f64, u64)> {
         // The same CPU as the NIC-like generator; not fatal when it fails (the run is only
         // less comparable).
         let _ = gen::pin_to_cpu(0);
         let inj = Injector::open(&ns, &ifname)?;
         let mut flows = FlowFrames::new(&frames, FLOW_PACKETS, WINDOW, first_flow, 0)?;
+        // This thread's own CPU (the receive path runs in its sendmmsg calls, in softirq),
+        // not the bench's other threads'.
+        let t0 = rusage_ns(libc::RUSAGE_THREAD);
         let r = gen::blast_flows(&inj, &mut flows, count, Some(rate), Duration::from_secs(60))?;
-        Ok((r.sent, r.elapsed.as_secs_f64()))
+        Ok((
+            r.sent,
+            r.elapsed.as_secs_f64(),
+            rusage_ns(libc::RUSAGE_THREAD).saturating_sub(t0),
+        ))
     });
     handle
         .join()
@@ -363,11 +389,31 @@ struct Sample {
 }
 
 impl Sample {
-    fn take(pair: &VethPair, pid: Option<u32>, prog: Option<u32>) -> anyhow::Result<Sample> {
+    /// The sample before a send: the packet path's CPU read last, so that the other reads
+    /// (commands, /proc scans) are not inside the run's window.
+    fn before(pair: &VethPair, pid: Option<u32>, prog: Option<u32>) -> anyhow::Result<Sample> {
+        let (rx_packets, xdp) = (pair.sensor_rx_packets()?, prog_stats(prog));
+        let process_ticks = pid.map(tree_ticks).unwrap_or(0);
+        let busy_ticks = busy_ticks();
+        let path_ns = path_cpu_ns();
         Ok(Sample {
-            busy_ticks: busy_ticks(),
-            path_ns: path_cpu_ns(),
-            process_ticks: pid.map(tree_ticks).unwrap_or(0),
+            busy_ticks,
+            path_ns,
+            process_ticks,
+            rx_packets,
+            xdp,
+        })
+    }
+
+    /// The sample after a send: the packet path's CPU read first.
+    fn after(pair: &VethPair, pid: Option<u32>, prog: Option<u32>) -> anyhow::Result<Sample> {
+        let path_ns = path_cpu_ns();
+        let busy_ticks = busy_ticks();
+        let process_ticks = pid.map(tree_ticks).unwrap_or(0);
+        Ok(Sample {
+            busy_ticks,
+            path_ns,
+            process_ticks,
             rx_packets: pair.sensor_rx_packets()?,
             xdp: prog_stats(prog),
         })
@@ -402,7 +448,9 @@ impl Run<'_> {
     fn measure(&self, first_flow: &mut u64, log_at: &mut u64) -> anyhow::Result<Option<NicRun>> {
         let (delivery, sc, sensor, mode, rate) =
             (self.delivery, self.sc, self.sensor, self.mode, self.rate);
-        let before = Sample::take(self.pair, self.pid, self.prog)?;
+        // Only what this run's sensor writes from here on is scored.
+        *log_at = std::fs::metadata(self.log).map_or(0, |m| m.len());
+        let before = Sample::before(self.pair, self.pid, self.prog)?;
         let sent = send(self.pair, delivery, sc, self.count, rate, *first_flow);
         std::thread::sleep(DRAIN);
         let settle_s = match self.pid {
@@ -415,8 +463,8 @@ impl Run<'_> {
             }
             _ => 0.0,
         };
-        let after = Sample::take(self.pair, self.pid, self.prog)?;
-        let (sent, secs) = match sent {
+        let after = Sample::after(self.pair, self.pid, self.prog)?;
+        let (sent, secs, generator_thread_ns) = match sent {
             Ok(s) => s,
             Err(e) => {
                 eprintln!(
@@ -461,7 +509,8 @@ impl Run<'_> {
             send_pps: sent as f64 / secs.max(1e-9),
             delivered,
             busy_ns_per_packet: per(after.busy_ticks - before.busy_ticks),
-            path_ns_per_packet: (after.path_ns - before.path_ns) as f64 / delivered.max(1) as f64
+            path_ns_per_packet: (after.path_ns - before.path_ns + generator_thread_ns) as f64
+                / delivered.max(1) as f64
                 + if self.pid.is_some() { process } else { 0.0 },
             added_path_ns_per_packet: None,
             added_ns_per_packet: None,
@@ -479,6 +528,7 @@ impl Run<'_> {
             round: 0,
             rounds: 1,
             added_path_rounds: Vec::new(),
+            path_rounds: Vec::new(),
         };
         eprintln!(
             "bench: nic {delivery}/{}/{sensor} {mode}/{rate}: sent {} ({:.0} pps), delivered {}, busy {:.0} ns/pkt, process {:.0} ns/pkt, xdp {} ns/run, load {}",
@@ -567,12 +617,11 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
         }
         suts.push(sut);
     }
-    let stats_knob = "/proc/sys/kernel/bpf_stats_enabled";
-    let old_knob = std::fs::read_to_string(stats_knob).unwrap_or_else(|_| "0".into());
     // bpf_stats off while CPU is measured: its two clock reads per program run (for every
     // sensor's programs, the capture sensors' socket filters included) are not part of
     // any sensor's cost. XDP ns/run comes from a separate pass below.
-    let _ = std::fs::write(stats_knob, "0");
+    let knob = StatsKnob::new();
+    knob.set(false)?;
     let plan: Vec<(&'static str, &Scenario<'_>, u64)> = ["nic", "afpacket"]
         .into_iter()
         .flat_map(|delivery| {
@@ -585,10 +634,16 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
     for round in 0..rounds {
         for &(delivery, sc, rate) in &plan {
             // Every sensor back to back on the same traffic, in an order that turns each
-            // round.
-            for i in 0..suts.len() {
-                let k = (i + round) % suts.len();
+            // round and runs backwards every other round (so no sensor always follows the
+            // same one).
+            let n = suts.len();
+            for i in 0..n {
+                let k = (i + round / 2) % n;
+                let k = if round % 2 == 1 { n - 1 - k } else { k };
                 let sut = &mut suts[k];
+                if let Some(gone) = sut.under.exited() {
+                    anyhow::bail!("{} {} exited during the runs: {gone}", sut.sensor, sut.mode);
+                }
                 let run = Run {
                     pair: &sut.pair,
                     delivery,
@@ -598,9 +653,10 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
                     rate,
                     count: (rate as f64 * seconds) as u64,
                     pid: sut.under.pid(),
-                    prog: sut.prog,
+                    // bpf_stats is off: nothing to read.
+                    prog: None,
                     log: &sut.log,
-                    capture: matches!(sut.under, Under::Process(_)),
+                    capture: sut.capture(),
                     // Recall is scored in the first round (a capture sensor's log is read
                     // seconds after the run: see PEER_LOG_FLUSH).
                     scored: sut.scored && round == 0,
@@ -624,8 +680,9 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
             Err(e) => eprintln!("bench: nic: XDP cost by test run failed: {e:#}"),
         }
     }
-    // XDP ns/run under each run's traffic: a shorter pass with bpf_stats on, xtrail only.
-    let _ = std::fs::write(stats_knob, "1");
+    // XDP ns/run under each run's traffic: a shorter pass with bpf_stats on, for the
+    // sensors with an XDP program (xtrail and the delivery floor).
+    knob.set(true)?;
     let mut xdp_pass: Vec<NicRun> = Vec::new();
     for &(delivery, sc, rate) in &plan {
         for sut in suts.iter_mut().filter(|s| s.prog.is_some()) {
@@ -648,13 +705,61 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
             }
         }
     }
-    let _ = std::fs::write(stats_knob, old_knob.trim());
-    for mut sut in suts {
-        sut.under.stop();
-        let _ = std::fs::remove_file(&sut.log);
-    }
+    drop(knob);
+    // Each sensor stops (and its log goes) as its `Sut` drops, here or on an early return.
+    drop(suts);
     let runs = aggregate(&raw, &xdp_pass, rounds);
     write(results, &runs, cost_json.as_deref(), &threaded, when, inp)
+}
+
+impl Sut {
+    /// A capture sensor (the libpcap baseline, `--peer`): sampled after its process tree
+    /// stops working. Not the delivery floor, whose program runs in the kernel.
+    fn capture(&self) -> bool {
+        matches!(self.under, Under::Process(_)) && self.sensor != FLOOR
+    }
+}
+
+impl Drop for Sut {
+    fn drop(&mut self) {
+        self.under.stop();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// `kernel.bpf_stats_enabled`, restored to what it was when dropped.
+struct StatsKnob {
+    old: String,
+}
+
+impl StatsKnob {
+    const PATH: &'static str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn new() -> StatsKnob {
+        StatsKnob {
+            old: std::fs::read_to_string(Self::PATH).unwrap_or_else(|_| "0".into()),
+        }
+    }
+
+    /// Sets the knob and reads it back.
+    fn set(&self, on: bool) -> anyhow::Result<()> {
+        let want = if on { "1" } else { "0" };
+        std::fs::write(Self::PATH, want).with_context(|| format!("writing {}", Self::PATH))?;
+        let now = std::fs::read_to_string(Self::PATH).unwrap_or_default();
+        anyhow::ensure!(
+            now.trim() == want,
+            "{} reads {:?} after writing {want}",
+            Self::PATH,
+            now.trim()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for StatsKnob {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, self.old.trim());
+    }
 }
 
 /// Creates a veth pair (GRO on at the sensor's end) and starts `sensor` on it.
@@ -687,7 +792,7 @@ fn start_sut(inp: &NicInputs<'_>, sensor: &str, mode: &str) -> anyhow::Result<Su
             } else {
                 let baseline = paths::workspace_root().join("target/release/xtrail-pcap-baseline");
                 format!(
-                    "{} --iface {{iface}} --trails {{trails}} --duration 3600",
+                    "{} --iface {{iface}} --trails {{trails}} --duration 86400",
                     baseline.display()
                 )
             };
@@ -702,6 +807,14 @@ fn start_sut(inp: &NicInputs<'_>, sensor: &str, mode: &str) -> anyhow::Result<Su
         }
     };
     let prog = xdp_prog_id(&pair);
+    if (sensor == "xtrail" || sensor == FLOOR) && prog.is_none() {
+        let mut under = under;
+        under.stop();
+        anyhow::bail!(
+            "{sensor} {mode}: no XDP program attached to {}",
+            pair.sensor_if
+        );
+    }
     let scored = match &under {
         Under::Xtrail(_) => true,
         Under::Process(o) => o.log.is_some(),
@@ -782,6 +895,10 @@ fn aggregate(raw: &[NicRun], xdp_pass: &[NicRun], rounds: usize) -> Vec<NicRun> 
                 .then(|| median(added_path.clone())),
             added_ns_per_packet: (is_sensor && !added_busy.is_empty()).then(|| median(added_busy)),
             added_path_rounds: if is_sensor { added_path } else { Vec::new() },
+            path_rounds: mine
+                .iter()
+                .map(|x| (x.round, x.path_ns_per_packet))
+                .collect(),
             process_ns_per_packet: med(&|x| x.process_ns_per_packet),
             xdp_runs: xdp.map_or(0, |x| x.xdp_runs),
             xdp_ns_per_run: xdp.and_then(|x| x.xdp_ns_per_run),
@@ -841,7 +958,7 @@ fn nicgen_stdout(
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg, paced, from CPU 0. Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (all-zero payload) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow. GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has 3 rounds (--quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round). kernel.bpf_stats_enabled=0 during these runs (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (utime+stime), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the bench process and its waited-for children (the generator process, whose BPF_PROG_RUN or sendmmsg calls run the receive path, the sensor's XDP program and the stack included, in softirq context in its own time), the ksoftirqd threads, and the sensor process tree (tick-based accounting: each tick is charged to what runs, so other work on the machine is not counted; the irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice). Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. xdp_ns_per_run and xdp_runs: a separate pass after the rounds, xtrail only, 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program). Recall: scored in the first round. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps; the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_ns - noop_ns is one array map read per packet (the trail-set selector the two-set keys added).";
+const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg, paced, from CPU 0. Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (all-zero payload) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow. GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has 3 rounds (--quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round and runs backwards every other round). kernel.bpf_stats_enabled=0 during these runs (written and read back) (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (utime+stime), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the generator's own CPU (NIC-like: the xtrail-nicgen process, a waited-for child, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program and the stack included, in softirq in its context; AF_PACKET: the sending thread's RUSAGE_THREAD, its sendmmsg calls likewise), the bench's other waited-for children (the ip commands every run's samples use, sensor or not), the ksoftirqd threads and the sensor process tree (ticks from /proc; other work on the machine, the bench's own sampling and settling included, is not counted). The irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice. The path CPU is read last before the send and first after it. Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. sent and delivered are means over the rounds. xdp_ns_per_run and xdp_runs: a separate pass after the rounds for the sensors with an XDP program (xtrail, xdp-drop), 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program; bpf_stats' own clock reads included: see the xdp-drop rows). Recall: scored in the first round, on the events a sensor wrote from the send to the sample. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps; the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_ns - noop_ns is one array map read per packet (the trail-set selector the two-set keys added).";
 
 /// Each xtrail run with the `--peer` run of the same delivery, traffic and rate.
 fn peer_pairs(runs: &[NicRun]) -> Vec<(&NicRun, &NicRun)> {
@@ -877,17 +994,34 @@ fn pair_ratios(runs: &[NicRun], x: &NicRun, p: &NicRun) -> [Option<f64>; 4] {
             && f.scenario == x.scenario
             && f.rate == x.rate
     });
-    let net = |r: &NicRun| floor.map(|f| r.path_ns_per_packet - f.path_ns_per_packet);
+    // Net of the floor round by round (as the added figures are), then the median.
+    let path_in = |r: &NicRun, round: usize| {
+        r.path_rounds
+            .iter()
+            .find(|(k, _)| *k == round)
+            .map(|(_, v)| *v)
+    };
+    let net = floor.map(|f| {
+        median(
+            x.path_rounds
+                .iter()
+                .filter_map(|&(round, xp)| {
+                    let (pp, fp) = (path_in(p, round)?, path_in(f, round)?);
+                    ratio(Some(xp - fp), Some(pp - fp))
+                })
+                .collect(),
+        )
+    });
     [
         ratio(x.added_path_ns_per_packet, p.added_path_ns_per_packet),
         ratio(Some(x.path_ns_per_packet), Some(p.path_ns_per_packet)),
         ratio(x.added_ns_per_packet, p.added_ns_per_packet),
-        ratio(net(x), net(p)),
+        net.filter(|v| v.is_finite()),
     ]
 }
 
 /// How a `--peer` is measured (nic.json `peer_method`).
-const PEER_METHOD: &str = "The --peer command runs in the sensor's namespace with {iface} (its end of the veth), {trails} (the trail source xtrail loads) and {log} (a file for its events in Maltrail's line format) substituted; the bench waits until it prints a line containing 'running' (at most 600 s) and 2 s more. It is measured like the libpcap baseline: the same deliveries, traffic and rates, plus a 50k pps rate for every sensor. Its CPU is its whole process tree's (utime+stime of the process and its descendants, plus the reaped children's cutime+cstime: Maltrail's Python sensor forks PROCESS_COUNT-1 workers; its Rust sensor runs worker threads). After each send and the 0.5 s drain, the samples wait until that tree stops working (at most two clock ticks in 250 ms, at most 60 s; settle_s): Maltrail queues captured packets in a ring for its workers and processes them after the traffic ends. Its recall: the trail field of each event line it wrote to {log} during the run, read 11 s after the sample (Maltrail writes events whose info holds one of its condensing keywords merged every 10 s), matched to the injected items by the same rule as xtrail's events (xtrail_bench::scenario::matches). peer_ratios: xtrail / peer for the same delivery, traffic and rate: added_path_ratio = added_path_ns_per_packet ratio (goal of issue #12 for inline: <= 0.20), path_ratio = path_ns_per_packet ratio (mirror: whole CPU per packet, goal <= 0.25), added_busy_ratio = added_busy_ns_per_packet ratio (whole machine; valid only when otherwise idle), path_net_of_floor_ratio = the path_ns_per_packet ratio with the xdp-drop run's path (the delivery floor: generator and delivery to a program that drops every frame) taken off both.";
+const PEER_METHOD: &str = "The --peer command runs in the sensor's namespace with {iface} (its end of the veth), {trails} (the trail source xtrail loads) and {log} (a file for its events in Maltrail's line format) substituted; the bench waits until it prints a line containing 'running' (at most 600 s) and 2 s more. It is measured like the libpcap baseline: the same deliveries, traffic and rates, plus a 50k pps rate for every sensor. Its CPU is its whole process tree's (utime+stime of the process and its descendants, plus the reaped children's cutime+cstime: Maltrail's Python sensor forks PROCESS_COUNT-1 workers; its Rust sensor runs worker threads). After each send and the 0.5 s drain, the samples wait until that tree stops working (at most two clock ticks in 250 ms, at most 60 s; settle_s): Maltrail queues captured packets in a ring for its workers and processes them after the traffic ends. Its recall: the trail field of each event line it wrote to {log} during the run, read 11 s after the sample (Maltrail writes events whose info holds one of its condensing keywords merged every 10 s), matched to the injected items by the same rule as xtrail's events (xtrail_bench::scenario::matches). peer_ratios: xtrail / peer for the same delivery, traffic and rate: added_path_ratio = added_path_ns_per_packet ratio (goal of issue #12 for inline: <= 0.20), path_ratio = path_ns_per_packet ratio (mirror: whole CPU per packet, goal <= 0.25), added_busy_ratio = added_busy_ns_per_packet ratio (whole machine; valid only when otherwise idle), path_net_of_floor_ratio = the path_ns_per_packet ratio with the xdp-drop run's path (the delivery floor: generator and delivery to a program that drops every frame) taken off both, round by round, median over rounds.";
 
 fn write(
     dir: &Path,
@@ -948,7 +1082,7 @@ fn write(
         inp.trails_name,
         if threaded.is_empty() { "unknown" } else { threaded }
     );
-    md.push_str(&format!("CPU per delivered packet (ns; nic.svg plots the added path at 500k pps), medians over {} round(s), bpf_stats off. Path: the generator's time (the receive path runs in softirq in its context), ksoftirqd and the sensor's process tree (tick-accounted, so other work on the machine is not counted); added: minus the same round's no-sensor run with the same delivery, traffic and rate (median over rounds; each round's in brackets). Machine busy: all CPUs' busy time (/proc/stat), valid only while the machine is otherwise idle (see load, 2 cores). XDP ns/run: a separate pass with bpf_stats on, its own two clock reads per run included (the xdp-drop row's program only returns). xdp-drop: the delivery floor, an XDP program that drops every frame (the generator and the delivery alone).\n\n", runs.first().map_or(1, |r| r.rounds)));
+    md.push_str(&format!("CPU per delivered packet (ns; nic.svg plots the added path at 500k pps), medians over {} round(s), bpf_stats off. Path: the generator's own CPU (the receive path runs in softirq in its context), the bench's `ip` commands, ksoftirqd and the sensor's process tree (other work on the machine, the bench's sampling included, is not counted; sent and delivered are means); added: minus the same round's no-sensor run with the same delivery, traffic and rate (median over rounds; each round's in brackets). Machine busy: all CPUs' busy time (/proc/stat), valid only while the machine is otherwise idle (see load, 2 cores). XDP ns/run: a separate pass with bpf_stats on, its own two clock reads per run included (the xdp-drop row's program only returns). xdp-drop: the delivery floor, an XDP program that drops every frame (the generator and the delivery alone).\n\n", runs.first().map_or(1, |r| r.rounds)));
     md.push_str("| delivery | traffic | rate | sensor | sent pps | delivered | path ns/pkt | **added path ns/pkt** | machine busy ns/pkt | added busy ns/pkt | sensor process ns/pkt | XDP ns/run | recall | load |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in runs {
         md.push_str(&format!(
@@ -1058,7 +1192,7 @@ fn write(
     if !pairs.is_empty() {
         md.push_str("\nxtrail against `--peer` (");
         md.push_str(&inp.peer.unwrap_or_default().replace('|', "\\|"));
-        md.push_str("), like with like: the same delivery, traffic and rate, in this run. Ratios are xtrail / peer (below 1: xtrail costs less). Added path: packet-path CPU each adds per packet (issue #12, inline: goal ≤ 0.20); path: the whole packet path per packet (mirror: goal ≤ 0.25); added busy: whole-machine busy time added (valid only on an otherwise idle machine); path net of floor: the whole path minus the delivery floor's (xdp-drop: the generator and the delivery to an XDP program that drops every frame, which no sensor can go below; a NIC does that part in hardware and its driver). Recall on the mix: items detected / injected. Peer settle: seconds the peer went on working after the send (sampled after it).\n\n| delivery | traffic | rate | xtrail | added path ns/pkt xtrail / peer | **added path ratio** | path ns/pkt xtrail / peer | **path ratio** | path net of floor ratio | added busy ratio | recall xtrail / peer | peer settle s |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|\n");
+        md.push_str("), like with like: the same delivery, traffic and rate, in this run. Ratios are xtrail / peer (below 1: xtrail costs less). Added path: packet-path CPU each adds per packet (issue #12, inline: goal ≤ 0.20); path: the whole packet path per packet (mirror: goal ≤ 0.25); added busy: whole-machine busy time added (valid only on an otherwise idle machine); path net of floor: the whole path minus the delivery floor's (xdp-drop: the generator and the delivery to an XDP program that drops every frame, which no sensor on NIC-like delivery can go below; a NIC does that part in hardware and its driver; on AF_PACKET delivery an XDP program on a veth also pays veth's skb-to-XDP conversion, so there the floor is not a lower bound for a capture sensor). Recall on the mix: items detected / injected. Peer settle: seconds the peer went on working after the send (sampled after it).\n\n| delivery | traffic | rate | xtrail | added path ns/pkt xtrail / peer | **added path ratio** | path ns/pkt xtrail / peer | **path ratio** | path net of floor ratio | added busy ratio | recall xtrail / peer | peer settle s |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|\n");
         let fmt = |x: Option<f64>, places: usize| {
             x.map(|v| format!("{v:.places$}")).unwrap_or("-".into())
         };

@@ -223,16 +223,22 @@ fn the_sink_drops_every_frame_it_receives() {
     let frames = [Frame::udp(v4("198.18.7.2"), 40000, v4("203.0.113.9"), 5000, &[0u8; 48]).build()];
     let templates = templates(&frames, 8).expect("templates");
     let sensor_if = pair.sensor_if.clone();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = sent.clone();
     let receiver = in_ns(&pair.sensor_ns, move || {
         let fd = capture(&sensor_if);
         let mut buf = vec![0u8; 4096];
         let mut seen = 0u64;
-        // Reads until 1 s passes without a frame (the socket's timeout).
+        // Reads until the generator is done and 1 s (the socket's timeout) passes without
+        // a frame.
         loop {
             // SAFETY: `buf` is a valid buffer of its length.
             let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n <= 0 {
-                break seen;
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    break seen;
+                }
+                continue;
             }
             let f = &buf[..n as usize];
             if f.len() >= 34 && f[12..14] == [0x08, 0x00] && f[30..33] == [203, 0, 113] {
@@ -256,6 +262,7 @@ fn the_sink_drops_every_frame_it_receives() {
     .expect("thread")
     .expect("namespace");
     assert_eq!(report.sent, N);
+    sent.store(true, std::sync::atomic::Ordering::SeqCst);
     let seen = receiver.join().expect("thread").expect("namespace");
     let rx = pair.sensor_rx_packets().expect("rx counter") - rx0;
     drop(sink);

@@ -393,8 +393,9 @@ impl UrlTrails {
     }
 
     /// [`UrlTrails::lookup_candidates`] for a path whose ASCII letters are lowercase and
-    /// whose absolute URL, if any, is split off already: it starts with `/` or holds no
-    /// `://` (the HTTP pipeline's request path). Neither is searched for again.
+    /// whose absolute URL, if any, is split off already (the HTTP pipeline's request path;
+    /// a `://` after anything but letters is not a scheme and stays in the path). Neither is
+    /// searched for again.
     pub(crate) fn lookup_path(
         &self,
         host: Option<&str>,
@@ -402,10 +403,6 @@ impl UrlTrails {
         candidates: UrlCandidates,
     ) -> Option<UrlMatch> {
         debug_assert!(!path.bytes().any(|b| b.is_ascii_uppercase()));
-        debug_assert!(
-            path.starts_with('/')
-                || crate::protocols::http::find_scheme_sep(path.as_bytes()).is_none()
-        );
         if self.table.len() == 0 {
             return None;
         }

@@ -898,11 +898,11 @@ impl Run<'_, '_> {
         self.path_buf.make_ascii_lowercase();
         // Lowercased, and the absolute URL split above: `path` starts with `/` or holds no
         // `://`.
-        let Some(m) = self.trails.urls.lookup_path(
-            Some(host),
-            self.path_buf.as_str(),
-            self.url_candidates,
-        ) else {
+        let Some(m) =
+            self.trails
+                .urls
+                .lookup_path(Some(host), self.path_buf.as_str(), self.url_candidates)
+        else {
             return;
         };
         if whitelisted.unwrap_or_else(|| self.whitelist.is_domain_whitelisted(host))

@@ -644,24 +644,14 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
                 if let Some(gone) = sut.under.exited() {
                     anyhow::bail!("{} {} exited during the runs: {gone}", sut.sensor, sut.mode);
                 }
-                let run = Run {
-                    pair: &sut.pair,
-                    delivery,
-                    sc,
-                    sensor: &sut.sensor,
-                    mode: &sut.mode,
-                    rate,
-                    count: (rate as f64 * seconds) as u64,
-                    pid: sut.under.pid(),
-                    // bpf_stats is off: nothing to read.
-                    prog: None,
-                    log: &sut.log,
-                    capture: sut.capture(),
-                    // Recall is scored in the first round (a capture sensor's log is read
-                    // seconds after the run: see PEER_LOG_FLUSH).
-                    scored: sut.scored && round == 0,
-                };
-                if let Some(mut r) = run.measure(&mut sut.first_flow, &mut sut.log_at)? {
+                // bpf_stats is off: no program stats to read. Recall is scored in the first
+                // round (a capture sensor's log is read seconds after the run: see
+                // PEER_LOG_FLUSH).
+                let (capture, scored) = (sut.capture(), sut.scored && round == 0);
+                let count = (rate as f64 * seconds) as u64;
+                if let Some(mut r) =
+                    sut.measure(delivery, sc, rate, count, None, capture, scored)?
+                {
                     r.round = round;
                     raw.push(r);
                 }
@@ -686,21 +676,8 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
     let mut xdp_pass: Vec<NicRun> = Vec::new();
     for &(delivery, sc, rate) in &plan {
         for sut in suts.iter_mut().filter(|s| s.prog.is_some()) {
-            let run = Run {
-                pair: &sut.pair,
-                delivery,
-                sc,
-                sensor: &sut.sensor,
-                mode: &sut.mode,
-                rate,
-                count: (rate as f64 * XDP_PASS_SECONDS) as u64,
-                pid: sut.under.pid(),
-                prog: sut.prog,
-                log: &sut.log,
-                capture: false,
-                scored: false,
-            };
-            if let Some(r) = run.measure(&mut sut.first_flow, &mut sut.log_at)? {
+            let count = (rate as f64 * XDP_PASS_SECONDS) as u64;
+            if let Some(r) = sut.measure(delivery, sc, rate, count, sut.prog, false, false)? {
                 xdp_pass.push(r);
             }
         }
@@ -713,6 +690,35 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
 }
 
 impl Sut {
+    /// One run of `count` frames of `sc` at `rate` on this sensor (see [`Run::measure`]).
+    #[allow(clippy::too_many_arguments)]
+    fn measure(
+        &mut self,
+        delivery: &'static str,
+        sc: &Scenario<'_>,
+        rate: u64,
+        count: u64,
+        prog: Option<u32>,
+        capture: bool,
+        scored: bool,
+    ) -> anyhow::Result<Option<NicRun>> {
+        let run = Run {
+            pair: &self.pair,
+            delivery,
+            sc,
+            sensor: &self.sensor,
+            mode: &self.mode,
+            rate,
+            count,
+            pid: self.under.pid(),
+            prog,
+            log: &self.log,
+            capture,
+            scored,
+        };
+        run.measure(&mut self.first_flow, &mut self.log_at)
+    }
+
     /// A capture sensor (the libpcap baseline, `--peer`): sampled after its process tree
     /// stops working. Not the delivery floor, whose program runs in the kernel.
     fn capture(&self) -> bool {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use xtrail_bench::frames::{checksum, tcp_flags, v4, Frame};
 use xtrail_bench::netns::{in_ns, VethPair};
-use xtrail_nicgen::{set_gro, templates, Generator};
+use xtrail_nicgen::{set_gro, templates, Generator, Template};
 
 fn root_or_skip() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -91,6 +91,24 @@ fn verify(frame: &[u8]) -> IpAddr {
     IpAddr::from([ip[12], ip[13], ip[14], ip[15]])
 }
 
+/// Runs the generator in `pair`'s peer namespace, pinned to CPU 0 (flows are numbered per
+/// CPU, and a flow must not be split between two): `n` frames from `templates`, flat out.
+fn generate(pair: &VethPair, templates: Vec<Template>, n: u64) -> xtrail_nicgen::GenReport {
+    let peer_if = pair.peer_if.clone();
+    in_ns(&pair.peer_ns, move || {
+        let name = std::ffi::CString::new(peer_if).expect("name");
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        xtrail_nicgen::pin_to_cpu(0).expect("pinning");
+        let mut g = Generator::load(ifindex, &templates, 16, 0).expect("generator loads");
+        g.run(n, None, Duration::from_millis(1), Duration::from_secs(30))
+            .expect("generator runs")
+    })
+    .join()
+    .expect("thread")
+    .expect("namespace")
+}
+
 #[test]
 fn delivers_exactly_n_frames_with_valid_checksums() {
     if !root_or_skip() {
@@ -144,20 +162,7 @@ fn delivers_exactly_n_frames_with_valid_checksums() {
     });
     std::thread::sleep(Duration::from_millis(300));
     let rx0 = pair.sensor_rx_packets().expect("rx counter");
-    let peer_if = pair.peer_if.clone();
-    let report = in_ns(&pair.peer_ns, move || {
-        let name = std::ffi::CString::new(peer_if).expect("name");
-        // SAFETY: a valid NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        // One CPU: flows are numbered per CPU, and a flow must not be split between two.
-        xtrail_nicgen::pin_to_cpu(0).expect("pinning");
-        let mut g = Generator::load(ifindex, &templates, 16, 0).expect("generator loads");
-        g.run(N, None, Duration::from_millis(1), Duration::from_secs(30))
-            .expect("generator runs")
-    })
-    .join()
-    .expect("thread")
-    .expect("namespace");
+    let report = generate(&pair, templates, N);
     assert_eq!(report.sent, N, "the generator's own count");
     let (got, other) = receiver.join().expect("thread").expect("namespace");
     let rx = pair.sensor_rx_packets().expect("rx counter") - rx0;
@@ -248,19 +253,7 @@ fn the_sink_drops_every_frame_it_receives() {
     });
     std::thread::sleep(Duration::from_millis(300));
     let rx0 = pair.sensor_rx_packets().expect("rx counter");
-    let peer_if = pair.peer_if.clone();
-    let report = in_ns(&pair.peer_ns, move || {
-        let name = std::ffi::CString::new(peer_if).expect("name");
-        // SAFETY: a valid NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        xtrail_nicgen::pin_to_cpu(0).expect("pinning");
-        let mut g = Generator::load(ifindex, &templates, 16, 0).expect("generator loads");
-        g.run(N, None, Duration::from_millis(1), Duration::from_secs(30))
-            .expect("generator runs")
-    })
-    .join()
-    .expect("thread")
-    .expect("namespace");
+    let report = generate(&pair, templates, N);
     assert_eq!(report.sent, N);
     sent.store(true, std::sync::atomic::Ordering::SeqCst);
     let seen = receiver.join().expect("thread").expect("namespace");

@@ -678,23 +678,31 @@ fn run_other(
 /// frames looped through a warm pipeline.
 /// With `peer_replay`, the same pcap is then replayed by that command ([`peer_replay`]).
 fn replay_offline(
-    traffic: &Traffic,
+    scenario: &str,
+    frames: &[Vec<u8>],
     trails: &Path,
     tmp: &Path,
     trail_count: usize,
     peer_replay: Option<&str>,
 ) -> (anyhow::Result<Run>, Option<anyhow::Result<Run>>) {
-    // XTRAIL_BENCH_PCAP keeps the mix as a pcap for profiling the replay path.
-    let keep = std::env::var_os("XTRAIL_BENCH_PCAP").map(PathBuf::from);
+    // XTRAIL_BENCH_PCAP keeps the mix as a pcap for profiling the replay path (the flows
+    // beside it, `.flows.pcap`).
+    let keep = std::env::var_os("XTRAIL_BENCH_PCAP")
+        .map(PathBuf::from)
+        .map(|p| match scenario {
+            OFFLINE => p,
+            _ => p.with_extension("flows.pcap"),
+        });
     let pcap = keep.clone().unwrap_or_else(|| tmp.join("mix.pcap"));
-    let written = write_replay_pcap(&pcap, &traffic.frames);
+    let written = write_replay_pcap(&pcap, frames);
     let ours =
-        written.and_then(|()| replay_xtrail(&pcap, traffic.frames.len(), trails, trail_count));
+        written.and_then(|()| replay_xtrail(scenario, &pcap, frames.len(), trails, trail_count));
     let peer = peer_replay.map(|command| {
         peer_replay_run(
             command,
+            scenario,
             &pcap,
-            traffic.frames.len(),
+            frames.len(),
             trails,
             tmp,
             trail_count,
@@ -704,6 +712,26 @@ fn replay_offline(
         let _ = std::fs::remove_file(&pcap);
     }
     (ours, peer)
+}
+
+/// The offline scenario with every packet its own flow ...
+const OFFLINE: &str = "offline replay";
+/// ... and with the same frames sent as flows ([`flow_sequence`]).
+const OFFLINE_FLOWS: &str = "offline replay, flows";
+
+/// `n` frames of `templates` as the NIC-like generator sends them: background templates
+/// [`crate::bench_nic::FLOW_PACKETS`] times per flow, [`crate::bench_nic::WINDOW`] flows
+/// interleaved, each flow from its own source address and port.
+fn flow_sequence(templates: &[Vec<u8>], n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    use crate::bench_nic::{FLOW_PACKETS, WINDOW};
+    let mut flows = xtrail_bench::flows::FlowFrames::new(templates, FLOW_PACKETS, WINDOW, 0, 0)?;
+    Ok((0..n)
+        .map(|_| {
+            let mut f = Vec::new();
+            flows.next_into(&mut f);
+            f
+        })
+        .collect())
 }
 
 /// Writes `frames` to `path` as a pcap, 10 µs apart.
@@ -720,6 +748,7 @@ fn write_replay_pcap(path: &Path, frames: &[Vec<u8>]) -> anyhow::Result<()> {
 
 /// One pass of `xtrail-sensor replay` over `pcap` (`packets` frames).
 fn replay_xtrail(
+    scenario: &str,
     pcap: &Path,
     packets: usize,
     trails: &Path,
@@ -754,14 +783,20 @@ fn replay_xtrail(
     Ok(Run {
         user_ns_per_packet: ns,
         load_s: load,
-        ..replay_run("xtrail", trails, trail_count, packets)
+        ..replay_run(scenario, "xtrail", trails, trail_count, packets)
     })
 }
 
 /// The fields every offline replay run shares (one pass of `packets` over `trails`).
-fn replay_run(sensor: &str, trails: &Path, trail_count: usize, packets: usize) -> Run {
+fn replay_run(
+    scenario: &str,
+    sensor: &str,
+    trails: &Path,
+    trail_count: usize,
+    packets: usize,
+) -> Run {
     Run {
-        scenario: "offline replay".into(),
+        scenario: scenario.into(),
         sensor: sensor.into(),
         mode: "replay".into(),
         trails: trails
@@ -788,6 +823,7 @@ fn replay_run(sensor: &str, trails: &Path, trail_count: usize, packets: usize) -
 /// (getrusage of our waited-for children) minus that of a run on a pcap with no packet.
 fn peer_replay_run(
     command: &str,
+    scenario: &str,
     pcap: &Path,
     packets: usize,
     trails: &Path,
@@ -828,7 +864,7 @@ fn peer_replay_run(
     Ok(Run {
         user_ns_per_packet: wall / n,
         replay_cpu_ns_per_packet: Some((cpu - cpu_setup) / n),
-        ..replay_run("peer", trails, trail_count, packets)
+        ..replay_run(scenario, "peer", trails, trail_count, packets)
     })
 }
 
@@ -1059,14 +1095,28 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     }
     if wanted("offline") {
         // Its own, longer mix (the same generator and seed, so it starts with the live
-        // runs' frames): one pass over distinct packets.
+        // runs' frames): one pass over distinct packets, every packet its own flow (each
+        // UDP datagram and SYN a new key for the scan tables: their worst case) ...
         let n = if opts.quick { 200_000 } else { 1_000_000 };
         let long = scenario::mix(opts.seed + 1, n, &picks, 0.01, &is_trail);
-        let (ours, peer) =
-            replay_offline(&long, &full, &tmp, full_count, opts.peer_replay.as_deref());
-        record(ours, "offline replay");
-        if let Some(peer) = peer {
-            record(peer, "peer offline replay");
+        // ... and the same frames as templates of flows as the NIC-like generator sends
+        // them (background 8 packets per flow, 256 flows interleaved, a source per flow).
+        let flows = flow_sequence(&long.frames, n);
+        let runs = [(OFFLINE, Ok(long.frames)), (OFFLINE_FLOWS, flows)];
+        for (name, frames) in runs {
+            let frames = match frames {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("bench: {name}: failed: {e:#}");
+                    continue;
+                }
+            };
+            let peer_replay = opts.peer_replay.as_deref();
+            let (ours, peer) = replay_offline(name, &frames, &full, &tmp, full_count, peer_replay);
+            record(ours, name);
+            if let Some(peer) = peer {
+                record(peer, &format!("peer {name}"));
+            }
         }
     }
 
@@ -1419,13 +1469,22 @@ fn write_results(
     md.push_str(&format!(
         "- Mix: highest sent rate with no loss and full recall: {best:.0} pps.\n"
     ));
-    let replay = |sensor: &str| {
-        runs.iter()
-            .find(|r| r.scenario == "offline replay" && r.sensor == sensor)
-    };
-    if let Some(r) = replay("xtrail") {
+    for (scenario, what) in [
+        (OFFLINE, "the mix, every packet its own flow"),
+        (
+            OFFLINE_FLOWS,
+            "the mix as flows (background 8 packets per flow)",
+        ),
+    ] {
+        let replay = |sensor: &str| {
+            runs.iter()
+                .find(|r| r.scenario == scenario && r.sensor == sensor)
+        };
+        let Some(r) = replay("xtrail") else {
+            continue;
+        };
         md.push_str(&format!(
-            "- Offline replay of the mix (one pass over {} packets, set-up excluded) with {} trails: {:.0} ns/packet.\n",
+            "- Offline replay of {what} (one pass over {} packets, set-up excluded) with {} trails: {:.0} ns/packet.\n",
             r.offered, r.trail_count, r.user_ns_per_packet
         ));
         if let Some(p) = replay("peer") {

@@ -49,9 +49,9 @@ const ROUNDS: usize = 3;
 /// Seconds of traffic per run of the bpf_stats pass (XDP ns/run).
 const XDP_PASS_SECONDS: f64 = 0.5;
 /// Packets per flow of background traffic.
-const FLOW_PACKETS: u32 = 8;
+pub(crate) const FLOW_PACKETS: u32 = 8;
 /// Flows open at once (interleaved).
-const WINDOW: u32 = 256;
+pub(crate) const WINDOW: u32 = 256;
 /// Templates per single-protocol scenario: a prime, so (source, template) pairs repeat only
 /// after 251 cycles of the generator's source addresses.
 const TEMPLATES: usize = 251;

@@ -9,7 +9,8 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use aya::maps::{Array, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
 use xtrail_common::{
-    maps as names, FlowBatch, FlowRecord, FLOW_BATCH, HTTP_PORT_WORDS, PREFILTER_WORDS,
+    maps as names, FlowBatch, FlowRecord, FLOW_BATCH, HTTP_PORT_WORDS, PREFILTER_SUMMARY_WORDS,
+    PREFILTER_WORDS,
 };
 use xtrail_detect::trails::{iptable, IpTrails};
 
@@ -72,9 +73,10 @@ pub fn max_entries(count: usize) -> u32 {
 }
 
 /// The IPv4 prefilter of a set: its non-zero words (index, bits), in index order, one bit
-/// per /24 block (`a<<16 | b<<8 | c`) that an IPv4 trail covers, and the number of blocks;
-/// None when a CIDR is too wide (shorter than /8) for the bitmap to be worth it. Built in a
-/// 2 MiB bitmap (no sort of the ~300,000 keys of Maltrail's static tree).
+/// per /24 block (`a<<16 | b<<8 | c`) that an IPv4 trail covers, then (from index
+/// `PREFILTER_WORDS`) the /16 summary, a bit per /16 holding such a block; and the number of
+/// /24 blocks. None when a CIDR is too wide (shorter than /8) for the bitmap to be worth it.
+/// Built in a 2 MiB bitmap (no sort of the ~300,000 keys of Maltrail's static tree).
 pub fn prefilter_words(ip: &IpTrails) -> Option<(Vec<(u32, u64)>, usize)> {
     if ip.cidr4.iter().any(|(_, prefix, _)| *prefix < 8) {
         return None;
@@ -101,15 +103,22 @@ pub fn prefilter_words(ip: &IpTrails) -> Option<(Vec<(u32, u64)>, usize)> {
             set(b);
         }
     }
-    let mut blocks = 0;
+    // A /16 is 256 /24 bits: four words.
+    let mut summary = vec![0u64; PREFILTER_SUMMARY_WORDS as usize];
+    for (slash16, quad) in bits.chunks_exact(4).enumerate() {
+        if quad.iter().any(|w| *w != 0) {
+            if let Some(w) = summary.get_mut(slash16 >> 6) {
+                *w |= 1 << (slash16 & 63);
+            }
+        }
+    }
+    let blocks = bits.iter().map(|w| w.count_ones() as usize).sum();
     let words = bits
         .iter()
+        .chain(&summary)
         .enumerate()
         .filter(|(_, w)| **w != 0)
-        .map(|(i, w)| {
-            blocks += w.count_ones() as usize;
-            (i as u32, *w)
-        })
+        .map(|(i, w)| (i as u32, *w))
         .collect();
     Some((words, blocks))
 }

@@ -29,7 +29,8 @@ use std::time::Duration;
 use aya::maps::{Map, MapData};
 use aya::Ebpf;
 use xtrail_common::{
-    maps as names, trail_set, IpPortKey, Lpm4Key, Lpm6Key, TrailKey4, TrailKey6, PREFILTER_WORDS,
+    maps as names, trail_set, IpPortKey, Lpm4Key, Lpm6Key, TrailKey4, TrailKey6,
+    PREFILTER_SET_WORDS,
 };
 use xtrail_detect::trails::iptable::{self, CuckooTable};
 use xtrail_detect::trails::IpTrails;
@@ -617,16 +618,16 @@ fn fill_set(
             }
             None => Vec::new(),
         };
-        let base = set * PREFILTER_WORDS;
+        let base = set * PREFILTER_SET_WORDS;
         // Every word of the half that must change: the old set's words (zeroed unless the
         // new set sets them) and the new set's.
         let (indexes, values): (Vec<u32>, Vec<u64>) = match half {
             PrefilterHalf::Unknown => {
-                let mut all = vec![0u64; PREFILTER_WORDS as usize];
+                let mut all = vec![0u64; PREFILTER_SET_WORDS as usize];
                 for (i, bits) in &words {
                     all[*i as usize] = *bits;
                 }
-                ((base..base + PREFILTER_WORDS).collect(), all)
+                ((base..base + PREFILTER_SET_WORDS).collect(), all)
             }
             PrefilterHalf::Zero | PrefilterHalf::Words(_) => {
                 let old: &[u32] = match half {

@@ -168,6 +168,14 @@ pub mod tls_flow {
 /// Number of 64-bit words in the IPv4 /24 prefilter bitmap (2^24 bits).
 pub const PREFILTER_WORDS: u32 = 1 << 18;
 
+/// Number of 64-bit words in the prefilter's /16 summary (2^16 bits: a bit per /16 whose
+/// /24 bits are not all clear), stored after the /24 bitmap. Its 8 KiB stay in cache where
+/// the 2 MiB bitmap does not: a clean address in a /16 without trails is settled by it.
+pub const PREFILTER_SUMMARY_WORDS: u32 = 1 << 10;
+
+/// Words of one trail set's prefilter: the /24 bitmap, then its /16 summary.
+pub const PREFILTER_SET_WORDS: u32 = PREFILTER_WORDS + PREFILTER_SUMMARY_WORDS;
+
 /// Sensor operating mode, stored in [`Config::mode`].
 pub mod mode {
     /// Router: every packet continues to the stack (XDP_PASS).

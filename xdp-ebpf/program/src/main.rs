@@ -27,7 +27,7 @@ use xtrail_common::{
     action, config_flags, handoff, mode, side, stat, tls_flow, trail_kind, trail_set, trail_table,
     wake, Config, FlowBatch, FlowRecord, HitRecord, IpPortKey, PayloadHeader, PayloadRecord,
     PerCpuStats, SuppressKey, TrailKey4, TrailKey6, FLOW_BATCH, FLOW_CACHE_SLOTS, HTTP_PORT_WORDS,
-    PAYLOAD_CAP, PREFILTER_WORDS, XSK_MAX_IFACES,
+    PAYLOAD_CAP, PREFILTER_SET_WORDS, PREFILTER_WORDS, XSK_MAX_IFACES,
 };
 
 /// Runtime configuration (element 0).
@@ -76,10 +76,10 @@ static IPV6_CIDRS: LpmTrie<TrailKey6, u32> = LpmTrie::with_max_entries(1, 0);
 static IPPORT_TRAILS: HashMap<IpPortKey, u32> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 /// Per set, one bit per IPv4 /24 that any IPv4 trail (address, CIDR or IP:port) falls in: a
-/// clear bit lets clean traffic skip every hash and trie lookup for that address. Set 1's
-/// bitmap follows set 0's.
+/// clear bit lets clean traffic skip every hash and trie lookup for that address. Then the
+/// set's /16 summary (`PREFILTER_SUMMARY_WORDS`), read first. Set 1's words follow set 0's.
 #[map]
-static IPV4_PREFILTER: Array<u64> = Array::with_max_entries(2 * PREFILTER_WORDS, 0);
+static IPV4_PREFILTER: Array<u64> = Array::with_max_entries(2 * PREFILTER_SET_WORDS, 0);
 
 /// `BPF_F_NO_PREALLOC`: hash map elements are allocated as they are inserted.
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -1141,10 +1141,20 @@ fn lookup_addr(
 /// loaded from the packet): an IPv4 trail may match it.
 #[inline(always)]
 fn prefilter_has(addr: u32, index: u32) -> bool {
-    // Network order: the first three bytes are the /24.
-    let slash24 = u32::from_be(addr) >> 8;
+    let base = index * PREFILTER_SET_WORDS;
+    // Network order: the first two bytes are the /16, the first three the /24.
+    let host = u32::from_be(addr);
+    let slash16 = host >> 16;
+    let summary = IPV4_PREFILTER
+        .get(base + PREFILTER_WORDS + (slash16 >> 6))
+        .copied()
+        .unwrap_or(0);
+    if (summary >> (slash16 & 63)) & 1 == 0 {
+        return false;
+    }
+    let slash24 = host >> 8;
     let word = IPV4_PREFILTER
-        .get(index * PREFILTER_WORDS + (slash24 >> 6))
+        .get(base + (slash24 >> 6))
         .copied()
         .unwrap_or(0);
     (word >> (slash24 & 63)) & 1 == 1

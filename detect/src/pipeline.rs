@@ -533,7 +533,13 @@ impl Detector {
 
     /// A flow start from the kernel (live scans).
     pub fn flow_start(&mut self, flow: &FlowStart, out: &mut dyn FnMut(Event)) {
-        self.flow_starts += 1;
+        self.flow_starts(std::slice::from_ref(flow), out);
+    }
+
+    /// Flow starts from the kernel, a ring record's batch at once (the scan tables' look-ups
+    /// of a batch are started together: their cache misses overlap).
+    pub fn flow_starts(&mut self, flows: &[FlowStart], out: &mut dyn FnMut(Event)) {
+        self.flow_starts += flows.len() as u64;
         self.refresh_trails();
         let Detector {
             processor,
@@ -544,7 +550,7 @@ impl Detector {
             ..
         } = self;
         let mut out = |ev: Event| stamp(trail_set_version, ev, out);
-        processor.on_flow_start(flow, &mut |ev| {
+        processor.on_flow_starts(flows, &mut |ev| {
             release(throttle, flood, events, ev, &mut out)
         });
     }

@@ -200,6 +200,12 @@ pub trait Heuristics: Send {
     /// A flow start reported by the kernel (live capture); see
     /// [`crate::heuristics::FlowStart`].
     fn on_flow_start(&mut self, _flow: &FlowStart, _out: &mut dyn FnMut(Event)) {}
+    /// Flow starts in a batch, in order: as many [`Heuristics::on_flow_start`] calls.
+    fn on_flow_starts(&mut self, flows: &[FlowStart], out: &mut dyn FnMut(Event)) {
+        for f in flows {
+            self.on_flow_start(f, out);
+        }
+    }
     /// Entries held by the stage's bounded tables (for stats and the flood tests).
     fn state_entries(&self) -> usize {
         0
@@ -362,9 +368,14 @@ impl Processor {
     /// A flow start from the kernel (live capture) through the installed heuristics; events
     /// with a whitelisted address are dropped as for packets.
     pub fn on_flow_start(&mut self, flow: &FlowStart, out: &mut dyn FnMut(Event)) {
+        self.on_flow_starts(std::slice::from_ref(flow), out);
+    }
+
+    /// [`Processor::on_flow_start`] of each of `flows`, in order.
+    pub fn on_flow_starts(&mut self, flows: &[FlowStart], out: &mut dyn FnMut(Event)) {
         if let Some(h) = self.heuristics.as_deref_mut() {
             let (wl, stats) = (&*self.whitelist, &mut self.stats);
-            h.on_flow_start(flow, &mut |e| emit(wl, stats, out, e));
+            h.on_flow_starts(flows, &mut |e| emit(wl, stats, out, e));
         }
     }
 

@@ -435,6 +435,67 @@ fn live_scans_come_from_flow_starts() {
     assert_eq!(n, 1);
 }
 
+/// Flow starts given in ring-record batches (`on_flow_starts`, whose table reads go first)
+/// raise the same events, in the same order, as one at a time: TCP and UDP scans, UDP
+/// replies, an infection sweep and repeats, from a few sources, in batches of 16 and odd
+/// sizes.
+#[test]
+fn batched_flow_starts_raise_what_single_ones_do() {
+    let mut starts = Vec::new();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..3_000i64 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let r = rng as u32;
+        let sweep = (r >> 22).is_multiple_of(4);
+        // One source sweeps port 445 over many hosts (an infection scan).
+        let src = format!("203.0.113.{}", if sweep { 9 } else { 1 + r % 4 });
+        let udp = !sweep && (r >> 20).is_multiple_of(3);
+        let reply = udp && (r >> 24).is_multiple_of(5);
+        let dst = if sweep {
+            format!("198.51.100.{}", 1 + (r >> 8) % 200)
+        } else {
+            format!("198.51.101.{}", 1 + (r >> 8) % 3)
+        };
+        let (sport, dport) = match (udp, reply, sweep) {
+            (_, _, true) => (40_000, 445),
+            (true, true, _) => (53, 40_000),
+            _ => (40_000, 1 + (r >> 16) as u16 % 60),
+        };
+        starts.push(FlowStart {
+            ts_us: T0 + i * 60_000,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            src_port: sport,
+            dst_port: dport,
+            proto: if udp { 17 } else { 6 },
+            tcp_flags: if udp { 0 } else { TcpFlags::SYN },
+        });
+    }
+    let events = |batch: usize| {
+        let mut p = processor_with(HeuristicsConfig::live(), "");
+        let mut out = Vec::new();
+        for chunk in starts.chunks(batch) {
+            p.on_flow_starts(chunk, &mut |e| {
+                out.push((e.ts_us, e.src_ip, e.dst_ip, e.info))
+            });
+        }
+        out
+    };
+    let single = events(1);
+    for info in [
+        "potential port scanning",
+        "potential udp scanning",
+        "potential infection",
+    ] {
+        let n = single.iter().filter(|e| e.3 == info).count();
+        assert!(n > 0, "the stream raises {info}");
+    }
+    assert_eq!(events(16), single);
+    assert_eq!(events(7), single);
+}
+
 #[test]
 fn web_scan_threshold() {
     for (n, want) in [(10u16, 0), (11, 1)] {

@@ -513,6 +513,8 @@ pub fn run(
         })
         .collect();
     let mut finishing = false;
+    // A ring record's flow starts, for the detector (reused: no allocation per record).
+    let mut starts: Vec<FlowStart> = Vec::with_capacity(xtrail_common::FLOW_BATCH);
     loop {
         if !finishing {
             let timed_out = opts.duration.is_some_and(|d| run_started.elapsed() >= d);
@@ -603,25 +605,26 @@ pub fn run(
             let _ = detector.frame(frame.ts_us, LINKTYPE_ETHERNET, iface, &frame.data, &mut out);
             let _ = recycle_tx.try_send(frame.data);
         }
-        // Each record is a batch of a CPU's flow starts (`xtrail_common::FlowBatch`).
+        // Each record is a batch of a CPU's flow starts (`xtrail_common::FlowBatch`), given
+        // to the detector at once.
         while let Some(item) = flows.next() {
             let Some(batch) = hits::parse_flows(&item) else {
                 summary.malformed_records += 1;
                 continue;
             };
-            for rec in batch {
-                summary.flows += 1;
-                detector.flow_start(&flow_start(&rec, &clock), &mut out);
-            }
+            starts.clear();
+            starts.extend(batch.map(|rec| flow_start(&rec, &clock)));
+            summary.flows += starts.len() as u64;
+            detector.flow_starts(&starts, &mut out);
         }
         // Detached: what the CPUs' batches still hold was never sent; take it from the map.
         if finishing {
             match sensor.take_pending_flows() {
                 Ok(pending) => {
-                    for rec in &pending {
-                        summary.flows += 1;
-                        detector.flow_start(&flow_start(rec, &clock), &mut out);
-                    }
+                    starts.clear();
+                    starts.extend(pending.iter().map(|rec| flow_start(rec, &clock)));
+                    summary.flows += starts.len() as u64;
+                    detector.flow_starts(&starts, &mut out);
                 }
                 Err(e) => log::warn!("reading the flow starts not yet sent: {e}"),
             }

@@ -325,6 +325,26 @@ impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
         self.packed_entry(c)
     }
 
+    /// Reads where `key` would be found, caching the lines [`PackedMap::get_or_insert`] will
+    /// probe: a batch's keys are touched first so that their cache misses overlap. Whether
+    /// the key is held (a result to keep the reads from being optimised away).
+    #[inline]
+    pub fn touch(&self, key: &K) -> bool {
+        match key.compact() {
+            Some(c) => self.touch_packed(c),
+            None => false,
+        }
+    }
+
+    /// [`PackedMap::touch`] of a key packed by the caller (see
+    /// [`PackedMap::get_or_insert_packed`]).
+    #[inline]
+    pub(crate) fn touch_packed(&self, c: E::Key) -> bool {
+        let hash = self.hasher.hash_one(c);
+        let young = self.young.find(hash, |e| e.key() == c).is_some();
+        young | self.old.find(hash, |e| e.key() == c).is_some()
+    }
+
     fn packed_entry(&mut self, c: E::Key) -> &mut E::Value {
         let hash = self.hasher.hash_one(c);
         let PackedMap {
@@ -570,6 +590,23 @@ mod tests {
         // Scan tables insert one per new host pair: an IPv4 entry is one cache line.
         assert!(std::mem::size_of::<DistinctWindow>() <= 56);
         assert_eq!(std::mem::size_of::<WindowLine>(), 64);
+    }
+
+    #[test]
+    fn touch_reads_without_changing_the_map() {
+        let v4 = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(i));
+        let v6 = |i: u32| IpAddr::from(std::net::Ipv6Addr::from(u128::from(i) << 64));
+        let mut w: WindowMap<(IpAddr, IpAddr)> = WindowMap::new(8);
+        for i in 0..6 {
+            w.get_or_insert(&(v4(i), v4(1))).observe(1, 0, 10, 4);
+        }
+        let (len, evicted) = (w.len(), w.evicted());
+        // Held in the young or the old generation, or not at all; wide keys are not read.
+        assert!(w.touch(&(v4(5), v4(1))));
+        assert!(w.touch(&(v4(0), v4(1))));
+        assert!(!w.touch(&(v4(9), v4(1))));
+        assert!(!w.touch(&(v6(1), v4(1))));
+        assert_eq!((w.len(), w.evicted()), (len, evicted));
     }
 
     #[test]

@@ -173,6 +173,34 @@ impl ScanState {
         }
     }
 
+    /// Touches the table lines [`ScanState::observe`] of `f` will probe (see
+    /// [`PackedMap::touch`]); the number of keys found.
+    pub fn touch(&self, config: &HeuristicsConfig, f: &FlowStart) -> u32 {
+        let mut found = 0;
+        match f.proto {
+            ipproto::TCP if is_probe_flags(f.tcp_flags) => {
+                found += u32::from(self.tcp.touch(&(f.src, f.dst)));
+                if config.infection_ports.contains(&f.dst_port) {
+                    found += u32::from(self.infection.touch(&(f.src, f.dst_port)));
+                }
+            }
+            ipproto::UDP => {
+                if let (IpAddr::V4(s), IpAddr::V4(d)) = (f.src, f.dst) {
+                    let (x, y) = (endpoint48(s, f.src_port), endpoint48(d, f.dst_port));
+                    let bits = if x <= y {
+                        pack_flow(x, y)
+                    } else {
+                        pack_flow(y, x)
+                    };
+                    found += u32::from(self.udp_flows.touch_packed(bits));
+                }
+                found += u32::from(self.udp.touch(&(f.src, f.dst)));
+            }
+            _ => {}
+        }
+        found
+    }
+
     /// A reply rather than a probe: from a service port to an ephemeral one, or the reverse of
     /// a flow already seen (which is then remembered either way).
     fn is_udp_reply(&mut self, f: &FlowStart) -> bool {

@@ -185,13 +185,7 @@ impl ScanState {
                 }
             }
             ipproto::UDP => {
-                if let (IpAddr::V4(s), IpAddr::V4(d)) = (f.src, f.dst) {
-                    let (x, y) = (endpoint48(s, f.src_port), endpoint48(d, f.dst_port));
-                    let bits = if x <= y {
-                        pack_flow(x, y)
-                    } else {
-                        pack_flow(y, x)
-                    };
+                if let Some((bits, _, _)) = packed_v4_pair(f) {
                     found += u32::from(self.udp_flows.touch_packed(bits));
                 }
                 found += u32::from(self.udp.touch(&(f.src, f.dst)));
@@ -207,19 +201,13 @@ impl ScanState {
         if f.src_port < 1024 && f.dst_port >= 1024 {
             return true;
         }
-        let (seen, forward, to_itself) = match (f.src, f.dst) {
-            // IPv4 (nearly all): ordered and packed as `flow_pair` and `compact` would, on
-            // the packed endpoints (an IPv4 address orders as its `u32`).
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let (x, y) = (endpoint48(s, f.src_port), endpoint48(d, f.dst_port));
-                let bits = if x <= y {
-                    pack_flow(x, y)
-                } else {
-                    pack_flow(y, x)
-                };
-                (self.udp_flows.get_or_insert_packed(bits), x <= y, x == y)
-            }
-            _ => {
+        let (seen, forward, to_itself) = match packed_v4_pair(f) {
+            Some((bits, forward, to_itself)) => (
+                self.udp_flows.get_or_insert_packed(bits),
+                forward,
+                to_itself,
+            ),
+            None => {
                 let (key, forward) = flow_pair(f);
                 (self.udp_flows.get_or_insert(&key), forward, key.0 == key.1)
             }
@@ -261,6 +249,23 @@ impl CompactKey<FlowBits> for FlowPair {
 }
 
 /// An IPv4 endpoint in 48 bits, ordered as the (address, port) it stands for.
+/// An IPv4 flow's endpoint pair, ordered and packed as `flow_pair` and `compact` would, on
+/// the packed endpoints (an IPv4 address orders as its `u32`); whether the source is the
+/// first endpoint, and whether both are one. `None` for IPv6 (or mixed) addresses.
+#[inline]
+fn packed_v4_pair(f: &FlowStart) -> Option<(FlowBits, bool, bool)> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (f.src, f.dst) else {
+        return None;
+    };
+    let (x, y) = (endpoint48(s, f.src_port), endpoint48(d, f.dst_port));
+    let bits = if x <= y {
+        pack_flow(x, y)
+    } else {
+        pack_flow(y, x)
+    };
+    Some((bits, x <= y, x == y))
+}
+
 #[inline]
 fn endpoint48(addr: Ipv4Addr, port: u16) -> u64 {
     u64::from(u32::from(addr)) << 16 | u64::from(port)

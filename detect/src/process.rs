@@ -623,15 +623,24 @@ impl Run<'_, '_> {
                 let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
                 h.on_http_response(ctx, &resp, &mut |e| emit(wl, stats, out, e));
             }
-        } else if http::looks_like_request(p) {
-            if let Ok(req) = http::parse_request(p) {
+            return;
+        }
+        // The parse's first test is `http::looks_like_request`: a payload failing it is
+        // `NotRequest` (one scan of the method token instead of two).
+        match http::parse_request(p) {
+            Ok(req) => {
                 self.stats.http_requests += 1;
                 self.http_request(ctx, &req);
             }
-        } else if tls::looks_like_client_hello(p) {
-            self.client_hello(ctx, p);
-        } else if ctx.src_port == DNS_PORT || ctx.dst_port == DNS_PORT {
-            self.dns(ctx, p, true);
+            Err(http::HttpError::NotRequest) if tls::looks_like_client_hello(p) => {
+                self.client_hello(ctx, p);
+            }
+            Err(http::HttpError::NotRequest)
+                if ctx.src_port == DNS_PORT || ctx.dst_port == DNS_PORT =>
+            {
+                self.dns(ctx, p, true);
+            }
+            Err(_) => {}
         }
     }
 
@@ -1046,11 +1055,11 @@ fn strip_port(host: &[u8]) -> &[u8] {
         let end = memchr::memchr(b']', inner).unwrap_or(inner.len());
         return inner.get(..end).unwrap_or_default();
     }
-    // More than one colon and no brackets: a bare IPv6 address.
-    match memchr::memchr_iter(b':', host).count() {
-        1 => host
-            .get(..memchr::memchr(b':', host).unwrap_or(host.len()))
-            .unwrap_or(host),
+    // One colon: the port's; more than one and no brackets: a bare IPv6 address.
+    match memchr::memchr(b':', host) {
+        Some(i) if memchr::memchr(b':', host.get(i + 1..).unwrap_or_default()).is_none() => {
+            host.get(..i).unwrap_or(host)
+        }
         _ => host,
     }
 }
@@ -1258,6 +1267,11 @@ sinkholed.example,sinkhole x (malware),(static)
         assert_eq!(strip_port(b"[::1]:80"), b"::1");
         assert_eq!(strip_port(b"::1"), b"::1");
         assert_eq!(strip_port(b"a.example"), b"a.example");
+        assert_eq!(strip_port(b"a:b:c"), b"a:b:c");
+        assert_eq!(strip_port(b":"), b"");
+        assert_eq!(strip_port(b"a:"), b"a");
+        assert_eq!(strip_port(b"::"), b"::");
+        assert_eq!(strip_port(b""), b"");
     }
 
     #[test]

@@ -251,6 +251,21 @@ pub fn url_decode_into(src: &[u8], out: &mut Vec<u8>, scratch: &mut Vec<u8>, lim
     }
 }
 
+/// `src` as [`url_decode_into`] decodes it: `src` itself (its first `limit` bytes) when it
+/// holds no `%` or `+` (nearly every request target: no copy), else decoded into `out`.
+pub fn url_decoded<'a>(
+    src: &'a [u8],
+    out: &'a mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+    limit: usize,
+) -> &'a [u8] {
+    if memchr::memchr2(b'%', b'+', src).is_none() {
+        return src.get(..src.len().min(limit)).unwrap_or(src);
+    }
+    url_decode_into(src, out, scratch, limit);
+    out
+}
+
 fn decode_once(src: &[u8], out: &mut Vec<u8>, limit: usize) {
     out.clear();
     let mut i = 0;
@@ -292,6 +307,29 @@ mod tests {
         let (mut out, mut scratch) = (Vec::new(), Vec::new());
         url_decode_into(s.as_bytes(), &mut out, &mut scratch, 4096);
         p.classify(&out)
+    }
+
+    #[test]
+    fn decoded_without_escapes_is_the_input() {
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        let (mut want, mut scratch2) = (Vec::new(), Vec::new());
+        for src in [
+            &b""[..],
+            b"/static/1.js",
+            b"/a%41b",
+            b"/a+b",
+            b"/%2541",
+            b"/%zz",
+            b"/plain/but/long/enough/to/be/cut",
+            b"/a-target-of-sixty-four-bytes-or-more-for-the-vector-search/x%41",
+            b"/a-target-of-sixty-four-bytes-or-more-for-the-vector-search/x/y",
+        ] {
+            for limit in [0, 1, 5, 4096] {
+                url_decode_into(src, &mut want, &mut scratch2, limit);
+                let got = url_decoded(src, &mut out, &mut scratch, limit);
+                assert_eq!(got, &want[..], "{src:?} {limit}");
+            }
+        }
     }
 
     /// The byte-at-a-time form the run copy replaced, as the reference.

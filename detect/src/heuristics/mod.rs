@@ -448,13 +448,13 @@ impl MaltrailHeuristics {
 
     /// The first attack family in the target or (for uploads of form data) the body.
     fn attack_family(&mut self, req: &http::Request<'_>) -> Option<&'static str> {
-        attack::url_decode_into(
+        let target = attack::url_decoded(
             req.target,
             &mut self.decoded,
             &mut self.scratch,
             MAX_DECODED,
         );
-        if let Some(f) = self.attacks.classify(&self.decoded) {
+        if let Some(f) = self.attacks.classify(target) {
             return Some(f);
         }
         let multipart = req.content_type.is_some_and(|ct| {
@@ -466,8 +466,8 @@ impl MaltrailHeuristics {
         if req.body.is_empty() || multipart {
             return None;
         }
-        attack::url_decode_into(req.body, &mut self.decoded, &mut self.scratch, MAX_DECODED);
-        self.attacks.classify(&self.decoded)
+        let body = attack::url_decoded(req.body, &mut self.decoded, &mut self.scratch, MAX_DECODED);
+        self.attacks.classify(body)
     }
 }
 
@@ -678,7 +678,8 @@ impl Heuristics for MaltrailHeuristics {
         let path = http_request::path_of(req.target);
         // Internal to internal (reverse proxies, health checks, service meshes) is not web
         // scanning.
-        let internal = is_local_address(ctx.src) && is_local_address(ctx.dst);
+        let local_dst = is_local_address(ctx.dst);
+        let internal = is_local_address(ctx.src) && local_dst;
         if !internal
             && self.web.observe(
                 ctx.src,
@@ -700,7 +701,6 @@ impl Heuristics for MaltrailHeuristics {
         }
 
         // One verdict on the request itself: the first that applies.
-        let local_dst = is_local_address(ctx.dst);
         let host_path = || format!("{host}({})", trail_text(path));
         if http_request::is_proxy_probe(req.target) {
             let e = ctx.event(

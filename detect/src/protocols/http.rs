@@ -93,27 +93,34 @@ fn method_len(p: &[u8]) -> Option<usize> {
     (n > 0 && n <= MAX_METHOD && p.get(n) == Some(&b' ')).then_some(n)
 }
 
-/// Parses a request head.
+/// Parses a request head; [`HttpError::NotRequest`] exactly when [`looks_like_request`] is
+/// false.
 pub fn parse_request(p: &[u8]) -> Result<Request<'_>, HttpError> {
     let n = method_len(p).ok_or(HttpError::NotRequest)?;
-    let (line, rest) = first_line(p)?;
-    // Maltrail's rule: exactly two spaces, the third part starting with `HTTP/`.
-    let mut parts = line.split(|b| *b == b' ');
-    let method = parts.next().ok_or(HttpError::BadFirstLine)?;
-    let target = parts.next().ok_or(HttpError::BadFirstLine)?;
-    let version = parts.next().ok_or(HttpError::BadFirstLine)?;
-    if parts.next().is_some() || target.is_empty() || !version.starts_with(b"HTTP/") {
+    let mut lines = Newlines::new(p);
+    let (line, rest) = first_line(p, &mut lines)?;
+    // Maltrail's rule: exactly two spaces, the third part starting with `HTTP/`. The line
+    // starts with the method token `method_len` measured and a space (neither holds a line
+    // end): the first part is that token.
+    let method = line.get(..n).ok_or(HttpError::BadFirstLine)?;
+    let after = line.get(n + 1..).ok_or(HttpError::BadFirstLine)?;
+    let space = memchr::memchr(b' ', after).ok_or(HttpError::BadFirstLine)?;
+    let target = after.get(..space).unwrap_or_default();
+    let version = after.get(space + 1..).unwrap_or_default();
+    if version.contains(&b' ') || target.is_empty() || !version.starts_with(b"HTTP/") {
         return Err(HttpError::BadFirstLine);
     }
-    let method = std::str::from_utf8(method.get(..n).unwrap_or_default())
-        .map_err(|_| HttpError::BadFirstLine)?;
+    debug_assert!(method.is_ascii());
+    // SAFETY: `method_len` accepted each of these bytes as an ASCII uppercase letter, `-` or
+    // `_`: ASCII, hence UTF-8.
+    let method = unsafe { std::str::from_utf8_unchecked(method) };
     let mut req = Request {
         method,
         target,
         version,
         ..Request::default()
     };
-    let (body, complete) = headers(rest, &REQUEST_HEADERS, |i, value| {
+    let (body, complete) = headers(p, rest, lines, &REQUEST_HEADERS, |i, value| {
         let slot = match i {
             0 => &mut req.host,
             1 => &mut req.user_agent,
@@ -136,7 +143,9 @@ pub fn parse_response(p: &[u8]) -> Result<Response<'_>, HttpError> {
     if !p.starts_with(b"HTTP/") {
         return Err(HttpError::NotResponse);
     }
-    let (line, rest) = first_line(p)?;
+    let mut lines = Newlines::new(p);
+    let (line, rest_start) = first_line(p, &mut lines)?;
+    let rest = p.get(rest_start..).unwrap_or_default();
     let mut parts = line.splitn(3, |b| *b == b' ');
     let version = parts.next().ok_or(HttpError::BadFirstLine)?;
     let code = parts.next().ok_or(HttpError::BadFirstLine)?;
@@ -153,7 +162,7 @@ pub fn parse_response(p: &[u8]) -> Result<Response<'_>, HttpError> {
         reason,
         ..Response::default()
     };
-    let (body, complete) = headers(rest, &RESPONSE_HEADERS, |i, value| {
+    let (body, complete) = headers(p, rest_start, lines, &RESPONSE_HEADERS, |i, value| {
         let slot = match i {
             0 => &mut resp.content_type,
             1 => &mut resp.server,
@@ -173,59 +182,181 @@ pub fn parse_response(p: &[u8]) -> Result<Response<'_>, HttpError> {
     Ok(resp)
 }
 
-/// Splits off the first line (without its `\r\n` or `\n`).
-fn first_line(p: &[u8]) -> Result<(&[u8], &[u8]), HttpError> {
-    let window = p.get(..p.len().min(MAX_LINE)).unwrap_or(p);
-    let nl = memchr::memchr(b'\n', window).ok_or(HttpError::Unterminated)?;
+/// The first line (without its `\r\n` or `\n`) and where the next line starts; `lines`
+/// scans `p` and is left after the line's `\n`.
+fn first_line<'a>(p: &'a [u8], lines: &mut Newlines<'_>) -> Result<(&'a [u8], usize), HttpError> {
+    let nl = lines
+        .next()
+        .filter(|&nl| nl < MAX_LINE)
+        .ok_or(HttpError::Unterminated)?;
     let line = p.get(..nl).ok_or(HttpError::Unterminated)?;
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    Ok((line, p.get(nl + 1..).unwrap_or_default()))
+    Ok((line, nl + 1))
 }
 
-/// The request headers [`parse_request`] keeps, lowercase, in its slots' order.
-const REQUEST_HEADERS: [&[u8]; 6] = [
+/// The `\n`s of a head in order, found 64 bytes at a time (a compare per 16 bytes, a bit
+/// scan per line) instead of a `memchr` call per line: a request head is a handful of short
+/// lines. Looks at no more than [`MAX_LINE`] + [`MAX_HEAD`] bytes, all that
+/// [`first_line`] and [`headers`] accept.
+struct Newlines<'a> {
+    hay: &'a [u8],
+    /// Start of the 64-byte block `mask` covers.
+    block: usize,
+    /// The block's `\n`s not returned yet: bit `i` for `hay[block + i]`.
+    mask: u64,
+}
+
+impl<'a> Newlines<'a> {
+    fn new(p: &'a [u8]) -> Self {
+        let hay = p.get(..p.len().min(MAX_LINE + MAX_HEAD)).unwrap_or(p);
+        Self {
+            hay,
+            block: 0,
+            mask: newline_mask(hay, 0),
+        }
+    }
+
+    /// Index of the next `\n`.
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        while self.mask == 0 {
+            self.block += 64;
+            if self.block >= self.hay.len() {
+                return None;
+            }
+            self.mask = newline_mask(self.hay, self.block);
+        }
+        let i = self.block + self.mask.trailing_zeros() as usize;
+        self.mask &= self.mask - 1;
+        Some(i)
+    }
+}
+
+/// Bit `i` set where `hay[at + i]` is `\n`, for the (up to) 64 bytes from `at`.
+#[inline]
+fn newline_mask(hay: &[u8], at: usize) -> u64 {
+    let left = hay.len().saturating_sub(at);
+    if let Some(block) = hay.get(at..).and_then(|b| b.first_chunk::<64>()) {
+        return block_mask(block);
+    }
+    // A short last block: the last 64 bytes of a longer haystack (the bits before `at`
+    // shifted out), else a zero-padded copy (`\0` is no `\n`).
+    if let Some(last) = hay.last_chunk::<64>() {
+        return block_mask(last) >> (64 - left);
+    }
+    let mut buf = [0u8; 64];
+    if let (Some(dst), Some(src)) = (buf.get_mut(..left), hay.get(at..)) {
+        dst.copy_from_slice(src);
+    }
+    block_mask(&buf)
+}
+
+/// Bit `i` set where `block[i]` is `\n`.
+#[inline]
+fn block_mask(block: &[u8; 64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
+        };
+        let mut mask = 0u64;
+        for (k, part) in block.chunks_exact(16).enumerate() {
+            // SAFETY: SSE2 is part of the x86_64 baseline, so these instructions exist; `part`
+            // is 16 readable bytes, and an unaligned load has no alignment requirement.
+            let hits = unsafe {
+                let v = _mm_loadu_si128(part.as_ptr().cast());
+                _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'\n' as i8)))
+            };
+            mask |= u64::from(hits as u32 & 0xffff) << (16 * k);
+        }
+        mask
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        block
+            .iter()
+            .enumerate()
+            .fold(0, |m, (i, &b)| m | (u64::from(b == b'\n') << i))
+    }
+}
+
+/// Header names a walk keeps (lowercase, each starting with a letter), with the set of their
+/// first letters.
+struct HeaderNames {
+    names: &'static [&'static [u8]],
+    /// Bit `c - b'a'` for each first letter `c`.
+    firsts: u32,
+}
+
+impl HeaderNames {
+    const fn new(names: &'static [&'static [u8]]) -> Self {
+        let mut firsts = 0;
+        let mut i = 0;
+        while i < names.len() {
+            let c = names[i][0];
+            assert!(
+                c.is_ascii_lowercase(),
+                "a header name starts with a lowercase letter"
+            );
+            firsts |= 1 << (c - b'a');
+            i += 1;
+        }
+        Self { names, firsts }
+    }
+}
+
+/// The request headers [`parse_request`] keeps, in its slots' order.
+const REQUEST_HEADERS: HeaderNames = HeaderNames::new(&[
     b"host",
     b"user-agent",
     b"x-forwarded-for",
     b"x-real-ip",
     b"forwarded",
     b"content-type",
-];
+]);
 
-/// The response headers [`parse_response`] keeps, lowercase, in its slots' order.
-const RESPONSE_HEADERS: [&[u8]; 3] = [b"content-type", b"server", b"location"];
+/// The response headers [`parse_response`] keeps, in its slots' order.
+const RESPONSE_HEADERS: HeaderNames = HeaderNames::new(&[b"content-type", b"server", b"location"]);
 
-/// Walks header lines, calling `f(i, value)` for a line named `names[i]` (ASCII
+/// Walks the header lines of `p` from `start` (after the first line; `lines` scans `p` and
+/// stands there), calling `f(i, value)` for a line named `names[i]` (ASCII
 /// case-insensitively; the name is what precedes the line's first `:`), the value untrimmed
-/// (see [`trim`]); returns the body and whether the head ended. A name is tested where its
-/// `:` would be: no search for the `:` of each line.
+/// (see [`trim`]); returns the body and whether the head ended within [`MAX_HEAD`] bytes
+/// and [`MAX_HEADERS`] lines. A name is tested where its `:` would be (no search for the
+/// `:` of each line), and only on a line whose first letter starts one of `names`.
 fn headers<'a>(
-    mut rest: &'a [u8],
-    names: &[&[u8]],
+    p: &'a [u8],
+    start: usize,
+    mut lines: Newlines<'_>,
+    names: &HeaderNames,
     mut f: impl FnMut(usize, &'a [u8]),
 ) -> (&'a [u8], bool) {
-    let mut budget = MAX_HEAD;
+    let end = start.saturating_add(MAX_HEAD);
+    let mut pos = start;
     for _ in 0..MAX_HEADERS {
-        let window = rest.get(..rest.len().min(budget)).unwrap_or(rest);
-        let Some(nl) = memchr::memchr(b'\n', window) else {
+        let Some(nl) = lines.next().filter(|&nl| nl < end) else {
             return (&[], false);
         };
-        budget = budget.saturating_sub(nl + 1);
-        let line = rest.get(..nl).unwrap_or_default();
+        let line = p.get(pos..nl).unwrap_or_default();
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        rest = rest.get(nl + 1..).unwrap_or_default();
-        if line.is_empty() {
-            return (rest, true);
+        pos = nl + 1;
+        let Some(&first) = line.first() else {
+            return (p.get(pos..).unwrap_or_default(), true);
+        };
+        // `| 0x20` lowercases a letter and maps no other byte into `a..=z`.
+        let letter = (first | 0x20).wrapping_sub(b'a');
+        if letter >= 26 || names.firsts >> letter & 1 == 0 {
+            continue;
         }
         // A name holds no `:`, so a line named `name` is `name` then `:`.
-        let named = names.iter().position(|name| {
+        let named = names.names.iter().position(|name| {
             line.get(name.len()) == Some(&b':')
                 && line
                     .get(..name.len())
                     .is_some_and(|n| n.eq_ignore_ascii_case(name))
         });
         if let Some(i) = named {
-            let colon = names.get(i).map_or(0, |n| n.len());
+            let colon = names.names.get(i).map_or(0, |n| n.len());
             f(i, line.get(colon + 1..).unwrap_or_default());
         }
     }
@@ -320,16 +451,56 @@ mod tests {
             b"A: b\r\r\n\r\n",
             &huge,
         ];
-        for h in heads {
-            for names in [&REQUEST_HEADERS[..], &RESPONSE_HEADERS[..]] {
+        // Heads over several 64-byte blocks of the newline scan.
+        let browser = b"Host: h1.bench-site2.net\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\nAccept: */*\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n\r\nbody";
+        let many = [&b"X-A: b\r\n".repeat(90)[..], b"content-TYPE: t\r\n\r\n"].concat();
+        let near_end = [&b"X: "[..], &[b'a'; MAX_HEAD - 8], b"\r\nH\r\n\r\n"].concat();
+        for h in heads.into_iter().chain([
+            &browser[..],
+            &many,
+            &near_end,
+            &near_end[..near_end.len() - 1],
+        ]) {
+            for names in [&REQUEST_HEADERS, &RESPONSE_HEADERS] {
                 let mut seen = Vec::new();
-                let (body, complete) = headers(h, names, |i, v| seen.push((i, v)));
+                // A first line, so that the walk starts where it does in a message.
+                let p = [&b"GET / HTTP/1.1\r\n"[..], h].concat();
+                let mut lines = Newlines::new(&p);
+                let (_, start) = first_line(&p, &mut lines).unwrap();
+                let (body, complete) = headers(&p, start, lines, names, |i, v| seen.push((i, v)));
                 assert_eq!(
                     (seen, body, complete),
-                    headers_reference(h, names),
+                    headers_reference(h, names.names),
                     "{:?}",
                     String::from_utf8_lossy(h)
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn newlines_match_memchr() {
+        // Lengths around the 64-byte blocks, newlines at block edges and runs of them.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for len in (0..300).chain([MAX_LINE + MAX_HEAD - 1, MAX_LINE + MAX_HEAD + 70]) {
+            for density in [2u64, 7, 40] {
+                let hay: Vec<u8> = (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        if seed.is_multiple_of(density) {
+                            b'\n'
+                        } else {
+                            (seed >> 8) as u8 | 1
+                        }
+                    })
+                    .collect();
+                let mut lines = Newlines::new(&hay);
+                let got: Vec<usize> = std::iter::from_fn(|| lines.next()).collect();
+                let window = &hay[..hay.len().min(MAX_LINE + MAX_HEAD)];
+                let want: Vec<usize> = memchr::memchr_iter(b'\n', window).collect();
+                assert_eq!(got, want, "len {len}");
             }
         }
     }
@@ -357,6 +528,22 @@ mod tests {
         assert_eq!(
             parse_request(b"GET / x HTTP/1.1\r\n"),
             Err(HttpError::BadFirstLine)
+        );
+        for bad in [
+            &b"GET  / HTTP/1.1\r\n"[..],
+            b"GET / HTTP/1.1 \r\n",
+            b"GET /\r\n",
+            b"GET / FTP/1.1\r\n",
+            b"GET \r\n",
+            b"GET  HTTP/1.1\r\n",
+            b"GET /a\rb HTTP/1.1 x\n",
+        ] {
+            assert_eq!(parse_request(bad), Err(HttpError::BadFirstLine), "{bad:?}");
+        }
+        let r = parse_request(b"M-_ /a\rb HTTP/1.1\r\r\n").unwrap();
+        assert_eq!(
+            (r.method, r.target, r.version),
+            ("M-_", &b"/a\rb"[..], &b"HTTP/1.1\r"[..])
         );
         assert_eq!(
             parse_request(b"get / HTTP/1.1\r\n"),

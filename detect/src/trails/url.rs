@@ -230,6 +230,20 @@ fn strip_param_values(path: &str) -> String {
     out
 }
 
+/// `s.trim()`; without decoding characters when both ends are ASCII other than whitespace
+/// (every real host name).
+fn trim(s: &str) -> &str {
+    // `char::is_whitespace` for ASCII: `\t` to `\r`, and the space.
+    let plain =
+        |b: Option<&u8>| b.is_none_or(|&b| b.is_ascii() && !matches!(b, b'\t'..=b'\r' | b' '));
+    let b = s.as_bytes();
+    if plain(b.first()) && plain(b.last()) {
+        s
+    } else {
+        s.trim()
+    }
+}
+
 /// The index of the last `/` of `s` when it holds two or more. (Byte loops: candidate paths
 /// are short, and a `memchr` call per slash costs more.)
 fn last_of_two_slashes(s: &[u8]) -> Option<usize> {
@@ -237,21 +251,45 @@ fn last_of_two_slashes(s: &[u8]) -> Option<usize> {
     s.get(..r)?.contains(&b'/').then_some(r)
 }
 
-/// Whether `p` holds `//`, and where its first `?` is, in one pass (the first answer stops
-/// it: such a path is rewritten and searched again).
+/// Whether `p` holds `//`, and where its first `?` is (when it holds no `//`: such a path
+/// is rewritten and searched again), eight bytes at a time.
 fn scan_path(p: &[u8]) -> (bool, Option<usize>) {
     let mut query = None;
-    let mut prev = 0u8;
-    for (i, &b) in p.iter().enumerate() {
-        if b == b'/' && prev == b'/' {
+    // Whether the byte before the current word is a `/`.
+    let mut carry = false;
+    let words = p.chunks_exact(8);
+    // The last bytes as a word, zero-padded (`\0` is neither byte looked for).
+    let tail = words
+        .remainder()
+        .iter()
+        .rev()
+        .fold(0u64, |w, &b| w << 8 | u64::from(b));
+    let full = words.map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));
+    for (k, w) in full
+        .chain((!p.len().is_multiple_of(8)).then_some(tail))
+        .enumerate()
+    {
+        // High bit of each byte that is a `/`.
+        let slashes = zero_bytes(w ^ 0x2f2f_2f2f_2f2f_2f2f);
+        if slashes & (slashes << 8) != 0 || (carry && slashes & 0x80 != 0) {
             return (true, query);
         }
-        if b == b'?' && query.is_none() {
-            query = Some(i);
+        carry = slashes >> 63 != 0;
+        if query.is_none() {
+            let marks = zero_bytes(w ^ 0x3f3f_3f3f_3f3f_3f3f);
+            if marks != 0 {
+                query = Some(8 * k + (marks.trailing_zeros() / 8) as usize);
+            }
         }
-        prev = b;
     }
     (false, query)
+}
+
+/// The high bit of each zero byte of `w` (exactly: no false positives from borrows).
+#[inline]
+fn zero_bytes(w: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    !(((w & LOW7) + LOW7) | w | LOW7)
 }
 
 /// `url.split(check)` joined back with the non-empty pieces in parentheses.
@@ -411,7 +449,7 @@ impl UrlTrails {
         let mut host_slash = false;
         let host: &str = match host {
             Some(h) => {
-                let h = h[..memchr::memchr(b':', h.as_bytes()).unwrap_or(h.len())].trim();
+                let h = trim(&h[..memchr::memchr(b':', h.as_bytes()).unwrap_or(h.len())]);
                 let h = h.strip_suffix('.').unwrap_or(h);
                 if h.len() > MAX_HOST || !h.is_ascii() {
                     ""
@@ -787,6 +825,16 @@ mod tests {
             "/a/b?c?d",
             "?",
             "/a/b/c.php",
+            "/static/123456.js",
+            "/234567/",
+            "/2345678//",
+            "/234567//",
+            "/2345678?/x/",
+            "/234567?",
+            "/23456789012345?/",
+            "/é/ü?/ö//",
+            "\u{ff}/\u{7f}\u{2f}",
+            "/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p?q=r/s",
         ] {
             let b = p.as_bytes();
             let (double, query) = scan_path(b);
@@ -800,6 +848,32 @@ mod tests {
                 memchr::memrchr(b'/', b).filter(|_| two),
                 "{p}"
             );
+        }
+    }
+
+    #[test]
+    fn trims_like_str_trim() {
+        for s in [
+            "",
+            " ",
+            "a",
+            " a",
+            "a ",
+            "\u{b}a\u{c}",
+            "\ta\r",
+            "a\u{a0}",
+            "\u{a0}a",
+            "\u{3000}a b\u{85}",
+            "\u{1c}a\u{1f}",
+            "é",
+            "a\u{7f}",
+            "\n",
+        ] {
+            assert_eq!(trim(s), s.trim(), "{s:?}");
+        }
+        for b in 0..=0x7fu8 {
+            let s = char::from(b).to_string();
+            assert_eq!(trim(&s), s.trim(), "{b:#x}");
         }
     }
 

@@ -224,3 +224,46 @@ pub fn wait_for_running_programs() -> std::io::Result<()> {
     let outer = map_create(BPF_MAP_TYPE_ARRAY_OF_MAPS, inner.as_raw_fd() as u32)?;
     crate::trail_maps::update_elem_fd(outer.as_raw_fd(), &0u32, &(inner.as_raw_fd() as u32))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xtrail_detect::trails::{LoadOptions, TrailSet};
+
+    /// The /16 summary after the /24 bitmap has a bit for exactly the /16s holding a /24 bit
+    /// (addresses, IP:port and CIDR trails), so that it never hides a trail.
+    #[test]
+    fn the_summary_marks_exactly_the_slash16s_with_trails() {
+        let path =
+            std::env::temp_dir().join(format!("xtrail-prefilter-{}.csv", std::process::id()));
+        let rows = "198.51.100.7,a,(static)\n192.0.2.5:8080,b,(static)\n10.1.0.0/15,c,(static)\n";
+        std::fs::write(&path, rows).unwrap();
+        let set = TrailSet::load(std::slice::from_ref(&path), &LoadOptions::default()).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let (words, blocks) = prefilter_words(&set.ip).unwrap();
+        // 1 + 1 + 512 /24s (a /15 is two /16s).
+        assert_eq!(blocks, 514);
+        let summary: Vec<u32> = words
+            .iter()
+            .filter(|(i, _)| *i >= PREFILTER_WORDS)
+            .flat_map(|&(i, w)| {
+                (0..64)
+                    .filter(move |b| w >> b & 1 == 1)
+                    .map(move |b| (i - PREFILTER_WORDS) * 64 + b)
+            })
+            .collect();
+        let slash16 = |a: u32, b: u32| a << 8 | b;
+        assert_eq!(
+            summary,
+            [
+                slash16(10, 0),
+                slash16(10, 1),
+                slash16(192, 0),
+                slash16(198, 51)
+            ]
+        );
+        assert!(words
+            .iter()
+            .all(|(i, _)| *i < PREFILTER_WORDS + PREFILTER_SUMMARY_WORDS));
+    }
+}

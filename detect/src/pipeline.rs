@@ -531,13 +531,8 @@ impl Detector {
         })
     }
 
-    /// A flow start from the kernel (live scans).
-    pub fn flow_start(&mut self, flow: &FlowStart, out: &mut dyn FnMut(Event)) {
-        self.flow_starts(std::slice::from_ref(flow), out);
-    }
-
-    /// Flow starts from the kernel, a ring record's batch at once (the scan tables' look-ups
-    /// of a batch are started together: their cache misses overlap).
+    /// Flow starts from the kernel (live scans), a ring record's batch at once (the scan
+    /// tables' look-ups of a batch are started together: their cache misses overlap).
     pub fn flow_starts(&mut self, flows: &[FlowStart], out: &mut dyn FnMut(Event)) {
         self.flow_starts += flows.len() as u64;
         self.refresh_trails();

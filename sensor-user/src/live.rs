@@ -252,6 +252,21 @@ pub fn hand_over<'n>(
     true
 }
 
+/// Gives `records` to the detector as one batch (`starts`: reused, no allocation per
+/// record); how many there were.
+fn flow_starts(
+    detector: &mut Detector,
+    starts: &mut Vec<FlowStart>,
+    records: impl Iterator<Item = xtrail_common::FlowRecord>,
+    clock: &Clock,
+    out: &mut dyn FnMut(Event),
+) -> u64 {
+    starts.clear();
+    starts.extend(records.map(|rec| flow_start(&rec, clock)));
+    detector.flow_starts(starts, out);
+    starts.len() as u64
+}
+
 /// The detector's view of a flow-start record.
 fn flow_start(rec: &xtrail_common::FlowRecord, clock: &Clock) -> FlowStart {
     FlowStart {
@@ -612,19 +627,15 @@ pub fn run(
                 summary.malformed_records += 1;
                 continue;
             };
-            starts.clear();
-            starts.extend(batch.map(|rec| flow_start(&rec, &clock)));
-            summary.flows += starts.len() as u64;
-            detector.flow_starts(&starts, &mut out);
+            summary.flows += flow_starts(&mut detector, &mut starts, batch, &clock, &mut out);
         }
         // Detached: what the CPUs' batches still hold was never sent; take it from the map.
         if finishing {
             match sensor.take_pending_flows() {
                 Ok(pending) => {
-                    starts.clear();
-                    starts.extend(pending.iter().map(|rec| flow_start(rec, &clock)));
-                    summary.flows += starts.len() as u64;
-                    detector.flow_starts(&starts, &mut out);
+                    let pending = pending.into_iter();
+                    summary.flows +=
+                        flow_starts(&mut detector, &mut starts, pending, &clock, &mut out);
                 }
                 Err(e) => log::warn!("reading the flow starts not yet sent: {e}"),
             }

@@ -177,6 +177,9 @@ impl ScanState {
     /// [`PackedMap::touch`]); the number of keys found.
     pub fn touch(&self, config: &HeuristicsConfig, f: &FlowStart) -> u32 {
         let mut found = 0;
+        if !is_scan_target(f.dst) {
+            return found;
+        }
         match f.proto {
             ipproto::TCP if is_probe_flags(f.tcp_flags) => {
                 found += u32::from(self.tcp.touch(&(f.src, f.dst)));
@@ -184,7 +187,7 @@ impl ScanState {
                     found += u32::from(self.infection.touch(&(f.src, f.dst_port)));
                 }
             }
-            ipproto::UDP => {
+            ipproto::UDP if !is_reply_by_ports(f) => {
                 if let Some((bits, _, _)) = packed_v4_pair(f) {
                     found += u32::from(self.udp_flows.touch_packed(bits));
                 }
@@ -198,7 +201,7 @@ impl ScanState {
     /// A reply rather than a probe: from a service port to an ephemeral one, or the reverse of
     /// a flow already seen (which is then remembered either way).
     fn is_udp_reply(&mut self, f: &FlowStart) -> bool {
-        if f.src_port < 1024 && f.dst_port >= 1024 {
+        if is_reply_by_ports(f) {
             return true;
         }
         let (seen, forward, to_itself) = match packed_v4_pair(f) {
@@ -248,7 +251,12 @@ impl CompactKey<FlowBits> for FlowPair {
     }
 }
 
-/// An IPv4 endpoint in 48 bits, ordered as the (address, port) it stands for.
+/// From a service port (below 1024) to an ephemeral one: a reply whatever was seen.
+#[inline]
+fn is_reply_by_ports(f: &FlowStart) -> bool {
+    f.src_port < 1024 && f.dst_port >= 1024
+}
+
 /// An IPv4 flow's endpoint pair, ordered and packed as `flow_pair` and `compact` would, on
 /// the packed endpoints (an IPv4 address orders as its `u32`); whether the source is the
 /// first endpoint, and whether both are one. `None` for IPv6 (or mixed) addresses.
@@ -266,6 +274,7 @@ fn packed_v4_pair(f: &FlowStart) -> Option<(FlowBits, bool, bool)> {
     Some((bits, x <= y, x == y))
 }
 
+/// An IPv4 endpoint in 48 bits, ordered as the (address, port) it stands for.
 #[inline]
 fn endpoint48(addr: Ipv4Addr, port: u16) -> u64 {
     u64::from(u32::from(addr)) << 16 | u64::from(port)

@@ -714,6 +714,9 @@ fn replay_offline(
     (ours, peer)
 }
 
+/// How the offline scenarios are run and timed (in latest.json).
+const OFFLINE_METHOD: &str = "One pass of `xtrail-sensor replay` over a pcap of the mix (1,000,000 frames, 200,000 with --quick, 10 us apart), timed by the sensor from the first packet read to the last event written (loading trails and building the pipeline excluded). 'offline replay': distinct frames, every packet its own flow. 'offline replay, flows': the same frames as templates sent as the NIC-like generator sends them (xtrail_bench::flows::FlowFrames: background templates 8 packets per flow, 256 flows interleaved, each flow its own source address and port). --peer-replay on the same pcap: wall from its 'running' line to its exit (its end-of-run work included), CPU = its process tree's (getrusage of waited-for children) minus that of a run on an empty pcap.";
+
 /// The offline scenario with every packet its own flow ...
 const OFFLINE: &str = "offline replay";
 /// ... and with the same frames sent as flows ([`flow_sequence`]).
@@ -1348,10 +1351,11 @@ fn write_results(
     notes: &[String],
 ) -> anyhow::Result<()> {
     let json = format!(
-        "{{\"taken\":\"{when}\",\"machine\":\"{}\",\"quick\":{},\"seed\":{},\"runs\":[\n{}\n],\"ingest\":{}}}\n",
+        "{{\"taken\":\"{when}\",\"machine\":\"{}\",\"quick\":{},\"seed\":{},\"offline_method\":{:?},\"runs\":[\n{}\n],\"ingest\":{}}}\n",
         machine.replace('"', "'"),
         opts.quick,
         opts.seed,
+        OFFLINE_METHOD,
         runs.iter().map(Run::json).collect::<Vec<_>>().join(",\n"),
         bench_ingest::json(ingest)
     );
@@ -1461,19 +1465,26 @@ fn write_results(
                 .unwrap_or_default()
         ));
     }
-    let best = runs
-        .iter()
-        .filter(|r| r.scenario == "mix" && r.loss() == 0 && r.recall() == Some(1.0))
-        .map(|r| r.send_pps)
-        .fold(0.0f64, f64::max);
-    md.push_str(&format!(
-        "- Mix: highest sent rate with no loss and full recall: {best:.0} pps.\n"
-    ));
+    // Only when the mix ran (`--only` runs leave it out).
+    if runs.iter().any(|r| r.scenario == "mix") {
+        let best = runs
+            .iter()
+            .filter(|r| r.scenario == "mix" && r.loss() == 0 && r.recall() == Some(1.0))
+            .map(|r| r.send_pps)
+            .fold(0.0f64, f64::max);
+        md.push_str(&format!(
+            "- Mix: highest sent rate with no loss and full recall: {best:.0} pps.\n"
+        ));
+    }
     for (scenario, what) in [
-        (OFFLINE, "the mix, every packet its own flow"),
+        (OFFLINE, "the mix, every packet its own flow".to_string()),
         (
             OFFLINE_FLOWS,
-            "the mix as flows (background 8 packets per flow)",
+            format!(
+                "the mix as flows (background {} packets per flow, {} flows interleaved)",
+                crate::bench_nic::FLOW_PACKETS,
+                crate::bench_nic::WINDOW
+            ),
         ),
     ] {
         let replay = |sensor: &str| {
@@ -1647,6 +1658,14 @@ fn plots(dir: &Path, runs: &[Run]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The method written into latest.json states the flow shape the run uses.
+    #[test]
+    fn offline_method_names_the_flow_shape() {
+        use crate::bench_nic::{FLOW_PACKETS, WINDOW};
+        assert!(OFFLINE_METHOD.contains(&format!("{FLOW_PACKETS} packets per flow")));
+        assert!(OFFLINE_METHOD.contains(&format!("{WINDOW} flows interleaved")));
+    }
 
     #[test]
     fn trails_of_maltrail_and_json_event_lines() {

@@ -233,8 +233,9 @@ pub struct Config {
 /// (which polls every 20 ms) unless it takes the ring's pending bytes across a multiple of
 /// `2^shift`: a wake-up costs microseconds, so it is spent once per that many bytes. The
 /// `HITS` ring also wakes its reader for a record that lands in a ring the reader has read
-/// empty, so a lone hit is reported at once (hits are rare; the payload and flow rings,
-/// whose records come at packet rates, do not).
+/// empty, at most once per 20 ms, so a lone hit is reported at once while a steady stream of
+/// hits does not wake the reader for each (the payload and flow rings, whose records come at
+/// packet rates, wake on their thresholds only).
 pub mod wake {
     /// Index of the `PAYLOADS` ring in [`super::Config::wake_shifts`].
     pub const PAYLOADS: usize = 0;

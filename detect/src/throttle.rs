@@ -20,9 +20,10 @@
 //! so replayed pcaps are throttled by their own clock.
 
 use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 
-use hashbrown::{HashMap, HashSet};
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use crate::event::{Event, EventType, Severity};
 
@@ -87,32 +88,35 @@ pub struct ThrottleStats {
     pub overflow: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Key {
+/// A collapse key: (source, destination, destination port, protocol, type, trail), and the
+/// number it was remembered under (to find it again when it is the oldest).
+#[derive(Debug)]
+struct Seen {
     src: IpAddr,
     dst: IpAddr,
     dst_port: u16,
     proto: String,
     kind: EventType,
     trail: String,
+    seq: u64,
 }
 
-impl Key {
-    fn of(e: &Event) -> Key {
-        Key {
-            src: e.src_ip,
-            dst: e.dst_ip,
-            dst_port: e.dst_port,
-            proto: e.proto.clone(),
-            kind: e.kind,
-            trail: e.trail.clone(),
-        }
+impl Seen {
+    fn is_of(&self, e: &Event) -> bool {
+        self.src == e.src_ip
+            && self.dst == e.dst_ip
+            && self.dst_port == e.dst_port
+            && self.kind == e.kind
+            && self.proto == e.proto
+            && self.trail == e.trail
     }
 }
 
 /// One (source, trail) window of the summarize step.
 #[derive(Debug)]
 struct Summary {
+    src: IpAddr,
+    trail: String,
     start_us: i64,
     passed: u32,
     held: u64,
@@ -124,9 +128,13 @@ struct Summary {
 pub struct Throttle {
     config: ThrottleConfig,
     window: Option<i64>,
-    seen: HashSet<Key>,
-    order: VecDeque<Key>,
-    summaries: HashMap<(IpAddr, String), Summary>,
+    /// The collapse keys of this window, looked up from an event's fields (no key is built
+    /// for a repeat), and (hash, number) of each, oldest first.
+    seen: HashTable<Seen>,
+    order: VecDeque<(u64, u64)>,
+    next_seq: u64,
+    summaries: HashTable<Summary>,
+    hasher: DefaultHashBuilder,
     /// Last second at which finished summarize windows were swept.
     swept_sec: Option<i64>,
     stats: ThrottleStats,
@@ -136,12 +144,6 @@ impl Default for Throttle {
     fn default() -> Self {
         Throttle::new(ThrottleConfig::default())
     }
-}
-
-/// What the summarize step decided for one event.
-enum Verdict {
-    Pass,
-    Hold,
 }
 
 impl Throttle {
@@ -158,9 +160,11 @@ impl Throttle {
                 }),
             },
             window: None,
-            seen: HashSet::new(),
+            seen: HashTable::new(),
             order: VecDeque::new(),
-            summaries: HashMap::new(),
+            next_seq: 0,
+            summaries: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
             swept_sec: None,
             stats: ThrottleStats::default(),
         }
@@ -180,19 +184,48 @@ impl Throttle {
             self.seen.clear();
             self.order.clear();
         }
-        let key = Key::of(event);
-        if self.seen.contains(&key) {
+        let e = event;
+        let hash = collapse_hash(
+            &self.hasher,
+            (e.src_ip, e.dst_ip, e.dst_port),
+            &e.proto,
+            e.kind,
+            &e.trail,
+        );
+        if self.seen.find(hash, |k| k.is_of(e)).is_some() {
             self.stats.suppressed += 1;
             return false;
         }
         if self.seen.len() >= self.config.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
+            if let Some((old_hash, old_seq)) = self.order.pop_front() {
+                if let Ok(old) = self.seen.find_entry(old_hash, |k| k.seq == old_seq) {
+                    old.remove();
+                }
                 self.stats.evicted += 1;
             }
         }
-        self.order.push_back(key.clone());
-        self.seen.insert(key);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.order.push_back((hash, seq));
+        let key = Seen {
+            src: e.src_ip,
+            dst: e.dst_ip,
+            dst_port: e.dst_port,
+            proto: e.proto.clone(),
+            kind: e.kind,
+            trail: e.trail.clone(),
+            seq,
+        };
+        let hasher = &self.hasher;
+        self.seen.insert_unique(hash, key, |k| {
+            collapse_hash(
+                hasher,
+                (k.src, k.dst, k.dst_port),
+                &k.proto,
+                k.kind,
+                &k.trail,
+            )
+        });
         true
     }
 
@@ -203,7 +236,7 @@ impl Throttle {
         if !self.collapse(event) {
             return false;
         }
-        let pass = matches!(self.summarize(event, &mut |_| {}), Verdict::Pass);
+        let pass = self.summarize(event.clone(), &mut |_| {}).is_some();
         if pass {
             self.stats.passed += 1;
         }
@@ -217,52 +250,64 @@ impl Throttle {
         if !self.collapse(&event) {
             return;
         }
-        if let Verdict::Pass = self.summarize(&event, &mut *out) {
+        if let Some(event) = self.summarize(event, &mut *out) {
             self.stats.passed += 1;
             out(event);
         }
     }
 
-    /// The summarize step for an event that survived the collapse. A finished window of the
+    /// The summarize step for an event that survived the collapse: the event back to pass
+    /// it, or `None` when it is held back (kept as its key's last). A finished window of the
     /// same key is summarized to `out` first.
-    fn summarize(&mut self, event: &Event, out: &mut dyn FnMut(Event)) -> Verdict {
+    fn summarize(&mut self, event: Event, mut out: &mut dyn FnMut(Event)) -> Option<Event> {
         let Some(cfg) = self.config.summarize else {
-            return Verdict::Pass;
+            return Some(event);
         };
-        let key = (event.src_ip, event.trail.clone());
-        if !self.summaries.contains_key(&key) && self.summaries.len() >= cfg.capacity {
-            self.sweep(event.ts_us, out);
+        let hash = self.hasher.hash_one((event.src_ip, event.trail.as_str()));
+        let is_key = |s: &Summary| s.src == event.src_ip && s.trail == event.trail;
+        if self.summaries.find(hash, is_key).is_none() && self.summaries.len() >= cfg.capacity {
+            // Finished windows are swept at most once per second of event time: a table
+            // full of running windows would otherwise be walked for every new key.
+            self.flush(event.ts_us, &mut out);
             if self.summaries.len() >= cfg.capacity {
                 self.stats.overflow += 1;
-                return Verdict::Pass;
+                return Some(event);
             }
         }
-        let s = self.summaries.entry(key).or_insert(Summary {
-            start_us: event.ts_us,
-            passed: 0,
-            held: 0,
-            last: None,
-        });
+        let hasher = &self.hasher;
+        let s = match self
+            .summaries
+            .entry(hash, is_key, |s| hasher.hash_one((s.src, s.trail.as_str())))
+        {
+            hashbrown::hash_table::Entry::Occupied(o) => o.into_mut(),
+            hashbrown::hash_table::Entry::Vacant(v) => v
+                .insert(Summary {
+                    src: event.src_ip,
+                    trail: event.trail.clone(),
+                    start_us: event.ts_us,
+                    passed: 0,
+                    held: 0,
+                    last: None,
+                })
+                .into_mut(),
+        };
         if event.ts_us.saturating_sub(s.start_us) >= cfg.window_us {
             if let Some(summary) = summary_event(s, cfg.window_us) {
                 self.stats.summaries += 1;
                 out(summary);
             }
-            *s = Summary {
-                start_us: event.ts_us,
-                passed: 0,
-                held: 0,
-                last: None,
-            };
+            s.start_us = event.ts_us;
+            s.passed = 0;
+            s.held = 0;
         }
         if s.passed < cfg.max_events {
             s.passed += 1;
-            Verdict::Pass
+            Some(event)
         } else {
             s.held += 1;
-            s.last = Some(event.clone());
+            s.last = Some(event);
             self.stats.summarized += 1;
-            Verdict::Hold
+            None
         }
     }
 
@@ -285,7 +330,7 @@ impl Throttle {
         };
         let stats = &mut self.stats;
         let mut due = Vec::new();
-        self.summaries.retain(|_, s| {
+        self.summaries.retain(|s| {
             if now_us.saturating_sub(s.start_us) < cfg.window_us {
                 return true;
             }
@@ -330,6 +375,18 @@ impl Throttle {
     pub fn stats(&self) -> ThrottleStats {
         self.stats
     }
+}
+
+/// The collapse table's hash of (source, destination, destination port), protocol, type and
+/// trail.
+fn collapse_hash(
+    hasher: &DefaultHashBuilder,
+    addrs: (IpAddr, IpAddr, u16),
+    proto: &str,
+    kind: EventType,
+    trail: &str,
+) -> u64 {
+    hasher.hash_one((addrs, proto, kind, trail))
 }
 
 /// The summary of a window with held-back events.

@@ -538,4 +538,32 @@ mod tests {
         assert_eq!(passed, 10_000);
         assert_eq!(t.stats().overflow, 9_900);
     }
+
+    #[test]
+    fn a_full_summarize_table_frees_ended_windows_for_new_keys() {
+        let s = 1_000_000;
+        let mut t = Throttle::new(ThrottleConfig {
+            summarize: Some(SummarizeConfig {
+                capacity: 2,
+                ..SummarizeConfig::default()
+            }),
+            ..ThrottleConfig::default()
+        });
+        let mut out = Vec::new();
+        for e in [ev(0, 1, "a.example"), ev(s / 2, 1, "b.example")] {
+            t.filter(e, &mut |e| out.push(e));
+        }
+        // Full of running windows: a new key passes unsummarized, as often as it comes.
+        for i in 0..3 {
+            t.filter(ev((2 + i) * s, 1, "c.example"), &mut |e| out.push(e));
+        }
+        assert_eq!((out.len(), t.stats().overflow), (5, 3));
+        // Both windows have ended: the new key takes a slot and is summarized again.
+        for i in 0..5 {
+            t.filter(ev((61 + i) * s, 1, "d.example"), &mut |e| out.push(e));
+        }
+        assert_eq!(t.stats().overflow, 3);
+        assert_eq!(t.summarize_len(), 1);
+        assert_eq!(out.len(), 8, "{out:#?}");
+    }
 }

@@ -147,8 +147,8 @@ const SUPPRESSIONS_EVERY: Duration = Duration::from_millis(250);
 /// The live loop's poll timeout: the XDP program wakes the reader only per so many pending
 /// bytes of a ring, so a few payload or flow records wait for it (at most this long). A hit
 /// that lands in a `HITS` ring the loop has read empty wakes it at once, at most once per
-/// 20 ms (`xtrail_common::wake`).
-const POLL_MS: i32 = 20;
+/// this interval (`xtrail_common::wake`).
+const POLL_MS: i32 = xtrail_common::wake::POLL_MS as i32;
 /// How often the live loop sends what the CPUs' flow-start batches hold
 /// (`Sensor::flush_flows`): a flow start on a CPU that sees no further packet waits at most
 /// about this long (plus a poll) for the reader.

@@ -248,6 +248,13 @@ pub mod wake {
     pub const DEFAULT_SHIFTS: [u32; 4] = [18, 14, 16, 16];
     /// A ring is woken at least per this fraction of its size (`2^-FRACTION_SHIFT`).
     pub const FRACTION_SHIFT: u32 = 3;
+    /// How often (ms) the live reader polls every ring whether woken or not: the longest a
+    /// record below its ring's threshold waits.
+    pub const POLL_MS: u32 = 20;
+    /// The least time between two wake-ups of the `HITS` reader for a hit that lands in a
+    /// ring it has read empty: one poll interval, so no hit waits longer than it would for a
+    /// poll.
+    pub const HIT_GAP_NS: u64 = POLL_MS as u64 * 1_000_000;
 
     /// The threshold of ring `which` when it holds `ring_bytes` (a power of two): an eighth
     /// of the ring, at most the default (which the default rings' eighth exceeds), at least

@@ -199,9 +199,6 @@ struct CpuState {
 #[map]
 static HIT_WAKE: Array<u64> = Array::with_max_entries(1, 0);
 
-/// The least time between two such wake-ups: userspace polls the rings every 20 ms anyway.
-const HIT_WAKE_GAP_NS: u64 = 20_000_000;
-
 /// Interface index to its slot in `XSKS`.
 #[map]
 static IFSLOTS: HashMap<u32, u32> = HashMap::with_max_entries(XSK_MAX_IFACES, 0);
@@ -238,12 +235,13 @@ fn crossing_flags(avail: u64, shift: u32, record: u64) -> u64 {
 }
 
 /// The `HITS` ring's wake-up: as [`wakeup_flags`], and besides, at most once per
-/// [`HIT_WAKE_GAP_NS`], the kernel's own rule for a submit without flags: the reader is woken
-/// when this record is the first it has not read (it is caught up, so asleep in `poll` or
-/// about to be). The first hit after a quiet spell reaches userspace at once, not on the next
-/// 20 ms poll; hits that keep coming wait for that poll (or a threshold) instead of waking
-/// the reader each: a wake-up costs both sides microseconds (the NIC-like mix at 500k
-/// packets/s, ~1,500 hits/s, woke the reader ~850 times a second, ~15% of its CPU).
+/// `wake::HIT_GAP_NS` (one userspace poll interval), the kernel's own rule for a submit
+/// without flags: the reader is woken when this record is the first it has not read (it is
+/// caught up, so asleep in `poll` or about to be). The first hit after a quiet spell reaches
+/// userspace at once, not on the next poll; hits that keep coming wait for that poll (or a
+/// threshold) instead of waking the reader each: a wake-up costs both sides microseconds
+/// (the NIC-like mix at 500k packets/s, ~1,500 hits/s, woke the reader ~800 times a second;
+/// limited, the sensor's CPU per packet fell from 140-156 to 126-143 ns).
 #[inline(always)]
 fn hit_wakeup_flags(shift: u32, now: u64) -> u64 {
     if wakeup_flags(&HITS, shift, ring_bytes::<HitRecord>()) == BPF_RB_FORCE_WAKEUP {
@@ -255,7 +253,7 @@ fn hit_wakeup_flags(shift: u32, now: u64) -> u64 {
     // SAFETY: the one slot of an array map; CPUs race on it harmlessly (at worst two
     // wake-ups in one gap).
     unsafe {
-        if now.wrapping_sub(*last) < HIT_WAKE_GAP_NS {
+        if now.wrapping_sub(*last) < wake::HIT_GAP_NS {
             return BPF_RB_NO_WAKEUP;
         }
         *last = now;

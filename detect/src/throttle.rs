@@ -184,15 +184,14 @@ impl Throttle {
             self.seen.clear();
             self.order.clear();
         }
-        let e = event;
         let hash = collapse_hash(
             &self.hasher,
-            (e.src_ip, e.dst_ip, e.dst_port),
-            &e.proto,
-            e.kind,
-            &e.trail,
+            (event.src_ip, event.dst_ip, event.dst_port),
+            &event.proto,
+            event.kind,
+            &event.trail,
         );
-        if self.seen.find(hash, |k| k.is_of(e)).is_some() {
+        if self.seen.find(hash, |k| k.is_of(event)).is_some() {
             self.stats.suppressed += 1;
             return false;
         }
@@ -208,12 +207,12 @@ impl Throttle {
         self.next_seq += 1;
         self.order.push_back((hash, seq));
         let key = Seen {
-            src: e.src_ip,
-            dst: e.dst_ip,
-            dst_port: e.dst_port,
-            proto: e.proto.clone(),
-            kind: e.kind,
-            trail: e.trail.clone(),
+            src: event.src_ip,
+            dst: event.dst_ip,
+            dst_port: event.dst_port,
+            proto: event.proto.clone(),
+            kind: event.kind,
+            trail: event.trail.clone(),
             seq,
         };
         let hasher = &self.hasher;
@@ -565,5 +564,34 @@ mod tests {
         assert_eq!(t.stats().overflow, 3);
         assert_eq!(t.summarize_len(), 1);
         assert_eq!(out.len(), 8, "{out:#?}");
+    }
+
+    #[test]
+    fn a_full_summarize_table_is_swept_at_most_once_a_second() {
+        let s = 1_000_000;
+        let mut t = Throttle::new(ThrottleConfig {
+            summarize: Some(SummarizeConfig {
+                capacity: 2,
+                ..SummarizeConfig::default()
+            }),
+            ..ThrottleConfig::default()
+        });
+        let mut out = Vec::new();
+        let mut send = |t: &mut Throttle, ts: i64, trail: &str| {
+            t.filter(ev(ts, 1, trail), &mut |e| out.push(e));
+        };
+        send(&mut t, 0, "a.example");
+        send(&mut t, s / 2, "b.example");
+        // Second 60's sweep frees a's ended window: c takes its slot.
+        send(&mut t, 60 * s + s / 5, "c.example");
+        assert_eq!((t.summarize_len(), t.stats().overflow), (2, 0));
+        // b's window ended at 60.5 s, but second 60 was swept already: d overflows rather
+        // than the full table being walked again.
+        send(&mut t, 60 * s + 7 * s / 10, "d.example");
+        assert_eq!((t.summarize_len(), t.stats().overflow), (2, 1));
+        // Second 61's sweep frees b: e takes its slot.
+        send(&mut t, 61 * s + s / 10, "e.example");
+        assert_eq!((t.summarize_len(), t.stats().overflow), (2, 1));
+        assert_eq!(out.len(), 5);
     }
 }

@@ -517,15 +517,20 @@ mod tests {
         assert_eq!(t.summarize_len(), 1);
     }
 
-    #[test]
-    fn summarize_table_is_bounded() {
-        let mut t = Throttle::new(ThrottleConfig {
+    /// The default throttle with room for `n` summarize keys.
+    fn with_summarize_capacity(n: usize) -> Throttle {
+        Throttle::new(ThrottleConfig {
             summarize: Some(SummarizeConfig {
-                capacity: 100,
+                capacity: n,
                 ..SummarizeConfig::default()
             }),
             ..ThrottleConfig::default()
-        });
+        })
+    }
+
+    #[test]
+    fn summarize_table_is_bounded() {
+        let mut t = with_summarize_capacity(100);
         let mut passed = 0;
         for i in 0..10_000 {
             t.filter(ev(1_000_000 + i, 1, &format!("d{i}.example")), &mut |_| {
@@ -541,13 +546,7 @@ mod tests {
     #[test]
     fn a_full_summarize_table_frees_ended_windows_for_new_keys() {
         let s = 1_000_000;
-        let mut t = Throttle::new(ThrottleConfig {
-            summarize: Some(SummarizeConfig {
-                capacity: 2,
-                ..SummarizeConfig::default()
-            }),
-            ..ThrottleConfig::default()
-        });
+        let mut t = with_summarize_capacity(2);
         let mut out = Vec::new();
         for e in [ev(0, 1, "a.example"), ev(s / 2, 1, "b.example")] {
             t.filter(e, &mut |e| out.push(e));
@@ -569,13 +568,7 @@ mod tests {
     #[test]
     fn a_full_summarize_table_is_swept_at_most_once_a_second() {
         let s = 1_000_000;
-        let mut t = Throttle::new(ThrottleConfig {
-            summarize: Some(SummarizeConfig {
-                capacity: 2,
-                ..SummarizeConfig::default()
-            }),
-            ..ThrottleConfig::default()
-        });
+        let mut t = with_summarize_capacity(2);
         let mut out = Vec::new();
         let mut send = |t: &mut Throttle, ts: i64, trail: &str| {
             t.filter(ev(ts, 1, trail), &mut |e| out.push(e));

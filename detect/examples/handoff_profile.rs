@@ -3,11 +3,14 @@
 //! hand-off path: `perf stat -e instructions:u`, or valgrind's callgrind with
 //! `--toggle-collect='*run_frames*'`.
 //!
-//! `cargo run --release -p xtrail-detect --example handoff_profile -- KIND [FRAMES] [DATA]`,
+//! `cargo run --release -p xtrail-detect --example handoff_profile -- KIND [FRAMES] [DATA] [NAMES]`,
 //! KIND one of tcp, udp, dns, http, tls; FRAMES (default 100,000) are run after one warm-up
 //! pass over the 4,096 distinct frames (as `benches/parse.rs` cycles them); DATA is the
-//! Maltrail data tree (default `../shared/data/maltrail` beside the workspace). Prints the
-//! events raised (0 for clean traffic) and the wall time per measured frame.
+//! Maltrail data tree (default `../shared/data/maltrail` beside the workspace); NAMES the
+//! host name population (default 4,000, as the bench; above 4,096 there are as many frames
+//! as names, so that a name seldom comes back before the name verdicts forget it). Prints the
+//! events raised (0 for clean traffic), the wall time per measured frame and how many names
+//! were answered from the verdicts of names seen clean before.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -66,15 +69,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut d = live_detector::detector(&trails, &whitelist, &ua, HeuristicsConfig::live())
         .ok_or("no detector")?;
-    let mut traffic = CleanTraffic::new(11, &trails, 2_000, 20_000, 4_000);
-    let frames: Vec<Vec<u8>> = (0..4096).map(|_| traffic.frame(kind)).collect();
+    let names: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(4_000);
+    let mut traffic = CleanTraffic::new(11, &trails, 2_000, 20_000, names);
+    let frames: Vec<Vec<u8>> = (0..names.max(4096)).map(|_| traffic.frame(kind)).collect();
     let mut ts = 1_790_000_000_000_000i64;
     let warm = warm_up(&mut d, &frames, &mut ts);
+    let hits_before = d.stats().processor.name_verdict_hits;
     let t0 = std::time::Instant::now();
     let events = run_frames(&mut d, &frames, count, &mut ts);
     let ns = t0.elapsed().as_nanos() as f64 / count.max(1) as f64;
+    let hits = d.stats().processor.name_verdict_hits - hits_before;
     println!(
-        "{kind:?}: {count} frames, {} events, {ns:.0} ns/frame",
+        "{kind:?}: {count} frames, {} events, {ns:.0} ns/frame, {hits} names answered from \
+         the verdicts of names seen before",
         warm + events
     );
     Ok(())

@@ -19,6 +19,7 @@
 
 pub mod event;
 pub mod heuristics;
+mod name_verdicts;
 pub mod packet;
 pub mod pcap;
 pub mod pipeline;

@@ -44,6 +44,7 @@ use hashbrown::DefaultHashBuilder;
 
 use crate::event::{proto_name, Action, Details, Event, EventType, Severity};
 use crate::heuristics::FlowStart;
+use crate::name_verdicts::NameVerdicts;
 use crate::packet::{self, Packet, PacketError, TcpSegment, Transport};
 use crate::protocols::reassembly::{
     CryptoReassembler, Flight, FlowKey, HelloReassembler, ReassemblyStats,
@@ -125,6 +126,8 @@ pub struct ProcessorStats {
     pub events: u64,
     /// Events dropped because an address was whitelisted.
     pub whitelisted: u64,
+    /// DNS query names and HTTP Hosts answered from the verdicts of names seen clean before.
+    pub name_verdict_hits: u64,
 }
 
 /// What one packet is, for building its events.
@@ -283,6 +286,8 @@ pub struct Processor {
     syns: Box<[Option<SynKey>]>,
     hasher: DefaultHashBuilder,
     path_buf: String,
+    /// Clean verdicts of recently seen names.
+    names: NameVerdicts,
     heuristics: Option<Box<dyn Heuristics>>,
     /// ClientHellos that span TCP segments, per flow until complete (bounded).
     tls_flows: HelloReassembler,
@@ -341,6 +346,7 @@ impl Processor {
             syns: vec![None; SYN_SLOTS].into_boxed_slice(),
             hasher: DefaultHashBuilder::default(),
             path_buf: String::with_capacity(256),
+            names: NameVerdicts::default(),
             heuristics: None,
             tls_flows: HelloReassembler::default(),
             quic_flows: CryptoReassembler::default(),
@@ -384,6 +390,7 @@ impl Processor {
         if let Some(h) = self.heuristics.as_deref_mut() {
             h.set_trails(&trails);
         }
+        self.names.clear();
         self.trails = trails;
     }
 
@@ -459,6 +466,7 @@ impl Processor {
                 UrlCandidates::Maltrail
             },
             path_buf: &mut self.path_buf,
+            names: &mut self.names,
             heuristics: self.heuristics.as_deref_mut(),
         };
         if let Some(h) = run.heuristics.as_deref_mut() {
@@ -554,6 +562,7 @@ struct Run<'p, 'o> {
     check_host_domains: bool,
     url_candidates: UrlCandidates,
     path_buf: &'p mut String,
+    names: &'p mut NameVerdicts,
     heuristics: Option<&'p mut (dyn Heuristics + 'static)>,
 }
 
@@ -564,6 +573,14 @@ impl Run<'_, '_> {
 
     fn label(&self, id: LabelId) -> &Label {
         self.trails.label(id)
+    }
+
+    /// `name`'s whitelist verdict and domain trail hit
+    /// ([`DomainTrails::lookup_whitelisted`](crate::trails::DomainTrails::lookup_whitelisted)),
+    /// from the verdicts of names seen clean before when it is one.
+    fn lookup_name(&mut self, name: &str) -> (bool, Option<DomainMatch>) {
+        let hits = &mut self.stats.name_verdict_hits;
+        (self.names).lookup_whitelisted(name, &self.trails.domains, self.whitelist, hits)
     }
 
     /// Trail text for an address hit: `ip`, or `ip:port` / `[v6]:port` for an IP:port trail.
@@ -652,11 +669,7 @@ impl Run<'_, '_> {
             if let Some(sni) = hello.sni {
                 let mut buf = [0u8; MAX_HOST];
                 if let Some(name) = lowercase_into(sni.as_bytes(), &mut buf) {
-                    let details = || Details {
-                        tls_sni: Some(name.to_owned()),
-                        ..Details::default()
-                    };
-                    self.check_domain(ctx, name, None, details);
+                    self.server_name(ctx, name);
                 }
             }
         }
@@ -700,7 +713,7 @@ impl Run<'_, '_> {
         // One pass over the name gives its whitelist verdict (the heuristics' contract is a
         // name after the whitelist) and its domain trail hit (a pure lookup: reported last,
         // after the heuristics' and the address events).
-        let (whitelisted, hit) = self.trails.domains.lookup_whitelisted(name, self.whitelist);
+        let (whitelisted, hit) = self.lookup_name(name);
         if let Some(heur) = self.heuristics.as_deref_mut().filter(|_| !whitelisted) {
             let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
             heur.on_dns_query(ctx, msg, name, &mut |e| emit(wl, stats, out, e));
@@ -761,12 +774,18 @@ impl Run<'_, '_> {
         self.stats.tls_client_hellos += 1;
         let mut buf = [0u8; MAX_HOST];
         if let Some(name) = lowercase_into(sni.as_bytes(), &mut buf) {
-            let details = || Details {
-                tls_sni: Some(name.to_owned()),
-                ..Details::default()
-            };
-            self.check_domain(ctx, name, None, details);
+            self.server_name(ctx, name);
         }
+    }
+
+    /// A TLS or QUIC server name (lowercased) against the domain trails, as
+    /// [`Run::check_domain`] checks it, through the verdicts of names seen clean before.
+    fn server_name(&mut self, ctx: &PacketContext<'_>, name: &str) {
+        let (_, hit) = self.lookup_name(name);
+        self.report_domain_hit(ctx, name, hit, || Details {
+            tls_sni: Some(name.to_owned()),
+            ..Details::default()
+        });
     }
 
     /// An HTTP request: host against the address and domain trails, host + path against the
@@ -799,9 +818,7 @@ impl Run<'_, '_> {
         // the URL check all need it.
         // With the domain check on, the verdict and the trail hit come from one pass.
         let (header_whitelisted, header_hit) = match header_host {
-            Some(h) if self.check_host_domains => {
-                self.trails.domains.lookup_whitelisted(h, self.whitelist)
-            }
+            Some(h) if self.check_host_domains => self.lookup_name(h),
             Some(h) => (self.whitelist.is_domain_whitelisted(h), None),
             None => (false, None),
         };

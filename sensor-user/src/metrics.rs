@@ -130,7 +130,7 @@ pub fn render(s: &Sample<'_>) -> String {
     let u = s.summary;
     let d = s.detector;
     let pr = &d.processor;
-    let counters: [(&str, &str, u64); 36] = [
+    let counters: [(&str, &str, u64); 37] = [
         (
             "payloads",
             "Ring-buffer packet copies read (inline mode)",
@@ -193,6 +193,11 @@ pub fn render(s: &Sample<'_>) -> String {
             "tls_client_hellos",
             "TLS ClientHellos parsed",
             pr.tls_client_hellos,
+        ),
+        (
+            "name_verdict_hits",
+            "Names answered from the verdicts of names seen clean before",
+            pr.name_verdict_hits,
         ),
         (
             "duplicate_syns",

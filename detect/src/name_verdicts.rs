@@ -1,0 +1,177 @@
+//! The clean verdicts of recently seen names, per worker: a DNS query name or HTTP Host that
+//! hit no domain trail (whitelisted or not) is answered from here the next time it is seen,
+//! without the whitelist and trail tables (which are large and, live, mostly out of cache).
+//! Maltrail keeps the same verdicts (`_result_cache`, `CACHE_TYPE.DOMAIN` and
+//! `DOMAIN_WHITELISTED`). Trail hits are not kept: they are rare and each builds its text.
+
+use crate::trails::{DomainMatch, DomainTrails};
+use crate::whitelist::Whitelist;
+
+/// Slots (a power of two): 256 KiB per worker.
+const SLOTS: usize = 4096;
+/// Longest name kept (a slot is one cache line); longer names are always looked up.
+const MAX_NAME: usize = 54;
+
+/// `Slot::verdict` values.
+const EMPTY: u8 = 0;
+const CLEAN: u8 = 1;
+const WHITELISTED: u8 = 2;
+
+/// One name and its verdict, in one cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Slot {
+    hash: u64,
+    len: u8,
+    verdict: u8,
+    name: [u8; MAX_NAME],
+}
+
+const EMPTY_SLOT: Slot = Slot {
+    hash: 0,
+    len: 0,
+    verdict: EMPTY,
+    name: [0; MAX_NAME],
+};
+
+/// A word-at-a-time multiplicative hash of a short name (unkeyed: a crafted collision
+/// only costs the lookup the table saves; names are compared byte for byte).
+#[inline]
+fn hash(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mix = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(K);
+    let mut h = bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = mix(h, u64::from_le_bytes(w));
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        h = mix(h, u64::from_le_bytes(w));
+    }
+    h
+}
+
+/// A direct-mapped table of names (compared byte for byte, as given) and their verdicts.
+pub(crate) struct NameVerdicts {
+    slots: Box<[Slot]>,
+}
+
+impl Default for NameVerdicts {
+    fn default() -> Self {
+        NameVerdicts {
+            slots: vec![EMPTY_SLOT; SLOTS].into_boxed_slice(),
+        }
+    }
+}
+
+impl NameVerdicts {
+    /// [`DomainTrails::lookup_whitelisted`] of `name`, answered from the table when `name`
+    /// was seen clean before (counted in `hits`); a clean answer is kept (replacing the
+    /// slot's name).
+    pub(crate) fn lookup_whitelisted(
+        &mut self,
+        name: &str,
+        domains: &DomainTrails,
+        whitelist: &Whitelist,
+        hits: &mut u64,
+    ) -> (bool, Option<DomainMatch>) {
+        let bytes = name.as_bytes();
+        if bytes.len() > MAX_NAME {
+            return domains.lookup_whitelisted(name, whitelist);
+        }
+        let hash = hash(bytes);
+        // The top bits: the multiply leaves its best-mixed bits there.
+        let i = (hash >> (64 - SLOTS.trailing_zeros())) as usize;
+        let Some(slot) = self.slots.get_mut(i) else {
+            return domains.lookup_whitelisted(name, whitelist);
+        };
+        if slot.verdict != EMPTY
+            && slot.hash == hash
+            && slot.name.get(..usize::from(slot.len)) == Some(bytes)
+        {
+            *hits += 1;
+            return (slot.verdict == WHITELISTED, None);
+        }
+        let (whitelisted, hit) = domains.lookup_whitelisted(name, whitelist);
+        if hit.is_none() {
+            slot.hash = hash;
+            // At most MAX_NAME (< 256): checked above.
+            slot.len = bytes.len() as u8;
+            slot.name[..bytes.len()].copy_from_slice(bytes);
+            slot.verdict = if whitelisted { WHITELISTED } else { CLEAN };
+        }
+        (whitelisted, hit)
+    }
+
+    /// Forgets every verdict (the trails changed).
+    pub(crate) fn clear(&mut self) {
+        self.slots.fill(EMPTY_SLOT);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One name trail, `evil.example`.
+    fn domains() -> DomainTrails {
+        let mut d = DomainTrails::default();
+        d.table.insert(b"evil.example", 0);
+        d.flags = vec![0];
+        d
+    }
+
+    #[test]
+    fn answers_like_the_lookup_and_keeps_only_clean_verdicts() {
+        let d = domains();
+        let wl = Whitelist::parse("google.com\n");
+        let mut v = NameVerdicts::default();
+        let mut hits = 0;
+        for round in 0..3u64 {
+            for q in [
+                "www.google.com",
+                "clean.example",
+                "a.evil.example",
+                "evil.example",
+                "EVIL.example",
+                "x.y",
+            ] {
+                assert_eq!(
+                    v.lookup_whitelisted(q, &d, &wl, &mut hits),
+                    d.lookup_whitelisted(q, &wl),
+                    "{q} round {round}"
+                );
+            }
+            // Three clean names answered from the table after the first round.
+            assert_eq!(hits, 3 * round);
+        }
+    }
+
+    #[test]
+    fn long_names_and_colliding_slots_are_looked_up() {
+        let d = domains();
+        let wl = Whitelist::empty();
+        let mut v = NameVerdicts::default();
+        let mut hits = 0;
+        let long = format!("{}.evil.example", "a".repeat(60));
+        assert!(v.lookup_whitelisted(&long, &d, &wl, &mut hits).1.is_some());
+        assert!(v.lookup_whitelisted(&long, &d, &wl, &mut hits).1.is_some());
+        // Names that share a slot replace each other and are never confused.
+        let names: Vec<String> = (0..3 * SLOTS).map(|i| format!("n{i}.example")).collect();
+        for n in &names {
+            assert_eq!(v.lookup_whitelisted(n, &d, &wl, &mut hits), (false, None));
+        }
+        assert_eq!(hits, 0);
+        v.clear();
+        assert_eq!(
+            v.lookup_whitelisted(&names[0], &d, &wl, &mut hits),
+            (false, None)
+        );
+        assert_eq!(hits, 0);
+    }
+}

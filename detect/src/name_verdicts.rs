@@ -63,9 +63,12 @@ pub(crate) struct NameVerdicts {
 
 impl Default for NameVerdicts {
     fn default() -> Self {
-        NameVerdicts {
-            slots: vec![EMPTY_SLOT; SLOTS].into_boxed_slice(),
-        }
+        // Zeroed by the allocator: pages are touched (and count in RSS) only once used.
+        let slots = Box::<[Slot]>::new_zeroed_slice(SLOTS);
+        // SAFETY: every field of `Slot` is an integer or an array of bytes, so all-zero
+        // bytes are a valid `Slot` (`EMPTY_SLOT`).
+        let slots = unsafe { slots.assume_init() };
+        NameVerdicts { slots }
     }
 }
 

@@ -5,7 +5,10 @@
 //! - `handoff/*`: one clean frame of each kind (TCP, UDP, DNS query, HTTP request, TLS
 //!   ClientHello) as a transport hands it to the live sensor's [`Detector`] (Ethernet frame,
 //!   interface name), full static tree, whitelist, heuristics as live (scans from the kernel),
-//!   throttle and flood guard; cycling over 4,096 distinct frames per kind.
+//!   throttle and flood guard; cycling over 4,096 distinct frames per kind, their host names
+//!   drawn from 4,000 (about two thirds are answered from the verdicts of names seen clean
+//!   before). `handoff/{dns,http,tls}_new_names`: the same over 65,536 frames naming 200,000
+//!   hosts (about 2% answered so): the cost of a name not seen lately.
 //! - `replay/mix_one_pass`: one pass of an in-memory pcap of the mix (70% background, 15% DNS,
 //!   10% HTTP, 5% TLS; or the file `XTRAIL_BENCH_PCAP` names, e.g. the bench's own mix from
 //!   `cargo run --release -p xtrail-bench --example mix_pcap`) through a fresh replay
@@ -33,7 +36,7 @@ mod clean_traffic;
 #[path = "../tests/common/live_detector.rs"]
 mod live_detector;
 
-use clean_traffic::{CleanTraffic, KINDS};
+use clean_traffic::{CleanTraffic, Kind, KINDS};
 use live_detector::detector;
 
 fn dns_query(name: &str) -> Vec<u8> {
@@ -131,6 +134,27 @@ fn handoff_and_replay(c: &mut Criterion) {
         let mut ts = 1_790_000_000_000_000i64;
         let mut i = 0usize;
         g.bench_function(format!("{kind:?}").to_lowercase(), |b| {
+            b.iter(|| {
+                ts += 10;
+                i = (i + 1) % frames.len();
+                let f = black_box(&frames[i]);
+                let mut n = 0u32;
+                let _ = d.frame(ts, LINKTYPE_ETHERNET, Some("eth0"), f, &mut |_e| n += 1);
+                n
+            })
+        });
+    }
+    // Names that seldom come back: 65,536 frames naming 200,000 hosts, so that nearly every
+    // name misses the verdicts of names seen before (about 2% are answered from them).
+    let mut rare = CleanTraffic::new(13, &trails, 2_000, 20_000, 200_000);
+    for kind in [Kind::Dns, Kind::Http, Kind::Tls] {
+        let Some(mut d) = detector(&trails, &whitelist, &ua, HeuristicsConfig::live()) else {
+            return;
+        };
+        let frames: Vec<Vec<u8>> = (0..65_536).map(|_| rare.frame(kind)).collect();
+        let mut ts = 1_790_000_000_000_000i64;
+        let mut i = 0usize;
+        g.bench_function(format!("{kind:?}_new_names").to_lowercase(), |b| {
             b.iter(|| {
                 ts += 10;
                 i = (i + 1) % frames.len();

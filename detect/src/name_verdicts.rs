@@ -1,6 +1,7 @@
-//! The clean verdicts of recently seen names, per worker: a DNS query name or HTTP Host that
-//! hit no domain trail (whitelisted or not) is answered from here the next time it is seen,
-//! without the whitelist and trail tables (which are large and, live, mostly out of cache).
+//! The clean verdicts of recently seen names, per worker: a DNS query name, HTTP Host or
+//! TLS/QUIC server name that hit no domain trail (whitelisted or not) is answered from here
+//! the next time it is seen, without the whitelist and trail tables (which are large and,
+//! live, mostly out of cache).
 //! Maltrail keeps the same verdicts (`_result_cache`, `CACHE_TYPE.DOMAIN` and
 //! `DOMAIN_WHITELISTED`). Trail hits are not kept: they are rare and each builds its text.
 

@@ -5,6 +5,10 @@
 //! Maltrail keeps the same verdicts (`_result_cache`, `CACHE_TYPE.DOMAIN` and
 //! `DOMAIN_WHITELISTED`). Trail hits are not kept: they are rare and each builds its text.
 
+use std::hash::BuildHasher;
+
+use hashbrown::DefaultHashBuilder;
+
 use crate::trails::{DomainMatch, DomainTrails};
 use crate::whitelist::Whitelist;
 
@@ -35,31 +39,10 @@ const EMPTY_SLOT: Slot = Slot {
     name: [0; MAX_NAME],
 };
 
-/// A word-at-a-time multiplicative hash of a short name (unkeyed: a crafted collision
-/// only costs the lookup the table saves; names are compared byte for byte).
-#[inline]
-fn hash(bytes: &[u8]) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mix = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(K);
-    let mut h = bytes.len() as u64;
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        h = mix(h, u64::from_le_bytes(w));
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut w = [0u8; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        h = mix(h, u64::from_le_bytes(w));
-    }
-    h
-}
-
 /// A direct-mapped table of names (compared byte for byte, as given) and their verdicts.
 pub(crate) struct NameVerdicts {
     slots: Box<[Slot]>,
+    hasher: DefaultHashBuilder,
 }
 
 impl Default for NameVerdicts {
@@ -69,7 +52,10 @@ impl Default for NameVerdicts {
         // SAFETY: every field of `Slot` is an integer or an array of bytes, so all-zero
         // bytes are a valid `Slot` (`EMPTY_SLOT`).
         let slots = unsafe { slots.assume_init() };
-        NameVerdicts { slots }
+        NameVerdicts {
+            slots,
+            hasher: DefaultHashBuilder::default(),
+        }
     }
 }
 
@@ -88,9 +74,8 @@ impl NameVerdicts {
         if bytes.len() > MAX_NAME {
             return domains.lookup_whitelisted(name, whitelist);
         }
-        let hash = hash(bytes);
-        // The top bits: the multiply leaves its best-mixed bits there.
-        let i = (hash >> (64 - SLOTS.trailing_zeros())) as usize;
+        let hash = self.hasher.hash_one(bytes);
+        let i = (hash as usize) & (SLOTS - 1);
         let Some(slot) = self.slots.get_mut(i) else {
             return domains.lookup_whitelisted(name, whitelist);
         };
@@ -157,25 +142,42 @@ mod tests {
     }
 
     #[test]
-    fn long_names_and_colliding_slots_are_looked_up() {
+    fn long_names_are_not_kept_and_a_full_table_never_confuses_names() {
         let d = domains();
         let wl = Whitelist::empty();
         let mut v = NameVerdicts::default();
         let mut hits = 0;
-        let long = format!("{}.evil.example", "a".repeat(60));
-        assert!(v.lookup_whitelisted(&long, &d, &wl, &mut hits).1.is_some());
-        assert!(v.lookup_whitelisted(&long, &d, &wl, &mut hits).1.is_some());
-        // Names that share a slot replace each other and are never confused.
-        let names: Vec<String> = (0..3 * SLOTS).map(|i| format!("n{i}.example")).collect();
-        for n in &names {
-            assert_eq!(v.lookup_whitelisted(n, &d, &wl, &mut hits), (false, None));
+        let long = format!("{}.clean.example", "a".repeat(60));
+        for _ in 0..2 {
+            assert_eq!(
+                v.lookup_whitelisted(&long, &d, &wl, &mut hits),
+                (false, None)
+            );
         }
-        assert_eq!(hits, 0);
-        v.clear();
         assert_eq!(
-            v.lookup_whitelisted(&names[0], &d, &wl, &mut hits),
-            (false, None)
+            hits, 0,
+            "a name over {MAX_NAME} bytes is looked up each time"
         );
-        assert_eq!(hits, 0);
+        // Three names a slot on average: some replace others.
+        let names: Vec<String> = (0..3 * SLOTS).map(|i| format!("n{i}.example")).collect();
+        for _ in 0..2 {
+            for n in &names {
+                assert_eq!(v.lookup_whitelisted(n, &d, &wl, &mut hits), (false, None));
+                // A trail name never takes a clean name's verdict.
+                assert!(v
+                    .lookup_whitelisted("x.evil.example", &d, &wl, &mut hits)
+                    .1
+                    .is_some());
+            }
+        }
+        assert!(hits > 0 && hits < names.len() as u64, "{hits}");
+        // The last name is kept until the table is cleared.
+        let last = &names[names.len() - 1];
+        let before = hits;
+        v.lookup_whitelisted(last, &d, &wl, &mut hits);
+        assert_eq!(hits, before + 1);
+        v.clear();
+        v.lookup_whitelisted(last, &d, &wl, &mut hits);
+        assert_eq!(hits, before + 1);
     }
 }

@@ -126,7 +126,8 @@ pub struct ProcessorStats {
     pub events: u64,
     /// Events dropped because an address was whitelisted.
     pub whitelisted: u64,
-    /// DNS query names and HTTP Hosts answered from the verdicts of names seen clean before.
+    /// DNS query names, HTTP hosts and TLS/QUIC server names answered from the verdicts of
+    /// names seen clean before.
     pub name_verdict_hits: u64,
 }
 
@@ -669,7 +670,11 @@ impl Run<'_, '_> {
             if let Some(sni) = hello.sni {
                 let mut buf = [0u8; MAX_HOST];
                 if let Some(name) = lowercase_into(sni.as_bytes(), &mut buf) {
-                    self.server_name(ctx, name);
+                    let details = || Details {
+                        tls_sni: Some(name.to_owned()),
+                        ..Details::default()
+                    };
+                    self.check_domain(ctx, name, None, details);
                 }
             }
         }
@@ -774,18 +779,12 @@ impl Run<'_, '_> {
         self.stats.tls_client_hellos += 1;
         let mut buf = [0u8; MAX_HOST];
         if let Some(name) = lowercase_into(sni.as_bytes(), &mut buf) {
-            self.server_name(ctx, name);
+            let details = || Details {
+                tls_sni: Some(name.to_owned()),
+                ..Details::default()
+            };
+            self.check_domain(ctx, name, None, details);
         }
-    }
-
-    /// A TLS or QUIC server name (lowercased) against the domain trails, as
-    /// [`Run::check_domain`] checks it, through the verdicts of names seen clean before.
-    fn server_name(&mut self, ctx: &PacketContext<'_>, name: &str) {
-        let (_, hit) = self.lookup_name(name);
-        self.report_domain_hit(ctx, name, hit, || Details {
-            tls_sni: Some(name.to_owned()),
-            ..Details::default()
-        });
     }
 
     /// An HTTP request: host against the address and domain trails, host + path against the
@@ -951,8 +950,8 @@ impl Run<'_, '_> {
         self.emit(e);
     }
 
-    /// Reports a hit of [`DomainTrails::lookup_whitelisted`] (`None` for a whitelisted name)
-    /// as [`Run::check_domain`] would: not for IP literals or invalid names.
+    /// Reports a hit of [`DomainTrails::lookup_whitelisted`] (`None` for a whitelisted name):
+    /// not for IP literals or invalid names (Maltrail's `_check_domain` skips those).
     ///
     /// [`DomainTrails::lookup_whitelisted`]: crate::trails::DomainTrails::lookup_whitelisted
     fn report_domain_hit(
@@ -982,11 +981,10 @@ impl Run<'_, '_> {
 
     /// A name against the domain trails (Maltrail's `_check_domain`): a `DNS` event on a hit,
     /// for DNS queries, HTTP hosts and TLS/QUIC server names alike (SIEM rules written for
-    /// Maltrail rely on that type). IP literals, invalid and whitelisted names are not looked
-    /// up. `whitelisted` is the name's whitelist verdict when the caller has it; without one,
-    /// the whitelist is asked only on a trail hit (a whitelisted name never raises an event,
-    /// so asking after the lookup is equivalent, and most names miss). Returns the verdict
-    /// when known (given or asked), for callers that need it again.
+    /// Maltrail rely on that type). IP literals, invalid and whitelisted names are not
+    /// reported (a whitelisted name is not looked up when the caller knows its verdict).
+    /// [`Run::lookup_name`] gives the verdict and the hit in one pass, or from the verdicts of
+    /// names seen clean before; returns the verdict, for callers that need it again.
     fn check_domain(
         &mut self,
         ctx: &PacketContext<'_>,
@@ -994,17 +992,12 @@ impl Run<'_, '_> {
         whitelisted: Option<bool>,
         details: impl FnOnce() -> Details,
     ) -> Option<bool> {
-        if whitelisted == Some(true) || is_ip_literal(name) || !is_valid_dns_name(name) {
+        if whitelisted == Some(true) {
             return whitelisted;
         }
-        let Some(m) = self.trails.domains.lookup(name) else {
-            return whitelisted;
-        };
-        let whitelisted = whitelisted.unwrap_or_else(|| self.whitelist.is_domain_whitelisted(name));
-        if !whitelisted {
-            self.emit_domain_hit(ctx, m, details);
-        }
-        Some(whitelisted)
+        let (listed, hit) = self.lookup_name(name);
+        self.report_domain_hit(ctx, name, hit, details);
+        Some(listed)
     }
 }
 
@@ -1397,6 +1390,29 @@ sinkholed.example,sinkhole x (malware),(static)
         assert!(lines[2].starts_with("t 10.0.0.66 - 66.66.66.66 - ICMP IP 66.66.66.66 "));
         assert!(lines[3].contains(" 47 IP 66.66.66.66 "));
         assert_eq!(p.stats().fragments, 1);
+    }
+
+    /// A name seen clean is answered from the verdicts until the trails change: then the
+    /// new trail set decides.
+    #[test]
+    fn new_trails_forget_the_verdicts_of_names_seen_clean() {
+        let mut p = processor("");
+        let q = |sport| {
+            let dns = udp(sport, 53, &query("later-evil.com", 1));
+            v4(ME, [9, 9, 9, 10], 17, &dns)
+        };
+        assert!(run(&mut p, &[q(5353), q(5354)]).is_empty());
+        assert_eq!(p.stats().name_verdict_hits, 1);
+        let path =
+            std::env::temp_dir().join(format!("xtrail-process-{}-new.csv", std::process::id()));
+        std::fs::write(&path, "later-evil.com,malware (test),(static)\n").unwrap();
+        let trails = TrailSet::load(std::slice::from_ref(&path), &LoadOptions::default()).unwrap();
+        let _ = std::fs::remove_file(&path);
+        p.set_trails(Arc::new(trails));
+        let lines = run(&mut p, &[q(5355)]);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("later-evil.com"), "{lines:?}");
+        assert_eq!(p.stats().name_verdict_hits, 1);
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //!   `cargo run --release -p xtrail-bench --example mix_pcap`) through a fresh replay
 //!   `Detector` (heuristics as in replay); building the detector is excluded.
 //!
+//! - `event/{json,maltrail}_line`: one IP-trail event (as the live sensor builds from a kernel
+//!   hit) written as a log line into a reused buffer.
+//!
 //! `cargo bench -p xtrail-detect --bench parse`; the pipeline groups need
 //! `shared/data/maltrail` beside the workspace (skipped with a message otherwise).
 
@@ -221,5 +224,42 @@ fn handoff_and_replay(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parsers, pipeline, handoff_and_replay);
+fn event_lines(c: &mut Criterion) {
+    use xtrail_detect::event::{Action, Details, Event, EventType, Format, Severity};
+    let event = Event {
+        ts_us: 1_796_290_816_921_443,
+        sensor: "bench".into(),
+        src_ip: "198.18.2.56".parse().expect("address"),
+        src_port: 1592,
+        dst_ip: "3.64.163.50".parse().expect("address"),
+        dst_port: 443,
+        proto: "TCP".into(),
+        kind: EventType::Ip,
+        trail: "3.64.163.50".into(),
+        info: "parking site (suspicious)".into(),
+        reference: "(static)".into(),
+        severity: Severity::Medium,
+        action: Action::Pass,
+        iface: Some("eth1".into()),
+        trail_set_version: "files-1796289738663781".into(),
+        details: Details::default(),
+    };
+    let mut g = c.benchmark_group("event");
+    let mut line = Vec::with_capacity(512);
+    for (name, format) in [
+        ("json_line", Format::Json),
+        ("maltrail_line", Format::Maltrail),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                line.clear();
+                black_box(&event).write_line(format, &mut line);
+                black_box(line.len())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, parsers, pipeline, handoff_and_replay, event_lines);
 criterion_main!(benches);

@@ -1,6 +1,5 @@
 //! The event model and its two line formats: JSON lines and Maltrail's event line.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use serde::Serialize;
@@ -72,11 +71,15 @@ impl Severity {
     /// Maltrail's labels carry the category in parentheses: `(malware)` is high,
     /// `(suspicious)` medium; scanners and attackers are low; anything else medium.
     pub fn from_info(info: &str) -> Severity {
-        let lower = info.to_ascii_lowercase();
-        if lower.contains("(malware)") || lower.contains("(malicious)") || lower.contains("malware")
-        {
+        // ASCII case-insensitive, without a lowercased copy ("(malware)" is within "malware").
+        let has = |needle: &str| {
+            info.as_bytes()
+                .windows(needle.len())
+                .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+        };
+        if has("malware") || has("(malicious)") {
             Severity::High
-        } else if lower.contains("mass scanner") || lower.contains("known attacker") {
+        } else if has("mass scanner") || has("known attacker") {
             Severity::Low
         } else {
             Severity::Medium
@@ -161,13 +164,67 @@ fn datetime(ts_us: i64) -> OffsetDateTime {
 
 /// Formats microseconds since the epoch as RFC 3339 UTC with microseconds.
 pub fn format_rfc3339(ts_us: i64) -> String {
-    datetime(ts_us)
-        .format(RFC3339_US)
-        .unwrap_or_else(|_| String::from("1970-01-01T00:00:00.000000Z"))
+    match rfc3339_digits(ts_us) {
+        Some(b) => b.iter().map(|&c| char::from(c)).collect(),
+        None => datetime(ts_us)
+            .format(RFC3339_US)
+            .unwrap_or_else(|_| String::from("1970-01-01T00:00:00.000000Z")),
+    }
+}
+
+/// Appends `us` (µs since the epoch) as [`format_rfc3339`] writes it
+/// (`2026-12-01T20:54:06.123456Z`); without allocating for years 0-9999.
+pub fn push_rfc3339(out: &mut Vec<u8>, us: i64) {
+    match rfc3339_digits(us) {
+        Some(b) => out.extend_from_slice(&b),
+        None => out.extend_from_slice(format_rfc3339(us).as_bytes()),
+    }
+}
+
+/// `us` (µs since the epoch) in RFC 3339 UTC with microseconds, computed without the `time`
+/// crate's formatter or an allocation; `None` for years outside 0-9999.
+fn rfc3339_digits(us: i64) -> Option<[u8; 27]> {
+    let secs = us.div_euclid(1_000_000);
+    let micros = us.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
+        return None;
+    }
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut v: i64| {
+        for i in (at..at + width).rev() {
+            // `v` is in range for `width` digits here.
+            b[i] = b'0' + u8::try_from(v % 10).unwrap_or(0);
+            v /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, sod / 3600);
+    put(14, 2, sod / 60 % 60);
+    put(17, 2, sod % 60);
+    put(20, 6, micros);
+    Some(b)
 }
 
 fn ser_ts<S: serde::Serializer>(ts_us: &i64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_rfc3339(*ts_us))
+    match rfc3339_digits(*ts_us) {
+        // ASCII digits and separators: always UTF-8.
+        Some(b) => s.serialize_str(std::str::from_utf8(&b).unwrap_or_default()),
+        None => s.serialize_str(&format_rfc3339(*ts_us)),
+    }
 }
 
 /// Name of an IP protocol number as events show it.
@@ -214,27 +271,50 @@ impl Event {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// Appends the event as one line in `format` (with the newline) to `out`: what a log
+    /// writes, into a buffer it reuses.
+    pub fn write_line(&self, format: Format, out: &mut Vec<u8>) {
+        match format {
+            Format::Json => {
+                // Writing into a Vec fails only if serializing fails, which no field can.
+                let _ = serde_json::to_writer(&mut *out, self);
+            }
+            Format::Maltrail => out.extend_from_slice(self.to_maltrail().as_bytes()),
+        }
+        out.push(b'\n');
+    }
+
     /// The event in Maltrail's line format (without the newline):
     /// `"<ts>" <sensor> <src_ip> <src_port> <dst_ip> <dst_port> <proto> <type> <trail> <info> <reference>`.
     pub fn to_maltrail(&self) -> String {
         let mut out = String::with_capacity(160);
-        let ts = datetime(self.ts_us).format(MALTRAIL_TS).unwrap_or_default();
-        let _ = write!(out, "\"{ts}\"");
+        out.push('"');
+        match rfc3339_digits(self.ts_us) {
+            // RFC 3339's digits with a space for the `T` and without the `Z`.
+            Some(mut b) => {
+                b[10] = b' ';
+                out.extend(b[..26].iter().map(|&c| char::from(c)));
+            }
+            None => out.push_str(&datetime(self.ts_us).format(MALTRAIL_TS).unwrap_or_default()),
+        }
+        out.push('"');
         let port = |p: u16| if p == 0 { String::new() } else { p.to_string() };
+        let (src_ip, dst_ip) = (self.src_ip.to_string(), self.dst_ip.to_string());
+        let (src_port, dst_port) = (port(self.src_port), port(self.dst_port));
         for field in [
-            self.sensor.clone(),
-            self.src_ip.to_string(),
-            port(self.src_port),
-            self.dst_ip.to_string(),
-            port(self.dst_port),
-            self.proto.clone(),
-            self.kind.as_str().to_string(),
-            self.trail.clone(),
-            self.info.clone(),
-            self.reference.clone(),
+            self.sensor.as_str(),
+            &src_ip,
+            &src_port,
+            &dst_ip,
+            &dst_port,
+            &self.proto,
+            self.kind.as_str(),
+            &self.trail,
+            &self.info,
+            &self.reference,
         ] {
             out.push(' ');
-            push_maltrail_value(&mut out, &field);
+            push_maltrail_value(&mut out, field);
         }
         out
     }
@@ -284,6 +364,60 @@ mod tests {
             iface: None,
             trail_set_version: String::new(),
             details: Details::default(),
+        }
+    }
+
+    #[test]
+    fn times_match_the_time_crate() {
+        let mut x: u64 = 0x1234_5678_9abc_def1;
+        let mut samples = vec![0, 1, -1, 951_782_400_000_000, 4_102_444_799_999_999];
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Years 1900 to about 2200, and a few negative.
+            samples.push((x % 10_000_000_000_000_000) as i64 - 2_208_988_800_000_000);
+        }
+        // Outside years 0-9999: the `time` crate's formatter.
+        samples.extend([-62_167_219_200_000_001, 253_402_300_800_000_000]);
+        for us in samples {
+            let ts = datetime(us).format(MALTRAIL_TS).unwrap();
+            let mut e = sample();
+            e.ts_us = us;
+            assert!(e.to_maltrail().starts_with(&format!("\"{ts}\" ")), "{us}");
+            let expected = datetime(us).format(RFC3339_US).unwrap();
+            assert_eq!(format_rfc3339(us), expected, "{us}");
+            let mut out = b"x".to_vec();
+            push_rfc3339(&mut out, us);
+            assert_eq!(out, [b"x", expected.as_bytes()].concat(), "{us}");
+        }
+    }
+
+    #[test]
+    fn severity_from_info_ignores_ascii_case() {
+        for (info, want) in [
+            ("asyncrat (malware)", Severity::High),
+            ("Known MALWARE host", Severity::High),
+            ("phishing (MALICIOUS)", Severity::High),
+            ("Mass Scanner", Severity::Low),
+            ("known attacker", Severity::Low),
+            ("parking site (suspicious)", Severity::Medium),
+            ("", Severity::Medium),
+            ("malwar", Severity::Medium),
+        ] {
+            assert_eq!(Severity::from_info(info), want, "{info}");
+        }
+    }
+
+    #[test]
+    fn a_written_line_is_the_formatted_event_and_a_newline() {
+        let mut e = sample();
+        e.iface = Some("eth1".into());
+        e.details.dns_query = Some("malware.example".into());
+        for format in [Format::Json, Format::Maltrail] {
+            let mut out = b"old\n".to_vec();
+            e.write_line(format, &mut out);
+            assert_eq!(out, format!("old\n{}\n", e.format(format)).into_bytes());
         }
     }
 

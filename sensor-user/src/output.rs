@@ -19,6 +19,8 @@ pub fn open_output(path: &Path) -> io::Result<Box<dyn Write + Send>> {
 pub struct EventLog {
     out: Box<dyn Write + Send>,
     format: Format,
+    /// The line being written, reused from event to event.
+    line: Vec<u8>,
     /// Events written.
     pub written: u64,
 }
@@ -29,6 +31,7 @@ impl EventLog {
         Ok(EventLog {
             out: open_output(path)?,
             format,
+            line: Vec::with_capacity(512),
             written: 0,
         })
     }
@@ -38,15 +41,16 @@ impl EventLog {
         EventLog {
             out,
             format,
+            line: Vec::with_capacity(512),
             written: 0,
         }
     }
 
     /// Writes one event as a line.
     pub fn write(&mut self, event: &Event) -> io::Result<()> {
-        let line = event.format(self.format);
-        self.out.write_all(line.as_bytes())?;
-        self.out.write_all(b"\n")?;
+        self.line.clear();
+        event.write_line(self.format, &mut self.line);
+        self.out.write_all(&self.line)?;
         self.written += 1;
         Ok(())
     }

@@ -8,6 +8,7 @@
 use std::io::Write as _;
 use std::net::IpAddr;
 
+use xtrail_detect::event::push_rfc3339;
 use xtrail_proto::json::severity_name;
 
 use super::threats::{in_scope, Addr, Bounded, Threat, Triage};
@@ -17,46 +18,6 @@ use crate::access::Scope;
 pub const SPARK: usize = 24;
 /// Most in-scope addresses shown past a list's cut-off (as the API's summaries).
 pub const MORE_SHOWN: usize = 100;
-
-/// Appends `us` (µs since the epoch) as `format_rfc3339` writes it
-/// (`2026-12-01T20:54:06.123456Z`), without allocating; years outside 0-9999 go through
-/// `format_rfc3339` itself.
-pub fn rfc3339(out: &mut Vec<u8>, us: i64) {
-    let secs = us.div_euclid(1_000_000);
-    let micros = us.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    if !(0..=9999).contains(&year) {
-        out.extend_from_slice(xtrail_detect::event::format_rfc3339(us).as_bytes());
-        return;
-    }
-    let mut b = *b"0000-00-00T00:00:00.000000Z";
-    let mut put = |at: usize, width: usize, mut v: i64| {
-        for i in (at..at + width).rev() {
-            // `v` is in range for `width` digits here.
-            b[i] = b'0' + u8::try_from(v % 10).unwrap_or(0);
-            v /= 10;
-        }
-    };
-    put(0, 4, year);
-    put(5, 2, month);
-    put(8, 2, day);
-    put(11, 2, sod / 3600);
-    put(14, 2, sod / 60 % 60);
-    put(17, 2, sod % 60);
-    put(20, 6, micros);
-    out.extend_from_slice(&b);
-}
 
 /// Appends `s` as a JSON string: copied as is when nothing needs escaping (the common
 /// case), else escaped by serde_json.
@@ -169,11 +130,11 @@ fn json_head(out: &mut Vec<u8>, t: &Threat) {
     json_str(out, severity_name(t.severity));
     field(out, "first_seen");
     out.push(b'"');
-    rfc3339(out, t.first_seen);
+    push_rfc3339(out, t.first_seen);
     out.push(b'"');
     field(out, "last_seen");
     out.push(b'"');
-    rfc3339(out, t.last_seen);
+    push_rfc3339(out, t.last_seen);
     out.push(b'"');
     out.extend_from_slice(b",\"count\":");
 }
@@ -329,9 +290,9 @@ fn csv_head(out: &mut Vec<u8>, t: &Threat) {
     out.push(b',');
     csv_cell(out, severity_name(t.severity));
     out.push(b',');
-    rfc3339(out, t.first_seen);
+    push_rfc3339(out, t.first_seen);
     out.push(b',');
-    rfc3339(out, t.last_seen);
+    push_rfc3339(out, t.last_seen);
     out.push(b',');
 }
 
@@ -424,25 +385,6 @@ pub fn csv_row(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xtrail_detect::event::format_rfc3339;
-
-    #[test]
-    fn times_match_format_rfc3339() {
-        let mut x: u64 = 0x1234_5678_9abc_def1;
-        let mut samples = vec![0, 1, -1, 951_782_400_000_000, 4_102_444_799_999_999];
-        for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            // Years 1900 to about 2200, and a few negative.
-            samples.push((x % 10_000_000_000_000_000) as i64 - 2_208_988_800_000_000);
-        }
-        for us in samples {
-            let mut out = Vec::new();
-            rfc3339(&mut out, us);
-            assert_eq!(String::from_utf8(out).unwrap(), format_rfc3339(us), "{us}");
-        }
-    }
 
     #[test]
     fn csv_cells_quote_and_defuse() {

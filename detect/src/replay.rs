@@ -159,11 +159,15 @@ pub fn replay_with<W: Write + ?Sized>(
     let started = std::time::Instant::now();
     let mut stats = ReplayStats::default();
     let mut write_error: Option<std::io::Error> = None;
+    let mut lines = Lines {
+        format: opts.format,
+        buf: Vec::with_capacity(512),
+    };
     for path in paths {
         replay_file(
             path,
             &mut detector,
-            opts.format,
+            &mut lines,
             writer,
             on_event,
             &mut stats,
@@ -176,7 +180,7 @@ pub fn replay_with<W: Write + ?Sized>(
     let mut summaries = Vec::new();
     detector.finish(&mut |e| summaries.push(e));
     for e in summaries {
-        write_event(writer, &e, opts.format)?;
+        lines.write(writer, &e)?;
         on_event(&e);
         stats.events += 1;
     }
@@ -192,7 +196,7 @@ pub fn replay_with<W: Write + ?Sized>(
 fn replay_file<W: Write + ?Sized>(
     path: &Path,
     detector: &mut Detector,
-    format: Format,
+    lines: &mut Lines,
     writer: &mut W,
     on_event: &mut dyn FnMut(&Event),
     stats: &mut ReplayStats,
@@ -228,7 +232,7 @@ fn replay_file<W: Write + ?Sized>(
             if write_error.is_some() {
                 return;
             }
-            match write_event(writer, &event, format) {
+            match lines.write(writer, &event) {
                 Ok(()) => {
                     on_event(&event);
                     stats.events += 1;
@@ -258,12 +262,16 @@ fn add_linktype(stats: &mut ReplayStats, counters: Option<(u32, LinktypeStats)>)
     }
 }
 
-fn write_event<W: Write + ?Sized>(
-    writer: &mut W,
-    event: &Event,
+/// Event lines in one format, each built in a buffer reused from event to event.
+struct Lines {
     format: Format,
-) -> std::io::Result<()> {
-    let mut line = event.format(format);
-    line.push('\n');
-    writer.write_all(line.as_bytes())
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    fn write<W: Write + ?Sized>(&mut self, writer: &mut W, event: &Event) -> std::io::Result<()> {
+        self.buf.clear();
+        event.write_line(self.format, &mut self.buf);
+        writer.write_all(&self.buf)
+    }
 }

@@ -68,8 +68,9 @@ pub enum Severity {
 }
 
 impl Severity {
-    /// Maltrail's labels carry the category in parentheses: `(malware)` is high,
-    /// `(suspicious)` medium; scanners and attackers are low; anything else medium.
+    /// Maltrail's labels carry the category in parentheses: any mention of `malware`, or
+    /// `(malicious)`, is high; `mass scanner` and `known attacker` are low; anything else
+    /// (`(suspicious)` ...) medium. ASCII case is ignored.
     pub fn from_info(info: &str) -> Severity {
         // ASCII case-insensitive, without a lowercased copy ("(malware)" is within "malware").
         let has = |needle: &str| {
@@ -162,14 +163,31 @@ fn datetime(ts_us: i64) -> OffsetDateTime {
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-/// Formats microseconds since the epoch as RFC 3339 UTC with microseconds.
-pub fn format_rfc3339(ts_us: i64) -> String {
-    match rfc3339_digits(ts_us) {
+/// Formats microseconds since the epoch as RFC 3339 UTC with microseconds (times beyond the
+/// `time` crate's range as the epoch).
+pub fn format_rfc3339(us: i64) -> String {
+    match rfc3339_digits(us) {
         Some(b) => b.iter().map(|&c| char::from(c)).collect(),
-        None => datetime(ts_us)
+        None => datetime(us)
             .format(RFC3339_US)
             .unwrap_or_else(|_| String::from("1970-01-01T00:00:00.000000Z")),
     }
+}
+
+/// Appends `us` (µs since the epoch) as a Maltrail event line starts:
+/// `"2026-12-01 20:54:06.123456"`, quotes included (shared with the collector's Maltrail
+/// exporter).
+pub fn push_maltrail_ts(out: &mut String, us: i64) {
+    out.push('"');
+    match rfc3339_digits(us) {
+        // RFC 3339's digits with a space for the `T` and without the `Z`.
+        Some(mut b) => {
+            b[10] = b' ';
+            out.extend(b[..26].iter().map(|&c| char::from(c)));
+        }
+        None => out.push_str(&datetime(us).format(MALTRAIL_TS).unwrap_or_default()),
+    }
+    out.push('"');
 }
 
 /// Appends `us` (µs since the epoch) as [`format_rfc3339`] writes it
@@ -276,8 +294,13 @@ impl Event {
     pub fn write_line(&self, format: Format, out: &mut Vec<u8>) {
         match format {
             Format::Json => {
-                // Writing into a Vec fails only if serializing fails, which no field can.
-                let _ = serde_json::to_writer(&mut *out, self);
+                // Writing into a Vec fails only if serializing fails, which no field can; were
+                // it to, the line is left empty rather than cut.
+                let start = out.len();
+                if serde_json::to_writer(&mut *out, self).is_err() {
+                    debug_assert!(false, "an event did not serialize");
+                    out.truncate(start);
+                }
             }
             Format::Maltrail => out.extend_from_slice(self.to_maltrail().as_bytes()),
         }
@@ -288,16 +311,7 @@ impl Event {
     /// `"<ts>" <sensor> <src_ip> <src_port> <dst_ip> <dst_port> <proto> <type> <trail> <info> <reference>`.
     pub fn to_maltrail(&self) -> String {
         let mut out = String::with_capacity(160);
-        out.push('"');
-        match rfc3339_digits(self.ts_us) {
-            // RFC 3339's digits with a space for the `T` and without the `Z`.
-            Some(mut b) => {
-                b[10] = b' ';
-                out.extend(b[..26].iter().map(|&c| char::from(c)));
-            }
-            None => out.push_str(&datetime(self.ts_us).format(MALTRAIL_TS).unwrap_or_default()),
-        }
-        out.push('"');
+        push_maltrail_ts(&mut out, self.ts_us);
         let port = |p: u16| if p == 0 { String::new() } else { p.to_string() };
         let (src_ip, dst_ip) = (self.src_ip.to_string(), self.dst_ip.to_string());
         let (src_port, dst_port) = (port(self.src_port), port(self.dst_port));
@@ -325,6 +339,35 @@ impl Event {
             Format::Json => self.to_json(),
             Format::Maltrail => self.to_maltrail(),
         }
+    }
+}
+
+/// Event lines in one format, each built in a buffer reused from event to event: what the
+/// sensor's log and replay write.
+#[derive(Debug)]
+pub struct LineWriter {
+    format: Format,
+    line: Vec<u8>,
+}
+
+impl LineWriter {
+    /// A writer of `format` lines.
+    pub fn new(format: Format) -> Self {
+        LineWriter {
+            format,
+            line: Vec::with_capacity(512),
+        }
+    }
+
+    /// Writes `event` as one line (with the newline) to `out`, in one `write_all`.
+    pub fn write<W: std::io::Write + ?Sized>(
+        &mut self,
+        out: &mut W,
+        event: &Event,
+    ) -> std::io::Result<()> {
+        self.line.clear();
+        event.write_line(self.format, &mut self.line);
+        out.write_all(&self.line)
     }
 }
 
@@ -370,15 +413,24 @@ mod tests {
     #[test]
     fn times_match_the_time_crate() {
         let mut x: u64 = 0x1234_5678_9abc_def1;
-        let mut samples = vec![0, 1, -1, 951_782_400_000_000, 4_102_444_799_999_999];
+        // The epoch, around it, a leap day, the first and last microsecond of years 0-9999.
+        let mut samples = vec![
+            0,
+            1,
+            -1,
+            951_782_400_000_000,
+            4_102_444_799_999_999,
+            -62_167_219_200_000_000,
+            253_402_300_799_999_999,
+        ];
         for _ in 0..20_000 {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            // Years 1900 to about 2200, and a few negative.
+            // Years 1900 to about 2217 (about a fifth of them before 1970).
             samples.push((x % 10_000_000_000_000_000) as i64 - 2_208_988_800_000_000);
         }
-        // Outside years 0-9999: the `time` crate's formatter.
+        // Just outside years 0-9999: the `time` crate's formatter.
         samples.extend([-62_167_219_200_000_001, 253_402_300_800_000_000]);
         for us in samples {
             let ts = datetime(us).format(MALTRAIL_TS).unwrap();
@@ -404,20 +456,37 @@ mod tests {
             ("parking site (suspicious)", Severity::Medium),
             ("", Severity::Medium),
             ("malwar", Severity::Medium),
+            // High before low.
+            ("malware known attacker", Severity::High),
         ] {
             assert_eq!(Severity::from_info(info), want, "{info}");
         }
     }
 
     #[test]
-    fn a_written_line_is_the_formatted_event_and_a_newline() {
+    fn a_written_line_is_the_event_and_a_newline() {
         let mut e = sample();
         e.iface = Some("eth1".into());
         e.details.dns_query = Some("malware.example".into());
-        for format in [Format::Json, Format::Maltrail] {
+        let json = concat!(
+            r#"{"ts":"2026-08-07T09:14:22.117034Z","sensor":"gw","src_ip":"10.13.13.2","#,
+            r#""src_port":57809,"dst_ip":"1.1.1.1","dst_port":53,"proto":"UDP","type":"DNS","#,
+            r#""trail":"malware.example","info":"asyncrat (malware)","reference":"(static)","#,
+            r#""severity":"high","action":"pass","iface":"eth1","dns_query":"malware.example"}"#
+        );
+        let maltrail = concat!(
+            r#""2026-08-07 09:14:22.117034" gw 10.13.13.2 57809 1.1.1.1 53 UDP DNS "#,
+            r#"malware.example "asyncrat (malware)" (static)"#
+        );
+        for (format, line) in [(Format::Json, json), (Format::Maltrail, maltrail)] {
+            let mut lines = LineWriter::new(format);
             let mut out = b"old\n".to_vec();
-            e.write_line(format, &mut out);
-            assert_eq!(out, format!("old\n{}\n", e.format(format)).into_bytes());
+            lines.write(&mut out, &e).unwrap();
+            lines.write(&mut out, &e).unwrap();
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("old\n{line}\n{line}\n")
+            );
         }
     }
 

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::event::{Event, Format};
+use crate::event::{Event, Format, LineWriter};
 use crate::heuristics::{HeuristicsConfig, HeuristicsError, UaPatterns};
 use crate::pcap::{self, PcapError};
 use crate::pipeline::{Detector, DetectorConfig, DetectorStats, FloodConfig};
@@ -159,10 +159,7 @@ pub fn replay_with<W: Write + ?Sized>(
     let started = std::time::Instant::now();
     let mut stats = ReplayStats::default();
     let mut write_error: Option<std::io::Error> = None;
-    let mut lines = Lines {
-        format: opts.format,
-        buf: Vec::with_capacity(512),
-    };
+    let mut lines = LineWriter::new(opts.format);
     for path in paths {
         replay_file(
             path,
@@ -196,7 +193,7 @@ pub fn replay_with<W: Write + ?Sized>(
 fn replay_file<W: Write + ?Sized>(
     path: &Path,
     detector: &mut Detector,
-    lines: &mut Lines,
+    lines: &mut LineWriter,
     writer: &mut W,
     on_event: &mut dyn FnMut(&Event),
     stats: &mut ReplayStats,
@@ -259,19 +256,5 @@ fn add_linktype(stats: &mut ReplayStats, counters: Option<(u32, LinktypeStats)>)
         let lt = stats.per_linktype.entry(linktype).or_default();
         lt.packets += c.packets;
         lt.parse_errors += c.parse_errors;
-    }
-}
-
-/// Event lines in one format, each built in a buffer reused from event to event.
-struct Lines {
-    format: Format,
-    buf: Vec<u8>,
-}
-
-impl Lines {
-    fn write<W: Write + ?Sized>(&mut self, writer: &mut W, event: &Event) -> std::io::Result<()> {
-        self.buf.clear();
-        event.write_line(self.format, &mut self.buf);
-        writer.write_all(&self.buf)
     }
 }

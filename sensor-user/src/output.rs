@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use xtrail_detect::event::{Event, Format};
+use xtrail_detect::event::{Event, Format, LineWriter};
 
 /// Opens `path` for appending, or stdout for `-`; buffered either way (callers flush).
 pub fn open_output(path: &Path) -> io::Result<Box<dyn Write + Send>> {
@@ -18,9 +18,7 @@ pub fn open_output(path: &Path) -> io::Result<Box<dyn Write + Send>> {
 /// A line-oriented event log.
 pub struct EventLog {
     out: Box<dyn Write + Send>,
-    format: Format,
-    /// The line being written, reused from event to event.
-    line: Vec<u8>,
+    lines: LineWriter,
     /// Events written.
     pub written: u64,
 }
@@ -30,8 +28,7 @@ impl EventLog {
     pub fn open(path: &Path, format: Format) -> io::Result<EventLog> {
         Ok(EventLog {
             out: open_output(path)?,
-            format,
-            line: Vec::with_capacity(512),
+            lines: LineWriter::new(format),
             written: 0,
         })
     }
@@ -40,17 +37,14 @@ impl EventLog {
     pub fn from_writer(out: Box<dyn Write + Send>, format: Format) -> EventLog {
         EventLog {
             out,
-            format,
-            line: Vec::with_capacity(512),
+            lines: LineWriter::new(format),
             written: 0,
         }
     }
 
     /// Writes one event as a line.
     pub fn write(&mut self, event: &Event) -> io::Result<()> {
-        self.line.clear();
-        event.write_line(self.format, &mut self.line);
-        self.out.write_all(&self.line)?;
+        self.lines.write(&mut self.out, event)?;
         self.written += 1;
         Ok(())
     }

@@ -10,12 +10,9 @@
 //! shows the fleet's events. Times are UTC (as the sensor writes them). UDP: no
 //! acknowledgement; a batch counts as sent when the kernel took its datagrams.
 
-use std::fmt::Write as _;
-
 use anyhow::{bail, Context as _};
-use time::macros::format_description;
 use tokio::net::UdpSocket;
-use xtrail_detect::event::push_maltrail_value;
+use xtrail_detect::event::{push_maltrail_ts, push_maltrail_value};
 use xtrail_proto::v1;
 
 use super::syslog::split_host;
@@ -45,14 +42,8 @@ impl MaltrailConfig {
 
 /// The Maltrail event line of a wire event (no line break).
 pub fn event_line(e: &v1::Event) -> String {
-    let ts = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(e.ts_us) * 1000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
-        .format(format_description!(
-            "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]"
-        ))
-        .unwrap_or_default();
     let mut out = String::with_capacity(160);
-    let _ = write!(out, "\"{ts}\"");
+    push_maltrail_ts(&mut out, e.ts_us);
     let port = |p: u32| if p == 0 { String::new() } else { p.to_string() };
     for field in [
         e.sensor.as_str(),

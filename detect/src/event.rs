@@ -332,14 +332,6 @@ impl Event {
         }
         out
     }
-
-    /// The event in the given format.
-    pub fn format(&self, format: Format) -> String {
-        match format {
-            Format::Json => self.to_json(),
-            Format::Maltrail => self.to_maltrail(),
-        }
-    }
 }
 
 /// Event lines in one format, each built in a buffer reused from event to event: what the

@@ -668,14 +668,7 @@ impl Run<'_, '_> {
         if let Ok(hello) = tls::parse_client_hello(p) {
             self.stats.tls_client_hellos += 1;
             if let Some(sni) = hello.sni {
-                let mut buf = [0u8; MAX_HOST];
-                if let Some(name) = lowercase_into(sni.as_bytes(), &mut buf) {
-                    let details = || Details {
-                        tls_sni: Some(name.to_owned()),
-                        ..Details::default()
-                    };
-                    self.check_domain(ctx, name, None, details);
-                }
+                self.server_name(ctx, sni);
             }
         }
     }
@@ -777,6 +770,11 @@ impl Run<'_, '_> {
 
     fn quic_server_name(&mut self, ctx: &PacketContext<'_>, sni: &str) {
         self.stats.tls_client_hellos += 1;
+        self.server_name(ctx, sni);
+    }
+
+    /// A TLS or QUIC ClientHello's server name, lowercased, against the domain trails.
+    fn server_name(&mut self, ctx: &PacketContext<'_>, sni: &str) {
         let mut buf = [0u8; MAX_HOST];
         if let Some(name) = lowercase_into(sni.as_bytes(), &mut buf) {
             let details = || Details {

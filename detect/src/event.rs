@@ -247,12 +247,42 @@ fn ser_ts<S: serde::Serializer>(ts_us: &i64, s: S) -> Result<S::Ok, S::Error> {
 
 /// Name of an IP protocol number as events show it.
 pub fn proto_name(proto: u8) -> String {
+    let mut s = String::new();
+    push_proto_name(proto, &mut s);
+    s
+}
+
+/// Bytes a reused string is given at least when it must grow: the fields of events and
+/// throttle keys that are reused ([`set_str`]) for values of different lengths settle at a
+/// size that fits instead of growing again and again (an IPv6 `[addr]:port` trail is 47).
+const REUSED_STR_MIN: usize = 48;
+
+/// `s` emptied, with room for [`REUSED_STR_MIN`] bytes (allocated only if it had less).
+pub fn clear_for_reuse(s: &mut String) -> &mut String {
+    s.clear();
+    s.reserve(REUSED_STR_MIN);
+    s
+}
+
+/// `s` holding `value`, in its own buffer when that is large enough (see
+/// [`clear_for_reuse`]).
+pub fn set_str(s: &mut String, value: &str) {
+    let s = clear_for_reuse(s);
+    s.push_str(value);
+}
+
+/// Appends [`proto_name`] of `proto` to `out`.
+pub fn push_proto_name(proto: u8, out: &mut String) {
+    use std::fmt::Write as _;
     match proto {
-        1 => "ICMP".into(),
-        6 => "TCP".into(),
-        17 => "UDP".into(),
-        58 => "ICMPv6".into(),
-        other => other.to_string(),
+        1 => out.push_str("ICMP"),
+        6 => out.push_str("TCP"),
+        17 => out.push_str("UDP"),
+        58 => out.push_str("ICMPv6"),
+        // Writing into a String cannot fail.
+        other => {
+            let _ = write!(out, "{other}");
+        }
     }
 }
 

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use hashbrown::{HashMap, HashSet};
 
-use crate::event::{Event, EventType};
+use crate::event::{set_str, Event, EventType};
 use crate::heuristics::{
     FlowStart, HeuristicsConfig, HeuristicsError, MaltrailHeuristics, UaPatterns,
 };
@@ -130,8 +130,16 @@ pub struct FloodGuard {
     overflow_start: Option<i64>,
     /// Last second at which finished windows were swept.
     swept_sec: Option<i64>,
+    /// Keys and emptied source sets of finished windows, reused by new trails (at most
+    /// [`SPARE_WINDOWS`]): a warm guard allocates nothing per event.
+    spare: Vec<(String, HashSet<IpAddr>)>,
     stats: FloodStats,
 }
+
+/// Finished windows [`FloodGuard::spare`] keeps.
+const SPARE_WINDOWS: usize = 1024;
+/// Source sets larger than this (a flood's) are not kept.
+const SPARE_SET_CAPACITY: usize = 128;
 
 impl FloodGuard {
     /// A guard with these settings.
@@ -144,6 +152,7 @@ impl FloodGuard {
             overflow: HashMap::new(),
             overflow_start: None,
             swept_sec: None,
+            spare: Vec::new(),
             stats: FloodStats::default(),
         }
     }
@@ -172,11 +181,13 @@ impl FloodGuard {
                 self.stats.table_full += 1;
                 return Some(event);
             }
+            let (mut trail, sources) = self.spare.pop().unwrap_or_default();
+            set_str(&mut trail, &event.trail);
             self.trails.insert(
-                (event.kind, event.trail.clone()),
+                (event.kind, trail),
                 TrailWindow {
                     start_us: event.ts_us,
-                    sources: HashSet::new(),
+                    sources,
                     flood: None,
                 },
             );
@@ -252,11 +263,11 @@ impl FloodGuard {
 
     fn sweep(&mut self, now_us: i64, out: &mut dyn FnMut(Event)) {
         let window = self.config.window_us;
-        let stats = &mut self.stats;
-        self.trails.retain(|_, w| {
-            if now_us.saturating_sub(w.start_us) < window {
-                return true;
-            }
+        let (stats, spare) = (&mut self.stats, &mut self.spare);
+        let done = |_: &(EventType, String), w: &mut TrailWindow| {
+            now_us.saturating_sub(w.start_us) >= window
+        };
+        for ((_, trail), mut w) in self.trails.extract_if(done) {
             if let Some((absorbed, sample, last)) = w.flood.take() {
                 stats.aggregates += 1;
                 out(aggregate_event(
@@ -267,8 +278,11 @@ impl FloodGuard {
                     window,
                 ));
             }
-            false
-        });
+            if spare.len() < SPARE_WINDOWS && w.sources.capacity() <= SPARE_SET_CAPACITY {
+                w.sources.clear();
+                spare.push((trail, w.sources));
+            }
+        }
         if self
             .overflow_start
             .is_some_and(|s| now_us.saturating_sub(s) >= window)

@@ -25,7 +25,7 @@ use std::net::IpAddr;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use crate::event::{Event, EventType, Severity};
+use crate::event::{set_str, Event, EventType, Severity};
 
 /// Settings of the summarize step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -137,7 +137,28 @@ pub struct Throttle {
     hasher: DefaultHashBuilder,
     /// Last second at which finished summarize windows were swept.
     swept_sec: Option<i64>,
+    /// Strings of forgotten keys, reused for new keys' copies (at most [`SPARE_STRINGS`]): a
+    /// warm throttle allocates nothing per event.
+    spare: Vec<String>,
     stats: ThrottleStats,
+}
+
+/// Strings [`Throttle::spare`] keeps: two a collapse key, so a second's keys at ~2,000
+/// events a second.
+const SPARE_STRINGS: usize = 4096;
+
+/// A copy of `value` in a spare string's buffer when there is one ([`set_str`]).
+fn copy_str(spare: &mut Vec<String>, value: &str) -> String {
+    let mut s = spare.pop().unwrap_or_default();
+    set_str(&mut s, value);
+    s
+}
+
+/// Keeps `s` for [`copy_str`] while there is room.
+fn recycle(spare: &mut Vec<String>, s: String) {
+    if spare.len() < SPARE_STRINGS {
+        spare.push(s);
+    }
 }
 
 impl Default for Throttle {
@@ -166,6 +187,7 @@ impl Throttle {
             summaries: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
             swept_sec: None,
+            spare: Vec::new(),
             stats: ThrottleStats::default(),
         }
     }
@@ -181,7 +203,10 @@ impl Throttle {
         let window = event.ts_us.div_euclid(self.config.window_us);
         if self.window != Some(window) {
             self.window = Some(window);
-            self.seen.clear();
+            for k in self.seen.drain() {
+                recycle(&mut self.spare, k.proto);
+                recycle(&mut self.spare, k.trail);
+            }
             self.order.clear();
         }
         let hash = collapse_hash(
@@ -198,7 +223,9 @@ impl Throttle {
         if self.seen.len() >= self.config.capacity {
             if let Some((old_hash, old_seq)) = self.order.pop_front() {
                 if let Ok(old) = self.seen.find_entry(old_hash, |k| k.seq == old_seq) {
-                    old.remove();
+                    let (k, _) = old.remove();
+                    recycle(&mut self.spare, k.proto);
+                    recycle(&mut self.spare, k.trail);
                 }
                 self.stats.evicted += 1;
             }
@@ -210,9 +237,9 @@ impl Throttle {
             src: event.src_ip,
             dst: event.dst_ip,
             dst_port: event.dst_port,
-            proto: event.proto.clone(),
+            proto: copy_str(&mut self.spare, &event.proto),
             kind: event.kind,
-            trail: event.trail.clone(),
+            trail: copy_str(&mut self.spare, &event.trail),
             seq,
         };
         let hasher = &self.hasher;
@@ -273,7 +300,7 @@ impl Throttle {
                 return Some(event);
             }
         }
-        let hasher = &self.hasher;
+        let (hasher, spare) = (&self.hasher, &mut self.spare);
         let s = match self
             .summaries
             .entry(hash, is_key, |s| hasher.hash_one((s.src, s.trail.as_str())))
@@ -282,7 +309,7 @@ impl Throttle {
             hashbrown::hash_table::Entry::Vacant(v) => v
                 .insert(Summary {
                     src: event.src_ip,
-                    trail: event.trail.clone(),
+                    trail: copy_str(spare, &event.trail),
                     start_us: event.ts_us,
                     passed: 0,
                     held: 0,
@@ -327,7 +354,7 @@ impl Throttle {
         let Some(cfg) = self.config.summarize else {
             return;
         };
-        let stats = &mut self.stats;
+        let (stats, spare) = (&mut self.stats, &mut self.spare);
         let mut due = Vec::new();
         self.summaries.retain(|s| {
             if now_us.saturating_sub(s.start_us) < cfg.window_us {
@@ -337,6 +364,7 @@ impl Throttle {
                 stats.summaries += 1;
                 due.push(summary);
             }
+            recycle(spare, std::mem::take(&mut s.trail));
             false
         });
         // In time order (the table's order differs from run to run): a replay writes the

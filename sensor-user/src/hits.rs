@@ -5,7 +5,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use xtrail_common::{
     action, side, trail_kind, FlowRecord, HitRecord, PayloadHeader, PAYLOAD_CAP, PAYLOAD_HEADER_LEN,
 };
-use xtrail_detect::event::{proto_name, Action, Details, Event, EventType, Severity};
+use xtrail_detect::event::{
+    clear_for_reuse, push_proto_name, set_str, Action, Details, Event, EventType, Severity,
+};
 use xtrail_detect::trails::TrailSet;
 
 /// Converts kernel monotonic timestamps to wall-clock microseconds.
@@ -73,9 +75,49 @@ pub fn to_event(
     rec: &HitRecord,
     trails: &TrailSet,
     sensor: &str,
-    iface: Option<String>,
+    iface: Option<&str>,
     clock: &Clock,
 ) -> Event {
+    let mut event = blank_event();
+    fill_event(&mut event, rec, trails, sensor, iface, clock);
+    event
+}
+
+/// An event whose strings are all empty (nothing allocated), for [`fill_event`].
+pub fn blank_event() -> Event {
+    Event {
+        ts_us: 0,
+        sensor: String::new(),
+        src_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        src_port: 0,
+        dst_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        dst_port: 0,
+        proto: String::new(),
+        kind: EventType::Ip,
+        trail: String::new(),
+        info: String::new(),
+        reference: String::new(),
+        severity: Severity::Low,
+        action: Action::Pass,
+        iface: None,
+        trail_set_version: String::new(),
+        details: Details::default(),
+    }
+}
+
+/// [`to_event`] into `event`, every field overwritten (its `trail_set_version` emptied): the
+/// strings of an event already written are reused ([`set_str`]), so a warm sensor allocates
+/// nothing per hit.
+pub fn fill_event(
+    event: &mut Event,
+    rec: &HitRecord,
+    trails: &TrailSet,
+    sensor: &str,
+    iface: Option<&str>,
+    clock: &Clock,
+) {
+    use std::fmt::Write as _;
+
     let src_ip = addr(rec.family, rec.src);
     let dst_ip = addr(rec.family, rec.dst);
     let (trail_ip, trail_port) = if rec.side == side::SRC {
@@ -83,41 +125,52 @@ pub fn to_event(
     } else {
         (dst_ip, rec.dst_port)
     };
-    let (kind, trail) = if rec.kind == trail_kind::IPPORT {
-        let text = match trail_ip {
-            IpAddr::V4(a) => format!("{a}:{trail_port}"),
-            IpAddr::V6(a) => format!("[{a}]:{trail_port}"),
+    let trail = clear_for_reuse(&mut event.trail);
+    // Writing into a String cannot fail.
+    event.kind = if rec.kind == trail_kind::IPPORT {
+        let _ = match trail_ip {
+            IpAddr::V4(a) => write!(trail, "{a}:{trail_port}"),
+            IpAddr::V6(a) => write!(trail, "[{a}]:{trail_port}"),
         };
-        (EventType::IpPort, text)
+        EventType::IpPort
     } else {
-        (EventType::Ip, trail_ip.to_string())
+        let _ = write!(trail, "{trail_ip}");
+        EventType::Ip
     };
-    let (info, reference) = trails
-        .labels
-        .get(rec.trail_id as usize)
-        .map(|l| (l.info.clone(), l.reference.clone()))
-        .unwrap_or_else(|| (format!("unknown trail {}", rec.trail_id), String::new()));
-    Event {
-        ts_us: clock.to_unix_us(rec.ts_ns),
-        sensor: sensor.to_string(),
-        src_ip,
-        src_port: rec.src_port,
-        dst_ip,
-        dst_port: rec.dst_port,
-        proto: proto_name(rec.proto),
-        kind,
-        trail,
-        severity: Severity::from_info(&info),
-        info,
-        reference,
-        action: if rec.action == action::DROP {
-            Action::Drop
-        } else {
-            Action::Pass
-        },
-        iface,
-        trail_set_version: String::new(),
-        details: Details::default(),
+    match trails.labels.get(rec.trail_id as usize) {
+        Some(l) => {
+            set_str(&mut event.info, &l.info);
+            set_str(&mut event.reference, &l.reference);
+        }
+        None => {
+            let _ = write!(
+                clear_for_reuse(&mut event.info),
+                "unknown trail {}",
+                rec.trail_id
+            );
+            event.reference.clear();
+        }
+    }
+    event.ts_us = clock.to_unix_us(rec.ts_ns);
+    set_str(&mut event.sensor, sensor);
+    event.src_ip = src_ip;
+    event.src_port = rec.src_port;
+    event.dst_ip = dst_ip;
+    event.dst_port = rec.dst_port;
+    push_proto_name(rec.proto, clear_for_reuse(&mut event.proto));
+    event.severity = Severity::from_info(&event.info);
+    event.action = if rec.action == action::DROP {
+        Action::Drop
+    } else {
+        Action::Pass
+    };
+    match (&mut event.iface, iface) {
+        (Some(slot), Some(name)) => set_str(slot, name),
+        (slot, name) => *slot = name.map(String::from),
+    }
+    event.trail_set_version.clear();
+    if event.details != Details::default() {
+        event.details = Details::default();
     }
 }
 

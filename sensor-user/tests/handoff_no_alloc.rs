@@ -2,22 +2,26 @@
 //! records laid out as the `PAYLOADS` ring presents them (header, then the frame; the ring's
 //! size-class padding past `cap_len` is never read, so the records here stop at the frame)
 //! are decoded and run through the detector by `live::hand_over`, the function the live
-//! loop calls per record, under a counting allocator. Needs no privilege.
+//! loop calls per record, under a counting allocator. So are the kernel's trail hits: each
+//! record's event filled into a written one (`hits::fill_event`) and passed through the
+//! throttle and the flood guard as the live loop does. Needs no privilege.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
 
 use xtrail_bench::frames::{chrome_client_hello, dns_query, tcp_flags, v4, Frame};
-use xtrail_common::{handoff, PayloadHeader, PAYLOAD_CAP, PAYLOAD_HEADER_LEN};
+use xtrail_common::{
+    action, handoff, side, trail_kind, HitRecord, PayloadHeader, PAYLOAD_CAP, PAYLOAD_HEADER_LEN,
+};
 use xtrail_detect::event::Event;
 use xtrail_detect::heuristics::{HeuristicsConfig, UaPatterns};
-use xtrail_detect::pipeline::{Detector, DetectorConfig, FloodConfig};
+use xtrail_detect::pipeline::{Detector, DetectorConfig, FloodConfig, KernelHit};
 use xtrail_detect::process::ProcessorConfig;
 use xtrail_detect::throttle::ThrottleConfig;
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
-use xtrail_sensor::hits::{parse_payload, Clock};
+use xtrail_sensor::hits::{blank_event, fill_event, parse_payload, Clock};
 use xtrail_sensor::live::hand_over;
 
 struct Counting;
@@ -165,4 +169,92 @@ fn the_live_hand_off_path_allocates_nothing_per_record() {
         &mut |e| pending.push(e)
     ));
     assert_eq!(allocations() - before, 0);
+}
+
+/// The v4-mapped form a hit record carries.
+fn mapped(a: [u8; 4]) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[10] = 0xff;
+    b[11] = 0xff;
+    b[12..].copy_from_slice(&a);
+    b
+}
+
+#[test]
+fn a_kernel_hit_allocates_nothing_once_warm() {
+    const TRAILS: u8 = 64;
+    let dir = std::env::temp_dir().join(format!("xtrail-hit-alloc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let csv = dir.join("trails.csv");
+    let lines: String = (0..TRAILS)
+        .map(|i| format!("66.66.66.{i},malware (test),(test)\n"))
+        .collect();
+    std::fs::write(&csv, lines).expect("trail file");
+    let trails =
+        TrailSet::load(std::slice::from_ref(&csv), &LoadOptions::default()).expect("trails");
+    let _ = std::fs::remove_dir_all(&dir);
+    let trails = Arc::new(trails);
+    let mut detector = Detector::new(DetectorConfig {
+        trails: trails.clone(),
+        whitelist: Arc::new(Whitelist::parse("")),
+        processor: ProcessorConfig::with_sensor("no-alloc"),
+        heuristics: Some((HeuristicsConfig::live(), Arc::new(UaPatterns::default()))),
+        throttle: Some(ThrottleConfig::default()),
+        flood: Some(FloodConfig::default()),
+        maltrail_syn_rules: true,
+    })
+    .expect("detector");
+    let clock = Clock::now();
+    let version = String::from("files-1");
+    let mut spare: Vec<Event> = Vec::new();
+    let mut pending: Vec<Event> = Vec::with_capacity(1024);
+    let mut written = 0u64;
+    // Rounds two minutes apart (past the throttle's and the guard's windows): each round
+    // 64 sources hit 64 trails, every key new to the round, as in the live loop: each
+    // record's event filled into a spare one, the written events kept as spares.
+    let mut round = |r: u64, spare: &mut Vec<Event>, written: &mut u64| {
+        for i in 0..TRAILS {
+            let rec = HitRecord {
+                ts_ns: 1_000_000_000 + r * 120_000_000_000 + u64::from(i) * 1_000,
+                ifindex: 3,
+                trail_id: 0,
+                src: mapped([198, 18, 1, i]),
+                dst: mapped([66, 66, 66, i]),
+                src_port: 40_000 + u16::from(i),
+                dst_port: 443,
+                family: 4,
+                proto: 17,
+                kind: trail_kind::IP,
+                side: side::DST,
+                action: action::PASS,
+                ..HitRecord::default()
+            };
+            let mut event = spare.pop().unwrap_or_else(blank_event);
+            fill_event(&mut event, &rec, &trails, "no-alloc", Some("eth0"), &clock);
+            event.trail_set_version.clone_from(&version);
+            let hit = KernelHit {
+                event,
+                syn: false,
+                trail_is_dst: true,
+            };
+            detector.kernel_hit(hit, &mut |e| pending.push(e));
+        }
+        for e in pending.drain(..) {
+            assert_eq!(e.info, "malware (test)");
+            assert_eq!(e.trail_set_version, version);
+            *written += 1;
+            spare.push(e);
+        }
+    };
+    for r in 0..3 {
+        round(r, &mut spare, &mut written);
+    }
+    assert_eq!(written, 3 * u64::from(TRAILS), "every hit is reported");
+    let before = allocations();
+    for r in 3..13 {
+        round(r, &mut spare, &mut written);
+    }
+    let allocated = allocations() - before;
+    assert_eq!(written, 13 * u64::from(TRAILS), "every hit is reported");
+    assert_eq!(allocated, 0, "{allocated} allocations over 640 kernel hits");
 }

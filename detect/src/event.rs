@@ -252,9 +252,10 @@ pub fn proto_name(proto: u8) -> String {
     s
 }
 
-/// Bytes a reused string is given at least when it must grow: the fields of events and
-/// throttle keys that are reused ([`set_str`]) for values of different lengths settle at a
-/// size that fits instead of growing again and again (an IPv6 `[addr]:port` trail is 47).
+/// Bytes a reused string is given at least when it must grow: the strings of events,
+/// throttle keys and flood-guard keys that are reused ([`set_str`]) for values of different
+/// lengths settle at a size that fits instead of growing again and again (an IPv6
+/// `[addr]:port` trail is 47).
 const REUSED_STR_MIN: usize = 48;
 
 /// `s` emptied, with room for [`REUSED_STR_MIN`] bytes (allocated only if it had less).

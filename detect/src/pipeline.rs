@@ -138,8 +138,10 @@ pub struct FloodGuard {
 
 /// Finished windows [`FloodGuard::spare`] keeps.
 const SPARE_WINDOWS: usize = 1024;
-/// Source sets larger than this (a flood's) are not kept.
+/// Source sets with room for more than this (a large flood's) are freed, not kept.
 const SPARE_SET_CAPACITY: usize = 128;
+/// Trail keys longer than this (a long URL trail's) are freed, not kept.
+const SPARE_KEY_CAPACITY: usize = 256;
 
 impl FloodGuard {
     /// A guard with these settings.
@@ -278,7 +280,10 @@ impl FloodGuard {
                     window,
                 ));
             }
-            if spare.len() < SPARE_WINDOWS && w.sources.capacity() <= SPARE_SET_CAPACITY {
+            if spare.len() < SPARE_WINDOWS
+                && w.sources.capacity() <= SPARE_SET_CAPACITY
+                && trail.capacity() <= SPARE_KEY_CAPACITY
+            {
                 w.sources.clear();
                 spare.push((trail, w.sources));
             }

@@ -69,20 +69,6 @@ pub fn parse_record(bytes: &[u8]) -> Option<HitRecord> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<HitRecord>()) })
 }
 
-/// Builds the event for a hit. The trail printed is the matching address (`ip`, or `ip:port`
-/// / `[ip6]:port` for IP:port trails), as Maltrail prints it.
-pub fn to_event(
-    rec: &HitRecord,
-    trails: &TrailSet,
-    sensor: &str,
-    iface: Option<&str>,
-    clock: &Clock,
-) -> Event {
-    let mut event = blank_event();
-    fill_event(&mut event, rec, trails, sensor, iface, clock);
-    event
-}
-
 /// An event whose strings are all empty (nothing allocated), for [`fill_event`].
 pub fn blank_event() -> Event {
     Event {
@@ -105,9 +91,10 @@ pub fn blank_event() -> Event {
     }
 }
 
-/// [`to_event`] into `event`, every field overwritten (its `trail_set_version` emptied): the
-/// strings of an event already written are reused ([`set_str`]), so a warm sensor allocates
-/// nothing per hit.
+/// The event for a hit, written over `event` (every field; its `trail_set_version` emptied):
+/// the strings of an event already written are reused ([`set_str`]), so a warm sensor
+/// allocates nothing per hit. The trail printed is the matching address (`ip`, or `ip:port`
+/// / `[ip6]:port` for IP:port trails), as Maltrail prints it.
 pub fn fill_event(
     event: &mut Event,
     rec: &HitRecord,
@@ -249,6 +236,89 @@ mod tests {
         v.extend_from_slice(frame);
         v.resize(v.len() + extra, 0xee);
         v
+    }
+
+    #[test]
+    fn an_event_filled_over_another_is_the_event_filled_over_a_blank_one() {
+        let dir = std::env::temp_dir().join(format!("xtrail-fill-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let csv = dir.join("trails.csv");
+        std::fs::write(&csv, "66.66.66.66,mass scanner,(test)\n").unwrap();
+        let trails =
+            TrailSet::load(std::slice::from_ref(&csv), &Default::default()).expect("trails");
+        let _ = std::fs::remove_dir_all(&dir);
+        let v6 = |last: u8| {
+            let mut a = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            a[15] = last;
+            a
+        };
+        let mapped = |a: [u8; 4]| {
+            let mut b = [0u8; 16];
+            b[10] = 0xff;
+            b[11] = 0xff;
+            b[12..].copy_from_slice(&a);
+            b
+        };
+        let ipv4_hit = HitRecord {
+            ts_ns: 5_000_000_000,
+            trail_id: 0,
+            src: mapped([198, 18, 0, 1]),
+            dst: mapped([66, 66, 66, 66]),
+            src_port: 40_000,
+            dst_port: 443,
+            family: 4,
+            proto: 6,
+            kind: trail_kind::IP,
+            side: side::DST,
+            action: action::PASS,
+            ..HitRecord::default()
+        };
+        // An IP:port hit on the source, dropped, of an unknown trail, over IPv6 and UDP.
+        let other = HitRecord {
+            ts_ns: 7_000_000_000,
+            trail_id: 99,
+            src: v6(1),
+            dst: v6(2),
+            src_port: 53,
+            dst_port: 1234,
+            family: 6,
+            proto: 17,
+            kind: trail_kind::IPPORT,
+            side: side::SRC,
+            action: action::DROP,
+            ..HitRecord::default()
+        };
+        let clock = Clock::now();
+        let fresh = |rec: &HitRecord, iface: Option<&str>| {
+            let mut e = blank_event();
+            fill_event(&mut e, rec, &trails, "s", iface, &clock);
+            e
+        };
+        let a = fresh(&ipv4_hit, Some("eth0"));
+        assert_eq!(
+            (a.kind, a.trail.as_str(), a.info.as_str(), a.severity),
+            (EventType::Ip, "66.66.66.66", "mass scanner", Severity::Low)
+        );
+        let b = fresh(&other, None);
+        assert_eq!(
+            (b.kind, b.trail.as_str(), b.reference.as_str(), b.action),
+            (EventType::IpPort, "[2001:db8::1]:53", "", Action::Drop)
+        );
+        assert_eq!(b.info, "unknown trail 99");
+        // Each filled over the other, and over an event with every optional field set.
+        let mut dirty = b.clone();
+        dirty.trail_set_version = "files-1".into();
+        dirty.details.http_path = Some("/x".into());
+        for (over, rec, iface, want) in [
+            (b.clone(), &ipv4_hit, Some("eth0"), &a),
+            (dirty.clone(), &ipv4_hit, Some("eth0"), &a),
+            (a.clone(), &other, None, &b),
+            (dirty, &other, None, &b),
+        ] {
+            let mut e = over;
+            fill_event(&mut e, rec, &trails, "s", iface, &clock);
+            assert_eq!(&e, want);
+        }
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use xtrail_common::{config_flags, side};
-use xtrail_detect::event::Event;
+use xtrail_common::{config_flags, side, HitRecord};
+use xtrail_detect::event::{set_str, Event};
 use xtrail_detect::heuristics::{FlowStart, HeuristicsConfig, UaPatterns};
 use xtrail_detect::pipeline::{Detector, DetectorConfig, FloodConfig, KernelHit};
 use xtrail_detect::process::ProcessorConfig;
@@ -158,7 +158,8 @@ const FLUSH_EVERY: Duration = Duration::from_millis(250);
 const FRAME_QUEUE: usize = 65_536;
 
 /// Written events kept for reuse by the next kernel hits (a wake-up's worth at the rates
-/// seen: ~35 events per 20 ms poll at 1,700 events/s).
+/// seen: ~35 events per 20 ms poll at 1,700 events/s). Their strings are as long as the
+/// events' fields were (a frame's HTTP path or Host at most).
 const SPARE_EVENTS: usize = 256;
 
 /// Totals at the end of a run. Every packet handed to userspace is accounted for:
@@ -254,6 +255,47 @@ pub fn hand_over<'n>(
     // A frame the parser rejects is counted by the detector (`parse_errors`).
     let _ = detector.frame(ts_us, LINKTYPE_ETHERNET, ifname(h.ifindex), h.frame, out);
     true
+}
+
+/// What a kernel hit's event carries besides its record.
+pub struct Hit<'a> {
+    /// The sensor's name.
+    pub sensor: &'a str,
+    /// The interface the packet arrived on.
+    pub iface: Option<&'a str>,
+    /// The kernel clock's offset.
+    pub clock: &'a Clock,
+}
+
+impl Hit<'_> {
+    /// Gives the detector the event of a `HITS` record matched by `set`, filled into one of
+    /// the `spare` events when there is one (the live loop keeps the events it wrote):
+    /// allocates nothing once warm (`tests/handoff_no_alloc.rs`).
+    pub fn report(
+        &self,
+        rec: &HitRecord,
+        set: &VersionedTrails,
+        spare: &mut Vec<Event>,
+        detector: &mut Detector,
+        out: &mut impl FnMut(Event),
+    ) {
+        let mut event = spare.pop().unwrap_or_else(hits::blank_event);
+        hits::fill_event(
+            &mut event,
+            rec,
+            &set.trails,
+            self.sensor,
+            self.iface,
+            self.clock,
+        );
+        set_str(&mut event.trail_set_version, &set.version);
+        let hit = KernelHit {
+            event,
+            syn: rec.proto == 6,
+            trail_is_dst: rec.side == side::DST,
+        };
+        detector.kernel_hit(hit, out);
+    }
 }
 
 /// Gives `records` to the detector as one batch (`starts`: reused, no allocation per
@@ -598,22 +640,12 @@ pub fn run(
             };
             // The labels of the map set that matched (the record says which).
             let set = hit_sets.get(rec.trail_set).unwrap_or_else(|| shared.load());
-            let mut event = spare.pop().unwrap_or_else(hits::blank_event);
-            hits::fill_event(
-                &mut event,
-                &rec,
-                &set.trails,
-                &opts.sensor_name,
-                ifname(rec.ifindex),
-                &clock,
-            );
-            xtrail_detect::event::set_str(&mut event.trail_set_version, &set.version);
-            let hit = KernelHit {
-                event,
-                syn: rec.proto == 6,
-                trail_is_dst: rec.side == side::DST,
+            let hit = Hit {
+                sensor: &opts.sensor_name,
+                iface: ifname(rec.ifindex),
+                clock: &clock,
             };
-            detector.kernel_hit(hit, &mut out);
+            hit.report(&rec, &set, &mut spare, &mut detector, &mut out);
         }
         // Every record pending is read per wake-up; each frame is parsed where it lies in the
         // ring (no copy, no allocation here) and its slot released when the item drops.

@@ -2,9 +2,9 @@
 //! records laid out as the `PAYLOADS` ring presents them (header, then the frame; the ring's
 //! size-class padding past `cap_len` is never read, so the records here stop at the frame)
 //! are decoded and run through the detector by `live::hand_over`, the function the live
-//! loop calls per record, under a counting allocator. So are the kernel's trail hits: each
-//! record's event filled into a written one (`hits::fill_event`) and passed through the
-//! throttle and the flood guard as the live loop does. Needs no privilege.
+//! loop calls per record, under a counting allocator. So are the kernel's trail hits, through
+//! `live::Hit::report` (each record's event filled into a written one, then the throttle
+//! and the flood guard). Needs no privilege.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -16,13 +16,14 @@ use xtrail_common::{
 };
 use xtrail_detect::event::Event;
 use xtrail_detect::heuristics::{HeuristicsConfig, UaPatterns};
-use xtrail_detect::pipeline::{Detector, DetectorConfig, FloodConfig, KernelHit};
+use xtrail_detect::pipeline::{Detector, DetectorConfig, FloodConfig};
 use xtrail_detect::process::ProcessorConfig;
+use xtrail_detect::shared_trails::VersionedTrails;
 use xtrail_detect::throttle::ThrottleConfig;
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
-use xtrail_sensor::hits::{blank_event, fill_event, parse_payload, Clock};
-use xtrail_sensor::live::hand_over;
+use xtrail_sensor::hits::{parse_payload, Clock};
+use xtrail_sensor::live::{hand_over, Hit};
 
 struct Counting;
 
@@ -209,9 +210,15 @@ fn a_kernel_hit_allocates_nothing_once_warm() {
     let mut spare: Vec<Event> = Vec::new();
     let mut pending: Vec<Event> = Vec::with_capacity(1024);
     let mut written = 0u64;
-    // Rounds two minutes apart (past the throttle's and the guard's windows): each round
-    // 64 sources hit 64 trails, every key new to the round, as in the live loop: each
-    // record's event filled into a spare one, the written events kept as spares.
+    // Rounds two minutes apart (past the throttle's and the guard's windows, so every key's
+    // entries are made again): each round 64 sources hit 64 trails, each record reported as
+    // the live loop reports it, the written events kept as its spares.
+    let set = VersionedTrails::new(version.clone(), trails);
+    let hit = Hit {
+        sensor: "no-alloc",
+        iface: Some("eth0"),
+        clock: &clock,
+    };
     let mut round = |r: u64, spare: &mut Vec<Event>, written: &mut u64| {
         for i in 0..TRAILS {
             let rec = HitRecord {
@@ -229,15 +236,7 @@ fn a_kernel_hit_allocates_nothing_once_warm() {
                 action: action::PASS,
                 ..HitRecord::default()
             };
-            let mut event = spare.pop().unwrap_or_else(blank_event);
-            fill_event(&mut event, &rec, &trails, "no-alloc", Some("eth0"), &clock);
-            event.trail_set_version.clone_from(&version);
-            let hit = KernelHit {
-                event,
-                syn: false,
-                trail_is_dst: true,
-            };
-            detector.kernel_hit(hit, &mut |e| pending.push(e));
+            hit.report(&rec, &set, spare, &mut detector, &mut |e| pending.push(e));
         }
         for e in pending.drain(..) {
             assert_eq!(e.info, "malware (test)");

@@ -79,27 +79,10 @@ fn record(kind: u8, frame: &[u8]) -> Vec<u8> {
 
 #[test]
 fn the_live_hand_off_path_allocates_nothing_per_record() {
-    let dir = std::env::temp_dir().join(format!("xtrail-handoff-alloc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let csv = dir.join("trails.csv");
-    std::fs::write(
-        &csv,
+    let (_, mut detector) = live_detector(
+        "handoff",
         "66.66.66.66,malware (test),(test)\nbad-domain.example,malware (test),(test)\n",
-    )
-    .expect("trail file");
-    let trails =
-        TrailSet::load(std::slice::from_ref(&csv), &LoadOptions::default()).expect("trails");
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut detector = Detector::new(DetectorConfig {
-        trails: Arc::new(trails),
-        whitelist: Arc::new(Whitelist::parse("")),
-        processor: ProcessorConfig::with_sensor("no-alloc"),
-        heuristics: Some((HeuristicsConfig::live(), Arc::new(UaPatterns::default()))),
-        throttle: Some(ThrottleConfig::default()),
-        flood: Some(FloodConfig::default()),
-        maltrail_syn_rules: true,
-    })
-    .expect("detector");
+    );
     // Clean DNS queries, HTTP requests and ClientHellos of 64 clients and names.
     let server = v4("198.18.200.1");
     let mut records = Vec::new();
@@ -172,6 +155,30 @@ fn the_live_hand_off_path_allocates_nothing_per_record() {
     assert_eq!(allocations() - before, 0);
 }
 
+/// The trails of `csv` and a detector on them set up as the live sensor's (heuristics,
+/// throttle and flood guard on).
+fn live_detector(name: &str, csv: &str) -> (Arc<TrailSet>, Detector) {
+    let dir = std::env::temp_dir().join(format!("xtrail-{name}-alloc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("trails.csv");
+    std::fs::write(&path, csv).expect("trail file");
+    let trails =
+        TrailSet::load(std::slice::from_ref(&path), &LoadOptions::default()).expect("trails");
+    let _ = std::fs::remove_dir_all(&dir);
+    let trails = Arc::new(trails);
+    let detector = Detector::new(DetectorConfig {
+        trails: trails.clone(),
+        whitelist: Arc::new(Whitelist::parse("")),
+        processor: ProcessorConfig::with_sensor("no-alloc"),
+        heuristics: Some((HeuristicsConfig::live(), Arc::new(UaPatterns::default()))),
+        throttle: Some(ThrottleConfig::default()),
+        flood: Some(FloodConfig::default()),
+        maltrail_syn_rules: true,
+    })
+    .expect("detector");
+    (trails, detector)
+}
+
 /// The v4-mapped form a hit record carries.
 fn mapped(a: [u8; 4]) -> [u8; 16] {
     let mut b = [0u8; 16];
@@ -184,27 +191,10 @@ fn mapped(a: [u8; 4]) -> [u8; 16] {
 #[test]
 fn a_kernel_hit_allocates_nothing_once_warm() {
     const TRAILS: u8 = 64;
-    let dir = std::env::temp_dir().join(format!("xtrail-hit-alloc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let csv = dir.join("trails.csv");
     let lines: String = (0..TRAILS)
         .map(|i| format!("66.66.66.{i},malware (test),(test)\n"))
         .collect();
-    std::fs::write(&csv, lines).expect("trail file");
-    let trails =
-        TrailSet::load(std::slice::from_ref(&csv), &LoadOptions::default()).expect("trails");
-    let _ = std::fs::remove_dir_all(&dir);
-    let trails = Arc::new(trails);
-    let mut detector = Detector::new(DetectorConfig {
-        trails: trails.clone(),
-        whitelist: Arc::new(Whitelist::parse("")),
-        processor: ProcessorConfig::with_sensor("no-alloc"),
-        heuristics: Some((HeuristicsConfig::live(), Arc::new(UaPatterns::default()))),
-        throttle: Some(ThrottleConfig::default()),
-        flood: Some(FloodConfig::default()),
-        maltrail_syn_rules: true,
-    })
-    .expect("detector");
+    let (trails, mut detector) = live_detector("hit", &lines);
     let clock = Clock::now();
     let version = String::from("files-1");
     let mut spare: Vec<Event> = Vec::new();

@@ -20,11 +20,11 @@
 //! reload is logged.
 
 use std::collections::VecDeque;
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -209,18 +209,38 @@ impl HitSets {
 
 /// Reload requests from other threads (the collector link), taken by the reloader.
 #[derive(Debug, Default)]
-pub struct Inbox(Mutex<VecDeque<Request>>);
+pub struct Inbox {
+    queue: Mutex<VecDeque<Request>>,
+    /// Wakes the reload thread (set once it runs).
+    waker: OnceLock<Waker>,
+}
 
 impl Inbox {
-    /// Queues a request.
+    /// Queues a request and wakes the reload thread.
     pub fn push(&self, r: Request) {
-        if let Ok(mut q) = self.0.lock() {
+        if let Ok(mut q) = self.queue.lock() {
             q.push_back(r);
+        }
+        if let Some(w) = self.waker.get() {
+            w.wake();
         }
     }
 
     fn pop(&self) -> Option<Request> {
-        self.0.lock().ok()?.pop_front()
+        self.queue.lock().ok()?.pop_front()
+    }
+}
+
+/// The writing end of the reload thread's wake-up socket, beside the SIGHUP handler's: a
+/// byte other than the handler's `X` wakes the thread without counting as a signal.
+#[derive(Debug)]
+struct Waker(UnixStream);
+
+impl Waker {
+    /// A byte for the thread; none is needed when one is already waiting (the socket is
+    /// non-blocking: a full buffer is such a case).
+    fn wake(&self) {
+        let _ = (&self.0).write(b"W");
     }
 }
 
@@ -290,6 +310,7 @@ impl ReloadStats {
 pub struct Reloader {
     thread: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    waker: Waker,
     sighup: Option<signal_hook::SigId>,
     pub stats: Arc<ReloadStats>,
 }
@@ -301,13 +322,15 @@ struct Worker {
     hits: Arc<HitSets>,
     stats: Arc<ReloadStats>,
     stop: Arc<AtomicBool>,
-    /// A byte arrives per SIGHUP (written by the signal handler); reads time out after
-    /// [`POLL`], so the thread wakes at once for a signal and every [`POLL`] otherwise.
+    /// An `X` arrives per SIGHUP (written by the signal handler), another byte per request
+    /// in the inbox or stop; reads time out after the watch interval (or [`IDLE_WAIT`]), so
+    /// the thread sleeps until it has something to do.
     sighup: UnixStream,
 }
 
-/// How often the reload thread looks at its inbox and the watched sources.
-const POLL: Duration = Duration::from_millis(20);
+/// How long the reload thread sleeps when it watches no source (it is woken for anything
+/// else: a signal, a request, stop).
+const IDLE_WAIT: Duration = Duration::from_secs(5);
 
 /// Resident set size and its peak since the last reset, in KiB (`/proc/self/status`).
 pub fn rss_kib() -> (u64, u64) {
@@ -351,7 +374,15 @@ impl Reloader {
     ) -> anyhow::Result<Reloader> {
         let stop = Arc::new(AtomicBool::new(false));
         let (sighup, handler_end) = UnixStream::pair()?;
-        sighup.set_read_timeout(Some(POLL))?;
+        sighup.set_read_timeout(Some(if opts.watch {
+            opts.watch_interval.max(Duration::from_millis(1))
+        } else {
+            IDLE_WAIT
+        }))?;
+        // The handler sends without blocking; the other writers do the same.
+        handler_end.set_nonblocking(true)?;
+        let waker = Waker(handler_end.try_clone()?);
+        let _ = opts.inbox.waker.set(Waker(handler_end.try_clone()?));
         let sig = signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, handler_end)?;
         let stats = Arc::new(ReloadStats::default());
         stats.set_version(&shared.load().version);
@@ -370,6 +401,7 @@ impl Reloader {
         Ok(Reloader {
             thread: Some(thread),
             stop,
+            waker,
             sighup: Some(sig),
             stats,
         })
@@ -379,6 +411,7 @@ impl Reloader {
 impl Drop for Reloader {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.waker.wake();
         if let Some(sig) = self.sighup.take() {
             signal_hook::low_level::unregister(sig);
         }
@@ -389,11 +422,19 @@ impl Drop for Reloader {
 }
 
 impl Worker {
-    /// Waits up to [`POLL`] for SIGHUP; several signals since the last call (up to 64) count
-    /// once.
+    /// Sleeps until woken or the read times out; whether SIGHUP came (several signals since
+    /// the last call, up to 64 bytes read, count once).
     fn wait_sighup(&mut self) -> bool {
         let mut buf = [0u8; 64];
-        matches!(self.sighup.read(&mut buf), Ok(n) if n > 0)
+        match self.sighup.read(&mut buf) {
+            Ok(0) => {
+                // Every writer gone (cannot happen while the `Reloader` lives): no busy loop.
+                std::thread::sleep(IDLE_WAIT);
+                false
+            }
+            Ok(n) => buf.get(..n).is_some_and(|b| b.contains(&b'X')),
+            Err(_) => false,
+        }
     }
 
     fn run(mut self) {

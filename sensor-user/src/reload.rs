@@ -24,7 +24,7 @@ use std::io::{Read as _, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -211,8 +211,8 @@ impl HitSets {
 #[derive(Debug, Default)]
 pub struct Inbox {
     queue: Mutex<VecDeque<Request>>,
-    /// Wakes the reload thread (set once it runs).
-    waker: OnceLock<Waker>,
+    /// Wakes the reload thread (set by [`Reloader::start`], replaced by a later start).
+    waker: Mutex<Option<Waker>>,
 }
 
 impl Inbox {
@@ -221,7 +221,7 @@ impl Inbox {
         if let Ok(mut q) = self.queue.lock() {
             q.push_back(r);
         }
-        if let Some(w) = self.waker.get() {
+        if let Some(w) = self.waker.lock().ok().as_deref().and_then(Option::as_ref) {
             w.wake();
         }
     }
@@ -231,8 +231,8 @@ impl Inbox {
     }
 }
 
-/// The writing end of the reload thread's wake-up socket, beside the SIGHUP handler's: a
-/// byte other than the handler's `X` wakes the thread without counting as a signal.
+/// The writing end of the reload thread's wake-up socket, beside the SIGHUP handler's: its
+/// byte, [`WAKE`], wakes the thread without counting as a signal.
 #[derive(Debug)]
 struct Waker(UnixStream);
 
@@ -240,7 +240,7 @@ impl Waker {
     /// A byte for the thread; none is needed when one is already waiting (the socket is
     /// non-blocking: a full buffer is such a case).
     fn wake(&self) {
-        let _ = (&self.0).write(b"W");
+        let _ = (&self.0).write(&[WAKE]);
     }
 }
 
@@ -322,11 +322,14 @@ struct Worker {
     hits: Arc<HitSets>,
     stats: Arc<ReloadStats>,
     stop: Arc<AtomicBool>,
-    /// An `X` arrives per SIGHUP (written by the signal handler), another byte per request
-    /// in the inbox or stop; reads time out after the watch interval (or [`IDLE_WAIT`]), so
-    /// the thread sleeps until it has something to do.
-    sighup: UnixStream,
+    /// A byte arrives per SIGHUP (written by the signal handler) and a [`WAKE`] per request
+    /// in the inbox or stop; reads time out when the watched sources are due (or after
+    /// [`IDLE_WAIT`]), so the thread sleeps until it has something to do.
+    wake: UnixStream,
 }
+
+/// The byte [`Waker`] writes; any other byte on the wake-up socket is the signal handler's.
+const WAKE: u8 = b'W';
 
 /// How long the reload thread sleeps when it watches no source (it is woken for anything
 /// else: a signal, a request, stop).
@@ -373,16 +376,14 @@ impl Reloader {
         hits: Arc<HitSets>,
     ) -> anyhow::Result<Reloader> {
         let stop = Arc::new(AtomicBool::new(false));
-        let (sighup, handler_end) = UnixStream::pair()?;
-        sighup.set_read_timeout(Some(if opts.watch {
-            opts.watch_interval.max(Duration::from_millis(1))
-        } else {
-            IDLE_WAIT
-        }))?;
+        let (wake, handler_end) = UnixStream::pair()?;
+        wake.set_read_timeout(Some(IDLE_WAIT))?;
         // The handler sends without blocking; the other writers do the same.
         handler_end.set_nonblocking(true)?;
         let waker = Waker(handler_end.try_clone()?);
-        let _ = opts.inbox.waker.set(Waker(handler_end.try_clone()?));
+        if let Ok(mut w) = opts.inbox.waker.lock() {
+            *w = Some(Waker(handler_end.try_clone()?));
+        }
         let sig = signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, handler_end)?;
         let stats = Arc::new(ReloadStats::default());
         stats.set_version(&shared.load().version);
@@ -393,7 +394,7 @@ impl Reloader {
             hits,
             stats: Arc::clone(&stats),
             stop: Arc::clone(&stop),
-            sighup,
+            wake,
         };
         let thread = std::thread::Builder::new()
             .name("xtrail-reload".into())
@@ -410,7 +411,7 @@ impl Reloader {
 
 impl Drop for Reloader {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Release);
         self.waker.wake();
         if let Some(sig) = self.sighup.take() {
             signal_hook::low_level::unregister(sig);
@@ -422,17 +423,20 @@ impl Drop for Reloader {
 }
 
 impl Worker {
-    /// Sleeps until woken or the read times out; whether SIGHUP came (several signals since
+    /// Sleeps until woken or `timeout` passes; whether SIGHUP came (several signals since
     /// the last call, up to 64 bytes read, count once).
-    fn wait_sighup(&mut self) -> bool {
+    fn wait(&mut self, timeout: Duration) -> bool {
         let mut buf = [0u8; 64];
-        match self.sighup.read(&mut buf) {
+        let _ = self
+            .wake
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))));
+        match self.wake.read(&mut buf) {
             Ok(0) => {
-                // Every writer gone (cannot happen while the `Reloader` lives): no busy loop.
+                // Every writer gone: cannot happen (the inbox this thread reads holds one).
                 std::thread::sleep(IDLE_WAIT);
                 false
             }
-            Ok(n) => buf.get(..n).is_some_and(|b| b.contains(&b'X')),
+            Ok(n) => buf.get(..n).is_some_and(|b| b.iter().any(|&c| c != WAKE)),
             Err(_) => false,
         }
     }
@@ -441,9 +445,15 @@ impl Worker {
         let mut seen = stamp(&self.opts.sources);
         let mut changed_at: Option<Instant> = None;
         let mut last_poll = Instant::now();
-        while !self.stop.load(Ordering::Relaxed) {
+        while !self.stop.load(Ordering::Acquire) {
             let mut request = self.opts.inbox.pop();
-            if request.is_none() && self.wait_sighup() {
+            // Until the watched sources are due (an early wake does not postpone them).
+            let timeout = if self.opts.watch {
+                (last_poll + self.opts.watch_interval).saturating_duration_since(Instant::now())
+            } else {
+                IDLE_WAIT
+            };
+            if request.is_none() && self.wait(timeout) {
                 request = Some(Request::Sources("SIGHUP"));
             }
             if request.is_none()

@@ -272,6 +272,41 @@ pub fn set_str(s: &mut String, value: &str) {
     s.push_str(value);
 }
 
+/// Strings of forgotten keys kept for new keys' copies, so that a warm table allocates
+/// nothing per key (the throttle's and the flood guard's).
+#[derive(Debug)]
+pub struct SpareStrings {
+    kept: Vec<String>,
+    max: usize,
+}
+
+/// Strings with room for more than this (a long URL trail's) are freed, not kept.
+const SPARE_STRING_CAPACITY: usize = 256;
+
+impl SpareStrings {
+    /// A pool that keeps at most `max` strings.
+    pub fn new(max: usize) -> Self {
+        SpareStrings {
+            kept: Vec::new(),
+            max,
+        }
+    }
+
+    /// A copy of `value`, in a kept string's buffer when there is one ([`set_str`]).
+    pub fn copy(&mut self, value: &str) -> String {
+        let mut s = self.kept.pop().unwrap_or_default();
+        set_str(&mut s, value);
+        s
+    }
+
+    /// Keeps `s` for [`SpareStrings::copy`] while there is room and `s` is not a long one.
+    pub fn keep(&mut self, s: String) {
+        if self.kept.len() < self.max && s.capacity() <= SPARE_STRING_CAPACITY {
+            self.kept.push(s);
+        }
+    }
+}
+
 /// Appends [`proto_name`] of `proto` to `out`.
 pub fn push_proto_name(proto: u8, out: &mut String) {
     use std::fmt::Write as _;

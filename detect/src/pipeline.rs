@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use hashbrown::{HashMap, HashSet};
 
-use crate::event::{set_str, Event, EventType};
+use crate::event::{Event, EventType, SpareStrings};
 use crate::heuristics::{
     FlowStart, HeuristicsConfig, HeuristicsError, MaltrailHeuristics, UaPatterns,
 };
@@ -131,8 +131,9 @@ pub struct FloodGuard {
     /// Last second at which finished windows were swept.
     swept_sec: Option<i64>,
     /// Keys and emptied source sets of finished windows, reused by new trails (at most
-    /// [`SPARE_WINDOWS`]): a warm guard allocates nothing per event.
-    spare: Vec<(String, HashSet<IpAddr>)>,
+    /// [`SPARE_WINDOWS`] of each): a warm guard allocates nothing per event.
+    spare_keys: SpareStrings,
+    spare_sets: Vec<HashSet<IpAddr>>,
     stats: FloodStats,
 }
 
@@ -140,8 +141,6 @@ pub struct FloodGuard {
 const SPARE_WINDOWS: usize = 1024;
 /// Source sets with room for more than this (a large flood's) are freed, not kept.
 const SPARE_SET_CAPACITY: usize = 128;
-/// Trail keys longer than this (a long URL trail's) are freed, not kept.
-const SPARE_KEY_CAPACITY: usize = 256;
 
 impl FloodGuard {
     /// A guard with these settings.
@@ -154,7 +153,8 @@ impl FloodGuard {
             overflow: HashMap::new(),
             overflow_start: None,
             swept_sec: None,
-            spare: Vec::new(),
+            spare_keys: SpareStrings::new(SPARE_WINDOWS),
+            spare_sets: Vec::new(),
             stats: FloodStats::default(),
         }
     }
@@ -183,10 +183,9 @@ impl FloodGuard {
                 self.stats.table_full += 1;
                 return Some(event);
             }
-            let (mut trail, sources) = self.spare.pop().unwrap_or_default();
-            set_str(&mut trail, &event.trail);
+            let sources = self.spare_sets.pop().unwrap_or_default();
             self.trails.insert(
-                (event.kind, trail),
+                (event.kind, self.spare_keys.copy(&event.trail)),
                 TrailWindow {
                     start_us: event.ts_us,
                     sources,
@@ -265,7 +264,7 @@ impl FloodGuard {
 
     fn sweep(&mut self, now_us: i64, out: &mut dyn FnMut(Event)) {
         let window = self.config.window_us;
-        let (stats, spare) = (&mut self.stats, &mut self.spare);
+        let (stats, keys, sets) = (&mut self.stats, &mut self.spare_keys, &mut self.spare_sets);
         let done = |_: &(EventType, String), w: &mut TrailWindow| {
             now_us.saturating_sub(w.start_us) >= window
         };
@@ -280,12 +279,10 @@ impl FloodGuard {
                     window,
                 ));
             }
-            if spare.len() < SPARE_WINDOWS
-                && w.sources.capacity() <= SPARE_SET_CAPACITY
-                && trail.capacity() <= SPARE_KEY_CAPACITY
-            {
+            keys.keep(trail);
+            if sets.len() < SPARE_WINDOWS && w.sources.capacity() <= SPARE_SET_CAPACITY {
                 w.sources.clear();
-                spare.push((trail, w.sources));
+                sets.push(w.sources);
             }
         }
         if self

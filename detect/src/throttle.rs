@@ -25,7 +25,7 @@ use std::net::IpAddr;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use crate::event::{set_str, Event, EventType, Severity};
+use crate::event::{Event, EventType, Severity, SpareStrings};
 
 /// Settings of the summarize step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -137,31 +137,14 @@ pub struct Throttle {
     hasher: DefaultHashBuilder,
     /// Last second at which finished summarize windows were swept.
     swept_sec: Option<i64>,
-    /// Strings of forgotten keys, reused for new keys' copies (at most [`SPARE_STRINGS`]): a
-    /// warm throttle allocates nothing per event.
-    spare: Vec<String>,
+    /// Strings of forgotten keys, reused for new keys' copies.
+    spare: SpareStrings,
     stats: ThrottleStats,
 }
 
 /// Strings [`Throttle::spare`] keeps: two per collapse key and one per summarize key, a
 /// second's new keys at ~1,300 events a second.
 const SPARE_STRINGS: usize = 4096;
-/// Strings longer than this (a long URL trail's) are freed, not kept.
-const SPARE_STRING_CAPACITY: usize = 256;
-
-/// A copy of `value` in a spare string's buffer when there is one ([`set_str`]).
-fn copy_str(spare: &mut Vec<String>, value: &str) -> String {
-    let mut s = spare.pop().unwrap_or_default();
-    set_str(&mut s, value);
-    s
-}
-
-/// Keeps `s` for [`copy_str`] while there is room (and `s` is not a long one).
-fn recycle(spare: &mut Vec<String>, s: String) {
-    if spare.len() < SPARE_STRINGS && s.capacity() <= SPARE_STRING_CAPACITY {
-        spare.push(s);
-    }
-}
 
 impl Default for Throttle {
     fn default() -> Self {
@@ -189,7 +172,7 @@ impl Throttle {
             summaries: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
             swept_sec: None,
-            spare: Vec::new(),
+            spare: SpareStrings::new(SPARE_STRINGS),
             stats: ThrottleStats::default(),
         }
     }
@@ -206,8 +189,8 @@ impl Throttle {
         if self.window != Some(window) {
             self.window = Some(window);
             for k in self.seen.drain() {
-                recycle(&mut self.spare, k.proto);
-                recycle(&mut self.spare, k.trail);
+                self.spare.keep(k.proto);
+                self.spare.keep(k.trail);
             }
             self.order.clear();
         }
@@ -226,8 +209,8 @@ impl Throttle {
             if let Some((old_hash, old_seq)) = self.order.pop_front() {
                 if let Ok(old) = self.seen.find_entry(old_hash, |k| k.seq == old_seq) {
                     let (k, _) = old.remove();
-                    recycle(&mut self.spare, k.proto);
-                    recycle(&mut self.spare, k.trail);
+                    self.spare.keep(k.proto);
+                    self.spare.keep(k.trail);
                 }
                 self.stats.evicted += 1;
             }
@@ -239,9 +222,9 @@ impl Throttle {
             src: event.src_ip,
             dst: event.dst_ip,
             dst_port: event.dst_port,
-            proto: copy_str(&mut self.spare, &event.proto),
+            proto: self.spare.copy(&event.proto),
             kind: event.kind,
-            trail: copy_str(&mut self.spare, &event.trail),
+            trail: self.spare.copy(&event.trail),
             seq,
         };
         let hasher = &self.hasher;
@@ -311,7 +294,7 @@ impl Throttle {
             hashbrown::hash_table::Entry::Vacant(v) => v
                 .insert(Summary {
                     src: event.src_ip,
-                    trail: copy_str(spare, &event.trail),
+                    trail: spare.copy(&event.trail),
                     start_us: event.ts_us,
                     passed: 0,
                     held: 0,
@@ -366,7 +349,7 @@ impl Throttle {
                 stats.summaries += 1;
                 due.push(summary);
             }
-            recycle(spare, std::mem::take(&mut s.trail));
+            spare.keep(std::mem::take(&mut s.trail));
             false
         });
         // In time order (the table's order differs from run to run): a replay writes the

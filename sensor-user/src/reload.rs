@@ -377,7 +377,6 @@ impl Reloader {
     ) -> anyhow::Result<Reloader> {
         let stop = Arc::new(AtomicBool::new(false));
         let (wake, handler_end) = UnixStream::pair()?;
-        wake.set_read_timeout(Some(IDLE_WAIT))?;
         // The handler sends without blocking; the other writers do the same.
         handler_end.set_nonblocking(true)?;
         let waker = Waker(handler_end.try_clone()?);

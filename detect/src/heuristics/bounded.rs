@@ -10,16 +10,16 @@
 //! [`DistinctWindow`] counts distinct items (ports, addresses, path segments) seen for one key
 //! within a sliding time window, remembering at most `threshold + 1` of them.
 //!
-//! [`PackedMap`] is a [`BoundedMap`] whose keys are packed by [`CompactKey`] when they can
-//! be (IPv4), others in a second table that shares the generations and the count, so it
-//! keeps and evicts exactly what a `BoundedMap` would. [`WindowMap`], the scan heuristics'
+//! [`PackedMap`] holds the keys of the scan heuristics, which take a new key per packet
+//! under a flood of new host pairs: keys packed by [`CompactKey`] (IPv4) go into a
+//! set-associative table ([`WAYS`] entries per set, least recently used first out within a
+//! set), others into a [`BoundedMap`]. [`WindowMap`], the scan heuristics'
 //! [`DistinctWindow`]s, stores an IPv4 key in 8 bytes and its window in one 64-byte line.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 
-use hashbrown::hash_table::Entry;
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 /// A map holding at most `capacity` entries (see the module documentation). Each operation
@@ -118,14 +118,28 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
         ))
     }
 
-    /// The value of `key`, inserting `make()` under `make_key()` when absent. Always `Some`;
-    /// an `Option` only so that no code path can panic.
+    /// The value of `key`, inserting `make()` under `make_key()` when absent. Always `Some`
+    /// (see [`BoundedMap::value_or_insert_with`]).
     pub fn get_or_insert_with<Q>(
         &mut self,
         key: &Q,
         make_key: impl FnOnce() -> K,
         make: impl FnOnce() -> V,
     ) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        Some(self.value_or_insert_with(key, make_key, make))
+    }
+
+    /// The value of `key`, inserting `make()` under `make_key()` when absent.
+    pub fn value_or_insert_with<Q>(
+        &mut self,
+        key: &Q,
+        make_key: impl FnOnce() -> K,
+        make: impl FnOnce() -> V,
+    ) -> &mut V
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -140,16 +154,14 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
             evicted,
         } = self;
         let young = match young.find_entry(hash, eq) {
-            Ok(e) => return Some(&mut e.into_mut().1),
+            Ok(e) => return &mut e.into_mut().1,
             Err(absent) => absent.into_table(),
         };
         let entry = match old.find_entry(hash, eq) {
             Ok(e) => e.remove().0,
             Err(_) => (make_key(), make()),
         };
-        Some(Self::rotate_and_insert(
-            young, old, hasher, *half, evicted, hash, entry,
-        ))
+        Self::rotate_and_insert(young, old, hasher, *half, evicted, hash, entry)
     }
 
     /// The values held, in no particular order.
@@ -218,8 +230,8 @@ impl CompactKey<u64> for (IpAddr, u16) {
 /// An entry of a [`PackedMap`]'s packed table: a packed key and its value, laid out as the
 /// table wants it (a scan window's entry is one aligned cache line, [`WindowLine`]).
 pub trait PackedEntry {
-    /// The packed key.
-    type Key: Copy + Eq + Hash;
+    /// The packed key (`Default` fills the table's unused entries).
+    type Key: Copy + Eq + Hash + Default;
     /// The value (`Default` is a new key's).
     type Value: Default;
     /// An entry.
@@ -228,8 +240,6 @@ pub trait PackedEntry {
     fn key(&self) -> Self::Key;
     /// Its value.
     fn value_mut(&mut self) -> &mut Self::Value;
-    /// Its value, the entry dropped.
-    fn into_value(self) -> Self::Value;
 }
 
 /// An IPv4 scan key and its window: one cache line.
@@ -255,48 +265,64 @@ impl PackedEntry for WindowLine {
     fn value_mut(&mut self) -> &mut DistinctWindow {
         &mut self.window
     }
-    #[inline]
-    fn into_value(self) -> DistinctWindow {
-        self.window
-    }
 }
 
 /// The scan heuristics' windows: IPv4 keys in one 64-byte line per entry.
 pub type WindowMap<K> = PackedMap<K, WindowLine>;
 
-/// A [`BoundedMap`] (the same two generations, bound and evictions: the generations count
-/// both kinds of key together) whose compact keys ([`CompactKey`]) are stored packed, in
-/// entries of type `E`; keys that do not pack go into a second table. Scan tables take a new
-/// key per packet under a flood of new host pairs, and their hashing and cache misses are
-/// most of a replay's cost.
+/// Entries per set of a [`PackedMap`]'s packed table: four 64-byte window lines are 256
+/// adjacent bytes, read together.
+pub const WAYS: usize = 4;
+
+/// Sets a [`PackedMap`]'s packed table starts with (it doubles up to its bound as sets fill).
+const FIRST_SETS: usize = 16;
+
+/// A map of at most `capacity` packed keys ([`CompactKey`], IPv4) and at most `capacity`
+/// others (a [`BoundedMap`]). A packed key's set is chosen by its hash; a set holds
+/// [`WAYS`] entries, most recently used first, and a new key in a full set pushes out the
+/// set's least recently used one (counted in [`PackedMap::evicted`]). So a key used again
+/// before [`WAYS`] other keys came into its set is never pushed out, whatever the traffic;
+/// a lookup or an insertion reads one set, 256 adjacent bytes of window lines, and moves
+/// nothing else (a hash table with generations probes two tables and moves refreshed
+/// keys between them: scan tables take a new key per packet under a flood of new host
+/// pairs, and those cache misses were most of a replay's cost). The table starts small and
+/// doubles while a full set meets a new key, up to `capacity / WAYS` sets; nothing is
+/// pushed out before it has grown to that bound.
 #[derive(Debug)]
 pub struct PackedMap<K, E: PackedEntry> {
-    young: HashTable<E>,
-    old: HashTable<E>,
-    young_wide: HashTable<(K, E::Value)>,
-    old_wide: HashTable<(K, E::Value)>,
+    /// `sets * WAYS` entries; set `i` is `ways[i * WAYS..][..fill[i]]`, most recent first.
+    ways: Vec<E>,
+    fill: Vec<u8>,
+    sets: usize,
+    max_sets: usize,
+    packed_len: usize,
+    wide: BoundedMap<K, E::Value>,
     hasher: DefaultHashBuilder,
-    half: usize,
     evicted: u64,
 }
 
 impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
-    /// A map that never holds more than `capacity` entries (at least 2).
+    /// A map that never holds more than `capacity` packed keys (rounded down to whole
+    /// sets, at least one) and `capacity` others.
     pub fn new(capacity: usize) -> Self {
-        PackedMap {
-            young: HashTable::new(),
-            old: HashTable::new(),
-            young_wide: HashTable::new(),
-            old_wide: HashTable::new(),
+        let max_sets = (capacity / WAYS).max(1);
+        let mut m = PackedMap {
+            ways: Vec::new(),
+            fill: Vec::new(),
+            sets: 0,
+            max_sets,
+            packed_len: 0,
+            wide: BoundedMap::new(capacity),
             hasher: DefaultHashBuilder::default(),
-            half: (capacity / 2).max(1),
             evicted: 0,
-        }
+        };
+        m.resize(FIRST_SETS.min(max_sets));
+        m
     }
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.young.len() + self.old.len() + self.young_wide.len() + self.old_wide.len()
+        self.packed_len + self.wide.len()
     }
 
     /// Whether nothing is held.
@@ -306,10 +332,10 @@ impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
 
     /// Entries dropped to make room so far.
     pub fn evicted(&self) -> u64 {
-        self.evicted
+        self.evicted + self.wide.evicted()
     }
 
-    /// The value of `key`, refreshed (moved to the young generation), or a new default one.
+    /// The value of `key`, refreshed (made its set's most recent), or a new default one.
     #[inline]
     pub fn get_or_insert(&mut self, key: &K) -> &mut E::Value {
         match key.compact() {
@@ -326,7 +352,7 @@ impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
     }
 
     /// Reads where `key` would be found, caching the lines [`PackedMap::get_or_insert`] will
-    /// probe: a batch's keys are touched first so that their cache misses overlap. Whether
+    /// read: a batch's keys are touched first so that their cache misses overlap. Whether
     /// the key is held (a result to keep the reads from being optimised away).
     #[inline]
     pub fn touch(&self, key: &K) -> bool {
@@ -340,90 +366,97 @@ impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
     /// [`PackedMap::get_or_insert_packed`]).
     #[inline]
     pub(crate) fn touch_packed(&self, c: E::Key) -> bool {
+        let (start, fill) = self.set_of(c);
+        let set = self.ways.get(start..start + fill).unwrap_or_default();
+        // The whole set: a new key is written at its front, an old one moved there.
+        let _ = self.ways.get(start + WAYS - 1).map(|e| e.key());
+        set.iter().any(|e| e.key() == c)
+    }
+
+    /// Where `c`'s set starts in `ways`, and how many entries it holds.
+    #[inline]
+    fn set_of(&self, c: E::Key) -> (usize, usize) {
         let hash = self.hasher.hash_one(c);
-        let young = self.young.find(hash, |e| e.key() == c).is_some();
-        young | self.old.find(hash, |e| e.key() == c).is_some()
+        // The high 32 bits scaled to `sets`: doubling `sets` splits each set in two.
+        let set = (((hash >> 32) * self.sets as u64) >> 32) as usize;
+        let fill = self.fill.get(set).copied().unwrap_or(0);
+        (set * WAYS, usize::from(fill))
     }
 
     fn packed_entry(&mut self, c: E::Key) -> &mut E::Value {
-        let hash = self.hasher.hash_one(c);
-        let PackedMap {
-            young,
-            old,
-            young_wide,
-            old_wide,
-            hasher,
-            half,
-            evicted,
-        } = self;
-        if young.len() + young_wide.len() < *half {
-            // No turn-over due: one probe of the young generation finds the key or the
-            // slot a new one goes in.
-            return match young.entry(hash, |e| e.key() == c, |e| hasher.hash_one(e.key())) {
-                Entry::Occupied(e) => e.into_mut().value_mut(),
-                Entry::Vacant(slot) => {
-                    let value = match old.find_entry(hash, |e| e.key() == c) {
-                        Ok(e) => e.remove().0.into_value(),
-                        Err(_) => E::Value::default(),
-                    };
-                    slot.insert(E::new(c, value)).into_mut().value_mut()
+        let (mut start, mut fill) = self.set_of(c);
+        let found = self
+            .ways
+            .get(start..start + fill)
+            .and_then(|set| set.iter().position(|e| e.key() == c));
+        while found.is_none() && fill == WAYS && self.sets < self.max_sets {
+            self.resize((self.sets * 2).min(self.max_sets));
+            (start, fill) = self.set_of(c);
+        }
+        let set = start / WAYS;
+        let ways = &mut self.ways[start..start + WAYS];
+        match found {
+            Some(i) => ways[..=i].rotate_right(1),
+            None => {
+                if fill == WAYS {
+                    self.evicted += 1;
+                } else {
+                    self.packed_len += 1;
+                    if let Some(f) = self.fill.get_mut(set) {
+                        *f += 1;
+                    }
                 }
-            };
+                // The least recent (or an unused) entry comes to the front and is replaced.
+                ways.rotate_right(1);
+                ways[0] = E::new(c, E::Value::default());
+            }
         }
-        let young = match young.find_entry(hash, |e| e.key() == c) {
-            Ok(e) => return e.into_mut().value_mut(),
-            Err(absent) => absent.into_table(),
-        };
-        let value = match old.find_entry(hash, |e| e.key() == c) {
-            Ok(e) => e.remove().0.into_value(),
-            Err(_) => E::Value::default(),
-        };
-        if young.len() + young_wide.len() >= *half {
-            turn_over(young, old, evicted);
-            turn_over(young_wide, old_wide, evicted);
-        }
-        young
-            .insert_unique(hash, E::new(c, value), |e| hasher.hash_one(e.key()))
-            .into_mut()
-            .value_mut()
+        ways[0].value_mut()
     }
 
     fn wide_entry(&mut self, key: &K) -> &mut E::Value {
-        let hash = self.hasher.hash_one(key);
-        let PackedMap {
-            young,
-            old,
-            young_wide,
-            old_wide,
-            hasher,
-            half,
-            evicted,
-        } = self;
-        let young_wide = match young_wide.find_entry(hash, |(k, _)| k == key) {
-            Ok(e) => return &mut e.into_mut().1,
-            Err(absent) => absent.into_table(),
-        };
-        let entry = match old_wide.find_entry(hash, |(k, _)| k == key) {
-            Ok(e) => e.remove().0,
-            Err(_) => (key.clone(), E::Value::default()),
-        };
-        if young.len() + young_wide.len() >= *half {
-            turn_over(young, old, evicted);
-            turn_over(young_wide, old_wide, evicted);
-        }
-        &mut young_wide
-            .insert_unique(hash, entry, |(k, _)| hasher.hash_one(k))
-            .into_mut()
-            .1
+        self.wide
+            .value_or_insert_with(key, || key.clone(), E::Value::default)
     }
-}
 
-/// The young generation becomes the old one; the old one is dropped (counted in `evicted`)
-/// and, emptied, is the new young one (its allocation kept).
-fn turn_over<T>(young: &mut HashTable<T>, old: &mut HashTable<T>, evicted: &mut u64) {
-    std::mem::swap(young, old);
-    *evicted += young.len() as u64;
-    young.clear();
+    /// Rebuilds the packed table with `sets` sets, each set's entries in the same order
+    /// (least recent first in, so that they keep their order; a set that overflows pushes
+    /// out its least recent ones, counted).
+    fn resize(&mut self, sets: usize) {
+        let old = std::mem::take(&mut self.ways);
+        let old_fill = std::mem::take(&mut self.fill);
+        self.sets = sets;
+        self.ways = (0..sets * WAYS)
+            .map(|_| E::new(E::Key::default(), E::Value::default()))
+            .collect();
+        self.fill = vec![0; sets];
+        self.packed_len = 0;
+        let mut entries = old.into_iter();
+        for fill in old_fill {
+            let set: Vec<E> = entries.by_ref().take(WAYS).collect();
+            for e in set.into_iter().take(usize::from(fill)).rev() {
+                self.put_front(e);
+            }
+        }
+    }
+
+    /// Puts `e` (a key not held) at the front of its set (see [`PackedMap::resize`]).
+    fn put_front(&mut self, e: E) {
+        let (start, fill) = self.set_of(e.key());
+        let set = start / WAYS;
+        if fill == WAYS {
+            self.evicted += 1;
+        } else {
+            self.packed_len += 1;
+            if let Some(f) = self.fill.get_mut(set) {
+                *f += 1;
+            }
+        }
+        if let Some(ways) = self.ways.get_mut(start..start + WAYS) {
+            ways.rotate_right(1);
+            ways[0] = e;
+        }
+    }
 }
 
 /// Items a window keeps inline before it spills to the heap: most keys (a host pair, a
@@ -537,6 +570,7 @@ impl DistinctWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hashbrown::HashMap;
 
     #[test]
     fn map_is_bounded_and_keeps_recent_keys() {
@@ -596,7 +630,8 @@ mod tests {
     fn touch_reads_without_changing_the_map() {
         let v4 = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(i));
         let v6 = |i: u32| IpAddr::from(std::net::Ipv6Addr::from(u128::from(i) << 64));
-        let mut w: WindowMap<(IpAddr, IpAddr)> = WindowMap::new(8);
+        // Room to grow: nothing is pushed out before the table reaches its bound.
+        let mut w: WindowMap<(IpAddr, IpAddr)> = WindowMap::new(1024);
         for i in 0..6 {
             w.get_or_insert(&(v4(i), v4(1))).observe(1, 0, 10, 4);
         }
@@ -610,13 +645,19 @@ mod tests {
     }
 
     #[test]
-    fn window_map_is_a_bounded_map() {
-        // The same keys through a WindowMap and a BoundedMap, IPv4 and IPv6 mixed: the same
-        // keys held after every step, the same evictions.
+    fn window_map_is_lru_per_set() {
+        // The same keys through a WindowMap and a model (per set, most recent first, at most
+        // WAYS keys; wide keys in a BoundedMap), IPv4 and IPv6 mixed: the same alerts, the
+        // same number held and pushed out after every step. 64 entries: 16 sets, the first
+        // size, so the table does not grow.
         let v4 = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(i));
         let v6 = |i: u32| IpAddr::from(std::net::Ipv6Addr::from(u128::from(i) << 64));
         let mut w: WindowMap<(IpAddr, IpAddr)> = WindowMap::new(64);
-        let mut b: BoundedMap<(IpAddr, IpAddr), DistinctWindow> = BoundedMap::new(64);
+        assert_eq!(w.sets, w.max_sets);
+        let mut sets: HashMap<usize, Vec<u64>> = HashMap::new();
+        let mut windows: HashMap<u64, DistinctWindow> = HashMap::new();
+        let mut wide: BoundedMap<(IpAddr, IpAddr), DistinctWindow> = BoundedMap::new(64);
+        let mut evicted = 0;
         let mut rng = 7u64;
         for step in 0..20_000i64 {
             rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
@@ -628,18 +669,71 @@ mod tests {
             };
             let key = (a, v4(r % 3));
             let item = u64::from(r % 13);
-            let x = w.get_or_insert(&key).observe(item, step, 1_000, 4);
-            let y = b
-                .get_or_insert_with(&key, || key, DistinctWindow::default)
-                .is_some_and(|win| win.observe(item, step, 1_000, 4));
-            assert_eq!(x, y, "step {step}");
-            assert_eq!(w.len(), b.len(), "step {step}");
-            assert_eq!(w.evicted(), b.evicted(), "step {step}");
+            let want = match key.compact() {
+                Some(c) => {
+                    let set = sets.entry(w.set_of(c).0).or_default();
+                    if let Some(i) = set.iter().position(|&k| k == c) {
+                        set.remove(i);
+                    }
+                    set.insert(0, c);
+                    if set.len() > WAYS {
+                        let out = set.pop().unwrap();
+                        windows.remove(&out);
+                        evicted += 1;
+                    }
+                    windows.entry(c).or_default().observe(item, step, 1_000, 4)
+                }
+                None => wide
+                    .value_or_insert_with(&key, || key, DistinctWindow::default)
+                    .observe(item, step, 1_000, 4),
+            };
+            let got = w.get_or_insert(&key).observe(item, step, 1_000, 4);
+            assert_eq!(got, want, "step {step}");
+            assert_eq!(w.len(), windows.len() + wide.len(), "step {step}");
+            assert_eq!(w.evicted(), evicted + wide.evicted(), "step {step}");
         }
+        assert!(evicted > 0);
         // Compact keys: IPv4 pairs only, distinct for distinct pairs.
         assert_eq!((v4(1), v4(2)).compact(), Some(1 << 32 | 2));
         assert_eq!((v4(1), v6(2)).compact(), None);
         assert_eq!((v6(1), 80u16).compact(), None);
         assert_ne!((v4(1), 2u16).compact(), (v4(2), 1u16).compact());
+    }
+
+    #[test]
+    fn a_key_used_before_its_set_fills_survives_a_flood() {
+        // Used again after every WAYS - 1 new keys: never the least recent of a full set.
+        let v4 = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(i));
+        let mut w: WindowMap<(IpAddr, IpAddr)> = WindowMap::new(64);
+        let kept = (v4(7), v4(7));
+        w.get_or_insert(&kept).observe(1, 0, i64::MAX, 100);
+        for i in 0..30_000u32 {
+            w.get_or_insert(&(v4(1000 + i), v4(1)))
+                .observe(1, 0, i64::MAX, 100);
+            if i % (WAYS as u32 - 1) == 0 {
+                assert_eq!(w.get_or_insert(&kept).len(), 1, "after {i} new keys");
+            }
+        }
+        assert!(w.evicted() >= 29_000);
+        assert!(w.len() <= 64);
+    }
+
+    #[test]
+    fn the_table_grows_before_it_pushes_out() {
+        let v4 = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(i));
+        let mut w: WindowMap<(IpAddr, IpAddr)> = WindowMap::new(4096);
+        assert_eq!(w.sets, FIRST_SETS);
+        let mut i = 0u32;
+        while w.evicted() == 0 {
+            w.get_or_insert(&(v4(i), v4(1)))
+                .observe(u64::from(i), 0, i64::MAX, 100);
+            i += 1;
+            assert!(w.len() <= 4096);
+        }
+        // The first key pushed out was pushed out at the bound: every other one is held.
+        assert_eq!(w.sets, 1024);
+        assert_eq!(w.len() as u32, i - 1);
+        let held = (0..i).filter(|&k| w.touch(&(v4(k), v4(1)))).count();
+        assert_eq!(held as u32, i - 1);
     }
 }

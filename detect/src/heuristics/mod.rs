@@ -39,9 +39,11 @@
 //! loopback, link-local) destinations. Non-DNS events with a whitelisted address are dropped.
 //!
 //! **Bounded state.** Every table the network can grow has a capacity: scan windows
-//! ([`HeuristicsConfig::max_scan_keys`] per table, `threshold + 1` items per key), web-scan
-//! windows, NXDOMAIN counters, DNS-exhaustion domains (each at most `threshold` subdomain
-//! hashes), the user-agent verdict cache. Full tables forget their least recently used keys.
+//! ([`HeuristicsConfig::max_scan_keys`] per table and address family, `threshold + 1` items
+//! per key), web-scan windows, NXDOMAIN counters, DNS-exhaustion domains (each at most
+//! `threshold` subdomain hashes), the user-agent verdict cache. Full tables forget their
+//! least recently used keys (the IPv4 scan and web-scan tables: of the new key's set of
+//! four, see [`bounded::PackedMap`]).
 //! `tests/heuristics.rs` floods each of them.
 //!
 //! One file per family; tests beside each, end to end in `tests/heuristics.rs` and the
@@ -163,7 +165,8 @@ pub struct HeuristicsConfig {
     pub check_missing_host: bool,
     /// Direct downloads: file-name stems at most this long (9, i.e. under 10 characters).
     pub direct_download_max_stem: usize,
-    /// Keys per scan table (TCP, UDP, infection, UDP flows) and of the web-scan table.
+    /// Keys per scan table (TCP, UDP, infection, UDP flows) and of the web-scan table: as
+    /// many IPv4 keys (in whole sets of four) and as many others.
     pub max_scan_keys: usize,
     /// NXDOMAIN counters kept.
     pub max_nxdomain_counters: usize,

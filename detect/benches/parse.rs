@@ -14,6 +14,10 @@
 //!   `cargo run --release -p xtrail-bench --example mix_pcap`) through a fresh replay
 //!   `Detector` (heuristics as in replay); building the detector is excluded.
 //!
+//! - `scan/flow_start_{new_pairs,50k_pairs}`: flow starts (half UDP, half TCP SYN to port
+//!   443) through the scan heuristics' tables with their default bounds: host pairs never
+//!   seen again (a flood: every start a new key, the tables full), and pairs drawn from
+//!   50,000 (most found again). Needs no data.
 //! - `event/{json,maltrail}_line`: one IP-trail event (as the live sensor builds from a kernel
 //!   hit) written as a log line into a reused buffer.
 //!
@@ -21,12 +25,14 @@
 //! `shared/data/maltrail` beside the workspace (skipped with a message otherwise).
 
 use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use xtrail_detect::heuristics::{HeuristicsConfig, MaltrailHeuristics, UaPatterns};
+use xtrail_detect::heuristics::scan::ScanState;
+use xtrail_detect::heuristics::{FlowStart, HeuristicsConfig, MaltrailHeuristics, UaPatterns};
 use xtrail_detect::packet::LINKTYPE_ETHERNET;
 use xtrail_detect::pcap;
 use xtrail_detect::process::{Processor, ProcessorConfig};
@@ -261,5 +267,54 @@ fn event_lines(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parsers, pipeline, handoff_and_replay, event_lines);
+/// Flow start `i` of a stream whose host pairs are drawn from `distinct` (LCG over `i`).
+fn flow_start(i: u64, distinct: u64) -> FlowStart {
+    let r = (i.wrapping_mul(6_364_136_223_846_793_005) >> 16) % distinct;
+    let udp = i % 2 == 0;
+    FlowStart {
+        ts_us: i as i64 * 2,
+        src: IpAddr::V4(Ipv4Addr::from(0xc612_0000 | (r as u32 & 0xffff))),
+        dst: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | ((r >> 16) as u32 & 0xff_ffff))),
+        src_port: 40_000 + (r % 1000) as u16,
+        dst_port: if udp { 5353 + (r % 7) as u16 } else { 443 },
+        proto: if udp { 17 } else { 6 },
+        tcp_flags: if udp { 0 } else { 2 },
+    }
+}
+
+fn scan_tables(c: &mut Criterion) {
+    let config = HeuristicsConfig::default();
+    let mut g = c.benchmark_group("scan");
+    g.throughput(Throughput::Elements(1));
+    for (name, distinct) in [
+        ("flow_start_new_pairs", 1u64 << 40),
+        ("flow_start_50k_pairs", 50_000),
+    ] {
+        let mut scans = ScanState::new(&config);
+        // Filled first: the tables at their bound (or holding the 50,000 pairs).
+        let mut i = 0u64;
+        while i < 1_000_000 {
+            scans.observe(&config, &flow_start(i, distinct), |_| {});
+            i += 1;
+        }
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                i += 1;
+                let mut alerts = 0u32;
+                scans.observe(&config, &flow_start(i, distinct), |_| alerts += 1);
+                black_box(alerts)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    parsers,
+    pipeline,
+    handoff_and_replay,
+    scan_tables,
+    event_lines
+);
 criterion_main!(benches);

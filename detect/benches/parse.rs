@@ -270,7 +270,7 @@ fn event_lines(c: &mut Criterion) {
 /// Flow start `i` of a stream whose host pairs are drawn from `distinct` (LCG over `i`).
 fn flow_start(i: u64, distinct: u64) -> FlowStart {
     let r = (i.wrapping_mul(6_364_136_223_846_793_005) >> 16) % distinct;
-    let udp = i % 2 == 0;
+    let udp = i.is_multiple_of(2);
     FlowStart {
         ts_us: i as i64 * 2,
         src: IpAddr::V4(Ipv4Addr::from(0xc612_0000 | (r as u32 & 0xffff))),

@@ -3,15 +3,19 @@
 //! veth runs.
 //!
 //! ```text
-//! cargo run --release -p xtrail-bench --example mix_pcap -- TRAILS WHITELIST FRAMES OUT.pcap [SEED]
+//! cargo run --release -p xtrail-bench --example mix_pcap -- TRAILS WHITELIST FRAMES OUT.pcap [SEED [flows]]
 //! ```
 //! `SEED` is the bench's `--seed` (default 1); the mix uses `SEED + 1` as the bench does.
+//! Every frame is its own flow (the bench's `offline replay`); with `flows`, the frames are
+//! sent as the NIC-like generator sends them (`offline replay, flows`: background templates
+//! 8 packets per flow, 256 flows interleaved).
 
 use std::io::BufWriter;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use xtrail_bench::flows::FlowFrames;
 use xtrail_bench::{pcapw, scenario};
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
@@ -29,7 +33,7 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [trails, whitelist, frames, out, rest @ ..] = args.as_slice() else {
-        return Err("usage: mix_pcap TRAILS WHITELIST FRAMES OUT.pcap [SEED]".into());
+        return Err("usage: mix_pcap TRAILS WHITELIST FRAMES OUT.pcap [SEED [flows]]".into());
     };
     let n: usize = frames.parse().map_err(|e| format!("FRAMES: {e}"))?;
     let seed: u64 = match rest.first() {
@@ -42,11 +46,26 @@ fn run() -> Result<(), String> {
     let picks = scenario::picks(&set, &wl, 200);
     let is_trail = |a: Ipv4Addr| set.ip.lookup(IpAddr::V4(a), None).is_some();
     let mix = scenario::mix(seed + 1, n, &picks, 0.01, &is_trail);
+    let frames = match rest.get(1).map(String::as_str) {
+        None => mix.frames.clone(),
+        Some("flows") => {
+            let mut flows =
+                FlowFrames::new(&mix.frames, 8, 256, 0, 0).map_err(|e| e.to_string())?;
+            (0..n)
+                .map(|_| {
+                    let mut f = Vec::new();
+                    flows.next_into(&mut f);
+                    f
+                })
+                .collect()
+        }
+        Some(other) => return Err(format!("unknown option {other:?} (flows)")),
+    };
     let file = std::fs::File::create(out).map_err(|e| format!("{out}: {e}"))?;
     let mut w = BufWriter::new(file);
     pcapw::write_header(&mut w).map_err(|e| e.to_string())?;
     let t0: i64 = 1_790_000_000_000_000;
-    for (i, f) in mix.frames.iter().enumerate() {
+    for (i, f) in frames.iter().enumerate() {
         pcapw::write_packet(&mut w, t0 + i as i64 * 10, f).map_err(|e| e.to_string())?;
     }
     eprintln!(

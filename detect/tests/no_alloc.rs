@@ -299,9 +299,10 @@ fn full_tree_with_heuristics_allocates_nothing_per_clean_packet() {
     let mut events = Vec::new();
     let t0: i64 = 1_790_000_000_000_000;
     let mut ts = t0;
-    // Warm-up: more keys than each bounded table holds (65,536: two generations of 32,768),
-    // also for the tables only SYNs (port scans) and HTTP requests (web scans) fill, so every
-    // table has rotated twice and reached its steady allocation.
+    // Warm-up: more keys than each bounded table holds (65,536), also for the tables only
+    // SYNs (port scans) and HTTP requests (web scans) fill, so every table has grown to its
+    // bound (the scan tables) or rotated twice (the two-generation ones) and reached its
+    // steady allocation.
     for i in 0..500_000 {
         let f = match i {
             0..100_000 => traffic.syn(),

@@ -18,6 +18,7 @@
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
+use std::hint::black_box;
 use std::net::IpAddr;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
@@ -116,21 +117,6 @@ impl<K: Hash + Eq, V> BoundedMap<K, V> {
         Some(Self::rotate_and_insert(
             young, old, hasher, *half, evicted, hash, entry,
         ))
-    }
-
-    /// The value of `key`, inserting `make()` under `make_key()` when absent. Always `Some`
-    /// (see [`BoundedMap::value_or_insert_with`]).
-    pub fn get_or_insert_with<Q>(
-        &mut self,
-        key: &Q,
-        make_key: impl FnOnce() -> K,
-        make: impl FnOnce() -> V,
-    ) -> Option<&mut V>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        Some(self.value_or_insert_with(key, make_key, make))
     }
 
     /// The value of `key`, inserting `make()` under `make_key()` when absent.
@@ -280,14 +266,14 @@ const FIRST_SETS: usize = 16;
 /// A map of at most `capacity` packed keys ([`CompactKey`], IPv4) and at most `capacity`
 /// others (a [`BoundedMap`]). A packed key's set is chosen by its hash; a set holds
 /// [`WAYS`] entries, most recently used first, and a new key in a full set pushes out the
-/// set's least recently used one (counted in [`PackedMap::evicted`]). So a key used again
-/// before [`WAYS`] other keys came into its set is never pushed out, whatever the traffic;
-/// a lookup or an insertion reads one set, 256 adjacent bytes of window lines, and moves
-/// nothing else (a hash table with generations probes two tables and moves refreshed
-/// keys between them: scan tables take a new key per packet under a flood of new host
-/// pairs, and those cache misses were most of a replay's cost). The table starts small and
-/// doubles while a full set meets a new key, up to `capacity / WAYS` sets; nothing is
-/// pushed out before it has grown to that bound.
+/// set's least recently used one (counted in [`PackedMap::evicted`]): a key used again
+/// before [`WAYS`] other keys came into its set is never pushed out. A lookup reads one set.
+/// Sets fill unevenly, so keys are pushed out before the table holds `capacity` (at half
+/// of it, ~4% of the keys), and which ones depends on the hash's per-run seed: two
+/// replays of traffic that overflows a set can differ. The table starts at [`FIRST_SETS`]
+/// sets and doubles while a full set meets a new key, up to `capacity / WAYS` sets rounded
+/// down to a power of two; each doubling allocates the new table (on the packet path, at
+/// most log2(bound / [`FIRST_SETS`]) times).
 #[derive(Debug)]
 pub struct PackedMap<K, E: PackedEntry> {
     /// `sets * WAYS` entries; set `i` is `ways[i * WAYS..][..fill[i]]`, most recent first.
@@ -302,10 +288,11 @@ pub struct PackedMap<K, E: PackedEntry> {
 }
 
 impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
-    /// A map that never holds more than `capacity` packed keys (rounded down to whole
-    /// sets, at least one) and `capacity` others.
+    /// A map that never holds more than `capacity` packed keys (rounded down to a power of
+    /// two sets, at least one) and `capacity` others.
     pub fn new(capacity: usize) -> Self {
-        let max_sets = (capacity / WAYS).max(1);
+        // Powers of two: every growth step splits each set in two.
+        let max_sets = 1 << (capacity / WAYS).max(1).ilog2();
         let mut m = PackedMap {
             ways: Vec::new(),
             fill: Vec::new(),
@@ -368,8 +355,8 @@ impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
     pub(crate) fn touch_packed(&self, c: E::Key) -> bool {
         let (start, fill) = self.set_of(c);
         let set = self.ways.get(start..start + fill).unwrap_or_default();
-        // The whole set: a new key is written at its front, an old one moved there.
-        let _ = self.ways.get(start + WAYS - 1).map(|e| e.key());
+        // And the line a new key takes.
+        black_box(self.ways.get(start + fill.min(WAYS - 1)).map(|e| e.key()));
         set.iter().any(|e| e.key() == c)
     }
 
@@ -390,28 +377,19 @@ impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
             .get(start..start + fill)
             .and_then(|set| set.iter().position(|e| e.key() == c));
         while found.is_none() && fill == WAYS && self.sets < self.max_sets {
-            self.resize((self.sets * 2).min(self.max_sets));
+            self.resize(self.sets * 2);
             (start, fill) = self.set_of(c);
         }
-        let set = start / WAYS;
-        let ways = &mut self.ways[start..start + WAYS];
         match found {
-            Some(i) => ways[..=i].rotate_right(1),
-            None => {
-                if fill == WAYS {
-                    self.evicted += 1;
-                } else {
-                    self.packed_len += 1;
-                    if let Some(f) = self.fill.get_mut(set) {
-                        *f += 1;
-                    }
+            Some(i) => {
+                if let Some(used) = self.ways.get_mut(start..=start + i) {
+                    used.rotate_right(1);
                 }
-                // The least recent (or an unused) entry comes to the front and is replaced.
-                ways.rotate_right(1);
-                ways[0] = E::new(c, E::Value::default());
             }
+            None => self.insert_front(start, fill, E::new(c, E::Value::default())),
         }
-        ways[0].value_mut()
+        // `c` is at its set's front, `start` below `ways.len()` (see `set_of`).
+        self.ways[start].value_mut()
     }
 
     fn wide_entry(&mut self, key: &K) -> &mut E::Value {
@@ -419,42 +397,46 @@ impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
             .value_or_insert_with(key, || key.clone(), E::Value::default)
     }
 
-    /// Rebuilds the packed table with `sets` sets, each set's entries in the same order
-    /// (least recent first in, so that they keep their order; a set that overflows pushes
-    /// out its least recent ones, counted).
+    /// Rebuilds the packed table with `sets` sets (twice as many: each set splits in two),
+    /// each set's entries in the same order.
     fn resize(&mut self, sets: usize) {
-        let old = std::mem::take(&mut self.ways);
-        let old_fill = std::mem::take(&mut self.fill);
-        self.sets = sets;
-        self.ways = (0..sets * WAYS)
+        let fresh = (0..sets * WAYS)
             .map(|_| E::new(E::Key::default(), E::Value::default()))
             .collect();
-        self.fill = vec![0; sets];
+        let old = std::mem::replace(&mut self.ways, fresh);
+        let old_fill = std::mem::replace(&mut self.fill, vec![0; sets]);
+        self.sets = sets;
         self.packed_len = 0;
         let mut entries = old.into_iter();
+        let mut set = Vec::with_capacity(WAYS);
         for fill in old_fill {
-            let set: Vec<E> = entries.by_ref().take(WAYS).collect();
-            for e in set.into_iter().take(usize::from(fill)).rev() {
-                self.put_front(e);
+            set.extend(entries.by_ref().take(WAYS));
+            // Least recent first in, so that each ends up behind the more recent ones.
+            for e in set.drain(..).take(usize::from(fill)).rev() {
+                let (start, fill) = self.set_of(e.key());
+                self.insert_front(start, fill, e);
             }
         }
     }
 
-    /// Puts `e` (a key not held) at the front of its set (see [`PackedMap::resize`]).
-    fn put_front(&mut self, e: E) {
-        let (start, fill) = self.set_of(e.key());
-        let set = start / WAYS;
+    /// Puts `e`, whose key the set at `start` (holding `fill`) does not hold, at the set's
+    /// front; a full set's least recent entry is pushed out.
+    fn insert_front(&mut self, start: usize, fill: usize, e: E) {
         if fill == WAYS {
             self.evicted += 1;
         } else {
             self.packed_len += 1;
-            if let Some(f) = self.fill.get_mut(set) {
+            if let Some(f) = self.fill.get_mut(start / WAYS) {
                 *f += 1;
             }
         }
-        if let Some(ways) = self.ways.get_mut(start..start + WAYS) {
-            ways.rotate_right(1);
-            ways[0] = e;
+        // The entries in use and the one the new key takes (unused, or the least recent)
+        // move; the set's other lines are not touched.
+        if let Some(used) = self.ways.get_mut(start..=start + fill.min(WAYS - 1)) {
+            used.rotate_right(1);
+            if let Some(first) = used.first_mut() {
+                *first = e;
+            }
         }
     }
 }
@@ -576,7 +558,7 @@ mod tests {
     fn map_is_bounded_and_keeps_recent_keys() {
         let mut m: BoundedMap<u32, u32> = BoundedMap::new(100);
         for i in 0..10_000 {
-            *m.get_or_insert_with(&i, || i, || 0).unwrap() += 1;
+            *m.value_or_insert_with(&i, || i, || 0) += 1;
             assert!(m.len() <= 100);
         }
         assert!(m.evicted() >= 9_900);
@@ -587,9 +569,9 @@ mod tests {
     #[test]
     fn touched_keys_survive_a_flood() {
         let mut m: BoundedMap<u32, u32> = BoundedMap::new(64);
-        m.get_or_insert_with(&7, || 7, || 1);
+        m.value_or_insert_with(&7, || 7, || 1);
         for i in 1000..11_000 {
-            m.get_or_insert_with(&i, || i, || 0);
+            m.value_or_insert_with(&i, || i, || 0);
             if i % 16 == 0 {
                 assert!(m.get_mut(&7).is_some(), "lost at {i}");
             }
@@ -636,7 +618,7 @@ mod tests {
             w.get_or_insert(&(v4(i), v4(1))).observe(1, 0, 10, 4);
         }
         let (len, evicted) = (w.len(), w.evicted());
-        // Held in the young or the old generation, or not at all; wide keys are not read.
+        // Held or not; wide keys are not read.
         assert!(w.touch(&(v4(5), v4(1))));
         assert!(w.touch(&(v4(0), v4(1))));
         assert!(!w.touch(&(v4(9), v4(1))));
@@ -689,6 +671,12 @@ mod tests {
             };
             let got = w.get_or_insert(&key).observe(item, step, 1_000, 4);
             assert_eq!(got, want, "step {step}");
+            if let Some(c) = key.compact() {
+                // The set holds the model's keys, in its order.
+                let (start, fill) = w.set_of(c);
+                let held: Vec<u64> = w.ways[start..start + fill].iter().map(|e| e.key).collect();
+                assert_eq!(Some(&held), sets.get(&start), "step {step}");
+            }
             assert_eq!(w.len(), windows.len() + wide.len(), "step {step}");
             assert_eq!(w.evicted(), evicted + wide.evicted(), "step {step}");
         }
@@ -716,6 +704,55 @@ mod tests {
         }
         assert!(w.evicted() >= 29_000);
         assert!(w.len() <= 64);
+    }
+
+    #[test]
+    fn growing_keeps_each_sets_order() {
+        // Five keys of one first set, used oldest to newest: the fifth grows the table.
+        let v4 = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(i));
+        let mut w: WindowMap<(IpAddr, IpAddr)> = WindowMap::new(1 << 16);
+        let packed = |i: u32| (v4(i), v4(1)).compact().unwrap_or_default();
+        let first = w.set_of(packed(0)).0;
+        let keys: Vec<u32> = (0..)
+            .filter(|&i| w.set_of(packed(i)).0 == first)
+            .take(WAYS + 1)
+            .collect();
+        for &i in &keys {
+            w.get_or_insert(&(v4(i), v4(1)));
+        }
+        assert!(w.sets > FIRST_SETS);
+        assert_eq!((w.len(), w.evicted()), (WAYS + 1, 0));
+        // Every set holds its keys newest first.
+        for &i in &keys {
+            let (start, fill) = w.set_of(packed(i));
+            let held: Vec<u64> = w.ways[start..start + fill].iter().map(|e| e.key).collect();
+            let want: Vec<u64> = keys
+                .iter()
+                .rev()
+                .map(|&k| packed(k))
+                .filter(|&c| w.set_of(c).0 == start)
+                .collect();
+            assert_eq!(held, want);
+        }
+    }
+
+    #[test]
+    fn a_bound_between_powers_of_two_is_rounded_down() {
+        // 1,000 keys: 250 sets, rounded down to 128; every step a doubling, nothing pushed
+        // out before the last.
+        let v4 = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(i));
+        let mut w: WindowMap<(IpAddr, IpAddr)> = WindowMap::new(1000);
+        let mut i = 0u32;
+        while w.evicted() == 0 {
+            w.get_or_insert(&(v4(i), v4(1)));
+            i += 1;
+        }
+        assert_eq!(w.sets, 128);
+        assert_eq!(w.len() as u32, i - 1);
+        for j in i..i + 10_000 {
+            w.get_or_insert(&(v4(j), v4(1)));
+            assert!(w.len() <= 512);
+        }
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl DnsExhaustion {
             return None;
         }
         let item = self.hasher.hash_one(sub);
-        let w = self.domains.get_or_insert_with(
+        let w = self.domains.value_or_insert_with(
             base,
             || base.to_owned(),
             || Window {
@@ -86,7 +86,7 @@ impl DnsExhaustion {
                 subdomains: HashSet::new(),
                 alerted: false,
             },
-        )?;
+        );
         if ts_us.saturating_sub(w.start_us) > window_us {
             w.start_us = ts_us;
             w.subdomains.clear();

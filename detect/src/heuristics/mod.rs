@@ -42,8 +42,9 @@
 //! ([`HeuristicsConfig::max_scan_keys`] per table and address family, `threshold + 1` items
 //! per key), web-scan windows, NXDOMAIN counters, DNS-exhaustion domains (each at most
 //! `threshold` subdomain hashes), the user-agent verdict cache. Full tables forget their
-//! least recently used keys (the IPv4 scan and web-scan tables: of the new key's set of
-//! four, see [`bounded::PackedMap`]).
+//! least recently used keys; the IPv4 scan and web-scan tables, the least recently used of
+//! the new key's set of four, which can happen before the table is full (see
+//! [`bounded::PackedMap`]).
 //! `tests/heuristics.rs` floods each of them.
 //!
 //! One file per family; tests beside each, end to end in `tests/heuristics.rs` and the
@@ -443,9 +444,9 @@ impl MaltrailHeuristics {
             return v.clone();
         }
         let verdict = self.ua.check(ua);
-        if let Some(slot) = self.ua_cache.get_or_insert_with(&key, || key, || None) {
-            slot.clone_from(&verdict);
-        }
+        self.ua_cache
+            .value_or_insert_with(&key, || key, || None)
+            .clone_from(&verdict);
         verdict
     }
 

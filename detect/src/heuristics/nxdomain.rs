@@ -66,7 +66,7 @@ impl NxDomain {
         let wild = wildcard(base, &mut wild_buf)?;
         for key in [name, wild] {
             let is_wild = key.starts_with("*.");
-            let Some(c) = self.counters.get_or_insert_with(
+            let c = self.counters.value_or_insert_with(
                 key,
                 || key.to_owned(),
                 || Counter {
@@ -74,9 +74,7 @@ impl NxDomain {
                     count: 0,
                     listed: Vec::new(),
                 },
-            ) else {
-                continue;
-            };
+            );
             if c.hour != hour {
                 c.hour = hour;
                 c.count = 0;

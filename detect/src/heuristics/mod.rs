@@ -167,7 +167,8 @@ pub struct HeuristicsConfig {
     /// Direct downloads: file-name stems at most this long (9, i.e. under 10 characters).
     pub direct_download_max_stem: usize,
     /// Keys per scan table (TCP, UDP, infection, UDP flows) and of the web-scan table: as
-    /// many IPv4 keys (in whole sets of four) and as many others.
+    /// many IPv4 keys (in sets of four, a power of two sets: 1,000 gives 512) and as many
+    /// others.
     pub max_scan_keys: usize,
     /// NXDOMAIN counters kept.
     pub max_nxdomain_counters: usize,

@@ -8,14 +8,14 @@
 //! `SEED` is the bench's `--seed` (default 1); the mix uses `SEED + 1` as the bench does.
 //! Every frame is its own flow (the bench's `offline replay`); with `flows`, the frames are
 //! sent as the NIC-like generator sends them (`offline replay, flows`: background templates
-//! 8 packets per flow, 256 flows interleaved).
+//! `BENCH_FLOW_PACKETS` (8) packets per flow, `BENCH_WINDOW` (256) flows interleaved).
 
 use std::io::BufWriter;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use xtrail_bench::flows::FlowFrames;
+use xtrail_bench::flows::{self, BENCH_FLOW_PACKETS, BENCH_WINDOW};
 use xtrail_bench::{pcapw, scenario};
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
@@ -48,17 +48,8 @@ fn run() -> Result<(), String> {
     let mix = scenario::mix(seed + 1, n, &picks, 0.01, &is_trail);
     let frames = match rest.get(1).map(String::as_str) {
         None => mix.frames.clone(),
-        Some("flows") => {
-            let mut flows =
-                FlowFrames::new(&mix.frames, 8, 256, 0, 0).map_err(|e| e.to_string())?;
-            (0..n)
-                .map(|_| {
-                    let mut f = Vec::new();
-                    flows.next_into(&mut f);
-                    f
-                })
-                .collect()
-        }
+        Some("flows") => flows::sequence(&mix.frames, BENCH_FLOW_PACKETS, BENCH_WINDOW, n)
+            .map_err(|e| e.to_string())?,
         Some(other) => return Err(format!("unknown option {other:?} (flows)")),
     };
     let file = std::fs::File::create(out).map_err(|e| format!("{out}: {e}"))?;

@@ -11,6 +11,28 @@
 pub use xtrail_nicgen_common::TemplateError;
 use xtrail_nicgen_common::{Rewrite, Template, MAX_WINDOW};
 
+/// Packets per flow of the bench's background traffic.
+pub const BENCH_FLOW_PACKETS: u32 = 8;
+/// Flows the bench keeps open at once (interleaved).
+pub const BENCH_WINDOW: u32 = 256;
+
+/// The first `n` frames of [`FlowFrames`] over `frames` (first flow 0, CPU 0).
+pub fn sequence(
+    frames: &[Vec<u8>],
+    flow_packets: u32,
+    window: u32,
+    n: usize,
+) -> Result<Vec<Vec<u8>>, TemplateError> {
+    let mut flows = FlowFrames::new(frames, flow_packets, window, 0, 0)?;
+    Ok((0..n)
+        .map(|_| {
+            let mut f = Vec::new();
+            flows.next_into(&mut f);
+            f
+        })
+        .collect())
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 struct Slot {
     flow: u64,

@@ -210,7 +210,7 @@ fn event_set(log: &Path) -> BTreeMap<Key, usize> {
         let v: serde_json::Value = serde_json::from_str(line).expect("JSON event line");
         let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
         let n = |k: &str| v[k].as_u64().unwrap_or(0);
-        let web_scan = s("info").contains("potential web scanning");
+        let web_scan = s("info").contains(xtrail_detect::heuristics::web_scan::INFO);
         let (trail, src_port) = if web_scan {
             let path = s("trail");
             assert!(

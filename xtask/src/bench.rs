@@ -727,14 +727,12 @@ const OFFLINE_FLOWS: &str = "offline replay, flows";
 /// interleaved, each flow from its own source address and port.
 fn flow_sequence(templates: &[Vec<u8>], n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     use crate::bench_nic::{FLOW_PACKETS, WINDOW};
-    let mut flows = xtrail_bench::flows::FlowFrames::new(templates, FLOW_PACKETS, WINDOW, 0, 0)?;
-    Ok((0..n)
-        .map(|_| {
-            let mut f = Vec::new();
-            flows.next_into(&mut f);
-            f
-        })
-        .collect())
+    Ok(xtrail_bench::flows::sequence(
+        templates,
+        FLOW_PACKETS,
+        WINDOW,
+        n,
+    )?)
 }
 
 /// Writes `frames` to `path` as a pcap, 10 µs apart.

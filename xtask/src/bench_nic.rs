@@ -48,10 +48,8 @@ const FLOOR: &str = "xdp-drop";
 const ROUNDS: usize = 3;
 /// Seconds of traffic per run of the bpf_stats pass (XDP ns/run).
 const XDP_PASS_SECONDS: f64 = 0.5;
-/// Packets per flow of background traffic.
-pub(crate) const FLOW_PACKETS: u32 = 8;
-/// Flows open at once (interleaved).
-pub(crate) const WINDOW: u32 = 256;
+/// Packets per flow of background traffic, and flows open at once (interleaved).
+pub(crate) use xtrail_bench::flows::{BENCH_FLOW_PACKETS as FLOW_PACKETS, BENCH_WINDOW as WINDOW};
 /// Templates per single-protocol scenario: a prime, so (source, template) pairs repeat only
 /// after 251 cycles of the generator's source addresses.
 const TEMPLATES: usize = 251;

@@ -268,8 +268,8 @@ const FIRST_SETS: usize = 16;
 /// [`WAYS`] entries, most recently used first, and a new key in a full set pushes out the
 /// set's least recently used one (counted in [`PackedMap::evicted`]): a key used again
 /// before [`WAYS`] other keys came into its set is never pushed out. A lookup reads one set.
-/// Sets fill unevenly, so keys are pushed out before the table holds `capacity` (at half
-/// of it, ~4% of the keys), and which ones depends on the hash's per-run seed: two
+/// Sets fill unevenly, so keys are pushed out before the table holds `capacity` (filling
+/// half of it pushed out 3.8% of the keys, README), and which ones depends on the hash's per-run seed: two
 /// replays of traffic that overflows a set can differ. The table starts at [`FIRST_SETS`]
 /// sets and doubles while a full set meets a new key, up to `capacity / WAYS` sets rounded
 /// down to a power of two; each doubling allocates the new table (on the packet path, at

@@ -17,7 +17,8 @@
 //! - `scan/flow_start_{new_pairs,50k_pairs}`: flow starts (half UDP, half TCP SYN to port
 //!   443) through the scan heuristics' tables with their default bounds: host pairs never
 //!   seen again (a flood: every start a new key, the tables full), and pairs drawn from
-//!   50,000 (most found again). Needs no data.
+//!   50,000 (most found again); `scan/flow_starts_batched_*` the same 16 at a time with their
+//!   entries prefetched first, as the live sensor takes a ring record. Needs no data.
 //! - `event/{json,maltrail}_line`: one IP-trail event (as the live sensor builds from a kernel
 //!   hit) written as a log line into a reused buffer.
 //!
@@ -307,8 +308,40 @@ fn scan_tables(c: &mut Criterion) {
             })
         });
     }
+    // As the live sensor feeds them: a ring record of 16 flow starts, the batch's table
+    // entries prefetched first.
+    for (name, distinct) in [
+        ("flow_starts_batched_new_pairs", 1u64 << 40),
+        ("flow_starts_batched_50k_pairs", 50_000),
+    ] {
+        let mut scans = ScanState::new(&config);
+        let mut i = 0u64;
+        while i < 1_000_000 {
+            scans.observe(&config, &flow_start(i, distinct), |_| {});
+            i += 1;
+        }
+        g.throughput(Throughput::Elements(BATCH as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let batch: [FlowStart; BATCH] =
+                    std::array::from_fn(|k| flow_start(i + k as u64, distinct));
+                i += BATCH as u64;
+                for f in &batch {
+                    scans.prefetch(&config, f);
+                }
+                let mut alerts = 0u32;
+                for f in &batch {
+                    scans.observe(&config, f, |_| alerts += 1);
+                }
+                black_box(alerts)
+            })
+        });
+    }
     g.finish();
 }
+
+/// Flow starts per ring record (`xtrail_common::FLOW_BATCH`).
+const BATCH: usize = 16;
 
 criterion_group!(
     benches,

@@ -18,7 +18,6 @@
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
-use std::hint::black_box;
 use std::net::IpAddr;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
@@ -256,29 +255,91 @@ impl PackedEntry for WindowLine {
 /// The scan heuristics' windows: IPv4 keys in one 64-byte line per entry.
 pub type WindowMap<K> = PackedMap<K, WindowLine>;
 
-/// Entries per set of a [`PackedMap`]'s packed table: four 64-byte window lines are 256
-/// adjacent bytes, read together.
+/// Entries per set of a [`PackedMap`]'s packed table (the set's order is kept in one byte,
+/// two bits per way).
 pub const WAYS: usize = 4;
+const _: () = assert!(WAYS == 4);
 
 /// Sets a [`PackedMap`]'s packed table starts with (it doubles up to its bound as sets fill).
 const FIRST_SETS: usize = 16;
 
+/// A set's bookkeeping, 8 bytes beside its entries: which ways hold a key, in what order of
+/// use, and 8 bits of each key's hash. A lookup reads this and then only the entry whose
+/// tag matches (or, for a new key, the one it takes): entries never move within a set.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(8))]
+struct SetMeta {
+    /// `tags[w]`: the low 8 bits of the hash of way `w`'s key.
+    tags: [u8; WAYS],
+    /// The ways in use by rank, two bits each, the most recent in the lowest bits.
+    order: u8,
+    /// Ways in use: ways `0..fill`.
+    fill: u8,
+}
+
+impl SetMeta {
+    /// The way at `rank` (0: the most recent).
+    #[inline]
+    fn way(self, rank: usize) -> usize {
+        usize::from(self.order >> (2 * rank) & 3)
+    }
+
+    /// The rank of the way holding a key tagged `tag` for which `is_key(way)` holds.
+    #[inline]
+    fn find(self, tag: u8, mut is_key: impl FnMut(usize) -> bool) -> Option<usize> {
+        (0..usize::from(self.fill)).find(|&r| {
+            let w = self.way(r);
+            self.tags.get(w) == Some(&tag) && is_key(w)
+        })
+    }
+
+    /// Makes the way at `rank` the most recent.
+    #[inline]
+    fn make_first(&mut self, rank: usize) {
+        let order = u32::from(self.order);
+        let below = order & ((1 << (2 * rank)) - 1);
+        let above = order & !((1 << (2 * rank + 2)) - 1);
+        let way = order >> (2 * rank) & 3;
+        self.order = (above | below << 2 | way) as u8;
+    }
+
+    /// The way a new key tagged `tag` takes, made the most recent: the next unused one, or
+    /// the least recent (returned as pushed out).
+    #[inline]
+    fn take(&mut self, tag: u8) -> (usize, bool) {
+        let full = usize::from(self.fill) == WAYS;
+        let way = if full {
+            self.way(WAYS - 1)
+        } else {
+            self.fill += 1;
+            usize::from(self.fill) - 1
+        };
+        self.order = (u32::from(self.order) << 2 | way as u32) as u8;
+        if let Some(t) = self.tags.get_mut(way) {
+            *t = tag;
+        }
+        (way, full)
+    }
+}
+
 /// A map of at most `capacity` packed keys ([`CompactKey`], IPv4) and at most `capacity`
 /// others (a [`BoundedMap`]). A packed key's set is chosen by its hash; a set holds
-/// [`WAYS`] entries, most recently used first, and a new key in a full set pushes out the
-/// set's least recently used one (counted in [`PackedMap::evicted`]): a key used again
-/// before [`WAYS`] other keys came into its set is never pushed out. A lookup reads one set.
-/// Sets fill unevenly, so keys are pushed out before the table holds `capacity` (filling
-/// half of it pushed out 3.8% of the keys, README), and which ones depends on the hash's per-run seed: two
-/// replays of traffic that overflows a set can differ. The table starts at [`FIRST_SETS`]
-/// sets and doubles while a full set meets a new key, up to `capacity / WAYS` sets rounded
-/// down to a power of two; each doubling allocates the new table (on the packet path, at
-/// most log2(bound / [`FIRST_SETS`]) times).
+/// [`WAYS`] entries, and a new key in a full set pushes out the set's least recently used
+/// one (counted in [`PackedMap::evicted`]): a key used again before [`WAYS`] other keys
+/// came into its set is never pushed out. A lookup reads the set's 8-byte [`SetMeta`] and
+/// one entry. Sets fill unevenly, so keys are pushed out before the table holds
+/// `capacity` (filling half of it pushed out 3.8% of the keys, README), and which ones
+/// depends on the hash's per-run seed: two replays of traffic that overflows a set can
+/// differ. The table starts at [`FIRST_SETS`] sets and doubles while a full set meets a new
+/// key, up to `capacity / WAYS` sets rounded down to a power of two; each doubling
+/// allocates the new table (on the packet path, at most log2(bound / [`FIRST_SETS`])
+/// times).
 #[derive(Debug)]
 pub struct PackedMap<K, E: PackedEntry> {
-    /// `sets * WAYS` entries; set `i` is `ways[i * WAYS..][..fill[i]]`, most recent first.
+    /// `sets * WAYS` entries; set `i`'s are `ways[i * WAYS..][..WAYS]`, in use as `meta[i]`
+    /// says.
     ways: Vec<E>,
-    fill: Vec<u8>,
+    meta: Vec<SetMeta>,
     sets: usize,
     max_sets: usize,
     packed_len: usize,
@@ -295,7 +356,7 @@ impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
         let max_sets = 1 << (capacity / WAYS).max(1).ilog2();
         let mut m = PackedMap {
             ways: Vec::new(),
-            fill: Vec::new(),
+            meta: Vec::new(),
             sets: 0,
             max_sets,
             packed_len: 0,
@@ -338,58 +399,78 @@ impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
         self.packed_entry(c)
     }
 
-    /// Reads where `key` would be found, caching the lines [`PackedMap::get_or_insert`] will
-    /// read: a batch's keys are touched first so that their cache misses overlap. Whether
-    /// the key is held (a result to keep the reads from being optimised away).
+    /// Prefetches what [`PackedMap::get_or_insert`] of `key` will read: the set's
+    /// [`SetMeta`] and entries (hints that do not wait for memory; which entry the key has
+    /// is not known without reading the meta, and a dependent read would wait). A batch's
+    /// keys are prefetched first, so that their cache misses overlap. Changes nothing.
     #[inline]
-    pub fn touch(&self, key: &K) -> bool {
-        match key.compact() {
-            Some(c) => self.touch_packed(c),
-            None => false,
+    pub fn prefetch(&self, key: &K) {
+        if let Some(c) = key.compact() {
+            self.prefetch_packed(c);
         }
     }
 
-    /// [`PackedMap::touch`] of a key packed by the caller (see
+    /// [`PackedMap::prefetch`] of a key packed by the caller (see
     /// [`PackedMap::get_or_insert_packed`]).
     #[inline]
-    pub(crate) fn touch_packed(&self, c: E::Key) -> bool {
-        let (start, fill) = self.set_of(c);
-        let set = self.ways.get(start..start + fill).unwrap_or_default();
-        // And the line a new key takes.
-        black_box(self.ways.get(start + fill.min(WAYS - 1)).map(|e| e.key()));
-        set.iter().any(|e| e.key() == c)
+    pub(crate) fn prefetch_packed(&self, c: E::Key) {
+        let (set, _) = self.set_of(c);
+        if let (Some(m), Some(entries)) = (
+            self.meta.get(set..=set),
+            self.ways.get(set * WAYS..set * WAYS + WAYS),
+        ) {
+            crate::prefetch::lines(m);
+            crate::prefetch::lines(entries);
+        }
     }
 
-    /// Where `c`'s set starts in `ways`, and how many entries it holds.
+    /// `c`'s set and tag.
     #[inline]
-    fn set_of(&self, c: E::Key) -> (usize, usize) {
+    fn set_of(&self, c: E::Key) -> (usize, u8) {
         let hash = self.hasher.hash_one(c);
         // The high 32 bits scaled to `sets`: doubling `sets` splits each set in two.
         let set = (((hash >> 32) * self.sets as u64) >> 32) as usize;
-        let fill = self.fill.get(set).copied().unwrap_or(0);
-        (set * WAYS, usize::from(fill))
+        (set, hash as u8)
     }
 
     fn packed_entry(&mut self, c: E::Key) -> &mut E::Value {
-        let (mut start, mut fill) = self.set_of(c);
-        let found = self
-            .ways
-            .get(start..start + fill)
-            .and_then(|set| set.iter().position(|e| e.key() == c));
-        while found.is_none() && fill == WAYS && self.sets < self.max_sets {
-            self.resize(self.sets * 2);
-            (start, fill) = self.set_of(c);
+        let (mut set, mut tag) = self.set_of(c);
+        // The entries' lines requested before the meta is read, so that a miss on both
+        // (a key not prefetched in a batch) costs one memory latency, not two in a row.
+        if let Some(entries) = self.ways.get(set * WAYS..set * WAYS + WAYS) {
+            crate::prefetch::lines(entries);
         }
-        match found {
-            Some(i) => {
-                if let Some(used) = self.ways.get_mut(start..=start + i) {
-                    used.rotate_right(1);
-                }
+        let found = self.find(set, tag, c);
+        if found.is_none() {
+            while self
+                .meta
+                .get(set)
+                .is_some_and(|m| usize::from(m.fill) == WAYS)
+                && self.sets < self.max_sets
+            {
+                self.resize(self.sets * 2);
+                (set, tag) = self.set_of(c);
             }
-            None => self.insert_front(start, fill, E::new(c, E::Value::default())),
         }
-        // `c` is at its set's front, `start` below `ways.len()` (see `set_of`).
-        self.ways[start].value_mut()
+        let way = match found {
+            Some(rank) => {
+                let m = &mut self.meta[set];
+                let way = m.way(rank);
+                m.make_first(rank);
+                way
+            }
+            None => self.insert(set, tag, E::new(c, E::Value::default())),
+        };
+        // `set` is below `sets` (see `set_of`), `way` below `WAYS`.
+        self.ways[set * WAYS + way].value_mut()
+    }
+
+    /// The rank of `c` in `set`.
+    #[inline]
+    fn find(&self, set: usize, tag: u8, c: E::Key) -> Option<usize> {
+        let m = self.meta.get(set)?;
+        let entries = self.ways.get(set * WAYS..set * WAYS + WAYS)?;
+        m.find(tag, |w| entries.get(w).is_some_and(|e| e.key() == c))
     }
 
     fn wide_entry(&mut self, key: &K) -> &mut E::Value {
@@ -404,39 +485,63 @@ impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
             .map(|_| E::new(E::Key::default(), E::Value::default()))
             .collect();
         let old = std::mem::replace(&mut self.ways, fresh);
-        let old_fill = std::mem::replace(&mut self.fill, vec![0; sets]);
+        let old_meta = std::mem::replace(&mut self.meta, vec![SetMeta::default(); sets]);
         self.sets = sets;
         self.packed_len = 0;
         let mut entries = old.into_iter();
-        let mut set = Vec::with_capacity(WAYS);
-        for fill in old_fill {
+        let mut set: Vec<E> = Vec::with_capacity(WAYS);
+        for m in old_meta {
+            set.clear();
             set.extend(entries.by_ref().take(WAYS));
             // Least recent first in, so that each ends up behind the more recent ones.
-            for e in set.drain(..).take(usize::from(fill)).rev() {
-                let (start, fill) = self.set_of(e.key());
-                self.insert_front(start, fill, e);
+            for rank in (0..usize::from(m.fill)).rev() {
+                if let Some(slot) = set.get_mut(m.way(rank)) {
+                    let e = std::mem::replace(slot, E::new(E::Key::default(), E::Value::default()));
+                    let (s, tag) = self.set_of(e.key());
+                    self.insert(s, tag, e);
+                }
             }
         }
     }
 
-    /// Puts `e`, whose key the set at `start` (holding `fill`) does not hold, at the set's
-    /// front; a full set's least recent entry is pushed out.
-    fn insert_front(&mut self, start: usize, fill: usize, e: E) {
-        if fill == WAYS {
+    /// Puts `e`, whose key `set` does not hold, in the set as its most recent; a full set's
+    /// least recent entry is pushed out. The way it took.
+    fn insert(&mut self, set: usize, tag: u8, e: E) -> usize {
+        let Some(m) = self.meta.get_mut(set) else {
+            return 0;
+        };
+        let (way, pushed_out) = m.take(tag);
+        if pushed_out {
             self.evicted += 1;
         } else {
             self.packed_len += 1;
-            if let Some(f) = self.fill.get_mut(start / WAYS) {
-                *f += 1;
-            }
         }
-        // The entries in use and the one the new key takes (unused, or the least recent)
-        // move; the set's other lines are not touched.
-        if let Some(used) = self.ways.get_mut(start..=start + fill.min(WAYS - 1)) {
-            used.rotate_right(1);
-            if let Some(first) = used.first_mut() {
-                *first = e;
+        if let Some(slot) = self.ways.get_mut(set * WAYS + way) {
+            *slot = e;
+        }
+        way
+    }
+
+    /// The keys `c`'s set holds, most recent first (tests).
+    #[cfg(test)]
+    fn set_keys(&self, c: E::Key) -> (usize, Vec<E::Key>) {
+        let (set, _) = self.set_of(c);
+        let m = self.meta[set];
+        let keys = (0..usize::from(m.fill))
+            .map(|r| self.ways[set * WAYS + m.way(r)].key())
+            .collect();
+        (set, keys)
+    }
+
+    /// Whether `key` is held (tests; changes nothing).
+    #[cfg(test)]
+    fn contains(&self, key: &K) -> bool {
+        match key.compact() {
+            Some(c) => {
+                let (set, tag) = self.set_of(c);
+                self.find(set, tag, c).is_some()
             }
+            None => false,
         }
     }
 }
@@ -609,7 +714,7 @@ mod tests {
     }
 
     #[test]
-    fn touch_reads_without_changing_the_map() {
+    fn prefetch_changes_nothing() {
         let v4 = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(i));
         let v6 = |i: u32| IpAddr::from(std::net::Ipv6Addr::from(u128::from(i) << 64));
         // Room to grow: nothing is pushed out before the table reaches its bound.
@@ -618,12 +723,18 @@ mod tests {
             w.get_or_insert(&(v4(i), v4(1))).observe(1, 0, 10, 4);
         }
         let (len, evicted) = (w.len(), w.evicted());
-        // Held or not; wide keys are not read.
-        assert!(w.touch(&(v4(5), v4(1))));
-        assert!(w.touch(&(v4(0), v4(1))));
-        assert!(!w.touch(&(v4(9), v4(1))));
-        assert!(!w.touch(&(v6(1), v4(1))));
+        // Held or not, packed or wide.
+        for key in [
+            (v4(5), v4(1)),
+            (v4(0), v4(1)),
+            (v4(9), v4(1)),
+            (v6(1), v4(1)),
+        ] {
+            w.prefetch(&key);
+        }
         assert_eq!((w.len(), w.evicted()), (len, evicted));
+        assert!(w.contains(&(v4(5), v4(1))) && w.contains(&(v4(0), v4(1))));
+        assert!(!w.contains(&(v4(9), v4(1))) && !w.contains(&(v6(1), v4(1))));
     }
 
     #[test]
@@ -653,7 +764,7 @@ mod tests {
             let item = u64::from(r % 13);
             let want = match key.compact() {
                 Some(c) => {
-                    let set = sets.entry(w.set_of(c).0).or_default();
+                    let set = sets.entry(w.set_of(c).0 * WAYS).or_default();
                     if let Some(i) = set.iter().position(|&k| k == c) {
                         set.remove(i);
                     }
@@ -673,9 +784,8 @@ mod tests {
             assert_eq!(got, want, "step {step}");
             if let Some(c) = key.compact() {
                 // The set holds the model's keys, in its order.
-                let (start, fill) = w.set_of(c);
-                let held: Vec<u64> = w.ways[start..start + fill].iter().map(|e| e.key).collect();
-                assert_eq!(Some(&held), sets.get(&start), "step {step}");
+                let (set, held) = w.set_keys(c);
+                assert_eq!(Some(&held), sets.get(&(set * WAYS)), "step {step}");
             }
             assert_eq!(w.len(), windows.len() + wide.len(), "step {step}");
             assert_eq!(w.evicted(), evicted + wide.evicted(), "step {step}");
@@ -724,13 +834,12 @@ mod tests {
         assert_eq!((w.len(), w.evicted()), (WAYS + 1, 0));
         // Every set holds its keys newest first.
         for &i in &keys {
-            let (start, fill) = w.set_of(packed(i));
-            let held: Vec<u64> = w.ways[start..start + fill].iter().map(|e| e.key).collect();
+            let (set, held) = w.set_keys(packed(i));
             let want: Vec<u64> = keys
                 .iter()
                 .rev()
                 .map(|&k| packed(k))
-                .filter(|&c| w.set_of(c).0 == start)
+                .filter(|&c| w.set_of(c).0 == set)
                 .collect();
             assert_eq!(held, want);
         }
@@ -770,7 +879,7 @@ mod tests {
         // The first key pushed out was pushed out at the bound: every other one is held.
         assert_eq!(w.sets, 1024);
         assert_eq!(w.len() as u32, i - 1);
-        let held = (0..i).filter(|&k| w.touch(&(v4(k), v4(1)))).count();
+        let held = (0..i).filter(|&k| w.contains(&(v4(k), v4(1)))).count();
         assert_eq!(held as u32, i - 1);
     }
 }

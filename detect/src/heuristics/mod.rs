@@ -518,14 +518,12 @@ impl Heuristics for MaltrailHeuristics {
     }
 
     fn on_flow_starts(&mut self, flows: &[FlowStart], out: &mut dyn FnMut(Event)) {
-        // The batch's table reads first: their cache misses overlap (a lone start has none
-        // to overlap with).
+        // The batch's table entries prefetched first: their cache misses overlap (a lone
+        // start has none to overlap with).
         if flows.len() > 1 {
-            let mut found = 0;
             for f in flows {
-                found += self.scans.touch(&self.config, f);
+                self.scans.prefetch(&self.config, f);
             }
-            std::hint::black_box(found);
         }
         for f in flows {
             MaltrailHeuristics::on_flow_start(self, f, out);

@@ -173,29 +173,27 @@ impl ScanState {
         }
     }
 
-    /// Touches the table lines [`ScanState::observe`] of `f` will probe (see
-    /// [`PackedMap::touch`]); the number of keys found.
-    pub fn touch(&self, config: &HeuristicsConfig, f: &FlowStart) -> u32 {
-        let mut found = 0;
+    /// Prefetches the table entries [`ScanState::observe`] of `f` will read or take (see
+    /// [`PackedMap::prefetch`]).
+    pub fn prefetch(&self, config: &HeuristicsConfig, f: &FlowStart) {
         if !is_scan_target(f.dst) {
-            return found;
+            return;
         }
         match f.proto {
             ipproto::TCP if is_probe_flags(f.tcp_flags) => {
-                found += u32::from(self.tcp.touch(&(f.src, f.dst)));
+                self.tcp.prefetch(&(f.src, f.dst));
                 if config.infection_ports.contains(&f.dst_port) {
-                    found += u32::from(self.infection.touch(&(f.src, f.dst_port)));
+                    self.infection.prefetch(&(f.src, f.dst_port));
                 }
             }
             ipproto::UDP if !is_reply_by_ports(f) => {
                 if let Some((bits, _, _)) = packed_v4_pair(f) {
-                    found += u32::from(self.udp_flows.touch_packed(bits));
+                    self.udp_flows.prefetch_packed(bits);
                 }
-                found += u32::from(self.udp.touch(&(f.src, f.dst)));
+                self.udp.prefetch(&(f.src, f.dst));
             }
             _ => {}
         }
-        found
     }
 
     /// A reply rather than a probe: from a service port to an ephemeral one, or the reverse of

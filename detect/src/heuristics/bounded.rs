@@ -263,9 +263,10 @@ const _: () = assert!(WAYS == 4);
 /// Sets a [`PackedMap`]'s packed table starts with (it doubles up to its bound as sets fill).
 const FIRST_SETS: usize = 16;
 
-/// A set's bookkeeping, 8 bytes beside its entries: which ways hold a key, in what order of
-/// use, and 8 bits of each key's hash. A lookup reads this and then only the entry whose
-/// tag matches (or, for a new key, the one it takes): entries never move within a set.
+/// A set's bookkeeping, 8 bytes in an array of their own (eight sets a cache line): which
+/// ways hold a key, in what order of use, and 8 bits of each key's hash. A lookup reads this
+/// and then only the entry whose tag matches (or, for a new key, the one it takes): entries
+/// never move within a set.
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C, align(8))]
 struct SetMeta {
@@ -281,7 +282,7 @@ impl SetMeta {
     /// The way at `rank` (0: the most recent).
     #[inline]
     fn way(self, rank: usize) -> usize {
-        usize::from(self.order >> (2 * rank) & 3)
+        usize::from((self.order >> (2 * rank)) & 3)
     }
 
     /// The rank of the way holding a key tagged `tag` for which `is_key(way)` holds.
@@ -299,8 +300,8 @@ impl SetMeta {
         let order = u32::from(self.order);
         let below = order & ((1 << (2 * rank)) - 1);
         let above = order & !((1 << (2 * rank + 2)) - 1);
-        let way = order >> (2 * rank) & 3;
-        self.order = (above | below << 2 | way) as u8;
+        let way = (order >> (2 * rank)) & 3;
+        self.order = (above | (below << 2) | way) as u8;
     }
 
     /// The way a new key tagged `tag` takes, made the most recent: the next unused one, or
@@ -326,8 +327,9 @@ impl SetMeta {
 /// others (a [`BoundedMap`]). A packed key's set is chosen by its hash; a set holds
 /// [`WAYS`] entries, and a new key in a full set pushes out the set's least recently used
 /// one (counted in [`PackedMap::evicted`]): a key used again before [`WAYS`] other keys
-/// came into its set is never pushed out. A lookup reads the set's 8-byte [`SetMeta`] and
-/// one entry. Sets fill unevenly, so keys are pushed out before the table holds
+/// came into its set is never pushed out. A lookup compares one entry's key, the one its
+/// set's 8-byte [`SetMeta`] points to (it prefetches the set's four entries first, so that
+/// the meta and the entry arrive together). Sets fill unevenly, so keys are pushed out before the table holds
 /// `capacity` (filling half of it pushed out 3.8% of the keys, README), and which ones
 /// depends on the hash's per-run seed: two replays of traffic that overflows a set can
 /// differ. The table starts at [`FIRST_SETS`] sets and doubles while a full set meets a new
@@ -402,7 +404,8 @@ impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
     /// Prefetches what [`PackedMap::get_or_insert`] of `key` will read: the set's
     /// [`SetMeta`] and entries (hints that do not wait for memory; which entry the key has
     /// is not known without reading the meta, and a dependent read would wait). A batch's
-    /// keys are prefetched first, so that their cache misses overlap. Changes nothing.
+    /// keys are prefetched first, so that their cache misses overlap. Changes nothing; a
+    /// wide (IPv6) key's map is not prefetched.
     #[inline]
     pub fn prefetch(&self, key: &K) {
         if let Some(c) = key.compact() {
@@ -508,6 +511,7 @@ impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
     /// least recent entry is pushed out. The way it took.
     fn insert(&mut self, set: usize, tag: u8, e: E) -> usize {
         let Some(m) = self.meta.get_mut(set) else {
+            debug_assert!(false, "set {set} of {}", self.sets);
             return 0;
         };
         let (way, pushed_out) = m.take(tag);
@@ -827,21 +831,65 @@ mod tests {
             .filter(|&i| w.set_of(packed(i)).0 == first)
             .take(WAYS + 1)
             .collect();
-        for &i in &keys {
+        // The second key used again before the fifth: order of use is not order of arrival.
+        for &i in &keys[..WAYS] {
             w.get_or_insert(&(v4(i), v4(1)));
         }
+        w.get_or_insert(&(v4(keys[1]), v4(1)));
+        assert_eq!(w.sets, FIRST_SETS);
+        w.get_or_insert(&(v4(keys[WAYS]), v4(1)));
         assert!(w.sets > FIRST_SETS);
         assert_eq!((w.len(), w.evicted()), (WAYS + 1, 0));
-        // Every set holds its keys newest first.
+        let mut used: Vec<u32> = keys.clone();
+        let second = used.remove(1);
+        used.insert(WAYS - 1, second);
+        // Every set holds its keys most recently used first.
         for &i in &keys {
             let (set, held) = w.set_keys(packed(i));
-            let want: Vec<u64> = keys
+            let want: Vec<u64> = used
                 .iter()
                 .rev()
                 .map(|&k| packed(k))
                 .filter(|&c| w.set_of(c).0 == set)
                 .collect();
             assert_eq!(held, want);
+        }
+    }
+
+    #[test]
+    fn set_meta_keeps_the_order_of_use() {
+        // SetMeta against a list of ways, most recent first: random uses of held ways and new
+        // keys, every tag the same (only the key comparison tells ways apart).
+        let mut rng = 11u64;
+        for _ in 0..200 {
+            let mut m = SetMeta::default();
+            let mut model: Vec<usize> = Vec::new();
+            for _ in 0..50 {
+                rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let r = (rng >> 33) as usize;
+                if !model.is_empty() && !r.is_multiple_of(3) {
+                    let way = model[r % model.len()];
+                    let rank = m.find(7, |w| w == way).expect("held");
+                    assert_eq!(rank, model.iter().position(|&w| w == way).unwrap());
+                    m.make_first(rank);
+                    model.retain(|&w| w != way);
+                    model.insert(0, way);
+                } else {
+                    let (way, pushed_out) = m.take(7);
+                    assert_eq!(pushed_out, model.len() == WAYS);
+                    if pushed_out {
+                        assert_eq!(model.pop(), Some(way));
+                    } else {
+                        assert_eq!(way, model.len());
+                    }
+                    model.insert(0, way);
+                }
+                assert_eq!(usize::from(m.fill), model.len());
+                let ranks: Vec<usize> = (0..model.len()).map(|r| m.way(r)).collect();
+                assert_eq!(ranks, model);
+                assert!(m.tags[..model.len()].iter().all(|&t| t == 7));
+                assert_eq!(m.find(8, |_| true), None);
+            }
         }
     }
 

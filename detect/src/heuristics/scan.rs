@@ -127,6 +127,9 @@ impl ScanState {
         if !is_scan_target(f.dst) {
             return;
         }
+        // Every table this start reads, requested at once: a start not prefetched with a
+        // batch (replay) then waits for its misses together, not one table after another.
+        self.prefetch(config, f);
         let window = config.scan_window_us;
         match f.proto {
             ipproto::TCP => {

@@ -292,27 +292,15 @@ impl StrTable {
     /// them up: the cache misses of a large table overlap instead of queueing.
     #[inline]
     pub(crate) fn prefetch(&self, hashes: impl IntoIterator<Item = u64>) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let (slots, tags) = (self.slots(), self.tags());
-            let mask = slots.len().wrapping_sub(1);
-            for h in hashes {
-                let i = (h as usize) & mask;
-                if let (Some(slot), Some(tag)) = (slots.get(i), tags.get(i)) {
-                    // SAFETY: SSE is part of the x86_64 baseline, so the instruction exists;
-                    // a prefetch is a hint that never faults and reads nothing
-                    // architecturally, and both pointers come from references into the live
-                    // index anyway.
-                    unsafe {
-                        _mm_prefetch::<_MM_HINT_T0>((slot as *const u32).cast::<i8>());
-                        _mm_prefetch::<_MM_HINT_T0>((tag as *const u8).cast::<i8>());
-                    }
-                }
+        let (slots, tags) = (self.slots(), self.tags());
+        let mask = slots.len().wrapping_sub(1);
+        for h in hashes {
+            let i = (h as usize) & mask;
+            if let (Some(slot), Some(tag)) = (slots.get(i..=i), tags.get(i..=i)) {
+                crate::prefetch::lines(slot);
+                crate::prefetch::lines(tag);
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        drop(hashes);
     }
 
     /// Looks up one key.

@@ -283,56 +283,48 @@ fn flow_start(i: u64, distinct: u64) -> FlowStart {
     }
 }
 
+/// Scan tables filled with 1M flow starts drawn from `distinct` host pairs (at their bound;
+/// with 50,000 pairs some sets of four overflow: most pairs are found again, not all), and
+/// the index of the next start.
+fn filled_scan_tables(config: &HeuristicsConfig, distinct: u64) -> (ScanState, u64) {
+    let mut scans = ScanState::new(config);
+    let filled = 1_000_000u64;
+    for i in 0..filled {
+        scans.observe(config, &flow_start(i, distinct), |_| {});
+    }
+    (scans, filled)
+}
+
 fn scan_tables(c: &mut Criterion) {
     let config = HeuristicsConfig::default();
     let mut g = c.benchmark_group("scan");
-    g.throughput(Throughput::Elements(1));
-    for (name, distinct) in [
-        ("flow_start_new_pairs", 1u64 << 40),
-        ("flow_start_50k_pairs", 50_000),
+    for (name, batched, distinct) in [
+        ("flow_start_new_pairs", false, 1u64 << 40),
+        ("flow_start_50k_pairs", false, 50_000),
+        // As the live sensor feeds them: a ring record of 16 flow starts, the batch's table
+        // entries prefetched first.
+        ("flow_starts_batched_new_pairs", true, 1u64 << 40),
+        ("flow_starts_batched_50k_pairs", true, 50_000),
     ] {
-        let mut scans = ScanState::new(&config);
-        // Filled first: the tables at their bound (with 50,000 pairs, some sets of four
-        // overflow: most pairs are found again, not all).
-        let mut i = 0u64;
-        while i < 1_000_000 {
-            scans.observe(&config, &flow_start(i, distinct), |_| {});
-            i += 1;
-        }
+        let (mut scans, mut i) = filled_scan_tables(&config, distinct);
+        let n = if batched { BATCH } else { 1 };
+        g.throughput(Throughput::Elements(n as u64));
         g.bench_function(name, |b| {
             b.iter(|| {
-                i += 1;
                 let mut alerts = 0u32;
-                scans.observe(&config, &flow_start(i, distinct), |_| alerts += 1);
-                black_box(alerts)
-            })
-        });
-    }
-    // As the live sensor feeds them: a ring record of 16 flow starts, the batch's table
-    // entries prefetched first.
-    for (name, distinct) in [
-        ("flow_starts_batched_new_pairs", 1u64 << 40),
-        ("flow_starts_batched_50k_pairs", 50_000),
-    ] {
-        let mut scans = ScanState::new(&config);
-        let mut i = 0u64;
-        while i < 1_000_000 {
-            scans.observe(&config, &flow_start(i, distinct), |_| {});
-            i += 1;
-        }
-        g.throughput(Throughput::Elements(BATCH as u64));
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                let batch: [FlowStart; BATCH] =
-                    std::array::from_fn(|k| flow_start(i + k as u64, distinct));
-                i += BATCH as u64;
-                for f in &batch {
-                    scans.prefetch(&config, f);
+                if batched {
+                    let batch: [FlowStart; BATCH] =
+                        std::array::from_fn(|k| flow_start(i + k as u64, distinct));
+                    for f in &batch {
+                        scans.prefetch(&config, f);
+                    }
+                    for f in &batch {
+                        scans.observe(&config, f, |_| alerts += 1);
+                    }
+                } else {
+                    scans.observe(&config, &flow_start(i, distinct), |_| alerts += 1);
                 }
-                let mut alerts = 0u32;
-                for f in &batch {
-                    scans.observe(&config, f, |_| alerts += 1);
-                }
+                i += n as u64;
                 black_box(alerts)
             })
         });

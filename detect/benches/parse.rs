@@ -17,7 +17,8 @@
 //! - `scan/flow_start_{new_pairs,50k_pairs}`: flow starts (half UDP, half TCP SYN to port
 //!   443) through the scan heuristics' tables with their default bounds: host pairs never
 //!   seen again (a flood: every start a new key, the tables full), and pairs drawn from
-//!   50,000 (most found again); `scan/flow_starts_batched_*` the same 16 at a time with their
+//!   50,000 (most found again), each start's entries prefetched first as replay does;
+//!   `scan/flow_starts_batched_*` the same 16 at a time with their
 //!   entries prefetched first, as the live sensor takes a ring record. Needs no data.
 //! - `event/{json,maltrail}_line`: one IP-trail event (as the live sensor builds from a kernel
 //!   hit) written as a log line into a reused buffer.
@@ -322,7 +323,9 @@ fn scan_tables(c: &mut Criterion) {
                         scans.observe(&config, f, |_| alerts += 1);
                     }
                 } else {
-                    scans.observe(&config, &flow_start(i, distinct), |_| alerts += 1);
+                    let f = flow_start(i, distinct);
+                    scans.prefetch(&config, &f);
+                    scans.observe(&config, &f, |_| alerts += 1);
                 }
                 i += n as u64;
                 black_box(alerts)

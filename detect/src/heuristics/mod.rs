@@ -356,6 +356,13 @@ impl MaltrailHeuristics {
     /// A flow start from the kernel (live capture): counts it in the scan windows and emits
     /// the scan events it raises.
     pub fn on_flow_start(&mut self, f: &FlowStart, out: &mut dyn FnMut(Event)) {
+        self.scans.prefetch(&self.config, f);
+        self.prefetched_flow_start(f, out);
+    }
+
+    /// [`MaltrailHeuristics::on_flow_start`] of a start whose scan-table entries were
+    /// prefetched ([`ScanState::prefetch`]).
+    fn prefetched_flow_start(&mut self, f: &FlowStart, out: &mut dyn FnMut(Event)) {
         let sensor = std::mem::take(&mut self.sensor);
         let iface = self.iface.take();
         let ctx = PacketContext {
@@ -518,15 +525,12 @@ impl Heuristics for MaltrailHeuristics {
     }
 
     fn on_flow_starts(&mut self, flows: &[FlowStart], out: &mut dyn FnMut(Event)) {
-        // The batch's table entries prefetched first: their cache misses overlap (a lone
-        // start has none to overlap with).
-        if flows.len() > 1 {
-            for f in flows {
-                self.scans.prefetch(&self.config, f);
-            }
+        // The batch's table entries prefetched first: their cache misses overlap.
+        for f in flows {
+            self.scans.prefetch(&self.config, f);
         }
         for f in flows {
-            MaltrailHeuristics::on_flow_start(self, f, out);
+            self.prefetched_flow_start(f, out);
         }
     }
 
@@ -539,6 +543,8 @@ impl Heuristics for MaltrailHeuristics {
             return;
         }
         if let Some(f) = flow_start_of(ctx.ts_us, pkt) {
+            // Every table the start reads requested at once: its misses overlap.
+            self.scans.prefetch(&self.config, &f);
             self.flow_start(ctx, &f, out);
         }
     }

@@ -117,7 +117,9 @@ impl ScanState {
         self.tcp.len() + self.udp.len() + self.infection.len() + self.udp_flows.len()
     }
 
-    /// Counts one flow start; returns the alerts it raises (at most one per kind).
+    /// Counts one flow start; returns the alerts it raises (at most one per kind). Callers
+    /// prefetch its entries first ([`ScanState::prefetch`]), so that the misses of its
+    /// tables overlap (and a batch's, when it has one).
     pub fn observe(
         &mut self,
         config: &HeuristicsConfig,
@@ -127,9 +129,6 @@ impl ScanState {
         if !is_scan_target(f.dst) {
             return;
         }
-        // Every table this start reads, requested at once: a start not prefetched with a
-        // batch (replay) then waits for its misses together, not one table after another.
-        self.prefetch(config, f);
         let window = config.scan_window_us;
         match f.proto {
             ipproto::TCP => {

@@ -21,7 +21,9 @@
 //!   `scan/flow_starts_batched_*` the same 16 at a time with their
 //!   entries prefetched first, as the live sensor takes a ring record. Needs no data.
 //! - `event/{json,maltrail}_line`: one IP-trail event (as the live sensor builds from a kernel
-//!   hit) written as a log line into a reused buffer.
+//!   hit) written as a log line into a reused buffer. `throttle/new_sources`: such events
+//!   from ever new sources (~1,700 a second of event time) through the throttle, its
+//!   summarize table at its bound.
 //!
 //! `cargo bench -p xtrail-detect --bench parse`; the pipeline groups need
 //! `shared/data/maltrail` beside the workspace (skipped with a message otherwise).
@@ -266,6 +268,34 @@ fn event_lines(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+
+    // The throttle under a steady stream of hits from ever new sources (a scan of listed
+    // addresses, the bench mix's IP-trail SYNs): ~1,700 events a second of event time, so
+    // that its summarize table fills to its bound and is swept once a second, as live.
+    let mut g = c.benchmark_group("throttle");
+    g.throughput(Throughput::Elements(1));
+    let mut throttle = xtrail_detect::throttle::Throttle::default();
+    let mut i = 0u32;
+    let mut next = |event: &Event| {
+        i = i.wrapping_add(1);
+        let mut e = event.clone();
+        e.ts_us += i64::from(i) * 588;
+        e.src_ip = IpAddr::V4(Ipv4Addr::from(0xc612_0000 | (i & 0x1_ffff)));
+        e
+    };
+    let mut passed = 0u64;
+    for _ in 0..120_000 {
+        throttle.filter(next(&event), &mut |_| passed += 1);
+    }
+    g.bench_function("new_sources", |b| {
+        b.iter(|| {
+            let e = next(&event);
+            throttle.filter(e, &mut |e| {
+                black_box(&e);
+            })
+        })
+    });
     g.finish();
 }
 

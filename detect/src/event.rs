@@ -130,8 +130,10 @@ pub struct Event {
     #[serde(rename = "ts", serialize_with = "ser_ts")]
     pub ts_us: i64,
     pub sensor: String,
+    #[serde(serialize_with = "ser_ip")]
     pub src_ip: IpAddr,
     pub src_port: u16,
+    #[serde(serialize_with = "ser_ip")]
     pub dst_ip: IpAddr,
     pub dst_port: u16,
     /// `TCP`, `UDP`, `ICMP`, `ICMPv6` or the protocol number.
@@ -307,6 +309,79 @@ impl SpareStrings {
     }
 }
 
+/// An address as text, on the stack: IPv4 written digit by digit (its `Display` goes through
+/// `core::fmt`, ~1,000 instructions an address: most of a kernel hit's event), IPv6 as
+/// `Display` writes it.
+#[derive(Clone, Copy)]
+pub struct IpText {
+    buf: [u8; 45],
+    len: u8,
+}
+
+impl IpText {
+    /// The text of `ip` (`Display`'s).
+    pub fn new(ip: IpAddr) -> IpText {
+        let mut t = IpText {
+            buf: [0; 45],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(a) => {
+                for (i, o) in a.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b'.');
+                    }
+                    if o >= 100 {
+                        t.push(b'0' + o / 100);
+                    }
+                    if o >= 10 {
+                        t.push(b'0' + o / 10 % 10);
+                    }
+                    t.push(b'0' + o % 10);
+                }
+            }
+            IpAddr::V6(a) => {
+                use std::fmt::Write as _;
+                // At most 45 bytes (`ffff:ffff:...:255.255.255.255` is 45 long).
+                let _ = write!(t, "{a}");
+            }
+        }
+        t
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(usize::from(self.len)) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever written: digits, `.`, and what `Ipv6Addr`'s `Display` writes.
+        std::str::from_utf8(self.buf.get(..usize::from(self.len)).unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = usize::from(self.len) + s.len();
+        let slot = self
+            .buf
+            .get_mut(usize::from(self.len)..end)
+            .ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end as u8;
+        Ok(())
+    }
+}
+
+/// An address in a JSON line: as `IpAddr`'s own (its text), through [`IpText`].
+fn ser_ip<S: serde::Serializer>(ip: &IpAddr, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(IpText::new(*ip).as_str())
+}
+
 /// Appends [`proto_name`] of `proto` to `out`.
 pub fn push_proto_name(proto: u8, out: &mut String) {
     use std::fmt::Write as _;
@@ -379,13 +454,13 @@ impl Event {
         let mut out = String::with_capacity(160);
         push_maltrail_ts(&mut out, self.ts_us);
         let port = |p: u16| if p == 0 { String::new() } else { p.to_string() };
-        let (src_ip, dst_ip) = (self.src_ip.to_string(), self.dst_ip.to_string());
+        let (src_ip, dst_ip) = (IpText::new(self.src_ip), IpText::new(self.dst_ip));
         let (src_port, dst_port) = (port(self.src_port), port(self.dst_port));
         for field in [
             self.sensor.as_str(),
-            &src_ip,
+            src_ip.as_str(),
             &src_port,
-            &dst_ip,
+            dst_ip.as_str(),
             &dst_port,
             &self.proto,
             self.kind.as_str(),
@@ -446,6 +521,29 @@ pub fn push_maltrail_value(out: &mut String, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_text_is_the_display_text() {
+        let edges = [0u8, 1, 9, 10, 42, 99, 100, 101, 199, 200, 250, 255];
+        for &a in &edges {
+            for &b in &edges {
+                let ip = IpAddr::from([a, b, 255 - a, b / 3]);
+                assert_eq!(IpText::new(ip).as_str(), ip.to_string());
+            }
+        }
+        for s in [
+            "::",
+            "::1",
+            "2001:db8::8:800:200c:417a",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            "64:ff9b::192.0.2.33",
+            "fe80::1:2:3:4",
+        ] {
+            let ip: IpAddr = s.parse().unwrap();
+            assert_eq!(IpText::new(ip).as_str(), ip.to_string(), "{s}");
+        }
+    }
 
     fn sample() -> Event {
         Event {

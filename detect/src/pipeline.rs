@@ -543,7 +543,7 @@ impl Detector {
             if let Some(i) = iface {
                 ev.iface = Some(i.to_string());
             }
-            release(throttle, flood, events, ev, &mut out);
+            let _ = release(throttle, flood, events, ev, &mut out);
         })
     }
 
@@ -562,13 +562,15 @@ impl Detector {
         } = self;
         let mut out = |ev: Event| stamp(trail_set_version, ev, out);
         processor.on_flow_starts(flows, &mut |ev| {
-            release(throttle, flood, events, ev, &mut out)
+            let _ = release(throttle, flood, events, ev, &mut out);
         });
     }
 
     /// A trail hit the kernel found (its event carries the version of the kernel map set
-    /// that matched, set by the caller).
-    pub fn kernel_hit(&mut self, hit: KernelHit, out: &mut dyn FnMut(Event)) {
+    /// that matched, set by the caller). Its event comes back when it is not reported
+    /// (whitelisted, filtered, or a repeat of this second): a steady stream of repeated hits
+    /// then reuses one event's strings instead of allocating and freeing them per hit.
+    pub fn kernel_hit(&mut self, hit: KernelHit, out: &mut dyn FnMut(Event)) -> Option<Event> {
         self.kernel_hits += 1;
         let ev = hit.event;
         // Maltrail drops a hit when either address is whitelisted.
@@ -576,7 +578,7 @@ impl Detector {
             || self.whitelist.is_ip_whitelisted(ev.dst_ip)
         {
             self.hits_whitelisted += 1;
-            return;
+            return Some(ev);
         }
         if self.syn_rules
             && hit.syn
@@ -588,7 +590,7 @@ impl Detector {
             )
         {
             self.hits_filtered += 1;
-            return;
+            return Some(ev);
         }
         let version = &*self.trail_set_version;
         release(
@@ -597,7 +599,7 @@ impl Detector {
             &mut self.events,
             ev,
             &mut |ev| stamp(version, ev, out),
-        );
+        )
     }
 
     /// Time passes (live: the wall clock, about once a second): due summaries come out.
@@ -689,16 +691,21 @@ fn stamp(version: &str, mut ev: Event, out: &mut dyn FnMut(Event)) {
 }
 
 /// Throttle, then flood guard, then out.
+/// Through the throttle and the flood guard to `out`; a repeat the throttle collapsed comes
+/// back.
 fn release(
     throttle: &mut Option<Throttle>,
     flood: &mut Option<FloodGuard>,
     events: &mut u64,
     ev: Event,
     out: &mut dyn FnMut(Event),
-) {
+) -> Option<Event> {
     match throttle.as_mut() {
         Some(t) => t.filter(ev, &mut |ev| pass_flood(flood, events, ev, out)),
-        None => pass_flood(flood, events, ev, out),
+        None => {
+            pass_flood(flood, events, ev, out);
+            None
+        }
     }
 }
 

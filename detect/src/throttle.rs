@@ -308,16 +308,18 @@ impl Throttle {
     }
 
     /// Passes `event` to `out` unless it repeats one of this second or its (source, trail)
-    /// already passed its share of the summarize window; writes due summaries first.
-    pub fn filter(&mut self, event: Event, out: &mut impl FnMut(Event)) {
+    /// already passed its share of the summarize window; writes due summaries first. A
+    /// repeat comes back (its strings can be reused).
+    pub fn filter(&mut self, event: Event, out: &mut impl FnMut(Event)) -> Option<Event> {
         self.flush(event.ts_us, out);
         if !self.collapse(&event) {
-            return;
+            return Some(event);
         }
         if let Some(event) = self.summarize(event, &mut *out) {
             self.stats.passed += 1;
             out(event);
         }
+        None
     }
 
     /// The summarize step for an event that survived the collapse: the event back to pass

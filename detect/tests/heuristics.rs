@@ -967,7 +967,7 @@ fn flood_throttle_keys() {
             &tcp(1234, 443, TcpFlags::SYN, b""),
         );
         p.process(T0 + i64::from(i) * 100, LINKTYPE_RAW, &f, &mut |e| {
-            t.filter(e, &mut |_| passed += 1)
+            let _ = t.filter(e, &mut |_| passed += 1);
         });
         assert!(t.len() <= 65_536 && t.summarize_len() <= 65_536);
     }

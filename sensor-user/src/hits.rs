@@ -6,7 +6,7 @@ use xtrail_common::{
     action, side, trail_kind, FlowRecord, HitRecord, PayloadHeader, PAYLOAD_CAP, PAYLOAD_HEADER_LEN,
 };
 use xtrail_detect::event::{
-    clear_for_reuse, push_proto_name, set_str, Action, Details, Event, EventType, Severity,
+    clear_for_reuse, push_proto_name, set_str, Action, Details, Event, EventType, IpText, Severity,
 };
 use xtrail_detect::trails::TrailSet;
 
@@ -116,12 +116,15 @@ pub fn fill_event(
     // Writing into a String cannot fail.
     event.kind = if rec.kind == trail_kind::IPPORT {
         let _ = match trail_ip {
-            IpAddr::V4(a) => write!(trail, "{a}:{trail_port}"),
+            IpAddr::V4(_) => {
+                trail.push_str(IpText::new(trail_ip).as_str());
+                write!(trail, ":{trail_port}")
+            }
             IpAddr::V6(a) => write!(trail, "[{a}]:{trail_port}"),
         };
         EventType::IpPort
     } else {
-        let _ = write!(trail, "{trail_ip}");
+        trail.push_str(IpText::new(trail_ip).as_str());
         EventType::Ip
     };
     match trails.labels.get(rec.trail_id as usize) {

@@ -89,26 +89,59 @@ pub struct ThrottleStats {
 }
 
 /// A collapse key: (source, destination, destination port, protocol, type, trail), and the
-/// number it was remembered under (to find it again when it is the oldest).
+/// number it was remembered under (to find it again when it is the oldest). Its protocol
+/// and trail text sit in the window's [`SeenText`] (every key of a window goes at once).
 #[derive(Debug)]
 struct Seen {
     src: IpAddr,
     dst: IpAddr,
     dst_port: u16,
-    proto: String,
     kind: EventType,
-    trail: String,
+    /// `proto` then `trail`, at `text` in the window's [`SeenText`].
+    text: u32,
+    proto_len: u16,
+    trail_len: u32,
     seq: u64,
 }
 
 impl Seen {
-    fn is_of(&self, e: &Event) -> bool {
+    fn is_of(&self, e: &Event, text: &SeenText) -> bool {
         self.src == e.src_ip
             && self.dst == e.dst_ip
             && self.dst_port == e.dst_port
             && self.kind == e.kind
-            && self.proto == e.proto
-            && self.trail == e.trail
+            && text.get(self.text, usize::from(self.proto_len)) == Some(e.proto.as_bytes())
+            && text.get(
+                self.text + u32::from(self.proto_len),
+                self.trail_len as usize,
+            ) == Some(e.trail.as_bytes())
+    }
+
+    /// Its protocol and trail.
+    fn text<'t>(&self, text: &'t SeenText) -> (&'t [u8], &'t [u8]) {
+        let proto = text.get(self.text, usize::from(self.proto_len));
+        let trail = text.get(
+            self.text + u32::from(self.proto_len),
+            self.trail_len as usize,
+        );
+        (proto.unwrap_or_default(), trail.unwrap_or_default())
+    }
+}
+
+/// The text of a collapse window's keys, one after another: emptied (its buffer kept) when
+/// the window ends, so a warm throttle allocates nothing per key.
+#[derive(Debug, Default)]
+struct SeenText {
+    bytes: Vec<u8>,
+}
+
+/// Text a window holds before its keys are forgotten early (more keys than that in one
+/// window: a flood of distinct events, which then pass uncollapsed).
+const SEEN_TEXT_MAX: usize = 16 << 20;
+
+impl SeenText {
+    fn get(&self, at: u32, len: usize) -> Option<&[u8]> {
+        self.bytes.get(at as usize..at as usize + len)
     }
 }
 
@@ -173,6 +206,7 @@ pub struct Throttle {
     /// The collapse keys of this window, looked up from an event's fields (no key is built
     /// for a repeat), and (hash, number) of each, oldest first.
     seen: HashTable<Seen>,
+    seen_text: SeenText,
     order: VecDeque<(u64, u64)>,
     next_seq: u64,
     summaries: HashTable<Summary>,
@@ -192,8 +226,8 @@ pub struct Throttle {
     stats: ThrottleStats,
 }
 
-/// Strings [`Throttle::spare`] keeps: two per collapse key and one per summarize key, a
-/// second's new keys at ~1,300 events a second.
+/// Strings [`Throttle::spare`] keeps: one per summarize key, a few seconds' new keys at
+/// ~1,300 events a second.
 const SPARE_STRINGS: usize = 4096;
 
 impl Default for Throttle {
@@ -217,6 +251,7 @@ impl Throttle {
             },
             window: None,
             seen: HashTable::new(),
+            seen_text: SeenText::default(),
             order: VecDeque::new(),
             next_seq: 0,
             summaries: HashTable::new(),
@@ -241,29 +276,37 @@ impl Throttle {
         let window = event.ts_us.div_euclid(self.config.window_us);
         if self.window != Some(window) {
             self.window = Some(window);
-            for k in self.seen.drain() {
-                self.spare.keep(k.proto);
-                self.spare.keep(k.trail);
-            }
-            self.order.clear();
+            self.forget_window();
         }
+        let (proto, trail) = (event.proto.as_bytes(), event.trail.as_bytes());
         let hash = collapse_hash(
             &self.hasher,
             (event.src_ip, event.dst_ip, event.dst_port),
-            &event.proto,
+            proto,
             event.kind,
-            &event.trail,
+            trail,
         );
-        if self.seen.find(hash, |k| k.is_of(event)).is_some() {
+        let text = &self.seen_text;
+        if self.seen.find(hash, |k| k.is_of(event, text)).is_some() {
             self.stats.suppressed += 1;
             return false;
+        }
+        let (Ok(proto_len), Ok(trail_len)) =
+            (u16::try_from(proto.len()), u32::try_from(trail.len()))
+        else {
+            // Not remembered (no event has such text): passes.
+            return true;
+        };
+        if self.seen_text.bytes.len() + proto.len() + trail.len() > SEEN_TEXT_MAX {
+            // A flood of distinct keys in one window: forget them early rather than grow.
+            self.stats.evicted += self.seen.len() as u64;
+            self.forget_window();
         }
         if self.seen.len() >= self.config.capacity {
             if let Some((old_hash, old_seq)) = self.order.pop_front() {
                 if let Ok(old) = self.seen.find_entry(old_hash, |k| k.seq == old_seq) {
-                    let (k, _) = old.remove();
-                    self.spare.keep(k.proto);
-                    self.spare.keep(k.trail);
+                    // Its text stays until the window ends.
+                    old.remove();
                 }
                 self.stats.evicted += 1;
             }
@@ -271,26 +314,32 @@ impl Throttle {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.order.push_back((hash, seq));
+        let at = self.seen_text.bytes.len() as u32;
+        self.seen_text.bytes.extend_from_slice(proto);
+        self.seen_text.bytes.extend_from_slice(trail);
         let key = Seen {
             src: event.src_ip,
             dst: event.dst_ip,
             dst_port: event.dst_port,
-            proto: self.spare.copy(&event.proto),
             kind: event.kind,
-            trail: self.spare.copy(&event.trail),
+            text: at,
+            proto_len,
+            trail_len,
             seq,
         };
-        let hasher = &self.hasher;
+        let (hasher, text) = (&self.hasher, &self.seen_text);
         self.seen.insert_unique(hash, key, |k| {
-            collapse_hash(
-                hasher,
-                (k.src, k.dst, k.dst_port),
-                &k.proto,
-                k.kind,
-                &k.trail,
-            )
+            let (proto, trail) = k.text(text);
+            collapse_hash(hasher, (k.src, k.dst, k.dst_port), proto, k.kind, trail)
         });
         true
+    }
+
+    /// Forgets every collapse key (its buffers kept).
+    fn forget_window(&mut self) {
+        self.seen.clear();
+        self.seen_text.bytes.clear();
+        self.order.clear();
     }
 
     /// Whether `event` should be passed on now. Events held back by the summarize step return
@@ -464,9 +513,9 @@ impl Throttle {
 fn collapse_hash(
     hasher: &DefaultHashBuilder,
     addrs: (IpAddr, IpAddr, u16),
-    proto: &str,
+    proto: &[u8],
     kind: EventType,
-    trail: &str,
+    trail: &[u8],
 ) -> u64 {
     hasher.hash_one((addrs, proto, kind, trail))
 }
@@ -678,6 +727,31 @@ mod tests {
         send(&mut t, 61 * s + s / 10, "e.example");
         assert_eq!((t.summarize_len(), t.stats().overflow), (2, 1));
         assert_eq!(out.len(), 5);
+    }
+
+    /// More key text in one window than it keeps: the keys so far are forgotten (counted as
+    /// evicted) and the text starts again, so an early key passes again and a late one is
+    /// still collapsed.
+    #[test]
+    fn a_window_with_too_much_key_text_forgets_its_keys_early() {
+        let mut t = Throttle::new(ThrottleConfig {
+            summarize: None,
+            ..ThrottleConfig::default()
+        });
+        let long = |i: usize| format!("{i}/{}", "x".repeat(4096));
+        let n = SEEN_TEXT_MAX / 4096 + 10;
+        let mut passed = 0;
+        for i in 0..n {
+            let _ = t.filter(ev(1_000_000, 1, &long(i)), &mut |_| passed += 1);
+        }
+        assert_eq!(passed, n);
+        assert!(t.stats().evicted > 0);
+        assert!(t.seen_text.bytes.len() <= SEEN_TEXT_MAX);
+        let _ = t.filter(ev(1_000_001, 1, &long(0)), &mut |_| passed += 1);
+        assert_eq!(passed, n + 1, "the first key was forgotten");
+        let _ = t.filter(ev(1_000_002, 1, &long(n - 1)), &mut |_| passed += 1);
+        assert_eq!(passed, n + 1, "the last key is still remembered");
+        assert_eq!(t.stats().suppressed, 1);
     }
 
     /// Events of a few sources and trails at times that mostly move on, sometimes step back

@@ -377,6 +377,44 @@ impl std::fmt::Write for IpText {
     }
 }
 
+/// `s` as a JSON string, escaped as `serde_json` escapes (`\"`, `\\`, `\b`, `\f`, `\n`,
+/// `\r`, `\t`, other control characters as `\u00XX`); a string with none of those is copied
+/// whole.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    out.push(b'"');
+    // Without a short cut, so that the test runs over whole vectors.
+    let plain = !b.iter().fold(false, |any, &c| {
+        any | (c < 0x20) | (c == b'"') | (c == b'\\')
+    });
+    if plain {
+        out.extend_from_slice(b);
+    } else {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for &c in b {
+            match c {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                0x08 => out.extend_from_slice(b"\\b"),
+                0x0c => out.extend_from_slice(b"\\f"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                0..=0x1f => out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(c >> 4)],
+                    HEX[usize::from(c & 15)],
+                ]),
+                _ => out.push(c),
+            }
+        }
+    }
+    out.push(b'"');
+}
+
 /// An address in a JSON line: as `IpAddr`'s own (its text), through [`IpText`].
 fn ser_ip<S: serde::Serializer>(ip: &IpAddr, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(IpText::new(*ip).as_str())
@@ -427,25 +465,107 @@ pub enum Format {
 impl Event {
     /// The event as one JSON line (without the newline).
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+        let mut out = Vec::with_capacity(256);
+        self.write_json(&mut out);
+        // Only whole UTF-8 strings and ASCII are written.
+        String::from_utf8(out).unwrap_or_default()
     }
 
     /// Appends the event as one line in `format` (with the newline) to `out`: what a log
     /// writes, into a buffer it reuses.
     pub fn write_line(&self, format: Format, out: &mut Vec<u8>) {
         match format {
-            Format::Json => {
-                // Writing into a Vec fails only if serializing fails, which no field can; were
-                // it to, the line is left empty rather than cut.
-                let start = out.len();
-                if serde_json::to_writer(&mut *out, self).is_err() {
-                    debug_assert!(false, "an event did not serialize");
-                    out.truncate(start);
-                }
-            }
+            Format::Json => self.write_json(out),
             Format::Maltrail => out.extend_from_slice(self.to_maltrail().as_bytes()),
         }
         out.push(b'\n');
+    }
+
+    /// The event as a JSON object, as `serde_json` writes its `Serialize` (the same fields,
+    /// order and escapes; `json_line_is_serdes` checks): written field by field, strings
+    /// without escapes copied whole.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let key = |out: &mut Vec<u8>, k: &str| {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b"\":");
+        };
+        let text = |out: &mut Vec<u8>, k: &str, v: &str| {
+            key(out, k);
+            push_json_str(out, v);
+        };
+        let number = |out: &mut Vec<u8>, k: &str, v: u16| {
+            key(out, k);
+            let mut digits = [0u8; 5];
+            let mut i = digits.len();
+            let mut v = v;
+            loop {
+                i -= 1;
+                digits[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+                if v == 0 {
+                    break;
+                }
+            }
+            out.extend_from_slice(&digits[i..]);
+        };
+        out.extend_from_slice(b"{\"ts\":");
+        match rfc3339_digits(self.ts_us) {
+            Some(b) => {
+                out.push(b'"');
+                out.extend_from_slice(&b);
+                out.push(b'"');
+            }
+            None => push_json_str(out, &format_rfc3339(self.ts_us)),
+        }
+        text(out, "sensor", &self.sensor);
+        text(out, "src_ip", IpText::new(self.src_ip).as_str());
+        number(out, "src_port", self.src_port);
+        text(out, "dst_ip", IpText::new(self.dst_ip).as_str());
+        number(out, "dst_port", self.dst_port);
+        text(out, "proto", &self.proto);
+        text(out, "type", self.kind.as_str());
+        text(out, "trail", &self.trail);
+        text(out, "info", &self.info);
+        text(out, "reference", &self.reference);
+        text(
+            out,
+            "severity",
+            match self.severity {
+                Severity::Low => "low",
+                Severity::Medium => "medium",
+                Severity::High => "high",
+            },
+        );
+        text(
+            out,
+            "action",
+            match self.action {
+                Action::Pass => "pass",
+                Action::Drop => "drop",
+            },
+        );
+        if let Some(i) = &self.iface {
+            text(out, "iface", i);
+        }
+        if !self.trail_set_version.is_empty() {
+            text(out, "trail_set_version", &self.trail_set_version);
+        }
+        let d = &self.details;
+        for (k, v) in [
+            ("dns_query", &d.dns_query),
+            ("dns_qtype", &d.dns_qtype),
+            ("http_method", &d.http_method),
+            ("http_host", &d.http_host),
+            ("http_path", &d.http_path),
+            ("http_user_agent", &d.http_user_agent),
+            ("tls_sni", &d.tls_sni),
+        ] {
+            if let Some(v) = v {
+                text(out, k, v);
+            }
+        }
+        out.push(b'}');
     }
 
     /// The event in Maltrail's line format (without the newline):
@@ -563,6 +683,67 @@ mod tests {
             iface: None,
             trail_set_version: String::new(),
             details: Details::default(),
+        }
+    }
+
+    /// The hand-written JSON line is what `serde_json` makes of the `Serialize` impl, for
+    /// every optional field, escapes, text beyond ASCII, IPv6, edge ports and times.
+    #[test]
+    fn json_line_is_serdes() {
+        let odd = "a\"b\\c\n\t\r\u{8}\u{c}\u{1}\u{1f}\u{7f} é ✓ 𝄞 </script>";
+        let mut events = vec![sample()];
+        let mut e = sample();
+        e.iface = Some("eth0".into());
+        e.trail_set_version = "files-1".into();
+        e.severity = Severity::Low;
+        e.action = Action::Drop;
+        e.src_port = 0;
+        e.dst_port = 65_535;
+        e.src_ip = "2001:db8::1".parse().unwrap();
+        e.dst_ip = "::ffff:10.0.0.1".parse().unwrap();
+        events.push(e);
+        for (i, ts) in [0, -1, i64::MIN, i64::MAX, 253_402_300_800_000_000]
+            .into_iter()
+            .enumerate()
+        {
+            let mut e = sample();
+            e.ts_us = ts;
+            e.severity = Severity::Medium;
+            e.kind = EventType::ALL[i % EventType::ALL.len()];
+            events.push(e);
+        }
+        let mut e = sample();
+        e.sensor = odd.into();
+        e.trail = odd.into();
+        e.info = odd.into();
+        e.reference = String::new();
+        e.proto = "253".into();
+        e.iface = Some(odd.into());
+        e.trail_set_version = odd.into();
+        events.push(e);
+        let details = [
+            |d: &mut Details, v: String| d.dns_query = Some(v),
+            |d: &mut Details, v: String| d.dns_qtype = Some(v),
+            |d: &mut Details, v: String| d.http_method = Some(v),
+            |d: &mut Details, v: String| d.http_host = Some(v),
+            |d: &mut Details, v: String| d.http_path = Some(v),
+            |d: &mut Details, v: String| d.http_user_agent = Some(v),
+            |d: &mut Details, v: String| d.tls_sni = Some(v),
+        ];
+        let mut all = sample();
+        for (i, set) in details.iter().enumerate() {
+            let mut e = sample();
+            set(&mut e.details, format!("v{i} {odd}"));
+            events.push(e);
+            set(&mut all.details, String::new());
+        }
+        events.push(all);
+        for e in &events {
+            let mut line = Vec::new();
+            e.write_line(Format::Json, &mut line);
+            let want = serde_json::to_string(e).unwrap() + "\n";
+            assert_eq!(String::from_utf8(line).unwrap(), want);
+            assert_eq!(e.to_json() + "\n", want);
         }
     }
 

@@ -14,7 +14,8 @@
 //!    [`Throttle::flush`]) passes the window's end, or at [`Throttle::finish`].
 //!
 //! Memory is bounded: at most [`ThrottleConfig::capacity`] collapse keys (when full the oldest
-//! is forgotten and counted) and [`SummarizeConfig::capacity`] summarize keys (when full,
+//! is forgotten and counted; their text, kept in one buffer per window, at most 16 MiB: beyond,
+//! the window's keys so far are forgotten and counted) and [`SummarizeConfig::capacity`] summarize keys (when full,
 //! finished windows are summarized and dropped; if none is finished, the event passes
 //! unsummarized and is counted as an overflow: nothing is lost). Time comes from the events,
 //! so replayed pcaps are throttled by their own clock.
@@ -213,7 +214,7 @@ pub struct Throttle {
     /// (start, id, hash) of each summarize window in the order they started (their common
     /// length makes it the order they end): a sweep looks at those that ended, not at the
     /// whole table. A start earlier than the last one queued (events out of time order) is
-    /// queued as that one, so its summary may come a little late, never early nor never. A
+    /// queued as that one, so its summary may come a little late, but never early. A
     /// window that started again since leaves an entry that finds it running, skipped.
     expiry: VecDeque<(i64, u64, u64)>,
     next_id: u64,

@@ -312,7 +312,7 @@ impl SpareStrings {
 /// An address as text, on the stack: IPv4 written digit by digit (its `Display` goes through
 /// `core::fmt`, ~1,000 instructions an address: most of a kernel hit's event), IPv6 as
 /// `Display` writes it.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct IpText {
     buf: [u8; 45],
     len: u8,
@@ -342,7 +342,7 @@ impl IpText {
             }
             IpAddr::V6(a) => {
                 use std::fmt::Write as _;
-                // At most 45 bytes (`ffff:ffff:...:255.255.255.255` is 45 long).
+                // At most 39 bytes (eight groups of four hex digits): the buffer holds 45.
                 let _ = write!(t, "{a}");
             }
         }
@@ -415,7 +415,8 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// An address in a JSON line: as `IpAddr`'s own (its text), through [`IpText`].
+/// An address in the `Serialize` impl (the reference `write_json` is checked against): the
+/// text `IpAddr`'s own impl writes, through [`IpText`].
 fn ser_ip<S: serde::Serializer>(ip: &IpAddr, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(IpText::new(*ip).as_str())
 }

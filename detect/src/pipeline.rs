@@ -567,9 +567,9 @@ impl Detector {
     }
 
     /// A trail hit the kernel found (its event carries the version of the kernel map set
-    /// that matched, set by the caller). Its event comes back when it is not reported
-    /// (whitelisted, filtered, or a repeat of this second): a steady stream of repeated hits
-    /// then reuses one event's strings instead of allocating and freeing them per hit.
+    /// that matched, set by the caller). Its event comes back when the whitelist, the SYN
+    /// filter or the throttle's collapse drops it: a steady stream of repeated hits then
+    /// reuses one event's strings instead of allocating and freeing them per hit.
     pub fn kernel_hit(&mut self, hit: KernelHit, out: &mut dyn FnMut(Event)) -> Option<Event> {
         self.kernel_hits += 1;
         let ev = hit.event;
@@ -690,7 +690,6 @@ fn stamp(version: &str, mut ev: Event, out: &mut dyn FnMut(Event)) {
     out(ev);
 }
 
-/// Throttle, then flood guard, then out.
 /// Through the throttle and the flood guard to `out`; a repeat the throttle collapsed comes
 /// back.
 fn release(

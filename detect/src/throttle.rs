@@ -14,11 +14,11 @@
 //!    [`Throttle::flush`]) passes the window's end, or at [`Throttle::finish`].
 //!
 //! Memory is bounded: at most [`ThrottleConfig::capacity`] collapse keys (when full the oldest
-//! is forgotten and counted; their text, kept in one buffer per window, at most 16 MiB: beyond,
-//! the window's keys so far are forgotten and counted) and [`SummarizeConfig::capacity`] summarize keys (when full,
-//! finished windows are summarized and dropped; if none is finished, the event passes
-//! unsummarized and is counted as an overflow: nothing is lost). Time comes from the events,
-//! so replayed pcaps are throttled by their own clock.
+//! is forgotten and counted; their text sits in one buffer per window, and once it holds 16
+//! MiB the window's keys so far are forgotten and counted) and [`SummarizeConfig::capacity`]
+//! summarize keys (when full, finished windows are summarized and dropped; if none is
+//! finished, the event passes unsummarized and is counted as an overflow: nothing is lost).
+//! Time comes from the events, so replayed pcaps are throttled by their own clock.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -79,7 +79,8 @@ pub struct ThrottleStats {
     pub passed: u64,
     /// Events collapsed into an identical one of the same window.
     pub suppressed: u64,
-    /// Collapse keys forgotten early because the table was full.
+    /// Collapse keys forgotten early: the table was full, or the window's key text at its
+    /// bound.
     pub evicted: u64,
     /// Events held back by the summarize step (reported in summaries).
     pub summarized: u64,
@@ -211,11 +212,12 @@ pub struct Throttle {
     order: VecDeque<(u64, u64)>,
     next_seq: u64,
     summaries: HashTable<Summary>,
-    /// (start, id, hash) of each summarize window in the order they started (their common
-    /// length makes it the order they end): a sweep looks at those that ended, not at the
-    /// whole table. A start earlier than the last one queued (events out of time order) is
-    /// queued as that one, so its summary may come a little late, but never early. A
-    /// window that started again since leaves an entry that finds it running, skipped.
+    /// (start, id, hash) of each summarize key's window in the order they started (their
+    /// common length makes it the order they end): a sweep looks at those that ended, not
+    /// at the whole table. A start earlier than the last one queued (events out of time
+    /// order) is queued as that one, so its summary may come a little late, but never
+    /// early. One entry per key: a key whose window started again is queued again when its
+    /// entry comes up.
     expiry: VecDeque<(i64, u64, u64)>,
     next_id: u64,
     held_events: HeldEvents,
@@ -417,10 +419,10 @@ impl Throttle {
                 self.stats.summaries += 1;
                 out(summary);
             }
+            // Its entry in the expiry queue finds it running and queues it again.
             s.start_us = event.ts_us;
             s.passed = 0;
             s.held = 0;
-            queue_expiry(&mut self.expiry, s.start_us, s.id, hash);
         }
         if s.passed < cfg.max_events {
             s.passed += 1;
@@ -444,34 +446,48 @@ impl Throttle {
             return;
         }
         self.swept_sec = Some(sec);
-        self.sweep(now_us, out);
+        self.sweep(Some(now_us), out);
     }
 
-    fn sweep(&mut self, now_us: i64, out: &mut dyn FnMut(Event)) {
+    /// Summarizes and forgets the windows that ended by `now_us` (every window with `None`).
+    fn sweep(&mut self, now_us: Option<i64>, out: &mut dyn FnMut(Event)) {
         let Some(cfg) = self.config.summarize else {
             return;
         };
         let mut due = Vec::new();
-        let ended = |start_us: i64| now_us.saturating_sub(start_us) >= cfg.window_us;
+        let ended =
+            |start_us: i64| now_us.is_none_or(|now| now.saturating_sub(start_us) >= cfg.window_us);
+        let mut summarize = |s: Summary, held: &mut HeldEvents, spare: &mut SpareStrings| {
+            let mut s = s;
+            if let Some(summary) = summary_event(&mut s, held, cfg.window_us) {
+                due.push(summary);
+            }
+            spare.keep(s.trail);
+        };
         while let Some(&(queued_us, id, hash)) = self.expiry.front() {
             if !ended(queued_us) {
                 break;
             }
             self.expiry.pop_front();
-            // Gone already, or started again since and running (a later entry stands for it).
-            let Ok(entry) = self
-                .summaries
-                .find_entry(hash, |s| s.id == id && ended(s.start_us))
-            else {
+            let Ok(entry) = self.summaries.find_entry(hash, |s| s.id == id) else {
                 continue;
             };
-            let (mut s, _) = entry.remove();
-            if let Some(summary) = summary_event(&mut s, &mut self.held_events, cfg.window_us) {
-                self.stats.summaries += 1;
-                due.push(summary);
+            let start_us = entry.get().start_us;
+            if !ended(start_us) {
+                // Started again since: queued again, for its new end.
+                queue_expiry(&mut self.expiry, start_us, id, hash);
+                continue;
             }
-            self.spare.keep(s.trail);
+            let (s, _) = entry.remove();
+            summarize(s, &mut self.held_events, &mut self.spare);
         }
+        if now_us.is_none() {
+            // Every key had its entry; should one not, it is summarized all the same.
+            for s in self.summaries.drain() {
+                summarize(s, &mut self.held_events, &mut self.spare);
+            }
+        }
+        self.stats.summaries += due.len() as u64;
         // In time order (the table's order differs from run to run): a replay writes the
         // same lines every time.
         due.sort_by(|a, b| {
@@ -485,7 +501,7 @@ impl Throttle {
 
     /// Writes every pending summary (end of a replay, shutdown) and forgets all keys.
     pub fn finish(&mut self, out: &mut impl FnMut(Event)) {
-        self.sweep(i64::MAX, out);
+        self.sweep(None, out);
     }
 
     /// Collapse keys currently remembered.
@@ -753,6 +769,53 @@ mod tests {
         let _ = t.filter(ev(1_000_002, 1, &long(n - 1)), &mut |_| passed += 1);
         assert_eq!(passed, n + 1, "the last key is still remembered");
         assert_eq!(t.stats().suppressed, 1);
+    }
+
+    /// An event at the end of time queues every later window behind it: `finish` still
+    /// writes each window's summary.
+    #[test]
+    fn finish_summarizes_every_window_after_a_time_at_the_end_of_time() {
+        let s = 1_000_000;
+        let mut t = Throttle::default();
+        let mut out = Vec::new();
+        // A second apart: none collapses into another.
+        for i in 0..5 {
+            t.filter(ev((1 + i) * s, 1, "a.example"), &mut |e| out.push(e));
+        }
+        t.filter(ev(i64::MAX - 10, 1, "b.example"), &mut |e| out.push(e));
+        for i in 0..5 {
+            t.filter(ev((10 + i) * s, 1, "c.example"), &mut |e| out.push(e));
+        }
+        // The time at the end swept a's window (ended by then): c's is queued behind it.
+        assert_eq!(out.len(), 8, "{out:#?}");
+        t.finish(&mut |e| out.push(e));
+        let summaries: Vec<&str> = out
+            .iter()
+            .filter(|e| e.info.contains("summary"))
+            .map(|e| e.trail.as_str())
+            .collect();
+        assert_eq!(summaries, ["a.example", "c.example"]);
+        assert_eq!(t.summarize_len(), 0);
+    }
+
+    /// A key whose window starts again and again keeps one entry in the expiry queue, swept
+    /// or not.
+    #[test]
+    fn the_expiry_queue_holds_one_entry_per_key() {
+        let s = 1_000_000;
+        let mut t = Throttle::default();
+        for i in 0..1_000 {
+            let _ = t.admit(&ev(i * 61 * s, 1, "a.example"));
+            let _ = t.admit(&ev(i * 61 * s, 1, "b.example"));
+        }
+        assert_eq!(t.expiry.len(), 2);
+        let mut out = Vec::new();
+        for i in 0..1_000 {
+            let _ = t.filter(ev((1_000 + i) * 61 * s, 1, "a.example"), &mut |e| {
+                out.push(e)
+            });
+        }
+        assert!(t.expiry.len() <= 2, "{}", t.expiry.len());
     }
 
     /// Events of a few sources and trails at times that mostly move on, sometimes step back

@@ -276,7 +276,7 @@ pub fn render(s: &Sample<'_>) -> String {
         ),
         (
             "throttle_evicted",
-            "Throttle keys forgotten early (table full)",
+            "Throttle keys forgotten early (table or key text full)",
             d.throttle.evicted,
         ),
         (

@@ -415,6 +415,21 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// `n` in decimal, written into `buf` (without `core::fmt`).
+pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        // A digit: n % 10 < 10.
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("")
+}
+
 /// An address in the `Serialize` impl (the reference `write_json` is checked against): the
 /// text `IpAddr`'s own impl writes, through [`IpText`].
 fn ser_ip<S: serde::Serializer>(ip: &IpAddr, s: S) -> Result<S::Ok, S::Error> {
@@ -497,18 +512,7 @@ impl Event {
         };
         let number = |out: &mut Vec<u8>, k: &str, v: u16| {
             key(out, k);
-            let mut digits = [0u8; 5];
-            let mut i = digits.len();
-            let mut v = v;
-            loop {
-                i -= 1;
-                digits[i] = b'0' + (v % 10) as u8;
-                v /= 10;
-                if v == 0 {
-                    break;
-                }
-            }
-            out.extend_from_slice(&digits[i..]);
+            out.extend_from_slice(decimal(u64::from(v), &mut [0; 20]).as_bytes());
         };
         out.extend_from_slice(b"{\"ts\":");
         match rfc3339_digits(self.ts_us) {

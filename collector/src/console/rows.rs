@@ -8,7 +8,7 @@
 use std::io::Write as _;
 use std::net::IpAddr;
 
-use xtrail_detect::event::push_rfc3339;
+use xtrail_detect::event::{decimal, push_rfc3339};
 use xtrail_proto::json::severity_name;
 
 use super::threats::{in_scope, Addr, Bounded, Threat, Triage};
@@ -33,24 +33,9 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-/// `n` in decimal, in `buf`.
-fn digits(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        // A digit: n % 10 < 10.
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buf[i..]).unwrap_or("")
-}
-
 /// Appends `n` in decimal.
 fn num(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(digits(n, &mut [0; 20]).as_bytes());
+    out.extend_from_slice(decimal(n, &mut [0; 20]).as_bytes());
 }
 
 /// Appends the in-scope addresses of a list (and, for a scoped viewer, those past it)
@@ -331,7 +316,7 @@ fn csv_mid(out: &mut Vec<u8>, scratch: &mut String, t: &Threat, scope: &Scope) {
         if i > 0 {
             scratch.push(' ');
         }
-        scratch.push_str(digits(u64::from(*p), &mut [0; 20]));
+        scratch.push_str(decimal(u64::from(*p), &mut [0; 20]));
     }
     cell(out, scratch);
     words(scratch, &t.protocols.items);

@@ -130,10 +130,8 @@ pub struct Event {
     #[serde(rename = "ts", serialize_with = "ser_ts")]
     pub ts_us: i64,
     pub sensor: String,
-    #[serde(serialize_with = "ser_ip")]
     pub src_ip: IpAddr,
     pub src_port: u16,
-    #[serde(serialize_with = "ser_ip")]
     pub dst_ip: IpAddr,
     pub dst_port: u16,
     /// `TCP`, `UDP`, `ICMP`, `ICMPv6` or the protocol number.
@@ -377,42 +375,18 @@ impl std::fmt::Write for IpText {
     }
 }
 
-/// `s` as a JSON string, escaped as `serde_json` escapes (`\"`, `\\`, `\b`, `\f`, `\n`,
-/// `\r`, `\t`, other control characters as `\u00XX`); a string with none of those is copied
-/// whole.
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    let b = s.as_bytes();
-    out.push(b'"');
-    // Without a short cut, so that the test runs over whole vectors.
-    let plain = !b.iter().fold(false, |any, &c| {
-        any | (c < 0x20) | (c == b'"') | (c == b'\\')
-    });
-    if plain {
-        out.extend_from_slice(b);
+/// Appends `s` as a JSON string: copied as is when nothing needs escaping (the common
+/// case), else escaped by serde_json.
+pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
     } else {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for &c in b {
-            match c {
-                b'"' => out.extend_from_slice(b"\\\""),
-                b'\\' => out.extend_from_slice(b"\\\\"),
-                0x08 => out.extend_from_slice(b"\\b"),
-                0x0c => out.extend_from_slice(b"\\f"),
-                b'\n' => out.extend_from_slice(b"\\n"),
-                b'\r' => out.extend_from_slice(b"\\r"),
-                b'\t' => out.extend_from_slice(b"\\t"),
-                0..=0x1f => out.extend_from_slice(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[usize::from(c >> 4)],
-                    HEX[usize::from(c & 15)],
-                ]),
-                _ => out.push(c),
-            }
-        }
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
     }
-    out.push(b'"');
 }
 
 /// `n` in decimal, written into `buf` (without `core::fmt`).
@@ -428,12 +402,6 @@ pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
         }
     }
     std::str::from_utf8(&buf[i..]).unwrap_or("")
-}
-
-/// An address in the `Serialize` impl (the reference `write_json` is checked against): the
-/// text `IpAddr`'s own impl writes, through [`IpText`].
-fn ser_ip<S: serde::Serializer>(ip: &IpAddr, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(IpText::new(*ip).as_str())
 }
 
 /// Appends [`proto_name`] of `proto` to `out`.

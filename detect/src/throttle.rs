@@ -112,11 +112,7 @@ impl Seen {
             && self.dst == e.dst_ip
             && self.dst_port == e.dst_port
             && self.kind == e.kind
-            && text.get(self.text, usize::from(self.proto_len)) == Some(e.proto.as_bytes())
-            && text.get(
-                self.text + u32::from(self.proto_len),
-                self.trail_len as usize,
-            ) == Some(e.trail.as_bytes())
+            && self.text(text) == (e.proto.as_bytes(), e.trail.as_bytes())
     }
 
     /// Its protocol and trail.

@@ -6,7 +6,8 @@ use xtrail_common::{
     action, side, trail_kind, FlowRecord, HitRecord, PayloadHeader, PAYLOAD_CAP, PAYLOAD_HEADER_LEN,
 };
 use xtrail_detect::event::{
-    clear_for_reuse, push_proto_name, set_str, Action, Details, Event, EventType, IpText, Severity,
+    clear_for_reuse, decimal, push_proto_name, set_str, Action, Details, Event, EventType, IpText,
+    Severity,
 };
 use xtrail_detect::trails::TrailSet;
 
@@ -118,7 +119,9 @@ pub fn fill_event(
         let _ = match trail_ip {
             IpAddr::V4(_) => {
                 trail.push_str(IpText::new(trail_ip).as_str());
-                write!(trail, ":{trail_port}")
+                trail.push(':');
+                trail.push_str(decimal(u64::from(trail_port), &mut [0; 20]));
+                Ok(())
             }
             IpAddr::V6(a) => write!(trail, "[{a}]:{trail_port}"),
         };

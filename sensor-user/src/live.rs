@@ -294,7 +294,7 @@ impl Hit<'_> {
             syn: rec.proto == 6,
             trail_is_dst: rec.side == side::DST,
         };
-        // Not reported (a repeat, mostly): kept for the next hit's strings.
+        // Dropped (whitelisted, filtered or a repeat): kept for the next hit's strings.
         if let Some(event) = detector.kernel_hit(hit, out) {
             if spare.len() < SPARE_EVENTS {
                 spare.push(event);

@@ -8,7 +8,7 @@
 use std::io::Write as _;
 use std::net::IpAddr;
 
-use xtrail_detect::event::{decimal, push_rfc3339};
+use xtrail_detect::event::{decimal, push_json_str as json_str, push_rfc3339};
 use xtrail_proto::json::severity_name;
 
 use super::threats::{in_scope, Addr, Bounded, Threat, Triage};
@@ -18,20 +18,6 @@ use crate::access::Scope;
 pub const SPARK: usize = 24;
 /// Most in-scope addresses shown past a list's cut-off (as the API's summaries).
 pub const MORE_SHOWN: usize = 100;
-
-/// Appends `s` as a JSON string: copied as is when nothing needs escaping (the common
-/// case), else escaped by serde_json.
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.reserve(s.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        // Writing into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
-    }
-}
 
 /// Appends `n` in decimal.
 fn num(out: &mut Vec<u8>, n: u64) {

@@ -12,8 +12,8 @@ use hashbrown::DefaultHashBuilder;
 use crate::trails::{DomainMatch, DomainTrails};
 use crate::whitelist::Whitelist;
 
-/// Slots (a power of two): 256 KiB per worker.
-const SLOTS: usize = 4096;
+/// Sets (a power of two) of two slots: 256 KiB per worker.
+const SETS: usize = 2048;
 /// Longest name kept (a slot is one cache line); longer names are always looked up.
 const MAX_NAME: usize = 54;
 
@@ -32,28 +32,39 @@ struct Slot {
     name: [u8; MAX_NAME],
 }
 
-const EMPTY_SLOT: Slot = Slot {
-    hash: 0,
-    len: 0,
-    verdict: EMPTY,
-    name: [0; MAX_NAME],
-};
+impl Slot {
+    /// Whether the slot holds `bytes` (whose hash is `hash`).
+    #[inline]
+    fn holds(&self, hash: u64, bytes: &[u8]) -> bool {
+        self.verdict != EMPTY
+            && self.hash == hash
+            && self.name.get(..usize::from(self.len)) == Some(bytes)
+    }
+}
 
-/// A direct-mapped table of names (compared byte for byte, as given) and their verdicts.
+/// Two slots, the one used last first: a name is replaced only when two others that map to
+/// its set came after it (a direct-mapped table loses a name to any one other). The two
+/// lines are one aligned pair, which the CPU fetches together.
+#[derive(Clone, Copy)]
+#[repr(C, align(128))]
+struct Set([Slot; 2]);
+
+/// A two-way set-associative table of names (compared byte for byte, as given) and their
+/// verdicts.
 pub(crate) struct NameVerdicts {
-    slots: Box<[Slot]>,
+    sets: Box<[Set]>,
     hasher: DefaultHashBuilder,
 }
 
 impl Default for NameVerdicts {
     fn default() -> Self {
         // Zeroed by the allocator: pages are touched (and count in RSS) only once used.
-        let slots = Box::<[Slot]>::new_zeroed_slice(SLOTS);
+        let sets = Box::<[Set]>::new_zeroed_slice(SETS);
         // SAFETY: every field of `Slot` is an integer or an array of bytes, so all-zero
-        // bytes are a valid `Slot` (`EMPTY_SLOT`).
-        let slots = unsafe { slots.assume_init() };
+        // bytes are a valid `Set` (two empty slots).
+        let sets = unsafe { sets.assume_init() };
         NameVerdicts {
-            slots,
+            sets,
             hasher: DefaultHashBuilder::default(),
         }
     }
@@ -61,8 +72,8 @@ impl Default for NameVerdicts {
 
 impl NameVerdicts {
     /// [`DomainTrails::lookup_whitelisted`] of `name`, answered from the table when `name`
-    /// was seen clean before (counted in `hits`); a clean answer is kept (replacing the
-    /// slot's name).
+    /// was seen clean before (counted in `hits`); a clean answer is kept (in place of the
+    /// set's name used less recently).
     pub(crate) fn lookup_whitelisted(
         &mut self,
         name: &str,
@@ -75,19 +86,23 @@ impl NameVerdicts {
             return domains.lookup_whitelisted(name, whitelist);
         }
         let hash = self.hasher.hash_one(bytes);
-        let i = (hash as usize) & (SLOTS - 1);
-        let Some(slot) = self.slots.get_mut(i) else {
+        let i = (hash as usize) & (SETS - 1);
+        let Some(Set(ways)) = self.sets.get_mut(i) else {
             return domains.lookup_whitelisted(name, whitelist);
         };
-        if slot.verdict != EMPTY
-            && slot.hash == hash
-            && slot.name.get(..usize::from(slot.len)) == Some(bytes)
-        {
+        if ways[0].holds(hash, bytes) {
             *hits += 1;
-            return (slot.verdict == WHITELISTED, None);
+            return (ways[0].verdict == WHITELISTED, None);
+        }
+        if ways[1].holds(hash, bytes) {
+            *hits += 1;
+            ways.swap(0, 1);
+            return (ways[0].verdict == WHITELISTED, None);
         }
         let (whitelisted, hit) = domains.lookup_whitelisted(name, whitelist);
         if hit.is_none() {
+            ways[1] = ways[0];
+            let slot = &mut ways[0];
             slot.hash = hash;
             // At most MAX_NAME (< 256): checked above.
             slot.len = bytes.len() as u8;
@@ -99,9 +114,16 @@ impl NameVerdicts {
 
     /// Forgets every verdict (the trails changed).
     pub(crate) fn clear(&mut self) {
-        self.slots.fill(EMPTY_SLOT);
+        self.sets.fill(Set([EMPTY_SLOT; 2]));
     }
 }
+
+const EMPTY_SLOT: Slot = Slot {
+    hash: 0,
+    len: 0,
+    verdict: EMPTY,
+    name: [0; MAX_NAME],
+};
 
 #[cfg(test)]
 mod tests {
@@ -159,7 +181,7 @@ mod tests {
             "a name over {MAX_NAME} bytes is looked up each time"
         );
         // Three names a slot on average: some replace others.
-        let names: Vec<String> = (0..3 * SLOTS).map(|i| format!("n{i}.example")).collect();
+        let names: Vec<String> = (0..6 * SETS).map(|i| format!("n{i}.example")).collect();
         for _ in 0..2 {
             for n in &names {
                 assert_eq!(v.lookup_whitelisted(n, &d, &wl, &mut hits), (false, None));
@@ -179,5 +201,34 @@ mod tests {
         v.clear();
         v.lookup_whitelisted(last, &d, &wl, &mut hits);
         assert_eq!(hits, before + 1);
+    }
+
+    #[test]
+    fn a_set_keeps_its_two_names_used_last() {
+        let d = domains();
+        let wl = Whitelist::empty();
+        let mut v = NameVerdicts::default();
+        // Three names of one set.
+        let set =
+            |v: &NameVerdicts, n: &str| (v.hasher.hash_one(n.as_bytes()) as usize) & (SETS - 1);
+        let a = "n0.example".to_owned();
+        let same: Vec<String> = (1..)
+            .map(|i| format!("n{i}.example"))
+            .filter(|n| set(&v, n) == set(&v, &a))
+            .take(2)
+            .collect();
+        let (b, c) = (&same[0], &same[1]);
+        let mut hits = 0;
+        let mut ask = |v: &mut NameVerdicts, n: &str| {
+            let before = hits;
+            assert_eq!(v.lookup_whitelisted(n, &d, &wl, &mut hits), (false, None));
+            hits > before
+        };
+        assert!(!ask(&mut v, &a) && !ask(&mut v, b));
+        // Both kept; `a` used last.
+        assert!(ask(&mut v, b) && ask(&mut v, &a));
+        // `c` replaces `b`, the one used less recently.
+        assert!(!ask(&mut v, c));
+        assert!(ask(&mut v, &a) && ask(&mut v, c) && !ask(&mut v, b));
     }
 }

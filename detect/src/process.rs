@@ -239,6 +239,10 @@ pub trait Heuristics: Send {
         _out: &mut dyn FnMut(Event),
     ) {
     }
+    /// A TCP payload from `ctx` that may be an HTTP request is about to be parsed: the stage
+    /// may start fetching the entries [`Heuristics::on_http_request`] will read, so that
+    /// their cache misses overlap the parse.
+    fn prefetch_http_request(&self, _ctx: &PacketContext<'_>) {}
     /// An HTTP request, with its `Host` as the pipeline read it (see [`HttpHost`]).
     fn on_http_request(
         &mut self,
@@ -642,6 +646,14 @@ impl Run<'_, '_> {
                 h.on_http_response(ctx, &resp, &mut |e| emit(wl, stats, out, e));
             }
             return;
+        }
+        // A method starts with an upper-case letter.
+        if let Some(h) = self
+            .heuristics
+            .as_deref()
+            .filter(|_| p.first().is_some_and(u8::is_ascii_uppercase))
+        {
+            h.prefetch_http_request(ctx);
         }
         // The parse's first test is `http::looks_like_request`: a payload failing it is
         // `NotRequest` (one scan of the method token instead of two).

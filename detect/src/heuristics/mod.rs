@@ -643,6 +643,12 @@ impl Heuristics for MaltrailHeuristics {
         }
     }
 
+    fn prefetch_http_request(&self, ctx: &PacketContext<'_>) {
+        // The web-scan window of the pair: a random entry of a large table (fetched for
+        // internal pairs too, which skip the heuristic: cheaper than asking).
+        self.web.prefetch(ctx.src, ctx.dst);
+    }
+
     fn on_http_request(
         &mut self,
         ctx: &PacketContext<'_>,

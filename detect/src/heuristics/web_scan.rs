@@ -38,6 +38,11 @@ impl WebScan {
         self.windows.is_empty()
     }
 
+    /// Starts fetching the window [`WebScan::observe`] of the pair will read.
+    pub fn prefetch(&self, src: IpAddr, dst: IpAddr) {
+        self.windows.prefetch(&(src, dst));
+    }
+
     /// Counts a request for `path` (without query); true when the pair passes the threshold.
     pub fn observe(
         &mut self,

@@ -153,6 +153,11 @@ const POLL_MS: i32 = xtrail_common::wake::POLL_MS as i32;
 /// (`Sensor::flush_flows`): a flow start on a CPU that sees no further packet waits at most
 /// about this long (plus a poll) for the reader.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// How often at most the event log's buffered lines are written out: the first line after
+/// a quiet spell at once, the next ones at most about this long (plus a poll) after their
+/// event, in one write(2) together instead of one per wake-up; all of them on stop. (The
+/// collector's spool is written apart.)
+const LOG_FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 /// Frames the AF_XDP transport may queue for the detector.
 const FRAME_QUEUE: usize = 65_536;
@@ -566,6 +571,11 @@ pub fn run(
     let mut suppressions = crate::suppress::Suppressions::default();
     let mut last_suppressions = Instant::now();
     let mut last_flush = Instant::now();
+    let mut last_log_flush = Instant::now()
+        .checked_sub(LOG_FLUSH_EVERY)
+        .unwrap_or_else(Instant::now);
+    // Lines written to the log since its last flush.
+    let mut unflushed = false;
     let fds = [
         Some(ring.as_raw_fd()),
         Some(payloads.as_raw_fd()),
@@ -717,6 +727,7 @@ pub fn run(
                 summary.suppressed_source = suppressions.by_source;
             } else {
                 log.write(&ev).context("writing event")?;
+                unflushed = true;
                 if let Some(p) = &opts.publisher {
                     if let Err(e) = p.publish(&ev) {
                         summary.publish_errors += 1;
@@ -730,7 +741,11 @@ pub fn run(
                 spare.push(ev);
             }
         }
-        log.flush().context("writing event")?;
+        if unflushed && (finishing || last_log_flush.elapsed() >= LOG_FLUSH_EVERY) {
+            last_log_flush = Instant::now();
+            unflushed = false;
+            log.flush().context("writing event")?;
+        }
         if let Some(l) = logger.as_mut() {
             l.flush();
         }

@@ -6,13 +6,16 @@ use std::path::Path;
 
 use xtrail_detect::event::{Event, Format, LineWriter};
 
+/// Bytes of lines an event log holds before it writes them (unless flushed first).
+const BUFFER: usize = 64 * 1024;
+
 /// Opens `path` for appending, or stdout for `-`; buffered either way (callers flush).
 pub fn open_output(path: &Path) -> io::Result<Box<dyn Write + Send>> {
     if path.as_os_str() == "-" {
-        return Ok(Box::new(BufWriter::new(io::stdout())));
+        return Ok(Box::new(BufWriter::with_capacity(BUFFER, io::stdout())));
     }
     let file: File = OpenOptions::new().create(true).append(true).open(path)?;
-    Ok(Box::new(BufWriter::new(file)))
+    Ok(Box::new(BufWriter::with_capacity(BUFFER, file)))
 }
 
 /// A line-oriented event log.

@@ -22,6 +22,16 @@ const EMPTY: u8 = 0;
 const CLEAN: u8 = 1;
 const WHITELISTED: u8 = 2;
 
+const EMPTY_SLOT: Slot = Slot {
+    hash: 0,
+    len: 0,
+    verdict: EMPTY,
+    name: [0; MAX_NAME],
+};
+
+// A zeroed table is an empty one, of the size said above.
+const _: () = assert!(EMPTY == 0 && std::mem::size_of::<Set>() * SETS == 256 * 1024);
+
 /// One name and its verdict, in one cache line.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -42,9 +52,10 @@ impl Slot {
     }
 }
 
-/// Two slots, the one used last first: a name is replaced only when two others that map to
-/// its set came after it (a direct-mapped table loses a name to any one other). The two
-/// lines are one aligned pair, which the CPU fetches together.
+/// Two slots, the one used last first: a name is replaced only when two other names kept
+/// in its set (clean, at most [`MAX_NAME`] bytes) were used after it (a direct-mapped table
+/// loses a name to any one other). The two lines are one aligned pair, which some CPUs'
+/// adjacent-line prefetchers fetch together.
 #[derive(Clone, Copy)]
 #[repr(C, align(128))]
 struct Set([Slot; 2]);
@@ -60,8 +71,9 @@ impl Default for NameVerdicts {
     fn default() -> Self {
         // Zeroed by the allocator: pages are touched (and count in RSS) only once used.
         let sets = Box::<[Set]>::new_zeroed_slice(SETS);
-        // SAFETY: every field of `Slot` is an integer or an array of bytes, so all-zero
-        // bytes are a valid `Set` (two empty slots).
+        // SAFETY: `Set` is `[Slot; 2]` and every field of `Slot` is an integer or an array
+        // of bytes, so all-zero bytes are a valid `Set`; its slots read as empty because
+        // `EMPTY` is 0 (asserted below).
         let sets = unsafe { sets.assume_init() };
         NameVerdicts {
             sets,
@@ -118,13 +130,6 @@ impl NameVerdicts {
     }
 }
 
-const EMPTY_SLOT: Slot = Slot {
-    hash: 0,
-    len: 0,
-    verdict: EMPTY,
-    name: [0; MAX_NAME],
-};
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,7 +185,7 @@ mod tests {
             hits, 0,
             "a name over {MAX_NAME} bytes is looked up each time"
         );
-        // Three names a slot on average: some replace others.
+        // Six names a set on average (three a slot): some replace others.
         let names: Vec<String> = (0..6 * SETS).map(|i| format!("n{i}.example")).collect();
         for _ in 0..2 {
             for n in &names {

@@ -195,7 +195,8 @@ impl PacketContext<'_> {
 }
 
 /// Hook for the heuristics stage ([`crate::heuristics::MaltrailHeuristics`]): each method
-/// sees what the pipeline parsed and may emit events. Every method defaults to doing nothing.
+/// sees what the pipeline parsed and may emit events (or prefetches for a later hook). Every
+/// method defaults to doing nothing.
 pub trait Heuristics: Send {
     /// The sensor name and interface events carry (called by [`Processor::set_heuristics`]).
     fn set_context(&mut self, _sensor: &str, _iface: Option<&str>) {}
@@ -647,13 +648,11 @@ impl Run<'_, '_> {
             }
             return;
         }
-        // A method starts with an upper-case letter.
-        if let Some(h) = self
-            .heuristics
-            .as_deref()
-            .filter(|_| p.first().is_some_and(u8::is_ascii_uppercase))
-        {
-            h.prefetch_http_request(ctx);
+        // Nearly every method starts with an upper-case letter (a miss only costs time).
+        if p.first().is_some_and(u8::is_ascii_uppercase) {
+            if let Some(h) = self.heuristics.as_deref() {
+                h.prefetch_http_request(ctx);
+            }
         }
         // The parse's first test is `http::looks_like_request`: a payload failing it is
         // `NotRequest` (one scan of the method token instead of two).

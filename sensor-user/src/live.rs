@@ -155,8 +155,9 @@ const POLL_MS: i32 = xtrail_common::wake::POLL_MS as i32;
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// How often at most the event log's buffered lines are written out: the first line after
 /// a quiet spell at once, the next ones at most about this long (plus a poll) after their
-/// event, in one write(2) together instead of one per wake-up; all of them on stop. (The
-/// collector's spool is written apart.)
+/// event, in one write(2) together instead of one per wake-up; all of them on stop. A
+/// sensor killed outright (SIGKILL, the OOM killer) loses at most that long of log lines;
+/// the collector's spool is written apart.
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 /// Frames the AF_XDP transport may queue for the detector.
@@ -571,10 +572,8 @@ pub fn run(
     let mut suppressions = crate::suppress::Suppressions::default();
     let mut last_suppressions = Instant::now();
     let mut last_flush = Instant::now();
-    let mut last_log_flush = Instant::now()
-        .checked_sub(LOG_FLUSH_EVERY)
-        .unwrap_or_else(Instant::now);
-    // Lines written to the log since its last flush.
+    let mut last_log_flush: Option<Instant> = None;
+    // Whether lines were written to the log since its last flush.
     let mut unflushed = false;
     let fds = [
         Some(ring.as_raw_fd()),
@@ -625,6 +624,8 @@ pub fn run(
                     let result = w.join();
                     sensor.detach_all();
                     stop_workers.store(true, Ordering::Relaxed);
+                    // The lines still buffered, with an error of their own if they fail.
+                    log.flush().context("writing event")?;
                     return Err(anyhow::anyhow!(
                         "AF_XDP worker {name} stopped: {}",
                         result
@@ -741,8 +742,9 @@ pub fn run(
                 spare.push(ev);
             }
         }
-        if unflushed && (finishing || last_log_flush.elapsed() >= LOG_FLUSH_EVERY) {
-            last_log_flush = Instant::now();
+        if unflushed && (finishing || last_log_flush.is_none_or(|t| t.elapsed() >= LOG_FLUSH_EVERY))
+        {
+            last_log_flush = Some(Instant::now());
             unflushed = false;
             log.flush().context("writing event")?;
         }

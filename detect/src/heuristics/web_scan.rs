@@ -38,7 +38,7 @@ impl WebScan {
         self.windows.is_empty()
     }
 
-    /// Starts fetching the window [`WebScan::observe`] of the pair will read.
+    /// Starts fetching the pair's window, which [`WebScan::observe`] reads next.
     pub fn prefetch(&self, src: IpAddr, dst: IpAddr) {
         self.windows.prefetch(&(src, dst));
     }

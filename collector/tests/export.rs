@@ -52,8 +52,12 @@ fn publish_all(url: &str, spool: &Path, events: &[Event]) {
 }
 
 fn lines(path: &Path) -> Vec<String> {
+    // The receiver may be writing: a last line without its newline is not complete yet.
     std::fs::read_to_string(path)
-        .map(|t| t.lines().map(String::from).collect())
+        .map(|t| {
+            let complete = t.rfind('\n').map_or("", |i| &t[..=i]);
+            complete.lines().map(String::from).collect()
+        })
         .unwrap_or_default()
 }
 

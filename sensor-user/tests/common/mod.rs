@@ -123,8 +123,10 @@ pub fn corpus() -> Option<std::path::PathBuf> {
 
 /// The JSON events in log `log` (none while it does not exist).
 pub fn events(log: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    // The sensor may be writing: a last line without its newline is not complete yet.
+    let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+    complete
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON event line"))
         .collect()

@@ -453,8 +453,7 @@ impl Throttle {
         let mut due = Vec::new();
         let ended =
             |start_us: i64| now_us.is_none_or(|now| now.saturating_sub(start_us) >= cfg.window_us);
-        let mut summarize = |s: Summary, held: &mut HeldEvents, spare: &mut SpareStrings| {
-            let mut s = s;
+        let mut summarize = |mut s: Summary, held: &mut HeldEvents, spare: &mut SpareStrings| {
             if let Some(summary) = summary_event(&mut s, held, cfg.window_us) {
                 due.push(summary);
             }

@@ -127,10 +127,27 @@ impl Run {
     }
 }
 
-/// Clock ticks of one process (utime + stime) from /proc/PID/stat.
-pub(crate) fn proc_ticks(pid: u32) -> u64 {
-    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the ")".
-    stat_ticks(pid, 11)
+/// CPU time (ns) of one process, its threads gone or alive, read from its CPU-time clock
+/// (`clock_getcpuclockid`): exact, where /proc/PID/stat counts clock ticks (10 ms here: at
+/// 100,000 packets one tick is 100 ns a packet). 0 for a process that is gone.
+pub(crate) fn proc_cpu_ns(pid: u32) -> u64 {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return 0;
+    };
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: clock_getcpuclockid writes one clock id into `clock`.
+    if unsafe { libc::clock_getcpuclockid(pid, &mut clock) } != 0 {
+        return 0;
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The sum of two tick fields of `/proc/PID/stat` at `at` and `at + 1` (counted after the
@@ -443,30 +460,32 @@ pub(crate) fn process_tree(pid: u32) -> Vec<u32> {
     tree
 }
 
-/// Clock ticks of a process tree: utime + stime of `pid` and its descendants, plus the
-/// children's time they have reaped (cutime + cstime), so a worker that exits mid-run still
-/// counts.
-pub(crate) fn tree_ticks(pid: u32) -> u64 {
+/// CPU time (ns) of a process tree: `pid` and its descendants ([`proc_cpu_ns`]), plus the
+/// time of children they have reaped (cutime + cstime, in clock ticks: only a worker that
+/// exits mid-run), so that such a worker still counts.
+pub(crate) fn tree_cpu_ns(pid: u32) -> u64 {
+    let tick = tick_ns();
     process_tree(pid)
         .into_iter()
-        // utime + stime, and cutime + cstime (fields 16, 17) of its reaped children.
-        .map(|p| proc_ticks(p) + stat_ticks(p, 13))
+        // cutime + cstime are fields 16 and 17 of /proc/PID/stat.
+        .map(|p| proc_cpu_ns(p) + (stat_ticks(p, 13) as f64 * tick) as u64)
         .sum()
 }
 
 /// Waits after a send until the process tree of `pid` stops using CPU (at most two clock
-/// ticks in 250 ms: an idle Maltrail's worker polling its ring takes about one), at most
-/// `max`; returns the time waited. A capture sensor that queues
+/// ticks' worth, 20 ms, in 250 ms: an idle Maltrail's worker polling its ring takes about
+/// one), at most `max`; returns the time waited. A capture sensor that queues
 /// packets in userspace (Maltrail's ring between its capture process and its workers)
 /// goes on working after the traffic ends, and that work is part of what the traffic cost.
 pub(crate) fn settle(pid: u32, max: Duration) -> Duration {
     let step = Duration::from_millis(250);
     let started = std::time::Instant::now();
-    let mut last = tree_ticks(pid);
+    let idle = (2.0 * tick_ns()) as u64;
+    let mut last = tree_cpu_ns(pid);
     loop {
         std::thread::sleep(step);
-        let now = tree_ticks(pid);
-        if now.saturating_sub(last) <= 2 || started.elapsed() >= max {
+        let now = tree_cpu_ns(pid);
+        if now.saturating_sub(last) <= idle || started.elapsed() >= max {
             return started.elapsed();
         }
         last = now;
@@ -520,11 +539,11 @@ fn run_xtrail(case: &Case<'_>, tmp: &Path) -> anyhow::Result<Run> {
     let mut sensor = start_sensor(&pair, case.trails, case.mode, &log, case.extra)?;
     let pid = sensor.child.id();
     let rx0 = pair.sensor_rx_packets()?;
-    let (t0, s0, b0) = (proc_ticks(pid), softirq_ticks(), busy_ticks());
+    let (t0, s0, b0) = (proc_cpu_ns(pid), softirq_ticks(), busy_ticks());
     let report = send(&pair, case.traffic, case.count, case.rate)?;
     let b1 = busy_ticks();
     std::thread::sleep(Duration::from_millis(1500));
-    let (t1, s1) = (proc_ticks(pid), softirq_ticks());
+    let (t1, s1) = (proc_cpu_ns(pid), softirq_ticks());
     let rss = rss_mb(pid);
     let rx1 = pair.sensor_rx_packets()?;
     stop_child(&mut sensor.child);
@@ -576,8 +595,8 @@ fn run_xtrail(case: &Case<'_>, tmp: &Path) -> anyhow::Result<Run> {
             f64::NAN
         },
         softirq_ns_per_packet: (s1 - s0) as f64 * tick / packets.max(1) as f64,
-        user_ns_per_packet: (t1 - t0) as f64 * tick / packets.max(1) as f64,
-        user_ns_per_handed: (t1 - t0) as f64 * tick / handed.max(1) as f64,
+        user_ns_per_packet: t1.saturating_sub(t0) as f64 / packets.max(1) as f64,
+        user_ns_per_handed: t1.saturating_sub(t0) as f64 / handed.max(1) as f64,
         rss_mb: rss,
         load_s: sensor.load_s,
         fill_s: sensor.fill_s,
@@ -606,7 +625,7 @@ fn run_other(
     let mut other = Other::start(&pair, name, command, trails, &log, Stdio::piped())?;
     let pid = other.child.id();
     let rx0 = pair.sensor_rx_packets()?;
-    let (t0, b0) = (tree_ticks(pid), busy_ticks());
+    let (t0, b0) = (tree_cpu_ns(pid), busy_ticks());
     let report = send(&pair, traffic, count, None);
     // Whole-machine busy time over the send only, as for xtrail's runs and the no-sensor
     // run it is compared with; the sensor's own CPU also after it.
@@ -616,7 +635,7 @@ fn run_other(
     if settle(pid, max) >= max {
         eprintln!("bench: {name}/{scenario_name}: still busy {max:?} after the send: its CPU is undercounted");
     }
-    let t1 = tree_ticks(pid);
+    let t1 = tree_cpu_ns(pid);
     let rss = rss_mb(pid);
     let rx1 = pair.sensor_rx_packets()?;
     if other.log.is_some() && !traffic.items.is_empty() {
@@ -661,7 +680,7 @@ fn run_other(
             0
         },
         detected,
-        user_ns_per_packet: (t1 - t0) as f64 * tick_ns() / processed.max(1) as f64,
+        user_ns_per_packet: t1.saturating_sub(t0) as f64 / processed.max(1) as f64,
         xdp_ns_per_packet: f64::NAN,
         softirq_ns_per_packet: f64::NAN,
         user_ns_per_handed: f64::NAN,
@@ -1663,6 +1682,29 @@ mod tests {
         use crate::bench_nic::{FLOW_PACKETS, WINDOW};
         assert!(OFFLINE_METHOD.contains(&format!("{FLOW_PACKETS} packets per flow")));
         assert!(OFFLINE_METHOD.contains(&format!("{WINDOW} flows interleaved")));
+    }
+
+    /// Another process's CPU time is read to the ns, a busy child's grows by what it spent,
+    /// and a process that is gone reads 0.
+    #[test]
+    fn cpu_time_of_another_process() {
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; sleep 5",
+            ])
+            .spawn()
+            .expect("sh");
+        let pid = child.id();
+        let first = proc_cpu_ns(pid);
+        std::thread::sleep(Duration::from_millis(300));
+        let later = tree_cpu_ns(pid);
+        assert!(later > first, "{first} -> {later}");
+        // Not a multiple of a clock tick, as /proc/PID/stat would give.
+        assert_ne!(later % 1_000_000, 0);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(proc_cpu_ns(pid), 0);
     }
 
     #[test]

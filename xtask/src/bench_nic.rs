@@ -28,7 +28,7 @@ use xtrail_bench::netns::{in_ns, Injector, VethPair};
 use xtrail_bench::scenario::{self, Traffic};
 
 use crate::bench::{
-    busy_ticks, proc_ticks, settle, start_sensor, stop_child, tick_ns, tree_ticks, Other,
+    busy_ticks, proc_cpu_ns, settle, start_sensor, stop_child, tick_ns, tree_cpu_ns, Other,
     PEER_LOG_FLUSH,
 };
 use crate::paths;
@@ -247,10 +247,9 @@ fn rusage_ns(who: libc::c_int) -> u64 {
 /// idle machine). Unlike whole-machine busy time it does not count other work on a shared
 /// machine, nor saturate when that work fills every CPU.
 fn path_cpu_ns() -> u64 {
-    let tick = tick_ns();
     let mut ns = rusage_ns(libc::RUSAGE_CHILDREN);
     for pid in ksoftirqd_pids() {
-        ns += (proc_ticks(pid) as f64 * tick) as u64;
+        ns += proc_cpu_ns(pid);
     }
     ns
 }
@@ -381,7 +380,7 @@ fn events_since(log: &Path, from: &mut u64) -> Vec<String> {
 struct Sample {
     busy_ticks: u64,
     path_ns: u64,
-    process_ticks: u64,
+    process_ns: u64,
     rx_packets: u64,
     xdp: Option<(u64, u64)>,
 }
@@ -391,13 +390,13 @@ impl Sample {
     /// (commands, /proc scans) are not inside the run's window.
     fn before(pair: &VethPair, pid: Option<u32>, prog: Option<u32>) -> anyhow::Result<Sample> {
         let (rx_packets, xdp) = (pair.sensor_rx_packets()?, prog_stats(prog));
-        let process_ticks = pid.map(tree_ticks).unwrap_or(0);
+        let process_ns = pid.map(tree_cpu_ns).unwrap_or(0);
         let busy_ticks = busy_ticks();
         let path_ns = path_cpu_ns();
         Ok(Sample {
             busy_ticks,
             path_ns,
-            process_ticks,
+            process_ns,
             rx_packets,
             xdp,
         })
@@ -407,11 +406,11 @@ impl Sample {
     fn after(pair: &VethPair, pid: Option<u32>, prog: Option<u32>) -> anyhow::Result<Sample> {
         let path_ns = path_cpu_ns();
         let busy_ticks = busy_ticks();
-        let process_ticks = pid.map(tree_ticks).unwrap_or(0);
+        let process_ns = pid.map(tree_cpu_ns).unwrap_or(0);
         Ok(Sample {
             busy_ticks,
             path_ns,
-            process_ticks,
+            process_ns,
             rx_packets: pair.sensor_rx_packets()?,
             xdp: prog_stats(prog),
         })
@@ -474,7 +473,8 @@ impl Run<'_> {
         };
         *first_flow += sent;
         let delivered = after.rx_packets.saturating_sub(before.rx_packets);
-        let per = |ticks: u64| ticks as f64 * tick_ns() / delivered.max(1) as f64;
+        let per_ns = |ns: u64| ns as f64 / delivered.max(1) as f64;
+        let per = |ticks: u64| per_ns((ticks as f64 * tick_ns()) as u64);
         let (xdp_runs, xdp_ns) = match (before.xdp, after.xdp) {
             (Some((c0, t0)), Some((c1, t1))) if c1 > c0 => {
                 (c1 - c0, Some((t1 - t0) as f64 / (c1 - c0) as f64))
@@ -496,7 +496,7 @@ impl Run<'_> {
                 .filter(|i| events.iter().any(|t| scenario::matches(i, t)))
                 .count()
         });
-        let process = per(after.process_ticks - before.process_ticks);
+        let process = per_ns(after.process_ns.saturating_sub(before.process_ns));
         let r = NicRun {
             delivery,
             scenario: sc.name,
@@ -962,7 +962,7 @@ fn nicgen_stdout(
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg, paced, from CPU 0. Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (all-zero payload) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow. GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has 3 rounds (--quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round and runs backwards every other round). kernel.bpf_stats_enabled=0 during these runs (written and read back) (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (utime+stime), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the generator's own CPU (NIC-like: the xtrail-nicgen process, a waited-for child, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program and the stack included, in softirq in its context; AF_PACKET: the sending thread's RUSAGE_THREAD, its sendmmsg calls likewise), the bench's other waited-for children (the ip commands every run's samples use, sensor or not), the ksoftirqd threads and the sensor process tree (ticks from /proc; other work on the machine, the bench's own sampling and settling included, is not counted). The irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice. The path CPU is read last before the send and first after it. Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. sent and delivered are means over the rounds. xdp_ns_per_run and xdp_runs: a separate pass after the rounds for the sensors with an XDP program (xtrail, xdp-drop), 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program; bpf_stats' own clock reads included: see the xdp-drop rows). Recall: scored in the first round, on the events a sensor wrote from the send to the sample. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps; the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_ns - noop_ns is one array map read per packet (the trail-set selector the two-set keys added).";
+const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg, paced, from CPU 0. Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (all-zero payload) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow. GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has 3 rounds (--quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round and runs backwards every other round). kernel.bpf_stats_enabled=0 during these runs (written and read back) (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (its CPU-time clock, clock_getcpuclockid: ns, not /proc's 10 ms ticks), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the generator's own CPU (NIC-like: the xtrail-nicgen process, a waited-for child, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program and the stack included, in softirq in its context; AF_PACKET: the sending thread's RUSAGE_THREAD, its sendmmsg calls likewise), the bench's other waited-for children (the ip commands every run's samples use, sensor or not), the ksoftirqd threads and the sensor process tree (CPU-time clocks, exact to the ns; nic runs before 2026-12-04 used /proc's 10 ms ticks: up to 10 ns a packet per process at 1M packets, 100 ns at the 50k rate's 100,000; other work on the machine, the bench's own sampling and settling included, is not counted). The irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice. The path CPU is read last before the send and first after it. Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. sent and delivered are means over the rounds. xdp_ns_per_run and xdp_runs: a separate pass after the rounds for the sensors with an XDP program (xtrail, xdp-drop), 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program; bpf_stats' own clock reads included: see the xdp-drop rows). Recall: scored in the first round, on the events a sensor wrote from the send to the sample. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps; the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_ns - noop_ns is one array map read per packet (the trail-set selector the two-set keys added).";
 
 /// Each xtrail run with the `--peer` run of the same delivery, traffic and rate.
 fn peer_pairs(runs: &[NicRun]) -> Vec<(&NicRun, &NicRun)> {
@@ -1025,7 +1025,7 @@ fn pair_ratios(runs: &[NicRun], x: &NicRun, p: &NicRun) -> [Option<f64>; 4] {
 }
 
 /// How a `--peer` is measured (nic.json `peer_method`).
-const PEER_METHOD: &str = "The --peer command runs in the sensor's namespace with {iface} (its end of the veth), {trails} (the trail source xtrail loads) and {log} (a file for its events in Maltrail's line format) substituted; the bench waits until it prints a line containing 'running' (at most 600 s) and 2 s more. It is measured like the libpcap baseline: the same deliveries, traffic and rates, plus a 50k pps rate for every sensor. Its CPU is its whole process tree's (utime+stime of the process and its descendants, plus the reaped children's cutime+cstime: Maltrail's Python sensor forks PROCESS_COUNT-1 workers; its Rust sensor runs worker threads). After each send and the 0.5 s drain, the samples wait until that tree stops working (at most two clock ticks in 250 ms, at most 60 s; settle_s): Maltrail queues captured packets in a ring for its workers and processes them after the traffic ends. Its recall: the trail field of each event line it wrote to {log} during the run, read 11 s after the sample (Maltrail writes events whose info holds one of its condensing keywords merged every 10 s), matched to the injected items by the same rule as xtrail's events (xtrail_bench::scenario::matches). peer_ratios: xtrail / peer for the same delivery, traffic and rate: added_path_ratio = added_path_ns_per_packet ratio (goal of issue #12 for inline: <= 0.20), path_ratio = path_ns_per_packet ratio (mirror: whole CPU per packet, goal <= 0.25), added_busy_ratio = added_busy_ns_per_packet ratio (whole machine; valid only when otherwise idle), path_net_of_floor_ratio = the path_ns_per_packet ratio with the xdp-drop run's path (the delivery floor: generator and delivery to a program that drops every frame) taken off both, round by round, median over rounds.";
+const PEER_METHOD: &str = "The --peer command runs in the sensor's namespace with {iface} (its end of the veth), {trails} (the trail source xtrail loads) and {log} (a file for its events in Maltrail's line format) substituted; the bench waits until it prints a line containing 'running' (at most 600 s) and 2 s more. It is measured like the libpcap baseline: the same deliveries, traffic and rates, plus a 50k pps rate for every sensor. Its CPU is its whole process tree's (the CPU-time clock of the process and of each descendant, plus the reaped children's cutime+cstime: Maltrail's Python sensor forks PROCESS_COUNT-1 workers; its Rust sensor runs worker threads). After each send and the 0.5 s drain, the samples wait until that tree stops working (at most 20 ms of CPU, two clock ticks, in 250 ms, at most 60 s; settle_s): Maltrail queues captured packets in a ring for its workers and processes them after the traffic ends. Its recall: the trail field of each event line it wrote to {log} during the run, read 11 s after the sample (Maltrail writes events whose info holds one of its condensing keywords merged every 10 s), matched to the injected items by the same rule as xtrail's events (xtrail_bench::scenario::matches). peer_ratios: xtrail / peer for the same delivery, traffic and rate: added_path_ratio = added_path_ns_per_packet ratio (goal of issue #12 for inline: <= 0.20), path_ratio = path_ns_per_packet ratio (mirror: whole CPU per packet, goal <= 0.25), added_busy_ratio = added_busy_ns_per_packet ratio (whole machine; valid only when otherwise idle), path_net_of_floor_ratio = the path_ns_per_packet ratio with the xdp-drop run's path (the delivery floor: generator and delivery to a program that drops every frame) taken off both, round by round, median over rounds.";
 
 fn write(
     dir: &Path,

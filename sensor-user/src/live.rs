@@ -96,8 +96,8 @@ pub struct RingArgs {
     /// least the page size; default 4096). A record takes 40 bytes plus its frame's size
     /// class (128, 256, 512, 1024 or 2048 bytes): a DNS query 168 bytes, an HTTP request head
     /// ~552, a full-size frame 2,088. Size it for what arrives while the reader is away (it
-    /// polls every 20 ms and is woken early per an eighth of the ring pending, at most per
-    /// 256 KiB): 50k hand-offs/s of 552 bytes put
+    /// polls every 20 ms while records come and is woken early per an eighth of the ring
+    /// pending, at most per 256 KiB): 50k hand-offs/s of 552 bytes put
     /// ~540 KiB in it per 20 ms. A full ring drops hand-offs, counted as `handoff_failed`;
     /// give a busy link 16384 or more. RSS shows twice the size.
     #[arg(long = "payload-ring-kib", value_parser = parse_ring_kib)]
@@ -144,14 +144,22 @@ const METRICS_EVERY: Duration = Duration::from_secs(1);
 /// How often the loop looks for a new suppression list while no events come.
 const SUPPRESSIONS_EVERY: Duration = Duration::from_millis(250);
 
-/// The live loop's poll timeout: the XDP program wakes the reader only per so many pending
-/// bytes of a ring, so a few payload or flow records wait for it (at most this long). A hit
-/// that lands in a `HITS` ring the loop has read empty wakes it at once, at most once per
-/// this interval (`xtrail_common::wake`).
+/// The live loop's poll timeout while records come: the XDP program wakes the reader only
+/// per so many pending bytes of a ring, so a few records wait for it (at most this long). A
+/// record that lands in a ring the loop has read empty wakes it at once, at most once per
+/// this interval over all rings (the gap rule, `xtrail_common::wake`).
 const POLL_MS: i32 = xtrail_common::wake::POLL_MS as i32;
+/// The poll timeout once the loop has read nothing for [`QUIET`]: every record then arrives
+/// after a gap and wakes it (`xtrail_common::wake`), so an idle sensor wakes about 4 times a
+/// second instead of 50 (each wake-up ~40 us of CPU on a 2-core VM: 2 ms a second idle).
+const IDLE_POLL_MS: i32 = xtrail_common::wake::IDLE_POLL_MS as i32;
+/// Nothing read for this long (two polls) lets the loop sleep [`IDLE_POLL_MS`]: the kernel's
+/// last gap-rule wake-up was then at least that long ago (it came with a record the loop
+/// read), so the next record wakes it.
+const QUIET: Duration = Duration::from_millis(2 * xtrail_common::wake::POLL_MS as u64);
 /// How often the live loop sends what the CPUs' flow-start batches hold
 /// (`Sensor::flush_flows`): a flow start on a CPU that sees no further packet waits at most
-/// about this long (plus a poll) for the reader.
+/// about this long (plus a poll, [`IDLE_POLL_MS`] when the loop is quiet) for the reader.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// How often at most the event log's buffered lines are written out: the first line after
 /// a quiet spell at once, the next ones at most about this long (plus a poll) after their
@@ -591,6 +599,8 @@ pub fn run(
         })
         .collect();
     let mut finishing = false;
+    // When a wake-up last found something to read (see `QUIET`).
+    let mut last_read = Instant::now();
     // A ring record's flow starts, for the detector (reused: no allocation per record).
     let mut starts: Vec<FlowStart> = Vec::with_capacity(xtrail_common::FLOW_BATCH);
     loop {
@@ -615,8 +625,22 @@ pub fn run(
                 }
                 finishing = true;
             } else {
+                // Quiet: sleep long. Not while AF_XDP workers queue frames (they wake no one),
+                // nor with log lines waiting for their flush, nor past the next flow-start
+                // flush or the run's end.
+                let timeout = if workers.is_empty() && !unflushed && last_read.elapsed() >= QUIET {
+                    let mut due = FLUSH_EVERY.saturating_sub(last_flush.elapsed());
+                    if let Some(d) = opts.duration {
+                        due = due.min(d.saturating_sub(run_started.elapsed()));
+                    }
+                    // Rounded up: woken a little early, the loop would poll again at once.
+                    let ms = i32::try_from(due.as_millis() + 1).unwrap_or(IDLE_POLL_MS);
+                    ms.clamp(POLL_MS, IDLE_POLL_MS)
+                } else {
+                    POLL_MS
+                };
                 // SAFETY: pollfds is a valid array of pollfd of the given length.
-                unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, POLL_MS) };
+                unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, timeout) };
                 // A worker that died is fatal: say so and stop.
                 if let Some(i) = workers.iter().position(|w| w.is_finished()) {
                     let w = workers.swap_remove(i);
@@ -649,7 +673,9 @@ pub fn run(
             last_clock = Instant::now();
         }
         let mut out = |ev: Event| pending.push(ev);
+        let mut read = false;
         while let Some(item) = ring.next() {
+            read = true;
             let Some(rec) = hits::parse_record(&item) else {
                 summary.malformed_records += 1;
                 continue;
@@ -666,6 +692,7 @@ pub fn run(
         // Every record pending is read per wake-up; each frame is parsed where it lies in the
         // ring (no copy, no allocation here) and its slot released when the item drops.
         while let Some(item) = payloads.next() {
+            read = true;
             if hand_over(&item, &clock, &ifname, &mut detector, &mut out) {
                 summary.payloads += 1;
             } else {
@@ -673,6 +700,7 @@ pub fn run(
             }
         }
         while let Ok(frame) = frame_rx.try_recv() {
+            read = true;
             let iface = ifaces.get(frame.iface).map(|(n, _)| n.as_str());
             let _ = detector.frame(frame.ts_us, LINKTYPE_ETHERNET, iface, &frame.data, &mut out);
             let _ = recycle_tx.try_send(frame.data);
@@ -680,11 +708,15 @@ pub fn run(
         // Each record is a batch of a CPU's flow starts (`xtrail_common::FlowBatch`), given
         // to the detector at once.
         while let Some(item) = flows.next() {
+            read = true;
             let Some(batch) = hits::parse_flows(&item) else {
                 summary.malformed_records += 1;
                 continue;
             };
             summary.flows += flow_starts(&mut detector, &mut starts, batch, &clock, &mut out);
+        }
+        if read {
+            last_read = Instant::now();
         }
         // Detached: what the CPUs' batches still hold was never sent; take it from the map.
         if finishing {

@@ -230,12 +230,13 @@ pub struct Config {
 }
 
 /// Reader wake-ups of the ring buffers. A record is submitted without waking the reader
-/// (which polls every 20 ms) unless it takes the ring's pending bytes across a multiple of
-/// `2^shift`: a wake-up costs microseconds, so it is spent once per that many bytes. The
-/// `HITS` ring also wakes its reader for a record that lands in a ring the reader has read
-/// empty, at most once per 20 ms, so a lone hit is reported at once while a steady stream of
-/// hits does not wake the reader for each (the payload and flow rings, whose records come at
-/// packet rates, wake on their thresholds only).
+/// (which polls every 20 ms while records come) unless it takes the ring's pending bytes
+/// across a multiple of `2^shift`: a wake-up costs microseconds, so it is spent once per that
+/// many bytes. Besides, a record wakes the reader at most once per [`GAP_NS`] over all three
+/// rings (the gap rule): a lone record after a quiet spell reaches userspace at once, a
+/// steady stream does not wake the reader for each, and a reader that has read nothing for
+/// two polls may sleep long ([`IDLE_POLL_MS`]): the first record after that comes after a
+/// gap, so it wakes it.
 pub mod wake {
     /// Index of the `PAYLOADS` ring in [`super::Config::wake_shifts`].
     pub const PAYLOADS: usize = 0;
@@ -248,13 +249,16 @@ pub mod wake {
     pub const DEFAULT_SHIFTS: [u32; 4] = [18, 14, 16, 16];
     /// A ring is woken at least per this fraction of its size (`2^-FRACTION_SHIFT`).
     pub const FRACTION_SHIFT: u32 = 3;
-    /// How often (ms) the live reader polls every ring whether woken or not: the longest a
-    /// record below its ring's threshold waits.
+    /// How often (ms) the live reader polls every ring whether woken or not while records
+    /// come: the longest a record below its ring's threshold and inside a gap waits.
     pub const POLL_MS: u32 = 20;
-    /// The least time between two wake-ups of the `HITS` reader for a hit that lands in a
-    /// ring it has read empty: one poll interval, so no hit waits longer than it would for a
-    /// poll.
-    pub const HIT_GAP_NS: u64 = POLL_MS as u64 * 1_000_000;
+    /// How long (ms) the live reader sleeps once it has read nothing for two polls: a
+    /// record then wakes it by the gap rule, so this bounds only the reader's own work
+    /// between records (summaries, metrics, a stop the signal did not interrupt).
+    pub const IDLE_POLL_MS: u32 = 250;
+    /// The least time between two gap-rule wake-ups (any ring): one poll interval, so no
+    /// record waits longer than it would for a poll.
+    pub const GAP_NS: u64 = POLL_MS as u64 * 1_000_000;
 
     /// The threshold of ring `which` when it holds `ring_bytes` (a power of two): an eighth
     /// of the ring, at most the default (which the default rings' eighth exceeds), at least

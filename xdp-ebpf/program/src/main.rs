@@ -194,10 +194,10 @@ struct CpuState {
     clock_ns: u64,
 }
 
-/// When the `HITS` ring last woke its reader for a hit outside the thresholds
-/// (`bpf_ktime_get_ns`; see [`hit_wakeup_flags`]).
+/// When a record last woke the reader by the gap rule, any ring (CLOCK_MONOTONIC ns; see
+/// [`gap_flags`]).
 #[map]
-static HIT_WAKE: Array<u64> = Array::with_max_entries(1, 0);
+static GAP_WAKE: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Interface index to its slot in `XSKS`.
 #[map]
@@ -215,10 +215,10 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 /// Waking the reader costs microseconds (an irq_work and a wake-up), so records are
 /// submitted without a wake-up except the one that takes the pending bytes across a multiple
-/// of `2^shift` (userspace also polls every 20 ms, which bounds the latency). Waking on
-/// every record while more than the threshold is pending, as before, cost each record ~6 us
-/// once the reader fell behind, just when it could least afford it. `record`: the bytes this
-/// record occupies (ring header included).
+/// of `2^shift` (the gap rule, [`gap_flags`], and userspace's 20 ms poll bound the latency).
+/// Waking on every record while more than the threshold is pending, as before, cost each
+/// record ~6 us once the reader fell behind, just when it could least afford it. `record`:
+/// the bytes this record occupies (ring header included).
 #[inline(always)]
 fn wakeup_flags(ring: &RingBuf, shift: u32, record: u64) -> u64 {
     crossing_flags(ring.query(BPF_RB_AVAIL_DATA), shift, record)
@@ -234,34 +234,34 @@ fn crossing_flags(avail: u64, shift: u32, record: u64) -> u64 {
     }
 }
 
-/// The `HITS` ring's wake-up: as [`wakeup_flags`], and besides, at most once per
-/// `wake::HIT_GAP_NS` (one userspace poll interval), the kernel's own rule for a submit
-/// without flags: the reader is woken when this record is the first it has not read (it is
-/// caught up, so asleep in `poll` or about to be). The first hit after a quiet spell reaches
-/// userspace at once, not on the next poll; hits that keep coming wait for that poll (or a
-/// threshold) instead of waking the reader each: a wake-up costs both sides microseconds
-/// (the NIC-like mix at 500k packets/s, ~1,500 hits/s, woke the reader ~800 times a second;
-/// limited, the sensor's CPU per packet fell from 140-156 to 126-143 ns).
+/// The flags of a record that [`wakeup_flags`] (`threshold`) did not wake for: the gap rule.
+/// At most once per `wake::GAP_NS` (one userspace poll interval) over all rings, a record
+/// wakes the reader: the first record after a quiet spell reaches userspace at once, not on
+/// the next poll; records that keep coming wait for that poll (or a threshold) instead of
+/// waking the reader each: a wake-up costs both sides microseconds (hits alone once woke the
+/// reader ~800 times a second on the NIC-like mix at 500k packets/s; limited, the sensor's
+/// CPU per packet fell from 140-156 to 126-143 ns). A reader that has read nothing for two
+/// polls sleeps up to `wake::IDLE_POLL_MS` and relies on this wake-up. A forced wake-up, not
+/// the kernel's conditional one (no flags: only when the reader has read up to this record):
+/// a record reserved before this one on another CPU and committed after it would leave the
+/// reader asleep with both. `now`: `bpf_ktime_get_ns`.
 #[inline(always)]
-fn hit_wakeup_flags(shift: u32, now: u64) -> u64 {
-    if wakeup_flags(&HITS, shift, ring_bytes::<HitRecord>()) == BPF_RB_FORCE_WAKEUP {
+fn gap_flags(threshold: u64, now: u64) -> u64 {
+    if threshold == BPF_RB_FORCE_WAKEUP {
         return BPF_RB_FORCE_WAKEUP;
     }
-    let Some(last) = HIT_WAKE.get_ptr_mut(0) else {
+    let Some(last) = GAP_WAKE.get_ptr_mut(0) else {
         return BPF_RB_NO_WAKEUP;
     };
     // SAFETY: the one slot of an array map; CPUs race on it harmlessly (at worst two
     // wake-ups in one gap).
     unsafe {
-        if now.wrapping_sub(*last) < wake::HIT_GAP_NS {
+        if now.wrapping_sub(*last) < wake::GAP_NS {
             return BPF_RB_NO_WAKEUP;
         }
         *last = now;
     }
-    // Neither flag: `bpf_ringbuf_commit` wakes the reader iff its consumer position is this
-    // record's. Not racy though the reader may move meanwhile: a reader about to sleep
-    // re-checks for pending data in `poll` after it registered for the wake-up.
-    0
+    BPF_RB_FORCE_WAKEUP
 }
 
 /// The wake-up threshold (`log2` bytes) of ring `which` (`xtrail_common::wake`) as
@@ -603,11 +603,14 @@ fn send_flows(batch: &mut FlowBatch, cfg: &Config) {
     // The wake-up rule of `wakeup_flags`; `output` reserves after this query, so the
     // record's bytes are added to what is pending.
     let record = (8 + size + 7) & !7;
-    let flags = crossing_flags(
+    let threshold = crossing_flags(
         FLOWS.query(BPF_RB_AVAIL_DATA) + record,
         wake_shift(cfg, wake::FLOWS),
         record,
     );
+    // SAFETY: a helper without arguments (once per batch, not per flow start; the coarse
+    // clock may lag a stalled tick).
+    let flags = gap_flags(threshold, unsafe { bpf_ktime_get_ns() });
     // SAFETY: `n` records of the batch, all written (`len` counted them).
     let records = unsafe { core::slice::from_raw_parts(batch.records.as_ptr(), n as usize) };
     if FLOWS.output::<[FlowRecord]>(records, flags).is_err() {
@@ -930,11 +933,8 @@ fn reserve_in<const N: usize>(
         entry.discard(0);
         return false;
     }
-    entry.submit(wakeup_flags(
-        &PAYLOADS,
-        shift,
-        ring_bytes::<PayloadRecord<N>>(),
-    ));
+    let threshold = wakeup_flags(&PAYLOADS, shift, ring_bytes::<PayloadRecord<N>>());
+    entry.submit(gap_flags(threshold, header.ts_ns));
     true
 }
 
@@ -1019,7 +1019,9 @@ fn report(
                 (*r).trail_set = hit.set;
                 (*r).pkt_len = len as u32;
             }
-            entry.submit(hit_wakeup_flags(wake_shift(cfg, wake::HITS), now));
+            let shift = wake_shift(cfg, wake::HITS);
+            let threshold = wakeup_flags(&HITS, shift, ring_bytes::<HitRecord>());
+            entry.submit(gap_flags(threshold, now));
             stats.add(stat::REPORTED, 1);
         }
         None => stats.add(stat::RINGBUF_FULL, 1),

@@ -96,9 +96,9 @@ pub struct RingArgs {
     /// least the page size; default 4096). A record takes 40 bytes plus its frame's size
     /// class (128, 256, 512, 1024 or 2048 bytes): a DNS query 168 bytes, an HTTP request head
     /// ~552, a full-size frame 2,088. Size it for what arrives while the reader is away (it
-    /// polls every 20 ms while records come and is woken early per an eighth of the ring
-    /// pending, at most per 256 KiB): 50k hand-offs/s of 552 bytes put
-    /// ~540 KiB in it per 20 ms. A full ring drops hand-offs, counted as `handoff_failed`;
+    /// is woken per an eighth of the ring pending, at most per 256 KiB, and polls every 50 ms
+    /// while records come): 50k hand-offs/s of 552 bytes put 256 KiB in it every ~10 ms,
+    /// ~1.35 MiB per poll. A full ring drops hand-offs, counted as `handoff_failed`;
     /// give a busy link 16384 or more. RSS shows twice the size.
     #[arg(long = "payload-ring-kib", value_parser = parse_ring_kib)]
     pub payload_ring_kib: Option<u32>,
@@ -172,7 +172,7 @@ const LOG_FLUSH_EVERY: Duration = Duration::from_millis(50);
 const FRAME_QUEUE: usize = 65_536;
 
 /// Written events kept for reuse by the next kernel hits (a wake-up's worth at the rates
-/// seen: ~35 events per 20 ms poll at 1,700 events/s). Their strings are as long as the
+/// seen: ~85 events per 50 ms poll at 1,700 events/s). Their strings are as long as the
 /// events' fields were (a frame's HTTP path or Host at most).
 const SPARE_EVENTS: usize = 256;
 

@@ -230,7 +230,7 @@ pub struct Config {
 }
 
 /// Reader wake-ups of the ring buffers. A record is submitted without waking the reader
-/// (which polls every 20 ms while records come) unless it takes the ring's pending bytes
+/// (which polls every [`POLL_MS`] while records come) unless it takes the ring's pending bytes
 /// across a multiple of `2^shift`: a wake-up costs microseconds, so it is spent once per that
 /// many bytes. Besides, a record wakes the reader at most once per [`GAP_NS`] over all three
 /// rings (the gap rule): a lone record after a quiet spell reaches userspace at once, a
@@ -250,8 +250,10 @@ pub mod wake {
     /// A ring is woken at least per this fraction of its size (`2^-FRACTION_SHIFT`).
     pub const FRACTION_SHIFT: u32 = 3;
     /// How often (ms) the live reader polls every ring whether woken or not while records
-    /// come: the longest a record below its ring's threshold and inside a gap waits.
-    pub const POLL_MS: u32 = 20;
+    /// come: the longest a record below its ring's threshold and inside a gap waits. (20 ms
+    /// until 2026-12-04: 50 cut the reader's wake-ups on the NIC-like mix at 50k packets/s
+    /// from 80 to 28 a second and its CPU by 8-21%.)
+    pub const POLL_MS: u32 = 50;
     /// How long (ms) the live reader sleeps once it has read nothing for two polls: a
     /// record then wakes it by the gap rule, so this bounds only the reader's own work
     /// between records (summaries, metrics, a stop the signal did not interrupt).

@@ -474,7 +474,7 @@ impl Run<'_> {
         *first_flow += sent;
         let delivered = after.rx_packets.saturating_sub(before.rx_packets);
         let per_ns = |ns: u64| ns as f64 / delivered.max(1) as f64;
-        let per = |ticks: u64| per_ns((ticks as f64 * tick_ns()) as u64);
+        let per = |ticks: u64| per_ns(ticks) * tick_ns();
         let (xdp_runs, xdp_ns) = match (before.xdp, after.xdp) {
             (Some((c0, t0)), Some((c1, t1))) if c1 > c0 => {
                 (c1 - c0, Some((t1 - t0) as f64 / (c1 - c0) as f64))

@@ -216,10 +216,9 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 /// Waking the reader costs microseconds (an irq_work and a wake-up), so records are
 /// submitted without a wake-up except the one that takes the pending bytes across a multiple
 /// of `2^shift` (the gap rule, [`gap_flags`], and userspace's poll, `wake::POLL_MS`, bound the
-/// latency).
-/// Waking on every record while more than the threshold is pending, as before, cost each
-/// record ~6 us once the reader fell behind, just when it could least afford it. `record`:
-/// the bytes this record occupies (ring header included).
+/// latency). Waking on every record while more than the threshold is pending, as before, cost
+/// each record ~6 us once the reader fell behind, just when it could least afford it.
+/// `record`: the bytes this record occupies (ring header included).
 #[inline(always)]
 fn wakeup_flags(ring: &RingBuf, shift: u32, record: u64) -> u64 {
     crossing_flags(ring.query(BPF_RB_AVAIL_DATA), shift, record)

@@ -494,11 +494,13 @@ pub fn run(
     let queue = if use_xsk { FRAME_QUEUE } else { 0 };
     let (frame_tx, frame_rx) = std::sync::mpsc::sync_channel::<xsk::Frame>(queue);
     let (recycle_tx, recycle_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(queue);
+    let wake = Arc::new(xsk::LoopWake::new().context("creating the transport's eventfd")?);
     let transport = xsk::TransportContext {
         frames: frame_tx,
         recycled: Arc::new(Mutex::new(recycle_rx)),
         counters: Arc::default(),
         stop: Arc::new(AtomicBool::new(false)),
+        wake: Arc::clone(&wake),
     };
     let mut workers = Vec::new();
     if use_xsk {
@@ -584,11 +586,13 @@ pub fn run(
     let mut last_log_flush: Option<Instant> = None;
     // Whether lines were written to the log since its last flush.
     let mut unflushed = false;
+    // The transport's eventfd last: its entry is looked at after each poll.
     let fds = [
         Some(ring.as_raw_fd()),
         Some(payloads.as_raw_fd()),
         Some(flows.as_raw_fd()),
         logger.as_ref().map(AsRawFd::as_raw_fd),
+        (!workers.is_empty()).then(|| wake.fd()),
     ];
     let mut pollfds: Vec<libc::pollfd> = fds
         .iter()
@@ -602,6 +606,8 @@ pub fn run(
     let mut finishing = false;
     // When a wake-up last found something to read (see `QUIET`).
     let mut last_read = Instant::now();
+    // Frames taken from the AF_XDP transport so far (see `xsk::LoopWake::arm`).
+    let mut frames_taken = 0u64;
     // A ring record's flow starts, for the detector (reused: no allocation per record).
     let mut starts: Vec<FlowStart> = Vec::with_capacity(xtrail_common::FLOW_BATCH);
     loop {
@@ -626,10 +632,13 @@ pub fn run(
                 }
                 finishing = true;
             } else {
-                // Quiet: sleep long. Not while AF_XDP workers queue frames (they wake no one),
-                // nor with log lines waiting for their flush, nor past the next flow-start
-                // flush or the run's end.
-                let timeout = if workers.is_empty() && !unflushed && last_read.elapsed() >= QUIET {
+                // Quiet: sleep long (a frame the AF_XDP transport queues meanwhile wakes the
+                // loop). Not with log lines waiting for their flush, nor past the next
+                // flow-start flush or the run's end.
+                let timeout = if !unflushed
+                    && last_read.elapsed() >= QUIET
+                    && (workers.is_empty() || wake.arm(frames_taken))
+                {
                     let mut due = FLUSH_EVERY.saturating_sub(last_flush.elapsed());
                     if let Some(d) = opts.duration {
                         due = due.min(d.saturating_sub(run_started.elapsed()));
@@ -642,6 +651,12 @@ pub fn run(
                 };
                 // SAFETY: pollfds is a valid array of pollfd of the given length.
                 unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, timeout) };
+                if !workers.is_empty() {
+                    let woken = pollfds
+                        .last()
+                        .is_some_and(|p| p.revents & libc::POLLIN != 0);
+                    wake.disarm(woken);
+                }
                 // A worker that died is fatal: say so and stop.
                 if let Some(i) = workers.iter().position(|w| w.is_finished()) {
                     let w = workers.swap_remove(i);
@@ -702,6 +717,7 @@ pub fn run(
         }
         while let Ok(frame) = frame_rx.try_recv() {
             read = true;
+            frames_taken += 1;
             let iface = ifaces.get(frame.iface).map(|(n, _)| n.as_str());
             let _ = detector.frame(frame.ts_us, LINKTYPE_ETHERNET, iface, &frame.data, &mut out);
             let _ = recycle_tx.try_send(frame.data);

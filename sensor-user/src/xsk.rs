@@ -9,7 +9,7 @@
 //! `XSKS` map is sized from it at load, so no queue's packets are misdelivered.
 
 use std::num::NonZeroU32;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -53,6 +53,78 @@ pub struct TransportCounters {
     pub frames: AtomicU64,
     /// Frames dropped because the detector's queue was full.
     pub queue_full: AtomicU64,
+}
+
+/// How the transport threads wake the live loop out of its idle poll: frames reach the loop
+/// by a channel, which wakes no one, so a thread that queues frames while the loop sleeps
+/// long writes an eventfd among the loop's pollfds. While the loop is awake it polls every
+/// `wake::POLL_MS` and takes what is queued then, as it does with ring records below their
+/// ring's threshold; no write is made.
+#[derive(Debug)]
+pub struct LoopWake {
+    fd: OwnedFd,
+    /// Set by the loop before an idle poll; the first batch queued after it writes `fd`.
+    idle: AtomicBool,
+    /// Frames queued to the loop so far.
+    queued: AtomicU64,
+}
+
+impl LoopWake {
+    /// A non-blocking eventfd, nothing queued.
+    pub fn new() -> std::io::Result<Self> {
+        // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self {
+            fd,
+            idle: AtomicBool::new(false),
+            queued: AtomicU64::new(0),
+        })
+    }
+
+    /// The descriptor the loop polls.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// A transport thread queued `n` frames: wakes the loop if it sleeps in an idle poll.
+    pub fn queued(&self, n: u64) {
+        self.queued.fetch_add(n, Ordering::SeqCst);
+        if self.idle.swap(false, Ordering::SeqCst) {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live buffer to an eventfd we own. A failure
+            // (counter at its maximum) leaves the eventfd readable: the loop wakes anyway.
+            unsafe { libc::write(self.fd(), one.as_ptr().cast(), one.len()) };
+        }
+    }
+
+    /// The loop, having taken `taken` frames in all, is about to poll long: false (and no
+    /// idle poll) when more were queued meanwhile. Every frame queued after a true answer
+    /// wakes the loop: the count is read after the flag is set, and a thread adds to the
+    /// count before it reads the flag.
+    pub fn arm(&self, taken: u64) -> bool {
+        self.idle.store(true, Ordering::SeqCst);
+        if self.queued.load(Ordering::SeqCst) == taken {
+            return true;
+        }
+        self.idle.store(false, Ordering::SeqCst);
+        false
+    }
+
+    /// The loop is awake: no thread need write; the eventfd's count is read if `woken`.
+    pub fn disarm(&self, woken: bool) {
+        self.idle.store(false, Ordering::SeqCst);
+        if woken {
+            let mut count = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into a live buffer from an eventfd we own
+            // (non-blocking: EAGAIN when another wake-up read it first).
+            unsafe { libc::read(self.fd(), count.as_mut_ptr().cast(), count.len()) };
+        }
+    }
 }
 
 /// A running transport thread.
@@ -124,6 +196,8 @@ pub struct TransportContext {
     pub recycled: Arc<Mutex<Receiver<Vec<u8>>>>,
     pub counters: Arc<TransportCounters>,
     pub stop: Arc<AtomicBool>,
+    /// Wakes the loop out of its idle poll.
+    pub wake: Arc<LoopWake>,
 }
 
 /// Creates a socket on every receive queue of `ifaces` (name, index), registers them in the
@@ -275,6 +349,7 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
     // One lock per batch for the recycled buffers, not one per frame.
     let recycled = ctx.recycled.lock().ok();
     let mut spare: Option<Vec<u8>> = None;
+    let mut sent = 0u64;
     for desc in &s.batch[..n] {
         // SAFETY: the kernel handed this frame to us and will not touch it until it is back
         // on the fill queue.
@@ -292,7 +367,7 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
             data: buf,
         };
         match ctx.frames.try_send(frame) {
-            Ok(()) => {}
+            Ok(()) => sent += 1,
             Err(TrySendError::Full(frame)) => {
                 ctx.counters.queue_full.fetch_add(1, Ordering::Relaxed);
                 // Keep the buffer for the next frame rather than dropping it.
@@ -303,6 +378,9 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
     }
     drop(recycled);
     ctx.counters.frames.fetch_add(n as u64, Ordering::Relaxed);
+    if sent > 0 {
+        ctx.wake.queued(sent);
+    }
     // SAFETY: the frames were copied out above; give them back to the kernel.
     let mut given = unsafe { s.fq.produce(&s.batch[..n]) };
     while given < n && !ctx.stop.load(Ordering::Relaxed) {
@@ -318,4 +396,44 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
             .context("waking the fill queue")?;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LoopWake;
+
+    /// Whether the eventfd is readable now.
+    fn readable(w: &LoopWake) -> bool {
+        let mut p = libc::pollfd {
+            fd: w.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        unsafe { libc::poll(&mut p, 1, 0) };
+        p.revents & libc::POLLIN != 0
+    }
+
+    #[test]
+    fn frames_wake_only_an_idle_loop() {
+        let w = LoopWake::new().unwrap();
+        // Awake: frames queued write nothing.
+        w.queued(3);
+        assert!(!readable(&w));
+        // Frames the loop has not taken: no idle poll.
+        assert!(!w.arm(0));
+        assert!(!readable(&w));
+        w.queued(1);
+        assert!(!readable(&w), "the failed arm left the loop awake");
+        // All taken: idle; the next batch wakes it, once.
+        assert!(w.arm(4));
+        w.queued(2);
+        assert!(readable(&w));
+        w.queued(5);
+        w.disarm(true);
+        assert!(!readable(&w), "the wake-up was read");
+        w.queued(1);
+        assert!(!readable(&w), "awake again: no write");
+        assert!(w.arm(12));
+    }
 }

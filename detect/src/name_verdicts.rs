@@ -5,8 +5,6 @@
 //! Maltrail keeps the same verdicts (`_result_cache`, `CACHE_TYPE.DOMAIN` and
 //! `DOMAIN_WHITELISTED`). Trail hits are not kept: they are rare and each builds its text.
 
-use std::hash::BuildHasher;
-
 use hashbrown::DefaultHashBuilder;
 
 use crate::trails::{DomainMatch, DomainTrails};
@@ -97,7 +95,7 @@ impl NameVerdicts {
         if bytes.len() > MAX_NAME {
             return domains.lookup_whitelisted(name, whitelist);
         }
-        let hash = self.hasher.hash_one(bytes);
+        let hash = crate::heuristics::bounded::hash_bytes(&self.hasher, bytes);
         let i = (hash as usize) & (SETS - 1);
         let Some(Set(ways)) = self.sets.get_mut(i) else {
             return domains.lookup_whitelisted(name, whitelist);
@@ -214,8 +212,9 @@ mod tests {
         let wl = Whitelist::empty();
         let mut v = NameVerdicts::default();
         // Three names of one set.
-        let set =
-            |v: &NameVerdicts, n: &str| (v.hasher.hash_one(n.as_bytes()) as usize) & (SETS - 1);
+        let set = |v: &NameVerdicts, n: &str| {
+            (crate::heuristics::bounded::hash_bytes(&v.hasher, n.as_bytes()) as usize) & (SETS - 1)
+        };
         let a = "n0.example".to_owned();
         let same: Vec<String> = (1..)
             .map(|i| format!("n{i}.example"))

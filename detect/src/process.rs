@@ -800,7 +800,8 @@ impl Run<'_, '_> {
     /// URL trails.
     fn http_request(&mut self, ctx: &PacketContext<'_>, req: &http::Request<'_>) {
         let mut host_buf = [0u8; MAX_HOST];
-        let mut url_host_buf = [0u8; MAX_HOST];
+        // Filled only for an absolute or CONNECT target.
+        let mut url_host_buf: [u8; MAX_HOST];
         let dst_text;
         // `Host`, read once: the heuristics' text (port stripped, lowercased, at most 255
         // bytes, lossy) and the trails' name (the same with a trailing dot dropped, when the
@@ -900,10 +901,14 @@ impl Run<'_, '_> {
         } else {
             None
         };
-        if let Some(h) = authority
-            .and_then(|a| lowercase_into(strip_port(a), &mut url_host_buf))
-            .filter(|h| !h.is_empty())
-        {
+        let authority = match authority {
+            Some(a) => {
+                url_host_buf = [0u8; MAX_HOST];
+                lowercase_into(strip_port(a), &mut url_host_buf)
+            }
+            None => None,
+        };
+        if let Some(h) = authority.filter(|h| !h.is_empty()) {
             if header_host == Some(h) && self.check_host_domains {
                 // The Host name again: its verdict and trail hit are known (one lookup for
                 // both), and its hit is reported again as `check_domain` would.

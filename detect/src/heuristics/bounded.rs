@@ -17,10 +17,19 @@
 //! [`DistinctWindow`]s, stores an IPv4 key in 8 bytes and its window in one 64-byte line.
 
 use std::borrow::Borrow;
-use std::hash::{BuildHasher, Hash};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
+
+/// The hash of `bytes` alone: `hash_one(bytes)` also hashes their length as a `usize` (a
+/// slice's `Hash`), which the byte hash mixes in already.
+#[inline]
+pub(crate) fn hash_bytes(hasher: &DefaultHashBuilder, bytes: &[u8]) -> u64 {
+    let mut h = hasher.build_hasher();
+    h.write(bytes);
+    h.finish()
+}
 
 /// A map holding at most `capacity` entries (see the module documentation). Each operation
 /// hashes its key once (both generations share the hasher).

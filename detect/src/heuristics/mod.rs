@@ -64,7 +64,6 @@ pub mod user_agent;
 pub mod web_scan;
 
 use std::borrow::Cow;
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -447,7 +446,7 @@ impl MaltrailHeuristics {
 
     /// The user-agent verdict, cached by the agent's hash.
     fn ua_verdict(&mut self, ua: &[u8]) -> Option<String> {
-        let key = self.hasher.hash_one(ua);
+        let key = bounded::hash_bytes(&self.hasher, ua);
         if let Some(v) = self.ua_cache.get_mut(&key) {
             return v.clone();
         }
@@ -697,7 +696,7 @@ impl Heuristics for MaltrailHeuristics {
         // Internal to internal (reverse proxies, health checks, service meshes) is not web
         // scanning.
         let local_dst = is_local_address(ctx.dst);
-        let internal = is_local_address(ctx.src) && local_dst;
+        let internal = local_dst && is_local_address(ctx.src);
         if !internal
             && self.web.observe(
                 ctx.src,

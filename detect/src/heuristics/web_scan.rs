@@ -2,7 +2,6 @@
 //! one source from one destination within the scan window (content discovery tools walking a
 //! word list). One alert per (source, destination) per window.
 
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 
 use hashbrown::DefaultHashBuilder;
@@ -53,7 +52,7 @@ impl WebScan {
         window_us: i64,
         threshold: usize,
     ) -> bool {
-        let item = self.hasher.hash_one(first_segment(path));
+        let item = super::bounded::hash_bytes(&self.hasher, first_segment(path));
         self.windows
             .get_or_insert(&(src, dst))
             .observe(item, ts_us, window_us, threshold)

@@ -244,6 +244,21 @@ fn trim(s: &str) -> &str {
     }
 }
 
+/// Whether [`UrlTrails::lookup_path`]'s host normalisation (up to the first `:`, trimmed,
+/// one trailing `.` dropped, ASCII lowercase, at most [`MAX_HOST`] bytes) leaves `h` as it
+/// is. One pass without early exits (short names: the compiler vectorises it).
+fn normalized_host(h: &[u8]) -> bool {
+    let plain_end = |b: Option<&u8>| b.is_none_or(|&b| !matches!(b, b'\t'..=b'\r' | b' '));
+    let odd = h.iter().fold(false, |odd, &b| {
+        odd | (b >= 0x80) | b.is_ascii_uppercase() | (b == b':')
+    });
+    h.len() <= MAX_HOST
+        && !odd
+        && plain_end(h.first())
+        && plain_end(h.last())
+        && h.last() != Some(&b'.')
+}
+
 /// The index of the last `/` of `s` when it holds two or more. (Byte loops: candidate paths
 /// are short, and a `memchr` call per slash costs more.)
 fn last_of_two_slashes(s: &[u8]) -> Option<usize> {
@@ -444,16 +459,23 @@ impl UrlTrails {
         if self.table.len() == 0 {
             return None;
         }
-        let mut hbuf = [0u8; MAX_HOST];
+        // Filled only when the host needs normalising.
+        let mut hbuf: [u8; MAX_HOST];
         // Whether the host holds a `/` (see `host_named` below).
         let mut host_slash = false;
         let host: &str = match host {
+            // Already as the normalisation below leaves it (the HTTP pipeline's hosts): no copy.
+            Some(h) if normalized_host(h.as_bytes()) => {
+                host_slash = memchr::memchr(b'/', h.as_bytes()).is_some();
+                h
+            }
             Some(h) => {
                 let h = trim(&h[..memchr::memchr(b':', h.as_bytes()).unwrap_or(h.len())]);
                 let h = h.strip_suffix('.').unwrap_or(h);
                 if h.len() > MAX_HOST || !h.is_ascii() {
                     ""
                 } else {
+                    hbuf = [0u8; MAX_HOST];
                     let out = &mut hbuf[..h.len()];
                     for (o, b) in out.iter_mut().zip(h.bytes()) {
                         *o = b.to_ascii_lowercase();
@@ -604,6 +626,31 @@ impl UrlTrails {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_taken_as_they_are_only_when_already_normalised() {
+        let long = "a".repeat(MAX_HOST + 1);
+        for (h, plain) in [
+            ("evil.example", true),
+            ("", true),
+            ("a/b", true),
+            ("Evil.example", false),
+            ("evil.example:8080", false),
+            ("evil.example.", false),
+            (" evil.example", false),
+            ("evil.example\x0c", false),
+            ("\u{e9}vil.example", false),
+            (long.as_str(), false),
+        ] {
+            assert_eq!(normalized_host(h.as_bytes()), plain, "{h:?}");
+        }
+        // Either way the lookup answers alike.
+        let t = trails(&[("evil.example/x.php", 1)]);
+        for h in ["evil.example", "EVIL.example:80", "evil.example.", " evil.example\t"] {
+            let m = t.lookup_path(Some(h), "/x.php", UrlCandidates::Maltrail);
+            assert_eq!(m.map(|m| m.label), Some(1), "{h:?}");
+        }
+    }
 
     fn trails(list: &[(&str, LabelId)]) -> UrlTrails {
         let mut table = StrTable::default();

@@ -35,6 +35,8 @@ pub struct BenchOptions {
     pub only: Vec<String>,
     /// Extra arguments for `xtrail-sensor run`.
     pub sensor_args: Vec<String>,
+    /// Rounds of the NIC-like runs (without `quick`).
+    pub nic_rounds: usize,
 }
 
 /// One measured run.
@@ -1015,6 +1017,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
         let when = crate::host::utc_now();
         let inputs = crate::bench_nic::NicInputs {
             quick: opts.quick,
+            rounds: opts.nic_rounds,
             trails: &full,
             trails_name: full_name.clone(),
             background,

@@ -69,6 +69,10 @@ enum Command {
         /// Extra argument for `xtrail-sensor run` (repeatable), e.g. --sensor-arg=--no-flow-starts.
         #[arg(long = "sensor-arg", allow_hyphen_values = true)]
         sensor_args: Vec<String>,
+        /// Rounds of the NIC-like runs (rows are medians over them; --quick: 1). More rounds
+        /// narrow the spread of the added CPU per packet, about 8 minutes each with --peer.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+        nic_rounds: u32,
     },
     /// Run all tests, including privileged ones.
     Test {
@@ -98,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             seed,
             only,
             sensor_args,
+            nic_rounds,
         } => {
             deps::ensure()?;
             // The collector's ingest scenario alone builds what it needs itself.
@@ -123,6 +128,7 @@ fn main() -> anyhow::Result<()> {
                 seed,
                 only,
                 sensor_args,
+                nic_rounds: nic_rounds as usize,
             })
         }
         Command::Test { args } => {

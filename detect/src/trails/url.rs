@@ -646,7 +646,12 @@ mod tests {
         }
         // Either way the lookup answers alike.
         let t = trails(&[("evil.example/x.php", 1)]);
-        for h in ["evil.example", "EVIL.example:80", "evil.example.", " evil.example\t"] {
+        for h in [
+            "evil.example",
+            "EVIL.example:80",
+            "evil.example.",
+            " evil.example\t",
+        ] {
             let m = t.lookup_path(Some(h), "/x.php", UrlCandidates::Maltrail);
             assert_eq!(m.map(|m| m.label), Some(1), "{h:?}");
         }

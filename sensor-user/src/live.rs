@@ -494,13 +494,19 @@ pub fn run(
     let queue = if use_xsk { FRAME_QUEUE } else { 0 };
     let (frame_tx, frame_rx) = std::sync::mpsc::sync_channel::<xsk::Frame>(queue);
     let (recycle_tx, recycle_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(queue);
-    let wake = Arc::new(xsk::LoopWake::new().context("creating the transport's eventfd")?);
+    let wake = if use_xsk {
+        Some(Arc::new(
+            xsk::LoopWake::new().context("creating the AF_XDP transport's eventfd")?,
+        ))
+    } else {
+        None
+    };
     let transport = xsk::TransportContext {
         frames: frame_tx,
         recycled: Arc::new(Mutex::new(recycle_rx)),
         counters: Arc::default(),
         stop: Arc::new(AtomicBool::new(false)),
-        wake: Arc::clone(&wake),
+        wake: wake.clone(),
     };
     let mut workers = Vec::new();
     if use_xsk {
@@ -592,7 +598,9 @@ pub fn run(
         Some(payloads.as_raw_fd()),
         Some(flows.as_raw_fd()),
         logger.as_ref().map(AsRawFd::as_raw_fd),
-        (!workers.is_empty()).then(|| wake.fd()),
+        wake.as_ref()
+            .filter(|_| !workers.is_empty())
+            .map(|w| w.fd()),
     ];
     let mut pollfds: Vec<libc::pollfd> = fds
         .iter()
@@ -637,7 +645,7 @@ pub fn run(
                 // flow-start flush or the run's end.
                 let timeout = if !unflushed
                     && last_read.elapsed() >= QUIET
-                    && (workers.is_empty() || wake.arm(frames_taken))
+                    && (workers.is_empty() || wake.as_ref().is_none_or(|w| w.arm(frames_taken)))
                 {
                     let mut due = FLUSH_EVERY.saturating_sub(last_flush.elapsed());
                     if let Some(d) = opts.duration {
@@ -651,11 +659,11 @@ pub fn run(
                 };
                 // SAFETY: pollfds is a valid array of pollfd of the given length.
                 unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, timeout) };
-                if !workers.is_empty() {
+                if let Some(w) = wake.as_ref().filter(|_| !workers.is_empty()) {
                     let woken = pollfds
                         .last()
                         .is_some_and(|p| p.revents & libc::POLLIN != 0);
-                    wake.disarm(woken);
+                    w.disarm(woken);
                 }
                 // A worker that died is fatal: say so and stop.
                 if let Some(i) = workers.iter().position(|w| w.is_finished()) {

@@ -95,11 +95,17 @@ impl LoopWake {
     pub fn queued(&self, n: u64) {
         self.queued.fetch_add(n, Ordering::SeqCst);
         if self.idle.swap(false, Ordering::SeqCst) {
-            let one = 1u64.to_ne_bytes();
-            // SAFETY: writes 8 bytes from a live buffer to an eventfd we own. A failure
-            // (counter at its maximum) leaves the eventfd readable: the loop wakes anyway.
-            unsafe { libc::write(self.fd(), one.as_ptr().cast(), one.len()) };
+            self.wake_now();
         }
+    }
+
+    /// Wakes the loop whether it sleeps or not (a transport thread ending: the loop looks at
+    /// its threads after each poll).
+    pub fn wake_now(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to an eventfd we own. A failure (counter
+        // at its maximum) leaves the eventfd readable: the loop wakes anyway.
+        unsafe { libc::write(self.fd(), one.as_ptr().cast(), one.len()) };
     }
 
     /// The loop, having taken `taken` frames in all, is about to poll long: false (and no
@@ -123,6 +129,17 @@ impl LoopWake {
             // SAFETY: reads at most 8 bytes into a live buffer from an eventfd we own
             // (non-blocking: EAGAIN when another wake-up read it first).
             unsafe { libc::read(self.fd(), count.as_mut_ptr().cast(), count.len()) };
+        }
+    }
+}
+
+/// Wakes the loop when dropped.
+struct WakeOnExit(Option<Arc<LoopWake>>);
+
+impl Drop for WakeOnExit {
+    fn drop(&mut self) {
+        if let Some(w) = &self.0 {
+            w.wake_now();
         }
     }
 }
@@ -196,8 +213,8 @@ pub struct TransportContext {
     pub recycled: Arc<Mutex<Receiver<Vec<u8>>>>,
     pub counters: Arc<TransportCounters>,
     pub stop: Arc<AtomicBool>,
-    /// Wakes the loop out of its idle poll.
-    pub wake: Arc<LoopWake>,
+    /// Wakes the loop out of its idle poll (made only when AF_XDP is tried).
+    pub wake: Option<Arc<LoopWake>>,
 }
 
 /// Creates a socket on every receive queue of `ifaces` (name, index), registers them in the
@@ -247,7 +264,12 @@ pub fn start(
             let ctx = ctx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("xsk-{i}"))
-                .spawn(move || serve(group, &ctx))
+                .spawn(move || {
+                    // However the thread ends (an error, a panic), the loop hears of it at
+                    // once rather than after its idle poll.
+                    let _wake = WakeOnExit(ctx.wake.clone());
+                    serve(group, &ctx)
+                })
                 .context("starting an AF_XDP worker")?;
             Ok(XskWorker {
                 sockets: names,
@@ -378,8 +400,8 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
     }
     drop(recycled);
     ctx.counters.frames.fetch_add(n as u64, Ordering::Relaxed);
-    if sent > 0 {
-        ctx.wake.queued(sent);
+    if let Some(w) = ctx.wake.as_ref().filter(|_| sent > 0) {
+        w.queued(sent);
     }
     // SAFETY: the frames were copied out above; give them back to the kernel.
     let mut given = unsafe { s.fq.produce(&s.batch[..n]) };
@@ -430,10 +452,24 @@ mod tests {
         w.queued(2);
         assert!(readable(&w));
         w.queued(5);
-        w.disarm(true);
+        let mut count = [0u8; 8];
+        // SAFETY: reads 8 bytes into a live buffer from the test's own eventfd.
+        let n = unsafe { libc::read(w.fd(), count.as_mut_ptr().cast(), count.len()) };
+        assert_eq!(
+            (n, u64::from_ne_bytes(count)),
+            (8, 1),
+            "one write for the idle poll"
+        );
         assert!(!readable(&w), "the wake-up was read");
+        w.disarm(false);
         w.queued(1);
         assert!(!readable(&w), "awake again: no write");
         assert!(w.arm(12));
+        w.disarm(false);
+        w.wake_now();
+        assert!(
+            readable(&w),
+            "a thread's end wakes the loop even when awake"
+        );
     }
 }

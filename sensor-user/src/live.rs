@@ -537,6 +537,8 @@ pub fn run(
             ),
         }
     }
+    // Without transport threads nothing writes the eventfd: neither polled nor armed.
+    let wake = wake.filter(|_| !workers.is_empty());
     let counters = Arc::clone(&transport.counters);
     let stop_workers = Arc::clone(&transport.stop);
     drop(transport);
@@ -598,9 +600,7 @@ pub fn run(
         Some(payloads.as_raw_fd()),
         Some(flows.as_raw_fd()),
         logger.as_ref().map(AsRawFd::as_raw_fd),
-        wake.as_ref()
-            .filter(|_| !workers.is_empty())
-            .map(|w| w.fd()),
+        wake.as_ref().map(|w| w.fd()),
     ];
     let mut pollfds: Vec<libc::pollfd> = fds
         .iter()
@@ -645,7 +645,7 @@ pub fn run(
                 // flow-start flush or the run's end.
                 let timeout = if !unflushed
                     && last_read.elapsed() >= QUIET
-                    && (workers.is_empty() || wake.as_ref().is_none_or(|w| w.arm(frames_taken)))
+                    && wake.as_ref().is_none_or(|w| w.arm(frames_taken))
                 {
                     let mut due = FLUSH_EVERY.saturating_sub(last_flush.elapsed());
                     if let Some(d) = opts.duration {
@@ -659,7 +659,7 @@ pub fn run(
                 };
                 // SAFETY: pollfds is a valid array of pollfd of the given length.
                 unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, timeout) };
-                if let Some(w) = wake.as_ref().filter(|_| !workers.is_empty()) {
+                if let Some(w) = &wake {
                     let woken = pollfds
                         .last()
                         .is_some_and(|p| p.revents & libc::POLLIN != 0);

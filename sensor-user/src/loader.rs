@@ -161,41 +161,82 @@ pub struct Sensor {
     attachments: Vec<Attachment>,
 }
 
-/// A loader being made on another thread ([`prepare`]).
-static PREPARED: std::sync::Mutex<Option<std::thread::JoinHandle<EbpfLoader<'static>>>> =
-    std::sync::Mutex::new(None);
+/// The loader [`prepare`] is making: its kernel BTF being parsed, then the kernel's BPF
+/// features being probed beside the rest of the start ([`btf_freed`]).
+enum Prepared {
+    Parsing(std::thread::JoinHandle<EbpfLoader<'static>>),
+    Probing(Box<EbpfLoader<'static>>, Option<std::thread::JoinHandle<()>>),
+}
+
+/// The loader [`prepare`] makes for the next [`Sensor::load`].
+static PREPARED: std::sync::Mutex<Option<Prepared>> = std::sync::Mutex::new(None);
 
 /// Starts making the next [`Sensor::load`]'s loader on another thread: `EbpfLoader::new`
-/// reads and parses the kernel's BTF (5 MB, tens of milliseconds; aya 0.14 has no way to
-/// make a loader without it), which can go on while the trails load. The program needs no
-/// CO-RE relocation, so the parsed BTF is dropped there and then: its megabytes are free
-/// before the trail set is built. The same thread then probes the kernel's BPF features
-/// (aya does it once, with a dozen small program and map loads, at the first load).
+/// reads and parses the kernel's BTF (5 MB read, ~18 MB of heap at its peak, ~20 ms; aya
+/// 0.14 has no way to make a loader without it). The program needs no CO-RE relocation, so
+/// the parsed BTF is dropped there and then. [`btf_freed`] waits for that before the start
+/// builds anything big, so the parse's peak is not added to the trail set's and the
+/// detector's.
 pub fn prepare() {
     let handle = std::thread::Builder::new()
         .name("xtrail-btf".into())
         .spawn(|| {
             let mut loader = EbpfLoader::new();
             loader.btf(None);
-            // The parsed BTF's ~16 MB of freed heap go back to the system now, not when the
-            // allocator next trims its top (the trail set is being built meanwhile).
+            // The parsed BTF's freed heap goes back to the system now, not when the
+            // allocator next trims its top.
             // SAFETY: malloc_trim has no preconditions.
             unsafe { libc::malloc_trim(0) };
             crate::startup::mark("btf_parsed");
-            let _ = aya::features();
-            crate::startup::mark("bpf_features_probed");
-            crate::startup::thread_cpu("btf_and_features");
+            crate::startup::thread_cpu("btf");
             loader
         });
     if let (Ok(h), Ok(mut slot)) = (handle, PREPARED.lock()) {
-        *slot = Some(h);
+        *slot = Some(Prepared::Parsing(h));
     }
+}
+
+/// Waits until [`prepare`]'s BTF parse is over and its memory freed, then probes the
+/// kernel's BPF features on another thread (aya does it once, with a dozen small program
+/// and map loads, at the first load) while the start goes on. Starting the trail set and
+/// the detector only now lowers the start's peak RSS by the parse's ~18 MB and costs no
+/// time: alone on a core the parse takes ~20 ms, beside them 50-70 ms
+/// (2026-12-04, 2 cores).
+pub fn btf_freed() {
+    let Ok(mut slot) = PREPARED.lock() else {
+        return;
+    };
+    let Some(Prepared::Parsing(parse)) = slot.take() else {
+        return;
+    };
+    let Ok(loader) = parse.join() else {
+        return;
+    };
+    let probe = std::thread::Builder::new()
+        .name("xtrail-bpf-features".into())
+        .spawn(|| {
+            let _ = aya::features();
+            crate::startup::mark("bpf_features_probed");
+            crate::startup::thread_cpu("bpf_features");
+        })
+        .ok();
+    *slot = Some(Prepared::Probing(Box::new(loader), probe));
 }
 
 /// The loader [`prepare`] made, or a new one.
 fn ebpf_loader() -> EbpfLoader<'static> {
     let prepared = PREPARED.lock().ok().and_then(|mut s| s.take());
-    prepared.and_then(|h| h.join().ok()).unwrap_or_default()
+    let loader = match prepared {
+        Some(Prepared::Parsing(parse)) => parse.join().ok(),
+        Some(Prepared::Probing(loader, probe)) => {
+            if let Some(p) = probe {
+                let _ = p.join();
+            }
+            Some(*loader)
+        }
+        None => None,
+    };
+    loader.unwrap_or_default()
 }
 
 /// The interface index of `name`, if it exists.

@@ -437,8 +437,9 @@ fn main() -> ExitCode {
     }
     startup::begin();
     let cli = Cli::parse();
-    // `run`: the XDP loader (the kernel's BTF, the kernel's BPF features) is made on another
-    // thread from now on, beside everything before the program's load.
+    // `run`: the XDP loader's kernel BTF is parsed on another thread from now on, while the
+    // configuration is read; `run` waits for it (`loader::btf_freed`) before it builds the
+    // trail set, then probes the kernel's BPF features beside the rest of the start.
     if matches!(cli.command, Command::Run { .. }) {
         loader::prepare();
     }
@@ -703,6 +704,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    // The trail set, the whitelist and the user-agent patterns are built once the kernel
+    // BTF's parse has freed its memory.
+    loader::btf_freed();
     // The user-agent patterns compile meanwhile.
     let ua_file = cfg.ua_file.clone();
     let ua = std::thread::spawn(move || load_ua_file(ua_file.as_deref()));

@@ -349,11 +349,11 @@ pub fn rss_kib() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Hands memory the old set and the loader freed back to the kernel (glibc keeps freed heap
-/// otherwise, and the RSS after a reload would stay near its peak). The detector may still
-/// hold the old set until its next packet; what it frees later is returned by the next
-/// reload.
-fn release_freed_memory() {
+/// Hands freed heap back to the kernel (glibc keeps it otherwise, and the RSS would stay
+/// near its peak): after a reload, what the old set and the loader freed (the detector may
+/// still hold the old set until its next packet; what it frees later is returned by the
+/// next reload), and once at the start, before the rings are mapped.
+pub(crate) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
     unsafe {

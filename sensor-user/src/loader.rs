@@ -165,7 +165,10 @@ pub struct Sensor {
 /// features being probed beside the rest of the start ([`btf_freed`]).
 enum Prepared {
     Parsing(std::thread::JoinHandle<EbpfLoader<'static>>),
-    Probing(Box<EbpfLoader<'static>>, Option<std::thread::JoinHandle<()>>),
+    Probing(
+        Box<EbpfLoader<'static>>,
+        Option<std::thread::JoinHandle<()>>,
+    ),
 }
 
 /// The loader [`prepare`] makes for the next [`Sensor::load`].

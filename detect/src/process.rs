@@ -215,7 +215,10 @@ pub trait Heuristics: Send {
     fn state_entries(&self) -> usize {
         0
     }
-    /// Every parsed packet, before any trail check.
+    /// A parsed packet is about to be checked: the stage may start fetching the entries
+    /// [`Heuristics::on_packet`] will read, so that their cache misses overlap the checks.
+    fn prefetch_packet(&self, _ctx: &PacketContext<'_>, _pkt: &Packet<'_>) {}
+    /// Every parsed packet, after its trail checks and payload hooks.
     fn on_packet(
         &mut self,
         _ctx: &PacketContext<'_>,
@@ -475,9 +478,8 @@ impl Processor {
             names: &mut self.names,
             heuristics: self.heuristics.as_deref_mut(),
         };
-        if let Some(h) = run.heuristics.as_deref_mut() {
-            let (wl, stats, out) = (run.whitelist, &mut *run.stats, &mut *run.out);
-            h.on_packet(&ctx, pkt, &mut |e| emit(wl, stats, out, e));
+        if let Some(h) = run.heuristics.as_deref() {
+            h.prefetch_packet(&ctx, pkt);
         }
         match pkt.transport {
             Transport::Tcp(seg) => {
@@ -494,11 +496,13 @@ impl Processor {
                     if let Some(entry) = self.syns.get_mut(slot) {
                         if *entry == Some(key) {
                             run.stats.duplicate_syns += 1;
-                            return;
+                        } else {
+                            *entry = Some(key);
+                            run.tcp_syn(&ctx);
                         }
-                        *entry = Some(key);
+                    } else {
+                        run.tcp_syn(&ctx);
                     }
-                    run.tcp_syn(&ctx);
                 } else if !seg.payload.is_empty() {
                     // A ClientHello longer than its segment waits for the rest of its record.
                     let key = FlowKey {
@@ -555,6 +559,10 @@ impl Processor {
             }
             Transport::Other(_) => run.addresses(&ctx, false),
             Transport::Fragment => run.stats.fragments += 1,
+        }
+        if let Some(h) = run.heuristics.as_deref_mut() {
+            let (wl, stats, out) = (run.whitelist, &mut *run.stats, &mut *run.out);
+            h.on_packet(&ctx, pkt, &mut |e| emit(wl, stats, out, e));
         }
     }
 }

@@ -58,6 +58,7 @@ pub struct UdpDatagram<'a> {
 }
 
 /// Parses the transport header of protocol `proto` at the start of `b`.
+#[inline(always)]
 pub(super) fn parse(proto: u8, b: &[u8]) -> Result<Transport<'_>, PacketError> {
     match proto {
         ipproto::TCP => {

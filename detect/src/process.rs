@@ -218,7 +218,8 @@ pub trait Heuristics: Send {
     /// A parsed packet is about to be checked: the stage may start fetching the entries
     /// [`Heuristics::on_packet`] will read, so that their cache misses overlap the checks.
     fn prefetch_packet(&self, _ctx: &PacketContext<'_>, _pkt: &Packet<'_>) {}
-    /// Every parsed packet, after its trail checks and payload hooks.
+    /// Every parsed packet, after its trail checks and payload hooks; its events leave
+    /// before the packet's others (held until then).
     fn on_packet(
         &mut self,
         _ctx: &PacketContext<'_>,
@@ -295,6 +296,8 @@ pub struct Processor {
     syns: Box<[Option<SynKey>]>,
     hasher: DefaultHashBuilder,
     path_buf: String,
+    /// A packet's own events, held until [`Heuristics::on_packet`]'s are out (reused).
+    held: Vec<Event>,
     /// Clean verdicts of recently seen names.
     names: NameVerdicts,
     heuristics: Option<Box<dyn Heuristics>>,
@@ -355,6 +358,7 @@ impl Processor {
             syns: vec![None; SYN_SLOTS].into_boxed_slice(),
             hasher: DefaultHashBuilder::default(),
             path_buf: String::with_capacity(256),
+            held: Vec::new(),
             names: NameVerdicts::default(),
             heuristics: None,
             tls_flows: HelloReassembler::default(),
@@ -463,11 +467,17 @@ impl Processor {
             dst_port,
             proto: pkt.proto,
         };
+        // The packet's own events wait until the flow start's (from `on_packet`, which runs
+        // last so that its table reads overlap the checks) are out: events leave in the order
+        // they had when the flow start came first, so that the throttle keeps the same ones
+        // (a scan alert and a trail hit of its scanner can share a collapse key).
+        let held = &mut self.held;
+        let mut hold = |e: Event| held.push(e);
         let mut run = Run {
             trails: &self.trails,
             whitelist: &self.whitelist,
             stats: &mut self.stats,
-            out,
+            out: &mut hold,
             check_host_domains: self.config.check_host_domains,
             url_candidates: if self.config.url_extra_candidates {
                 UrlCandidates::WithExtras
@@ -561,8 +571,11 @@ impl Processor {
             Transport::Fragment => run.stats.fragments += 1,
         }
         if let Some(h) = run.heuristics.as_deref_mut() {
-            let (wl, stats, out) = (run.whitelist, &mut *run.stats, &mut *run.out);
+            let (wl, stats) = (run.whitelist, &mut *run.stats);
             h.on_packet(&ctx, pkt, &mut |e| emit(wl, stats, out, e));
+        }
+        for e in self.held.drain(..) {
+            out(e);
         }
     }
 }

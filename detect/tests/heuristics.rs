@@ -19,6 +19,7 @@ evil-test-domain.com,malware (test),(static)
 66.66.66.66,malware (test),(static)
 198.51.100.90,sinkhole testsink (malware),(static)
 198.51.100.91,parking site (suspicious),(static)
+203.0.113.77,mass scanner (test),(static)
 ";
 
 const S: i64 = 1_000_000;
@@ -185,6 +186,28 @@ fn port_scan_threshold() {
         lines,
         ["t 203.0.113.9 40010 198.51.100.7 1010 TCP IP 203.0.113.9 \"potential port scanning\" (heuristic)"]
     );
+}
+
+/// A listed scanner's port scan: the packet that crosses the threshold raises both the scan
+/// alert and the scanner's trail hit, under one collapse key (the throttle keeps the first)
+/// and one summarize key (its summary tells the last held event's info). The alert comes
+/// first, as it did before the flow start's table reads moved after the packet's checks, so
+/// the scan is what the summary reports.
+#[test]
+fn listed_scanner_keeps_its_scan_alert_through_the_throttle() {
+    let mut t = Throttle::new(ThrottleConfig::default());
+    let mut p = processor();
+    let mut passed = Vec::new();
+    for (ts, f) in port_probes(11, TcpFlags::SYN, "203.0.113.77", "198.51.100.7") {
+        p.process(ts, LINKTYPE_RAW, &f, &mut |e| {
+            let _ = t.filter(e, &mut |e| passed.push(e.info.clone()));
+        });
+    }
+    t.finish(&mut |e| passed.push(e.info.clone()));
+    let scans = passed
+        .iter()
+        .filter(|i| i.starts_with("potential port scanning"));
+    assert_eq!(scans.count(), 1, "{passed:#?}");
 }
 
 #[test]

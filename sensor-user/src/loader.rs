@@ -188,8 +188,7 @@ pub fn prepare() {
             loader.btf(None);
             // The parsed BTF's freed heap goes back to the system now, not when the
             // allocator next trims its top.
-            // SAFETY: malloc_trim has no preconditions.
-            unsafe { libc::malloc_trim(0) };
+            crate::reload::release_freed_memory();
             crate::startup::mark("btf_parsed");
             crate::startup::thread_cpu("btf");
             loader
@@ -209,6 +208,10 @@ pub fn btf_freed() {
     let Ok(mut slot) = PREPARED.lock() else {
         return;
     };
+    // Only a parse still running: a second call keeps the loader already made.
+    if !matches!(*slot, Some(Prepared::Parsing(_))) {
+        return;
+    }
     let Some(Prepared::Parsing(parse)) = slot.take() else {
         return;
     };

@@ -161,14 +161,10 @@ pub struct Sensor {
     attachments: Vec<Attachment>,
 }
 
-/// The loader [`prepare`] is making: its kernel BTF being parsed, then the kernel's BPF
-/// features being probed beside the rest of the start ([`btf_freed`]).
+/// The loader [`prepare`] is making on another thread, or has made ([`btf_freed`]).
 enum Prepared {
-    Parsing(std::thread::JoinHandle<EbpfLoader<'static>>),
-    Probing(
-        Box<EbpfLoader<'static>>,
-        Option<std::thread::JoinHandle<()>>,
-    ),
+    Making(std::thread::JoinHandle<EbpfLoader<'static>>),
+    Made(Box<EbpfLoader<'static>>),
 }
 
 /// The loader [`prepare`] makes for the next [`Sensor::load`].
@@ -177,9 +173,11 @@ static PREPARED: std::sync::Mutex<Option<Prepared>> = std::sync::Mutex::new(None
 /// Starts making the next [`Sensor::load`]'s loader on another thread: `EbpfLoader::new`
 /// reads and parses the kernel's BTF (5 MB read, ~18 MB of heap at its peak, ~20 ms; aya
 /// 0.14 has no way to make a loader without it). The program needs no CO-RE relocation, so
-/// the parsed BTF is dropped there and then. [`btf_freed`] waits for that before the start
-/// builds anything big, so the parse's peak is not added to the trail set's and the
-/// detector's.
+/// the parsed BTF is dropped there and then, and its heap trimmed. The thread then probes
+/// the kernel's BPF features (aya does it once, at the first load: a dozen small program
+/// and map loads, under 0.5 ms of CPU by the start phases). [`btf_freed`] waits for it
+/// before the start builds anything big, so the parse's peak is not added to the trail
+/// set's and the detector's.
 pub fn prepare() {
     let handle = std::thread::Builder::new()
         .name("xtrail-btf".into())
@@ -190,56 +188,35 @@ pub fn prepare() {
             // allocator next trims its top.
             crate::reload::release_freed_memory();
             crate::startup::mark("btf_parsed");
-            crate::startup::thread_cpu("btf");
+            let _ = aya::features();
+            crate::startup::mark("bpf_features_probed");
+            crate::startup::thread_cpu("btf_and_features");
             loader
         });
     if let (Ok(h), Ok(mut slot)) = (handle, PREPARED.lock()) {
-        *slot = Some(Prepared::Parsing(h));
+        *slot = Some(Prepared::Making(h));
     }
 }
 
-/// Waits until [`prepare`]'s BTF parse is over and its memory freed, then probes the
-/// kernel's BPF features on another thread (aya does it once, with a dozen small program
-/// and map loads, at the first load) while the start goes on. Starting the trail set and
-/// the detector only now lowers the start's peak RSS by the parse's ~18 MB and costs no
-/// time: alone on a core the parse takes ~20 ms, beside them 50-70 ms
-/// (2026-12-04, 2 cores).
+/// Waits until [`prepare`]'s loader is made (the BTF parse over and its memory freed).
+/// Starting the trail set and the detector only then lowers the start's peak RSS by the
+/// parse's ~18 MB and costs no time: alone on a core the parse takes ~20 ms, beside them
+/// 50-70 ms (2026-12-04, 2 cores). A second call, or one without [`prepare`], does nothing.
 pub fn btf_freed() {
     let Ok(mut slot) = PREPARED.lock() else {
         return;
     };
-    // Only a parse still running: a second call keeps the loader already made.
-    if !matches!(*slot, Some(Prepared::Parsing(_))) {
-        return;
+    if let Some(Prepared::Making(h)) = slot.take() {
+        *slot = h.join().ok().map(|l| Prepared::Made(Box::new(l)));
     }
-    let Some(Prepared::Parsing(parse)) = slot.take() else {
-        return;
-    };
-    let Ok(loader) = parse.join() else {
-        return;
-    };
-    let probe = std::thread::Builder::new()
-        .name("xtrail-bpf-features".into())
-        .spawn(|| {
-            let _ = aya::features();
-            crate::startup::mark("bpf_features_probed");
-            crate::startup::thread_cpu("bpf_features");
-        })
-        .ok();
-    *slot = Some(Prepared::Probing(Box::new(loader), probe));
 }
 
 /// The loader [`prepare`] made, or a new one.
 fn ebpf_loader() -> EbpfLoader<'static> {
     let prepared = PREPARED.lock().ok().and_then(|mut s| s.take());
     let loader = match prepared {
-        Some(Prepared::Parsing(parse)) => parse.join().ok(),
-        Some(Prepared::Probing(loader, probe)) => {
-            if let Some(p) = probe {
-                let _ = p.join();
-            }
-            Some(*loader)
-        }
+        Some(Prepared::Making(h)) => h.join().ok(),
+        Some(Prepared::Made(l)) => Some(*l),
         None => None,
     };
     loader.unwrap_or_default()

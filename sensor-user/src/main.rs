@@ -437,9 +437,9 @@ fn main() -> ExitCode {
     }
     startup::begin();
     let cli = Cli::parse();
-    // `run`: the XDP loader's kernel BTF is parsed on another thread from now on, while the
-    // configuration is read; `run` waits for it (`loader::btf_freed`) before it builds the
-    // trail set, then probes the kernel's BPF features beside the rest of the start.
+    // `run`: the XDP loader (the kernel's BTF parsed, its BPF features probed) is made on
+    // another thread from now on, while the configuration is read; `run` waits for it
+    // (`loader::btf_freed`) before it builds the trail set.
     if matches!(cli.command, Command::Run { .. }) {
         loader::prepare();
     }

@@ -503,13 +503,16 @@ impl Processor {
                     };
                     let slot =
                         usize::try_from(self.hasher.hash_one(key) % SYN_SLOTS as u64).unwrap_or(0);
-                    if let Some(entry) = self.syns.get_mut(slot) {
-                        if *entry == Some(key) {
-                            run.stats.duplicate_syns += 1;
-                        } else {
+                    let repeat = match self.syns.get_mut(slot) {
+                        Some(entry) if *entry == Some(key) => true,
+                        Some(entry) => {
                             *entry = Some(key);
-                            run.tcp_syn(&ctx);
+                            false
                         }
+                        None => false,
+                    };
+                    if repeat {
+                        run.stats.duplicate_syns += 1;
                     } else {
                         run.tcp_syn(&ctx);
                     }

@@ -215,11 +215,15 @@ pub trait Heuristics: Send {
     fn state_entries(&self) -> usize {
         0
     }
-    /// A parsed packet is about to be checked: the stage may start fetching the entries
-    /// [`Heuristics::on_packet`] will read, so that their cache misses overlap the checks.
-    fn prefetch_packet(&self, _ctx: &PacketContext<'_>, _pkt: &Packet<'_>) {}
-    /// Every parsed packet, after its trail checks and payload hooks; its events leave
-    /// before the packet's others (held until then).
+    /// A parsed packet is about to be checked: whether [`Heuristics::on_packet`] has work
+    /// for it. The stage may start fetching the entries that work will read, so that their
+    /// cache misses overlap the checks.
+    fn prefetch_packet(&self, _ctx: &PacketContext<'_>, _pkt: &Packet<'_>) -> bool {
+        false
+    }
+    /// A packet [`Heuristics::prefetch_packet`] said it has work for, after the packet's
+    /// trail checks and payload hooks; its events leave before the packet's others (held
+    /// until then).
     fn on_packet(
         &mut self,
         _ctx: &PacketContext<'_>,
@@ -467,17 +471,22 @@ impl Processor {
             dst_port,
             proto: pkt.proto,
         };
-        // The packet's own events wait until the flow start's (from `on_packet`, which runs
-        // last so that its table reads overlap the checks) are out: events leave in the order
-        // they had when the flow start came first, so that the throttle keeps the same ones
-        // (a scan alert and a trail hit of its scanner can share a collapse key).
+        let packet_hook = self
+            .heuristics
+            .as_deref()
+            .is_some_and(|h| h.prefetch_packet(&ctx, pkt));
+        // With a packet hook (replay's flow starts, run last so that their table reads
+        // overlap the checks), the packet's own events wait until the hook's are out: events
+        // leave in the order they had when the flow start came first, so that the throttle
+        // keeps the same ones (a scan alert and a trail hit of its scanner can share a
+        // collapse key).
         let held = &mut self.held;
         let mut hold = |e: Event| held.push(e);
         let mut run = Run {
             trails: &self.trails,
             whitelist: &self.whitelist,
             stats: &mut self.stats,
-            out: &mut hold,
+            out: if packet_hook { &mut hold } else { &mut *out },
             check_host_domains: self.config.check_host_domains,
             url_candidates: if self.config.url_extra_candidates {
                 UrlCandidates::WithExtras
@@ -488,9 +497,6 @@ impl Processor {
             names: &mut self.names,
             heuristics: self.heuristics.as_deref_mut(),
         };
-        if let Some(h) = run.heuristics.as_deref() {
-            h.prefetch_packet(&ctx, pkt);
-        }
         match pkt.transport {
             Transport::Tcp(seg) => {
                 if seg.flags.is_syn_only() {
@@ -573,9 +579,17 @@ impl Processor {
             Transport::Other(_) => run.addresses(&ctx, false),
             Transport::Fragment => run.stats.fragments += 1,
         }
-        if let Some(h) = run.heuristics.as_deref_mut() {
-            let (wl, stats) = (run.whitelist, &mut *run.stats);
-            h.on_packet(&ctx, pkt, &mut |e| emit(wl, stats, out, e));
+        if !packet_hook {
+            return;
+        }
+        let Run {
+            whitelist,
+            stats,
+            heuristics,
+            ..
+        } = run;
+        if let Some(h) = heuristics {
+            h.on_packet(&ctx, pkt, &mut |e| emit(whitelist, stats, out, e));
         }
         for e in self.held.drain(..) {
             out(e);

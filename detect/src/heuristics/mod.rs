@@ -537,15 +537,17 @@ impl Heuristics for MaltrailHeuristics {
         self.state_sizes().total()
     }
 
-    fn prefetch_packet(&self, ctx: &PacketContext<'_>, pkt: &Packet<'_>) {
+    fn prefetch_packet(&self, ctx: &PacketContext<'_>, pkt: &Packet<'_>) -> bool {
         if !self.config.scans_from_packets {
-            return;
+            return false;
         }
-        if let Some(f) = flow_start_of(ctx.ts_us, pkt) {
-            // Every table the start reads requested at once: its misses overlap each other
-            // and the packet's trail checks, which come before `on_packet`.
-            self.scans.prefetch(&self.config, &f);
-        }
+        let Some(f) = flow_start_of(ctx.ts_us, pkt) else {
+            return false;
+        };
+        // Every table the start reads requested at once: its misses overlap each other and
+        // the packet's trail checks, which come before `on_packet`.
+        self.scans.prefetch(&self.config, &f);
+        true
     }
 
     fn on_packet(&mut self, ctx: &PacketContext<'_>, pkt: &Packet<'_>, out: &mut dyn FnMut(Event)) {

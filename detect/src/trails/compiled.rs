@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! header, 256 bytes
-//!   0  magic "XTRAILS\0"          8  format (u32, 4)        12 flags (u32, bit 0: signed)
+//!   0  magic "XTRAILS\0"          8  format (u32, 5)        12 flags (u32, bit 0: signed)
 //!   16 body length (u64)          24 SHA-256 of the body (32 bytes)
 //!   56 signer's ed25519 public key (32, zero if unsigned)
 //!   88 ed25519 signature over the header with these 64 bytes zeroed (zero if unsigned)
@@ -28,10 +28,10 @@
 //! (`sensor-user/src/trail_maps.rs`).
 //!
 //! Formats 1 (sorted IPv4 arrays, hash maps built at every open), 2 (no stored
-//! prefilter: every open read both IPv4 tables to build it) and 3 (no stored URL filter) are
-//! refused with a message that says to rebuild the set (`xtrail-trails build`); sets are
+//! prefilter: every open read both IPv4 tables to build it), 3 (no stored URL filter) and 4
+//! (the name tables' tag bytes apart from their slots: two cache lines a probe) are refused with a message that says to rebuild the set (`xtrail-trails build`); sets are
 //! build artefacts, so no reader for an old layout is kept.
-//! Domain and URL tables are [`super::table::StrTable`]s (arena, slots, tags), searched in
+//! Domain and URL tables are [`super::table::StrTable`]s (arena and slots), searched in
 //! place: opening a set touches only the header, the labels, the regexes, the prefilter and
 //! the other IP arrays. The URL table's probe filter (the `UrlFilter` section: a bit per
 //! hash of each URL trail and of its `host/` prefix, u64 LE words) is stored ready-made
@@ -59,7 +59,7 @@ use super::{IpTrails, Label, LabelId, LoadReport, TrailSet};
 /// First bytes of a compiled set.
 pub const MAGIC: &[u8; 8] = b"XTRAILS\0";
 /// Format version this code reads and writes.
-pub const FORMAT: u32 = 4;
+pub const FORMAT: u32 = 5;
 /// Header size; the body starts here.
 pub const HEADER_LEN: usize = 256;
 const MAX_VERSION: usize = 64;
@@ -80,12 +80,12 @@ enum Section {
     Cidr6Keys,
     Cidr6Labels,
     DomainArena,
+    /// The domain table's slots (u64 LE: record offset + 1 and the key hash's top half).
     DomainSlots,
-    DomainTags,
-    UrlArena,
+    /// Format 4's tag bytes (ids 14 and 17) are in the slots now.
+    UrlArena = 15,
     UrlSlots,
-    UrlTags,
-    Regexes,
+    Regexes = 18,
     Counts,
     Meta,
     /// Buckets of the IPv4 address table.
@@ -325,25 +325,16 @@ pub fn write(set: &TrailSet, opts: &CompileOptions) -> Vec<u8> {
     let domains = canonical_table(&set.domains.table);
     let urls = canonical_table(&set.urls.table);
     for (t, ids) in [
-        (
-            &domains,
-            [
-                Section::DomainArena,
-                Section::DomainSlots,
-                Section::DomainTags,
-            ],
-        ),
-        (
-            &urls,
-            [Section::UrlArena, Section::UrlSlots, Section::UrlTags],
-        ),
+        (&domains, [Section::DomainArena, Section::DomainSlots]),
+        (&urls, [Section::UrlArena, Section::UrlSlots]),
     ] {
-        let (arena, slots, tags) = t.parts();
+        let (arena, slots) = t.parts();
         sections.push((ids[0], arena.to_vec()));
-        let mut b = Vec::with_capacity(slots.len() * 4);
-        put_u32s(&mut b, slots.iter().copied());
+        let mut b = Vec::with_capacity(slots.len() * 8);
+        for v in slots {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
         sections.push((ids[1], b));
-        sections.push((ids[2], tags.to_vec()));
     }
     let mut filter = Vec::new();
     for w in filter_words(&urls) {
@@ -871,28 +862,16 @@ impl CompiledSet {
 
         let counts = self.section(Section::Counts);
         let shared: SharedBytes = self.map.clone();
-        let table = |a: Section, s: Section, g: Section, n: u64| {
-            StrTable::mapped(
-                shared.clone(),
-                self.range(a),
-                self.range(s),
-                self.range(g),
-                n as usize,
-            )
-            .map_err(|e| CompiledError::Layout(e.0))
+        let table = |a: Section, s: Section, n: u64| {
+            StrTable::mapped(shared.clone(), self.range(a), self.range(s), n as usize)
+                .map_err(|e| CompiledError::Layout(e.0))
         };
         let domains = table(
             Section::DomainArena,
             Section::DomainSlots,
-            Section::DomainTags,
             u64_at(counts, 0),
         )?;
-        let urls = table(
-            Section::UrlArena,
-            Section::UrlSlots,
-            Section::UrlTags,
-            u64_at(counts, 8),
-        )?;
+        let urls = table(Section::UrlArena, Section::UrlSlots, u64_at(counts, 8))?;
         let regexes = self.regexes()?;
 
         let report = LoadReport {
@@ -1147,8 +1126,8 @@ mod tests {
     }
 
     #[test]
-    fn formats_1_to_3_are_refused_with_a_rebuild_hint() {
-        for old in [1u32, 2, 3] {
+    fn formats_1_to_4_are_refused_with_a_rebuild_hint() {
+        for old in [1u32, 2, 3, 4] {
             let mut bytes = write(&sample(), &CompileOptions::default());
             bytes[8..12].copy_from_slice(&old.to_le_bytes());
             match verify_bytes(&bytes, None) {

@@ -3,8 +3,9 @@
 //! Why not `HashMap<String, LabelId>`: 1.4M heap strings cost a 24-byte `String` header, an
 //! allocation (with allocator rounding) and a 32-byte bucket each, about 3x the text. Here a
 //! trail is one record in a single arena (`[label: u32 LE][len: u16 LE][bytes]`), and the
-//! index is a power-of-two array of `u32` arena offsets plus one tag byte per slot (linear
-//! probing, load factor at most 0.7). That is about 1.3x the text for typical domains.
+//! index is a power-of-two array of `u64` slots (linear probing, load factor at most 0.7),
+//! each the record's arena offset + 1 (low 32 bits) and the top 32 bits of its key's hash: a
+//! probe reads one cache line, and a mismatch almost never touches the arena.
 //!
 //! Keys are hashed right to left (see [`KeyHasher`]) so a caller can hash every suffix of a
 //! name in one backwards pass, and can hash `host + path` without concatenating them.
@@ -84,18 +85,15 @@ enum Store {
     /// Built in memory (loading from text).
     Owned {
         arena: Vec<u8>,
-        /// Arena offset + 1 of each record; 0 is an empty slot.
-        slots: Vec<u32>,
-        /// Top byte of the hash of the key in each slot: most mismatches never touch the arena.
-        tags: Vec<u8>,
+        /// 0 for an empty slot, else [`slot_value`] of the record's offset and key hash.
+        slots: Vec<u64>,
     },
     /// Searched in place inside shared bytes (a compiled set); copied out on first change.
     Mapped {
         bytes: SharedBytes,
         arena: std::ops::Range<usize>,
-        /// Byte range of the `u32` slots (4-aligned in memory, checked on construction).
+        /// Byte range of the `u64` slots (8-aligned in memory, checked on construction).
         slots: std::ops::Range<usize>,
-        tags: std::ops::Range<usize>,
     },
 }
 
@@ -104,7 +102,6 @@ impl Default for Store {
         Store::Owned {
             arena: Vec::new(),
             slots: Vec::new(),
-            tags: Vec::new(),
         }
     }
 }
@@ -121,10 +118,10 @@ pub(crate) struct StrTable {
 #[error("trail table: {0}")]
 pub(crate) struct LayoutError(pub(crate) &'static str);
 
-/// The slots of a mapped table as `u32`s (`None` if misaligned; checked at construction).
-fn slots_of(b: &[u8]) -> &[u32] {
-    // SAFETY: every bit pattern is a valid u32; align_to only returns the aligned middle.
-    let (pre, mid, post) = unsafe { b.align_to::<u32>() };
+/// The slots of a mapped table as `u64`s (empty if misaligned; checked at construction).
+fn slots_of(b: &[u8]) -> &[u64] {
+    // SAFETY: every bit pattern is a valid u64; align_to only returns the aligned middle.
+    let (pre, mid, post) = unsafe { b.align_to::<u64>() };
     if pre.is_empty() && post.is_empty() {
         mid
     } else {
@@ -143,33 +140,42 @@ impl fmt::Debug for StrTable {
     }
 }
 
+/// A slot's tag: the top 32 bits of the key's hash (the index position uses the low bits).
+const TAG: u64 = 0xffff_ffff_0000_0000;
+
+/// The slot of the record at arena offset `off` whose key hashes to `h`.
 #[inline]
-fn tag_of(h: u64) -> u8 {
-    (h >> 56) as u8
+fn slot_value(off: u32, h: u64) -> u64 {
+    (h & TAG) | (u64::from(off) + 1)
+}
+
+/// The arena offset a full slot points at.
+#[inline]
+fn slot_offset(s: u64) -> usize {
+    (s & !TAG) as usize - 1
 }
 
 impl StrTable {
-    /// A table searched in place in `bytes`: the arena, slot and tag byte ranges of a table
+    /// A table searched in place in `bytes`: the arena and slot byte ranges of a table
     /// written from [`StrTable::parts`], holding `len` keys. Records are bounds-checked on
     /// access, so damaged bytes give misses, never a panic.
     pub(crate) fn mapped(
         bytes: SharedBytes,
         arena: std::ops::Range<usize>,
         slots: std::ops::Range<usize>,
-        tags: std::ops::Range<usize>,
         len: usize,
     ) -> Result<Self, LayoutError> {
         let all = (*bytes).as_ref();
-        for r in [&arena, &slots, &tags] {
+        for r in [&arena, &slots] {
             if r.start > r.end || r.end > all.len() {
                 return Err(LayoutError("section out of bounds"));
             }
         }
-        let n = (slots.end - slots.start) / 4;
-        if !slots.len().is_multiple_of(4) || (n != 0 && slots_of(&all[slots.clone()]).len() != n) {
+        let n = (slots.end - slots.start) / 8;
+        if !slots.len().is_multiple_of(8) || (n != 0 && slots_of(&all[slots.clone()]).len() != n) {
             return Err(LayoutError("slots misaligned"));
         }
-        if tags.len() != n || (n != 0 && !n.is_power_of_two()) || len > n {
+        if (n != 0 && !n.is_power_of_two()) || len > n {
             return Err(LayoutError("index size"));
         }
         if cfg!(target_endian = "big") {
@@ -180,15 +186,14 @@ impl StrTable {
                 bytes,
                 arena,
                 slots,
-                tags,
             },
             len,
         })
     }
 
-    /// The arena, slots and tags, for writing a compiled set.
-    pub(crate) fn parts(&self) -> (&[u8], &[u32], &[u8]) {
-        (self.arena(), self.slots(), self.tags())
+    /// The arena and slots, for writing a compiled set.
+    pub(crate) fn parts(&self) -> (&[u8], &[u64]) {
+        (self.arena(), self.slots())
     }
 
     #[inline]
@@ -200,33 +205,24 @@ impl StrTable {
     }
 
     #[inline]
-    fn slots(&self) -> &[u32] {
+    fn slots(&self) -> &[u64] {
         match &self.store {
             Store::Owned { slots, .. } => slots,
             Store::Mapped { bytes, slots, .. } => slots_of(&(**bytes).as_ref()[slots.clone()]),
         }
     }
 
-    #[inline]
-    fn tags(&self) -> &[u8] {
-        match &self.store {
-            Store::Owned { tags, .. } => tags,
-            Store::Mapped { bytes, tags, .. } => &(**bytes).as_ref()[tags.clone()],
-        }
-    }
-
-    /// The owned arena, slots and tags; a mapped table is copied out first.
-    fn owned_mut(&mut self) -> (&mut Vec<u8>, &mut Vec<u32>, &mut Vec<u8>) {
+    /// The owned arena and slots; a mapped table is copied out first.
+    fn owned_mut(&mut self) -> (&mut Vec<u8>, &mut Vec<u64>) {
         if let Store::Mapped { .. } = self.store {
-            let (a, s, t) = self.parts();
+            let (a, s) = self.parts();
             self.store = Store::Owned {
                 arena: a.to_vec(),
                 slots: s.to_vec(),
-                tags: t.to_vec(),
             };
         }
         match &mut self.store {
-            Store::Owned { arena, slots, tags } => (arena, slots, tags),
+            Store::Owned { arena, slots } => (arena, slots),
             Store::Mapped { .. } => unreachable!("converted above"),
         }
     }
@@ -239,9 +235,7 @@ impl StrTable {
     /// Heap bytes held (arena plus index), for reports; 0 for a mapped table.
     pub(crate) fn heap_bytes(&self) -> usize {
         match &self.store {
-            Store::Owned { arena, slots, tags } => {
-                arena.capacity() + slots.capacity() * 4 + tags.capacity()
-            }
+            Store::Owned { arena, slots } => arena.capacity() + slots.capacity() * 8,
             Store::Mapped { .. } => 0,
         }
     }
@@ -274,7 +268,7 @@ impl StrTable {
             .iter()
             .filter(|&&s| s != 0)
             .filter_map(move |&s| {
-                let (label, key) = self.record(s as usize - 1)?;
+                let (label, key) = self.record(slot_offset(s))?;
                 Some((key, label))
             })
     }
@@ -287,18 +281,17 @@ impl StrTable {
             .map(|r| r.0)
     }
 
-    /// Asks the CPU to start fetching the index entries lookups of these hashes read first
-    /// (slot and tag). A caller with several keys to look up prefetches them all, then looks
-    /// them up: the cache misses of a large table overlap instead of queueing.
+    /// Asks the CPU to start fetching the index slots lookups of these hashes read first.
+    /// A caller with several keys to look up prefetches them all, then looks them up: the
+    /// cache misses of a large table overlap instead of queueing.
     #[inline]
     pub(crate) fn prefetch(&self, hashes: impl IntoIterator<Item = u64>) {
-        let (slots, tags) = (self.slots(), self.tags());
+        let slots = self.slots();
         let mask = slots.len().wrapping_sub(1);
         for h in hashes {
             let i = (h as usize) & mask;
-            if let (Some(slot), Some(tag)) = (slots.get(i..=i), tags.get(i..=i)) {
+            if let Some(slot) = slots.get(i..=i) {
                 crate::prefetch::lines(slot);
-                crate::prefetch::lines(tag);
             }
         }
     }
@@ -312,12 +305,12 @@ impl StrTable {
     /// (slot index, record offset) of the key `a ++ b`.
     #[inline]
     fn find(&self, h: u64, a: &[u8], b: &[u8]) -> Option<(usize, usize)> {
-        let (slots, tags) = (self.slots(), self.tags());
-        if slots.is_empty() || tags.len() != slots.len() {
+        let slots = self.slots();
+        if slots.is_empty() {
             return None;
         }
         let mask = slots.len() - 1;
-        let tag = tag_of(h);
+        let tag = h & TAG;
         let want = a.len() + b.len();
         let mut i = (h as usize) & mask;
         // Bounded: a full index (only possible in damaged bytes) must not loop forever.
@@ -326,8 +319,8 @@ impl StrTable {
             if s == 0 {
                 return None;
             }
-            if tags[i] == tag {
-                let off = s as usize - 1;
+            if s & TAG == tag {
+                let off = slot_offset(s);
                 if let Some((_, key)) = self.record(off) {
                     if key.len() == want && &key[..a.len()] == a && &key[a.len()..] == b {
                         return Some((i, off));
@@ -342,7 +335,7 @@ impl StrTable {
     /// Overwrites the label of the record at `record` (from [`Inserted::Existing`]).
     pub(crate) fn set_label(&mut self, record: u32, label: LabelId) {
         let off = record as usize;
-        let (arena, _, _) = self.owned_mut();
+        let (arena, _) = self.owned_mut();
         if let Some(b) = arena.get_mut(off..off + 4) {
             b.copy_from_slice(&label.to_le_bytes());
         }
@@ -369,34 +362,41 @@ impl StrTable {
         if (self.len + 1) * 10 > self.slots().len() * 7 {
             self.grow();
         }
-        let (arena, _, _) = self.owned_mut();
+        let (arena, _) = self.owned_mut();
         arena.extend_from_slice(&label.to_le_bytes());
         arena.extend_from_slice(&len.to_le_bytes());
         arena.extend_from_slice(key);
-        self.place(h, off as u32 + 1);
+        self.place_hashed(h, slot_value(off as u32, h));
         self.len += 1;
         Inserted::New
     }
 
-    fn place(&mut self, h: u64, slot_value: u32) {
-        let (_, slots, tags) = self.owned_mut();
+    /// Puts slot `s` into the first free place from the position of its key's hash `h`.
+    fn place_hashed(&mut self, h: u64, s: u64) {
+        let (_, slots) = self.owned_mut();
         let mask = slots.len() - 1;
         let mut i = (h as usize) & mask;
         while slots[i] != 0 {
             i = (i + 1) & mask;
         }
-        slots[i] = slot_value;
-        tags[i] = tag_of(h);
+        slots[i] = s;
+    }
+
+    /// Puts slot `s` back (after a resize): its key is hashed again, as the slot holds only
+    /// the hash's top half and the position comes from the low bits.
+    fn place(&mut self, s: u64) {
+        let h = self
+            .record(slot_offset(s))
+            .map_or(0, |r| KeyHasher::hash(r.1));
+        self.place_hashed(h, s);
     }
 
     fn grow(&mut self) {
         let new_cap = (self.slots().len() * 2).max(1024);
-        let (_, slots, tags) = self.owned_mut();
+        let (_, slots) = self.owned_mut();
         let old = std::mem::replace(slots, vec![0; new_cap]);
-        *tags = vec![0; new_cap];
         for s in old.into_iter().filter(|&s| s != 0) {
-            let h = KeyHasher::hash(self.record(s as usize - 1).map_or(&[][..], |r| r.1));
-            self.place(h, s);
+            self.place(s);
         }
     }
 }

@@ -149,10 +149,11 @@ fn slot_value(off: u32, h: u64) -> u64 {
     (h & TAG) | (u64::from(off) + 1)
 }
 
-/// The arena offset a full slot points at.
+/// The arena offset a full slot points at; `usize::MAX` (which [`StrTable::record`]
+/// refuses) for a damaged slot whose offset half is 0.
 #[inline]
 fn slot_offset(s: u64) -> usize {
-    (s & !TAG) as usize - 1
+    (s as u32 as usize).wrapping_sub(1)
 }
 
 impl StrTable {
@@ -212,14 +213,18 @@ impl StrTable {
         }
     }
 
-    /// The owned arena and slots; a mapped table is copied out first.
+    /// The owned arena and slots; a mapped table is copied out first (its key count taken
+    /// from its slots: a damaged count must not let an insert skip a resize into a full
+    /// index).
     fn owned_mut(&mut self) -> (&mut Vec<u8>, &mut Vec<u64>) {
         if let Store::Mapped { .. } = self.store {
             let (a, s) = self.parts();
+            let len = s.iter().filter(|&&s| s != 0).count();
             self.store = Store::Owned {
                 arena: a.to_vec(),
                 slots: s.to_vec(),
             };
+            self.len = len;
         }
         match &mut self.store {
             Store::Owned { arena, slots } => (arena, slots),
@@ -355,7 +360,7 @@ impl StrTable {
         }
         let len = key.len() as u16;
         let off = self.arena().len();
-        // Slot values are offset + 1 in a u32.
+        // A slot holds offset + 1 in its low 32 bits.
         if off + HEADER + key.len() >= u32::MAX as usize {
             return Inserted::Full;
         }
@@ -445,6 +450,58 @@ mod tests {
             Some(3)
         );
         assert_eq!(t.get(b""), None);
+    }
+
+    /// u64 words seen as their bytes (8-aligned, as a mapped set's sections are).
+    struct Words(Vec<u64>);
+
+    impl AsRef<[u8]> for Words {
+        fn as_ref(&self) -> &[u8] {
+            // SAFETY: any u64 is 8 valid bytes; the slice covers exactly the Vec's elements.
+            unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), self.0.len() * 8) }
+        }
+    }
+
+    /// Mapped bytes whose slots were damaged give misses, never a panic: a slot with a tag
+    /// but no offset, one pointing past the arena, and a key count that says the index is
+    /// emptier than it is.
+    #[test]
+    fn damaged_mapped_slots_are_misses() {
+        let mut t = StrTable::default();
+        for i in 0..100u32 {
+            t.insert(format!("k{i}.example").as_bytes(), i);
+        }
+        let (arena, slots) = t.parts();
+        let mut slots = slots.to_vec();
+        let n = slots.len();
+        let h = KeyHasher::hash(b"x");
+        // The first two free slots on the probe path of `x`.
+        let mut free = (0..n)
+            .map(|k| ((h as usize) + k) & (n - 1))
+            .filter(|&j| slots[j] == 0);
+        let (a, b) = (free.next().unwrap(), free.next().unwrap());
+        slots[a] = h & TAG;
+        slots[b] = (h & TAG) | 0xffff_fff0;
+        // 8-aligned: the slots first, as u64s, then the arena.
+        let mut words: Vec<u64> = slots.clone();
+        let arena_at = words.len() * 8;
+        words.extend(arena.chunks(8).map(|c| {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            u64::from_le_bytes(w)
+        }));
+        let shared: SharedBytes = std::sync::Arc::new(Words(words));
+        let mut m = StrTable::mapped(shared, arena_at..arena_at + arena.len(), 0..n * 8, 1)
+            .expect("layout");
+        assert_eq!(m.get(b"x"), None);
+        assert_eq!(m.get(b"k7.example"), Some(7));
+        assert_eq!(m.iter().count(), 100);
+        // Copied out on insert, counted from its slots (102 full), grown as needed.
+        for i in 0..2000u32 {
+            m.insert(format!("n{i}.example").as_bytes(), i);
+        }
+        assert_eq!(m.get(b"n1999.example"), Some(1999));
+        assert_eq!(m.get(b"k7.example"), Some(7));
     }
 
     #[test]

@@ -133,7 +133,8 @@ fn host_prefix(key: &[u8]) -> Option<&[u8]> {
 }
 
 /// Word index and mask of hash `h` in `n` words (`n` a power of two): bits the table's slot
-/// index and tag do not use first.
+/// index does not use (they are the low bits of its slots' tag, the hash's top half: a false
+/// filter hit is still unrelated to the slots its probe meets).
 #[inline]
 fn filter_bit(n: usize, h: u64) -> (usize, u64) {
     let i = ((h >> 32) as usize) & (n * 64).wrapping_sub(1);

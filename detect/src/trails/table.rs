@@ -295,8 +295,10 @@ impl StrTable {
         let mask = slots.len().wrapping_sub(1);
         for h in hashes {
             let i = (h as usize) & mask;
-            if let Some(slot) = slots.get(i..=i) {
-                crate::prefetch::lines(slot);
+            // The slot and the two after it: a probe that goes on past its first line (8
+            // slots a line) finds the next one on its way too.
+            if let Some(run) = slots.get(i..(i + 3).min(slots.len())) {
+                crate::prefetch::lines(run);
             }
         }
     }

@@ -233,6 +233,12 @@ fn put_u32s(out: &mut Vec<u8>, it: impl Iterator<Item = u32>) {
     }
 }
 
+fn put_u64s(out: &mut Vec<u8>, it: impl Iterator<Item = u64>) {
+    for v in it {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
 /// A name table rebuilt from sorted keys, so equal content gives equal bytes.
 fn canonical_table(t: &StrTable) -> StrTable {
     let mut keys: Vec<(&[u8], LabelId)> = t.iter().collect();
@@ -273,9 +279,7 @@ pub fn write(set: &TrailSet, opts: &CompileOptions) -> Vec<u8> {
     sections.push((Section::V4Table, v4.bucket_bytes().to_vec()));
     sections.push((Section::IpPortTable, port4.bucket_bytes().to_vec()));
     let mut blocks = Vec::new();
-    for w in set.ip.v4_block_bits() {
-        blocks.extend_from_slice(&w.to_le_bytes());
-    }
+    put_u64s(&mut blocks, set.ip.v4_block_bits().into_iter());
     sections.push((Section::V4Blocks, blocks));
 
     let mut v6: Vec<([u8; 16], u32)> = set.ip.v6.iter().map(|(k, v)| (*k, *v)).collect();
@@ -332,15 +336,11 @@ pub fn write(set: &TrailSet, opts: &CompileOptions) -> Vec<u8> {
         let (arena, slots) = t.parts();
         sections.push((ids[0], arena.to_vec()));
         let mut b = Vec::with_capacity(slots.len() * 8);
-        for v in slots {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
+        put_u64s(&mut b, slots.iter().copied());
         sections.push((ids[1], b));
     }
     let mut filter = Vec::new();
-    for w in filter_words(&urls) {
-        filter.extend_from_slice(&w.to_le_bytes());
-    }
+    put_u64s(&mut filter, filter_words(&urls).into_iter());
     sections.push((Section::UrlFilter, filter));
 
     let mut rx = Vec::new();
@@ -351,9 +351,10 @@ pub fn write(set: &TrailSet, opts: &CompileOptions) -> Vec<u8> {
     }
     sections.push((Section::Regexes, rx));
     let mut counts = Vec::new();
-    for n in [domains.len() as u64, urls.len() as u64] {
-        counts.extend_from_slice(&n.to_le_bytes());
-    }
+    put_u64s(
+        &mut counts,
+        [domains.len() as u64, urls.len() as u64].into_iter(),
+    );
     sections.push((Section::Counts, counts));
     sections.push((
         Section::Meta,

@@ -504,6 +504,9 @@ mod tests {
         }
         assert_eq!(m.get(b"n1999.example"), Some(1999));
         assert_eq!(m.get(b"k7.example"), Some(7));
+        // The count that sizes the index is of its occupied slots, not the damaged 1.
+        let occupied = m.slots().iter().filter(|&&s| s != 0).count();
+        assert_eq!((m.len(), occupied), (102 + 2000, 102 + 2000));
     }
 
     #[test]

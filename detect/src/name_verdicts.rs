@@ -7,7 +7,10 @@
 
 use hashbrown::DefaultHashBuilder;
 
-use crate::trails::{DomainMatch, DomainTrails};
+use crate::trails::{DomainMatch, DomainTrails, NameBuf, PendingName};
+
+/// [`NameBuf`]'s length.
+const MAX_DOMAIN_NAME: usize = std::mem::size_of::<NameBuf>();
 use crate::whitelist::Whitelist;
 
 /// Sets (a power of two) of two slots: 256 KiB per worker.
@@ -47,6 +50,28 @@ impl Slot {
         self.verdict != EMPTY
             && self.hash == hash
             && self.name.get(..usize::from(self.len)) == Some(bytes)
+    }
+}
+
+/// A name between [`NameVerdicts::begin`] and [`NameVerdicts::finish`].
+#[allow(clippy::large_enum_variant)] // one per packet, on the stack: a box would allocate
+pub(crate) enum NameLookup<'b> {
+    /// Seen clean before: whether it is whitelisted.
+    Known(bool),
+    /// Being looked up; `slot` is its (set, hash) when short enough to be kept.
+    Pending {
+        lookup: PendingName<'b>,
+        slot: Option<(usize, u64)>,
+    },
+}
+
+impl NameLookup<'_> {
+    /// The name's whitelist verdict.
+    pub(crate) fn whitelisted(&self) -> bool {
+        match self {
+            NameLookup::Known(w) => *w,
+            NameLookup::Pending { lookup, .. } => lookup.whitelisted(),
+        }
     }
 }
 
@@ -91,33 +116,74 @@ impl NameVerdicts {
         whitelist: &Whitelist,
         hits: &mut u64,
     ) -> (bool, Option<DomainMatch>) {
+        let mut buf = None;
+        let lookup = self.begin(name, domains, whitelist, hits, &mut buf);
+        self.finish(name, &lookup, domains)
+    }
+
+    /// [`NameVerdicts::lookup_whitelisted`] in two steps, as
+    /// [`DomainTrails::begin_lookup`]: the verdict when `name` was seen clean before, else
+    /// its whitelist verdict with its trail probes prefetched. [`NameVerdicts::finish`]
+    /// gives the trail hit (and keeps a clean verdict): work done between the two steps
+    /// overlaps the probes' cache misses. No other lookup may come between the two. `buf`
+    /// is filled (the name's lowercased copy) only for a name not seen before.
+    pub(crate) fn begin<'b>(
+        &mut self,
+        name: &str,
+        domains: &DomainTrails,
+        whitelist: &Whitelist,
+        hits: &mut u64,
+        buf: &'b mut Option<NameBuf>,
+    ) -> NameLookup<'b> {
         let bytes = name.as_bytes();
-        if bytes.len() > MAX_NAME {
-            return domains.lookup_whitelisted(name, whitelist);
+        let kept = (bytes.len() <= MAX_NAME).then(|| {
+            let hash = crate::heuristics::bounded::hash_bytes(&self.hasher, bytes);
+            ((hash as usize) & (SETS - 1), hash)
+        });
+        if let Some((i, hash)) = kept {
+            if let Some(Set(ways)) = self.sets.get_mut(i) {
+                if ways[0].holds(hash, bytes) {
+                    *hits += 1;
+                    return NameLookup::Known(ways[0].verdict == WHITELISTED);
+                }
+                if ways[1].holds(hash, bytes) {
+                    *hits += 1;
+                    ways.swap(0, 1);
+                    return NameLookup::Known(ways[0].verdict == WHITELISTED);
+                }
+            }
         }
-        let hash = crate::heuristics::bounded::hash_bytes(&self.hasher, bytes);
-        let i = (hash as usize) & (SETS - 1);
-        let Some(Set(ways)) = self.sets.get_mut(i) else {
-            return domains.lookup_whitelisted(name, whitelist);
+        NameLookup::Pending {
+            lookup: domains.begin_lookup(name, whitelist, buf.insert([0; MAX_DOMAIN_NAME])),
+            slot: kept,
+        }
+    }
+
+    /// The whitelist verdict and trail hit of the `name` [`NameVerdicts::begin`] gave
+    /// `lookup` for; a clean verdict is kept.
+    pub(crate) fn finish(
+        &mut self,
+        name: &str,
+        lookup: &NameLookup<'_>,
+        domains: &DomainTrails,
+    ) -> (bool, Option<DomainMatch>) {
+        let (lookup, slot) = match lookup {
+            NameLookup::Known(whitelisted) => return (*whitelisted, None),
+            NameLookup::Pending { lookup, slot } => (lookup, *slot),
         };
-        if ways[0].holds(hash, bytes) {
-            *hits += 1;
-            return (ways[0].verdict == WHITELISTED, None);
-        }
-        if ways[1].holds(hash, bytes) {
-            *hits += 1;
-            ways.swap(0, 1);
-            return (ways[0].verdict == WHITELISTED, None);
-        }
-        let (whitelisted, hit) = domains.lookup_whitelisted(name, whitelist);
-        if hit.is_none() {
-            ways[1] = ways[0];
-            let slot = &mut ways[0];
-            slot.hash = hash;
-            // At most MAX_NAME (< 256): checked above.
-            slot.len = bytes.len() as u8;
-            slot.name[..bytes.len()].copy_from_slice(bytes);
-            slot.verdict = if whitelisted { WHITELISTED } else { CLEAN };
+        let whitelisted = lookup.whitelisted();
+        let hit = domains.finish_lookup(lookup);
+        let bytes = name.as_bytes();
+        if let (None, Some((i, hash))) = (&hit, slot) {
+            if let Some(Set(ways)) = self.sets.get_mut(i) {
+                ways[1] = ways[0];
+                let slot = &mut ways[0];
+                slot.hash = hash;
+                // At most MAX_NAME (< 256): checked in `begin`.
+                slot.len = bytes.len() as u8;
+                slot.name[..bytes.len()].copy_from_slice(bytes);
+                slot.verdict = if whitelisted { WHITELISTED } else { CLEAN };
+            }
         }
         (whitelisted, hit)
     }

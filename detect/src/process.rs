@@ -759,8 +759,12 @@ impl Run<'_, '_> {
         };
         // One pass over the name gives its whitelist verdict (the heuristics' contract is a
         // name after the whitelist) and its domain trail hit (a pure lookup: reported last,
-        // after the heuristics' and the address events).
-        let (whitelisted, hit) = self.lookup_name(name);
+        // after the heuristics' and the address events). The trail probes come last too:
+        // the heuristics and the address lookups overlap their cache misses.
+        let mut buf = None;
+        let hits = &mut self.stats.name_verdict_hits;
+        let lookup = (self.names).begin(name, &self.trails.domains, self.whitelist, hits, &mut buf);
+        let whitelisted = lookup.whitelisted();
         if let Some(heur) = self.heuristics.as_deref_mut().filter(|_| !whitelisted) {
             let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
             heur.on_dns_query(ctx, msg, name, &mut |e| emit(wl, stats, out, e));
@@ -795,6 +799,7 @@ impl Run<'_, '_> {
                 self.emit(e);
             }
         }
+        let (_, hit) = self.names.finish(name, &lookup, &self.trails.domains);
         self.report_domain_hit(ctx, name, hit, details);
         true
     }

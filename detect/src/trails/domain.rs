@@ -14,6 +14,24 @@ const MAX_NAME: usize = 253;
 /// Suffixes of a name whose index entries are prefetched before the suffix walk.
 const PREFETCH_SUFFIXES: usize = 8;
 
+/// The buffer a name is lowercased into for [`DomainTrails::begin_lookup`].
+pub(crate) type NameBuf = [u8; MAX_NAME];
+
+/// A name between [`DomainTrails::begin_lookup`] and [`DomainTrails::finish_lookup`].
+pub(crate) struct PendingName<'b> {
+    /// The parsed name, its suffixes prefetched; `None` when whitelisted or not a name the
+    /// trails can hold.
+    name: Option<Name<'b>>,
+    whitelisted: bool,
+}
+
+impl PendingName<'_> {
+    /// The name's whitelist verdict.
+    pub(crate) fn whitelisted(&self) -> bool {
+        self.whitelisted
+    }
+}
+
 /// Label flag: info contains `suspicious` or `sinkhole` (skipped for `ns1.`-like queries).
 pub(crate) const FLAG_SUSPICIOUS_OR_SINKHOLE: u8 = 1;
 /// Label flag: info contains `dynamic` or `free web` (skipped for the bare/`www.` name).
@@ -331,6 +349,7 @@ impl DomainTrails {
     pub fn lookup(&self, query: &str) -> Option<DomainMatch> {
         let mut buf = [0u8; MAX_NAME];
         let name = Name::parse(query, &mut buf, self.regexes.trigrams())?;
+        self.prefetch_suffixes(&name);
         self.lookup_parsed(&name)
     }
 
@@ -343,10 +362,28 @@ impl DomainTrails {
         whitelist: &Whitelist,
     ) -> (bool, Option<DomainMatch>) {
         let mut buf = [0u8; MAX_NAME];
-        let Some(name) = Name::parse(query, &mut buf, self.regexes.trigrams()) else {
+        let pending = self.begin_lookup(query, whitelist, &mut buf);
+        (pending.whitelisted(), self.finish_lookup(&pending))
+    }
+
+    /// [`DomainTrails::lookup_whitelisted`]'s first step: parses `query` into `buf`, takes
+    /// its whitelist verdict and, unless whitelisted, prefetches the name table's index
+    /// entries of its suffixes. [`DomainTrails::finish_lookup`] then probes them: work done
+    /// between the two steps overlaps the probes' cache misses (in a table of a million
+    /// names, a new name's probe is a likely miss).
+    pub(crate) fn begin_lookup<'b>(
+        &self,
+        query: &str,
+        whitelist: &Whitelist,
+        buf: &'b mut NameBuf,
+    ) -> PendingName<'b> {
+        let Some(name) = Name::parse(query, buf, self.regexes.trigrams()) else {
             // Not a name the trails can hold (IP literal, invalid bytes, no dot, ...): the
             // whitelist reads such text its own way.
-            return (whitelist.is_domain_whitelisted(query), None);
+            return PendingName {
+                name: None,
+                whitelisted: whitelist.is_domain_whitelisted(query),
+            };
         };
         // The parse's text is the whitelist's reading of the query (cut at `:`, lowercased,
         // no trailing dot); its hashes cover every label when the name has at most
@@ -357,12 +394,32 @@ impl DomainTrails {
             whitelist.is_domain_whitelisted(query)
         };
         if whitelisted {
-            return (true, None);
+            return PendingName {
+                name: None,
+                whitelisted,
+            };
         }
-        (false, self.lookup_parsed(&name))
+        self.prefetch_suffixes(&name);
+        PendingName {
+            name: Some(name),
+            whitelisted,
+        }
     }
 
-    /// [`DomainTrails::lookup`] after the parse.
+    /// [`DomainTrails::lookup_whitelisted`]'s second step: the trail hit of a name
+    /// [`DomainTrails::begin_lookup`] did not find whitelisted.
+    pub(crate) fn finish_lookup(&self, pending: &PendingName<'_>) -> Option<DomainMatch> {
+        pending.name.as_ref().and_then(|n| self.lookup_parsed(n))
+    }
+
+    /// Asks for the name table's index entries of the shortest [`PREFETCH_SUFFIXES`]
+    /// suffixes of `name`, so that the suffix walk's probes overlap.
+    fn prefetch_suffixes(&self, name: &Name<'_>) {
+        let suffixes = name.suffixes.get(..name.n).unwrap_or_default();
+        self.table.prefetch(suffixes.iter().map(|&(_, hash)| hash));
+    }
+
+    /// [`DomainTrails::lookup`] after the parse (and the prefetch of its suffixes).
     fn lookup_parsed(&self, name: &Name<'_>) -> Option<DomainMatch> {
         let q = name.text;
 
@@ -419,11 +476,10 @@ impl DomainTrails {
         let qb = q.as_bytes();
         let ns_like = is_ns_like(qb);
         let www = qb.starts_with(b"www.");
-        // The shortest PREFETCH_SUFFIXES suffixes first, their index entries prefetched so
-        // that the probes (each likely a cache miss in a table of a million names) overlap;
-        // a name with more labels carries on with the same backwards pass.
+        // The shortest PREFETCH_SUFFIXES suffixes first (their index entries prefetched by
+        // the caller, `prefetch_suffixes`, so that the probes overlap); a name with more
+        // labels carries on with the same backwards pass.
         let suffixes = name.suffixes.get(..name.n).unwrap_or_default();
-        self.table.prefetch(suffixes.iter().map(|&(_, hash)| hash));
         // Shortest first, the last acceptable hit kept: the longest one.
         let mut best: Option<(usize, LabelId)> = None;
         let mut consider = |start: usize, hash: u64| {

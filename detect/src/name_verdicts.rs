@@ -7,10 +7,7 @@
 
 use hashbrown::DefaultHashBuilder;
 
-use crate::trails::{DomainMatch, DomainTrails, NameBuf, PendingName};
-
-/// [`NameBuf`]'s length.
-const MAX_DOMAIN_NAME: usize = std::mem::size_of::<NameBuf>();
+use crate::trails::{DomainMatch, DomainTrails, NameBuf, PendingName, NAME_BUF_LEN};
 use crate::whitelist::Whitelist;
 
 /// Sets (a power of two) of two slots: 256 KiB per worker.
@@ -125,8 +122,9 @@ impl NameVerdicts {
     /// [`DomainTrails::begin_lookup`]: the verdict when `name` was seen clean before, else
     /// its whitelist verdict with its trail probes prefetched. [`NameVerdicts::finish`]
     /// gives the trail hit (and keeps a clean verdict): work done between the two steps
-    /// overlaps the probes' cache misses. No other lookup may come between the two. `buf`
-    /// is filled (the name's lowercased copy) only for a name not seen before.
+    /// overlaps the probes' cache misses. No other lookup may come between the two, and
+    /// `finish` takes the same `name`. `buf` (the name's lowercased copy) is made only when
+    /// the verdicts do not answer.
     pub(crate) fn begin<'b>(
         &mut self,
         name: &str,
@@ -154,7 +152,7 @@ impl NameVerdicts {
             }
         }
         NameLookup::Pending {
-            lookup: domains.begin_lookup(name, whitelist, buf.insert([0; MAX_DOMAIN_NAME])),
+            lookup: domains.begin_lookup(name, whitelist, buf.insert([0; NAME_BUF_LEN])),
             slot: kept,
         }
     }
@@ -175,6 +173,11 @@ impl NameVerdicts {
         let hit = domains.finish_lookup(lookup);
         let bytes = name.as_bytes();
         if let (None, Some((i, hash))) = (&hit, slot) {
+            debug_assert_eq!(
+                crate::heuristics::bounded::hash_bytes(&self.hasher, bytes),
+                hash,
+                "finish takes the name begin took"
+            );
             if let Some(Set(ways)) = self.sets.get_mut(i) {
                 ways[1] = ways[0];
                 let slot = &mut ways[0];
@@ -204,6 +207,36 @@ mod tests {
         d.table.insert(b"evil.example", 0);
         d.flags = vec![0];
         d
+    }
+
+    #[test]
+    fn begin_then_finish_answer_like_the_lookup() {
+        let d = domains();
+        let wl = Whitelist::parse("google.com\n1.2.3.4\n");
+        let mut v = NameVerdicts::default();
+        let mut hits = 0;
+        let long = format!("{}.clean.example", "a".repeat(60));
+        for round in 0..2 {
+            for q in [
+                "www.google.com",
+                "clean.example",
+                "a.evil.example",
+                "1.2.3.4",
+                "localhost",
+                long.as_str(),
+            ] {
+                let mut buf = None;
+                let l = v.begin(q, &d, &wl, &mut hits, &mut buf);
+                let (whitelisted, known) = (l.whitelisted(), matches!(l, NameLookup::Known(_)));
+                let got = v.finish(q, &l, &d);
+                assert_eq!(got, d.lookup_whitelisted(q, &wl), "{q} {round}");
+                assert_eq!(whitelisted, got.0, "{q} {round}");
+                assert_eq!(buf.is_none(), known, "{q}: a buffer only on a verdict miss");
+            }
+        }
+        // The second round's www.google.com, clean.example, 1.2.3.4 and localhost (trail
+        // hits and long names are not kept).
+        assert_eq!(hits, 4);
     }
 
     #[test]

@@ -682,6 +682,55 @@ fn long_domain_threshold() {
     )));
 }
 
+/// A whitelisted query name gets no DNS heuristics, whether the pipeline looks it up (the
+/// first query) or answers it from the verdicts of names seen before (the second).
+#[test]
+fn whitelisted_query_names_skip_the_dns_heuristics_every_time() {
+    let mut p = processor_with(HeuristicsConfig::replay(), "example.org\n");
+    let name = format!("{}.example.org", "a".repeat(25));
+    let frame = |sport| {
+        (
+            T0,
+            v4("10.0.0.66", "8.8.8.8", 17, &udp(sport, 53, &query(&name))),
+        )
+    };
+    assert!(run(&mut p, &[frame(50000), frame(50001)]).is_empty());
+    assert_eq!(p.stats().name_verdict_hits, 1);
+}
+
+/// A query raising a heuristic event, an address event and a domain trail event: in that
+/// order (the name's trail lookup finishes after the heuristics and the address check).
+#[test]
+fn dns_query_events_leave_heuristic_then_address_then_name() {
+    let name = format!("{}.evil-test-domain.com", "a".repeat(25));
+    let frame = (
+        T0,
+        v4(
+            "10.0.0.66",
+            "66.66.66.66",
+            17,
+            &udp(50000, 53, &query(&name)),
+        ),
+    );
+    let lines = run(&mut processor(), &[frame]);
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(
+        lines[0].contains("\"long domain (suspicious)\""),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[1].contains(&format!("UDP IP \"66.66.66.66 ({name})\"")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[2].contains(&format!(
+            "UDP DNS ({}).evil-test-domain.com \"malware (test)\"",
+            "a".repeat(25)
+        )),
+        "{lines:#?}"
+    );
+}
+
 #[test]
 fn sinkholed_and_parked_answers() {
     let frames = [

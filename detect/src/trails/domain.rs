@@ -16,6 +16,8 @@ const PREFETCH_SUFFIXES: usize = 8;
 
 /// The buffer a name is lowercased into for [`DomainTrails::begin_lookup`].
 pub(crate) type NameBuf = [u8; MAX_NAME];
+/// [`NameBuf`]'s length.
+pub(crate) const NAME_BUF_LEN: usize = MAX_NAME;
 
 /// A name between [`DomainTrails::begin_lookup`] and [`DomainTrails::finish_lookup`].
 pub(crate) struct PendingName<'b> {
@@ -477,8 +479,8 @@ impl DomainTrails {
         let ns_like = is_ns_like(qb);
         let www = qb.starts_with(b"www.");
         // The shortest PREFETCH_SUFFIXES suffixes first (their index entries prefetched by
-        // the caller, `prefetch_suffixes`, so that the probes overlap); a name with more
-        // labels carries on with the same backwards pass.
+        // `lookup` or `begin_lookup` before `lookup_parsed`, so that the probes overlap); a
+        // name with more labels carries on with the same backwards pass.
         let suffixes = name.suffixes.get(..name.n).unwrap_or_default();
         // Shortest first, the last acceptable hit kept: the longest one.
         let mut best: Option<(usize, LabelId)> = None;

@@ -300,9 +300,18 @@ fn full_tree_with_heuristics_allocates_nothing_per_clean_packet() {
     let t0: i64 = 1_790_000_000_000_000;
     let mut ts = t0;
     // Warm-up: more keys than each bounded table holds (65,536), also for the tables only
-    // SYNs (port scans) and HTTP requests (web scans) fill, so every table has grown to its
+    // SYNs (port scans) and HTTP requests (web scans) fill, and for the scan tables' window
+    // lines, which a host pair gets at its second port, so every table has grown to its
     // bound (the scan tables) or rotated twice (the two-generation ones) and reached its
     // steady allocation.
+    let second_items: Vec<Vec<u8>> = (0..80_000).flat_map(clean_traffic::second_items).collect();
+    for (i, f) in second_items.iter().enumerate() {
+        ts += 10;
+        let _ = detector.frame(ts, LINKTYPE_ETHERNET, Some("eth0"), f, &mut |e| {
+            events.push(e)
+        });
+        assert!(events.is_empty(), "second items raised events at {i}");
+    }
     for i in 0..500_000 {
         let f = match i {
             0..100_000 => traffic.syn(),

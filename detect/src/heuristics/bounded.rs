@@ -403,6 +403,27 @@ impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
         }
     }
 
+    /// The value of the packed key `c` (as [`PackedMap::get_or_insert_packed`] takes it),
+    /// refreshed, if held; inserts nothing.
+    pub(crate) fn get_packed(&mut self, c: E::Key) -> Option<&mut E::Value> {
+        let (set, tag) = self.set_of(c);
+        let rank = self.find(set, tag, c)?;
+        let m = self.meta.get_mut(set)?;
+        let way = m.way(rank);
+        m.make_first(rank);
+        self.ways.get_mut(set * WAYS + way).map(E::value_mut)
+    }
+
+    /// Prefetches the [`SetMeta`] of packed key `c`'s set only: what
+    /// [`PackedMap::get_packed`] reads first, and all it reads for a key not held.
+    #[inline]
+    pub(crate) fn prefetch_packed_meta(&self, c: E::Key) {
+        let (set, _) = self.set_of(c);
+        if let Some(m) = self.meta.get(set..=set) {
+            crate::prefetch::lines(m);
+        }
+    }
+
     /// [`PackedMap::get_or_insert`] of the key whose [`CompactKey::compact`] is `Some(c)`,
     /// for a caller that packs the key itself without building it (`c` must be what
     /// `compact()` gives for that key, or the key would be held twice).
@@ -556,6 +577,113 @@ impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
             }
             None => false,
         }
+    }
+}
+
+/// The one item of packed keys seen with one item so far: a scan table writes a key's
+/// 64-byte [`WindowLine`] only once the key has a second distinct item within the window
+/// (under a flood of new host pairs, nearly every key has one item and never gets a line),
+/// and keeps the first in 24 bytes here. What a one-item key holds, and how a second item
+/// finds it, is as in its [`DistinctWindow`] (see [`FirstSightings::observe`]).
+/// Direct-mapped: a new key takes its slot from the key that held it, which forgets its
+/// first item (counted in [`FirstSightings::replaced`]), as a full window table pushes out
+/// its least recently used key. Key 0 marks an empty slot and is never held.
+#[derive(Debug)]
+pub struct FirstSightings {
+    /// Three words a slot: key, item, time (µs, as `i64` bits). Zeroed memory, so that
+    /// pages are touched (and count in RSS) only once used.
+    words: Vec<u64>,
+    hasher: DefaultHashBuilder,
+    held: usize,
+    replaced: u64,
+}
+
+impl FirstSightings {
+    /// Room for `capacity` keys, rounded down to a power of two (at least one).
+    pub fn new(capacity: usize) -> Self {
+        FirstSightings {
+            words: vec![0; 3 << capacity.max(1).ilog2()],
+            hasher: DefaultHashBuilder::default(),
+            held: 0,
+            replaced: 0,
+        }
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.held
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.held == 0
+    }
+
+    /// Keys whose slot a new key took so far.
+    pub fn replaced(&self) -> u64 {
+        self.replaced
+    }
+
+    /// The slot `key` takes (tests: keys of distinct slots never replace one another).
+    #[cfg(test)]
+    pub(crate) fn slot_index(&self, key: u64) -> usize {
+        self.slot(key) / 3
+    }
+
+    /// The first word of `key`'s slot.
+    #[inline]
+    fn slot(&self, key: u64) -> usize {
+        let slots = self.words.len() / 3;
+        3 * ((self.hasher.hash_one(key) as usize) & (slots - 1))
+    }
+
+    /// Prefetches `key`'s slot (see [`crate::prefetch::lines`]).
+    #[inline]
+    pub fn prefetch(&self, key: u64) {
+        let i = self.slot(key);
+        if let Some(w) = self.words.get(i..i + 3) {
+            crate::prefetch::lines(w);
+        }
+    }
+
+    /// Records `item` seen for `key` (not 0) at `ts_us`, as a one-item [`DistinctWindow`]
+    /// would: the same item again keeps the later time (or the new one when the old is
+    /// `window_us` old or more); another item replaces an item that old. Another item while
+    /// the first is recent is the key's second: the slot is emptied and the first item
+    /// returned with its time, for the caller's window table.
+    pub fn observe(
+        &mut self,
+        key: u64,
+        item: u64,
+        ts_us: i64,
+        window_us: i64,
+    ) -> Option<(u64, i64)> {
+        debug_assert!(key != 0, "key 0 marks an empty slot");
+        let i = self.slot(key);
+        let w = self.words.get_mut(i..i + 3)?;
+        let (first, seen) = (w[1], w[2] as i64);
+        if w[0] != key {
+            if w[0] == 0 {
+                self.held += 1;
+            } else {
+                self.replaced += 1;
+            }
+            w.copy_from_slice(&[key, item, ts_us as u64]);
+            return None;
+        }
+        let recent = ts_us.saturating_sub(seen) < window_us;
+        if item == first {
+            w[2] = if recent { seen.max(ts_us) } else { ts_us } as u64;
+            return None;
+        }
+        if !recent {
+            w[1] = item;
+            w[2] = ts_us as u64;
+            return None;
+        }
+        w[0] = 0;
+        self.held -= 1;
+        Some((first, seen))
     }
 }
 

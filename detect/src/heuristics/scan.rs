@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use hashbrown::DefaultHashBuilder;
 
-use super::bounded::{CompactKey, PackedEntry, PackedMap, WindowMap};
+use super::bounded::{CompactKey, FirstSightings, PackedEntry, PackedMap, WindowMap};
 use super::HeuristicsConfig;
 use crate::packet::{ipproto, Packet, TcpFlags, Transport};
 
@@ -87,9 +87,9 @@ pub enum ScanAlert {
 /// The scan windows.
 #[derive(Debug)]
 pub struct ScanState {
-    tcp: WindowMap<(IpAddr, IpAddr)>,
-    udp: WindowMap<(IpAddr, IpAddr)>,
-    infection: WindowMap<(IpAddr, u16)>,
+    tcp: ScanTable<(IpAddr, IpAddr)>,
+    udp: ScanTable<(IpAddr, IpAddr)>,
+    infection: ScanTable<(IpAddr, u16)>,
     /// UDP flows seen: a datagram in the opposite direction is a reply, not a probe. Keyed
     /// by the endpoint pair in canonical order ([`flow_pair`]) with the direction seen as
     /// the value, so one lookup answers both "seen this way" and "seen the other way".
@@ -104,9 +104,9 @@ impl ScanState {
     /// Empty windows, each table bounded by `config.max_scan_keys`.
     pub fn new(config: &HeuristicsConfig) -> Self {
         ScanState {
-            tcp: WindowMap::new(config.max_scan_keys),
-            udp: WindowMap::new(config.max_scan_keys),
-            infection: WindowMap::new(config.max_scan_keys),
+            tcp: ScanTable::new(config.max_scan_keys),
+            udp: ScanTable::new(config.max_scan_keys),
+            infection: ScanTable::new(config.max_scan_keys),
             udp_flows: PackedMap::new(config.max_scan_keys),
             hasher: DefaultHashBuilder::default(),
         }
@@ -136,8 +136,7 @@ impl ScanState {
                     return;
                 }
                 let item = u64::from(f.dst_port);
-                if count_distinct(
-                    &mut self.tcp,
+                if self.tcp.count_distinct(
                     (f.src, f.dst),
                     item,
                     f.ts_us,
@@ -150,7 +149,10 @@ impl ScanState {
                     let item = self.hasher.hash_one(f.dst);
                     let key = (f.src, f.dst_port);
                     let threshold = config.infection_scan_threshold;
-                    if count_distinct(&mut self.infection, key, item, f.ts_us, window, threshold) {
+                    if self
+                        .infection
+                        .count_distinct(key, item, f.ts_us, window, threshold)
+                    {
                         alert(ScanAlert::Infection);
                     }
                 }
@@ -160,8 +162,7 @@ impl ScanState {
                     return;
                 }
                 let item = u64::from(f.dst_port);
-                if count_distinct(
-                    &mut self.udp,
+                if self.udp.count_distinct(
                     (f.src, f.dst),
                     item,
                     f.ts_us,
@@ -335,24 +336,140 @@ fn is_scan_target(dst: IpAddr) -> bool {
     }
 }
 
-/// Adds `item` to the sliding window kept for `key` (creating it, within the table's bound);
-/// true when the window's distinct count crosses `threshold`.
-fn count_distinct<K: CompactKey<u64>>(
-    table: &mut WindowMap<K>,
-    key: K,
-    item: u64,
-    ts_us: i64,
-    window_us: i64,
-    threshold: usize,
-) -> bool {
-    table
-        .get_or_insert(&key)
-        .observe(item, ts_us, window_us, threshold)
+/// A scan heuristic's keys and their sliding windows: a key's [`DistinctWindow`] line is
+/// made at its second distinct item within the window; until then its one item is kept in
+/// [`FirstSightings`] (a new host pair writes 24 bytes, not a 64-byte line: under a flood of
+/// new pairs the table's cache footprint is what each one costs). IPv6 keys, and every key
+/// with a threshold of 0 (its first item alerts), go to the windows directly.
+///
+/// [`DistinctWindow`]: super::bounded::DistinctWindow
+#[derive(Debug)]
+struct ScanTable<K: CompactKey<u64>> {
+    windows: WindowMap<K>,
+    first: FirstSightings,
+}
+
+impl<K: CompactKey<u64>> ScanTable<K> {
+    /// At most `capacity` IPv4 keys with windows (and as many others) and `capacity`
+    /// (rounded down to a power of two) first sightings.
+    fn new(capacity: usize) -> Self {
+        ScanTable {
+            windows: WindowMap::new(capacity),
+            first: FirstSightings::new(capacity),
+        }
+    }
+
+    /// Keys held.
+    fn len(&self) -> usize {
+        self.windows.len() + self.first.len()
+    }
+
+    /// Prefetches what [`ScanTable::count_distinct`] of `key` reads first: its window set's
+    /// bookkeeping and its first-sighting slot (a packed key), else its window.
+    #[inline]
+    fn prefetch(&self, key: &K) {
+        match key.compact() {
+            Some(c) if c != 0 => {
+                self.windows.prefetch_packed_meta(c);
+                self.first.prefetch(c);
+            }
+            _ => self.windows.prefetch(key),
+        }
+    }
+
+    /// Adds `item` to the sliding window kept for `key` (creating it, within the table's
+    /// bound); true when the window's distinct count crosses `threshold`.
+    fn count_distinct(
+        &mut self,
+        key: K,
+        item: u64,
+        ts_us: i64,
+        window_us: i64,
+        threshold: usize,
+    ) -> bool {
+        let c = match key.compact() {
+            Some(c) if c != 0 && threshold > 0 => c,
+            _ => {
+                return self
+                    .windows
+                    .get_or_insert(&key)
+                    .observe(item, ts_us, window_us, threshold)
+            }
+        };
+        if let Some(w) = self.windows.get_packed(c) {
+            return w.observe(item, ts_us, window_us, threshold);
+        }
+        let Some((first, seen)) = self.first.observe(c, item, ts_us, window_us) else {
+            // One item: below any threshold above 0.
+            return false;
+        };
+        let w = self.windows.get_or_insert_packed(c);
+        // A new window: its first item cannot alert (the threshold is above 0).
+        w.observe(first, seen, window_us, threshold);
+        w.observe(item, ts_us, window_us, threshold)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A table keeping first sightings apart alerts exactly as one window per key does,
+    /// whatever the threshold, with items repeating, windows expiring, time sometimes going
+    /// back and keys coming and going (the keys in use at once never share a first-sighting
+    /// slot, and neither table pushes a key out).
+    #[test]
+    fn first_sightings_alert_as_windows_do() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for threshold in 0..4 {
+            // Steps of 10 µs back or forth against a 100 µs window: items often come back
+            // at exactly the window's edge, and time often goes back.
+            let window = 100;
+            let mut table = ScanTable::<(IpAddr, IpAddr)>::new(1 << 20);
+            let mut windows = WindowMap::<(IpAddr, IpAddr)>::new(1 << 20);
+            // Step `s` uses one of keys `s / 16 ..= s / 16 + 7`: each key lives ~128 steps.
+            let mut keys: Vec<(IpAddr, IpAddr)> = Vec::new();
+            let mut slots: Vec<usize> = Vec::new();
+            let mut i = 0u32;
+            while keys.len() < 200_000 / 16 + 8 {
+                i += 1;
+                let key = (
+                    IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | i)),
+                    IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1 + (i % 4) as u8)),
+                );
+                let Some(slot) = key.compact().map(|c| table.first.slot_index(c)) else {
+                    continue;
+                };
+                if !slots.iter().rev().take(16).any(|&s| s == slot) {
+                    keys.push(key);
+                    slots.push(slot);
+                }
+            }
+            let (mut ts, mut alerts) = (0i64, 0);
+            for step in 0..200_000usize {
+                let r = next();
+                let key = keys[step / 16 + (r % 8) as usize];
+                let item = (r >> 16) % 4;
+                ts += 10 * ((r >> 24) % 10) as i64 - 30;
+                let want = windows
+                    .get_or_insert(&key)
+                    .observe(item, ts, window, threshold);
+                let got = table.count_distinct(key, item, ts, window, threshold);
+                assert_eq!(got, want, "step {step}, threshold {threshold}");
+                alerts += usize::from(got);
+            }
+            assert!(
+                alerts > 100,
+                "threshold {threshold}: {alerts} alerts to compare"
+            );
+        }
+    }
 
     #[test]
     fn probe_flag_sets() {

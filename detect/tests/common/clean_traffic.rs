@@ -181,6 +181,21 @@ impl CleanTraffic {
     }
 }
 
+/// Flow starts of host pair `i` (198.18.x.y to 198.19.x.y, outside the population, so that
+/// the mix never comes back to it) with two items for each scan table it meets (a SYN to two
+/// service ports, UDP to two high ports): each pair gets a window line, which is what fills
+/// those tables to their bound.
+pub fn second_items(i: u32) -> [Vec<u8>; 4] {
+    let [_, _, a, b] = i.to_be_bytes();
+    let (src, dst) = ([198, 18, a, b], [198, 19, b, a]);
+    [
+        tcp(src, dst, 40_000, 443, 0x02, &[]),
+        tcp(src, dst, 40_001, 80, 0x02, &[]),
+        udp(src, dst, 40_000, 20_000, &[0u8; 48]),
+        udp(src, dst, 40_000, 20_001, &[0u8; 48]),
+    ]
+}
+
 /// Ethernet + IPv4 header around an L4 segment.
 fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(34 + l4.len());

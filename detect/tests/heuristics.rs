@@ -961,6 +961,24 @@ fn flood_scan_windows() {
         40_000,
     );
     assert!(peak <= 2 * 1000 + 4, "{peak}");
+    // Each new pair with two ports (a window line each) on an infection port (the infection
+    // table too): every table holds its windows and its first sightings, at most 512 each
+    // with 1,000 keys a table.
+    let (_, peak) = flood(
+        small(),
+        |i| {
+            let port = if i % 2 == 0 { 445 } else { 139 };
+            v4(
+                &addr(i / 2),
+                &addr(100_000 + i / 4),
+                6,
+                &tcp(40000, port, 2, b""),
+            )
+        },
+        80_000,
+    );
+    assert!(peak <= 4 * 512 + 4, "{peak}");
+    assert!(peak > 2 * 512, "both sides of the tables filled: {peak}");
 }
 
 #[test]

@@ -14,7 +14,9 @@
 //! under a flood of new host pairs: keys packed by [`CompactKey`] (IPv4) go into a
 //! set-associative table ([`WAYS`] entries per set, least recently used first out within a
 //! set), others into a [`BoundedMap`]. [`WindowMap`], the scan heuristics'
-//! [`DistinctWindow`]s, stores an IPv4 key in 8 bytes and its window in one 64-byte line.
+//! [`DistinctWindow`]s, stores an IPv4 key in 8 bytes and its window in one 64-byte line;
+//! [`FirstSightings`] keeps the one item of IPv4 scan keys seen with one item so far, so that
+//! a key's line is written only at its second.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -583,26 +585,31 @@ impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
 /// The one item of packed keys seen with one item so far: a scan table writes a key's
 /// 64-byte [`WindowLine`] only once the key has a second distinct item within the window
 /// (under a flood of new host pairs, nearly every key has one item and never gets a line),
-/// and keeps the first in 24 bytes here. What a one-item key holds, and how a second item
-/// finds it, is as in its [`DistinctWindow`] (see [`FirstSightings::observe`]).
-/// Direct-mapped: a new key takes its slot from the key that held it, which forgets its
-/// first item (counted in [`FirstSightings::replaced`]), as a full window table pushes out
-/// its least recently used key. Key 0 marks an empty slot and is never held.
+/// and keeps the first in a 24-byte slot here. What a one-item key holds, and how a second
+/// item finds it, is as in its [`DistinctWindow`] (see [`FirstSightings::observe`]).
+/// Two-way set-associative: a new key takes an empty slot of its set, else the one seen
+/// longer ago, whose key forgets its first item (counted in [`FirstSightings::replaced`]);
+/// so two keys of one set can alternate without losing theirs, a third pushes one out.
+/// Key 0 marks an empty slot and is never held.
 #[derive(Debug)]
 pub struct FirstSightings {
-    /// Three words a slot: key, item, time (µs, as `i64` bits). Zeroed memory, so that
-    /// pages are touched (and count in RSS) only once used.
+    /// Six words a set, three a slot: key, item, time (µs, as `i64` bits). Zeroed memory
+    /// (pages touched, and counted in RSS, only once used), reserved whole at the start.
     words: Vec<u64>,
     hasher: DefaultHashBuilder,
     held: usize,
     replaced: u64,
 }
 
+/// Words of a [`FirstSightings`] set.
+const FIRST_SET_WORDS: usize = 6;
+
 impl FirstSightings {
-    /// Room for `capacity` keys, rounded down to a power of two (at least one).
+    /// Room for `capacity` keys, rounded down to a power of two (at least two).
     pub fn new(capacity: usize) -> Self {
+        let sets = 1usize << (capacity / 2).max(1).ilog2();
         FirstSightings {
-            words: vec![0; 3 << capacity.max(1).ilog2()],
+            words: vec![0; FIRST_SET_WORDS * sets],
             hasher: DefaultHashBuilder::default(),
             held: 0,
             replaced: 0,
@@ -624,24 +631,24 @@ impl FirstSightings {
         self.replaced
     }
 
-    /// The slot `key` takes (tests: keys of distinct slots never replace one another).
+    /// The set `key` falls in (tests: keys of distinct sets never push one another out).
     #[cfg(test)]
-    pub(crate) fn slot_index(&self, key: u64) -> usize {
-        self.slot(key) / 3
+    pub(crate) fn set_index(&self, key: u64) -> usize {
+        self.set(key) / FIRST_SET_WORDS
     }
 
-    /// The first word of `key`'s slot.
+    /// The first word of `key`'s set.
     #[inline]
-    fn slot(&self, key: u64) -> usize {
-        let slots = self.words.len() / 3;
-        3 * ((self.hasher.hash_one(key) as usize) & (slots - 1))
+    fn set(&self, key: u64) -> usize {
+        let sets = self.words.len() / FIRST_SET_WORDS;
+        FIRST_SET_WORDS * ((self.hasher.hash_one(key) as usize) & (sets - 1))
     }
 
-    /// Prefetches `key`'s slot (see [`crate::prefetch::lines`]).
+    /// Prefetches `key`'s set (see [`crate::prefetch::lines`]).
     #[inline]
     pub fn prefetch(&self, key: u64) {
-        let i = self.slot(key);
-        if let Some(w) = self.words.get(i..i + 3) {
+        let i = self.set(key);
+        if let Some(w) = self.words.get(i..i + FIRST_SET_WORDS) {
             crate::prefetch::lines(w);
         }
     }
@@ -649,9 +656,9 @@ impl FirstSightings {
     /// Records `item` seen for `key` (not 0) at `ts_us`, as a one-item [`DistinctWindow`]
     /// would: the same item again keeps the later time (or the new one when the old is
     /// `window_us` old or more); another item replaces an item that old. Another item while
-    /// the first is recent is the key's second: the slot is emptied and the first item
+    /// the first is recent is the key's second: its slot is emptied and the first item
     /// returned with its time, for the caller's window table.
-    pub fn observe(
+    pub(crate) fn observe(
         &mut self,
         key: u64,
         item: u64,
@@ -659,10 +666,20 @@ impl FirstSightings {
         window_us: i64,
     ) -> Option<(u64, i64)> {
         debug_assert!(key != 0, "key 0 marks an empty slot");
-        let i = self.slot(key);
-        let w = self.words.get_mut(i..i + 3)?;
-        let (first, seen) = (w[1], w[2] as i64);
-        if w[0] != key {
+        let i = self.set(key);
+        let set = self.words.get_mut(i..i + FIRST_SET_WORDS)?;
+        let (a, b) = set.split_at_mut(3);
+        let w = if a[0] == key {
+            a
+        } else if b[0] == key {
+            b
+        } else {
+            // New: an empty slot, else the one seen longer ago.
+            let w = if a[0] == 0 || (b[0] != 0 && (a[2] as i64) <= (b[2] as i64)) {
+                a
+            } else {
+                b
+            };
             if w[0] == 0 {
                 self.held += 1;
             } else {
@@ -670,7 +687,8 @@ impl FirstSightings {
             }
             w.copy_from_slice(&[key, item, ts_us as u64]);
             return None;
-        }
+        };
+        let (first, seen) = (w[1], w[2] as i64);
         let recent = ts_us.saturating_sub(seen) < window_us;
         if item == first {
             w[2] = if recent { seen.max(ts_us) } else { ts_us } as u64;
@@ -798,6 +816,46 @@ impl DistinctWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two keys of one set keep their first items while they alternate; a third takes the
+    /// slot of the one seen longer ago; a second item within the window hands the first
+    /// back and frees the slot; the counts follow.
+    #[test]
+    fn first_sightings_sets_of_two() {
+        let mut f = FirstSightings::new(64);
+        let set = f.set_index(1);
+        let same: Vec<u64> = (2..100_000u64)
+            .filter(|&k| f.set_index(k) == set)
+            .take(2)
+            .collect();
+        let (a, b, c) = (1, same[0], same[1]);
+        let w = 1_000;
+        assert_eq!(f.observe(a, 7, 0, w), None);
+        assert_eq!(f.observe(b, 8, 10, w), None);
+        for t in 0..5 {
+            assert_eq!(f.observe(a, 7, 20 + t, w), None, "a's item is kept");
+            assert_eq!(f.observe(b, 8, 30 + t, w), None, "b's item is kept");
+        }
+        assert_eq!((f.len(), f.replaced()), (2, 0));
+        // a was seen last at 24, b at 34: c takes a's slot.
+        assert_eq!(f.observe(c, 9, 40, w), None);
+        assert_eq!((f.len(), f.replaced()), (2, 1));
+        assert_eq!(f.observe(b, 5, 50, w), Some((8, 34)), "b's second item");
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            f.observe(a, 6, 60, w),
+            None,
+            "a starts again: its first was forgotten"
+        );
+        assert_eq!(f.observe(a, 7, 70, w), Some((6, 60)));
+        assert_eq!(
+            f.observe(c, 9, 2_000, w),
+            None,
+            "the same item, the window passed"
+        );
+        assert_eq!(f.observe(c, 1, 2_500, w), Some((9, 2_000)));
+        assert!(f.is_empty());
+    }
     use hashbrown::HashMap;
 
     #[test]

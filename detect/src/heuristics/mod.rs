@@ -44,9 +44,9 @@
 //! `threshold` subdomain hashes), the user-agent verdict cache. Full tables forget their
 //! least recently used keys; the IPv4 scan and web-scan tables, the least recently used of
 //! the new key's set of four, which can happen before the table is full (see
-//! [`bounded::PackedMap`]); an IPv4 scan key seen with one item so far is kept in a
-//! direct-mapped table, where a new key takes the slot of the key that had it (see
-//! [`bounded::FirstSightings`]).
+//! [`bounded::PackedMap`]); an IPv4 scan key seen with one item so far is kept in a table
+//! of first sightings, sets of two, where a third key of a set takes the slot of the one
+//! seen longer ago (see [`bounded::FirstSightings`]).
 //! `tests/heuristics.rs` floods each of them.
 //!
 //! One file per family; tests beside each, end to end in `tests/heuristics.rs` and the
@@ -236,7 +236,7 @@ pub struct HeuristicsStats {
 /// Entries held by each bounded table (what the flood tests watch).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StateSizes {
-    /// Scan windows and remembered UDP flows.
+    /// Scan windows, first sightings and remembered UDP flows.
     pub scan_keys: usize,
     /// Web-scan windows.
     pub web_scan_keys: usize,

@@ -101,7 +101,7 @@ pub struct ScanState {
 }
 
 impl ScanState {
-    /// Empty windows, each table bounded by `config.max_scan_keys`.
+    /// Empty tables, each bounded by `config.max_scan_keys` (see [`ScanTable::new`]).
     pub fn new(config: &HeuristicsConfig) -> Self {
         ScanState {
             tcp: ScanTable::new(config.max_scan_keys),
@@ -339,8 +339,10 @@ fn is_scan_target(dst: IpAddr) -> bool {
 /// A scan heuristic's keys and their sliding windows: a key's [`DistinctWindow`] line is
 /// made at its second distinct item within the window; until then its one item is kept in
 /// [`FirstSightings`] (a new host pair writes 24 bytes, not a 64-byte line: under a flood of
-/// new pairs the table's cache footprint is what each one costs). IPv6 keys, and every key
-/// with a threshold of 0 (its first item alerts), go to the windows directly.
+/// new pairs the table's cache footprint is what each one costs). IPv6 keys, keys with a
+/// threshold of 0 (their first item alerts) and the packed key 0 (an empty first-sighting
+/// slot; a host pair with destination 0.0.0.0 is no scan target) go to the windows
+/// directly.
 ///
 /// [`DistinctWindow`]: super::bounded::DistinctWindow
 #[derive(Debug)]
@@ -377,8 +379,8 @@ impl<K: CompactKey<u64>> ScanTable<K> {
         }
     }
 
-    /// Adds `item` to the sliding window kept for `key` (creating it, within the table's
-    /// bound); true when the window's distinct count crosses `threshold`.
+    /// Adds `item` to what is kept for `key` (its first sighting or its window, within the
+    /// table's bounds); true when the key's distinct count crosses `threshold`.
     fn count_distinct(
         &mut self,
         key: K,
@@ -417,7 +419,7 @@ mod tests {
     /// A table keeping first sightings apart alerts exactly as one window per key does,
     /// whatever the threshold, with items repeating, windows expiring, time sometimes going
     /// back and keys coming and going (the keys in use at once never share a first-sighting
-    /// slot, and neither table pushes a key out).
+    /// set, and neither table pushes a key out); the first sightings are in use throughout.
     #[test]
     fn first_sightings_alert_as_windows_do() {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -443,7 +445,7 @@ mod tests {
                     IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | i)),
                     IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1 + (i % 4) as u8)),
                 );
-                let Some(slot) = key.compact().map(|c| table.first.slot_index(c)) else {
+                let Some(slot) = key.compact().map(|c| table.first.set_index(c)) else {
                     continue;
                 };
                 if !slots.iter().rev().take(16).any(|&s| s == slot) {
@@ -451,7 +453,7 @@ mod tests {
                     slots.push(slot);
                 }
             }
-            let (mut ts, mut alerts) = (0i64, 0);
+            let (mut ts, mut alerts, mut sightings) = (0i64, 0, 0);
             for step in 0..200_000usize {
                 let r = next();
                 let key = keys[step / 16 + (r % 8) as usize];
@@ -460,10 +462,17 @@ mod tests {
                 let want = windows
                     .get_or_insert(&key)
                     .observe(item, ts, window, threshold);
+                let before = (table.first.len(), table.windows.len());
                 let got = table.count_distinct(key, item, ts, window, threshold);
                 assert_eq!(got, want, "step {step}, threshold {threshold}");
                 alerts += usize::from(got);
+                // A first sighting recorded or moved to a window line.
+                sightings += usize::from(before != (table.first.len(), table.windows.len()));
             }
+            assert!(
+                threshold == 0 || sightings > 20_000,
+                "threshold {threshold}: {sightings} steps through the first sightings"
+            );
             assert!(
                 alerts > 100,
                 "threshold {threshold}: {alerts} alerts to compare"

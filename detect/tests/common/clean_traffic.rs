@@ -181,13 +181,13 @@ impl CleanTraffic {
     }
 }
 
-/// Flow starts of host pair `i` (198.18.x.y to 198.19.x.y, outside the population, so that
-/// the mix never comes back to it) with two items for each scan table it meets (a SYN to two
-/// service ports, UDP to two high ports): each pair gets a window line, which is what fills
-/// those tables to their bound.
+/// Flow starts of host pair `i` (below 2^17: 198.18.0.0/15 to 198.18.0.0/15, pairs the
+/// population's frames never make) with two items for each scan table it meets (a SYN to
+/// two service ports, UDP to two high ports): each pair gets a window line, which is what
+/// fills those tables to their bound.
 pub fn second_items(i: u32) -> [Vec<u8>; 4] {
-    let [_, _, a, b] = i.to_be_bytes();
-    let (src, dst) = ([198, 18, a, b], [198, 19, b, a]);
+    let [_, h, a, b] = i.to_be_bytes();
+    let (src, dst) = ([198, 18 | (h & 1), a, b], [198, 19 - (h & 1), b, a]);
     [
         tcp(src, dst, 40_000, 443, 0x02, &[]),
         tcp(src, dst, 40_001, 80, 0x02, &[]),

@@ -31,3 +31,17 @@ pub mod shared_trails;
 pub mod throttle;
 pub mod trails;
 pub mod whitelist;
+
+/// Helpers of the unit tests.
+#[cfg(test)]
+mod testing {
+    /// A xorshift64 generator from `state` (not 0): reproducible pseudo-random test input.
+    pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+}

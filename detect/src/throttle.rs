@@ -822,13 +822,7 @@ mod tests {
         let s = 1_000_000i64;
         let mut t = with_summarize_capacity(8);
         let mut out = Vec::new();
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15);
         let mut ts = 0i64;
         let n = 20_000;
         for i in 0..n {

@@ -422,13 +422,7 @@ mod tests {
     /// set, and neither table pushes a key out); the first sightings are in use throughout.
     #[test]
     fn first_sightings_alert_as_windows_do() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::testing::xorshift(0x2545_f491_4f6c_dd1d);
         for threshold in 0..4 {
             // Steps of 10 µs back or forth against a 100 µs window: items often come back
             // at exactly the window's edge, and time often goes back.

@@ -481,14 +481,12 @@ mod tests {
     #[test]
     fn newlines_match_memchr() {
         // Lengths around the 64-byte blocks, newlines at block edges and runs of them.
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15);
         for len in (0..300).chain([MAX_LINE + MAX_HEAD - 1, MAX_LINE + MAX_HEAD + 70]) {
             for density in [2u64, 7, 40] {
                 let hay: Vec<u8> = (0..len)
                     .map(|_| {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
+                        let seed = next();
                         if seed.is_multiple_of(density) {
                             b'\n'
                         } else {

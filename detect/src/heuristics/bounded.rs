@@ -410,10 +410,19 @@ impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
     pub(crate) fn get_packed(&mut self, c: E::Key) -> Option<&mut E::Value> {
         let (set, tag) = self.set_of(c);
         let rank = self.find(set, tag, c)?;
-        let m = self.meta.get_mut(set)?;
+        let way = self.refresh(set, rank);
+        self.ways.get_mut(set * WAYS + way).map(E::value_mut)
+    }
+
+    /// Makes the key at `rank` of `set` its set's most recent; its way.
+    #[inline]
+    fn refresh(&mut self, set: usize, rank: usize) -> usize {
+        let Some(m) = self.meta.get_mut(set) else {
+            return 0;
+        };
         let way = m.way(rank);
         m.make_first(rank);
-        self.ways.get_mut(set * WAYS + way).map(E::value_mut)
+        way
     }
 
     /// Prefetches the [`SetMeta`] of packed key `c`'s set only: what
@@ -488,12 +497,7 @@ impl<K: CompactKey<E::Key>, E: PackedEntry> PackedMap<K, E> {
             }
         }
         let way = match found {
-            Some(rank) => {
-                let m = &mut self.meta[set];
-                let way = m.way(rank);
-                m.make_first(rank);
-                way
-            }
+            Some(rank) => self.refresh(set, rank),
             None => self.insert(set, tag, E::new(c, E::Value::default())),
         };
         // `set` is below `sets` (see `set_of`), `way` below `WAYS`.
@@ -816,6 +820,7 @@ impl DistinctWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hashbrown::HashMap;
 
     /// Two keys of one set keep their first items while they alternate; a third takes the
     /// slot of the one seen longer ago; a second item within the window hands the first
@@ -856,7 +861,6 @@ mod tests {
         assert_eq!(f.observe(c, 1, 2_500, w), Some((9, 2_000)));
         assert!(f.is_empty());
     }
-    use hashbrown::HashMap;
 
     #[test]
     fn map_is_bounded_and_keeps_recent_keys() {

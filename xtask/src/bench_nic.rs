@@ -52,6 +52,9 @@ pub(crate) use xtrail_bench::flows::{BENCH_FLOW_PACKETS as FLOW_PACKETS, BENCH_W
 const TEMPLATES: usize = 251;
 /// Templates of the mix (prime, as above).
 const MIX_TEMPLATES: usize = 4093;
+/// The rate of the hand-off scenarios (the mix's DNS, HTTP or TLS templates alone, every
+/// packet handed to userspace): about the hand-off rate of the mix at 1M pps.
+const HANDOFF_RATE: u64 = 50_000;
 
 /// What the NIC scenarios need from the bench.
 pub struct NicInputs<'a> {
@@ -177,6 +180,43 @@ fn by_kind(background: &Traffic) -> [Vec<Vec<u8>>; 3] {
         }
     }
     out
+}
+
+/// The mix's templates that xtrail hands to userspace, by kind: DNS queries (UDP to port 53),
+/// HTTP requests (TCP, a payload starting with an upper-case letter) and TLS ClientHellos
+/// (TCP, a payload starting with a handshake record), in the mix's order.
+fn handoff_kinds(mix: &[Vec<u8>]) -> [Vec<Vec<u8>>; 3] {
+    let mut out: [Vec<Vec<u8>>; 3] = Default::default();
+    for f in mix {
+        if let Some(k) = handoff_kind(f) {
+            out[k].push(f.clone());
+        }
+    }
+    out
+}
+
+/// 0 for a DNS query, 1 for an HTTP request, 2 for a TLS ClientHello (untagged IPv4 only).
+fn handoff_kind(f: &[u8]) -> Option<usize> {
+    if f.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let l4 = 14 + usize::from(f.get(14)? & 0x0f) * 4;
+    let port = |at: usize| f.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    match *f.get(23)? {
+        17 => {
+            let payload = f.get(l4 + 8..)?;
+            (port(l4 + 2)? == 53 && payload.iter().any(|&b| b != 0)).then_some(0)
+        }
+        6 => {
+            let payload = f.get(l4 + usize::from(f.get(l4 + 12)? >> 4) * 4..)?;
+            match payload.first()? {
+                b'A'..=b'Z' => Some(1),
+                0x16 => Some(2),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 /// The sensor's XDP program id on its interface (from iproute2's JSON), if one is attached.
@@ -308,6 +348,9 @@ struct Scenario<'a> {
     pcap: PathBuf,
     frames: &'a [Vec<u8>],
     items: &'a [scenario::Item],
+    /// The deliveries and rates it runs at.
+    deliveries: &'static [&'static str],
+    rates: &'a [u64],
 }
 
 /// Sends one run's traffic; returns (sent, seconds).
@@ -564,13 +607,23 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
     );
     let [udp, ack, syn] = by_kind(inp.background);
     let mix_frames: Vec<Vec<u8>> = inp.mix.frames.iter().take(MIX_TEMPLATES).cloned().collect();
+    let [dns, http, tls] = handoff_kinds(&mix_frames);
+    let rates: &[u64] = if inp.peer.is_some() {
+        &[PEER_RATE, 500_000, 1_000_000]
+    } else {
+        &[500_000, 1_000_000]
+    };
     let mut scenarios = Vec::new();
-    for (name, frames, items) in [
-        ("udp", &udp[..], &[][..]),
-        ("tcp-ack", &ack[..], &[][..]),
-        ("tcp-syn", &syn[..], &[][..]),
-        ("mix", &mix_frames[..], &inp.mix.items[..]),
+    for (name, frames, items, handoff) in [
+        ("udp", &udp[..], &[][..], false),
+        ("tcp-ack", &ack[..], &[][..], false),
+        ("tcp-syn", &syn[..], &[][..], false),
+        ("mix", &mix_frames[..], &inp.mix.items[..], false),
+        ("dns", &dns[..], &[][..], true),
+        ("http", &http[..], &[][..], true),
+        ("tls", &tls[..], &[][..], true),
     ] {
+        anyhow::ensure!(!frames.is_empty(), "bench: nic: no {name} templates");
         let pcap = inp.tmp.join(format!("nic-{name}.pcap"));
         write_pcap(&pcap, frames)?;
         scenarios.push(Scenario {
@@ -578,13 +631,15 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
             pcap,
             frames,
             items,
+            // The hand-off scenarios: NIC-like delivery at one rate.
+            deliveries: if handoff {
+                &["nic"]
+            } else {
+                &["nic", "afpacket"]
+            },
+            rates: if handoff { &[HANDOFF_RATE] } else { rates },
         });
     }
-    let rates: &[u64] = if inp.peer.is_some() {
-        &[PEER_RATE, 500_000, 1_000_000]
-    } else {
-        &[500_000, 1_000_000]
-    };
     let (seconds, rounds) = if inp.quick {
         (1.0, 1)
     } else {
@@ -628,7 +683,8 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
         .flat_map(|delivery| {
             scenarios
                 .iter()
-                .flat_map(move |sc| rates.iter().map(move |&rate| (delivery, sc, rate)))
+                .filter(move |sc| sc.deliveries.contains(&delivery))
+                .flat_map(move |sc| sc.rates.iter().map(move |&rate| (delivery, sc, rate)))
         })
         .collect();
     let mut raw: Vec<NicRun> = Vec::new();
@@ -965,7 +1021,7 @@ fn nicgen_stdout(
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg, paced, from CPU 0. Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (all-zero payload) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow. GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has --nic-rounds rounds (default 3; --quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round and runs backwards every other round). kernel.bpf_stats_enabled=0 during these runs (written and read back) (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (its CPU-time clock, clock_getcpuclockid: ns, not /proc's 10 ms ticks), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the generator's own CPU (NIC-like: the xtrail-nicgen process, a waited-for child, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program and the stack included, in softirq in its context; AF_PACKET: the sending thread's RUSAGE_THREAD, its sendmmsg calls likewise), the bench's other waited-for children (the ip commands every run's samples use, sensor or not), the ksoftirqd threads and the sensor process tree (CPU-time clocks, exact to the ns; nic runs before 2026-12-04 used /proc's 10 ms ticks: up to 10 ns a packet per process at 1M packets, 100 ns at the 50k rate's 100,000; other work on the machine, the bench's own sampling and settling included, is not counted). The irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice. The path CPU is read last before the send and first after it. Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. sent and delivered are means over the rounds. xdp_ns_per_run and xdp_runs: a separate pass after the rounds for the sensors with an XDP program (xtrail, xdp-drop), 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program; bpf_stats' own clock reads included: see the xdp-drop rows). Recall: scored in the first round, on the events a sensor wrote from the send to the sample. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps; the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_ns - noop_ns is one array map read per packet (the trail-set selector the two-set keys added).";
+const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg, paced, from CPU 0. Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (all-zero payload) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow. Scenarios udp, tcp-ack, tcp-syn (251 background templates each) and mix (4,093 templates) run on both deliveries at every rate; dns, http and tls (the mix's templates of that kind alone: every packet is handed to userspace, so the sensor process's CPU per packet is the live cost of a hand-off with its flow start, wake-ups and ring reads included) run NIC-like at 50k pps only. GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has --nic-rounds rounds (default 3; --quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round and runs backwards every other round). kernel.bpf_stats_enabled=0 during these runs (written and read back) (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (its CPU-time clock, clock_getcpuclockid: ns, not /proc's 10 ms ticks), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the generator's own CPU (NIC-like: the xtrail-nicgen process, a waited-for child, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program and the stack included, in softirq in its context; AF_PACKET: the sending thread's RUSAGE_THREAD, its sendmmsg calls likewise), the bench's other waited-for children (the ip commands every run's samples use, sensor or not), the ksoftirqd threads and the sensor process tree (CPU-time clocks, exact to the ns; nic runs before 2026-12-04 used /proc's 10 ms ticks: up to 10 ns a packet per process at 1M packets, 100 ns at the 50k rate's 100,000; other work on the machine, the bench's own sampling and settling included, is not counted). The irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice. The path CPU is read last before the send and first after it. Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. sent and delivered are means over the rounds. xdp_ns_per_run and xdp_runs: a separate pass after the rounds for the sensors with an XDP program (xtrail, xdp-drop), 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program; bpf_stats' own clock reads included: see the xdp-drop rows). Recall: scored in the first round, on the events a sensor wrote from the send to the sample. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps; the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_ns - noop_ns is one array map read per packet (the trail-set selector the two-set keys added).";
 
 /// Each xtrail run with the `--peer` run of the same delivery, traffic and rate.
 fn peer_pairs(runs: &[NicRun]) -> Vec<(&NicRun, &NicRun)> {
@@ -1196,6 +1252,33 @@ fn write(
             ));
         }
     }
+    let handoffs: Vec<String> = ["dns", "http", "tls"]
+        .into_iter()
+        .filter_map(|kind| {
+            let process = |sensor: &str, mode: &str| {
+                runs.iter()
+                    .find(|r| r.scenario == kind && r.sensor == sensor && r.mode == mode)
+                    .map(|r| r.process_ns_per_packet)
+                    .filter(|x| x.is_finite())
+            };
+            let x = process("xtrail", "inline")?;
+            Some(match process("peer", "capture") {
+                Some(p) => format!("{kind} {x:.0} (peer {p:.0})"),
+                None => format!("{kind} {x:.0}"),
+            })
+        })
+        .collect();
+    if !handoffs.is_empty() {
+        let line = format!(
+            "- Hand-offs live: the mix's DNS, HTTP or TLS templates alone, NIC-like delivery at {}k pps (every packet handed to userspace), the xtrail inline sensor process's CPU per packet (ns): {} (goal ≤ 300; bench/results/nic.md).",
+            HANDOFF_RATE / 1000,
+            handoffs.join(", ")
+        );
+        md.push('\n');
+        md.push_str(&line);
+        md.push('\n');
+        summary.push(line);
+    }
     if !pairs.is_empty() {
         md.push_str("\nxtrail against `--peer` (");
         md.push_str(&inp.peer.unwrap_or_default().replace('|', "\\|"));
@@ -1352,6 +1435,25 @@ mod tests {
         assert_eq!(x.path_ns_per_packet, 1100.0);
         let none = rows.iter().find(|r| r.sensor == "none").unwrap();
         assert_eq!(none.added_path_ns_per_packet, None);
+    }
+
+    #[test]
+    fn handoff_kinds_are_the_mix_classes() {
+        let picks = scenario::TrailPicks {
+            ips: vec!["203.0.113.7".parse().unwrap()],
+            domains: vec!["evil.example".into()],
+            urls: vec![("evil.example".into(), "/gate.php".into())],
+        };
+        let mix = scenario::mix(7, MIX_TEMPLATES, &picks, 0.05, &|_| false);
+        let kinds = handoff_kinds(&mix.frames);
+        let counts = kinds.each_ref().map(Vec::len);
+        assert_eq!(counts, [mix.classes[1], mix.classes[2], mix.classes[3]]);
+        assert!(counts.iter().all(|&n| n > 50), "{counts:?}");
+        // Background and IP-trail frames are not hand-offs; nor is anything cut short.
+        assert_eq!(handoff_kind(&[0u8; 20]), None);
+        let dns = &kinds[0][0];
+        assert_eq!(handoff_kind(&dns[..dns.len() - 1]), Some(0));
+        assert_eq!(handoff_kind(&dns[..30]), None);
     }
 
     #[test]

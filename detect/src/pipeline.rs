@@ -33,7 +33,7 @@ use crate::heuristics::{
     FlowStart, HeuristicsConfig, HeuristicsError, MaltrailHeuristics, UaPatterns,
 };
 use crate::packet::PacketError;
-use crate::process::{syn_hit_reported, Processor, ProcessorConfig, ProcessorStats};
+use crate::process::{syn_hit_reported, Addresses, Processor, ProcessorConfig, ProcessorStats};
 use crate::shared_trails::SharedTrails;
 use crate::throttle::{Throttle, ThrottleConfig, ThrottleStats};
 use crate::trails::TrailSet;
@@ -529,7 +529,30 @@ impl Detector {
         frame: &[u8],
         out: &mut dyn FnMut(Event),
     ) -> Result<(), PacketError> {
-        self.refresh_trails();
+        self.frame_with(ts_us, linktype, iface, frame, Addresses::Unchecked, out)
+    }
+
+    /// The trail set in use (after [`Detector::refresh_trails`]): a capture that says a
+    /// frame's [`Addresses`] are clean says it of this set.
+    pub fn trails(&self) -> &Arc<TrailSet> {
+        self.processor.trails()
+    }
+
+    /// [`Detector::frame`] for a frame whose `addresses` the capture looked up in the set
+    /// in use, [`Detector::trails`] (call [`Detector::refresh_trails`] first: this call
+    /// does not take a newer set).
+    pub fn frame_with(
+        &mut self,
+        ts_us: i64,
+        linktype: u32,
+        iface: Option<&str>,
+        frame: &[u8],
+        addresses: Addresses,
+        out: &mut dyn FnMut(Event),
+    ) -> Result<(), PacketError> {
+        if addresses == Addresses::Unchecked {
+            self.refresh_trails();
+        }
         let Detector {
             processor,
             throttle,
@@ -539,7 +562,7 @@ impl Detector {
             ..
         } = self;
         let mut out = |ev: Event| stamp(trail_set_version, ev, out);
-        processor.process_frame(ts_us, linktype, frame, &mut |mut ev: Event| {
+        processor.process_frame_with(ts_us, linktype, frame, addresses, &mut |mut ev: Event| {
             if let Some(i) = iface {
                 ev.iface = Some(i.to_string());
             }

@@ -50,7 +50,7 @@ use crate::protocols::reassembly::{
     CryptoReassembler, Flight, FlowKey, HelloReassembler, ReassemblyStats,
 };
 use crate::protocols::{dns, http, quic, tls};
-use crate::trails::{DomainMatch, IpMatchKind, Label, LabelId, TrailSet, UrlCandidates};
+use crate::trails::{DomainMatch, IpMatch, IpMatchKind, Label, LabelId, TrailSet, UrlCandidates};
 use crate::whitelist::Whitelist;
 
 /// Slots of the duplicate-SYN table (direct-mapped: a collision only forgets an older SYN).
@@ -129,6 +129,19 @@ pub struct ProcessorStats {
     /// DNS query names, HTTP hosts and TLS/QUIC server names answered from the verdicts of
     /// names seen clean before.
     pub name_verdict_hits: u64,
+}
+
+/// What the capture already knows of a frame's addresses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Addresses {
+    /// Nothing: the pipeline looks both up in the address trails.
+    #[default]
+    Unchecked,
+    /// Both were looked up in the very trail set the pipeline uses (the destination with
+    /// its port, the source with its port, each as an IP:port, an address and a CIDR trail:
+    /// the live XDP program's lookups) and neither is a trail: the pipeline does not look
+    /// them up again.
+    Clean,
 }
 
 /// What one packet is, for building its events.
@@ -402,6 +415,11 @@ impl Processor {
         }
     }
 
+    /// The trail set in use.
+    pub fn trails(&self) -> &Arc<TrailSet> {
+        &self.trails
+    }
+
     /// Swaps in a new trail set (trail updates); the next packet uses it.
     pub fn set_trails(&mut self, trails: Arc<TrailSet>) {
         if let Some(h) = self.heuristics.as_deref_mut() {
@@ -441,10 +459,22 @@ impl Processor {
         frame: &[u8],
         out: &mut dyn FnMut(Event),
     ) -> Result<(), PacketError> {
+        self.process_frame_with(ts_us, linktype, frame, Addresses::Unchecked, out)
+    }
+
+    /// [`Processor::process_frame`] for a frame whose `addresses` the capture checked.
+    pub fn process_frame_with(
+        &mut self,
+        ts_us: i64,
+        linktype: u32,
+        frame: &[u8],
+        addresses: Addresses,
+        out: &mut dyn FnMut(Event),
+    ) -> Result<(), PacketError> {
         self.stats.packets += 1;
         match packet::parse(linktype, frame) {
             Ok(pkt) => {
-                self.process_packet(ts_us, &pkt, out);
+                self.process_packet_with(ts_us, &pkt, addresses, out);
                 Ok(())
             }
             Err(e) => {
@@ -459,6 +489,17 @@ impl Processor {
 
     /// Runs an already parsed packet through the pipeline.
     pub fn process_packet(&mut self, ts_us: i64, pkt: &Packet<'_>, out: &mut dyn FnMut(Event)) {
+        self.process_packet_with(ts_us, pkt, Addresses::Unchecked, out);
+    }
+
+    /// [`Processor::process_packet`] for a packet whose `addresses` the capture checked.
+    pub fn process_packet_with(
+        &mut self,
+        ts_us: i64,
+        pkt: &Packet<'_>,
+        addresses: Addresses,
+        out: &mut dyn FnMut(Event),
+    ) {
         let (src_port, dst_port) = pkt.ports();
         // Field-by-field borrows: nothing is cloned or allocated per packet.
         let ctx = PacketContext {
@@ -484,6 +525,7 @@ impl Processor {
         let mut hold = |e: Event| held.push(e);
         let mut run = Run {
             trails: &self.trails,
+            addresses_clean: addresses == Addresses::Clean,
             whitelist: &self.whitelist,
             stats: &mut self.stats,
             out: if packet_hook { &mut hold } else { &mut *out },
@@ -600,6 +642,8 @@ impl Processor {
 /// The state one packet's checks borrow.
 struct Run<'p, 'o> {
     trails: &'p TrailSet,
+    /// Neither address is an address trail of `trails` (the capture looked them up).
+    addresses_clean: bool,
     whitelist: &'p Whitelist,
     stats: &'p mut ProcessorStats,
     out: &'o mut dyn FnMut(Event),
@@ -617,6 +661,15 @@ impl Run<'_, '_> {
 
     fn label(&self, id: LabelId) -> &Label {
         self.trails.label(id)
+    }
+
+    /// `addr` (one of the packet's, with its own port or none) in the address trails; not
+    /// looked up again when the capture found both addresses clean.
+    fn ip_lookup(&self, addr: IpAddr, port: Option<u16>) -> Option<IpMatch> {
+        if self.addresses_clean {
+            return None;
+        }
+        self.trails.ip.lookup(addr, port)
     }
 
     /// `name`'s whitelist verdict and domain trail hit
@@ -638,8 +691,7 @@ impl Run<'_, '_> {
 
     /// A connection attempt: destination trail, else source trail (Maltrail's label rules).
     fn tcp_syn(&mut self, ctx: &PacketContext<'_>) {
-        let ip = &self.trails.ip;
-        if let Some(m) = ip.lookup(ctx.dst, Some(ctx.dst_port)) {
+        if let Some(m) = self.ip_lookup(ctx.dst, Some(ctx.dst_port)) {
             let info = &self.label(m.label).info;
             if !syn_hit_reported(info, true, ctx.dst_port, ctx.dst.is_loopback()) {
                 return;
@@ -647,7 +699,7 @@ impl Run<'_, '_> {
             let (kind, trail) = Self::ip_trail(ctx.dst, ctx.dst_port, m.kind);
             let e = ctx.labelled(kind, trail, self.label(m.label), Details::default());
             self.emit(e);
-        } else if let Some(m) = ip.lookup(ctx.src, Some(ctx.src_port)) {
+        } else if let Some(m) = self.ip_lookup(ctx.src, Some(ctx.src_port)) {
             let info = &self.label(m.label).info;
             if !syn_hit_reported(info, false, ctx.dst_port, ctx.dst.is_loopback()) {
                 return;
@@ -660,13 +712,12 @@ impl Run<'_, '_> {
 
     /// Address check for UDP (with ports), ICMP echo requests and other protocols (without).
     fn addresses(&mut self, ctx: &PacketContext<'_>, with_ports: bool) {
-        let ip = &self.trails.ip;
         let port = |p: u16| with_ports.then_some(p);
-        let hit = ip
-            .lookup(ctx.dst, port(ctx.dst_port))
+        let hit = self
+            .ip_lookup(ctx.dst, port(ctx.dst_port))
             .map(|m| (ctx.dst, ctx.dst_port, m))
             .or_else(|| {
-                ip.lookup(ctx.src, port(ctx.src_port))
+                self.ip_lookup(ctx.src, port(ctx.src_port))
                     .map(|m| (ctx.src, ctx.src_port, m))
             });
         if let Some((addr, p, m)) = hit {
@@ -775,8 +826,7 @@ impl Run<'_, '_> {
             ..Details::default()
         };
         if q.qtype != dns::TYPE_PTR && q.qtype != dns::TYPE_AAAA && q.qclass == dns::CLASS_IN {
-            let ip = &self.trails.ip;
-            if let Some(m) = ip.lookup(ctx.dst, Some(ctx.dst_port)) {
+            if let Some(m) = self.ip_lookup(ctx.dst, Some(ctx.dst_port)) {
                 let label = self.label(m.label);
                 let is_resolver_port =
                     m.kind == IpMatchKind::IpPort && label.info.contains("resolver");
@@ -789,7 +839,7 @@ impl Run<'_, '_> {
                     let e = ctx.labelled(kind, format!("{} ({name})", ctx.dst), label, details());
                     self.emit(e);
                 }
-            } else if let Some(m) = ip.lookup(ctx.src, None) {
+            } else if let Some(m) = self.ip_lookup(ctx.src, None) {
                 let e = ctx.labelled(
                     EventType::Ip,
                     ctx.src.to_string(),
@@ -910,7 +960,7 @@ impl Run<'_, '_> {
         if let Some(h) = header_host {
             let starts_alpha = h.as_bytes().first().is_some_and(u8::is_ascii_alphabetic);
             let dst_hit = if starts_alpha {
-                self.trails.ip.lookup(ctx.dst, None)
+                self.ip_lookup(ctx.dst, None)
             } else {
                 None
             };

@@ -3,7 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use xtrail_common::{
-    action, side, trail_kind, FlowRecord, HitRecord, PayloadHeader, PAYLOAD_CAP, PAYLOAD_HEADER_LEN,
+    action, addr_check, side, trail_kind, FlowRecord, HitRecord, PayloadHeader, PAYLOAD_CAP,
+    PAYLOAD_HEADER_LEN,
 };
 use xtrail_detect::event::{
     clear_for_reuse, decimal, push_proto_name, set_str, Action, Details, Event, EventType, IpText,
@@ -201,6 +202,9 @@ pub struct Handoff<'a> {
     pub pkt_len: u32,
     /// One of `xtrail_common::handoff`.
     pub kind: u8,
+    /// The trail set in whose maps the XDP program found neither address
+    /// (`xtrail_common::addr_check`), if it says so.
+    pub clean_in: Option<u8>,
     /// The frame's first bytes, Ethernet header first.
     pub frame: &'a [u8],
 }
@@ -218,6 +222,7 @@ pub fn parse_payload(item: &[u8]) -> Option<Handoff<'_>> {
         ifindex: h.ifindex,
         pkt_len: h.pkt_len,
         kind: h.kind,
+        clean_in: (h.addrs & addr_check::CLEAN != 0).then_some(h.addrs & addr_check::SET),
         frame,
     })
 }
@@ -234,7 +239,8 @@ mod tests {
             pkt_len: 1500,
             cap_len,
             kind: xtrail_common::handoff::DNS,
-            _pad: [0; 7],
+            addrs: addr_check::CLEAN | 1,
+            _pad: [0; 6],
         };
         // SAFETY: PayloadHeader is plain old data.
         let bytes: [u8; PAYLOAD_HEADER_LEN] = unsafe { std::mem::transmute(h) };
@@ -336,7 +342,14 @@ mod tests {
         let h = parse_payload(&rec).unwrap();
         assert_eq!((h.ts_ns, h.ifindex, h.pkt_len), (42, 7, 1500));
         assert_eq!(h.kind, xtrail_common::handoff::DNS);
+        assert_eq!(h.clean_in, Some(1));
         assert_eq!(h.frame, &frame[..]);
+        // The address verdict's byte: unknown, or clean in set 0.
+        let mut rec = rec;
+        rec[25] = addr_check::UNKNOWN;
+        assert_eq!(parse_payload(&rec).unwrap().clean_in, None);
+        rec[25] = addr_check::CLEAN;
+        assert_eq!(parse_payload(&rec).unwrap().clean_in, Some(0));
     }
 
     #[test]

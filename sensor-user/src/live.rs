@@ -14,7 +14,7 @@ use xtrail_common::{config_flags, side, HitRecord};
 use xtrail_detect::event::{set_str, Event};
 use xtrail_detect::heuristics::{FlowStart, HeuristicsConfig, UaPatterns};
 use xtrail_detect::pipeline::{Detector, DetectorConfig, FloodConfig, KernelHit};
-use xtrail_detect::process::ProcessorConfig;
+use xtrail_detect::process::{Addresses, ProcessorConfig};
 use xtrail_detect::shared_trails::{SharedTrails, VersionedTrails};
 use xtrail_detect::throttle::ThrottleConfig;
 use xtrail_detect::trails::TrailSet;
@@ -253,13 +253,42 @@ impl LiveSummary {
 /// Link type of the frames the XDP program copies (Ethernet).
 const LINKTYPE_ETHERNET: u32 = 1;
 
+/// The userspace trail set behind each kernel map set, as the live loop read them (once a
+/// wake-up): a hand-off whose addresses the XDP program found clean in the set the detector
+/// uses is not looked up again.
+#[derive(Debug, Default)]
+pub struct MapSets([Option<Arc<TrailSet>>; 2]);
+
+impl MapSets {
+    /// The sets `hit_sets` holds now.
+    pub fn read(hit_sets: &HitSets) -> Self {
+        MapSets([0, 1].map(|i| hit_sets.get(i).map(|s| Arc::clone(&s.trails))))
+    }
+
+    /// Map set `index` holds `trails` (for callers without a `HitSets`).
+    pub fn with(index: u8, trails: Arc<TrailSet>) -> Self {
+        let mut sets = MapSets::default();
+        sets.0[usize::from(index & 1)] = Some(trails);
+        sets
+    }
+
+    /// Whether a record found clean in map set `index` is clean for `detector`'s set.
+    fn vouch(&self, index: Option<u8>, detector: &Detector) -> bool {
+        index
+            .and_then(|i| self.0[usize::from(i & 1)].as_ref())
+            .is_some_and(|t| Arc::ptr_eq(t, detector.trails()))
+    }
+}
+
 /// Runs one `PAYLOADS` record's frame through the detector, in place; false for a malformed
-/// record. Allocates nothing itself (the detector allocates nothing per clean frame after
-/// warm-up: `tests/handoff_no_alloc.rs`).
+/// record. The frame's addresses are not looked up again when the XDP program found both
+/// clean in the set the detector uses (`sets`). Allocates nothing itself (the detector
+/// allocates nothing per clean frame after warm-up: `tests/handoff_no_alloc.rs`).
 pub fn hand_over<'n>(
     item: &[u8],
     clock: &Clock,
     ifname: &impl Fn(u32) -> Option<&'n str>,
+    sets: &MapSets,
     detector: &mut Detector,
     out: &mut impl FnMut(Event),
 ) -> bool {
@@ -267,8 +296,16 @@ pub fn hand_over<'n>(
         return false;
     };
     let ts_us = clock.to_unix_us(h.ts_ns);
+    // The set the frame meets, taken before it is compared with the kernel's.
+    detector.refresh_trails();
+    let addresses = if sets.vouch(h.clean_in, detector) {
+        Addresses::Clean
+    } else {
+        Addresses::Unchecked
+    };
     // A frame the parser rejects is counted by the detector (`parse_errors`).
-    let _ = detector.frame(ts_us, LINKTYPE_ETHERNET, ifname(h.ifindex), h.frame, out);
+    let iface = ifname(h.ifindex);
+    let _ = detector.frame_with(ts_us, LINKTYPE_ETHERNET, iface, h.frame, addresses, out);
     true
 }
 
@@ -719,9 +756,10 @@ pub fn run(
         }
         // Every record pending is read per wake-up; each frame is parsed where it lies in the
         // ring (no copy, no allocation here) and its slot released when the item drops.
+        let sets = MapSets::read(&hit_sets);
         while let Some(item) = payloads.next() {
             read = true;
-            if hand_over(&item, &clock, &ifname, &mut detector, &mut out) {
+            if hand_over(&item, &clock, &ifname, &sets, &mut detector, &mut out) {
                 summary.payloads += 1;
             } else {
                 summary.malformed_records += 1;

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use xtrail_bench::frames::{chrome_client_hello, dns_query, tcp_flags, v4, Frame};
 use xtrail_common::{
-    action, handoff, side, trail_kind, HitRecord, PayloadHeader, PAYLOAD_CAP, PAYLOAD_HEADER_LEN,
+    action, addr_check, handoff, side, trail_kind, HitRecord, PayloadHeader, PAYLOAD_CAP,
+    PAYLOAD_HEADER_LEN,
 };
 use xtrail_detect::event::Event;
 use xtrail_detect::heuristics::{HeuristicsConfig, UaPatterns};
@@ -23,7 +24,7 @@ use xtrail_detect::throttle::ThrottleConfig;
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
 use xtrail_sensor::hits::{parse_payload, Clock};
-use xtrail_sensor::live::{hand_over, Hit};
+use xtrail_sensor::live::{hand_over, Hit, MapSets};
 
 struct Counting;
 
@@ -58,8 +59,9 @@ fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
 }
 
-/// A `PAYLOADS` record as the XDP program writes it: header, then the frame's first bytes.
-fn record(kind: u8, frame: &[u8]) -> Vec<u8> {
+/// A `PAYLOADS` record as the XDP program writes it: header (`addrs` its address verdict),
+/// then the frame's first bytes.
+fn record_with(kind: u8, frame: &[u8], addrs: u8) -> Vec<u8> {
     let cap = frame.len().min(PAYLOAD_CAP);
     let h = PayloadHeader {
         ts_ns: 1_000_000_000,
@@ -68,7 +70,8 @@ fn record(kind: u8, frame: &[u8]) -> Vec<u8> {
         pkt_len: frame.len() as u32,
         cap_len: cap as u32,
         kind,
-        _pad: [0; 7],
+        addrs,
+        _pad: [0; 6],
     };
     // SAFETY: PayloadHeader is plain old data without padding.
     let head: [u8; PAYLOAD_HEADER_LEN] = unsafe { std::mem::transmute(h) };
@@ -79,15 +82,26 @@ fn record(kind: u8, frame: &[u8]) -> Vec<u8> {
 
 #[test]
 fn the_live_hand_off_path_allocates_nothing_per_record() {
-    let (_, mut detector) = live_detector(
+    let (trails, mut detector) = live_detector(
         "handoff",
         "66.66.66.66,malware (test),(test)\nbad-domain.example,malware (test),(test)\n",
     );
     // Clean DNS queries, HTTP requests and ClientHellos of 64 clients and names.
     let server = v4("198.18.200.1");
     let mut records = Vec::new();
+    // Half the clients' records say the XDP program found their addresses clean in map set
+    // 0, which holds the detector's set: those are not looked up again.
+    let sets = MapSets::with(0, trails);
     for i in 0..64u16 {
         let me = v4(&format!("198.18.0.{}", 10 + i));
+        let record = |kind, frame: &[u8]| {
+            let addrs = if i % 2 == 0 {
+                addr_check::CLEAN
+            } else {
+                addr_check::UNKNOWN
+            };
+            record_with(kind, frame, addrs)
+        };
         let name = format!("www.clean-{i}.example.net");
         let dns = Frame::udp(me, 40000 + i, server, 53, &dns_query(i, &name, 1)).build();
         records.push(record(handoff::DNS, &dns));
@@ -111,9 +125,14 @@ fn the_live_hand_off_path_allocates_nothing_per_record() {
     // Warm-up: every flow and name seen a few times.
     for _ in 0..4 {
         for r in &records {
-            assert!(hand_over(r, &clock, &ifname, &mut detector, &mut |e| {
-                pending.push(e)
-            }));
+            assert!(hand_over(
+                r,
+                &clock,
+                &ifname,
+                &sets,
+                &mut detector,
+                &mut |e| { pending.push(e) }
+            ));
         }
     }
     assert!(pending.is_empty(), "clean traffic: {:?}", pending.first());
@@ -122,9 +141,14 @@ fn the_live_hand_off_path_allocates_nothing_per_record() {
     let mut handed = 0u64;
     for _ in 0..50 {
         for r in &records {
-            handed += u64::from(hand_over(r, &clock, &ifname, &mut detector, &mut |e| {
-                pending.push(e)
-            }));
+            handed += u64::from(hand_over(
+                r,
+                &clock,
+                &ifname,
+                &sets,
+                &mut detector,
+                &mut |e| pending.push(e),
+            ));
         }
     }
     let allocated = allocations() - before;
@@ -149,10 +173,60 @@ fn the_live_hand_off_path_allocates_nothing_per_record() {
         &short,
         &clock,
         &ifname,
+        &sets,
         &mut detector,
         &mut |e| pending.push(e)
     ));
     assert_eq!(allocations() - before, 0);
+}
+
+/// A hand-off's addresses are taken as clean only when its record says the XDP program found
+/// them clean in the map set that holds the detector's very set: a DNS query to a resolver
+/// listed as a trail is reported unless the record vouches for it in that set.
+#[test]
+fn hand_off_addresses_are_vouched_for_only_in_the_detectors_set() {
+    let csv = "66.66.66.66,malware (test),(test)\n";
+    let (trails, mut detector) = live_detector("vouch", csv);
+    let (other, _) = live_detector("vouch-other", csv);
+    let clock = Clock::now();
+    let ifname = |_: u32| Some("eth0");
+    let resolver = v4("66.66.66.66");
+    let cases = [
+        // (the record's verdict, the sets as the live loop read them, reported)
+        (addr_check::UNKNOWN, MapSets::with(0, trails.clone()), true),
+        (addr_check::CLEAN, MapSets::with(0, trails.clone()), false),
+        (
+            addr_check::CLEAN | 1,
+            MapSets::with(0, trails.clone()),
+            true,
+        ),
+        (
+            addr_check::CLEAN | 1,
+            MapSets::with(1, trails.clone()),
+            false,
+        ),
+        (addr_check::CLEAN, MapSets::with(0, other), true),
+        (addr_check::CLEAN, MapSets::default(), true),
+    ];
+    for (i, (addrs, sets, reported)) in cases.into_iter().enumerate() {
+        // A client of its own per case: the throttle keeps each case's event.
+        let me = v4(&format!("198.18.7.{}", 10 + i));
+        let query = dns_query(i as u16, "www.example.net", 1);
+        let frame = Frame::udp(me, 40000, resolver, 53, &query).build();
+        let mut events = Vec::new();
+        assert!(hand_over(
+            &record_with(handoff::DNS, &frame, addrs),
+            &clock,
+            &ifname,
+            &sets,
+            &mut detector,
+            &mut |e| events.push(e)
+        ));
+        assert_eq!(events.len(), usize::from(reported), "case {i}: {events:?}");
+        if let Some(e) = events.first() {
+            assert_eq!(e.trail, "66.66.66.66 (www.example.net)", "case {i}");
+        }
+    }
 }
 
 /// The trails of `csv` and a detector on them set up as the live sensor's (heuristics,

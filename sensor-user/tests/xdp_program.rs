@@ -827,6 +827,44 @@ fn port_53_without_a_dns_message_is_reported_as_ip() {
     assert_eq!((ev[0].trail.as_str(), ev[0].dst_port), ("66.66.66.66", 53));
 }
 
+/// A hand-off record says whether both its addresses were looked up clean, and in which
+/// set (userspace then does not look them up again); a hand-off with a trail on either side,
+/// by address, CIDR or IP:port, says nothing.
+#[test]
+fn hand_offs_say_whether_their_addresses_are_clean() {
+    privileged!();
+    let mut h = Harness::inline();
+    let mut ring = h.sensor.take_payloads().expect("payload ring");
+    let me = v4(CLEAN);
+    let query = dns_query(11, "www.clean-name.net", 1);
+    let dns = |src: IpAddr, dst: IpAddr| Frame::udp(src, 40300, dst, 53, &query);
+    let hello = chrome_client_hello("www.clean-name.net");
+    let tls = |src: IpAddr, dst: IpAddr, port: u16| {
+        Frame::tcp(src, 40400, dst, port, tcp_flags::ACK | tcp_flags::PSH).with_payload(&hello)
+    };
+    let cases = [
+        (dns(me, v4("198.18.9.9")), true),
+        (dns(me, v4(TRAIL_V4)), false),
+        (dns(v4("203.0.113.9"), v4("198.18.9.9")), false),
+        (tls(v6("fd00::1"), v6("fd00::9"), 443), true),
+        (tls(v6("fd00::1"), v6(TRAIL_V6), 8443), false),
+        // In the CIDR trail 2001:db8::/32.
+        (tls(v6("fd00::1"), v6(CLEAN_V6), 443), false),
+        (tls(me, v4("6.6.6.6"), 8443), false),
+        (tls(me, v4("6.6.6.6"), 443), true),
+    ];
+    for (frame, _) in &cases {
+        h.run(frame);
+    }
+    let mut got = Vec::new();
+    while let Some(item) = ring.next() {
+        let rec = xtrail_sensor::hits::parse_payload(&item).expect("a whole payload record");
+        got.push(rec.clean_in);
+    }
+    let want: Vec<Option<u8>> = cases.iter().map(|(_, c)| c.then_some(0)).collect();
+    assert_eq!(got, want);
+}
+
 /// Sets the TCP sequence number of an IPv4 frame without options (checksum left stale:
 /// neither the XDP program nor the parsers check it).
 fn with_seq(mut frame: Vec<u8>, seq: u32) -> Vec<u8> {

@@ -153,6 +153,19 @@ pub mod handoff {
     pub const TLS_CONTINUATION: u8 = 5;
 }
 
+/// [`PayloadHeader::addrs`]: what the XDP program's address lookups found for the frame.
+pub mod addr_check {
+    /// Not said (a frame from an AF_XDP socket, or an older program): userspace looks the
+    /// addresses up itself.
+    pub const UNKNOWN: u8 = 0;
+    /// Set with the trail set's index in bit 0: both addresses were looked up in that set
+    /// (the destination with its port, the source with its port, each as an IP:port, an
+    /// address and a CIDR trail) and neither is a trail.
+    pub const CLEAN: u8 = 0x80;
+    /// The trail set's index when [`CLEAN`] is set.
+    pub const SET: u8 = 1;
+}
+
 /// Bounds of the XDP program's `TLS_FLOWS` map, which remembers TCP flows whose ClientHello
 /// record is longer than its first segment so that their next segments are handed over too;
 /// userspace reassembles with the same bounds (`xtrail_detect::protocols::reassembly`).
@@ -573,7 +586,9 @@ pub struct PayloadHeader {
     pub cap_len: u32,
     /// One of [`handoff`].
     pub kind: u8,
-    pub _pad: [u8; 7],
+    /// See [`addr_check`].
+    pub addrs: u8,
+    pub _pad: [u8; 6],
 }
 
 /// Bytes of [`PayloadHeader`]: the frame starts at this offset of a `PAYLOADS` record.

@@ -24,10 +24,10 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use parse::Packet;
 use xtrail_common::{
-    action, config_flags, handoff, mode, side, stat, tls_flow, trail_kind, trail_set, trail_table,
-    wake, Config, FlowBatch, FlowRecord, HitRecord, IpPortKey, PayloadHeader, PayloadRecord,
-    PerCpuStats, SuppressKey, TrailKey4, TrailKey6, FLOW_BATCH, FLOW_CACHE_SLOTS, HTTP_PORT_WORDS,
-    PAYLOAD_CAP, PREFILTER_SET_WORDS, PREFILTER_WORDS, XSK_MAX_IFACES,
+    action, addr_check, config_flags, handoff, mode, side, stat, tls_flow, trail_kind, trail_set,
+    trail_table, wake, Config, FlowBatch, FlowRecord, HitRecord, IpPortKey, PayloadHeader,
+    PayloadRecord, PerCpuStats, SuppressKey, TrailKey4, TrailKey6, FLOW_BATCH, FLOW_CACHE_SLOTS,
+    HTTP_PORT_WORDS, PAYLOAD_CAP, PREFILTER_SET_WORDS, PREFILTER_WORDS, XSK_MAX_IFACES,
 };
 
 /// Runtime configuration (element 0).
@@ -424,7 +424,13 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32, stats: Stats) -> u32 {
         if let Some(kind) = classify(ctx, pkt, cfg, stats, state) {
             // Through map memory: the verifier then walks on from the call once, not once per
             // constant `hand_off` returns (39,469 instructions verified, 43,789 without).
-            let v = hand_off(ctx, cfg, kind, stats);
+            // Both addresses looked up and clean: userspace need not look them up again.
+            let addrs = if hit.is_none() && !pkt.fragment {
+                addr_check::CLEAN | ((set & trail_set::INDEX) as u8 & addr_check::SET)
+            } else {
+                addr_check::UNKNOWN
+            };
+            let v = hand_off(ctx, cfg, kind, addrs, stats);
             let v = parse::forget(&mut state.scratch, u64::from(v)) as u32;
             if v != NOT_HANDED_OFF {
                 if cfg.mode == mode::MIRROR {
@@ -835,7 +841,7 @@ const NOT_HANDED_OFF: u32 = u32::MAX;
 /// memory, and its pointer would be a sixth argument where a BPF function takes five).
 /// A separate BPF function: verified once, not once per path through `process`.
 #[inline(never)]
-fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, stats: Stats) -> u32 {
+fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, addrs: u8, stats: Stats) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     if cfg.mode == mode::MIRROR && cfg.flags & config_flags::XSK != 0 {
         let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
@@ -875,7 +881,8 @@ fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, stats: Stats) -> u32 {
         pkt_len: len as u32,
         cap_len: n,
         kind,
-        _pad: [0; 7],
+        addrs,
+        _pad: [0; 6],
     };
     if !reserve_class(ctx, &header, n, wake_shift(cfg, wake::PAYLOADS)) {
         stats.add(stat::HANDOFF_FAILED, 1);
@@ -949,14 +956,14 @@ fn write_header(to: &mut PayloadHeader, header: &PayloadHeader, n: u32) {
     to.pkt_len = header.pkt_len;
     to.cap_len = n;
     to.kind = header.kind;
+    to.addrs = header.addrs;
     let pad = to._pad.as_mut_ptr();
-    // SAFETY: `_pad` is bytes 25 to 31 of an 8-aligned header: a byte at 25, a 2-aligned
-    // u16 at 26 and a 4-aligned u32 at 28, all inside it; volatile so that LLVM does not
-    // merge them back into a `memset`.
+    // SAFETY: `_pad` is bytes 26 to 31 of an 8-aligned header: a 2-aligned u16 at 26 and a
+    // 4-aligned u32 at 28, both inside it; volatile so that LLVM does not merge them back
+    // into a `memset`.
     unsafe {
-        core::ptr::write_volatile(pad, 0u8);
-        core::ptr::write_volatile(pad.add(1).cast::<u16>(), 0);
-        core::ptr::write_volatile(pad.add(3).cast::<u32>(), 0);
+        core::ptr::write_volatile(pad.cast::<u16>(), 0);
+        core::ptr::write_volatile(pad.add(2).cast::<u32>(), 0);
     }
 }
 

@@ -253,30 +253,41 @@ impl LiveSummary {
 /// Link type of the frames the XDP program copies (Ethernet).
 const LINKTYPE_ETHERNET: u32 = 1;
 
-/// The userspace trail set behind each kernel map set, as the live loop read them (once a
-/// wake-up): a hand-off whose addresses the XDP program found clean in the set the detector
-/// uses is not looked up again.
-#[derive(Debug, Default)]
-pub struct MapSets([Option<Arc<TrailSet>>; 2]);
+/// The kernel map set that holds the detector's trail set, as the live loop read it (once a
+/// wake-up, after `Detector::refresh_trails`): a hand-off whose addresses the XDP program
+/// found clean in that map set is not looked up again. No set is held here (a reload's old
+/// set is freed where it was).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MapSets {
+    index: Option<u8>,
+    /// The detector's set when read: a newer one vouches for nothing until read again.
+    generation: u64,
+}
 
 impl MapSets {
-    /// The sets `hit_sets` holds now.
-    pub fn read(hit_sets: &HitSets) -> Self {
-        MapSets([0, 1].map(|i| hit_sets.get(i).map(|s| Arc::clone(&s.trails))))
+    /// The map set of `hit_sets` that holds `detector`'s set, unless records of the set it
+    /// held before may still be unread ([`HitSets::fresh`]).
+    pub fn read(hit_sets: &HitSets, detector: &Detector) -> Self {
+        let index = (0..2u8).find(|&i| {
+            hit_sets.fresh(i)
+                && hit_sets
+                    .get(i)
+                    .is_some_and(|s| Arc::ptr_eq(&s.trails, detector.trails()))
+        });
+        MapSets::holding(index, detector)
     }
 
-    /// Map set `index` holds `trails` (for callers without a `HitSets`).
-    pub fn with(index: u8, trails: Arc<TrailSet>) -> Self {
-        let mut sets = MapSets::default();
-        sets.0[usize::from(index & 1)] = Some(trails);
-        sets
+    /// Map set `index` holds `detector`'s set (`None`: neither does).
+    pub fn holding(index: Option<u8>, detector: &Detector) -> Self {
+        MapSets {
+            index,
+            generation: detector.trail_set_generation(),
+        }
     }
 
     /// Whether a record found clean in map set `index` is clean for `detector`'s set.
     fn vouch(&self, index: Option<u8>, detector: &Detector) -> bool {
-        index
-            .and_then(|i| self.0[usize::from(i & 1)].as_ref())
-            .is_some_and(|t| Arc::ptr_eq(t, detector.trails()))
+        index.is_some() && index == self.index && self.generation == detector.trail_set_generation()
     }
 }
 
@@ -756,7 +767,8 @@ pub fn run(
         }
         // Every record pending is read per wake-up; each frame is parsed where it lies in the
         // ring (no copy, no allocation here) and its slot released when the item drops.
-        let sets = MapSets::read(&hit_sets);
+        detector.refresh_trails();
+        let sets = MapSets::read(&hit_sets, &detector);
         while let Some(item) = payloads.next() {
             read = true;
             if hand_over(&item, &clock, &ifname, &sets, &mut detector, &mut out) {

@@ -169,6 +169,11 @@ fn stamp(sources: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
 pub struct HitSets {
     slots: [ArcSwapOption<VersionedTrails>; 2],
     drains: AtomicU64,
+    /// Per map set, the drain count from which every record of its index the live loop
+    /// reads was made against the set it holds now: the records of a set the kernel
+    /// switched away from at drain count `d` are all read by drain `d + 2`, even when a
+    /// reload stopped waiting for that (a live loop stalled for seconds).
+    fresh_from: [AtomicU64; 2],
 }
 
 impl HitSets {
@@ -191,6 +196,20 @@ impl HitSets {
     /// The live loop read every ring buffer empty once more.
     pub fn drained(&self) {
         self.drains.fetch_add(1, Ordering::Release);
+    }
+
+    /// The kernel no longer uses map set `index` (its records made so far are stale once
+    /// the set is refilled).
+    pub fn switched_away(&self, index: u8) {
+        let d = self.drains.load(Ordering::Acquire);
+        self.fresh_from[usize::from(index & 1)].store(d + 2, Ordering::Release);
+    }
+
+    /// Whether every record of map set `index` still unread was made against the set it
+    /// holds now ([`HitSets::switched_away`]).
+    pub fn fresh(&self, index: u8) -> bool {
+        self.drains.load(Ordering::Acquire)
+            >= self.fresh_from[usize::from(index & 1)].load(Ordering::Acquire)
     }
 
     /// Waits (bounded) until the live loop drained twice more: every record written before
@@ -574,6 +593,7 @@ impl Worker {
         self.shared.store(Arc::clone(&next));
         drop(current);
         self.kernel.select(to, flags)?;
+        self.hits.switched_away(from);
         let live = load_started.elapsed();
         self.stats.set_version(&next.version);
         let version = next.version.clone();
@@ -601,5 +621,25 @@ impl Worker {
             live.as_secs_f64(),
             clear_started.elapsed().as_secs_f64()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A map set the kernel switched away from vouches for its records only after the live
+    /// loop drained twice since: until then records of the set it held may be unread.
+    #[test]
+    fn a_set_switched_away_from_is_fresh_after_two_drains() {
+        let sets = HitSets::default();
+        assert!(sets.fresh(0) && sets.fresh(1));
+        sets.drained();
+        sets.switched_away(1);
+        assert!(sets.fresh(0) && !sets.fresh(1));
+        sets.drained();
+        assert!(!sets.fresh(1));
+        sets.drained();
+        assert!(sets.fresh(1) && sets.fresh(0));
     }
 }

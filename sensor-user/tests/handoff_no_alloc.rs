@@ -19,12 +19,13 @@ use xtrail_detect::event::Event;
 use xtrail_detect::heuristics::{HeuristicsConfig, UaPatterns};
 use xtrail_detect::pipeline::{Detector, DetectorConfig, FloodConfig};
 use xtrail_detect::process::ProcessorConfig;
-use xtrail_detect::shared_trails::VersionedTrails;
+use xtrail_detect::shared_trails::{SharedTrails, VersionedTrails};
 use xtrail_detect::throttle::ThrottleConfig;
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
 use xtrail_sensor::hits::{parse_payload, Clock};
 use xtrail_sensor::live::{hand_over, Hit, MapSets};
+use xtrail_sensor::reload::HitSets;
 
 struct Counting;
 
@@ -91,7 +92,8 @@ fn the_live_hand_off_path_allocates_nothing_per_record() {
     let mut records = Vec::new();
     // Half the clients' records say the XDP program found their addresses clean in map set
     // 0, which holds the detector's set: those are not looked up again.
-    let sets = MapSets::with(0, trails);
+    let hit_sets = HitSets::new(Arc::new(VersionedTrails::new("t", trails)));
+    let sets = MapSets::read(&hit_sets, &detector);
     for i in 0..64u16 {
         let me = v4(&format!("198.18.0.{}", 10 + i));
         let record = |kind, frame: &[u8]| {
@@ -191,22 +193,23 @@ fn hand_off_addresses_are_vouched_for_only_in_the_detectors_set() {
     let clock = Clock::now();
     let ifname = |_: u32| Some("eth0");
     let resolver = v4("66.66.66.66");
+    let in_set_0 = |t: &Arc<TrailSet>, d: &Detector| {
+        let hit_sets = HitSets::new(Arc::new(VersionedTrails::new("t", Arc::clone(t))));
+        MapSets::read(&hit_sets, d)
+    };
     let cases = [
-        // (the record's verdict, the sets as the live loop read them, reported)
-        (addr_check::UNKNOWN, MapSets::with(0, trails.clone()), true),
-        (addr_check::CLEAN, MapSets::with(0, trails.clone()), false),
+        // (the record's verdict, the map set holding the detector's set, reported)
+        (addr_check::UNKNOWN, in_set_0(&trails, &detector), true),
+        (addr_check::CLEAN, in_set_0(&trails, &detector), false),
+        (addr_check::CLEAN | 1, in_set_0(&trails, &detector), true),
         (
             addr_check::CLEAN | 1,
-            MapSets::with(0, trails.clone()),
-            true,
-        ),
-        (
-            addr_check::CLEAN | 1,
-            MapSets::with(1, trails.clone()),
+            MapSets::holding(Some(1), &detector),
             false,
         ),
-        (addr_check::CLEAN, MapSets::with(0, other), true),
-        (addr_check::CLEAN, MapSets::default(), true),
+        // Map set 0 holds another set (a reload's), or none does.
+        (addr_check::CLEAN, in_set_0(&other, &detector), true),
+        (addr_check::CLEAN, MapSets::holding(None, &detector), true),
     ];
     for (i, (addrs, sets, reported)) in cases.into_iter().enumerate() {
         // A client of its own per case: the throttle keeps each case's event.
@@ -227,6 +230,40 @@ fn hand_off_addresses_are_vouched_for_only_in_the_detectors_set() {
             assert_eq!(e.trail, "66.66.66.66 (www.example.net)", "case {i}");
         }
     }
+}
+
+/// A set the detector takes between the wake-up's read and a record (a reload published
+/// mid-batch) vouches for nothing: the record's addresses are looked up in it.
+#[test]
+fn a_set_taken_mid_batch_is_not_vouched_for() {
+    let csv = "66.66.66.66,malware (test),(test)\n";
+    let (trails, mut detector) = live_detector("midbatch", csv);
+    let (next, _) = live_detector("midbatch-next", csv);
+    let first = Arc::new(VersionedTrails::new("v1", trails));
+    let shared = SharedTrails::new(Arc::clone(&first));
+    detector.follow(shared.clone());
+    let sets = MapSets::read(&HitSets::new(first), &detector);
+    shared.store(Arc::new(VersionedTrails::new("v2", next)));
+    let frame = Frame::udp(
+        v4("198.18.7.99"),
+        40000,
+        v4("66.66.66.66"),
+        53,
+        &dns_query(1, "www.example.net", 1),
+    )
+    .build();
+    let mut events = Vec::new();
+    let ifname = |_: u32| Some("eth0");
+    assert!(hand_over(
+        &record_with(handoff::DNS, &frame, addr_check::CLEAN),
+        &Clock::now(),
+        &ifname,
+        &sets,
+        &mut detector,
+        &mut |e| events.push(e)
+    ));
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].trail_set_version, "v2");
 }
 
 /// The trails of `csv` and a detector on them set up as the live sensor's (heuristics,

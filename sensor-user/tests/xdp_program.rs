@@ -852,6 +852,19 @@ fn hand_offs_say_whether_their_addresses_are_clean() {
         (tls(v6("fd00::1"), v6(CLEAN_V6), 443), false),
         (tls(me, v4("6.6.6.6"), 8443), false),
         (tls(me, v4("6.6.6.6"), 443), true),
+        // The source's IP:port trail (its own port), and an IPv4-mapped IPv6 trail address.
+        (
+            Frame::tcp(
+                v4("6.6.6.6"),
+                8443,
+                me,
+                443,
+                tcp_flags::ACK | tcp_flags::PSH,
+            )
+            .with_payload(&hello),
+            false,
+        ),
+        (tls(v6("fd00::1"), v6("::ffff:66.66.66.66"), 443), false),
     ];
     for (frame, _) in &cases {
         h.run(frame);

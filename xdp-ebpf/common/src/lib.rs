@@ -155,8 +155,9 @@ pub mod handoff {
 
 /// [`PayloadHeader::addrs`]: what the XDP program's address lookups found for the frame.
 pub mod addr_check {
-    /// Not said (a frame from an AF_XDP socket, or an older program): userspace looks the
-    /// addresses up itself.
+    /// Not said (an address is a trail, the frame is a fragment, or an older program wrote
+    /// the record): userspace looks the addresses up itself, as for AF_XDP frames (which
+    /// carry no header).
     pub const UNKNOWN: u8 = 0;
     /// Set with the trail set's index in bit 0: both addresses were looked up in that set
     /// (the destination with its port, the source with its port, each as an IP:port, an

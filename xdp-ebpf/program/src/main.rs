@@ -946,7 +946,7 @@ fn reserve_in<const N: usize>(
 }
 
 /// `*to = *header` with `cap_len` `n`, field by field: the copy of a whole header compiles
-/// to a call to a byte-wise `memset` for the seven zero bytes of `_pad` (a BPF call and a
+/// to a call to a byte-wise `memset` for the six zero bytes of `_pad` (a BPF call and a
 /// return, ~10 ns per hand-off where returns go through a return thunk).
 #[inline(always)]
 fn write_header(to: &mut PayloadHeader, header: &PayloadHeader, n: u32) {

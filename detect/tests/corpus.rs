@@ -14,6 +14,9 @@ use std::sync::Arc;
 
 use xtrail_detect::event::Format;
 use xtrail_detect::heuristics::UaPatterns;
+use xtrail_detect::packet;
+use xtrail_detect::pcap;
+use xtrail_detect::process::{Addresses, Processor, ProcessorConfig};
 use xtrail_detect::replay::{replay, ReplayOptions};
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
@@ -45,6 +48,13 @@ fn corpus_dir() -> Option<PathBuf> {
     }
     eprintln!("corpus not found at {}: skipping", dir.display());
     None
+}
+
+/// The corpus's trail file, loaded.
+fn corpus_trails(dir: &Path) -> Arc<TrailSet> {
+    Arc::new(
+        TrailSet::load(&[dir.join("trails.csv")], &LoadOptions::default()).expect("trails load"),
+    )
 }
 
 struct Outcome {
@@ -106,9 +116,7 @@ fn maltrail_corpus() {
         &std::fs::read_to_string(dir.join("manifest.json")).expect("manifest readable"),
     )
     .expect("manifest is JSON");
-    let trails = Arc::new(
-        TrailSet::load(&[dir.join("trails.csv")], &LoadOptions::default()).expect("trails load"),
-    );
+    let trails = corpus_trails(&dir);
     let wl_path = shared_data().join("data/whitelist.txt");
     let wl = Arc::new(if wl_path.is_file() {
         Whitelist::load(&wl_path).expect("whitelist loads")
@@ -180,9 +188,7 @@ fn maltrail_corpus() {
 #[test]
 fn duplicate_syns_collapse_to_one_event_per_second() {
     let Some(dir) = corpus_dir() else { return };
-    let trails = Arc::new(
-        TrailSet::load(&[dir.join("trails.csv")], &LoadOptions::default()).expect("trails load"),
-    );
+    let trails = corpus_trails(&dir);
     let wl = Arc::new(Whitelist::empty());
     let out = run_case(&dir, &trails, &wl, "duplicate_syn.pcap");
     // Five identical SYNs in one second, then three in three separate seconds.
@@ -190,4 +196,61 @@ fn duplicate_syns_collapse_to_one_event_per_second() {
     let out = run_case(&dir, &trails, &wl, "dns_same_socket_burst.pcap");
     assert_eq!(out.lines.len(), 1, "{:?}", out.lines);
     assert!(out.lines[0].contains(" UDP DNS evil-test-domain.com "));
+}
+
+/// Issue 12: a live hand-off whose addresses the XDP program found clean is not looked up
+/// again (`Addresses::Clean`). Every frame of the corpus whose two addresses are clean (as
+/// the XDP program looks them up: each with its own port as an IP:port, an address and a
+/// CIDR trail) raises the same events with `Addresses::Clean` as without it.
+#[test]
+fn frames_with_clean_addresses_raise_the_same_events_unchecked() {
+    let Some(dir) = corpus_dir() else { return };
+    let trails = corpus_trails(&dir);
+    let wl = Arc::new(Whitelist::empty());
+    let processor = || {
+        Processor::new(
+            Arc::clone(&trails),
+            Arc::clone(&wl),
+            ProcessorConfig::with_sensor("t"),
+        )
+    };
+    let (mut checked, mut unchecked) = (processor(), processor());
+    let (mut clean, mut frames) = (0usize, 0usize);
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let mut pcaps: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("corpus readable")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "pcap"))
+        .collect();
+    pcaps.sort();
+    assert!(pcaps.len() >= 20, "{pcaps:?}");
+    for path in &pcaps {
+        let mut reader = pcap::open(path).expect("pcap opens");
+        while let Some(p) = reader.next_packet().expect("pcap reads") {
+            let linktype = p.linktype;
+            let Ok(pkt) = packet::parse(linktype, p.data) else {
+                continue;
+            };
+            let (sport, dport) = pkt.ports();
+            let ip = &trails.ip;
+            let addresses = if ip.lookup(pkt.dst, Some(dport)).is_none()
+                && ip.lookup(pkt.src, Some(sport)).is_none()
+            {
+                clean += 1;
+                Addresses::Clean
+            } else {
+                Addresses::Unchecked
+            };
+            frames += 1;
+            let _ = checked
+                .process_frame_with(p.ts_us, linktype, p.data, addresses, &mut |e| with.push(e));
+            let _ = unchecked.process_frame(p.ts_us, linktype, p.data, &mut |e| without.push(e));
+        }
+    }
+    assert!(
+        clean > 0 && clean < frames,
+        "{clean} of {frames} frames clean"
+    );
+    assert!(!with.is_empty());
+    assert_eq!(with, without);
 }

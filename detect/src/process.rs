@@ -129,6 +129,9 @@ pub struct ProcessorStats {
     /// DNS query names, HTTP hosts and TLS/QUIC server names answered from the verdicts of
     /// names seen clean before.
     pub name_verdict_hits: u64,
+    /// Frames whose addresses the capture found clean in the set in use
+    /// ([`Addresses::Clean`]): not looked up again.
+    pub addresses_vouched: u64,
 }
 
 /// What the capture already knows of a frame's addresses.
@@ -472,6 +475,7 @@ impl Processor {
         out: &mut dyn FnMut(Event),
     ) -> Result<(), PacketError> {
         self.stats.packets += 1;
+        self.stats.addresses_vouched += u64::from(addresses == Addresses::Clean);
         match packet::parse(linktype, frame) {
             Ok(pkt) => {
                 self.process_packet_with(ts_us, &pkt, addresses, out);

@@ -130,7 +130,7 @@ pub fn render(s: &Sample<'_>) -> String {
     let u = s.summary;
     let d = s.detector;
     let pr = &d.processor;
-    let counters: [(&str, &str, u64); 37] = [
+    let counters: [(&str, &str, u64); 38] = [
         (
             "payloads",
             "Ring-buffer packet copies read (inline mode)",
@@ -198,6 +198,11 @@ pub fn render(s: &Sample<'_>) -> String {
             "name_verdict_hits",
             "Names answered from the verdicts of names seen clean before",
             pr.name_verdict_hits,
+        ),
+        (
+            "addresses_vouched",
+            "Hand-offs whose addresses the XDP program found clean in the detector's set",
+            pr.addresses_vouched,
         ),
         (
             "duplicate_syns",

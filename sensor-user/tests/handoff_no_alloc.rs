@@ -212,6 +212,7 @@ fn hand_off_addresses_are_vouched_for_only_in_the_detectors_set() {
         (addr_check::CLEAN, MapSets::holding(None, &detector), true),
     ];
     for (i, (addrs, sets, reported)) in cases.into_iter().enumerate() {
+        let before = detector.stats().processor.addresses_vouched;
         // A client of its own per case: the throttle keeps each case's event.
         let me = v4(&format!("198.18.7.{}", 10 + i));
         let query = dns_query(i as u16, "www.example.net", 1);
@@ -225,7 +226,10 @@ fn hand_off_addresses_are_vouched_for_only_in_the_detectors_set() {
             &mut detector,
             &mut |e| events.push(e)
         ));
+        let vouched = detector.stats().processor.addresses_vouched - before;
         assert_eq!(events.len(), usize::from(reported), "case {i}: {events:?}");
+        // Counted where the lookups were skipped.
+        assert_eq!(vouched, u64::from(!reported), "case {i}");
         if let Some(e) = events.first() {
             assert_eq!(e.trail, "66.66.66.66 (www.example.net)", "case {i}");
         }

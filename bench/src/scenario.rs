@@ -36,13 +36,41 @@ pub struct Item {
     pub needle: String,
 }
 
+/// What a scenario's frame is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// TCP or UDP without payload to a clean address.
+    Background,
+    /// A DNS query.
+    Dns,
+    /// An HTTP request.
+    Http,
+    /// A TLS ClientHello.
+    Tls,
+    /// A SYN to an IP trail.
+    IpTrail,
+}
+
 /// A scenario's frames and the malicious items among them.
 #[derive(Clone, Debug, Default)]
 pub struct Traffic {
     pub frames: Vec<Vec<u8>>,
     pub items: Vec<Item>,
-    /// Frames per class: background, dns, http, tls, ip-trail.
-    pub classes: [usize; 5],
+    /// Each frame's class, in the frames' order.
+    pub classes: Vec<Class>,
+}
+
+impl Traffic {
+    /// The first `n` frames that are of `class`, in order.
+    pub fn first_of(&self, n: usize, class: Class) -> Vec<Vec<u8>> {
+        self.frames
+            .iter()
+            .zip(&self.classes)
+            .take(n)
+            .filter(|(_, c)| **c == class)
+            .map(|(f, _)| f.clone())
+            .collect()
+    }
 }
 
 fn client(rng: &mut Rng) -> IpAddr {
@@ -171,7 +199,7 @@ pub fn background_only(seed: u64, n: usize, is_trail: &dyn Fn(Ipv4Addr) -> bool)
     let mut rng = Rng::new(seed);
     let frames: Vec<Vec<u8>> = (0..n).map(|_| background(&mut rng, is_trail)).collect();
     Traffic {
-        classes: [n, 0, 0, 0, 0],
+        classes: vec![Class::Background; n],
         frames,
         items: Vec::new(),
     }
@@ -195,10 +223,10 @@ pub fn mix(
         let src = client(&mut rng);
         let sport = 1024 + rng.below(60000) as u16;
         let frame = if r < 700 {
-            t.classes[0] += 1;
+            t.classes.push(Class::Background);
             background(&mut rng, is_trail)
         } else if r < 850 {
-            t.classes[1] += 1;
+            t.classes.push(Class::Dns);
             let resolver = clean_server(&mut rng, is_trail);
             let name = if rng.chance(malicious_share) && d < picks.domains.len() {
                 let base = &picks.domains[d];
@@ -222,7 +250,7 @@ pub fn mix(
             };
             Frame::udp(src, sport, resolver, 53, &dns_query(i as u16, &name, 1)).build()
         } else if r < 950 {
-            t.classes[2] += 1;
+            t.classes.push(Class::Http);
             let server = clean_server(&mut rng, is_trail);
             let (host, path) = if rng.chance(malicious_share) && u < picks.urls.len() {
                 let (h, p) = picks.urls[u].clone();
@@ -243,7 +271,7 @@ pub fn mix(
                 .with_payload(req.as_bytes())
                 .build()
         } else if r < 980 {
-            t.classes[3] += 1;
+            t.classes.push(Class::Tls);
             let server = clean_server(&mut rng, is_trail);
             let sni = if rng.chance(malicious_share) && d < picks.domains.len() {
                 let name = picks.domains[d].clone();
@@ -259,19 +287,19 @@ pub fn mix(
             Frame::tcp(src, sport, server, 443, tcp_flags::PSH | tcp_flags::ACK)
                 .with_payload(&tls_client_hello(&sni))
                 .build()
+        } else if ip < picks.ips.len() {
+            t.classes.push(Class::IpTrail);
+            let a = picks.ips[ip];
+            ip += 1;
+            t.items.push(Item {
+                kind: ItemKind::Ip,
+                needle: a.to_string(),
+            });
+            Frame::syn(src, sport, IpAddr::V4(a), 443).build()
         } else {
-            t.classes[4] += 1;
-            if ip < picks.ips.len() {
-                let a = picks.ips[ip];
-                ip += 1;
-                t.items.push(Item {
-                    kind: ItemKind::Ip,
-                    needle: a.to_string(),
-                });
-                Frame::syn(src, sport, IpAddr::V4(a), 443).build()
-            } else {
-                background(&mut rng, is_trail)
-            }
+            // The IP trails drawn are used up: background instead.
+            t.classes.push(Class::Background);
+            background(&mut rng, is_trail)
         };
         t.frames.push(frame);
     }
@@ -294,12 +322,45 @@ pub fn storm(seed: u64, n: usize, picks: &TrailPicks) -> Traffic {
             443,
         );
         t.frames.push(f.build());
+        t.classes.push(Class::IpTrail);
     }
-    t.classes[4] = n;
     t
 }
 
 /// Whether an event's trail text satisfies an item.
 pub fn matches(item: &Item, trail: &str) -> bool {
     trail.contains(&item.needle) || trail.replace(['(', ')'], "").contains(&item.needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each frame of the mix carries its class: DNS queries to port 53, HTTP requests, TLS
+    /// handshake records, SYNs to the IP trails drawn, background otherwise.
+    #[test]
+    fn the_mix_says_each_frames_class() {
+        let picks = TrailPicks {
+            ips: vec![Ipv4Addr::new(203, 0, 113, 7)],
+            domains: vec!["evil.example".into()],
+            urls: vec![("evil.example".into(), "/gate.php".into())],
+        };
+        let mix = mix(7, 4093, &picks, 0.05, &|_| false);
+        assert_eq!(mix.classes.len(), mix.frames.len());
+        let udp_payload = |f: &[u8]| f[42..].to_vec();
+        let tcp_payload = |f: &[u8]| f[54..].to_vec();
+        let mut seen = [0usize; 5];
+        for (f, c) in mix.frames.iter().zip(&mix.classes) {
+            let (proto, dport) = (f[23], u16::from_be_bytes([f[36], f[37]]));
+            match c {
+                Class::Dns => assert!(proto == 17 && dport == 53 && udp_payload(f)[5] == 1),
+                Class::Http => assert!(proto == 6 && tcp_payload(f).starts_with(b"GET ")),
+                Class::Tls => assert!(proto == 6 && tcp_payload(f).first() == Some(&0x16)),
+                Class::IpTrail => assert_eq!(f[30..34], [203, 0, 113, 7]),
+                Class::Background => assert!(f[34..].len() < 60),
+            }
+            seen[*c as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
+    }
 }

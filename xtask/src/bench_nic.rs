@@ -25,7 +25,7 @@ use xtrail_bench::flows::FlowFrames;
 use xtrail_bench::frames::{tcp_flags, v4, Frame};
 use xtrail_bench::gen;
 use xtrail_bench::netns::{in_ns, Injector, VethPair};
-use xtrail_bench::scenario::{self, Traffic};
+use xtrail_bench::scenario::{self, Class, Traffic};
 
 use crate::bench::{
     busy_ticks, proc_cpu_ns, settle, start_sensor, stop_child, tick_ns, tree_cpu_ns, Other,
@@ -180,43 +180,6 @@ fn by_kind(background: &Traffic) -> [Vec<Vec<u8>>; 3] {
         }
     }
     out
-}
-
-/// The mix's templates that xtrail hands to userspace, by kind: DNS queries (UDP to port 53),
-/// HTTP requests (TCP, a payload starting with an upper-case letter) and TLS ClientHellos
-/// (TCP, a payload starting with a handshake record), in the mix's order.
-fn handoff_kinds(mix: &[Vec<u8>]) -> [Vec<Vec<u8>>; 3] {
-    let mut out: [Vec<Vec<u8>>; 3] = Default::default();
-    for f in mix {
-        if let Some(k) = handoff_kind(f) {
-            out[k].push(f.clone());
-        }
-    }
-    out
-}
-
-/// 0 for a DNS query, 1 for an HTTP request, 2 for a TLS ClientHello (untagged IPv4 only).
-fn handoff_kind(f: &[u8]) -> Option<usize> {
-    if f.get(12..14)? != [0x08, 0x00] {
-        return None;
-    }
-    let l4 = 14 + usize::from(f.get(14)? & 0x0f) * 4;
-    let port = |at: usize| f.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
-    match *f.get(23)? {
-        17 => {
-            let payload = f.get(l4 + 8..)?;
-            (port(l4 + 2)? == 53 && payload.iter().any(|&b| b != 0)).then_some(0)
-        }
-        6 => {
-            let payload = f.get(l4 + usize::from(f.get(l4 + 12)? >> 4) * 4..)?;
-            match payload.first()? {
-                b'A'..=b'Z' => Some(1),
-                0x16 => Some(2),
-                _ => None,
-            }
-        }
-        _ => None,
-    }
 }
 
 /// The sensor's XDP program id on its interface (from iproute2's JSON), if one is attached.
@@ -607,7 +570,9 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
     );
     let [udp, ack, syn] = by_kind(inp.background);
     let mix_frames: Vec<Vec<u8>> = inp.mix.frames.iter().take(MIX_TEMPLATES).cloned().collect();
-    let [dns, http, tls] = handoff_kinds(&mix_frames);
+    // The mix's templates that xtrail hands to userspace, by kind.
+    let [dns, http, tls] =
+        [Class::Dns, Class::Http, Class::Tls].map(|c| inp.mix.first_of(MIX_TEMPLATES, c));
     let rates: &[u64] = if inp.peer.is_some() {
         &[PEER_RATE, 500_000, 1_000_000]
     } else {
@@ -1435,25 +1400,6 @@ mod tests {
         assert_eq!(x.path_ns_per_packet, 1100.0);
         let none = rows.iter().find(|r| r.sensor == "none").unwrap();
         assert_eq!(none.added_path_ns_per_packet, None);
-    }
-
-    #[test]
-    fn handoff_kinds_are_the_mix_classes() {
-        let picks = scenario::TrailPicks {
-            ips: vec!["203.0.113.7".parse().unwrap()],
-            domains: vec!["evil.example".into()],
-            urls: vec![("evil.example".into(), "/gate.php".into())],
-        };
-        let mix = scenario::mix(7, MIX_TEMPLATES, &picks, 0.05, &|_| false);
-        let kinds = handoff_kinds(&mix.frames);
-        let counts = kinds.each_ref().map(Vec::len);
-        assert_eq!(counts, [mix.classes[1], mix.classes[2], mix.classes[3]]);
-        assert!(counts.iter().all(|&n| n > 50), "{counts:?}");
-        // Background and IP-trail frames are not hand-offs; nor is anything cut short.
-        assert_eq!(handoff_kind(&[0u8; 20]), None);
-        let dns = &kinds[0][0];
-        assert_eq!(handoff_kind(&dns[..dns.len() - 1]), Some(0));
-        assert_eq!(handoff_kind(&dns[..30]), None);
     }
 
     #[test]

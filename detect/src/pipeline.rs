@@ -529,6 +529,7 @@ impl Detector {
         frame: &[u8],
         out: &mut dyn FnMut(Event),
     ) -> Result<(), PacketError> {
+        self.refresh_trails();
         self.frame_with(ts_us, linktype, iface, frame, Addresses::Unchecked, out)
     }
 
@@ -539,8 +540,8 @@ impl Detector {
     }
 
     /// [`Detector::frame`] for a frame whose `addresses` the capture looked up in the set
-    /// in use, [`Detector::trails`] (call [`Detector::refresh_trails`] first: this call
-    /// does not take a newer set).
+    /// in use, [`Detector::trails`]; it does not take a newer set (call
+    /// [`Detector::refresh_trails`] first).
     pub fn frame_with(
         &mut self,
         ts_us: i64,
@@ -550,9 +551,6 @@ impl Detector {
         addresses: Addresses,
         out: &mut dyn FnMut(Event),
     ) -> Result<(), PacketError> {
-        if addresses == Addresses::Unchecked {
-            self.refresh_trails();
-        }
         let Detector {
             processor,
             throttle,

@@ -497,7 +497,7 @@ impl Processor {
     }
 
     /// [`Processor::process_packet`] for a packet whose `addresses` the capture checked.
-    pub fn process_packet_with(
+    fn process_packet_with(
         &mut self,
         ts_us: i64,
         pkt: &Packet<'_>,

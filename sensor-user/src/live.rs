@@ -257,7 +257,7 @@ const LINKTYPE_ETHERNET: u32 = 1;
 /// wake-up, after `Detector::refresh_trails`): a hand-off whose addresses the XDP program
 /// found clean in that map set is not looked up again. No set is held here (a reload's old
 /// set is freed where it was).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct MapSets {
     index: Option<u8>,
     /// The detector's set when read: a newer one vouches for nothing until read again.

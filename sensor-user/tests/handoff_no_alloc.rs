@@ -162,6 +162,8 @@ fn the_live_hand_off_path_allocates_nothing_per_record() {
     assert_eq!(now.dns_messages - seen.dns_messages, 50 * 64);
     assert_eq!(now.http_requests - seen.http_requests, 50 * 64);
     assert_eq!(now.tls_client_hellos - seen.tls_client_hellos, 50 * 64);
+    // Half of them on the path that skips the address lookups.
+    assert_eq!(now.addresses_vouched - seen.addresses_vouched, handed / 2);
     assert_eq!(
         allocated, 0,
         "{allocated} allocations over {handed} hand-offs"

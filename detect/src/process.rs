@@ -920,69 +920,6 @@ impl Run<'_, '_> {
             _ => None,
         }
         .filter(|h| !h.is_empty());
-        // The Host name's whitelist verdict, asked once: the heuristics, the domain check and
-        // the URL check all need it.
-        // With the domain check on, the verdict and the trail hit come from one pass.
-        let (header_whitelisted, header_hit) = match header_host {
-            Some(h) if self.check_host_domains => self.lookup_name(h),
-            Some(h) => (self.whitelist.is_domain_whitelisted(h), None),
-            None => (false, None),
-        };
-        if let Some(heur) = self.heuristics.as_deref_mut() {
-            let text = host_text.as_deref();
-            // The verdict is the name's when the text is the name (no trailing dot).
-            let whitelisted = if text == header_host {
-                header_whitelisted
-            } else {
-                text.is_some_and(|t| self.whitelist.is_domain_whitelisted(t))
-            };
-            let host = HttpHost {
-                name: text,
-                whitelisted,
-            };
-            let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
-            heur.on_http_request(ctx, req, &host, &mut |e| emit(wl, stats, out, e));
-        }
-        let details = |host: &str| Details {
-            http_method: Some(req.method.to_owned()),
-            http_host: Some(host.to_owned()),
-            http_path: Some(String::from_utf8_lossy(req.target).into_owned()),
-            http_user_agent: req
-                .user_agent
-                .map(|ua| String::from_utf8_lossy(ua).into_owned()),
-            ..Details::default()
-        };
-
-        // The name the URL check uses, and its whitelist verdict once known.
-        let (mut host, mut whitelisted): (&str, Option<bool>) = match header_host {
-            Some(h) => (h, Some(header_whitelisted)),
-            None => {
-                dst_text = ctx.dst.to_string();
-                (&dst_text, None)
-            }
-        };
-        if let Some(h) = header_host {
-            let starts_alpha = h.as_bytes().first().is_some_and(u8::is_ascii_alphabetic);
-            let dst_hit = if starts_alpha {
-                self.ip_lookup(ctx.dst, None)
-            } else {
-                None
-            };
-            if let Some(m) = dst_hit {
-                // A name-based request to a listed address: Maltrail's host-annotated IP trail.
-                let e = ctx.labelled(
-                    EventType::Ip,
-                    format!("{} ({h})", ctx.dst),
-                    self.label(m.label),
-                    details(h),
-                );
-                self.emit(e);
-            } else if self.check_host_domains {
-                // Cloned on a hit only: an absolute URL naming the same host reports it again.
-                self.report_domain_hit(ctx, h, header_hit.clone(), || details(h));
-            }
-        }
-
         // The URL: origin-form path, or the host and path of an absolute / CONNECT target.
         let target = req.target;
         let mut path: &[u8] = target;
@@ -1004,30 +941,20 @@ impl Run<'_, '_> {
                 lowercase_into(strip_port(a), &mut url_host_buf)
             }
             None => None,
-        };
-        if let Some(h) = authority.filter(|h| !h.is_empty()) {
-            if header_host == Some(h) && self.check_host_domains {
-                // The Host name again: its verdict and trail hit are known (one lookup for
-                // both), and its hit is reported again as `check_domain` would.
-                whitelisted = Some(header_whitelisted);
-                if !header_whitelisted {
-                    self.report_domain_hit(ctx, h, header_hit.clone(), || details(h));
-                }
-            } else {
-                let known = header_host
-                    .filter(|hh| *hh == h)
-                    .map(|_| header_whitelisted);
-                whitelisted = self.check_domain(ctx, h, known, || details(h));
-            }
-            host = h;
         }
+        .filter(|h| !h.is_empty());
         if path.is_empty() {
             path = b"/";
         }
-        // The whitelists are asked only on a URL trail hit (they can only drop it).
-        if whitelisted == Some(true) {
-            return;
-        }
+        // The name the URL check uses: the target's host, else the Host name, else the
+        // destination address.
+        let host: &str = match (authority, header_host) {
+            (Some(h), _) | (None, Some(h)) => h,
+            (None, None) => {
+                dst_text = ctx.dst.to_string();
+                &dst_text
+            }
+        };
         // An ASCII test alone for an ASCII path (nearly all), validation for other UTF-8: the
         // lossy decoder's chunking costs more.
         let path_text = if path.is_ascii() {
@@ -1039,26 +966,112 @@ impl Run<'_, '_> {
                 Err(_) => String::from_utf8_lossy(path),
             }
         };
-        self.path_buf.clear();
-        self.path_buf.push_str(&path_text);
-        // ASCII letters only, as `char::to_ascii_lowercase` per character would.
-        self.path_buf.make_ascii_lowercase();
-        // Lowercased, and the absolute URL split above: `path` starts with `/` or holds no
-        // `://`.
-        let Some(m) =
-            self.trails
-                .urls
-                .lookup_path(Some(host), self.path_buf.as_str(), self.url_candidates)
-        else {
-            return;
+        // Lowercased (ASCII letters only, as `char::to_ascii_lowercase` per character would),
+        // and the absolute URL split above: `path` starts with `/` or holds no `://`. Taken
+        // out of the run for the lookup (put back below, no return in between).
+        let mut path_buf = std::mem::take(self.path_buf);
+        path_buf.clear();
+        path_buf.push_str(&path_text);
+        path_buf.make_ascii_lowercase();
+        let (trails, candidates) = (self.trails, self.url_candidates);
+        // The URL trail lookup starts first: its filter reads overlap the name checks and
+        // the heuristics (`between`), which report their events before the URL's.
+        let mut whitelisted: Option<bool> = None;
+        let between = || {
+            whitelisted = self.host_checks(ctx, req, header_host, host_text.as_deref(), authority);
+            whitelisted != Some(true)
         };
+        let hit = trails
+            .urls
+            .lookup_path_after(Some(host), &path_buf, candidates, between);
+        *self.path_buf = path_buf;
+        // The whitelists are asked only on a URL trail hit (they can only drop it).
+        let Some(m) = hit else { return };
         if whitelisted.unwrap_or_else(|| self.whitelist.is_domain_whitelisted(host))
             || self.whitelist.is_url_whitelisted(host, &path_text)
         {
             return;
         }
-        let e = ctx.labelled(EventType::Url, m.trail, self.label(m.label), details(host));
+        let e = ctx.labelled(
+            EventType::Url,
+            m.trail,
+            self.label(m.label),
+            http_details(req, host),
+        );
         self.emit(e);
+    }
+
+    /// A request's name checks before its URL's: the Host name's whitelist verdict and
+    /// domain trail hit (asked once: the heuristics, the domain check and the URL check all
+    /// need it), the heuristics, the destination address of a name-based request, and the
+    /// target's own host (`authority`, lowercased, without port). Returns the whitelist
+    /// verdict of the name the URL check uses, when known.
+    fn host_checks(
+        &mut self,
+        ctx: &PacketContext<'_>,
+        req: &http::Request<'_>,
+        header_host: Option<&str>,
+        host_text: Option<&str>,
+        authority: Option<&str>,
+    ) -> Option<bool> {
+        // With the domain check on, the verdict and the trail hit come from one pass.
+        let (header_whitelisted, header_hit) = match header_host {
+            Some(h) if self.check_host_domains => self.lookup_name(h),
+            Some(h) => (self.whitelist.is_domain_whitelisted(h), None),
+            None => (false, None),
+        };
+        if let Some(heur) = self.heuristics.as_deref_mut() {
+            // The verdict is the name's when the text is the name (no trailing dot).
+            let whitelisted = if host_text == header_host {
+                header_whitelisted
+            } else {
+                host_text.is_some_and(|t| self.whitelist.is_domain_whitelisted(t))
+            };
+            let host = HttpHost {
+                name: host_text,
+                whitelisted,
+            };
+            let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
+            heur.on_http_request(ctx, req, &host, &mut |e| emit(wl, stats, out, e));
+        }
+        let mut whitelisted = header_host.map(|_| header_whitelisted);
+        if let Some(h) = header_host {
+            let starts_alpha = h.as_bytes().first().is_some_and(u8::is_ascii_alphabetic);
+            let dst_hit = if starts_alpha {
+                self.ip_lookup(ctx.dst, None)
+            } else {
+                None
+            };
+            if let Some(m) = dst_hit {
+                // A name-based request to a listed address: Maltrail's host-annotated IP trail.
+                let e = ctx.labelled(
+                    EventType::Ip,
+                    format!("{} ({h})", ctx.dst),
+                    self.label(m.label),
+                    http_details(req, h),
+                );
+                self.emit(e);
+            } else if self.check_host_domains {
+                // Cloned on a hit only: an absolute URL naming the same host reports it again.
+                self.report_domain_hit(ctx, h, header_hit.clone(), || http_details(req, h));
+            }
+        }
+        if let Some(h) = authority {
+            if header_host == Some(h) && self.check_host_domains {
+                // The Host name again: its verdict and trail hit are known (one lookup for
+                // both), and its hit is reported again as `check_domain` would.
+                whitelisted = Some(header_whitelisted);
+                if !header_whitelisted {
+                    self.report_domain_hit(ctx, h, header_hit, || http_details(req, h));
+                }
+            } else {
+                let known = header_host
+                    .filter(|hh| *hh == h)
+                    .map(|_| header_whitelisted);
+                whitelisted = self.check_domain(ctx, h, known, || http_details(req, h));
+            }
+        }
+        whitelisted
     }
 
     /// Reports a hit of [`DomainTrails::lookup_whitelisted`] (`None` for a whitelisted name):
@@ -1109,6 +1122,19 @@ impl Run<'_, '_> {
         let (listed, hit) = self.lookup_name(name);
         self.report_domain_hit(ctx, name, hit, details);
         Some(listed)
+    }
+}
+
+/// The details an HTTP request's events carry, with `host` as the name they name.
+fn http_details(req: &http::Request<'_>, host: &str) -> Details {
+    Details {
+        http_method: Some(req.method.to_owned()),
+        http_host: Some(host.to_owned()),
+        http_path: Some(String::from_utf8_lossy(req.target).into_owned()),
+        http_user_agent: req
+            .user_agent
+            .map(|ua| String::from_utf8_lossy(ua).into_owned()),
+        ..Details::default()
     }
 }
 

@@ -197,6 +197,15 @@ fn may_hold(words: Option<&[u64]>, h: u64) -> bool {
     })
 }
 
+/// Starts fetching the filter word [`may_hold`] reads for hash `h` (`words` non-empty).
+#[inline]
+fn prefetch_bit(words: &[u64], h: u64) {
+    let (i, _) = filter_bit(words.len(), h);
+    if let Some(w) = words.get(i..=i) {
+        crate::prefetch::lines(w);
+    }
+}
+
 /// Maltrail's `re.sub(r"(\w+=)[^&=]+", r"\g<1>", path)`: drops parameter values.
 /// (`\w` is taken as ASCII alphanumerics, `_`, and any non-ASCII byte.)
 fn strip_param_values(path: &str) -> String {
@@ -462,8 +471,24 @@ impl UrlTrails {
         path: &str,
         candidates: UrlCandidates,
     ) -> Option<UrlMatch> {
+        self.lookup_path_after(host, path, candidates, || true)
+    }
+
+    /// [`UrlTrails::lookup_path`] with the caller's own work, `between`, run once the probe
+    /// filter's words for the candidates are being fetched and before they are read: their
+    /// cache misses overlap that work instead of stalling the probes. `between` runs exactly
+    /// once, whatever the outcome; returning false, it ends the lookup there (`None`, no
+    /// probe).
+    pub(crate) fn lookup_path_after(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        candidates: UrlCandidates,
+        between: impl FnOnce() -> bool,
+    ) -> Option<UrlMatch> {
         debug_assert!(!path.bytes().any(|b| b.is_ascii_uppercase()));
         if self.table.len() == 0 {
+            between();
             return None;
         }
         // Filled only when the host needs normalising.
@@ -562,6 +587,24 @@ impl UrlTrails {
             h.prepend(hb);
             h.finish()
         };
+        // Each check's bare hash and the hasher state it leaves (a host-prefixed key goes on
+        // from there); empty checks are never probed.
+        let mut bare = [(KeyHasher::new(), 0u64); MAX_CHECKS];
+        for (&check, slot) in checks.as_slice().iter().zip(bare.iter_mut()) {
+            if !check.is_empty() {
+                slot.0.prepend(check.as_bytes());
+                slot.1 = slot.0.finish();
+            }
+        }
+        if let Some(words) = filter {
+            prefetch_bit(words, host_root);
+            for &(_, h) in bare.get(..checks.n).unwrap_or_default() {
+                prefetch_bit(words, h);
+            }
+        }
+        if !between() {
+            return None;
+        }
         let host_named = !hb.is_empty() && (host_slash || may_hold(filter, host_root));
         // Every surviving key's hash first, each key's index entries prefetched, then the
         // probes in Maltrail's order: the table's cache misses overlap instead of queueing.
@@ -576,13 +619,15 @@ impl UrlTrails {
             }
             Some(h)
         };
-        for (&check, slot) in checks.as_slice().iter().zip(hashes.iter_mut()) {
+        for ((&check, &(mut h, bare)), slot) in checks
+            .as_slice()
+            .iter()
+            .zip(bare.iter())
+            .zip(hashes.iter_mut())
+        {
             if check.is_empty() {
                 continue;
             }
-            let mut h = KeyHasher::new();
-            h.prepend(check.as_bytes());
-            let bare = h.finish();
             if may_hold(filter, bare) {
                 slot.0 = want(bare);
             }
@@ -703,6 +748,32 @@ mod tests {
             s("(h.example/a/b)/malicious-login.php", 1)
         );
         assert_eq!(hit(&u, Some("h.example"), "/malicious-login.phpx"), None);
+    }
+
+    #[test]
+    fn between_runs_once_whatever_the_outcome() {
+        let u = trails(&[("evil-url.example/bad/path", 2)]);
+        let after = |u: &UrlTrails, host: &str, path: &str, go_on: bool| {
+            let mut runs = 0;
+            let m = u.lookup_path_after(Some(host), path, UrlCandidates::Maltrail, || {
+                runs += 1;
+                go_on
+            });
+            (m.map(|m| m.label), runs)
+        };
+        assert_eq!(
+            after(&u, "evil-url.example", "/bad/path", true),
+            (Some(2), 1)
+        );
+        assert_eq!(after(&u, "evil-url.example", "/good/path", true), (None, 1));
+        assert_eq!(after(&u, "other.example", "/bad/path?x=1", true), (None, 1));
+        // Stopped by the caller: no probe, even for a trail.
+        assert_eq!(after(&u, "evil-url.example", "/bad/path", false), (None, 1));
+        // No trails at all.
+        assert_eq!(
+            after(&trails(&[]), "evil-url.example", "/bad/path", true),
+            (None, 1)
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod name_verdicts;
 pub mod packet;
 pub mod pcap;
 pub mod pipeline;
-mod prefetch;
+pub mod prefetch;
 pub mod process;
 pub mod protocols;
 pub mod replay;

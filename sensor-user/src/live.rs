@@ -366,6 +366,24 @@ impl Hit<'_> {
     }
 }
 
+/// Bytes fetched ahead from the start of the next record of each ring while one is read:
+/// a hand-off's header and frame up to a DNS message or most of an HTTP head (or the next
+/// few small records), a few kernel hits, a whole flow-start batch.
+const NEXT_PAYLOAD_BYTES: usize = 512;
+const NEXT_HIT_BYTES: usize = 256;
+const NEXT_FLOWS_BYTES: usize = 8 + std::mem::size_of::<xtrail_common::FlowBatch>();
+
+/// Starts fetching the ring record after `item` (`bytes` of it) while `item` is read, so
+/// that its cache misses (the XDP program wrote it, on another CPU or long before) overlap
+/// this record's work. In a BPF ring buffer the next record's 8-byte header follows this
+/// record's data rounded up to 8 bytes, across the wrap too (the data pages are mapped
+/// twice in a row). Only a prefetch hint's address: nothing is read there, so a record not
+/// written yet, or the ring's end, costs nothing.
+fn fetch_next_record(item: &[u8], bytes: usize) {
+    let next = item.as_ptr().wrapping_add(item.len().next_multiple_of(8));
+    xtrail_detect::prefetch::span(next, bytes);
+}
+
 /// Gives `records` to the detector as one batch (`starts`: reused, no allocation per
 /// record); how many there were.
 fn flow_starts(
@@ -752,6 +770,7 @@ pub fn run(
         let mut read = false;
         while let Some(item) = ring.next() {
             read = true;
+            fetch_next_record(&item, NEXT_HIT_BYTES);
             let Some(rec) = hits::parse_record(&item) else {
                 summary.malformed_records += 1;
                 continue;
@@ -771,6 +790,7 @@ pub fn run(
         let sets = MapSets::read(&hit_sets, &detector);
         while let Some(item) = payloads.next() {
             read = true;
+            fetch_next_record(&item, NEXT_PAYLOAD_BYTES);
             if hand_over(&item, &clock, &ifname, &sets, &mut detector, &mut out) {
                 summary.payloads += 1;
             } else {
@@ -788,6 +808,7 @@ pub fn run(
         // to the detector at once.
         while let Some(item) = flows.next() {
             read = true;
+            fetch_next_record(&item, NEXT_FLOWS_BYTES);
             let Some(batch) = hits::parse_flows(&item) else {
                 summary.malformed_records += 1;
                 continue;

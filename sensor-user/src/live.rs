@@ -268,12 +268,7 @@ impl MapSets {
     /// The map set of `hit_sets` that holds `detector`'s set, unless records of the set it
     /// held before may still be unread ([`HitSets::fresh`]).
     pub fn read(hit_sets: &HitSets, detector: &Detector) -> Self {
-        let index = (0..2u8).find(|&i| {
-            hit_sets.fresh(i)
-                && hit_sets
-                    .get(i)
-                    .is_some_and(|s| Arc::ptr_eq(&s.trails, detector.trails()))
-        });
+        let index = (0..2u8).find(|&i| hit_sets.fresh(i) && hit_sets.holds(i, detector.trails()));
         MapSets::holding(index, detector)
     }
 

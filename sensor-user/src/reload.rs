@@ -189,6 +189,14 @@ impl HitSets {
         self.slots[usize::from(index & 1)].load_full()
     }
 
+    /// Whether map set `index` holds `trails` (the very set, by pointer): read in place,
+    /// without taking a reference to it.
+    pub fn holds(&self, index: u8, trails: &Arc<TrailSet>) -> bool {
+        let slot = self.slots[usize::from(index & 1)].load();
+        slot.as_ref()
+            .is_some_and(|s| Arc::ptr_eq(&s.trails, trails))
+    }
+
     fn put(&self, index: u8, set: Option<Arc<VersionedTrails>>) {
         self.slots[usize::from(index & 1)].store(set);
     }

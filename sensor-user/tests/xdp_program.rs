@@ -865,17 +865,29 @@ fn hand_offs_say_whether_their_addresses_are_clean() {
             false,
         ),
         (tls(v6("fd00::1"), v6("::ffff:66.66.66.66"), 443), false),
+        // Behind VLAN tags, as untagged.
+        (dns(me, v4("198.18.9.9")).vlan(100), true),
+        (dns(me, v4(TRAIL_V4)).qinq(100, 200), false),
     ];
-    for (frame, _) in &cases {
-        h.run(frame);
-    }
-    let mut got = Vec::new();
-    while let Some(item) = ring.next() {
-        let rec = xtrail_sensor::hits::parse_payload(&item).expect("a whole payload record");
-        got.push(rec.clean_in);
-    }
-    let want: Vec<Option<u8>> = cases.iter().map(|(_, c)| c.then_some(0)).collect();
-    assert_eq!(got, want);
+    let mut verdicts = |h: &mut Harness| {
+        for (frame, _) in &cases {
+            h.run(frame);
+        }
+        let mut got = Vec::new();
+        while let Some(item) = ring.next() {
+            let rec = xtrail_sensor::hits::parse_payload(&item).expect("a whole payload record");
+            got.push(rec.clean_in);
+        }
+        got
+    };
+    let want =
+        |set: u8| -> Vec<Option<u8>> { cases.iter().map(|(_, c)| c.then_some(set)).collect() };
+    assert_eq!(verdicts(&mut h), want(0));
+    // The same trails in set 1, switched in: the records name set 1.
+    let mut sets = h.sensor.trail_sets().expect("trail sets");
+    let (_, flags) = sets.fill(1, &trails()).expect("fill set 1");
+    sets.select(1, flags).expect("switch to set 1");
+    assert_eq!(verdicts(&mut h), want(1));
 }
 
 /// Sets the TCP sequence number of an IPv4 frame without options (checksum left stale:

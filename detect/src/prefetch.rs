@@ -1,5 +1,6 @@
-//! Cache prefetch hints: a batch's table reads are announced first, so that their cache
-//! misses overlap instead of queueing behind one another.
+//! Cache prefetch hints: a batch's table reads, or the ring record after the one being
+//! read, are announced first, so that their cache misses overlap instead of queueing
+//! behind one another.
 
 /// Prefetches every cache line `items` spans into all cache levels, once each. A hint: it
 /// never faults, never waits for memory and changes nothing a program can observe but
@@ -9,9 +10,10 @@ pub(crate) fn lines<T>(items: &[T]) {
     span(items.as_ptr().cast(), std::mem::size_of_val(items));
 }
 
-/// Prefetches the cache lines of the `bytes` bytes from `start`, as [`lines`] does. `start`
-/// is only a hint's address, never dereferenced: any address will do (memory that is not
-/// mapped is simply not fetched), such as a ring buffer's next record before it is read.
+/// Prefetches the cache lines of the `bytes` bytes from `start` into all cache levels, once
+/// each. A hint: it never faults and never waits for memory. `start` is only a hint's
+/// address, never dereferenced: any address will do (memory that is not mapped is simply not
+/// fetched), such as a ring buffer's next record before it is read.
 #[inline]
 pub fn span(start: *const u8, bytes: usize) {
     #[cfg(target_arch = "x86_64")]

@@ -1281,6 +1281,7 @@ evil-test-domain.com,malware (test),(static)
 198.51.100.91,parking site (suspicious),(static)
 9.9.9.9:53,public resolver (suspicious),(static)
 evil-url.example/bad/path,malware (test),(static)
+198.51.100.7/ip/path,malware (test),(static)
 tls-evil.example,malware (test),(static)
 sinkholed.example,sinkhole x (malware),(static)
 ";
@@ -1623,6 +1624,64 @@ sinkholed.example,sinkhole x (malware),(static)
         );
         assert!(lines.is_empty(), "{lines:#?}");
         assert_eq!(p.stats().whitelisted, 1);
+    }
+
+    /// The URL check around a request's name checks: a whitelisted Host drops its URL's hit,
+    /// not that of an absolute URL naming another host; the address event comes before the
+    /// URL's; without a Host the URL's host is the destination address.
+    #[test]
+    fn url_checks_around_the_host_checks() {
+        let mut p = processor("evil-url.example\ngood.example\n");
+        let get =
+            |sport: u16, dst: [u8; 4], head: &[u8]| v4(ME, dst, 6, &tcp(sport, 80, 0x18, head));
+        let lines = run(
+            &mut p,
+            &[
+                get(
+                    1,
+                    [1, 2, 3, 4],
+                    b"GET /bad/path HTTP/1.1\r\nHost: evil-url.example\r\n\r\n",
+                ),
+                get(
+                    2,
+                    [1, 2, 3, 4],
+                    b"GET http://evil-url.example/bad/path HTTP/1.1\r\nHost: good.example\r\n\r\n",
+                ),
+                get(
+                    3,
+                    [1, 2, 3, 4],
+                    b"GET http://198.51.100.7/ip/path HTTP/1.1\r\nHost: good.example\r\n\r\n",
+                ),
+                get(
+                    4,
+                    [66, 66, 66, 66],
+                    b"GET http://198.51.100.7/ip/path HTTP/1.1\r\nHost: name.example\r\n\r\n",
+                ),
+                get(5, [198, 51, 100, 7], b"GET /ip/path HTTP/1.0\r\n\r\n"),
+            ],
+        );
+        let text = lines.join("\n");
+        // Whitelisted: the request's host in both cases (Maltrail drops a whitelisted
+        // host's URL hits).
+        assert!(!text.contains(" 1 1.2.3.4"), "{text}");
+        assert!(!text.contains(" 2 1.2.3.4"), "{text}");
+        for want in [
+            "3 1.2.3.4 80 TCP URL 198.51.100.7/ip/path",
+            "5 198.51.100.7 80 TCP URL 198.51.100.7/ip/path",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        // A name-based request to a listed address: its address event, then its URL's.
+        let four: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains(" 4 66.66.66.66 "))
+            .collect();
+        assert_eq!(four.len(), 2, "{text}");
+        assert!(
+            four[0].contains("IP \"66.66.66.66 (name.example)\""),
+            "{text}"
+        );
+        assert!(four[1].contains("URL 198.51.100.7/ip/path"), "{text}");
     }
 
     #[test]

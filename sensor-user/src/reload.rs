@@ -189,8 +189,9 @@ impl HitSets {
         self.slots[usize::from(index & 1)].load_full()
     }
 
-    /// Whether map set `index` holds `trails` (the very set, by pointer): read in place,
-    /// without taking a reference to it.
+    /// Whether map set `index` holds `trails` (the very set, by pointer): read through an
+    /// arc-swap guard, without cloning the `Arc` (no reference count traffic in the common
+    /// case).
     pub fn holds(&self, index: u8, trails: &Arc<TrailSet>) -> bool {
         let slot = self.slots[usize::from(index & 1)].load();
         slot.as_ref()

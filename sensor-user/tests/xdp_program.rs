@@ -842,16 +842,18 @@ fn hand_offs_say_whether_their_addresses_are_clean() {
     let tls = |src: IpAddr, dst: IpAddr, port: u16| {
         Frame::tcp(src, 40400, dst, port, tcp_flags::ACK | tcp_flags::PSH).with_payload(&hello)
     };
+    // Each frame, and whether it is clean in set 0 (`trails()`) and in set 1 (198.18.9.9
+    // its only trail).
     let cases = [
-        (dns(me, v4("198.18.9.9")), true),
-        (dns(me, v4(TRAIL_V4)), false),
-        (dns(v4("203.0.113.9"), v4("198.18.9.9")), false),
-        (tls(v6("fd00::1"), v6("fd00::9"), 443), true),
-        (tls(v6("fd00::1"), v6(TRAIL_V6), 8443), false),
+        (dns(me, v4("198.18.9.9")), true, false),
+        (dns(me, v4(TRAIL_V4)), false, true),
+        (dns(v4("203.0.113.9"), v4("198.18.9.9")), false, false),
+        (tls(v6("fd00::1"), v6("fd00::9"), 443), true, true),
+        (tls(v6("fd00::1"), v6(TRAIL_V6), 8443), false, true),
         // In the CIDR trail 2001:db8::/32.
-        (tls(v6("fd00::1"), v6(CLEAN_V6), 443), false),
-        (tls(me, v4("6.6.6.6"), 8443), false),
-        (tls(me, v4("6.6.6.6"), 443), true),
+        (tls(v6("fd00::1"), v6(CLEAN_V6), 443), false, true),
+        (tls(me, v4("6.6.6.6"), 8443), false, true),
+        (tls(me, v4("6.6.6.6"), 443), true, true),
         // The source's IP:port trail (its own port), and an IPv4-mapped IPv6 trail address.
         (
             Frame::tcp(
@@ -863,14 +865,19 @@ fn hand_offs_say_whether_their_addresses_are_clean() {
             )
             .with_payload(&hello),
             false,
+            true,
         ),
-        (tls(v6("fd00::1"), v6("::ffff:66.66.66.66"), 443), false),
+        (
+            tls(v6("fd00::1"), v6("::ffff:66.66.66.66"), 443),
+            false,
+            true,
+        ),
         // Behind VLAN tags, as untagged.
-        (dns(me, v4("198.18.9.9")).vlan(100), true),
-        (dns(me, v4(TRAIL_V4)).qinq(100, 200), false),
+        (dns(me, v4("198.18.9.9")).vlan(100), true, false),
+        (dns(me, v4(TRAIL_V4)).qinq(100, 200), false, true),
     ];
     let mut verdicts = |h: &mut Harness| {
-        for (frame, _) in &cases {
+        for (frame, _, _) in &cases {
             h.run(frame);
         }
         let mut got = Vec::new();
@@ -880,12 +887,16 @@ fn hand_offs_say_whether_their_addresses_are_clean() {
         }
         got
     };
-    let want =
-        |set: u8| -> Vec<Option<u8>> { cases.iter().map(|(_, c)| c.then_some(set)).collect() };
+    let want = |set: u8| -> Vec<Option<u8>> {
+        let clean = |c: &(Frame, bool, bool)| if set == 0 { c.1 } else { c.2 };
+        cases.iter().map(|c| clean(c).then_some(set)).collect()
+    };
     assert_eq!(verdicts(&mut h), want(0));
-    // The same trails in set 1, switched in: the records name set 1.
+    // Other trails in set 1, switched in: the records name set 1 and follow its trails.
+    let mut other = IpTrails::default();
+    other.v4.insert([198, 18, 9, 9], 1);
     let mut sets = h.sensor.trail_sets().expect("trail sets");
-    let (_, flags) = sets.fill(1, &trails()).expect("fill set 1");
+    let (_, flags) = sets.fill(1, &other).expect("fill set 1");
     sets.select(1, flags).expect("switch to set 1");
     assert_eq!(verdicts(&mut h), want(1));
 }

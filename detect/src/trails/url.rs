@@ -475,8 +475,9 @@ impl UrlTrails {
     }
 
     /// [`UrlTrails::lookup_path`] with the caller's own work, `between`, run once the probe
-    /// filter's words for the candidates are being fetched and before they are read: their
-    /// cache misses overlap that work instead of stalling the probes. `between` runs exactly
+    /// filter's words for the bare candidates and the `host/` key are being fetched (the
+    /// host-prefixed keys are hashed only after, when the filter names the host) and before
+    /// they are read: their cache misses overlap that work instead of stalling the probes. `between` runs exactly
     /// once, whatever the outcome; returning false, it ends the lookup there (`None`, no
     /// probe).
     pub(crate) fn lookup_path_after(
@@ -598,8 +599,10 @@ impl UrlTrails {
         }
         if let Some(words) = filter {
             prefetch_bit(words, host_root);
-            for &(_, h) in bare.get(..checks.n).unwrap_or_default() {
-                prefetch_bit(words, h);
+            for (check, &(_, h)) in checks.as_slice().iter().zip(bare.iter()) {
+                if !check.is_empty() {
+                    prefetch_bit(words, h);
+                }
             }
         }
         if !between() {

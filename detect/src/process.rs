@@ -1632,34 +1632,29 @@ sinkholed.example,sinkhole x (malware),(static)
     #[test]
     fn url_checks_around_the_host_checks() {
         let mut p = processor("evil-url.example\ngood.example\n");
-        let get =
-            |sport: u16, dst: [u8; 4], head: &[u8]| v4(ME, dst, 6, &tcp(sport, 80, 0x18, head));
-        let lines = run(
-            &mut p,
-            &[
-                get(
-                    1,
-                    [1, 2, 3, 4],
-                    b"GET /bad/path HTTP/1.1\r\nHost: evil-url.example\r\n\r\n",
-                ),
-                get(
-                    2,
-                    [1, 2, 3, 4],
-                    b"GET http://evil-url.example/bad/path HTTP/1.1\r\nHost: good.example\r\n\r\n",
-                ),
-                get(
-                    3,
-                    [1, 2, 3, 4],
-                    b"GET http://198.51.100.7/ip/path HTTP/1.1\r\nHost: good.example\r\n\r\n",
-                ),
-                get(
-                    4,
-                    [66, 66, 66, 66],
-                    b"GET http://198.51.100.7/ip/path HTTP/1.1\r\nHost: name.example\r\n\r\n",
-                ),
-                get(5, [198, 51, 100, 7], b"GET /ip/path HTTP/1.0\r\n\r\n"),
-            ],
+        let (a, listed) = ([1, 2, 3, 4], [66, 66, 66, 66]);
+        let (evil, ip_url) = (
+            "http://evil-url.example/bad/path",
+            "http://198.51.100.7/ip/path",
         );
+        let good = Some("good.example");
+        // (source port, destination, request target, Host)
+        let requests = [
+            (1, a, "/bad/path", Some("evil-url.example")),
+            (2, a, evil, good),
+            (3, a, ip_url, good),
+            (4, listed, ip_url, Some("name.example")),
+            (5, [198, 51, 100, 7], "/ip/path", None),
+        ];
+        let frames: Vec<Vec<u8>> = requests
+            .iter()
+            .map(|&(sport, dst, target, host)| {
+                let host = host.map_or(String::new(), |h| format!("Host: {h}\r\n"));
+                let head = format!("GET {target} HTTP/1.1\r\n{host}\r\n");
+                v4(ME, dst, 6, &tcp(sport, 80, 0x18, head.as_bytes()))
+            })
+            .collect();
+        let lines = run(&mut p, &frames);
         let text = lines.join("\n");
         // Whitelisted: the request's host in both cases (Maltrail drops a whitelisted
         // host's URL hits).

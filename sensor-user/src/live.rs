@@ -361,11 +361,9 @@ impl Hit<'_> {
     }
 }
 
-/// Bytes fetched ahead from the start of the next record of each ring while one is read:
-/// a hand-off's header and frame up to a DNS message or most of an HTTP head (or the next
-/// few small records), a few kernel hits, a whole flow-start batch.
+/// Bytes of the next record fetched while one is read: of a hand-off, its header and frame
+/// up to a DNS message or most of an HTTP head; of the flow starts, the whole batch.
 const NEXT_PAYLOAD_BYTES: usize = 512;
-const NEXT_HIT_BYTES: usize = 256;
 const NEXT_FLOWS_BYTES: usize = 8 + std::mem::size_of::<xtrail_common::FlowBatch>();
 
 /// Starts fetching the ring record after `item` (`bytes` of it) while `item` is read, so
@@ -373,7 +371,8 @@ const NEXT_FLOWS_BYTES: usize = 8 + std::mem::size_of::<xtrail_common::FlowBatch
 /// this record's work. In a BPF ring buffer the next record's 8-byte header follows this
 /// record's data rounded up to 8 bytes, across the wrap too (the data pages are mapped
 /// twice in a row). Only a prefetch hint's address: nothing is read there, so a record not
-/// written yet, or the ring's end, costs nothing.
+/// written yet, or the ring's end, costs nothing. Not for the kernel hits: rare, small
+/// records, each prefetch would fetch the same lines again.
 fn fetch_next_record(item: &[u8], bytes: usize) {
     let next = item.as_ptr().wrapping_add(item.len().next_multiple_of(8));
     xtrail_detect::prefetch::span(next, bytes);
@@ -765,7 +764,6 @@ pub fn run(
         let mut read = false;
         while let Some(item) = ring.next() {
             read = true;
-            fetch_next_record(&item, NEXT_HIT_BYTES);
             let Some(rec) = hits::parse_record(&item) else {
                 summary.malformed_records += 1;
                 continue;

@@ -477,9 +477,9 @@ impl UrlTrails {
     /// [`UrlTrails::lookup_path`] with the caller's own work, `between`, run once the probe
     /// filter's words for the bare candidates and the `host/` key are being fetched (the
     /// host-prefixed keys are hashed only after, when the filter names the host) and before
-    /// they are read: their cache misses overlap that work instead of stalling the probes. `between` runs exactly
-    /// once, whatever the outcome; returning false, it ends the lookup there (`None`, no
-    /// probe).
+    /// they are read: their cache misses overlap that work instead of stalling the probes.
+    /// `between` runs exactly once, whatever the outcome; returning false, it ends the
+    /// lookup there (`None`, no probe).
     pub(crate) fn lookup_path_after(
         &self,
         host: Option<&str>,

@@ -690,6 +690,11 @@ impl Detector {
         }
     }
 
+    /// The heuristics' bounded tables, each with its entries and evictions.
+    pub fn heuristic_tables(&self) -> Vec<crate::heuristics::TableState> {
+        self.processor.heuristics_tables()
+    }
+
     /// Entries held by the stateful stages (heuristics, throttle, flood guard).
     pub fn state_entries(&self) -> usize {
         self.processor.heuristics_state_entries()

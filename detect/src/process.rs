@@ -231,6 +231,10 @@ pub trait Heuristics: Send {
     fn state_entries(&self) -> usize {
         0
     }
+    /// The stage's bounded tables, each with its entries and evictions (for metrics).
+    fn tables(&self) -> Vec<crate::heuristics::TableState> {
+        Vec::new()
+    }
     /// A parsed packet is about to be checked: whether [`Heuristics::on_packet`] has work
     /// for it. The stage may start fetching the entries that work will read, so that their
     /// cache misses overlap the checks.
@@ -402,6 +406,13 @@ impl Processor {
     /// Entries held by the heuristics stage's bounded tables (0 without one).
     pub fn heuristics_state_entries(&self) -> usize {
         self.heuristics.as_deref().map_or(0, |h| h.state_entries())
+    }
+
+    /// The heuristics stage's bounded tables (none without one).
+    pub fn heuristics_tables(&self) -> Vec<crate::heuristics::TableState> {
+        self.heuristics
+            .as_deref()
+            .map_or_else(Vec::new, |h| h.tables())
     }
 
     /// A flow start from the kernel (live capture) through the installed heuristics; events

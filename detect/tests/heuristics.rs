@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use xtrail_detect::event::Event;
-use xtrail_detect::heuristics::{FlowStart, HeuristicsConfig, MaltrailHeuristics, UaPatterns};
+use xtrail_detect::heuristics::{
+    FlowStart, HeuristicsConfig, MaltrailHeuristics, TableState, UaPatterns,
+};
 use xtrail_detect::packet::{TcpFlags, LINKTYPE_RAW};
 use xtrail_detect::process::{Processor, ProcessorConfig};
 use xtrail_detect::throttle::{Throttle, ThrottleConfig};
@@ -909,8 +911,20 @@ fn trail_hit(p: &mut Processor, ts: i64) -> bool {
     hit
 }
 
+/// The named table's evictions (every table is listed, evicting or not).
+fn evicted(tables: &[TableState], name: &str) -> u64 {
+    let t = tables.iter().find(|t| t.table == name);
+    t.unwrap_or_else(|| panic!("no table {name} in {tables:?}"))
+        .evicted
+}
+
 /// Floods every bounded table with new keys from a single generator; checks the plateau.
-fn flood(config: HeuristicsConfig, frame: impl Fn(u32) -> Vec<u8>, n: u32) -> (usize, usize) {
+/// Returns the entries at half way, the peak and the tables at the end.
+fn flood(
+    config: HeuristicsConfig,
+    frame: impl Fn(u32) -> Vec<u8>,
+    n: u32,
+) -> (usize, usize, Vec<TableState>) {
     let mut p = processor_with(config, "");
     let mut peak = 0;
     let mut at_half = 0;
@@ -928,7 +942,10 @@ fn flood(config: HeuristicsConfig, frame: impl Fn(u32) -> Vec<u8>, n: u32) -> (u
         }
     }
     assert!(trail_hit(&mut p, T0 + i64::from(n) + 1));
-    (at_half, peak)
+    let tables = p.heuristics_tables();
+    let entries: usize = tables.iter().map(|t| t.entries).sum();
+    assert_eq!(entries, p.heuristics_state_entries(), "{tables:?}");
+    (at_half, peak, tables)
 }
 
 fn small() -> HeuristicsConfig {
@@ -949,22 +966,26 @@ fn addr(i: u32) -> String {
 #[test]
 fn flood_scan_windows() {
     // New (source, destination) pairs for TCP, UDP and the infection table.
-    let (_, peak) = flood(
+    let (_, peak, tables) = flood(
         small(),
         |i| v4(&addr(i), "198.51.100.7", 6, &tcp(40000, 445, 2, b"")),
         40_000,
     );
     assert!(peak <= 2 * 1000 + 4, "{peak}");
-    let (_, peak) = flood(
+    assert!(evicted(&tables, "scan_tcp") > 0, "{tables:?}");
+    assert_eq!(evicted(&tables, "scan_udp"), 0, "{tables:?}");
+    let (_, peak, tables) = flood(
         small(),
         |i| v4(&addr(i), "198.51.100.7", 17, &udp(40000, 1000, b"x")),
         40_000,
     );
     assert!(peak <= 2 * 1000 + 4, "{peak}");
+    assert!(evicted(&tables, "scan_udp") > 0, "{tables:?}");
+    assert!(evicted(&tables, "udp_flows") > 0, "{tables:?}");
     // Each new pair with two ports (a window line each) on an infection port (the infection
     // table too): every table holds its windows and its first sightings, at most 512 each
     // with 1,000 keys a table.
-    let (_, peak) = flood(
+    let (_, peak, _) = flood(
         small(),
         |i| {
             let port = if i % 2 == 0 { 445 } else { 139 };
@@ -983,7 +1004,7 @@ fn flood_scan_windows() {
 
 #[test]
 fn flood_web_scan_and_user_agents() {
-    let (_, peak) = flood(
+    let (_, peak, tables) = flood(
         small(),
         |i| {
             let req = http_get(&format!("/p{i}/x"), "site.example", &format!("agent-{i}"));
@@ -993,11 +1014,13 @@ fn flood_web_scan_and_user_agents() {
     );
     // Web-scan windows and the UA cache, each at most 1000; plus the scan tables untouched.
     assert!(peak <= 2 * 1000 + 4, "{peak}");
+    assert!(evicted(&tables, "web_scan") > 0, "{tables:?}");
+    assert!(evicted(&tables, "ua_cache") > 0, "{tables:?}");
 }
 
 #[test]
 fn flood_nxdomain_counters() {
-    let (_, peak) = flood(
+    let (_, peak, tables) = flood(
         small(),
         |i| {
             v4(
@@ -1011,12 +1034,13 @@ fn flood_nxdomain_counters() {
     );
     // NXDOMAIN counters plus the reply-detection entries of the UDP table.
     assert!(peak <= 1000 + 4, "{peak}");
+    assert!(evicted(&tables, "nxdomain") > 0, "{tables:?}");
 }
 
 #[test]
 fn flood_dns_exhaustion() {
     // Many base domains, and one base domain with endless subdomains.
-    let (_, peak) = flood(
+    let (_, peak, tables) = flood(
         small(),
         |i| {
             v4(
@@ -1029,7 +1053,8 @@ fn flood_dns_exhaustion() {
         40_000,
     );
     assert!(peak <= 100 + 100 * 1000 + 4, "{peak}");
-    let (_, peak) = flood(
+    assert!(evicted(&tables, "dns_exhaustion") > 0, "{tables:?}");
+    let (_, peak, tables) = flood(
         small(),
         |i| {
             v4(
@@ -1042,6 +1067,7 @@ fn flood_dns_exhaustion() {
         40_000,
     );
     assert!(peak <= 1 + 1000 + 4, "{peak}");
+    assert_eq!(evicted(&tables, "dns_exhaustion"), 0, "{tables:?}");
 }
 
 #[test]

@@ -912,6 +912,7 @@ pub fn run(
             if let (true, Some(m)) = (metrics_due, &opts.metrics) {
                 last_metrics = Some(Instant::now());
                 let kernel = sensor.counters().ok();
+                let tables = detector.heuristic_tables();
                 m.publish(crate::metrics::render(&crate::metrics::Sample {
                     kernel: kernel.as_ref(),
                     summary: &summary,
@@ -919,6 +920,7 @@ pub fn run(
                     events: &event_counts,
                     trail_set_generation: detector.trail_set_generation(),
                     state_entries: detector.state_entries(),
+                    tables: &tables,
                 }));
             }
         }

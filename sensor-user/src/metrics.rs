@@ -11,7 +11,9 @@
 //! and detector counters as `xtrail_sensor_<name>_total`, events written per type
 //! (`xtrail_sensor_events_total{type="DNS"}`) and per heuristic
 //! (`xtrail_sensor_heuristic_events_total{heuristic="potential port scanning"}`), and the
-//! gauges `xtrail_sensor_trail_set_generation` and `xtrail_sensor_state_entries`.
+//! gauges `xtrail_sensor_trail_set_generation` and `xtrail_sensor_state_entries`; each of the
+//! heuristics' bounded tables as `xtrail_sensor_heuristic_table_entries{table="scan_udp"}`
+//! (gauge) and `xtrail_sensor_heuristic_table_evictions_total{table="scan_udp"}`.
 //! Tested by `tests/metrics_e2e.rs` (root, veth pair) and the unit test below.
 
 use std::fmt::Write as _;
@@ -23,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use xtrail_detect::event::{Event, EventType};
-use xtrail_detect::heuristics::REFERENCE as HEURISTIC_REFERENCE;
+use xtrail_detect::heuristics::{TableState, REFERENCE as HEURISTIC_REFERENCE};
 use xtrail_detect::pipeline::DetectorStats;
 
 use crate::live::LiveSummary;
@@ -82,6 +84,8 @@ pub struct Sample<'a> {
     pub trail_set_generation: u64,
     /// Entries held by the stateful stages (heuristics, throttle, flood guard).
     pub state_entries: usize,
+    /// The heuristics' bounded tables.
+    pub tables: &'a [TableState],
 }
 
 /// A label value escaped for the text format (`\`, `"` and newlines).
@@ -359,6 +363,31 @@ pub fn render(s: &Sample<'_>) -> String {
         "Entries held by the stateful stages (heuristics, throttle, flood guard)",
         s.state_entries as u64,
     );
+    p.family(
+        "xtrail_sensor_heuristic_table_entries",
+        "gauge",
+        "Entries held by each of the heuristics' bounded tables",
+    );
+    for t in s.tables {
+        let _ = writeln!(
+            p.0,
+            "xtrail_sensor_heuristic_table_entries{{table=\"{}\"}} {}",
+            t.table, t.entries
+        );
+    }
+    p.family(
+        "xtrail_sensor_heuristic_table_evictions_total",
+        "counter",
+        "Entries each of the heuristics' bounded tables dropped to make room (a steady rise: \
+         the table is too small for the traffic, and scans seen only in part may go unreported)",
+    );
+    for t in s.tables {
+        let _ = writeln!(
+            p.0,
+            "xtrail_sensor_heuristic_table_evictions_total{{table=\"{}\"}} {}",
+            t.table, t.evicted
+        );
+    }
     p.0
 }
 
@@ -533,10 +562,19 @@ mod tests {
             events: &events,
             trail_set_generation: 7,
             state_entries: 3,
+            tables: &[TableState {
+                table: "scan_udp",
+                entries: 3,
+                evicted: 2,
+            }],
         });
         assert!(is_prometheus_text(&page), "{page}");
         assert!(page.contains("xtrail_sensor_xdp_ringbuf_full_total 0"));
         assert!(page.contains("xtrail_sensor_events_total{type=\"PORT\"} 1"));
+        assert!(page.contains("xtrail_sensor_heuristic_table_entries{table=\"scan_udp\"} 3"));
+        assert!(
+            page.contains("xtrail_sensor_heuristic_table_evictions_total{table=\"scan_udp\"} 2")
+        );
         assert!(page.contains(
             "xtrail_sensor_heuristic_events_total{heuristic=\"potential \\\"port\\\" scanning\"} 1"
         ));

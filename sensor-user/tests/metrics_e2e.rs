@@ -165,6 +165,23 @@ fn metrics_endpoint_serves_kernel_and_pipeline_counters() {
         "{page}"
     );
     assert!(v("xtrail_sensor_events_written_total") >= 3, "{page}");
+    // The SYNs' (source, destination) keys in the TCP scan table, nothing evicted; every
+    // table listed.
+    assert!(
+        v("xtrail_sensor_heuristic_table_entries{table=\"scan_tcp\"}") >= 1,
+        "{page}"
+    );
+    for table in [
+        "scan_tcp",
+        "scan_udp",
+        "udp_flows",
+        "web_scan",
+        "dns_exhaustion",
+    ] {
+        let series =
+            format!("xtrail_sensor_heuristic_table_evictions_total{{table=\"{table}\"}} 0");
+        assert!(page.lines().any(|l| l == series), "no {series} in\n{page}");
+    }
     // Counters that exist even when zero.
     for name in [
         "xtrail_sensor_xdp_ringbuf_full_total",

@@ -64,6 +64,11 @@ impl DnsExhaustion {
         self.domains.len()
     }
 
+    /// Base domains' windows dropped to make room so far.
+    pub fn evicted(&self) -> u64 {
+        self.domains.evicted()
+    }
+
     /// Counts a query for `name`; returns the trail when its base domain just reached the
     /// threshold of distinct subdomains within the window.
     pub fn observe(

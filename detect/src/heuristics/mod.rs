@@ -233,33 +233,17 @@ pub struct HeuristicsStats {
     pub whitelisted: u64,
 }
 
-/// Entries held by each bounded table (what the flood tests watch).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StateSizes {
-    /// Scan windows, first sightings and remembered UDP flows.
-    pub scan_keys: usize,
-    /// Web-scan windows.
-    pub web_scan_keys: usize,
-    /// NXDOMAIN counters.
-    pub nxdomain_counters: usize,
-    /// Base domains tracked for DNS exhaustion.
-    pub exhaustion_domains: usize,
-    /// Subdomain hashes held for DNS exhaustion.
-    pub exhaustion_subdomains: usize,
-    /// Cached user-agent verdicts.
-    pub ua_cache: usize,
-}
-
-impl StateSizes {
-    /// Everything together.
-    pub fn total(&self) -> usize {
-        self.scan_keys
-            + self.web_scan_keys
-            + self.nxdomain_counters
-            + self.exhaustion_domains
-            + self.exhaustion_subdomains
-            + self.ua_cache
-    }
+/// One bounded table of the heuristics: what it holds and what it dropped to make room (a
+/// full table forgets its least recent keys; a scan or flood seen only in part may then go
+/// unreported, so a steadily rising count says the table is too small for the traffic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableState {
+    /// The table's name (`scan_tcp`, `web_scan`, ...), as metrics label it.
+    pub table: &'static str,
+    /// Entries held.
+    pub entries: usize,
+    /// Entries dropped to make room since start.
+    pub evicted: u64,
 }
 
 /// Maltrail's heuristic set. One per worker (not shared between threads).
@@ -344,16 +328,38 @@ impl MaltrailHeuristics {
         &self.stats
     }
 
-    /// Entries held by each bounded table.
-    pub fn state_sizes(&self) -> StateSizes {
-        StateSizes {
-            scan_keys: self.scans.entries(),
-            web_scan_keys: self.web.len(),
-            nxdomain_counters: self.nx.len(),
-            exhaustion_domains: self.exhaustion.domains(),
-            exhaustion_subdomains: self.exhaustion.subdomains(),
-            ua_cache: self.ua_cache.len(),
-        }
+    /// Each bounded table's entries and evictions. DNS exhaustion's subdomain sets are
+    /// capped per base domain (counting stops at the threshold) and never evict.
+    pub fn tables(&self) -> Vec<TableState> {
+        let mut t = self.scans.tables().to_vec();
+        t.extend([
+            TableState {
+                table: "web_scan",
+                entries: self.web.len(),
+                evicted: self.web.evicted(),
+            },
+            TableState {
+                table: "nxdomain",
+                entries: self.nx.len(),
+                evicted: self.nx.evicted(),
+            },
+            TableState {
+                table: "dns_exhaustion",
+                entries: self.exhaustion.domains(),
+                evicted: self.exhaustion.evicted(),
+            },
+            TableState {
+                table: "dns_exhaustion_subdomains",
+                entries: self.exhaustion.subdomains(),
+                evicted: 0,
+            },
+            TableState {
+                table: "ua_cache",
+                entries: self.ua_cache.len(),
+                evicted: self.ua_cache.evicted(),
+            },
+        ]);
+        t
     }
 
     /// A flow start from the kernel (live capture): counts it in the scan windows and emits
@@ -538,7 +544,11 @@ impl Heuristics for MaltrailHeuristics {
     }
 
     fn state_entries(&self) -> usize {
-        self.state_sizes().total()
+        self.tables().iter().map(|t| t.entries).sum()
+    }
+
+    fn tables(&self) -> Vec<TableState> {
+        MaltrailHeuristics::tables(self)
     }
 
     fn prefetch_packet(&self, ctx: &PacketContext<'_>, pkt: &Packet<'_>) -> bool {

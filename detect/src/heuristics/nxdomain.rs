@@ -52,6 +52,11 @@ impl NxDomain {
         self.counters.len()
     }
 
+    /// Counters dropped to make room so far.
+    pub fn evicted(&self) -> u64 {
+        self.counters.evicted()
+    }
+
     /// Whether no counter is held.
     pub fn is_empty(&self) -> bool {
         self.counters.is_empty()

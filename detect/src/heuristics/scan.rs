@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use hashbrown::DefaultHashBuilder;
 
 use super::bounded::{CompactKey, FirstSightings, PackedEntry, PackedMap, WindowMap};
-use super::HeuristicsConfig;
+use super::{HeuristicsConfig, TableState};
 use crate::packet::{ipproto, Packet, TcpFlags, Transport};
 
 /// TCP flag bits that make up a probe's flag set (ECE/CWR ignored).
@@ -114,7 +114,22 @@ impl ScanState {
 
     /// Entries held by the tables (for the bounds tests and stats).
     pub fn entries(&self) -> usize {
-        self.tcp.len() + self.udp.len() + self.infection.len() + self.udp_flows.len()
+        self.tables().iter().map(|t| t.entries).sum()
+    }
+
+    /// Each table's entries and evictions: TCP and UDP port scans, infection-port sweeps,
+    /// UDP flows seen.
+    pub fn tables(&self) -> [TableState; 4] {
+        [
+            self.tcp.state("scan_tcp"),
+            self.udp.state("scan_udp"),
+            self.infection.state("scan_infection"),
+            TableState {
+                table: "udp_flows",
+                entries: self.udp_flows.len(),
+                evicted: self.udp_flows.evicted(),
+            },
+        ]
     }
 
     /// Counts one flow start; returns the alerts it raises (at most one per kind). Callers
@@ -364,6 +379,15 @@ impl<K: CompactKey<u64>> ScanTable<K> {
     /// Keys held.
     fn len(&self) -> usize {
         self.windows.len() + self.first.len()
+    }
+
+    /// Keys held, and windows and first sightings dropped to make room.
+    fn state(&self, table: &'static str) -> TableState {
+        TableState {
+            table,
+            entries: self.len(),
+            evicted: self.windows.evicted() + self.first.replaced(),
+        }
     }
 
     /// Prefetches what [`ScanTable::count_distinct`] of `key` reads first: its window set's

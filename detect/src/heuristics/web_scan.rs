@@ -32,6 +32,11 @@ impl WebScan {
         self.windows.len()
     }
 
+    /// Pairs' windows dropped to make room so far.
+    pub fn evicted(&self) -> u64 {
+        self.windows.evicted()
+    }
+
     /// Whether no pair is tracked.
     pub fn is_empty(&self) -> bool {
         self.windows.is_empty()

@@ -1,9 +1,9 @@
 //! AF_XDP transport for mirror mode: one socket per (interface, receive queue), served by a
 //! fixed number of transport threads (`--workers`). Transport only: each thread takes frames
-//! from its sockets, copies them into recycled buffers, hands them to the sensor's one
-//! [`xtrail_detect::pipeline::Detector`] over a bounded queue and gives the UMEM frames back
-//! to the fill queue. A frame that finds the queue full is dropped and counted
-//! (`queue_full`), never silently.
+//! from its sockets, copies each receive batch into a recycled [`FrameBatch`], hands it to
+//! the sensor's one [`xtrail_detect::pipeline::Detector`] over a bounded queue and gives the
+//! UMEM frames back to the fill queue. A batch that finds the queue full is dropped and its
+//! frames counted (`queue_full`), never silently.
 //!
 //! Every receive queue the interface has gets a socket (the real count, from sysfs), and the
 //! `XSKS` map is sized from it at load, so no queue's packets are misdelivered.
@@ -35,15 +35,54 @@ fn frames_per_socket(sockets: usize) -> u32 {
 /// Frames taken from one RX ring per pass.
 const RX_BATCH: usize = 64;
 
-/// A frame on its way to the detector.
-#[derive(Debug)]
-pub struct Frame {
+/// Frames on their way to the detector: one socket's receive batch, handed over in one
+/// queue operation (one per frame cost more than the copies). The buffers stay with the
+/// batch when it comes back for reuse, whatever its next batch's length.
+#[derive(Debug, Default)]
+pub struct FrameBatch {
     /// Arrival time, microseconds since the epoch.
     pub ts_us: i64,
     /// Index of the interface in the sensor's interface list.
     pub iface: usize,
-    /// The frame, Ethernet header first.
-    pub data: Vec<u8>,
+    /// The first `len` hold the batch's frames (Ethernet header first); the rest are spare.
+    bufs: Vec<Vec<u8>>,
+    len: usize,
+}
+
+impl FrameBatch {
+    /// An empty batch of `iface`'s frames arrived at `ts_us`, keeping its buffers.
+    fn reset(&mut self, ts_us: i64, iface: usize) {
+        self.ts_us = ts_us;
+        self.iface = iface;
+        self.len = 0;
+    }
+
+    /// Adds a copy of `frame`.
+    fn push(&mut self, frame: &[u8]) {
+        match self.bufs.get_mut(self.len) {
+            Some(buf) => {
+                buf.clear();
+                buf.extend_from_slice(frame);
+            }
+            None => self.bufs.push(frame.to_vec()),
+        }
+        self.len += 1;
+    }
+
+    /// Frames in the batch.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the batch holds no frame.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The batch's frames, in arrival order.
+    pub fn frames(&self) -> impl Iterator<Item = &[u8]> {
+        self.bufs.iter().take(self.len).map(Vec::as_slice)
+    }
 }
 
 /// Counters of the transport (relaxed atomics).
@@ -207,10 +246,10 @@ struct Xsk {
 /// What the transport threads share.
 #[derive(Clone)]
 pub struct TransportContext {
-    /// Frames to the detector.
-    pub frames: SyncSender<Frame>,
-    /// Buffers the detector is done with, for reuse.
-    pub recycled: Arc<Mutex<Receiver<Vec<u8>>>>,
+    /// Frames to the detector, a receive batch at a time.
+    pub frames: SyncSender<FrameBatch>,
+    /// Batches the detector is done with, for reuse.
+    pub recycled: Arc<Mutex<Receiver<FrameBatch>>>,
     pub counters: Arc<TransportCounters>,
     pub stop: Arc<AtomicBool>,
     /// Wakes the loop out of its idle poll (made only when AF_XDP is tried).
@@ -367,38 +406,31 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
         }
         return Ok(0);
     }
-    let now = unix_us_now();
-    // One lock per batch for the recycled buffers, not one per frame.
-    let recycled = ctx.recycled.lock().ok();
-    let mut spare: Option<Vec<u8>> = None;
-    let mut sent = 0u64;
+    let mut batch = ctx
+        .recycled
+        .lock()
+        .ok()
+        .and_then(|r| r.try_recv().ok())
+        .unwrap_or_default();
+    batch.reset(unix_us_now(), s.iface);
     for desc in &s.batch[..n] {
         // SAFETY: the kernel handed this frame to us and will not touch it until it is back
         // on the fill queue.
         let data = unsafe { s.umem.data(desc) };
-        let bytes = data.contents();
-        let mut buf = spare
-            .take()
-            .or_else(|| recycled.as_ref().and_then(|r| r.try_recv().ok()))
-            .unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(bytes);
-        let frame = Frame {
-            ts_us: now,
-            iface: s.iface,
-            data: buf,
-        };
-        match ctx.frames.try_send(frame) {
-            Ok(()) => sent += 1,
-            Err(TrySendError::Full(frame)) => {
-                ctx.counters.queue_full.fetch_add(1, Ordering::Relaxed);
-                // Keep the buffer for the next frame rather than dropping it.
-                spare = Some(frame.data);
-            }
-            Err(TrySendError::Disconnected(_)) => return Ok(n),
-        }
+        batch.push(data.contents());
     }
-    drop(recycled);
+    let sent = match ctx.frames.try_send(batch) {
+        Ok(()) => n as u64,
+        // The batch (and its buffers) is dropped: the queue holds more than the loop takes
+        // in a long while.
+        Err(TrySendError::Full(_)) => {
+            ctx.counters
+                .queue_full
+                .fetch_add(n as u64, Ordering::Relaxed);
+            0
+        }
+        Err(TrySendError::Disconnected(_)) => return Ok(n),
+    };
     ctx.counters.frames.fetch_add(n as u64, Ordering::Relaxed);
     if let Some(w) = ctx.wake.as_ref().filter(|_| sent > 0) {
         w.queued(sent);
@@ -422,7 +454,39 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::LoopWake;
+    use super::{FrameBatch, LoopWake};
+
+    #[test]
+    fn a_batch_keeps_its_buffers_across_lengths() {
+        let mut b = FrameBatch::default();
+        b.reset(7, 1);
+        for f in [&b"first frame"[..], b"second", b"third one"] {
+            b.push(f);
+        }
+        assert_eq!(
+            b.frames().collect::<Vec<_>>(),
+            [&b"first frame"[..], b"second", b"third one"]
+        );
+        let first = b.bufs[0].as_ptr();
+        // A shorter batch next: only its frames are seen, every buffer is kept.
+        b.reset(8, 0);
+        assert!(b.is_empty());
+        b.push(b"x");
+        assert_eq!((b.ts_us, b.iface, b.len()), (8, 0, 1));
+        assert_eq!(b.frames().collect::<Vec<_>>(), [&b"x"[..]]);
+        assert_eq!(b.bufs.len(), 3);
+        assert_eq!(b.bufs[0].as_ptr(), first, "the buffer was reused");
+        // A longer one grows the pool.
+        b.reset(9, 0);
+        for i in 0..5u8 {
+            b.push(&[i; 3]);
+        }
+        assert_eq!(
+            b.frames().map(|f| f[0]).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4]
+        );
+        assert_eq!(b.bufs.len(), 5);
+    }
 
     /// Whether the eventfd is readable now.
     fn readable(w: &LoopWake) -> bool {

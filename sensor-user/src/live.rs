@@ -194,6 +194,9 @@ pub struct LiveSummary {
     pub xsk_frames: u64,
     /// Frames dropped because the detector's queue was full.
     pub queue_full: u64,
+    /// Frames the AF_XDP sockets dropped before the transport read them (a full receive
+    /// ring, no fill buffer): redirected frames are `xsk_frames + xsk_dropped`.
+    pub xsk_dropped: u64,
     /// Handed-over packets run through the detector.
     pub processed: u64,
     /// Of those, frames the parser rejected.
@@ -222,6 +225,7 @@ impl LiveSummary {
             "payloads": self.payloads,
             "xsk_frames": self.xsk_frames,
             "queue_full": self.queue_full,
+            "xsk_dropped": self.xsk_dropped,
             "processed": self.processed,
             "parse_errors": self.parse_errors,
             "malformed_records": self.malformed_records,
@@ -235,13 +239,14 @@ impl LiveSummary {
 
     fn line(&self) -> String {
         format!(
-            "events={} whitelisted={} filtered={} payloads={} xsk_frames={} queue_full={} processed={} parse_errors={} flows={} suppressed_trail={} suppressed_source={}",
+            "events={} whitelisted={} filtered={} payloads={} xsk_frames={} queue_full={} xsk_dropped={} processed={} parse_errors={} flows={} suppressed_trail={} suppressed_source={}",
             self.events,
             self.whitelisted,
             self.filtered,
             self.payloads,
             self.xsk_frames,
             self.queue_full,
+            self.xsk_dropped,
             self.processed,
             self.parse_errors,
             self.flows,
@@ -907,6 +912,7 @@ pub fn run(
         if finishing || stats_due || metrics_due {
             summary.xsk_frames = counters.frames.load(Ordering::Relaxed);
             summary.queue_full = counters.queue_full.load(Ordering::Relaxed);
+            summary.xsk_dropped = counters.socket_dropped.load(Ordering::Relaxed);
             let d = detector.stats();
             summary.whitelisted = d.hits_whitelisted;
             summary.filtered = d.hits_filtered;

@@ -134,7 +134,7 @@ pub fn render(s: &Sample<'_>) -> String {
     let u = s.summary;
     let d = s.detector;
     let pr = &d.processor;
-    let counters: [(&str, &str, u64); 38] = [
+    let counters: [(&str, &str, u64); 39] = [
         (
             "payloads",
             "Ring-buffer packet copies read (inline mode)",
@@ -149,6 +149,11 @@ pub fn render(s: &Sample<'_>) -> String {
             "queue_full",
             "AF_XDP frames dropped: the detector's queue was full",
             u.queue_full,
+        ),
+        (
+            "xsk_dropped",
+            "AF_XDP frames the sockets dropped (a full receive ring, no fill buffer)",
+            u.xsk_dropped,
         ),
         (
             "malformed_records",

@@ -356,6 +356,7 @@ fn replay_inline_and_mirror_on_32_queues_give_the_same_events() {
             &["--mode", "mirror", "--workers", workers],
         );
         assert_eq!(counter(&stats, "queue_full"), 0, "{stats}");
+        assert_eq!(counter(&stats, "xsk_dropped"), 0, "{stats}");
         assert_eq!(counter(&stats, "handoff_failed"), 0, "{stats}");
         // The frames really came over AF_XDP, not by the ring-buffer fallback.
         assert!(counter(&stats, "xsk_frames") > 0, "{stats}");

@@ -985,7 +985,7 @@ fn flood_scan_windows() {
     // Each new pair with two ports (a window line each) on an infection port (the infection
     // table too): every table holds its windows and its first sightings, at most 512 each
     // with 1,000 keys a table.
-    let (_, peak, _) = flood(
+    let (_, peak, tables) = flood(
         small(),
         |i| {
             let port = if i % 2 == 0 { 445 } else { 139 };
@@ -1000,6 +1000,7 @@ fn flood_scan_windows() {
     );
     assert!(peak <= 4 * 512 + 4, "{peak}");
     assert!(peak > 2 * 512, "both sides of the tables filled: {peak}");
+    assert!(evicted(&tables, "scan_infection") > 0, "{tables:?}");
 }
 
 #[test]

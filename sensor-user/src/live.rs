@@ -169,9 +169,9 @@ const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// the collector's spool is written apart.
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(50);
 
-/// Receive batches the AF_XDP transport may queue for the detector (up to 64 frames each:
-/// 65,536 frames when full).
-const FRAME_QUEUE: usize = 1024;
+/// Receive batches the AF_XDP transport may queue for the detector (of up to 64 frames; at
+/// most `xsk::MAX_QUEUED_FRAMES` frames in all): 8 s of batches of a few frames every 2 ms.
+const FRAME_QUEUE: usize = 4096;
 
 /// Written events kept for reuse by the next kernel hits (a wake-up's worth at the rates
 /// seen: ~85 events per 50 ms poll at 1,700 events/s). Their strings are as long as the
@@ -194,9 +194,12 @@ pub struct LiveSummary {
     pub xsk_frames: u64,
     /// Frames dropped because the detector's queue was full.
     pub queue_full: u64,
-    /// Frames the AF_XDP sockets dropped before the transport read them (a full receive
-    /// ring, no fill buffer): redirected frames are `xsk_frames + xsk_dropped`.
+    /// Frames the AF_XDP sockets dropped before the transport read them (no free frame in
+    /// copy mode, a full receive ring): redirected frames are `xsk_frames + xsk_dropped`.
     pub xsk_dropped: u64,
+    /// Times a socket's fill ring was found empty (zero-copy: a frame the NIC dropped
+    /// before the XDP program; attempts, not frames).
+    pub xsk_fill_empty: u64,
     /// Handed-over packets run through the detector.
     pub processed: u64,
     /// Of those, frames the parser rejected.
@@ -226,6 +229,7 @@ impl LiveSummary {
             "xsk_frames": self.xsk_frames,
             "queue_full": self.queue_full,
             "xsk_dropped": self.xsk_dropped,
+            "xsk_fill_empty": self.xsk_fill_empty,
             "processed": self.processed,
             "parse_errors": self.parse_errors,
             "malformed_records": self.malformed_records,
@@ -239,7 +243,7 @@ impl LiveSummary {
 
     fn line(&self) -> String {
         format!(
-            "events={} whitelisted={} filtered={} payloads={} xsk_frames={} queue_full={} xsk_dropped={} processed={} parse_errors={} flows={} suppressed_trail={} suppressed_source={}",
+            "events={} whitelisted={} filtered={} payloads={} xsk_frames={} queue_full={} xsk_dropped={} xsk_fill_empty={} processed={} parse_errors={} flows={} suppressed_trail={} suppressed_source={}",
             self.events,
             self.whitelisted,
             self.filtered,
@@ -247,6 +251,7 @@ impl LiveSummary {
             self.xsk_frames,
             self.queue_full,
             self.xsk_dropped,
+            self.xsk_fill_empty,
             self.processed,
             self.parse_errors,
             self.flows,
@@ -799,6 +804,9 @@ pub fn run(
         while let Ok(batch) = frame_rx.try_recv() {
             read = true;
             frames_taken += batch.len() as u64;
+            counters
+                .in_queue
+                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
             let iface = ifaces.get(batch.iface).map(|(n, _)| n.as_str());
             for frame in batch.frames() {
                 let _ = detector.frame(batch.ts_us, LINKTYPE_ETHERNET, iface, frame, &mut out);
@@ -912,7 +920,8 @@ pub fn run(
         if finishing || stats_due || metrics_due {
             summary.xsk_frames = counters.frames.load(Ordering::Relaxed);
             summary.queue_full = counters.queue_full.load(Ordering::Relaxed);
-            summary.xsk_dropped = counters.socket_dropped.load(Ordering::Relaxed);
+            summary.xsk_dropped = counters.dropped.load(Ordering::Relaxed);
+            summary.xsk_fill_empty = counters.fill_empty.load(Ordering::Relaxed);
             let d = detector.stats();
             summary.whitelisted = d.hits_whitelisted;
             summary.filtered = d.hits_filtered;

@@ -134,7 +134,7 @@ pub fn render(s: &Sample<'_>) -> String {
     let u = s.summary;
     let d = s.detector;
     let pr = &d.processor;
-    let counters: [(&str, &str, u64); 39] = [
+    let counters: [(&str, &str, u64); 40] = [
         (
             "payloads",
             "Ring-buffer packet copies read (inline mode)",
@@ -152,8 +152,13 @@ pub fn render(s: &Sample<'_>) -> String {
         ),
         (
             "xsk_dropped",
-            "AF_XDP frames the sockets dropped (a full receive ring, no fill buffer)",
+            "AF_XDP frames the sockets dropped before the transport read them (no free frame, a full receive ring)",
             u.xsk_dropped,
+        ),
+        (
+            "xsk_fill_empty",
+            "Times an AF_XDP socket's fill ring was found empty (zero-copy: the NIC dropped the frame; attempts, not frames)",
+            u.xsk_fill_empty,
         ),
         (
             "malformed_records",
@@ -383,8 +388,8 @@ pub fn render(s: &Sample<'_>) -> String {
     p.family(
         "xtrail_sensor_heuristic_table_evictions_total",
         "counter",
-        "Entries each of the heuristics' bounded tables dropped to make room (a steady rise: \
-         the table is too small for the traffic, and scans seen only in part may go unreported)",
+        "Entries each of the heuristics' bounded tables dropped to make room, stale ones included \
+         (over one window near the entries held: keys go before their window ends)",
     );
     for t in s.tables {
         let _ = writeln!(

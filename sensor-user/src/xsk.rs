@@ -20,7 +20,7 @@ use anyhow::{anyhow, Context as _};
 use aya::maps::{HashMap, MapData, XskMap};
 use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, SocketConfig, UmemConfig};
 use xsk_rs::{FillQueue, FrameDesc, RxQueue, Socket, Umem};
-use xtrail_common::{maps as names, XSK_MAX_IFACES, XSK_MAX_QUEUES};
+use xtrail_common::{maps as names, XSK_FRAME_SIZE, XSK_MAX_IFACES, XSK_MAX_QUEUES};
 
 use crate::hits::unix_us_now;
 use crate::loader::Sensor;
@@ -33,28 +33,30 @@ fn frames_per_socket(sockets: usize) -> u32 {
         512
     }
 }
+/// Frames the detector's queue holds at most (batches of up to [`RX_BATCH`]).
+pub const MAX_QUEUED_FRAMES: u64 = 65_536;
 /// How often a transport thread reads its sockets' drop counters.
 const DROPS_EVERY: Duration = Duration::from_secs(1);
 /// Frames taken from one RX ring per pass.
 const RX_BATCH: usize = 64;
 /// A pass over a thread's sockets that found fewer frames than this (and some) waits
-/// [`BUSY_PAUSE`] before the next instead of polling: polling, the thread was woken every
-/// few frames while frames trickle in (~5,000 times a second on the NIC-like mix at 500k
-/// packets/s, 4.8% of them handed over). Frames that come in bursts are taken a burst a
-/// wake-up by polling, as before (a fixed pause after those woke the thread more often
-/// than the bursts did: DNS alone at 50k frames/s cost ~50 ns a frame more).
+/// before the next instead of polling: while frames trickle in, a polling thread is woken
+/// for every few of them. Bursts are taken a burst a wake-up by polling.
 const PAUSE_BELOW: usize = 16;
-/// The pause after a pass that found few frames: the frames then wait at most about this
-/// long for their copy (a socket's ring holds 4,096: only 2 million a second, right after
-/// a trickle, would fill it; a full ring's drops are counted in `socket_dropped`).
+/// The longest pause (sockets of 4,096 frames): as long as a socket's free frames take to
+/// fill at ~2 million frames a second (a pause is shorter in proportion for smaller
+/// sockets); frames that overflow a socket are counted in `dropped`.
 const BUSY_PAUSE: Duration = Duration::from_millis(2);
+/// UMEM frames per socket at which a pause is [`BUSY_PAUSE`].
+const PAUSE_FRAMES: u32 = 4096;
 
 /// Frames on their way to the detector: one socket's receive batch, handed over in one
 /// queue operation (one per frame cost more than the copies). The buffers stay with the
 /// batch when it comes back for reuse, whatever its next batch's length.
 #[derive(Debug, Default)]
 pub struct FrameBatch {
-    /// Arrival time, microseconds since the epoch.
+    /// When the transport copied the batch (microseconds since the epoch): its frames
+    /// arrived at most a pause ([`BUSY_PAUSE`]) or a poll earlier.
     pub ts_us: i64,
     /// Index of the interface in the sensor's interface list.
     pub iface: usize,
@@ -107,9 +109,18 @@ pub struct TransportCounters {
     /// Frames dropped because the detector's queue was full.
     pub queue_full: AtomicU64,
     /// Frames the sockets dropped before the transport saw them (the kernel's
-    /// `XDP_STATISTICS`: a full receive ring, no fill buffer, a bad descriptor), summed over
-    /// sockets; read about once a second and when the transport stops.
-    pub socket_dropped: AtomicU64,
+    /// `XDP_STATISTICS` `rx_dropped + rx_ring_full + rx_invalid_descs`: no free frame in copy
+    /// mode, a full receive ring), summed over sockets; read about once a second and when
+    /// the transport stops.
+    pub dropped: AtomicU64,
+    /// Times the kernel found a socket's fill ring empty (`rx_fill_ring_empty_descs`): in
+    /// zero-copy mode the NIC then had no buffer and dropped the frame before the XDP
+    /// program saw it; attempts, not frames (a retry counts again; in copy mode the same
+    /// frames are in `dropped` too).
+    pub fill_empty: AtomicU64,
+    /// Frames sent to the detector and not yet taken (the loop subtracts what it takes):
+    /// bounds the queue in frames, whatever the batches' lengths.
+    pub in_queue: AtomicU64,
 }
 
 /// How the transport threads wake the live loop out of its idle poll: frames reach the loop
@@ -259,21 +270,42 @@ struct Xsk {
     rx: RxQueue,
     fq: FillQueue,
     batch: Vec<FrameDesc>,
-    /// The socket's drops counted so far (its `XDP_STATISTICS` total when last read).
+    /// UMEM frames of the socket.
+    frames: u32,
+    /// A batch the detector's queue refused, kept for its buffers.
+    spare: Option<FrameBatch>,
+    /// The socket's drops and empty-fill counts so far (its `XDP_STATISTICS` when last read).
     dropped: u64,
+    fill_empty: u64,
+    /// Whether a failure to read the statistics was logged.
+    stats_warned: bool,
 }
 
 impl Xsk {
-    /// Adds the socket's drops since the last call to `counters`.
+    /// Adds the socket's drops and empty-fill counts since the last call to `counters`.
     fn count_drops(&mut self, counters: &TransportCounters) {
         match self.rx.fd().xdp_statistics() {
             Ok(st) => {
-                let total = st.rx_dropped() + st.rx_ring_full() + st.rx_invalid_descs();
-                let new = total.saturating_sub(self.dropped);
-                self.dropped = total;
-                counters.socket_dropped.fetch_add(new, Ordering::Relaxed);
+                let dropped = st.rx_dropped() + st.rx_ring_full() + st.rx_invalid_descs();
+                let add = |last: &mut u64, now: u64, to: &AtomicU64| {
+                    to.fetch_add(now.saturating_sub(*last), Ordering::Relaxed);
+                    *last = now;
+                };
+                add(&mut self.dropped, dropped, &counters.dropped);
+                add(
+                    &mut self.fill_empty,
+                    st.rx_fill_ring_empty_descs(),
+                    &counters.fill_empty,
+                );
             }
-            Err(e) => log::debug!("AF_XDP socket {}: statistics: {e}", self.name),
+            Err(e) if !self.stats_warned => {
+                self.stats_warned = true;
+                log::warn!(
+                    "AF_XDP socket {}: its drop counters cannot be read ({e}): xsk_dropped leaves them out",
+                    self.name
+                );
+            }
+            Err(_) => {}
         }
     }
 }
@@ -363,7 +395,7 @@ fn open_one(
 ) -> anyhow::Result<Xsk> {
     let frames = NonZeroU32::new(frames_per_socket(total)).context("frame count")?;
     let umem_config = UmemConfig::builder()
-        .frame_size(FrameSize::new(2048).map_err(|e| anyhow!("frame size: {e}"))?)
+        .frame_size(FrameSize::new(XSK_FRAME_SIZE).map_err(|e| anyhow!("frame size: {e}"))?)
         .fill_queue_size(frames.get().next_power_of_two().try_into()?)
         .comp_queue_size(64.try_into()?)
         .build()
@@ -405,11 +437,16 @@ fn open_one(
         rx,
         fq,
         batch,
+        frames: frames.get(),
+        spare: None,
         dropped: 0,
+        fill_empty: 0,
+        stats_warned: false,
     })
 }
 
-/// One transport thread: drain its sockets, hand frames over, refill, wait when idle.
+/// One transport thread: drain its sockets, hand frames over, refill, wait when idle; at
+/// stop, take what the sockets still hold (the XDP program is detached by then).
 fn serve(mut group: Vec<Xsk>, ctx: &TransportContext) -> anyhow::Result<()> {
     let mut pollfds: Vec<libc::pollfd> = group
         .iter()
@@ -419,6 +456,8 @@ fn serve(mut group: Vec<Xsk>, ctx: &TransportContext) -> anyhow::Result<()> {
             revents: 0,
         })
         .collect();
+    let smallest = group.iter().map(|s| s.frames).min().unwrap_or(PAUSE_FRAMES);
+    let pause = BUSY_PAUSE * smallest.min(PAUSE_FRAMES) / PAUSE_FRAMES;
     let mut drops_read = Instant::now();
     while !ctx.stop.load(Ordering::Relaxed) {
         if drops_read.elapsed() >= DROPS_EVERY {
@@ -433,14 +472,23 @@ fn serve(mut group: Vec<Xsk>, ctx: &TransportContext) -> anyhow::Result<()> {
             got += n;
             full |= n == RX_BATCH;
         }
-        if got > 0 && got < PAUSE_BELOW && !full {
-            std::thread::sleep(BUSY_PAUSE);
-        } else if !full {
+        if full {
+            continue;
+        }
+        if got > 0 && got < PAUSE_BELOW {
+            std::thread::sleep(pause);
+        } else {
             // SAFETY: pollfds is a valid array of pollfd of the given length.
             unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 100) };
         }
     }
     for s in &mut group {
+        // Bounded: the rings hold at most `frames` and nothing new arrives.
+        for _ in 0..=s.frames as usize / RX_BATCH {
+            if drain(s, ctx)? == 0 {
+                break;
+            }
+        }
         s.count_drops(&ctx.counters);
     }
     Ok(())
@@ -456,11 +504,10 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
         }
         return Ok(0);
     }
-    let mut batch = ctx
-        .recycled
-        .lock()
-        .ok()
-        .and_then(|r| r.try_recv().ok())
+    let mut batch = s
+        .spare
+        .take()
+        .or_else(|| ctx.recycled.lock().ok().and_then(|r| r.try_recv().ok()))
         .unwrap_or_default();
     batch.reset(unix_us_now(), s.iface);
     for desc in &s.batch[..n] {
@@ -469,21 +516,36 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
         let data = unsafe { s.umem.data(desc) };
         batch.push(data.contents());
     }
-    let sent = match ctx.frames.try_send(batch) {
-        Ok(()) => n as u64,
-        // The batch (and its buffers) is dropped: the queue holds more than the loop takes
-        // in a long while.
-        Err(TrySendError::Full(_)) => {
+    ctx.counters.frames.fetch_add(n as u64, Ordering::Relaxed);
+    let queued = &ctx.counters.in_queue;
+    let sent = if queued.load(Ordering::Relaxed) + n as u64 > MAX_QUEUED_FRAMES {
+        Err(TrySendError::Full(batch))
+    } else {
+        queued.fetch_add(n as u64, Ordering::Relaxed);
+        ctx.frames.try_send(batch).inspect_err(|_| {
+            queued.fetch_sub(n as u64, Ordering::Relaxed);
+        })
+    };
+    match sent {
+        Ok(()) => {
+            if let Some(w) = &ctx.wake {
+                w.queued(n as u64);
+            }
+        }
+        // The queue holds more than the loop takes in a long while: the frames are dropped
+        // and counted, the batch kept for its buffers.
+        Err(TrySendError::Full(batch)) => {
             ctx.counters
                 .queue_full
                 .fetch_add(n as u64, Ordering::Relaxed);
-            0
+            s.spare = Some(batch);
         }
-        Err(TrySendError::Disconnected(_)) => return Ok(n),
-    };
-    ctx.counters.frames.fetch_add(n as u64, Ordering::Relaxed);
-    if let Some(w) = ctx.wake.as_ref().filter(|_| sent > 0) {
-        w.queued(sent);
+        // The loop is gone (it stopped on an error): nothing takes frames any more.
+        Err(TrySendError::Disconnected(_)) => {
+            ctx.counters
+                .queue_full
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
     // SAFETY: the frames were copied out above; give them back to the kernel.
     let mut given = unsafe { s.fq.produce(&s.batch[..n]) };

@@ -174,10 +174,19 @@ fn metrics_endpoint_serves_kernel_and_pipeline_counters() {
     for table in [
         "scan_tcp",
         "scan_udp",
+        "scan_infection",
         "udp_flows",
         "web_scan",
+        "nxdomain",
         "dns_exhaustion",
+        "dns_exhaustion_subdomains",
+        "ua_cache",
     ] {
+        let entries = format!("xtrail_sensor_heuristic_table_entries{{table=\"{table}\"}} ");
+        assert!(
+            page.lines().any(|l| l.starts_with(&entries)),
+            "no {entries}in\n{page}"
+        );
         let series =
             format!("xtrail_sensor_heuristic_table_evictions_total{{table=\"{table}\"}} 0");
         assert!(page.lines().any(|l| l == series), "no {series} in\n{page}");

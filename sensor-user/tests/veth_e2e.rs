@@ -381,6 +381,51 @@ fn dns_http_and_tls_names_are_matched_and_traffic_still_arrives() {
 }
 
 #[test]
+fn mirror_mode_copies_frames_longer_than_a_socket_frame() {
+    privileged!();
+    let dir = tempdir("mirror-long");
+    let trails = write_trails(&dir, "");
+    let log = dir.join("events.jsonl");
+    let pair = VethPair::create("xj").expect("veth pair");
+    // Room for frames longer than an AF_XDP frame takes, within XDP's page on a veth.
+    for (ns, ifname) in [
+        (&pair.sensor_ns, &pair.sensor_if),
+        (&pair.peer_ns, &pair.peer_if),
+    ] {
+        let ok = Command::new("ip")
+            .args(["-n", ns, "link", "set", "dev", ifname, "mtu", "3000"])
+            .status()
+            .expect("ip")
+            .success();
+        assert!(ok, "mtu 3000 on {ifname}");
+    }
+    let sensor = Running::start(&pair, &trails, &log, &["--mode", "mirror"]);
+    let inj = pair.injector().expect("injector");
+    let (me, there) = (v4(&pair.peer_ip), v4(&pair.sensor_ip));
+    let http = format!(
+        "GET /malicious-e2e.php HTTP/1.1\r\nHost: shop-e2e-xtrail.com\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(2300)
+    );
+    let frame = Frame::tcp(me, 40001, there, 80, tcp_flags::PSH | tcp_flags::ACK)
+        .with_payload(http.as_bytes())
+        .build();
+    assert!(frame.len() > xtrail_common::XSK_FRAME_ROOM as usize);
+    inj.send(&frame).unwrap();
+    let ev = wait_for_events(&log, 1);
+    let stats = sensor.stop();
+    assert!(
+        ev.iter().any(|e| e["trail"]
+            .as_str()
+            .is_some_and(|t| t.contains("malicious-e2e.php"))),
+        "{ev:#?}\n{stats}"
+    );
+    // Copied to the ring, not redirected to a socket that would drop it.
+    assert_eq!(counter(&stats, "copied"), 1, "{stats}");
+    assert_eq!(counter(&stats, "redirected"), 0, "{stats}");
+    assert_eq!(counter(&stats, "xsk_dropped"), 0, "{stats}");
+}
+
+#[test]
 fn mirror_mode_hands_names_to_afxdp_workers() {
     privileged!();
     use xtrail_bench::frames::{dns_query, quic_client_initial, tls_client_hello};

@@ -233,9 +233,10 @@ pub struct HeuristicsStats {
     pub whitelisted: u64,
 }
 
-/// One bounded table of the heuristics: what it holds and what it dropped to make room (a
-/// full table forgets its least recent keys; a scan or flood seen only in part may then go
-/// unreported, so a steadily rising count says the table is too small for the traffic).
+/// One bounded table of the heuristics: what it holds and what it dropped to make room.
+/// Keys stay until room is needed, stale ones included, so evictions rise steadily on a
+/// busy link; evictions over one window near the entries held mean keys go before their
+/// window ends (a scan seen only in part may then go unreported).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TableState {
     /// The table's name (`scan_tcp`, `web_scan`, ...), as metrics label it.

@@ -118,6 +118,13 @@ pub const XSK_MAX_QUEUES: u32 = 4096;
 /// Interfaces one sensor can own AF_XDP sockets on.
 pub const XSK_MAX_IFACES: u32 = 16;
 
+/// Bytes of an AF_XDP socket's UMEM frame.
+pub const XSK_FRAME_SIZE: u32 = 2048;
+/// The longest packet an AF_XDP socket can take: its frame less the kernel's
+/// `XDP_PACKET_HEADROOM` (256 bytes). A longer one would be dropped at the socket (counted
+/// there, lost to the detector): the XDP program copies it to the payload ring instead.
+pub const XSK_FRAME_ROOM: u32 = XSK_FRAME_SIZE - 256;
+
 /// Bytes of a frame copied to userspace in inline mode (the rest is cut). A power of two:
 /// the XDP program bounds the copy length with a mask the verifier understands.
 pub const PAYLOAD_CAP: usize = 2048;

@@ -27,7 +27,8 @@ use xtrail_common::{
     action, addr_check, config_flags, handoff, mode, side, stat, tls_flow, trail_kind, trail_set,
     trail_table, wake, Config, FlowBatch, FlowRecord, HitRecord, IpPortKey, PayloadHeader,
     PayloadRecord, PerCpuStats, SuppressKey, TrailKey4, TrailKey6, FLOW_BATCH, FLOW_CACHE_SLOTS,
-    HTTP_PORT_WORDS, PAYLOAD_CAP, PREFILTER_SET_WORDS, PREFILTER_WORDS, XSK_MAX_IFACES,
+    HTTP_PORT_WORDS, PAYLOAD_CAP, PREFILTER_SET_WORDS, PREFILTER_WORDS, XSK_FRAME_ROOM,
+    XSK_MAX_IFACES,
 };
 
 /// Runtime configuration (element 0).
@@ -835,15 +836,19 @@ fn http_port(port: u16) -> bool {
 /// `hand_off`'s answer when the packet was not handed over.
 const NOT_HANDED_OFF: u32 = u32::MAX;
 
-/// Mirror mode with sockets: redirect to this queue's AF_XDP socket. Otherwise: copy the
-/// first bytes to the payload ring buffer. Returns the verdict for the packet handed over,
+/// Mirror mode with sockets: redirect to this queue's AF_XDP socket (a packet that fits a
+/// socket's frame). Otherwise: copy the first bytes to the payload ring buffer. Returns the verdict for the packet handed over,
 /// or `NOT_HANDED_OFF` (a plain `u32`, not an `Option`: that would be returned through
 /// memory, and its pointer would be a sixth argument where a BPF function takes five).
 /// A separate BPF function: verified once, not once per path through `process`.
 #[inline(never)]
 fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, addrs: u8, stats: Stats) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    if cfg.mode == mode::MIRROR && cfg.flags & config_flags::XSK != 0 {
+    // A packet longer than a socket's frame would be dropped there: it is copied below.
+    if cfg.mode == mode::MIRROR
+        && cfg.flags & config_flags::XSK != 0
+        && len <= u64::from(XSK_FRAME_ROOM)
+    {
         let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
         let queue = ctx.rx_queue_index();
         // A queue without a socket slot is never redirected (the kernel would refuse the

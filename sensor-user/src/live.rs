@@ -569,19 +569,13 @@ pub fn run(
     let queue = if use_xsk { FRAME_QUEUE } else { 0 };
     let (frame_tx, frame_rx) = std::sync::mpsc::sync_channel::<xsk::FrameBatch>(queue);
     let (recycle_tx, recycle_rx) = std::sync::mpsc::sync_channel::<xsk::FrameBatch>(queue);
-    let wake = if use_xsk {
-        Some(Arc::new(
-            xsk::LoopWake::new().context("creating the AF_XDP transport's eventfd")?,
-        ))
-    } else {
-        None
-    };
+    let wake = Arc::new(xsk::LoopWake::new().context("creating the AF_XDP transport's eventfd")?);
     let transport = xsk::TransportContext {
         frames: frame_tx,
         recycled: Arc::new(Mutex::new(recycle_rx)),
         counters: Arc::default(),
         stop: Arc::new(AtomicBool::new(false)),
-        wake: wake.clone(),
+        wake: Arc::clone(&wake),
     };
     let mut workers = Vec::new();
     if use_xsk {
@@ -613,7 +607,7 @@ pub fn run(
         }
     }
     // Without transport threads nothing writes the eventfd: neither polled nor armed.
-    let wake = wake.filter(|_| !workers.is_empty());
+    let wake = Some(wake).filter(|_| !workers.is_empty());
     let counters = Arc::clone(&transport.counters);
     let stop_workers = Arc::clone(&transport.stop);
     drop(transport);
@@ -689,8 +683,6 @@ pub fn run(
     let mut finishing = false;
     // When a wake-up last found something to read (see `QUIET`).
     let mut last_read = Instant::now();
-    // Frames taken from the AF_XDP transport so far (see `xsk::LoopWake::arm`).
-    let mut frames_taken = 0u64;
     // A ring record's flow starts, for the detector (reused: no allocation per record).
     let mut starts: Vec<FlowStart> = Vec::with_capacity(xtrail_common::FLOW_BATCH);
     loop {
@@ -720,7 +712,7 @@ pub fn run(
                 // flow-start flush or the run's end.
                 let timeout = if !unflushed
                     && last_read.elapsed() >= QUIET
-                    && wake.as_ref().is_none_or(|w| w.arm(frames_taken))
+                    && wake.as_ref().is_none_or(|w| w.arm())
                 {
                     let mut due = FLUSH_EVERY.saturating_sub(last_flush.elapsed());
                     if let Some(d) = opts.duration {
@@ -803,10 +795,9 @@ pub fn run(
         }
         while let Ok(batch) = frame_rx.try_recv() {
             read = true;
-            frames_taken += batch.len() as u64;
-            counters
-                .in_queue
-                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+            if let Some(w) = &wake {
+                w.taken(batch.len() as u64);
+            }
             let iface = ifaces.get(batch.iface).map(|(n, _)| n.as_str());
             for frame in batch.frames() {
                 let _ = detector.frame(batch.ts_us, LINKTYPE_ETHERNET, iface, frame, &mut out);

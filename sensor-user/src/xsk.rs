@@ -118,27 +118,26 @@ pub struct TransportCounters {
     /// program saw it; attempts, not frames (a retry counts again; in copy mode the same
     /// frames are in `dropped` too).
     pub fill_empty: AtomicU64,
-    /// Frames sent to the detector and not yet taken (the loop subtracts what it takes):
-    /// bounds the queue in frames, whatever the batches' lengths.
-    pub in_queue: AtomicU64,
 }
 
-/// How the transport threads wake the live loop out of its idle poll: frames reach the loop
-/// by a channel, which wakes no one, so a thread that queues frames while the loop sleeps
-/// long writes an eventfd among the loop's pollfds. While the loop is awake it polls every
-/// `wake::POLL_MS` and takes what is queued then, as it does with ring records below their
-/// ring's threshold; no write is made.
+/// The frames between the transport threads and the live loop: how many are in flight
+/// (queued and not yet taken: the bound of the queue in frames, whatever the batches'
+/// lengths, and how the loop knows the queue is empty) and how a batch wakes the loop.
+/// Frames reach the loop by a channel, which wakes no one, so a thread that queues frames
+/// while the loop sleeps long writes an eventfd among the loop's pollfds. While the loop is
+/// awake it polls every `wake::POLL_MS` and takes what is queued then, as it does with ring
+/// records below their ring's threshold; no write is made.
 #[derive(Debug)]
 pub struct LoopWake {
     fd: OwnedFd,
     /// Set by the loop before an idle poll; the first batch queued after it writes `fd`.
     idle: AtomicBool,
-    /// Frames queued to the loop so far.
-    queued: AtomicU64,
+    /// Frames reserved by the threads and not yet taken by the loop.
+    in_flight: AtomicU64,
 }
 
 impl LoopWake {
-    /// A non-blocking eventfd, nothing queued.
+    /// A non-blocking eventfd, nothing in flight.
     pub fn new() -> std::io::Result<Self> {
         // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor we own.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -150,21 +149,41 @@ impl LoopWake {
         Ok(Self {
             fd,
             idle: AtomicBool::new(false),
-            queued: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
         })
+    }
+
+    /// A thread is about to queue `n` frames: false (nothing reserved) when the queue would
+    /// then hold more than [`MAX_QUEUED_FRAMES`]. Reserved before the batch is sent, so the
+    /// count never falls below what the channel holds.
+    pub fn reserve(&self, n: u64) -> bool {
+        if self.in_flight.load(Ordering::SeqCst) + n > MAX_QUEUED_FRAMES {
+            return false;
+        }
+        self.in_flight.fetch_add(n, Ordering::SeqCst);
+        true
+    }
+
+    /// Reserved frames that were not queued after all.
+    pub fn unreserve(&self, n: u64) {
+        self.in_flight.fetch_sub(n, Ordering::SeqCst);
+    }
+
+    /// A thread queued the frames it reserved: wakes the loop if it sleeps in an idle poll.
+    pub fn queued(&self) {
+        if self.idle.swap(false, Ordering::SeqCst) {
+            self.wake_now();
+        }
+    }
+
+    /// The loop took `n` frames from the queue.
+    pub fn taken(&self, n: u64) {
+        self.in_flight.fetch_sub(n, Ordering::SeqCst);
     }
 
     /// The descriptor the loop polls.
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
-    }
-
-    /// A transport thread queued `n` frames: wakes the loop if it sleeps in an idle poll.
-    pub fn queued(&self, n: u64) {
-        self.queued.fetch_add(n, Ordering::SeqCst);
-        if self.idle.swap(false, Ordering::SeqCst) {
-            self.wake_now();
-        }
     }
 
     /// Wakes the loop whether it sleeps or not (a transport thread ending: the loop looks at
@@ -176,13 +195,12 @@ impl LoopWake {
         unsafe { libc::write(self.fd(), one.as_ptr().cast(), one.len()) };
     }
 
-    /// The loop, having taken `taken` frames in all, is about to poll long: false (and no
-    /// idle poll) when more were queued meanwhile. Every frame queued after a true answer
-    /// wakes the loop: the count is read after the flag is set, and a thread adds to the
-    /// count before it reads the flag.
-    pub fn arm(&self, taken: u64) -> bool {
+    /// The loop is about to poll long: false (and no idle poll) while frames are in flight.
+    /// Every frame queued after a true answer wakes the loop: the count is read after the
+    /// flag is set, and a thread reserves before it sends and reads the flag after.
+    pub fn arm(&self) -> bool {
         self.idle.store(true, Ordering::SeqCst);
-        if self.queued.load(Ordering::SeqCst) == taken {
+        if self.in_flight.load(Ordering::SeqCst) == 0 {
             return true;
         }
         self.idle.store(false, Ordering::SeqCst);
@@ -202,13 +220,11 @@ impl LoopWake {
 }
 
 /// Wakes the loop when dropped.
-struct WakeOnExit(Option<Arc<LoopWake>>);
+struct WakeOnExit(Arc<LoopWake>);
 
 impl Drop for WakeOnExit {
     fn drop(&mut self) {
-        if let Some(w) = &self.0 {
-            w.wake_now();
-        }
+        self.0.wake_now();
     }
 }
 
@@ -319,8 +335,8 @@ pub struct TransportContext {
     pub recycled: Arc<Mutex<Receiver<FrameBatch>>>,
     pub counters: Arc<TransportCounters>,
     pub stop: Arc<AtomicBool>,
-    /// Wakes the loop out of its idle poll (made only when AF_XDP is tried).
-    pub wake: Option<Arc<LoopWake>>,
+    /// Counts the frames in flight; wakes the loop out of its idle poll.
+    pub wake: Arc<LoopWake>,
 }
 
 /// Creates a socket on every receive queue of `ifaces` (name, index), registers them in the
@@ -373,7 +389,7 @@ pub fn start(
                 .spawn(move || {
                     // However the thread ends (an error, a panic), the loop hears of it at
                     // once rather than after its idle poll.
-                    let _wake = WakeOnExit(ctx.wake.clone());
+                    let _wake = WakeOnExit(Arc::clone(&ctx.wake));
                     serve(group, &ctx)
                 })
                 .context("starting an AF_XDP worker")?;
@@ -516,35 +532,26 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
         let data = unsafe { s.umem.data(desc) };
         batch.push(data.contents());
     }
-    ctx.counters.frames.fetch_add(n as u64, Ordering::Relaxed);
-    let queued = &ctx.counters.in_queue;
-    let sent = if queued.load(Ordering::Relaxed) + n as u64 > MAX_QUEUED_FRAMES {
-        Err(TrySendError::Full(batch))
+    let n64 = n as u64;
+    ctx.counters.frames.fetch_add(n64, Ordering::Relaxed);
+    let sent = if ctx.wake.reserve(n64) {
+        ctx.frames
+            .try_send(batch)
+            .inspect_err(|_| ctx.wake.unreserve(n64))
     } else {
-        queued.fetch_add(n as u64, Ordering::Relaxed);
-        ctx.frames.try_send(batch).inspect_err(|_| {
-            queued.fetch_sub(n as u64, Ordering::Relaxed);
-        })
+        Err(TrySendError::Full(batch))
     };
     match sent {
-        Ok(()) => {
-            if let Some(w) = &ctx.wake {
-                w.queued(n as u64);
-            }
-        }
+        Ok(()) => ctx.wake.queued(),
         // The queue holds more than the loop takes in a long while: the frames are dropped
         // and counted, the batch kept for its buffers.
         Err(TrySendError::Full(batch)) => {
-            ctx.counters
-                .queue_full
-                .fetch_add(n as u64, Ordering::Relaxed);
+            ctx.counters.queue_full.fetch_add(n64, Ordering::Relaxed);
             s.spare = Some(batch);
         }
         // The loop is gone (it stopped on an error): nothing takes frames any more.
         Err(TrySendError::Disconnected(_)) => {
-            ctx.counters
-                .queue_full
-                .fetch_add(n as u64, Ordering::Relaxed);
+            ctx.counters.queue_full.fetch_add(n64, Ordering::Relaxed);
         }
     }
     // SAFETY: the frames were copied out above; give them back to the kernel.
@@ -566,7 +573,7 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::{FrameBatch, LoopWake};
+    use super::{FrameBatch, LoopWake, MAX_QUEUED_FRAMES};
 
     #[test]
     fn a_batch_keeps_its_buffers_across_lengths() {
@@ -616,18 +623,23 @@ mod tests {
     fn frames_wake_only_an_idle_loop() {
         let w = LoopWake::new().unwrap();
         // Awake: frames queued write nothing.
-        w.queued(3);
+        assert!(w.reserve(3));
+        w.queued();
         assert!(!readable(&w));
         // Frames the loop has not taken: no idle poll.
-        assert!(!w.arm(0));
+        assert!(!w.arm());
         assert!(!readable(&w));
-        w.queued(1);
+        assert!(w.reserve(1));
+        w.queued();
         assert!(!readable(&w), "the failed arm left the loop awake");
         // All taken: idle; the next batch wakes it, once.
-        assert!(w.arm(4));
-        w.queued(2);
+        w.taken(4);
+        assert!(w.arm());
+        assert!(w.reserve(2));
+        w.queued();
         assert!(readable(&w));
-        w.queued(5);
+        assert!(w.reserve(5));
+        w.queued();
         let mut count = [0u8; 8];
         // SAFETY: reads 8 bytes into a live buffer from the test's own eventfd.
         let n = unsafe { libc::read(w.fd(), count.as_mut_ptr().cast(), count.len()) };
@@ -638,14 +650,31 @@ mod tests {
         );
         assert!(!readable(&w), "the wake-up was read");
         w.disarm(false);
-        w.queued(1);
+        assert!(w.reserve(1));
+        w.queued();
         assert!(!readable(&w), "awake again: no write");
-        assert!(w.arm(12));
+        w.taken(8);
+        assert!(w.arm());
         w.disarm(false);
         w.wake_now();
         assert!(
             readable(&w),
             "a thread's end wakes the loop even when awake"
         );
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_frames() {
+        let w = LoopWake::new().unwrap();
+        assert!(w.reserve(MAX_QUEUED_FRAMES - 10));
+        assert!(!w.reserve(11), "past the bound: nothing reserved");
+        assert!(w.reserve(10));
+        assert!(!w.reserve(1));
+        // A send that failed gives its room back, as does a batch taken.
+        w.unreserve(10);
+        w.taken(MAX_QUEUED_FRAMES - 10);
+        assert!(w.arm(), "nothing in flight");
+        w.disarm(false);
+        assert!(w.reserve(MAX_QUEUED_FRAMES));
     }
 }

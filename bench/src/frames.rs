@@ -45,6 +45,8 @@ pub struct Frame {
     pub ipv4_options: Vec<u8>,
     /// IPv4 fragment offset in 8-byte units (0: first or unfragmented).
     pub frag_offset: u16,
+    /// IPv4 "more fragments" flag.
+    pub more_fragments: bool,
     /// IPv6 extension headers to insert before the transport header: (type, body length in
     /// bytes, must be 6 + 8*k for hop-by-hop/dest-opts/routing).
     pub ipv6_ext: Vec<u8>,
@@ -65,6 +67,7 @@ impl Frame {
             l4,
             ipv4_options: Vec::new(),
             frag_offset: 0,
+            more_fragments: false,
             ipv6_ext: Vec::new(),
             ttl: 64,
         }
@@ -163,6 +166,13 @@ impl Frame {
     /// Marks the packet as a later IPv4 fragment (offset in 8-byte units).
     pub fn fragment(mut self, offset: u16) -> Frame {
         self.frag_offset = offset;
+        self
+    }
+
+    /// Makes an IPv4 frame the first fragment of a packet: offset 0, "more fragments" set.
+    pub fn first_fragment(mut self) -> Frame {
+        self.frag_offset = 0;
+        self.more_fragments = true;
         self
     }
 
@@ -289,7 +299,8 @@ impl Frame {
                 f.push(0);
                 f.extend_from_slice(&(total as u16).to_be_bytes());
                 f.extend_from_slice(&0x1234u16.to_be_bytes());
-                f.extend_from_slice(&(self.frag_offset & 0x1fff).to_be_bytes());
+                let mf = if self.more_fragments { 0x2000 } else { 0 };
+                f.extend_from_slice(&(mf | self.frag_offset & 0x1fff).to_be_bytes());
                 f.push(self.ttl);
                 f.push(proto);
                 f.extend_from_slice(&[0, 0]);

@@ -901,6 +901,50 @@ fn hand_offs_say_whether_their_addresses_are_clean() {
     assert_eq!(verdicts(&mut h), want(1));
 }
 
+/// A first fragment (offset 0, "more fragments" set) carries its transport header, as the
+/// detector parses it: handed over and vouched for as a whole packet is, IP:port trails
+/// included. A later fragment has no transport header: counted, never handed over.
+#[test]
+fn first_fragments_are_vouched_for_as_whole_packets_and_later_ones_not_handed_over() {
+    privileged!();
+    let mut h = Harness::inline();
+    let mut ring = h.sensor.take_payloads().expect("payload ring");
+    let me = v4(CLEAN);
+    let query = dns_query(12, "www.clean-name.net", 1);
+    let hello = chrome_client_hello("www.clean-name.net");
+    let tls = |port: u16| {
+        Frame::tcp(
+            me,
+            40400,
+            v4("6.6.6.6"),
+            port,
+            tcp_flags::ACK | tcp_flags::PSH,
+        )
+        .with_payload(&hello)
+        .first_fragment()
+    };
+    let dns = Frame::udp(me, 40300, v4("198.18.9.9"), 53, &query);
+    let cases = [
+        (dns.clone().first_fragment(), Some(Some(0))),
+        (tls(443), Some(Some(0))),
+        // 6.6.6.6:8443 is an IP:port trail.
+        (tls(8443), Some(None)),
+        (dns.fragment(100), None),
+    ];
+    for (frame, want) in &cases {
+        let before = h.counter(stat::FRAGMENTS);
+        h.run(frame);
+        let mut got = Vec::new();
+        while let Some(item) = ring.next() {
+            let rec = xtrail_sensor::hits::parse_payload(&item).expect("a whole payload record");
+            got.push(rec.clean_in);
+        }
+        assert_eq!(got, want.iter().copied().collect::<Vec<_>>(), "{frame:?}");
+        let later = u64::from(frame.frag_offset != 0);
+        assert_eq!(h.counter(stat::FRAGMENTS) - before, later, "{frame:?}");
+    }
+}
+
 /// Sets the TCP sequence number of an IPv4 frame without options (checksum left stale:
 /// neither the XDP program nor the parsers check it).
 fn with_seq(mut frame: Vec<u8>, seq: u32) -> Vec<u8> {

@@ -169,7 +169,8 @@ impl Frame {
         self
     }
 
-    /// Makes an IPv4 frame the first fragment of a packet: offset 0, "more fragments" set.
+    /// Makes an IPv4 frame the first fragment of a packet: offset 0, "more fragments" set
+    /// (an IPv6 frame is left as it is).
     pub fn first_fragment(mut self) -> Frame {
         self.frag_offset = 0;
         self.more_fragments = true;

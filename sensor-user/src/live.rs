@@ -569,16 +569,21 @@ pub fn run(
     let queue = if use_xsk { FRAME_QUEUE } else { 0 };
     let (frame_tx, frame_rx) = std::sync::mpsc::sync_channel::<xsk::FrameBatch>(queue);
     let (recycle_tx, recycle_rx) = std::sync::mpsc::sync_channel::<xsk::FrameBatch>(queue);
-    let wake = Arc::new(xsk::LoopWake::new().context("creating the AF_XDP transport's eventfd")?);
-    let transport = xsk::TransportContext {
-        frames: frame_tx,
-        recycled: Arc::new(Mutex::new(recycle_rx)),
-        counters: Arc::default(),
-        stop: Arc::new(AtomicBool::new(false)),
-        wake: Arc::clone(&wake),
-    };
+    let counters: Arc<xsk::TransportCounters> = Arc::default();
+    let stop_workers = Arc::new(AtomicBool::new(false));
+    // Made with the transport threads; without them nothing writes it: neither polled nor
+    // armed.
+    let mut wake = None;
     let mut workers = Vec::new();
     if use_xsk {
+        let w = Arc::new(xsk::LoopWake::new().context("creating the AF_XDP transport's eventfd")?);
+        let transport = xsk::TransportContext {
+            frames: frame_tx,
+            recycled: Arc::new(Mutex::new(recycle_rx)),
+            counters: Arc::clone(&counters),
+            stop: Arc::clone(&stop_workers),
+            wake: Arc::clone(&w),
+        };
         match xsk::start(
             &mut sensor,
             &ifaces,
@@ -586,31 +591,28 @@ pub fn run(
             opts.workers,
             &transport,
         ) {
-            Ok(w) => {
+            Ok(started) => {
                 let mut config = sensor.config;
                 config.flags |= config_flags::XSK;
                 sensor.write_config(config)?;
                 eprintln!(
                     "xtrail-sensor: {} AF_XDP socket(s) on {} worker thread(s): {}",
-                    w.iter().map(|w| w.sockets.len()).sum::<usize>(),
-                    w.len(),
-                    w.iter()
+                    started.iter().map(|w| w.sockets.len()).sum::<usize>(),
+                    started.len(),
+                    started
+                        .iter()
                         .map(|w| w.sockets.join(","))
                         .collect::<Vec<_>>()
                         .join(" ")
                 );
-                workers = w;
+                workers = started;
+                wake = Some(w);
             }
             Err(e) => log::warn!(
                 "AF_XDP sockets unavailable ({e:#}); mirror mode hands packets over by ring-buffer copies"
             ),
         }
     }
-    // Without transport threads nothing writes the eventfd: neither polled nor armed.
-    let wake = Some(wake).filter(|_| !workers.is_empty());
-    let counters = Arc::clone(&transport.counters);
-    let stop_workers = Arc::clone(&transport.stop);
-    drop(transport);
     crate::startup::mark("rings_mapped");
     for iface in &opts.ifaces {
         let a = sensor.attach(iface, opts.attach)?;

@@ -157,11 +157,11 @@ impl LoopWake {
     /// then hold more than [`MAX_QUEUED_FRAMES`]. Reserved before the batch is sent, so the
     /// count never falls below what the channel holds.
     pub fn reserve(&self, n: u64) -> bool {
-        if self.in_flight.load(Ordering::SeqCst) + n > MAX_QUEUED_FRAMES {
-            return false;
-        }
-        self.in_flight.fetch_add(n, Ordering::SeqCst);
-        true
+        self.in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                (v + n <= MAX_QUEUED_FRAMES).then_some(v + n)
+            })
+            .is_ok()
     }
 
     /// Reserved frames that were not queued after all.

@@ -59,10 +59,14 @@ fn run() -> Result<(), String> {
     for (i, f) in frames.iter().enumerate() {
         pcapw::write_packet(&mut w, t0 + i as i64 * 10, f).map_err(|e| e.to_string())?;
     }
+    // Frames per class (the list itself has one entry per frame).
+    let mut classes = std::collections::BTreeMap::<String, usize>::new();
+    for c in &mix.classes {
+        *classes.entry(format!("{c:?}")).or_default() += 1;
+    }
     eprintln!(
-        "mix_pcap: {} frames (background, dns, http, tls, ip-trail: {:?}), {} malicious items -> {out}",
+        "mix_pcap: {} frames ({classes:?}), {} malicious items -> {out}",
         mix.frames.len(),
-        mix.classes,
         mix.items.len()
     );
     Ok(())

@@ -798,7 +798,7 @@ pub fn run(
         while let Ok(batch) = frame_rx.try_recv() {
             read = true;
             if let Some(w) = &wake {
-                w.taken(batch.len() as u64);
+                w.release(batch.len() as u64);
             }
             let iface = ifaces.get(batch.iface).map(|(n, _)| n.as_str());
             for frame in batch.frames() {

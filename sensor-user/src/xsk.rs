@@ -164,11 +164,6 @@ impl LoopWake {
             .is_ok()
     }
 
-    /// Reserved frames that were not queued after all.
-    pub fn unreserve(&self, n: u64) {
-        self.in_flight.fetch_sub(n, Ordering::SeqCst);
-    }
-
     /// A thread queued the frames it reserved: wakes the loop if it sleeps in an idle poll.
     pub fn queued(&self) {
         if self.idle.swap(false, Ordering::SeqCst) {
@@ -176,8 +171,9 @@ impl LoopWake {
         }
     }
 
-    /// The loop took `n` frames from the queue.
-    pub fn taken(&self, n: u64) {
+    /// `n` reserved frames are no longer in flight: the loop took them, or a thread's send
+    /// failed.
+    pub fn release(&self, n: u64) {
         self.in_flight.fetch_sub(n, Ordering::SeqCst);
     }
 
@@ -537,7 +533,7 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
     let sent = if ctx.wake.reserve(n64) {
         ctx.frames
             .try_send(batch)
-            .inspect_err(|_| ctx.wake.unreserve(n64))
+            .inspect_err(|_| ctx.wake.release(n64))
     } else {
         Err(TrySendError::Full(batch))
     };
@@ -633,7 +629,7 @@ mod tests {
         w.queued();
         assert!(!readable(&w), "the failed arm left the loop awake");
         // All taken: idle; the next batch wakes it, once.
-        w.taken(4);
+        w.release(4);
         assert!(w.arm());
         assert!(w.reserve(2));
         w.queued();
@@ -653,7 +649,7 @@ mod tests {
         assert!(w.reserve(1));
         w.queued();
         assert!(!readable(&w), "awake again: no write");
-        w.taken(8);
+        w.release(8);
         assert!(w.arm());
         w.disarm(false);
         w.wake_now();
@@ -671,8 +667,8 @@ mod tests {
         assert!(w.reserve(10));
         assert!(!w.reserve(1));
         // A send that failed gives its room back, as does a batch taken.
-        w.unreserve(10);
-        w.taken(MAX_QUEUED_FRAMES - 10);
+        w.release(10);
+        w.release(MAX_QUEUED_FRAMES - 10);
         assert!(w.arm(), "nothing in flight");
         w.disarm(false);
         assert!(w.reserve(MAX_QUEUED_FRAMES));

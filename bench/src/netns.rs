@@ -151,6 +151,18 @@ impl VethPair {
         Ok(pair)
     }
 
+    /// Sets the MTU of both ends.
+    pub fn set_mtu(&self, mtu: u32) -> Result<(), NetnsError> {
+        let mtu = mtu.to_string();
+        for (ns, ifname) in [
+            (&self.sensor_ns, &self.sensor_if),
+            (&self.peer_ns, &self.peer_if),
+        ] {
+            ip(&["-n", ns, "link", "set", "dev", ifname, "mtu", &mtu])?;
+        }
+        Ok(())
+    }
+
     /// A command run inside the sensor's namespace.
     pub fn in_sensor_ns(&self, program: &str) -> Command {
         let mut c = Command::new("ip");

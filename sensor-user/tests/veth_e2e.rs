@@ -388,17 +388,7 @@ fn mirror_mode_copies_frames_longer_than_a_socket_frame() {
     let log = dir.join("events.jsonl");
     let pair = VethPair::create("xj").expect("veth pair");
     // Room for frames longer than an AF_XDP frame takes, within XDP's page on a veth.
-    for (ns, ifname) in [
-        (&pair.sensor_ns, &pair.sensor_if),
-        (&pair.peer_ns, &pair.peer_if),
-    ] {
-        let ok = Command::new("ip")
-            .args(["-n", ns, "link", "set", "dev", ifname, "mtu", "3000"])
-            .status()
-            .expect("ip")
-            .success();
-        assert!(ok, "mtu 3000 on {ifname}");
-    }
+    pair.set_mtu(3000).expect("mtu 3000 on both ends");
     let sensor = Running::start(&pair, &trails, &log, &["--mode", "mirror"]);
     let inj = pair.injector().expect("injector");
     let (me, there) = (v4(&pair.peer_ip), v4(&pair.sensor_ip));

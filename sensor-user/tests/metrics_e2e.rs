@@ -156,6 +156,17 @@ fn metrics_endpoint_serves_kernel_and_pipeline_counters() {
     assert!(v("xtrail_sensor_dns_messages_total") >= 1, "{page}");
     assert!(v("xtrail_sensor_flow_starts_total") >= 20, "{page}");
     assert_eq!(v("xtrail_sensor_kernel_counters_readable"), 1, "{page}");
+    // The AF_XDP transport's loss counters are served in every mode (0 without sockets).
+    for series in [
+        "xtrail_sensor_xsk_dropped_total",
+        "xtrail_sensor_xsk_fill_empty_total",
+        "xtrail_sensor_queue_full_total",
+    ] {
+        assert!(
+            page.lines().any(|l| l == format!("{series} 0")),
+            "{series}\n{page}"
+        );
+    }
     // The trail hit and the port scan (a heuristic IP event).
     assert_eq!(v("xtrail_sensor_events_total{type=\"IP\"}"), 2, "{page}");
     assert_eq!(v("xtrail_sensor_events_total{type=\"DNS\"}"), 1, "{page}");

@@ -725,6 +725,17 @@ fn copied(ring: &mut RingBuf<MapData>) -> Vec<(u8, Vec<u8>)> {
     out
 }
 
+/// The set each record of the `PAYLOADS` ring says its addresses are clean in (`None`: not
+/// vouched for), in ring order.
+fn clean_in(ring: &mut RingBuf<MapData>) -> Vec<Option<u8>> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        let rec = xtrail_sensor::hits::parse_payload(&item).expect("a whole payload record");
+        out.push(rec.clean_in);
+    }
+    out
+}
+
 /// A replay-side pipeline over `66.66.66.66` and a TLS domain trail, to run copied frames
 /// through exactly as the live payload reader does.
 fn processor() -> Processor {
@@ -880,12 +891,7 @@ fn hand_offs_say_whether_their_addresses_are_clean() {
         for (frame, _, _) in &cases {
             h.run(frame);
         }
-        let mut got = Vec::new();
-        while let Some(item) = ring.next() {
-            let rec = xtrail_sensor::hits::parse_payload(&item).expect("a whole payload record");
-            got.push(rec.clean_in);
-        }
-        got
+        clean_in(&mut ring)
     };
     let want = |set: u8| -> Vec<Option<u8>> {
         let clean = |c: &(Frame, bool, bool)| if set == 0 { c.1 } else { c.2 };
@@ -934,11 +940,7 @@ fn first_fragments_are_vouched_for_as_whole_packets_and_later_ones_not_handed_ov
     for (frame, want) in &cases {
         let before = h.counter(stat::FRAGMENTS);
         h.run(frame);
-        let mut got = Vec::new();
-        while let Some(item) = ring.next() {
-            let rec = xtrail_sensor::hits::parse_payload(&item).expect("a whole payload record");
-            got.push(rec.clean_in);
-        }
+        let got = clean_in(&mut ring);
         assert_eq!(got, want.iter().copied().collect::<Vec<_>>(), "{frame:?}");
         let later = u64::from(frame.frag_offset != 0);
         assert_eq!(h.counter(stat::FRAGMENTS) - before, later, "{frame:?}");

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use xtrail_common::{config_flags, side, HitRecord};
+use xtrail_common::{addr_check, config_flags, side, trail_set, HitRecord};
 use xtrail_detect::event::{set_str, Event};
 use xtrail_detect::heuristics::{FlowStart, HeuristicsConfig, UaPatterns};
 use xtrail_detect::pipeline::{Detector, DetectorConfig, FloodConfig, KernelHit};
@@ -204,7 +204,9 @@ pub struct LiveSummary {
     pub processed: u64,
     /// Of those, frames the parser rejected.
     pub parse_errors: u64,
-    /// Ring-buffer records too short to read.
+    /// Of those, frames whose addresses the XDP program's verdict spared looking up.
+    pub addresses_vouched: u64,
+    /// Ring-buffer records too short to read, AF_XDP frames without the program's meta.
     pub malformed_records: u64,
     /// Flow-start records read.
     pub flows: u64,
@@ -232,6 +234,7 @@ impl LiveSummary {
             "xsk_fill_empty": self.xsk_fill_empty,
             "processed": self.processed,
             "parse_errors": self.parse_errors,
+            "addresses_vouched": self.addresses_vouched,
             "malformed_records": self.malformed_records,
             "flows": self.flows,
             "flow_flushes": self.flow_flushes,
@@ -243,7 +246,7 @@ impl LiveSummary {
 
     fn line(&self) -> String {
         format!(
-            "events={} whitelisted={} filtered={} payloads={} xsk_frames={} queue_full={} xsk_dropped={} xsk_fill_empty={} processed={} parse_errors={} flows={} suppressed_trail={} suppressed_source={}",
+            "events={} whitelisted={} filtered={} payloads={} xsk_frames={} queue_full={} xsk_dropped={} xsk_fill_empty={} processed={} parse_errors={} addresses_vouched={} flows={} suppressed_trail={} suppressed_source={}",
             self.events,
             self.whitelisted,
             self.filtered,
@@ -254,6 +257,7 @@ impl LiveSummary {
             self.xsk_fill_empty,
             self.processed,
             self.parse_errors,
+            self.addresses_vouched,
             self.flows,
             self.suppressed_trail,
             self.suppressed_source
@@ -271,6 +275,10 @@ const LINKTYPE_ETHERNET: u32 = 1;
 #[derive(Clone, Copy, Debug)]
 pub struct MapSets {
     index: Option<u8>,
+    /// The epoch of the newest `TRAIL_SET` write, when no write came during the read: an
+    /// AF_XDP frame, which may have waited in a socket since any earlier write, is vouched
+    /// for only when stamped with it.
+    epoch: Option<u8>,
     /// The detector's set when read: a newer one vouches for nothing until read again.
     generation: u64,
 }
@@ -279,14 +287,20 @@ impl MapSets {
     /// The map set of `hit_sets` that holds `detector`'s set, unless records of the set it
     /// held before may still be unread ([`HitSets::fresh`]).
     pub fn read(hit_sets: &HitSets, detector: &Detector) -> Self {
+        let selected = hit_sets.selector();
         let index = (0..2u8).find(|&i| hit_sets.fresh(i) && hit_sets.holds(i, detector.trails()));
-        MapSets::holding(index, detector)
+        MapSets {
+            epoch: (hit_sets.selector() == selected).then_some(trail_set::epoch(selected)),
+            ..MapSets::holding(index, detector)
+        }
     }
 
-    /// Map set `index` holds `detector`'s set (`None`: neither does).
+    /// Map set `index` holds `detector`'s set (`None`: neither does); no AF_XDP frame is
+    /// vouched for.
     pub fn holding(index: Option<u8>, detector: &Detector) -> Self {
         MapSets {
             index,
+            epoch: None,
             generation: detector.trail_set_generation(),
         }
     }
@@ -294,6 +308,14 @@ impl MapSets {
     /// Whether a record found clean in map set `index` is clean for `detector`'s set.
     fn vouch(&self, index: Option<u8>, detector: &Detector) -> bool {
         index.is_some() && index == self.index && self.generation == detector.trail_set_generation()
+    }
+
+    /// Whether an AF_XDP frame stamped `stamp` is clean for `detector`'s set: found clean
+    /// under the newest `TRAIL_SET` write, in the map set holding the detector's set.
+    fn vouch_frame(&self, stamp: xsk::Stamp, detector: &Detector) -> bool {
+        stamp.addrs & addr_check::CLEAN != 0
+            && self.epoch == Some(stamp.epoch)
+            && self.vouch(Some(stamp.addrs & addr_check::SET), detector)
     }
 }
 
@@ -324,6 +346,28 @@ pub fn hand_over<'n>(
     let iface = ifname(h.ifindex);
     let _ = detector.frame_with(ts_us, LINKTYPE_ETHERNET, iface, h.frame, addresses, out);
     true
+}
+
+/// Runs one AF_XDP frame (its meta taken off by the transport, `stamp`) of `iface`, received
+/// at `ts_us`, through the detector; its addresses are not looked up again when the XDP
+/// program found both clean under the newest selector write in the set the detector uses.
+pub fn hand_over_frame(
+    frame: &[u8],
+    stamp: xsk::Stamp,
+    ts_us: i64,
+    iface: Option<&str>,
+    sets: &MapSets,
+    detector: &mut Detector,
+    out: &mut impl FnMut(Event),
+) {
+    detector.refresh_trails();
+    let addresses = if sets.vouch_frame(stamp, detector) {
+        Addresses::Clean
+    } else {
+        Addresses::Unchecked
+    };
+    // A frame the parser rejects is counted by the detector (`parse_errors`).
+    let _ = detector.frame_with(ts_us, LINKTYPE_ETHERNET, iface, frame, addresses, out);
 }
 
 /// What a kernel hit's event carries besides its record.
@@ -512,6 +556,7 @@ pub fn run(
     let shared = SharedTrails::new(Arc::clone(&first));
     detector.follow(shared.clone());
     let hit_sets = Arc::new(HitSets::new(first));
+    hit_sets.selected(sensor.selected());
     drop(trails);
     let reloader = match &opts.reload {
         Some(r) => Some(Reloader::start(
@@ -801,8 +846,16 @@ pub fn run(
                 w.release(batch.len() as u64);
             }
             let iface = ifaces.get(batch.iface).map(|(n, _)| n.as_str());
-            for frame in batch.frames() {
-                let _ = detector.frame(batch.ts_us, LINKTYPE_ETHERNET, iface, frame, &mut out);
+            for (frame, stamp) in batch.frames() {
+                hand_over_frame(
+                    frame,
+                    stamp,
+                    batch.ts_us,
+                    iface,
+                    &sets,
+                    &mut detector,
+                    &mut out,
+                );
             }
             let _ = recycle_tx.try_send(batch);
         }
@@ -915,11 +968,13 @@ pub fn run(
             summary.queue_full = counters.queue_full.load(Ordering::Relaxed);
             summary.xsk_dropped = counters.dropped.load(Ordering::Relaxed);
             summary.xsk_fill_empty = counters.fill_empty.load(Ordering::Relaxed);
+            summary.malformed_records += counters.malformed.swap(0, Ordering::Relaxed);
             let d = detector.stats();
             summary.whitelisted = d.hits_whitelisted;
             summary.filtered = d.hits_filtered;
             summary.processed = d.processor.packets;
             summary.parse_errors = d.processor.parse_errors;
+            summary.addresses_vouched = d.processor.addresses_vouched;
             if let (true, Some(m)) = (metrics_due, &opts.metrics) {
                 last_metrics = Some(Instant::now());
                 let kernel = sensor.counters().ok();

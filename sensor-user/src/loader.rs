@@ -157,6 +157,8 @@ pub struct Sensor {
     pub capacity: Capacity,
     /// What the prefilter halves hold after the start fill (handed to [`KernelTrailSets`]).
     prefilter: [PrefilterHalf; 2],
+    /// The `TRAIL_SET` value written last by the start (reloads go on from its epoch).
+    selected: u32,
     pub config: Config,
     attachments: Vec<Attachment>,
 }
@@ -365,21 +367,31 @@ impl Sensor {
             fill,
             capacity,
             prefilter: sets.prefilter().clone(),
+            selected: 0,
             config,
             attachments: Vec::new(),
         };
         sensor.write_config(config)?;
         // Set 0 is filled: make it the one packets use.
         let flags = sensor.fill.set_flags();
-        sensor.trail_sets()?.select(0, flags)?;
+        let mut sets = sensor.trail_sets()?;
+        sets.select(0, flags)?;
+        sensor.selected = sets.selected();
         Ok(sensor)
+    }
+
+    /// The `TRAIL_SET` value the start wrote (set 0 at its first epoch).
+    pub fn selected(&self) -> u32 {
+        self.selected
     }
 
     /// The two trail map sets, for reloads on another thread (set 0 is active after
     /// [`Sensor::load`]; a [`KernelTrailSets`] tracks switches itself from then on).
     pub fn trail_sets(&self) -> Result<KernelTrailSets, LoadError> {
-        Ok(KernelTrailSets::of(&self.ebpf, 0, self.capacity)?
-            .with_prefilter(self.prefilter.clone()))
+        Ok(
+            KernelTrailSets::of(&self.ebpf, self.selected, self.capacity)?
+                .with_prefilter(self.prefilter.clone()),
+        )
     }
 
     /// Replaces the program's configuration.

@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::io::{Read as _, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -174,6 +174,8 @@ pub struct HitSets {
     /// switched away from at drain count `d` are all read by drain `d + 2`, even when a
     /// reload stopped waiting for that (a live loop stalled for seconds).
     fresh_from: [AtomicU64; 2],
+    /// The `TRAIL_SET` value written last (its epoch dates AF_XDP frames' verdicts).
+    selected: AtomicU32,
 }
 
 impl HitSets {
@@ -196,6 +198,16 @@ impl HitSets {
         let slot = self.slots[usize::from(index & 1)].load();
         slot.as_ref()
             .is_some_and(|s| Arc::ptr_eq(&s.trails, trails))
+    }
+
+    /// The kernel's `TRAIL_SET` is now `value` (written before this call).
+    pub fn selected(&self, value: u32) {
+        self.selected.store(value, Ordering::Release);
+    }
+
+    /// The `TRAIL_SET` value written last, as far as [`HitSets::selected`] said.
+    pub fn selector(&self) -> u32 {
+        self.selected.load(Ordering::Acquire)
     }
 
     fn put(&self, index: u8, set: Option<Arc<VersionedTrails>>) {
@@ -602,6 +614,7 @@ impl Worker {
         self.shared.store(Arc::clone(&next));
         drop(current);
         self.kernel.select(to, flags)?;
+        self.hits.selected(self.kernel.selected());
         self.hits.switched_away(from);
         let live = load_started.elapsed();
         self.stats.set_version(&next.version);

@@ -695,6 +695,8 @@ pub struct KernelTrailSets {
     maps: TrailFds,
     selector: MapFd,
     active: u8,
+    /// The `TRAIL_SET` value last written (as far as this handle knows).
+    selected: u32,
     capacity: Capacity,
     /// What each half of the prefilter bitmap holds.
     prefilter: [PrefilterHalf; 2],
@@ -704,13 +706,14 @@ pub struct KernelTrailSets {
 }
 
 impl KernelTrailSets {
-    /// The sets of a loaded program whose set `active` is in use and whose maps were sized
-    /// with `capacity`.
-    pub fn of(ebpf: &Ebpf, active: u8, capacity: Capacity) -> Result<Self, TrailMapError> {
+    /// The sets of a loaded program whose `TRAIL_SET` value is `selected` (0 for a fresh
+    /// program: set 0, epoch 0) and whose maps were sized with `capacity`.
+    pub fn of(ebpf: &Ebpf, selected: u32, capacity: Capacity) -> Result<Self, TrailMapError> {
         Ok(KernelTrailSets {
             maps: TrailFds::of(ebpf)?,
             selector: dup(ebpf, names::TRAIL_SET, 4)?,
-            active,
+            active: (selected & trail_set::INDEX) as u8,
+            selected,
             capacity,
             prefilter: Default::default(),
             filled: Default::default(),
@@ -763,12 +766,20 @@ impl KernelTrailSets {
         self.filled.set(f);
     }
 
-    /// Makes set `index` (filled, with `flags`) the one every following packet uses.
+    /// Makes set `index` (filled, with `flags`) the one every following packet uses, at the
+    /// next epoch.
     pub fn select(&mut self, index: u8, flags: u32) -> Result<(), TrailMapError> {
-        let value = trail_set::value(index, flags);
+        let epoch = trail_set::epoch(self.selected).wrapping_add(1);
+        let value = trail_set::value(index, epoch, flags);
         update_elem(&self.selector, &0u32, &value)?;
         self.active = index & 1;
+        self.selected = value;
         Ok(())
+    }
+
+    /// The `TRAIL_SET` value last written.
+    pub fn selected(&self) -> u32 {
+        self.selected
     }
 
     /// Deletes the hash and LPM entries of set `index` (inactive), which was filled from
@@ -913,9 +924,16 @@ mod tests {
             ..FillReport::default()
         }
         .set_flags();
-        let v = trail_set::value(1, flags);
+        let v = trail_set::value(1, 0xa5, flags);
         assert_eq!((v >> trail_set::V4_BITS_SHIFT) & trail_set::BITS_MASK, 13);
         assert_eq!((v >> trail_set::PORT_BITS_SHIFT) & trail_set::BITS_MASK, 17);
         assert_eq!(v & trail_set::INDEX, 1);
+        assert_eq!(trail_set::epoch(v), 0xa5);
+        // The epoch takes none of the flags' bits.
+        assert_eq!(
+            v & !(0xff << trail_set::EPOCH_SHIFT),
+            trail_set::value(1, 0, flags)
+        );
+        assert_eq!(flags & (0xff << trail_set::EPOCH_SHIFT), 0);
     }
 }

@@ -3,7 +3,8 @@
 //! from its sockets, copies each receive batch into a recycled [`FrameBatch`], hands it to
 //! the sensor's one [`xtrail_detect::pipeline::Detector`] over a bounded queue and gives the
 //! UMEM frames back to the fill queue. A batch that finds the queue full is dropped and its
-//! frames counted (`queue_full`), never silently.
+//! frames counted (`queue_full`), never silently. Each frame comes after the XDP program's
+//! [`XskMeta`] (its address verdict, [`Stamp`]), which the copy leaves out.
 //!
 //! Every receive queue the interface has gets a socket (the real count, from sysfs), and the
 //! `XSKS` map is sized from it at load, so no queue's packets are misdelivered.
@@ -20,7 +21,10 @@ use anyhow::{anyhow, Context as _};
 use aya::maps::{HashMap, MapData, XskMap};
 use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, SocketConfig, UmemConfig};
 use xsk_rs::{FillQueue, FrameDesc, RxQueue, Socket, Umem};
-use xtrail_common::{maps as names, XSK_FRAME_SIZE, XSK_MAX_IFACES, XSK_MAX_QUEUES};
+use xtrail_common::{
+    maps as names, XskMeta, XSK_FRAME_SIZE, XSK_MAX_IFACES, XSK_MAX_QUEUES, XSK_META_LEN,
+    XSK_META_MAGIC,
+};
 
 use crate::hits::unix_us_now;
 use crate::loader::Sensor;
@@ -62,7 +66,38 @@ pub struct FrameBatch {
     pub iface: usize,
     /// The first `len` hold the batch's frames (Ethernet header first); the rest are spare.
     bufs: Vec<Vec<u8>>,
+    /// The first `len` are the frames' stamps.
+    stamps: Vec<Stamp>,
     len: usize,
+}
+
+/// A frame's address verdict as the XDP program stamped it ([`XskMeta`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// See `xtrail_common::addr_check`.
+    pub addrs: u8,
+    /// The epoch of the `TRAIL_SET` value the addresses were looked up under.
+    pub epoch: u8,
+}
+
+/// The stamp of the [`XskMeta`] at the start of `data` and the frame after it; `None` when
+/// `data` does not start with one.
+pub fn split_meta(data: &[u8]) -> Option<(Stamp, &[u8])> {
+    let (meta, frame) = data.split_at_checked(XSK_META_LEN)?;
+    let magic = u32::from_ne_bytes(meta.get(..4)?.try_into().ok()?);
+    if magic != XSK_META_MAGIC {
+        return None;
+    }
+    let at = |i: usize| meta.get(i).copied().unwrap_or(0);
+    let addrs = std::mem::offset_of!(XskMeta, addrs);
+    let epoch = std::mem::offset_of!(XskMeta, epoch);
+    Some((
+        Stamp {
+            addrs: at(addrs),
+            epoch: at(epoch),
+        },
+        frame,
+    ))
 }
 
 impl FrameBatch {
@@ -73,8 +108,8 @@ impl FrameBatch {
         self.len = 0;
     }
 
-    /// Adds a copy of `frame`.
-    fn push(&mut self, frame: &[u8]) {
+    /// Adds a copy of `frame`, stamped `stamp`.
+    fn push(&mut self, frame: &[u8], stamp: Stamp) {
         match self.bufs.get_mut(self.len) {
             Some(buf) => {
                 buf.clear();
@@ -82,7 +117,19 @@ impl FrameBatch {
             }
             None => self.bufs.push(frame.to_vec()),
         }
+        match self.stamps.get_mut(self.len) {
+            Some(s) => *s = stamp,
+            None => self.stamps.push(stamp),
+        }
         self.len += 1;
+    }
+
+    /// Adds a copy of the frame after the meta that starts `data`; false (nothing added)
+    /// when `data` starts with none.
+    fn push_received(&mut self, data: &[u8]) -> bool {
+        split_meta(data)
+            .map(|(stamp, frame)| self.push(frame, stamp))
+            .is_some()
     }
 
     /// Frames in the batch.
@@ -95,9 +142,13 @@ impl FrameBatch {
         self.len == 0
     }
 
-    /// The batch's frames, in arrival order.
-    pub fn frames(&self) -> impl Iterator<Item = &[u8]> {
-        self.bufs.iter().take(self.len).map(Vec::as_slice)
+    /// The batch's frames with their stamps, in arrival order.
+    pub fn frames(&self) -> impl Iterator<Item = (&[u8], Stamp)> {
+        self.bufs
+            .iter()
+            .zip(&self.stamps)
+            .take(self.len)
+            .map(|(b, s)| (b.as_slice(), *s))
     }
 }
 
@@ -108,6 +159,8 @@ pub struct TransportCounters {
     pub frames: AtomicU64,
     /// Frames dropped because the detector's queue was full.
     pub queue_full: AtomicU64,
+    /// Frames that did not start with the XDP program's [`XskMeta`] (none should).
+    pub malformed: AtomicU64,
     /// Frames the sockets dropped before the transport saw them (the kernel's
     /// `XDP_STATISTICS` `rx_dropped + rx_ring_full + rx_invalid_descs`: no free frame in copy
     /// mode, a full receive ring), summed over sockets; read about once a second and when
@@ -526,9 +579,12 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
         // SAFETY: the kernel handed this frame to us and will not touch it until it is back
         // on the fill queue.
         let data = unsafe { s.umem.data(desc) };
-        batch.push(data.contents());
+        if !batch.push_received(data.contents()) {
+            // Counted apart (malformed records), not as received frames.
+            ctx.counters.malformed.fetch_add(1, Ordering::Relaxed);
+        }
     }
-    let n64 = n as u64;
+    let n64 = batch.len() as u64;
     ctx.counters.frames.fetch_add(n64, Ordering::Relaxed);
     let sent = if ctx.wake.reserve(n64) {
         ctx.frames
@@ -569,36 +625,90 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::{FrameBatch, LoopWake, MAX_QUEUED_FRAMES};
+    use super::{split_meta, FrameBatch, LoopWake, Stamp, MAX_QUEUED_FRAMES};
+    use xtrail_common::{XskMeta, XSK_META_LEN, XSK_META_MAGIC};
+
+    /// `frame` after a meta as the XDP program writes it.
+    fn received(frame: &[u8], addrs: u8, epoch: u8) -> Vec<u8> {
+        let meta = XskMeta {
+            magic: XSK_META_MAGIC,
+            addrs,
+            epoch,
+            kind: 1,
+            _pad: [0; 9],
+        };
+        let mut v = Vec::with_capacity(XSK_META_LEN + frame.len());
+        v.extend_from_slice(&meta.magic.to_ne_bytes());
+        v.extend_from_slice(&[meta.addrs, meta.epoch, meta.kind]);
+        v.extend_from_slice(&meta._pad);
+        v.extend_from_slice(frame);
+        v
+    }
+
+    #[test]
+    fn the_meta_is_taken_off_each_frame_and_kept_as_its_stamp() {
+        let data = received(b"frame bytes", 0x81, 7);
+        let (stamp, frame) = split_meta(&data).unwrap();
+        assert_eq!(
+            stamp,
+            Stamp {
+                addrs: 0x81,
+                epoch: 7
+            }
+        );
+        assert_eq!(frame, b"frame bytes");
+        assert_eq!(split_meta(&received(b"", 0, 0)).unwrap().1, b"");
+        // No meta: too short, or another magic.
+        assert!(split_meta(&data[..XSK_META_LEN - 1]).is_none());
+        let mut bad = data.clone();
+        bad[0] ^= 1;
+        assert!(split_meta(&bad).is_none());
+        let mut b = FrameBatch::default();
+        b.reset(1, 0);
+        assert!(b.push_received(&data));
+        assert!(!b.push_received(&bad));
+        assert_eq!(
+            b.frames().collect::<Vec<_>>(),
+            [(&b"frame bytes"[..], stamp)]
+        );
+    }
 
     #[test]
     fn a_batch_keeps_its_buffers_across_lengths() {
         let mut b = FrameBatch::default();
+        let s = |epoch| Stamp { addrs: 0, epoch };
         b.reset(7, 1);
-        for f in [&b"first frame"[..], b"second", b"third one"] {
-            b.push(f);
+        for (i, f) in [&b"first frame"[..], b"second", b"third one"]
+            .into_iter()
+            .enumerate()
+        {
+            b.push(f, s(i as u8));
         }
         assert_eq!(
             b.frames().collect::<Vec<_>>(),
-            [&b"first frame"[..], b"second", b"third one"]
+            [
+                (&b"first frame"[..], s(0)),
+                (b"second", s(1)),
+                (b"third one", s(2))
+            ]
         );
         let first = b.bufs[0].as_ptr();
         // A shorter batch next: only its frames are seen, every buffer is kept.
         b.reset(8, 0);
         assert!(b.is_empty());
-        b.push(b"x");
+        b.push(b"x", s(9));
         assert_eq!((b.ts_us, b.iface, b.len()), (8, 0, 1));
-        assert_eq!(b.frames().collect::<Vec<_>>(), [&b"x"[..]]);
+        assert_eq!(b.frames().collect::<Vec<_>>(), [(&b"x"[..], s(9))]);
         assert_eq!(b.bufs.len(), 3);
         assert_eq!(b.bufs[0].as_ptr(), first, "the buffer was reused");
         // A longer one grows the pool.
         b.reset(9, 0);
         for i in 0..5u8 {
-            b.push(&[i; 3]);
+            b.push(&[i; 3], s(i));
         }
         assert_eq!(
-            b.frames().map(|f| f[0]).collect::<Vec<_>>(),
-            [0, 1, 2, 3, 4]
+            b.frames().map(|(f, s)| (f[0], s.epoch)).collect::<Vec<_>>(),
+            [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]
         );
         assert_eq!(b.bufs.len(), 5);
     }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use xtrail_bench::frames::{chrome_client_hello, dns_query, tcp_flags, v4, Frame};
 use xtrail_common::{
-    action, addr_check, handoff, side, trail_kind, HitRecord, PayloadHeader, PAYLOAD_CAP,
-    PAYLOAD_HEADER_LEN,
+    action, addr_check, handoff, side, trail_kind, trail_set, HitRecord, PayloadHeader,
+    PAYLOAD_CAP, PAYLOAD_HEADER_LEN,
 };
 use xtrail_detect::event::Event;
 use xtrail_detect::heuristics::{HeuristicsConfig, UaPatterns};
@@ -24,8 +24,9 @@ use xtrail_detect::throttle::ThrottleConfig;
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
 use xtrail_sensor::hits::{parse_payload, Clock};
-use xtrail_sensor::live::{hand_over, Hit, MapSets};
+use xtrail_sensor::live::{hand_over, hand_over_frame, Hit, MapSets};
 use xtrail_sensor::reload::HitSets;
+use xtrail_sensor::xsk::Stamp;
 
 struct Counting;
 
@@ -236,6 +237,83 @@ fn hand_off_addresses_are_vouched_for_only_in_the_detectors_set() {
             assert_eq!(e.trail, "66.66.66.66 (www.example.net)", "case {i}");
         }
     }
+}
+
+/// An AF_XDP frame's addresses are taken as clean only when the XDP program stamped it clean
+/// under the newest `TRAIL_SET` write (its epoch) in the map set holding the detector's set:
+/// a frame may wait in a socket across a reload, after which its set's index can hold
+/// another set.
+#[test]
+fn frame_addresses_are_vouched_for_only_under_the_newest_selector_write() {
+    let csv = "66.66.66.66,malware (test),(test)\n";
+    let (trails, mut detector) = live_detector("vouch-frame", csv);
+    let hit_sets = HitSets::new(Arc::new(VersionedTrails::new("t", Arc::clone(&trails))));
+    // The start's write: set 0 at epoch 1.
+    hit_sets.selected(trail_set::value(0, 1, 0));
+    let newest = MapSets::read(&hit_sets, &detector);
+    let resolver = v4("66.66.66.66");
+    let stamp = |addrs, epoch| Stamp { addrs, epoch };
+    let cases = [
+        // (the frame's stamp, the wake-up's read, reported)
+        (stamp(addr_check::CLEAN, 1), newest, false),
+        (stamp(addr_check::UNKNOWN, 1), newest, true),
+        // Stamped under an earlier write, or in the other set.
+        (stamp(addr_check::CLEAN, 0), newest, true),
+        (stamp(addr_check::CLEAN | 1, 1), newest, true),
+        // A read that knows no write (a ring record's view) vouches for no frame.
+        (
+            stamp(addr_check::CLEAN, 1),
+            MapSets::holding(Some(0), &detector),
+            true,
+        ),
+    ];
+    for (i, (stamp, sets, reported)) in cases.into_iter().enumerate() {
+        let before = detector.stats().processor.addresses_vouched;
+        let me = v4(&format!("198.18.8.{}", 10 + i));
+        let frame = Frame::udp(
+            me,
+            40000,
+            resolver,
+            53,
+            &dns_query(i as u16, "www.example.net", 1),
+        )
+        .build();
+        let mut events = Vec::new();
+        hand_over_frame(
+            &frame,
+            stamp,
+            1_790_000_000_000_000,
+            Some("eth0"),
+            &sets,
+            &mut detector,
+            &mut |e| events.push(e),
+        );
+        let vouched = detector.stats().processor.addresses_vouched - before;
+        assert_eq!(events.len(), usize::from(reported), "case {i}: {events:?}");
+        assert_eq!(vouched, u64::from(!reported), "case {i}");
+    }
+    // The next write (a reload's switch to set 1) makes frames of the last epoch stale.
+    hit_sets.selected(trail_set::value(1, 2, 0));
+    let after = MapSets::read(&hit_sets, &detector);
+    let mut events = Vec::new();
+    let frame = Frame::udp(
+        v4("198.18.8.99"),
+        40000,
+        resolver,
+        53,
+        &dns_query(9, "www.example.net", 1),
+    )
+    .build();
+    hand_over_frame(
+        &frame,
+        stamp(addr_check::CLEAN, 1),
+        1_790_000_000_000_000,
+        Some("eth0"),
+        &after,
+        &mut detector,
+        &mut |e| events.push(e),
+    );
+    assert_eq!(events.len(), 1, "{events:?}");
 }
 
 /// A set the detector takes between the wake-up's read and a record (a reload published

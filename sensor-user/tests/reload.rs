@@ -329,3 +329,61 @@ fn a_watched_trails_file_is_reloaded_when_it_changes() {
     assert_eq!(ev[0]["trail"], NEW);
     assert!(stats.contains("trail_reloads=1"), "{stats}");
 }
+
+/// Mirror mode: each AF_XDP frame carries the XDP program's address verdict, dated by the
+/// trail-set switch it was made under. Across a reload, a DNS query to an address that became
+/// a trail is reported (`ip (query)`), and frames after the switch are vouched for again (the
+/// live loop learns the switch's epoch): a query to the address no longer a trail is taken
+/// as clean without a second lookup.
+#[test]
+fn mirror_frames_are_vouched_for_again_after_a_reload() {
+    use xtrail_bench::frames::dns_query;
+    privileged!();
+    let dir = tempdir("reload-mirror");
+    let trails = dir.join("trails.csv");
+    write_set(&trails, false, 10);
+    let log = dir.join("events.jsonl");
+    let pair = VethPair::create("xv").expect("veth pair");
+    let watched = common::start_sensor(
+        &pair,
+        &trails,
+        &log,
+        "mirror-reload",
+        &["--mode", "mirror", "--suppress-ms", "0", "--no-heuristics"],
+    );
+    let inj = pair.injector().expect("injector");
+    let me = v4(&pair.peer_ip);
+    let query = |port: u16, to: &str| {
+        let q = dns_query(port, "www.example.net", 1);
+        inj.send(&Frame::udp(me, port, v4(to), 53, &q).build())
+            .unwrap();
+    };
+    // NEW is no trail yet: clean, vouched for.
+    query(30001, NEW);
+    std::thread::sleep(Duration::from_millis(300));
+    write_set(&trails, true, 11);
+    sighup(watched.child.id());
+    next_reload(&watched, "reload to set B");
+    // Now NEW is a trail (reported by userspace), OLD no longer is (vouched for).
+    query(30002, NEW);
+    query(30003, OLD);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events(&log).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = common::stop_sensor(watched);
+    let ev = events(&log);
+    assert_eq!(ev.len(), 1, "{ev:#?}\n{stats}");
+    assert_eq!(ev[0]["trail"], format!("{NEW} (www.example.net)"));
+    assert_eq!(ev[0]["src_port"], 30002);
+    let counter = |name: &str| {
+        stats
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert_eq!(counter("redirected"), Some(3), "{stats}");
+    assert_eq!(counter("addresses_vouched"), Some(2), "{stats}");
+    assert_eq!(counter("trail_reloads"), Some(1), "{stats}");
+}

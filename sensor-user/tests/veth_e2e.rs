@@ -476,6 +476,9 @@ fn mirror_mode_hands_names_to_afxdp_workers() {
     );
     assert_eq!(counter(&stats, "redirected"), 5, "{stats}");
     assert_eq!(counter(&stats, "copied"), 0, "{stats}");
+    // The XDP program's address verdict came with each frame (no address is a trail): none
+    // was looked up again.
+    assert_eq!(counter(&stats, "addresses_vouched"), 5, "{stats}");
     // Mirror mode: everything is consumed at the sensor (dropped or redirected).
     assert_eq!(counter(&stats, "pass"), 0, "{stats}");
 }

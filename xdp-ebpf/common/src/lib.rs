@@ -37,10 +37,16 @@ pub mod maps {
 /// key ([`TrailKey4`], [`TrailKey6`], [`IpPortKey::set`], the LPM keys) and selects the
 /// half of the prefilter. Bit 0 of the selector is the active set; the set's own
 /// `HAVE_*`/`PREFILTER4` bits of [`config_flags`] ride along, so a reload switches set and
-/// flags with one aligned 4-byte write and no packet sees a half-filled set.
+/// flags with one aligned 4-byte write and no packet sees a half-filled set. Bits 8-15 count
+/// the writes (the epoch): a frame stamped with the selector's index and epoch was looked
+/// up in the contents the set has had since that write ([`XskMeta`]).
 pub mod trail_set {
     /// The active set's index.
     pub const INDEX: u32 = 1;
+    /// Bits 8-15: the selector's epoch, one more at every write (wrapping).
+    pub const EPOCH_SHIFT: u32 = 8;
+    /// Mask of the epoch after shifting.
+    pub const EPOCH_MASK: u32 = 0xff;
     /// Flags that describe a set's contents (the rest of `config_flags` is not per set).
     pub const FLAG_MASK: u32 = super::config_flags::HAVE_CIDR4
         | super::config_flags::HAVE_CIDR6
@@ -55,10 +61,17 @@ pub mod trail_set {
     /// Mask of a table's bits after shifting.
     pub const BITS_MASK: u32 = 31;
 
-    /// The selector value for set `index` with `flags` (which carry the tables' sizes).
-    pub const fn value(index: u8, flags: u32) -> u32 {
+    /// The selector value for set `index` at `epoch` with `flags` (which carry the tables'
+    /// sizes).
+    pub const fn value(index: u8, epoch: u8, flags: u32) -> u32 {
         (index as u32 & INDEX)
+            | (epoch as u32) << EPOCH_SHIFT
             | (flags & (FLAG_MASK | BITS_MASK << V4_BITS_SHIFT | BITS_MASK << PORT_BITS_SHIFT))
+    }
+
+    /// The epoch of selector value `v`.
+    pub const fn epoch(v: u32) -> u8 {
+        ((v >> EPOCH_SHIFT) & EPOCH_MASK) as u8
     }
 
     /// The flag bits that give a set's table sizes.
@@ -601,6 +614,32 @@ pub struct PayloadHeader {
 
 /// Bytes of [`PayloadHeader`]: the frame starts at this offset of a `PAYLOADS` record.
 pub const PAYLOAD_HEADER_LEN: usize = core::mem::size_of::<PayloadHeader>();
+
+/// What the XDP program writes before a frame it redirects to an AF_XDP socket (it moves the
+/// frame's start back by [`XSK_META_LEN`] bytes, `bpf_xdp_adjust_head`): the frame's address
+/// verdict, as a `PAYLOADS` record's header carries it, and the epoch of the `TRAIL_SET`
+/// value it was looked up under, so that userspace vouches for it only while that write is
+/// the newest ([`trail_set::EPOCH_SHIFT`]). Native endianness.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XskMeta {
+    /// [`XSK_META_MAGIC`].
+    pub magic: u32,
+    /// See [`addr_check`].
+    pub addrs: u8,
+    /// [`trail_set::epoch`] of the selector the addresses were looked up under.
+    pub epoch: u8,
+    /// See [`handoff`].
+    pub kind: u8,
+    pub _pad: [u8; 9],
+}
+
+/// Bytes before each AF_XDP frame ([`XskMeta`]).
+pub const XSK_META_LEN: usize = core::mem::size_of::<XskMeta>();
+const _: () = assert!(XSK_META_LEN == 16);
+
+/// [`XskMeta::magic`]: "xtm1".
+pub const XSK_META_MAGIC: u32 = u32::from_le_bytes(*b"xtm1");
 
 /// A `PAYLOADS` record of size class `N`: the header and room for `N` frame bytes, of which
 /// `header.cap_len` are the frame. The XDP program reserves the smallest class that holds

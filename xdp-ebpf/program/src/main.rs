@@ -16,7 +16,10 @@ mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    helpers::{
+        bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_adjust_head,
+        bpf_xdp_load_bytes,
+    },
     macros::{map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, XskMap},
     programs::XdpContext,
@@ -28,7 +31,7 @@ use xtrail_common::{
     trail_table, wake, Config, FlowBatch, FlowRecord, HitRecord, IpPortKey, PayloadHeader,
     PayloadRecord, PerCpuStats, SuppressKey, TrailKey4, TrailKey6, FLOW_BATCH, FLOW_CACHE_SLOTS,
     HTTP_PORT_WORDS, PAYLOAD_CAP, PREFILTER_SET_WORDS, PREFILTER_WORDS, XSK_FRAME_ROOM,
-    XSK_MAX_IFACES,
+    XSK_MAX_IFACES, XSK_META_LEN, XSK_META_MAGIC,
 };
 
 /// Runtime configuration (element 0).
@@ -431,7 +434,10 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32, stats: Stats) -> u32 {
             } else {
                 addr_check::UNKNOWN
             };
-            let v = hand_off(ctx, cfg, kind, addrs, stats);
+            // The verdict and the selector's epoch in one argument (a BPF function takes five).
+            let stamp =
+                u32::from(addrs) | (set & (trail_set::EPOCH_MASK << trail_set::EPOCH_SHIFT));
+            let v = hand_off(ctx, cfg, kind, stamp, stats);
             let v = parse::forget(&mut state.scratch, u64::from(v)) as u32;
             if v != NOT_HANDED_OFF {
                 if cfg.mode == mode::MIRROR {
@@ -837,17 +843,21 @@ fn http_port(port: u16) -> bool {
 const NOT_HANDED_OFF: u32 = u32::MAX;
 
 /// Mirror mode with sockets: redirect to this queue's AF_XDP socket (a packet that fits a
-/// socket's frame). Otherwise: copy the first bytes to the payload ring buffer. Returns the verdict for the packet handed over,
+/// socket's frame), after an `XskMeta` put before the frame. Otherwise: copy the first bytes
+/// to the payload ring buffer. `stamp`: the `addr_check` verdict in bits 0-7 and the
+/// `TRAIL_SET` value's epoch bits. Returns the verdict for the packet handed over,
 /// or `NOT_HANDED_OFF` (a plain `u32`, not an `Option`: that would be returned through
 /// memory, and its pointer would be a sixth argument where a BPF function takes five).
 /// A separate BPF function: verified once, not once per path through `process`.
 #[inline(never)]
-fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, addrs: u8, stats: Stats) -> u32 {
+fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, stamp: u32, stats: Stats) -> u32 {
+    let addrs = stamp as u8;
     let len = (ctx.data_end() - ctx.data()) as u64;
-    // A packet longer than a socket's frame would be dropped there: it is copied below.
+    // A packet longer than a socket's frame (with the meta before it) would be dropped
+    // there: it is copied below.
     if cfg.mode == mode::MIRROR
         && cfg.flags & config_flags::XSK != 0
-        && len <= u64::from(XSK_FRAME_ROOM)
+        && len + XSK_META_LEN as u64 <= u64::from(XSK_FRAME_ROOM)
     {
         let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
         let queue = ctx.rx_queue_index();
@@ -858,16 +868,23 @@ fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, addrs: u8, stats: Stats) -
             queue < cfg.xsk_queues,
         ) {
             let index = slot * cfg.xsk_queues + queue;
-            return match XSKS.redirect(index, u64::from(xdp_action::XDP_DROP)) {
-                Ok(v) => {
-                    stats.add(stat::REDIRECTED, 1);
-                    v
-                }
-                Err(_) => {
-                    stats.add(stat::HANDOFF_FAILED, 1);
-                    NOT_HANDED_OFF
-                }
-            };
+            // Without room before the frame (a driver that gives less headroom than
+            // XDP_PACKET_HEADROOM), it goes by copy below.
+            if put_meta(ctx, addrs, (stamp >> trail_set::EPOCH_SHIFT) as u8, kind) {
+                return match XSKS.redirect(index, u64::from(xdp_action::XDP_DROP)) {
+                    Ok(v) => {
+                        stats.add(stat::REDIRECTED, 1);
+                        v
+                    }
+                    Err(_) => {
+                        // The frame as it came, for whatever the caller does with it.
+                        // SAFETY: the context of this run; gives back the bytes `put_meta` took.
+                        unsafe { bpf_xdp_adjust_head(ctx.ctx, XSK_META_LEN as i32) };
+                        stats.add(stat::HANDOFF_FAILED, 1);
+                        NOT_HANDED_OFF
+                    }
+                };
+            }
         }
     }
     let cap = if len > PAYLOAD_CAP as u64 {
@@ -896,6 +913,37 @@ fn hand_off(ctx: &XdpContext, cfg: &Config, kind: u8, addrs: u8, stats: Stats) -
     stats.add(stat::COPIED, 1);
     // A copy leaves the packet's fate to the mode: pass (inline) or drop (mirror).
     idle_verdict(cfg)
+}
+
+/// Moves the frame's start back by `XSK_META_LEN` bytes and writes an `XskMeta` there
+/// (every byte: the headroom is not zeroed); false, the frame untouched, when the driver
+/// left no room.
+#[inline(always)]
+fn put_meta(ctx: &XdpContext, addrs: u8, epoch: u8, kind: u8) -> bool {
+    // SAFETY: the context of this run; a negative delta grows the packet at its front.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(XSK_META_LEN as i32)) } != 0 {
+        return false;
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + XSK_META_LEN > end {
+        // Not reached (the frame had an Ethernet header); the verifier wants the check.
+        // SAFETY: as above, giving the bytes back.
+        unsafe { bpf_xdp_adjust_head(ctx.ctx, XSK_META_LEN as i32) };
+        return false;
+    }
+    let p = start as *mut u8;
+    // SAFETY: bytes [start, start + XSK_META_LEN) are inside the packet (checked above);
+    // unaligned stores, which packet memory allows on the architectures XDP runs on here.
+    // The layout is `XskMeta`'s: magic (4), addrs, epoch, kind, then nine zero bytes.
+    unsafe {
+        core::ptr::write_unaligned(p.cast::<u32>(), XSK_META_MAGIC);
+        core::ptr::write_unaligned(p.add(4), addrs);
+        core::ptr::write_unaligned(p.add(5), epoch);
+        core::ptr::write_unaligned(p.add(6), kind);
+        core::ptr::write_unaligned(p.add(7), 0u8);
+        core::ptr::write_unaligned(p.add(8).cast::<u64>(), 0);
+    }
+    true
 }
 
 /// Reserves the smallest size class that holds `n` frame bytes (as

@@ -179,8 +179,9 @@ const FRAME_QUEUE: usize = 4096;
 const SPARE_EVENTS: usize = 256;
 
 /// Totals at the end of a run. Every packet handed to userspace is accounted for:
-/// `payloads + xsk_frames = processed + queue_full + malformed_records`, and the detector's
-/// own counters say how many of the processed ones failed to parse.
+/// `payloads + xsk_frames = processed + queue_full` (malformed ring records and AF_XDP frames
+/// are in neither side: `malformed_records`), and the detector's own counters say how many
+/// of the processed ones failed to parse.
 #[derive(Debug, Default)]
 pub struct LiveSummary {
     pub events: u64,
@@ -195,7 +196,8 @@ pub struct LiveSummary {
     /// Frames dropped because the detector's queue was full.
     pub queue_full: u64,
     /// Frames the AF_XDP sockets dropped before the transport read them (no free frame in
-    /// copy mode, a full receive ring): redirected frames are `xsk_frames + xsk_dropped`.
+    /// copy mode, a full receive ring): redirected frames are `xsk_frames + xsk_dropped`
+    /// (and any in `malformed_records`).
     pub xsk_dropped: u64,
     /// Times a socket's fill ring was found empty (zero-copy: a frame the NIC dropped
     /// before the XDP program; attempts, not frames).
@@ -555,8 +557,7 @@ pub fn run(
     ));
     let shared = SharedTrails::new(Arc::clone(&first));
     detector.follow(shared.clone());
-    let hit_sets = Arc::new(HitSets::new(first));
-    hit_sets.selected(sensor.selected());
+    let hit_sets = Arc::new(HitSets::new(first, sensor.selected()));
     drop(trails);
     let reloader = match &opts.reload {
         Some(r) => Some(Reloader::start(

@@ -157,7 +157,8 @@ pub struct Sensor {
     pub capacity: Capacity,
     /// What the prefilter halves hold after the start fill (handed to [`KernelTrailSets`]).
     prefilter: [PrefilterHalf; 2],
-    /// The `TRAIL_SET` value written last by the start (reloads go on from its epoch).
+    /// The `TRAIL_SET` value the start wrote; the reloader's handle ([`Sensor::trail_sets`])
+    /// goes on from its epoch.
     selected: u32,
     pub config: Config,
     attachments: Vec<Attachment>,

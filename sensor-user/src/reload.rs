@@ -179,10 +179,12 @@ pub struct HitSets {
 }
 
 impl HitSets {
-    /// Starts with `current` in map set 0.
-    pub fn new(current: Arc<VersionedTrails>) -> Self {
+    /// Starts with `current` in map set 0, made the active set by the `TRAIL_SET` write of
+    /// value `selected` (`Sensor::selected`).
+    pub fn new(current: Arc<VersionedTrails>, selected: u32) -> Self {
         let sets = HitSets::default();
         sets.slots[0].store(Some(current));
+        sets.selected(selected);
         sets
     }
 

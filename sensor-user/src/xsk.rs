@@ -4,7 +4,8 @@
 //! the sensor's one [`xtrail_detect::pipeline::Detector`] over a bounded queue and gives the
 //! UMEM frames back to the fill queue. A batch that finds the queue full is dropped and its
 //! frames counted (`queue_full`), never silently. Each frame comes after the XDP program's
-//! [`XskMeta`] (its address verdict, [`Stamp`]), which the copy leaves out.
+//! [`XskMeta`](xtrail_common::XskMeta) (its address verdict, [`Stamp`]), which the copy
+//! leaves out.
 //!
 //! Every receive queue the interface has gets a socket (the real count, from sysfs), and the
 //! `XSKS` map is sized from it at load, so no queue's packets are misdelivered.
@@ -22,7 +23,7 @@ use aya::maps::{HashMap, MapData, XskMap};
 use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, SocketConfig, UmemConfig};
 use xsk_rs::{FillQueue, FrameDesc, RxQueue, Socket, Umem};
 use xtrail_common::{
-    maps as names, XskMeta, XSK_FRAME_SIZE, XSK_MAX_IFACES, XSK_MAX_QUEUES, XSK_META_LEN,
+    maps as names, xsk_meta, XSK_FRAME_SIZE, XSK_MAX_IFACES, XSK_MAX_QUEUES, XSK_META_LEN,
     XSK_META_MAGIC,
 };
 
@@ -71,7 +72,8 @@ pub struct FrameBatch {
     len: usize,
 }
 
-/// A frame's address verdict as the XDP program stamped it ([`XskMeta`]).
+/// A frame's address verdict as the XDP program stamped it
+/// ([`XskMeta`](xtrail_common::XskMeta)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stamp {
     /// See `xtrail_common::addr_check`.
@@ -80,7 +82,7 @@ pub struct Stamp {
     pub epoch: u8,
 }
 
-/// The stamp of the [`XskMeta`] at the start of `data` and the frame after it; `None` when
+/// The stamp of the [`XskMeta`](xtrail_common::XskMeta) at the start of `data` and the frame after it; `None` when
 /// `data` does not start with one.
 pub fn split_meta(data: &[u8]) -> Option<(Stamp, &[u8])> {
     let (meta, frame) = data.split_at_checked(XSK_META_LEN)?;
@@ -89,12 +91,10 @@ pub fn split_meta(data: &[u8]) -> Option<(Stamp, &[u8])> {
         return None;
     }
     let at = |i: usize| meta.get(i).copied().unwrap_or(0);
-    let addrs = std::mem::offset_of!(XskMeta, addrs);
-    let epoch = std::mem::offset_of!(XskMeta, epoch);
     Some((
         Stamp {
-            addrs: at(addrs),
-            epoch: at(epoch),
+            addrs: at(xsk_meta::ADDRS),
+            epoch: at(xsk_meta::EPOCH),
         },
         frame,
     ))
@@ -155,11 +155,12 @@ impl FrameBatch {
 /// Counters of the transport (relaxed atomics).
 #[derive(Debug, Default)]
 pub struct TransportCounters {
-    /// Frames received from the sockets.
+    /// Frames received from the sockets (those without the XDP program's meta are in
+    /// `malformed` instead).
     pub frames: AtomicU64,
     /// Frames dropped because the detector's queue was full.
     pub queue_full: AtomicU64,
-    /// Frames that did not start with the XDP program's [`XskMeta`] (none should).
+    /// Frames that did not start with the XDP program's meta (none should).
     pub malformed: AtomicU64,
     /// Frames the sockets dropped before the transport saw them (the kernel's
     /// `XDP_STATISTICS` `rx_dropped + rx_ring_full + rx_invalid_descs`: no free frame in copy
@@ -586,24 +587,29 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
     }
     let n64 = batch.len() as u64;
     ctx.counters.frames.fetch_add(n64, Ordering::Relaxed);
-    let sent = if ctx.wake.reserve(n64) {
-        ctx.frames
-            .try_send(batch)
-            .inspect_err(|_| ctx.wake.release(n64))
+    if batch.is_empty() {
+        // Nothing to hand over (every frame was malformed): the loop is not woken.
+        s.spare = Some(batch);
     } else {
-        Err(TrySendError::Full(batch))
-    };
-    match sent {
-        Ok(()) => ctx.wake.queued(),
-        // The queue holds more than the loop takes in a long while: the frames are dropped
-        // and counted, the batch kept for its buffers.
-        Err(TrySendError::Full(batch)) => {
-            ctx.counters.queue_full.fetch_add(n64, Ordering::Relaxed);
-            s.spare = Some(batch);
-        }
-        // The loop is gone (it stopped on an error): nothing takes frames any more.
-        Err(TrySendError::Disconnected(_)) => {
-            ctx.counters.queue_full.fetch_add(n64, Ordering::Relaxed);
+        let sent = if ctx.wake.reserve(n64) {
+            ctx.frames
+                .try_send(batch)
+                .inspect_err(|_| ctx.wake.release(n64))
+        } else {
+            Err(TrySendError::Full(batch))
+        };
+        match sent {
+            Ok(()) => ctx.wake.queued(),
+            // The queue holds more than the loop takes in a long while: the frames are
+            // dropped and counted, the batch kept for its buffers.
+            Err(TrySendError::Full(batch)) => {
+                ctx.counters.queue_full.fetch_add(n64, Ordering::Relaxed);
+                s.spare = Some(batch);
+            }
+            // The loop is gone (it stopped on an error): nothing takes frames any more.
+            Err(TrySendError::Disconnected(_)) => {
+                ctx.counters.queue_full.fetch_add(n64, Ordering::Relaxed);
+            }
         }
     }
     // SAFETY: the frames were copied out above; give them back to the kernel.

@@ -28,6 +28,9 @@ use xtrail_sensor::live::{hand_over, hand_over_frame, Hit, MapSets};
 use xtrail_sensor::reload::HitSets;
 use xtrail_sensor::xsk::Stamp;
 
+/// The `TRAIL_SET` value a sensor's start writes: set 0 at epoch 1.
+const START: u32 = trail_set::value(0, 1, 0);
+
 struct Counting;
 
 thread_local! {
@@ -93,7 +96,7 @@ fn the_live_hand_off_path_allocates_nothing_per_record() {
     let mut records = Vec::new();
     // Half the clients' records say the XDP program found their addresses clean in map set
     // 0, which holds the detector's set: those are not looked up again.
-    let hit_sets = HitSets::new(Arc::new(VersionedTrails::new("t", trails)));
+    let hit_sets = HitSets::new(Arc::new(VersionedTrails::new("t", trails)), START);
     let sets = MapSets::read(&hit_sets, &detector);
     for i in 0..64u16 {
         let me = v4(&format!("198.18.0.{}", 10 + i));
@@ -170,6 +173,47 @@ fn the_live_hand_off_path_allocates_nothing_per_record() {
         "{allocated} allocations over {handed} hand-offs"
     );
     assert!(pending.is_empty(), "clean traffic: {:?}", pending.first());
+    // The same frames as AF_XDP hands them over (the meta taken off, its stamp kept): half
+    // stamped clean under the start's write.
+    let frames: Vec<(Vec<u8>, Stamp)> = records
+        .iter()
+        .map(|r| {
+            let h = parse_payload(r).expect("record decodes");
+            let addrs = h
+                .clean_in
+                .map_or(addr_check::UNKNOWN, |i| addr_check::CLEAN | i);
+            (h.frame.to_vec(), Stamp { addrs, epoch: 1 })
+        })
+        .collect();
+    let frame_pass = |detector: &mut Detector, pending: &mut Vec<Event>| {
+        for (frame, stamp) in &frames {
+            hand_over_frame(
+                frame,
+                *stamp,
+                1_790_000_000_000_000,
+                Some("eth0"),
+                &sets,
+                detector,
+                &mut |e| pending.push(e),
+            );
+        }
+    };
+    frame_pass(&mut detector, &mut pending);
+    let seen = detector.stats().processor;
+    let before = allocations();
+    for _ in 0..50 {
+        frame_pass(&mut detector, &mut pending);
+    }
+    let allocated = allocations() - before;
+    let now = detector.stats().processor;
+    assert_eq!(now.packets - seen.packets, 50 * frames.len() as u64);
+    assert_eq!(now.parse_errors, seen.parse_errors);
+    assert_eq!(
+        now.addresses_vouched - seen.addresses_vouched,
+        25 * frames.len() as u64
+    );
+    assert_eq!(allocated, 0, "{allocated} allocations over AF_XDP frames");
+    assert!(pending.is_empty(), "clean traffic: {:?}", pending.first());
     // A malformed record (shorter than its header says) is refused, without allocating.
     let mut short = records[0].clone();
     short.truncate(short.len() - 1);
@@ -197,7 +241,7 @@ fn hand_off_addresses_are_vouched_for_only_in_the_detectors_set() {
     let ifname = |_: u32| Some("eth0");
     let resolver = v4("66.66.66.66");
     let in_set_0 = |t: &Arc<TrailSet>, d: &Detector| {
-        let hit_sets = HitSets::new(Arc::new(VersionedTrails::new("t", Arc::clone(t))));
+        let hit_sets = HitSets::new(Arc::new(VersionedTrails::new("t", Arc::clone(t))), START);
         MapSets::read(&hit_sets, d)
     };
     let cases = [
@@ -247,9 +291,11 @@ fn hand_off_addresses_are_vouched_for_only_in_the_detectors_set() {
 fn frame_addresses_are_vouched_for_only_under_the_newest_selector_write() {
     let csv = "66.66.66.66,malware (test),(test)\n";
     let (trails, mut detector) = live_detector("vouch-frame", csv);
-    let hit_sets = HitSets::new(Arc::new(VersionedTrails::new("t", Arc::clone(&trails))));
     // The start's write: set 0 at epoch 1.
-    hit_sets.selected(trail_set::value(0, 1, 0));
+    let hit_sets = HitSets::new(
+        Arc::new(VersionedTrails::new("t", Arc::clone(&trails))),
+        START,
+    );
     let newest = MapSets::read(&hit_sets, &detector);
     let resolver = v4("66.66.66.66");
     let stamp = |addrs, epoch| Stamp { addrs, epoch };
@@ -326,7 +372,7 @@ fn a_set_taken_mid_batch_is_not_vouched_for() {
     let first = Arc::new(VersionedTrails::new("v1", trails));
     let shared = SharedTrails::new(Arc::clone(&first));
     detector.follow(shared.clone());
-    let sets = MapSets::read(&HitSets::new(first), &detector);
+    let sets = MapSets::read(&HitSets::new(first, START), &detector);
     shared.store(Arc::new(VersionedTrails::new("v2", next)));
     let frame = Frame::udp(
         v4("198.18.7.99"),

@@ -331,10 +331,11 @@ fn a_watched_trails_file_is_reloaded_when_it_changes() {
 }
 
 /// Mirror mode: each AF_XDP frame carries the XDP program's address verdict, dated by the
-/// trail-set switch it was made under. Across a reload, a DNS query to an address that became
-/// a trail is reported (`ip (query)`), and frames after the switch are vouched for again (the
+/// trail-set switch it was made under. After a reload, frames are vouched for again (the
 /// live loop learns the switch's epoch): a query to the address no longer a trail is taken
-/// as clean without a second lookup.
+/// as clean without a second lookup, and one to the address that became a trail is
+/// reported (`ip (query)`). (A verdict made before a switch and read after it is refused in
+/// `handoff_no_alloc.rs`: a frame cannot be held in a socket across a reload here.)
 #[test]
 fn mirror_frames_are_vouched_for_again_after_a_reload() {
     use xtrail_bench::frames::dns_query;

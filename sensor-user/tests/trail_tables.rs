@@ -270,7 +270,7 @@ fn a_reloaded_set_failing_its_checksum_is_refused() {
     };
     let (mut p, sets) = Probe::load(&a.ip);
     let first = Arc::new(VersionedTrails::new("a", Arc::new(a)));
-    let hits = Arc::new(HitSets::new(Arc::clone(&first)));
+    let hits = Arc::new(HitSets::new(Arc::clone(&first), sets.selected()));
     let inbox = Arc::new(Inbox::default());
     let reloader = Reloader::start(
         ReloadOptions {

@@ -392,26 +392,46 @@ fn mirror_mode_copies_frames_longer_than_a_socket_frame() {
     let sensor = Running::start(&pair, &trails, &log, &["--mode", "mirror"]);
     let inj = pair.injector().expect("injector");
     let (me, there) = (v4(&pair.peer_ip), v4(&pair.sensor_ip));
-    let http = format!(
-        "GET /malicious-e2e.php HTTP/1.1\r\nHost: shop-e2e-xtrail.com\r\nX-Pad: {}\r\n\r\n",
-        "a".repeat(2300)
-    );
-    let frame = Frame::tcp(me, 40001, there, 80, tcp_flags::PSH | tcp_flags::ACK)
-        .with_payload(http.as_bytes())
-        .build();
-    assert!(frame.len() > xtrail_common::XSK_FRAME_ROOM as usize);
-    inj.send(&frame).unwrap();
-    let ev = wait_for_events(&log, 1);
+    // A request for a trail URL in a frame of exactly `len` bytes, to `port` (a port of its
+    // own per frame: each is its own event).
+    let frame_of = |len: usize, port: u16| {
+        let head = |pad: usize| {
+            format!(
+                "GET /malicious-e2e.php HTTP/1.1\r\nHost: shop-e2e-xtrail.com\r\nX-Pad: {}\r\n\r\n",
+                "a".repeat(pad)
+            )
+        };
+        let bare = Frame::tcp(me, port, there, port, tcp_flags::PSH | tcp_flags::ACK)
+            .with_payload(head(0).as_bytes())
+            .build()
+            .len();
+        let frame = Frame::tcp(me, port, there, port, tcp_flags::PSH | tcp_flags::ACK)
+            .with_payload(head(len - bare).as_bytes())
+            .build();
+        assert_eq!(frame.len(), len);
+        frame
+    };
+    // The longest frame a socket takes with the XDP program's 16 bytes before it, one byte
+    // more, and one longer than a socket's whole frame.
+    let fits = xtrail_common::XSK_FRAME_ROOM as usize - xtrail_common::XSK_META_LEN;
+    for (len, port) in [(fits, 80), (fits + 1, 8080), (2400, 8000)] {
+        inj.send(&frame_of(len, port)).unwrap();
+    }
+    let ev = wait_for_events(&log, 3);
     let stats = sensor.stop();
-    assert!(
-        ev.iter().any(|e| e["trail"]
-            .as_str()
-            .is_some_and(|t| t.contains("malicious-e2e.php"))),
-        "{ev:#?}\n{stats}"
-    );
-    // Copied to the ring, not redirected to a socket that would drop it.
-    assert_eq!(counter(&stats, "copied"), 1, "{stats}");
-    assert_eq!(counter(&stats, "redirected"), 0, "{stats}");
+    let ports: std::collections::BTreeSet<u64> = ev
+        .iter()
+        .filter(|e| {
+            e["trail"]
+                .as_str()
+                .is_some_and(|t| t.contains("malicious-e2e.php"))
+        })
+        .filter_map(|e| e["dst_port"].as_u64())
+        .collect();
+    assert_eq!(ports, [80, 8000, 8080].into(), "{ev:#?}\n{stats}");
+    // The longer two copied to the ring, not redirected to a socket that would drop them.
+    assert_eq!(counter(&stats, "copied"), 2, "{stats}");
+    assert_eq!(counter(&stats, "redirected"), 1, "{stats}");
     assert_eq!(counter(&stats, "xsk_dropped"), 0, "{stats}");
 }
 

@@ -74,6 +74,13 @@ pub mod trail_set {
         ((v >> EPOCH_SHIFT) & EPOCH_MASK) as u8
     }
 
+    // The epoch shares no bit with the index, the flags or the table sizes.
+    const _: () = assert!(
+        (EPOCH_MASK << EPOCH_SHIFT)
+            & (INDEX | FLAG_MASK | BITS_MASK << V4_BITS_SHIFT | BITS_MASK << PORT_BITS_SHIFT)
+            == 0
+    );
+
     /// The flag bits that give a set's table sizes.
     pub const fn table_bits(v4_bits: u32, port_bits: u32) -> u32 {
         (v4_bits & BITS_MASK) << V4_BITS_SHIFT | (port_bits & BITS_MASK) << PORT_BITS_SHIFT
@@ -134,8 +141,9 @@ pub const XSK_MAX_IFACES: u32 = 16;
 /// Bytes of an AF_XDP socket's UMEM frame.
 pub const XSK_FRAME_SIZE: u32 = 2048;
 /// The longest packet an AF_XDP socket can take: its frame less the kernel's
-/// `XDP_PACKET_HEADROOM` (256 bytes). A longer one would be dropped at the socket (counted
-/// there, lost to the detector): the XDP program copies it to the payload ring instead.
+/// `XDP_PACKET_HEADROOM` (256 bytes). The XDP program redirects a frame only when it fits
+/// with its [`XskMeta`] before it (a longer one would be dropped at the socket, lost to the
+/// detector): a longer one is copied to the payload ring instead.
 pub const XSK_FRAME_ROOM: u32 = XSK_FRAME_SIZE - 256;
 
 /// Bytes of a frame copied to userspace in inline mode (the rest is cut). A power of two:
@@ -176,8 +184,7 @@ pub mod handoff {
 /// [`PayloadHeader::addrs`]: what the XDP program's address lookups found for the frame.
 pub mod addr_check {
     /// Not said (an address is a trail, the frame is a fragment, or an older program wrote
-    /// the record): userspace looks the addresses up itself, as for AF_XDP frames (which
-    /// carry no header).
+    /// the record): userspace looks the addresses up itself.
     pub const UNKNOWN: u8 = 0;
     /// Set with the trail set's index in bit 0: both addresses were looked up in that set
     /// (the destination with its port, the source with its port, each as an IP:port, an
@@ -637,6 +644,17 @@ pub struct XskMeta {
 /// Bytes before each AF_XDP frame ([`XskMeta`]).
 pub const XSK_META_LEN: usize = core::mem::size_of::<XskMeta>();
 const _: () = assert!(XSK_META_LEN == 16);
+
+/// Where [`XskMeta::addrs`], [`XskMeta::epoch`] and [`XskMeta::kind`] sit (the XDP program
+/// writes them at these offsets, the pad after them zeroed to the end).
+pub mod xsk_meta {
+    use super::XskMeta;
+    pub const ADDRS: usize = core::mem::offset_of!(XskMeta, addrs);
+    pub const EPOCH: usize = core::mem::offset_of!(XskMeta, epoch);
+    pub const KIND: usize = core::mem::offset_of!(XskMeta, kind);
+    pub const PAD: usize = core::mem::offset_of!(XskMeta, _pad);
+    const _: () = assert!(ADDRS == 4 && EPOCH == 5 && KIND == 6 && PAD == 7);
+}
 
 /// [`XskMeta::magic`]: "xtm1".
 pub const XSK_META_MAGIC: u32 = u32::from_le_bytes(*b"xtm1");

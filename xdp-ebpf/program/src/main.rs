@@ -28,10 +28,10 @@ use aya_log_ebpf::debug;
 use parse::Packet;
 use xtrail_common::{
     action, addr_check, config_flags, handoff, mode, side, stat, tls_flow, trail_kind, trail_set,
-    trail_table, wake, Config, FlowBatch, FlowRecord, HitRecord, IpPortKey, PayloadHeader,
-    PayloadRecord, PerCpuStats, SuppressKey, TrailKey4, TrailKey6, FLOW_BATCH, FLOW_CACHE_SLOTS,
-    HTTP_PORT_WORDS, PAYLOAD_CAP, PREFILTER_SET_WORDS, PREFILTER_WORDS, XSK_FRAME_ROOM,
-    XSK_MAX_IFACES, XSK_META_LEN, XSK_META_MAGIC,
+    trail_table, wake, xsk_meta, Config, FlowBatch, FlowRecord, HitRecord, IpPortKey,
+    PayloadHeader, PayloadRecord, PerCpuStats, SuppressKey, TrailKey4, TrailKey6, FLOW_BATCH,
+    FLOW_CACHE_SLOTS, HTTP_PORT_WORDS, PAYLOAD_CAP, PREFILTER_SET_WORDS, PREFILTER_WORDS,
+    XSK_FRAME_ROOM, XSK_MAX_IFACES, XSK_META_LEN, XSK_META_MAGIC,
 };
 
 /// Runtime configuration (element 0).
@@ -934,14 +934,14 @@ fn put_meta(ctx: &XdpContext, addrs: u8, epoch: u8, kind: u8) -> bool {
     let p = start as *mut u8;
     // SAFETY: bytes [start, start + XSK_META_LEN) are inside the packet (checked above);
     // unaligned stores, which packet memory allows on the architectures XDP runs on here.
-    // The layout is `XskMeta`'s: magic (4), addrs, epoch, kind, then nine zero bytes.
+    // `XskMeta`'s fields at their offsets (`xsk_meta`), then its nine pad bytes zeroed.
     unsafe {
         core::ptr::write_unaligned(p.cast::<u32>(), XSK_META_MAGIC);
-        core::ptr::write_unaligned(p.add(4), addrs);
-        core::ptr::write_unaligned(p.add(5), epoch);
-        core::ptr::write_unaligned(p.add(6), kind);
-        core::ptr::write_unaligned(p.add(7), 0u8);
-        core::ptr::write_unaligned(p.add(8).cast::<u64>(), 0);
+        core::ptr::write_unaligned(p.add(xsk_meta::ADDRS), addrs);
+        core::ptr::write_unaligned(p.add(xsk_meta::EPOCH), epoch);
+        core::ptr::write_unaligned(p.add(xsk_meta::KIND), kind);
+        core::ptr::write_unaligned(p.add(xsk_meta::PAD), 0u8);
+        core::ptr::write_unaligned(p.add(xsk_meta::PAD + 1).cast::<u64>(), 0);
     }
     true
 }

@@ -43,7 +43,9 @@ pub mod maps {
 pub mod trail_set {
     /// The active set's index.
     pub const INDEX: u32 = 1;
-    /// Bits 8-15: the selector's epoch, one more at every write (wrapping).
+    /// Bits 8-15: the selector's epoch, one more at every write (wrapping: a frame held
+    /// across 256 switches would pass for one of the newest; a reload waits for the live
+    /// loop's drains, up to 5 s, so that takes a loop stalled for over 20 minutes).
     pub const EPOCH_SHIFT: u32 = 8;
     /// Mask of the epoch after shifting.
     pub const EPOCH_MASK: u32 = 0xff;

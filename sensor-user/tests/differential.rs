@@ -9,6 +9,7 @@
 //! events, with aggregates that name the trails and the counts.
 
 mod common;
+use common::counter;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -278,15 +279,6 @@ fn live(pair: &VethPair, pcap: &Path, trails: &Path, log: &Path, extra: &[&str])
     // Let the last packets through the pipeline, then stop (summaries are written at exit).
     std::thread::sleep(Duration::from_millis(1500));
     common::stop_sensor(watched)
-}
-
-/// A counter of the sensor's final stats line; a missing counter (or line) fails the test.
-fn counter(stats: &str, name: &str) -> u64 {
-    stats
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no counter {name} in the final stats: {stats:?}"))
 }
 
 fn diff(a: &BTreeMap<Key, usize>, b: &BTreeMap<Key, usize>) -> String {

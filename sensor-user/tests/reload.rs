@@ -3,7 +3,7 @@
 //! reported twice, new trails live within 2 s and removed ones gone.
 
 mod common;
-use common::{events, sighup, tempdir};
+use common::{counter, events, sighup, tempdir};
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -378,13 +378,7 @@ fn mirror_frames_are_vouched_for_again_after_a_reload() {
     assert_eq!(ev.len(), 1, "{ev:#?}\n{stats}");
     assert_eq!(ev[0]["trail"], format!("{NEW} (www.example.net)"));
     assert_eq!(ev[0]["src_port"], 30002);
-    let counter = |name: &str| {
-        stats
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    assert_eq!(counter("redirected"), Some(3), "{stats}");
-    assert_eq!(counter("addresses_vouched"), Some(2), "{stats}");
-    assert_eq!(counter("trail_reloads"), Some(1), "{stats}");
+    assert_eq!(counter(&stats, "redirected"), 3, "{stats}");
+    assert_eq!(counter(&stats, "addresses_vouched"), 2, "{stats}");
+    assert_eq!(counter(&stats, "trail_reloads"), 1, "{stats}");
 }

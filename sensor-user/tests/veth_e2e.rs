@@ -2,7 +2,7 @@
 //! a fresh namespace, frames sent from the other end, events read from its log.
 
 mod common;
-use common::{events, tempdir};
+use common::{counter, events, tempdir};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -46,14 +46,6 @@ fn wait_for_events(log: &Path, n: usize) -> Vec<serde_json::Value> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn counter(stats: &str, name: &str) -> u64 {
-    stats
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn write_trails(dir: &Path, extra: &str) -> std::path::PathBuf {

@@ -286,7 +286,19 @@ pub(crate) fn start_sensor(
     log: &Path,
     extra: &[String],
 ) -> anyhow::Result<Sensor> {
-    let mut cmd = pair.in_sensor_ns(&paths::sensor_binary().to_string_lossy());
+    start_sensor_binary(&paths::sensor_binary(), pair, trails, mode, log, extra)
+}
+
+/// [`start_sensor`] with the sensor binary `binary`.
+pub(crate) fn start_sensor_binary(
+    binary: &Path,
+    pair: &VethPair,
+    trails: &Path,
+    mode: &str,
+    log: &Path,
+    extra: &[String],
+) -> anyhow::Result<Sensor> {
+    let mut cmd = pair.in_sensor_ns(&binary.to_string_lossy());
     cmd.args(["run", "--iface", &pair.sensor_if, "--trails"])
         .arg(trails)
         .args(["--mode", mode, "--events-log"])

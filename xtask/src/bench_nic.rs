@@ -148,11 +148,11 @@ impl NicRun {
     }
 }
 
-fn nicgen() -> PathBuf {
+pub(crate) fn nicgen() -> PathBuf {
     paths::workspace_root().join("target/release/xtrail-nicgen")
 }
 
-fn write_pcap(path: &Path, frames: &[Vec<u8>]) -> anyhow::Result<()> {
+pub(crate) fn write_pcap(path: &Path, frames: &[Vec<u8>]) -> anyhow::Result<()> {
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
     xtrail_bench::pcapw::write_header(&mut w)?;
     for (i, f) in frames.iter().enumerate() {
@@ -161,6 +161,20 @@ fn write_pcap(path: &Path, frames: &[Vec<u8>]) -> anyhow::Result<()> {
     w.flush()?;
     Ok(())
 }
+
+/// The template frames of the scenarios [`SCENARIOS`] names, in its order: UDP, TCP ACK and
+/// TCP SYN background, the mix, and the mix's templates that xtrail hands to userspace
+/// (DNS, HTTP, TLS).
+pub(crate) fn templates(background: &Traffic, mix: &Traffic) -> [Vec<Vec<u8>>; 7] {
+    let [udp, ack, syn] = by_kind(background);
+    let mix_frames: Vec<Vec<u8>> = mix.frames.iter().take(MIX_TEMPLATES).cloned().collect();
+    let [dns, http, tls] =
+        [Class::Dns, Class::Http, Class::Tls].map(|c| mix.first_of(MIX_TEMPLATES, c));
+    [udp, ack, syn, mix_frames, dns, http, tls]
+}
+
+/// The NIC-like scenarios, in [`templates`]' order.
+pub(crate) const SCENARIOS: [&str; 7] = ["udp", "tcp-ack", "tcp-syn", "mix", "dns", "http", "tls"];
 
 /// Splits background frames by kind: UDP, TCP ACK (with PSH), TCP SYN.
 fn by_kind(background: &Traffic) -> [Vec<Vec<u8>>; 3] {
@@ -326,29 +340,9 @@ fn send(
     first_flow: u64,
 ) -> anyhow::Result<(u64, f64, u64)> {
     if delivery == "nic" {
-        let out = pair
-            .in_peer_ns(&nicgen().to_string_lossy())
-            .args(["send", "--iface", &pair.peer_if, "--frames"])
-            .arg(&sc.pcap)
-            .args([
-                "--count",
-                &count.to_string(),
-                "--rate",
-                &rate.to_string(),
-                "--flow-packets",
-                &FLOW_PACKETS.to_string(),
-                "--window",
-                &WINDOW.to_string(),
-                "--first-flow",
-                &first_flow.to_string(),
-                "--max-seconds",
-                "60",
-            ])
-            .output();
-        let text = nicgen_stdout(out, "send")?;
-        let num = |k: &str| -> f64 { json_field(&text, k).unwrap_or(0.0) };
+        let (sent, seconds) = nic_send(pair, &sc.pcap, count, rate, first_flow)?;
         // The generator is a child process: its CPU is in `path_cpu_ns`.
-        return Ok((num("sent") as u64, num("seconds"), 0));
+        return Ok((sent, seconds, 0));
     }
     let frames = sc.frames.to_vec();
     let (ns, ifname) = (pair.peer_ns.clone(), pair.peer_if.clone());
@@ -371,6 +365,50 @@ fn send(
     handle
         .join()
         .map_err(|_| anyhow::anyhow!("generator thread panicked"))??
+}
+
+/// Sends `count` frames of the templates in `pcap` NIC-like at `rate` from the peer's end
+/// (background templates 8 packets a flow, 256 flows interleaved, flows numbered from
+/// `first_flow`); returns (sent, seconds).
+pub(crate) fn nic_send(
+    pair: &VethPair,
+    pcap: &Path,
+    count: u64,
+    rate: u64,
+    first_flow: u64,
+) -> anyhow::Result<(u64, f64)> {
+    let out = pair
+        .in_peer_ns(&nicgen().to_string_lossy())
+        .args(["send", "--iface", &pair.peer_if, "--frames"])
+        .arg(pcap)
+        .args([
+            "--count",
+            &count.to_string(),
+            "--rate",
+            &rate.to_string(),
+            "--flow-packets",
+            &FLOW_PACKETS.to_string(),
+            "--window",
+            &WINDOW.to_string(),
+            "--first-flow",
+            &first_flow.to_string(),
+            "--max-seconds",
+            "60",
+        ])
+        .output();
+    let text = nicgen_stdout(out, "send")?;
+    let num = |k: &str| -> f64 { json_field(&text, k).unwrap_or(0.0) };
+    Ok((num("sent") as u64, num("seconds")))
+}
+
+/// Turns GRO on at the sensor's end of `pair` (NAPI without an XDP program, as a NIC's).
+pub(crate) fn gro_on(pair: &VethPair) -> anyhow::Result<()> {
+    let gro = pair
+        .in_sensor_ns(&nicgen().to_string_lossy())
+        .args(["gro", "--iface", &pair.sensor_if])
+        .status()?;
+    anyhow::ensure!(gro.success(), "turning GRO on at the receiving veth failed");
+    Ok(())
 }
 
 /// Events (trail field values) written to the log since byte `from`.
@@ -568,11 +606,7 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
         "{} not built (cargo build --release -p xtrail-nicgen)",
         nicgen().display()
     );
-    let [udp, ack, syn] = by_kind(inp.background);
-    let mix_frames: Vec<Vec<u8>> = inp.mix.frames.iter().take(MIX_TEMPLATES).cloned().collect();
-    // The mix's templates that xtrail hands to userspace, by kind.
-    let [dns, http, tls] =
-        [Class::Dns, Class::Http, Class::Tls].map(|c| inp.mix.first_of(MIX_TEMPLATES, c));
+    let [udp, ack, syn, mix_frames, dns, http, tls] = templates(inp.background, inp.mix);
     let rates: &[u64] = if inp.peer.is_some() {
         &[PEER_RATE, 500_000, 1_000_000]
     } else {
@@ -793,11 +827,7 @@ impl Drop for StatsKnob {
 /// Creates a veth pair (GRO on at the sensor's end) and starts `sensor` on it.
 fn start_sut(inp: &NicInputs<'_>, sensor: &str, mode: &str) -> anyhow::Result<Sut> {
     let pair = VethPair::create("xn")?;
-    let gro = pair
-        .in_sensor_ns(&nicgen().to_string_lossy())
-        .args(["gro", "--iface", &pair.sensor_if])
-        .status()?;
-    anyhow::ensure!(gro.success(), "turning GRO on at the receiving veth failed");
+    gro_on(&pair)?;
     let log = inp.tmp.join(format!(
         "nic-events-{sensor}-{mode}.{}",
         if sensor == "xtrail" { "jsonl" } else { "log" }

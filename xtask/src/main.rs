@@ -4,7 +4,10 @@
 //!   rust-src, bpf-linker 0.13.0 against the nightly toolchain's LLVM 22).
 //! - `demo`: builds everything and runs a self-contained demo on a veth pair.
 //! - `test`: runs every test, privileged ones included (as root, or they fail under CI=true).
+//! - `bench`: the benchmarks (bench/results); `ab`: two sensor builds on the same NIC-like
+//!   traffic, alternating, for one change's live cost.
 
+mod ab;
 mod bench;
 mod bench_console;
 mod bench_ingest;
@@ -74,6 +77,42 @@ enum Command {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
         nic_rounds: u32,
     },
+    /// Two sensor builds on the same NIC-like traffic, alternating run by run: the sensor
+    /// process's CPU per frame sent (a change's live cost; needs root).
+    Ab {
+        /// Build A: a sensor binary (e.g. a copy of target/release/xtrail-sensor from before
+        /// a change).
+        #[arg(long)]
+        a: std::path::PathBuf,
+        /// Build B.
+        #[arg(long)]
+        b: std::path::PathBuf,
+        /// Traffic, as the bench's NIC-like scenarios: udp, tcp-ack, tcp-syn, mix, dns, http,
+        /// tls.
+        #[arg(long, default_value = "dns")]
+        traffic: String,
+        /// Sensor mode: inline or mirror.
+        #[arg(long, default_value = "inline")]
+        mode: String,
+        /// Frames a second.
+        #[arg(long, default_value_t = 50_000)]
+        rate: u64,
+        /// Frames a round.
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        /// Rounds a run.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Runs of each build.
+        #[arg(long, default_value_t = 3)]
+        pairs: usize,
+        /// Trail source for the sensors (default: the static tree).
+        #[arg(long)]
+        trails: Option<std::path::PathBuf>,
+        /// Extra argument for `xtrail-sensor run` (repeatable).
+        #[arg(long = "sensor-arg", allow_hyphen_values = true)]
+        sensor_args: Vec<String>,
+    },
     /// Run all tests, including privileged ones.
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -129,6 +168,33 @@ fn main() -> anyhow::Result<()> {
                 only,
                 sensor_args,
                 nic_rounds: nic_rounds as usize,
+            })
+        }
+        Command::Ab {
+            a,
+            b,
+            traffic,
+            mode,
+            rate,
+            count,
+            rounds,
+            pairs,
+            trails,
+            sensor_args,
+        } => {
+            deps::ensure()?;
+            run(cargo().args(["build", "--release", "-p", "xtrail-nicgen"]))?;
+            ab::run(&ab::AbOptions {
+                a,
+                b,
+                traffic,
+                mode,
+                rate,
+                count,
+                rounds: rounds.max(1),
+                pairs: pairs.max(1),
+                trails,
+                sensor_args,
             })
         }
         Command::Test { args } => {

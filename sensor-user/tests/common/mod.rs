@@ -75,6 +75,15 @@ pub fn stop_sensor(watched: xtrail_bench::child::Watched) -> String {
     last
 }
 
+/// A counter of a sensor's final stats line; a missing counter (or line) fails the test.
+pub fn counter(stats: &str, name: &str) -> u64 {
+    stats
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no counter {name} in the final stats: {stats:?}"))
+}
+
 /// A fresh directory for one test, named after it and this process.
 pub fn tempdir(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("xtrail-{tag}-{}", std::process::id()));

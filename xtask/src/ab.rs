@@ -1,0 +1,159 @@
+//! `cargo xtask ab`: two sensor builds on the same NIC-like traffic, alternating run by run,
+//! for a change's effect on the live cost. Each run puts one build on a fresh veth pair
+//! (GRO on, as the bench), sends a warm-up, then `rounds` sends of `count` frames at a fixed
+//! rate with `xtrail-nicgen` (the bench's templates and flows), and reads the sensor
+//! process's CPU before each send and 0.5 s after it: ns per frame sent. Runs alternate
+//! A B, B A, ... so that the host's drift falls on both builds alike.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use xtrail_bench::netns::VethPair;
+use xtrail_bench::scenario;
+use xtrail_detect::trails::{LoadOptions, TrailSet};
+use xtrail_detect::whitelist::Whitelist;
+
+use crate::bench::{start_sensor_binary, stop_child, tree_cpu_ns};
+use crate::bench_nic::{gro_on, nic_send, nicgen, templates, write_pcap, SCENARIOS};
+use crate::paths;
+
+/// What `cargo xtask ab` compares.
+pub struct AbOptions {
+    /// The two sensor binaries.
+    pub a: PathBuf,
+    pub b: PathBuf,
+    /// One of [`SCENARIOS`].
+    pub traffic: String,
+    /// inline or mirror.
+    pub mode: String,
+    pub rate: u64,
+    /// Frames per round.
+    pub count: u64,
+    pub rounds: usize,
+    /// Runs per build.
+    pub pairs: usize,
+    /// The sensor's trail source (default: the static tree).
+    pub trails: Option<PathBuf>,
+    /// Extra `xtrail-sensor run` arguments.
+    pub sensor_args: Vec<String>,
+}
+
+/// The time a run's last frames get to reach the sensor before its CPU is read.
+const DRAIN: Duration = Duration::from_millis(500);
+
+/// Runs the comparison and prints each run's rounds and the medians.
+pub fn run(o: &AbOptions) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        nicgen().is_file(),
+        "{} not built (cargo build --release -p xtrail-nicgen)",
+        nicgen().display()
+    );
+    // Absolute: the sensors start in a network namespace, by path.
+    let builds = [&o.a, &o.b].map(|b| {
+        b.canonicalize()
+            .map_err(|e| anyhow::anyhow!("sensor binary {}: {e}", b.display()))
+    });
+    let [a, b] = builds;
+    let builds = [a?, b?];
+    let which = SCENARIOS
+        .iter()
+        .position(|s| *s == o.traffic)
+        .ok_or_else(|| anyhow::anyhow!("traffic {} is none of {SCENARIOS:?}", o.traffic))?;
+    let data = paths::maltrail_data();
+    let tree = data.join("trails-static");
+    anyhow::ensure!(tree.is_dir(), "no static trail tree at {}", tree.display());
+    let trails = o.trails.clone().unwrap_or_else(|| tree.clone());
+    // The templates as a full `cargo xtask bench` run draws them (seed 1).
+    eprintln!("ab: loading {} to draw traffic from", tree.display());
+    let set = TrailSet::load(std::slice::from_ref(&tree), &LoadOptions::default())?;
+    let whitelist = Whitelist::load(&data.join("data/whitelist.txt"))?;
+    let picks = scenario::picks(&set, &whitelist, 200);
+    let is_trail = |a| set.ip.lookup(std::net::IpAddr::V4(a), None).is_some();
+    let background = scenario::background_only(1, 50_000, &is_trail);
+    let mix = scenario::mix(4, 4093, &picks, 0.05, &is_trail);
+    let frames = templates(&background, &mix)
+        .into_iter()
+        .nth(which)
+        .unwrap_or_default();
+    anyhow::ensure!(!frames.is_empty(), "no {} templates", o.traffic);
+    drop(set);
+    let tmp = std::env::temp_dir().join(format!("xtrail-ab-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let pcap = tmp.join(format!("{}.pcap", o.traffic));
+    write_pcap(&pcap, &frames)?;
+    let mut per_build: [Vec<f64>; 2] = Default::default();
+    let mut first_flow = 0;
+    for pair in 0..o.pairs {
+        let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
+        for build in order {
+            let bin = &builds[build];
+            let rounds = one_run(o, bin, &trails, &pcap, &tmp, &mut first_flow)?;
+            println!(
+                "ab: {} {}: {}",
+                ["A", "B"][build],
+                bin.display(),
+                rounds
+                    .iter()
+                    .map(|ns| format!("{ns:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            per_build[build].extend(rounds);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    for (build, v) in per_build.iter().enumerate() {
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        println!(
+            "ab: {} median {:.0} ns a frame (range {:.0}-{:.0}, {} rounds), {} {} at {} pps",
+            ["A", "B"][build],
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN),
+            v.first().copied().unwrap_or(f64::NAN),
+            v.last().copied().unwrap_or(f64::NAN),
+            v.len(),
+            o.traffic,
+            o.mode,
+            o.rate
+        );
+    }
+    Ok(())
+}
+
+/// One build on a fresh veth pair: the warm-up, then the rounds' CPU per frame sent.
+fn one_run(
+    o: &AbOptions,
+    bin: &Path,
+    trails: &Path,
+    pcap: &Path,
+    tmp: &Path,
+    first_flow: &mut u64,
+) -> anyhow::Result<Vec<f64>> {
+    let pair = VethPair::create("xab")?;
+    gro_on(&pair)?;
+    let log = tmp.join("events.jsonl");
+    let _ = std::fs::remove_file(&log);
+    let mut sensor = start_sensor_binary(bin, &pair, trails, &o.mode, &log, &o.sensor_args)?;
+    let pid = sensor.child.id();
+    let mut send = |count: u64| {
+        // Fresh flows every send: a new source for each, as the bench's runs.
+        let r = nic_send(&pair, pcap, count, o.rate, *first_flow);
+        *first_flow += count;
+        r
+    };
+    let result = (|| {
+        send(o.count / 2)?;
+        std::thread::sleep(DRAIN);
+        let mut rounds = Vec::new();
+        for _ in 0..o.rounds {
+            let before = tree_cpu_ns(pid);
+            let (sent, _) = send(o.count)?;
+            std::thread::sleep(DRAIN);
+            let used = tree_cpu_ns(pid).saturating_sub(before);
+            rounds.push(used as f64 / sent.max(1) as f64);
+        }
+        Ok(rounds)
+    })();
+    stop_child(&mut sensor.child);
+    result
+}

@@ -13,7 +13,7 @@ use xtrail_bench::scenario;
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
 
-use crate::bench::{start_sensor_binary, stop_child, tree_cpu_ns};
+use crate::bench::{start_sensor, stop_child, tree_cpu_ns};
 use crate::bench_nic::{gro_on, nic_send, nicgen, templates, write_pcap, SCENARIOS};
 use crate::paths;
 
@@ -133,7 +133,7 @@ fn one_run(
     gro_on(&pair)?;
     let log = tmp.join("events.jsonl");
     let _ = std::fs::remove_file(&log);
-    let mut sensor = start_sensor_binary(bin, &pair, trails, &o.mode, &log, &o.sensor_args)?;
+    let mut sensor = start_sensor(bin, &pair, trails, &o.mode, &log, &o.sensor_args)?;
     let pid = sensor.child.id();
     let mut send = |count: u64| {
         // Fresh flows every send: a new source for each, as the bench's runs.

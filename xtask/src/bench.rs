@@ -279,18 +279,9 @@ pub(crate) struct Sensor {
     fill_s: f64,
 }
 
+/// Starts the sensor `binary` (the bench's: [`paths::sensor_binary`]) on `pair` and waits
+/// until it is attached.
 pub(crate) fn start_sensor(
-    pair: &VethPair,
-    trails: &Path,
-    mode: &str,
-    log: &Path,
-    extra: &[String],
-) -> anyhow::Result<Sensor> {
-    start_sensor_binary(&paths::sensor_binary(), pair, trails, mode, log, extra)
-}
-
-/// [`start_sensor`] with the sensor binary `binary`.
-pub(crate) fn start_sensor_binary(
     binary: &Path,
     pair: &VethPair,
     trails: &Path,
@@ -550,7 +541,14 @@ fn run_xtrail(case: &Case<'_>, tmp: &Path) -> anyhow::Result<Run> {
         std::process::id()
     ));
     let _ = std::fs::remove_file(&log);
-    let mut sensor = start_sensor(&pair, case.trails, case.mode, &log, case.extra)?;
+    let mut sensor = start_sensor(
+        &paths::sensor_binary(),
+        &pair,
+        case.trails,
+        case.mode,
+        &log,
+        case.extra,
+    )?;
     let pid = sensor.child.id();
     let rx0 = pair.sensor_rx_packets()?;
     let (t0, s0, b0) = (proc_cpu_ns(pid), softirq_ticks(), busy_ticks());

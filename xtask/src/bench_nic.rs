@@ -836,6 +836,7 @@ fn start_sut(inp: &NicInputs<'_>, sensor: &str, mode: &str) -> anyhow::Result<Su
     let under = match sensor {
         "none" => Under::None,
         "xtrail" => Under::Xtrail(start_sensor(
+            &paths::sensor_binary(),
             &pair,
             inp.trails,
             mode,

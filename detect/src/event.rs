@@ -272,6 +272,33 @@ pub fn set_str(s: &mut String, value: &str) {
     s.push_str(value);
 }
 
+/// Events kept for reuse per thread (a wake-up's worth at the rates seen).
+const SPARE_EVENTS: usize = 256;
+
+thread_local! {
+    /// Events written and given back ([`recycle`]), for the next ones built on this thread
+    /// ([`crate::process::PacketContext::event`], the live loop's kernel hits): their strings
+    /// keep their buffers, so a warm sensor allocates only what an event has new (its trail
+    /// and details). Per thread: the thread that writes events (the live loop, replay) is
+    /// the one that builds them.
+    static SPARE: std::cell::RefCell<Vec<Event>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Keeps `event` (written, no longer needed) for the next event built on this thread.
+pub fn recycle(event: Event) {
+    let _ = SPARE.try_with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < SPARE_EVENTS {
+            s.push(event);
+        }
+    });
+}
+
+/// An event given back on this thread ([`recycle`]), to be written over, if any.
+pub fn spare_event() -> Option<Event> {
+    SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten()
+}
+
 /// Strings of forgotten keys kept for new keys' copies, so that a warm table allocates
 /// nothing per key (the throttle's and the flood guard's).
 #[derive(Debug)]

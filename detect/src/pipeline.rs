@@ -711,7 +711,7 @@ impl Detector {
 /// version of the map set that matched and keep it.
 fn stamp(version: &str, mut ev: Event, out: &mut dyn FnMut(Event)) {
     if ev.trail_set_version.is_empty() && !version.is_empty() {
-        ev.trail_set_version = version.to_owned();
+        crate::event::set_str(&mut ev.trail_set_version, version);
     }
     out(ev);
 }

@@ -42,7 +42,10 @@ use std::sync::Arc;
 
 use hashbrown::DefaultHashBuilder;
 
-use crate::event::{proto_name, Action, Details, Event, EventType, Severity};
+use crate::event::{
+    clear_for_reuse, push_proto_name, set_str, spare_event, Action, Details, Event, EventType,
+    Severity,
+};
 use crate::heuristics::FlowStart;
 use crate::name_verdicts::NameVerdicts;
 use crate::packet::{self, Packet, PacketError, TcpSegment, Transport};
@@ -178,22 +181,46 @@ impl PacketContext<'_> {
         reference: &str,
         details: Details,
     ) -> Event {
+        // The strings of an event given back on this thread, written over
+        // (`event::recycle`): no allocation for them once warm.
+        let (mut sensor, mut proto, mut text, mut reference_text, iface_text, mut version) =
+            match spare_event() {
+                Some(e) => (
+                    e.sensor,
+                    e.proto,
+                    e.info,
+                    e.reference,
+                    e.iface,
+                    e.trail_set_version,
+                ),
+                None => Default::default(),
+            };
+        set_str(&mut sensor, self.sensor);
+        push_proto_name(self.proto, clear_for_reuse(&mut proto));
+        set_str(&mut text, info);
+        set_str(&mut reference_text, reference);
+        version.clear();
+        let iface = self.iface.map(|i| {
+            let mut s = iface_text.unwrap_or_default();
+            set_str(&mut s, i);
+            s
+        });
         Event {
             ts_us: self.ts_us,
-            sensor: self.sensor.to_owned(),
+            sensor,
             src_ip: self.src,
             src_port: self.src_port,
             dst_ip: self.dst,
             dst_port: self.dst_port,
-            proto: proto_name(self.proto),
+            proto,
             kind,
             trail,
-            info: info.to_owned(),
-            reference: reference.to_owned(),
+            info: text,
+            reference: reference_text,
             severity: Severity::from_info(info),
             action: Action::Pass,
-            iface: self.iface.map(str::to_owned),
-            trail_set_version: String::new(),
+            iface,
+            trail_set_version: version,
             details,
         }
     }

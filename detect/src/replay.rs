@@ -236,6 +236,8 @@ fn replay_file<W: Write + ?Sized>(
                 }
                 Err(e) => *write_error = Some(e),
             }
+            // Its strings for the next event's.
+            crate::event::recycle(event);
         };
         if detector
             .frame(pkt.ts_us, pkt.linktype, None, pkt.data, &mut write)

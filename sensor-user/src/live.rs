@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use xtrail_common::{addr_check, config_flags, side, trail_set, HitRecord};
-use xtrail_detect::event::{set_str, Event};
+use xtrail_detect::event::{self, set_str, Event};
 use xtrail_detect::heuristics::{FlowStart, HeuristicsConfig, UaPatterns};
 use xtrail_detect::pipeline::{Detector, DetectorConfig, FloodConfig, KernelHit};
 use xtrail_detect::process::{Addresses, ProcessorConfig};
@@ -172,11 +172,6 @@ const LOG_FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Receive batches the AF_XDP transport may queue for the detector (of up to 64 frames; at
 /// most `xsk::MAX_QUEUED_FRAMES` frames in all): 8 s of batches of a few frames every 2 ms.
 const FRAME_QUEUE: usize = 4096;
-
-/// Written events kept for reuse by the next kernel hits (a wake-up's worth at the rates
-/// seen: ~85 events per 50 ms poll at 1,700 events/s). Their strings are as long as the
-/// events' fields were (a frame's HTTP path or Host at most).
-const SPARE_EVENTS: usize = 256;
 
 /// Totals at the end of a run. Every packet handed to userspace is accounted for:
 /// `payloads + xsk_frames = processed + queue_full` (malformed ring records and AF_XDP frames
@@ -383,18 +378,18 @@ pub struct Hit<'a> {
 }
 
 impl Hit<'_> {
-    /// Gives the detector the event of a `HITS` record matched by `set`, filled into one of
-    /// the `spare` events when there is one (the live loop keeps the events it wrote):
-    /// allocates nothing once warm (`tests/handoff_no_alloc.rs`).
+    /// Gives the detector the event of a `HITS` record matched by `set`, filled into an
+    /// event given back on this thread when there is one (the live loop gives back the
+    /// events it wrote, `event::recycle`): allocates nothing once warm
+    /// (`tests/handoff_no_alloc.rs`).
     pub fn report(
         &self,
         rec: &HitRecord,
         set: &VersionedTrails,
-        spare: &mut Vec<Event>,
         detector: &mut Detector,
         out: &mut impl FnMut(Event),
     ) {
-        let mut event = spare.pop().unwrap_or_else(hits::blank_event);
+        let mut event = event::spare_event().unwrap_or_else(hits::blank_event);
         hits::fill_event(
             &mut event,
             rec,
@@ -409,11 +404,9 @@ impl Hit<'_> {
             syn: rec.proto == 6,
             trail_is_dst: rec.side == side::DST,
         };
-        // Dropped (whitelisted, filtered or a repeat): kept for the next hit's strings.
+        // Dropped (whitelisted, filtered or a repeat): kept for the next event's strings.
         if let Some(event) = detector.kernel_hit(hit, out) {
-            if spare.len() < SPARE_EVENTS {
-                spare.push(event);
-            }
+            event::recycle(event);
         }
     }
 }
@@ -702,9 +695,6 @@ pub fn run(
     let mut event_counts = crate::metrics::EventCounts::default();
     let run_started = Instant::now();
     let mut pending: Vec<Event> = Vec::new();
-    // Events written, kept for their strings: a kernel hit's event is filled into one of
-    // them (`hits::fill_event`), so a warm sensor allocates nothing per hit.
-    let mut spare: Vec<Event> = Vec::new();
     let mut suppressions = crate::suppress::Suppressions::default();
     let mut last_suppressions = Instant::now();
     let mut last_flush = Instant::now();
@@ -826,7 +816,7 @@ pub fn run(
                 iface: ifname(rec.ifindex),
                 clock: &clock,
             };
-            hit.report(&rec, &set, &mut spare, &mut detector, &mut out);
+            hit.report(&rec, &set, &mut detector, &mut out);
         }
         // Every record pending is read per wake-up; each frame is parsed where it lies in the
         // ring (no copy, no allocation here) and its slot released when the item drops.
@@ -926,9 +916,9 @@ pub fn run(
                 summary.events += 1;
                 event_counts.count(&ev);
             }
-            if spare.len() < SPARE_EVENTS {
-                spare.push(ev);
-            }
+            // Written: its strings for the next event's (kernel hits and the detector's
+            // alike build theirs into given-back events, `event::recycle`).
+            event::recycle(ev);
         }
         if unflushed && (finishing || last_log_flush.is_none_or(|t| t.elapsed() >= LOG_FLUSH_EVERY))
         {

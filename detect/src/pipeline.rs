@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use hashbrown::{HashMap, HashSet};
 
-use crate::event::{Event, EventType, SpareStrings};
+use crate::event::{recycle, set_str, Event, EventType, SpareStrings};
 use crate::heuristics::{
     FlowStart, HeuristicsConfig, HeuristicsError, MaltrailHeuristics, UaPatterns,
 };
@@ -560,12 +560,27 @@ impl Detector {
             ..
         } = self;
         let mut out = |ev: Event| stamp(trail_set_version, ev, out);
-        processor.process_frame_with(ts_us, linktype, frame, addresses, &mut |mut ev: Event| {
-            if let Some(i) = iface {
-                ev.iface = Some(i.to_string());
-            }
-            let _ = release(throttle, flood, events, ev, &mut out);
-        })
+        processor.process_frame_with(
+            ts_us,
+            linktype,
+            iface,
+            frame,
+            addresses,
+            &mut |mut ev: Event| {
+                // Built with `iface` already (the packet's context): written over only for an
+                // event that was not.
+                if let Some(i) = iface.filter(|i| ev.iface.as_deref() != Some(*i)) {
+                    match ev.iface.as_mut() {
+                        Some(s) => set_str(s, i),
+                        None => ev.iface = Some(i.to_owned()),
+                    }
+                }
+                // A repeat the throttle collapsed: its strings for the next event's.
+                if let Some(ev) = release(throttle, flood, events, ev, &mut out) {
+                    recycle(ev);
+                }
+            },
+        )
     }
 
     /// Flow starts from the kernel (live scans), a ring record's batch at once (the scan
@@ -583,7 +598,9 @@ impl Detector {
         } = self;
         let mut out = |ev: Event| stamp(trail_set_version, ev, out);
         processor.on_flow_starts(flows, &mut |ev| {
-            let _ = release(throttle, flood, events, ev, &mut out);
+            if let Some(ev) = release(throttle, flood, events, ev, &mut out) {
+                recycle(ev);
+            }
         });
     }
 
@@ -711,7 +728,7 @@ impl Detector {
 /// version of the map set that matched and keep it.
 fn stamp(version: &str, mut ev: Event, out: &mut dyn FnMut(Event)) {
     if ev.trail_set_version.is_empty() && !version.is_empty() {
-        crate::event::set_str(&mut ev.trail_set_version, version);
+        set_str(&mut ev.trail_set_version, version);
     }
     out(ev);
 }

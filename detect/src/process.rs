@@ -500,14 +500,16 @@ impl Processor {
         frame: &[u8],
         out: &mut dyn FnMut(Event),
     ) -> Result<(), PacketError> {
-        self.process_frame_with(ts_us, linktype, frame, Addresses::Unchecked, out)
+        self.process_frame_with(ts_us, linktype, None, frame, Addresses::Unchecked, out)
     }
 
-    /// [`Processor::process_frame`] for a frame whose `addresses` the capture checked.
+    /// [`Processor::process_frame`] for a frame that arrived on `iface` (its events say so;
+    /// `None`: the configured one) whose `addresses` the capture checked.
     pub fn process_frame_with(
         &mut self,
         ts_us: i64,
         linktype: u32,
+        iface: Option<&str>,
         frame: &[u8],
         addresses: Addresses,
         out: &mut dyn FnMut(Event),
@@ -516,7 +518,7 @@ impl Processor {
         self.stats.addresses_vouched += u64::from(addresses == Addresses::Clean);
         match packet::parse(linktype, frame) {
             Ok(pkt) => {
-                self.process_packet_with(ts_us, &pkt, addresses, out);
+                self.process_packet_with(ts_us, &pkt, iface, addresses, out);
                 Ok(())
             }
             Err(e) => {
@@ -531,7 +533,7 @@ impl Processor {
 
     /// Runs an already parsed packet through the pipeline.
     pub fn process_packet(&mut self, ts_us: i64, pkt: &Packet<'_>, out: &mut dyn FnMut(Event)) {
-        self.process_packet_with(ts_us, pkt, Addresses::Unchecked, out);
+        self.process_packet_with(ts_us, pkt, None, Addresses::Unchecked, out);
     }
 
     /// [`Processor::process_packet`] for a packet whose `addresses` the capture checked.
@@ -539,6 +541,7 @@ impl Processor {
         &mut self,
         ts_us: i64,
         pkt: &Packet<'_>,
+        iface: Option<&str>,
         addresses: Addresses,
         out: &mut dyn FnMut(Event),
     ) {
@@ -547,7 +550,7 @@ impl Processor {
         let ctx = PacketContext {
             ts_us,
             sensor: &self.config.sensor,
-            iface: self.config.iface.as_deref(),
+            iface: iface.or(self.config.iface.as_deref()),
             src: pkt.src,
             src_port,
             dst: pkt.dst,

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::event::{Event, Format, LineWriter};
+use crate::event::{recycle, Event, Format, LineWriter};
 use crate::heuristics::{HeuristicsConfig, HeuristicsError, UaPatterns};
 use crate::pcap::{self, PcapError};
 use crate::pipeline::{Detector, DetectorConfig, DetectorStats, FloodConfig};
@@ -237,7 +237,7 @@ fn replay_file<W: Write + ?Sized>(
                 Err(e) => *write_error = Some(e),
             }
             // Its strings for the next event's.
-            crate::event::recycle(event);
+            recycle(event);
         };
         if detector
             .frame(pkt.ts_us, pkt.linktype, None, pkt.data, &mut write)

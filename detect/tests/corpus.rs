@@ -242,8 +242,10 @@ fn frames_with_clean_addresses_raise_the_same_events_unchecked() {
                 Addresses::Unchecked
             };
             frames += 1;
-            let _ = checked
-                .process_frame_with(p.ts_us, linktype, p.data, addresses, &mut |e| with.push(e));
+            let _ =
+                checked.process_frame_with(p.ts_us, linktype, None, p.data, addresses, &mut |e| {
+                    with.push(e)
+                });
             let _ = unchecked.process_frame(p.ts_us, linktype, p.data, &mut |e| without.push(e));
         }
     }

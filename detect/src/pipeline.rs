@@ -202,7 +202,7 @@ impl FloodGuard {
                 sample.push(event.src_ip);
             }
             w.sources.insert(event.src_ip);
-            *last = event;
+            recycle(std::mem::replace(last, event));
             self.stats.aggregated += 1;
             return None;
         }
@@ -237,6 +237,7 @@ impl FloodGuard {
         if !self.overflow.contains_key(&key) {
             if self.overflow.len() >= cfg.max_overflow_reports {
                 self.stats.unreported += 1;
+                recycle(event);
                 return;
             }
             self.overflow
@@ -247,7 +248,9 @@ impl FloodGuard {
             .get_mut(&TrailKeyRef(event.kind, &event.trail))
         {
             o.count += 1;
-            o.last = Some(event);
+            if let Some(old) = o.last.replace(event) {
+                recycle(old);
+            }
         }
     }
 

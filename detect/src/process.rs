@@ -43,8 +43,8 @@ use std::sync::Arc;
 use hashbrown::DefaultHashBuilder;
 
 use crate::event::{
-    clear_for_reuse, push_proto_name, set_str, spare_event, Action, Details, Event, EventType,
-    Severity,
+    clear_for_reuse, push_proto_name, recycle, set_str, spare_event, Action, Details, Event,
+    EventType, Severity,
 };
 use crate::heuristics::FlowStart;
 use crate::name_verdicts::NameVerdicts;
@@ -392,6 +392,7 @@ fn emit(wl: &Whitelist, stats: &mut ProcessorStats, out: &mut dyn FnMut(Event), 
         && (wl.is_ip_whitelisted(event.src_ip) || wl.is_ip_whitelisted(event.dst_ip))
     {
         stats.whitelisted += 1;
+        recycle(event);
         return;
     }
     stats.events += 1;

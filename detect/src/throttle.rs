@@ -26,7 +26,7 @@ use std::net::IpAddr;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use crate::event::{Event, EventType, Severity, SpareStrings};
+use crate::event::{recycle, Event, EventType, Severity, SpareStrings};
 
 /// Settings of the summarize step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -171,7 +171,10 @@ impl HeldEvents {
     /// Keeps `event` as the last of the window whose slot is `last` (a new slot if none).
     fn keep(&mut self, last: &mut Option<u32>, event: Event) {
         if let Some(slot) = last.and_then(|i| self.slots.get_mut(i as usize)) {
-            *slot = Some(event);
+            // The window's earlier last: its strings for the next event's.
+            if let Some(old) = slot.replace(event) {
+                recycle(old);
+            }
             return;
         }
         let i = match self.free.pop() {

@@ -569,15 +569,8 @@ impl Detector {
             iface,
             frame,
             addresses,
-            &mut |mut ev: Event| {
-                // Built with `iface` already (the packet's context): written over only for an
-                // event that was not.
-                if let Some(i) = iface.filter(|i| ev.iface.as_deref() != Some(*i)) {
-                    match ev.iface.as_mut() {
-                        Some(s) => set_str(s, i),
-                        None => ev.iface = Some(i.to_owned()),
-                    }
-                }
+            // Each event carries `iface`: the packet's context, which builds them, has it.
+            &mut |ev: Event| {
                 // A repeat the throttle collapsed: its strings for the next event's.
                 if let Some(ev) = release(throttle, flood, events, ev, &mut out) {
                     recycle(ev);

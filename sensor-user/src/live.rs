@@ -332,16 +332,15 @@ pub fn hand_over<'n>(
         return false;
     };
     let ts_us = clock.to_unix_us(h.ts_ns);
-    // The set the frame meets, taken before it is compared with the kernel's.
-    detector.refresh_trails();
-    let addresses = if sets.vouch(h.clean_in, detector) {
-        Addresses::Clean
-    } else {
-        Addresses::Unchecked
-    };
-    // A frame the parser rejects is counted by the detector (`parse_errors`).
     let iface = ifname(h.ifindex);
-    let _ = detector.frame_with(ts_us, LINKTYPE_ETHERNET, iface, h.frame, addresses, out);
+    run_frame(
+        detector,
+        ts_us,
+        iface,
+        h.frame,
+        |d| sets.vouch(h.clean_in, d),
+        out,
+    );
     true
 }
 
@@ -357,8 +356,29 @@ pub fn hand_over_frame(
     detector: &mut Detector,
     out: &mut impl FnMut(Event),
 ) {
+    run_frame(
+        detector,
+        ts_us,
+        iface,
+        frame,
+        |d| sets.vouch_frame(stamp, d),
+        out,
+    );
+}
+
+/// A handed-over frame through the detector: its addresses are not looked up again when
+/// `vouched` says the XDP program found them clean in the set the frame meets (taken
+/// first, before it is compared with the kernel's).
+fn run_frame(
+    detector: &mut Detector,
+    ts_us: i64,
+    iface: Option<&str>,
+    frame: &[u8],
+    vouched: impl FnOnce(&Detector) -> bool,
+    out: &mut impl FnMut(Event),
+) {
     detector.refresh_trails();
-    let addresses = if sets.vouch_frame(stamp, detector) {
+    let addresses = if vouched(detector) {
         Addresses::Clean
     } else {
         Addresses::Unchecked

@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use xtrail_bench::netns::VethPair;
-use xtrail_bench::scenario;
 use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
 
-use crate::bench::{start_sensor, stop_child, tree_cpu_ns};
+use crate::bench::{
+    draw_background, draw_nic_mix, draw_picks, start_sensor, stop_child, tree_cpu_ns,
+};
 use crate::bench_nic::{gro_on, nic_send, nicgen, templates, write_pcap, SCENARIOS};
 use crate::paths;
 
@@ -37,6 +38,9 @@ pub struct AbOptions {
     /// Extra `xtrail-sensor run` arguments.
     pub sensor_args: Vec<String>,
 }
+
+/// The bench's default seed: the templates a full run draws.
+const SEED: u64 = 1;
 
 /// The time a run's last frames get to reach the sensor before its CPU is read.
 const DRAIN: Duration = Duration::from_millis(500);
@@ -63,14 +67,14 @@ pub fn run(o: &AbOptions) -> anyhow::Result<()> {
     let tree = data.join("trails-static");
     anyhow::ensure!(tree.is_dir(), "no static trail tree at {}", tree.display());
     let trails = o.trails.clone().unwrap_or_else(|| tree.clone());
-    // The templates as a full `cargo xtask bench` run draws them (seed 1).
+    // The templates as a full `cargo xtask bench` run draws them.
     eprintln!("ab: loading {} to draw traffic from", tree.display());
     let set = TrailSet::load(std::slice::from_ref(&tree), &LoadOptions::default())?;
     let whitelist = Whitelist::load(&data.join("data/whitelist.txt"))?;
-    let picks = scenario::picks(&set, &whitelist, 200);
+    let picks = draw_picks(&set, &whitelist, false);
     let is_trail = |a| set.ip.lookup(std::net::IpAddr::V4(a), None).is_some();
-    let background = scenario::background_only(1, 50_000, &is_trail);
-    let mix = scenario::mix(4, 4093, &picks, 0.05, &is_trail);
+    let background = draw_background(SEED, false, &is_trail);
+    let mix = draw_nic_mix(SEED, &picks, &is_trail);
     let frames = templates(&background, &mix)
         .into_iter()
         .nth(which)

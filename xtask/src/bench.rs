@@ -913,6 +913,38 @@ fn children_cpu_ns() -> u64 {
         .sum()
 }
 
+/// The trail items the scenarios inject (names, URLs, addresses).
+pub(crate) fn draw_picks(set: &TrailSet, whitelist: &Whitelist, quick: bool) -> TrailPicks {
+    scenario::picks(set, whitelist, if quick { 60 } else { 200 })
+}
+
+/// The background scenario's frames (the NIC-like UDP, ACK and SYN templates among them).
+pub(crate) fn draw_background(
+    seed: u64,
+    quick: bool,
+    is_trail: &dyn Fn(Ipv4Addr) -> bool,
+) -> Traffic {
+    scenario::background_only(seed, scenario_frames(quick), is_trail)
+}
+
+/// Frames of the background, mix and storm scenarios.
+fn scenario_frames(quick: bool) -> usize {
+    if quick {
+        20_000
+    } else {
+        50_000
+    }
+}
+
+/// The mix as NIC-like templates: fewer frames, more malicious items among them.
+pub(crate) fn draw_nic_mix(
+    seed: u64,
+    picks: &TrailPicks,
+    is_trail: &dyn Fn(Ipv4Addr) -> bool,
+) -> Traffic {
+    scenario::mix(seed + 3, 4093, picks, 0.05, is_trail)
+}
+
 /// Runs the benchmark.
 pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     if !opts.only.is_empty() && opts.only.iter().all(|o| "ingest".starts_with(o.as_str())) {
@@ -951,11 +983,11 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
         + set.report.domains
         + set.report.urls
         + set.report.regexes;
-    let picks = scenario::picks(&set, &whitelist, if opts.quick { 60 } else { 200 });
+    let picks = draw_picks(&set, &whitelist, opts.quick);
     let is_trail = |a: Ipv4Addr| set.ip.lookup(IpAddr::V4(a), None).is_some();
-    let n_frames = if opts.quick { 20_000 } else { 50_000 };
+    let n_frames = scenario_frames(opts.quick);
     let count = if opts.quick { 300_000 } else { 2_000_000 };
-    let background = scenario::background_only(opts.seed, n_frames, &is_trail);
+    let background = draw_background(opts.seed, opts.quick, &is_trail);
     let mix = scenario::mix(opts.seed + 1, n_frames, &picks, 0.01, &is_trail);
     let storm = scenario::storm(opts.seed + 2, n_frames, &picks);
     let tmp = std::env::temp_dir().join(format!("xtrail-bench-{}", std::process::id()));
@@ -1023,7 +1055,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     let mut nic_notes = Vec::new();
     if wanted("nic") {
         // The mix as templates: fewer frames, more malicious items among them.
-        let nic_mix = scenario::mix(opts.seed + 3, 4093, &picks, 0.05, &is_trail);
+        let nic_mix = draw_nic_mix(opts.seed, &picks, &is_trail);
         let when = crate::host::utc_now();
         let inputs = crate::bench_nic::NicInputs {
             quick: opts.quick,

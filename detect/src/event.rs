@@ -274,7 +274,7 @@ pub fn set_str(s: &mut String, value: &str) {
 
 /// Events kept for reuse per thread (a live wake-up's worth: ~85 events per 50 ms poll at
 /// 1,700 events/s).
-const SPARE_EVENTS: usize = 256;
+pub(crate) const SPARE_EVENTS: usize = 256;
 
 thread_local! {
     /// Events written and given back ([`recycle`]), for the next ones built on this thread
@@ -299,6 +299,19 @@ pub fn recycle(event: Event) {
 /// An event given back on this thread ([`recycle`]), to be written over, if any.
 pub fn spare_event() -> Option<Event> {
     SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten()
+}
+
+/// Events given back on this thread and not drawn again, after emptying the pool when
+/// `empty` (the tests of the give-backs).
+#[cfg(test)]
+pub(crate) fn spare_events(empty: bool) -> usize {
+    SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        if empty {
+            s.clear();
+        }
+        s.len()
+    })
 }
 
 /// Strings of forgotten keys kept for new keys' copies, so that a warm table allocates

@@ -871,6 +871,51 @@ mod tests {
     }
 
     #[test]
+    fn a_flood_gives_the_events_it_absorbs_back() {
+        use crate::event::{spare_events, SPARE_EVENTS};
+        spare_events(true);
+        let mut g = FloodGuard::new(FloodConfig::default());
+        let mut out = Vec::new();
+        for i in 0..1000u32 {
+            let src = format!("198.18.{}.{}", i / 250, i % 250 + 1);
+            g.filter(ev(i64::from(i) * 1000, &src, "198.19.0.1"), &mut |e| {
+                out.push(e)
+            });
+        }
+        // 50 passed, the 51st began the flood and is its last; each later one replaced the
+        // last, which went back.
+        assert_eq!(out.len(), 50);
+        assert_eq!(spare_events(false), 949.min(SPARE_EVENTS));
+    }
+
+    #[test]
+    fn over_budget_events_not_kept_for_a_report_go_back() {
+        use crate::event::{spare_events, SPARE_EVENTS};
+        spare_events(true);
+        let cfg = FloodConfig {
+            budget_per_sec: 1,
+            burst: 1,
+            sources_per_trail: usize::MAX,
+            max_overflow_reports: 1,
+            ..FloodConfig::default()
+        };
+        let mut g = FloodGuard::new(cfg);
+        let mut out = Vec::new();
+        // Two trails in turn within a millisecond: the first event (of "b") passes; "a", the
+        // first over budget, takes the one report and keeps its last; "b"'s later ones are
+        // only counted.
+        for i in 0..400i64 {
+            let trail = if i % 2 == 0 { "b" } else { "a" };
+            g.filter(ev(i, "198.18.0.1", trail), &mut |e| out.push(e));
+        }
+        assert_eq!(out.len(), 1);
+        let s = g.stats();
+        assert_eq!((s.over_budget, s.unreported), (399, 199));
+        // Every over-budget event but "a"'s last went back.
+        assert_eq!(spare_events(false), 398.min(SPARE_EVENTS));
+    }
+
+    #[test]
     fn the_budget_bounds_the_rate_and_reports_overflow() {
         let cfg = FloodConfig {
             budget_per_sec: 100,

@@ -1652,6 +1652,7 @@ sinkholed.example,sinkhole x (malware),(static)
     #[test]
     fn whitelists() {
         let mut p = processor("evil-test-domain.com\n10.0.0.66\n");
+        crate::event::spare_events(true);
         let lines = run(
             &mut p,
             &[
@@ -1666,6 +1667,8 @@ sinkholed.example,sinkhole x (malware),(static)
         );
         assert!(lines.is_empty(), "{lines:#?}");
         assert_eq!(p.stats().whitelisted, 1);
+        // The whitelisted event's strings go back for the next event's.
+        assert_eq!(crate::event::spare_events(false), 1);
     }
 
     /// The URL check around a request's name checks: a whitelisted Host drops its URL's hit,

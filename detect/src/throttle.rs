@@ -640,6 +640,22 @@ mod tests {
     }
 
     #[test]
+    fn held_back_events_replaced_by_later_ones_go_back() {
+        use crate::event::{spare_events, SPARE_EVENTS};
+        spare_events(true);
+        let mut t = Throttle::default();
+        let mut out = Vec::new();
+        // One a second (no collapse), one (source, trail): 3 pass, the 4th is held back,
+        // each later one replaces it and the replaced one goes back.
+        for i in 0..50 {
+            let back = t.filter(ev(i * 1_000_000, 1, "a.example"), &mut |e| out.push(e));
+            assert!(back.is_none());
+        }
+        assert_eq!(out.len(), 3);
+        assert_eq!(spare_events(false), 46.min(SPARE_EVENTS));
+    }
+
+    #[test]
     fn at_and_around_the_limit() {
         let s = 1_000_000;
         for (n, want) in [(2, 2), (3, 3), (4, 4)] {

@@ -296,6 +296,30 @@ pub fn recycle(event: Event) {
     });
 }
 
+/// An event whose strings are all empty (nothing allocated), to be written over when no
+/// [`spare_event`] is at hand.
+pub fn blank() -> Event {
+    let unspecified = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+    Event {
+        ts_us: 0,
+        sensor: String::new(),
+        src_ip: unspecified,
+        src_port: 0,
+        dst_ip: unspecified,
+        dst_port: 0,
+        proto: String::new(),
+        kind: EventType::Ip,
+        trail: String::new(),
+        info: String::new(),
+        reference: String::new(),
+        severity: Severity::Low,
+        action: Action::Pass,
+        iface: None,
+        trail_set_version: String::new(),
+        details: Details::default(),
+    }
+}
+
 /// An event given back on this thread ([`recycle`]), to be written over, if any.
 pub fn spare_event() -> Option<Event> {
     SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten()

@@ -43,7 +43,7 @@ use std::sync::Arc;
 use hashbrown::DefaultHashBuilder;
 
 use crate::event::{
-    clear_for_reuse, push_proto_name, recycle, set_str, spare_event, Action, Details, Event,
+    blank, clear_for_reuse, push_proto_name, recycle, set_str, spare_event, Action, Details, Event,
     EventType, Severity,
 };
 use crate::heuristics::FlowStart;
@@ -172,7 +172,26 @@ pub struct PacketContext<'s> {
 }
 
 impl PacketContext<'_> {
-    /// An event for this packet with the given info and reference.
+    /// Writes this packet's part of an event over `event`, its strings' buffers kept: time,
+    /// sensor, addresses, ports, protocol and interface; the trail-set version emptied (the
+    /// pipeline stamps it).
+    pub fn write_packet(&self, event: &mut Event) {
+        event.ts_us = self.ts_us;
+        set_str(&mut event.sensor, self.sensor);
+        event.src_ip = self.src;
+        event.src_port = self.src_port;
+        event.dst_ip = self.dst;
+        event.dst_port = self.dst_port;
+        push_proto_name(self.proto, clear_for_reuse(&mut event.proto));
+        match (&mut event.iface, self.iface) {
+            (Some(slot), Some(name)) => set_str(slot, name),
+            (slot, name) => *slot = name.map(String::from),
+        }
+        event.trail_set_version.clear();
+    }
+
+    /// An event for this packet with the given info and reference, written over an event
+    /// given back on this thread (`event::recycle`): no allocation for its strings once warm.
     pub fn event(
         &self,
         kind: EventType,
@@ -181,48 +200,16 @@ impl PacketContext<'_> {
         reference: &str,
         details: Details,
     ) -> Event {
-        // The strings of an event given back on this thread, written over
-        // (`event::recycle`): no allocation for them once warm.
-        let (mut sensor, mut proto, mut text, mut reference_text, iface_text, mut version) =
-            match spare_event() {
-                Some(e) => (
-                    e.sensor,
-                    e.proto,
-                    e.info,
-                    e.reference,
-                    e.iface,
-                    e.trail_set_version,
-                ),
-                None => Default::default(),
-            };
-        set_str(&mut sensor, self.sensor);
-        push_proto_name(self.proto, clear_for_reuse(&mut proto));
-        set_str(&mut text, info);
-        set_str(&mut reference_text, reference);
-        version.clear();
-        let iface = self.iface.map(|i| {
-            let mut s = iface_text.unwrap_or_default();
-            set_str(&mut s, i);
-            s
-        });
-        Event {
-            ts_us: self.ts_us,
-            sensor,
-            src_ip: self.src,
-            src_port: self.src_port,
-            dst_ip: self.dst,
-            dst_port: self.dst_port,
-            proto,
-            kind,
-            trail,
-            info: text,
-            reference: reference_text,
-            severity: Severity::from_info(info),
-            action: Action::Pass,
-            iface,
-            trail_set_version: version,
-            details,
-        }
+        let mut e = spare_event().unwrap_or_else(blank);
+        self.write_packet(&mut e);
+        e.kind = kind;
+        e.trail = trail;
+        set_str(&mut e.info, info);
+        set_str(&mut e.reference, reference);
+        e.severity = Severity::from_info(info);
+        e.action = Action::Pass;
+        e.details = details;
+        e
     }
 
     /// An event for this packet labelled by a trail's label.

@@ -7,9 +7,9 @@ use xtrail_common::{
     PAYLOAD_HEADER_LEN,
 };
 use xtrail_detect::event::{
-    clear_for_reuse, decimal, push_proto_name, set_str, Action, Details, Event, EventType, IpText,
-    Severity,
+    clear_for_reuse, decimal, set_str, Action, Details, Event, EventType, IpText, Severity,
 };
+use xtrail_detect::process::PacketContext;
 use xtrail_detect::trails::TrailSet;
 
 /// Converts kernel monotonic timestamps to wall-clock microseconds.
@@ -80,28 +80,6 @@ pub fn parse_record(bytes: &[u8]) -> Option<HitRecord> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<HitRecord>()) })
 }
 
-/// An event whose strings are all empty (nothing allocated), for [`fill_event`].
-pub fn blank_event() -> Event {
-    Event {
-        ts_us: 0,
-        sensor: String::new(),
-        src_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        src_port: 0,
-        dst_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        dst_port: 0,
-        proto: String::new(),
-        kind: EventType::Ip,
-        trail: String::new(),
-        info: String::new(),
-        reference: String::new(),
-        severity: Severity::Low,
-        action: Action::Pass,
-        iface: None,
-        trail_set_version: String::new(),
-        details: Details::default(),
-    }
-}
-
 /// The event for a hit, written over `event` (every field; its `trail_set_version` emptied):
 /// the strings of an event already written are reused ([`set_str`]), so a warm sensor
 /// allocates nothing per hit. The trail printed is the matching address (`ip`, or `ip:port`
@@ -154,24 +132,23 @@ pub fn fill_event(
             event.reference.clear();
         }
     }
-    event.ts_us = clock.to_unix_us(rec.ts_ns);
-    set_str(&mut event.sensor, sensor);
-    event.src_ip = src_ip;
-    event.src_port = rec.src_port;
-    event.dst_ip = dst_ip;
-    event.dst_port = rec.dst_port;
-    push_proto_name(rec.proto, clear_for_reuse(&mut event.proto));
+    PacketContext {
+        ts_us: clock.to_unix_us(rec.ts_ns),
+        sensor,
+        iface,
+        src: src_ip,
+        src_port: rec.src_port,
+        dst: dst_ip,
+        dst_port: rec.dst_port,
+        proto: rec.proto,
+    }
+    .write_packet(event);
     event.severity = Severity::from_info(&event.info);
     event.action = if rec.action == action::DROP {
         Action::Drop
     } else {
         Action::Pass
     };
-    match (&mut event.iface, iface) {
-        (Some(slot), Some(name)) => set_str(slot, name),
-        (slot, name) => *slot = name.map(String::from),
-    }
-    event.trail_set_version.clear();
     if event.details != Details::default() {
         event.details = Details::default();
     }
@@ -311,7 +288,7 @@ mod tests {
         };
         let clock = Clock::now();
         let fresh = |rec: &HitRecord, iface: Option<&str>| {
-            let mut e = blank_event();
+            let mut e = xtrail_detect::event::blank();
             fill_event(&mut e, rec, &trails, "s", iface, &clock);
             e
         };

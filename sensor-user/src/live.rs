@@ -409,7 +409,7 @@ impl Hit<'_> {
         detector: &mut Detector,
         out: &mut impl FnMut(Event),
     ) {
-        let mut event = event::spare_event().unwrap_or_else(hits::blank_event);
+        let mut event = event::spare_event().unwrap_or_else(event::blank);
         hits::fill_event(
             &mut event,
             rec,

@@ -172,9 +172,11 @@ pub struct PacketContext<'s> {
 }
 
 impl PacketContext<'_> {
-    /// Writes this packet's part of an event over `event`, its strings' buffers kept: time,
-    /// sensor, addresses, ports, protocol and interface; the trail-set version emptied (the
-    /// pipeline stamps it).
+    /// Writes this packet's part of an event over `event`, its strings' buffers kept (an
+    /// interface's dropped when the packet has none): time, sensor, addresses, ports,
+    /// protocol and interface; the trail-set version emptied (the pipeline, or the live loop
+    /// for kernel hits, stamps it).
+    #[inline]
     pub fn write_packet(&self, event: &mut Event) {
         event.ts_us = self.ts_us;
         set_str(&mut event.sensor, self.sensor);
@@ -184,8 +186,8 @@ impl PacketContext<'_> {
         event.dst_port = self.dst_port;
         push_proto_name(self.proto, clear_for_reuse(&mut event.proto));
         match (&mut event.iface, self.iface) {
-            (Some(slot), Some(name)) => set_str(slot, name),
-            (slot, name) => *slot = name.map(String::from),
+            (slot, Some(name)) => set_str(slot.get_or_insert_with(String::new), name),
+            (slot, None) => *slot = None,
         }
         event.trail_set_version.clear();
     }

@@ -13,34 +13,47 @@ use xtrail_detect::trails::{LoadOptions, TrailSet};
 use xtrail_detect::whitelist::Whitelist;
 
 use crate::bench::{
-    draw_background, draw_nic_mix, draw_picks, start_sensor, stop_child, tree_cpu_ns,
+    draw_background, draw_nic_mix, draw_picks, start_sensor, stop_child, tree_cpu_ns, DEFAULT_SEED,
 };
 use crate::bench_nic::{gro_on, nic_send, nicgen, templates, write_pcap, SCENARIOS};
 use crate::paths;
 
 /// What `cargo xtask ab` compares.
+#[derive(clap::Args)]
 pub struct AbOptions {
-    /// The two sensor binaries.
+    /// Build A: a sensor binary (e.g. a copy of target/release/xtrail-sensor from before a
+    /// change).
+    #[arg(long)]
     pub a: PathBuf,
+    /// Build B.
+    #[arg(long)]
     pub b: PathBuf,
-    /// One of [`SCENARIOS`].
+    /// Traffic, as the bench's NIC-like scenarios: udp, tcp-ack, tcp-syn, mix, dns, http,
+    /// tls.
+    #[arg(long, default_value = "dns")]
     pub traffic: String,
-    /// inline or mirror.
+    /// Sensor mode: inline or mirror.
+    #[arg(long, default_value = "inline")]
     pub mode: String,
+    /// Frames a second.
+    #[arg(long, default_value_t = 50_000)]
     pub rate: u64,
-    /// Frames per round.
+    /// Frames a round.
+    #[arg(long, default_value_t = 100_000)]
     pub count: u64,
-    pub rounds: usize,
-    /// Runs per build.
-    pub pairs: usize,
-    /// The sensor's trail source (default: the static tree).
+    /// Rounds a run.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// Runs of each build.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pairs: u32,
+    /// Trail source for the sensors (default: the static tree).
+    #[arg(long)]
     pub trails: Option<PathBuf>,
-    /// Extra `xtrail-sensor run` arguments.
+    /// Extra argument for `xtrail-sensor run` (repeatable).
+    #[arg(long = "sensor-arg", allow_hyphen_values = true)]
     pub sensor_args: Vec<String>,
 }
-
-/// The bench's default seed: the templates a full run draws.
-const SEED: u64 = 1;
 
 /// The time a run's last frames get to reach the sensor before its CPU is read.
 const DRAIN: Duration = Duration::from_millis(500);
@@ -73,8 +86,8 @@ pub fn run(o: &AbOptions) -> anyhow::Result<()> {
     let whitelist = Whitelist::load(&data.join("data/whitelist.txt"))?;
     let picks = draw_picks(&set, &whitelist, false);
     let is_trail = |a| set.ip.lookup(std::net::IpAddr::V4(a), None).is_some();
-    let background = draw_background(SEED, false, &is_trail);
-    let mix = draw_nic_mix(SEED, &picks, &is_trail);
+    let background = draw_background(DEFAULT_SEED, false, &is_trail);
+    let mix = draw_nic_mix(DEFAULT_SEED, &picks, &is_trail);
     let frames = templates(&background, &mix)
         .into_iter()
         .nth(which)

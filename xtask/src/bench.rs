@@ -913,6 +913,10 @@ fn children_cpu_ns() -> u64 {
         .sum()
 }
 
+/// Seed of the generated traffic unless `--seed` says otherwise (`cargo xtask ab` draws
+/// the templates of a default run).
+pub(crate) const DEFAULT_SEED: u64 = 1;
+
 /// The trail items the scenarios inject (names, URLs, addresses).
 pub(crate) fn draw_picks(set: &TrailSet, whitelist: &Whitelist, quick: bool) -> TrailPicks {
     scenario::picks(set, whitelist, if quick { 60 } else { 200 })

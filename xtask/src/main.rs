@@ -64,7 +64,7 @@ enum Command {
         #[arg(long)]
         peer_replay: Option<String>,
         /// Seed of the generated traffic.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = bench::DEFAULT_SEED)]
         seed: u64,
         /// Only these scenarios (background, mix, storm, scale, offline, baseline, nic, ingest, console, startup, reload); repeatable.
         #[arg(long)]
@@ -79,40 +79,7 @@ enum Command {
     },
     /// Two sensor builds on the same NIC-like traffic, alternating run by run: the sensor
     /// process's CPU per frame sent (a change's live cost; needs root).
-    Ab {
-        /// Build A: a sensor binary (e.g. a copy of target/release/xtrail-sensor from before
-        /// a change).
-        #[arg(long)]
-        a: std::path::PathBuf,
-        /// Build B.
-        #[arg(long)]
-        b: std::path::PathBuf,
-        /// Traffic, as the bench's NIC-like scenarios: udp, tcp-ack, tcp-syn, mix, dns, http,
-        /// tls.
-        #[arg(long, default_value = "dns")]
-        traffic: String,
-        /// Sensor mode: inline or mirror.
-        #[arg(long, default_value = "inline")]
-        mode: String,
-        /// Frames a second.
-        #[arg(long, default_value_t = 50_000)]
-        rate: u64,
-        /// Frames a round.
-        #[arg(long, default_value_t = 100_000)]
-        count: u64,
-        /// Rounds a run.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Runs of each build.
-        #[arg(long, default_value_t = 3)]
-        pairs: usize,
-        /// Trail source for the sensors (default: the static tree).
-        #[arg(long)]
-        trails: Option<std::path::PathBuf>,
-        /// Extra argument for `xtrail-sensor run` (repeatable).
-        #[arg(long = "sensor-arg", allow_hyphen_values = true)]
-        sensor_args: Vec<String>,
-    },
+    Ab(ab::AbOptions),
     /// Run all tests, including privileged ones.
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -170,32 +137,10 @@ fn main() -> anyhow::Result<()> {
                 nic_rounds: nic_rounds as usize,
             })
         }
-        Command::Ab {
-            a,
-            b,
-            traffic,
-            mode,
-            rate,
-            count,
-            rounds,
-            pairs,
-            trails,
-            sensor_args,
-        } => {
+        Command::Ab(o) => {
             deps::ensure()?;
             run(cargo().args(["build", "--release", "-p", "xtrail-nicgen"]))?;
-            ab::run(&ab::AbOptions {
-                a,
-                b,
-                traffic,
-                mode,
-                rate,
-                count,
-                rounds: rounds.max(1),
-                pairs: pairs.max(1),
-                trails,
-                sensor_args,
-            })
+            ab::run(&o)
         }
         Command::Test { args } => {
             deps::ensure()?;

@@ -90,7 +90,8 @@ pub struct ScanState {
     tcp: ScanTable<(IpAddr, IpAddr)>,
     udp: ScanTable<(IpAddr, IpAddr)>,
     infection: ScanTable<(IpAddr, u16)>,
-    /// UDP flows seen: a datagram in the opposite direction is a reply, not a probe. Keyed
+    /// UDP flows seen (but requests to a service port, see [`ScanState::is_udp_reply`]): a
+    /// datagram in the opposite direction is a reply, not a probe. Keyed
     /// by the endpoint pair in canonical order ([`flow_pair`]) with the direction seen as
     /// the value, so one lookup answers both "seen this way" and "seen the other way".
     /// A pair holds one direction only (a reverse datagram is a reply and inserts nothing),
@@ -205,8 +206,10 @@ impl ScanState {
                 }
             }
             ipproto::UDP if !is_reply_by_ports(f) => {
-                if let Some((bits, _, _)) = packed_v4_pair(f) {
-                    self.udp_flows.prefetch_packed(bits);
+                if !is_request_by_ports(f) {
+                    if let Some((bits, _, _)) = packed_v4_pair(f) {
+                        self.udp_flows.prefetch_packed(bits);
+                    }
                 }
                 self.udp.prefetch(&(f.src, f.dst));
             }
@@ -215,10 +218,16 @@ impl ScanState {
     }
 
     /// A reply rather than a probe: from a service port to an ephemeral one, or the reverse of
-    /// a flow already seen (which is then remembered either way).
+    /// a flow already seen (which is then remembered either way). A request from an
+    /// ephemeral port to a service port (a DNS query, most of a resolver's or a client's UDP)
+    /// is never a reply and is not remembered: its reverse is a reply by its ports alone, so
+    /// nothing would read the entry.
     fn is_udp_reply(&mut self, f: &FlowStart) -> bool {
         if is_reply_by_ports(f) {
             return true;
+        }
+        if is_request_by_ports(f) {
+            return false;
         }
         let (seen, forward, to_itself) = match packed_v4_pair(f) {
             Some((bits, forward, to_itself)) => (
@@ -271,6 +280,13 @@ impl CompactKey<FlowBits> for FlowPair {
 #[inline]
 fn is_reply_by_ports(f: &FlowStart) -> bool {
     f.src_port < 1024 && f.dst_port >= 1024
+}
+
+/// From an ephemeral port to a service port (below 1024): the reverse of
+/// [`is_reply_by_ports`].
+#[inline]
+fn is_request_by_ports(f: &FlowStart) -> bool {
+    f.src_port >= 1024 && f.dst_port < 1024
 }
 
 /// An IPv4 flow's endpoint pair, ordered and packed as `flow_pair` and `compact` would, on
@@ -554,6 +570,13 @@ mod tests {
         assert!(s.is_udp_reply(&flow(a, 5000, a, 5000)));
         // Service port to ephemeral port: a reply without a lookup.
         assert!(s.is_udp_reply(&flow(b, 53, a, 40000)));
+        assert_eq!(s.udp_flows.len(), 1);
+        // Ephemeral port to service port: never a reply, again or after its reply, and not
+        // remembered (its reverse is a reply by its ports).
+        for _ in 0..2 {
+            assert!(!s.is_udp_reply(&flow(a, 40000, b, 53)));
+            assert!(s.is_udp_reply(&flow(b, 53, a, 40000)));
+        }
         assert_eq!(s.udp_flows.len(), 1);
     }
 

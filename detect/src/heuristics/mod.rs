@@ -44,9 +44,9 @@
 //! `threshold` subdomain hashes), the user-agent verdict cache. Full tables forget their
 //! least recently used keys; the IPv4 scan and web-scan tables, the least recently used of
 //! the new key's set of four, which can happen before the table is full (see
-//! [`bounded::PackedMap`]); an IPv4 scan key seen with one item so far is kept in a table
-//! of first sightings, sets of two, where a third key of a set takes the slot of the one
-//! seen longer ago (see [`bounded::FirstSightings`]).
+//! [`bounded::PackedMap`]); an IPv4 scan or web-scan key seen with one item so far is kept
+//! in a table of first sightings, sets of two, where a third key of a set takes the slot of
+//! the one seen longer ago (see [`bounded::FirstSightings`]).
 //! `tests/heuristics.rs` floods each of them.
 //!
 //! One file per family; tests beside each, end to end in `tests/heuristics.rs` and the
@@ -169,8 +169,8 @@ pub struct HeuristicsConfig {
     pub direct_download_max_stem: usize,
     /// Keys per scan table (TCP, UDP, infection, UDP flows) and of the web-scan table: as
     /// many IPv4 keys (in sets of four, a power of two sets: 1,000 gives 512) and as many
-    /// others; the TCP, UDP and infection tables keep as many IPv4 keys seen with one item
-    /// besides (a power of two: 1,000 gives 512; 24 bytes each, a window's 64 only from a
+    /// others; the TCP, UDP, infection and web-scan tables keep as many IPv4 keys seen with
+    /// one item besides (a power of two: 1,000 gives 512; 24 bytes each, a window's 64 only from a
     /// key's second item).
     pub max_scan_keys: usize,
     /// NXDOMAIN counters kept.

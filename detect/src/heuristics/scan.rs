@@ -367,7 +367,8 @@ fn is_scan_target(dst: IpAddr) -> bool {
     }
 }
 
-/// A scan heuristic's keys and their sliding windows: a key's [`DistinctWindow`] line is
+/// A scan heuristic's keys and their sliding windows (the port, UDP and infection scans
+/// here, the web scan's in [`super::web_scan`]): a key's [`DistinctWindow`] line is
 /// made at its second distinct item within the window; until then its one item is kept in
 /// [`FirstSightings`] (a new host pair writes 24 bytes, not a 64-byte line: under a flood of
 /// new pairs the table's cache footprint is what each one costs). IPv6 keys, keys with a
@@ -377,7 +378,7 @@ fn is_scan_target(dst: IpAddr) -> bool {
 ///
 /// [`DistinctWindow`]: super::bounded::DistinctWindow
 #[derive(Debug)]
-struct ScanTable<K: CompactKey<u64>> {
+pub(super) struct ScanTable<K: CompactKey<u64>> {
     windows: WindowMap<K>,
     first: FirstSightings,
 }
@@ -385,7 +386,7 @@ struct ScanTable<K: CompactKey<u64>> {
 impl<K: CompactKey<u64>> ScanTable<K> {
     /// At most `capacity` IPv4 keys with windows (and as many others) and `capacity`
     /// (rounded down to a power of two) first sightings.
-    fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize) -> Self {
         ScanTable {
             windows: WindowMap::new(capacity),
             first: FirstSightings::new(capacity),
@@ -393,8 +394,13 @@ impl<K: CompactKey<u64>> ScanTable<K> {
     }
 
     /// Keys held.
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.windows.len() + self.first.len()
+    }
+
+    /// Windows and first sightings dropped to make room so far.
+    pub(super) fn evicted(&self) -> u64 {
+        self.windows.evicted() + self.first.replaced()
     }
 
     /// Keys held, and windows and first sightings dropped to make room.
@@ -402,14 +408,14 @@ impl<K: CompactKey<u64>> ScanTable<K> {
         TableState {
             table,
             entries: self.len(),
-            evicted: self.windows.evicted() + self.first.replaced(),
+            evicted: self.evicted(),
         }
     }
 
     /// Prefetches what [`ScanTable::count_distinct`] of `key` reads first: its window set's
     /// bookkeeping and its first-sighting slot (a packed key), else its window.
     #[inline]
-    fn prefetch(&self, key: &K) {
+    pub(super) fn prefetch(&self, key: &K) {
         match key.compact() {
             Some(c) if c != 0 => {
                 self.windows.prefetch_packed_meta(c);
@@ -421,7 +427,7 @@ impl<K: CompactKey<u64>> ScanTable<K> {
 
     /// Adds `item` to what is kept for `key` (its first sighting or its window, within the
     /// table's bounds); true when the key's distinct count crosses `threshold`.
-    fn count_distinct(
+    pub(super) fn count_distinct(
         &mut self,
         key: K,
         item: u64,

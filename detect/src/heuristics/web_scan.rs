@@ -6,23 +6,26 @@ use std::net::IpAddr;
 
 use hashbrown::DefaultHashBuilder;
 
-use super::bounded::WindowMap;
+use super::scan::ScanTable;
 
 /// Info of the event.
 pub const INFO: &str = "potential web scanning";
 
-/// The per-(source, destination) windows.
+/// The per-(source, destination) windows, kept as the port scans' are: an IPv4 pair's first
+/// request in a first-sighting slot, its window line from its second first segment on (most
+/// pairs never ask for a second one; a new pair then touches two cache lines, not five).
 #[derive(Debug)]
 pub struct WebScan {
-    windows: WindowMap<(IpAddr, IpAddr)>,
+    windows: ScanTable<(IpAddr, IpAddr)>,
     hasher: DefaultHashBuilder,
 }
 
 impl WebScan {
-    /// At most `max_keys` (source, destination) pairs.
+    /// At most `max_keys` (source, destination) pairs with windows, and as many IPv4 pairs
+    /// seen with one first segment (see [`super::HeuristicsConfig::max_scan_keys`]).
     pub fn new(max_keys: usize) -> Self {
         WebScan {
-            windows: WindowMap::new(max_keys),
+            windows: ScanTable::new(max_keys),
             hasher: DefaultHashBuilder::default(),
         }
     }
@@ -39,7 +42,7 @@ impl WebScan {
 
     /// Whether no pair is tracked.
     pub fn is_empty(&self) -> bool {
-        self.windows.is_empty()
+        self.windows.len() == 0
     }
 
     /// Starts fetching the pair's window, which [`WebScan::observe`] reads next.
@@ -59,8 +62,7 @@ impl WebScan {
     ) -> bool {
         let item = super::bounded::hash_bytes(&self.hasher, first_segment(path));
         self.windows
-            .get_or_insert(&(src, dst))
-            .observe(item, ts_us, window_us, threshold)
+            .count_distinct((src, dst), item, ts_us, window_us, threshold)
     }
 }
 

@@ -12,8 +12,8 @@ use super::scan::ScanTable;
 pub const INFO: &str = "potential web scanning";
 
 /// The per-(source, destination) windows, kept as the port scans' are: an IPv4 pair's first
-/// request in a first-sighting slot, its window line from its second first segment on (most
-/// pairs never ask for a second one; a new pair then touches two cache lines, not five).
+/// request in a first-sighting slot, its window line from its second first segment on (a
+/// pair's first request touches two cache lines, not a window set's five).
 #[derive(Debug)]
 pub struct WebScan {
     windows: ScanTable<(IpAddr, IpAddr)>,

@@ -12,12 +12,17 @@ const ALLOWED_KEYWORDS: &[&str] = &["blogspot"];
 
 /// The trail to report for `name`, if its first label is suspiciously long.
 pub fn check(name: &str, threshold: usize) -> Option<String> {
-    // The first label is no longer than the name: most names end here, without a search.
-    if name.len() <= threshold {
+    // The first label is no longer than the name: most names end here, without a search;
+    // most others at a `.` among their first `threshold + 1` bytes.
+    let bytes = name.as_bytes();
+    let head = bytes.get(..=threshold)?;
+    if memchr::memchr(b'.', head).is_some() {
         return None;
     }
-    let first = name.split('.').next().unwrap_or(name);
-    if first.len() <= threshold || first.contains('-') {
+    let first = bytes
+        .get(..memchr::memchr(b'.', bytes).unwrap_or(bytes.len()))
+        .unwrap_or(bytes);
+    if memchr::memchr(b'-', first).is_some() {
         return None;
     }
     if ALLOWED_KEYWORDS.iter().any(|k| name.contains(k)) {
@@ -49,5 +54,35 @@ mod tests {
             None
         );
         assert_eq!(check(&format!("{}.blogspot.com", "a".repeat(30)), 24), None);
+    }
+
+    /// The byte-wise search decides as splitting on `.` does.
+    #[test]
+    fn as_the_split_decides() {
+        let reference = |name: &str, threshold: usize| {
+            let first = name.split('.').next().unwrap_or(name);
+            name.len() > threshold && first.len() > threshold && !first.contains('-')
+        };
+        for len in 0..40 {
+            for hyphen in [None, Some(0), Some(len / 2)] {
+                let mut label = "a".repeat(len);
+                if let Some(at) = hyphen.filter(|&at| at < len) {
+                    label.replace_range(at..=at, "-");
+                }
+                for name in [
+                    label.clone(),
+                    format!("{label}.example.com"),
+                    format!("{label}.x"),
+                ] {
+                    for threshold in [0, 5, 24] {
+                        assert_eq!(
+                            check(&name, threshold).is_some(),
+                            reference(&name, threshold),
+                            "{name} {threshold}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -19,9 +19,12 @@ pub fn check(name: &str, threshold: usize) -> Option<String> {
     if memchr::memchr(b'.', head).is_some() {
         return None;
     }
-    let first = bytes
-        .get(..memchr::memchr(b'.', bytes).unwrap_or(bytes.len()))
-        .unwrap_or(bytes);
+    // The first `.` is past `head`, if any.
+    let first_len = bytes
+        .get(head.len()..)
+        .and_then(|rest| memchr::memchr(b'.', rest))
+        .map_or(bytes.len(), |i| head.len() + i);
+    let first = bytes.get(..first_len).unwrap_or(bytes);
     if memchr::memchr(b'-', first).is_some() {
         return None;
     }
@@ -73,6 +76,10 @@ mod tests {
                     label.clone(),
                     format!("{label}.example.com"),
                     format!("{label}.x"),
+                    format!(".{label}"),
+                    format!("{label}..x"),
+                    format!("{label}.a-b.com"),
+                    format!("\u{e9}{label}.com"),
                 ] {
                     for threshold in [0, 5, 24] {
                         assert_eq!(

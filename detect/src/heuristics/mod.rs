@@ -669,8 +669,8 @@ impl Heuristics for MaltrailHeuristics {
     }
 
     fn prefetch_http_request(&self, ctx: &PacketContext<'_>) {
-        // The web-scan window of the pair: a random entry of a large table (fetched for
-        // internal pairs too, which skip the heuristic: cheaper than asking).
+        // The pair's web-scan entries: random lines of large tables (fetched for internal
+        // pairs too, which skip the heuristic: cheaper than asking).
         self.web.prefetch(ctx.src, ctx.dst);
     }
 

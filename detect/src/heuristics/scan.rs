@@ -373,8 +373,8 @@ fn is_scan_target(dst: IpAddr) -> bool {
 /// [`FirstSightings`] (a new host pair writes 24 bytes, not a 64-byte line: under a flood of
 /// new pairs the table's cache footprint is what each one costs). IPv6 keys, keys with a
 /// threshold of 0 (their first item alerts) and the packed key 0 (an empty first-sighting
-/// slot; a host pair with destination 0.0.0.0 is no scan target) go to the windows
-/// directly.
+/// slot: a host pair of two unspecified addresses, which the port scans never see as a
+/// target and the web scan may) go to the windows directly.
 ///
 /// [`DistinctWindow`]: super::bounded::DistinctWindow
 #[derive(Debug)]

@@ -13,7 +13,8 @@ pub const INFO: &str = "potential web scanning";
 
 /// The per-(source, destination) windows, kept as the port scans' are: an IPv4 pair's first
 /// request in a first-sighting slot, its window line from its second first segment on (a
-/// pair's first request touches two cache lines, not a window set's five).
+/// pair's first request touches two or three cache lines, the window set's bookkeeping and a
+/// 48-byte first-sighting set, not a window set's five).
 #[derive(Debug)]
 pub struct WebScan {
     windows: ScanTable<(IpAddr, IpAddr)>,
@@ -35,7 +36,7 @@ impl WebScan {
         self.windows.len()
     }
 
-    /// Pairs' windows dropped to make room so far.
+    /// Windows and first sightings dropped to make room so far.
     pub fn evicted(&self) -> u64 {
         self.windows.evicted()
     }
@@ -45,7 +46,8 @@ impl WebScan {
         self.windows.len() == 0
     }
 
-    /// Starts fetching the pair's window, which [`WebScan::observe`] reads next.
+    /// Starts fetching what [`WebScan::observe`] of the pair reads first: its window set's
+    /// bookkeeping and its first-sighting set (an IPv4 pair), else its window.
     pub fn prefetch(&self, src: IpAddr, dst: IpAddr) {
         self.windows.prefetch(&(src, dst));
     }

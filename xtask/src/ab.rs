@@ -28,12 +28,11 @@ pub struct AbOptions {
     /// Build B.
     #[arg(long)]
     pub b: PathBuf,
-    /// Traffic, as the bench's NIC-like scenarios: udp, tcp-ack, tcp-syn, mix, dns, http,
-    /// tls.
-    #[arg(long, default_value = "dns")]
+    /// Traffic, as the bench's NIC-like scenarios.
+    #[arg(long, default_value = "dns", value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
     pub traffic: String,
-    /// Sensor mode: inline or mirror.
-    #[arg(long, default_value = "inline")]
+    /// Sensor mode.
+    #[arg(long, default_value = "inline", value_parser = ["inline", "mirror"])]
     pub mode: String,
     /// Frames a second.
     #[arg(long, default_value_t = 50_000)]
@@ -72,6 +71,7 @@ pub fn run(o: &AbOptions) -> anyhow::Result<()> {
     });
     let [a, b] = builds;
     let builds = [a?, b?];
+    // One of them: clap checked it.
     let which = SCENARIOS
         .iter()
         .position(|s| *s == o.traffic)

@@ -123,6 +123,60 @@ impl Details {
     }
 }
 
+/// An event's [`Details`] as the packet's own bytes (each written as text, invalid UTF-8
+/// replaced as `String::from_utf8_lossy` does), for [`DetailsText::write`] to copy into a
+/// reused event's strings instead of allocating new ones.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DetailsText<'a> {
+    pub dns_query: Option<&'a [u8]>,
+    pub dns_qtype: Option<&'a [u8]>,
+    pub http_method: Option<&'a [u8]>,
+    pub http_host: Option<&'a [u8]>,
+    pub http_path: Option<&'a [u8]>,
+    pub http_user_agent: Option<&'a [u8]>,
+    pub tls_sni: Option<&'a [u8]>,
+}
+
+impl DetailsText<'_> {
+    /// Writes these details over `d`, keeping the buffers of the fields both have.
+    pub fn write(&self, d: &mut Details) {
+        set_lossy_opt(&mut d.dns_query, self.dns_query);
+        set_lossy_opt(&mut d.dns_qtype, self.dns_qtype);
+        set_lossy_opt(&mut d.http_method, self.http_method);
+        set_lossy_opt(&mut d.http_host, self.http_host);
+        set_lossy_opt(&mut d.http_path, self.http_path);
+        set_lossy_opt(&mut d.http_user_agent, self.http_user_agent);
+        set_lossy_opt(&mut d.tls_sni, self.tls_sni);
+    }
+
+    /// These details as a new [`Details`].
+    pub fn to_details(&self) -> Details {
+        let mut d = Details::default();
+        self.write(&mut d);
+        d
+    }
+}
+
+/// `field` holding `value` as text (`None` drops it), in its own buffer when it has one.
+fn set_lossy_opt(field: &mut Option<String>, value: Option<&[u8]>) {
+    match value {
+        Some(v) => set_lossy(field.get_or_insert_with(String::new), v),
+        None => *field = None,
+    }
+}
+
+/// `s` holding `value` as `String::from_utf8_lossy` writes it, in its own buffer when that
+/// is large enough (see [`clear_for_reuse`]).
+pub fn set_lossy(s: &mut String, value: &[u8]) {
+    let s = clear_for_reuse(s);
+    for chunk in value.utf8_chunks() {
+        s.push_str(chunk.valid());
+        if !chunk.invalid().is_empty() {
+            s.push(char::REPLACEMENT_CHARACTER);
+        }
+    }
+}
+
 /// One detection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Event {
@@ -279,10 +333,11 @@ pub(crate) const SPARE_EVENTS: usize = 256;
 thread_local! {
     /// Events written and given back ([`recycle`]), for the next ones built on this thread
     /// ([`crate::process::PacketContext::event`], the live loop's kernel hits): their strings
-    /// keep their buffers (sensor, protocol, info, reference, interface, trail-set
-    /// version), so a warm sensor allocates only what an event has new (its trail and
-    /// details). Per thread: the thread that writes events (the live loop, replay) is the
-    /// one that builds them.
+    /// keep their buffers (sensor, protocol, trail, info, reference, interface, trail-set
+    /// version, the details a protocol's events have), so a warm sensor allocates only what
+    /// an event has new (a details field the reused event lacked, a trail text built on the
+    /// heap: an address's or a URL's). Per thread: the thread that writes events (the live
+    /// loop, replay) is the one that builds them.
     static SPARE: std::cell::RefCell<Vec<Event>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -895,5 +950,53 @@ mod tests {
         assert_eq!(v["ts"], "2026-08-07T09:14:22.117034Z");
         assert_eq!(v["type"], "DNS");
         assert_eq!(v["severity"], "high");
+    }
+
+    #[test]
+    fn lossy_text_is_from_utf8_lossys() {
+        let inputs: [&[u8]; 7] = [
+            b"",
+            b"/index.php?a=1",
+            "caf\u{e9} \u{1f600}".as_bytes(),
+            b"\xff",
+            b"a\xc3",
+            b"\xe2\x82x\xf0\x9f\x98",
+            b"ok\xffok\xc0\xafend",
+        ];
+        let mut s = String::from("an older, longer value in the buffer");
+        for b in inputs {
+            set_lossy(&mut s, b);
+            assert_eq!(s, String::from_utf8_lossy(b), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn details_written_over_others_are_exactly_the_new_ones() {
+        let mut d = DetailsText {
+            http_method: Some(b"GET"),
+            http_host: Some(b"example.com"),
+            http_path: Some(b"/a\xff"),
+            http_user_agent: Some(b"curl/8"),
+            tls_sni: Some(b"sni.example"),
+            ..DetailsText::default()
+        }
+        .to_details();
+        assert_eq!(d.http_path.as_deref(), Some("/a\u{fffd}"));
+        let dns = DetailsText {
+            dns_query: Some(b"evil.example"),
+            dns_qtype: Some(b"A"),
+            ..DetailsText::default()
+        };
+        dns.write(&mut d);
+        assert_eq!(
+            d,
+            Details {
+                dns_query: Some("evil.example".into()),
+                dns_qtype: Some("A".into()),
+                ..Details::default()
+            }
+        );
+        DetailsText::default().write(&mut d);
+        assert!(d.is_empty());
     }
 }

@@ -43,8 +43,8 @@ use std::sync::Arc;
 use hashbrown::DefaultHashBuilder;
 
 use crate::event::{
-    blank, clear_for_reuse, push_proto_name, recycle, set_str, spare_event, Action, Details, Event,
-    EventType, Severity,
+    blank, clear_for_reuse, push_proto_name, recycle, set_str, spare_event, Action, DetailsText,
+    Event, EventType, IpText, Severity,
 };
 use crate::heuristics::FlowStart;
 use crate::name_verdicts::NameVerdicts;
@@ -197,20 +197,20 @@ impl PacketContext<'_> {
     pub fn event(
         &self,
         kind: EventType,
-        trail: String,
+        trail: &str,
         info: &str,
         reference: &str,
-        details: Details,
+        details: DetailsText<'_>,
     ) -> Event {
         let mut e = spare_event().unwrap_or_else(blank);
         self.write_packet(&mut e);
         e.kind = kind;
-        e.trail = trail;
+        set_str(&mut e.trail, trail);
         set_str(&mut e.info, info);
         set_str(&mut e.reference, reference);
         e.severity = Severity::from_info(info);
         e.action = Action::Pass;
-        e.details = details;
+        details.write(&mut e.details);
         e
     }
 
@@ -218,9 +218,9 @@ impl PacketContext<'_> {
     pub fn labelled(
         &self,
         kind: EventType,
-        trail: String,
+        trail: &str,
         label: &Label,
-        details: Details,
+        details: DetailsText<'_>,
     ) -> Event {
         self.event(kind, trail, &label.info, &label.reference, details)
     }
@@ -732,7 +732,7 @@ impl Run<'_, '_> {
                 return;
             }
             let (kind, trail) = Self::ip_trail(ctx.dst, ctx.dst_port, m.kind);
-            let e = ctx.labelled(kind, trail, self.label(m.label), Details::default());
+            let e = ctx.labelled(kind, &trail, self.label(m.label), DetailsText::default());
             self.emit(e);
         } else if let Some(m) = self.ip_lookup(ctx.src, Some(ctx.src_port)) {
             let info = &self.label(m.label).info;
@@ -740,7 +740,7 @@ impl Run<'_, '_> {
                 return;
             }
             let (kind, trail) = Self::ip_trail(ctx.src, ctx.src_port, m.kind);
-            let e = ctx.labelled(kind, trail, self.label(m.label), Details::default());
+            let e = ctx.labelled(kind, &trail, self.label(m.label), DetailsText::default());
             self.emit(e);
         }
     }
@@ -757,7 +757,7 @@ impl Run<'_, '_> {
             });
         if let Some((addr, p, m)) = hit {
             let (kind, trail) = Self::ip_trail(addr, p, m.kind);
-            let e = ctx.labelled(kind, trail, self.label(m.label), Details::default());
+            let e = ctx.labelled(kind, &trail, self.label(m.label), DetailsText::default());
             self.emit(e);
         }
     }
@@ -855,10 +855,11 @@ impl Run<'_, '_> {
             let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
             heur.on_dns_query(ctx, msg, name, &mut |e| emit(wl, stats, out, e));
         }
-        let details = || Details {
-            dns_query: Some(name.to_owned()),
-            dns_qtype: Some(qtype_name(q.qtype)),
-            ..Details::default()
+        let qtype = qtype_name(q.qtype);
+        let details = DetailsText {
+            dns_query: Some(name.as_bytes()),
+            dns_qtype: Some(qtype.as_bytes()),
+            ..DetailsText::default()
         };
         if q.qtype != dns::TYPE_PTR && q.qtype != dns::TYPE_AAAA && q.qclass == dns::CLASS_IN {
             if let Some(m) = self.ip_lookup(ctx.dst, Some(ctx.dst_port)) {
@@ -871,16 +872,13 @@ impl Run<'_, '_> {
                     } else {
                         EventType::Ip
                     };
-                    let e = ctx.labelled(kind, format!("{} ({name})", ctx.dst), label, details());
+                    let trail = format!("{} ({name})", ctx.dst);
+                    let e = ctx.labelled(kind, &trail, label, details);
                     self.emit(e);
                 }
             } else if let Some(m) = self.ip_lookup(ctx.src, None) {
-                let e = ctx.labelled(
-                    EventType::Ip,
-                    ctx.src.to_string(),
-                    self.label(m.label),
-                    details(),
-                );
+                let trail = IpText::new(ctx.src);
+                let e = ctx.labelled(EventType::Ip, trail.as_str(), self.label(m.label), details);
                 self.emit(e);
             }
         }
@@ -916,9 +914,9 @@ impl Run<'_, '_> {
     fn server_name(&mut self, ctx: &PacketContext<'_>, sni: &str) {
         let mut buf = [0u8; MAX_HOST];
         if let Some(name) = lowercase_into(sni.as_bytes(), &mut buf) {
-            let details = || Details {
-                tls_sni: Some(name.to_owned()),
-                ..Details::default()
+            let details = DetailsText {
+                tls_sni: Some(name.as_bytes()),
+                ..DetailsText::default()
             };
             self.check_domain(ctx, name, None, details);
         }
@@ -1025,7 +1023,7 @@ impl Run<'_, '_> {
         }
         let e = ctx.labelled(
             EventType::Url,
-            m.trail,
+            &m.trail,
             self.label(m.label),
             http_details(req, host),
         );
@@ -1075,16 +1073,17 @@ impl Run<'_, '_> {
             };
             if let Some(m) = dst_hit {
                 // A name-based request to a listed address: Maltrail's host-annotated IP trail.
+                let trail = format!("{} ({h})", ctx.dst);
                 let e = ctx.labelled(
                     EventType::Ip,
-                    format!("{} ({h})", ctx.dst),
+                    &trail,
                     self.label(m.label),
                     http_details(req, h),
                 );
                 self.emit(e);
             } else if self.check_host_domains {
                 // Cloned on a hit only: an absolute URL naming the same host reports it again.
-                self.report_domain_hit(ctx, h, header_hit.clone(), || http_details(req, h));
+                self.report_domain_hit(ctx, h, header_hit.clone(), http_details(req, h));
             }
         }
         if let Some(h) = authority {
@@ -1093,13 +1092,13 @@ impl Run<'_, '_> {
                 // both), and its hit is reported again as `check_domain` would.
                 whitelisted = Some(header_whitelisted);
                 if !header_whitelisted {
-                    self.report_domain_hit(ctx, h, header_hit, || http_details(req, h));
+                    self.report_domain_hit(ctx, h, header_hit, http_details(req, h));
                 }
             } else {
                 let known = header_host
                     .filter(|hh| *hh == h)
                     .map(|_| header_whitelisted);
-                whitelisted = self.check_domain(ctx, h, known, || http_details(req, h));
+                whitelisted = self.check_domain(ctx, h, known, http_details(req, h));
             }
         }
         whitelisted
@@ -1114,7 +1113,7 @@ impl Run<'_, '_> {
         ctx: &PacketContext<'_>,
         name: &str,
         hit: Option<DomainMatch>,
-        details: impl FnOnce() -> Details,
+        details: DetailsText<'_>,
     ) {
         if let Some(m) = hit.filter(|_| !is_ip_literal(name) && is_valid_dns_name(name)) {
             self.emit_domain_hit(ctx, m, details);
@@ -1127,10 +1126,10 @@ impl Run<'_, '_> {
         &mut self,
         ctx: &PacketContext<'_>,
         m: DomainMatch,
-        details: impl FnOnce() -> Details,
+        details: DetailsText<'_>,
     ) {
         let label = self.label(m.label);
-        let e = ctx.labelled(EventType::Dns, m.trail, label, details());
+        let e = ctx.labelled(EventType::Dns, &m.trail, label, details);
         self.emit(e);
     }
 
@@ -1145,7 +1144,7 @@ impl Run<'_, '_> {
         ctx: &PacketContext<'_>,
         name: &str,
         whitelisted: Option<bool>,
-        details: impl FnOnce() -> Details,
+        details: DetailsText<'_>,
     ) -> Option<bool> {
         if whitelisted == Some(true) {
             return whitelisted;
@@ -1157,15 +1156,13 @@ impl Run<'_, '_> {
 }
 
 /// The details an HTTP request's events carry, with `host` as the name they name.
-fn http_details(req: &http::Request<'_>, host: &str) -> Details {
-    Details {
-        http_method: Some(req.method.to_owned()),
-        http_host: Some(host.to_owned()),
-        http_path: Some(String::from_utf8_lossy(req.target).into_owned()),
-        http_user_agent: req
-            .user_agent
-            .map(|ua| String::from_utf8_lossy(ua).into_owned()),
-        ..Details::default()
+fn http_details<'a>(req: &'a http::Request<'_>, host: &'a str) -> DetailsText<'a> {
+    DetailsText {
+        http_method: Some(req.method.as_bytes()),
+        http_host: Some(host.as_bytes()),
+        http_path: Some(req.target),
+        http_user_agent: req.user_agent,
+        ..DetailsText::default()
     }
 }
 
@@ -1279,7 +1276,7 @@ fn lower_into<'b>(src: &[u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str> {
 }
 
 /// Query type as events show it.
-fn qtype_name(qtype: u16) -> String {
+fn qtype_name(qtype: u16) -> Cow<'static, str> {
     match qtype {
         1 => "A".into(),
         2 => "NS".into(),
@@ -1293,7 +1290,7 @@ fn qtype_name(qtype: u16) -> String {
         64 => "SVCB".into(),
         65 => "HTTPS".into(),
         255 => "ANY".into(),
-        other => other.to_string(),
+        other => other.to_string().into(),
     }
 }
 

@@ -2,7 +2,8 @@
 //! the pipeline inspects (TCP handshakes, DNS queries over UDP and TCP, HTTP requests, TLS
 //! ClientHellos, ICMP, IPv6) are processed under a counting allocator; and the whole
 //! [`Detector`] with Maltrail's full static tree (regex trails included), its whitelist and
-//! the heuristics on allocates nothing per clean packet after warm-up.
+//! the heuristics on allocates nothing per clean packet after warm-up; a run of DNS queries
+//! that hit domain trails allocates nothing once written events are given back.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
@@ -225,6 +226,79 @@ fn no_hit_path_allocates_nothing() {
     assert_eq!(
         during, 0,
         "{during} allocations on the no-hit path (per frame: {per_frame:?})"
+    );
+}
+
+/// A DNS query's domain trail hit builds its event over an event given back after it was
+/// written (`event::recycle`, as the live loop and replay do): once such events are at hand,
+/// a run of hits allocates nothing (the trail text is built on the stack, the details are
+/// copied into the reused event's strings). An event of another protocol than the reused
+/// one's allocates the details fields the reused event lacked.
+#[test]
+fn dns_hit_events_allocate_nothing_once_warm() {
+    let csv =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/maltrail/corpus/trails.csv");
+    if !corpus_present(&csv) {
+        return;
+    }
+    let trails = TrailSet::load(&[csv], &LoadOptions::default()).expect("trails");
+    let mut p = Processor::new(
+        Arc::new(trails),
+        Arc::new(Whitelist::default()),
+        ProcessorConfig::default(),
+    );
+    let frames: Vec<Vec<u8>> = [
+        "evil-test-domain.com",
+        "www.evil-parent.com",
+        "a.b.evil-parent.com",
+    ]
+    .iter()
+    .map(|n| ipv4(17, &udp(53, &dns_query(n))))
+    .collect();
+    let mut events = Vec::new();
+    let mut sink = |e: xtrail_detect::event::Event| {
+        events.push((e.trail.clone(), e.details.clone()));
+        xtrail_detect::event::recycle(e);
+    };
+    // Warm up: an event built new, then given back.
+    for (i, f) in frames.iter().enumerate() {
+        p.process(i as i64, 101, f, &mut sink);
+    }
+    let trails_seen: Vec<_> = events.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        trails_seen,
+        [
+            "evil-test-domain.com",
+            "(www).evil-parent.com",
+            "(a.b).evil-parent.com"
+        ]
+    );
+    assert_eq!(
+        events[1].1.dns_query.as_deref(),
+        Some("www.evil-parent.com")
+    );
+    assert_eq!(events[1].1.dns_qtype.as_deref(), Some("A"));
+    let mut raised = 0;
+    let mut count = |e: xtrail_detect::event::Event| {
+        raised += 1;
+        xtrail_detect::event::recycle(e);
+    };
+    let before = allocations();
+    TRACE.with(|t| t.set(true));
+    for round in 1..101i64 {
+        for (i, f) in frames.iter().enumerate() {
+            p.process(round * 1_000_000 + i as i64, 101, f, &mut count);
+        }
+    }
+    TRACE.with(|t| t.set(false));
+    let during = allocations() - before;
+    assert_eq!(raised, 100 * frames.len(), "every hit raised its event");
+    let first = FIRST_TRACE
+        .with(|f| f.borrow_mut().take())
+        .unwrap_or_default();
+    assert_eq!(
+        during, 0,
+        "{during} allocations building DNS hits' events; the first:\n{first}"
     );
 }
 

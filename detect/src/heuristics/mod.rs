@@ -75,7 +75,7 @@ use hashbrown::DefaultHashBuilder;
 pub use scan::{flow_start_of, is_probe_flags, FlowStart, ScanAlert};
 pub use user_agent::UaPatterns;
 
-use crate::event::{Details, Event, EventType};
+use crate::event::{DetailsText, Event, EventType, IpText};
 use crate::packet::Packet;
 use crate::process::{Heuristics, HttpHost, PacketContext};
 use crate::protocols::{dns, http};
@@ -407,24 +407,24 @@ impl MaltrailHeuristics {
             let e = match alert {
                 ScanAlert::PortScan => ctx.event(
                     EventType::Ip,
-                    f.src.to_string(),
+                    IpText::new(f.src).as_str(),
                     INFO_PORT_SCAN,
                     REFERENCE,
-                    Details::default(),
+                    DetailsText::default(),
                 ),
                 ScanAlert::UdpScan => ctx.event(
                     EventType::Ip,
-                    f.src.to_string(),
+                    IpText::new(f.src).as_str(),
                     INFO_UDP_SCAN,
                     REFERENCE,
-                    Details::default(),
+                    DetailsText::default(),
                 ),
                 ScanAlert::Infection => ctx.event(
                     EventType::Port,
-                    f.dst_port.to_string(),
+                    &f.dst_port.to_string(),
                     INFO_INFECTION,
                     REFERENCE,
-                    Details::default(),
+                    DetailsText::default(),
                 ),
             };
             self.emit(e, out);
@@ -518,7 +518,12 @@ pub fn is_local_address(ip: IpAddr) -> bool {
 
 /// Request bytes as trail text, at most [`MAX_TRAIL`] bytes.
 fn trail_text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b.get(..b.len().min(MAX_TRAIL)).unwrap_or(b)).into_owned()
+    String::from_utf8_lossy(trail_bytes(b)).into_owned()
+}
+
+/// The first [`MAX_TRAIL`] bytes of `b`, as [`trail_text`] keeps them.
+fn trail_bytes(b: &[u8]) -> &[u8] {
+    b.get(..b.len().min(MAX_TRAIL)).unwrap_or(b)
 }
 
 impl Heuristics for MaltrailHeuristics {
@@ -585,17 +590,17 @@ impl Heuristics for MaltrailHeuristics {
         // not under an ignored suffix, not whitelisted (the trait's contract): what
         // `checkable_name` would check again.
         debug_assert!(self.checkable_name(name));
-        let details = || Details {
-            dns_query: Some(name.to_owned()),
-            ..Details::default()
+        let details = DetailsText {
+            dns_query: Some(name.as_bytes()),
+            ..DetailsText::default()
         };
         if let Some(trail) = long_domain::check(name, self.config.long_domain_threshold) {
             let e = ctx.event(
                 EventType::Dns,
-                trail,
+                &trail,
                 long_domain::INFO,
                 REFERENCE,
-                details(),
+                details,
             );
             self.emit(e, out);
         }
@@ -607,10 +612,10 @@ impl Heuristics for MaltrailHeuristics {
         ) {
             let e = ctx.event(
                 EventType::Dns,
-                trail,
+                &trail,
                 dns_exhaustion::INFO,
                 REFERENCE,
-                details(),
+                details,
             );
             self.emit(e, out);
         }
@@ -627,9 +632,9 @@ impl Heuristics for MaltrailHeuristics {
         if !self.checkable_name(name) {
             return;
         }
-        let details = || Details {
-            dns_query: Some(name.to_owned()),
-            ..Details::default()
+        let details = DetailsText {
+            dns_query: Some(name.as_bytes()),
+            ..DetailsText::default()
         };
         match msg.header.rcode() {
             dns::RCODE_NXDOMAIN => {
@@ -639,10 +644,10 @@ impl Heuristics for MaltrailHeuristics {
                 {
                     let e = ctx.event(
                         EventType::Dns,
-                        trail,
+                        &trail,
                         nxdomain::INFO_EXCESSIVE,
                         REFERENCE,
-                        details(),
+                        details,
                     );
                     self.emit(e, out);
                 }
@@ -651,7 +656,7 @@ impl Heuristics for MaltrailHeuristics {
                     self.config.nxdomain_entropy_threshold,
                     self.config.nxdomain_consonant_threshold,
                 ) {
-                    let e = ctx.event(EventType::Dns, trail, info, REFERENCE, details());
+                    let e = ctx.event(EventType::Dns, &trail, info, REFERENCE, details);
                     self.emit(e, out);
                 }
             }
@@ -660,7 +665,7 @@ impl Heuristics for MaltrailHeuristics {
                     return;
                 };
                 if let Some((trail, info)) = dns_answers::check(msg, name, trails) {
-                    let e = ctx.event(EventType::Dns, trail, &info, REFERENCE, details());
+                    let e = ctx.event(EventType::Dns, &trail, &info, REFERENCE, details);
                     self.emit(e, out);
                 }
             }
@@ -693,27 +698,27 @@ impl Heuristics for MaltrailHeuristics {
             Some(h) => Cow::Borrowed(h),
             None => Cow::Owned(ctx.dst.to_string()),
         };
-        let details = || Details {
-            http_method: Some(req.method.to_owned()),
-            http_host: Some(host.to_string()),
-            http_path: Some(trail_text(req.target)),
-            http_user_agent: req.user_agent.map(trail_text),
-            ..Details::default()
+        let details = DetailsText {
+            http_method: Some(req.method.as_bytes()),
+            http_host: Some(host.as_bytes()),
+            http_path: Some(trail_bytes(req.target)),
+            http_user_agent: req.user_agent.map(trail_bytes),
+            ..DetailsText::default()
         };
 
         if let Some(ua) = req.user_agent {
             if let Some(trail) = self.ua_verdict(ua) {
-                let e = ctx.event(EventType::Ua, trail, user_agent::INFO, REFERENCE, details());
+                let e = ctx.event(EventType::Ua, &trail, user_agent::INFO, REFERENCE, details);
                 self.emit(e, out);
             }
         }
         if self.config.check_missing_host && header_host.is_none() && req.head_complete {
             let e = ctx.event(
                 EventType::Http,
-                trail_text(req.target),
+                &trail_text(req.target),
                 http_request::INFO_MISSING_HOST,
                 REFERENCE,
-                details(),
+                details,
             );
             self.emit(e, out);
         }
@@ -735,10 +740,10 @@ impl Heuristics for MaltrailHeuristics {
         {
             let e = ctx.event(
                 EventType::Path,
-                trail_text(path),
+                &trail_text(path),
                 web_scan::INFO,
                 REFERENCE,
-                details(),
+                details,
             );
             self.emit(e, out);
         }
@@ -748,10 +753,10 @@ impl Heuristics for MaltrailHeuristics {
         if http_request::is_proxy_probe(req.target) {
             let e = ctx.event(
                 EventType::Url,
-                trail_text(req.target),
+                &trail_text(req.target),
                 http_request::INFO_PROXY_PROBE,
                 REFERENCE,
-                details(),
+                details,
             );
             self.emit(e, out);
             return;
@@ -762,10 +767,10 @@ impl Heuristics for MaltrailHeuristics {
         {
             let e = ctx.event(
                 EventType::Url,
-                host_path(),
+                &host_path(),
                 http_request::INFO_IOT,
                 REFERENCE,
-                details(),
+                details,
             );
             self.emit(e, out);
             return;
@@ -774,7 +779,7 @@ impl Heuristics for MaltrailHeuristics {
             if !(family == "potential data leakage" && local_dst) {
                 let trail = format!("{host}({})", trail_text(req.target));
                 let info = format!("{family} (suspicious)");
-                let e = ctx.event(EventType::Url, trail, &info, REFERENCE, details());
+                let e = ctx.event(EventType::Url, &trail, &info, REFERENCE, details);
                 self.emit(e, out);
                 return;
             }
@@ -786,7 +791,7 @@ impl Heuristics for MaltrailHeuristics {
                 self.config.direct_download_max_stem,
             ) {
                 let info = format!("direct .{ext} download (suspicious)");
-                let e = ctx.event(EventType::Url, host_path(), &info, REFERENCE, details());
+                let e = ctx.event(EventType::Url, &host_path(), &info, REFERENCE, details);
                 self.emit(e, out);
             }
         }
@@ -802,7 +807,13 @@ impl Heuristics for MaltrailHeuristics {
         self.responses
             .check(resp.head, resp.body, resp.content_type, |f| found.push(f));
         for (trail, info) in found {
-            let e = ctx.event(EventType::Http, trail, info, REFERENCE, Details::default());
+            let e = ctx.event(
+                EventType::Http,
+                &trail,
+                info,
+                REFERENCE,
+                DetailsText::default(),
+            );
             self.emit(e, out);
         }
     }

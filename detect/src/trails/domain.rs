@@ -55,9 +55,104 @@ pub(crate) fn label_flags(info: &str) -> u8 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DomainMatch {
     /// The trail as Maltrail prints it, e.g. `(www).evil-parent.com`, `badsite.onion(.to)`.
-    pub trail: String,
+    pub trail: TrailText,
     /// The matched trail's label.
     pub label: LabelId,
+}
+
+/// Room for a domain trail's text: a name (at most [`MAX_NAME`] bytes) and four parentheses.
+const TRAIL_TEXT_MAX: usize = MAX_NAME + 4;
+
+/// A domain trail's printed text, built on the stack (a hit allocates nothing; the event
+/// copies it into a reused string). Holds only what [`DomainTrails`] builds: parts of a
+/// checked name and parentheses, which always fit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TrailText {
+    buf: [u8; TRAIL_TEXT_MAX],
+    len: u16,
+}
+
+impl TrailText {
+    fn new() -> Self {
+        TrailText {
+            buf: [0; TRAIL_TEXT_MAX],
+            len: 0,
+        }
+    }
+
+    /// `parts` one after another.
+    fn of(parts: &[&str]) -> Self {
+        let mut t = TrailText::new();
+        for p in parts {
+            t.push(p);
+        }
+        t
+    }
+
+    /// Appends `part` whole (left out if it does not fit: never, for the texts built here).
+    fn push(&mut self, part: &str) {
+        let at = usize::from(self.len);
+        if let Some(dst) = self.buf.get_mut(at..at + part.len()) {
+            dst.copy_from_slice(part.as_bytes());
+            self.len += part.len() as u16;
+        } else {
+            debug_assert!(false, "trail text longer than {TRAIL_TEXT_MAX} bytes");
+        }
+    }
+
+    /// `(part)`, with a `.` that would end inside the parentheses moved after them
+    /// (Maltrail's `.replace(".)", ").")`).
+    fn push_group(&mut self, part: &str) {
+        self.push("(");
+        match part.strip_suffix('.') {
+            Some(p) => {
+                self.push(p);
+                self.push(").");
+            }
+            None => {
+                self.push(part);
+                self.push(")");
+            }
+        }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Whole `str`s were pushed: always UTF-8.
+        std::str::from_utf8(self.buf.get(..usize::from(self.len)).unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for TrailText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for TrailText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for TrailText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for TrailText {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for TrailText {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 /// Regular-expression domain trails (static trails with regex metacharacters).
@@ -428,7 +523,7 @@ impl DomainTrails {
         if let Some(prefix) = q.strip_suffix(".ip-adress.com") {
             if let Some(label) = self.table.get(prefix.as_bytes()) {
                 return Some(DomainMatch {
-                    trail: format!("{prefix}(.ip-adress.com)"),
+                    trail: TrailText::of(&[prefix, "(.ip-adress.com)"]),
                     label,
                 });
             }
@@ -439,22 +534,17 @@ impl DomainTrails {
         }
 
         if let Some((start, end, label)) = self.regexes.search(q, name.regex_hint) {
-            let mut trail = String::with_capacity(q.len() + 4);
+            // Maltrail: `(prefix)match(suffix)` with `.replace(".)", ").")` (names hold no
+            // parenthesis: only a group's end can follow a dot).
+            let mut trail = TrailText::new();
             if start > 0 {
-                trail.push('(');
-                trail.push_str(&q[..start]);
-                trail.push(')');
+                trail.push_group(&q[..start]);
             }
-            trail.push_str(&q[start..end]);
+            trail.push(&q[start..end]);
             if end < q.len() {
-                trail.push('(');
-                trail.push_str(&q[end..]);
-                trail.push(')');
+                trail.push_group(&q[end..]);
             }
-            return Some(DomainMatch {
-                trail: trail.replace(".)", ")."),
-                label,
-            });
+            return Some(DomainMatch { trail, label });
         }
 
         // `<name>.onion.<gateway>`: the leftmost `.onion.`, found by the parse.
@@ -462,7 +552,7 @@ impl DomainTrails {
             let (onion, gateway) = q.split_at(i + "onion".len());
             if let Some(label) = self.table.get(onion.as_bytes()) {
                 return Some(DomainMatch {
-                    trail: format!("{onion}({gateway})"),
+                    trail: TrailText::of(&[onion, "(", gateway, ")"]),
                     label,
                 });
             }
@@ -513,10 +603,10 @@ impl DomainTrails {
         }
         let (start, label) = best?;
         let trail = if start == 0 {
-            q.to_owned()
+            TrailText::of(&[q])
         } else {
             // query[..start-1] is the unmatched prefix, without its dot.
-            format!("({}).{}", &q[..start - 1], &q[start..])
+            TrailText::of(&["(", &q[..start - 1], ").", &q[start..]])
         };
         Some(DomainMatch { trail, label })
     }
@@ -554,7 +644,7 @@ mod tests {
     }
 
     fn hit(d: &DomainTrails, q: &str) -> Option<(String, LabelId)> {
-        d.lookup(q).map(|m| (m.trail, m.label))
+        d.lookup(q).map(|m| (m.trail.to_string(), m.label))
     }
 
     fn s(t: &str, l: LabelId) -> Option<(String, LabelId)> {
@@ -722,6 +812,23 @@ mod tests {
         // `.)` becomes `).`: the dot belongs to the printed prefix.
         let d = trails(&[], &[(r"evil[0-9]", 1)]);
         assert_eq!(hit(&d, "x.evil1.com"), s("(x).evil1(.com)", 1));
+        let d = trails(&[], &[(r"evil\.", 1)]);
+        assert_eq!(hit(&d, "x.evil.com"), s("(x).evil.(com)", 1));
+        // The longest name, matched in the middle: the text as Maltrail builds it, whole.
+        let (a, c) = ("a".repeat(63), "c".repeat(63));
+        let name = format!("{a}.{a}.evil7.{c}.{}.com", "d".repeat(51));
+        assert_eq!(name.len(), 253);
+        let d = trails(&[], &[(r"evil[0-9]", 1)]);
+        let start = name.find("evil7").unwrap_or_default();
+        let end = start + "evil7".len();
+        let maltrail = format!(
+            "({}){}({})",
+            &name[..start],
+            &name[start..end],
+            &name[end..]
+        )
+        .replace(".)", ").");
+        assert_eq!(hit(&d, &name), Some((maltrail, 1)));
     }
 
     #[test]

@@ -341,14 +341,41 @@ thread_local! {
     static SPARE: std::cell::RefCell<Vec<Event>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Keeps `event` (written, no longer needed) for the next event built on this thread.
-pub fn recycle(event: Event) {
+/// Keeps `event` (written, no longer needed) for the next event built on this thread; its
+/// trail and details strings only when short (a long URL's or request line's buffer is
+/// freed, as [`SpareStrings`] frees them: the pool does not hold on to the longest events).
+pub fn recycle(mut event: Event) {
+    forget_long(&mut event.trail);
+    let d = &mut event.details;
+    for field in [
+        &mut d.dns_query,
+        &mut d.dns_qtype,
+        &mut d.http_method,
+        &mut d.http_host,
+        &mut d.http_path,
+        &mut d.http_user_agent,
+        &mut d.tls_sni,
+    ] {
+        if field
+            .as_ref()
+            .is_some_and(|s| s.capacity() > SPARE_STRING_CAPACITY)
+        {
+            *field = None;
+        }
+    }
     let _ = SPARE.try_with(|s| {
         let mut s = s.borrow_mut();
         if s.len() < SPARE_EVENTS {
             s.push(event);
         }
     });
+}
+
+/// `s` emptied and its buffer freed when it holds more than [`SPARE_STRING_CAPACITY`].
+fn forget_long(s: &mut String) {
+    if s.capacity() > SPARE_STRING_CAPACITY {
+        *s = String::new();
+    }
 }
 
 /// An event whose strings are all empty (nothing allocated), to be written over when no
@@ -950,6 +977,22 @@ mod tests {
         assert_eq!(v["ts"], "2026-08-07T09:14:22.117034Z");
         assert_eq!(v["type"], "DNS");
         assert_eq!(v["severity"], "high");
+    }
+
+    #[test]
+    fn given_back_events_keep_only_short_buffers() {
+        spare_events(true);
+        let mut e = blank();
+        e.trail = "u".repeat(1000);
+        e.info = "info".into();
+        e.details.dns_query = Some("evil.example".into());
+        e.details.http_path = Some("/".repeat(SPARE_STRING_CAPACITY + 1));
+        recycle(e);
+        let e = spare_event().expect("kept");
+        assert_eq!(e.trail.capacity(), 0);
+        assert_eq!(e.info, "info");
+        assert_eq!(e.details.dns_query.as_deref(), Some("evil.example"));
+        assert_eq!(e.details.http_path, None);
     }
 
     #[test]

@@ -43,8 +43,8 @@ use std::sync::Arc;
 use hashbrown::DefaultHashBuilder;
 
 use crate::event::{
-    blank, clear_for_reuse, push_proto_name, recycle, set_str, spare_event, Action, DetailsText,
-    Event, EventType, IpText, Severity,
+    blank, clear_for_reuse, decimal, push_proto_name, recycle, set_str, spare_event, Action,
+    DetailsText, Event, EventType, IpText, Severity,
 };
 use crate::heuristics::FlowStart;
 use crate::name_verdicts::NameVerdicts;
@@ -855,10 +855,10 @@ impl Run<'_, '_> {
             let (wl, stats, out) = (self.whitelist, &mut *self.stats, &mut *self.out);
             heur.on_dns_query(ctx, msg, name, &mut |e| emit(wl, stats, out, e));
         }
-        let qtype = qtype_name(q.qtype);
+        let mut qtype_digits = [0u8; 20];
         let details = DetailsText {
             dns_query: Some(name.as_bytes()),
-            dns_qtype: Some(qtype.as_bytes()),
+            dns_qtype: Some(qtype_name(q.qtype, &mut qtype_digits).as_bytes()),
             ..DetailsText::default()
         };
         if q.qtype != dns::TYPE_PTR && q.qtype != dns::TYPE_AAAA && q.qclass == dns::CLASS_IN {
@@ -1082,7 +1082,7 @@ impl Run<'_, '_> {
                 );
                 self.emit(e);
             } else if self.check_host_domains {
-                // Cloned on a hit only: an absolute URL naming the same host reports it again.
+                // A copy (a hit only): an absolute URL naming the same host reports it again.
                 self.report_domain_hit(ctx, h, header_hit.clone(), http_details(req, h));
             }
         }
@@ -1276,21 +1276,21 @@ fn lower_into<'b>(src: &[u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str> {
 }
 
 /// Query type as events show it.
-fn qtype_name(qtype: u16) -> Cow<'static, str> {
+fn qtype_name(qtype: u16, digits: &mut [u8; 20]) -> &str {
     match qtype {
-        1 => "A".into(),
-        2 => "NS".into(),
-        5 => "CNAME".into(),
-        6 => "SOA".into(),
-        12 => "PTR".into(),
-        15 => "MX".into(),
-        16 => "TXT".into(),
-        28 => "AAAA".into(),
-        33 => "SRV".into(),
-        64 => "SVCB".into(),
-        65 => "HTTPS".into(),
-        255 => "ANY".into(),
-        other => other.to_string().into(),
+        1 => "A",
+        2 => "NS",
+        5 => "CNAME",
+        6 => "SOA",
+        12 => "PTR",
+        15 => "MX",
+        16 => "TXT",
+        28 => "AAAA",
+        33 => "SRV",
+        64 => "SVCB",
+        65 => "HTTPS",
+        255 => "ANY",
+        other => decimal(u64::from(other), digits),
     }
 }
 

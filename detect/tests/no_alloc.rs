@@ -189,6 +189,17 @@ fn no_hit_path_allocates_nothing() {
         (101, ipv4(6, &tcp(443, 0x12, b""))),
         (101, ipv4(17, &udp(53, &dns_query("www.clean-site.org")))),
         (101, ipv4(17, &udp(53, &dns_query("mail.google.com")))),
+        // A query type events name by its number.
+        (
+            101,
+            ipv4(
+                17,
+                &udp(
+                    53,
+                    &xtrail_detect::protocols::dns::query_message(0x1234, "www.clean-site.org", 99),
+                ),
+            ),
+        ),
         (101, ipv4(6, &tcp(53, 0x18, &dns_tcp))),
         (101, ipv4(17, &udp(443, b"quic bytes"))),
         (

@@ -63,8 +63,8 @@ pub struct DomainMatch {
 /// Room for a domain trail's text: a name (at most [`MAX_NAME`] bytes) and four parentheses.
 const TRAIL_TEXT_MAX: usize = MAX_NAME + 4;
 
-/// A domain trail's printed text, built on the stack (a hit allocates nothing; the event
-/// copies it into a reused string). Holds only what [`DomainTrails`] builds: parts of a
+/// A domain trail's printed text, built on the stack (no allocation for it; the event copies
+/// it into a reused string). Holds only what [`DomainTrails`] builds: parts of a
 /// checked name and parentheses, which always fit.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct TrailText {
@@ -436,7 +436,8 @@ impl DomainTrails {
         self.flags.get(label as usize).copied().unwrap_or(0)
     }
 
-    /// Maltrail's DNS trail check. Allocates only for the trail text of a hit.
+    /// Maltrail's DNS trail check. Allocates nothing for a name or suffix hit (a regex
+    /// hit the prefilter cannot narrow asks the regex set for its matches, which allocates).
     ///
     /// In order: `<name>.ip-adress.com` where `<name>` is a trail; the name or its nearest
     /// listed parent (printed `(sub).parent.tld`), except that an `ns1.`-like name under a

@@ -311,7 +311,7 @@ fn check_domain(trails: &TrailSet, name: &str, out: &mut Vec<TrailMatch>) {
             m.label,
             EventType::Dns,
             "domain",
-            m.trail.to_string(),
+            m.trail,
         ));
     }
 }

@@ -1082,7 +1082,7 @@ impl Run<'_, '_> {
                 );
                 self.emit(e);
             } else if self.check_host_domains {
-                // A copy (a hit only): an absolute URL naming the same host reports it again.
+                // Cloned on a hit only: an absolute URL naming the same host reports it again.
                 self.report_domain_hit(ctx, h, header_hit.clone(), http_details(req, h));
             }
         }

@@ -3,7 +3,8 @@
 //! ClientHellos, ICMP, IPv6) are processed under a counting allocator; and the whole
 //! [`Detector`] with Maltrail's full static tree (regex trails included), its whitelist and
 //! the heuristics on allocates nothing per clean packet after warm-up; a run of DNS queries
-//! that hit domain trails allocates nothing once written events are given back.
+//! that hit domain trails allocates only their trails' texts once written events are given
+//! back.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
@@ -242,11 +243,11 @@ fn no_hit_path_allocates_nothing() {
 
 /// A DNS query's domain trail hit builds its event over an event given back after it was
 /// written (`event::recycle`, as the live loop and replay do): once such events are at hand,
-/// a run of hits allocates nothing (the trail text is built on the stack, the details are
-/// copied into the reused event's strings). An event of another protocol than the reused
-/// one's allocates the details fields the reused event lacked.
+/// a run of hits allocates only the lookup's trail text (the details are copied into the
+/// reused event's strings). An event of another protocol than the reused one's
+/// also allocates the details fields the reused event lacked.
 #[test]
-fn dns_hit_events_allocate_nothing_once_warm() {
+fn dns_hit_events_allocate_only_their_trail_once_warm() {
     let csv =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/maltrail/corpus/trails.csv");
     if !corpus_present(&csv) {
@@ -307,9 +308,10 @@ fn dns_hit_events_allocate_nothing_once_warm() {
     let first = FIRST_TRACE
         .with(|f| f.borrow_mut().take())
         .unwrap_or_default();
-    assert_eq!(
-        during, 0,
-        "{during} allocations building DNS hits' events; the first:\n{first}"
+    // The trail's text: one string (`format!` may grow it once); the details none.
+    assert!(
+        during <= 2 * raised as u64,
+        "{during} allocations for {raised} DNS hits' events; the first:\n{first}"
     );
 }
 

@@ -39,7 +39,7 @@ fn every_row_is_found() {
     let dns = |q: &str| {
         t.domains
             .lookup(q)
-            .map(|m| (m.trail.to_string(), info(m.label).to_owned()))
+            .map(|m| (m.trail, info(m.label).to_owned()))
             .unwrap_or_else(|| panic!("{q} not found"))
     };
     let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());

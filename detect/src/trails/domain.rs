@@ -55,104 +55,9 @@ pub(crate) fn label_flags(info: &str) -> u8 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DomainMatch {
     /// The trail as Maltrail prints it, e.g. `(www).evil-parent.com`, `badsite.onion(.to)`.
-    pub trail: TrailText,
+    pub trail: String,
     /// The matched trail's label.
     pub label: LabelId,
-}
-
-/// Room for a domain trail's text: a name (at most [`MAX_NAME`] bytes) and four parentheses.
-const TRAIL_TEXT_MAX: usize = MAX_NAME + 4;
-
-/// A domain trail's printed text, built on the stack (no allocation for it; the event copies
-/// it into a reused string). Holds only what [`DomainTrails`] builds: parts of a
-/// checked name and parentheses, which always fit.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct TrailText {
-    buf: [u8; TRAIL_TEXT_MAX],
-    len: u16,
-}
-
-impl TrailText {
-    fn new() -> Self {
-        TrailText {
-            buf: [0; TRAIL_TEXT_MAX],
-            len: 0,
-        }
-    }
-
-    /// `parts` one after another.
-    fn of(parts: &[&str]) -> Self {
-        let mut t = TrailText::new();
-        for p in parts {
-            t.push(p);
-        }
-        t
-    }
-
-    /// Appends `part` whole (left out if it does not fit: never, for the texts built here).
-    fn push(&mut self, part: &str) {
-        let at = usize::from(self.len);
-        if let Some(dst) = self.buf.get_mut(at..at + part.len()) {
-            dst.copy_from_slice(part.as_bytes());
-            self.len += part.len() as u16;
-        } else {
-            debug_assert!(false, "trail text longer than {TRAIL_TEXT_MAX} bytes");
-        }
-    }
-
-    /// `(part)`, with a `.` that would end inside the parentheses moved after them
-    /// (Maltrail's `.replace(".)", ").")`).
-    fn push_group(&mut self, part: &str) {
-        self.push("(");
-        match part.strip_suffix('.') {
-            Some(p) => {
-                self.push(p);
-                self.push(").");
-            }
-            None => {
-                self.push(part);
-                self.push(")");
-            }
-        }
-    }
-
-    /// The text.
-    pub fn as_str(&self) -> &str {
-        // Whole `str`s were pushed: always UTF-8.
-        std::str::from_utf8(self.buf.get(..usize::from(self.len)).unwrap_or_default())
-            .unwrap_or_default()
-    }
-}
-
-impl std::ops::Deref for TrailText {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::fmt::Debug for TrailText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl std::fmt::Display for TrailText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl PartialEq<str> for TrailText {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<&str> for TrailText {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
 }
 
 /// Regular-expression domain trails (static trails with regex metacharacters).
@@ -436,8 +341,7 @@ impl DomainTrails {
         self.flags.get(label as usize).copied().unwrap_or(0)
     }
 
-    /// Maltrail's DNS trail check. Allocates nothing for a name or suffix hit (a regex
-    /// hit the prefilter cannot narrow asks the regex set for its matches, which allocates).
+    /// Maltrail's DNS trail check. Allocates only for the trail text of a hit.
     ///
     /// In order: `<name>.ip-adress.com` where `<name>` is a trail; the name or its nearest
     /// listed parent (printed `(sub).parent.tld`), except that an `ns1.`-like name under a
@@ -524,7 +428,7 @@ impl DomainTrails {
         if let Some(prefix) = q.strip_suffix(".ip-adress.com") {
             if let Some(label) = self.table.get(prefix.as_bytes()) {
                 return Some(DomainMatch {
-                    trail: TrailText::of(&[prefix, "(.ip-adress.com)"]),
+                    trail: format!("{prefix}(.ip-adress.com)"),
                     label,
                 });
             }
@@ -535,17 +439,22 @@ impl DomainTrails {
         }
 
         if let Some((start, end, label)) = self.regexes.search(q, name.regex_hint) {
-            // Maltrail: `(prefix)match(suffix)` with `.replace(".)", ").")` (names hold no
-            // parenthesis: only a group's end can follow a dot).
-            let mut trail = TrailText::new();
+            let mut trail = String::with_capacity(q.len() + 4);
             if start > 0 {
-                trail.push_group(&q[..start]);
+                trail.push('(');
+                trail.push_str(&q[..start]);
+                trail.push(')');
             }
-            trail.push(&q[start..end]);
+            trail.push_str(&q[start..end]);
             if end < q.len() {
-                trail.push_group(&q[end..]);
+                trail.push('(');
+                trail.push_str(&q[end..]);
+                trail.push(')');
             }
-            return Some(DomainMatch { trail, label });
+            return Some(DomainMatch {
+                trail: trail.replace(".)", ")."),
+                label,
+            });
         }
 
         // `<name>.onion.<gateway>`: the leftmost `.onion.`, found by the parse.
@@ -553,7 +462,7 @@ impl DomainTrails {
             let (onion, gateway) = q.split_at(i + "onion".len());
             if let Some(label) = self.table.get(onion.as_bytes()) {
                 return Some(DomainMatch {
-                    trail: TrailText::of(&[onion, "(", gateway, ")"]),
+                    trail: format!("{onion}({gateway})"),
                     label,
                 });
             }
@@ -604,10 +513,10 @@ impl DomainTrails {
         }
         let (start, label) = best?;
         let trail = if start == 0 {
-            TrailText::of(&[q])
+            q.to_owned()
         } else {
             // query[..start-1] is the unmatched prefix, without its dot.
-            TrailText::of(&["(", &q[..start - 1], ").", &q[start..]])
+            format!("({}).{}", &q[..start - 1], &q[start..])
         };
         Some(DomainMatch { trail, label })
     }
@@ -645,7 +554,7 @@ mod tests {
     }
 
     fn hit(d: &DomainTrails, q: &str) -> Option<(String, LabelId)> {
-        d.lookup(q).map(|m| (m.trail.to_string(), m.label))
+        d.lookup(q).map(|m| (m.trail, m.label))
     }
 
     fn s(t: &str, l: LabelId) -> Option<(String, LabelId)> {
@@ -815,7 +724,7 @@ mod tests {
         assert_eq!(hit(&d, "x.evil1.com"), s("(x).evil1(.com)", 1));
         let d = trails(&[], &[(r"evil\.", 1)]);
         assert_eq!(hit(&d, "x.evil.com"), s("(x).evil.(com)", 1));
-        // The longest name, matched in the middle: the text as Maltrail builds it, whole.
+        // The longest name, matched in the middle.
         let (a, c) = ("a".repeat(63), "c".repeat(63));
         let name = format!("{a}.{a}.evil7.{c}.{}.com", "d".repeat(51));
         assert_eq!(name.len(), 253);
@@ -829,7 +738,7 @@ mod tests {
             &name[end..]
         )
         .replace(".)", ").");
-        assert_eq!(hit(&d, &name), Some((maltrail, 1)));
+        assert_eq!(hit(&d, &name), s(&maltrail, 1));
     }
 
     #[test]

@@ -50,7 +50,7 @@ mod url;
 
 pub use classify::is_name_byte;
 pub use compiled::{CompileOptions, CompiledError, CompiledSet, IpTables};
-pub use domain::{DomainMatch, DomainTrails, RegexTrails, TrailText};
+pub use domain::{DomainMatch, DomainTrails, RegexTrails};
 pub(crate) use domain::{NameBuf, PendingName, NAME_BUF_LEN};
 pub use iptable::{CuckooTable, IpPortTrails, V4Trails};
 pub use maltrail::{Ipv4Ranges, StaticFilters};

@@ -144,6 +144,14 @@ fn corpus_present(csv: &Path) -> bool {
     false
 }
 
+/// Maltrail's corpus trails (regex trails included), `None` when absent outside CI.
+fn corpus_trails() -> Option<TrailSet> {
+    let csv =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/maltrail/corpus/trails.csv");
+    corpus_present(&csv)
+        .then(|| TrailSet::load(&[csv], &LoadOptions::default()).expect("corpus trails"))
+}
+
 fn client_hello(sni: &str) -> Vec<u8> {
     xtrail_detect::protocols::tls::client_hello_record(sni)
 }
@@ -248,12 +256,9 @@ fn no_hit_path_allocates_nothing() {
 /// also allocates the details fields the reused event lacked.
 #[test]
 fn dns_hit_events_allocate_only_their_trail_once_warm() {
-    let csv =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/maltrail/corpus/trails.csv");
-    if !corpus_present(&csv) {
+    let Some(trails) = corpus_trails() else {
         return;
-    }
-    let trails = TrailSet::load(&[csv], &LoadOptions::default()).expect("trails");
+    };
     let mut p = Processor::new(
         Arc::new(trails),
         Arc::new(Whitelist::default()),
@@ -319,12 +324,9 @@ fn dns_hit_events_allocate_only_their_trail_once_warm() {
 /// `is_match` before it builds a match set).
 #[test]
 fn domain_regex_miss_allocations() {
-    let csv =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/maltrail/corpus/trails.csv");
-    if !corpus_present(&csv) {
+    let Some(trails) = corpus_trails() else {
         return;
-    }
-    let trails = TrailSet::load(&[csv], &LoadOptions::default()).expect("corpus trails");
+    };
     assert!(
         !trails.domains.regexes.is_empty(),
         "the corpus has regex trails"

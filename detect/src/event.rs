@@ -121,6 +121,19 @@ impl Details {
     fn is_empty(&self) -> bool {
         *self == Details::default()
     }
+
+    /// Every field, in [`DetailsText::fields`]' order.
+    fn fields_mut(&mut self) -> [&mut Option<String>; 7] {
+        [
+            &mut self.dns_query,
+            &mut self.dns_qtype,
+            &mut self.http_method,
+            &mut self.http_host,
+            &mut self.http_path,
+            &mut self.http_user_agent,
+            &mut self.tls_sni,
+        ]
+    }
 }
 
 /// An event's [`Details`] as the packet's own bytes (each written as text, invalid UTF-8
@@ -138,30 +151,28 @@ pub struct DetailsText<'a> {
 }
 
 impl DetailsText<'_> {
-    /// Writes these details over `d`, keeping the buffers of the fields both have.
+    /// Every field, in [`Details::fields_mut`]' order.
+    fn fields(&self) -> [Option<&[u8]>; 7] {
+        [
+            self.dns_query,
+            self.dns_qtype,
+            self.http_method,
+            self.http_host,
+            self.http_path,
+            self.http_user_agent,
+            self.tls_sni,
+        ]
+    }
+
+    /// Writes these details over `d` (a field these lack is dropped), keeping the buffers
+    /// of the fields both have.
     pub fn write(&self, d: &mut Details) {
-        set_lossy_opt(&mut d.dns_query, self.dns_query);
-        set_lossy_opt(&mut d.dns_qtype, self.dns_qtype);
-        set_lossy_opt(&mut d.http_method, self.http_method);
-        set_lossy_opt(&mut d.http_host, self.http_host);
-        set_lossy_opt(&mut d.http_path, self.http_path);
-        set_lossy_opt(&mut d.http_user_agent, self.http_user_agent);
-        set_lossy_opt(&mut d.tls_sni, self.tls_sni);
-    }
-
-    /// These details as a new [`Details`].
-    pub fn to_details(&self) -> Details {
-        let mut d = Details::default();
-        self.write(&mut d);
-        d
-    }
-}
-
-/// `field` holding `value` as text (`None` drops it), in its own buffer when it has one.
-fn set_lossy_opt(field: &mut Option<String>, value: Option<&[u8]>) {
-    match value {
-        Some(v) => set_lossy(field.get_or_insert_with(String::new), v),
-        None => *field = None,
+        for (field, value) in d.fields_mut().into_iter().zip(self.fields()) {
+            match value {
+                Some(v) => set_lossy(field.get_or_insert_with(String::new), v),
+                None => *field = None,
+            }
+        }
     }
 }
 
@@ -346,16 +357,7 @@ thread_local! {
 /// freed, as [`SpareStrings`] frees them: the pool does not hold on to the longest events).
 pub fn recycle(mut event: Event) {
     forget_long(&mut event.trail);
-    let d = &mut event.details;
-    for field in [
-        &mut d.dns_query,
-        &mut d.dns_qtype,
-        &mut d.http_method,
-        &mut d.http_host,
-        &mut d.http_path,
-        &mut d.http_user_agent,
-        &mut d.tls_sni,
-    ] {
+    for field in event.details.fields_mut() {
         if field
             .as_ref()
             .is_some_and(|s| s.capacity() > SPARE_STRING_CAPACITY)
@@ -1015,7 +1017,8 @@ mod tests {
 
     #[test]
     fn details_written_over_others_are_exactly_the_new_ones() {
-        let mut d = DetailsText {
+        let mut d = Details::default();
+        DetailsText {
             http_method: Some(b"GET"),
             http_host: Some(b"example.com"),
             http_path: Some(b"/a\xff"),
@@ -1023,7 +1026,7 @@ mod tests {
             tls_sni: Some(b"sni.example"),
             ..DetailsText::default()
         }
-        .to_details();
+        .write(&mut d);
         assert_eq!(d.http_path.as_deref(), Some("/a\u{fffd}"));
         let dns = DetailsText {
             dns_query: Some(b"evil.example"),

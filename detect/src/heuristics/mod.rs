@@ -75,7 +75,7 @@ use hashbrown::DefaultHashBuilder;
 pub use scan::{flow_start_of, is_probe_flags, FlowStart, ScanAlert};
 pub use user_agent::UaPatterns;
 
-use crate::event::{DetailsText, Event, EventType, IpText};
+use crate::event::{decimal, DetailsText, Event, EventType, IpText};
 use crate::packet::Packet;
 use crate::process::{Heuristics, HttpHost, PacketContext};
 use crate::protocols::{dns, http};
@@ -421,7 +421,7 @@ impl MaltrailHeuristics {
                 ),
                 ScanAlert::Infection => ctx.event(
                     EventType::Port,
-                    &f.dst_port.to_string(),
+                    decimal(u64::from(f.dst_port), &mut [0; 20]),
                     INFO_INFECTION,
                     REFERENCE,
                     DetailsText::default(),

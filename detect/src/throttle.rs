@@ -26,7 +26,7 @@ use std::net::IpAddr;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use crate::event::{recycle, Event, EventType, Severity, SpareStrings};
+use crate::event::{recycle, Event, EventType, Severity};
 
 /// Settings of the summarize step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -144,12 +144,16 @@ impl SeenText {
 }
 
 /// One (source, trail) window of the summarize step. Small (its last held event lives in
-/// [`HeldEvents`]): the table holds up to [`SummarizeConfig::capacity`] of them and each new
-/// key writes one into memory that is seldom in cache.
+/// [`HeldEvents`]), with no text of its own: the table holds up to
+/// [`SummarizeConfig::capacity`] of them and each new key writes one into memory that is
+/// seldom in cache. The trail is told by its 64-bit hash with the source, from the throttle's
+/// randomly seeded hasher: two trails of one source share a window only if their hashes
+/// collide, about one pair in 2^64.
 #[derive(Debug)]
 struct Summary {
     src: IpAddr,
-    trail: String,
+    /// `hash_one((src, trail))`: the table's hash and, with `src`, the key.
+    hash: u64,
     start_us: i64,
     passed: u32,
     held: u64,
@@ -223,14 +227,8 @@ pub struct Throttle {
     hasher: DefaultHashBuilder,
     /// Last second at which finished summarize windows were swept.
     swept_sec: Option<i64>,
-    /// Strings of forgotten keys, reused for new keys' copies.
-    spare: SpareStrings,
     stats: ThrottleStats,
 }
-
-/// Strings [`Throttle::spare`] keeps: one per summarize key, a few seconds' new keys at
-/// ~1,300 events a second.
-const SPARE_STRINGS: usize = 4096;
 
 impl Default for Throttle {
     fn default() -> Self {
@@ -262,7 +260,6 @@ impl Throttle {
             held_events: HeldEvents::default(),
             hasher: DefaultHashBuilder::default(),
             swept_sec: None,
-            spare: SpareStrings::new(SPARE_STRINGS),
             stats: ThrottleStats::default(),
         }
     }
@@ -381,7 +378,7 @@ impl Throttle {
             return Some(event);
         };
         let hash = self.hasher.hash_one((event.src_ip, event.trail.as_str()));
-        let is_key = |s: &Summary| s.src == event.src_ip && s.trail == event.trail;
+        let is_key = |s: &Summary| s.hash == hash && s.src == event.src_ip;
         if self.summaries.find(hash, is_key).is_none() && self.summaries.len() >= cfg.capacity {
             // Finished windows are swept at most once per second of event time (the sweep
             // reads the expiry queue's ended entries, none when all windows run).
@@ -391,11 +388,8 @@ impl Throttle {
                 return Some(event);
             }
         }
-        let (hasher, spare, held) = (&self.hasher, &mut self.spare, &mut self.held_events);
-        let s = match self
-            .summaries
-            .entry(hash, is_key, |s| hasher.hash_one((s.src, s.trail.as_str())))
-        {
+        let held = &mut self.held_events;
+        let s = match self.summaries.entry(hash, is_key, |s| s.hash) {
             hashbrown::hash_table::Entry::Occupied(o) => o.into_mut(),
             hashbrown::hash_table::Entry::Vacant(v) => {
                 let id = self.next_id;
@@ -403,7 +397,7 @@ impl Throttle {
                 queue_expiry(&mut self.expiry, event.ts_us, id, hash);
                 v.insert(Summary {
                     src: event.src_ip,
-                    trail: spare.copy(&event.trail),
+                    hash,
                     start_us: event.ts_us,
                     passed: 0,
                     held: 0,
@@ -456,11 +450,10 @@ impl Throttle {
         let mut due = Vec::new();
         let ended =
             |start_us: i64| now_us.is_none_or(|now| now.saturating_sub(start_us) >= cfg.window_us);
-        let mut summarize = |mut s: Summary, held: &mut HeldEvents, spare: &mut SpareStrings| {
+        let mut summarize = |mut s: Summary, held: &mut HeldEvents| {
             if let Some(summary) = summary_event(&mut s, held, cfg.window_us) {
                 due.push(summary);
             }
-            spare.keep(s.trail);
         };
         while let Some(&(queued_us, id, hash)) = self.expiry.front() {
             if !ended(queued_us) {
@@ -477,12 +470,12 @@ impl Throttle {
                 continue;
             }
             let (s, _) = entry.remove();
-            summarize(s, &mut self.held_events, &mut self.spare);
+            summarize(s, &mut self.held_events);
         }
         if now_us.is_none() {
             // Every key had its entry; should one not, it is summarized all the same.
             for s in self.summaries.drain() {
-                summarize(s, &mut self.held_events, &mut self.spare);
+                summarize(s, &mut self.held_events);
             }
         }
         self.stats.summaries += due.len() as u64;

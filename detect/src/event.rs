@@ -423,7 +423,7 @@ pub(crate) fn spare_events(empty: bool) -> usize {
 }
 
 /// Strings of forgotten keys kept for new keys' copies, so that a warm table allocates
-/// nothing per key (the throttle's and the flood guard's).
+/// nothing per key (the flood guard's).
 #[derive(Debug)]
 pub struct SpareStrings {
     kept: Vec<String>,

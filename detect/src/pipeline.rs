@@ -137,7 +137,7 @@ pub struct FloodGuard {
     stats: FloodStats,
 }
 
-/// Finished windows [`FloodGuard::spare`] keeps.
+/// Finished windows' key strings [`FloodGuard::spare_keys`] keeps.
 const SPARE_WINDOWS: usize = 1024;
 /// Source sets with room for more than this (a large flood's) are freed, not kept.
 const SPARE_SET_CAPACITY: usize = 128;

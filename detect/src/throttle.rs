@@ -18,6 +18,7 @@
 //! MiB the window's keys so far are forgotten and counted) and [`SummarizeConfig::capacity`]
 //! summarize keys (when full, finished windows are summarized and dropped; if none is
 //! finished, the event passes unsummarized and is counted as an overflow: nothing is lost).
+//! A summarize key holds no text: its trail is told by a 64-bit hash (see `Summary`).
 //! Time comes from the events, so replayed pcaps are throttled by their own clock.
 
 use std::collections::VecDeque;
@@ -146,9 +147,12 @@ impl SeenText {
 /// One (source, trail) window of the summarize step. Small (its last held event lives in
 /// [`HeldEvents`]), with no text of its own: the table holds up to
 /// [`SummarizeConfig::capacity`] of them and each new key writes one into memory that is
-/// seldom in cache. The trail is told by its 64-bit hash with the source, from the throttle's
-/// randomly seeded hasher: two trails of one source share a window only if their hashes
-/// collide, about one pair in 2^64.
+/// seldom in cache. The trail is told by the 64-bit hash of (source, trail), with the source:
+/// two trails of one source share a window only if their hashes collide, about one pair in
+/// 2^64 by chance. The hasher (foldhash, seeded per process from address-space
+/// randomization) does not resist chosen collisions: a crafted pair would pass 3 events for
+/// both trails instead of 3 each, and the window's summary would count both trails' held-back
+/// events under the last one's trail (none goes unreported).
 #[derive(Debug)]
 struct Summary {
     src: IpAddr,
@@ -680,6 +684,45 @@ mod tests {
         assert_eq!(out.len(), 5);
         assert!(out[4].info.ends_with("(summary: 2 more in 60s)"));
         assert_eq!(t.summarize_len(), 1);
+    }
+
+    #[test]
+    fn each_trail_of_a_source_has_its_own_budget() {
+        let s = 1_000_000;
+        let mut t = Throttle::default();
+        // One source, two trails, interleaved: 3 of each pass, 2 of each are summarized.
+        let events = (0..10).map(|i| {
+            let trail = if i % 2 == 0 { "a.example" } else { "b.example" };
+            ev(i * s, 1, trail)
+        });
+        let mut out = collect(&mut t, events);
+        assert_eq!(out.len(), 6);
+        t.finish(&mut |e| out.push(e));
+        let mut summaries: Vec<_> = (out.iter().skip(6))
+            .map(|e| (e.trail.as_str(), e.info.as_str()))
+            .collect();
+        summaries.sort();
+        assert_eq!(
+            summaries,
+            [
+                ("a.example", "malware (summary: 2 more in 60s)"),
+                ("b.example", "malware (summary: 2 more in 60s)"),
+            ]
+        );
+    }
+
+    #[test]
+    fn keys_are_found_again_after_the_table_grows() {
+        let s = 1_000_000;
+        let mut t = Throttle::default();
+        // 10,000 keys (the table grows several times), the first one's budget used first.
+        let first = (0..3).map(|i| ev(i * s, 1, "d0.example"));
+        let others = (1..10_000).map(|i| ev(3 * s, 1, &format!("d{i}.example")));
+        assert_eq!(collect(&mut t, first.chain(others)).len(), 10_002);
+        assert_eq!(t.summarize_len(), 10_000);
+        // Its 4th event in the window is held back: the key was found after the growth.
+        assert!(collect(&mut t, [ev(4 * s, 1, "d0.example")]).is_empty());
+        assert_eq!(t.stats().summarized, 1);
     }
 
     /// The default throttle with room for `n` summarize keys.

@@ -96,9 +96,9 @@ pub struct RingArgs {
     /// least the page size; default 4096). A record takes 40 bytes plus its frame's size
     /// class (128, 256, 512, 1024 or 2048 bytes): a DNS query 168 bytes, an HTTP request head
     /// ~552, a full-size frame 2,088. Size it for what arrives while the reader is away (it
-    /// is woken per an eighth of the ring pending, at most per 256 KiB, and polls every 50 ms
-    /// while records come): 50k hand-offs/s of 552 bytes put 256 KiB in it every ~10 ms,
-    /// ~1.35 MiB per poll. A full ring drops hand-offs, counted as `handoff_failed`;
+    /// is woken per an eighth of the ring pending, at most per 256 KiB, and polls every 100
+    /// ms while records come): 50k hand-offs/s of 552 bytes put 256 KiB in it every ~10 ms,
+    /// ~2.7 MiB per poll. A full ring drops hand-offs, counted as `handoff_failed`;
     /// give a busy link 16384 or more. RSS shows twice the size.
     #[arg(long = "payload-ring-kib", value_parser = parse_ring_kib)]
     pub payload_ring_kib: Option<u32>,
@@ -149,6 +149,11 @@ const SUPPRESSIONS_EVERY: Duration = Duration::from_millis(250);
 /// record that lands in a ring the loop has read empty wakes it at once, at most once per
 /// this interval over all rings (the gap rule, `xtrail_common::wake`).
 const POLL_MS: i32 = xtrail_common::wake::POLL_MS as i32;
+/// The poll timeout while records come when AF_XDP transport threads queue frames for the
+/// loop: their queue (`xsk::MAX_QUEUED_FRAMES`, 65,536 frames) has no early wake-up as the
+/// rings' thresholds are, so it must hold what arrives between two polls (50k frames at 1M
+/// hand-offs a second).
+const TRANSPORT_POLL_MS: i32 = 50;
 /// The poll timeout once the loop has read nothing for [`QUIET`]: every record then arrives
 /// after a gap and wakes it (`xtrail_common::wake`), so an idle sensor wakes 4 times a
 /// second (measured on a 2-core VM with the 20 ms poll of before: 49.5 wake-ups and 3.7-4.1
@@ -779,6 +784,8 @@ pub fn run(
                     // Rounded up: woken a little early, the loop would poll again at once.
                     let ms = i32::try_from(due.as_millis() + 1).unwrap_or(IDLE_POLL_MS);
                     ms.clamp(POLL_MS, IDLE_POLL_MS)
+                } else if wake.is_some() {
+                    TRANSPORT_POLL_MS
                 } else {
                     POLL_MS
                 };

@@ -295,8 +295,11 @@ pub mod wake {
     /// How often (ms) the live reader polls every ring whether woken or not while records
     /// come: the longest a record below its ring's threshold and inside a gap waits. (20 ms
     /// until 2026-12-04: 50 cut the reader's wake-ups on the NIC-like mix at 50k packets/s
-    /// from 80 to 28 a second and its CPU by 8-21%.)
-    pub const POLL_MS: u32 = 50;
+    /// from 80 to 28 a second and its CPU by 8-21%; 50 until 2026-12-05: 100 cut them to 16
+    /// a second and the sensor's CPU a packet on that mix from 177 to 129-136 ns, on DNS
+    /// hand-offs alone from 655 to 599, `cargo xtask ab`.) A mirror-mode loop polls more
+    /// often (`live::TRANSPORT_POLL_MS`).
+    pub const POLL_MS: u32 = 100;
     /// How long (ms) the live reader sleeps once it has read nothing for two polls: a
     /// record then wakes it by the gap rule, so this bounds only the reader's own work
     /// between records (summaries, metrics, a stop the signal did not interrupt).

@@ -154,6 +154,8 @@ const POLL_MS: i32 = xtrail_common::wake::POLL_MS as i32;
 /// rings' thresholds are, so it must hold what arrives between two polls (50k frames at 1M
 /// hand-offs a second).
 const TRANSPORT_POLL_MS: i32 = 50;
+// The quiet loop's timeout is clamped to [POLL_MS, IDLE_POLL_MS].
+const _: () = assert!(TRANSPORT_POLL_MS <= POLL_MS && POLL_MS <= IDLE_POLL_MS);
 /// The poll timeout once the loop has read nothing for [`QUIET`]: every record then arrives
 /// after a gap and wakes it (`xtrail_common::wake`), so an idle sensor wakes 4 times a
 /// second (measured on a 2-core VM with the 20 ms poll of before: 49.5 wake-ups and 3.7-4.1
@@ -170,8 +172,8 @@ const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// How often at most the event log's buffered lines are written out: the first line after
 /// a quiet spell at once, the next ones at most about this long (plus a poll) after their
 /// event, in one write(2) together instead of one per wake-up; all of them on stop. A
-/// sensor killed outright (SIGKILL, the OOM killer) loses at most that long of log lines;
-/// the collector's spool is written apart.
+/// sensor killed outright (SIGKILL, the OOM killer) loses at most that long plus a poll
+/// ([`POLL_MS`]) of log lines; the collector's spool is written apart.
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 /// Receive batches the AF_XDP transport may queue for the detector (of up to 64 frames; at

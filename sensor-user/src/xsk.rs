@@ -179,8 +179,8 @@ pub struct TransportCounters {
 /// lengths, and how the loop knows the queue is empty) and how a batch wakes the loop.
 /// Frames reach the loop by a channel, which wakes no one, so a thread that queues frames
 /// while the loop sleeps long writes an eventfd among the loop's pollfds. While the loop is
-/// awake it polls every `wake::POLL_MS` and takes what is queued then, as it does with ring
-/// records below their ring's threshold; no write is made.
+/// awake it polls every `live::TRANSPORT_POLL_MS` (50 ms) and takes what is queued then, as
+/// it does with ring records below their ring's threshold; no write is made.
 #[derive(Debug)]
 pub struct LoopWake {
     fd: OwnedFd,

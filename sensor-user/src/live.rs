@@ -149,13 +149,8 @@ const SUPPRESSIONS_EVERY: Duration = Duration::from_millis(250);
 /// record that lands in a ring the loop has read empty wakes it at once, at most once per
 /// this interval over all rings (the gap rule, `xtrail_common::wake`).
 const POLL_MS: i32 = xtrail_common::wake::POLL_MS as i32;
-/// The poll timeout while records come when AF_XDP transport threads queue frames for the
-/// loop: their queue (`xsk::MAX_QUEUED_FRAMES`, 65,536 frames) has no early wake-up as the
-/// rings' thresholds are, so it must hold what arrives between two polls (50k frames at 1M
-/// hand-offs a second).
-const TRANSPORT_POLL_MS: i32 = 50;
 // The quiet loop's timeout is clamped to [POLL_MS, IDLE_POLL_MS].
-const _: () = assert!(TRANSPORT_POLL_MS <= POLL_MS && POLL_MS <= IDLE_POLL_MS);
+const _: () = assert!(POLL_MS <= IDLE_POLL_MS);
 /// The poll timeout once the loop has read nothing for [`QUIET`]: every record then arrives
 /// after a gap and wakes it (`xtrail_common::wake`), so an idle sensor wakes 4 times a
 /// second (measured on a 2-core VM with the 20 ms poll of before: 49.5 wake-ups and 3.7-4.1
@@ -786,8 +781,6 @@ pub fn run(
                     // Rounded up: woken a little early, the loop would poll again at once.
                     let ms = i32::try_from(due.as_millis() + 1).unwrap_or(IDLE_POLL_MS);
                     ms.clamp(POLL_MS, IDLE_POLL_MS)
-                } else if wake.is_some() {
-                    TRANSPORT_POLL_MS
                 } else {
                     POLL_MS
                 };

@@ -40,6 +40,10 @@ fn frames_per_socket(sockets: usize) -> u32 {
 }
 /// Frames the detector's queue holds at most (batches of up to [`RX_BATCH`]).
 pub const MAX_QUEUED_FRAMES: u64 = 65_536;
+/// An awake loop is woken each time the frames queued for it cross a multiple of this (an
+/// eighth of the queue, as the rings are woken per an eighth of their size), so the queue
+/// never waits a whole poll to be drained.
+pub const WAKE_FRAMES: u64 = MAX_QUEUED_FRAMES / 8;
 /// How often a transport thread reads its sockets' drop counters.
 const DROPS_EVERY: Duration = Duration::from_secs(1);
 /// Frames taken from one RX ring per pass.
@@ -179,8 +183,9 @@ pub struct TransportCounters {
 /// lengths, and how the loop knows the queue is empty) and how a batch wakes the loop.
 /// Frames reach the loop by a channel, which wakes no one, so a thread that queues frames
 /// while the loop sleeps long writes an eventfd among the loop's pollfds. While the loop is
-/// awake it polls every `live::TRANSPORT_POLL_MS` (50 ms) and takes what is queued then, as
-/// it does with ring records below their ring's threshold; no write is made.
+/// awake it polls every `wake::POLL_MS` and takes what is queued then, as it does with ring
+/// records below their ring's threshold; a write is made only when the queue crosses a
+/// multiple of [`WAKE_FRAMES`], as a ring's threshold wakes the loop.
 #[derive(Debug)]
 pub struct LoopWake {
     fd: OwnedFd,
@@ -207,20 +212,24 @@ impl LoopWake {
         })
     }
 
-    /// A thread is about to queue `n` frames: false (nothing reserved) when the queue would
-    /// then hold more than [`MAX_QUEUED_FRAMES`]. Reserved before the batch is sent, so the
-    /// count never falls below what the channel holds.
-    pub fn reserve(&self, n: u64) -> bool {
+    /// A thread is about to queue `n` frames: `None` (nothing reserved) when the queue would
+    /// then hold more than [`MAX_QUEUED_FRAMES`], else whether they take it across a
+    /// multiple of [`WAKE_FRAMES`] (for [`LoopWake::queued`]). Reserved before the batch is
+    /// sent, so the count never falls below what the channel holds.
+    pub fn reserve(&self, n: u64) -> Option<bool> {
         self.in_flight
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
                 (v + n <= MAX_QUEUED_FRAMES).then_some(v + n)
             })
-            .is_ok()
+            .ok()
+            .map(|v| v / WAKE_FRAMES != (v + n) / WAKE_FRAMES)
     }
 
-    /// A thread queued the frames it reserved: wakes the loop if it sleeps in an idle poll.
-    pub fn queued(&self) {
-        if self.idle.swap(false, Ordering::SeqCst) {
+    /// A thread queued the frames it reserved: wakes the loop if it sleeps in an idle poll,
+    /// or if they crossed a multiple of [`WAKE_FRAMES`] (`crossed`, from
+    /// [`LoopWake::reserve`]).
+    pub fn queued(&self, crossed: bool) {
+        if self.idle.swap(false, Ordering::SeqCst) || crossed {
             self.wake_now();
         }
     }
@@ -591,15 +600,14 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
         // Nothing to hand over (every frame was malformed): the loop is not woken.
         s.spare = Some(batch);
     } else {
-        let sent = if ctx.wake.reserve(n64) {
-            ctx.frames
-                .try_send(batch)
-                .inspect_err(|_| ctx.wake.release(n64))
-        } else {
-            Err(TrySendError::Full(batch))
+        let sent = match ctx.wake.reserve(n64) {
+            Some(crossed) => (ctx.frames.try_send(batch))
+                .map(|()| crossed)
+                .inspect_err(|_| ctx.wake.release(n64)),
+            None => Err(TrySendError::Full(batch)),
         };
         match sent {
-            Ok(()) => ctx.wake.queued(),
+            Ok(crossed) => ctx.wake.queued(crossed),
             // The queue holds more than the loop takes in a long while: the frames are
             // dropped and counted, the batch kept for its buffers.
             Err(TrySendError::Full(batch)) => {
@@ -631,7 +639,7 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::{split_meta, FrameBatch, LoopWake, Stamp, MAX_QUEUED_FRAMES};
+    use super::{split_meta, FrameBatch, LoopWake, Stamp, MAX_QUEUED_FRAMES, WAKE_FRAMES};
     use xtrail_common::{XskMeta, XSK_META_LEN, XSK_META_MAGIC};
 
     /// `frame` after a meta as the XDP program writes it.
@@ -735,23 +743,23 @@ mod tests {
     fn frames_wake_only_an_idle_loop() {
         let w = LoopWake::new().unwrap();
         // Awake: frames queued write nothing.
-        assert!(w.reserve(3));
-        w.queued();
+        assert_eq!(w.reserve(3), Some(false));
+        w.queued(false);
         assert!(!readable(&w));
         // Frames the loop has not taken: no idle poll.
         assert!(!w.arm());
         assert!(!readable(&w));
-        assert!(w.reserve(1));
-        w.queued();
+        assert_eq!(w.reserve(1), Some(false));
+        w.queued(false);
         assert!(!readable(&w), "the failed arm left the loop awake");
         // All taken: idle; the next batch wakes it, once.
         w.release(4);
         assert!(w.arm());
-        assert!(w.reserve(2));
-        w.queued();
+        assert_eq!(w.reserve(2), Some(false));
+        w.queued(false);
         assert!(readable(&w));
-        assert!(w.reserve(5));
-        w.queued();
+        assert_eq!(w.reserve(5), Some(false));
+        w.queued(false);
         let mut count = [0u8; 8];
         // SAFETY: reads 8 bytes into a live buffer from the test's own eventfd.
         let n = unsafe { libc::read(w.fd(), count.as_mut_ptr().cast(), count.len()) };
@@ -762,8 +770,8 @@ mod tests {
         );
         assert!(!readable(&w), "the wake-up was read");
         w.disarm(false);
-        assert!(w.reserve(1));
-        w.queued();
+        assert_eq!(w.reserve(1), Some(false));
+        w.queued(false);
         assert!(!readable(&w), "awake again: no write");
         w.release(8);
         assert!(w.arm());
@@ -778,15 +786,34 @@ mod tests {
     #[test]
     fn the_queue_is_bounded_in_frames() {
         let w = LoopWake::new().unwrap();
-        assert!(w.reserve(MAX_QUEUED_FRAMES - 10));
-        assert!(!w.reserve(11), "past the bound: nothing reserved");
-        assert!(w.reserve(10));
-        assert!(!w.reserve(1));
+        assert!(w.reserve(MAX_QUEUED_FRAMES - 10).is_some());
+        assert_eq!(w.reserve(11), None, "past the bound: nothing reserved");
+        assert!(w.reserve(10).is_some());
+        assert_eq!(w.reserve(1), None);
         // A send that failed gives its room back, as does a batch taken.
         w.release(10);
         w.release(MAX_QUEUED_FRAMES - 10);
         assert!(w.arm(), "nothing in flight");
         w.disarm(false);
-        assert!(w.reserve(MAX_QUEUED_FRAMES));
+        assert!(w.reserve(MAX_QUEUED_FRAMES).is_some());
+    }
+
+    #[test]
+    fn an_awake_loop_is_woken_per_eighth_of_the_queue() {
+        let w = LoopWake::new().unwrap();
+        assert_eq!(w.reserve(WAKE_FRAMES - 1), Some(false));
+        w.queued(false);
+        assert!(!readable(&w), "below an eighth: no write");
+        // Across the first multiple: the thread writes once its frames are queued.
+        assert_eq!(w.reserve(2), Some(true));
+        w.queued(true);
+        assert!(readable(&w));
+        w.disarm(true);
+        assert!(!readable(&w), "the wake-up was read");
+        assert_eq!(w.reserve(WAKE_FRAMES - 2), Some(false));
+        assert_eq!(w.reserve(1), Some(true), "the second multiple");
+        // Taken frames count down: the next crossing is from the new count.
+        w.release(2 * WAKE_FRAMES);
+        assert_eq!(w.reserve(WAKE_FRAMES), Some(true));
     }
 }

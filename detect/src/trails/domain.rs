@@ -60,6 +60,21 @@ pub struct DomainMatch {
     pub label: LabelId,
 }
 
+/// Appends `(part)`, a `.` that would end inside the parentheses moved after them.
+fn push_group(trail: &mut String, part: &str) {
+    trail.push('(');
+    match part.strip_suffix('.') {
+        Some(p) => {
+            trail.push_str(p);
+            trail.push_str(").");
+        }
+        None => {
+            trail.push_str(part);
+            trail.push(')');
+        }
+    }
+}
+
 /// Regular-expression domain trails (static trails with regex metacharacters).
 #[derive(Debug, Default)]
 pub struct RegexTrails {
@@ -439,22 +454,17 @@ impl DomainTrails {
         }
 
         if let Some((start, end, label)) = self.regexes.search(q, name.regex_hint) {
+            // Maltrail: `(prefix)match(suffix)` with `.replace(".)", ").")` (names hold no
+            // parenthesis: only a group's end can follow a dot), written in one pass.
             let mut trail = String::with_capacity(q.len() + 4);
             if start > 0 {
-                trail.push('(');
-                trail.push_str(&q[..start]);
-                trail.push(')');
+                push_group(&mut trail, &q[..start]);
             }
             trail.push_str(&q[start..end]);
             if end < q.len() {
-                trail.push('(');
-                trail.push_str(&q[end..]);
-                trail.push(')');
+                push_group(&mut trail, &q[end..]);
             }
-            return Some(DomainMatch {
-                trail: trail.replace(".)", ")."),
-                label,
-            });
+            return Some(DomainMatch { trail, label });
         }
 
         // `<name>.onion.<gateway>`: the leftmost `.onion.`, found by the parse.

@@ -709,6 +709,13 @@ mod tests {
                 ("b.example", "malware (summary: 2 more in 60s)"),
             ]
         );
+        // Many trails of one source in one table: keys whose hashes share a probe group and
+        // a tag are still told apart (a key by the source alone would merge them).
+        let mut t = Throttle::default();
+        let trails: Vec<String> = (0..2_000).map(|i| format!("t{i}.example")).collect();
+        let rounds = (0..4).flat_map(|r| trails.iter().map(move |tr| ev(r * s, 1, tr)));
+        assert_eq!(collect(&mut t, rounds).len(), 3 * 2_000);
+        assert_eq!(t.stats().summarized, 2_000);
     }
 
     #[test]

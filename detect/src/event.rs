@@ -356,12 +356,11 @@ thread_local! {
 /// trail and details strings only when short (a long URL's or request line's buffer is
 /// freed, as [`SpareStrings`] frees them: the pool does not hold on to the longest events).
 pub fn recycle(mut event: Event) {
-    forget_long(&mut event.trail);
+    if too_long_to_keep(&event.trail) {
+        event.trail = String::new();
+    }
     for field in event.details.fields_mut() {
-        if field
-            .as_ref()
-            .is_some_and(|s| s.capacity() > SPARE_STRING_CAPACITY)
-        {
+        if field.as_ref().is_some_and(too_long_to_keep) {
             *field = None;
         }
     }
@@ -373,11 +372,12 @@ pub fn recycle(mut event: Event) {
     });
 }
 
-/// `s` emptied and its buffer freed when it holds more than [`SPARE_STRING_CAPACITY`].
-fn forget_long(s: &mut String) {
-    if s.capacity() > SPARE_STRING_CAPACITY {
-        *s = String::new();
-    }
+/// Strings with room for more than this (a long URL trail's) are freed, not kept.
+const SPARE_STRING_CAPACITY: usize = 256;
+
+/// Whether `s`'s buffer is too large to keep for reuse ([`SPARE_STRING_CAPACITY`]).
+fn too_long_to_keep(s: &String) -> bool {
+    s.capacity() > SPARE_STRING_CAPACITY
 }
 
 /// An event whose strings are all empty (nothing allocated), to be written over when no
@@ -430,9 +430,6 @@ pub struct SpareStrings {
     max: usize,
 }
 
-/// Strings with room for more than this (a long URL trail's) are freed, not kept.
-const SPARE_STRING_CAPACITY: usize = 256;
-
 impl SpareStrings {
     /// A pool that keeps at most `max` strings.
     pub fn new(max: usize) -> Self {
@@ -451,7 +448,7 @@ impl SpareStrings {
 
     /// Keeps `s` for [`SpareStrings::copy`] while there is room and `s` is not a long one.
     pub fn keep(&mut self, s: String) {
-        if self.kept.len() < self.max && s.capacity() <= SPARE_STRING_CAPACITY {
+        if self.kept.len() < self.max && !too_long_to_keep(&s) {
             self.kept.push(s);
         }
     }

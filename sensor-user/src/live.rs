@@ -96,10 +96,10 @@ pub struct RingArgs {
     /// least the page size; default 4096). A record takes 40 bytes plus its frame's size
     /// class (128, 256, 512, 1024 or 2048 bytes): a DNS query 168 bytes, an HTTP request head
     /// ~552, a full-size frame 2,088. Size it for what arrives while the reader is away (it
-    /// is woken per an eighth of the ring pending, at most per 256 KiB, and polls every 100
+    /// is woken per an eighth of the ring pending, at most per 256 KiB, and polls every 200
     /// ms while records come): 50k hand-offs/s of 552 bytes put 256 KiB in it every ~10 ms,
-    /// ~2.7 MiB per poll. A full ring drops hand-offs, counted as `handoff_failed`;
-    /// give a busy link 16384 or more. RSS shows twice the size.
+    /// and the default holds ~150 ms of them. A full ring drops hand-offs, counted as
+    /// `handoff_failed`; give a busy link 16384 or more. RSS shows twice the size.
     #[arg(long = "payload-ring-kib", value_parser = parse_ring_kib)]
     pub payload_ring_kib: Option<u32>,
     /// KiB of the trail-hit ring (80 bytes a hit; default 512: ~6.5k hits; a full ring

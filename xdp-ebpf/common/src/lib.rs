@@ -297,9 +297,12 @@ pub mod wake {
     /// until 2026-12-04: 50 cut the reader's wake-ups on the NIC-like mix at 50k packets/s
     /// from 80 to 28 a second and its CPU by 8-21%; 50 until 2026-12-05: 100 cut them to 16
     /// a second and the sensor's CPU a packet on that mix from 177 to 129-136 ns, on DNS
-    /// hand-offs alone from 655 to 599, `cargo xtask ab`.) The AF_XDP transport's frame queue
-    /// wakes the loop per an eighth of its size too (`xsk::WAKE_FRAMES`).
-    pub const POLL_MS: u32 = 100;
+    /// hand-offs alone from 655 to 599; 100 until 2026-12-05 late: 200 cut the loop's context
+    /// switches in a run of that mix 523 -> 147 and its CPU a packet 113 -> 95 and 136 -> 102
+    /// ns inline, 225 -> 181 in mirror mode, DNS hand-offs the same, 647 vs 634, `cargo xtask
+    /// ab`.) The AF_XDP transport's frame queue wakes the loop per an eighth of its size too
+    /// (`xsk::WAKE_FRAMES`).
+    pub const POLL_MS: u32 = 200;
     /// How long (ms) the live reader sleeps once it has read nothing for two polls: a
     /// record then wakes it by the gap rule, so this bounds only the reader's own work
     /// between records (summaries, metrics, a stop the signal did not interrupt).

@@ -1001,7 +1001,10 @@ fn flood_scan_windows() {
         80_000,
     );
     assert!(peak <= 4 * 512 + 4, "{peak}");
-    assert!(peak > 2 * 512, "both sides of the tables filled: {peak}");
+    // Filled well past one side. The peak depends on the hasher's random seed: 1,026 in 199
+    // of 200 runs (1,006 in the other); below 2 x 512, the bound before, in 1 run of 300
+    // (862) and once in CI (852).
+    assert!(peak > 3 * 512 / 2, "the tables filled: {peak}");
     assert!(evicted(&tables, "scan_infection") > 0, "{tables:?}");
 }
 

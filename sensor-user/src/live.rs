@@ -171,10 +171,6 @@ const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// ([`POLL_MS`]) of log lines; the collector's spool is written apart.
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(50);
 
-/// Receive batches the AF_XDP transport may queue for the detector (of up to 64 frames; at
-/// most `xsk::MAX_QUEUED_FRAMES` frames in all): 8 s of batches of a few frames every 2 ms.
-const FRAME_QUEUE: usize = 4096;
-
 /// Totals at the end of a run. Every packet handed to userspace is accounted for:
 /// `payloads + xsk_frames = processed + queue_full` (malformed ring records and AF_XDP frames
 /// are in neither side: `malformed_records`), and the detector's own counters say how many
@@ -627,7 +623,7 @@ pub fn run(
     // Mirror mode: AF_XDP transport threads feed frames to this loop's detector, a receive
     // batch at a time; the loop sends each batch back for its buffers' reuse. A bounded
     // channel initialises every slot when made, so without AF_XDP the channels hold nothing.
-    let queue = if use_xsk { FRAME_QUEUE } else { 0 };
+    let queue = if use_xsk { xsk::MAX_QUEUED_BATCHES } else { 0 };
     let (frame_tx, frame_rx) = std::sync::mpsc::sync_channel::<xsk::FrameBatch>(queue);
     let (recycle_tx, recycle_rx) = std::sync::mpsc::sync_channel::<xsk::FrameBatch>(queue);
     let counters: Arc<xsk::TransportCounters> = Arc::default();
@@ -909,7 +905,8 @@ pub fn run(
             detector.tick(hits::unix_us_now(), &mut out);
         }
         // The collector's suppression list: a new version is installed before these events
-        // (and looked for at least every SUPPRESSIONS_EVERY while none come).
+        // (and, while none come, looked for at the first wake-up SUPPRESSIONS_EVERY after the
+        // last look).
         if !pending.is_empty() || last_suppressions.elapsed() >= SUPPRESSIONS_EVERY {
             last_suppressions = Instant::now();
             if let Some(list) = opts.publisher.as_ref().and_then(|p| p.suppressions()) {

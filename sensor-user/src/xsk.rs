@@ -40,10 +40,17 @@ fn frames_per_socket(sockets: usize) -> u32 {
 }
 /// Frames the detector's queue holds at most (batches of up to [`RX_BATCH`]).
 pub const MAX_QUEUED_FRAMES: u64 = 65_536;
+/// Receive batches the detector's queue holds at most (its channel's bound): 8 s of
+/// batches of a few frames every 2 ms.
+pub const MAX_QUEUED_BATCHES: usize = 4096;
 /// An awake loop is woken each time the frames queued for it cross a multiple of this (an
 /// eighth of the queue, as the rings are woken per an eighth of their size), so the queue
 /// never waits a whole poll to be drained.
 pub const WAKE_FRAMES: u64 = MAX_QUEUED_FRAMES / 8;
+/// Likewise per an eighth of [`MAX_QUEUED_BATCHES`] batches queued: batches of one or two
+/// frames (a trickle over many sockets) fill the channel before they reach
+/// [`WAKE_FRAMES`].
+const WAKE_BATCHES: u64 = MAX_QUEUED_BATCHES as u64 / 8;
 /// How often a transport thread reads its sockets' drop counters.
 const DROPS_EVERY: Duration = Duration::from_secs(1);
 /// Frames taken from one RX ring per pass.
@@ -185,7 +192,8 @@ pub struct TransportCounters {
 /// while the loop sleeps long writes an eventfd among the loop's pollfds. While the loop is
 /// awake it polls every `wake::POLL_MS` and takes what is queued then, as it does with ring
 /// records below their ring's threshold; a write is made only when the queue crosses a
-/// multiple of [`WAKE_FRAMES`], as a ring's threshold wakes the loop.
+/// multiple of [`WAKE_FRAMES`] frames or [`WAKE_BATCHES`] batches, as a ring's threshold
+/// wakes the loop.
 #[derive(Debug)]
 pub struct LoopWake {
     fd: OwnedFd,
@@ -193,6 +201,8 @@ pub struct LoopWake {
     idle: AtomicBool,
     /// Frames reserved by the threads and not yet taken by the loop.
     in_flight: AtomicU64,
+    /// Batches reserved and not yet taken.
+    batches: AtomicU64,
 }
 
 impl LoopWake {
@@ -209,20 +219,24 @@ impl LoopWake {
             fd,
             idle: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
         })
     }
 
-    /// A thread is about to queue `n` frames: `None` (nothing reserved) when the queue would
-    /// then hold more than [`MAX_QUEUED_FRAMES`], else whether they take it across a
-    /// multiple of [`WAKE_FRAMES`] (for [`LoopWake::queued`]). Reserved before the batch is
-    /// sent, so the count never falls below what the channel holds.
+    /// A thread is about to queue a batch of `n` frames: `None` (nothing reserved) when the
+    /// queue would then hold more than [`MAX_QUEUED_FRAMES`], else whether it takes the queue
+    /// across a multiple of [`WAKE_FRAMES`] frames or [`WAKE_BATCHES`] batches (for
+    /// [`LoopWake::queued`]). Reserved before the batch is sent, so the counts never fall
+    /// below what the channel holds.
     pub fn reserve(&self, n: u64) -> Option<bool> {
-        self.in_flight
+        let v = self
+            .in_flight
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
                 (v + n <= MAX_QUEUED_FRAMES).then_some(v + n)
             })
-            .ok()
-            .map(|v| v / WAKE_FRAMES != (v + n) / WAKE_FRAMES)
+            .ok()?;
+        let b = self.batches.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
+        Some(v / WAKE_FRAMES != (v + n) / WAKE_FRAMES || b % WAKE_BATCHES == 0)
     }
 
     /// A thread queued the frames it reserved: wakes the loop if it sleeps in an idle poll,
@@ -234,10 +248,11 @@ impl LoopWake {
         }
     }
 
-    /// `n` reserved frames are no longer in flight: the loop took them, or a thread's send
-    /// failed.
+    /// A reserved batch of `n` frames is no longer in flight: the loop took it, or a
+    /// thread's send failed.
     pub fn release(&self, n: u64) {
         self.in_flight.fetch_sub(n, Ordering::SeqCst);
+        self.batches.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// The descriptor the loop polls.
@@ -639,7 +654,9 @@ fn drain(s: &mut Xsk, ctx: &TransportContext) -> anyhow::Result<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::{split_meta, FrameBatch, LoopWake, Stamp, MAX_QUEUED_FRAMES, WAKE_FRAMES};
+    use super::{
+        split_meta, FrameBatch, LoopWake, Stamp, MAX_QUEUED_BATCHES, MAX_QUEUED_FRAMES, WAKE_FRAMES,
+    };
     use xtrail_common::{XskMeta, XSK_META_LEN, XSK_META_MAGIC};
 
     /// `frame` after a meta as the XDP program writes it.
@@ -753,7 +770,8 @@ mod tests {
         w.queued(false);
         assert!(!readable(&w), "the failed arm left the loop awake");
         // All taken: idle; the next batch wakes it, once.
-        w.release(4);
+        w.release(3);
+        w.release(1);
         assert!(w.arm());
         assert_eq!(w.reserve(2), Some(false));
         w.queued(false);
@@ -773,7 +791,9 @@ mod tests {
         assert_eq!(w.reserve(1), Some(false));
         w.queued(false);
         assert!(!readable(&w), "awake again: no write");
-        w.release(8);
+        for n in [2, 5, 1] {
+            w.release(n);
+        }
         assert!(w.arm());
         w.disarm(false);
         w.wake_now();
@@ -813,7 +833,31 @@ mod tests {
         assert_eq!(w.reserve(WAKE_FRAMES - 2), Some(false));
         assert_eq!(w.reserve(1), Some(true), "the second multiple");
         // Taken frames count down: the next crossing is from the new count.
-        w.release(2 * WAKE_FRAMES);
+        w.release(WAKE_FRAMES - 1);
+        w.release(2);
+        w.release(WAKE_FRAMES - 2);
+        w.release(1);
         assert_eq!(w.reserve(WAKE_FRAMES), Some(true));
+        w.release(WAKE_FRAMES);
+    }
+
+    #[test]
+    fn an_awake_loop_is_woken_per_eighth_of_the_batches() {
+        // Batches of one frame (a trickle over many sockets) fill the channel's
+        // MAX_QUEUED_BATCHES long before WAKE_FRAMES frames: their count wakes the loop too.
+        let w = LoopWake::new().unwrap();
+        let eighth = MAX_QUEUED_BATCHES as u64 / 8;
+        for _ in 1..eighth {
+            assert_eq!(w.reserve(1), Some(false));
+        }
+        assert_eq!(w.reserve(1), Some(true), "an eighth of the batches");
+        // Taken batches count down.
+        for _ in 0..eighth {
+            w.release(1);
+        }
+        for _ in 1..eighth {
+            assert_eq!(w.reserve(1), Some(false));
+        }
+        assert_eq!(w.reserve(1), Some(true));
     }
 }

@@ -236,7 +236,7 @@ impl LoopWake {
             })
             .ok()?;
         let b = self.batches.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
-        Some(v / WAKE_FRAMES != (v + n) / WAKE_FRAMES || b % WAKE_BATCHES == 0)
+        Some(v / WAKE_FRAMES != (v + n) / WAKE_FRAMES || b.is_multiple_of(WAKE_BATCHES))
     }
 
     /// A thread queued the frames it reserved: wakes the loop if it sleeps in an idle poll,

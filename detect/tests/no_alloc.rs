@@ -193,7 +193,7 @@ fn no_hit_path_allocates_nothing() {
     eth_v6.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 8, 58, 64]);
     eth_v6.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8].repeat(8));
     eth_v6.extend_from_slice(&[128, 0, 0, 0, 0, 0, 0, 1]);
-    let frames: Vec<(u32, Vec<u8>)> = vec![
+    let mut frames: Vec<(u32, Vec<u8>)> = vec![
         (101, ipv4(6, &tcp(443, 0x02, b""))),
         (101, ipv4(6, &tcp(443, 0x12, b""))),
         (101, ipv4(17, &udp(53, &dns_query("www.clean-site.org")))),
@@ -226,6 +226,11 @@ fn no_hit_path_allocates_nothing() {
         (101, ipv4(1, &[8, 0, 0, 0, 0, 1, 0, 1])),
         (1, eth_v6),
     ];
+    // More query types without a name: one digit, two, the largest.
+    for qtype in [0, 10, 65535] {
+        let q = xtrail_detect::protocols::dns::query_message(0x1234, "www.clean-site.org", qtype);
+        frames.push((101, ipv4(17, &udp(53, &q))));
+    }
     let mut events = 0u32;
     let mut sink = |_e: xtrail_detect::event::Event| events += 1;
     // Warm up: lazily grown buffers reach their size.

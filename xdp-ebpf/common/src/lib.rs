@@ -300,8 +300,9 @@ pub mod wake {
     /// hand-offs alone from 655 to 599; 100 until 2026-12-05 late: 200 cut the loop's context
     /// switches in a run of that mix 523 -> 147 and its CPU a packet 113 -> 95 and 136 -> 102
     /// ns inline, 225 -> 181 in mirror mode, DNS hand-offs the same, 647 vs 634, `cargo xtask
-    /// ab`.) The AF_XDP transport's frame queue wakes the loop per an eighth of its size too
-    /// (`xsk::WAKE_FRAMES`).
+    /// ab`.) The AF_XDP transport's frame queue wakes the loop per an eighth of its size too:
+    /// per 8,192 frames or 512 of its 4,096 batches queued (`xsk::WAKE_FRAMES`,
+    /// `xsk::WAKE_BATCHES`).
     pub const POLL_MS: u32 = 200;
     /// How long (ms) the live reader sleeps once it has read nothing for two polls: a
     /// record then wakes it by the gap rule, so this bounds only the reader's own work

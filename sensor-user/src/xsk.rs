@@ -38,19 +38,22 @@ fn frames_per_socket(sockets: usize) -> u32 {
         512
     }
 }
-/// Frames the detector's queue holds at most (batches of up to [`RX_BATCH`]).
+/// Frames the detector's queue holds at most (batches of up to [`RX_BATCH`]; a batch counts
+/// as at least [`MIN_BATCH_FRAMES`]).
 pub const MAX_QUEUED_FRAMES: u64 = 65_536;
 /// Receive batches the detector's queue holds at most (its channel's bound): 8 s of
 /// batches of a few frames every 2 ms.
 pub const MAX_QUEUED_BATCHES: usize = 4096;
+/// Frames a batch counts as in the queue's count at least: a batch of one frame takes one
+/// of [`MAX_QUEUED_BATCHES`] slots, so it counts as that slot's share of
+/// [`MAX_QUEUED_FRAMES`]. The count then bounds the batches too (the channel is never full
+/// before it), and one-frame batches (a trickle over many sockets) cross [`WAKE_FRAMES`]
+/// at an eighth of the slots.
+const MIN_BATCH_FRAMES: u64 = MAX_QUEUED_FRAMES / MAX_QUEUED_BATCHES as u64;
 /// An awake loop is woken each time the frames queued for it cross a multiple of this (an
 /// eighth of the queue, as the rings are woken per an eighth of their size), so the queue
 /// never waits a whole poll to be drained.
 pub const WAKE_FRAMES: u64 = MAX_QUEUED_FRAMES / 8;
-/// Likewise per an eighth of [`MAX_QUEUED_BATCHES`] batches queued: batches of one or two
-/// frames (a trickle over many sockets) fill the channel before they reach
-/// [`WAKE_FRAMES`].
-const WAKE_BATCHES: u64 = MAX_QUEUED_BATCHES as u64 / 8;
 /// How often a transport thread reads its sockets' drop counters.
 const DROPS_EVERY: Duration = Duration::from_secs(1);
 /// Frames taken from one RX ring per pass.
@@ -192,17 +195,15 @@ pub struct TransportCounters {
 /// while the loop sleeps long writes an eventfd among the loop's pollfds. While the loop is
 /// awake it polls every `wake::POLL_MS` and takes what is queued then, as it does with ring
 /// records below their ring's threshold; a write is made only when the queue crosses a
-/// multiple of [`WAKE_FRAMES`] frames or [`WAKE_BATCHES`] batches, as a ring's threshold
-/// wakes the loop.
+/// multiple of [`WAKE_FRAMES`], as a ring's threshold wakes the loop.
 #[derive(Debug)]
 pub struct LoopWake {
     fd: OwnedFd,
     /// Set by the loop before an idle poll; the first batch queued after it writes `fd`.
     idle: AtomicBool,
-    /// Frames reserved by the threads and not yet taken by the loop.
+    /// Frames reserved by the threads and not yet taken by the loop (a batch at least
+    /// [`MIN_BATCH_FRAMES`]).
     in_flight: AtomicU64,
-    /// Batches reserved and not yet taken.
-    batches: AtomicU64,
 }
 
 impl LoopWake {
@@ -219,24 +220,21 @@ impl LoopWake {
             fd,
             idle: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
-            batches: AtomicU64::new(0),
         })
     }
 
     /// A thread is about to queue a batch of `n` frames: `None` (nothing reserved) when the
     /// queue would then hold more than [`MAX_QUEUED_FRAMES`], else whether it takes the queue
-    /// across a multiple of [`WAKE_FRAMES`] frames or [`WAKE_BATCHES`] batches (for
-    /// [`LoopWake::queued`]). Reserved before the batch is sent, so the counts never fall
-    /// below what the channel holds.
+    /// across a multiple of [`WAKE_FRAMES`] (for [`LoopWake::queued`]). Reserved before the
+    /// batch is sent, so the count never falls below what the channel holds.
     pub fn reserve(&self, n: u64) -> Option<bool> {
-        let v = self
-            .in_flight
+        let n = n.max(MIN_BATCH_FRAMES);
+        self.in_flight
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
                 (v + n <= MAX_QUEUED_FRAMES).then_some(v + n)
             })
-            .ok()?;
-        let b = self.batches.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
-        Some(v / WAKE_FRAMES != (v + n) / WAKE_FRAMES || b.is_multiple_of(WAKE_BATCHES))
+            .ok()
+            .map(|v| v / WAKE_FRAMES != (v + n) / WAKE_FRAMES)
     }
 
     /// A thread queued the frames it reserved: wakes the loop if it sleeps in an idle poll,
@@ -251,8 +249,8 @@ impl LoopWake {
     /// A reserved batch of `n` frames is no longer in flight: the loop took it, or a
     /// thread's send failed.
     pub fn release(&self, n: u64) {
-        self.in_flight.fetch_sub(n, Ordering::SeqCst);
-        self.batches.fetch_sub(1, Ordering::SeqCst);
+        self.in_flight
+            .fetch_sub(n.max(MIN_BATCH_FRAMES), Ordering::SeqCst);
     }
 
     /// The descriptor the loop polls.
@@ -806,45 +804,51 @@ mod tests {
     #[test]
     fn the_queue_is_bounded_in_frames() {
         let w = LoopWake::new().unwrap();
-        assert!(w.reserve(MAX_QUEUED_FRAMES - 10).is_some());
-        assert_eq!(w.reserve(11), None, "past the bound: nothing reserved");
-        assert!(w.reserve(10).is_some());
+        assert!(w.reserve(MAX_QUEUED_FRAMES - 32).is_some());
+        assert_eq!(w.reserve(33), None, "past the bound: nothing reserved");
+        assert!(w.reserve(32).is_some());
         assert_eq!(w.reserve(1), None);
         // A send that failed gives its room back, as does a batch taken.
-        w.release(10);
-        w.release(MAX_QUEUED_FRAMES - 10);
+        w.release(32);
+        w.release(MAX_QUEUED_FRAMES - 32);
         assert!(w.arm(), "nothing in flight");
         w.disarm(false);
         assert!(w.reserve(MAX_QUEUED_FRAMES).is_some());
+        w.release(MAX_QUEUED_FRAMES);
+        // One-frame batches: no more than the channel's slots are reserved.
+        for _ in 0..MAX_QUEUED_BATCHES {
+            assert!(w.reserve(1).is_some());
+        }
+        assert_eq!(w.reserve(1), None, "every slot of the channel taken");
     }
 
     #[test]
     fn an_awake_loop_is_woken_per_eighth_of_the_queue() {
         let w = LoopWake::new().unwrap();
-        assert_eq!(w.reserve(WAKE_FRAMES - 1), Some(false));
+        assert_eq!(w.reserve(WAKE_FRAMES - 16), Some(false));
         w.queued(false);
         assert!(!readable(&w), "below an eighth: no write");
         // Across the first multiple: the thread writes once its frames are queued.
-        assert_eq!(w.reserve(2), Some(true));
+        assert_eq!(w.reserve(32), Some(true));
         w.queued(true);
         assert!(readable(&w));
         w.disarm(true);
         assert!(!readable(&w), "the wake-up was read");
-        assert_eq!(w.reserve(WAKE_FRAMES - 2), Some(false));
-        assert_eq!(w.reserve(1), Some(true), "the second multiple");
+        assert_eq!(w.reserve(WAKE_FRAMES - 32), Some(false));
+        assert_eq!(w.reserve(16), Some(true), "the second multiple");
         // Taken frames count down: the next crossing is from the new count.
-        w.release(WAKE_FRAMES - 1);
-        w.release(2);
-        w.release(WAKE_FRAMES - 2);
-        w.release(1);
+        w.release(WAKE_FRAMES - 16);
+        w.release(32);
+        w.release(WAKE_FRAMES - 32);
+        w.release(16);
         assert_eq!(w.reserve(WAKE_FRAMES), Some(true));
         w.release(WAKE_FRAMES);
     }
 
     #[test]
     fn an_awake_loop_is_woken_per_eighth_of_the_batches() {
-        // Batches of one frame (a trickle over many sockets) fill the channel's
-        // MAX_QUEUED_BATCHES long before WAKE_FRAMES frames: their count wakes the loop too.
+        // Batches of one frame (a trickle over many sockets) would fill the channel's
+        // MAX_QUEUED_BATCHES long before WAKE_FRAMES frames: each counts as a slot's share.
         let w = LoopWake::new().unwrap();
         let eighth = MAX_QUEUED_BATCHES as u64 / 8;
         for _ in 1..eighth {

@@ -301,8 +301,8 @@ pub mod wake {
     /// switches in a run of that mix 523 -> 147 and its CPU a packet 113 -> 95 and 136 -> 102
     /// ns inline, 225 -> 181 in mirror mode, DNS hand-offs the same, 647 vs 634, `cargo xtask
     /// ab`.) The AF_XDP transport's frame queue wakes the loop per an eighth of its size too:
-    /// per 8,192 frames or 512 of its 4,096 batches queued (`xsk::WAKE_FRAMES`,
-    /// `xsk::WAKE_BATCHES`).
+    /// per 8,192 frames queued, a batch counting as at least 16 (one of its 4,096 slots), so
+    /// per 512 one-frame batches (`xsk::WAKE_FRAMES`).
     pub const POLL_MS: u32 = 200;
     /// How long (ms) the live reader sleeps once it has read nothing for two polls: a
     /// record then wakes it by the gap rule, so this bounds only the reader's own work

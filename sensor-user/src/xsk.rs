@@ -50,6 +50,13 @@ pub const MAX_QUEUED_BATCHES: usize = 4096;
 /// before it), and one-frame batches (a trickle over many sockets) cross [`WAKE_FRAMES`]
 /// at an eighth of the slots.
 const MIN_BATCH_FRAMES: u64 = MAX_QUEUED_FRAMES / MAX_QUEUED_BATCHES as u64;
+/// What a batch of `n` frames counts as in the queue's frame count: at least
+/// [`MIN_BATCH_FRAMES`]. [`LoopWake::reserve`] and [`LoopWake::release`] both count by it,
+/// so a batch gives back what it took.
+fn counted(n: u64) -> u64 {
+    n.max(MIN_BATCH_FRAMES)
+}
+
 /// An awake loop is woken each time the frames queued for it cross a multiple of this (an
 /// eighth of the queue, as the rings are woken per an eighth of their size), so the queue
 /// never waits a whole poll to be drained.
@@ -228,7 +235,7 @@ impl LoopWake {
     /// across a multiple of [`WAKE_FRAMES`] (for [`LoopWake::queued`]). Reserved before the
     /// batch is sent, so the count never falls below what the channel holds.
     pub fn reserve(&self, n: u64) -> Option<bool> {
-        let n = n.max(MIN_BATCH_FRAMES);
+        let n = counted(n);
         self.in_flight
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
                 (v + n <= MAX_QUEUED_FRAMES).then_some(v + n)
@@ -249,8 +256,7 @@ impl LoopWake {
     /// A reserved batch of `n` frames is no longer in flight: the loop took it, or a
     /// thread's send failed.
     pub fn release(&self, n: u64) {
-        self.in_flight
-            .fetch_sub(n.max(MIN_BATCH_FRAMES), Ordering::SeqCst);
+        self.in_flight.fetch_sub(counted(n), Ordering::SeqCst);
     }
 
     /// The descriptor the loop polls.

@@ -30,9 +30,8 @@ pub struct Frame {
 
 /// Passes `v` through map memory (`scratch`, a word of this CPU's `PACKET` slot): the
 /// verifier knows nothing of a value read from a map, so the paths that reach the same point
-/// with different values (here one per sequence of IPv6 extension headers; in main.rs one per
-/// outcome of `hand_off`) become one state and are pruned, instead of each walking the rest
-/// of the program. Costs a store and a load.
+/// with different values (here one per sequence of IPv6 extension headers) become one state
+/// and are pruned, instead of each walking the rest of the program. Costs a store and a load.
 #[inline(always)]
 pub fn forget(scratch: &mut u64, v: u64) -> u64 {
     // SAFETY: a valid, aligned `u64`; volatile so that the store and load stay.

@@ -225,6 +225,13 @@ fn ebpf_loader() -> EbpfLoader<'static> {
     loader.unwrap_or_default()
 }
 
+/// The packet program's `verified_insns`.
+fn verified_instructions(ebpf: &Ebpf) -> Option<u32> {
+    ebpf.program(PROGRAM)
+        .and_then(|p| p.info().ok())
+        .and_then(|i| i.verified_instruction_count())
+}
+
 /// The interface index of `name`, if it exists.
 pub fn ifindex(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
@@ -314,10 +321,7 @@ impl Sensor {
             created.as_secs_f64(),
             filled.as_secs_f64(),
             verified.as_secs_f64(),
-            ebpf.program(PROGRAM)
-                .and_then(|p| p.info().ok())
-                .and_then(|i| i.verified_instruction_count())
-                .unwrap_or(0)
+            verified_instructions(&ebpf).unwrap_or(0)
         );
         let mut flags = 0;
         if opts.enforce {
@@ -534,6 +538,12 @@ impl Sensor {
             Ok(info) => (info.run_count(), info.run_time()),
             Err(_) => (0, Duration::ZERO),
         }
+    }
+
+    /// How many instructions the kernel's verifier walked to load the packet program (its
+    /// `verified_insns`; `None` where the kernel does not say).
+    pub fn verified_instructions(&self) -> Option<u32> {
+        verified_instructions(&self.ebpf)
     }
 
     /// Runs the program once over `frame` with BPF_PROG_TEST_RUN and returns its verdict.

@@ -121,10 +121,10 @@ macro_rules! privileged {
     };
 }
 
-/// The start's largest step is the kernel's verification of the program (~0.1 s of CPU for
+/// The kernel's verification of the program was the start's largest step (~0.1 s of CPU for
 /// 84,567 instructions while `hand_off` was a static BPF function, verified again for each
-/// state of its caller; ~0.035 s for ~29,000 since it is a global one, verified once).
-/// Verifying it again per call would bring the count back above the bound.
+/// state of its caller; ~0.03 s for ~29,000 since it is a global one, verified once).
+/// Verifying it again per caller state would bring the count back above the bound.
 #[test]
 fn program_verifies_in_bounded_work() {
     privileged!();

@@ -433,7 +433,8 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32, stats: Stats) -> u32 {
             // The verdict and the selector's epoch in one argument.
             let stamp =
                 u32::from(addrs) | (set & (trail_set::EPOCH_MASK << trail_set::EPOCH_SHIFT));
-            let v = hand_off(ctx.ctx, kind, stamp);
+            // SAFETY: this run's context.
+            let v = unsafe { hand_off(ctx.ctx, kind, stamp) };
             if v != NOT_HANDED_OFF {
                 if cfg.mode == mode::MIRROR {
                     verdict = v;
@@ -844,15 +845,16 @@ const NOT_HANDED_OFF: u32 = u32::MAX;
 /// or `NOT_HANDED_OFF`.
 ///
 /// A global BPF function (exported, so its BTF linkage is global): the kernel verifies it
-/// once, on its own, with its arguments as any values of their types. A static one (plain
-/// `#[inline(never)]`) is verified again for every distinct state of the caller at the
-/// call: 43-86 times, 43,000-53,000 of the 84,567 instructions verified (2026-12-06). So its
-/// arguments are those a global function may take (the context, scalars), it looks the
-/// configuration and counters up itself, and what it returns is a value the verifier knows
-/// nothing of, which makes the paths after the call one (see `parse::forget`).
+/// once, on its own; as a static one it was verified again for each state of its caller at
+/// the call (86 times, 53,140 of 84,567 instructions verified, 2026-12-06). It takes the
+/// context and scalars (a pointer to memory would need a null check here) and looks the
+/// configuration and counters up itself; the verifier knows nothing of what it returns.
+///
+/// # Safety
+/// `raw` is the context of the XDP run that calls it.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn hand_off(raw: *mut xdp_md, kind: u8, stamp: u32) -> u32 {
+pub unsafe extern "C" fn hand_off(raw: *mut xdp_md, kind: u8, stamp: u32) -> u32 {
     let ctx = &XdpContext::new(raw);
     let (Some(cfg), Some(stats)) = (CONFIG.get(0), Stats::get()) else {
         return NOT_HANDED_OFF;
@@ -865,11 +867,13 @@ pub extern "C" fn hand_off(raw: *mut xdp_md, kind: u8, stamp: u32) -> u32 {
         && cfg.flags & config_flags::XSK != 0
         && len + XSK_META_LEN as u64 <= u64::from(XSK_FRAME_ROOM)
     {
+        // SAFETY: the context pointer is valid for this run.
         let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
         let queue = ctx.rx_queue_index();
         // A queue without a socket slot is never redirected (the kernel would refuse the
         // frame at a socket bound to another queue): it goes by ring-buffer copy below.
         if let (Some(slot), true) = (
+            // SAFETY: the value is copied out at once, so no reference outlives a concurrent update.
             unsafe { IFSLOTS.get(&ifindex) }.copied(),
             queue < cfg.xsk_queues,
         ) {
@@ -902,6 +906,7 @@ pub extern "C" fn hand_off(raw: *mut xdp_md, kind: u8, stamp: u32) -> u32 {
     // verifier tracks (a mask), and equals `cap` whenever `cap` is non-zero.
     let n = (cap.wrapping_sub(1) & (PAYLOAD_CAP as u32 - 1)) + 1;
     let header = PayloadHeader {
+        // SAFETY: a helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         // SAFETY: the context pointer is valid for this run.
         ifindex: unsafe { (*ctx.ctx).ingress_ifindex },

@@ -222,6 +222,30 @@ fn no_hit_path_allocates_nothing() {
                 ),
             ),
         ),
+        // A query, then a query and a `//`: the URL candidates' rewritten paths (parameter
+        // values dropped, slashes collapsed) are built on the stack.
+        (
+            101,
+            ipv4(
+                6,
+                &tcp(
+                    80,
+                    0x18,
+                    b"GET /static/js/app.min.js?v=12345&lang=en HTTP/1.1\r\nHost: www.clean-site.org\r\nUser-Agent: x\r\n\r\n",
+                ),
+            ),
+        ),
+        (
+            101,
+            ipv4(
+                6,
+                &tcp(
+                    80,
+                    0x18,
+                    b"GET /a//b/search.php?q=shoes HTTP/1.1\r\nHost: www.clean-site.org\r\nUser-Agent: x\r\n\r\n",
+                ),
+            ),
+        ),
         (101, ipv4(6, &tcp(443, 0x18, &client_hello("www.clean-site.org")))),
         (101, ipv4(1, &[8, 0, 0, 0, 0, 1, 0, 1])),
         (1, eth_v6),

@@ -206,17 +206,90 @@ fn prefetch_bit(words: &[u64], h: u64) {
     }
 }
 
+/// Bytes of a path rewritten on the stack ([`PathOut`]): a live hand-off carries at most
+/// 2,048 bytes of its frame, so any request's path fits.
+const PATH_ROOM: usize = 2048;
+
+/// A path rewritten from pieces of a `&str` (neither rewrite lengthens it): built in a
+/// stack buffer, moved to the heap only when it outgrows the buffer, so that a request
+/// with a query or a `//` allocates nothing.
+struct PathOut<'b> {
+    buf: &'b mut [u8; PATH_ROOM],
+    len: usize,
+    heap: Option<String>,
+}
+
+impl<'b> PathOut<'b> {
+    fn new(buf: &'b mut [u8; PATH_ROOM]) -> Self {
+        PathOut {
+            buf,
+            len: 0,
+            heap: None,
+        }
+    }
+
+    /// The bytes pushed so far into the buffer, as a `&str`.
+    fn stacked(buf: &[u8], len: usize) -> &str {
+        let b = buf.get(..len).unwrap_or_default();
+        // SAFETY: `push` only writes whole `&str`s, one after the other, into `buf[..len]`:
+        // their concatenation is UTF-8.
+        unsafe { std::str::from_utf8_unchecked(b) }
+    }
+
+    fn push(&mut self, s: &str) {
+        if let Some(h) = &mut self.heap {
+            h.push_str(s);
+        } else if let Some(to) = self.buf.get_mut(self.len..self.len + s.len()) {
+            to.copy_from_slice(s.as_bytes());
+            self.len += s.len();
+        } else {
+            let mut h = String::with_capacity(self.len + s.len());
+            h.push_str(Self::stacked(&self.buf[..], self.len));
+            h.push_str(s);
+            self.heap = Some(h);
+        }
+    }
+
+    fn finish(self) -> Cow<'b, str> {
+        let PathOut { buf, len, heap } = self;
+        match heap {
+            Some(h) => Cow::Owned(h),
+            None => {
+                let buf: &'b [u8; PATH_ROOM] = buf;
+                Cow::Borrowed(Self::stacked(buf, len))
+            }
+        }
+    }
+}
+
+/// `path` with each `//` made `/`, left to right, as `str::replace("//", "/")`.
+fn collapse_slashes<'b>(path: &str, mut out: PathOut<'b>) -> Cow<'b, str> {
+    let b = path.as_bytes();
+    let (mut last, mut i) = (0, 0);
+    while i + 1 < b.len() {
+        if b[i] == b'/' && b[i + 1] == b'/' {
+            out.push(&path[last..i]);
+            out.push("/");
+            i += 2;
+            last = i;
+        } else {
+            i += 1;
+        }
+    }
+    out.push(&path[last..]);
+    out.finish()
+}
+
 /// Maltrail's `re.sub(r"(\w+=)[^&=]+", r"\g<1>", path)`: drops parameter values.
 /// (`\w` is taken as ASCII alphanumerics, `_`, and any non-ASCII byte.)
-fn strip_param_values(path: &str) -> String {
+fn strip_param_values<'b>(path: &str, mut out: PathOut<'b>) -> Cow<'b, str> {
     let b = path.as_bytes();
     let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
-    let mut out = String::with_capacity(path.len());
     let mut i = 0;
     while i < b.len() {
         if !is_word(b[i]) {
             let next = i + 1 + b[i + 1..].iter().take_while(|&&c| !is_word(c)).count();
-            out.push_str(&path[i..next]);
+            out.push(&path[i..next]);
             i = next;
             continue;
         }
@@ -226,18 +299,18 @@ fn strip_param_values(path: &str) -> String {
             && end + 1 < b.len()
             && !matches!(b[end + 1], b'&' | b'=')
         {
-            out.push_str(&path[i..=end]);
+            out.push(&path[i..=end]);
             let mut k = end + 1;
             while k < b.len() && !matches!(b[k], b'&' | b'=') {
                 k += 1;
             }
             i = k;
         } else {
-            out.push_str(&path[i..end]);
+            out.push(&path[i..end]);
             i = end;
         }
     }
-    out
+    out.finish()
 }
 
 /// `s.trim()`; without decoding characters when both ends are ASCII other than whitespace
@@ -525,16 +598,25 @@ impl UrlTrails {
         };
 
         let original = path;
+        // Zeroed only when used (a rewrite is rare, and 2 KiB each).
+        let (mut collapsed, mut unvalued);
         let (path, query): (Cow<'_, str>, _) = match scan_path(path.as_bytes()) {
             (true, _) => {
-                let p = path.replace("//", "/");
+                collapsed = [0u8; PATH_ROOM];
+                let p = collapse_slashes(path, PathOut::new(&mut collapsed));
                 let query = memchr::memchr(b'?', p.as_bytes());
-                (Cow::Owned(p), query)
+                (p, query)
             }
             (false, query) => (Cow::Borrowed(path), query),
         };
         let p: &str = &path;
-        let stripped: Option<String> = query.map(|_| strip_param_values(p));
+        let stripped = match query {
+            Some(_) => {
+                unvalued = [0u8; PATH_ROOM];
+                Some(strip_param_values(p, PathOut::new(&mut unvalued)))
+            }
+            None => None,
+        };
 
         let mut checks = Checks::default();
         let first = p.trim_end_matches('/');
@@ -1012,12 +1094,33 @@ mod tests {
         }
     }
 
+    fn unvalued(p: &str) -> String {
+        strip_param_values(p, PathOut::new(&mut [0; PATH_ROOM])).into_owned()
+    }
+
     #[test]
     fn param_values() {
-        assert_eq!(strip_param_values("/a.php?x=1&y=22"), "/a.php?x=&y=");
-        assert_eq!(strip_param_values("/a.php?x=&y=2"), "/a.php?x=&y=");
-        assert_eq!(strip_param_values("/a.php"), "/a.php");
-        assert_eq!(strip_param_values("/é.php?ü=ö"), "/é.php?ü=");
+        assert_eq!(unvalued("/a.php?x=1&y=22"), "/a.php?x=&y=");
+        assert_eq!(unvalued("/a.php?x=&y=2"), "/a.php?x=&y=");
+        assert_eq!(unvalued("/a.php"), "/a.php");
+        assert_eq!(unvalued("/é.php?ü=ö"), "/é.php?ü=");
+        // Longer than the stack buffer: finished on the heap, the same.
+        let long = format!("/{}.php?x=1&y=22", "é".repeat(PATH_ROOM));
+        assert_eq!(
+            unvalued(&long),
+            format!("/{}.php?x=&y=", "é".repeat(PATH_ROOM))
+        );
+    }
+
+    #[test]
+    fn slashes_collapse_as_str_replace() {
+        for p in ["//", "///", "////a", "/a//b///c", "a", "", "/é//ü/", "/x/"] {
+            let once =
+                |p: &str| collapse_slashes(p, PathOut::new(&mut [0; PATH_ROOM])).into_owned();
+            assert_eq!(once(p), p.replace("//", "/"), "{p}");
+            let long = format!("{p}{}", "/a//".repeat(PATH_ROOM));
+            assert_eq!(once(&long), long.replace("//", "/"));
+        }
         assert_eq!(annotate("h/a/h/b", "/h"), "(h/a)/h(/b)");
     }
 }

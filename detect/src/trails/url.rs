@@ -207,7 +207,7 @@ fn prefetch_bit(words: &[u64], h: u64) {
 }
 
 /// Bytes of a path rewritten on the stack ([`PathOut`]): a live hand-off carries at most
-/// 2,048 bytes of its frame, so any request's path fits.
+/// 2,048 bytes of its frame, so most paths fit; a longer one goes to the heap.
 const PATH_ROOM: usize = 2048;
 
 /// A path rewritten from pieces of a `&str` (neither rewrite lengthens it): built in a
@@ -228,11 +228,14 @@ impl<'b> PathOut<'b> {
         }
     }
 
-    /// The bytes pushed so far into the buffer, as a `&str`.
-    fn stacked(buf: &[u8], len: usize) -> &str {
+    /// `buf[..len]` as a `&str`.
+    ///
+    /// # Safety
+    /// `buf[..len]` is UTF-8.
+    unsafe fn stacked(buf: &[u8], len: usize) -> &str {
+        debug_assert!(len <= buf.len());
         let b = buf.get(..len).unwrap_or_default();
-        // SAFETY: `push` only writes whole `&str`s, one after the other, into `buf[..len]`:
-        // their concatenation is UTF-8.
+        // SAFETY: UTF-8, by the caller's contract.
         unsafe { std::str::from_utf8_unchecked(b) }
     }
 
@@ -244,7 +247,8 @@ impl<'b> PathOut<'b> {
             self.len += s.len();
         } else {
             let mut h = String::with_capacity(self.len + s.len());
-            h.push_str(Self::stacked(&self.buf[..], self.len));
+            // SAFETY: `buf[..len]` only ever receives whole `&str`s, one after another.
+            h.push_str(unsafe { Self::stacked(&self.buf[..], self.len) });
             h.push_str(s);
             self.heap = Some(h);
         }
@@ -256,7 +260,8 @@ impl<'b> PathOut<'b> {
             Some(h) => Cow::Owned(h),
             None => {
                 let buf: &'b [u8; PATH_ROOM] = buf;
-                Cow::Borrowed(Self::stacked(buf, len))
+                // SAFETY: as in `push`.
+                Cow::Borrowed(unsafe { Self::stacked(buf, len) })
             }
         }
     }
@@ -505,8 +510,8 @@ impl UrlTrails {
     /// [`UrlCandidates::WithExtras`] appends the path as sent (a trailing `/` kept) and its
     /// parent directory with the trailing `/`. Each candidate is tried bare, then with the
     /// host prefixed; finally a `host/` trail matches any request to that host. Matching is
-    /// case-insensitive (trails are stored lowercased). Allocates only on a hit, or for a
-    /// path with `//`, query parameters or upper-case letters.
+    /// case-insensitive (trails are stored lowercased). Allocates only on a hit, for a path
+    /// with upper-case letters, or for one longer than 2 KiB with `//` or a query.
     pub fn lookup_candidates(
         &self,
         host: Option<&str>,
@@ -598,7 +603,7 @@ impl UrlTrails {
         };
 
         let original = path;
-        // Zeroed only when used (a rewrite is rare, and 2 KiB each).
+        // Zeroed only when used.
         let (mut collapsed, mut unvalued);
         let (path, query): (Cow<'_, str>, _) = match scan_path(path.as_bytes()) {
             (true, _) => {
@@ -1110,6 +1115,7 @@ mod tests {
             unvalued(&long),
             format!("/{}.php?x=&y=", "é".repeat(PATH_ROOM))
         );
+        assert_eq!(annotate("h/a/h/b", "/h"), "(h/a)/h(/b)");
     }
 
     #[test]
@@ -1121,6 +1127,5 @@ mod tests {
             let long = format!("{p}{}", "/a//".repeat(PATH_ROOM));
             assert_eq!(once(&long), long.replace("//", "/"));
         }
-        assert_eq!(annotate("h/a/h/b", "/h"), "(h/a)/h(/b)");
     }
 }

@@ -5,6 +5,7 @@
 //! `tests/url_candidates_fp.rs` for the measured rate).
 
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use super::table::{KeyHasher, LayoutError, SharedBytes, StrTable};
@@ -210,17 +211,27 @@ fn prefetch_bit(words: &[u64], h: u64) {
 /// 2,048 bytes of its frame, so most paths fit; a longer one goes to the heap.
 const PATH_ROOM: usize = 2048;
 
+/// Stack room for [`PathOut`], left uninitialised: only what a rewrite writes is read.
+type PathRoom = [MaybeUninit<u8>; PATH_ROOM];
+
+/// Uninitialised room for [`PathOut::new`] (nothing is written until a rewrite pushes).
+const fn path_room() -> PathRoom {
+    [MaybeUninit::uninit(); PATH_ROOM]
+}
+
 /// A path rewritten from pieces of a `&str` (neither rewrite lengthens it): built in a
 /// stack buffer, moved to the heap only when it outgrows the buffer, so that a request
-/// with a query or a `//` allocates nothing.
+/// with a query or a `//` allocates nothing. The buffer is not zeroed first.
 struct PathOut<'b> {
-    buf: &'b mut [u8; PATH_ROOM],
+    /// `buf[..len]` is initialised and UTF-8: it only ever receives whole `&str`s, one
+    /// after another.
+    buf: &'b mut PathRoom,
     len: usize,
     heap: Option<String>,
 }
 
 impl<'b> PathOut<'b> {
-    fn new(buf: &'b mut [u8; PATH_ROOM]) -> Self {
+    fn new(buf: &'b mut PathRoom) -> Self {
         PathOut {
             buf,
             len: 0,
@@ -231,23 +242,26 @@ impl<'b> PathOut<'b> {
     /// `buf[..len]` as a `&str`.
     ///
     /// # Safety
-    /// `buf[..len]` is UTF-8.
-    unsafe fn stacked(buf: &[u8], len: usize) -> &str {
+    /// `buf[..len]` is initialised and UTF-8.
+    unsafe fn stacked(buf: &[MaybeUninit<u8>], len: usize) -> &str {
         debug_assert!(len <= buf.len());
         let b = buf.get(..len).unwrap_or_default();
-        // SAFETY: UTF-8, by the caller's contract.
-        unsafe { std::str::from_utf8_unchecked(b) }
+        // SAFETY: initialised and UTF-8, by the caller's contract; `MaybeUninit<u8>` has
+        // `u8`'s layout.
+        unsafe { std::str::from_utf8_unchecked(&*(std::ptr::from_ref(b) as *const [u8])) }
     }
 
     fn push(&mut self, s: &str) {
         if let Some(h) = &mut self.heap {
             h.push_str(s);
         } else if let Some(to) = self.buf.get_mut(self.len..self.len + s.len()) {
-            to.copy_from_slice(s.as_bytes());
+            for (t, &b) in to.iter_mut().zip(s.as_bytes()) {
+                *t = MaybeUninit::new(b);
+            }
             self.len += s.len();
         } else {
             let mut h = String::with_capacity(self.len + s.len());
-            // SAFETY: `buf[..len]` only ever receives whole `&str`s, one after another.
+            // SAFETY: the field's invariant.
             h.push_str(unsafe { Self::stacked(&self.buf[..], self.len) });
             h.push_str(s);
             self.heap = Some(h);
@@ -259,8 +273,8 @@ impl<'b> PathOut<'b> {
         match heap {
             Some(h) => Cow::Owned(h),
             None => {
-                let buf: &'b [u8; PATH_ROOM] = buf;
-                // SAFETY: as in `push`.
+                let buf: &'b PathRoom = buf;
+                // SAFETY: the field's invariant.
                 Cow::Borrowed(unsafe { Self::stacked(buf, len) })
             }
         }
@@ -286,35 +300,33 @@ fn collapse_slashes<'b>(path: &str, mut out: PathOut<'b>) -> Cow<'b, str> {
 }
 
 /// Maltrail's `re.sub(r"(\w+=)[^&=]+", r"\g<1>", path)`: drops parameter values.
-/// (`\w` is taken as ASCII alphanumerics, `_`, and any non-ASCII byte.)
+/// (`\w` is taken as ASCII alphanumerics, `_`, and any non-ASCII byte.) The regex's matches
+/// are the `=`s after a word byte and before a byte other than `&` and `=`; the value runs to
+/// the next `&` or `=`. A match never starts inside the one before: that ends at an `&`, an
+/// `=` or the end, and a word byte right before the next `=` lies past it.
 fn strip_param_values<'b>(path: &str, mut out: PathOut<'b>) -> Cow<'b, str> {
     let b = path.as_bytes();
     let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
-    let mut i = 0;
-    while i < b.len() {
-        if !is_word(b[i]) {
-            let next = i + 1 + b[i + 1..].iter().take_while(|&&c| !is_word(c)).count();
-            out.push(&path[i..next]);
-            i = next;
-            continue;
-        }
-        let end = i + b[i..].iter().take_while(|&&c| is_word(c)).count();
-        if end < b.len()
-            && b[end] == b'='
-            && end + 1 < b.len()
-            && !matches!(b[end + 1], b'&' | b'=')
-        {
-            out.push(&path[i..=end]);
-            let mut k = end + 1;
-            while k < b.len() && !matches!(b[k], b'&' | b'=') {
-                k += 1;
-            }
-            i = k;
+    // `path[kept..]` is not written yet; the next `=` is searched from `at`.
+    let (mut kept, mut at) = (0, 0);
+    while let Some(eq) = b
+        .get(at..)
+        .and_then(|r| memchr::memchr(b'=', r))
+        .map(|e| at + e)
+    {
+        let keyed = eq > at && b.get(eq - 1).is_some_and(|&c| is_word(c));
+        let valued = b.get(eq + 1).is_some_and(|&c| c != b'&' && c != b'=');
+        if keyed && valued {
+            // Up to the `=` (an ASCII byte: a `char` boundary, as is the value's end).
+            out.push(path.get(kept..=eq).unwrap_or_default());
+            let value = b.get(eq + 1..).unwrap_or_default();
+            kept = eq + 1 + memchr::memchr2(b'&', b'=', value).unwrap_or(value.len());
+            at = kept;
         } else {
-            out.push(&path[i..end]);
-            i = end;
+            at = eq + 1;
         }
     }
+    out.push(path.get(kept..).unwrap_or_default());
     out.finish()
 }
 
@@ -603,11 +615,11 @@ impl UrlTrails {
         };
 
         let original = path;
-        // Zeroed only when used.
+        // Set (uninitialised) only when used.
         let (mut collapsed, mut unvalued);
         let (path, query): (Cow<'_, str>, _) = match scan_path(path.as_bytes()) {
             (true, _) => {
-                collapsed = [0u8; PATH_ROOM];
+                collapsed = path_room();
                 let p = collapse_slashes(path, PathOut::new(&mut collapsed));
                 let query = memchr::memchr(b'?', p.as_bytes());
                 (p, query)
@@ -617,7 +629,7 @@ impl UrlTrails {
         let p: &str = &path;
         let stripped = match query {
             Some(_) => {
-                unvalued = [0u8; PATH_ROOM];
+                unvalued = path_room();
                 Some(strip_param_values(p, PathOut::new(&mut unvalued)))
             }
             None => None,
@@ -1100,7 +1112,7 @@ mod tests {
     }
 
     fn unvalued(p: &str) -> String {
-        strip_param_values(p, PathOut::new(&mut [0; PATH_ROOM])).into_owned()
+        strip_param_values(p, PathOut::new(&mut path_room())).into_owned()
     }
 
     #[test]
@@ -1118,11 +1130,34 @@ mod tests {
         assert_eq!(annotate("h/a/h/b", "/h"), "(h/a)/h(/b)");
     }
 
+    /// The regex Maltrail runs, with `\w` as [`strip_param_values`] takes it, against it on
+    /// every string of up to 7 characters over an alphabet of each kind of byte it tells
+    /// apart.
+    #[test]
+    fn param_values_as_the_regex() {
+        let re = regex::bytes::Regex::new(r"(?-u)([0-9A-Za-z_\x80-\xff]+=)[^&=]+").expect("regex");
+        let alphabet = ['a', '_', '1', '=', '&', '?', '/', 'é', '.'];
+        let mut s = String::new();
+        let mut checked = 0;
+        for len in 0..=7u32 {
+            for mut n in 0..alphabet.len().pow(len) {
+                s.clear();
+                for _ in 0..len {
+                    s.push(alphabet[n % alphabet.len()]);
+                    n /= alphabet.len();
+                }
+                let want = re.replace_all(s.as_bytes(), &b"$1"[..]);
+                assert_eq!(unvalued(&s).as_bytes(), &want[..], "{s}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 5_000_000);
+    }
+
     #[test]
     fn slashes_collapse_as_str_replace() {
         for p in ["//", "///", "////a", "/a//b///c", "a", "", "/é//ü/", "/x/"] {
-            let once =
-                |p: &str| collapse_slashes(p, PathOut::new(&mut [0; PATH_ROOM])).into_owned();
+            let once = |p: &str| collapse_slashes(p, PathOut::new(&mut path_room())).into_owned();
             assert_eq!(once(p), p.replace("//", "/"), "{p}");
             let long = format!("{p}{}", "/a//".repeat(PATH_ROOM));
             assert_eq!(once(&long), long.replace("//", "/"));

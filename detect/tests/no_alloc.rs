@@ -443,7 +443,7 @@ fn full_tree_with_heuristics_allocates_nothing_per_clean_packet() {
             events.push(e)
         });
     }
-    let mut per_kind = [(0u64, 0u64); 5];
+    let mut per_kind = [(0u64, 0u64); KINDS.len()];
     let measured = if std::env::var_os("XTRAIL_ALLOC_SITES").is_some() {
         300
     } else {

@@ -25,12 +25,21 @@ pub enum Kind {
     Dns,
     /// An HTTP GET over TCP port 80.
     Http,
+    /// An HTTP GET over TCP port 80 whose target carries a query (`?v=N&lang=en`).
+    HttpQuery,
     /// A TLS ClientHello over TCP port 443.
     Tls,
 }
 
 /// Kinds in order, for reports.
-pub const KINDS: [Kind; 5] = [Kind::Tcp, Kind::Udp, Kind::Dns, Kind::Http, Kind::Tls];
+pub const KINDS: [Kind; 6] = [
+    Kind::Tcp,
+    Kind::Udp,
+    Kind::Dns,
+    Kind::Http,
+    Kind::HttpQuery,
+    Kind::Tls,
+];
 
 /// The generator: a xorshift state and the population.
 pub struct CleanTraffic {
@@ -134,11 +143,15 @@ impl CleanTraffic {
                     &xtrail_detect::protocols::dns::query_message(id, &name, 1),
                 )
             }
-            Kind::Http => {
+            Kind::Http | Kind::HttpQuery => {
                 let host = self.name();
                 let n = self.next() % 1_000_000;
+                let query = match kind {
+                    Kind::HttpQuery => format!("?v={}&lang=en", self.next() % 100_000),
+                    _ => String::new(),
+                };
                 let req = format!(
-                    "GET /static/{n}.js HTTP/1.1\r\nHost: {host}\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\nAccept: */*\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n\r\n"
+                    "GET /static/{n}.js{query} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\nAccept: */*\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n\r\n"
                 );
                 tcp(src, dst, sport, 80, 0x18, req.as_bytes())
             }
@@ -167,14 +180,15 @@ impl CleanTraffic {
         tcp(self.clients[c], self.servers[s], sport, dport, 0x02, &[])
     }
 
-    /// The bench's mix proportions: 70% background (half TCP, half UDP), 15% DNS, 10% HTTP,
-    /// 5% TLS.
+    /// The bench's mix proportions: 70% background (half TCP, half UDP), 15% DNS, 10% HTTP
+    /// (half of it with a query), 5% TLS.
     pub fn mixed(&mut self) -> (Kind, Vec<u8>) {
         let kind = match self.next() % 100 {
             0..=34 => Kind::Tcp,
             35..=69 => Kind::Udp,
             70..=84 => Kind::Dns,
-            85..=94 => Kind::Http,
+            85..=89 => Kind::Http,
+            90..=94 => Kind::HttpQuery,
             _ => Kind::Tls,
         };
         (kind, self.frame(kind))

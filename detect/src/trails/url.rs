@@ -255,9 +255,7 @@ impl<'b> PathOut<'b> {
         if let Some(h) = &mut self.heap {
             h.push_str(s);
         } else if let Some(to) = self.buf.get_mut(self.len..self.len + s.len()) {
-            for (t, &b) in to.iter_mut().zip(s.as_bytes()) {
-                *t = MaybeUninit::new(b);
-            }
+            to.write_copy_of_slice(s.as_bytes());
             self.len += s.len();
         } else {
             let mut h = String::with_capacity(self.len + s.len());
@@ -307,20 +305,19 @@ fn collapse_slashes<'b>(path: &str, mut out: PathOut<'b>) -> Cow<'b, str> {
 fn strip_param_values<'b>(path: &str, mut out: PathOut<'b>) -> Cow<'b, str> {
     let b = path.as_bytes();
     let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
-    // `path[kept..]` is not written yet; the next `=` is searched from `at`.
+    // `path[kept..]` is not written yet; the next `=` is searched from `at`. (Byte loops:
+    // paths are short, and a `memchr` call costs more than the bytes it would skip.)
     let (mut kept, mut at) = (0, 0);
-    while let Some(eq) = b
-        .get(at..)
-        .and_then(|r| memchr::memchr(b'=', r))
-        .map(|e| at + e)
-    {
+    while let Some(eq) = b.get(at..).and_then(|r| r.iter().position(|&c| c == b'=')) {
+        let eq = at + eq;
         let keyed = eq > at && b.get(eq - 1).is_some_and(|&c| is_word(c));
         let valued = b.get(eq + 1).is_some_and(|&c| c != b'&' && c != b'=');
         if keyed && valued {
             // Up to the `=` (an ASCII byte: a `char` boundary, as is the value's end).
             out.push(path.get(kept..=eq).unwrap_or_default());
             let value = b.get(eq + 1..).unwrap_or_default();
-            kept = eq + 1 + memchr::memchr2(b'&', b'=', value).unwrap_or(value.len());
+            let len = value.iter().position(|&c| c == b'&' || c == b'=');
+            kept = eq + 1 + len.unwrap_or(value.len());
             at = kept;
         } else {
             at = eq + 1;

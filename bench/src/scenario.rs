@@ -205,8 +205,8 @@ pub fn background_only(seed: u64, n: usize, is_trail: &dyn Fn(Ipv4Addr) -> bool)
     }
 }
 
-/// Scenario 2: ~70% background, 15% DNS, 10% HTTP (half the clean requests with a query), 3%
-/// TLS ClientHello, 2% to IP trails; about
+/// Scenario 2: ~70% background, 15% DNS, 10% HTTP (half the clean requests with a query, to
+/// 1,000 host names), 3% TLS ClientHello, 2% to IP trails; about
 /// `malicious_share` of the DNS names, URLs and SNIs are drawn from the trails (with `www.`
 /// subdomains for half the domains). Each malicious item appears once.
 pub fn mix(
@@ -262,15 +262,16 @@ pub fn mix(
                 });
                 (h, p)
             } else {
-                // Half with a query, as real requests often carry one (its value from the
-                // same draw: the rest of the mix stays as it was).
+                // Half with a query, as real requests often carry one, to one of 1,000 web
+                // servers' names (both from the same draw: the rest of the mix stays as it
+                // was).
                 let n = rng.below(1_000_000);
                 let path = if n.is_multiple_of(2) {
                     format!("/static/{n}.js?v={}&lang=en", n % 100_000)
                 } else {
                     format!("/static/{n}.js")
                 };
-                ("www.bench-clean.net".to_string(), path)
+                (format!("www{}.bench-clean.net", n / 2 % 1_000), path)
             };
             let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: Mozilla/5.0\r\nAccept: */*\r\n\r\n");
             Frame::tcp(src, sport, server, 80, tcp_flags::PSH | tcp_flags::ACK)

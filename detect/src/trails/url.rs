@@ -246,9 +246,8 @@ impl<'b> PathOut<'b> {
     unsafe fn stacked(buf: &[MaybeUninit<u8>], len: usize) -> &str {
         debug_assert!(len <= buf.len());
         let b = buf.get(..len).unwrap_or_default();
-        // SAFETY: initialised and UTF-8, by the caller's contract; `MaybeUninit<u8>` has
-        // `u8`'s layout.
-        unsafe { std::str::from_utf8_unchecked(&*(std::ptr::from_ref(b) as *const [u8])) }
+        // SAFETY: initialised and UTF-8, by the caller's contract.
+        unsafe { std::str::from_utf8_unchecked(b.assume_init_ref()) }
     }
 
     fn push(&mut self, s: &str) {
@@ -299,9 +298,9 @@ fn collapse_slashes<'b>(path: &str, mut out: PathOut<'b>) -> Cow<'b, str> {
 
 /// Maltrail's `re.sub(r"(\w+=)[^&=]+", r"\g<1>", path)`: drops parameter values.
 /// (`\w` is taken as ASCII alphanumerics, `_`, and any non-ASCII byte.) The regex's matches
-/// are the `=`s after a word byte and before a byte other than `&` and `=`; the value runs to
-/// the next `&` or `=`. A match never starts inside the one before: that ends at an `&`, an
-/// `=` or the end, and a word byte right before the next `=` lies past it.
+/// are the `=`s whose key byte (a word byte just before) lies past the previous match and
+/// which a byte other than `&` and `=` follows; the value runs to the next `&` or `=`
+/// (`a=b=c` gives `a==c`: the second `=`'s key byte is in the first match's value).
 fn strip_param_values<'b>(path: &str, mut out: PathOut<'b>) -> Cow<'b, str> {
     let b = path.as_bytes();
     let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
@@ -612,7 +611,7 @@ impl UrlTrails {
         };
 
         let original = path;
-        // Set (uninitialised) only when used.
+        // Stack room (uninitialised), taken only when used.
         let (mut collapsed, mut unvalued);
         let (path, query): (Cow<'_, str>, _) = match scan_path(path.as_bytes()) {
             (true, _) => {
@@ -1118,12 +1117,15 @@ mod tests {
         assert_eq!(unvalued("/a.php?x=&y=2"), "/a.php?x=&y=");
         assert_eq!(unvalued("/a.php"), "/a.php");
         assert_eq!(unvalued("/é.php?ü=ö"), "/é.php?ü=");
-        // Longer than the stack buffer: finished on the heap, the same.
+        // Longer than the stack buffer: finished on the heap, the same (from the first push,
+        // and after pieces on the stack).
         let long = format!("/{}.php?x=1&y=22", "é".repeat(PATH_ROOM));
         assert_eq!(
             unvalued(&long),
             format!("/{}.php?x=&y=", "é".repeat(PATH_ROOM))
         );
+        let spilled = format!("/a.php?{}", "x=1&".repeat(700));
+        assert_eq!(unvalued(&spilled), format!("/a.php?{}", "x=&".repeat(700)));
         assert_eq!(annotate("h/a/h/b", "/h"), "(h/a)/h(/b)");
     }
 

@@ -400,95 +400,12 @@ pub fn quic_client_initial(sni: &str) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// A ClientHello record as current Chrome sends it (TLS 1.3 with the post-quantum hybrid key
-/// share X25519MLKEM768: 1,216 + 32 bytes of key share, GREASE values, a GREASE ECH
-/// extension, no padding): about 1.8 KB, two TCP segments. Chrome randomises the extension
-/// order; this one puts `server_name` after the key share and ECH, so a split at a
-/// typical MSS (1,448) or earlier leaves the name in the second segment
-/// ([`chrome_sni_offset`] says where it starts).
+/// A ClientHello record as current Chrome sends it, about 1.8 KB: two TCP segments, the
+/// server name in the second at a typical MSS
+/// ([`xtrail_detect::protocols::tls::browser_client_hello`] with its post-quantum key share;
+/// [`chrome_sni_offset`] says where the name starts).
 pub fn chrome_client_hello(sni: &str) -> Vec<u8> {
-    // Deterministic "random" bytes.
-    let mut x = 0x9e37_79b9u32;
-    let mut noise = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect()
-    };
-    fn ext(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
-        out.extend_from_slice(&kind.to_be_bytes());
-        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
-        out.extend_from_slice(data);
-    }
-    fn vec16(data: &[u8]) -> Vec<u8> {
-        let mut v = (data.len() as u16).to_be_bytes().to_vec();
-        v.extend_from_slice(data);
-        v
-    }
-    let mut exts = Vec::new();
-    ext(&mut exts, 0x2a2a, &[]); // GREASE
-    ext(&mut exts, 0x0017, &[]); // extended_master_secret
-    ext(&mut exts, 0xff01, &[0]); // renegotiation_info
-    ext(
-        &mut exts,
-        0x000a, // supported_groups: GREASE, X25519MLKEM768, x25519, secp256r1, secp384r1
-        &vec16(&[0x4a, 0x4a, 0x11, 0xec, 0x00, 0x1d, 0x00, 0x17, 0x00, 0x18]),
-    );
-    ext(&mut exts, 0x000b, &[1, 0]); // ec_point_formats
-    ext(&mut exts, 0x0023, &[]); // session_ticket
-    ext(&mut exts, 0x0010, &vec16(b"\x02h2\x08http/1.1")); // ALPN
-    ext(&mut exts, 0x0005, &[1, 0, 0, 0, 0]); // status_request
-    ext(
-        &mut exts,
-        0x000d, // signature_algorithms
-        &vec16(&[
-            0x04, 0x03, 0x08, 0x04, 0x04, 0x01, 0x05, 0x03, 0x08, 0x05, 0x05, 0x01, 0x08, 0x06,
-            0x06, 0x01,
-        ]),
-    );
-    ext(&mut exts, 0x0012, &[]); // signed_certificate_timestamp
-    let mut shares = vec![0x4a, 0x4a, 0, 1, 0]; // GREASE share
-    shares.extend_from_slice(&[0x11, 0xec]);
-    shares.extend_from_slice(&1216u16.to_be_bytes());
-    shares.extend(noise(1216)); // ML-KEM-768 encapsulation key (1184) + X25519 (32)
-    shares.extend_from_slice(&[0x00, 0x1d, 0x00, 0x20]);
-    shares.extend(noise(32));
-    ext(&mut exts, 0x0033, &vec16(&shares)); // key_share
-    ext(&mut exts, 0x002d, &[1, 1]); // psk_key_exchange_modes
-    ext(&mut exts, 0x002b, &[6, 0x3a, 0x3a, 3, 4, 3, 3]); // supported_versions
-    ext(&mut exts, 0x001b, &[2, 0, 2]); // compress_certificate: brotli
-    ext(&mut exts, 0x44cd, &vec16(b"\x02h2")); // application_settings
-    let mut ech = vec![0, 0, 1, 0, 1, 0x6f, 0, 0x20]; // outer, HKDF-SHA256, AES-128-GCM
-    ech.extend(noise(32));
-    ech.extend_from_slice(&176u16.to_be_bytes());
-    ech.extend(noise(176));
-    ext(&mut exts, 0xfe0d, &ech); // encrypted_client_hello (GREASE)
-    let name = sni.as_bytes();
-    let mut sn = vec![0];
-    sn.extend_from_slice(&vec16(name));
-    ext(&mut exts, 0x0000, &vec16(&sn)); // server_name
-    ext(&mut exts, 0x7a7a, &[0]); // GREASE
-    let mut body = vec![3, 3];
-    body.extend(noise(32)); // random
-    body.push(32);
-    body.extend(noise(32)); // session id
-    body.extend_from_slice(&vec16(&[
-        0x8a, 0x8a, 0x13, 0x01, 0x13, 0x02, 0x13, 0x03, 0xc0, 0x2b, 0xc0, 0x2f, 0xc0, 0x2c, 0xc0,
-        0x30, 0xcc, 0xa9, 0xcc, 0xa8, 0xc0, 0x13, 0xc0, 0x14, 0x00, 0x9c, 0x00, 0x9d, 0x00, 0x2f,
-        0x00, 0x35,
-    ]));
-    body.extend_from_slice(&[1, 0]); // compression: null
-    body.extend_from_slice(&vec16(&exts));
-    let mut hs = vec![1];
-    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    hs.extend_from_slice(&body);
-    let mut rec = vec![0x16, 0x03, 0x01];
-    rec.extend_from_slice(&vec16(&hs));
-    rec
+    xtrail_detect::protocols::tls::browser_client_hello(sni, true)
 }
 
 /// The two QUIC v1 client Initial datagrams (UDP payloads) that carry

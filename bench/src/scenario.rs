@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use xtrail_detect::trails::TrailSet;
 use xtrail_detect::whitelist::{is_ignored_suffix, Whitelist};
 
-use crate::frames::{dns_query, tcp_flags, tls_client_hello, Frame};
+use crate::frames::{dns_query, tcp_flags, Frame};
 use crate::gen::Rng;
 
 /// Trail material the scenarios draw malicious items from.
@@ -205,8 +205,8 @@ pub fn background_only(seed: u64, n: usize, is_trail: &dyn Fn(Ipv4Addr) -> bool)
     }
 }
 
-/// Scenario 2: ~70% background, 15% DNS, 10% HTTP (half the clean requests with a query, to
-/// 1,000 host names), 3% TLS ClientHello, 2% to IP trails; about
+/// Scenario 2: ~70% background, 15% DNS, 10% HTTP (the clean requests to 1,000 host names,
+/// half with a query), 3% TLS ClientHello (a browser's, one segment), 2% to IP trails; about
 /// `malicious_share` of the DNS names, URLs and SNIs are drawn from the trails (with `www.`
 /// subdomains for half the domains). Each malicious item appears once.
 pub fn mix(
@@ -265,13 +265,13 @@ pub fn mix(
                 // Half with a query, as real requests often carry one, to one of 1,000 web
                 // servers' names (both from the same draw: the rest of the mix stays as it
                 // was).
-                let n = rng.below(1_000_000);
-                let path = if n.is_multiple_of(2) {
-                    format!("/static/{n}.js?v={}&lang=en", n % 100_000)
+                let k = rng.below(1_000_000);
+                let path = if k.is_multiple_of(2) {
+                    format!("/static/{k}.js?v={}&lang=en", k % 100_000)
                 } else {
-                    format!("/static/{n}.js")
+                    format!("/static/{k}.js")
                 };
-                (format!("www{}.bench-clean.net", n / 2 % 1_000), path)
+                (format!("www{}.bench-clean.net", k / 2 % 1_000), path)
             };
             let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: Mozilla/5.0\r\nAccept: */*\r\n\r\n");
             Frame::tcp(src, sport, server, 80, tcp_flags::PSH | tcp_flags::ACK)
@@ -291,8 +291,11 @@ pub fn mix(
             } else {
                 format!("api{}.bench-clean.net", rng.below(10_000))
             };
+            // A browser's ClientHello in one segment (~550 bytes, the name the 17th of 18
+            // extensions), not a minimal one that names only the server.
+            let hello = xtrail_detect::protocols::tls::browser_client_hello(&sni, false);
             Frame::tcp(src, sport, server, 443, tcp_flags::PSH | tcp_flags::ACK)
-                .with_payload(&tls_client_hello(&sni))
+                .with_payload(&hello)
                 .build()
         } else if ip < picks.ips.len() {
             t.classes.push(Class::IpTrail);

@@ -23,11 +23,11 @@ pub enum Kind {
     Udp,
     /// A DNS query over UDP.
     Dns,
-    /// An HTTP GET over TCP port 80.
+    /// An HTTP GET over TCP port 80, without a query.
     Http,
     /// An HTTP GET over TCP port 80 whose target carries a query (`?v=N&lang=en`).
     HttpQuery,
-    /// A TLS ClientHello over TCP port 443.
+    /// A browser's TLS ClientHello (one segment, ~550 bytes) over TCP port 443.
     Tls,
 }
 
@@ -163,7 +163,7 @@ impl CleanTraffic {
                     sport,
                     443,
                     0x18,
-                    &xtrail_detect::protocols::tls::client_hello_record(&sni),
+                    &xtrail_detect::protocols::tls::browser_client_hello(&sni, false),
                 )
             }
         }

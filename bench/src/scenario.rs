@@ -205,8 +205,15 @@ pub fn background_only(seed: u64, n: usize, is_trail: &dyn Fn(Ipv4Addr) -> bool)
     }
 }
 
-/// Scenario 2: ~70% background, 15% DNS, 10% HTTP (the clean requests to 1,000 host names,
-/// half with a query), 3% TLS ClientHello (a browser's, one segment), 2% to IP trails; about
+/// User agents of the mix's HTTP requests.
+const BROWSER_AGENTS: [&str; 2] = [
+    "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+];
+
+/// Scenario 2: ~70% background, 15% DNS, 10% HTTP (a browser's request heads; the clean
+/// requests to 1,000 host names, half with a query), 3% TLS ClientHello (a browser's, one
+/// segment), 2% to IP trails; about
 /// `malicious_share` of the DNS names, URLs and SNIs are drawn from the trails (with `www.`
 /// subdomains for half the domains). Each malicious item appears once.
 pub fn mix(
@@ -273,7 +280,10 @@ pub fn mix(
                 };
                 (format!("www{}.bench-clean.net", k / 2 % 1_000), path)
             };
-            let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: Mozilla/5.0\r\nAccept: */*\r\n\r\n");
+            // A browser's request head (350-400 bytes, one of two browsers by the frame's index),
+            // not a minimal one.
+            let ua = BROWSER_AGENTS[i % BROWSER_AGENTS.len()];
+            let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {ua}\r\nAccept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\nAccept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\nConnection: keep-alive\r\n\r\n");
             Frame::tcp(src, sport, server, 80, tcp_flags::PSH | tcp_flags::ACK)
                 .with_payload(req.as_bytes())
                 .build()

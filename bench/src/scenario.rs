@@ -280,7 +280,7 @@ pub fn mix(
                 };
                 (format!("www{}.bench-clean.net", k / 2 % 1_000), path)
             };
-            // A browser's request head (350-400 bytes, one of two browsers by the frame's index),
+            // A browser's request head (310-370 bytes, one of two browsers by the frame's index),
             // not a minimal one.
             let ua = BROWSER_AGENTS[i % BROWSER_AGENTS.len()];
             let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {ua}\r\nAccept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\nAccept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\nConnection: keep-alive\r\n\r\n");
@@ -301,7 +301,7 @@ pub fn mix(
             } else {
                 format!("api{}.bench-clean.net", rng.below(10_000))
             };
-            // A browser's ClientHello in one segment (~550 bytes, the name the 17th of 18
+            // A browser's ClientHello in one segment (~540 bytes, the name the 17th of 18
             // extensions), not a minimal one that names only the server.
             let hello = xtrail_detect::protocols::tls::browser_client_hello(&sni, false);
             Frame::tcp(src, sport, server, 443, tcp_flags::PSH | tcp_flags::ACK)

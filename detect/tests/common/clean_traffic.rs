@@ -27,7 +27,7 @@ pub enum Kind {
     Http,
     /// An HTTP GET over TCP port 80 whose target carries a query (`?v=N&lang=en`).
     HttpQuery,
-    /// A browser's TLS ClientHello (one segment, ~550 bytes) over TCP port 443.
+    /// A browser's TLS ClientHello (one segment, ~540 bytes) over TCP port 443.
     Tls,
 }
 

@@ -4,8 +4,8 @@
 //! `--toggle-collect='*run_frames*'`.
 //!
 //! `cargo run --release -p xtrail-detect --example handoff_profile -- KIND [FRAMES] [DATA] [NAMES]`,
-//! KIND one of tcp, udp, dns, http, httpquery, tls; FRAMES (default 100,000) are run after one warm-up
-//! pass over the 4,096 distinct frames (as `benches/parse.rs` cycles them); DATA is the
+//! KIND one of tcp, udp, dns, http, httpquery, tls; FRAMES (default 100,000) are run after one
+//! warm-up pass over the 4,096 distinct frames (as `benches/parse.rs` cycles them); DATA is the
 //! Maltrail data tree (default `../shared/data/maltrail` beside the workspace); NAMES the
 //! host name population (default 4,000, as the bench; above 4,096 there are as many frames
 //! as names, so that a name seldom comes back before the name verdicts forget it). Prints the

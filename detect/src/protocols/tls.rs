@@ -167,8 +167,9 @@ pub fn browser_client_hello(sni: &str, post_quantum: bool) -> Vec<u8> {
     ext(&mut exts, 0x2a2a, &[]); // GREASE
     ext(&mut exts, 0x0017, &[]); // extended_master_secret
     ext(&mut exts, 0xff01, &[0]); // renegotiation_info
-                                  // supported_groups: GREASE, X25519MLKEM768 (post-quantum only), x25519, secp256r1,
-                                  // secp384r1.
+
+    // supported_groups: GREASE, X25519MLKEM768 (post-quantum only), x25519, secp256r1,
+    // secp384r1.
     let groups: &[u8] = if post_quantum {
         &[0x4a, 0x4a, 0x11, 0xec, 0x00, 0x1d, 0x00, 0x17, 0x00, 0x18]
     } else {

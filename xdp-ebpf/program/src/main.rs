@@ -874,7 +874,8 @@ pub unsafe extern "C" fn hand_off(raw: *mut xdp_md, kind: u8, stamp: u32) -> u32
         // A queue without a socket slot is never redirected (the kernel would refuse the
         // frame at a socket bound to another queue): it goes by ring-buffer copy below.
         if let (Some(slot), true) = (
-            // SAFETY: the value is copied out at once, so no reference outlives a concurrent update.
+            // SAFETY: the value is copied out at once, so no reference outlives a concurrent
+            // update.
             unsafe { IFSLOTS.get(&ifindex) }.copied(),
             queue < cfg.xsk_queues,
         ) {

@@ -3,13 +3,15 @@
 //! bench/nicgen/ebpf uses too): the same packet sequence from both delivery paths.
 //!
 //! `window` flows are open at once and served round robin; a slot whose flow has sent all
-//! its packets starts the next flow, numbered in order, with template `flow % templates`.
-//! Untagged IPv4 TCP/UDP templates get the flow's source address (198.18.0.0/15) and source
-//! port, checksums updated; a template whose payload is all zeros (background traffic) is
-//! sent `flow_packets` times per flow, any other once.
+//! its packets starts the next flow, numbered in order, with template `flow % templates`
+//! (`Slot::advance`). Untagged IPv4 TCP/UDP templates get the flow's source address
+//! (198.18.0.0/15) and source port, checksums updated; a template whose payload is all zeros
+//! (background traffic) is sent `flow_packets` times per flow, any other once; consecutive
+//! templates that are one TCP stream's segments are one flow's, sent in order
+//! (`Template::link`).
 
 pub use xtrail_nicgen_common::TemplateError;
-use xtrail_nicgen_common::{Rewrite, Template, MAX_WINDOW};
+use xtrail_nicgen_common::{Rewrite, Slot, Template, MAX_WINDOW};
 
 /// Packets per flow of the bench's background traffic.
 pub const BENCH_FLOW_PACKETS: u32 = 8;
@@ -33,13 +35,6 @@ pub fn sequence(
         .collect())
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-struct Slot {
-    flow: u64,
-    template: usize,
-    left: u32,
-}
-
 /// Produces the packet sequence of the XDP generator (one CPU) in userspace.
 #[derive(Clone)]
 pub struct FlowFrames {
@@ -60,11 +55,13 @@ impl FlowFrames {
         first_flow: u64,
         cpu: u64,
     ) -> Result<FlowFrames, TemplateError> {
+        let mut templates = frames
+            .iter()
+            .map(|f| Template::from_frame(f, flow_packets))
+            .collect::<Result<Vec<_>, _>>()?;
+        Template::link(&mut templates);
         Ok(FlowFrames {
-            templates: frames
-                .iter()
-                .map(|f| Template::from_frame(f, flow_packets))
-                .collect::<Result<_, _>>()?,
+            templates,
             slots: vec![Slot::default(); window.clamp(1, MAX_WINDOW) as usize],
             seq: 0,
             next_flow: first_flow,
@@ -81,14 +78,17 @@ impl FlowFrames {
         let n = self.slots.len() as u64;
         let slot = &mut self.slots[(self.seq % n) as usize];
         self.seq += 1;
-        if slot.left == 0 {
-            slot.flow = self.next_flow;
-            self.next_flow += 1;
-            slot.template = (slot.flow % self.templates.len() as u64) as usize;
-            slot.left = self.templates[slot.template].packets.max(1);
-        }
-        slot.left -= 1;
-        let t = &self.templates[slot.template];
+        let templates = &self.templates;
+        let Some(t) = slot
+            .advance(templates.len() as u32, &mut self.next_flow, |i| {
+                templates
+                    .get(i as usize)
+                    .map(|t| (t.packets, t.follows, t.continues))
+            })
+            .and_then(|i| templates.get(i as usize))
+        else {
+            return;
+        };
         out.extend_from_slice(t.frame());
         if t.l3 == 0 {
             return;
@@ -147,5 +147,70 @@ mod tests {
         assert!(short <= 4, "{short} flows of odd lengths");
         assert!(per_source.values().all(|&n| n <= 8));
         assert!(per_source.values().filter(|&&n| n == 8).count() > 30);
+    }
+
+    /// A ClientHello in two segments is one flow's two packets, in order, from one source:
+    /// no flow starts at the second segment.
+    #[test]
+    fn a_streams_segments_are_one_flow_sent_in_order() {
+        let (c, s) = (v4("198.18.7.2"), v4("203.0.113.9"));
+        let hello = vec![0x16u8; 2000];
+        let tls = Frame::tcp(c, 40001, s, 443, crate::frames::tcp_flags::ACK);
+        let mut frames = vec![Frame::udp(c, 40000, s, 5000, &[0u8; 48]).build()];
+        frames.extend(tls.segments(&hello, crate::frames::MSS));
+        frames.push(Frame::udp(c, 40002, s, 53, b"not zeros").build());
+        assert_eq!(frames.len(), 4);
+        let mut g = FlowFrames::new(&frames, 8, 4, 0, 0).expect("templates");
+        let mut f = Vec::new();
+        let mut open = std::collections::HashSet::new();
+        let (mut firsts, mut seconds) = (0, 0);
+        for _ in 0..4 * 11 * 10 {
+            g.next_into(&mut f);
+            let source = f[26..30].to_vec();
+            match f.len() {
+                1514 => {
+                    assert!(open.insert(source));
+                    firsts += 1;
+                }
+                n if n == 54 + 2000 - 1460 => {
+                    assert!(open.remove(&source), "a second segment without its first");
+                    seconds += 1;
+                }
+                _ => {}
+            }
+        }
+        assert!(seconds > 20 && firsts - seconds <= 4, "{firsts} {seconds}");
+    }
+
+    /// Segments are linked only where each starts where the one before ends, in one stream,
+    /// and at most `MAX_CHAIN` in a row.
+    #[test]
+    fn only_a_streams_next_segments_are_linked() {
+        use xtrail_nicgen_common::MAX_CHAIN;
+        let (c, s) = (v4("198.18.7.2"), v4("203.0.113.9"));
+        let stream = Frame::tcp(c, 40001, s, 443, crate::frames::tcp_flags::ACK);
+        let mut frames = stream.segments(&[1u8; 600], 100);
+        // The same stream after a gap; another stream; a segment, then an empty one where
+        // it ends.
+        frames.push(stream.clone().with_seq(1).with_payload(&[1u8; 10]).build());
+        frames.push(
+            Frame::tcp(c, 40002, s, 443, 0x10)
+                .with_seq(11)
+                .with_payload(&[1u8; 10])
+                .build(),
+        );
+        frames.push(stream.clone().with_seq(21).with_payload(&[1u8; 10]).build());
+        frames.push(stream.with_seq(31).build());
+        let mut t = frames
+            .iter()
+            .map(|f| Template::from_frame(f, 8))
+            .collect::<Result<Vec<_>, _>>()
+            .expect("templates");
+        Template::link(&mut t);
+        let follows: Vec<u8> = t.iter().map(|t| t.follows).collect();
+        let continues: Vec<u8> = t.iter().map(|t| t.continues).collect();
+        assert_eq!(MAX_CHAIN, 4);
+        assert_eq!(follows, [1, 1, 1, 0, 1, 0, 0, 0, 0, 0]);
+        assert_eq!(continues, [0, 1, 1, 1, 0, 1, 0, 0, 0, 0]);
     }
 }

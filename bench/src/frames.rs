@@ -17,6 +17,8 @@ pub enum L4 {
     Tcp {
         sport: u16,
         dport: u16,
+        /// Sequence number ([`DEFAULT_SEQ`] unless set).
+        seq: u32,
         flags: u8,
         payload: Vec<u8>,
     },
@@ -53,6 +55,11 @@ pub struct Frame {
     pub ttl: u8,
 }
 
+/// A TCP frame's sequence number unless [`Frame::with_seq`] sets one.
+pub const DEFAULT_SEQ: u32 = 0x0102_0304;
+/// The most TCP payload a frame carries in a 1,500-byte IPv4 MTU without TCP options.
+pub const MSS: usize = 1460;
+
 pub const DEFAULT_SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub const DEFAULT_DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
@@ -81,6 +88,7 @@ impl Frame {
             L4::Tcp {
                 sport,
                 dport,
+                seq: DEFAULT_SEQ,
                 flags,
                 payload: Vec::new(),
             },
@@ -121,6 +129,32 @@ impl Frame {
                 payload: vec![0u8; 8],
             },
         )
+    }
+
+    /// Sets the TCP sequence number (no effect on other protocols).
+    pub fn with_seq(mut self, to: u32) -> Frame {
+        if let L4::Tcp { seq, .. } = &mut self.l4 {
+            *seq = to;
+        }
+        self
+    }
+
+    /// `data` as this TCP frame's stream sends it: one frame per `mss` bytes, each at the
+    /// sequence number where the one before ends.
+    pub fn segments(&self, data: &[u8], mss: usize) -> Vec<Vec<u8>> {
+        let start = match &self.l4 {
+            L4::Tcp { seq, .. } => *seq,
+            _ => DEFAULT_SEQ,
+        };
+        data.chunks(mss.max(1))
+            .enumerate()
+            .map(|(k, chunk)| {
+                self.clone()
+                    .with_seq(start.wrapping_add((k * mss) as u32))
+                    .with_payload(chunk)
+                    .build()
+            })
+            .collect()
     }
 
     /// Sets the TCP payload (no effect on other protocols).
@@ -205,12 +239,13 @@ impl Frame {
             L4::Tcp {
                 sport,
                 dport,
+                seq,
                 flags,
                 payload,
             } => {
                 out.extend_from_slice(&sport.to_be_bytes());
                 out.extend_from_slice(&dport.to_be_bytes());
-                out.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+                out.extend_from_slice(&seq.to_be_bytes());
                 let ack = if flags & tcp_flags::ACK != 0 { 1u32 } else { 0 };
                 out.extend_from_slice(&ack.to_be_bytes());
                 out.push(5 << 4);

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use xtrail_detect::trails::TrailSet;
 use xtrail_detect::whitelist::{is_ignored_suffix, Whitelist};
 
-use crate::frames::{dns_query, tcp_flags, Frame};
+use crate::frames::{dns_query, tcp_flags, Frame, MSS};
 use crate::gen::Rng;
 
 /// Trail material the scenarios draw malicious items from.
@@ -45,7 +45,7 @@ pub enum Class {
     Dns,
     /// An HTTP request.
     Http,
-    /// A TLS ClientHello.
+    /// A TLS ClientHello, or a later segment of one.
     Tls,
     /// A SYN to an IP trail.
     IpTrail,
@@ -211,9 +211,9 @@ const BROWSER_AGENTS: [&str; 2] = [
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
 ];
 
-/// Scenario 2: ~70% background, 15% DNS, 10% HTTP (a browser's request heads; the clean
-/// requests to 1,000 host names, half with a query), 3% TLS ClientHello (a browser's, one
-/// segment), 2% to IP trails; about
+/// Scenario 2: `n` frames of ~70% background, 15% DNS, 10% HTTP (a browser's request heads;
+/// the clean requests to 1,000 host names, half with a query), 3% TLS ClientHello (a
+/// browser's; half with a post-quantum key share, two segments), 2% to IP trails; about
 /// `malicious_share` of the DNS names, URLs and SNIs are drawn from the trails (with `www.`
 /// subdomains for half the domains). Each malicious item appears once.
 pub fn mix(
@@ -226,13 +226,16 @@ pub fn mix(
     let mut rng = Rng::new(seed);
     let mut t = Traffic::default();
     let (mut d, mut u, mut ip) = (0usize, 0usize, 0usize);
-    for i in 0..n {
+    for i in 0.. {
+        if t.frames.len() >= n {
+            break;
+        }
         let r = rng.below(1000);
         let src = client(&mut rng);
         let sport = 1024 + rng.below(60000) as u16;
-        let frame = if r < 700 {
+        let frames = if r < 700 {
             t.classes.push(Class::Background);
-            background(&mut rng, is_trail)
+            vec![background(&mut rng, is_trail)]
         } else if r < 850 {
             t.classes.push(Class::Dns);
             let resolver = clean_server(&mut rng, is_trail);
@@ -256,7 +259,7 @@ pub fn mix(
                     rng.below(100)
                 )
             };
-            Frame::udp(src, sport, resolver, 53, &dns_query(i as u16, &name, 1)).build()
+            vec![Frame::udp(src, sport, resolver, 53, &dns_query(i as u16, &name, 1)).build()]
         } else if r < 950 {
             t.classes.push(Class::Http);
             let server = clean_server(&mut rng, is_trail);
@@ -284,9 +287,11 @@ pub fn mix(
             // not a minimal one.
             let ua = BROWSER_AGENTS[i % BROWSER_AGENTS.len()];
             let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {ua}\r\nAccept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\nAccept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\nConnection: keep-alive\r\n\r\n");
-            Frame::tcp(src, sport, server, 80, tcp_flags::PSH | tcp_flags::ACK)
-                .with_payload(req.as_bytes())
-                .build()
+            vec![
+                Frame::tcp(src, sport, server, 80, tcp_flags::PSH | tcp_flags::ACK)
+                    .with_payload(req.as_bytes())
+                    .build(),
+            ]
         } else if r < 980 {
             t.classes.push(Class::Tls);
             let server = clean_server(&mut rng, is_trail);
@@ -301,12 +306,14 @@ pub fn mix(
             } else {
                 format!("api{}.bench-clean.net", rng.below(10_000))
             };
-            // A browser's ClientHello in one segment (~540 bytes, the name the 17th of 18
-            // extensions), not a minimal one that names only the server.
-            let hello = xtrail_detect::protocols::tls::browser_client_hello(&sni, false);
+            // A browser's ClientHello (the name the 17th of 18 extensions), not a minimal
+            // one that names only the server. On odd draws with the post-quantum key share
+            // browsers send by default (~1,760 bytes: two segments, the name in the
+            // second), when both fit in the `n` frames; else without (~540 bytes, one).
+            let post_quantum = i % 2 == 1 && t.frames.len() + 2 <= n;
+            let hello = xtrail_detect::protocols::tls::browser_client_hello(&sni, post_quantum);
             Frame::tcp(src, sport, server, 443, tcp_flags::PSH | tcp_flags::ACK)
-                .with_payload(&hello)
-                .build()
+                .segments(&hello, MSS)
         } else if ip < picks.ips.len() {
             t.classes.push(Class::IpTrail);
             let a = picks.ips[ip];
@@ -315,13 +322,17 @@ pub fn mix(
                 kind: ItemKind::Ip,
                 needle: a.to_string(),
             });
-            Frame::syn(src, sport, IpAddr::V4(a), 443).build()
+            vec![Frame::syn(src, sport, IpAddr::V4(a), 443).build()]
         } else {
             // The IP trails drawn are used up: background instead.
             t.classes.push(Class::Background);
-            background(&mut rng, is_trail)
+            vec![background(&mut rng, is_trail)]
         };
-        t.frames.push(frame);
+        // Each frame its class: a ClientHello's later segments are `Tls` too.
+        if let Some(&class) = t.classes.last() {
+            t.classes.resize(t.classes.len() + frames.len() - 1, class);
+        }
+        t.frames.extend(frames);
     }
     t
 }
@@ -357,7 +368,8 @@ mod tests {
     use super::*;
 
     /// Each frame of the mix carries its class: DNS queries to port 53, HTTP requests, TLS
-    /// handshake records, SYNs to the IP trails drawn, background otherwise.
+    /// handshake records or their second segments, SYNs to the IP trails drawn, background
+    /// otherwise; `n` frames in all.
     #[test]
     fn the_mix_says_each_frames_class() {
         let picks = TrailPicks {
@@ -366,21 +378,36 @@ mod tests {
             urls: vec![("evil.example".into(), "/gate.php".into())],
         };
         let mix = mix(7, 4093, &picks, 0.05, &|_| false);
+        assert_eq!(mix.frames.len(), 4093);
         assert_eq!(mix.classes.len(), mix.frames.len());
         let udp_payload = |f: &[u8]| f[42..].to_vec();
         let tcp_payload = |f: &[u8]| f[54..].to_vec();
         let mut seen = [0usize; 5];
-        for (f, c) in mix.frames.iter().zip(&mix.classes) {
+        let mut second_segments = 0;
+        for (k, (f, c)) in mix.frames.iter().zip(&mix.classes).enumerate() {
             let (proto, dport) = (f[23], u16::from_be_bytes([f[36], f[37]]));
             match c {
                 Class::Dns => assert!(proto == 17 && dport == 53 && udp_payload(f)[5] == 1),
                 Class::Http => assert!(proto == 6 && tcp_payload(f).starts_with(b"GET ")),
-                Class::Tls => assert!(proto == 6 && tcp_payload(f).first() == Some(&0x16)),
+                Class::Tls if tcp_payload(f).first() == Some(&0x16) => assert_eq!(proto, 6),
+                Class::Tls => {
+                    // The rest of the ClientHello before it: same ports, the next bytes.
+                    let first = &mix.frames[k - 1];
+                    assert_eq!(
+                        (tcp_payload(first)[0], first[34..38].to_vec()),
+                        (0x16, f[34..38].to_vec())
+                    );
+                    let seq = |f: &[u8]| u32::from_be_bytes([f[38], f[39], f[40], f[41]]);
+                    assert_eq!(seq(f), seq(first) + tcp_payload(first).len() as u32);
+                    second_segments += 1;
+                }
                 Class::IpTrail => assert_eq!(f[30..34], [203, 0, 113, 7]),
                 Class::Background => assert!(f[34..].len() < 60),
             }
             seen[*c as usize] += 1;
         }
         assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
+        // About half the ~120 ClientHellos are two segments.
+        assert!((30..90).contains(&second_segments), "{second_segments}");
     }
 }

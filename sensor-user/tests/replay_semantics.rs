@@ -63,13 +63,6 @@ fn replay(dir: &Path, name: &str, frames: &[Vec<u8>]) -> Vec<serde_json::Value> 
         .collect()
 }
 
-/// Sets the TCP sequence number of an IPv4 frame without options (checksum left stale:
-/// replay does not check it).
-fn with_seq(mut frame: Vec<u8>, seq: u32) -> Vec<u8> {
-    frame[38..42].copy_from_slice(&seq.to_be_bytes());
-    frame
-}
-
 #[test]
 fn a_chrome_client_hello_split_over_two_segments_is_reassembled() {
     let dir = tempdir("split-replay");
@@ -83,14 +76,12 @@ fn a_chrome_client_hello_split_over_two_segments_is_reassembled() {
     let (c, s) = (v4("198.18.7.2"), v4("198.18.7.1"));
     let isn = 0x1000_0000u32;
     let data = |seq: u32, bytes: &[u8]| {
-        with_seq(
-            Frame::tcp(c, 51000, s, 443, tcp_flags::ACK | tcp_flags::PSH)
-                .with_payload(bytes)
-                .build(),
-            seq,
-        )
+        Frame::tcp(c, 51000, s, 443, tcp_flags::ACK | tcp_flags::PSH)
+            .with_seq(seq)
+            .with_payload(bytes)
+            .build()
     };
-    let syn = with_seq(Frame::syn(c, 51000, s, 443).build(), isn - 1);
+    let syn = Frame::syn(c, 51000, s, 443).with_seq(isn - 1).build();
     let seg1 = data(isn, &hello[..1448]);
     let seg2 = data(isn + 1448, &hello[1448..]);
     let ev = replay(&dir, "split", &[syn.clone(), seg1.clone(), seg2.clone()]);

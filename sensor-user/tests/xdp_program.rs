@@ -965,21 +965,12 @@ fn first_fragments_are_vouched_for_as_whole_packets_and_later_ones_not_handed_ov
     }
 }
 
-/// Sets the TCP sequence number of an IPv4 frame without options (checksum left stale:
-/// neither the XDP program nor the parsers check it).
-fn with_seq(mut frame: Vec<u8>, seq: u32) -> Vec<u8> {
-    frame[38..42].copy_from_slice(&seq.to_be_bytes());
-    frame
-}
-
 /// A TCP data segment (ACK+PSH) from `me:sport` to `there:443` at sequence number `seq`.
 fn tls_segment(me: IpAddr, there: IpAddr, sport: u16, seq: u32, data: &[u8]) -> Vec<u8> {
-    with_seq(
-        Frame::tcp(me, sport, there, 443, tcp_flags::ACK | tcp_flags::PSH)
-            .with_payload(data)
-            .build(),
-        seq,
-    )
+    Frame::tcp(me, sport, there, 443, tcp_flags::ACK | tcp_flags::PSH)
+        .with_seq(seq)
+        .with_payload(data)
+        .build()
 }
 
 /// Issue 10 item 3, kernel side: a ClientHello record longer than its segment makes the

@@ -43,16 +43,19 @@ pub enum GenError {
     TestRun(std::io::Error),
 }
 
-/// Template frames from Ethernet frames ([`Template::from_frame`]), numbered for errors.
+/// Template frames from Ethernet frames ([`Template::from_frame`]), numbered for errors;
+/// consecutive segments of one TCP stream linked into one flow ([`Template::link`]).
 pub fn templates(frames: &[Vec<u8>], flow_packets: u32) -> Result<Vec<Template>, GenError> {
-    frames
+    let mut templates = frames
         .iter()
         .enumerate()
         .map(|(index, f)| {
             Template::from_frame(f, flow_packets)
                 .map_err(|e| GenError::Template { index, why: e.0 })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    Template::link(&mut templates);
+    Ok(templates)
 }
 
 /// The frames of a pcap or pcapng file, in order.

@@ -1,7 +1,8 @@
 //! What the NIC-like generator's XDP program (`bench/nicgen/ebpf`) and its userspace share:
 //! the map value layouts ([`GenConfig`], [`Template`]), how a frame becomes a template
 //! ([`Template::from_frame`]) and how a template is rewritten per flow
-//! ([`Template::rewrite`]). The loader (`xtrail-nicgen`) fills the maps with these types and
+//! ([`Template::rewrite`]), which templates are one flow's segments ([`Template::link`]) and
+//! which template a slot sends next ([`Slot::advance`]). The loader (`xtrail-nicgen`) fills the maps with these types and
 //! `xtrail_bench::flows` reproduces the program's frame sequence with the same rewrite.
 //!
 //! `#[repr(C)]` and fixed size; with the `user` feature the map types implement `aya::Pod`.
@@ -11,6 +12,8 @@
 pub const MAX_FRAME: usize = 2048;
 /// Most flows open at once per CPU.
 pub const MAX_WINDOW: u32 = 4096;
+/// Most templates one flow sends in a row ([`Template::link`]).
+pub const MAX_CHAIN: u32 = 4;
 
 /// Generator settings (element 0 of `CONFIG`).
 #[repr(C)]
@@ -47,7 +50,10 @@ pub struct Template {
     pub sport: u16,
     pub ip_csum: u16,
     pub l4_csum: u16,
-    pub _pad: u16,
+    /// 1 when the flow goes on with the next template (the next segment of its TCP stream).
+    pub follows: u8,
+    /// 1 when this template goes on with the previous one's flow: it starts none.
+    pub continues: u8,
     pub data: [u8; MAX_FRAME],
 }
 
@@ -137,7 +143,8 @@ impl Template {
             sport: 0,
             ip_csum: 0,
             l4_csum: 0,
-            _pad: 0,
+            follows: 0,
+            continues: 0,
             data: [0; MAX_FRAME],
         };
         t.data[..frame.len()].copy_from_slice(frame);
@@ -180,6 +187,57 @@ impl Template {
         &self.data[..(self.len as usize).min(MAX_FRAME)]
     }
 
+    /// Marks templates that are the consecutive data segments of one TCP stream (same
+    /// addresses and ports, each starting at the sequence number where the one before ends)
+    /// as one flow's, up to [`MAX_CHAIN`] in a row: such a flow sends them in order, from
+    /// one source (a ClientHello longer than a segment, say).
+    pub fn link(templates: &mut [Template]) {
+        let mut run = 1;
+        for i in 1..templates.len() {
+            let (before, after) = templates.split_at_mut(i);
+            let (a, b) = (&mut before[i - 1], &mut after[0]);
+            if run < MAX_CHAIN && a.is_followed_by(b) {
+                a.follows = 1;
+                b.continues = 1;
+                run += 1;
+            } else {
+                run = 1;
+            }
+        }
+    }
+
+    /// Whether `next` is the data segment that follows this one in the same TCP stream.
+    fn is_followed_by(&self, next: &Template) -> bool {
+        match (self.tcp_data(), next.tcp_data()) {
+            (Some((key, seq, len)), Some((next_key, next_seq, next_len))) => {
+                len > 0 && next_len > 0 && key == next_key && seq.wrapping_add(len) == next_seq
+            }
+            _ => false,
+        }
+    }
+
+    /// A rewritable TCP template's stream (addresses and ports), sequence number and
+    /// payload length.
+    fn tcp_data(&self) -> Option<([u8; 12], u32, u32)> {
+        if self.l3 == 0 || self.udp != 0 {
+            return None;
+        }
+        let f = self.frame();
+        let (l3, l4) = (usize::from(self.l3), usize::from(self.sport_off));
+        let total = usize::from(u16::from_be_bytes([*f.get(l3 + 2)?, *f.get(l3 + 3)?]));
+        let data_off = usize::from(*f.get(l4 + 12)? >> 4) * 4;
+        let seq = f.get(l4 + 4..l4 + 8)?;
+        let mut key = [0u8; 12];
+        key[..8].copy_from_slice(f.get(l3 + 12..l3 + 20)?);
+        key[8..].copy_from_slice(f.get(l4..l4 + 4)?);
+        let len = total.checked_sub(l4 - l3 + data_off)?;
+        Some((
+            key,
+            u32::from_be_bytes([seq[0], seq[1], seq[2], seq[3]]),
+            len as u32,
+        ))
+    }
+
     /// What flow `flow` of CPU `cpu` writes over this template (meaningful when `l3` is not
     /// 0): its source address and port, with both checksums updated incrementally.
     #[inline(always)]
@@ -199,5 +257,58 @@ impl Template {
             port,
             l4_csum: l4.to_ne_bytes(),
         }
+    }
+}
+
+/// One open flow of a generator slot: the program's per-CPU `SLOTS` values, and what
+/// `xtrail_bench::flows` keeps for each slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Slot {
+    /// The flow's number (its source address and port, [`flow_source`]).
+    pub flow: u64,
+    /// The template being sent.
+    pub template: u32,
+    /// Packets of that template still to send.
+    pub left: u32,
+    /// 1 when the flow goes on with the next template once these are sent.
+    pub follows: u32,
+    pub _pad: u32,
+}
+
+impl Slot {
+    /// Moves the slot on by one packet and gives the template index to send. A slot whose
+    /// flow is done starts the next flow (`next_flow`, taken and counted up) with template
+    /// `flow % templates`; flow numbers whose template continues another's flow are passed
+    /// over. `shape(i)`: template `i`'s packets, `follows` and `continues`.
+    #[inline(always)]
+    pub fn advance<F>(&mut self, templates: u32, next_flow: &mut u64, shape: F) -> Option<u32>
+    where
+        F: Fn(u32) -> Option<(u32, u8, u8)>,
+    {
+        if self.left == 0 {
+            if self.follows != 0 {
+                self.template += 1;
+            } else {
+                // A chain has at most MAX_CHAIN templates, so MAX_CHAIN tries reach a
+                // template that starts a flow (the first never continues one).
+                for _ in 0..MAX_CHAIN {
+                    let f = *next_flow;
+                    *next_flow = f + 1;
+                    self.flow = f;
+                    // `checked_rem`: a remainder the compiler cannot prove safe would link
+                    // a panic into the BPF program.
+                    self.template = f.checked_rem(u64::from(templates)).unwrap_or(0) as u32;
+                    if shape(self.template)?.2 == 0 {
+                        break;
+                    }
+                }
+            }
+            let (packets, follows, _) = shape(self.template)?;
+            self.left = packets.max(1);
+            self.follows = u32::from(follows);
+        }
+        self.left -= 1;
+        Some(self.template)
     }
 }

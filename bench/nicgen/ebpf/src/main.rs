@@ -4,7 +4,8 @@
 //! (`BPF_F_TEST_XDP_LIVE_FRAMES`): the kernel hands it page-pool frames one after another and
 //! sends what it redirects on as `xdp_frame`s, the way a NIC driver's receive path does. Per
 //! frame it keeps `window` flows open at once (round robin over slots), starts a new flow in
-//! a slot when the slot's flow has sent all its packets, writes the flow's template into the
+//! a slot when the slot's flow has sent all its packets (`Slot::advance`: a flow of linked
+//! templates sends them in order), writes the flow's template into the
 //! frame, gives the frame the flow's source address (198.18.0.0/15) and source port with
 //! the checksums updated incrementally, and redirects it to the configured interface.
 //!
@@ -20,16 +21,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use xtrail_nicgen_common::{GenConfig, Rewrite, Template, MAX_FRAME, MAX_WINDOW};
-
-/// One open flow of a slot.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Slot {
-    pub flow: u64,
-    pub template: u32,
-    pub left: u32,
-}
+use xtrail_nicgen_common::{GenConfig, Rewrite, Slot, Template, MAX_FRAME, MAX_WINDOW};
 
 #[map]
 static CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
@@ -74,23 +66,14 @@ fn generate(ctx: &XdpContext) -> Option<u32> {
     // `checked_rem`: a remainder the compiler cannot prove safe would link a panic.
     let slot = SLOTS.get_ptr_mut(seq.checked_rem(u64::from(window)).unwrap_or(0) as u32)?;
     // SAFETY: as above (per-CPU).
-    let (flow, index) = unsafe {
-        if (*slot).left == 0 {
-            let f = *flows;
-            *flows = f + 1;
-            (*slot).flow = f;
-            (*slot).template = f.checked_rem(u64::from(cfg.templates)).unwrap_or(0) as u32;
-            (*slot).left = 0;
-        }
-        ((*slot).flow, (*slot).template)
-    };
+    let (slot, flows) = unsafe { (&mut *slot, &mut *flows) };
+    let index = slot.advance(cfg.templates, flows, |i| {
+        TEMPLATES
+            .get(i)
+            .map(|t| (t.packets, t.follows, t.continues))
+    })?;
+    let flow = slot.flow;
     let t = TEMPLATES.get(index)?;
-    if (unsafe { (*slot).left }) == 0 {
-        // SAFETY: as above (per-CPU).
-        unsafe { (*slot).left = if t.packets == 0 { 1 } else { t.packets } };
-    }
-    // SAFETY: as above (per-CPU).
-    unsafe { (*slot).left -= 1 };
     let len = t.len as usize;
     if len == 0 || len > MAX_FRAME {
         return None;

@@ -5,8 +5,8 @@
 //! `window` flows are open at once and served round robin; a slot whose flow has sent all
 //! its packets starts the next flow, numbered in order, with template `flow % templates`
 //! (`Slot::advance`). Untagged IPv4 TCP/UDP templates get the flow's source address
-//! (198.18.0.0/15) and source port, checksums updated; a template whose payload is all zeros
-//! (background traffic) is sent `flow_packets` times per flow, any other once; consecutive
+//! (198.18.0.0/15) and source port, checksums updated; a template whose payload is a
+//! background payload (`frames::background_payload`) is sent `flow_packets` times per flow, any other once; consecutive
 //! templates that are one TCP stream's segments are one flow's, sent in order
 //! (`Template::link`).
 
@@ -116,12 +116,19 @@ impl FlowFrames {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frames::{checksum, v4, Frame};
+    use crate::frames::{background_payload, checksum, v4, Frame};
 
     #[test]
     fn rewritten_frames_keep_valid_checksums_and_flows_have_their_length() {
         let frames = vec![
-            Frame::udp(v4("198.18.7.2"), 40000, v4("203.0.113.9"), 5000, &[0u8; 48]).build(),
+            Frame::udp(
+                v4("198.18.7.2"),
+                40000,
+                v4("203.0.113.9"),
+                5000,
+                &background_payload(48),
+            )
+            .build(),
             Frame::udp(v4("198.18.7.2"), 40000, v4("203.0.113.9"), 53, b"not zeros").build(),
         ];
         let mut g = FlowFrames::new(&frames, 8, 4, 0, 0).expect("templates");
@@ -156,7 +163,7 @@ mod tests {
         let (c, s) = (v4("198.18.7.2"), v4("203.0.113.9"));
         let hello = vec![0x16u8; 2000];
         let tls = Frame::tcp(c, 40001, s, 443, crate::frames::tcp_flags::ACK);
-        let mut frames = vec![Frame::udp(c, 40000, s, 5000, &[0u8; 48]).build()];
+        let mut frames = vec![Frame::udp(c, 40000, s, 5000, &background_payload(48)).build()];
         frames.extend(tls.segments(&hello, crate::frames::MSS));
         frames.push(Frame::udp(c, 40002, s, 53, b"not zeros").build());
         assert_eq!(frames.len(), 4);

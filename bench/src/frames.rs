@@ -414,6 +414,12 @@ pub fn dns_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
     xtrail_detect::protocols::dns::query_message(id, name, qtype)
 }
 
+/// A background payload of `len` bytes: bytes that look like encrypted data, by which the
+/// generators know a background template ([`xtrail_nicgen_common::filler_byte`]).
+pub fn background_payload(len: usize) -> Vec<u8> {
+    (0..len).map(xtrail_nicgen_common::filler_byte).collect()
+}
+
 /// A DNS response to a query for `name` with rcode NXDOMAIN and no answers.
 pub fn dns_nxdomain(id: u16, name: &str, qtype: u16) -> Vec<u8> {
     let mut p = dns_query(id, name, qtype);

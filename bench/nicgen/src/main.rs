@@ -48,7 +48,7 @@ enum Cmd {
         /// Frames per second (flat out without).
         #[arg(long)]
         rate: Option<u64>,
-        /// Packets per flow of background templates (all-zero payload).
+        /// Packets per flow of background templates (`filler_byte` payloads).
         #[arg(long, default_value_t = 8)]
         flow_packets: u32,
         /// Flows open at once, interleaved.

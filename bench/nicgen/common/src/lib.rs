@@ -67,6 +67,26 @@ unsafe impl aya::Pod for GenConfig {}
 // SAFETY: repr(C), plain integers and bytes; the fields add up to a multiple of 4 bytes.
 unsafe impl aya::Pod for Template {}
 
+/// Byte `i` of a background payload: bytes that look like encrypted data (a fixed
+/// splitmix64 stream), so that a sensor reads them as it reads real data segments (all
+/// zeros would look like no payload); the templates know their background frames by them.
+/// The first bytes are no HTTP method, TLS record or QUIC long header.
+#[inline]
+pub const fn filler_byte(i: usize) -> u8 {
+    let mut x = (i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (x ^ (x >> 31)) as u8
+}
+
+/// Whether `payload` is a background payload ([`filler_byte`]s from the first).
+pub fn is_filler(payload: &[u8]) -> bool {
+    payload
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == filler_byte(i))
+}
+
 /// Why a frame cannot be a template.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TemplateError(pub &'static str);
@@ -124,8 +144,8 @@ pub fn flow_source(flow: u64, cpu: u64) -> ([u8; 4], u16) {
 impl Template {
     /// A template from an Ethernet frame. Untagged IPv4 TCP and UDP frames (not fragments)
     /// get per-flow source addresses and ports; anything else is sent as it is. A frame
-    /// whose payload is all zeros (background traffic) is sent `flow_packets` times per flow,
-    /// any other (DNS, HTTP, TLS) once.
+    /// whose payload is a background payload ([`is_filler`]; none at all counts) is sent
+    /// `flow_packets` times per flow, any other (DNS, HTTP, TLS) once.
     pub fn from_frame(frame: &[u8], flow_packets: u32) -> Result<Template, TemplateError> {
         if frame.len() < 14 || frame.len() > MAX_FRAME {
             return Err(TemplateError(
@@ -165,7 +185,7 @@ impl Template {
         if frag != 0 || ihl < 20 || frame.len() < l4 + hdr {
             return Ok(t);
         }
-        if frame[l4 + hdr..].iter().all(|&b| b == 0) {
+        if is_filler(&frame[l4 + hdr..]) {
             t.packets = flow_packets.max(1);
         }
         t.l3 = l3 as u16;

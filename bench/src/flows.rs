@@ -189,6 +189,25 @@ mod tests {
         assert!(seconds > 20 && firsts - seconds <= 4, "{firsts} {seconds}");
     }
 
+    /// A SYN without payload is background (8 packets a flow) though its frame is padded to
+    /// 60 bytes with zeros; DNS is not.
+    #[test]
+    fn padding_is_no_payload() {
+        let (c, s) = (v4("198.18.7.2"), v4("203.0.113.9"));
+        let syn = Frame::syn(c, 40000, s, 443).build();
+        assert_eq!(syn.len(), 60);
+        let dns = Frame::udp(
+            c,
+            40001,
+            s,
+            53,
+            &crate::frames::dns_query(1, "a.example", 1),
+        )
+        .build();
+        let packets = |f: &Vec<u8>| Template::from_frame(f, 8).expect("template").packets;
+        assert_eq!((packets(&syn), packets(&dns)), (8, 1));
+    }
+
     /// Segments are linked only where each starts where the one before ends, in one stream,
     /// and at most `MAX_CHAIN` in a row.
     #[test]

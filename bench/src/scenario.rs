@@ -39,7 +39,7 @@ pub struct Item {
 /// What a scenario's frame is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Class {
-    /// TCP or UDP without payload to a clean address.
+    /// TCP or UDP to a clean address, with a background payload (or none).
     Background,
     /// A DNS query.
     Dns,

@@ -1108,9 +1108,10 @@ fn pending_counts(h: &mut Harness) -> (Vec<(u32, [u64; 4])>, u64) {
 /// `TLS_PENDING` decides whether a data segment is looked for among the followed
 /// ClientHellos: a followed flow is counted in its slot while it is incomplete; with the
 /// count cleared, its continuation is not followed (even though the `TLS_FLOWS` entry is
-/// there); with the count back, it is, and the count drops to 0 when the record is
-/// complete. (That the count also spares other segments the map look-up is not observable
-/// from here: `xtrail-nicgen xdp-cost` measures it.)
+/// there); a count of the epoch before still lets it through; a flow is taken off its count
+/// at the record's end; a count of another epoch of the same parity is stale and restarts
+/// at 1. (That the count also spares other segments the map look-up is not observable from
+/// here: `xtrail-nicgen xdp-cost` measures it.)
 #[test]
 fn tls_pending_decides_whether_tracked_client_hellos_are_followed() {
     privileged!();
@@ -1119,6 +1120,7 @@ fn tls_pending_decides_whether_tracked_client_hellos_are_followed() {
     let (me, there) = (v4(CLEAN), v4("198.18.1.1"));
     let hello = chrome_client_hello("tls-gate-xdp.example");
     let seg = |seq: u32, data: &[u8]| tls_segment(me, there, 50020, seq, data);
+    let rest = &hello[1448..];
     h.sensor.test_run(&seg(1000, &hello[..1448])).expect("run");
     assert_eq!(h.counter(stat::TLS_FLOWS_TRACKED), 1);
     assert_eq!(
@@ -1129,10 +1131,19 @@ fn tls_pending_decides_whether_tracked_client_hellos_are_followed() {
     let (slots, sum) = pending_counts(&mut h);
     assert_eq!((slots.len(), sum), (1, 1), "{slots:?}");
     let (slot, counted) = slots[0];
+    // The element counting the flow (that of its epoch's parity), and its epoch.
+    let k = if counted[2] != 0 { 0 } else { 1 };
+    let epoch = counted[k];
     let set = |h: &mut Harness, v: [u64; 4]| tls_pending(h).set(slot, v, 0).expect("update");
+    let get = |h: &mut Harness| tls_pending(h).get(&slot, 0).expect("read");
+    let with = |k: usize, epoch: u64, count: u64| {
+        let mut v = [0u64; 4];
+        v[k] = epoch;
+        v[2 + k] = count;
+        v
+    };
     // Cleared: the continuation goes by unlooked-at.
-    set(&mut h, [counted[0], counted[1], 0, 0]);
-    let rest = &hello[1448..];
+    set(&mut h, with(k, epoch, 0));
     assert_eq!(
         h.sensor.test_run(&seg(1000 + 1448, rest)).expect("run"),
         XDP_PASS
@@ -1142,9 +1153,8 @@ fn tls_pending_decides_whether_tracked_client_hellos_are_followed() {
         "followed with no count in its slot"
     );
     assert_eq!(h.counter(stat::TLS_CONTINUATIONS), 0);
-    // Counted again: the flow, still tracked, is followed, and taken off the count at the
-    // record's end.
-    set(&mut h, counted);
+    // Counted only in the other element, as of the epoch before: still live, followed.
+    set(&mut h, with(1 - k, epoch - 1, 1));
     assert_eq!(
         h.sensor.test_run(&seg(1000 + 1448, rest)).expect("run"),
         XDP_PASS
@@ -1152,24 +1162,26 @@ fn tls_pending_decides_whether_tracked_client_hellos_are_followed() {
     let kinds: Vec<u8> = copied(&mut ring).iter().map(|(k, _)| *k).collect();
     assert_eq!(kinds, vec![handoff::TLS_CONTINUATION]);
     assert_eq!(h.counter(stat::TLS_CONTINUATIONS), 1);
-    assert_eq!(pending_counts(&mut h).1, 0);
-    // A count of another epoch of the same parity is stale: the next flow tracked in that
-    // element starts it again at 1 (set to another epoch and a high count, as flows the LRU
-    // evicted would leave it).
-    let current = if counted[2] != 0 { 0 } else { 1 };
-    let mut stale = counted;
-    stale[current] = counted[current] ^ 2;
-    stale[2 + current] = 7;
-    set(&mut h, stale);
-    h.sensor
-        .test_run(&seg(90_000, &hello[..1448]))
-        .expect("run");
-    let after = tls_pending(&mut h).get(&slot, 0).expect("read");
-    assert_eq!(
-        (after[current], after[2 + current]),
-        (counted[current], 1),
-        "{after:?}"
-    );
+    // A new flow tracked in the slot (the same ports: the same slot) and completed: counted
+    // in, then out (the slot's total, whichever epoch it lands in).
+    set(&mut h, [0; 4]);
+    h.sensor.test_run(&seg(5000, &hello[..1448])).expect("run");
+    let tracked = get(&mut h);
+    assert_eq!(tracked[2] + tracked[3], 1, "{tracked:?}");
+    h.sensor.test_run(&seg(5000 + 1448, rest)).expect("run");
+    let done = get(&mut h);
+    assert_eq!(done[2] + done[3], 0, "{done:?}");
+    assert_eq!(h.counter(stat::TLS_CONTINUATIONS), 2);
+    // Stale: the element of the flow's parity set to an older epoch of that parity (a
+    // future one on a host up for under 35 s) with a high count, as flows the LRU evicted
+    // would leave it; the next flow tracked there restarts it at 1.
+    let now = tracked[0].max(tracked[1]);
+    let k = (now & 1) as usize;
+    let older = now.checked_sub(2).unwrap_or(now + 2);
+    set(&mut h, with(k, older, 7));
+    h.sensor.test_run(&seg(9000, &hello[..1448])).expect("run");
+    let after = get(&mut h);
+    assert_eq!(after[2] + after[3], 1, "restarted at 1: {after:?}");
 }
 
 /// Issue 12/13: a payload record takes the smallest size class that holds its frame (not

@@ -171,7 +171,8 @@ static TLS_FLOWS: LruHashMap<TlsFlowKey, TlsFlow> =
 /// is followed for less than an epoch, so a count two epochs old is stale whatever it says
 /// (what forgets the flows the LRU evicts, or that never finished). Updated with atomic
 /// adds; the reset of a stale count is a plain store (two CPUs resetting one slot at one
-/// instant could undercount it: a rare miss of a continuation).
+/// instant, or one's count racing another's restart, could undercount it: a rare miss of a
+/// continuation).
 #[map]
 static TLS_PENDING: Array<TlsPending> = Array::with_max_entries(TLS_PENDING_SLOTS, 0);
 
@@ -497,8 +498,9 @@ fn flow_start(pkt: &Packet, cfg: &Config, stats: Stats, state: &mut CpuState) {
     // SAFETY: this CPU's slot of a per-CPU array; nothing else uses it during this run.
     let batch = unsafe { &mut *batch };
     let (now, tick) = coarse_now(state);
-    let mut h = (addresses_hash(pkt) ^ (u64::from(pkt.dst_port) << 8 | u64::from(pkt.proto)))
-        .wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    let mut h = (addresses_hash(pkt, pkt.family != 4)
+        ^ (u64::from(pkt.dst_port) << 8 | u64::from(pkt.proto)))
+    .wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
     h ^= h >> 29;
     let slot = (h as u32) & (FLOW_CACHE_SLOTS - 1);
     let tag = h >> 32;
@@ -527,15 +529,15 @@ fn flow_start(pkt: &Packet, cfg: &Config, stats: Stats, state: &mut CpuState) {
     state.flows_pending = batch.len;
 }
 
-/// A hash of a packet's two addresses: one multiply round for IPv4 (its other address words
-/// are constant), three more for IPv6; the words of the two addresses paired into 64-bit
-/// lanes.
+/// A hash of a packet's two addresses: one multiply round for the last address words, three
+/// more for the others when `all_words` (IPv6; an IPv4 address's other words are
+/// constant); the words of the two addresses paired into 64-bit lanes.
 #[inline(always)]
-fn addresses_hash(pkt: &Packet) -> u64 {
+fn addresses_hash(pkt: &Packet, all_words: bool) -> u64 {
     let mix = |h: u64, w: u64| (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31);
     let lane = |lo: u32, hi: u32| u64::from(lo) | u64::from(hi) << 32;
     let mut h = mix(0x243f_6a88_85a3_08d3, lane(pkt.src[3], pkt.dst[3]));
-    if pkt.family != 4 {
+    if all_words {
         h = mix(h, lane(pkt.src[0], pkt.dst[0]));
         h = mix(h, lane(pkt.src[1], pkt.dst[1]));
         h = mix(h, lane(pkt.src[2], pkt.dst[2]));
@@ -810,29 +812,36 @@ fn tls_track(pkt: &Packet, record: u32, seg: u64, stats: Stats) {
         epoch: (now >> TLS_EPOCH_SHIFT) as u32,
         expires_ns: now + tls_flow::TIMEOUT_NS,
     };
-    if TLS_FLOWS.insert(&tls_flow_key(pkt), &flow, 0).is_ok() {
-        stats.add(stat::TLS_FLOWS_TRACKED, 1);
-        if let Some(p) = TLS_PENDING.get_ptr_mut(tls_pending_slot(pkt)) {
-            let k = (flow.epoch & 1) as usize;
-            let epoch = u64::from(flow.epoch);
-            // SAFETY: a slot of an array map, its fields in bounds (`k` is 0 or 1).
-            unsafe {
-                if (*p).epochs[k] != epoch {
-                    // Stale: every flow counted there has expired.
-                    (*p).epochs[k] = epoch;
-                    (*p).counts[k] = 1;
-                } else {
-                    atomic_add(&raw mut (*p).counts[k], 1);
-                }
+    // Counted before the entry exists, so that no CPU finds the entry uncounted (a failed
+    // insert leaves an overcount: a look-up more, until the epoch passes).
+    if let Some(p) = TLS_PENDING.get_ptr_mut(tls_pending_slot(pkt)) {
+        let k = (flow.epoch & 1) as usize;
+        let epoch = u64::from(flow.epoch);
+        // SAFETY: a slot of an array map, its fields in bounds (`k` is 0 or 1); other CPUs
+        // update it at the same time, through the atomic add or the stale restart's stores.
+        unsafe {
+            if core::ptr::read_volatile(&raw const (*p).epochs[k]) != epoch {
+                // Stale: every flow counted there has expired. The count first, then the
+                // epoch, so that a CPU that sees the new epoch adds to the new count.
+                core::ptr::write_volatile(&raw mut (*p).counts[k], 1);
+                core::ptr::write_volatile(&raw mut (*p).epochs[k], epoch);
+            } else {
+                atomic_add(&raw mut (*p).counts[k], 1);
             }
         }
     }
+    if TLS_FLOWS.insert(&tls_flow_key(pkt), &flow, 0).is_ok() {
+        stats.add(stat::TLS_FLOWS_TRACKED, 1);
+    }
 }
 
-/// `TLS_PENDING`'s slot for the TCP flow of `pkt`: a hash of both addresses and ports.
+/// `TLS_PENDING`'s slot for the TCP flow of `pkt`: a hash of both addresses and ports (an
+/// IPv4 packet and one of its v4-mapped IPv6 form share a `TLS_FLOWS` key, and a slot).
 #[inline(always)]
 fn tls_pending_slot(pkt: &Packet) -> u32 {
-    let h = (addresses_hash(pkt) ^ (u64::from(pkt.src_port) << 16 | u64::from(pkt.dst_port)))
+    let mapped = |a: &[u32; 4]| a[0] == 0 && a[1] == 0 && a[2] == parse::V4_MAPPED_WORD;
+    let v4 = mapped(&pkt.src) && mapped(&pkt.dst);
+    let h = (addresses_hash(pkt, !v4) ^ (u64::from(pkt.src_port) << 16 | u64::from(pkt.dst_port)))
         .wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
     ((h ^ h >> 29) as u32) & (TLS_PENDING_SLOTS - 1)
 }
@@ -841,21 +850,29 @@ fn tls_pending_slot(pkt: &Packet) -> u32 {
 /// coarse time never ahead of the clock: an older one only lets more through).
 #[inline(always)]
 fn tls_pending(pkt: &Packet, now: u64) -> bool {
-    let Some(p) = TLS_PENDING.get(tls_pending_slot(pkt)) else {
+    let Some(p) = TLS_PENDING.get_ptr(tls_pending_slot(pkt)) else {
         return false;
     };
+    // SAFETY: a slot of an array map, read while other CPUs may update it (volatile: each
+    // word as it is in memory now).
+    let v = unsafe { core::ptr::read_volatile(p) };
     let epoch = now >> TLS_EPOCH_SHIFT;
-    (p.counts[0] != 0 && p.epochs[0] + 1 >= epoch) || (p.counts[1] != 0 && p.epochs[1] + 1 >= epoch)
+    let live = |k: usize| v.counts[k] != 0 && v.epochs[k] + 1 >= epoch;
+    live(0) || live(1)
 }
 
-/// Takes a followed flow (tracked in `epoch`) off its `TLS_PENDING` count.
+/// Takes a followed flow (tracked in `epoch`) off its `TLS_PENDING` count (not below 0:
+/// after a stale restart the flow is no longer counted there).
 #[inline(always)]
 fn tls_pending_done(pkt: &Packet, epoch: u32) {
     if let Some(p) = TLS_PENDING.get_ptr_mut(tls_pending_slot(pkt)) {
         let k = (epoch & 1) as usize;
-        // SAFETY: a slot of an array map, its fields in bounds (`k` is 0 or 1).
+        // SAFETY: a slot of an array map, its fields in bounds (`k` is 0 or 1); other CPUs
+        // update it at the same time (see `tls_track`).
         unsafe {
-            if (*p).epochs[k] == u64::from(epoch) && (*p).counts[k] != 0 {
+            if core::ptr::read_volatile(&raw const (*p).epochs[k]) == u64::from(epoch)
+                && core::ptr::read_volatile(&raw const (*p).counts[k]) != 0
+            {
                 atomic_add(&raw mut (*p).counts[k], u64::MAX);
             }
         }
@@ -863,13 +880,21 @@ fn tls_pending_done(pkt: &Packet, epoch: u32) {
 }
 
 /// `*p += v` (wrapping) as one atomic instruction: other CPUs update the same word.
+///
+/// # Safety
+/// `p` points at a u64 in a map value, valid for writes for the whole program run.
 #[inline(always)]
-fn atomic_add(p: *mut u64, v: u64) {
+unsafe fn atomic_add(p: *mut u64, v: u64) {
     #[cfg(target_arch = "bpf")]
-    // SAFETY: `p` points at a u64 in a map value (the callers'); the instruction (BPF_STX |
+    // SAFETY: by the caller's contract `p` is a map value's u64; the instruction (BPF_STX |
     // BPF_ATOMIC | BPF_DW, BPF_ADD) writes only it.
     unsafe {
-        core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) v, options(nostack));
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {v}",
+            p = in(reg) p,
+            v = in(reg) v,
+            options(nostack)
+        );
     }
     #[cfg(not(target_arch = "bpf"))]
     // SAFETY: as above (the host build only type-checks the program).

@@ -70,7 +70,7 @@ unsafe impl aya::Pod for Template {}
 /// Byte `i` of a background payload: bytes that look like encrypted data (a fixed
 /// splitmix64 stream), so that a sensor reads them as it reads real data segments (all
 /// zeros would look like no payload); the templates know their background frames by them.
-/// The first bytes are no HTTP method, TLS record or QUIC long header.
+/// The first bytes are no HTTP method, TLS record or QUIC Initial.
 #[inline]
 pub const fn filler_byte(i: usize) -> u8 {
     let mut x = (i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -144,8 +144,9 @@ pub fn flow_source(flow: u64, cpu: u64) -> ([u8; 4], u16) {
 impl Template {
     /// A template from an Ethernet frame. Untagged IPv4 TCP and UDP frames (not fragments)
     /// get per-flow source addresses and ports; anything else is sent as it is. A frame
-    /// whose payload is a background payload ([`is_filler`]; none at all counts) is sent
-    /// `flow_packets` times per flow, any other (DNS, HTTP, TLS) once.
+    /// whose payload (up to the IPv4 total length: not the Ethernet padding of a short frame)
+    /// is a background payload ([`is_filler`]; none at all counts) is sent `flow_packets`
+    /// times per flow, any other (DNS, HTTP, TLS) once.
     pub fn from_frame(frame: &[u8], flow_packets: u32) -> Result<Template, TemplateError> {
         if frame.len() < 14 || frame.len() > MAX_FRAME {
             return Err(TemplateError(
@@ -185,7 +186,14 @@ impl Template {
         if frag != 0 || ihl < 20 || frame.len() < l4 + hdr {
             return Ok(t);
         }
-        if is_filler(&frame[l4 + hdr..]) {
+        let end =
+            (l3 + usize::from(u16::from_be_bytes([frame[l3 + 2], frame[l3 + 3]]))).min(frame.len());
+        let data = if proto == 6 {
+            l4 + usize::from(frame[l4 + 12] >> 4) * 4
+        } else {
+            l4 + hdr
+        };
+        if is_filler(frame.get(data..end).unwrap_or_default()) {
             t.packets = flow_packets.max(1);
         }
         t.l3 = l3 as u16;

@@ -116,19 +116,12 @@ impl FlowFrames {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frames::{background_payload, checksum, v4, Frame};
+    use crate::frames::{background_udp, checksum, v4, Frame};
 
     #[test]
     fn rewritten_frames_keep_valid_checksums_and_flows_have_their_length() {
         let frames = vec![
-            Frame::udp(
-                v4("198.18.7.2"),
-                40000,
-                v4("203.0.113.9"),
-                5000,
-                &background_payload(48),
-            )
-            .build(),
+            background_udp(v4("198.18.7.2"), 40000, v4("203.0.113.9"), 5000),
             Frame::udp(v4("198.18.7.2"), 40000, v4("203.0.113.9"), 53, b"not zeros").build(),
         ];
         let mut g = FlowFrames::new(&frames, 8, 4, 0, 0).expect("templates");
@@ -163,7 +156,7 @@ mod tests {
         let (c, s) = (v4("198.18.7.2"), v4("203.0.113.9"));
         let hello = vec![0x16u8; 2000];
         let tls = Frame::tcp(c, 40001, s, 443, crate::frames::tcp_flags::ACK);
-        let mut frames = vec![Frame::udp(c, 40000, s, 5000, &background_payload(48)).build()];
+        let mut frames = vec![background_udp(c, 40000, s, 5000)];
         frames.extend(tls.segments(&hello, crate::frames::MSS));
         frames.push(Frame::udp(c, 40002, s, 53, b"not zeros").build());
         assert_eq!(frames.len(), 4);

@@ -420,6 +420,11 @@ pub fn background_payload(len: usize) -> Vec<u8> {
     (0..len).map(xtrail_nicgen_common::filler_byte).collect()
 }
 
+/// A background UDP datagram: 48 bytes of [`background_payload`].
+pub fn background_udp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Vec<u8> {
+    Frame::udp(src, sport, dst, dport, &background_payload(48)).build()
+}
+
 /// A DNS response to a query for `name` with rcode NXDOMAIN and no answers.
 pub fn dns_nxdomain(id: u16, name: &str, qtype: u16) -> Vec<u8> {
     let mut p = dns_query(id, name, qtype);

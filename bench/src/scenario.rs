@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use xtrail_detect::trails::TrailSet;
 use xtrail_detect::whitelist::{is_ignored_suffix, Whitelist};
 
-use crate::frames::{background_payload, dns_query, tcp_flags, Frame, MSS};
+use crate::frames::{background_payload, background_udp, dns_query, tcp_flags, Frame, MSS};
 use crate::gen::Rng;
 
 /// Trail material the scenarios draw malicious items from.
@@ -118,14 +118,7 @@ fn background(rng: &mut Rng, is_trail: &dyn Fn(Ipv4Addr) -> bool) -> Vec<u8> {
         .with_payload(&background_payload(32))
         .build()
     } else {
-        Frame::udp(
-            src,
-            sport,
-            dst,
-            1024 + rng.below(60000) as u16,
-            &background_payload(48),
-        )
-        .build()
+        background_udp(src, sport, dst, 1024 + rng.below(60000) as u16)
     }
 }
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use xtrail_bench::flows::FlowFrames;
-use xtrail_bench::frames::{background_payload, tcp_flags, v4, Frame};
+use xtrail_bench::frames::{background_udp, tcp_flags, v4, Frame};
 use xtrail_bench::gen;
 use xtrail_bench::netns::{in_ns, Injector, VethPair};
 use xtrail_bench::scenario::{self, Class, Traffic};
@@ -979,12 +979,11 @@ fn xdp_cost(prog: u32, tmp: &Path) -> anyhow::Result<String> {
     let server = v4("203.0.113.77");
     // The ACK without payload (before 2026-12-06 09:10 with 32 zero bytes, which the
     // program reads as none: the same path); the UDP packets with a background payload.
-    let payload = background_payload(48);
     let frames = vec![
         Frame::tcp(v4("198.18.9.9"), 40000, server, 443, tcp_flags::ACK).build(),
-        Frame::udp(v4("198.18.9.9"), 40000, server, 5000, &payload).build(),
+        background_udp(v4("198.18.9.9"), 40000, server, 5000),
         Frame::syn(v4("198.18.9.9"), 40001, server, 443).build(),
-        Frame::udp(v4("198.18.9.10"), 40000, server, 5001, &payload).build(),
+        background_udp(v4("198.18.9.10"), 40000, server, 5001),
     ];
     let pcap = tmp.join("nic-xdp-cost.pcap");
     write_pcap(&pcap, &frames)?;

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use xtrail_bench::frames::{background_payload, checksum, tcp_flags, v4, Frame};
+use xtrail_bench::frames::{background_payload, background_udp, checksum, tcp_flags, v4, Frame};
 use xtrail_bench::netns::{in_ns, VethPair};
 use xtrail_nicgen::{set_gro, templates, Generator, Template};
 
@@ -124,14 +124,7 @@ fn delivers_exactly_n_frames_with_valid_checksums() {
         .expect("namespace")
         .expect("GRO on the receiving veth");
     let frames = [
-        Frame::udp(
-            v4("198.18.7.2"),
-            40000,
-            v4("203.0.113.9"),
-            5000,
-            &background_payload(48),
-        )
-        .build(),
+        background_udp(v4("198.18.7.2"), 40000, v4("203.0.113.9"), 5000),
         Frame::tcp(
             v4("198.18.7.2"),
             40001,
@@ -257,14 +250,12 @@ fn the_sink_drops_every_frame_it_receives() {
     .expect("thread")
     .expect("namespace")
     .expect("the sink attaches in driver mode");
-    let frames = [Frame::udp(
+    let frames = [background_udp(
         v4("198.18.7.2"),
         40000,
         v4("203.0.113.9"),
         5000,
-        &background_payload(48),
-    )
-    .build()];
+    )];
     let templates = templates(&frames, 8).expect("templates");
     let sensor_if = pair.sensor_if.clone();
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

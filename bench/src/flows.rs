@@ -6,9 +6,9 @@
 //! its packets starts the next flow, numbered in order, with template `flow % templates`
 //! (`Slot::advance`). Untagged IPv4 TCP/UDP templates get the flow's source address
 //! (198.18.0.0/15) and source port, checksums updated; a template whose payload is a
-//! background payload (`frames::background_payload`) is sent `flow_packets` times per flow, any other once; consecutive
-//! templates that are one TCP stream's segments are one flow's, sent in order
-//! (`Template::link`).
+//! background payload (`frames::background_payload`) is sent `flow_packets` times per flow,
+//! any other once; consecutive templates that are one TCP stream's segments are one flow's,
+//! sent in order (`Template::link`).
 
 pub use xtrail_nicgen_common::TemplateError;
 use xtrail_nicgen_common::{Rewrite, Slot, Template, MAX_WINDOW};

@@ -283,8 +283,8 @@ pub fn mix(
                 };
                 (format!("www{}.bench-clean.net", k / 2 % 1_000), path)
             };
-            // A browser's request head (310-370 bytes, one of two browsers by the frame's index),
-            // not a minimal one.
+            // A browser's request head (307-371 bytes, one of two browsers by the draw's
+            // index), not a minimal one.
             let ua = BROWSER_AGENTS[i % BROWSER_AGENTS.len()];
             let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {ua}\r\nAccept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\nAccept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\nConnection: keep-alive\r\n\r\n");
             vec![

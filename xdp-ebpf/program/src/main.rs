@@ -917,18 +917,16 @@ fn tls_continues(pkt: &Packet, seg: u64, stats: Stats, state: &mut CpuState) -> 
     let Some(flow) = (unsafe { TLS_FLOWS.get(&key) }).copied() else {
         return false;
     };
-    if flow.expires_ns < now {
+    // Sequence arithmetic modulo 2^32: bytes left before the record's end.
+    let left = flow.end_seq.wrapping_sub(pkt.tcp_seq) as i32;
+    let expired = flow.expires_ns < now;
+    if expired || left <= 0 || seg >= left as u64 {
         if TLS_FLOWS.remove(&key).is_ok() {
             tls_pending_done(pkt, flow.epoch);
         }
-        stats.add(stat::TLS_FLOWS_EXPIRED, 1);
-        return false;
-    }
-    // Sequence arithmetic modulo 2^32: bytes left before the record's end.
-    let left = flow.end_seq.wrapping_sub(pkt.tcp_seq) as i32;
-    if left <= 0 || seg >= left as u64 {
-        if TLS_FLOWS.remove(&key).is_ok() {
-            tls_pending_done(pkt, flow.epoch);
+        if expired {
+            stats.add(stat::TLS_FLOWS_EXPIRED, 1);
+            return false;
         }
         return left > 0;
     }

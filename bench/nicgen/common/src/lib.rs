@@ -2,8 +2,9 @@
 //! the map value layouts ([`GenConfig`], [`Template`]), how a frame becomes a template
 //! ([`Template::from_frame`]) and how a template is rewritten per flow
 //! ([`Template::rewrite`]), which templates are one flow's segments ([`Template::link`]) and
-//! which template a slot sends next ([`Slot::advance`]). The loader (`xtrail-nicgen`) fills the maps with these types and
-//! `xtrail_bench::flows` reproduces the program's frame sequence with the same rewrite.
+//! which template a slot sends next ([`Slot::advance`]). The loader (`xtrail-nicgen`) fills
+//! the maps with these types and `xtrail_bench::flows` reproduces the program's frame
+//! sequence with the same rewrite.
 //!
 //! `#[repr(C)]` and fixed size; with the `user` feature the map types implement `aya::Pod`.
 #![no_std]
@@ -186,14 +187,9 @@ impl Template {
         if frag != 0 || ihl < 20 || frame.len() < l4 + hdr {
             return Ok(t);
         }
-        let end =
-            (l3 + usize::from(u16::from_be_bytes([frame[l3 + 2], frame[l3 + 3]]))).min(frame.len());
-        let data = if proto == 6 {
-            l4 + usize::from(frame[l4 + 12] >> 4) * 4
-        } else {
-            l4 + hdr
-        };
-        if is_filler(frame.get(data..end).unwrap_or_default()) {
+        let payload =
+            payload_span(frame, l3, l4, proto == 17).and_then(|(data, end)| frame.get(data..end));
+        if is_filler(payload.unwrap_or_default()) {
             t.packets = flow_packets.max(1);
         }
         t.l3 = l3 as u16;
@@ -252,17 +248,15 @@ impl Template {
         }
         let f = self.frame();
         let (l3, l4) = (usize::from(self.l3), usize::from(self.sport_off));
-        let total = usize::from(u16::from_be_bytes([*f.get(l3 + 2)?, *f.get(l3 + 3)?]));
-        let data_off = usize::from(*f.get(l4 + 12)? >> 4) * 4;
+        let (data, end) = payload_span(f, l3, l4, false)?;
         let seq = f.get(l4 + 4..l4 + 8)?;
         let mut key = [0u8; 12];
         key[..8].copy_from_slice(f.get(l3 + 12..l3 + 20)?);
         key[8..].copy_from_slice(f.get(l4..l4 + 4)?);
-        let len = total.checked_sub(l4 - l3 + data_off)?;
         Some((
             key,
             u32::from_be_bytes([seq[0], seq[1], seq[2], seq[3]]),
-            len as u32,
+            end.saturating_sub(data) as u32,
         ))
     }
 
@@ -286,6 +280,22 @@ impl Template {
             l4_csum: l4.to_ne_bytes(),
         }
     }
+}
+
+/// Where the TCP (`udp` false) or UDP payload of an IPv4 frame lies: from the end of its
+/// transport header (TCP's data offset) to the IPv4 total length (not the Ethernet padding of
+/// a short frame), within the frame.
+fn payload_span(frame: &[u8], l3: usize, l4: usize, udp: bool) -> Option<(usize, usize)> {
+    let total = usize::from(u16::from_be_bytes([
+        *frame.get(l3 + 2)?,
+        *frame.get(l3 + 3)?,
+    ]));
+    let data = if udp {
+        l4 + 8
+    } else {
+        l4 + usize::from(*frame.get(l4 + 12)? >> 4) * 4
+    };
+    Some((data, (l3 + total).min(frame.len())))
 }
 
 /// One open flow of a generator slot: the program's per-CPU `SLOTS` values, and what

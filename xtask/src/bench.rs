@@ -1565,12 +1565,25 @@ fn write_results(
             r.offered, r.trail_count, r.user_ns_per_packet
         ));
         if let Some(p) = replay("peer") {
+            let cpu = match p.replay_cpu_ns_per_packet {
+                Some(c) if c > 0.0 => format!(
+                    "{c:.0} ns/packet CPU of its processes net of a run on an empty pcap: xtrail/peer **{:.2}** (wall), **{:.2}** (CPU)",
+                    r.user_ns_per_packet / p.user_ns_per_packet,
+                    r.user_ns_per_packet / c
+                ),
+                // Its start-up's spread was larger than the replay's CPU: no ratio.
+                Some(c) => format!(
+                    "CPU of its processes net of a run on an empty pcap {c:.0} ns/packet, not a measurement (the run on the empty pcap took more CPU: its start-up varies by more than this replay costs): xtrail/peer **{:.2}** (wall)",
+                    r.user_ns_per_packet / p.user_ns_per_packet
+                ),
+                None => format!(
+                    "xtrail/peer **{:.2}** (wall)",
+                    r.user_ns_per_packet / p.user_ns_per_packet
+                ),
+            };
             md.push_str(&format!(
-                "- `--peer-replay` on the same pcap: {:.0} ns/packet wall from its start line to its exit (its end-of-run work included), {:.0} ns/packet CPU of its processes net of a run on an empty pcap: xtrail/peer **{:.2}** (wall), **{:.2}** (CPU).\n",
+                "- `--peer-replay` on the same pcap: {:.0} ns/packet wall from its start line to its exit (its end-of-run work included), {cpu}.\n",
                 p.user_ns_per_packet,
-                p.replay_cpu_ns_per_packet.unwrap_or(f64::NAN),
-                r.user_ns_per_packet / p.user_ns_per_packet,
-                r.user_ns_per_packet / p.replay_cpu_ns_per_packet.unwrap_or(f64::NAN)
             ));
         }
     }

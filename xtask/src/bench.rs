@@ -1572,11 +1572,11 @@ fn write_results(
                     r.user_ns_per_packet / c
                 ),
                 // Its start-up's spread was larger than the replay's CPU: no ratio.
-                Some(c) => format!(
+                Some(c) if c <= 0.0 => format!(
                     "CPU of its processes net of a run on an empty pcap {c:.0} ns/packet, not a measurement (the run on the empty pcap took more CPU: its start-up varies by more than this replay costs): xtrail/peer **{:.2}** (wall)",
                     r.user_ns_per_packet / p.user_ns_per_packet
                 ),
-                None => format!(
+                _ => format!(
                     "xtrail/peer **{:.2}** (wall)",
                     r.user_ns_per_packet / p.user_ns_per_packet
                 ),

@@ -1565,25 +1565,10 @@ fn write_results(
             r.offered, r.trail_count, r.user_ns_per_packet
         ));
         if let Some(p) = replay("peer") {
-            let cpu = match p.replay_cpu_ns_per_packet {
-                Some(c) if c > 0.0 => format!(
-                    "{c:.0} ns/packet CPU of its processes net of a run on an empty pcap: xtrail/peer **{:.2}** (wall), **{:.2}** (CPU)",
-                    r.user_ns_per_packet / p.user_ns_per_packet,
-                    r.user_ns_per_packet / c
-                ),
-                // Its start-up's spread was larger than the replay's CPU: no ratio.
-                Some(c) if c <= 0.0 => format!(
-                    "CPU of its processes net of a run on an empty pcap {c:.0} ns/packet, not a measurement (the run on the empty pcap took more CPU: its start-up varies by more than this replay costs): xtrail/peer **{:.2}** (wall)",
-                    r.user_ns_per_packet / p.user_ns_per_packet
-                ),
-                _ => format!(
-                    "xtrail/peer **{:.2}** (wall)",
-                    r.user_ns_per_packet / p.user_ns_per_packet
-                ),
-            };
-            md.push_str(&format!(
-                "- `--peer-replay` on the same pcap: {:.0} ns/packet wall from its start line to its exit (its end-of-run work included), {cpu}.\n",
+            md.push_str(&peer_replay_line(
+                r.user_ns_per_packet,
                 p.user_ns_per_packet,
+                p.replay_cpu_ns_per_packet,
             ));
         }
     }
@@ -1734,9 +1719,49 @@ fn plots(dir: &Path, runs: &[Run]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The report's line for `--peer-replay` on the pcap xtrail replayed at `ours` ns a packet:
+/// the peer's wall time a packet and its CPU a packet net of its run on an empty pcap. A
+/// net CPU that is not positive is no measurement (its start-up varied by more than the
+/// replay cost), so it gets no CPU ratio.
+fn peer_replay_line(ours: f64, peer_wall: f64, peer_cpu: Option<f64>) -> String {
+    let wall = ours / peer_wall;
+    let cpu = match peer_cpu {
+        Some(c) if c > 0.0 => format!(
+            "{c:.0} ns/packet CPU of its processes net of a run on an empty pcap: xtrail/peer **{wall:.2}** (wall), **{:.2}** (CPU)",
+            ours / c
+        ),
+        Some(c) if c <= 0.0 => format!(
+            "CPU of its processes net of a run on an empty pcap {c:.0} ns/packet, not a measurement (the run on the empty pcap took more CPU: its start-up varies by more than this replay costs): xtrail/peer **{wall:.2}** (wall)"
+        ),
+        _ => format!("xtrail/peer **{wall:.2}** (wall)"),
+    };
+    format!(
+        "- `--peer-replay` on the same pcap: {peer_wall:.0} ns/packet wall from its start line to its exit (its end-of-run work included), {cpu}.\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer replay's CPU ratio only from a positive net CPU (run of 12-06 11:47: -52 ns a
+    /// packet gave "-5.00").
+    #[test]
+    fn a_peer_replay_cpu_ratio_only_from_a_positive_net_cpu() {
+        let measured = peer_replay_line(262.0, 526.0, Some(524.0));
+        assert!(
+            measured.contains("**0.50** (wall), **0.50** (CPU)"),
+            "{measured}"
+        );
+        for cpu in [Some(-52.0), Some(0.0), Some(f64::NAN), None] {
+            let line = peer_replay_line(262.0, 526.0, cpu);
+            assert!(
+                line.contains("**0.50** (wall)") && !line.contains("(CPU)"),
+                "{line}"
+            );
+        }
+        assert!(peer_replay_line(262.0, 526.0, Some(-52.0)).contains("not a measurement"));
+    }
 
     /// The method written into latest.json states the flow shape the run uses.
     #[test]

@@ -325,6 +325,44 @@ fn repeats_are_suppressed_within_the_window() {
     assert_eq!(h.hits().len(), 1);
 }
 
+/// A repeat is suppressed from the running CPU's cache of its recent hits (`hits_seen`)
+/// while the report is well inside the window, even when `SUPPRESS` no longer holds it (an
+/// LRU eviction), and reported again once the window has passed.
+#[test]
+fn a_repeat_is_suppressed_from_the_cpus_cache_and_reported_after_the_window() {
+    privileged!();
+    let mut h = Harness::new(SensorOptions {
+        suppress: Duration::from_millis(300),
+        ..SensorOptions::default()
+    });
+    let f = Frame::syn(v4(CLEAN), 40000, v4(TRAIL_V4), 80);
+    h.run(&f);
+    assert_eq!(h.hits().len(), 1);
+    let emptied = clear_suppress(&mut h);
+    assert_eq!(emptied, 1, "the report's SUPPRESS entry");
+    h.run(&f);
+    assert!(h.hits().is_empty(), "suppressed by this CPU's cache");
+    assert_eq!(h.counter(stat::SUPPRESSED), 1);
+    std::thread::sleep(Duration::from_millis(400));
+    h.run(&f);
+    assert_eq!(h.hits().len(), 1, "reported again after the window");
+    h.run(&f);
+    assert!(h.hits().is_empty());
+    assert_eq!(h.counter(stat::SUPPRESSED), 2);
+}
+
+/// Removes every entry of `SUPPRESS`; returns how many there were.
+fn clear_suppress(h: &mut Harness) -> usize {
+    let mut map: aya::maps::HashMap<_, xtrail_common::SuppressKey, u64> =
+        aya::maps::HashMap::try_from(h.sensor.ebpf_mut().map_mut("SUPPRESS").expect("map"))
+            .expect("SUPPRESS as a hash map");
+    let keys: Vec<_> = map.keys().map(|k| k.expect("key")).collect();
+    for k in &keys {
+        map.remove(k).expect("remove");
+    }
+    keys.len()
+}
+
 #[test]
 fn truncated_and_odd_frames_pass_and_are_counted() {
     privileged!();

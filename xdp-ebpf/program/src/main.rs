@@ -220,7 +220,19 @@ struct CpuState {
     clock_jiffies: u64,
     /// `bpf_ktime_get_coarse_ns()` as last read (at `clock_jiffies`).
     clock_ns: u64,
+    /// The hits this CPU reported or found suppressed lately (see `report`): in the slot of
+    /// their addresses, port and protocol, a tag that also hashes the trail (upper 32 bits)
+    /// and the report's time by the coarse clock (lower 32, in units of 2^20 ns).
+    hits_seen: [u64; HITS_SEEN_SLOTS],
 }
+
+/// Slots of `CpuState::hits_seen` (a power of two; 2 KiB a CPU).
+const HITS_SEEN_SLOTS: usize = 256;
+
+/// How far below the suppression window `hits_seen` answers, in its time units (~17 ms):
+/// it reads the coarse clock, which may lag the report's `bpf_ktime_get_ns` time by a tick
+/// (10 ms at HZ=100), and the units truncate. Within that margin `SUPPRESS` decides.
+const HITS_SEEN_MARGIN: u32 = 16;
 
 /// When a record last woke the reader by the gap rule, any ring (CLOCK_MONOTONIC ns; see
 /// [`gap_flags`]).
@@ -478,7 +490,7 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32, stats: Stats) -> u32 {
         stats.add(stat::UNREPORTED, 1);
         return verdict;
     }
-    report(ctx, pkt, &hit, cfg, enforce, len, stats);
+    report(ctx, pkt, &hit, cfg, enforce, len, stats, state);
     verdict
 }
 
@@ -1140,6 +1152,15 @@ fn write_header(to: &mut PayloadHeader, header: &PayloadHeader, n: u32) {
 /// Suppresses repeats, then writes the hit to the ring buffer. A hit is recorded in
 /// `SUPPRESS` only once its ring-buffer slot is reserved: a hit lost to a full ring must not
 /// suppress its repeats, or the loss would hide them for the whole window.
+///
+/// A repeat is first looked for in this CPU's `hits_seen`, which keeps the time `SUPPRESS`
+/// holds for a hit this CPU reported or found suppressed: while that time is well inside
+/// the window (by the coarse clock, `HITS_SEEN_MARGIN` short of it) the repeat is suppressed
+/// without the clock read and the LRU map's lookup (a hash of the 40-byte key). `SUPPRESS`
+/// only ever holds a later time for the key, so this suppresses nothing it would report
+/// (but for a 31-bit tag collision in one slot, or an entry the LRU evicted inside its
+/// window). By test run, a suppressed repeat of a SYN to an IP trail: 126-218 ns net before,
+/// 49-111 with it.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn report(
@@ -1150,7 +1171,28 @@ fn report(
     enforce: bool,
     len: u64,
     stats: Stats,
+    state: &mut CpuState,
 ) {
+    // The slot by the packet's fields alone, the trail only in the tag: a slot index
+    // computed from the hit would make the verifier track the hit's values precisely (a
+    // variable offset into map memory), and walk three times the states.
+    let mut h = (addresses_hash(pkt, pkt.family != 4)
+        ^ (u64::from(pkt.dst_port) << 8 | u64::from(pkt.proto)))
+    .wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    h ^= h >> 29;
+    let i = h as usize & (HITS_SEEN_SLOTS - 1);
+    // Never 0, so an empty slot matches no hit.
+    let tag = (((h ^ u64::from(hit.trail_id)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) | 1) << 32;
+    let (coarse, _) = coarse_now(state);
+    // 0 without suppression: then nothing is below it.
+    let window_u =
+        ((cfg.suppress_ns >> 20).min(u64::from(u32::MAX)) as u32).saturating_sub(HITS_SEEN_MARGIN);
+    let v = state.hits_seen[i];
+    if v & !0xffff_ffff == tag && ((coarse >> 20) as u32).wrapping_sub(v as u32) < window_u {
+        stats.add(stat::SUPPRESSED, 1);
+        return;
+    }
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let key = SuppressKey {
         src: bytes(&pkt.src),
@@ -1161,8 +1203,13 @@ fn report(
         _pad: 0,
     };
     if cfg.suppress_ns > 0 {
+        // SAFETY: a lookup in an LRU hash map with a key of its type.
         if let Some(last) = unsafe { SUPPRESS.get(&key) } {
-            if now.wrapping_sub(*last) < cfg.suppress_ns {
+            let last = *last;
+            if now.wrapping_sub(last) < cfg.suppress_ns {
+                // The earlier of the two: the coarse clock may not have reached a report
+                // made in this tick.
+                state.hits_seen[i] = tag | (last.min(coarse) >> 20) & 0xffff_ffff;
                 stats.add(stat::SUPPRESSED, 1);
                 return;
             }
@@ -1175,6 +1222,8 @@ fn report(
             if cfg.suppress_ns > 0 {
                 let _ = SUPPRESS.insert(&key, &now, 0);
             }
+            // The coarse time, not later than `now`.
+            state.hits_seen[i] = tag | (coarse >> 20) & 0xffff_ffff;
             let r = entry.as_mut_ptr();
             // SAFETY: `r` points at a reserved, writable HitRecord-sized slot.
             unsafe {

@@ -510,10 +510,7 @@ fn flow_start(pkt: &Packet, cfg: &Config, stats: Stats, state: &mut CpuState) {
     // SAFETY: this CPU's slot of a per-CPU array; nothing else uses it during this run.
     let batch = unsafe { &mut *batch };
     let (now, tick) = coarse_now(state);
-    let mut h = (addresses_hash(pkt, pkt.family != 4)
-        ^ (u64::from(pkt.dst_port) << 8 | u64::from(pkt.proto)))
-    .wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
-    h ^= h >> 29;
+    let h = tuple_hash(pkt);
     let slot = (h as u32) & (FLOW_CACHE_SLOTS - 1);
     let tag = h >> 32;
     let now_u = (now >> 20) as u32;
@@ -539,6 +536,16 @@ fn flow_start(pkt: &Packet, cfg: &Config, stats: Stats, state: &mut CpuState) {
     add_flow(pkt, batch, now, tick, cfg, stats);
     // Empty again when the append sent the batch.
     state.flows_pending = batch.len;
+}
+
+/// A hash of a packet's addresses, destination port and protocol (the flow-start cache's
+/// key, and the slot of a hit in `hits_seen`).
+#[inline(always)]
+fn tuple_hash(pkt: &Packet) -> u64 {
+    let h = (addresses_hash(pkt, pkt.family != 4)
+        ^ (u64::from(pkt.dst_port) << 8 | u64::from(pkt.proto)))
+    .wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    h ^ (h >> 29)
 }
 
 /// A hash of a packet's two addresses: one multiply round for the last address words, three
@@ -1176,10 +1183,7 @@ fn report(
     // The slot by the packet's fields alone, the trail only in the tag: a slot index
     // computed from the hit would make the verifier track the hit's values precisely (a
     // variable offset into map memory), and walk three times the states.
-    let mut h = (addresses_hash(pkt, pkt.family != 4)
-        ^ (u64::from(pkt.dst_port) << 8 | u64::from(pkt.proto)))
-    .wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
-    h ^= h >> 29;
+    let h = tuple_hash(pkt);
     let i = h as usize & (HITS_SEEN_SLOTS - 1);
     // Never 0, so an empty slot matches no hit.
     let tag = (((h ^ u64::from(hit.trail_id)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) | 1) << 32;

@@ -220,19 +220,53 @@ struct CpuState {
     clock_jiffies: u64,
     /// `bpf_ktime_get_coarse_ns()` as last read (at `clock_jiffies`).
     clock_ns: u64,
-    /// The hits this CPU reported or found suppressed lately (see `report`): in the slot of
-    /// their addresses, port and protocol, a tag that also hashes the trail (upper 32 bits)
-    /// and the report's time by the coarse clock (lower 32, in units of 2^20 ns).
-    hits_seen: [u64; HITS_SEEN_SLOTS],
+    /// The hits this CPU reported or found suppressed lately (see `report`), each in the
+    /// slot of its addresses, port and protocol.
+    hits_seen: [HitSeen; HITS_SEEN_SLOTS],
 }
 
-/// Slots of `CpuState::hits_seen` (a power of two; 2 KiB a CPU).
-const HITS_SEEN_SLOTS: usize = 256;
+/// A hit's whole `SUPPRESS` key and its report's time by the coarse clock, in one cache
+/// line. All zeros when empty: no reportable hit has protocol 0.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct HitSeen {
+    src: [u32; 4],
+    dst: [u32; 4],
+    /// The trail id, the destination port (bits 32-47) and the protocol (bits 48-55).
+    rest: u64,
+    time_ns: u64,
+}
 
-/// How far below the suppression window `hits_seen` answers, in its time units (~17 ms):
-/// it reads the coarse clock, which may lag the report's `bpf_ktime_get_ns` time by a tick
-/// (10 ms at HZ=100), and the units truncate. Within that margin `SUPPRESS` decides.
-const HITS_SEEN_MARGIN: u32 = 16;
+impl HitSeen {
+    /// Whether the slot holds the hit of `pkt` whose `rest` (see the field) is `rest`:
+    /// every word compared, one branch.
+    #[inline(always)]
+    fn holds(&self, pkt: &Packet, rest: u64) -> bool {
+        let mut d = self.rest ^ rest;
+        for k in 0..4 {
+            d |= u64::from(self.src[k] ^ pkt.src[k]) | u64::from(self.dst[k] ^ pkt.dst[k]);
+        }
+        d == 0
+    }
+
+    #[inline(always)]
+    fn set(&mut self, pkt: &Packet, rest: u64, time_ns: u64) {
+        parse::set_words(&mut self.src, pkt.src);
+        parse::set_words(&mut self.dst, pkt.dst);
+        self.rest = rest;
+        self.time_ns = time_ns;
+    }
+}
+
+/// Slots of `CpuState::hits_seen` (a power of two; 8 KiB a CPU).
+const HITS_SEEN_SLOTS: usize = 128;
+
+/// How far short of the suppression window `hits_seen` answers (2^26 ns, ~67 ms): it reads
+/// the coarse clock, which lags the `bpf_ktime_get_ns` time `SUPPRESS` holds by up to a
+/// tick, two when a read falls between the tick's `jiffies` update and its clock update
+/// (see `coarse_now`), five when the kernel lets timekeeping stall (`MAX_STALLED_JIFFIES`):
+/// 50 ms at HZ=100. Within the margin `SUPPRESS` decides.
+const HITS_SEEN_MARGIN_NS: u64 = 1 << 26;
 
 /// When a record last woke the reader by the gap rule, any ring (CLOCK_MONOTONIC ns; see
 /// [`gap_flags`]).
@@ -1160,14 +1194,16 @@ fn write_header(to: &mut PayloadHeader, header: &PayloadHeader, n: u32) {
 /// `SUPPRESS` only once its ring-buffer slot is reserved: a hit lost to a full ring must not
 /// suppress its repeats, or the loss would hide them for the whole window.
 ///
-/// A repeat is first looked for in this CPU's `hits_seen`, which keeps the time `SUPPRESS`
-/// holds for a hit this CPU reported or found suppressed: while that time is well inside
-/// the window (by the coarse clock, `HITS_SEEN_MARGIN` short of it) the repeat is suppressed
-/// without the clock read and the LRU map's lookup (a hash of the 40-byte key). `SUPPRESS`
-/// only ever holds a later time for the key, so this suppresses nothing it would report
-/// (but for a 31-bit tag collision in one slot, or an entry the LRU evicted inside its
-/// window). By test run, a suppressed repeat of a SYN to an IP trail: 126-218 ns net before,
-/// 49-111 with it.
+/// A repeat is first looked for in this CPU's `hits_seen`, which keeps the whole key and the
+/// time `SUPPRESS` holds for a hit this CPU reported or found suppressed (by the coarse
+/// clock, not later than it): while that time is `HITS_SEEN_MARGIN_NS` or more inside the
+/// window the repeat is suppressed without the clock read and the LRU map's lookup (a hash
+/// of the 40-byte key). It suppresses nothing `SUPPRESS` would report but a repeat whose
+/// entry the LRU evicted inside its window (or one after a clock stall longer than the
+/// margin); an entry thus answered is not marked used in
+/// the LRU, so under pressure it may be evicted sooner and a repeat on another CPU reported
+/// again. By test run, a suppressed repeat of a SYN to an IP trail: 134-244 ns net before,
+/// 62-123 with these slots (medians 217 and 117, 3 alternating pairs).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn report(
@@ -1180,19 +1216,17 @@ fn report(
     stats: Stats,
     state: &mut CpuState,
 ) {
-    // The slot by the packet's fields alone, the trail only in the tag: a slot index
-    // computed from the hit would make the verifier track the hit's values precisely (a
-    // variable offset into map memory), and walk three times the states.
-    let h = tuple_hash(pkt);
-    let i = h as usize & (HITS_SEEN_SLOTS - 1);
-    // Never 0, so an empty slot matches no hit.
-    let tag = (((h ^ u64::from(hit.trail_id)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) | 1) << 32;
+    // The slot by the packet's fields alone: a slot index computed from the hit would make
+    // the verifier track the hit's values precisely (a variable offset into map memory),
+    // and walk three times the states.
+    let i = tuple_hash(pkt) as usize & (HITS_SEEN_SLOTS - 1);
+    let rest = u64::from(hit.trail_id) | u64::from(pkt.dst_port) << 32 | u64::from(pkt.proto) << 48;
     let (coarse, _) = coarse_now(state);
     // 0 without suppression: then nothing is below it.
-    let window_u =
-        ((cfg.suppress_ns >> 20).min(u64::from(u32::MAX)) as u32).saturating_sub(HITS_SEEN_MARGIN);
-    let v = state.hits_seen[i];
-    if v & !0xffff_ffff == tag && ((coarse >> 20) as u32).wrapping_sub(v as u32) < window_u {
+    let window = cfg.suppress_ns.saturating_sub(HITS_SEEN_MARGIN_NS);
+    let seen = &state.hits_seen[i];
+    // The stored time is never later than this CPU's coarse clock now.
+    if seen.holds(pkt, rest) && coarse.wrapping_sub(seen.time_ns) < window {
         stats.add(stat::SUPPRESSED, 1);
         return;
     }
@@ -1207,13 +1241,14 @@ fn report(
         _pad: 0,
     };
     if cfg.suppress_ns > 0 {
-        // SAFETY: a lookup in an LRU hash map with a key of its type.
+        // SAFETY: the reference points into map memory that other CPUs, userspace or the
+        // LRU's reuse of the element may rewrite; it is read once, at once.
         if let Some(last) = unsafe { SUPPRESS.get(&key) } {
             let last = *last;
             if now.wrapping_sub(last) < cfg.suppress_ns {
                 // The earlier of the two: the coarse clock may not have reached a report
                 // made in this tick.
-                state.hits_seen[i] = tag | (last.min(coarse) >> 20) & 0xffff_ffff;
+                state.hits_seen[i].set(pkt, rest, last.min(coarse));
                 stats.add(stat::SUPPRESSED, 1);
                 return;
             }
@@ -1223,11 +1258,10 @@ fn report(
     // the parse state in 512 bytes.
     match HITS.reserve::<HitRecord>(0) {
         Some(mut entry) => {
-            if cfg.suppress_ns > 0 {
-                let _ = SUPPRESS.insert(&key, &now, 0);
+            // Kept only when `SUPPRESS` took it (the coarse time, not later than `now`).
+            if cfg.suppress_ns > 0 && SUPPRESS.insert(&key, &now, 0).is_ok() {
+                state.hits_seen[i].set(pkt, rest, coarse);
             }
-            // The coarse time, not later than `now`.
-            state.hits_seen[i] = tag | (coarse >> 20) & 0xffff_ffff;
             let r = entry.as_mut_ptr();
             // SAFETY: `r` points at a reserved, writable HitRecord-sized slot.
             unsafe {

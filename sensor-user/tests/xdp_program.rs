@@ -328,8 +328,9 @@ fn repeats_are_suppressed_within_the_window() {
 /// A repeat is suppressed from the running CPU's cache of its recent hits (`hits_seen`)
 /// while the report is well inside the window, even when `SUPPRESS` no longer holds it (an
 /// LRU eviction), and reported again once the window has passed; another hit in the same
-/// slot is not taken for it. (A 2 s window: the cache answers up to ~67 ms short of
-/// it, so a loaded machine has ample time between the first runs.)
+/// slot (another port, another source) is not taken for it. (A 2 s window: the cache
+/// answers up to ~67 ms short of it, so a loaded machine has ample time between the first
+/// runs.)
 #[test]
 fn a_repeat_is_suppressed_from_the_cpus_cache_and_reported_after_the_window() {
     privileged!();
@@ -349,23 +350,28 @@ fn a_repeat_is_suppressed_from_the_cpus_cache_and_reported_after_the_window() {
     h.run(&Frame::syn(v4(CLEAN), 40001, v4(TRAIL_V4), 80));
     assert!(h.hits().is_empty());
     assert_eq!(h.counter(stat::SUPPRESSED), 2);
-    // More destination ports than slots, so some share one: each a hit of its own, then
-    // each repeat suppressed.
-    let ports = 1000..1000 + 129u16;
-    for p in ports.clone() {
-        h.run(&Frame::syn(v4(CLEAN), 40000, v4(TRAIL_V4), p));
-    }
-    assert_eq!(h.hits().len(), ports.len(), "one report a port");
-    for p in ports.clone() {
-        h.run(&Frame::syn(v4(CLEAN), 40000, v4(TRAIL_V4), p));
-    }
-    assert!(h.hits().is_empty());
-    assert_eq!(h.counter(stat::SUPPRESSED), 2 + ports.len() as u64);
+    // The slot expires with the window (`SUPPRESS` holds nothing for it either).
     std::thread::sleep(Duration::from_millis(2300));
     h.run(&f);
     assert_eq!(h.hits().len(), 1, "reported again after the window");
     h.run(&f);
     assert!(h.hits().is_empty());
+    assert_eq!(h.counter(stat::SUPPRESSED), 3);
+    // More destination ports, and more sources, than slots, so some keys share a slot: each
+    // a hit of its own, then each repeat suppressed.
+    let keys: Vec<(IpAddr, u16)> = (0..129u16)
+        .map(|k| (v4(CLEAN), 1000 + k))
+        .chain((0..129u16).map(|k| (v4(&format!("198.18.1.{k}")), 80)))
+        .collect();
+    for &(src, port) in &keys {
+        h.run(&Frame::syn(src, 40000, v4(TRAIL_V4), port));
+    }
+    assert_eq!(h.hits().len(), keys.len(), "one report a key");
+    for &(src, port) in &keys {
+        h.run(&Frame::syn(src, 40000, v4(TRAIL_V4), port));
+    }
+    assert!(h.hits().is_empty());
+    assert_eq!(h.counter(stat::SUPPRESSED), 3 + keys.len() as u64);
 }
 
 /// Removes every entry of `SUPPRESS`; returns how many there were.

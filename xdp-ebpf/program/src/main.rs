@@ -225,9 +225,10 @@ struct CpuState {
     hits_seen: [HitSeen; HITS_SEEN_SLOTS],
 }
 
-/// A hit's whole `SUPPRESS` key and its report's time by the coarse clock, in one cache
-/// line. All zeros when empty: no reportable hit has protocol 0.
-#[repr(C, align(64))]
+/// A hit's whole `SUPPRESS` key and its report's time by the coarse clock, 64 bytes (per-CPU
+/// map values are only 8-byte aligned, so not always one cache line). All zeros when empty:
+/// no reportable hit has protocol 0.
+#[repr(C)]
 #[derive(Clone, Copy)]
 struct HitSeen {
     src: [u32; 4],
@@ -235,6 +236,7 @@ struct HitSeen {
     /// The trail id, the destination port (bits 32-47) and the protocol (bits 48-55).
     rest: u64,
     time_ns: u64,
+    _pad: [u64; 2],
 }
 
 impl HitSeen {
@@ -261,11 +263,13 @@ impl HitSeen {
 /// Slots of `CpuState::hits_seen` (a power of two; 8 KiB a CPU).
 const HITS_SEEN_SLOTS: usize = 128;
 
-/// How far short of the suppression window `hits_seen` answers (2^26 ns, ~67 ms): it reads
-/// the coarse clock, which lags the `bpf_ktime_get_ns` time `SUPPRESS` holds by up to a
-/// tick, two when a read falls between the tick's `jiffies` update and its clock update
-/// (see `coarse_now`), five when the kernel lets timekeeping stall (`MAX_STALLED_JIFFIES`):
-/// 50 ms at HZ=100. Within the margin `SUPPRESS` decides.
+/// How far short of the suppression window `hits_seen` answers (2^26 ns, ~67 ms; so not at
+/// all for windows up to that): it reads the coarse clock, which lags the
+/// `bpf_ktime_get_ns` time `SUPPRESS` holds by up to a tick, and by up to five when this
+/// kernel (6.18) lets timekeeping stall before it forces a `jiffies` update
+/// (`MAX_STALLED_JIFFIES`): 50 ms at HZ=100. Within the margin `SUPPRESS` decides. Not
+/// covered: a read in the gap between a tick's `jiffies` update and its clock update after
+/// an idle spell, which `coarse_now` may take for the whole tick (see there).
 const HITS_SEEN_MARGIN_NS: u64 = 1 << 26;
 
 /// When a record last woke the reader by the gap rule, any ring (CLOCK_MONOTONIC ns; see
@@ -1199,8 +1203,8 @@ fn write_header(to: &mut PayloadHeader, header: &PayloadHeader, n: u32) {
 /// clock, not later than it): while that time is `HITS_SEEN_MARGIN_NS` or more inside the
 /// window the repeat is suppressed without the clock read and the LRU map's lookup (a hash
 /// of the 40-byte key). It suppresses nothing `SUPPRESS` would report but a repeat whose
-/// entry the LRU evicted inside its window (or one after a clock stall longer than the
-/// margin); an entry thus answered is not marked used in
+/// entry the LRU evicted inside its window, or one read by a coarse clock that lags by more
+/// than the margin (see `HITS_SEEN_MARGIN_NS`); an entry thus answered is not marked used in
 /// the LRU, so under pressure it may be evicted sooner and a repeat on another CPU reported
 /// again. By test run, a suppressed repeat of a SYN to an IP trail: 134-244 ns net before,
 /// 62-123 with these slots (medians 217 and 117, 3 alternating pairs).
@@ -1245,7 +1249,8 @@ fn report(
         // LRU's reuse of the element may rewrite; it is read once, at once.
         if let Some(last) = unsafe { SUPPRESS.get(&key) } {
             let last = *last;
-            if now.wrapping_sub(last) < cfg.suppress_ns {
+            // `last` after `now`: another CPU reported it since `now` was read.
+            if last >= now || now - last < cfg.suppress_ns {
                 // The earlier of the two: the coarse clock may not have reached a report
                 // made in this tick.
                 state.hits_seen[i].set(pkt, rest, last.min(coarse));

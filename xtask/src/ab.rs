@@ -2,8 +2,10 @@
 //! for a change's effect on the live cost. Each run puts one build on a fresh veth pair
 //! (GRO on, as the bench), sends a warm-up, then `rounds` sends of `count` frames at a fixed
 //! rate with `xtrail-nicgen` (the bench's templates and flows), and reads the sensor
-//! process's CPU before each send and 0.5 s after it: ns per frame sent. Runs alternate
-//! A B, B A, ... so that the host's drift falls on both builds alike.
+//! process's CPU before each send and 0.5 s after it: ns per frame sent. With `--xdp`, also
+//! the XDP program's time per run over each send (bpf_stats on: its own clock reads
+//! included, alike for both builds). Runs alternate A B, B A, ... so that the host's drift
+//! falls on both builds alike.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +17,9 @@ use xtrail_detect::whitelist::Whitelist;
 use crate::bench::{
     draw_background, draw_nic_mix, draw_picks, start_sensor, stop_child, tree_cpu_ns, DEFAULT_SEED,
 };
-use crate::bench_nic::{gro_on, nic_send, nicgen, templates, write_pcap, SCENARIOS};
+use crate::bench_nic::{
+    gro_on, nic_send, nicgen, prog_stats, templates, write_pcap, xdp_prog_id, StatsKnob, SCENARIOS,
+};
 use crate::paths;
 
 /// What `cargo xtask ab` compares.
@@ -52,6 +56,10 @@ pub struct AbOptions {
     /// Extra argument for `xtrail-sensor run` (repeatable).
     #[arg(long = "sensor-arg", allow_hyphen_values = true)]
     pub sensor_args: Vec<String>,
+    /// Also the XDP program's ns per run over each round (`kernel.bpf_stats_enabled` on for
+    /// the whole comparison, restored after; its clock reads are in both builds' figures).
+    #[arg(long)]
+    pub xdp: bool,
 }
 
 /// The time a run's last frames get to reach the sensor before its CPU is read.
@@ -98,43 +106,71 @@ pub fn run(o: &AbOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&tmp)?;
     let pcap = tmp.join(format!("{}.pcap", o.traffic));
     write_pcap(&pcap, &frames)?;
-    let mut per_build: [Vec<f64>; 2] = Default::default();
+    let knob = StatsKnob::new();
+    if o.xdp {
+        knob.set(true)?;
+    }
+    let mut per_build: [Vec<Round>; 2] = Default::default();
     let mut first_flow = 0;
     for pair in 0..o.pairs {
         let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
         for build in order {
             let bin = &builds[build];
             let rounds = one_run(o, bin, &trails, &pcap, &tmp, &mut first_flow)?;
-            println!(
+            let list = |f: fn(&Round) -> f64| {
+                rounds
+                    .iter()
+                    .map(|r| format!("{:.0}", f(r)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let mut line = format!(
                 "ab: {} {}: {}",
                 ["A", "B"][build],
                 bin.display(),
-                rounds
-                    .iter()
-                    .map(|ns| format!("{ns:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
+                list(|r| r.sensor_ns)
             );
+            if o.xdp {
+                line += &format!("; XDP ns a run: {}", list(|r| r.xdp_ns));
+            }
+            println!("{line}");
             per_build[build].extend(rounds);
         }
     }
+    drop(knob);
     let _ = std::fs::remove_dir_all(&tmp);
     for (build, v) in per_build.iter().enumerate() {
-        let mut v = v.clone();
-        v.sort_by(f64::total_cmp);
+        let what = format!("{} {} at {} pps", o.traffic, o.mode, o.rate);
+        let sensor = summary(v.iter().map(|r| r.sensor_ns).collect());
         println!(
-            "ab: {} median {:.0} ns a frame (range {:.0}-{:.0}, {} rounds), {} {} at {} pps",
-            ["A", "B"][build],
-            v.get(v.len() / 2).copied().unwrap_or(f64::NAN),
-            v.first().copied().unwrap_or(f64::NAN),
-            v.last().copied().unwrap_or(f64::NAN),
-            v.len(),
-            o.traffic,
-            o.mode,
-            o.rate
+            "ab: {} median {sensor} ns a frame, {what}",
+            ["A", "B"][build]
         );
+        if o.xdp {
+            let xdp = summary(v.iter().map(|r| r.xdp_ns).collect());
+            println!("ab: {} median {xdp} XDP ns a run, {what}", ["A", "B"][build]);
+        }
     }
     Ok(())
+}
+
+/// One round's figures: the sensor process's CPU per frame sent and (with `--xdp`) the XDP
+/// program's time per run over the round (NaN when not read).
+struct Round {
+    sensor_ns: f64,
+    xdp_ns: f64,
+}
+
+/// "median (range lo-hi, n rounds)" of `v`.
+fn summary(mut v: Vec<f64>) -> String {
+    v.sort_by(f64::total_cmp);
+    format!(
+        "{:.0} (range {:.0}-{:.0}, {} rounds)",
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN),
+        v.first().copied().unwrap_or(f64::NAN),
+        v.last().copied().unwrap_or(f64::NAN),
+        v.len()
+    )
 }
 
 /// One build on a fresh veth pair: the warm-up, then the rounds' CPU per frame sent.
@@ -145,13 +181,19 @@ fn one_run(
     pcap: &Path,
     tmp: &Path,
     first_flow: &mut u64,
-) -> anyhow::Result<Vec<f64>> {
+) -> anyhow::Result<Vec<Round>> {
     let pair = VethPair::create("xab")?;
     gro_on(&pair)?;
     let log = tmp.join("events.jsonl");
     let _ = std::fs::remove_file(&log);
     let mut sensor = start_sensor(bin, &pair, trails, &o.mode, &log, &o.sensor_args)?;
     let pid = sensor.child.id();
+    let prog = if o.xdp { xdp_prog_id(&pair) } else { None };
+    anyhow::ensure!(
+        !o.xdp || prog.is_some(),
+        "--xdp: no XDP program on {}",
+        pair.sensor_if
+    );
     let mut send = |count: u64| {
         // Fresh flows every send: a new source for each, as the bench's runs.
         let r = nic_send(&pair, pcap, count, o.rate, *first_flow);
@@ -163,11 +205,21 @@ fn one_run(
         std::thread::sleep(DRAIN);
         let mut rounds = Vec::new();
         for _ in 0..o.rounds {
+            let xdp_before = prog_stats(prog);
             let before = tree_cpu_ns(pid);
             let (sent, _) = send(o.count)?;
             std::thread::sleep(DRAIN);
             let used = tree_cpu_ns(pid).saturating_sub(before);
-            rounds.push(used as f64 / sent.max(1) as f64);
+            let xdp_ns = match (xdp_before, prog_stats(prog)) {
+                (Some((c0, t0)), Some((c1, t1))) if c1 > c0 => {
+                    t1.saturating_sub(t0) as f64 / (c1 - c0) as f64
+                }
+                _ => f64::NAN,
+            };
+            rounds.push(Round {
+                sensor_ns: used as f64 / sent.max(1) as f64,
+                xdp_ns,
+            });
         }
         Ok(rounds)
     })();

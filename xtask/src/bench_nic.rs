@@ -197,7 +197,7 @@ fn by_kind(background: &Traffic) -> [Vec<Vec<u8>>; 3] {
 }
 
 /// The sensor's XDP program id on its interface (from iproute2's JSON), if one is attached.
-fn xdp_prog_id(pair: &VethPair) -> Option<u32> {
+pub(crate) fn xdp_prog_id(pair: &VethPair) -> Option<u32> {
     let out = Command::new("ip")
         .args([
             "-n",
@@ -226,7 +226,7 @@ fn json_field<T: std::str::FromStr>(text: &str, key: &str) -> Option<T> {
 }
 
 /// (run count, run time ns) of a program from bpf_stats.
-fn prog_stats(id: Option<u32>) -> Option<(u64, u64)> {
+pub(crate) fn prog_stats(id: Option<u32>) -> Option<(u64, u64)> {
     let id = id?;
     let out = Command::new(nicgen())
         .args(["prog-stats", "--id", &id.to_string()])
@@ -790,21 +790,21 @@ impl Drop for Sut {
 }
 
 /// `kernel.bpf_stats_enabled`, restored to what it was when dropped.
-struct StatsKnob {
+pub(crate) struct StatsKnob {
     old: String,
 }
 
 impl StatsKnob {
     const PATH: &'static str = "/proc/sys/kernel/bpf_stats_enabled";
 
-    fn new() -> StatsKnob {
+    pub(crate) fn new() -> StatsKnob {
         StatsKnob {
             old: std::fs::read_to_string(Self::PATH).unwrap_or_else(|_| "0".into()),
         }
     }
 
     /// Sets the knob and reads it back.
-    fn set(&self, on: bool) -> anyhow::Result<()> {
+    pub(crate) fn set(&self, on: bool) -> anyhow::Result<()> {
         let want = if on { "1" } else { "0" };
         std::fs::write(Self::PATH, want).with_context(|| format!("writing {}", Self::PATH))?;
         let now = std::fs::read_to_string(Self::PATH).unwrap_or_default();

@@ -542,11 +542,6 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32, stats: Stats) -> u32 {
 /// division.
 #[inline(always)]
 fn flow_start(pkt: &Packet, cfg: &Config, stats: Stats, state: &mut CpuState) {
-    let Some(batch) = FLOW_BATCH_MAP.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's slot of a per-CPU array; nothing else uses it during this run.
-    let batch = unsafe { &mut *batch };
     let (now, tick) = coarse_now(state);
     let h = tuple_hash(pkt);
     let slot = (h as u32) & (FLOW_CACHE_SLOTS - 1);
@@ -562,15 +557,18 @@ fn flow_start(pkt: &Packet, cfg: &Config, stats: Stats, state: &mut CpuState) {
         let v = unsafe { *p };
         if v >> 32 == tag && now_u.wrapping_sub(v as u32) < window_u {
             stats.add(stat::FLOW_REPEATS, 1);
-            if batch.len != 0 && batch.tick != tick {
-                send_flows(batch, cfg);
-                state.flows_pending = 0;
-            }
+            // As any frame that starts no flow: no batch lookup while none is pending.
+            flush_stale_flows(cfg, state);
             return;
         }
         // SAFETY: as above.
         unsafe { *p = (tag << 32) | u64::from(now_u) };
     }
+    let Some(batch) = FLOW_BATCH_MAP.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; nothing else uses it during this run.
+    let batch = unsafe { &mut *batch };
     add_flow(pkt, batch, now, tick, cfg, stats);
     // Empty again when the append sent the batch.
     state.flows_pending = batch.len;

@@ -79,33 +79,10 @@ pub fn run(o: &AbOptions) -> anyhow::Result<()> {
     });
     let [a, b] = builds;
     let builds = [a?, b?];
-    // One of them: clap checked it.
-    let which = SCENARIOS
-        .iter()
-        .position(|s| *s == o.traffic)
-        .ok_or_else(|| anyhow::anyhow!("traffic {} is none of {SCENARIOS:?}", o.traffic))?;
-    let data = paths::maltrail_data();
-    let tree = data.join("trails-static");
-    anyhow::ensure!(tree.is_dir(), "no static trail tree at {}", tree.display());
-    let trails = o.trails.clone().unwrap_or_else(|| tree.clone());
-    // The templates as a full `cargo xtask bench` run draws them.
-    eprintln!("ab: loading {} to draw traffic from", tree.display());
-    let set = TrailSet::load(std::slice::from_ref(&tree), &LoadOptions::default())?;
-    let whitelist = Whitelist::load(&data.join("data/whitelist.txt"))?;
-    let picks = draw_picks(&set, &whitelist, false);
-    let is_trail = |a| set.ip.lookup(std::net::IpAddr::V4(a), None).is_some();
-    let background = draw_background(DEFAULT_SEED, false, &is_trail);
-    let mix = draw_nic_mix(DEFAULT_SEED, &picks, &is_trail);
-    let frames = templates(&background, &mix)
-        .into_iter()
-        .nth(which)
-        .unwrap_or_default();
-    anyhow::ensure!(!frames.is_empty(), "no {} templates", o.traffic);
-    drop(set);
+    let trails = o.trails.clone().unwrap_or_else(static_tree);
     let tmp = std::env::temp_dir().join(format!("xtrail-ab-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
-    let pcap = tmp.join(format!("{}.pcap", o.traffic));
-    write_pcap(&pcap, &frames)?;
+    let pcap = scenario_pcap(&o.traffic, &tmp)?;
     let knob = StatsKnob::new();
     if o.xdp {
         knob.set(true)?;
@@ -152,6 +129,37 @@ pub fn run(o: &AbOptions) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The static trail tree of the Maltrail data.
+pub(crate) fn static_tree() -> PathBuf {
+    paths::maltrail_data().join("trails-static")
+}
+
+/// Writes the templates of NIC-like scenario `traffic` (one of `SCENARIOS`), as a full
+/// `cargo xtask bench` run draws them, to `dir/TRAFFIC.pcap`.
+pub(crate) fn scenario_pcap(traffic: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let which = SCENARIOS
+        .iter()
+        .position(|s| *s == traffic)
+        .ok_or_else(|| anyhow::anyhow!("traffic {traffic} is none of {SCENARIOS:?}"))?;
+    let tree = static_tree();
+    anyhow::ensure!(tree.is_dir(), "no static trail tree at {}", tree.display());
+    eprintln!("xtask: loading {} to draw traffic from", tree.display());
+    let set = TrailSet::load(std::slice::from_ref(&tree), &LoadOptions::default())?;
+    let whitelist = Whitelist::load(&paths::maltrail_data().join("data/whitelist.txt"))?;
+    let picks = draw_picks(&set, &whitelist, false);
+    let is_trail = |a| set.ip.lookup(std::net::IpAddr::V4(a), None).is_some();
+    let background = draw_background(DEFAULT_SEED, false, &is_trail);
+    let mix = draw_nic_mix(DEFAULT_SEED, &picks, &is_trail);
+    let frames = templates(&background, &mix)
+        .into_iter()
+        .nth(which)
+        .unwrap_or_default();
+    anyhow::ensure!(!frames.is_empty(), "no {traffic} templates");
+    let pcap = dir.join(format!("{traffic}.pcap"));
+    write_pcap(&pcap, &frames)?;
+    Ok(pcap)
 }
 
 /// One round's figures: the sensor process's CPU per frame sent and (with `--xdp`) the XDP

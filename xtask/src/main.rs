@@ -19,6 +19,7 @@ mod deps;
 mod host;
 mod paths;
 mod results;
+mod xdp_profile;
 
 use clap::{Parser, Subcommand};
 
@@ -80,6 +81,9 @@ enum Command {
     /// Two sensor builds on the same NIC-like traffic, alternating run by run: the sensor
     /// process's CPU per frame sent (a change's live cost; needs root).
     Ab(ab::AbOptions),
+    /// The live XDP program's time by instruction: perf samples over NIC-like traffic into
+    /// one sensor, counted per instruction of its JIT image (needs root, perf, objdump).
+    XdpProfile(xdp_profile::ProfileOptions),
     /// Run all tests, including privileged ones.
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -141,6 +145,11 @@ fn main() -> anyhow::Result<()> {
             deps::ensure()?;
             run(cargo().args(["build", "--release", "-p", "xtrail-nicgen"]))?;
             ab::run(&o)
+        }
+        Command::XdpProfile(o) => {
+            deps::ensure()?;
+            run(cargo().args(["build", "--release", "-p", "xtrail-nicgen"]))?;
+            xdp_profile::run(&o)
         }
         Command::Test { args } => {
             deps::ensure()?;

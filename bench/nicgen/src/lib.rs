@@ -10,8 +10,11 @@
 //!
 //! Also here: [`test_run`], `BPF_PROG_TEST_RUN` on any program fd (the sensor's, found by
 //! id), and [`map_read_cost`], what one array map read costs per packet.
+//! [`jit`]: a loaded program's JIT image and `perf` samples counted per instruction of it.
 //!
 //! Needs root (or CAP_BPF + CAP_NET_ADMIN). The privileged test is `tests/deliver.rs`.
+
+pub mod jit;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;

@@ -9,6 +9,8 @@
 //!   flow-start record. Also the cost of one array map read. Prints one JSON line.
 //! - `sink`: an XDP program that drops every frame, attached to an interface until killed
 //!   (the bench's delivery floor).
+//! - `jit-dump` and `jit-annotate`: a loaded program's JIT image, and `perf script` samples
+//!   counted per instruction of it (see `xtrail_nicgen::jit`).
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -102,6 +104,27 @@ enum Cmd {
         #[arg(long, default_value_t = 200_000)]
         repeat: u32,
     },
+    /// Write a loaded program's JIT image (each function's machine code and kernel address)
+    /// to a directory.
+    JitDump {
+        #[arg(long)]
+        id: u32,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Count `perf script -F ip,sym` samples per instruction of a JIT dump (taken while the
+    /// same program was loaded) and print the disassembly annotated with them.
+    JitAnnotate {
+        /// A `jit-dump` directory.
+        #[arg(long)]
+        jit: PathBuf,
+        /// `perf script -F ip,sym` output.
+        #[arg(long)]
+        samples: PathBuf,
+        /// Hottest instructions listed first.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+    },
 }
 
 /// The index of interface `iface` of this network namespace.
@@ -173,6 +196,24 @@ fn main() -> anyhow::Result<()> {
             flow_starts_every_run,
             repeat,
         } => xdp_cost(prog_id, &frames, &names, &flow_starts_every_run, repeat),
+        Cmd::JitDump { id, out } => {
+            let funcs = xtrail_nicgen::jit::jit_image(id)?;
+            xtrail_nicgen::jit::write_dump(&out, &funcs)?;
+            println!(
+                "{{\"functions\":{},\"bytes\":{}}}",
+                funcs.len(),
+                funcs.iter().map(|f| f.image.len()).sum::<usize>()
+            );
+            Ok(())
+        }
+        Cmd::JitAnnotate { jit, samples, top } => {
+            let funcs = xtrail_nicgen::jit::read_dump(&jit)?;
+            let text = std::fs::read_to_string(&samples)
+                .with_context(|| format!("reading {}", samples.display()))?;
+            let (counts, all) = xtrail_nicgen::jit::count_samples(&funcs, &text);
+            print!("{}", xtrail_nicgen::jit::annotate(&funcs, &counts, all, top)?);
+            Ok(())
+        }
     }
 }
 

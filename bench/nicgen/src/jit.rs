@@ -1,0 +1,371 @@
+//! A loaded BPF program's JIT image, and `perf` samples counted per instruction of it: a
+//! line-level profile of the live XDP program without bpftool (Debian's cannot disassemble
+//! JIT images: it is built without libbfd) and without perf's BPF annotation (no libopcodes).
+//!
+//! [`jit_image`] reads the machine code of each JITed function of a program and its kernel
+//! address (`BPF_OBJ_GET_INFO_BY_FD`: `jited_prog_insns`, `jited_ksyms`,
+//! `jited_func_lens`; needs root). [`count_samples`] bins the instruction pointers of
+//! `perf script -F ip` lines into those functions, and [`annotate`] prints `objdump`'s
+//! disassembly of each with the samples of each instruction. A sampled instruction pointer
+//! is the instruction after the one that stalled (a load's miss shows on the next line).
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// One JITed function of a program: its kernel address and its machine code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JitFunc {
+    pub addr: u64,
+    pub image: Vec<u8>,
+}
+
+impl JitFunc {
+    /// The offset of kernel address `ip` in this function, if it is inside it.
+    pub fn offset_of(&self, ip: u64) -> Option<u32> {
+        let off = ip.checked_sub(self.addr)?;
+        (off < self.image.len() as u64).then_some(off as u32)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JitError {
+    #[error("no loaded program with id {0}")]
+    NoProgram(u32),
+    #[error("program {0}: {1}")]
+    Fd(u32, aya::programs::ProgramError),
+    #[error("BPF_OBJ_GET_INFO_BY_FD: {0}")]
+    Info(std::io::Error),
+    #[error("program {0} has no JIT image (is the JIT on, and are we root?)")]
+    NotJited(u32),
+    #[error("running objdump: {0} (Debian: binutils)")]
+    Objdump(std::io::Error),
+    #[error("{0}: {1}")]
+    Dump(String, std::io::Error),
+    #[error("{0}: not a JIT dump ({1})")]
+    BadDump(String, &'static str),
+}
+
+/// The head of the kernel's `struct bpf_prog_info` (include/uapi/linux/bpf.h) up to
+/// `jited_func_lens`; the kernel fills what `info_len` covers.
+#[repr(C)]
+#[derive(Default)]
+struct ProgInfoHead {
+    prog_type: u32,
+    id: u32,
+    tag: [u8; 8],
+    jited_prog_len: u32,
+    xlated_prog_len: u32,
+    jited_prog_insns: u64,
+    xlated_prog_insns: u64,
+    load_time: u64,
+    created_by_uid: u32,
+    nr_map_ids: u32,
+    map_ids: u64,
+    name: [u8; 16],
+    ifindex: u32,
+    gpl_compatible: u32,
+    netns_dev: u64,
+    netns_ino: u64,
+    nr_jited_ksyms: u32,
+    nr_jited_func_lens: u32,
+    jited_ksyms: u64,
+    jited_func_lens: u64,
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on `fd` into `info`.
+fn prog_info(fd: i32, info: &mut ProgInfoHead) -> Result<(), JitError> {
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let mut attr = InfoAttr {
+        bpf_fd: fd as u32,
+        info_len: std::mem::size_of::<ProgInfoHead>() as u32,
+        info: info as *mut ProgInfoHead as u64,
+    };
+    // SAFETY: `attr` is the command's attribute layout and lives across the call; the
+    // kernel writes at most `info_len` bytes into `info`, and into the buffers `info` names
+    // at most the lengths and counts `info` gives for them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(JitError::Info(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// The JITed functions of loaded program `id` (the main program first, then its BPF
+/// functions), each with its kernel address.
+pub fn jit_image(id: u32) -> Result<Vec<JitFunc>, JitError> {
+    let info = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .ok_or(JitError::NoProgram(id))?;
+    let fd = info.fd().map_err(|e| JitError::Fd(id, e))?;
+    let raw = fd.as_fd().as_raw_fd();
+    let mut head = ProgInfoHead::default();
+    prog_info(raw, &mut head)?;
+    let (len, nfuncs) = (head.jited_prog_len, head.nr_jited_ksyms);
+    if len == 0 || nfuncs == 0 || head.nr_jited_func_lens != nfuncs {
+        return Err(JitError::NotJited(id));
+    }
+    let mut image = vec![0u8; len as usize];
+    let mut addrs = vec![0u64; nfuncs as usize];
+    let mut lens = vec![0u32; nfuncs as usize];
+    let mut want = ProgInfoHead {
+        jited_prog_len: len,
+        jited_prog_insns: image.as_mut_ptr() as u64,
+        nr_jited_ksyms: nfuncs,
+        nr_jited_func_lens: nfuncs,
+        jited_ksyms: addrs.as_mut_ptr() as u64,
+        jited_func_lens: lens.as_mut_ptr() as u64,
+        ..ProgInfoHead::default()
+    };
+    prog_info(raw, &mut want)?;
+    // Without the right to see kernel addresses the kernel leaves them 0.
+    if addrs.contains(&0) || lens.iter().map(|&l| u64::from(l)).sum::<u64>() != u64::from(len) {
+        return Err(JitError::NotJited(id));
+    }
+    let mut funcs = Vec::with_capacity(addrs.len());
+    let mut at = 0usize;
+    for (&addr, &n) in addrs.iter().zip(&lens) {
+        let end = at + n as usize;
+        funcs.push(JitFunc {
+            addr,
+            image: image[at..end].to_vec(),
+        });
+        at = end;
+    }
+    Ok(funcs)
+}
+
+/// Writes `funcs` to `dir`: `func-N.bin` (machine code) and `funcs.txt` (a line "N ADDR LEN"
+/// a function, ADDR in hex).
+pub fn write_dump(dir: &Path, funcs: &[JitFunc]) -> Result<(), JitError> {
+    let err = |p: &Path| {
+        let name = p.display().to_string();
+        move |e| JitError::Dump(name, e)
+    };
+    std::fs::create_dir_all(dir).map_err(err(dir))?;
+    let mut index = String::new();
+    for (i, f) in funcs.iter().enumerate() {
+        let path = dir.join(format!("func-{i}.bin"));
+        std::fs::write(&path, &f.image).map_err(err(&path))?;
+        index += &format!("{i} {:x} {}\n", f.addr, f.image.len());
+    }
+    let path = dir.join("funcs.txt");
+    std::fs::write(&path, index).map_err(err(&path))
+}
+
+/// Reads what [`write_dump`] wrote.
+pub fn read_dump(dir: &Path) -> Result<Vec<JitFunc>, JitError> {
+    let path = dir.join("funcs.txt");
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(&path).map_err(|e| JitError::Dump(name.clone(), e))?;
+    let mut funcs = Vec::new();
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(i), Some(addr), Some(len), None) = (it.next(), it.next(), it.next(), it.next())
+        else {
+            return Err(JitError::BadDump(name, "a line is not N ADDR LEN"));
+        };
+        let addr = u64::from_str_radix(addr, 16)
+            .map_err(|_| JitError::BadDump(name.clone(), "an address is not hex"))?;
+        let bin = dir.join(format!("func-{i}.bin"));
+        let image = std::fs::read(&bin).map_err(|e| JitError::Dump(bin.display().to_string(), e))?;
+        if len.parse::<usize>().ok() != Some(image.len()) {
+            return Err(JitError::BadDump(name, "a function's length differs from its file"));
+        }
+        funcs.push(JitFunc { addr, image });
+    }
+    Ok(funcs)
+}
+
+/// Samples per function and instruction offset, from `perf script -F ip[,sym...]` lines
+/// (the first field of a line, in hex, is the instruction pointer); also the number of
+/// samples read in all (those outside `funcs` included).
+pub fn count_samples(funcs: &[JitFunc], perf_script: &str) -> (Vec<BTreeMap<u32, u64>>, u64) {
+    let mut counts = vec![BTreeMap::new(); funcs.len()];
+    let mut all = 0;
+    for line in perf_script.lines() {
+        let Some(ip) = line
+            .split_whitespace()
+            .next()
+            .and_then(|t| u64::from_str_radix(t, 16).ok())
+        else {
+            continue;
+        };
+        all += 1;
+        for (f, c) in funcs.iter().zip(counts.iter_mut()) {
+            if let Some(off) = f.offset_of(ip) {
+                *c.entry(off).or_insert(0) += 1;
+                break;
+            }
+        }
+    }
+    (counts, all)
+}
+
+/// `objdump`'s disassembly of x86-64 machine code, one (offset, text) an instruction.
+pub fn disassemble(image: &[u8]) -> Result<Vec<(u32, String)>, JitError> {
+    // objdump reads a file (it seeks), not a pipe.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("xtrail-jit-{}-{n}.bin", std::process::id()));
+    std::fs::write(&path, image).map_err(|e| JitError::Dump(path.display().to_string(), e))?;
+    let out = Command::new("objdump")
+        .args(["-D", "-b", "binary", "-mi386:x86-64", "--no-show-raw-insn"])
+        .arg(&path)
+        .stderr(Stdio::null())
+        .output();
+    let _ = std::fs::remove_file(&path);
+    let out = out.map_err(JitError::Objdump)?;
+    if !out.status.success() {
+        return Err(JitError::Objdump(std::io::Error::other(format!(
+            "objdump exited with {}",
+            out.status
+        ))));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let (off, rest) = l.split_once(':')?;
+            let off = u32::from_str_radix(off.trim(), 16).ok()?;
+            Some((off, rest.trim().to_string()))
+        })
+        .collect())
+}
+
+/// The profile as text: samples per function, the `top` hottest instructions of all, then
+/// each function with samples disassembled, each instruction with its samples and share.
+pub fn annotate(
+    funcs: &[JitFunc],
+    counts: &[BTreeMap<u32, u64>],
+    all: u64,
+    top: usize,
+) -> Result<String, JitError> {
+    let total: u64 = counts.iter().flat_map(|c| c.values()).sum();
+    let share = |n: u64| 100.0 * n as f64 / total.max(1) as f64;
+    let mut out = format!("{total} samples in the program's {} functions", funcs.len());
+    out += &format!(" ({all} samples read in all)\n");
+    for (i, c) in counts.iter().enumerate() {
+        let n: u64 = c.values().sum();
+        out += &format!("function {i}: {n} samples ({:.1}%)\n", share(n));
+    }
+    let listings = funcs
+        .iter()
+        .zip(counts)
+        .map(|(f, c)| {
+            if c.is_empty() {
+                Ok(Vec::new())
+            } else {
+                disassemble(&f.image)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let text_of = |i: usize, off: u32| {
+        listings[i]
+            .iter()
+            .find(|(o, _)| *o == off)
+            .map_or("(not an instruction start)", |(_, t)| t.as_str())
+    };
+    let mut hottest: Vec<(u64, usize, u32)> = counts
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| c.iter().map(move |(&off, &n)| (n, i, off)))
+        .collect();
+    hottest.sort_by(|a, b| b.cmp(a));
+    out += &format!("\nhottest {top} (the stall is usually the instruction before):\n");
+    for &(n, i, off) in hottest.iter().take(top) {
+        out += &format!(
+            "{n:>8} {:>5.1}%  f{i}+{off:#06x}  {}\n",
+            share(n),
+            text_of(i, off)
+        );
+    }
+    for (i, c) in counts.iter().enumerate() {
+        if c.is_empty() {
+            continue;
+        }
+        out += &format!("\nfunction {i} at {:#x}:\n", funcs[i].addr);
+        for (off, text) in &listings[i] {
+            let n = c.get(off).copied().unwrap_or(0);
+            let mark = if n == 0 {
+                String::new()
+            } else {
+                format!("{n} {:.1}%", share(n))
+            };
+            out += &format!("{mark:>14}  {off:#06x}  {text}\n");
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn funcs() -> Vec<JitFunc> {
+        vec![
+            JitFunc {
+                addr: 0xffff_ffff_c000_0000,
+                // push %rbp; mov %rsp,%rbp; xor %eax,%eax; leave; ret
+                image: vec![0x55, 0x48, 0x89, 0xe5, 0x31, 0xc0, 0xc9, 0xc3],
+            },
+            JitFunc {
+                addr: 0xffff_ffff_c000_1000,
+                image: vec![0xc3],
+            },
+        ]
+    }
+
+    #[test]
+    fn samples_are_binned_by_function_and_offset() {
+        let perf = "ffffffffc0000001 bpf_prog_x_xtrail_xdp+0x1\n\
+                    ffffffffc0000004 bpf_prog_x_xtrail_xdp+0x4\n\
+                    ffffffffc0000004 bpf_prog_x_xtrail_xdp+0x4\n\
+                    ffffffffc0001000 bpf_prog_x_f\n\
+                    ffffffffc0000008 past the first function's end\n\
+                    ffffffff81000000 pv_native_safe_halt\n\
+                    not a sample\n";
+        let (counts, all) = count_samples(&funcs(), perf);
+        assert_eq!(all, 6);
+        assert_eq!(counts[0], BTreeMap::from([(1, 1), (4, 2)]));
+        assert_eq!(counts[1], BTreeMap::from([(0, 1)]));
+    }
+
+    #[test]
+    fn a_dump_reads_back_and_a_short_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("xtrail-jit-{}", std::process::id()));
+        write_dump(&dir, &funcs()).unwrap();
+        assert_eq!(read_dump(&dir).unwrap(), funcs());
+        std::fs::write(dir.join("func-1.bin"), b"").unwrap();
+        assert!(matches!(read_dump(&dir), Err(JitError::BadDump(_, _))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_annotation_names_the_hottest_instruction() {
+        let (counts, all) = count_samples(
+            &funcs(),
+            "ffffffffc0000004 a\nffffffffc0000004 a\nffffffffc0000001 a\n",
+        );
+        let text = annotate(&funcs(), &counts, all, 2).unwrap();
+        assert!(text.starts_with("3 samples in the program's 2 functions"), "{text}");
+        let hottest = text.lines().skip_while(|l| !l.starts_with("hottest")).nth(1);
+        let hottest = hottest.unwrap_or_default();
+        assert!(hottest.contains("66.7%") && hottest.contains("f0+0x0004") && hottest.contains("xor"), "{text}");
+    }
+}

@@ -125,7 +125,10 @@ pub fn run(o: &AbOptions) -> anyhow::Result<()> {
         );
         if o.xdp {
             let xdp = summary(v.iter().map(|r| r.xdp_ns).collect());
-            println!("ab: {} median {xdp} XDP ns a run, {what}", ["A", "B"][build]);
+            println!(
+                "ab: {} median {xdp} XDP ns a run, {what}",
+                ["A", "B"][build]
+            );
         }
     }
     Ok(())

@@ -60,12 +60,12 @@ pub fn run(o: &ProfileOptions) -> anyhow::Result<()> {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        anyhow::ensure!(found, "xdp-profile needs {tool} (Debian: apt-get install {package})");
+        anyhow::ensure!(
+            found,
+            "xdp-profile needs {tool} (Debian: apt-get install {package})"
+        );
     }
-    let sensor = o
-        .sensor
-        .clone()
-        .unwrap_or_else(crate::paths::sensor_binary);
+    let sensor = o.sensor.clone().unwrap_or_else(crate::paths::sensor_binary);
     // Absolute: the sensor starts in a network namespace, by path.
     let sensor = sensor
         .canonicalize()
@@ -107,7 +107,11 @@ pub fn run(o: &ProfileOptions) -> anyhow::Result<()> {
             .stderr(Stdio::null())
             .output()
             .context("perf script")?;
-        anyhow::ensure!(script.status.success(), "perf script failed: {}", script.status);
+        anyhow::ensure!(
+            script.status.success(),
+            "perf script failed: {}",
+            script.status
+        );
         let samples = o.out.join("samples.txt");
         std::fs::write(&samples, &script.stdout)?;
         let annotated = Command::new(nicgen())
@@ -133,7 +137,10 @@ pub fn run(o: &ProfileOptions) -> anyhow::Result<()> {
         for line in text.lines().take_while(|l| !l.starts_with("function 0 at")) {
             println!("{line}");
         }
-        println!("xdp-profile: the annotated disassembly is in {}", path.display());
+        println!(
+            "xdp-profile: the annotated disassembly is in {}",
+            path.display()
+        );
         Ok(())
     })();
     stop_child(&mut started.child);

@@ -14,11 +14,24 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// One JITed function of a program: its kernel address and its machine code.
+/// One JITed function of a program: its kernel address, its machine code and the source
+/// lines its code starts (from the program's BTF line info; empty without it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JitFunc {
     pub addr: u64,
     pub image: Vec<u8>,
+    pub lines: Vec<SourceLine>,
+}
+
+/// Where the code of a source line starts in a JITed function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceLine {
+    /// Offset in the function's machine code.
+    pub offset: u32,
+    /// "file:line" (the file's last path component).
+    pub place: String,
+    /// The line's text as BTF holds it, trimmed.
+    pub text: String,
 }
 
 impl JitFunc {
@@ -45,6 +58,8 @@ pub enum JitError {
     Dump(String, std::io::Error),
     #[error("{0}: not a JIT dump ({1})")]
     BadDump(String, &'static str),
+    #[error("the program's BTF: {0}")]
+    Btf(&'static str),
 }
 
 /// The head of the kernel's `struct bpf_prog_info` (include/uapi/linux/bpf.h) up to
@@ -72,10 +87,37 @@ struct ProgInfoHead {
     nr_jited_func_lens: u32,
     jited_ksyms: u64,
     jited_func_lens: u64,
+    btf_id: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    nr_func_info: u32,
+    nr_line_info: u32,
+    line_info: u64,
+    jited_line_info: u64,
+    nr_jited_line_info: u32,
+    line_info_rec_size: u32,
+    jited_line_info_rec_size: u32,
+    _pad: u32,
 }
 
-/// `BPF_OBJ_GET_INFO_BY_FD` on `fd` into `info`.
-fn prog_info(fd: i32, info: &mut ProgInfoHead) -> Result<(), JitError> {
+/// The kernel's `struct bpf_line_info`: a BPF instruction's source line, its file name and
+/// text as offsets into the BTF string section, `line_col` the line number << 10 | column.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct LineInfo {
+    insn_off: u32,
+    file_name_off: u32,
+    line_off: u32,
+    line_col: u32,
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on `fd` (a program's or a BTF object's) into `info`, a
+/// `#[repr(C)]` head of the kernel's info struct for that object.
+///
+/// # Safety
+/// Every buffer address in `*info` must be valid for writes of the length or count (times
+/// the record size) that `*info` gives for it.
+unsafe fn obj_info<T>(fd: i32, info: &mut T) -> Result<(), JitError> {
     #[repr(C)]
     struct InfoAttr {
         bpf_fd: u32,
@@ -85,12 +127,12 @@ fn prog_info(fd: i32, info: &mut ProgInfoHead) -> Result<(), JitError> {
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     let mut attr = InfoAttr {
         bpf_fd: fd as u32,
-        info_len: std::mem::size_of::<ProgInfoHead>() as u32,
-        info: info as *mut ProgInfoHead as u64,
+        info_len: std::mem::size_of::<T>() as u32,
+        info: info as *mut T as u64,
     };
     // SAFETY: `attr` is the command's attribute layout and lives across the call; the
     // kernel writes at most `info_len` bytes into `info`, and into the buffers `info` names
-    // at most the lengths and counts `info` gives for them.
+    // what the caller vouched for.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -105,6 +147,69 @@ fn prog_info(fd: i32, info: &mut ProgInfoHead) -> Result<(), JitError> {
     Ok(())
 }
 
+/// The string section of BTF object `id` (the kernel's copy of a program's BTF).
+fn btf_strings(id: u32) -> Result<Vec<u8>, JitError> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct BtfInfo {
+        btf: u64,
+        btf_size: u32,
+        id: u32,
+        name: u64,
+        name_len: u32,
+        kernel_btf: u32,
+    }
+    const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
+    let attr: [u32; 4] = [id, 0, 0, 0];
+    // SAFETY: the command reads a `btf_id` (and flags, 0) from `attr`, which outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_BTF_GET_FD_BY_ID,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(JitError::Info(std::io::Error::last_os_error()));
+    }
+    // SAFETY: a new descriptor the call returned, owned here only.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    let mut head = BtfInfo::default();
+    // SAFETY: no buffer named (`btf` is 0).
+    unsafe { obj_info(fd.as_raw_fd(), &mut head)? };
+    let mut raw = vec![0u8; head.btf_size as usize];
+    let mut want = BtfInfo {
+        btf: raw.as_mut_ptr() as u64,
+        btf_size: head.btf_size,
+        ..BtfInfo::default()
+    };
+    // SAFETY: `btf` names `raw`, `btf_size` bytes long.
+    unsafe { obj_info(fd.as_raw_fd(), &mut want)? };
+    // The header (include/uapi/linux/btf.h): magic, version, flags, hdr_len, then the type
+    // and string sections' offsets and lengths after the header.
+    let word = |at: usize| {
+        raw.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let magic = raw.get(..2) == Some(&0xeb9f_u16.to_le_bytes()[..]);
+    let (Some(hdr_len), Some(str_off), Some(str_len)) = (word(4), word(16), word(20)) else {
+        return Err(JitError::Btf("shorter than its header"));
+    };
+    let start = hdr_len + str_off;
+    match raw.get(start..start + str_len) {
+        Some(strings) if magic => Ok(strings.to_vec()),
+        _ => Err(JitError::Btf("no string section where the header says")),
+    }
+}
+
+/// The NUL-terminated string at `off` of a BTF string section.
+fn btf_str(strings: &[u8], off: u32) -> String {
+    let tail = strings.get(off as usize..).unwrap_or_default();
+    let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+    String::from_utf8_lossy(&tail[..end]).into_owned()
+}
+
 /// The JITed functions of loaded program `id` (the main program first, then its BPF
 /// functions), each with its kernel address.
 pub fn jit_image(id: u32) -> Result<Vec<JitFunc>, JitError> {
@@ -115,7 +220,8 @@ pub fn jit_image(id: u32) -> Result<Vec<JitFunc>, JitError> {
     let fd = info.fd().map_err(|e| JitError::Fd(id, e))?;
     let raw = fd.as_fd().as_raw_fd();
     let mut head = ProgInfoHead::default();
-    prog_info(raw, &mut head)?;
+    // SAFETY: no buffer named.
+    unsafe { obj_info(raw, &mut head)? };
     let (len, nfuncs) = (head.jited_prog_len, head.nr_jited_ksyms);
     if len == 0 || nfuncs == 0 || head.nr_jited_func_lens != nfuncs {
         return Err(JitError::NotJited(id));
@@ -123,6 +229,17 @@ pub fn jit_image(id: u32) -> Result<Vec<JitFunc>, JitError> {
     let mut image = vec![0u8; len as usize];
     let mut addrs = vec![0u64; nfuncs as usize];
     let mut lens = vec![0u32; nfuncs as usize];
+    // Line info only when the kernel has one JIT address for each record.
+    let nlines = if head.nr_jited_line_info == head.nr_line_info
+        && head.line_info_rec_size as usize == std::mem::size_of::<LineInfo>()
+        && head.jited_line_info_rec_size == 8
+    {
+        head.nr_line_info
+    } else {
+        0
+    };
+    let mut line_info = vec![LineInfo::default(); nlines as usize];
+    let mut line_addrs = vec![0u64; nlines as usize];
     let mut want = ProgInfoHead {
         jited_prog_len: len,
         jited_prog_insns: image.as_mut_ptr() as u64,
@@ -130,9 +247,17 @@ pub fn jit_image(id: u32) -> Result<Vec<JitFunc>, JitError> {
         nr_jited_func_lens: nfuncs,
         jited_ksyms: addrs.as_mut_ptr() as u64,
         jited_func_lens: lens.as_mut_ptr() as u64,
+        nr_line_info: nlines,
+        line_info_rec_size: std::mem::size_of::<LineInfo>() as u32,
+        line_info: line_info.as_mut_ptr() as u64,
+        nr_jited_line_info: nlines,
+        jited_line_info_rec_size: 8,
+        jited_line_info: line_addrs.as_mut_ptr() as u64,
         ..ProgInfoHead::default()
     };
-    prog_info(raw, &mut want)?;
+    // SAFETY: each buffer named is as long as the length or count given beside it (times
+    // the record size given).
+    unsafe { obj_info(raw, &mut want)? };
     // Without the right to see kernel addresses the kernel leaves them 0.
     if addrs.contains(&0) || lens.iter().map(|&l| u64::from(l)).sum::<u64>() != u64::from(len) {
         return Err(JitError::NotJited(id));
@@ -144,14 +269,33 @@ pub fn jit_image(id: u32) -> Result<Vec<JitFunc>, JitError> {
         funcs.push(JitFunc {
             addr,
             image: image[at..end].to_vec(),
+            lines: Vec::new(),
         });
         at = end;
+    }
+    if nlines != 0 && head.btf_id != 0 {
+        let strings = btf_strings(head.btf_id)?;
+        for (info, &addr) in line_info.iter().zip(&line_addrs) {
+            let Some(f) = funcs.iter_mut().find(|f| f.offset_of(addr).is_some()) else {
+                continue;
+            };
+            let file = btf_str(&strings, info.file_name_off);
+            let file = file.rsplit('/').next().unwrap_or_default().to_string();
+            f.lines.push(SourceLine {
+                offset: (addr - f.addr) as u32,
+                place: format!("{file}:{}", info.line_col >> 10),
+                text: btf_str(&strings, info.line_off).trim().to_string(),
+            });
+        }
+        for f in &mut funcs {
+            f.lines.sort_by_key(|l| l.offset);
+        }
     }
     Ok(funcs)
 }
 
-/// Writes `funcs` to `dir`: `func-N.bin` (machine code) and `funcs.txt` (a line "N ADDR LEN"
-/// a function, ADDR in hex).
+/// Writes `funcs` to `dir`: `func-N.bin` (machine code), `funcs.txt` (a line "N ADDR LEN" a
+/// function, ADDR in hex) and `lines.txt` (a line "N OFFSET PLACE<tab>TEXT" a source line).
 pub fn write_dump(dir: &Path, funcs: &[JitFunc]) -> Result<(), JitError> {
     let err = |p: &Path| {
         let name = p.display().to_string();
@@ -165,7 +309,17 @@ pub fn write_dump(dir: &Path, funcs: &[JitFunc]) -> Result<(), JitError> {
         index += &format!("{i} {:x} {}\n", f.addr, f.image.len());
     }
     let path = dir.join("funcs.txt");
-    std::fs::write(&path, index).map_err(err(&path))
+    std::fs::write(&path, index).map_err(err(&path))?;
+    let mut lines = String::new();
+    for (i, f) in funcs.iter().enumerate() {
+        for l in &f.lines {
+            // Tabs and line breaks in a line's text would break the format.
+            let text = l.text.replace(['\t', '\n', '\r'], " ");
+            lines += &format!("{i} {} {}\t{text}\n", l.offset, l.place);
+        }
+    }
+    let path = dir.join("lines.txt");
+    std::fs::write(&path, lines).map_err(err(&path))
 }
 
 /// Reads what [`write_dump`] wrote.
@@ -183,11 +337,51 @@ pub fn read_dump(dir: &Path) -> Result<Vec<JitFunc>, JitError> {
         let addr = u64::from_str_radix(addr, 16)
             .map_err(|_| JitError::BadDump(name.clone(), "an address is not hex"))?;
         let bin = dir.join(format!("func-{i}.bin"));
-        let image = std::fs::read(&bin).map_err(|e| JitError::Dump(bin.display().to_string(), e))?;
+        let image =
+            std::fs::read(&bin).map_err(|e| JitError::Dump(bin.display().to_string(), e))?;
         if len.parse::<usize>().ok() != Some(image.len()) {
-            return Err(JitError::BadDump(name, "a function's length differs from its file"));
+            return Err(JitError::BadDump(
+                name,
+                "a function's length differs from its file",
+            ));
         }
-        funcs.push(JitFunc { addr, image });
+        funcs.push(JitFunc {
+            addr,
+            image,
+            lines: Vec::new(),
+        });
+    }
+    // Source lines are optional (a program without BTF line info).
+    let path = dir.join("lines.txt");
+    let lines = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(JitError::Dump(path.display().to_string(), e)),
+    };
+    let name = path.display().to_string();
+    for line in lines.lines() {
+        let (head, text) = line.split_once('\t').unwrap_or((line, ""));
+        let mut it = head.split_whitespace();
+        let (Some(i), Some(offset), Some(place)) = (it.next(), it.next(), it.next()) else {
+            return Err(JitError::BadDump(
+                name,
+                "a line is not N OFFSET PLACE<tab>TEXT",
+            ));
+        };
+        let (Ok(i), Ok(offset)) = (i.parse::<usize>(), offset.parse::<u32>()) else {
+            return Err(JitError::BadDump(
+                name,
+                "a source line's function or offset",
+            ));
+        };
+        let Some(f) = funcs.get_mut(i) else {
+            return Err(JitError::BadDump(name, "a source line of no function"));
+        };
+        f.lines.push(SourceLine {
+            offset,
+            place: place.to_string(),
+            text: text.to_string(),
+        });
     }
     Ok(funcs)
 }
@@ -281,6 +475,13 @@ pub fn annotate(
             .find(|(o, _)| *o == off)
             .map_or("(not an instruction start)", |(_, t)| t.as_str())
     };
+    // The source line whose code holds offset `off` of function `i`: the last to start at or
+    // before it.
+    let line_of = |i: usize, off: u32| {
+        let lines = &funcs[i].lines;
+        let n = lines.partition_point(|l| l.offset <= off);
+        n.checked_sub(1).map(|k| &lines[k])
+    };
     let mut hottest: Vec<(u64, usize, u32)> = counts
         .iter()
         .enumerate()
@@ -289,18 +490,46 @@ pub fn annotate(
     hottest.sort_by(|a, b| b.cmp(a));
     out += &format!("\nhottest {top} (the stall is usually the instruction before):\n");
     for &(n, i, off) in hottest.iter().take(top) {
+        let place = line_of(i, off).map_or("", |l| l.place.as_str());
         out += &format!(
-            "{n:>8} {:>5.1}%  f{i}+{off:#06x}  {}\n",
+            "{n:>8} {:>5.1}%  f{i}+{off:#06x}  {:<40} {place}\n",
             share(n),
             text_of(i, off)
         );
+    }
+    if funcs.iter().any(|f| !f.lines.is_empty()) {
+        // By source line: every instruction's samples on the line whose code holds it.
+        let mut by_line: BTreeMap<&str, (u64, &str)> = BTreeMap::new();
+        for (i, c) in counts.iter().enumerate() {
+            for (&off, &n) in c {
+                if let Some(l) = line_of(i, off) {
+                    by_line
+                        .entry(l.place.as_str())
+                        .or_insert((0, l.text.as_str()))
+                        .0 += n;
+                }
+            }
+        }
+        let mut by_line: Vec<_> = by_line.into_iter().collect();
+        by_line.sort_by_key(|&(_, (n, _))| std::cmp::Reverse(n));
+        out += &format!("\nhottest {top} source lines:\n");
+        for (place, (n, text)) in by_line.into_iter().take(top) {
+            out += &format!("{n:>8} {:>5.1}%  {place:<24} {text}\n", share(n));
+        }
     }
     for (i, c) in counts.iter().enumerate() {
         if c.is_empty() {
             continue;
         }
         out += &format!("\nfunction {i} at {:#x}:\n", funcs[i].addr);
+        let mut last = None;
         for (off, text) in &listings[i] {
+            if let Some(l) = line_of(i, *off) {
+                if last != Some(l.offset) {
+                    out += &format!("{:>14}  ; {} {}\n", "", l.place, l.text);
+                    last = Some(l.offset);
+                }
+            }
             let n = c.get(off).copied().unwrap_or(0);
             let mark = if n == 0 {
                 String::new()
@@ -323,10 +552,23 @@ mod tests {
                 addr: 0xffff_ffff_c000_0000,
                 // push %rbp; mov %rsp,%rbp; xor %eax,%eax; leave; ret
                 image: vec![0x55, 0x48, 0x89, 0xe5, 0x31, 0xc0, 0xc9, 0xc3],
+                lines: vec![
+                    SourceLine {
+                        offset: 0,
+                        place: "main.rs:10".into(),
+                        text: "fn f() -> u32 {".into(),
+                    },
+                    SourceLine {
+                        offset: 4,
+                        place: "main.rs:11".into(),
+                        text: "0".into(),
+                    },
+                ],
             },
             JitFunc {
                 addr: 0xffff_ffff_c000_1000,
                 image: vec![0xc3],
+                lines: Vec::new(),
             },
         ]
     }
@@ -363,9 +605,35 @@ mod tests {
             "ffffffffc0000004 a\nffffffffc0000004 a\nffffffffc0000001 a\n",
         );
         let text = annotate(&funcs(), &counts, all, 2).unwrap();
-        assert!(text.starts_with("3 samples in the program's 2 functions"), "{text}");
-        let hottest = text.lines().skip_while(|l| !l.starts_with("hottest")).nth(1);
+        assert!(
+            text.starts_with("3 samples in the program's 2 functions"),
+            "{text}"
+        );
+        let hottest = text
+            .lines()
+            .skip_while(|l| !l.starts_with("hottest"))
+            .nth(1);
         let hottest = hottest.unwrap_or_default();
-        assert!(hottest.contains("66.7%") && hottest.contains("f0+0x0004") && hottest.contains("xor"), "{text}");
+        assert!(
+            hottest.contains("66.7%")
+                && hottest.contains("f0+0x0004")
+                && hottest.contains("xor")
+                && hottest.contains("main.rs:11"),
+            "{text}"
+        );
+        // The instruction at 1 is in line 10's code, 4 in line 11's.
+        let lines = text
+            .lines()
+            .skip_while(|l| !l.starts_with("hottest 2 source"));
+        let lines: Vec<&str> = lines.skip(1).take(2).collect();
+        assert!(
+            lines[0].contains("main.rs:11") && lines[0].contains("66.7%"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("main.rs:10") && lines[1].contains("33.3%"),
+            "{text}"
+        );
+        assert!(text.contains("; main.rs:11 0\n"), "{text}");
     }
 }

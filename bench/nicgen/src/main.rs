@@ -211,7 +211,10 @@ fn main() -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&samples)
                 .with_context(|| format!("reading {}", samples.display()))?;
             let (counts, all) = xtrail_nicgen::jit::count_samples(&funcs, &text);
-            print!("{}", xtrail_nicgen::jit::annotate(&funcs, &counts, all, top)?);
+            print!(
+                "{}",
+                xtrail_nicgen::jit::annotate(&funcs, &counts, all, top)?
+            );
             Ok(())
         }
     }

@@ -292,3 +292,35 @@ fn the_sink_drops_every_frame_it_receives() {
     assert!(rx >= N, "frames counted on the receiving veth: {rx} of {N}");
     assert_eq!(seen, 0, "frames that got past the sink to a packet tap");
 }
+
+/// A loaded program's JIT image reads back with its functions' addresses and source lines,
+/// and samples at those addresses are counted on its instructions.
+#[test]
+fn a_loaded_programs_jit_image_and_source_lines_read_back() {
+    if !root_or_skip() {
+        return;
+    }
+    let _floor = xtrail_nicgen::Floor::load().expect("the floor program loads");
+    // The newest `noop` (other tests may load their own: any of them will do).
+    let id = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some("noop"))
+        .map(|p| p.id())
+        .max()
+        .expect("a loaded noop program");
+    let funcs = xtrail_nicgen::jit::jit_image(id).expect("the JIT image");
+    assert_eq!(funcs.len(), 1, "noop has no BPF functions of its own");
+    let f = &funcs[0];
+    assert!(!f.image.is_empty() && f.addr != 0);
+    assert!(
+        f.lines.iter().any(|l| l.place.starts_with("main.rs:")),
+        "source lines from the program's BTF: {:?}",
+        f.lines
+    );
+    let perf = format!("{:x} bpf_prog_noop\n{:x} elsewhere\n", f.addr, f.addr - 1);
+    let (counts, all) = xtrail_nicgen::jit::count_samples(&funcs, &perf);
+    assert_eq!((all, counts[0].get(&0).copied()), (2, Some(1)));
+    let text = xtrail_nicgen::jit::annotate(&funcs, &counts, all, 5).expect("objdump");
+    assert!(text.contains("100.0%  f0+0x0000"), "{text}");
+    assert!(text.contains("hottest 5 source lines:"), "{text}");
+}

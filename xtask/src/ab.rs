@@ -83,9 +83,10 @@ pub fn run(o: &AbOptions) -> anyhow::Result<()> {
     let tmp = std::env::temp_dir().join(format!("xtrail-ab-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let pcap = scenario_pcap(&o.traffic, &tmp)?;
-    let knob = StatsKnob::new();
-    if o.xdp {
-        knob.set(true)?;
+    // Restored when dropped, after the comparison.
+    let knob = o.xdp.then(StatsKnob::new);
+    if let Some(k) = &knob {
+        k.set(true)?;
     }
     let mut per_build: [Vec<Round>; 2] = Default::default();
     let mut first_flow = 0;
@@ -118,17 +119,11 @@ pub fn run(o: &AbOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     for (build, v) in per_build.iter().enumerate() {
         let what = format!("{} {} at {} pps", o.traffic, o.mode, o.rate);
-        let sensor = summary(v.iter().map(|r| r.sensor_ns).collect());
-        println!(
-            "ab: {} median {sensor} ns a frame, {what}",
-            ["A", "B"][build]
-        );
+        let sensor = summary(v.iter().map(|r| r.sensor_ns).collect(), "ns a frame");
+        println!("ab: {} median {sensor}, {what}", ["A", "B"][build]);
         if o.xdp {
-            let xdp = summary(v.iter().map(|r| r.xdp_ns).collect());
-            println!(
-                "ab: {} median {xdp} XDP ns a run, {what}",
-                ["A", "B"][build]
-            );
+            let xdp = summary(v.iter().map(|r| r.xdp_ns).collect(), "XDP ns a run");
+            println!("ab: {} median {xdp}, {what}", ["A", "B"][build]);
         }
     }
     Ok(())
@@ -172,11 +167,11 @@ struct Round {
     xdp_ns: f64,
 }
 
-/// "median (range lo-hi, n rounds)" of `v`.
-fn summary(mut v: Vec<f64>) -> String {
+/// "median UNIT (range lo-hi, n rounds)" of `v`.
+fn summary(mut v: Vec<f64>, unit: &str) -> String {
     v.sort_by(f64::total_cmp);
     format!(
-        "{:.0} (range {:.0}-{:.0}, {} rounds)",
+        "{:.0} {unit} (range {:.0}-{:.0}, {} rounds)",
         v.get(v.len() / 2).copied().unwrap_or(f64::NAN),
         v.first().copied().unwrap_or(f64::NAN),
         v.last().copied().unwrap_or(f64::NAN),

@@ -148,7 +148,13 @@ fn main() -> anyhow::Result<()> {
         }
         Command::XdpProfile(o) => {
             deps::ensure()?;
-            run(cargo().args(["build", "--release", "-p", "xtrail-nicgen"]))?;
+            let mut build = cargo();
+            build.args(["build", "--release", "-p", "xtrail-nicgen"]);
+            // The default sensor is this tree's: built so that it is not a stale one.
+            if o.sensor.is_none() {
+                build.args(["-p", "xtrail-sensor"]);
+            }
+            run(&mut build)?;
             xdp_profile::run(&o)
         }
         Command::Test { args } => {

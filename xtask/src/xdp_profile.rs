@@ -3,9 +3,10 @@
 //! traffic; its program's JIT image is dumped (`xtrail-nicgen jit-dump`); `perf record -a`
 //! samples every CPU while `count` more frames are sent at `rate`; the samples inside the
 //! program are counted per instruction of the image (`xtrail-nicgen jit-annotate`). Writes
-//! `OUT/annotate.txt` (the whole annotated disassembly) and prints its head.
+//! `OUT/annotate.txt` (the whole annotated disassembly; OUT is target/xdp-profile unless
+//! given) and prints its head.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -26,15 +27,15 @@ pub struct ProfileOptions {
     #[arg(long, default_value = "inline", value_parser = ["inline", "mirror"])]
     pub mode: String,
     /// Frames a second.
-    #[arg(long, default_value_t = 500_000)]
+    #[arg(long, default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub rate: u64,
-    /// Frames sent while perf samples.
-    #[arg(long, default_value_t = 4_000_000)]
+    /// Frames sent while perf samples (at most 60 s of them: the generator's limit).
+    #[arg(long, default_value_t = 4_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: u64,
     /// Samples a second per CPU (`perf record -F`).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub frequency: u32,
-    /// The sensor binary (default: target/release/xtrail-sensor).
+    /// The sensor binary (default: target/release/xtrail-sensor, built first).
     #[arg(long)]
     pub sensor: Option<PathBuf>,
     /// Trail source for the sensor (default: the static tree).
@@ -43,16 +44,22 @@ pub struct ProfileOptions {
     /// Extra argument for `xtrail-sensor run` (repeatable).
     #[arg(long = "sensor-arg", allow_hyphen_values = true)]
     pub sensor_args: Vec<String>,
-    /// Directory for the JIT dump, perf's data and the annotation.
-    #[arg(long, default_value = "/tmp/xtrail-xdp-profile")]
-    pub out: PathBuf,
-    /// Hottest instructions printed.
+    /// Directory for the JIT dump, perf's data and log, and the annotation (default:
+    /// target/xdp-profile).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// How many of the hottest instructions (and source lines) to print.
     #[arg(long, default_value_t = 25)]
     pub top: usize,
 }
 
 /// Runs the profile.
 pub fn run(o: &ProfileOptions) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    anyhow::ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "xdp-profile needs root (veth pairs, XDP, perf -a)"
+    );
     for (tool, package) in [("perf", "linux-perf"), ("objdump", "binutils")] {
         let found = Command::new(tool)
             .arg("--version")
@@ -71,49 +78,70 @@ pub fn run(o: &ProfileOptions) -> anyhow::Result<()> {
         .canonicalize()
         .with_context(|| format!("sensor binary {}", sensor.display()))?;
     let trails = o.trails.clone().unwrap_or_else(static_tree);
-    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
-    let pcap = scenario_pcap(&o.traffic, &o.out)?;
+    let out = o.out.clone().unwrap_or_else(|| {
+        // Beside the release directory the sensor binary is in.
+        let release = crate::paths::sensor_binary();
+        let target = release.parent().and_then(Path::parent);
+        target
+            .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
+            .join("xdp-profile")
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let pcap = scenario_pcap(&o.traffic, &out)?;
     let pair = VethPair::create("xpf")?;
     gro_on(&pair)?;
-    let log = o.out.join("events.jsonl");
+    let log = out.join("events.jsonl");
     let _ = std::fs::remove_file(&log);
     let mut started = start_sensor(&sensor, &pair, &trails, &o.mode, &log, &o.sensor_args)?;
     let result = (|| {
         nic_send(&pair, &pcap, o.count / 4, o.rate, 0)?;
         let id = xdp_prog_id(&pair).context("no XDP program on the sensor's interface")?;
-        let jit = o.out.join("jit");
+        let jit = out.join("jit");
         crate::run(
             Command::new(nicgen())
                 .args(["jit-dump", "--id", &id.to_string(), "--out"])
                 .arg(&jit)
                 .stdout(Stdio::null()),
         )?;
-        let data = o.out.join("perf.data");
+        let data = out.join("perf.data");
+        let _ = std::fs::remove_file(&data);
+        let perf_log = out.join("perf.log");
+        let log_file = std::fs::File::create(&perf_log)
+            .with_context(|| format!("creating {}", perf_log.display()))?;
         let mut perf = Command::new("perf")
             .args(["record", "-a", "-F", &o.frequency.to_string(), "-o"])
             .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
             .spawn()
             .context("starting perf record")?;
         std::thread::sleep(Duration::from_millis(500));
         let sent = nic_send(&pair, &pcap, o.count, o.rate, o.count / 4);
         // perf writes its data on SIGINT.
-        xtrail_bench::child::interrupt_and_wait(&mut perf, Duration::from_secs(30));
+        let stopped = xtrail_bench::child::interrupt_and_wait(&mut perf, Duration::from_secs(30));
+        let perf_said = || std::fs::read_to_string(&perf_log).unwrap_or_default();
+        anyhow::ensure!(
+            stopped.is_some() && data.is_file(),
+            "perf record did not finish with its data ({}): {}",
+            stopped.map_or("killed after 30 s".into(), |s| s.to_string()),
+            perf_said().trim()
+        );
         let (sent, _) = sent?;
         let script = Command::new("perf")
             .args(["script", "-F", "ip,sym", "-i"])
             .arg(&data)
-            .stderr(Stdio::null())
             .output()
             .context("perf script")?;
         anyhow::ensure!(
             script.status.success(),
-            "perf script failed: {}",
-            script.status
+            "perf script failed ({}): {}; perf record said: {}",
+            script.status,
+            String::from_utf8_lossy(&script.stderr).trim(),
+            perf_said().trim()
         );
-        let samples = o.out.join("samples.txt");
-        std::fs::write(&samples, &script.stdout)?;
+        let samples = out.join("samples.txt");
+        std::fs::write(&samples, &script.stdout)
+            .with_context(|| format!("writing {}", samples.display()))?;
         let annotated = Command::new(nicgen())
             .args(["jit-annotate", "--top", &o.top.to_string(), "--jit"])
             .arg(&jit)
@@ -126,15 +154,17 @@ pub fn run(o: &ProfileOptions) -> anyhow::Result<()> {
             "jit-annotate failed: {}",
             String::from_utf8_lossy(&annotated.stderr)
         );
-        let path = o.out.join("annotate.txt");
-        std::fs::write(&path, &annotated.stdout)?;
+        let path = out.join("annotate.txt");
+        std::fs::write(&path, &annotated.stdout)
+            .with_context(|| format!("writing {}", path.display()))?;
         let text = String::from_utf8_lossy(&annotated.stdout);
         println!(
             "xdp-profile: {} {} at {} pps, {sent} frames sent while sampling",
             o.traffic, o.mode, o.rate
         );
-        // The summary and the hottest instructions; the listings follow in the file.
-        for line in text.lines().take_while(|l| !l.starts_with("function 0 at")) {
+        // The summary and the hottest instructions and lines; the listings follow in the file.
+        let listing = |l: &str| l.starts_with("function ") && l.contains(" at 0x");
+        for line in text.lines().take_while(|l| !listing(l)) {
             println!("{line}");
         }
         println!(

@@ -2,15 +2,17 @@
 //! line-level profile of the live XDP program without bpftool (Debian's cannot disassemble
 //! JIT images: it is built without libbfd) and without perf's BPF annotation (no libopcodes).
 //!
-//! [`jit_image`] reads the machine code of each JITed function of a program and its kernel
-//! address (`BPF_OBJ_GET_INFO_BY_FD`: `jited_prog_insns`, `jited_ksyms`,
-//! `jited_func_lens`; needs root). [`count_samples`] bins the instruction pointers of
-//! `perf script -F ip` lines into those functions, and [`annotate`] prints `objdump`'s
-//! disassembly of each with the samples of each instruction. A sampled instruction pointer
-//! is the instruction after the one that stalled (a load's miss shows on the next line).
+//! [`jit_image`] reads the machine code of each JITed function of a program, its kernel
+//! address and the source lines its code starts (`BPF_OBJ_GET_INFO_BY_FD`:
+//! `jited_prog_insns`, `jited_ksyms`, `jited_func_lens`, `line_info` with `jited_line_info`;
+//! file names and line texts from the string section of the program's BTF; needs root).
+//! [`count_samples`] bins the instruction pointers of `perf script -F ip` lines into those
+//! functions, and [`annotate`] returns `objdump`'s disassembly of each with the samples of
+//! each instruction and of each source line. A sampled instruction pointer is the
+//! instruction after the one that stalled (a load's miss shows on the next line).
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -44,26 +46,25 @@ impl JitFunc {
 
 #[derive(Debug, thiserror::Error)]
 pub enum JitError {
-    #[error("no loaded program with id {0}")]
-    NoProgram(u32),
-    #[error("program {0}: {1}")]
-    Fd(u32, aya::programs::ProgramError),
+    #[error("BPF_PROG_GET_FD_BY_ID {0}: {1}")]
+    Program(u32, std::io::Error),
     #[error("BPF_OBJ_GET_INFO_BY_FD: {0}")]
     Info(std::io::Error),
-    #[error("program {0} has no JIT image (is the JIT on, and are we root?)")]
-    NotJited(u32),
+    #[error(
+        "the program has no JIT image or its addresses are hidden (JIT off, or \
+         kernel.kptr_restrict / not root)"
+    )]
+    NotJited,
     #[error("running objdump: {0} (Debian: binutils)")]
     Objdump(std::io::Error),
     #[error("{0}: {1}")]
     Dump(String, std::io::Error),
     #[error("{0}: not a JIT dump ({1})")]
     BadDump(String, &'static str),
-    #[error("the program's BTF: {0}")]
-    Btf(&'static str),
 }
 
 /// The head of the kernel's `struct bpf_prog_info` (include/uapi/linux/bpf.h) up to
-/// `jited_func_lens`; the kernel fills what `info_len` covers.
+/// `nr_prog_tags`; the kernel fills what `info_len` covers.
 #[repr(C)]
 #[derive(Default)]
 struct ProgInfoHead {
@@ -97,7 +98,8 @@ struct ProgInfoHead {
     nr_jited_line_info: u32,
     line_info_rec_size: u32,
     jited_line_info_rec_size: u32,
-    _pad: u32,
+    /// Written by the kernel (1, or the function count); not read.
+    nr_prog_tags: u32,
 }
 
 /// The kernel's `struct bpf_line_info`: a BPF instruction's source line, its file name and
@@ -115,8 +117,10 @@ struct LineInfo {
 /// `#[repr(C)]` head of the kernel's info struct for that object.
 ///
 /// # Safety
-/// Every buffer address in `*info` must be valid for writes of the length or count (times
-/// the record size) that `*info` gives for it.
+/// `T` must be a `#[repr(C)]` prefix of the kernel's info struct for the object type of
+/// `fd` (the kernel takes its fields as such, buffer addresses included), and every buffer
+/// address in `*info` must be valid for writes of the length or count (times the record
+/// size) that `*info` gives for it.
 unsafe fn obj_info<T>(fd: i32, info: &mut T) -> Result<(), JitError> {
     #[repr(C)]
     struct InfoAttr {
@@ -147,8 +151,8 @@ unsafe fn obj_info<T>(fd: i32, info: &mut T) -> Result<(), JitError> {
     Ok(())
 }
 
-/// The string section of BTF object `id` (the kernel's copy of a program's BTF).
-fn btf_strings(id: u32) -> Result<Vec<u8>, JitError> {
+/// The string section of BTF object `id` (the kernel's copy of a program's BTF), or why not.
+fn btf_strings(id: u32) -> Result<Vec<u8>, String> {
     #[repr(C)]
     #[derive(Default)]
     struct BtfInfo {
@@ -171,36 +175,45 @@ fn btf_strings(id: u32) -> Result<Vec<u8>, JitError> {
         )
     };
     if fd < 0 {
-        return Err(JitError::Info(std::io::Error::last_os_error()));
+        let e = std::io::Error::last_os_error();
+        return Err(format!("BPF_BTF_GET_FD_BY_ID {id}: {e}"));
     }
     // SAFETY: a new descriptor the call returned, owned here only.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let mut head = BtfInfo::default();
-    // SAFETY: no buffer named (`btf` is 0).
-    unsafe { obj_info(fd.as_raw_fd(), &mut head)? };
+    // SAFETY: `BtfInfo` is `struct bpf_btf_info`; no buffer named (`btf` is 0).
+    unsafe { obj_info(fd.as_raw_fd(), &mut head) }.map_err(|e| e.to_string())?;
     let mut raw = vec![0u8; head.btf_size as usize];
     let mut want = BtfInfo {
         btf: raw.as_mut_ptr() as u64,
         btf_size: head.btf_size,
         ..BtfInfo::default()
     };
-    // SAFETY: `btf` names `raw`, `btf_size` bytes long.
-    unsafe { obj_info(fd.as_raw_fd(), &mut want)? };
+    // SAFETY: as above; `btf` names `raw`, `btf_size` bytes long.
+    unsafe { obj_info(fd.as_raw_fd(), &mut want) }.map_err(|e| e.to_string())?;
     // The header (include/uapi/linux/btf.h): magic, version, flags, hdr_len, then the type
     // and string sections' offsets and lengths after the header.
     let word = |at: usize| {
         raw.get(at..at + 4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     };
-    let magic = raw.get(..2) == Some(&0xeb9f_u16.to_le_bytes()[..]);
+    if raw.get(..2) != Some(&0xeb9f_u16.to_le_bytes()[..]) {
+        return Err("the BTF's magic is not 0xeb9f (little-endian)".into());
+    }
     let (Some(hdr_len), Some(str_off), Some(str_len)) = (word(4), word(16), word(20)) else {
-        return Err(JitError::Btf("shorter than its header"));
+        return Err("the BTF is shorter than its header".into());
     };
     let start = hdr_len + str_off;
-    match raw.get(start..start + str_len) {
-        Some(strings) if magic => Ok(strings.to_vec()),
-        _ => Err(JitError::Btf("no string section where the header says")),
-    }
+    raw.get(start..start + str_len)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| "no BTF string section where the header says".into())
+}
+
+/// A source file as a place name: its last three path components (`program/src/main.rs`,
+/// `aya-ebpf-0.1.1/src/helpers.rs`), so that files of one name in different crates differ.
+fn short_path(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    parts[parts.len().saturating_sub(3)..].join("/")
 }
 
 /// The NUL-terminated string at `off` of a BTF string section.
@@ -210,21 +223,47 @@ fn btf_str(strings: &[u8], off: u32) -> String {
     String::from_utf8_lossy(&tail[..end]).into_owned()
 }
 
-/// The JITed functions of loaded program `id` (the main program first, then its BPF
-/// functions), each with its kernel address.
-pub fn jit_image(id: u32) -> Result<Vec<JitFunc>, JitError> {
-    let info = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|p| p.id() == id)
-        .ok_or(JitError::NoProgram(id))?;
-    let fd = info.fd().map_err(|e| JitError::Fd(id, e))?;
-    let raw = fd.as_fd().as_raw_fd();
+/// The JITed functions of loaded program `id`: see [`jit_image_of`].
+pub fn jit_image(id: u32) -> Result<JitImage, JitError> {
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    // prog_id, next_id, open_flags.
+    let attr: [u32; 3] = [id, 0, 0];
+    // SAFETY: the command reads the id and flags from `attr`, which outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(JitError::Program(id, std::io::Error::last_os_error()));
+    }
+    // SAFETY: a new descriptor the call returned, owned here only.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    jit_image_of(fd.as_fd())
+}
+
+/// A program's JIT image: its functions, and why they have no source lines if they have
+/// none.
+#[derive(Debug)]
+pub struct JitImage {
+    pub funcs: Vec<JitFunc>,
+    /// Set when the program's BTF line info could not be read (the image is still whole).
+    pub no_lines: Option<String>,
+}
+
+/// The JITed functions of the program `prog` (the main program first, then its BPF
+/// functions), each with its kernel address and source lines.
+pub fn jit_image_of(prog: BorrowedFd<'_>) -> Result<JitImage, JitError> {
+    let raw = prog.as_raw_fd();
     let mut head = ProgInfoHead::default();
-    // SAFETY: no buffer named.
+    // SAFETY: `ProgInfoHead` is a head of `struct bpf_prog_info`; no buffer named.
     unsafe { obj_info(raw, &mut head)? };
     let (len, nfuncs) = (head.jited_prog_len, head.nr_jited_ksyms);
     if len == 0 || nfuncs == 0 || head.nr_jited_func_lens != nfuncs {
-        return Err(JitError::NotJited(id));
+        return Err(JitError::NotJited);
     }
     let mut image = vec![0u8; len as usize];
     let mut addrs = vec![0u64; nfuncs as usize];
@@ -255,12 +294,12 @@ pub fn jit_image(id: u32) -> Result<Vec<JitFunc>, JitError> {
         jited_line_info: line_addrs.as_mut_ptr() as u64,
         ..ProgInfoHead::default()
     };
-    // SAFETY: each buffer named is as long as the length or count given beside it (times
-    // the record size given).
+    // SAFETY: as above; each buffer named is as long as the length or count given beside it
+    // (times the record size given).
     unsafe { obj_info(raw, &mut want)? };
     // Without the right to see kernel addresses the kernel leaves them 0.
     if addrs.contains(&0) || lens.iter().map(|&l| u64::from(l)).sum::<u64>() != u64::from(len) {
-        return Err(JitError::NotJited(id));
+        return Err(JitError::NotJited);
     }
     let mut funcs = Vec::with_capacity(addrs.len());
     let mut at = 0usize;
@@ -273,25 +312,38 @@ pub fn jit_image(id: u32) -> Result<Vec<JitFunc>, JitError> {
         });
         at = end;
     }
-    if nlines != 0 && head.btf_id != 0 {
-        let strings = btf_strings(head.btf_id)?;
-        for (info, &addr) in line_info.iter().zip(&line_addrs) {
-            let Some(f) = funcs.iter_mut().find(|f| f.offset_of(addr).is_some()) else {
-                continue;
-            };
-            let file = btf_str(&strings, info.file_name_off);
-            let file = file.rsplit('/').next().unwrap_or_default().to_string();
-            f.lines.push(SourceLine {
-                offset: (addr - f.addr) as u32,
-                place: format!("{file}:{}", info.line_col >> 10),
-                text: btf_str(&strings, info.line_off).trim().to_string(),
-            });
+    let strings = if nlines == 0 || head.btf_id == 0 {
+        Err("the program has no BTF line info".to_string())
+    } else {
+        btf_strings(head.btf_id)
+    };
+    let strings = match strings {
+        Ok(s) => s,
+        Err(why) => {
+            return Ok(JitImage {
+                funcs,
+                no_lines: Some(why),
+            })
         }
-        for f in &mut funcs {
-            f.lines.sort_by_key(|l| l.offset);
-        }
+    };
+    for (info, &addr) in line_info.iter().zip(&line_addrs) {
+        let Some(f) = funcs.iter_mut().find(|f| f.offset_of(addr).is_some()) else {
+            continue;
+        };
+        let file = short_path(&btf_str(&strings, info.file_name_off));
+        f.lines.push(SourceLine {
+            offset: (addr - f.addr) as u32,
+            place: format!("{file}:{}", info.line_col >> 10),
+            text: btf_str(&strings, info.line_off).trim().to_string(),
+        });
     }
-    Ok(funcs)
+    for f in &mut funcs {
+        f.lines.sort_by_key(|l| l.offset);
+    }
+    Ok(JitImage {
+        funcs,
+        no_lines: None,
+    })
 }
 
 /// Writes `funcs` to `dir`: `func-N.bin` (machine code), `funcs.txt` (a line "N ADDR LEN" a
@@ -417,18 +469,30 @@ pub fn disassemble(image: &[u8]) -> Result<Vec<(u32, String)>, JitError> {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = std::env::temp_dir().join(format!("xtrail-jit-{}-{n}.bin", std::process::id()));
-    std::fs::write(&path, image).map_err(|e| JitError::Dump(path.display().to_string(), e))?;
-    let out = Command::new("objdump")
-        .args(["-D", "-b", "binary", "-mi386:x86-64", "--no-show-raw-insn"])
-        .arg(&path)
-        .stderr(Stdio::null())
-        .output();
+    let dump_err = |e| JitError::Dump(path.display().to_string(), e);
+    // A new file only: never through a link someone left at that name.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(dump_err)?;
+    let written = std::io::Write::write_all(&mut file, image);
+    drop(file);
+    let out = written.map_err(dump_err).and_then(|()| {
+        Command::new("objdump")
+            .args(["-D", "-b", "binary", "-mi386:x86-64", "--no-show-raw-insn"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(JitError::Objdump)
+    });
     let _ = std::fs::remove_file(&path);
-    let out = out.map_err(JitError::Objdump)?;
+    let out = out?;
     if !out.status.success() {
         return Err(JitError::Objdump(std::io::Error::other(format!(
-            "objdump exited with {}",
-            out.status
+            "objdump exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
         ))));
     }
     let text = String::from_utf8_lossy(&out.stdout);
@@ -498,7 +562,8 @@ pub fn annotate(
         );
     }
     if funcs.iter().any(|f| !f.lines.is_empty()) {
-        // By source line: every instruction's samples on the line whose code holds it.
+        // By source line (file and line number): every instruction's samples on the line
+        // whose code holds it.
         let mut by_line: BTreeMap<&str, (u64, &str)> = BTreeMap::new();
         for (i, c) in counts.iter().enumerate() {
             for (&off, &n) in c {
@@ -586,6 +651,14 @@ mod tests {
         assert_eq!(all, 6);
         assert_eq!(counts[0], BTreeMap::from([(1, 1), (4, 2)]));
         assert_eq!(counts[1], BTreeMap::from([(0, 1)]));
+    }
+
+    #[test]
+    fn source_files_are_named_by_their_last_three_components() {
+        let aya = "/root/.cargo/registry/src/x/aya-ebpf-0.1.1/src/helpers.rs";
+        assert_eq!(short_path(aya), "aya-ebpf-0.1.1/src/helpers.rs");
+        assert_eq!(short_path("src/main.rs"), "src/main.rs");
+        assert_eq!(short_path(""), "");
     }
 
     #[test]

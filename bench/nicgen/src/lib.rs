@@ -294,6 +294,11 @@ impl Floor {
         Ok(Floor { fd, _ebpf: ebpf })
     }
 
+    /// The loaded program.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
     /// The kernel's average ns per run of the floor over `repeat` runs of `frame`.
     pub fn run(&self, frame: &[u8], repeat: u32) -> Result<u32, GenError> {
         test_run(self.fd.as_fd(), frame, repeat).map(|(_, d)| d)

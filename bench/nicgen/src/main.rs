@@ -121,7 +121,7 @@ enum Cmd {
         /// `perf script -F ip,sym` output.
         #[arg(long)]
         samples: PathBuf,
-        /// Hottest instructions listed first.
+        /// How many of the hottest instructions (and source lines) to list first.
         #[arg(long, default_value_t = 20)]
         top: usize,
     },
@@ -197,19 +197,26 @@ fn main() -> anyhow::Result<()> {
             repeat,
         } => xdp_cost(prog_id, &frames, &names, &flow_starts_every_run, repeat),
         Cmd::JitDump { id, out } => {
-            let funcs = xtrail_nicgen::jit::jit_image(id)?;
-            xtrail_nicgen::jit::write_dump(&out, &funcs)?;
+            let image = xtrail_nicgen::jit::jit_image(id)?;
+            let funcs = &image.funcs;
+            xtrail_nicgen::jit::write_dump(&out, funcs)?;
+            if let Some(why) = &image.no_lines {
+                eprintln!("[nicgen] program {id}: no source lines ({why})");
+            }
             println!(
-                "{{\"functions\":{},\"bytes\":{}}}",
+                "{{\"functions\":{},\"bytes\":{},\"source_lines\":{}}}",
                 funcs.len(),
-                funcs.iter().map(|f| f.image.len()).sum::<usize>()
+                funcs.iter().map(|f| f.image.len()).sum::<usize>(),
+                funcs.iter().map(|f| f.lines.len()).sum::<usize>()
             );
             Ok(())
         }
         Cmd::JitAnnotate { jit, samples, top } => {
             let funcs = xtrail_nicgen::jit::read_dump(&jit)?;
-            let text = std::fs::read_to_string(&samples)
+            // perf prints symbol names as they are: not necessarily UTF-8.
+            let bytes = std::fs::read(&samples)
                 .with_context(|| format!("reading {}", samples.display()))?;
+            let text = String::from_utf8_lossy(&bytes);
             let (counts, all) = xtrail_nicgen::jit::count_samples(&funcs, &text);
             print!(
                 "{}",

@@ -300,20 +300,17 @@ fn a_loaded_programs_jit_image_and_source_lines_read_back() {
     if !root_or_skip() {
         return;
     }
-    let _floor = xtrail_nicgen::Floor::load().expect("the floor program loads");
-    // The newest `noop` (other tests may load their own: any of them will do).
-    let id = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|p| p.name_as_str() == Some("noop"))
-        .map(|p| p.id())
-        .max()
-        .expect("a loaded noop program");
-    let funcs = xtrail_nicgen::jit::jit_image(id).expect("the JIT image");
+    let floor = xtrail_nicgen::Floor::load().expect("the floor program loads");
+    let image = xtrail_nicgen::jit::jit_image_of(floor.fd()).expect("the JIT image");
+    assert_eq!(image.no_lines, None);
+    let funcs = image.funcs;
     assert_eq!(funcs.len(), 1, "noop has no BPF functions of its own");
     let f = &funcs[0];
     assert!(!f.image.is_empty() && f.addr != 0);
     assert!(
-        f.lines.iter().any(|l| l.place.starts_with("main.rs:")),
+        f.lines
+            .iter()
+            .any(|l| l.place.starts_with("ebpf/src/main.rs:")),
         "source lines from the program's BTF: {:?}",
         f.lines
     );

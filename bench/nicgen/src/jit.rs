@@ -164,22 +164,8 @@ fn btf_strings(id: u32) -> Result<Vec<u8>, String> {
         kernel_btf: u32,
     }
     const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
-    let attr: [u32; 4] = [id, 0, 0, 0];
-    // SAFETY: the command reads a `btf_id` (and flags, 0) from `attr`, which outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_BTF_GET_FD_BY_ID,
-            attr.as_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(format!("BPF_BTF_GET_FD_BY_ID {id}: {e}"));
-    }
-    // SAFETY: a new descriptor the call returned, owned here only.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let fd = fd_by_id(BPF_BTF_GET_FD_BY_ID, id)
+        .map_err(|e| format!("BPF_BTF_GET_FD_BY_ID {id}: {e}"))?;
     let mut head = BtfInfo::default();
     // SAFETY: `BtfInfo` is `struct bpf_btf_info`; no buffer named (`btf` is 0).
     unsafe { obj_info(fd.as_raw_fd(), &mut head) }.map_err(|e| e.to_string())?;
@@ -226,23 +212,29 @@ fn btf_str(strings: &[u8], off: u32) -> String {
 /// The JITed functions of loaded program `id`: see [`jit_image_of`].
 pub fn jit_image(id: u32) -> Result<JitImage, JitError> {
     const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-    // prog_id, next_id, open_flags.
-    let attr: [u32; 3] = [id, 0, 0];
-    // SAFETY: the command reads the id and flags from `attr`, which outlives the call.
+    let fd = fd_by_id(BPF_PROG_GET_FD_BY_ID, id).map_err(|e| JitError::Program(id, e))?;
+    jit_image_of(fd.as_fd())
+}
+
+/// A descriptor of BPF object `id` by `cmd` (`BPF_PROG_GET_FD_BY_ID`, `BPF_BTF_GET_FD_BY_ID`:
+/// both take the id first, then a next id and flags, here 0).
+fn fd_by_id(cmd: libc::c_long, id: u32) -> std::io::Result<OwnedFd> {
+    let attr: [u32; 4] = [id, 0, 0, 0];
+    // SAFETY: both commands read the id (and 0 for the rest) from `attr`, which outlives the
+    // call.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_PROG_GET_FD_BY_ID,
+            cmd,
             attr.as_ptr(),
             std::mem::size_of_val(&attr),
         )
     };
     if fd < 0 {
-        return Err(JitError::Program(id, std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: a new descriptor the call returned, owned here only.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    jit_image_of(fd.as_fd())
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// A program's JIT image: its functions, and why they have no source lines if they have

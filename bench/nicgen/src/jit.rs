@@ -430,29 +430,45 @@ pub fn read_dump(dir: &Path) -> Result<Vec<JitFunc>, JitError> {
     Ok(funcs)
 }
 
+/// `perf` samples of a program's functions.
+#[derive(Debug, Default)]
+pub struct Samples {
+    /// Per function, samples per instruction offset.
+    pub counts: Vec<BTreeMap<u32, u64>>,
+    /// Per function, its symbol as perf named it (`bpf_prog_TAG_NAME`), if sampled.
+    pub names: Vec<Option<String>>,
+    /// Samples read in all, those outside the functions included.
+    pub all: u64,
+}
+
 /// Samples per function and instruction offset, from `perf script -F ip[,sym...]` lines
-/// (the first field of a line, in hex, is the instruction pointer); also the number of
-/// samples read in all (those outside `funcs` included).
-pub fn count_samples(funcs: &[JitFunc], perf_script: &str) -> (Vec<BTreeMap<u32, u64>>, u64) {
-    let mut counts = vec![BTreeMap::new(); funcs.len()];
-    let mut all = 0;
+/// (the first field of a line, in hex, is the instruction pointer; the second, if any, its
+/// symbol).
+pub fn count_samples(funcs: &[JitFunc], perf_script: &str) -> Samples {
+    let mut s = Samples {
+        counts: vec![BTreeMap::new(); funcs.len()],
+        names: vec![None; funcs.len()],
+        all: 0,
+    };
     for line in perf_script.lines() {
-        let Some(ip) = line
-            .split_whitespace()
-            .next()
-            .and_then(|t| u64::from_str_radix(t, 16).ok())
-        else {
+        let mut fields = line.split_whitespace();
+        let Some(ip) = fields.next().and_then(|t| u64::from_str_radix(t, 16).ok()) else {
             continue;
         };
-        all += 1;
-        for (f, c) in funcs.iter().zip(counts.iter_mut()) {
+        s.all += 1;
+        for (i, f) in funcs.iter().enumerate() {
             if let Some(off) = f.offset_of(ip) {
-                *c.entry(off).or_insert(0) += 1;
+                *s.counts[i].entry(off).or_insert(0) += 1;
+                if s.names[i].is_none() {
+                    s.names[i] = fields
+                        .next()
+                        .map(|sym| sym.split("+0x").next().unwrap_or(sym).to_string());
+                }
                 break;
             }
         }
     }
-    (counts, all)
+    s
 }
 
 /// `objdump`'s disassembly of x86-64 machine code, one (offset, text) an instruction.
@@ -500,19 +516,16 @@ pub fn disassemble(image: &[u8]) -> Result<Vec<(u32, String)>, JitError> {
 
 /// The profile as text: samples per function, the `top` hottest instructions of all, then
 /// each function with samples disassembled, each instruction with its samples and share.
-pub fn annotate(
-    funcs: &[JitFunc],
-    counts: &[BTreeMap<u32, u64>],
-    all: u64,
-    top: usize,
-) -> Result<String, JitError> {
+pub fn annotate(funcs: &[JitFunc], samples: &Samples, top: usize) -> Result<String, JitError> {
+    let counts = &samples.counts;
     let total: u64 = counts.iter().flat_map(|c| c.values()).sum();
     let share = |n: u64| 100.0 * n as f64 / total.max(1) as f64;
     let mut out = format!("{total} samples in the program's {} functions", funcs.len());
-    out += &format!(" ({all} samples read in all)\n");
+    out += &format!(" ({} samples read in all)\n", samples.all);
+    let name = |i: usize| samples.names.get(i).cloned().flatten().unwrap_or_default();
     for (i, c) in counts.iter().enumerate() {
         let n: u64 = c.values().sum();
-        out += &format!("function {i}: {n} samples ({:.1}%)\n", share(n));
+        out += &format!("function {i}: {n} samples ({:.1}%) {}\n", share(n), name(i));
     }
     let listings = funcs
         .iter()
@@ -578,7 +591,7 @@ pub fn annotate(
         if c.is_empty() {
             continue;
         }
-        out += &format!("\nfunction {i} at {:#x}:\n", funcs[i].addr);
+        out += &format!("\nfunction {i} at {:#x}: {}\n", funcs[i].addr, name(i));
         let mut last = None;
         for (off, text) in &listings[i] {
             if let Some(l) = line_of(i, *off) {
@@ -639,10 +652,15 @@ mod tests {
                     ffffffffc0000008 past the first function's end\n\
                     ffffffff81000000 pv_native_safe_halt\n\
                     not a sample\n";
-        let (counts, all) = count_samples(&funcs(), perf);
-        assert_eq!(all, 6);
-        assert_eq!(counts[0], BTreeMap::from([(1, 1), (4, 2)]));
-        assert_eq!(counts[1], BTreeMap::from([(0, 1)]));
+        let s = count_samples(&funcs(), perf);
+        assert_eq!(s.all, 6);
+        assert_eq!(s.counts[0], BTreeMap::from([(1, 1), (4, 2)]));
+        assert_eq!(s.counts[1], BTreeMap::from([(0, 1)]));
+        let names = [
+            Some("bpf_prog_x_xtrail_xdp".into()),
+            Some("bpf_prog_x_f".into()),
+        ];
+        assert_eq!(s.names, names);
     }
 
     #[test]
@@ -665,11 +683,11 @@ mod tests {
 
     #[test]
     fn the_annotation_names_the_hottest_instruction() {
-        let (counts, all) = count_samples(
+        let samples = count_samples(
             &funcs(),
             "ffffffffc0000004 a\nffffffffc0000004 a\nffffffffc0000001 a\n",
         );
-        let text = annotate(&funcs(), &counts, all, 2).unwrap();
+        let text = annotate(&funcs(), &samples, 2).unwrap();
         assert!(
             text.starts_with("3 samples in the program's 2 functions"),
             "{text}"

@@ -217,12 +217,13 @@ fn main() -> anyhow::Result<()> {
             let bytes = std::fs::read(&samples)
                 .with_context(|| format!("reading {}", samples.display()))?;
             let text = String::from_utf8_lossy(&bytes);
-            let (counts, all) = xtrail_nicgen::jit::count_samples(&funcs, &text);
-            print!(
-                "{}",
-                xtrail_nicgen::jit::annotate(&funcs, &counts, all, top)?
-            );
-            Ok(())
+            let samples = xtrail_nicgen::jit::count_samples(&funcs, &text);
+            let text = xtrail_nicgen::jit::annotate(&funcs, &samples, top)?;
+            // Into `head` as well: a reader that stops early is not an error.
+            match std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            }
         }
     }
 }

@@ -315,9 +315,16 @@ fn a_loaded_programs_jit_image_and_source_lines_read_back() {
         f.lines
     );
     let perf = format!("{:x} bpf_prog_noop\n{:x} elsewhere\n", f.addr, f.addr - 1);
-    let (counts, all) = xtrail_nicgen::jit::count_samples(&funcs, &perf);
-    assert_eq!((all, counts[0].get(&0).copied()), (2, Some(1)));
-    let text = xtrail_nicgen::jit::annotate(&funcs, &counts, all, 5).expect("objdump");
+    let samples = xtrail_nicgen::jit::count_samples(&funcs, &perf);
+    assert_eq!(
+        (samples.all, samples.counts[0].get(&0).copied()),
+        (2, Some(1))
+    );
+    let text = xtrail_nicgen::jit::annotate(&funcs, &samples, 5).expect("objdump");
     assert!(text.contains("100.0%  f0+0x0000"), "{text}");
+    assert!(
+        text.contains("function 0: 1 samples (100.0%) bpf_prog_noop"),
+        "{text}"
+    );
     assert!(text.contains("hottest 5 source lines:"), "{text}");
 }

@@ -1205,7 +1205,7 @@ fn tls_pending_decides_whether_tracked_client_hellos_are_followed() {
     let (slots, sum) = pending_counts(&mut h);
     assert_eq!((slots.len(), sum), (1, 1), "{slots:?}");
     let (slot, counted) = slots[0];
-    // The element counting the flow (that of its epoch's parity), and its epoch.
+    // The word counting the flow (that of its epoch's parity), and its epoch.
     let k = if pending_count(counted[0]) != 0 { 0 } else { 1 };
     let epoch = counted[k] >> 32;
     assert_eq!(
@@ -1231,7 +1231,7 @@ fn tls_pending_decides_whether_tracked_client_hellos_are_followed() {
         "followed with no count in its slot"
     );
     assert_eq!(h.counter(stat::TLS_CONTINUATIONS), 0);
-    // Counted only in the other element, as of the epoch before: still live, followed.
+    // Counted only in the other word, as of the epoch before: still live, followed.
     // (On a host up for under 17 s there is no epoch before: the same epoch then.)
     set(&mut h, with(1 - k, epoch.saturating_sub(1), 1));
     assert_eq!(
@@ -1251,7 +1251,7 @@ fn tls_pending_decides_whether_tracked_client_hellos_are_followed() {
     let done = get(&mut h);
     assert_eq!(slot_count(&done), 0, "{done:?}");
     assert_eq!(h.counter(stat::TLS_CONTINUATIONS), 2);
-    // Stale: the element of the flow's parity set to an older epoch of that parity (a
+    // Stale: the word of the flow's parity set to an older epoch of that parity (a
     // future one on a host up for under 35 s) with a high count, as flows the LRU evicted
     // would leave it; the next flow tracked there restarts it at 1.
     let now = (tracked[0] >> 32).max(tracked[1] >> 32);

@@ -79,7 +79,7 @@ pub fn run(o: &ProfileOptions) -> anyhow::Result<()> {
         .with_context(|| format!("sensor binary {}", sensor.display()))?;
     let trails = o.trails.clone().unwrap_or_else(static_tree);
     let out = o.out.clone().unwrap_or_else(|| {
-        // Beside the release directory the sensor binary is in.
+        // Beside the release directory of this tree's sensor binary.
         let release = crate::paths::sensor_binary();
         let target = release.parent().and_then(Path::parent);
         target

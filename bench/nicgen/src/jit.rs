@@ -217,11 +217,10 @@ pub fn jit_image(id: u32) -> Result<JitImage, JitError> {
 }
 
 /// A descriptor of BPF object `id` by `cmd` (`BPF_PROG_GET_FD_BY_ID`, `BPF_BTF_GET_FD_BY_ID`:
-/// both take the id first, then a next id and flags, here 0).
+/// both read the id first; the attribute's other words, 0, are fields they require to be 0).
 fn fd_by_id(cmd: libc::c_long, id: u32) -> std::io::Result<OwnedFd> {
     let attr: [u32; 4] = [id, 0, 0, 0];
-    // SAFETY: both commands read the id (and 0 for the rest) from `attr`, which outlives the
-    // call.
+    // SAFETY: both commands read the id (and zeros) from `attr`, which outlives the call.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -304,8 +303,10 @@ pub fn jit_image_of(prog: BorrowedFd<'_>) -> Result<JitImage, JitError> {
         });
         at = end;
     }
-    let strings = if nlines == 0 || head.btf_id == 0 {
+    let strings = if head.nr_line_info == 0 || head.btf_id == 0 {
         Err("the program has no BTF line info".to_string())
+    } else if nlines == 0 {
+        Err("the kernel gives no JIT address for each line info record".to_string())
     } else {
         btf_strings(head.btf_id)
     };
@@ -460,9 +461,12 @@ pub fn count_samples(funcs: &[JitFunc], perf_script: &str) -> Samples {
             if let Some(off) = f.offset_of(ip) {
                 *s.counts[i].entry(off).or_insert(0) += 1;
                 if s.names[i].is_none() {
+                    // perf's name of a JITed BPF function (not "[unknown]").
                     s.names[i] = fields
                         .next()
-                        .map(|sym| sym.split("+0x").next().unwrap_or(sym).to_string());
+                        .map(|sym| sym.split("+0x").next().unwrap_or(sym))
+                        .filter(|sym| sym.starts_with("bpf_prog_"))
+                        .map(str::to_string);
                 }
                 break;
             }
@@ -645,7 +649,7 @@ mod tests {
 
     #[test]
     fn samples_are_binned_by_function_and_offset() {
-        let perf = "ffffffffc0000001 bpf_prog_x_xtrail_xdp+0x1\n\
+        let perf = "ffffffffc0000001 [unknown]\n\
                     ffffffffc0000004 bpf_prog_x_xtrail_xdp+0x4\n\
                     ffffffffc0000004 bpf_prog_x_xtrail_xdp+0x4\n\
                     ffffffffc0001000 bpf_prog_x_f\n\

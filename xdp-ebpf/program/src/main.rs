@@ -171,10 +171,11 @@ static TLS_FLOWS: LruHashMap<TlsFlowKey, TlsFlow> =
 /// is followed for less than an epoch, so a count two epochs old is stale whatever it says
 /// (what forgets the flows the LRU evicts, or that never finished). Updated with atomic
 /// adds; the restart of a stale word is a plain store of the new epoch with a count of 1
-/// (two CPUs restarting one word at one instant, or one's count racing another's restart,
-/// could undercount it: a rare miss of a continuation). Every data segment reads its slot,
-/// so the table is kept small (64 KiB; 128 until 2026-12-06, when the slot read was 23% of
-/// the live program's samples on the bench's TCP ACKs, `cargo xtask xdp-profile`).
+/// (two CPUs restarting one word at one instant, one's count racing another's restart, or
+/// a late take-off of a flow two epochs old landing on a restarted word, could undercount
+/// it: a rare miss of a continuation). Every data segment reads its slot, so the table is
+/// kept small (64 KiB; 128 until 2026-12-06, when the slot read was 28-36% of the live
+/// program's samples on the bench's TCP ACKs, `cargo xtask xdp-profile`).
 #[map]
 static TLS_PENDING: Array<TlsPending> = Array::with_max_entries(TLS_PENDING_SLOTS, 0);
 
@@ -923,8 +924,9 @@ fn tls_pending(pkt: &Packet, now: u64) -> bool {
 
 /// Takes a followed flow (tracked in `epoch`) off its `TLS_PENDING` count (not below 0:
 /// after a stale restart the flow is no longer counted there). Two CPUs taking the last
-/// flow off at once could borrow from the epoch bits: the word then reads as the epoch
-/// before with a count, so the slot is looked at (a look-up more) until a restart.
+/// flow off at once (after an undercount) could borrow from the epoch bits: the word then
+/// reads as the epoch before with a count, so the slot is looked at (a look-up more) until
+/// a restart or the end of that epoch.
 #[inline(always)]
 fn tls_pending_done(pkt: &Packet, epoch: u32) {
     if let Some(p) = TLS_PENDING.get_ptr_mut(tls_pending_slot(pkt)) {

@@ -16,6 +16,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use aya_obj::generated::{bpf_btf_info, bpf_cmd, bpf_line_info, bpf_prog_info};
+
 /// One JITed function of a program: its kernel address, its machine code and the source
 /// lines its code starts (from the program's BTF line info; empty without it).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,7 +32,7 @@ pub struct JitFunc {
 pub struct SourceLine {
     /// Offset in the function's machine code.
     pub offset: u32,
-    /// "file:line" (the file's last path component).
+    /// "file:line" (the file's last three path components, see `short_path`).
     pub place: String,
     /// The line's text as BTF holds it, trimmed.
     pub text: String,
@@ -63,64 +65,14 @@ pub enum JitError {
     BadDump(String, &'static str),
 }
 
-/// The head of the kernel's `struct bpf_prog_info` (include/uapi/linux/bpf.h) up to
-/// `nr_prog_tags`; the kernel fills what `info_len` covers.
-#[repr(C)]
-#[derive(Default)]
-struct ProgInfoHead {
-    prog_type: u32,
-    id: u32,
-    tag: [u8; 8],
-    jited_prog_len: u32,
-    xlated_prog_len: u32,
-    jited_prog_insns: u64,
-    xlated_prog_insns: u64,
-    load_time: u64,
-    created_by_uid: u32,
-    nr_map_ids: u32,
-    map_ids: u64,
-    name: [u8; 16],
-    ifindex: u32,
-    gpl_compatible: u32,
-    netns_dev: u64,
-    netns_ino: u64,
-    nr_jited_ksyms: u32,
-    nr_jited_func_lens: u32,
-    jited_ksyms: u64,
-    jited_func_lens: u64,
-    btf_id: u32,
-    func_info_rec_size: u32,
-    func_info: u64,
-    nr_func_info: u32,
-    nr_line_info: u32,
-    line_info: u64,
-    jited_line_info: u64,
-    nr_jited_line_info: u32,
-    line_info_rec_size: u32,
-    jited_line_info_rec_size: u32,
-    /// Written by the kernel (1, or the function count); not read.
-    nr_prog_tags: u32,
-}
-
-/// The kernel's `struct bpf_line_info`: a BPF instruction's source line, its file name and
-/// text as offsets into the BTF string section, `line_col` the line number << 10 | column.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct LineInfo {
-    insn_off: u32,
-    file_name_off: u32,
-    line_off: u32,
-    line_col: u32,
-}
-
-/// `BPF_OBJ_GET_INFO_BY_FD` on `fd` (a program's or a BTF object's) into `info`, a
-/// `#[repr(C)]` head of the kernel's info struct for that object.
+/// `BPF_OBJ_GET_INFO_BY_FD` on `fd` (a program's or a BTF object's) into `info`, the
+/// kernel's info struct for that object (aya-obj's bindings of it).
 ///
 /// # Safety
-/// `T` must be a `#[repr(C)]` prefix of the kernel's info struct for the object type of
-/// `fd` (the kernel takes its fields as such, buffer addresses included), and every buffer
-/// address in `*info` must be valid for writes of the length or count (times the record
-/// size) that `*info` gives for it.
+/// `T` must be the kernel's info struct for the object type of `fd` (the kernel takes its
+/// fields as such, buffer addresses included), and every buffer address in `*info` must be
+/// valid for writes of the length or count (times the record size) that `*info` gives for
+/// it.
 unsafe fn obj_info<T>(fd: i32, info: &mut T) -> Result<(), JitError> {
     #[repr(C)]
     struct InfoAttr {
@@ -128,7 +80,6 @@ unsafe fn obj_info<T>(fd: i32, info: &mut T) -> Result<(), JitError> {
         info_len: u32,
         info: u64,
     }
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     let mut attr = InfoAttr {
         bpf_fd: fd as u32,
         info_len: std::mem::size_of::<T>() as u32,
@@ -140,7 +91,7 @@ unsafe fn obj_info<T>(fd: i32, info: &mut T) -> Result<(), JitError> {
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
             &mut attr as *mut InfoAttr,
             std::mem::size_of::<InfoAttr>(),
         )
@@ -153,28 +104,15 @@ unsafe fn obj_info<T>(fd: i32, info: &mut T) -> Result<(), JitError> {
 
 /// The string section of BTF object `id` (the kernel's copy of a program's BTF), or why not.
 fn btf_strings(id: u32) -> Result<Vec<u8>, String> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct BtfInfo {
-        btf: u64,
-        btf_size: u32,
-        id: u32,
-        name: u64,
-        name_len: u32,
-        kernel_btf: u32,
-    }
-    const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
-    let fd = fd_by_id(BPF_BTF_GET_FD_BY_ID, id)
+    let fd = fd_by_id(bpf_cmd::BPF_BTF_GET_FD_BY_ID, id)
         .map_err(|e| format!("BPF_BTF_GET_FD_BY_ID {id}: {e}"))?;
-    let mut head = BtfInfo::default();
-    // SAFETY: `BtfInfo` is `struct bpf_btf_info`; no buffer named (`btf` is 0).
+    let mut head = zeroed_btf_info();
+    // SAFETY: `struct bpf_btf_info`; no buffer named (`btf` is 0).
     unsafe { obj_info(fd.as_raw_fd(), &mut head) }.map_err(|e| e.to_string())?;
     let mut raw = vec![0u8; head.btf_size as usize];
-    let mut want = BtfInfo {
-        btf: raw.as_mut_ptr() as u64,
-        btf_size: head.btf_size,
-        ..BtfInfo::default()
-    };
+    let mut want = zeroed_btf_info();
+    want.btf = raw.as_mut_ptr() as u64;
+    want.btf_size = head.btf_size;
     // SAFETY: as above; `btf` names `raw`, `btf_size` bytes long.
     unsafe { obj_info(fd.as_raw_fd(), &mut want) }.map_err(|e| e.to_string())?;
     // The header (include/uapi/linux/btf.h): magic, version, flags, hdr_len, then the type
@@ -202,6 +140,18 @@ fn short_path(path: &str) -> String {
     parts[parts.len().saturating_sub(3)..].join("/")
 }
 
+/// A `struct bpf_prog_info` of zeros (what the kernel takes as "nothing asked for").
+fn zeroed_prog_info() -> bpf_prog_info {
+    // SAFETY: a C struct of integers, byte arrays and a bit-field unit: all zeros is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+/// A `struct bpf_btf_info` of zeros.
+fn zeroed_btf_info() -> bpf_btf_info {
+    // SAFETY: a C struct of integers: all zeros is valid.
+    unsafe { std::mem::zeroed() }
+}
+
 /// The NUL-terminated string at `off` of a BTF string section.
 fn btf_str(strings: &[u8], off: u32) -> String {
     let tail = strings.get(off as usize..).unwrap_or_default();
@@ -211,20 +161,19 @@ fn btf_str(strings: &[u8], off: u32) -> String {
 
 /// The JITed functions of loaded program `id`: see [`jit_image_of`].
 pub fn jit_image(id: u32) -> Result<JitImage, JitError> {
-    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-    let fd = fd_by_id(BPF_PROG_GET_FD_BY_ID, id).map_err(|e| JitError::Program(id, e))?;
+    let fd = fd_by_id(bpf_cmd::BPF_PROG_GET_FD_BY_ID, id).map_err(|e| JitError::Program(id, e))?;
     jit_image_of(fd.as_fd())
 }
 
 /// A descriptor of BPF object `id` by `cmd` (`BPF_PROG_GET_FD_BY_ID`, `BPF_BTF_GET_FD_BY_ID`:
 /// both read the id first; the attribute's other words, 0, are fields they require to be 0).
-fn fd_by_id(cmd: libc::c_long, id: u32) -> std::io::Result<OwnedFd> {
+fn fd_by_id(cmd: bpf_cmd, id: u32) -> std::io::Result<OwnedFd> {
     let attr: [u32; 4] = [id, 0, 0, 0];
     // SAFETY: both commands read the id (and zeros) from `attr`, which outlives the call.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            cmd,
+            cmd as libc::c_long,
             attr.as_ptr(),
             std::mem::size_of_val(&attr),
         )
@@ -249,8 +198,8 @@ pub struct JitImage {
 /// functions), each with its kernel address and source lines.
 pub fn jit_image_of(prog: BorrowedFd<'_>) -> Result<JitImage, JitError> {
     let raw = prog.as_raw_fd();
-    let mut head = ProgInfoHead::default();
-    // SAFETY: `ProgInfoHead` is a head of `struct bpf_prog_info`; no buffer named.
+    let mut head = zeroed_prog_info();
+    // SAFETY: `struct bpf_prog_info`; no buffer named.
     unsafe { obj_info(raw, &mut head)? };
     let (len, nfuncs) = (head.jited_prog_len, head.nr_jited_ksyms);
     if len == 0 || nfuncs == 0 || head.nr_jited_func_lens != nfuncs {
@@ -261,30 +210,34 @@ pub fn jit_image_of(prog: BorrowedFd<'_>) -> Result<JitImage, JitError> {
     let mut lens = vec![0u32; nfuncs as usize];
     // Line info only when the kernel has one JIT address for each record.
     let nlines = if head.nr_jited_line_info == head.nr_line_info
-        && head.line_info_rec_size as usize == std::mem::size_of::<LineInfo>()
+        && head.line_info_rec_size as usize == std::mem::size_of::<bpf_line_info>()
         && head.jited_line_info_rec_size == 8
     {
         head.nr_line_info
     } else {
         0
     };
-    let mut line_info = vec![LineInfo::default(); nlines as usize];
-    let mut line_addrs = vec![0u64; nlines as usize];
-    let mut want = ProgInfoHead {
-        jited_prog_len: len,
-        jited_prog_insns: image.as_mut_ptr() as u64,
-        nr_jited_ksyms: nfuncs,
-        nr_jited_func_lens: nfuncs,
-        jited_ksyms: addrs.as_mut_ptr() as u64,
-        jited_func_lens: lens.as_mut_ptr() as u64,
-        nr_line_info: nlines,
-        line_info_rec_size: std::mem::size_of::<LineInfo>() as u32,
-        line_info: line_info.as_mut_ptr() as u64,
-        nr_jited_line_info: nlines,
-        jited_line_info_rec_size: 8,
-        jited_line_info: line_addrs.as_mut_ptr() as u64,
-        ..ProgInfoHead::default()
+    let no_line = bpf_line_info {
+        insn_off: 0,
+        file_name_off: 0,
+        line_off: 0,
+        line_col: 0,
     };
+    let mut line_info = vec![no_line; nlines as usize];
+    let mut line_addrs = vec![0u64; nlines as usize];
+    let mut want = zeroed_prog_info();
+    want.jited_prog_len = len;
+    want.jited_prog_insns = image.as_mut_ptr() as u64;
+    want.nr_jited_ksyms = nfuncs;
+    want.nr_jited_func_lens = nfuncs;
+    want.jited_ksyms = addrs.as_mut_ptr() as u64;
+    want.jited_func_lens = lens.as_mut_ptr() as u64;
+    want.nr_line_info = nlines;
+    want.line_info_rec_size = std::mem::size_of::<bpf_line_info>() as u32;
+    want.line_info = line_info.as_mut_ptr() as u64;
+    want.nr_jited_line_info = nlines;
+    want.jited_line_info_rec_size = 8;
+    want.jited_line_info = line_addrs.as_mut_ptr() as u64;
     // SAFETY: as above; each buffer named is as long as the length or count given beside it
     // (times the record size given).
     unsafe { obj_info(raw, &mut want)? };

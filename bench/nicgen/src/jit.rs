@@ -302,7 +302,7 @@ pub fn write_dump(dir: &Path, funcs: &[JitFunc]) -> Result<(), JitError> {
     std::fs::create_dir_all(dir).map_err(err(dir))?;
     let mut index = String::new();
     for (i, f) in funcs.iter().enumerate() {
-        let path = dir.join(format!("func-{i}.bin"));
+        let path = func_file(dir, i);
         std::fs::write(&path, &f.image).map_err(err(&path))?;
         index += &format!("{i} {:x} {}\n", f.addr, f.image.len());
     }
@@ -320,6 +320,11 @@ pub fn write_dump(dir: &Path, funcs: &[JitFunc]) -> Result<(), JitError> {
     std::fs::write(&path, lines).map_err(err(&path))
 }
 
+/// Function `i`'s machine code in dump `dir`.
+fn func_file(dir: &Path, i: usize) -> std::path::PathBuf {
+    dir.join(format!("func-{i}.bin"))
+}
+
 /// Reads what [`write_dump`] wrote.
 pub fn read_dump(dir: &Path) -> Result<Vec<JitFunc>, JitError> {
     let path = dir.join("funcs.txt");
@@ -334,7 +339,13 @@ pub fn read_dump(dir: &Path) -> Result<Vec<JitFunc>, JitError> {
         };
         let addr = u64::from_str_radix(addr, 16)
             .map_err(|_| JitError::BadDump(name.clone(), "an address is not hex"))?;
-        let bin = dir.join(format!("func-{i}.bin"));
+        if i.parse::<usize>().ok() != Some(funcs.len()) {
+            return Err(JitError::BadDump(
+                name,
+                "functions not numbered 0, 1, ... in order",
+            ));
+        }
+        let bin = func_file(dir, funcs.len());
         let image =
             std::fs::read(&bin).map_err(|e| JitError::Dump(bin.display().to_string(), e))?;
         if len.parse::<usize>().ok() != Some(image.len()) {
@@ -428,31 +439,15 @@ pub fn count_samples(funcs: &[JitFunc], perf_script: &str) -> Samples {
     s
 }
 
-/// `objdump`'s disassembly of x86-64 machine code, one (offset, text) an instruction.
-pub fn disassemble(image: &[u8]) -> Result<Vec<(u32, String)>, JitError> {
-    // objdump reads a file (it seeks), not a pipe.
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("xtrail-jit-{}-{n}.bin", std::process::id()));
-    let dump_err = |e| JitError::Dump(path.display().to_string(), e);
-    // A new file only: never through a link someone left at that name.
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(dump_err)?;
-    let written = std::io::Write::write_all(&mut file, image);
-    drop(file);
-    let out = written.map_err(dump_err).and_then(|()| {
-        Command::new("objdump")
-            .args(["-D", "-b", "binary", "-mi386:x86-64", "--no-show-raw-insn"])
-            .arg(&path)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(JitError::Objdump)
-    });
-    let _ = std::fs::remove_file(&path);
-    let out = out?;
+/// `objdump`'s disassembly of the x86-64 machine code in file `bin` (a dump's
+/// `func-N.bin`), one (offset, text) an instruction.
+pub fn disassemble(bin: &Path) -> Result<Vec<(u32, String)>, JitError> {
+    let out = Command::new("objdump")
+        .args(["-D", "-b", "binary", "-mi386:x86-64", "--no-show-raw-insn"])
+        .arg(bin)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(JitError::Objdump)?;
     if !out.status.success() {
         return Err(JitError::Objdump(std::io::Error::other(format!(
             "objdump exited with {}: {}",
@@ -472,8 +467,14 @@ pub fn disassemble(image: &[u8]) -> Result<Vec<(u32, String)>, JitError> {
 }
 
 /// The profile as text: samples per function, the `top` hottest instructions of all, then
-/// each function with samples disassembled, each instruction with its samples and share.
-pub fn annotate(funcs: &[JitFunc], samples: &Samples, top: usize) -> Result<String, JitError> {
+/// each function with samples disassembled (from the dump in `dir`, which `funcs` were read
+/// from), each instruction with its samples and share.
+pub fn annotate(
+    dir: &Path,
+    funcs: &[JitFunc],
+    samples: &Samples,
+    top: usize,
+) -> Result<String, JitError> {
     let counts = &samples.counts;
     let total: u64 = counts.iter().flat_map(|c| c.values()).sum();
     let share = |n: u64| 100.0 * n as f64 / total.max(1) as f64;
@@ -484,14 +485,14 @@ pub fn annotate(funcs: &[JitFunc], samples: &Samples, top: usize) -> Result<Stri
         let n: u64 = c.values().sum();
         out += &format!("function {i}: {n} samples ({:.1}%) {}\n", share(n), name(i));
     }
-    let listings = funcs
+    let listings = counts
         .iter()
-        .zip(counts)
-        .map(|(f, c)| {
+        .enumerate()
+        .map(|(i, c)| {
             if c.is_empty() {
                 Ok(Vec::new())
             } else {
-                disassemble(&f.image)
+                disassemble(&func_file(dir, i))
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -644,7 +645,10 @@ mod tests {
             &funcs(),
             "ffffffffc0000004 a\nffffffffc0000004 a\nffffffffc0000001 a\n",
         );
-        let text = annotate(&funcs(), &samples, 2).unwrap();
+        let dir = std::env::temp_dir().join(format!("xtrail-jit-annotate-{}", std::process::id()));
+        write_dump(&dir, &funcs()).unwrap();
+        let text = annotate(&dir, &funcs(), &samples, 2).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
         assert!(
             text.starts_with("3 samples in the program's 2 functions"),
             "{text}"

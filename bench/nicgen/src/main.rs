@@ -218,7 +218,7 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("reading {}", samples.display()))?;
             let text = String::from_utf8_lossy(&bytes);
             let samples = xtrail_nicgen::jit::count_samples(&funcs, &text);
-            let text = xtrail_nicgen::jit::annotate(&funcs, &samples, top)?;
+            let text = xtrail_nicgen::jit::annotate(&jit, &funcs, &samples, top)?;
             // Into `head` as well: a reader that stops early is not an error.
             match std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes()) {
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),

@@ -320,7 +320,10 @@ fn a_loaded_programs_jit_image_and_source_lines_read_back() {
         (samples.all, samples.counts[0].get(&0).copied()),
         (2, Some(1))
     );
-    let text = xtrail_nicgen::jit::annotate(&funcs, &samples, 5).expect("objdump");
+    let dir = std::env::temp_dir().join(format!("xtrail-jit-test-{}", std::process::id()));
+    xtrail_nicgen::jit::write_dump(&dir, &funcs).expect("dump");
+    let text = xtrail_nicgen::jit::annotate(&dir, &funcs, &samples, 5).expect("objdump");
+    std::fs::remove_dir_all(&dir).expect("remove the dump");
     assert!(text.contains("100.0%  f0+0x0000"), "{text}");
     assert!(
         text.contains("function 0: 1 samples (100.0%) bpf_prog_noop"),

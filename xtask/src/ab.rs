@@ -18,7 +18,8 @@ use crate::bench::{
     draw_background, draw_nic_mix, draw_picks, start_sensor, stop_child, tree_cpu_ns, DEFAULT_SEED,
 };
 use crate::bench_nic::{
-    gro_on, nic_send, nicgen, prog_stats, templates, write_pcap, xdp_prog_id, StatsKnob, SCENARIOS,
+    gro_on, nic_send, nicgen, prog_stats, templates, write_pcap, xdp_between, xdp_prog_id,
+    StatsKnob, SCENARIOS,
 };
 use crate::paths;
 
@@ -188,13 +189,41 @@ fn one_run(
     tmp: &Path,
     first_flow: &mut u64,
 ) -> anyhow::Result<Vec<Round>> {
+    with_sensor(bin, trails, &o.mode, &o.sensor_args, tmp, |pair, pid| {
+        one_run_on(o, pair, pid, pcap, first_flow)
+    })
+}
+
+/// Runs `f` with `sensor` (a binary) started on a fresh veth pair (GRO on, as the bench),
+/// its events in `dir/events.jsonl`; `f` gets the pair and the sensor's pid. The sensor is
+/// stopped after, whatever `f` returned.
+pub(crate) fn with_sensor<T>(
+    sensor: &Path,
+    trails: &Path,
+    mode: &str,
+    args: &[String],
+    dir: &Path,
+    f: impl FnOnce(&VethPair, u32) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let pair = VethPair::create("xab")?;
     gro_on(&pair)?;
-    let log = tmp.join("events.jsonl");
+    let log = dir.join("events.jsonl");
     let _ = std::fs::remove_file(&log);
-    let mut sensor = start_sensor(bin, &pair, trails, &o.mode, &log, &o.sensor_args)?;
-    let pid = sensor.child.id();
-    let prog = if o.xdp { xdp_prog_id(&pair) } else { None };
+    let mut started = start_sensor(sensor, &pair, trails, mode, &log, args)?;
+    let result = f(&pair, started.child.id());
+    stop_child(&mut started.child);
+    result
+}
+
+/// One run's warm-up and rounds on a started sensor.
+fn one_run_on(
+    o: &AbOptions,
+    pair: &VethPair,
+    pid: u32,
+    pcap: &Path,
+    first_flow: &mut u64,
+) -> anyhow::Result<Vec<Round>> {
+    let prog = if o.xdp { xdp_prog_id(pair) } else { None };
     anyhow::ensure!(
         !o.xdp || prog.is_some(),
         "--xdp: no XDP program on {}",
@@ -202,33 +231,24 @@ fn one_run(
     );
     let mut send = |count: u64| {
         // Fresh flows every send: a new source for each, as the bench's runs.
-        let r = nic_send(&pair, pcap, count, o.rate, *first_flow);
+        let r = nic_send(pair, pcap, count, o.rate, *first_flow);
         *first_flow += count;
         r
     };
-    let result = (|| {
-        send(o.count / 2)?;
+    send(o.count / 2)?;
+    std::thread::sleep(DRAIN);
+    let mut rounds = Vec::new();
+    for _ in 0..o.rounds {
+        let xdp_before = prog_stats(prog);
+        let before = tree_cpu_ns(pid);
+        let (sent, _) = send(o.count)?;
         std::thread::sleep(DRAIN);
-        let mut rounds = Vec::new();
-        for _ in 0..o.rounds {
-            let xdp_before = prog_stats(prog);
-            let before = tree_cpu_ns(pid);
-            let (sent, _) = send(o.count)?;
-            std::thread::sleep(DRAIN);
-            let used = tree_cpu_ns(pid).saturating_sub(before);
-            let xdp_ns = match (xdp_before, prog_stats(prog)) {
-                (Some((c0, t0)), Some((c1, t1))) if c1 > c0 => {
-                    t1.saturating_sub(t0) as f64 / (c1 - c0) as f64
-                }
-                _ => f64::NAN,
-            };
-            rounds.push(Round {
-                sensor_ns: used as f64 / sent.max(1) as f64,
-                xdp_ns,
-            });
-        }
-        Ok(rounds)
-    })();
-    stop_child(&mut sensor.child);
-    result
+        let used = tree_cpu_ns(pid).saturating_sub(before);
+        let xdp_ns = xdp_between(xdp_before, prog_stats(prog)).map_or(f64::NAN, |(_, ns)| ns);
+        rounds.push(Round {
+            sensor_ns: used as f64 / sent.max(1) as f64,
+            xdp_ns,
+        });
+    }
+    Ok(rounds)
 }

@@ -239,6 +239,16 @@ pub(crate) fn prog_stats(id: Option<u32>) -> Option<(u64, u64)> {
     ))
 }
 
+/// (runs, ns a run) of a program between two `prog_stats` samples; `None` without both or
+/// without a run between them.
+pub(crate) fn xdp_between(
+    before: Option<(u64, u64)>,
+    after: Option<(u64, u64)>,
+) -> Option<(u64, f64)> {
+    let ((c0, t0), (c1, t1)) = (before?, after?);
+    (c1 > c0).then(|| (c1 - c0, t1.saturating_sub(t0) as f64 / (c1 - c0) as f64))
+}
+
 /// User + system CPU (ns) of `who` (`RUSAGE_CHILDREN`, `RUSAGE_THREAD`, ...).
 fn rusage_ns(who: libc::c_int) -> u64 {
     // SAFETY: getrusage fills the zeroed struct it is given.
@@ -518,11 +528,9 @@ impl Run<'_> {
         let delivered = after.rx_packets.saturating_sub(before.rx_packets);
         let per_ns = |ns: u64| ns as f64 / delivered.max(1) as f64;
         let per = |ticks: u64| per_ns(ticks) * tick_ns();
-        let (xdp_runs, xdp_ns) = match (before.xdp, after.xdp) {
-            (Some((c0, t0)), Some((c1, t1))) if c1 > c0 => {
-                (c1 - c0, Some((t1 - t0) as f64 / (c1 - c0) as f64))
-            }
-            _ => (0, None),
+        let (xdp_runs, xdp_ns) = match xdp_between(before.xdp, after.xdp) {
+            Some((runs, ns)) => (runs, Some(ns)),
+            None => (0, None),
         };
         if self.scored && self.capture && !sc.items.is_empty() {
             std::thread::sleep(PEER_LOG_FLUSH);

@@ -11,11 +11,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use xtrail_bench::netns::VethPair;
 
-use crate::ab::{scenario_pcap, static_tree};
-use crate::bench::{start_sensor, stop_child};
-use crate::bench_nic::{gro_on, nic_send, nicgen, xdp_prog_id, SCENARIOS};
+use crate::ab::{scenario_pcap, static_tree, with_sensor};
+use crate::bench_nic::{nic_send, nicgen, xdp_prog_id, SCENARIOS};
 
 /// What `cargo xtask xdp-profile` profiles.
 #[derive(clap::Args)]
@@ -88,91 +86,92 @@ pub fn run(o: &ProfileOptions) -> anyhow::Result<()> {
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let pcap = scenario_pcap(&o.traffic, &out)?;
-    let pair = VethPair::create("xpf")?;
-    gro_on(&pair)?;
-    let log = out.join("events.jsonl");
-    let _ = std::fs::remove_file(&log);
-    let mut started = start_sensor(&sensor, &pair, &trails, &o.mode, &log, &o.sensor_args)?;
-    let result = (|| {
-        nic_send(&pair, &pcap, o.count / 4, o.rate, 0)?;
-        let id = xdp_prog_id(&pair).context("no XDP program on the sensor's interface")?;
-        let jit = out.join("jit");
-        crate::run(
-            Command::new(nicgen())
-                .args(["jit-dump", "--id", &id.to_string(), "--out"])
+    with_sensor(
+        &sensor,
+        &trails,
+        &o.mode,
+        &o.sensor_args,
+        &out,
+        |pair, _| {
+            nic_send(pair, &pcap, o.count / 4, o.rate, 0)?;
+            let id = xdp_prog_id(pair).context("no XDP program on the sensor's interface")?;
+            let jit = out.join("jit");
+            crate::run(
+                Command::new(nicgen())
+                    .args(["jit-dump", "--id", &id.to_string(), "--out"])
+                    .arg(&jit)
+                    .stdout(Stdio::null()),
+            )?;
+            let data = out.join("perf.data");
+            let _ = std::fs::remove_file(&data);
+            let perf_log = out.join("perf.log");
+            let log_file = std::fs::File::create(&perf_log)
+                .with_context(|| format!("creating {}", perf_log.display()))?;
+            let mut perf = Command::new("perf")
+                .args(["record", "-a", "-F", &o.frequency.to_string(), "-o"])
+                .arg(&data)
+                .stdout(log_file.try_clone()?)
+                .stderr(log_file)
+                .spawn()
+                .context("starting perf record")?;
+            std::thread::sleep(Duration::from_millis(500));
+            let sent = nic_send(pair, &pcap, o.count, o.rate, o.count / 4);
+            // perf writes its data on SIGINT.
+            let stopped =
+                xtrail_bench::child::interrupt_and_wait(&mut perf, Duration::from_secs(30));
+            let perf_said = || std::fs::read_to_string(&perf_log).unwrap_or_default();
+            anyhow::ensure!(
+                stopped.is_some() && data.is_file(),
+                "perf record did not finish with its data ({}): {}",
+                stopped.map_or("killed after 30 s".into(), |s| s.to_string()),
+                perf_said().trim()
+            );
+            let (sent, _) = sent?;
+            let script = Command::new("perf")
+                .args(["script", "-F", "ip,sym", "-i"])
+                .arg(&data)
+                .output()
+                .context("perf script")?;
+            anyhow::ensure!(
+                script.status.success(),
+                "perf script failed ({}): {}; perf record said: {}",
+                script.status,
+                String::from_utf8_lossy(&script.stderr).trim(),
+                perf_said().trim()
+            );
+            let samples = out.join("samples.txt");
+            std::fs::write(&samples, &script.stdout)
+                .with_context(|| format!("writing {}", samples.display()))?;
+            let annotated = Command::new(nicgen())
+                .args(["jit-annotate", "--top", &o.top.to_string(), "--jit"])
                 .arg(&jit)
-                .stdout(Stdio::null()),
-        )?;
-        let data = out.join("perf.data");
-        let _ = std::fs::remove_file(&data);
-        let perf_log = out.join("perf.log");
-        let log_file = std::fs::File::create(&perf_log)
-            .with_context(|| format!("creating {}", perf_log.display()))?;
-        let mut perf = Command::new("perf")
-            .args(["record", "-a", "-F", &o.frequency.to_string(), "-o"])
-            .arg(&data)
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .context("starting perf record")?;
-        std::thread::sleep(Duration::from_millis(500));
-        let sent = nic_send(&pair, &pcap, o.count, o.rate, o.count / 4);
-        // perf writes its data on SIGINT.
-        let stopped = xtrail_bench::child::interrupt_and_wait(&mut perf, Duration::from_secs(30));
-        let perf_said = || std::fs::read_to_string(&perf_log).unwrap_or_default();
-        anyhow::ensure!(
-            stopped.is_some() && data.is_file(),
-            "perf record did not finish with its data ({}): {}",
-            stopped.map_or("killed after 30 s".into(), |s| s.to_string()),
-            perf_said().trim()
-        );
-        let (sent, _) = sent?;
-        let script = Command::new("perf")
-            .args(["script", "-F", "ip,sym", "-i"])
-            .arg(&data)
-            .output()
-            .context("perf script")?;
-        anyhow::ensure!(
-            script.status.success(),
-            "perf script failed ({}): {}; perf record said: {}",
-            script.status,
-            String::from_utf8_lossy(&script.stderr).trim(),
-            perf_said().trim()
-        );
-        let samples = out.join("samples.txt");
-        std::fs::write(&samples, &script.stdout)
-            .with_context(|| format!("writing {}", samples.display()))?;
-        let annotated = Command::new(nicgen())
-            .args(["jit-annotate", "--top", &o.top.to_string(), "--jit"])
-            .arg(&jit)
-            .arg("--samples")
-            .arg(&samples)
-            .output()
-            .context("xtrail-nicgen jit-annotate")?;
-        anyhow::ensure!(
-            annotated.status.success(),
-            "jit-annotate failed: {}",
-            String::from_utf8_lossy(&annotated.stderr)
-        );
-        let path = out.join("annotate.txt");
-        std::fs::write(&path, &annotated.stdout)
-            .with_context(|| format!("writing {}", path.display()))?;
-        let text = String::from_utf8_lossy(&annotated.stdout);
-        println!(
-            "xdp-profile: {} {} at {} pps, {sent} frames sent while sampling",
-            o.traffic, o.mode, o.rate
-        );
-        // The summary and the hottest instructions and lines; the listings follow in the file.
-        let listing = |l: &str| l.starts_with("function ") && l.contains(" at 0x");
-        for line in text.lines().take_while(|l| !listing(l)) {
-            println!("{line}");
-        }
-        println!(
-            "xdp-profile: the annotated disassembly is in {}",
-            path.display()
-        );
-        Ok(())
-    })();
-    stop_child(&mut started.child);
-    result
+                .arg("--samples")
+                .arg(&samples)
+                .output()
+                .context("xtrail-nicgen jit-annotate")?;
+            anyhow::ensure!(
+                annotated.status.success(),
+                "jit-annotate failed: {}",
+                String::from_utf8_lossy(&annotated.stderr)
+            );
+            let path = out.join("annotate.txt");
+            std::fs::write(&path, &annotated.stdout)
+                .with_context(|| format!("writing {}", path.display()))?;
+            let text = String::from_utf8_lossy(&annotated.stdout);
+            println!(
+                "xdp-profile: {} {} at {} pps, {sent} frames sent while sampling",
+                o.traffic, o.mode, o.rate
+            );
+            // The summary and the hottest instructions and lines; the listings follow in the file.
+            let listing = |l: &str| l.starts_with("function ") && l.contains(" at 0x");
+            for line in text.lines().take_while(|l| !listing(l)) {
+                println!("{line}");
+            }
+            println!(
+                "xdp-profile: the annotated disassembly is in {}",
+                path.display()
+            );
+            Ok(())
+        },
+    )
 }

@@ -1,10 +1,11 @@
 //! One pipeline, whatever the path: one pcap (IP hits with a SYN burst from one source to many
 //! ports of one trail address, UDP hits from many sources, DNS/HTTP/TLS trail hits, an
-//! NXDOMAIN flood, a port scan, a web scan) gives the same events (type, trail, addresses,
-//! ports, protocol, info with summary lines; timestamps aside, and for the web scan the
-//! request that crossed the threshold, see `event_set`) from `replay`, from
-//! `run --mode inline` on a veth with the pcap sent by tcpreplay, and from `run --mode
-//! mirror` on a 32-queue veth with 1 and with 4 AF_XDP worker threads. Also a storm: spoofed
+//! NXDOMAIN flood, a port scan, a web scan, UDP requests from many ports and their replies)
+//! gives the same events (type, trail, addresses, ports, protocol, info with summary lines;
+//! timestamps aside, and for the web scan the request that crossed the threshold, see
+//! `event_set`) from `replay`, from `run --mode inline` on a veth with the pcap sent by
+//! tcpreplay, and from `run --mode mirror` on a 32-queue veth with 1 and with 4 AF_XDP
+//! worker threads. Also a storm: spoofed
 //! SYNs from thousands of sources to trail addresses leave the sensor as a bounded number of
 //! events, with aggregates that name the trails and the counts.
 
@@ -153,6 +154,20 @@ fn build_pcap(path: &Path, macs: ([u8; 6], [u8; 6])) {
         push(
             &mut frames,
             Frame::syn(v4("198.18.203.5"), 41_000, v4("198.18.202.9"), port),
+        );
+    }
+    // A client's requests from 30 ports to one high-port service (STUN), each answered: the
+    // replies are not a UDP scan of the client, live (the kernel sends each request's flow
+    // start) as in replay.
+    for i in 0..30u16 {
+        let (client, server) = (v4("198.18.201.7"), v4("198.18.202.34"));
+        push(
+            &mut frames,
+            Frame::udp(client, 50_000 + i, server, 3478, b"stun?"),
+        );
+        push(
+            &mut frames,
+            Frame::udp(server, 3478, client, 50_000 + i, b"stun!"),
         );
     }
     // A web scan: many first path segments from one client.
@@ -328,6 +343,10 @@ fn replay_inline_and_mirror_on_32_queues_give_the_same_events() {
             "replay lacks {needle:?}: {want:#?}"
         );
     }
+    assert!(
+        !infos.iter().any(|i| i.contains("udp scanning")),
+        "{want:#?}"
+    );
 
     let inline_log = dir.join("inline.json");
     let stats = live(&pair, &pcap, &trails, &inline_log, &["--mode", "inline"]);

@@ -497,8 +497,14 @@ fn flow_starts_are_sent_once_per_window_and_ack_sweeps_are_not() {
         25,
         tcp_flags::FIN | tcp_flags::PSH | 0x20,
     )); // XMAS
-    h.run(&Frame::udp(me, 1005, there, 161, b"x"));
-    h.run(&Frame::udp(me, 1006, there, 161, b"y")); // a repeat
+        // From ephemeral ports to a service port: one flow.
+    h.run(&Frame::udp(me, 41005, there, 161, b"x"));
+    h.run(&Frame::udp(me, 41006, there, 161, b"y")); // a repeat
+                                                     // Between ephemeral ports each source port is a flow of its own (the scan heuristics
+                                                     // take a datagram for a reply when they saw its reverse).
+    h.run(&Frame::udp(me, 40000, there, 3478, b"s"));
+    h.run(&Frame::udp(me, 40001, there, 3478, b"s"));
+    h.run(&Frame::udp(me, 40001, there, 3478, b"t")); // a repeat
     for port in 30..40 {
         h.run(&Frame::tcp(me, 1007, there, port, tcp_flags::ACK)); // ACK sweep: not flow starts
     }
@@ -511,12 +517,13 @@ fn flow_starts_are_sent_once_per_window_and_ack_sweeps_are_not() {
     ));
     let flows = h.flow_starts();
     let ports: Vec<u16> = flows.iter().map(|f| f.dst_port).collect();
-    assert_eq!(ports, vec![22, 23, 24, 25, 161], "{flows:?}");
+    assert_eq!(ports, vec![22, 23, 24, 25, 161, 3478, 3478], "{flows:?}");
     assert_eq!(flows[0].proto, 6);
     assert_eq!(flows[0].src_port, 1000);
     assert_eq!(flows[4].proto, 17);
-    assert_eq!(h.counter(stat::FLOW_STARTS), 5);
-    assert_eq!(h.counter(stat::FLOW_REPEATS), 2);
+    assert_eq!((flows[5].src_port, flows[6].src_port), (40000, 40001));
+    assert_eq!(h.counter(stat::FLOW_STARTS), 7);
+    assert_eq!(h.counter(stat::FLOW_REPEATS), 3);
 }
 
 /// Pins the calling thread to the CPU it runs on now (`sched_getcpu`, so a cpuset without

@@ -539,8 +539,8 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32, stats: Stats) -> u32 {
 }
 
 /// Adds a flow-start record to this CPU's batch (sent by `send_flows` when full or once the
-/// kernel's tick moved on) unless the same (source, destination, port, protocol) was sent
-/// within the window. Inline: a flow start already sent, the common case, makes no call
+/// kernel's tick moved on) unless the same flow (`flow_hash`) was sent within the window.
+/// Inline: a flow start already sent, the common case, makes no call
 /// (measured ~8 ns less per such packet than as a BPF function of its own), and so does the
 /// append (`add_flow`) until the batch is sent. Time is the coarse clock (`coarse_now`:
 /// CLOCK_MONOTONIC at tick resolution, read about once per tick; `bpf_ktime_get_ns` costs
@@ -549,7 +549,7 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32, stats: Stats) -> u32 {
 #[inline(always)]
 fn flow_start(pkt: &Packet, cfg: &Config, stats: Stats, state: &mut CpuState) {
     let (now, tick) = coarse_now(state);
-    let h = tuple_hash(pkt);
+    let h = flow_hash(pkt);
     let slot = (h as u32) & (FLOW_CACHE_SLOTS - 1);
     let tag = h >> 32;
     let now_u = (now >> 20) as u32;
@@ -580,13 +580,39 @@ fn flow_start(pkt: &Packet, cfg: &Config, stats: Stats, state: &mut CpuState) {
     state.flows_pending = batch.len;
 }
 
-/// A hash of a packet's addresses, destination port and protocol (the flow-start cache's
-/// key, and the slot of a hit in `hits_seen`).
+/// A hash of a packet's addresses, destination port and protocol (the slot of a hit in
+/// `hits_seen`).
 #[inline(always)]
 fn tuple_hash(pkt: &Packet) -> u64 {
+    hash_with(pkt, 0)
+}
+
+/// The flow-start cache's key: `tuple_hash`'s fields, and a UDP datagram's source port
+/// unless it goes from an ephemeral port (1024 or above) to a service port. The scan
+/// heuristics take a UDP datagram for a reply when they saw the reverse of its 5-tuple, so
+/// each 5-tuple needs its record: a client's requests from many ports to one high port
+/// (STUN, games) would otherwise make the replies look like a scan of the client. A request
+/// to a service port is never looked up that way (its reverse is a reply by its ports), so
+/// a resolver's clients' queries from random ports stay one flow. Userspace's replay keys
+/// its flow starts alike (`xtrail_detect::heuristics::scan::FlowRepeats`).
+#[inline(always)]
+fn flow_hash(pkt: &Packet) -> u64 {
+    let by_source =
+        pkt.proto == parse::IPPROTO_UDP && (pkt.src_port < 1024 || pkt.dst_port >= 1024);
+    let source = if by_source {
+        u64::from(pkt.src_port) << 24
+    } else {
+        0
+    };
+    hash_with(pkt, source)
+}
+
+/// `tuple_hash` with `extra` (bits above the 24 of the port and protocol) in its key.
+#[inline(always)]
+fn hash_with(pkt: &Packet, extra: u64) -> u64 {
     let h = (addresses_hash(pkt, pkt.family != 4)
-        ^ (u64::from(pkt.dst_port) << 8 | u64::from(pkt.proto)))
-    .wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+        ^ (u64::from(pkt.dst_port) << 8 | u64::from(pkt.proto) | extra))
+        .wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
     h ^ (h >> 29)
 }
 

@@ -252,9 +252,10 @@ pub trait Heuristics: Send {
         Vec::new()
     }
     /// A parsed packet is about to be checked: whether [`Heuristics::on_packet`] has work
-    /// for it. The stage may start fetching the entries that work will read, so that their
-    /// cache misses overlap the checks.
-    fn prefetch_packet(&self, _ctx: &PacketContext<'_>, _pkt: &Packet<'_>) -> bool {
+    /// for it (the stage may note the packet: replay's flow-start cache). The stage may start
+    /// fetching the entries that work will read, so that their cache misses overlap the
+    /// checks.
+    fn prefetch_packet(&mut self, _ctx: &PacketContext<'_>, _pkt: &Packet<'_>) -> bool {
         false
     }
     /// A packet [`Heuristics::prefetch_packet`] said it has work for, after the packet's
@@ -549,7 +550,7 @@ impl Processor {
         };
         let packet_hook = self
             .heuristics
-            .as_deref()
+            .as_deref_mut()
             .is_some_and(|h| h.prefetch_packet(&ctx, pkt));
         // With a packet hook (replay's flow starts, run last so that their table reads
         // overlap the checks), the packet's own events wait until the hook's are out: events

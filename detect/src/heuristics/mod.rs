@@ -30,8 +30,9 @@
 //!
 //! **Where scans come from.** Live capture: the XDP program sends flow starts and the sensor
 //! calls [`MaltrailHeuristics::on_flow_start`] (or [`crate::process::Processor::on_flow_start`])
-//! with [`HeuristicsConfig::scans_from_packets`] off. Replay: the same logic is fed from every
-//! packet ([`HeuristicsConfig::replay`]).
+//! with [`HeuristicsConfig::scans_from_packets`] off. Replay: the same logic is fed from the
+//! packets, their repeats skipped as the kernel skips them ([`HeuristicsConfig::replay`],
+//! [`scan::FlowRepeats`]).
 //!
 //! **Not flagged**, as in Maltrail: whitelisted sources and whitelisted host names; scans of
 //! loopback, multicast and broadcast addresses; web scans between two local addresses; ACK/RST/SYN-ACK packets (an ACK sweep is not
@@ -72,7 +73,7 @@ use std::sync::Arc;
 
 use hashbrown::DefaultHashBuilder;
 
-pub use scan::{flow_start_of, is_probe_flags, FlowStart, ScanAlert};
+pub use scan::{flow_start_of, is_probe_flags, FlowStart, ScanAlert, FLOW_REPEAT_WINDOW};
 pub use user_agent::UaPatterns;
 
 use crate::event::{decimal, DetailsText, Event, EventType, IpText};
@@ -87,6 +88,7 @@ use bounded::BoundedMap;
 use dns_exhaustion::DnsExhaustion;
 use http_response::ResponseMarkers;
 use nxdomain::NxDomain;
+use scan::FlowRepeats;
 use scan::ScanState;
 use web_scan::WebScan;
 
@@ -134,8 +136,9 @@ pub enum HeuristicsError {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HeuristicsConfig {
-    /// Feed the scan heuristics from every packet (replay, or live without the kernel's
-    /// flow-start records). Off in live capture, where flow starts come from the kernel.
+    /// Feed the scan heuristics from the packets (replay): each TCP probe and UDP datagram
+    /// that does not repeat a flow start within [`FLOW_REPEAT_WINDOW`], as the kernel's
+    /// records would. Off in live capture, where flow starts come from the kernel.
     /// Set by the capture path, not configurable.
     #[serde(skip)]
     pub scans_from_packets: bool,
@@ -227,6 +230,8 @@ impl HeuristicsConfig {
 pub struct HeuristicsStats {
     /// Flow starts counted (from the kernel or from packets).
     pub flow_starts: u64,
+    /// Packets of a replay that repeat a flow start ([`scan::FlowRepeats`]): not counted.
+    pub flow_repeats: u64,
     /// Events raised.
     pub events: u64,
     /// Events dropped because an address was whitelisted.
@@ -256,6 +261,8 @@ pub struct MaltrailHeuristics {
     attacks: AttackPatterns,
     responses: ResponseMarkers,
     scans: ScanState,
+    /// Replay's flow-start cache (with [`HeuristicsConfig::scans_from_packets`]).
+    repeats: Option<FlowRepeats>,
     web: WebScan,
     nx: NxDomain,
     exhaustion: DnsExhaustion,
@@ -289,6 +296,7 @@ impl MaltrailHeuristics {
     ) -> Result<Self, HeuristicsError> {
         Ok(MaltrailHeuristics {
             scans: ScanState::new(&config),
+            repeats: config.scans_from_packets.then(FlowRepeats::new),
             web: WebScan::new(config.max_scan_keys),
             nx: NxDomain::new(config.max_nxdomain_counters),
             exhaustion: DnsExhaustion::new(config.max_exhaustion_domains),
@@ -557,13 +565,18 @@ impl Heuristics for MaltrailHeuristics {
         MaltrailHeuristics::tables(self)
     }
 
-    fn prefetch_packet(&self, ctx: &PacketContext<'_>, pkt: &Packet<'_>) -> bool {
-        if !self.config.scans_from_packets {
+    fn prefetch_packet(&mut self, ctx: &PacketContext<'_>, pkt: &Packet<'_>) -> bool {
+        let Some(repeats) = self.repeats.as_mut() else {
             return false;
-        }
+        };
         let Some(f) = flow_start_of(ctx.ts_us, pkt) else {
             return false;
         };
+        // As live, where the kernel sends no record for a repeat.
+        if repeats.repeats(&f) {
+            self.stats.flow_repeats += 1;
+            return false;
+        }
         // Every table the start reads requested at once: its misses overlap each other and
         // the packet's trail checks, which come before `on_packet`.
         self.scans.prefetch(&self.config, &f);
@@ -571,7 +584,7 @@ impl Heuristics for MaltrailHeuristics {
     }
 
     fn on_packet(&mut self, ctx: &PacketContext<'_>, pkt: &Packet<'_>, out: &mut dyn FnMut(Event)) {
-        if !self.config.scans_from_packets {
+        if self.repeats.is_none() {
             return;
         }
         if let Some(f) = flow_start_of(ctx.ts_us, pkt) {

@@ -2,7 +2,8 @@
 //! and infection scan (one source sweeping many hosts on a worm-prone port).
 //!
 //! A flow start comes from the kernel in live capture (the XDP program de-duplicates them)
-//! or from every packet in replay ([`flow_start_of`]). Each key has a sliding window of
+//! or from the packets in replay ([`flow_start_of`], their repeats skipped as the kernel
+//! skips them: [`FlowRepeats`]). Each key has a sliding window of
 //! [`super::HeuristicsConfig::scan_window_us`] and alerts at most once per window; time is the
 //! flow start's own timestamp, so replay follows the pcap's clock.
 //!
@@ -12,6 +13,7 @@
 
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use hashbrown::DefaultHashBuilder;
 
@@ -53,8 +55,8 @@ pub fn is_probe_flags(flags: u8) -> bool {
     syn_only || f == 0 || f == TcpFlags::FIN || f == XMAS
 }
 
-/// The flow start a replayed packet stands for, if any (TCP probes and every UDP datagram;
-/// the scan windows count distinct ports, so repeats cost nothing).
+/// The flow start a replayed packet stands for, if any: TCP probes and every UDP datagram
+/// (the repeats of one are [`FlowRepeats`]'s to skip).
 pub fn flow_start_of(ts_us: i64, pkt: &Packet<'_>) -> Option<FlowStart> {
     let (src_port, dst_port) = pkt.ports();
     let tcp_flags = match pkt.transport {
@@ -71,6 +73,93 @@ pub fn flow_start_of(ts_us: i64, pkt: &Packet<'_>) -> Option<FlowStart> {
         proto: pkt.proto,
         tcp_flags,
     })
+}
+
+/// How long a flow start stands for the packets that repeat it (same flow, see
+/// [`FlowRepeats`]): live, the XDP program's flow-start cache sends no record
+/// for them; in replay, [`FlowRepeats`] feeds the scan tables none either.
+pub const FLOW_REPEAT_WINDOW: Duration = Duration::from_secs(30);
+
+/// Replay's flow-start cache, as the XDP program's (`FLOW_SEEN`): a direct-mapped table of
+/// slots, each the tag of a flow start's flow and the time it was taken in units of
+/// 1,024 µs. A flow is the addresses, destination port and protocol, and for UDP the source
+/// port too but in a request by ports (from an ephemeral port to a service port): the reply
+/// test ([`ScanState::is_udp_reply`]) needs each other 5-tuple seen, and a request's reverse
+/// is a reply by its ports alone. A flow start whose slot holds its tag from less
+/// than [`FLOW_REPEAT_WINDOW`] ago is a repeat; any other takes the slot. So a replay counts
+/// the flow starts live capture would (a collision only counts one more, which the scan
+/// windows take as a repeat of its port), and a repeated datagram costs one slot instead of
+/// the scan tables' lookups. The hash is fixed: a pcap replays the same way every time.
+#[derive(Debug)]
+pub struct FlowRepeats {
+    slots: Box<[u64]>,
+}
+
+/// Slots of [`FlowRepeats`] (a power of two).
+const FLOW_REPEAT_SLOTS: usize = 1 << 16;
+
+impl FlowRepeats {
+    /// An empty cache.
+    pub fn new() -> Self {
+        FlowRepeats {
+            slots: vec![0; FLOW_REPEAT_SLOTS].into_boxed_slice(),
+        }
+    }
+
+    /// Whether `f` repeats a flow start taken within [`FLOW_REPEAT_WINDOW`]; if it does not,
+    /// it is taken (a time before the slot's, a pcap going back, takes it as well).
+    pub fn repeats(&mut self, f: &FlowStart) -> bool {
+        const WINDOW_UNITS: u32 = (FLOW_REPEAT_WINDOW.as_micros() >> 10) as u32;
+        let h = flow_hash(f);
+        let tag = h >> 32;
+        let now = (f.ts_us >> 10) as u32;
+        let Some(slot) = self.slots.get_mut(h as usize & (FLOW_REPEAT_SLOTS - 1)) else {
+            return false;
+        };
+        if *slot >> 32 == tag && now.wrapping_sub(*slot as u32) < WINDOW_UNITS {
+            return true;
+        }
+        *slot = tag << 32 | u64::from(now);
+        false
+    }
+}
+
+impl Default for FlowRepeats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A hash of a flow start's flow (see [`FlowRepeats`]; the XDP program's flow-start key):
+/// one multiply round for two IPv4 addresses, four for others.
+#[inline]
+fn flow_hash(f: &FlowStart) -> u64 {
+    let mix = |h: u64, w: u64| (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31);
+    let seed = 0x243f_6a88_85a3_08d3;
+    let h = match (f.src, f.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => mix(
+            seed,
+            u64::from(u32::from(s)) | u64::from(u32::from(d)) << 32,
+        ),
+        (s, d) => {
+            let bits = |a: IpAddr| match a {
+                IpAddr::V4(a) => u128::from(u32::from(a)),
+                IpAddr::V6(a) => u128::from(a),
+            };
+            let (s, d) = (bits(s), bits(d));
+            [s as u64, (s >> 64) as u64, d as u64, (d >> 64) as u64]
+                .into_iter()
+                .fold(seed, mix)
+        }
+    };
+    let source = if f.proto == ipproto::UDP && !is_request_by_ports(f) {
+        u64::from(f.src_port) << 24
+    } else {
+        0
+    };
+    let h = (h ^ (u64::from(f.dst_port) << 8 | u64::from(f.proto) | source))
+        .wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    h ^ h >> 29
 }
 
 /// What a flow start raised.
@@ -584,6 +673,73 @@ mod tests {
             assert!(s.is_udp_reply(&flow(b, 53, a, 40000)));
         }
         assert_eq!(s.udp_flows.len(), 1);
+    }
+
+    /// A flow start within the window of its flow's is a repeat, one after it or before it
+    /// (a pcap going back) is not; a flow is the addresses, destination port and protocol,
+    /// with a UDP datagram's source port unless it is a request to a service port.
+    #[test]
+    fn flow_repeats_within_the_window_of_the_same_flow() {
+        let window = i64::try_from(FLOW_REPEAT_WINDOW.as_micros()).unwrap();
+        let a: IpAddr = "198.18.0.1".parse().unwrap();
+        let b: IpAddr = "198.18.0.2".parse().unwrap();
+        let v6: IpAddr = "2001:db8::2".parse().unwrap();
+        let start = |ts_us, dst, (src_port, dst_port), proto| FlowStart {
+            ts_us,
+            src: a,
+            dst,
+            src_port,
+            dst_port,
+            proto,
+            tcp_flags: if proto == ipproto::TCP {
+                TcpFlags::SYN
+            } else {
+                0
+            },
+        };
+        let t0 = 1_700_000_000_000_000;
+        for (dst, proto, ports, other_source, by_source) in [
+            // TCP: the source port is not part of the flow.
+            (b, ipproto::TCP, (40000, 22), (40001, 22), false),
+            (v6, ipproto::TCP, (40000, 22), (40001, 22), false),
+            // UDP to a service port from an ephemeral one: neither.
+            (b, ipproto::UDP, (40000, 53), (40001, 53), false),
+            (v6, ipproto::UDP, (40000, 53), (40001, 53), false),
+            // UDP between ephemeral ports, and from a service port: it is.
+            (b, ipproto::UDP, (40000, 3478), (40001, 3478), true),
+            (v6, ipproto::UDP, (40000, 3478), (40001, 3478), true),
+            (b, ipproto::UDP, (53, 40000), (54, 40000), true),
+            (b, ipproto::UDP, (123, 123), (124, 123), true),
+        ] {
+            let what = format!("{dst} {proto} {ports:?}");
+            let mut r = FlowRepeats::new();
+            assert!(!r.repeats(&start(t0, dst, ports, proto)), "{what}");
+            assert!(r.repeats(&start(t0, dst, ports, proto)), "{what}");
+            assert!(
+                r.repeats(&start(t0 + window - 2_000, dst, ports, proto)),
+                "{what}"
+            );
+            assert_eq!(
+                r.repeats(&start(t0 + 1, dst, other_source, proto)),
+                !by_source,
+                "{what}"
+            );
+            // Another destination port, protocol or address: another flow.
+            let (sp, dp) = ports;
+            assert!(!r.repeats(&start(t0, dst, (sp, dp ^ 1), proto)), "{what}");
+            assert!(!r.repeats(&start(t0, dst, ports, 132)), "{what}");
+            assert!(!r.repeats(&start(t0, a, ports, proto)), "{what}");
+            // Past the window the flow starts again, and stands for the next window.
+            let later = t0 + window + 2_000;
+            assert!(!r.repeats(&start(later, dst, ports, proto)), "{what}");
+            assert!(
+                r.repeats(&start(later + window / 2, dst, ports, proto)),
+                "{what}"
+            );
+            // A time before the slot's takes the slot again.
+            assert!(!r.repeats(&start(t0, dst, ports, proto)), "{what}");
+            assert!(r.repeats(&start(t0 + 1, dst, ports, proto)), "{what}");
+        }
     }
 
     #[test]

@@ -460,6 +460,53 @@ fn live_scans_come_from_flow_starts() {
     assert_eq!(n, 1);
 }
 
+/// Replay counts a port from its flow's start, not its latest packet, as live capture does
+/// (the kernel sends a flow's start once per 30 s): a port probed at 0 s and again at 20 s
+/// is out of the 30 s window at 40 s. So ten new ports at 40 s are ten, not eleven, in
+/// replay as from the kernel's flow starts; an eleventh raises the scan in both.
+#[test]
+fn replay_counts_a_port_from_its_flow_start_as_live_does() {
+    let (src, dst) = ("203.0.113.9", "198.51.100.7");
+    let syn = |ts: i64, sport: u16, dport: u16| {
+        (ts, v4(src, dst, 6, &tcp(sport, dport, TcpFlags::SYN, b"")))
+    };
+    let mut frames = vec![syn(T0, 40000, 1000), syn(T0 + 20 * S, 40001, 1000)];
+    for (i, port) in (2000..2011u16).enumerate() {
+        frames.push(syn(T0 + 40 * S + i as i64 * 1000, 40002 + i as u16, port));
+    }
+    let wl = Arc::new(Whitelist::empty());
+    let mut live =
+        MaltrailHeuristics::new(HeuristicsConfig::live(), Arc::clone(&wl), ua_patterns()).unwrap();
+    // What the kernel sends: each flow's start, not the SYN of 20 s.
+    let mut live_events = Vec::new();
+    for (n, (ts, f)) in frames.iter().enumerate() {
+        let port = u16::from_be_bytes([f[22], f[23]]);
+        if n == 1 {
+            continue;
+        }
+        let start = FlowStart {
+            ts_us: *ts,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            src_port: u16::from_be_bytes([f[20], f[21]]),
+            dst_port: port,
+            proto: 6,
+            tcp_flags: TcpFlags::SYN,
+        };
+        live.on_flow_start(&start, &mut |e| live_events.push((n, e.info)));
+    }
+    for (upto, want) in [(12, 0), (13, 1)] {
+        let lines = run(&mut processor(), &frames[..upto]);
+        assert_eq!(
+            count(&lines, "potential port scanning"),
+            want,
+            "{upto}: {lines:#?}"
+        );
+    }
+    // From the kernel's flow starts: the one alert, on the same (the thirteenth) packet.
+    assert_eq!(live_events, [(12, "potential port scanning".to_owned())]);
+}
+
 /// Flow starts given in ring-record batches (`on_flow_starts`, whose table reads go first)
 /// raise the same events, in the same order, as one at a time: TCP and UDP scans, UDP
 /// replies, an infection sweep and repeats, from a few sources, in batches of 16 and odd

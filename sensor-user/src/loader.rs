@@ -65,7 +65,7 @@ pub struct SensorOptions {
     pub http_ports: Vec<u16>,
     /// Send flow-start records (scan heuristics); repeats within `flow_window` are not sent.
     pub flows: bool,
-    /// How long a flow start stands for its repeats (replay's window too).
+    /// How long a flow start stands for its repeats (by default replay's window).
     pub flow_window: Duration,
     /// Size of the `HITS` ring buffer in bytes (a power of two, at least a page); tests
     /// shrink it to fill it.
@@ -95,7 +95,7 @@ impl Default for SensorOptions {
             handoff: true,
             http_ports: DEFAULT_HTTP_PORTS.to_vec(),
             flows: true,
-            flow_window: xtrail_detect::heuristics::FLOW_REPEAT_WINDOW,
+            flow_window: Duration::from_nanos(xtrail_common::flow::REPEAT_WINDOW_NS),
             hit_ring_bytes: DEFAULT_HIT_RING_BYTES,
             payload_ring_bytes: xtrail_common::ring::PAYLOADS_BYTES,
             flow_ring_bytes: xtrail_common::ring::FLOWS_BYTES,

@@ -487,42 +487,50 @@ fn flow_starts_are_sent_once_per_window_and_ack_sweeps_are_not() {
     let me = v4(CLEAN);
     let there = v4("198.18.1.1");
     h.run(&Frame::syn(me, 1000, there, 22));
-    h.run(&Frame::syn(me, 1001, there, 22)); // same (src, dst, dport): a repeat
-    h.run(&Frame::tcp(me, 1002, there, 23, 0)); // NULL scan
-    h.run(&Frame::tcp(me, 1003, there, 24, tcp_flags::FIN)); // FIN scan
-    h.run(&Frame::tcp(
-        me,
-        1004,
-        there,
-        25,
-        tcp_flags::FIN | tcp_flags::PSH | 0x20,
-    )); // XMAS
-        // From ephemeral ports to a service port: one flow.
+    // Same (src, dst, dport): a repeat.
+    h.run(&Frame::syn(me, 1001, there, 22));
+    // NULL, FIN and XMAS scans.
+    h.run(&Frame::tcp(me, 1002, there, 23, 0));
+    h.run(&Frame::tcp(me, 1003, there, 24, tcp_flags::FIN));
+    let xmas = tcp_flags::FIN | tcp_flags::PSH | 0x20;
+    h.run(&Frame::tcp(me, 1004, there, 25, xmas));
+    // From ephemeral ports to a service port: one flow.
     h.run(&Frame::udp(me, 41005, there, 161, b"x"));
-    h.run(&Frame::udp(me, 41006, there, 161, b"y")); // a repeat
-                                                     // Between ephemeral ports each source port is a flow of its own (the scan heuristics
-                                                     // take a datagram for a reply when they saw its reverse).
+    // ... and a repeat.
+    h.run(&Frame::udp(me, 41006, there, 161, b"y"));
+    // Between ephemeral ports, or from a service port to one, each source port is a flow of
+    // its own (the scan heuristics take a datagram for a reply when they saw its reverse).
     h.run(&Frame::udp(me, 40000, there, 3478, b"s"));
     h.run(&Frame::udp(me, 40001, there, 3478, b"s"));
     h.run(&Frame::udp(me, 40001, there, 3478, b"t")); // a repeat
+    h.run(&Frame::udp(me, 500, there, 500, b"i"));
+    h.run(&Frame::udp(me, 501, there, 500, b"i"));
+    // From a service port to an ephemeral one: a reply by its ports, no flow start.
+    h.run(&Frame::udp(me, 53, there, 40002, b"r"));
+    // SYN with RST: not counted by the scan heuristics, so no flow start, and the SYN after
+    // it is one.
+    let syn_rst = tcp_flags::SYN | tcp_flags::RST;
+    h.run(&Frame::tcp(me, 1009, there, 26, syn_rst));
+    h.run(&Frame::syn(me, 1010, there, 26));
     for port in 30..40 {
         h.run(&Frame::tcp(me, 1007, there, port, tcp_flags::ACK)); // ACK sweep: not flow starts
     }
-    h.run(&Frame::tcp(
-        me,
-        1008,
-        there,
-        41,
-        tcp_flags::SYN | tcp_flags::ACK,
-    ));
+    let syn_ack = tcp_flags::SYN | tcp_flags::ACK;
+    h.run(&Frame::tcp(me, 1008, there, 41, syn_ack));
     let flows = h.flow_starts();
     let ports: Vec<u16> = flows.iter().map(|f| f.dst_port).collect();
-    assert_eq!(ports, vec![22, 23, 24, 25, 161, 3478, 3478], "{flows:?}");
+    let want = vec![22, 23, 24, 25, 161, 3478, 3478, 500, 500, 26];
+    assert_eq!(ports, want, "{flows:?}");
     assert_eq!(flows[0].proto, 6);
     assert_eq!(flows[0].src_port, 1000);
     assert_eq!(flows[4].proto, 17);
     assert_eq!((flows[5].src_port, flows[6].src_port), (40000, 40001));
-    assert_eq!(h.counter(stat::FLOW_STARTS), 7);
+    assert_eq!((flows[7].src_port, flows[8].src_port), (500, 501));
+    assert_eq!(
+        (flows[9].src_port, flows[9].tcp_flags),
+        (1010, tcp_flags::SYN)
+    );
+    assert_eq!(h.counter(stat::FLOW_STARTS), 10);
     assert_eq!(h.counter(stat::FLOW_REPEATS), 3);
 }
 

@@ -73,7 +73,7 @@ use std::sync::Arc;
 
 use hashbrown::DefaultHashBuilder;
 
-pub use scan::{flow_start_of, is_probe_flags, FlowStart, ScanAlert, FLOW_REPEAT_WINDOW};
+pub use scan::{flow_start_of, is_probe_flags, FlowStart, ScanAlert};
 pub use user_agent::UaPatterns;
 
 use crate::event::{decimal, DetailsText, Event, EventType, IpText};
@@ -137,8 +137,8 @@ pub enum HeuristicsError {
 #[serde(default, deny_unknown_fields)]
 pub struct HeuristicsConfig {
     /// Feed the scan heuristics from the packets (replay): each TCP probe and UDP datagram
-    /// that does not repeat a flow start within [`FLOW_REPEAT_WINDOW`], as the kernel's
-    /// records would. Off in live capture, where flow starts come from the kernel.
+    /// that does not repeat a flow start within 30 s, as the kernel's records would
+    /// ([`scan::FlowRepeats`]). Off in live capture, where flow starts come from the kernel.
     /// Set by the capture path, not configurable.
     #[serde(skip)]
     pub scans_from_packets: bool,
@@ -584,6 +584,7 @@ impl Heuristics for MaltrailHeuristics {
     }
 
     fn on_packet(&mut self, ctx: &PacketContext<'_>, pkt: &Packet<'_>, out: &mut dyn FnMut(Event)) {
+        // The start `prefetch_packet` took, found again (cheaper than keeping a copy).
         if self.repeats.is_none() {
             return;
         }

@@ -13,7 +13,6 @@
 
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
 
 use hashbrown::DefaultHashBuilder;
 
@@ -26,9 +25,9 @@ const CORE_FLAGS: u8 = 0x3f;
 /// `nmap -sX`: FIN, PSH and URG.
 pub const XMAS: u8 = TcpFlags::FIN | TcpFlags::PSH | TcpFlags::URG;
 
-/// The start of a flow, as the XDP program reports it in live capture: a TCP SYN without ACK,
-/// a NULL / FIN / XMAS stealth probe, or the first UDP packet of a (source, destination,
-/// destination port) seen recently.
+/// The start of a flow, as the XDP program reports it in live capture: a TCP SYN without ACK
+/// or RST, a NULL / FIN / XMAS stealth probe, or the first UDP datagram of a flow (see
+/// [`FlowRepeats`]) seen recently but a reply by its ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowStart {
     /// Time, microseconds since the epoch.
@@ -55,13 +54,14 @@ pub fn is_probe_flags(flags: u8) -> bool {
     syn_only || f == 0 || f == TcpFlags::FIN || f == XMAS
 }
 
-/// The flow start a replayed packet stands for, if any: TCP probes and every UDP datagram
-/// (the repeats of one are [`FlowRepeats`]'s to skip).
+/// The flow start a replayed packet stands for, if any, as the XDP program's: TCP probes and
+/// UDP datagrams but replies by their ports (the repeats of one are [`FlowRepeats`]'s to
+/// skip).
 pub fn flow_start_of(ts_us: i64, pkt: &Packet<'_>) -> Option<FlowStart> {
     let (src_port, dst_port) = pkt.ports();
     let tcp_flags = match pkt.transport {
         Transport::Tcp(seg) if is_probe_flags(seg.flags.0) => seg.flags.0,
-        Transport::Udp(_) => 0,
+        Transport::Udp(_) if !xtrail_common::flow::udp_reply_by_ports(src_port, dst_port) => 0,
         _ => return None,
     };
     Some(FlowStart {
@@ -75,28 +75,34 @@ pub fn flow_start_of(ts_us: i64, pkt: &Packet<'_>) -> Option<FlowStart> {
     })
 }
 
-/// How long a flow start stands for the packets that repeat it (same flow, see
-/// [`FlowRepeats`]): live, the XDP program's flow-start cache sends no record
-/// for them; in replay, [`FlowRepeats`] feeds the scan tables none either.
-pub const FLOW_REPEAT_WINDOW: Duration = Duration::from_secs(30);
-
-/// Replay's flow-start cache, as the XDP program's (`FLOW_SEEN`): a direct-mapped table of
-/// slots, each the tag of a flow start's flow and the time it was taken in units of
-/// 1,024 µs. A flow is the addresses, destination port and protocol, and for UDP the source
-/// port too but in a request by ports (from an ephemeral port to a service port): the reply
-/// test ([`ScanState::is_udp_reply`]) needs each other 5-tuple seen, and a request's reverse
-/// is a reply by its ports alone. A flow start whose slot holds its tag from less
-/// than [`FLOW_REPEAT_WINDOW`] ago is a repeat; any other takes the slot. So a replay counts
-/// the flow starts live capture would (a collision only counts one more, which the scan
-/// windows take as a repeat of its port), and a repeated datagram costs one slot instead of
-/// the scan tables' lookups. The hash is fixed: a pcap replays the same way every time.
-#[derive(Debug)]
+/// Replay's flow-start cache, like the XDP program's `FLOW_SEEN` (its slots, its window and
+/// its flows; not its hash, time units or per-CPU tables). A flow is the addresses,
+/// destination port and protocol, and for UDP the source port unless the datagram is a
+/// request by ports ([`xtrail_common::flow::udp_source_port_counts`]). Each of the
+/// direct-mapped slots holds a flow's tag and the time its start was taken, in units of
+/// 1,024 µs; a flow start whose slot holds its tag from less than 30 s ago
+/// ([`xtrail_common::flow::REPEAT_WINDOW_NS`]) is a repeat, any other takes the slot. So
+/// replay counts the flow starts live capture does, and a repeated datagram costs one slot
+/// instead of the scan tables' lookups. A collision only counts a start once more. The hash
+/// is fixed: a pcap replays the same way every time.
+///
+/// Counting from a flow's start, not its last packet, is what live capture does: a port
+/// whose flow started more than 30 s ago is out of the scan window, however recent its
+/// latest datagram.
 pub struct FlowRepeats {
     slots: Box<[u64]>,
 }
 
-/// Slots of [`FlowRepeats`] (a power of two).
-const FLOW_REPEAT_SLOTS: usize = 1 << 16;
+impl std::fmt::Debug for FlowRepeats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowRepeats")
+            .field("slots", &self.slots.len())
+            .finish()
+    }
+}
+
+/// Slots of [`FlowRepeats`]: as many as the kernel's per CPU.
+const FLOW_REPEAT_SLOTS: usize = xtrail_common::FLOW_CACHE_SLOTS as usize;
 
 impl FlowRepeats {
     /// An empty cache.
@@ -106,12 +112,14 @@ impl FlowRepeats {
         }
     }
 
-    /// Whether `f` repeats a flow start taken within [`FLOW_REPEAT_WINDOW`]; if it does not,
-    /// it is taken (a time before the slot's, a pcap going back, takes it as well).
+    /// Whether `f` repeats a flow start taken within the window; if it does not, it is taken
+    /// (as is one earlier than the slot's, a pcap going back; the times wrap after ~50
+    /// days).
     pub fn repeats(&mut self, f: &FlowStart) -> bool {
-        const WINDOW_UNITS: u32 = (FLOW_REPEAT_WINDOW.as_micros() >> 10) as u32;
+        const WINDOW_UNITS: u32 = ((xtrail_common::flow::REPEAT_WINDOW_NS / 1_000) >> 10) as u32;
         let h = flow_hash(f);
-        let tag = h >> 32;
+        // Odd: an empty slot (0) holds no flow's tag.
+        let tag = h >> 32 | 1;
         let now = (f.ts_us >> 10) as u32;
         let Some(slot) = self.slots.get_mut(h as usize & (FLOW_REPEAT_SLOTS - 1)) else {
             return false;
@@ -130,8 +138,8 @@ impl Default for FlowRepeats {
     }
 }
 
-/// A hash of a flow start's flow (see [`FlowRepeats`]; the XDP program's flow-start key):
-/// one multiply round for two IPv4 addresses, four for others.
+/// A hash of a flow start's flow (see [`FlowRepeats`]): one multiply round for two IPv4
+/// addresses, four for others.
 #[inline]
 fn flow_hash(f: &FlowStart) -> u64 {
     let mix = |h: u64, w: u64| (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31);
@@ -152,7 +160,9 @@ fn flow_hash(f: &FlowStart) -> u64 {
                 .fold(seed, mix)
         }
     };
-    let source = if f.proto == ipproto::UDP && !is_request_by_ports(f) {
+    let source = if f.proto == ipproto::UDP
+        && xtrail_common::flow::udp_source_port_counts(f.src_port, f.dst_port)
+    {
         u64::from(f.src_port) << 24
     } else {
         0
@@ -368,14 +378,14 @@ impl CompactKey<FlowBits> for FlowPair {
 /// From a service port (below 1024) to an ephemeral one: a reply whatever was seen.
 #[inline]
 fn is_reply_by_ports(f: &FlowStart) -> bool {
-    f.src_port < 1024 && f.dst_port >= 1024
+    xtrail_common::flow::udp_reply_by_ports(f.src_port, f.dst_port)
 }
 
 /// From an ephemeral port to a service port (below 1024): the reverse of
 /// [`is_reply_by_ports`].
 #[inline]
 fn is_request_by_ports(f: &FlowStart) -> bool {
-    f.src_port >= 1024 && f.dst_port < 1024
+    xtrail_common::flow::udp_request_by_ports(f.src_port, f.dst_port)
 }
 
 /// An IPv4 flow's endpoint pair, ordered and packed as `flow_pair` and `compact` would, on
@@ -680,7 +690,7 @@ mod tests {
     /// with a UDP datagram's source port unless it is a request to a service port.
     #[test]
     fn flow_repeats_within_the_window_of_the_same_flow() {
-        let window = i64::try_from(FLOW_REPEAT_WINDOW.as_micros()).unwrap();
+        let window = i64::try_from(xtrail_common::flow::REPEAT_WINDOW_NS / 1_000).unwrap();
         let a: IpAddr = "198.18.0.1".parse().unwrap();
         let b: IpAddr = "198.18.0.2".parse().unwrap();
         let v6: IpAddr = "2001:db8::2".parse().unwrap();

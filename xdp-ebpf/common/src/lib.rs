@@ -130,6 +130,37 @@ pub mod trail_table {
 /// Slots of the per-CPU flow-start dedupe cache (a power of two).
 pub const FLOW_CACHE_SLOTS: u32 = 1 << 16;
 
+/// What starts a flow for the scan heuristics, and what one flow is: one definition for the
+/// XDP program's flow-start records and replay's.
+pub mod flow {
+    /// How long a flow start stands for its repeats (the program's default window, and
+    /// replay's): 30 s.
+    pub const REPEAT_WINDOW_NS: u64 = 30_000_000_000;
+
+    /// A UDP datagram from a service port (below 1024) to an ephemeral one: the scan
+    /// heuristics take it for a reply, whatever they saw, so it starts no flow.
+    #[inline(always)]
+    pub const fn udp_reply_by_ports(src_port: u16, dst_port: u16) -> bool {
+        src_port < 1024 && dst_port >= 1024
+    }
+
+    /// A UDP datagram from an ephemeral port to a service port: never a reply, and its
+    /// reverse is one by its ports alone.
+    #[inline(always)]
+    pub const fn udp_request_by_ports(src_port: u16, dst_port: u16) -> bool {
+        src_port >= 1024 && dst_port < 1024
+    }
+
+    /// Whether a UDP datagram's flow includes its source port besides its addresses and
+    /// destination port. The scan heuristics take a datagram for a reply when they saw its
+    /// reverse, so each 5-tuple needs its flow start; but a request by ports is never looked
+    /// up that way, and a resolver's clients' queries from random ports stay one flow.
+    #[inline(always)]
+    pub const fn udp_source_port_counts(src_port: u16, dst_port: u16) -> bool {
+        !udp_request_by_ports(src_port, dst_port)
+    }
+}
+
 /// Receive queues per interface the `XSKS` map can hold at most: the socket of queue `q` on
 /// the interface in slot `s` (see `IFSLOTS`) sits at index `s * Config::xsk_queues + q`,
 /// where `xsk_queues` is the largest real queue count of the sensor's interfaces (the map
@@ -262,8 +293,9 @@ pub struct Config {
     pub flags: u32,
     /// Window in which identical hits are suppressed, in nanoseconds (0 disables).
     pub suppress_ns: u64,
-    /// Window in which a repeated flow start (same source, destination, port, protocol) is
-    /// not sent again, in nanoseconds.
+    /// Window in which a repeated flow start (same flow: addresses, destination port,
+    /// protocol, and a UDP source port where [`flow::udp_source_port_counts`]) is not sent
+    /// again, in nanoseconds.
     pub flow_ns: u64,
     /// Stride of `XSKS` per interface slot: the receive queues each interface has sockets for.
     pub xsk_queues: u32,

@@ -113,8 +113,8 @@ static XSKS: XskMap = XskMap::with_max_entries(XSK_MAX_IFACES, 0);
 #[map]
 static FLOWS: RingBuf = RingBuf::with_byte_size(xtrail_common::ring::FLOWS_BYTES, 0);
 
-/// Recently sent flow starts, per CPU, direct-mapped by a hash of (source, destination,
-/// port, protocol): each slot holds the hash's upper half and the send time (coarse clock,
+/// Recently sent flow starts, per CPU, direct-mapped by a hash of their flow (`flow_hash`):
+/// each slot holds the hash's upper half and the send time (coarse clock,
 /// in 2^20 ns units truncated to 32 bits, so it wraps every ~52 days). An
 /// array slot costs one memory access where an LRU hash update takes locks; a collision only
 /// means a flow start is sent again. Stored as blocks of `FLOW_SEEN_BLOCK` slots: a per-CPU
@@ -588,17 +588,13 @@ fn tuple_hash(pkt: &Packet) -> u64 {
 }
 
 /// The flow-start cache's key: `tuple_hash`'s fields, and a UDP datagram's source port
-/// unless it goes from an ephemeral port (1024 or above) to a service port. The scan
-/// heuristics take a UDP datagram for a reply when they saw the reverse of its 5-tuple, so
-/// each 5-tuple needs its record: a client's requests from many ports to one high port
-/// (STUN, games) would otherwise make the replies look like a scan of the client. A request
-/// to a service port is never looked up that way (its reverse is a reply by its ports), so
-/// a resolver's clients' queries from random ports stay one flow. Userspace's replay keys
-/// its flow starts alike (`xtrail_detect::heuristics::scan::FlowRepeats`).
+/// where it tells flows apart (`xtrail_common::flow::udp_source_port_counts`: but in a
+/// request from an ephemeral port to a service port). Replay keys its flow starts alike
+/// (`xtrail_detect::heuristics::scan::FlowRepeats`).
 #[inline(always)]
 fn flow_hash(pkt: &Packet) -> u64 {
-    let by_source =
-        pkt.proto == parse::IPPROTO_UDP && (pkt.src_port < 1024 || pkt.dst_port >= 1024);
+    let by_source = pkt.proto == parse::IPPROTO_UDP
+        && xtrail_common::flow::udp_source_port_counts(pkt.src_port, pkt.dst_port);
     let source = if by_source {
         u64::from(pkt.src_port) << 24
     } else {

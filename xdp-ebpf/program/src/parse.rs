@@ -3,6 +3,7 @@
 use aya_ebpf::bindings::xdp_md;
 use aya_ebpf::helpers::bpf_xdp_load_bytes;
 use aya_ebpf::programs::XdpContext;
+use xtrail_common::flow;
 
 /// The bounds of a frame: what the bounded reads check against.
 pub trait Bounds {
@@ -64,6 +65,7 @@ const ETH_P_8021AD: u16 = 0x88a8;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_PSH: u8 = 0x08;
 const TCP_ACK: u8 = 0x10;
 const TCP_URG: u8 = 0x20;
@@ -113,19 +115,20 @@ pub struct Packet {
 }
 
 impl Packet {
-    /// A TCP connection attempt (SYN without ACK), a NULL / FIN / XMAS stealth probe, or a
-    /// UDP datagram (deduplicated per flow by the caller).
+    /// A TCP connection attempt (SYN without ACK or RST), a NULL / FIN / XMAS stealth probe,
+    /// or a UDP datagram but a reply by its ports (deduplicated per flow by the caller): what
+    /// userspace's scan heuristics count (`xtrail_detect`'s `is_probe_flags`).
     #[inline(always)]
     pub fn is_flow_start(&self) -> bool {
         match self.proto {
             IPPROTO_TCP => {
                 let f = self.tcp_flags & 0x3f;
-                f & (TCP_SYN | TCP_ACK) == TCP_SYN
+                f & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
                     || f == 0
                     || f == TCP_FIN
                     || f == TCP_FIN | TCP_PSH | TCP_URG
             }
-            IPPROTO_UDP => true,
+            IPPROTO_UDP => !flow::udp_reply_by_ports(self.src_port, self.dst_port),
             _ => false,
         }
     }

@@ -46,8 +46,8 @@ pub struct FlowStart {
     pub tcp_flags: u8,
 }
 
-/// Whether TCP flags open a flow or probe a port: SYN without ACK, or the NULL, FIN and XMAS
-/// stealth sets. ACK, RST and everything else in an established flow are not.
+/// Whether TCP flags open a flow or probe a port: SYN without ACK or RST, or the NULL, FIN
+/// and XMAS stealth sets. ACK, RST and everything else in an established flow are not.
 pub fn is_probe_flags(flags: u8) -> bool {
     let f = flags & CORE_FLAGS;
     let syn_only = f & TcpFlags::SYN != 0 && f & (TcpFlags::ACK | TcpFlags::RST) == 0;

@@ -594,8 +594,8 @@ pub struct HitRecord {
     pub pkt_len: u32,
 }
 
-/// A flow start (TCP SYN, a NULL/FIN/XMAS stealth probe, or the first UDP packet of a
-/// source/destination/port) as written to the `FLOWS` ring buffer.
+/// A flow start (a TCP SYN without ACK or RST, a NULL/FIN/XMAS stealth probe, or the first
+/// UDP datagram of a flow, see [`flow`]) as written to the `FLOWS` ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowRecord {

@@ -127,7 +127,48 @@ pub fn run(o: &AbOptions) -> anyhow::Result<()> {
             println!("ab: {} median {xdp}, {what}", ["A", "B"][build]);
         }
     }
+    // Round k of A's run i against round k of B's: the two ran back to back, so the drift
+    // of the machine between rounds is mostly out of their difference.
+    let [a, b] = &per_build;
+    let pairs = |f: fn(&Round) -> f64| a.iter().map(f).zip(b.iter().map(f)).collect::<Vec<_>>();
+    println!(
+        "ab: B - A {}",
+        paired(&pairs(|r| r.sensor_ns), "ns a frame")
+    );
+    if o.xdp {
+        println!("ab: B - A {}", paired(&pairs(|r| r.xdp_ns), "XDP ns a run"));
+    }
     Ok(())
+}
+
+/// "by round: median +D UNIT, B lower in K of N" over rounds paired (A, B).
+fn paired(rounds: &[(f64, f64)], unit: &str) -> String {
+    let mut d: Vec<f64> = rounds.iter().map(|(a, b)| b - a).collect();
+    let lower = d.iter().filter(|x| **x < 0.0).count();
+    d.sort_by(f64::total_cmp);
+    format!(
+        "by round: median {:+.0} {unit}, B lower in {lower} of {}",
+        d.get(d.len() / 2).copied().unwrap_or(f64::NAN),
+        d.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_rounds_give_the_median_difference_and_the_count_b_lower() {
+        let rounds = [(100.0, 90.0), (120.0, 125.0), (110.0, 100.0)];
+        assert_eq!(
+            paired(&rounds, "ns a frame"),
+            "by round: median -10 ns a frame, B lower in 2 of 3"
+        );
+        assert_eq!(
+            paired(&[], "ns"),
+            "by round: median NaN ns, B lower in 0 of 0"
+        );
+    }
 }
 
 /// The static trail tree of the Maltrail data.

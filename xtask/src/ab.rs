@@ -153,24 +153,6 @@ fn paired(rounds: &[(f64, f64)], unit: &str) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paired_rounds_give_the_median_difference_and_the_count_b_lower() {
-        let rounds = [(100.0, 90.0), (120.0, 125.0), (110.0, 100.0)];
-        assert_eq!(
-            paired(&rounds, "ns a frame"),
-            "by round: median -10 ns a frame, B lower in 2 of 3"
-        );
-        assert_eq!(
-            paired(&[], "ns"),
-            "by round: median NaN ns, B lower in 0 of 0"
-        );
-    }
-}
-
 /// The static trail tree of the Maltrail data.
 pub(crate) fn static_tree() -> PathBuf {
     paths::maltrail_data().join("trails-static")
@@ -292,4 +274,22 @@ fn one_run_on(
         });
     }
     Ok(rounds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_rounds_give_the_median_difference_and_the_count_b_lower() {
+        let rounds = [(100.0, 90.0), (120.0, 125.0), (110.0, 100.0)];
+        assert_eq!(
+            paired(&rounds, "ns a frame"),
+            "by round: median -10 ns a frame, B lower in 2 of 3"
+        );
+        assert_eq!(
+            paired(&[], "ns"),
+            "by round: median NaN ns, B lower in 0 of 0"
+        );
+    }
 }

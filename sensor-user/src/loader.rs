@@ -65,7 +65,7 @@ pub struct SensorOptions {
     pub http_ports: Vec<u16>,
     /// Send flow-start records (scan heuristics); repeats within `flow_window` are not sent.
     pub flows: bool,
-    /// How long a flow start stands for its repeats (by default replay's window).
+    /// How long a flow start stands for its repeats (by default 30 s, replay's window).
     pub flow_window: Duration,
     /// Size of the `HITS` ring buffer in bytes (a power of two, at least a page); tests
     /// shrink it to fill it.

@@ -27,7 +27,7 @@ pub const XMAS: u8 = TcpFlags::FIN | TcpFlags::PSH | TcpFlags::URG;
 
 /// The start of a flow, as the XDP program reports it in live capture: a TCP SYN without ACK
 /// or RST, a NULL / FIN / XMAS stealth probe, or the first UDP datagram of a flow (see
-/// [`FlowRepeats`]) seen recently but a reply by its ports.
+/// [`FlowRepeats`]) in a while, unless it is a reply by its ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowStart {
     /// Time, microseconds since the epoch.
@@ -54,9 +54,9 @@ pub fn is_probe_flags(flags: u8) -> bool {
     syn_only || f == 0 || f == TcpFlags::FIN || f == XMAS
 }
 
-/// The flow start a replayed packet stands for, if any, as the XDP program's: TCP probes and
-/// UDP datagrams but replies by their ports (the repeats of one are [`FlowRepeats`]'s to
-/// skip).
+/// The flow start a replayed packet stands for, if any, as the XDP program's: a TCP probe, or
+/// a UDP datagram that is not a reply by its ports (the repeats of one are [`FlowRepeats`]'s
+/// to skip).
 pub fn flow_start_of(ts_us: i64, pkt: &Packet<'_>) -> Option<FlowStart> {
     let (src_port, dst_port) = pkt.ports();
     let tcp_flags = match pkt.transport {
@@ -715,10 +715,9 @@ mod tests {
             // UDP to a service port from an ephemeral one: neither.
             (b, ipproto::UDP, (40000, 53), (40001, 53), false),
             (v6, ipproto::UDP, (40000, 53), (40001, 53), false),
-            // UDP between ephemeral ports, and from a service port: it is.
+            // UDP between ephemeral ports, or between service ports: it is.
             (b, ipproto::UDP, (40000, 3478), (40001, 3478), true),
             (v6, ipproto::UDP, (40000, 3478), (40001, 3478), true),
-            (b, ipproto::UDP, (53, 40000), (54, 40000), true),
             (b, ipproto::UDP, (123, 123), (124, 123), true),
         ] {
             let what = format!("{dst} {proto} {ports:?}");

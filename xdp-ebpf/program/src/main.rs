@@ -588,8 +588,8 @@ fn tuple_hash(pkt: &Packet) -> u64 {
 }
 
 /// The flow-start cache's key: `tuple_hash`'s fields, and a UDP datagram's source port
-/// where it tells flows apart (`xtrail_common::flow::udp_source_port_counts`: but in a
-/// request from an ephemeral port to a service port). Replay keys its flow starts alike
+/// unless it goes from an ephemeral port to a service port
+/// (`xtrail_common::flow::udp_source_port_counts`). Replay's flows are the same
 /// (`xtrail_detect::heuristics::scan::FlowRepeats`).
 #[inline(always)]
 fn flow_hash(pkt: &Packet) -> u64 {

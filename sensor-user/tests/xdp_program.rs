@@ -256,8 +256,8 @@ fn ipv6_with_extension_headers_and_ipport() {
 }
 
 /// Every kind of IPv6 extension header the program walks (hop-by-hop, routing, AH,
-/// destination options; the transport header is then read at an offset the verifier knows
-/// nothing of), and a fragment header of a later fragment.
+/// destination options, HIP, Shim6; the transport header is then read at an offset the
+/// verifier knows nothing of), and a fragment header of a later fragment.
 #[test]
 fn ipv6_extension_header_chains_and_fragments() {
     privileged!();
@@ -275,6 +275,17 @@ fn ipv6_extension_header_chains_and_fragments() {
             hits[0].src_port
         ),
         (trail_kind::IPPORT, 5, 443, 40002)
+    );
+    // HIP and Shim6 (on a program of its own: the same trail hit again would be suppressed).
+    let mut hip = Harness::inline();
+    let mut udp = Frame::udp(v6(CLEAN_V6), 40004, v6(TRAIL_V6), 443, b"abc");
+    udp.ipv6_ext = vec![139, 140];
+    hip.run(&udp);
+    let hits = hip.hits();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        (hits[0].kind, hits[0].dst_port, hits[0].src_port),
+        (trail_kind::IPPORT, 443, 40004)
     );
     // A fragment header with a non-zero offset: counted, hit, not reported.
     let mut later = Frame::udp(v6(CLEAN_V6), 40003, v6(TRAIL_V6), 53, b"abc");

@@ -397,7 +397,7 @@ fn parse_ipv6(ctx: &Frame, off: usize, pkt: &mut Packet) -> Result<(usize, bool)
     set_words(&mut pkt.src, src);
     set_words(&mut pkt.dst, dst);
     let mut l4 = off + 40;
-    if !matches!(next, 0 | 43 | 60 | 135 | 44 | 51) {
+    if !matches!(next, 0 | 43 | 60 | 135 | 139 | 140 | 44 | 51) {
         pkt.proto = next;
         return Ok((l4, false));
     }
@@ -416,8 +416,9 @@ fn parse_ipv6(ctx: &Frame, off: usize, pkt: &mut Packet) -> Result<(usize, bool)
             return Err(ParseError::Malformed);
         }
         match next {
-            // Hop-by-hop, routing, destination options, mobility: length in 8-octet units.
-            0 | 43 | 60 | 135 => {
+            // Hop-by-hop, routing, destination options, mobility, HIP, Shim6: length in
+            // 8-octet units (as userspace's parser walks them).
+            0 | 43 | 60 | 135 | 139 | 140 => {
                 let h = load::<[u8; 2]>(ctx, l4)?;
                 next = h[0];
                 let len = (h[1] as usize + 1) * 8;

@@ -551,7 +551,8 @@ fn flow_start(pkt: &Packet, cfg: &Config, stats: Stats, state: &mut CpuState) {
     let (now, tick) = coarse_now(state);
     let h = flow_hash(pkt);
     let slot = (h as u32) & (FLOW_CACHE_SLOTS - 1);
-    let tag = h >> 32;
+    // Odd: an empty slot (0) holds no flow's tag.
+    let tag = h >> 32 | 1;
     let now_u = (now >> 20) as u32;
     let window_u = (cfg.flow_ns >> 20).min(u64::from(u32::MAX)) as u32;
     let block = FLOW_SEEN.get_ptr_mut(slot / FLOW_SEEN_BLOCK as u32);

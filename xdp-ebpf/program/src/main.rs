@@ -114,7 +114,7 @@ static XSKS: XskMap = XskMap::with_max_entries(XSK_MAX_IFACES, 0);
 static FLOWS: RingBuf = RingBuf::with_byte_size(xtrail_common::ring::FLOWS_BYTES, 0);
 
 /// Recently sent flow starts, per CPU, direct-mapped by a hash of their flow (`flow_hash`):
-/// each slot holds the hash's upper half and the send time (coarse clock,
+/// each slot holds the hash's upper half (made odd) and the send time (coarse clock,
 /// in 2^20 ns units truncated to 32 bits, so it wraps every ~52 days). An
 /// array slot costs one memory access where an LRU hash update takes locks; a collision only
 /// means a flow start is sent again. Stored as blocks of `FLOW_SEEN_BLOCK` slots: a per-CPU

@@ -20,8 +20,6 @@ use super::bounded::{CompactKey, FirstSightings, PackedEntry, PackedMap, WindowM
 use super::{HeuristicsConfig, TableState};
 use crate::packet::{ipproto, Packet, TcpFlags, Transport};
 
-/// TCP flag bits that make up a probe's flag set (ECE/CWR ignored).
-const CORE_FLAGS: u8 = 0x3f;
 /// `nmap -sX`: FIN, PSH and URG.
 pub const XMAS: u8 = TcpFlags::FIN | TcpFlags::PSH | TcpFlags::URG;
 
@@ -46,12 +44,11 @@ pub struct FlowStart {
     pub tcp_flags: u8,
 }
 
-/// Whether TCP flags open a flow or probe a port: SYN without ACK or RST, or the NULL, FIN
-/// and XMAS stealth sets. ACK, RST and everything else in an established flow are not.
+/// Whether TCP flags open a flow or probe a port, as the XDP program asks
+/// ([`xtrail_common::flow::tcp_starts_flow`]): SYN without ACK or RST, or the NULL, FIN and
+/// XMAS stealth sets.
 pub fn is_probe_flags(flags: u8) -> bool {
-    let f = flags & CORE_FLAGS;
-    let syn_only = f & TcpFlags::SYN != 0 && f & (TcpFlags::ACK | TcpFlags::RST) == 0;
-    syn_only || f == 0 || f == TcpFlags::FIN || f == XMAS
+    xtrail_common::flow::tcp_starts_flow(flags)
 }
 
 /// The flow start a replayed packet stands for, if any, as the XDP program's: a TCP probe, or

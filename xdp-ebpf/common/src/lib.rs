@@ -137,6 +137,21 @@ pub mod flow {
     /// replay's): 30 s.
     pub const REPEAT_WINDOW_NS: u64 = 30_000_000_000;
 
+    /// Whether TCP flags open a flow or probe a port: SYN without ACK or RST, or the NULL,
+    /// FIN and XMAS (FIN, PSH, URG) stealth sets (ECE and CWR ignored). ACK, RST and
+    /// everything else in an established flow do not.
+    #[inline(always)]
+    pub const fn tcp_starts_flow(flags: u8) -> bool {
+        const FIN: u8 = 0x01;
+        const SYN: u8 = 0x02;
+        const RST: u8 = 0x04;
+        const PSH: u8 = 0x08;
+        const ACK: u8 = 0x10;
+        const URG: u8 = 0x20;
+        let f = flags & 0x3f;
+        f & (SYN | ACK | RST) == SYN || f == 0 || f == FIN || f == FIN | PSH | URG
+    }
+
     /// A UDP datagram from a service port (below 1024) to an ephemeral one: the scan
     /// heuristics take it for a reply, whatever they saw, so it starts no flow.
     #[inline(always)]

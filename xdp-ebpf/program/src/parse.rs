@@ -63,12 +63,8 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
-const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_PSH: u8 = 0x08;
 const TCP_ACK: u8 = 0x10;
-const TCP_URG: u8 = 0x20;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 
@@ -115,19 +111,13 @@ pub struct Packet {
 }
 
 impl Packet {
-    /// A TCP connection attempt (SYN without ACK or RST), a NULL / FIN / XMAS stealth probe,
-    /// or a UDP datagram but a reply by its ports (deduplicated per flow by the caller): what
-    /// userspace's scan heuristics count (`xtrail_detect`'s `is_probe_flags`).
+    /// A TCP connection attempt or stealth probe (`flow::tcp_starts_flow`), or a UDP datagram
+    /// that is not a reply by its ports (deduplicated per flow by the caller): what
+    /// userspace's scan heuristics count.
     #[inline(always)]
     pub fn is_flow_start(&self) -> bool {
         match self.proto {
-            IPPROTO_TCP => {
-                let f = self.tcp_flags & 0x3f;
-                f & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
-                    || f == 0
-                    || f == TCP_FIN
-                    || f == TCP_FIN | TCP_PSH | TCP_URG
-            }
+            IPPROTO_TCP => flow::tcp_starts_flow(self.tcp_flags),
             IPPROTO_UDP => !flow::udp_reply_by_ports(self.src_port, self.dst_port),
             _ => false,
         }

@@ -18,7 +18,7 @@ use crate::bench::{
     draw_background, draw_nic_mix, draw_picks, start_sensor, stop_child, tree_cpu_ns, DEFAULT_SEED,
 };
 use crate::bench_nic::{
-    gro_on, nic_send, nicgen, prog_stats, templates, write_pcap, xdp_between, xdp_prog_id,
+    gro_on, median, nic_send, nicgen, prog_stats, templates, write_pcap, xdp_between, xdp_prog_id,
     StatsKnob, SCENARIOS,
 };
 use crate::paths;
@@ -143,13 +143,11 @@ pub fn run(o: &AbOptions) -> anyhow::Result<()> {
 
 /// "by round: median +D UNIT, B lower in K of N" over rounds paired (A, B).
 fn paired(rounds: &[(f64, f64)], unit: &str) -> String {
-    let mut d: Vec<f64> = rounds.iter().map(|(a, b)| b - a).collect();
-    let lower = d.iter().filter(|x| **x < 0.0).count();
-    d.sort_by(f64::total_cmp);
+    let d: Vec<f64> = rounds.iter().map(|(a, b)| b - a).collect();
+    let (lower, n) = (d.iter().filter(|x| **x < 0.0).count(), d.len());
     format!(
-        "by round: median {:+.0} {unit}, B lower in {lower} of {}",
-        d.get(d.len() / 2).copied().unwrap_or(f64::NAN),
-        d.len()
+        "by round: median {:+.0} {unit}, B lower in {lower} of {n}",
+        median(d)
     )
 }
 

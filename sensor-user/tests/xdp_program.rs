@@ -297,6 +297,33 @@ fn ipv6_extension_header_chains_and_fragments() {
     assert_eq!(h.counter(stat::PARSE_ERRORS), 0);
 }
 
+/// The program and userspace's parser walk as many IPv6 extension headers: with as many as
+/// the limit, both read the transport header (the IP:port trail); with one more, both check
+/// the addresses alone (the address trail), and neither drops the packet.
+#[test]
+fn ipv6_extension_header_limit_is_the_parser_s() {
+    privileged!();
+    let limit = xtrail_detect::packet::MAX_IPV6_EXTENSION_HEADERS;
+    for (count, kind, port) in [
+        (limit, trail_kind::IPPORT, 443),
+        (limit + 1, trail_kind::IP, 0),
+    ] {
+        // A program each: the same trail hit again would be suppressed.
+        let mut h = Harness::inline();
+        let mut udp = Frame::udp(v6(CLEAN_V6), 40005, v6(TRAIL_V6), 443, b"abc");
+        udp.ipv6_ext = vec![60; count];
+        h.run(&udp);
+        let hits = h.hits();
+        assert_eq!(hits.len(), 1, "{count} headers: {hits:?}");
+        assert_eq!((hits[0].kind, hits[0].dst_port), (kind, port), "{count}");
+        assert_eq!(h.counter(stat::PARSE_ERRORS), 0);
+        let frame = udp.build();
+        let pkt =
+            xtrail_detect::packet::parse(LINKTYPE_ETHERNET, &frame).expect("userspace parses it");
+        assert_eq!(pkt.ports().1, port, "{count} headers: {pkt:?}");
+    }
+}
+
 #[test]
 fn cidr_trails_hit_and_prefilter_skips_clean_traffic() {
     privileged!();

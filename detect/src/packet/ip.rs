@@ -98,8 +98,9 @@ fn ipv6(b: &[u8]) -> Result<Packet<'_>, PacketError> {
         rest.get(..payload_len).unwrap_or(rest)
     };
     let mut fragment = false;
-    let mut walked = 0usize;
-    loop {
+    // At most MAX_IPV6_EXTENSION_HEADERS walked: past them, `next` names a header left
+    // unread, and the packet has its addresses and no transport (as the XDP program's).
+    for _ in 0..MAX_IPV6_EXTENSION_HEADERS {
         let len = match next {
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_MOBILITY | IPV6_HIP
             | IPV6_SHIM6 => {
@@ -124,10 +125,6 @@ fn ipv6(b: &[u8]) -> Result<Packet<'_>, PacketError> {
             }
             _ => break,
         };
-        walked += 1;
-        if walked > MAX_IPV6_EXTENSION_HEADERS {
-            return Err(PacketError::TooManyExtensionHeaders);
-        }
         next = *payload
             .first()
             .ok_or(PacketError::Truncated(Layer::Ipv6Extension))?;
@@ -247,15 +244,28 @@ mod tests {
 
     #[test]
     fn ipv6_extension_chain_is_bounded() {
-        let mut ext = Vec::new();
-        for _ in 0..20 {
-            ext.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
-        }
-        let p = v6(0, &ext, &[]);
-        assert_eq!(
-            parse_frame(LINKTYPE_RAW, &p),
-            Err(PacketError::TooManyExtensionHeaders)
-        );
+        // `count` destination-options headers (8 bytes each), then UDP.
+        let chain = |count: usize| {
+            let mut ext = Vec::new();
+            for i in 0..count {
+                let next = if i + 1 == count { 17 } else { 60 };
+                ext.extend_from_slice(&[next, 0, 0, 0, 0, 0, 0, 0]);
+            }
+            v6(if count == 0 { 17 } else { 60 }, &ext, &udp(5, 53, b"q"))
+        };
+        let at_limit = chain(MAX_IPV6_EXTENSION_HEADERS);
+        let pkt = parse_frame(LINKTYPE_RAW, &at_limit).unwrap();
+        assert_eq!((pkt.proto, pkt.ports()), (17, (5, 53)));
+        // One more: the addresses, and the header left unread as the protocol (the XDP
+        // program reads such a packet the same way).
+        let past = chain(MAX_IPV6_EXTENSION_HEADERS + 1);
+        let pkt = parse_frame(LINKTYPE_RAW, &past).unwrap();
+        assert_eq!(pkt.proto, 60);
+        assert!(matches!(pkt.transport, Transport::Other(_)));
+        assert_eq!(pkt.dst, "dead::beef".parse::<IpAddr>().unwrap());
+        // A long chain costs no more.
+        let long = chain(20);
+        assert_eq!(parse_frame(LINKTYPE_RAW, &long).unwrap().proto, 60);
     }
 
     #[test]

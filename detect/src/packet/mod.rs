@@ -4,7 +4,8 @@
 //! returns a [`Packet`] of borrowed slices: addresses, protocol and the transport header with
 //! its payload. It never copies the frame, never allocates, never panics on any input, and does
 //! a bounded amount of work (at most [`MAX_VLAN_TAGS`] VLAN tags and
-//! [`MAX_IPV6_EXTENSION_HEADERS`] IPv6 extension headers are walked).
+//! [`MAX_IPV6_EXTENSION_HEADERS`] IPv6 extension headers are walked; a packet with more is
+//! left with its addresses and no transport header, as the XDP program leaves it).
 //!
 //! What it does not do: reassemble IP fragments (a non-first fragment has no transport header:
 //! [`Transport::Fragment`]), reassemble TCP streams, or verify checksums (captures from the
@@ -27,8 +28,9 @@ pub use transport::{TcpFlags, TcpSegment, UdpDatagram};
 
 /// VLAN tags (802.1Q / 802.1ad) followed before the frame is given up on.
 pub const MAX_VLAN_TAGS: usize = 2;
-/// IPv6 extension headers skipped before the packet is given up on.
-pub const MAX_IPV6_EXTENSION_HEADERS: usize = 8;
+/// IPv6 extension headers walked to the transport header: the XDP program's limit, so that
+/// live and replay read such a packet alike.
+pub const MAX_IPV6_EXTENSION_HEADERS: usize = xtrail_common::MAX_IPV6_EXT_HEADERS;
 
 /// IP protocol numbers used by the pipeline.
 pub mod ipproto {
@@ -108,9 +110,6 @@ pub enum PacketError {
     /// IPv4 IHL below 5 or total length below the header length.
     #[error("bad IPv4 header length")]
     BadIpv4HeaderLength,
-    /// More IPv6 extension headers than [`MAX_IPV6_EXTENSION_HEADERS`].
-    #[error("more than {MAX_IPV6_EXTENSION_HEADERS} IPv6 extension headers")]
-    TooManyExtensionHeaders,
     /// TCP data offset below 5.
     #[error("bad TCP data offset")]
     BadTcpDataOffset,

@@ -130,6 +130,10 @@ pub mod trail_table {
 /// Slots of the per-CPU flow-start dedupe cache (a power of two).
 pub const FLOW_CACHE_SLOTS: u32 = 1 << 16;
 
+/// IPv6 extension headers walked to the transport header, by the XDP program and by
+/// userspace's parser alike: a packet with more is checked by its addresses alone.
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+
 /// What starts a flow for the scan heuristics, and what one flow is: one definition for the
 /// XDP program's flow-start records and replay's.
 pub mod flow {

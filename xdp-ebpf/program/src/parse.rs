@@ -71,8 +71,9 @@ const ICMPV6_ECHO_REQUEST: u8 = 128;
 /// The third word of a v4-mapped IPv6 address (`::ffff:0:0/96`), in memory order.
 pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
-/// How many IPv6 extension headers are skipped before giving up.
-const MAX_IPV6_EXT: usize = 6;
+/// How many IPv6 extension headers are skipped before giving up (userspace's parser walks
+/// as many).
+const MAX_IPV6_EXT: usize = xtrail_common::MAX_IPV6_EXT_HEADERS;
 
 /// Offsets past this many bytes are malformed (no linear XDP frame is as long): the bound
 /// the verifier needs on an offset it knows nothing else of (see `forget`).
@@ -123,7 +124,9 @@ impl Packet {
         }
     }
 
-    /// Maltrail's IP semantics: TCP SYN (without ACK), any UDP, ICMP echo requests.
+    /// Maltrail's IP semantics: TCP SYN (without ACK), any UDP, ICMP echo requests, and any
+    /// packet of another protocol (GRE, ESP, SCTP, ...; an IPv6 header past the walked
+    /// ones), as userspace's pipeline reports them in replay.
     #[inline(always)]
     pub fn reportable(&self) -> bool {
         if self.fragment {
@@ -134,7 +137,7 @@ impl Packet {
             IPPROTO_UDP => true,
             IPPROTO_ICMP => self.icmp_type == ICMP_ECHO_REQUEST,
             IPPROTO_ICMPV6 => self.icmp_type == ICMPV6_ECHO_REQUEST,
-            _ => false,
+            _ => true,
         }
     }
 }

@@ -684,7 +684,7 @@ impl Detector {
     /// Counters so far.
     pub fn stats(&self) -> DetectorStats {
         DetectorStats {
-            processor: self.processor.stats().clone(),
+            processor: self.processor.stats(),
             kernel_hits: self.kernel_hits,
             hits_whitelisted: self.hits_whitelisted,
             hits_filtered: self.hits_filtered,

@@ -461,9 +461,13 @@ impl Processor {
         self.trails = trails;
     }
 
-    /// The counters so far.
-    pub fn stats(&self) -> &ProcessorStats {
-        &self.stats
+    /// The counters so far (the reassemblers' taken as they stand: no copy per packet).
+    pub fn stats(&self) -> ProcessorStats {
+        ProcessorStats {
+            tls_reassembly: self.tls_flows.stats().clone(),
+            quic_reassembly: self.quic_flows.stats().clone(),
+            ..self.stats.clone()
+        }
     }
 
     /// The configuration.
@@ -613,7 +617,6 @@ impl Processor {
                         Flight::Buffered => {}
                         Flight::Untracked => run.tcp_payload(&ctx, &seg),
                     }
-                    run.stats.tls_reassembly = self.tls_flows.stats().clone();
                 }
             }
             Transport::Udp(dgram) => {
@@ -640,7 +643,6 @@ impl Processor {
                         {
                             run.quic_hello(&ctx, hello);
                         }
-                        run.stats.quic_reassembly = self.quic_flows.stats().clone();
                     }
                 }
             }

@@ -87,6 +87,29 @@ pub struct FlowKey {
     pub dst_port: u16,
 }
 
+/// Bits of a key's slot in [`Flows::gate`]: 64 KiB of counters, few of them set even when
+/// thousands of hellos wait (a flow's next segment never came).
+const GATE_BITS: u32 = 16;
+
+/// A cheap hash of a flow table's key: its slot in [`Flows::gate`].
+trait Gated {
+    fn gate(&self) -> usize;
+}
+
+impl Gated for FlowKey {
+    /// The ports and the addresses' low 32 bits, one multiply.
+    #[inline]
+    fn gate(&self) -> usize {
+        let low = |a: IpAddr| match a {
+            IpAddr::V4(a) => u32::from(a),
+            IpAddr::V6(a) => (a.to_bits() & 0xffff_ffff) as u32,
+        };
+        let ports = u32::from(self.src_port) << 16 | u32::from(self.dst_port);
+        let x = low(self.src) ^ low(self.dst).rotate_left(16) ^ ports;
+        (x.wrapping_mul(0x9e37_79b1) >> (32 - GATE_BITS)) as usize
+    }
+}
+
 /// What to do with a TCP segment.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flight<'a> {
@@ -127,6 +150,10 @@ const POOL: usize = 64;
 struct Flows<K> {
     config: ReassemblyConfig,
     map: HashMap<K, Partial>,
+    /// How many of the flows held have each [`Gated::gate`] slot (at least; a count that
+    /// reached 255 stays there): a key whose slot counts none is not held, known without
+    /// hashing it for the map (nearly every data segment while other flows' hellos wait).
+    gate: Box<[u8]>,
     /// Flows oldest first, as (key, id); entries of flows already gone are skipped.
     ages: VecDeque<(K, u64)>,
     next_id: u64,
@@ -137,11 +164,12 @@ struct Flows<K> {
     stats: ReassemblyStats,
 }
 
-impl<K: Copy + Eq + std::hash::Hash> Flows<K> {
+impl<K: Copy + Eq + std::hash::Hash + Gated> Flows<K> {
     fn new(config: ReassemblyConfig) -> Self {
         Flows {
             config,
             map: HashMap::new(),
+            gate: vec![0; 1 << GATE_BITS].into_boxed_slice(),
             ages: VecDeque::new(),
             next_id: 0,
             total_bytes: 0,
@@ -188,7 +216,19 @@ impl<K: Copy + Eq + std::hash::Hash> Flows<K> {
             buf,
             ranges: Vec::new(),
         };
+        // The callers start only a flow they do not hold (were it held, its gate count would
+        // only be too high: the map is still looked up).
+        debug_assert!(!self.map.contains_key(&key));
+        if let Some(n) = self.gate.get_mut(key.gate()) {
+            *n = n.saturating_add(1);
+        }
         Some(self.map.entry(key).insert(partial).into_mut())
+    }
+
+    /// Whether `key`'s flow may be held (false: it is not).
+    #[inline]
+    fn may_hold(&self, key: &K) -> bool {
+        self.gate.get(key.gate()).is_some_and(|&n| n > 0)
     }
 
     /// Drops flows older than the timeout, oldest first.
@@ -235,6 +275,11 @@ impl<K: Copy + Eq + std::hash::Hash> Flows<K> {
 
     fn remove(&mut self, key: &K) {
         if let Some(p) = self.map.remove(key) {
+            // A full count no longer says how many: it stays (the slot is then always
+            // looked up in the map).
+            if let Some(n) = self.gate.get_mut(key.gate()).filter(|n| **n != u8::MAX) {
+                *n = n.saturating_sub(1);
+            }
             self.total_bytes -= p.reserved;
             self.recycle(p.buf);
         }
@@ -317,7 +362,9 @@ impl HelloReassembler {
         seq: u32,
         payload: &'a [u8],
     ) -> Flight<'a> {
-        let tracked = !self.flows.map.is_empty() && self.flows.map.contains_key(&key);
+        let tracked = !self.flows.map.is_empty()
+            && self.flows.may_hold(&key)
+            && self.flows.map.contains_key(&key);
         if tracked && !self.flows.timed_out(&key, ts_us) {
             return self.continuation(key, seq, payload);
         }
@@ -378,6 +425,13 @@ struct QuicKey {
     flow: FlowKey,
     dcid: [u8; 20],
     dcid_len: u8,
+}
+
+impl Gated for QuicKey {
+    #[inline]
+    fn gate(&self) -> usize {
+        self.flow.gate()
+    }
 }
 
 /// Joins the CRYPTO frames of a QUIC connection's client Initial packets (at their offsets,
@@ -535,6 +589,65 @@ mod tests {
             .and_then(|h| h.sni.map(str::to_owned))
     }
 
+    /// The gate counts exactly the flows held, each in its key's slot.
+    fn assert_gate_counts_the_flows<K: Copy + Eq + std::hash::Hash + Gated>(f: &Flows<K>) {
+        let counted: u64 = f.gate.iter().map(|&n| u64::from(n)).sum();
+        assert_eq!(counted, f.map.len() as u64);
+        assert!(f.map.keys().all(|k| f.may_hold(k)));
+    }
+
+    /// A key whose every value has gate slot 0.
+    #[derive(Clone, Copy, PartialEq, Eq, Hash)]
+    struct SlotZero(u32);
+
+    impl Gated for SlotZero {
+        fn gate(&self) -> usize {
+            0
+        }
+    }
+
+    #[test]
+    fn a_full_gate_count_stays_full() {
+        let mut f = Flows::new(ReassemblyConfig::default());
+        for i in 0..300 {
+            assert!(f.start(SlotZero(i), 0, 100).is_some());
+        }
+        assert_eq!(f.gate[0], u8::MAX);
+        for i in 0..300 {
+            assert!(f.may_hold(&SlotZero(i)));
+            f.remove(&SlotZero(i));
+        }
+        // How many were left when the count saturated is not known: the slot stays looked up.
+        assert!(f.map.is_empty());
+        assert_eq!(f.gate[0], u8::MAX);
+        assert!(f.may_hold(&SlotZero(0)));
+        assert_eq!(f.total_bytes, 0);
+    }
+
+    #[test]
+    fn flows_sharing_a_gate_slot_are_told_apart() {
+        let h = big_hello("split.example", 1900);
+        let first = key(1);
+        let twin = (1..u32::MAX)
+            .map(|i| FlowKey {
+                src: IpAddr::from(0xc612_0000u32.wrapping_add(i).to_be_bytes()),
+                ..first
+            })
+            .find(|k| *k != first && k.gate() == first.gate())
+            .expect("another key in the same slot");
+        let mut r = HelloReassembler::default();
+        assert_eq!(r.on_segment(first, 0, 0, &h[..1000]), Flight::Buffered);
+        assert_eq!(r.on_segment(twin, 0, 0, &h[..1000]), Flight::Buffered);
+        assert_gate_counts_the_flows(&r.flows);
+        assert!(matches!(r.on_segment(first, 1, 1000, &h[1000..]), Flight::Ready(b) if b == h));
+        // The slot still counts the twin: its continuation is found.
+        assert!(matches!(r.on_segment(twin, 1, 1000, &h[1000..]), Flight::Ready(b) if b == h));
+        assert_eq!(r.flows(), 0);
+        assert!(r.flows.gate.iter().all(|&n| n == 0));
+        // A data segment of a flow never held: untracked.
+        assert_eq!(r.on_segment(first, 2, 1000, &h[1000..]), Flight::Untracked);
+    }
+
     #[test]
     fn the_test_hello_is_split_where_expected() {
         let h = big_hello("split.example", 1900);
@@ -640,6 +753,7 @@ mod tests {
         r.on_segment(key(30), 5_000, 0, &h[..1000]);
         assert_eq!(r.flows(), 1);
         assert_eq!(r.stats().timed_out, 4);
+        assert_gate_counts_the_flows(&r.flows);
     }
 
     /// Two Initials of one connection; the first with its CRYPTO frames out of order.
@@ -702,6 +816,7 @@ mod tests {
         r.on_initial(key(1), 10_000, &first);
         assert_eq!(r.flows(), 1);
         assert_eq!(r.stats().timed_out, 8);
+        assert_gate_counts_the_flows(&r.flows);
     }
 
     #[test]
@@ -724,5 +839,6 @@ mod tests {
         }
         assert!(r.flows.ages.len() <= 2 * r.flows() + 65);
         assert_eq!(r.stats().started, 100_000);
+        assert_gate_counts_the_flows(&r.flows);
     }
 }

@@ -352,7 +352,7 @@ impl std::fmt::Debug for Processor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Processor")
             .field("config", &self.config)
-            .field("stats", &self.stats)
+            .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
 }
@@ -656,7 +656,10 @@ impl Processor {
                     run.addresses(&ctx, false);
                 }
             }
-            Transport::Other(_) => run.addresses(&ctx, false),
+            // Protocol 0 is IPv6 hop-by-hop options where they cannot be (the XDP program
+            // reports no hit of it either).
+            Transport::Other(_) if pkt.proto != 0 => run.addresses(&ctx, false),
+            Transport::Other(_) => {}
             Transport::Fragment => run.stats.fragments += 1,
         }
         if !packet_hook {

@@ -322,6 +322,17 @@ fn ipv6_extension_header_limit_is_the_parser_s() {
             xtrail_detect::packet::parse(LINKTYPE_ETHERNET, &frame).expect("userspace parses it");
         assert_eq!(pkt.ports().1, port, "{count} headers: {pkt:?}");
     }
+    // A chain cut short inside its last walked header: malformed for both, no hit.
+    let mut h = Harness::inline();
+    let mut udp = Frame::udp(v6(CLEAN_V6), 40006, v6(TRAIL_V6), 443, b"abc");
+    udp.ipv6_ext = vec![60; limit + 1];
+    let mut frame = udp.build();
+    // Ethernet, IPv6, then the walked headers (8 bytes each) less 4 bytes.
+    frame.truncate(14 + 40 + 8 * limit - 4);
+    h.sensor.test_run(&frame).expect("test run");
+    assert!(h.hits().is_empty());
+    assert_eq!(h.counter(stat::PARSE_ERRORS), 1);
+    assert!(xtrail_detect::packet::parse(LINKTYPE_ETHERNET, &frame).is_err());
 }
 
 #[test]

@@ -493,7 +493,8 @@ impl CryptoReassembler {
         };
         key.dcid[..dcid.len()].copy_from_slice(dcid);
         let max_bytes = self.flows.config.max_bytes;
-        let fresh = !self.flows.map.contains_key(&key) || self.flows.timed_out(&key, ts_us);
+        let held = self.flows.may_hold(&key) && self.flows.map.contains_key(&key);
+        let fresh = !held || self.flows.timed_out(&key, ts_us);
         if fresh && self.flows.start(key, ts_us, max_bytes).is_none() {
             return Flight::Untracked;
         }

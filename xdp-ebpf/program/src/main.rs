@@ -233,7 +233,7 @@ struct CpuState {
 
 /// A hit's whole `SUPPRESS` key and its report's time by the coarse clock, 64 bytes (per-CPU
 /// map values are only 8-byte aligned, so not always one cache line). All zeros when empty:
-/// no reportable hit has protocol 0.
+/// no reportable hit has protocol 0 (`Packet::reportable`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct HitSeen {

@@ -126,7 +126,7 @@ impl Packet {
 
     /// Maltrail's IP semantics: TCP SYN (without ACK), any UDP, ICMP echo requests, and any
     /// packet of another protocol (GRE, ESP, SCTP, ...; an IPv6 header past the walked
-    /// ones), as userspace's pipeline reports them in replay.
+    /// ones) but 0, as userspace's pipeline reports them in replay.
     #[inline(always)]
     pub fn reportable(&self) -> bool {
         if self.fragment {
@@ -137,7 +137,9 @@ impl Packet {
             IPPROTO_UDP => true,
             IPPROTO_ICMP => self.icmp_type == ICMP_ECHO_REQUEST,
             IPPROTO_ICMPV6 => self.icmp_type == ICMPV6_ECHO_REQUEST,
-            _ => true,
+            // 0: an IPv4 header naming IPv6 hop-by-hop options, or one past the walk (it
+            // comes first or not at all); an empty `HitSeen` slot stands for protocol 0.
+            p => p != 0,
         }
     }
 }
@@ -311,7 +313,13 @@ fn parse(ctx: &Frame, pkt: &mut Packet) -> Result<(), ParseError> {
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             pkt.icmp_type = read_at::<[u8; 2]>(ctx, l4, walked)?[0];
         }
-        _ => {}
+        // No header read: the headers before it must still end within the frame, as
+        // userspace's parser wants them to (else a truncated chain would be a hit live only).
+        _ => {
+            if l4 > ctx.data_end() - ctx.data() {
+                return Err(ParseError::Malformed);
+            }
+        }
     }
     Ok(())
 }
@@ -407,6 +415,10 @@ fn parse_ipv6(ctx: &Frame, off: usize, pkt: &mut Packet) -> Result<(usize, bool)
         fragment = (w >> 40) & 1 == 1;
         if l4 > MAX_L4_OFF {
             return Err(ParseError::Malformed);
+        }
+        // A later fragment carries data, not headers (userspace's parser stops here too).
+        if fragment {
+            break;
         }
         match next {
             // Hop-by-hop, routing, destination options, mobility, HIP, Shim6: length in

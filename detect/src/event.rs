@@ -551,19 +551,43 @@ pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buf[i..]).unwrap_or("")
 }
 
-/// Appends [`proto_name`] of `proto` to `out`.
+/// Appends [`proto_name`] of `proto` to `out`: the names of Maltrail's protocol table
+/// (`IPPROTO_LUT`, from Python's `socket` on Linux) for the protocols it names, else the
+/// number.
 pub fn push_proto_name(proto: u8, out: &mut String) {
     use std::fmt::Write as _;
-    match proto {
-        1 => out.push_str("ICMP"),
-        6 => out.push_str("TCP"),
-        17 => out.push_str("UDP"),
-        58 => out.push_str("ICMPv6"),
+    let name = match proto {
+        0 => "IP",
+        1 => "ICMP",
+        2 => "IGMP",
+        4 => "IPIP",
+        6 => "TCP",
+        8 => "EGP",
+        12 => "PUP",
+        17 => "UDP",
+        22 => "IDP",
+        29 => "TP",
+        41 => "IPV6",
+        43 => "ROUTING",
+        44 => "FRAGMENT",
+        46 => "RSVP",
+        47 => "GRE",
+        50 => "ESP",
+        51 => "AH",
+        58 => "ICMPv6",
+        59 => "NONE",
+        60 => "DSTOPTS",
+        103 => "PIM",
+        132 => "SCTP",
+        136 => "UDPLITE",
+        255 => "RAW",
         // Writing into a String cannot fail.
         other => {
             let _ = write!(out, "{other}");
+            return;
         }
-    }
+    };
+    out.push_str(name);
 }
 
 /// The fields every JSON event line carries (others, like `iface` and the protocol details,
@@ -761,6 +785,18 @@ pub fn push_maltrail_value(out: &mut String, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protocols_are_named_as_maltrail_names_them() {
+        assert_eq!(proto_name(47), "GRE");
+        assert_eq!(proto_name(50), "ESP");
+        assert_eq!(proto_name(132), "SCTP");
+        assert_eq!(proto_name(6), "TCP");
+        assert_eq!(proto_name(200), "200");
+        let mut s = String::from("x");
+        push_proto_name(17, &mut s);
+        assert_eq!(s, "xUDP");
+    }
 
     #[test]
     fn ip_text_is_the_display_text() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use xtrail_bench::frames::{
-    chrome_client_hello, chrome_sni_offset, dns_query, tcp_flags, v4, v6, Frame,
+    chrome_client_hello, chrome_sni_offset, dns_query, tcp_flags, v4, v6, Frame, L4,
 };
 use xtrail_common::{
     handoff, payload_class, side, stat, trail_kind, v4_mapped, HitRecord, PAYLOAD_HEADER_LEN,
@@ -295,6 +295,37 @@ fn ipv6_extension_header_chains_and_fragments() {
     assert_eq!(h.counter(stat::FRAGMENTS), 1);
     assert_eq!(h.counter(stat::HITS), 2);
     assert_eq!(h.counter(stat::PARSE_ERRORS), 0);
+}
+
+/// A packet of another IP protocol to an IP trail (GRE here) is reported live as replay's
+/// pipeline reports it; protocol 0 (IPv6 hop-by-hop options in an IPv4 header) by neither.
+#[test]
+fn other_protocols_are_reported_as_replay_reports_them() {
+    privileged!();
+    let raw = |proto: u8| Frame {
+        l4: L4::Raw {
+            proto,
+            payload: vec![0, 0, 0x08, 0x00],
+        },
+        ..Frame::udp(v4(CLEAN), 1, v4(TRAIL_V4), 2, b"")
+    };
+    let mut h = Harness::inline();
+    h.run(&raw(47));
+    h.run(&raw(0));
+    let hits = h.hits();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(
+        (hits[0].kind, hits[0].proto, hits[0].dst_port),
+        (trail_kind::IP, 47, 0)
+    );
+    assert_eq!(h.counter(stat::HITS), 2);
+    assert_eq!(h.counter(stat::UNREPORTED), 1);
+    let ev = events(&mut processor(), &[raw(47).build(), raw(0).build()]);
+    let got: Vec<(&str, &str)> = ev
+        .iter()
+        .map(|e| (e.proto.as_str(), e.trail.as_str()))
+        .collect();
+    assert_eq!(got, vec![("GRE", "66.66.66.66")], "{ev:#?}");
 }
 
 /// The program and userspace's parser walk as many IPv6 extension headers: with as many as

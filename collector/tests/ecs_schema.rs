@@ -306,7 +306,7 @@ fn events() -> Vec<Event> {
             EventType::Ip,
             "2001:db8::66",
             Details::default(),
-            "ICMPv6",
+            "ICMPV6",
             0,
         )
     });

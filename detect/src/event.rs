@@ -199,7 +199,7 @@ pub struct Event {
     pub src_port: u16,
     pub dst_ip: IpAddr,
     pub dst_port: u16,
-    /// `TCP`, `UDP`, `ICMP`, `ICMPv6` or the protocol number.
+    /// `TCP`, `UDP`, `ICMP`, `ICMPV6` or the protocol number.
     pub proto: String,
     #[serde(rename = "type")]
     pub kind: EventType,
@@ -574,7 +574,7 @@ pub fn push_proto_name(proto: u8, out: &mut String) {
         47 => "GRE",
         50 => "ESP",
         51 => "AH",
-        58 => "ICMPv6",
+        58 => "ICMPV6",
         59 => "NONE",
         60 => "DSTOPTS",
         103 => "PIM",
@@ -791,6 +791,7 @@ mod tests {
         assert_eq!(proto_name(47), "GRE");
         assert_eq!(proto_name(50), "ESP");
         assert_eq!(proto_name(132), "SCTP");
+        assert_eq!(proto_name(58), "ICMPV6");
         assert_eq!(proto_name(6), "TCP");
         assert_eq!(proto_name(200), "200");
         let mut s = String::from("x");

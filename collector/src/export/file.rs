@@ -149,9 +149,11 @@ fn xtrail_block(e: &v1::Event) -> Value {
 /// The ECS document of an event.
 pub fn to_ecs(e: &v1::Event) -> Value {
     let port = |p: u32| (p != 0).then_some(p);
-    let transport = match e.proto.as_str() {
-        "ICMPv6" => "ipv6-icmp".to_string(),
-        p => p.to_ascii_lowercase(),
+    // "ICMPV6" as sensors (and Maltrail) name it; "ICMPv6" as xtrail named it before.
+    let transport = if e.proto.eq_ignore_ascii_case("ICMPv6") {
+        "ipv6-icmp".to_string()
+    } else {
+        e.proto.to_ascii_lowercase()
     };
     let dropped = e.action == v1::Action::Drop as i32;
     let http = e.http.as_ref();
@@ -534,6 +536,12 @@ mod tests {
         assert_eq!(v["event"]["severity"], 9);
         assert_eq!(v["observer"]["name"], "gw1");
         assert!(v.get("url").is_none() && v.get("tls").is_none());
+        // ECS's IANA keyword for ICMPv6, whichever spelling the sensor sent.
+        for proto in ["ICMPV6", "ICMPv6"] {
+            let mut i = ev(2);
+            i.proto = proto.into();
+            assert_eq!(to_ecs(&i)["network"]["transport"], "ipv6-icmp");
+        }
         let mut h = ev(1);
         h.r#type = "HTTP".into();
         h.dns = None;

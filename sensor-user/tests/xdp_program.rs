@@ -366,6 +366,29 @@ fn ipv6_extension_header_limit_is_the_parser_s() {
     assert!(xtrail_detect::packet::parse(LINKTYPE_ETHERNET, &frame).is_err());
 }
 
+/// An IPv4 total length shorter than the header is malformed for the program and for
+/// userspace's parser alike (no hit); a total length of 0 (a capture of a segmentation-offloaded
+/// packet) is read by both.
+#[test]
+fn ipv4_total_length_below_the_header_is_malformed_for_both() {
+    privileged!();
+    for (total, malformed) in [(19u16, true), (0, false)] {
+        let mut h = Harness::inline();
+        let mut frame = Frame::udp(v4(CLEAN), 40007, v4(TRAIL_V4), 443, b"abc").build();
+        // Ethernet (14 bytes), then the IPv4 header's total length at offset 2.
+        frame[16..18].copy_from_slice(&total.to_be_bytes());
+        h.sensor.test_run(&frame).expect("test run");
+        let parsed = xtrail_detect::packet::parse(LINKTYPE_ETHERNET, &frame);
+        assert_eq!(parsed.is_err(), malformed, "total {total}: {parsed:?}");
+        assert_eq!(
+            h.counter(stat::PARSE_ERRORS),
+            u64::from(malformed),
+            "{total}"
+        );
+        assert_eq!(h.hits().len(), usize::from(!malformed), "total {total}");
+    }
+}
+
 #[test]
 fn cidr_trails_hit_and_prefilter_skips_clean_traffic() {
     privileged!();

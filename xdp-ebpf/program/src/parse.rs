@@ -343,7 +343,8 @@ struct TcpHead {
 struct Ipv4Head {
     /// Version and header length, type of service.
     vihl_tos: [u8; 2],
-    _len: u16,
+    /// Total length (network order).
+    len: u16,
     _id: u16,
     /// Flags and fragment offset (network order).
     frag: u16,
@@ -364,7 +365,10 @@ fn parse_ipv4(ctx: &Frame, off: usize, pkt: &mut Packet) -> Result<usize, ParseE
         return Err(ParseError::Malformed);
     }
     let ihl = ((vihl & 0x0f) as usize) * 4;
-    if ihl < 20 {
+    // A total length shorter than the header is malformed, as userspace's parser has it;
+    // 0 is what captures of segmentation-offloaded packets show.
+    let total = u16::from_be(h.len) as usize;
+    if ihl < 20 || (total != 0 && total < ihl) {
         return Err(ParseError::Malformed);
     }
     pkt.family = 4;

@@ -1204,6 +1204,47 @@ fn the_segments_of_a_split_client_hello_are_handed_over() {
     assert_eq!(h.counter(stat::TLS_FLOWS_TRACKED), 1);
 }
 
+/// `TLS_FLOWS` as the program keeps it: buckets of four slots, as 16 words: the slots' tags
+/// (two words each, 0 when free), then their records' ends, then their expiry times (in
+/// units of 2^20 ns).
+fn tls_flows(h: &mut Harness) -> aya::maps::Array<&mut aya::maps::MapData, [u32; 16]> {
+    aya::maps::Array::try_from(h.sensor.ebpf_mut().map_mut("TLS_FLOWS").expect("map"))
+        .expect("TLS_FLOWS as an array")
+}
+
+/// A slot of a `TLS_FLOWS` bucket: (tag, end of the record, expiry).
+fn tls_slot(bucket: &[u32; 16], way: usize) -> (u64, u32, u32) {
+    (
+        u64::from(bucket[2 * way]) | u64::from(bucket[2 * way + 1]) << 32,
+        bucket[8 + way],
+        bucket[12 + way],
+    )
+}
+
+/// The same slot written.
+fn set_tls_slot(bucket: &mut [u32; 16], way: usize, (tag, end, expires): (u64, u32, u32)) {
+    bucket[2 * way] = tag as u32;
+    bucket[2 * way + 1] = (tag >> 32) as u32;
+    bucket[8 + way] = end;
+    bucket[12 + way] = expires;
+}
+
+/// The taken slots of `TLS_FLOWS`: (bucket, slot, (tag, end, expiry)).
+fn taken_tls_slots(h: &mut Harness) -> Vec<(u32, usize, (u64, u32, u32))> {
+    let flows = tls_flows(h);
+    let mut out = Vec::new();
+    for i in 0..flows.len() {
+        let b = flows.get(&i, 0).expect("read");
+        for way in 0..4 {
+            let slot = tls_slot(&b, way);
+            if slot.0 != 0 {
+                out.push((i, way, slot));
+            }
+        }
+    }
+    out
+}
+
 /// A followed ClientHello whose window has passed is forgotten and counted at its next
 /// segment, which is not handed over; a flow still in its window is followed (the window's
 /// end is written by the program, so the test moves it into the past through the map).
@@ -1215,31 +1256,22 @@ fn an_expired_client_hello_flow_is_forgotten_and_counted() {
     let (me, there) = (v4(CLEAN), v4("198.18.1.1"));
     let hello = chrome_client_hello("tls-expired-xdp.example");
     let seg = |sport: u16, seq: u32, data: &[u8]| tls_segment(me, there, sport, seq, data);
-    // Two flows tracked; the first one's window is moved into the past.
-    for sport in [50010, 50011] {
-        h.sensor
-            .test_run(&seg(sport, 1000, &hello[..1448]))
-            .expect("run");
-    }
+    // The first flow tracked, its window moved ~10 s into the past; then the second.
+    h.sensor
+        .test_run(&seg(50010, 1000, &hello[..1448]))
+        .expect("run");
+    let taken = taken_tls_slots(&mut h);
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    let (bucket, way, (tag, end, expires)) = taken[0];
+    assert_eq!(end, 1000 + hello.len() as u32);
+    let mut b = tls_flows(&mut h).get(&bucket, 0).expect("read");
+    // The timeout (10 s) twice, in 2^20 ns units.
+    set_tls_slot(&mut b, way, (tag, end, expires.wrapping_sub(2 * 9537)));
+    tls_flows(&mut h).set(bucket, b, 0).expect("update");
+    h.sensor
+        .test_run(&seg(50011, 1000, &hello[..1448]))
+        .expect("run");
     assert_eq!(h.counter(stat::TLS_FLOWS_TRACKED), 2);
-    {
-        // TlsFlowKey (src, dst: 16 bytes each; ports) -> TlsFlow (end_seq, epoch, expires_ns).
-        let mut flows: aya::maps::HashMap<_, [u8; 36], [u8; 16]> =
-            aya::maps::HashMap::try_from(h.sensor.ebpf_mut().map_mut("TLS_FLOWS").expect("map"))
-                .expect("TLS_FLOWS as a hash map");
-        let entries: Vec<([u8; 36], [u8; 16])> = flows.iter().map(|e| e.expect("entry")).collect();
-        assert_eq!(entries.len(), 2);
-        let (key, mut value) = entries
-            .into_iter()
-            .find(|(k, _)| {
-                // The port as the program keeps it (either byte order).
-                let port = u16::from_ne_bytes([k[32], k[33]]);
-                port == 50010 || port == 50010u16.swap_bytes()
-            })
-            .expect("the first flow");
-        value[8..16].copy_from_slice(&1u64.to_ne_bytes());
-        flows.insert(key, value, 0).expect("update");
-    }
     for sport in [50010, 50011] {
         assert_eq!(
             h.sensor
@@ -1259,8 +1291,8 @@ fn an_expired_client_hello_flow_is_forgotten_and_counted() {
     );
     assert_eq!(h.counter(stat::TLS_FLOWS_EXPIRED), 1);
     assert_eq!(h.counter(stat::TLS_CONTINUATIONS), 1);
-    // Both flows are off their `TLS_PENDING` counts: one expired, one complete.
-    assert_eq!(pending_counts(&mut h).1, 0);
+    // Both slots are free: one flow expired, one complete.
+    assert!(taken_tls_slots(&mut h).is_empty());
     // Forgotten: a later segment of the expired flow is neither followed nor counted again.
     h.sensor
         .test_run(&seg(50010, 1000 + 1448, &hello[1448..]))
@@ -1269,121 +1301,85 @@ fn an_expired_client_hello_flow_is_forgotten_and_counted() {
     assert_eq!(h.counter(stat::TLS_FLOWS_EXPIRED), 1);
 }
 
-/// `TLS_PENDING` (per slot of a hash of the flow: two words, by epoch parity, of the epoch
-/// in bits 32-63 and its count in bits 0-31) as the program keeps it.
-fn tls_pending(h: &mut Harness) -> aya::maps::Array<&mut aya::maps::MapData, [u64; 2]> {
-    aya::maps::Array::try_from(h.sensor.ebpf_mut().map_mut("TLS_PENDING").expect("map"))
-        .expect("TLS_PENDING as an array")
-}
-
-/// The slots of `TLS_PENDING` with a count, and the sum of all counts.
-fn pending_counts(h: &mut Harness) -> (Vec<(u32, [u64; 2])>, u64) {
-    let pending = tls_pending(h);
-    let slots: Vec<(u32, [u64; 2])> = (0..pending.len())
-        .map(|i| (i, pending.get(&i, 0).expect("read")))
-        .filter(|(_, v)| slot_count(v) != 0)
-        .collect();
-    let sum = slots.iter().map(|(_, v)| slot_count(v)).sum();
-    (slots, sum)
-}
-
-/// The count of a `TLS_PENDING` word.
-fn pending_count(word: u64) -> u64 {
-    word & u64::from(u32::MAX)
-}
-
-/// The counts of a `TLS_PENDING` slot's two words together.
-fn slot_count(v: &[u64; 2]) -> u64 {
-    pending_count(v[0]) + pending_count(v[1])
-}
-
-/// `TLS_PENDING` decides whether a data segment is looked for among the followed
-/// ClientHellos: a followed flow is counted in its slot while it is incomplete; with the
-/// count cleared, its continuation is not followed (even though the `TLS_FLOWS` entry is
-/// there); a count of the epoch before still lets it through; a flow is taken off its count
-/// at the record's end; a count of another epoch of the same parity is stale and restarts
-/// at 1. (That the count also spares other segments the map look-up is not observable from
-/// here: `xtrail-nicgen xdp-cost` measures it.)
+/// A followed flow keeps one slot of its `TLS_FLOWS` bucket (its first segment again keeps
+/// the same one) until its record is complete; a data segment of a flow whose slot was
+/// cleared is not followed; in a bucket whose slots are all taken, a new flow takes the one
+/// that expires first and counts it in `tls_flows_evicted`, the others untouched.
 #[test]
-fn tls_pending_decides_whether_tracked_client_hellos_are_followed() {
+fn followed_client_hellos_take_the_slot_that_expires_first() {
     privileged!();
     let mut h = Harness::inline();
     let mut ring = h.sensor.take_payloads().expect("payload ring");
     let (me, there) = (v4(CLEAN), v4("198.18.1.1"));
-    let hello = chrome_client_hello("tls-gate-xdp.example");
-    let seg = |seq: u32, data: &[u8]| tls_segment(me, there, 50020, seq, data);
+    let hello = chrome_client_hello("tls-slots-xdp.example");
+    let seg = |sport: u16, seq: u32, data: &[u8]| tls_segment(me, there, sport, seq, data);
     let rest = &hello[1448..];
-    h.sensor.test_run(&seg(1000, &hello[..1448])).expect("run");
-    assert_eq!(h.counter(stat::TLS_FLOWS_TRACKED), 1);
-    assert_eq!(
-        copied(&mut ring).len(),
-        1,
-        "the first segment is handed over"
-    );
-    let (slots, sum) = pending_counts(&mut h);
-    assert_eq!((slots.len(), sum), (1, 1), "{slots:?}");
-    let (slot, counted) = slots[0];
-    // The word counting the flow (that of its epoch's parity), and its epoch.
-    let k = if pending_count(counted[0]) != 0 { 0 } else { 1 };
-    let epoch = counted[k] >> 32;
-    assert_eq!(
-        epoch & 1,
-        k as u64,
-        "counted in the word of its epoch's parity"
-    );
-    let set = |h: &mut Harness, v: [u64; 2]| tls_pending(h).set(slot, v, 0).expect("update");
-    let get = |h: &mut Harness| tls_pending(h).get(&slot, 0).expect("read");
-    let with = |k: usize, epoch: u64, count: u64| {
-        let mut v = [0u64; 2];
-        v[k] = epoch << 32 | count;
-        v
-    };
+    let first = seg(50020, 1000, &hello[..1448]);
+    h.sensor.test_run(&first).expect("run");
+    h.sensor.test_run(&first).expect("run");
+    assert_eq!(h.counter(stat::TLS_FLOWS_TRACKED), 2);
+    let taken = taken_tls_slots(&mut h);
+    assert_eq!(taken.len(), 1, "a retransmission keeps the slot: {taken:?}");
+    let (bucket, way, (tag, end, expires)) = taken[0];
+    assert_eq!(tag & 1, 1, "tags are odd: {tag:x}");
     // Cleared: the continuation goes by unlooked-at.
-    set(&mut h, with(k, epoch, 0));
-    assert_eq!(
-        h.sensor.test_run(&seg(1000 + 1448, rest)).expect("run"),
-        XDP_PASS
-    );
-    assert!(
-        copied(&mut ring).is_empty(),
-        "followed with no count in its slot"
-    );
+    let mut b = tls_flows(&mut h).get(&bucket, 0).expect("read");
+    set_tls_slot(&mut b, way, (0, 0, 0));
+    tls_flows(&mut h).set(bucket, b, 0).expect("update");
+    h.sensor
+        .test_run(&seg(50020, 1000 + 1448, rest))
+        .expect("run");
+    assert_eq!(copied(&mut ring).len(), 2, "the two first segments alone");
     assert_eq!(h.counter(stat::TLS_CONTINUATIONS), 0);
-    // Counted only in the other word, as of the epoch before: still live, followed.
-    // (On a host up for under 17 s there is no epoch before: the same epoch then.)
-    set(&mut h, with(1 - k, epoch.saturating_sub(1), 1));
-    assert_eq!(
-        h.sensor.test_run(&seg(1000 + 1448, rest)).expect("run"),
-        XDP_PASS
-    );
+    // Every slot of every bucket taken by a live flow (even tags: no real flow's), slot 2
+    // of each expiring first; the flow tracked again takes slot 2 of its bucket.
+    let (soon, later) = (expires.wrapping_add(10), expires.wrapping_add(1000));
+    {
+        let mut flows = tls_flows(&mut h);
+        for i in 0..flows.len() {
+            let mut b = [0u32; 16];
+            for w in 0..4 {
+                let at = if w == 2 { soon } else { later };
+                set_tls_slot(
+                    &mut b,
+                    w,
+                    (u64::from(i) << 3 | (w as u64) << 1 | 2 << 40, 7, at),
+                );
+            }
+            flows.set(i, b, 0).expect("update");
+        }
+    }
+    h.sensor.test_run(&first).expect("run");
+    assert_eq!(h.counter(stat::TLS_FLOWS_EVICTED), 1);
+    let b = tls_flows(&mut h).get(&bucket, 0).expect("read");
+    assert_eq!(tls_slot(&b, 2).0, tag, "{b:?}");
+    assert_eq!(tls_slot(&b, 2).1, end);
+    for w in [0, 1, 3] {
+        assert_eq!(tls_slot(&b, w).2, later, "slot {w} untouched: {b:?}");
+        assert_eq!(tls_slot(&b, w).0 & 1, 0, "slot {w} untouched: {b:?}");
+    }
+    // Followed to the record's end, then the slot is free again.
+    h.sensor
+        .test_run(&seg(50020, 1000 + 1448, rest))
+        .expect("run");
     let kinds: Vec<u8> = copied(&mut ring).iter().map(|(k, _)| *k).collect();
-    assert_eq!(kinds, vec![handoff::TLS_CONTINUATION]);
-    assert_eq!(h.counter(stat::TLS_CONTINUATIONS), 1);
-    // A new flow tracked in the slot (the same ports: the same slot) and completed: counted
-    // in, then out (the slot's total, whichever epoch it lands in).
-    set(&mut h, [0; 2]);
-    h.sensor.test_run(&seg(5000, &hello[..1448])).expect("run");
-    let tracked = get(&mut h);
-    assert_eq!(slot_count(&tracked), 1, "{tracked:?}");
-    h.sensor.test_run(&seg(5000 + 1448, rest)).expect("run");
-    let done = get(&mut h);
-    assert_eq!(slot_count(&done), 0, "{done:?}");
-    assert_eq!(h.counter(stat::TLS_CONTINUATIONS), 2);
-    // Stale: the word of the flow's parity set to an older epoch of that parity (a
-    // future one on a host up for under 35 s) with a high count, as flows the LRU evicted
-    // would leave it; the next flow tracked there restarts it at 1.
-    let now = (tracked[0] >> 32).max(tracked[1] >> 32);
-    let k = (now & 1) as usize;
-    let older = now.checked_sub(2).unwrap_or(now + 2);
-    set(&mut h, with(k, older, 7));
-    h.sensor.test_run(&seg(9000, &hello[..1448])).expect("run");
-    let after = get(&mut h);
-    assert_eq!(slot_count(&after), 1, "restarted at 1: {after:?}");
     assert_eq!(
-        after[k] >> 32,
-        now,
-        "restarted in the current epoch: {after:?}"
+        kinds,
+        vec![handoff::TLS_CLIENT_HELLO, handoff::TLS_CONTINUATION]
     );
+    assert_eq!(h.counter(stat::TLS_CONTINUATIONS), 1);
+    let b = tls_flows(&mut h).get(&bucket, 0).expect("read");
+    assert_eq!(tls_slot(&b, 2).0, 0, "{b:?}");
+    // A segment past the record's end (one before it lost): the flow is forgotten, not
+    // handed over, not counted as expired.
+    h.sensor.test_run(&first).expect("run");
+    let past = seg(50020, 1000 + hello.len() as u32 + 10, &[0x5a; 32]);
+    h.sensor.test_run(&past).expect("run");
+    assert_eq!(copied(&mut ring).len(), 1, "the first segment alone");
+    assert!(taken_tls_slots(&mut h)
+        .iter()
+        .all(|&(_, _, (t, _, _))| t != tag));
+    assert_eq!(h.counter(stat::TLS_FLOWS_EXPIRED), 0);
 }
 
 /// Issue 12/13: a payload record takes the smallest size class that holds its frame (not

@@ -15,8 +15,8 @@
 //! Buffers are pooled: a busy sensor does not allocate per reassembled ClientHello.
 //!
 //! The XDP program's side (inline mode): it remembers flows whose ClientHello record is longer
-//! than the segment (`TLS_FLOWS`, an LRU map) and copies their next segments to userspace too,
-//! until the record is complete, with the same byte and time bounds.
+//! than the segment (`TLS_FLOWS`, buckets of four slots) and copies their next segments to
+//! userspace too, until the record is complete, with the same byte and time bounds.
 //!
 //! [`CryptoReassembler`] does the same for QUIC: a ClientHello split over several client
 //! Initial packets (CRYPTO frames at offsets, in any order) is joined per connection ID.

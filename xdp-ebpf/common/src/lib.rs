@@ -250,8 +250,10 @@ pub mod addr_check {
 /// record is longer than its first segment so that their next segments are handed over too;
 /// userspace reassembles with the same bounds (`xtrail_detect::protocols::reassembly`).
 pub mod tls_flow {
-    /// Flows remembered (an LRU map: the least recently used is evicted).
-    pub const SLOTS: u32 = 65_536;
+    /// Flows followed at once: 1,024 buckets of 4 slots by a hash of the flow; a flow takes
+    /// a free or expired slot of its bucket, else the one that expires first
+    /// (`stat::TLS_FLOWS_EVICTED`).
+    pub const SLOTS: u32 = 4096;
     /// Bytes of a ClientHello record followed per flow, record header included.
     pub const MAX_BYTES: u32 = 16 * 1024;
     /// How long a flow is followed after its first segment.
@@ -462,8 +464,11 @@ pub mod stat {
     pub const TLS_FLOWS_EXPIRED: u32 = 26;
     /// ClientHello records longer than `tls_flow::MAX_BYTES` (followed up to the bound).
     pub const TLS_FLOWS_CAPPED: u32 = 27;
+    /// Followed flows whose slot another flow took before their ClientHello was complete
+    /// (their later segments are not handed over; see `tls_flow::SLOTS`).
+    pub const TLS_FLOWS_EVICTED: u32 = 28;
     /// Number of counters.
-    pub const COUNT: u32 = 28;
+    pub const COUNT: u32 = 29;
 
     /// Human names, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -495,6 +500,7 @@ pub mod stat {
         "tls_continuations",
         "tls_flows_expired",
         "tls_flows_capped",
+        "tls_flows_evicted",
     ];
 }
 

@@ -8,8 +8,6 @@
 //! Malformed or truncated frames are passed and counted; nothing is read out of bounds.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// For `atomic_add`'s one instruction (as aya-ebpf itself does).
-#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 // Map keys are built on the stack and passed by reference on purpose: the helpers take a
 // pointer, and a by-value argument would be copied again first.
 #![allow(clippy::needless_borrows_for_generic_args)]
@@ -133,69 +131,54 @@ const FLOW_SEEN_BLOCK: usize = 4096;
 #[map(name = "FLOW_BATCH")]
 static FLOW_BATCH_MAP: PerCpuArray<FlowBatch> = PerCpuArray::with_max_entries(1, 0);
 
-/// A TCP flow (one direction) whose ClientHello record is longer than its first segment.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct TlsFlowKey {
-    src: [u8; 16],
-    dst: [u8; 16],
-    src_port: u16,
-    dst_port: u16,
-}
-
-/// Where such a flow's ClientHello ends, and until when it is followed.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct TlsFlow {
-    /// Sequence number just past the record (at most `tls_flow::MAX_BYTES` from its start).
-    end_seq: u32,
-    /// The `TLS_PENDING` epoch the flow is counted in.
-    epoch: u32,
-    /// `bpf_ktime_get_ns` at the first segment plus `tls_flow::TIMEOUT_NS`; compared with the
-    /// coarse clock (`coarse_now`), which is never ahead of it.
-    expires_ns: u64,
-}
-
 /// Flows whose next segments are handed over until their ClientHello is complete, so that
 /// userspace can reassemble a ClientHello that spans segments (post-quantum key shares make
-/// it ~1.8 KB: two segments).
+/// it ~1.8 KB: two segments). A TCP flow (one direction) is kept in a slot of the bucket of
+/// its hash (`tls_flow_slot`), four slots to a bucket of one 64-byte line (the map is
+/// mmapable so that its values start on a page: a bucket never straddles two lines). Every
+/// TCP data segment reads its bucket, so the table is kept small (64 KiB). A flow takes a
+/// free or expired slot of its bucket, else the one that expires first (counted in
+/// `tls_flows_evicted`: its later segments are no longer handed over); a flow's segments
+/// follow each other within microseconds, so only flows long incomplete give way. Until
+/// 2026-12-07 an LRU hash map (65,536 flows, ~180 ns an insert by its share of a profile)
+/// counted per slot of a second table (`TLS_PENDING`, so that other segments skipped its
+/// look-up). Slots are read and written without locks: a flow's segments come to one CPU
+/// (RSS), and two CPUs writing one bucket at one instant could lose a flow (a rare miss of a
+/// continuation; a torn read at worst hands over a segment userspace does not follow).
 #[map]
-static TLS_FLOWS: LruHashMap<TlsFlowKey, TlsFlow> =
-    LruHashMap::with_max_entries(tls_flow::SLOTS, 0);
+static TLS_FLOWS: Array<TlsBucket> = Array::with_max_entries(TLS_BUCKETS, BPF_F_MMAPABLE);
 
-/// How many `TLS_FLOWS` entries are incomplete, per slot of a hash of their flow
-/// (`tls_pending_slot`), so that a TCP segment whose slot counts none skips `tls_continues`
-/// and its `TLS_FLOWS` lookup (~38 ns by BPF_PROG_TEST_RUN, where a clean segment costs ~25):
-/// on a link with split ClientHellos always in flight, every data segment would look up.
-/// Counted per epoch of 2^`TLS_EPOCH_SHIFT` ns, in the word of the epoch's parity: a flow
-/// is followed for less than an epoch, so a count two epochs old is stale whatever it says
-/// (what forgets the flows the LRU evicts, or that never finished). Updated with atomic
-/// adds; the restart of a stale word is a plain store of the new epoch with a count of 1
-/// (two CPUs restarting one word at one instant, one's count racing another's restart, or
-/// a late take-off of a flow two epochs old landing on a restarted word, could undercount
-/// it: a rare miss of a continuation). Every data segment reads its slot, so the table is
-/// kept small (64 KiB; 128 until 2026-12-06, when the slot read was 28-36% of the live
-/// program's samples on the bench's TCP ACKs, `cargo xtask xdp-profile`).
-#[map]
-static TLS_PENDING: Array<TlsPending> = Array::with_max_entries(TLS_PENDING_SLOTS, 0);
+/// `BPF_F_MMAPABLE` (uapi `bpf.h`): the array's values start on a page boundary.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
-/// A `TLS_PENDING` slot: for each of two epochs (by parity), a word of the epoch (bits
-/// 32-63) and its count (bits 0-31).
+/// Slots of a `TLS_FLOWS` bucket.
+const TLS_WAYS: usize = 4;
+
+/// Buckets of `TLS_FLOWS` (a power of two).
+const TLS_BUCKETS: u32 = tls_flow::SLOTS / TLS_WAYS as u32;
+const _: () = assert!(TLS_BUCKETS.is_power_of_two());
+const _: () = assert!(core::mem::size_of::<TlsBucket>() == 64);
+
+/// A `TLS_FLOWS` bucket: four followed flows.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct TlsPending {
-    words: [u64; 2],
+struct TlsBucket {
+    /// Each slot's flow (`tls_flow_slot`'s tag; 0: free).
+    tags: [u64; TLS_WAYS],
+    /// Sequence number just past the record (at most `tls_flow::MAX_BYTES` from its start).
+    end_seq: [u32; TLS_WAYS],
+    /// When the flow stops being followed, in `tls_units` (wrapping): the first segment's
+    /// `bpf_ktime_get_ns` plus `tls_flow::TIMEOUT_NS`, compared with the coarse clock
+    /// (`coarse_now`), which is never ahead of it.
+    expires: [u32; TLS_WAYS],
 }
 
-/// Slots of `TLS_PENDING` (a power of two; 64 KiB).
-const TLS_PENDING_SLOTS: u32 = 4096;
-
-/// The count of a `TLS_PENDING` word.
-const TLS_PENDING_COUNT: u64 = u32::MAX as u64;
-
-/// `TLS_PENDING`'s epochs: 2^34 ns, ~17 s.
-const TLS_EPOCH_SHIFT: u32 = 34;
-const _: () = assert!(tls_flow::TIMEOUT_NS < 1 << TLS_EPOCH_SHIFT);
+/// A clock reading in `TlsBucket::expires`'s units (2^20 ns, ~1.05 ms; wraps after ~52
+/// days, compared within half of that).
+#[inline(always)]
+fn tls_units(ns: u64) -> u32 {
+    (ns >> 20) as u32
+}
 
 /// The packet being processed (see `parse::parse_into`) and what a CPU keeps between
 /// packets (`CpuState`), per CPU: one lookup per packet for both.
@@ -505,7 +488,7 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32, stats: Stats) -> u32 {
     // An enforced drop is not handed over: the packet goes nowhere.
     let mut dns_handed_off = false;
     if !(enforce && hit.is_some()) {
-        if let Some(kind) = classify(ctx, pkt, cfg, stats, state) {
+        if let Some(kind) = classify(ctx, pkt, cfg, stats) {
             // Both addresses looked up and clean: userspace need not look them up again.
             let addrs = if hit.is_none() && !pkt.fragment {
                 addr_check::CLEAN | ((set & trail_set::INDEX) as u8 & addr_check::SET)
@@ -750,13 +733,7 @@ fn send_flows(batch: &mut FlowBatch, cfg: &Config) {
 
 /// What kind of payload this packet carries, if userspace wants it.
 #[inline(always)]
-fn classify(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    cfg: &Config,
-    stats: Stats,
-    state: &mut CpuState,
-) -> Option<u8> {
+fn classify(ctx: &XdpContext, pkt: &Packet, cfg: &Config, stats: Stats) -> Option<u8> {
     if cfg.flags & config_flags::HANDOFF == 0 || pkt.fragment || pkt.payload_off == 0 {
         return None;
     }
@@ -829,15 +806,23 @@ fn classify(
         stats.add(stat::HANDOFF_TLS, 1);
         // A record longer than this segment: follow the flow (even if the hand-off below
         // fails: userspace then ignores the continuations it gets).
-        tls_track(pkt, ((word & 0xff) << 8 | word2 >> 24) + 5, seg, stats);
+        let record = ((word & 0xff) << 8 | word2 >> 24) + 5;
+        if u64::from(record) > seg {
+            let (bucket, tag) = tls_flow_slot(pkt);
+            // SAFETY: scalars only.
+            unsafe { tls_track(bucket, tag, pkt.tcp_seq, record, seg) };
+        }
         return Some(handoff::TLS_CLIENT_HELLO);
     }
-    // A segment of a followed ClientHello, ruled out here for most segments without a clock
-    // read or a call: by its flow's `TLS_PENDING` slot, against this CPU's last coarse time,
-    // which is never ahead of the clock (`tls_continues` reads the clock itself).
-    if tls_pending(pkt, state.clock_ns) && tls_continues(pkt, seg, stats, state) {
-        stats.add(stat::TLS_CONTINUATIONS, 1);
-        return Some(handoff::TLS_CONTINUATION);
+    // A segment of a followed ClientHello, ruled out here for most segments by one read of
+    // its flow's `TLS_FLOWS` bucket, without a clock read or a call.
+    if let Some((bucket, way, tag)) = tls_followed(pkt) {
+        let at = u64::from(bucket) | u64::from(way) << 16 | seg << 32;
+        // SAFETY: scalars only.
+        if pkt.proto == parse::IPPROTO_TCP && unsafe { tls_continues(at, tag, pkt.tcp_seq) } == 1 {
+            stats.add(stat::TLS_CONTINUATIONS, 1);
+            return Some(handoff::TLS_CONTINUATION);
+        }
     }
     // Requests that do not start a segment with a method but go to an HTTP port are not
     // parseable as requests; nothing to hand over.
@@ -857,167 +842,169 @@ fn dns_plausible(word: u32, word2: u32, seg: u64) -> bool {
     opcode_ok & one_question & long_enough == 1
 }
 
-/// The flow key of a TCP packet in `TLS_FLOWS`.
-#[inline(always)]
-fn tls_flow_key(pkt: &Packet) -> TlsFlowKey {
-    TlsFlowKey {
-        src: bytes(&pkt.src),
-        dst: bytes(&pkt.dst),
-        src_port: pkt.src_port,
-        dst_port: pkt.dst_port,
-    }
-}
-
-/// After a ClientHello's first segment (`seg` payload bytes) was handed over: if its record
-/// (`record` bytes, header included) is longer than the segment, remember the flow so that
-/// its next segments are handed over too, up to `tls_flow::MAX_BYTES` and for
-/// `tls_flow::TIMEOUT_NS`. The window starts at the precise time (one helper call on this
-/// rare path): the checks compare it with the coarse clock, which is never ahead, so a
-/// window can end late by a tick but never early (a CPU's cached coarse time may be old).
-/// (No packet access: verified as a function of its own, not once per path through
-/// `process`.)
+/// After a ClientHello's first segment (`seg` payload bytes, at sequence number `seq`) was
+/// handed over, its record (`record` bytes, header included) longer than the segment:
+/// remember the flow (`tls_flow_slot`'s `bucket` and `tag`) so that its next segments are
+/// handed over too, up to `tls_flow::MAX_BYTES` and for `tls_flow::TIMEOUT_NS`. The window
+/// starts at the precise time (one helper call on this rare path): the checks compare it
+/// with the coarse clock, which is never ahead, so a window can end late by a tick but never
+/// early (a CPU's cached coarse time may be old). A flow already followed (its first segment
+/// again) keeps its slot.
+///
+/// A global BPF function, like `hand_off`: verified once, on its own (the choice among a
+/// bucket's slots branches); scalars only, the counters looked up here. Returns 0 (a
+/// global function returns a scalar).
+///
+/// # Safety
+/// None beyond a BPF function's: `unsafe` for the exported ABI only.
+#[unsafe(no_mangle)]
 #[inline(never)]
-fn tls_track(pkt: &Packet, record: u32, seg: u64, stats: Stats) {
-    if u64::from(record) <= seg {
-        return;
-    }
+pub unsafe extern "C" fn tls_track(bucket: u32, tag: u64, seq: u32, record: u32, seg: u64) -> u32 {
+    let Some(stats) = Stats::get() else {
+        return 0;
+    };
     let mut want = record;
     if want > tls_flow::MAX_BYTES {
         stats.add(stat::TLS_FLOWS_CAPPED, 1);
         want = tls_flow::MAX_BYTES;
         if u64::from(want) <= seg {
-            return;
+            return 0;
         }
     }
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let flow = TlsFlow {
-        end_seq: pkt.tcp_seq.wrapping_add(want),
-        epoch: (now >> TLS_EPOCH_SHIFT) as u32,
-        expires_ns: now + tls_flow::TIMEOUT_NS,
+    let Some(b) = TLS_FLOWS.get_ptr_mut(bucket) else {
+        return 0;
     };
-    // Counted before the entry exists, so that no CPU finds the entry uncounted (a failed
-    // insert leaves an overcount: a look-up more, until the epoch passes).
-    if let Some(p) = TLS_PENDING.get_ptr_mut(tls_pending_slot(pkt)) {
-        let k = (flow.epoch & 1) as usize;
-        let epoch = u64::from(flow.epoch);
-        // SAFETY: a slot of an array map, its word in bounds (`k` is 0 or 1); other CPUs
-        // update it at the same time, through the atomic add or the stale restart's store.
-        unsafe {
-            let word = &raw mut (*p).words[k];
-            if core::ptr::read_volatile(word) >> 32 != epoch {
-                // Stale: every flow counted there has expired. Epoch and count in one
-                // store.
-                core::ptr::write_volatile(word, epoch << 32 | 1);
-            } else {
-                atomic_add(word, 1);
-            }
+    // SAFETY: a helper without arguments.
+    let now = tls_units(unsafe { bpf_ktime_get_ns() });
+    // The slot to take: this flow's, else a free one, else the one that expires first (an
+    // expired one before any other). Ranked by time left (wrapping, signed).
+    let mut pick = 0usize;
+    let mut best = i64::MAX;
+    let mut taken = false;
+    for i in 0..TLS_WAYS {
+        // SAFETY: a bucket of an array map, in bounds; other CPUs may write it (volatile:
+        // as it is in memory now).
+        let (t, e) = unsafe {
+            (
+                core::ptr::read_volatile(&raw const (*b).tags[i]),
+                core::ptr::read_volatile(&raw const (*b).expires[i]),
+            )
+        };
+        let rank = if t == tag {
+            i64::MIN
+        } else if t == 0 {
+            i64::MIN + 1
+        } else {
+            i64::from(e.wrapping_sub(now) as i32)
+        };
+        if rank < best {
+            best = rank;
+            pick = i;
+            taken = t != 0 && t != tag && rank > 0;
         }
     }
-    if TLS_FLOWS.insert(&tls_flow_key(pkt), &flow, 0).is_ok() {
-        stats.add(stat::TLS_FLOWS_TRACKED, 1);
+    if taken {
+        stats.add(stat::TLS_FLOWS_EVICTED, 1);
     }
+    let pick = pick & (TLS_WAYS - 1);
+    // SAFETY: as above; the tag is written last, so that a reader on this CPU never finds
+    // the flow's tag beside another flow's end.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*b).end_seq[pick], seq.wrapping_add(want));
+        core::ptr::write_volatile(
+            &raw mut (*b).expires[pick],
+            now.wrapping_add(tls_units(tls_flow::TIMEOUT_NS)),
+        );
+        core::ptr::write_volatile(&raw mut (*b).tags[pick], tag);
+    }
+    stats.add(stat::TLS_FLOWS_TRACKED, 1);
+    0
 }
 
-/// `TLS_PENDING`'s slot for the TCP flow of `pkt`: a hash of both addresses and ports (an
-/// IPv4 packet and one of its v4-mapped IPv6 form share a `TLS_FLOWS` key, and a slot).
+/// `TLS_FLOWS`'s bucket for the TCP flow of `pkt` and its tag there (never 0): a hash of
+/// both addresses and ports (an IPv4 packet and one of its v4-mapped IPv6 form share a
+/// slot).
 #[inline(always)]
-fn tls_pending_slot(pkt: &Packet) -> u32 {
+fn tls_flow_slot(pkt: &Packet) -> (u32, u64) {
     let mapped = |a: &[u32; 4]| a[0] == 0 && a[1] == 0 && a[2] == parse::V4_MAPPED_WORD;
     let v4 = mapped(&pkt.src) && mapped(&pkt.dst);
     let h = (addresses_hash(pkt, !v4) ^ (u64::from(pkt.src_port) << 16 | u64::from(pkt.dst_port)))
         .wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
-    ((h ^ h >> 29) as u32) & (TLS_PENDING_SLOTS - 1)
+    let h = h ^ h >> 29;
+    (h as u32 & (TLS_BUCKETS - 1), h | 1)
 }
 
-/// Whether `pkt`'s `TLS_PENDING` slot counts a flow that may be incomplete at time `now` (a
-/// coarse time never ahead of the clock: an older one only lets more through).
+/// The slot of `TLS_FLOWS` that follows `pkt`'s flow, if one does: its bucket, the slot in
+/// it and the flow's tag. One bucket read (one line) per data segment.
 #[inline(always)]
-fn tls_pending(pkt: &Packet, now: u64) -> bool {
-    let Some(p) = TLS_PENDING.get_ptr(tls_pending_slot(pkt)) else {
-        return false;
-    };
-    // SAFETY: a slot of an array map, read while other CPUs may update it (volatile: each
-    // word as it is in memory now).
-    let v = unsafe { core::ptr::read_volatile(p) };
-    let epoch = now >> TLS_EPOCH_SHIFT;
-    let live = |w: u64| w & TLS_PENDING_COUNT != 0 && (w >> 32) + 1 >= epoch;
-    live(v.words[0]) || live(v.words[1])
+fn tls_followed(pkt: &Packet) -> Option<(u32, u32, u64)> {
+    let (bucket, tag) = tls_flow_slot(pkt);
+    let b = TLS_FLOWS.get_ptr(bucket)?;
+    // SAFETY: a bucket of an array map, read while other CPUs may write it (volatile: each
+    // tag as it is in memory now).
+    let tags = unsafe { core::ptr::read_volatile(&raw const (*b).tags) };
+    let way = tags.iter().position(|&t| t == tag)?;
+    Some((bucket, way as u32, tag))
 }
 
-/// Takes a followed flow (tracked in `epoch`) off its `TLS_PENDING` count (not below 0:
-/// after a stale restart the flow is no longer counted there). Two CPUs taking the last
-/// flow off at once (after an undercount) could borrow from the epoch bits: the word then
-/// reads as the epoch before with a count, so the slot is looked at (a look-up more) until
-/// a restart or the end of that epoch.
-#[inline(always)]
-fn tls_pending_done(pkt: &Packet, epoch: u32) {
-    if let Some(p) = TLS_PENDING.get_ptr_mut(tls_pending_slot(pkt)) {
-        let k = (epoch & 1) as usize;
-        // SAFETY: a slot of an array map, its word in bounds (`k` is 0 or 1); other CPUs
-        // update it at the same time (see `tls_track`).
-        unsafe {
-            let word = &raw mut (*p).words[k];
-            let w = core::ptr::read_volatile(word);
-            if w >> 32 == u64::from(epoch) && w & TLS_PENDING_COUNT != 0 {
-                atomic_add(word, u64::MAX);
-            }
-        }
-    }
-}
-
-/// `*p += v` (wrapping) as one atomic instruction: other CPUs update the same word.
+/// Whether a TCP segment (at sequence number `seq`) continues the ClientHello followed
+/// under `tag` (see `tls_track`) in the `TLS_FLOWS` slot `at` names (`tls_followed`'s bucket
+/// in bits 0-15, its slot in bits 16-31, the segment's payload bytes in bits 32-63); forgets
+/// the flow once the segment reaches the record's end, or when it expired. Time is the
+/// coarse clock (`coarse_now`), read once here. 1 for a continuation, else 0.
+///
+/// A global BPF function, like `tls_track` (the slot found is a different constant on each
+/// path of `tls_followed`: verified in its caller's states, this and what follows it were
+/// verified once per slot); scalars only, the counters and this CPU's state looked up here.
 ///
 /// # Safety
-/// `p` points at a u64 in a map value, valid for writes for the whole program run.
-#[inline(always)]
-unsafe fn atomic_add(p: *mut u64, v: u64) {
-    #[cfg(target_arch = "bpf")]
-    // SAFETY: by the caller's contract `p` is a map value's u64; the instruction (BPF_STX |
-    // BPF_ATOMIC | BPF_DW, BPF_ADD) writes only it.
-    unsafe {
-        core::arch::asm!(
-            "lock *(u64 *)({p} + 0) += {v}",
-            p = in(reg) p,
-            v = in(reg) v,
-            options(nostack)
-        );
-    }
-    #[cfg(not(target_arch = "bpf"))]
-    // SAFETY: as above (the host build only type-checks the program).
-    unsafe {
-        *p = (*p).wrapping_add(v);
-    }
-}
-
-/// Whether this TCP segment (`seg` payload bytes) continues a followed ClientHello (see
-/// `tls_track`); forgets the flow once the segment reaches the record's end, or when it
-/// expired (off its `TLS_PENDING` count either way). Time is the coarse clock
-/// (`coarse_now`), read once here.
+/// None beyond a BPF function's: `unsafe` for the exported ABI only.
+#[unsafe(no_mangle)]
 #[inline(never)]
-fn tls_continues(pkt: &Packet, seg: u64, stats: Stats, state: &mut CpuState) -> bool {
-    if seg == 0 || pkt.proto != parse::IPPROTO_TCP {
-        return false;
-    }
-    let (now, _) = coarse_now(state);
-    let key = tls_flow_key(pkt);
-    let Some(flow) = (unsafe { TLS_FLOWS.get(&key) }).copied() else {
-        return false;
+pub unsafe extern "C" fn tls_continues(at: u64, tag: u64, seq: u32) -> u32 {
+    let seg = at >> 32;
+    let (Some(stats), Some(slot)) = (Stats::get(), PACKET.get_ptr_mut(0)) else {
+        return 0;
     };
-    // Sequence arithmetic modulo 2^32: bytes left before the record's end.
-    let left = flow.end_seq.wrapping_sub(pkt.tcp_seq) as i32;
-    let expired = flow.expires_ns < now;
+    // SAFETY: this CPU's `PACKET` slot; its state is this run's alone (the caller's `Packet`
+    // in the same slot is not touched here).
+    let state = unsafe { &mut (*slot).state };
+    if seg == 0 {
+        return 0;
+    }
+    let Some(b) = TLS_FLOWS.get_ptr_mut(at as u32 & 0xffff) else {
+        return 0;
+    };
+    let way = (at >> 16) as usize & (TLS_WAYS - 1);
+    let (now, _) = coarse_now(state);
+    // SAFETY: a bucket of an array map, its slot in bounds (masked); other CPUs may write it
+    // (volatile: as it is in memory now).
+    let (t, end_seq, expires) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*b).tags[way]),
+            core::ptr::read_volatile(&raw const (*b).end_seq[way]),
+            core::ptr::read_volatile(&raw const (*b).expires[way]),
+        )
+    };
+    // Another flow took the slot since it was found.
+    if t != tag {
+        return 0;
+    }
+    // Sequence arithmetic modulo 2^32: bytes left before the record's end (more than a
+    // record's bound: a slot that outlived the clock's wrap, not this flow's).
+    let left = end_seq.wrapping_sub(seq) as i32;
+    let expired =
+        tls_units(now).wrapping_sub(expires) as i32 > 0 || left > tls_flow::MAX_BYTES as i32;
     if expired || left <= 0 || seg >= left as u64 {
-        if TLS_FLOWS.remove(&key).is_ok() {
-            tls_pending_done(pkt, flow.epoch);
-        }
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(&raw mut (*b).tags[way], 0) };
         if expired {
             stats.add(stat::TLS_FLOWS_EXPIRED, 1);
-            return false;
+            return 0;
         }
-        return left > 0;
+        return u32::from(left > 0);
     }
-    true
+    1
 }
 
 #[inline(always)]

@@ -18,6 +18,7 @@ use anyhow::Context as _;
 use xtrail_bench::child::{interrupt_and_wait, spawn_watched, Watched};
 use xtrail_bench::netns::VethPair;
 
+use crate::bench_nic::median;
 use crate::paths;
 
 /// One reload's figures (times in seconds, memory in MiB).
@@ -187,19 +188,13 @@ pub fn measure(quick: bool, tmp: &Path) -> anyhow::Result<ReloadRun> {
     })
 }
 
-fn median(v: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = v.collect();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 fn largest(v: impl Iterator<Item = f64>) -> f64 {
     v.fold(0.0, f64::max)
 }
 
 /// The `- Trail reload` line of `latest.md`.
 pub fn line(r: &ReloadRun) -> String {
-    let m = |f: fn(&Reload) -> f64| median(r.reloads.iter().map(f));
+    let m = |f: fn(&Reload) -> f64| median(r.reloads.iter().map(f).collect());
     let x = |f: fn(&Reload) -> f64| largest(r.reloads.iter().map(f));
     format!(
         "- Trail reload of the full static tree (compiled, {:.1} MB; {} SIGHUPs, medians): {:.3} s from SIGHUP to reloaded (load {:.3} s, kernel fill {:.3} s, new set live after {:.3} s, old set emptied in {:.3} s); RSS {:.0} MiB before, peak {:.0} MiB (largest {:.0}), {:.0} MiB after; BPF maps {:.1} MiB before, peak {:.1} MiB (largest {:.1}), {:.1} MiB after (load average {}).",

@@ -18,6 +18,7 @@ use xtrail_bench::frames::Frame;
 use xtrail_bench::netns::VethPair;
 use xtrail_detect::trails::{compiled, CompileOptions, LoadOptions, TrailSet};
 
+use crate::bench_nic::median;
 use crate::paths;
 
 /// One source's figures (medians over the runs, and the largest peak RSS).
@@ -78,11 +79,6 @@ fn median_phases(runs: &[Vec<(String, f64)>]) -> Vec<(String, f64)> {
             .unwrap_or(std::cmp::Ordering::Equal)
     });
     out
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// A `/proc/PID/status` memory field (`VmHWM:`, `VmRSS:`) of the sensor in MB (the

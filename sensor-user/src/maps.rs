@@ -181,7 +181,7 @@ pub fn take_flow_batches(map: &mut Map) -> Result<Vec<FlowRecord>, FlowBatchErro
 }
 
 /// `BPF_MAP_CREATE` command number and the map types used below.
-const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_CREATE: u32 = 0;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
 

@@ -41,12 +41,12 @@ use crate::maps::{prefilter_words, FillReport};
 /// program run, which is what may still be looking at it.
 pub const GRACE: Duration = Duration::from_millis(50);
 
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+const BPF_MAP_UPDATE_ELEM: u32 = 2;
+const BPF_MAP_DELETE_ELEM: u32 = 3;
+const BPF_MAP_GET_NEXT_KEY: u32 = 4;
+const BPF_MAP_LOOKUP_BATCH: u32 = 24;
+const BPF_MAP_UPDATE_BATCH: u32 = 26;
+const BPF_MAP_DELETE_BATCH: u32 = 27;
 /// Elements per batch syscall.
 const BATCH: usize = 16_384;
 
@@ -266,28 +266,16 @@ struct BatchAttr {
 }
 
 /// `bpf(cmd, attr)`.
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<()> {
+fn bpf<T>(cmd: u32, attr: &mut T) -> std::io::Result<()> {
     bpf_ret(cmd, attr).map(drop)
 }
 
 /// `bpf(cmd, attr)` and what it returns (a new file descriptor for `BPF_MAP_CREATE`).
-pub(crate) fn bpf_ret<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
+pub(crate) fn bpf_ret<T>(cmd: u32, attr: &mut T) -> std::io::Result<i64> {
     // SAFETY: `attr` is a valid, initialised bpf_attr prefix for `cmd` whose pointers (set
     // by the callers) point at buffers that outlive the call and are as large as the map's
     // key and value sizes times the count.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T,
-            std::mem::size_of::<T>() as u32,
-        )
-    };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
+    unsafe { xtrail_common::sys::bpf(cmd, attr) }
 }
 
 fn syscall_err(op: &'static str, map: &MapFd) -> impl FnOnce(std::io::Error) -> TrailMapError {

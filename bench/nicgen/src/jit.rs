@@ -88,17 +88,8 @@ unsafe fn obj_info<T>(fd: i32, info: &mut T) -> Result<(), JitError> {
     // SAFETY: `attr` is the command's attribute layout and lives across the call; the
     // kernel writes at most `info_len` bytes into `info`, and into the buffers `info` names
     // what the caller vouched for.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
-            &mut attr as *mut InfoAttr,
-            std::mem::size_of::<InfoAttr>(),
-        )
-    };
-    if r < 0 {
-        return Err(JitError::Info(std::io::Error::last_os_error()));
-    }
+    unsafe { xtrail_common::sys::bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as u32, &mut attr) }
+        .map_err(JitError::Info)?;
     Ok(())
 }
 
@@ -168,19 +159,9 @@ pub fn jit_image(id: u32) -> Result<JitImage, JitError> {
 /// A descriptor of BPF object `id` by `cmd` (`BPF_PROG_GET_FD_BY_ID`, `BPF_BTF_GET_FD_BY_ID`:
 /// both read the id first; the attribute's other words, 0, are fields they require to be 0).
 fn fd_by_id(cmd: bpf_cmd, id: u32) -> std::io::Result<OwnedFd> {
-    let attr: [u32; 4] = [id, 0, 0, 0];
+    let mut attr: [u32; 4] = [id, 0, 0, 0];
     // SAFETY: both commands read the id (and zeros) from `attr`, which outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            attr.as_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let fd = unsafe { xtrail_common::sys::bpf(cmd as u32, &mut attr) }?;
     // SAFETY: a new descriptor the call returned, owned here only.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

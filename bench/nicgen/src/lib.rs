@@ -256,7 +256,7 @@ pub fn test_run(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> Result<(u32,
         batch_size: u32,
         _pad: u32,
     }
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    const BPF_PROG_TEST_RUN: u32 = 10;
     let mut attr = TestAttr {
         prog_fd: prog.as_raw_fd() as u32,
         data_size_in: frame.len() as u32,
@@ -266,17 +266,7 @@ pub fn test_run(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> Result<(u32,
     };
     // SAFETY: `attr` is a valid, fully initialised `bpf_attr.test` prefix of the size passed;
     // `data_in` points at `frame`, which outlives the call; no output buffers are given.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            std::mem::size_of::<TestAttr>() as libc::c_uint,
-        )
-    };
-    if rc != 0 {
-        return Err(GenError::TestRun(std::io::Error::last_os_error()));
-    }
+    unsafe { xtrail_common::sys::bpf(BPF_PROG_TEST_RUN, &mut attr) }.map_err(GenError::TestRun)?;
     Ok((attr.retval, attr.duration))
 }
 

@@ -759,6 +759,36 @@ pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
     ]
 }
 
+/// Userspace's raw `bpf(2)`, for the commands aya does not wrap (batched map updates,
+/// test runs with options, object info): one place for the syscall.
+#[cfg(feature = "user")]
+pub mod sys {
+    extern crate std;
+
+    /// `bpf(cmd, attr)` with `attr`'s size: what it returns (0, or a new descriptor for the
+    /// commands that create one), or the OS error.
+    ///
+    /// # Safety
+    /// `attr` is a valid, initialised `bpf_attr` prefix for `cmd`, and every pointer in it
+    /// points at memory valid for what `cmd` reads or writes there during the call.
+    pub unsafe fn bpf<T>(cmd: u32, attr: &mut T) -> std::io::Result<i64> {
+        // SAFETY: by the caller's contract.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                libc::c_long::from(cmd),
+                attr as *mut T,
+                core::mem::size_of::<T>() as libc::c_uint,
+            )
+        };
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;

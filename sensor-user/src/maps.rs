@@ -207,7 +207,8 @@ fn map_create(map_type: u32, inner_map_fd: u32) -> std::io::Result<std::os::fd::
         inner_map_fd,
         ..MapCreateAttr::default()
     };
-    let fd = crate::trail_maps::bpf_ret(BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: `attr` is a complete `bpf_attr` prefix for BPF_MAP_CREATE, without pointers.
+    let fd = unsafe { xtrail_common::sys::bpf(BPF_MAP_CREATE, &mut attr) }?;
     // SAFETY: BPF_MAP_CREATE returned a new file descriptor this process owns.
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as RawFd) })
 }

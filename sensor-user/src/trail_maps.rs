@@ -266,16 +266,14 @@ struct BatchAttr {
 }
 
 /// `bpf(cmd, attr)`.
-fn bpf<T>(cmd: u32, attr: &mut T) -> std::io::Result<()> {
-    bpf_ret(cmd, attr).map(drop)
-}
-
-/// `bpf(cmd, attr)` and what it returns (a new file descriptor for `BPF_MAP_CREATE`).
-pub(crate) fn bpf_ret<T>(cmd: u32, attr: &mut T) -> std::io::Result<i64> {
-    // SAFETY: `attr` is a valid, initialised bpf_attr prefix for `cmd` whose pointers (set
-    // by the callers) point at buffers that outlive the call and are as large as the map's
-    // key and value sizes times the count.
-    unsafe { xtrail_common::sys::bpf(cmd, attr) }
+///
+/// # Safety
+/// As [`xtrail_common::sys::bpf`]: `attr` is a valid, initialised bpf_attr prefix for `cmd`
+/// whose pointers point at buffers that outlive the call and are as large as the map's key
+/// and value sizes times the count.
+unsafe fn bpf<T>(cmd: u32, attr: &mut T) -> std::io::Result<()> {
+    // SAFETY: the caller's contract.
+    unsafe { xtrail_common::sys::bpf(cmd, attr) }.map(drop)
 }
 
 fn syscall_err(op: &'static str, map: &MapFd) -> impl FnOnce(std::io::Error) -> TrailMapError {
@@ -314,7 +312,9 @@ pub(crate) fn update_batch_fd<K, V>(
             elem_flags: 0,
             flags: 0,
         };
-        bpf(BPF_MAP_UPDATE_BATCH, &mut attr).map_err(|e| (done + attr.count as usize, e))?;
+        // SAFETY: `keys` and `values` hold `n` more keys and values past `done`.
+        unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }
+            .map_err(|e| (done + attr.count as usize, e))?;
         done += n;
     }
     Ok(())
@@ -333,7 +333,9 @@ pub(crate) fn update_elem_fd<K, V>(fd: RawFd, key: &K, value: &V) -> std::io::Re
         value: value as *const V as u64,
         flags: 0,
     };
-    bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
+    // SAFETY: the kernel only reads the key and the value (the map's key and value sizes;
+    // callers pass the map's own key and value types), which outlive the call.
+    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }
 }
 
 /// Whether a batch call failed because the map type has no batch operations.
@@ -385,7 +387,8 @@ fn all_keys(map: &MapFd) -> Result<Vec<u8>, TrailMapError> {
             elem_flags: 0,
             flags: 0,
         };
-        let done = match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+        // SAFETY: `batch` and `values` have room for `count` keys and values.
+        let done = match unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
             Ok(()) => false,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
             Err(e) if first && no_batch(&e) => return all_keys_one_by_one(map),
@@ -414,7 +417,8 @@ fn all_keys_one_by_one(map: &MapFd) -> Result<Vec<u8>, TrailMapError> {
             value: next.as_mut_ptr() as u64,
             flags: 0,
         };
-        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+        // SAFETY: the previous key (if any) and the room for the next are key-sized.
+        match unsafe { bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) } {
             Ok(()) => keys.extend_from_slice(&next),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(keys),
             Err(e) => return Err(syscall_err("BPF_MAP_GET_NEXT_KEY", map)(e)),
@@ -438,7 +442,8 @@ fn delete_keys(map: &MapFd, keys: &[u8]) -> Result<usize, TrailMapError> {
             elem_flags: 0,
             flags: 0,
         };
-        match bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
+        // SAFETY: `chunk` holds `count` whole keys.
+        match unsafe { bpf(BPF_MAP_DELETE_BATCH, &mut attr) } {
             Ok(()) => {}
             Err(e) if i == 0 && no_batch(&e) => {
                 for key in keys[..n * size].chunks(size) {
@@ -472,7 +477,9 @@ fn delete_elem(map: &MapFd, key: *const u8) -> Result<(), TrailMapError> {
         value: 0,
         flags: 0,
     };
-    bpf(BPF_MAP_DELETE_ELEM, &mut attr).map_err(syscall_err("BPF_MAP_DELETE_ELEM", map))
+    // SAFETY: the kernel only reads the key, `map.key_size` bytes (this function's
+    // contract).
+    unsafe { bpf(BPF_MAP_DELETE_ELEM, &mut attr) }.map_err(syscall_err("BPF_MAP_DELETE_ELEM", map))
 }
 
 /// Deletes the keys `of_set` picks, in batches; returns how many.

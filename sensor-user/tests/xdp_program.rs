@@ -432,8 +432,8 @@ fn repeats_are_suppressed_within_the_window() {
 }
 
 /// A repeat is suppressed from the running CPU's cache of its recent hits (`hits_seen`)
-/// while the report is well inside the window, even when `SUPPRESS` no longer holds it (an
-/// LRU eviction), and reported again once the window has passed; another hit in the same
+/// while the report is well inside the window, even when `SUPPRESS` no longer holds it
+/// (another hit took its slot), and reported again once the window has passed; another hit in the same
 /// slot (another port, another source) is not taken for it. (A 2 s window: the cache
 /// answers up to ~67 ms short of it, so a loaded machine has ample time between the first
 /// runs.)
@@ -480,16 +480,91 @@ fn a_repeat_is_suppressed_from_the_cpus_cache_and_reported_after_the_window() {
     assert_eq!(h.counter(stat::SUPPRESSED), 3 + keys.len() as u64);
 }
 
-/// Removes every entry of `SUPPRESS`; returns how many there were.
-fn clear_suppress(h: &mut Harness) -> usize {
-    let mut map: aya::maps::HashMap<_, xtrail_common::SuppressKey, u64> =
-        aya::maps::HashMap::try_from(h.sensor.ebpf_mut().map_mut("SUPPRESS").expect("map"))
-            .expect("SUPPRESS as a hash map");
-    let keys: Vec<_> = map.keys().map(|k| k.expect("key")).collect();
-    for k in &keys {
-        map.remove(k).expect("remove");
+/// With a window shorter than `hits_seen`'s margin, `SUPPRESS` alone decides: a repeat is
+/// suppressed from its slot and reported again after the window; a new hit whose bucket is
+/// full takes the oldest slot, the others untouched.
+#[test]
+fn suppress_buckets_hold_each_hit_and_give_up_the_oldest() {
+    privileged!();
+    // The margin itself (2^26 ns): `hits_seen` never answers.
+    let mut h = Harness::new(SensorOptions {
+        suppress: Duration::from_nanos(1 << 26),
+        ..SensorOptions::default()
+    });
+    let f = Frame::syn(v4(CLEAN), 40000, v4(TRAIL_V4), 80);
+    let started = std::time::Instant::now();
+    h.run(&f);
+    h.run(&f);
+    // Two runs a few microseconds apart, unless the machine stalled this thread.
+    if started.elapsed() < Duration::from_millis(50) {
+        assert_eq!(h.hits().len(), 1);
+        assert_eq!(h.counter(stat::SUPPRESSED), 1);
+    } else {
+        let _ = h.hits();
     }
-    keys.len()
+    std::thread::sleep(Duration::from_millis(150));
+    h.run(&f);
+    assert_eq!(h.hits().len(), 1, "reported again after the window");
+    // Its slot: an odd tag and the report's time.
+    let taken = suppress_slots(&mut h);
+    assert_eq!(
+        taken.len(),
+        1,
+        "one hit, one slot, reported twice: {taken:?}"
+    );
+    let (_, _, tag, now) = taken[0];
+    assert_eq!(tag & 1, 1, "{tag:x}");
+    // Every slot of every bucket taken by another (even tags: no real hit's) recent hit,
+    // slot 2 of each the oldest: a new hit takes slot 2 of its bucket.
+    {
+        let mut map = suppress_map(&mut h);
+        for i in 0..map.len() {
+            let mut b = [0u64; 8];
+            for w in 0..4 {
+                b[w] = (u64::from(i) << 3 | (w as u64) << 1) + 2;
+                b[4 + w] = if w == 2 { now - 1_000_000_000 } else { now };
+            }
+            map.set(i, b, 0).expect("update");
+        }
+    }
+    h.run(&Frame::syn(v4(CLEAN), 40000, v4(TRAIL_V4), 81));
+    assert_eq!(h.hits().len(), 1);
+    let all = suppress_slots(&mut h);
+    let ours: Vec<_> = all.iter().filter(|s| s.2 & 1 == 1).collect();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(ours[0].1, 2, "the oldest slot: {ours:?}");
+    assert_eq!(all.len(), 16_384 * 4, "no other slot freed");
+}
+
+/// `SUPPRESS`: buckets of four slots, their tags (0 when free) then their report times.
+fn suppress_map(h: &mut Harness) -> aya::maps::Array<&mut aya::maps::MapData, [u64; 8]> {
+    aya::maps::Array::try_from(h.sensor.ebpf_mut().map_mut("SUPPRESS").expect("map"))
+        .expect("SUPPRESS as an array")
+}
+
+/// The taken slots of `SUPPRESS`: (bucket, slot, tag, time).
+fn suppress_slots(h: &mut Harness) -> Vec<(u32, usize, u64, u64)> {
+    let map = suppress_map(h);
+    let mut out = Vec::new();
+    for i in 0..map.len() {
+        let b = map.get(&i, 0).expect("read");
+        out.extend(
+            (0..4)
+                .filter(|&w| b[w] != 0)
+                .map(|w| (i, w, b[w], b[4 + w])),
+        );
+    }
+    out
+}
+
+/// Frees every slot of `SUPPRESS`; returns how many were taken.
+fn clear_suppress(h: &mut Harness) -> usize {
+    let taken = suppress_slots(h);
+    let mut map = suppress_map(h);
+    for &(i, _, _, _) in &taken {
+        map.set(i, [0u64; 8], 0).expect("update");
+    }
+    taken.len()
 }
 
 #[test]
@@ -1333,7 +1408,7 @@ fn followed_client_hellos_take_the_slot_that_expires_first() {
     assert_eq!(h.counter(stat::TLS_CONTINUATIONS), 0);
     // Every slot of every bucket taken by a live flow (even tags: no real flow's), slot 2
     // of each expiring first; the flow tracked again takes slot 2 of its bucket.
-    let (soon, later) = (expires.wrapping_add(10), expires.wrapping_add(1000));
+    let (soon, later) = (expires.wrapping_add(10), expires.wrapping_add(500));
     {
         let mut flows = tls_flows(&mut h);
         for i in 0..flows.len() {
@@ -1358,15 +1433,40 @@ fn followed_client_hellos_take_the_slot_that_expires_first() {
         assert_eq!(tls_slot(&b, w).2, later, "slot {w} untouched: {b:?}");
         assert_eq!(tls_slot(&b, w).0 & 1, 0, "slot {w} untouched: {b:?}");
     }
+    // Slot 2 expired and slot 1 left behind long ago (its expiry ~35 days ahead of the
+    // clock, as a slot untouched for weeks reads), the others live: the flow tracked again
+    // takes slot 1 or 2 and evicts nothing.
+    let mut b = tls_flows(&mut h).get(&bucket, 0).expect("read");
+    let (t2, _, _) = tls_slot(&b, 2);
+    set_tls_slot(&mut b, 2, (t2 ^ 1, 7, expires.wrapping_sub(20_000)));
+    let (t1, _, _) = tls_slot(&b, 1);
+    set_tls_slot(&mut b, 1, (t1, 7, expires.wrapping_add(3_000_000)));
+    tls_flows(&mut h).set(bucket, b, 0).expect("update");
+    h.sensor.test_run(&first).expect("run");
+    assert_eq!(
+        h.counter(stat::TLS_FLOWS_EVICTED),
+        1,
+        "nothing live evicted"
+    );
+    let b = tls_flows(&mut h).get(&bucket, 0).expect("read");
+    let at = (0..4).find(|&w| tls_slot(&b, w).0 == tag).expect("tracked");
+    assert!(at == 1 || at == 2, "slot {at}: {b:?}");
+    for w in [0, 3] {
+        assert_eq!(tls_slot(&b, w).2, later, "slot {w} untouched: {b:?}");
+    }
+    // Put back in slot 2 for what follows.
+    let mut b = b;
+    let ours = tls_slot(&b, at);
+    set_tls_slot(&mut b, at, (0, 0, 0));
+    set_tls_slot(&mut b, 2, ours);
+    tls_flows(&mut h).set(bucket, b, 0).expect("update");
+    assert_eq!(copied(&mut ring).len(), 2, "the first segment, twice");
     // Followed to the record's end, then the slot is free again.
     h.sensor
         .test_run(&seg(50020, 1000 + 1448, rest))
         .expect("run");
     let kinds: Vec<u8> = copied(&mut ring).iter().map(|(k, _)| *k).collect();
-    assert_eq!(
-        kinds,
-        vec![handoff::TLS_CLIENT_HELLO, handoff::TLS_CONTINUATION]
-    );
+    assert_eq!(kinds, vec![handoff::TLS_CONTINUATION]);
     assert_eq!(h.counter(stat::TLS_CONTINUATIONS), 1);
     let b = tls_flows(&mut h).get(&bucket, 0).expect("read");
     assert_eq!(tls_slot(&b, 2).0, 0, "{b:?}");

@@ -573,18 +573,6 @@ pub struct Lpm6Key {
     pub data: TrailKey6,
 }
 
-/// Key of the `SUPPRESS` LRU map: one reported hit.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SuppressKey {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    pub trail_id: u32,
-    pub dst_port: u16,
-    pub proto: u8,
-    pub _pad: u8,
-}
-
 /// A trail hit as written to the `HITS` ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -798,7 +786,6 @@ mod pod {
     unsafe impl aya::Pod for TrailKey6 {}
     unsafe impl aya::Pod for Lpm4Key {}
     unsafe impl aya::Pod for Lpm6Key {}
-    unsafe impl aya::Pod for SuppressKey {}
     unsafe impl aya::Pod for HitRecord {}
     unsafe impl aya::Pod for PayloadHeader {}
     unsafe impl<const N: usize> aya::Pod for PayloadRecord<N> {}

@@ -1433,14 +1433,15 @@ fn followed_client_hellos_take_the_slot_that_expires_first() {
         assert_eq!(tls_slot(&b, w).2, later, "slot {w} untouched: {b:?}");
         assert_eq!(tls_slot(&b, w).0 & 1, 0, "slot {w} untouched: {b:?}");
     }
-    // Slot 2 expired and slot 1 left behind long ago (its expiry ~35 days ahead of the
-    // clock, as a slot untouched for weeks reads), the others live: the flow tracked again
-    // takes slot 1 or 2 and evicts nothing.
+    // Slot 1 left behind ~30 days ago: its expiry, a 32-bit count of ~1 ms units, now reads
+    // ~22 days ahead. Slot 2 another live flow, the first to expire; 0 and 3 live. The flow
+    // tracked again takes the dead slot 1 and evicts nothing (read as live, slot 1 would
+    // have been passed over and slot 2 evicted).
     let mut b = tls_flows(&mut h).get(&bucket, 0).expect("read");
-    let (t2, _, _) = tls_slot(&b, 2);
-    set_tls_slot(&mut b, 2, (t2 ^ 1, 7, expires.wrapping_sub(20_000)));
+    let ours = tls_slot(&b, 2);
     let (t1, _, _) = tls_slot(&b, 1);
-    set_tls_slot(&mut b, 1, (t1, 7, expires.wrapping_add(3_000_000)));
+    set_tls_slot(&mut b, 1, (t1, 7, expires.wrapping_add(1_900_000_000)));
+    set_tls_slot(&mut b, 2, (t1 + 8, 7, soon));
     tls_flows(&mut h).set(bucket, b, 0).expect("update");
     h.sensor.test_run(&first).expect("run");
     assert_eq!(
@@ -1450,14 +1451,13 @@ fn followed_client_hellos_take_the_slot_that_expires_first() {
     );
     let b = tls_flows(&mut h).get(&bucket, 0).expect("read");
     let at = (0..4).find(|&w| tls_slot(&b, w).0 == tag).expect("tracked");
-    assert!(at == 1 || at == 2, "slot {at}: {b:?}");
-    for w in [0, 3] {
-        assert_eq!(tls_slot(&b, w).2, later, "slot {w} untouched: {b:?}");
+    assert_eq!(at, 1, "the dead slot: {b:?}");
+    for w in [0, 2, 3] {
+        assert_eq!(tls_slot(&b, w).0 & 1, 0, "slot {w} untouched: {b:?}");
     }
     // Put back in slot 2 for what follows.
     let mut b = b;
-    let ours = tls_slot(&b, at);
-    set_tls_slot(&mut b, at, (0, 0, 0));
+    set_tls_slot(&mut b, 1, (t1, 7, later));
     set_tls_slot(&mut b, 2, ours);
     tls_flows(&mut h).set(bucket, b, 0).expect("update");
     assert_eq!(copied(&mut ring).len(), 2, "the first segment, twice");
@@ -1480,6 +1480,24 @@ fn followed_client_hellos_take_the_slot_that_expires_first() {
         .iter()
         .all(|&(_, _, (t, _, _))| t != tag));
     assert_eq!(h.counter(stat::TLS_FLOWS_EXPIRED), 0);
+    // A followed flow whose slot's expiry reads far ahead (left behind weeks ago, as above):
+    // its next segment finds it expired, is not handed over, and frees the slot.
+    h.sensor.test_run(&first).expect("run");
+    let (b_at, w_at, (t, e, _)) = taken_tls_slots(&mut h)
+        .into_iter()
+        .find(|&(_, _, (t, _, _))| t == tag)
+        .expect("tracked");
+    let mut b = tls_flows(&mut h).get(&b_at, 0).expect("read");
+    set_tls_slot(&mut b, w_at, (t, e, expires.wrapping_add(1_900_000_000)));
+    tls_flows(&mut h).set(b_at, b, 0).expect("update");
+    h.sensor
+        .test_run(&seg(50020, 1000 + 1448, rest))
+        .expect("run");
+    assert_eq!(copied(&mut ring).len(), 1, "the first segment alone");
+    assert_eq!(h.counter(stat::TLS_FLOWS_EXPIRED), 1);
+    assert!(taken_tls_slots(&mut h)
+        .iter()
+        .all(|&(_, _, (t, _, _))| t != tag));
 }
 
 /// Issue 12/13: a payload record takes the smallest size class that holds its frame (not

@@ -323,6 +323,10 @@ pub struct Config {
     /// Per ring (indexed by [`wake`]), `log2` of the pending bytes per reader wake-up (see
     /// [`wake::shift_for`]); 0 means the ring's default ([`wake::DEFAULT_SHIFTS`]).
     pub wake_shifts: [u8; 4],
+    /// Random per load: the start of the program's hashes of packet fields (the slots of its
+    /// flow, ClientHello and suppression tables), so that no one outside can aim packets at
+    /// one slot.
+    pub hash_seed: u64,
 }
 
 /// Reader wake-ups of the ring buffers. A record is submitted without waking the reader

@@ -94,8 +94,11 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 /// (`suppress_slot`). A slot holds the hit's 64-bit tag (odd; 0: free) and its report's
 /// `bpf_ktime_get_ns` time. A report takes its hit's own slot, else a free one, else the
 /// oldest: it frees the slot, writes the time, then the tag; a reader reads the tag, the
-/// time and the tag again, and takes the time only when both reads found its tag (on x86,
-/// whose stores other CPUs see in order, it never takes another hit's time for its own).
+/// time and the tag again, and takes the time only when both reads found its tag: against
+/// one writer at a time (on x86, whose stores other CPUs see in order; no barriers), it
+/// never takes another hit's time for its own. Two CPUs writing one slot at one instant can
+/// leave one hit's tag beside the other's time: two reports of that instant, so the window
+/// it starts is the same to within their gap.
 /// Until 2026-12-07 an LRU hash map of 65,536 hits (a 40-byte key: 7.3 MB of kernel memory,
 /// and an insert under the LRU's locks for every new hit).
 #[map]
@@ -103,6 +106,7 @@ static SUPPRESS: Array<SuppressBucket> = Array::with_max_entries(SUPPRESS_BUCKET
 
 /// Buckets of `SUPPRESS` (a power of two; 1 MiB, 65,536 slots).
 const SUPPRESS_BUCKETS: u32 = 16_384;
+const _: () = assert!(SUPPRESS_BUCKETS == 1 << 14, "suppress_slot takes 14 bits");
 
 /// Slots of a `SUPPRESS` bucket.
 const SUPPRESS_WAYS: usize = 4;
@@ -199,8 +203,8 @@ struct TlsBucket {
     expires: [u32; TLS_WAYS],
 }
 
-/// A clock reading in the units `TLS_FLOWS` and `SUPPRESS` keep times in (2^20 ns, ~1.05
-/// ms; wraps after ~52 days, compared within half of that).
+/// A clock reading in the units `TLS_FLOWS` keeps expiry times in (2^20 ns, ~1.05 ms; wraps
+/// after ~52 days: see `tls_live`).
 #[inline(always)]
 fn units(ns: u64) -> u32 {
     (ns >> 20) as u32
@@ -250,7 +254,8 @@ struct CpuState {
     hits_seen: [HitSeen; HITS_SEEN_SLOTS],
 }
 
-/// A hit's whole `SUPPRESS` key and its report's time by the coarse clock, 64 bytes (per-CPU
+/// A hit's whole identity (addresses, trail, destination port, protocol) and its report's
+/// time by the coarse clock, 64 bytes (per-CPU
 /// map values are only 8-byte aligned, so not always one cache line). All zeros when empty:
 /// no reportable hit has protocol 0 (`Packet::reportable`).
 #[repr(C)]
@@ -557,7 +562,7 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32, stats: Stats) -> u32 {
     // the packet's fields alone: a slot index computed from the hit would make the verifier
     // track the hit's values precisely (a variable offset into map memory), and walk three
     // times the states.
-    let i = tuple_hash(pkt) as usize & (HITS_SEEN_SLOTS - 1);
+    let i = tuple_hash(pkt, cfg.hash_seed) as usize & (HITS_SEEN_SLOTS - 1);
     let rest = u64::from(hit.trail_id) | u64::from(pkt.dst_port) << 32 | u64::from(pkt.proto) << 48;
     let (coarse, _) = coarse_now(state);
     // 0 without suppression: then nothing is below it.
@@ -591,7 +596,7 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32, stats: Stats) -> u32 {
 #[inline(always)]
 fn flow_start(pkt: &Packet, cfg: &Config, stats: Stats, state: &mut CpuState) {
     let (now, tick) = coarse_now(state);
-    let h = flow_hash(pkt);
+    let h = flow_hash(pkt, cfg.hash_seed);
     let slot = (h as u32) & (FLOW_CACHE_SLOTS - 1);
     // Odd: an empty slot (0) holds no flow's tag.
     let tag = h >> 32 | 1;
@@ -626,8 +631,8 @@ fn flow_start(pkt: &Packet, cfg: &Config, stats: Stats, state: &mut CpuState) {
 /// A hash of a packet's addresses, destination port and protocol (the slot of a hit in
 /// `hits_seen`).
 #[inline(always)]
-fn tuple_hash(pkt: &Packet) -> u64 {
-    hash_with(pkt, 0)
+fn tuple_hash(pkt: &Packet, seed: u64) -> u64 {
+    hash_with(pkt, 0, seed)
 }
 
 /// The flow-start cache's key: `tuple_hash`'s fields, and a UDP datagram's source port
@@ -635,7 +640,7 @@ fn tuple_hash(pkt: &Packet) -> u64 {
 /// (`xtrail_common::flow::udp_source_port_counts`). Replay's flows are the same
 /// (`xtrail_detect::heuristics::scan::FlowRepeats`).
 #[inline(always)]
-fn flow_hash(pkt: &Packet) -> u64 {
+fn flow_hash(pkt: &Packet, seed: u64) -> u64 {
     let by_source = pkt.proto == parse::IPPROTO_UDP
         && xtrail_common::flow::udp_source_port_counts(pkt.src_port, pkt.dst_port);
     let source = if by_source {
@@ -643,13 +648,13 @@ fn flow_hash(pkt: &Packet) -> u64 {
     } else {
         0
     };
-    hash_with(pkt, source)
+    hash_with(pkt, source, seed)
 }
 
 /// `tuple_hash` with `extra` (bits above the 24 of the port and protocol) in its key.
 #[inline(always)]
-fn hash_with(pkt: &Packet, extra: u64) -> u64 {
-    let h = (addresses_hash(pkt, pkt.family != 4)
+fn hash_with(pkt: &Packet, extra: u64, seed: u64) -> u64 {
+    let h = (addresses_hash(pkt, pkt.family != 4, seed)
         ^ (u64::from(pkt.dst_port) << 8 | u64::from(pkt.proto) | extra))
         .wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
     h ^ (h >> 29)
@@ -657,12 +662,14 @@ fn hash_with(pkt: &Packet, extra: u64) -> u64 {
 
 /// A hash of a packet's two addresses: one multiply round for the last address words, three
 /// more for the others when `all_words` (IPv6; an IPv4 address's other words are
-/// constant); the words of the two addresses paired into 64-bit lanes.
+/// constant); the words of the two addresses paired into 64-bit lanes. Started from this
+/// load's random `seed` (`Config::hash_seed`), so that which packets share a table's slot
+/// cannot be worked out from outside.
 #[inline(always)]
-fn addresses_hash(pkt: &Packet, all_words: bool) -> u64 {
+fn addresses_hash(pkt: &Packet, all_words: bool, seed: u64) -> u64 {
     let mix = |h: u64, w: u64| (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31);
     let lane = |lo: u32, hi: u32| u64::from(lo) | u64::from(hi) << 32;
-    let mut h = mix(0x243f_6a88_85a3_08d3, lane(pkt.src[3], pkt.dst[3]));
+    let mut h = mix(0x243f_6a88_85a3_08d3 ^ seed, lane(pkt.src[3], pkt.dst[3]));
     if all_words {
         h = mix(h, lane(pkt.src[0], pkt.dst[0]));
         h = mix(h, lane(pkt.src[1], pkt.dst[1]));
@@ -867,7 +874,7 @@ fn classify(ctx: &XdpContext, pkt: &Packet, cfg: &Config, stats: Stats) -> Optio
         // fails: userspace then ignores the continuations it gets).
         let record = ((word & 0xff) << 8 | word2 >> 24) + 5;
         if u64::from(record) > seg {
-            let (bucket, tag) = tls_flow_slot(pkt);
+            let (bucket, tag) = tls_flow_slot(pkt, cfg.hash_seed);
             // SAFETY: scalars only.
             unsafe { tls_track(bucket, tag, pkt.tcp_seq, record, seg) };
         }
@@ -875,7 +882,7 @@ fn classify(ctx: &XdpContext, pkt: &Packet, cfg: &Config, stats: Stats) -> Optio
     }
     // A segment of a followed ClientHello, ruled out here for most segments by one read of
     // its flow's `TLS_FLOWS` bucket, without a clock read or a call.
-    if let Some((bucket, way, tag)) = tls_followed(pkt) {
+    if let Some((bucket, way, tag)) = tls_followed(pkt, cfg.hash_seed) {
         let at = u64::from(bucket) | u64::from(way) << 16 | seg << 32;
         // SAFETY: scalars only.
         if pkt.proto == parse::IPPROTO_TCP && unsafe { tls_continues(at, tag, pkt.tcp_seq) } == 1 {
@@ -982,11 +989,12 @@ pub unsafe extern "C" fn tls_track(bucket: u32, tag: u64, seq: u32, record: u32,
 /// both addresses and ports (an IPv4 packet and one of its v4-mapped IPv6 form share a
 /// slot).
 #[inline(always)]
-fn tls_flow_slot(pkt: &Packet) -> (u32, u64) {
+fn tls_flow_slot(pkt: &Packet, seed: u64) -> (u32, u64) {
     let mapped = |a: &[u32; 4]| a[0] == 0 && a[1] == 0 && a[2] == parse::V4_MAPPED_WORD;
     let v4 = mapped(&pkt.src) && mapped(&pkt.dst);
-    let h = (addresses_hash(pkt, !v4) ^ (u64::from(pkt.src_port) << 16 | u64::from(pkt.dst_port)))
-        .wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    let h = (addresses_hash(pkt, !v4, seed)
+        ^ (u64::from(pkt.src_port) << 16 | u64::from(pkt.dst_port)))
+    .wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
     let h = h ^ h >> 29;
     (h as u32 & (TLS_BUCKETS - 1), h | 1)
 }
@@ -994,8 +1002,8 @@ fn tls_flow_slot(pkt: &Packet) -> (u32, u64) {
 /// The slot of `TLS_FLOWS` that follows `pkt`'s flow, if one does: its bucket, the slot in
 /// it and the flow's tag. One bucket read (one line) per data segment.
 #[inline(always)]
-fn tls_followed(pkt: &Packet) -> Option<(u32, u32, u64)> {
-    let (bucket, tag) = tls_flow_slot(pkt);
+fn tls_followed(pkt: &Packet, seed: u64) -> Option<(u32, u32, u64)> {
+    let (bucket, tag) = tls_flow_slot(pkt, seed);
     let b = TLS_FLOWS.get_ptr(bucket)?;
     // SAFETY: a bucket of an array map, read while other CPUs may write it (volatile: each
     // tag as it is in memory now).
@@ -1312,12 +1320,12 @@ pub unsafe extern "C" fn report(raw: *mut xdp_md, hit: u64, len: u64) -> u32 {
         set: (hit >> 48) as u8,
     };
     // The slot of `hits_seen`, as `process` found it (see there).
-    let i = tuple_hash(pkt) as usize & (HITS_SEEN_SLOTS - 1);
+    let i = tuple_hash(pkt, cfg.hash_seed) as usize & (HITS_SEEN_SLOTS - 1);
     let rest = u64::from(hit.trail_id) | u64::from(pkt.dst_port) << 32 | u64::from(pkt.proto) << 48;
     let (coarse, _) = coarse_now(state);
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let (bucket, tag) = suppress_slot(pkt, rest);
+    let (bucket, tag) = suppress_slot(pkt, rest, cfg.hash_seed);
     if cfg.suppress_ns > 0 {
         // SAFETY: scalars only.
         let last = unsafe { suppress_last(bucket, tag) };
@@ -1378,8 +1386,8 @@ const NOT_SUPPRESSED: u64 = u64::MAX;
 /// `rest` (see `HitSeen::rest`), and its tag there (odd): two multiplicative hashes of one
 /// 64-bit mix of the fields, so that hits of one bucket differ in all of their tags' bits.
 #[inline(always)]
-fn suppress_slot(pkt: &Packet, rest: u64) -> (u32, u64) {
-    let x = addresses_hash(pkt, pkt.family != 4) ^ rest;
+fn suppress_slot(pkt: &Packet, rest: u64, seed: u64) -> (u32, u64) {
+    let x = addresses_hash(pkt, pkt.family != 4, seed) ^ rest;
     let bucket = (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 50) as u32 & (SUPPRESS_BUCKETS - 1);
     let h = x.wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
     (bucket, (h ^ h >> 29) | 1)

@@ -299,9 +299,10 @@ pub(crate) fn update_batch_fd<K, V>(
     values: &[V],
 ) -> Result<(), (usize, std::io::Error)> {
     debug_assert_eq!(keys.len(), values.len());
+    let len = keys.len().min(values.len());
     let mut done = 0;
-    while done < keys.len() {
-        let n = BATCH.min(keys.len() - done);
+    while done < len {
+        let n = BATCH.min(len - done);
         let mut attr = BatchAttr {
             in_batch: 0,
             out_batch: 0,
@@ -312,7 +313,9 @@ pub(crate) fn update_batch_fd<K, V>(
             elem_flags: 0,
             flags: 0,
         };
-        // SAFETY: `keys` and `values` hold `n` more keys and values past `done`.
+        // SAFETY: `keys` and `values` hold `n` more entries past `done`; the kernel only
+        // reads them, `n` times the map's key and value sizes (callers pass the map's own key
+        // and value types).
         unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }
             .map_err(|e| (done + attr.count as usize, e))?;
         done += n;
@@ -387,7 +390,10 @@ fn all_keys(map: &MapFd) -> Result<Vec<u8>, TrailMapError> {
             elem_flags: 0,
             flags: 0,
         };
-        // SAFETY: `batch` and `values` have room for `count` keys and values.
+        // SAFETY: the kernel writes at most `count` keys of `map.key_size` bytes into `batch`
+        // and as many values into `values` (the `u32` labels of the maps this walks), and a
+        // resume token into `to` (a bucket index or, for the generic walk, a key: at most 64
+        // bytes, the largest key here being 36).
         let done = match unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
             Ok(()) => false,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
@@ -447,7 +453,7 @@ fn delete_keys(map: &MapFd, keys: &[u8]) -> Result<usize, TrailMapError> {
             Ok(()) => {}
             Err(e) if i == 0 && no_batch(&e) => {
                 for key in keys[..n * size].chunks(size) {
-                    delete_elem(map, key.as_ptr())?;
+                    delete_elem(map, key)?;
                 }
                 return Ok(n);
             }
@@ -468,17 +474,18 @@ fn delete_typed<K: Copy>(map: &MapFd, keys: &[K]) -> Result<usize, TrailMapError
     delete_keys(map, bytes)
 }
 
-/// `key` points at `map.key_size` bytes.
-fn delete_elem(map: &MapFd, key: *const u8) -> Result<(), TrailMapError> {
+/// `key`: `map.key_size` bytes.
+fn delete_elem(map: &MapFd, key: &[u8]) -> Result<(), TrailMapError> {
+    debug_assert_eq!(key.len(), map.key_size);
     let mut attr = ElemAttr {
         map_fd: map.raw() as u32,
         _pad: 0,
-        key: key as u64,
+        key: key.as_ptr() as u64,
         value: 0,
         flags: 0,
     };
-    // SAFETY: the kernel only reads the key, `map.key_size` bytes (this function's
-    // contract).
+    // SAFETY: the kernel only reads the key, `map.key_size` bytes: `key` is one of
+    // `delete_keys`' chunks of exactly that size.
     unsafe { bpf(BPF_MAP_DELETE_ELEM, &mut attr) }.map_err(syscall_err("BPF_MAP_DELETE_ELEM", map))
 }
 

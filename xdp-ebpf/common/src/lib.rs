@@ -822,6 +822,7 @@ mod tests {
 
     #[test]
     fn config_layout_is_unchanged() {
-        assert_eq!(core::mem::size_of::<super::Config>(), 32);
+        assert_eq!(core::mem::size_of::<super::Config>(), 40);
+        assert_eq!(core::mem::offset_of!(super::Config, hash_seed), 32);
     }
 }

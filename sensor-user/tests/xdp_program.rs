@@ -1304,6 +1304,13 @@ fn set_tls_slot(bucket: &mut [u32; 16], way: usize, (tag, end, expires): (u64, u
     bucket[12 + way] = expires;
 }
 
+/// Writes one slot of a `TLS_FLOWS` bucket, the others as they are.
+fn put_tls_slot(h: &mut Harness, bucket: u32, way: usize, slot: (u64, u32, u32)) {
+    let mut b = tls_flows(h).get(&bucket, 0).expect("read");
+    set_tls_slot(&mut b, way, slot);
+    tls_flows(h).set(bucket, b, 0).expect("update");
+}
+
 /// The taken slots of `TLS_FLOWS`: (bucket, slot, (tag, end, expiry)).
 fn taken_tls_slots(h: &mut Harness) -> Vec<(u32, usize, (u64, u32, u32))> {
     let flows = tls_flows(h);
@@ -1398,9 +1405,7 @@ fn followed_client_hellos_take_the_slot_that_expires_first() {
     let (bucket, way, (tag, end, expires)) = taken[0];
     assert_eq!(tag & 1, 1, "tags are odd: {tag:x}");
     // Cleared: the continuation goes by unlooked-at.
-    let mut b = tls_flows(&mut h).get(&bucket, 0).expect("read");
-    set_tls_slot(&mut b, way, (0, 0, 0));
-    tls_flows(&mut h).set(bucket, b, 0).expect("update");
+    put_tls_slot(&mut h, bucket, way, (0, 0, 0));
     h.sensor
         .test_run(&seg(50020, 1000 + 1448, rest))
         .expect("run");
@@ -1487,9 +1492,12 @@ fn followed_client_hellos_take_the_slot_that_expires_first() {
         .into_iter()
         .find(|&(_, _, (t, _, _))| t == tag)
         .expect("tracked");
-    let mut b = tls_flows(&mut h).get(&b_at, 0).expect("read");
-    set_tls_slot(&mut b, w_at, (t, e, expires.wrapping_add(1_900_000_000)));
-    tls_flows(&mut h).set(b_at, b, 0).expect("update");
+    put_tls_slot(
+        &mut h,
+        b_at,
+        w_at,
+        (t, e, expires.wrapping_add(1_900_000_000)),
+    );
     h.sensor
         .test_run(&seg(50020, 1000 + 1448, rest))
         .expect("run");

@@ -367,8 +367,8 @@ impl Sensor {
                 opts.hit_ring_bytes,
                 ring(opts.flows, opts.flow_ring_bytes),
             ),
-            // std's per-process random keys (from the OS), one draw.
-            hash_seed: std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u64),
+            // The workspace's random numbers (seeded from the OS), one draw per load.
+            hash_seed: fastrand::u64(..),
         };
         let mut sensor = Sensor {
             ebpf,

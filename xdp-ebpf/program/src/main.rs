@@ -197,9 +197,8 @@ struct TlsBucket {
     tags: [u64; TLS_WAYS],
     /// Sequence number just past the record (at most `tls_flow::MAX_BYTES` from its start).
     end_seq: [u32; TLS_WAYS],
-    /// When the flow stops being followed, in `units` (wrapping): the first segment's
-    /// `bpf_ktime_get_ns` plus `tls_flow::TIMEOUT_NS`, compared with the coarse clock
-    /// (`coarse_now`), which is never ahead of it.
+    /// When the flow stops being followed, in `units` (wrapping): the coarse clock at the
+    /// first segment plus `tls_flow::TIMEOUT_NS` (see `tls_live`).
     expires: [u32; TLS_WAYS],
 }
 
@@ -211,13 +210,13 @@ fn units(ns: u64) -> u32 {
 }
 
 /// Whether a `TLS_FLOWS` slot that expires at `expires` is still followed at `now` (both in
-/// `units`): at most a timeout ahead, and a second more (the coarse clock lags the precise
-/// one the expiry was set by). A slot left behind (a flow whose next segment never came)
-/// reads as expired however long ago that was, until the clock has wrapped (~52 days) to
-/// within a timeout of it again.
+/// `units` of the coarse clock, which set it): at most a timeout ahead (and a unit, for the
+/// rounding). A slot left behind (a flow whose next segment never came) reads as expired
+/// however long ago that was, until the clock has wrapped (~52 days) to within a timeout of
+/// it again.
 #[inline(always)]
 fn tls_live(expires: u32, now: u32) -> bool {
-    expires.wrapping_sub(now) <= units(tls_flow::TIMEOUT_NS + 1_000_000_000)
+    expires.wrapping_sub(now) <= units(tls_flow::TIMEOUT_NS) + 1
 }
 
 /// The packet being processed (see `parse::parse_into`) and what a CPU keeps between
@@ -885,7 +884,7 @@ fn classify(ctx: &XdpContext, pkt: &Packet, cfg: &Config, stats: Stats) -> Optio
     if let Some((bucket, way, tag)) = tls_followed(pkt, cfg.hash_seed) {
         let at = u64::from(bucket) | u64::from(way) << 16 | seg << 32;
         // SAFETY: scalars only.
-        if pkt.proto == parse::IPPROTO_TCP && unsafe { tls_continues(at, tag, pkt.tcp_seq) } == 1 {
+        if unsafe { tls_continues(at, tag, pkt.tcp_seq) } == 1 {
             stats.add(stat::TLS_CONTINUATIONS, 1);
             return Some(handoff::TLS_CONTINUATION);
         }
@@ -912,10 +911,9 @@ fn dns_plausible(word: u32, word2: u32, seg: u64) -> bool {
 /// handed over, its record (`record` bytes, header included) longer than the segment:
 /// remember the flow (`tls_flow_slot`'s `bucket` and `tag`) so that its next segments are
 /// handed over too, up to `tls_flow::MAX_BYTES` and for `tls_flow::TIMEOUT_NS`. The window
-/// starts at the precise time (one helper call on this rare path): the checks compare it
-/// with the coarse clock, which is never ahead, so a window can end late by a tick, and
-/// early only by the rounding to `units` (under ~1 ms). A flow already followed (its first
-/// segment again) keeps its slot.
+/// starts and ends by the coarse clock (one clock, read by whichever CPU: no lag between the
+/// start and the checks to allow for), to within the rounding to `units` (under ~1 ms). A
+/// flow already followed (its first segment again) keeps its slot.
 ///
 /// A global BPF function, like `hand_off`: verified once, on its own (the choice among a
 /// bucket's slots branches); scalars only, the counters looked up here. Returns 0 (a
@@ -941,7 +939,7 @@ pub unsafe extern "C" fn tls_track(bucket: u32, tag: u64, seq: u32, record: u32,
         return 0;
     };
     // SAFETY: a helper without arguments.
-    let now = units(unsafe { bpf_ktime_get_ns() });
+    let now = units(unsafe { bpf_ktime_get_coarse_ns() });
     // The slot to take: this flow's, else a free one, else one no longer live, else the one
     // that expires first. Passes that stop at their find, and one minimum, so that the
     // verifier's states stay few (ranking all at once in one pass verified ~25,000 more

@@ -562,7 +562,7 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32, stats: Stats) -> u32 {
     // track the hit's values precisely (a variable offset into map memory), and walk three
     // times the states.
     let i = tuple_hash(pkt, cfg.hash_seed) as usize & (HITS_SEEN_SLOTS - 1);
-    let rest = u64::from(hit.trail_id) | u64::from(pkt.dst_port) << 32 | u64::from(pkt.proto) << 48;
+    let rest = hit_rest(pkt, hit.trail_id);
     let (coarse, _) = coarse_now(state);
     // 0 without suppression: then nothing is below it.
     let window = cfg.suppress_ns.saturating_sub(HITS_SEEN_MARGIN_NS);
@@ -580,7 +580,7 @@ fn process(ctx: &XdpContext, cfg: &Config, set: u32, stats: Stats) -> u32 {
         | u64::from(hit.set) << 48
         | u64::from(enforce) << 56;
     // SAFETY: this run's context and scalars; nothing here uses `pkt` or `state` after it.
-    unsafe { report(ctx.ctx, packed, len) };
+    unsafe { report(ctx.ctx, packed, len, i as u32, coarse) };
     verdict
 }
 
@@ -1291,9 +1291,10 @@ fn write_header(to: &mut PayloadHeader, header: &PayloadHeader, n: u32) {
 /// A global BPF function: verified once, on its own, not once per state of `process` at
 /// the call (with the suppression slots below inlined there, ~123,000 instructions were
 /// verified in all). It takes the context and scalars (`hit`: `Hit`'s fields and the
-/// enforce flag packed, as `process` packs them; `len`: the frame's length) and looks the
-/// configuration, the counters and this CPU's `PACKET` slot (the packet its caller parsed
-/// and the CPU's state) up itself.
+/// enforce flag packed, as `process` packs them; `len`: the frame's length; `seen`: the
+/// hit's `hits_seen` slot and `coarse`: the coarse time, as `process` found them) and looks
+/// the configuration, the counters and this CPU's `PACKET` slot (the packet its caller
+/// parsed and the CPU's state) up itself.
 ///
 /// # Safety
 /// `raw` is the context of the XDP run that calls it, the run whose packet this CPU's
@@ -1301,7 +1302,13 @@ fn write_header(to: &mut PayloadHeader, header: &PayloadHeader, n: u32) {
 /// call.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub unsafe extern "C" fn report(raw: *mut xdp_md, hit: u64, len: u64) -> u32 {
+pub unsafe extern "C" fn report(
+    raw: *mut xdp_md,
+    hit: u64,
+    len: u64,
+    seen: u32,
+    coarse: u64,
+) -> u32 {
     let ctx = &XdpContext::new(raw);
     let (Some(cfg), Some(stats), Some(slot)) = (CONFIG.get(0), Stats::get(), PACKET.get_ptr_mut(0))
     else {
@@ -1317,10 +1324,9 @@ pub unsafe extern "C" fn report(raw: *mut xdp_md, hit: u64, len: u64) -> u32 {
         side: (hit >> 40) as u8,
         set: (hit >> 48) as u8,
     };
-    // The slot of `hits_seen`, as `process` found it (see there).
-    let i = tuple_hash(pkt, cfg.hash_seed) as usize & (HITS_SEEN_SLOTS - 1);
-    let rest = u64::from(hit.trail_id) | u64::from(pkt.dst_port) << 32 | u64::from(pkt.proto) << 48;
-    let (coarse, _) = coarse_now(state);
+    // Masked in bounds (the verifier knows nothing of an argument).
+    let i = seen as usize & (HITS_SEEN_SLOTS - 1);
+    let rest = hit_rest(pkt, hit.trail_id);
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let (bucket, tag) = suppress_slot(pkt, rest, cfg.hash_seed);
@@ -1375,6 +1381,12 @@ pub unsafe extern "C" fn report(raw: *mut xdp_md, hit: u64, len: u64) -> u32 {
         None => stats.add(stat::RINGBUF_FULL, 1),
     }
     0
+}
+
+/// A hit's trail, destination port and protocol in one word (`HitSeen::rest`).
+#[inline(always)]
+fn hit_rest(pkt: &Packet, trail_id: u32) -> u64 {
+    u64::from(trail_id) | u64::from(pkt.dst_port) << 32 | u64::from(pkt.proto) << 48
 }
 
 /// `suppress_last`'s answer for a hit `SUPPRESS` does not hold.

@@ -265,17 +265,6 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// `bpf(cmd, attr)`.
-///
-/// # Safety
-/// As [`xtrail_common::sys::bpf`]: `attr` is a valid, initialised bpf_attr prefix for `cmd`
-/// whose pointers point at buffers that outlive the call and are as large as the map's key
-/// and value sizes times the count.
-unsafe fn bpf<T>(cmd: u32, attr: &mut T) -> std::io::Result<()> {
-    // SAFETY: the caller's contract.
-    unsafe { xtrail_common::sys::bpf(cmd, attr) }.map(drop)
-}
-
 fn syscall_err(op: &'static str, map: &MapFd) -> impl FnOnce(std::io::Error) -> TrailMapError {
     let name = map.name;
     move |source| TrailMapError::Syscall {
@@ -316,7 +305,7 @@ pub(crate) fn update_batch_fd<K, V>(
         // SAFETY: `keys` and `values` hold `n` more entries past `done`; the kernel only
         // reads them, `n` times the map's key and value sizes (callers pass the map's own key
         // and value types).
-        unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }
+        unsafe { xtrail_common::sys::bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }
             .map_err(|e| (done + attr.count as usize, e))?;
         done += n;
     }
@@ -338,7 +327,7 @@ pub(crate) fn update_elem_fd<K, V>(fd: RawFd, key: &K, value: &V) -> std::io::Re
     };
     // SAFETY: the kernel only reads the key and the value (the map's key and value sizes;
     // callers pass the map's own key and value types), which outlive the call.
-    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }
+    unsafe { xtrail_common::sys::bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(drop)
 }
 
 /// Whether a batch call failed because the map type has no batch operations.
@@ -394,8 +383,8 @@ fn all_keys(map: &MapFd) -> Result<Vec<u8>, TrailMapError> {
         // and as many values into `values` (the `u32` labels of the maps this walks), and a
         // resume token into `to` (a bucket index or, for the generic walk, a key: at most 64
         // bytes, the largest key here being 36).
-        let done = match unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
-            Ok(()) => false,
+        let done = match unsafe { xtrail_common::sys::bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
+            Ok(_) => false,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
             Err(e) if first && no_batch(&e) => return all_keys_one_by_one(map),
             Err(e) => return Err(syscall_err("BPF_MAP_LOOKUP_BATCH", map)(e)),
@@ -424,8 +413,8 @@ fn all_keys_one_by_one(map: &MapFd) -> Result<Vec<u8>, TrailMapError> {
             flags: 0,
         };
         // SAFETY: the previous key (if any) and the room for the next are key-sized.
-        match unsafe { bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) } {
-            Ok(()) => keys.extend_from_slice(&next),
+        match unsafe { xtrail_common::sys::bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) } {
+            Ok(_) => keys.extend_from_slice(&next),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(keys),
             Err(e) => return Err(syscall_err("BPF_MAP_GET_NEXT_KEY", map)(e)),
         }
@@ -449,8 +438,8 @@ fn delete_keys(map: &MapFd, keys: &[u8]) -> Result<usize, TrailMapError> {
             flags: 0,
         };
         // SAFETY: `chunk` holds `count` whole keys.
-        match unsafe { bpf(BPF_MAP_DELETE_BATCH, &mut attr) } {
-            Ok(()) => {}
+        match unsafe { xtrail_common::sys::bpf(BPF_MAP_DELETE_BATCH, &mut attr) } {
+            Ok(_) => {}
             Err(e) if i == 0 && no_batch(&e) => {
                 for key in keys[..n * size].chunks(size) {
                     delete_elem(map, key)?;
@@ -486,7 +475,9 @@ fn delete_elem(map: &MapFd, key: &[u8]) -> Result<(), TrailMapError> {
     };
     // SAFETY: the kernel only reads the key, `map.key_size` bytes: `key` is one of
     // `delete_keys`' chunks of exactly that size.
-    unsafe { bpf(BPF_MAP_DELETE_ELEM, &mut attr) }.map_err(syscall_err("BPF_MAP_DELETE_ELEM", map))
+    unsafe { xtrail_common::sys::bpf(BPF_MAP_DELETE_ELEM, &mut attr) }
+        .map(drop)
+        .map_err(syscall_err("BPF_MAP_DELETE_ELEM", map))
 }
 
 /// Deletes the keys `of_set` picks, in batches; returns how many.

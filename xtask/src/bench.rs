@@ -746,7 +746,7 @@ fn replay_offline(
 }
 
 /// How the offline scenarios are run and timed (in latest.json).
-const OFFLINE_METHOD: &str = "One pass of `xtrail-sensor replay` over a pcap of the mix (1,000,000 frames, 200,000 with --quick, 10 us apart; a ClientHello in two segments, half the mix's, is two frames of one flow), timed by the sensor from the first packet read to the last event written (loading trails and building the pipeline excluded). 'offline replay': distinct frames, every packet its own flow. 'offline replay, flows': the same frames as templates sent as the NIC-like generator sends them (xtrail_bench::flows::FlowFrames: background templates 8 packets per flow, 256 flows interleaved, each flow its own source address and port). --peer-replay on the same pcap: wall from its 'running' line to its exit (its end-of-run work included), CPU = its process tree's (getrusage of waited-for children) minus that of a run on an empty pcap.";
+const OFFLINE_METHOD: &str = "One pass of `xtrail-sensor replay` over a pcap of the mix (1,000,000 frames, 200,000 with --quick, 10 us apart; a ClientHello in two segments, half the mix's, is two frames of one flow), timed by the sensor from the first packet read to the last event written (loading trails and building the pipeline excluded). 'offline replay': distinct frames, every packet its own flow. 'offline replay, flows': the same frames as templates sent as the NIC-like generator sends them (xtrail_bench::flows::FlowFrames: background templates 8 packets per flow, 256 flows interleaved, each flow its own source address and port). --peer-replay on the same pcap: wall from its 'running' line to its exit (its end-of-run work included), CPU over the same span = its process tree's (getrusage of waited-for children) minus what the tree had used at its 'running' line (until 2026-12-07: minus a run on an empty pcap, whose start-up varied by more than the replay cost).";
 
 /// The offline scenario with every packet its own flow ...
 const OFFLINE: &str = "offline replay";
@@ -848,11 +848,13 @@ fn replay_run(
 }
 
 /// Offline replay by `--peer-replay` (`{pcap}`, `{trails}`, `{log}` substituted; Maltrail:
-/// its `-r PCAP`) of the same pcap, one pass, with set-up excluded two ways. Wall: from its
+/// its `-r PCAP`) of the same pcap, one pass, with set-up excluded. Wall: from its
 /// [`PEER_READY`] line (printed once trails are loaded and workers started) to its exit
 /// (which includes its own end-of-run work; Maltrail's Python sensor notices the end of the
-/// file within a 1 s poll). CPU: its process tree's
-/// (getrusage of our waited-for children) minus that of a run on a pcap with no packet.
+/// file within a 1 s poll). CPU over the same span: its process tree's (getrusage of our
+/// waited-for children) minus what the tree had used when the line came. (Until 2026-12-07
+/// minus a whole run on an empty pcap: a start-up that varied by ~0.4 s between the two
+/// runs left 6 ns a packet of a 571 ns replay.)
 fn peer_replay_run(
     command: &str,
     scenario: &str,
@@ -863,39 +865,33 @@ fn peer_replay_run(
     trail_count: usize,
 ) -> anyhow::Result<Run> {
     let log = tmp.join("peer-replay.log");
-    let once = |pcap: &Path| -> anyhow::Result<(f64, f64)> {
-        let cmdline = command
-            .replace("{pcap}", &pcap.to_string_lossy())
-            .replace("{trails}", &trails.to_string_lossy())
-            .replace("{log}", &log.to_string_lossy());
-        let cpu0 = children_cpu_ns();
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", &format!("exec {cmdline} 1>&2")])
-            .stdout(Stdio::null());
-        let watched =
-            spawn_watched(&mut cmd, None).with_context(|| format!("starting {cmdline}"))?;
-        let ready = watched.wait_for(PEER_READY, "\u{0}", PEER_START);
-        let started = std::time::Instant::now();
-        let Watched { mut child, lines } = watched;
-        // Keep its output read until it exits.
-        let drain = std::thread::spawn(move || lines.iter().count());
-        let status = child.wait()?;
-        let wall = started.elapsed().as_nanos() as f64;
-        let _ = drain.join();
-        ready.map_err(|e| anyhow::anyhow!("{cmdline}: no {PEER_READY:?} line: {e}"))?;
-        anyhow::ensure!(status.success(), "{cmdline} failed: {status}");
-        Ok((wall, children_cpu_ns().saturating_sub(cpu0) as f64))
-    };
-    let empty = tmp.join("empty.pcap");
-    write_replay_pcap(&empty, &[])?;
-    let (wall, cpu) = once(pcap)?;
-    let (_, cpu_setup) = once(&empty)?;
-    let _ = std::fs::remove_file(&empty);
+    let cmdline = command
+        .replace("{pcap}", &pcap.to_string_lossy())
+        .replace("{trails}", &trails.to_string_lossy())
+        .replace("{log}", &log.to_string_lossy());
+    let cpu0 = children_cpu_ns();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &format!("exec {cmdline} 1>&2")])
+        .stdout(Stdio::null());
+    let watched = spawn_watched(&mut cmd, None).with_context(|| format!("starting {cmdline}"))?;
+    let ready = watched.wait_for(PEER_READY, "\u{0}", PEER_START);
+    let started = std::time::Instant::now();
+    // What its start-up took, read as the wall clock starts.
+    let startup = tree_cpu_ns(watched.child.id());
+    let Watched { mut child, lines } = watched;
+    // Keep its output read until it exits.
+    let drain = std::thread::spawn(move || lines.iter().count());
+    let status = child.wait()?;
+    let wall = started.elapsed().as_nanos() as f64;
+    let _ = drain.join();
+    ready.map_err(|e| anyhow::anyhow!("{cmdline}: no {PEER_READY:?} line: {e}"))?;
+    anyhow::ensure!(status.success(), "{cmdline} failed: {status}");
+    let cpu = children_cpu_ns().saturating_sub(cpu0) as f64 - startup as f64;
     let _ = std::fs::remove_file(&log);
     let n = packets.max(1) as f64;
     Ok(Run {
         user_ns_per_packet: wall / n,
-        replay_cpu_ns_per_packet: Some((cpu - cpu_setup) / n),
+        replay_cpu_ns_per_packet: Some(cpu / n),
         ..replay_run(scenario, "peer", trails, trail_count, packets)
     })
 }
@@ -1425,7 +1421,14 @@ fn write_results(
         runs.iter().map(Run::json).collect::<Vec<_>>().join(",\n"),
         bench_ingest::json(ingest)
     );
-    std::fs::write(dir.join("latest.json"), json)?;
+    // A partial run (`--only`) writes its own files (`--only offline`: offline.json and
+    // offline.md) and no plots, leaving the last full run's `latest.*` as they are.
+    let stem = if opts.only.is_empty() {
+        String::from("latest")
+    } else {
+        opts.only.join("+").replace(['/', ' '], "_")
+    };
+    std::fs::write(dir.join(format!("{stem}.json")), json)?;
     let mut md = String::new();
     md.push_str(&format!(
         "Taken {when} on {machine}{}.\n\n",
@@ -1579,8 +1582,10 @@ fn write_results(
     if !ingest.is_empty() {
         md.push_str(&bench_ingest::markdown(ingest));
     }
-    std::fs::write(dir.join("latest.md"), &md)?;
-    plots(dir, runs)?;
+    std::fs::write(dir.join(format!("{stem}.md")), &md)?;
+    if opts.only.is_empty() {
+        plots(dir, runs)?;
+    }
     println!("{md}");
     Ok(())
 }
@@ -1720,18 +1725,17 @@ fn plots(dir: &Path, runs: &[Run]) -> anyhow::Result<()> {
 }
 
 /// The report's line for `--peer-replay` on the pcap xtrail replayed at `ours` ns a packet:
-/// the peer's wall time a packet and its CPU a packet net of its run on an empty pcap. A
-/// net CPU that is not positive is no measurement (its start-up varied by more than the
-/// replay cost), so it gets no CPU ratio.
+/// the peer's wall time a packet and its CPU a packet from its 'running' line to its exit. A
+/// CPU that is not positive is no measurement, so it gets no CPU ratio.
 fn peer_replay_line(ours: f64, peer_wall: f64, peer_cpu: Option<f64>) -> String {
     let wall = ours / peer_wall;
     let cpu = match peer_cpu {
         Some(c) if c > 0.0 => format!(
-            "{c:.0} ns/packet CPU of its processes net of a run on an empty pcap: xtrail/peer **{wall:.2}** (wall), **{:.2}** (CPU)",
+            "{c:.0} ns/packet CPU of its processes over the same span: xtrail/peer **{wall:.2}** (wall), **{:.2}** (CPU)",
             ours / c
         ),
         Some(c) if c <= 0.0 => format!(
-            "CPU of its processes net of a run on an empty pcap {c:.0} ns/packet, not a measurement (the run on the empty pcap took more CPU: its start-up varies by more than this replay costs): xtrail/peer **{wall:.2}** (wall)"
+            "CPU of its processes over the same span {c:.0} ns/packet, not a measurement: xtrail/peer **{wall:.2}** (wall)"
         ),
         _ => format!("xtrail/peer **{wall:.2}** (wall)"),
     };

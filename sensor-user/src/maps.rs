@@ -53,17 +53,16 @@ pub struct FillReport {
     pub ipport4_bits: u32,
 }
 
-fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, FillError> {
-    match ebpf.map(name) {
-        Some(
-            Map::HashMap(d)
-            | Map::LruHashMap(d)
-            | Map::Array(d)
-            | Map::LpmTrie(d)
-            | Map::PerCpuArray(d)
-            | Map::RingBuf(d),
-        ) => Ok(d),
-        _ => Err(FillError::MissingMap(name)),
+/// The map named `name` in the loaded object, of any kind the XDP program declares.
+pub(crate) fn map_data<'a>(ebpf: &'a Ebpf, name: &str) -> Option<&'a MapData> {
+    match ebpf.map(name)? {
+        Map::HashMap(d)
+        | Map::Array(d)
+        | Map::LpmTrie(d)
+        | Map::PerCpuArray(d)
+        | Map::RingBuf(d)
+        | Map::XskMap(d) => Some(d),
+        _ => None,
     }
 }
 
@@ -130,7 +129,11 @@ pub fn fill_http_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), FillError> 
         words[usize::from(*p >> 6)] |= 1u64 << (p & 63);
     }
     let indexes: Vec<u32> = (0..HTTP_PORT_WORDS).collect();
-    let fd = map_data(ebpf, names::HTTP_PORTS)?.fd().as_fd().as_raw_fd();
+    let fd = map_data(ebpf, names::HTTP_PORTS)
+        .ok_or(FillError::MissingMap(names::HTTP_PORTS))?
+        .fd()
+        .as_fd()
+        .as_raw_fd();
     crate::trail_maps::update_batch_fd(fd, &indexes, &words).map_err(|(done, source)| {
         FillError::Batch {
             map: names::HTTP_PORTS,

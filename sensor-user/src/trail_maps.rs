@@ -26,7 +26,6 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use aya::maps::{Map, MapData};
 use aya::Ebpf;
 use xtrail_common::{
     maps as names, trail_set, IpPortKey, Lpm4Key, Lpm6Key, TrailKey4, TrailKey6,
@@ -213,15 +212,9 @@ struct TrailFds {
     prefilter: MapFd,
 }
 
-fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, TrailMapError> {
-    match ebpf.map(name) {
-        Some(Map::HashMap(d) | Map::LpmTrie(d) | Map::Array(d)) => Ok(d),
-        _ => Err(TrailMapError::MissingMap(name)),
-    }
-}
-
 fn dup(ebpf: &Ebpf, name: &'static str, key_size: usize) -> Result<MapFd, TrailMapError> {
-    let fd = map_data(ebpf, name)?
+    let fd = crate::maps::map_data(ebpf, name)
+        .ok_or(TrailMapError::MissingMap(name))?
         .fd()
         .as_fd()
         .try_clone_to_owned()

@@ -1,6 +1,7 @@
 //! One pipeline, whatever the path: one pcap (IP hits with a SYN burst from one source to many
 //! ports of one trail address, UDP hits from many sources, DNS/HTTP/TLS trail hits, an
-//! NXDOMAIN flood, a port scan, a web scan, UDP requests from many ports and their replies)
+//! NXDOMAIN flood, a port scan, a web scan, UDP requests from many ports and their replies,
+//! hits over ICMP, GRE, SCTP and an unnamed protocol)
 //! gives the same events (type, trail, addresses, ports, protocol, info with summary lines;
 //! timestamps aside, and for the web scan the request that crossed the threshold, see
 //! `event_set`) from `replay`, from `run --mode inline` on a veth with the pcap sent by
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use xtrail_bench::frames::{dns_nxdomain, dns_query, tcp_flags, tls_client_hello, v4, Frame};
+use xtrail_bench::frames::{dns_nxdomain, dns_query, tcp_flags, tls_client_hello, v4, Frame, L4};
 use xtrail_bench::netns::VethPair;
 
 const SENSOR: &str = env!("CARGO_BIN_EXE_xtrail-sensor");
@@ -44,6 +45,7 @@ fn write_trails(dir: &Path) -> PathBuf {
         &p,
         "198.19.66.66,diff botnet (malware),(test)\n\
          198.19.67.67,diff c2 (malware),(test)\n\
+         198.19.68.68,diff other (malware),(test)\n\
          evil-diff-xtrail.com,diff domain (malware),(test)\n\
          tls-evil-diff-xtrail.com,diff tls (malware),(test)\n\
          /malicious-diff.php,diff url (malware),(test)\n",
@@ -97,6 +99,25 @@ fn build_pcap(path: &Path, macs: ([u8; 6], [u8; 6])) {
         push(
             &mut frames,
             Frame::udp(src, 5000 + u16::from(i), v4("198.19.67.67"), 9999, b"x"),
+        );
+    }
+    // A trail address reached over other protocols: ICMP, GRE, SCTP and a number with no
+    // name (reported by its number, as Maltrail would not name it either).
+    push(
+        &mut frames,
+        Frame::ping(v4("198.18.211.1"), v4("198.19.68.68")),
+    );
+    for (i, proto) in [47u8, 132, 253].into_iter().enumerate() {
+        let ping = Frame::ping(v4(&format!("198.18.211.{}", i + 2)), v4("198.19.68.68"));
+        push(
+            &mut frames,
+            Frame {
+                l4: L4::Raw {
+                    proto,
+                    payload: vec![0x45; 24],
+                },
+                ..ping
+            },
         );
     }
     // Names: DNS, HTTP URL, TLS SNI.
@@ -347,6 +368,14 @@ fn replay_inline_and_mirror_on_32_queues_give_the_same_events() {
         !infos.iter().any(|i| i.contains("udp scanning")),
         "{want:#?}"
     );
+    // Each of the other protocols' hits, named as Maltrail names them.
+    for proto in ["ICMP", "GRE", "SCTP", "253"] {
+        assert!(
+            want.keys()
+                .any(|k| k.4 == "198.19.68.68" && k.6 == proto && k.7 == "diff other (malware)"),
+            "replay lacks the {proto} hit: {want:#?}"
+        );
+    }
 
     let inline_log = dir.join("inline.json");
     let stats = live(&pair, &pcap, &trails, &inline_log, &["--mode", "inline"]);

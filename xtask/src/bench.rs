@@ -875,9 +875,9 @@ fn peer_replay_run(
         .stdout(Stdio::null());
     let watched = spawn_watched(&mut cmd, None).with_context(|| format!("starting {cmdline}"))?;
     let ready = watched.wait_for(PEER_READY, "\u{0}", PEER_START);
-    let started = std::time::Instant::now();
-    // What its start-up took, read as the wall clock starts.
+    // What its start-up took, read just before the wall clock starts.
     let startup = tree_cpu_ns(watched.child.id());
+    let started = std::time::Instant::now();
     let Watched { mut child, lines } = watched;
     // Keep its output read until it exits.
     let drain = std::thread::spawn(move || lines.iter().count());
@@ -945,8 +945,41 @@ pub(crate) fn draw_nic_mix(
     scenario::mix(seed + 3, 4093, picks, 0.05, is_trail)
 }
 
+/// The scenarios `--only` selects from (each `--only` value is a prefix of one or more).
+const ONLY_SCENARIOS: [&str; 12] = [
+    "background",
+    "mix",
+    "storm",
+    "scale",
+    "offline",
+    "baseline",
+    "nic",
+    "ingest",
+    "console",
+    "startup",
+    "reload",
+    "urlfp",
+];
+
+/// The scenarios `only` selects, in [`ONLY_SCENARIOS`]' order; an error for a value that
+/// selects none (a typo would otherwise run nothing and write an empty report).
+fn only_scenarios(only: &[String]) -> anyhow::Result<Vec<&'static str>> {
+    for o in only {
+        anyhow::ensure!(
+            !o.is_empty() && ONLY_SCENARIOS.iter().any(|s| s.starts_with(o.as_str())),
+            "--only {o:?} names no scenario (one of {})",
+            ONLY_SCENARIOS.join(", ")
+        );
+    }
+    Ok(ONLY_SCENARIOS
+        .into_iter()
+        .filter(|s| only.iter().any(|o| s.starts_with(o.as_str())))
+        .collect())
+}
+
 /// Runs the benchmark.
 pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
+    only_scenarios(&opts.only)?;
     if !opts.only.is_empty() && opts.only.iter().all(|o| "ingest".starts_with(o.as_str())) {
         return ingest_only(opts);
     }
@@ -1421,12 +1454,13 @@ fn write_results(
         runs.iter().map(Run::json).collect::<Vec<_>>().join(",\n"),
         bench_ingest::json(ingest)
     );
-    // A partial run (`--only`) writes its own files (`--only offline`: offline.json and
-    // offline.md) and no plots, leaving the last full run's `latest.*` as they are.
+    // A partial run (`--only`) writes its report to files named after the scenarios it ran
+    // (`--only offline`: offline.json and offline.md) and no plots, leaving the last full
+    // run's `latest.*` as they are.
     let stem = if opts.only.is_empty() {
         String::from("latest")
     } else {
-        opts.only.join("+").replace(['/', ' '], "_")
+        only_scenarios(&opts.only)?.join("+")
     };
     std::fs::write(dir.join(format!("{stem}.json")), json)?;
     let mut md = String::new();
@@ -1765,6 +1799,23 @@ mod tests {
             );
         }
         assert!(peer_replay_line(262.0, 526.0, Some(-52.0)).contains("not a measurement"));
+    }
+
+    /// `--only` values select scenarios by prefix, in one order; one that selects none is an
+    /// error, not an empty report over another run's files.
+    #[test]
+    fn only_names_scenarios() {
+        let only =
+            |v: &[&str]| only_scenarios(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(only(&["offline"]).unwrap(), ["offline"]);
+        assert_eq!(
+            only(&["st", "off"]).unwrap(),
+            ["storm", "offline", "startup"]
+        );
+        assert!(only(&[]).unwrap().is_empty());
+        for bad in ["latest", "PERF-LOG", "ofline", ""] {
+            assert!(only(&[bad]).is_err(), "{bad}");
+        }
     }
 
     /// The method written into latest.json states the flow shape the run uses.

@@ -979,14 +979,17 @@ fn only_scenarios(only: &[String]) -> anyhow::Result<Vec<&'static str>> {
 
 /// Runs the benchmark.
 pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
-    only_scenarios(&opts.only)?;
-    if !opts.only.is_empty() && opts.only.iter().all(|o| "ingest".starts_with(o.as_str())) {
+    // The scenarios `--only` selects (none: every one).
+    let selected = only_scenarios(&opts.only)?;
+    let wanted = |name: &str| selected.is_empty() || selected.contains(&name);
+    let alone = |name: &str| selected == [name];
+    if alone("ingest") {
         return ingest_only(opts);
     }
-    if !opts.only.is_empty() && opts.only.iter().all(|o| "startup".starts_with(o.as_str())) {
+    if alone("startup") {
         return crate::bench_startup::only(opts.quick);
     }
-    if !opts.only.is_empty() && opts.only.iter().all(|o| "reload".starts_with(o.as_str())) {
+    if alone("reload") {
         return crate::bench_reload::only(opts.quick);
     }
     let data = paths::maltrail_data();
@@ -1028,13 +1031,12 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     let results_dir = paths::workspace_root().join("bench/results");
     std::fs::create_dir_all(&results_dir)?;
     // The console API (no privilege, no traffic): its own results file, a line in latest.md.
-    let console = |o: &String| "console".starts_with(o.as_str());
-    let console_note = if opts.only.is_empty() || opts.only.iter().any(console) {
+    let console_note = if wanted("console") {
         crate::bench_console::run(opts.quick, &results_dir)
     } else {
         None
     };
-    if !opts.only.is_empty() && opts.only.iter().all(console) {
+    if alone("console") {
         return Ok(());
     }
 
@@ -1048,8 +1050,6 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let wanted =
-        |name: &str| opts.only.is_empty() || opts.only.iter().any(|o| name.starts_with(o.as_str()));
     let mut record = |r: anyhow::Result<Run>, what: &str| match r {
         Ok(r) => {
             eprintln!(
@@ -1084,7 +1084,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     let storm: &'static Traffic = Box::leak(Box::new(storm));
 
     // NIC-like delivery at fixed rates (its own results file, summary lines in latest.md).
-    let nic_only = !opts.only.is_empty() && opts.only.iter().all(|o| "nic".starts_with(o.as_str()));
+    let nic_only = alone("nic");
     let mut nic_notes = Vec::new();
     if wanted("nic") {
         // The mix as templates: fewer frames, more malicious items among them.
@@ -1298,7 +1298,24 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
 
     let when = crate::host::utc_now();
     let machine = machine();
-    write_results(&results_dir, &runs, &ingest, &when, &machine, opts, &notes)?;
+    // A partial run (`--only`) writes its report to files named after the scenarios it ran
+    // (`--only offline`: offline.json and offline.md) and no plots, leaving the last full
+    // run's `latest.*` as they are.
+    let stem = if selected.is_empty() {
+        String::from("latest")
+    } else {
+        selected.join("+")
+    };
+    write_results(
+        &results_dir,
+        &stem,
+        &runs,
+        &ingest,
+        &when,
+        &machine,
+        opts,
+        &notes,
+    )?;
     if let Some(r) = &startup {
         crate::bench_startup::write(&results_dir, r)?;
     }
@@ -1436,8 +1453,11 @@ fn url_candidates_fp() -> anyhow::Result<String> {
     Ok(format!("- URL candidates on clean traffic: {line}."))
 }
 
+/// Writes `stem`.json and `stem`.md (and, for a full run's `latest`, the plots).
+#[allow(clippy::too_many_arguments)]
 fn write_results(
     dir: &Path,
+    stem: &str,
     runs: &[Run],
     ingest: &[IngestRun],
     when: &str,
@@ -1454,14 +1474,6 @@ fn write_results(
         runs.iter().map(Run::json).collect::<Vec<_>>().join(",\n"),
         bench_ingest::json(ingest)
     );
-    // A partial run (`--only`) writes its report to files named after the scenarios it ran
-    // (`--only offline`: offline.json and offline.md) and no plots, leaving the last full
-    // run's `latest.*` as they are.
-    let stem = if opts.only.is_empty() {
-        String::from("latest")
-    } else {
-        only_scenarios(&opts.only)?.join("+")
-    };
     std::fs::write(dir.join(format!("{stem}.json")), json)?;
     let mut md = String::new();
     md.push_str(&format!(
@@ -1617,7 +1629,7 @@ fn write_results(
         md.push_str(&bench_ingest::markdown(ingest));
     }
     std::fs::write(dir.join(format!("{stem}.md")), &md)?;
-    if opts.only.is_empty() {
+    if stem == "latest" {
         plots(dir, runs)?;
     }
     println!("{md}");

@@ -67,8 +67,8 @@ enum Command {
         /// Seed of the generated traffic.
         #[arg(long, default_value_t = bench::DEFAULT_SEED)]
         seed: u64,
-        /// Only these scenarios (background, mix, storm, scale, offline, baseline, nic, ingest, console, startup, reload); repeatable.
-        /// A partial run writes its scenario report to files named after the scenarios (`--only offline`: offline.json and offline.md), not latest.*; ingest, startup and reload update their own parts of latest.* (as they did).
+        /// Only these scenarios (background, mix, storm, scale, offline, baseline, nic, ingest, console, startup, reload, urlfp; a prefix selects each it starts); repeatable.
+        /// A partial run writes its scenario report to files named after the scenarios (`--only offline`: offline.json and offline.md), not latest.*; ingest, startup and reload update their own parts of latest.*.
         #[arg(long)]
         only: Vec<String>,
         /// Extra argument for `xtrail-sensor run` (repeatable), e.g. --sensor-arg=--no-flow-starts.

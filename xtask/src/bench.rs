@@ -852,9 +852,8 @@ fn replay_run(
 /// [`PEER_READY`] line (printed once trails are loaded and workers started) to its exit
 /// (which includes its own end-of-run work; Maltrail's Python sensor notices the end of the
 /// file within a 1 s poll). CPU over the same span: its process tree's (getrusage of our
-/// waited-for children) minus what the tree had used when the line came. (Until 2026-12-07
-/// minus a whole run on an empty pcap: a start-up that varied by ~0.4 s between the two
-/// runs left 6 ns a packet of a 571 ns replay.)
+/// waited-for children) minus what the tree had used when the line came (not minus a
+/// second run on an empty pcap: two start-ups differ by more than a replay costs).
 fn peer_replay_run(
     command: &str,
     scenario: &str,

@@ -45,6 +45,9 @@ const PEER_RATE: u64 = 50_000;
 const FLOOR: &str = "xdp-drop";
 /// Seconds of traffic per run of the bpf_stats pass (XDP ns/run).
 const XDP_PASS_SECONDS: f64 = 0.5;
+/// Program loads the test-run cost is measured on: the running inline sensor's and fresh
+/// ones (a test run's figures fall in one of two modes per load of the same program).
+const XDP_COST_LOADS: usize = 5;
 /// Packets per flow of background traffic, and flows open at once (interleaved).
 pub(crate) use xtrail_bench::flows::{BENCH_FLOW_PACKETS as FLOW_PACKETS, BENCH_WINDOW as WINDOW};
 /// Templates per single-protocol scenario: a prime, so (source, template) pairs repeat only
@@ -729,7 +732,7 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
         .and_then(|s| s.prog)
     {
         // Still with bpf_stats off: its two clock reads per run would be counted in.
-        match xdp_cost(id, inp.tmp) {
+        match xdp_cost_over_loads(id, inp) {
             Ok(j) => cost_json = Some(j),
             Err(e) => eprintln!("bench: nic: XDP cost by test run failed: {e:#}"),
         }
@@ -979,6 +982,80 @@ fn aggregate(raw: &[NicRun], xdp_pass: &[NicRun], rounds: usize) -> Vec<NicRun> 
     out
 }
 
+/// [`xdp_cost`] on the running inline sensor's program, then on [`XDP_COST_LOADS`] - 1
+/// fresh sensors (each its own load of the program, started and stopped in turn), combined
+/// by [`combine_loads`].
+fn xdp_cost_over_loads(running: u32, inp: &NicInputs<'_>) -> anyhow::Result<String> {
+    let mut loads = vec![parse_cost(&xdp_cost(running, inp.tmp)?)?];
+    for _ in 1..XDP_COST_LOADS {
+        let sut = start_sut(inp, "xtrail", "inline")?;
+        let prog = sut
+            .prog
+            .context("a fresh inline sensor has no XDP program")?;
+        loads.push(parse_cost(&xdp_cost(prog, inp.tmp)?)?);
+    }
+    Ok(combine_loads(loads).to_string())
+}
+
+fn parse_cost(text: &str) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_str(text).context("xtrail-nicgen xdp-cost printed no JSON")
+}
+
+/// One figure per frame over several program loads: `net_ns_median` and `ns_median` the
+/// medians over the loads of each load's, `net_ns_loads` each load's, `ns_min` the lowest,
+/// the counters summed; `noop_ns` the lowest floor, `array_read_ns` the median; each load's
+/// own output in `per_load`.
+fn combine_loads(loads: Vec<serde_json::Value>) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let num = |v: &Value, key: &str| v.get(key).and_then(Value::as_f64);
+    let frame_of = |load: &Value, name: &str| -> Option<Value> {
+        load.get("frames")?
+            .as_array()?
+            .iter()
+            .find(|f| f.get("frame").and_then(Value::as_str) == Some(name))
+            .cloned()
+    };
+    let names: Vec<String> = loads
+        .first()
+        .and_then(|l| l.get("frames")?.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|f| Some(f.get("frame")?.as_str()?.to_string()))
+        .collect();
+    let frames: Vec<Value> = names
+        .iter()
+        .map(|name| {
+            let each: Vec<Value> = loads.iter().filter_map(|l| frame_of(l, name)).collect();
+            let all = |key: &str| -> Vec<f64> { each.iter().filter_map(|f| num(f, key)).collect() };
+            let sum = |key: &str| all(key).iter().sum::<f64>() as u64;
+            let net = all("net_ns_median");
+            json!({
+                "frame": name,
+                "flow_window_0": each.first().and_then(|f| f.get("flow_window_0")).cloned(),
+                "loads": each.len(),
+                "runs": sum("runs"),
+                "ns_median": median(all("ns_median")),
+                "ns_min": all("ns_min").into_iter().reduce(f64::min),
+                "net_ns_median": median(net.clone()),
+                "net_ns_loads": net,
+                "verdict": each.first().and_then(|f| f.get("verdict")).cloned(),
+                "flow_starts": sum("flow_starts"),
+                "flows_full": sum("flows_full"),
+            })
+        })
+        .collect();
+    let tops = |key: &str| -> Vec<f64> { loads.iter().filter_map(|l| num(l, key)).collect() };
+    json!({
+        "program": loads.first().and_then(|l| l.get("program")).cloned(),
+        "verified_insns": loads.first().and_then(|l| l.get("verified_insns")).cloned(),
+        "loads": loads.len(),
+        "frames": frames,
+        "noop_ns": tops("noop_ns").into_iter().reduce(f64::min),
+        "array_read_ns": median(tops("array_read_ns")),
+        "per_load": loads,
+    })
+}
+
 /// BPF_PROG_TEST_RUN repeat on the sensor's loaded program (full trail maps, inline
 /// config): a clean TCP ACK, a clean UDP packet and SYN whose flow start is already sent
 /// (the cache hit), and a UDP packet with the flow window at 0 (a flow-start record every
@@ -1025,7 +1102,7 @@ fn nicgen_stdout(
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg, paced, from CPU 0. Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (payloads of xtrail_nicgen_common::filler_byte, bytes that look like ciphertext; all-zero payloads before 2026-12-06 09:06) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow, but a ClientHello in two segments (half the mix's: with the post-quantum key share) is one flow of two packets, sent in order (consecutive templates that continue one TCP stream are linked: Template::link). Scenarios udp, tcp-ack, tcp-syn (251 background templates each) and mix (4,093 templates) run on both deliveries at every rate; dns, http and tls (the mix's templates of that kind alone: every packet is handed to userspace, so the sensor process's CPU per packet is the live cost of a hand-off with its flow start, wake-ups and ring reads included) run NIC-like at 50k pps only. GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has --nic-rounds rounds (default 3; --quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round and runs backwards every other round). kernel.bpf_stats_enabled=0 during these runs (written and read back) (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (its CPU-time clock, clock_getcpuclockid: ns, not /proc's 10 ms ticks), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the generator's own CPU (NIC-like: the xtrail-nicgen process, a waited-for child, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program and the stack included, in softirq in its context; AF_PACKET: the sending thread's RUSAGE_THREAD, its sendmmsg calls likewise), the bench's other waited-for children (the ip commands every run's samples use, sensor or not), the ksoftirqd threads and the sensor process tree (CPU-time clocks, exact to the ns; nic runs before 2026-12-04 used /proc's 10 ms ticks: up to 10 ns a packet per process at 1M packets, 100 ns at the 50k rate's 100,000; other work on the machine, the bench's own sampling and settling included, is not counted). The irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice. The path CPU is read last before the send and first after it. Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. sent and delivered are means over the rounds. xdp_ns_per_run and xdp_runs: a separate pass after the rounds for the sensors with an XDP program (xtrail, xdp-drop), 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program; bpf_stats' own clock reads included: see the xdp-drop rows). Recall: scored in the first round, on the events a sensor wrote from the send to the sample. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps; the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_ns - noop_ns is one array map read per packet (the trail-set selector the two-set keys added).";
+const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg, paced, from CPU 0. Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (payloads of xtrail_nicgen_common::filler_byte, bytes that look like ciphertext; all-zero payloads before 2026-12-06 09:06) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow, but a ClientHello in two segments (half the mix's: with the post-quantum key share) is one flow of two packets, sent in order (consecutive templates that continue one TCP stream are linked: Template::link). Scenarios udp, tcp-ack, tcp-syn (251 background templates each) and mix (4,093 templates) run on both deliveries at every rate; dns, http and tls (the mix's templates of that kind alone: every packet is handed to userspace, so the sensor process's CPU per packet is the live cost of a hand-off with its flow start, wake-ups and ring reads included) run NIC-like at 50k pps only. GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has --nic-rounds rounds (default 3; --quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round and runs backwards every other round). kernel.bpf_stats_enabled=0 during these runs (written and read back) (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (its CPU-time clock, clock_getcpuclockid: ns, not /proc's 10 ms ticks), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the generator's own CPU (NIC-like: the xtrail-nicgen process, a waited-for child, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program and the stack included, in softirq in its context; AF_PACKET: the sending thread's RUSAGE_THREAD, its sendmmsg calls likewise), the bench's other waited-for children (the ip commands every run's samples use, sensor or not), the ksoftirqd threads and the sensor process tree (CPU-time clocks, exact to the ns; nic runs before 2026-12-04 used /proc's 10 ms ticks: up to 10 ns a packet per process at 1M packets, 100 ns at the 50k rate's 100,000; other work on the machine, the bench's own sampling and settling included, is not counted). The irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice. The path CPU is read last before the send and first after it. Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. sent and delivered are means over the rounds. xdp_ns_per_run and xdp_runs: a separate pass after the rounds for the sensors with an XDP program (xtrail, xdp-drop), 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program; bpf_stats' own clock reads included: see the xdp-drop rows). Recall: scored in the first round, on the events a sensor wrote from the send to the sample. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps and on 4 fresh inline sensors started one after another (5 loads of the program: a test run's figures fall in one of two modes per load; until 2026-12-07 the running sensor's alone), the figures the medians over the loads (net_ns_loads: each load's; per_load: each load's output); the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_ns - noop_ns is one array map read per packet (the trail-set selector the two-set keys added).";
 
 /// Each xtrail run with the `--peer` run of the same delivery, traffic and rate.
 fn peer_pairs(runs: &[NicRun]) -> Vec<(&NicRun, &NicRun)> {
@@ -1200,24 +1277,40 @@ fn write(
         ));
     }
     let mut summary = Vec::new();
-    if let Some(c) = cost {
-        let num = |frame: &str, key: &str| -> Option<f64> {
-            json_field(c.split(&format!("\"frame\":\"{frame}\"")).nth(1)?, key)
+    if let Some(c) = cost.and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok()) {
+        use serde_json::Value;
+        let frame = |name: &str| -> Option<&Value> {
+            c.get("frames")?
+                .as_array()?
+                .iter()
+                .find(|f| f.get("frame").and_then(Value::as_str) == Some(name))
         };
-        let top = |key: &str| -> Option<f64> { json_field(c, key) };
+        let num = |name: &str, key: &str| frame(name)?.get(key)?.as_f64();
+        let top = |key: &str| c.get(key).and_then(Value::as_f64);
         let fmt = |x: Option<f64>| x.map(|v| format!("{v:.0}")).unwrap_or("-".into());
         let floor = top("noop_ns");
-        // The median of each call net of a floor run just before it (nicgen's
-        // net_ns_median); the gross median and the run's lowest floor in brackets.
-        let net = |frame: &str| -> String {
-            match (num(frame, "net_ns_median"), num(frame, "ns_median"), floor) {
-                (Some(n), Some(x), Some(f)) => format!("{n:.0} ns (median {x:.0}; floor ≥ {f:.0})"),
-                (None, Some(x), Some(f)) => format!("{:.0} ns ({x:.0} − {f:.0})", x - f),
+        // The median over the loads of each call net of a floor run just before it
+        // (nicgen's net_ns_median); each load's, the gross median and the lowest floor in
+        // brackets.
+        let net = |name: &str| -> String {
+            let loads: Vec<String> = frame(name)
+                .and_then(|f| f.get("net_ns_loads")?.as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(Value::as_f64)
+                .map(|x| format!("{x:.0}"))
+                .collect();
+            match (num(name, "net_ns_median"), num(name, "ns_median"), floor) {
+                (Some(n), Some(x), Some(f)) => format!(
+                    "{n:.0} ns (loads {}; median {x:.0}; floor ≥ {f:.0})",
+                    loads.join(" / ")
+                ),
                 _ => "-".into(),
             }
         };
         let line = format!(
-            "- XDP program by BPF_PROG_TEST_RUN repeat (full trail maps, inline; net of the test-run floor): clean TCP ACK {} (goal ≤ 25), UDP with its flow start already sent {}, SYN likewise {}, UDP writing a flow-start record every run {} (goal ≤ 45; {} records written, {} refused as ring full); one array map read {:.1} ns (array_read {} − noop {}).",
+            "- XDP program by BPF_PROG_TEST_RUN repeat (full trail maps, inline; net of the test-run floor; the median over {} loads of the program, each load's in brackets): clean TCP ACK {} (goal ≤ 25), UDP with its flow start already sent {}, SYN likewise {}, UDP writing a flow-start record every run {} (goal ≤ 45; {} records written, {} refused as ring full); one array map read {:.1} ns (array_read {} − noop {}).",
+            fmt(top("loads")),
             net("tcp_ack"),
             net("udp_flow_seen"),
             net("syn_flow_seen"),
@@ -1411,6 +1504,41 @@ mod tests {
             rounds: 1,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn test_run_costs_are_combined_over_loads() {
+        let load = |net: f64, noop: f64| {
+            serde_json::json!({
+                "program": "xtrail_xdp",
+                "verified_insns": 100,
+                "frames": [
+                    {"frame": "tcp_ack", "runs": 10, "ns_median": net + noop, "ns_min": net,
+                     "net_ns_median": net, "verdict": 2, "flow_starts": 0, "flows_full": 0},
+                    {"frame": "udp_flow_start", "runs": 5, "ns_median": 2.0 * net,
+                     "ns_min": net, "net_ns_median": 2.0 * net, "verdict": 2,
+                     "flow_starts": 5, "flows_full": 1},
+                ],
+                "noop_ns": noop,
+                "array_read_ns": noop + 1.0,
+            })
+        };
+        let c = combine_loads(vec![load(30.0, 34.0), load(50.0, 33.0), load(20.0, 35.0)]);
+        assert_eq!(c["loads"], 3);
+        assert_eq!(c["noop_ns"], 33.0);
+        assert_eq!(c["array_read_ns"], 35.0);
+        let ack = &c["frames"][0];
+        assert_eq!(ack["frame"], "tcp_ack");
+        assert_eq!(ack["net_ns_median"], 30.0);
+        assert_eq!(ack["net_ns_loads"], serde_json::json!([30.0, 50.0, 20.0]));
+        assert_eq!(ack["ns_min"], 20.0);
+        assert_eq!(ack["runs"], 30);
+        let start = &c["frames"][1];
+        assert_eq!(
+            (start["flow_starts"].clone(), start["flows_full"].clone()),
+            (15.into(), 3.into())
+        );
+        assert_eq!(c["per_load"].as_array().map(Vec::len), Some(3));
     }
 
     #[test]

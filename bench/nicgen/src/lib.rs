@@ -44,6 +44,49 @@ pub enum GenError {
     Template { index: usize, why: &'static str },
     #[error("BPF_PROG_TEST_RUN: {0}")]
     TestRun(std::io::Error),
+    /// Some kernels refuse `BPF_F_TEST_XDP_LIVE_FRAMES` to every caller (seen on a
+    /// 6.18.44 build: EPERM as root with every capability, even for a program that only
+    /// returns), while test runs without it work.
+    #[error(
+        "this kernel refuses BPF_PROG_RUN in live-frames mode (EPERM, root included): \
+         NIC-like delivery is not available here (AF_PACKET delivery is)"
+    )]
+    LiveFramesRefused,
+}
+
+impl GenError {
+    /// A live-frames run's error: EPERM (which the kernel returns to root only when it
+    /// refuses the mode) becomes [`GenError::LiveFramesRefused`].
+    fn from_live_run(e: ProgramError) -> GenError {
+        match &e {
+            ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EPERM) => {
+                GenError::LiveFramesRefused
+            }
+            _ => GenError::Program(e),
+        }
+    }
+}
+
+/// Whether this kernel runs XDP programs in live-frames mode: one run of `drop_all` (which
+/// sends nothing anywhere). `Ok(false)` when it refuses the mode.
+pub fn live_frames_supported() -> Result<bool, GenError> {
+    let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+    let prog = xdp(&mut ebpf, "drop_all")?;
+    prog.load()?;
+    let data = [0u8; 64];
+    match prog
+        .test_run(TestRunOptions {
+            data_in: Some(&data),
+            repeat: 1,
+            attrs: TestRunAttrs::new().xdp_live_frames(DEFAULT_BATCH),
+            ..TestRunOptions::new()
+        })
+        .map_err(GenError::from_live_run)
+    {
+        Ok(_) => Ok(true),
+        Err(GenError::LiveFramesRefused) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Template frames from Ethernet frames ([`Template::from_frame`]), numbered for errors;
@@ -195,7 +238,8 @@ impl Generator {
             repeat: count,
             attrs: TestRunAttrs::new().xdp_live_frames(batch),
             ..TestRunOptions::new()
-        })?;
+        })
+        .map_err(GenError::from_live_run)?;
         Ok(())
     }
 

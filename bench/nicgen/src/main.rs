@@ -7,6 +7,7 @@
 //!   over each frame of a pcap; with `--flow-starts-every-run`, the program's `CONFIG` flow
 //!   window is set to 0 during that frame's runs (and restored) so every run sends a
 //!   flow-start record. Also the cost of one array map read. Prints one JSON line.
+//! - `live-frames`: whether this kernel runs live-frames mode at all (some refuse it).
 //! - `sink`: an XDP program that drops every frame, attached to an interface until killed
 //!   (the bench's delivery floor).
 //! - `jit-dump` and `jit-annotate`: a loaded program's JIT image, and `perf script` samples
@@ -84,6 +85,9 @@ enum Cmd {
         #[arg(long)]
         iface: String,
     },
+    /// Whether this kernel runs XDP programs in live-frames mode (NIC-like delivery): prints
+    /// {"live_frames":true|false}.
+    LiveFrames,
     /// Run count and run time of a loaded program (bpf_stats) as JSON.
     ProgStats {
         #[arg(long)]
@@ -174,6 +178,11 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Gro { iface, off } => {
             xtrail_nicgen::set_gro(&iface, !off).with_context(|| format!("GRO on {iface}"))?;
+            Ok(())
+        }
+        Cmd::LiveFrames => {
+            let ok = xtrail_nicgen::live_frames_supported()?;
+            println!("{{\"live_frames\":{ok}}}");
             Ok(())
         }
         Cmd::Sink { iface } => {

@@ -617,6 +617,10 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
         "{} not built (cargo build --release -p xtrail-nicgen)",
         nicgen().display()
     );
+    let live = live_frames()?;
+    if !live {
+        eprintln!("bench: nic: this kernel refuses BPF_PROG_RUN live frames (xtrail-nicgen live-frames): NIC-like delivery is not measured; AF_PACKET delivery only, the hand-off scenarios too");
+    }
     let [udp, ack, syn, mix_frames, dns, http, tls] = templates(inp.background, inp.mix);
     let rates: &[u64] = if inp.peer.is_some() {
         &[PEER_RATE, 500_000, 1_000_000]
@@ -641,11 +645,11 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
             pcap,
             frames,
             items,
-            // The hand-off scenarios: NIC-like delivery at one rate.
-            deliveries: if handoff {
-                &["nic"]
-            } else {
-                &["nic", "afpacket"]
+            // The hand-off scenarios: NIC-like delivery (else AF_PACKET) at one rate.
+            deliveries: match (handoff, live) {
+                (true, true) => &["nic"],
+                (false, true) => &["nic", "afpacket"],
+                (_, false) => &["afpacket"],
             },
             rates: if handoff { &[HANDOFF_RATE] } else { rates },
         });
@@ -753,7 +757,23 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
     // Each sensor stops (and its log goes) as its `Sut` drops, here or on an early return.
     drop(suts);
     let runs = aggregate(&raw, &xdp_pass, rounds);
-    write(results, &runs, cost_json.as_deref(), &threaded, when, inp)
+    write(
+        results,
+        &runs,
+        cost_json.as_deref(),
+        &threaded,
+        live,
+        when,
+        inp,
+    )
+}
+
+/// Whether this kernel runs BPF_PROG_RUN in live-frames mode, the NIC-like delivery (some
+/// refuse it to every caller: `xtrail-nicgen live-frames`).
+fn live_frames() -> anyhow::Result<bool> {
+    let out = Command::new(nicgen()).arg("live-frames").output();
+    let text = nicgen_stdout(out, "live-frames")?;
+    json_field(&text, "live_frames").context("xtrail-nicgen live-frames printed no verdict")
 }
 
 impl Sut {
@@ -1102,7 +1122,7 @@ fn nicgen_stdout(
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg, paced, from CPU 0. Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (payloads of xtrail_nicgen_common::filler_byte, bytes that look like ciphertext; all-zero payloads before 2026-12-06 09:06) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow, but a ClientHello in two segments (half the mix's: with the post-quantum key share) is one flow of two packets, sent in order (consecutive templates that continue one TCP stream are linked: Template::link). Scenarios udp, tcp-ack, tcp-syn (251 background templates each) and mix (4,093 templates) run on both deliveries at every rate; dns, http and tls (the mix's templates of that kind alone: every packet is handed to userspace, so the sensor process's CPU per packet is the live cost of a hand-off with its flow start, wake-ups and ring reads included) run NIC-like at 50k pps only. GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has --nic-rounds rounds (default 3; --quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round and runs backwards every other round). kernel.bpf_stats_enabled=0 during these runs (written and read back) (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (its CPU-time clock, clock_getcpuclockid: ns, not /proc's 10 ms ticks), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the generator's own CPU (NIC-like: the xtrail-nicgen process, a waited-for child, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program and the stack included, in softirq in its context; AF_PACKET: the sending thread's RUSAGE_THREAD, its sendmmsg calls likewise), the bench's other waited-for children (the ip commands every run's samples use, sensor or not), the ksoftirqd threads and the sensor process tree (CPU-time clocks, exact to the ns; nic runs before 2026-12-04 used /proc's 10 ms ticks: up to 10 ns a packet per process at 1M packets, 100 ns at the 50k rate's 100,000; other work on the machine, the bench's own sampling and settling included, is not counted). The irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice. The path CPU is read last before the send and first after it. Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. sent and delivered are means over the rounds. xdp_ns_per_run and xdp_runs: a separate pass after the rounds for the sensors with an XDP program (xtrail, xdp-drop), 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program; bpf_stats' own clock reads included: see the xdp-drop rows). Recall: scored in the first round, on the events a sensor wrote from the send to the sample. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps and on 4 fresh inline sensors started one after another (5 loads of the program: a test run's figures fall in one of two modes per load; until 2026-12-07 the running sensor's alone), the figures the medians over the loads (net_ns_loads: each load's; per_load: each load's output); the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_ns - noop_ns is one array map read per packet (the trail-set selector the two-set keys added).";
+const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg, paced, from CPU 0. Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (payloads of xtrail_nicgen_common::filler_byte, bytes that look like ciphertext; all-zero payloads before 2026-12-06 09:06) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow, but a ClientHello in two segments (half the mix's: with the post-quantum key share) is one flow of two packets, sent in order (consecutive templates that continue one TCP stream are linked: Template::link). Scenarios udp, tcp-ack, tcp-syn (251 background templates each) and mix (4,093 templates) run on both deliveries at every rate; dns, http and tls (the mix's templates of that kind alone: every packet is handed to userspace, so the sensor process's CPU per packet is the live cost of a hand-off with its flow start, wake-ups and ring reads included) run NIC-like at 50k pps only. live_frames: false when the kernel refuses BPF_PROG_RUN in live-frames mode (xtrail-nicgen live-frames; some builds return EPERM even to root): then no NIC-like run, AF_PACKET only, the hand-off scenarios on AF_PACKET. GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has --nic-rounds rounds (default 3; --quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round and runs backwards every other round). kernel.bpf_stats_enabled=0 during these runs (written and read back) (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (its CPU-time clock, clock_getcpuclockid: ns, not /proc's 10 ms ticks), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the generator's own CPU (NIC-like: the xtrail-nicgen process, a waited-for child, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program and the stack included, in softirq in its context; AF_PACKET: the sending thread's RUSAGE_THREAD, its sendmmsg calls likewise), the bench's other waited-for children (the ip commands every run's samples use, sensor or not), the ksoftirqd threads and the sensor process tree (CPU-time clocks, exact to the ns; nic runs before 2026-12-04 used /proc's 10 ms ticks: up to 10 ns a packet per process at 1M packets, 100 ns at the 50k rate's 100,000; other work on the machine, the bench's own sampling and settling included, is not counted). The irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice. The path CPU is read last before the send and first after it. Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. sent and delivered are means over the rounds. xdp_ns_per_run and xdp_runs: a separate pass after the rounds for the sensors with an XDP program (xtrail, xdp-drop), 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program; bpf_stats' own clock reads included: see the xdp-drop rows). Recall: scored in the first round, on the events a sensor wrote from the send to the sample. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps and on 4 fresh inline sensors started one after another (5 loads of the program: a test run's figures fall in one of two modes per load; until 2026-12-07 the running sensor's alone), the figures the medians over the loads (net_ns_loads: each load's; per_load: each load's output); the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_ns - noop_ns is one array map read per packet (the trail-set selector the two-set keys added).";
 
 /// Each xtrail run with the `--peer` run of the same delivery, traffic and rate.
 fn peer_pairs(runs: &[NicRun]) -> Vec<(&NicRun, &NicRun)> {
@@ -1172,6 +1192,7 @@ fn write(
     runs: &[NicRun],
     cost: Option<&str>,
     threaded: &str,
+    live: bool,
     when: &str,
     inp: &NicInputs<'_>,
 ) -> anyhow::Result<Vec<String>> {
@@ -1202,7 +1223,7 @@ fn write(
         })
         .collect::<Vec<_>>();
     let json = format!(
-        "{{\"taken\":\"{when}\",\"machine\":\"{}\",\"quick\":{},\"trails\":\"{}\",\"threaded_napi\":\"{threaded}\",\"method\":\"{}\",\"peer\":{},\"peer_method\":{},\"runs\":[\n{}\n],\"peer_ratios\":[\n{}\n],\"xdp_cost\":{}}}\n",
+        "{{\"taken\":\"{when}\",\"machine\":\"{}\",\"quick\":{},\"trails\":\"{}\",\"threaded_napi\":\"{threaded}\",\"live_frames\":{live},\"method\":\"{}\",\"peer\":{},\"peer_method\":{},\"runs\":[\n{}\n],\"peer_ratios\":[\n{}\n],\"xdp_cost\":{}}}\n",
         machine.replace('"', "'"),
         inp.quick,
         inp.trails_name,
@@ -1226,6 +1247,9 @@ fn write(
         inp.trails_name,
         if threaded.is_empty() { "unknown" } else { threaded }
     );
+    if !live {
+        md.push_str("**NIC-like delivery not measured: this kernel refuses BPF_PROG_RUN in live-frames mode** (EPERM to root, even for a program that only returns; `xtrail-nicgen live-frames`). AF_PACKET delivery only, the hand-off scenarios too (there each frame also pays veth's skb-to-XDP conversion; the sensor process's CPU per packet is still the hand-off's live cost).\n\n");
+    }
     md.push_str(&format!("CPU per delivered packet (ns; nic.svg plots the added path at 500k pps), medians over {} round(s), bpf_stats off. Path: the generator's own CPU (the receive path runs in softirq in its context), the bench's `ip` commands, ksoftirqd and the sensor's process tree (other work on the machine, the bench's sampling included, is not counted; sent and delivered are means); added: minus the same round's no-sensor run with the same delivery, traffic and rate (median over rounds; each round's in brackets). Machine busy: all CPUs' busy time (/proc/stat), valid only while the machine is otherwise idle (see load, 2 cores). XDP ns/run: a separate pass with bpf_stats on, its own two clock reads per run included (the xdp-drop row's program only returns). xdp-drop: the delivery floor, an XDP program that drops every frame (the generator and the delivery alone).\n\n", runs.first().map_or(1, |r| r.rounds)));
     md.push_str("| delivery | traffic | rate | sensor | sent pps | delivered | path ns/pkt | **added path ns/pkt** | machine busy ns/pkt | added busy ns/pkt | sensor process ns/pkt | XDP ns/run | recall | load |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in runs {
@@ -1349,6 +1373,7 @@ fn write(
             ));
         }
     }
+    let mut delivery = "nic";
     let handoffs: Vec<String> = ["dns", "http", "tls"]
         .into_iter()
         .filter_map(|kind| {
@@ -1359,6 +1384,10 @@ fn write(
                     .filter(|x| x.is_finite())
             };
             let x = process("xtrail", "inline")?;
+            delivery = runs
+                .iter()
+                .find(|r| r.scenario == kind)
+                .map_or(delivery, |r| r.delivery);
             Some(match process("peer", "capture") {
                 Some(p) => format!("{kind} {x:.0} (peer {p:.0})"),
                 None => format!("{kind} {x:.0}"),
@@ -1367,7 +1396,8 @@ fn write(
         .collect();
     if !handoffs.is_empty() {
         let line = format!(
-            "- Hand-offs live: the mix's DNS, HTTP or TLS templates alone, NIC-like delivery at {}k pps (every packet handed to userspace), the xtrail inline sensor process's CPU per packet (ns): {} (goal ≤ 300; bench/results/nic.md).",
+            "- Hand-offs live: the mix's DNS, HTTP or TLS templates alone, {} delivery at {}k pps (every packet handed to userspace), the xtrail inline sensor process's CPU per packet (ns): {} (goal ≤ 300; bench/results/nic.md).",
+            if delivery == "nic" { "NIC-like" } else { "AF_PACKET" },
             HANDOFF_RATE / 1000,
             handoffs.join(", ")
         );

@@ -44,19 +44,19 @@ pub enum GenError {
     Template { index: usize, why: &'static str },
     #[error("BPF_PROG_TEST_RUN: {0}")]
     TestRun(std::io::Error),
-    /// Some kernels refuse `BPF_F_TEST_XDP_LIVE_FRAMES` to every caller (seen on a
-    /// 6.18.44 build: EPERM as root with every capability, even for a program that only
-    /// returns), while test runs without it work.
+    /// Some kernels refuse `BPF_F_TEST_XDP_LIVE_FRAMES` (seen on a 6.18.44 build: EPERM to
+    /// root with every capability, even for a program that only returns, while test runs
+    /// without the flag work: [`live_frames_supported`] checks both).
     #[error(
-        "this kernel refuses BPF_PROG_RUN in live-frames mode (EPERM, root included): \
-         NIC-like delivery is not available here (AF_PACKET delivery is)"
+        "this kernel refuses BPF_PROG_RUN in live-frames mode (EPERM): NIC-like delivery is \
+         not available here (AF_PACKET delivery is)"
     )]
     LiveFramesRefused,
 }
 
 impl GenError {
-    /// A live-frames run's error: EPERM (which the kernel returns to root only when it
-    /// refuses the mode) becomes [`GenError::LiveFramesRefused`].
+    /// A live-frames run's error: EPERM (the program loaded, so not for want of privilege)
+    /// becomes [`GenError::LiveFramesRefused`].
     fn from_live_run(e: ProgramError) -> GenError {
         match &e {
             ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EPERM) => {
@@ -68,7 +68,8 @@ impl GenError {
 }
 
 /// Whether this kernel runs XDP programs in live-frames mode: one run of `drop_all` (which
-/// sends nothing anywhere). `Ok(false)` when it refuses the mode.
+/// sends nothing anywhere). `Ok(false)` when it refuses the mode but runs the same program
+/// without it; an error when it refuses test runs altogether.
 pub fn live_frames_supported() -> Result<bool, GenError> {
     let mut ebpf = EbpfLoader::new().load(OBJECT)?;
     let prog = xdp(&mut ebpf, "drop_all")?;
@@ -84,7 +85,15 @@ pub fn live_frames_supported() -> Result<bool, GenError> {
         .map_err(GenError::from_live_run)
     {
         Ok(_) => Ok(true),
-        Err(GenError::LiveFramesRefused) => Ok(false),
+        Err(GenError::LiveFramesRefused) => {
+            let fd = prog
+                .fd()?
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(GenError::TestRun)?;
+            test_run(fd.as_fd(), &data, 1)?;
+            Ok(false)
+        }
         Err(e) => Err(e),
     }
 }

@@ -1,7 +1,8 @@
 //! `cargo xtask ab`: two sensor builds on the same NIC-like traffic, alternating run by run,
 //! for a change's effect on the live cost. Each run puts one build on a fresh veth pair
 //! (GRO on, as the bench), sends a warm-up, then `rounds` sends of `count` frames at a fixed
-//! rate with `xtrail-nicgen` (the bench's templates and flows), and reads the sensor
+//! rate with `xtrail-nicgen` (the bench's templates and flows; by AF_PACKET where the kernel
+//! refuses live frames), and reads the sensor
 //! process's CPU before each send and 0.5 s after it: ns per frame sent. With `--xdp`, also
 //! the XDP program's time per run over each send (bpf_stats on: its own clock reads
 //! included, alike for both builds). Runs alternate A B, B A, ... so that the host's drift
@@ -18,8 +19,8 @@ use crate::bench::{
     draw_background, draw_nic_mix, draw_picks, start_sensor, stop_child, tree_cpu_ns, DEFAULT_SEED,
 };
 use crate::bench_nic::{
-    gro_on, median, nic_send, nicgen, prog_stats, templates, write_pcap, xdp_between, xdp_prog_id,
-    StatsKnob, SCENARIOS,
+    gro_on, median, nicgen, prog_stats, templates, xdp_between, xdp_prog_id, StatsKnob, Templates,
+    SCENARIOS,
 };
 use crate::paths;
 
@@ -83,7 +84,7 @@ pub fn run(o: &AbOptions) -> anyhow::Result<()> {
     let trails = o.trails.clone().unwrap_or_else(static_tree);
     let tmp = std::env::temp_dir().join(format!("xtrail-ab-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
-    let pcap = scenario_pcap(&o.traffic, &tmp)?;
+    let traffic = scenario_templates(&o.traffic, &tmp)?;
     // Restored when dropped, after the comparison.
     let knob = o.xdp.then(StatsKnob::new);
     if let Some(k) = &knob {
@@ -95,7 +96,7 @@ pub fn run(o: &AbOptions) -> anyhow::Result<()> {
         let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
         for build in order {
             let bin = &builds[build];
-            let rounds = one_run(o, bin, &trails, &pcap, &tmp, &mut first_flow)?;
+            let rounds = one_run(o, bin, &trails, &traffic, &tmp, &mut first_flow)?;
             let list = |f: fn(&Round) -> f64| {
                 rounds
                     .iter()
@@ -156,9 +157,9 @@ pub(crate) fn static_tree() -> PathBuf {
     paths::maltrail_data().join("trails-static")
 }
 
-/// Writes the templates of NIC-like scenario `traffic` (one of `SCENARIOS`), as a full
-/// `cargo xtask bench` run draws them, to `dir/TRAFFIC.pcap`.
-pub(crate) fn scenario_pcap(traffic: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+/// The templates of NIC-like scenario `traffic` (one of `SCENARIOS`), as a full `cargo
+/// xtask bench` run draws them, written to `dir/TRAFFIC.pcap`.
+pub(crate) fn scenario_templates(traffic: &str, dir: &Path) -> anyhow::Result<Templates> {
     let which = SCENARIOS
         .iter()
         .position(|s| *s == traffic)
@@ -177,9 +178,7 @@ pub(crate) fn scenario_pcap(traffic: &str, dir: &Path) -> anyhow::Result<PathBuf
         .nth(which)
         .unwrap_or_default();
     anyhow::ensure!(!frames.is_empty(), "no {traffic} templates");
-    let pcap = dir.join(format!("{traffic}.pcap"));
-    write_pcap(&pcap, &frames)?;
-    Ok(pcap)
+    Templates::new(dir.join(format!("{traffic}.pcap")), frames)
 }
 
 /// One round's figures: the sensor process's CPU per frame sent and (with `--xdp`) the XDP
@@ -206,12 +205,12 @@ fn one_run(
     o: &AbOptions,
     bin: &Path,
     trails: &Path,
-    pcap: &Path,
+    traffic: &Templates,
     tmp: &Path,
     first_flow: &mut u64,
 ) -> anyhow::Result<Vec<Round>> {
     with_sensor(bin, trails, &o.mode, &o.sensor_args, tmp, |pair, pid| {
-        one_run_on(o, pair, pid, pcap, first_flow)
+        one_run_on(o, pair, pid, traffic, first_flow)
     })
 }
 
@@ -241,7 +240,7 @@ fn one_run_on(
     o: &AbOptions,
     pair: &VethPair,
     pid: u32,
-    pcap: &Path,
+    traffic: &Templates,
     first_flow: &mut u64,
 ) -> anyhow::Result<Vec<Round>> {
     let prog = if o.xdp { xdp_prog_id(pair) } else { None };
@@ -252,7 +251,7 @@ fn one_run_on(
     );
     let mut send = |count: u64| {
         // Fresh flows every send: a new source for each, as the bench's runs.
-        let r = nic_send(pair, pcap, count, o.rate, *first_flow);
+        let r = traffic.send(pair, count, o.rate, *first_flow);
         *first_flow += count;
         r
     };

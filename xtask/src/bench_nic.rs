@@ -48,6 +48,8 @@ const XDP_PASS_SECONDS: f64 = 0.5;
 /// Program loads the test-run cost is measured on: the running inline sensor's and fresh
 /// ones (a test run's figures fall in one of two modes per load of the same program).
 const XDP_COST_LOADS: usize = 5;
+/// An AF_PACKET sender busy for this share of its send's wall time or more is saturated.
+const SATURATED: f64 = 0.95;
 /// Packets per flow of background traffic, and flows open at once (interleaved).
 pub(crate) use xtrail_bench::flows::{BENCH_FLOW_PACKETS as FLOW_PACKETS, BENCH_WINDOW as WINDOW};
 /// Templates per single-protocol scenario: a prime, so (source, template) pairs repeat only
@@ -97,6 +99,10 @@ struct NicRun {
     detected: Option<usize>,
     /// Seconds a capture sensor went on working after the drain (0 for the others).
     settle_s: f64,
+    /// AF_PACKET: the sending thread's CPU over the send's wall time (NaN NIC-like). At
+    /// [`SATURATED`] the sender kept up only just or not at all: the path per packet is then
+    /// about its wall time per packet whatever the receiver costs.
+    generator_busy: f64,
     load: String,
     /// The round this run belongs to (raw runs).
     round: usize,
@@ -117,7 +123,7 @@ impl NicRun {
                 "{{\"delivery\":\"{}\",\"scenario\":\"{}\",\"sensor\":\"{}\",\"mode\":\"{}\",",
                 "\"offered_rate\":{},\"sent\":{},\"send_pps\":{},\"delivered\":{},",
                 "\"busy_ns_per_packet\":{},\"added_busy_ns_per_packet\":{},\"path_ns_per_packet\":{},\"added_path_ns_per_packet\":{},\"sensor_process_ns_per_packet\":{},",
-                "\"xdp_runs\":{},\"xdp_ns_per_run\":{},\"injected\":{},\"detected\":{},\"settle_s\":{},\"load\":\"{}\",",
+                "\"xdp_runs\":{},\"xdp_ns_per_run\":{},\"injected\":{},\"detected\":{},\"settle_s\":{},\"generator_busy\":{},\"load\":\"{}\",",
                 "\"rounds\":{},\"added_path_ns_per_packet_rounds\":[{}]}}"
             ),
             self.delivery,
@@ -140,6 +146,7 @@ impl NicRun {
                 .map(|d| d.to_string())
                 .unwrap_or("null".into()),
             f(self.settle_s),
+            crate::bench::json_num(self.generator_busy, 3),
             self.load,
             self.rounds,
             self.added_path_rounds
@@ -357,7 +364,19 @@ fn send(
         // The generator is a child process: its CPU is in `path_cpu_ns`.
         return Ok((sent, seconds, 0));
     }
-    let frames = sc.frames.to_vec();
+    afpacket_send(pair, sc.frames.to_vec(), count, rate, first_flow)
+}
+
+/// Sends `count` frames of the templates `frames` by AF_PACKET at `rate` from the peer's end
+/// (flows as [`nic_send`]'s), from CPU 0; returns (sent, seconds, the sending thread's CPU
+/// ns).
+pub(crate) fn afpacket_send(
+    pair: &VethPair,
+    frames: Vec<Vec<u8>>,
+    count: u64,
+    rate: u64,
+    first_flow: u64,
+) -> anyhow::Result<(u64, f64, u64)> {
     let (ns, ifname) = (pair.peer_ns.clone(), pair.peer_if.clone());
     let handle = in_ns(&pair.peer_ns, move || -> anyhow::Result<(u64, f64, u64)> {
         // The same CPU as the NIC-like generator; not fatal when it fails (the run is only
@@ -576,6 +595,11 @@ impl Run<'_> {
             injected: sc.items.len(),
             detected,
             settle_s,
+            generator_busy: if delivery == "afpacket" {
+                generator_thread_ns as f64 / (secs * 1e9).max(1.0)
+            } else {
+                f64::NAN
+            },
             load: crate::host::loadavg(3),
             round: 0,
             rounds: 1,
@@ -675,7 +699,7 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
     let mut suts = Vec::new();
     let mut threaded = String::new();
     for (sensor, mode) in &sensors {
-        let sut = start_sut(inp, sensor, mode)?;
+        let sut = start_sut(inp, sensor, mode, "")?;
         if threaded.is_empty() {
             threaded = sut
                 .pair
@@ -768,6 +792,58 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
     )
 }
 
+/// Whether `r`'s run or the no-sensor run of its delivery, traffic and rate had a saturated
+/// sender ([`SATURATED`]).
+fn saturated(runs: &[NicRun], r: &NicRun) -> bool {
+    let busy = |x: &NicRun| x.generator_busy >= SATURATED;
+    busy(r)
+        || runs.iter().any(|n| {
+            n.sensor == "none"
+                && n.delivery == r.delivery
+                && n.scenario == r.scenario
+                && n.rate == r.rate
+                && busy(n)
+        })
+}
+
+/// A scenario's templates as `cargo xtask ab` and `xdp-profile` send them: NIC-like where
+/// the kernel runs live frames, else by AF_PACKET.
+pub(crate) struct Templates {
+    pub(crate) pcap: PathBuf,
+    pub(crate) frames: Vec<Vec<u8>>,
+    pub(crate) live: bool,
+}
+
+impl Templates {
+    /// `frames` written to `pcap`; the delivery decided (and said on stderr when it is not
+    /// NIC-like).
+    pub(crate) fn new(pcap: PathBuf, frames: Vec<Vec<u8>>) -> anyhow::Result<Templates> {
+        write_pcap(&pcap, &frames)?;
+        let live = live_frames()?;
+        if !live {
+            eprintln!("xtask: this kernel refuses BPF_PROG_RUN live frames: sending by AF_PACKET instead of NIC-like (each frame also pays veth's skb-to-XDP conversion)");
+        }
+        Ok(Templates { pcap, frames, live })
+    }
+
+    /// Sends `count` frames at `rate`, flows numbered from `first_flow`; returns (sent,
+    /// seconds).
+    pub(crate) fn send(
+        &self,
+        pair: &VethPair,
+        count: u64,
+        rate: u64,
+        first_flow: u64,
+    ) -> anyhow::Result<(u64, f64)> {
+        if self.live {
+            nic_send(pair, &self.pcap, count, rate, first_flow)
+        } else {
+            afpacket_send(pair, self.frames.clone(), count, rate, first_flow)
+                .map(|(sent, seconds, _)| (sent, seconds))
+        }
+    }
+}
+
 /// Whether this kernel runs BPF_PROG_RUN in live-frames mode, the NIC-like delivery (some
 /// refuse it to every caller: `xtrail-nicgen live-frames`).
 fn live_frames() -> anyhow::Result<bool> {
@@ -855,12 +931,13 @@ impl Drop for StatsKnob {
     }
 }
 
-/// Creates a veth pair (GRO on at the sensor's end) and starts `sensor` on it.
-fn start_sut(inp: &NicInputs<'_>, sensor: &str, mode: &str) -> anyhow::Result<Sut> {
+/// Creates a veth pair (GRO on at the sensor's end) and starts `sensor` on it, its events
+/// in a file named after it and `tag` (another instance of the same sensor needs its own).
+fn start_sut(inp: &NicInputs<'_>, sensor: &str, mode: &str, tag: &str) -> anyhow::Result<Sut> {
     let pair = VethPair::create("xn")?;
     gro_on(&pair)?;
     let log = inp.tmp.join(format!(
-        "nic-events-{sensor}-{mode}.{}",
+        "nic-events-{sensor}-{mode}{tag}.{}",
         if sensor == "xtrail" { "jsonl" } else { "log" }
     ));
     let _ = std::fs::remove_file(&log);
@@ -978,6 +1055,7 @@ fn aggregate(raw: &[NicRun], xdp_pass: &[NicRun], rounds: usize) -> Vec<NicRun> 
         out.push(NicRun {
             sent: mine.iter().map(|x| x.sent).sum::<u64>() / mine.len().max(1) as u64,
             send_pps: med(&|x| x.send_pps),
+            generator_busy: med(&|x| x.generator_busy),
             delivered: mine.iter().map(|x| x.delivered).sum::<u64>() / mine.len().max(1) as u64,
             busy_ns_per_packet: med(&|x| x.busy_ns_per_packet),
             path_ns_per_packet: med(&|x| x.path_ns_per_packet),
@@ -1004,15 +1082,24 @@ fn aggregate(raw: &[NicRun], xdp_pass: &[NicRun], rounds: usize) -> Vec<NicRun> 
 
 /// [`xdp_cost`] on the running inline sensor's program, then on [`XDP_COST_LOADS`] - 1
 /// fresh sensors (each its own load of the program, started and stopped in turn), combined
-/// by [`combine_loads`].
+/// by [`combine_loads`]. A fresh load that fails ends the series with the loads so far.
 fn xdp_cost_over_loads(running: u32, inp: &NicInputs<'_>) -> anyhow::Result<String> {
     let mut loads = vec![parse_cost(&xdp_cost(running, inp.tmp)?)?];
-    for _ in 1..XDP_COST_LOADS {
-        let sut = start_sut(inp, "xtrail", "inline")?;
-        let prog = sut
-            .prog
-            .context("a fresh inline sensor has no XDP program")?;
-        loads.push(parse_cost(&xdp_cost(prog, inp.tmp)?)?);
+    for k in 1..XDP_COST_LOADS {
+        let fresh = || -> anyhow::Result<serde_json::Value> {
+            let sut = start_sut(inp, "xtrail", "inline", &format!("-load{k}"))?;
+            let prog = sut
+                .prog
+                .context("a fresh inline sensor has no XDP program")?;
+            parse_cost(&xdp_cost(prog, inp.tmp)?)
+        };
+        match fresh() {
+            Ok(load) => loads.push(load),
+            Err(e) => {
+                eprintln!("bench: nic: XDP cost on fresh load {k} failed: {e:#}");
+                break;
+            }
+        }
     }
     Ok(combine_loads(loads).to_string())
 }
@@ -1023,8 +1110,9 @@ fn parse_cost(text: &str) -> anyhow::Result<serde_json::Value> {
 
 /// One figure per frame over several program loads: `net_ns_median` and `ns_median` the
 /// medians over the loads of each load's, `net_ns_loads` each load's, `ns_min` the lowest,
-/// the counters summed; `noop_ns` the lowest floor, `array_read_ns` the median; each load's
-/// own output in `per_load`.
+/// the counters summed; `noop_ns` the lowest floor, `array_read_ns` the median,
+/// `array_read_net_ns` the median of each load's `array_read_ns - noop_ns`; each load's own
+/// output in `per_load`.
 fn combine_loads(loads: Vec<serde_json::Value>) -> serde_json::Value {
     use serde_json::{json, Value};
     let num = |v: &Value, key: &str| v.get(key).and_then(Value::as_f64);
@@ -1065,6 +1153,10 @@ fn combine_loads(loads: Vec<serde_json::Value>) -> serde_json::Value {
         })
         .collect();
     let tops = |key: &str| -> Vec<f64> { loads.iter().filter_map(|l| num(l, key)).collect() };
+    let read_net: Vec<f64> = loads
+        .iter()
+        .filter_map(|l| Some(num(l, "array_read_ns")? - num(l, "noop_ns")?))
+        .collect();
     json!({
         "program": loads.first().and_then(|l| l.get("program")).cloned(),
         "verified_insns": loads.first().and_then(|l| l.get("verified_insns")).cloned(),
@@ -1072,6 +1164,7 @@ fn combine_loads(loads: Vec<serde_json::Value>) -> serde_json::Value {
         "frames": frames,
         "noop_ns": tops("noop_ns").into_iter().reduce(f64::min),
         "array_read_ns": median(tops("array_read_ns")),
+        "array_read_net_ns": median(read_net),
         "per_load": loads,
     })
 }
@@ -1122,7 +1215,7 @@ fn nicgen_stdout(
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg, paced, from CPU 0. Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (payloads of xtrail_nicgen_common::filler_byte, bytes that look like ciphertext; all-zero payloads before 2026-12-06 09:06) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow, but a ClientHello in two segments (half the mix's: with the post-quantum key share) is one flow of two packets, sent in order (consecutive templates that continue one TCP stream are linked: Template::link). Scenarios udp, tcp-ack, tcp-syn (251 background templates each) and mix (4,093 templates) run on both deliveries at every rate; dns, http and tls (the mix's templates of that kind alone: every packet is handed to userspace, so the sensor process's CPU per packet is the live cost of a hand-off with its flow start, wake-ups and ring reads included) run NIC-like at 50k pps only. live_frames: false when the kernel refuses BPF_PROG_RUN in live-frames mode (xtrail-nicgen live-frames; some builds return EPERM even to root): then no NIC-like run, AF_PACKET only, the hand-off scenarios on AF_PACKET. GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has --nic-rounds rounds (default 3; --quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round and runs backwards every other round). kernel.bpf_stats_enabled=0 during these runs (written and read back) (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (its CPU-time clock, clock_getcpuclockid: ns, not /proc's 10 ms ticks), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the generator's own CPU (NIC-like: the xtrail-nicgen process, a waited-for child, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program and the stack included, in softirq in its context; AF_PACKET: the sending thread's RUSAGE_THREAD, its sendmmsg calls likewise), the bench's other waited-for children (the ip commands every run's samples use, sensor or not), the ksoftirqd threads and the sensor process tree (CPU-time clocks, exact to the ns; nic runs before 2026-12-04 used /proc's 10 ms ticks: up to 10 ns a packet per process at 1M packets, 100 ns at the 50k rate's 100,000; other work on the machine, the bench's own sampling and settling included, is not counted). The irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice. The path CPU is read last before the send and first after it. Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. sent and delivered are means over the rounds. xdp_ns_per_run and xdp_runs: a separate pass after the rounds for the sensors with an XDP program (xtrail, xdp-drop), 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program; bpf_stats' own clock reads included: see the xdp-drop rows). Recall: scored in the first round, on the events a sensor wrote from the send to the sample. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps and on 4 fresh inline sensors started one after another (5 loads of the program: a test run's figures fall in one of two modes per load; until 2026-12-07 the running sensor's alone), the figures the medians over the loads (net_ns_loads: each load's; per_load: each load's output); the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_ns - noop_ns is one array map read per packet (the trail-set selector the two-set keys added).";
+const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg from CPU 0, paced like the NIC-like generator: what is due every 1 ms, sleeping between (until 2026-12-07 08:20 waits under 200 us were spun: a sender that kept up at 500k or 1M pps was busy for its whole wall time, which hid the receive path's cost, an XDP program's included, in the spin while a capture sensor's process was counted apart). Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (payloads of xtrail_nicgen_common::filler_byte, bytes that look like ciphertext; all-zero payloads before 2026-12-06 09:06) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow, but a ClientHello in two segments (half the mix's: with the post-quantum key share) is one flow of two packets, sent in order (consecutive templates that continue one TCP stream are linked: Template::link). Scenarios udp, tcp-ack, tcp-syn (251 background templates each) and mix (4,093 templates) run on both deliveries at every rate; dns, http and tls (the mix's templates of that kind alone: every packet is handed to userspace, so the sensor process's CPU per packet is the live cost of a hand-off with its flow start, wake-ups and ring reads included) run NIC-like at 50k pps only. live_frames: false when the kernel refuses BPF_PROG_RUN in live-frames mode (xtrail-nicgen live-frames; some builds return EPERM even to root): then no NIC-like run, AF_PACKET only, the hand-off scenarios on AF_PACKET. GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has --nic-rounds rounds (default 3; --quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round and runs backwards every other round). kernel.bpf_stats_enabled=0 during these runs (written and read back) (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (its CPU-time clock, clock_getcpuclockid: ns, not /proc's 10 ms ticks), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the generator's own CPU (NIC-like: the xtrail-nicgen process, a waited-for child, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program and the stack included, in softirq in its context; AF_PACKET: the sending thread's RUSAGE_THREAD, its sendmmsg calls likewise; generator_busy: that thread's CPU over the send's wall time, median over rounds; at 0.95 or more the sender is saturated and a row's path is about its wall time per packet, marked '(saturated)' in nic.md), the bench's other waited-for children (the ip commands every run's samples use, sensor or not), the ksoftirqd threads and the sensor process tree (CPU-time clocks, exact to the ns; nic runs before 2026-12-04 used /proc's 10 ms ticks: up to 10 ns a packet per process at 1M packets, 100 ns at the 50k rate's 100,000; other work on the machine, the bench's own sampling and settling included, is not counted). The irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice. The path CPU is read last before the send and first after it. Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. sent and delivered are means over the rounds. xdp_ns_per_run and xdp_runs: a separate pass after the rounds for the sensors with an XDP program (xtrail, xdp-drop), 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program; bpf_stats' own clock reads included: see the xdp-drop rows). Recall: scored in the first round, on the events a sensor wrote from the send to the sample. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps and on 4 fresh inline sensors started one after another (5 loads of the program: a test run's figures fall in one of two modes per load; until 2026-12-07 the running sensor's alone), the figures the medians over the loads (net_ns_loads: each load's; per_load: each load's output); the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_net_ns (the median over the loads of each load's array_read_ns - noop_ns) is one array map read per packet (the trail-set selector the two-set keys added).";
 
 /// Each xtrail run with the `--peer` run of the same delivery, traffic and rate.
 fn peer_pairs(runs: &[NicRun]) -> Vec<(&NicRun, &NicRun)> {
@@ -1254,7 +1347,7 @@ fn write(
     md.push_str("| delivery | traffic | rate | sensor | sent pps | delivered | path ns/pkt | **added path ns/pkt** | machine busy ns/pkt | added busy ns/pkt | sensor process ns/pkt | XDP ns/run | recall | load |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in runs {
         md.push_str(&format!(
-            "| {} | {} | {}k | {}{} | {:.0} | {} | {:.0} | {} | {:.0} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {}k | {}{} | {:.0}{} | {} | {:.0} | {} | {:.0} | {} | {} | {} | {} | {} |\n",
             r.delivery,
             r.scenario,
             r.rate / 1000,
@@ -1265,6 +1358,11 @@ fn write(
                 format!(" {}", r.mode)
             },
             r.send_pps,
+            if r.generator_busy >= SATURATED {
+                " (saturated)"
+            } else {
+                ""
+            },
             r.delivered,
             r.path_ns_per_packet,
             r.added_path_ns_per_packet
@@ -1301,6 +1399,9 @@ fn write(
         ));
     }
     let mut summary = Vec::new();
+    if !live {
+        summary.push("- NIC-like delivery not measured: this kernel refuses BPF_PROG_RUN in live-frames mode; the nic rows are AF_PACKET delivery only (bench/results/nic.md).".to_string());
+    }
     if let Some(c) = cost.and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok()) {
         use serde_json::Value;
         let frame = |name: &str| -> Option<&Value> {
@@ -1333,7 +1434,7 @@ fn write(
             }
         };
         let line = format!(
-            "- XDP program by BPF_PROG_TEST_RUN repeat (full trail maps, inline; net of the test-run floor; the median over {} loads of the program, each load's in brackets): clean TCP ACK {} (goal ≤ 25), UDP with its flow start already sent {}, SYN likewise {}, UDP writing a flow-start record every run {} (goal ≤ 45; {} records written, {} refused as ring full); one array map read {:.1} ns (array_read {} − noop {}).",
+            "- XDP program by BPF_PROG_TEST_RUN repeat (full trail maps, inline; net of the test-run floor; the median over {} loads of the program, each load's in brackets): clean TCP ACK {} (goal ≤ 25), UDP with its flow start already sent {}, SYN likewise {}, UDP writing a flow-start record every run {} (goal ≤ 45; {} records written, {} refused as ring full); one array map read {:.1} ns (array_read − noop, the median over the loads; array_read {}, noop ≥ {}).",
             fmt(top("loads")),
             net("tcp_ack"),
             net("udp_flow_seen"),
@@ -1341,7 +1442,7 @@ fn write(
             net("udp_flow_start"),
             fmt(num("udp_flow_start", "flow_starts")),
             fmt(num("udp_flow_start", "flows_full")),
-            top("array_read_ns").unwrap_or(f64::NAN) - top("noop_ns").unwrap_or(f64::NAN),
+            top("array_read_net_ns").unwrap_or(f64::NAN),
             fmt(top("array_read_ns")),
             fmt(top("noop_ns")),
         );
@@ -1409,7 +1510,7 @@ fn write(
     if !pairs.is_empty() {
         md.push_str("\nxtrail against `--peer` (");
         md.push_str(&inp.peer.unwrap_or_default().replace('|', "\\|"));
-        md.push_str("), like with like: the same delivery, traffic and rate, in this run. Ratios are xtrail / peer (below 1: xtrail costs less). Added path: packet-path CPU each adds per packet (issue #12, inline: goal ≤ 0.20); path: the whole packet path per packet (mirror: goal ≤ 0.25); added busy: whole-machine busy time added (valid only on an otherwise idle machine); path net of floor: the whole path minus the delivery floor's (xdp-drop: the generator and the delivery to an XDP program that drops every frame, which no sensor on NIC-like delivery can go below; a NIC does that part in hardware and its driver; on AF_PACKET delivery an XDP program on a veth also pays veth's skb-to-XDP conversion, so there the floor is not a lower bound for a capture sensor). Recall on the mix: items detected / injected. Peer settle: seconds the peer went on working after the send (sampled after it).\n\n| delivery | traffic | rate | xtrail | added path ns/pkt xtrail / peer | **added path ratio** | path ns/pkt xtrail / peer | **path ratio** | path net of floor ratio | added busy ratio | recall xtrail / peer | peer settle s |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|\n");
+        md.push_str("), like with like: the same delivery, traffic and rate, in this run. Ratios are xtrail / peer (below 1: xtrail costs less). Added path: packet-path CPU each adds per packet (issue #12, inline: goal ≤ 0.20); path: the whole packet path per packet (mirror: goal ≤ 0.25); added busy: whole-machine busy time added (valid only on an otherwise idle machine); path net of floor: the whole path minus the delivery floor's (xdp-drop: the generator and the delivery to an XDP program that drops every frame, which no sensor on NIC-like delivery can go below; a NIC does that part in hardware and its driver; on AF_PACKET delivery an XDP program on a veth also pays veth's skb-to-XDP conversion, so there the floor is not a lower bound for a capture sensor). Recall on the mix: items detected / injected. Peer settle: seconds the peer went on working after the send (sampled after it). (saturated): the AF_PACKET sender was busy for 95% or more of its wall time in the run of either sensor or of the no-sensor run it is taken from: the path per packet is then about the sender's wall time per packet, so what a sensor adds in the sender's context (an XDP program's cost, the stack's) barely shows and the ratio is not a measurement.\n\n| delivery | traffic | rate | xtrail | added path ns/pkt xtrail / peer | **added path ratio** | path ns/pkt xtrail / peer | **path ratio** | path net of floor ratio | added busy ratio | recall xtrail / peer | peer settle s |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|\n");
         let fmt = |x: Option<f64>, places: usize| {
             x.map(|v| format!("{v:.places$}")).unwrap_or("-".into())
         };
@@ -1419,8 +1520,13 @@ fn write(
                 Some(d) if r.injected > 0 => format!("{d}/{}", r.injected),
                 _ => "-".into(),
             };
+            let mark = if saturated(runs, x) || saturated(runs, p) {
+                " (saturated)"
+            } else {
+                ""
+            };
             md.push_str(&format!(
-                "| {} | {} | {}k | {} | {} / {} | {} | {:.0} / {:.0} | {} | {} | {} | {} / {} | {:.1} |\n",
+                "| {} | {} | {}k | {} | {} / {} | {}{mark} | {:.0} / {:.0} | {} | {} | {} | {} / {} | {:.1} |\n",
                 x.delivery,
                 x.scenario,
                 x.rate / 1000,
@@ -1557,6 +1663,7 @@ mod tests {
         assert_eq!(c["loads"], 3);
         assert_eq!(c["noop_ns"], 33.0);
         assert_eq!(c["array_read_ns"], 35.0);
+        assert_eq!(c["array_read_net_ns"], 1.0);
         let ack = &c["frames"][0];
         assert_eq!(ack["frame"], "tcp_ack");
         assert_eq!(ack["net_ns_median"], 30.0);

@@ -1,6 +1,6 @@
 //! `cargo xtask xdp-profile`: where the live XDP program spends its time, by instruction.
 //! One sensor on a fresh veth pair (GRO on, as the bench) gets a warm-up of NIC-like
-//! traffic; its program's JIT image is dumped (`xtrail-nicgen jit-dump`); `perf record -a`
+//! traffic (AF_PACKET where the kernel refuses live frames); its program's JIT image is dumped (`xtrail-nicgen jit-dump`); `perf record -a`
 //! samples every CPU while `count` more frames are sent at `rate`; the samples inside the
 //! program are counted per instruction of the image (`xtrail-nicgen jit-annotate`). Writes
 //! `OUT/annotate.txt` (the whole annotated disassembly; OUT is target/xdp-profile unless
@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::ab::{scenario_pcap, static_tree, with_sensor};
-use crate::bench_nic::{nic_send, nicgen, xdp_prog_id, SCENARIOS};
+use crate::ab::{scenario_templates, static_tree, with_sensor};
+use crate::bench_nic::{nicgen, xdp_prog_id, SCENARIOS};
 
 /// What `cargo xtask xdp-profile` profiles.
 #[derive(clap::Args)]
@@ -85,7 +85,7 @@ pub fn run(o: &ProfileOptions) -> anyhow::Result<()> {
             .join("xdp-profile")
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let pcap = scenario_pcap(&o.traffic, &out)?;
+    let traffic = scenario_templates(&o.traffic, &out)?;
     with_sensor(
         &sensor,
         &trails,
@@ -93,7 +93,7 @@ pub fn run(o: &ProfileOptions) -> anyhow::Result<()> {
         &o.sensor_args,
         &out,
         |pair, _| {
-            nic_send(pair, &pcap, o.count / 4, o.rate, 0)?;
+            traffic.send(pair, o.count / 4, o.rate, 0)?;
             let id = xdp_prog_id(pair).context("no XDP program on the sensor's interface")?;
             let jit = out.join("jit");
             crate::run(
@@ -115,7 +115,7 @@ pub fn run(o: &ProfileOptions) -> anyhow::Result<()> {
                 .spawn()
                 .context("starting perf record")?;
             std::thread::sleep(Duration::from_millis(500));
-            let sent = nic_send(pair, &pcap, o.count, o.rate, o.count / 4);
+            let sent = traffic.send(pair, o.count, o.rate, o.count / 4);
             // perf writes its data on SIGINT.
             let stopped =
                 xtrail_bench::child::interrupt_and_wait(&mut perf, Duration::from_secs(30));

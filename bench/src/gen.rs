@@ -90,11 +90,12 @@ pub fn blast(
 
 /// Like [`blast`], with frames from a [`FlowFrames`] sequence (per-flow source addresses,
 /// as the NIC-like generator sends them). The rewrite of each batch is generator work, done
-/// the same way in every run. Paced as the NIC-like generator is: what is due every
-/// [`TICK`], sleeping between, so that the sending thread's CPU is its sends' and the
-/// receive path's they run, not a spin's (with [`blast`]'s spin of waits under 200 µs, a
-/// sender that kept up at 500k pps was busy for its whole wall time whatever the receiver
-/// cost).
+/// the same way in every run. Paced in ticks: each [`TICK`] of the run, the frames due by
+/// its end in batches of [`BATCH`], then a sleep to the next tick, so that the sending
+/// thread's CPU is its sends' and the receive path's they run, not a spin's (with
+/// [`blast`]'s spin of waits under 200 µs, a sender that kept up at 500k pps was busy for
+/// its whole wall time whatever the receiver cost) nor that of calls of a frame or two
+/// (sending only what was due by now, a sender at 1M never caught up between them).
 pub fn blast_flows(
     inj: &Injector,
     flows: &mut FlowFrames,
@@ -108,9 +109,9 @@ pub fn blast_flows(
     let mut ready = 0usize;
     let mut sent_of_batch = 0usize;
     while report.sent < count && pacer.elapsed() < max_duration {
-        let due = pacer.due(count);
+        let (due, left) = pacer.due_in_tick(count, TICK);
         if due <= report.sent {
-            std::thread::sleep(TICK);
+            std::thread::sleep(left);
             continue;
         }
         if sent_of_batch == ready {

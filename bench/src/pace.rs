@@ -50,6 +50,24 @@ impl Pacer {
         false
     }
 
+    /// How many of a run's `count` frames are due by the end of the current `tick` (the run
+    /// divided into ticks from its start), and the time left until that end: a generator
+    /// that sends them and then sleeps the time left sends a burst of rate × tick a tick.
+    /// Flat out: all of them, no time left.
+    pub fn due_in_tick(&self, count: u64, tick: Duration) -> (u64, Duration) {
+        let Some(rate) = self.rate else {
+            return (count, Duration::ZERO);
+        };
+        let now = self.start.elapsed().as_nanos();
+        let tick = tick.as_nanos().max(1);
+        let end = (now / tick + 1) * tick;
+        let due = end * u128::from(rate) / 1_000_000_000;
+        (
+            u64::try_from(due).unwrap_or(u64::MAX).min(count),
+            Duration::from_nanos(u64::try_from(end - now).unwrap_or(u64::MAX)),
+        )
+    }
+
     /// How many of a run's `count` frames are due by now: all of them flat out, else every
     /// frame whose time has come.
     pub fn due(&self, count: u64) -> u64 {
@@ -93,6 +111,21 @@ mod tests {
         assert!(p.ready(0, Duration::from_secs(3600)));
         assert!(!p.ready(1, Duration::from_secs(3600)));
         assert_eq!(p.due(10), 1);
+    }
+
+    #[test]
+    fn a_ticks_frames_are_due_at_its_start() {
+        // 1,000 frames a second in 100 ms ticks: the first tick's 100 at once, the time left
+        // at most the tick; flat out everything, no wait.
+        let p = Pacer::start(Some(1_000));
+        let (due, left) = p.due_in_tick(10_000, Duration::from_millis(100));
+        assert_eq!(due, 100);
+        assert!(left <= Duration::from_millis(100) && left > Duration::from_millis(50));
+        assert_eq!(p.due_in_tick(40, Duration::from_millis(100)).0, 40);
+        assert_eq!(
+            Pacer::start(None).due_in_tick(7, Duration::from_millis(1)),
+            (7, Duration::ZERO)
+        );
     }
 
     #[test]

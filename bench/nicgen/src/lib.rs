@@ -45,8 +45,8 @@ pub enum GenError {
     #[error("BPF_PROG_TEST_RUN: {0}")]
     TestRun(std::io::Error),
     /// Some kernels refuse `BPF_F_TEST_XDP_LIVE_FRAMES` (seen on a 6.18.44 build: EPERM to
-    /// root with every capability, even for a program that only returns, while test runs
-    /// without the flag work: [`live_frames_supported`] checks both).
+    /// root with every capability but CAP_SYS_RESOURCE, even for a program that only returns,
+    /// while test runs without the flag work: [`live_frames_supported`] checks both).
     #[error(
         "this kernel refuses BPF_PROG_RUN in live-frames mode (EPERM): NIC-like delivery is \
          not available here (AF_PACKET delivery is)"
@@ -253,8 +253,11 @@ impl Generator {
     }
 
     /// Sends `count` frames, at `rate` frames per second or flat out, for at most
-    /// `max_duration`. Paced runs inject what is due every `tick` (frames leave in bursts of
-    /// rate × tick, as from a NIC with interrupt moderation).
+    /// `max_duration`. Paced runs inject what is due by now and sleep `tick` once caught up
+    /// (after a sleep a burst of about rate × tick; at high rates the calls between carry a
+    /// few frames each: the AF_PACKET generator, `xtrail_bench::gen::blast_flows`, sends
+    /// whole tick bursts since 2026-12-07, this one not yet: it cannot run on the kernel of
+    /// that change).
     pub fn run(
         &mut self,
         count: u64,

@@ -1474,7 +1474,6 @@ fn write(
             ));
         }
     }
-    let mut delivery = "nic";
     let handoffs: Vec<String> = ["dns", "http", "tls"]
         .into_iter()
         .filter_map(|kind| {
@@ -1485,10 +1484,6 @@ fn write(
                     .filter(|x| x.is_finite())
             };
             let x = process("xtrail", "inline")?;
-            delivery = runs
-                .iter()
-                .find(|r| r.scenario == kind)
-                .map_or(delivery, |r| r.delivery);
             Some(match process("peer", "capture") {
                 Some(p) => format!("{kind} {x:.0} (peer {p:.0})"),
                 None => format!("{kind} {x:.0}"),
@@ -1498,7 +1493,7 @@ fn write(
     if !handoffs.is_empty() {
         let line = format!(
             "- Hand-offs live: the mix's DNS, HTTP or TLS templates alone, {} delivery at {}k pps (every packet handed to userspace), the xtrail inline sensor process's CPU per packet (ns): {} (goal ≤ 300; bench/results/nic.md).",
-            if delivery == "nic" { "NIC-like" } else { "AF_PACKET" },
+            if live { "NIC-like" } else { "AF_PACKET" },
             HANDOFF_RATE / 1000,
             handoffs.join(", ")
         );

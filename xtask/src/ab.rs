@@ -1,7 +1,7 @@
 //! `cargo xtask ab`: two sensor builds on the same NIC-like traffic, alternating run by run,
 //! for a change's effect on the live cost. Each run puts one build on a fresh veth pair
 //! (GRO on, as the bench), sends a warm-up, then `rounds` sends of `count` frames at a fixed
-//! rate with `xtrail-nicgen` (the bench's templates and flows; by AF_PACKET where the kernel
+//! rate with `xtrail-nicgen` (the bench's templates and flows; through a relay where the kernel
 //! refuses live frames), and reads the sensor
 //! process's CPU before each send and 0.5 s after it: ns per frame sent. With `--xdp`, also
 //! the XDP program's time per run over each send (bpf_stats on: its own clock reads
@@ -19,8 +19,8 @@ use crate::bench::{
     draw_background, draw_nic_mix, draw_picks, start_sensor, stop_child, tree_cpu_ns, DEFAULT_SEED,
 };
 use crate::bench_nic::{
-    gro_on, median, nicgen, prog_stats, templates, xdp_between, xdp_prog_id, StatsKnob, Templates,
-    SCENARIOS,
+    gro_on, median, nicgen, prog_stats, templates, xdp_between, xdp_prog_id, Relay, StatsKnob,
+    Templates, SCENARIOS,
 };
 use crate::paths;
 
@@ -209,24 +209,37 @@ fn one_run(
     tmp: &Path,
     first_flow: &mut u64,
 ) -> anyhow::Result<Vec<Round>> {
-    with_sensor(bin, trails, &o.mode, &o.sensor_args, tmp, |pair, pid| {
-        one_run_on(o, pair, pid, traffic, first_flow)
-    })
+    with_sensor(
+        bin,
+        trails,
+        &o.mode,
+        &o.sensor_args,
+        tmp,
+        traffic,
+        |pair, pid| one_run_on(o, pair, pid, traffic, first_flow),
+    )
 }
 
-/// Runs `f` with `sensor` (a binary) started on a fresh veth pair (GRO on, as the bench),
-/// its events in `dir/events.jsonl`; `f` gets the pair and the sensor's pid. The sensor is
-/// stopped after, whatever `f` returned.
+/// Runs `f` with `sensor` (a binary) started on a fresh veth pair (GRO on, as the bench;
+/// with the relay `traffic` is sent through where live frames are refused), its events in
+/// `dir/events.jsonl`; `f` gets the pair and the sensor's pid. The sensor is stopped after,
+/// whatever `f` returned.
 pub(crate) fn with_sensor<T>(
     sensor: &Path,
     trails: &Path,
     mode: &str,
     args: &[String],
     dir: &Path,
+    traffic: &Templates,
     f: impl FnOnce(&VethPair, u32) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let pair = VethPair::create("xab")?;
     gro_on(&pair)?;
+    let _relay = if traffic.live {
+        None
+    } else {
+        Some(Relay::start(&pair)?)
+    };
     let log = dir.join("events.jsonl");
     let _ = std::fs::remove_file(&log);
     let mut started = start_sensor(sensor, &pair, trails, mode, &log, args)?;

@@ -60,6 +60,14 @@ const MIX_TEMPLATES: usize = 4093;
 /// The rate of the hand-off scenarios (the mix's DNS, HTTP or TLS templates alone, every
 /// packet handed to userspace): about the hand-off rate of the mix at 1M pps.
 const HANDOFF_RATE: u64 = 50_000;
+/// The deliveries, in the order they run and are reported: NIC-like by live frames
+/// (`nic`), NIC-like through a relay where the kernel refuses live frames (`relay`:
+/// [`Relay`]), and AF_PACKET into the veth (`afpacket`).
+const DELIVERIES: [&str; 3] = ["nic", "relay", "afpacket"];
+/// The relay's veth pair in a [`VethPair`]'s peer namespace: AF_PACKET sends into the
+/// first, whose peer (the second) runs `xtrail-nicgen relay`.
+const RELAY_IN: &str = "xrin";
+const RELAY_OUT: &str = "xrout";
 
 /// What the NIC scenarios need from the bench.
 pub struct NicInputs<'a> {
@@ -359,25 +367,36 @@ fn send(
     rate: u64,
     first_flow: u64,
 ) -> anyhow::Result<(u64, f64, u64)> {
-    if delivery == "nic" {
-        let (sent, seconds) = nic_send(pair, &sc.pcap, count, rate, first_flow)?;
-        // The generator is a child process: its CPU is in `path_cpu_ns`.
-        return Ok((sent, seconds, 0));
+    match delivery {
+        "nic" => {
+            let (sent, seconds) = nic_send(pair, &sc.pcap, count, rate, first_flow)?;
+            // The generator is a child process: its CPU is in `path_cpu_ns`.
+            Ok((sent, seconds, 0))
+        }
+        "relay" => afpacket_send(pair, RELAY_IN, sc.frames.to_vec(), count, rate, first_flow),
+        _ => afpacket_send(
+            pair,
+            &pair.peer_if,
+            sc.frames.to_vec(),
+            count,
+            rate,
+            first_flow,
+        ),
     }
-    afpacket_send(pair, sc.frames.to_vec(), count, rate, first_flow)
 }
 
-/// Sends `count` frames of the templates `frames` by AF_PACKET at `rate` from the peer's end
-/// (flows as [`nic_send`]'s), from CPU 0; returns (sent, seconds, the sending thread's CPU
-/// ns).
+/// Sends `count` frames of the templates `frames` by AF_PACKET at `rate` into interface
+/// `iface` of the peer's namespace (its end of the pair, or [`RELAY_IN`]; flows as
+/// [`nic_send`]'s), from CPU 0; returns (sent, seconds, the sending thread's CPU ns).
 pub(crate) fn afpacket_send(
     pair: &VethPair,
+    iface: &str,
     frames: Vec<Vec<u8>>,
     count: u64,
     rate: u64,
     first_flow: u64,
 ) -> anyhow::Result<(u64, f64, u64)> {
-    let (ns, ifname) = (pair.peer_ns.clone(), pair.peer_if.clone());
+    let (ns, ifname) = (pair.peer_ns.clone(), iface.to_string());
     let handle = in_ns(&pair.peer_ns, move || -> anyhow::Result<(u64, f64, u64)> {
         // The same CPU as the NIC-like generator; not fatal when it fails (the run is only
         // less comparable).
@@ -431,6 +450,64 @@ pub(crate) fn nic_send(
     let text = nicgen_stdout(out, "send")?;
     let num = |k: &str| -> f64 { json_field(&text, k).unwrap_or(0.0) };
     Ok((num("sent") as u64, num("seconds")))
+}
+
+/// NIC-like delivery where the kernel refuses live frames: a veth pair ([`RELAY_IN`],
+/// [`RELAY_OUT`]) in `pair`'s peer namespace and `xtrail-nicgen relay` on [`RELAY_OUT`],
+/// which `bpf_redirect`s every frame into the pair's peer end. Frames sent into
+/// [`RELAY_IN`] by AF_PACKET reach the sensor's end as `xdp_frame`s, as from a NIC driver;
+/// veth's skb-to-XDP conversion is paid at [`RELAY_OUT`], in the sender's context, as part of
+/// the delivery (the no-sensor run pays it too). Stopped when dropped; its veths go with the
+/// namespace.
+pub(crate) struct Relay {
+    watched: xtrail_bench::child::Watched,
+}
+
+impl Relay {
+    pub(crate) fn start(pair: &VethPair) -> anyhow::Result<Relay> {
+        let ip = |args: &[&str]| -> anyhow::Result<()> {
+            let st = pair.in_peer_ns("ip").args(args).status()?;
+            anyhow::ensure!(
+                st.success(),
+                "ip {} in {} failed",
+                args.join(" "),
+                pair.peer_ns
+            );
+            Ok(())
+        };
+        ip(&[
+            "link", "add", RELAY_IN, "type", "veth", "peer", "name", RELAY_OUT,
+        ])?;
+        ip(&["link", "set", RELAY_IN, "up"])?;
+        ip(&["link", "set", RELAY_OUT, "up"])?;
+        let mut cmd = pair.in_peer_ns("sh");
+        cmd.args([
+            "-c",
+            &format!(
+                "exec {} relay --from {RELAY_OUT} --to {} 1>&2",
+                nicgen().display(),
+                pair.peer_if
+            ),
+        ])
+        .stdout(Stdio::null());
+        let watched = xtrail_bench::child::spawn_watched(&mut cmd, None)
+            .context("starting xtrail-nicgen relay")?;
+        // Dropped on failure: the process is stopped.
+        let relay = Relay { watched };
+        if let Err(e) = relay
+            .watched
+            .wait_for("running", "Error", Duration::from_secs(30))
+        {
+            anyhow::bail!("xtrail-nicgen relay did not start: {e}");
+        }
+        Ok(relay)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        stop_child(&mut self.watched.child);
+    }
 }
 
 /// Turns GRO on at the sensor's end of `pair` (NAPI without an XDP program, as a NIC's).
@@ -595,7 +672,7 @@ impl Run<'_> {
             injected: sc.items.len(),
             detected,
             settle_s,
-            generator_busy: if delivery == "afpacket" {
+            generator_busy: if delivery != "nic" {
                 generator_thread_ns as f64 / (secs * 1e9).max(1.0)
             } else {
                 f64::NAN
@@ -625,6 +702,8 @@ impl Run<'_> {
 struct Sut {
     sensor: String,
     mode: String,
+    /// The relay into `pair` where live frames are refused (stopped before `pair` goes).
+    relay: Option<Relay>,
     pair: VethPair,
     under: Under,
     prog: Option<u32>,
@@ -643,7 +722,7 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
     );
     let live = live_frames()?;
     if !live {
-        eprintln!("bench: nic: this kernel refuses BPF_PROG_RUN live frames (xtrail-nicgen live-frames): NIC-like delivery is not measured; AF_PACKET delivery only, the hand-off scenarios too");
+        eprintln!("bench: nic: this kernel refuses BPF_PROG_RUN live frames (xtrail-nicgen live-frames): NIC-like delivery through a relay instead (AF_PACKET into a veth whose XDP program redirects every frame into the sensor's veth), and AF_PACKET delivery");
     }
     let [udp, ack, syn, mix_frames, dns, http, tls] = templates(inp.background, inp.mix);
     let rates: &[u64] = if inp.peer.is_some() {
@@ -673,7 +752,8 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
             deliveries: match (handoff, live) {
                 (true, true) => &["nic"],
                 (false, true) => &["nic", "afpacket"],
-                (_, false) => &["afpacket"],
+                (true, false) => &["relay"],
+                (false, false) => &["relay", "afpacket"],
             },
             rates: if handoff { &[HANDOFF_RATE] } else { rates },
         });
@@ -699,7 +779,10 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
     let mut suts = Vec::new();
     let mut threaded = String::new();
     for (sensor, mode) in &sensors {
-        let sut = start_sut(inp, sensor, mode, "")?;
+        let mut sut = start_sut(inp, sensor, mode, "")?;
+        if !live {
+            sut.relay = Some(Relay::start(&sut.pair)?);
+        }
         if threaded.is_empty() {
             threaded = sut
                 .pair
@@ -716,7 +799,7 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
     // any sensor's cost. XDP ns/run comes from a separate pass below.
     let knob = StatsKnob::new();
     knob.set(false)?;
-    let plan: Vec<(&'static str, &Scenario<'_>, u64)> = ["nic", "afpacket"]
+    let plan: Vec<(&'static str, &Scenario<'_>, u64)> = DELIVERIES
         .into_iter()
         .flat_map(|delivery| {
             scenarios
@@ -806,8 +889,9 @@ fn saturated(runs: &[NicRun], r: &NicRun) -> bool {
         })
 }
 
-/// A scenario's templates as `cargo xtask ab` and `xdp-profile` send them: NIC-like where
-/// the kernel runs live frames, else by AF_PACKET.
+/// A scenario's templates as `cargo xtask ab` and `xdp-profile` send them: NIC-like, by
+/// live frames where the kernel runs them, else through the pair's [`Relay`] (started by
+/// `ab::with_sensor`).
 pub(crate) struct Templates {
     pub(crate) pcap: PathBuf,
     pub(crate) frames: Vec<Vec<u8>>,
@@ -821,13 +905,13 @@ impl Templates {
         write_pcap(&pcap, &frames)?;
         let live = live_frames()?;
         if !live {
-            eprintln!("xtask: this kernel refuses BPF_PROG_RUN live frames: sending by AF_PACKET instead of NIC-like (each frame also pays veth's skb-to-XDP conversion)");
+            eprintln!("xtask: this kernel refuses BPF_PROG_RUN live frames: NIC-like delivery through a relay (AF_PACKET into a veth whose XDP program redirects every frame into the sensor's veth)");
         }
         Ok(Templates { pcap, frames, live })
     }
 
-    /// Sends `count` frames at `rate`, flows numbered from `first_flow`; returns (sent,
-    /// seconds).
+    /// Sends `count` frames at `rate`, flows numbered from `first_flow` (through `pair`'s
+    /// relay where live frames are refused); returns (sent, seconds).
     pub(crate) fn send(
         &self,
         pair: &VethPair,
@@ -838,7 +922,7 @@ impl Templates {
         if self.live {
             nic_send(pair, &self.pcap, count, rate, first_flow)
         } else {
-            afpacket_send(pair, self.frames.clone(), count, rate, first_flow)
+            afpacket_send(pair, RELAY_IN, self.frames.clone(), count, rate, first_flow)
                 .map(|(sent, seconds, _)| (sent, seconds))
         }
     }
@@ -990,6 +1074,7 @@ fn start_sut(inp: &NicInputs<'_>, sensor: &str, mode: &str, tag: &str) -> anyhow
     Ok(Sut {
         sensor: sensor.to_string(),
         mode: mode.to_string(),
+        relay: None,
         pair,
         under,
         prog,
@@ -1215,7 +1300,7 @@ fn nicgen_stdout(
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg from CPU 0, paced in 1 ms ticks: each tick the frames due by its end, in batches of 64, then a sleep to the next tick (until 2026-12-07 08:20 waits under 200 us were spun: a sender that kept up at 500k or 1M pps was busy for its whole wall time, which hid the receive path's cost, an XDP program's included, in the spin while a capture sensor's process was counted apart; the full run of 08:19 sent what was due by now and slept 1 ms once caught up: at 1M its sender never caught up, sending a frame or two a call). Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (payloads of xtrail_nicgen_common::filler_byte, bytes that look like ciphertext; all-zero payloads before 2026-12-06 09:06) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow, but a ClientHello in two segments (half the mix's: with the post-quantum key share) is one flow of two packets, sent in order (consecutive templates that continue one TCP stream are linked: Template::link). Scenarios udp, tcp-ack, tcp-syn (251 background templates each) and mix (4,093 templates) run on both deliveries at every rate; dns, http and tls (the mix's templates of that kind alone: every packet is handed to userspace, so the sensor process's CPU per packet is the live cost of a hand-off with its flow start, wake-ups and ring reads included) run NIC-like at 50k pps only. live_frames: false when the kernel refuses BPF_PROG_RUN in live-frames mode (xtrail-nicgen live-frames; some builds return EPERM even to root): then no NIC-like run, AF_PACKET only, the hand-off scenarios on AF_PACKET. GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has --nic-rounds rounds (default 3; --quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round and runs backwards every other round). kernel.bpf_stats_enabled=0 during these runs (written and read back) (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (its CPU-time clock, clock_getcpuclockid: ns, not /proc's 10 ms ticks), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the generator's own CPU (NIC-like: the xtrail-nicgen process, a waited-for child, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program and the stack included, in softirq in its context; AF_PACKET: the sending thread's RUSAGE_THREAD, its sendmmsg calls likewise; generator_busy: that thread's CPU over the send's wall time, median over rounds; at 0.95 or more the sender is saturated and a row's path is about its wall time per packet, marked '(saturated)' in nic.md), the bench's other waited-for children (the ip commands every run's samples use, sensor or not), the ksoftirqd threads and the sensor process tree (CPU-time clocks, exact to the ns; nic runs before 2026-12-04 used /proc's 10 ms ticks: up to 10 ns a packet per process at 1M packets, 100 ns at the 50k rate's 100,000; other work on the machine, the bench's own sampling and settling included, is not counted). The irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice. The path CPU is read last before the send and first after it. Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. sent and delivered are means over the rounds. xdp_ns_per_run and xdp_runs: a separate pass after the rounds for the sensors with an XDP program (xtrail, xdp-drop), 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program; bpf_stats' own clock reads included: see the xdp-drop rows). Recall: scored in the first round, on the events a sensor wrote from the send to the sample. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps and on 4 fresh inline sensors started one after another (5 loads of the program: a test run's figures fall in one of two modes per load; until 2026-12-07 the running sensor's alone), the figures the medians over the loads (net_ns_loads: each load's; per_load: each load's output); the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_net_ns (the median over the loads of each load's array_read_ns - noop_ns) is one array map read per packet (the trail-set selector the two-set keys added).";
+const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg from CPU 0, paced in 1 ms ticks: each tick the frames due by its end, in batches of 64, then a sleep to the next tick (until 2026-12-07 08:20 waits under 200 us were spun: a sender that kept up at 500k or 1M pps was busy for its whole wall time, which hid the receive path's cost, an XDP program's included, in the spin while a capture sensor's process was counted apart; the full run of 08:19 sent what was due by now and slept 1 ms once caught up: at 1M its sender never caught up, sending a frame or two a call). Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (payloads of xtrail_nicgen_common::filler_byte, bytes that look like ciphertext; all-zero payloads before 2026-12-06 09:06) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow, but a ClientHello in two segments (half the mix's: with the post-quantum key share) is one flow of two packets, sent in order (consecutive templates that continue one TCP stream are linked: Template::link). Scenarios udp, tcp-ack, tcp-syn (251 background templates each) and mix (4,093 templates) run on both deliveries at every rate; dns, http and tls (the mix's templates of that kind alone: every packet is handed to userspace, so the sensor process's CPU per packet is the live cost of a hand-off with its flow start, wake-ups and ring reads included) run NIC-like at 50k pps only. live_frames: false when the kernel refuses BPF_PROG_RUN in live-frames mode (xtrail-nicgen live-frames; some builds return EPERM even to root): then NIC-like delivery runs through a relay (delivery 'relay', in place of 'nic', the hand-off scenarios too): the same frame sequence sent by AF_PACKET (as above) into a veth in the peer namespace whose XDP program (xtrail-nicgen relay, native mode) bpf_redirects every frame into the peer's end of the sensor's veth, so the sensor's end receives xdp_frames as from a NIC driver, as with live frames; the relay's skb-to-XDP conversion and redirect run in the sender's context (its RUSAGE_THREAD) in every run, the no-sensor run's too (until 2026-12-07 11:00 such a kernel had AF_PACKET delivery only). GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has --nic-rounds rounds (default 3; --quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round and runs backwards every other round). kernel.bpf_stats_enabled=0 during these runs (written and read back) (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (its CPU-time clock, clock_getcpuclockid: ns, not /proc's 10 ms ticks), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the generator's own CPU (NIC-like: the xtrail-nicgen process, a waited-for child, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program and the stack included, in softirq in its context; AF_PACKET: the sending thread's RUSAGE_THREAD, its sendmmsg calls likewise; generator_busy: that thread's CPU over the send's wall time, median over rounds; at 0.95 or more the sender is saturated and a row's path is about its wall time per packet, marked '(saturated)' in nic.md), the bench's other waited-for children (the ip commands every run's samples use, sensor or not), the ksoftirqd threads and the sensor process tree (CPU-time clocks, exact to the ns; nic runs before 2026-12-04 used /proc's 10 ms ticks: up to 10 ns a packet per process at 1M packets, 100 ns at the 50k rate's 100,000; other work on the machine, the bench's own sampling and settling included, is not counted). The irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice. The path CPU is read last before the send and first after it. Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. sent and delivered are means over the rounds. xdp_ns_per_run and xdp_runs: a separate pass after the rounds for the sensors with an XDP program (xtrail, xdp-drop), 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program; bpf_stats' own clock reads included: see the xdp-drop rows). Recall: scored in the first round, on the events a sensor wrote from the send to the sample. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps and on 4 fresh inline sensors started one after another (5 loads of the program: a test run's figures fall in one of two modes per load; until 2026-12-07 the running sensor's alone), the figures the medians over the loads (net_ns_loads: each load's; per_load: each load's output); the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_net_ns (the median over the loads of each load's array_read_ns - noop_ns) is one array map read per packet (the trail-set selector the two-set keys added).";
 
 /// Each xtrail run with the `--peer` run of the same delivery, traffic and rate.
 fn peer_pairs(runs: &[NicRun]) -> Vec<(&NicRun, &NicRun)> {
@@ -1341,7 +1426,7 @@ fn write(
         if threaded.is_empty() { "unknown" } else { threaded }
     );
     if !live {
-        md.push_str("**NIC-like delivery not measured: this kernel refuses BPF_PROG_RUN in live-frames mode** (EPERM to root, even for a program that only returns; `xtrail-nicgen live-frames`). AF_PACKET delivery only, the hand-off scenarios too (there each frame also pays veth's skb-to-XDP conversion; the sensor process's CPU per packet is still the hand-off's live cost).\n\n");
+        md.push_str("**This kernel refuses BPF_PROG_RUN in live-frames mode** (EPERM to root, even for a program that only returns; `xtrail-nicgen live-frames`), **so NIC-like delivery runs through a relay** (the `relay` rows, the hand-off scenarios too): frames sent by AF_PACKET into a veth whose XDP program (`xtrail-nicgen relay`) `bpf_redirect`s every frame into the sensor's veth, whose end then receives `xdp_frame`s as from a NIC driver, as with live frames. The relay's skb-to-XDP conversion and redirect run in the sender's context in every run, the no-sensor run's too: they raise the floor and the path, not what a sensor adds.\n\n");
     }
     md.push_str(&format!("CPU per delivered packet (ns; nic.svg plots the added path at 500k pps), medians over {} round(s), bpf_stats off. Path: the generator's own CPU (the receive path runs in softirq in its context), the bench's `ip` commands, ksoftirqd and the sensor's process tree (other work on the machine, the bench's sampling included, is not counted; sent and delivered are means); added: minus the same round's no-sensor run with the same delivery, traffic and rate (median over rounds; each round's in brackets). Machine busy: all CPUs' busy time (/proc/stat), valid only while the machine is otherwise idle (see load, 2 cores). XDP ns/run: a separate pass with bpf_stats on, its own two clock reads per run included (the xdp-drop row's program only returns). xdp-drop: the delivery floor, an XDP program that drops every frame (the generator and the delivery alone).\n\n", runs.first().map_or(1, |r| r.rounds)));
     md.push_str("| delivery | traffic | rate | sensor | sent pps | delivered | path ns/pkt | **added path ns/pkt** | machine busy ns/pkt | added busy ns/pkt | sensor process ns/pkt | XDP ns/run | recall | load |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
@@ -1400,7 +1485,7 @@ fn write(
     }
     let mut summary = Vec::new();
     if !live {
-        summary.push("- NIC-like delivery not measured: this kernel refuses BPF_PROG_RUN in live-frames mode; the nic rows are AF_PACKET delivery only (bench/results/nic.md).".to_string());
+        summary.push("- This kernel refuses BPF_PROG_RUN in live-frames mode: NIC-like delivery ran through a relay (AF_PACKET into a veth whose XDP program redirects every frame into the sensor's veth; the `relay` rows of bench/results/nic.md).".to_string());
     }
     if let Some(c) = cost.and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok()) {
         use serde_json::Value;
@@ -1451,7 +1536,7 @@ fn write(
         md.push('\n');
         summary.push(line);
     }
-    for delivery in ["nic", "afpacket"] {
+    for delivery in DELIVERIES {
         let mut parts = Vec::new();
         for r in runs.iter().filter(|r| {
             r.delivery == delivery && r.rate == 500_000 && r.added_path_ns_per_packet.is_some()
@@ -1493,7 +1578,7 @@ fn write(
     if !handoffs.is_empty() {
         let line = format!(
             "- Hand-offs live: the mix's DNS, HTTP or TLS templates alone, {} delivery at {}k pps (every packet handed to userspace), the xtrail inline sensor process's CPU per packet (ns): {} (goal ≤ 300; bench/results/nic.md).",
-            if live { "NIC-like" } else { "AF_PACKET" },
+            if live { "NIC-like" } else { "NIC-like (relay)" },
             HANDOFF_RATE / 1000,
             handoffs.join(", ")
         );
@@ -1539,7 +1624,7 @@ fn write(
                 p.settle_s,
             ));
         }
-        for delivery in ["nic", "afpacket"] {
+        for delivery in DELIVERIES {
             for mode in ["inline", "mirror"] {
                 let parts: Vec<String> = pairs
                     .iter()
@@ -1584,7 +1669,7 @@ fn write(
         }
     }
     // CPU each sensor adds per packet at 500k pps, by delivery, traffic and sensor.
-    let bars: Vec<(String, f64)> = ["nic", "afpacket"]
+    let bars: Vec<(String, f64)> = DELIVERIES
         .iter()
         .flat_map(|d| {
             runs.iter()

@@ -1,6 +1,6 @@
 //! `cargo xtask xdp-profile`: where the live XDP program spends its time, by instruction.
 //! One sensor on a fresh veth pair (GRO on, as the bench) gets a warm-up of NIC-like
-//! traffic (AF_PACKET where the kernel refuses live frames); its program's JIT image is dumped (`xtrail-nicgen jit-dump`); `perf record -a`
+//! traffic (through a relay where the kernel refuses live frames); its program's JIT image is dumped (`xtrail-nicgen jit-dump`); `perf record -a`
 //! samples every CPU while `count` more frames are sent at `rate`; the samples inside the
 //! program are counted per instruction of the image (`xtrail-nicgen jit-annotate`). Writes
 //! `OUT/annotate.txt` (the whole annotated disassembly; OUT is target/xdp-profile unless
@@ -92,6 +92,7 @@ pub fn run(o: &ProfileOptions) -> anyhow::Result<()> {
         &o.mode,
         &o.sensor_args,
         &out,
+        &traffic,
         |pair, _| {
             traffic.send(pair, o.count / 4, o.rate, 0)?;
             let id = xdp_prog_id(pair).context("no XDP program on the sensor's interface")?;

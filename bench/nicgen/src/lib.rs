@@ -40,6 +40,8 @@ pub enum GenError {
     Map(#[from] aya::maps::MapError),
     #[error("no program or map named {0} in the generator's object")]
     Missing(&'static str),
+    #[error("no interface {0} in this namespace")]
+    NoInterface(String),
     #[error("template {index}: {why}")]
     Template { index: usize, why: &'static str },
     #[error("BPF_PROG_TEST_RUN: {0}")]
@@ -364,6 +366,41 @@ impl Sink {
         p.load()?;
         p.attach(iface, aya::programs::XdpMode::Driver)?;
         Ok(Sink { _ebpf: ebpf })
+    }
+}
+
+/// `relay` attached (driver mode) to interface `from` of this namespace, redirecting every
+/// frame that arrives there to interface `to` of the same namespace; detached when dropped.
+/// Frames sent into `from`'s veth peer by AF_PACKET reach `to`'s peer as `xdp_frame`s, as
+/// from a NIC driver (`to`'s peer needs NAPI: an XDP program or GRO on): NIC-like delivery
+/// for the receiver where live frames are refused, the skb-to-XDP conversion paid at `from`.
+pub struct Relay {
+    _ebpf: Ebpf,
+}
+
+impl Relay {
+    pub fn attach(from: &str, to: &str) -> Result<Relay, GenError> {
+        let to_index = if_index(to)?;
+        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        let mut target: Array<_, u32> = Array::try_from(
+            ebpf.map_mut("RELAY_TO")
+                .ok_or(GenError::Missing("RELAY_TO"))?,
+        )?;
+        target.set(0, to_index, 0)?;
+        let p = xdp(&mut ebpf, "relay")?;
+        p.load()?;
+        p.attach(from, aya::programs::XdpMode::Driver)?;
+        Ok(Relay { _ebpf: ebpf })
+    }
+}
+
+/// The index of interface `name` in this namespace.
+pub fn if_index(name: &str) -> Result<u32, GenError> {
+    let c = std::ffi::CString::new(name).map_err(|_| GenError::NoInterface(name.to_string()))?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(GenError::NoInterface(name.to_string())),
+        i => Ok(i),
     }
 }
 

@@ -85,6 +85,16 @@ enum Cmd {
         #[arg(long)]
         iface: String,
     },
+    /// Attach an XDP program to --from that redirects every frame to --to (interfaces of this
+    /// namespace): frames sent into --from's veth peer reach --to's peer as xdp_frames, as
+    /// from a NIC driver (NIC-like delivery where live frames are refused; --to's peer needs
+    /// an XDP program or GRO on); prints "running" and holds it until killed.
+    Relay {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+    },
     /// Whether this kernel runs XDP programs in live-frames mode (NIC-like delivery): prints
     /// {"live_frames":true|false}.
     LiveFrames,
@@ -131,15 +141,6 @@ enum Cmd {
     },
 }
 
-/// The index of interface `iface` of this network namespace.
-fn ifindex(iface: &str) -> anyhow::Result<u32> {
-    let name = std::ffi::CString::new(iface)?;
-    // SAFETY: a valid NUL-terminated name.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    anyhow::ensure!(ifindex != 0, "no interface {iface} in this namespace");
-    Ok(ifindex)
-}
-
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Send {
@@ -159,8 +160,13 @@ fn main() -> anyhow::Result<()> {
             let frames =
                 read_pcap(&frames).with_context(|| format!("reading {}", frames.display()))?;
             let templates = templates(&frames, flow_packets)?;
-            let mut g = Generator::load(ifindex(&iface)?, &templates, window, first_flow)?
-                .with_batch(batch);
+            let mut g = Generator::load(
+                xtrail_nicgen::if_index(&iface)?,
+                &templates,
+                window,
+                first_flow,
+            )?
+            .with_batch(batch);
             let r = g.run(
                 count,
                 rate,
@@ -184,6 +190,13 @@ fn main() -> anyhow::Result<()> {
             let ok = xtrail_nicgen::live_frames_supported()?;
             println!("{{\"live_frames\":{ok}}}");
             Ok(())
+        }
+        Cmd::Relay { from, to } => {
+            let _relay = xtrail_nicgen::Relay::attach(&from, &to)?;
+            println!("[nicgen] redirecting every frame from {from} to {to}: running");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
         }
         Cmd::Sink { iface } => {
             let _sink = xtrail_nicgen::Sink::attach(&iface)?;

@@ -1,7 +1,8 @@
 //! The generator delivers exactly N frames into a veth, counted on the receiving end, with
 //! valid checksums after its per-flow rewrites. Needs root: skipped with a message without
 //! it, failed under CI=true. On a kernel that refuses live-frames mode (some do, to root
-//! too) the generator must say so plainly, and the sink is fed by AF_PACKET instead.
+//! too) the generator must say so plainly, and the sink is fed by AF_PACKET instead. The relay
+//! (NIC-like delivery there) hands every frame on unchanged.
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -335,6 +336,95 @@ fn the_sink_drops_every_frame_it_receives() {
     drop(sink);
     assert!(rx >= N, "frames counted on the receiving veth: {rx} of {N}");
     assert_eq!(seen, 0, "frames that got past the sink to a packet tap");
+}
+
+/// The relay (NIC-like delivery where live frames are refused): every frame sent by
+/// AF_PACKET into a veth of the peer namespace whose other end runs `relay` arrives at the
+/// sensor's end of the pair, whose only way there is the relay's redirect, unchanged.
+#[test]
+fn the_relay_redirects_every_frame_into_the_pair() {
+    if !root_or_skip() {
+        return;
+    }
+    const N: u64 = 64 * 40;
+    let pair = VethPair::create("nr").expect("veth pair");
+    let sensor_if = pair.sensor_if.clone();
+    // A veth without an XDP program receives redirected frames only with NAPI (GRO) on.
+    in_ns(&pair.sensor_ns, move || set_gro(&sensor_if, true))
+        .join()
+        .expect("thread")
+        .expect("namespace")
+        .expect("GRO on");
+    let ip = |args: &[&str]| {
+        let st = std::process::Command::new("ip")
+            .args(["-n", &pair.peer_ns])
+            .args(args)
+            .status()
+            .expect("ip");
+        assert!(st.success(), "ip {args:?}");
+    };
+    ip(&["link", "add", "rin", "type", "veth", "peer", "name", "rout"]);
+    ip(&["link", "set", "rin", "up"]);
+    ip(&["link", "set", "rout", "up"]);
+    let peer_if = pair.peer_if.clone();
+    let relay = in_ns(&pair.peer_ns, move || {
+        xtrail_nicgen::Relay::attach("rout", &peer_if)
+    })
+    .join()
+    .expect("thread")
+    .expect("namespace")
+    .expect("the relay attaches in driver mode");
+    let frames: Vec<Vec<u8>> = (0..64u16)
+        .map(|i| background_udp(v4("198.18.7.2"), 40000 + i, v4("203.0.113.9"), 5000))
+        .collect();
+    let sensor_if = pair.sensor_if.clone();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = sent.clone();
+    let expected = frames.clone();
+    let receiver = in_ns(&pair.sensor_ns, move || {
+        let fd = capture(&sensor_if);
+        let mut buf = vec![0u8; 4096];
+        let (mut seen, mut unchanged) = (0u64, 0u64);
+        loop {
+            // SAFETY: `buf` is a valid buffer of its length.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    break (seen, unchanged);
+                }
+                continue;
+            }
+            let f = &buf[..n as usize];
+            if f.len() >= 34 && f[12..14] == [0x08, 0x00] && f[30..33] == [203, 0, 113] {
+                seen += 1;
+                verify(f);
+                unchanged += u64::from(expected.iter().any(|e| e[..] == *f));
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let rx0 = pair.sensor_rx_packets().expect("rx counter");
+    let injector = xtrail_bench::netns::Injector::open(&pair.peer_ns, "rin")
+        .expect("AF_PACKET socket on the relay's veth");
+    let batch: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    for k in 1..=N / 64 {
+        // Each batch sent when the last has arrived: a veth's XDP ring holds 256 frames.
+        assert_eq!(injector.send_batch(&batch).expect("sendmmsg"), 64);
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while pair.sensor_rx_packets().expect("rx counter") < rx0 + k * 64
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    sent.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (seen, unchanged) = receiver.join().expect("thread").expect("namespace");
+    let rx = pair.sensor_rx_packets().expect("rx counter") - rx0;
+    drop(relay);
+    // Also what the relay's own veth sent on coming up (IPv6 neighbour discovery).
+    assert!(rx >= N, "frames counted on the receiving veth: {rx} of {N}");
+    assert_eq!(seen, N, "frames seen by a packet tap there");
+    assert_eq!(unchanged, N, "frames that arrived as sent");
 }
 
 /// A loaded program's JIT image reads back with its functions' addresses and source lines,

@@ -9,6 +9,11 @@
 //! frame, gives the frame the flow's source address (198.18.0.0/15) and source port with
 //! the checksums updated incrementally, and redirects it to the configured interface.
 //!
+//! `relay` redirects every frame that reaches its interface to another interface (its
+//! index in `RELAY_TO`): attached to a veth that AF_PACKET sends into, it turns skb delivery
+//! into `xdp_frame`s for the next veth's peer, NIC-like delivery on kernels that refuse
+//! live-frames mode.
+//!
 //! `noop` and `array_read` measure, with `BPF_PROG_TEST_RUN` repeat, what one array map
 //! read per packet costs (the sensor's trail-set selector is one).
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -41,6 +46,10 @@ static SLOTS: PerCpuArray<Slot> = PerCpuArray::with_max_entries(MAX_WINDOW, 0);
 /// For `array_read`: one u32, like the sensor's `TRAIL_SET`.
 #[map]
 static ONE_WORD: Array<u32> = Array::with_max_entries(1, 0);
+
+/// For `relay`: the index of the interface every frame is redirected to.
+#[map]
+static RELAY_TO: Array<u32> = Array::with_max_entries(1, 0);
 
 #[xdp]
 pub fn nicgen(ctx: XdpContext) -> u32 {
@@ -132,6 +141,16 @@ fn generate(ctx: &XdpContext) -> Option<u32> {
     }
     // SAFETY: a helper call with scalar arguments.
     Some(unsafe { bpf_redirect(cfg.ifindex, 0) } as u32)
+}
+
+/// Redirects every frame to the interface in `RELAY_TO` (attached by `xtrail-nicgen relay`).
+#[xdp]
+pub fn relay(_ctx: XdpContext) -> u32 {
+    match RELAY_TO.get(0) {
+        // SAFETY: a helper call with scalar arguments.
+        Some(&ifindex) if ifindex != 0 => unsafe { bpf_redirect(ifindex, 0) as u32 },
+        _ => xdp_action::XDP_ABORTED,
+    }
 }
 
 /// Does nothing: the floor of a test run.

@@ -274,9 +274,16 @@ fn one_run_on(
     for _ in 0..o.rounds {
         let xdp_before = prog_stats(prog);
         let before = tree_cpu_ns(pid);
+        let rx0 = pair.sensor_rx_packets()?;
         let (sent, _) = send(o.count)?;
         std::thread::sleep(DRAIN);
         let used = tree_cpu_ns(pid).saturating_sub(before);
+        // A frame that never arrived (a relay gone, a full ring) would lower the figure.
+        let arrived = pair.sensor_rx_packets()?.saturating_sub(rx0);
+        anyhow::ensure!(
+            arrived >= sent,
+            "only {arrived} of {sent} frames sent arrived at the sensor's veth"
+        );
         let xdp_ns = xdp_between(xdp_before, prog_stats(prog)).map_or(f64::NAN, |(_, ns)| ns);
         rounds.push(Round {
             sensor_ns: used as f64 / sent.max(1) as f64,

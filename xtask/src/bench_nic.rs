@@ -4,8 +4,11 @@
 //! NIC-like delivery: `xtrail-nicgen send` (bench/nicgen) runs an XDP program with
 //! `BPF_PROG_RUN` in live-frames mode in the peer namespace and redirects its frames into the
 //! veth, so the sensor's end receives `xdp_frame`s as from a NIC driver (no skb, no veth
-//! skb-to-xdp copy). The AF_PACKET path sends the same frame sequence (`xtrail_bench::flows`)
-//! with batched `sendmmsg`. GRO is on at the receiving end in every run (it gives the veth
+//! skb-to-xdp copy). Where the kernel refuses live frames, NIC-like delivery goes through a
+//! [`Relay`] instead: the same frame sequence sent by AF_PACKET into a second veth whose XDP
+//! program redirects every frame into the sensor's pair (delivery `relay`). The AF_PACKET path
+//! sends the same frame sequence (`xtrail_bench::flows`) with batched `sendmmsg` into the
+//! sensor's pair. GRO is on at the receiving end in every run (it gives the veth
 //! NAPI without an XDP program). Every sensor runs on its own veth pair throughout; rounds
 //! send each delivery, traffic and rate to every sensor back to back, bpf_stats off. Per run,
 //! sampled at the same instants before the send and after a 0.5 s drain: the packet path's
@@ -107,7 +110,8 @@ struct NicRun {
     detected: Option<usize>,
     /// Seconds a capture sensor went on working after the drain (0 for the others).
     settle_s: f64,
-    /// AF_PACKET: the sending thread's CPU over the send's wall time (NaN NIC-like). At
+    /// AF_PACKET and relay: the sending thread's CPU over the send's wall time (NaN with live
+    /// frames). At
     /// [`SATURATED`] the sender did not idle (it could not keep the rate): the path per packet is then
     /// about its wall time per packet whatever the receiver costs.
     generator_busy: f64,
@@ -358,7 +362,8 @@ struct Scenario<'a> {
     rates: &'a [u64],
 }
 
-/// Sends one run's traffic; returns (sent, seconds).
+/// Sends one run's traffic; returns (sent, seconds, the AF_PACKET sending thread's CPU ns: 0
+/// with live frames, whose generator is a child process counted in the path).
 fn send(
     pair: &VethPair,
     delivery: &str,
@@ -374,7 +379,7 @@ fn send(
             Ok((sent, seconds, 0))
         }
         "relay" => afpacket_send(pair, RELAY_IN, sc.frames.to_vec(), count, rate, first_flow),
-        _ => afpacket_send(
+        "afpacket" => afpacket_send(
             pair,
             &pair.peer_if,
             sc.frames.to_vec(),
@@ -382,6 +387,7 @@ fn send(
             rate,
             first_flow,
         ),
+        other => anyhow::bail!("unknown delivery {other}"),
     }
 }
 
@@ -478,29 +484,37 @@ impl Relay {
         ip(&[
             "link", "add", RELAY_IN, "type", "veth", "peer", "name", RELAY_OUT,
         ])?;
-        ip(&["link", "set", RELAY_IN, "up"])?;
-        ip(&["link", "set", RELAY_OUT, "up"])?;
-        let mut cmd = pair.in_peer_ns("sh");
-        cmd.args([
-            "-c",
-            &format!(
-                "exec {} relay --from {RELAY_OUT} --to {} 1>&2",
-                nicgen().display(),
-                pair.peer_if
-            ),
-        ])
-        .stdout(Stdio::null());
+        for end in [RELAY_IN, RELAY_OUT] {
+            // No IPv6 link-local address: nothing of the relay's own (neighbour discovery,
+            // MLD) is relayed into the sensor's veth.
+            ip(&["link", "set", end, "addrgenmode", "none"])?;
+            ip(&["link", "set", end, "up"])?;
+        }
+        let mut cmd = pair.in_peer_ns(&nicgen().to_string_lossy());
+        cmd.args(["relay", "--from", RELAY_OUT, "--to", &pair.peer_if])
+            .stdout(Stdio::null());
         let watched = xtrail_bench::child::spawn_watched(&mut cmd, None)
             .context("starting xtrail-nicgen relay")?;
         // Dropped on failure: the process is stopped.
-        let relay = Relay { watched };
+        let mut relay = Relay { watched };
         if let Err(e) = relay
             .watched
             .wait_for("running", "Error", Duration::from_secs(30))
         {
-            anyhow::bail!("xtrail-nicgen relay did not start: {e}");
+            let exited = relay.exited().unwrap_or_else(|| "still running".into());
+            anyhow::bail!("xtrail-nicgen relay did not start ({exited}): {e}");
         }
         Ok(relay)
+    }
+
+    /// How the relay process ended, if it has (its frames then go nowhere).
+    pub(crate) fn exited(&mut self) -> Option<String> {
+        self.watched
+            .child
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|st| st.to_string())
     }
 }
 
@@ -748,7 +762,8 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
             pcap,
             frames,
             items,
-            // The hand-off scenarios: NIC-like delivery (else AF_PACKET) at one rate.
+            // The hand-off scenarios: NIC-like delivery (by live frames, else through the
+            // relay) at one rate.
             deliveries: match (handoff, live) {
                 (true, true) => &["nic"],
                 (false, true) => &["nic", "afpacket"],
@@ -821,6 +836,13 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
                 let sut = &mut suts[k];
                 if let Some(gone) = sut.under.exited() {
                     anyhow::bail!("{} {} exited during the runs: {gone}", sut.sensor, sut.mode);
+                }
+                if let Some(gone) = sut.relay.as_mut().and_then(Relay::exited) {
+                    anyhow::bail!(
+                        "the relay of {} {} exited during the runs: {gone}",
+                        sut.sensor,
+                        sut.mode
+                    );
                 }
                 // bpf_stats is off: no program stats to read. Recall is scored in the first
                 // round (a capture sensor's log is read seconds after the run: see
@@ -1300,7 +1322,7 @@ fn nicgen_stdout(
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg from CPU 0, paced in 1 ms ticks: each tick the frames due by its end, in batches of 64, then a sleep to the next tick (until 2026-12-07 08:20 waits under 200 us were spun: a sender that kept up at 500k or 1M pps was busy for its whole wall time, which hid the receive path's cost, an XDP program's included, in the spin while a capture sensor's process was counted apart; the full run of 08:19 sent what was due by now and slept 1 ms once caught up: at 1M its sender never caught up, sending a frame or two a call). Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (payloads of xtrail_nicgen_common::filler_byte, bytes that look like ciphertext; all-zero payloads before 2026-12-06 09:06) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow, but a ClientHello in two segments (half the mix's: with the post-quantum key share) is one flow of two packets, sent in order (consecutive templates that continue one TCP stream are linked: Template::link). Scenarios udp, tcp-ack, tcp-syn (251 background templates each) and mix (4,093 templates) run on both deliveries at every rate; dns, http and tls (the mix's templates of that kind alone: every packet is handed to userspace, so the sensor process's CPU per packet is the live cost of a hand-off with its flow start, wake-ups and ring reads included) run NIC-like at 50k pps only. live_frames: false when the kernel refuses BPF_PROG_RUN in live-frames mode (xtrail-nicgen live-frames; some builds return EPERM even to root): then NIC-like delivery runs through a relay (delivery 'relay', in place of 'nic', the hand-off scenarios too): the same frame sequence sent by AF_PACKET (as above) into a veth in the peer namespace whose XDP program (xtrail-nicgen relay, native mode) bpf_redirects every frame into the peer's end of the sensor's veth, so the sensor's end receives xdp_frames as from a NIC driver, as with live frames; the relay's skb-to-XDP conversion and redirect run in the sender's context (its RUSAGE_THREAD) in every run, the no-sensor run's too (until 2026-12-07 11:00 such a kernel had AF_PACKET delivery only). GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has --nic-rounds rounds (default 3; --quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round and runs backwards every other round). kernel.bpf_stats_enabled=0 during these runs (written and read back) (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (its CPU-time clock, clock_getcpuclockid: ns, not /proc's 10 ms ticks), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the generator's own CPU (NIC-like: the xtrail-nicgen process, a waited-for child, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program and the stack included, in softirq in its context; AF_PACKET: the sending thread's RUSAGE_THREAD, its sendmmsg calls likewise; generator_busy: that thread's CPU over the send's wall time, median over rounds; at 0.95 or more the sender is saturated and a row's path is about its wall time per packet, marked '(saturated)' in nic.md), the bench's other waited-for children (the ip commands every run's samples use, sensor or not), the ksoftirqd threads and the sensor process tree (CPU-time clocks, exact to the ns; nic runs before 2026-12-04 used /proc's 10 ms ticks: up to 10 ns a packet per process at 1M packets, 100 ns at the 50k rate's 100,000; other work on the machine, the bench's own sampling and settling included, is not counted). The irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice. The path CPU is read last before the send and first after it. Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. sent and delivered are means over the rounds. xdp_ns_per_run and xdp_runs: a separate pass after the rounds for the sensors with an XDP program (xtrail, xdp-drop), 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program; bpf_stats' own clock reads included: see the xdp-drop rows). Recall: scored in the first round, on the events a sensor wrote from the send to the sample. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps and on 4 fresh inline sensors started one after another (5 loads of the program: a test run's figures fall in one of two modes per load; until 2026-12-07 the running sensor's alone), the figures the medians over the loads (net_ns_loads: each load's; per_load: each load's output); the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_net_ns (the median over the loads of each load's array_read_ns - noop_ns) is one array map read per packet (the trail-set selector the two-set keys added).";
+const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg from CPU 0, paced in 1 ms ticks: each tick the frames due by its end, in batches of 64, then a sleep to the next tick (until 2026-12-07 08:20 waits under 200 us were spun: a sender that kept up at 500k or 1M pps was busy for its whole wall time, which hid the receive path's cost, an XDP program's included, in the spin while a capture sensor's process was counted apart; the full run of 08:19 sent what was due by now and slept 1 ms once caught up: at 1M its sender never caught up, sending a frame or two a call). Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (payloads of xtrail_nicgen_common::filler_byte, bytes that look like ciphertext; all-zero payloads before 2026-12-06 09:06) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow, but a ClientHello in two segments (half the mix's: with the post-quantum key share) is one flow of two packets, sent in order (consecutive templates that continue one TCP stream are linked: Template::link). Scenarios udp, tcp-ack, tcp-syn (251 background templates each) and mix (4,093 templates) run on both deliveries at every rate; dns, http and tls (the mix's templates of that kind alone: every packet is handed to userspace, so the sensor process's CPU per packet is the live cost of a hand-off with its flow start, wake-ups and ring reads included) run NIC-like at 50k pps only. live_frames: false when the kernel refuses BPF_PROG_RUN in live-frames mode (xtrail-nicgen live-frames; some builds return EPERM even to root): then NIC-like delivery runs through a relay (delivery 'relay', in place of 'nic', the hand-off scenarios too): the same frame sequence sent by AF_PACKET (as above) into a veth in the peer namespace whose XDP program (xtrail-nicgen relay, native mode) bpf_redirects every frame into the peer's end of the sensor's veth, so the sensor's end receives xdp_frames as from a NIC driver, as with live frames; the relay's skb-to-XDP conversion and redirect run in the sender's context (its RUSAGE_THREAD) in every run, the no-sensor run's too (until 2026-12-07 10:30 such a kernel had AF_PACKET delivery only). GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has --nic-rounds rounds (default 3; --quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round and runs backwards every other round). kernel.bpf_stats_enabled=0 during these runs (written and read back) (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (its CPU-time clock, clock_getcpuclockid: ns, not /proc's 10 ms ticks), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the generator's own CPU (live frames, delivery 'nic': the xtrail-nicgen process, a waited-for child, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program and the stack included, in softirq in its context; AF_PACKET and relay: the sending thread's RUSAGE_THREAD, its sendmmsg calls likewise, the relay's XDP program and redirect included; generator_busy (AF_PACKET and relay rows): that thread's CPU over the send's wall time, median over rounds; at 0.95 or more the sender is saturated and a row's path is about its wall time per packet, marked '(saturated)' in nic.md), the bench's other waited-for children (the ip commands every run's samples use, sensor or not), the ksoftirqd threads and the sensor process tree (CPU-time clocks, exact to the ns; nic runs before 2026-12-04 used /proc's 10 ms ticks: up to 10 ns a packet per process at 1M packets, 100 ns at the 50k rate's 100,000; other work on the machine, the bench's own sampling and settling included, is not counted). The irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice. The path CPU is read last before the send and first after it. Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. sent and delivered are means over the rounds. xdp_ns_per_run and xdp_runs: a separate pass after the rounds for the sensors with an XDP program (xtrail, xdp-drop), 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program; bpf_stats' own clock reads included: see the xdp-drop rows). Recall: scored in the first round, on the events a sensor wrote from the send to the sample. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps and on 4 fresh inline sensors started one after another (5 loads of the program: a test run's figures fall in one of two modes per load; until 2026-12-07 the running sensor's alone), the figures the medians over the loads (net_ns_loads: each load's; per_load: each load's output); the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_net_ns (the median over the loads of each load's array_read_ns - noop_ns) is one array map read per packet (the trail-set selector the two-set keys added).";
 
 /// Each xtrail run with the `--peer` run of the same delivery, traffic and rate.
 fn peer_pairs(runs: &[NicRun]) -> Vec<(&NicRun, &NicRun)> {
@@ -1590,7 +1612,7 @@ fn write(
     if !pairs.is_empty() {
         md.push_str("\nxtrail against `--peer` (");
         md.push_str(&inp.peer.unwrap_or_default().replace('|', "\\|"));
-        md.push_str("), like with like: the same delivery, traffic and rate, in this run. Ratios are xtrail / peer (below 1: xtrail costs less). Added path: packet-path CPU each adds per packet (issue #12, inline: goal ≤ 0.20); path: the whole packet path per packet (mirror: goal ≤ 0.25); added busy: whole-machine busy time added (valid only on an otherwise idle machine); path net of floor: the whole path minus the delivery floor's (xdp-drop: the generator and the delivery to an XDP program that drops every frame, which no sensor on NIC-like delivery can go below; a NIC does that part in hardware and its driver; on AF_PACKET delivery an XDP program on a veth also pays veth's skb-to-XDP conversion, so there the floor is not a lower bound for a capture sensor). Recall on the mix: items detected / injected. Peer settle: seconds the peer went on working after the send (sampled after it). (saturated): the AF_PACKET sender was busy for 95% or more of its wall time in the run of either sensor or of the no-sensor run it is taken from: it did not idle (in the full run of 2026-12-07 08:19 at 1M, a sender that sent a frame or two a call), so the path per packet is about its wall time per packet and what a sensor adds in the sender's context (an XDP program's cost, the stack's) shows only as far as it lowers the send rate: not comparable with a capture sensor's cost, counted in its own process.\n\n| delivery | traffic | rate | xtrail | added path ns/pkt xtrail / peer | **added path ratio** | path ns/pkt xtrail / peer | **path ratio** | path net of floor ratio | added busy ratio | recall xtrail / peer | peer settle s |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|\n");
+        md.push_str("), like with like: the same delivery, traffic and rate, in this run. Ratios are xtrail / peer (below 1: xtrail costs less). Added path: packet-path CPU each adds per packet (issue #12, inline: goal ≤ 0.20); path: the whole packet path per packet (mirror: goal ≤ 0.25); added busy: whole-machine busy time added (valid only on an otherwise idle machine); path net of floor: the whole path minus the delivery floor's (xdp-drop: the generator and the delivery to an XDP program that drops every frame, which no sensor on NIC-like delivery can go below; a NIC does that part in hardware and its driver; on AF_PACKET delivery an XDP program on a veth also pays veth's skb-to-XDP conversion, so there the floor is not a lower bound for a capture sensor). Recall on the mix: items detected / injected. Peer settle: seconds the peer went on working after the send (sampled after it). (saturated): the AF_PACKET sender (AF_PACKET and relay rows) was busy for 95% or more of its wall time in the run of either sensor or of the no-sensor run it is taken from: it did not idle (in the full run of 2026-12-07 08:19 at 1M, a sender that sent a frame or two a call), so the path per packet is about its wall time per packet and what a sensor adds in the sender's context (an XDP program's cost, the stack's) shows only as far as it lowers the send rate: not comparable with a capture sensor's cost, counted in its own process.\n\n| delivery | traffic | rate | xtrail | added path ns/pkt xtrail / peer | **added path ratio** | path ns/pkt xtrail / peer | **path ratio** | path net of floor ratio | added busy ratio | recall xtrail / peer | peer settle s |\n|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|\n");
         let fmt = |x: Option<f64>, places: usize| {
             x.map(|v| format!("{v:.places$}")).unwrap_or("-".into())
         };
@@ -1630,9 +1652,17 @@ fn write(
                     .iter()
                     .filter(|(x, _)| x.delivery == delivery && x.mode == mode)
                     .map(|(x, p)| {
-                        let [added, path, _, _] = pair_ratios(runs, x, p);
+                        let [added, path, _, net] = pair_ratios(runs, x, p);
+                        // The whole path holds the delivery's own cost, which on AF_PACKET
+                        // and through the relay (a send system call, an skb, a copy) is far
+                        // above live frames': the ratio net of the floor beside it.
+                        let net = if mode == "mirror" && delivery != "nic" {
+                            format!(" (net of floor {})", fmt(net, 2))
+                        } else {
+                            String::new()
+                        };
                         format!(
-                            "{} {}k {}",
+                            "{} {}k {}{net}",
                             x.scenario,
                             x.rate / 1000,
                             fmt(if mode == "inline" { added } else { path }, 2)

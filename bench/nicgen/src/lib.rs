@@ -50,8 +50,8 @@ pub enum GenError {
     /// root with every capability but CAP_SYS_RESOURCE, even for a program that only returns,
     /// while test runs without the flag work: [`live_frames_supported`] checks both).
     #[error(
-        "this kernel refuses BPF_PROG_RUN in live-frames mode (EPERM): NIC-like delivery is \
-         not available here (AF_PACKET delivery is)"
+        "this kernel refuses BPF_PROG_RUN in live-frames mode (EPERM): NIC-like delivery by \
+         live frames is not available here (through `xtrail-nicgen relay` it is)"
     )]
     LiveFramesRefused,
 }

@@ -88,7 +88,7 @@ enum Cmd {
     /// Attach an XDP program to --from that redirects every frame to --to (interfaces of this
     /// namespace): frames sent into --from's veth peer reach --to's peer as xdp_frames, as
     /// from a NIC driver (NIC-like delivery where live frames are refused; --to's peer needs
-    /// an XDP program or GRO on); prints "running" and holds it until killed.
+    /// an XDP program or GRO on); prints "running" on stderr and holds it until killed.
     Relay {
         #[arg(long)]
         from: String,
@@ -193,7 +193,8 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Relay { from, to } => {
             let _relay = xtrail_nicgen::Relay::attach(&from, &to)?;
-            println!("[nicgen] redirecting every frame from {from} to {to}: running");
+            // On stderr, beside any error: the bench watches that stream.
+            eprintln!("[nicgen] redirecting every frame from {from} to {to}: running");
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
             }

@@ -33,12 +33,25 @@ impl SendReport {
     }
 }
 
-/// A wait for the next paced frame shorter than this is spun, not slept.
-const SPIN: Duration = Duration::from_micros(200);
-
-/// [`blast_flows`]'s pacing interval: the NIC-like generator's (`xtrail-nicgen send
+/// The AF_PACKET generators' pacing interval: the NIC-like generator's (`xtrail-nicgen send
 /// --tick-us`, 1 ms).
 pub const TICK: Duration = Duration::from_millis(1);
+
+/// How a paced sender waits: each [`TICK`] of the run, the frames due by its end are sent
+/// (in batches of [`BATCH`]), then it sleeps to the next tick. Returns how many of `count`
+/// frames are due now, or `None` after that sleep when the `sent` ones are all that is due.
+/// So the sending thread's CPU is its sends' and the receive path's they run, not a spin's
+/// (spinning on waits under 200 µs, as the senders did until 2026-12-07, a sender that kept
+/// up at 500k pps was busy its whole wall time whatever the receiver cost), nor that of calls
+/// of a frame or two (sending only what is due by now, a sender at 1M never caught up).
+fn due_in_tick(pacer: &Pacer, count: u64, sent: u64) -> Option<u64> {
+    let (due, left) = pacer.due_in_tick(count, TICK);
+    if due <= sent {
+        std::thread::sleep(left);
+        return None;
+    }
+    Some(due)
+}
 
 /// One `sendmmsg` of `batch`: the frames the kernel took. A full socket (`EWOULDBLOCK`,
 /// `ENOBUFS`) takes none and counts an error in `report`.
@@ -56,8 +69,8 @@ fn send_batch(inj: &Injector, batch: &[&[u8]], report: &mut SendReport) -> io::R
     }
 }
 
-/// Sends `count` frames cycling through `frames`, as fast as possible or at `rate_pps`,
-/// stopping early after `max_duration`.
+/// Sends `count` frames cycling through `frames`, as fast as possible or at `rate_pps`
+/// (paced in ticks: [`due_in_tick`]), stopping early after `max_duration`.
 pub fn blast(
     inj: &Injector,
     frames: &[Vec<u8>],
@@ -73,11 +86,11 @@ pub fn blast(
     let mut next = 0usize;
     let mut batch: Vec<&[u8]> = Vec::with_capacity(BATCH);
     while report.sent < count && pacer.elapsed() < max_duration {
-        if !pacer.ready(report.sent, SPIN) {
+        let Some(due) = due_in_tick(&pacer, count, report.sent) else {
             continue;
-        }
+        };
         batch.clear();
-        let want = (count - report.sent).min(BATCH as u64) as usize;
+        let want = (due - report.sent).min(BATCH as u64) as usize;
         for _ in 0..want {
             batch.push(&frames[next]);
             next = (next + 1) % frames.len();
@@ -90,12 +103,7 @@ pub fn blast(
 
 /// Like [`blast`], with frames from a [`FlowFrames`] sequence (per-flow source addresses,
 /// as the NIC-like generator sends them). The rewrite of each batch is generator work, done
-/// the same way in every run. Paced in ticks: each [`TICK`] of the run, the frames due by
-/// its end in batches of [`BATCH`], then a sleep to the next tick, so that the sending
-/// thread's CPU is its sends' and the receive path's they run, not a spin's (with
-/// [`blast`]'s spin of waits under 200 µs, a sender that kept up at 500k pps was busy for
-/// its whole wall time whatever the receiver cost) nor that of calls of a frame or two
-/// (sending only what was due by now, a sender at 1M never caught up between them).
+/// the same way in every run. Paced as [`blast`] ([`due_in_tick`]).
 pub fn blast_flows(
     inj: &Injector,
     flows: &mut FlowFrames,
@@ -109,11 +117,9 @@ pub fn blast_flows(
     let mut ready = 0usize;
     let mut sent_of_batch = 0usize;
     while report.sent < count && pacer.elapsed() < max_duration {
-        let (due, left) = pacer.due_in_tick(count, TICK);
-        if due <= report.sent {
-            std::thread::sleep(left);
+        let Some(due) = due_in_tick(&pacer, count, report.sent) else {
             continue;
-        }
+        };
         if sent_of_batch == ready {
             ready = (due - report.sent).min(BATCH as u64) as usize;
             for b in bufs.iter_mut().take(ready) {

@@ -32,24 +32,6 @@ impl Pacer {
         self.start.elapsed()
     }
 
-    /// Whether frame `sent` (counted from 0) is due. When it is not, sleeps until it is if
-    /// that is longer than `spin` (a shorter wait is spun by the caller asking again), and
-    /// says false.
-    pub fn ready(&self, sent: u64, spin: Duration) -> bool {
-        let Some(rate) = self.rate else {
-            return true;
-        };
-        let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-        let now = self.start.elapsed();
-        if due <= now {
-            return true;
-        }
-        if due - now > spin {
-            std::thread::sleep(due - now);
-        }
-        false
-    }
-
     /// How many of a run's `count` frames are due by the end of the current `tick` (the run
     /// divided into ticks from its start), and the time left until that end: a generator
     /// that sends them and then sleeps the time left sends a burst of rate × tick a tick.
@@ -98,30 +80,28 @@ mod tests {
     #[test]
     fn flat_out_everything_is_due_at_once() {
         let p = Pacer::start(None);
-        assert!(p.ready(1_000_000, Duration::ZERO));
         assert_eq!(p.due(500), 500);
-        assert!(Pacer::start(Some(0)).ready(7, Duration::ZERO));
+        assert_eq!(Pacer::start(Some(0)).due(7), 7);
     }
 
     #[test]
     fn paced_frames_come_due_one_by_one() {
-        // One frame a second: the first is due at the start, the second a second later (a
-        // spin threshold longer than that wait means no sleep here).
+        // One frame a second: the first is due at the start, the second a second later.
         let p = Pacer::start(Some(1));
-        assert!(p.ready(0, Duration::from_secs(3600)));
-        assert!(!p.ready(1, Duration::from_secs(3600)));
         assert_eq!(p.due(10), 1);
     }
 
     #[test]
     fn a_ticks_frames_are_due_at_its_start() {
-        // 1,000 frames a second in 100 ms ticks: the first tick's 100 at once, the time left
-        // at most the tick; flat out everything, no wait.
-        let p = Pacer::start(Some(1_000));
-        let (due, left) = p.due_in_tick(10_000, Duration::from_millis(100));
-        assert_eq!(due, 100);
-        assert!(left <= Duration::from_millis(100) && left > Duration::from_millis(50));
-        assert_eq!(p.due_in_tick(40, Duration::from_millis(100)).0, 40);
+        // A frame a second in one-hour ticks: the first tick's 3,600 at once, the time left
+        // at most the tick (and nearly all of it: the test would have to stall for most of
+        // an hour to see the next tick); flat out everything, no wait.
+        let hour = Duration::from_secs(3600);
+        let p = Pacer::start(Some(1));
+        let (due, left) = p.due_in_tick(10_000, hour);
+        assert_eq!(due, 3600);
+        assert!(left <= hour && left > hour / 2);
+        assert_eq!(p.due_in_tick(40, hour).0, 40);
         assert_eq!(
             Pacer::start(None).due_in_tick(7, Duration::from_millis(1)),
             (7, Duration::ZERO)

@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use xtrail_bench::frames::{background_payload, background_udp, checksum, tcp_flags, v4, Frame};
-use xtrail_bench::netns::{in_ns, VethPair};
+use xtrail_bench::netns::{in_ns, Injector, VethPair};
 use xtrail_nicgen::{set_gro, templates, GenError, Generator, Template};
 
 fn root_or_skip() -> bool {
@@ -112,6 +112,22 @@ fn generate(
     .join()
     .expect("thread")
     .expect("namespace")
+}
+
+/// Sends `batch` `times` by AF_PACKET, each time once the last has arrived at `pair`'s sensor
+/// end (its receive counter from `rx0`, at most 2 s): a veth's XDP ring holds 256 frames and
+/// drops what does not fit.
+fn send_waited(pair: &VethPair, injector: &Injector, batch: &[&[u8]], times: u64, rx0: u64) {
+    let n = batch.len() as u64;
+    for k in 1..=times {
+        assert_eq!(injector.send_batch(batch).expect("sendmmsg") as u64, n);
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while pair.sensor_rx_packets().expect("rx counter") < rx0 + k * n
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 /// Whether this kernel runs live frames. Where it refuses them, checks that the generator
@@ -314,21 +330,10 @@ fn the_sink_drops_every_frame_it_receives() {
         let report = generate(&pair, templates, N).expect("generator runs");
         assert_eq!(report.sent, N);
     } else {
-        // In batches of 64, each sent when the last has arrived: the veth's XDP ring holds
-        // 256 frames and drops what does not fit.
         let injector = pair
             .injector()
             .expect("AF_PACKET socket in the peer namespace");
-        for k in 1..=N / 64 {
-            let batch = [&frames[0][..]; 64];
-            assert_eq!(injector.send_batch(&batch).expect("sendmmsg"), 64);
-            let deadline = std::time::Instant::now() + Duration::from_secs(2);
-            while pair.sensor_rx_packets().expect("rx counter") < rx0 + k * 64
-                && std::time::Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+        send_waited(&pair, &injector, &[&frames[0][..]; 64], N / 64, rx0);
     }
     sent.store(true, std::sync::atomic::Ordering::SeqCst);
     let seen = receiver.join().expect("thread").expect("namespace");
@@ -410,19 +415,10 @@ fn the_relay_redirects_every_frame_into_the_pair() {
         .recv_timeout(Duration::from_secs(10))
         .expect("the packet tap is bound");
     let rx0 = pair.sensor_rx_packets().expect("rx counter");
-    let injector = xtrail_bench::netns::Injector::open(&pair.peer_ns, "rin")
-        .expect("AF_PACKET socket on the relay's veth");
+    let injector =
+        Injector::open(&pair.peer_ns, "rin").expect("AF_PACKET socket on the relay's veth");
     let batch: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-    for k in 1..=N / 64 {
-        // Each batch sent when the last has arrived: a veth's XDP ring holds 256 frames.
-        assert_eq!(injector.send_batch(&batch).expect("sendmmsg"), 64);
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while pair.sensor_rx_packets().expect("rx counter") < rx0 + k * 64
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
+    send_waited(&pair, &injector, &batch, N / 64, rx0);
     sent.store(true, std::sync::atomic::Ordering::SeqCst);
     let (seen, unchanged) = receiver.join().expect("thread").expect("namespace");
     let rx = pair.sensor_rx_packets().expect("rx counter") - rx0;

@@ -373,6 +373,22 @@ fn the_relay_redirects_every_frame_into_the_pair() {
         ip(&["link", "set", end, "addrgenmode", "none"]);
         ip(&["link", "set", end, "up"]);
     }
+    let frames: Vec<Vec<u8>> = (0..64u16)
+        .map(|i| background_udp(v4("198.18.7.2"), 40000 + i, v4("203.0.113.9"), 5000))
+        .collect();
+    let batch: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    let injector =
+        Injector::open(&pair.peer_ns, "rin").expect("AF_PACKET socket on the relay's veth");
+    // Without the relay nothing sent into its veth reaches the pair: what arrives below came
+    // by its redirect.
+    let rx_before = pair.sensor_rx_packets().expect("rx counter");
+    assert_eq!(injector.send_batch(&batch).expect("sendmmsg"), 64);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        pair.sensor_rx_packets().expect("rx counter"),
+        rx_before,
+        "frames reached the pair without the relay"
+    );
     let peer_if = pair.peer_if.clone();
     let relay = in_ns(&pair.peer_ns, move || {
         xtrail_nicgen::Relay::attach("rout", &peer_if)
@@ -381,9 +397,6 @@ fn the_relay_redirects_every_frame_into_the_pair() {
     .expect("thread")
     .expect("namespace")
     .expect("the relay attaches in driver mode");
-    let frames: Vec<Vec<u8>> = (0..64u16)
-        .map(|i| background_udp(v4("198.18.7.2"), 40000 + i, v4("203.0.113.9"), 5000))
-        .collect();
     let sensor_if = pair.sensor_if.clone();
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let done = sent.clone();
@@ -415,9 +428,6 @@ fn the_relay_redirects_every_frame_into_the_pair() {
         .recv_timeout(Duration::from_secs(10))
         .expect("the packet tap is bound");
     let rx0 = pair.sensor_rx_packets().expect("rx counter");
-    let injector =
-        Injector::open(&pair.peer_ns, "rin").expect("AF_PACKET socket on the relay's veth");
-    let batch: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
     send_waited(&pair, &injector, &batch, N / 64, rx0);
     sent.store(true, std::sync::atomic::Ordering::SeqCst);
     let (seen, unchanged) = receiver.join().expect("thread").expect("namespace");

@@ -39,11 +39,12 @@ pub const TICK: Duration = Duration::from_millis(1);
 
 /// How a paced sender waits: each [`TICK`] of the run, the frames due by its end are sent
 /// (in batches of [`BATCH`]), then it sleeps to the next tick. Returns how many of `count`
-/// frames are due now, or `None` after that sleep when the `sent` ones are all that is due.
-/// So the sending thread's CPU is its sends' and the receive path's they run, not a spin's
-/// (spinning on waits under 200 µs, as the senders did until 2026-12-07, a sender that kept
-/// up at 500k pps was busy its whole wall time whatever the receiver cost), nor that of calls
-/// of a frame or two (sending only what is due by now, a sender at 1M never caught up).
+/// frames are due by the end of the current tick, or `None` after that sleep when the `sent`
+/// ones are all that is. So the sending thread's CPU is its sends' and the receive path's they
+/// run, not a spin's (spinning on waits under 200 µs, as `blast_flows` did until 2026-12-07
+/// 08:20 and `blast` until 11:26, a sender that kept up at 500k pps was busy its whole wall
+/// time whatever the receiver cost), nor that of calls of a frame or two (sending only what
+/// is due by now, a sender at 1M never caught up).
 fn due_in_tick(pacer: &Pacer, count: u64, sent: u64) -> Option<u64> {
     let (due, left) = pacer.due_in_tick(count, TICK);
     if due <= sent {
@@ -70,7 +71,7 @@ fn send_batch(inj: &Injector, batch: &[&[u8]], report: &mut SendReport) -> io::R
 }
 
 /// Sends `count` frames cycling through `frames`, as fast as possible or at `rate_pps`
-/// (paced in ticks: [`due_in_tick`]), stopping early after `max_duration`.
+/// (paced in 1 ms tick bursts, as [`blast_flows`]), stopping early after `max_duration`.
 pub fn blast(
     inj: &Injector,
     frames: &[Vec<u8>],
@@ -91,11 +92,11 @@ pub fn blast(
         };
         batch.clear();
         let want = (due - report.sent).min(BATCH as u64) as usize;
-        for _ in 0..want {
-            batch.push(&frames[next]);
-            next = (next + 1) % frames.len();
-        }
-        report.sent += send_batch(inj, &batch, &mut report)? as u64;
+        batch.extend((0..want).map(|i| &frames[(next + i) % frames.len()][..]));
+        let n = send_batch(inj, &batch, &mut report)?;
+        // On from the first frame not taken: a full socket skips none of the cycle.
+        next = (next + n) % frames.len();
+        report.sent += n as u64;
     }
     report.elapsed = pacer.elapsed();
     Ok(report)
@@ -103,7 +104,8 @@ pub fn blast(
 
 /// Like [`blast`], with frames from a [`FlowFrames`] sequence (per-flow source addresses,
 /// as the NIC-like generator sends them). The rewrite of each batch is generator work, done
-/// the same way in every run. Paced as [`blast`] ([`due_in_tick`]).
+/// the same way in every run. Paced in tick bursts: each [`TICK`] of the run, the frames due
+/// by its end in batches of [`BATCH`], then a sleep to the next tick.
 pub fn blast_flows(
     inj: &Injector,
     flows: &mut FlowFrames,

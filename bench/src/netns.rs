@@ -217,7 +217,13 @@ impl VethPair {
             .and_then(|s| s.split("\"packets\":").nth(1))
             .and_then(|s| s.split([',', '}']).next())
             .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
+            .ok_or_else(|| NetnsError::Command {
+                cmd: format!(
+                    "ip -n {} -s -j link show {}",
+                    self.sensor_ns, self.sensor_if
+                ),
+                stderr: format!("no rx packet count in its output: {}", text.trim()),
+            })?;
         Ok(packets)
     }
 }

@@ -1,9 +1,10 @@
 //! `cargo xtask ab`: two sensor builds on the same NIC-like traffic, alternating run by run,
 //! for a change's effect on the live cost. Each run puts one build on a fresh veth pair
 //! (GRO on, as the bench), sends a warm-up, then `rounds` sends of `count` frames at a fixed
-//! rate with `xtrail-nicgen` (the bench's templates and flows; through a relay where the kernel
-//! refuses live frames), and reads the sensor
-//! process's CPU before each send and 0.5 s after it: ns per frame sent. With `--xdp`, also
+//! rate NIC-like (the bench's templates and flows: `xtrail-nicgen send` with live frames, or
+//! the bench's AF_PACKET sender through `xtrail-nicgen relay` where the kernel refuses them),
+//! and reads the sensor process's CPU before each send and 0.5 s after it: ns per frame sent
+//! (a send whose frames did not all reach the sensor's veth stops it). With `--xdp`, also
 //! the XDP program's time per run over each send (bpf_stats on: its own clock reads
 //! included, alike for both builds). Runs alternate A B, B A, ... so that the host's drift
 //! falls on both builds alike.

@@ -883,6 +883,16 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
         }
     }
     drop(knob);
+    // A relay gone during the last runs (the rounds check before each run) spoils them too.
+    for sut in &mut suts {
+        if let Some(gone) = sut.relay.as_mut().and_then(Relay::exited) {
+            anyhow::bail!(
+                "the relay of {} {} exited during the runs: {gone}",
+                sut.sensor,
+                sut.mode
+            );
+        }
+    }
     // Each sensor stops (and its log goes) as its `Sut` drops, here or on an early return.
     drop(suts);
     let runs = aggregate(&raw, &xdp_pass, rounds);

@@ -257,9 +257,9 @@ impl Generator {
     /// Sends `count` frames, at `rate` frames per second or flat out, for at most
     /// `max_duration`. Paced runs inject what is due by now and sleep `tick` once caught up
     /// (after a sleep a burst of about rate × tick; at high rates the calls between carry a
-    /// few frames each: the AF_PACKET generator, `xtrail_bench::gen::blast_flows`, sends
-    /// whole tick bursts since 2026-12-07, this one not yet: it cannot run on the kernel of
-    /// that change).
+    /// few frames each: the AF_PACKET generators, `xtrail_bench::gen::blast_flows` and
+    /// `blast`, send whole tick bursts since 2026-12-07, this one not yet: it cannot run on
+    /// the kernel of that change).
     pub fn run(
         &mut self,
         count: u64,

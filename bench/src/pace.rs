@@ -1,6 +1,8 @@
 //! Pacing for the traffic generators: frame `i` of a run at `rate` frames per second is due
-//! `i / rate` after the run's start. Shared by the raw-socket generator ([`crate::gen`])
-//! and the NIC-like one (`xtrail-nicgen`), so that both offer traffic on the same schedule.
+//! `i / rate` after the run's start. Shared by the AF_PACKET generators ([`crate::gen`]),
+//! which send each tick's frames at its start ([`Pacer::due_in_tick`]), and the NIC-like one
+//! (`xtrail-nicgen`, live frames), which injects what is due by now ([`Pacer::due`]): the
+//! same rate over a run, bursts of a different shape within a tick.
 
 use std::time::{Duration, Instant};
 

@@ -198,6 +198,20 @@ impl VethPair {
         Ok(text.contains("\"xdp\":"))
     }
 
+    /// Adds a veth pair `a` / `b` inside the peer's namespace, both ends up and without IPv6
+    /// addresses (nothing of their own is sent): a relay's way into the pair.
+    pub fn add_peer_veth(&self, a: &str, b: &str) -> Result<(), NetnsError> {
+        let ns = self.peer_ns.as_str();
+        ip(&[
+            "-n", ns, "link", "add", a, "type", "veth", "peer", "name", b,
+        ])?;
+        for end in [a, b] {
+            ip(&["-n", ns, "link", "set", end, "addrgenmode", "none"])?;
+            ip(&["-n", ns, "link", "set", end, "up"])?;
+        }
+        Ok(())
+    }
+
     /// Packets received on the sensor's end, from /sys inside the namespace.
     pub fn sensor_rx_packets(&self) -> Result<u64, NetnsError> {
         let out = ip(&[

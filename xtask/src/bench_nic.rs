@@ -378,15 +378,14 @@ fn send(
             // The generator is a child process: its CPU is in `path_cpu_ns`.
             Ok((sent, seconds, 0))
         }
-        "relay" => afpacket_send(pair, RELAY_IN, sc.frames.to_vec(), count, rate, first_flow),
-        "afpacket" => afpacket_send(
-            pair,
-            &pair.peer_if,
-            sc.frames.to_vec(),
-            count,
-            rate,
-            first_flow,
-        ),
+        "relay" | "afpacket" => {
+            let iface = if delivery == "relay" {
+                RELAY_IN
+            } else {
+                &pair.peer_if
+            };
+            afpacket_send(pair, iface, sc.frames.to_vec(), count, rate, first_flow)
+        }
         other => anyhow::bail!("unknown delivery {other}"),
     }
 }
@@ -471,25 +470,9 @@ pub(crate) struct Relay {
 
 impl Relay {
     pub(crate) fn start(pair: &VethPair) -> anyhow::Result<Relay> {
-        let ip = |args: &[&str]| -> anyhow::Result<()> {
-            let st = pair.in_peer_ns("ip").args(args).status()?;
-            anyhow::ensure!(
-                st.success(),
-                "ip {} in {} failed",
-                args.join(" "),
-                pair.peer_ns
-            );
-            Ok(())
-        };
-        ip(&[
-            "link", "add", RELAY_IN, "type", "veth", "peer", "name", RELAY_OUT,
-        ])?;
-        for end in [RELAY_IN, RELAY_OUT] {
-            // No IPv6 link-local address: nothing of the relay's own (neighbour discovery,
-            // MLD) is relayed into the sensor's veth.
-            ip(&["link", "set", end, "addrgenmode", "none"])?;
-            ip(&["link", "set", end, "up"])?;
-        }
+        // No IPv6 address on either end: nothing of the relay's own (neighbour discovery,
+        // MLD) is relayed into the sensor's veth.
+        pair.add_peer_veth(RELAY_IN, RELAY_OUT)?;
         let mut cmd = pair.in_peer_ns(&nicgen().to_string_lossy());
         cmd.args(["relay", "--from", RELAY_OUT, "--to", &pair.peer_if])
             .stdout(Stdio::null());
@@ -837,13 +820,7 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
                 if let Some(gone) = sut.under.exited() {
                     anyhow::bail!("{} {} exited during the runs: {gone}", sut.sensor, sut.mode);
                 }
-                if let Some(gone) = sut.relay.as_mut().and_then(Relay::exited) {
-                    anyhow::bail!(
-                        "the relay of {} {} exited during the runs: {gone}",
-                        sut.sensor,
-                        sut.mode
-                    );
-                }
+                sut.relay_alive()?;
                 // bpf_stats is off: no program stats to read. Recall is scored in the first
                 // round (a capture sensor's log is read seconds after the run: see
                 // PEER_LOG_FLUSH).
@@ -885,13 +862,7 @@ pub fn run(inp: &NicInputs<'_>, results: &Path, when: &str) -> anyhow::Result<Ve
     drop(knob);
     // A relay gone during the last runs (the rounds check before each run) spoils them too.
     for sut in &mut suts {
-        if let Some(gone) = sut.relay.as_mut().and_then(Relay::exited) {
-            anyhow::bail!(
-                "the relay of {} {} exited during the runs: {gone}",
-                sut.sensor,
-                sut.mode
-            );
-        }
+        sut.relay_alive()?;
     }
     // Each sensor stops (and its log goes) as its `Sut` drops, here or on an early return.
     drop(suts);
@@ -996,6 +967,18 @@ impl Sut {
             scored,
         };
         run.measure(&mut self.first_flow, &mut self.log_at)
+    }
+
+    /// An error when the sensor's relay (if it has one) has exited: its frames went nowhere.
+    fn relay_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(gone) = self.relay.as_mut().and_then(Relay::exited) {
+            anyhow::bail!(
+                "the relay of {} {} exited during the runs: {gone}",
+                self.sensor,
+                self.mode
+            );
+        }
+        Ok(())
     }
 
     /// A capture sensor (the libpcap baseline, `--peer`): sampled after its process tree

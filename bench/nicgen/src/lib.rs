@@ -362,9 +362,7 @@ pub struct Sink {
 impl Sink {
     pub fn attach(iface: &str) -> Result<Sink, GenError> {
         let mut ebpf = EbpfLoader::new().load(OBJECT)?;
-        let p = xdp(&mut ebpf, "drop_all")?;
-        p.load()?;
-        p.attach(iface, aya::programs::XdpMode::Driver)?;
+        attach(&mut ebpf, "drop_all", iface)?;
         Ok(Sink { _ebpf: ebpf })
     }
 }
@@ -387,11 +385,18 @@ impl Relay {
                 .ok_or(GenError::Missing("RELAY_TO"))?,
         )?;
         target.set(0, to_index, 0)?;
-        let p = xdp(&mut ebpf, "relay")?;
-        p.load()?;
-        p.attach(from, aya::programs::XdpMode::Driver)?;
+        attach(&mut ebpf, "relay", from)?;
         Ok(Relay { _ebpf: ebpf })
     }
+}
+
+/// Loads the object's XDP program `name` and attaches it to `iface` in driver mode (until
+/// `ebpf` is dropped).
+fn attach(ebpf: &mut Ebpf, name: &'static str, iface: &str) -> Result<(), GenError> {
+    let p = xdp(ebpf, name)?;
+    p.load()?;
+    p.attach(iface, aya::programs::XdpMode::Driver)?;
+    Ok(())
 }
 
 /// The index of interface `name` in this namespace.

@@ -114,6 +114,17 @@ fn generate(
     .expect("namespace")
 }
 
+/// Turns GRO on at `pair`'s sensor end: a veth without an XDP program receives redirected
+/// frames only with NAPI on.
+fn gro_on(pair: &VethPair) {
+    let sensor_if = pair.sensor_if.clone();
+    in_ns(&pair.sensor_ns, move || set_gro(&sensor_if, true))
+        .join()
+        .expect("thread")
+        .expect("namespace")
+        .expect("GRO on the receiving veth");
+}
+
 /// Sends `batch` `times` by AF_PACKET, each time once the last has arrived at `pair`'s sensor
 /// end (its receive counter from `rx0`, at most 2 s): a veth's XDP ring holds 256 frames and
 /// drops what does not fit.
@@ -156,12 +167,7 @@ fn delivers_exactly_n_frames_with_valid_checksums() {
     const N: u64 = 16 * 8 * 160;
     const FLOW_PACKETS: u32 = 8;
     let pair = VethPair::create("ng").expect("veth pair");
-    let sensor_if = pair.sensor_if.clone();
-    in_ns(&pair.sensor_ns, move || set_gro(&sensor_if, true))
-        .join()
-        .expect("thread")
-        .expect("namespace")
-        .expect("GRO on the receiving veth");
+    gro_on(&pair);
     let frames = [
         background_udp(v4("198.18.7.2"), 40000, v4("203.0.113.9"), 5000),
         Frame::tcp(
@@ -353,26 +359,9 @@ fn the_relay_redirects_every_frame_into_the_pair() {
     }
     const N: u64 = 64 * 40;
     let pair = VethPair::create("nr").expect("veth pair");
-    let sensor_if = pair.sensor_if.clone();
-    // A veth without an XDP program receives redirected frames only with NAPI (GRO) on.
-    in_ns(&pair.sensor_ns, move || set_gro(&sensor_if, true))
-        .join()
-        .expect("thread")
-        .expect("namespace")
-        .expect("GRO on");
-    let ip = |args: &[&str]| {
-        let st = std::process::Command::new("ip")
-            .args(["-n", &pair.peer_ns])
-            .args(args)
-            .status()
-            .expect("ip");
-        assert!(st.success(), "ip {args:?}");
-    };
-    ip(&["link", "add", "rin", "type", "veth", "peer", "name", "rout"]);
-    for end in ["rin", "rout"] {
-        ip(&["link", "set", end, "addrgenmode", "none"]);
-        ip(&["link", "set", end, "up"]);
-    }
+    gro_on(&pair);
+    pair.add_peer_veth("rin", "rout")
+        .expect("the relay's veth pair");
     let frames: Vec<Vec<u8>> = (0..64u16)
         .map(|i| background_udp(v4("198.18.7.2"), 40000 + i, v4("203.0.113.9"), 5000))
         .collect();

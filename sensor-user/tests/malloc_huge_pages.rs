@@ -1,0 +1,108 @@
+//! The sensor's heap on transparent huge pages (no privilege): where the kernel gives them
+//! only to memory that asks, `run` and `replay` execute themselves once more with glibc's
+//! `glibc.malloc.hugetlb=1` added to `GLIBC_TUNABLES` (`malloc_on_huge_pages` in
+//! sensor-user/src/main.rs): same process, name and arguments; a `GLIBC_TUNABLES` that names
+//! the tunable already is left as it is. (That other tunables are kept is a unit test in
+//! main.rs: glibc cuts the string /proc/PID/environ shows at its first `:` while parsing it.)
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use xtrail_bench::frames::{v4, Frame};
+use xtrail_bench::pcapw;
+
+mod common;
+use common::tempdir;
+
+const SENSOR: &str = env!("CARGO_BIN_EXE_xtrail-sensor");
+
+/// Whether the kernel gives transparent huge pages only on request.
+fn thp_on_request() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|t| t.contains("[madvise]"))
+}
+
+/// Replays a one-packet pcap through a FIFO with `tunables` as `GLIBC_TUNABLES`; once the
+/// sensor opened the FIFO (past any re-execution), returns its environment's
+/// `GLIBC_TUNABLES`, its process name and its arguments, then lets it finish.
+fn replay_through_fifo(
+    dir: &Path,
+    tunables: Option<&str>,
+) -> (Option<String>, String, Vec<String>) {
+    let fifo = dir.join("capture.pcap");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let trails = dir.join("trails.csv");
+    std::fs::write(&trails, "198.19.66.66,huge pages test (malware),(test)\n").unwrap();
+    let mut sensor = Command::new(SENSOR);
+    match tunables {
+        Some(t) => sensor.env("GLIBC_TUNABLES", t),
+        None => sensor.env_remove("GLIBC_TUNABLES"),
+    };
+    let child = sensor
+        .args(["replay", "--no-whitelist", "--no-heuristics"])
+        .args(["--format", "json", "--events-log", "-", "--pcap"])
+        .arg(&fifo)
+        .arg("--trails")
+        .arg(&trails)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start xtrail-sensor replay");
+    // Opening for writing waits for the sensor to open the FIFO for reading.
+    let mut w = std::fs::File::create(&fifo).unwrap();
+    let proc_dir = format!("/proc/{}", child.id());
+    let environ = std::fs::read(format!("{proc_dir}/environ")).unwrap();
+    let tunables = environ
+        .split(|&b| b == 0)
+        .find_map(|v| v.strip_prefix(b"GLIBC_TUNABLES="))
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    let name = std::fs::read_to_string(format!("{proc_dir}/comm")).unwrap();
+    let args = std::fs::read(format!("{proc_dir}/cmdline")).unwrap();
+    let args = args
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    pcapw::write_header(&mut w).unwrap();
+    let frame = Frame::udp(v4("198.18.0.1"), 40_000, v4("198.19.66.66"), 9_999, b"x").build();
+    pcapw::write_packet(&mut w, 1_780_000_000_000_000, &frame).unwrap();
+    w.flush().unwrap();
+    drop(w);
+    let out = child
+        .wait_with_output()
+        .expect("wait for xtrail-sensor replay");
+    assert!(
+        out.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = String::from_utf8_lossy(&out.stdout);
+    assert!(events.contains("198.19.66.66"), "no event: {events}");
+    (tunables, name.trim().to_string(), args)
+}
+
+#[test]
+fn replay_runs_with_malloc_on_huge_pages() {
+    let dir = tempdir("huge-malloc");
+    let (tunables, name, args) = replay_through_fifo(&dir, None);
+    let expected = thp_on_request().then_some("glibc.malloc.hugetlb=1");
+    assert_eq!(tunables.as_deref(), expected);
+    assert_eq!(name, "xtrail-sensor");
+    assert_eq!(args.first().map(String::as_str), Some(SENSOR));
+    assert_eq!(args.get(1).map(String::as_str), Some("replay"));
+    assert_eq!(args.len(), 12, "{args:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_tunable_given_is_left_as_it_is() {
+    let dir = tempdir("huge-malloc-off");
+    let (tunables, name, _) = replay_through_fifo(&dir, Some("glibc.malloc.hugetlb=0"));
+    assert_eq!(tunables.as_deref(), Some("glibc.malloc.hugetlb=0"));
+    assert_eq!(name, "xtrail-sensor");
+    let _ = std::fs::remove_dir_all(&dir);
+}

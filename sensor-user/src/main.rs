@@ -426,25 +426,35 @@ enum Command {
 
 /// The tunable that puts glibc's malloc on transparent huge pages.
 const HUGE_MALLOC: &str = "glibc.malloc.hugetlb";
+/// Set for the re-executed image only (and removed by it): one re-execution, whatever glibc
+/// made of `GLIBC_TUNABLES`.
+const REEXECUTED: &str = "XTRAIL_SENSOR_REEXECUTED";
 
-/// Puts the heap on transparent huge pages where the kernel gives them only to memory that
-/// asks for them (`madvise` mode, Debian's default): glibc asks for its heap when started with
-/// the tunable `glibc.malloc.hugetlb=1`, which it reads only at process start, so the sensor
-/// executes itself once more with it set (same process, arguments and descriptors). The
-/// detector's tables are read at scattered addresses, a few lines a packet; on 2 MiB pages
-/// those reads miss the TLB far less (live hand-offs 50-110 ns a packet less, `cargo xtask
-/// ab`; the start's RSS ~2 MB more: bench/results/PERF-LOG.md, 2026-12-07 from 13:04). A
-/// `GLIBC_TUNABLES` that names the tunable already (`glibc.malloc.hugetlb=0` opts out) is
-/// left as it is.
+/// Puts the heap on transparent huge pages where the kernel gives them only on request
+/// (`madvise`, Debian's default): glibc requests them for its heap when started with
+/// `glibc.malloc.hugetlb=1`, a tunable it reads only at process start, so the sensor
+/// executes itself once more with it (same process, arguments and descriptors). The
+/// detector's tables are read at scattered addresses; on 2 MiB pages those reads miss the
+/// TLB far less (bench/results/PERF-LOG.md, 2026-12-07 from 13:04). A `GLIBC_TUNABLES` that
+/// names the tunable (`glibc.malloc.hugetlb=0` opts out) is left as it is; a setuid or
+/// file-capability binary, whose tunables glibc ignores, is not re-executed.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn malloc_on_huge_pages() {
     use std::os::unix::process::CommandExt;
-    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
-    if !thp.is_ok_and(|t| t.contains("[madvise]")) {
+    if std::env::var_os(REEXECUTED).is_some() {
+        // Edition 2021, and no other thread exists yet.
+        std::env::remove_var(REEXECUTED);
         return;
     }
-    let given = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-    let Some(tunables) = tunables_with_huge_malloc(&given) else {
+    // SAFETY: getauxval reads the auxiliary vector; no preconditions.
+    let secure = unsafe { libc::getauxval(libc::AT_SECURE) } != 0;
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+    if secure || !thp.is_ok_and(|t| t.contains("[madvise]")) {
+        return;
+    }
+    // Tunables that are not UTF-8 are left alone.
+    let given = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
+    let Some(tunables) = given.to_str().and_then(tunables_with_huge_malloc) else {
         return;
     };
     let mut args = std::env::args_os();
@@ -458,6 +468,7 @@ fn malloc_on_huge_pages() {
         .arg0(arg0)
         .args(args)
         .env("GLIBC_TUNABLES", tunables)
+        .env(REEXECUTED, "1")
         .exec();
     eprintln!("xtrail-sensor: heap left on 4 KiB pages (re-executing with {HUGE_MALLOC}=1 failed: {error})");
 }

@@ -5,10 +5,14 @@
 //! the tunable already is left as it is. (That other tunables are kept is a unit test in
 //! main.rs: glibc cuts the string /proc/PID/environ shows at its first `:` while parsing it.)
 
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use xtrail_bench::frames::{v4, Frame};
 use xtrail_bench::pcapw;
@@ -22,6 +26,41 @@ const SENSOR: &str = env!("CARGO_BIN_EXE_xtrail-sensor");
 fn thp_on_request() -> bool {
     std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
         .is_ok_and(|t| t.contains("[madvise]"))
+}
+
+/// Opens `fifo` for writing once `child` has opened it for reading (past its set-up); fails
+/// if the child exits first or takes longer than 60 s.
+fn open_when_read(fifo: &Path, child: &mut Child) -> File {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // Non-blocking: ENXIO while no reader has it open.
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(fifo)
+        {
+            Ok(w) => {
+                // Blocking writes from here on.
+                // SAFETY: fcntl on a descriptor this File owns.
+                unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, 0) };
+                return w;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {}
+            Err(e) => panic!("opening the FIFO: {e}"),
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("the sensor exited ({status}) before opening its pcap: {err}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the sensor did not open its pcap within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Replays a one-packet pcap through a FIFO with `tunables` as `GLIBC_TUNABLES`; once the
@@ -42,7 +81,7 @@ fn replay_through_fifo(
         Some(t) => sensor.env("GLIBC_TUNABLES", t),
         None => sensor.env_remove("GLIBC_TUNABLES"),
     };
-    let child = sensor
+    let mut child = sensor
         .args(["replay", "--no-whitelist", "--no-heuristics"])
         .args(["--format", "json", "--events-log", "-", "--pcap"])
         .arg(&fifo)
@@ -52,8 +91,7 @@ fn replay_through_fifo(
         .stderr(Stdio::piped())
         .spawn()
         .expect("start xtrail-sensor replay");
-    // Opening for writing waits for the sensor to open the FIFO for reading.
-    let mut w = std::fs::File::create(&fifo).unwrap();
+    let mut w = open_when_read(&fifo, &mut child);
     let proc_dir = format!("/proc/{}", child.id());
     let environ = std::fs::read(format!("{proc_dir}/environ")).unwrap();
     let tunables = environ

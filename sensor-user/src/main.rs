@@ -432,8 +432,8 @@ const REEXECUTED: &str = "XTRAIL_SENSOR_REEXECUTED";
 
 /// Puts the heap on transparent huge pages where the kernel gives them only on request
 /// (`madvise`, Debian's default): glibc requests them for its heap when started with
-/// `glibc.malloc.hugetlb=1`, a tunable it reads only at process start, so the sensor
-/// executes itself once more with it (same process, arguments and descriptors). The
+/// `glibc.malloc.hugetlb=1`, a tunable it reads only at process start, so `run` executes
+/// itself once more with it (same process, arguments and descriptors). The
 /// detector's tables are read at scattered addresses; on 2 MiB pages those reads miss the
 /// TLB far less (bench/results/PERF-LOG.md, 2026-12-07 from 13:04). A `GLIBC_TUNABLES` that
 /// names the tunable (`glibc.malloc.hugetlb=0` opts out) is left as it is; a setuid or
@@ -504,7 +504,9 @@ fn main() -> ExitCode {
     }
     startup::begin();
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Run { .. } | Command::Replay { .. }) {
+    // Live only: a replay of trails loaded into the heap ran as fast on median with it, but 3
+    // of 8 runs 30-125 ns a packet slower (PERF-LOG.md, 2026-12-07 from 13:04).
+    if matches!(cli.command, Command::Run { .. }) {
         malloc_on_huge_pages();
     }
     // `run`: the XDP loader (the kernel's BTF parsed, its BPF features probed) is made on

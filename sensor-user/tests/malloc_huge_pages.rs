@@ -1,12 +1,14 @@
-//! The sensor's heap on transparent huge pages (no privilege): where the kernel gives them
-//! only to memory that asks, `run` and `replay` execute themselves once more with glibc's
-//! `glibc.malloc.hugetlb=1` added to `GLIBC_TUNABLES` (`malloc_on_huge_pages` in
-//! sensor-user/src/main.rs): same process, name and arguments; a `GLIBC_TUNABLES` that names
-//! the tunable already is left as it is. (That other tunables are kept is a unit test in
-//! main.rs: glibc cuts the string /proc/PID/environ shows at its first `:` while parsing it.)
+//! The live sensor's heap on transparent huge pages: where the kernel gives them only to
+//! memory that asks, `run` executes itself once more with glibc's `glibc.malloc.hugetlb=1`
+//! added to `GLIBC_TUNABLES` (`malloc_on_huge_pages` in sensor-user/src/main.rs): same
+//! process, name and arguments; a `GLIBC_TUNABLES` that names the tunable already is left as
+//! it is. (That other tunables are kept is a unit test in main.rs: glibc cuts the string
+//! /proc/PID/environ shows at its first `:` while parsing it.) The sensor's trails are a
+//! FIFO: it waits there, is looked at and killed before it attaches anything. Privileged
+//! (`run` checks its capabilities first).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
@@ -14,11 +16,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use xtrail_bench::frames::{v4, Frame};
-use xtrail_bench::pcapw;
-
 mod common;
-use common::tempdir;
+use common::{privileged, tempdir};
 
 const SENSOR: &str = env!("CARGO_BIN_EXE_xtrail-sensor");
 
@@ -28,8 +27,8 @@ fn thp_on_request() -> bool {
         .is_ok_and(|t| t.contains("[madvise]"))
 }
 
-/// Opens `fifo` for writing once `child` has opened it for reading (past its set-up); fails
-/// if the child exits first or takes longer than 60 s.
+/// Opens `fifo` for writing once `child` has opened it for reading; fails if the child exits
+/// first or takes longer than 60 s.
 fn open_when_read(fifo: &Path, child: &mut Child) -> File {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -53,45 +52,38 @@ fn open_when_read(fifo: &Path, child: &mut Child) -> File {
             if let Some(mut e) = child.stderr.take() {
                 let _ = e.read_to_string(&mut err);
             }
-            panic!("the sensor exited ({status}) before opening its pcap: {err}");
+            panic!("the sensor exited ({status}) before opening its trails: {err}");
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("the sensor did not open its pcap within 60 s");
+            panic!("the sensor did not open its trails within 60 s");
         }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
 
-/// Replays a one-packet pcap through a FIFO with `tunables` as `GLIBC_TUNABLES`; once the
-/// sensor opened the FIFO (past any re-execution), returns its environment's
-/// `GLIBC_TUNABLES`, its process name and its arguments, then lets it finish.
-fn replay_through_fifo(
-    dir: &Path,
-    tunables: Option<&str>,
-) -> (Option<String>, String, Vec<String>) {
-    let fifo = dir.join("capture.pcap");
+/// Starts `run` on the loopback with its trails from a FIFO and `tunables` as
+/// `GLIBC_TUNABLES`; once the sensor opened the FIFO (past any re-execution), returns its
+/// environment's `GLIBC_TUNABLES`, its process name and its arguments, and kills it.
+fn run_until_trails(dir: &Path, tunables: Option<&str>) -> (Option<String>, String, Vec<String>) {
+    let fifo = dir.join("trails.csv");
     let c_path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
     // SAFETY: a NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
-    let trails = dir.join("trails.csv");
-    std::fs::write(&trails, "198.19.66.66,huge pages test (malware),(test)\n").unwrap();
     let mut sensor = Command::new(SENSOR);
     match tunables {
         Some(t) => sensor.env("GLIBC_TUNABLES", t),
         None => sensor.env_remove("GLIBC_TUNABLES"),
     };
     let mut child = sensor
-        .args(["replay", "--no-whitelist", "--no-heuristics"])
-        .args(["--format", "json", "--events-log", "-", "--pcap"])
+        .args(["run", "--iface", "lo", "--no-whitelist", "--trails"])
         .arg(&fifo)
-        .arg("--trails")
-        .arg(&trails)
-        .stdout(Stdio::piped())
+        .args(["--events-log", "/dev/null"])
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start xtrail-sensor replay");
-    let mut w = open_when_read(&fifo, &mut child);
+        .expect("start xtrail-sensor run");
+    let w = open_when_read(&fifo, &mut child);
     let proc_dir = format!("/proc/{}", child.id());
     let environ = std::fs::read(format!("{proc_dir}/environ")).unwrap();
     let tunables = environ
@@ -105,41 +97,39 @@ fn replay_through_fifo(
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    pcapw::write_header(&mut w).unwrap();
-    let frame = Frame::udp(v4("198.18.0.1"), 40_000, v4("198.19.66.66"), 9_999, b"x").build();
-    pcapw::write_packet(&mut w, 1_780_000_000_000_000, &frame).unwrap();
-    w.flush().unwrap();
-    drop(w);
+    let _ = child.kill();
     let out = child
         .wait_with_output()
-        .expect("wait for xtrail-sensor replay");
-    assert!(
-        out.status.success(),
-        "replay failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let events = String::from_utf8_lossy(&out.stdout);
-    assert!(events.contains("198.19.66.66"), "no event: {events}");
+        .expect("wait for xtrail-sensor run");
+    drop(w);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("attached to"), "{err}");
     (tunables, name.trim().to_string(), args)
 }
 
 #[test]
-fn replay_runs_with_malloc_on_huge_pages() {
+fn run_executes_itself_with_malloc_on_huge_pages() {
+    if !privileged("run_executes_itself_with_malloc_on_huge_pages") {
+        return;
+    }
     let dir = tempdir("huge-malloc");
-    let (tunables, name, args) = replay_through_fifo(&dir, None);
+    let (tunables, name, args) = run_until_trails(&dir, None);
     let expected = thp_on_request().then_some("glibc.malloc.hugetlb=1");
     assert_eq!(tunables.as_deref(), expected);
     assert_eq!(name, "xtrail-sensor");
     assert_eq!(args.first().map(String::as_str), Some(SENSOR));
-    assert_eq!(args.get(1).map(String::as_str), Some("replay"));
-    assert_eq!(args.len(), 12, "{args:?}");
+    assert_eq!(args.get(1).map(String::as_str), Some("run"));
+    assert_eq!(args.len(), 9, "{args:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_tunable_given_is_left_as_it_is() {
+    if !privileged("a_tunable_given_is_left_as_it_is") {
+        return;
+    }
     let dir = tempdir("huge-malloc-off");
-    let (tunables, name, _) = replay_through_fifo(&dir, Some("glibc.malloc.hugetlb=0"));
+    let (tunables, name, _) = run_until_trails(&dir, Some("glibc.malloc.hugetlb=0"));
     assert_eq!(tunables.as_deref(), Some("glibc.malloc.hugetlb=0"));
     assert_eq!(name, "xtrail-sensor");
     let _ = std::fs::remove_dir_all(&dir);

@@ -504,8 +504,8 @@ fn main() -> ExitCode {
     }
     startup::begin();
     let cli = Cli::parse();
-    // Live only: a replay of trails loaded into the heap ran as fast on median with it, but 3
-    // of 8 runs 30-125 ns a packet slower (PERF-LOG.md, 2026-12-07 from 13:04).
+    // Live only: replays of trails loaded into the heap ran 3 of 8 times 33-125 ns a packet
+    // slower with it (PERF-LOG.md, 2026-12-07 from 13:04).
     if matches!(cli.command, Command::Run { .. }) {
         malloc_on_huge_pages();
     }

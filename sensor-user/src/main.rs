@@ -474,6 +474,7 @@ fn malloc_on_huge_pages() {
 }
 
 /// `GLIBC_TUNABLES` with the huge-page tunable added; `None` if it names that tunable already.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tunables_with_huge_malloc(given: &str) -> Option<String> {
     if given
         .split(':')
@@ -1035,7 +1036,7 @@ fn show_stats(json: bool, state_dir: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod tests {
     use super::tunables_with_huge_malloc;
 

@@ -62,10 +62,21 @@ fn open_when_read(fifo: &Path, child: &mut Child) -> File {
     }
 }
 
+/// What /proc showed of a sensor waiting for its trails.
+struct Seen {
+    /// `GLIBC_TUNABLES` as /proc/PID/environ shows it (cut at its first `:` by glibc).
+    tunables: Option<String>,
+    /// Whether it executed itself again: the marker the second image was given stays in the
+    /// strings /proc/PID/environ shows (the image removes it only from its own variables).
+    reexecuted: bool,
+    name: String,
+    args: Vec<String>,
+}
+
 /// Starts `run` on the loopback with its trails from a FIFO and `tunables` as
-/// `GLIBC_TUNABLES`; once the sensor opened the FIFO (past any re-execution), returns its
-/// environment's `GLIBC_TUNABLES`, its process name and its arguments, and kills it.
-fn run_until_trails(dir: &Path, tunables: Option<&str>) -> (Option<String>, String, Vec<String>) {
+/// `GLIBC_TUNABLES`; once the sensor opened the FIFO (past any re-execution), returns what
+/// /proc shows of it, and kills it.
+fn run_until_trails(dir: &Path, tunables: Option<&str>) -> Seen {
     let fifo = dir.join("trails.csv");
     let c_path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
     // SAFETY: a NUL-terminated path.
@@ -90,6 +101,9 @@ fn run_until_trails(dir: &Path, tunables: Option<&str>) -> (Option<String>, Stri
         .split(|&b| b == 0)
         .find_map(|v| v.strip_prefix(b"GLIBC_TUNABLES="))
         .map(|v| String::from_utf8_lossy(v).into_owned());
+    let reexecuted = environ
+        .split(|&b| b == 0)
+        .any(|v| v == b"XTRAIL_SENSOR_REEXECUTED=1");
     let name = std::fs::read_to_string(format!("{proc_dir}/comm")).unwrap();
     let args = std::fs::read(format!("{proc_dir}/cmdline")).unwrap();
     let args = args
@@ -104,7 +118,12 @@ fn run_until_trails(dir: &Path, tunables: Option<&str>) -> (Option<String>, Stri
     drop(w);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("attached to"), "{err}");
-    (tunables, name.trim().to_string(), args)
+    Seen {
+        tunables,
+        reexecuted,
+        name: name.trim().to_string(),
+        args,
+    }
 }
 
 #[test]
@@ -113,10 +132,13 @@ fn run_executes_itself_with_malloc_on_huge_pages() {
         return;
     }
     let dir = tempdir("huge-malloc");
-    let (tunables, name, args) = run_until_trails(&dir, None);
-    let expected = thp_on_request().then_some("glibc.malloc.hugetlb=1");
-    assert_eq!(tunables.as_deref(), expected);
-    assert_eq!(name, "xtrail-sensor");
+    let seen = run_until_trails(&dir, None);
+    let on_request = thp_on_request();
+    assert_eq!(seen.reexecuted, on_request);
+    let expected = on_request.then_some("glibc.malloc.hugetlb=1");
+    assert_eq!(seen.tunables.as_deref(), expected);
+    assert_eq!(seen.name, "xtrail-sensor");
+    let args = &seen.args;
     assert_eq!(args.first().map(String::as_str), Some(SENSOR));
     assert_eq!(args.get(1).map(String::as_str), Some("run"));
     assert_eq!(args.len(), 9, "{args:?}");
@@ -129,8 +151,13 @@ fn a_tunable_given_is_left_as_it_is() {
         return;
     }
     let dir = tempdir("huge-malloc-off");
-    let (tunables, name, _) = run_until_trails(&dir, Some("glibc.malloc.hugetlb=0"));
-    assert_eq!(tunables.as_deref(), Some("glibc.malloc.hugetlb=0"));
-    assert_eq!(name, "xtrail-sensor");
+    let seen = run_until_trails(&dir, Some("glibc.malloc.hugetlb=0"));
+    // Not executed again: glibc would show an appended tunable cut off, so the marker tells.
+    assert!(
+        !seen.reexecuted,
+        "re-executed despite glibc.malloc.hugetlb=0"
+    );
+    assert_eq!(seen.tunables.as_deref(), Some("glibc.malloc.hugetlb=0"));
+    assert_eq!(seen.name, "xtrail-sensor");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,7 +3,8 @@
 //! per-interface link type, `if_tsresol` and `if_tsoffset`).
 //!
 //! [`PcapReader::next_packet`] lends each packet from one reused buffer that the file is read
-//! into in large chunks: no allocation and no copy per packet. Record and block lengths are
+//! into in large chunks (by [`open`], from a thread that reads the file ahead: [`ReadAhead`]):
+//! no allocation and no copy per packet. Record and block lengths are
 //! checked against [`MAX_RECORD`]; a file that ends in
 //! the middle of a record yields every complete packet before it and then
 //! [`PcapError::Truncated`]. After an error the reader yields nothing more.
@@ -11,6 +12,7 @@
 use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 /// Largest record (classic) or block (pcapng) accepted.
 pub const MAX_RECORD: usize = 16 * 1024 * 1024;
@@ -132,9 +134,153 @@ pub struct PcapReader<R> {
     done: bool,
 }
 
-/// Opens a capture file (read in 256 KiB chunks by the reader itself: no `BufReader` needed).
-pub fn open(path: &Path) -> Result<PcapReader<File>, PcapError> {
-    PcapReader::new(File::open(path)?)
+/// Opens a capture file, read by a thread of its own ([`ReadAhead`]).
+pub fn open(path: &Path) -> Result<PcapReader<ReadAhead>, PcapError> {
+    PcapReader::new(ReadAhead::new(File::open(path)?))
+}
+
+/// Bytes a read-ahead chunk holds.
+const AHEAD_CHUNK: usize = 512 * 1024;
+/// Chunks read ahead and not yet taken, at most.
+const AHEAD_CHUNKS: usize = 2;
+
+/// A file read ahead by a thread of its own, in chunks of `AHEAD_CHUNK` bytes, at most
+/// `AHEAD_CHUNKS` of them waiting: the copy out of the page cache (or the wait for the disk)
+/// runs beside the packets' processing, whose reads copy from the thread's chunks (cheaper
+/// than the page cache's: the chunks were just written, and the reader's own buffer stays
+/// in its cache; lending the chunks themselves was slower). Where no thread can be started
+/// the file is read in place. The thread ends at the end of the file, at an error, or when
+/// this is dropped.
+#[derive(Debug)]
+pub struct ReadAhead {
+    source: Source,
+    /// The chunk being read and how much of it was read.
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+#[derive(Debug)]
+enum Source {
+    Thread {
+        chunks: Receiver<std::io::Result<Vec<u8>>>,
+        spent: SyncSender<Vec<u8>>,
+        thread: std::thread::JoinHandle<()>,
+    },
+    Inline(File),
+    Done,
+}
+
+impl ReadAhead {
+    /// Starts reading `file` ahead.
+    pub fn new(file: File) -> ReadAhead {
+        ReadAhead::with_chunks(file, AHEAD_CHUNK, AHEAD_CHUNKS)
+    }
+
+    /// Reads `file` ahead in chunks of `size` bytes, `n` of them waiting at most.
+    fn with_chunks(file: File, size: usize, n: usize) -> ReadAhead {
+        let (send, chunks) = sync_channel(n);
+        let (spent, reuse) = sync_channel::<Vec<u8>>(n + 2);
+        // On a thread's own handle: if the thread cannot start, `file` is read in place.
+        let source = match file.try_clone().and_then(|mut file| {
+            std::thread::Builder::new()
+                .name("pcap-read".into())
+                .spawn(move || loop {
+                    let mut chunk = reuse.try_recv().unwrap_or_default();
+                    chunk.resize(size, 0);
+                    let (got, error) = read_most(&mut file, &mut chunk);
+                    chunk.truncate(got);
+                    // The bytes before an error, then the error; an empty chunk is the end.
+                    if (got > 0 || error.is_none()) && send.send(Ok(chunk)).is_err() {
+                        return;
+                    }
+                    if let Some(e) = error {
+                        let _ = send.send(Err(e));
+                        return;
+                    }
+                    if got == 0 {
+                        return;
+                    }
+                })
+        }) {
+            Ok(thread) => Source::Thread {
+                chunks,
+                spent,
+                thread,
+            },
+            Err(_) => Source::Inline(file),
+        };
+        ReadAhead {
+            source,
+            chunk: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+/// Reads until `buf` is full, the file ends or a read fails: how many bytes it read, and the
+/// error.
+fn read_most(file: &mut File, buf: &mut [u8]) -> (usize, Option<std::io::Error>) {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read(buf.get_mut(got..).unwrap_or_default()) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return (got, Some(e)),
+        }
+    }
+    (got, None)
+}
+
+impl Drop for ReadAhead {
+    /// Stops the thread and waits for it: a thread waiting to hand over a chunk sees the
+    /// channel closed; one in a read returns after it.
+    fn drop(&mut self) {
+        if let Source::Thread {
+            chunks,
+            spent,
+            thread,
+        } = std::mem::replace(&mut self.source, Source::Done)
+        {
+            drop((chunks, spent));
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match &mut self.source {
+                Source::Thread { chunks, spent, .. } => {
+                    // A thread that ended without an empty chunk panicked: the end, as it is.
+                    let next = match chunks.recv() {
+                        Ok(Ok(c)) if !c.is_empty() => c,
+                        Ok(Err(e)) => {
+                            self.source = Source::Done;
+                            return Err(e);
+                        }
+                        _ => {
+                            self.source = Source::Done;
+                            return Ok(0);
+                        }
+                    };
+                    // Full only if the thread no longer takes buffers back.
+                    let _ = spent.try_send(std::mem::replace(&mut self.chunk, next));
+                    self.at = 0;
+                }
+                Source::Inline(file) => return file.read(out),
+                Source::Done => return Ok(0),
+            }
+        }
+        let rest = self.chunk.get(self.at..).unwrap_or_default();
+        let n = out.len().min(rest.len());
+        out.get_mut(..n)
+            .unwrap_or_default()
+            .copy_from_slice(rest.get(..n).unwrap_or_default());
+        self.at += n;
+        Ok(n)
+    }
 }
 
 fn u16_at(b: &[u8], at: usize, swapped: bool) -> u16 {
@@ -767,6 +913,82 @@ mod tests {
             self.0 = &self.0[n..];
             Ok(n)
         }
+    }
+
+    /// A file of `bytes` of its own, removed when dropped.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, bytes: &[u8]) -> TempFile {
+            let path = std::env::temp_dir()
+                .join(format!("xtrail-pcap-{}-{name}.pcap", std::process::id()));
+            std::fs::write(&path, bytes).expect("temp file written");
+            TempFile(path)
+        }
+
+        fn read_ahead(&self, size: usize, n: usize) -> ReadAhead {
+            ReadAhead::with_chunks(File::open(&self.0).expect("temp file opens"), size, n)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// The thread's chunks, whatever their size against the reader's buffer and records,
+    /// read as the file in one piece: whole, and cut anywhere (the same packets, then the
+    /// same error); `open` reads the same.
+    #[test]
+    fn a_file_read_ahead_reads_as_in_one_piece() {
+        let big = vec![0xcdu8; CHUNK + 1_000];
+        let small: Vec<Vec<u8>> = (0..2_000u32)
+            .map(|i| vec![i as u8; (i % 500) as usize])
+            .collect();
+        let mut recs: Vec<(u32, u32, &[u8])> =
+            small.iter().map(|d| (7, 999, d.as_slice())).collect();
+        recs.insert(700, (8, 1, big.as_slice()));
+        let f = classic(MAGIC_US, true, 1, &recs);
+        let (whole, e) = all(&f);
+        assert!(e.is_none(), "{e:?}");
+        let file = TempFile::new("whole", &f);
+        for (size, n) in [(61, 1), (4_096, 2), (100_003, 3), (AHEAD_CHUNK, 2)] {
+            let (read, e) = all_from(file.read_ahead(size, n));
+            assert!(e.is_none(), "chunks of {size}: {e:?}");
+            assert!(read == whole, "chunks of {size}: packets differ");
+        }
+        let mut opened = open(&file.0).expect("opens");
+        let mut n = 0;
+        while let Some(p) = opened.next_packet().expect("reads") {
+            assert_eq!(p.data, whole[n].2.as_slice());
+            n += 1;
+        }
+        assert_eq!(n, whole.len());
+        for cut in [25, 1_000, CHUNK + 3, f.len() - 1] {
+            let cut_file = TempFile::new("cut", &f[..cut]);
+            let (a, ea) = all(&f[..cut]);
+            let (b, eb) = all_from(cut_file.read_ahead(4_096, 2));
+            assert!(a == b, "cut at {cut}: packets differ");
+            assert_eq!(format!("{ea:?}"), format!("{eb:?}"), "cut at {cut}");
+        }
+    }
+
+    /// A reader dropped before the end stops its thread (which waits to hand over a chunk):
+    /// nothing hangs, and a file of no bytes is an error, not a hang.
+    #[test]
+    fn a_reader_dropped_early_stops_its_thread() {
+        let recs: Vec<(u32, u32, &[u8])> =
+            (0..20_000).map(|_| (1, 2, &b"0123456789"[..])).collect();
+        let file = TempFile::new("early", &classic(MAGIC_US, true, 1, &recs));
+        let mut r = PcapReader::new(file.read_ahead(64, 1)).expect("opens");
+        assert!(r.next_packet().expect("reads").is_some());
+        drop(r);
+        let empty = TempFile::new("empty", b"");
+        assert!(matches!(
+            open(&empty.0),
+            Err(PcapError::Truncated { offset: 0, .. })
+        ));
     }
 
     #[test]

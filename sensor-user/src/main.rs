@@ -945,6 +945,13 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         eprintln!("xtrail-sensor: collector acknowledged {} event(s)", s.acked);
     }
     let secs = stats.elapsed.as_secs_f64();
+    let per_packet = |secs: f64| {
+        if stats.packets > 0 {
+            secs * 1e9 / stats.packets as f64
+        } else {
+            0.0
+        }
+    };
     for e in &stats.file_errors {
         eprintln!(
             "xtrail-sensor: warning: {} ended early: {}",
@@ -953,13 +960,14 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "xtrail-sensor: replayed {} file(s), {} packets, {} events, {} unparsable packets in {:.3}s ({:.0} ns/packet)",
+        "xtrail-sensor: replayed {} file(s), {} packets, {} events, {} unparsable packets in {:.3}s ({:.0} ns/packet, CPU {:.0} ns/packet)",
         stats.files,
         stats.packets,
         stats.events,
         stats.parse_errors,
         secs,
-        if stats.packets > 0 { secs * 1e9 / stats.packets as f64 } else { 0.0 }
+        per_packet(secs),
+        per_packet(stats.cpu.as_secs_f64()),
     );
     Ok(())
 }

@@ -71,7 +71,8 @@ struct Run {
     /// generator's share the same in every run, differences between runs are what each
     /// sensor costs.
     busy_ns_per_packet: f64,
-    /// `--peer-replay`: CPU of its processes per packet, set-up excluded.
+    /// Offline replay: CPU of the sensor's process (all its threads) or, for `--peer-replay`,
+    /// of its processes, per packet, set-up excluded.
     replay_cpu_ns_per_packet: Option<f64>,
 }
 
@@ -801,12 +802,18 @@ fn replay_xtrail(
         .find(|l| l.contains("ns/packet"))
         .unwrap_or("")
         .to_string();
-    let ns = line
-        .rsplit('(')
+    // "... in 0.326s (326 ns/packet, CPU 351 ns/packet)": wall, then the process's CPU.
+    let figures = line.rsplit('(').next().unwrap_or("");
+    let ns = figures
+        .split(" ns/packet")
         .next()
-        .and_then(|s| s.split(" ns/packet").next())
         .and_then(|s| s.trim().parse::<f64>().ok())
         .unwrap_or(f64::NAN);
+    let cpu = figures
+        .split("CPU ")
+        .nth(1)
+        .and_then(|s| s.split(" ns/packet").next())
+        .and_then(|s| s.trim().parse::<f64>().ok());
     let load = err
         .lines()
         .find(|l| l.contains("trails loaded in"))
@@ -814,6 +821,7 @@ fn replay_xtrail(
         .unwrap_or(0.0);
     Ok(Run {
         user_ns_per_packet: ns,
+        replay_cpu_ns_per_packet: cpu,
         load_s: load,
         ..replay_run(scenario, "xtrail", trails, trail_count, packets)
     })
@@ -1608,13 +1616,17 @@ fn write_results(
         let Some(r) = replay("xtrail") else {
             continue;
         };
+        let cpu = r
+            .replay_cpu_ns_per_packet
+            .map(|c| format!(" wall, {c:.0} ns/packet CPU (its threads together: the replay and the file's read-ahead)"))
+            .unwrap_or_default();
         md.push_str(&format!(
-            "- Offline replay of {what} (one pass over {} packets, set-up excluded) with {} trails: {:.0} ns/packet.\n",
+            "- Offline replay of {what} (one pass over {} packets, set-up excluded) with {} trails: {:.0} ns/packet{cpu}.\n",
             r.offered, r.trail_count, r.user_ns_per_packet
         ));
         if let Some(p) = replay("peer") {
             md.push_str(&peer_replay_line(
-                r.user_ns_per_packet,
+                (r.user_ns_per_packet, r.replay_cpu_ns_per_packet),
                 p.user_ns_per_packet,
                 p.replay_cpu_ns_per_packet,
             ));
@@ -1769,17 +1781,21 @@ fn plots(dir: &Path, runs: &[Run]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The report's line for `--peer-replay` on the pcap xtrail replayed at `ours` ns a packet:
-/// the peer's wall time a packet and its CPU a packet from its 'running' line to its exit. A
-/// CPU that is not positive is no measurement, so it gets no CPU ratio.
-fn peer_replay_line(ours: f64, peer_wall: f64, peer_cpu: Option<f64>) -> String {
-    let wall = ours / peer_wall;
-    let cpu = match peer_cpu {
-        Some(c) if c > 0.0 => format!(
+/// The report's line for `--peer-replay` on the pcap xtrail replayed at `ours` (wall, CPU) ns
+/// a packet: the peer's wall time a packet and its CPU a packet from its 'running' line to
+/// its exit. The CPU ratio is CPU over CPU; a CPU that is not positive is no measurement, so
+/// it gets no CPU ratio, and neither does a replay whose CPU was not read.
+fn peer_replay_line(ours: (f64, Option<f64>), peer_wall: f64, peer_cpu: Option<f64>) -> String {
+    let wall = ours.0 / peer_wall;
+    let cpu = match (peer_cpu, ours.1) {
+        (Some(c), Some(o)) if c > 0.0 => format!(
             "{c:.0} ns/packet CPU of its processes over the same span: xtrail/peer **{wall:.2}** (wall), **{:.2}** (CPU)",
-            ours / c
+            o / c
         ),
-        Some(c) if c <= 0.0 => format!(
+        (Some(c), None) if c > 0.0 => format!(
+            "{c:.0} ns/packet CPU of its processes over the same span: xtrail/peer **{wall:.2}** (wall)"
+        ),
+        (Some(c), _) if c <= 0.0 => format!(
             "CPU of its processes over the same span {c:.0} ns/packet, not a measurement: xtrail/peer **{wall:.2}** (wall)"
         ),
         _ => format!("xtrail/peer **{wall:.2}** (wall)"),
@@ -1794,22 +1810,25 @@ mod tests {
     use super::*;
 
     /// A peer replay's CPU ratio only from a positive net CPU (run of 12-06 11:47: -52 ns a
-    /// packet gave "-5.00").
+    /// packet gave "-5.00"), and only as CPU over CPU (xtrail's replay reads ahead on a
+    /// second thread: its wall time is not its CPU).
     #[test]
     fn a_peer_replay_cpu_ratio_only_from_a_positive_net_cpu() {
-        let measured = peer_replay_line(262.0, 526.0, Some(524.0));
+        let measured = peer_replay_line((262.0, Some(393.0)), 526.0, Some(524.0));
         assert!(
-            measured.contains("**0.50** (wall), **0.50** (CPU)"),
+            measured.contains("**0.50** (wall), **0.75** (CPU)"),
             "{measured}"
         );
         for cpu in [Some(-52.0), Some(0.0), Some(f64::NAN), None] {
-            let line = peer_replay_line(262.0, 526.0, cpu);
+            let line = peer_replay_line((262.0, Some(393.0)), 526.0, cpu);
             assert!(
                 line.contains("**0.50** (wall)") && !line.contains("(CPU)"),
                 "{line}"
             );
         }
-        assert!(peer_replay_line(262.0, 526.0, Some(-52.0)).contains("not a measurement"));
+        let no_cpu_of_ours = peer_replay_line((262.0, None), 526.0, Some(524.0));
+        assert!(!no_cpu_of_ours.contains("(CPU)"), "{no_cpu_of_ours}");
+        assert!(peer_replay_line((262.0, None), 526.0, Some(-52.0)).contains("not a measurement"));
     }
 
     /// `--only` values select scenarios by prefix, in one order; one that selects none is an

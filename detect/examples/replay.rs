@@ -91,10 +91,12 @@ fn run() -> Result<(), String> {
     );
     // On a busy machine the wall time counts waiting for a CPU; the CPU time does not (it
     // counts the file's read-ahead thread beside the replaying one).
-    eprintln!(
-        "replay: CPU {:.3}s ({:.0} ns/packet)",
-        stats.cpu.as_secs_f64(),
-        stats.cpu.as_nanos() as f64 / stats.packets.max(1) as f64
-    );
+    if let Some(cpu) = stats.cpu {
+        eprintln!(
+            "replay: CPU {:.3}s ({:.0} ns/packet)",
+            cpu.as_secs_f64(),
+            cpu.as_nanos() as f64 / stats.packets.max(1) as f64
+        );
+    }
     Ok(())
 }

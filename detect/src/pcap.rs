@@ -111,7 +111,7 @@ struct Meta {
     orig_len: u32,
 }
 
-/// Bytes read from the file at a time (the buffer grows for a longer record).
+/// Bytes read from the input at a time (the buffer grows for a longer record).
 const CHUNK: usize = 256 * 1024;
 
 /// A streaming reader over a pcap or pcapng file.
@@ -148,9 +148,10 @@ const AHEAD_CHUNKS: usize = 2;
 /// `AHEAD_CHUNKS` of them waiting: the copy out of the page cache (or the wait for the disk)
 /// runs beside the packets' processing, whose reads copy from the thread's chunks (cheaper
 /// than the page cache's: the chunks were just written, and the reader's own buffer stays
-/// in its cache; lending the chunks themselves was slower). Where no thread can be started
-/// the file is read in place. The thread ends at the end of the file, at an error, or when
-/// this is dropped.
+/// in its cache; PERF-LOG.md 2026-12-07 from 15:59). Only a regular file: a pipe, FIFO or
+/// device is read in place (its writer may pause, and a chunk would wait for bytes that come
+/// later), and so is a file where no thread can be started. The thread ends at the end of
+/// the file, at an error, or when this is dropped, and is waited for then.
 #[derive(Debug)]
 pub struct ReadAhead {
     source: Source,
@@ -171,71 +172,63 @@ enum Source {
 }
 
 impl ReadAhead {
-    /// Starts reading `file` ahead.
+    /// Starts reading `file` ahead (a regular file; anything else is read in place).
     pub fn new(file: File) -> ReadAhead {
-        ReadAhead::with_chunks(file, AHEAD_CHUNK, AHEAD_CHUNKS)
+        let regular = file.metadata().is_ok_and(|m| m.is_file());
+        // On a handle of the thread's own: if the thread cannot start, `file` is read here.
+        let ahead = regular
+            .then(|| file.try_clone().ok())
+            .flatten()
+            .and_then(|f| ReadAhead::spawn(f, AHEAD_CHUNK, AHEAD_CHUNKS).ok());
+        ahead.unwrap_or(ReadAhead {
+            source: Source::Inline(file),
+            chunk: Vec::new(),
+            at: 0,
+        })
     }
 
-    /// Reads `file` ahead in chunks of `size` bytes, `n` of them waiting at most.
-    fn with_chunks(file: File, size: usize, n: usize) -> ReadAhead {
+    /// Reads `inner` ahead on a new thread in chunks of `size` bytes, `n` of them waiting at
+    /// most.
+    fn spawn<R: Read + Send + 'static>(
+        mut inner: R,
+        size: usize,
+        n: usize,
+    ) -> std::io::Result<ReadAhead> {
         let (send, chunks) = sync_channel(n);
         let (spent, reuse) = sync_channel::<Vec<u8>>(n + 2);
-        // On a thread's own handle: if the thread cannot start, `file` is read in place.
-        let source = match file.try_clone().and_then(|mut file| {
-            std::thread::Builder::new()
-                .name("pcap-read".into())
-                .spawn(move || loop {
-                    let mut chunk = reuse.try_recv().unwrap_or_default();
-                    chunk.resize(size, 0);
-                    let (got, error) = read_most(&mut file, &mut chunk);
-                    chunk.truncate(got);
-                    // The bytes before an error, then the error; an empty chunk is the end.
-                    if (got > 0 || error.is_none()) && send.send(Ok(chunk)).is_err() {
-                        return;
-                    }
-                    if let Some(e) = error {
-                        let _ = send.send(Err(e));
-                        return;
-                    }
-                    if got == 0 {
-                        return;
-                    }
-                })
-        }) {
-            Ok(thread) => Source::Thread {
+        let thread = std::thread::Builder::new()
+            .name("pcap-read".into())
+            .spawn(move || loop {
+                let mut chunk = reuse.try_recv().unwrap_or_default();
+                chunk.resize(size, 0);
+                let (got, error) = read_most(&mut inner, &mut chunk);
+                chunk.truncate(got);
+                // The bytes before an error, then the error; an empty chunk is the end.
+                if (got > 0 || error.is_none()) && send.send(Ok(chunk)).is_err() {
+                    return;
+                }
+                if let Some(e) = error {
+                    let _ = send.send(Err(e));
+                    return;
+                }
+                if got == 0 {
+                    return;
+                }
+            })?;
+        Ok(ReadAhead {
+            source: Source::Thread {
                 chunks,
                 spent,
                 thread,
             },
-            Err(_) => Source::Inline(file),
-        };
-        ReadAhead {
-            source,
             chunk: Vec::new(),
             at: 0,
-        }
+        })
     }
-}
 
-/// Reads until `buf` is full, the file ends or a read fails: how many bytes it read, and the
-/// error.
-fn read_most(file: &mut File, buf: &mut [u8]) -> (usize, Option<std::io::Error>) {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read(buf.get_mut(got..).unwrap_or_default()) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return (got, Some(e)),
-        }
-    }
-    (got, None)
-}
-
-impl Drop for ReadAhead {
-    /// Stops the thread and waits for it: a thread waiting to hand over a chunk sees the
-    /// channel closed; one in a read returns after it.
-    fn drop(&mut self) {
+    /// Nothing more to read: stops the thread, if any, and waits for it (one waiting to hand
+    /// over a chunk sees the channel closed; one in a read returns after it).
+    fn finish(&mut self) {
         if let Source::Thread {
             chunks,
             spent,
@@ -248,21 +241,48 @@ impl Drop for ReadAhead {
     }
 }
 
+/// Reads until `buf` is full, the input ends or a read fails: how many bytes it read, and
+/// the error.
+fn read_most(inner: &mut impl Read, buf: &mut [u8]) -> (usize, Option<std::io::Error>) {
+    let mut got = 0;
+    while got < buf.len() {
+        match inner.read(buf.get_mut(got..).unwrap_or_default()) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return (got, Some(e)),
+        }
+    }
+    (got, None)
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 impl Read for ReadAhead {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.at == self.chunk.len() {
             match &mut self.source {
                 Source::Thread { chunks, spent, .. } => {
-                    // A thread that ended without an empty chunk panicked: the end, as it is.
                     let next = match chunks.recv() {
                         Ok(Ok(c)) if !c.is_empty() => c,
+                        Ok(Ok(_)) => {
+                            self.finish();
+                            return Ok(0);
+                        }
                         Ok(Err(e)) => {
-                            self.source = Source::Done;
+                            self.finish();
                             return Err(e);
                         }
-                        _ => {
-                            self.source = Source::Done;
-                            return Ok(0);
+                        // Gone without an empty chunk or an error: it panicked.
+                        Err(_) => {
+                            self.finish();
+                            return Err(std::io::Error::other(
+                                "the thread reading the file ahead stopped",
+                            ));
                         }
                     };
                     // Full only if the thread no longer takes buffers back.
@@ -927,7 +947,8 @@ mod tests {
         }
 
         fn read_ahead(&self, size: usize, n: usize) -> ReadAhead {
-            ReadAhead::with_chunks(File::open(&self.0).expect("temp file opens"), size, n)
+            let file = File::open(&self.0).expect("temp file opens");
+            ReadAhead::spawn(file, size, n).expect("thread starts")
         }
     }
 
@@ -974,21 +995,117 @@ mod tests {
         }
     }
 
-    /// A reader dropped before the end stops its thread (which waits to hand over a chunk):
-    /// nothing hangs, and a file of no bytes is an error, not a hang.
+    /// Endless bytes, then (with `fail_at`) an error; sets `dropped` when dropped.
+    struct Source {
+        at: usize,
+        fail_at: Option<usize>,
+        dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Read for Source {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = match self.fail_at {
+                Some(f) if self.at >= f => return Err(std::io::Error::other("disk gone")),
+                Some(f) => buf.len().min(f - self.at).min(1_000),
+                None => buf.len(),
+            };
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = (self.at + i) as u8;
+            }
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    impl Drop for Source {
+        fn drop(&mut self) {
+            self.dropped
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Every byte read before an error comes before the error, in order; then nothing.
+    #[test]
+    fn the_bytes_before_an_error_come_first() {
+        let dropped = std::sync::Arc::default();
+        let source = Source {
+            at: 0,
+            fail_at: Some(10_500),
+            dropped: std::sync::Arc::clone(&dropped),
+        };
+        let mut r = ReadAhead::spawn(source, 4_096, 2).expect("thread starts");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 777];
+        let error = loop {
+            match r.read(&mut buf) {
+                Ok(0) => panic!("the end instead of the error"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(error.to_string(), "disk gone");
+        assert_eq!(got.len(), 10_500);
+        assert!(got.iter().enumerate().all(|(i, b)| *b == i as u8));
+        assert_eq!(r.read(&mut buf).expect("nothing more"), 0);
+        // The thread was waited for at the error: its input is gone.
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    /// A reader dropped before the end stops its thread, which waits to hand over a chunk of
+    /// an input that never ends, and waits for it: the input is dropped with the thread.
     #[test]
     fn a_reader_dropped_early_stops_its_thread() {
-        let recs: Vec<(u32, u32, &[u8])> =
-            (0..20_000).map(|_| (1, 2, &b"0123456789"[..])).collect();
-        let file = TempFile::new("early", &classic(MAGIC_US, true, 1, &recs));
-        let mut r = PcapReader::new(file.read_ahead(64, 1)).expect("opens");
-        assert!(r.next_packet().expect("reads").is_some());
+        let dropped = std::sync::Arc::default();
+        let source = Source {
+            at: 0,
+            fail_at: None,
+            dropped: std::sync::Arc::clone(&dropped),
+        };
+        let mut r = ReadAhead::spawn(source, 64, 1).expect("thread starts");
+        let mut buf = [0u8; 100];
+        assert_eq!(r.read(&mut buf).expect("reads"), 64);
+        assert!(!dropped.load(std::sync::atomic::Ordering::SeqCst));
         drop(r);
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
         let empty = TempFile::new("empty", b"");
         assert!(matches!(
             open(&empty.0),
             Err(PcapError::Truncated { offset: 0, .. })
         ));
+    }
+
+    /// A FIFO is read in place: its first packet comes while the writer, which stays open,
+    /// has written far less than a read-ahead chunk.
+    #[test]
+    fn a_fifo_is_read_as_its_bytes_come() {
+        let path = std::env::temp_dir().join(format!("xtrail-pcap-{}-fifo", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
+        // SAFETY: a NUL-terminated path and a mode.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let (read_one, wait) = std::sync::mpsc::channel::<()>();
+        let writer_path = path.clone();
+        let writer = std::thread::spawn(move || {
+            let mut w = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&writer_path)
+                .expect("FIFO opens for writing");
+            let one = classic(MAGIC_US, true, 1, &[(1, 2, b"first packet")]);
+            std::io::Write::write_all(&mut w, &one).expect("written");
+            // Open until the reader has its packet (or 20 s: then the test fails below).
+            wait.recv_timeout(std::time::Duration::from_secs(20))
+                .is_ok()
+        });
+        let mut r = open(&path).expect("opens");
+        let p = r.next_packet().expect("reads").expect("a packet");
+        assert_eq!(p.data, b"first packet");
+        let _ = read_one.send(());
+        assert!(
+            writer.join().expect("writer"),
+            "the packet waited for the writer's close"
+        );
+        assert!(r.next_packet().expect("the end").is_none());
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -76,8 +76,9 @@ pub struct ReplayStats {
     /// patterns excluded).
     pub elapsed: std::time::Duration,
     /// CPU time of the whole process over the same span: every thread's (the files'
-    /// read-ahead among them; a compiled trail set's background check too while it runs).
-    pub cpu: std::time::Duration,
+    /// read-ahead among them; a compiled trail set's background check and `--collector`'s
+    /// publisher too while they run). `None` where the process's CPU clock could not be read.
+    pub cpu: Option<std::time::Duration>,
     /// Files opened.
     pub files: usize,
     /// Packets read.
@@ -187,7 +188,9 @@ pub fn replay_with<W: Write + ?Sized>(
     }
     writer.flush()?;
     stats.elapsed = started.elapsed();
-    stats.cpu = process_cpu().saturating_sub(cpu_started);
+    stats.cpu = process_cpu()
+        .zip(cpu_started)
+        .map(|(end, start)| end.saturating_sub(start));
     stats.detector = detector.stats();
     stats.processor = stats.detector.processor.clone();
     stats.parse_errors = stats.processor.parse_errors;
@@ -196,16 +199,19 @@ pub fn replay_with<W: Write + ?Sized>(
 }
 
 /// The CPU time this process has used, all its threads (alive or gone) together.
-fn process_cpu() -> std::time::Duration {
+fn process_cpu() -> Option<std::time::Duration> {
     let mut t = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: clock_gettime writes the timespec it is given; the clock always exists.
+    // SAFETY: clock_gettime writes the timespec it is given.
     if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) } != 0 {
-        return std::time::Duration::ZERO;
+        return None;
     }
-    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    Some(std::time::Duration::new(
+        u64::try_from(t.tv_sec).ok()?,
+        u32::try_from(t.tv_nsec).ok()?,
+    ))
 }
 
 fn replay_file<W: Write + ?Sized>(

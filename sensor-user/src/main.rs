@@ -960,14 +960,19 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "xtrail-sensor: replayed {} file(s), {} packets, {} events, {} unparsable packets in {:.3}s ({:.0} ns/packet, CPU {:.0} ns/packet)",
+        "xtrail-sensor: replayed {} file(s), {} packets, {} events, {} unparsable packets in {:.3}s ({:.0} ns/packet{})",
         stats.files,
         stats.packets,
         stats.events,
         stats.parse_errors,
         secs,
         per_packet(secs),
-        per_packet(stats.cpu.as_secs_f64()),
+        // The process's CPU (every thread: the files' read-ahead too), where read.
+        match stats.cpu {
+            Some(cpu) if stats.packets > 0 =>
+                format!(", CPU {:.0} ns/packet", per_packet(cpu.as_secs_f64())),
+            _ => String::new(),
+        },
     );
     Ok(())
 }

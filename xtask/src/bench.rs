@@ -747,7 +747,7 @@ fn replay_offline(
 }
 
 /// How the offline scenarios are run and timed (in latest.json).
-const OFFLINE_METHOD: &str = "One pass of `xtrail-sensor replay` over a pcap of the mix (1,000,000 frames, 200,000 with --quick, 10 us apart; a ClientHello in two segments, half the mix's, is two frames of one flow), timed by the sensor from the first packet read to the last event written (loading trails and building the pipeline excluded). 'offline replay': distinct frames, every packet its own flow. 'offline replay, flows': the same frames as templates sent as the NIC-like generator sends them (xtrail_bench::flows::FlowFrames: background templates 8 packets per flow, 256 flows interleaved, each flow its own source address and port). --peer-replay on the same pcap: wall from its 'running' line to its exit (its end-of-run work included), CPU over the same span = its process tree's (getrusage of waited-for children) minus what the tree had used at its 'running' line (until 2026-12-07: minus a run on an empty pcap, whose start-up varied by more than the replay cost).";
+const OFFLINE_METHOD: &str = "One pass of `xtrail-sensor replay` over a pcap of the mix (1,000,000 frames, 200,000 with --quick, 10 us apart; a ClientHello in two segments, half the mix's, is two frames of one flow), timed by the sensor from the first packet read to the last event written (loading trails and building the pipeline excluded); since 2026-12-07 16:00 the sensor reads the file ahead on a second thread, so beside that wall time it reports its process's CPU over the same span (every thread, from the process CPU clock) and the CPU ratio is xtrail's CPU over the peer's (until then: xtrail's wall time, its CPU then, over the peer's CPU). 'offline replay': distinct frames, every packet its own flow. 'offline replay, flows': the same frames as templates sent as the NIC-like generator sends them (xtrail_bench::flows::FlowFrames: background templates 8 packets per flow, 256 flows interleaved, each flow its own source address and port). --peer-replay on the same pcap: wall from its 'running' line to its exit (its end-of-run work included), CPU over the same span = its process tree's (getrusage of waited-for children) minus what the tree had used at its 'running' line (until 2026-12-07: minus a run on an empty pcap, whose start-up varied by more than the replay cost).";
 
 /// The offline scenario with every packet its own flow ...
 const OFFLINE: &str = "offline replay";
@@ -1788,11 +1788,11 @@ fn plots(dir: &Path, runs: &[Run]) -> anyhow::Result<()> {
 fn peer_replay_line(ours: (f64, Option<f64>), peer_wall: f64, peer_cpu: Option<f64>) -> String {
     let wall = ours.0 / peer_wall;
     let cpu = match (peer_cpu, ours.1) {
-        (Some(c), Some(o)) if c > 0.0 => format!(
+        (Some(c), Some(o)) if c > 0.0 && o > 0.0 && o.is_finite() => format!(
             "{c:.0} ns/packet CPU of its processes over the same span: xtrail/peer **{wall:.2}** (wall), **{:.2}** (CPU)",
             o / c
         ),
-        (Some(c), None) if c > 0.0 => format!(
+        (Some(c), _) if c > 0.0 => format!(
             "{c:.0} ns/packet CPU of its processes over the same span: xtrail/peer **{wall:.2}** (wall)"
         ),
         (Some(c), _) if c <= 0.0 => format!(
@@ -1826,8 +1826,10 @@ mod tests {
                 "{line}"
             );
         }
-        let no_cpu_of_ours = peer_replay_line((262.0, None), 526.0, Some(524.0));
-        assert!(!no_cpu_of_ours.contains("(CPU)"), "{no_cpu_of_ours}");
+        for ours in [None, Some(0.0), Some(f64::NAN)] {
+            let line = peer_replay_line((262.0, ours), 526.0, Some(524.0));
+            assert!(!line.contains("(CPU)"), "{line}");
+        }
         assert!(peer_replay_line((262.0, None), 526.0, Some(-52.0)).contains("not a measurement"));
     }
 

@@ -5,7 +5,8 @@
 //! it is. (That other tunables are kept is a unit test in main.rs: glibc cuts the string
 //! /proc/PID/environ shows at its first `:` while parsing it.) The sensor's trails are a
 //! FIFO: it waits there, is looked at and killed before it attaches anything. Privileged
-//! (`run` checks its capabilities first).
+//! (`run` checks its capabilities first). A binary given file capabilities and run by
+//! another user is not executed again (glibc ignores `GLIBC_TUNABLES` in such a process).
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -73,15 +74,30 @@ struct Seen {
     args: Vec<String>,
 }
 
-/// Starts `run` on the loopback with its trails from a FIFO and `tunables` as
-/// `GLIBC_TUNABLES`; once the sensor opened the FIFO (past any re-execution), returns what
-/// /proc shows of it, and kills it.
-fn run_until_trails(dir: &Path, tunables: Option<&str>) -> Seen {
+/// Starts `run` of `sensor` (as user `user` when given) on the loopback with its trails
+/// from a FIFO and `tunables` as `GLIBC_TUNABLES`; once the sensor opened the FIFO (past any
+/// re-execution), returns what /proc shows of it, and kills it.
+fn run_until_trails(dir: &Path, sensor: &Path, user: Option<u32>, tunables: Option<&str>) -> Seen {
     let fifo = dir.join("trails.csv");
     let c_path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
     // SAFETY: a NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
-    let mut sensor = Command::new(SENSOR);
+    let mut sensor = match user {
+        Some(uid) => {
+            // Readable by that user, as is its directory.
+            for (path, mode) in [(dir, 0o755), (fifo.as_path(), 0o644)] {
+                let perms = std::os::unix::fs::PermissionsExt::from_mode(mode);
+                std::fs::set_permissions(path, perms).unwrap();
+            }
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .arg("--clear-groups")
+                .arg(sensor);
+            c
+        }
+        None => Command::new(sensor),
+    };
     match tunables {
         Some(t) => sensor.env("GLIBC_TUNABLES", t),
         None => sensor.env_remove("GLIBC_TUNABLES"),
@@ -132,7 +148,7 @@ fn run_executes_itself_with_malloc_on_huge_pages() {
         return;
     }
     let dir = tempdir("huge-malloc");
-    let seen = run_until_trails(&dir, None);
+    let seen = run_until_trails(&dir, Path::new(SENSOR), None, None);
     let on_request = thp_on_request();
     assert_eq!(seen.reexecuted, on_request);
     let expected = on_request.then_some("glibc.malloc.hugetlb=1");
@@ -151,13 +167,44 @@ fn a_tunable_given_is_left_as_it_is() {
         return;
     }
     let dir = tempdir("huge-malloc-off");
-    let seen = run_until_trails(&dir, Some("glibc.malloc.hugetlb=0"));
+    let seen = run_until_trails(
+        &dir,
+        Path::new(SENSOR),
+        None,
+        Some("glibc.malloc.hugetlb=0"),
+    );
     // Not executed again: glibc would show an appended tunable cut off, so the marker tells.
     assert!(
         !seen.reexecuted,
         "re-executed despite glibc.malloc.hugetlb=0"
     );
     assert_eq!(seen.tunables.as_deref(), Some("glibc.malloc.hugetlb=0"));
+    assert_eq!(seen.name, "xtrail-sensor");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A copy of the sensor with the capabilities `run` needs as file capabilities, run by
+/// `nobody`: the kernel marks such a process `AT_SECURE` and glibc then drops
+/// `GLIBC_TUNABLES`, so executing itself again would gain nothing (and, before it was checked
+/// for, did it forever: the sensor never reached its trails).
+#[test]
+fn a_file_capability_binary_is_not_executed_again() {
+    if !privileged("a_file_capability_binary_is_not_executed_again") {
+        return;
+    }
+    let dir = tempdir("huge-malloc-caps");
+    let copy = dir.join("xtrail-sensor");
+    std::fs::copy(SENSOR, &copy).expect("copy of the sensor");
+    let status = Command::new("setcap")
+        .arg("cap_bpf,cap_perfmon,cap_net_admin+ep")
+        .arg(&copy)
+        .status()
+        .expect("setcap runs (Debian's libcap2-bin)");
+    assert!(status.success(), "setcap: {status}");
+    // nobody (65534), as Debian has it.
+    let seen = run_until_trails(&dir, &copy, Some(65_534), None);
+    assert!(!seen.reexecuted, "executed again despite AT_SECURE");
+    assert_eq!(seen.tunables, None);
     assert_eq!(seen.name, "xtrail-sensor");
     let _ = std::fs::remove_dir_all(&dir);
 }

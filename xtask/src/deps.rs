@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _};
 /// build, iproute2 for namespaces and veth pairs, iputils-ping for the enforce test, openssl
 /// for the collector's TLS test certificates, rsyslog (with its GnuTLS driver, for syslog
 /// over TLS) as the collector's syslog export receiver, chromium for the console's browser tests (driven over the DevTools protocol, no
-/// chromedriver).
+/// chromedriver), libcap2-bin (`setcap`) for the test of a sensor given file capabilities.
 const APT_PACKAGES: &[&str] = &[
     "clang",
     "m4",
@@ -22,6 +22,7 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "openssl",
+    "libcap2-bin",
     "tcpreplay",
     "rsyslog",
     "rsyslog-gnutls",

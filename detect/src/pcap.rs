@@ -888,6 +888,24 @@ mod tests {
 
     type Packets = Vec<(i64, u32, Vec<u8>)>;
 
+    /// `n` records, the `i`th `i % max` bytes of `i`'s low byte.
+    fn small_records(n: u32, max: u32) -> Vec<Vec<u8>> {
+        (0..n).map(|i| vec![i as u8; (i % max) as usize]).collect()
+    }
+
+    /// `small` as records, with `big` put at `at`: a file past several chunks with a record
+    /// longer than one.
+    fn records_with<'a>(
+        small: &'a [Vec<u8>],
+        big: &'a [u8],
+        at: usize,
+    ) -> Vec<(u32, u32, &'a [u8])> {
+        let mut recs: Vec<(u32, u32, &[u8])> =
+            small.iter().map(|d| (7, 999, d.as_slice())).collect();
+        recs.insert(at, (8, 1, big));
+        recs
+    }
+
     fn all(bytes: &[u8]) -> (Packets, Option<PcapError>) {
         all_from(bytes)
     }
@@ -964,13 +982,8 @@ mod tests {
     #[test]
     fn a_file_read_ahead_reads_as_in_one_piece() {
         let big = vec![0xcdu8; CHUNK + 1_000];
-        let small: Vec<Vec<u8>> = (0..2_000u32)
-            .map(|i| vec![i as u8; (i % 500) as usize])
-            .collect();
-        let mut recs: Vec<(u32, u32, &[u8])> =
-            small.iter().map(|d| (7, 999, d.as_slice())).collect();
-        recs.insert(700, (8, 1, big.as_slice()));
-        let f = classic(MAGIC_US, true, 1, &recs);
+        let small = small_records(2_000, 500);
+        let f = classic(MAGIC_US, true, 1, &records_with(&small, &big, 700));
         let (whole, e) = all(&f);
         assert!(e.is_none(), "{e:?}");
         let file = TempFile::new("whole", &f);
@@ -1112,13 +1125,9 @@ mod tests {
     fn records_across_chunks_and_short_reads_read_as_in_one_piece() {
         // Past several chunks: small records, one larger than a chunk, small ones again.
         let big = vec![0xabu8; CHUNK + CHUNK / 5];
-        let small: Vec<Vec<u8>> = (0..3_000u32)
-            .map(|i| vec![i as u8; (i % 300) as usize])
-            .collect();
+        let small = small_records(3_000, 300);
         for (magic, le) in [(MAGIC_US, true), (MAGIC_US, false), (MAGIC_NS, true)] {
-            let mut recs: Vec<(u32, u32, &[u8])> =
-                small.iter().map(|d| (7, 999, d.as_slice())).collect();
-            recs.insert(1_500, (8, 1, big.as_slice()));
+            let recs = records_with(&small, &big, 1_500);
             let f = classic(magic, le, 1, &recs);
             let (whole, e) = all(&f);
             assert!(e.is_none(), "{e:?}");

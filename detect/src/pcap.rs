@@ -3,7 +3,8 @@
 //! per-interface link type, `if_tsresol` and `if_tsoffset`).
 //!
 //! [`PcapReader::next_packet`] lends each packet from one reused buffer that the file is read
-//! into in large chunks (by [`open`], from a thread that reads the file ahead: [`ReadAhead`]):
+//! into in large chunks (by [`open`], from a thread that reads a regular file ahead:
+//! [`ReadAhead`]):
 //! no allocation and no copy per packet. Record and block lengths are
 //! checked against [`MAX_RECORD`]; a file that ends in
 //! the middle of a record yields every complete packet before it and then
@@ -180,7 +181,7 @@ impl ReadAhead {
             .then(|| file.try_clone().ok())
             .flatten()
             .and_then(|f| ReadAhead::spawn(f, AHEAD_CHUNK, AHEAD_CHUNKS).ok());
-        ahead.unwrap_or(ReadAhead {
+        ahead.unwrap_or_else(|| ReadAhead {
             source: Source::Inline(file),
             chunk: Vec::new(),
             at: 0,
@@ -1091,7 +1092,9 @@ mod tests {
     /// has written far less than a read-ahead chunk.
     #[test]
     fn a_fifo_is_read_as_its_bytes_come() {
-        let path = std::env::temp_dir().join(format!("xtrail-pcap-{}-fifo", std::process::id()));
+        let fifo =
+            TempFile(std::env::temp_dir().join(format!("xtrail-pcap-{}-fifo", std::process::id())));
+        let path = fifo.0.clone();
         let _ = std::fs::remove_file(&path);
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
         // SAFETY: a NUL-terminated path and a mode.
@@ -1118,7 +1121,6 @@ mod tests {
             "the packet waited for the writer's close"
         );
         assert!(r.next_packet().expect("the end").is_none());
-        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! cases), `tests/heuristics.rs` (thresholds, false-positive guards, flood bounds),
 //! `tests/mutation.rs` (no panics), `tests/no_alloc.rs`, `tests/trails_*.rs`.
 
+pub mod cpu_clock;
 pub mod event;
 pub mod heuristics;
 mod name_verdicts;

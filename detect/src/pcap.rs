@@ -1010,13 +1010,13 @@ mod tests {
     }
 
     /// Endless bytes, then (with `fail_at`) an error; sets `dropped` when dropped.
-    struct Source {
+    struct FakeInput {
         at: usize,
         fail_at: Option<usize>,
         dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
     }
 
-    impl Read for Source {
+    impl Read for FakeInput {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
             let n = match self.fail_at {
                 Some(f) if self.at >= f => return Err(std::io::Error::other("disk gone")),
@@ -1031,7 +1031,7 @@ mod tests {
         }
     }
 
-    impl Drop for Source {
+    impl Drop for FakeInput {
         fn drop(&mut self) {
             self.dropped
                 .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -1042,7 +1042,7 @@ mod tests {
     #[test]
     fn the_bytes_before_an_error_come_first() {
         let dropped = std::sync::Arc::default();
-        let source = Source {
+        let source = FakeInput {
             at: 0,
             fail_at: Some(10_500),
             dropped: std::sync::Arc::clone(&dropped),
@@ -1070,7 +1070,7 @@ mod tests {
     #[test]
     fn a_reader_dropped_early_stops_its_thread() {
         let dropped = std::sync::Arc::default();
-        let source = Source {
+        let source = FakeInput {
             at: 0,
             fail_at: None,
             dropped: std::sync::Arc::clone(&dropped),

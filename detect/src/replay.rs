@@ -161,7 +161,7 @@ pub fn replay_with<W: Write + ?Sized>(
         maltrail_syn_rules: false,
     })?;
     let started = std::time::Instant::now();
-    let cpu_started = process_cpu();
+    let cpu_started = crate::cpu_clock::process();
     let mut stats = ReplayStats::default();
     let mut write_error: Option<std::io::Error> = None;
     let mut lines = LineWriter::new(opts.format);
@@ -188,7 +188,7 @@ pub fn replay_with<W: Write + ?Sized>(
     }
     writer.flush()?;
     stats.elapsed = started.elapsed();
-    stats.cpu = process_cpu()
+    stats.cpu = crate::cpu_clock::process()
         .zip(cpu_started)
         .map(|(end, start)| end.saturating_sub(start));
     stats.detector = detector.stats();
@@ -196,22 +196,6 @@ pub fn replay_with<W: Write + ?Sized>(
     stats.parse_errors = stats.processor.parse_errors;
     stats.throttle = stats.detector.throttle;
     Ok(stats)
-}
-
-/// The CPU time this process has used, all its threads (alive or gone) together.
-fn process_cpu() -> Option<std::time::Duration> {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) } != 0 {
-        return None;
-    }
-    Some(std::time::Duration::new(
-        u64::try_from(t.tv_sec).ok()?,
-        u32::try_from(t.tv_nsec).ok()?,
-    ))
 }
 
 fn replay_file<W: Write + ?Sized>(

@@ -33,15 +33,9 @@ pub fn mark(phase: &'static str) {
 /// Records the CPU time (user and system) the calling thread used so far, as `name`: what
 /// a step cost, apart from the waits its wall-clock phase includes.
 pub fn thread_cpu(name: &'static str) {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec to the valid pointer given.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+    let Some(used) = xtrail_detect::cpu_clock::thread() else {
         return;
-    }
-    let used = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    };
     if let Ok(mut c) = CPU.lock() {
         c.push((name, used));
     }

@@ -21,8 +21,9 @@ pub const BATCH: usize = 64;
 pub struct SendReport {
     /// Frames the kernel accepted.
     pub sent: u64,
-    /// Send calls that failed (e.g. ENOBUFS under overload).
-    pub errors: u64,
+    /// Send calls a full socket refused (`ENOBUFS`, `EWOULDBLOCK`: under overload), each
+    /// retried from the first frame not taken.
+    pub retries: u64,
     pub elapsed: Duration,
 }
 
@@ -55,14 +56,14 @@ fn due_in_tick(pacer: &Pacer, count: u64, sent: u64) -> Option<u64> {
 }
 
 /// One `sendmmsg` of `batch`: the frames the kernel took. A full socket (`EWOULDBLOCK`,
-/// `ENOBUFS`) takes none and counts an error in `report`.
+/// `ENOBUFS`) takes none and counts a retry in `report`.
 fn send_batch(inj: &Injector, batch: &[&[u8]], report: &mut SendReport) -> io::Result<usize> {
     match inj.send_batch(batch) {
         Ok(n) => Ok(n),
         Err(e)
             if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS) =>
         {
-            report.errors += 1;
+            report.retries += 1;
             std::thread::yield_now();
             Ok(0)
         }

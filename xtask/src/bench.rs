@@ -50,6 +50,8 @@ struct Run {
     offered_rate: Option<u64>,
     offered: u64,
     send_pps: f64,
+    /// `sendmmsg` calls a full socket refused, retried from the first frame not taken.
+    send_retries: u64,
     received: u64,
     xdp_packets: u64,
     handed: u64,
@@ -91,7 +93,7 @@ impl Run {
         format!(
             concat!(
                 "{{\"scenario\":\"{}\",\"sensor\":\"{}\",\"mode\":\"{}\",\"trails\":\"{}\",\"trail_count\":{},",
-                "\"offered_rate\":{},\"offered\":{},\"send_pps\":{},\"received\":{},\"xdp_packets\":{},",
+                "\"offered_rate\":{},\"offered\":{},\"send_pps\":{},\"send_retries\":{},\"received\":{},\"xdp_packets\":{},",
                 "\"handed_to_userspace\":{},\"events\":{},\"reported\":{},\"suppressed\":{},\"ringbuf_full\":{},",
                 "\"handoff_failed\":{},\"injected\":{},\"detected\":{},\"recall\":{},\"xdp_ns_per_packet\":{},",
                 "\"softirq_ns_per_packet\":{},\"user_ns_per_packet\":{},\"user_ns_per_handed\":{},",
@@ -106,6 +108,7 @@ impl Run {
             self.offered_rate.map(|r| r.to_string()).unwrap_or("null".into()),
             self.offered,
             f(self.send_pps),
+            self.send_retries,
             self.received,
             self.xdp_packets,
             self.handed,
@@ -592,6 +595,7 @@ fn run_xtrail(case: &Case<'_>, tmp: &Path) -> anyhow::Result<Run> {
         offered_rate: case.rate,
         offered: report.sent,
         send_pps: report.pps(),
+        send_retries: report.retries,
         received: rx1.saturating_sub(rx0),
         xdp_packets: packets,
         handed,
@@ -685,6 +689,7 @@ fn run_other(
             .unwrap_or_default(),
         offered: report.sent,
         send_pps: report.pps(),
+        send_retries: report.retries,
         received,
         xdp_packets: processed,
         injected: if other.log.is_some() {
@@ -1303,8 +1308,6 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
         }
     }
 
-    let when = crate::host::utc_now();
-    let machine = machine();
     // A partial run (`--only`) writes its report to files named after the scenarios it ran
     // (`--only offline`: offline.json and offline.md) and no plots, leaving the last full
     // run's `latest.*` as they are.
@@ -1313,16 +1316,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     } else {
         selected.join("+")
     };
-    write_results(
-        &results_dir,
-        &stem,
-        &runs,
-        &ingest,
-        &when,
-        &machine,
-        opts,
-        &notes,
-    )?;
+    write_results(&results_dir, &stem, &runs, &ingest, opts, &notes)?;
     if let Some(r) = &startup {
         crate::bench_startup::write(&results_dir, r)?;
     }
@@ -1460,18 +1454,18 @@ fn url_candidates_fp() -> anyhow::Result<String> {
     Ok(format!("- URL candidates on clean traffic: {line}."))
 }
 
-/// Writes `stem`.json and `stem`.md (and, for a full run's `latest`, the plots).
-#[allow(clippy::too_many_arguments)]
+/// Writes `stem`.json and `stem`.md (and, for a full run's `latest`, the plots), taken now
+/// on this machine.
 fn write_results(
     dir: &Path,
     stem: &str,
     runs: &[Run],
     ingest: &[IngestRun],
-    when: &str,
-    machine: &str,
     opts: &BenchOptions,
     notes: &[String],
 ) -> anyhow::Result<()> {
+    let when = crate::host::utc_now();
+    let machine = machine();
     let json = format!(
         "{{\"taken\":\"{when}\",\"machine\":\"{}\",\"quick\":{},\"seed\":{},\"offline_method\":{:?},\"runs\":[\n{}\n],\"ingest\":{}}}\n",
         machine.replace('"', "'"),

@@ -115,6 +115,10 @@ struct NicRun {
     /// [`SATURATED`] the sender did not idle (it could not keep the rate): the path per packet is then
     /// about its wall time per packet whatever the receiver costs.
     generator_busy: f64,
+    /// AF_PACKET and relay: `sendmmsg` calls a full socket refused (`ENOBUFS`,
+    /// `EWOULDBLOCK`), retried from the first frame not taken (no frame skipped); 0 with live
+    /// frames.
+    send_retries: u64,
     load: String,
     /// The round this run belongs to (raw runs).
     round: usize,
@@ -135,7 +139,7 @@ impl NicRun {
                 "{{\"delivery\":\"{}\",\"scenario\":\"{}\",\"sensor\":\"{}\",\"mode\":\"{}\",",
                 "\"offered_rate\":{},\"sent\":{},\"send_pps\":{},\"delivered\":{},",
                 "\"busy_ns_per_packet\":{},\"added_busy_ns_per_packet\":{},\"path_ns_per_packet\":{},\"added_path_ns_per_packet\":{},\"sensor_process_ns_per_packet\":{},",
-                "\"xdp_runs\":{},\"xdp_ns_per_run\":{},\"injected\":{},\"detected\":{},\"settle_s\":{},\"generator_busy\":{},\"load\":\"{}\",",
+                "\"xdp_runs\":{},\"xdp_ns_per_run\":{},\"injected\":{},\"detected\":{},\"settle_s\":{},\"generator_busy\":{},\"send_retries\":{},\"load\":\"{}\",",
                 "\"rounds\":{},\"added_path_ns_per_packet_rounds\":[{}]}}"
             ),
             self.delivery,
@@ -159,6 +163,7 @@ impl NicRun {
                 .unwrap_or("null".into()),
             f(self.settle_s),
             crate::bench::json_num(self.generator_busy, 3),
+            self.send_retries,
             self.load,
             self.rounds,
             self.added_path_rounds
@@ -362,8 +367,18 @@ struct Scenario<'a> {
     rates: &'a [u64],
 }
 
-/// Sends one run's traffic; returns (sent, seconds, the AF_PACKET sending thread's CPU ns: 0
-/// with live frames, whose generator is a child process counted in the path).
+/// What one run's send did.
+pub(crate) struct Sent {
+    pub(crate) sent: u64,
+    pub(crate) seconds: f64,
+    /// The AF_PACKET sending thread's CPU (ns): 0 with live frames, whose generator is a
+    /// child process counted in the path.
+    pub(crate) thread_cpu_ns: u64,
+    /// AF_PACKET: `sendmmsg` calls refused by a full socket and retried.
+    pub(crate) retries: u64,
+}
+
+/// Sends one run's traffic.
 fn send(
     pair: &VethPair,
     delivery: &str,
@@ -371,12 +386,17 @@ fn send(
     count: u64,
     rate: u64,
     first_flow: u64,
-) -> anyhow::Result<(u64, f64, u64)> {
+) -> anyhow::Result<Sent> {
     match delivery {
         "nic" => {
             let (sent, seconds) = nic_send(pair, &sc.pcap, count, rate, first_flow)?;
             // The generator is a child process: its CPU is in `path_cpu_ns`.
-            Ok((sent, seconds, 0))
+            Ok(Sent {
+                sent,
+                seconds,
+                thread_cpu_ns: 0,
+                retries: 0,
+            })
         }
         "relay" | "afpacket" => {
             let iface = if delivery == "relay" {
@@ -392,7 +412,7 @@ fn send(
 
 /// Sends `count` frames of the templates `frames` by AF_PACKET at `rate` into interface
 /// `iface` of the peer's namespace (its end of the pair, or [`RELAY_IN`]; flows as
-/// [`nic_send`]'s), from CPU 0; returns (sent, seconds, the sending thread's CPU ns).
+/// [`nic_send`]'s), from CPU 0.
 pub(crate) fn afpacket_send(
     pair: &VethPair,
     iface: &str,
@@ -400,9 +420,9 @@ pub(crate) fn afpacket_send(
     count: u64,
     rate: u64,
     first_flow: u64,
-) -> anyhow::Result<(u64, f64, u64)> {
+) -> anyhow::Result<Sent> {
     let (ns, ifname) = (pair.peer_ns.clone(), iface.to_string());
-    let handle = in_ns(&pair.peer_ns, move || -> anyhow::Result<(u64, f64, u64)> {
+    let handle = in_ns(&pair.peer_ns, move || -> anyhow::Result<Sent> {
         // The same CPU as the NIC-like generator; not fatal when it fails (the run is only
         // less comparable).
         let _ = gen::pin_to_cpu(0);
@@ -412,11 +432,12 @@ pub(crate) fn afpacket_send(
         // not the bench's other threads'.
         let t0 = rusage_ns(libc::RUSAGE_THREAD);
         let r = gen::blast_flows(&inj, &mut flows, count, Some(rate), Duration::from_secs(60))?;
-        Ok((
-            r.sent,
-            r.elapsed.as_secs_f64(),
-            rusage_ns(libc::RUSAGE_THREAD).saturating_sub(t0),
-        ))
+        Ok(Sent {
+            sent: r.sent,
+            seconds: r.elapsed.as_secs_f64(),
+            thread_cpu_ns: rusage_ns(libc::RUSAGE_THREAD).saturating_sub(t0),
+            retries: r.retries,
+        })
     });
     handle
         .join()
@@ -610,7 +631,12 @@ impl Run<'_> {
             _ => 0.0,
         };
         let after = Sample::after(self.pair, self.pid, self.prog)?;
-        let (sent, secs, generator_thread_ns) = match sent {
+        let Sent {
+            sent,
+            seconds: secs,
+            thread_cpu_ns: generator_thread_ns,
+            retries: send_retries,
+        } = match sent {
             Ok(s) => s,
             Err(e) => {
                 eprintln!(
@@ -674,6 +700,7 @@ impl Run<'_> {
             } else {
                 f64::NAN
             },
+            send_retries,
             load: crate::host::loadavg(3),
             round: 0,
             rounds: 1,
@@ -926,7 +953,7 @@ impl Templates {
             nic_send(pair, &self.pcap, count, rate, first_flow)
         } else {
             afpacket_send(pair, RELAY_IN, self.frames.clone(), count, rate, first_flow)
-                .map(|(sent, seconds, _)| (sent, seconds))
+                .map(|s| (s.sent, s.seconds))
         }
     }
 }
@@ -1156,6 +1183,7 @@ fn aggregate(raw: &[NicRun], xdp_pass: &[NicRun], rounds: usize) -> Vec<NicRun> 
             sent: mine.iter().map(|x| x.sent).sum::<u64>() / mine.len().max(1) as u64,
             send_pps: med(&|x| x.send_pps),
             generator_busy: med(&|x| x.generator_busy),
+            send_retries: mine.iter().map(|x| x.send_retries).max().unwrap_or(0),
             delivered: mine.iter().map(|x| x.delivered).sum::<u64>() / mine.len().max(1) as u64,
             busy_ns_per_packet: med(&|x| x.busy_ns_per_packet),
             path_ns_per_packet: med(&|x| x.path_ns_per_packet),
@@ -1178,6 +1206,19 @@ fn aggregate(raw: &[NicRun], xdp_pass: &[NicRun], rounds: usize) -> Vec<NicRun> 
         });
     }
     out
+}
+
+/// The sent-rate column's marks: `(saturated)` (see [`SATURATED`]) and the `sendmmsg` calls a
+/// full socket refused (retried).
+fn sender_marks(r: &NicRun) -> String {
+    let mut m = String::new();
+    if r.generator_busy >= SATURATED {
+        m.push_str(" (saturated)");
+    }
+    if r.send_retries > 0 {
+        m.push_str(&format!(" ({} sends retried)", r.send_retries));
+    }
+    m
 }
 
 /// [`xdp_cost`] on the running inline sensor's program, then on [`XDP_COST_LOADS`] - 1
@@ -1315,7 +1356,7 @@ fn nicgen_stdout(
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg from CPU 0, paced in 1 ms ticks: each tick the frames due by its end, in batches of 64, then a sleep to the next tick (until 2026-12-07 08:20 waits under 200 us were spun: a sender that kept up at 500k or 1M pps was busy for its whole wall time, which hid the receive path's cost, an XDP program's included, in the spin while a capture sensor's process was counted apart; the full run of 08:19 sent what was due by now and slept 1 ms once caught up: at 1M its sender never caught up, sending a frame or two a call). Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (payloads of xtrail_nicgen_common::filler_byte, bytes that look like ciphertext; all-zero payloads before 2026-12-06 09:06) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow, but a ClientHello in two segments (half the mix's: with the post-quantum key share) is one flow of two packets, sent in order (consecutive templates that continue one TCP stream are linked: Template::link). Scenarios udp, tcp-ack, tcp-syn (251 background templates each) and mix (4,093 templates) run on both deliveries at every rate; dns, http and tls (the mix's templates of that kind alone: every packet is handed to userspace, so the sensor process's CPU per packet is the live cost of a hand-off with its flow start, wake-ups and ring reads included) run NIC-like at 50k pps only. live_frames: false when the kernel refuses BPF_PROG_RUN in live-frames mode (xtrail-nicgen live-frames; some builds return EPERM even to root): then NIC-like delivery runs through a relay (delivery 'relay', in place of 'nic', the hand-off scenarios too): the same frame sequence sent by AF_PACKET (as above) into a veth in the peer namespace whose XDP program (xtrail-nicgen relay, native mode) bpf_redirects every frame into the peer's end of the sensor's veth, so the sensor's end receives xdp_frames as from a NIC driver, as with live frames; the relay's skb-to-XDP conversion and redirect run in the sender's context (its RUSAGE_THREAD) in every run, the no-sensor run's too (until 2026-12-07 10:30 such a kernel had AF_PACKET delivery only). GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has --nic-rounds rounds (default 3; --quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round and runs backwards every other round). kernel.bpf_stats_enabled=0 during these runs (written and read back) (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (its CPU-time clock, clock_getcpuclockid: ns, not /proc's 10 ms ticks), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the generator's own CPU (live frames, delivery 'nic': the xtrail-nicgen process, a waited-for child, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program and the stack included, in softirq in its context; AF_PACKET and relay: the sending thread's RUSAGE_THREAD, its sendmmsg calls likewise, the relay's XDP program and redirect included; generator_busy (AF_PACKET and relay rows): that thread's CPU over the send's wall time, median over rounds; at 0.95 or more the sender is saturated and a row's path is about its wall time per packet, marked '(saturated)' in nic.md), the bench's other waited-for children (the ip commands every run's samples use, sensor or not), the ksoftirqd threads and the sensor process tree (CPU-time clocks, exact to the ns; nic runs before 2026-12-04 used /proc's 10 ms ticks: up to 10 ns a packet per process at 1M packets, 100 ns at the 50k rate's 100,000; other work on the machine, the bench's own sampling and settling included, is not counted). The irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice. The path CPU is read last before the send and first after it. Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. sent and delivered are means over the rounds. xdp_ns_per_run and xdp_runs: a separate pass after the rounds for the sensors with an XDP program (xtrail, xdp-drop), 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program; bpf_stats' own clock reads included: see the xdp-drop rows). Recall: scored in the first round, on the events a sensor wrote from the send to the sample. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps and on 4 fresh inline sensors started one after another (5 loads of the program: a test run's figures fall in one of two modes per load; until 2026-12-07 the running sensor's alone), the figures the medians over the loads (net_ns_loads: each load's; per_load: each load's output); the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_net_ns (the median over the loads of each load's array_read_ns - noop_ns) is one array map read per packet (the trail-set selector the two-set keys added).";
+const METHOD: &str = "Fixed offered rates. NIC-like delivery: xtrail-nicgen runs an XDP program with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) on CPU 0 of the peer namespace, injecting what is due every 1 ms, and bpf_redirects each frame into the veth: the sensor's end receives xdp_frames as from a NIC driver. AF_PACKET delivery: the same frame sequence (xtrail_bench::flows) sent with batched sendmmsg from CPU 0, paced in 1 ms ticks: each tick the frames due by its end, in batches of 64, then a sleep to the next tick (until 2026-12-07 08:20 waits under 200 us were spun: a sender that kept up at 500k or 1M pps was busy for its whole wall time, which hid the receive path's cost, an XDP program's included, in the spin while a capture sensor's process was counted apart; the full run of 08:19 sent what was due by now and slept 1 ms once caught up: at 1M its sender never caught up, sending a frame or two a call). Both rewrite each template frame's IPv4 source (198.18.0.0/15) and source port per flow, checksums updated; background templates (payloads of xtrail_nicgen_common::filler_byte, bytes that look like ciphertext; all-zero payloads before 2026-12-06 09:06) are sent 8 packets per flow, 256 flows interleaved; DNS/HTTP/TLS templates of the mix once per flow, but a ClientHello in two segments (half the mix's: with the post-quantum key share) is one flow of two packets, sent in order (consecutive templates that continue one TCP stream are linked: Template::link). Scenarios udp, tcp-ack, tcp-syn (251 background templates each) and mix (4,093 templates) run on both deliveries at every rate; dns, http and tls (the mix's templates of that kind alone: every packet is handed to userspace, so the sensor process's CPU per packet is the live cost of a hand-off with its flow start, wake-ups and ring reads included) run NIC-like at 50k pps only. live_frames: false when the kernel refuses BPF_PROG_RUN in live-frames mode (xtrail-nicgen live-frames; some builds return EPERM even to root): then NIC-like delivery runs through a relay (delivery 'relay', in place of 'nic', the hand-off scenarios too): the same frame sequence sent by AF_PACKET (as above) into a veth in the peer namespace whose XDP program (xtrail-nicgen relay, native mode) bpf_redirects every frame into the peer's end of the sensor's veth, so the sensor's end receives xdp_frames as from a NIC driver, as with live frames; the relay's skb-to-XDP conversion and redirect run in the sender's context (its RUSAGE_THREAD) in every run, the no-sensor run's too (until 2026-12-07 10:30 such a kernel had AF_PACKET delivery only). GRO is on at the receiving veth in every run (NAPI without an XDP program). Every sensor (and 'none', a veth pair with nothing on it, and 'xdp-drop', the delivery floor: xtrail-nicgen sink attaches an XDP program that drops every frame) runs on its own veth pair from the start to the end; a full run has --nic-rounds rounds (default 3; --quick: 1), and in each round every delivery, traffic and rate is sent to each sensor back to back (2 s per run, --quick 1 s; the sensors' order turns each round and runs backwards every other round). kernel.bpf_stats_enabled=0 during these runs (written and read back) (its clock reads per program run, XDP and socket filters alike, are not a sensor's cost). Per run, sampled at the same instants before the send and after a 0.5 s drain: whole-machine busy time (/proc/stat, all CPUs, everything but idle and iowait), the sensor process's CPU (its CPU-time clock, clock_getcpuclockid: ns, not /proc's 10 ms ticks), packets received on the sensor's veth. busy_ns_per_packet = whole-machine busy time / packets delivered (meaningless while other work fills every CPU: see load); path_ns_per_packet = CPU of the packet path only / packets delivered: the generator's own CPU (live frames, delivery 'nic': the xtrail-nicgen process, a waited-for child, whose BPF_PROG_RUN calls run the receive path, the sensor's XDP program and the stack included, in softirq in its context; AF_PACKET and relay: the sending thread's RUSAGE_THREAD, its sendmmsg calls likewise, the relay's XDP program and redirect included; generator_busy (AF_PACKET and relay rows): that thread's CPU over the send's wall time, median over rounds; at 0.95 or more the sender is saturated and a row's path is about its wall time per packet, marked '(saturated)' in nic.md; send_retries (AF_PACKET and relay rows): sendmmsg calls a full socket refused (ENOBUFS or EWOULDBLOCK), each retried from the first frame not taken after a yield, so no frame is skipped, the most in any round, marked '(N sends retried)' in nic.md), the bench's other waited-for children (the ip commands every run's samples use, sensor or not), the ksoftirqd threads and the sensor process tree (CPU-time clocks, exact to the ns; nic runs before 2026-12-04 used /proc's 10 ms ticks: up to 10 ns a packet per process at 1M packets, 100 ns at the 50k rate's 100,000; other work on the machine, the bench's own sampling and settling included, is not counted). The irq/softirq columns of /proc/stat are not added: without IRQ time accounting their ticks are also charged to the interrupted task, which would count the receive path twice. The path CPU is read last before the send and first after it. Rows are medians over the rounds; added_path_ns_per_packet = the median over rounds of the run's path minus the same round's no-sensor run's (added_path_ns_per_packet_rounds lists them); added_busy_ns_per_packet likewise with busy time. sent and delivered are means over the rounds. xdp_ns_per_run and xdp_runs: a separate pass after the rounds for the sensors with an XDP program (xtrail, xdp-drop), 0.5 s per delivery, traffic and rate with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt of the sensor's XDP program; bpf_stats' own clock reads included: see the xdp-drop rows). Recall: scored in the first round, on the events a sensor wrote from the send to the sample. Capture sensors (the libpcap baseline, --peer): the sensor process CPU is the process tree's, and the after-sample waits until that tree stops working (settle_s, the largest over rounds; see peer_method). Each run starts at fresh flow numbers. xdp_cost: BPF_PROG_TEST_RUN repeat (not live) on the running inline sensor's program with the full trail maps and on 4 fresh inline sensors started one after another (5 loads of the program: a test run's figures fall in one of two modes per load; until 2026-12-07 the running sensor's alone), the figures the medians over the loads (net_ns_loads: each load's; per_load: each load's output); the flow-start frame runs with the CONFIG flow window set to 0 (restored after) so that every run writes a flow-start record (into the CPU's batch, sent as one ring record per 16: the figure is the cost per flow start with the batch's send shared out), 10,000 runs per call with 100 ms between calls for the sensor to drain; medians over calls; kernel.bpf_stats_enabled=0 meanwhile. noop_ns is the test-run floor on this machine (a program that only returns; the lowest of 5 averages): figures net of it are the program's own cost; net_ns_median is the median over calls of each call minus a floor run of the same frame just before it (the floor moves with the host's load). array_read_net_ns (the median over the loads of each load's array_read_ns - noop_ns) is one array map read per packet (the trail-set selector the two-set keys added).";
 
 /// Each xtrail run with the `--peer` run of the same delivery, traffic and rate.
 fn peer_pairs(runs: &[NicRun]) -> Vec<(&NicRun, &NicRun)> {
@@ -1458,11 +1499,7 @@ fn write(
                 format!(" {}", r.mode)
             },
             r.send_pps,
-            if r.generator_busy >= SATURATED {
-                " (saturated)"
-            } else {
-                ""
-            },
+            sender_marks(r),
             r.delivered,
             r.path_ns_per_packet,
             r.added_path_ns_per_packet
@@ -1743,6 +1780,23 @@ mod tests {
             rounds: 1,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn sent_column_marks_saturation_and_retries() {
+        let mut r = run("xtrail", 0, 1000.0);
+        assert_eq!(sender_marks(&r), "");
+        r.send_retries = 3;
+        assert_eq!(sender_marks(&r), " (3 sends retried)");
+        r.generator_busy = SATURATED;
+        assert_eq!(sender_marks(&r), " (saturated) (3 sends retried)");
+        // Aggregated: the most retries of any round.
+        let mut other = run("xtrail", 1, 1000.0);
+        other.send_retries = 7;
+        let rows = aggregate(&[r, other], &[], 2);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].send_retries, 7);
+        assert!(rows[0].json().contains("\"send_retries\":7,"));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
+use xtrail_detect::heuristics::{HeuristicsConfig, MaltrailHeuristics, UaPatterns};
 use xtrail_detect::process::{Processor, ProcessorConfig};
 use xtrail_detect::throttle::Throttle;
 use xtrail_detect::trails::{LoadOptions, TrailSet};
@@ -22,15 +23,33 @@ struct State {
 fn state() -> &'static Mutex<State> {
     static STATE: OnceLock<Mutex<State>> = OnceLock::new();
     STATE.get_or_init(|| {
-        let csv = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/data/maltrail/corpus/trails.csv");
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/maltrail");
+        let csv = data.join("corpus/trails.csv");
         let trails = TrailSet::load(&[csv], &LoadOptions::default()).unwrap_or_default();
+        let wl = Arc::new(Whitelist::empty());
+        let mut processor = Processor::new(
+            Arc::new(trails),
+            Arc::clone(&wl),
+            ProcessorConfig::default(),
+        );
+        // The heuristics too, with low thresholds so that inputs reach their alert paths.
+        let ua = UaPatterns::load(&data.join("data/ua.txt")).unwrap_or_else(|_| UaPatterns::empty());
+        let config = HeuristicsConfig {
+            port_scan_threshold: 2,
+            udp_scan_threshold: 2,
+            infection_scan_threshold: 2,
+            web_scan_threshold: 2,
+            dns_exhaustion_threshold: 3,
+            nxdomain_per_hour_threshold: 2,
+            long_domain_threshold: 4,
+            check_missing_host: true,
+            ..HeuristicsConfig::replay()
+        };
+        if let Ok(h) = MaltrailHeuristics::new(config, wl, Arc::new(ua)) {
+            processor.set_heuristics(Box::new(h));
+        }
         Mutex::new(State {
-            processor: Processor::new(
-                Arc::new(trails),
-                Arc::new(Whitelist::empty()),
-                ProcessorConfig::default(),
-            ),
+            processor,
             throttle: Throttle::default(),
             ts: 1_700_000_000_000_000,
         })

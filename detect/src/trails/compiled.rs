@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! header, 256 bytes
-//!   0  magic "XTRAILS\0"          8  format (u32, 5)        12 flags (u32, bit 0: signed)
+//!   0  magic "XTRAILS\0"          8  format (u32, 6)        12 flags (u32, bit 0: signed)
 //!   16 body length (u64)          24 SHA-256 of the body (32 bytes)
 //!   56 signer's ed25519 public key (32, zero if unsigned)
 //!   88 ed25519 signature over the header with these 64 bytes zeroed (zero if unsigned)
@@ -28,15 +28,17 @@
 //! (`sensor-user/src/trail_maps.rs`).
 //!
 //! Formats 1 (sorted IPv4 arrays, hash maps built at every open), 2 (no stored prefilter:
-//! every open read both IPv4 tables to build it), 3 (no stored URL filter) and 4 (the name
-//! tables' tag bytes apart from their slots: two cache lines a probe) are refused with a
+//! every open read both IPv4 tables to build it), 3 (no stored URL filter), 4 (the name
+//! tables' tag bytes apart from their slots: two cache lines a probe) and 5 (no stored
+//! domain filter) are refused with a
 //! message that says to rebuild the set (`xtrail-trails build`); sets are build artefacts,
 //! so no reader for an old layout is kept.
 //! Domain and URL tables are [`super::table::StrTable`]s (arena and slots), searched in
 //! place: opening a set touches only the header, the labels, the regexes, the prefilter and
 //! the other IP arrays. The URL table's probe filter (the `UrlFilter` section: a bit per
-//! hash of each URL trail and of its `host/` prefix, u64 LE words) is stored ready-made
-//! too and read in place: building it at open would read every URL trail.
+//! hash of each URL trail and of its `host/` prefix, u64 LE words) and the domain table's
+//! (`DomainFilter`: a bit per hash of each name) are stored ready-made too and read in
+//! place: building them at open would read every trail.
 //! The body checksum is computed with `read(2)`, not through the mapping, so verifying does
 //! not make the whole file resident. [`CompiledSet::open_checking`] computes it on another
 //! thread while the caller goes on with the (not yet trusted) set: the sensor fills its
@@ -51,7 +53,7 @@ use std::sync::Arc;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use super::domain::{label_flags, DomainTrails, RegexTrails};
+use super::domain::{filter_words as domain_filter_words, label_flags, DomainTrails, RegexTrails};
 use super::iptable::{CuckooTable, IpPortTrails, V4Trails};
 use super::table::{KeyHasher, SharedBytes, StrTable};
 use super::url::{filter_words, UrlTrails};
@@ -60,7 +62,7 @@ use super::{IpTrails, Label, LabelId, LoadReport, TrailSet};
 /// First bytes of a compiled set.
 pub const MAGIC: &[u8; 8] = b"XTRAILS\0";
 /// Format version this code reads and writes.
-pub const FORMAT: u32 = 5;
+pub const FORMAT: u32 = 6;
 /// Header size; the body starts here.
 pub const HEADER_LEN: usize = 256;
 const MAX_VERSION: usize = 64;
@@ -99,6 +101,8 @@ enum Section {
     V4Blocks,
     /// The URL table's probe filter (`url::filter_words`, u64 LE words).
     UrlFilter,
+    /// The domain table's probe filter (`domain::filter_words`, u64 LE words).
+    DomainFilter,
 }
 
 /// Why a compiled set was refused.
@@ -342,6 +346,9 @@ pub fn write(set: &TrailSet, opts: &CompileOptions) -> Vec<u8> {
     let mut filter = Vec::new();
     put_u64s(&mut filter, filter_words(&urls).into_iter());
     sections.push((Section::UrlFilter, filter));
+    let mut filter = Vec::new();
+    put_u64s(&mut filter, domain_filter_words(&domains).into_iter());
+    sections.push((Section::DomainFilter, filter));
 
     let mut rx = Vec::new();
     put_u32s(&mut rx, std::iter::once(set.domains.regexes.len() as u32));
@@ -895,11 +902,14 @@ impl CompiledSet {
         Ok(TrailSet {
             labels,
             ip,
-            domains: DomainTrails {
-                table: domains,
-                regexes: RegexTrails::new(regexes),
+            domains: DomainTrails::mapped(
+                domains,
+                shared.clone(),
+                self.range(Section::DomainFilter),
+                RegexTrails::new(regexes),
                 flags,
-            },
+            )
+            .map_err(|e| CompiledError::Layout(e.0))?,
             urls: UrlTrails::mapped(urls, shared, self.range(Section::UrlFilter))
                 .map_err(|e| CompiledError::Layout(e.0))?,
             report,
@@ -1128,8 +1138,8 @@ mod tests {
     }
 
     #[test]
-    fn formats_1_to_4_are_refused_with_a_rebuild_hint() {
-        for old in [1u32, 2, 3, 4] {
+    fn formats_1_to_5_are_refused_with_a_rebuild_hint() {
+        for old in [1u32, 2, 3, 4, 5] {
             let mut bytes = write(&sample(), &CompileOptions::default());
             bytes[8..12].copy_from_slice(&old.to_le_bytes());
             match verify_bytes(&bytes, None) {

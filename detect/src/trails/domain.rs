@@ -3,9 +3,12 @@
 
 use regex::{Regex, RegexSet};
 
+use std::ops::Range;
+
 use super::classify::name_byte_lower;
+use super::key_filter::{self, may_hold, KeyFilter};
 use super::regex_prefilter::{RegexPrefilter, Trigrams};
-use super::table::{KeyHasher, StrTable};
+use super::table::{KeyHasher, LayoutError, SharedBytes, StrTable};
 use super::LabelId;
 use crate::whitelist::Whitelist;
 
@@ -178,10 +181,25 @@ impl RegexTrails {
 #[derive(Debug, Default)]
 pub struct DomainTrails {
     pub(crate) table: StrTable,
+    /// Rules out most probes of suffixes no trail names ([`filter_words`]); built with the
+    /// table, or stored beside it. A name's suffixes are nearly all absent: their probes
+    /// would each read a slot of a table of millions, mostly out of cache.
+    filter: KeyFilter,
     /// Regex domain trails, tried when no name matches.
     pub regexes: RegexTrails,
     /// [`label_flags`] of every label, indexed by label id.
     pub(crate) flags: Vec<u8>,
+}
+
+/// Filter bits per name: about 93% of absent suffixes meet a clear bit, and the filter of
+/// a million names (2 MiB) stays in a core's cache beside the other tables.
+const FILTER_BITS_PER_NAME: usize = 8;
+
+/// The filter words of `table` (a power of two of them, at least one), as
+/// [`DomainTrails::mapped`] expects them stored: a bit for each name.
+pub(crate) fn filter_words(table: &StrTable) -> Vec<u64> {
+    let hashes = table.iter().map(|(key, _)| KeyHasher::hash(key));
+    key_filter::build(table.len(), FILTER_BITS_PER_NAME, hashes)
 }
 
 /// `(?i)^([rd]?ns|nf|mx|nic)\d*\.`: a name-server or mail-exchanger looking name.
@@ -320,6 +338,35 @@ impl<'b> Name<'b> {
 }
 
 impl DomainTrails {
+    /// Domain trails of a table built in memory (its probe filter built here).
+    pub(crate) fn new(table: StrTable, regexes: RegexTrails, flags: Vec<u8>) -> Self {
+        let filter = KeyFilter::owned(filter_words(&table), table.len());
+        DomainTrails {
+            table,
+            filter,
+            regexes,
+            flags,
+        }
+    }
+
+    /// Domain trails of a table in a compiled set, with its probe filter stored there:
+    /// `range` of `bytes` holds [`filter_words`] of the table (u64 LE, 8-aligned).
+    pub(crate) fn mapped(
+        table: StrTable,
+        bytes: SharedBytes,
+        range: Range<usize>,
+        regexes: RegexTrails,
+        flags: Vec<u8>,
+    ) -> Result<Self, LayoutError> {
+        let filter = KeyFilter::mapped(bytes, range, table.len(), "domain filter size")?;
+        Ok(DomainTrails {
+            table,
+            filter,
+            regexes,
+            flags,
+        })
+    }
+
     /// Number of name trails (regex trails not included).
     pub fn len(&self) -> usize {
         self.table.len()
@@ -330,9 +377,9 @@ impl DomainTrails {
         self.table.len() == 0
     }
 
-    /// Heap bytes of the name table (arena and index).
+    /// Heap bytes of the name table (arena and index) and of its probe filter; 0 if mapped.
     pub fn heap_bytes(&self) -> usize {
-        self.table.heap_bytes()
+        self.table.heap_bytes() + self.filter.heap_bytes()
     }
 
     /// Total length of the stored names.
@@ -430,10 +477,17 @@ impl DomainTrails {
     }
 
     /// Asks for the name table's index entries of the shortest [`PREFETCH_SUFFIXES`]
-    /// suffixes of `name`, so that the suffix walk's probes overlap.
+    /// suffixes of `name` the filter does not rule out, so that the suffix walk's probes
+    /// overlap.
     fn prefetch_suffixes(&self, name: &Name<'_>) {
         let suffixes = name.suffixes.get(..name.n).unwrap_or_default();
-        self.table.prefetch(suffixes.iter().map(|&(_, hash)| hash));
+        let filter = self.filter.for_table(self.table.len());
+        self.table.prefetch(
+            suffixes
+                .iter()
+                .map(|&(_, hash)| hash)
+                .filter(|&hash| may_hold(filter, hash)),
+        );
     }
 
     /// [`DomainTrails::lookup`] after the parse (and the prefetch of its suffixes).
@@ -494,7 +548,11 @@ impl DomainTrails {
         let suffixes = name.suffixes.get(..name.n).unwrap_or_default();
         // Shortest first, the last acceptable hit kept: the longest one.
         let mut best: Option<(usize, LabelId)> = None;
+        let filter = self.filter.for_table(self.table.len());
         let mut consider = |start: usize, hash: u64| {
+            if !may_hold(filter, hash) {
+                return;
+            }
             let Some(label) = self.table.get_hashed(hash, &qb[start..], &[]) else {
                 return;
             };
@@ -539,16 +597,17 @@ mod tests {
 
     /// A table with labels: 0 malware, 1 suspicious, 2 sinkhole, 3 dynamic dns, 4 free web.
     fn trails(names: &[(&str, LabelId)], regexes: &[(&str, LabelId)]) -> DomainTrails {
-        let mut d = DomainTrails::default();
+        let mut table = StrTable::default();
         for (n, l) in names {
-            d.table.insert(n.as_bytes(), *l);
+            table.insert(n.as_bytes(), *l);
         }
-        d.regexes = RegexTrails::new(
+        let regexes = RegexTrails::new(
             regexes
                 .iter()
                 .map(|(r, l)| (Regex::new(r).unwrap(), *l))
                 .collect(),
         );
+        let mut d = DomainTrails::new(table, regexes, Vec::new());
         d.flags = [
             "malware (test)",
             "parking site (suspicious)",
@@ -569,6 +628,43 @@ mod tests {
 
     fn s(t: &str, l: LabelId) -> Option<(String, LabelId)> {
         Some((t.to_owned(), l))
+    }
+
+    #[test]
+    fn the_probe_filter_hides_no_trail() {
+        // Names of one, two and three labels under a few parents; queries for each, for
+        // subdomains of each and for names no trail covers, answered with the filter and
+        // by the same table without one (a filter built for another key count rules
+        // nothing out).
+        let names: Vec<(String, LabelId)> = (0..3_000u32)
+            .map(|i| match i % 3 {
+                0 => (format!("n{i}.example"), 0),
+                1 => (format!("a{i}.b{}.example", i % 7), 0),
+                _ => (format!("host{i}"), 0),
+            })
+            .collect();
+        let refs: Vec<(&str, LabelId)> = names.iter().map(|(n, l)| (n.as_str(), *l)).collect();
+        let filtered = trails(&refs, &[]);
+        assert!(filtered.filter.for_table(filtered.table.len()).is_some());
+        let mut plain = trails(&refs, &[]);
+        plain.filter = KeyFilter::default();
+        let mut hits = 0;
+        for (i, (n, _)) in names.iter().enumerate() {
+            for q in [
+                n.clone(),
+                format!("www.{n}"),
+                format!("x{i}.y.{n}"),
+                format!("absent{i}.example"),
+                format!("{n}.absent"),
+            ] {
+                let want = plain.lookup(&q).map(|m| (m.trail, m.label));
+                hits += usize::from(want.is_some());
+                assert_eq!(filtered.lookup(&q).map(|m| (m.trail, m.label)), want, "{q}");
+            }
+        }
+        // Every stored dotted name and its two subdomains hit; a bare label is no name, but
+        // its two subdomains hit it.
+        assert_eq!(hits, 2_000 * 3 + 1_000 * 2);
     }
 
     #[test]

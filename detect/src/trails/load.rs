@@ -639,11 +639,7 @@ impl<'o> Builder<'o> {
         TrailSet {
             labels: self.labels,
             ip: self.ip,
-            domains: DomainTrails {
-                table: self.domains,
-                regexes: RegexTrails::new(self.regexes),
-                flags,
-            },
+            domains: DomainTrails::new(self.domains, RegexTrails::new(self.regexes), flags),
             urls: UrlTrails::new(self.urls),
             report: self.report,
         }

@@ -40,6 +40,7 @@ pub mod delta;
 mod domain;
 pub(crate) mod ip;
 pub mod iptable;
+mod key_filter;
 mod load;
 mod maltrail;
 mod regex_prefilter;

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
+use super::key_filter::{self, may_hold, prefetch_bit, KeyFilter};
 use super::table::{KeyHasher, LayoutError, SharedBytes, StrTable};
 use super::LabelId;
 
@@ -68,63 +69,15 @@ pub struct UrlMatch {
 #[derive(Debug, Default)]
 pub struct UrlTrails {
     pub(crate) table: StrTable,
-    /// Rules out probes that cannot hit; built with the table, or stored beside it.
+    /// Rules out probes that cannot hit ([`filter_words`]: a clear bit also proves that no
+    /// key names a host, so the host-prefixed candidates are not even hashed); built with
+    /// the table, or stored beside it.
     filter: KeyFilter,
-}
-
-/// A URL table's probe filter: one bit per hash of each stored key and of each key's `host/`
-/// prefix (the key up to its first `/`, when that is not its first byte). A clear bit proves
-/// such a key absent, or no key naming that host, so its probe (and the hashing of the
-/// host-prefixed candidates) is skipped; a set bit may be a collision and only costs the
-/// probe. It answers for the table it was built from only: for another number of keys (none
-/// built, or keys added since) it rules nothing out.
-#[derive(Default)]
-struct KeyFilter {
-    words: FilterWords,
-    /// Keys of the table it was built from.
-    keys: usize,
-}
-
-/// Where a filter's `u64` words live.
-enum FilterWords {
-    Owned(Vec<u64>),
-    /// In place in a compiled set (8-aligned, a power of two of words: checked when made).
-    Mapped {
-        bytes: SharedBytes,
-        range: Range<usize>,
-    },
-}
-
-impl Default for FilterWords {
-    fn default() -> Self {
-        FilterWords::Owned(Vec::new())
-    }
-}
-
-impl std::fmt::Debug for KeyFilter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyFilter")
-            .field("keys", &self.keys)
-            .field("words", &self.words().len())
-            .field("mapped", &matches!(self.words, FilterWords::Mapped { .. }))
-            .finish()
-    }
 }
 
 /// Filter bits per entry (a key, or a key's `host/` prefix): about 94% or more of absent
 /// hashes meet a clear bit.
 const FILTER_BITS_PER_ENTRY: usize = 16;
-
-/// `bytes` as `u64`s, or empty when not 8-aligned.
-fn words_of(bytes: &[u8]) -> &[u64] {
-    // SAFETY: every bit pattern is a valid u64; align_to only returns the aligned middle.
-    let (pre, mid, post) = unsafe { bytes.align_to::<u64>() };
-    if pre.is_empty() && post.is_empty() {
-        mid
-    } else {
-        &[]
-    }
-}
 
 /// The `host/` prefix of a stored key: up to and including its first `/`, unless that
 /// starts the key.
@@ -133,78 +86,19 @@ fn host_prefix(key: &[u8]) -> Option<&[u8]> {
     key.get(..=i)
 }
 
-/// Word index and mask of hash `h` in `n` words (`n` a power of two): bits the table's slot
-/// index does not use (they are the low bits of its slots' tag, the hash's top half: a false
-/// filter hit is still unrelated to the slots its probe meets).
-#[inline]
-fn filter_bit(n: usize, h: u64) -> (usize, u64) {
-    let i = ((h >> 32) as usize) & (n * 64).wrapping_sub(1);
-    (i / 64, 1 << (i % 64))
-}
-
 /// The filter words of `table` (a power of two of them, at least one), as
-/// [`UrlTrails::mapped`] expects them stored.
+/// [`UrlTrails::mapped`] expects them stored: a bit for each key and each key's `host/`
+/// prefix.
 pub(crate) fn filter_words(table: &StrTable) -> Vec<u64> {
     let entries = table.len()
         + table
             .iter()
             .filter(|(k, _)| host_prefix(k).is_some())
             .count();
-    let n = (entries * FILTER_BITS_PER_ENTRY)
-        .next_power_of_two()
-        .max(64)
-        / 64;
-    let mut words = vec![0u64; n];
-    let mut set = |h: u64| {
-        let (w, m) = filter_bit(n, h);
-        if let Some(word) = words.get_mut(w) {
-            *word |= m;
-        }
-    };
-    for (key, _) in table.iter() {
-        set(KeyHasher::hash(key));
-        if let Some(p) = host_prefix(key) {
-            set(KeyHasher::hash(p));
-        }
-    }
-    words
-}
-
-impl KeyFilter {
-    fn words(&self) -> &[u64] {
-        match &self.words {
-            FilterWords::Owned(w) => w,
-            FilterWords::Mapped { bytes, range } => {
-                words_of((**bytes).as_ref().get(range.clone()).unwrap_or_default())
-            }
-        }
-    }
-
-    /// The words when they answer for a table of `keys` keys.
-    #[inline]
-    fn for_table(&self, keys: usize) -> Option<&[u64]> {
-        let w = self.words();
-        (self.keys == keys && !w.is_empty()).then_some(w)
-    }
-}
-
-/// Whether a key (or `host/` prefix) hashing to `h` may be stored: `words` from
-/// [`KeyFilter::for_table`], `None` ruling nothing out.
-#[inline]
-fn may_hold(words: Option<&[u64]>, h: u64) -> bool {
-    words.is_none_or(|w| {
-        let (i, m) = filter_bit(w.len(), h);
-        w.get(i).is_none_or(|&word| word & m != 0)
-    })
-}
-
-/// Starts fetching the filter word [`may_hold`] reads for hash `h` (`words` non-empty).
-#[inline]
-fn prefetch_bit(words: &[u64], h: u64) {
-    let (i, _) = filter_bit(words.len(), h);
-    if let Some(w) = words.get(i..=i) {
-        crate::prefetch::lines(w);
-    }
+    let hashes = table.iter().flat_map(|(key, _)| {
+        std::iter::once(KeyHasher::hash(key)).chain(host_prefix(key).map(KeyHasher::hash))
+    });
+    key_filter::build(entries, FILTER_BITS_PER_ENTRY, hashes)
 }
 
 /// Bytes of a path rewritten on the stack ([`PathOut`]): a live hand-off carries at most
@@ -431,10 +325,7 @@ fn annotate(url: &str, matched: &str) -> String {
 impl UrlTrails {
     /// URL trails of a table built in memory (its probe filter built here).
     pub(crate) fn new(table: StrTable) -> Self {
-        let filter = KeyFilter {
-            words: FilterWords::Owned(filter_words(&table)),
-            keys: table.len(),
-        };
+        let filter = KeyFilter::owned(filter_words(&table), table.len());
         Self { table, filter }
     }
 
@@ -445,23 +336,7 @@ impl UrlTrails {
         bytes: SharedBytes,
         range: Range<usize>,
     ) -> Result<Self, LayoutError> {
-        let all = (*bytes).as_ref();
-        let stored = all.get(range.clone()).unwrap_or_default();
-        let n = words_of(stored).len();
-        if range.start > range.end
-            || range.end > all.len()
-            || n * 8 != stored.len()
-            || !n.is_power_of_two()
-        {
-            return Err(LayoutError("URL filter size"));
-        }
-        if cfg!(target_endian = "big") {
-            return Err(LayoutError("compiled tables need a little-endian host"));
-        }
-        let filter = KeyFilter {
-            words: FilterWords::Mapped { bytes, range },
-            keys: table.len(),
-        };
+        let filter = KeyFilter::mapped(bytes, range, table.len(), "URL filter size")?;
         Ok(Self { table, filter })
     }
 
@@ -477,11 +352,7 @@ impl UrlTrails {
 
     /// Heap bytes of the table (arena and index) and of its probe filter; 0 if mapped.
     pub fn heap_bytes(&self) -> usize {
-        let filter = match &self.filter.words {
-            FilterWords::Owned(w) => w.capacity() * 8,
-            FilterWords::Mapped { .. } => 0,
-        };
-        self.table.heap_bytes() + filter
+        self.table.heap_bytes() + self.filter.heap_bytes()
     }
 
     /// Total length of the stored trails.

@@ -6,7 +6,7 @@ use regex::{Regex, RegexSet};
 use std::ops::Range;
 
 use super::classify::name_byte_lower;
-use super::key_filter::{self, may_hold, KeyFilter};
+use super::key_filter::{self, may_hold, prefetch_bit, KeyFilter};
 use super::regex_prefilter::{RegexPrefilter, Trigrams};
 use super::table::{KeyHasher, LayoutError, SharedBytes, StrTable};
 use super::LabelId;
@@ -476,18 +476,15 @@ impl DomainTrails {
         pending.name.as_ref().and_then(|n| self.lookup_parsed(n))
     }
 
-    /// Asks for the name table's index entries of the shortest [`PREFETCH_SUFFIXES`]
-    /// suffixes of `name` the filter does not rule out, so that the suffix walk's probes
-    /// overlap.
+    /// Asks for the filter words of the shortest [`PREFETCH_SUFFIXES`] suffixes of `name`
+    /// (without a filter, their index entries), so that the suffix walk's reads overlap.
     fn prefetch_suffixes(&self, name: &Name<'_>) {
         let suffixes = name.suffixes.get(..name.n).unwrap_or_default();
-        let filter = self.filter.for_table(self.table.len());
-        self.table.prefetch(
-            suffixes
-                .iter()
-                .map(|&(_, hash)| hash)
-                .filter(|&hash| may_hold(filter, hash)),
-        );
+        let hashes = suffixes.iter().map(|&(_, hash)| hash);
+        match self.filter.for_table(self.table.len()) {
+            Some(words) => hashes.for_each(|h| prefetch_bit(words, h)),
+            None => self.table.prefetch(hashes),
+        }
     }
 
     /// [`DomainTrails::lookup`] after the parse (and the prefetch of its suffixes).

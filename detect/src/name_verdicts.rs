@@ -120,9 +120,9 @@ impl NameVerdicts {
 
     /// [`NameVerdicts::lookup_whitelisted`] in two steps, as
     /// [`DomainTrails::begin_lookup`]: the verdict when `name` was seen clean before, else
-    /// its whitelist verdict with its trail probes prefetched. [`NameVerdicts::finish`]
-    /// gives the trail hit (and keeps a clean verdict): work done between the two steps
-    /// overlaps the probes' cache misses. No other lookup may come between the two, and
+    /// its whitelist verdict with its trail probes' filter words prefetched.
+    /// [`NameVerdicts::finish`] gives the trail hit (and keeps a clean verdict): work done
+    /// between the two steps overlaps those cache misses. No other lookup may come between the two, and
     /// `finish` takes the same `name`. `buf` (the name's lowercased copy) is made only when
     /// the verdicts do not answer.
     pub(crate) fn begin<'b>(

@@ -852,7 +852,7 @@ impl Run<'_, '_> {
         // One pass over the name gives its whitelist verdict (the heuristics' contract is a
         // name after the whitelist) and its domain trail hit (a pure lookup: reported last,
         // after the heuristics' and the address events). The trail probes come last too:
-        // the heuristics and the address lookups overlap their cache misses.
+        // the heuristics and the address lookups overlap their filter words' cache misses.
         let mut buf = None;
         let hits = &mut self.stats.name_verdict_hits;
         let lookup = (self.names).begin(name, &self.trails.domains, self.whitelist, hits, &mut buf);

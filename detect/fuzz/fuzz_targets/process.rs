@@ -45,9 +45,9 @@ fn state() -> &'static Mutex<State> {
             check_missing_host: true,
             ..HeuristicsConfig::replay()
         };
-        if let Ok(h) = MaltrailHeuristics::new(config, wl, Arc::new(ua)) {
-            processor.set_heuristics(Box::new(h));
-        }
+        // A set-up failure shows as a panic, not as a run without the heuristics.
+        let h = MaltrailHeuristics::new(config, wl, Arc::new(ua)).expect("heuristics build");
+        processor.set_heuristics(Box::new(h));
         Mutex::new(State {
             processor,
             throttle: Throttle::default(),

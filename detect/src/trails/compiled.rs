@@ -30,8 +30,7 @@
 //! Formats 1 (sorted IPv4 arrays, hash maps built at every open), 2 (no stored prefilter:
 //! every open read both IPv4 tables to build it), 3 (no stored URL filter), 4 (the name
 //! tables' tag bytes apart from their slots: two cache lines a probe) and 5 (no stored
-//! domain filter) are refused with a
-//! message that says to rebuild the set (`xtrail-trails build`); sets are build artefacts,
+//! domain filter) are refused with a message that says to rebuild the set (`xtrail-trails build`); sets are build artefacts,
 //! so no reader for an old layout is kept.
 //! Domain and URL tables are [`super::table::StrTable`]s (arena and slots), searched in
 //! place: opening a set touches only the header, the labels, the regexes, the prefilter and
@@ -56,7 +55,7 @@ use sha2::{Digest, Sha256};
 use super::domain::{filter_words as domain_filter_words, label_flags, DomainTrails, RegexTrails};
 use super::iptable::{CuckooTable, IpPortTrails, V4Trails};
 use super::table::{KeyHasher, SharedBytes, StrTable};
-use super::url::{filter_words, UrlTrails};
+use super::url::{filter_words as url_filter_words, UrlTrails};
 use super::{IpTrails, Label, LabelId, LoadReport, TrailSet};
 
 /// First bytes of a compiled set.
@@ -344,7 +343,7 @@ pub fn write(set: &TrailSet, opts: &CompileOptions) -> Vec<u8> {
         sections.push((ids[1], b));
     }
     let mut filter = Vec::new();
-    put_u64s(&mut filter, filter_words(&urls).into_iter());
+    put_u64s(&mut filter, url_filter_words(&urls).into_iter());
     sections.push((Section::UrlFilter, filter));
     let mut filter = Vec::new();
     put_u64s(&mut filter, domain_filter_words(&domains).into_iter());
@@ -1089,6 +1088,15 @@ mod tests {
         assert_eq!(t.ip.ipport.v4_table().len(), 1);
         assert_eq!(t.ip.v4.table().heap_bytes(), 0, "looked up in place");
         assert_eq!(t.urls.heap_bytes(), 0, "URL table and filter read in place");
+        assert_eq!(
+            t.domains.heap_bytes(),
+            0,
+            "domain table and filter read in place"
+        );
+        assert!(
+            t.domains.filter_active(),
+            "the stored domain filter answers for the opened table"
+        );
         // Same content, same bytes.
         assert_eq!(write(&set, &opts), write(&c.into_trails(), &opts));
 
@@ -1135,6 +1143,39 @@ mod tests {
             Err(CompiledError::Format(_))
         ));
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_missing_or_damaged_domain_filter_is_refused() {
+        let good = write(&sample(), &CompileOptions::default());
+        let body = HEADER_LEN;
+        let entry = (0..u32_at(&good, body) as usize)
+            .map(|i| body + 8 + i * 24)
+            .find(|&at| u32_at(&good, at) == Section::DomainFilter as u32)
+            .expect("a DomainFilter section");
+        let len = u64_at(&good, entry + 16);
+        // The section renamed to an id no reader knows (missing), cut by a word (not a power
+        // of two of words), cut by a byte (not whole words).
+        let damages: [(u64, u64); 3] = [
+            (999, len),
+            (Section::DomainFilter as u64, len - 8),
+            (Section::DomainFilter as u64, len - 1),
+        ];
+        for (id, new_len) in damages {
+            let mut bytes = good.clone();
+            bytes[entry..entry + 4].copy_from_slice(&(id as u32).to_le_bytes());
+            bytes[entry + 16..entry + 24].copy_from_slice(&new_len.to_le_bytes());
+            let hash: [u8; 32] = Sha256::digest(&bytes[HEADER_LEN..]).into();
+            bytes[24..56].copy_from_slice(&hash);
+            let d = temp("domain-filter");
+            let p = d.join("set.xtrails");
+            std::fs::write(&p, &bytes).unwrap();
+            match CompiledSet::open(&p, None) {
+                Err(CompiledError::Layout(m)) => assert_eq!(m, "domain filter size"),
+                other => panic!("want a layout refusal for ({id}, {new_len}), got {other:?}"),
+            }
+            let _ = std::fs::remove_dir_all(&d);
+        }
     }
 
     #[test]

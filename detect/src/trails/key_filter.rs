@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use super::table::{LayoutError, SharedBytes};
+use super::table::{words_of, LayoutError, SharedBytes};
 
 /// A table's probe filter: its words and the number of keys of the table it was built from.
 #[derive(Default)]
@@ -38,17 +38,6 @@ impl std::fmt::Debug for KeyFilter {
             .field("words", &self.words().len())
             .field("mapped", &matches!(self.words, FilterWords::Mapped { .. }))
             .finish()
-    }
-}
-
-/// `bytes` as `u64`s, or empty when not 8-aligned.
-fn words_of(bytes: &[u8]) -> &[u64] {
-    // SAFETY: every bit pattern is a valid u64; align_to only returns the aligned middle.
-    let (pre, mid, post) = unsafe { bytes.align_to::<u64>() };
-    if pre.is_empty() && post.is_empty() {
-        mid
-    } else {
-        &[]
     }
 }
 

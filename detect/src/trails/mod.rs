@@ -20,7 +20,8 @@
 //! - `update::Merge`: Maltrail's updater merge across sources, then `TrailSet::from_rows`.
 //!
 //! Layout: `classify` decides what a line is, `load` walks files and builds the
-//! tables, `table` is the arena hash table behind domains and URLs, `iptable` the cuckoo
+//! tables, `table` is the arena hash table behind domains and URLs, `key_filter` the probe
+//! filters beside those two tables, `iptable` the cuckoo
 //! tables behind IPv4 and IPv4 IP:port trails, `ip`, `domain` and `url` implement the
 //! lookups. Unit tests sit beside each; `detect/tests/trails_static.rs` loads the
 //! real Maltrail tree, `detect/tests/trails_corpus.rs` the replay fixture, and
@@ -385,7 +386,8 @@ impl TrailSet {
         self.report.sources.get(s as usize).map(PathBuf::as_path)
     }
 
-    /// Heap bytes of the domain and URL tables (arenas and indexes).
+    /// Heap bytes of the domain and URL tables (arenas, indexes and probe filters; 0 for
+    /// what a compiled set maps).
     pub fn name_table_bytes(&self) -> usize {
         self.domains.heap_bytes() + self.urls.heap_bytes()
     }

@@ -118,8 +118,9 @@ pub(crate) struct StrTable {
 #[error("trail table: {0}")]
 pub(crate) struct LayoutError(pub(crate) &'static str);
 
-/// The slots of a mapped table as `u64`s (empty if misaligned; checked at construction).
-fn slots_of(b: &[u8]) -> &[u64] {
+/// Mapped bytes as `u64`s (a table's slots, a probe filter's words): empty if misaligned
+/// (checked at construction).
+pub(crate) fn words_of(b: &[u8]) -> &[u64] {
     // SAFETY: every bit pattern is a valid u64; align_to only returns the aligned middle.
     let (pre, mid, post) = unsafe { b.align_to::<u64>() };
     if pre.is_empty() && post.is_empty() {
@@ -173,7 +174,7 @@ impl StrTable {
             }
         }
         let n = (slots.end - slots.start) / 8;
-        if !slots.len().is_multiple_of(8) || (n != 0 && slots_of(&all[slots.clone()]).len() != n) {
+        if !slots.len().is_multiple_of(8) || (n != 0 && words_of(&all[slots.clone()]).len() != n) {
             return Err(LayoutError("slots misaligned"));
         }
         if (n != 0 && !n.is_power_of_two()) || len > n {
@@ -209,7 +210,7 @@ impl StrTable {
     fn slots(&self) -> &[u64] {
         match &self.store {
             Store::Owned { slots, .. } => slots,
-            Store::Mapped { bytes, slots, .. } => slots_of(&(**bytes).as_ref()[slots.clone()]),
+            Store::Mapped { bytes, slots, .. } => words_of(&(**bytes).as_ref()[slots.clone()]),
         }
     }
 

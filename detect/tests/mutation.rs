@@ -243,18 +243,8 @@ fn processor() -> Processor {
     );
     let ua_path = dir.join("../data/ua.txt");
     let ua = UaPatterns::load(&ua_path).unwrap_or_else(|_| UaPatterns::empty());
-    let config = HeuristicsConfig {
-        // Low thresholds: mutated traffic trips the alert paths as well.
-        port_scan_threshold: 2,
-        udp_scan_threshold: 2,
-        infection_scan_threshold: 2,
-        web_scan_threshold: 2,
-        dns_exhaustion_threshold: 3,
-        nxdomain_per_hour_threshold: 2,
-        long_domain_threshold: 4,
-        check_missing_host: true,
-        ..HeuristicsConfig::replay()
-    };
+    // Low thresholds: mutated traffic trips the alert paths as well.
+    let config = HeuristicsConfig::hair_trigger();
     let h = MaltrailHeuristics::new(config, wl, Arc::new(ua)).expect("heuristics build");
     p.set_heuristics(Box::new(h));
     p

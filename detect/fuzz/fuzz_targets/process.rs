@@ -34,17 +34,7 @@ fn state() -> &'static Mutex<State> {
         );
         // The heuristics too, with low thresholds so that inputs reach their alert paths.
         let ua = UaPatterns::load(&data.join("data/ua.txt")).unwrap_or_else(|_| UaPatterns::empty());
-        let config = HeuristicsConfig {
-            port_scan_threshold: 2,
-            udp_scan_threshold: 2,
-            infection_scan_threshold: 2,
-            web_scan_threshold: 2,
-            dns_exhaustion_threshold: 3,
-            nxdomain_per_hour_threshold: 2,
-            long_domain_threshold: 4,
-            check_missing_host: true,
-            ..HeuristicsConfig::replay()
-        };
+        let config = HeuristicsConfig::hair_trigger();
         // A set-up failure shows as a panic, not as a run without the heuristics.
         let h = MaltrailHeuristics::new(config, wl, Arc::new(ua)).expect("heuristics build");
         processor.set_heuristics(Box::new(h));

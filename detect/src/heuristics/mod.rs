@@ -223,6 +223,22 @@ impl HeuristicsConfig {
             ..Self::default()
         }
     }
+
+    /// [`HeuristicsConfig::replay`] with every threshold at 2-4 and the missing-Host check
+    /// on, so that a few packets reach each alert path (robustness tests and fuzzing).
+    pub fn hair_trigger() -> Self {
+        HeuristicsConfig {
+            port_scan_threshold: 2,
+            udp_scan_threshold: 2,
+            infection_scan_threshold: 2,
+            web_scan_threshold: 2,
+            dns_exhaustion_threshold: 3,
+            nxdomain_per_hour_threshold: 2,
+            long_domain_threshold: 4,
+            check_missing_host: true,
+            ..Self::replay()
+        }
+    }
 }
 
 /// Counters of a [`MaltrailHeuristics`].

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{privileged, tempdir};
+use common::{privileged, tempdir, tempdir_in};
 
 /// A test's directory, removed when the test ends, passed or not (the capability test's
 /// copy of the sensor must not outlive it).
@@ -36,10 +36,7 @@ impl Dir {
             .into_iter()
             .find(|d| !nosuid(d))
             .expect("a temporary directory not mounted nosuid (file capabilities need one)");
-        let d = base.join(format!("xtrail-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("temp dir");
-        Dir(d)
+        Dir(tempdir_in(&base, tag))
     }
 }
 

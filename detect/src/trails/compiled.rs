@@ -30,8 +30,8 @@
 //! Formats 1 (sorted IPv4 arrays, hash maps built at every open), 2 (no stored prefilter:
 //! every open read both IPv4 tables to build it), 3 (no stored URL filter), 4 (the name
 //! tables' tag bytes apart from their slots: two cache lines a probe) and 5 (no stored
-//! domain filter) are refused with a message that says to rebuild the set (`xtrail-trails build`); sets are build artefacts,
-//! so no reader for an old layout is kept.
+//! domain filter) are refused with a message that says to rebuild the set (`xtrail-trails
+//! build`); sets are build artefacts, so no reader for an old layout is kept.
 //! Domain and URL tables are [`super::table::StrTable`]s (arena and slots), searched in
 //! place: opening a set touches only the header, the labels, the regexes, the prefilter and
 //! the other IP arrays. The URL table's probe filter (the `UrlFilter` section: a bit per

@@ -86,7 +86,12 @@ pub fn counter(stats: &str, name: &str) -> u64 {
 
 /// A fresh directory for one test, named after it and this process.
 pub fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("xtrail-{tag}-{}", std::process::id()));
+    tempdir_in(&std::env::temp_dir(), tag)
+}
+
+/// [`tempdir`] under `base`.
+pub fn tempdir_in(base: &std::path::Path, tag: &str) -> std::path::PathBuf {
+    let d = base.join(format!("xtrail-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
     d

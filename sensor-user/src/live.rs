@@ -53,8 +53,9 @@ pub struct LiveOptions {
     pub processor: ProcessorConfig,
     pub stats_interval: Duration,
     pub duration: Option<Duration>,
-    /// Mirror mode: receive DNS/HTTP/TLS over AF_XDP sockets (else ring-buffer copies).
-    pub afxdp: bool,
+    /// Mirror mode: on which interfaces DNS/HTTP/TLS come over AF_XDP sockets (`None`: none;
+    /// the others by ring-buffer copies).
+    pub afxdp: Option<xsk::Afxdp>,
     /// AF_XDP transport threads (mirror mode); sockets are spread over them.
     pub workers: usize,
     /// Heuristics (scans, DNS, HTTP); `None` runs trails only.
@@ -515,7 +516,10 @@ pub fn run(
     stop: &AtomicBool,
 ) -> anyhow::Result<LiveSummary> {
     let started = Instant::now();
-    let use_xsk = opts.sensor.mode == Mode::Mirror && opts.afxdp && opts.sensor.handoff;
+    let afxdp = opts
+        .afxdp
+        .filter(|_| opts.sensor.mode == Mode::Mirror && opts.sensor.handoff);
+    let use_xsk = afxdp.is_some();
     let mut sensor_opts = opts.sensor.clone();
     if use_xsk {
         sensor_opts.xsk_queues = xsk::queue_stride(&opts.ifaces)?;
@@ -632,7 +636,7 @@ pub fn run(
     // armed.
     let mut wake = None;
     let mut workers = Vec::new();
-    if use_xsk {
+    if let Some(policy) = afxdp {
         let w = Arc::new(xsk::LoopWake::new().context("creating the AF_XDP transport's eventfd")?);
         let transport = xsk::TransportContext {
             frames: frame_tx,
@@ -646,8 +650,11 @@ pub fn run(
             &ifaces,
             sensor_opts.xsk_queues,
             opts.workers,
+            policy,
             &transport,
         ) {
+            // No interface with zero-copy AF_XDP: ring-buffer copies throughout.
+            Ok(started) if started.is_empty() => {}
             Ok(started) => {
                 let mut config = sensor.config;
                 config.flags |= config_flags::XSK;

@@ -360,6 +360,11 @@ enum Command {
         /// Mirror mode: copy packets through a ring buffer instead of AF_XDP sockets.
         #[arg(long = "no-afxdp")]
         no_afxdp: bool,
+        /// Mirror mode: AF_XDP sockets also on interfaces whose driver has no zero-copy AF_XDP
+        /// (copy mode: a veth, a generic driver). Without it those interfaces hand packets
+        /// over by ring-buffer copy, which costs less there.
+        #[arg(long = "afxdp-copy", conflicts_with = "no_afxdp")]
+        afxdp_copy: bool,
         /// Do not send flow starts to userspace (disables the scan heuristics).
         #[arg(long = "no-flow-starts")]
         no_flow_starts: bool,
@@ -543,6 +548,7 @@ fn main() -> ExitCode {
             http_ports,
             no_payloads,
             no_afxdp,
+            afxdp_copy,
             no_flow_starts,
             maltrail_syn_rules,
             heuristics,
@@ -574,6 +580,7 @@ fn main() -> ExitCode {
             http_ports,
             no_payloads,
             no_afxdp,
+            afxdp_copy,
             no_flow_starts,
             maltrail_syn_rules,
             heuristics,
@@ -669,6 +676,7 @@ struct RunArgs {
     http_ports: Vec<u16>,
     no_payloads: bool,
     no_afxdp: bool,
+    afxdp_copy: bool,
     no_flow_starts: bool,
     maltrail_syn_rules: bool,
     heuristics: HeuristicArgs,
@@ -842,7 +850,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         processor: cfg.processor(sensor_name.clone()),
         stats_interval: args.stats_interval,
         duration: args.duration,
-        afxdp: !args.no_afxdp,
+        afxdp: match (args.no_afxdp, args.afxdp_copy) {
+            (true, _) => None,
+            (false, true) => Some(xtrail_sensor::xsk::Afxdp::Always),
+            (false, false) => Some(xtrail_sensor::xsk::Afxdp::ZeroCopy),
+        },
         heuristics: cfg.heuristics_for(true),
         ua: std::sync::Mutex::new(Some(ua)),
         publisher: link.as_ref().map(CollectorLink::publisher),

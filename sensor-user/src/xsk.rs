@@ -417,39 +417,61 @@ pub struct TransportContext {
     pub wake: Arc<LoopWake>,
 }
 
+/// Which interfaces of a mirror-mode sensor hand packets over by AF_XDP; the others (and
+/// all of them with `--no-afxdp`) by ring-buffer copies, as inline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Afxdp {
+    /// Those whose driver binds AF_XDP sockets in zero-copy mode (the default). In copy mode
+    /// (a veth, a driver without zero-copy AF_XDP) the kernel copies each frame into a
+    /// socket, a transport thread copies it again for the detector and wakes it: on a veth
+    /// that cost the sensor 340-510 ns more a hand-off than a ring-buffer copy
+    /// (bench/results/PERF-LOG.md, 2026-12-07 from 21:18).
+    ZeroCopy,
+    /// Every interface, in copy mode where the driver has no zero-copy (`--afxdp-copy`).
+    Always,
+}
+
 /// Creates a socket on every receive queue of `ifaces` (name, index), registers them in the
-/// `XSKS` map at `slot * stride + queue`, and starts `workers` threads serving them. Call
+/// `XSKS` map at `slot * stride + queue` and the interface in `IFSLOTS`, and starts
+/// `workers` threads serving them. With [`Afxdp::ZeroCopy`], an interface whose first
+/// socket does not bind in zero-copy mode gets none (said on stderr): the XDP program hands
+/// its packets over by ring-buffer copy. No worker when no interface has sockets. Call
 /// before attaching, so no packet is redirected to a queue without a socket.
 pub fn start(
     sensor: &mut Sensor,
     ifaces: &[(String, u32)],
     stride: u32,
     workers: usize,
+    policy: Afxdp,
     ctx: &TransportContext,
 ) -> anyhow::Result<Vec<XskWorker>> {
     let total: usize = ifaces.iter().map(|(i, _)| rx_queues(i) as usize).sum();
     let mut sockets = Vec::with_capacity(total);
-    for (slot, (iface, ifindex)) in ifaces.iter().enumerate() {
-        {
-            let map = sensor
-                .ebpf_mut()
-                .map_mut(names::IFSLOTS)
-                .context("IFSLOTS map")?;
-            let mut slots: HashMap<&mut MapData, u32, u32> = HashMap::try_from(map)?;
-            slots.insert(ifindex, slot as u32, 0)?;
-        }
+    'ifaces: for (slot, (iface, ifindex)) in ifaces.iter().enumerate() {
+        let first = sockets.len();
         for queue in 0..rx_queues(iface) {
-            let xsk = open_one(
-                sensor,
-                iface,
-                slot,
-                slot as u32 * stride + queue,
-                queue,
-                total,
-            )
-            .with_context(|| format!("AF_XDP socket on {iface} queue {queue}"))?;
-            sockets.push(xsk);
+            let index = slot as u32 * stride + queue;
+            match open_one(sensor, iface, slot, index, queue, total, policy) {
+                Ok(xsk) => sockets.push(xsk),
+                Err(e) if queue == 0 && policy == Afxdp::ZeroCopy => {
+                    eprintln!(
+                        "xtrail-sensor: {iface}: no zero-copy AF_XDP ({e:#}): its packets are handed over by ring-buffer copy (--afxdp-copy: AF_XDP in copy mode)"
+                    );
+                    debug_assert_eq!(sockets.len(), first);
+                    continue 'ifaces;
+                }
+                Err(e) => return Err(e.context(format!("AF_XDP socket on {iface} queue {queue}"))),
+            }
         }
+        let map = sensor
+            .ebpf_mut()
+            .map_mut(names::IFSLOTS)
+            .context("IFSLOTS map")?;
+        let mut slots: HashMap<&mut MapData, u32, u32> = HashMap::try_from(map)?;
+        slots.insert(ifindex, slot as u32, 0)?;
+    }
+    if sockets.is_empty() {
+        return Ok(Vec::new());
     }
     let workers = workers.clamp(1, sockets.len().max(1));
     let mut groups: Vec<Vec<Xsk>> = (0..workers).map(|_| Vec::new()).collect();
@@ -486,6 +508,7 @@ fn open_one(
     index: u32,
     queue: u32,
     total: usize,
+    policy: Afxdp,
 ) -> anyhow::Result<Xsk> {
     let frames = NonZeroU32::new(frames_per_socket(total)).context("frame count")?;
     let umem_config = UmemConfig::builder()
@@ -499,15 +522,19 @@ fn open_one(
     let config = SocketConfig::builder()
         .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
         .rx_queue_size(frames.get().next_power_of_two().try_into()?)
-        // No XDP_COPY/XDP_ZEROCOPY: the kernel uses zero-copy where the driver has it.
-        .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
+        // XDP_ZEROCOPY: a driver without zero-copy refuses the bind. Without it (nor
+        // XDP_COPY) the kernel uses zero-copy where the driver has it, copy elsewhere.
+        .bind_flags(match policy {
+            Afxdp::ZeroCopy => BindFlags::XDP_USE_NEED_WAKEUP | BindFlags::XDP_ZEROCOPY,
+            Afxdp::Always => BindFlags::XDP_USE_NEED_WAKEUP,
+        })
         .build();
     let name: Interface = iface
         .parse()
         .map_err(|_| anyhow!("bad interface name {iface}"))?;
     // SAFETY: the UMEM outlives the socket (both move into the worker together).
     let (_tx, rx, fq_cq) = unsafe { Socket::new(config, &umem, &name, queue) }
-        .map_err(|e| anyhow!("creating the socket: {e}"))?;
+        .map_err(|e| anyhow::Error::new(e).context("creating the socket"))?;
     let (mut fq, _cq) = fq_cq.context("the socket has no fill queue")?;
     {
         let map = sensor.ebpf_mut().map_mut(names::XSKS).context("XSKS map")?;

@@ -350,7 +350,14 @@ fn mirror_frames_are_vouched_for_again_after_a_reload() {
         &trails,
         &log,
         "mirror-reload",
-        &["--mode", "mirror", "--suppress-ms", "0", "--no-heuristics"],
+        &[
+            "--mode",
+            "mirror",
+            "--afxdp-copy",
+            "--suppress-ms",
+            "0",
+            "--no-heuristics",
+        ],
     );
     let inj = pair.injector().expect("injector");
     let me = v4(&pair.peer_ip);

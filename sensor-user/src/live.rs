@@ -1,7 +1,7 @@
 //! The live capture loop: transport only. The XDP program writes trail hits to `HITS`, flow
-//! starts to `FLOWS` and, in inline mode, copies of DNS, HTTP and TLS packets to `PAYLOADS`;
-//! in mirror mode AF_XDP transport threads ([`crate::xsk`]) bring those packets over a
-//! bounded queue. Everything goes into the sensor's one [`Detector`] (the same pipeline
+//! starts to `FLOWS` and copies of DNS, HTTP and TLS packets to `PAYLOADS`, but in mirror
+//! mode on interfaces with AF_XDP sockets, whose transport threads ([`crate::xsk`]) bring
+//! those packets over a bounded queue. Everything goes into the sensor's one [`Detector`] (the same pipeline
 //! replay uses), whose events go to the log and the collector. No detection logic lives here.
 
 use std::os::fd::AsRawFd;
@@ -624,10 +624,42 @@ pub fn run(
         .iter()
         .map(|i| (i.clone(), loader::ifindex(i).unwrap_or(0)))
         .collect();
-    // Mirror mode: AF_XDP transport threads feed frames to this loop's detector, a receive
-    // batch at a time; the loop sends each batch back for its buffers' reuse. A bounded
-    // channel initialises every slot when made, so without AF_XDP the channels hold nothing.
-    let queue = if use_xsk { xsk::MAX_QUEUED_BATCHES } else { 0 };
+    // Mirror mode: the AF_XDP sockets, on interfaces with zero-copy AF_XDP (every one with
+    // `--afxdp-copy`); the others' packets come by ring-buffer copy, as inline.
+    let opened = match afxdp {
+        // Generic XDP copies every frame into a socket, whatever the driver.
+        Some(xsk::Afxdp::ZeroCopy) if opts.attach == AttachMode::Skb => {
+            eprintln!(
+                "xtrail-sensor: generic (skb) XDP has no zero-copy AF_XDP: packets are handed over by ring-buffer copy (--afxdp-copy: AF_XDP in copy mode)"
+            );
+            None
+        }
+        Some(policy) => match xsk::open(&mut sensor, &ifaces, sensor_opts.xsk_queues, policy) {
+            Ok(opened) => {
+                for (iface, e) in &opened.without_zero_copy {
+                    eprintln!(
+                        "xtrail-sensor: {iface}: no zero-copy AF_XDP ({e:#}): its packets are handed over by ring-buffer copy (--afxdp-copy: AF_XDP in copy mode)"
+                    );
+                }
+                Some(opened).filter(|o| !o.is_empty())
+            }
+            Err(e) => {
+                log::warn!(
+                    "AF_XDP sockets unavailable ({e:#}); mirror mode hands packets over by ring-buffer copies"
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    // AF_XDP transport threads feed frames to this loop's detector, a receive batch at a
+    // time; the loop sends each batch back for its buffers' reuse. A bounded channel
+    // initialises every slot when made, so without sockets the channels hold nothing.
+    let queue = if opened.is_some() {
+        xsk::MAX_QUEUED_BATCHES
+    } else {
+        0
+    };
     let (frame_tx, frame_rx) = std::sync::mpsc::sync_channel::<xsk::FrameBatch>(queue);
     let (recycle_tx, recycle_rx) = std::sync::mpsc::sync_channel::<xsk::FrameBatch>(queue);
     let counters: Arc<xsk::TransportCounters> = Arc::default();
@@ -636,7 +668,7 @@ pub fn run(
     // armed.
     let mut wake = None;
     let mut workers = Vec::new();
-    if let Some(policy) = afxdp {
+    if let Some(opened) = opened {
         let w = Arc::new(xsk::LoopWake::new().context("creating the AF_XDP transport's eventfd")?);
         let transport = xsk::TransportContext {
             frames: frame_tx,
@@ -645,16 +677,7 @@ pub fn run(
             stop: Arc::clone(&stop_workers),
             wake: Arc::clone(&w),
         };
-        match xsk::start(
-            &mut sensor,
-            &ifaces,
-            sensor_opts.xsk_queues,
-            opts.workers,
-            policy,
-            &transport,
-        ) {
-            // No interface with zero-copy AF_XDP: ring-buffer copies throughout.
-            Ok(started) if started.is_empty() => {}
+        match xsk::start(opened, opts.workers, &transport) {
             Ok(started) => {
                 let mut config = sensor.config;
                 config.flags |= config_flags::XSK;
@@ -673,7 +696,7 @@ pub fn run(
                 wake = Some(w);
             }
             Err(e) => log::warn!(
-                "AF_XDP sockets unavailable ({e:#}); mirror mode hands packets over by ring-buffer copies"
+                "AF_XDP workers unavailable ({e:#}); mirror mode hands packets over by ring-buffer copies"
             ),
         }
     }

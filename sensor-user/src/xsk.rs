@@ -421,43 +421,54 @@ pub struct TransportContext {
 /// all of them with `--no-afxdp`) by ring-buffer copies, as inline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Afxdp {
-    /// Those whose driver binds AF_XDP sockets in zero-copy mode (the default). In copy mode
-    /// (a veth, a driver without zero-copy AF_XDP) the kernel copies each frame into a
-    /// socket, a transport thread copies it again for the detector and wakes it: on a veth
-    /// that cost the sensor 340-510 ns more a hand-off than a ring-buffer copy
-    /// (bench/results/PERF-LOG.md, 2026-12-07 from 21:18).
+    /// Those whose driver binds AF_XDP sockets in zero-copy mode (the default): in copy mode
+    /// (a veth, a driver without zero-copy AF_XDP) a socket costs the sensor more than a
+    /// ring-buffer copy (bench/results/PERF-LOG.md, 2026-12-07 from 21:18).
     ZeroCopy,
     /// Every interface, in copy mode where the driver has no zero-copy (`--afxdp-copy`).
     Always,
 }
 
-/// Creates a socket on every receive queue of `ifaces` (name, index), registers them in the
-/// `XSKS` map at `slot * stride + queue` and the interface in `IFSLOTS`, and starts
-/// `workers` threads serving them. With [`Afxdp::ZeroCopy`], an interface whose first
-/// socket does not bind in zero-copy mode gets none (said on stderr): the XDP program hands
-/// its packets over by ring-buffer copy. No worker when no interface has sockets. Call
-/// before attaching, so no packet is redirected to a queue without a socket.
-pub fn start(
+/// The sockets [`open`] made, and the interfaces left to ring-buffer copies.
+pub struct Opened {
+    sockets: Vec<Xsk>,
+    /// Interfaces whose driver refused a zero-copy bind, with the refusal.
+    pub without_zero_copy: Vec<(String, anyhow::Error)>,
+}
+
+impl Opened {
+    /// Whether no interface got sockets.
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+}
+
+/// Creates a socket on every receive queue of `ifaces` (name, index) and registers them in
+/// the `XSKS` map at `slot * stride + queue`, the interface in `IFSLOTS`. With
+/// [`Afxdp::ZeroCopy`], an interface whose driver refuses a zero-copy bind (`EOPNOTSUPP`)
+/// gets no socket: the XDP program hands its packets over by ring-buffer copy. Call before
+/// attaching, so no packet is redirected to a queue without a socket.
+pub fn open(
     sensor: &mut Sensor,
     ifaces: &[(String, u32)],
     stride: u32,
-    workers: usize,
     policy: Afxdp,
-    ctx: &TransportContext,
-) -> anyhow::Result<Vec<XskWorker>> {
+) -> anyhow::Result<Opened> {
     let total: usize = ifaces.iter().map(|(i, _)| rx_queues(i) as usize).sum();
-    let mut sockets = Vec::with_capacity(total);
+    let mut opened = Opened {
+        sockets: Vec::with_capacity(total),
+        without_zero_copy: Vec::new(),
+    };
     'ifaces: for (slot, (iface, ifindex)) in ifaces.iter().enumerate() {
-        let first = sockets.len();
+        let first = opened.sockets.len();
         for queue in 0..rx_queues(iface) {
             let index = slot as u32 * stride + queue;
             match open_one(sensor, iface, slot, index, queue, total, policy) {
-                Ok(xsk) => sockets.push(xsk),
-                Err(e) if queue == 0 && policy == Afxdp::ZeroCopy => {
-                    eprintln!(
-                        "xtrail-sensor: {iface}: no zero-copy AF_XDP ({e:#}): its packets are handed over by ring-buffer copy (--afxdp-copy: AF_XDP in copy mode)"
-                    );
-                    debug_assert_eq!(sockets.len(), first);
+                Ok(xsk) => opened.sockets.push(xsk),
+                Err(e) if policy == Afxdp::ZeroCopy && is_unsupported(&e) => {
+                    // Closing them takes their `XSKS` entries away.
+                    opened.sockets.truncate(first);
+                    opened.without_zero_copy.push((iface.clone(), e));
                     continue 'ifaces;
                 }
                 Err(e) => return Err(e.context(format!("AF_XDP socket on {iface} queue {queue}"))),
@@ -470,10 +481,29 @@ pub fn start(
         let mut slots: HashMap<&mut MapData, u32, u32> = HashMap::try_from(map)?;
         slots.insert(ifindex, slot as u32, 0)?;
     }
+    Ok(opened)
+}
+
+/// Whether `e` is a driver's refusal of a zero-copy bind.
+fn is_unsupported(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            == Some(libc::EOPNOTSUPP)
+    })
+}
+
+/// Starts `workers` threads serving the `opened` sockets (none without sockets).
+pub fn start(
+    opened: Opened,
+    workers: usize,
+    ctx: &TransportContext,
+) -> anyhow::Result<Vec<XskWorker>> {
+    let sockets = opened.sockets;
     if sockets.is_empty() {
         return Ok(Vec::new());
     }
-    let workers = workers.clamp(1, sockets.len().max(1));
+    let workers = workers.clamp(1, sockets.len());
     let mut groups: Vec<Vec<Xsk>> = (0..workers).map(|_| Vec::new()).collect();
     for (i, s) in sockets.into_iter().enumerate() {
         groups[i % workers].push(s);

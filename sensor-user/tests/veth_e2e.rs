@@ -242,6 +242,18 @@ fn clear_errors_for_bad_arguments() {
         "--enforce",
     ]);
     assert!(msg.contains("--enforce needs --mode inline"), "{msg}");
+    let msg = run(&[
+        "run",
+        "--iface",
+        "lo",
+        "--trails",
+        &t,
+        "--mode",
+        "mirror",
+        "--no-afxdp",
+        "--afxdp-copy",
+    ]);
+    assert!(msg.contains("cannot be used with"), "{msg}");
 }
 
 #[test]

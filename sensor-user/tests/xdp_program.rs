@@ -622,6 +622,29 @@ fn mirror_mode_drops_everything_early() {
     assert_eq!(h.hits().len(), 1, "hits are still reported in mirror mode");
 }
 
+/// With AF_XDP on but the packet's interface without sockets (none in `IFSLOTS`: mirror
+/// mode's interfaces without zero-copy AF_XDP), a hand-off is copied to the ring, not
+/// redirected, and dropped.
+#[test]
+fn mirror_hand_offs_from_an_interface_without_sockets_are_copied() {
+    privileged!();
+    let mut h = Harness::new(SensorOptions {
+        mode: Mode::Mirror,
+        ..SensorOptions::default()
+    });
+    let mut config = h.sensor.config;
+    config.flags |= xtrail_common::config_flags::XSK;
+    h.sensor.write_config(config).expect("config");
+    let mut ring = h.sensor.take_payloads().expect("payload ring");
+    let query = dns_query(12, "www.clean-name.net", 1);
+    let frame = Frame::udp(v4(CLEAN), 40500, v4("198.18.1.1"), 53, &query);
+    assert_eq!(h.run(&frame), XDP_DROP);
+    assert_eq!(copied(&mut ring), vec![(handoff::DNS, frame.build())]);
+    assert_eq!(h.counter(stat::COPIED), 1);
+    assert_eq!(h.counter(stat::REDIRECTED), 0);
+    assert_eq!(h.counter(stat::HANDOFF_FAILED), 0);
+}
+
 #[test]
 fn enforce_drops_trail_packets_and_passes_the_rest() {
     privileged!();

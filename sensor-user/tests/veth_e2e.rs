@@ -231,29 +231,16 @@ fn clear_errors_for_bad_arguments() {
         &only_domains.to_string_lossy(),
     ]);
     assert!(msg.contains("no IP, CIDR or IP:port trails"), "{msg}");
-    let msg = run(&[
-        "run",
-        "--iface",
-        "lo",
-        "--trails",
-        &t,
-        "--mode",
-        "mirror",
-        "--enforce",
-    ]);
-    assert!(msg.contains("--enforce needs --mode inline"), "{msg}");
-    let msg = run(&[
-        "run",
-        "--iface",
-        "lo",
-        "--trails",
-        &t,
-        "--mode",
-        "mirror",
-        "--no-afxdp",
-        "--afxdp-copy",
-    ]);
-    assert!(msg.contains("cannot be used with"), "{msg}");
+    // Mirror mode with flags it cannot take together.
+    for (extra, says) in [
+        (&["--enforce"][..], "--enforce needs --mode inline"),
+        (&["--no-afxdp", "--afxdp-copy"][..], "cannot be used with"),
+    ] {
+        let mut args = vec!["run", "--iface", "lo", "--trails", &t, "--mode", "mirror"];
+        args.extend_from_slice(extra);
+        let msg = run(&args);
+        assert!(msg.contains(says), "{msg}");
+    }
 }
 
 #[test]

@@ -82,6 +82,13 @@ impl Harness {
         Harness::new(SensorOptions::default())
     }
 
+    fn mirror() -> Harness {
+        Harness::new(SensorOptions {
+            mode: Mode::Mirror,
+            ..SensorOptions::default()
+        })
+    }
+
     fn run(&mut self, frame: &Frame) -> u32 {
         self.sensor.test_run(&frame.build()).expect("test run")
     }
@@ -610,10 +617,7 @@ fn truncated_and_odd_frames_pass_and_are_counted() {
 #[test]
 fn mirror_mode_drops_everything_early() {
     privileged!();
-    let mut h = Harness::new(SensorOptions {
-        mode: Mode::Mirror,
-        ..SensorOptions::default()
-    });
+    let mut h = Harness::mirror();
     assert_eq!(
         h.run(&Frame::syn(v4(CLEAN), 1, v4("198.18.1.1"), 80)),
         XDP_DROP
@@ -628,10 +632,7 @@ fn mirror_mode_drops_everything_early() {
 #[test]
 fn mirror_hand_offs_from_an_interface_without_sockets_are_copied() {
     privileged!();
-    let mut h = Harness::new(SensorOptions {
-        mode: Mode::Mirror,
-        ..SensorOptions::default()
-    });
+    let mut h = Harness::mirror();
     let mut config = h.sensor.config;
     config.flags |= xtrail_common::config_flags::XSK;
     h.sensor.write_config(config).expect("config");

@@ -1,8 +1,9 @@
 //! The live capture loop: transport only. The XDP program writes trail hits to `HITS`, flow
 //! starts to `FLOWS` and copies of DNS, HTTP and TLS packets to `PAYLOADS`, but in mirror
 //! mode on interfaces with AF_XDP sockets, whose transport threads ([`crate::xsk`]) bring
-//! those packets over a bounded queue. Everything goes into the sensor's one [`Detector`] (the same pipeline
-//! replay uses), whose events go to the log and the collector. No detection logic lives here.
+//! those packets over a bounded queue. Everything goes into the sensor's one [`Detector`]
+//! (the same pipeline replay uses), whose events go to the log and the collector. No
+//! detection logic lives here.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -114,6 +114,7 @@ pub fn run(o: &AbOptions) -> anyhow::Result<()> {
             if o.xdp {
                 line += &format!("; XDP ns a run: {}", list(|r| r.xdp_ns));
             }
+            line += &retried(&rounds);
             println!("{line}");
             per_build[build].extend(rounds);
         }
@@ -187,6 +188,17 @@ pub(crate) fn scenario_templates(traffic: &str, dir: &Path) -> anyhow::Result<Te
 struct Round {
     sensor_ns: f64,
     xdp_ns: f64,
+    /// `sendmmsg` calls a full socket refused and the sender retried (relay delivery).
+    retries: u64,
+}
+
+/// " (N sends retried)" when the sender's socket refused any of a run's `sendmmsg` calls
+/// (each retried, no frame skipped), else nothing.
+fn retried(rounds: &[Round]) -> String {
+    match rounds.iter().map(|r| r.retries).sum::<u64>() {
+        0 => String::new(),
+        n => format!(" ({n} sends retried)"),
+    }
 }
 
 /// "median UNIT (range lo-hi, n rounds)" of `v`.
@@ -276,7 +288,8 @@ fn one_run_on(
         let xdp_before = prog_stats(prog);
         let before = tree_cpu_ns(pid);
         let rx0 = pair.sensor_rx_packets()?;
-        let (sent, _) = send(o.count)?;
+        let s = send(o.count)?;
+        let sent = s.sent;
         std::thread::sleep(DRAIN);
         let used = tree_cpu_ns(pid).saturating_sub(before);
         // A frame that never arrived (a relay gone, a full ring) would lower the figure.
@@ -289,6 +302,7 @@ fn one_run_on(
         rounds.push(Round {
             sensor_ns: used as f64 / sent.max(1) as f64,
             xdp_ns,
+            retries: s.retries,
         });
     }
     Ok(rounds)
@@ -297,6 +311,20 @@ fn one_run_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_line_says_how_many_sends_were_retried() {
+        let round = |retries| Round {
+            sensor_ns: 1.0,
+            xdp_ns: f64::NAN,
+            retries,
+        };
+        assert_eq!(retried(&[round(0), round(0)]), "");
+        assert_eq!(
+            retried(&[round(2), round(0), round(1)]),
+            " (3 sends retried)"
+        );
+    }
 
     #[test]
     fn paired_rounds_give_the_median_difference_and_the_count_b_lower() {

@@ -378,6 +378,24 @@ pub(crate) struct Sent {
     pub(crate) retries: u64,
 }
 
+/// [`nic_send`] as a [`Sent`]: the generator is a child process, its CPU in `path_cpu_ns`,
+/// and live frames are never refused.
+fn nic_sent(
+    pair: &VethPair,
+    pcap: &Path,
+    count: u64,
+    rate: u64,
+    first_flow: u64,
+) -> anyhow::Result<Sent> {
+    let (sent, seconds) = nic_send(pair, pcap, count, rate, first_flow)?;
+    Ok(Sent {
+        sent,
+        seconds,
+        thread_cpu_ns: 0,
+        retries: 0,
+    })
+}
+
 /// Sends one run's traffic.
 fn send(
     pair: &VethPair,
@@ -388,16 +406,7 @@ fn send(
     first_flow: u64,
 ) -> anyhow::Result<Sent> {
     match delivery {
-        "nic" => {
-            let (sent, seconds) = nic_send(pair, &sc.pcap, count, rate, first_flow)?;
-            // The generator is a child process: its CPU is in `path_cpu_ns`.
-            Ok(Sent {
-                sent,
-                seconds,
-                thread_cpu_ns: 0,
-                retries: 0,
-            })
-        }
+        "nic" => nic_sent(pair, &sc.pcap, count, rate, first_flow),
         "relay" | "afpacket" => {
             let iface = if delivery == "relay" {
                 RELAY_IN
@@ -941,19 +950,18 @@ impl Templates {
     }
 
     /// Sends `count` frames at `rate`, flows numbered from `first_flow` (through `pair`'s
-    /// relay where live frames are refused); returns (sent, seconds).
+    /// relay where live frames are refused).
     pub(crate) fn send(
         &self,
         pair: &VethPair,
         count: u64,
         rate: u64,
         first_flow: u64,
-    ) -> anyhow::Result<(u64, f64)> {
+    ) -> anyhow::Result<Sent> {
         if self.live {
-            nic_send(pair, &self.pcap, count, rate, first_flow)
+            nic_sent(pair, &self.pcap, count, rate, first_flow)
         } else {
             afpacket_send(pair, RELAY_IN, self.frames.clone(), count, rate, first_flow)
-                .map(|s| (s.sent, s.seconds))
         }
     }
 }

@@ -127,7 +127,7 @@ pub fn run(o: &ProfileOptions) -> anyhow::Result<()> {
                 stopped.map_or("killed after 30 s".into(), |s| s.to_string()),
                 perf_said().trim()
             );
-            let (sent, _) = sent?;
+            let sent = sent?.sent;
             let script = Command::new("perf")
                 .args(["script", "-F", "ip,sym", "-i"])
                 .arg(&data)

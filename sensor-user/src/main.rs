@@ -360,9 +360,9 @@ enum Command {
         /// Mirror mode: copy packets through a ring buffer instead of AF_XDP sockets.
         #[arg(long = "no-afxdp")]
         no_afxdp: bool,
-        /// Mirror mode: AF_XDP sockets also on interfaces whose driver has no zero-copy AF_XDP
-        /// (copy mode: a veth, a generic driver). Without it those interfaces hand packets
-        /// over by ring-buffer copy, which costs less there.
+        /// Mirror mode: AF_XDP sockets, in copy mode, also on interfaces whose driver has no
+        /// zero-copy AF_XDP (a veth) and with generic (skb) XDP. Without it those interfaces
+        /// hand packets over by ring-buffer copy, which costs less there.
         #[arg(long = "afxdp-copy", conflicts_with = "no_afxdp")]
         afxdp_copy: bool,
         /// Do not send flow starts to userspace (disables the scan heuristics).

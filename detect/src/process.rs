@@ -614,6 +614,9 @@ impl Processor {
                     };
                     match self.tls_flows.on_segment(key, ts_us, seg.seq, seg.payload) {
                         Flight::Ready(hello) => run.client_hello(&ctx, hello),
+                        Flight::Rest(rest, tail) => {
+                            run.hello(&ctx, tls::resume_client_hello(rest, tail));
+                        }
                         Flight::Buffered => {}
                         Flight::Untracked => run.tcp_payload(&ctx, &seg),
                     }
@@ -806,7 +809,16 @@ impl Run<'_, '_> {
     /// A TLS ClientHello (one segment's, or reassembled): the server name against the domain
     /// trails.
     fn client_hello(&mut self, ctx: &PacketContext<'_>, p: &[u8]) {
-        if let Ok(hello) = tls::parse_client_hello(p) {
+        self.hello(ctx, tls::parse_client_hello(p));
+    }
+
+    /// A parsed TLS ClientHello's server name against the domain trails.
+    fn hello(
+        &mut self,
+        ctx: &PacketContext<'_>,
+        hello: Result<tls::ClientHello<'_>, tls::TlsError>,
+    ) {
+        if let Ok(hello) = hello {
             self.stats.tls_client_hellos += 1;
             if let Some(sni) = hello.sni {
                 self.server_name(ctx, sni);

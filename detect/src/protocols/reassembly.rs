@@ -4,7 +4,10 @@
 //! share) send ClientHellos of about 1.8-2 KB: two TCP segments, and with the extension order
 //! randomised the `server_name` often lands in the second. [`HelloReassembler`] buffers such a
 //! ClientHello per flow (source, source port, destination, destination port) until its first
-//! TLS record is complete, then hands the bytes back for parsing.
+//! TLS record is complete, then hands the bytes back for parsing. Only the bytes the parse
+//! still reads are kept: from the first extension the first segment does not hold whole
+//! ([`tls::client_hello_tail`]; a key share that fills the segment is skipped unread), and a
+//! rest that arrives in one segment is parsed where it lies ([`Flight::Rest`]).
 //!
 //! What it does not do: reorder (a segment that leaves a hole is dropped and counted; a
 //! retransmission that fills the hole is taken), follow records after the first, or look at
@@ -119,11 +122,21 @@ pub enum Flight<'a> {
     Buffered,
     /// A ClientHello to parse now: the segment itself, or a flow's reassembled bytes.
     Ready(&'a [u8]),
+    /// The rest of a TCP ClientHello whose first segment named no server: the record's bytes
+    /// from the tail's [`tls::HelloTail::next`] on, for [`tls::resume_client_hello`].
+    Rest(&'a [u8], tls::HelloTail),
 }
 
 struct Partial {
     /// TCP: sequence number of the first byte.
     start_seq: u32,
+    /// TCP: bytes of the record received in order so far.
+    received: usize,
+    /// TCP: where the parse goes on, when the first segment said (`buf` then holds the
+    /// record from its `next` on; else from its start).
+    tail: Option<tls::HelloTail>,
+    /// TCP: the record is longer than `need` (cut at `max_bytes`).
+    cut: bool,
     /// Bytes wanted: the first record (TCP, header included) or handshake message (QUIC), at
     /// most `max_bytes`.
     need: usize,
@@ -209,6 +222,9 @@ impl<K: Copy + Eq + std::hash::Hash + Gated> Flows<K> {
         self.stats.started += 1;
         let partial = Partial {
             start_seq: 0,
+            received: 0,
+            tail: None,
+            cut: false,
             need,
             reserved: need,
             started_us: ts_us,
@@ -379,10 +395,18 @@ impl HelloReassembler {
         {
             return Flight::Ready(payload);
         }
+        // Where the parse goes on: only the bytes from there are kept (none of a key share
+        // that fills the segment).
+        let tail = tls::client_hello_tail(payload, need);
         match self.flows.start(key, ts_us, need) {
             Some(p) => {
                 p.start_seq = seq;
-                p.buf.extend_from_slice(payload);
+                p.received = payload.len();
+                p.tail = tail;
+                p.cut = 5 + record_len > need;
+                let keep = tail.map_or(0, |t| t.next());
+                p.buf
+                    .extend_from_slice(payload.get(keep..).unwrap_or_default());
                 Flight::Buffered
             }
             None => Flight::Ready(payload),
@@ -390,31 +414,50 @@ impl HelloReassembler {
     }
 
     fn continuation<'a>(&'a mut self, key: FlowKey, seq: u32, payload: &'a [u8]) -> Flight<'a> {
-        let max_bytes = self.flows.config.max_bytes;
         let Some(p) = self.flows.map.get_mut(&key) else {
             return Flight::Untracked;
         };
         let offset = seq.wrapping_sub(p.start_seq) as usize;
-        let have = p.buf.len();
-        if offset > have {
+        if offset > p.received {
             // A hole: the segment before this one is missing (lost or reordered).
             self.flows.stats.out_of_order += 1;
             return Flight::Buffered;
         }
-        // Retransmitted bytes are skipped; only what extends the buffer is taken.
-        let fresh = payload.get(have - offset..).unwrap_or_default();
-        let take = fresh.len().min(p.need - have);
-        p.buf.extend_from_slice(&fresh[..take]);
-        if p.buf.len() < p.need {
+        // Retransmitted bytes are skipped; only what extends the record is taken, and of
+        // that only what the parse reads (from the tail's `next`).
+        let keep = p.tail.map_or(0, |t| t.next());
+        let end = offset.saturating_add(payload.len()).min(p.need);
+        let from = p.received.max(keep);
+        if end <= p.received {
             return Flight::Buffered;
         }
-        if p.need == max_bytes {
-            let record_len = usize::from(u16::from_be_bytes([p.buf[3], p.buf[4]]));
-            if 5 + record_len > p.need {
-                self.flows.stats.byte_limit += 1;
+        p.received = end;
+        let fresh = payload
+            .get(from.saturating_sub(offset)..end - offset)
+            .unwrap_or_default();
+        if p.received < p.need {
+            p.buf.extend_from_slice(fresh);
+            return Flight::Buffered;
+        }
+        if p.cut {
+            self.flows.stats.byte_limit += 1;
+        }
+        match p.tail {
+            // The rest all in this segment: parsed where it lies.
+            Some(tail) if p.buf.is_empty() && from == keep => {
+                self.flows.stats.completed += 1;
+                self.flows.remove(&key);
+                Flight::Rest(fresh, tail)
+            }
+            Some(tail) => {
+                p.buf.extend_from_slice(fresh);
+                Flight::Rest(self.flows.complete(&key), tail)
+            }
+            None => {
+                p.buf.extend_from_slice(fresh);
+                Flight::Ready(self.flows.complete(&key))
             }
         }
-        Flight::Ready(self.flows.complete(&key))
     }
 }
 
@@ -590,6 +633,20 @@ mod tests {
             .and_then(|h| h.sni.map(str::to_owned))
     }
 
+    /// What a TCP flight hands back, parsed (`None`: nothing yet).
+    fn parsed(f: Flight<'_>) -> Option<Result<tls::ClientHello<'_>, tls::TlsError>> {
+        match f {
+            Flight::Ready(b) => Some(tls::parse_client_hello(b)),
+            Flight::Rest(b, tail) => Some(tls::resume_client_hello(b, tail)),
+            Flight::Buffered | Flight::Untracked => None,
+        }
+    }
+
+    /// The record's server name as the flight hands it back.
+    fn named(f: Flight<'_>) -> Option<String> {
+        parsed(f).and_then(|h| h.ok()?.sni.map(str::to_owned))
+    }
+
     /// The gate counts exactly the flows held, each in its key's slot.
     fn assert_gate_counts_the_flows<K: Copy + Eq + std::hash::Hash + Gated>(f: &Flows<K>) {
         let counted: u64 = f.gate.iter().map(|&n| u64::from(n)).sum();
@@ -640,9 +697,10 @@ mod tests {
         assert_eq!(r.on_segment(first, 0, 0, &h[..1000]), Flight::Buffered);
         assert_eq!(r.on_segment(twin, 0, 0, &h[..1000]), Flight::Buffered);
         assert_gate_counts_the_flows(&r.flows);
-        assert!(matches!(r.on_segment(first, 1, 1000, &h[1000..]), Flight::Ready(b) if b == h));
+        let whole = Some(tls::parse_client_hello(&h));
+        assert_eq!(parsed(r.on_segment(first, 1, 1000, &h[1000..])), whole);
         // The slot still counts the twin: its continuation is found.
-        assert!(matches!(r.on_segment(twin, 1, 1000, &h[1000..]), Flight::Ready(b) if b == h));
+        assert_eq!(parsed(r.on_segment(twin, 1, 1000, &h[1000..])), whole);
         assert_eq!(r.flows(), 0);
         assert!(r.flows.gate.iter().all(|&n| n == 0));
         // A data segment of a flow never held: untracked.
@@ -662,10 +720,10 @@ mod tests {
         let h = big_hello("split.example", 1900);
         let mut r = HelloReassembler::default();
         assert_eq!(r.on_segment(key(1), 0, 1000, &h[..1400]), Flight::Buffered);
-        match r.on_segment(key(1), 10, 2400, &h[1400..]) {
-            Flight::Ready(b) => assert_eq!(sni(b).as_deref(), Some("split.example")),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(
+            named(r.on_segment(key(1), 10, 2400, &h[1400..])).as_deref(),
+            Some("split.example")
+        );
         assert_eq!(r.flows(), 0);
         assert_eq!(r.buffered_bytes(), 0);
         assert_eq!((r.stats().started, r.stats().completed), (1, 1));
@@ -713,10 +771,10 @@ mod tests {
         assert_eq!(r.stats().out_of_order, 1);
         // A retransmission of the first segment with more data.
         assert_eq!(r.on_segment(key(1), 2, s, &h[..1200]), Flight::Buffered);
-        match r.on_segment(key(1), 3, s.wrapping_add(1200), &h[1200..]) {
-            Flight::Ready(b) => assert_eq!(b, &h[..]),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(
+            named(r.on_segment(key(1), 3, s.wrapping_add(1200), &h[1200..])).as_deref(),
+            Some("split.example")
+        );
     }
 
     #[test]
@@ -731,8 +789,9 @@ mod tests {
         let mut r = HelloReassembler::new(cfg);
         // Byte bound: handed back at 1500 bytes, counted.
         r.on_segment(key(1), 0, 0, &h[..1000]);
-        assert!(
-            matches!(r.on_segment(key(1), 1, 1000, &h[1000..]), Flight::Ready(b) if b.len() == 1500)
+        assert_eq!(
+            parsed(r.on_segment(key(1), 1, 1000, &h[1000..])),
+            Some(tls::parse_client_hello(&h[..1500]))
         );
         assert_eq!(r.stats().byte_limit, 1);
         // Flow bound: the oldest goes.
@@ -755,6 +814,63 @@ mod tests {
         assert_eq!(r.flows(), 1);
         assert_eq!(r.stats().timed_out, 4);
         assert_gate_counts_the_flows(&r.flows);
+    }
+
+    /// Every record split in two at every point, and in three at a few, answers as the whole
+    /// record; the key share that fills a browser's first segment is not kept.
+    #[test]
+    fn split_hellos_answer_as_whole_ones() {
+        let browser = tls::browser_client_hello("pq.example", true);
+        let mut no_name = tls::browser_client_hello("pq.example", true);
+        let at = no_name
+            .windows(10)
+            .position(|w| w == b"pq.example")
+            .unwrap();
+        no_name[at..at + 10].copy_from_slice(b"pq example");
+        let records = [
+            browser.clone(),
+            no_name,
+            tls::browser_client_hello("classic.example", false),
+            big_hello("split.example", 1900),
+            big_hello("split.example", 20_000),
+        ];
+        for rec in &records {
+            let cfg = ReassemblyConfig::default();
+            let total = rec.len().min(cfg.max_bytes);
+            let whole = tls::parse_client_hello(&rec[..total]);
+            for cut in 6..total {
+                let mut r = HelloReassembler::new(cfg);
+                let mut got = match r.on_segment(key(1), 0, 5, &rec[..cut]) {
+                    Flight::Buffered => None,
+                    first => Some(parsed(first).expect("ready")),
+                };
+                if got.is_none() {
+                    // A third segment in the middle of the rest, for some cuts.
+                    let mid = if cut % 7 == 0 { (cut + total) / 2 } else { cut };
+                    if mid > cut {
+                        let f = r.on_segment(key(1), 1, 5 + cut as u32, &rec[cut..mid]);
+                        assert!(matches!(f, Flight::Buffered), "cut {cut}");
+                    }
+                    got = parsed(r.on_segment(key(1), 2, 5 + mid as u32, &rec[mid..]));
+                }
+                assert_eq!(got.as_ref(), Some(&whole), "cut {cut} of {}", rec.len());
+                assert_eq!(r.flows(), 0);
+            }
+        }
+        // Chrome's first segment (1,448 bytes) ends in its key share: nothing of it is kept,
+        // and the rest is parsed where it lies.
+        let mut r = HelloReassembler::default();
+        assert_eq!(
+            r.on_segment(key(1), 0, 0, &browser[..1448]),
+            Flight::Buffered
+        );
+        assert!(r.flows.map.values().all(|p| p.buf.is_empty()));
+        let rest = r.on_segment(key(1), 1, 1448, &browser[1448..]);
+        assert!(
+            matches!(rest, Flight::Rest(b, _) if browser[1448..].ends_with(b)),
+            "{rest:?}"
+        );
+        assert_eq!(named(rest).as_deref(), Some("pq.example"));
     }
 
     /// Two Initials of one connection; the first with its CRYPTO frames out of order.

@@ -87,7 +87,11 @@ pub fn parse_handshake(record: &[u8]) -> Result<ClientHello<'_>, TlsError> {
     pos += 2;
     let exts = body.get(pos..).ok_or(TlsError::Truncated("extensions"))?;
     let exts = exts.get(..usize::from(ext_len)).unwrap_or(exts);
+    walk_extensions(exts, version)
+}
 
+/// The extensions walked to the first `server_name`.
+fn walk_extensions(exts: &[u8], version: u16) -> Result<ClientHello<'_>, TlsError> {
     let mut at = 0usize;
     while let (Some(kind), Some(len)) = (be16(exts, at), be16(exts, at + 2)) {
         let len = usize::from(len);
@@ -103,6 +107,83 @@ pub fn parse_handshake(record: &[u8]) -> Result<ClientHello<'_>, TlsError> {
         at += 4 + len;
     }
     Ok(ClientHello { version, sni: None })
+}
+
+/// Where the parse of a ClientHello record whose start alone has come goes on: every
+/// extension before [`HelloTail::next`] is known and none is `server_name`, so the record's
+/// bytes from there on are all the rest of the parse needs (a post-quantum key share that
+/// fills the first segment is skipped, not kept).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HelloTail {
+    /// `client_version`.
+    version: u16,
+    /// Offset in the record (its 5-byte header included) of the next extension to read.
+    next: usize,
+    /// Offset in the record where the extensions end (the least of what the record,
+    /// handshake and extensions lengths and the record's `total` bytes allow).
+    end: usize,
+}
+
+impl HelloTail {
+    /// Offset in the record of the first byte the rest of the parse reads.
+    pub fn next(&self) -> usize {
+        self.next
+    }
+}
+
+/// The [`HelloTail`] of a ClientHello record that will have `total` bytes (at least
+/// `start.len()`: its first TCP segment's payload, then the rest) from its first `start`
+/// bytes; `None` when the record's fixed part (up to the extensions' length) is not all in
+/// `start`, or is not as [`parse_client_hello`] reads it (the whole record is then needed).
+/// [`resume_client_hello`] on the record's bytes `next..total` answers exactly as
+/// [`parse_client_hello`] on its bytes `..total`.
+pub fn client_hello_tail(start: &[u8], total: usize) -> Option<HelloTail> {
+    if !looks_like_client_hello(start) {
+        return None;
+    }
+    let record_end = 5 + usize::from(be16(start, 3)?);
+    let hs_len = start
+        .get(6..9)
+        .map(|b| usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]))?;
+    // The body as `parse_handshake` cuts it: what the record, the handshake and the bytes
+    // allow.
+    let body_end = record_end.min(9 + hs_len).min(total);
+    let body = start.get(9..body_end.min(start.len()))?;
+    let version = be16(body, 0)?;
+    let mut pos = 2 + 32;
+    pos += 1 + usize::from(*body.get(pos)?);
+    pos += 2 + usize::from(be16(body, pos)?);
+    pos += 1 + usize::from(*body.get(pos)?);
+    let ext_len = usize::from(be16(body, pos)?);
+    let exts = 9 + pos + 2;
+    let end = (exts + ext_len).min(body_end);
+    if exts > end {
+        return None;
+    }
+    // Extensions wholly inside `end` and not `server_name` are skipped, their bodies unread.
+    let mut at = exts;
+    while at + 4 <= end {
+        let (Some(kind), Some(len)) = (be16(start, at), be16(start, at + 2)) else {
+            break;
+        };
+        let after = at + 4 + usize::from(len);
+        if kind == 0 || after > end {
+            break;
+        }
+        at = after;
+    }
+    Some(HelloTail {
+        version,
+        next: at,
+        end,
+    })
+}
+
+/// Goes on with a ClientHello from its [`HelloTail`]: `rest` holds the record's bytes from
+/// [`HelloTail::next`] to its `total` (see [`client_hello_tail`]).
+pub fn resume_client_hello(rest: &[u8], tail: HelloTail) -> Result<ClientHello<'_>, TlsError> {
+    let exts = rest.get(..tail.end - tail.next).unwrap_or(rest);
+    walk_extensions(exts, tail.version)
 }
 
 /// Builds a minimal TLS 1.2/1.3-style ClientHello record naming `sni`: for tests, benchmarks
@@ -258,6 +339,50 @@ fn server_name(data: &[u8]) -> Result<Option<&str>, TlsError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// The tail of any start of a record, damaged or not, goes on to the whole parse's
+    /// answer for every length the record may end up with.
+    #[test]
+    fn a_tail_answers_as_the_whole_record() {
+        let mut x = 0x2545_f491u32;
+        let mut rand = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as usize
+        };
+        let clean = [
+            browser_client_hello("tail.example", true),
+            browser_client_hello("tail.example", false),
+            client_hello_record("tail.example"),
+        ];
+        let mut tails = 0;
+        for round in 0..3000 {
+            let mut rec = clean[round % clean.len()].clone();
+            // Damage a few bytes of the header part (lengths, types), most rounds.
+            for _ in 0..round % 4 {
+                let at = rand() % rec.len().min(400);
+                rec[at] = rand() as u8;
+            }
+            // Still a handshake record with a ClientHello (its lengths may be wrong).
+            rec[..3].copy_from_slice(&[0x16, 0x03, 0x01]);
+            rec[5] = 0x01;
+            let cut = 6 + rand() % (rec.len() - 6);
+            for total in [cut, cut + 1, (cut + rec.len()) / 2, rec.len()] {
+                let Some(tail) = client_hello_tail(&rec[..cut], total) else {
+                    continue;
+                };
+                tails += 1;
+                let rest = rec.get(tail.next()..total).unwrap_or_default();
+                assert_eq!(
+                    resume_client_hello(rest, tail),
+                    parse_client_hello(&rec[..total]),
+                    "round {round} cut {cut} total {total} {tail:?}"
+                );
+            }
+        }
+        assert!(tails > 3000, "{tails}");
+    }
 
     /// Builds a ClientHello record with the given SNI (and a dummy extension before it).
     pub(crate) fn client_hello(sni: &str) -> Vec<u8> {

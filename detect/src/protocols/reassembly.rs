@@ -5,9 +5,11 @@
 //! randomised the `server_name` often lands in the second. [`HelloReassembler`] buffers such a
 //! ClientHello per flow (source, source port, destination, destination port) until its first
 //! TLS record is complete, then hands the bytes back for parsing. Only the bytes the parse
-//! still reads are kept: from the first extension the first segment does not hold whole
-//! ([`tls::client_hello_tail`]; a key share that fills the segment is skipped unread), and a
-//! rest that arrives in one segment is parsed where it lies ([`Flight::Rest`]).
+//! still reads are kept ([`tls::client_hello_tail`]): an extension whose header is in the
+//! first segment and is not `server_name` is skipped, its body unread (a key share that fills
+//! the segment), so the kept bytes start at the first extension whose header the segment
+//! lacks (or at `server_name`); a rest that arrives in one segment is parsed where it lies
+//! ([`Flight::Rest`]).
 //!
 //! What it does not do: reorder (a segment that leaves a hole is dropped and counted; a
 //! retransmission that fills the hole is taken), follow records after the first, or look at
@@ -398,6 +400,8 @@ impl HelloReassembler {
         // Where the parse goes on: only the bytes from there are kept (none of a key share
         // that fills the segment).
         let tail = tls::client_hello_tail(payload, need);
+        // The whole `need` stays reserved against `max_total_bytes`: the bound is on what a
+        // flow may come to hold, whatever it keeps.
         match self.flows.start(key, ts_us, need) {
             Some(p) => {
                 p.start_seq = seq;
@@ -855,8 +859,46 @@ mod tests {
                 }
                 assert_eq!(got.as_ref(), Some(&whole), "cut {cut} of {}", rec.len());
                 assert_eq!(r.flows(), 0);
+                assert_eq!(r.buffered_bytes(), 0);
+                assert_gate_counts_the_flows(&r.flows);
+                let buffered = r.stats().started == 1;
+                assert_eq!(r.stats().completed, u64::from(buffered), "cut {cut}");
+                let cut_off = buffered && rec.len() > cfg.max_bytes;
+                assert_eq!(r.stats().byte_limit, u64::from(cut_off), "cut {cut}");
             }
         }
+        // Lengths that end the body before the record's bytes do: the record's, then the
+        // handshake's, cut short (the parse reads only as far as they say).
+        for (at, by) in [(3usize, 600u16), (7, 700)] {
+            let mut rec = browser.clone();
+            let len = u16::from_be_bytes([rec[at], rec[at + 1]]) - by;
+            rec[at..at + 2].copy_from_slice(&len.to_be_bytes());
+            let whole = tls::parse_client_hello(&rec);
+            for cut in 6..rec.len() {
+                let mut r = HelloReassembler::default();
+                let got = match r.on_segment(key(1), 0, 0, &rec[..cut]) {
+                    Flight::Buffered => parsed(r.on_segment(key(1), 1, cut as u32, &rec[cut..])),
+                    first => parsed(first),
+                };
+                assert_eq!(got.as_ref(), Some(&whole), "cut {cut} at {at}");
+            }
+        }
+        // A retransmission from the start that reaches past where the parse goes on, after a
+        // first segment that ended before it.
+        let h = big_hello("split.example", 1900);
+        let next = tls::client_hello_tail(&h[..600], h.len())
+            .map(|t| t.next())
+            .expect("a tail");
+        assert!((600..1880).contains(&next), "{next}");
+        let mut r = HelloReassembler::default();
+        assert_eq!(r.on_segment(key(1), 0, 0, &h[..600]), Flight::Buffered);
+        assert!(r.flows.map.values().all(|p| p.buf.is_empty()));
+        assert_eq!(r.on_segment(key(1), 1, 0, &h[..1880]), Flight::Buffered);
+        assert!(r.flows.map.values().all(|p| p.buf == h[next..1880]));
+        assert_eq!(
+            named(r.on_segment(key(1), 2, 1880, &h[1880..])).as_deref(),
+            Some("split.example")
+        );
         // Chrome's first segment (1,448 bytes) ends in its key share: nothing of it is kept,
         // and the rest is parsed where it lies.
         let mut r = HelloReassembler::default();
@@ -865,9 +907,11 @@ mod tests {
             Flight::Buffered
         );
         assert!(r.flows.map.values().all(|p| p.buf.is_empty()));
-        let rest = r.on_segment(key(1), 1, 1448, &browser[1448..]);
+        let segment = &browser[1448..];
+        let rest = r.on_segment(key(1), 1, 1448, segment);
         assert!(
-            matches!(rest, Flight::Rest(b, _) if browser[1448..].ends_with(b)),
+            matches!(rest, Flight::Rest(b, t)
+                if b == &browser[t.next()..] && b.as_ptr() >= segment.as_ptr()),
             "{rest:?}"
         );
         assert_eq!(named(rest).as_deref(), Some("pq.example"));

@@ -157,6 +157,8 @@ pub fn client_hello_tail(start: &[u8], total: usize) -> Option<HelloTail> {
     let ext_len = usize::from(be16(body, pos)?);
     let exts = 9 + pos + 2;
     let end = (exts + ext_len).min(body_end);
+    // Never so (the length's two bytes were read inside the body), but `next <= end` is what
+    // `resume_client_hello` relies on.
     if exts > end {
         return None;
     }

@@ -625,17 +625,41 @@ pub fn run(
         .iter()
         .map(|i| (i.clone(), loader::ifindex(i).unwrap_or(0)))
         .collect();
+    crate::startup::mark("rings_mapped");
+    // Attached before mirror's sockets are opened: only then is it known which interfaces run
+    // the program in generic (skb) mode (`--xdp-mode auto` falls back to it where the driver
+    // refuses). Until the sockets are registered and `config_flags::XSK` set, the program
+    // hands packets over by ring-buffer copy; the "attached" lines, which say the sensor is
+    // ready, come after that.
+    for iface in &opts.ifaces {
+        sensor.attach(iface, opts.attach)?;
+    }
+    // Generic XDP copies every frame into a socket, whatever the driver: no zero-copy.
+    let generic: Vec<String> = match afxdp {
+        Some(xsk::Afxdp::ZeroCopy) => sensor
+            .attachments()
+            .iter()
+            .filter(|a| a.mode != "driver")
+            .map(|a| a.iface.clone())
+            .collect(),
+        _ => Vec::new(),
+    };
+    for iface in &generic {
+        eprintln!(
+            "xtrail-sensor: {iface}: generic (skb) XDP has no zero-copy AF_XDP: its packets are handed over by ring-buffer copy (--afxdp-copy: AF_XDP in copy mode)"
+        );
+    }
     // Mirror mode: the AF_XDP sockets, on interfaces with zero-copy AF_XDP (every one with
     // `--afxdp-copy`); the others' packets come by ring-buffer copy, as inline.
     let opened = match afxdp {
-        // Generic XDP copies every frame into a socket, whatever the driver.
-        Some(xsk::Afxdp::ZeroCopy) if opts.attach == AttachMode::Skb => {
-            eprintln!(
-                "xtrail-sensor: generic (skb) XDP has no zero-copy AF_XDP: packets are handed over by ring-buffer copy (--afxdp-copy: AF_XDP in copy mode)"
-            );
-            None
-        }
-        Some(policy) => match xsk::open(&mut sensor, &ifaces, sensor_opts.xsk_queues, policy) {
+        Some(_) if generic.len() == ifaces.len() => None,
+        Some(policy) => match xsk::open(
+            &mut sensor,
+            &ifaces,
+            &generic,
+            sensor_opts.xsk_queues,
+            policy,
+        ) {
             Ok(opened) => {
                 for (iface, e) in &opened.without_zero_copy {
                     eprintln!(
@@ -701,9 +725,7 @@ pub fn run(
             ),
         }
     }
-    crate::startup::mark("rings_mapped");
-    for iface in &opts.ifaces {
-        let a = sensor.attach(iface, opts.attach)?;
+    for a in sensor.attachments() {
         eprintln!(
             "xtrail-sensor: attached to {} ({} mode, {} mode{})",
             a.iface,

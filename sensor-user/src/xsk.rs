@@ -443,23 +443,34 @@ impl Opened {
     }
 }
 
-/// Creates a socket on every receive queue of `ifaces` (name, index) and registers them in
-/// the `XSKS` map at `slot * stride + queue`, the interface in `IFSLOTS`. With
-/// [`Afxdp::ZeroCopy`], an interface whose driver refuses a zero-copy bind (`EOPNOTSUPP`)
-/// gets no socket: the XDP program hands its packets over by ring-buffer copy. Call before
-/// attaching, so no packet is redirected to a queue without a socket.
+/// Creates a socket on every receive queue of `ifaces` (name, index), but those named in
+/// `skip`, and registers them in the `XSKS` map at `slot * stride + queue` (`slot`: the
+/// interface's place in `ifaces`), the interface in `IFSLOTS`. With [`Afxdp::ZeroCopy`], an
+/// interface whose driver refuses a zero-copy bind (`EOPNOTSUPP`) gets no socket. An
+/// interface without sockets has its packets handed over by ring-buffer copy. The program
+/// redirects to the sockets only once `config_flags::XSK` is set (after [`start`]): it may
+/// run meanwhile.
 pub fn open(
     sensor: &mut Sensor,
     ifaces: &[(String, u32)],
+    skip: &[String],
     stride: u32,
     policy: Afxdp,
 ) -> anyhow::Result<Opened> {
-    let total: usize = ifaces.iter().map(|(i, _)| rx_queues(i) as usize).sum();
+    let wanted = |iface: &String| !skip.contains(iface);
+    let total: usize = ifaces
+        .iter()
+        .filter(|(i, _)| wanted(i))
+        .map(|(i, _)| rx_queues(i) as usize)
+        .sum();
     let mut opened = Opened {
         sockets: Vec::with_capacity(total),
         without_zero_copy: Vec::new(),
     };
     'ifaces: for (slot, (iface, ifindex)) in ifaces.iter().enumerate() {
+        if !wanted(iface) {
+            continue;
+        }
         let first = opened.sockets.len();
         for queue in 0..rx_queues(iface) {
             let index = slot as u32 * stride + queue;

@@ -446,6 +446,56 @@ fn mirror_mode_without_zero_copy_hands_names_over_by_ring_copy() {
     assert_eq!(counter(&stats, "payloads"), 5, "{stats}");
 }
 
+/// `--xdp-mode auto` falls back to generic (skb) XDP where the driver refuses the program (a
+/// veth whose peer's MTU is too large for a single-buffer XDP program): mirror then opens no
+/// socket (generic XDP has no zero-copy AF_XDP), says so, and hands over by ring copy.
+#[test]
+fn mirror_after_auto_fell_back_to_generic_xdp_hands_over_by_ring_copy() {
+    privileged!();
+    use xtrail_bench::frames::dns_query;
+
+    let dir = tempdir("xg");
+    let trails = write_trails(&dir, "");
+    let log = dir.join("events.jsonl");
+    let pair = VethPair::create("xg").expect("veth pair");
+    pair.set_mtu(9000).expect("mtu 9000 on both ends");
+    let mut cmd = pair.in_sensor_ns(SENSOR);
+    cmd.args(["run", "--iface", &pair.sensor_if, "--trails"])
+        .arg(&trails)
+        .arg("--events-log")
+        .arg(&log)
+        .args([
+            "--format",
+            "json",
+            "--stats-interval",
+            "0",
+            "--mode",
+            "mirror",
+        ])
+        .stdout(Stdio::null());
+    let (sensor, lines) = common::spawn_attached(&mut cmd, "error:", Duration::from_secs(60));
+    let said = lines.join("\n");
+    assert!(said.contains("(skb mode, mirror mode)"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "{}: generic (skb) XDP has no zero-copy AF_XDP",
+            pair.sensor_if
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("AF_XDP socket(s)"), "{said}");
+    let inj = pair.injector().expect("injector");
+    let query = dns_query(9, "www.evil-e2e-xtrail.com", 1);
+    let frame = Frame::udp(v4(&pair.peer_ip), 40000, v4(&pair.sensor_ip), 53, &query);
+    inj.send(&frame.build()).unwrap();
+    let ev = wait_for_events(&log, 1);
+    let stats = common::stop_sensor(sensor);
+    assert_eq!(ev.len(), 1, "{ev:#?}");
+    assert_eq!(ev[0]["trail"], "(www).evil-e2e-xtrail.com", "{ev:#?}");
+    assert_eq!(counter(&stats, "redirected"), 0, "{stats}");
+    assert_eq!(counter(&stats, "copied"), 1, "{stats}");
+}
+
 /// A mirror-mode sensor started with `args` on veth pair `veth` gets a DNS query, an HTTP
 /// request, a TLS ClientHello and a QUIC Initial naming trails, a SYN to a trail address
 /// and a clean DNS query; the five events are checked, the final stats line returned.

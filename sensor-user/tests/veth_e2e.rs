@@ -69,6 +69,16 @@ fn write_trails(dir: &Path, extra: &str) -> std::path::PathBuf {
     p
 }
 
+/// A fresh veth pair named `veth` with MTU `mtu` on both ends, the test trails and an events
+/// log path in a directory named after `tag`: (the trails, the log, the pair).
+fn with_mtu(tag: &str, veth: &str, mtu: u32) -> (PathBuf, PathBuf, VethPair) {
+    let dir = tempdir(tag);
+    let trails = write_trails(&dir, "");
+    let pair = VethPair::create(veth).expect("veth pair");
+    pair.set_mtu(mtu).expect("mtu on both ends");
+    (trails, dir.join("events.jsonl"), pair)
+}
+
 /// The sensor started on a fresh veth pair named `veth` with the test trails (and rows
 /// `extra_trails`) and `args`, writing its events to a log in a directory named after
 /// `tag`: (the log, the pair, the sensor).
@@ -374,12 +384,8 @@ fn dns_http_and_tls_names_are_matched_and_traffic_still_arrives() {
 #[test]
 fn mirror_mode_copies_frames_longer_than_a_socket_frame() {
     privileged!();
-    let dir = tempdir("mirror-long");
-    let trails = write_trails(&dir, "");
-    let log = dir.join("events.jsonl");
-    let pair = VethPair::create("xj").expect("veth pair");
     // Room for frames longer than an AF_XDP frame takes, within XDP's page on a veth.
-    pair.set_mtu(3000).expect("mtu 3000 on both ends");
+    let (trails, log, pair) = with_mtu("mirror-long", "xj", 3000);
     let sensor = Running::start(&pair, &trails, &log, &["--mode", "mirror", "--afxdp-copy"]);
     let inj = pair.injector().expect("injector");
     let (me, there) = (v4(&pair.peer_ip), v4(&pair.sensor_ip));
@@ -454,26 +460,9 @@ fn mirror_after_auto_fell_back_to_generic_xdp_hands_over_by_ring_copy() {
     privileged!();
     use xtrail_bench::frames::dns_query;
 
-    let dir = tempdir("xg");
-    let trails = write_trails(&dir, "");
-    let log = dir.join("events.jsonl");
-    let pair = VethPair::create("xg").expect("veth pair");
-    pair.set_mtu(9000).expect("mtu 9000 on both ends");
-    let mut cmd = pair.in_sensor_ns(SENSOR);
-    cmd.args(["run", "--iface", &pair.sensor_if, "--trails"])
-        .arg(&trails)
-        .arg("--events-log")
-        .arg(&log)
-        .args([
-            "--format",
-            "json",
-            "--stats-interval",
-            "0",
-            "--mode",
-            "mirror",
-        ])
-        .stdout(Stdio::null());
-    let (sensor, lines) = common::spawn_attached(&mut cmd, "error:", Duration::from_secs(60));
+    let (trails, log, pair) = with_mtu("mirror-generic", "xg", 9000);
+    let (sensor, lines) =
+        common::start_sensor_said(&pair, &trails, &log, "e2e", &["--mode", "mirror"]);
     let said = lines.join("\n");
     assert!(said.contains("(skb mode, mirror mode)"), "{said}");
     assert!(

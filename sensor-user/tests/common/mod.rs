@@ -25,6 +25,17 @@ pub fn start_sensor(
     name: &str,
     extra: &[&str],
 ) -> xtrail_bench::child::Watched {
+    start_sensor_said(pair, trails, log, name, extra).0
+}
+
+/// [`start_sensor`], with the lines the sensor wrote until it had attached.
+pub fn start_sensor_said(
+    pair: &xtrail_bench::netns::VethPair,
+    trails: &std::path::Path,
+    log: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+) -> (xtrail_bench::child::Watched, Vec<String>) {
     let mut cmd = pair.in_sensor_ns(env!("CARGO_BIN_EXE_xtrail-sensor"));
     cmd.args(["run", "--iface", &pair.sensor_if, "--trails"])
         .arg(trails)
@@ -40,7 +51,7 @@ pub fn start_sensor(
         ])
         .args(extra)
         .stdout(std::process::Stdio::null());
-    spawn_attached(&mut cmd, "error:", std::time::Duration::from_secs(60)).0
+    spawn_attached(&mut cmd, "error:", std::time::Duration::from_secs(60))
 }
 
 /// Spawns the sensor command `cmd` (stderr watched, echoed as "sensor: ") and waits up to

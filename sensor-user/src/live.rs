@@ -652,7 +652,7 @@ pub fn run(
     // Mirror mode: the AF_XDP sockets, on interfaces with zero-copy AF_XDP (every one with
     // `--afxdp-copy`); the others' packets come by ring-buffer copy, as inline.
     let opened = match afxdp {
-        Some(_) if generic.len() == ifaces.len() => None,
+        Some(_) if ifaces.iter().all(|(i, _)| generic.contains(i)) => None,
         Some(policy) => match xsk::open(
             &mut sensor,
             &ifaces,

@@ -448,8 +448,8 @@ impl Opened {
 /// interface's place in `ifaces`), the interface in `IFSLOTS`. With [`Afxdp::ZeroCopy`], an
 /// interface whose driver refuses a zero-copy bind (`EOPNOTSUPP`) gets no socket. An
 /// interface without sockets has its packets handed over by ring-buffer copy. The program
-/// redirects to the sockets only once `config_flags::XSK` is set (after [`start`]): it may
-/// run meanwhile.
+/// redirects to the sockets only once the caller sets `config_flags::XSK` (when [`start`]
+/// succeeded): it may run meanwhile.
 pub fn open(
     sensor: &mut Sensor,
     ifaces: &[(String, u32)],
@@ -461,7 +461,7 @@ pub fn open(
     let total: usize = ifaces
         .iter()
         .filter(|(i, _)| wanted(i))
-        .map(|(i, _)| rx_queues(i) as usize)
+        .map(|(i, _)| rx_queues(i).min(stride) as usize)
         .sum();
     let mut opened = Opened {
         sockets: Vec::with_capacity(total),
@@ -472,7 +472,9 @@ pub fn open(
             continue;
         }
         let first = opened.sockets.len();
-        for queue in 0..rx_queues(iface) {
+        // Queues past the stride (a driver that changed its count since) would run into the
+        // next slot's indices: they get no socket, so their packets go by ring copy.
+        for queue in 0..rx_queues(iface).min(stride) {
             let index = slot as u32 * stride + queue;
             match open_one(sensor, iface, slot, index, queue, total, policy) {
                 Ok(xsk) => opened.sockets.push(xsk),

@@ -615,7 +615,7 @@ impl Processor {
                     match self.tls_flows.on_segment(key, ts_us, seg.seq, seg.payload) {
                         Flight::Ready(hello) => run.client_hello(&ctx, hello),
                         Flight::Rest(rest, tail) => {
-                            run.hello(&ctx, tls::resume_client_hello(rest, tail));
+                            run.parsed_client_hello(&ctx, tls::resume_client_hello(rest, tail));
                         }
                         Flight::Buffered => {}
                         Flight::Untracked => run.tcp_payload(&ctx, &seg),
@@ -809,11 +809,11 @@ impl Run<'_, '_> {
     /// A TLS ClientHello (one segment's, or reassembled): the server name against the domain
     /// trails.
     fn client_hello(&mut self, ctx: &PacketContext<'_>, p: &[u8]) {
-        self.hello(ctx, tls::parse_client_hello(p));
+        self.parsed_client_hello(ctx, tls::parse_client_hello(p));
     }
 
     /// A parsed TLS ClientHello's server name against the domain trails.
-    fn hello(
+    fn parsed_client_hello(
         &mut self,
         ctx: &PacketContext<'_>,
         hello: Result<tls::ClientHello<'_>, tls::TlsError>,

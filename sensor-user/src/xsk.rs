@@ -7,8 +7,10 @@
 //! [`XskMeta`](xtrail_common::XskMeta) (its address verdict, [`Stamp`]), which the copy
 //! leaves out.
 //!
-//! Every receive queue the interface has gets a socket (the real count, from sysfs), and the
-//! `XSKS` map is sized from it at load, so no queue's packets are misdelivered.
+//! Every receive queue of an interface that has sockets gets one (the real count, from sysfs,
+//! up to the stride the `XSKS` map was sized with at load), so no queue's packets are
+//! misdelivered; an interface without sockets (generic XDP, a driver without zero-copy
+//! AF_XDP) and a queue past the stride have their packets handed over by ring-buffer copy.
 
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -429,7 +431,7 @@ pub enum Afxdp {
     Always,
 }
 
-/// The sockets [`open`] made, and the interfaces left to ring-buffer copies.
+/// The sockets [`open`] made, and the interfaces whose driver refused them zero-copy.
 pub struct Opened {
     sockets: Vec<Xsk>,
     /// Interfaces whose driver refused a zero-copy bind, with the refusal.
@@ -443,8 +445,8 @@ impl Opened {
     }
 }
 
-/// Creates a socket on every receive queue of `ifaces` (name, index), but those named in
-/// `skip`, and registers them in the `XSKS` map at `slot * stride + queue` (`slot`: the
+/// Creates a socket on every receive queue (up to `stride` an interface) of `ifaces` (name,
+/// index), but those named in `skip`, and registers them in the `XSKS` map at `slot * stride + queue` (`slot`: the
 /// interface's place in `ifaces`), the interface in `IFSLOTS`. With [`Afxdp::ZeroCopy`], an
 /// interface whose driver refuses a zero-copy bind (`EOPNOTSUPP`) gets no socket. An
 /// interface without sockets has its packets handed over by ring-buffer copy. The program

@@ -461,8 +461,8 @@ fn mirror_after_auto_fell_back_to_generic_xdp_hands_over_by_ring_copy() {
     use xtrail_bench::frames::dns_query;
 
     let (trails, log, pair) = with_mtu("mirror-generic", "xg", 9000);
-    let (sensor, lines) =
-        common::start_sensor_said(&pair, &trails, &log, "e2e", &["--mode", "mirror"]);
+    let args = ["--mode", "mirror", "--xdp-mode", "auto"];
+    let (sensor, lines) = common::start_sensor_said(&pair, &trails, &log, "e2e", &args);
     let said = lines.join("\n");
     assert!(said.contains("(skb mode, mirror mode)"), "{said}");
     assert!(
@@ -475,6 +475,7 @@ fn mirror_after_auto_fell_back_to_generic_xdp_hands_over_by_ring_copy() {
     // No socket was tried (a veth would have refused a zero-copy bind).
     assert!(!said.contains("AF_XDP socket(s)"), "{said}");
     assert!(!said.contains("no zero-copy AF_XDP ("), "{said}");
+    assert!(!said.contains("AF_XDP sockets unavailable"), "{said}");
     let inj = pair.injector().expect("injector");
     let query = dns_query(9, "www.evil-e2e-xtrail.com", 1);
     let frame = Frame::udp(v4(&pair.peer_ip), 40000, v4(&pair.sensor_ip), 53, &query);

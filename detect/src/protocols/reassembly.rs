@@ -41,7 +41,7 @@ use crate::protocols::{quic, tls};
 /// Bounds of a [`HelloReassembler`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReassemblyConfig {
-    /// Bytes buffered per flow; a longer record is parsed as far as this goes.
+    /// Bytes of a record followed per flow; a longer record is parsed as far as this goes.
     pub max_bytes: usize,
     /// Flows buffered at once; the oldest is evicted for a new one.
     pub max_flows: usize,
@@ -174,7 +174,7 @@ struct Flows<K> {
     next_id: u64,
     total_bytes: usize,
     pool: Vec<Vec<u8>>,
-    /// The last completed flow's bytes (what a `Ready` borrows).
+    /// The last completed flow's bytes (what a `Ready` or a `Rest` borrows).
     done: Vec<u8>,
     stats: ReassemblyStats,
 }
@@ -303,7 +303,8 @@ impl<K: Copy + Eq + std::hash::Hash + Gated> Flows<K> {
         }
     }
 
-    /// Completes `key`'s flow: its bytes move to `done` (cut to `need`), the flow goes.
+    /// Completes `key`'s flow: its bytes move to `done` (a QUIC flow's cut to `need`), the
+    /// flow goes.
     fn complete(&mut self, key: &K) -> &[u8] {
         let mut buf = match self.map.get_mut(key) {
             Some(p) => {

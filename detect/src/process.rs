@@ -614,9 +614,7 @@ impl Processor {
                     };
                     match self.tls_flows.on_segment(key, ts_us, seg.seq, seg.payload) {
                         Flight::Ready(hello) => run.client_hello(&ctx, hello),
-                        Flight::Rest(rest, tail) => {
-                            run.parsed_client_hello(&ctx, tls::resume_client_hello(rest, tail));
-                        }
+                        Flight::Parsed(hello) => run.parsed_client_hello(&ctx, hello),
                         Flight::Buffered => {}
                         Flight::Untracked => run.tcp_payload(&ctx, &seg),
                     }

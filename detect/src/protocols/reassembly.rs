@@ -5,11 +5,11 @@
 //! randomised the `server_name` often lands in the second. [`HelloReassembler`] buffers such a
 //! ClientHello per flow (source, source port, destination, destination port) until its first
 //! TLS record is complete, then hands the bytes back for parsing. Only the bytes the parse
-//! still reads are kept ([`tls::client_hello_tail`]): an extension whose header is in the
+//! still reads are kept (`tls::client_hello_tail`): an extension whose header is in the
 //! first segment and is not `server_name` is skipped, its body unread (a key share that fills
 //! the segment), so the kept bytes start at the first extension whose header the segment
 //! lacks (or at `server_name`); a rest that arrives in one segment is parsed where it lies
-//! ([`Flight::Rest`]).
+//! ([`Flight::Parsed`]).
 //!
 //! What it does not do: reorder (a segment that leaves a hole is dropped and counted; a
 //! retransmission that fills the hole is taken), follow records after the first, or look at
@@ -124,9 +124,10 @@ pub enum Flight<'a> {
     Buffered,
     /// A ClientHello to parse now: the segment itself, or a flow's reassembled bytes.
     Ready(&'a [u8]),
-    /// The rest of a TCP ClientHello whose first segment named no server: the record's bytes
-    /// from the tail's [`tls::HelloTail::next`] on, for [`tls::resume_client_hello`].
-    Rest(&'a [u8], tls::HelloTail),
+    /// A TCP ClientHello parsed here, from its `tls::HelloTail` on: its first segment
+    /// already named the server, or its rest came (parsed where it lies when it came in one
+    /// segment).
+    Parsed(Result<tls::ClientHello<'a>, tls::TlsError>),
 }
 
 struct Partial {
@@ -392,15 +393,22 @@ impl HelloReassembler {
         }
         let record_len = usize::from(u16::from_be_bytes([payload[3], payload[4]]));
         let need = (5 + record_len).min(self.flows.config.max_bytes);
-        // Whole in this segment, or the server name already in it: nothing to wait for.
-        if payload.len() >= need
-            || matches!(tls::parse_client_hello(payload), Ok(h) if h.sni.is_some())
-        {
+        // Whole in this segment: nothing to wait for.
+        if payload.len() >= need {
             return Flight::Ready(payload);
         }
         // Where the parse goes on: only the bytes from there are kept (none of a key share
         // that fills the segment).
         let tail = tls::client_hello_tail(payload, need);
+        // The server name already in this segment: nothing to wait for either. One walk of
+        // the extensions: the parse goes on from the tail. (Without a tail the segment does
+        // not reach the extensions, so it names no server.)
+        if let Some((t, rest)) = tail.and_then(|t| Some((t, payload.get(t.next()..)?))) {
+            let hello = tls::resume_client_hello(rest, t);
+            if matches!(hello, Ok(h) if h.sni.is_some()) {
+                return Flight::Parsed(hello);
+            }
+        }
         // The whole `need` stays reserved against `max_total_bytes`: the bound is on what a
         // flow may come to hold, whatever it keeps.
         match self.flows.start(key, ts_us, need) {
@@ -449,14 +457,14 @@ impl HelloReassembler {
         }
         match p.tail {
             // The rest all in this segment: parsed where it lies.
-            Some(tail) if p.buf.is_empty() && from == keep => {
+            Some(tail) if p.buf.is_empty() => {
                 self.flows.stats.completed += 1;
                 self.flows.remove(&key);
-                Flight::Rest(fresh, tail)
+                Flight::Parsed(tls::resume_client_hello(fresh, tail))
             }
             Some(tail) => {
                 p.buf.extend_from_slice(fresh);
-                Flight::Rest(self.flows.complete(&key), tail)
+                Flight::Parsed(tls::resume_client_hello(self.flows.complete(&key), tail))
             }
             None => {
                 p.buf.extend_from_slice(fresh);
@@ -642,7 +650,7 @@ mod tests {
     fn parsed(f: Flight<'_>) -> Option<Result<tls::ClientHello<'_>, tls::TlsError>> {
         match f {
             Flight::Ready(b) => Some(tls::parse_client_hello(b)),
-            Flight::Rest(b, tail) => Some(tls::resume_client_hello(b, tail)),
+            Flight::Parsed(h) => Some(h),
             Flight::Buffered | Flight::Untracked => None,
         }
     }
@@ -751,10 +759,10 @@ mod tests {
         let mut early = tls::client_hello_record("early.example");
         let len = early.len() + 1000;
         early[3..5].copy_from_slice(&((len - 5) as u16).to_be_bytes());
-        assert!(matches!(
-            r.on_segment(key(2), 0, 1, &early),
-            Flight::Ready(_)
-        ));
+        assert_eq!(
+            named(r.on_segment(key(2), 0, 1, &early)).as_deref(),
+            Some("early.example")
+        );
         assert_eq!(
             r.on_segment(key(3), 0, 1, b"GET / HTTP/1.1\r\n"),
             Flight::Untracked
@@ -910,9 +918,10 @@ mod tests {
         assert!(r.flows.map.values().all(|p| p.buf.is_empty()));
         let segment = &browser[1448..];
         let rest = r.on_segment(key(1), 1, 1448, segment);
+        // The name is borrowed from the segment itself.
         assert!(
-            matches!(rest, Flight::Rest(b, t)
-                if b == &browser[t.next()..] && b.as_ptr() >= segment.as_ptr()),
+            matches!(rest, Flight::Parsed(Ok(tls::ClientHello { sni: Some(s), .. }))
+                if segment.as_ptr_range().contains(&s.as_ptr())),
             "{rest:?}"
         );
         assert_eq!(named(rest).as_deref(), Some("pq.example"));

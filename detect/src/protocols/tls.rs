@@ -3,9 +3,9 @@
 //! Record type 22 (handshake), handshake type 1 (ClientHello); session id, cipher suites and
 //! compression methods skipped; extensions walked to `server_name` (type 0). Every length is
 //! checked against the bytes present: a ClientHello cut by the segment end is read as far as
-//! it goes. For a record whose first TCP segment holds only its start, [`client_hello_tail`]
+//! it goes. For a record whose first TCP segment holds only its start, `client_hello_tail`
 //! says where the parse goes on (extension bodies not yet there skipped by their lengths) and
-//! [`resume_client_hello`] goes on from there once the rest has come.
+//! `resume_client_hello` goes on from there once the rest has come.
 
 use crate::packet::be16;
 
@@ -116,7 +116,7 @@ fn walk_extensions(exts: &[u8], version: u16) -> Result<ClientHello<'_>, TlsErro
 /// bytes from there on are all the rest of the parse needs (a post-quantum key share that
 /// fills the first segment is skipped, not kept).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HelloTail {
+pub(crate) struct HelloTail {
     /// `client_version`.
     version: u16,
     /// Offset in the record (its 5-byte header included) of the next extension to read.
@@ -128,7 +128,7 @@ pub struct HelloTail {
 
 impl HelloTail {
     /// Offset in the record of the first byte the rest of the parse reads.
-    pub fn next(&self) -> usize {
+    pub(crate) fn next(&self) -> usize {
         self.next
     }
 }
@@ -139,7 +139,7 @@ impl HelloTail {
 /// `start`, or is not as [`parse_client_hello`] reads it (the whole record is then needed).
 /// [`resume_client_hello`] on the record's bytes `next..total` answers exactly as
 /// [`parse_client_hello`] on its bytes `..total`.
-pub fn client_hello_tail(start: &[u8], total: usize) -> Option<HelloTail> {
+pub(crate) fn client_hello_tail(start: &[u8], total: usize) -> Option<HelloTail> {
     if !looks_like_client_hello(start) {
         return None;
     }
@@ -185,7 +185,10 @@ pub fn client_hello_tail(start: &[u8], total: usize) -> Option<HelloTail> {
 
 /// Goes on with a ClientHello from its [`HelloTail`]: `rest` holds the record's bytes from
 /// [`HelloTail::next`] to its `total` (see [`client_hello_tail`]).
-pub fn resume_client_hello(rest: &[u8], tail: HelloTail) -> Result<ClientHello<'_>, TlsError> {
+pub(crate) fn resume_client_hello(
+    rest: &[u8],
+    tail: HelloTail,
+) -> Result<ClientHello<'_>, TlsError> {
     let exts = rest.get(..tail.end - tail.next).unwrap_or(rest);
     walk_extensions(exts, tail.version)
 }

@@ -901,8 +901,10 @@ mod tests {
         assert!((600..1880).contains(&next), "{next}");
         let mut r = HelloReassembler::default();
         assert_eq!(r.on_segment(key(1), 0, 0, &h[..600]), Flight::Buffered);
+        assert_eq!(r.flows(), 1);
         assert!(r.flows.map.values().all(|p| p.buf.is_empty()));
         assert_eq!(r.on_segment(key(1), 1, 0, &h[..1880]), Flight::Buffered);
+        assert_eq!(r.flows(), 1);
         assert!(r.flows.map.values().all(|p| p.buf == h[next..1880]));
         assert_eq!(
             named(r.on_segment(key(1), 2, 1880, &h[1880..])).as_deref(),
@@ -915,6 +917,7 @@ mod tests {
             r.on_segment(key(1), 0, 0, &browser[..1448]),
             Flight::Buffered
         );
+        assert_eq!(r.flows(), 1);
         assert!(r.flows.map.values().all(|p| p.buf.is_empty()));
         let segment = &browser[1448..];
         let rest = r.on_segment(key(1), 1, 1448, segment);
